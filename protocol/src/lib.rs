@@ -1,0 +1,24 @@
+//! The aimarket wire protocol, shared by the coordinator, the workers and the CLI.
+//!
+//! Where things live:
+//! - [`subject`]: every NATS subject name, built from a configurable prefix.
+//! - [`ids`]: the id newtypes ([`TaskId`], [`WorkerId`], [`LeaseId`], [`TaskType`]).
+//! - [`status`]: task and worker states, which round-trip through their string forms.
+//! - [`messages`]: every request, reply and event body.
+//! - [`reply`]: the `{"ok":true,...}` / `{"ok":false,"error":{...}}` envelope.
+//! - [`error`]: error codes and the decode/validation error.
+//! - [`limits`]: validation bounds.
+//!
+//! This crate does no IO: it is serde types and pure functions only.
+
+pub mod error;
+pub mod ids;
+pub mod limits;
+pub mod messages;
+pub mod reply;
+pub mod status;
+pub mod subject;
+
+pub use error::{ApiError, ErrorCode, ProtocolError};
+pub use ids::{LeaseId, TaskId, TaskType, WorkerId};
+pub use status::{TaskStatus, WorkerStatus};

@@ -1,0 +1,718 @@
+//! Every message body. Requests are named `XRequest`, their replies `XReply`; replies travel inside
+//! the [`crate::reply`] envelope.
+
+use crate::error::{ApiError, ErrorCode, ProtocolError};
+use crate::ids::{LeaseId, TaskId, TaskType, WorkerId};
+use crate::limits::*;
+use crate::status::{TaskStatus, WorkerStatus};
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+/// Decodes a JSON request body.
+///
+/// # Errors
+/// [`ProtocolError::Malformed`] when `bytes` is not JSON of the shape `T`.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
+    serde_json::from_slice(bytes).map_err(ProtocolError::Malformed)
+}
+
+/// Encodes a message as JSON.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    serde_json::to_vec(message).expect("protocol messages always serialize")
+}
+
+fn check_text(text: &str, max_text_bytes: usize) -> Result<(), ProtocolError> {
+    if text.trim().is_empty() {
+        return Err(ProtocolError::invalid("text", "must not be empty"));
+    }
+    if text.len() > max_text_bytes {
+        return Err(ProtocolError::TextTooLarge {
+            len: text.len(),
+            limit: max_text_bytes,
+        });
+    }
+    Ok(())
+}
+
+fn check_capabilities(caps: &[TaskType]) -> Result<(), ProtocolError> {
+    if caps.is_empty() {
+        return Err(ProtocolError::invalid(
+            "capabilities",
+            "must name at least one task type",
+        ));
+    }
+    if caps.len() > MAX_CAPABILITIES {
+        return Err(ProtocolError::invalid(
+            "capabilities",
+            format!("at most {MAX_CAPABILITIES} task types"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_model(model: Option<&str>) -> Result<(), ProtocolError> {
+    match model {
+        Some(m) if m.len() > MAX_MODEL_BYTES => Err(ProtocolError::invalid(
+            "model",
+            format!("at most {MAX_MODEL_BYTES} bytes"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Worker <-> coordinator
+// ---------------------------------------------------------------------------------------------
+
+/// `<p>.lease`: a worker asks for up to `max_tasks` leases on tasks it can do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    /// Who asks.
+    pub worker_id: WorkerId,
+    /// The task types it can do.
+    pub capabilities: Vec<TaskType>,
+    /// How many leases it wants at most.
+    #[serde(default = "one")]
+    pub max_tasks: u32,
+    /// A task it heard announced and would like first (a hint: others may have taken it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<TaskId>,
+    /// The model it runs, recorded on its registry entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl LeaseRequest {
+    /// Checks the bounds.
+    ///
+    /// # Errors
+    /// [`ProtocolError::Invalid`] naming the field out of bounds.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        check_capabilities(&self.capabilities)?;
+        check_model(self.model.as_deref())?;
+        if self.max_tasks == 0 || self.max_tasks > MAX_LEASES_PER_REQUEST {
+            return Err(ProtocolError::invalid(
+                "max_tasks",
+                format!("must be between 1 and {MAX_LEASES_PER_REQUEST}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One granted lease, with everything the worker needs to do the task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The lease; the submission must carry it.
+    pub lease_id: LeaseId,
+    /// The task.
+    pub task_id: TaskId,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub task_type: TaskType,
+    /// The input.
+    pub text: String,
+    /// When the lease runs out unless a heartbeat renews it.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Reply to [`LeaseRequest`]: the leases granted, possibly none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseReply {
+    /// Granted leases, oldest task first.
+    pub leases: Vec<Lease>,
+    /// Timings the worker must keep to (see [`Timings`]).
+    #[serde(flatten)]
+    pub timings: Timings,
+}
+
+/// The coordinator's timings, sent to workers so they heartbeat often enough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    /// A lease lasts this long after its grant or its holder's last heartbeat.
+    pub lease_seconds: u64,
+    /// A worker silent this long is stale and loses its leases.
+    pub heartbeat_ttl_seconds: u64,
+}
+
+/// `<p>.lease.release`: a worker gives leases back (graceful shutdown), freeing their slots at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    /// Who releases.
+    pub worker_id: WorkerId,
+    /// The leases it gives back.
+    #[serde(default)]
+    pub lease_ids: Vec<LeaseId>,
+    /// The worker is shutting down: mark it `offline`.
+    #[serde(default)]
+    pub offline: bool,
+}
+
+/// Reply to [`ReleaseRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseReply {
+    /// How many of the named leases were live and are now free.
+    pub released: u32,
+}
+
+/// `<p>.heartbeat.<worker_id>`: liveness. Registers the worker on first sight and renews every lease
+/// it holds. Published; sent as a request, it gets a [`HeartbeatReply`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// Must equal the subject's last token.
+    pub worker_id: WorkerId,
+    /// Task types it can do.
+    pub capabilities: Vec<TaskType>,
+    /// The model it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+impl Heartbeat {
+    /// Checks the bounds.
+    ///
+    /// # Errors
+    /// [`ProtocolError::Invalid`] naming the field out of bounds.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        check_capabilities(&self.capabilities)?;
+        check_model(self.model.as_deref())
+    }
+}
+
+/// Reply to a [`Heartbeat`] sent as a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// The coordinator's clock.
+    pub ts: DateTime<Utc>,
+    /// How many leases were renewed.
+    pub renewed: u32,
+    /// Timings the worker must keep to.
+    #[serde(flatten)]
+    pub timings: Timings,
+}
+
+/// `<p>.submit.<task_id>`: a worker's result for a task it holds a lease on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// The lease the result is for.
+    pub lease_id: LeaseId,
+    /// Who submits; must hold the lease.
+    pub worker_id: WorkerId,
+    /// The answer.
+    pub label: String,
+    /// How sure the model is, in `[0, 1]`.
+    pub confidence: f64,
+    /// The model that answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+impl SubmitRequest {
+    /// Checks the bounds.
+    ///
+    /// # Errors
+    /// [`ProtocolError::Invalid`] naming the field out of bounds.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        check_label(&self.label)?;
+        check_confidence(self.confidence)?;
+        check_model(self.model.as_deref())
+    }
+}
+
+/// Checks a submitted label.
+///
+/// # Errors
+/// [`ProtocolError::Invalid`] when empty or too long.
+pub fn check_label(label: &str) -> Result<(), ProtocolError> {
+    if label.trim().is_empty() {
+        return Err(ProtocolError::invalid("label", "must not be empty"));
+    }
+    if label.len() > MAX_LABEL_BYTES {
+        return Err(ProtocolError::invalid(
+            "label",
+            format!("at most {MAX_LABEL_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a submitted confidence.
+///
+/// # Errors
+/// [`ProtocolError::Invalid`] unless it is a number in `[0, 1]`.
+pub fn check_confidence(confidence: f64) -> Result<(), ProtocolError> {
+    if !(0.0..=1.0).contains(&confidence) {
+        return Err(ProtocolError::invalid(
+            "confidence",
+            format!("{confidence} is not in [0, 1]"),
+        ));
+    }
+    Ok(())
+}
+
+/// Reply to [`SubmitRequest`]: sent only once the submission is committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitReply {
+    /// The submission is stored (now or by an earlier copy of it).
+    pub accepted: bool,
+    /// This was a resend of a submission already stored.
+    pub duplicate: bool,
+    /// The task is finalized (by this submission or before it).
+    pub finalized: bool,
+    /// The consensus label, once finalized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_label: Option<String>,
+}
+
+/// `<p>.tasks.<type>`: a task has free slots. A wake-up hint for idle workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskAnnouncement {
+    /// The task.
+    pub task_id: TaskId,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub task_type: TaskType,
+    /// How many distinct workers must answer it.
+    pub required: u32,
+}
+
+/// `<p>.events.task.<task_id>`: a task reached a terminal state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    /// The task.
+    pub task_id: TaskId,
+    /// `finalized` or `failed`.
+    pub status: TaskStatus,
+    /// The consensus label, when finalized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_label: Option<String>,
+    /// Mean confidence of the winning label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_confidence: Option<f64>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client API
+// ---------------------------------------------------------------------------------------------
+
+/// The operations of `<p>.api.<op>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ApiOp {
+    /// [`TaskAddRequest`] -> [`TaskAddReply`].
+    TaskAdd,
+    /// [`TaskGetRequest`] -> [`TaskDetail`].
+    TaskGet,
+    /// [`TaskListRequest`] -> [`TaskListReply`].
+    TaskList,
+    /// `{}` -> [`LeaderboardReply`].
+    Leaderboard,
+    /// `{}` -> [`WorkersReply`].
+    Workers,
+    /// `{}` -> [`StatsReply`].
+    Stats,
+    /// `{}` -> [`RequeueReply`]: run the sweeper now.
+    OpsRequeue,
+    /// [`ResetRequest`] -> `{}`: delete everything.
+    OpsReset,
+}
+
+impl ApiOp {
+    /// Every operation.
+    pub const ALL: &'static [ApiOp] = &[
+        ApiOp::TaskAdd,
+        ApiOp::TaskGet,
+        ApiOp::TaskList,
+        ApiOp::Leaderboard,
+        ApiOp::Workers,
+        ApiOp::Stats,
+        ApiOp::OpsRequeue,
+        ApiOp::OpsReset,
+    ];
+
+    /// The subject token(s) of the operation.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiOp::TaskAdd => "task.add",
+            ApiOp::TaskGet => "task.get",
+            ApiOp::TaskList => "task.list",
+            ApiOp::Leaderboard => "leaderboard",
+            ApiOp::Workers => "workers",
+            ApiOp::Stats => "stats",
+            ApiOp::OpsRequeue => "ops.requeue",
+            ApiOp::OpsReset => "ops.reset",
+        }
+    }
+}
+
+impl fmt::Display for ApiOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ApiOp {
+    type Err = ApiError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ApiOp::ALL
+            .iter()
+            .copied()
+            .find(|op| op.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<_> = ApiOp::ALL.iter().map(|op| op.as_str()).collect();
+                ApiError::new(
+                    ErrorCode::UnknownOperation,
+                    format!("unknown operation {s:?} (known: {})", known.join(", ")),
+                )
+            })
+    }
+}
+
+/// An empty request or reply body (`{}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Empty {}
+
+/// One task to create.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTask {
+    /// The input text.
+    pub text: String,
+    /// Its type (default `sentiment`).
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub task_type: Option<TaskType>,
+    /// Distinct workers that must answer (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_submissions: Option<u32>,
+    /// Leases that may end without a result before the task fails (default: the coordinator's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+}
+
+impl NewTask {
+    /// A `sentiment` task with the defaults.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            task_type: None,
+            required_submissions: None,
+            max_attempts: None,
+        }
+    }
+
+    /// Checks the bounds.
+    ///
+    /// # Errors
+    /// [`ProtocolError`] naming the field out of bounds.
+    pub fn validate(&self, max_text_bytes: usize) -> Result<(), ProtocolError> {
+        check_text(&self.text, max_text_bytes)?;
+        if let Some(r) = self.required_submissions {
+            if r == 0 || r > MAX_REQUIRED_SUBMISSIONS {
+                return Err(ProtocolError::invalid(
+                    "required_submissions",
+                    format!("{r} is not between 1 and {MAX_REQUIRED_SUBMISSIONS}"),
+                ));
+            }
+        }
+        if let Some(m) = self.max_attempts {
+            if m == 0 || m > MAX_ATTEMPTS_LIMIT {
+                return Err(ProtocolError::invalid(
+                    "max_attempts",
+                    format!("{m} is not between 1 and {MAX_ATTEMPTS_LIMIT}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `api.task.add`: create tasks, all or none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskAddRequest {
+    /// The tasks, created in this order.
+    pub tasks: Vec<NewTask>,
+}
+
+impl TaskAddRequest {
+    /// Checks every task; the error names the first bad one.
+    ///
+    /// # Errors
+    /// [`ProtocolError`] for the first task out of bounds, or an empty or oversize batch.
+    pub fn validate(&self, max_text_bytes: usize) -> Result<(), ProtocolError> {
+        if self.tasks.is_empty() || self.tasks.len() > MAX_TASKS_PER_ADD {
+            return Err(ProtocolError::invalid(
+                "tasks",
+                format!("must hold between 1 and {MAX_TASKS_PER_ADD} tasks"),
+            ));
+        }
+        for (i, task) in self.tasks.iter().enumerate() {
+            task.validate(max_text_bytes).map_err(|e| match e {
+                ProtocolError::Invalid { field, problem } if self.tasks.len() > 1 => {
+                    ProtocolError::invalid(field, format!("task {i}: {problem}"))
+                }
+                other => other,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Reply to [`TaskAddRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskAddReply {
+    /// Ids of the new tasks, in request order.
+    pub task_ids: Vec<TaskId>,
+}
+
+/// `api.task.get`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskGetRequest {
+    /// The task.
+    pub task_id: TaskId,
+}
+
+/// `api.task.list`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskListRequest {
+    /// Only tasks in this state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<TaskStatus>,
+    /// At most this many, oldest first (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// A task as clients see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskView {
+    /// The task.
+    pub id: TaskId,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub task_type: TaskType,
+    /// Its input.
+    pub text: String,
+    /// Where it is in its lifecycle.
+    pub status: TaskStatus,
+    /// The consensus label, once finalized.
+    pub final_label: Option<String>,
+    /// Mean confidence of the winning label.
+    pub final_confidence: Option<f64>,
+    /// Distinct workers that must answer.
+    pub required_submissions: u32,
+    /// Results received.
+    pub submissions: u32,
+    /// Leases live now.
+    pub active_leases: u32,
+    /// Leases that ended without a result.
+    pub attempts: u32,
+    /// Attempts allowed before the task fails.
+    pub max_attempts: u32,
+    /// Why it failed.
+    pub error_message: Option<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Finalization or failure time.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A stored result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmissionView {
+    /// Who answered.
+    pub worker_id: WorkerId,
+    /// The answer.
+    pub label: String,
+    /// The model's confidence.
+    pub confidence: f64,
+    /// The model that answered.
+    pub model: Option<String>,
+    /// Whether it matched the consensus (set at finalization).
+    pub agreed: Option<bool>,
+    /// When it was committed.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A live lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseView {
+    /// The lease.
+    pub lease_id: LeaseId,
+    /// Its holder.
+    pub worker_id: WorkerId,
+    /// When it runs out unless renewed.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Reply to [`TaskGetRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskDetail {
+    /// The task.
+    pub task: TaskView,
+    /// Its results, oldest first.
+    pub submissions: Vec<SubmissionView>,
+    /// Its live leases.
+    pub leases: Vec<LeaseView>,
+}
+
+/// Reply to [`TaskListRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskListReply {
+    /// Tasks, oldest first.
+    pub tasks: Vec<TaskView>,
+}
+
+/// One leaderboard row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaderboardEntry {
+    /// The worker.
+    pub worker_id: WorkerId,
+    /// One per submission that matched a finalized consensus.
+    pub points: u64,
+    /// Submissions it made.
+    pub submissions: u64,
+}
+
+/// Reply to `api.leaderboard`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaderboardReply {
+    /// Highest points first, ties by worker id.
+    pub entries: Vec<LeaderboardEntry>,
+}
+
+/// A worker in the registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerView {
+    /// The worker.
+    pub worker_id: WorkerId,
+    /// Its liveness.
+    pub status: WorkerStatus,
+    /// What it can do.
+    pub capabilities: Vec<TaskType>,
+    /// What it runs.
+    pub model: Option<String>,
+    /// Its last heartbeat or request.
+    pub last_seen: DateTime<Utc>,
+    /// First seen.
+    pub registered_at: DateTime<Utc>,
+    /// Leases it holds now.
+    pub active_leases: u32,
+}
+
+/// Reply to `api.workers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkersReply {
+    /// Every worker ever seen, by id.
+    pub workers: Vec<WorkerView>,
+}
+
+/// Reply to `api.stats`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsReply {
+    /// Tasks stored.
+    pub tasks_total: u64,
+    /// Tasks per state (every state present).
+    pub tasks_by_status: BTreeMap<TaskStatus, u64>,
+    /// Results stored.
+    pub submissions: u64,
+    /// Workers known.
+    pub workers: u64,
+    /// Workers heartbeating within the TTL.
+    pub workers_active: u64,
+    /// Workers silent past the TTL.
+    pub workers_stale: u64,
+    /// Leases live now.
+    pub active_leases: u64,
+}
+
+/// Reply to `api.ops.requeue`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequeueReply {
+    /// Leases freed (expired, or held by stale workers).
+    pub requeued: u32,
+    /// Tasks that ran out of attempts as a result.
+    pub failed: u32,
+    /// Workers newly marked stale.
+    pub stale_workers: u32,
+}
+
+/// `api.ops.reset`: delete every task, lease, submission, worker and score.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetRequest {
+    /// Must be `true`: a guard against accidents.
+    #[serde(default)]
+    pub confirm: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_task_bounds() {
+        let ok = NewTask::text("fine");
+        assert!(ok.validate(100).is_ok());
+        let empty = NewTask::text("  ");
+        assert_eq!(
+            empty.validate(100).expect_err("empty").code(),
+            ErrorCode::InvalidArgument
+        );
+        let big = NewTask::text("x".repeat(101));
+        assert_eq!(
+            big.validate(100).expect_err("big").code(),
+            ErrorCode::TextTooLarge
+        );
+        for r in [0, MAX_REQUIRED_SUBMISSIONS + 1] {
+            let t = NewTask {
+                required_submissions: Some(r),
+                ..NewTask::text("x")
+            };
+            assert!(t.validate(100).is_err(), "required {r} accepted");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = decode::<SubmitRequest>(br#"{"lease_id":"0190a0e0-0000-7000-8000-000000000000","worker_id":"a","label":"x","confidence":1,"extra":1}"#)
+            .expect_err("extra field accepted");
+        assert_eq!(err.code(), ErrorCode::MalformedRequest);
+    }
+
+    #[test]
+    fn api_ops_round_trip() {
+        for op in ApiOp::ALL {
+            assert_eq!(op.as_str().parse::<ApiOp>().expect("parse"), *op);
+        }
+        assert_eq!(
+            "nope".parse::<ApiOp>().expect_err("nope").code,
+            ErrorCode::UnknownOperation
+        );
+    }
+
+    #[test]
+    fn confidence_must_be_a_probability() {
+        assert!(check_confidence(0.0).is_ok() && check_confidence(1.0).is_ok());
+        assert!(check_confidence(1.01).is_err());
+        assert!(check_confidence(f64::NAN).is_err());
+    }
+}
