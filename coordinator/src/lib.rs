@@ -1,1 +1,145 @@
-//! placeholder
+//! The aimarket coordinator: hands out inference tasks to workers over NATS, verifies results by
+//! majority vote across distinct workers, and keeps the leaderboard.
+//!
+//! Where things live:
+//! - [`ops`]: the operations (one file each) over a SQLite transaction: the task state machine,
+//!   leases, consensus and scoring. No transport, no async.
+//! - [`consensus`]: the vote.
+//! - [`core`]: [`Core`], the operations as async methods over the [`store`].
+//! - [`nats`]: the NATS adapter.
+//! - [`run`]: everything together until shutdown.
+
+pub mod config;
+pub mod consensus;
+pub mod core;
+pub mod error;
+pub mod nats;
+pub mod ops;
+pub mod store;
+
+pub use crate::config::Config;
+pub use crate::core::Core;
+pub use crate::error::{CoreError, StoreError};
+pub use crate::ops::Settings;
+
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Why the coordinator could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The store could not be opened.
+    #[error("opening store {path}: {source}")]
+    Store {
+        /// The database file.
+        path: String,
+        /// Why.
+        #[source]
+        source: StoreError,
+    },
+    /// The NATS URL is unusable.
+    #[error("connecting to nats at {url}: {source}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// A subscription was refused.
+    #[error("subscribing: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+}
+
+/// Runs the coordinator until `shutdown` fires: opens the store, connects to NATS (waiting for
+/// the server if it is not up yet), serves requests, sweeps, and on shutdown finishes in-flight
+/// requests and flushes before returning.
+///
+/// # Errors
+/// [`RunError`] when the store cannot be opened or NATS refuses a subscription.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let store = store::Store::open(&config.db_path)
+        .await
+        .map_err(|source| RunError::Store {
+            path: config.db_path.display().to_string(),
+            source,
+        })?;
+    info!(db = %config.db_path.display(), "store open");
+    let (core, effects) = Core::new(store, config.settings);
+
+    let client = connect(&config.nats_url)
+        .await
+        .map_err(|source| RunError::Connect {
+            url: config.nats_url.clone(),
+            source,
+        })?;
+    let background = tokio_util::task::TaskTracker::new();
+    background.spawn(nats::publish_effects(
+        client.clone(),
+        config.prefix.clone(),
+        effects,
+    ));
+    background.spawn(sweeper(
+        core.clone(),
+        config.sweep_interval,
+        shutdown.clone(),
+    ));
+    // Requeue what expired while the coordinator was down, before serving.
+    if let Err(e) = core.sweep().await {
+        warn!(error = %e, "startup sweep failed");
+    }
+    info!(
+        nats = %config.nats_url,
+        lease_seconds = config.settings.lease_ms / 1000,
+        heartbeat_ttl_seconds = config.settings.heartbeat_ttl_ms / 1000,
+        "coordinator ready"
+    );
+    let served = nats::serve(
+        client.clone(),
+        core,
+        config.prefix.clone(),
+        shutdown.clone(),
+        config.shutdown_grace,
+    )
+    .await;
+    // The sweeper has seen the same token; once it and the adapter are done, the last `Core` is
+    // gone and the publisher drains what is left.
+    background.close();
+    background.wait().await;
+    if let Err(e) = client.flush().await {
+        warn!(error = %e, "final flush failed");
+    }
+    info!("coordinator stopped");
+    served.map_err(RunError::from)
+}
+
+async fn connect(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    async_nats::ConnectOptions::new()
+        .name("aimarket-coordinator")
+        .retry_on_initial_connect()
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => info!("nats connected"),
+                async_nats::Event::Disconnected => warn!("nats disconnected; reconnecting"),
+                other => info!(event = %other, "nats event"),
+            }
+        })
+        .connect(url)
+        .await
+}
+
+async fn sweeper(core: Core, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                if let Err(e) = core.sweep().await {
+                    warn!(error = %e, "sweep failed");
+                }
+            }
+        }
+    }
+}

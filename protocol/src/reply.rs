@@ -83,10 +83,7 @@ mod tests {
             std::str::from_utf8(&bytes).expect("utf8"),
             r#"{"ok":false,"error":{"code":"not_found","message":"no task"}}"#
         );
-        assert_eq!(
-            decode::<ReleaseReply>(&bytes).expect("decode"),
-            Err(e)
-        );
+        assert_eq!(decode::<ReleaseReply>(&bytes).expect("decode"), Err(e));
         assert!(decode::<ReleaseReply>(b"nope").is_err());
     }
 }

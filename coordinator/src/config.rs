@@ -1,0 +1,36 @@
+//! The coordinator's configuration, filled in by the CLI from flags and env vars.
+
+use crate::ops::Settings;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything `coordinator::run` needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// NATS server URL.
+    pub nats_url: String,
+    /// SQLite database file.
+    pub db_path: PathBuf,
+    /// Subject prefix.
+    pub prefix: String,
+    /// The tunables of the core operations.
+    pub settings: Settings,
+    /// How often the sweeper runs.
+    pub sweep_interval: Duration,
+    /// How long a shutdown may take before in-flight requests are abandoned.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// A config with the defaults, for `nats_url` and `db_path`.
+    pub fn new(nats_url: impl Into<String>, db_path: impl Into<PathBuf>) -> Self {
+        Self {
+            nats_url: nats_url.into(),
+            db_path: db_path.into(),
+            prefix: protocol::subject::DEFAULT_PREFIX.to_owned(),
+            settings: Settings::default(),
+            sweep_interval: Duration::from_secs(15),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}

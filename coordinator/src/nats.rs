@@ -1,0 +1,251 @@
+//! The NATS adapter: subscribes (in the coordinators' queue group) to the lease, release,
+//! heartbeat, submit and API subjects, decodes each message, calls the [`Core`], and replies with
+//! the envelope. It also publishes the core's effects. No logic of its own.
+
+use crate::core::Core;
+use crate::error::CoreError;
+use crate::ops::Effect;
+use async_nats::{Client, Message};
+use futures::StreamExt;
+use protocol::messages::{
+    decode, ApiOp, Empty, Heartbeat, LeaseRequest, ReleaseRequest, ResetRequest, SubmitRequest,
+    TaskAddRequest, TaskGetRequest, TaskListRequest,
+};
+use protocol::subject::{self, COORDINATOR_QUEUE};
+use protocol::{reply, ApiError, TaskId, WorkerId};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, warn};
+
+/// Requests handled at once; past this the adapter stops reading and NATS buffers.
+const MAX_IN_FLIGHT: usize = 512;
+
+/// Serves requests until `shutdown`, then stops taking new ones and finishes those in flight
+/// (up to `grace`).
+///
+/// # Errors
+/// When a subscription cannot be made.
+pub async fn serve(
+    client: Client,
+    core: Core,
+    prefix: String,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> Result<(), async_nats::SubscribeError> {
+    let subjects = [
+        subject::lease(&prefix),
+        subject::lease_release(&prefix),
+        subject::heartbeat_all(&prefix),
+        subject::submit_all(&prefix),
+        subject::api_all(&prefix),
+    ];
+    let mut subs = Vec::with_capacity(subjects.len());
+    for s in &subjects {
+        subs.push(
+            client
+                .queue_subscribe(s.clone(), COORDINATOR_QUEUE.to_owned())
+                .await?,
+        );
+    }
+    tracing::info!(prefix = %prefix, "serving nats api");
+    let mut messages = futures::stream::select_all(subs);
+    let tracker = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let prefix: Arc<str> = prefix.into();
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            msg = messages.next() => match msg {
+                Some(msg) => msg,
+                None => break,
+            },
+        };
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let (client, core, prefix) = (client.clone(), core.clone(), prefix.clone());
+        tracker.spawn(async move {
+            handle(&client, &core, &prefix, msg).await;
+            drop(permit);
+        });
+    }
+    // Stop taking work: unsubscribe, then let in-flight requests commit and reply.
+    drop(messages);
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        warn!(
+            in_flight = tracker.len(),
+            "shutdown grace over; abandoning requests"
+        );
+    }
+    Ok(())
+}
+
+async fn handle(client: &Client, core: &Core, prefix: &str, msg: Message) {
+    let subject = msg.subject.as_str();
+    let body = if subject == subject::lease(prefix) {
+        Some(respond(lease(core, &msg.payload).await))
+    } else if subject == subject::lease_release(prefix) {
+        Some(respond(release(core, &msg.payload).await))
+    } else if let Some(worker) = subject::tail(prefix, "heartbeat", subject) {
+        let result = heartbeat(core, worker, &msg.payload).await;
+        if msg.reply.is_none() {
+            if let Err(e) = &result {
+                warn!(worker_id = worker, error = %e, "heartbeat refused");
+            }
+        }
+        Some(respond(result))
+    } else if let Some(task) = subject::tail(prefix, "submit", subject) {
+        Some(respond(submit(core, task, &msg.payload).await))
+    } else if let Some(op) = subject::tail(prefix, "api", subject) {
+        Some(api(core, op, &msg.payload).await)
+    } else {
+        None
+    };
+    if let (Some(reply_to), Some(body)) = (msg.reply, body) {
+        if let Err(e) = client.publish(reply_to, body.into()).await {
+            warn!(error = %e, "reply not sent");
+        }
+    }
+}
+
+/// Encodes a result as a reply, logging the errors a human should see.
+fn respond<T: Serialize>(result: Result<T, CoreError>) -> Vec<u8> {
+    reply::encode(&result.map_err(|e| {
+        let api = e.to_api();
+        match api.code {
+            protocol::ErrorCode::Internal => error!(error = %e, "request failed"),
+            protocol::ErrorCode::Unavailable => warn!(error = %e, "store unavailable"),
+            _ => debug!(error = %e, "request refused"),
+        }
+        api
+    }))
+}
+
+async fn lease(core: &Core, payload: &[u8]) -> Result<protocol::messages::LeaseReply, CoreError> {
+    core.lease(decode::<LeaseRequest>(payload)?).await
+}
+
+async fn release(
+    core: &Core,
+    payload: &[u8],
+) -> Result<protocol::messages::ReleaseReply, CoreError> {
+    core.release(decode::<ReleaseRequest>(payload)?).await
+}
+
+async fn heartbeat(
+    core: &Core,
+    worker: &str,
+    payload: &[u8],
+) -> Result<protocol::messages::HeartbeatReply, CoreError> {
+    let worker: WorkerId = worker.parse()?;
+    core.heartbeat(worker, decode::<Heartbeat>(payload)?).await
+}
+
+async fn submit(
+    core: &Core,
+    task: &str,
+    payload: &[u8],
+) -> Result<protocol::messages::SubmitReply, CoreError> {
+    let task: TaskId = task.parse()?;
+    core.submit(task, decode::<SubmitRequest>(payload)?).await
+}
+
+async fn api(core: &Core, op: &str, payload: &[u8]) -> Vec<u8> {
+    let op: ApiOp = match op.parse() {
+        Ok(op) => op,
+        Err(e) => return reply::err(&e),
+    };
+    // An empty body stands for `{}`, so `nats req aimarket.api.stats ''` works.
+    let payload: &[u8] = if payload.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        payload
+    };
+    match op {
+        ApiOp::TaskAdd => {
+            respond(async { core.add_tasks(decode::<TaskAddRequest>(payload)?).await }.await)
+        }
+        ApiOp::TaskGet => respond(
+            async {
+                core.get_task(decode::<TaskGetRequest>(payload)?.task_id)
+                    .await
+            }
+            .await,
+        ),
+        ApiOp::TaskList => {
+            respond(async { core.list_tasks(decode::<TaskListRequest>(payload)?).await }.await)
+        }
+        ApiOp::Leaderboard => respond(
+            async {
+                decode::<Empty>(payload)?;
+                core.leaderboard().await
+            }
+            .await,
+        ),
+        ApiOp::Workers => respond(
+            async {
+                decode::<Empty>(payload)?;
+                core.workers().await
+            }
+            .await,
+        ),
+        ApiOp::Stats => respond(
+            async {
+                decode::<Empty>(payload)?;
+                core.stats().await
+            }
+            .await,
+        ),
+        ApiOp::OpsRequeue => respond(
+            async {
+                decode::<Empty>(payload)?;
+                core.sweep().await
+            }
+            .await,
+        ),
+        ApiOp::OpsReset => respond(
+            async {
+                core.reset(decode::<ResetRequest>(payload)?)
+                    .await
+                    .map(|()| Empty {})
+            }
+            .await,
+        ),
+    }
+}
+
+/// Publishes effects of committed operations until every [`Core`] clone is gone.
+pub async fn publish_effects(
+    client: Client,
+    prefix: String,
+    mut effects: mpsc::UnboundedReceiver<Effect>,
+) {
+    while let Some(effect) = effects.recv().await {
+        let (subject, body) = match &effect {
+            Effect::Announce(a) => (
+                subject::tasks(&prefix, &a.task_type),
+                protocol::messages::encode(a),
+            ),
+            Effect::Finished(e) => (
+                subject::task_event(&prefix, &e.task_id),
+                protocol::messages::encode(e),
+            ),
+        };
+        if let Err(e) = client.publish(subject, body.into()).await {
+            warn!(error = %e, "event not published");
+        }
+    }
+}
+
+impl From<ApiError> for CoreError {
+    fn from(e: ApiError) -> Self {
+        CoreError::Invalid(protocol::ProtocolError::invalid("operation", e.message))
+    }
+}

@@ -1,0 +1,261 @@
+//! `lease`: grant a worker up to `max_tasks` leases, oldest task first, on tasks of the types it
+//! can do, that still need workers, and that it neither holds nor has answered.
+//!
+//! Several workers may hold leases on one task at once, up to the submissions it still needs, so
+//! a task needing three votes is worked on by three workers in parallel.
+
+use super::{touch_worker, Ctx};
+use crate::error::CoreError;
+use crate::store::from_ms;
+use protocol::messages::{Lease, LeaseReply, LeaseRequest, Timings};
+use protocol::{LeaseId, TaskId, TaskType, WorkerId};
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// A task that can be leased: its FIFO position, id, type and text.
+struct Candidate {
+    seq: i64,
+    id: String,
+    task_type: TaskType,
+    text: String,
+}
+
+/// The "still needs workers and this one has not touched it" condition. Its first two terms
+/// repeat the `task_open` partial index's WHERE clause verbatim, which is what lets SQLite use it;
+/// the FIFO query names the index (`INDEXED BY`), so a plan change is an error, not a slow scan.
+const OPEN_FOR_WORKER: &str =
+    "status IN ('queued', 'assigned') AND required > active_leases + submissions
+    AND NOT EXISTS (SELECT 1 FROM lease l
+                    WHERE l.task_id = task.id AND l.worker_id = ?1 AND l.state = 'active')
+    AND NOT EXISTS (SELECT 1 FROM submission s
+                    WHERE s.task_id = task.id AND s.worker_id = ?1)";
+
+/// The timings workers must keep to.
+pub fn timings(ctx: &Ctx) -> Timings {
+    Timings {
+        lease_seconds: (ctx.settings.lease_ms / 1000) as u64,
+        heartbeat_ttl_seconds: (ctx.settings.heartbeat_ttl_ms / 1000) as u64,
+    }
+}
+
+/// # Errors
+/// [`CoreError::Invalid`] for a request out of bounds; store errors otherwise.
+pub fn run(conn: &Connection, ctx: &mut Ctx, req: LeaseRequest) -> Result<LeaseReply, CoreError> {
+    req.validate()?;
+    let worker = &req.worker_id;
+    touch_worker(
+        conn,
+        ctx.now,
+        worker,
+        &req.capabilities,
+        req.model.as_deref(),
+    )?;
+    let held: u32 = conn
+        .prepare_cached("SELECT COUNT(*) FROM lease WHERE worker_id = ?1 AND state = 'active'")?
+        .query_row([worker.as_str()], |r| r.get(0))?;
+    let want = req
+        .max_tasks
+        .min(ctx.settings.max_leases_per_worker.saturating_sub(held)) as usize;
+    let mut picks = Vec::new();
+    if want > 0 {
+        if let Some(hint) = &req.task_id {
+            picks.extend(hinted(conn, worker, hint, &req.capabilities)?);
+        }
+        let mut caps = req.capabilities.clone();
+        caps.sort();
+        caps.dedup();
+        for cap in &caps {
+            picks.extend(oldest_open(conn, worker, cap, want)?);
+        }
+        picks.sort_by_key(|c| c.seq);
+        picks.dedup_by_key(|c| c.seq);
+        picks.truncate(want);
+    }
+    let expires_at = ctx.now + ctx.settings.lease_ms;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO lease (id, task_id, worker_id, state, expires_at, created_at)
+         VALUES (?1, ?2, ?3, 'active', ?4, ?5)",
+    )?;
+    let mut assign = conn.prepare_cached(
+        "UPDATE task SET active_leases = active_leases + 1, status = 'assigned' WHERE id = ?1",
+    )?;
+    let mut leases = Vec::with_capacity(picks.len());
+    for c in picks {
+        let lease_id = LeaseId::new();
+        insert.execute(params![
+            lease_id.to_string(),
+            c.id,
+            worker.as_str(),
+            expires_at,
+            ctx.now
+        ])?;
+        assign.execute([&c.id])?;
+        let task_id: TaskId = c.id.parse()?;
+        tracing::debug!(%task_id, worker_id = %worker, %lease_id, "lease granted");
+        leases.push(Lease {
+            lease_id,
+            task_id,
+            task_type: c.task_type,
+            text: c.text,
+            expires_at: from_ms(expires_at),
+        });
+    }
+    Ok(LeaseReply {
+        leases,
+        timings: timings(ctx),
+    })
+}
+
+fn oldest_open(
+    conn: &Connection,
+    worker: &WorkerId,
+    task_type: &TaskType,
+    limit: usize,
+) -> Result<Vec<Candidate>, CoreError> {
+    let sql = format!(
+        "SELECT seq, id, text FROM task INDEXED BY task_open
+         WHERE type = ?2 AND {OPEN_FOR_WORKER} ORDER BY seq LIMIT ?3"
+    );
+    let rows = conn
+        .prepare_cached(&sql)?
+        .query_map(
+            params![worker.as_str(), task_type.as_str(), limit as i64],
+            |r| {
+                Ok(Candidate {
+                    seq: r.get(0)?,
+                    id: r.get(1)?,
+                    task_type: task_type.clone(),
+                    text: r.get(2)?,
+                })
+            },
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+fn hinted(
+    conn: &Connection,
+    worker: &WorkerId,
+    task: &TaskId,
+    capabilities: &[TaskType],
+) -> Result<Option<Candidate>, CoreError> {
+    let sql = format!("SELECT seq, id, type, text FROM task WHERE id = ?2 AND {OPEN_FOR_WORKER}");
+    let row = conn
+        .prepare_cached(&sql)?
+        .query_row(params![worker.as_str(), task.to_string()], |r| {
+            Ok(Candidate {
+                seq: r.get(0)?,
+                id: r.get(1)?,
+                task_type: super::parsed(r, 2)?,
+                text: r.get(3)?,
+            })
+        })
+        .optional()?;
+    Ok(row.filter(|c| capabilities.contains(&c.task_type)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::load_task;
+    use crate::ops::testing::*;
+    use protocol::messages::NewTask;
+    use protocol::TaskStatus;
+
+    fn lease(conn: &mut Connection, now: i64, req: LeaseRequest) -> LeaseReply {
+        let tx = conn.transaction().expect("tx");
+        let reply = run(&tx, &mut ctx(now), req).expect("lease");
+        tx.commit().expect("commit");
+        reply
+    }
+
+    #[test]
+    fn parallel_leases_to_distinct_workers_up_to_required() {
+        let mut conn = store();
+        let t = add(&mut conn, 0, NewTask::text("x"));
+        for w in ["a", "b", "c"] {
+            let r = lease(&mut conn, 1, lease_req(w, 1));
+            assert_eq!(r.leases.len(), 1, "{w} got no lease");
+            assert_eq!(r.leases[0].task_id, t);
+        }
+        assert!(lease(&mut conn, 1, lease_req("d", 1)).leases.is_empty());
+        let task = load_task(&conn, &t).expect("task");
+        assert_eq!((task.status, task.active_leases), (TaskStatus::Assigned, 3));
+    }
+
+    #[test]
+    fn a_worker_never_gets_a_second_lease_on_a_task() {
+        let mut conn = store();
+        add(&mut conn, 0, NewTask::text("x"));
+        assert_eq!(lease(&mut conn, 1, lease_req("a", 5)).leases.len(), 1);
+        assert!(lease(&mut conn, 2, lease_req("a", 5)).leases.is_empty());
+    }
+
+    #[test]
+    fn fifo_and_capability_routing() {
+        let mut conn = store();
+        let other = add(
+            &mut conn,
+            0,
+            NewTask {
+                task_type: Some(TaskType::new("translate").expect("type")),
+                ..NewTask::text("hola")
+            },
+        );
+        let first = add(&mut conn, 1, NewTask::text("one"));
+        let second = add(&mut conn, 2, NewTask::text("two"));
+        let r = lease(&mut conn, 3, lease_req("a", 10));
+        let ids: Vec<_> = r.leases.iter().map(|l| l.task_id).collect();
+        assert_eq!(ids, vec![first, second], "sentiment worker got {ids:?}");
+        let mut req = lease_req("b", 10);
+        req.capabilities = vec![
+            TaskType::new("translate").expect("type"),
+            TaskType::sentiment(),
+        ];
+        let ids: Vec<_> = lease(&mut conn, 4, req)
+            .leases
+            .iter()
+            .map(|l| l.task_id)
+            .collect();
+        assert_eq!(ids, vec![other, first, second]);
+    }
+
+    #[test]
+    fn per_worker_cap_on_held_leases() {
+        let mut conn = store();
+        for i in 0..5 {
+            add(&mut conn, i, NewTask::text(format!("t{i}")));
+        }
+        let tx = conn.transaction().expect("tx");
+        let mut c = ctx(10);
+        c.settings.max_leases_per_worker = 2;
+        assert_eq!(
+            run(&tx, &mut c, lease_req("a", 5))
+                .expect("lease")
+                .leases
+                .len(),
+            2
+        );
+        assert!(run(&tx, &mut c, lease_req("a", 5))
+            .expect("lease")
+            .leases
+            .is_empty());
+    }
+
+    #[test]
+    fn the_lease_query_walks_the_open_index() {
+        let conn = store();
+        let sql = format!(
+            "EXPLAIN QUERY PLAN SELECT seq, id, text FROM task INDEXED BY task_open WHERE type = ?2 AND {OPEN_FOR_WORKER} ORDER BY seq LIMIT ?3"
+        );
+        let plan: Vec<String> = conn
+            .prepare(&sql)
+            .expect("plan")
+            .query_map(params!["w", "sentiment", 1], |r| r.get(3))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("plan rows");
+        let plan = plan.join("\n");
+        assert!(plan.contains("USING INDEX task_open"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "the query sorts: {plan}");
+    }
+}

@@ -1,0 +1,361 @@
+//! The core operations, one file each. Every operation is a plain function over an open
+//! transaction and a [`Ctx`] (the clock reading, the tunables, and the effects to publish after
+//! commit), so it runs the same under NATS, HTTP and unit tests.
+
+pub mod heartbeat;
+pub mod leaderboard;
+pub mod lease;
+pub mod release;
+pub mod reset;
+pub mod stats;
+pub mod submit;
+pub mod sweep;
+pub mod task_add;
+pub mod task_get;
+pub mod task_list;
+pub mod workers;
+
+use crate::error::CoreError;
+use crate::store::from_ms;
+use protocol::messages::{TaskAnnouncement, TaskEvent, TaskView};
+use protocol::{TaskId, TaskStatus, TaskType, WorkerId};
+use rusqlite::types::{FromSql, FromSqlError, ValueRef};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use std::str::FromStr;
+
+/// The tunables the operations need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// How long a lease lasts after its grant or its holder's last heartbeat, in ms.
+    pub lease_ms: i64,
+    /// How long a worker may stay silent before it is stale, in ms.
+    pub heartbeat_ttl_ms: i64,
+    /// `max_attempts` of a task created without one.
+    pub max_attempts_default: u32,
+    /// Largest task text, in bytes.
+    pub max_text_bytes: usize,
+    /// Most leases one worker may hold at once.
+    pub max_leases_per_worker: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            lease_ms: 75_000,
+            heartbeat_ttl_ms: 45_000,
+            max_attempts_default: 5,
+            max_text_bytes: protocol::limits::DEFAULT_MAX_TEXT_BYTES,
+            max_leases_per_worker: 64,
+        }
+    }
+}
+
+/// Something to publish once the transaction that caused it has committed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// A task has free slots: wake idle workers of its type.
+    Announce(TaskAnnouncement),
+    /// A task reached a terminal state.
+    Finished(TaskEvent),
+}
+
+/// What an operation runs with.
+#[derive(Debug)]
+pub struct Ctx {
+    /// The clock, in ms since the epoch, read once per operation.
+    pub now: i64,
+    /// The tunables.
+    pub settings: Settings,
+    /// Effects to publish after commit.
+    pub effects: Vec<Effect>,
+}
+
+impl Ctx {
+    /// A context at time `now`.
+    pub fn new(now: i64, settings: Settings) -> Self {
+        Self {
+            now,
+            settings,
+            effects: Vec::new(),
+        }
+    }
+}
+
+/// Reads a TEXT column into any type with `FromStr` (ids, states).
+pub(crate) fn parsed<T>(row: &Row<'_>, idx: usize) -> rusqlite::Result<T>
+where
+    T: FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let s: String = row.get(idx)?;
+    s.parse().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+/// Newtype so JSON-in-TEXT columns (capabilities) load with `row.get`.
+pub(crate) struct Json<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned> FromSql for Json<T> {
+    fn column_result(value: ValueRef<'_>) -> Result<Self, FromSqlError> {
+        let s = value.as_str()?;
+        serde_json::from_str(s)
+            .map(Json)
+            .map_err(|e| FromSqlError::Other(Box::new(e)))
+    }
+}
+
+/// A `task` row.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TaskRow {
+    pub id: TaskId,
+    pub task_type: TaskType,
+    pub text: String,
+    pub status: TaskStatus,
+    pub required: u32,
+    pub max_attempts: u32,
+    pub attempts: u32,
+    pub active_leases: u32,
+    pub submissions: u32,
+    pub final_label: Option<String>,
+    pub final_confidence: Option<f64>,
+    pub error_message: Option<String>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+/// The columns [`TaskRow::from_row`] reads, in order.
+pub(crate) const TASK_COLUMNS: &str = "id, type, text, status, required, max_attempts, attempts, \
+     active_leases, submissions, final_label, final_confidence, error_message, created_at, finished_at";
+
+impl TaskRow {
+    pub fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: parsed(r, 0)?,
+            task_type: parsed(r, 1)?,
+            text: r.get(2)?,
+            status: parsed(r, 3)?,
+            required: r.get(4)?,
+            max_attempts: r.get(5)?,
+            attempts: r.get(6)?,
+            active_leases: r.get(7)?,
+            submissions: r.get(8)?,
+            final_label: r.get(9)?,
+            final_confidence: r.get(10)?,
+            error_message: r.get(11)?,
+            created_at: r.get(12)?,
+            finished_at: r.get(13)?,
+        })
+    }
+
+    pub fn view(self) -> TaskView {
+        TaskView {
+            id: self.id,
+            task_type: self.task_type,
+            text: self.text,
+            status: self.status,
+            final_label: self.final_label,
+            final_confidence: self.final_confidence,
+            required_submissions: self.required,
+            submissions: self.submissions,
+            active_leases: self.active_leases,
+            attempts: self.attempts,
+            max_attempts: self.max_attempts,
+            error_message: self.error_message,
+            created_at: from_ms(self.created_at),
+            finished_at: self.finished_at.map(from_ms),
+        }
+    }
+
+    pub fn announcement(&self) -> TaskAnnouncement {
+        TaskAnnouncement {
+            task_id: self.id,
+            task_type: self.task_type.clone(),
+            required: self.required,
+        }
+    }
+}
+
+/// Loads a task.
+///
+/// # Errors
+/// [`CoreError::TaskNotFound`] when there is none with that id.
+pub(crate) fn load_task(conn: &Connection, id: &TaskId) -> Result<TaskRow, CoreError> {
+    let sql = format!("SELECT {TASK_COLUMNS} FROM task WHERE id = ?1");
+    conn.prepare_cached(&sql)?
+        .query_row([id.to_string()], TaskRow::from_row)
+        .optional()?
+        .ok_or(CoreError::TaskNotFound(*id))
+}
+
+/// Records that `worker` is alive with these capabilities; registers it on first sight.
+pub(crate) fn touch_worker(
+    conn: &Connection,
+    now: i64,
+    worker: &WorkerId,
+    capabilities: &[TaskType],
+    model: Option<&str>,
+) -> Result<(), CoreError> {
+    let caps = serde_json::to_string(capabilities).expect("task types serialize");
+    conn.prepare_cached(
+        "INSERT INTO worker (id, status, capabilities, model, last_seen, registered_at)
+         VALUES (?1, 'active', ?2, ?3, ?4, ?4)
+         ON CONFLICT (id) DO UPDATE SET
+             status = 'active',
+             capabilities = excluded.capabilities,
+             model = COALESCE(excluded.model, worker.model),
+             last_seen = excluded.last_seen",
+    )?
+    .execute(params![worker.as_str(), caps, model, now])?;
+    Ok(())
+}
+
+/// Ends a live lease that produced no result (`expired` or `released`): one more attempt on its
+/// task, which fails when it runs out of attempts and is announced again otherwise.
+///
+/// Returns whether the lease was live, and whether its task failed as a result.
+pub(crate) fn end_lease_unanswered(
+    conn: &Connection,
+    ctx: &mut Ctx,
+    lease_id: &str,
+    task_id: &TaskId,
+    state: &'static str,
+) -> Result<(bool, bool), CoreError> {
+    let ended = conn
+        .prepare_cached(
+            "UPDATE lease SET state = ?1, ended_at = ?2 WHERE id = ?3 AND state = 'active'",
+        )?
+        .execute(params![state, ctx.now, lease_id])?;
+    if ended == 0 {
+        return Ok((false, false));
+    }
+    conn.prepare_cached(
+        "UPDATE task SET
+             active_leases = active_leases - 1,
+             attempts = attempts + 1,
+             status = CASE WHEN active_leases = 1 THEN 'queued' ELSE 'assigned' END
+         WHERE id = ?1 AND status IN ('queued', 'assigned')",
+    )?
+    .execute([task_id.to_string()])?;
+    let task = load_task(conn, task_id)?;
+    if task.status.is_terminal() {
+        return Ok((true, false));
+    }
+    if task.attempts >= task.max_attempts {
+        let message = format!(
+            "gave up after {} attempts: leases {} without a result",
+            task.attempts,
+            if state == "released" {
+                "were released"
+            } else {
+                "expired"
+            }
+        );
+        fail_task(conn, ctx, &task, message)?;
+        return Ok((true, true));
+    }
+    ctx.effects.push(Effect::Announce(task.announcement()));
+    Ok((true, false))
+}
+
+/// Moves a task to `failed`, cancelling any lease still live on it.
+pub(crate) fn fail_task(
+    conn: &Connection,
+    ctx: &mut Ctx,
+    task: &TaskRow,
+    message: String,
+) -> Result<(), CoreError> {
+    conn.prepare_cached(
+        "UPDATE lease SET state = 'cancelled', ended_at = ?1 WHERE task_id = ?2 AND state = 'active'",
+    )?
+    .execute(params![ctx.now, task.id.to_string()])?;
+    conn.prepare_cached(
+        "UPDATE task SET status = 'failed', active_leases = 0, error_message = ?1, finished_at = ?2
+         WHERE id = ?3",
+    )?
+    .execute(params![message, ctx.now, task.id.to_string()])?;
+    tracing::warn!(task_id = %task.id, attempts = task.attempts, "task failed");
+    ctx.effects.push(Effect::Finished(TaskEvent {
+        task_id: task.id,
+        status: TaskStatus::Failed,
+        final_label: None,
+        final_confidence: None,
+        error_message: Some(message),
+        at: from_ms(ctx.now),
+    }));
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A fresh in-memory store and helpers shared by the operation tests.
+
+    use super::*;
+    use protocol::messages::{LeaseRequest, NewTask, TaskAddRequest};
+
+    pub fn store() -> Connection {
+        let mut conn = Connection::open_in_memory().expect("in-memory sqlite");
+        crate::store::prepare(&mut conn).expect("schema");
+        conn
+    }
+
+    pub fn settings() -> Settings {
+        Settings {
+            lease_ms: 10_000,
+            heartbeat_ttl_ms: 6_000,
+            max_attempts_default: 3,
+            ..Settings::default()
+        }
+    }
+
+    pub fn ctx(now: i64) -> Ctx {
+        Ctx::new(now, settings())
+    }
+
+    pub fn wid(s: &str) -> WorkerId {
+        WorkerId::new(s).expect("worker id")
+    }
+
+    pub fn add(conn: &mut Connection, now: i64, task: NewTask) -> TaskId {
+        let tx = conn.transaction().expect("tx");
+        let reply = task_add::run(&tx, &mut ctx(now), TaskAddRequest { tasks: vec![task] })
+            .expect("task add");
+        tx.commit().expect("commit");
+        reply.task_ids[0]
+    }
+
+    pub fn lease_req(worker: &str, max: u32) -> LeaseRequest {
+        LeaseRequest {
+            worker_id: wid(worker),
+            capabilities: vec![TaskType::sentiment()],
+            max_tasks: max,
+            task_id: None,
+            model: Some("test".into()),
+        }
+    }
+
+    /// Every row of every table, as text: "the store is unchanged" compares two of these.
+    pub fn dump(conn: &Connection) -> String {
+        let mut out = String::new();
+        for table in ["task", "lease", "submission", "worker", "worker_score"] {
+            let mut stmt = conn
+                .prepare(&format!("SELECT * FROM {table} ORDER BY 1"))
+                .expect("select");
+            let n = stmt.column_count();
+            let rows = stmt
+                .query_map([], |r| {
+                    (0..n)
+                        .map(|i| {
+                            r.get::<_, rusqlite::types::Value>(i)
+                                .map(|v| format!("{v:?}"))
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .expect("query");
+            for row in rows {
+                out.push_str(&format!("{table}: {}\n", row.expect("row").join(" | ")));
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,41 @@
+//! `lease.release`: a worker gives leases back (graceful shutdown). Their slots are free at once;
+//! each counts as an attempt, as an expiry would.
+
+use super::{end_lease_unanswered, Ctx};
+use crate::error::CoreError;
+use protocol::messages::{ReleaseReply, ReleaseRequest};
+use protocol::TaskId;
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// Leases that are not live or not the worker's are skipped, not errors: a release races expiry.
+///
+/// # Errors
+/// Store errors only.
+pub fn run(
+    conn: &Connection,
+    ctx: &mut Ctx,
+    req: ReleaseRequest,
+) -> Result<ReleaseReply, CoreError> {
+    let mut released = 0;
+    for lease_id in &req.lease_ids {
+        let task: Option<TaskId> = conn
+            .prepare_cached(
+                "SELECT task_id FROM lease WHERE id = ?1 AND worker_id = ?2 AND state = 'active'",
+            )?
+            .query_row(params![lease_id.to_string(), req.worker_id.as_str()], |r| {
+                super::parsed(r, 0)
+            })
+            .optional()?;
+        if let Some(task) = task {
+            let (ended, _) =
+                end_lease_unanswered(conn, ctx, &lease_id.to_string(), &task, "released")?;
+            released += u32::from(ended);
+        }
+    }
+    if req.offline {
+        conn.prepare_cached("UPDATE worker SET status = 'offline', last_seen = ?1 WHERE id = ?2")?
+            .execute(params![ctx.now, req.worker_id.as_str()])?;
+        tracing::info!(worker_id = %req.worker_id, released, "worker offline");
+    }
+    Ok(ReleaseReply { released })
+}

@@ -1,0 +1,20 @@
+//! `ops.reset`: delete every task, lease, submission, worker and score.
+
+use crate::error::CoreError;
+use protocol::messages::ResetRequest;
+use protocol::ProtocolError;
+use rusqlite::Connection;
+
+/// # Errors
+/// [`CoreError::Invalid`] unless the request confirms.
+pub fn run(conn: &Connection, req: &ResetRequest) -> Result<(), CoreError> {
+    if !req.confirm {
+        return Err(ProtocolError::invalid("confirm", "must be true to delete everything").into());
+    }
+    conn.execute_batch(
+        "DELETE FROM submission; DELETE FROM lease; DELETE FROM task;
+         DELETE FROM worker_score; DELETE FROM worker;",
+    )?;
+    tracing::warn!("store reset: every task, worker and score deleted");
+    Ok(())
+}

@@ -1,0 +1,41 @@
+//! `stats`: counts of tasks by state, submissions, workers and live leases.
+
+use crate::error::CoreError;
+use protocol::messages::StatsReply;
+use protocol::TaskStatus;
+use rusqlite::Connection;
+
+/// # Errors
+/// Store errors only.
+pub fn run(conn: &Connection, now: i64, heartbeat_ttl_ms: i64) -> Result<StatsReply, CoreError> {
+    let mut tasks_by_status: std::collections::BTreeMap<TaskStatus, u64> =
+        TaskStatus::ALL.iter().map(|s| (*s, 0)).collect();
+    let mut stmt = conn.prepare_cached("SELECT status, COUNT(*) FROM task GROUP BY status")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((super::parsed::<TaskStatus>(r, 0)?, r.get::<_, u64>(1)?))
+    })?;
+    for row in rows {
+        let (status, n) = row?;
+        tasks_by_status.insert(status, n);
+    }
+    let count = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> Result<u64, rusqlite::Error> {
+        conn.prepare_cached(sql)?.query_row(p, |r| r.get(0))
+    };
+    let stale_before = now - heartbeat_ttl_ms;
+    Ok(StatsReply {
+        tasks_total: tasks_by_status.values().sum(),
+        tasks_by_status,
+        submissions: count("SELECT COUNT(*) FROM submission", &[])?,
+        workers: count("SELECT COUNT(*) FROM worker", &[])?,
+        workers_active: count(
+            "SELECT COUNT(*) FROM worker WHERE status = 'active' AND last_seen > ?1",
+            &[&stale_before],
+        )?,
+        workers_stale: count(
+            "SELECT COUNT(*) FROM worker WHERE status = 'stale'
+                 OR (status = 'active' AND last_seen <= ?1)",
+            &[&stale_before],
+        )?,
+        active_leases: count("SELECT COUNT(*) FROM lease WHERE state = 'active'", &[])?,
+    })
+}

@@ -1,0 +1,422 @@
+//! `submit.<task_id>`: a worker's result. Checked against its lease, stored, and when the task has
+//! all the submissions it needs, decided by vote and finalized (exactly once) with points to every
+//! worker that agreed.
+//!
+//! A resend of a stored submission (same lease, same label) is acknowledged again as a duplicate,
+//! so a worker that lost an acknowledgement can retry safely; a *different* second submission from
+//! the same worker is refused.
+
+use super::{load_task, parsed, Ctx, Effect};
+use crate::consensus::{decide, Vote};
+use crate::error::CoreError;
+use crate::store::from_ms;
+use protocol::messages::{SubmitReply, SubmitRequest, TaskEvent};
+use protocol::{TaskId, TaskStatus, WorkerId};
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// # Errors
+/// - [`CoreError::TaskNotFound`]: unknown task.
+/// - [`CoreError::DuplicateSubmission`]: the worker already submitted something else.
+/// - [`CoreError::NoLease`], [`CoreError::LeaseMismatch`], [`CoreError::LeaseExpired`]: the lease
+///   does not entitle this worker to submit for this task.
+/// - [`CoreError::TaskClosed`]: the task is already finalized or failed.
+pub fn run(
+    conn: &Connection,
+    ctx: &mut Ctx,
+    task_id: &TaskId,
+    req: SubmitRequest,
+) -> Result<SubmitReply, CoreError> {
+    req.validate()?;
+    let task = load_task(conn, task_id)?;
+    let tid = task_id.to_string();
+
+    let earlier: Option<(String, String)> = conn
+        .prepare_cached(
+            "SELECT lease_id, label FROM submission WHERE task_id = ?1 AND worker_id = ?2",
+        )?
+        .query_row(params![tid, req.worker_id.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    if let Some((lease, label)) = earlier {
+        if lease == req.lease_id.to_string() && label == req.label {
+            return Ok(SubmitReply {
+                accepted: true,
+                duplicate: true,
+                finalized: task.status == TaskStatus::Finalized,
+                final_label: task.final_label,
+            });
+        }
+        return Err(CoreError::DuplicateSubmission {
+            worker: req.worker_id,
+            task: *task_id,
+            label,
+        });
+    }
+
+    let lease: Option<(TaskId, WorkerId, String)> = conn
+        .prepare_cached("SELECT task_id, worker_id, state FROM lease WHERE id = ?1")?
+        .query_row([req.lease_id.to_string()], |r| {
+            Ok((parsed(r, 0)?, parsed(r, 1)?, r.get(2)?))
+        })
+        .optional()?;
+    let Some((lease_task, holder, state)) = lease else {
+        return Err(CoreError::NoLease(req.lease_id));
+    };
+    if lease_task != *task_id || holder != req.worker_id {
+        return Err(CoreError::LeaseMismatch {
+            lease: req.lease_id,
+            holder,
+            task: lease_task,
+        });
+    }
+    if task.status.is_terminal() {
+        return Err(CoreError::TaskClosed {
+            task: *task_id,
+            status: task.status,
+        });
+    }
+    if state != "active" {
+        return Err(CoreError::LeaseExpired {
+            lease: req.lease_id,
+            state,
+        });
+    }
+
+    conn.prepare_cached(
+        "INSERT INTO submission (task_id, worker_id, lease_id, label, confidence, model, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        tid,
+        req.worker_id.as_str(),
+        req.lease_id.to_string(),
+        req.label,
+        req.confidence,
+        req.model,
+        ctx.now
+    ])?;
+    conn.prepare_cached("UPDATE lease SET state = 'completed', ended_at = ?1 WHERE id = ?2")?
+        .execute(params![ctx.now, req.lease_id.to_string()])?;
+    conn.prepare_cached(
+        "UPDATE task SET
+             submissions = submissions + 1,
+             active_leases = active_leases - 1,
+             status = CASE WHEN active_leases = 1 THEN 'queued' ELSE 'assigned' END
+         WHERE id = ?1",
+    )?
+    .execute([&tid])?;
+    tracing::debug!(task_id = %task_id, worker_id = %req.worker_id, label = %req.label, "submission stored");
+
+    if task.submissions + 1 < task.required {
+        return Ok(SubmitReply {
+            accepted: true,
+            duplicate: false,
+            finalized: false,
+            final_label: None,
+        });
+    }
+    let label = finalize(conn, ctx, task_id, task.active_leases.saturating_sub(1))?;
+    Ok(SubmitReply {
+        accepted: true,
+        duplicate: false,
+        finalized: true,
+        final_label: Some(label),
+    })
+}
+
+/// Decides the task by vote, marks agreeing submissions and awards their workers a point each.
+/// Runs once per task: only the submission that completes the required count calls it.
+fn finalize(
+    conn: &Connection,
+    ctx: &mut Ctx,
+    task_id: &TaskId,
+    still_leased: u32,
+) -> Result<String, CoreError> {
+    let tid = task_id.to_string();
+    let votes: Vec<(String, f64)> = conn
+        .prepare_cached("SELECT label, confidence FROM submission WHERE task_id = ?1")?
+        .query_map([&tid], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let ballot: Vec<Vote<'_>> = votes
+        .iter()
+        .map(|(label, confidence)| Vote {
+            label,
+            confidence: *confidence,
+        })
+        .collect();
+    let decision = decide(&ballot).expect("a task is finalized only with submissions");
+    debug_assert_eq!(still_leased, 0, "slots never exceed required");
+    conn.prepare_cached(
+        "UPDATE task SET status = 'finalized', final_label = ?1, final_confidence = ?2,
+             finished_at = ?3
+         WHERE id = ?4",
+    )?
+    .execute(params![decision.label, decision.confidence, ctx.now, tid])?;
+    conn.prepare_cached("UPDATE submission SET agreed = (label = ?1) WHERE task_id = ?2")?
+        .execute(params![decision.label, tid])?;
+    conn.prepare_cached(
+        "INSERT INTO worker_score (worker_id, points)
+         SELECT worker_id, 1 FROM submission WHERE task_id = ?1 AND agreed
+         ON CONFLICT (worker_id) DO UPDATE SET points = points + 1",
+    )?
+    .execute([&tid])?;
+    tracing::info!(task_id = %task_id, label = %decision.label, votes = decision.votes, "task finalized");
+    ctx.effects.push(Effect::Finished(TaskEvent {
+        task_id: *task_id,
+        status: TaskStatus::Finalized,
+        final_label: Some(decision.label.clone()),
+        final_confidence: Some(decision.confidence),
+        error_message: None,
+        at: from_ms(ctx.now),
+    }));
+    Ok(decision.label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::*;
+    use crate::ops::{lease, load_task, sweep};
+    use protocol::messages::{Lease, NewTask};
+    use protocol::{ErrorCode, LeaseId};
+
+    fn take(conn: &mut Connection, now: i64, worker: &str) -> Vec<Lease> {
+        let tx = conn.transaction().expect("tx");
+        let r = lease::run(&tx, &mut ctx(now), lease_req(worker, 1)).expect("lease");
+        tx.commit().expect("commit");
+        r.leases
+    }
+
+    fn send(
+        conn: &mut Connection,
+        now: i64,
+        task: &TaskId,
+        req: SubmitRequest,
+    ) -> (Result<SubmitReply, CoreError>, Vec<Effect>) {
+        let tx = conn.transaction().expect("tx");
+        let mut c = ctx(now);
+        let r = run(&tx, &mut c, task, req);
+        if r.is_ok() {
+            tx.commit().expect("commit");
+        }
+        (r, c.effects)
+    }
+
+    fn answer(lease: &Lease, worker: &str, label: &str, confidence: f64) -> SubmitRequest {
+        SubmitRequest {
+            lease_id: lease.lease_id,
+            worker_id: wid(worker),
+            label: label.into(),
+            confidence,
+            model: None,
+        }
+    }
+
+    fn points(conn: &Connection, worker: &str) -> i64 {
+        conn.query_row(
+            "SELECT COALESCE((SELECT points FROM worker_score WHERE worker_id = ?1), 0)",
+            [worker],
+            |r| r.get(0),
+        )
+        .expect("points")
+    }
+
+    #[test]
+    fn three_votes_finalize_once_and_score_the_majority() {
+        let mut conn = store();
+        let t = add(&mut conn, 0, NewTask::text("x"));
+        let leases: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .map(|w| take(&mut conn, 1, w).remove(0))
+            .collect();
+        let (r, fx) = send(&mut conn, 2, &t, answer(&leases[0], "a", "positive", 0.9));
+        assert!(!r.expect("a").finalized && fx.is_empty());
+        let (r, _) = send(&mut conn, 3, &t, answer(&leases[1], "b", "negative", 0.99));
+        assert!(!r.expect("b").finalized);
+        let (r, fx) = send(&mut conn, 4, &t, answer(&leases[2], "c", "positive", 0.6));
+        let r = r.expect("c");
+        assert!(r.finalized);
+        assert_eq!(r.final_label.as_deref(), Some("positive"));
+        assert_eq!(fx.len(), 1, "one finalized event");
+        let task = load_task(&conn, &t).expect("task");
+        assert_eq!(task.status, TaskStatus::Finalized);
+        assert_eq!(task.active_leases, 0);
+        assert!((task.final_confidence.expect("confidence") - 0.75).abs() < 1e-9);
+        assert_eq!(
+            (points(&conn, "a"), points(&conn, "b"), points(&conn, "c")),
+            (1, 0, 1)
+        );
+
+        // A resend is a duplicate; it changes nothing and scores nothing.
+        let before = dump(&conn);
+        let (r, fx) = send(&mut conn, 5, &t, answer(&leases[0], "a", "positive", 0.9));
+        let r = r.expect("resend");
+        assert!(r.duplicate && r.finalized && fx.is_empty());
+        assert_eq!(dump(&conn), before);
+    }
+
+    #[test]
+    fn refusals_change_nothing() {
+        let mut conn = store();
+        let t = add(&mut conn, 0, NewTask::text("x"));
+        let other = add(&mut conn, 0, NewTask::text("y"));
+        let la = take(&mut conn, 1, "a").remove(0);
+        let lb = take(&mut conn, 1, "b").remove(0);
+        send(&mut conn, 2, &t, answer(&la, "a", "positive", 0.9))
+            .0
+            .expect("first");
+        let before = dump(&conn);
+        let cases: Vec<(TaskId, SubmitRequest, ErrorCode)> = vec![
+            (
+                t,
+                answer(&la, "a", "negative", 0.9),
+                ErrorCode::DuplicateSubmission,
+            ),
+            (
+                t,
+                answer(&lb, "c", "positive", 0.9),
+                ErrorCode::LeaseMismatch,
+            ),
+            (
+                other,
+                answer(&lb, "b", "positive", 0.9),
+                ErrorCode::LeaseMismatch,
+            ),
+            (
+                t,
+                {
+                    let mut r = answer(&lb, "b", "x", 0.9);
+                    r.lease_id = LeaseId::new();
+                    r
+                },
+                ErrorCode::NoLease,
+            ),
+            (
+                TaskId::new(),
+                answer(&lb, "b", "positive", 0.9),
+                ErrorCode::NotFound,
+            ),
+            (t, answer(&lb, "b", "", 0.9), ErrorCode::InvalidArgument),
+            (
+                t,
+                answer(&lb, "b", "positive", 1.5),
+                ErrorCode::InvalidArgument,
+            ),
+        ];
+        for (task, req, code) in cases {
+            let (r, fx) = send(&mut conn, 3, &task, req.clone());
+            assert_eq!(r.expect_err("accepted").code(), code, "{req:?}");
+            assert!(fx.is_empty());
+            assert_eq!(dump(&conn), before, "{req:?} changed the store");
+        }
+    }
+
+    #[test]
+    fn a_freed_lease_cannot_add_a_vote() {
+        let mut conn = store();
+        let t = add(&mut conn, 0, NewTask::text("x"));
+        let slow = take(&mut conn, 0, "slow").remove(0);
+        // The slow worker goes silent; its lease expires and the sweeper frees it.
+        let tx = conn.transaction().expect("tx");
+        let swept = sweep::run(&tx, &mut ctx(settings().lease_ms + 1)).expect("sweep");
+        tx.commit().expect("commit");
+        assert_eq!(swept.requeued, 1);
+        let task = load_task(&conn, &t).expect("task");
+        assert_eq!(
+            (task.status, task.attempts, task.active_leases),
+            (TaskStatus::Queued, 1, 0)
+        );
+        let (r, _) = send(
+            &mut conn,
+            settings().lease_ms + 2,
+            &t,
+            answer(&slow, "slow", "positive", 1.0),
+        );
+        assert_eq!(r.expect_err("late vote").code(), ErrorCode::LeaseExpired);
+    }
+
+    #[test]
+    fn attempts_count_only_leases_without_result() {
+        // required 3 > max_attempts 2: healthy workers still finalize it.
+        let mut conn = store();
+        let t = add(
+            &mut conn,
+            0,
+            NewTask {
+                required_submissions: Some(3),
+                max_attempts: Some(2),
+                ..NewTask::text("x")
+            },
+        );
+        for w in ["a", "b", "c"] {
+            let l = take(&mut conn, 1, w).remove(0);
+            send(&mut conn, 2, &t, answer(&l, w, "positive", 0.8))
+                .0
+                .expect("submit");
+        }
+        let task = load_task(&conn, &t).expect("task");
+        assert_eq!((task.status, task.attempts), (TaskStatus::Finalized, 0));
+    }
+
+    #[test]
+    fn a_task_whose_workers_keep_dying_fails() {
+        let mut conn = store();
+        let t = add(
+            &mut conn,
+            0,
+            NewTask {
+                max_attempts: Some(2),
+                ..NewTask::text("x")
+            },
+        );
+        let mut now = 0;
+        for (i, w) in ["a", "b"].iter().enumerate() {
+            assert_eq!(take(&mut conn, now, w).len(), 1);
+            now += settings().lease_ms + 1;
+            let tx = conn.transaction().expect("tx");
+            let mut c = ctx(now);
+            let swept = sweep::run(&tx, &mut c).expect("sweep");
+            tx.commit().expect("commit");
+            assert_eq!(swept.failed, i as u32, "failed after attempt {}", i + 1);
+        }
+        let task = load_task(&conn, &t).expect("task");
+        assert_eq!(task.status, TaskStatus::Failed);
+        assert!(task.error_message.expect("message").contains("2 attempts"));
+        assert!(
+            take(&mut conn, now, "c").is_empty(),
+            "a failed task is leased"
+        );
+    }
+
+    #[test]
+    fn heartbeats_renew_leases_and_stale_workers_lose_them() {
+        use crate::ops::heartbeat;
+        use protocol::messages::Heartbeat;
+        let mut conn = store();
+        add(&mut conn, 0, NewTask::text("x"));
+        take(&mut conn, 0, "a");
+        take(&mut conn, 0, "b");
+        // `a` heartbeats just before its lease would expire; `b` stays silent.
+        let s = settings();
+        let tx = conn.transaction().expect("tx");
+        let hb = Heartbeat {
+            worker_id: wid("a"),
+            capabilities: vec![protocol::TaskType::sentiment()],
+            model: None,
+        };
+        let r = heartbeat::run(&tx, &mut ctx(s.lease_ms - 1), &wid("a"), hb).expect("heartbeat");
+        assert_eq!(r.renewed, 1);
+        let swept = sweep::run(&tx, &mut ctx(s.lease_ms + 1)).expect("sweep");
+        tx.commit().expect("commit");
+        assert_eq!(swept.requeued, 1, "only b's lease expires");
+        let live: Vec<String> = conn
+            .prepare("SELECT worker_id FROM lease WHERE state = 'active'")
+            .expect("q")
+            .query_map([], |r| r.get(0))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(live, vec!["a".to_owned()]);
+    }
+}

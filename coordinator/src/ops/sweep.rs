@@ -1,0 +1,45 @@
+//! The sweeper: frees leases that expired and leases of workers gone stale, and marks those
+//! workers `stale`. Runs every `REQUEUE_SWEEP_SECONDS` and on `ops requeue-stale`.
+
+use super::{end_lease_unanswered, parsed, Ctx};
+use crate::error::CoreError;
+use protocol::messages::RequeueReply;
+use protocol::TaskId;
+use rusqlite::{params, Connection};
+
+/// # Errors
+/// Store errors only.
+pub fn run(conn: &Connection, ctx: &mut Ctx) -> Result<RequeueReply, CoreError> {
+    let stale_before = ctx.now - ctx.settings.heartbeat_ttl_ms;
+    let dead: Vec<(String, TaskId)> = conn
+        .prepare_cached(
+            "SELECT l.id, l.task_id FROM lease l LEFT JOIN worker w ON w.id = l.worker_id
+             WHERE l.state = 'active'
+               AND (l.expires_at <= ?1 OR w.last_seen IS NULL OR w.last_seen <= ?2
+                    OR w.status = 'offline')",
+        )?
+        .query_map(params![ctx.now, stale_before], |r| {
+            Ok((r.get(0)?, parsed(r, 1)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut reply = RequeueReply::default();
+    for (lease, task) in dead {
+        let (ended, failed) = end_lease_unanswered(conn, ctx, &lease, &task, "expired")?;
+        reply.requeued += u32::from(ended);
+        reply.failed += u32::from(failed);
+    }
+    reply.stale_workers = conn
+        .prepare_cached(
+            "UPDATE worker SET status = 'stale' WHERE status = 'active' AND last_seen <= ?1",
+        )?
+        .execute([stale_before])? as u32;
+    if reply != RequeueReply::default() {
+        tracing::info!(
+            requeued = reply.requeued,
+            failed = reply.failed,
+            stale_workers = reply.stale_workers,
+            "sweep freed leases"
+        );
+    }
+    Ok(reply)
+}

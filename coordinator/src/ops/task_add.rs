@@ -1,0 +1,107 @@
+//! `task.add`: create tasks, all or none, each announced to workers of its type.
+
+use super::{Ctx, Effect};
+use crate::error::CoreError;
+use protocol::limits::DEFAULT_REQUIRED_SUBMISSIONS;
+use protocol::messages::{TaskAddReply, TaskAddRequest, TaskAnnouncement};
+use protocol::{TaskId, TaskType};
+use rusqlite::{params, Connection};
+
+/// Validates every task first, then inserts them in order.
+///
+/// # Errors
+/// [`CoreError::Invalid`] naming the first bad task; nothing is stored then.
+pub fn run(
+    conn: &Connection,
+    ctx: &mut Ctx,
+    req: TaskAddRequest,
+) -> Result<TaskAddReply, CoreError> {
+    req.validate(ctx.settings.max_text_bytes)?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO task (id, type, text, status, required, max_attempts, created_at)
+         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6)",
+    )?;
+    let mut task_ids = Vec::with_capacity(req.tasks.len());
+    for task in req.tasks {
+        let id = TaskId::new();
+        let task_type = task.task_type.unwrap_or_else(TaskType::sentiment);
+        let required = task
+            .required_submissions
+            .unwrap_or(DEFAULT_REQUIRED_SUBMISSIONS);
+        let max_attempts = task
+            .max_attempts
+            .unwrap_or(ctx.settings.max_attempts_default);
+        insert.execute(params![
+            id.to_string(),
+            task_type.as_str(),
+            task.text,
+            required,
+            max_attempts,
+            ctx.now
+        ])?;
+        ctx.effects.push(Effect::Announce(TaskAnnouncement {
+            task_id: id,
+            task_type,
+            required,
+        }));
+        task_ids.push(id);
+    }
+    Ok(TaskAddReply { task_ids })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::load_task;
+    use crate::ops::testing::*;
+    use protocol::messages::NewTask;
+    use protocol::{ErrorCode, TaskStatus};
+
+    #[test]
+    fn adds_with_defaults_and_announces() {
+        let mut conn = store();
+        let tx = conn.transaction().expect("tx");
+        let mut c = ctx(1_000);
+        let reply = run(
+            &tx,
+            &mut c,
+            TaskAddRequest {
+                tasks: vec![NewTask::text("good"), NewTask::text("bad")],
+            },
+        )
+        .expect("add");
+        tx.commit().expect("commit");
+        assert_eq!(reply.task_ids.len(), 2);
+        assert_eq!(c.effects.len(), 2);
+        let t = load_task(&conn, &reply.task_ids[0]).expect("load");
+        assert_eq!(t.status, TaskStatus::Queued);
+        assert_eq!(t.required, 3);
+        assert_eq!(t.max_attempts, settings().max_attempts_default);
+        assert_eq!(t.task_type, TaskType::sentiment());
+    }
+
+    #[test]
+    fn one_bad_task_stores_nothing() {
+        let mut conn = store();
+        let before = dump(&conn);
+        let tx = conn.transaction().expect("tx");
+        let err = run(
+            &tx,
+            &mut ctx(0),
+            TaskAddRequest {
+                tasks: vec![
+                    NewTask::text("fine"),
+                    NewTask {
+                        required_submissions: Some(0),
+                        ..NewTask::text("bad")
+                    },
+                ],
+            },
+        )
+        .expect_err("bad batch accepted");
+        drop(tx);
+        assert_eq!(err.code(), ErrorCode::InvalidArgument);
+        assert!(err.to_string().contains("task 1"), "{err}");
+        assert_eq!(dump(&conn), before);
+    }
+}

@@ -1,0 +1,41 @@
+//! `task.list`: tasks oldest first, optionally of one state.
+
+use super::{TaskRow, TASK_COLUMNS};
+use crate::error::CoreError;
+use protocol::limits::MAX_LIST_LIMIT;
+use protocol::messages::{TaskListReply, TaskListRequest};
+use protocol::ProtocolError;
+use rusqlite::{params, Connection};
+
+/// Rows returned when the request names no limit.
+pub const DEFAULT_LIMIT: u32 = 1000;
+
+/// # Errors
+/// [`CoreError::Invalid`] for a limit of 0 or over the maximum.
+pub fn run(conn: &Connection, req: &TaskListRequest) -> Result<TaskListReply, CoreError> {
+    let limit = req.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIST_LIMIT {
+        return Err(ProtocolError::invalid(
+            "limit",
+            format!("must be between 1 and {MAX_LIST_LIMIT}"),
+        )
+        .into());
+    }
+    let tasks = match req.status {
+        Some(status) => conn
+            .prepare_cached(&format!(
+                "SELECT {TASK_COLUMNS} FROM task WHERE status = ?1 ORDER BY seq LIMIT ?2"
+            ))?
+            .query_map(params![status.as_str(), limit], TaskRow::from_row)?
+            .collect::<Result<Vec<_>, _>>()?,
+        None => conn
+            .prepare_cached(&format!(
+                "SELECT {TASK_COLUMNS} FROM task ORDER BY seq LIMIT ?1"
+            ))?
+            .query_map([limit], TaskRow::from_row)?
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    Ok(TaskListReply {
+        tasks: tasks.into_iter().map(TaskRow::view).collect(),
+    })
+}

@@ -1,0 +1,38 @@
+//! `workers`: the registry. A worker whose last heartbeat is older than the TTL shows as `stale`
+//! even before the next sweep writes it.
+
+use super::{parsed, Json};
+use crate::error::CoreError;
+use crate::store::from_ms;
+use protocol::messages::{WorkerView, WorkersReply};
+use protocol::WorkerStatus;
+use rusqlite::Connection;
+
+/// # Errors
+/// Store errors only.
+pub fn run(conn: &Connection, now: i64, heartbeat_ttl_ms: i64) -> Result<WorkersReply, CoreError> {
+    let workers = conn
+        .prepare_cached(
+            "SELECT w.id, w.status, w.capabilities, w.model, w.last_seen, w.registered_at,
+                    (SELECT COUNT(*) FROM lease l WHERE l.worker_id = w.id AND l.state = 'active')
+             FROM worker w ORDER BY w.id",
+        )?
+        .query_map([], |r| {
+            let last_seen: i64 = r.get(4)?;
+            let mut status: WorkerStatus = parsed(r, 1)?;
+            if status == WorkerStatus::Active && last_seen <= now - heartbeat_ttl_ms {
+                status = WorkerStatus::Stale;
+            }
+            Ok(WorkerView {
+                worker_id: parsed(r, 0)?,
+                status,
+                capabilities: r.get::<_, Json<_>>(2)?.0,
+                model: r.get(3)?,
+                last_seen: from_ms(last_seen),
+                registered_at: from_ms(r.get(5)?),
+                active_leases: r.get(6)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(WorkersReply { workers })
+}

@@ -1,0 +1,66 @@
+//! The SQLite store: one connection on its own thread (tokio-rusqlite), WAL journal, full sync.
+//!
+//! Every write runs inside one `IMMEDIATE` transaction, and a reply is sent only after that
+//! transaction commits, so a coordinator killed at any instant loses nothing it acknowledged.
+
+pub mod schema;
+
+use crate::error::StoreError;
+use chrono::{DateTime, TimeZone, Utc};
+use rusqlite::Connection;
+use std::path::Path;
+
+/// Handle to the store's connection thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    conn: tokio_rusqlite::Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the file cannot be opened, is not a database, or is from a newer build.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = tokio_rusqlite::Connection::open(path).await?;
+        conn.call(|c| prepare(c)).await.map_err(|e| match e {
+            tokio_rusqlite::Error::Error(e) => e,
+            _ => StoreError::Closed,
+        })?;
+        Ok(Self { conn })
+    }
+
+    /// The connection thread, for running operations.
+    pub fn conn(&self) -> &tokio_rusqlite::Connection {
+        &self.conn
+    }
+}
+
+/// Sets the pragmas and migrates; used for files and for in-memory test databases alike.
+///
+/// # Errors
+/// [`StoreError`] when SQLite refuses a pragma or a migration.
+pub fn prepare(conn: &mut Connection) -> Result<(), StoreError> {
+    // WAL: readers never block the writer. FULL: a commit survives power loss, not just a crash.
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if mode != "wal" && mode != "memory" {
+        tracing::warn!(mode, "sqlite refused WAL journal mode");
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    schema::migrate(conn)
+}
+
+/// Milliseconds since the epoch, as stored.
+pub fn to_ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// A stored timestamp as a date.
+pub fn from_ms(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+}

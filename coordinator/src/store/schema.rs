@@ -1,0 +1,100 @@
+//! The schema and its migrations, tracked in `PRAGMA user_version`.
+//!
+//! `task` keeps counters (`active_leases`, `submissions`) next to `required`, so "does this task
+//! still need workers?" is a column comparison that the partial index `task_open` answers in FIFO
+//! order without touching other tables.
+
+use crate::error::StoreError;
+use rusqlite::Connection;
+
+/// Each entry takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE task (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    id               TEXT    NOT NULL UNIQUE,
+    type             TEXT    NOT NULL,
+    text             TEXT    NOT NULL,
+    status           TEXT    NOT NULL CHECK (status IN ('queued', 'assigned', 'finalized', 'failed')),
+    required         INTEGER NOT NULL CHECK (required >= 1),
+    max_attempts     INTEGER NOT NULL CHECK (max_attempts >= 1),
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    active_leases    INTEGER NOT NULL DEFAULT 0 CHECK (active_leases >= 0),
+    submissions      INTEGER NOT NULL DEFAULT 0 CHECK (submissions >= 0),
+    final_label      TEXT,
+    final_confidence REAL,
+    error_message    TEXT,
+    created_at       INTEGER NOT NULL,
+    finished_at      INTEGER,
+    CHECK (active_leases + submissions <= required)
+);
+CREATE INDEX task_open ON task (type, seq)
+    WHERE status IN ('queued', 'assigned') AND required > active_leases + submissions;
+CREATE INDEX task_status ON task (status, seq);
+
+CREATE TABLE worker (
+    id            TEXT    PRIMARY KEY,
+    status        TEXT    NOT NULL CHECK (status IN ('active', 'stale', 'offline')),
+    capabilities  TEXT    NOT NULL,
+    model         TEXT,
+    last_seen     INTEGER NOT NULL,
+    registered_at INTEGER NOT NULL
+);
+
+CREATE TABLE lease (
+    id         TEXT    PRIMARY KEY,
+    task_id    TEXT    NOT NULL REFERENCES task (id) ON DELETE CASCADE,
+    worker_id  TEXT    NOT NULL,
+    state      TEXT    NOT NULL CHECK (state IN ('active', 'completed', 'expired', 'released', 'cancelled')),
+    expires_at INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    ended_at   INTEGER
+);
+CREATE UNIQUE INDEX lease_live_once ON lease (task_id, worker_id) WHERE state = 'active';
+CREATE INDEX lease_live_by_worker ON lease (worker_id) WHERE state = 'active';
+CREATE INDEX lease_live_by_expiry ON lease (expires_at) WHERE state = 'active';
+CREATE INDEX lease_by_task ON lease (task_id);
+
+CREATE TABLE submission (
+    id         INTEGER PRIMARY KEY,
+    task_id    TEXT    NOT NULL REFERENCES task (id) ON DELETE CASCADE,
+    worker_id  TEXT    NOT NULL,
+    lease_id   TEXT    NOT NULL,
+    label      TEXT    NOT NULL,
+    confidence REAL    NOT NULL,
+    model      TEXT,
+    agreed     INTEGER,
+    created_at INTEGER NOT NULL,
+    UNIQUE (task_id, worker_id)
+);
+CREATE INDEX submission_by_worker ON submission (worker_id);
+
+CREATE TABLE worker_score (
+    worker_id TEXT    PRIMARY KEY,
+    points    INTEGER NOT NULL DEFAULT 0
+);
+"#];
+
+/// The schema version this build writes.
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the schema up to [`VERSION`], one transaction per migration.
+///
+/// # Errors
+/// [`StoreError::TooNew`] for a database from a newer build; SQLite errors otherwise.
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > VERSION {
+        return Err(StoreError::TooNew {
+            found: current,
+            known: VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "schema migrated");
+    }
+    Ok(())
+}
