@@ -334,28 +334,7 @@ pub(crate) mod testing {
         }
     }
 
-    /// Every row of every table, as text: "the store is unchanged" compares two of these.
     pub fn dump(conn: &Connection) -> String {
-        let mut out = String::new();
-        for table in ["task", "lease", "submission", "worker", "worker_score"] {
-            let mut stmt = conn
-                .prepare(&format!("SELECT * FROM {table} ORDER BY 1"))
-                .expect("select");
-            let n = stmt.column_count();
-            let rows = stmt
-                .query_map([], |r| {
-                    (0..n)
-                        .map(|i| {
-                            r.get::<_, rusqlite::types::Value>(i)
-                                .map(|v| format!("{v:?}"))
-                        })
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .expect("query");
-            for row in rows {
-                out.push_str(&format!("{table}: {}\n", row.expect("row").join(" | ")));
-            }
-        }
-        out
+        crate::store::dump(conn).expect("dump")
     }
 }

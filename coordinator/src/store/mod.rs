@@ -23,7 +23,7 @@ impl Store {
     /// [`StoreError`] when the file cannot be opened, is not a database, or is from a newer build.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = tokio_rusqlite::Connection::open(path).await?;
-        conn.call(|c| prepare(c)).await.map_err(|e| match e {
+        conn.call(prepare).await.map_err(|e| match e {
             tokio_rusqlite::Error::Error(e) => e,
             _ => StoreError::Closed,
         })?;
@@ -63,4 +63,32 @@ pub fn from_ms(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms)
         .single()
         .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+}
+
+/// Every row of every table as text, in a stable order: two equal dumps mean an unchanged store.
+/// For tests and for debugging a database by hand.
+///
+/// # Errors
+/// SQLite errors.
+pub fn dump(conn: &Connection) -> rusqlite::Result<String> {
+    let mut out = String::new();
+    for table in ["task", "lease", "submission", "worker", "worker_score"] {
+        let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY 1"))?;
+        let n = stmt.column_count();
+        let rows = stmt.query_map([], |r| {
+            (0..n)
+                .map(|i| {
+                    r.get::<_, rusqlite::types::Value>(i)
+                        .map(|v| format!("{v:?}"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        for row in rows {
+            out.push_str(table);
+            out.push_str(": ");
+            out.push_str(&row?.join(" | "));
+            out.push('\n');
+        }
+    }
+    Ok(out)
 }

@@ -1,0 +1,530 @@
+//! The coordinator's NATS API against a real nats-server and a real SQLite file.
+
+use coordinator::{Config, Settings};
+use protocol::messages::*;
+use protocol::{reply, subject, ErrorCode, LeaseId, TaskId, TaskStatus, TaskType, WorkerId};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::Duration;
+use test_support::{wait_for, NatsServer};
+use tokio_util::sync::CancellationToken;
+
+const P: &str = "aimarket";
+
+struct Harness {
+    _nats: NatsServer,
+    dir: tempfile::TempDir,
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+    coordinator: tokio::task::JoinHandle<()>,
+}
+
+impl Harness {
+    async fn start(settings: Settings, sweep: Duration) -> Self {
+        let nats = NatsServer::start();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::new(nats.url(), dir.path().join("coordinator.db"));
+        config.settings = settings;
+        config.sweep_interval = sweep;
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let coordinator = tokio::spawn(async move {
+            coordinator::run(config, token)
+                .await
+                .expect("coordinator runs");
+        });
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let h = Self {
+            _nats: nats,
+            dir,
+            client,
+            shutdown,
+            coordinator,
+        };
+        wait_for(
+            "the coordinator to answer",
+            Duration::from_secs(10),
+            || async { h.raw(&subject::api(P, ApiOp::Stats), b"{}").await.ok() },
+        )
+        .await;
+        h
+    }
+
+    async fn raw(&self, subject: &str, body: &[u8]) -> Result<Vec<u8>, async_nats::RequestError> {
+        let msg = self
+            .client
+            .request(subject.to_owned(), body.to_vec().into())
+            .await?;
+        Ok(msg.payload.to_vec())
+    }
+
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        subject: &str,
+        req: &Req,
+    ) -> Result<Resp, protocol::ApiError> {
+        let bytes = self
+            .raw(subject, &encode(req))
+            .await
+            .expect("coordinator answers");
+        reply::decode(&bytes).expect("a reply envelope")
+    }
+
+    async fn add(&self, task: NewTask) -> TaskId {
+        let r: TaskAddReply = self
+            .call(
+                &subject::api(P, ApiOp::TaskAdd),
+                &TaskAddRequest { tasks: vec![task] },
+            )
+            .await
+            .expect("task add");
+        r.task_ids[0]
+    }
+
+    async fn lease(&self, worker: &str, caps: &[&str], max: u32) -> Vec<Lease> {
+        let r: LeaseReply = self
+            .call(
+                &subject::lease(P),
+                &LeaseRequest {
+                    worker_id: WorkerId::new(worker).expect("id"),
+                    capabilities: caps
+                        .iter()
+                        .map(|c| TaskType::new(*c).expect("type"))
+                        .collect(),
+                    max_tasks: max,
+                    task_id: None,
+                    model: None,
+                },
+            )
+            .await
+            .expect("lease");
+        r.leases
+    }
+
+    async fn submit(
+        &self,
+        lease: &Lease,
+        worker: &str,
+        label: &str,
+    ) -> Result<SubmitReply, protocol::ApiError> {
+        self.call(
+            &subject::submit(P, &lease.task_id),
+            &SubmitRequest {
+                lease_id: lease.lease_id,
+                worker_id: WorkerId::new(worker).expect("id"),
+                label: label.into(),
+                confidence: 0.9,
+                model: None,
+            },
+        )
+        .await
+    }
+
+    async fn task(&self, id: TaskId) -> TaskDetail {
+        self.call(
+            &subject::api(P, ApiOp::TaskGet),
+            &TaskGetRequest { task_id: id },
+        )
+        .await
+        .expect("task get")
+    }
+
+    fn dump(&self) -> String {
+        let conn =
+            rusqlite::Connection::open(self.dir.path().join("coordinator.db")).expect("open db");
+        coordinator::store::dump(&conn).expect("dump")
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.coordinator.await.expect("coordinator task");
+    }
+}
+
+fn quick() -> Settings {
+    Settings {
+        lease_ms: 1_000,
+        heartbeat_ttl_ms: 1_000,
+        max_attempts_default: 5,
+        ..Settings::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_leases_finalize_without_waiting_for_expiry() {
+    // Leases last ten minutes: only parallel leases can finalize within the test's timeout.
+    let settings = Settings {
+        lease_ms: 600_000,
+        heartbeat_ttl_ms: 600_000,
+        ..Settings::default()
+    };
+    let h = Harness::start(settings, Duration::from_secs(600)).await;
+    let task = h.add(NewTask::text("I love it")).await;
+    let mut events = h
+        .client
+        .subscribe(subject::task_event(P, &task))
+        .await
+        .expect("subscribe");
+    let (a, b, c) = tokio::join!(
+        h.lease("alice", &["sentiment"], 1),
+        h.lease("bob", &["sentiment"], 1),
+        h.lease("carole", &["sentiment"], 1)
+    );
+    for l in [&a, &b, &c] {
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].task_id, task);
+    }
+    assert!(
+        h.lease("dave", &["sentiment"], 1).await.is_empty(),
+        "a fourth lease"
+    );
+    assert!(
+        !h.submit(&a[0], "alice", "positive")
+            .await
+            .expect("a")
+            .finalized
+    );
+    assert!(
+        !h.submit(&b[0], "bob", "positive")
+            .await
+            .expect("b")
+            .finalized
+    );
+    let last = h.submit(&c[0], "carole", "negative").await.expect("c");
+    assert!(last.finalized);
+    assert_eq!(last.final_label.as_deref(), Some("positive"));
+    let event = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::StreamExt::next(&mut events),
+    )
+    .await
+    .expect("event in time")
+    .expect("event");
+    let event: TaskEvent = decode(&event.payload).expect("event body");
+    assert_eq!(event.status, TaskStatus::Finalized);
+    assert_eq!(event.final_label.as_deref(), Some("positive"));
+    let lb: LeaderboardReply = h
+        .call(&subject::api(P, ApiOp::Leaderboard), &Empty {})
+        .await
+        .expect("leaderboard");
+    let points: Vec<_> = lb
+        .entries
+        .iter()
+        .map(|e| (e.worker_id.as_str(), e.points))
+        .collect();
+    assert_eq!(
+        points,
+        vec![("alice", 1), ("bob", 1), ("carole", 0), ("dave", 0)]
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capability_routing() {
+    let h = Harness::start(Settings::default(), Duration::from_secs(600)).await;
+    let odd = h
+        .add(NewTask {
+            task_type: Some(TaskType::new("translate").expect("type")),
+            ..NewTask::text("hola")
+        })
+        .await;
+    let plain = h.add(NewTask::text("fine")).await;
+    let got = h.lease("alice", &["sentiment"], 10).await;
+    assert_eq!(
+        got.iter().map(|l| l.task_id).collect::<Vec<_>>(),
+        vec![plain]
+    );
+    assert_eq!(h.task(odd).await.task.status, TaskStatus::Queued);
+    let got = h.lease("polyglot", &["translate"], 10).await;
+    assert_eq!(got.iter().map(|l| l.task_id).collect::<Vec<_>>(), vec![odd]);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_workers_lose_leases_and_exhaust_attempts() {
+    let h = Harness::start(quick(), Duration::from_millis(200)).await;
+    let healthy = h.add(NewTask::text("good")).await;
+    // A worker takes the task and dies: no heartbeat, no submission.
+    assert_eq!(h.lease("ghost", &["sentiment"], 1).await.len(), 1);
+    wait_for(
+        "the ghost's lease to be freed",
+        Duration::from_secs(10),
+        || async {
+            let t = h.task(healthy).await.task;
+            (t.attempts == 1 && t.active_leases == 0).then_some(())
+        },
+    )
+    .await;
+    for w in ["a", "b", "c"] {
+        let l = h.lease(w, &["sentiment"], 1).await;
+        h.submit(&l[0], w, "positive").await.expect("submit");
+    }
+    assert_eq!(h.task(healthy).await.task.status, TaskStatus::Finalized);
+
+    // A task whose workers keep dying fails after max_attempts, with the reason.
+    let doomed = h
+        .add(NewTask {
+            max_attempts: Some(2),
+            ..NewTask::text("cursed")
+        })
+        .await;
+    for w in ["ghost1", "ghost2"] {
+        wait_for(
+            "a lease on the doomed task",
+            Duration::from_secs(10),
+            || async { (!h.lease(w, &["sentiment"], 1).await.is_empty()).then_some(()) },
+        )
+        .await;
+    }
+    let t = wait_for(
+        "the doomed task to fail",
+        Duration::from_secs(10),
+        || async {
+            let t = h.task(doomed).await.task;
+            (t.status == TaskStatus::Failed).then_some(t)
+        },
+    )
+    .await;
+    assert_eq!(t.attempts, 2);
+    assert!(t.error_message.expect("message").contains("2 attempts"));
+    let workers: WorkersReply = h
+        .call(&subject::api(P, ApiOp::Workers), &Empty {})
+        .await
+        .expect("workers");
+    let ghost = workers
+        .workers
+        .iter()
+        .find(|w| w.worker_id.as_str() == "ghost")
+        .expect("ghost");
+    assert_eq!(ghost.status, protocol::WorkerStatus::Stale);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_on_every_subject_is_refused_and_changes_nothing() {
+    let h = Harness::start(Settings::default(), Duration::from_secs(600)).await;
+    let task = h.add(NewTask::text("something")).await;
+    let lease = h.lease("alice", &["sentiment"], 1).await.remove(0);
+    h.submit(&lease, "alice", "positive")
+        .await
+        .expect("first submission");
+    let before = h.dump();
+
+    let unknown = TaskId::new();
+    let too_big = "x".repeat(protocol::limits::DEFAULT_MAX_TEXT_BYTES + 1);
+    let add = |task: serde_json::Value| serde_json::json!({ "tasks": [task] }).to_string();
+    let submit_body = |lease: LeaseId, worker: &str, label: &str, confidence: f64| {
+        serde_json::json!({"lease_id": lease, "worker_id": worker, "label": label, "confidence": confidence}).to_string()
+    };
+    let cases: Vec<(String, String, ErrorCode)> = vec![
+        (
+            subject::lease(P),
+            "not json".into(),
+            ErrorCode::MalformedRequest,
+        ),
+        (
+            subject::lease(P),
+            r#"{"worker_id":"a.b","capabilities":["sentiment"]}"#.into(),
+            ErrorCode::MalformedRequest,
+        ),
+        (
+            subject::lease(P),
+            r#"{"worker_id":"bob","capabilities":[]}"#.into(),
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            subject::lease(P),
+            r#"{"worker_id":"bob","capabilities":["sentiment"],"max_tasks":0}"#.into(),
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            subject::lease_release(P),
+            "[1,2]".into(),
+            ErrorCode::MalformedRequest,
+        ),
+        (
+            format!("{P}.heartbeat.bob"),
+            "{".into(),
+            ErrorCode::MalformedRequest,
+        ),
+        (
+            format!("{P}.heartbeat.bob"),
+            r#"{"worker_id":"alice","capabilities":["sentiment"]}"#.into(),
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            subject::submit(P, &task),
+            "{}".into(),
+            ErrorCode::MalformedRequest,
+        ),
+        (
+            format!("{P}.submit.not-a-uuid"),
+            submit_body(lease.lease_id, "alice", "positive", 0.5),
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            subject::submit(P, &unknown),
+            submit_body(lease.lease_id, "alice", "positive", 0.5),
+            ErrorCode::NotFound,
+        ),
+        (
+            subject::submit(P, &task),
+            submit_body(LeaseId::new(), "bob", "positive", 0.5),
+            ErrorCode::NoLease,
+        ),
+        (
+            subject::submit(P, &task),
+            submit_body(lease.lease_id, "alice", "negative", 0.5),
+            ErrorCode::DuplicateSubmission,
+        ),
+        (
+            subject::submit(P, &task),
+            submit_body(lease.lease_id, "mallory", "negative", 0.5),
+            ErrorCode::LeaseMismatch,
+        ),
+        (
+            subject::submit(P, &task),
+            submit_body(lease.lease_id, "bob", "", 0.5),
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            subject::submit(P, &task),
+            submit_body(lease.lease_id, "bob", "positive", 7.0),
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            subject::api(P, ApiOp::TaskAdd),
+            "nope".into(),
+            ErrorCode::MalformedRequest,
+        ),
+        (
+            subject::api(P, ApiOp::TaskAdd),
+            add(serde_json::json!({"text": ""})),
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            subject::api(P, ApiOp::TaskAdd),
+            add(serde_json::json!({"text": too_big})),
+            ErrorCode::TextTooLarge,
+        ),
+        (
+            subject::api(P, ApiOp::TaskAdd),
+            add(serde_json::json!({"text": "x", "required_submissions": 0})),
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            subject::api(P, ApiOp::TaskAdd),
+            add(serde_json::json!({"text": "x", "required_submissions": 101})),
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            subject::api(P, ApiOp::TaskAdd),
+            add(serde_json::json!({"text": "x", "colour": "red"})),
+            ErrorCode::MalformedRequest,
+        ),
+        (
+            subject::api(P, ApiOp::TaskAdd),
+            r#"{"tasks":[]}"#.into(),
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            subject::api(P, ApiOp::TaskGet),
+            serde_json::json!({"task_id": unknown}).to_string(),
+            ErrorCode::NotFound,
+        ),
+        (
+            subject::api(P, ApiOp::TaskGet),
+            r#"{"task_id":"zzz"}"#.into(),
+            ErrorCode::MalformedRequest,
+        ),
+        (
+            subject::api(P, ApiOp::TaskList),
+            r#"{"status":"done"}"#.into(),
+            ErrorCode::MalformedRequest,
+        ),
+        (
+            subject::api(P, ApiOp::TaskList),
+            r#"{"limit":0}"#.into(),
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            subject::api(P, ApiOp::OpsReset),
+            "{}".into(),
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            format!("{P}.api.nope"),
+            "{}".into(),
+            ErrorCode::UnknownOperation,
+        ),
+    ];
+    for (subject, body, code) in cases {
+        let bytes = h.raw(&subject, body.as_bytes()).await.expect("a reply");
+        let got = reply::decode::<serde_json::Value>(&bytes).expect("an envelope");
+        let err = got.expect_err(&format!("{subject} accepted {body:.80}"));
+        assert_eq!(err.code, code, "{subject} {body:.80}: {}", err.message);
+        assert!(!err.message.is_empty());
+    }
+    assert_eq!(h.dump(), before, "a refused request changed the store");
+    // And it keeps serving.
+    let stats: StatsReply = h
+        .call(&subject::api(P, ApiOp::Stats), &Empty {})
+        .await
+        .expect("stats");
+    assert_eq!((stats.tasks_total, stats.submissions), (1, 1));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_a_restart() {
+    let h = Harness::start(Settings::default(), Duration::from_secs(600)).await;
+    let task = h.add(NewTask::text("keep me")).await;
+    let lease = h.lease("alice", &["sentiment"], 1).await.remove(0);
+    h.submit(&lease, "alice", "positive").await.expect("submit");
+    let before = h.task(task).await;
+    let Harness {
+        _nats: nats,
+        dir,
+        client,
+        shutdown,
+        coordinator,
+    } = h;
+    shutdown.cancel();
+    coordinator.await.expect("stopped");
+    drop(client);
+    // Same database, fresh coordinator.
+    let mut config = Config::new(nats.url(), dir.path().join("coordinator.db"));
+    config.sweep_interval = Duration::from_secs(600);
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let coordinator =
+        tokio::spawn(async move { coordinator::run(config, token).await.expect("runs") });
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let h = Harness {
+        _nats: nats,
+        dir,
+        client,
+        shutdown,
+        coordinator,
+    };
+    let after = wait_for(
+        "the restarted coordinator",
+        Duration::from_secs(10),
+        || async {
+            let bytes = h
+                .raw(
+                    &subject::api(P, ApiOp::TaskGet),
+                    &encode(&TaskGetRequest { task_id: task }),
+                )
+                .await
+                .ok()?;
+            reply::decode::<TaskDetail>(&bytes).ok()?.ok()
+        },
+    )
+    .await;
+    assert_eq!(after, before);
+    // The resend of an acknowledged submission is recognised after the restart.
+    let again = h.submit(&lease, "alice", "positive").await.expect("resend");
+    assert!(again.duplicate);
+    h.stop().await;
+}
