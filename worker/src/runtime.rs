@@ -1,0 +1,521 @@
+//! The worker's life: register, then lease -> infer -> submit in a loop, heartbeating in the
+//! background; on shutdown stop leasing, finish (or release) what is held, say goodbye, exit.
+//!
+//! Announcements on `tasks.<type>` only wake an idle worker early; it also polls, so a lost
+//! announcement costs at most one poll interval. Submissions are retried with backoff until the
+//! coordinator acknowledges or refuses them: a coordinator restart loses no finished work.
+
+use crate::backoff::Backoff;
+use crate::model::{Input, Model, Prediction};
+use async_nats::{Client, RequestErrorKind};
+use futures::{FutureExt, StreamExt};
+use protocol::messages::{
+    encode, Heartbeat, HeartbeatReply, Lease, LeaseReply, LeaseRequest, ReleaseReply,
+    ReleaseRequest, SubmitReply, SubmitRequest, Timings,
+};
+use protocol::{reply, subject, ApiError, ErrorCode, LeaseId, TaskType, WorkerId};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// What a worker needs to run.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Its id.
+    pub worker_id: WorkerId,
+    /// NATS server URL.
+    pub nats_url: String,
+    /// Subject prefix.
+    pub prefix: String,
+    /// Task types to take; empty means everything the model can do.
+    pub capabilities: Vec<TaskType>,
+    /// Leases asked for at once, run as one batch.
+    pub batch: u32,
+    /// How long an idle worker waits before asking again when nothing is announced.
+    pub poll_interval: Duration,
+    /// Longest gap between heartbeats (shortened to a third of the coordinator's TTL).
+    pub heartbeat_interval: Duration,
+    /// How long one request may wait for its reply.
+    pub request_timeout: Duration,
+    /// After shutdown is asked for, how long to keep trying to submit held work.
+    pub shutdown_grace: Duration,
+}
+
+impl WorkerConfig {
+    /// A config with the defaults.
+    pub fn new(worker_id: WorkerId, nats_url: impl Into<String>) -> Self {
+        Self {
+            worker_id,
+            nats_url: nats_url.into(),
+            prefix: subject::DEFAULT_PREFIX.to_owned(),
+            capabilities: Vec::new(),
+            batch: 1,
+            poll_interval: Duration::from_secs(2),
+            heartbeat_interval: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a worker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The NATS URL is unusable.
+    #[error("connecting to nats at {url}: {source}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// A subscription was refused.
+    #[error("subscribing to announcements: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+    /// `--capabilities` named a task type the model cannot do.
+    #[error("model {model} cannot do {asked} tasks; it can do: {can}")]
+    Unsupported {
+        /// The model.
+        model: String,
+        /// What was asked.
+        asked: TaskType,
+        /// What it can do.
+        can: String,
+    },
+    /// The coordinator refused this worker for good (bad id or capabilities).
+    #[error("the coordinator refused this worker: {0}")]
+    Refused(#[source] ApiError),
+}
+
+/// What a worker did, returned when it stops.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Submissions the coordinator acknowledged.
+    pub acknowledged: u64,
+    /// Of those, resends it already had.
+    pub duplicates: u64,
+    /// Submissions refused (lease expired, task closed...).
+    pub refused: u64,
+    /// Leases given back unanswered.
+    pub released: u64,
+}
+
+/// A request failed in a way worth retrying, or was refused.
+enum CallError {
+    Retry(String),
+    Refused(ApiError),
+}
+
+/// Runs a worker until `shutdown`.
+///
+/// # Errors
+/// [`WorkerError`] when it cannot start (bad URL, capabilities the model lacks) or the coordinator
+/// refuses it outright.
+pub async fn run(
+    config: WorkerConfig,
+    model: Arc<dyn Model>,
+    shutdown: CancellationToken,
+) -> Result<Report, WorkerError> {
+    let capabilities = capabilities(&config, model.as_ref())?;
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("aimarket-worker-{}", config.worker_id))
+        .retry_on_initial_connect()
+        .request_timeout(Some(config.request_timeout))
+        .connect(&config.nats_url)
+        .await
+        .map_err(|source| WorkerError::Connect {
+            url: config.nats_url.clone(),
+            source,
+        })?;
+    let worker = Worker {
+        client,
+        model,
+        heartbeat: Heartbeat {
+            worker_id: config.worker_id.clone(),
+            capabilities,
+            model: None,
+        },
+        config,
+        report: Report::default(),
+    };
+    worker.run(shutdown).await
+}
+
+fn capabilities(config: &WorkerConfig, model: &dyn Model) -> Result<Vec<TaskType>, WorkerError> {
+    let can = model.capabilities();
+    if config.capabilities.is_empty() {
+        return Ok(can);
+    }
+    if let Some(asked) = config.capabilities.iter().find(|c| !can.contains(c)) {
+        return Err(WorkerError::Unsupported {
+            model: model.id().to_owned(),
+            asked: asked.clone(),
+            can: can
+                .iter()
+                .map(TaskType::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    Ok(config.capabilities.clone())
+}
+
+struct Worker {
+    client: Client,
+    model: Arc<dyn Model>,
+    heartbeat: Heartbeat,
+    config: WorkerConfig,
+    report: Report,
+}
+
+impl Worker {
+    async fn run(mut self, shutdown: CancellationToken) -> Result<Report, WorkerError> {
+        self.heartbeat.model = Some(self.model.id().to_owned());
+        let Some(timings) = self.register(&shutdown).await? else {
+            return Ok(self.report);
+        };
+        let every = heartbeat_every(self.config.heartbeat_interval, timings);
+        info!(
+            worker_id = %self.config.worker_id,
+            model = self.model.id(),
+            capabilities = ?self.heartbeat.capabilities,
+            heartbeat_ms = every.as_millis() as u64,
+            "worker registered"
+        );
+        let beats = CancellationToken::new();
+        let beating = tokio::spawn(heartbeats(
+            self.client.clone(),
+            subject::heartbeat(&self.config.prefix, &self.config.worker_id),
+            encode(&self.heartbeat),
+            every,
+            beats.clone(),
+        ));
+        let mut subs = Vec::new();
+        for cap in &self.heartbeat.capabilities {
+            subs.push(
+                self.client
+                    .subscribe(subject::tasks(&self.config.prefix, cap))
+                    .await?,
+            );
+        }
+        let mut wake = futures::stream::select_all(subs);
+
+        let mut backoff = Backoff::default();
+        let mut coordinator_away = false;
+        while !shutdown.is_cancelled() {
+            let leases = match self.lease().await {
+                Ok(leases) => {
+                    if coordinator_away {
+                        info!("coordinator is back");
+                        coordinator_away = false;
+                    }
+                    backoff.reset();
+                    leases
+                }
+                Err(CallError::Refused(e)) if e.code != ErrorCode::Unavailable => {
+                    return Err(WorkerError::Refused(e));
+                }
+                Err(CallError::Refused(e)) => {
+                    warn!(error = %e, "coordinator unavailable");
+                    sleep_or_cancel(backoff.next_delay(), &shutdown).await;
+                    continue;
+                }
+                Err(CallError::Retry(why)) => {
+                    if !coordinator_away {
+                        warn!(reason = %why, "no coordinator answering; retrying");
+                        coordinator_away = true;
+                    }
+                    sleep_or_cancel(backoff.next_delay(), &shutdown).await;
+                    continue;
+                }
+            };
+            if leases.is_empty() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = wake.next() => {
+                        // Many announcements may be queued; one lease request serves them all.
+                        while let Some(Some(_)) = wake.next().now_or_never() {}
+                    }
+                    _ = tokio::time::sleep(self.config.poll_interval) => {}
+                }
+                continue;
+            }
+            self.work(leases, &shutdown).await;
+        }
+        drop(wake);
+        self.goodbye().await;
+        beats.cancel();
+        let _ = beating.await;
+        if let Err(e) = self.client.flush().await {
+            warn!(error = %e, "final flush failed");
+        }
+        info!(
+            acknowledged = self.report.acknowledged,
+            refused = self.report.refused,
+            released = self.report.released,
+            "worker stopped"
+        );
+        Ok(self.report)
+    }
+
+    /// Sends a heartbeat as a request until the coordinator answers; `None` on shutdown.
+    async fn register(&self, shutdown: &CancellationToken) -> Result<Option<Timings>, WorkerError> {
+        let subject = subject::heartbeat(&self.config.prefix, &self.config.worker_id);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut said = false;
+        loop {
+            match self
+                .call::<_, HeartbeatReply>(&subject, &self.heartbeat)
+                .await
+            {
+                Ok(r) => return Ok(Some(r.timings)),
+                Err(CallError::Refused(e)) if e.code != ErrorCode::Unavailable => {
+                    return Err(WorkerError::Refused(e))
+                }
+                Err(CallError::Refused(e)) => warn!(error = %e, "coordinator unavailable"),
+                Err(CallError::Retry(why)) if !said => {
+                    info!(reason = %why, nats = %self.config.nats_url, "waiting for a coordinator");
+                    said = true;
+                }
+                Err(CallError::Retry(_)) => {}
+            }
+            if !sleep_or_cancel(backoff.next_delay(), shutdown).await {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn lease(&self) -> Result<Vec<Lease>, CallError> {
+        let req = LeaseRequest {
+            worker_id: self.config.worker_id.clone(),
+            capabilities: self.heartbeat.capabilities.clone(),
+            max_tasks: self.config.batch,
+            task_id: None,
+            model: self.heartbeat.model.clone(),
+        };
+        let reply: LeaseReply = self
+            .call(&subject::lease(&self.config.prefix), &req)
+            .await?;
+        Ok(reply.leases)
+    }
+
+    /// Runs the model on a batch of leases and submits each result.
+    async fn work(&mut self, leases: Vec<Lease>, shutdown: &CancellationToken) {
+        let inputs: Vec<Input> = leases
+            .iter()
+            .map(|l| Input {
+                task_type: l.task_type.clone(),
+                text: l.text.clone(),
+            })
+            .collect();
+        let model = self.model.clone();
+        let predictions = match tokio::task::spawn_blocking(move || model.predict(&inputs)).await {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "model panicked; releasing its leases");
+                let ids = leases.iter().map(|l| l.lease_id).collect();
+                self.release(ids, false).await;
+                return;
+            }
+        };
+        let mut unanswered = Vec::new();
+        // The hard stop for retries: shutdown plus its grace period.
+        let hard_stop = CancellationToken::new();
+        let grace = self.config.shutdown_grace;
+        let (sd, hs) = (shutdown.clone(), hard_stop.clone());
+        let timer = tokio::spawn(async move {
+            sd.cancelled().await;
+            tokio::time::sleep(grace).await;
+            hs.cancel();
+        });
+        for (lease, prediction) in leases.into_iter().zip(predictions) {
+            match prediction {
+                Ok(p) => {
+                    if !self.submit(&lease, p, &hard_stop).await {
+                        unanswered.push(lease.lease_id);
+                    }
+                }
+                Err(e) => {
+                    warn!(task_id = %lease.task_id, error = %e, "model could not answer; releasing");
+                    unanswered.push(lease.lease_id);
+                }
+            }
+        }
+        timer.abort();
+        if !unanswered.is_empty() {
+            self.release(unanswered, false).await;
+        }
+    }
+
+    /// Submits one result until acknowledged or refused. Returns false when it gave up unacked.
+    async fn submit(
+        &mut self,
+        lease: &Lease,
+        p: Prediction,
+        hard_stop: &CancellationToken,
+    ) -> bool {
+        let req = SubmitRequest {
+            lease_id: lease.lease_id,
+            worker_id: self.config.worker_id.clone(),
+            label: p.label,
+            confidence: p.confidence,
+            model: self.heartbeat.model.clone(),
+        };
+        let subject = subject::submit(&self.config.prefix, &lease.task_id);
+        let mut backoff = Backoff::default();
+        let started = Instant::now();
+        loop {
+            match self.call::<_, SubmitReply>(&subject, &req).await {
+                Ok(ack) => {
+                    self.report.acknowledged += 1;
+                    self.report.duplicates += u64::from(ack.duplicate);
+                    debug!(
+                        task_id = %lease.task_id,
+                        lease_id = %lease.lease_id,
+                        label = %req.label,
+                        duplicate = ack.duplicate,
+                        finalized = ack.finalized,
+                        "submission acknowledged"
+                    );
+                    return true;
+                }
+                Err(CallError::Refused(e)) if e.code != ErrorCode::Unavailable => {
+                    self.report.refused += 1;
+                    warn!(task_id = %lease.task_id, error = %e, "submission refused");
+                    return true;
+                }
+                Err(CallError::Refused(e)) => {
+                    debug!(error = %e, "coordinator unavailable; retrying")
+                }
+                Err(CallError::Retry(why)) => {
+                    debug!(reason = %why, "submission not acknowledged; retrying")
+                }
+            }
+            if !sleep_or_cancel(backoff.next_delay(), hard_stop).await {
+                warn!(
+                    task_id = %lease.task_id,
+                    tried_for_ms = started.elapsed().as_millis() as u64,
+                    "giving up on an unacknowledged submission at shutdown"
+                );
+                return false;
+            }
+        }
+    }
+
+    async fn release(&mut self, lease_ids: Vec<LeaseId>, offline: bool) {
+        let n = lease_ids.len() as u64;
+        let req = ReleaseRequest {
+            worker_id: self.config.worker_id.clone(),
+            lease_ids,
+            offline,
+        };
+        match self
+            .call::<_, ReleaseReply>(&subject::lease_release(&self.config.prefix), &req)
+            .await
+        {
+            Ok(r) => {
+                self.report.released += u64::from(r.released);
+                if n > 0 {
+                    info!(released = r.released, "leases released");
+                }
+            }
+            // Unreleased leases expire on their own; nothing is lost, only time.
+            Err(CallError::Retry(why)) => warn!(reason = %why, "release not acknowledged"),
+            Err(CallError::Refused(e)) => warn!(error = %e, "release refused"),
+        }
+    }
+
+    async fn goodbye(&mut self) {
+        self.release(Vec::new(), true).await;
+    }
+
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        subject: &str,
+        req: &Req,
+    ) -> Result<Resp, CallError> {
+        let msg = self
+            .client
+            .request(subject.to_owned(), encode(req).into())
+            .await
+            .map_err(|e| match e.kind() {
+                RequestErrorKind::NoResponders => CallError::Retry("no responders".into()),
+                RequestErrorKind::TimedOut => CallError::Retry("timed out".into()),
+                _ => CallError::Retry(e.to_string()),
+            })?;
+        match reply::decode::<Resp>(&msg.payload) {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(CallError::Refused(e)),
+            Err(e) => Err(CallError::Retry(format!("unreadable reply: {e}"))),
+        }
+    }
+}
+
+/// Heartbeat often enough that neither the worker nor its leases go stale between two beats.
+fn heartbeat_every(max: Duration, t: Timings) -> Duration {
+    let ttl = Duration::from_secs(t.heartbeat_ttl_seconds.max(1));
+    let lease = Duration::from_secs(t.lease_seconds.max(1));
+    max.min(ttl / 3)
+        .min(lease / 3)
+        .max(Duration::from_millis(100))
+}
+
+async fn heartbeats(
+    client: Client,
+    subject: String,
+    body: Vec<u8>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let body = bytes::Bytes::from(body);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                if let Err(e) = client.publish(subject.clone(), body.clone()).await {
+                    warn!(error = %e, "heartbeat not sent");
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps for `d`; false if `cancel` fired first.
+async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeats_fit_three_times_in_the_ttl() {
+        let t = Timings {
+            lease_seconds: 75,
+            heartbeat_ttl_seconds: 45,
+        };
+        assert_eq!(
+            heartbeat_every(Duration::from_secs(10), t),
+            Duration::from_secs(10)
+        );
+        let short = Timings {
+            lease_seconds: 3,
+            heartbeat_ttl_seconds: 2,
+        };
+        assert_eq!(
+            heartbeat_every(Duration::from_secs(10), short),
+            Duration::from_secs(2) / 3
+        );
+    }
+}
