@@ -1,1 +1,108 @@
-fn main() {}
+//! `aimarket`: the coordinator, the worker and the client commands in one binary.
+//!
+//! This file parses arguments, sets up logging and signals, and dispatches; the commands live in
+//! [`commands`], the NATS client of the coordinator's API in [`client`], output in [`output`].
+
+mod client;
+mod commands;
+mod output;
+mod shutdown;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Coordinate and verify AI inference across many workers over NATS.
+#[derive(Debug, Parser)]
+#[command(name = "aimarket", version, about, propagate_version = true)]
+pub struct Cli {
+    /// NATS server URL.
+    #[arg(
+        long,
+        global = true,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats: String,
+    /// Subject prefix shared by the coordinator, its workers and clients.
+    #[arg(long, global = true, env = "AIMARKET_PREFIX", default_value = protocol::subject::DEFAULT_PREFIX)]
+    prefix: String,
+    /// Print JSON instead of tables (for scripts).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the coordinator: the store, the NATS API and the sweeper.
+    Coordinator(commands::coordinator::Args),
+    /// Run a worker: lease tasks, run a model, submit results.
+    Worker(commands::worker::Args),
+    /// Create, list, inspect and wait for tasks.
+    #[command(subcommand)]
+    Task(commands::task::TaskCommand),
+    /// Workers by points (one per answer that matched the consensus).
+    Leaderboard,
+    /// The worker registry: status, model, capabilities, leases, last heartbeat.
+    Workers,
+    /// Counts of tasks by status, submissions, workers and leases.
+    Stats,
+    /// Operations on the coordinator's state.
+    #[command(subcommand)]
+    Ops(commands::ops::OpsCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, Command::Coordinator(_) | Command::Worker(_));
+    init_logging(if serving {
+        "info,async_nats=warn"
+    } else {
+        "warn"
+    });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let ctx = commands::Ctx {
+        nats: cli.nats,
+        prefix: cli.prefix,
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Coordinator(args) => commands::coordinator::run(&ctx, args).await,
+        Command::Worker(args) => commands::worker::run(&ctx, args).await,
+        Command::Task(cmd) => commands::task::run(&ctx, cmd).await,
+        Command::Leaderboard => commands::views::leaderboard(&ctx).await,
+        Command::Workers => commands::views::workers(&ctx).await,
+        Command::Stats => commands::views::stats(&ctx).await,
+        Command::Ops(cmd) => commands::ops::run(&ctx, cmd).await,
+    }
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

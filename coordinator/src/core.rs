@@ -10,9 +10,10 @@ use protocol::messages::{
     ReleaseRequest, RequeueReply, ResetRequest, StatsReply, SubmitReply, SubmitRequest,
     TaskAddReply, TaskAddRequest, TaskDetail, TaskListReply, TaskListRequest, WorkersReply,
 };
-use protocol::{TaskId, WorkerId};
+use protocol::{TaskId, TaskStatus, WorkerId};
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::mpsc;
+use tracing::{info, warn};
 
 /// The coordinator's operations. Cheap to clone; all clones share one store.
 #[derive(Clone)]
@@ -59,6 +60,22 @@ impl Core {
             })
             .await?;
         for effect in effects {
+            // Logged here, after the commit, so the log never shows a finalization that a crash
+            // rolled back.
+            if let Effect::Finished(e) = &effect {
+                match e.status {
+                    TaskStatus::Finalized => info!(
+                        task_id = %e.task_id,
+                        label = e.final_label.as_deref().unwrap_or_default(),
+                        "task finalized"
+                    ),
+                    _ => warn!(
+                        task_id = %e.task_id,
+                        reason = e.error_message.as_deref().unwrap_or_default(),
+                        "task failed"
+                    ),
+                }
+            }
             // The receiver lives as long as the coordinator runs; after that nobody listens.
             let _ = self.effects.send(effect);
         }

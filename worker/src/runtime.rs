@@ -183,7 +183,13 @@ impl Worker {
         info!(
             worker_id = %self.config.worker_id,
             model = self.model.id(),
-            capabilities = ?self.heartbeat.capabilities,
+            capabilities = %self
+                .heartbeat
+                .capabilities
+                .iter()
+                .map(TaskType::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
             heartbeat_ms = every.as_millis() as u64,
             "worker registered"
         );

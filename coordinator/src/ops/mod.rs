@@ -274,7 +274,6 @@ pub(crate) fn fail_task(
          WHERE id = ?3",
     )?
     .execute(params![message, ctx.now, task.id.to_string()])?;
-    tracing::warn!(task_id = %task.id, attempts = task.attempts, "task failed");
     ctx.effects.push(Effect::Finished(TaskEvent {
         task_id: task.id,
         status: TaskStatus::Failed,

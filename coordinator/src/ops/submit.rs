@@ -161,7 +161,6 @@ fn finalize(
          ON CONFLICT (worker_id) DO UPDATE SET points = points + 1",
     )?
     .execute([&tid])?;
-    tracing::info!(task_id = %task_id, label = %decision.label, votes = decision.votes, "task finalized");
     ctx.effects.push(Effect::Finished(TaskEvent {
         task_id: *task_id,
         status: TaskStatus::Finalized,

@@ -1,0 +1,82 @@
+//! The NATS client of the coordinator's API, with errors that say what to do.
+
+use anyhow::{anyhow, Context};
+use async_nats::RequestErrorKind;
+use protocol::messages::{encode, ApiOp};
+use protocol::{reply, subject};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::Duration;
+
+/// How long a client waits for one reply.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection to NATS, addressed to the coordinator's API.
+#[derive(Clone)]
+pub struct Client {
+    nats: async_nats::Client,
+    url: String,
+    prefix: String,
+}
+
+impl Client {
+    /// Connects, or fails with one clear line.
+    pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
+        let nats = async_nats::ConnectOptions::new()
+            .name("aimarket-cli")
+            .connection_timeout(Duration::from_secs(3))
+            .request_timeout(Some(REQUEST_TIMEOUT))
+            .connect(url)
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot reach NATS at {url} ({e}). Start it with `make nats` (or `make dev` \
+                     for NATS and a coordinator), or point --nats / NATS_URL at a running server"
+                )
+            })?;
+        Ok(Self {
+            nats,
+            url: url.to_owned(),
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// The raw NATS client (for event subscriptions).
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.nats
+    }
+
+    /// The subject prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Calls one API operation.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        op: ApiOp,
+        req: &Req,
+    ) -> anyhow::Result<Resp> {
+        let msg = self
+            .nats
+            .request(subject::api(&self.prefix, op), encode(req).into())
+            .await
+            .map_err(|e| match e.kind() {
+                RequestErrorKind::NoResponders => anyhow!(
+                    "no coordinator is answering on {} (prefix {:?}). Start one with \
+                     `aimarket coordinator` or `make dev`",
+                    self.url,
+                    self.prefix
+                ),
+                RequestErrorKind::TimedOut => anyhow!(
+                    "the coordinator on {} did not answer {op} within {}s",
+                    self.url,
+                    REQUEST_TIMEOUT.as_secs()
+                ),
+                _ => anyhow!("{op} request failed: {e}"),
+            })?;
+        let result = reply::decode::<Resp>(&msg.payload)
+            .with_context(|| format!("unreadable reply to {op}"))?;
+        result.map_err(|e| anyhow!("{op} refused: {e}"))
+    }
+}

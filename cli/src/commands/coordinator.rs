@@ -1,0 +1,69 @@
+//! `aimarket coordinator`.
+
+use super::Ctx;
+use anyhow::Context;
+use coordinator::{Config, Settings};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Every tunable is a flag with an env var.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// SQLite database file (created if missing).
+    #[arg(long, env = "AIMARKET_DB", default_value = "coordinator.db")]
+    db: PathBuf,
+    /// A worker silent this long is stale and loses its leases.
+    #[arg(long, env = "HEARTBEAT_TTL_SECONDS", default_value_t = 45)]
+    heartbeat_ttl_seconds: u64,
+    /// A lease lasts this long after its grant or its holder's last heartbeat.
+    #[arg(long, env = "LEASE_SECONDS", default_value_t = 75)]
+    lease_seconds: u64,
+    /// How often expired leases and stale workers are swept.
+    #[arg(long, env = "REQUEUE_SWEEP_SECONDS", default_value_t = 15)]
+    requeue_sweep_seconds: u64,
+    /// Attempts (leases ended without a result) a task gets when it names none.
+    #[arg(long, env = "MAX_ATTEMPTS_DEFAULT", default_value_t = 5)]
+    max_attempts_default: u32,
+    /// Largest task text, in bytes.
+    #[arg(long, env = "AIMARKET_MAX_TEXT_BYTES", default_value_t = protocol::limits::DEFAULT_MAX_TEXT_BYTES)]
+    max_text_bytes: usize,
+    /// Most leases one worker may hold at once.
+    #[arg(long, env = "AIMARKET_MAX_LEASES_PER_WORKER", default_value_t = 64)]
+    max_leases_per_worker: u32,
+}
+
+/// Runs until SIGINT/SIGTERM.
+pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.lease_seconds > 0, "--lease-seconds must be at least 1");
+    anyhow::ensure!(
+        args.heartbeat_ttl_seconds > 0,
+        "--heartbeat-ttl-seconds must be at least 1"
+    );
+    anyhow::ensure!(
+        args.requeue_sweep_seconds > 0,
+        "--requeue-sweep-seconds must be at least 1"
+    );
+    anyhow::ensure!(
+        (1..=protocol::limits::MAX_ATTEMPTS_LIMIT).contains(&args.max_attempts_default),
+        "--max-attempts-default must be between 1 and {}",
+        protocol::limits::MAX_ATTEMPTS_LIMIT
+    );
+    let mut config = Config::new(ctx.nats.clone(), args.db);
+    config.prefix = ctx.prefix.clone();
+    config.settings = Settings {
+        lease_ms: secs_to_ms(args.lease_seconds),
+        heartbeat_ttl_ms: secs_to_ms(args.heartbeat_ttl_seconds),
+        max_attempts_default: args.max_attempts_default,
+        max_text_bytes: args.max_text_bytes,
+        max_leases_per_worker: args.max_leases_per_worker,
+    };
+    config.sweep_interval = Duration::from_secs(args.requeue_sweep_seconds);
+    let shutdown = crate::shutdown::on_signal(config.shutdown_grace + Duration::from_secs(5));
+    coordinator::run(config, shutdown)
+        .await
+        .context("coordinator stopped")
+}
+
+fn secs_to_ms(s: u64) -> i64 {
+    i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX)
+}

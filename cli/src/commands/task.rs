@@ -1,0 +1,359 @@
+//! `aimarket task add | list | get | wait`.
+
+use super::Ctx;
+use crate::client::Client;
+use crate::output::{self, clip, or_dash};
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use protocol::messages::{
+    decode, ApiOp, NewTask, TaskAddReply, TaskAddRequest, TaskDetail, TaskEvent, TaskGetRequest,
+    TaskListReply, TaskListRequest, TaskView,
+};
+use protocol::{subject, TaskId, TaskStatus, TaskType};
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Task commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum TaskCommand {
+    /// Create a task from TEXT, or many from --file.
+    Add(AddArgs),
+    /// List tasks, oldest first.
+    List {
+        /// Only tasks in this state (queued, assigned, finalized, failed).
+        #[arg(long)]
+        status: Option<TaskStatus>,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// Show a task with its submissions.
+    Get {
+        /// The task id.
+        id: TaskId,
+    },
+    /// Wait until tasks are finalized or failed, with progress.
+    Wait {
+        /// Task ids.
+        #[arg(required = true)]
+        ids: Vec<TaskId>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+}
+
+/// `task add` arguments.
+#[derive(Debug, clap::Args)]
+pub struct AddArgs {
+    /// The text to classify.
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    text: Option<String>,
+    /// Add one task per line of FILE: plain text, or JSON objects with the `task.add` fields
+    /// (text, type, required_submissions, max_attempts). `-` reads standard input.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Task type (default sentiment).
+    #[arg(long = "type")]
+    task_type: Option<TaskType>,
+    /// Distinct workers that must answer (default 3).
+    #[arg(long)]
+    required: Option<u32>,
+    /// Leases that may end without a result before the task fails.
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// Wait for the result(s).
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+}
+
+/// Tasks per `task.add` request, and bytes: well under NATS's default 1 MiB payload.
+const BATCH_TASKS: usize = 1000;
+const BATCH_BYTES: usize = 512 * 1024;
+
+/// Runs a task command.
+pub async fn run(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<()> {
+    let client = ctx.client().await?;
+    match cmd {
+        TaskCommand::Add(args) => add(ctx, &client, args).await,
+        TaskCommand::List { status, limit } => {
+            let r: TaskListReply = client
+                .call(
+                    ApiOp::TaskList,
+                    &TaskListRequest {
+                        status,
+                        limit: Some(limit),
+                    },
+                )
+                .await?;
+            if ctx.json {
+                return output::json(&r.tasks);
+            }
+            print_tasks(&r.tasks);
+            Ok(())
+        }
+        TaskCommand::Get { id } => {
+            let d: TaskDetail = client
+                .call(ApiOp::TaskGet, &TaskGetRequest { task_id: id })
+                .await?;
+            if ctx.json {
+                return output::json(&d);
+            }
+            print_detail(&d);
+            Ok(())
+        }
+        TaskCommand::Wait { ids, timeout } => {
+            let done = wait(&client, &ids, Duration::from_secs(timeout)).await?;
+            report(ctx, &ids, &done)
+        }
+    }
+}
+
+async fn add(ctx: &Ctx, client: &Client, args: AddArgs) -> anyhow::Result<()> {
+    let defaults = NewTask {
+        text: String::new(),
+        task_type: args.task_type.clone(),
+        required_submissions: args.required,
+        max_attempts: args.max_attempts,
+    };
+    let tasks = match (&args.text, &args.file) {
+        (Some(text), _) => vec![NewTask {
+            text: text.clone(),
+            ..defaults
+        }],
+        (None, Some(path)) => read_tasks(path, &defaults)?,
+        (None, None) => bail!("give a TEXT or --file"),
+    };
+    let ids = add_all(client, tasks).await?;
+    if args.wait {
+        let done = wait(client, &ids, Duration::from_secs(args.timeout)).await?;
+        return report(ctx, &ids, &done);
+    }
+    if ctx.json {
+        return output::json(&serde_json::json!({ "task_ids": ids }));
+    }
+    match ids.as_slice() {
+        [one] => println!("{one}"),
+        many => println!("added {} tasks", many.len()),
+    }
+    Ok(())
+}
+
+/// Reads one task per non-empty line: JSON objects, or plain text.
+fn read_tasks(path: &PathBuf, defaults: &NewTask) -> anyhow::Result<Vec<NewTask>> {
+    let content = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    let mut tasks = Vec::new();
+    for (n, line) in content.lines().enumerate() {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut task = if line.trim_start().starts_with('{') {
+            decode::<NewTask>(line.as_bytes())
+                .with_context(|| format!("{}:{}: not a task", path.display(), n + 1))?
+        } else {
+            NewTask::text(line)
+        };
+        task.task_type = task.task_type.or_else(|| defaults.task_type.clone());
+        task.required_submissions = task.required_submissions.or(defaults.required_submissions);
+        task.max_attempts = task.max_attempts.or(defaults.max_attempts);
+        tasks.push(task);
+    }
+    anyhow::ensure!(!tasks.is_empty(), "{} holds no tasks", path.display());
+    Ok(tasks)
+}
+
+/// Sends tasks in batches, with a progress bar when there are many.
+async fn add_all(client: &Client, tasks: Vec<NewTask>) -> anyhow::Result<Vec<TaskId>> {
+    let bar = progress(tasks.len() as u64, "adding", tasks.len() > BATCH_TASKS);
+    let mut ids = Vec::with_capacity(tasks.len());
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    let total = tasks.len();
+    for (i, task) in tasks.into_iter().enumerate() {
+        bytes += task.text.len() + 64;
+        batch.push(task);
+        if batch.len() == BATCH_TASKS || bytes >= BATCH_BYTES || i + 1 == total {
+            let sent = batch.len();
+            let r: TaskAddReply = client
+                .call(
+                    ApiOp::TaskAdd,
+                    &TaskAddRequest {
+                        tasks: std::mem::take(&mut batch),
+                    },
+                )
+                .await
+                .with_context(|| format!("adding tasks {}..{}", i + 1 - sent, i + 1))?;
+            ids.extend(r.task_ids);
+            bar.inc(sent as u64);
+            bytes = 0;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(ids)
+}
+
+fn progress(len: u64, what: &str, visible: bool) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} [{elapsed}, {per_sec}]")
+            .expect("valid template"),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// Waits until every task is finalized or failed. Listens to task events and polls now and then
+/// (events are not replayed to a client that was not listening, e.g. across a coordinator restart).
+pub async fn wait(
+    client: &Client,
+    ids: &[TaskId],
+    timeout: Duration,
+) -> anyhow::Result<BTreeMap<TaskId, TaskView>> {
+    let mut events = client
+        .nats()
+        .subscribe(subject::task_events_all(client.prefix()))
+        .await
+        .context("subscribing to task events")?;
+    let mut pending: HashSet<TaskId> = ids.iter().copied().collect();
+    let mut done = BTreeMap::new();
+    let bar = progress(pending.len() as u64, "waiting", pending.len() > 1);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut poll = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = poll.tick() => {
+                let check: Vec<TaskId> = pending.iter().copied().collect();
+                for id in check {
+                    let d: TaskDetail = client.call(ApiOp::TaskGet, &TaskGetRequest { task_id: id }).await?;
+                    if d.task.status.is_terminal() {
+                        pending.remove(&id);
+                        done.insert(id, d.task);
+                        bar.inc(1);
+                    }
+                }
+            }
+            msg = events.next() => {
+                let Some(msg) = msg else { bail!("event subscription closed") };
+                let Ok(event) = decode::<TaskEvent>(&msg.payload) else { continue };
+                if pending.remove(&event.task_id) {
+                    let d: TaskDetail = client.call(ApiOp::TaskGet, &TaskGetRequest { task_id: event.task_id }).await?;
+                    done.insert(event.task_id, d.task);
+                    bar.inc(1);
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                bar.finish_and_clear();
+                bail!("timed out after {}s: {} of {} tasks still pending", timeout.as_secs(), pending.len(), ids.len());
+            }
+        }
+        if pending.is_empty() {
+            bar.finish_and_clear();
+            return Ok(done);
+        }
+    }
+}
+
+fn report(ctx: &Ctx, ids: &[TaskId], done: &BTreeMap<TaskId, TaskView>) -> anyhow::Result<()> {
+    let views: Vec<&TaskView> = ids.iter().filter_map(|id| done.get(id)).collect();
+    if ctx.json {
+        return output::json(&views);
+    }
+    if let [t] = views.as_slice() {
+        match t.status {
+            TaskStatus::Finalized => println!(
+                "{} finalized: {} (confidence {:.2}, {} votes)",
+                t.id,
+                or_dash(t.final_label.as_deref()),
+                t.final_confidence.unwrap_or_default(),
+                t.submissions
+            ),
+            _ => println!(
+                "{} {}: {}",
+                t.id,
+                t.status,
+                or_dash(t.error_message.as_deref())
+            ),
+        }
+        return Ok(());
+    }
+    let owned: Vec<TaskView> = views.into_iter().cloned().collect();
+    print_tasks(&owned);
+    Ok(())
+}
+
+fn print_tasks(tasks: &[TaskView]) {
+    let mut t = output::table(["id", "type", "status", "label", "votes", "attempts", "text"]);
+    for task in tasks {
+        t.add_row(vec![
+            task.id.to_string(),
+            task.task_type.to_string(),
+            task.status.to_string(),
+            or_dash(task.final_label.as_deref()),
+            format!("{}/{}", task.submissions, task.required_submissions),
+            format!("{}/{}", task.attempts, task.max_attempts),
+            clip(&task.text, 48),
+        ]);
+    }
+    println!("{t}");
+}
+
+fn print_detail(d: &TaskDetail) {
+    let t = &d.task;
+    println!("id           {}", t.id);
+    println!("type         {}", t.task_type);
+    println!("text         {}", clip(&t.text, 200));
+    println!("status       {}", t.status);
+    if let Some(label) = &t.final_label {
+        println!(
+            "final label  {label} (confidence {:.3})",
+            t.final_confidence.unwrap_or_default()
+        );
+    }
+    if let Some(e) = &t.error_message {
+        println!("error        {e}");
+    }
+    println!("votes        {}/{}", t.submissions, t.required_submissions);
+    println!("attempts     {}/{}", t.attempts, t.max_attempts);
+    println!("created      {}", t.created_at.to_rfc3339());
+    if let Some(f) = t.finished_at {
+        println!("finished     {}", f.to_rfc3339());
+    }
+    if !d.submissions.is_empty() {
+        let mut s = output::table(["worker", "label", "confidence", "agreed", "model", "at"]);
+        for sub in &d.submissions {
+            s.add_row(vec![
+                sub.worker_id.to_string(),
+                sub.label.clone(),
+                format!("{:.3}", sub.confidence),
+                or_dash(sub.agreed.map(|a| if a { "yes" } else { "no" })),
+                or_dash(sub.model.as_deref()),
+                sub.created_at.to_rfc3339(),
+            ]);
+        }
+        println!("\n{s}");
+    }
+    if !d.leases.is_empty() {
+        let mut l = output::table(["lease", "worker", "expires"]);
+        for lease in &d.leases {
+            l.add_row(vec![
+                lease.lease_id.to_string(),
+                lease.worker_id.to_string(),
+                lease.expires_at.to_rfc3339(),
+            ]);
+        }
+        println!("\n{l}");
+    }
+}

@@ -1,0 +1,60 @@
+//! Human output: tables, durations, truncation; and JSON for `--json`.
+
+use chrono::{DateTime, Utc};
+use comfy_table::{presets, ContentArrangement, Table};
+use serde::Serialize;
+
+/// A table with the project's look.
+pub fn table<const N: usize>(header: [&str; N]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(presets::ASCII_MARKDOWN)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(header);
+    t
+}
+
+/// Prints a value as pretty JSON.
+pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// "3s ago", "5m ago", ...
+pub fn ago(t: DateTime<Utc>) -> String {
+    let s = (Utc::now() - t).num_seconds().max(0);
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3599 => format!("{}m ago", s / 60),
+        3600..=86_399 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86_400),
+    }
+}
+
+/// At most `n` characters of `s`, with an ellipsis when cut; newlines flattened.
+pub fn clip(s: &str, n: usize) -> String {
+    let flat = s.replace(['\n', '\r', '\t'], " ");
+    if flat.chars().count() <= n {
+        flat
+    } else {
+        let mut out: String = flat.chars().take(n.saturating_sub(1)).collect();
+        out.push('…');
+        out
+    }
+}
+
+/// An optional value, or "-".
+pub fn or_dash<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_keeps_short_and_cuts_long() {
+        assert_eq!(clip("short", 10), "short");
+        assert_eq!(clip("a\nb", 10), "a b");
+        assert_eq!(clip("abcdefghij", 5), "abcd…");
+    }
+}
