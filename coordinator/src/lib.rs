@@ -107,8 +107,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     // gone and the publisher drains what is left.
     background.close();
     background.wait().await;
-    if let Err(e) = client.flush().await {
-        warn!(error = %e, "final flush failed");
+    match tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "final flush failed"),
+        Err(_) => warn!("final flush timed out; nats is unreachable"),
     }
     info!("coordinator stopped");
     served.map_err(RunError::from)

@@ -257,8 +257,10 @@ impl Worker {
         self.goodbye().await;
         beats.cancel();
         let _ = beating.await;
-        if let Err(e) = self.client.flush().await {
-            warn!(error = %e, "final flush failed");
+        match tokio::time::timeout(self.config.request_timeout, self.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "final flush failed"),
+            Err(_) => warn!("final flush timed out; nats is unreachable"),
         }
         info!(
             acknowledged = self.report.acknowledged,

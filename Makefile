@@ -1,0 +1,52 @@
+# aimarket: `make demo` runs the whole thing, `make test` runs the tests.
+# Both install what is missing (nats-server) through scripts/setup.sh.
+
+NATS_URL ?= nats://127.0.0.1:4222
+WORKER_ID ?= alice
+DB ?= coordinator.db
+CARGO ?= cargo
+BIN := target/debug/aimarket
+
+export NATS_URL
+
+.PHONY: all build setup nats dev worker demo test lint fmt clean
+
+all: build
+
+build:
+	$(CARGO) build --bin aimarket
+
+setup:
+	@scripts/setup.sh >/dev/null
+
+## nats-server in the foreground, with nats.conf.
+nats: setup
+	"$$(scripts/setup.sh)" -c nats.conf
+
+## nats-server (in the background, unless one already listens on 4222), then the coordinator.
+dev: setup build
+	@scripts/nats-up.sh
+	$(BIN) coordinator --db $(DB)
+
+## One worker: make worker WORKER_ID=bob
+worker: build
+	$(BIN) worker --id $(WORKER_ID)
+
+## Everything up, the sample tasks in, the leaderboard out, everything stopped again.
+demo: setup build
+	@scripts/demo.sh
+
+## The tests, against real nats-server processes and SQLite files in temp dirs.
+test: setup
+	NATS_SERVER_BIN="$$(scripts/setup.sh)" $(CARGO) test --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
+	rm -rf target/demo

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The demo: its own nats-server on a free port, a coordinator on a fresh database, three workers
+# (alice, bob, carole), the README's sample tasks in, the leaderboard out; then everything stops.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bin=target/debug/aimarket
+dir=target/demo
+rm -rf "$dir" && mkdir -p "$dir"
+nats="$(scripts/setup.sh)"
+
+port=4222
+while (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; do port=$((port + 1)); done
+export NATS_URL="nats://127.0.0.1:$port"
+export AIMARKET_PREFIX="aimarket"
+
+pids=()
+stop_all() {
+    # Workers and the coordinator first (graceful), the server last.
+    local workers=("${pids[@]:2}")
+    for pid in "${workers[@]}" "${pids[1]:-}" "${pids[0]:-}"; do
+        [ -n "$pid" ] || continue
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+}
+trap stop_all EXIT
+
+"$nats" -c nats.conf -p "$port" >"$dir/nats-server.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
+echo "==> nats-server on $NATS_URL"
+
+"$bin" coordinator --db "$dir/coordinator.db" >"$dir/coordinator.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 200); do "$bin" stats >/dev/null 2>&1 && break; sleep 0.05; done
+echo "==> coordinator (database $dir/coordinator.db, log $dir/coordinator.log)"
+
+for w in alice bob carole; do
+    "$bin" worker --id "$w" >"$dir/$w.log" 2>&1 &
+    pids+=($!)
+done
+echo "==> workers alice, bob, carole (logs in $dir/)"
+
+echo
+echo '$ aimarket task add "I absolutely love this product, it works perfectly!" --wait'
+"$bin" task add "I absolutely love this product, it works perfectly!" --wait --timeout 60
+echo '$ aimarket task add "This was the worst purchase I have ever made." --wait'
+"$bin" task add "This was the worst purchase I have ever made." --wait --timeout 60
+echo
+echo '$ aimarket leaderboard'
+"$bin" leaderboard
+echo
+echo '$ aimarket workers'
+"$bin" workers
+echo
+echo "==> stopping"

