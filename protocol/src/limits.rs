@@ -22,3 +22,5 @@ pub const MAX_TASKS_PER_ADD: usize = 10_000;
 pub const MAX_LIST_LIMIT: u32 = 10_000;
 /// Longest id (worker id, task type), in bytes: ids are NATS subject tokens.
 pub const MAX_ID_BYTES: usize = 64;
+/// Most lease ids one heartbeat may name.
+pub const MAX_HEARTBEAT_LEASES: usize = 4096;

@@ -165,8 +165,12 @@ pub struct ReleaseReply {
     pub released: u32,
 }
 
-/// `<p>.heartbeat.<worker_id>`: liveness. Registers the worker on first sight and renews every lease
+/// `<p>.heartbeat.<worker_id>`: liveness. Registers the worker on first sight and renews the leases
 /// it holds. Published; sent as a request, it gets a [`HeartbeatReply`].
+///
+/// A worker names the leases it holds in `leases`, and only those are renewed: a lease granted
+/// whose reply never reached the worker (a coordinator that died before replying) then expires on
+/// its own instead of being renewed forever.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
@@ -177,6 +181,10 @@ pub struct Heartbeat {
     /// The model it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// The leases it holds, to renew. Absent: renew all of its leases (clients that do not track
+    /// lease ids, like the original HTTP workers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leases: Option<Vec<LeaseId>>,
 }
 
 impl Heartbeat {
@@ -186,7 +194,18 @@ impl Heartbeat {
     /// [`ProtocolError::Invalid`] naming the field out of bounds.
     pub fn validate(&self) -> Result<(), ProtocolError> {
         check_capabilities(&self.capabilities)?;
-        check_model(self.model.as_deref())
+        check_model(self.model.as_deref())?;
+        if self
+            .leases
+            .as_ref()
+            .is_some_and(|l| l.len() > MAX_HEARTBEAT_LEASES)
+        {
+            return Err(ProtocolError::invalid(
+                "leases",
+                format!("at most {MAX_HEARTBEAT_LEASES}"),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -16,7 +16,8 @@ use protocol::messages::{
 use protocol::{reply, subject, ApiError, ErrorCode, LeaseId, TaskType, WorkerId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -139,9 +140,11 @@ pub async fn run(
             worker_id: config.worker_id.clone(),
             capabilities,
             model: None,
+            leases: Some(Vec::new()),
         },
         config,
         report: Report::default(),
+        held: Held::default(),
     };
     worker.run(shutdown).await
 }
@@ -171,7 +174,12 @@ struct Worker {
     heartbeat: Heartbeat,
     config: WorkerConfig,
     report: Report,
+    /// The leases this worker holds: the heartbeat renews exactly these.
+    held: Held,
 }
+
+/// Lease ids shared between the lease loop and the heartbeat task. Never locked across an await.
+type Held = Arc<Mutex<BTreeSet<LeaseId>>>;
 
 impl Worker {
     async fn run(mut self, shutdown: CancellationToken) -> Result<Report, WorkerError> {
@@ -197,7 +205,8 @@ impl Worker {
         let beating = tokio::spawn(heartbeats(
             self.client.clone(),
             subject::heartbeat(&self.config.prefix, &self.config.worker_id),
-            encode(&self.heartbeat),
+            self.heartbeat.clone(),
+            self.held.clone(),
             every,
             beats.clone(),
         ));
@@ -344,7 +353,12 @@ impl Worker {
         for (lease, prediction) in leases.into_iter().zip(predictions) {
             match prediction {
                 Ok(p) => {
-                    if !self.submit(&lease, p, &hard_stop).await {
+                    if self.submit(&lease, p, &hard_stop).await {
+                        self.held
+                            .lock()
+                            .expect("held-lease lock")
+                            .remove(&lease.lease_id);
+                    } else {
                         unanswered.push(lease.lease_id);
                     }
                 }
@@ -417,6 +431,12 @@ impl Worker {
 
     async fn release(&mut self, lease_ids: Vec<LeaseId>, offline: bool) {
         let n = lease_ids.len() as u64;
+        {
+            let mut held = self.held.lock().expect("held-lease lock");
+            for id in &lease_ids {
+                held.remove(id);
+            }
+        }
         let req = ReleaseRequest {
             worker_id: self.config.worker_id.clone(),
             lease_ids,
@@ -476,18 +496,20 @@ fn heartbeat_every(max: Duration, t: Timings) -> Duration {
 async fn heartbeats(
     client: Client,
     subject: String,
-    body: Vec<u8>,
+    mut heartbeat: Heartbeat,
+    held: Held,
     every: Duration,
     stop: CancellationToken,
 ) {
-    let body = bytes::Bytes::from(body);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {
-                if let Err(e) = client.publish(subject.clone(), body.clone()).await {
+                let leases = held.lock().expect("held-lease lock").iter().copied().collect();
+                heartbeat.leases = Some(leases);
+                if let Err(e) = client.publish(subject.clone(), encode(&heartbeat).into()).await {
                     warn!(error = %e, "heartbeat not sent");
                 }
             }

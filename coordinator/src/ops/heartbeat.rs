@@ -1,10 +1,11 @@
-//! `heartbeat.<worker_id>`: the worker is alive; every lease it holds is renewed.
+//! `heartbeat.<worker_id>`: the worker is alive; the leases it names (or, when it names none, all
+//! of its leases) are renewed.
 
 use super::{lease::timings, touch_worker, Ctx};
 use crate::error::CoreError;
 use crate::store::from_ms;
 use protocol::messages::{Heartbeat, HeartbeatReply};
-use protocol::{ProtocolError, WorkerId};
+use protocol::{LeaseId, ProtocolError, WorkerId};
 use rusqlite::{params, Connection};
 
 /// `subject_worker` is the worker id taken from the subject; the body must name the same one.
@@ -35,7 +36,7 @@ pub fn run(
         &hb.capabilities,
         hb.model.as_deref(),
     )?;
-    let renewed = renew(conn, ctx, &hb.worker_id)?;
+    let renewed = renew(conn, ctx, &hb.worker_id, hb.leases.as_deref())?;
     Ok(HeartbeatReply {
         ts: from_ms(ctx.now),
         renewed,
@@ -43,12 +44,29 @@ pub fn run(
     })
 }
 
-/// Pushes the expiry of every live lease of `worker` to a full lease from now.
-pub(crate) fn renew(conn: &Connection, ctx: &Ctx, worker: &WorkerId) -> Result<u32, CoreError> {
-    let n = conn
-        .prepare_cached(
-            "UPDATE lease SET expires_at = ?1 WHERE worker_id = ?2 AND state = 'active'",
-        )?
-        .execute(params![ctx.now + ctx.settings.lease_ms, worker.as_str()])?;
+/// Pushes the expiry of `worker`'s live leases (those in `only`, when given) to a full lease from
+/// now. A lease the worker does not name is left to expire.
+pub(crate) fn renew(
+    conn: &Connection,
+    ctx: &Ctx,
+    worker: &WorkerId,
+    only: Option<&[LeaseId]>,
+) -> Result<u32, CoreError> {
+    let expires = ctx.now + ctx.settings.lease_ms;
+    let Some(leases) = only else {
+        let n = conn
+            .prepare_cached(
+                "UPDATE lease SET expires_at = ?1 WHERE worker_id = ?2 AND state = 'active'",
+            )?
+            .execute(params![expires, worker.as_str()])?;
+        return Ok(n as u32);
+    };
+    let mut stmt = conn.prepare_cached(
+        "UPDATE lease SET expires_at = ?1 WHERE id = ?2 AND worker_id = ?3 AND state = 'active'",
+    )?;
+    let mut n = 0;
+    for lease in leases {
+        n += stmt.execute(params![expires, lease.to_string(), worker.as_str()])?;
+    }
     Ok(n as u32)
 }

@@ -403,6 +403,7 @@ mod tests {
             worker_id: wid("a"),
             capabilities: vec![protocol::TaskType::sentiment()],
             model: None,
+            leases: None,
         };
         let r = heartbeat::run(&tx, &mut ctx(s.lease_ms - 1), &wid("a"), hb).expect("heartbeat");
         assert_eq!(r.renewed, 1);
@@ -417,5 +418,32 @@ mod tests {
             .collect::<Result<_, _>>()
             .expect("rows");
         assert_eq!(live, vec!["a".to_owned()]);
+    }
+
+    #[test]
+    fn heartbeats_renew_only_the_leases_the_worker_names() {
+        use crate::ops::heartbeat;
+        use protocol::messages::Heartbeat;
+        // `a` was granted two leases but only heard of one (the other reply was lost).
+        let mut conn = store();
+        add(&mut conn, 0, NewTask::text("x"));
+        add(&mut conn, 0, NewTask::text("y"));
+        let known = take(&mut conn, 0, "a").remove(0);
+        let lost = take(&mut conn, 0, "a").remove(0);
+        let s = settings();
+        let tx = conn.transaction().expect("tx");
+        let hb = Heartbeat {
+            worker_id: wid("a"),
+            capabilities: vec![protocol::TaskType::sentiment()],
+            model: None,
+            leases: Some(vec![known.lease_id]),
+        };
+        let r = heartbeat::run(&tx, &mut ctx(s.lease_ms - 1), &wid("a"), hb).expect("heartbeat");
+        assert_eq!(r.renewed, 1);
+        let swept = sweep::run(&tx, &mut ctx(s.lease_ms + 1)).expect("sweep");
+        tx.commit().expect("commit");
+        assert_eq!(swept.requeued, 1, "the lost lease expires");
+        let task = load_task(&conn, &lost.task_id).expect("task");
+        assert_eq!((task.active_leases, task.attempts), (0, 1));
     }
 }

@@ -1,0 +1,236 @@
+//! A cluster of real processes for end-to-end tests: a nats-server, an `aimarket coordinator`
+//! on a SQLite file in a temp dir, and `aimarket worker`s, each logging to a file there.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use test_support::NatsServer;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_aimarket");
+
+pub struct Cluster {
+    pub nats: NatsServer,
+    pub dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+    coordinator: Option<Child>,
+    coordinator_runs: usize,
+    workers: BTreeMap<String, Child>,
+}
+
+impl Cluster {
+    /// nats-server plus a coordinator with these env vars (tunables), ready to answer.
+    pub fn start(env: &[(&str, &str)]) -> Self {
+        let mut c = Self {
+            nats: NatsServer::start(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+            coordinator: None,
+            coordinator_runs: 0,
+            workers: BTreeMap::new(),
+        };
+        c.start_coordinator();
+        c
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("coordinator.db")
+    }
+
+    fn command(&self, log: &str) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.env("NATS_URL", self.nats.url())
+            .env("RUST_LOG", "info,worker=debug,async_nats=warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(self.dir.path().join(log)).expect("log file"));
+        cmd
+    }
+
+    pub fn start_coordinator(&mut self) {
+        assert!(self.coordinator.is_none(), "a coordinator is running");
+        self.coordinator_runs += 1;
+        let log = format!("coordinator-{}.log", self.coordinator_runs);
+        let child = self
+            .command(&log)
+            .arg("coordinator")
+            .arg("--db")
+            .arg(self.db_path())
+            .spawn()
+            .expect("spawn coordinator");
+        self.coordinator = Some(child);
+        wait_until("the coordinator to answer", Duration::from_secs(20), || {
+            self.cli(&["stats"]).status.success()
+        });
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill_coordinator(&mut self) {
+        let mut child = self.coordinator.take().expect("a coordinator");
+        child.kill().expect("kill");
+        child.wait().expect("reap");
+    }
+
+    pub fn coordinator_logs(&self) -> String {
+        (1..=self.coordinator_runs)
+            .map(|i| read(self.dir.path().join(format!("coordinator-{i}.log"))))
+            .collect()
+    }
+
+    pub fn start_worker(&mut self, id: &str, extra: &[&str]) {
+        let child = self
+            .command(&format!("worker-{id}.log"))
+            .args(["worker", "--id", id, "--poll-ms", "200"])
+            .args(extra)
+            .spawn()
+            .expect("spawn worker");
+        self.workers.insert(id.to_owned(), child);
+    }
+
+    pub fn worker_pid(&self, id: &str) -> u32 {
+        self.workers[id].id()
+    }
+
+    pub fn signal_worker(&self, id: &str, signal: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.worker_pid(id).to_string()])
+            .status()
+            .expect("kill(1)")
+            .success();
+        assert!(ok, "kill -{signal} {id}");
+    }
+
+    pub fn kill_worker(&mut self, id: &str) {
+        let mut child = self.workers.remove(id).expect("worker");
+        child.kill().expect("kill");
+        child.wait().expect("reap");
+    }
+
+    /// SIGTERM and wait for the exit.
+    pub fn stop_worker(&mut self, id: &str) -> std::process::ExitStatus {
+        self.signal_worker(id, "TERM");
+        let mut child = self.workers.remove(id).expect("worker");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "worker {id} ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn worker_log(&self, id: &str) -> String {
+        read(self.dir.path().join(format!("worker-{id}.log")))
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .env("NATS_URL", self.nats.url())
+            .env_remove("RUST_LOG")
+            .args(args)
+            .output()
+            .expect("run aimarket")
+    }
+
+    /// Runs a read command with `--json` and parses its output; panics on failure.
+    pub fn json<T: DeserializeOwned>(&self, args: &[&str]) -> T {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.cli(&all);
+        assert!(
+            out.status.success(),
+            "aimarket {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "aimarket {args:?} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// A read-only view of the store, as a second process would have.
+    pub fn db(&self) -> rusqlite::Connection {
+        let conn = rusqlite::Connection::open_with_flags(
+            self.db_path(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("open db");
+        conn.busy_timeout(Duration::from_secs(5))
+            .expect("busy timeout");
+        conn
+    }
+
+    pub fn count(&self, sql: &str) -> i64 {
+        self.db().query_row(sql, [], |r| r.get(0)).expect(sql)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Leave the evidence: the tail of every log, and the temp dir.
+            if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    if path.extension().is_some_and(|e| e == "log") {
+                        let text = read(path.clone());
+                        let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                        eprintln!("==> {} (last lines)", path.display());
+                        for line in tail.iter().rev() {
+                            eprintln!("{line}");
+                        }
+                    }
+                }
+            }
+        }
+        for child in self.workers.values_mut().chain(self.coordinator.as_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn read(path: PathBuf) -> String {
+    std::fs::read_to_string(&path).unwrap_or_default()
+}
+
+/// Polls `check` until true; panics naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every (task id, lease id) a worker's log says the coordinator acknowledged.
+pub fn acknowledged(log: &str) -> Vec<(String, String)> {
+    log.lines()
+        .filter(|l| l.contains("submission acknowledged"))
+        .map(|l| (field(l, "task_id"), field(l, "lease_id")))
+        .collect()
+}
+
+fn field(line: &str, name: &str) -> String {
+    let start = line
+        .find(&format!(" {name}="))
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+        + name.len()
+        + 2;
+    line[start..]
+        .split_whitespace()
+        .next()
+        .expect("value")
+        .to_owned()
+}
