@@ -1,0 +1,121 @@
+//! The CLI's behaviour at the edges: no server, no coordinator, bad input, bulk files, ops.
+
+mod common;
+
+use common::{Cluster, BIN};
+use protocol::messages::{StatsReply, TaskView};
+use protocol::TaskStatus;
+use std::process::Command;
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn unreachable_nats_and_missing_coordinator_give_one_clear_line() {
+    let port = test_support::free_port();
+    let out = Command::new(BIN)
+        .args(["--nats", &format!("nats://127.0.0.1:{port}"), "leaderboard"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot reach NATS at nats://127.0.0.1:") && err.contains("make nats"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let nats = test_support::NatsServer::start();
+    let out = Command::new(BIN)
+        .args(["--nats", &nats.url(), "stats"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("no coordinator is answering") && err.contains("aimarket coordinator"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_input_gets_the_coordinators_error_code() {
+    let c = Cluster::start(&[]);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["task", "get", "01a21e3b-a1bf-760b-b3f1-68ba93059300"],
+            "not_found",
+        ),
+        (&["task", "add", "   "], "invalid_argument"),
+        (&["task", "add", "x", "--required", "0"], "invalid_argument"),
+        (
+            &["task", "add", "x", "--required", "101"],
+            "invalid_argument",
+        ),
+        (&["ops", "reset"], "--yes"),
+    ];
+    for (args, expect) in cases {
+        let out = c.cli(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr(&out).contains(expect), "{args:?}: {}", stderr(&out));
+    }
+    let big = c.dir.path().join("big.jsonl");
+    std::fs::write(&big, format!("{{\"text\": \"{}\"}}\n", "x".repeat(70_000))).expect("write");
+    let out = c.cli(&["task", "add", "--file", big.to_str().expect("path")]);
+    assert!(stderr(&out).contains("text_too_large"), "{}", stderr(&out));
+
+    let broken = c.dir.path().join("broken.jsonl");
+    std::fs::write(&broken, "fine text\n{\"text\": 5}\n").expect("write");
+    let out = c.cli(&["task", "add", "--file", broken.to_str().expect("path")]);
+    assert!(stderr(&out).contains("broken.jsonl:2"), "{}", stderr(&out));
+
+    let stats: StatsReply = c.json(&["stats"]);
+    assert_eq!(stats.tasks_total, 0, "a refused add stored something");
+}
+
+#[test]
+fn bulk_add_list_requeue_and_reset() {
+    let c = Cluster::start(&[]);
+    let file = c.dir.path().join("tasks.jsonl");
+    std::fs::write(
+        &file,
+        "plain text line\n\n{\"text\": \"json line\", \"required_submissions\": 1}\n{\"text\": \"typed\", \"type\": \"translate\"}\n",
+    )
+    .expect("write");
+    let added: serde_json::Value = c.json(&[
+        "task",
+        "add",
+        "--file",
+        file.to_str().expect("path"),
+        "--required",
+        "2",
+    ]);
+    assert_eq!(added["task_ids"].as_array().map(Vec::len), Some(3));
+    let tasks: Vec<TaskView> = c.json(&["task", "list", "--status", "queued"]);
+    let shape: Vec<_> = tasks
+        .iter()
+        .map(|t| {
+            (
+                t.text.as_str(),
+                t.task_type.as_str(),
+                t.required_submissions,
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            ("plain text line", "sentiment", 2),
+            ("json line", "sentiment", 1),
+            ("typed", "translate", 2)
+        ]
+    );
+    let requeued: serde_json::Value = c.json(&["ops", "requeue-stale"]);
+    assert_eq!(requeued["requeued"], 0);
+    let out = c.cli(&["ops", "reset", "--yes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stats: StatsReply = c.json(&["stats"]);
+    assert_eq!(stats.tasks_total, 0);
+    assert_eq!(stats.tasks_by_status[&TaskStatus::Queued], 0);
+}
