@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 /// Coordinate and verify AI inference across many workers over NATS.
 #[derive(Debug, Parser)]
-#[command(name = "aimarket", version, about, propagate_version = true)]
+#[command(name = "aimarket", version, propagate_version = true)]
 pub struct Cli {
     /// NATS server URL.
     #[arg(
