@@ -23,6 +23,16 @@ impl Harness {
     async fn start(settings: Settings, sweep: Duration) -> Self {
         let nats = NatsServer::start();
         let dir = tempfile::tempdir().expect("temp dir");
+        Self::launch(nats, dir, settings, sweep).await
+    }
+
+    /// A coordinator on `dir`'s database, answering before this returns.
+    async fn launch(
+        nats: NatsServer,
+        dir: tempfile::TempDir,
+        settings: Settings,
+        sweep: Duration,
+    ) -> Self {
         let mut config = Config::new(nats.url(), dir.path().join("coordinator.db"));
         config.settings = settings;
         config.sweep_interval = sweep;
@@ -48,6 +58,19 @@ impl Harness {
         )
         .await;
         h
+    }
+
+    /// Stops the coordinator and starts a fresh one on the same database and server.
+    async fn restart(self) -> Self {
+        self.shutdown.cancel();
+        self.coordinator.await.expect("coordinator stopped");
+        Self::launch(
+            self._nats,
+            self.dir,
+            Settings::default(),
+            Duration::from_secs(600),
+        )
+        .await
     }
 
     async fn raw(&self, subject: &str, body: &[u8]) -> Result<Vec<u8>, async_nats::RequestError> {
@@ -482,46 +505,8 @@ async fn state_survives_a_restart() {
     let lease = h.lease("alice", &["sentiment"], 1).await.remove(0);
     h.submit(&lease, "alice", "positive").await.expect("submit");
     let before = h.task(task).await;
-    let Harness {
-        _nats: nats,
-        dir,
-        client,
-        shutdown,
-        coordinator,
-    } = h;
-    shutdown.cancel();
-    coordinator.await.expect("stopped");
-    drop(client);
-    // Same database, fresh coordinator.
-    let mut config = Config::new(nats.url(), dir.path().join("coordinator.db"));
-    config.sweep_interval = Duration::from_secs(600);
-    let shutdown = CancellationToken::new();
-    let token = shutdown.clone();
-    let coordinator =
-        tokio::spawn(async move { coordinator::run(config, token).await.expect("runs") });
-    let client = async_nats::connect(nats.url()).await.expect("connect");
-    let h = Harness {
-        _nats: nats,
-        dir,
-        client,
-        shutdown,
-        coordinator,
-    };
-    let after = wait_for(
-        "the restarted coordinator",
-        Duration::from_secs(10),
-        || async {
-            let bytes = h
-                .raw(
-                    &subject::api(P, ApiOp::TaskGet),
-                    &encode(&TaskGetRequest { task_id: task }),
-                )
-                .await
-                .ok()?;
-            reply::decode::<TaskDetail>(&bytes).ok()?.ok()
-        },
-    )
-    .await;
+    let h = h.restart().await;
+    let after = h.task(task).await;
     assert_eq!(after, before);
     // The resend of an acknowledged submission is recognised after the restart.
     let again = h.submit(&lease, "alice", "positive").await.expect("resend");
