@@ -3,24 +3,29 @@
 //! after the commit. Both adapters (NATS, HTTP) call these same methods.
 
 use crate::error::CoreError;
+use crate::metrics::Metrics;
+use crate::ops::submit::Submission;
 use crate::ops::{self, Ctx, Effect, Settings};
 use crate::store::Store;
 use protocol::messages::{
-    Heartbeat, HeartbeatReply, LeaderboardReply, LeaseReply, LeaseRequest, ReleaseReply,
+    Heartbeat, HeartbeatReply, LeaderboardReply, Lease, LeaseReply, LeaseRequest, ReleaseReply,
     ReleaseRequest, RequeueReply, ResetRequest, StatsReply, SubmitReply, SubmitRequest,
     TaskAddReply, TaskAddRequest, TaskDetail, TaskListReply, TaskListRequest, WorkersReply,
 };
-use protocol::{TaskId, TaskStatus, WorkerId};
+use protocol::{TaskId, TaskStatus, TaskType, WorkerId};
 use rusqlite::{Connection, TransactionBehavior};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-/// The coordinator's operations. Cheap to clone; all clones share one store.
+/// The coordinator's operations. Cheap to clone; all clones share one store and one set of
+/// metrics.
 #[derive(Clone)]
 pub struct Core {
     store: Store,
     settings: Settings,
     effects: mpsc::UnboundedSender<Effect>,
+    metrics: Arc<Metrics>,
 }
 
 impl Core {
@@ -32,9 +37,15 @@ impl Core {
                 store,
                 settings,
                 effects: tx,
+                metrics: Arc::new(Metrics::new()),
             },
             rx,
         )
+    }
+
+    /// The metrics this core keeps.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The tunables in force.
@@ -63,6 +74,10 @@ impl Core {
             // Logged here, after the commit, so the log never shows a finalization that a crash
             // rolled back.
             if let Effect::Finished(e) = &effect {
+                match e.status {
+                    TaskStatus::Finalized => self.metrics.tasks_finalized.inc(),
+                    _ => self.metrics.tasks_failed.inc(),
+                };
                 match e.status {
                     TaskStatus::Finalized => info!(
                         task_id = %e.task_id,
@@ -128,7 +143,24 @@ impl Core {
     /// # Errors
     /// [`CoreError::Invalid`] for a request out of bounds.
     pub async fn lease(&self, req: LeaseRequest) -> Result<LeaseReply, CoreError> {
-        self.write(move |c, ctx| ops::lease::run(c, ctx, req)).await
+        let r = self
+            .write(move |c, ctx| ops::lease::run(c, ctx, req))
+            .await?;
+        self.metrics.tasks_claimed.inc_by(r.leases.len() as u64);
+        Ok(r)
+    }
+
+    /// One lease for a worker of the original HTTP API (`POST /tasks/next`), on a task of a
+    /// type it registered with.
+    ///
+    /// # Errors
+    /// Store errors only.
+    pub async fn next_for(&self, worker: WorkerId) -> Result<Option<Lease>, CoreError> {
+        let r = self
+            .write(move |c, ctx| ops::lease::next_for(c, ctx, &worker))
+            .await?;
+        self.metrics.tasks_claimed.inc_by(u64::from(r.is_some()));
+        Ok(r)
     }
 
     /// Takes leases back. See [`ops::release`].
@@ -149,8 +181,28 @@ impl Core {
         subject_worker: WorkerId,
         hb: Heartbeat,
     ) -> Result<HeartbeatReply, CoreError> {
-        self.write(move |c, ctx| ops::heartbeat::run(c, ctx, &subject_worker, hb))
-            .await
+        let r = self
+            .write(move |c, ctx| ops::heartbeat::run(c, ctx, &subject_worker, hb))
+            .await?;
+        self.metrics.worker_heartbeats.inc();
+        Ok(r)
+    }
+
+    /// Registers or refreshes a worker of the original HTTP API, renewing all its leases;
+    /// `capabilities` replaces its task types when given.
+    ///
+    /// # Errors
+    /// [`CoreError::Invalid`] for capabilities out of bounds.
+    pub async fn heartbeat_known(
+        &self,
+        worker: WorkerId,
+        capabilities: Option<Vec<TaskType>>,
+    ) -> Result<HeartbeatReply, CoreError> {
+        let r = self
+            .write(move |c, ctx| ops::heartbeat::run_known(c, ctx, &worker, capabilities))
+            .await?;
+        self.metrics.worker_heartbeats.inc();
+        Ok(r)
     }
 
     /// Stores a result; finalizes the task when it completes the vote. See [`ops::submit`].
@@ -158,8 +210,20 @@ impl Core {
     /// # Errors
     /// See [`ops::submit::run`].
     pub async fn submit(&self, task: TaskId, req: SubmitRequest) -> Result<SubmitReply, CoreError> {
-        self.write(move |c, ctx| ops::submit::run(c, ctx, &task, req))
-            .await
+        self.accept(task, req.into()).await
+    }
+
+    /// Stores a result, with or without its lease id (the HTTP API has none). See
+    /// [`ops::submit::accept`].
+    ///
+    /// # Errors
+    /// See [`ops::submit::accept`].
+    pub async fn accept(&self, task: TaskId, sub: Submission) -> Result<SubmitReply, CoreError> {
+        let r = self
+            .write(move |c, ctx| ops::submit::accept(c, ctx, &task, sub))
+            .await?;
+        self.metrics.submissions.inc_by(u64::from(!r.duplicate));
+        Ok(r)
     }
 
     /// Frees expired leases and those of stale workers.
@@ -167,7 +231,9 @@ impl Core {
     /// # Errors
     /// Store errors only.
     pub async fn sweep(&self) -> Result<RequeueReply, CoreError> {
-        self.write(ops::sweep::run).await
+        let r = self.write(ops::sweep::run).await?;
+        self.metrics.leases_requeued.inc_by(u64::from(r.requeued));
+        Ok(r)
     }
 
     /// Workers by points.
@@ -195,6 +261,50 @@ impl Core {
     pub async fn stats(&self) -> Result<StatsReply, CoreError> {
         let ttl = self.settings.heartbeat_ttl_ms;
         self.read(move |c, now| ops::stats::run(c, now, ttl)).await
+    }
+
+    /// The newest tasks with their votes, newest first.
+    ///
+    /// # Errors
+    /// Store errors only.
+    pub async fn recent(&self, limit: u32) -> Result<Vec<TaskDetail>, CoreError> {
+        self.read(move |c, _| ops::task_get::recent(c, limit)).await
+    }
+
+    /// Whether the store answers a query.
+    ///
+    /// # Errors
+    /// The store's error.
+    pub async fn ping(&self) -> Result<(), CoreError> {
+        self.read(|c, _| Ok(c.query_row("SELECT COUNT(*) FROM task LIMIT 1", [], |_| Ok(()))?))
+            .await
+    }
+
+    /// Reads the gauges from the store and renders every metric.
+    ///
+    /// # Errors
+    /// Store errors only.
+    pub async fn render_metrics(&self) -> Result<String, CoreError> {
+        let stats = self.stats().await?;
+        let m = &self.metrics;
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        m.queue_depth.set(gauge(
+            stats
+                .tasks_by_status
+                .get(&TaskStatus::Queued)
+                .copied()
+                .unwrap_or(0),
+        ));
+        m.tasks_assigned.set(gauge(
+            stats
+                .tasks_by_status
+                .get(&TaskStatus::Assigned)
+                .copied()
+                .unwrap_or(0),
+        ));
+        m.workers_active.set(gauge(stats.workers_active));
+        m.leases_active.set(gauge(stats.active_leases));
+        Ok(m.encode())
     }
 
     /// Deletes everything.

@@ -42,6 +42,14 @@ pub enum CoreError {
         /// How it ended.
         state: String,
     },
+    /// The worker holds no live lease on the task (a submission without a lease id).
+    #[error("worker {worker} holds no lease on task {task}")]
+    NotLeased {
+        /// The worker.
+        worker: WorkerId,
+        /// The task.
+        task: TaskId,
+    },
     /// The lease is another worker's, or for another task.
     #[error("lease {lease} belongs to worker {holder} on task {task}")]
     LeaseMismatch {
@@ -84,7 +92,7 @@ impl CoreError {
         match self {
             CoreError::Invalid(e) => e.code(),
             CoreError::TaskNotFound(_) => ErrorCode::NotFound,
-            CoreError::NoLease(_) => ErrorCode::NoLease,
+            CoreError::NoLease(_) | CoreError::NotLeased { .. } => ErrorCode::NoLease,
             CoreError::LeaseExpired { .. } => ErrorCode::LeaseExpired,
             CoreError::LeaseMismatch { .. } => ErrorCode::LeaseMismatch,
             CoreError::DuplicateSubmission { .. } => ErrorCode::DuplicateSubmission,

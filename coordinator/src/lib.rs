@@ -13,6 +13,7 @@ pub mod config;
 pub mod consensus;
 pub mod core;
 pub mod error;
+pub mod metrics;
 pub mod nats;
 pub mod ops;
 pub mod store;

@@ -4,6 +4,7 @@
 
 use crate::core::Core;
 use crate::error::CoreError;
+use crate::metrics::Outcome;
 use crate::ops::Effect;
 use async_nats::{Client, Message};
 use futures::StreamExt;
@@ -15,7 +16,7 @@ use protocol::subject::{self, COORDINATOR_QUEUE};
 use protocol::{reply, ApiError, TaskId, WorkerId};
 use serde::Serialize;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -88,11 +89,12 @@ pub async fn serve(
 }
 
 async fn handle(client: &Client, core: &Core, prefix: &str, msg: Message) {
+    let started = Instant::now();
     let subject = msg.subject.as_str();
-    let body = if subject == subject::lease(prefix) {
-        Some(respond(lease(core, &msg.payload).await))
+    let (kind, (body, outcome)) = if subject == subject::lease(prefix) {
+        ("lease", respond(lease(core, &msg.payload).await))
     } else if subject == subject::lease_release(prefix) {
-        Some(respond(release(core, &msg.payload).await))
+        ("release", respond(release(core, &msg.payload).await))
     } else if let Some(worker) = subject::tail(prefix, "heartbeat", subject) {
         let result = heartbeat(core, worker, &msg.payload).await;
         if msg.reply.is_none() {
@@ -100,24 +102,49 @@ async fn handle(client: &Client, core: &Core, prefix: &str, msg: Message) {
                 warn!(worker_id = worker, error = %e, "heartbeat refused");
             }
         }
-        Some(respond(result))
+        ("heartbeat", respond(result))
     } else if let Some(task) = subject::tail(prefix, "submit", subject) {
-        Some(respond(submit(core, task, &msg.payload).await))
+        ("submit", respond(submit(core, task, &msg.payload).await))
     } else if let Some(op) = subject::tail(prefix, "api", subject) {
-        Some(api(core, op, &msg.payload).await)
+        let op = op.parse::<ApiOp>();
+        (
+            op.as_ref().map_or("api.unknown", |op| api_label(*op)),
+            api(core, op, &msg.payload).await,
+        )
     } else {
-        None
+        return;
     };
-    if let (Some(reply_to), Some(body)) = (msg.reply, body) {
+    if let Some(reply_to) = msg.reply {
         if let Err(e) = client.publish(reply_to, body.into()).await {
             warn!(error = %e, "reply not sent");
         }
     }
+    core.metrics()
+        .observe_nats(kind, outcome, started.elapsed());
+}
+
+/// The metric label of an API operation.
+fn api_label(op: ApiOp) -> &'static str {
+    match op {
+        ApiOp::TaskAdd => "api.task.add",
+        ApiOp::TaskGet => "api.task.get",
+        ApiOp::TaskList => "api.task.list",
+        ApiOp::Leaderboard => "api.leaderboard",
+        ApiOp::Workers => "api.workers",
+        ApiOp::Stats => "api.stats",
+        ApiOp::OpsRequeue => "api.ops.requeue",
+        ApiOp::OpsReset => "api.ops.reset",
+    }
 }
 
 /// Encodes a result as a reply, logging the errors a human should see.
-fn respond<T: Serialize>(result: Result<T, CoreError>) -> Vec<u8> {
-    reply::encode(&result.map_err(|e| {
+fn respond<T: Serialize>(result: Result<T, CoreError>) -> (Vec<u8>, Outcome) {
+    let outcome = if result.is_ok() {
+        Outcome::Ok
+    } else {
+        Outcome::Error
+    };
+    let body = reply::encode(&result.map_err(|e| {
         let api = e.to_api();
         match api.code {
             protocol::ErrorCode::Internal => error!(error = %e, "request failed"),
@@ -125,7 +152,8 @@ fn respond<T: Serialize>(result: Result<T, CoreError>) -> Vec<u8> {
             _ => debug!(error = %e, "request refused"),
         }
         api
-    }))
+    }));
+    (body, outcome)
 }
 
 async fn lease(core: &Core, payload: &[u8]) -> Result<protocol::messages::LeaseReply, CoreError> {
@@ -157,10 +185,10 @@ async fn submit(
     core.submit(task, decode::<SubmitRequest>(payload)?).await
 }
 
-async fn api(core: &Core, op: &str, payload: &[u8]) -> Vec<u8> {
-    let op: ApiOp = match op.parse() {
+async fn api(core: &Core, op: Result<ApiOp, ApiError>, payload: &[u8]) -> (Vec<u8>, Outcome) {
+    let op = match op {
         Ok(op) => op,
-        Err(e) => return reply::err(&e),
+        Err(e) => return (reply::err(&e), Outcome::Error),
     };
     // An empty body stands for `{}`, so `nats req aimarket.api.stats ''` works.
     let payload: &[u8] = if payload.iter().all(u8::is_ascii_whitespace) {
@@ -241,11 +269,5 @@ pub async fn publish_effects(
         if let Err(e) = client.publish(subject, body.into()).await {
             warn!(error = %e, "event not published");
         }
-    }
-}
-
-impl From<ApiError> for CoreError {
-    fn from(e: ApiError) -> Self {
-        CoreError::Invalid(protocol::ProtocolError::invalid("operation", e.message))
     }
 }

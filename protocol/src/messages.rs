@@ -54,7 +54,11 @@ fn check_capabilities(caps: &[TaskType]) -> Result<(), ProtocolError> {
     Ok(())
 }
 
-fn check_model(model: Option<&str>) -> Result<(), ProtocolError> {
+/// Checks a model id.
+///
+/// # Errors
+/// [`ProtocolError::Invalid`] when it is too long.
+pub fn check_model(model: Option<&str>) -> Result<(), ProtocolError> {
     match model {
         Some(m) if m.len() > MAX_MODEL_BYTES => Err(ProtocolError::invalid(
             "model",
@@ -546,6 +550,10 @@ pub struct TaskView {
     pub attempts: u32,
     /// Attempts allowed before the task fails.
     pub max_attempts: u32,
+    /// The worker holding the most recent live lease (the original API's `reserved_by`).
+    pub reserved_by: Option<WorkerId>,
+    /// When the last of its live leases runs out unless renewed.
+    pub lease_expires_at: Option<DateTime<Utc>>,
     /// Why it failed.
     pub error_message: Option<String>,
     /// Creation time.

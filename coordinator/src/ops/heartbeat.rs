@@ -70,3 +70,28 @@ pub(crate) fn renew(
     }
     Ok(n as u32)
 }
+
+/// A heartbeat from a client that names neither its capabilities nor its leases (the original
+/// HTTP API): keeps the registered capabilities (or sets `capabilities`, on registration) and
+/// renews every lease of the worker.
+///
+/// # Errors
+/// [`CoreError::Invalid`] for capabilities out of bounds.
+pub fn run_known(
+    conn: &Connection,
+    ctx: &mut Ctx,
+    worker: &WorkerId,
+    capabilities: Option<Vec<protocol::TaskType>>,
+) -> Result<HeartbeatReply, CoreError> {
+    let capabilities = match capabilities {
+        Some(c) => c,
+        None => super::known_capabilities(conn, worker)?,
+    };
+    let hb = Heartbeat {
+        worker_id: worker.clone(),
+        capabilities,
+        model: None,
+        leases: None,
+    };
+    run(conn, ctx, worker, hb)
+}

@@ -105,6 +105,25 @@ pub fn run(conn: &Connection, ctx: &mut Ctx, req: LeaseRequest) -> Result<LeaseR
     })
 }
 
+/// One lease for a worker of the original HTTP API, on a task of a type it registered with.
+///
+/// # Errors
+/// Store errors only.
+pub fn next_for(
+    conn: &Connection,
+    ctx: &mut Ctx,
+    worker: &WorkerId,
+) -> Result<Option<Lease>, CoreError> {
+    let req = LeaseRequest {
+        worker_id: worker.clone(),
+        capabilities: super::known_capabilities(conn, worker)?,
+        max_tasks: 1,
+        task_id: None,
+        model: None,
+    };
+    Ok(run(conn, ctx, req)?.leases.pop())
+}
+
 fn oldest_open(
     conn: &Connection,
     worker: &WorkerId,

@@ -122,11 +122,21 @@ pub(crate) struct TaskRow {
     pub error_message: Option<String>,
     pub created_at: i64,
     pub finished_at: Option<i64>,
+    /// Only read with [`TASK_VIEW_COLUMNS`].
+    pub reserved_by: Option<WorkerId>,
+    pub lease_expires_at: Option<i64>,
 }
 
 /// The columns [`TaskRow::from_row`] reads, in order.
 pub(crate) const TASK_COLUMNS: &str = "id, type, text, status, required, max_attempts, attempts, \
      active_leases, submissions, final_label, final_confidence, error_message, created_at, finished_at";
+
+/// [`TASK_COLUMNS`] plus the live-lease summary that views show (kept off the hot paths).
+pub(crate) const TASK_VIEW_COLUMNS: &str = "id, type, text, status, required, max_attempts, attempts, \
+     active_leases, submissions, final_label, final_confidence, error_message, created_at, finished_at, \
+     (SELECT worker_id FROM lease l WHERE l.task_id = task.id AND l.state = 'active' \
+      ORDER BY l.created_at DESC LIMIT 1), \
+     (SELECT MAX(expires_at) FROM lease l WHERE l.task_id = task.id AND l.state = 'active')";
 
 impl TaskRow {
     pub fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
@@ -145,6 +155,25 @@ impl TaskRow {
             error_message: r.get(11)?,
             created_at: r.get(12)?,
             finished_at: r.get(13)?,
+            reserved_by: if r.as_ref().column_count() > 14 {
+                r.get::<_, Option<String>>(14)?
+                    .map(|w| w.parse())
+                    .transpose()
+                    .map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            14,
+                            rusqlite::types::Type::Text,
+                            Box::new(e),
+                        )
+                    })?
+            } else {
+                None
+            },
+            lease_expires_at: if r.as_ref().column_count() > 15 {
+                r.get(15)?
+            } else {
+                None
+            },
         })
     }
 
@@ -161,6 +190,8 @@ impl TaskRow {
             active_leases: self.active_leases,
             attempts: self.attempts,
             max_attempts: self.max_attempts,
+            reserved_by: self.reserved_by,
+            lease_expires_at: self.lease_expires_at.map(from_ms),
             error_message: self.error_message,
             created_at: from_ms(self.created_at),
             finished_at: self.finished_at.map(from_ms),
@@ -181,7 +212,19 @@ impl TaskRow {
 /// # Errors
 /// [`CoreError::TaskNotFound`] when there is none with that id.
 pub(crate) fn load_task(conn: &Connection, id: &TaskId) -> Result<TaskRow, CoreError> {
-    let sql = format!("SELECT {TASK_COLUMNS} FROM task WHERE id = ?1");
+    load_task_with(conn, id, TASK_COLUMNS)
+}
+
+/// Loads a task with its live-lease summary, for views.
+///
+/// # Errors
+/// [`CoreError::TaskNotFound`] when there is none with that id.
+pub(crate) fn load_task_view(conn: &Connection, id: &TaskId) -> Result<TaskRow, CoreError> {
+    load_task_with(conn, id, TASK_VIEW_COLUMNS)
+}
+
+fn load_task_with(conn: &Connection, id: &TaskId, columns: &str) -> Result<TaskRow, CoreError> {
+    let sql = format!("SELECT {columns} FROM task WHERE id = ?1");
     conn.prepare_cached(&sql)?
         .query_row([id.to_string()], TaskRow::from_row)
         .optional()?
@@ -208,6 +251,22 @@ pub(crate) fn touch_worker(
     )?
     .execute(params![worker.as_str(), caps, model, now])?;
     Ok(())
+}
+
+/// The capabilities `worker` registered with, or `sentiment` for a worker never seen (clients of
+/// the original HTTP API register without task types).
+pub(crate) fn known_capabilities(
+    conn: &Connection,
+    worker: &WorkerId,
+) -> Result<Vec<TaskType>, CoreError> {
+    let caps: Option<Json<Vec<TaskType>>> = conn
+        .prepare_cached("SELECT capabilities FROM worker WHERE id = ?1")?
+        .query_row([worker.as_str()], |r| r.get(0))
+        .optional()?;
+    Ok(caps
+        .map(|Json(c)| c)
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| vec![TaskType::sentiment()]))
 }
 
 /// Ends a live lease that produced no result (`expired` or `released`): one more attempt on its

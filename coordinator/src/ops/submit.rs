@@ -10,16 +10,44 @@ use super::{load_task, parsed, Ctx, Effect};
 use crate::consensus::{decide, Vote};
 use crate::error::CoreError;
 use crate::store::from_ms;
-use protocol::messages::{SubmitReply, SubmitRequest, TaskEvent};
-use protocol::{TaskId, TaskStatus, WorkerId};
+use protocol::messages::{
+    check_confidence, check_label, check_model, SubmitReply, SubmitRequest, TaskEvent,
+};
+use protocol::{LeaseId, TaskId, TaskStatus, WorkerId};
 use rusqlite::{params, Connection, OptionalExtension};
 
+/// A result to store. `lease_id` is `None` for clients of the original HTTP API, which do not
+/// carry lease ids: the worker's live lease on the task is used then.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submission {
+    /// The lease the result is for, if the client knows it.
+    pub lease_id: Option<LeaseId>,
+    /// Who submits.
+    pub worker_id: WorkerId,
+    /// The answer.
+    pub label: String,
+    /// Its confidence in `[0, 1]`.
+    pub confidence: f64,
+    /// The model that answered.
+    pub model: Option<String>,
+}
+
+impl From<SubmitRequest> for Submission {
+    fn from(r: SubmitRequest) -> Self {
+        Self {
+            lease_id: Some(r.lease_id),
+            worker_id: r.worker_id,
+            label: r.label,
+            confidence: r.confidence,
+            model: r.model,
+        }
+    }
+}
+
+/// Stores a submission that came with its lease id (the NATS API).
+///
 /// # Errors
-/// - [`CoreError::TaskNotFound`]: unknown task.
-/// - [`CoreError::DuplicateSubmission`]: the worker already submitted something else.
-/// - [`CoreError::NoLease`], [`CoreError::LeaseMismatch`], [`CoreError::LeaseExpired`]: the lease
-///   does not entitle this worker to submit for this task.
-/// - [`CoreError::TaskClosed`]: the task is already finalized or failed.
+/// See [`accept`].
 pub fn run(
     conn: &Connection,
     ctx: &mut Ctx,
@@ -27,19 +55,38 @@ pub fn run(
     req: SubmitRequest,
 ) -> Result<SubmitReply, CoreError> {
     req.validate()?;
+    accept(conn, ctx, task_id, req.into())
+}
+
+/// # Errors
+/// - [`CoreError::Invalid`]: label, confidence or model out of bounds.
+/// - [`CoreError::TaskNotFound`]: unknown task.
+/// - [`CoreError::DuplicateSubmission`]: the worker already submitted something else.
+/// - [`CoreError::NoLease`], [`CoreError::NotLeased`], [`CoreError::LeaseMismatch`],
+///   [`CoreError::LeaseExpired`]: the worker holds no live lease entitling it to submit.
+/// - [`CoreError::TaskClosed`]: the task is already finalized or failed.
+pub fn accept(
+    conn: &Connection,
+    ctx: &mut Ctx,
+    task_id: &TaskId,
+    sub: Submission,
+) -> Result<SubmitReply, CoreError> {
+    check_label(&sub.label)?;
+    check_confidence(sub.confidence)?;
+    check_model(sub.model.as_deref())?;
     let task = load_task(conn, task_id)?;
     let tid = task_id.to_string();
 
-    let earlier: Option<(String, String)> = conn
+    let earlier: Option<(LeaseId, String)> = conn
         .prepare_cached(
             "SELECT lease_id, label FROM submission WHERE task_id = ?1 AND worker_id = ?2",
         )?
-        .query_row(params![tid, req.worker_id.as_str()], |r| {
-            Ok((r.get(0)?, r.get(1)?))
+        .query_row(params![tid, sub.worker_id.as_str()], |r| {
+            Ok((parsed(r, 0)?, r.get(1)?))
         })
         .optional()?;
     if let Some((lease, label)) = earlier {
-        if lease == req.lease_id.to_string() && label == req.label {
+        if sub.lease_id.is_none_or(|l| l == lease) && label == sub.label {
             return Ok(SubmitReply {
                 accepted: true,
                 duplicate: true,
@@ -48,24 +95,37 @@ pub fn run(
             });
         }
         return Err(CoreError::DuplicateSubmission {
-            worker: req.worker_id,
+            worker: sub.worker_id,
             task: *task_id,
             label,
         });
     }
 
+    let lease_id = match sub.lease_id {
+        Some(id) => id,
+        None if task.status.is_terminal() => {
+            return Err(CoreError::TaskClosed {
+                task: *task_id,
+                status: task.status,
+            })
+        }
+        None => live_lease(conn, task_id, &sub.worker_id)?.ok_or_else(|| CoreError::NotLeased {
+            worker: sub.worker_id.clone(),
+            task: *task_id,
+        })?,
+    };
     let lease: Option<(TaskId, WorkerId, String)> = conn
         .prepare_cached("SELECT task_id, worker_id, state FROM lease WHERE id = ?1")?
-        .query_row([req.lease_id.to_string()], |r| {
+        .query_row([lease_id.to_string()], |r| {
             Ok((parsed(r, 0)?, parsed(r, 1)?, r.get(2)?))
         })
         .optional()?;
     let Some((lease_task, holder, state)) = lease else {
-        return Err(CoreError::NoLease(req.lease_id));
+        return Err(CoreError::NoLease(lease_id));
     };
-    if lease_task != *task_id || holder != req.worker_id {
+    if lease_task != *task_id || holder != sub.worker_id {
         return Err(CoreError::LeaseMismatch {
-            lease: req.lease_id,
+            lease: lease_id,
             holder,
             task: lease_task,
         });
@@ -78,7 +138,7 @@ pub fn run(
     }
     if state != "active" {
         return Err(CoreError::LeaseExpired {
-            lease: req.lease_id,
+            lease: lease_id,
             state,
         });
     }
@@ -89,15 +149,15 @@ pub fn run(
     )?
     .execute(params![
         tid,
-        req.worker_id.as_str(),
-        req.lease_id.to_string(),
-        req.label,
-        req.confidence,
-        req.model,
+        sub.worker_id.as_str(),
+        lease_id.to_string(),
+        sub.label,
+        sub.confidence,
+        sub.model,
         ctx.now
     ])?;
     conn.prepare_cached("UPDATE lease SET state = 'completed', ended_at = ?1 WHERE id = ?2")?
-        .execute(params![ctx.now, req.lease_id.to_string()])?;
+        .execute(params![ctx.now, lease_id.to_string()])?;
     conn.prepare_cached(
         "UPDATE task SET
              submissions = submissions + 1,
@@ -106,7 +166,7 @@ pub fn run(
          WHERE id = ?1",
     )?
     .execute([&tid])?;
-    tracing::debug!(task_id = %task_id, worker_id = %req.worker_id, label = %req.label, "submission stored");
+    tracing::debug!(task_id = %task_id, worker_id = %sub.worker_id, label = %sub.label, "submission stored");
 
     if task.submissions + 1 < task.required {
         return Ok(SubmitReply {
@@ -172,13 +232,27 @@ fn finalize(
     Ok(decision.label)
 }
 
+/// The lease `worker` holds on `task`, if any.
+pub fn live_lease(
+    conn: &Connection,
+    task: &TaskId,
+    worker: &WorkerId,
+) -> Result<Option<LeaseId>, CoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT id FROM lease WHERE task_id = ?1 AND worker_id = ?2 AND state = 'active'",
+        )?
+        .query_row(params![task.to_string(), worker.as_str()], |r| parsed(r, 0))
+        .optional()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ops::testing::*;
     use crate::ops::{lease, load_task, sweep};
     use protocol::messages::{Lease, NewTask};
-    use protocol::{ErrorCode, LeaseId};
+    use protocol::ErrorCode;
 
     fn take(conn: &mut Connection, now: i64, worker: &str) -> Vec<Lease> {
         let tx = conn.transaction().expect("tx");

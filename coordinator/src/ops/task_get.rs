@@ -1,6 +1,6 @@
 //! `task.get`: a task with its submissions and live leases.
 
-use super::{load_task, parsed};
+use super::{load_task_view, parsed, TaskRow, TASK_VIEW_COLUMNS};
 use crate::error::CoreError;
 use crate::store::from_ms;
 use protocol::messages::{LeaseView, SubmissionView, TaskDetail};
@@ -10,7 +10,24 @@ use rusqlite::Connection;
 /// # Errors
 /// [`CoreError::TaskNotFound`] for an unknown id.
 pub fn run(conn: &Connection, task_id: &TaskId) -> Result<TaskDetail, CoreError> {
-    let task = load_task(conn, task_id)?;
+    detail(conn, load_task_view(conn, task_id)?)
+}
+
+/// The `limit` newest tasks with their votes, newest first (the dashboard's feed).
+///
+/// # Errors
+/// Store errors only.
+pub fn recent(conn: &Connection, limit: u32) -> Result<Vec<TaskDetail>, CoreError> {
+    let sql = format!("SELECT {TASK_VIEW_COLUMNS} FROM task ORDER BY seq DESC LIMIT ?1");
+    let tasks = conn
+        .prepare_cached(&sql)?
+        .query_map([limit], TaskRow::from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    tasks.into_iter().map(|t| detail(conn, t)).collect()
+}
+
+fn detail(conn: &Connection, task: TaskRow) -> Result<TaskDetail, CoreError> {
+    let task_id = &task.id;
     let id = task_id.to_string();
     let submissions = conn
         .prepare_cached(

@@ -1,6 +1,6 @@
 //! `task.list`: tasks oldest first, optionally of one state.
 
-use super::{TaskRow, TASK_COLUMNS};
+use super::{TaskRow, TASK_VIEW_COLUMNS};
 use crate::error::CoreError;
 use protocol::limits::MAX_LIST_LIMIT;
 use protocol::messages::{TaskListReply, TaskListRequest};
@@ -24,13 +24,13 @@ pub fn run(conn: &Connection, req: &TaskListRequest) -> Result<TaskListReply, Co
     let tasks = match req.status {
         Some(status) => conn
             .prepare_cached(&format!(
-                "SELECT {TASK_COLUMNS} FROM task WHERE status = ?1 ORDER BY seq LIMIT ?2"
+                "SELECT {TASK_VIEW_COLUMNS} FROM task WHERE status = ?1 ORDER BY seq LIMIT ?2"
             ))?
             .query_map(params![status.as_str(), limit], TaskRow::from_row)?
             .collect::<Result<Vec<_>, _>>()?,
         None => conn
             .prepare_cached(&format!(
-                "SELECT {TASK_COLUMNS} FROM task ORDER BY seq LIMIT ?1"
+                "SELECT {TASK_VIEW_COLUMNS} FROM task ORDER BY seq LIMIT ?1"
             ))?
             .query_map([limit], TaskRow::from_row)?
             .collect::<Result<Vec<_>, _>>()?,

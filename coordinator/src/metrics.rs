@@ -1,0 +1,186 @@
+//! Prometheus metrics. The original's names are kept (`api_request_latency_seconds`,
+//! `tasks_created_total`, `tasks_claimed_total`, `tasks_finalized_total`, `tasks_failed_total`,
+//! `worker_heartbeats_total`, `queue_depth`, `workers_active`), plus the NATS side
+//! (`nats_request_latency_seconds`) and lease and submission counts. Counters move in [`Core`]
+//! after each commit; the gauges are read from the store at scrape time.
+//!
+//! [`Core`]: crate::Core
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+/// Labels of an HTTP request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// GET, POST...
+    pub method: String,
+    /// The route template (`/tasks/{id}`), never the raw path: bounded cardinality.
+    pub route: String,
+    /// The response status.
+    pub status: u16,
+}
+
+/// Labels of a NATS request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NatsLabels {
+    /// `lease`, `release`, `heartbeat`, `submit` or `api.<op>`.
+    pub subject: String,
+    /// Whether the reply was a success.
+    pub outcome: Outcome,
+}
+
+/// A reply's outcome.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Outcome {
+    /// `{"ok":true}`.
+    Ok,
+    /// An error reply.
+    Error,
+}
+
+type Latency<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~3.3 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+/// Every metric the coordinator exports.
+pub struct Metrics {
+    registry: Registry,
+    /// HTTP request latency by method, route and status.
+    pub http_latency: Latency<HttpLabels>,
+    /// NATS request latency by subject and outcome.
+    pub nats_latency: Latency<NatsLabels>,
+    /// Tasks created.
+    pub tasks_created: Counter,
+    /// Leases granted.
+    pub tasks_claimed: Counter,
+    /// Tasks finalized.
+    pub tasks_finalized: Counter,
+    /// Tasks failed.
+    pub tasks_failed: Counter,
+    /// Submissions stored (duplicates excluded).
+    pub submissions: Counter,
+    /// Leases freed by the sweeper or released.
+    pub leases_requeued: Counter,
+    /// Heartbeats received.
+    pub worker_heartbeats: Counter,
+    /// Tasks queued (no live lease).
+    pub queue_depth: Gauge,
+    /// Tasks with live leases.
+    pub tasks_assigned: Gauge,
+    /// Workers heartbeating within the TTL.
+    pub workers_active: Gauge,
+    /// Leases live now.
+    pub leases_active: Gauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut m = Self {
+            registry: Registry::default(),
+            http_latency: Family::new_with_constructor(latency_histogram),
+            nats_latency: Family::new_with_constructor(latency_histogram),
+            tasks_created: Counter::default(),
+            tasks_claimed: Counter::default(),
+            tasks_finalized: Counter::default(),
+            tasks_failed: Counter::default(),
+            submissions: Counter::default(),
+            leases_requeued: Counter::default(),
+            worker_heartbeats: Counter::default(),
+            queue_depth: Gauge::default(),
+            tasks_assigned: Gauge::default(),
+            workers_active: Gauge::default(),
+            leases_active: Gauge::default(),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "api_request_latency_seconds",
+            "HTTP API request latency",
+            m.http_latency.clone(),
+        );
+        r.register(
+            "nats_request_latency_seconds",
+            "NATS API request latency",
+            m.nats_latency.clone(),
+        );
+        r.register("tasks_created", "Tasks created", m.tasks_created.clone());
+        r.register("tasks_claimed", "Leases granted", m.tasks_claimed.clone());
+        r.register(
+            "tasks_finalized",
+            "Tasks finalized by consensus",
+            m.tasks_finalized.clone(),
+        );
+        r.register(
+            "tasks_failed",
+            "Tasks that ran out of attempts",
+            m.tasks_failed.clone(),
+        );
+        r.register("submissions", "Submissions stored", m.submissions.clone());
+        r.register(
+            "leases_requeued",
+            "Leases that ended without a result (expired, stale worker, released)",
+            m.leases_requeued.clone(),
+        );
+        r.register(
+            "worker_heartbeats",
+            "Heartbeats received",
+            m.worker_heartbeats.clone(),
+        );
+        r.register(
+            "queue_depth",
+            "Tasks queued with no live lease",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "tasks_assigned",
+            "Tasks with live leases",
+            m.tasks_assigned.clone(),
+        );
+        r.register(
+            "workers_active",
+            "Workers heartbeating within the TTL",
+            m.workers_active.clone(),
+        );
+        r.register("leases_active", "Live leases", m.leases_active.clone());
+        m
+    }
+
+    /// Records one HTTP request.
+    pub fn observe_http(&self, labels: HttpLabels, took: Duration) {
+        self.http_latency
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records one NATS request.
+    pub fn observe_nats(&self, subject: &str, outcome: Outcome, took: Duration) {
+        self.nats_latency
+            .get_or_create(&NatsLabels {
+                subject: subject.to_owned(),
+                outcome,
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// The text exposition (OpenMetrics).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
