@@ -13,6 +13,9 @@ port=4222
 while (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; do port=$((port + 1)); done
 export NATS_URL="nats://127.0.0.1:$port"
 export AIMARKET_PREFIX="aimarket"
+http_port=8000
+while (exec 3<>/dev/tcp/127.0.0.1/$http_port) 2>/dev/null; do http_port=$((http_port + 1)); done
+export AIMARKET_HTTP="127.0.0.1:$http_port"
 
 pids=()
 stop_all() {
@@ -35,6 +38,7 @@ echo "==> nats-server on $NATS_URL"
 pids+=($!)
 for _ in $(seq 200); do "$bin" stats >/dev/null 2>&1 && break; sleep 0.05; done
 echo "==> coordinator (database $dir/coordinator.db, log $dir/coordinator.log)"
+echo "    dashboard http://$AIMARKET_HTTP/dashboard, metrics http://$AIMARKET_HTTP/metrics"
 
 for w in alice bob carole; do
     "$bin" worker --id "$w" >"$dir/$w.log" 2>&1 &

@@ -1,6 +1,7 @@
 //! The coordinator's configuration, filled in by the CLI from flags and env vars.
 
 use crate::ops::Settings;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ pub struct Config {
     pub sweep_interval: Duration,
     /// How long a shutdown may take before in-flight requests are abandoned.
     pub shutdown_grace: Duration,
+    /// Where the HTTP gateway listens; `None` disables it.
+    pub http: Option<SocketAddr>,
 }
 
 impl Config {
@@ -31,6 +34,7 @@ impl Config {
             settings: Settings::default(),
             sweep_interval: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(10),
+            http: None,
         }
     }
 }

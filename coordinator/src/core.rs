@@ -118,8 +118,11 @@ impl Core {
     /// # Errors
     /// [`CoreError::Invalid`] for any bad task; nothing is stored then.
     pub async fn add_tasks(&self, req: TaskAddRequest) -> Result<TaskAddReply, CoreError> {
-        self.write(move |c, ctx| ops::task_add::run(c, ctx, req))
-            .await
+        let r = self
+            .write(move |c, ctx| ops::task_add::run(c, ctx, req))
+            .await?;
+        self.metrics.tasks_created.inc_by(r.task_ids.len() as u64);
+        Ok(r)
     }
 
     /// One task with its submissions and live leases.
@@ -168,8 +171,11 @@ impl Core {
     /// # Errors
     /// Store errors only.
     pub async fn release(&self, req: ReleaseRequest) -> Result<ReleaseReply, CoreError> {
-        self.write(move |c, ctx| ops::release::run(c, ctx, req))
-            .await
+        let r = self
+            .write(move |c, ctx| ops::release::run(c, ctx, req))
+            .await?;
+        self.metrics.leases_requeued.inc_by(u64::from(r.released));
+        Ok(r)
     }
 
     /// Records a heartbeat and renews the worker's leases.

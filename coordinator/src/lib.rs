@@ -6,13 +6,16 @@
 //!   leases, consensus and scoring. No transport, no async.
 //! - [`consensus`]: the vote.
 //! - [`core`]: [`Core`], the operations as async methods over the [`store`].
-//! - [`nats`]: the NATS adapter.
+//! - [`nats`]: the NATS adapter; [`http`]: the HTTP gateway (the original API, metrics,
+//!   dashboard). Both call the same [`Core`] methods.
+//! - [`metrics`]: Prometheus metrics.
 //! - [`run`]: everything together until shutdown.
 
 pub mod config;
 pub mod consensus;
 pub mod core;
 pub mod error;
+pub mod http;
 pub mod metrics;
 pub mod nats;
 pub mod ops;
@@ -51,6 +54,15 @@ pub enum RunError {
     /// A subscription was refused.
     #[error("subscribing: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
+    /// The HTTP address cannot be bound.
+    #[error("listening on http://{addr}: {source}")]
+    Http {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Runs the coordinator until `shutdown` fires: opens the store, connects to NATS (waiting for
@@ -68,6 +80,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         })?;
     info!(db = %config.db_path.display(), "store open");
     let (core, effects) = Core::new(store, config.settings);
+    // Bind before anything else runs, so a taken port fails fast and says so.
+    let http = match config.http {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::Http { addr, source })?,
+        ),
+        None => None,
+    };
 
     let client = connect(&config.nats_url)
         .await
@@ -86,6 +107,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         config.sweep_interval,
         shutdown.clone(),
     ));
+    if let Some(listener) = http {
+        let addr = listener.local_addr().ok();
+        info!(http = ?addr, "serving http gateway");
+        let (core, shutdown) = (core.clone(), shutdown.clone());
+        background.spawn(async move {
+            if let Err(e) = http::serve(listener, core, shutdown).await {
+                tracing::error!(error = %e, "http gateway stopped");
+            }
+        });
+    }
     // Requeue what expired while the coordinator was down, before serving.
     if let Err(e) = core.sweep().await {
         warn!(error = %e, "startup sweep failed");

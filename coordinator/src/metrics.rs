@@ -6,7 +6,7 @@
 //!
 //! [`Core`]: crate::Core
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -30,17 +30,27 @@ pub struct HttpLabels {
 pub struct NatsLabels {
     /// `lease`, `release`, `heartbeat`, `submit` or `api.<op>`.
     pub subject: String,
-    /// Whether the reply was a success.
-    pub outcome: Outcome,
+    /// `ok` or `error`.
+    pub outcome: &'static str,
 }
 
 /// A reply's outcome.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Outcome {
     /// `{"ok":true}`.
     Ok,
     /// An error reply.
     Error,
+}
+
+impl Outcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+        }
+    }
 }
 
 type Latency<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -165,7 +175,7 @@ impl Metrics {
         self.nats_latency
             .get_or_create(&NatsLabels {
                 subject: subject.to_owned(),
-                outcome,
+                outcome: outcome.as_str(),
             })
             .observe(took.as_secs_f64());
     }

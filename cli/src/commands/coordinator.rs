@@ -3,6 +3,7 @@
 use super::Ctx;
 use anyhow::Context;
 use coordinator::{Config, Settings};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -27,6 +28,9 @@ pub struct Args {
     /// Largest task text, in bytes.
     #[arg(long, env = "AIMARKET_MAX_TEXT_BYTES", default_value_t = protocol::limits::DEFAULT_MAX_TEXT_BYTES)]
     max_text_bytes: usize,
+    /// Address of the HTTP gateway (the original API, /metrics, /dashboard); `off` disables it.
+    #[arg(long, env = "AIMARKET_HTTP", default_value = "127.0.0.1:8000", value_parser = parse_http)]
+    http: HttpAddr,
     /// Most leases one worker may hold at once.
     #[arg(long, env = "AIMARKET_MAX_LEASES_PER_WORKER", default_value_t = 64)]
     max_leases_per_worker: u32,
@@ -58,10 +62,24 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         max_leases_per_worker: args.max_leases_per_worker,
     };
     config.sweep_interval = Duration::from_secs(args.requeue_sweep_seconds);
+    config.http = args.http.0;
     let shutdown = crate::shutdown::on_signal(config.shutdown_grace + Duration::from_secs(5));
     coordinator::run(config, shutdown)
         .await
         .context("coordinator stopped")
+}
+
+/// `--http`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct HttpAddr(Option<SocketAddr>);
+
+fn parse_http(s: &str) -> Result<HttpAddr, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(HttpAddr(None));
+    }
+    s.parse()
+        .map(|a| HttpAddr(Some(a)))
+        .map_err(|e| format!("{s:?} is not an address like 127.0.0.1:8000 or `off`: {e}"))
 }
 
 fn secs_to_ms(s: u64) -> i64 {

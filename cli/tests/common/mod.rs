@@ -15,6 +15,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_aimarket");
 
 pub struct Cluster {
     pub nats: NatsServer,
+    /// The coordinator's HTTP gateway.
+    pub http: String,
     pub dir: tempfile::TempDir,
     env: Vec<(String, String)>,
     coordinator: Option<Child>,

@@ -1,0 +1,300 @@
+//! One handler per route. Shapes follow the original API; extra fields are additions only.
+
+use super::{HttpError, JsonBody};
+use crate::core::Core;
+use crate::ops::submit::Submission;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+use protocol::messages::{
+    LeaderboardEntry, NewTask, RequeueReply, ResetRequest, StatsReply, TaskAddRequest, TaskDetail,
+    TaskListRequest, TaskView, WorkerView,
+};
+use protocol::{ErrorCode, LeaseId, ProtocolError, TaskId, TaskStatus, TaskType, WorkerId};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+type Reply<T> = Result<Json<T>, HttpError>;
+
+/// `GET /health`: `{"ok": true}`, or 503 when the store does not answer.
+pub async fn health(State(core): State<Core>) -> Response {
+    match core.ping().await {
+        Ok(()) => Json(json!({ "ok": true })).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ok": false, "error": e.to_api(), "detail": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /tasks` `{"text", "type"?, "required_submissions"?, "max_attempts"?}` -> `{"task_id"}`.
+pub async fn create_task(
+    State(core): State<Core>,
+    JsonBody(task): JsonBody<NewTask>,
+) -> Reply<Value> {
+    let r = core.add_tasks(TaskAddRequest { tasks: vec![task] }).await?;
+    Ok(Json(json!({ "task_id": r.task_ids[0] })))
+}
+
+/// Query of `GET /tasks`.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /tasks[?status=&limit=]` -> `[task, ...]`, oldest first.
+pub async fn list_tasks(
+    State(core): State<Core>,
+    Query(q): Query<ListQuery>,
+) -> Reply<Vec<TaskView>> {
+    let status = q
+        .status
+        .as_deref()
+        .map(str::parse::<TaskStatus>)
+        .transpose()?;
+    let r = core
+        .list_tasks(TaskListRequest {
+            status,
+            limit: q.limit,
+        })
+        .await?;
+    Ok(Json(r.tasks))
+}
+
+/// `GET /tasks/{id}` -> `{"task", "submissions", "leases"}`; 404 for an unknown id.
+pub async fn get_task(State(core): State<Core>, Path(id): Path<String>) -> Reply<TaskDetail> {
+    let id: TaskId = id.parse().map_err(|_| {
+        HttpError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            format!("no task with id {id:?}"),
+        )
+    })?;
+    Ok(Json(core.get_task(id).await?))
+}
+
+/// A body naming a worker.
+#[derive(Debug, Deserialize)]
+pub struct WorkerRef {
+    worker_id: WorkerId,
+}
+
+/// What `POST /tasks/next` returns: both null when there is no work.
+#[derive(Debug, Serialize)]
+pub struct NextTask {
+    task_id: Option<TaskId>,
+    text: Option<String>,
+    #[serde(rename = "type")]
+    task_type: Option<TaskType>,
+    lease_id: Option<LeaseId>,
+    lease_expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// `POST /tasks/next` `{"worker_id"}` -> `{"task_id", "text"}`: a lease on the oldest task this
+/// worker can take.
+pub async fn next_task(
+    State(core): State<Core>,
+    JsonBody(w): JsonBody<WorkerRef>,
+) -> Reply<NextTask> {
+    let lease = core.next_for(w.worker_id).await?;
+    Ok(Json(match lease {
+        Some(l) => NextTask {
+            task_id: Some(l.task_id),
+            text: Some(l.text),
+            task_type: Some(l.task_type),
+            lease_id: Some(l.lease_id),
+            lease_expires_at: Some(l.expires_at),
+        },
+        None => NextTask {
+            task_id: None,
+            text: None,
+            task_type: None,
+            lease_id: None,
+            lease_expires_at: None,
+        },
+    }))
+}
+
+/// Body of `POST /workers/submit`.
+#[derive(Debug, Deserialize)]
+pub struct SubmitBody {
+    worker_id: WorkerId,
+    task_id: TaskId,
+    label: String,
+    confidence: f64,
+    /// Optional: clients that track leases may name theirs.
+    #[serde(default)]
+    lease_id: Option<LeaseId>,
+    #[serde(default)]
+    model: Option<String>,
+}
+
+/// `POST /workers/submit` -> `{"ok": true}` (`"duplicate": true` on a resend).
+pub async fn submit(State(core): State<Core>, JsonBody(b): JsonBody<SubmitBody>) -> Reply<Value> {
+    let r = core
+        .accept(
+            b.task_id,
+            Submission {
+                lease_id: b.lease_id,
+                worker_id: b.worker_id,
+                label: b.label,
+                confidence: b.confidence,
+                model: b.model,
+            },
+        )
+        .await?;
+    let mut body = json!({ "ok": true, "finalized": r.finalized });
+    if r.duplicate {
+        body["duplicate"] = json!(true);
+    }
+    if let Some(label) = r.final_label {
+        body["final_label"] = json!(label);
+    }
+    Ok(Json(body))
+}
+
+/// Body of `POST /workers/register`.
+#[derive(Debug, Deserialize)]
+pub struct RegisterBody {
+    worker_id: WorkerId,
+    /// The original's free-form capabilities: a JSON string or value. A list of task types (or
+    /// an object with a `task_types` list) sets the worker's capabilities.
+    #[serde(default)]
+    capabilities_json: Option<Value>,
+}
+
+/// `POST /workers/register` `{"worker_id", "capabilities_json"?}` -> `{"ok": true}`.
+pub async fn register(
+    State(core): State<Core>,
+    JsonBody(b): JsonBody<RegisterBody>,
+) -> Reply<Value> {
+    let caps = b.capabilities_json.map(task_types).transpose()?.flatten();
+    let r = core.heartbeat_known(b.worker_id.clone(), caps).await?;
+    Ok(Json(
+        json!({ "ok": true, "worker_id": b.worker_id, "ts": r.ts }),
+    ))
+}
+
+/// Task types out of the original's `capabilities_json`; `None` when it names none.
+fn task_types(v: Value) -> Result<Option<Vec<TaskType>>, ProtocolError> {
+    let v = match v {
+        Value::String(s) if s.trim().is_empty() => return Ok(None),
+        Value::String(s) => serde_json::from_str(&s)
+            .map_err(|e| ProtocolError::invalid("capabilities_json", format!("not JSON: {e}")))?,
+        other => other,
+    };
+    let list = match v {
+        Value::Array(a) => a,
+        Value::Object(mut o) => match o.remove("task_types") {
+            Some(Value::Array(a)) => a,
+            _ => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    let types = list
+        .into_iter()
+        .map(|t| match t {
+            Value::String(s) => TaskType::new(s),
+            other => Err(ProtocolError::invalid(
+                "capabilities_json",
+                format!("{other} is not a task type"),
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((!types.is_empty()).then_some(types))
+}
+
+/// `POST /workers/heartbeat` `{"worker_id"}` -> `{"ok": true, "ts"}`; renews the worker's leases.
+pub async fn heartbeat(State(core): State<Core>, JsonBody(w): JsonBody<WorkerRef>) -> Reply<Value> {
+    let r = core.heartbeat_known(w.worker_id, None).await?;
+    Ok(Json(
+        json!({ "ok": true, "ts": r.ts, "renewed": r.renewed }),
+    ))
+}
+
+/// `GET /leaderboard` -> `[{"worker_id", "points"}]`, highest first.
+pub async fn leaderboard(State(core): State<Core>) -> Reply<Vec<LeaderboardEntry>> {
+    Ok(Json(core.leaderboard().await?.entries))
+}
+
+/// `GET /db/stats`.
+pub async fn db_stats(State(core): State<Core>) -> Reply<StatsReply> {
+    Ok(Json(core.stats().await?))
+}
+
+/// `POST /ops/requeue-stale` -> `{"requeued": n}`.
+pub async fn requeue_stale(State(core): State<Core>) -> Reply<RequeueReply> {
+    Ok(Json(core.sweep().await?))
+}
+
+/// `POST /ops/reset`: deletes everything.
+pub async fn reset(State(core): State<Core>) -> Reply<Value> {
+    core.reset(ResetRequest { confirm: true }).await?;
+    Ok(Json(json!({ "ok": true })))
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+pub async fn metrics(State(core): State<Core>) -> Result<Response, HttpError> {
+    let body = core.render_metrics().await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// `GET /dashboard`: one self-contained page that polls `/dashboard/data`.
+pub async fn dashboard() -> Html<&'static str> {
+    Html(include_str!("dashboard.html"))
+}
+
+/// Everything the dashboard shows, in one request.
+#[derive(Debug, Serialize)]
+pub struct DashboardData {
+    stats: StatsReply,
+    workers: Vec<WorkerView>,
+    leaderboard: Vec<LeaderboardEntry>,
+    recent: Vec<TaskDetail>,
+    now: chrono::DateTime<chrono::Utc>,
+}
+
+/// `GET /dashboard/data`.
+pub async fn dashboard_data(State(core): State<Core>) -> Reply<DashboardData> {
+    let (stats, workers, leaderboard, recent) = tokio::try_join!(
+        core.stats(),
+        core.workers(),
+        core.leaderboard(),
+        core.recent(20)
+    )?;
+    Ok(Json(DashboardData {
+        stats,
+        workers: workers.workers,
+        leaderboard: leaderboard.entries,
+        recent,
+        now: chrono::Utc::now(),
+    }))
+}
+
+/// `GET /openapi.json`.
+pub async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
+}
+
+/// Any other path: a JSON 404.
+pub async fn not_found(uri: axum::http::Uri) -> HttpError {
+    HttpError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        format!("no route {}", uri.path()),
+    )
+}
