@@ -1,0 +1,408 @@
+//! The HTTP gateway: every endpoint of the original API with its shapes, errors with fitting
+//! statuses, metrics that parse and move. A real coordinator, nats-server and SQLite file.
+
+use coordinator::{Config, Settings};
+use serde_json::{json, Value};
+use std::time::Duration;
+use test_support::{wait_for, NatsServer};
+use tokio_util::sync::CancellationToken;
+
+struct Gateway {
+    _nats: NatsServer,
+    _dir: tempfile::TempDir,
+    base: String,
+    http: reqwest::Client,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Gateway {
+    async fn start() -> Self {
+        let nats = NatsServer::start();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = test_support::free_port();
+        let mut config = Config::new(nats.url(), dir.path().join("coordinator.db"));
+        config.http = Some(([127, 0, 0, 1], port).into());
+        config.settings = Settings::default();
+        config.sweep_interval = Duration::from_secs(600);
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let task =
+            tokio::spawn(async move { coordinator::run(config, token).await.expect("runs") });
+        let g = Self {
+            _nats: nats,
+            _dir: dir,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+            shutdown,
+            task,
+        };
+        wait_for("the gateway", Duration::from_secs(10), || async {
+            g.http
+                .get(g.url("/health"))
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        })
+        .await;
+        g
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(self.url(path)).send().await.expect("GET");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.post_raw(path, body.to_string()).await
+    }
+
+    async fn post_raw(&self, path: &str, body: String) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("POST");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.expect("stopped");
+    }
+}
+
+fn keys(v: &Value) -> Vec<&str> {
+    v.as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default()
+}
+
+fn has_all(v: &Value, want: &[&str]) {
+    let have = keys(v);
+    for k in want {
+        assert!(have.contains(k), "missing {k:?} in {v}");
+    }
+}
+
+fn is_utc_timestamp(v: &Value) -> bool {
+    v.as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .is_some_and(|t| t.offset().local_minus_utc() == 0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_answers_in_the_original_shape() {
+    let g = Gateway::start().await;
+    assert_eq!(g.get("/health").await, (200, json!({"ok": true})));
+
+    let (s, created) = g
+        .post(
+            "/tasks",
+            json!({"text": "I love it", "required_submissions": 1}),
+        )
+        .await;
+    assert_eq!(s, 200, "{created}");
+    assert_eq!(keys(&created), vec!["task_id"]);
+    let id = created["task_id"].as_str().expect("id").to_owned();
+
+    let (s, list) = g.get("/tasks").await;
+    assert_eq!(s, 200);
+    let first = &list.as_array().expect("a list")[0];
+    has_all(
+        first,
+        &[
+            "id",
+            "text",
+            "status",
+            "final_label",
+            "required_submissions",
+            "attempts",
+            "max_attempts",
+            "reserved_by",
+            "lease_expires_at",
+            "created_at",
+        ],
+    );
+    assert_eq!(first["status"], "queued");
+    assert!(is_utc_timestamp(&first["created_at"]), "{first}");
+    assert_eq!(
+        g.get("/tasks?status=queued")
+            .await
+            .1
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(
+        g.get("/tasks?status=finalized")
+            .await
+            .1
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
+    assert_eq!(g.get("/tasks?status=bogus").await.0, 422);
+
+    let (s, reg) = g
+        .post(
+            "/workers/register",
+            json!({"worker_id": "web", "capabilities_json": "[\"sentiment\"]"}),
+        )
+        .await;
+    assert_eq!((s, &reg["ok"]), (200, &json!(true)), "{reg}");
+
+    // Nothing leased yet: submitting is refused.
+    let submit = json!({"worker_id": "web", "task_id": id, "label": "positive", "confidence": 0.9});
+    let (s, refused) = g.post("/workers/submit", submit.clone()).await;
+    assert_eq!(
+        (s, &refused["error"]["code"]),
+        (409, &json!("no_lease")),
+        "{refused}"
+    );
+
+    let (s, next) = g.post("/tasks/next", json!({"worker_id": "web"})).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (&next["task_id"], &next["text"]),
+        (&json!(id), &json!("I love it"))
+    );
+    let (_, detail) = g.get(&format!("/tasks/{id}")).await;
+    assert_eq!(detail["task"]["reserved_by"], "web");
+    assert!(is_utc_timestamp(&detail["task"]["lease_expires_at"]));
+
+    let (s, hb) = g
+        .post("/workers/heartbeat", json!({"worker_id": "web"}))
+        .await;
+    assert_eq!((s, &hb["ok"]), (200, &json!(true)));
+    assert!(is_utc_timestamp(&hb["ts"]), "{hb}");
+    assert_eq!(hb["renewed"], 1);
+
+    let (s, ack) = g.post("/workers/submit", submit.clone()).await;
+    assert_eq!((s, &ack["ok"]), (200, &json!(true)), "{ack}");
+    assert!(ack.get("duplicate").is_none(), "{ack}");
+    let (s, again) = g.post("/workers/submit", submit).await;
+    assert_eq!((s, &again["duplicate"]), (200, &json!(true)), "{again}");
+
+    let (s, detail) = g.get(&format!("/tasks/{id}")).await;
+    assert_eq!(s, 200);
+    assert_eq!(detail["task"]["status"], "finalized");
+    assert_eq!(detail["task"]["final_label"], "positive");
+    let sub = &detail["submissions"][0];
+    has_all(sub, &["worker_id", "label", "confidence", "created_at"]);
+    assert!(is_utc_timestamp(&sub["created_at"]));
+
+    // Nothing left: both null.
+    let (_, none) = g.post("/tasks/next", json!({"worker_id": "web"})).await;
+    assert_eq!(
+        (&none["task_id"], &none["text"]),
+        (&Value::Null, &Value::Null)
+    );
+
+    let (s, board) = g.get("/leaderboard").await;
+    assert_eq!(s, 200);
+    assert_eq!(board[0]["worker_id"], "web");
+    assert_eq!(board[0]["points"], 1);
+
+    let (s, stats) = g.get("/db/stats").await;
+    assert_eq!(s, 200);
+    has_all(
+        &stats,
+        &[
+            "tasks_total",
+            "tasks_by_status",
+            "submissions",
+            "workers",
+            "workers_stale",
+        ],
+    );
+    assert_eq!(stats["tasks_by_status"]["finalized"], 1);
+
+    assert_eq!(
+        g.post("/ops/requeue-stale", json!({})).await,
+        (200, json!({"requeued": 0, "failed": 0, "stale_workers": 0}))
+    );
+
+    let page = g
+        .http
+        .get(g.url("/dashboard"))
+        .send()
+        .await
+        .expect("dashboard");
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .expect("ct")
+        .starts_with("text/html"));
+    let html = page.text().await.expect("html");
+    assert!(
+        html.contains("<title>aimarket dashboard</title>")
+            && !html.contains("http://")
+            && !html.contains("https://"),
+        "the dashboard must not load anything external"
+    );
+    let (s, data) = g.get("/dashboard/data").await;
+    assert_eq!(s, 200);
+    has_all(&data, &["stats", "workers", "leaderboard", "recent"]);
+
+    let (s, spec) = g.get("/openapi.json").await;
+    assert_eq!(s, 200);
+    for path in [
+        "/health",
+        "/tasks",
+        "/tasks/{id}",
+        "/tasks/next",
+        "/workers/submit",
+        "/workers/register",
+        "/workers/heartbeat",
+        "/leaderboard",
+        "/db/stats",
+        "/ops/requeue-stale",
+        "/ops/reset",
+        "/metrics",
+        "/dashboard",
+        "/openapi.json",
+    ] {
+        assert!(
+            spec["paths"].get(path).is_some(),
+            "{path} missing from openapi.json"
+        );
+    }
+
+    assert_eq!(
+        g.post("/ops/reset", json!({})).await,
+        (200, json!({"ok": true}))
+    );
+    assert_eq!(g.get("/db/stats").await.1["tasks_total"], 0);
+    g.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_json_errors_with_fitting_statuses() {
+    let g = Gateway::start().await;
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("/tasks", "{\"text\":".into(), 400, "malformed_request"),
+        ("/tasks", json!({"text": 5}).to_string(), 422, "malformed_request"),
+        ("/tasks", json!({"text": ""}).to_string(), 422, "invalid_argument"),
+        ("/tasks", json!({"text": "x", "required_submissions": 0}).to_string(), 422, "invalid_argument"),
+        ("/tasks", json!({"text": "x", "required_submissions": 101}).to_string(), 422, "invalid_argument"),
+        ("/tasks", json!({"text": "x".repeat(70_000)}).to_string(), 413, "text_too_large"),
+        ("/tasks", json!({"text": "x".repeat(1_000_000)}).to_string(), 413, "text_too_large"),
+        ("/tasks/next", json!({"worker_id": "a.b"}).to_string(), 422, "malformed_request"),
+        ("/workers/submit", json!({"worker_id": "w", "task_id": "01a21e3b-a1bf-760b-b3f1-68ba93059300", "label": "x", "confidence": 0.5}).to_string(), 404, "not_found"),
+        ("/workers/submit", json!({"worker_id": "w"}).to_string(), 422, "malformed_request"),
+        ("/workers/register", json!({"worker_id": "w", "capabilities_json": "[5]"}).to_string(), 422, "invalid_argument"),
+    ];
+    for (path, body, status, code) in cases {
+        let (s, err) = g.post_raw(path, body.clone()).await;
+        assert_eq!(s, status, "{path} {body:.60}: {err}");
+        assert_eq!(err["error"]["code"], code, "{path} {body:.60}: {err}");
+        assert_eq!(err["ok"], false);
+        assert!(err["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    }
+    for path in [
+        "/tasks/01a21e3b-a1bf-760b-b3f1-68ba93059300",
+        "/tasks/not-an-id",
+        "/nope",
+    ] {
+        let (s, err) = g.get(path).await;
+        assert_eq!(
+            (s, &err["error"]["code"]),
+            (404, &json!("not_found")),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        g.get("/db/stats").await.1["tasks_total"],
+        0,
+        "a refused request stored a task"
+    );
+    g.stop().await;
+}
+
+/// The value of a sample (no labels) in a scrape.
+fn sample(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && s.labels.is_empty())
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+        .unwrap_or_else(|| panic!("{name} not in the scrape"))
+}
+
+async fn scrape(g: &Gateway) -> prometheus_parse::Scrape {
+    let text = g
+        .http
+        .get(g.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    prometheus_parse::Scrape::parse(lines).expect("prometheus text")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_move_with_the_work() {
+    let g = Gateway::start().await;
+    let before = scrape(&g).await;
+    for name in [
+        "tasks_created_total",
+        "tasks_claimed_total",
+        "tasks_finalized_total",
+        "tasks_failed_total",
+        "worker_heartbeats_total",
+        "queue_depth",
+        "workers_active",
+    ] {
+        assert_eq!(sample(&before, name), 0.0, "{name}");
+    }
+    for i in 0..3 {
+        g.post(
+            "/tasks",
+            json!({"text": format!("t{i}"), "required_submissions": 1}),
+        )
+        .await;
+    }
+    g.post("/workers/heartbeat", json!({"worker_id": "w"}))
+        .await;
+    let (_, next) = g.post("/tasks/next", json!({"worker_id": "w"})).await;
+    g.post("/workers/submit", json!({"worker_id": "w", "task_id": next["task_id"], "label": "positive", "confidence": 1.0})).await;
+    let after = scrape(&g).await;
+    assert_eq!(sample(&after, "tasks_created_total"), 3.0);
+    assert_eq!(sample(&after, "tasks_claimed_total"), 1.0);
+    assert_eq!(sample(&after, "tasks_finalized_total"), 1.0);
+    assert_eq!(sample(&after, "worker_heartbeats_total"), 1.0);
+    assert_eq!(sample(&after, "queue_depth"), 2.0);
+    assert_eq!(sample(&after, "workers_active"), 1.0);
+    let latency = after
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "api_request_latency_seconds" && s.labels.get("route") == Some("/tasks")
+        })
+        .expect("latency of POST /tasks");
+    match &latency.value {
+        prometheus_parse::Value::Histogram(buckets) => {
+            assert!(buckets.iter().any(|b| b.count >= 3.0), "{buckets:?}")
+        }
+        other => panic!("not a histogram: {other:?}"),
+    }
+    g.stop().await;
+}
