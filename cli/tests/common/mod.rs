@@ -27,13 +27,17 @@ pub struct Cluster {
 impl Cluster {
     /// nats-server plus a coordinator with these env vars (tunables), ready to answer.
     pub fn start(env: &[(&str, &str)]) -> Self {
+        let http = format!("127.0.0.1:{}", test_support::free_port());
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
+        env.push(("AIMARKET_HTTP".into(), http.clone()));
         let mut c = Self {
             nats: NatsServer::start(),
+            http: format!("http://{http}"),
             dir: tempfile::tempdir().expect("temp dir"),
-            env: env
-                .iter()
-                .map(|(k, v)| ((*k).into(), (*v).into()))
-                .collect(),
+            env,
             coordinator: None,
             coordinator_runs: 0,
             workers: BTreeMap::new(),
