@@ -17,11 +17,12 @@ pub struct Client {
     nats: async_nats::Client,
     url: String,
     prefix: String,
+    api_key: Option<String>,
 }
 
 impl Client {
     /// Connects, or fails with one clear line.
-    pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
+    pub async fn connect(url: &str, prefix: &str, api_key: Option<&str>) -> anyhow::Result<Self> {
         let nats = async_nats::ConnectOptions::new()
             .name("aimarket-cli")
             .connection_timeout(Duration::from_secs(3))
@@ -38,6 +39,7 @@ impl Client {
             nats,
             url: url.to_owned(),
             prefix: prefix.to_owned(),
+            api_key: api_key.map(str::to_owned),
         })
     }
 
@@ -57,9 +59,13 @@ impl Client {
         op: ApiOp,
         req: &Req,
     ) -> anyhow::Result<Resp> {
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(key) = &self.api_key {
+            headers.insert(protocol::auth::API_KEY_HEADER, key.as_str());
+        }
         let msg = self
             .nats
-            .request(subject::api(&self.prefix, op), encode(req).into())
+            .request_with_headers(subject::api(&self.prefix, op), headers, encode(req).into())
             .await
             .map_err(|e| match e.kind() {
                 RequestErrorKind::NoResponders => anyhow!(

@@ -26,6 +26,10 @@ pub struct Cli {
     /// Subject prefix shared by the coordinator, its workers and clients.
     #[arg(long, global = true, env = "AIMARKET_PREFIX", default_value = protocol::subject::DEFAULT_PREFIX)]
     prefix: String,
+    /// API key: on the coordinator, the accepted keys (comma-separated; setting any turns
+    /// authentication on); on clients, the key to present for changes (task add, ops, tokens).
+    #[arg(long, global = true, env = "AIMARKET_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// Print JSON instead of tables (for scripts).
     #[arg(long, global = true)]
     json: bool,
@@ -37,8 +41,8 @@ pub struct Cli {
 enum Command {
     /// Run the coordinator: the store, the NATS API and the sweeper.
     Coordinator(commands::coordinator::Args),
-    /// Run a worker: lease tasks, run a model, submit results.
-    Worker(commands::worker::Args),
+    /// Run a worker: lease tasks, run a model, submit results. `worker token` manages tokens.
+    Worker(commands::worker::WorkerCommand),
     /// Create, list, inspect and wait for tasks.
     #[command(subcommand)]
     Task(commands::task::TaskCommand),
@@ -84,11 +88,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let ctx = commands::Ctx {
         nats: cli.nats,
         prefix: cli.prefix,
+        api_key: cli.api_key,
         json: cli.json,
     };
     match cli.command {
         Command::Coordinator(args) => commands::coordinator::run(&ctx, args).await,
-        Command::Worker(args) => commands::worker::run(&ctx, args).await,
+        Command::Worker(cmd) => commands::worker::run(&ctx, cmd).await,
         Command::Task(cmd) => commands::task::run(&ctx, cmd).await,
         Command::Leaderboard => commands::views::leaderboard(&ctx).await,
         Command::Workers => commands::views::workers(&ctx).await,

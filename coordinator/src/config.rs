@@ -1,5 +1,6 @@
 //! The coordinator's configuration, filled in by the CLI from flags and env vars.
 
+use crate::auth::Auth;
 use crate::ops::Settings;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +23,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Where the HTTP gateway listens; `None` disables it.
     pub http: Option<SocketAddr>,
+    /// Who may do what; no API keys means open (allowed on loopback only).
+    pub auth: Auth,
 }
 
 impl Config {
@@ -35,6 +38,7 @@ impl Config {
             sweep_interval: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(10),
             http: None,
+            auth: Auth::default(),
         }
     }
 }

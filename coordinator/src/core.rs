@@ -2,15 +2,17 @@
 //! the store's thread; its effects (announcements, task events) are handed to the publisher only
 //! after the commit. Both adapters (NATS, HTTP) call these same methods.
 
+use crate::auth::Auth;
 use crate::error::CoreError;
 use crate::metrics::Metrics;
 use crate::ops::submit::Submission;
 use crate::ops::{self, Ctx, Effect, Settings};
 use crate::store::Store;
 use protocol::messages::{
-    Heartbeat, HeartbeatReply, LeaderboardReply, Lease, LeaseReply, LeaseRequest, ReleaseReply,
-    ReleaseRequest, RequeueReply, ResetRequest, StatsReply, SubmitReply, SubmitRequest,
-    TaskAddReply, TaskAddRequest, TaskDetail, TaskListReply, TaskListRequest, WorkersReply,
+    ApiOp, Heartbeat, HeartbeatReply, LeaderboardReply, Lease, LeaseReply, LeaseRequest,
+    ReleaseReply, ReleaseRequest, RequeueReply, ResetRequest, StatsReply, SubmitReply,
+    SubmitRequest, TaskAddReply, TaskAddRequest, TaskDetail, TaskListReply, TaskListRequest,
+    WorkerTokenReply, WorkerTokenRevoked, WorkersReply,
 };
 use protocol::{TaskId, TaskStatus, TaskType, WorkerId};
 use rusqlite::{Connection, TransactionBehavior};
@@ -26,6 +28,7 @@ pub struct Core {
     settings: Settings,
     effects: mpsc::UnboundedSender<Effect>,
     metrics: Arc<Metrics>,
+    auth: Arc<Auth>,
 }
 
 impl Core {
@@ -38,9 +41,88 @@ impl Core {
                 settings,
                 effects: tx,
                 metrics: Arc::new(Metrics::new()),
+                auth: Arc::new(Auth::default()),
             },
             rx,
         )
+    }
+
+    /// This core with authentication `auth` (off by default).
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        self.auth = Arc::new(auth);
+        self
+    }
+
+    /// Checks a client's credentials for an API operation: state-changing operations need a key
+    /// when keys are configured; reads are open.
+    ///
+    /// # Errors
+    /// [`CoreError::Unauthorized`].
+    pub fn authorize(&self, op: ApiOp, api_key: Option<&str>) -> Result<(), CoreError> {
+        if op.needs_api_key() {
+            self.auth.check_key(api_key)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Checks that `token` is `worker`'s, when authentication is on. Every worker message
+    /// (lease, release, heartbeat, submit) passes here before it touches the store.
+    ///
+    /// # Errors
+    /// [`CoreError::Unauthorized`] for a missing, wrong or revoked token.
+    pub async fn authenticate_worker(
+        &self,
+        worker: &WorkerId,
+        token: Option<&str>,
+    ) -> Result<(), CoreError> {
+        if !self.auth.enabled() {
+            return Ok(());
+        }
+        let Some(token) = token.map(str::to_owned) else {
+            return Err(CoreError::Unauthorized(format!(
+                "worker {worker} presented no token (AIMARKET_WORKER_TOKEN)"
+            )));
+        };
+        let id = worker.clone();
+        if self
+            .read(move |c, _| ops::token::verify(c, &id, &token))
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(CoreError::Unauthorized(format!(
+                "wrong or revoked token for worker {worker}"
+            )))
+        }
+    }
+
+    /// Issues a worker token (replacing any earlier one); the secret is returned once.
+    ///
+    /// # Errors
+    /// Store errors only.
+    pub async fn create_token(&self, worker: WorkerId) -> Result<WorkerTokenReply, CoreError> {
+        self.write(move |c, ctx| {
+            let token = ops::token::create(c, ctx, &worker)?;
+            Ok(WorkerTokenReply {
+                worker_id: worker,
+                token,
+            })
+        })
+        .await
+    }
+
+    /// Revokes a worker's token.
+    ///
+    /// # Errors
+    /// Store errors only.
+    pub async fn revoke_token(&self, worker: WorkerId) -> Result<WorkerTokenRevoked, CoreError> {
+        self.write(move |c, _| {
+            Ok(WorkerTokenRevoked {
+                revoked: ops::token::revoke(c, &worker)?,
+            })
+        })
+        .await
     }
 
     /// The metrics this core keeps.

@@ -78,6 +78,9 @@ pub enum CoreError {
         /// Its terminal state.
         status: TaskStatus,
     },
+    /// Missing or wrong credentials: the caller must present the right worker token or API key.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
     /// SQLite failed (disk full, read-only, I/O): retry later.
     #[error("store: {0}")]
     Store(#[from] rusqlite::Error),
@@ -97,6 +100,7 @@ impl CoreError {
             CoreError::LeaseMismatch { .. } => ErrorCode::LeaseMismatch,
             CoreError::DuplicateSubmission { .. } => ErrorCode::DuplicateSubmission,
             CoreError::TaskClosed { .. } => ErrorCode::TaskClosed,
+            CoreError::Unauthorized(_) => ErrorCode::Unauthorized,
             CoreError::Store(e) if is_unavailable(e) => ErrorCode::Unavailable,
             CoreError::Store(_) | CoreError::StoreClosed => ErrorCode::Internal,
         }

@@ -11,6 +11,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`run`]: everything together until shutdown.
 
+pub mod auth;
 pub mod config;
 pub mod consensus;
 pub mod core;
@@ -21,6 +22,7 @@ pub mod nats;
 pub mod ops;
 pub mod store;
 
+pub use crate::auth::Auth;
 pub use crate::config::Config;
 pub use crate::core::Core;
 pub use crate::error::{CoreError, StoreError};
@@ -54,6 +56,9 @@ pub enum RunError {
     /// A subscription was refused.
     #[error("subscribing: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
+    /// Exposed beyond loopback without keys.
+    #[error(transparent)]
+    Unprotected(#[from] auth::Unprotected),
     /// The HTTP address cannot be bound.
     #[error("listening on http://{addr}: {source}")]
     Http {
@@ -72,6 +77,12 @@ pub enum RunError {
 /// # Errors
 /// [`RunError`] when the store cannot be opened or NATS refuses a subscription.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    auth::protect(&config.auth, &config.nats_url, config.http)?;
+    if config.auth.enabled() {
+        info!("authentication on: API keys for changes, tokens for workers");
+    } else {
+        info!("authentication off (loopback only)");
+    }
     let store = store::Store::open(&config.db_path)
         .await
         .map_err(|source| RunError::Store {
@@ -80,6 +91,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         })?;
     info!(db = %config.db_path.display(), "store open");
     let (core, effects) = Core::new(store, config.settings);
+    let core = core.with_auth(config.auth.clone());
     // Bind before anything else runs, so a taken port fails fast and says so.
     let http = match config.http {
         Some(addr) => Some(

@@ -6,11 +6,12 @@ use crate::core::Core;
 use crate::error::CoreError;
 use crate::metrics::Outcome;
 use crate::ops::Effect;
-use async_nats::{Client, Message};
+use async_nats::{Client, HeaderMap, Message};
 use futures::StreamExt;
+use protocol::auth::{API_KEY_HEADER, WORKER_TOKEN_HEADER};
 use protocol::messages::{
     decode, ApiOp, Empty, Heartbeat, LeaseRequest, ReleaseRequest, ResetRequest, SubmitRequest,
-    TaskAddRequest, TaskGetRequest, TaskListRequest,
+    TaskAddRequest, TaskGetRequest, TaskListRequest, WorkerTokenRequest,
 };
 use protocol::subject::{self, COORDINATOR_QUEUE};
 use protocol::{reply, ApiError, TaskId, WorkerId};
@@ -90,37 +91,85 @@ pub async fn serve(
 
 async fn handle(client: &Client, core: &Core, prefix: &str, msg: Message) {
     let started = Instant::now();
-    let subject = msg.subject.as_str();
-    let (kind, (body, outcome)) = if subject == subject::lease(prefix) {
-        ("lease", respond(lease(core, &msg.payload).await))
-    } else if subject == subject::lease_release(prefix) {
-        ("release", respond(release(core, &msg.payload).await))
-    } else if let Some(worker) = subject::tail(prefix, "heartbeat", subject) {
-        let result = heartbeat(core, worker, &msg.payload).await;
-        if msg.reply.is_none() {
-            if let Err(e) = &result {
-                warn!(worker_id = worker, error = %e, "heartbeat refused");
-            }
-        }
-        ("heartbeat", respond(result))
-    } else if let Some(task) = subject::tail(prefix, "submit", subject) {
-        ("submit", respond(submit(core, task, &msg.payload).await))
-    } else if let Some(op) = subject::tail(prefix, "api", subject) {
-        let op = op.parse::<ApiOp>();
-        (
-            op.as_ref().map_or("api.unknown", |op| api_label(*op)),
-            api(core, op, &msg.payload).await,
-        )
-    } else {
+    let Some(answer) = dispatch(
+        core,
+        prefix,
+        msg.subject.as_str(),
+        msg.headers.as_ref(),
+        &msg.payload,
+    )
+    .await
+    else {
         return;
     };
-    if let Some(reply_to) = msg.reply {
-        if let Err(e) = client.publish(reply_to, body.into()).await {
-            warn!(error = %e, "reply not sent");
+    match msg.reply {
+        Some(reply_to) => {
+            if let Err(e) = client.publish(reply_to, answer.body.into()).await {
+                warn!(error = %e, "reply not sent");
+            }
         }
+        None if answer.outcome == Outcome::Error => {
+            warn!(subject = %msg.subject, "published message refused")
+        }
+        None => {}
     }
     core.metrics()
-        .observe_nats(kind, outcome, started.elapsed());
+        .observe_nats(answer.kind, answer.outcome, started.elapsed());
+}
+
+/// What the coordinator answers to one message.
+#[derive(Debug)]
+pub struct Answer {
+    /// The metric label of the subject (`lease`, `submit`, `api.task.add`...).
+    pub kind: &'static str,
+    /// The reply envelope.
+    pub body: Vec<u8>,
+    /// Whether it is a success.
+    pub outcome: Outcome,
+}
+
+/// Decodes, authenticates and runs one message; `None` for a subject the coordinator does not
+/// serve. Every payload gets an answer: malformed input is an error reply, never a panic.
+pub async fn dispatch(
+    core: &Core,
+    prefix: &str,
+    subject: &str,
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+) -> Option<Answer> {
+    let header = |name: &str| {
+        headers
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    let token = header(WORKER_TOKEN_HEADER);
+    let token = token.as_deref();
+    let (kind, (body, outcome)) = if subject == subject::lease(prefix) {
+        ("lease", respond(lease(core, token, payload).await))
+    } else if subject == subject::lease_release(prefix) {
+        ("release", respond(release(core, token, payload).await))
+    } else if let Some(worker) = subject::tail(prefix, "heartbeat", subject) {
+        (
+            "heartbeat",
+            respond(heartbeat(core, token, worker, payload).await),
+        )
+    } else if let Some(task) = subject::tail(prefix, "submit", subject) {
+        ("submit", respond(submit(core, token, task, payload).await))
+    } else if let Some(op) = subject::tail(prefix, "api", subject) {
+        let op = op.parse::<ApiOp>();
+        let key = header(API_KEY_HEADER);
+        (
+            op.as_ref().map_or("api.unknown", |op| api_label(*op)),
+            api(core, op, key.as_deref(), payload).await,
+        )
+    } else {
+        return None;
+    };
+    Some(Answer {
+        kind,
+        body,
+        outcome,
+    })
 }
 
 /// The metric label of an API operation.
@@ -134,6 +183,8 @@ fn api_label(op: ApiOp) -> &'static str {
         ApiOp::Stats => "api.stats",
         ApiOp::OpsRequeue => "api.ops.requeue",
         ApiOp::OpsReset => "api.ops.reset",
+        ApiOp::WorkerTokenCreate => "api.worker.token.create",
+        ApiOp::WorkerTokenRevoke => "api.worker.token.revoke",
     }
 }
 
@@ -156,40 +207,63 @@ fn respond<T: Serialize>(result: Result<T, CoreError>) -> (Vec<u8>, Outcome) {
     (body, outcome)
 }
 
-async fn lease(core: &Core, payload: &[u8]) -> Result<protocol::messages::LeaseReply, CoreError> {
-    core.lease(decode::<LeaseRequest>(payload)?).await
+async fn lease(
+    core: &Core,
+    token: Option<&str>,
+    payload: &[u8],
+) -> Result<protocol::messages::LeaseReply, CoreError> {
+    let req = decode::<LeaseRequest>(payload)?;
+    core.authenticate_worker(&req.worker_id, token).await?;
+    core.lease(req).await
 }
 
 async fn release(
     core: &Core,
+    token: Option<&str>,
     payload: &[u8],
 ) -> Result<protocol::messages::ReleaseReply, CoreError> {
-    core.release(decode::<ReleaseRequest>(payload)?).await
+    let req = decode::<ReleaseRequest>(payload)?;
+    core.authenticate_worker(&req.worker_id, token).await?;
+    core.release(req).await
 }
 
 async fn heartbeat(
     core: &Core,
+    token: Option<&str>,
     worker: &str,
     payload: &[u8],
 ) -> Result<protocol::messages::HeartbeatReply, CoreError> {
     let worker: WorkerId = worker.parse()?;
-    core.heartbeat(worker, decode::<Heartbeat>(payload)?).await
+    let hb = decode::<Heartbeat>(payload)?;
+    core.authenticate_worker(&worker, token).await?;
+    core.heartbeat(worker, hb).await
 }
 
 async fn submit(
     core: &Core,
+    token: Option<&str>,
     task: &str,
     payload: &[u8],
 ) -> Result<protocol::messages::SubmitReply, CoreError> {
     let task: TaskId = task.parse()?;
-    core.submit(task, decode::<SubmitRequest>(payload)?).await
+    let req = decode::<SubmitRequest>(payload)?;
+    core.authenticate_worker(&req.worker_id, token).await?;
+    core.submit(task, req).await
 }
 
-async fn api(core: &Core, op: Result<ApiOp, ApiError>, payload: &[u8]) -> (Vec<u8>, Outcome) {
+async fn api(
+    core: &Core,
+    op: Result<ApiOp, ApiError>,
+    key: Option<&str>,
+    payload: &[u8],
+) -> (Vec<u8>, Outcome) {
     let op = match op {
         Ok(op) => op,
         Err(e) => return (reply::err(&e), Outcome::Error),
     };
+    if let Err(e) = core.authorize(op, key) {
+        return respond::<Empty>(Err(e));
+    }
     // An empty body stands for `{}`, so `nats req aimarket.api.stats ''` works.
     let payload: &[u8] = if payload.iter().all(u8::is_ascii_whitespace) {
         b"{}"
@@ -243,6 +317,20 @@ async fn api(core: &Core, op: Result<ApiOp, ApiError>, payload: &[u8]) -> (Vec<u
                 core.reset(decode::<ResetRequest>(payload)?)
                     .await
                     .map(|()| Empty {})
+            }
+            .await,
+        ),
+        ApiOp::WorkerTokenCreate => respond(
+            async {
+                core.create_token(decode::<WorkerTokenRequest>(payload)?.worker_id)
+                    .await
+            }
+            .await,
+        ),
+        ApiOp::WorkerTokenRevoke => respond(
+            async {
+                core.revoke_token(decode::<WorkerTokenRequest>(payload)?.worker_id)
+                    .await
             }
             .await,
         ),

@@ -8,9 +8,11 @@
 //! - [`reply`]: the `{"ok":true,...}` / `{"ok":false,"error":{...}}` envelope.
 //! - [`error`]: error codes and the decode/validation error.
 //! - [`limits`]: validation bounds.
+//! - [`auth`]: the headers that carry worker tokens and client API keys.
 //!
 //! This crate does no IO: it is serde types and pure functions only.
 
+pub mod auth;
 pub mod error;
 pub mod ids;
 pub mod limits;

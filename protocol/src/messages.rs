@@ -354,6 +354,10 @@ pub enum ApiOp {
     OpsRequeue,
     /// [`ResetRequest`] -> `{}`: delete everything.
     OpsReset,
+    /// [`WorkerTokenRequest`] -> [`WorkerTokenReply`]: issue (or replace) a worker's token.
+    WorkerTokenCreate,
+    /// [`WorkerTokenRequest`] -> [`WorkerTokenRevoked`]: revoke a worker's token.
+    WorkerTokenRevoke,
 }
 
 impl ApiOp {
@@ -367,6 +371,8 @@ impl ApiOp {
         ApiOp::Stats,
         ApiOp::OpsRequeue,
         ApiOp::OpsReset,
+        ApiOp::WorkerTokenCreate,
+        ApiOp::WorkerTokenRevoke,
     ];
 
     /// The subject token(s) of the operation.
@@ -380,7 +386,22 @@ impl ApiOp {
             ApiOp::Stats => "stats",
             ApiOp::OpsRequeue => "ops.requeue",
             ApiOp::OpsReset => "ops.reset",
+            ApiOp::WorkerTokenCreate => "worker.token.create",
+            ApiOp::WorkerTokenRevoke => "worker.token.revoke",
         }
+    }
+
+    /// Whether the operation changes state, and so needs an API key when keys are configured.
+    /// Read-only views stay open.
+    pub fn needs_api_key(self) -> bool {
+        matches!(
+            self,
+            ApiOp::TaskAdd
+                | ApiOp::OpsRequeue
+                | ApiOp::OpsReset
+                | ApiOp::WorkerTokenCreate
+                | ApiOp::WorkerTokenRevoke
+        )
     }
 }
 
@@ -689,6 +710,30 @@ pub struct ResetRequest {
     /// Must be `true`: a guard against accidents.
     #[serde(default)]
     pub confirm: bool,
+}
+
+/// `api.worker.token.create` / `api.worker.token.revoke`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerTokenRequest {
+    /// The worker.
+    pub worker_id: WorkerId,
+}
+
+/// Reply to `worker.token.create`: the secret, shown this once (the coordinator keeps a hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerTokenReply {
+    /// The worker.
+    pub worker_id: WorkerId,
+    /// The token; present it as `AIMARKET_WORKER_TOKEN`.
+    pub token: String,
+}
+
+/// Reply to `worker.token.revoke`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerTokenRevoked {
+    /// Whether the worker had a token.
+    pub revoked: bool,
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 
 use crate::backoff::Backoff;
 use crate::model::{Input, Model, Prediction};
-use async_nats::{Client, RequestErrorKind};
+use async_nats::{Client, HeaderMap, RequestErrorKind};
 use futures::{FutureExt, StreamExt};
 use protocol::messages::{
     encode, Heartbeat, HeartbeatReply, Lease, LeaseReply, LeaseRequest, ReleaseReply,
@@ -34,6 +34,8 @@ pub struct WorkerConfig {
     pub prefix: String,
     /// Task types to take; empty means everything the model can do.
     pub capabilities: Vec<TaskType>,
+    /// The token presented on every message, when the coordinator requires one.
+    pub token: Option<String>,
     /// Leases asked for at once, run as one batch.
     pub batch: u32,
     /// How long an idle worker waits before asking again when nothing is announced.
@@ -54,6 +56,7 @@ impl WorkerConfig {
             nats_url: nats_url.into(),
             prefix: subject::DEFAULT_PREFIX.to_owned(),
             capabilities: Vec::new(),
+            token: None,
             batch: 1,
             poll_interval: Duration::from_secs(2),
             heartbeat_interval: Duration::from_secs(10),
@@ -204,6 +207,7 @@ impl Worker {
         let beats = CancellationToken::new();
         let beating = tokio::spawn(heartbeats(
             self.client.clone(),
+            self.headers(),
             subject::heartbeat(&self.config.prefix, &self.config.worker_id),
             self.heartbeat.clone(),
             self.held.clone(),
@@ -458,6 +462,11 @@ impl Worker {
         }
     }
 
+    /// The headers every message carries (the token, if any).
+    fn headers(&self) -> HeaderMap {
+        credentials(self.config.token.as_deref())
+    }
+
     async fn goodbye(&mut self) {
         self.release(Vec::new(), true).await;
     }
@@ -469,7 +478,7 @@ impl Worker {
     ) -> Result<Resp, CallError> {
         let msg = self
             .client
-            .request(subject.to_owned(), encode(req).into())
+            .request_with_headers(subject.to_owned(), self.headers(), encode(req).into())
             .await
             .map_err(|e| match e.kind() {
                 RequestErrorKind::NoResponders => CallError::Retry("no responders".into()),
@@ -495,6 +504,7 @@ fn heartbeat_every(max: Duration, t: Timings) -> Duration {
 
 async fn heartbeats(
     client: Client,
+    headers: HeaderMap,
     subject: String,
     mut heartbeat: Heartbeat,
     held: Held,
@@ -509,12 +519,22 @@ async fn heartbeats(
             _ = tick.tick() => {
                 let leases = held.lock().expect("held-lease lock").iter().copied().collect();
                 heartbeat.leases = Some(leases);
-                if let Err(e) = client.publish(subject.clone(), encode(&heartbeat).into()).await {
+                let body = encode(&heartbeat).into();
+                if let Err(e) = client.publish_with_headers(subject.clone(), headers.clone(), body).await {
                     warn!(error = %e, "heartbeat not sent");
                 }
             }
         }
     }
+}
+
+/// Headers carrying `token`.
+fn credentials(token: Option<&str>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(token) = token {
+        headers.insert(protocol::auth::WORKER_TOKEN_HEADER, token);
+    }
+    headers
 }
 
 /// Sleeps for `d`; false if `cancel` fired first.

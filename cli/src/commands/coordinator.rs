@@ -63,6 +63,12 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     };
     config.sweep_interval = Duration::from_secs(args.requeue_sweep_seconds);
     config.http = args.http.0;
+    config.auth = coordinator::Auth::new(
+        ctx.api_key
+            .iter()
+            .flat_map(|k| k.split(','))
+            .map(|k| k.trim().to_owned()),
+    );
     let shutdown = crate::shutdown::on_signal(config.shutdown_grace + Duration::from_secs(5));
     coordinator::run(config, shutdown)
         .await

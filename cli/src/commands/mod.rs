@@ -9,12 +9,14 @@ pub mod worker;
 use crate::client::Client;
 
 /// The global flags every command sees.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Ctx {
     /// NATS URL.
     pub nats: String,
     /// Subject prefix.
     pub prefix: String,
+    /// The API key (see `--api-key`).
+    pub api_key: Option<String>,
     /// JSON output.
     pub json: bool,
 }
@@ -22,6 +24,11 @@ pub struct Ctx {
 impl Ctx {
     /// A client of the coordinator's API.
     pub async fn client(&self) -> anyhow::Result<Client> {
-        Client::connect(&self.nats, &self.prefix).await
+        // A coordinator may accept several keys; a client presents the first.
+        let key = self
+            .api_key
+            .as_deref()
+            .and_then(|k| k.split(',').map(str::trim).find(|k| !k.is_empty()));
+        Client::connect(&self.nats, &self.prefix, key).await
     }
 }

@@ -2,17 +2,55 @@
 
 use super::Ctx;
 use anyhow::Context;
+use protocol::messages::{ApiOp, WorkerTokenReply, WorkerTokenRequest, WorkerTokenRevoked};
 use protocol::{TaskType, WorkerId};
 use std::sync::Arc;
 use std::time::Duration;
 use worker::WorkerConfig;
 
+/// `aimarket worker --id ID ...` runs a worker; `aimarket worker token ...` manages tokens.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct WorkerCommand {
+    #[command(subcommand)]
+    token: Option<TokenCommand>,
+    #[command(flatten)]
+    args: Args,
+}
+
+/// `aimarket worker token`.
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Worker tokens: a worker presents its token (AIMARKET_WORKER_TOKEN) on every message.
+    #[command(subcommand)]
+    Token(TokenAction),
+}
+
+/// What to do with a token.
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenAction {
+    /// Issue a token for worker ID (replacing any earlier one). Printed once; the coordinator
+    /// keeps only its hash.
+    Create {
+        /// The worker.
+        id: WorkerId,
+    },
+    /// Revoke worker ID's token.
+    Revoke {
+        /// The worker.
+        id: WorkerId,
+    },
+}
+
 /// A worker's identity, model and pacing.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// This worker's id (letters, digits, '_' and '-').
-    #[arg(long, env = "AIMARKET_WORKER_ID")]
-    id: WorkerId,
+    #[arg(long, env = "AIMARKET_WORKER_ID", required = true)]
+    id: Option<WorkerId>,
+    /// This worker's token, when the coordinator requires one.
+    #[arg(long, env = "AIMARKET_WORKER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// The model to run.
     #[arg(long, env = "AIMARKET_MODEL", default_value = "lexicon")]
     model: String,
@@ -30,10 +68,60 @@ pub struct Args {
     heartbeat_seconds: u64,
 }
 
-/// Runs until SIGINT/SIGTERM.
-pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
+/// Runs a worker until SIGINT/SIGTERM, or a token command.
+pub async fn run(ctx: &Ctx, cmd: WorkerCommand) -> anyhow::Result<()> {
+    match cmd.token {
+        Some(TokenCommand::Token(action)) => token(ctx, action).await,
+        None => serve(ctx, cmd.args).await,
+    }
+}
+
+async fn token(ctx: &Ctx, action: TokenAction) -> anyhow::Result<()> {
+    let client = ctx.client().await?;
+    match action {
+        TokenAction::Create { id } => {
+            let r: WorkerTokenReply = client
+                .call(
+                    ApiOp::WorkerTokenCreate,
+                    &WorkerTokenRequest { worker_id: id },
+                )
+                .await?;
+            if ctx.json {
+                return crate::output::json(&r);
+            }
+            println!("{}", r.token);
+            eprintln!(
+                "token for worker {} (shown once): start it with AIMARKET_WORKER_TOKEN=<token> aimarket worker --id {}",
+                r.worker_id, r.worker_id
+            );
+        }
+        TokenAction::Revoke { id } => {
+            let r: WorkerTokenRevoked = client
+                .call(
+                    ApiOp::WorkerTokenRevoke,
+                    &WorkerTokenRequest {
+                        worker_id: id.clone(),
+                    },
+                )
+                .await?;
+            if ctx.json {
+                return crate::output::json(&r);
+            }
+            if r.revoked {
+                println!("revoked the token of worker {id}");
+            } else {
+                println!("worker {id} had no token");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn serve(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
+    let id = args.id.context("--id is required")?;
     let model = worker::model::load(&args.model)?;
-    let mut config = WorkerConfig::new(args.id, ctx.nats.clone());
+    let mut config = WorkerConfig::new(id, ctx.nats.clone());
+    config.token = args.token;
     config.prefix = ctx.prefix.clone();
     config.capabilities = args.capabilities;
     config.batch = args.batch;

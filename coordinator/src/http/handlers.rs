@@ -4,18 +4,36 @@ use super::{HttpError, JsonBody};
 use crate::core::Core;
 use crate::ops::submit::Submission;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use protocol::messages::{
-    LeaderboardEntry, NewTask, RequeueReply, ResetRequest, StatsReply, TaskAddRequest, TaskDetail,
-    TaskListRequest, TaskView, WorkerView,
+    ApiOp, LeaderboardEntry, NewTask, RequeueReply, ResetRequest, StatsReply, TaskAddRequest,
+    TaskDetail, TaskListRequest, TaskView, WorkerView,
 };
 use protocol::{ErrorCode, LeaseId, ProtocolError, TaskId, TaskStatus, TaskType, WorkerId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 type Reply<T> = Result<Json<T>, HttpError>;
+
+/// The secret in `Authorization: Bearer <secret>`.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// A client's API key: `X-Api-Key`, or the bearer secret.
+fn api_key(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| bearer(headers))
+}
 
 /// `GET /health`: `{"ok": true}`, or 503 when the store does not answer.
 pub async fn health(State(core): State<Core>) -> Response {
@@ -133,7 +151,13 @@ pub struct SubmitBody {
 }
 
 /// `POST /workers/submit` -> `{"ok": true}` (`"duplicate": true` on a resend).
-pub async fn submit(State(core): State<Core>, JsonBody(b): JsonBody<SubmitBody>) -> Reply<Value> {
+pub async fn submit(
+    State(core): State<Core>,
+    headers: HeaderMap,
+    JsonBody(b): JsonBody<SubmitBody>,
+) -> Reply<Value> {
+    core.authenticate_worker(&b.worker_id, bearer(&headers))
+        .await?;
     let r = core
         .accept(
             b.task_id,
@@ -208,7 +232,13 @@ fn task_types(v: Value) -> Result<Option<Vec<TaskType>>, ProtocolError> {
 }
 
 /// `POST /workers/heartbeat` `{"worker_id"}` -> `{"ok": true, "ts"}`; renews the worker's leases.
-pub async fn heartbeat(State(core): State<Core>, JsonBody(w): JsonBody<WorkerRef>) -> Reply<Value> {
+pub async fn heartbeat(
+    State(core): State<Core>,
+    headers: HeaderMap,
+    JsonBody(w): JsonBody<WorkerRef>,
+) -> Reply<Value> {
+    core.authenticate_worker(&w.worker_id, bearer(&headers))
+        .await?;
     let r = core.heartbeat_known(w.worker_id, None).await?;
     Ok(Json(
         json!({ "ok": true, "ts": r.ts, "renewed": r.renewed }),
@@ -226,12 +256,14 @@ pub async fn db_stats(State(core): State<Core>) -> Reply<StatsReply> {
 }
 
 /// `POST /ops/requeue-stale` -> `{"requeued": n}`.
-pub async fn requeue_stale(State(core): State<Core>) -> Reply<RequeueReply> {
+pub async fn requeue_stale(State(core): State<Core>, headers: HeaderMap) -> Reply<RequeueReply> {
+    core.authorize(ApiOp::OpsRequeue, api_key(&headers))?;
     Ok(Json(core.sweep().await?))
 }
 
 /// `POST /ops/reset`: deletes everything.
-pub async fn reset(State(core): State<Core>) -> Reply<Value> {
+pub async fn reset(State(core): State<Core>, headers: HeaderMap) -> Reply<Value> {
+    core.authorize(ApiOp::OpsReset, api_key(&headers))?;
     core.reset(ResetRequest { confirm: true }).await?;
     Ok(Json(json!({ "ok": true })))
 }

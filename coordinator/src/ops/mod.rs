@@ -13,6 +13,7 @@ pub mod sweep;
 pub mod task_add;
 pub mod task_get;
 pub mod task_list;
+pub mod token;
 pub mod workers;
 
 use crate::error::CoreError;

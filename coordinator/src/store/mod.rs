@@ -72,7 +72,14 @@ pub fn from_ms(ms: i64) -> DateTime<Utc> {
 /// SQLite errors.
 pub fn dump(conn: &Connection) -> rusqlite::Result<String> {
     let mut out = String::new();
-    for table in ["task", "lease", "submission", "worker", "worker_score"] {
+    for table in [
+        "task",
+        "lease",
+        "submission",
+        "worker",
+        "worker_score",
+        "worker_token",
+    ] {
         let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY 1"))?;
         let n = stmt.column_count();
         let rows = stmt.query_map([], |r| {

@@ -8,7 +8,8 @@ use crate::error::StoreError;
 use rusqlite::Connection;
 
 /// Each entry takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE task (
     seq              INTEGER PRIMARY KEY AUTOINCREMENT,
     id               TEXT    NOT NULL UNIQUE,
@@ -72,7 +73,15 @@ CREATE TABLE worker_score (
     worker_id TEXT    PRIMARY KEY,
     points    INTEGER NOT NULL DEFAULT 0
 );
-"#];
+"#,
+    r#"
+CREATE TABLE worker_token (
+    worker_id  TEXT    PRIMARY KEY,
+    hash       TEXT    NOT NULL,
+    created_at INTEGER NOT NULL
+);
+"#,
+];
 
 /// The schema version this build writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

@@ -1,0 +1,96 @@
+//! Worker tokens: issued once, stored only as a SHA-256 hash, checked on every worker message when
+//! authentication is on.
+
+use super::Ctx;
+use crate::error::CoreError;
+use protocol::auth::TOKEN_PREFIX;
+use protocol::WorkerId;
+use rusqlite::{params, Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Issues a new token for `worker`, replacing any earlier one. Returns the secret.
+///
+/// # Errors
+/// Store errors, or [`CoreError::Unauthorized`] if the system has no randomness to draw from.
+pub fn create(conn: &Connection, ctx: &mut Ctx, worker: &WorkerId) -> Result<String, CoreError> {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret)
+        .map_err(|e| CoreError::Unauthorized(format!("no randomness for a token: {e}")))?;
+    let token = format!("{TOKEN_PREFIX}{}", hex::encode(secret));
+    conn.prepare_cached(
+        "INSERT INTO worker_token (worker_id, hash, created_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (worker_id) DO UPDATE SET hash = excluded.hash, created_at = excluded.created_at",
+    )?
+    .execute(params![worker.as_str(), hash(&token), ctx.now])?;
+    tracing::info!(worker_id = %worker, "worker token issued");
+    Ok(token)
+}
+
+/// Revokes `worker`'s token; returns whether it had one.
+///
+/// # Errors
+/// Store errors only.
+pub fn revoke(conn: &Connection, worker: &WorkerId) -> Result<bool, CoreError> {
+    let n = conn
+        .prepare_cached("DELETE FROM worker_token WHERE worker_id = ?1")?
+        .execute([worker.as_str()])?;
+    tracing::info!(worker_id = %worker, revoked = n > 0, "worker token revoked");
+    Ok(n > 0)
+}
+
+/// Whether `token` is `worker`'s current token.
+///
+/// # Errors
+/// Store errors only.
+pub fn verify(conn: &Connection, worker: &WorkerId, token: &str) -> Result<bool, CoreError> {
+    let stored: Option<String> = conn
+        .prepare_cached("SELECT hash FROM worker_token WHERE worker_id = ?1")?
+        .query_row([worker.as_str()], |r| r.get(0))
+        .optional()?;
+    Ok(stored.is_some_and(|h| bool::from(h.as_bytes().ct_eq(hash(token).as_bytes()))))
+}
+
+fn hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::*;
+
+    #[test]
+    fn tokens_verify_only_for_their_worker_and_only_until_revoked() {
+        let conn = store();
+        let alice = create(&conn, &mut ctx(0), &wid("alice")).expect("create");
+        let bob = create(&conn, &mut ctx(0), &wid("bob")).expect("create");
+        assert!(alice.starts_with(TOKEN_PREFIX) && alice != bob);
+        assert!(verify(&conn, &wid("alice"), &alice).expect("verify"));
+        assert!(
+            !verify(&conn, &wid("alice"), &bob).expect("verify"),
+            "bob's token works for alice"
+        );
+        assert!(!verify(&conn, &wid("carole"), &alice).expect("verify"));
+        let stored: String = conn
+            .query_row(
+                "SELECT hash FROM worker_token WHERE worker_id = 'alice'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("row");
+        assert!(
+            !stored.contains(&alice[TOKEN_PREFIX.len()..]),
+            "the secret is stored"
+        );
+        let again = create(&conn, &mut ctx(1), &wid("alice")).expect("replace");
+        assert!(
+            !verify(&conn, &wid("alice"), &alice).expect("verify"),
+            "the old token survives"
+        );
+        assert!(verify(&conn, &wid("alice"), &again).expect("verify"));
+        assert!(revoke(&conn, &wid("alice")).expect("revoke"));
+        assert!(!verify(&conn, &wid("alice"), &again).expect("verify"));
+        assert!(!revoke(&conn, &wid("alice")).expect("revoke twice"));
+    }
+}
