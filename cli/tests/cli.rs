@@ -119,3 +119,61 @@ fn bulk_add_list_requeue_and_reset() {
     assert_eq!(stats.tasks_total, 0);
     assert_eq!(stats.tasks_by_status[&TaskStatus::Queued], 0);
 }
+
+#[test]
+fn with_an_api_key_workers_need_their_tokens() {
+    let mut c = Cluster::start(&[("AIMARKET_API_KEY", "k-123")]);
+    let out = c.cli(&["worker", "token", "create", "alice"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned();
+    assert!(token.starts_with("amk_"), "{token}");
+    // Without the key, no token.
+    let out = Command::new(BIN)
+        .args([
+            "--nats",
+            &c.nats.url(),
+            "worker",
+            "token",
+            "create",
+            "mallory",
+        ])
+        .output()
+        .expect("run");
+    assert!(
+        !out.status.success() && stderr(&out).contains("unauthorized"),
+        "{}",
+        stderr(&out)
+    );
+
+    c.start_worker("alice", &["--token", &token]);
+    c.start_worker("intruder", &[]);
+    let status = c.wait_worker("intruder");
+    assert!(!status.success(), "a worker without a token kept running");
+    assert!(
+        c.worker_log("intruder").contains("unauthorized"),
+        "{}",
+        c.worker_log("intruder")
+    );
+
+    let added: serde_json::Value = c.json(&[
+        "task",
+        "add",
+        "good stuff",
+        "--required",
+        "1",
+        "--wait",
+        "--timeout",
+        "30",
+    ]);
+    assert_eq!(added[0]["status"], "finalized");
+    assert_eq!(added[0]["final_label"], "positive");
+    let out = c.cli(&["worker", "token", "revoke", "alice"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("revoked"),
+        "{}",
+        stderr(&out)
+    );
+}

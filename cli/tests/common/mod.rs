@@ -134,6 +134,19 @@ impl Cluster {
         }
     }
 
+    /// Waits for a worker to exit on its own; its exit status.
+    pub fn wait_worker(&mut self, id: &str) -> std::process::ExitStatus {
+        let mut child = self.workers.remove(id).expect("worker");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "worker {id} did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn worker_log(&self, id: &str) -> String {
         read(self.dir.path().join(format!("worker-{id}.log")))
     }
@@ -142,6 +155,7 @@ impl Cluster {
         Command::new(BIN)
             .env("NATS_URL", self.nats.url())
             .env_remove("RUST_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .args(args)
             .output()
             .expect("run aimarket")

@@ -50,8 +50,10 @@ pub async fn health(State(core): State<Core>) -> Response {
 /// `POST /tasks` `{"text", "type"?, "required_submissions"?, "max_attempts"?}` -> `{"task_id"}`.
 pub async fn create_task(
     State(core): State<Core>,
+    headers: HeaderMap,
     JsonBody(task): JsonBody<NewTask>,
 ) -> Reply<Value> {
+    core.authorize(ApiOp::TaskAdd, api_key(&headers))?;
     let r = core.add_tasks(TaskAddRequest { tasks: vec![task] }).await?;
     Ok(Json(json!({ "task_id": r.task_ids[0] })))
 }
@@ -115,8 +117,11 @@ pub struct NextTask {
 /// worker can take.
 pub async fn next_task(
     State(core): State<Core>,
+    headers: HeaderMap,
     JsonBody(w): JsonBody<WorkerRef>,
 ) -> Reply<NextTask> {
+    core.authenticate_worker(&w.worker_id, bearer(&headers))
+        .await?;
     let lease = core.next_for(w.worker_id).await?;
     Ok(Json(match lease {
         Some(l) => NextTask {
@@ -193,8 +198,11 @@ pub struct RegisterBody {
 /// `POST /workers/register` `{"worker_id", "capabilities_json"?}` -> `{"ok": true}`.
 pub async fn register(
     State(core): State<Core>,
+    headers: HeaderMap,
     JsonBody(b): JsonBody<RegisterBody>,
 ) -> Reply<Value> {
+    core.authenticate_worker(&b.worker_id, bearer(&headers))
+        .await?;
     let caps = b.capabilities_json.map(task_types).transpose()?.flatten();
     let r = core.heartbeat_known(b.worker_id.clone(), caps).await?;
     Ok(Json(
