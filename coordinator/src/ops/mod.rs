@@ -2,6 +2,8 @@
 //! transaction and a [`Ctx`] (the clock reading, the tunables, and the effects to publish after
 //! commit), so it runs the same under NATS, HTTP and unit tests.
 
+#[cfg(test)]
+mod invariants;
 pub mod heartbeat;
 pub mod leaderboard;
 pub mod lease;

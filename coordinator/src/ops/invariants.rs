@@ -1,0 +1,171 @@
+//! Property tests: random sequences of operations (adds, leases, submissions honest and forged,
+//! resends, heartbeats, releases, clock jumps, sweeps) on a real SQLite store, with the store's
+//! invariants checked after every step.
+
+use super::testing::*;
+use super::*;
+use crate::error::CoreError;
+use protocol::messages::{Heartbeat, NewTask, ReleaseRequest, SubmitRequest, TaskAddRequest};
+use protocol::{ErrorCode, LeaseId};
+use proptest::prelude::*;
+use std::collections::HashMap;
+
+#[derive(Debug, Clone)]
+enum Step {
+    Add { required: u32, max_attempts: u32 },
+    Lease { worker: usize, max: u32 },
+    Submit { pick: usize, positive: bool },
+    Forge { pick: usize, worker: usize },
+    Resend { pick: usize },
+    Heartbeat { worker: usize, named: bool },
+    Release { pick: usize },
+    Advance { ms: i64 },
+    Sweep,
+}
+
+const WORKERS: [&str; 4] = ["w0", "w1", "w2", "w3"];
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        1 => (1u32..=4, 1u32..=3).prop_map(|(required, max_attempts)| Step::Add { required, max_attempts }),
+        1 => (0usize..4, 1u32..=3).prop_map(|(worker, max)| Step::Lease { worker, max }),
+        3 => (any::<usize>(), any::<bool>()).prop_map(|(pick, positive)| Step::Submit { pick, positive }),
+        1 => (any::<usize>(), 0usize..4).prop_map(|(pick, worker)| Step::Forge { pick, worker }),
+        1 => any::<usize>().prop_map(|pick| Step::Resend { pick }),
+        1 => (0usize..4, any::<bool>()).prop_map(|(worker, named)| Step::Heartbeat { worker, named }),
+        1 => any::<usize>().prop_map(|pick| Step::Release { pick }),
+        1 => (0i64..15_000).prop_map(|ms| Step::Advance { ms }),
+        1 => Just(Step::Sweep),
+    ]
+}
+
+/// Runs one operation in its own transaction, committing only on success, as `Core` does.
+fn apply<T>(
+    conn: &mut Connection,
+    now: i64,
+    finished: &mut HashMap<TaskId, usize>,
+    op: impl FnOnce(&Connection, &mut Ctx) -> Result<T, CoreError>,
+) -> Result<T, CoreError> {
+    let tx = conn.transaction().expect("tx");
+    let mut c = ctx(now);
+    let r = op(&tx, &mut c);
+    if r.is_ok() {
+        tx.commit().expect("commit");
+        for e in c.effects {
+            if let Effect::Finished(ev) = e {
+                *finished.entry(ev.task_id).or_default() += 1;
+            }
+        }
+    }
+    if let Err(e) = &r {
+        assert!(
+            !matches!(e.code(), ErrorCode::Internal | ErrorCode::Unavailable),
+            "an operation hit the store: {e}"
+        );
+    }
+    r
+}
+
+fn count(conn: &Connection, sql: &str) -> i64 {
+    conn.query_row(sql, [], |r| r.get(0)).expect(sql)
+}
+
+fn check(conn: &Connection, finished: &HashMap<TaskId, usize>) {
+    let broken = [
+        ("counter of live leases", "SELECT COUNT(*) FROM task t WHERE active_leases != (SELECT COUNT(*) FROM lease l WHERE l.task_id = t.id AND l.state = 'active')"),
+        ("counter of submissions", "SELECT COUNT(*) FROM task t WHERE submissions != (SELECT COUNT(*) FROM submission s WHERE s.task_id = t.id)"),
+        ("more slots taken than required", "SELECT COUNT(*) FROM task WHERE active_leases + submissions > required"),
+        ("finalized without all votes or a label", "SELECT COUNT(*) FROM task WHERE status = 'finalized' AND (submissions != required OR final_label IS NULL OR active_leases != 0)"),
+        ("all votes in but not finalized", "SELECT COUNT(*) FROM task WHERE submissions = required AND status != 'finalized'"),
+        ("queued with a live lease", "SELECT COUNT(*) FROM task WHERE status = 'queued' AND active_leases != 0"),
+        ("assigned without a live lease", "SELECT COUNT(*) FROM task WHERE status = 'assigned' AND active_leases = 0"),
+        ("failed early or still leased", "SELECT COUNT(*) FROM task WHERE status = 'failed' AND (attempts < max_attempts OR active_leases != 0)"),
+        ("a live lease on a closed task", "SELECT COUNT(*) FROM lease l JOIN task t ON t.id = l.task_id WHERE l.state = 'active' AND t.status IN ('finalized', 'failed')"),
+        ("a worker leasing a task it answered", "SELECT COUNT(*) FROM lease l JOIN submission s ON s.task_id = l.task_id AND s.worker_id = l.worker_id WHERE l.state = 'active'"),
+        ("agreement set before finalization", "SELECT COUNT(*) FROM submission s JOIN task t ON t.id = s.task_id WHERE (t.status = 'finalized') != (s.agreed IS NOT NULL)"),
+        ("points differ from agreeing votes", "SELECT (SELECT COALESCE(SUM(points), 0) FROM worker_score) != (SELECT COUNT(*) FROM submission WHERE agreed)"),
+    ];
+    for (what, sql) in broken {
+        assert_eq!(count(conn, sql), 0, "invariant broken: {what}\n{}", dump(conn));
+    }
+    let finalized_or_failed = count(conn, "SELECT COUNT(*) FROM task WHERE status IN ('finalized', 'failed')");
+    assert!(finished.values().all(|n| *n == 1), "a task finished twice: {finished:?}");
+    assert_eq!(finished.len() as i64, finalized_or_failed, "a finish without its event");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn invariants_hold_under_any_sequence(steps in prop::collection::vec(step(), 1..80)) {
+        let mut conn = store();
+        let mut now = 0i64;
+        let mut leases: Vec<(LeaseId, TaskId, WorkerId, bool)> = Vec::new();
+        let mut finished = HashMap::new();
+        for s in steps {
+            match s {
+                Step::Add { required, max_attempts } => {
+                    let req = TaskAddRequest { tasks: vec![NewTask {
+                        required_submissions: Some(required),
+                        max_attempts: Some(max_attempts),
+                        ..NewTask::text("t")
+                    }] };
+                    apply(&mut conn, now, &mut finished, |c, x| task_add::run(c, x, req)).expect("add");
+                }
+                Step::Lease { worker, max } => {
+                    let req = lease_req(WORKERS[worker], max);
+                    let r = apply(&mut conn, now, &mut finished, |c, x| lease::run(c, x, req)).expect("lease");
+                    leases.extend(r.leases.into_iter().map(|l| (l.lease_id, l.task_id, wid(WORKERS[worker]), false)));
+                }
+                Step::Submit { pick, positive } if !leases.is_empty() => {
+                    let i = pick % leases.len();
+                    let (lease_id, task, worker, _) = leases[i].clone();
+                    let label = if positive { "positive" } else { "negative" };
+                    let req = SubmitRequest { lease_id, worker_id: worker, label: label.into(), confidence: 0.7, model: None };
+                    if apply(&mut conn, now, &mut finished, |c, x| submit::run(c, x, &task, req)).is_ok() {
+                        leases[i].3 = true;
+                    }
+                }
+                Step::Forge { pick, worker } if !leases.is_empty() => {
+                    let (lease_id, task, holder, _) = leases[pick % leases.len()].clone();
+                    let forger = wid(WORKERS[worker]);
+                    if forger != holder {
+                        let req = SubmitRequest { lease_id, worker_id: forger, label: "positive".into(), confidence: 1.0, model: None };
+                        let r = apply(&mut conn, now, &mut finished, |c, x| submit::run(c, x, &task, req));
+                        prop_assert!(r.is_err(), "a forged submission was accepted");
+                    }
+                }
+                Step::Resend { pick } if !leases.is_empty() => {
+                    let (lease_id, task, worker, sent) = leases[pick % leases.len()].clone();
+                    if sent {
+                        let before = dump(&conn);
+                        let label: String = conn.query_row(
+                            "SELECT label FROM submission WHERE lease_id = ?1", [lease_id.to_string()], |r| r.get(0)).expect("sent");
+                        let req = SubmitRequest { lease_id, worker_id: worker, label, confidence: 0.7, model: None };
+                        let r = apply(&mut conn, now, &mut finished, |c, x| submit::run(c, x, &task, req)).expect("resend");
+                        prop_assert!(r.duplicate);
+                        prop_assert_eq!(dump(&conn), before);
+                    }
+                }
+                Step::Heartbeat { worker, named } => {
+                    let w = wid(WORKERS[worker]);
+                    let mine = leases.iter().filter(|l| l.2 == w && !l.3).map(|l| l.0).collect();
+                    let hb = Heartbeat { worker_id: w.clone(), capabilities: vec![protocol::TaskType::sentiment()],
+                        model: None, leases: named.then_some(mine) };
+                    apply(&mut conn, now, &mut finished, |c, x| heartbeat::run(c, x, &w, hb)).expect("heartbeat");
+                }
+                Step::Release { pick } if !leases.is_empty() => {
+                    let (lease_id, _, worker, _) = leases[pick % leases.len()].clone();
+                    let req = ReleaseRequest { worker_id: worker, lease_ids: vec![lease_id], offline: false };
+                    apply(&mut conn, now, &mut finished, |c, x| release::run(c, x, req)).expect("release");
+                }
+                Step::Advance { ms } => now += ms,
+                Step::Sweep => {
+                    apply(&mut conn, now, &mut finished, sweep::run).expect("sweep");
+                }
+                _ => {}
+            }
+            check(&conn, &finished);
+        }
+    }
+}
