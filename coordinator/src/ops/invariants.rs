@@ -5,9 +5,9 @@
 use super::testing::*;
 use super::*;
 use crate::error::CoreError;
+use proptest::prelude::*;
 use protocol::messages::{Heartbeat, NewTask, ReleaseRequest, SubmitRequest, TaskAddRequest};
 use protocol::{ErrorCode, LeaseId};
-use proptest::prelude::*;
 use std::collections::HashMap;
 
 #[derive(Debug, Clone)]
@@ -86,11 +86,26 @@ fn check(conn: &Connection, finished: &HashMap<TaskId, usize>) {
         ("points differ from agreeing votes", "SELECT (SELECT COALESCE(SUM(points), 0) FROM worker_score) != (SELECT COUNT(*) FROM submission WHERE agreed)"),
     ];
     for (what, sql) in broken {
-        assert_eq!(count(conn, sql), 0, "invariant broken: {what}\n{}", dump(conn));
+        assert_eq!(
+            count(conn, sql),
+            0,
+            "invariant broken: {what}\n{}",
+            dump(conn)
+        );
     }
-    let finalized_or_failed = count(conn, "SELECT COUNT(*) FROM task WHERE status IN ('finalized', 'failed')");
-    assert!(finished.values().all(|n| *n == 1), "a task finished twice: {finished:?}");
-    assert_eq!(finished.len() as i64, finalized_or_failed, "a finish without its event");
+    let finalized_or_failed = count(
+        conn,
+        "SELECT COUNT(*) FROM task WHERE status IN ('finalized', 'failed')",
+    );
+    assert!(
+        finished.values().all(|n| *n == 1),
+        "a task finished twice: {finished:?}"
+    );
+    assert_eq!(
+        finished.len() as i64,
+        finalized_or_failed,
+        "a finish without its event"
+    );
 }
 
 proptest! {

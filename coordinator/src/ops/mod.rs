@@ -2,9 +2,9 @@
 //! transaction and a [`Ctx`] (the clock reading, the tunables, and the effects to publish after
 //! commit), so it runs the same under NATS, HTTP and unit tests.
 
+pub mod heartbeat;
 #[cfg(test)]
 mod invariants;
-pub mod heartbeat;
 pub mod leaderboard;
 pub mod lease;
 pub mod release;
