@@ -513,3 +513,61 @@ async fn state_survives_a_restart() {
     assert!(again.duplicate);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_worker_loses_and_resending_earns_one_vote() {
+    let h = Harness::start(Settings::default(), Duration::from_secs(600)).await;
+    // Ten tasks whose true label is known: half positive, half negative.
+    let mut truth = std::collections::HashMap::new();
+    for i in 0..10 {
+        let label = if i % 2 == 0 { "positive" } else { "negative" };
+        truth.insert(h.add(NewTask::text(format!("{label} {i}"))).await, label);
+    }
+    // Two honest workers answer the truth; the liar always says "positive" and resends each
+    // of its answers twenty times.
+    for _ in 0..10 {
+        for w in ["honest1", "honest2", "liar"] {
+            let leases = h.lease(w, &["sentiment"], 1).await;
+            let Some(l) = leases.first() else { continue };
+            let label = if w == "liar" {
+                "positive"
+            } else {
+                truth[&l.task_id]
+            };
+            let first = h.submit(l, w, label).await.expect("submit");
+            assert!(first.accepted && !first.duplicate);
+            if w == "liar" {
+                for _ in 0..20 {
+                    let again = h.submit(l, w, label).await.expect("resend");
+                    assert!(again.duplicate, "a resend counted as new");
+                }
+            }
+        }
+    }
+    let lb: LeaderboardReply = h
+        .call(&subject::api(P, ApiOp::Leaderboard), &Empty {})
+        .await
+        .expect("leaderboard");
+    let points: std::collections::HashMap<_, _> = lb
+        .entries
+        .iter()
+        .map(|e| (e.worker_id.as_str().to_owned(), (e.points, e.submissions)))
+        .collect();
+    assert_eq!(points["honest1"], (10, 10));
+    assert_eq!(points["honest2"], (10, 10));
+    assert_eq!(
+        points["liar"],
+        (5, 10),
+        "the liar: one vote per task however often it resends"
+    );
+    for (task, label) in truth {
+        let t = h.task(task).await.task;
+        assert_eq!(
+            t.final_label.as_deref(),
+            Some(label),
+            "the liar swayed a vote"
+        );
+        assert_eq!(t.submissions, 3);
+    }
+    h.stop().await;
+}
