@@ -23,21 +23,26 @@ pub struct Client {
 impl Client {
     /// Connects, or fails with one clear line.
     pub async fn connect(url: &str, prefix: &str, api_key: Option<&str>) -> anyhow::Result<Self> {
-        let nats = async_nats::ConnectOptions::new()
+        let (bare, credentials) = protocol::auth::split_credentials(url);
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some((user, password)) = credentials {
+            options = options.user_and_password(user, password);
+        }
+        let nats = options
             .name("aimarket-cli")
             .connection_timeout(Duration::from_secs(3))
             .request_timeout(Some(REQUEST_TIMEOUT))
-            .connect(url)
+            .connect(bare.as_str())
             .await
             .map_err(|e| {
                 anyhow!(
-                    "cannot reach NATS at {url} ({e}). Start it with `make nats` (or `make dev` \
+                    "cannot reach NATS at {bare} ({e}). Start it with `make nats` (or `make dev` \
                      for NATS and a coordinator), or point --nats / NATS_URL at a running server"
                 )
             })?;
         Ok(Self {
             nats,
-            url: url.to_owned(),
+            url: bare.clone(),
             prefix: prefix.to_owned(),
             api_key: api_key.map(str::to_owned),
         })

@@ -102,10 +102,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         None => None,
     };
 
+    // For messages: never the password.
+    let nats_shown = protocol::auth::split_credentials(&config.nats_url).0;
     let client = connect(&config.nats_url)
         .await
         .map_err(|source| RunError::Connect {
-            url: config.nats_url.clone(),
+            url: nats_shown.clone(),
             source,
         })?;
     let background = tokio_util::task::TaskTracker::new();
@@ -134,7 +136,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         warn!(error = %e, "startup sweep failed");
     }
     info!(
-        nats = %config.nats_url,
+        nats = %nats_shown,
         lease_seconds = config.settings.lease_ms / 1000,
         heartbeat_ttl_seconds = config.settings.heartbeat_ttl_ms / 1000,
         "coordinator ready"
@@ -161,7 +163,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
 }
 
 async fn connect(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
-    async_nats::ConnectOptions::new()
+    let (url, credentials) = protocol::auth::split_credentials(url);
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some((user, password)) = credentials {
+        options = options.user_and_password(user, password);
+    }
+    options
         .name("aimarket-coordinator")
         .retry_on_initial_connect()
         .event_callback(|event| async move {

@@ -126,14 +126,19 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<Report, WorkerError> {
     let capabilities = capabilities(&config, model.as_ref())?;
-    let client = async_nats::ConnectOptions::new()
+    let (url, credentials) = protocol::auth::split_credentials(&config.nats_url);
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some((user, password)) = credentials {
+        options = options.user_and_password(user, password);
+    }
+    let client = options
         .name(format!("aimarket-worker-{}", config.worker_id))
         .retry_on_initial_connect()
         .request_timeout(Some(config.request_timeout))
-        .connect(&config.nats_url)
+        .connect(url.as_str())
         .await
         .map_err(|source| WorkerError::Connect {
-            url: config.nats_url.clone(),
+            url: url.clone(),
             source,
         })?;
     let worker = Worker {
@@ -300,7 +305,11 @@ impl Worker {
                 }
                 Err(CallError::Refused(e)) => warn!(error = %e, "coordinator unavailable"),
                 Err(CallError::Retry(why)) if !said => {
-                    info!(reason = %why, nats = %self.config.nats_url, "waiting for a coordinator");
+                    info!(
+                        reason = %why,
+                        nats = %protocol::auth::split_credentials(&self.config.nats_url).0,
+                        "waiting for a coordinator"
+                    );
                     said = true;
                 }
                 Err(CallError::Retry(_)) => {}
