@@ -9,7 +9,7 @@ BIN := target/debug/aimarket
 
 export NATS_URL
 
-.PHONY: all build setup nats dev worker demo test lint fmt clean
+.PHONY: all build setup nats dev worker demo test test-faults lint fmt clean
 
 all: build
 
@@ -41,6 +41,11 @@ demo: setup build
 test: setup
 	@scripts/setup.sh --browser
 	NATS_SERVER_BIN="$$(scripts/setup.sh)" $(CARGO) test --workspace
+
+## The fault suite alone, with its figures: crashes of workers, coordinator and nats-server
+## mid-run (also part of `make test`).
+test-faults: setup
+	NATS_SERVER_BIN="$$(scripts/setup.sh)" $(CARGO) test -p cli --test chaos --test faults -- --nocapture --test-threads 1
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -4,8 +4,7 @@
 
 mod common;
 
-use common::{acknowledged, wait_until, Cluster};
-use std::io::Write;
+use common::{check_ledger, wait_until, Cluster};
 use std::time::Duration;
 
 const QUICK: &[(&str, &str)] = &[
@@ -14,83 +13,13 @@ const QUICK: &[(&str, &str)] = &[
     ("REQUEUE_SWEEP_SECONDS", "1"),
 ];
 
-fn add_tasks(c: &Cluster, n: usize) {
-    let path = c.dir.path().join("tasks.txt");
-    let mut f = std::fs::File::create(&path).expect("tasks file");
-    for i in 0..n {
-        let mood = if i % 2 == 0 {
-            "wonderful, I love it"
-        } else {
-            "awful, I hate it"
-        };
-        writeln!(f, "review {i}: {mood}").expect("write");
-    }
-    let out = c.cli(&["task", "add", "--file", path.to_str().expect("utf8 path")]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The invariants that must hold once every task is final.
-fn check_ledger(c: &Cluster, tasks: i64, workers: &[&str]) {
-    assert_eq!(
-        c.count("SELECT COUNT(*) FROM task WHERE status = 'finalized'"),
-        tasks
-    );
-    assert_eq!(
-        c.count("SELECT COUNT(*) FROM task WHERE submissions != required OR active_leases != 0"),
-        0,
-        "a task with a wrong vote count or a live lease"
-    );
-    assert_eq!(
-        c.count("SELECT COUNT(*) FROM submission"),
-        c.count("SELECT SUM(required) FROM task"),
-        "submissions do not add up to what the tasks required"
-    );
-    assert_eq!(
-        c.count("SELECT COUNT(*) FROM (SELECT task_id, worker_id FROM submission GROUP BY 1, 2 HAVING COUNT(*) > 1)"),
-        0,
-        "a worker voted twice on a task"
-    );
-    assert_eq!(
-        c.count("SELECT COALESCE(SUM(points), 0) FROM worker_score"),
-        c.count("SELECT COUNT(*) FROM submission WHERE agreed"),
-        "points differ from agreeing submissions"
-    );
-    assert_eq!(
-        c.count("SELECT COUNT(*) FROM submission WHERE agreed IS NULL"),
-        0
-    );
-    // Every submission a worker saw acknowledged is in the store, on the lease it was made on.
-    let db = c.db();
-    let mut stmt = db
-        .prepare("SELECT COUNT(*) FROM submission WHERE task_id = ?1 AND lease_id = ?2")
-        .expect("prepare");
-    let mut acked = 0;
-    for w in workers {
-        for (task, lease) in acknowledged(&c.worker_log(w)) {
-            let n: i64 = stmt
-                .query_row([&task, &lease], |r| r.get(0))
-                .expect("query");
-            assert_eq!(
-                n, 1,
-                "worker {w}: acknowledged submission for {task} on {lease} is missing"
-            );
-            acked += 1;
-        }
-    }
-    assert!(acked > 0, "no acknowledgements in the worker logs");
-}
-
 #[test]
 fn a_worker_killed_while_holding_leases_loses_them_to_the_others() {
     let mut c = Cluster::start(QUICK);
     for w in ["a", "b", "doomed"] {
         c.start_worker(w, &["--batch", "16"]);
     }
-    add_tasks(&c, 300);
+    common::add_reviews(&c, 300);
     // Freeze the doomed worker at a moment it holds leases (a hung machine), then kill it.
     wait_until(
         "the doomed worker to be frozen holding leases",
@@ -136,7 +65,7 @@ fn a_coordinator_killed_mid_run_loses_nothing_it_acknowledged() {
     for w in ["a", "b", "c"] {
         c.start_worker(w, &["--batch", "4"]);
     }
-    add_tasks(&c, 200);
+    common::add_reviews(&c, 200);
     wait_until("some tasks to finalize", Duration::from_secs(60), || {
         c.count("SELECT COUNT(*) FROM task WHERE status = 'finalized'") >= 40
     });

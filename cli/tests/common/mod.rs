@@ -5,7 +5,6 @@
 
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -57,7 +56,14 @@ impl Cluster {
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(File::create(self.dir.path().join(log)).expect("log file"));
+            // Appended: a restarted process keeps its predecessor's log.
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.path().join(log))
+                    .expect("log file"),
+            );
         cmd
     }
 
@@ -232,6 +238,84 @@ pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Adds `n` sentiment tasks through `task add --file`: alternating clearly positive and clearly
+/// negative reviews, so honest workers agree.
+pub fn add_reviews(c: &Cluster, n: usize) {
+    use std::io::Write;
+    let path = c.dir.path().join(format!("tasks-{n}.txt"));
+    let mut f = std::fs::File::create(&path).expect("tasks file");
+    for i in 0..n {
+        let mood = if i % 2 == 0 {
+            "wonderful, I love it"
+        } else {
+            "awful, I hate it"
+        };
+        writeln!(f, "review {i}: {mood}").expect("write");
+    }
+    let out = c.cli(&["task", "add", "--file", path.to_str().expect("utf8 path")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The invariants that must hold once every task is final, whatever crashed on the way:
+/// every task finalized once with exactly its required votes from distinct workers, every
+/// acknowledged submission stored, points equal to agreeing submissions. Returns how many
+/// acknowledgements the worker logs hold.
+pub fn check_ledger(c: &Cluster, tasks: i64, workers: &[&str]) -> usize {
+    assert_eq!(
+        c.count("SELECT COUNT(*) FROM task WHERE status = 'finalized'"),
+        tasks
+    );
+    assert_eq!(
+        c.count("SELECT COUNT(*) FROM task WHERE submissions != required OR active_leases != 0"),
+        0,
+        "a task with a wrong vote count or a live lease"
+    );
+    assert_eq!(
+        c.count("SELECT COUNT(*) FROM submission"),
+        c.count("SELECT SUM(required) FROM task"),
+        "submissions do not add up to what the tasks required"
+    );
+    assert_eq!(
+        c.count(
+            "SELECT COUNT(*) FROM (SELECT task_id, worker_id FROM submission GROUP BY 1, 2 HAVING COUNT(*) > 1)"
+        ),
+        0,
+        "a worker voted twice on a task"
+    );
+    assert_eq!(
+        c.count("SELECT COALESCE(SUM(points), 0) FROM worker_score"),
+        c.count("SELECT COUNT(*) FROM submission WHERE agreed"),
+        "points differ from agreeing submissions"
+    );
+    assert_eq!(
+        c.count("SELECT COUNT(*) FROM submission WHERE agreed IS NULL"),
+        0
+    );
+    let db = c.db();
+    let mut stmt = db
+        .prepare("SELECT COUNT(*) FROM submission WHERE task_id = ?1 AND lease_id = ?2")
+        .expect("prepare");
+    let mut acked = 0;
+    for w in workers {
+        for (task, lease) in acknowledged(&c.worker_log(w)) {
+            let n: i64 = stmt
+                .query_row([&task, &lease], |r| r.get(0))
+                .expect("query");
+            assert_eq!(
+                n, 1,
+                "worker {w}: acknowledged submission for {task} on {lease} is missing"
+            );
+            acked += 1;
+        }
+    }
+    assert!(acked > 0, "no acknowledgements in the worker logs");
+    acked
 }
 
 /// Every (task id, lease id) a worker's log says the coordinator acknowledged.
