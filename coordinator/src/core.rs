@@ -16,7 +16,7 @@ use protocol::messages::{
 };
 use protocol::{TaskId, TaskStatus, TaskType, WorkerId};
 use rusqlite::{Connection, TransactionBehavior};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -29,6 +29,9 @@ pub struct Core {
     effects: mpsc::UnboundedSender<Effect>,
     metrics: Arc<Metrics>,
     auth: Arc<Auth>,
+    /// Why the last write failed for want of disk, permissions or I/O; cleared by the next
+    /// write that succeeds.
+    unhealthy: Arc<Mutex<Option<String>>>,
 }
 
 impl Core {
@@ -42,6 +45,7 @@ impl Core {
                 effects: tx,
                 metrics: Arc::new(Metrics::new()),
                 auth: Arc::new(Auth::default()),
+                unhealthy: Arc::default(),
             },
             rx,
         )
@@ -141,7 +145,7 @@ impl Core {
         F: FnOnce(&Connection, &mut Ctx) -> Result<T, CoreError> + Send + 'static,
     {
         let settings = self.settings;
-        let (out, effects) = self
+        let result = self
             .store
             .conn()
             .call(move |conn| {
@@ -151,7 +155,9 @@ impl Core {
                 tx.commit()?;
                 Ok::<_, CoreError>((out, ctx.effects))
             })
-            .await?;
+            .await
+            .map_err(CoreError::from);
+        let (out, effects) = self.note_health(result)?;
         for effect in effects {
             // Logged here, after the commit, so the log never shows a finalization that a crash
             // rolled back.
@@ -177,6 +183,44 @@ impl Core {
             let _ = self.effects.send(effect);
         }
         Ok(out)
+    }
+
+    /// Records whether the store is writable, from a write's result.
+    fn note_health<T>(&self, result: Result<T, CoreError>) -> Result<T, CoreError> {
+        let mut unhealthy = self.unhealthy.lock().expect("health lock");
+        match &result {
+            Err(e) if e.code() == protocol::ErrorCode::Unavailable => {
+                if unhealthy.is_none() {
+                    tracing::error!(error = %e, "store cannot write; refusing changes until it can");
+                }
+                *unhealthy = Some(e.to_string());
+            }
+            Ok(_) if unhealthy.is_some() => {
+                tracing::info!("store writable again");
+                *unhealthy = None;
+            }
+            _ => {}
+        }
+        result
+    }
+
+    /// Whether the store serves: after a failed write, a probe write must succeed too.
+    ///
+    /// # Errors
+    /// The store's error, when it cannot read, or cannot write since a write failed.
+    pub async fn health(&self) -> Result<(), CoreError> {
+        let failing = self.unhealthy.lock().expect("health lock").is_some();
+        if failing {
+            self.write(|c, ctx| {
+                c.execute(
+                    "INSERT OR REPLACE INTO health_probe (id, at) VALUES (1, ?1)",
+                    [ctx.now],
+                )?;
+                Ok(())
+            })
+            .await?;
+        }
+        self.ping().await
     }
 
     async fn read<T, F>(&self, op: F) -> Result<T, CoreError>

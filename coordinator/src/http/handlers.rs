@@ -37,7 +37,7 @@ fn api_key(headers: &HeaderMap) -> Option<&str> {
 
 /// `GET /health`: `{"ok": true}`, or 503 when the store does not answer.
 pub async fn health(State(core): State<Core>) -> Response {
-    match core.ping().await {
+    match core.health().await {
         Ok(()) => Json(json!({ "ok": true })).into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,

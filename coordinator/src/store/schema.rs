@@ -81,6 +81,13 @@ CREATE TABLE worker_token (
     created_at INTEGER NOT NULL
 );
 "#,
+    r#"
+-- One row, rewritten by /health after a failed write, to learn whether writes work again.
+CREATE TABLE health_probe (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at INTEGER NOT NULL
+);
+"#,
 ];
 
 /// The schema version this build writes.
