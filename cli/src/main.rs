@@ -55,6 +55,8 @@ enum Command {
     /// Operations on the coordinator's state.
     #[command(subcommand)]
     Ops(commands::ops::OpsCommand),
+    /// Measure throughput and latency (starts its own nats-server and coordinator).
+    Bench(commands::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -99,6 +101,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Workers => commands::views::workers(&ctx).await,
         Command::Stats => commands::views::stats(&ctx).await,
         Command::Ops(cmd) => commands::ops::run(&ctx, cmd).await,
+        Command::Bench(args) => commands::bench::run(&ctx, args).await,
     }
 }
 

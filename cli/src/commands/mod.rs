@@ -1,5 +1,6 @@
 //! One module per command group.
 
+pub mod bench;
 pub mod coordinator;
 pub mod ops;
 pub mod task;

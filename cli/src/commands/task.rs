@@ -145,7 +145,7 @@ async fn add(ctx: &Ctx, client: &Client, args: AddArgs) -> anyhow::Result<()> {
 }
 
 /// Reads one task per non-empty line: JSON objects, or plain text.
-fn read_tasks(path: &PathBuf, defaults: &NewTask) -> anyhow::Result<Vec<NewTask>> {
+pub(crate) fn read_tasks(path: &PathBuf, defaults: &NewTask) -> anyhow::Result<Vec<NewTask>> {
     let content = if path.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin()).context("reading standard input")?
     } else {
@@ -173,7 +173,7 @@ fn read_tasks(path: &PathBuf, defaults: &NewTask) -> anyhow::Result<Vec<NewTask>
 }
 
 /// Sends tasks in batches, with a progress bar when there are many.
-async fn add_all(client: &Client, tasks: Vec<NewTask>) -> anyhow::Result<Vec<TaskId>> {
+pub(crate) async fn add_all(client: &Client, tasks: Vec<NewTask>) -> anyhow::Result<Vec<TaskId>> {
     let bar = progress(tasks.len() as u64, "adding", tasks.len() > BATCH_TASKS);
     let mut ids = Vec::with_capacity(tasks.len());
     let mut batch = Vec::new();

@@ -1,0 +1,448 @@
+//! `aimarket bench`: like `nats bench` or `redis-benchmark`. Starts nats-server and a coordinator
+//! (or uses running ones with `--connect`), measures the bulk `task add` rate, drives W workers
+//! with an instant model through N tasks, and reports finalized tasks/s, submissions/s, lease and
+//! submit round trips (p50/p99/p999), and the coordinator's CPU and peak RSS. `--depth K` also
+//! measures lease latency with K tasks queued.
+
+use super::Ctx;
+use crate::client::Client;
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use protocol::messages::{
+    encode, ApiOp, LeaseReply, LeaseRequest, NewTask, ReleaseReply, ReleaseRequest,
+    StatsReply, SubmitReply, SubmitRequest, Empty,
+};
+use protocol::{reply, subject, TaskType, WorkerId};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Benchmark parameters.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Tasks to finalize under load.
+    #[arg(long, default_value_t = 20_000)]
+    tasks: u64,
+    /// Workers driving the load.
+    #[arg(long, default_value_t = 3)]
+    workers: u32,
+    /// Submissions each task needs.
+    #[arg(long, default_value_t = 3)]
+    required: u32,
+    /// Leases a worker asks for at once.
+    #[arg(long, default_value_t = 32)]
+    batch: u32,
+    /// Texts for the bulk `task add --file` measurement (0 skips it).
+    #[arg(long, default_value_t = 100_000)]
+    bulk: u64,
+    /// Also measure lease latency with this many tasks queued (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    depth: u64,
+    /// Use the NATS server and coordinator at --nats instead of starting them.
+    #[arg(long)]
+    connect: bool,
+}
+
+/// What a run measured.
+#[derive(Debug, Serialize)]
+struct Report {
+    tasks: u64,
+    workers: u32,
+    required: u32,
+    batch: u32,
+    finalized_per_sec: f64,
+    submissions_per_sec: f64,
+    lease_rtt_us: Percentiles,
+    submit_rtt_us: Percentiles,
+    bulk_add: Option<Rate>,
+    depth: Option<DepthReport>,
+    coordinator_cpu_cores: Option<f64>,
+    coordinator_peak_rss_mb: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Percentiles {
+    p50: u64,
+    p99: u64,
+    p999: u64,
+    max: u64,
+    count: u64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Self {
+        Self {
+            p50: h.value_at_quantile(0.5),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+            count: h.len(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Rate {
+    tasks: u64,
+    seconds: f64,
+    per_sec: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct DepthReport {
+    queued: u64,
+    fill: Rate,
+    lease_rtt_us: Percentiles,
+}
+
+/// Runs the benchmark.
+pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.tasks > 0 && args.workers > 0, "--tasks and --workers must be positive");
+    anyhow::ensure!(
+        args.workers >= args.required,
+        "--workers ({}) must be at least --required ({}): a task needs distinct workers",
+        args.workers,
+        args.required
+    );
+    let stack = if args.connect {
+        None
+    } else {
+        Some(Stack::start(&ctx.prefix)?)
+    };
+    let nats_url = stack.as_ref().map_or_else(|| ctx.nats.clone(), |s| s.url.clone());
+    let client = Client::connect(&nats_url, &ctx.prefix, ctx.api_key.as_deref()).await?;
+    wait_ready(&client).await?;
+    let cpu_before = stack.as_ref().and_then(|s| cpu_ticks(s.coordinator.id()));
+
+    let bulk = if args.bulk > 0 {
+        eprintln!("bench: bulk add of {} texts through `task add --file`", args.bulk);
+        Some(bulk_add(&client, args.bulk, stack.as_ref().map(|s| s.dir.path())).await?)
+    } else {
+        None
+    };
+
+    eprintln!("bench: {} tasks x {} votes, {} workers, batch {}", args.tasks, args.required, args.workers, args.batch);
+    let (finalized_per_sec, submissions_per_sec, lease_h, submit_h) = load(&client, &args).await?;
+
+    let depth = if args.depth > 0 {
+        eprintln!("bench: lease latency with {} tasks queued", args.depth);
+        Some(depth(&client, args.depth).await?)
+    } else {
+        None
+    };
+
+    let (cpu, rss) = match &stack {
+        Some(s) => {
+            let pid = s.coordinator.id();
+            let cpu = cpu_before
+                .zip(cpu_ticks(pid))
+                .map(|(before, after)| (after - before) as f64 / 100.0 / s.started.elapsed().as_secs_f64());
+            (cpu, peak_rss_mb(pid))
+        }
+        None => (None, None),
+    };
+    let report = Report {
+        tasks: args.tasks,
+        workers: args.workers,
+        required: args.required,
+        batch: args.batch,
+        finalized_per_sec,
+        submissions_per_sec,
+        lease_rtt_us: Percentiles::of(&lease_h),
+        submit_rtt_us: Percentiles::of(&submit_h),
+        bulk_add: bulk,
+        depth,
+        coordinator_cpu_cores: cpu,
+        coordinator_peak_rss_mb: rss,
+    };
+    drop(stack);
+    if ctx.json {
+        return crate::output::json(&report);
+    }
+    print(&report);
+    Ok(())
+}
+
+fn print(r: &Report) {
+    let mut t = crate::output::table(["metric", "value"]);
+    let pct = |p: &Percentiles| format!("p50 {} µs, p99 {} µs, p999 {} µs (n={})", p.p50, p.p99, p.p999, p.count);
+    t.add_row(vec!["finalized tasks/s".into(), format!("{:.0}", r.finalized_per_sec)]);
+    t.add_row(vec!["submissions/s".into(), format!("{:.0}", r.submissions_per_sec)]);
+    t.add_row(vec!["lease round trip".into(), pct(&r.lease_rtt_us)]);
+    t.add_row(vec!["submit round trip".into(), pct(&r.submit_rtt_us)]);
+    if let Some(b) = &r.bulk_add {
+        t.add_row(vec!["bulk task add".into(), format!("{:.0} tasks/s ({} in {:.2} s)", b.per_sec, b.tasks, b.seconds)]);
+    }
+    if let Some(d) = &r.depth {
+        t.add_row(vec![format!("lease at depth {}", d.queued), pct(&d.lease_rtt_us)]);
+    }
+    t.add_row(vec!["coordinator CPU".into(), r.coordinator_cpu_cores.map_or("-".into(), |c| format!("{c:.2} cores"))]);
+    t.add_row(vec!["coordinator peak RSS".into(), r.coordinator_peak_rss_mb.map_or("-".into(), |m| format!("{m:.1} MB"))]);
+    println!("{t}");
+}
+
+/// nats-server and a coordinator started for the run, stopped on drop.
+struct Stack {
+    nats: Child,
+    coordinator: Child,
+    url: String,
+    dir: tempfile::TempDir,
+    started: Instant,
+}
+
+impl Stack {
+    fn start(prefix: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir().context("temp dir")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let nats = Command::new(nats_server()?)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nats-server")?;
+        let url = format!("nats://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "nats-server did not start on port {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let coordinator = Command::new(std::env::current_exe()?)
+            .args(["coordinator", "--http", "off", "--db"])
+            .arg(dir.path().join("bench.db"))
+            .env("NATS_URL", &url)
+            .env("AIMARKET_PREFIX", prefix)
+            .env("RUST_LOG", "warn")
+            .env_remove("AIMARKET_API_KEY")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("coordinator.log"))?)
+            .spawn()
+            .context("starting the coordinator")?;
+        Ok(Self {
+            nats,
+            coordinator,
+            url,
+            dir,
+            started: Instant::now(),
+        })
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for child in [&mut self.coordinator, &mut self.nats] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn nats_server() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
+        return Ok(p.into());
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/sbin".into(), "/usr/local/bin".into()]);
+    dirs.into_iter()
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.is_file())
+        .context("nats-server not found: run scripts/setup.sh, or pass --connect")
+}
+
+async fn wait_ready(client: &Client) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match client.call::<_, StatsReply>(ApiOp::Stats, &Empty {}).await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e.context("the coordinator never answered")),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// The `task add --file` path, on a file of `n` texts.
+async fn bulk_add(client: &Client, n: u64, dir: Option<&std::path::Path>) -> anyhow::Result<Rate> {
+    let tmp = tempfile::tempdir()?;
+    let path = dir.unwrap_or(tmp.path()).join("bulk.jsonl");
+    let mut text = String::with_capacity(n as usize * 60);
+    for i in 0..n {
+        text.push_str(&format!("{{\"text\": \"bulk review {i}: decent value\", \"type\": \"bench-bulk\"}}\n"));
+    }
+    std::fs::write(&path, text)?;
+    let started = Instant::now();
+    let tasks = super::task::read_tasks(&path, &NewTask::text(""))?;
+    let ids = super::task::add_all(client, tasks).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Rate {
+        tasks: ids.len() as u64,
+        seconds,
+        per_sec: ids.len() as f64 / seconds,
+    })
+}
+
+/// The instant model: a label every worker agrees on, from the text alone.
+fn instant_label(text: &str) -> &'static str {
+    if text.len() % 2 == 0 {
+        "positive"
+    } else {
+        "negative"
+    }
+}
+
+async fn load(client: &Client, args: &Args) -> anyhow::Result<(f64, f64, Histogram<u64>, Histogram<u64>)> {
+    let tasks: Vec<NewTask> = (0..args.tasks)
+        .map(|i| NewTask {
+            required_submissions: Some(args.required),
+            ..NewTask::text(format!("load review {i}"))
+        })
+        .collect();
+    super::task::add_all(client, tasks).await?;
+    let finalized = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut drivers = Vec::new();
+    for w in 0..args.workers {
+        let (nats, prefix) = (client.nats().clone(), client.prefix().to_owned());
+        let (finalized, total, batch) = (finalized.clone(), args.tasks, args.batch);
+        drivers.push(tokio::spawn(async move {
+            drive(nats, prefix, WorkerId::new(format!("bench-{w}"))?, batch, finalized, total).await
+        }));
+    }
+    let mut lease_h = Histogram::<u64>::new(3)?;
+    let mut submit_h = Histogram::<u64>::new(3)?;
+    for d in drivers {
+        let (l, s) = d.await??;
+        lease_h.add(l)?;
+        submit_h.add(s)?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let done = finalized.load(Ordering::Relaxed);
+    Ok((
+        done as f64 / seconds,
+        (done * u64::from(args.required)) as f64 / seconds,
+        lease_h,
+        submit_h,
+    ))
+}
+
+/// One worker's loop: lease a batch, answer instantly, submit the batch concurrently.
+async fn drive(
+    nats: async_nats::Client,
+    prefix: String,
+    worker: WorkerId,
+    batch: u32,
+    finalized: Arc<AtomicU64>,
+    total: u64,
+) -> anyhow::Result<(Histogram<u64>, Histogram<u64>)> {
+    let mut lease_h = Histogram::<u64>::new(3)?;
+    let mut submit_h = Histogram::<u64>::new(3)?;
+    let req = encode(&LeaseRequest {
+        worker_id: worker.clone(),
+        capabilities: vec![TaskType::sentiment()],
+        max_tasks: batch,
+        task_id: None,
+        model: Some("bench/instant".into()),
+    });
+    while finalized.load(Ordering::Relaxed) < total {
+        let t = Instant::now();
+        let msg = nats.request(subject::lease(&prefix), req.clone().into()).await?;
+        lease_h.record(t.elapsed().as_micros() as u64)?;
+        let leases: LeaseReply = reply::decode(&msg.payload)?.map_err(|e| anyhow::anyhow!("lease: {e}"))?;
+        if leases.leases.is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        let submits = leases.leases.iter().map(|l| {
+            let body = encode(&SubmitRequest {
+                lease_id: l.lease_id,
+                worker_id: worker.clone(),
+                label: instant_label(&l.text).into(),
+                confidence: 0.9,
+                model: Some("bench/instant".into()),
+            });
+            let (nats, subject) = (nats.clone(), subject::submit(&prefix, &l.task_id));
+            async move {
+                let t = Instant::now();
+                let msg = nats.request(subject, body.into()).await?;
+                let rtt = t.elapsed();
+                let ack: SubmitReply = reply::decode(&msg.payload)?.map_err(|e| anyhow::anyhow!("submit: {e}"))?;
+                anyhow::Ok((rtt, ack.finalized && !ack.duplicate))
+            }
+        });
+        for r in futures::future::join_all(submits).await {
+            let (rtt, closed) = r?;
+            submit_h.record(rtt.as_micros() as u64)?;
+            if closed {
+                finalized.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    Ok((lease_h, submit_h))
+}
+
+/// Lease latency with `k` tasks queued: single leases by a probe worker, each released at once so
+/// the depth stays `k`.
+async fn depth(client: &Client, k: u64) -> anyhow::Result<DepthReport> {
+    let started = Instant::now();
+    let kind = TaskType::new("bench-depth")?;
+    let mut added = 0;
+    while added < k {
+        let n = (k - added).min(10_000);
+        let tasks = (0..n)
+            .map(|i| NewTask {
+                task_type: Some(kind.clone()),
+                ..NewTask::text(format!("queued {}", added + i))
+            })
+            .collect();
+        super::task::add_all(client, tasks).await?;
+        added += n;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let fill = Rate { tasks: k, seconds, per_sec: k as f64 / seconds };
+    let nats = client.nats();
+    let worker = WorkerId::new("bench-probe")?;
+    let req = encode(&LeaseRequest {
+        worker_id: worker.clone(),
+        capabilities: vec![kind],
+        max_tasks: 1,
+        task_id: None,
+        model: None,
+    });
+    let mut h = Histogram::<u64>::new(3)?;
+    for _ in 0..2000 {
+        let t = Instant::now();
+        let msg = nats.request(subject::lease(client.prefix()), req.clone().into()).await?;
+        h.record(t.elapsed().as_micros() as u64)?;
+        let leases: LeaseReply = reply::decode(&msg.payload)?.map_err(|e| anyhow::anyhow!("lease: {e}"))?;
+        let Some(l) = leases.leases.first() else { bail!("no task at depth {k}") };
+        let release = encode(&ReleaseRequest { worker_id: worker.clone(), lease_ids: vec![l.lease_id], offline: false });
+        let msg = nats.request(subject::lease_release(client.prefix()), release.into()).await?;
+        let _: ReleaseReply = reply::decode(&msg.payload)?.map_err(|e| anyhow::anyhow!("release: {e}"))?;
+    }
+    Ok(DepthReport { queued: k, fill, lease_rtt_us: Percentiles::of(&h) })
+}
+
+/// utime + stime of a process, in clock ticks (USER_HZ, 100 on Linux).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Peak resident set (VmHWM), in MB.
+fn peak_rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
