@@ -1,12 +1,14 @@
-//! [`Core`]: the coordinator's operations as async methods. Each write runs in one transaction on
-//! the store's thread; its effects (announcements, task events) are handed to the publisher only
-//! after the commit. Both adapters (NATS, HTTP) call these same methods.
+//! [`Core`]: the coordinator's operations as async methods. Each write runs in its own savepoint
+//! inside a group-committed transaction on the store's thread ([`crate::store::group`]); its reply
+//! and its effects (announcements, task events) are released only after the commit. Both
+//! adapters (NATS, HTTP) call these same methods.
 
 use crate::auth::Auth;
 use crate::error::CoreError;
 use crate::metrics::Metrics;
 use crate::ops::submit::Submission;
 use crate::ops::{self, Ctx, Effect, Settings};
+use crate::store::group::Writer;
 use crate::store::Store;
 use protocol::messages::{
     ApiOp, Heartbeat, HeartbeatReply, LeaderboardReply, Lease, LeaseReply, LeaseRequest,
@@ -15,7 +17,7 @@ use protocol::messages::{
     WorkerTokenReply, WorkerTokenRevoked, WorkersReply,
 };
 use protocol::{TaskId, TaskStatus, TaskType, WorkerId};
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -25,6 +27,7 @@ use tracing::{info, warn};
 #[derive(Clone)]
 pub struct Core {
     store: Store,
+    writer: Writer,
     settings: Settings,
     effects: mpsc::UnboundedSender<Effect>,
     metrics: Arc<Metrics>,
@@ -36,10 +39,12 @@ pub struct Core {
 
 impl Core {
     /// A core over `store`; effects of committed operations arrive on the returned receiver.
+    /// Starts the group-commit writer, so it must be called within a tokio runtime.
     pub fn new(store: Store, settings: Settings) -> (Self, mpsc::UnboundedReceiver<Effect>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (
             Self {
+                writer: Writer::start(store.clone(), settings, now_ms),
                 store,
                 settings,
                 effects: tx,
@@ -144,19 +149,7 @@ impl Core {
         T: Send + 'static,
         F: FnOnce(&Connection, &mut Ctx) -> Result<T, CoreError> + Send + 'static,
     {
-        let settings = self.settings;
-        let result = self
-            .store
-            .conn()
-            .call(move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let mut ctx = Ctx::new(now_ms(), settings);
-                let out = op(&tx, &mut ctx)?;
-                tx.commit()?;
-                Ok::<_, CoreError>((out, ctx.effects))
-            })
-            .await
-            .map_err(CoreError::from);
+        let result = self.writer.write(op).await;
         let (out, effects) = self.note_health(result)?;
         for effect in effects {
             // Logged here, after the commit, so the log never shows a finalization that a crash

@@ -48,10 +48,12 @@ fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = runtime
-            .block_on(Store::open(&dir.path().join("fuzz.db")))
-            .expect("store");
-        let (core, effects) = Core::new(store, Settings::default());
+        let (core, effects) = runtime.block_on(async {
+            let store = Store::open(&dir.path().join("fuzz.db"))
+                .await
+                .expect("store");
+            Core::new(store, Settings::default())
+        });
         // Nobody publishes effects here; drop them.
         drop(effects);
         Fixture {

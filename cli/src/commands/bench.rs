@@ -9,8 +9,8 @@ use crate::client::Client;
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use protocol::messages::{
-    encode, ApiOp, LeaseReply, LeaseRequest, NewTask, ReleaseReply, ReleaseRequest,
-    StatsReply, SubmitReply, SubmitRequest, Empty,
+    encode, ApiOp, Empty, LeaseReply, LeaseRequest, NewTask, ReleaseReply, ReleaseRequest,
+    StatsReply, SubmitReply, SubmitRequest,
 };
 use protocol::{reply, subject, TaskType, WorkerId};
 use serde::Serialize;
@@ -100,7 +100,10 @@ struct DepthReport {
 
 /// Runs the benchmark.
 pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
-    anyhow::ensure!(args.tasks > 0 && args.workers > 0, "--tasks and --workers must be positive");
+    anyhow::ensure!(
+        args.tasks > 0 && args.workers > 0,
+        "--tasks and --workers must be positive"
+    );
     anyhow::ensure!(
         args.workers >= args.required,
         "--workers ({}) must be at least --required ({}): a task needs distinct workers",
@@ -112,19 +115,27 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     } else {
         Some(Stack::start(&ctx.prefix)?)
     };
-    let nats_url = stack.as_ref().map_or_else(|| ctx.nats.clone(), |s| s.url.clone());
+    let nats_url = stack
+        .as_ref()
+        .map_or_else(|| ctx.nats.clone(), |s| s.url.clone());
     let client = Client::connect(&nats_url, &ctx.prefix, ctx.api_key.as_deref()).await?;
     wait_ready(&client).await?;
     let cpu_before = stack.as_ref().and_then(|s| cpu_ticks(s.coordinator.id()));
 
     let bulk = if args.bulk > 0 {
-        eprintln!("bench: bulk add of {} texts through `task add --file`", args.bulk);
+        eprintln!(
+            "bench: bulk add of {} texts through `task add --file`",
+            args.bulk
+        );
         Some(bulk_add(&client, args.bulk, stack.as_ref().map(|s| s.dir.path())).await?)
     } else {
         None
     };
 
-    eprintln!("bench: {} tasks x {} votes, {} workers, batch {}", args.tasks, args.required, args.workers, args.batch);
+    eprintln!(
+        "bench: {} tasks x {} votes, {} workers, batch {}",
+        args.tasks, args.required, args.workers, args.batch
+    );
     let (finalized_per_sec, submissions_per_sec, lease_h, submit_h) = load(&client, &args).await?;
 
     let depth = if args.depth > 0 {
@@ -137,9 +148,9 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     let (cpu, rss) = match &stack {
         Some(s) => {
             let pid = s.coordinator.id();
-            let cpu = cpu_before
-                .zip(cpu_ticks(pid))
-                .map(|(before, after)| (after - before) as f64 / 100.0 / s.started.elapsed().as_secs_f64());
+            let cpu = cpu_before.zip(cpu_ticks(pid)).map(|(before, after)| {
+                (after - before) as f64 / 100.0 / s.started.elapsed().as_secs_f64()
+            });
             (cpu, peak_rss_mb(pid))
         }
         None => (None, None),
@@ -168,19 +179,47 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
 
 fn print(r: &Report) {
     let mut t = crate::output::table(["metric", "value"]);
-    let pct = |p: &Percentiles| format!("p50 {} µs, p99 {} µs, p999 {} µs (n={})", p.p50, p.p99, p.p999, p.count);
-    t.add_row(vec!["finalized tasks/s".into(), format!("{:.0}", r.finalized_per_sec)]);
-    t.add_row(vec!["submissions/s".into(), format!("{:.0}", r.submissions_per_sec)]);
+    let pct = |p: &Percentiles| {
+        format!(
+            "p50 {} µs, p99 {} µs, p999 {} µs (n={})",
+            p.p50, p.p99, p.p999, p.count
+        )
+    };
+    t.add_row(vec![
+        "finalized tasks/s".into(),
+        format!("{:.0}", r.finalized_per_sec),
+    ]);
+    t.add_row(vec![
+        "submissions/s".into(),
+        format!("{:.0}", r.submissions_per_sec),
+    ]);
     t.add_row(vec!["lease round trip".into(), pct(&r.lease_rtt_us)]);
     t.add_row(vec!["submit round trip".into(), pct(&r.submit_rtt_us)]);
     if let Some(b) = &r.bulk_add {
-        t.add_row(vec!["bulk task add".into(), format!("{:.0} tasks/s ({} in {:.2} s)", b.per_sec, b.tasks, b.seconds)]);
+        t.add_row(vec![
+            "bulk task add".into(),
+            format!(
+                "{:.0} tasks/s ({} in {:.2} s)",
+                b.per_sec, b.tasks, b.seconds
+            ),
+        ]);
     }
     if let Some(d) = &r.depth {
-        t.add_row(vec![format!("lease at depth {}", d.queued), pct(&d.lease_rtt_us)]);
+        t.add_row(vec![
+            format!("lease at depth {}", d.queued),
+            pct(&d.lease_rtt_us),
+        ]);
     }
-    t.add_row(vec!["coordinator CPU".into(), r.coordinator_cpu_cores.map_or("-".into(), |c| format!("{c:.2} cores"))]);
-    t.add_row(vec!["coordinator peak RSS".into(), r.coordinator_peak_rss_mb.map_or("-".into(), |m| format!("{m:.1} MB"))]);
+    t.add_row(vec![
+        "coordinator CPU".into(),
+        r.coordinator_cpu_cores
+            .map_or("-".into(), |c| format!("{c:.2} cores")),
+    ]);
+    t.add_row(vec![
+        "coordinator peak RSS".into(),
+        r.coordinator_peak_rss_mb
+            .map_or("-".into(), |m| format!("{m:.1} MB")),
+    ]);
     println!("{t}");
 }
 
@@ -196,7 +235,9 @@ struct Stack {
 impl Stack {
     fn start(prefix: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("temp dir")?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let nats = Command::new(nats_server()?)
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
@@ -206,7 +247,10 @@ impl Stack {
         let url = format!("nats://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "nats-server did not start on port {port}");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "nats-server did not start on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         let coordinator = Command::new(std::env::current_exe()?)
@@ -258,7 +302,9 @@ async fn wait_ready(client: &Client) -> anyhow::Result<()> {
     loop {
         match client.call::<_, StatsReply>(ApiOp::Stats, &Empty {}).await {
             Ok(_) => return Ok(()),
-            Err(e) if Instant::now() > deadline => return Err(e.context("the coordinator never answered")),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e.context("the coordinator never answered"))
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
@@ -270,7 +316,9 @@ async fn bulk_add(client: &Client, n: u64, dir: Option<&std::path::Path>) -> any
     let path = dir.unwrap_or(tmp.path()).join("bulk.jsonl");
     let mut text = String::with_capacity(n as usize * 60);
     for i in 0..n {
-        text.push_str(&format!("{{\"text\": \"bulk review {i}: decent value\", \"type\": \"bench-bulk\"}}\n"));
+        text.push_str(&format!(
+            "{{\"text\": \"bulk review {i}: decent value\", \"type\": \"bench-bulk\"}}\n"
+        ));
     }
     std::fs::write(&path, text)?;
     let started = Instant::now();
@@ -293,7 +341,10 @@ fn instant_label(text: &str) -> &'static str {
     }
 }
 
-async fn load(client: &Client, args: &Args) -> anyhow::Result<(f64, f64, Histogram<u64>, Histogram<u64>)> {
+async fn load(
+    client: &Client,
+    args: &Args,
+) -> anyhow::Result<(f64, f64, Histogram<u64>, Histogram<u64>)> {
     let tasks: Vec<NewTask> = (0..args.tasks)
         .map(|i| NewTask {
             required_submissions: Some(args.required),
@@ -308,7 +359,15 @@ async fn load(client: &Client, args: &Args) -> anyhow::Result<(f64, f64, Histogr
         let (nats, prefix) = (client.nats().clone(), client.prefix().to_owned());
         let (finalized, total, batch) = (finalized.clone(), args.tasks, args.batch);
         drivers.push(tokio::spawn(async move {
-            drive(nats, prefix, WorkerId::new(format!("bench-{w}"))?, batch, finalized, total).await
+            drive(
+                nats,
+                prefix,
+                WorkerId::new(format!("bench-{w}"))?,
+                batch,
+                finalized,
+                total,
+            )
+            .await
         }));
     }
     let mut lease_h = Histogram::<u64>::new(3)?;
@@ -348,9 +407,12 @@ async fn drive(
     });
     while finalized.load(Ordering::Relaxed) < total {
         let t = Instant::now();
-        let msg = nats.request(subject::lease(&prefix), req.clone().into()).await?;
+        let msg = nats
+            .request(subject::lease(&prefix), req.clone().into())
+            .await?;
         lease_h.record(t.elapsed().as_micros() as u64)?;
-        let leases: LeaseReply = reply::decode(&msg.payload)?.map_err(|e| anyhow::anyhow!("lease: {e}"))?;
+        let leases: LeaseReply =
+            reply::decode(&msg.payload)?.map_err(|e| anyhow::anyhow!("lease: {e}"))?;
         if leases.leases.is_empty() {
             tokio::time::sleep(Duration::from_millis(1)).await;
             continue;
@@ -368,7 +430,8 @@ async fn drive(
                 let t = Instant::now();
                 let msg = nats.request(subject, body.into()).await?;
                 let rtt = t.elapsed();
-                let ack: SubmitReply = reply::decode(&msg.payload)?.map_err(|e| anyhow::anyhow!("submit: {e}"))?;
+                let ack: SubmitReply =
+                    reply::decode(&msg.payload)?.map_err(|e| anyhow::anyhow!("submit: {e}"))?;
                 anyhow::Ok((rtt, ack.finalized && !ack.duplicate))
             }
         });
@@ -401,7 +464,11 @@ async fn depth(client: &Client, k: u64) -> anyhow::Result<DepthReport> {
         added += n;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let fill = Rate { tasks: k, seconds, per_sec: k as f64 / seconds };
+    let fill = Rate {
+        tasks: k,
+        seconds,
+        per_sec: k as f64 / seconds,
+    };
     let nats = client.nats();
     let worker = WorkerId::new("bench-probe")?;
     let req = encode(&LeaseRequest {
@@ -414,15 +481,31 @@ async fn depth(client: &Client, k: u64) -> anyhow::Result<DepthReport> {
     let mut h = Histogram::<u64>::new(3)?;
     for _ in 0..2000 {
         let t = Instant::now();
-        let msg = nats.request(subject::lease(client.prefix()), req.clone().into()).await?;
+        let msg = nats
+            .request(subject::lease(client.prefix()), req.clone().into())
+            .await?;
         h.record(t.elapsed().as_micros() as u64)?;
-        let leases: LeaseReply = reply::decode(&msg.payload)?.map_err(|e| anyhow::anyhow!("lease: {e}"))?;
-        let Some(l) = leases.leases.first() else { bail!("no task at depth {k}") };
-        let release = encode(&ReleaseRequest { worker_id: worker.clone(), lease_ids: vec![l.lease_id], offline: false });
-        let msg = nats.request(subject::lease_release(client.prefix()), release.into()).await?;
-        let _: ReleaseReply = reply::decode(&msg.payload)?.map_err(|e| anyhow::anyhow!("release: {e}"))?;
+        let leases: LeaseReply =
+            reply::decode(&msg.payload)?.map_err(|e| anyhow::anyhow!("lease: {e}"))?;
+        let Some(l) = leases.leases.first() else {
+            bail!("no task at depth {k}")
+        };
+        let release = encode(&ReleaseRequest {
+            worker_id: worker.clone(),
+            lease_ids: vec![l.lease_id],
+            offline: false,
+        });
+        let msg = nats
+            .request(subject::lease_release(client.prefix()), release.into())
+            .await?;
+        let _: ReleaseReply =
+            reply::decode(&msg.payload)?.map_err(|e| anyhow::anyhow!("release: {e}"))?;
     }
-    Ok(DepthReport { queued: k, fill, lease_rtt_us: Percentiles::of(&h) })
+    Ok(DepthReport {
+        queued: k,
+        fill,
+        lease_rtt_us: Percentiles::of(&h),
+    })
 }
 
 /// utime + stime of a process, in clock ticks (USER_HZ, 100 on Linux).

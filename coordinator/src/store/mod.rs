@@ -3,6 +3,7 @@
 //! Every write runs inside one `IMMEDIATE` transaction, and a reply is sent only after that
 //! transaction commits, so a coordinator killed at any instant loses nothing it acknowledged.
 
+pub mod group;
 pub mod schema;
 
 use crate::error::StoreError;
