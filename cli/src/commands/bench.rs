@@ -334,7 +334,7 @@ async fn bulk_add(client: &Client, n: u64, dir: Option<&std::path::Path>) -> any
 
 /// The instant model: a label every worker agrees on, from the text alone.
 fn instant_label(text: &str) -> &'static str {
-    if text.len() % 2 == 0 {
+    if text.len().is_multiple_of(2) {
         "positive"
     } else {
         "negative"
