@@ -9,7 +9,7 @@ BIN := target/debug/aimarket
 
 export NATS_URL
 
-.PHONY: all build setup nats dev worker demo test test-faults lint fmt clean
+.PHONY: all build setup nats dev worker demo test test-faults bench lint fmt clean
 
 all: build
 
@@ -46,6 +46,12 @@ test: setup
 ## mid-run (also part of `make test`).
 test-faults: setup
 	NATS_SERVER_BIN="$$(scripts/setup.sh)" $(CARGO) test -p cli --test chaos --test faults -- --nocapture --test-threads 1
+
+## The standard benchmarks (release build; see BENCHMARKS.md).
+bench: setup
+	$(CARGO) build --release --bin aimarket
+	NATS_SERVER_BIN="$$(scripts/setup.sh)" target/release/aimarket bench --tasks 20000 --workers 3 --required 3 --batch 32 --bulk 100000 --depth 1000
+	NATS_SERVER_BIN="$$(scripts/setup.sh)" target/release/aimarket bench --tasks 5000 --bulk 0 --depth 1000000
 
 lint:
 	$(CARGO) fmt --all -- --check

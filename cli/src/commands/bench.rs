@@ -120,8 +120,6 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         .map_or_else(|| ctx.nats.clone(), |s| s.url.clone());
     let client = Client::connect(&nats_url, &ctx.prefix, ctx.api_key.as_deref()).await?;
     wait_ready(&client).await?;
-    let cpu_before = stack.as_ref().and_then(|s| cpu_ticks(s.coordinator.id()));
-
     let bulk = if args.bulk > 0 {
         eprintln!(
             "bench: bulk add of {} texts through `task add --file`",
@@ -136,7 +134,16 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         "bench: {} tasks x {} votes, {} workers, batch {}",
         args.tasks, args.required, args.workers, args.batch
     );
+    let pid = stack.as_ref().map(|s| s.coordinator.id());
+    let cpu_before = pid.and_then(cpu_ticks);
+    let load_started = Instant::now();
     let (finalized_per_sec, submissions_per_sec, lease_h, submit_h) = load(&client, &args).await?;
+    // CPU over the load phase only: ticks are USER_HZ (100 a second on Linux).
+    let cpu = cpu_before
+        .zip(pid.and_then(cpu_ticks))
+        .map(|(before, after)| {
+            (after - before) as f64 / 100.0 / load_started.elapsed().as_secs_f64()
+        });
 
     let depth = if args.depth > 0 {
         eprintln!("bench: lease latency with {} tasks queued", args.depth);
@@ -145,16 +152,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         None
     };
 
-    let (cpu, rss) = match &stack {
-        Some(s) => {
-            let pid = s.coordinator.id();
-            let cpu = cpu_before.zip(cpu_ticks(pid)).map(|(before, after)| {
-                (after - before) as f64 / 100.0 / s.started.elapsed().as_secs_f64()
-            });
-            (cpu, peak_rss_mb(pid))
-        }
-        None => (None, None),
-    };
+    let rss = pid.and_then(peak_rss_mb);
     let report = Report {
         tasks: args.tasks,
         workers: args.workers,
@@ -206,12 +204,16 @@ fn print(r: &Report) {
     }
     if let Some(d) = &r.depth {
         t.add_row(vec![
+            format!("fill to depth {}", d.queued),
+            format!("{:.0} tasks/s ({:.2} s)", d.fill.per_sec, d.fill.seconds),
+        ]);
+        t.add_row(vec![
             format!("lease at depth {}", d.queued),
             pct(&d.lease_rtt_us),
         ]);
     }
     t.add_row(vec![
-        "coordinator CPU".into(),
+        "coordinator CPU (load phase)".into(),
         r.coordinator_cpu_cores
             .map_or("-".into(), |c| format!("{c:.2} cores")),
     ]);
@@ -229,7 +231,6 @@ struct Stack {
     coordinator: Child,
     url: String,
     dir: tempfile::TempDir,
-    started: Instant,
 }
 
 impl Stack {
@@ -269,7 +270,6 @@ impl Stack {
             coordinator,
             url,
             dir,
-            started: Instant::now(),
         })
     }
 }
