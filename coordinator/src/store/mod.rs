@@ -23,7 +23,11 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when the file cannot be opened, is not a database, or is from a newer build.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = tokio_rusqlite::Connection::open(path).await?;
+        // One connection, used only from its own thread: SQLite's per-call mutexes are waste.
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+            | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = tokio_rusqlite::Connection::open_with_flags(path, flags).await?;
         conn.call(prepare).await.map_err(|e| match e {
             tokio_rusqlite::Error::Error(e) => e,
             _ => StoreError::Closed,
