@@ -54,6 +54,10 @@ pub struct Args {
     /// The model to run.
     #[arg(long, env = "AIMARKET_MODEL", default_value = "lexicon")]
     model: String,
+    /// Folder with the model's weights in Hugging Face layout (config.json, model.safetensors,
+    /// tokenizer.json), for transformer models.
+    #[arg(long, env = "AIMARKET_MODEL_DIR")]
+    model_dir: Option<std::path::PathBuf>,
     /// Task types to take (comma-separated); default: all the model can do.
     #[arg(long, value_delimiter = ',')]
     capabilities: Vec<TaskType>,
@@ -119,7 +123,7 @@ async fn token(ctx: &Ctx, action: TokenAction) -> anyhow::Result<()> {
 
 async fn serve(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     let id = args.id.context("--id is required")?;
-    let model = worker::model::load(&args.model)?;
+    let model = worker::model::load(&args.model, args.model_dir.as_deref())?;
     let mut config = WorkerConfig::new(id, ctx.nats.clone());
     config.token = args.token;
     config.prefix = ctx.prefix.clone();

@@ -1,6 +1,7 @@
 //! Models behind one trait. A model says which task types it can do and answers a batch of
 //! inputs at once; the runtime calls it on a blocking thread, never on the async runtime.
 
+pub mod distilbert;
 pub mod lexicon;
 
 use protocol::TaskType;
@@ -53,20 +54,35 @@ pub trait Model: Send + Sync + 'static {
 }
 
 /// The models `--model` accepts.
-pub const KNOWN: &[&str] = &["lexicon"];
+pub const KNOWN: &[&str] = &["lexicon", "distilbert-sst2"];
 
-/// Loads a model by name.
+/// Loads a model by name; transformer models read their weights from `dir` (Hugging Face
+/// layout: `config.json`, `model.safetensors`, `tokenizer.json`).
 ///
 /// # Errors
-/// [`UnknownModel`] naming the known ones.
-pub fn load(name: &str) -> Result<Box<dyn Model>, UnknownModel> {
-    match name {
-        "lexicon" => Ok(Box::new(lexicon::Lexicon::new())),
-        other => Err(UnknownModel(other.to_owned())),
+/// [`LoadModelError`] naming the way out.
+pub fn load(name: &str, dir: Option<&std::path::Path>) -> Result<Box<dyn Model>, LoadModelError> {
+    match (name, dir) {
+        ("lexicon", _) => Ok(Box::new(lexicon::Lexicon::new())),
+        ("distilbert-sst2", Some(dir)) => Ok(Box::new(distilbert::Sst2::load(dir)?)),
+        ("distilbert-sst2", None) => Err(LoadModelError::NeedsWeights(name.to_owned())),
+        (other, _) => Err(LoadModelError::Unknown(other.to_owned())),
     }
 }
 
-/// `--model` named a model this build does not have.
+/// A model could not be loaded.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown model {0:?}; known models: {known}", known = KNOWN.join(", "))]
-pub struct UnknownModel(pub String);
+pub enum LoadModelError {
+    /// `--model` named a model this build does not have.
+    #[error("unknown model {0:?}; known models: {known}", known = KNOWN.join(", "))]
+    Unknown(String),
+    /// A transformer model was asked for without its weights.
+    #[error(
+        "model {0} needs its weights: pass --model-dir DIR (a folder with config.json, \
+         model.safetensors and tokenizer.json, e.g. a Hugging Face snapshot), or use --model lexicon"
+    )]
+    NeedsWeights(String),
+    /// The weights folder is incomplete or unreadable.
+    #[error(transparent)]
+    Folder(#[from] distilbert::LoadError),
+}
