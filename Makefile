@@ -9,7 +9,7 @@ BIN := target/debug/aimarket
 
 export NATS_URL
 
-.PHONY: all build setup nats dev worker demo test test-faults bench lint fmt clean
+.PHONY: all build setup nats dev worker demo test test-faults bench eval lint fmt clean
 
 all: build
 
@@ -52,6 +52,10 @@ bench: setup
 	$(CARGO) build --release --bin aimarket
 	NATS_SERVER_BIN="$$(scripts/setup.sh)" target/release/aimarket bench --tasks 20000 --workers 3 --required 3 --batch 32 --bulk 100000 --depth 1000
 	NATS_SERVER_BIN="$$(scripts/setup.sh)" target/release/aimarket bench --tasks 5000 --bulk 0 --depth 1000000
+
+## Accuracy of the lexicon model on the human-rated sentences in ../shared/data/sentiment.
+eval: build
+	$(BIN) eval --model lexicon ../shared/data/sentiment/amazonReviewSnippets_GroundTruth.txt ../shared/data/sentiment/movieReviewSnippets_GroundTruth.txt
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -57,6 +57,10 @@ enum Command {
     Ops(commands::ops::OpsCommand),
     /// Measure throughput and latency (starts its own nats-server and coordinator).
     Bench(commands::bench::Args),
+    /// Run a model locally on texts (no coordinator): label, confidence, raw scores.
+    Infer(commands::models::InferArgs),
+    /// A model's accuracy on human-rated sentences.
+    Eval(commands::models::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -102,6 +106,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Stats => commands::views::stats(&ctx).await,
         Command::Ops(cmd) => commands::ops::run(&ctx, cmd).await,
         Command::Bench(args) => commands::bench::run(&ctx, args).await,
+        Command::Infer(args) => commands::models::infer(&ctx, args).await,
+        Command::Eval(args) => commands::models::eval(&ctx, args).await,
     }
 }
 

@@ -177,3 +177,63 @@ fn with_an_api_key_workers_need_their_tokens() {
         stderr(&out)
     );
 }
+
+#[test]
+fn infer_and_eval_run_models_locally() {
+    let out = Command::new(BIN)
+        .args([
+            "--json",
+            "infer",
+            "I love this, it is wonderful",
+            "This is awful and I hate it",
+        ])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(rows[0]["label"], "positive");
+    assert_eq!(rows[1]["label"], "negative");
+    assert!(rows[0]["confidence"].as_f64().is_some_and(|c| c > 0.5));
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let truth = dir.path().join("truth.txt");
+    std::fs::write(
+        &truth,
+        "1\t2.5\tI love this, it is wonderful\n2\t-3.1\tThis is awful and I hate it\n\
+         3\t0\tThe box is on the table\n4\t1.2\tThe box is on the table\nnot a rating line\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args([
+            "--json",
+            "eval",
+            "--model",
+            "lexicon",
+            truth.to_str().expect("path"),
+        ])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let scores: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    // The rating-0 line and the malformed one are skipped; a sentence without sentiment words
+    // counts as positive, which is right for line 4.
+    assert_eq!(scores[0]["sentences"], 3);
+    assert_eq!(scores[0]["correct"], 3);
+    assert_eq!(scores[0]["accuracy"], 1.0);
+
+    let out = Command::new(BIN)
+        .args(["infer", "--model", "distilbert-sst2", "hi"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--model-dir"), "{}", stderr(&out));
+    let out = Command::new(BIN)
+        .args(["infer", "--model", "gpt", "hi"])
+        .output()
+        .expect("run");
+    assert!(
+        stderr(&out).contains("known models: lexicon, distilbert-sst2"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -33,6 +33,7 @@ impl Model for FirstWord {
                         .unwrap_or("none")
                         .to_owned(),
                     confidence: 1.0,
+                    scores: Vec::new(),
                 })
             })
             .collect()

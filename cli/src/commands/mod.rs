@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod coordinator;
+pub mod models;
 pub mod ops;
 pub mod task;
 pub mod views;

@@ -338,6 +338,7 @@ impl Model for Sst2 {
                         .cloned()
                         .unwrap_or_else(|| best.to_string()),
                     confidence: p,
+                    scores: logits,
                 })
             })
             .collect()

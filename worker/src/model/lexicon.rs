@@ -47,6 +47,7 @@ pub fn classify(compound: f64) -> Prediction {
     Prediction {
         label: label.to_owned(),
         confidence: (0.5 + compound.abs() / 2.0).clamp(0.5, 1.0),
+        scores: vec![compound as f32],
     }
 }
 

@@ -22,6 +22,9 @@ pub struct Prediction {
     pub label: String,
     /// Confidence in `[0, 1]`.
     pub confidence: f64,
+    /// The raw scores behind the label, for inspection (`aimarket infer`): a classifier's
+    /// logits, the lexicon's compound score.
+    pub scores: Vec<f32>,
 }
 
 /// Why a model could not answer one input.
