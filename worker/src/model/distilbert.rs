@@ -8,17 +8,16 @@
 //! (`attention_mask` 1 = a real token, as in Hugging Face), and the classification head
 //! `pre_classifier -> ReLU -> classifier` on the first token. Tensor names are Hugging Face's.
 
+use super::transformer::{attend, encode, Folder, LoadError, MAX_TOKENS};
 use super::{Input, Model, ModelError, Prediction};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{Device, Module, Tensor};
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
 use protocol::TaskType;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
+use std::path::Path;
+use tokenizers::Tokenizer;
 
-/// Tokens per text; longer texts are truncated (the original truncated at 256).
-pub const MAX_TOKENS: usize = 256;
 const EPS: f64 = 1e-12;
 
 /// `config.json` of a Hugging Face DistilBERT classifier (the fields used).
@@ -68,7 +67,6 @@ pub struct DistilBert {
     pre_classifier: Linear,
     classifier: Linear,
     heads: usize,
-    dim: usize,
 }
 
 impl DistilBert {
@@ -107,7 +105,6 @@ impl DistilBert {
             pre_classifier: linear(cfg.dim, cfg.dim, vb.pp("pre_classifier"))?,
             classifier: linear(cfg.dim, labels, vb.pp("classifier"))?,
             heads: cfg.n_heads,
-            dim: cfg.dim,
         })
     }
 
@@ -117,7 +114,7 @@ impl DistilBert {
     /// # Errors
     /// Shape errors.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t) = ids.dims2()?;
+        let (_, t) = ids.dims2()?;
         let pos = Tensor::arange(0u32, t as u32, ids.device())?;
         let mut x = self.emb_norm.forward(
             &self
@@ -125,29 +122,14 @@ impl DistilBert {
                 .forward(ids)?
                 .broadcast_add(&self.positions.forward(&pos)?)?,
         )?;
-        let head_dim = self.dim / self.heads;
-        // Padded keys get the lowest score, as Hugging Face's masked_fill(finfo.min) does.
-        let hidden = mask
-            .eq(0u32)?
-            .reshape((b, 1, 1, t))?
-            .broadcast_as((b, self.heads, t, t))?;
-        let floor = Tensor::new(f32::MIN, ids.device())?.broadcast_as((b, self.heads, t, t))?;
         for l in &self.layers {
-            let split = |y: Tensor| -> candle_core::Result<Tensor> {
-                y.reshape((b, t, self.heads, head_dim))?
-                    .transpose(1, 2)?
-                    .contiguous()
-            };
-            let q = (split(l.q.forward(&x)?)? / (head_dim as f64).sqrt())?;
-            let k = split(l.k.forward(&x)?)?;
-            let v = split(l.v.forward(&x)?)?;
-            let scores = q.matmul(&k.t()?)?;
-            let scores = hidden.where_cond(&floor, &scores)?;
-            let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-            let ctx = weights
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .reshape((b, t, self.dim))?;
+            let ctx = attend(
+                &l.q.forward(&x)?,
+                &l.k.forward(&x)?,
+                &l.v.forward(&x)?,
+                mask,
+                self.heads,
+            )?;
             x = l.sa_norm.forward(&(l.out.forward(&ctx)? + &x)?)?;
             let ff = l.lin2.forward(&l.lin1.forward(&x)?.gelu_erf()?)?;
             x = l.out_norm.forward(&(ff + &x)?)?;
@@ -156,27 +138,6 @@ impl DistilBert {
         let h = self.pre_classifier.forward(&first)?.relu()?;
         self.classifier.forward(&h)
     }
-}
-
-/// Why a model folder could not be loaded; names the way out.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// A file of the Hugging Face layout is missing.
-    #[error("{dir} has no {file} (a model folder needs config.json, model.safetensors and tokenizer.json)")]
-    Missing {
-        /// The folder.
-        dir: String,
-        /// The missing file.
-        file: &'static str,
-    },
-    /// A file is unreadable or not what it should be.
-    #[error("{file}: {reason}")]
-    Bad {
-        /// The file.
-        file: PathBuf,
-        /// Why.
-        reason: String,
-    },
 }
 
 /// DistilBERT sentiment as a worker [`Model`].
@@ -193,52 +154,20 @@ impl Sst2 {
     /// # Errors
     /// [`LoadError`] naming the missing or bad file.
     pub fn load(dir: &Path) -> Result<Self, LoadError> {
-        let file = |name: &'static str| {
-            let p = dir.join(name);
-            if p.is_file() {
-                Ok(p)
-            } else {
-                Err(LoadError::Missing {
-                    dir: dir.display().to_string(),
-                    file: name,
-                })
-            }
-        };
-        let bad = |file: &Path, reason: String| LoadError::Bad {
-            file: file.to_owned(),
-            reason,
-        };
-        let (cfg_path, weights, tok_path) = (
-            file("config.json")?,
-            file("model.safetensors")?,
-            file("tokenizer.json")?,
-        );
-        let cfg: Config = std::fs::read(&cfg_path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            .map_err(|e| bad(&cfg_path, e))?;
+        let folder = Folder::open(dir)?;
+        let cfg: Config = folder.config()?;
         if cfg.activation != "gelu" {
-            return Err(bad(
-                &cfg_path,
+            return Err(LoadError::bad(
+                &folder.config,
                 format!("activation {:?} is not gelu", cfg.activation),
             ));
         }
         let labels = labels(&cfg);
         let device = Device::Cpu;
-        let bytes = std::fs::read(&weights).map_err(|e| bad(&weights, e.to_string()))?;
-        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &device)
-            .map_err(|e| bad(&weights, e.to_string()))?;
-        let net =
-            DistilBert::load(&vb, &cfg, labels.len()).map_err(|e| bad(&weights, e.to_string()))?;
-        let mut tokenizer =
-            Tokenizer::from_file(&tok_path).map_err(|e| bad(&tok_path, e.to_string()))?;
-        tokenizer.with_padding(Some(PaddingParams::default()));
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: MAX_TOKENS.min(cfg.max_position_embeddings),
-                ..TruncationParams::default()
-            }))
-            .map_err(|e| bad(&tok_path, e.to_string()))?;
+        let vb = folder.weights(&device)?;
+        let net = DistilBert::load(&vb, &cfg, labels.len())
+            .map_err(|e| LoadError::bad(&folder.weights, e))?;
+        let tokenizer = folder.tokenizer(MAX_TOKENS.min(cfg.max_position_embeddings))?;
         Ok(Self {
             net,
             tokenizer,
@@ -252,21 +181,11 @@ impl Sst2 {
     /// # Errors
     /// Tokenizer or tensor errors.
     pub fn logits(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let fail = |e: String| ModelError::Inference(e.into());
-        let enc = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| fail(e.to_string()))?;
-        let rows = |f: &dyn Fn(&tokenizers::Encoding) -> Vec<u32>| -> Result<Tensor, ModelError> {
-            let data: Vec<Vec<u32>> = enc.iter().map(f).collect();
-            Tensor::new(data, &self.device).map_err(|e| fail(e.to_string()))
-        };
-        let ids = rows(&|e| e.get_ids().to_vec())?;
-        let mask = rows(&|e| e.get_attention_mask().to_vec())?;
+        let (ids, mask) = encode(&self.tokenizer, texts, &self.device)?;
         self.net
             .forward(&ids, &mask)
             .and_then(|l| l.to_vec2::<f32>())
-            .map_err(|e| fail(e.to_string()))
+            .map_err(|e| ModelError::Inference(e.to_string().into()))
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod distilbert;
 pub mod lexicon;
+pub mod transformer;
 
 use protocol::TaskType;
 
@@ -87,5 +88,5 @@ pub enum LoadModelError {
     NeedsWeights(String),
     /// The weights folder is incomplete or unreadable.
     #[error(transparent)]
-    Folder(#[from] distilbert::LoadError),
+    Folder(#[from] transformer::LoadError),
 }

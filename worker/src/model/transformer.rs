@@ -1,0 +1,142 @@
+//! Pieces shared by the transformer backends: padded tokenization of a batch, the padding mask,
+//! multi-head self-attention, and reading a Hugging Face model folder.
+
+use super::ModelError;
+use candle_core::{Device, Tensor};
+use std::path::{Path, PathBuf};
+use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
+
+/// Tokens per text; longer texts are truncated (the original truncated at 256).
+pub const MAX_TOKENS: usize = 256;
+
+/// Why a model folder could not be loaded; names the way out.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A file of the Hugging Face layout is missing.
+    #[error("{dir} has no {file} (a model folder needs config.json, model.safetensors and tokenizer.json)")]
+    Missing {
+        /// The folder.
+        dir: String,
+        /// The missing file.
+        file: &'static str,
+    },
+    /// A file is unreadable or not what it should be.
+    #[error("{file}: {reason}")]
+    Bad {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl LoadError {
+    pub(crate) fn bad(file: &Path, reason: impl ToString) -> Self {
+        LoadError::Bad {
+            file: file.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// The three files of a Hugging Face model folder.
+pub(crate) struct Folder {
+    pub config: PathBuf,
+    pub weights: PathBuf,
+    pub tokenizer: PathBuf,
+}
+
+impl Folder {
+    pub(crate) fn open(dir: &Path) -> Result<Self, LoadError> {
+        let file = |name: &'static str| {
+            let p = dir.join(name);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(LoadError::Missing {
+                    dir: dir.display().to_string(),
+                    file: name,
+                })
+            }
+        };
+        Ok(Self {
+            config: file("config.json")?,
+            weights: file("model.safetensors")?,
+            tokenizer: file("tokenizer.json")?,
+        })
+    }
+
+    pub(crate) fn config<T: serde::de::DeserializeOwned>(&self) -> Result<T, LoadError> {
+        let bytes = std::fs::read(&self.config).map_err(|e| LoadError::bad(&self.config, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| LoadError::bad(&self.config, e))
+    }
+
+    pub(crate) fn weights(
+        &self,
+        device: &Device,
+    ) -> Result<candle_nn::VarBuilder<'static>, LoadError> {
+        let bytes = std::fs::read(&self.weights).map_err(|e| LoadError::bad(&self.weights, e))?;
+        candle_nn::VarBuilder::from_buffered_safetensors(bytes, candle_core::DType::F32, device)
+            .map_err(|e| LoadError::bad(&self.weights, e))
+    }
+
+    /// The tokenizer, padding each batch to its longest text and truncating at `max_len`.
+    pub(crate) fn tokenizer(&self, max_len: usize) -> Result<Tokenizer, LoadError> {
+        let mut t = Tokenizer::from_file(&self.tokenizer)
+            .map_err(|e| LoadError::bad(&self.tokenizer, e))?;
+        t.with_padding(Some(PaddingParams::default()));
+        t.with_truncation(Some(TruncationParams {
+            max_length: max_len,
+            ..TruncationParams::default()
+        }))
+        .map_err(|e| LoadError::bad(&self.tokenizer, e))?;
+        Ok(t)
+    }
+}
+
+/// Token ids and attention mask (1 = real token) of a padded batch, each `[batch, seq]`.
+pub(crate) fn encode(
+    tokenizer: &Tokenizer,
+    texts: &[&str],
+    device: &Device,
+) -> Result<(Tensor, Tensor), ModelError> {
+    let fail = |e: String| ModelError::Inference(e.into());
+    let enc = tokenizer
+        .encode_batch(texts.to_vec(), true)
+        .map_err(|e| fail(e.to_string()))?;
+    let rows = |f: &dyn Fn(&tokenizers::Encoding) -> Vec<u32>| {
+        let data: Vec<Vec<u32>> = enc.iter().map(f).collect();
+        Tensor::new(data, device).map_err(|e| fail(e.to_string()))
+    };
+    Ok((
+        rows(&|e| e.get_ids().to_vec())?,
+        rows(&|e| e.get_attention_mask().to_vec())?,
+    ))
+}
+
+/// Bidirectional multi-head self-attention: `q`, `k`, `v` are the projected inputs
+/// `[batch, seq, dim]`; padded keys (mask 0) get the lowest score, as Hugging Face's
+/// `masked_fill(finfo.min)` does. Returns the context `[batch, seq, dim]`.
+pub(crate) fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    heads: usize,
+) -> candle_core::Result<Tensor> {
+    let (b, t, dim) = q.dims3()?;
+    let hd = dim / heads;
+    let split = |y: &Tensor| -> candle_core::Result<Tensor> {
+        y.reshape((b, t, heads, hd))?.transpose(1, 2)?.contiguous()
+    };
+    let q = (split(q)? / (hd as f64).sqrt())?;
+    let (k, v) = (split(k)?, split(v)?);
+    let hidden = mask
+        .eq(0u32)?
+        .reshape((b, 1, 1, t))?
+        .broadcast_as((b, heads, t, t))?;
+    let floor = Tensor::new(f32::MIN, q.device())?.broadcast_as((b, heads, t, t))?;
+    let scores = hidden.where_cond(&floor, &q.matmul(&k.t()?)?)?;
+    let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+    weights.matmul(&v)?.transpose(1, 2)?.reshape((b, t, dim))
+}
