@@ -40,7 +40,8 @@ demo: setup build
 ## Chromium for the dashboard).
 test: setup
 	@scripts/setup.sh --browser
-	NATS_SERVER_BIN="$$(scripts/setup.sh)" $(CARGO) test --workspace
+	@scripts/fetch-minilm.sh >/dev/null
+	NATS_SERVER_BIN="$$(scripts/setup.sh)" AIMARKET_MINILM_DIR="$$(scripts/fetch-minilm.sh)" $(CARGO) test --workspace
 
 ## The fault suite alone, with its figures: crashes of workers, coordinator and nats-server
 ## mid-run (also part of `make test`).

@@ -3,6 +3,7 @@
 
 pub mod distilbert;
 pub mod lexicon;
+pub mod minilm;
 pub mod transformer;
 
 use protocol::TaskType;
@@ -58,7 +59,7 @@ pub trait Model: Send + Sync + 'static {
 }
 
 /// The models `--model` accepts.
-pub const KNOWN: &[&str] = &["lexicon", "distilbert-sst2"];
+pub const KNOWN: &[&str] = &["lexicon", "distilbert-sst2", "minilm"];
 
 /// Loads a model by name; transformer models read their weights from `dir` (Hugging Face
 /// layout: `config.json`, `model.safetensors`, `tokenizer.json`).
@@ -69,7 +70,8 @@ pub fn load(name: &str, dir: Option<&std::path::Path>) -> Result<Box<dyn Model>,
     match (name, dir) {
         ("lexicon", _) => Ok(Box::new(lexicon::Lexicon::new())),
         ("distilbert-sst2", Some(dir)) => Ok(Box::new(distilbert::Sst2::load(dir)?)),
-        ("distilbert-sst2", None) => Err(LoadModelError::NeedsWeights(name.to_owned())),
+        ("minilm", Some(dir)) => Ok(Box::new(minilm::MiniLm::load(dir)?)),
+        ("distilbert-sst2" | "minilm", None) => Err(LoadModelError::NeedsWeights(name.to_owned())),
         (other, _) => Err(LoadModelError::Unknown(other.to_owned())),
     }
 }

