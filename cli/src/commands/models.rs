@@ -126,6 +126,7 @@ struct Score {
     positive_recall: f64,
     negative_recall: f64,
     majority_baseline: f64,
+    texts_per_sec: f64,
 }
 
 /// Measures a model's accuracy against human ratings.
@@ -159,6 +160,7 @@ pub async fn eval(ctx: &Ctx, args: EvalArgs) -> anyhow::Result<()> {
                 .unwrap_or_default(),
         );
         let (mut right, mut pos, mut pos_right, mut neg_right) = (0, 0, 0, 0);
+        let started = std::time::Instant::now();
         for chunk in gold.chunks(args.batch.max(1)) {
             let inputs: Vec<Input> = chunk
                 .iter()
@@ -194,6 +196,7 @@ pub async fn eval(ctx: &Ctx, args: EvalArgs) -> anyhow::Result<()> {
             positive_recall: pos_right as f64 / pos.max(1) as f64,
             negative_recall: neg_right as f64 / neg.max(1) as f64,
             majority_baseline: pos.max(neg) as f64 / n as f64,
+            texts_per_sec: n as f64 / started.elapsed().as_secs_f64(),
         });
     }
     if ctx.json {
@@ -207,6 +210,7 @@ pub async fn eval(ctx: &Ctx, args: EvalArgs) -> anyhow::Result<()> {
         "positive recall",
         "negative recall",
         "majority baseline",
+        "texts/s",
     ]);
     for s in &scores {
         t.add_row(vec![
@@ -216,6 +220,7 @@ pub async fn eval(ctx: &Ctx, args: EvalArgs) -> anyhow::Result<()> {
             format!("{:.3}", s.positive_recall),
             format!("{:.3}", s.negative_recall),
             format!("{:.3}", s.majority_baseline),
+            format!("{:.0}", s.texts_per_sec),
         ]);
     }
     println!("{t}");

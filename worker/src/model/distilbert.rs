@@ -8,7 +8,7 @@
 //! (`attention_mask` 1 = a real token, as in Hugging Face), and the classification head
 //! `pre_classifier -> ReLU -> classifier` on the first token. Tensor names are Hugging Face's.
 
-use super::transformer::{attend, encode, Folder, LoadError, MAX_TOKENS};
+use super::transformer::{attend, by_length, encode, Folder, LoadError, MAX_TOKENS};
 use super::{Input, Model, ModelError, Prediction};
 use candle_core::{Device, Module, Tensor};
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
@@ -181,11 +181,13 @@ impl Sst2 {
     /// # Errors
     /// Tokenizer or tensor errors.
     pub fn logits(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let (ids, mask) = encode(&self.tokenizer, texts, &self.device)?;
-        self.net
-            .forward(&ids, &mask)
-            .and_then(|l| l.to_vec2::<f32>())
-            .map_err(|e| ModelError::Inference(e.to_string().into()))
+        by_length(texts, |group| {
+            let (ids, mask) = encode(&self.tokenizer, group, &self.device)?;
+            self.net
+                .forward(&ids, &mask)
+                .and_then(|l| l.to_vec2::<f32>())
+                .map_err(|e| ModelError::Inference(e.to_string().into()))
+        })
     }
 }
 

@@ -4,7 +4,7 @@
 //! softmax over the scaled cosine similarities as confidence. As a worker it answers `sentiment`
 //! tasks zero-shot over `positive` / `negative`.
 
-use super::transformer::{attend, encode, Folder, LoadError, MAX_TOKENS};
+use super::transformer::{attend, by_length, encode, Folder, LoadError, MAX_TOKENS};
 use super::{Input, Model, ModelError, Prediction};
 use candle_core::{Device, Module, Tensor, D};
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
@@ -190,6 +190,10 @@ impl MiniLm {
     /// # Errors
     /// Tokenizer or tensor errors.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModelError> {
+        by_length(texts, |group| self.embed_group(group))
+    }
+
+    fn embed_group(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModelError> {
         let fail = |e: candle_core::Error| ModelError::Inference(e.to_string().into());
         let (ids, mask) = encode(&self.tokenizer, texts, &self.device)?;
         let run = || -> candle_core::Result<Vec<Vec<f32>>> {

@@ -140,3 +140,61 @@ pub(crate) fn attend(
     let weights = candle_nn::ops::softmax_last_dim(&scores)?;
     weights.matmul(&v)?.transpose(1, 2)?.reshape((b, t, dim))
 }
+
+/// Texts per forward pass inside a batch: a batch is run as groups of texts of similar length,
+/// so little of each forward pass is spent on padding.
+pub const GROUP: usize = 8;
+
+/// Runs `run` over `texts` in groups of similar length (by bytes, a proxy for tokens) and
+/// returns the results in the original order.
+///
+/// # Errors
+/// The first error of `run`.
+pub(crate) fn by_length<T>(
+    texts: &[&str],
+    mut run: impl FnMut(&[&str]) -> Result<Vec<T>, ModelError>,
+) -> Result<Vec<T>, ModelError> {
+    let mut order: Vec<usize> = (0..texts.len()).collect();
+    order.sort_by_key(|&i| texts[i].len());
+    let mut out: Vec<Option<T>> = (0..texts.len()).map(|_| None).collect();
+    for group in order.chunks(GROUP) {
+        let batch: Vec<&str> = group.iter().map(|&i| texts[i]).collect();
+        for (&i, r) in group.iter().zip(run(&batch)?) {
+            out[i] = Some(r);
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|r| r.expect("every text is in one group"))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_by_length_and_restores_the_order() {
+        let texts = [
+            "ccc",
+            "a",
+            "bbbbbbbbbbbb",
+            "dd",
+            "e",
+            "ffffff",
+            "g",
+            "hh",
+            "iii",
+            "j",
+        ];
+        let mut groups = Vec::new();
+        let out = by_length(&texts, |g| {
+            groups.push(g.len());
+            Ok(g.iter().map(|t| t.to_uppercase()).collect())
+        })
+        .expect("run");
+        let want: Vec<String> = texts.iter().map(|t| t.to_uppercase()).collect();
+        assert_eq!(out, want);
+        assert_eq!(groups, vec![GROUP, texts.len() - GROUP]);
+    }
+}
