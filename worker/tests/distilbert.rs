@@ -5,7 +5,8 @@
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
-use worker::model::distilbert::{softmax, Sst2};
+use worker::model::distilbert::Sst2;
+use worker::model::transformer::softmax;
 use worker::model::{Input, Model};
 
 const V: usize = 16;

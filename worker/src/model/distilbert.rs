@@ -8,7 +8,9 @@
 //! (`attention_mask` 1 = a real token, as in Hugging Face), and the classification head
 //! `pre_classifier -> ReLU -> classifier` on the first token. Tensor names are Hugging Face's.
 
-use super::transformer::{attend, by_length, encode, Folder, LoadError, MAX_TOKENS};
+use super::transformer::{
+    argmax, attend, by_length, encode, predict_batch, softmax, Folder, LoadError, MAX_TOKENS,
+};
 use super::{Input, Model, ModelError, Prediction};
 use candle_core::{Device, Module, Tensor};
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
@@ -205,14 +207,6 @@ fn labels(cfg: &Config) -> Vec<String> {
     pairs.into_iter().map(|(_, v)| v).collect()
 }
 
-/// Softmax of one row of logits.
-pub fn softmax(logits: &[f32]) -> Vec<f64> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let exp: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
-    let sum: f64 = exp.iter().sum();
-    exp.into_iter().map(|e| e / sum).collect()
-}
-
 impl Model for Sst2 {
     fn id(&self) -> &str {
         "distilbert-sst2"
@@ -223,35 +217,17 @@ impl Model for Sst2 {
     }
 
     fn predict(&self, inputs: &[Input]) -> Vec<Result<Prediction, ModelError>> {
-        let texts: Vec<&str> = inputs.iter().map(|i| i.text.as_str()).collect();
-        let batch = match self.logits(&texts) {
-            Ok(b) => b,
-            Err(e) => {
-                let msg = e.to_string();
-                return inputs
-                    .iter()
-                    .map(|_| Err(ModelError::Inference(msg.clone().into())))
-                    .collect();
-            }
-        };
-        inputs
-            .iter()
-            .zip(batch)
-            .map(|(input, logits)| {
+        predict_batch(
+            inputs,
+            |texts| self.logits(texts),
+            |input, logits| {
                 if input.task_type != TaskType::sentiment() {
                     return Err(ModelError::Unsupported {
                         model: self.id().to_owned(),
                         task_type: input.task_type.clone(),
                     });
                 }
-                let probs = softmax(&logits);
-                let (best, p) = probs
-                    .iter()
-                    .enumerate()
-                    .fold(
-                        (0, f64::MIN),
-                        |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc },
-                    );
+                let (best, p) = argmax(&softmax(&logits));
                 Ok(Prediction {
                     label: self
                         .labels
@@ -261,7 +237,7 @@ impl Model for Sst2 {
                     confidence: p,
                     scores: logits,
                 })
-            })
-            .collect()
+            },
+        )
     }
 }

@@ -4,7 +4,9 @@
 //! softmax over the scaled cosine similarities as confidence. As a worker it answers `sentiment`
 //! tasks zero-shot over `positive` / `negative`.
 
-use super::transformer::{attend, by_length, encode, Folder, LoadError, MAX_TOKENS};
+use super::transformer::{
+    argmax, attend, by_length, encode, predict_batch, softmax, Folder, LoadError, MAX_TOKENS,
+};
 use super::{Input, Model, ModelError, Prediction};
 use candle_core::{Device, Module, Tensor, D};
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
@@ -219,15 +221,8 @@ impl MiniLm {
             .iter()
             .map(|c| cosine(text_embedding, c) * SIMILARITY_SCALE as f32)
             .collect();
-        let probs = super::distilbert::softmax(&sims);
-        let best = probs
-            .iter()
-            .enumerate()
-            .fold(
-                (0, f64::MIN),
-                |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc },
-            )
-            .0;
+        let probs = softmax(&sims);
+        let best = argmax(&probs).0;
         (best, probs)
     }
 }
@@ -250,22 +245,11 @@ impl Model for MiniLm {
     }
 
     fn predict(&self, inputs: &[Input]) -> Vec<Result<Prediction, ModelError>> {
-        let texts: Vec<&str> = inputs.iter().map(|i| i.text.as_str()).collect();
-        let embeddings = match self.embed(&texts) {
-            Ok(e) => e,
-            Err(e) => {
-                let msg = e.to_string();
-                return inputs
-                    .iter()
-                    .map(|_| Err(ModelError::Inference(msg.clone().into())))
-                    .collect();
-            }
-        };
         let embedding = TaskType::new("embedding").expect("a valid task type");
-        inputs
-            .iter()
-            .zip(embeddings)
-            .map(|(input, e)| {
+        predict_batch(
+            inputs,
+            |texts| self.embed(texts),
+            |input, e| {
                 if input.task_type == embedding {
                     return Ok(Prediction {
                         label: "embedding".into(),
@@ -285,7 +269,7 @@ impl Model for MiniLm {
                     confidence: probs[best],
                     scores: probs.iter().map(|p| *p as f32).collect(),
                 })
-            })
-            .collect()
+            },
+        )
     }
 }

@@ -169,6 +169,46 @@ pub(crate) fn by_length<T>(
         .collect())
 }
 
+/// Softmax of one row of scores.
+pub fn softmax(scores: &[f32]) -> Vec<f64> {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let exp: Vec<f64> = scores.iter().map(|&l| (l as f64 - max).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    exp.into_iter().map(|e| e / sum).collect()
+}
+
+/// The index and value of the largest probability (the first on ties).
+pub fn argmax(probs: &[f64]) -> (usize, f64) {
+    probs.iter().enumerate().fold(
+        (0, f64::MIN),
+        |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc },
+    )
+}
+
+/// Runs a batch model on the inputs' texts and turns each output into a prediction; if the
+/// batch fails, every input gets the error.
+pub(crate) fn predict_batch<T>(
+    inputs: &[super::Input],
+    run: impl FnOnce(&[&str]) -> Result<Vec<T>, ModelError>,
+    each: impl Fn(&super::Input, T) -> Result<super::Prediction, ModelError>,
+) -> Vec<Result<super::Prediction, ModelError>> {
+    let texts: Vec<&str> = inputs.iter().map(|i| i.text.as_str()).collect();
+    match run(&texts) {
+        Ok(outputs) => inputs
+            .iter()
+            .zip(outputs)
+            .map(|(i, o)| each(i, o))
+            .collect(),
+        Err(e) => {
+            let msg = e.to_string();
+            inputs
+                .iter()
+                .map(|_| Err(ModelError::Inference(msg.clone().into())))
+                .collect()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
