@@ -9,52 +9,23 @@ use protocol::messages::*;
 use protocol::{reply, subject, ApiError, ErrorCode, TaskType, WorkerId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::time::Duration;
-use test_support::{wait_for, NatsServer};
 use tokio_util::sync::CancellationToken;
+
+mod common;
+use common::Running;
 
 const P: &str = "aimarket";
 const KEY: &str = "s3cret-key";
 
 struct Secured {
-    _nats: NatsServer,
-    dir: tempfile::TempDir,
-    client: async_nats::Client,
-    http_base: String,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    run: Running,
 }
 
 impl Secured {
     async fn start() -> Self {
-        let nats = NatsServer::start();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = test_support::free_port();
-        let mut config = Config::new(nats.url(), dir.path().join("coordinator.db"));
-        config.http = Some(([127, 0, 0, 1], port).into());
-        config.auth = Auth::new([KEY.to_owned()]);
-        config.sweep_interval = Duration::from_secs(600);
-        let shutdown = CancellationToken::new();
-        let token = shutdown.clone();
-        let task =
-            tokio::spawn(async move { coordinator::run(config, token).await.expect("runs") });
-        let client = async_nats::connect(nats.url()).await.expect("connect");
-        let s = Self {
-            _nats: nats,
-            dir,
-            client,
-            http_base: format!("http://127.0.0.1:{port}"),
-            shutdown,
-            task,
-        };
-        wait_for("the coordinator", Duration::from_secs(10), || async {
-            s.client
-                .request(subject::api(P, ApiOp::Stats), "{}".into())
-                .await
-                .ok()
-        })
-        .await;
-        s
+        Self {
+            run: Running::start(|c| c.auth = Auth::new([KEY.to_owned()])).await,
+        }
     }
 
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
@@ -68,6 +39,7 @@ impl Secured {
             headers.insert(k, v);
         }
         let msg = self
+            .run
             .client
             .request_with_headers(subject.to_owned(), headers, encode(req).into())
             .await
@@ -102,13 +74,11 @@ impl Secured {
     }
 
     fn dump(&self) -> String {
-        let conn = rusqlite::Connection::open(self.dir.path().join("coordinator.db")).expect("db");
-        coordinator::store::dump(&conn).expect("dump")
+        self.run.dump()
     }
 
     async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.expect("stopped");
+        self.run.stop().await;
     }
 }
 
@@ -261,7 +231,7 @@ async fn keys_guard_changes_and_tokens_guard_workers() {
 
     // HTTP: the same rules.
     let http = reqwest::Client::new();
-    let url = |p: &str| format!("{}{p}", s.http_base);
+    let url = |p: &str| format!("{}{p}", s.run.http);
     let status = |r: reqwest::Response| r.status().as_u16();
     let body = serde_json::json!({"text": "hi"});
     assert_eq!(

@@ -1,56 +1,26 @@
 //! The HTTP gateway: every endpoint of the original API with its shapes, errors with fitting
 //! statuses, metrics that parse and move. A real coordinator, nats-server and SQLite file.
 
-use coordinator::{Config, Settings};
+mod common;
+
+use common::Running;
 use serde_json::{json, Value};
-use std::time::Duration;
-use test_support::{wait_for, NatsServer};
-use tokio_util::sync::CancellationToken;
 
 struct Gateway {
-    _nats: NatsServer,
-    _dir: tempfile::TempDir,
-    base: String,
+    run: Running,
     http: reqwest::Client,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
 }
 
 impl Gateway {
     async fn start() -> Self {
-        let nats = NatsServer::start();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = test_support::free_port();
-        let mut config = Config::new(nats.url(), dir.path().join("coordinator.db"));
-        config.http = Some(([127, 0, 0, 1], port).into());
-        config.settings = Settings::default();
-        config.sweep_interval = Duration::from_secs(600);
-        let shutdown = CancellationToken::new();
-        let token = shutdown.clone();
-        let task =
-            tokio::spawn(async move { coordinator::run(config, token).await.expect("runs") });
-        let g = Self {
-            _nats: nats,
-            _dir: dir,
-            base: format!("http://127.0.0.1:{port}"),
+        Self {
+            run: Running::start(|_| {}).await,
             http: reqwest::Client::new(),
-            shutdown,
-            task,
-        };
-        wait_for("the gateway", Duration::from_secs(10), || async {
-            g.http
-                .get(g.url("/health"))
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-        })
-        .await;
-        g
+        }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        format!("{}{path}", self.run.http)
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
@@ -77,8 +47,7 @@ impl Gateway {
     }
 
     async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.expect("stopped");
+        self.run.stop().await;
     }
 }
 

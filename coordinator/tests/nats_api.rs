@@ -1,80 +1,45 @@
 //! The coordinator's NATS API against a real nats-server and a real SQLite file.
 
-use coordinator::{Config, Settings};
+mod common;
+
+use common::Running;
+use coordinator::Settings;
 use protocol::messages::*;
 use protocol::{reply, subject, ErrorCode, LeaseId, TaskId, TaskStatus, TaskType, WorkerId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::Duration;
-use test_support::{wait_for, NatsServer};
-use tokio_util::sync::CancellationToken;
+use test_support::wait_for;
 
 const P: &str = "aimarket";
 
 struct Harness {
-    _nats: NatsServer,
-    dir: tempfile::TempDir,
-    client: async_nats::Client,
-    shutdown: CancellationToken,
-    coordinator: tokio::task::JoinHandle<()>,
+    run: Running,
 }
 
 impl Harness {
     async fn start(settings: Settings, sweep: Duration) -> Self {
-        let nats = NatsServer::start();
-        let dir = tempfile::tempdir().expect("temp dir");
-        Self::launch(nats, dir, settings, sweep).await
-    }
-
-    /// A coordinator on `dir`'s database, answering before this returns.
-    async fn launch(
-        nats: NatsServer,
-        dir: tempfile::TempDir,
-        settings: Settings,
-        sweep: Duration,
-    ) -> Self {
-        let mut config = Config::new(nats.url(), dir.path().join("coordinator.db"));
-        config.settings = settings;
-        config.sweep_interval = sweep;
-        let shutdown = CancellationToken::new();
-        let token = shutdown.clone();
-        let coordinator = tokio::spawn(async move {
-            coordinator::run(config, token)
-                .await
-                .expect("coordinator runs");
-        });
-        let client = async_nats::connect(nats.url()).await.expect("connect");
-        let h = Self {
-            _nats: nats,
-            dir,
-            client,
-            shutdown,
-            coordinator,
-        };
-        wait_for(
-            "the coordinator to answer",
-            Duration::from_secs(10),
-            || async { h.raw(&subject::api(P, ApiOp::Stats), b"{}").await.ok() },
-        )
-        .await;
-        h
+        Self {
+            run: Running::start(|c| {
+                c.settings = settings;
+                c.sweep_interval = sweep;
+                c.http = None;
+            })
+            .await,
+        }
     }
 
     /// Stops the coordinator and starts a fresh one on the same database and server.
     async fn restart(self) -> Self {
-        self.shutdown.cancel();
-        self.coordinator.await.expect("coordinator stopped");
-        Self::launch(
-            self._nats,
-            self.dir,
-            Settings::default(),
-            Duration::from_secs(600),
-        )
-        .await
+        let (nats, dir) = self.run.stop().await;
+        Self {
+            run: Running::start_on(nats, dir, |c| c.http = None).await,
+        }
     }
 
     async fn raw(&self, subject: &str, body: &[u8]) -> Result<Vec<u8>, async_nats::RequestError> {
         let msg = self
+            .run
             .client
             .request(subject.to_owned(), body.to_vec().into())
             .await?;
@@ -153,14 +118,11 @@ impl Harness {
     }
 
     fn dump(&self) -> String {
-        let conn =
-            rusqlite::Connection::open(self.dir.path().join("coordinator.db")).expect("open db");
-        coordinator::store::dump(&conn).expect("dump")
+        self.run.dump()
     }
 
     async fn stop(self) {
-        self.shutdown.cancel();
-        self.coordinator.await.expect("coordinator task");
+        self.run.stop().await;
     }
 }
 
@@ -184,6 +146,7 @@ async fn parallel_leases_finalize_without_waiting_for_expiry() {
     let h = Harness::start(settings, Duration::from_secs(600)).await;
     let task = h.add(NewTask::text("I love it")).await;
     let mut events = h
+        .run
         .client
         .subscribe(subject::task_event(P, &task))
         .await
