@@ -46,8 +46,13 @@ enum Command {
     /// Create, list, inspect and wait for tasks.
     #[command(subcommand)]
     Task(commands::task::TaskCommand),
-    /// Workers by points (one per answer that matched the consensus).
-    Leaderboard,
+    /// Workers by points (one per answer that matched the consensus), with their model and
+    /// agreement rate; `--by-model` shows agreement per model and task type.
+    Leaderboard {
+        /// Agreement with consensus per model and task type instead.
+        #[arg(long)]
+        by_model: bool,
+    },
     /// The worker registry: status, model, capabilities, leases, last heartbeat.
     Workers,
     /// Counts of tasks by status, submissions, workers and leases.
@@ -101,7 +106,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Coordinator(args) => commands::coordinator::run(&ctx, args).await,
         Command::Worker(cmd) => commands::worker::run(&ctx, cmd).await,
         Command::Task(cmd) => commands::task::run(&ctx, cmd).await,
-        Command::Leaderboard => commands::views::leaderboard(&ctx).await,
+        Command::Leaderboard { by_model: false } => commands::views::leaderboard(&ctx).await,
+        Command::Leaderboard { by_model: true } => commands::views::by_model(&ctx).await,
         Command::Workers => commands::views::workers(&ctx).await,
         Command::Stats => commands::views::stats(&ctx).await,
         Command::Ops(cmd) => commands::ops::run(&ctx, cmd).await,

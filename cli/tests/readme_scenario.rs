@@ -48,6 +48,21 @@ fn three_workers_two_tasks_two_points_each() {
         .map(|e| (e.worker_id.as_str(), e.points))
         .collect();
     assert_eq!(points, vec![("alice", 2), ("bob", 2), ("carole", 2)]);
+    for e in &board {
+        assert_eq!(e.model.as_deref(), Some("lexicon/vader"));
+        assert_eq!(e.agreement_rate, Some(1.0));
+    }
+    let models: Vec<protocol::messages::ModelAgreement> = c.json(&["leaderboard", "--by-model"]);
+    assert_eq!(models.len(), 1, "{models:?}");
+    assert_eq!(
+        (
+            models[0].model.as_str(),
+            models[0].task_type.as_str(),
+            models[0].submissions,
+            models[0].agreed
+        ),
+        ("lexicon/vader", "sentiment", 6, 6)
+    );
 
     let odd: serde_json::Value = c.json(&["task", "get", &odd]);
     assert_eq!(odd["task"]["status"], "queued");

@@ -12,9 +12,9 @@ use crate::store::group::Writer;
 use crate::store::Store;
 use protocol::messages::{
     ApiOp, Heartbeat, HeartbeatReply, LeaderboardReply, Lease, LeaseReply, LeaseRequest,
-    ReleaseReply, ReleaseRequest, RequeueReply, ResetRequest, StatsReply, SubmitReply,
-    SubmitRequest, TaskAddReply, TaskAddRequest, TaskDetail, TaskListReply, TaskListRequest,
-    WorkerTokenReply, WorkerTokenRevoked, WorkersReply,
+    ModelAgreementReply, ReleaseReply, ReleaseRequest, RequeueReply, ResetRequest, StatsReply,
+    SubmitReply, SubmitRequest, TaskAddReply, TaskAddRequest, TaskDetail, TaskListReply,
+    TaskListRequest, WorkerTokenReply, WorkerTokenRevoked, WorkersReply,
 };
 use protocol::{TaskId, TaskStatus, TaskType, WorkerId};
 use rusqlite::Connection;
@@ -367,6 +367,14 @@ impl Core {
     /// Store errors only.
     pub async fn leaderboard(&self) -> Result<LeaderboardReply, CoreError> {
         self.read(|c, _| ops::leaderboard::run(c)).await
+    }
+
+    /// Agreement with consensus per model and task type.
+    ///
+    /// # Errors
+    /// Store errors only.
+    pub async fn agreement_by_model(&self) -> Result<ModelAgreementReply, CoreError> {
+        self.read(|c, _| ops::leaderboard::by_model(c)).await
     }
 
     /// The worker registry.

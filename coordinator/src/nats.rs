@@ -179,6 +179,7 @@ fn api_label(op: ApiOp) -> &'static str {
         ApiOp::TaskGet => "api.task.get",
         ApiOp::TaskList => "api.task.list",
         ApiOp::Leaderboard => "api.leaderboard",
+        ApiOp::LeaderboardModels => "api.leaderboard.models",
         ApiOp::Workers => "api.workers",
         ApiOp::Stats => "api.stats",
         ApiOp::OpsRequeue => "api.ops.requeue",
@@ -288,6 +289,13 @@ async fn api(
             async {
                 decode::<Empty>(payload)?;
                 core.leaderboard().await
+            }
+            .await,
+        ),
+        ApiOp::LeaderboardModels => respond(
+            async {
+                decode::<Empty>(payload)?;
+                core.agreement_by_model().await
             }
             .await,
         ),

@@ -346,6 +346,8 @@ pub enum ApiOp {
     TaskList,
     /// `{}` -> [`LeaderboardReply`].
     Leaderboard,
+    /// `{}` -> [`ModelAgreementReply`]: agreement with consensus per model and task type.
+    LeaderboardModels,
     /// `{}` -> [`WorkersReply`].
     Workers,
     /// `{}` -> [`StatsReply`].
@@ -367,6 +369,7 @@ impl ApiOp {
         ApiOp::TaskGet,
         ApiOp::TaskList,
         ApiOp::Leaderboard,
+        ApiOp::LeaderboardModels,
         ApiOp::Workers,
         ApiOp::Stats,
         ApiOp::OpsRequeue,
@@ -382,6 +385,7 @@ impl ApiOp {
             ApiOp::TaskGet => "task.get",
             ApiOp::TaskList => "task.list",
             ApiOp::Leaderboard => "leaderboard",
+            ApiOp::LeaderboardModels => "leaderboard.models",
             ApiOp::Workers => "workers",
             ApiOp::Stats => "stats",
             ApiOp::OpsRequeue => "ops.requeue",
@@ -638,6 +642,37 @@ pub struct LeaderboardEntry {
     pub points: u64,
     /// Submissions it made.
     pub submissions: u64,
+    /// The model it last registered with.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Share of its submissions on finalized tasks that matched the consensus.
+    #[serde(default)]
+    pub agreement_rate: Option<f64>,
+}
+
+/// Agreement with consensus of one model on one task type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelAgreement {
+    /// The model id submissions carried (`-` when none).
+    pub model: String,
+    /// The task type.
+    #[serde(rename = "type")]
+    pub task_type: String,
+    /// Submissions made.
+    pub submissions: u64,
+    /// Of those, on finalized tasks.
+    pub decided: u64,
+    /// Of those, matching the consensus.
+    pub agreed: u64,
+    /// `agreed / decided`.
+    pub agreement_rate: Option<f64>,
+}
+
+/// Reply to `api.leaderboard.models`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelAgreementReply {
+    /// By model, then task type.
+    pub models: Vec<ModelAgreement>,
 }
 
 /// Reply to `api.leaderboard`.

@@ -2,7 +2,9 @@
 
 use super::Ctx;
 use crate::output::{self, ago, or_dash};
-use protocol::messages::{ApiOp, Empty, LeaderboardReply, StatsReply, WorkersReply};
+use protocol::messages::{
+    ApiOp, Empty, LeaderboardReply, ModelAgreementReply, StatsReply, WorkersReply,
+};
 
 /// Prints the leaderboard.
 pub async fn leaderboard(ctx: &Ctx) -> anyhow::Result<()> {
@@ -14,17 +16,62 @@ pub async fn leaderboard(ctx: &Ctx) -> anyhow::Result<()> {
     if ctx.json {
         return output::json(&r.entries);
     }
-    let mut t = output::table(["rank", "worker", "points", "submissions"]);
+    let mut t = output::table([
+        "rank",
+        "worker",
+        "points",
+        "submissions",
+        "agreement",
+        "model",
+    ]);
     for (i, e) in r.entries.iter().enumerate() {
         t.add_row(vec![
             (i + 1).to_string(),
             e.worker_id.to_string(),
             e.points.to_string(),
             e.submissions.to_string(),
+            percent(e.agreement_rate),
+            or_dash(e.model.as_deref()),
         ]);
     }
     println!("{t}");
     Ok(())
+}
+
+/// Prints agreement with consensus per model and task type.
+pub async fn by_model(ctx: &Ctx) -> anyhow::Result<()> {
+    let r: ModelAgreementReply = ctx
+        .client()
+        .await?
+        .call(ApiOp::LeaderboardModels, &Empty {})
+        .await?;
+    if ctx.json {
+        return output::json(&r.models);
+    }
+    let mut t = output::table([
+        "model",
+        "type",
+        "submissions",
+        "on finalized tasks",
+        "agreed",
+        "agreement",
+    ]);
+    for m in &r.models {
+        t.add_row(vec![
+            m.model.clone(),
+            m.task_type.clone(),
+            m.submissions.to_string(),
+            m.decided.to_string(),
+            m.agreed.to_string(),
+            percent(m.agreement_rate),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+fn percent(rate: Option<f64>) -> String {
+    rate.map_or_else(|| "-".to_owned(), |r| format!("{:.1}%", r * 100.0))
 }
 
 /// Prints the worker registry.

@@ -1,9 +1,10 @@
 //! `leaderboard`: every known worker with its points (one per submission that matched a
-//! finalized consensus) and its submission count, highest points first.
+//! finalized consensus), submission count, model and agreement rate, highest points first; and
+//! agreement per model and task type (`leaderboard.models`).
 
 use super::parsed;
 use crate::error::CoreError;
-use protocol::messages::{LeaderboardEntry, LeaderboardReply};
+use protocol::messages::{LeaderboardEntry, LeaderboardReply, ModelAgreement, ModelAgreementReply};
 use rusqlite::Connection;
 
 /// # Errors
@@ -12,7 +13,10 @@ pub fn run(conn: &Connection) -> Result<LeaderboardReply, CoreError> {
     let entries = conn
         .prepare_cached(
             "SELECT w.id, COALESCE(ws.points, 0) AS points,
-                    (SELECT COUNT(*) FROM submission s WHERE s.worker_id = w.id)
+                    (SELECT COUNT(*) FROM submission s WHERE s.worker_id = w.id),
+                    w.model,
+                    (SELECT COUNT(*) FROM submission s WHERE s.worker_id = w.id AND s.agreed IS NOT NULL),
+                    (SELECT COUNT(*) FROM submission s WHERE s.worker_id = w.id AND s.agreed)
              FROM worker w LEFT JOIN worker_score ws ON ws.worker_id = w.id
              ORDER BY points DESC, w.id",
         )?
@@ -21,8 +25,41 @@ pub fn run(conn: &Connection) -> Result<LeaderboardReply, CoreError> {
                 worker_id: parsed(r, 0)?,
                 points: r.get(1)?,
                 submissions: r.get(2)?,
+                model: r.get(3)?,
+                agreement_rate: rate(r.get(5)?, r.get(4)?),
             })
         })?
         .collect::<Result<_, _>>()?;
     Ok(LeaderboardReply { entries })
+}
+
+/// Agreement with consensus per model and task type, from the models submissions carried.
+///
+/// # Errors
+/// Store errors only.
+pub fn by_model(conn: &Connection) -> Result<ModelAgreementReply, CoreError> {
+    let models = conn
+        .prepare_cached(
+            "SELECT COALESCE(s.model, '-'), t.type, COUNT(*),
+                    SUM(s.agreed IS NOT NULL), SUM(COALESCE(s.agreed, 0))
+             FROM submission s JOIN task t ON t.id = s.task_id
+             GROUP BY 1, 2 ORDER BY 1, 2",
+        )?
+        .query_map([], |r| {
+            let (decided, agreed): (u64, u64) = (r.get(3)?, r.get(4)?);
+            Ok(ModelAgreement {
+                model: r.get(0)?,
+                task_type: r.get(1)?,
+                submissions: r.get(2)?,
+                decided,
+                agreed,
+                agreement_rate: rate(agreed, decided),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(ModelAgreementReply { models })
+}
+
+fn rate(agreed: u64, decided: u64) -> Option<f64> {
+    (decided > 0).then(|| agreed as f64 / decided as f64)
 }
