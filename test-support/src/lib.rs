@@ -53,11 +53,20 @@ impl NatsServer {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
         };
-        server.spawn();
-        server
+        // A free port can be taken by someone else before the server binds it: then the server
+        // exits, and we try another.
+        for _ in 0..5 {
+            if server.spawn() {
+                return server;
+            }
+            server.port = free_port();
+        }
+        panic!("nats-server could not bind a free port in five tries");
     }
 
-    fn spawn(&mut self) {
+    /// Starts the server and waits until it greets a client; false if it exited instead (its
+    /// port was taken).
+    fn spawn(&mut self) -> bool {
         let bin = binary();
         let child = Command::new(&bin)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
@@ -72,10 +81,19 @@ impl NatsServer {
         self.child = Some(child);
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(_)) = child.try_wait() {
+                    self.child = None;
+                    return false;
+                }
+            }
+            if greets(&addr) {
+                return true;
+            }
             assert!(
                 Instant::now() < deadline,
-                "nats-server did not listen on {addr} within 10 s"
+                "nats-server did not greet on {addr} within 10 s"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -97,9 +115,20 @@ impl NatsServer {
     }
 
     /// Kills the server (as a crash would) and starts it again on the same port.
+    ///
+    /// # Panics
+    /// When the port cannot be bound again within 10 s.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.spawn() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server could not rebind port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn kill(&mut self) {
@@ -113,6 +142,33 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Whether a NATS server at `addr` sends its `INFO` greeting.
+fn greets(addr: &SocketAddr) -> bool {
+    use std::io::Read;
+    let Ok(mut stream) = TcpStream::connect_timeout(addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 5];
+    stream.read_exact(&mut buf).is_ok() && &buf == b"INFO "
+}
+
+/// A client of the server at `url`, retrying for up to 10 s (a server just started or
+/// restarted may refuse a moment longer than it takes to greet).
+///
+/// # Panics
+/// When no connection succeeds in time.
+pub async fn connect(url: &str) -> async_nats::Client {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match async_nats::connect(url).await {
+            Ok(c) => return c,
+            Err(e) => assert!(Instant::now() < deadline, "connecting to {url}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -57,7 +57,7 @@ fn timings() -> Timings {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_a_lost_acknowledgement_and_says_goodbye() {
     let nats = NatsServer::start();
-    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let client = test_support::connect(&nats.url()).await;
     let p = subject::DEFAULT_PREFIX;
     let mut heartbeats = client
         .subscribe(subject::heartbeat_all(p))

@@ -48,7 +48,7 @@ impl Running {
                 .await
                 .expect("coordinator runs")
         });
-        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let client = test_support::connect(&nats.url()).await;
         wait_for(
             "the coordinator to answer",
             Duration::from_secs(10),
