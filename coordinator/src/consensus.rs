@@ -1,5 +1,11 @@
-//! Majority vote with a deterministic tiebreak: most votes, then higher mean confidence, then the
-//! smaller label. Pure, so every rule is unit-tested here.
+//! Consensus, pure so every rule is unit-tested here.
+//!
+//! Labels: majority vote with a deterministic tiebreak: most votes, then higher mean confidence,
+//! then the smaller label.
+//!
+//! Vectors (`embedding` tasks): two answers agree when their cosine similarity reaches the task's
+//! threshold. Each answer gathers the answers that agree with it; the largest such group wins
+//! (ties: higher mean confidence, then the earlier answer). The result is the group's mean vector.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -49,9 +55,173 @@ pub fn decide(votes: &[Vote<'_>]) -> Option<Decision> {
         })
 }
 
+/// One worker's vector answer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VectorVote<'a> {
+    /// The vector it gave.
+    pub vector: &'a [f32],
+    /// Its confidence in `[0, 1]`.
+    pub confidence: f64,
+}
+
+/// The winning group of vectors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VectorDecision {
+    /// Indices (into the votes) of the group's members, ascending.
+    pub members: Vec<usize>,
+    /// The mean of the members' vectors.
+    pub vector: Vec<f32>,
+    /// Mean cosine similarity of the members to [`VectorDecision::vector`].
+    pub confidence: f64,
+}
+
+/// Cosine similarity of two vectors, in f64; vectors of different lengths (or without a
+/// direction) never agree, so they get `-1`.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    if a.len() != b.len() {
+        return -1.0;
+    }
+    let (mut dot, mut na, mut nb) = (0.0f64, 0.0f64, 0.0f64);
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(*x), f64::from(*y));
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+    }
+    if na == 0.0 || nb == 0.0 {
+        return -1.0;
+    }
+    dot / (na.sqrt() * nb.sqrt())
+}
+
+/// Decides a vector task from its votes; `None` when there are none.
+pub fn decide_vectors(votes: &[VectorVote<'_>], threshold: f64) -> Option<VectorDecision> {
+    let groups = votes.iter().map(|center| {
+        let members: Vec<usize> = votes
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| cosine(center.vector, v.vector) >= threshold)
+            .map(|(i, _)| i)
+            .collect();
+        let confidence =
+            members.iter().map(|&i| votes[i].confidence).sum::<f64>() / members.len() as f64;
+        (members, confidence)
+    });
+    // `max_by` keeps the last of equal elements: iterate in reverse so the earliest wins ties.
+    let (members, _) = groups
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .max_by(|a, b| {
+            a.0.len()
+                .cmp(&b.0.len())
+                .then_with(|| a.1.partial_cmp(&b.1).unwrap_or(Ordering::Equal))
+        })?;
+    let dim = votes[members[0]].vector.len();
+    let mut sum = vec![0.0f64; dim];
+    for &i in &members {
+        for (s, x) in sum.iter_mut().zip(votes[i].vector) {
+            *s += f64::from(*x);
+        }
+    }
+    let vector: Vec<f32> = sum
+        .iter()
+        .map(|s| (s / members.len() as f64) as f32)
+        .collect();
+    let confidence = members
+        .iter()
+        .map(|&i| cosine(votes[i].vector, &vector))
+        .sum::<f64>()
+        / members.len() as f64;
+    Some(VectorDecision {
+        members,
+        vector,
+        confidence,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn vv(vector: &[f32]) -> VectorVote<'_> {
+        VectorVote {
+            vector,
+            confidence: 1.0,
+        }
+    }
+
+    #[test]
+    fn near_vectors_outvote_a_far_one() {
+        let a = [1.0, 0.0, 0.0];
+        let b = [0.999, 0.02, 0.0];
+        let far = [0.0, 1.0, 0.0];
+        for votes in [
+            vec![vv(&far), vv(&a), vv(&b)],
+            vec![vv(&a), vv(&far), vv(&b)],
+            vec![vv(&a), vv(&b), vv(&far)],
+        ] {
+            let d = decide_vectors(&votes, 0.999).expect("decision");
+            assert_eq!(d.members.len(), 2);
+            assert!(d.members.iter().all(|&i| votes[i].vector != far));
+            assert!(cosine(&d.vector, &a) > 0.999 && d.confidence > 0.999);
+        }
+    }
+
+    #[test]
+    fn the_threshold_decides_agreement() {
+        let a = [1.0, 0.0];
+        let b = [0.9, 0.1];
+        let c = [0.0, 1.0];
+        let votes = [vv(&a), vv(&b), vv(&c)];
+        assert!((0.99..0.995).contains(&cosine(&a, &b)));
+        assert_eq!(
+            decide_vectors(&votes, 0.999).expect("strict").members,
+            vec![0],
+            "no two agree: the earliest answer wins the tie"
+        );
+        assert_eq!(
+            decide_vectors(&votes, 0.99).expect("loose").members,
+            vec![0, 1]
+        );
+    }
+
+    #[test]
+    fn a_tie_between_groups_goes_to_higher_confidence() {
+        let a = [1.0, 0.0];
+        let b = [0.0, 1.0];
+        let votes = [
+            VectorVote {
+                vector: &a,
+                confidence: 0.5,
+            },
+            VectorVote {
+                vector: &a,
+                confidence: 0.5,
+            },
+            VectorVote {
+                vector: &b,
+                confidence: 0.9,
+            },
+            VectorVote {
+                vector: &b,
+                confidence: 0.9,
+            },
+        ];
+        assert_eq!(
+            decide_vectors(&votes, 0.999).expect("d").members,
+            vec![2, 3]
+        );
+    }
+
+    #[test]
+    fn vectors_of_other_lengths_never_agree() {
+        let a = [1.0, 0.0];
+        let b = [1.0, 0.0, 0.0];
+        assert_eq!(cosine(&a, &b), -1.0);
+        assert_eq!(cosine(&a, &[0.0, 0.0]), -1.0);
+        assert_eq!(decide_vectors(&[], 0.9), None);
+    }
 
     fn v(label: &str, confidence: f64) -> Vote<'_> {
         Vote { label, confidence }

@@ -101,6 +101,7 @@ impl Harness {
                 lease_id: lease.lease_id,
                 worker_id: WorkerId::new(worker).expect("id"),
                 label: label.into(),
+                embedding: None,
                 confidence: 0.9,
                 model: None,
             },

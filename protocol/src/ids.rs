@@ -152,6 +152,21 @@ impl TaskType {
     pub fn sentiment() -> Self {
         Self("sentiment".to_owned())
     }
+
+    /// Classify a text into one of the candidate labels the task carries.
+    pub fn zero_shot() -> Self {
+        Self("zero-shot".to_owned())
+    }
+
+    /// Embed a text: the answer is a vector, and answers agree when they are near each other.
+    pub fn embedding() -> Self {
+        Self("embedding".to_owned())
+    }
+
+    /// Whether answers to this type are vectors (compared by cosine) rather than labels.
+    pub fn is_vector(&self) -> bool {
+        self.0 == "embedding"
+    }
 }
 
 impl Default for TaskType {

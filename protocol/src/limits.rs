@@ -22,5 +22,11 @@ pub const MAX_TASKS_PER_ADD: usize = 10_000;
 pub const MAX_LIST_LIMIT: u32 = 10_000;
 /// Longest id (worker id, task type), in bytes: ids are NATS subject tokens.
 pub const MAX_ID_BYTES: usize = 64;
+/// Most candidate labels a `zero-shot` task may carry.
+pub const MAX_CANDIDATE_LABELS: usize = 64;
+/// Longest vector an `embedding` submission may carry.
+pub const MAX_EMBEDDING_DIM: usize = 8192;
+/// Default cosine similarity at which two `embedding` answers agree.
+pub const DEFAULT_SIMILARITY: f64 = 0.999;
 /// Most lease ids one heartbeat may name.
 pub const MAX_HEARTBEAT_LEASES: usize = 4096;

@@ -125,6 +125,9 @@ pub struct Lease {
     pub task_type: TaskType,
     /// The input.
     pub text: String,
+    /// The candidate labels of a `zero-shot` task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
     /// When the lease runs out unless a heartbeat renews it.
     pub expires_at: DateTime<Utc>,
 }
@@ -233,8 +236,12 @@ pub struct SubmitRequest {
     pub lease_id: LeaseId,
     /// Who submits; must hold the lease.
     pub worker_id: WorkerId,
-    /// The answer.
+    /// The answer to a label task (`sentiment`, `zero-shot`); empty for `embedding` tasks.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub label: String,
+    /// The answer to an `embedding` task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<Vec<f32>>,
     /// How sure the model is, in `[0, 1]`.
     pub confidence: f64,
     /// The model that answered.
@@ -243,15 +250,76 @@ pub struct SubmitRequest {
 }
 
 impl SubmitRequest {
-    /// Checks the bounds.
+    /// Checks the bounds: exactly one of `label` and `embedding`, each within its limits.
     ///
     /// # Errors
     /// [`ProtocolError::Invalid`] naming the field out of bounds.
     pub fn validate(&self) -> Result<(), ProtocolError> {
-        check_label(&self.label)?;
+        Answer::new(&self.label, self.embedding.as_deref())?;
         check_confidence(self.confidence)?;
         check_model(self.model.as_deref())
     }
+}
+
+/// A submitted answer: a label, or a vector.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Answer<'a> {
+    /// A label task's answer.
+    Label(&'a str),
+    /// An `embedding` task's answer.
+    Embedding(&'a [f32]),
+}
+
+impl<'a> Answer<'a> {
+    /// The answer a submission carries.
+    ///
+    /// # Errors
+    /// [`ProtocolError::Invalid`] unless exactly one of them is given and it is within bounds.
+    pub fn new(label: &'a str, embedding: Option<&'a [f32]>) -> Result<Self, ProtocolError> {
+        match (label.is_empty(), embedding) {
+            (true, None) => Err(ProtocolError::invalid(
+                "label",
+                "must not be empty (or give an embedding for embedding tasks)",
+            )),
+            (false, Some(_)) => Err(ProtocolError::invalid(
+                "embedding",
+                "give a label or an embedding, not both",
+            )),
+            (false, None) => check_label(label).map(|()| Answer::Label(label)),
+            (true, Some(v)) => check_embedding(v).map(|()| Answer::Embedding(v)),
+        }
+    }
+
+    /// The task type family this answer fits: whether it is a vector.
+    pub fn is_vector(&self) -> bool {
+        matches!(self, Answer::Embedding(_))
+    }
+}
+
+/// Checks a submitted vector.
+///
+/// # Errors
+/// [`ProtocolError::Invalid`] when empty, too long, not finite or all zeros.
+pub fn check_embedding(v: &[f32]) -> Result<(), ProtocolError> {
+    if v.is_empty() || v.len() > MAX_EMBEDDING_DIM {
+        return Err(ProtocolError::invalid(
+            "embedding",
+            format!("must hold between 1 and {MAX_EMBEDDING_DIM} numbers"),
+        ));
+    }
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(ProtocolError::invalid(
+            "embedding",
+            "must be finite numbers",
+        ));
+    }
+    if v.iter().all(|x| *x == 0.0) {
+        return Err(ProtocolError::invalid(
+            "embedding",
+            "must not be all zeros (it has no direction)",
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a submitted label.
@@ -294,7 +362,7 @@ pub struct SubmitReply {
     pub duplicate: bool,
     /// The task is finalized (by this submission or before it).
     pub finalized: bool,
-    /// The consensus label, once finalized.
+    /// The consensus label, once finalized (none for `embedding` tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_label: Option<String>,
 }
@@ -321,6 +389,9 @@ pub struct TaskEvent {
     /// The consensus label, when finalized.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_label: Option<String>,
+    /// The consensus vector, when an `embedding` task is finalized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_embedding: Option<Vec<f32>>,
     /// Mean confidence of the winning label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_confidence: Option<f64>,
@@ -451,6 +522,12 @@ pub struct NewTask {
     /// Leases that may end without a result before the task fails (default: the coordinator's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// Candidate labels; required by `zero-shot` tasks, refused on others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+    /// Cosine similarity at which two answers agree; `embedding` tasks only (default 0.999).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub similarity: Option<f64>,
 }
 
 impl NewTask {
@@ -461,6 +538,25 @@ impl NewTask {
             task_type: None,
             required_submissions: None,
             max_attempts: None,
+            labels: None,
+            similarity: None,
+        }
+    }
+
+    /// A `zero-shot` task over `labels`.
+    pub fn zero_shot(text: impl Into<String>, labels: &[&str]) -> Self {
+        Self {
+            task_type: Some(TaskType::zero_shot()),
+            labels: Some(labels.iter().map(|l| (*l).to_owned()).collect()),
+            ..Self::text(text)
+        }
+    }
+
+    /// An `embedding` task.
+    pub fn embedding(text: impl Into<String>) -> Self {
+        Self {
+            task_type: Some(TaskType::embedding()),
+            ..Self::text(text)
         }
     }
 
@@ -486,8 +582,63 @@ impl NewTask {
                 ));
             }
         }
+        let task_type = self.task_type.clone().unwrap_or_default();
+        match (&self.labels, task_type == TaskType::zero_shot()) {
+            (None, true) => {
+                return Err(ProtocolError::invalid(
+                    "labels",
+                    "zero-shot tasks need their candidate labels",
+                ))
+            }
+            (Some(_), false) => {
+                return Err(ProtocolError::invalid(
+                    "labels",
+                    format!("only zero-shot tasks take labels, not {task_type} tasks"),
+                ))
+            }
+            (Some(labels), true) => check_candidates(labels)?,
+            (None, false) => {}
+        }
+        if let Some(s) = self.similarity {
+            if !task_type.is_vector() {
+                return Err(ProtocolError::invalid(
+                    "similarity",
+                    format!("only embedding tasks take a similarity, not {task_type} tasks"),
+                ));
+            }
+            if !(s > 0.0 && s <= 1.0) {
+                return Err(ProtocolError::invalid(
+                    "similarity",
+                    format!("{s} is not in (0, 1]"),
+                ));
+            }
+        }
         Ok(())
     }
+}
+
+fn check_candidates(labels: &[String]) -> Result<(), ProtocolError> {
+    if labels.len() < 2 || labels.len() > MAX_CANDIDATE_LABELS {
+        return Err(ProtocolError::invalid(
+            "labels",
+            format!("must hold between 2 and {MAX_CANDIDATE_LABELS} labels"),
+        ));
+    }
+    for (i, label) in labels.iter().enumerate() {
+        check_label(label).map_err(|_| {
+            ProtocolError::invalid(
+                "labels",
+                format!("label {i} must be 1 to {MAX_LABEL_BYTES} bytes, not blank"),
+            )
+        })?;
+        if labels[..i].contains(label) {
+            return Err(ProtocolError::invalid(
+                "labels",
+                format!("{label:?} is given twice"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `api.task.add`: create tasks, all or none.
@@ -559,11 +710,22 @@ pub struct TaskView {
     pub task_type: TaskType,
     /// Its input.
     pub text: String,
+    /// The candidate labels of a `zero-shot` task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+    /// The agreement threshold of an `embedding` task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub similarity: Option<f64>,
     /// Where it is in its lifecycle.
     pub status: TaskStatus,
     /// The consensus label, once finalized.
     pub final_label: Option<String>,
-    /// Mean confidence of the winning label.
+    /// The consensus vector of a finalized `embedding` task: the mean of the largest agreeing
+    /// group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_embedding: Option<Vec<f32>>,
+    /// Mean confidence of the winning label; for an `embedding` task, the mean cosine of the
+    /// winning group's vectors to the consensus vector.
     pub final_confidence: Option<f64>,
     /// Distinct workers that must answer.
     pub required_submissions: u32,
@@ -592,8 +754,11 @@ pub struct TaskView {
 pub struct SubmissionView {
     /// Who answered.
     pub worker_id: WorkerId,
-    /// The answer.
-    pub label: String,
+    /// The answer of a label task.
+    pub label: Option<String>,
+    /// The answer of an `embedding` task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<Vec<f32>>,
     /// The model's confidence.
     pub confidence: f64,
     /// The model that answered.
@@ -796,6 +961,62 @@ mod tests {
             };
             assert!(t.validate(100).is_err(), "required {r} accepted");
         }
+    }
+
+    #[test]
+    fn labels_and_similarity_fit_their_task_types() {
+        assert!(NewTask::zero_shot("x", &["a", "b"]).validate(100).is_ok());
+        assert!(NewTask::embedding("x").validate(100).is_ok());
+        let bad = [
+            (NewTask::zero_shot("x", &["a"]), "between 2"),
+            (NewTask::zero_shot("x", &["a", "a"]), "twice"),
+            (NewTask::zero_shot("x", &["a", " "]), "label 1"),
+            (
+                NewTask {
+                    labels: None,
+                    ..NewTask::zero_shot("x", &["a", "b"])
+                },
+                "need their candidate labels",
+            ),
+            (
+                NewTask {
+                    labels: Some(vec!["a".into(), "b".into()]),
+                    ..NewTask::text("x")
+                },
+                "only zero-shot",
+            ),
+            (
+                NewTask {
+                    similarity: Some(0.9),
+                    ..NewTask::text("x")
+                },
+                "only embedding",
+            ),
+            (
+                NewTask {
+                    similarity: Some(1.5),
+                    ..NewTask::embedding("x")
+                },
+                "(0, 1]",
+            ),
+        ];
+        for (task, why) in bad {
+            let err = task.validate(100).expect_err("accepted");
+            assert!(err.to_string().contains(why), "{err} lacks {why:?}");
+        }
+    }
+
+    #[test]
+    fn a_submission_carries_a_label_or_a_vector() {
+        assert_eq!(
+            Answer::new("pos", None).expect("label"),
+            Answer::Label("pos")
+        );
+        assert!(Answer::new("", Some(&[0.5])).expect("vector").is_vector());
+        assert!(Answer::new("", None).is_err());
+        assert!(Answer::new("pos", Some(&[0.5])).is_err());
+        assert!(Answer::new("", Some(&[])).is_err());
+        assert!(Answer::new("", Some(&vec![1.0; MAX_EMBEDDING_DIM + 1])).is_err());
     }
 
     #[test]

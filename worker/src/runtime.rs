@@ -341,6 +341,7 @@ impl Worker {
             .map(|l| Input {
                 task_type: l.task_type.clone(),
                 text: l.text.clone(),
+                labels: l.labels.clone(),
             })
             .collect();
         let model = self.model.clone();
@@ -398,6 +399,7 @@ impl Worker {
             lease_id: lease.lease_id,
             worker_id: self.config.worker_id.clone(),
             label: p.label,
+            embedding: p.embedding,
             confidence: p.confidence,
             model: self.heartbeat.model.clone(),
         };

@@ -263,10 +263,7 @@ fn predictions_are_the_argmax_label_with_its_probability() {
     let logits = model.logits(&texts).expect("logits");
     let inputs: Vec<Input> = texts
         .iter()
-        .map(|t| Input {
-            task_type: protocol::TaskType::sentiment(),
-            text: (*t).into(),
-        })
+        .map(|t| Input::new(protocol::TaskType::sentiment(), *t))
         .collect();
     for (p, l) in model.predict(&inputs).into_iter().zip(logits) {
         let p = p.expect("prediction");

@@ -45,10 +45,7 @@ fn zero_shot_sentiment_picks_the_obvious_label() {
     ];
     let inputs: Vec<Input> = cases
         .iter()
-        .map(|(t, _)| Input {
-            task_type: TaskType::sentiment(),
-            text: (*t).into(),
-        })
+        .map(|(t, _)| Input::new(TaskType::sentiment(), *t))
         .collect();
     for ((text, want), got) in cases.iter().zip(m.predict(&inputs)) {
         let got = got.expect("prediction");

@@ -32,6 +32,7 @@ impl Model for FirstWord {
                         .next()
                         .unwrap_or("none")
                         .to_owned(),
+                    embedding: None,
                     confidence: 1.0,
                     scores: Vec::new(),
                 })
@@ -108,6 +109,7 @@ async fn retries_a_lost_acknowledgement_and_says_goodbye() {
                     task_id: task,
                     task_type: TaskType::sentiment(),
                     text: "positive vibes".into(),
+                    labels: None,
                     expires_at: chrono::Utc::now(),
                 }],
                 timings: timings(),

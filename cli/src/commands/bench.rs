@@ -422,6 +422,7 @@ async fn drive(
                 lease_id: l.lease_id,
                 worker_id: worker.clone(),
                 label: instant_label(&l.text).into(),
+                embedding: None,
                 confidence: 0.9,
                 model: Some("bench/instant".into()),
             });

@@ -55,10 +55,7 @@ pub async fn infer(ctx: &Ctx, args: InferArgs) -> anyhow::Result<()> {
     let inputs: Vec<Input> = args
         .texts
         .iter()
-        .map(|t| Input {
-            task_type: args.task_type.clone(),
-            text: t.clone(),
-        })
+        .map(|t| Input::new(args.task_type.clone(), t.clone()))
         .collect();
     let (model, inputs, results) = tokio::task::spawn_blocking(move || {
         let r = model.predict(&inputs);
@@ -164,10 +161,7 @@ pub async fn eval(ctx: &Ctx, args: EvalArgs) -> anyhow::Result<()> {
         for chunk in gold.chunks(args.batch.max(1)) {
             let inputs: Vec<Input> = chunk
                 .iter()
-                .map(|(t, _)| Input {
-                    task_type: TaskType::sentiment(),
-                    text: t.clone(),
-                })
+                .map(|(t, _)| Input::new(TaskType::sentiment(), t.clone()))
                 .collect();
             let m = model.clone();
             let results = tokio::task::spawn_blocking(move || m.predict(&inputs)).await?;

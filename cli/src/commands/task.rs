@@ -52,7 +52,8 @@ pub struct AddArgs {
     #[arg(required_unless_present = "file", conflicts_with = "file")]
     text: Option<String>,
     /// Add one task per line of FILE: plain text, or JSON objects with the `task.add` fields
-    /// (text, type, required_submissions, max_attempts). `-` reads standard input.
+    /// (text, type, required_submissions, max_attempts, labels, similarity). `-` reads standard
+    /// input.
     #[arg(long)]
     file: Option<PathBuf>,
     /// Task type (default sentiment).
@@ -64,6 +65,12 @@ pub struct AddArgs {
     /// Leases that may end without a result before the task fails.
     #[arg(long)]
     max_attempts: Option<u32>,
+    /// Candidate labels of a zero-shot task, comma-separated (implies --type zero-shot).
+    #[arg(long, value_delimiter = ',')]
+    labels: Option<Vec<String>>,
+    /// Cosine similarity at which two answers agree, for embedding tasks (default 0.999).
+    #[arg(long)]
+    similarity: Option<f64>,
     /// Wait for the result(s).
     #[arg(long)]
     wait: bool,
@@ -115,11 +122,17 @@ pub async fn run(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<()> {
 }
 
 async fn add(ctx: &Ctx, client: &Client, args: AddArgs) -> anyhow::Result<()> {
+    let task_type = match (&args.task_type, &args.labels) {
+        (None, Some(_)) => Some(TaskType::zero_shot()),
+        (t, _) => t.clone(),
+    };
     let defaults = NewTask {
         text: String::new(),
-        task_type: args.task_type.clone(),
+        task_type,
         required_submissions: args.required,
         max_attempts: args.max_attempts,
+        labels: args.labels.clone(),
+        similarity: args.similarity,
     };
     let tasks = match (&args.text, &args.file) {
         (Some(text), _) => vec![NewTask {
@@ -166,6 +179,8 @@ pub(crate) fn read_tasks(path: &PathBuf, defaults: &NewTask) -> anyhow::Result<V
         task.task_type = task.task_type.or_else(|| defaults.task_type.clone());
         task.required_submissions = task.required_submissions.or(defaults.required_submissions);
         task.max_attempts = task.max_attempts.or(defaults.max_attempts);
+        task.labels = task.labels.or_else(|| defaults.labels.clone());
+        task.similarity = task.similarity.or(defaults.similarity);
         tasks.push(task);
     }
     anyhow::ensure!(!tasks.is_empty(), "{} holds no tasks", path.display());
@@ -276,7 +291,7 @@ fn report(ctx: &Ctx, ids: &[TaskId], done: &BTreeMap<TaskId, TaskView>) -> anyho
             TaskStatus::Finalized => println!(
                 "{} finalized: {} (confidence {:.2}, {} votes)",
                 t.id,
-                or_dash(t.final_label.as_deref()),
+                result(t),
                 t.final_confidence.unwrap_or_default(),
                 t.submissions
             ),
@@ -294,6 +309,21 @@ fn report(ctx: &Ctx, ids: &[TaskId], done: &BTreeMap<TaskId, TaskView>) -> anyho
     Ok(())
 }
 
+/// A finalized task's answer: its label, or a glimpse of its vector.
+fn result(t: &TaskView) -> String {
+    match (&t.final_label, &t.final_embedding) {
+        (Some(label), _) => label.clone(),
+        (None, Some(v)) => vector(v),
+        (None, None) => "-".to_owned(),
+    }
+}
+
+/// The first numbers of a vector and its length (`--json` shows all of it).
+fn vector(v: &[f32]) -> String {
+    let head: Vec<String> = v.iter().take(3).map(|x| format!("{x:.4}")).collect();
+    format!("[{}, ...] ({} dims)", head.join(", "), v.len())
+}
+
 fn print_tasks(tasks: &[TaskView]) {
     let mut t = output::table(["id", "type", "status", "label", "votes", "attempts", "text"]);
     for task in tasks {
@@ -301,7 +331,7 @@ fn print_tasks(tasks: &[TaskView]) {
             task.id.to_string(),
             task.task_type.to_string(),
             task.status.to_string(),
-            or_dash(task.final_label.as_deref()),
+            clip(&result(task), 32),
             format!("{}/{}", task.submissions, task.required_submissions),
             format!("{}/{}", task.attempts, task.max_attempts),
             clip(&task.text, 48),
@@ -316,9 +346,21 @@ fn print_detail(d: &TaskDetail) {
     println!("type         {}", t.task_type);
     println!("text         {}", clip(&t.text, 200));
     println!("status       {}", t.status);
-    if let Some(label) = &t.final_label {
+    if let Some(labels) = &t.labels {
+        println!("labels       {}", labels.join(", "));
+    }
+    if let Some(s) = t.similarity {
+        println!("similarity   {s}");
+    }
+    if t.final_label.is_some() || t.final_embedding.is_some() {
+        let what = if t.final_label.is_some() {
+            "label "
+        } else {
+            "vector"
+        };
         println!(
-            "final label  {label} (confidence {:.3})",
+            "final {what} {} (confidence {:.3})",
+            result(t),
             t.final_confidence.unwrap_or_default()
         );
     }
@@ -336,7 +378,11 @@ fn print_detail(d: &TaskDetail) {
         for sub in &d.submissions {
             s.add_row(vec![
                 sub.worker_id.to_string(),
-                sub.label.clone(),
+                match (&sub.label, &sub.embedding) {
+                    (Some(label), _) => label.clone(),
+                    (None, Some(v)) => vector(v),
+                    (None, None) => "-".to_owned(),
+                },
                 format!("{:.3}", sub.confidence),
                 or_dash(sub.agreed.map(|a| if a { "yes" } else { "no" })),
                 or_dash(sub.model.as_deref()),

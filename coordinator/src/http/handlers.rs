@@ -109,6 +109,9 @@ pub struct NextTask {
     text: Option<String>,
     #[serde(rename = "type")]
     task_type: Option<TaskType>,
+    /// The candidate labels of a `zero-shot` task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    labels: Option<Vec<String>>,
     lease_id: Option<LeaseId>,
     lease_expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
@@ -128,6 +131,7 @@ pub async fn next_task(
             task_id: Some(l.task_id),
             text: Some(l.text),
             task_type: Some(l.task_type),
+            labels: l.labels,
             lease_id: Some(l.lease_id),
             lease_expires_at: Some(l.expires_at),
         },
@@ -135,6 +139,7 @@ pub async fn next_task(
             task_id: None,
             text: None,
             task_type: None,
+            labels: None,
             lease_id: None,
             lease_expires_at: None,
         },
@@ -146,7 +151,12 @@ pub async fn next_task(
 pub struct SubmitBody {
     worker_id: WorkerId,
     task_id: TaskId,
+    /// The answer of a label task.
+    #[serde(default)]
     label: String,
+    /// The answer of an `embedding` task.
+    #[serde(default)]
+    embedding: Option<Vec<f32>>,
     confidence: f64,
     /// Optional: clients that track leases may name theirs.
     #[serde(default)]
@@ -170,6 +180,7 @@ pub async fn submit(
                 lease_id: b.lease_id,
                 worker_id: b.worker_id,
                 label: b.label,
+                embedding: b.embedding,
                 confidence: b.confidence,
                 model: b.model,
             },

@@ -4,7 +4,7 @@
 //! Several workers may hold leases on one task at once, up to the submissions it still needs, so
 //! a task needing three votes is worked on by three workers in parallel.
 
-use super::{touch_worker, Ctx};
+use super::{touch_worker, Ctx, Json};
 use crate::error::CoreError;
 use crate::store::from_ms;
 use protocol::messages::{Lease, LeaseReply, LeaseRequest, Timings};
@@ -17,6 +17,7 @@ struct Candidate {
     id: String,
     task_type: TaskType,
     text: String,
+    labels: Option<Vec<String>>,
 }
 
 /// The "still needs workers and this one has not touched it" condition. Its first two terms
@@ -96,6 +97,7 @@ pub fn run(conn: &Connection, ctx: &mut Ctx, req: LeaseRequest) -> Result<LeaseR
             task_id,
             task_type: c.task_type,
             text: c.text,
+            labels: c.labels,
             expires_at: from_ms(expires_at),
         });
     }
@@ -131,7 +133,7 @@ fn oldest_open(
     limit: usize,
 ) -> Result<Vec<Candidate>, CoreError> {
     let sql = format!(
-        "SELECT seq, id, text FROM task INDEXED BY task_open
+        "SELECT seq, id, text, labels FROM task INDEXED BY task_open
          WHERE type = ?2 AND {OPEN_FOR_WORKER} ORDER BY seq LIMIT ?3"
     );
     let rows = conn
@@ -144,6 +146,7 @@ fn oldest_open(
                     id: r.get(1)?,
                     task_type: task_type.clone(),
                     text: r.get(2)?,
+                    labels: r.get::<_, Option<Json<Vec<String>>>>(3)?.map(|j| j.0),
                 })
             },
         )?
@@ -157,7 +160,8 @@ fn hinted(
     task: &TaskId,
     capabilities: &[TaskType],
 ) -> Result<Option<Candidate>, CoreError> {
-    let sql = format!("SELECT seq, id, type, text FROM task WHERE id = ?2 AND {OPEN_FOR_WORKER}");
+    let sql =
+        format!("SELECT seq, id, type, text, labels FROM task WHERE id = ?2 AND {OPEN_FOR_WORKER}");
     let row = conn
         .prepare_cached(&sql)?
         .query_row(params![worker.as_str(), task.to_string()], |r| {
@@ -166,6 +170,7 @@ fn hinted(
                 id: r.get(1)?,
                 task_type: super::parsed(r, 2)?,
                 text: r.get(3)?,
+                labels: r.get::<_, Option<Json<Vec<String>>>>(4)?.map(|j| j.0),
             })
         })
         .optional()?;

@@ -19,7 +19,7 @@ pub mod token;
 pub mod workers;
 
 use crate::error::CoreError;
-use crate::store::from_ms;
+use crate::store::{blob_to_vector, from_ms};
 use protocol::messages::{TaskAnnouncement, TaskEvent, TaskView};
 use protocol::{TaskId, TaskStatus, TaskType, WorkerId};
 use rusqlite::types::{FromSql, FromSqlError, ValueRef};
@@ -125,6 +125,12 @@ pub(crate) struct TaskRow {
     pub error_message: Option<String>,
     pub created_at: i64,
     pub finished_at: Option<i64>,
+    /// Candidate labels of a `zero-shot` task.
+    pub labels: Option<Vec<String>>,
+    /// Agreement threshold of an `embedding` task.
+    pub similarity: Option<f64>,
+    /// Consensus vector of a finalized `embedding` task.
+    pub final_embedding: Option<Vec<f32>>,
     /// Only read with [`TASK_VIEW_COLUMNS`].
     pub reserved_by: Option<WorkerId>,
     pub lease_expires_at: Option<i64>,
@@ -132,11 +138,13 @@ pub(crate) struct TaskRow {
 
 /// The columns [`TaskRow::from_row`] reads, in order.
 pub(crate) const TASK_COLUMNS: &str = "id, type, text, status, required, max_attempts, attempts, \
-     active_leases, submissions, final_label, final_confidence, error_message, created_at, finished_at";
+     active_leases, submissions, final_label, final_confidence, error_message, created_at, finished_at, \
+     labels, similarity, final_embedding";
 
 /// [`TASK_COLUMNS`] plus the live-lease summary that views show (kept off the hot paths).
 pub(crate) const TASK_VIEW_COLUMNS: &str = "id, type, text, status, required, max_attempts, attempts, \
      active_leases, submissions, final_label, final_confidence, error_message, created_at, finished_at, \
+     labels, similarity, final_embedding, \
      (SELECT worker_id FROM lease l WHERE l.task_id = task.id AND l.state = 'active' \
       ORDER BY l.created_at DESC LIMIT 1), \
      (SELECT MAX(expires_at) FROM lease l WHERE l.task_id = task.id AND l.state = 'active')";
@@ -158,13 +166,16 @@ impl TaskRow {
             error_message: r.get(11)?,
             created_at: r.get(12)?,
             finished_at: r.get(13)?,
-            reserved_by: if r.as_ref().column_count() > 14 {
-                r.get::<_, Option<String>>(14)?
+            labels: r.get::<_, Option<Json<Vec<String>>>>(14)?.map(|j| j.0),
+            similarity: r.get(15)?,
+            final_embedding: r.get::<_, Option<Vec<u8>>>(16)?.map(|b| blob_to_vector(&b)),
+            reserved_by: if r.as_ref().column_count() > 17 {
+                r.get::<_, Option<String>>(17)?
                     .map(|w| w.parse())
                     .transpose()
                     .map_err(|e| {
                         rusqlite::Error::FromSqlConversionFailure(
-                            14,
+                            17,
                             rusqlite::types::Type::Text,
                             Box::new(e),
                         )
@@ -172,8 +183,8 @@ impl TaskRow {
             } else {
                 None
             },
-            lease_expires_at: if r.as_ref().column_count() > 15 {
-                r.get(15)?
+            lease_expires_at: if r.as_ref().column_count() > 18 {
+                r.get(18)?
             } else {
                 None
             },
@@ -185,8 +196,11 @@ impl TaskRow {
             id: self.id,
             task_type: self.task_type,
             text: self.text,
+            labels: self.labels,
+            similarity: self.similarity,
             status: self.status,
             final_label: self.final_label,
+            final_embedding: self.final_embedding,
             final_confidence: self.final_confidence,
             required_submissions: self.required,
             submissions: self.submissions,
@@ -340,6 +354,7 @@ pub(crate) fn fail_task(
         task_id: task.id,
         status: TaskStatus::Failed,
         final_label: None,
+        final_embedding: None,
         final_confidence: None,
         error_message: Some(message),
         at: from_ms(ctx.now),

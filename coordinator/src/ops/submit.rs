@@ -6,13 +6,15 @@
 //! so a worker that lost an acknowledgement can retry safely; a *different* second submission from
 //! the same worker is refused.
 
-use super::{load_task, parsed, Ctx, Effect};
-use crate::consensus::{decide, Vote};
+use super::{load_task, parsed, Ctx, Effect, TaskRow};
+use crate::consensus::{decide, decide_vectors, VectorVote, Vote};
 use crate::error::CoreError;
-use crate::store::from_ms;
+use crate::store::{blob_to_vector, from_ms, vector_to_blob};
+use protocol::limits::DEFAULT_SIMILARITY;
 use protocol::messages::{
-    check_confidence, check_label, check_model, SubmitReply, SubmitRequest, TaskEvent,
+    check_confidence, check_model, Answer, SubmitReply, SubmitRequest, TaskEvent,
 };
+use protocol::ProtocolError;
 use protocol::{LeaseId, TaskId, TaskStatus, WorkerId};
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -24,8 +26,10 @@ pub struct Submission {
     pub lease_id: Option<LeaseId>,
     /// Who submits.
     pub worker_id: WorkerId,
-    /// The answer.
+    /// The answer of a label task (empty for `embedding` tasks).
     pub label: String,
+    /// The answer of an `embedding` task.
+    pub embedding: Option<Vec<f32>>,
     /// Its confidence in `[0, 1]`.
     pub confidence: f64,
     /// The model that answered.
@@ -38,6 +42,7 @@ impl From<SubmitRequest> for Submission {
             lease_id: Some(r.lease_id),
             worker_id: r.worker_id,
             label: r.label,
+            embedding: r.embedding,
             confidence: r.confidence,
             model: r.model,
         }
@@ -59,7 +64,8 @@ pub fn run(
 }
 
 /// # Errors
-/// - [`CoreError::Invalid`]: label, confidence or model out of bounds.
+/// - [`CoreError::Invalid`]: label, vector, confidence or model out of bounds; a label for an
+///   `embedding` task or a vector for a label task; a `zero-shot` label not among the task's.
 /// - [`CoreError::TaskNotFound`]: unknown task.
 /// - [`CoreError::DuplicateSubmission`]: the worker already submitted something else.
 /// - [`CoreError::NoLease`], [`CoreError::NotLeased`], [`CoreError::LeaseMismatch`],
@@ -71,22 +77,25 @@ pub fn accept(
     task_id: &TaskId,
     sub: Submission,
 ) -> Result<SubmitReply, CoreError> {
-    check_label(&sub.label)?;
+    let answer = Answer::new(&sub.label, sub.embedding.as_deref())?;
     check_confidence(sub.confidence)?;
     check_model(sub.model.as_deref())?;
     let task = load_task(conn, task_id)?;
+    check_fits(&task, answer)?;
     let tid = task_id.to_string();
+    let vector = sub.embedding.as_deref().map(vector_to_blob);
 
-    let earlier: Option<(LeaseId, String)> = conn
+    let earlier: Option<(LeaseId, String, Option<Vec<u8>>)> = conn
         .prepare_cached(
-            "SELECT lease_id, label FROM submission WHERE task_id = ?1 AND worker_id = ?2",
+            "SELECT lease_id, label, embedding FROM submission
+             WHERE task_id = ?1 AND worker_id = ?2",
         )?
         .query_row(params![tid, sub.worker_id.as_str()], |r| {
-            Ok((parsed(r, 0)?, r.get(1)?))
+            Ok((parsed(r, 0)?, r.get(1)?, r.get(2)?))
         })
         .optional()?;
-    if let Some((lease, label)) = earlier {
-        if sub.lease_id.is_none_or(|l| l == lease) && label == sub.label {
+    if let Some((lease, label, embedding)) = earlier {
+        if sub.lease_id.is_none_or(|l| l == lease) && label == sub.label && embedding == vector {
             return Ok(SubmitReply {
                 accepted: true,
                 duplicate: true,
@@ -97,7 +106,11 @@ pub fn accept(
         return Err(CoreError::DuplicateSubmission {
             worker: sub.worker_id,
             task: *task_id,
-            label,
+            label: if embedding.is_some() {
+                "a different embedding".to_owned()
+            } else {
+                label
+            },
         });
     }
 
@@ -144,8 +157,9 @@ pub fn accept(
     }
 
     conn.prepare_cached(
-        "INSERT INTO submission (task_id, worker_id, lease_id, label, confidence, model, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO submission (task_id, worker_id, lease_id, label, confidence, model, created_at,
+                                 embedding)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         tid,
@@ -154,7 +168,8 @@ pub fn accept(
         sub.label,
         sub.confidence,
         sub.model,
-        ctx.now
+        ctx.now,
+        vector
     ])?;
     conn.prepare_cached("UPDATE lease SET state = 'completed', ended_at = ?1 WHERE id = ?2")?
         .execute(params![ctx.now, lease_id.to_string()])?;
@@ -176,23 +191,49 @@ pub fn accept(
             final_label: None,
         });
     }
-    let label = finalize(conn, ctx, task_id, task.active_leases.saturating_sub(1))?;
+    debug_assert_eq!(task.active_leases, 1, "slots never exceed required");
+    let final_label = if task.task_type.is_vector() {
+        let threshold = task.similarity.unwrap_or(DEFAULT_SIMILARITY);
+        finalize_vectors(conn, ctx, task_id, threshold)?;
+        None
+    } else {
+        Some(finalize(conn, ctx, task_id)?)
+    };
     Ok(SubmitReply {
         accepted: true,
         duplicate: false,
         finalized: true,
-        final_label: Some(label),
+        final_label,
     })
+}
+
+/// Refuses an answer of the wrong kind for the task: a label for an `embedding` task, a vector
+/// for a label task, a `zero-shot` label that is not one of the task's candidates.
+fn check_fits(task: &TaskRow, answer: Answer<'_>) -> Result<(), CoreError> {
+    let wrong = |problem: String| -> CoreError { ProtocolError::invalid("label", problem).into() };
+    match answer {
+        Answer::Label(_) if task.task_type.is_vector() => Err(wrong(format!(
+            "{} tasks take an embedding, not a label",
+            task.task_type
+        ))),
+        Answer::Embedding(_) if !task.task_type.is_vector() => Err(wrong(format!(
+            "{} tasks take a label, not an embedding",
+            task.task_type
+        ))),
+        Answer::Label(label) => match &task.labels {
+            Some(labels) if !labels.iter().any(|l| l == label) => Err(wrong(format!(
+                "{label:?} is not one of the task's labels ({})",
+                labels.join(", ")
+            ))),
+            _ => Ok(()),
+        },
+        Answer::Embedding(_) => Ok(()),
+    }
 }
 
 /// Decides the task by vote, marks agreeing submissions and awards their workers a point each.
 /// Runs once per task: only the submission that completes the required count calls it.
-fn finalize(
-    conn: &Connection,
-    ctx: &mut Ctx,
-    task_id: &TaskId,
-    still_leased: u32,
-) -> Result<String, CoreError> {
+fn finalize(conn: &Connection, ctx: &mut Ctx, task_id: &TaskId) -> Result<String, CoreError> {
     let tid = task_id.to_string();
     let votes: Vec<(String, f64)> = conn
         .prepare_cached("SELECT label, confidence FROM submission WHERE task_id = ?1")?
@@ -206,7 +247,6 @@ fn finalize(
         })
         .collect();
     let decision = decide(&ballot).expect("a task is finalized only with submissions");
-    debug_assert_eq!(still_leased, 0, "slots never exceed required");
     conn.prepare_cached(
         "UPDATE task SET status = 'finalized', final_label = ?1, final_confidence = ?2,
              finished_at = ?3
@@ -215,21 +255,82 @@ fn finalize(
     .execute(params![decision.label, decision.confidence, ctx.now, tid])?;
     conn.prepare_cached("UPDATE submission SET agreed = (label = ?1) WHERE task_id = ?2")?
         .execute(params![decision.label, tid])?;
-    conn.prepare_cached(
-        "INSERT INTO worker_score (worker_id, points)
-         SELECT worker_id, 1 FROM submission WHERE task_id = ?1 AND agreed
-         ON CONFLICT (worker_id) DO UPDATE SET points = points + 1",
-    )?
-    .execute([&tid])?;
+    award_points(conn, &tid)?;
     ctx.effects.push(Effect::Finished(TaskEvent {
         task_id: *task_id,
         status: TaskStatus::Finalized,
         final_label: Some(decision.label.clone()),
+        final_embedding: None,
         final_confidence: Some(decision.confidence),
         error_message: None,
         at: from_ms(ctx.now),
     }));
     Ok(decision.label)
+}
+
+/// Decides an `embedding` task: the largest group of answers within `threshold` cosine of one
+/// another wins; its members agree and earn a point each.
+fn finalize_vectors(
+    conn: &Connection,
+    ctx: &mut Ctx,
+    task_id: &TaskId,
+    threshold: f64,
+) -> Result<(), CoreError> {
+    let tid = task_id.to_string();
+    let rows: Vec<(i64, Vec<u8>, f64)> = conn
+        .prepare_cached(
+            "SELECT id, embedding, confidence FROM submission WHERE task_id = ?1 ORDER BY id",
+        )?
+        .query_map([&tid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let vectors: Vec<Vec<f32>> = rows.iter().map(|(_, b, _)| blob_to_vector(b)).collect();
+    let ballot: Vec<VectorVote<'_>> = vectors
+        .iter()
+        .zip(&rows)
+        .map(|(v, (_, _, confidence))| VectorVote {
+            vector: v,
+            confidence: *confidence,
+        })
+        .collect();
+    let decision =
+        decide_vectors(&ballot, threshold).expect("a task is finalized only with submissions");
+    conn.prepare_cached(
+        "UPDATE task SET status = 'finalized', final_embedding = ?1, final_confidence = ?2,
+             finished_at = ?3
+         WHERE id = ?4",
+    )?
+    .execute(params![
+        vector_to_blob(&decision.vector),
+        decision.confidence,
+        ctx.now,
+        tid
+    ])?;
+    let mut mark = conn.prepare_cached("UPDATE submission SET agreed = ?1 WHERE id = ?2")?;
+    for (i, (id, _, _)) in rows.iter().enumerate() {
+        mark.execute(params![decision.members.contains(&i), id])?;
+    }
+    award_points(conn, &tid)?;
+    ctx.effects.push(Effect::Finished(TaskEvent {
+        task_id: *task_id,
+        status: TaskStatus::Finalized,
+        final_label: None,
+        final_embedding: Some(decision.vector),
+        final_confidence: Some(decision.confidence),
+        error_message: None,
+        at: from_ms(ctx.now),
+    }));
+    Ok(())
+}
+
+/// One point to each worker whose submission on the task agreed with the consensus.
+fn award_points(conn: &Connection, tid: &str) -> Result<(), CoreError> {
+    conn.prepare_cached(
+        "INSERT INTO worker_score (worker_id, points)
+         SELECT worker_id, 1 FROM submission WHERE task_id = ?1 AND agreed
+         ON CONFLICT (worker_id) DO UPDATE SET points = points + 1",
+    )?
+    .execute([tid])?;
+    Ok(())
 }
 
 /// The lease `worker` holds on `task`, if any.
@@ -251,8 +352,8 @@ mod tests {
     use super::*;
     use crate::ops::testing::*;
     use crate::ops::{lease, load_task, sweep};
-    use protocol::messages::{Lease, NewTask};
-    use protocol::ErrorCode;
+    use protocol::messages::{Lease, LeaseRequest, NewTask};
+    use protocol::{ErrorCode, TaskType};
 
     fn take(conn: &mut Connection, now: i64, worker: &str) -> Vec<Lease> {
         let tx = conn.transaction().expect("tx");
@@ -281,6 +382,7 @@ mod tests {
             lease_id: lease.lease_id,
             worker_id: wid(worker),
             label: label.into(),
+            embedding: None,
             confidence,
             model: None,
         }
@@ -327,6 +429,118 @@ mod tests {
         let r = r.expect("resend");
         assert!(r.duplicate && r.finalized && fx.is_empty());
         assert_eq!(dump(&conn), before);
+    }
+
+    fn take_typed(conn: &mut Connection, worker: &str, task_type: TaskType) -> Lease {
+        let tx = conn.transaction().expect("tx");
+        let req = LeaseRequest {
+            capabilities: vec![task_type],
+            ..lease_req(worker, 1)
+        };
+        let r = lease::run(&tx, &mut ctx(1), req).expect("lease");
+        tx.commit().expect("commit");
+        r.leases.into_iter().next().expect("a lease")
+    }
+
+    fn vector(lease: &Lease, worker: &str, v: &[f32]) -> SubmitRequest {
+        SubmitRequest {
+            embedding: Some(v.to_vec()),
+            ..answer(lease, worker, "", 1.0)
+        }
+    }
+
+    #[test]
+    fn embedding_tasks_finalize_on_the_largest_agreeing_group() {
+        let mut conn = store();
+        let t = add(&mut conn, 0, NewTask::embedding("x"));
+        let leases: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .map(|w| take_typed(&mut conn, w, TaskType::embedding()))
+            .collect();
+        send(&mut conn, 2, &t, vector(&leases[0], "a", &[1.0, 0.0, 0.0]))
+            .0
+            .expect("a");
+        send(&mut conn, 2, &t, vector(&leases[1], "b", &[0.0, 1.0, 0.0]))
+            .0
+            .expect("b");
+        let (r, fx) = send(
+            &mut conn,
+            3,
+            &t,
+            vector(&leases[2], "c", &[1.0, 0.001, 0.0]),
+        );
+        let r = r.expect("c");
+        assert!(r.finalized && r.final_label.is_none());
+        let Effect::Finished(event) = &fx[0] else {
+            panic!("{fx:?}")
+        };
+        let v = event.final_embedding.as_ref().expect("vector in the event");
+        assert!((v[0] - 1.0).abs() < 1e-6 && (v[1] - 0.0005).abs() < 1e-6);
+        let task = load_task(&conn, &t).expect("task");
+        assert_eq!(task.final_embedding.as_ref(), Some(v));
+        assert_eq!(task.similarity, Some(DEFAULT_SIMILARITY));
+        assert_eq!(
+            (points(&conn, "a"), points(&conn, "b"), points(&conn, "c")),
+            (1, 0, 1)
+        );
+        // A resend of the same vector is a duplicate; another vector is refused.
+        let (r, _) = send(&mut conn, 4, &t, vector(&leases[0], "a", &[1.0, 0.0, 0.0]));
+        assert!(r.expect("resend").duplicate);
+        let (r, _) = send(&mut conn, 4, &t, vector(&leases[0], "a", &[0.5, 0.5, 0.0]));
+        assert_eq!(
+            r.expect_err("changed vector").code(),
+            ErrorCode::DuplicateSubmission
+        );
+    }
+
+    #[test]
+    fn answers_must_fit_the_task_type() {
+        let mut conn = store();
+        let e = add(&mut conn, 0, NewTask::embedding("x"));
+        let z = add(
+            &mut conn,
+            0,
+            NewTask::zero_shot("goal!", &["sports", "politics"]),
+        );
+        let s = add(&mut conn, 0, NewTask::text("fine"));
+        let le = take_typed(&mut conn, "a", TaskType::embedding());
+        let lz = take_typed(&mut conn, "a", TaskType::zero_shot());
+        assert_eq!(
+            lz.labels.as_deref(),
+            Some(&["sports".to_owned(), "politics".to_owned()][..])
+        );
+        let ls = take_typed(&mut conn, "a", TaskType::sentiment());
+        let before = dump(&conn);
+        let cases = [
+            (e, answer(&le, "a", "positive", 0.9), "take an embedding"),
+            (s, vector(&ls, "a", &[1.0]), "take a label"),
+            (z, vector(&lz, "a", &[1.0]), "take a label"),
+            (
+                z,
+                answer(&lz, "a", "weather", 0.9),
+                "not one of the task's labels",
+            ),
+            (e, vector(&le, "a", &[0.0, 0.0]), "all zeros"),
+            (e, vector(&le, "a", &[f32::NAN]), "finite"),
+            (
+                e,
+                SubmitRequest {
+                    label: "both".into(),
+                    ..vector(&le, "a", &[1.0])
+                },
+                "not both",
+            ),
+        ];
+        for (task, req, why) in cases {
+            let (r, fx) = send(&mut conn, 2, &task, req.clone());
+            let err = r.expect_err("accepted");
+            assert_eq!(err.code(), ErrorCode::InvalidArgument, "{req:?}");
+            assert!(err.to_string().contains(why), "{err} lacks {why:?}");
+            assert!(fx.is_empty());
+            assert_eq!(dump(&conn), before, "{req:?} changed the store");
+        }
+        let (r, _) = send(&mut conn, 2, &z, answer(&lz, "a", "sports", 0.9));
+        assert!(r.expect("a candidate label").accepted);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use super::{Ctx, Effect};
 use crate::error::CoreError;
-use protocol::limits::DEFAULT_REQUIRED_SUBMISSIONS;
+use protocol::limits::{DEFAULT_REQUIRED_SUBMISSIONS, DEFAULT_SIMILARITY};
 use protocol::messages::{TaskAddReply, TaskAddRequest, TaskAnnouncement};
 use protocol::{TaskId, TaskType};
 use rusqlite::{params, Connection};
@@ -18,8 +18,9 @@ pub fn run(
 ) -> Result<TaskAddReply, CoreError> {
     req.validate(ctx.settings.max_text_bytes)?;
     let mut insert = conn.prepare_cached(
-        "INSERT INTO task (id, type, text, status, required, max_attempts, created_at)
-         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6)",
+        "INSERT INTO task (id, type, text, status, required, max_attempts, created_at, labels,
+                           similarity)
+         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8)",
     )?;
     let mut task_ids = Vec::with_capacity(req.tasks.len());
     for task in req.tasks {
@@ -31,13 +32,21 @@ pub fn run(
         let max_attempts = task
             .max_attempts
             .unwrap_or(ctx.settings.max_attempts_default);
+        let labels = task
+            .labels
+            .map(|l| serde_json::to_string(&l).expect("labels serialize"));
+        let similarity = task
+            .similarity
+            .or_else(|| task_type.is_vector().then_some(DEFAULT_SIMILARITY));
         insert.execute(params![
             id.to_string(),
             task_type.as_str(),
             task.text,
             required,
             max_attempts,
-            ctx.now
+            ctx.now,
+            labels,
+            similarity
         ])?;
         ctx.effects.push(Effect::Announce(TaskAnnouncement {
             task_id: id,

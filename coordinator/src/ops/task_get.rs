@@ -2,7 +2,7 @@
 
 use super::{load_task_view, parsed, TaskRow, TASK_VIEW_COLUMNS};
 use crate::error::CoreError;
-use crate::store::from_ms;
+use crate::store::{blob_to_vector, from_ms};
 use protocol::messages::{LeaseView, SubmissionView, TaskDetail};
 use protocol::TaskId;
 use rusqlite::Connection;
@@ -31,13 +31,14 @@ fn detail(conn: &Connection, task: TaskRow) -> Result<TaskDetail, CoreError> {
     let id = task_id.to_string();
     let submissions = conn
         .prepare_cached(
-            "SELECT worker_id, label, confidence, model, agreed, created_at
+            "SELECT worker_id, label, confidence, model, agreed, created_at, embedding
              FROM submission WHERE task_id = ?1 ORDER BY id",
         )?
         .query_map([&id], |r| {
             Ok(SubmissionView {
                 worker_id: parsed(r, 0)?,
-                label: r.get(1)?,
+                label: Some(r.get::<_, String>(1)?).filter(|l| !l.is_empty()),
+                embedding: r.get::<_, Option<Vec<u8>>>(6)?.map(|b| blob_to_vector(&b)),
                 confidence: r.get(2)?,
                 model: r.get(3)?,
                 agreed: r.get(4)?,

@@ -58,6 +58,18 @@ pub fn prepare(conn: &mut Connection) -> Result<(), StoreError> {
     schema::migrate(conn)
 }
 
+/// A vector as stored: little-endian f32s.
+pub fn vector_to_blob(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Reads a vector written by [`vector_to_blob`].
+pub fn blob_to_vector(blob: &[u8]) -> Vec<f32> {
+    blob.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
 /// Milliseconds since the epoch, as stored.
 pub fn to_ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()

@@ -88,6 +88,15 @@ CREATE TABLE health_probe (
     at INTEGER NOT NULL
 );
 "#,
+    r#"
+-- Task types beyond labels: zero-shot tasks carry their candidate labels (a JSON array),
+-- embedding tasks their agreement threshold and, once finalized, the consensus vector.
+-- Vectors are little-endian f32 blobs; an embedding submission's label is ''.
+ALTER TABLE task ADD COLUMN labels TEXT;
+ALTER TABLE task ADD COLUMN similarity REAL;
+ALTER TABLE task ADD COLUMN final_embedding BLOB;
+ALTER TABLE submission ADD COLUMN embedding BLOB;
+"#,
 ];
 
 /// The schema version this build writes.

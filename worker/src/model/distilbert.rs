@@ -234,6 +234,7 @@ impl Model for Sst2 {
                         .get(best)
                         .cloned()
                         .unwrap_or_else(|| best.to_string()),
+                    embedding: None,
                     confidence: p,
                     scores: logits,
                 })

@@ -46,6 +46,7 @@ pub fn classify(compound: f64) -> Prediction {
     };
     Prediction {
         label: label.to_owned(),
+        embedding: None,
         confidence: (0.5 + compound.abs() / 2.0).clamp(0.5, 1.0),
         scores: vec![compound as f32],
     }
@@ -82,10 +83,7 @@ mod tests {
 
     fn label(model: &Lexicon, text: &str) -> Prediction {
         model
-            .predict(&[Input {
-                task_type: TaskType::sentiment(),
-                text: text.into(),
-            }])
+            .predict(&[Input::new(TaskType::sentiment(), text)])
             .remove(0)
             .expect("prediction")
     }
@@ -109,10 +107,10 @@ mod tests {
     #[test]
     fn other_task_types_are_refused() {
         let m = Lexicon::new();
-        let r = m.predict(&[Input {
-            task_type: TaskType::new("translate").expect("type"),
-            text: "hola".into(),
-        }]);
+        let r = m.predict(&[Input::new(
+            TaskType::new("translate").expect("type"),
+            "hola",
+        )]);
         assert!(matches!(r[0], Err(ModelError::Unsupported { .. })));
     }
 

@@ -1,8 +1,9 @@
 //! `minilm`: sentence-transformers/all-MiniLM-L6-v2, a 6-layer BERT encoder with mean pooling and
 //! L2 normalisation, run with candle. It embeds texts (`embedding` in `aimarket infer`) and does
 //! zero-shot classification: the label whose embedding is nearest the text's wins, with a
-//! softmax over the scaled cosine similarities as confidence. As a worker it answers `sentiment`
-//! tasks zero-shot over `positive` / `negative`.
+//! softmax over the scaled cosine similarities as confidence. As a worker it answers `embedding`
+//! tasks (the vector), `zero-shot` tasks (over the task's candidate labels, each embedded as it
+//! is written and cached) and `sentiment` tasks (zero-shot over `positive` / `negative`).
 
 use super::transformer::{
     argmax, attend, by_length, encode, predict_batch, softmax, Folder, LoadError, MAX_TOKENS,
@@ -12,7 +13,9 @@ use candle_core::{Device, Module, Tensor, D};
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
 use protocol::TaskType;
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Mutex;
 use tokenizers::Tokenizer;
 
 /// Scale of the cosine similarities before the softmax (a temperature of 0.05).
@@ -154,7 +157,12 @@ pub struct MiniLm {
     tokenizer: Tokenizer,
     device: Device,
     sentiment: Vec<Vec<f32>>,
+    /// Embeddings of the zero-shot candidate labels seen so far.
+    labels: Mutex<HashMap<String, Vec<f32>>>,
 }
+
+/// Most candidate-label embeddings kept; the cache starts over when full.
+const LABEL_CACHE: usize = 4096;
 
 impl MiniLm {
     /// Loads `config.json`, `model.safetensors` and `tokenizer.json` from `dir`.
@@ -179,6 +187,7 @@ impl MiniLm {
             tokenizer,
             device,
             sentiment: Vec::new(),
+            labels: Mutex::new(HashMap::new()),
         };
         let phrases: Vec<&str> = SENTIMENT_LABELS.iter().map(|(_, p)| *p).collect();
         m.sentiment = m
@@ -214,6 +223,27 @@ impl MiniLm {
         run().map_err(fail)
     }
 
+    /// The embeddings of `labels`, from the cache or computed in one batch.
+    fn label_embeddings(&self, labels: &[&str]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let mut cache = self.labels.lock().expect("label cache lock");
+        let mut missing: Vec<&str> = labels
+            .iter()
+            .copied()
+            .filter(|l| !cache.contains_key(*l))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
+            if cache.len() + missing.len() > LABEL_CACHE {
+                cache.clear();
+            }
+            for (label, e) in missing.iter().zip(self.embed(&missing)?) {
+                cache.insert((*label).to_owned(), e);
+            }
+        }
+        Ok(labels.iter().map(|l| cache[*l].clone()).collect())
+    }
+
     /// Zero-shot: the index of the candidate nearest `text_embedding` and the softmax of the
     /// scaled similarities.
     pub fn classify(text_embedding: &[f32], candidates: &[Vec<f32>]) -> (usize, Vec<f64>) {
@@ -241,35 +271,70 @@ impl Model for MiniLm {
     }
 
     fn capabilities(&self) -> Vec<TaskType> {
-        vec![TaskType::sentiment()]
+        vec![
+            TaskType::sentiment(),
+            TaskType::zero_shot(),
+            TaskType::embedding(),
+        ]
     }
 
     fn predict(&self, inputs: &[Input]) -> Vec<Result<Prediction, ModelError>> {
-        let embedding = TaskType::new("embedding").expect("a valid task type");
+        let candidates: Vec<&str> = inputs
+            .iter()
+            .filter(|i| i.task_type == TaskType::zero_shot())
+            .flat_map(|i| i.labels.iter().flatten().map(String::as_str))
+            .collect();
+        if let Err(e) = self.label_embeddings(&candidates) {
+            let msg = e.to_string();
+            return inputs
+                .iter()
+                .map(|_| Err(ModelError::Inference(msg.clone().into())))
+                .collect();
+        }
         predict_batch(
             inputs,
             |texts| self.embed(texts),
-            |input, e| {
-                if input.task_type == embedding {
-                    return Ok(Prediction {
-                        label: "embedding".into(),
-                        confidence: 1.0,
-                        scores: e,
-                    });
-                }
-                if input.task_type != TaskType::sentiment() {
-                    return Err(ModelError::Unsupported {
-                        model: self.id().to_owned(),
-                        task_type: input.task_type.clone(),
-                    });
-                }
-                let (best, probs) = Self::classify(&e, &self.sentiment);
-                Ok(Prediction {
-                    label: SENTIMENT_LABELS[best].0.to_owned(),
-                    confidence: probs[best],
-                    scores: probs.iter().map(|p| *p as f32).collect(),
-                })
-            },
+            |input, e| self.answer(input, e),
         )
+    }
+}
+
+impl MiniLm {
+    /// Turns a text's embedding into the answer its task type asks for.
+    fn answer(&self, input: &Input, e: Vec<f32>) -> Result<Prediction, ModelError> {
+        let t = &input.task_type;
+        if t.is_vector() {
+            return Ok(Prediction {
+                label: String::new(),
+                embedding: Some(e.clone()),
+                confidence: 1.0,
+                scores: e,
+            });
+        }
+        let (labels, candidates) = if *t == TaskType::zero_shot() {
+            let labels: Vec<&str> = input.labels.iter().flatten().map(String::as_str).collect();
+            if labels.is_empty() {
+                return Err(ModelError::Inference(
+                    "a zero-shot task without candidate labels".into(),
+                ));
+            }
+            let candidates = self.label_embeddings(&labels)?;
+            (labels, candidates)
+        } else if *t == TaskType::sentiment() {
+            let labels = SENTIMENT_LABELS.iter().map(|(l, _)| *l).collect();
+            (labels, self.sentiment.clone())
+        } else {
+            return Err(ModelError::Unsupported {
+                model: self.id().to_owned(),
+                task_type: t.clone(),
+            });
+        };
+        let (best, probs) = Self::classify(&e, &candidates);
+        Ok(Prediction {
+            label: labels[best].to_owned(),
+            embedding: None,
+            confidence: probs[best],
+            scores: probs.iter().map(|p| *p as f32).collect(),
+        })
     }
 }

@@ -15,13 +15,28 @@ pub struct Input {
     pub task_type: TaskType,
     /// The text.
     pub text: String,
+    /// The candidate labels of a `zero-shot` task.
+    pub labels: Option<Vec<String>>,
+}
+
+impl Input {
+    /// An input of `task_type` without candidate labels.
+    pub fn new(task_type: TaskType, text: impl Into<String>) -> Self {
+        Self {
+            task_type,
+            text: text.into(),
+            labels: None,
+        }
+    }
 }
 
 /// A model's answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
-    /// The label (`positive` / `negative` for sentiment).
+    /// The label (`positive` / `negative` for sentiment); empty for an embedding.
     pub label: String,
+    /// The vector, for `embedding` tasks.
+    pub embedding: Option<Vec<f32>>,
     /// Confidence in `[0, 1]`.
     pub confidence: f64,
     /// The raw scores behind the label, for inspection (`aimarket infer`): a classifier's
