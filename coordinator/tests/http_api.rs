@@ -375,3 +375,72 @@ async fn metrics_parse_and_move_with_the_work() {
     }
     g.stop().await;
 }
+
+#[tokio::test]
+async fn zero_shot_and_embedding_tasks_over_http() {
+    let g = Gateway::start().await;
+    for w in ["v1", "v2"] {
+        let caps = json!(["zero-shot", "embedding"]).to_string();
+        let (s, _) = g
+            .post(
+                "/workers/register",
+                json!({"worker_id": w, "capabilities_json": caps}),
+            )
+            .await;
+        assert_eq!(s, 200);
+    }
+
+    // Zero-shot: the lease carries the candidates; an answer outside them is refused.
+    let (s, z) = g
+        .post(
+            "/tasks",
+            json!({"text": "goal!", "type": "zero-shot", "labels": ["sports", "politics"],
+                   "required_submissions": 1}),
+        )
+        .await;
+    assert_eq!(s, 200, "{z}");
+    let (_, next) = g.post("/tasks/next", json!({"worker_id": "v1"})).await;
+    assert_eq!(next["labels"], json!(["sports", "politics"]), "{next}");
+    let submit = |label: &str| json!({"worker_id": "v1", "task_id": z["task_id"], "label": label, "confidence": 0.8});
+    let (s, err) = g.post("/workers/submit", submit("weather")).await;
+    assert_eq!(
+        (s, &err["error"]["code"]),
+        (422, &json!("invalid_argument"))
+    );
+    let (s, ok) = g.post("/workers/submit", submit("sports")).await;
+    assert_eq!((s, &ok["final_label"]), (200, &json!("sports")), "{ok}");
+
+    // Embedding: two near vectors agree at the task's threshold; the result is their mean.
+    let (s, e) = g
+        .post(
+            "/tasks",
+            json!({"text": "I love it", "type": "embedding", "similarity": 0.99,
+                   "required_submissions": 2}),
+        )
+        .await;
+    assert_eq!(s, 200, "{e}");
+    for (w, v) in [("v1", [1.0, 0.0]), ("v2", [0.995, 0.0998])] {
+        let (_, next) = g.post("/tasks/next", json!({"worker_id": w})).await;
+        assert_eq!(next["task_id"], e["task_id"], "{next}");
+        let (s, r) = g
+            .post(
+                "/workers/submit",
+                json!({"worker_id": w, "task_id": e["task_id"], "embedding": v, "confidence": 1.0}),
+            )
+            .await;
+        assert_eq!(s, 200, "{r}");
+    }
+    let id = e["task_id"].as_str().expect("id");
+    let (s, d) = g.get(&format!("/tasks/{id}")).await;
+    assert_eq!(s, 200);
+    assert_eq!(d["task"]["status"], "finalized", "{d}");
+    assert_eq!(d["task"]["similarity"], 0.99);
+    let v = d["task"]["final_embedding"].as_array().expect("a vector");
+    assert!((v[0].as_f64().expect("x") - 0.9975).abs() < 1e-6, "{v:?}");
+    assert!(d["submissions"]
+        .as_array()
+        .expect("submissions")
+        .iter()
+        .all(|s| s["agreed"] == true && s["embedding"].is_array()));
+    g.stop().await;
+}

@@ -53,3 +53,47 @@ fn zero_shot_sentiment_picks_the_obvious_label() {
         assert!(got.confidence > 0.5 && got.confidence <= 1.0);
     }
 }
+
+#[test]
+fn zero_shot_picks_the_obvious_candidate_and_embedding_tasks_get_the_vector() {
+    let m = model();
+    let topics = ["sports", "politics", "cooking", "weather"];
+    let labels = Some(topics.iter().map(|l| (*l).to_owned()).collect::<Vec<_>>());
+    let cases = [
+        (
+            "The striker scored twice and the team won the final",
+            "sports",
+        ),
+        ("Parliament passed the new election law", "politics"),
+        (
+            "Simmer the onions in butter, then add the garlic",
+            "cooking",
+        ),
+        (
+            "Heavy rain and strong winds are expected tomorrow",
+            "weather",
+        ),
+    ];
+    let mut inputs: Vec<Input> = cases
+        .iter()
+        .map(|(t, _)| Input {
+            labels: labels.clone(),
+            ..Input::new(TaskType::zero_shot(), *t)
+        })
+        .collect();
+    inputs.push(Input::new(TaskType::embedding(), "I love this movie"));
+    let got = m.predict(&inputs);
+    for ((text, want), p) in cases.iter().zip(&got) {
+        let p = p.as_ref().expect("prediction");
+        assert_eq!(p.label, *want, "{text}: {p:?}");
+        assert_eq!(
+            p.scores.len(),
+            topics.len(),
+            "one probability per candidate"
+        );
+    }
+    let e = got[4].as_ref().expect("embedding");
+    assert!(e.label.is_empty());
+    let alone = m.embed(&["I love this movie"]).expect("embed");
+    assert!(cosine(e.embedding.as_ref().expect("vector"), &alone[0]) > 0.99999);
+}
