@@ -1,8 +1,10 @@
 //! Test helpers shared by the crates' integration tests: a real `nats-server` on a free loopback
-//! port with its own temp dir, killed on drop.
+//! port with its own temp dir, killed on drop; model folders made on the spot ([`models`]).
 //!
 //! The binary is found in `$NATS_SERVER_BIN`, then on `PATH`, then where `scripts/setup.sh`
 //! installs it (`/usr/sbin`, `~/.local/bin`).
+
+pub mod models;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;

@@ -2,9 +2,8 @@
 //! names, a config.json, a WordPiece tokenizer.json), loaded through the same code as real
 //! weights, checked against an independent float64 forward pass written out below.
 
-use candle_core::{Device, Tensor};
-use std::collections::HashMap;
 use std::path::Path;
+use test_support::models::{write_distilbert, write_wordpiece_tokenizer, DistilBertShape, Weights};
 use worker::model::distilbert::Sst2;
 use worker::model::transformer::softmax;
 use worker::model::{Input, Model};
@@ -20,100 +19,19 @@ const VOCAB: [&str; V] = [
     "film", "was", "not", "!",
 ];
 
-type Weights = HashMap<String, (Vec<usize>, Vec<f32>)>;
-
-fn shapes() -> Vec<(String, Vec<usize>)> {
-    let mut s = vec![
-        (
-            "distilbert.embeddings.word_embeddings.weight".to_owned(),
-            vec![V, D],
-        ),
-        (
-            "distilbert.embeddings.position_embeddings.weight".to_owned(),
-            vec![P, D],
-        ),
-        ("distilbert.embeddings.LayerNorm.weight".to_owned(), vec![D]),
-        ("distilbert.embeddings.LayerNorm.bias".to_owned(), vec![D]),
-        ("pre_classifier.weight".to_owned(), vec![D, D]),
-        ("pre_classifier.bias".to_owned(), vec![D]),
-        ("classifier.weight".to_owned(), vec![2, D]),
-        ("classifier.bias".to_owned(), vec![2]),
-    ];
-    for i in 0..LAYERS {
-        let l = format!("distilbert.transformer.layer.{i}");
-        for lin in ["q_lin", "k_lin", "v_lin", "out_lin"] {
-            s.push((format!("{l}.attention.{lin}.weight"), vec![D, D]));
-            s.push((format!("{l}.attention.{lin}.bias"), vec![D]));
-        }
-        for norm in ["sa_layer_norm", "output_layer_norm"] {
-            s.push((format!("{l}.{norm}.weight"), vec![D]));
-            s.push((format!("{l}.{norm}.bias"), vec![D]));
-        }
-        s.push((format!("{l}.ffn.lin1.weight"), vec![H, D]));
-        s.push((format!("{l}.ffn.lin1.bias"), vec![H]));
-        s.push((format!("{l}.ffn.lin2.weight"), vec![D, H]));
-        s.push((format!("{l}.ffn.lin2.bias"), vec![D]));
-    }
-    s
-}
+const SHAPE: DistilBertShape = DistilBertShape {
+    vocab: V,
+    dim: D,
+    hidden: H,
+    layers: LAYERS,
+    heads: HEADS,
+    positions: P,
+};
 
 /// Writes the tiny model in Hugging Face layout; returns its weights.
 fn make_model(dir: &Path) -> Weights {
-    let mut rng = fastrand::Rng::with_seed(7);
-    let mut weights = Weights::new();
-    let mut tensors = HashMap::new();
-    for (name, shape) in shapes() {
-        let n: usize = shape.iter().product();
-        let data: Vec<f32> = (0..n)
-            .map(|_| {
-                let r = rng.f32() * 1.6 - 0.8;
-                if name.ends_with("LayerNorm.weight") || name.ends_with("norm.weight") {
-                    1.0 + r / 4.0
-                } else {
-                    r
-                }
-            })
-            .collect();
-        tensors.insert(
-            name.clone(),
-            Tensor::from_vec(data.clone(), shape.as_slice(), &Device::Cpu).expect("tensor"),
-        );
-        weights.insert(name, (shape, data));
-    }
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).expect("save weights");
-    let config = serde_json::json!({
-        "vocab_size": V, "dim": D, "n_layers": LAYERS, "n_heads": HEADS, "hidden_dim": H,
-        "max_position_embeddings": P, "activation": "gelu", "pad_token_id": 0,
-        "id2label": {"0": "NEGATIVE", "1": "POSITIVE"}
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).expect("config");
-    make_tokenizer(&dir.join("tokenizer.json"));
-    weights
-}
-
-fn make_tokenizer(path: &Path) {
-    use tokenizers::models::wordpiece::WordPiece;
-    use tokenizers::normalizers::BertNormalizer;
-    use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
-    use tokenizers::processors::template::TemplateProcessing;
-    let vocab = path.with_file_name("vocab.txt");
-    std::fs::write(&vocab, VOCAB.join("\n")).expect("vocab");
-    let wp = WordPiece::from_file(vocab.to_str().expect("utf8"))
-        .unk_token("[UNK]".into())
-        .build()
-        .expect("wordpiece");
-    let mut tok = tokenizers::Tokenizer::new(wp);
-    tok.with_normalizer(Some(BertNormalizer::default()));
-    tok.with_pre_tokenizer(Some(BertPreTokenizer));
-    tok.with_post_processor(Some(
-        TemplateProcessing::builder()
-            .try_single("[CLS] $A [SEP]")
-            .expect("template")
-            .special_tokens(vec![("[CLS]", 2), ("[SEP]", 3)])
-            .build()
-            .expect("processor"),
-    ));
-    tok.save(path, false).expect("save tokenizer");
+    write_wordpiece_tokenizer(dir, &VOCAB);
+    write_distilbert(dir, SHAPE, 0.8, 7)
 }
 
 // ---- the float64 reference ------------------------------------------------------------------
@@ -290,9 +208,33 @@ fn a_folder_missing_a_file_is_named() {
         .expect("loaded from an empty folder");
     assert!(err.to_string().contains("config.json"), "{err}");
     make_model(dir.path());
-    std::fs::remove_file(dir.path().join("tokenizer.json")).expect("rm");
+    for file in ["tokenizer.json", "vocab.txt"] {
+        std::fs::remove_file(dir.path().join(file)).expect("rm");
+    }
     let err = Sst2::load(dir.path())
         .err()
         .expect("loaded without a tokenizer");
     assert!(err.to_string().contains("tokenizer.json"), "{err}");
+}
+
+#[test]
+fn a_folder_with_only_vocab_txt_tokenizes_as_bert_does() {
+    // Older uploads (the original's DistilBERT among them) ship vocab.txt without tokenizer.json.
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_model(dir.path());
+    let texts = [
+        "I love this movie!",
+        "this film was not good , i hate it",
+        "zzz",
+    ];
+    let with_json = Sst2::load(dir.path())
+        .expect("load")
+        .logits(&texts)
+        .expect("logits");
+    std::fs::remove_file(dir.path().join("tokenizer.json")).expect("rm");
+    let with_vocab = Sst2::load(dir.path())
+        .expect("load")
+        .logits(&texts)
+        .expect("logits");
+    assert_eq!(with_json, with_vocab);
 }

@@ -13,7 +13,10 @@ pub const MAX_TOKENS: usize = 256;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// A file of the Hugging Face layout is missing.
-    #[error("{dir} has no {file} (a model folder needs config.json, model.safetensors and tokenizer.json)")]
+    #[error(
+        "{dir} has no {file} (a model folder needs config.json, model.safetensors and \
+         tokenizer.json or vocab.txt)"
+    )]
     Missing {
         /// The folder.
         dir: String,
@@ -39,12 +42,22 @@ impl LoadError {
     }
 }
 
-/// The three files of a Hugging Face model folder.
+/// The three files of a Hugging Face model folder. The tokenizer is `tokenizer.json`, or for
+/// older BERT-family uploads that lack one, `vocab.txt` (an uncased BERT WordPiece tokenizer is
+/// built from it).
 pub(crate) struct Folder {
     pub config: PathBuf,
     pub weights: PathBuf,
     pub tokenizer: PathBuf,
 }
+
+/// The files a model folder may hold, in the order they are fetched.
+pub const FOLDER_FILES: [&str; 4] = [
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "vocab.txt",
+];
 
 impl Folder {
     pub(crate) fn open(dir: &Path) -> Result<Self, LoadError> {
@@ -62,7 +75,7 @@ impl Folder {
         Ok(Self {
             config: file("config.json")?,
             weights: file("model.safetensors")?,
-            tokenizer: file("tokenizer.json")?,
+            tokenizer: file("tokenizer.json").or_else(|e| file("vocab.txt").map_err(|_| e))?,
         })
     }
 
@@ -82,8 +95,12 @@ impl Folder {
 
     /// The tokenizer, padding each batch to its longest text and truncating at `max_len`.
     pub(crate) fn tokenizer(&self, max_len: usize) -> Result<Tokenizer, LoadError> {
-        let mut t = Tokenizer::from_file(&self.tokenizer)
-            .map_err(|e| LoadError::bad(&self.tokenizer, e))?;
+        let mut t = if self.tokenizer.ends_with("vocab.txt") {
+            bert_wordpiece(&self.tokenizer)
+        } else {
+            Tokenizer::from_file(&self.tokenizer)
+        }
+        .map_err(|e| LoadError::bad(&self.tokenizer, e))?;
         t.with_padding(Some(PaddingParams::default()));
         t.with_truncation(Some(TruncationParams {
             max_length: max_len,
@@ -92,6 +109,34 @@ impl Folder {
         .map_err(|e| LoadError::bad(&self.tokenizer, e))?;
         Ok(t)
     }
+}
+
+/// An uncased BERT WordPiece tokenizer over `vocab.txt`: what `BertTokenizerFast` builds from it.
+fn bert_wordpiece(vocab: &Path) -> tokenizers::Result<Tokenizer> {
+    use tokenizers::models::wordpiece::WordPiece;
+    use tokenizers::normalizers::BertNormalizer;
+    use tokenizers::Model as _;
+    use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+    use tokenizers::processors::template::TemplateProcessing;
+    let path = vocab.to_str().ok_or("the vocab.txt path is not UTF-8")?;
+    let wp = WordPiece::from_file(path)
+        .unk_token("[UNK]".into())
+        .build()?;
+    let id = |t: &str| {
+        wp.token_to_id(t)
+            .ok_or_else(|| format!("vocab.txt lacks the special token {t}"))
+    };
+    let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
+    let mut tok = Tokenizer::new(wp);
+    tok.with_normalizer(Some(BertNormalizer::default()));
+    tok.with_pre_tokenizer(Some(BertPreTokenizer));
+    tok.with_post_processor(Some(
+        TemplateProcessing::builder()
+            .try_single("[CLS] $A [SEP]")?
+            .special_tokens(vec![("[CLS]", cls), ("[SEP]", sep)])
+            .build()?,
+    ));
+    Ok(tok)
 }
 
 /// Token ids and attention mask (1 = real token) of a padded batch, each `[batch, seq]`.
