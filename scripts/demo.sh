@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The demo: its own nats-server on a free port, a coordinator on a fresh database, three workers
-# (alice, bob, carole), the README's sample tasks in, the leaderboard out; then everything stops.
+# (alice, bob, carole) on `--model auto`, the README's sample tasks in, the leaderboard out; then everything stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,8 +40,12 @@ for _ in $(seq 200); do "$bin" stats >/dev/null 2>&1 && break; sleep 0.05; done
 echo "==> coordinator (database $dir/coordinator.db, log $dir/coordinator.log)"
 echo "    dashboard http://$AIMARKET_HTTP/dashboard, metrics http://$AIMARKET_HTTP/metrics"
 
+# `auto`: DistilBERT SST-2 when its weights are in the Hugging Face cache or downloadable (fetched
+# once here, with a progress bar), else the lexicon; the line below says which, and why.
+echo "==> model: auto"
+"$bin" infer --model auto "warming up" >/dev/null
 for w in alice bob carole; do
-    "$bin" worker --id "$w" >"$dir/$w.log" 2>&1 &
+    "$bin" worker --id "$w" --model auto >"$dir/$w.log" 2>&1 &
     pids+=($!)
 done
 echo "==> workers alice, bob, carole (logs in $dir/)"

@@ -13,17 +13,22 @@ use worker::model::{Input, Model};
 /// Which model, from where.
 #[derive(Debug, clap::Args)]
 pub struct ModelArgs {
-    /// The model (lexicon, distilbert-sst2).
+    /// The model: auto, lexicon, distilbert-sst2 or minilm.
     #[arg(long, default_value = "lexicon")]
     model: String,
-    /// Folder with the model's weights in Hugging Face layout.
+    /// Folder with the model's weights in Hugging Face layout (default: the Hugging Face cache,
+    /// downloading into it unless HF_HUB_OFFLINE is set).
     #[arg(long)]
     model_dir: Option<PathBuf>,
 }
 
 impl ModelArgs {
-    fn load(&self) -> anyhow::Result<Box<dyn Model>> {
-        Ok(worker::model::load(&self.model, self.model_dir.as_deref())?)
+    async fn load(&self) -> anyhow::Result<Box<dyn Model>> {
+        let (name, dir) = (self.model.clone(), self.model_dir.clone());
+        Ok(
+            tokio::task::spawn_blocking(move || worker::model::load(&name, dir.as_deref()))
+                .await??,
+        )
     }
 }
 
@@ -32,9 +37,12 @@ impl ModelArgs {
 pub struct InferArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Task type.
+    /// Task type: sentiment, zero-shot (with --labels) or embedding.
     #[arg(long = "type", default_value = "sentiment")]
     task_type: TaskType,
+    /// Candidate labels of a zero-shot task, comma-separated (implies --type zero-shot).
+    #[arg(long, value_delimiter = ',')]
+    labels: Option<Vec<String>>,
     /// Texts to run the model on.
     #[arg(required = true)]
     texts: Vec<String>,
@@ -43,19 +51,30 @@ pub struct InferArgs {
 #[derive(Debug, Serialize)]
 struct Inferred {
     text: String,
+    model: String,
     label: Option<String>,
     confidence: Option<f64>,
+    /// A classifier's logits, the zero-shot probabilities, the lexicon's compound score.
     scores: Vec<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    embedding: Option<Vec<f32>>,
     error: Option<String>,
 }
 
 /// Runs a model on texts and prints label, confidence and raw scores.
 pub async fn infer(ctx: &Ctx, args: InferArgs) -> anyhow::Result<()> {
-    let model = args.model.load()?;
+    let model = args.model.load().await?;
+    let task_type = match &args.labels {
+        Some(_) => TaskType::zero_shot(),
+        None => args.task_type.clone(),
+    };
     let inputs: Vec<Input> = args
         .texts
         .iter()
-        .map(|t| Input::new(args.task_type.clone(), t.clone()))
+        .map(|t| Input {
+            labels: args.labels.clone(),
+            ..Input::new(task_type.clone(), t.clone())
+        })
         .collect();
     let (model, inputs, results) = tokio::task::spawn_blocking(move || {
         let r = model.predict(&inputs);
@@ -68,16 +87,24 @@ pub async fn infer(ctx: &Ctx, args: InferArgs) -> anyhow::Result<()> {
         .map(|(i, r)| match r {
             Ok(p) => Inferred {
                 text: i.text,
-                label: Some(p.label),
+                model: model.id().to_owned(),
+                label: Some(p.label).filter(|l| !l.is_empty()),
                 confidence: Some(p.confidence),
-                scores: p.scores,
+                scores: if p.embedding.is_some() {
+                    Vec::new()
+                } else {
+                    p.scores
+                },
+                embedding: p.embedding,
                 error: None,
             },
             Err(e) => Inferred {
                 text: i.text,
+                model: model.id().to_owned(),
                 label: None,
                 confidence: None,
                 scores: Vec::new(),
+                embedding: None,
                 error: Some(e.to_string()),
             },
         })
@@ -88,11 +115,22 @@ pub async fn infer(ctx: &Ctx, args: InferArgs) -> anyhow::Result<()> {
     eprintln!("model {}", model.id());
     let mut t = output::table(["text", "label", "confidence", "scores"]);
     for r in &rows {
+        let scores = match &r.embedding {
+            Some(v) => format!(
+                "{:?} ... ({} dims; --json for all)",
+                &v[..v.len().min(4)],
+                v.len()
+            ),
+            None => format!("{:?}", r.scores),
+        };
         t.add_row(vec![
             output::clip(&r.text, 60),
-            r.label.clone().or(r.error.clone()).unwrap_or_default(),
+            r.label
+                .clone()
+                .or(r.error.clone())
+                .unwrap_or_else(|| "embedding".into()),
             r.confidence.map_or("-".into(), |c| format!("{c:.4}")),
-            format!("{:?}", r.scores),
+            scores,
         ]);
     }
     println!("{t}");
@@ -128,7 +166,7 @@ struct Score {
 
 /// Measures a model's accuracy against human ratings.
 pub async fn eval(ctx: &Ctx, args: EvalArgs) -> anyhow::Result<()> {
-    let model: std::sync::Arc<dyn Model> = args.model.load()?.into();
+    let model: std::sync::Arc<dyn Model> = args.model.load().await?.into();
     let mut scores = Vec::new();
     for file in &args.files {
         let text =

@@ -51,11 +51,13 @@ pub struct Args {
     /// This worker's token, when the coordinator requires one.
     #[arg(long, env = "AIMARKET_WORKER_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// The model to run.
+    /// The model to run: auto (distilbert-sst2 when its weights are cached or downloadable, else
+    /// lexicon), lexicon, distilbert-sst2 or minilm.
     #[arg(long, env = "AIMARKET_MODEL", default_value = "lexicon")]
     model: String,
     /// Folder with the model's weights in Hugging Face layout (config.json, model.safetensors,
-    /// tokenizer.json), for transformer models.
+    /// tokenizer.json or vocab.txt), for transformer models. Default: the Hugging Face cache
+    /// (HF_HOME), downloading into it unless HF_HUB_OFFLINE is set.
     #[arg(long, env = "AIMARKET_MODEL_DIR")]
     model_dir: Option<std::path::PathBuf>,
     /// Task types to take (comma-separated); default: all the model can do.
@@ -123,7 +125,9 @@ async fn token(ctx: &Ctx, action: TokenAction) -> anyhow::Result<()> {
 
 async fn serve(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     let id = args.id.context("--id is required")?;
-    let model = worker::model::load(&args.model, args.model_dir.as_deref())?;
+    let (name, dir) = (args.model.clone(), args.model_dir.clone());
+    let model =
+        tokio::task::spawn_blocking(move || worker::model::load(&name, dir.as_deref())).await??;
     let mut config = WorkerConfig::new(id, ctx.nats.clone());
     config.token = args.token;
     config.prefix = ctx.prefix.clone();

@@ -2,6 +2,7 @@
 //! inputs at once; the runtime calls it on a blocking thread, never on the async runtime.
 
 pub mod distilbert;
+pub mod hub;
 pub mod lexicon;
 pub mod minilm;
 pub mod transformer;
@@ -74,20 +75,52 @@ pub trait Model: Send + Sync + 'static {
 }
 
 /// The models `--model` accepts.
-pub const KNOWN: &[&str] = &["lexicon", "distilbert-sst2", "minilm"];
+pub const KNOWN: &[&str] = &["auto", "lexicon", "distilbert-sst2", "minilm"];
 
-/// Loads a model by name; transformer models read their weights from `dir` (Hugging Face
-/// layout: `config.json`, `model.safetensors`, `tokenizer.json`).
+/// The transformer `auto` prefers: the original's model.
+pub const AUTO_PREFERS: &str = "distilbert-sst2";
+
+/// Loads a model by name. Transformer models read their weights from `dir` (Hugging Face
+/// layout: `config.json`, `model.safetensors`, `tokenizer.json` or `vocab.txt`), or without one
+/// from the Hugging Face cache, downloading them there first unless `HF_HUB_OFFLINE` is set.
+///
+/// `auto` is [`AUTO_PREFERS`] when its weights are in `dir`, cached or downloadable, else the
+/// lexicon; it logs which one it chose and why.
+///
+/// Blocking: it may download. Call it off the async runtime.
 ///
 /// # Errors
 /// [`LoadModelError`] naming the way out.
 pub fn load(name: &str, dir: Option<&std::path::Path>) -> Result<Box<dyn Model>, LoadModelError> {
-    match (name, dir) {
-        ("lexicon", _) => Ok(Box::new(lexicon::Lexicon::new())),
-        ("distilbert-sst2", Some(dir)) => Ok(Box::new(distilbert::Sst2::load(dir)?)),
-        ("minilm", Some(dir)) => Ok(Box::new(minilm::MiniLm::load(dir)?)),
-        ("distilbert-sst2" | "minilm", None) => Err(LoadModelError::NeedsWeights(name.to_owned())),
-        (other, _) => Err(LoadModelError::Unknown(other.to_owned())),
+    match name {
+        "lexicon" => Ok(Box::new(lexicon::Lexicon::new())),
+        // A folder given by hand must load: only the Hub's absence falls back.
+        "auto" if dir.is_some() => load(AUTO_PREFERS, dir),
+        "auto" => Ok(match load(AUTO_PREFERS, None) {
+            Ok(model) => {
+                tracing::info!(
+                    model = model.id(),
+                    "auto: using the transformer, its weights are at hand"
+                );
+                model
+            }
+            Err(e) => {
+                tracing::warn!(reason = %e, "auto: using the lexicon, {AUTO_PREFERS} cannot be loaded");
+                Box::new(lexicon::Lexicon::new())
+            }
+        }),
+        "distilbert-sst2" | "minilm" => {
+            let dir = match dir {
+                Some(dir) => dir.to_owned(),
+                None => hub::fetch(hub::repo_of(name).expect("a hub model"))?,
+            };
+            Ok(if name == "minilm" {
+                Box::new(minilm::MiniLm::load(&dir)?)
+            } else {
+                Box::new(distilbert::Sst2::load(&dir)?)
+            })
+        }
+        other => Err(LoadModelError::Unknown(other.to_owned())),
     }
 }
 
@@ -97,12 +130,9 @@ pub enum LoadModelError {
     /// `--model` named a model this build does not have.
     #[error("unknown model {0:?}; known models: {known}", known = KNOWN.join(", "))]
     Unknown(String),
-    /// A transformer model was asked for without its weights.
-    #[error(
-        "model {0} needs its weights: pass --model-dir DIR (a folder with config.json, \
-         model.safetensors and tokenizer.json, e.g. a Hugging Face snapshot), or use --model lexicon"
-    )]
-    NeedsWeights(String),
+    /// The weights are neither given nor to be had from the Hub.
+    #[error(transparent)]
+    Hub(#[from] hub::HubError),
     /// The weights folder is incomplete or unreadable.
     #[error(transparent)]
     Folder(#[from] transformer::LoadError),

@@ -115,9 +115,9 @@ impl Folder {
 fn bert_wordpiece(vocab: &Path) -> tokenizers::Result<Tokenizer> {
     use tokenizers::models::wordpiece::WordPiece;
     use tokenizers::normalizers::BertNormalizer;
-    use tokenizers::Model as _;
     use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
     use tokenizers::processors::template::TemplateProcessing;
+    use tokenizers::Model as _;
     let path = vocab.to_str().ok_or("the vocab.txt path is not UTF-8")?;
     let wp = WordPiece::from_file(path)
         .unk_token("[UNK]".into())

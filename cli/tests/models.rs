@@ -1,0 +1,182 @@
+//! Choosing and finding models with `aimarket infer`, offline: `auto` falls back to the lexicon
+//! and says why; transformer weights come from the Hugging Face cache (`HF_HOME`) when no
+//! `--model-dir` is given; errors name the way out.
+
+mod common;
+
+use common::BIN;
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+use test_support::models::{
+    cache_model, write_distilbert, write_wordpiece_tokenizer, DistilBertShape,
+};
+
+const DISTILBERT: &str = "distilbert/distilbert-base-uncased-finetuned-sst-2-english";
+const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+/// Runs `aimarket` with `HF_HOME` set and the network forbidden.
+fn offline(hf_home: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("HF_HOME", hf_home)
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("AIMARKET_MODEL")
+        .env_remove("AIMARKET_MODEL_DIR")
+        .output()
+        .expect("run aimarket")
+}
+
+fn rows(out: &Output) -> Vec<Value> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON rows")
+}
+
+fn tiny_distilbert(dir: &Path) {
+    let vocab = [
+        "[PAD]", "[UNK]", "[CLS]", "[SEP]", "i", "love", "it", "hate", "this",
+    ];
+    write_wordpiece_tokenizer(dir, &vocab);
+    let shape = DistilBertShape {
+        vocab: vocab.len(),
+        dim: 8,
+        hidden: 16,
+        layers: 1,
+        heads: 2,
+        positions: 16,
+    };
+    write_distilbert(dir, shape, 0.5, 3);
+}
+
+#[test]
+fn auto_falls_back_to_the_lexicon_and_says_why() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let out = offline(
+        home.path(),
+        &["--json", "infer", "--model", "auto", "I love it"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(rows(&out)[0]["model"], "lexicon/vader");
+    assert!(
+        err.contains("auto: using the lexicon") && err.contains("HF_HUB_OFFLINE"),
+        "{err}"
+    );
+}
+
+#[test]
+fn auto_takes_distilbert_from_the_hugging_face_cache() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let folder = tempfile::tempdir().expect("temp dir");
+    tiny_distilbert(folder.path());
+    cache_model(home.path(), DISTILBERT, folder.path());
+    let out = offline(
+        home.path(),
+        &[
+            "--json",
+            "infer",
+            "--model",
+            "auto",
+            "I love it",
+            "i hate this",
+        ],
+    );
+    let rows = rows(&out);
+    for r in &rows {
+        assert_eq!(r["model"], "distilbert-sst2", "{r}");
+        assert_eq!(r["scores"].as_array().map(Vec::len), Some(2), "two logits");
+        assert!(["positive", "negative"].contains(&r["label"].as_str().expect("label")));
+    }
+    // The same folder by hand gives the same logits.
+    let by_hand = Command::new(BIN)
+        .args([
+            "--json",
+            "infer",
+            "--model",
+            "distilbert-sst2",
+            "--model-dir",
+        ])
+        .arg(folder.path())
+        .args(["I love it", "i hate this"])
+        .output()
+        .expect("run");
+    let by_hand = self::rows(&by_hand);
+    assert_eq!(rows[0]["scores"], by_hand[0]["scores"]);
+    assert_eq!(rows[1]["scores"], by_hand[1]["scores"]);
+}
+
+#[test]
+fn minilm_comes_from_the_cache_and_embeds_or_picks_a_label() {
+    let home = tempfile::tempdir().expect("temp dir");
+    cache_model(home.path(), MINILM, &test_support::minilm_dir());
+    let out = offline(
+        home.path(),
+        &[
+            "--json",
+            "infer",
+            "--model",
+            "minilm",
+            "--type",
+            "embedding",
+            "I love this movie",
+        ],
+    );
+    let r = &rows(&out)[0];
+    assert_eq!(r["embedding"].as_array().map(Vec::len), Some(384), "{r}");
+    assert!(r["label"].is_null());
+    let out = offline(
+        home.path(),
+        &[
+            "--json",
+            "infer",
+            "--model",
+            "minilm",
+            "--labels",
+            "sports,cooking",
+            "Add the flour and bake for twenty minutes",
+        ],
+    );
+    assert_eq!(rows(&out)[0]["label"], "cooking");
+}
+
+#[test]
+fn model_errors_name_the_way_out() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let cases: [(&[&str], &[&str]); 3] = [
+        (
+            &["infer", "--model", "gpt", "x"],
+            &["unknown model", "auto, lexicon, distilbert-sst2, minilm"],
+        ),
+        (
+            &["infer", "--model", "minilm", "x"],
+            &[
+                "not in the Hugging Face cache",
+                "--model-dir",
+                "--model lexicon",
+            ],
+        ),
+        (
+            &[
+                "infer",
+                "--model",
+                "distilbert-sst2",
+                "--model-dir",
+                "/nonexistent",
+                "x",
+            ],
+            &["config.json"],
+        ),
+    ];
+    for (args, wants) in cases {
+        let out = offline(home.path(), args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for want in wants {
+            assert!(err.contains(want), "{args:?}: {err} lacks {want:?}");
+        }
+    }
+}

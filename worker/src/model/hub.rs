@@ -1,0 +1,122 @@
+//! Weights from the Hugging Face Hub, through hf-hub: the standard cache (`$HF_HUB_CACHE`, else
+//! `$HF_HOME/hub`, else `~/.cache/huggingface/hub`), shared with every other Hugging Face tool;
+//! `HF_HUB_OFFLINE=1` honoured (the cache only, never the network); a progress bar while
+//! downloading.
+
+use super::transformer::FOLDER_FILES;
+use hf_hub::api::sync::ApiBuilder;
+use hf_hub::{Cache, Repo};
+use std::path::PathBuf;
+
+/// The Hub repository each transformer model loads from.
+pub fn repo_of(model: &str) -> Option<&'static str> {
+    match model {
+        "distilbert-sst2" => Some("distilbert/distilbert-base-uncased-finetuned-sst-2-english"),
+        "minilm" => Some("sentence-transformers/all-MiniLM-L6-v2"),
+        _ => None,
+    }
+}
+
+/// Whether `HF_HUB_OFFLINE` forbids the network.
+pub fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    })
+}
+
+/// The Hub cache in use.
+pub fn cache() -> Cache {
+    match std::env::var_os("HF_HUB_CACHE") {
+        Some(dir) => Cache::new(dir.into()),
+        None => Cache::from_env(),
+    }
+}
+
+/// Weights could not be had from the Hub.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// Not cached, and the network is off limits.
+    #[error(
+        "{repo} is not in the Hugging Face cache ({cache}) and HF_HUB_OFFLINE is set: pass \
+         --model-dir DIR (a folder with config.json, model.safetensors and tokenizer.json), \
+         unset HF_HUB_OFFLINE to download it, or use --model lexicon"
+    )]
+    Offline {
+        /// The repository.
+        repo: String,
+        /// The cache looked in.
+        cache: String,
+    },
+    /// The download failed.
+    #[error(
+        "downloading {file} of {repo} from the Hugging Face Hub failed ({reason}): pass \
+         --model-dir DIR, fill the cache ({cache}) on a machine with internet, or use \
+         --model lexicon"
+    )]
+    Download {
+        /// The repository.
+        repo: String,
+        /// The file.
+        file: &'static str,
+        /// Why.
+        reason: String,
+        /// The cache it was downloading into.
+        cache: String,
+    },
+}
+
+/// The cached snapshot folder of `repo`, when it holds every file a model folder needs.
+pub fn cached(repo: &str) -> Option<PathBuf> {
+    let files = cache().model(repo.to_owned());
+    let config = files.get("config.json")?;
+    files.get("model.safetensors")?;
+    files
+        .get("tokenizer.json")
+        .or_else(|| files.get("vocab.txt"))?;
+    config.parent().map(PathBuf::from)
+}
+
+/// The snapshot folder of `repo`: from the cache, else downloaded into it (unless offline).
+///
+/// # Errors
+/// [`HubError`] naming the way out.
+pub fn fetch(repo: &str) -> Result<PathBuf, HubError> {
+    if let Some(dir) = cached(repo) {
+        return Ok(dir);
+    }
+    let cache_dir = cache().path().display().to_string();
+    if offline() {
+        return Err(HubError::Offline {
+            repo: repo.to_owned(),
+            cache: cache_dir,
+        });
+    }
+    let fail = |file: &'static str, reason: String| HubError::Download {
+        repo: repo.to_owned(),
+        file,
+        reason,
+        cache: cache_dir.clone(),
+    };
+    let api = ApiBuilder::from_env()
+        .with_cache_dir(cache().path().clone())
+        .with_progress(true)
+        .build()
+        .map_err(|e| fail("anything", e.to_string()))?;
+    let files = api.repo(Repo::model(repo.to_owned()));
+    tracing::info!(repo, cache = %cache_dir, "downloading model weights");
+    let [config, weights, tokenizer, vocab] = FOLDER_FILES;
+    let dir = files.get(config).map_err(|e| fail(config, e.to_string()))?;
+    files
+        .get(weights)
+        .map_err(|e| fail(weights, e.to_string()))?;
+    if let Err(e) = files.get(tokenizer) {
+        // Older BERT-family uploads have only vocab.txt.
+        files
+            .get(vocab)
+            .map_err(|_| fail(tokenizer, e.to_string()))?;
+    }
+    Ok(dir.parent().map(PathBuf::from).unwrap_or(dir))
+}
