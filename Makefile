@@ -54,9 +54,12 @@ bench: setup
 	NATS_SERVER_BIN="$$(scripts/setup.sh)" target/release/aimarket bench --tasks 20000 --workers 3 --required 3 --batch 32 --bulk 100000 --depth 1000
 	NATS_SERVER_BIN="$$(scripts/setup.sh)" target/release/aimarket bench --tasks 5000 --bulk 0 --depth 1000000
 
-## Accuracy of the lexicon model on the human-rated sentences in ../shared/data/sentiment.
-eval: build
-	$(BIN) eval --model lexicon ../shared/data/sentiment/amazonReviewSnippets_GroundTruth.txt ../shared/data/sentiment/movieReviewSnippets_GroundTruth.txt
+## Accuracy on the human-rated sentences in ../shared/data/sentiment of the lexicon, MiniLM
+## zero-shot and their vote; add a model with EVAL_MODELS="--model distilbert-sst2=DIR".
+SENTENCES = ../shared/data/sentiment/amazonReviewSnippets_GroundTruth.txt ../shared/data/sentiment/movieReviewSnippets_GroundTruth.txt
+eval: setup
+	$(CARGO) build --release --bin aimarket
+	target/release/aimarket eval --model lexicon --model minilm="$$(scripts/fetch-minilm.sh)" $(EVAL_MODELS) $(SENTENCES)
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -221,8 +221,22 @@ fn infer_and_eval_run_models_locally() {
     assert_eq!(scores[0]["correct"], 3);
     assert_eq!(scores[0]["accuracy"], 1.0);
 
+    // Several models: each is scored, then the vote the coordinator would finalize.
+    let out = Command::new(BIN)
+        .args(["--json", "eval", "--model", "lexicon", "--model", "lexicon"])
+        .arg(&truth)
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let scores: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(scores.as_array().map(Vec::len), Some(3));
+    assert_eq!(scores[2]["model"], "vote of lexicon/vader + lexicon/vader");
+    assert_eq!(scores[2]["correct"], 3);
+
     let out = Command::new(BIN)
         .args(["infer", "--model", "distilbert-sst2", "hi"])
+        .env("HF_HOME", dir.path())
+        .env("HF_HUB_OFFLINE", "1")
         .output()
         .expect("run");
     assert!(!out.status.success());
@@ -232,7 +246,7 @@ fn infer_and_eval_run_models_locally() {
         .output()
         .expect("run");
     assert!(
-        stderr(&out).contains("known models: lexicon, distilbert-sst2"),
+        stderr(&out).contains("known models: auto, lexicon, distilbert-sst2, minilm"),
         "{}",
         stderr(&out)
     );

@@ -4,10 +4,12 @@
 use super::Ctx;
 use crate::output;
 use anyhow::Context;
+use coordinator::consensus::{decide, Vote};
 use indicatif::{ProgressBar, ProgressStyle};
 use protocol::TaskType;
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use worker::model::{Input, Model};
 
 /// Which model, from where.
@@ -140,8 +142,10 @@ pub async fn infer(ctx: &Ctx, args: InferArgs) -> anyhow::Result<()> {
 /// `aimarket eval` arguments.
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
-    #[command(flatten)]
-    model: ModelArgs,
+    /// A model to score, `NAME` or `NAME=DIR` (its weights folder); repeat it for several, and
+    /// the vote the coordinator would finalize over their answers is scored too.
+    #[arg(long = "model", required = true)]
+    models: Vec<String>,
     /// Texts per forward pass.
     #[arg(long, default_value_t = 32)]
     batch: usize,
@@ -151,92 +155,165 @@ pub struct EvalArgs {
     files: Vec<PathBuf>,
 }
 
-/// Accuracy on one file.
+/// Accuracy of one model (or the vote) on one file.
 #[derive(Debug, Serialize)]
 struct Score {
     file: String,
+    model: String,
     sentences: usize,
     correct: usize,
     accuracy: f64,
     positive_recall: f64,
     negative_recall: f64,
     majority_baseline: f64,
-    texts_per_sec: f64,
+    /// Not measured for the vote (its members' rates are).
+    texts_per_sec: Option<f64>,
 }
 
-/// Measures a model's accuracy against human ratings.
+/// A model's answers to a file's sentences: label and confidence each.
+type Answers = Vec<(String, f64)>;
+
+/// Reads `id<TAB>rating<TAB>text` lines: the text and whether humans rated it positive.
+fn read_gold(file: &Path) -> anyhow::Result<Vec<(String, bool)>> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let gold: Vec<(String, bool)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut cols = l.splitn(3, '\t');
+            let (_, rating, text) = (cols.next()?, cols.next()?, cols.next()?);
+            let rating: f64 = rating.trim().parse().ok()?;
+            (rating != 0.0).then(|| (text.to_owned(), rating > 0.0))
+        })
+        .collect();
+    anyhow::ensure!(
+        !gold.is_empty(),
+        "{} holds no rated sentences",
+        file.display()
+    );
+    Ok(gold)
+}
+
+/// Runs `model` over the sentences in batches, with a progress bar; returns the answers and the
+/// texts per second.
+async fn answer_all(
+    model: &Arc<dyn Model>,
+    gold: &[(String, bool)],
+    batch: usize,
+    what: String,
+) -> anyhow::Result<(Answers, f64)> {
+    let bar = ProgressBar::new(gold.len() as u64);
+    bar.set_style(ProgressStyle::with_template(
+        "{msg} {bar:40} {pos}/{len} [{elapsed}, {per_sec}]",
+    )?);
+    bar.set_message(what);
+    let mut answers = Vec::with_capacity(gold.len());
+    let started = std::time::Instant::now();
+    for chunk in gold.chunks(batch.max(1)) {
+        let inputs: Vec<Input> = chunk
+            .iter()
+            .map(|(t, _)| Input::new(TaskType::sentiment(), t.clone()))
+            .collect();
+        let m = model.clone();
+        for r in tokio::task::spawn_blocking(move || m.predict(&inputs)).await? {
+            let p = r?;
+            answers.push((p.label, p.confidence));
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok((answers, gold.len() as f64 / started.elapsed().as_secs_f64()))
+}
+
+fn score(file: &Path, model: String, gold: &[(String, bool)], answers: &Answers) -> Score {
+    let (mut right, mut pos, mut pos_right, mut neg_right) = (0, 0, 0, 0);
+    for ((_, is_pos), (label, _)) in gold.iter().zip(answers) {
+        let said_pos = label == "positive";
+        pos += usize::from(*is_pos);
+        if said_pos == *is_pos {
+            right += 1;
+            if *is_pos {
+                pos_right += 1;
+            } else {
+                neg_right += 1;
+            }
+        }
+    }
+    let n = gold.len();
+    let neg = n - pos;
+    Score {
+        file: file.display().to_string(),
+        model,
+        sentences: n,
+        correct: right,
+        accuracy: right as f64 / n as f64,
+        positive_recall: pos_right as f64 / pos.max(1) as f64,
+        negative_recall: neg_right as f64 / neg.max(1) as f64,
+        majority_baseline: pos.max(neg) as f64 / n as f64,
+        texts_per_sec: None,
+    }
+}
+
+/// What the coordinator would finalize from these models' answers: majority vote, ties to the
+/// higher mean confidence.
+fn vote(per_model: &[Answers]) -> Answers {
+    (0..per_model[0].len())
+        .map(|i| {
+            let ballot: Vec<Vote<'_>> = per_model
+                .iter()
+                .map(|a| Vote {
+                    label: &a[i].0,
+                    confidence: a[i].1,
+                })
+                .collect();
+            let d = decide(&ballot).expect("at least one model");
+            (d.label, d.confidence)
+        })
+        .collect()
+}
+
+/// Measures models' accuracy (and their vote's) against human ratings.
 pub async fn eval(ctx: &Ctx, args: EvalArgs) -> anyhow::Result<()> {
-    let model: std::sync::Arc<dyn Model> = args.model.load().await?.into();
+    let mut models: Vec<Arc<dyn Model>> = Vec::new();
+    for spec in &args.models {
+        let (name, dir) = match spec.split_once('=') {
+            Some((name, dir)) => (name.to_owned(), Some(PathBuf::from(dir))),
+            None => (spec.clone(), None),
+        };
+        let m = ModelArgs {
+            model: name,
+            model_dir: dir,
+        };
+        models.push(m.load().await?.into());
+    }
     let mut scores = Vec::new();
     for file in &args.files {
-        let text =
-            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        let gold: Vec<(String, bool)> = text
-            .lines()
-            .filter_map(|l| {
-                let mut cols = l.splitn(3, '\t');
-                let (_, rating, text) = (cols.next()?, cols.next()?, cols.next()?);
-                let rating: f64 = rating.trim().parse().ok()?;
-                (rating != 0.0).then(|| (text.to_owned(), rating > 0.0))
-            })
-            .collect();
-        anyhow::ensure!(
-            !gold.is_empty(),
-            "{} holds no rated sentences",
-            file.display()
-        );
-        let bar = ProgressBar::new(gold.len() as u64);
-        bar.set_style(ProgressStyle::with_template(
-            "{msg} {bar:40} {pos}/{len} [{elapsed}, {per_sec}]",
-        )?);
-        bar.set_message(
-            file.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        );
-        let (mut right, mut pos, mut pos_right, mut neg_right) = (0, 0, 0, 0);
-        let started = std::time::Instant::now();
-        for chunk in gold.chunks(args.batch.max(1)) {
-            let inputs: Vec<Input> = chunk
-                .iter()
-                .map(|(t, _)| Input::new(TaskType::sentiment(), t.clone()))
-                .collect();
-            let m = model.clone();
-            let results = tokio::task::spawn_blocking(move || m.predict(&inputs)).await?;
-            for ((_, is_pos), r) in chunk.iter().zip(results) {
-                let said_pos = r?.label == "positive";
-                pos += usize::from(*is_pos);
-                if said_pos == *is_pos {
-                    right += 1;
-                    if *is_pos {
-                        pos_right += 1;
-                    } else {
-                        neg_right += 1;
-                    }
-                }
-            }
-            bar.inc(chunk.len() as u64);
+        let gold = read_gold(file)?;
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut per_model = Vec::new();
+        for model in &models {
+            let what = format!("{} on {name}", model.id());
+            let (answers, rate) = answer_all(model, &gold, args.batch, what).await?;
+            let mut s = score(file, model.id().to_owned(), &gold, &answers);
+            s.texts_per_sec = Some(rate);
+            scores.push(s);
+            per_model.push(answers);
         }
-        bar.finish_and_clear();
-        let n = gold.len();
-        let neg = n - pos;
-        scores.push(Score {
-            file: file.display().to_string(),
-            sentences: n,
-            correct: right,
-            accuracy: right as f64 / n as f64,
-            positive_recall: pos_right as f64 / pos.max(1) as f64,
-            negative_recall: neg_right as f64 / neg.max(1) as f64,
-            majority_baseline: pos.max(neg) as f64 / n as f64,
-            texts_per_sec: n as f64 / started.elapsed().as_secs_f64(),
-        });
+        if models.len() > 1 {
+            let ids: Vec<&str> = models.iter().map(|m| m.id()).collect();
+            let label = format!("vote of {}", ids.join(" + "));
+            scores.push(score(file, label, &gold, &vote(&per_model)));
+        }
     }
     if ctx.json {
         return output::json(&scores);
     }
-    eprintln!("model {}", model.id());
     let mut t = output::table([
         "file",
+        "model",
         "sentences",
         "accuracy",
         "positive recall",
@@ -246,13 +323,19 @@ pub async fn eval(ctx: &Ctx, args: EvalArgs) -> anyhow::Result<()> {
     ]);
     for s in &scores {
         t.add_row(vec![
-            s.file.clone(),
+            output::clip(
+                Path::new(&s.file)
+                    .file_name()
+                    .map_or(s.file.as_str(), |n| n.to_str().unwrap_or_default()),
+                40,
+            ),
+            s.model.clone(),
             s.sentences.to_string(),
             format!("{:.3}", s.accuracy),
             format!("{:.3}", s.positive_recall),
             format!("{:.3}", s.negative_recall),
             format!("{:.3}", s.majority_baseline),
-            format!("{:.0}", s.texts_per_sec),
+            s.texts_per_sec.map_or("-".into(), |r| format!("{r:.0}")),
         ]);
     }
     println!("{t}");
