@@ -15,7 +15,13 @@ impl Gateway {
     async fn start() -> Self {
         Self {
             run: Running::start(|_| {}).await,
-            http: reqwest::Client::new(),
+            // A fresh connection per request: the server closes one on which it refused an
+            // oversize body unread, and a pooled client could race that close with its next
+            // request (a broken pipe that says nothing about the gateway).
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("HTTP client"),
         }
     }
 

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# End-to-end worker throughput with batching off and on: its own nats-server and coordinator,
+# N review sentences queued as sentiment tasks (one answer each), then one `--model minilm`
+# worker at each --batch size; prints texts/s from its start to the last task finalized.
+#   scripts/bench-workers.sh [N] [BATCH...]    (make bench runs it; needs a release build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+n="${1:-480}"
+shift || true
+batches=("${@:-1 32}")
+read -r -a batches <<<"${batches[*]}"
+bin=target/release/aimarket
+minilm="$(scripts/fetch-minilm.sh)"
+nats="$(scripts/setup.sh)"
+dir="$(mktemp -d)"
+sentences="$dir/sentences.txt"
+cut -f3 ../shared/data/sentiment/amazonReviewSnippets_GroundTruth.txt | head -n "$n" >"$sentences"
+
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$dir"' EXIT
+port=14222
+while (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; do port=$((port + 1)); done
+export NATS_URL="nats://127.0.0.1:$port" AIMARKET_PREFIX=benchw
+"$nats" -p "$port" >"$dir/nats.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
+"$bin" coordinator --db "$dir/c.db" --http off >"$dir/coordinator.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 200); do "$bin" stats >/dev/null 2>&1 && break; sleep 0.05; done
+
+finalized() { "$bin" --json stats | grep -o '"finalized": *[0-9]*' | grep -o '[0-9]*$'; }
+
+echo "| worker | batch | texts | seconds | texts/s |"
+echo "|---|---|---|---|---|"
+for b in "${batches[@]}"; do
+    "$bin" ops reset --yes >/dev/null
+    "$bin" task add --file "$sentences" --required 1 >/dev/null
+    start=$(date +%s.%N)
+    "$bin" worker --id "mini-b$b" --model minilm --model-dir "$minilm" --batch "$b" >"$dir/w$b.log" 2>&1 &
+    wpid=$!
+    until [ "$(finalized)" = "$n" ]; do sleep 0.2; done
+    end=$(date +%s.%N)
+    kill -TERM "$wpid"; wait "$wpid" 2>/dev/null || true
+    awk -v b="$b" -v n="$n" -v s="$start" -v e="$end" \
+        'BEGIN { printf "| minilm | %d | %d | %.1f | %.1f |\n", b, n, e - s, n / (e - s) }'
+done
