@@ -15,7 +15,7 @@ minilm="$(scripts/fetch-minilm.sh)"
 nats="$(scripts/setup.sh)"
 dir="$(mktemp -d)"
 sentences="$dir/sentences.txt"
-cut -f3 ../shared/data/sentiment/amazonReviewSnippets_GroundTruth.txt | head -n "$n" >"$sentences"
+awk -F'\t' -v n="$n" 'NR <= n { print $3 }' ../shared/data/sentiment/amazonReviewSnippets_GroundTruth.txt >"$sentences"
 
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$dir"' EXIT
