@@ -8,17 +8,22 @@ use common::{wait_until, Cluster};
 use protocol::messages::{LeaderboardEntry, TaskDetail, TaskView};
 use std::time::Duration;
 
+/// A cluster with three `--model minilm` workers, each also given `extra` arguments.
+fn minilm_cluster(ids: [&str; 3], extra: &[&str]) -> Cluster {
+    let dir = test_support::minilm_dir();
+    let dir = dir.to_str().expect("utf8 path");
+    let mut c = Cluster::start(&[]);
+    for w in ids {
+        let mut args = vec!["--model", "minilm", "--model-dir", dir];
+        args.extend_from_slice(extra);
+        c.start_worker(w, &args);
+    }
+    c
+}
+
 #[test]
 fn three_minilm_workers_finalize_sentiment_tasks() {
-    let dir = test_support::minilm_dir();
-    let dir = dir.to_str().expect("utf8 path").to_owned();
-    let mut c = Cluster::start(&[]);
-    for w in ["m1", "m2", "m3"] {
-        c.start_worker(
-            w,
-            &["--model", "minilm", "--model-dir", &dir, "--batch", "4"],
-        );
-    }
+    let c = minilm_cluster(["m1", "m2", "m3"], &["--batch", "4"]);
     let cases = [
         ("I absolutely love it, best purchase ever", "positive"),
         ("This is terrible, it broke after one day", "negative"),
@@ -38,12 +43,7 @@ fn three_minilm_workers_finalize_sentiment_tasks() {
 
 #[test]
 fn three_minilm_workers_finalize_zero_shot_and_embedding_tasks() {
-    let dir = test_support::minilm_dir();
-    let dir = dir.to_str().expect("utf8 path").to_owned();
-    let mut c = Cluster::start(&[]);
-    for w in ["z1", "z2", "z3"] {
-        c.start_worker(w, &["--model", "minilm", "--model-dir", &dir]);
-    }
+    let c = minilm_cluster(["z1", "z2", "z3"], &[]);
 
     let text = "The striker scored twice and the team won the championship final";
     let done: Vec<TaskView> = c.json(&[
