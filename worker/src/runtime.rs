@@ -186,6 +186,16 @@ struct Worker {
     held: Held,
 }
 
+/// How one submission ended.
+enum Sent {
+    /// Stored (now, or by an earlier copy when `duplicate`).
+    Acknowledged { duplicate: bool },
+    /// Refused for good (the lease ended, the task closed, ...): nothing to retry.
+    Refused,
+    /// Still unacknowledged at the hard stop.
+    GaveUp,
+}
+
 /// Lease ids shared between the lease loop and the heartbeat task. Never locked across an await.
 type Held = Arc<Mutex<BTreeSet<LeaseId>>>;
 
@@ -364,23 +374,30 @@ impl Worker {
             tokio::time::sleep(grace).await;
             hs.cancel();
         });
-        for (lease, prediction) in leases.into_iter().zip(predictions) {
+        // Every result goes out at once; each is retried on its own until acknowledged.
+        let mut sends = Vec::new();
+        for (lease, prediction) in leases.iter().zip(predictions) {
             match prediction {
-                Ok(p) => {
-                    if self.submit(&lease, p, &hard_stop).await {
-                        self.held
-                            .lock()
-                            .expect("held-lease lock")
-                            .remove(&lease.lease_id);
-                    } else {
-                        unanswered.push(lease.lease_id);
-                    }
-                }
+                Ok(p) => sends.push(self.submit(lease, p, &hard_stop)),
                 Err(e) => {
                     warn!(task_id = %lease.task_id, error = %e, "model could not answer; releasing");
                     unanswered.push(lease.lease_id);
                 }
             }
+        }
+        for (lease_id, outcome) in futures::future::join_all(sends).await {
+            match outcome {
+                Sent::Acknowledged { duplicate } => {
+                    self.report.acknowledged += 1;
+                    self.report.duplicates += u64::from(duplicate);
+                }
+                Sent::Refused => self.report.refused += 1,
+                Sent::GaveUp => {
+                    unanswered.push(lease_id);
+                    continue;
+                }
+            }
+            self.held.lock().expect("held-lease lock").remove(&lease_id);
         }
         timer.abort();
         if !unanswered.is_empty() {
@@ -388,13 +405,13 @@ impl Worker {
         }
     }
 
-    /// Submits one result until acknowledged or refused. Returns false when it gave up unacked.
+    /// Submits one result until acknowledged or refused, or the hard stop.
     async fn submit(
-        &mut self,
+        &self,
         lease: &Lease,
         p: Prediction,
         hard_stop: &CancellationToken,
-    ) -> bool {
+    ) -> (LeaseId, Sent) {
         let req = SubmitRequest {
             lease_id: lease.lease_id,
             worker_id: self.config.worker_id.clone(),
@@ -409,8 +426,6 @@ impl Worker {
         loop {
             match self.call::<_, SubmitReply>(&subject, &req).await {
                 Ok(ack) => {
-                    self.report.acknowledged += 1;
-                    self.report.duplicates += u64::from(ack.duplicate);
                     debug!(
                         task_id = %lease.task_id,
                         lease_id = %lease.lease_id,
@@ -419,12 +434,12 @@ impl Worker {
                         finalized = ack.finalized,
                         "submission acknowledged"
                     );
-                    return true;
+                    let duplicate = ack.duplicate;
+                    return (lease.lease_id, Sent::Acknowledged { duplicate });
                 }
                 Err(CallError::Refused(e)) if e.code != ErrorCode::Unavailable => {
-                    self.report.refused += 1;
                     warn!(task_id = %lease.task_id, error = %e, "submission refused");
-                    return true;
+                    return (lease.lease_id, Sent::Refused);
                 }
                 Err(CallError::Refused(e)) => {
                     debug!(error = %e, "coordinator unavailable; retrying")
@@ -439,7 +454,7 @@ impl Worker {
                     tried_for_ms = started.elapsed().as_millis() as u64,
                     "giving up on an unacknowledged submission at shutdown"
                 );
-                return false;
+                return (lease.lease_id, Sent::GaveUp);
             }
         }
     }
