@@ -317,12 +317,16 @@ pub struct DashboardData {
 
 /// `GET /dashboard/data`.
 pub async fn dashboard_data(State(core): State<Core>) -> Reply<DashboardData> {
-    let (stats, workers, leaderboard, recent) = tokio::try_join!(
+    let (stats, workers, leaderboard, mut recent) = tokio::try_join!(
         core.stats(),
         core.workers(),
         core.leaderboard(),
         core.recent(20)
     )?;
+    // The page shows a vote as "vector"; the numbers would only weigh down each poll.
+    for s in recent.iter_mut().flat_map(|d| d.submissions.iter_mut()) {
+        s.embedding = None;
+    }
     Ok(Json(DashboardData {
         stats,
         workers: workers.workers,
