@@ -448,5 +448,14 @@ async fn zero_shot_and_embedding_tasks_over_http() {
         .expect("submissions")
         .iter()
         .all(|s| s["agreed"] == true && s["embedding"].is_array()));
+    // Lists leave the vector out; the task is still there, finalized.
+    let (_, list) = g.get("/tasks?status=finalized").await;
+    let listed = list
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|t| t["id"] == e["task_id"])
+        .expect("the embedding task");
+    assert!(listed.get("final_embedding").is_none(), "{listed}");
     g.stop().await;
 }

@@ -721,7 +721,7 @@ pub struct TaskView {
     /// The consensus label, once finalized.
     pub final_label: Option<String>,
     /// The consensus vector of a finalized `embedding` task: the mean of the largest agreeing
-    /// group.
+    /// group. Left out of lists (`task.list`); `task.get` has it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_embedding: Option<Vec<f32>>,
     /// Mean confidence of the winning label; for an `embedding` task, the mean cosine of the
@@ -756,7 +756,8 @@ pub struct SubmissionView {
     pub worker_id: WorkerId,
     /// The answer of a label task.
     pub label: Option<String>,
-    /// The answer of an `embedding` task.
+    /// The answer of an `embedding` task; left out when a task's submitted vectors hold more
+    /// than 65,536 numbers in all (the consensus vector stays).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding: Option<Vec<f32>>,
     /// The model's confidence.

@@ -314,6 +314,9 @@ fn result(t: &TaskView) -> String {
     match (&t.final_label, &t.final_embedding) {
         (Some(label), _) => label.clone(),
         (None, Some(v)) => vector(v),
+        (None, None) if t.task_type.is_vector() && t.status == TaskStatus::Finalized => {
+            "a vector (task get)".to_owned()
+        }
         (None, None) => "-".to_owned(),
     }
 }

@@ -26,10 +26,14 @@ pub fn recent(conn: &Connection, limit: u32) -> Result<Vec<TaskDetail>, CoreErro
     tasks.into_iter().map(|t| detail(conn, t)).collect()
 }
 
+/// Most numbers of submitted vectors a task view carries; past it the submissions' vectors are
+/// left out (the consensus vector stays), so a reply stays well under a NATS message's size.
+pub const MAX_VIEW_VECTOR_NUMBERS: usize = 65_536;
+
 fn detail(conn: &Connection, task: TaskRow) -> Result<TaskDetail, CoreError> {
     let task_id = &task.id;
     let id = task_id.to_string();
-    let submissions = conn
+    let mut submissions: Vec<SubmissionView> = conn
         .prepare_cached(
             "SELECT worker_id, label, confidence, model, agreed, created_at, embedding
              FROM submission WHERE task_id = ?1 ORDER BY id",
@@ -46,6 +50,15 @@ fn detail(conn: &Connection, task: TaskRow) -> Result<TaskDetail, CoreError> {
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
+    let numbers: usize = submissions
+        .iter()
+        .filter_map(|s| s.embedding.as_ref().map(Vec::len))
+        .sum();
+    if numbers > MAX_VIEW_VECTOR_NUMBERS {
+        for s in &mut submissions {
+            s.embedding = None;
+        }
+    }
     let leases = conn
         .prepare_cached(
             "SELECT id, worker_id, expires_at FROM lease
@@ -64,4 +77,55 @@ fn detail(conn: &Connection, task: TaskRow) -> Result<TaskDetail, CoreError> {
         submissions,
         leases,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::*;
+    use crate::ops::{lease, submit};
+    use protocol::limits::MAX_EMBEDDING_DIM;
+    use protocol::messages::{LeaseRequest, NewTask, SubmitRequest};
+    use protocol::TaskType;
+
+    #[test]
+    fn a_view_leaves_out_submitted_vectors_past_its_budget() {
+        let mut conn = store();
+        let workers = MAX_VIEW_VECTOR_NUMBERS / MAX_EMBEDDING_DIM + 1;
+        let t = add(
+            &mut conn,
+            0,
+            NewTask {
+                required_submissions: Some(workers as u32),
+                ..NewTask::embedding("x")
+            },
+        );
+        let tx = conn.transaction().expect("tx");
+        for w in 0..workers {
+            let worker = format!("w{w}");
+            let req = LeaseRequest {
+                capabilities: vec![TaskType::embedding()],
+                ..lease_req(&worker, 1)
+            };
+            let l = lease::run(&tx, &mut ctx(1), req).expect("lease").leases[0].clone();
+            let sub = SubmitRequest {
+                lease_id: l.lease_id,
+                worker_id: wid(&worker),
+                label: String::new(),
+                embedding: Some(vec![1.0; MAX_EMBEDDING_DIM]),
+                confidence: 1.0,
+                model: None,
+            };
+            submit::run(&tx, &mut ctx(2), &t, sub).expect("submit");
+        }
+        tx.commit().expect("commit");
+        let d = run(&conn, &t).expect("get");
+        assert_eq!(d.submissions.len(), workers);
+        assert!(d.submissions.iter().all(|s| s.embedding.is_none()));
+        assert_eq!(
+            d.task.final_embedding.map(|v| v.len()),
+            Some(MAX_EMBEDDING_DIM),
+            "the consensus vector stays"
+        );
+    }
 }

@@ -1,9 +1,10 @@
-//! `task.list`: tasks oldest first, optionally of one state.
+//! `task.list`: tasks oldest first, optionally of one state. Lists leave out the consensus
+//! vectors of `embedding` tasks (`task.get` has them), so a long list stays small.
 
 use super::{TaskRow, TASK_VIEW_COLUMNS};
 use crate::error::CoreError;
 use protocol::limits::MAX_LIST_LIMIT;
-use protocol::messages::{TaskListReply, TaskListRequest};
+use protocol::messages::{TaskListReply, TaskListRequest, TaskView};
 use protocol::ProtocolError;
 use rusqlite::{params, Connection};
 
@@ -36,6 +37,12 @@ pub fn run(conn: &Connection, req: &TaskListRequest) -> Result<TaskListReply, Co
             .collect::<Result<Vec<_>, _>>()?,
     };
     Ok(TaskListReply {
-        tasks: tasks.into_iter().map(TaskRow::view).collect(),
+        tasks: tasks
+            .into_iter()
+            .map(|t| TaskView {
+                final_embedding: None,
+                ..t.view()
+            })
+            .collect(),
     })
 }
