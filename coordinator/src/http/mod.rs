@@ -24,8 +24,11 @@ use tokio_util::sync::CancellationToken;
 
 /// The gateway's routes over `core`.
 pub fn router(core: Core) -> Router {
-    // Room for a text at the limit even with every character JSON-escaped.
-    let body_limit = core.settings().max_text_bytes * 6 + 16 * 1024;
+    // Room for a text at the limit even with every character JSON-escaped, and for the longest
+    // vector a submission may carry (at most 16 characters a number).
+    let text = core.settings().max_text_bytes * 6;
+    let vector = protocol::limits::MAX_EMBEDDING_DIM * 16;
+    let body_limit = text.max(vector) + 16 * 1024;
     Router::new()
         .route("/health", get(handlers::health))
         .route(
