@@ -104,7 +104,8 @@ async fn handle(client: &Client, core: &Core, prefix: &str, msg: Message) {
     };
     match msg.reply {
         Some(reply_to) => {
-            if let Err(e) = client.publish(reply_to, answer.body.into()).await {
+            let body = fit(answer.body, client.server_info().max_payload);
+            if let Err(e) = client.publish(reply_to, body.into()).await {
                 warn!(error = %e, "reply not sent");
             }
         }
@@ -190,6 +191,26 @@ fn api_label(op: ApiOp) -> &'static str {
 }
 
 /// Encodes a result as a reply, logging the errors a human should see.
+/// A reply the server would refuse for its size becomes an error reply saying so, so the caller
+/// hears why instead of waiting out its timeout.
+fn fit(body: Vec<u8>, max_payload: usize) -> Vec<u8> {
+    if max_payload == 0 || body.len() <= max_payload {
+        return body;
+    }
+    warn!(
+        bytes = body.len(),
+        max_payload, "reply too large for the NATS server"
+    );
+    reply::encode::<()>(&Err(ApiError::new(
+        protocol::ErrorCode::InvalidArgument,
+        format!(
+            "the reply is {} bytes, over the NATS server's max_payload of {max_payload}: ask for \
+             less (a smaller --limit), or raise max_payload",
+            body.len()
+        ),
+    )))
+}
+
 fn respond<T: Serialize>(result: Result<T, CoreError>) -> (Vec<u8>, Outcome) {
     let outcome = if result.is_ok() {
         Outcome::Ok

@@ -535,3 +535,29 @@ async fn a_lying_worker_loses_and_resending_earns_one_vote() {
     }
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_too_large_for_nats_says_so() {
+    let h = Harness::start(Settings::default(), Duration::from_secs(600)).await;
+    // Twenty texts of 60 KB: a list of them is over the test server's 1 MB max_payload.
+    for i in 0..20 {
+        h.add(NewTask::text(format!("{i} {}", "x".repeat(60_000))))
+            .await;
+    }
+    let list = |limit| TaskListRequest {
+        status: None,
+        limit: Some(limit),
+    };
+    let err = h
+        .call::<_, TaskListReply>(&subject::api(P, ApiOp::TaskList), &list(20))
+        .await
+        .expect_err("an oversize reply");
+    assert_eq!(err.code, ErrorCode::InvalidArgument);
+    assert!(err.message.contains("max_payload"), "{}", err.message);
+    let r: TaskListReply = h
+        .call(&subject::api(P, ApiOp::TaskList), &list(5))
+        .await
+        .expect("a smaller list fits");
+    assert_eq!(r.tasks.len(), 5);
+    h.stop().await;
+}
