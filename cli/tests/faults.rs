@@ -26,6 +26,9 @@ fn a_worker_killed_while_holding_leases_loses_them_to_the_others() {
         Duration::from_secs(60),
         || {
             c.signal_worker("doomed", "STOP");
+            // Results it had already sent still reach the coordinator; let them land, so the
+            // leases counted are ones the frozen worker really still holds.
+            std::thread::sleep(Duration::from_millis(300));
             let held = c.count(
                 "SELECT COUNT(*) FROM lease WHERE worker_id = 'doomed' AND state = 'active'",
             );
