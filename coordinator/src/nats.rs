@@ -190,7 +190,6 @@ fn api_label(op: ApiOp) -> &'static str {
     }
 }
 
-/// Encodes a result as a reply, logging the errors a human should see.
 /// A reply the server would refuse for its size becomes an error reply saying so, so the caller
 /// hears why instead of waiting out its timeout.
 fn fit(body: Vec<u8>, max_payload: usize) -> Vec<u8> {
@@ -211,6 +210,7 @@ fn fit(body: Vec<u8>, max_payload: usize) -> Vec<u8> {
     )))
 }
 
+/// Encodes a result as a reply, logging the errors a human should see.
 fn respond<T: Serialize>(result: Result<T, CoreError>) -> (Vec<u8>, Outcome) {
     let outcome = if result.is_ok() {
         Outcome::Ok
