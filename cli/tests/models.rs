@@ -113,34 +113,19 @@ fn auto_takes_distilbert_from_the_hugging_face_cache() {
 fn minilm_comes_from_the_cache_and_embeds_or_picks_a_label() {
     let home = tempfile::tempdir().expect("temp dir");
     cache_model(home.path(), MINILM, &test_support::minilm_dir());
-    let out = offline(
-        home.path(),
-        &[
-            "--json",
-            "infer",
-            "--model",
-            "minilm",
-            "--type",
-            "embedding",
-            "I love this movie",
-        ],
-    );
-    let r = &rows(&out)[0];
+    let minilm = |args: &[&str]| {
+        let all = [&["--json", "infer", "--model", "minilm"], args].concat();
+        rows(&offline(home.path(), &all)).remove(0)
+    };
+    let r = minilm(&["--type", "embedding", "I love this movie"]);
     assert_eq!(r["embedding"].as_array().map(Vec::len), Some(384), "{r}");
     assert!(r["label"].is_null());
-    let out = offline(
-        home.path(),
-        &[
-            "--json",
-            "infer",
-            "--model",
-            "minilm",
-            "--labels",
-            "sports,cooking",
-            "Add the flour and bake for twenty minutes",
-        ],
-    );
-    assert_eq!(rows(&out)[0]["label"], "cooking");
+    let r = minilm(&[
+        "--labels",
+        "sports,cooking",
+        "Add the flour and bake for twenty minutes",
+    ]);
+    assert_eq!(r["label"], "cooking");
 }
 
 #[test]
