@@ -289,11 +289,6 @@ impl<'a> Answer<'a> {
             (true, Some(v)) => check_embedding(v).map(|()| Answer::Embedding(v)),
         }
     }
-
-    /// The task type family this answer fits: whether it is a vector.
-    pub fn is_vector(&self) -> bool {
-        matches!(self, Answer::Embedding(_))
-    }
 }
 
 /// Checks a submitted vector.
@@ -1013,7 +1008,10 @@ mod tests {
             Answer::new("pos", None).expect("label"),
             Answer::Label("pos")
         );
-        assert!(Answer::new("", Some(&[0.5])).expect("vector").is_vector());
+        assert_eq!(
+            Answer::new("", Some(&[0.5])).expect("vector"),
+            Answer::Embedding(&[0.5])
+        );
         assert!(Answer::new("", None).is_err());
         assert!(Answer::new("pos", Some(&[0.5])).is_err());
         assert!(Answer::new("", Some(&[])).is_err());

@@ -5,7 +5,6 @@ use super::Ctx;
 use crate::output;
 use anyhow::Context;
 use coordinator::consensus::{decide, Vote};
-use indicatif::{ProgressBar, ProgressStyle};
 use protocol::TaskType;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -92,11 +91,7 @@ pub async fn infer(ctx: &Ctx, args: InferArgs) -> anyhow::Result<()> {
                 model: model.id().to_owned(),
                 label: Some(p.label).filter(|l| !l.is_empty()),
                 confidence: Some(p.confidence),
-                scores: if p.embedding.is_some() {
-                    Vec::new()
-                } else {
-                    p.scores
-                },
+                scores: p.scores,
                 embedding: p.embedding,
                 error: None,
             },
@@ -202,11 +197,7 @@ async fn answer_all(
     batch: usize,
     what: String,
 ) -> anyhow::Result<(Answers, f64)> {
-    let bar = ProgressBar::new(gold.len() as u64);
-    bar.set_style(ProgressStyle::with_template(
-        "{msg} {bar:40} {pos}/{len} [{elapsed}, {per_sec}]",
-    )?);
-    bar.set_message(what);
+    let bar = super::task::progress(gold.len() as u64, &what, true);
     let mut answers = Vec::with_capacity(gold.len());
     let started = std::time::Instant::now();
     for chunk in gold.chunks(batch.max(1)) {

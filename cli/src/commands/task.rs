@@ -217,7 +217,8 @@ pub(crate) async fn add_all(client: &Client, tasks: Vec<NewTask>) -> anyhow::Res
     Ok(ids)
 }
 
-fn progress(len: u64, what: &str, visible: bool) -> ProgressBar {
+/// A progress bar for `len` items, or a hidden one.
+pub(crate) fn progress(len: u64, what: &str, visible: bool) -> ProgressBar {
     if !visible {
         return ProgressBar::hidden();
     }
@@ -311,20 +312,25 @@ fn report(ctx: &Ctx, ids: &[TaskId], done: &BTreeMap<TaskId, TaskView>) -> anyho
 
 /// A finalized task's answer: its label, or a glimpse of its vector.
 fn result(t: &TaskView) -> String {
-    match (&t.final_label, &t.final_embedding) {
-        (Some(label), _) => label.clone(),
-        (None, Some(v)) => vector(v),
-        (None, None) if t.task_type.is_vector() && t.status == TaskStatus::Finalized => {
+    match answer(t.final_label.as_ref(), t.final_embedding.as_deref()) {
+        Some(shown) => shown,
+        None if t.task_type.is_vector() && t.status == TaskStatus::Finalized => {
             "a vector (task get)".to_owned()
         }
-        (None, None) => "-".to_owned(),
+        None => "-".to_owned(),
     }
 }
 
-/// The first numbers of a vector and its length (`--json` shows all of it).
-fn vector(v: &[f32]) -> String {
-    let head: Vec<String> = v.iter().take(3).map(|x| format!("{x:.4}")).collect();
-    format!("[{}, ...] ({} dims)", head.join(", "), v.len())
+/// A label as it is, a vector as its first numbers and its length (`--json` shows all of it).
+fn answer(label: Option<&String>, vector: Option<&[f32]>) -> Option<String> {
+    match (label, vector) {
+        (Some(label), _) => Some(label.clone()),
+        (None, Some(v)) => {
+            let head: Vec<String> = v.iter().take(3).map(|x| format!("{x:.4}")).collect();
+            Some(format!("[{}, ...] ({} dims)", head.join(", "), v.len()))
+        }
+        (None, None) => None,
+    }
 }
 
 fn print_tasks(tasks: &[TaskView]) {
@@ -381,11 +387,7 @@ fn print_detail(d: &TaskDetail) {
         for sub in &d.submissions {
             s.add_row(vec![
                 sub.worker_id.to_string(),
-                match (&sub.label, &sub.embedding) {
-                    (Some(label), _) => label.clone(),
-                    (None, Some(v)) => vector(v),
-                    (None, None) => "-".to_owned(),
-                },
+                or_dash(answer(sub.label.as_ref(), sub.embedding.as_deref()).as_deref()),
                 format!("{:.3}", sub.confidence),
                 or_dash(sub.agreed.map(|a| if a { "yes" } else { "no" })),
                 or_dash(sub.model.as_deref()),

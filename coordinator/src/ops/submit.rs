@@ -256,15 +256,8 @@ fn finalize(conn: &Connection, ctx: &mut Ctx, task_id: &TaskId) -> Result<String
     conn.prepare_cached("UPDATE submission SET agreed = (label = ?1) WHERE task_id = ?2")?
         .execute(params![decision.label, tid])?;
     award_points(conn, &tid)?;
-    ctx.effects.push(Effect::Finished(TaskEvent {
-        task_id: *task_id,
-        status: TaskStatus::Finalized,
-        final_label: Some(decision.label.clone()),
-        final_embedding: None,
-        final_confidence: Some(decision.confidence),
-        error_message: None,
-        at: from_ms(ctx.now),
-    }));
+    let answer = (Some(decision.label.clone()), None);
+    finished(ctx, task_id, answer, decision.confidence);
     Ok(decision.label)
 }
 
@@ -310,16 +303,31 @@ fn finalize_vectors(
         mark.execute(params![decision.members.contains(&i), id])?;
     }
     award_points(conn, &tid)?;
+    finished(
+        ctx,
+        task_id,
+        (None, Some(decision.vector)),
+        decision.confidence,
+    );
+    Ok(())
+}
+
+/// Announces a finalization, after the commit: the consensus label or vector and its confidence.
+fn finished(
+    ctx: &mut Ctx,
+    task_id: &TaskId,
+    (final_label, final_embedding): (Option<String>, Option<Vec<f32>>),
+    confidence: f64,
+) {
     ctx.effects.push(Effect::Finished(TaskEvent {
         task_id: *task_id,
         status: TaskStatus::Finalized,
-        final_label: None,
-        final_embedding: Some(decision.vector),
-        final_confidence: Some(decision.confidence),
+        final_label,
+        final_embedding,
+        final_confidence: Some(confidence),
         error_message: None,
         at: from_ms(ctx.now),
     }));
-    Ok(())
 }
 
 /// One point to each worker whose submission on the task agreed with the consensus.

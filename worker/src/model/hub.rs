@@ -71,11 +71,10 @@ pub enum HubError {
 /// The cached snapshot folder of `repo`, when it holds every file a model folder needs.
 pub fn cached(repo: &str) -> Option<PathBuf> {
     let files = cache().model(repo.to_owned());
-    let config = files.get("config.json")?;
-    files.get("model.safetensors")?;
-    files
-        .get("tokenizer.json")
-        .or_else(|| files.get("vocab.txt"))?;
+    let [config, weights, tokenizer, vocab] = FOLDER_FILES;
+    let config = files.get(config)?;
+    files.get(weights)?;
+    files.get(tokenizer).or_else(|| files.get(vocab))?;
     config.parent().map(PathBuf::from)
 }
 
@@ -87,7 +86,8 @@ pub fn fetch(repo: &str) -> Result<PathBuf, HubError> {
     if let Some(dir) = cached(repo) {
         return Ok(dir);
     }
-    let cache_dir = cache().path().display().to_string();
+    let cache = cache();
+    let cache_dir = cache.path().display().to_string();
     if offline() {
         return Err(HubError::Offline {
             repo: repo.to_owned(),
@@ -101,7 +101,7 @@ pub fn fetch(repo: &str) -> Result<PathBuf, HubError> {
         cache: cache_dir.clone(),
     };
     let api = ApiBuilder::from_env()
-        .with_cache_dir(cache().path().clone())
+        .with_cache_dir(cache.path().clone())
         .with_progress(true)
         .build()
         .map_err(|e| fail("anything", e.to_string()))?;

@@ -13,6 +13,7 @@ use candle_core::{Device, Module, Tensor, D};
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
 use protocol::TaskType;
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
@@ -306,12 +307,13 @@ impl MiniLm {
         if t.is_vector() {
             return Ok(Prediction {
                 label: String::new(),
-                embedding: Some(e.clone()),
+                embedding: Some(e),
                 confidence: 1.0,
-                scores: e,
+                scores: Vec::new(),
             });
         }
-        let (labels, candidates) = if *t == TaskType::zero_shot() {
+        let (labels, candidates): (Vec<&str>, Cow<'_, [Vec<f32>]>) = if *t == TaskType::zero_shot()
+        {
             let labels: Vec<&str> = input.labels.iter().flatten().map(String::as_str).collect();
             if labels.is_empty() {
                 return Err(ModelError::Inference(
@@ -319,10 +321,10 @@ impl MiniLm {
                 ));
             }
             let candidates = self.label_embeddings(&labels)?;
-            (labels, candidates)
+            (labels, Cow::Owned(candidates))
         } else if *t == TaskType::sentiment() {
             let labels = SENTIMENT_LABELS.iter().map(|(l, _)| *l).collect();
-            (labels, self.sentiment.clone())
+            (labels, Cow::Borrowed(&self.sentiment))
         } else {
             return Err(ModelError::Unsupported {
                 model: self.id().to_owned(),

@@ -40,7 +40,8 @@ pub struct Prediction {
     pub embedding: Option<Vec<f32>>,
     /// Confidence in `[0, 1]`.
     pub confidence: f64,
-    /// The raw scores behind the label, for inspection (`aimarket infer`): a classifier's
+    /// The raw scores behind the label, for inspection (`aimarket infer`); none for an
+    /// embedding, whose vector is the answer itself. A classifier's
     /// logits, the lexicon's compound score.
     pub scores: Vec<f32>,
 }
