@@ -8,7 +8,7 @@ use crate::error::CoreError;
 use crate::metrics::Metrics;
 use crate::ops::submit::Submission;
 use crate::ops::{self, Ctx, Effect, Settings};
-use crate::store::group::Writer;
+use crate::store::group::{Lane, Writer};
 use crate::store::Store;
 use protocol::messages::{
     ApiOp, Heartbeat, HeartbeatReply, LeaderboardReply, Lease, LeaseReply, LeaseRequest,
@@ -39,12 +39,15 @@ pub struct Core {
 
 impl Core {
     /// A core over `store`; effects of committed operations arrive on the returned receiver.
-    /// Starts the group-commit writer, so it must be called within a tokio runtime.
+    /// Starts the group-commit writer on its own thread, with the store's write connection.
+    ///
+    /// # Panics
+    /// When `store` already serves another core.
     pub fn new(store: Store, settings: Settings) -> (Self, mpsc::UnboundedReceiver<Effect>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (
             Self {
-                writer: Writer::start(store.clone(), settings, now_ms),
+                writer: Writer::start(&store, settings, now_ms),
                 store,
                 settings,
                 effects: tx,
@@ -149,7 +152,15 @@ impl Core {
         T: Send + 'static,
         F: FnOnce(&Connection, &mut Ctx) -> Result<T, CoreError> + Send + 'static,
     {
-        let result = self.writer.write(op).await;
+        self.write_in(Lane::Normal, op).await
+    }
+
+    async fn write_in<T, F>(&self, lane: Lane, op: F) -> Result<T, CoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut Ctx) -> Result<T, CoreError> + Send + 'static,
+    {
+        let result = self.writer.write(lane, op).await;
         let (out, effects) = self.note_health(result)?;
         for effect in effects {
             // Logged here, after the commit, so the log never shows a finalization that a crash
@@ -266,7 +277,7 @@ impl Core {
     /// [`CoreError::Invalid`] for a request out of bounds.
     pub async fn lease(&self, req: LeaseRequest) -> Result<LeaseReply, CoreError> {
         let r = self
-            .write(move |c, ctx| ops::lease::run(c, ctx, req))
+            .write_in(Lane::Urgent, move |c, ctx| ops::lease::run(c, ctx, req))
             .await?;
         self.metrics.tasks_claimed.inc_by(r.leases.len() as u64);
         Ok(r)
@@ -279,7 +290,9 @@ impl Core {
     /// Store errors only.
     pub async fn next_for(&self, worker: WorkerId) -> Result<Option<Lease>, CoreError> {
         let r = self
-            .write(move |c, ctx| ops::lease::next_for(c, ctx, &worker))
+            .write_in(Lane::Urgent, move |c, ctx| {
+                ops::lease::next_for(c, ctx, &worker)
+            })
             .await?;
         self.metrics.tasks_claimed.inc_by(u64::from(r.is_some()));
         Ok(r)

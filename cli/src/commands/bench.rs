@@ -35,6 +35,11 @@ pub struct Args {
     /// Leases a worker asks for at once.
     #[arg(long, default_value_t = 32)]
     batch: u32,
+    /// Offer this many tasks/s (to finalize) instead of as many as the coordinator takes: latency
+    /// at a given load, not at saturation, where it is only the queue's length (0: as fast as
+    /// possible).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
     /// Texts for the bulk `task add --file` measurement (0 skips it).
     #[arg(long, default_value_t = 100_000)]
     bulk: u64,
@@ -53,6 +58,7 @@ struct Report {
     workers: u32,
     required: u32,
     batch: u32,
+    offered_per_sec: Option<f64>,
     finalized_per_sec: f64,
     submissions_per_sec: f64,
     lease_rtt_us: Percentiles,
@@ -105,6 +111,10 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         "--tasks and --workers must be positive"
     );
     anyhow::ensure!(
+        args.rate >= 0.0 && args.rate.is_finite(),
+        "--rate must be a number of tasks/s, or 0 for as fast as possible"
+    );
+    anyhow::ensure!(
         args.workers >= args.required,
         "--workers ({}) must be at least --required ({}): a task needs distinct workers",
         args.workers,
@@ -131,8 +141,16 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     };
 
     eprintln!(
-        "bench: {} tasks x {} votes, {} workers, batch {}",
-        args.tasks, args.required, args.workers, args.batch
+        "bench: {} tasks x {} votes, {} workers, batch {}{}",
+        args.tasks,
+        args.required,
+        args.workers,
+        args.batch,
+        if args.rate > 0.0 {
+            format!(", offered {} tasks/s", args.rate)
+        } else {
+            String::new()
+        }
     );
     let pid = stack.as_ref().map(|s| s.coordinator.id());
     let cpu_before = pid.and_then(cpu_ticks);
@@ -158,6 +176,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         workers: args.workers,
         required: args.required,
         batch: args.batch,
+        offered_per_sec: (args.rate > 0.0).then_some(args.rate),
         finalized_per_sec,
         submissions_per_sec,
         lease_rtt_us: Percentiles::of(&lease_h),
@@ -183,6 +202,9 @@ fn print(r: &Report) {
             p.p50, p.p99, p.p999, p.count
         )
     };
+    if let Some(rate) = r.offered_per_sec {
+        t.add_row(vec!["offered tasks/s".into(), format!("{rate:.0}")]);
+    }
     t.add_row(vec![
         "finalized tasks/s".into(),
         format!("{:.0}", r.finalized_per_sec),
@@ -354,6 +376,11 @@ async fn load(
     super::task::add_all(client, tasks).await?;
     let finalized = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
+    // Each worker gives every task one of its `required` answers: a worker's share of the offered
+    // rate is `rate * required / workers` answers a second.
+    let pace = (args.rate > 0.0).then(|| {
+        Duration::from_secs_f64(f64::from(args.workers) / (args.rate * f64::from(args.required)))
+    });
     let mut drivers = Vec::new();
     for w in 0..args.workers {
         let (nats, prefix) = (client.nats().clone(), client.prefix().to_owned());
@@ -363,7 +390,7 @@ async fn load(
                 nats,
                 prefix,
                 WorkerId::new(format!("bench-{w}"))?,
-                batch,
+                (batch, pace),
                 finalized,
                 total,
             )
@@ -387,12 +414,15 @@ async fn load(
     ))
 }
 
-/// One worker's loop: lease a batch, answer instantly, submit the batch concurrently.
+/// One worker's loop: lease a batch, answer instantly, submit the batch concurrently. With a
+/// `pace` (time per answer), a batch of `n` leases is followed by `n * pace` between lease
+/// requests, so the worker offers a steady rate; one that falls behind catches up by at most
+/// [`MAX_CATCH_UP`].
 async fn drive(
     nats: async_nats::Client,
     prefix: String,
     worker: WorkerId,
-    batch: u32,
+    (batch, pace): (u32, Option<Duration>),
     finalized: Arc<AtomicU64>,
     total: u64,
 ) -> anyhow::Result<(Histogram<u64>, Histogram<u64>)> {
@@ -405,7 +435,12 @@ async fn drive(
         task_id: None,
         model: Some("bench/instant".into()),
     });
+    let mut next = tokio::time::Instant::now();
     while finalized.load(Ordering::Relaxed) < total {
+        if pace.is_some() {
+            next = next.max(tokio::time::Instant::now() - MAX_CATCH_UP);
+            tokio::time::sleep_until(next).await;
+        }
         let t = Instant::now();
         let msg = nats
             .request(subject::lease(&prefix), req.clone().into())
@@ -416,6 +451,9 @@ async fn drive(
         if leases.leases.is_empty() {
             tokio::time::sleep(Duration::from_millis(1)).await;
             continue;
+        }
+        if let Some(pace) = pace {
+            next += pace * leases.leases.len() as u32;
         }
         let submits = leases.leases.iter().map(|l| {
             let body = encode(&SubmitRequest {
@@ -446,6 +484,9 @@ async fn drive(
     }
     Ok((lease_h, submit_h))
 }
+
+/// How far a paced worker that fell behind may run ahead of its schedule to catch up.
+const MAX_CATCH_UP: Duration = Duration::from_millis(20);
 
 /// Lease latency with `k` tasks queued: single leases by a probe worker, each released at once so
 /// the depth stays `k`.

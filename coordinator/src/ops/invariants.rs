@@ -84,6 +84,11 @@ fn check(conn: &Connection, finished: &HashMap<TaskId, usize>) {
         ("a worker leasing a task it answered", "SELECT COUNT(*) FROM lease l JOIN submission s ON s.task_id = l.task_id AND s.worker_id = l.worker_id WHERE l.state = 'active'"),
         ("agreement set before finalization", "SELECT COUNT(*) FROM submission s JOIN task t ON t.id = s.task_id WHERE (t.status = 'finalized') != (s.agreed IS NOT NULL)"),
         ("points differ from agreeing votes", "SELECT (SELECT COALESCE(SUM(points), 0) FROM worker_score) != (SELECT COUNT(*) FROM submission WHERE agreed)"),
+        // A lease cursor may only pass open tasks its worker holds or has answered.
+        ("a lease cursor past a task its worker could take", "SELECT COUNT(*) FROM temp.lease_cursor c JOIN task t ON t.type = c.type AND t.seq <= c.after
+            WHERE t.status IN ('queued', 'assigned') AND t.required > t.active_leases + t.submissions
+              AND NOT EXISTS (SELECT 1 FROM lease l WHERE l.task_id = t.id AND l.worker_id = c.worker_id AND l.state = 'active')
+              AND NOT EXISTS (SELECT 1 FROM submission s WHERE s.task_id = t.id AND s.worker_id = c.worker_id)"),
     ];
     for (what, sql) in broken {
         assert_eq!(

@@ -70,6 +70,17 @@ pub fn run(conn: &Connection, ctx: &mut Ctx, req: LeaseRequest) -> Result<LeaseR
         picks.sort_by_key(|c| c.seq);
         picks.dedup_by_key(|c| c.seq);
         picks.truncate(want);
+        // Every open task of each type up to its last pick is now held or answered by this
+        // worker (the walk returned the others first): the next walk starts after it.
+        let mut advance = conn.prepare_cached(
+            "INSERT INTO temp.lease_cursor (worker_id, type, after) VALUES (?1, ?2, ?3)
+             ON CONFLICT (worker_id, type) DO UPDATE SET after = max(after, excluded.after)",
+        )?;
+        for cap in &caps {
+            if let Some(last) = picks.iter().rev().find(|c| &c.task_type == cap) {
+                advance.execute(params![worker.as_str(), cap.as_str(), last.seq])?;
+            }
+        }
     }
     let expires_at = ctx.now + ctx.settings.lease_ms;
     let mut insert = conn.prepare_cached(
@@ -134,7 +145,10 @@ fn oldest_open(
 ) -> Result<Vec<Candidate>, CoreError> {
     let sql = format!(
         "SELECT seq, id, text, labels FROM task INDEXED BY task_open
-         WHERE type = ?2 AND {OPEN_FOR_WORKER} ORDER BY seq LIMIT ?3"
+         WHERE type = ?2 AND {OPEN_FOR_WORKER}
+           AND seq > coalesce((SELECT after FROM temp.lease_cursor
+                               WHERE worker_id = ?1 AND type = ?2), 0)
+         ORDER BY seq LIMIT ?3"
     );
     let rows = conn
         .prepare_cached(&sql)?
@@ -265,11 +279,81 @@ mod tests {
             .is_empty());
     }
 
+    fn ids(r: &LeaseReply) -> Vec<TaskId> {
+        r.leases.iter().map(|l| l.task_id).collect()
+    }
+
+    fn release(conn: &mut Connection, now: i64, worker: &str, lease: &Lease) {
+        let tx = conn.transaction().expect("tx");
+        let req = protocol::messages::ReleaseRequest {
+            worker_id: wid(worker),
+            lease_ids: vec![lease.lease_id],
+            offline: false,
+        };
+        let r = crate::ops::release::run(&tx, &mut ctx(now), req).expect("release");
+        assert_eq!(r.released, 1);
+        tx.commit().expect("commit");
+    }
+
+    fn two_votes(text: &str) -> NewTask {
+        NewTask {
+            required_submissions: Some(2),
+            ..NewTask::text(text)
+        }
+    }
+
+    #[test]
+    fn a_slot_freed_behind_a_workers_cursor_is_offered_to_it_again() {
+        let mut conn = store();
+        let t1 = add(&mut conn, 0, two_votes("one"));
+        let t2 = add(&mut conn, 0, two_votes("two"));
+        assert_eq!(ids(&lease(&mut conn, 1, lease_req("a", 2))), [t1, t2]);
+        let b = lease(&mut conn, 1, lease_req("b", 1));
+        assert_eq!(ids(&b), [t1]);
+        // t1 is full (a and b), so c walks past it to t2: c's cursor is now after t1.
+        assert_eq!(ids(&lease(&mut conn, 1, lease_req("c", 2))), [t2]);
+        assert!(lease(&mut conn, 1, lease_req("c", 2)).leases.is_empty());
+        // b gives t1 back: c must see it, though its cursor had passed it.
+        release(&mut conn, 2, "b", &b.leases[0]);
+        assert_eq!(ids(&lease(&mut conn, 3, lease_req("c", 2))), [t1]);
+    }
+
+    #[test]
+    fn a_worker_whose_lease_expired_may_lease_the_task_again() {
+        let mut conn = store();
+        let t1 = add(&mut conn, 0, NewTask::text("one"));
+        let t2 = add(&mut conn, 0, NewTask::text("two"));
+        assert_eq!(ids(&lease(&mut conn, 1, lease_req("a", 1))), [t1]);
+        assert_eq!(ids(&lease(&mut conn, 1, lease_req("a", 1))), [t2]);
+        let tx = conn.transaction().expect("tx");
+        let swept = crate::ops::sweep::run(&tx, &mut ctx(60_000)).expect("sweep");
+        tx.commit().expect("commit");
+        assert_eq!(swept.requeued, 2, "{swept:?}");
+        assert_eq!(ids(&lease(&mut conn, 60_001, lease_req("a", 5))), [t1, t2]);
+    }
+
+    #[test]
+    fn a_rolled_back_lease_leaves_the_cursor_where_it_was() {
+        let mut conn = store();
+        let t1 = add(&mut conn, 0, NewTask::text("one"));
+        {
+            let tx = conn.transaction().expect("tx");
+            let r = run(&tx, &mut ctx(1), lease_req("a", 1)).expect("lease");
+            assert_eq!(ids(&r), [t1]);
+            // Dropped without commit: rolled back, cursor included.
+        }
+        assert_eq!(ids(&lease(&mut conn, 2, lease_req("a", 1))), [t1]);
+    }
+
     #[test]
     fn the_lease_query_walks_the_open_index() {
         let conn = store();
         let sql = format!(
-            "EXPLAIN QUERY PLAN SELECT seq, id, text FROM task INDEXED BY task_open WHERE type = ?2 AND {OPEN_FOR_WORKER} ORDER BY seq LIMIT ?3"
+            "EXPLAIN QUERY PLAN SELECT seq, id, text FROM task INDEXED BY task_open
+             WHERE type = ?2 AND {OPEN_FOR_WORKER}
+               AND seq > coalesce((SELECT after FROM temp.lease_cursor
+                                   WHERE worker_id = ?1 AND type = ?2), 0)
+             ORDER BY seq LIMIT ?3"
         );
         let plan: Vec<String> = conn
             .prepare(&sql)
@@ -279,7 +363,10 @@ mod tests {
             .collect::<Result<_, _>>()
             .expect("plan rows");
         let plan = plan.join("\n");
-        assert!(plan.contains("USING INDEX task_open"), "{plan}");
+        assert!(
+            plan.contains("USING INDEX task_open (type=? AND seq>?)"),
+            "{plan}"
+        );
         assert!(!plan.contains("TEMP B-TREE"), "the query sorts: {plan}");
     }
 }

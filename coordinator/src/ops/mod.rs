@@ -313,6 +313,13 @@ pub(crate) fn end_lease_unanswered(
          WHERE id = ?1 AND status IN ('queued', 'assigned')",
     )?
     .execute([task_id.to_string()])?;
+    // The task may be open to workers whose lease cursors are past it (see `lease_cursor`).
+    conn.prepare_cached(
+        "UPDATE temp.lease_cursor SET after = t.seq - 1
+         FROM (SELECT seq, type FROM task WHERE id = ?1) AS t
+         WHERE lease_cursor.type = t.type AND lease_cursor.after >= t.seq",
+    )?
+    .execute([task_id.to_string()])?;
     let task = load_task(conn, task_id)?;
     if task.status.is_terminal() {
         return Ok((true, false));

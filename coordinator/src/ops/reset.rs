@@ -13,7 +13,7 @@ pub fn run(conn: &Connection, req: &ResetRequest) -> Result<(), CoreError> {
     }
     conn.execute_batch(
         "DELETE FROM submission; DELETE FROM lease; DELETE FROM task;
-         DELETE FROM worker_score; DELETE FROM worker;",
+         DELETE FROM worker_score; DELETE FROM worker; DELETE FROM temp.lease_cursor;",
     )?;
     tracing::warn!("store reset: every task, worker and score deleted");
     Ok(())

@@ -1,13 +1,23 @@
-//! Group commit: write operations queue up while the store's thread is busy, and the next batch
+//! Group commit: write operations queue up while the writer's thread is busy, and the next batch
 //! runs in one transaction, each operation inside its own savepoint (a failing operation rolls
 //! back alone), with one commit, so one fsync, for the whole batch. Every operation's result is
 //! released only after that commit, so an acknowledgement still means "on disk".
+//!
+//! Urgent operations (lease requests, which a worker waits on with nothing else to do) skip the
+//! queue: they run in a batch of their own before any queued normal work, and a normal batch
+//! that is running when one arrives commits what it has done so far and leaves the rest for
+//! later. Without this a lease waits behind every submission queued ahead of it (a closed loop
+//! of workers keeps about a hundred in flight), and its latency is that queue's length divided by
+//! the throughput.
 
 use crate::error::CoreError;
 use crate::ops::{Ctx, Effect, Settings};
 use crate::store::Store;
 use rusqlite::{Connection, TransactionBehavior};
 use std::any::Any;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most operations in one transaction.
@@ -17,39 +27,67 @@ type Output = Box<dyn Any + Send>;
 type Run = Box<dyn FnOnce(&Connection, &mut Ctx) -> Result<Output, CoreError> + Send>;
 type Done = oneshot::Sender<Result<(Output, Vec<Effect>), CoreError>>;
 
+/// Which queue an operation waits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// In arrival order, in batches of up to 512.
+    Normal,
+    /// Ahead of all normal work, cutting a running normal batch short.
+    Urgent,
+}
+
 struct Job {
     run: Run,
     done: Done,
+    lane: Lane,
 }
 
 /// Handle to the group-commit writer. Cheap to clone; the writer stops when the last is gone.
 #[derive(Clone)]
 pub struct Writer {
     jobs: mpsc::UnboundedSender<Job>,
+    /// Urgent jobs sent and not yet taken into a batch; a running normal batch polls it.
+    urgent: Arc<AtomicUsize>,
 }
 
 impl Writer {
-    /// Starts the writer on `store`. Must be called within a tokio runtime.
-    pub fn start(store: Store, settings: Settings, now: fn() -> i64) -> Self {
+    /// Starts the writer on its own thread, with `store`'s write connection.
+    ///
+    /// # Panics
+    /// When `store` already has a writer, or no thread can be started.
+    pub fn start(store: &Store, settings: Settings, now: fn() -> i64) -> Self {
+        let conn = store.take_writer().expect("a store has one writer");
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(store, settings, now, rx));
-        Self { jobs: tx }
+        let urgent = Arc::new(AtomicUsize::new(0));
+        let pending = urgent.clone();
+        std::thread::Builder::new()
+            .name("store-writer".to_owned())
+            .spawn(move || write_loop(conn, settings, now, rx, &pending))
+            .expect("the store writer's thread starts");
+        Self { jobs: tx, urgent }
     }
 
-    /// Runs `op` in the next group transaction; its result and effects once committed.
+    /// Runs `op` in the next group transaction of its lane; its result and effects once
+    /// committed.
     ///
     /// # Errors
     /// The operation's error, or the commit's.
-    pub async fn write<T, F>(&self, op: F) -> Result<(T, Vec<Effect>), CoreError>
+    pub async fn write<T, F>(&self, lane: Lane, op: F) -> Result<(T, Vec<Effect>), CoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection, &mut Ctx) -> Result<T, CoreError> + Send + 'static,
     {
         let (done, result) = oneshot::channel();
         let run: Run = Box::new(move |c, ctx| op(c, ctx).map(|t| Box::new(t) as Output));
-        self.jobs
-            .send(Job { run, done })
-            .map_err(|_| CoreError::StoreClosed)?;
+        if lane == Lane::Urgent {
+            self.urgent.fetch_add(1, Ordering::SeqCst);
+        }
+        if self.jobs.send(Job { run, done, lane }).is_err() {
+            if lane == Lane::Urgent {
+                self.urgent.fetch_sub(1, Ordering::SeqCst);
+            }
+            return Err(CoreError::StoreClosed);
+        }
         let (out, effects) = result.await.map_err(|_| CoreError::StoreClosed)??;
         let out = out
             .downcast::<T>()
@@ -58,35 +96,83 @@ impl Writer {
     }
 }
 
-async fn write_loop(
-    store: Store,
-    settings: Settings,
-    now: fn() -> i64,
-    mut rx: mpsc::UnboundedReceiver<Job>,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
+/// The jobs received and not yet run, by lane.
+#[derive(Default)]
+struct Queues {
+    normal: VecDeque<Job>,
+    urgent: Vec<Job>,
+}
+
+impl Queues {
+    fn push(&mut self, job: Job) {
+        match job.lane {
+            Lane::Normal => self.normal.push_back(job),
+            Lane::Urgent => self.urgent.push(job),
         }
-        let sent = store
-            .conn()
-            .call_raw(move |conn| run_batch(conn, batch, settings, now))
-            .await;
-        if sent.is_err() {
-            // The connection is gone: the jobs' senders were dropped with the batch, so every
-            // caller sees `StoreClosed`.
-            tracing::error!("store connection closed; writes stop");
-            return;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.normal.is_empty() && self.urgent.is_empty()
+    }
+
+    /// The next batch: every waiting urgent job, else up to [`MAX_BATCH`] normal ones.
+    fn next_batch(&mut self, urgent: &AtomicUsize) -> Vec<Job> {
+        if self.urgent.is_empty() {
+            let n = self.normal.len().min(MAX_BATCH);
+            self.normal.drain(..n).collect()
+        } else {
+            urgent.fetch_sub(self.urgent.len(), Ordering::SeqCst);
+            std::mem::take(&mut self.urgent)
+        }
+    }
+
+    /// Puts back, at the front and in order, normal jobs a cut-short batch did not run.
+    fn put_back(&mut self, jobs: Vec<Job>) {
+        for job in jobs.into_iter().rev() {
+            self.normal.push_front(job);
         }
     }
 }
 
-/// Runs a batch in one transaction and answers every job after the commit.
-fn run_batch(conn: &mut Connection, batch: Vec<Job>, settings: Settings, now: fn() -> i64) {
+/// Runs batches until every [`Writer`] is dropped and the queued jobs are done.
+fn write_loop(
+    mut conn: Connection,
+    settings: Settings,
+    now: fn() -> i64,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    urgent: &AtomicUsize,
+) {
+    let mut queues = Queues::default();
+    let mut open = true;
+    loop {
+        if queues.is_empty() {
+            match rx.blocking_recv() {
+                Some(job) => queues.push(job),
+                None => return,
+            }
+        }
+        while open {
+            match rx.try_recv() {
+                Ok(job) => queues.push(job),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+            }
+        }
+        let batch = queues.next_batch(urgent);
+        let rest = run_batch(&mut conn, batch, settings, now, urgent);
+        queues.put_back(rest);
+    }
+}
+
+/// Runs a batch in one transaction and answers every job it ran after the commit. A normal
+/// batch stops early when an urgent job is waiting; the jobs it did not run are returned.
+fn run_batch(
+    conn: &mut Connection,
+    batch: Vec<Job>,
+    settings: Settings,
+    now: fn() -> i64,
+    urgent: &AtomicUsize,
+) -> Vec<Job> {
     let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
@@ -95,11 +181,12 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>, settings: Settings, now: fn
             for job in batch {
                 let _ = job.done.send(Err(same_error(code, &msg)));
             }
-            return;
+            return Vec::new();
         }
     };
     let mut results = Vec::with_capacity(batch.len());
-    for job in batch {
+    let mut jobs = batch.into_iter();
+    for job in jobs.by_ref() {
         let mut ctx = Ctx::new(now(), settings);
         let outcome = match tx.savepoint() {
             Ok(mut sp) => match (job.run)(&sp, &mut ctx) {
@@ -115,7 +202,11 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>, settings: Settings, now: fn
             Err(e) => Err(CoreError::Store(e)),
         };
         results.push((job.done, outcome));
+        if job.lane == Lane::Normal && urgent.load(Ordering::SeqCst) > 0 {
+            break;
+        }
     }
+    let rest: Vec<Job> = jobs.collect();
     match tx.commit() {
         Ok(()) => {
             for (done, outcome) in results {
@@ -131,6 +222,7 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>, settings: Settings, now: fn
             }
         }
     }
+    rest
 }
 
 /// A copy of a SQLite error for each caller of a failed batch.
@@ -148,6 +240,9 @@ fn same_error(code: Option<rusqlite::ErrorCode>, msg: &str) -> CoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
+    use std::sync::mpsc as std_mpsc;
+    use std::sync::Mutex;
     use std::time::Duration;
 
     fn now() -> i64 {
@@ -163,27 +258,96 @@ mod tests {
         Ok(())
     }
 
-    #[tokio::test]
-    async fn a_failing_job_rolls_back_alone_and_the_rest_commit_together() {
+    async fn writer() -> (tempfile::TempDir, Store, Writer) {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(&dir.path().join("g.db")).await.expect("store");
-        let writer = Writer::start(store.clone(), Settings::default(), now);
-        // Keep the store's thread busy so the next three queue into one batch.
-        let busy = store
-            .conn()
-            .call_raw(|_| std::thread::sleep(Duration::from_millis(200)));
-        let w = writer.clone();
-        let (busy, a, b, c) = tokio::join!(
-            busy,
-            w.write(|c, _| insert(c, "a")),
-            writer.write(|c, _| {
-                insert(c, "b")?;
-                Err::<(), _>(CoreError::TaskNotFound(protocol::TaskId::new()))
-            }),
-            writer.write(|c, _| insert(c, "c")),
+        let writer = Writer::start(&store, Settings::default(), now);
+        (dir, store, writer)
+    }
+
+    /// A job that says when it starts and then holds the writer until told to go on.
+    struct Gate {
+        started: std_mpsc::Receiver<()>,
+        go: std_mpsc::Sender<()>,
+    }
+
+    impl Gate {
+        fn job(
+            order: &Arc<Mutex<Vec<&'static str>>>,
+            name: &'static str,
+        ) -> (
+            Self,
+            impl FnOnce(&Connection, &mut Ctx) -> Result<(), CoreError> + Send + 'static,
+        ) {
+            let (started_tx, started) = std_mpsc::channel();
+            let (go, go_rx) = std_mpsc::channel::<()>();
+            let order = order.clone();
+            let job = move |_: &Connection, _: &mut Ctx| {
+                order.lock().expect("order").push(name);
+                started_tx.send(()).expect("test waits");
+                go_rx
+                    .recv_timeout(Duration::from_secs(30))
+                    .expect("test lets the job go on");
+                Ok(())
+            };
+            (Self { started, go }, job)
+        }
+
+        fn wait_started(&self) {
+            self.started
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the job starts");
+        }
+
+        fn open(&self) {
+            self.go.send(()).expect("job waits");
+        }
+    }
+
+    fn record(
+        order: &Arc<Mutex<Vec<&'static str>>>,
+        name: &'static str,
+    ) -> impl FnOnce(&Connection, &mut Ctx) -> Result<(), CoreError> + Send + 'static {
+        let order = order.clone();
+        move |_, _| {
+            order.lock().expect("order").push(name);
+            Ok(())
+        }
+    }
+
+    /// Sends a write to the writer now (a write is sent when first polled) and returns the
+    /// future of its result.
+    fn send<T: Send + 'static>(
+        writer: &Writer,
+        lane: Lane,
+        op: impl FnOnce(&Connection, &mut Ctx) -> Result<T, CoreError> + Send + 'static,
+    ) -> futures::future::BoxFuture<'static, Result<(T, Vec<Effect>), CoreError>> {
+        let writer = writer.clone();
+        let mut fut = async move { writer.write(lane, op).await }.boxed();
+        assert!(
+            (&mut fut).now_or_never().is_none(),
+            "a write waits for its commit"
         );
-        busy.expect("busy");
-        assert!(a.is_ok() && c.is_ok());
+        fut
+    }
+
+    #[tokio::test]
+    async fn a_failing_job_rolls_back_alone_and_the_rest_commit_together() {
+        let (_dir, store, writer) = writer().await;
+        let order = Arc::default();
+        // Hold the writer so the next three queue into one batch.
+        let (gate, hold) = Gate::job(&order, "hold");
+        let held = send(&writer, Lane::Normal, hold);
+        gate.wait_started();
+        let a = send(&writer, Lane::Normal, |c, _| insert(c, "a"));
+        let b = send(&writer, Lane::Normal, |c, _| {
+            insert(c, "b")?;
+            Err::<(), _>(CoreError::TaskNotFound(protocol::TaskId::new()))
+        });
+        let c = send(&writer, Lane::Normal, |c, _| insert(c, "c"));
+        gate.open();
+        let (held, a, b, c) = tokio::join!(held, a, b, c);
+        assert!(held.is_ok() && a.is_ok() && c.is_ok());
         assert!(matches!(b, Err(CoreError::TaskNotFound(_))));
         let ids: Vec<String> = store
             .conn()
@@ -195,5 +359,62 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(ids, ["a", "c"], "the failed job's insert survived");
+    }
+
+    #[tokio::test]
+    async fn urgent_jobs_run_before_normal_jobs_queued_ahead_of_them() {
+        let (_dir, _store, writer) = writer().await;
+        let order = Arc::default();
+        let (gate, hold) = Gate::job(&order, "hold");
+        let held = send(&writer, Lane::Normal, hold);
+        gate.wait_started();
+        let n1 = send(&writer, Lane::Normal, record(&order, "n1"));
+        let n2 = send(&writer, Lane::Normal, record(&order, "n2"));
+        let u = send(&writer, Lane::Urgent, record(&order, "u"));
+        gate.open();
+        let results = futures::future::join_all([held, n1, n2, u]).await;
+        assert!(results.iter().all(Result::is_ok));
+        assert_eq!(*order.lock().expect("order"), ["hold", "u", "n1", "n2"]);
+    }
+
+    #[tokio::test]
+    async fn an_urgent_job_cuts_a_running_batch_short_and_the_rest_still_runs() {
+        let (_dir, store, writer) = writer().await;
+        let order = Arc::default();
+        let (first, hold) = Gate::job(&order, "hold");
+        let held = send(&writer, Lane::Normal, hold);
+        first.wait_started();
+        // One batch of three, the first of which holds the writer until the urgent job is sent.
+        let (second, n1) = Gate::job(&order, "n1");
+        let n1 = send(&writer, Lane::Normal, n1);
+        let n2 = {
+            let order = order.clone();
+            send(&writer, Lane::Normal, move |c, _| {
+                insert(c, "n2")?;
+                order.lock().expect("order").push("n2");
+                Ok(())
+            })
+        };
+        let n3 = send(&writer, Lane::Normal, record(&order, "n3"));
+        first.open();
+        second.wait_started();
+        let u = send(&writer, Lane::Urgent, record(&order, "u"));
+        second.open();
+        let results = futures::future::join_all([held, n1, n2, n3, u]).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(
+            *order.lock().expect("order"),
+            ["hold", "n1", "u", "n2", "n3"]
+        );
+        let n2_stored: i64 = store
+            .conn()
+            .call(|c| {
+                c.query_row("SELECT COUNT(*) FROM worker WHERE id = 'n2'", [], |r| {
+                    r.get(0)
+                })
+            })
+            .await
+            .expect("read");
+        assert_eq!(n2_stored, 1, "a job put back after a cut still commits");
     }
 }

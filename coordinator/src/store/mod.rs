@@ -1,6 +1,8 @@
-//! The SQLite store: one connection on its own thread (tokio-rusqlite), WAL journal, full sync.
+//! The SQLite store: WAL journal, full sync, two connections. Writes run on the group-commit
+//! writer's own thread and connection ([`group::Writer`]); reads run on a second connection's
+//! thread (tokio-rusqlite), which WAL lets read while the writer writes.
 //!
-//! Every write runs inside one `IMMEDIATE` transaction, and a reply is sent only after that
+//! Every write runs inside an `IMMEDIATE` transaction, and a reply is sent only after that
 //! transaction commits, so a coordinator killed at any instant loses nothing it acknowledged.
 
 pub mod group;
@@ -8,13 +10,16 @@ pub mod schema;
 
 use crate::error::StoreError;
 use chrono::{DateTime, TimeZone, Utc};
-use rusqlite::Connection;
+use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
-/// Handle to the store's connection thread. Cheap to clone.
+/// Handle to the store's connections. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     conn: tokio_rusqlite::Connection,
+    /// The write connection, until the group-commit writer takes it.
+    writer: Arc<Mutex<Option<Connection>>>,
 }
 
 impl Store {
@@ -23,25 +28,45 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when the file cannot be opened, is not a database, or is from a newer build.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        // One connection, used only from its own thread: SQLite's per-call mutexes are waste.
-        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
-            | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
-            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        // Each connection is used only from its own thread: SQLite's per-call mutexes are waste.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = tokio_rusqlite::Connection::open_with_flags(path, flags).await?;
         conn.call(prepare).await.map_err(|e| match e {
             tokio_rusqlite::Error::Error(e) => e,
             _ => StoreError::Closed,
         })?;
-        Ok(Self { conn })
+        let path = path.to_owned();
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut writer = Connection::open_with_flags(path, flags)?;
+            prepare(&mut writer)?;
+            Ok::<_, StoreError>(writer)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)??;
+        Ok(Self {
+            conn,
+            writer: Arc::new(Mutex::new(Some(writer))),
+        })
     }
 
-    /// The connection thread, for running operations.
+    /// The read connection's thread.
     pub fn conn(&self) -> &tokio_rusqlite::Connection {
         &self.conn
     }
+
+    /// The write connection; `None` once taken (a store has one writer).
+    pub(crate) fn take_writer(&self) -> Option<Connection> {
+        self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
 }
 
-/// Sets the pragmas and migrates; used for files and for in-memory test databases alike.
+/// Sets the pragmas, migrates and creates the connection's own tables; used for files and for
+/// in-memory test databases alike.
 ///
 /// # Errors
 /// [`StoreError`] when SQLite refuses a pragma or a migration.
@@ -53,9 +78,13 @@ pub fn prepare(conn: &mut Connection) -> Result<(), StoreError> {
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Savepoint journals (one per operation in a group commit) in memory, not in temp files.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.set_prepared_statement_cache_capacity(64);
-    schema::migrate(conn)
+    schema::migrate(conn)?;
+    conn.execute_batch(schema::CONNECTION_TABLES)?;
+    Ok(())
 }
 
 /// A vector as stored: little-endian f32s.

@@ -99,6 +99,24 @@ ALTER TABLE submission ADD COLUMN embedding BLOB;
 "#,
 ];
 
+/// Tables of one connection (`temp`, in memory, gone when it closes), created when it opens.
+///
+/// `lease_cursor` remembers, per worker and task type, the FIFO position (`task.seq`) up to
+/// which every open task is one the worker already holds a lease on or has answered, so the next
+/// lease request starts walking `task_open` after it instead of skipping those tasks again (with
+/// three workers and three votes per task, the fastest worker would otherwise skip everything the
+/// slowest has not done, on every request). Any lease that ends without a result moves the
+/// cursors of its task's type back before that task. Being a table, it commits and rolls back
+/// with the operations that move it.
+pub const CONNECTION_TABLES: &str = "
+CREATE TEMP TABLE IF NOT EXISTS lease_cursor (
+    worker_id TEXT    NOT NULL,
+    type      TEXT    NOT NULL,
+    after     INTEGER NOT NULL,
+    PRIMARY KEY (worker_id, type)
+) WITHOUT ROWID;
+";
+
 /// The schema version this build writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
 
