@@ -53,6 +53,7 @@ bench: setup
 	$(CARGO) build --release --bin aimarket
 	NATS_SERVER_BIN="$$(scripts/setup.sh)" target/release/aimarket bench --tasks 20000 --workers 3 --required 3 --batch 32 --bulk 100000 --depth 1000
 	NATS_SERVER_BIN="$$(scripts/setup.sh)" target/release/aimarket bench --tasks 5000 --bulk 0 --depth 1000000
+	NATS_SERVER_BIN="$$(scripts/setup.sh)" target/release/aimarket bench --tasks 20000 --rate 5000 --bulk 0
 	$(CARGO) run --release -p worker --example model_throughput -- "$$(scripts/fetch-minilm.sh)" 1 8 32
 	scripts/bench-workers.sh 480 1 8 32
 

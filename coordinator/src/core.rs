@@ -1,5 +1,5 @@
 //! [`Core`]: the coordinator's operations as async methods. Each write runs in its own savepoint
-//! inside a group-committed transaction on the store's thread ([`crate::store::group`]); its reply
+//! inside a group-committed transaction on the writer's thread ([`crate::store::group`]); its reply
 //! and its effects (announcements, task events) are released only after the commit. Both
 //! adapters (NATS, HTTP) call these same methods.
 

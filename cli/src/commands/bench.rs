@@ -385,12 +385,14 @@ async fn load(
     for w in 0..args.workers {
         let (nats, prefix) = (client.nats().clone(), client.prefix().to_owned());
         let (finalized, total, batch) = (finalized.clone(), args.tasks, args.batch);
+        // Paced workers start out of step, as independent workers would be, not in one burst.
+        let pacing = pace.map(|p| (p, p * batch * w / args.workers));
         drivers.push(tokio::spawn(async move {
             drive(
                 nats,
                 prefix,
                 WorkerId::new(format!("bench-{w}"))?,
-                (batch, pace),
+                (batch, pacing),
                 finalized,
                 total,
             )
@@ -414,15 +416,15 @@ async fn load(
     ))
 }
 
-/// One worker's loop: lease a batch, answer instantly, submit the batch concurrently. With a
-/// `pace` (time per answer), a batch of `n` leases is followed by `n * pace` between lease
-/// requests, so the worker offers a steady rate; one that falls behind catches up by at most
-/// [`MAX_CATCH_UP`].
+/// One worker's loop: lease a batch, answer instantly, submit the batch concurrently. With
+/// `pacing` (time per answer, delay before the first request), a batch of `n` leases is followed
+/// by `n` times the pace between lease requests, so the worker offers a steady rate; one that
+/// falls behind catches up by at most [`MAX_CATCH_UP`].
 async fn drive(
     nats: async_nats::Client,
     prefix: String,
     worker: WorkerId,
-    (batch, pace): (u32, Option<Duration>),
+    (batch, pacing): (u32, Option<(Duration, Duration)>),
     finalized: Arc<AtomicU64>,
     total: u64,
 ) -> anyhow::Result<(Histogram<u64>, Histogram<u64>)> {
@@ -435,7 +437,8 @@ async fn drive(
         task_id: None,
         model: Some("bench/instant".into()),
     });
-    let mut next = tokio::time::Instant::now();
+    let pace = pacing.map(|(pace, _)| pace);
+    let mut next = tokio::time::Instant::now() + pacing.map_or(Duration::ZERO, |(_, first)| first);
     while finalized.load(Ordering::Relaxed) < total {
         if pace.is_some() {
             next = next.max(tokio::time::Instant::now() - MAX_CATCH_UP);

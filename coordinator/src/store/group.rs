@@ -5,8 +5,7 @@
 //!
 //! Urgent operations (lease requests, which a worker waits on with nothing else to do) skip the
 //! queue: they run in a batch of their own before any queued normal work, and a normal batch
-//! that is running when one arrives commits what it has done so far and leaves the rest for
-//! later. Without this a lease waits behind every submission queued ahead of it (a closed loop
+//! that is running when one arrives runs it next, commits, and leaves the rest for later. Without this a lease waits behind every submission queued ahead of it (a closed loop
 //! of workers keeps about a hundred in flight), and its latency is that queue's length divided by
 //! the throughput.
 
@@ -25,7 +24,8 @@ const MAX_BATCH: usize = 512;
 
 type Output = Box<dyn Any + Send>;
 type Run = Box<dyn FnOnce(&Connection, &mut Ctx) -> Result<Output, CoreError> + Send>;
-type Done = oneshot::Sender<Result<(Output, Vec<Effect>), CoreError>>;
+type Outcome = Result<(Output, Vec<Effect>), CoreError>;
+type Done = oneshot::Sender<Outcome>;
 
 /// Which queue an operation waits in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,14 +96,41 @@ impl Writer {
     }
 }
 
-/// The jobs received and not yet run, by lane.
-#[derive(Default)]
-struct Queues {
+/// The jobs received and not yet run, by lane, and the channel they come from.
+struct Inbox<'a> {
+    rx: mpsc::UnboundedReceiver<Job>,
+    /// False once every [`Writer`] is gone.
+    open: bool,
     normal: VecDeque<Job>,
     urgent: Vec<Job>,
+    /// Urgent jobs sent and not yet taken (shared with the [`Writer`]s).
+    pending: &'a AtomicUsize,
 }
 
-impl Queues {
+impl Inbox<'_> {
+    /// Waits for a job if none is queued, then takes every job already sent. False when every
+    /// [`Writer`] is gone and nothing is left to run.
+    fn fill(&mut self) -> bool {
+        if self.normal.is_empty() && self.urgent.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(job) => self.push(job),
+                None => return false,
+            }
+        }
+        self.take_sent();
+        true
+    }
+
+    fn take_sent(&mut self) {
+        while self.open {
+            match self.rx.try_recv() {
+                Ok(job) => self.push(job),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => self.open = false,
+            }
+        }
+    }
+
     fn push(&mut self, job: Job) {
         match job.lane {
             Lane::Normal => self.normal.push_back(job),
@@ -111,24 +138,31 @@ impl Queues {
         }
     }
 
-    fn is_empty(&self) -> bool {
-        self.normal.is_empty() && self.urgent.is_empty()
+    /// Whether an urgent job has been sent and not yet taken.
+    fn urgent_waiting(&self) -> bool {
+        self.pending.load(Ordering::SeqCst) > 0
+    }
+
+    /// Every urgent job sent so far.
+    fn take_urgent(&mut self) -> Vec<Job> {
+        self.take_sent();
+        self.pending.fetch_sub(self.urgent.len(), Ordering::SeqCst);
+        std::mem::take(&mut self.urgent)
     }
 
     /// The next batch: every waiting urgent job, else up to [`MAX_BATCH`] normal ones.
-    fn next_batch(&mut self, urgent: &AtomicUsize) -> Vec<Job> {
+    fn next_batch(&mut self) -> Vec<Job> {
         if self.urgent.is_empty() {
             let n = self.normal.len().min(MAX_BATCH);
             self.normal.drain(..n).collect()
         } else {
-            urgent.fetch_sub(self.urgent.len(), Ordering::SeqCst);
-            std::mem::take(&mut self.urgent)
+            self.take_urgent()
         }
     }
 
     /// Puts back, at the front and in order, normal jobs a cut-short batch did not run.
-    fn put_back(&mut self, jobs: Vec<Job>) {
-        for job in jobs.into_iter().rev() {
+    fn put_back(&mut self, jobs: impl DoubleEndedIterator<Item = Job>) {
+        for job in jobs.rev() {
             self.normal.push_front(job);
         }
     }
@@ -139,40 +173,32 @@ fn write_loop(
     mut conn: Connection,
     settings: Settings,
     now: fn() -> i64,
-    mut rx: mpsc::UnboundedReceiver<Job>,
-    urgent: &AtomicUsize,
+    rx: mpsc::UnboundedReceiver<Job>,
+    pending: &AtomicUsize,
 ) {
-    let mut queues = Queues::default();
-    let mut open = true;
-    loop {
-        if queues.is_empty() {
-            match rx.blocking_recv() {
-                Some(job) => queues.push(job),
-                None => return,
-            }
-        }
-        while open {
-            match rx.try_recv() {
-                Ok(job) => queues.push(job),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
-            }
-        }
-        let batch = queues.next_batch(urgent);
-        let rest = run_batch(&mut conn, batch, settings, now, urgent);
-        queues.put_back(rest);
+    let mut inbox = Inbox {
+        rx,
+        open: true,
+        normal: VecDeque::new(),
+        urgent: Vec::new(),
+        pending,
+    };
+    while inbox.fill() {
+        let batch = inbox.next_batch();
+        run_batch(&mut conn, batch, settings, now, &mut inbox);
     }
 }
 
-/// Runs a batch in one transaction and answers every job it ran after the commit. A normal
-/// batch stops early when an urgent job is waiting; the jobs it did not run are returned.
+/// Runs a batch in one transaction and answers every job it ran after the commit. When an urgent
+/// job arrives during a normal batch, the batch runs it (and any other waiting) after its current
+/// job and commits; the normal jobs it did not run go back to the head of the queue.
 fn run_batch(
     conn: &mut Connection,
     batch: Vec<Job>,
     settings: Settings,
     now: fn() -> i64,
-    urgent: &AtomicUsize,
-) -> Vec<Job> {
+    inbox: &mut Inbox<'_>,
+) {
     let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
@@ -181,32 +207,22 @@ fn run_batch(
             for job in batch {
                 let _ = job.done.send(Err(same_error(code, &msg)));
             }
-            return Vec::new();
+            return;
         }
     };
     let mut results = Vec::with_capacity(batch.len());
     let mut jobs = batch.into_iter();
-    for job in jobs.by_ref() {
-        let mut ctx = Ctx::new(now(), settings);
-        let outcome = match tx.savepoint() {
-            Ok(mut sp) => match (job.run)(&sp, &mut ctx) {
-                Ok(out) => match sp.commit() {
-                    Ok(()) => Ok((out, ctx.effects)),
-                    Err(e) => Err(CoreError::Store(e)),
-                },
-                Err(e) => {
-                    let _ = sp.rollback();
-                    Err(e)
-                }
-            },
-            Err(e) => Err(CoreError::Store(e)),
-        };
-        results.push((job.done, outcome));
-        if job.lane == Lane::Normal && urgent.load(Ordering::SeqCst) > 0 {
+    while let Some(job) = jobs.next() {
+        let lane = job.lane;
+        results.push(run_job(&mut tx, job, settings, now));
+        if lane == Lane::Normal && inbox.urgent_waiting() {
+            for job in inbox.take_urgent() {
+                results.push(run_job(&mut tx, job, settings, now));
+            }
+            inbox.put_back(jobs);
             break;
         }
     }
-    let rest: Vec<Job> = jobs.collect();
     match tx.commit() {
         Ok(()) => {
             for (done, outcome) in results {
@@ -222,7 +238,30 @@ fn run_batch(
             }
         }
     }
-    rest
+}
+
+/// Runs one job in its own savepoint of `tx`: rolled back alone if it fails.
+fn run_job(
+    tx: &mut rusqlite::Transaction<'_>,
+    job: Job,
+    settings: Settings,
+    now: fn() -> i64,
+) -> (Done, Outcome) {
+    let mut ctx = Ctx::new(now(), settings);
+    let outcome = match tx.savepoint() {
+        Ok(mut sp) => match (job.run)(&sp, &mut ctx) {
+            Ok(out) => match sp.commit() {
+                Ok(()) => Ok((out, ctx.effects)),
+                Err(e) => Err(CoreError::Store(e)),
+            },
+            Err(e) => {
+                let _ = sp.rollback();
+                Err(e)
+            }
+        },
+        Err(e) => Err(CoreError::Store(e)),
+    };
+    (job.done, outcome)
 }
 
 /// A copy of a SQLite error for each caller of a failed batch.
