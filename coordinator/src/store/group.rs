@@ -5,9 +5,9 @@
 //!
 //! Urgent operations (lease requests, which a worker waits on with nothing else to do) skip the
 //! queue: they run in a batch of their own before any queued normal work, and a normal batch
-//! that is running when one arrives runs it next, commits, and leaves the rest for later. Without this a lease waits behind every submission queued ahead of it (a closed loop
-//! of workers keeps about a hundred in flight), and its latency is that queue's length divided by
-//! the throughput.
+//! that is running when one arrives runs it next, commits, and leaves the rest for later. Without
+//! this a lease waits behind every submission queued ahead of it (a closed loop of workers keeps
+//! about a hundred in flight), and its latency is that queue's length divided by the throughput.
 
 use crate::error::CoreError;
 use crate::ops::{Ctx, Effect, Settings};
