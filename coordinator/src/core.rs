@@ -45,13 +45,14 @@ impl Core {
     /// When `store` already serves another core.
     pub fn new(store: Store, settings: Settings) -> (Self, mpsc::UnboundedReceiver<Effect>) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let metrics = Arc::new(Metrics::new());
         (
             Self {
-                writer: Writer::start(&store, settings, now_ms),
+                writer: Writer::start(&store, settings, now_ms, metrics.clone()),
                 store,
                 settings,
                 effects: tx,
-                metrics: Arc::new(Metrics::new()),
+                metrics,
                 auth: Arc::new(Auth::default()),
                 unhealthy: Arc::default(),
             },

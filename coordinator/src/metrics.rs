@@ -1,8 +1,9 @@
 //! Prometheus metrics. The original's names are kept (`api_request_latency_seconds`,
 //! `tasks_created_total`, `tasks_claimed_total`, `tasks_finalized_total`, `tasks_failed_total`,
 //! `worker_heartbeats_total`, `queue_depth`, `workers_active`), plus the NATS side
-//! (`nats_request_latency_seconds`) and lease and submission counts. Counters move in [`Core`]
-//! after each commit; the gauges are read from the store at scrape time.
+//! (`nats_request_latency_seconds`), lease and submission counts, and the group-commit writer
+//! (`store_queue_seconds` by lane, `store_batch_operations`, `store_commit_seconds`). Counters
+//! move in [`Core`] after each commit; the gauges are read from the store at scrape time.
 //!
 //! [`Core`]: crate::Core
 
@@ -32,6 +33,13 @@ pub struct NatsLabels {
     pub subject: String,
     /// `ok` or `error`.
     pub outcome: &'static str,
+}
+
+/// Labels of a group-commit lane.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneLabels {
+    /// `normal` or `urgent`.
+    pub lane: &'static str,
 }
 
 /// A reply's outcome.
@@ -89,6 +97,12 @@ pub struct Metrics {
     pub workers_active: Gauge,
     /// Leases live now.
     pub leases_active: Gauge,
+    /// Time a write waited for the writer, by lane.
+    pub store_queue: Latency<LaneLabels>,
+    /// Operations per group-commit transaction.
+    pub store_batch: Histogram,
+    /// Time to commit a group-commit transaction (WAL write and fsync).
+    pub store_commit: Histogram,
 }
 
 impl Metrics {
@@ -109,6 +123,10 @@ impl Metrics {
             tasks_assigned: Gauge::default(),
             workers_active: Gauge::default(),
             leases_active: Gauge::default(),
+            store_queue: Family::new_with_constructor(latency_histogram),
+            // 1 .. 512 operations.
+            store_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            store_commit: latency_histogram(),
         };
         let r = &mut m.registry;
         r.register(
@@ -160,6 +178,21 @@ impl Metrics {
             m.workers_active.clone(),
         );
         r.register("leases_active", "Live leases", m.leases_active.clone());
+        r.register(
+            "store_queue_seconds",
+            "Time a write waited for the group-commit writer, by lane",
+            m.store_queue.clone(),
+        );
+        r.register(
+            "store_batch_operations",
+            "Operations per group-commit transaction",
+            m.store_batch.clone(),
+        );
+        r.register(
+            "store_commit_seconds",
+            "Time to commit a group-commit transaction (WAL write and fsync)",
+            m.store_commit.clone(),
+        );
         m
     }
 

@@ -379,6 +379,24 @@ async fn metrics_parse_and_move_with_the_work() {
         }
         other => panic!("not a histogram: {other:?}"),
     }
+    // The writer: three adds, a heartbeat, a submission (normal) and a lease (urgent), committed.
+    let observed = |name: &str, lane: Option<&str>| -> f64 {
+        let s = after
+            .samples
+            .iter()
+            .find(|s| s.metric == name && lane.is_none_or(|l| s.labels.get("lane") == Some(l)))
+            .unwrap_or_else(|| panic!("{name} {lane:?} missing"));
+        match &s.value {
+            prometheus_parse::Value::Histogram(buckets) => {
+                buckets.iter().map(|b| b.count).fold(0.0, f64::max)
+            }
+            other => panic!("{name} is not a histogram: {other:?}"),
+        }
+    };
+    assert!(observed("store_queue_seconds", Some("normal")) >= 5.0);
+    assert_eq!(observed("store_queue_seconds", Some("urgent")), 1.0);
+    assert!(observed("store_batch_operations", None) >= 1.0);
+    assert!(observed("store_commit_seconds", None) >= 1.0);
     g.stop().await;
 }
 

@@ -10,6 +10,7 @@
 //! about a hundred in flight), and its latency is that queue's length divided by the throughput.
 
 use crate::error::CoreError;
+use crate::metrics::{LaneLabels, Metrics};
 use crate::ops::{Ctx, Effect, Settings};
 use crate::store::Store;
 use rusqlite::{Connection, TransactionBehavior};
@@ -17,6 +18,7 @@ use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most operations in one transaction.
@@ -36,10 +38,21 @@ pub enum Lane {
     Urgent,
 }
 
+impl Lane {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Normal => "normal",
+            Lane::Urgent => "urgent",
+        }
+    }
+}
+
 struct Job {
     run: Run,
     done: Done,
     lane: Lane,
+    sent: Instant,
 }
 
 /// Handle to the group-commit writer. Cheap to clone; the writer stops when the last is gone.
@@ -51,18 +64,31 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer on its own thread, with `store`'s write connection.
+    /// Starts the writer on its own thread, with `store`'s write connection, recording its
+    /// queueing, batch sizes and commits in `metrics`.
     ///
     /// # Panics
     /// When `store` already has a writer, or no thread can be started.
-    pub fn start(store: &Store, settings: Settings, now: fn() -> i64) -> Self {
+    pub fn start(
+        store: &Store,
+        settings: Settings,
+        now: fn() -> i64,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let conn = store.take_writer().expect("a store has one writer");
         let (tx, rx) = mpsc::unbounded_channel();
         let urgent = Arc::new(AtomicUsize::new(0));
         let pending = urgent.clone();
         std::thread::Builder::new()
             .name("store-writer".to_owned())
-            .spawn(move || write_loop(conn, settings, now, rx, &pending))
+            .spawn(move || {
+                let env = Env {
+                    settings,
+                    now,
+                    metrics,
+                };
+                write_loop(conn, &env, rx, &pending);
+            })
             .expect("the store writer's thread starts");
         Self { jobs: tx, urgent }
     }
@@ -82,7 +108,13 @@ impl Writer {
         if lane == Lane::Urgent {
             self.urgent.fetch_add(1, Ordering::SeqCst);
         }
-        if self.jobs.send(Job { run, done, lane }).is_err() {
+        let job = Job {
+            run,
+            done,
+            lane,
+            sent: Instant::now(),
+        };
+        if self.jobs.send(job).is_err() {
             if lane == Lane::Urgent {
                 self.urgent.fetch_sub(1, Ordering::SeqCst);
             }
@@ -168,11 +200,17 @@ impl Inbox<'_> {
     }
 }
 
+/// What every job runs with.
+struct Env {
+    settings: Settings,
+    now: fn() -> i64,
+    metrics: Arc<Metrics>,
+}
+
 /// Runs batches until every [`Writer`] is dropped and the queued jobs are done.
 fn write_loop(
     mut conn: Connection,
-    settings: Settings,
-    now: fn() -> i64,
+    env: &Env,
     rx: mpsc::UnboundedReceiver<Job>,
     pending: &AtomicUsize,
 ) {
@@ -185,20 +223,14 @@ fn write_loop(
     };
     while inbox.fill() {
         let batch = inbox.next_batch();
-        run_batch(&mut conn, batch, settings, now, &mut inbox);
+        run_batch(&mut conn, batch, env, &mut inbox);
     }
 }
 
 /// Runs a batch in one transaction and answers every job it ran after the commit. When an urgent
 /// job arrives during a normal batch, the batch runs it (and any other waiting) after its current
 /// job and commits; the normal jobs it did not run go back to the head of the queue.
-fn run_batch(
-    conn: &mut Connection,
-    batch: Vec<Job>,
-    settings: Settings,
-    now: fn() -> i64,
-    inbox: &mut Inbox<'_>,
-) {
+fn run_batch(conn: &mut Connection, batch: Vec<Job>, env: &Env, inbox: &mut Inbox<'_>) {
     let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
@@ -214,16 +246,22 @@ fn run_batch(
     let mut jobs = batch.into_iter();
     while let Some(job) = jobs.next() {
         let lane = job.lane;
-        results.push(run_job(&mut tx, job, settings, now));
+        results.push(run_job(&mut tx, job, env));
         if lane == Lane::Normal && inbox.urgent_waiting() {
             for job in inbox.take_urgent() {
-                results.push(run_job(&mut tx, job, settings, now));
+                results.push(run_job(&mut tx, job, env));
             }
             inbox.put_back(jobs);
             break;
         }
     }
-    match tx.commit() {
+    let committing = Instant::now();
+    let committed = tx.commit();
+    env.metrics
+        .store_commit
+        .observe(committing.elapsed().as_secs_f64());
+    env.metrics.store_batch.observe(results.len() as f64);
+    match committed {
         Ok(()) => {
             for (done, outcome) in results {
                 let _ = done.send(outcome);
@@ -241,13 +279,14 @@ fn run_batch(
 }
 
 /// Runs one job in its own savepoint of `tx`: rolled back alone if it fails.
-fn run_job(
-    tx: &mut rusqlite::Transaction<'_>,
-    job: Job,
-    settings: Settings,
-    now: fn() -> i64,
-) -> (Done, Outcome) {
-    let mut ctx = Ctx::new(now(), settings);
+fn run_job(tx: &mut rusqlite::Transaction<'_>, job: Job, env: &Env) -> (Done, Outcome) {
+    env.metrics
+        .store_queue
+        .get_or_create(&LaneLabels {
+            lane: job.lane.as_str(),
+        })
+        .observe(job.sent.elapsed().as_secs_f64());
+    let mut ctx = Ctx::new((env.now)(), env.settings);
     let outcome = match tx.savepoint() {
         Ok(mut sp) => match (job.run)(&sp, &mut ctx) {
             Ok(out) => match sp.commit() {
@@ -300,7 +339,7 @@ mod tests {
     async fn writer() -> (tempfile::TempDir, Store, Writer) {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(&dir.path().join("g.db")).await.expect("store");
-        let writer = Writer::start(&store, Settings::default(), now);
+        let writer = Writer::start(&store, Settings::default(), now, Arc::default());
         (dir, store, writer)
     }
 
