@@ -13,8 +13,9 @@ pub fn run(conn: &Connection, req: &ResetRequest) -> Result<(), CoreError> {
     }
     conn.execute_batch(
         "DELETE FROM submission; DELETE FROM lease; DELETE FROM task;
-         DELETE FROM worker_score; DELETE FROM worker; DELETE FROM temp.lease_cursor;",
+         DELETE FROM worker_score; DELETE FROM worker;",
     )?;
+    crate::store::schema::forget_connection_tables(conn)?;
     tracing::warn!("store reset: every task, worker and score deleted");
     Ok(())
 }

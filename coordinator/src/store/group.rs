@@ -221,17 +221,28 @@ fn write_loop(
         urgent: Vec::new(),
         pending,
     };
+    let mut seen = None;
     while inbox.fill() {
         let batch = inbox.next_batch();
-        run_batch(&mut conn, batch, env, &mut inbox);
+        run_batch(&mut conn, batch, env, &mut inbox, &mut seen);
     }
 }
 
 /// Runs a batch in one transaction and answers every job it ran after the commit. When an urgent
 /// job arrives during a normal batch, the batch runs it (and any other waiting) after its current
 /// job and commits; the normal jobs it did not run go back to the head of the queue.
-fn run_batch(conn: &mut Connection, batch: Vec<Job>, env: &Env, inbox: &mut Inbox<'_>) {
-    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+/// `seen` is the store's `data_version` as of this writer's last batch.
+fn run_batch(
+    conn: &mut Connection,
+    batch: Vec<Job>,
+    env: &Env,
+    inbox: &mut Inbox<'_>,
+    seen: &mut Option<i64>,
+) {
+    let begun = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .and_then(|tx| note_other_writers(&tx, seen).map(|()| tx));
+    let mut tx = match begun {
         Ok(tx) => tx,
         Err(e) => {
             let msg = e.to_string();
@@ -276,6 +287,21 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>, env: &Env, inbox: &mut Inbo
             }
         }
     }
+}
+
+/// Forgets what this connection remembers about the store (its lease cursors) when another
+/// connection, such as a second coordinator on the same file, has written since this writer's
+/// last batch: `PRAGMA data_version` changes only with other connections' commits.
+fn note_other_writers(conn: &Connection, seen: &mut Option<i64>) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+    if *seen != Some(version) {
+        if seen.is_some() {
+            tracing::info!("another connection wrote to the store; lease cursors start over");
+        }
+        crate::store::schema::forget_connection_tables(conn)?;
+        *seen = Some(version);
+    }
+    Ok(())
 }
 
 /// Runs one job in its own savepoint of `tx`: rolled back alone if it fails.
@@ -494,5 +520,29 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(n2_stored, 1, "a job put back after a cut still commits");
+    }
+
+    #[tokio::test]
+    async fn a_write_by_another_connection_clears_the_lease_cursors() {
+        let (dir, _store, writer) = writer().await;
+        let cursors = |c: &Connection, _: &mut Ctx| -> Result<i64, CoreError> {
+            Ok(c.query_row("SELECT COUNT(*) FROM temp.lease_cursor", [], |r| r.get(0))?)
+        };
+        writer
+            .write(Lane::Normal, |c, _| {
+                c.execute(
+                    "INSERT INTO temp.lease_cursor (worker_id, type, after) VALUES ('w', 't', 7)",
+                    [],
+                )?;
+                Ok(())
+            })
+            .await
+            .expect("cursor");
+        let (n, _) = writer.write(Lane::Normal, cursors).await.expect("count");
+        assert_eq!(n, 1, "the writer's own commits keep its cursors");
+        let other = Connection::open(dir.path().join("g.db")).expect("second connection");
+        insert(&other, "elsewhere").expect("write elsewhere");
+        let (n, _) = writer.write(Lane::Normal, cursors).await.expect("count");
+        assert_eq!(n, 0, "cursors kept after another connection wrote");
     }
 }

@@ -117,6 +117,15 @@ CREATE TEMP TABLE IF NOT EXISTS lease_cursor (
 ) WITHOUT ROWID;
 ";
 
+/// Empties the [`CONNECTION_TABLES`]: what they remember is only valid while their connection is
+/// the store's only writer.
+///
+/// # Errors
+/// SQLite errors.
+pub fn forget_connection_tables(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("DELETE FROM temp.lease_cursor;")
+}
+
 /// The schema version this build writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
 
