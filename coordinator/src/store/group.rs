@@ -34,7 +34,8 @@ type Done = oneshot::Sender<Outcome>;
 pub enum Lane {
     /// In arrival order, in batches of up to 512.
     Normal,
-    /// Ahead of all normal work, cutting a running normal batch short.
+    /// Ahead of all queued normal work; a normal batch running when one arrives runs it next
+    /// and commits.
     Urgent,
 }
 
