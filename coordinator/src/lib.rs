@@ -90,7 +90,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             source,
         })?;
     info!(db = %config.db_path.display(), "store open");
-    let (core, effects) = Core::new(store, config.settings);
+    let (core, effects) = Core::new(store.clone(), config.settings);
     let core = core.with_auth(config.auth.clone());
     // Bind before anything else runs, so a taken port fails fast and says so.
     let http = match config.http {
@@ -157,6 +157,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(error = %e, "final flush failed"),
         Err(_) => warn!("final flush timed out; nats is unreachable"),
+    }
+    if let Err(e) = store.close(Duration::from_secs(5)).await {
+        warn!(error = %e, "the store did not close cleanly; it recovers on the next start");
     }
     info!("coordinator stopped");
     served.map_err(RunError::from)

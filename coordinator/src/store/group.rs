@@ -80,7 +80,7 @@ impl Writer {
         let (tx, rx) = mpsc::unbounded_channel();
         let urgent = Arc::new(AtomicUsize::new(0));
         let pending = urgent.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("store-writer".to_owned())
             .spawn(move || {
                 let env = Env {
@@ -91,6 +91,7 @@ impl Writer {
                 write_loop(conn, &env, rx, &pending);
             })
             .expect("the store writer's thread starts");
+        store.set_writer_thread(thread);
         Self { jobs: tx, urgent }
     }
 

@@ -13,6 +13,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// Handle to the store's connections. Cheap to clone.
 #[derive(Clone)]
@@ -20,6 +22,8 @@ pub struct Store {
     conn: tokio_rusqlite::Connection,
     /// The write connection, until the group-commit writer takes it.
     writer: Arc<Mutex<Option<Connection>>>,
+    /// The writer's thread once started, for [`Store::close`] to wait for.
+    writer_thread: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 impl Store {
@@ -48,6 +52,29 @@ impl Store {
         Ok(Self {
             conn,
             writer: Arc::new(Mutex::new(Some(writer))),
+            writer_thread: Arc::default(),
+        })
+    }
+
+    /// Closes the store once nothing writes any more (every `Core` on it is gone): waits up to
+    /// `grace` for the writer's thread to finish its queue and close its connection, then closes
+    /// the read connection. The last connection to close copies the WAL into the database file
+    /// and removes it, so a cleanly stopped coordinator leaves one self-contained file.
+    ///
+    /// # Errors
+    /// [`StoreError::Closed`] when the writer is still running after `grace`; SQLite's error when
+    /// the read connection does not close.
+    pub async fn close(self, grace: Duration) -> Result<(), StoreError> {
+        let thread = lock(&self.writer_thread).take();
+        if let Some(thread) = thread {
+            let joined = tokio::task::spawn_blocking(move || thread.join());
+            if tokio::time::timeout(grace, joined).await.is_err() {
+                return Err(StoreError::Closed);
+            }
+        }
+        self.conn.close().await.map_err(|e| match e {
+            tokio_rusqlite::Error::Close((_, e)) => StoreError::Sqlite(e),
+            _ => StoreError::Closed,
         })
     }
 
@@ -58,11 +85,17 @@ impl Store {
 
     /// The write connection; `None` once taken (a store has one writer).
     pub(crate) fn take_writer(&self) -> Option<Connection> {
-        self.writer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
+        lock(&self.writer).take()
     }
+
+    /// Remembers the writer's thread for [`Store::close`].
+    pub(crate) fn set_writer_thread(&self, thread: JoinHandle<()>) {
+        *lock(&self.writer_thread) = Some(thread);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Sets the pragmas, migrates and creates the connection's own tables; used for files and for
