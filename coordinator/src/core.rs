@@ -239,7 +239,7 @@ impl Core {
             .call(move |conn| {
                 // One read transaction, so multi-query reads see one snapshot.
                 let tx = conn.transaction()?;
-                op(&tx, now_ms())
+                crate::store::guarded(|| op(&tx, now_ms()))
             })
             .await?)
     }

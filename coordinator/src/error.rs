@@ -87,6 +87,9 @@ pub enum CoreError {
     /// The store's background thread is gone.
     #[error("store connection closed")]
     StoreClosed,
+    /// The operation panicked: a bug. It was rolled back; the coordinator goes on.
+    #[error("internal error: {0}")]
+    Bug(String),
 }
 
 impl CoreError {
@@ -102,7 +105,7 @@ impl CoreError {
             CoreError::TaskClosed { .. } => ErrorCode::TaskClosed,
             CoreError::Unauthorized(_) => ErrorCode::Unauthorized,
             CoreError::Store(e) if is_unavailable(e) => ErrorCode::Unavailable,
-            CoreError::Store(_) | CoreError::StoreClosed => ErrorCode::Internal,
+            CoreError::Store(_) | CoreError::StoreClosed | CoreError::Bug(_) => ErrorCode::Internal,
         }
     }
 

@@ -306,7 +306,8 @@ fn note_other_writers(conn: &Connection, seen: &mut Option<i64>) -> rusqlite::Re
     Ok(())
 }
 
-/// Runs one job in its own savepoint of `tx`: rolled back alone if it fails.
+/// Runs one job in its own savepoint of `tx`: rolled back alone if it fails, or if it panics
+/// (a bug in one operation fails that request, not the writer and every request after it).
 fn run_job(tx: &mut rusqlite::Transaction<'_>, job: Job, env: &Env) -> (Done, Outcome) {
     env.metrics
         .store_queue
@@ -316,7 +317,7 @@ fn run_job(tx: &mut rusqlite::Transaction<'_>, job: Job, env: &Env) -> (Done, Ou
         .observe(job.sent.elapsed().as_secs_f64());
     let mut ctx = Ctx::new((env.now)(), env.settings);
     let outcome = match tx.savepoint() {
-        Ok(mut sp) => match (job.run)(&sp, &mut ctx) {
+        Ok(mut sp) => match super::guarded(|| (job.run)(&sp, &mut ctx)) {
             Ok(out) => match sp.commit() {
                 Ok(()) => Ok((out, ctx.effects)),
                 Err(e) => Err(CoreError::Store(e)),
@@ -546,5 +547,40 @@ mod tests {
         insert(&other, "elsewhere").expect("write elsewhere");
         let (n, _) = writer.write(Lane::Normal, cursors).await.expect("count");
         assert_eq!(n, 0, "cursors kept after another connection wrote");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_fails_alone_and_the_writer_goes_on() {
+        let (_dir, store, writer) = writer().await;
+        let (busted, fine) = tokio::join!(
+            writer.write(Lane::Normal, |c, _| -> Result<(), CoreError> {
+                insert(c, "half-done")?;
+                panic!("a bug in an operation");
+            }),
+            writer.write(Lane::Normal, |c, _| insert(c, "fine")),
+        );
+        assert!(
+            matches!(&busted, Err(CoreError::Bug(m)) if m.contains("a bug")),
+            "{busted:?}"
+        );
+        assert!(fine.is_ok());
+        writer
+            .write(Lane::Normal, |c, _| insert(c, "later"))
+            .await
+            .expect("the writer still writes");
+        let ids: Vec<String> = store
+            .conn()
+            .call(|c| {
+                c.prepare("SELECT id FROM worker ORDER BY id")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<Vec<String>, rusqlite::Error>>()
+            })
+            .await
+            .expect("read");
+        assert_eq!(
+            ids,
+            ["fine", "later"],
+            "the panicking job's insert survived"
+        );
     }
 }

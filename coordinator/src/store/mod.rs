@@ -8,7 +8,7 @@
 pub mod group;
 pub mod schema;
 
-use crate::error::StoreError;
+use crate::error::{CoreError, StoreError};
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
@@ -92,6 +92,20 @@ impl Store {
     pub(crate) fn set_writer_thread(&self, thread: JoinHandle<()>) {
         *lock(&self.writer_thread) = Some(thread);
     }
+}
+
+/// Runs `op`, turning a panic into [`CoreError::Bug`]: a bug in one operation fails that request,
+/// not the store's thread and every request after it.
+pub(crate) fn guarded<T>(op: impl FnOnce() -> Result<T, CoreError>) -> Result<T, CoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(op)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".to_owned());
+        tracing::error!(panic = %what, "a store operation panicked; rolled back");
+        Err(CoreError::Bug(what))
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
