@@ -365,6 +365,19 @@ mod tests {
         Ok(())
     }
 
+    /// The ids of the `worker` rows, as committed.
+    async fn worker_ids(store: &Store) -> Vec<String> {
+        store
+            .conn()
+            .call(|c| {
+                c.prepare("SELECT id FROM worker ORDER BY id")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<Vec<String>, rusqlite::Error>>()
+            })
+            .await
+            .expect("read")
+    }
+
     async fn writer() -> (tempfile::TempDir, Store, Writer) {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(&dir.path().join("g.db")).await.expect("store");
@@ -456,15 +469,7 @@ mod tests {
         let (held, a, b, c) = tokio::join!(held, a, b, c);
         assert!(held.is_ok() && a.is_ok() && c.is_ok());
         assert!(matches!(b, Err(CoreError::TaskNotFound(_))));
-        let ids: Vec<String> = store
-            .conn()
-            .call(|c| {
-                c.prepare("SELECT id FROM worker ORDER BY id")?
-                    .query_map([], |r| r.get(0))?
-                    .collect::<Result<Vec<String>, rusqlite::Error>>()
-            })
-            .await
-            .expect("read");
+        let ids = worker_ids(&store).await;
         assert_eq!(ids, ["a", "c"], "the failed job's insert survived");
     }
 
@@ -568,15 +573,7 @@ mod tests {
             .write(Lane::Normal, |c, _| insert(c, "later"))
             .await
             .expect("the writer still writes");
-        let ids: Vec<String> = store
-            .conn()
-            .call(|c| {
-                c.prepare("SELECT id FROM worker ORDER BY id")?
-                    .query_map([], |r| r.get(0))?
-                    .collect::<Result<Vec<String>, rusqlite::Error>>()
-            })
-            .await
-            .expect("read");
+        let ids = worker_ids(&store).await;
         assert_eq!(
             ids,
             ["fine", "later"],
