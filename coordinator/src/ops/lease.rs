@@ -199,13 +199,6 @@ mod tests {
     use protocol::messages::NewTask;
     use protocol::TaskStatus;
 
-    fn lease(conn: &mut Connection, now: i64, req: LeaseRequest) -> LeaseReply {
-        let tx = conn.transaction().expect("tx");
-        let reply = run(&tx, &mut ctx(now), req).expect("lease");
-        tx.commit().expect("commit");
-        reply
-    }
-
     #[test]
     fn parallel_leases_to_distinct_workers_up_to_required() {
         let mut conn = store();

@@ -374,7 +374,7 @@ pub(crate) mod testing {
     //! A fresh in-memory store and helpers shared by the operation tests.
 
     use super::*;
-    use protocol::messages::{LeaseRequest, NewTask, TaskAddRequest};
+    use protocol::messages::{LeaseReply, LeaseRequest, NewTask, TaskAddRequest};
 
     pub fn store() -> Connection {
         let mut conn = Connection::open_in_memory().expect("in-memory sqlite");
@@ -405,6 +405,14 @@ pub(crate) mod testing {
             .expect("task add");
         tx.commit().expect("commit");
         reply.task_ids[0]
+    }
+
+    /// Runs a lease request in a transaction of its own and commits it.
+    pub fn lease(conn: &mut Connection, now: i64, req: LeaseRequest) -> LeaseReply {
+        let tx = conn.transaction().expect("tx");
+        let reply = lease::run(&tx, &mut ctx(now), req).expect("lease");
+        tx.commit().expect("commit");
+        reply
     }
 
     pub fn lease_req(worker: &str, max: u32) -> LeaseRequest {

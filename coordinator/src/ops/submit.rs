@@ -359,15 +359,12 @@ pub fn live_lease(
 mod tests {
     use super::*;
     use crate::ops::testing::*;
-    use crate::ops::{lease, load_task, sweep};
+    use crate::ops::{load_task, sweep};
     use protocol::messages::{Lease, LeaseRequest, NewTask};
     use protocol::{ErrorCode, TaskType};
 
     fn take(conn: &mut Connection, now: i64, worker: &str) -> Vec<Lease> {
-        let tx = conn.transaction().expect("tx");
-        let r = lease::run(&tx, &mut ctx(now), lease_req(worker, 1)).expect("lease");
-        tx.commit().expect("commit");
-        r.leases
+        lease(conn, now, lease_req(worker, 1)).leases
     }
 
     fn send(
@@ -440,14 +437,15 @@ mod tests {
     }
 
     fn take_typed(conn: &mut Connection, worker: &str, task_type: TaskType) -> Lease {
-        let tx = conn.transaction().expect("tx");
         let req = LeaseRequest {
             capabilities: vec![task_type],
             ..lease_req(worker, 1)
         };
-        let r = lease::run(&tx, &mut ctx(1), req).expect("lease");
-        tx.commit().expect("commit");
-        r.leases.into_iter().next().expect("a lease")
+        lease(conn, 1, req)
+            .leases
+            .into_iter()
+            .next()
+            .expect("a lease")
     }
 
     fn vector(lease: &Lease, worker: &str, v: &[f32]) -> SubmitRequest {
