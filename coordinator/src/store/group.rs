@@ -76,22 +76,22 @@ impl Writer {
         now: fn() -> i64,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let conn = store.take_writer().expect("a store has one writer");
         let (tx, rx) = mpsc::unbounded_channel();
         let urgent = Arc::new(AtomicUsize::new(0));
         let pending = urgent.clone();
-        let thread = std::thread::Builder::new()
-            .name("store-writer".to_owned())
-            .spawn(move || {
-                let env = Env {
-                    settings,
-                    now,
-                    metrics,
-                };
-                write_loop(conn, &env, rx, &pending);
-            })
-            .expect("the store writer's thread starts");
-        store.set_writer_thread(thread);
+        store.start_writer(move |conn| {
+            std::thread::Builder::new()
+                .name("store-writer".to_owned())
+                .spawn(move || {
+                    let env = Env {
+                        settings,
+                        now,
+                        metrics,
+                    };
+                    write_loop(conn, &env, rx, &pending);
+                })
+                .expect("the store writer's thread starts")
+        });
         Self { jobs: tx, urgent }
     }
 

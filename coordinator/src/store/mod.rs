@@ -20,10 +20,15 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct Store {
     conn: tokio_rusqlite::Connection,
-    /// The write connection, until the group-commit writer takes it.
-    writer: Arc<Mutex<Option<Connection>>>,
-    /// The writer's thread once started, for [`Store::close`] to wait for.
-    writer_thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    writer: Arc<Mutex<WriteSide>>,
+}
+
+/// The write connection until the group-commit writer starts on it, then the writer's thread
+/// (for [`Store::close`] to wait for).
+enum WriteSide {
+    Connection(Connection),
+    Thread(JoinHandle<()>),
+    Closed,
 }
 
 impl Store {
@@ -51,8 +56,7 @@ impl Store {
         .map_err(|_| StoreError::Closed)??;
         Ok(Self {
             conn,
-            writer: Arc::new(Mutex::new(Some(writer))),
-            writer_thread: Arc::default(),
+            writer: Arc::new(Mutex::new(WriteSide::Connection(writer))),
         })
     }
 
@@ -65,8 +69,8 @@ impl Store {
     /// [`StoreError::Closed`] when the writer is still running after `grace`; SQLite's error when
     /// the read connection does not close.
     pub async fn close(self, grace: Duration) -> Result<(), StoreError> {
-        let thread = lock(&self.writer_thread).take();
-        if let Some(thread) = thread {
+        let side = std::mem::replace(&mut *lock(&self.writer), WriteSide::Closed);
+        if let WriteSide::Thread(thread) = side {
             let joined = tokio::task::spawn_blocking(move || thread.join());
             if tokio::time::timeout(grace, joined).await.is_err() {
                 return Err(StoreError::Closed);
@@ -83,14 +87,16 @@ impl Store {
         &self.conn
     }
 
-    /// The write connection; `None` once taken (a store has one writer).
-    pub(crate) fn take_writer(&self) -> Option<Connection> {
-        lock(&self.writer).take()
-    }
-
-    /// Remembers the writer's thread for [`Store::close`].
-    pub(crate) fn set_writer_thread(&self, thread: JoinHandle<()>) {
-        *lock(&self.writer_thread) = Some(thread);
+    /// Hands the write connection to `start`, which starts the writer's thread on it.
+    ///
+    /// # Panics
+    /// When the store already has a writer, or is closed.
+    pub(crate) fn start_writer(&self, start: impl FnOnce(Connection) -> JoinHandle<()>) {
+        let mut side = lock(&self.writer);
+        match std::mem::replace(&mut *side, WriteSide::Closed) {
+            WriteSide::Connection(conn) => *side = WriteSide::Thread(start(conn)),
+            _ => panic!("a store has one writer"),
+        }
     }
 }
 
