@@ -155,7 +155,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     let pid = stack.as_ref().map(|s| s.coordinator.id());
     let cpu_before = pid.and_then(cpu_ticks);
     let load_started = Instant::now();
-    let (finalized_per_sec, submissions_per_sec, lease_h, submit_h) = load(&client, &args).await?;
+    let (finalized_per_sec, submissions_per_sec, lease_h, submit_h) =
+        load(&client, &nats_url, &args).await?;
     // CPU over the load phase only: ticks are USER_HZ (100 a second on Linux).
     let cpu = cpu_before
         .zip(pid.and_then(cpu_ticks))
@@ -365,6 +366,7 @@ fn instant_label(text: &str) -> &'static str {
 
 async fn load(
     client: &Client,
+    nats_url: &str,
     args: &Args,
 ) -> anyhow::Result<(f64, f64, Histogram<u64>, Histogram<u64>)> {
     let tasks: Vec<NewTask> = (0..args.tasks)
@@ -383,7 +385,13 @@ async fn load(
     });
     let mut drivers = Vec::new();
     for w in 0..args.workers {
-        let (nats, prefix) = (client.nats().clone(), client.prefix().to_owned());
+        // A connection each, as separate worker processes have: one shared connection would
+        // queue a lease reply behind the other workers' submission replies.
+        let nats = Client::connect(nats_url, client.prefix(), None)
+            .await?
+            .nats()
+            .clone();
+        let prefix = client.prefix().to_owned();
         let (finalized, total, batch) = (finalized.clone(), args.tasks, args.batch);
         // Paced workers start out of step, as independent workers would be, not in one burst.
         let pacing = pace.map(|p| (p, p * batch * w / args.workers));
