@@ -69,7 +69,7 @@ impl NatsServer {
     /// Starts the server and waits until it greets a client; false if it exited instead (its
     /// port was taken).
     fn spawn(&mut self) -> bool {
-        let bin = binary();
+        let bin = nats_server_bin();
         let child = Command::new(&bin)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .arg("--store_dir")
@@ -205,7 +205,11 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-fn binary() -> PathBuf {
+/// The `nats-server` binary the tests run (see the crate's documentation for where it looks).
+///
+/// # Panics
+/// When there is none.
+pub fn nats_server_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
         return PathBuf::from(p);
     }

@@ -2,17 +2,17 @@
 //! (or uses running ones with `--connect`), measures the bulk `task add` rate, drives W workers
 //! with an instant model through N tasks, and reports finalized tasks/s, submissions/s, lease and
 //! submit round trips (p50/p99/p999), and the coordinator's CPU and peak RSS. `--depth K` also
-//! measures lease latency with K tasks queued.
+//! measures lease latency with K tasks queued. Every run checks the store's ledger over the load
+//! (each task finalized exactly once, every vote stored) and fails when it does not add up.
 
 use super::Ctx;
 use crate::client::Client;
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use protocol::messages::{
-    encode, ApiOp, Empty, LeaseReply, LeaseRequest, NewTask, ReleaseReply, ReleaseRequest,
-    StatsReply, SubmitReply, SubmitRequest,
+    encode, ApiOp, Empty, LeaseReply, LeaseRequest, NewTask, StatsReply, SubmitReply, SubmitRequest,
 };
-use protocol::{reply, subject, TaskType, WorkerId};
+use protocol::{reply, subject, TaskStatus, TaskType, WorkerId};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -67,6 +67,43 @@ struct Report {
     depth: Option<DepthReport>,
     coordinator_cpu_cores: Option<f64>,
     coordinator_peak_rss_mb: Option<f64>,
+    ledger: Ledger,
+}
+
+/// What the store gained over the load phase, checked after every run: correctness at full
+/// speed, not only speed.
+#[derive(Debug, Serialize)]
+struct Ledger {
+    /// Tasks finalized.
+    finalized: u64,
+    /// Tasks failed.
+    failed: u64,
+    /// Votes stored.
+    submissions: u64,
+    /// Submit replies that said "this vote finalized the task".
+    finalizations_acknowledged: u64,
+}
+
+impl Ledger {
+    /// Between two `stats` replies, with the finalizations the workers were told of.
+    fn between(before: &StatsReply, after: &StatsReply, acknowledged: u64) -> Self {
+        let count = |r: &StatsReply, s: TaskStatus| r.tasks_by_status.get(&s).copied().unwrap_or(0);
+        let gained = |s| count(after, s).saturating_sub(count(before, s));
+        Self {
+            finalized: gained(TaskStatus::Finalized),
+            failed: gained(TaskStatus::Failed),
+            submissions: after.submissions.saturating_sub(before.submissions),
+            finalizations_acknowledged: acknowledged,
+        }
+    }
+
+    /// Every task finalized, and acknowledged as such, exactly once; every vote stored once.
+    fn adds_up(&self, tasks: u64, required: u32) -> bool {
+        self.finalized == tasks
+            && self.failed == 0
+            && self.finalizations_acknowledged == tasks
+            && self.submissions == tasks * u64::from(required)
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -153,16 +190,27 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         }
     );
     let pid = stack.as_ref().map(|s| s.coordinator.id());
+    let stats_before = stats(&client).await?;
     let cpu_before = pid.and_then(cpu_ticks);
     let load_started = Instant::now();
-    let (finalized_per_sec, submissions_per_sec, lease_h, submit_h) =
-        load(&client, &nats_url, &args).await?;
+    let load = load(&client, &nats_url, &args).await?;
     // CPU over the load phase only: ticks are USER_HZ (100 a second on Linux).
     let cpu = cpu_before
         .zip(pid.and_then(cpu_ticks))
         .map(|(before, after)| {
             (after - before) as f64 / 100.0 / load_started.elapsed().as_secs_f64()
         });
+    let ledger = Ledger::between(&stats_before, &stats(&client).await?, load.finalized);
+    if !ledger.adds_up(args.tasks, args.required) {
+        let msg = format!(
+            "the ledger does not add up: {} tasks x {} votes gave {ledger:?}",
+            args.tasks, args.required
+        );
+        if stack.is_some() {
+            bail!(msg);
+        }
+        eprintln!("bench: {msg} (did another client use the coordinator meanwhile?)");
+    }
 
     let depth = if args.depth > 0 {
         eprintln!("bench: lease latency with {} tasks queued", args.depth);
@@ -178,14 +226,15 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         required: args.required,
         batch: args.batch,
         offered_per_sec: (args.rate > 0.0).then_some(args.rate),
-        finalized_per_sec,
-        submissions_per_sec,
-        lease_rtt_us: Percentiles::of(&lease_h),
-        submit_rtt_us: Percentiles::of(&submit_h),
+        finalized_per_sec: load.finalized_per_sec,
+        submissions_per_sec: load.submissions_per_sec,
+        lease_rtt_us: Percentiles::of(&load.lease_h),
+        submit_rtt_us: Percentiles::of(&load.submit_h),
         bulk_add: bulk,
         depth,
         coordinator_cpu_cores: cpu,
         coordinator_peak_rss_mb: rss,
+        ledger,
     };
     drop(stack);
     if ctx.json {
@@ -235,6 +284,18 @@ fn print(r: &Report) {
             pct(&d.lease_rtt_us),
         ]);
     }
+    let l = &r.ledger;
+    t.add_row(vec![
+        "ledger (load phase)".into(),
+        if l.adds_up(r.tasks, r.required) {
+            format!(
+                "{} finalized once each, {} votes stored",
+                l.finalized, l.submissions
+            )
+        } else {
+            format!("DOES NOT ADD UP: {l:?}")
+        },
+    ]);
     t.add_row(vec![
         "coordinator CPU (load phase)".into(),
         r.coordinator_cpu_cores
@@ -314,10 +375,16 @@ fn nats_server() -> anyhow::Result<PathBuf> {
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
     dirs.extend(["/usr/sbin".into(), "/usr/local/bin".into()]);
+    // Where scripts/setup.sh installs it from PyPI.
+    dirs.extend(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/bin")));
     dirs.into_iter()
         .map(|d| d.join("nats-server"))
         .find(|p| p.is_file())
         .context("nats-server not found: run scripts/setup.sh, or pass --connect")
+}
+
+async fn stats(client: &Client) -> anyhow::Result<StatsReply> {
+    client.call(ApiOp::Stats, &Empty {}).await
 }
 
 async fn wait_ready(client: &Client) -> anyhow::Result<()> {
@@ -364,11 +431,17 @@ fn instant_label(text: &str) -> &'static str {
     }
 }
 
-async fn load(
-    client: &Client,
-    nats_url: &str,
-    args: &Args,
-) -> anyhow::Result<(f64, f64, Histogram<u64>, Histogram<u64>)> {
+/// What the load phase measured.
+struct Load {
+    finalized_per_sec: f64,
+    submissions_per_sec: f64,
+    lease_h: Histogram<u64>,
+    submit_h: Histogram<u64>,
+    /// Submit replies that said "this vote finalized the task".
+    finalized: u64,
+}
+
+async fn load(client: &Client, nats_url: &str, args: &Args) -> anyhow::Result<Load> {
     let tasks: Vec<NewTask> = (0..args.tasks)
         .map(|i| NewTask {
             required_submissions: Some(args.required),
@@ -416,12 +489,13 @@ async fn load(
     }
     let seconds = started.elapsed().as_secs_f64();
     let done = finalized.load(Ordering::Relaxed);
-    Ok((
-        done as f64 / seconds,
-        (done * u64::from(args.required)) as f64 / seconds,
+    Ok(Load {
+        finalized_per_sec: done as f64 / seconds,
+        submissions_per_sec: (done * u64::from(args.required)) as f64 / seconds,
         lease_h,
         submit_h,
-    ))
+        finalized: done,
+    })
 }
 
 /// One worker's loop: lease a batch, answer instantly, submit the batch concurrently. With
@@ -499,21 +573,22 @@ async fn drive(
 /// How far a paced worker that fell behind may run ahead of its schedule to catch up.
 const MAX_CATCH_UP: Duration = Duration::from_millis(20);
 
-/// Lease latency with `k` tasks queued: single leases by a probe worker, each released at once so
-/// the depth stays `k`.
+/// Lease latency with `k` tasks queued: single leases by a probe worker. Each leased task is
+/// answered (it needs one vote, so it finalizes) and replaced by a new one, untimed, so the
+/// depth stays `k`. (Releasing it instead would count an attempt each time: the oldest task would
+/// fail after `max_attempts` probes, and a small depth run dry.)
 async fn depth(client: &Client, k: u64) -> anyhow::Result<DepthReport> {
-    let started = Instant::now();
     let kind = TaskType::new("bench-depth")?;
+    let queued = |i: u64| NewTask {
+        task_type: Some(kind.clone()),
+        required_submissions: Some(1),
+        ..NewTask::text(format!("queued {i}"))
+    };
+    let started = Instant::now();
     let mut added = 0;
     while added < k {
         let n = (k - added).min(10_000);
-        let tasks = (0..n)
-            .map(|i| NewTask {
-                task_type: Some(kind.clone()),
-                ..NewTask::text(format!("queued {}", added + i))
-            })
-            .collect();
-        super::task::add_all(client, tasks).await?;
+        super::task::add_all(client, (added..added + n).map(queued).collect()).await?;
         added += n;
     }
     let seconds = started.elapsed().as_secs_f64();
@@ -526,13 +601,13 @@ async fn depth(client: &Client, k: u64) -> anyhow::Result<DepthReport> {
     let worker = WorkerId::new("bench-probe")?;
     let req = encode(&LeaseRequest {
         worker_id: worker.clone(),
-        capabilities: vec![kind],
+        capabilities: vec![kind.clone()],
         max_tasks: 1,
         task_id: None,
         model: None,
     });
     let mut h = Histogram::<u64>::new(3)?;
-    for _ in 0..2000 {
+    for i in 0..DEPTH_PROBES {
         let t = Instant::now();
         let msg = nats
             .request(subject::lease(client.prefix()), req.clone().into())
@@ -543,16 +618,20 @@ async fn depth(client: &Client, k: u64) -> anyhow::Result<DepthReport> {
         let Some(l) = leases.leases.first() else {
             bail!("no task at depth {k}")
         };
-        let release = encode(&ReleaseRequest {
+        let answer = encode(&SubmitRequest {
+            lease_id: l.lease_id,
             worker_id: worker.clone(),
-            lease_ids: vec![l.lease_id],
-            offline: false,
+            label: instant_label(&l.text).into(),
+            embedding: None,
+            confidence: 0.9,
+            model: None,
         });
         let msg = nats
-            .request(subject::lease_release(client.prefix()), release.into())
+            .request(subject::submit(client.prefix(), &l.task_id), answer.into())
             .await?;
-        let _: ReleaseReply =
-            reply::decode(&msg.payload)?.map_err(|e| anyhow::anyhow!("release: {e}"))?;
+        let _: SubmitReply =
+            reply::decode(&msg.payload)?.map_err(|e| anyhow::anyhow!("submit: {e}"))?;
+        super::task::add_all(client, vec![queued(k + i)]).await?;
     }
     Ok(DepthReport {
         queued: k,
@@ -560,6 +639,9 @@ async fn depth(client: &Client, k: u64) -> anyhow::Result<DepthReport> {
         lease_rtt_us: Percentiles::of(&h),
     })
 }
+
+/// Lease requests timed at depth.
+const DEPTH_PROBES: u64 = 2000;
 
 /// utime + stime of a process, in clock ticks (USER_HZ, 100 on Linux).
 fn cpu_ticks(pid: u32) -> Option<u64> {
