@@ -390,7 +390,7 @@ async fn stats(client: &Client) -> anyhow::Result<StatsReply> {
 async fn wait_ready(client: &Client) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        match client.call::<_, StatsReply>(ApiOp::Stats, &Empty {}).await {
+        match stats(client).await {
             Ok(_) => return Ok(()),
             Err(e) if Instant::now() > deadline => {
                 return Err(e.context("the coordinator never answered"))

@@ -137,21 +137,26 @@ pub fn next_for(
     Ok(run(conn, ctx, req)?.leases.pop())
 }
 
+/// The open tasks of type `?2` that worker `?1` may take, oldest first, after its lease cursor,
+/// at most `?3`.
+fn oldest_open_sql() -> String {
+    format!(
+        "SELECT seq, id, text, labels FROM task INDEXED BY task_open
+         WHERE type = ?2 AND {OPEN_FOR_WORKER}
+           AND seq > coalesce((SELECT after FROM temp.lease_cursor
+                               WHERE worker_id = ?1 AND type = ?2), 0)
+         ORDER BY seq LIMIT ?3"
+    )
+}
+
 fn oldest_open(
     conn: &Connection,
     worker: &WorkerId,
     task_type: &TaskType,
     limit: usize,
 ) -> Result<Vec<Candidate>, CoreError> {
-    let sql = format!(
-        "SELECT seq, id, text, labels FROM task INDEXED BY task_open
-         WHERE type = ?2 AND {OPEN_FOR_WORKER}
-           AND seq > coalesce((SELECT after FROM temp.lease_cursor
-                               WHERE worker_id = ?1 AND type = ?2), 0)
-         ORDER BY seq LIMIT ?3"
-    );
     let rows = conn
-        .prepare_cached(&sql)?
+        .prepare_cached(&oldest_open_sql())?
         .query_map(
             params![worker.as_str(), task_type.as_str(), limit as i64],
             |r| {
@@ -341,13 +346,7 @@ mod tests {
     #[test]
     fn the_lease_query_walks_the_open_index() {
         let conn = store();
-        let sql = format!(
-            "EXPLAIN QUERY PLAN SELECT seq, id, text FROM task INDEXED BY task_open
-             WHERE type = ?2 AND {OPEN_FOR_WORKER}
-               AND seq > coalesce((SELECT after FROM temp.lease_cursor
-                                   WHERE worker_id = ?1 AND type = ?2), 0)
-             ORDER BY seq LIMIT ?3"
-        );
+        let sql = format!("EXPLAIN QUERY PLAN {}", oldest_open_sql());
         let plan: Vec<String> = conn
             .prepare(&sql)
             .expect("plan")

@@ -413,6 +413,14 @@ mod tests {
             (Self { started, go }, job)
         }
 
+        /// A job holding the writer, sent and started: what is sent next queues behind it.
+        fn hold(writer: &Writer, order: &Arc<Mutex<Vec<&'static str>>>) -> (Self, Sent<()>) {
+            let (gate, hold) = Self::job(order, "hold");
+            let held = send(writer, Lane::Normal, hold);
+            gate.wait_started();
+            (gate, held)
+        }
+
         fn wait_started(&self) {
             self.started
                 .recv_timeout(Duration::from_secs(30))
@@ -435,13 +443,16 @@ mod tests {
         }
     }
 
+    /// A write sent to the writer, its result to come.
+    type Sent<T> = futures::future::BoxFuture<'static, Result<(T, Vec<Effect>), CoreError>>;
+
     /// Sends a write to the writer now (a write is sent when first polled) and returns the
     /// future of its result.
     fn send<T: Send + 'static>(
         writer: &Writer,
         lane: Lane,
         op: impl FnOnce(&Connection, &mut Ctx) -> Result<T, CoreError> + Send + 'static,
-    ) -> futures::future::BoxFuture<'static, Result<(T, Vec<Effect>), CoreError>> {
+    ) -> Sent<T> {
         let writer = writer.clone();
         let mut fut = async move { writer.write(lane, op).await }.boxed();
         assert!(
@@ -456,9 +467,7 @@ mod tests {
         let (_dir, store, writer) = writer().await;
         let order = Arc::default();
         // Hold the writer so the next three queue into one batch.
-        let (gate, hold) = Gate::job(&order, "hold");
-        let held = send(&writer, Lane::Normal, hold);
-        gate.wait_started();
+        let (gate, held) = Gate::hold(&writer, &order);
         let a = send(&writer, Lane::Normal, |c, _| insert(c, "a"));
         let b = send(&writer, Lane::Normal, |c, _| {
             insert(c, "b")?;
@@ -477,9 +486,7 @@ mod tests {
     async fn urgent_jobs_run_before_normal_jobs_queued_ahead_of_them() {
         let (_dir, _store, writer) = writer().await;
         let order = Arc::default();
-        let (gate, hold) = Gate::job(&order, "hold");
-        let held = send(&writer, Lane::Normal, hold);
-        gate.wait_started();
+        let (gate, held) = Gate::hold(&writer, &order);
         let n1 = send(&writer, Lane::Normal, record(&order, "n1"));
         let n2 = send(&writer, Lane::Normal, record(&order, "n2"));
         let u = send(&writer, Lane::Urgent, record(&order, "u"));
@@ -493,9 +500,7 @@ mod tests {
     async fn an_urgent_job_cuts_a_running_batch_short_and_the_rest_still_runs() {
         let (_dir, store, writer) = writer().await;
         let order = Arc::default();
-        let (first, hold) = Gate::job(&order, "hold");
-        let held = send(&writer, Lane::Normal, hold);
-        first.wait_started();
+        let (first, held) = Gate::hold(&writer, &order);
         // One batch of three, the first of which holds the writer until the urgent job is sent.
         let (second, n1) = Gate::job(&order, "n1");
         let n1 = send(&writer, Lane::Normal, n1);
@@ -518,16 +523,11 @@ mod tests {
             *order.lock().expect("order"),
             ["hold", "n1", "u", "n2", "n3"]
         );
-        let n2_stored: i64 = store
-            .conn()
-            .call(|c| {
-                c.query_row("SELECT COUNT(*) FROM worker WHERE id = 'n2'", [], |r| {
-                    r.get(0)
-                })
-            })
-            .await
-            .expect("read");
-        assert_eq!(n2_stored, 1, "a job put back after a cut still commits");
+        assert_eq!(
+            worker_ids(&store).await,
+            ["n2"],
+            "a job put back after a cut still commits"
+        );
     }
 
     #[tokio::test]
