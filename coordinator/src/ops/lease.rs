@@ -344,6 +344,25 @@ mod tests {
     }
 
     #[test]
+    fn the_lease_query_is_compiled_once() {
+        let mut conn = store();
+        for i in 0..20 {
+            add(&mut conn, i, NewTask::text(format!("t{i}")));
+        }
+        for (i, w) in ["a", "b", "c", "a", "b", "c"].into_iter().enumerate() {
+            let r = lease(&mut conn, 30, lease_req(w, 1 + i as u32));
+            assert!(!r.leases.is_empty(), "{w} got no lease");
+        }
+        let walk = conn.prepare_cached(&oldest_open_sql()).expect("cached");
+        assert_eq!(walk.get_status(rusqlite::StatementStatus::Run), 6);
+        assert_eq!(
+            walk.get_status(rusqlite::StatementStatus::RePrepare),
+            0,
+            "the walk was compiled again for new parameters"
+        );
+    }
+
+    #[test]
     fn the_lease_query_walks_the_open_index() {
         let conn = store();
         let sql = format!("EXPLAIN QUERY PLAN {}", oldest_open_sql());
