@@ -32,6 +32,12 @@ fn a_small_bench_runs_every_phase_and_its_ledger_adds_up() {
         Some(true)
     );
     assert_eq!(report["submit_rtt_us"]["count"], 900, "{report}");
+    // The echo probe asked at least once while the load ran.
+    assert_eq!(
+        report["echo_rtt_us"]["count"].as_u64().map(|n| n > 0),
+        Some(true),
+        "{report}"
+    );
 
     assert_eq!(report["bulk_add"]["tasks"], 500, "{report}");
     // A depth far below the probe's 2,000 leases stays filled: each leased task is answered and

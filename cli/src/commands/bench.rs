@@ -1,13 +1,15 @@
 //! `aimarket bench`: like `nats bench` or `redis-benchmark`. Starts nats-server and a coordinator
 //! (or uses running ones with `--connect`), measures the bulk `task add` rate, drives W workers
 //! with an instant model through N tasks, and reports finalized tasks/s, submissions/s, lease and
-//! submit round trips (p50/p99/p999), and the coordinator's CPU and peak RSS. `--depth K` also
+//! submit round trips (p50/p99/p999) beside a NATS echo's (the transport's floor under the same
+//! load), and the coordinator's CPU and peak RSS. `--depth K` also
 //! measures lease latency with K tasks queued. Every run checks the store's ledger over the load
 //! (each task finalized exactly once, every vote stored) and fails when it does not add up.
 
 use super::Ctx;
 use crate::client::Client;
 use anyhow::{bail, Context};
+use futures::StreamExt;
 use hdrhistogram::Histogram;
 use protocol::messages::{
     encode, ApiOp, Empty, LeaseReply, LeaseRequest, NewTask, StatsReply, SubmitReply, SubmitRequest,
@@ -19,6 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// Benchmark parameters.
 #[derive(Debug, clap::Args)]
@@ -63,6 +66,8 @@ struct Report {
     submissions_per_sec: f64,
     lease_rtt_us: Percentiles,
     submit_rtt_us: Percentiles,
+    /// A NATS request to a responder that does nothing, during the load: the transport's floor.
+    echo_rtt_us: Percentiles,
     bulk_add: Option<Rate>,
     depth: Option<DepthReport>,
     coordinator_cpu_cores: Option<f64>,
@@ -230,6 +235,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         submissions_per_sec: load.submissions_per_sec,
         lease_rtt_us: Percentiles::of(&load.lease_h),
         submit_rtt_us: Percentiles::of(&load.submit_h),
+        echo_rtt_us: Percentiles::of(&load.echo_h),
         bulk_add: bulk,
         depth,
         coordinator_cpu_cores: cpu,
@@ -265,6 +271,10 @@ fn print(r: &Report) {
     ]);
     t.add_row(vec!["lease round trip".into(), pct(&r.lease_rtt_us)]);
     t.add_row(vec!["submit round trip".into(), pct(&r.submit_rtt_us)]);
+    t.add_row(vec![
+        "NATS echo round trip (no work)".into(),
+        pct(&r.echo_rtt_us),
+    ]);
     if let Some(b) = &r.bulk_add {
         t.add_row(vec![
             "bulk task add".into(),
@@ -437,6 +447,7 @@ struct Load {
     submissions_per_sec: f64,
     lease_h: Histogram<u64>,
     submit_h: Histogram<u64>,
+    echo_h: Histogram<u64>,
     /// Submit replies that said "this vote finalized the task".
     finalized: u64,
 }
@@ -450,6 +461,8 @@ async fn load(client: &Client, nats_url: &str, args: &Args) -> anyhow::Result<Lo
         .collect();
     super::task::add_all(client, tasks).await?;
     let finalized = Arc::new(AtomicU64::new(0));
+    let load_over = CancellationToken::new();
+    let echo = tokio::spawn(echo_floor(nats_url.to_owned(), load_over.clone()));
     let started = Instant::now();
     // Each worker gives every task one of its `required` answers: a worker's share of the offered
     // rate is `rate * required / workers` answers a second.
@@ -488,12 +501,15 @@ async fn load(client: &Client, nats_url: &str, args: &Args) -> anyhow::Result<Lo
         submit_h.add(s)?;
     }
     let seconds = started.elapsed().as_secs_f64();
+    load_over.cancel();
+    let echo_h = echo.await??;
     let done = finalized.load(Ordering::Relaxed);
     Ok(Load {
         finalized_per_sec: done as f64 / seconds,
         submissions_per_sec: (done * u64::from(args.required)) as f64 / seconds,
         lease_h,
         submit_h,
+        echo_h,
         finalized: done,
     })
 }
@@ -569,6 +585,40 @@ async fn drive(
     }
     Ok((lease_h, submit_h))
 }
+
+/// The transport's share of a round trip under the load: a request every [`ECHO_EVERY`] to a
+/// responder that does nothing, each on a NATS connection of its own, until `load_over`. What
+/// the lease and submit round trips take beyond this, the coordinator took.
+async fn echo_floor(url: String, load_over: CancellationToken) -> anyhow::Result<Histogram<u64>> {
+    let responder = async_nats::connect(&url).await?;
+    let subject = responder.new_inbox();
+    let mut requests = responder.subscribe(subject.clone()).await?;
+    responder.flush().await?;
+    let answering = tokio::spawn(async move {
+        while let Some(m) = requests.next().await {
+            if let Some(reply) = m.reply {
+                let _ = responder.publish(reply, m.payload).await;
+            }
+        }
+    });
+    let asker = async_nats::connect(&url).await?;
+    let body = vec![b' '; 256];
+    let mut h = Histogram::<u64>::new(3)?;
+    while !load_over.is_cancelled() {
+        let t = Instant::now();
+        asker.request(subject.clone(), body.clone().into()).await?;
+        h.record(t.elapsed().as_micros() as u64)?;
+        tokio::select! {
+            () = load_over.cancelled() => {}
+            () = tokio::time::sleep(ECHO_EVERY) => {}
+        }
+    }
+    answering.abort();
+    Ok(h)
+}
+
+/// How often the echo probe asks: 500 requests a second, next to the load's thousands.
+const ECHO_EVERY: Duration = Duration::from_millis(2);
 
 /// How far a paced worker that fell behind may run ahead of its schedule to catch up.
 const MAX_CATCH_UP: Duration = Duration::from_millis(20);
