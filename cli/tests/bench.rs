@@ -4,9 +4,10 @@
 
 mod common;
 
-use common::BIN;
+use common::{wait_until, Cluster, BIN};
 use serde_json::Value;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 #[test]
 fn a_small_bench_runs_every_phase_and_its_ledger_adds_up() {
@@ -49,5 +50,55 @@ fn a_small_bench_runs_every_phase_and_its_ledger_adds_up() {
             .as_f64()
             .is_some_and(|mb| mb > 0.0),
         "{report}"
+    );
+}
+
+/// Two benches pointed at one coordinator that a real worker also serves: each works only on its
+/// own tasks (before, each counted the other's finalizations against its total and one never
+/// finished), and the real worker is lent none of them.
+#[test]
+fn benches_sharing_a_coordinator_keep_to_their_own_tasks() {
+    let mut c = Cluster::start(&[]);
+    c.start_worker("real", &["--model", "lexicon"]);
+    let bench = || {
+        Command::new(BIN)
+            .args([
+                "--json",
+                "bench",
+                "--connect",
+                "--tasks",
+                "300",
+                "--bulk",
+                "0",
+            ])
+            .env("NATS_URL", c.nats.url())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start aimarket bench")
+    };
+    let mut runs = [bench(), bench()];
+    wait_until("both benches to finish", Duration::from_secs(120), || {
+        runs.iter_mut()
+            .all(|b| b.try_wait().expect("bench status").is_some())
+    });
+    for run in runs {
+        let out = run.wait_with_output().expect("bench output");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "bench failed: {stderr}");
+        let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+        assert_eq!(
+            report["ledger"]["finalizations_acknowledged"], 300,
+            "{report}"
+        );
+        assert_eq!(report["submit_rtt_us"]["count"], 900, "{report}");
+    }
+    assert_eq!(
+        c.count("SELECT COUNT(*) FROM submission WHERE worker_id = 'real'"),
+        0
+    );
+    assert_eq!(
+        c.count("SELECT COUNT(*) FROM task WHERE status = 'finalized'"),
+        600
     );
 }

@@ -198,7 +198,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     let stats_before = stats(&client).await?;
     let cpu_before = pid.and_then(cpu_ticks);
     let load_started = Instant::now();
-    let load = load(&client, &nats_url, &args).await?;
+    let run = Run::new()?;
+    let load = load(&client, &nats_url, &args, &run).await?;
     // CPU over the load phase only: ticks are USER_HZ (100 a second on Linux).
     let cpu = cpu_before
         .zip(pid.and_then(cpu_ticks))
@@ -219,7 +220,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
 
     let depth = if args.depth > 0 {
         eprintln!("bench: lease latency with {} tasks queued", args.depth);
-        Some(depth(&client, args.depth).await?)
+        Some(depth(&client, args.depth, &run).await?)
     } else {
         None
     };
@@ -452,9 +453,34 @@ struct Load {
     finalized: u64,
 }
 
-async fn load(client: &Client, nats_url: &str, args: &Args) -> anyhow::Result<Load> {
+/// The names one run works under. Its tasks are of types of its own, which only its workers
+/// take: a bench pointed (`--connect`) at a coordinator that real workers or another bench also
+/// serve neither lends its tasks to them nor counts their work as its own.
+struct Run {
+    tag: String,
+    load: TaskType,
+    depth: TaskType,
+}
+
+impl Run {
+    fn new() -> anyhow::Result<Self> {
+        let tag = format!("{:08x}", fastrand::u32(..));
+        Ok(Self {
+            load: TaskType::new(format!("bench-{tag}"))?,
+            depth: TaskType::new(format!("bench-depth-{tag}"))?,
+            tag,
+        })
+    }
+
+    fn worker(&self, name: impl std::fmt::Display) -> anyhow::Result<WorkerId> {
+        Ok(WorkerId::new(format!("bench-{}-{name}", self.tag))?)
+    }
+}
+
+async fn load(client: &Client, nats_url: &str, args: &Args, run: &Run) -> anyhow::Result<Load> {
     let tasks: Vec<NewTask> = (0..args.tasks)
         .map(|i| NewTask {
+            task_type: Some(run.load.clone()),
             required_submissions: Some(args.required),
             ..NewTask::text(format!("load review {i}"))
         })
@@ -479,13 +505,14 @@ async fn load(client: &Client, nats_url: &str, args: &Args) -> anyhow::Result<Lo
             .clone();
         let prefix = client.prefix().to_owned();
         let (finalized, total, batch) = (finalized.clone(), args.tasks, args.batch);
+        let (worker, kind) = (run.worker(w)?, run.load.clone());
         // Paced workers start out of step, as independent workers would be, not in one burst.
         let pacing = pace.map(|p| (p, p * batch * w / args.workers));
         drivers.push(tokio::spawn(async move {
             drive(
                 nats,
                 prefix,
-                WorkerId::new(format!("bench-{w}"))?,
+                (worker, kind),
                 (batch, pacing),
                 finalized,
                 total,
@@ -521,7 +548,7 @@ async fn load(client: &Client, nats_url: &str, args: &Args) -> anyhow::Result<Lo
 async fn drive(
     nats: async_nats::Client,
     prefix: String,
-    worker: WorkerId,
+    (worker, kind): (WorkerId, TaskType),
     (batch, pacing): (u32, Option<(Duration, Duration)>),
     finalized: Arc<AtomicU64>,
     total: u64,
@@ -530,7 +557,7 @@ async fn drive(
     let mut submit_h = Histogram::<u64>::new(3)?;
     let req = encode(&LeaseRequest {
         worker_id: worker.clone(),
-        capabilities: vec![TaskType::sentiment()],
+        capabilities: vec![kind],
         max_tasks: batch,
         task_id: None,
         model: Some("bench/instant".into()),
@@ -627,8 +654,8 @@ const MAX_CATCH_UP: Duration = Duration::from_millis(20);
 /// answered (it needs one vote, so it finalizes) and replaced by a new one, untimed, so the
 /// depth stays `k`. (Releasing it instead would count an attempt each time: the oldest task would
 /// fail after `max_attempts` probes, and a small depth run dry.)
-async fn depth(client: &Client, k: u64) -> anyhow::Result<DepthReport> {
-    let kind = TaskType::new("bench-depth")?;
+async fn depth(client: &Client, k: u64, run: &Run) -> anyhow::Result<DepthReport> {
+    let kind = run.depth.clone();
     let queued = |i: u64| NewTask {
         task_type: Some(kind.clone()),
         required_submissions: Some(1),
@@ -648,7 +675,7 @@ async fn depth(client: &Client, k: u64) -> anyhow::Result<DepthReport> {
         per_sec: k as f64 / seconds,
     };
     let nats = client.nats();
-    let worker = WorkerId::new("bench-probe")?;
+    let worker = run.worker("probe")?;
     let req = encode(&LeaseRequest {
         worker_id: worker.clone(),
         capabilities: vec![kind.clone()],
