@@ -487,8 +487,21 @@ async fn load(client: &Client, nats_url: &str, args: &Args, run: &Run) -> anyhow
         .collect();
     super::task::add_all(client, tasks).await?;
     let finalized = Arc::new(AtomicU64::new(0));
+    // A NATS connection each for the workers and the echo's two ends, as separate processes
+    // have: one shared connection would queue a lease reply behind other submission replies.
+    let connect = || async {
+        anyhow::Ok(
+            Client::connect(nats_url, client.prefix(), None)
+                .await?
+                .nats()
+                .clone(),
+        )
+    };
     let load_over = CancellationToken::new();
-    let echo = tokio::spawn(echo_floor(nats_url.to_owned(), load_over.clone()));
+    let echo = tokio::spawn(echo_floor(
+        (connect().await?, connect().await?),
+        load_over.clone(),
+    ));
     let started = Instant::now();
     // Each worker gives every task one of its `required` answers: a worker's share of the offered
     // rate is `rate * required / workers` answers a second.
@@ -497,12 +510,7 @@ async fn load(client: &Client, nats_url: &str, args: &Args, run: &Run) -> anyhow
     });
     let mut drivers = Vec::new();
     for w in 0..args.workers {
-        // A connection each, as separate worker processes have: one shared connection would
-        // queue a lease reply behind the other workers' submission replies.
-        let nats = Client::connect(nats_url, client.prefix(), None)
-            .await?
-            .nats()
-            .clone();
+        let nats = connect().await?;
         let prefix = client.prefix().to_owned();
         let (finalized, total, batch) = (finalized.clone(), args.tasks, args.batch);
         let (worker, kind) = (run.worker(w)?, run.load.clone());
@@ -613,22 +621,26 @@ async fn drive(
     Ok((lease_h, submit_h))
 }
 
-/// The transport's share of a round trip under the load: a request every [`ECHO_EVERY`] to a
-/// responder that does nothing, each on a NATS connection of its own, until `load_over`. What
-/// the lease and submit round trips take beyond this, the coordinator took.
-async fn echo_floor(url: String, load_over: CancellationToken) -> anyhow::Result<Histogram<u64>> {
-    let responder = async_nats::connect(&url).await?;
+/// The transport's share of a round trip under the load: a request every [`ECHO_EVERY`] from
+/// `asker` to a responder on `responder` that does nothing, until `load_over`. What the lease and
+/// submit round trips take beyond this, the coordinator took.
+async fn echo_floor(
+    (responder, asker): (async_nats::Client, async_nats::Client),
+    load_over: CancellationToken,
+) -> anyhow::Result<Histogram<u64>> {
     let subject = responder.new_inbox();
     let mut requests = responder.subscribe(subject.clone()).await?;
-    responder.flush().await?;
+    let answers = responder.clone();
     let answering = tokio::spawn(async move {
         while let Some(m) = requests.next().await {
             if let Some(reply) = m.reply {
-                let _ = responder.publish(reply, m.payload).await;
+                let _ = answers.publish(reply, m.payload).await;
             }
         }
     });
-    let asker = async_nats::connect(&url).await?;
+    // The server handles a connection's messages in order, so once the responder has answered a
+    // request of its own, its subscription is in place for the asker's.
+    responder.request(subject.clone(), "".into()).await?;
     let body = vec![b' '; 256];
     let mut h = Histogram::<u64>::new(3)?;
     while !load_over.is_cancelled() {
