@@ -2,9 +2,9 @@
 //! (or uses running ones with `--connect`), measures the bulk `task add` rate, drives W workers
 //! with an instant model through N tasks, and reports finalized tasks/s, submissions/s, lease and
 //! submit round trips (p50/p99/p999) beside a NATS echo's (the transport's floor under the same
-//! load), and the coordinator's CPU and peak RSS. `--depth K` also
-//! measures lease latency with K tasks queued. Every run checks the store's ledger over the load
-//! (each task finalized exactly once, every vote stored) and fails when it does not add up.
+//! load), and the coordinator's CPU and peak RSS. `--depth K` also measures lease latency with K
+//! tasks queued. Every run checks the store's ledger over the load (each task finalized exactly
+//! once, every vote stored) and fails when it does not add up.
 
 use super::Ctx;
 use crate::client::Client;
