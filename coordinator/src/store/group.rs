@@ -295,7 +295,9 @@ fn run_batch(
 /// connection, such as a second coordinator on the same file, has written since this writer's
 /// last batch: `PRAGMA data_version` changes only with other connections' commits.
 fn note_other_writers(conn: &Connection, seen: &mut Option<i64>) -> rusqlite::Result<()> {
-    let version: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+    let version: i64 = conn
+        .prepare_cached("PRAGMA data_version")?
+        .query_row([], |r| r.get(0))?;
     if *seen != Some(version) {
         if seen.is_some() {
             tracing::info!("another connection wrote to the store; lease cursors start over");
