@@ -341,6 +341,12 @@ impl Worker {
         let reply: LeaseReply = self
             .call(&subject::lease(&self.config.prefix), &req)
             .await?;
+        // Held from the grant on: every heartbeat until the submission is acknowledged (or the
+        // lease released) renews it, however long the model takes.
+        self.held
+            .lock()
+            .expect("held-lease lock")
+            .extend(reply.leases.iter().map(|l| l.lease_id));
         Ok(reply.leases)
     }
 

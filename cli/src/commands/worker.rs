@@ -11,7 +11,7 @@ use worker::WorkerConfig;
 /// `aimarket worker --id ID ...` runs a worker; `aimarket worker token ...` manages tokens.
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
-pub struct WorkerCommand {
+pub(crate) struct WorkerCommand {
     #[command(subcommand)]
     token: Option<TokenCommand>,
     #[command(flatten)]
@@ -20,7 +20,7 @@ pub struct WorkerCommand {
 
 /// `aimarket worker token`.
 #[derive(Debug, clap::Subcommand)]
-pub enum TokenCommand {
+pub(crate) enum TokenCommand {
     /// Worker tokens: a worker presents its token (AIMARKET_WORKER_TOKEN) on every message.
     #[command(subcommand)]
     Token(TokenAction),
@@ -28,7 +28,7 @@ pub enum TokenCommand {
 
 /// What to do with a token.
 #[derive(Debug, clap::Subcommand)]
-pub enum TokenAction {
+pub(crate) enum TokenAction {
     /// Issue a token for worker ID (replacing any earlier one). Printed once; the coordinator
     /// keeps only its hash.
     Create {
@@ -44,7 +44,7 @@ pub enum TokenAction {
 
 /// A worker's identity, model and pacing.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// This worker's id (letters, digits, '_' and '-').
     #[arg(long, env = "AIMARKET_WORKER_ID", required = true)]
     id: Option<WorkerId>,
@@ -72,10 +72,14 @@ pub struct Args {
     /// Longest gap between heartbeats, in seconds (shortened to fit the coordinator's TTL).
     #[arg(long, default_value_t = 10)]
     heartbeat_seconds: u64,
+    /// A pause added to every batch, in ms: a drill that makes any model slower than the lease,
+    /// to watch the heartbeats keep its leases alive.
+    #[arg(long, default_value_t = 0)]
+    extra_latency_ms: u64,
 }
 
 /// Runs a worker until SIGINT/SIGTERM, or a token command.
-pub async fn run(ctx: &Ctx, cmd: WorkerCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(ctx: &Ctx, cmd: WorkerCommand) -> anyhow::Result<()> {
     match cmd.token {
         Some(TokenCommand::Token(action)) => token(ctx, action).await,
         None => serve(ctx, cmd.args).await,
@@ -126,8 +130,12 @@ async fn token(ctx: &Ctx, action: TokenAction) -> anyhow::Result<()> {
 async fn serve(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     let id = args.id.context("--id is required")?;
     let (name, dir) = (args.model.clone(), args.model_dir.clone());
-    let model =
+    let mut model =
         tokio::task::spawn_blocking(move || worker::model::load(&name, dir.as_deref())).await??;
+    if args.extra_latency_ms > 0 {
+        let pause = Duration::from_millis(args.extra_latency_ms);
+        model = Box::new(worker::model::Delayed::new(model, pause));
+    }
     let mut config = WorkerConfig::new(id, ctx.nats.clone());
     config.token = args.token;
     config.prefix = ctx.prefix.clone();

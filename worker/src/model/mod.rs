@@ -75,6 +75,36 @@ pub trait Model: Send + Sync + 'static {
     fn predict(&self, inputs: &[Input]) -> Vec<Result<Prediction, ModelError>>;
 }
 
+/// A model made slower by a fixed pause per batch: `aimarket worker --extra-latency-ms` uses it to
+/// rehearse, on a real deployment, models that take longer than a lease (the heartbeats must keep
+/// the leases alive).
+pub struct Delayed {
+    inner: Box<dyn Model>,
+    pause: std::time::Duration,
+}
+
+impl Delayed {
+    /// `inner`, pausing `pause` before answering each batch.
+    pub fn new(inner: Box<dyn Model>, pause: std::time::Duration) -> Self {
+        Self { inner, pause }
+    }
+}
+
+impl Model for Delayed {
+    fn id(&self) -> &str {
+        self.inner.id()
+    }
+
+    fn capabilities(&self) -> Vec<TaskType> {
+        self.inner.capabilities()
+    }
+
+    fn predict(&self, inputs: &[Input]) -> Vec<Result<Prediction, ModelError>> {
+        std::thread::sleep(self.pause);
+        self.inner.predict(inputs)
+    }
+}
+
 /// The models `--model` accepts.
 pub const KNOWN: &[&str] = &["auto", "lexicon", "distilbert-sst2", "minilm"];
 
