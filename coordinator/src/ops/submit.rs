@@ -53,7 +53,7 @@ impl From<SubmitRequest> for Submission {
 ///
 /// # Errors
 /// See [`accept`].
-pub fn run(
+pub(crate) fn run(
     conn: &Connection,
     ctx: &mut Ctx,
     task_id: &TaskId,
@@ -71,7 +71,7 @@ pub fn run(
 /// - [`CoreError::NoLease`], [`CoreError::NotLeased`], [`CoreError::LeaseMismatch`],
 ///   [`CoreError::LeaseExpired`]: the worker holds no live lease entitling it to submit.
 /// - [`CoreError::TaskClosed`]: the task is already finalized or failed.
-pub fn accept(
+pub(crate) fn accept(
     conn: &Connection,
     ctx: &mut Ctx,
     task_id: &TaskId,
@@ -342,7 +342,7 @@ fn award_points(conn: &Connection, tid: &str) -> Result<(), CoreError> {
 }
 
 /// The lease `worker` holds on `task`, if any.
-pub fn live_lease(
+pub(crate) fn live_lease(
     conn: &Connection,
     task: &TaskId,
     worker: &WorkerId,
@@ -367,18 +367,18 @@ mod tests {
         lease(conn, now, lease_req(worker, 1)).leases
     }
 
+    /// Runs a submission in autocommit mode: every statement commits as it runs, so a refusal
+    /// that wrote anything before refusing leaves it in the store for the tests to see (in the
+    /// coordinator its savepoint would hide it).
     fn send(
         conn: &mut Connection,
         now: i64,
         task: &TaskId,
         req: SubmitRequest,
     ) -> (Result<SubmitReply, CoreError>, Vec<Effect>) {
-        let tx = conn.transaction().expect("tx");
+        assert!(conn.is_autocommit(), "a transaction is open");
         let mut c = ctx(now);
-        let r = run(&tx, &mut c, task, req);
-        if r.is_ok() {
-            tx.commit().expect("commit");
-        }
+        let r = run(conn, &mut c, task, req);
         (r, c.effects)
     }
 
