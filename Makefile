@@ -5,9 +5,13 @@ NATS_URL ?= nats://127.0.0.1:4222
 WORKER_ID ?= alice
 DB ?= coordinator.db
 CARGO ?= cargo
-BIN := target/debug/aimarket
+# Wherever cargo puts its builds (CARGO_TARGET_DIR, a cargo config, or ./target).
+TARGET_DIR := $(shell scripts/target-dir.sh)
+BIN := $(TARGET_DIR)/debug/aimarket
+RELEASE_BIN := $(TARGET_DIR)/release/aimarket
 
 export NATS_URL
+export CARGO
 
 .PHONY: all build setup nats dev worker demo test test-faults bench eval lint fmt clean
 
@@ -35,14 +39,16 @@ worker: build
 ## Everything up (three workers on three models), the sample tasks in, the leaderboard out,
 ## everything stopped again.
 demo: setup build
-	@scripts/demo.sh
+	@AIMARKET_BIN="$(BIN)" scripts/demo.sh
 
 ## The tests, against real nats-server processes and SQLite files in temp dirs (and headless
 ## Chromium for the dashboard).
 test: setup
 	@scripts/setup.sh --browser
 	@scripts/fetch-minilm.sh >/dev/null
-	NATS_SERVER_BIN="$$(scripts/setup.sh)" AIMARKET_MINILM_DIR="$$(scripts/fetch-minilm.sh)" $(CARGO) test --workspace
+	@scripts/fetch-sentences.sh >/dev/null
+	NATS_SERVER_BIN="$$(scripts/setup.sh)" AIMARKET_MINILM_DIR="$$(scripts/fetch-minilm.sh)" \
+		AIMARKET_SENTENCES_DIR="$$(scripts/fetch-sentences.sh)" $(CARGO) test --workspace
 
 ## The fault suite alone, with its figures: crashes of workers, coordinator and nats-server
 ## mid-run (also part of `make test`).
@@ -52,22 +58,27 @@ test-faults: setup
 ## The standard benchmarks (release build; see BENCHMARKS.md).
 bench: setup
 	$(CARGO) build --release --bin aimarket
-	NATS_SERVER_BIN="$$(scripts/setup.sh)" target/release/aimarket bench --tasks 20000 --workers 3 --required 3 --batch 32 --bulk 100000 --depth 1000
-	NATS_SERVER_BIN="$$(scripts/setup.sh)" target/release/aimarket bench --tasks 5000 --bulk 0 --depth 1000000
-	NATS_SERVER_BIN="$$(scripts/setup.sh)" target/release/aimarket bench --tasks 20000 --rate 5000 --bulk 0
-	$(CARGO) run --release -p worker --example model_throughput -- "$$(scripts/fetch-minilm.sh)" 1 8 32
-	scripts/bench-workers.sh 480 1 8 32
+	NATS_SERVER_BIN="$$(scripts/setup.sh)" $(RELEASE_BIN) bench --tasks 20000 --workers 3 --required 3 --batch 32 --bulk 100000 --depth 1000
+	NATS_SERVER_BIN="$$(scripts/setup.sh)" $(RELEASE_BIN) bench --tasks 5000 --bulk 0 --depth 1000000
+	NATS_SERVER_BIN="$$(scripts/setup.sh)" $(RELEASE_BIN) bench --tasks 20000 --rate 5000 --bulk 0
+	AIMARKET_SENTENCES_DIR="$$(scripts/fetch-sentences.sh)" $(CARGO) run --release -p worker --example model_throughput -- "$$(scripts/fetch-minilm.sh)" 1 8 32
+	AIMARKET_BIN="$(RELEASE_BIN)" scripts/bench-workers.sh 480 1 8 32
 
-## Accuracy on the human-rated sentences in ../shared/data/sentiment of the lexicon, MiniLM
-## zero-shot and their vote; add a model with EVAL_MODELS="--model distilbert-sst2=DIR".
-SENTENCES = ../shared/data/sentiment/amazonReviewSnippets_GroundTruth.txt ../shared/data/sentiment/movieReviewSnippets_GroundTruth.txt
+## Accuracy on the human-rated sentences of the VADER study (fetched from PyPI by
+## scripts/fetch-sentences.sh) of the lexicon, MiniLM zero-shot and their vote; add a model with
+## EVAL_MODELS="--model distilbert-sst2=DIR".
 eval: setup
 	$(CARGO) build --release --bin aimarket
-	target/release/aimarket eval --model lexicon --model minilm="$$(scripts/fetch-minilm.sh)" $(EVAL_MODELS) $(SENTENCES)
+	sentences="$$(scripts/fetch-sentences.sh)" && $(RELEASE_BIN) eval --model lexicon \
+		--model minilm="$$(scripts/fetch-minilm.sh)" $(EVAL_MODELS) \
+		"$$sentences/amazonReviewSnippets_GroundTruth.txt" "$$sentences/movieReviewSnippets_GroundTruth.txt"
 
+## The house rules, checked: formatting, clippy with warnings as errors, and the docs (broken
+## intra-doc links fail).
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --document-private-items
 
 fmt:
 	$(CARGO) fmt --all

@@ -10,12 +10,12 @@ n="${1:-480}"
 shift || true
 batches=("${@:-1 32}")
 read -r -a batches <<<"${batches[*]}"
-bin=target/release/aimarket
+bin="${AIMARKET_BIN:-$(scripts/target-dir.sh)/release/aimarket}"
 minilm="$(scripts/fetch-minilm.sh)"
 nats="$(scripts/setup.sh)"
 dir="$(mktemp -d)"
 sentences="$dir/sentences.txt"
-awk -F'\t' -v n="$n" 'NR <= n { print $3 }' ../shared/data/sentiment/amazonReviewSnippets_GroundTruth.txt >"$sentences"
+awk -F'\t' -v n="$n" 'NR <= n { print $3 }' "$(scripts/fetch-sentences.sh)/amazonReviewSnippets_GroundTruth.txt" >"$sentences"
 
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$dir"' EXIT

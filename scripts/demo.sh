@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bin=target/debug/aimarket
+# The binary `make demo` built, wherever cargo puts it (CARGO_TARGET_DIR...).
+bin="${AIMARKET_BIN:-$(scripts/target-dir.sh)/debug/aimarket}"
 dir=target/demo
 rm -rf "$dir" && mkdir -p "$dir"
 nats="$(scripts/setup.sh)"

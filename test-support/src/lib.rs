@@ -197,6 +197,30 @@ pub fn minilm_dir() -> PathBuf {
     dir
 }
 
+/// Where the human-rated sentences of the VADER study are: `$AIMARKET_SENTENCES_DIR`, else where
+/// `scripts/fetch-sentences.sh` puts them (`.cache/data/vader-icwsm2014`). Each file is
+/// `id<TAB>mean rating<TAB>text`.
+///
+/// # Panics
+/// When they are not there, saying how to fetch them.
+pub fn sentences_dir() -> PathBuf {
+    let dir = std::env::var_os("AIMARKET_SENTENCES_DIR").map_or_else(
+        || {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../.cache/data/vader-icwsm2014"
+            ))
+        },
+        PathBuf::from,
+    );
+    assert!(
+        dir.join("amazonReviewSnippets_GroundTruth.txt").is_file(),
+        "the VADER ground truth is missing at {}: run scripts/fetch-sentences.sh (make test does)",
+        dir.display()
+    );
+    dir
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -1,5 +1,6 @@
 //! Texts per second of the transformer backends on this CPU, at several batch sizes, over the
-//! first 480 product-review sentences of `../shared/data/sentiment`.
+//! first 480 product-review sentences of the VADER study (`scripts/fetch-sentences.sh`, found
+//! through `AIMARKET_SENTENCES_DIR`).
 //!
 //! DistilBERT runs at the size of the original's model (distilbert-base-uncased-finetuned-sst-2-
 //! english: 6 layers, 768 wide, 66M parameters) with random weights and the real uncased BERT
@@ -16,16 +17,12 @@ use worker::model::distilbert::Sst2;
 use worker::model::minilm::MiniLm;
 use worker::model::{Input, Model};
 
-const SENTENCES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/data/sentiment/amazonReviewSnippets_GroundTruth.txt"
-);
-
 /// Sentences per measurement: enough for a steady rate, few enough for `make bench`.
 const SAMPLE: usize = 480;
 
 fn sentences() -> Vec<String> {
-    let text = std::fs::read_to_string(SENTENCES).expect("the shared review sentences");
+    let path = test_support::sentences_dir().join("amazonReviewSnippets_GroundTruth.txt");
+    let text = std::fs::read_to_string(path).expect("the review sentences");
     text.lines()
         .filter_map(|l| l.splitn(3, '\t').nth(2).map(str::to_owned))
         .take(SAMPLE)
