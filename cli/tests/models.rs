@@ -165,3 +165,77 @@ fn model_errors_name_the_way_out() {
         }
     }
 }
+
+/// `eval` takes the weights folder as `--model-dir`, as `infer` and `worker` do, or as
+/// `--model NAME=DIR`; a folder that fits no model, or several, is refused.
+#[test]
+fn eval_takes_model_dir_like_infer() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let dir = home.path().join("sst2");
+    std::fs::create_dir(&dir).expect("model dir");
+    tiny_distilbert(&dir);
+    let gold = home.path().join("gold.txt");
+    std::fs::write(&gold, "1\t2.5\ti love it\n2\t-3.1\ti hate this\n3\t0\tit\n").expect("gold");
+    let (dir, gold) = (dir.to_str().expect("utf8"), gold.to_str().expect("utf8"));
+    let by_flag = rows(&offline(
+        home.path(),
+        &[
+            "--json",
+            "eval",
+            "--model",
+            "distilbert-sst2",
+            "--model-dir",
+            dir,
+            "--model",
+            "lexicon",
+            gold,
+        ],
+    ));
+    let by_spec = rows(&offline(
+        home.path(),
+        &[
+            "--json",
+            "eval",
+            "--model",
+            &format!("distilbert-sst2={dir}"),
+            "--model",
+            "lexicon",
+            gold,
+        ],
+    ));
+    let scores = |rows: &[Value]| -> Vec<(Value, Value)> {
+        rows.iter()
+            .map(|r| (r["model"].clone(), r["correct"].clone()))
+            .collect()
+    };
+    assert_eq!(scores(&by_flag), scores(&by_spec));
+    assert_eq!(by_flag.len(), 3, "two models and their vote: {by_flag:?}");
+    assert_eq!(
+        by_flag[0]["sentences"], 2,
+        "the unrated sentence is skipped"
+    );
+    for (args, want) in [
+        (
+            vec!["eval", "--model", "lexicon", "--model-dir", dir, gold],
+            "there is none",
+        ),
+        (
+            vec![
+                "eval",
+                "--model",
+                "minilm",
+                "--model",
+                "distilbert-sst2",
+                "--model-dir",
+                dir,
+                gold,
+            ],
+            "any of minilm, distilbert-sst2",
+        ),
+    ] {
+        let out = offline(home.path(), &args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err} lacks {want:?}");
+    }
+}

@@ -13,7 +13,7 @@ use worker::model::{Input, Model};
 
 /// Which model, from where.
 #[derive(Debug, clap::Args)]
-pub struct ModelArgs {
+pub(crate) struct ModelArgs {
     /// The model: auto, lexicon, distilbert-sst2 or minilm.
     #[arg(long, default_value = "lexicon")]
     model: String,
@@ -35,7 +35,7 @@ impl ModelArgs {
 
 /// `aimarket infer` arguments.
 #[derive(Debug, clap::Args)]
-pub struct InferArgs {
+pub(crate) struct InferArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Task type: sentiment, zero-shot (with --labels) or embedding.
@@ -63,7 +63,7 @@ struct Inferred {
 }
 
 /// Runs a model on texts and prints label, confidence and raw scores.
-pub async fn infer(ctx: &Ctx, args: InferArgs) -> anyhow::Result<()> {
+pub(crate) async fn infer(ctx: &Ctx, args: InferArgs) -> anyhow::Result<()> {
     let model = args.model.load().await?;
     let task_type = match &args.labels {
         Some(_) => TaskType::zero_shot(),
@@ -136,11 +136,15 @@ pub async fn infer(ctx: &Ctx, args: InferArgs) -> anyhow::Result<()> {
 
 /// `aimarket eval` arguments.
 #[derive(Debug, clap::Args)]
-pub struct EvalArgs {
+pub(crate) struct EvalArgs {
     /// A model to score, `NAME` or `NAME=DIR` (its weights folder); repeat it for several, and
     /// the vote the coordinator would finalize over their answers is scored too.
     #[arg(long = "model", required = true)]
     models: Vec<String>,
+    /// The weights folder of the one transformer model given without `=DIR` (as `infer` and
+    /// `worker` take it).
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
     /// Texts per forward pass.
     #[arg(long, default_value_t = 32)]
     batch: usize,
@@ -263,18 +267,52 @@ fn vote(per_model: &[Answers]) -> Answers {
         .collect()
 }
 
+/// `--model NAME[=DIR]` specs, with `--model-dir` going to the one model that needs weights and
+/// names no folder of its own.
+fn model_specs(specs: &[String], model_dir: Option<&Path>) -> anyhow::Result<Vec<ModelArgs>> {
+    let mut models: Vec<ModelArgs> = specs
+        .iter()
+        .map(|spec| match spec.split_once('=') {
+            Some((name, dir)) => ModelArgs {
+                model: name.to_owned(),
+                model_dir: Some(PathBuf::from(dir)),
+            },
+            None => ModelArgs {
+                model: spec.clone(),
+                model_dir: None,
+            },
+        })
+        .collect();
+    let Some(dir) = model_dir else {
+        return Ok(models);
+    };
+    let takers: Vec<&mut ModelArgs> = models
+        .iter_mut()
+        .filter(|m| m.model_dir.is_none() && m.model != "lexicon")
+        .collect();
+    match <[_; 1]>::try_from(takers) {
+        Ok([m]) => m.model_dir = Some(dir.to_owned()),
+        Err(takers) if takers.is_empty() => anyhow::bail!(
+            "--model-dir {} is for a transformer model given without =DIR, and there is none",
+            dir.display()
+        ),
+        Err(takers) => anyhow::bail!(
+            "--model-dir {} could be for any of {}: give each its folder as --model NAME=DIR",
+            dir.display(),
+            takers
+                .iter()
+                .map(|m| m.model.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+    Ok(models)
+}
+
 /// Measures models' accuracy (and their vote's) against human ratings.
-pub async fn eval(ctx: &Ctx, args: EvalArgs) -> anyhow::Result<()> {
+pub(crate) async fn eval(ctx: &Ctx, args: EvalArgs) -> anyhow::Result<()> {
     let mut models: Vec<Arc<dyn Model>> = Vec::new();
-    for spec in &args.models {
-        let (name, dir) = match spec.split_once('=') {
-            Some((name, dir)) => (name.to_owned(), Some(PathBuf::from(dir))),
-            None => (spec.clone(), None),
-        };
-        let m = ModelArgs {
-            model: name,
-            model_dir: dir,
-        };
+    for m in model_specs(&args.models, args.model_dir.as_deref())? {
         models.push(m.load().await?.into());
     }
     let mut scores = Vec::new();
