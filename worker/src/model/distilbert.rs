@@ -188,7 +188,7 @@ impl Sst2 {
             self.net
                 .forward(&ids, &mask)
                 .and_then(|l| l.to_vec2::<f32>())
-                .map_err(|e| ModelError::Inference(e.to_string().into()))
+                .map_err(|e| ModelError::Inference(e.into()))
         })
     }
 }

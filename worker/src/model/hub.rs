@@ -52,7 +52,7 @@ pub enum HubError {
     },
     /// The download failed.
     #[error(
-        "downloading {file} of {repo} from the Hugging Face Hub failed ({reason}): pass \
+        "downloading {file} of {repo} from the Hugging Face Hub failed ({source}): pass \
          --model-dir DIR, fill the cache ({cache}) on a machine with internet, or use \
          --model lexicon"
     )]
@@ -62,7 +62,8 @@ pub enum HubError {
         /// The file.
         file: &'static str,
         /// Why.
-        reason: String,
+        #[source]
+        source: hf_hub::api::sync::ApiError,
         /// The cache it was downloading into.
         cache: String,
     },
@@ -94,29 +95,25 @@ pub fn fetch(repo: &str) -> Result<PathBuf, HubError> {
             cache: cache_dir,
         });
     }
-    let fail = |file: &'static str, reason: String| HubError::Download {
+    let fail = |file: &'static str, source: hf_hub::api::sync::ApiError| HubError::Download {
         repo: repo.to_owned(),
         file,
-        reason,
+        source,
         cache: cache_dir.clone(),
     };
     let api = ApiBuilder::from_env()
         .with_cache_dir(cache.path().clone())
         .with_progress(true)
         .build()
-        .map_err(|e| fail("anything", e.to_string()))?;
+        .map_err(|e| fail("anything", e))?;
     let files = api.repo(Repo::model(repo.to_owned()));
     tracing::info!(repo, cache = %cache_dir, "downloading model weights");
     let [config, weights, tokenizer, vocab] = FOLDER_FILES;
-    let dir = files.get(config).map_err(|e| fail(config, e.to_string()))?;
-    files
-        .get(weights)
-        .map_err(|e| fail(weights, e.to_string()))?;
+    let dir = files.get(config).map_err(|e| fail(config, e))?;
+    files.get(weights).map_err(|e| fail(weights, e))?;
     if let Err(e) = files.get(tokenizer) {
-        // Older BERT-family uploads have only vocab.txt.
-        files
-            .get(vocab)
-            .map_err(|_| fail(tokenizer, e.to_string()))?;
+        // Older BERT-family uploads have only vocab.txt; without either, the tokenizer's error.
+        files.get(vocab).map_err(|_| fail(tokenizer, e))?;
     }
     Ok(dir.parent().map(PathBuf::from).unwrap_or(dir))
 }

@@ -206,7 +206,7 @@ impl MiniLm {
     }
 
     fn embed_group(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let fail = |e: candle_core::Error| ModelError::Inference(e.to_string().into());
+        let fail = |e: candle_core::Error| ModelError::Inference(e.into());
         let (ids, mask) = encode(&self.tokenizer, texts, &self.device)?;
         let run = || -> candle_core::Result<Vec<Vec<f32>>> {
             let states = self.bert.forward(&ids, &mask)?;
@@ -286,10 +286,10 @@ impl Model for MiniLm {
             .flat_map(|i| i.labels.iter().flatten().map(String::as_str))
             .collect();
         if let Err(e) = self.label_embeddings(&candidates) {
-            let msg = e.to_string();
+            let e = std::sync::Arc::new(e);
             return inputs
                 .iter()
-                .map(|_| Err(ModelError::Inference(msg.clone().into())))
+                .map(|_| Err(ModelError::Batch(e.clone())))
                 .collect();
         }
         predict_batch(

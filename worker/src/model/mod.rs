@@ -60,6 +60,9 @@ pub enum ModelError {
     /// Inference itself failed.
     #[error("inference failed: {0}")]
     Inference(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The batch this input was part of failed as a whole; every input shares the error.
+    #[error("its batch failed: {0}")]
+    Batch(#[source] std::sync::Arc<ModelError>),
 }
 
 /// An inference backend.

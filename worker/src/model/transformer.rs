@@ -24,20 +24,24 @@ pub enum LoadError {
         file: &'static str,
     },
     /// A file is unreadable or not what it should be.
-    #[error("{file}: {reason}")]
+    #[error("{file}: {source}")]
     Bad {
         /// The file.
         file: PathBuf,
         /// Why.
-        reason: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
 impl LoadError {
-    pub(crate) fn bad(file: &Path, reason: impl ToString) -> Self {
+    pub(crate) fn bad(
+        file: &Path,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
         LoadError::Bad {
             file: file.to_owned(),
-            reason: reason.to_string(),
+            source: source.into(),
         }
     }
 }
@@ -145,13 +149,12 @@ pub(crate) fn encode(
     texts: &[&str],
     device: &Device,
 ) -> Result<(Tensor, Tensor), ModelError> {
-    let fail = |e: String| ModelError::Inference(e.into());
     let enc = tokenizer
         .encode_batch(texts.to_vec(), true)
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(ModelError::Inference)?;
     let rows = |f: &dyn Fn(&tokenizers::Encoding) -> Vec<u32>| {
         let data: Vec<Vec<u32>> = enc.iter().map(f).collect();
-        Tensor::new(data, device).map_err(|e| fail(e.to_string()))
+        Tensor::new(data, device).map_err(|e| ModelError::Inference(e.into()))
     };
     Ok((
         rows(&|e| e.get_ids().to_vec())?,
@@ -265,10 +268,10 @@ pub(crate) fn predict_batch<T>(
             .map(|(i, o)| each(i, o))
             .collect(),
         Err(e) => {
-            let msg = e.to_string();
+            let e = std::sync::Arc::new(e);
             inputs
                 .iter()
-                .map(|_| Err(ModelError::Inference(msg.clone().into())))
+                .map(|_| Err(ModelError::Batch(e.clone())))
                 .collect()
         }
     }
