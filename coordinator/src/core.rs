@@ -244,7 +244,7 @@ impl Core {
             .await?)
     }
 
-    /// Creates tasks. See [`ops::task_add`].
+    /// Creates tasks. See `ops::task_add`.
     ///
     /// # Errors
     /// [`CoreError::Invalid`] for any bad task; nothing is stored then.
@@ -261,7 +261,9 @@ impl Core {
     /// # Errors
     /// [`CoreError::TaskNotFound`] for an unknown id.
     pub async fn get_task(&self, id: TaskId) -> Result<TaskDetail, CoreError> {
-        self.read(move |c, _| ops::task_get::run(c, &id)).await
+        let ttl = self.settings.heartbeat_ttl_ms;
+        self.read(move |c, now| ops::task_get::run(c, &ops::starved::Live::read(c, now, ttl)?, &id))
+            .await
     }
 
     /// Tasks, oldest first.
@@ -272,7 +274,7 @@ impl Core {
         self.read(move |c, _| ops::task_list::run(c, &req)).await
     }
 
-    /// Grants leases. See [`ops::lease`].
+    /// Grants leases. See `ops::lease`.
     ///
     /// # Errors
     /// [`CoreError::Invalid`] for a request out of bounds.
@@ -299,7 +301,7 @@ impl Core {
         Ok(r)
     }
 
-    /// Takes leases back. See [`ops::release`].
+    /// Takes leases back. See `ops::release`.
     ///
     /// # Errors
     /// Store errors only.
@@ -344,19 +346,23 @@ impl Core {
         Ok(r)
     }
 
-    /// Stores a result; finalizes the task when it completes the vote. See [`ops::submit`].
+    /// Stores a result; finalizes the task when it completes the vote. See `ops::submit`.
     ///
     /// # Errors
-    /// See [`ops::submit::run`].
+    /// See `ops::submit::run`.
     pub async fn submit(&self, task: TaskId, req: SubmitRequest) -> Result<SubmitReply, CoreError> {
-        self.accept(task, req.into()).await
+        let r = self
+            .write(move |c, ctx| ops::submit::run(c, ctx, &task, req))
+            .await?;
+        self.metrics.submissions.inc_by(u64::from(!r.duplicate));
+        Ok(r)
     }
 
     /// Stores a result, with or without its lease id (the HTTP API has none). See
-    /// [`ops::submit::accept`].
+    /// `ops::submit::accept`.
     ///
     /// # Errors
-    /// See [`ops::submit::accept`].
+    /// See `ops::submit::accept`.
     pub async fn accept(&self, task: TaskId, sub: Submission) -> Result<SubmitReply, CoreError> {
         let r = self
             .write(move |c, ctx| ops::submit::accept(c, ctx, &task, sub))
@@ -415,7 +421,11 @@ impl Core {
     /// # Errors
     /// Store errors only.
     pub async fn recent(&self, limit: u32) -> Result<Vec<TaskDetail>, CoreError> {
-        self.read(move |c, _| ops::task_get::recent(c, limit)).await
+        let ttl = self.settings.heartbeat_ttl_ms;
+        self.read(move |c, now| {
+            ops::task_get::recent(c, &ops::starved::Live::read(c, now, ttl)?, limit)
+        })
+        .await
     }
 
     /// Whether the store answers a query.
@@ -451,6 +461,15 @@ impl Core {
         ));
         m.workers_active.set(gauge(stats.workers_active));
         m.leases_active.set(gauge(stats.active_leases));
+        // Types no longer starved drop out rather than linger at their last value.
+        m.tasks_starved.clear();
+        for s in &stats.starved {
+            m.tasks_starved
+                .get_or_create(&crate::metrics::TypeLabels {
+                    r#type: s.task_type.to_string(),
+                })
+                .set(gauge(s.tasks));
+        }
         Ok(m.encode())
     }
 

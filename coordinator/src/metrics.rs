@@ -1,7 +1,8 @@
 //! Prometheus metrics. The original's names are kept (`api_request_latency_seconds`,
 //! `tasks_created_total`, `tasks_claimed_total`, `tasks_finalized_total`, `tasks_failed_total`,
 //! `worker_heartbeats_total`, `queue_depth`, `workers_active`), plus the NATS side
-//! (`nats_request_latency_seconds`), lease and submission counts, and the group-commit writer
+//! (`nats_request_latency_seconds`), lease and submission counts, starved tasks by type
+//! (`tasks_starved`), and the group-commit writer
 //! (`store_queue_seconds` by lane, `store_batch_operations`, `store_commit_seconds`). Counters
 //! move in [`Core`] after each commit; the gauges are read from the store at scrape time.
 //!
@@ -40,6 +41,13 @@ pub struct NatsLabels {
 pub struct LaneLabels {
     /// `normal` or `urgent`.
     pub lane: &'static str,
+}
+
+/// Labels of a per-type gauge.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabels {
+    /// The task type.
+    pub r#type: String,
 }
 
 /// A reply's outcome.
@@ -97,6 +105,8 @@ pub struct Metrics {
     pub workers_active: Gauge,
     /// Leases live now.
     pub leases_active: Gauge,
+    /// Starved tasks (too few live workers can do them to finish them), by type.
+    pub tasks_starved: Family<TypeLabels, Gauge>,
     /// Time a write waited for the writer, by lane.
     pub store_queue: Latency<LaneLabels>,
     /// Operations per group-commit transaction.
@@ -123,6 +133,7 @@ impl Metrics {
             tasks_assigned: Gauge::default(),
             workers_active: Gauge::default(),
             leases_active: Gauge::default(),
+            tasks_starved: Family::default(),
             store_queue: Family::new_with_constructor(latency_histogram),
             // 1 .. 512 operations.
             store_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
@@ -178,6 +189,11 @@ impl Metrics {
             m.workers_active.clone(),
         );
         r.register("leases_active", "Live leases", m.leases_active.clone());
+        r.register(
+            "tasks_starved",
+            "Open tasks that too few live workers can do to finish them, by type",
+            m.tasks_starved.clone(),
+        );
         r.register(
             "store_queue_seconds",
             "Time a write waited for the group-commit writer, by lane",

@@ -785,6 +785,72 @@ pub struct TaskDetail {
     pub submissions: Vec<SubmissionView>,
     /// Its live leases.
     pub leases: Vec<LeaseView>,
+    /// Set while the task is open and too few live workers can do it to finish it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starved: Option<Starvation>,
+}
+
+/// Why an open task cannot finish with the workers alive now: it still needs answers from
+/// `needs` distinct workers, and only `capable` live workers that can do its type have not
+/// answered it yet. It keeps waiting: a worker may join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Starvation {
+    /// Answers it still needs, each from a distinct worker.
+    pub needs: u32,
+    /// Live workers that can do its type and have not answered it.
+    pub capable: u32,
+}
+
+impl Starvation {
+    /// Capable workers missing: `needs - capable`.
+    pub fn short(&self) -> u32 {
+        self.needs.saturating_sub(self.capable)
+    }
+}
+
+impl std::fmt::Display for Starvation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "needs answers from {} more distinct workers, and {} live worker{} that can do its \
+             type {} not answered it ({} short)",
+            self.needs,
+            self.capable,
+            if self.capable == 1 { "" } else { "s" },
+            if self.capable == 1 { "has" } else { "have" },
+            self.short()
+        )
+    }
+}
+
+/// The starved tasks of one type (see [`Starvation`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StarvedType {
+    /// The task type.
+    #[serde(rename = "type")]
+    pub task_type: TaskType,
+    /// Its open tasks that are starved.
+    pub tasks: u64,
+    /// Live workers that can do this type.
+    pub live_workers: u32,
+    /// How many more capable workers would let every one of them finish.
+    pub workers_short: u32,
+}
+
+impl std::fmt::Display for StarvedType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} task{} starved: {} live worker{} can do {}, {} more needed",
+            self.tasks,
+            self.task_type,
+            if self.tasks == 1 { " is" } else { "s are" },
+            self.live_workers,
+            if self.live_workers == 1 { "" } else { "s" },
+            self.task_type,
+            self.workers_short
+        )
+    }
 }
 
 /// Reply to [`TaskListRequest`].
@@ -886,6 +952,12 @@ pub struct StatsReply {
     pub workers_stale: u64,
     /// Leases live now.
     pub active_leases: u64,
+    /// Open tasks that too few live workers can do to finish them (see [`Starvation`]).
+    #[serde(default)]
+    pub tasks_starved: u64,
+    /// Those tasks by type.
+    #[serde(default)]
+    pub starved: Vec<StarvedType>,
 }
 
 /// Reply to `api.ops.requeue`.

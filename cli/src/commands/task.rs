@@ -7,8 +7,8 @@ use anyhow::{bail, Context};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use protocol::messages::{
-    decode, ApiOp, NewTask, TaskAddReply, TaskAddRequest, TaskDetail, TaskEvent, TaskGetRequest,
-    TaskListReply, TaskListRequest, TaskView,
+    decode, ApiOp, NewTask, Starvation, TaskAddReply, TaskAddRequest, TaskDetail, TaskEvent,
+    TaskGetRequest, TaskListReply, TaskListRequest, TaskView,
 };
 use protocol::{subject, TaskId, TaskStatus, TaskType};
 use std::collections::{BTreeMap, HashSet};
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 /// Task commands.
 #[derive(Debug, clap::Subcommand)]
-pub enum TaskCommand {
+pub(crate) enum TaskCommand {
     /// Create a task from TEXT, or many from --file.
     Add(AddArgs),
     /// List tasks, oldest first.
@@ -47,7 +47,7 @@ pub enum TaskCommand {
 
 /// `task add` arguments.
 #[derive(Debug, clap::Args)]
-pub struct AddArgs {
+pub(crate) struct AddArgs {
     /// The text to classify.
     #[arg(required_unless_present = "file", conflicts_with = "file")]
     text: Option<String>,
@@ -84,7 +84,7 @@ const BATCH_TASKS: usize = 1000;
 const BATCH_BYTES: usize = 512 * 1024;
 
 /// Runs a task command.
-pub async fn run(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<()> {
     let client = ctx.client().await?;
     match cmd {
         TaskCommand::Add(args) => add(ctx, &client, args).await,
@@ -233,7 +233,7 @@ pub(crate) fn progress(len: u64, what: &str, visible: bool) -> ProgressBar {
 
 /// Waits until every task is finalized or failed. Listens to task events and polls now and then
 /// (events are not replayed to a client that was not listening, e.g. across a coordinator restart).
-pub async fn wait(
+pub(crate) async fn wait(
     client: &Client,
     ids: &[TaskId],
     timeout: Duration,
@@ -248,18 +248,27 @@ pub async fn wait(
     let bar = progress(pending.len() as u64, "waiting", pending.len() > 1);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut poll = tokio::time::interval(Duration::from_secs(2));
+    let mut starving = Starving::default();
     loop {
         tokio::select! {
             _ = poll.tick() => {
                 let check: Vec<TaskId> = pending.iter().copied().collect();
+                let mut starved = BTreeMap::new();
                 for id in check {
                     let d: TaskDetail = client.call(ApiOp::TaskGet, &TaskGetRequest { task_id: id }).await?;
                     if d.task.status.is_terminal() {
                         pending.remove(&id);
                         done.insert(id, d.task);
                         bar.inc(1);
+                    } else if let Some(s) = d.starved {
+                        let e = starved.entry(d.task.task_type).or_insert((0, s));
+                        e.0 += 1;
+                        if s.short() > e.1.short() {
+                            e.1 = s;
+                        }
                     }
                 }
+                starving.tell(&bar, starved);
             }
             msg = events.next() => {
                 let Some(msg) = msg else { bail!("event subscription closed") };
@@ -279,6 +288,44 @@ pub async fn wait(
             bar.finish_and_clear();
             return Ok(done);
         }
+    }
+}
+
+/// What a waiting client was last told of its starved tasks: it hears of each change once.
+#[derive(Default)]
+struct Starving(BTreeMap<TaskType, (usize, Starvation)>);
+
+impl Starving {
+    /// Says which types of the waited-on tasks are starved (or no longer are), when that changed.
+    fn tell(&mut self, bar: &ProgressBar, now: BTreeMap<TaskType, (usize, Starvation)>) {
+        if now == self.0 {
+            return;
+        }
+        bar.suspend(|| {
+            for (t, (n, s)) in &now {
+                eprintln!(
+                    "waiting: {n} {t} task{} starved: {} {} answers from distinct workers, and \
+                     {} live worker{} that can do {t} {} not answered; {} more {t} worker{} \
+                     needed (still waiting: one may join)",
+                    if *n == 1 { " is" } else { "s are" },
+                    if *n == 1 {
+                        "it needs"
+                    } else {
+                        "the neediest needs"
+                    },
+                    s.needs,
+                    s.capable,
+                    if s.capable == 1 { "" } else { "s" },
+                    if s.capable == 1 { "has" } else { "have" },
+                    s.short(),
+                    if s.short() == 1 { " is" } else { "s are" },
+                );
+            }
+            for t in self.0.keys().filter(|t| !now.contains_key(*t)) {
+                eprintln!("waiting: {t} tasks are no longer starved");
+            }
+        });
+        self.0 = now;
     }
 }
 
@@ -375,6 +422,9 @@ fn print_detail(d: &TaskDetail) {
     }
     if let Some(e) = &t.error_message {
         println!("error        {e}");
+    }
+    if let Some(s) = &d.starved {
+        println!("starved      {s}");
     }
     println!("votes        {}/{}", t.submissions, t.required_submissions);
     println!("attempts     {}/{}", t.attempts, t.max_attempts);

@@ -7,7 +7,7 @@ use protocol::messages::{
 };
 
 /// Prints the leaderboard.
-pub async fn leaderboard(ctx: &Ctx) -> anyhow::Result<()> {
+pub(crate) async fn leaderboard(ctx: &Ctx) -> anyhow::Result<()> {
     let r: LeaderboardReply = ctx
         .client()
         .await?
@@ -39,7 +39,7 @@ pub async fn leaderboard(ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 /// Prints agreement with consensus per model and task type.
-pub async fn by_model(ctx: &Ctx) -> anyhow::Result<()> {
+pub(crate) async fn by_model(ctx: &Ctx) -> anyhow::Result<()> {
     let r: ModelAgreementReply = ctx
         .client()
         .await?
@@ -75,7 +75,7 @@ fn percent(rate: Option<f64>) -> String {
 }
 
 /// Prints the worker registry.
-pub async fn workers(ctx: &Ctx) -> anyhow::Result<()> {
+pub(crate) async fn workers(ctx: &Ctx) -> anyhow::Result<()> {
     let r: WorkersReply = ctx.client().await?.call(ApiOp::Workers, &Empty {}).await?;
     if ctx.json {
         return output::json(&r.workers);
@@ -104,7 +104,7 @@ pub async fn workers(ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 /// Prints the counts.
-pub async fn stats(ctx: &Ctx) -> anyhow::Result<()> {
+pub(crate) async fn stats(ctx: &Ctx) -> anyhow::Result<()> {
     let r: StatsReply = ctx.client().await?.call(ApiOp::Stats, &Empty {}).await?;
     if ctx.json {
         return output::json(&r);
@@ -125,5 +125,9 @@ pub async fn stats(ctx: &Ctx) -> anyhow::Result<()> {
         r.workers, r.workers_active, r.workers_stale
     );
     println!("active leases  {}", r.active_leases);
+    println!("starved tasks  {}", r.tasks_starved);
+    for s in &r.starved {
+        println!("  {s}");
+    }
     Ok(())
 }

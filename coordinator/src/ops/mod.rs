@@ -2,21 +2,22 @@
 //! transaction and a [`Ctx`] (the clock reading, the tunables, and the effects to publish after
 //! commit), so it runs the same under NATS, HTTP and unit tests.
 
-pub mod heartbeat;
+pub(crate) mod heartbeat;
 #[cfg(test)]
 mod invariants;
-pub mod leaderboard;
-pub mod lease;
-pub mod release;
-pub mod reset;
-pub mod stats;
-pub mod submit;
-pub mod sweep;
-pub mod task_add;
-pub mod task_get;
-pub mod task_list;
-pub mod token;
-pub mod workers;
+pub(crate) mod leaderboard;
+pub(crate) mod lease;
+pub(crate) mod release;
+pub(crate) mod reset;
+pub(crate) mod starved;
+pub(crate) mod stats;
+pub(crate) mod submit;
+pub(crate) mod sweep;
+pub(crate) mod task_add;
+pub(crate) mod task_get;
+pub(crate) mod task_list;
+pub(crate) mod token;
+pub(crate) mod workers;
 
 use crate::error::CoreError;
 use crate::store::{blob_to_vector, from_ms};
@@ -150,7 +151,7 @@ pub(crate) const TASK_VIEW_COLUMNS: &str = "id, type, text, status, required, ma
      (SELECT MAX(expires_at) FROM lease l WHERE l.task_id = task.id AND l.state = 'active')";
 
 impl TaskRow {
-    pub fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
         Ok(Self {
             id: parsed(r, 0)?,
             task_type: parsed(r, 1)?,
@@ -191,7 +192,7 @@ impl TaskRow {
         })
     }
 
-    pub fn view(self) -> TaskView {
+    pub(crate) fn view(self) -> TaskView {
         TaskView {
             id: self.id,
             task_type: self.task_type,
@@ -215,7 +216,7 @@ impl TaskRow {
         }
     }
 
-    pub fn announcement(&self) -> TaskAnnouncement {
+    pub(crate) fn announcement(&self) -> TaskAnnouncement {
         TaskAnnouncement {
             task_id: self.id,
             task_type: self.task_type.clone(),
@@ -376,13 +377,13 @@ pub(crate) mod testing {
     use super::*;
     use protocol::messages::{LeaseReply, LeaseRequest, NewTask, TaskAddRequest};
 
-    pub fn store() -> Connection {
+    pub(crate) fn store() -> Connection {
         let mut conn = Connection::open_in_memory().expect("in-memory sqlite");
         crate::store::prepare(&mut conn).expect("schema");
         conn
     }
 
-    pub fn settings() -> Settings {
+    pub(crate) fn settings() -> Settings {
         Settings {
             lease_ms: 10_000,
             heartbeat_ttl_ms: 6_000,
@@ -391,15 +392,15 @@ pub(crate) mod testing {
         }
     }
 
-    pub fn ctx(now: i64) -> Ctx {
+    pub(crate) fn ctx(now: i64) -> Ctx {
         Ctx::new(now, settings())
     }
 
-    pub fn wid(s: &str) -> WorkerId {
+    pub(crate) fn wid(s: &str) -> WorkerId {
         WorkerId::new(s).expect("worker id")
     }
 
-    pub fn add(conn: &mut Connection, now: i64, task: NewTask) -> TaskId {
+    pub(crate) fn add(conn: &mut Connection, now: i64, task: NewTask) -> TaskId {
         let tx = conn.transaction().expect("tx");
         let reply = task_add::run(&tx, &mut ctx(now), TaskAddRequest { tasks: vec![task] })
             .expect("task add");
@@ -408,14 +409,14 @@ pub(crate) mod testing {
     }
 
     /// Runs a lease request in a transaction of its own and commits it.
-    pub fn lease(conn: &mut Connection, now: i64, req: LeaseRequest) -> LeaseReply {
+    pub(crate) fn lease(conn: &mut Connection, now: i64, req: LeaseRequest) -> LeaseReply {
         let tx = conn.transaction().expect("tx");
         let reply = lease::run(&tx, &mut ctx(now), req).expect("lease");
         tx.commit().expect("commit");
         reply
     }
 
-    pub fn lease_req(worker: &str, max: u32) -> LeaseRequest {
+    pub(crate) fn lease_req(worker: &str, max: u32) -> LeaseRequest {
         LeaseRequest {
             worker_id: wid(worker),
             capabilities: vec![TaskType::sentiment()],
@@ -425,7 +426,7 @@ pub(crate) mod testing {
         }
     }
 
-    pub fn dump(conn: &Connection) -> String {
+    pub(crate) fn dump(conn: &Connection) -> String {
         crate::store::dump(conn).expect("dump")
     }
 }

@@ -1,4 +1,5 @@
-//! `stats`: counts of tasks by state, submissions, workers and live leases.
+//! `stats`: counts of tasks by state, submissions, workers and live leases, and the starved
+//! tasks by type.
 
 use crate::error::CoreError;
 use protocol::messages::StatsReply;
@@ -7,7 +8,11 @@ use rusqlite::Connection;
 
 /// # Errors
 /// Store errors only.
-pub fn run(conn: &Connection, now: i64, heartbeat_ttl_ms: i64) -> Result<StatsReply, CoreError> {
+pub(crate) fn run(
+    conn: &Connection,
+    now: i64,
+    heartbeat_ttl_ms: i64,
+) -> Result<StatsReply, CoreError> {
     let mut tasks_by_status: std::collections::BTreeMap<TaskStatus, u64> =
         TaskStatus::ALL.iter().map(|s| (*s, 0)).collect();
     let mut stmt = conn.prepare_cached("SELECT status, COUNT(*) FROM task GROUP BY status")?;
@@ -22,6 +27,10 @@ pub fn run(conn: &Connection, now: i64, heartbeat_ttl_ms: i64) -> Result<StatsRe
         conn.prepare_cached(sql)?.query_row(p, |r| r.get(0))
     };
     let stale_before = now - heartbeat_ttl_ms;
+    let starved = super::starved::summary(
+        conn,
+        &super::starved::Live::read(conn, now, heartbeat_ttl_ms)?,
+    )?;
     Ok(StatsReply {
         tasks_total: tasks_by_status.values().sum(),
         tasks_by_status,
@@ -37,5 +46,7 @@ pub fn run(conn: &Connection, now: i64, heartbeat_ttl_ms: i64) -> Result<StatsRe
             &[&stale_before],
         )?,
         active_leases: count("SELECT COUNT(*) FROM lease WHERE state = 'active'", &[])?,
+        tasks_starved: starved.iter().map(|s| s.tasks).sum(),
+        starved,
     })
 }

@@ -1,5 +1,7 @@
-//! `task.get`: a task with its submissions and live leases.
+//! `task.get`: a task with its submissions, live leases and, while too few live workers can do
+//! it to finish it, why it is starved.
 
+use super::starved::{self, Live};
 use super::{load_task_view, parsed, TaskRow, TASK_VIEW_COLUMNS};
 use crate::error::CoreError;
 use crate::store::{blob_to_vector, from_ms};
@@ -9,28 +11,36 @@ use rusqlite::Connection;
 
 /// # Errors
 /// [`CoreError::TaskNotFound`] for an unknown id.
-pub fn run(conn: &Connection, task_id: &TaskId) -> Result<TaskDetail, CoreError> {
-    detail(conn, load_task_view(conn, task_id)?)
+pub(crate) fn run(
+    conn: &Connection,
+    live: &Live,
+    task_id: &TaskId,
+) -> Result<TaskDetail, CoreError> {
+    detail(conn, live, load_task_view(conn, task_id)?)
 }
 
 /// The `limit` newest tasks with their votes, newest first (the dashboard's feed).
 ///
 /// # Errors
 /// Store errors only.
-pub fn recent(conn: &Connection, limit: u32) -> Result<Vec<TaskDetail>, CoreError> {
+pub(crate) fn recent(
+    conn: &Connection,
+    live: &Live,
+    limit: u32,
+) -> Result<Vec<TaskDetail>, CoreError> {
     let sql = format!("SELECT {TASK_VIEW_COLUMNS} FROM task ORDER BY seq DESC LIMIT ?1");
     let tasks = conn
         .prepare_cached(&sql)?
         .query_map([limit], TaskRow::from_row)?
         .collect::<Result<Vec<_>, _>>()?;
-    tasks.into_iter().map(|t| detail(conn, t)).collect()
+    tasks.into_iter().map(|t| detail(conn, live, t)).collect()
 }
 
 /// Most numbers of submitted vectors a task view carries; past it the submissions' vectors are
 /// left out (the consensus vector stays), so a reply stays well under a NATS message's size.
-pub const MAX_VIEW_VECTOR_NUMBERS: usize = 65_536;
+pub(crate) const MAX_VIEW_VECTOR_NUMBERS: usize = 65_536;
 
-fn detail(conn: &Connection, task: TaskRow) -> Result<TaskDetail, CoreError> {
+fn detail(conn: &Connection, live: &Live, task: TaskRow) -> Result<TaskDetail, CoreError> {
     let task_id = &task.id;
     let id = task_id.to_string();
     let mut submissions: Vec<SubmissionView> = conn
@@ -72,10 +82,12 @@ fn detail(conn: &Connection, task: TaskRow) -> Result<TaskDetail, CoreError> {
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
+    let starved = starved::of_task(conn, live, &task)?;
     Ok(TaskDetail {
         task: task.view(),
         submissions,
         leases,
+        starved,
     })
 }
 
@@ -119,7 +131,7 @@ mod tests {
             submit::run(&tx, &mut ctx(2), &t, sub).expect("submit");
         }
         tx.commit().expect("commit");
-        let d = run(&conn, &t).expect("get");
+        let d = run(&conn, &Live::default(), &t).expect("get");
         assert_eq!(d.submissions.len(), workers);
         assert!(d.submissions.iter().all(|s| s.embedding.is_none()));
         assert_eq!(

@@ -97,6 +97,11 @@ ALTER TABLE task ADD COLUMN similarity REAL;
 ALTER TABLE task ADD COLUMN final_embedding BLOB;
 ALTER TABLE submission ADD COLUMN embedding BLOB;
 "#,
+    r#"
+-- Open tasks by type and votes required: the starved-task check reads the largest `required`
+-- of a type, and the tasks that need more workers than are live, without scanning the queue.
+CREATE INDEX task_open_required ON task (type, required) WHERE status IN ('queued', 'assigned');
+"#,
 ];
 
 /// Tables of one connection (`temp`, in memory, gone when it closes), created when it opens.

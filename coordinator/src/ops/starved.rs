@@ -1,0 +1,294 @@
+//! Starved tasks: open tasks that cannot finish with the workers alive now, because fewer live
+//! workers that can do their type have not yet answered them than the distinct answers they
+//! still need. Nothing is wrong with such a task (a worker may join), but a client waiting on
+//! it should hear why, at once, instead of at its timeout.
+//!
+//! A task of type `t` needing `required` answers is starved when
+//! `required - submissions > |live(t) \ voters|`. Since at most `submissions` of `live(t)` have
+//! voted, that implies `required > |live(t)|`: the queue is read only for the tasks that need
+//! more workers than are live (index `task_open_required`), never scanned whole.
+
+use super::{Json, TaskRow};
+use crate::error::CoreError;
+use protocol::messages::{Starvation, StarvedType};
+use protocol::{TaskType, WorkerId};
+use rusqlite::{params, Connection};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The live workers (heartbeating within the TTL) able to do each task type.
+#[derive(Debug, Default)]
+pub(crate) struct Live(BTreeMap<TaskType, BTreeSet<WorkerId>>);
+
+impl Live {
+    /// Reads the live workers at `now`.
+    pub(crate) fn read(
+        conn: &Connection,
+        now: i64,
+        heartbeat_ttl_ms: i64,
+    ) -> Result<Self, CoreError> {
+        let mut live = Self::default();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, capabilities FROM worker WHERE status = 'active' AND last_seen > ?1",
+        )?;
+        let rows = stmt.query_map([now - heartbeat_ttl_ms], |r| {
+            Ok((
+                super::parsed::<WorkerId>(r, 0)?,
+                r.get::<_, Json<Vec<TaskType>>>(1)?.0,
+            ))
+        })?;
+        for row in rows {
+            let (worker, capabilities) = row?;
+            for t in capabilities {
+                live.0.entry(t).or_default().insert(worker.clone());
+            }
+        }
+        Ok(live)
+    }
+
+    fn capable(&self, t: &TaskType) -> Option<&BTreeSet<WorkerId>> {
+        self.0.get(t)
+    }
+
+    fn count(&self, t: &TaskType) -> u32 {
+        self.capable(t).map_or(0, |w| w.len() as u32)
+    }
+
+    /// Whether a task of type `t` needing `required` answers, with `submissions` in, is
+    /// starved. Reads its voters only when it has some.
+    fn check(
+        &self,
+        conn: &Connection,
+        task: &str,
+        t: &TaskType,
+        required: u32,
+        submissions: u32,
+    ) -> Result<Option<Starvation>, CoreError> {
+        let needs = required.saturating_sub(submissions);
+        let mut capable = self.count(t);
+        // At most `submissions` of the live workers have answered: enough remain.
+        if capable >= required {
+            return Ok(None);
+        }
+        if submissions > 0 {
+            if let Some(live) = self.capable(t) {
+                let mut voters =
+                    conn.prepare_cached("SELECT worker_id FROM submission WHERE task_id = ?1")?;
+                let rows = voters.query_map([task], |r| super::parsed::<WorkerId>(r, 0))?;
+                for voter in rows {
+                    capable -= u32::from(live.contains(&voter?));
+                }
+            }
+        }
+        Ok((capable < needs).then_some(Starvation { needs, capable }))
+    }
+}
+
+/// Whether `task` is starved now; `None` for a task that is closed or can finish.
+///
+/// # Errors
+/// Store errors only.
+pub(crate) fn of_task(
+    conn: &Connection,
+    live: &Live,
+    task: &TaskRow,
+) -> Result<Option<Starvation>, CoreError> {
+    if task.status.is_terminal() {
+        return Ok(None);
+    }
+    live.check(
+        conn,
+        &task.id.to_string(),
+        &task.task_type,
+        task.required,
+        task.submissions,
+    )
+}
+
+/// The starved tasks, by type.
+///
+/// # Errors
+/// Store errors only.
+pub(crate) fn summary(conn: &Connection, live: &Live) -> Result<Vec<StarvedType>, CoreError> {
+    // The types of open tasks, one index seek each.
+    let types: Vec<TaskType> = conn
+        .prepare_cached(
+            "WITH RECURSIVE t(type) AS (
+                 SELECT MIN(type) FROM task WHERE status IN ('queued', 'assigned')
+                 UNION ALL
+                 SELECT (SELECT MIN(type) FROM task
+                         WHERE status IN ('queued', 'assigned') AND type > t.type)
+                 FROM t WHERE t.type IS NOT NULL)
+             SELECT type FROM t WHERE type IS NOT NULL",
+        )?
+        .query_map([], |r| super::parsed::<TaskType>(r, 0))?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::new();
+    for t in types {
+        let live_workers = live.count(&t);
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, required, submissions FROM task
+             WHERE status IN ('queued', 'assigned') AND type = ?1 AND required > ?2",
+        )?;
+        let mut rows = stmt.query(params![t.as_str(), live_workers])?;
+        let (mut tasks, mut workers_short) = (0, 0);
+        while let Some(r) = rows.next()? {
+            let id: String = r.get(0)?;
+            if let Some(s) = live.check(conn, &id, &t, r.get(1)?, r.get(2)?)? {
+                tasks += 1;
+                workers_short = workers_short.max(s.short());
+            }
+        }
+        if tasks > 0 {
+            out.push(StarvedType {
+                task_type: t,
+                tasks,
+                live_workers,
+                workers_short,
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::*;
+    use crate::ops::{load_task, submit, touch_worker};
+    use protocol::messages::{NewTask, SubmitRequest};
+
+    fn register(conn: &Connection, now: i64, worker: &str, caps: &[TaskType]) {
+        touch_worker(conn, now, &wid(worker), caps, Some("test")).expect("register");
+    }
+
+    fn starved(conn: &Connection, now: i64, t: &protocol::TaskId) -> Option<Starvation> {
+        let live = Live::read(conn, now, settings().heartbeat_ttl_ms).expect("live");
+        of_task(conn, &live, &load_task(conn, t).expect("task")).expect("check")
+    }
+
+    fn summary_at(conn: &Connection, now: i64) -> Vec<StarvedType> {
+        let live = Live::read(conn, now, settings().heartbeat_ttl_ms).expect("live");
+        summary(conn, &live).expect("summary")
+    }
+
+    #[test]
+    fn a_task_needing_more_workers_than_can_do_it_is_starved_until_they_come() {
+        let mut conn = store();
+        let zs = add(
+            &mut conn,
+            0,
+            NewTask::zero_shot("The striker scored twice", &["sports", "politics"]),
+        );
+        let s = add(&mut conn, 0, NewTask::text("fine"));
+        // No worker at all: both starved.
+        assert_eq!(
+            starved(&conn, 1, &zs),
+            Some(Starvation {
+                needs: 3,
+                capable: 0
+            })
+        );
+        register(
+            &conn,
+            1,
+            "a",
+            &[TaskType::sentiment(), TaskType::zero_shot()],
+        );
+        for w in ["b", "c"] {
+            register(&conn, 1, w, &[TaskType::sentiment()]);
+        }
+        // Sentiment has three live workers; zero-shot one.
+        assert_eq!(starved(&conn, 2, &s), None);
+        assert_eq!(starved(&conn, 2, &zs).expect("starved").short(), 2);
+        assert_eq!(
+            summary_at(&conn, 2),
+            vec![StarvedType {
+                task_type: TaskType::zero_shot(),
+                tasks: 1,
+                live_workers: 1,
+                workers_short: 2
+            }]
+        );
+        // Two more zero-shot workers join: nothing is starved.
+        for w in ["d", "e"] {
+            register(&conn, 3, w, &[TaskType::zero_shot()]);
+        }
+        assert_eq!(starved(&conn, 3, &zs), None);
+        assert!(summary_at(&conn, 3).is_empty());
+        // Past the TTL, the silent ones no longer count.
+        let later = 3 + settings().heartbeat_ttl_ms;
+        register(
+            &conn,
+            later,
+            "a",
+            &[TaskType::sentiment(), TaskType::zero_shot()],
+        );
+        assert_eq!(
+            summary_at(&conn, later).len(),
+            2,
+            "{:?}",
+            summary_at(&conn, later)
+        );
+    }
+
+    #[test]
+    fn a_live_worker_that_already_answered_does_not_count_a_gone_one_does() {
+        let mut conn = store();
+        let t = add(&mut conn, 0, NewTask::text("x"));
+        for w in ["a", "b", "c"] {
+            register(&conn, 0, w, &[TaskType::sentiment()]);
+        }
+        let la = lease(&mut conn, 1, lease_req("a", 1)).leases.remove(0);
+        submit::run(
+            &conn,
+            &mut ctx(2),
+            &t,
+            SubmitRequest {
+                lease_id: la.lease_id,
+                worker_id: wid("a"),
+                label: "positive".into(),
+                embedding: None,
+                confidence: 0.9,
+                model: None,
+            },
+        )
+        .expect("submit");
+        assert_eq!(starved(&conn, 2, &t), None, "b and c can still answer");
+        // c goes silent: a has answered already, b alone is left for two answers.
+        let later = 2 + settings().heartbeat_ttl_ms;
+        register(&conn, later, "a", &[TaskType::sentiment()]);
+        register(&conn, later, "b", &[TaskType::sentiment()]);
+        assert_eq!(
+            starved(&conn, later, &t),
+            Some(Starvation {
+                needs: 2,
+                capable: 1
+            })
+        );
+        // a's answer counts even when a is gone: a fresh worker is enough.
+        let much_later = later + settings().heartbeat_ttl_ms;
+        register(&conn, much_later, "b", &[TaskType::sentiment()]);
+        register(&conn, much_later, "d", &[TaskType::sentiment()]);
+        assert_eq!(starved(&conn, much_later, &t), None);
+    }
+
+    #[test]
+    fn the_summary_reads_only_tasks_needing_more_workers_than_are_live() {
+        let conn = store();
+        let plan: String = conn
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT id, required, submissions FROM task
+                 WHERE status IN ('queued', 'assigned') AND type = ?1 AND required > ?2",
+            )
+            .expect("explain")
+            .query_map(["sentiment", "3"], |r| r.get::<_, String>(3))
+            .expect("plan")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("rows")
+            .join("; ");
+        assert!(
+            plan.contains("task_open_required (type=? AND required>?)"),
+            "{plan}"
+        );
+    }
+}
