@@ -13,9 +13,11 @@ use protocol::messages::{
     decode, ApiOp, Empty, Heartbeat, LeaseRequest, ReleaseRequest, ResetRequest, SubmitRequest,
     TaskAddRequest, TaskGetRequest, TaskListRequest, WorkerTokenRequest,
 };
-use protocol::subject::{self, COORDINATOR_QUEUE};
+use protocol::subject::{self, Route, COORDINATOR_QUEUE};
 use protocol::{reply, ApiError, TaskId, WorkerId};
+use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
@@ -31,7 +33,7 @@ const MAX_IN_FLIGHT: usize = 512;
 ///
 /// # Errors
 /// When a subscription cannot be made.
-pub async fn serve(
+pub(crate) async fn serve(
     client: Client,
     core: Core,
     prefix: String,
@@ -145,26 +147,49 @@ pub async fn dispatch(
     };
     let token = header(WORKER_TOKEN_HEADER);
     let token = token.as_deref();
-    let (kind, (body, outcome)) = if subject == subject::lease(prefix) {
-        ("lease", respond(lease(core, token, payload).await))
-    } else if subject == subject::lease_release(prefix) {
-        ("release", respond(release(core, token, payload).await))
-    } else if let Some(worker) = subject::tail(prefix, "heartbeat", subject) {
-        (
+    let (kind, (body, outcome)) = match Route::parse(prefix, subject)? {
+        Route::Lease => (
+            "lease",
+            call(payload, |req: LeaseRequest| async {
+                core.authenticate_worker(&req.worker_id, token).await?;
+                core.lease(req).await
+            })
+            .await,
+        ),
+        Route::Release => (
+            "release",
+            call(payload, |req: ReleaseRequest| async {
+                core.authenticate_worker(&req.worker_id, token).await?;
+                core.release(req).await
+            })
+            .await,
+        ),
+        Route::Heartbeat(worker) => (
             "heartbeat",
-            respond(heartbeat(core, token, worker, payload).await),
-        )
-    } else if let Some(task) = subject::tail(prefix, "submit", subject) {
-        ("submit", respond(submit(core, token, task, payload).await))
-    } else if let Some(op) = subject::tail(prefix, "api", subject) {
-        let op = op.parse::<ApiOp>();
-        let key = header(API_KEY_HEADER);
-        (
-            op.as_ref().map_or("api.unknown", |op| api_label(*op)),
-            api(core, op, key.as_deref(), payload).await,
-        )
-    } else {
-        return None;
+            call(payload, |hb: Heartbeat| async {
+                let worker: WorkerId = worker.parse()?;
+                core.authenticate_worker(&worker, token).await?;
+                core.heartbeat(worker, hb).await
+            })
+            .await,
+        ),
+        Route::Submit(task) => (
+            "submit",
+            call(payload, |req: SubmitRequest| async {
+                let task: TaskId = task.parse()?;
+                core.authenticate_worker(&req.worker_id, token).await?;
+                core.submit(task, req).await
+            })
+            .await,
+        ),
+        Route::Api(op) => {
+            let op = op.parse::<ApiOp>();
+            let key = header(API_KEY_HEADER);
+            (
+                op.as_ref().map_or("api.unknown", |op| api_label(*op)),
+                api(core, op, key.as_deref(), payload).await,
+            )
+        }
     };
     Some(Answer {
         kind,
@@ -229,48 +254,18 @@ fn respond<T: Serialize>(result: Result<T, CoreError>) -> (Vec<u8>, Outcome) {
     (body, outcome)
 }
 
-async fn lease(
-    core: &Core,
-    token: Option<&str>,
-    payload: &[u8],
-) -> Result<protocol::messages::LeaseReply, CoreError> {
-    let req = decode::<LeaseRequest>(payload)?;
-    core.authenticate_worker(&req.worker_id, token).await?;
-    core.lease(req).await
-}
-
-async fn release(
-    core: &Core,
-    token: Option<&str>,
-    payload: &[u8],
-) -> Result<protocol::messages::ReleaseReply, CoreError> {
-    let req = decode::<ReleaseRequest>(payload)?;
-    core.authenticate_worker(&req.worker_id, token).await?;
-    core.release(req).await
-}
-
-async fn heartbeat(
-    core: &Core,
-    token: Option<&str>,
-    worker: &str,
-    payload: &[u8],
-) -> Result<protocol::messages::HeartbeatReply, CoreError> {
-    let worker: WorkerId = worker.parse()?;
-    let hb = decode::<Heartbeat>(payload)?;
-    core.authenticate_worker(&worker, token).await?;
-    core.heartbeat(worker, hb).await
-}
-
-async fn submit(
-    core: &Core,
-    token: Option<&str>,
-    task: &str,
-    payload: &[u8],
-) -> Result<protocol::messages::SubmitReply, CoreError> {
-    let task: TaskId = task.parse()?;
-    let req = decode::<SubmitRequest>(payload)?;
-    core.authenticate_worker(&req.worker_id, token).await?;
-    core.submit(task, req).await
+/// Decodes the request, runs `op` on it, and encodes its result as the reply.
+async fn call<Req, Resp, F, Fut>(payload: &[u8], op: F) -> (Vec<u8>, Outcome)
+where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    F: FnOnce(Req) -> Fut,
+    Fut: Future<Output = Result<Resp, CoreError>>,
+{
+    match decode::<Req>(payload) {
+        Ok(req) => respond(op(req).await),
+        Err(e) => respond::<Resp>(Err(e.into())),
+    }
 }
 
 async fn api(
@@ -293,81 +288,37 @@ async fn api(
         payload
     };
     match op {
-        ApiOp::TaskAdd => {
-            respond(async { core.add_tasks(decode::<TaskAddRequest>(payload)?).await }.await)
+        ApiOp::TaskAdd => call(payload, |r: TaskAddRequest| core.add_tasks(r)).await,
+        ApiOp::TaskGet => call(payload, |r: TaskGetRequest| core.get_task(r.task_id)).await,
+        ApiOp::TaskList => call(payload, |r: TaskListRequest| core.list_tasks(r)).await,
+        ApiOp::Leaderboard => call(payload, |Empty {}| core.leaderboard()).await,
+        ApiOp::LeaderboardModels => call(payload, |Empty {}| core.agreement_by_model()).await,
+        ApiOp::Workers => call(payload, |Empty {}| core.workers()).await,
+        ApiOp::Stats => call(payload, |Empty {}| core.stats()).await,
+        ApiOp::OpsRequeue => call(payload, |Empty {}| core.sweep()).await,
+        ApiOp::OpsReset => {
+            call(payload, |r: ResetRequest| async {
+                core.reset(r).await.map(|()| Empty {})
+            })
+            .await
         }
-        ApiOp::TaskGet => respond(
-            async {
-                core.get_task(decode::<TaskGetRequest>(payload)?.task_id)
-                    .await
-            }
-            .await,
-        ),
-        ApiOp::TaskList => {
-            respond(async { core.list_tasks(decode::<TaskListRequest>(payload)?).await }.await)
+        ApiOp::WorkerTokenCreate => {
+            call(payload, |r: WorkerTokenRequest| {
+                core.create_token(r.worker_id)
+            })
+            .await
         }
-        ApiOp::Leaderboard => respond(
-            async {
-                decode::<Empty>(payload)?;
-                core.leaderboard().await
-            }
-            .await,
-        ),
-        ApiOp::LeaderboardModels => respond(
-            async {
-                decode::<Empty>(payload)?;
-                core.agreement_by_model().await
-            }
-            .await,
-        ),
-        ApiOp::Workers => respond(
-            async {
-                decode::<Empty>(payload)?;
-                core.workers().await
-            }
-            .await,
-        ),
-        ApiOp::Stats => respond(
-            async {
-                decode::<Empty>(payload)?;
-                core.stats().await
-            }
-            .await,
-        ),
-        ApiOp::OpsRequeue => respond(
-            async {
-                decode::<Empty>(payload)?;
-                core.sweep().await
-            }
-            .await,
-        ),
-        ApiOp::OpsReset => respond(
-            async {
-                core.reset(decode::<ResetRequest>(payload)?)
-                    .await
-                    .map(|()| Empty {})
-            }
-            .await,
-        ),
-        ApiOp::WorkerTokenCreate => respond(
-            async {
-                core.create_token(decode::<WorkerTokenRequest>(payload)?.worker_id)
-                    .await
-            }
-            .await,
-        ),
-        ApiOp::WorkerTokenRevoke => respond(
-            async {
-                core.revoke_token(decode::<WorkerTokenRequest>(payload)?.worker_id)
-                    .await
-            }
-            .await,
-        ),
+        ApiOp::WorkerTokenRevoke => {
+            call(payload, |r: WorkerTokenRequest| {
+                core.revoke_token(r.worker_id)
+            })
+            .await
+        }
     }
 }
 
 /// Publishes effects of committed operations until every [`Core`] clone is gone.
-pub async fn publish_effects(
+pub(crate) async fn publish_effects(
     client: Client,
     prefix: String,
     mut effects: mpsc::UnboundedReceiver<Effect>,

@@ -73,16 +73,46 @@ pub fn task_events_all(prefix: &str) -> String {
     format!("{prefix}.events.task.*")
 }
 
-/// What follows `<prefix>.<kind>.` in `subject`, if `subject` has that shape.
-///
-/// `tail("aimarket", "submit", "aimarket.submit.x")` is `Some("x")`.
-pub fn tail<'a>(prefix: &str, kind: &str, subject: &'a str) -> Option<&'a str> {
-    subject
-        .strip_prefix(prefix)?
-        .strip_prefix('.')?
-        .strip_prefix(kind)?
-        .strip_prefix('.')
-        .filter(|rest| !rest.is_empty())
+/// A subject the coordinator serves, parsed once: what the message is, and the token the
+/// subject carries (a worker id, a task id, an API operation), still to be validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// `<p>.lease`.
+    Lease,
+    /// `<p>.lease.release`.
+    Release,
+    /// `<p>.heartbeat.<worker_id>`.
+    Heartbeat(&'a str),
+    /// `<p>.submit.<task_id>`.
+    Submit(&'a str),
+    /// `<p>.api.<op>` (the op may hold dots: `task.add`).
+    Api(&'a str),
+}
+
+impl<'a> Route<'a> {
+    /// Parses `subject` under `prefix`; `None` for a subject the coordinator does not serve.
+    ///
+    /// ```
+    /// use protocol::subject::Route;
+    /// assert_eq!(Route::parse("aimarket", "aimarket.submit.x"), Some(Route::Submit("x")));
+    /// assert_eq!(Route::parse("aimarket", "aimarket.lease"), Some(Route::Lease));
+    /// assert_eq!(Route::parse("aimarket", "other.lease"), None);
+    /// ```
+    pub fn parse(prefix: &str, subject: &'a str) -> Option<Self> {
+        let rest = subject.strip_prefix(prefix)?.strip_prefix('.')?;
+        let (kind, tail) = match rest.split_once('.') {
+            Some((kind, tail)) => (kind, Some(tail).filter(|t| !t.is_empty())),
+            None => (rest, None),
+        };
+        Some(match (kind, tail) {
+            ("lease", None) => Route::Lease,
+            ("lease", Some("release")) => Route::Release,
+            ("heartbeat", Some(worker)) => Route::Heartbeat(worker),
+            ("submit", Some(task)) => Route::Submit(task),
+            ("api", Some(op)) => Route::Api(op),
+            _ => return None,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -90,21 +120,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn subjects_and_tails() {
-        let t = TaskId::new();
-        let s = submit("aimarket", &t);
-        assert_eq!(tail("aimarket", "submit", &s), Some(t.to_string().as_str()));
+    fn subjects() {
         assert_eq!(
             api("x", ApiOp::TaskAdd),
             "x.api.task.add",
             "ops keep their dots"
         );
-        assert_eq!(tail("x", "api", "x.api.task.add"), Some("task.add"));
-        assert_eq!(tail("x", "api", "x.api."), None);
-        assert_eq!(tail("x", "api", "xy.api.stats"), None);
         assert_eq!(
             heartbeat("p", &WorkerId::new("w1").expect("id")),
             "p.heartbeat.w1"
         );
+    }
+
+    #[test]
+    fn every_served_subject_routes_and_nothing_else_does() {
+        let w = WorkerId::new("w1").expect("id");
+        let t = TaskId::new();
+        let ts = t.to_string();
+        for (subject, route) in [
+            (lease("p"), Some(Route::Lease)),
+            (lease_release("p"), Some(Route::Release)),
+            (heartbeat("p", &w), Some(Route::Heartbeat("w1"))),
+            (submit("p", &t), Some(Route::Submit(ts.as_str()))),
+            (api("p", ApiOp::TaskAdd), Some(Route::Api("task.add"))),
+            ("p.lease.other".to_owned(), None),
+            ("p.submit.".to_owned(), None),
+            ("p.heartbeat".to_owned(), None),
+            ("p.api".to_owned(), None),
+            ("pp.lease".to_owned(), None),
+            ("p".to_owned(), None),
+            (tasks("p", &crate::TaskType::sentiment()), None),
+            (task_event("p", &t), None),
+        ] {
+            assert_eq!(Route::parse("p", &subject), route, "{subject}");
+        }
     }
 }
