@@ -13,7 +13,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection to NATS, addressed to the coordinator's API.
 #[derive(Clone)]
-pub struct Client {
+pub(crate) struct Client {
     nats: async_nats::Client,
     url: String,
     prefix: String,
@@ -22,7 +22,11 @@ pub struct Client {
 
 impl Client {
     /// Connects, or fails with one clear line.
-    pub async fn connect(url: &str, prefix: &str, api_key: Option<&str>) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(
+        url: &str,
+        prefix: &str,
+        api_key: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let (bare, credentials) = protocol::auth::split_credentials(url);
         let mut options = async_nats::ConnectOptions::new();
         if let Some((user, password)) = credentials {
@@ -49,17 +53,17 @@ impl Client {
     }
 
     /// The raw NATS client (for event subscriptions).
-    pub fn nats(&self) -> &async_nats::Client {
+    pub(crate) fn nats(&self) -> &async_nats::Client {
         &self.nats
     }
 
     /// The subject prefix.
-    pub fn prefix(&self) -> &str {
+    pub(crate) fn prefix(&self) -> &str {
         &self.prefix
     }
 
     /// Calls one API operation.
-    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+    pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         op: ApiOp,
         req: &Req,

@@ -5,7 +5,7 @@ use comfy_table::{presets, ContentArrangement, Table};
 use serde::Serialize;
 
 /// A table with the project's look.
-pub fn table<const N: usize>(header: [&str; N]) -> Table {
+pub(crate) fn table<const N: usize>(header: [&str; N]) -> Table {
     let mut t = Table::new();
     t.load_preset(presets::ASCII_MARKDOWN)
         .set_content_arrangement(ContentArrangement::Disabled)
@@ -14,13 +14,13 @@ pub fn table<const N: usize>(header: [&str; N]) -> Table {
 }
 
 /// Prints a value as pretty JSON.
-pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+pub(crate) fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
 /// "3s ago", "5m ago", ...
-pub fn ago(t: DateTime<Utc>) -> String {
+pub(crate) fn ago(t: DateTime<Utc>) -> String {
     let s = (Utc::now() - t).num_seconds().max(0);
     match s {
         0..=59 => format!("{s}s ago"),
@@ -31,7 +31,7 @@ pub fn ago(t: DateTime<Utc>) -> String {
 }
 
 /// At most `n` characters of `s`, with an ellipsis when cut; newlines flattened.
-pub fn clip(s: &str, n: usize) -> String {
+pub(crate) fn clip(s: &str, n: usize) -> String {
     let flat = s.replace(['\n', '\r', '\t'], " ");
     if flat.chars().count() <= n {
         flat
@@ -43,7 +43,7 @@ pub fn clip(s: &str, n: usize) -> String {
 }
 
 /// An optional value, or "-".
-pub fn or_dash<T: ToString>(v: Option<T>) -> String {
+pub(crate) fn or_dash<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 

@@ -7,7 +7,7 @@ use tracing::{info, warn};
 
 /// A token cancelled on the first SIGINT/SIGTERM; the process exits on the second, or `deadline`
 /// after the first if the graceful shutdown hangs.
-pub fn on_signal(deadline: Duration) -> CancellationToken {
+pub(crate) fn on_signal(deadline: Duration) -> CancellationToken {
     let token = CancellationToken::new();
     let fire = token.clone();
     tokio::spawn(async move {

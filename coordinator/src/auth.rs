@@ -76,7 +76,7 @@ pub struct Unprotected {
 ///
 /// # Errors
 /// [`Unprotected`] naming the first non-loopback endpoint.
-pub fn protect(
+pub(crate) fn protect(
     auth: &Auth,
     nats_url: &str,
     http: Option<std::net::SocketAddr>,
@@ -102,7 +102,7 @@ pub fn protect(
 }
 
 /// The host of a NATS URL (`nats://user:pass@host:port`), judged loopback or not.
-pub fn is_loopback_url(url: &str) -> bool {
+pub(crate) fn is_loopback_url(url: &str) -> bool {
     let rest = url.trim();
     let rest = rest.split_once("://").map_or(rest, |(_, r)| r);
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);

@@ -1,32 +1,35 @@
 //! The aimarket coordinator: hands out inference tasks to workers over NATS, verifies results by
 //! majority vote across distinct workers, and keeps the leaderboard.
 //!
-//! Where things live:
-//! - [`ops`]: the operations (one file each) over a SQLite transaction: the task state machine,
+//! Where things live (inside the crate; the public surface is what the binary and the tests
+//! use, re-exported below):
+//! - `ops`: the operations (one file each) over a SQLite transaction: the task state machine,
 //!   leases, consensus and scoring. No transport, no async.
-//! - [`consensus`]: the vote.
-//! - [`core`]: [`Core`], the operations as async methods over the [`store`].
-//! - [`nats`]: the NATS adapter; [`http`]: the HTTP gateway (the original API, metrics,
-//!   dashboard). Both call the same [`Core`] methods.
-//! - [`metrics`]: Prometheus metrics.
+//! - [`consensus`]: the vote (public: `aimarket eval` scores the vote of several models).
+//! - `core`: [`Core`], the operations as async methods over the [`store`].
+//! - `nats`: the NATS adapter ([`dispatch`] is public for the fuzz tests); `http`: the HTTP
+//!   gateway (the original API, metrics, dashboard). Both call the same [`Core`] methods.
+//! - `metrics`: Prometheus metrics.
 //! - [`run`]: everything together until shutdown.
 
-pub mod auth;
-pub mod config;
+mod auth;
+mod config;
 pub mod consensus;
-pub mod core;
-pub mod error;
-pub mod http;
-pub mod metrics;
-pub mod nats;
-pub mod ops;
+mod core;
+mod error;
+mod http;
+mod metrics;
+mod nats;
+mod ops;
 pub mod store;
 
-pub use crate::auth::Auth;
+pub use crate::auth::{Auth, Unprotected};
 pub use crate::config::Config;
 pub use crate::core::Core;
 pub use crate::error::{CoreError, StoreError};
-pub use crate::ops::Settings;
+pub use crate::metrics::Outcome;
+pub use crate::nats::{dispatch, Answer};
+pub use crate::ops::{Effect, Settings};
 
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -58,7 +61,7 @@ pub enum RunError {
     Subscribe(#[from] async_nats::SubscribeError),
     /// Exposed beyond loopback without keys.
     #[error(transparent)]
-    Unprotected(#[from] auth::Unprotected),
+    Unprotected(#[from] Unprotected),
     /// The HTTP address cannot be bound.
     #[error("listening on http://{addr}: {source}")]
     Http {

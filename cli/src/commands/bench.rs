@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Benchmark parameters.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Tasks to finalize under load.
     #[arg(long, default_value_t = 20_000)]
     tasks: u64,
@@ -147,7 +147,7 @@ struct DepthReport {
 }
 
 /// Runs the benchmark.
-pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
+pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.tasks > 0 && args.workers > 0,
         "--tasks and --workers must be positive"

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 /// Every tunable is a flag with an env var.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// SQLite database file (created if missing).
     #[arg(long, env = "AIMARKET_DB", default_value = "coordinator.db")]
     db: PathBuf,
@@ -37,7 +37,7 @@ pub struct Args {
 }
 
 /// Runs until SIGINT/SIGTERM.
-pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
+pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.lease_seconds > 0, "--lease-seconds must be at least 1");
     anyhow::ensure!(
         args.heartbeat_ttl_seconds > 0,

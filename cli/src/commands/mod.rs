@@ -1,18 +1,18 @@
 //! One module per command group.
 
-pub mod bench;
-pub mod coordinator;
-pub mod models;
-pub mod ops;
-pub mod task;
-pub mod views;
-pub mod worker;
+pub(crate) mod bench;
+pub(crate) mod coordinator;
+pub(crate) mod models;
+pub(crate) mod ops;
+pub(crate) mod task;
+pub(crate) mod views;
+pub(crate) mod worker;
 
 use crate::client::Client;
 
 /// The global flags every command sees.
 #[derive(Clone)]
-pub struct Ctx {
+pub(crate) struct Ctx {
     /// NATS URL.
     pub nats: String,
     /// Subject prefix.
@@ -25,7 +25,7 @@ pub struct Ctx {
 
 impl Ctx {
     /// A client of the coordinator's API.
-    pub async fn client(&self) -> anyhow::Result<Client> {
+    pub(crate) async fn client(&self) -> anyhow::Result<Client> {
         // A coordinator may accept several keys; a client presents the first.
         let key = self
             .api_key

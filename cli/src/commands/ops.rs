@@ -6,7 +6,7 @@ use protocol::messages::{ApiOp, Empty, RequeueReply, ResetRequest};
 
 /// Operations on the coordinator's state.
 #[derive(Debug, clap::Subcommand)]
-pub enum OpsCommand {
+pub(crate) enum OpsCommand {
     /// Free expired leases and those of stale workers now, instead of at the next sweep.
     RequeueStale,
     /// Delete every task, submission, worker and score.
@@ -18,7 +18,7 @@ pub enum OpsCommand {
 }
 
 /// Runs an ops command.
-pub async fn run(ctx: &Ctx, cmd: OpsCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(ctx: &Ctx, cmd: OpsCommand) -> anyhow::Result<()> {
     match cmd {
         OpsCommand::RequeueStale => {
             let r: RequeueReply = ctx

@@ -10,9 +10,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use test_support::NatsServer;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_aimarket");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_aimarket");
 
-pub struct Cluster {
+pub(crate) struct Cluster {
     pub nats: NatsServer,
     /// The coordinator's HTTP gateway.
     pub http: String,
@@ -25,7 +25,7 @@ pub struct Cluster {
 
 impl Cluster {
     /// nats-server plus a coordinator with these env vars (tunables), ready to answer.
-    pub fn start(env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start(env: &[(&str, &str)]) -> Self {
         let http = format!("127.0.0.1:{}", test_support::free_port());
         let mut env: Vec<(String, String)> = env
             .iter()
@@ -45,7 +45,7 @@ impl Cluster {
         c
     }
 
-    pub fn db_path(&self) -> PathBuf {
+    pub(crate) fn db_path(&self) -> PathBuf {
         self.dir.path().join("coordinator.db")
     }
 
@@ -67,7 +67,7 @@ impl Cluster {
         cmd
     }
 
-    pub fn start_coordinator(&mut self) {
+    pub(crate) fn start_coordinator(&mut self) {
         assert!(self.coordinator.is_none(), "a coordinator is running");
         self.coordinator_runs += 1;
         let log = format!("coordinator-{}.log", self.coordinator_runs);
@@ -85,19 +85,19 @@ impl Cluster {
     }
 
     /// SIGKILL: no shutdown code runs.
-    pub fn kill_coordinator(&mut self) {
+    pub(crate) fn kill_coordinator(&mut self) {
         let mut child = self.coordinator.take().expect("a coordinator");
         child.kill().expect("kill");
         child.wait().expect("reap");
     }
 
-    pub fn coordinator_logs(&self) -> String {
+    pub(crate) fn coordinator_logs(&self) -> String {
         (1..=self.coordinator_runs)
             .map(|i| read(self.dir.path().join(format!("coordinator-{i}.log"))))
             .collect()
     }
 
-    pub fn start_worker(&mut self, id: &str, extra: &[&str]) {
+    pub(crate) fn start_worker(&mut self, id: &str, extra: &[&str]) {
         let child = self
             .command(&format!("worker-{id}.log"))
             .args(["worker", "--id", id, "--poll-ms", "200"])
@@ -107,11 +107,11 @@ impl Cluster {
         self.workers.insert(id.to_owned(), child);
     }
 
-    pub fn worker_pid(&self, id: &str) -> u32 {
+    pub(crate) fn worker_pid(&self, id: &str) -> u32 {
         self.workers[id].id()
     }
 
-    pub fn signal_worker(&self, id: &str, signal: &str) {
+    pub(crate) fn signal_worker(&self, id: &str, signal: &str) {
         let ok = Command::new("kill")
             .args([&format!("-{signal}"), &self.worker_pid(id).to_string()])
             .status()
@@ -120,14 +120,14 @@ impl Cluster {
         assert!(ok, "kill -{signal} {id}");
     }
 
-    pub fn kill_worker(&mut self, id: &str) {
+    pub(crate) fn kill_worker(&mut self, id: &str) {
         let mut child = self.workers.remove(id).expect("worker");
         child.kill().expect("kill");
         child.wait().expect("reap");
     }
 
     /// SIGTERM and wait for the exit.
-    pub fn stop_worker(&mut self, id: &str) -> std::process::ExitStatus {
+    pub(crate) fn stop_worker(&mut self, id: &str) -> std::process::ExitStatus {
         self.signal_worker(id, "TERM");
         let mut child = self.workers.remove(id).expect("worker");
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -141,7 +141,7 @@ impl Cluster {
     }
 
     /// Waits for a worker to exit on its own; its exit status.
-    pub fn wait_worker(&mut self, id: &str) -> std::process::ExitStatus {
+    pub(crate) fn wait_worker(&mut self, id: &str) -> std::process::ExitStatus {
         let mut child = self.workers.remove(id).expect("worker");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -153,11 +153,11 @@ impl Cluster {
         }
     }
 
-    pub fn worker_log(&self, id: &str) -> String {
+    pub(crate) fn worker_log(&self, id: &str) -> String {
         read(self.dir.path().join(format!("worker-{id}.log")))
     }
 
-    pub fn cli(&self, args: &[&str]) -> Output {
+    pub(crate) fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)
             .env("NATS_URL", self.nats.url())
             .env_remove("RUST_LOG")
@@ -168,7 +168,7 @@ impl Cluster {
     }
 
     /// Runs a read command with `--json` and parses its output; panics on failure.
-    pub fn json<T: DeserializeOwned>(&self, args: &[&str]) -> T {
+    pub(crate) fn json<T: DeserializeOwned>(&self, args: &[&str]) -> T {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
         let out = self.cli(&all);
@@ -186,7 +186,7 @@ impl Cluster {
     }
 
     /// A read-only view of the store, as a second process would have.
-    pub fn db(&self) -> rusqlite::Connection {
+    pub(crate) fn db(&self) -> rusqlite::Connection {
         let conn = rusqlite::Connection::open_with_flags(
             self.db_path(),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -197,7 +197,7 @@ impl Cluster {
         conn
     }
 
-    pub fn count(&self, sql: &str) -> i64 {
+    pub(crate) fn count(&self, sql: &str) -> i64 {
         self.db().query_row(sql, [], |r| r.get(0)).expect(sql)
     }
 }
@@ -232,7 +232,7 @@ fn read(path: PathBuf) -> String {
 }
 
 /// Polls `check` until true; panics naming `what` after `timeout`.
-pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -242,7 +242,7 @@ pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
 
 /// Adds `n` sentiment tasks through `task add --file`: alternating clearly positive and clearly
 /// negative reviews, so honest workers agree.
-pub fn add_reviews(c: &Cluster, n: usize) {
+pub(crate) fn add_reviews(c: &Cluster, n: usize) {
     use std::io::Write;
     let path = c.dir.path().join(format!("tasks-{n}.txt"));
     let mut f = std::fs::File::create(&path).expect("tasks file");
@@ -266,7 +266,7 @@ pub fn add_reviews(c: &Cluster, n: usize) {
 /// every task finalized once with exactly its required votes from distinct workers, every
 /// acknowledged submission stored, points equal to agreeing submissions. Returns how many
 /// acknowledgements the worker logs hold.
-pub fn check_ledger(c: &Cluster, tasks: i64, workers: &[&str]) -> usize {
+pub(crate) fn check_ledger(c: &Cluster, tasks: i64, workers: &[&str]) -> usize {
     assert_eq!(
         c.count("SELECT COUNT(*) FROM task WHERE status = 'finalized'"),
         tasks
@@ -319,7 +319,7 @@ pub fn check_ledger(c: &Cluster, tasks: i64, workers: &[&str]) -> usize {
 }
 
 /// Every (task id, lease id) a worker's log says the coordinator acknowledged.
-pub fn acknowledged(log: &str) -> Vec<(String, String)> {
+pub(crate) fn acknowledged(log: &str) -> Vec<(String, String)> {
     log.lines()
         .filter(|l| l.contains("submission acknowledged"))
         .map(|l| (field(l, "task_id"), field(l, "lease_id")))

@@ -36,7 +36,7 @@ fn api_key(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// `GET /health`: `{"ok": true}`, or 503 when the store does not answer.
-pub async fn health(State(core): State<Core>) -> Response {
+pub(super) async fn health(State(core): State<Core>) -> Response {
     match core.health().await {
         Ok(()) => Json(json!({ "ok": true })).into_response(),
         Err(e) => (
@@ -48,7 +48,7 @@ pub async fn health(State(core): State<Core>) -> Response {
 }
 
 /// `POST /tasks` `{"text", "type"?, "required_submissions"?, "max_attempts"?}` -> `{"task_id"}`.
-pub async fn create_task(
+pub(super) async fn create_task(
     State(core): State<Core>,
     headers: HeaderMap,
     JsonBody(task): JsonBody<NewTask>,
@@ -60,13 +60,13 @@ pub async fn create_task(
 
 /// Query of `GET /tasks`.
 #[derive(Debug, Deserialize)]
-pub struct ListQuery {
+pub(super) struct ListQuery {
     status: Option<String>,
     limit: Option<u32>,
 }
 
 /// `GET /tasks[?status=&limit=]` -> `[task, ...]`, oldest first.
-pub async fn list_tasks(
+pub(super) async fn list_tasks(
     State(core): State<Core>,
     Query(q): Query<ListQuery>,
 ) -> Reply<Vec<TaskView>> {
@@ -85,7 +85,10 @@ pub async fn list_tasks(
 }
 
 /// `GET /tasks/{id}` -> `{"task", "submissions", "leases"}`; 404 for an unknown id.
-pub async fn get_task(State(core): State<Core>, Path(id): Path<String>) -> Reply<TaskDetail> {
+pub(super) async fn get_task(
+    State(core): State<Core>,
+    Path(id): Path<String>,
+) -> Reply<TaskDetail> {
     let id: TaskId = id.parse().map_err(|_| {
         HttpError::new(
             StatusCode::NOT_FOUND,
@@ -98,13 +101,13 @@ pub async fn get_task(State(core): State<Core>, Path(id): Path<String>) -> Reply
 
 /// A body naming a worker.
 #[derive(Debug, Deserialize)]
-pub struct WorkerRef {
+pub(super) struct WorkerRef {
     worker_id: WorkerId,
 }
 
 /// What `POST /tasks/next` returns: both null when there is no work.
 #[derive(Debug, Serialize)]
-pub struct NextTask {
+pub(super) struct NextTask {
     task_id: Option<TaskId>,
     text: Option<String>,
     #[serde(rename = "type")]
@@ -118,7 +121,7 @@ pub struct NextTask {
 
 /// `POST /tasks/next` `{"worker_id"}` -> `{"task_id", "text"}`: a lease on the oldest task this
 /// worker can take.
-pub async fn next_task(
+pub(super) async fn next_task(
     State(core): State<Core>,
     headers: HeaderMap,
     JsonBody(w): JsonBody<WorkerRef>,
@@ -148,7 +151,7 @@ pub async fn next_task(
 
 /// Body of `POST /workers/submit`.
 #[derive(Debug, Deserialize)]
-pub struct SubmitBody {
+pub(super) struct SubmitBody {
     worker_id: WorkerId,
     task_id: TaskId,
     /// The answer of a label task.
@@ -166,7 +169,7 @@ pub struct SubmitBody {
 }
 
 /// `POST /workers/submit` -> `{"ok": true}` (`"duplicate": true` on a resend).
-pub async fn submit(
+pub(super) async fn submit(
     State(core): State<Core>,
     headers: HeaderMap,
     JsonBody(b): JsonBody<SubmitBody>,
@@ -198,7 +201,7 @@ pub async fn submit(
 
 /// Body of `POST /workers/register`.
 #[derive(Debug, Deserialize)]
-pub struct RegisterBody {
+pub(super) struct RegisterBody {
     worker_id: WorkerId,
     /// The original's free-form capabilities: a JSON string or value. A list of task types (or
     /// an object with a `task_types` list) sets the worker's capabilities.
@@ -207,7 +210,7 @@ pub struct RegisterBody {
 }
 
 /// `POST /workers/register` `{"worker_id", "capabilities_json"?}` -> `{"ok": true}`.
-pub async fn register(
+pub(super) async fn register(
     State(core): State<Core>,
     headers: HeaderMap,
     JsonBody(b): JsonBody<RegisterBody>,
@@ -251,7 +254,7 @@ fn task_types(v: Value) -> Result<Option<Vec<TaskType>>, ProtocolError> {
 }
 
 /// `POST /workers/heartbeat` `{"worker_id"}` -> `{"ok": true, "ts"}`; renews the worker's leases.
-pub async fn heartbeat(
+pub(super) async fn heartbeat(
     State(core): State<Core>,
     headers: HeaderMap,
     JsonBody(w): JsonBody<WorkerRef>,
@@ -265,30 +268,33 @@ pub async fn heartbeat(
 }
 
 /// `GET /leaderboard` -> `[{"worker_id", "points"}]`, highest first.
-pub async fn leaderboard(State(core): State<Core>) -> Reply<Vec<LeaderboardEntry>> {
+pub(super) async fn leaderboard(State(core): State<Core>) -> Reply<Vec<LeaderboardEntry>> {
     Ok(Json(core.leaderboard().await?.entries))
 }
 
 /// `GET /db/stats`.
-pub async fn db_stats(State(core): State<Core>) -> Reply<StatsReply> {
+pub(super) async fn db_stats(State(core): State<Core>) -> Reply<StatsReply> {
     Ok(Json(core.stats().await?))
 }
 
 /// `POST /ops/requeue-stale` -> `{"requeued": n}`.
-pub async fn requeue_stale(State(core): State<Core>, headers: HeaderMap) -> Reply<RequeueReply> {
+pub(super) async fn requeue_stale(
+    State(core): State<Core>,
+    headers: HeaderMap,
+) -> Reply<RequeueReply> {
     core.authorize(ApiOp::OpsRequeue, api_key(&headers))?;
     Ok(Json(core.sweep().await?))
 }
 
 /// `POST /ops/reset`: deletes everything.
-pub async fn reset(State(core): State<Core>, headers: HeaderMap) -> Reply<Value> {
+pub(super) async fn reset(State(core): State<Core>, headers: HeaderMap) -> Reply<Value> {
     core.authorize(ApiOp::OpsReset, api_key(&headers))?;
     core.reset(ResetRequest { confirm: true }).await?;
     Ok(Json(json!({ "ok": true })))
 }
 
 /// `GET /metrics`: Prometheus text exposition.
-pub async fn metrics(State(core): State<Core>) -> Result<Response, HttpError> {
+pub(super) async fn metrics(State(core): State<Core>) -> Result<Response, HttpError> {
     let body = core.render_metrics().await?;
     Ok((
         [(
@@ -301,13 +307,13 @@ pub async fn metrics(State(core): State<Core>) -> Result<Response, HttpError> {
 }
 
 /// `GET /dashboard`: one self-contained page that polls `/dashboard/data`.
-pub async fn dashboard() -> Html<&'static str> {
+pub(super) async fn dashboard() -> Html<&'static str> {
     Html(include_str!("dashboard.html"))
 }
 
 /// Everything the dashboard shows, in one request.
 #[derive(Debug, Serialize)]
-pub struct DashboardData {
+pub(super) struct DashboardData {
     stats: StatsReply,
     workers: Vec<WorkerView>,
     leaderboard: Vec<LeaderboardEntry>,
@@ -316,7 +322,7 @@ pub struct DashboardData {
 }
 
 /// `GET /dashboard/data`.
-pub async fn dashboard_data(State(core): State<Core>) -> Reply<DashboardData> {
+pub(super) async fn dashboard_data(State(core): State<Core>) -> Reply<DashboardData> {
     let (stats, workers, leaderboard, mut recent) = tokio::try_join!(
         core.stats(),
         core.workers(),
@@ -337,7 +343,7 @@ pub async fn dashboard_data(State(core): State<Core>) -> Reply<DashboardData> {
 }
 
 /// `GET /openapi.json`.
-pub async fn openapi() -> Response {
+pub(super) async fn openapi() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
         include_str!("openapi.json"),
@@ -346,7 +352,7 @@ pub async fn openapi() -> Response {
 }
 
 /// Any other path: a JSON 404.
-pub async fn not_found(uri: axum::http::Uri) -> HttpError {
+pub(super) async fn not_found(uri: axum::http::Uri) -> HttpError {
     HttpError::new(
         StatusCode::NOT_FOUND,
         ErrorCode::NotFound,

@@ -23,7 +23,7 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// The gateway's routes over `core`.
-pub fn router(core: Core) -> Router {
+pub(crate) fn router(core: Core) -> Router {
     // Room for a text at the limit even with every character JSON-escaped, and for the longest
     // vector a submission may carry (at most 16 characters a number).
     let text = core.settings().max_text_bytes * 6;
@@ -58,7 +58,7 @@ pub fn router(core: Core) -> Router {
 ///
 /// # Errors
 /// I/O errors of the listener.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     core: Core,
     shutdown: CancellationToken,
@@ -90,7 +90,7 @@ async fn track(State(core): State<Core>, req: Request, next: Next) -> Response {
 
 /// An error reply: a status and the wire error.
 #[derive(Debug)]
-pub struct HttpError {
+pub(crate) struct HttpError {
     status: StatusCode,
     error: ApiError,
 }
@@ -154,7 +154,7 @@ impl IntoResponse for HttpError {
 
 /// A JSON body decoded with the project's errors: 413 over the size limit, 400 for bad JSON,
 /// 422 for JSON of the wrong shape.
-pub struct JsonBody<T>(pub T);
+pub(crate) struct JsonBody<T>(pub T);
 
 impl<S, T> FromRequest<S> for JsonBody<T>
 where

@@ -12,7 +12,7 @@ use rusqlite::{params, Connection};
 ///
 /// # Errors
 /// [`CoreError::Invalid`] for a mismatched worker id or out-of-bounds capabilities.
-pub fn run(
+pub(crate) fn run(
     conn: &Connection,
     ctx: &mut Ctx,
     subject_worker: &WorkerId,
@@ -77,7 +77,7 @@ pub(crate) fn renew(
 ///
 /// # Errors
 /// [`CoreError::Invalid`] for capabilities out of bounds.
-pub fn run_known(
+pub(crate) fn run_known(
     conn: &Connection,
     ctx: &mut Ctx,
     worker: &WorkerId,

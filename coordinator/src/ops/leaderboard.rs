@@ -9,7 +9,7 @@ use rusqlite::Connection;
 
 /// # Errors
 /// Store errors only.
-pub fn run(conn: &Connection) -> Result<LeaderboardReply, CoreError> {
+pub(crate) fn run(conn: &Connection) -> Result<LeaderboardReply, CoreError> {
     let entries = conn
         .prepare_cached(
             "SELECT w.id, COALESCE(ws.points, 0) AS points,
@@ -37,7 +37,7 @@ pub fn run(conn: &Connection) -> Result<LeaderboardReply, CoreError> {
 ///
 /// # Errors
 /// Store errors only.
-pub fn by_model(conn: &Connection) -> Result<ModelAgreementReply, CoreError> {
+pub(crate) fn by_model(conn: &Connection) -> Result<ModelAgreementReply, CoreError> {
     let models = conn
         .prepare_cached(
             "SELECT COALESCE(s.model, '-'), t.type, COUNT(*),

@@ -31,7 +31,7 @@ const OPEN_FOR_WORKER: &str =
                     WHERE s.task_id = task.id AND s.worker_id = ?1)";
 
 /// The timings workers must keep to.
-pub fn timings(ctx: &Ctx) -> Timings {
+pub(crate) fn timings(ctx: &Ctx) -> Timings {
     Timings {
         lease_seconds: (ctx.settings.lease_ms / 1000) as u64,
         heartbeat_ttl_seconds: (ctx.settings.heartbeat_ttl_ms / 1000) as u64,
@@ -40,7 +40,11 @@ pub fn timings(ctx: &Ctx) -> Timings {
 
 /// # Errors
 /// [`CoreError::Invalid`] for a request out of bounds; store errors otherwise.
-pub fn run(conn: &Connection, ctx: &mut Ctx, req: LeaseRequest) -> Result<LeaseReply, CoreError> {
+pub(crate) fn run(
+    conn: &Connection,
+    ctx: &mut Ctx,
+    req: LeaseRequest,
+) -> Result<LeaseReply, CoreError> {
     req.validate()?;
     let worker = &req.worker_id;
     touch_worker(
@@ -122,7 +126,7 @@ pub fn run(conn: &Connection, ctx: &mut Ctx, req: LeaseRequest) -> Result<LeaseR
 ///
 /// # Errors
 /// Store errors only.
-pub fn next_for(
+pub(crate) fn next_for(
     conn: &Connection,
     ctx: &mut Ctx,
     worker: &WorkerId,

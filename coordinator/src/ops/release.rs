@@ -11,7 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 ///
 /// # Errors
 /// Store errors only.
-pub fn run(
+pub(crate) fn run(
     conn: &Connection,
     ctx: &mut Ctx,
     req: ReleaseRequest,

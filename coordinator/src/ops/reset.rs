@@ -7,7 +7,7 @@ use rusqlite::Connection;
 
 /// # Errors
 /// [`CoreError::Invalid`] unless the request confirms.
-pub fn run(conn: &Connection, req: &ResetRequest) -> Result<(), CoreError> {
+pub(crate) fn run(conn: &Connection, req: &ResetRequest) -> Result<(), CoreError> {
     if !req.confirm {
         return Err(ProtocolError::invalid("confirm", "must be true to delete everything").into());
     }

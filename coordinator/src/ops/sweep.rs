@@ -9,7 +9,7 @@ use rusqlite::{params, Connection};
 
 /// # Errors
 /// Store errors only.
-pub fn run(conn: &Connection, ctx: &mut Ctx) -> Result<RequeueReply, CoreError> {
+pub(crate) fn run(conn: &Connection, ctx: &mut Ctx) -> Result<RequeueReply, CoreError> {
     let stale_before = ctx.now - ctx.settings.heartbeat_ttl_ms;
     let dead: Vec<(String, TaskId)> = conn
         .prepare_cached(

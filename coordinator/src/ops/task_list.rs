@@ -9,11 +9,11 @@ use protocol::ProtocolError;
 use rusqlite::{params, Connection};
 
 /// Rows returned when the request names no limit.
-pub const DEFAULT_LIMIT: u32 = 1000;
+pub(crate) const DEFAULT_LIMIT: u32 = 1000;
 
 /// # Errors
 /// [`CoreError::Invalid`] for a limit of 0 or over the maximum.
-pub fn run(conn: &Connection, req: &TaskListRequest) -> Result<TaskListReply, CoreError> {
+pub(crate) fn run(conn: &Connection, req: &TaskListRequest) -> Result<TaskListReply, CoreError> {
     let limit = req.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIST_LIMIT {
         return Err(ProtocolError::invalid(

@@ -13,7 +13,11 @@ use subtle::ConstantTimeEq;
 ///
 /// # Errors
 /// Store errors, or [`CoreError::Unauthorized`] if the system has no randomness to draw from.
-pub fn create(conn: &Connection, ctx: &mut Ctx, worker: &WorkerId) -> Result<String, CoreError> {
+pub(crate) fn create(
+    conn: &Connection,
+    ctx: &mut Ctx,
+    worker: &WorkerId,
+) -> Result<String, CoreError> {
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret)
         .map_err(|e| CoreError::Unauthorized(format!("no randomness for a token: {e}")))?;
@@ -31,7 +35,7 @@ pub fn create(conn: &Connection, ctx: &mut Ctx, worker: &WorkerId) -> Result<Str
 ///
 /// # Errors
 /// Store errors only.
-pub fn revoke(conn: &Connection, worker: &WorkerId) -> Result<bool, CoreError> {
+pub(crate) fn revoke(conn: &Connection, worker: &WorkerId) -> Result<bool, CoreError> {
     let n = conn
         .prepare_cached("DELETE FROM worker_token WHERE worker_id = ?1")?
         .execute([worker.as_str()])?;
@@ -43,7 +47,7 @@ pub fn revoke(conn: &Connection, worker: &WorkerId) -> Result<bool, CoreError> {
 ///
 /// # Errors
 /// Store errors only.
-pub fn verify(conn: &Connection, worker: &WorkerId, token: &str) -> Result<bool, CoreError> {
+pub(crate) fn verify(conn: &Connection, worker: &WorkerId, token: &str) -> Result<bool, CoreError> {
     let stored: Option<String> = conn
         .prepare_cached("SELECT hash FROM worker_token WHERE worker_id = ?1")?
         .query_row([worker.as_str()], |r| r.get(0))

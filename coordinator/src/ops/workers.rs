@@ -10,7 +10,11 @@ use rusqlite::Connection;
 
 /// # Errors
 /// Store errors only.
-pub fn run(conn: &Connection, now: i64, heartbeat_ttl_ms: i64) -> Result<WorkersReply, CoreError> {
+pub(crate) fn run(
+    conn: &Connection,
+    now: i64,
+    heartbeat_ttl_ms: i64,
+) -> Result<WorkersReply, CoreError> {
     let workers = conn
         .prepare_cached(
             "SELECT w.id, w.status, w.capabilities, w.model, w.last_seen, w.registered_at,

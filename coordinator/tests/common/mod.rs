@@ -11,7 +11,7 @@ use std::time::Duration;
 use test_support::{wait_for, NatsServer};
 use tokio_util::sync::CancellationToken;
 
-pub struct Running {
+pub(crate) struct Running {
     pub nats: NatsServer,
     pub dir: tempfile::TempDir,
     /// `http://127.0.0.1:PORT`, the gateway.
@@ -25,13 +25,13 @@ pub struct Running {
 impl Running {
     /// A fresh server, database and coordinator; `configure` adjusts the defaults (a sweep every
     /// 600 s, so tests sweep only when they mean to).
-    pub async fn start(configure: impl FnOnce(&mut Config)) -> Self {
+    pub(crate) async fn start(configure: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         Self::start_on(NatsServer::start(), dir, configure).await
     }
 
     /// A coordinator on an existing server and database, answering before this returns.
-    pub async fn start_on(
+    pub(crate) async fn start_on(
         nats: NatsServer,
         dir: tempfile::TempDir,
         configure: impl FnOnce(&mut Config),
@@ -73,18 +73,18 @@ impl Running {
         }
     }
 
-    pub fn db(&self) -> PathBuf {
+    pub(crate) fn db(&self) -> PathBuf {
         self.dir.path().join("coordinator.db")
     }
 
     /// Every row of the store, as text.
-    pub fn dump(&self) -> String {
+    pub(crate) fn dump(&self) -> String {
         let conn = rusqlite::Connection::open(self.db()).expect("open db");
         coordinator::store::dump(&conn).expect("dump")
     }
 
     /// Stops the coordinator cleanly; the server and the database stay.
-    pub async fn stop(self) -> (NatsServer, tempfile::TempDir) {
+    pub(crate) async fn stop(self) -> (NatsServer, tempfile::TempDir) {
         self.shutdown.cancel();
         self.task.await.expect("coordinator stopped");
         (self.nats, self.dir)
