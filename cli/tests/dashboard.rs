@@ -132,18 +132,19 @@ fn the_dashboard_shows_a_task_finalize_without_a_reload() {
         "const row = document.querySelector('[data-task=\"{task_id}\"]'); \
          return row ? [row.dataset.status, row.textContent] : null;"
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let row = loop {
-        let row = script(&probe);
-        if row[0] == "finalized" {
-            break row;
+    // Runs `probe` on the page until its first value is `want`; returns what it found.
+    let until = |probe: &str, want: &str, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = script(probe);
+            if found[0] == want {
+                return found;
+            }
+            assert!(Instant::now() < deadline, "the page never {what}: {found}");
+            std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(
-            Instant::now() < deadline,
-            "the page never showed the task finalized: {row}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
     };
+    let row = until(&probe, "finalized", "showed the task finalized");
     let text = row[1].as_str().expect("row text");
     assert!(
         text.contains("positive") && text.contains("alice"),
@@ -157,6 +158,36 @@ fn the_dashboard_shows_a_task_finalize_without_a_reload() {
     let finalized =
         script("return document.querySelector('[data-key=\"finalized\"] .n').textContent;");
     assert_eq!(finalized, "1");
+
+    // A zero-shot task none of the (lexicon) workers can do: starved, and the page says why.
+    let starved: Value = http
+        .post(format!("{}/tasks", c.http))
+        .json(
+            &json!({"text": "The striker scored twice", "type": "zero-shot",
+            "labels": ["sports", "politics"]}),
+        )
+        .send()
+        .expect("add task")
+        .json()
+        .expect("json");
+    let starved_id = starved["task_id"].as_str().expect("task id");
+    let probe = format!(
+        "const row = document.querySelector('[data-task=\"{starved_id}\"]'); \
+         const banner = document.querySelector('#alerts [data-starved=\"zero-shot\"]'); \
+         return row && banner ? [row.dataset.starved, row.textContent, banner.textContent] : null;"
+    );
+    let marked = until(&probe, "yes", "marked the task starved");
+    let row = marked[1].as_str().expect("row text");
+    assert!(
+        row.contains("starved")
+            && row.contains("needs 3 more distinct workers; 0 live can do zero-shot"),
+        "{row}"
+    );
+    let banner = marked[2].as_str().expect("banner text");
+    assert!(
+        banner.contains("1 zero-shot task is starved") && banner.contains("3 more needed"),
+        "{banner}"
+    );
 
     let png = driver.call(reqwest::Method::GET, &s("/screenshot"), None);
     let bytes = base64::engine::general_purpose::STANDARD

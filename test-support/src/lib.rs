@@ -180,21 +180,13 @@ pub async fn connect(url: &str) -> async_nats::Client {
 /// # Panics
 /// When they are not there, saying how to fetch them.
 pub fn minilm_dir() -> PathBuf {
-    let dir = std::env::var_os("AIMARKET_MINILM_DIR").map_or_else(
-        || {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../.cache/models/all-MiniLM-L6-v2"
-            ))
-        },
-        PathBuf::from,
-    );
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "all-MiniLM-L6-v2 missing at {}: run scripts/fetch-minilm.sh (make test does)",
-        dir.display()
-    );
-    dir
+    fetched(
+        "AIMARKET_MINILM_DIR",
+        "models/all-MiniLM-L6-v2",
+        "model.safetensors",
+        "all-MiniLM-L6-v2",
+        "fetch-minilm.sh",
+    )
 }
 
 /// Where the human-rated sentences of the VADER study are: `$AIMARKET_SENTENCES_DIR`, else where
@@ -204,18 +196,25 @@ pub fn minilm_dir() -> PathBuf {
 /// # Panics
 /// When they are not there, saying how to fetch them.
 pub fn sentences_dir() -> PathBuf {
-    let dir = std::env::var_os("AIMARKET_SENTENCES_DIR").map_or_else(
-        || {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../.cache/data/vader-icwsm2014"
-            ))
-        },
+    fetched(
+        "AIMARKET_SENTENCES_DIR",
+        "data/vader-icwsm2014",
+        "amazonReviewSnippets_GroundTruth.txt",
+        "the VADER ground truth",
+        "fetch-sentences.sh",
+    )
+}
+
+/// A folder that a script fetches from PyPI: `$var`, else `cached` under the repository's
+/// `.cache/`; it must hold `probe`.
+fn fetched(var: &str, cached: &str, probe: &str, what: &str, script: &str) -> PathBuf {
+    let dir = std::env::var_os(var).map_or_else(
+        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache")).join(cached),
         PathBuf::from,
     );
     assert!(
-        dir.join("amazonReviewSnippets_GroundTruth.txt").is_file(),
-        "the VADER ground truth is missing at {}: run scripts/fetch-sentences.sh (make test does)",
+        dir.join(probe).is_file(),
+        "{what} missing at {}: run scripts/{script} (make test does)",
         dir.display()
     );
     dir

@@ -55,111 +55,127 @@ fn timings() -> Timings {
     }
 }
 
+/// A scripted coordinator: the subjects a worker talks to, answered by the test.
+struct Script {
+    client: async_nats::Client,
+    heartbeats: async_nats::Subscriber,
+    leases: async_nats::Subscriber,
+    submits: async_nats::Subscriber,
+    releases: async_nats::Subscriber,
+}
+
+impl Script {
+    async fn start(nats: &NatsServer) -> Self {
+        let client = test_support::connect(&nats.url()).await;
+        let p = subject::DEFAULT_PREFIX;
+        let sub = |s: String| {
+            let client = client.clone();
+            async move { client.subscribe(s).await.expect("subscribe") }
+        };
+        Self {
+            heartbeats: sub(subject::heartbeat_all(p)).await,
+            leases: sub(subject::lease(p)).await,
+            submits: sub(subject::submit_all(p)).await,
+            releases: sub(subject::lease_release(p)).await,
+            client,
+        }
+    }
+
+    /// Answers a request with `body`.
+    async fn reply<T: serde::Serialize>(&self, request: async_nats::Message, body: &T) {
+        self.client
+            .publish(request.reply.expect("a request"), reply::ok(body).into())
+            .await
+            .expect("reply");
+    }
+
+    /// Takes the worker's registration (a heartbeat sent as a request) and answers it.
+    async fn register(&mut self) -> Heartbeat {
+        let hb = next(&mut self.heartbeats).await;
+        let body: Heartbeat = decode(&hb.payload).expect("heartbeat");
+        let answer = HeartbeatReply {
+            ts: chrono::Utc::now(),
+            renewed: 0,
+            timings: timings(),
+        };
+        self.reply(hb, &answer).await;
+        body
+    }
+
+    /// Takes the next lease request and grants `leases`.
+    async fn grant(&mut self, leases: Vec<Lease>) -> LeaseRequest {
+        let req = next(&mut self.leases).await;
+        let body: LeaseRequest = decode(&req.payload).expect("lease request");
+        let answer = LeaseReply {
+            leases,
+            timings: timings(),
+        };
+        self.reply(req, &answer).await;
+        body
+    }
+}
+
+/// An acknowledgement of a first submission.
+fn stored() -> SubmitReply {
+    SubmitReply {
+        accepted: true,
+        duplicate: false,
+        finalized: false,
+        final_label: None,
+    }
+}
+
+/// A lease on a new sentiment task.
+fn lease(lease_id: LeaseId, text: &str) -> Lease {
+    Lease {
+        lease_id,
+        task_id: TaskId::new(),
+        task_type: TaskType::sentiment(),
+        text: text.into(),
+        labels: None,
+        expires_at: chrono::Utc::now(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_a_lost_acknowledgement_and_says_goodbye() {
     let nats = NatsServer::start();
-    let client = test_support::connect(&nats.url()).await;
-    let p = subject::DEFAULT_PREFIX;
-    let mut heartbeats = client
-        .subscribe(subject::heartbeat_all(p))
-        .await
-        .expect("sub");
-    let mut leases = client.subscribe(subject::lease(p)).await.expect("sub");
-    let mut submits = client.subscribe(subject::submit_all(p)).await.expect("sub");
-    let mut releases = client
-        .subscribe(subject::lease_release(p))
-        .await
-        .expect("sub");
-
+    let mut script = Script::start(&nats).await;
     let mut config = WorkerConfig::new(WorkerId::new("w1").expect("id"), nats.url());
     config.request_timeout = Duration::from_millis(300);
     config.poll_interval = Duration::from_millis(100);
     let shutdown = CancellationToken::new();
     let worker = tokio::spawn(worker::run(config, Arc::new(FirstWord), shutdown.clone()));
 
-    // Registration: a heartbeat sent as a request.
-    let hb = next(&mut heartbeats).await;
-    let body: Heartbeat = decode(&hb.payload).expect("heartbeat");
-    assert_eq!(body.model.as_deref(), Some("test/first-word"));
-    client
-        .publish(
-            hb.reply.expect("registration is a request"),
-            reply::ok(&HeartbeatReply {
-                ts: chrono::Utc::now(),
-                renewed: 0,
-                timings: timings(),
-            })
-            .into(),
-        )
-        .await
-        .expect("reply");
+    let registration = script.register().await;
+    assert_eq!(registration.model.as_deref(), Some("test/first-word"));
 
     // One lease.
-    let task = TaskId::new();
-    let lease_id = LeaseId::new();
-    let req = next(&mut leases).await;
-    let lease_req: LeaseRequest = decode(&req.payload).expect("lease request");
+    let granted = lease(LeaseId::new(), "positive vibes");
+    let (task, lease_id) = (granted.task_id, granted.lease_id);
+    let lease_req = script.grant(vec![granted]).await;
     assert_eq!(lease_req.capabilities, vec![TaskType::sentiment()]);
-    client
-        .publish(
-            req.reply.expect("reply subject"),
-            reply::ok(&LeaseReply {
-                leases: vec![Lease {
-                    lease_id,
-                    task_id: task,
-                    task_type: TaskType::sentiment(),
-                    text: "positive vibes".into(),
-                    labels: None,
-                    expires_at: chrono::Utc::now(),
-                }],
-                timings: timings(),
-            })
-            .into(),
-        )
-        .await
-        .expect("reply");
 
     // The first submission's acknowledgement is "lost": no reply. The worker must send again.
-    let first = next(&mut submits).await;
-    assert_eq!(first.subject.as_str(), subject::submit(p, &task));
-    let second = next(&mut submits).await;
+    let first = next(&mut script.submits).await;
+    assert_eq!(
+        first.subject.as_str(),
+        subject::submit(subject::DEFAULT_PREFIX, &task)
+    );
+    let second = next(&mut script.submits).await;
     assert_eq!(first.payload, second.payload, "the resend differs");
     let sub: SubmitRequest = decode(&second.payload).expect("submit");
     assert_eq!((sub.lease_id, sub.label.as_str()), (lease_id, "positive"));
-    client
-        .publish(
-            second.reply.expect("reply subject"),
-            reply::ok(&SubmitReply {
-                accepted: true,
-                duplicate: false,
-                finalized: false,
-                final_label: None,
-            })
-            .into(),
-        )
-        .await
-        .expect("reply");
+    script.reply(second, &stored()).await;
 
     // Idle polling goes on (empty leases) until shutdown; then the goodbye.
-    let idle = next(&mut leases).await;
-    client
-        .publish(
-            idle.reply.expect("reply"),
-            reply::ok(&LeaseReply {
-                leases: vec![],
-                timings: timings(),
-            })
-            .into(),
-        )
-        .await
-        .expect("reply");
+    script.grant(vec![]).await;
     shutdown.cancel();
     let bye = loop {
         tokio::select! {
-            m = next(&mut releases) => break m,
-            m = next(&mut leases) => {
-                let r = reply::ok(&LeaseReply { leases: vec![], timings: timings() });
-                client.publish(m.reply.expect("reply"), r.into()).await.expect("reply");
+            m = next(&mut script.releases) => break m,
+            m = next(&mut script.leases) => {
+                script.reply(m, &LeaseReply { leases: vec![], timings: timings() }).await;
             }
         }
     };
@@ -168,13 +184,7 @@ async fn retries_a_lost_acknowledgement_and_says_goodbye() {
         release.offline && release.lease_ids.is_empty(),
         "{release:?}"
     );
-    client
-        .publish(
-            bye.reply.expect("reply"),
-            reply::ok(&ReleaseReply { released: 0 }).into(),
-        )
-        .await
-        .expect("reply");
+    script.reply(bye, &ReleaseReply { released: 0 }).await;
 
     let report = tokio::time::timeout(Duration::from_secs(10), worker)
         .await
@@ -231,19 +241,7 @@ async fn named(s: &mut async_nats::Subscriber) -> Vec<LeaseId> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_name_each_lease_from_its_grant_until_it_is_answered_or_released() {
     let nats = NatsServer::start();
-    let client = test_support::connect(&nats.url()).await;
-    let p = subject::DEFAULT_PREFIX;
-    let mut heartbeats = client
-        .subscribe(subject::heartbeat_all(p))
-        .await
-        .expect("sub");
-    let mut leases = client.subscribe(subject::lease(p)).await.expect("sub");
-    let mut submits = client.subscribe(subject::submit_all(p)).await.expect("sub");
-    let mut releases = client
-        .subscribe(subject::lease_release(p))
-        .await
-        .expect("sub");
-
+    let mut script = Script::start(&nats).await;
     let mut config = WorkerConfig::new(WorkerId::new("w2").expect("id"), nats.url());
     config.batch = 2;
     config.heartbeat_interval = Duration::from_millis(100);
@@ -252,50 +250,20 @@ async fn heartbeats_name_each_lease_from_its_grant_until_it_is_answered_or_relea
     let model = Arc::new(Gated(std::sync::Mutex::new(gated)));
     let shutdown = CancellationToken::new();
     let worker = tokio::spawn(worker::run(config, model, shutdown.clone()));
-
-    let hb = next(&mut heartbeats).await;
-    client
-        .publish(
-            hb.reply.expect("registration is a request"),
-            reply::ok(&HeartbeatReply {
-                ts: chrono::Utc::now(),
-                renewed: 0,
-                timings: timings(),
-            })
-            .into(),
-        )
-        .await
-        .expect("reply");
+    script.register().await;
 
     // Two leases in one batch: one will be answered, the model fails the other (released).
     let (answered, failed) = (LeaseId::new(), LeaseId::new());
-    let lease = |lease_id, text: &str| Lease {
-        lease_id,
-        task_id: TaskId::new(),
-        task_type: TaskType::sentiment(),
-        text: text.into(),
-        labels: None,
-        expires_at: chrono::Utc::now(),
-    };
-    let req = next(&mut leases).await;
-    client
-        .publish(
-            req.reply.expect("reply subject"),
-            reply::ok(&LeaseReply {
-                leases: vec![lease(answered, "answer me"), lease(failed, "fail me")],
-                timings: timings(),
-            })
-            .into(),
-        )
-        .await
-        .expect("reply");
+    script
+        .grant(vec![lease(answered, "answer me"), lease(failed, "fail me")])
+        .await;
 
     // While the model works, every heartbeat renews both leases. One sent before the grant was
     // seen may still name none; none after the first that names them may drop them.
     let mut both = vec![answered, failed];
     both.sort();
     let mut beats = 0;
-    while named(&mut heartbeats).await != both {
+    while named(&mut script.heartbeats).await != both {
         beats += 1;
         assert!(
             beats < 5,
@@ -304,7 +272,7 @@ async fn heartbeats_name_each_lease_from_its_grant_until_it_is_answered_or_relea
     }
     for _ in 0..3 {
         assert_eq!(
-            named(&mut heartbeats).await,
+            named(&mut script.heartbeats).await,
             both,
             "a held lease went unrenewed"
         );
@@ -312,34 +280,23 @@ async fn heartbeats_name_each_lease_from_its_grant_until_it_is_answered_or_relea
 
     // The answer is submitted first, then the failed lease released.
     gate.send(()).expect("open the gate");
-    let submit = next(&mut submits).await;
+    let submit = next(&mut script.submits).await;
     let sub: SubmitRequest = decode(&submit.payload).expect("submit");
     assert_eq!(sub.lease_id, answered);
-    client
-        .publish(
-            submit.reply.expect("reply"),
-            reply::ok(&SubmitReply {
-                accepted: true,
-                duplicate: false,
-                finalized: false,
-                final_label: None,
-            })
-            .into(),
-        )
-        .await
-        .expect("reply");
-
-    let release = next(&mut releases).await;
+    script.reply(submit, &stored()).await;
+    let release = next(&mut script.releases).await;
     let body: ReleaseRequest = decode(&release.payload).expect("release");
     assert_eq!((body.lease_ids, body.offline), (vec![failed], false));
-    client
-        .publish(
-            release.reply.expect("reply"),
-            reply::ok(&ReleaseReply { released: 1 }).into(),
-        )
-        .await
-        .expect("reply");
+    script.reply(release, &ReleaseReply { released: 1 }).await;
+
     // Once answered and released, they are no longer named (idle lease polls get nothing).
+    let Script {
+        client,
+        mut heartbeats,
+        mut leases,
+        mut releases,
+        ..
+    } = script;
     let idle = tokio::spawn({
         let client = client.clone();
         async move {

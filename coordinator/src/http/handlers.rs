@@ -84,7 +84,7 @@ pub(super) async fn list_tasks(
     Ok(Json(r.tasks))
 }
 
-/// `GET /tasks/{id}` -> `{"task", "submissions", "leases"}`; 404 for an unknown id.
+/// `GET /tasks/{id}` -> `{"task", "submissions", "leases", "starved"?}`; 404 for an unknown id.
 pub(super) async fn get_task(
     State(core): State<Core>,
     Path(id): Path<String>,
