@@ -833,7 +833,8 @@ pub struct StarvedType {
     pub tasks: u64,
     /// Live workers that can do this type.
     pub live_workers: u32,
-    /// How many more capable workers would let every one of them finish.
+    /// How many more capable workers would let every one of them finish: the largest
+    /// `required` among the type's open tasks, less `live_workers`.
     pub workers_short: u32,
 }
 

@@ -5,14 +5,15 @@
 //!
 //! A task of type `t` needing `required` answers is starved when
 //! `required - submissions > |live(t) \ voters|`. Since at most `submissions` of `live(t)` have
-//! voted, that implies `required > |live(t)|`: the queue is read only for the tasks that need
-//! more workers than are live (index `task_open_required`), never scanned whole.
+//! voted, that implies `required > |live(t)|`: the summary reads only the tasks that need more
+//! workers than are live (index `task_open_required`), and nothing at all for a type whose
+//! largest `required` its live workers cover.
 
 use super::{Json, TaskRow};
 use crate::error::CoreError;
 use protocol::messages::{Starvation, StarvedType};
 use protocol::{TaskType, WorkerId};
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The live workers (heartbeating within the TTL) able to do each task type.
@@ -104,46 +105,56 @@ pub(crate) fn of_task(
     )
 }
 
-/// The starved tasks, by type.
+/// The starved tasks of type `?1` when `?2` live workers, the JSON array `?3`, can do it: those
+/// that need more workers than are live, less those whose voters are gone enough to make up for it.
+const COUNT_STARVED: &str = "SELECT COUNT(*) FROM task t INDEXED BY task_open_required
+     WHERE t.status IN ('queued', 'assigned') AND t.type = ?1 AND t.required > ?2
+       AND (t.submissions = 0
+            OR t.required - t.submissions > ?2 - (
+                SELECT COUNT(*) FROM submission s
+                WHERE s.task_id = t.id AND s.worker_id IN (SELECT value FROM json_each(?3))))";
+
+/// The starved tasks, by type. Types whose largest `required` the live workers cover cost one
+/// index seek; for the others one SQL count runs over the tasks that need more workers than are
+/// live, reading a task's voters only when it has some.
 ///
 /// # Errors
 /// Store errors only.
 pub(crate) fn summary(conn: &Connection, live: &Live) -> Result<Vec<StarvedType>, CoreError> {
-    // The types of open tasks, one index seek each.
-    let types: Vec<TaskType> = conn
-        .prepare_cached(
-            "WITH RECURSIVE t(type) AS (
-                 SELECT MIN(type) FROM task WHERE status IN ('queued', 'assigned')
-                 UNION ALL
-                 SELECT (SELECT MIN(type) FROM task
-                         WHERE status IN ('queued', 'assigned') AND type > t.type)
-                 FROM t WHERE t.type IS NOT NULL)
-             SELECT type FROM t WHERE type IS NOT NULL",
-        )?
-        .query_map([], |r| super::parsed::<TaskType>(r, 0))?
-        .collect::<Result<_, _>>()?;
+    let mut next_type = conn.prepare_cached(
+        "SELECT type FROM task INDEXED BY task_open_required
+         WHERE status IN ('queued', 'assigned') AND type > ?1 ORDER BY type LIMIT 1",
+    )?;
+    let mut most_required = conn.prepare_cached(
+        "SELECT required FROM task INDEXED BY task_open_required
+         WHERE status IN ('queued', 'assigned') AND type = ?1 ORDER BY required DESC LIMIT 1",
+    )?;
+    let mut starved = conn.prepare_cached(COUNT_STARVED)?;
     let mut out = Vec::new();
-    for t in types {
+    let mut after = String::new();
+    while let Some(t) = next_type
+        .query_row([&after], |r| super::parsed::<TaskType>(r, 0))
+        .optional()?
+    {
+        after = t.as_str().to_owned();
         let live_workers = live.count(&t);
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, required, submissions FROM task
-             WHERE status IN ('queued', 'assigned') AND type = ?1 AND required > ?2",
-        )?;
-        let mut rows = stmt.query(params![t.as_str(), live_workers])?;
-        let (mut tasks, mut workers_short) = (0, 0);
-        while let Some(r) = rows.next()? {
-            let id: String = r.get(0)?;
-            if let Some(s) = live.check(conn, &id, &t, r.get(1)?, r.get(2)?)? {
-                tasks += 1;
-                workers_short = workers_short.max(s.short());
-            }
+        let required: u32 = most_required.query_row([t.as_str()], |r| r.get(0))?;
+        if required <= live_workers {
+            continue;
         }
+        let capable: Vec<&str> = live
+            .capable(&t)
+            .map(|w| w.iter().map(WorkerId::as_str).collect())
+            .unwrap_or_default();
+        let capable = serde_json::to_string(&capable).expect("worker ids serialize");
+        let tasks: u64 =
+            starved.query_row(params![t.as_str(), live_workers, capable], |r| r.get(0))?;
         if tasks > 0 {
             out.push(StarvedType {
                 task_type: t,
                 tasks,
                 live_workers,
-                workers_short,
+                workers_short: required - live_workers,
             });
         }
     }
@@ -265,23 +276,30 @@ mod tests {
                 capable: 1
             })
         );
+        assert_eq!(
+            summary_at(&conn, later),
+            vec![StarvedType {
+                task_type: TaskType::sentiment(),
+                tasks: 1,
+                live_workers: 2,
+                workers_short: 1
+            }]
+        );
         // a's answer counts even when a is gone: a fresh worker is enough.
         let much_later = later + settings().heartbeat_ttl_ms;
         register(&conn, much_later, "b", &[TaskType::sentiment()]);
         register(&conn, much_later, "d", &[TaskType::sentiment()]);
         assert_eq!(starved(&conn, much_later, &t), None);
+        assert!(summary_at(&conn, much_later).is_empty());
     }
 
     #[test]
     fn the_summary_reads_only_tasks_needing_more_workers_than_are_live() {
         let conn = store();
         let plan: String = conn
-            .prepare(
-                "EXPLAIN QUERY PLAN SELECT id, required, submissions FROM task
-                 WHERE status IN ('queued', 'assigned') AND type = ?1 AND required > ?2",
-            )
+            .prepare(&format!("EXPLAIN QUERY PLAN {COUNT_STARVED}"))
             .expect("explain")
-            .query_map(["sentiment", "3"], |r| r.get::<_, String>(3))
+            .query_map(params!["sentiment", 3, "[]"], |r| r.get::<_, String>(3))
             .expect("plan")
             .collect::<Result<Vec<_>, _>>()
             .expect("rows")
