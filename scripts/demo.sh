@@ -62,6 +62,11 @@ pids+=($!)
 "$bin" worker --id carole --model lexicon >"$dir/carole.log" 2>&1 &
 pids+=($!)
 echo "==> workers alice (auto), bob (${bob[1]}), carole (lexicon); logs in $dir/"
+# The tasks need three distinct workers: let them register first.
+for _ in $(seq 300); do
+    [ "$("$bin" --json stats | python3 -c 'import json, sys; print(json.load(sys.stdin)["workers_active"])')" = 3 ] && break
+    sleep 0.1
+done
 
 echo
 echo '$ aimarket task add "I absolutely love this product, it works perfectly!" --wait'

@@ -291,14 +291,24 @@ pub(crate) async fn wait(
     }
 }
 
-/// What a waiting client was last told of its starved tasks: it hears of each change once.
+/// The waited-on tasks that are starved, by type: how many, and the neediest.
+type StarvedByType = BTreeMap<TaskType, (usize, Starvation)>;
+
+/// What a waiting client was told of its starved tasks, and what the last poll saw. It hears of
+/// each change once, and only when two polls in a row agree: workers started together with the
+/// tasks have a poll's time to register before anyone is called short.
 #[derive(Default)]
-struct Starving(BTreeMap<TaskType, (usize, Starvation)>);
+struct Starving {
+    told: StarvedByType,
+    seen: StarvedByType,
+}
 
 impl Starving {
     /// Says which types of the waited-on tasks are starved (or no longer are), when that changed.
-    fn tell(&mut self, bar: &ProgressBar, now: BTreeMap<TaskType, (usize, Starvation)>) {
-        if now == self.0 {
+    fn tell(&mut self, bar: &ProgressBar, now: StarvedByType) {
+        let steady = now == self.seen;
+        self.seen = now.clone();
+        if !steady || now == self.told {
             return;
         }
         bar.suspend(|| {
@@ -321,11 +331,11 @@ impl Starving {
                     if s.short() == 1 { " is" } else { "s are" },
                 );
             }
-            for t in self.0.keys().filter(|t| !now.contains_key(*t)) {
+            for t in self.told.keys().filter(|t| !now.contains_key(*t)) {
                 eprintln!("waiting: {t} tasks are no longer starved");
             }
         });
-        self.0 = now;
+        self.told = now;
     }
 }
 
