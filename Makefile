@@ -47,8 +47,10 @@ test: setup
 	@scripts/setup.sh --browser
 	@scripts/fetch-minilm.sh >/dev/null
 	@scripts/fetch-sentences.sh >/dev/null
+	@scripts/fetch-smollm2.sh >/dev/null
 	NATS_SERVER_BIN="$$(scripts/setup.sh)" AIMARKET_MINILM_DIR="$$(scripts/fetch-minilm.sh)" \
-		AIMARKET_SENTENCES_DIR="$$(scripts/fetch-sentences.sh)" $(CARGO) test --workspace
+		AIMARKET_SENTENCES_DIR="$$(scripts/fetch-sentences.sh)" \
+		AIMARKET_SMOLLM2_DIR="$$(scripts/fetch-smollm2.sh)" $(CARGO) test --workspace
 
 ## The fault suite alone, with its figures: crashes of workers, coordinator and nats-server
 ## mid-run (also part of `make test`).

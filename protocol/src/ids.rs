@@ -167,6 +167,29 @@ impl TaskType {
     pub fn is_vector(&self) -> bool {
         self.0 == "embedding"
     }
+
+    /// Continue a prompt: the answer is generated text (token ids).
+    pub fn generate() -> Self {
+        Self("generate".to_owned())
+    }
+
+    /// Summarize a text: generated, through a versioned instruction template.
+    pub fn summarization() -> Self {
+        Self("summarization".to_owned())
+    }
+
+    /// Translate a text between two languages: generated, through a versioned template.
+    pub fn translation() -> Self {
+        Self("translation".to_owned())
+    }
+
+    /// Whether answers to this type are generated token sequences.
+    pub fn is_generative(&self) -> bool {
+        matches!(
+            self.0.as_str(),
+            "generate" | "summarization" | "translation"
+        )
+    }
 }
 
 impl Default for TaskType {

@@ -205,6 +205,21 @@ pub fn sentences_dir() -> PathBuf {
     )
 }
 
+/// Where the SmolLM2-135M-Instruct Q4_1 GGUF file is: `$AIMARKET_SMOLLM2_DIR`, else where
+/// `scripts/fetch-smollm2.sh` puts it (`.cache/models/smollm2`).
+///
+/// # Panics
+/// When it is not there, saying how to fetch it.
+pub fn smollm2_dir() -> PathBuf {
+    fetched(
+        "AIMARKET_SMOLLM2_DIR",
+        "models/smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct",
+        "fetch-smollm2.sh",
+    )
+}
+
 /// A folder that a script fetches from PyPI: `$var`, else `cached` under the repository's
 /// `.cache/`; it must hold `probe`.
 fn fetched(var: &str, cached: &str, probe: &str, what: &str, script: &str) -> PathBuf {

@@ -91,6 +91,19 @@ pub enum WorkerError {
         /// What it can do.
         can: String,
     },
+    /// The model answers with generated text, which the coordinator cannot take yet.
+    #[error(
+        "model {model} does {task_type} tasks, which workers cannot serve yet: run it with \
+         `aimarket infer --model {model_name} --type {task_type}`"
+    )]
+    Generative {
+        /// The model.
+        model: String,
+        /// Its name for `--model`.
+        model_name: String,
+        /// A generative type it does.
+        task_type: TaskType,
+    },
     /// The coordinator refused this worker for good (bad id or capabilities).
     #[error("the coordinator refused this worker: {0}")]
     Refused(#[source] ApiError),
@@ -159,6 +172,13 @@ pub async fn run(
 
 fn capabilities(config: &WorkerConfig, model: &dyn Model) -> Result<Vec<TaskType>, WorkerError> {
     let can = model.capabilities();
+    if let Some(t) = can.iter().find(|t| t.is_generative()) {
+        return Err(WorkerError::Generative {
+            model: model.id().to_owned(),
+            model_name: model.id().split('/').next().unwrap_or_default().to_owned(),
+            task_type: t.clone(),
+        });
+    }
     if config.capabilities.is_empty() {
         return Ok(can);
     }
@@ -358,6 +378,7 @@ impl Worker {
                 task_type: l.task_type.clone(),
                 text: l.text.clone(),
                 labels: l.labels.clone(),
+                max_new_tokens: None,
             })
             .collect();
         let model = self.model.clone();

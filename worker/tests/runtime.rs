@@ -35,6 +35,7 @@ impl Model for FirstWord {
                     embedding: None,
                     confidence: 1.0,
                     scores: Vec::new(),
+                    generation: None,
                 })
             })
             .collect()
@@ -223,6 +224,7 @@ impl Model for Gated {
                     embedding: None,
                     confidence: 1.0,
                     scores: Vec::new(),
+                    generation: None,
                 })
             })
             .collect()

@@ -14,7 +14,7 @@ use worker::model::{Input, Model};
 /// Which model, from where.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ModelArgs {
-    /// The model: auto, lexicon, distilbert-sst2 or minilm.
+    /// The model: auto, lexicon, distilbert-sst2, minilm or smollm2.
     #[arg(long, default_value = "lexicon")]
     model: String,
     /// Folder with the model's weights in Hugging Face layout (default: the Hugging Face cache,
@@ -38,12 +38,15 @@ impl ModelArgs {
 pub(crate) struct InferArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Task type: sentiment, zero-shot (with --labels) or embedding.
+    /// Task type: sentiment, zero-shot (with --labels), embedding, generate or summarization.
     #[arg(long = "type", default_value = "sentiment")]
     task_type: TaskType,
     /// Candidate labels of a zero-shot task, comma-separated (implies --type zero-shot).
     #[arg(long, value_delimiter = ',')]
     labels: Option<Vec<String>>,
+    /// Most tokens a generative model may produce (default: the model's, 128 for smollm2).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=512))]
+    max_new_tokens: Option<u32>,
     /// Texts to run the model on.
     #[arg(required = true)]
     texts: Vec<String>,
@@ -59,7 +62,38 @@ struct Inferred {
     scores: Vec<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     embedding: Option<Vec<f32>>,
+    /// A generative model's answer.
+    #[serde(skip_serializing_if = "Option::is_none", flatten)]
+    generation: Option<Generated>,
     error: Option<String>,
+}
+
+/// What `infer --json` shows of a generation, so anyone can check a worker's answer by hand.
+#[derive(Debug, Serialize)]
+struct Generated {
+    prompt_token_ids: Vec<u32>,
+    token_ids: Vec<u32>,
+    generated_text: String,
+    logprobs: Vec<f32>,
+    truncated: bool,
+    /// `stop_token` or `length`.
+    stop: &'static str,
+}
+
+impl From<worker::model::Generation> for Generated {
+    fn from(g: worker::model::Generation) -> Self {
+        Self {
+            prompt_token_ids: g.prompt_token_ids,
+            token_ids: g.token_ids,
+            generated_text: g.text,
+            logprobs: g.logprobs,
+            truncated: g.truncated,
+            stop: match g.stop {
+                worker::model::Stop::StopToken => "stop_token",
+                worker::model::Stop::Length => "length",
+            },
+        }
+    }
 }
 
 /// Runs a model on texts and prints label, confidence and raw scores.
@@ -74,6 +108,7 @@ pub(crate) async fn infer(ctx: &Ctx, args: InferArgs) -> anyhow::Result<()> {
         .iter()
         .map(|t| Input {
             labels: args.labels.clone(),
+            max_new_tokens: args.max_new_tokens,
             ..Input::new(task_type.clone(), t.clone())
         })
         .collect();
@@ -93,6 +128,7 @@ pub(crate) async fn infer(ctx: &Ctx, args: InferArgs) -> anyhow::Result<()> {
                 confidence: Some(p.confidence),
                 scores: p.scores,
                 embedding: p.embedding,
+                generation: p.generation.map(Generated::from),
                 error: None,
             },
             Err(e) => Inferred {
@@ -102,6 +138,7 @@ pub(crate) async fn infer(ctx: &Ctx, args: InferArgs) -> anyhow::Result<()> {
                 confidence: None,
                 scores: Vec::new(),
                 embedding: None,
+                generation: None,
                 error: Some(e.to_string()),
             },
         })
@@ -110,6 +147,30 @@ pub(crate) async fn infer(ctx: &Ctx, args: InferArgs) -> anyhow::Result<()> {
         return output::json(&rows);
     }
     eprintln!("model {}", model.id());
+    if task_type.is_generative() {
+        for r in &rows {
+            match (&r.generation, &r.error) {
+                (Some(g), _) => println!(
+                    "{}\n  -> {} ({} tokens, {}{})",
+                    output::clip(&r.text, 200),
+                    g.generated_text.trim(),
+                    g.token_ids.len(),
+                    g.stop,
+                    if g.truncated {
+                        ", source cut to fit"
+                    } else {
+                        ""
+                    }
+                ),
+                (None, error) => println!(
+                    "{}\n  -> error: {}",
+                    output::clip(&r.text, 200),
+                    error.as_deref().unwrap_or("no answer")
+                ),
+            }
+        }
+        return Ok(());
+    }
     let mut t = output::table(["text", "label", "confidence", "scores"]);
     for r in &rows {
         let scores = match &r.embedding {

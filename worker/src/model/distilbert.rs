@@ -237,6 +237,7 @@ impl Model for Sst2 {
                     embedding: None,
                     confidence: p,
                     scores: logits,
+                    generation: None,
                 })
             },
         )

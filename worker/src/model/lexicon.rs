@@ -49,6 +49,7 @@ pub fn classify(compound: f64) -> Prediction {
         embedding: None,
         confidence: (0.5 + compound.abs() / 2.0).clamp(0.5, 1.0),
         scores: vec![compound as f32],
+        generation: None,
     }
 }
 

@@ -310,6 +310,7 @@ impl MiniLm {
                 embedding: Some(e),
                 confidence: 1.0,
                 scores: Vec::new(),
+                generation: None,
             });
         }
         let (labels, candidates): (Vec<&str>, Cow<'_, [Vec<f32>]>) = if *t == TaskType::zero_shot()
@@ -337,6 +338,7 @@ impl MiniLm {
             embedding: None,
             confidence: probs[best],
             scores: probs.iter().map(|p| *p as f32).collect(),
+            generation: None,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Models behind one trait. A model says which task types it can do and answers a batch of
 //! inputs at once; the runtime calls it on a blocking thread, never on the async runtime.
 
+pub mod chat;
 pub mod distilbert;
 pub mod hub;
 pub mod lexicon;
@@ -18,6 +19,8 @@ pub struct Input {
     pub text: String,
     /// The candidate labels of a `zero-shot` task.
     pub labels: Option<Vec<String>>,
+    /// Most tokens a generative task may produce (a model's default when absent).
+    pub max_new_tokens: Option<u32>,
 }
 
 impl Input {
@@ -27,6 +30,7 @@ impl Input {
             task_type,
             text: text.into(),
             labels: None,
+            max_new_tokens: None,
         }
     }
 }
@@ -44,6 +48,36 @@ pub struct Prediction {
     /// embedding, whose vector is the answer itself. A classifier's
     /// logits, the lexicon's compound score.
     pub scores: Vec<f32>,
+    /// The generated answer of a generative task.
+    pub generation: Option<Generation>,
+}
+
+/// A generated answer. The token ids are the answer (honest workers on the same model, template
+/// and decoding produce the same ones); the text and log-probabilities are for people and for
+/// checking.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// The prompt as the model saw it, after the template (and any truncation).
+    pub prompt_token_ids: Vec<u32>,
+    /// The generated tokens, the stop token included when generation stopped on one.
+    pub token_ids: Vec<u32>,
+    /// Their text, special tokens left out.
+    pub text: String,
+    /// The natural-log probability of each generated token under the model.
+    pub logprobs: Vec<f32>,
+    /// Whether the source was cut to fit the context (the same cut on every honest worker).
+    pub truncated: bool,
+    /// Why generation ended.
+    pub stop: Stop,
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The model produced a stop token.
+    StopToken,
+    /// It reached `max_new_tokens`.
+    Length,
 }
 
 /// Why a model could not answer one input.
@@ -109,7 +143,7 @@ impl Model for Delayed {
 }
 
 /// The models `--model` accepts.
-pub const KNOWN: &[&str] = &["auto", "lexicon", "distilbert-sst2", "minilm"];
+pub const KNOWN: &[&str] = &["auto", "lexicon", "distilbert-sst2", "minilm", "smollm2"];
 
 /// The transformer `auto` prefers: the original's model.
 pub const AUTO_PREFERS: &str = "distilbert-sst2";
@@ -154,6 +188,9 @@ pub fn load(name: &str, dir: Option<&std::path::Path>) -> Result<Box<dyn Model>,
                 Box::new(distilbert::Sst2::load(&dir)?)
             })
         }
+        chat::NAME => Ok(Box::new(chat::ChatModel::load(
+            dir.ok_or(chat::ChatLoadError::NoDir)?,
+        )?)),
         other => Err(LoadModelError::Unknown(other.to_owned())),
     }
 }
@@ -170,4 +207,7 @@ pub enum LoadModelError {
     /// The weights folder is incomplete or unreadable.
     #[error(transparent)]
     Folder(#[from] transformer::LoadError),
+    /// A GGUF chat model could not be loaded.
+    #[error(transparent)]
+    Chat(#[from] chat::ChatLoadError),
 }

