@@ -119,14 +119,18 @@ fn the_dashboard_shows_a_task_finalize_without_a_reload() {
     script("window.__sameDocument = 'yes'; return true;");
 
     let http = reqwest::blocking::Client::new();
-    let task: Value = http
-        .post(format!("{}/tasks", c.http))
-        .json(&json!({"text": "The dashboard is lovely and fast!"}))
-        .send()
-        .expect("add task")
-        .json()
-        .expect("json");
-    let task_id = task["task_id"].as_str().expect("task id");
+    // POST /tasks; the new task's id.
+    let add = |task: Value| -> String {
+        let r: Value = http
+            .post(format!("{}/tasks", c.http))
+            .json(&task)
+            .send()
+            .expect("add task")
+            .json()
+            .expect("json");
+        r["task_id"].as_str().expect("task id").to_owned()
+    };
+    let task_id = add(json!({"text": "The dashboard is lovely and fast!"}));
 
     let probe = format!(
         "const row = document.querySelector('[data-task=\"{task_id}\"]'); \
@@ -160,17 +164,10 @@ fn the_dashboard_shows_a_task_finalize_without_a_reload() {
     assert_eq!(finalized, "1");
 
     // A zero-shot task none of the (lexicon) workers can do: starved, and the page says why.
-    let starved: Value = http
-        .post(format!("{}/tasks", c.http))
-        .json(
-            &json!({"text": "The striker scored twice", "type": "zero-shot",
-            "labels": ["sports", "politics"]}),
-        )
-        .send()
-        .expect("add task")
-        .json()
-        .expect("json");
-    let starved_id = starved["task_id"].as_str().expect("task id");
+    let starved_id = add(
+        json!({"text": "The striker scored twice", "type": "zero-shot",
+        "labels": ["sports", "politics"]}),
+    );
     let probe = format!(
         "const row = document.querySelector('[data-task=\"{starved_id}\"]'); \
          const banner = document.querySelector('#alerts [data-starved=\"zero-shot\"]'); \
