@@ -22,7 +22,8 @@ fn the_prompt_is_the_files_chat_template_with_its_system_prompt() {
          Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n\
          <|im_start|>assistant\n"
     );
-    // Special tokens parsed: control tokens whole, no BOS; digits one by one.
+    // The ids llama.cpp (llama-cpp-python 0.3.36) gives the same text with special tokens
+    // parsed (scripts/compare-llama-cpp.sh): control tokens whole, no BOS; digits one by one.
     let (ids, truncated) = model().prepare(&input).expect("ids");
     assert!(!truncated);
     assert_eq!(

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Compares aimarket's smollm2 with llama.cpp (PyPI llama-cpp-python, compiled into a venv under
+# .cache on first use, ~10 minutes on 2 cores) on the same GGUF file: the templated prompt's ids
+# and the greedy ids of each prompt, 2 threads. Where the greedy ids part, it prints the step and
+# llama.cpp's top-1/top-2 margin there (a near-tie, where two correct builds of llama.cpp also
+# part). Not part of make test.
+#   scripts/compare-llama-cpp.sh [MAX_NEW_TOKENS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+max="${1:-48}"
+venv=.cache/venv-llama-cpp
+if ! "$venv/bin/python" -c 'import llama_cpp' 2>/dev/null; then
+    echo "compare-llama-cpp: building llama-cpp-python 0.3.36 into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet llama-cpp-python==0.3.36 numpy >&2
+fi
+bin="${AIMARKET_BIN:-$(scripts/target-dir.sh)/debug/aimarket}"
+dir="$(scripts/fetch-smollm2.sh)"
+prompts=(
+    "What is the capital of France?"
+    "Write one sentence about the sea."
+    "List three fruits."
+    "Explain in two sentences why the sky is blue."
+    "Translate to French: The cat sleeps on the warm windowsill."
+    "What is 12 plus 30?"
+    "Give a short title for a story about a lost dog who finds his way home."
+    "Summarize: The city council voted on Tuesday to expand the bus network, adding four routes."
+)
+ours="$(mktemp)"
+trap 'rm -f "$ours"' EXIT
+OMP_NUM_THREADS=2 RAYON_NUM_THREADS=2 "$bin" --json infer --model smollm2 --model-dir "$dir" \
+    --type generate --max-new-tokens "$max" "${prompts[@]}" >"$ours"
+"$venv/bin/python" - "$dir/SmolLM2-135M-Instruct.Q4_1.gguf" "$ours" "$max" <<'PY'
+import json, sys
+import numpy as np
+from llama_cpp import Llama
+
+path, ours_file, max_new = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ours = json.load(open(ours_file))
+llm = Llama(model_path=path, n_ctx=4096, n_threads=2, logits_all=True, verbose=False)
+eos = llm.token_eos()
+same_prompt = same_ids = 0
+print("| prompt | prompt ids | greedy ids | parted at step | llama.cpp top-2 margin there |")
+print("|---|---|---|---|---|")
+for row in ours:
+    prompt_ids = row["prompt_token_ids"]
+    # The same templated text, tokenized by llama.cpp with special tokens parsed.
+    rendered = llm.detokenize(prompt_ids, special=True).decode()
+    theirs_prompt = llm.tokenize(rendered.encode(), add_bos=False, special=True)
+    llm.reset()
+    llm.eval(theirs_prompt)
+    ids, margins = [], []
+    for _ in range(max_new):
+        logits = np.array(llm.scores[llm.n_tokens - 1])
+        top = np.argsort(-logits)[:2]
+        ids.append(int(top[0]))
+        margins.append(float(logits[top[0]] - logits[top[1]]))
+        if ids[-1] == eos:
+            break
+        llm.eval([ids[-1]])
+    p_ok = theirs_prompt == prompt_ids
+    parted = next((i for i, (a, b) in enumerate(zip(ids, row["token_ids"])) if a != b), None)
+    if parted is None and len(ids) != len(row["token_ids"]):
+        parted = min(len(ids), len(row["token_ids"]))
+    same_prompt += p_ok
+    same_ids += parted is None
+    where = "-" if parted is None else str(parted)
+    margin = "-" if parted is None or parted >= len(margins) else f"{margins[parted]:.3f}"
+    print(f"| {row['text'][:40]} | {'same' if p_ok else 'differ'} | "
+          f"{'same' if parted is None else 'differ'} ({len(row['token_ids'])} tokens) | {where} | {margin} |")
+print(f"\n{same_prompt}/{len(ours)} prompts tokenized alike, {same_ids}/{len(ours)} greedy answers identical")
+PY
