@@ -80,6 +80,22 @@ fn greedy_generation_repeats_bit_for_bit() {
         Stop::StopToken => assert_eq!(g.token_ids.last(), Some(&2)),
     }
     assert!(!g.text.is_empty());
+    // Inside a batch, the same answer.
+    let batch = [
+        Input {
+            max_new_tokens: Some(3),
+            ..Input::new(TaskType::generate(), "Say hi.")
+        },
+        input,
+    ];
+    let in_batch = model().predict(&batch)[1]
+        .as_ref()
+        .expect("generated")
+        .generation
+        .clone()
+        .expect("a generation");
+    assert_eq!(in_batch.token_ids, g.token_ids);
+    assert_eq!(bits(&in_batch.logprobs), bits(&g.logprobs));
 }
 
 #[test]
