@@ -153,7 +153,8 @@ pub const AUTO_PREFERS: &str = "distilbert-sst2";
 /// from the Hugging Face cache, downloading them there first unless `HF_HUB_OFFLINE` is set.
 ///
 /// `auto` is [`AUTO_PREFERS`] when its weights are in `dir`, cached or downloadable, else the
-/// lexicon; it logs which one it chose and why.
+/// lexicon; it logs which one it chose and why. `smollm2` needs `dir`: the folder holding its
+/// GGUF file (or the file).
 ///
 /// Blocking: it may download. Call it off the async runtime.
 ///
