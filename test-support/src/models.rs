@@ -133,7 +133,8 @@ pub fn write_wordpiece_tokenizer(dir: &Path, vocab: &[&str]) -> PathBuf {
         .build()
         .expect("wordpiece");
     let mut tok = tokenizers::Tokenizer::new(wp);
-    tok.with_normalizer(Some(BertNormalizer::default()));
+    tok.with_normalizer(Some(BertNormalizer::default()))
+        .expect("a BERT normalizer");
     tok.with_pre_tokenizer(Some(BertPreTokenizer));
     tok.with_post_processor(Some(
         TemplateProcessing::builder()

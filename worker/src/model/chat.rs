@@ -417,7 +417,7 @@ fn tokenizer(content: &gguf_file::Content, tokens: &[String]) -> Result<Tokenize
         .filter(|(t, _)| matches!(t, 3 | 4))
         .map(|(_, text)| AddedToken::from(text.clone(), true))
         .collect();
-    tok.add_special_tokens(&special);
+    tok.add_special_tokens(special)?;
     Ok(tok)
 }
 

@@ -132,7 +132,7 @@ fn bert_wordpiece(vocab: &Path) -> tokenizers::Result<Tokenizer> {
     };
     let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
     let mut tok = Tokenizer::new(wp);
-    tok.with_normalizer(Some(BertNormalizer::default()));
+    tok.with_normalizer(Some(BertNormalizer::default()))?;
     tok.with_pre_tokenizer(Some(BertPreTokenizer));
     tok.with_post_processor(Some(
         TemplateProcessing::builder()
