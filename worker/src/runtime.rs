@@ -379,6 +379,7 @@ impl Worker {
                 text: l.text.clone(),
                 labels: l.labels.clone(),
                 max_new_tokens: None,
+                languages: None,
             })
             .collect();
         let model = self.model.clone();

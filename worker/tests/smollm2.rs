@@ -54,6 +54,33 @@ fn summarization_wraps_the_text_in_a_versioned_instruction() {
 }
 
 #[test]
+fn translation_names_both_languages_and_refuses_those_it_does_not_take() {
+    let translate = |from: &str, to: &str| {
+        model().prompt(&Input {
+            languages: Some((from.to_owned(), to.to_owned())),
+            ..Input::new(TaskType::translation(), "The cat sleeps.")
+        })
+    };
+    let prompt = translate("en", "fr").expect("en -> fr");
+    assert!(
+        prompt.contains(
+            "<|im_start|>user\nTranslate the following text from English to French. Answer \
+             with the translation only.\n\nThe cat sleeps.<|im_end|>"
+        ),
+        "{prompt}"
+    );
+    for (from, to, why) in [("en", "xx", "not one it translates"), ("fr", "fr", "both")] {
+        let err = translate(from, to).expect_err("refused").to_string();
+        assert!(err.contains(why), "{from} -> {to}: {err}");
+    }
+    let bare = model().prompt(&Input::new(TaskType::translation(), "x"));
+    assert!(bare
+        .expect_err("no languages")
+        .to_string()
+        .contains("source and target"));
+}
+
+#[test]
 fn greedy_generation_repeats_bit_for_bit() {
     let input = Input {
         max_new_tokens: Some(6),

@@ -38,7 +38,8 @@ impl ModelArgs {
 pub(crate) struct InferArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Task type: sentiment, zero-shot (with --labels), embedding, generate or summarization.
+    /// Task type: sentiment, zero-shot (with --labels), embedding, generate, summarization or
+    /// translation (with --source-lang and --target-lang).
     #[arg(long = "type", default_value = "sentiment")]
     task_type: TaskType,
     /// Candidate labels of a zero-shot task, comma-separated (implies --type zero-shot).
@@ -47,6 +48,12 @@ pub(crate) struct InferArgs {
     /// Most tokens a generative model may produce (default: the model's, 128 for smollm2).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=512))]
     max_new_tokens: Option<u32>,
+    /// A translation's source language (ISO 639-1: en, fr, de, es, it, pt).
+    #[arg(long, requires = "target_lang")]
+    source_lang: Option<String>,
+    /// A translation's target language.
+    #[arg(long, requires = "source_lang")]
+    target_lang: Option<String>,
     /// Texts to run the model on.
     #[arg(required = true)]
     texts: Vec<String>,
@@ -109,6 +116,7 @@ pub(crate) async fn infer(ctx: &Ctx, args: InferArgs) -> anyhow::Result<()> {
         .map(|t| Input {
             labels: args.labels.clone(),
             max_new_tokens: args.max_new_tokens,
+            languages: args.source_lang.clone().zip(args.target_lang.clone()),
             ..Input::new(task_type.clone(), t.clone())
         })
         .collect();

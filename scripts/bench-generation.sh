@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Tokens/s of smollm2 (aimarket, release build) and of llama.cpp (llama-cpp-python 0.3.36, built
+# into a venv under .cache by scripts/compare-llama-cpp.sh's recipe on first use) on the same
+# SmolLM2-135M-Instruct Q4_1 GGUF file and the same prompt, at 1 and 2 threads, prompt
+# processing and generation separately; medians of three runs each. make bench runs it.
+#   scripts/bench-generation.sh [NEW_TOKENS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n="${1:-64}"
+dir="$(scripts/fetch-smollm2.sh)"
+venv=.cache/venv-llama-cpp
+if ! "$venv/bin/python" -c 'import llama_cpp' 2>/dev/null; then
+    echo "bench-generation: building llama-cpp-python 0.3.36 into $venv (~10 minutes)" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet llama-cpp-python==0.3.36 numpy >&2
+fi
+"${CARGO:-cargo}" build --quiet --release -p worker --example generation_throughput
+example="$(scripts/target-dir.sh)/release/examples/generation_throughput"
+echo "| engine | threads | prompt tokens/s | generation tokens/s |"
+echo "|---|---|---|---|"
+for t in 1 2; do
+    RAYON_NUM_THREADS=$t "$example" "$dir" "$n" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+print(f"| aimarket smollm2 | {r[\"threads\"]} | {r[\"prompt_tokens_per_sec\"]:.0f} ({r[\"prompt_tokens\"]} tokens) | {r[\"generation_tokens_per_sec\"]:.1f} |")'
+    "$venv/bin/python" - "$dir/SmolLM2-135M-Instruct.Q4_1.gguf" "$t" "$n" <<'PY'
+import statistics, sys, time
+from llama_cpp import Llama
+path, threads, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+llm = Llama(model_path=path, n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False)
+note = ("Read the following note and explain in a few sentences what the writer wants, then "
+        "suggest a reply. The note: the team meeting moves from Monday to Tuesday at ten, in the "
+        "small room on the second floor, because the large room is being painted; please bring "
+        "the figures for the third quarter and the list of open questions from last week.")
+prompt = llm.tokenize(("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained "
+    "by Hugging Face<|im_end|>\n<|im_start|>user\n" + note + "<|im_end|>\n<|im_start|>assistant\n"
+    ).encode(), add_bos=False, special=True)
+pp, tg = [], []
+for _ in range(3):
+    llm.reset()
+    t = time.perf_counter(); llm.eval(prompt); pp.append(len(prompt) / (time.perf_counter() - t))
+    t = time.perf_counter()
+    for _ in range(n - 1):
+        llm.eval([prompt[-1]])
+    tg.append((n - 1) / (time.perf_counter() - t))
+print(f"| llama.cpp | {threads} | {statistics.median(pp):.0f} ({len(prompt)} tokens) | {statistics.median(tg):.1f} |")
+PY
+done

@@ -1,0 +1,59 @@
+//! Tokens per second of `smollm2` on this CPU: prompt processing and generation separately,
+//! greedy, over a fixed chat prompt. Thread counts are fixed per process: run it with
+//! `RAYON_NUM_THREADS=1` and `=2` (`scripts/bench-generation.sh` does, beside llama.cpp on the
+//! same GGUF file).
+//!
+//! `cargo run --release -p worker --example generation_throughput -- SMOLLM2_DIR [NEW_TOKENS]`
+//! prints one JSON line: `{"threads", "prompt_tokens", "prompt_tokens_per_sec",
+//! "new_tokens", "generation_tokens_per_sec"}`, medians of three runs.
+
+use protocol::TaskType;
+use std::path::PathBuf;
+use std::time::Instant;
+use worker::model::chat::ChatModel;
+use worker::model::Input;
+
+/// The prompt: long enough that prompt processing is measured over ~100 tokens.
+const PROMPT: &str = "Read the following note and explain in a few sentences what the writer \
+    wants, then suggest a reply. The note: the team meeting moves from Monday to Tuesday at ten, \
+    in the small room on the second floor, because the large room is being painted; please bring \
+    the figures for the third quarter and the list of open questions from last week.";
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let dir = PathBuf::from(
+        args.next()
+            .expect("usage: generation_throughput SMOLLM2_DIR [N]"),
+    );
+    let new_tokens: u32 = args
+        .next()
+        .map_or(64, |n| n.parse().expect("a token count"));
+    let model = ChatModel::load(&dir).expect("smollm2 loads");
+    let input = Input::new(TaskType::generate(), PROMPT);
+    let (prompt, _) = model.prepare(&input).expect("prompt");
+    let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let started = Instant::now();
+        model.generate(&prompt, 1).expect("one token");
+        let first = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        // Generation may stop early on the stop token: count what it made.
+        let (ids, _, _) = model.generate(&prompt, new_tokens).expect("generation");
+        let all = started.elapsed().as_secs_f64();
+        pp.push(prompt.len() as f64 / first);
+        tg.push((ids.len() as f64 - 1.0) / (all - first).max(1e-9));
+    }
+    println!(
+        "{{\"threads\": {}, \"prompt_tokens\": {}, \"prompt_tokens_per_sec\": {:.1}, \
+         \"new_tokens\": {new_tokens}, \"generation_tokens_per_sec\": {:.1}}}",
+        candle_core::utils::get_num_threads(),
+        prompt.len(),
+        median(pp),
+        median(tg)
+    );
+}
