@@ -19,10 +19,13 @@ example="$(scripts/target-dir.sh)/release/examples/generation_throughput"
 echo "| engine | threads | prompt tokens/s | generation tokens/s |"
 echo "|---|---|---|---|"
 for t in 1 2; do
-    RAYON_NUM_THREADS=$t "$example" "$dir" "$n" | python3 -c '
+    ours="$(RAYON_NUM_THREADS=$t "$example" "$dir" "$n")"
+    python3 - "$ours" <<'PY'
 import json, sys
-r = json.load(sys.stdin)
-print(f"| aimarket smollm2 | {r[\"threads\"]} | {r[\"prompt_tokens_per_sec\"]:.0f} ({r[\"prompt_tokens\"]} tokens) | {r[\"generation_tokens_per_sec\"]:.1f} |")'
+r = json.loads(sys.argv[1])
+pp, tg = r["prompt_tokens_per_sec"], r["generation_tokens_per_sec"]
+print(f"| aimarket smollm2 | {r['threads']} | {pp:.0f} ({r['prompt_tokens']} tokens) | {tg:.1f} |")
+PY
     "$venv/bin/python" - "$dir/SmolLM2-135M-Instruct.Q4_1.gguf" "$t" "$n" <<'PY'
 import statistics, sys, time
 from llama_cpp import Llama
