@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Tokens/s of smollm2 (aimarket, release build) and of llama.cpp (llama-cpp-python 0.3.36, built
-# into a venv under .cache by scripts/compare-llama-cpp.sh's recipe on first use) on the same
+# into a venv under .cache by scripts/llama-cpp-venv.sh on first use) on the same
 # SmolLM2-135M-Instruct Q4_1 GGUF file and the same prompt, at 1 and 2 threads, prompt
 # processing and generation separately; medians of three runs each. make bench runs it.
 #   scripts/bench-generation.sh [NEW_TOKENS]
@@ -8,12 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-64}"
 dir="$(scripts/fetch-smollm2.sh)"
-venv=.cache/venv-llama-cpp
-if ! "$venv/bin/python" -c 'import llama_cpp' 2>/dev/null; then
-    echo "bench-generation: building llama-cpp-python 0.3.36 into $venv (~10 minutes)" >&2
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet llama-cpp-python==0.3.36 numpy >&2
-fi
+python="$(scripts/llama-cpp-venv.sh)"
 "${CARGO:-cargo}" build --quiet --release -p worker --example generation_throughput
 example="$(scripts/target-dir.sh)/release/examples/generation_throughput"
 echo "| engine | threads | prompt tokens/s | generation tokens/s |"
@@ -26,7 +21,7 @@ r = json.loads(sys.argv[1])
 pp, tg = r["prompt_tokens_per_sec"], r["generation_tokens_per_sec"]
 print(f"| aimarket smollm2 | {r['threads']} | {pp:.0f} ({r['prompt_tokens']} tokens) | {tg:.1f} |")
 PY
-    "$venv/bin/python" - "$dir/SmolLM2-135M-Instruct.Q4_1.gguf" "$t" "$n" <<'PY'
+    "$python" - "$dir/SmolLM2-135M-Instruct.Q4_1.gguf" "$t" "$n" <<'PY'
 import statistics, sys, time
 from llama_cpp import Llama
 path, threads, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

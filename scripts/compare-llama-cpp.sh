@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Compares aimarket's smollm2 with llama.cpp (PyPI llama-cpp-python, compiled into a venv under
-# .cache on first use, ~10 minutes on 2 cores) on the same GGUF file: the templated prompt's ids
+# .cache on first use by scripts/llama-cpp-venv.sh) on the same GGUF file: the templated prompt's ids
 # and the greedy ids of each prompt, 2 threads. Where the greedy ids part, it prints the step and
 # llama.cpp's top-1/top-2 margin there (a near-tie, where two correct builds of llama.cpp also
 # part). Not part of make test.
@@ -8,12 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 max="${1:-48}"
-venv=.cache/venv-llama-cpp
-if ! "$venv/bin/python" -c 'import llama_cpp' 2>/dev/null; then
-    echo "compare-llama-cpp: building llama-cpp-python 0.3.36 into $venv" >&2
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet llama-cpp-python==0.3.36 numpy >&2
-fi
+python="$(scripts/llama-cpp-venv.sh)"
 bin="${AIMARKET_BIN:-$(scripts/target-dir.sh)/debug/aimarket}"
 dir="$(scripts/fetch-smollm2.sh)"
 prompts=(
@@ -30,7 +25,7 @@ ours="$(mktemp)"
 trap 'rm -f "$ours"' EXIT
 OMP_NUM_THREADS=2 RAYON_NUM_THREADS=2 "$bin" --json infer --model smollm2 --model-dir "$dir" \
     --type generate --max-new-tokens "$max" "${prompts[@]}" >"$ours"
-"$venv/bin/python" - "$dir/SmolLM2-135M-Instruct.Q4_1.gguf" "$ours" "$max" <<'PY'
+"$python" - "$dir/SmolLM2-135M-Instruct.Q4_1.gguf" "$ours" "$max" <<'PY'
 import json, sys
 import numpy as np
 from llama_cpp import Llama
