@@ -120,7 +120,8 @@ pub enum ChatLoadError {
 pub struct ChatModel {
     id: String,
     tokenizer: Tokenizer,
-    template: String,
+    /// The chat template, compiled once at load.
+    templates: minijinja::Environment<'static>,
     bos: String,
     eos: String,
     stop: u32,
@@ -156,10 +157,16 @@ impl ChatModel {
         let meta = Meta(&content.metadata);
         let tokens = meta.strings("tokenizer.ggml.tokens").map_err(&bad)?;
         let tokenizer = tokenizer(&content, &tokens).map_err(&bad)?;
-        let template = meta
-            .string("tokenizer.chat_template")
-            .map_err(&bad)?
-            .to_owned();
+        let mut templates = minijinja::Environment::new();
+        templates.set_unknown_method_callback(minijinja_contrib_free_methods);
+        templates
+            .add_template_owned(
+                "chat",
+                meta.string("tokenizer.chat_template")
+                    .map_err(&bad)?
+                    .to_owned(),
+            )
+            .map_err(|e| bad(e.into()))?;
         let token = |key: &str| -> Result<(u32, String), ChatLoadError> {
             let id = meta.u32(key).map_err(&bad)?;
             let text = tokens
@@ -175,7 +182,7 @@ impl ChatModel {
         Ok(Self {
             id: format!("{NAME}/q4_1"),
             tokenizer,
-            template,
+            templates,
             bos,
             eos,
             stop,
@@ -213,17 +220,14 @@ impl ChatModel {
                 task_type: input.task_type.clone(),
             });
         };
-        let mut env = minijinja::Environment::new();
-        env.set_unknown_method_callback(minijinja_contrib_free_methods);
-        env.add_template("chat", &self.template)
-            .map_err(|e| ModelError::Inference(e.into()))?;
         let ctx = minijinja::context! {
             messages => vec![minijinja::context! { role => "user", content => message }],
             add_generation_prompt => true,
             bos_token => self.bos.as_str(),
             eos_token => self.eos.as_str(),
         };
-        env.get_template("chat")
+        self.templates
+            .get_template("chat")
             .and_then(|t| t.render(ctx))
             .map_err(|e| ModelError::Inference(e.into()))
     }
