@@ -140,9 +140,48 @@ pub fn decide_vectors(votes: &[VectorVote<'_>], threshold: f64) -> Option<Vector
     })
 }
 
+/// Exact match (generative tasks): the indices of the answers in the largest group of identical
+/// ones, when that group is a strict majority of all the answers; `None` otherwise. Nothing
+/// breaks a tie: a split is not decided.
+pub fn decide_identical<T: PartialEq>(answers: &[T]) -> Option<Vec<usize>> {
+    let members = answers
+        .iter()
+        .map(|a| {
+            answers
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| *b == a)
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>()
+        })
+        .max_by_key(Vec::len)?;
+    (members.len() * 2 > answers.len()).then_some(members)
+}
+
+/// How many distinct answers there are.
+pub fn distinct_count<T: PartialEq>(answers: &[T]) -> usize {
+    answers
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| !answers[..*i].contains(a))
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identical_answers_win_only_with_a_strict_majority() {
+        assert_eq!(decide_identical(&["a", "b", "a"]), Some(vec![0, 2]));
+        assert_eq!(decide_identical(&["a", "a", "a"]), Some(vec![0, 1, 2]));
+        assert_eq!(decide_identical(&["a"]), Some(vec![0]));
+        assert_eq!(decide_identical(&["a", "b", "c"]), None);
+        assert_eq!(decide_identical(&["a", "b"]), None);
+        assert_eq!(decide_identical(&["a", "b", "a", "b"]), None);
+        assert_eq!(decide_identical::<&str>(&[]), None);
+        assert_eq!(distinct_count(&["a", "b", "a", "c"]), 3);
+    }
 
     fn vv(vector: &[f32]) -> VectorVote<'_> {
         VectorVote {

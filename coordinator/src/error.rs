@@ -78,6 +78,16 @@ pub enum CoreError {
         /// Its terminal state.
         status: TaskStatus,
     },
+    /// A submission ran another model content than its task pins.
+    #[error("task {task} pins model content {pinned}; the submission ran {ran}")]
+    ModelMismatch {
+        /// The task.
+        task: TaskId,
+        /// The hash the task pins.
+        pinned: String,
+        /// The hash the submission carries (`none` when it carries none).
+        ran: String,
+    },
     /// Missing or wrong credentials: the caller must present the right worker token or API key.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
@@ -103,6 +113,7 @@ impl CoreError {
             CoreError::LeaseMismatch { .. } => ErrorCode::LeaseMismatch,
             CoreError::DuplicateSubmission { .. } => ErrorCode::DuplicateSubmission,
             CoreError::TaskClosed { .. } => ErrorCode::TaskClosed,
+            CoreError::ModelMismatch { .. } => ErrorCode::ModelMismatch,
             CoreError::Unauthorized(_) => ErrorCode::Unauthorized,
             CoreError::Store(e) if is_unavailable(e) => ErrorCode::Unavailable,
             CoreError::Store(_) | CoreError::StoreClosed | CoreError::Bug(_) => ErrorCode::Internal,

@@ -64,6 +64,7 @@ impl Secured {
             max_tasks: 1,
             task_id: None,
             model: None,
+            model_hash: None,
         };
         self.call(
             &subject::lease(P),
@@ -168,6 +169,7 @@ async fn keys_guard_changes_and_tokens_guard_workers() {
         capabilities: vec![TaskType::sentiment()],
         model: None,
         leases: None,
+        model_hash: None,
     };
     let spoofed: Result<HeartbeatReply, _> = s
         .call(
@@ -197,6 +199,8 @@ async fn keys_guard_changes_and_tokens_guard_workers() {
         embedding: None,
         confidence: 0.9,
         model: None,
+        generation: None,
+        model_hash: None,
     };
     // Bob cannot submit in alice's name, even with his own valid token.
     let before = s.dump();

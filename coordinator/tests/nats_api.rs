@@ -82,6 +82,7 @@ impl Harness {
                     max_tasks: max,
                     task_id: None,
                     model: None,
+                    model_hash: None,
                 },
             )
             .await
@@ -104,6 +105,8 @@ impl Harness {
                 embedding: None,
                 confidence: 0.9,
                 model: None,
+                generation: None,
+                model_hash: None,
             },
         )
         .await

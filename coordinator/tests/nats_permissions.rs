@@ -90,6 +90,7 @@ async fn each_role_reaches_only_its_subjects() {
         max_tasks: 1,
         task_id: None,
         model: None,
+        model_hash: None,
     };
     let msg = worker
         .request(subject::lease(P), encode(&req).into())

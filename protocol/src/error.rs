@@ -33,6 +33,12 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug or an unexpected failure inside the coordinator.
     Internal,
+    /// A generative task names a model the coordinator does not know (or a malformed hash).
+    UnknownModel,
+    /// A generation spec asks for something its model cannot do (a language pair, say).
+    UnsupportedSpec,
+    /// A submission ran another model than the one its task pins.
+    ModelMismatch,
 }
 
 impl ErrorCode {
@@ -52,6 +58,9 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::UnknownModel => "unknown_model",
+            ErrorCode::UnsupportedSpec => "unsupported_spec",
+            ErrorCode::ModelMismatch => "model_mismatch",
         }
     }
 }
@@ -96,6 +105,22 @@ pub enum ProtocolError {
         /// What is wrong with it.
         problem: String,
     },
+    /// A generative task names a model that is not in the catalog.
+    #[error("model {model:?}: {problem}")]
+    UnknownModel {
+        /// The model named.
+        model: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A generation spec its model cannot honour.
+    #[error("{field}: {problem}")]
+    Unsupported {
+        /// The offending field.
+        field: &'static str,
+        /// What the model cannot do.
+        problem: String,
+    },
     /// A text is longer than allowed.
     #[error("text is {len} bytes, over the limit of {limit} bytes")]
     TextTooLarge {
@@ -121,6 +146,8 @@ impl ProtocolError {
             ProtocolError::Malformed(_) => ErrorCode::MalformedRequest,
             ProtocolError::Invalid { .. } => ErrorCode::InvalidArgument,
             ProtocolError::TextTooLarge { .. } => ErrorCode::TextTooLarge,
+            ProtocolError::UnknownModel { .. } => ErrorCode::UnknownModel,
+            ProtocolError::Unsupported { .. } => ErrorCode::UnsupportedSpec,
         }
     }
 }

@@ -8,12 +8,14 @@
 //! - [`reply`]: the `{"ok":true,...}` / `{"ok":false,"error":{...}}` envelope.
 //! - [`error`]: error codes and the decode/validation error.
 //! - [`limits`]: validation bounds.
+//! - [`generation`]: the generative models known, the spec a generative task pins, its answer.
 //! - [`auth`]: the headers that carry worker tokens and client API keys.
 //!
 //! This crate does no IO: it is serde types and pure functions only.
 
 pub mod auth;
 pub mod error;
+pub mod generation;
 pub mod ids;
 pub mod limits;
 pub mod messages;

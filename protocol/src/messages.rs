@@ -2,6 +2,7 @@
 //! the [`crate::reply`] envelope.
 
 use crate::error::{ApiError, ErrorCode, ProtocolError};
+use crate::generation::{is_sha256, GeneratedAnswer, GenerationSpec, SpecRequest};
 use crate::ids::{LeaseId, TaskId, TaskType, WorkerId};
 use crate::limits::*;
 use crate::status::{TaskStatus, WorkerStatus};
@@ -68,6 +69,20 @@ pub fn check_model(model: Option<&str>) -> Result<(), ProtocolError> {
     }
 }
 
+/// Checks a model content hash.
+///
+/// # Errors
+/// [`ProtocolError::Invalid`] unless it is a SHA-256 in lowercase hex.
+pub fn check_model_hash(hash: Option<&str>) -> Result<(), ProtocolError> {
+    match hash {
+        Some(h) if !is_sha256(h) => Err(ProtocolError::invalid(
+            "model_hash",
+            "must be a SHA-256 (64 lowercase hex digits)",
+        )),
+        _ => Ok(()),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Worker <-> coordinator
 // ---------------------------------------------------------------------------------------------
@@ -89,6 +104,10 @@ pub struct LeaseRequest {
     /// The model it runs, recorded on its registry entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// SHA-256 of the model content it loaded: generative tasks are leased only to workers whose
+    /// hash is the one the task pins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_hash: Option<String>,
 }
 
 fn one() -> u32 {
@@ -103,6 +122,7 @@ impl LeaseRequest {
     pub fn validate(&self) -> Result<(), ProtocolError> {
         check_capabilities(&self.capabilities)?;
         check_model(self.model.as_deref())?;
+        check_model_hash(self.model_hash.as_deref())?;
         if self.max_tasks == 0 || self.max_tasks > MAX_LEASES_PER_REQUEST {
             return Err(ProtocolError::invalid(
                 "max_tasks",
@@ -128,6 +148,9 @@ pub struct Lease {
     /// The candidate labels of a `zero-shot` task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<Vec<String>>,
+    /// What a generative task pins: the worker follows it exactly or refuses the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<GenerationSpec>,
     /// When the lease runs out unless a heartbeat renews it.
     pub expires_at: DateTime<Utc>,
 }
@@ -188,6 +211,9 @@ pub struct Heartbeat {
     /// The model it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// SHA-256 of the model content it loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_hash: Option<String>,
     /// The leases it holds, to renew. Absent: renew all of its leases (clients that do not track
     /// lease ids, like the original HTTP workers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -202,6 +228,7 @@ impl Heartbeat {
     pub fn validate(&self) -> Result<(), ProtocolError> {
         check_capabilities(&self.capabilities)?;
         check_model(self.model.as_deref())?;
+        check_model_hash(self.model_hash.as_deref())?;
         if self
             .leases
             .as_ref()
@@ -236,38 +263,53 @@ pub struct SubmitRequest {
     pub lease_id: LeaseId,
     /// Who submits; must hold the lease.
     pub worker_id: WorkerId,
-    /// The answer to a label task (`sentiment`, `zero-shot`); empty for `embedding` tasks.
+    /// The answer to a label task (`sentiment`, `zero-shot`); empty for other tasks.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub label: String,
     /// The answer to an `embedding` task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding: Option<Vec<f32>>,
+    /// The answer to a generative task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<GeneratedAnswer>,
     /// How sure the model is, in `[0, 1]`.
     pub confidence: f64,
     /// The model that answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// SHA-256 of the model content that answered; a generative task refuses any other than the
+    /// one it pins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_hash: Option<String>,
 }
 
 impl SubmitRequest {
-    /// Checks the bounds: exactly one of `label` and `embedding`, each within its limits.
+    /// Checks the bounds: exactly one of `label`, `embedding` and `generation`, each within its
+    /// limits.
     ///
     /// # Errors
     /// [`ProtocolError::Invalid`] naming the field out of bounds.
     pub fn validate(&self) -> Result<(), ProtocolError> {
-        Answer::new(&self.label, self.embedding.as_deref())?;
+        Answer::new(
+            &self.label,
+            self.embedding.as_deref(),
+            self.generation.as_ref(),
+        )?;
         check_confidence(self.confidence)?;
-        check_model(self.model.as_deref())
+        check_model(self.model.as_deref())?;
+        check_model_hash(self.model_hash.as_deref())
     }
 }
 
-/// A submitted answer: a label, or a vector.
+/// A submitted answer: a label, a vector, or generated tokens.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Answer<'a> {
     /// A label task's answer.
     Label(&'a str),
     /// An `embedding` task's answer.
     Embedding(&'a [f32]),
+    /// A generative task's answer.
+    Generated(&'a GeneratedAnswer),
 }
 
 impl<'a> Answer<'a> {
@@ -275,18 +317,23 @@ impl<'a> Answer<'a> {
     ///
     /// # Errors
     /// [`ProtocolError::Invalid`] unless exactly one of them is given and it is within bounds.
-    pub fn new(label: &'a str, embedding: Option<&'a [f32]>) -> Result<Self, ProtocolError> {
-        match (label.is_empty(), embedding) {
-            (true, None) => Err(ProtocolError::invalid(
+    pub fn new(
+        label: &'a str,
+        embedding: Option<&'a [f32]>,
+        generation: Option<&'a GeneratedAnswer>,
+    ) -> Result<Self, ProtocolError> {
+        match (label.is_empty(), embedding, generation) {
+            (true, None, None) => Err(ProtocolError::invalid(
                 "label",
-                "must not be empty (or give an embedding for embedding tasks)",
+                "must not be empty (or give an embedding or a generation for those tasks)",
             )),
-            (false, Some(_)) => Err(ProtocolError::invalid(
-                "embedding",
-                "give a label or an embedding, not both",
+            (false, None, None) => check_label(label).map(|()| Answer::Label(label)),
+            (true, Some(v), None) => check_embedding(v).map(|()| Answer::Embedding(v)),
+            (true, None, Some(g)) => g.validate().map(|()| Answer::Generated(g)),
+            _ => Err(ProtocolError::invalid(
+                "label",
+                "give one answer: a label, an embedding or a generation",
             )),
-            (false, None) => check_label(label).map(|()| Answer::Label(label)),
-            (true, Some(v)) => check_embedding(v).map(|()| Answer::Embedding(v)),
         }
     }
 }
@@ -360,6 +407,9 @@ pub struct SubmitReply {
     /// The consensus label, once finalized (none for `embedding` tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_label: Option<String>,
+    /// The generated text agreed on, once a generative task is finalized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_text: Option<String>,
 }
 
 /// `<p>.tasks.<type>`: a task has free slots. A wake-up hint for idle workers.
@@ -387,12 +437,21 @@ pub struct TaskEvent {
     /// The consensus vector, when an `embedding` task is finalized.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_embedding: Option<Vec<f32>>,
+    /// The token ids agreed on, when a generative task is finalized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_token_ids: Option<Vec<u32>>,
+    /// Their text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_text: Option<String>,
     /// Mean confidence of the winning label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_confidence: Option<f64>,
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_message: Option<String>,
+    /// Why it failed, for programs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<FailureReason>,
     /// When.
     pub at: DateTime<Utc>,
 }
@@ -523,6 +582,24 @@ pub struct NewTask {
     /// Cosine similarity at which two answers agree; `embedding` tasks only (default 0.999).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub similarity: Option<f64>,
+    /// The generative model to run (default `smollm2`); generative tasks only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The model content to pin, when not the catalog's; generative tasks only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_hash: Option<String>,
+    /// The bound on generated tokens, 1 to 512 (default 128); generative tasks only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_new_tokens: Option<u32>,
+    /// The ids that end a generation (default: the model's); generative tasks only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_ids: Option<Vec<u32>>,
+    /// A `translation`'s source language (ISO 639-1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_lang: Option<String>,
+    /// A `translation`'s target language (ISO 639-1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_lang: Option<String>,
 }
 
 impl NewTask {
@@ -535,7 +612,66 @@ impl NewTask {
             max_attempts: None,
             labels: None,
             similarity: None,
+            model: None,
+            model_hash: None,
+            max_new_tokens: None,
+            stop_ids: None,
+            source_lang: None,
+            target_lang: None,
         }
+    }
+
+    /// A generative task of `task_type` (`generate`, `summarization`) on the default model.
+    pub fn generated(task_type: TaskType, text: impl Into<String>) -> Self {
+        Self {
+            task_type: Some(task_type),
+            ..Self::text(text)
+        }
+    }
+
+    /// A `translation` task from `source` to `target` on the default model.
+    pub fn translation(text: impl Into<String>, source: &str, target: &str) -> Self {
+        Self {
+            task_type: Some(TaskType::translation()),
+            source_lang: Some(source.to_owned()),
+            target_lang: Some(target.to_owned()),
+            ..Self::text(text)
+        }
+    }
+
+    /// What the task says about its generation.
+    pub fn spec_request(&self) -> SpecRequest<'_> {
+        SpecRequest {
+            model: self.model.as_deref(),
+            model_hash: self.model_hash.as_deref(),
+            max_new_tokens: self.max_new_tokens,
+            stop_ids: self.stop_ids.as_deref(),
+            source_lang: self.source_lang.as_deref(),
+            target_lang: self.target_lang.as_deref(),
+        }
+    }
+
+    /// The generation spec of a generative task, resolved from the catalog; `None` for others.
+    ///
+    /// # Errors
+    /// As [`crate::generation::resolve`]; generation fields on a task that is not generated.
+    pub fn spec(&self) -> Result<Option<GenerationSpec>, ProtocolError> {
+        let task_type = self.task_type.clone().unwrap_or_default();
+        let req = self.spec_request();
+        if !task_type.is_generative() {
+            if !req.is_empty() {
+                return Err(ProtocolError::invalid(
+                    "type",
+                    format!(
+                        "{task_type} tasks are not generated: model, model_hash, \
+                         max_new_tokens, stop_ids and languages are for generate, \
+                         summarization and translation tasks"
+                    ),
+                ));
+            }
+            return Ok(None);
+        }
+        crate::generation::resolve(&task_type, &req).map(Some)
     }
 
     /// A `zero-shot` task over `labels`.
@@ -608,7 +744,7 @@ impl NewTask {
                 ));
             }
         }
-        Ok(())
+        self.spec().map(drop)
     }
 }
 
@@ -720,8 +856,18 @@ pub struct TaskView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_embedding: Option<Vec<f32>>,
     /// Mean confidence of the winning label; for an `embedding` task, the mean cosine of the
-    /// winning group's vectors to the consensus vector.
+    /// winning group's vectors to the consensus vector; for a generative task, the mean
+    /// probability of the agreed tokens.
     pub final_confidence: Option<f64>,
+    /// What a generative task pins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<GenerationSpec>,
+    /// The generated text agreed on, once a generative task is finalized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_text: Option<String>,
+    /// The token ids agreed on. Left out of lists (`task.list`); `task.get` has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_token_ids: Option<Vec<u32>>,
     /// Distinct workers that must answer.
     pub required_submissions: u32,
     /// Results received.
@@ -736,12 +882,56 @@ pub struct TaskView {
     pub reserved_by: Option<WorkerId>,
     /// When the last of its live leases runs out unless renewed.
     pub lease_expires_at: Option<DateTime<Utc>>,
-    /// Why it failed.
+    /// Why it failed, for people.
     pub error_message: Option<String>,
+    /// Why it failed, for programs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<FailureReason>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Finalization or failure time.
     pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Why a task failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    /// Its leases ended without results `max_attempts` times.
+    MaxAttempts,
+    /// All its answers are in and no majority of them is identical: nothing is finalized on a
+    /// guess, the answers are kept.
+    NoConsensus,
+}
+
+impl FailureReason {
+    /// The reason as stored and sent.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::MaxAttempts => "max_attempts",
+            FailureReason::NoConsensus => "no_consensus",
+        }
+    }
+}
+
+impl FromStr for FailureReason {
+    type Err = ProtocolError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "max_attempts" => Ok(FailureReason::MaxAttempts),
+            "no_consensus" => Ok(FailureReason::NoConsensus),
+            other => Err(ProtocolError::invalid(
+                "failure_reason",
+                format!("unknown reason {other:?}"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A stored result.
@@ -755,10 +945,19 @@ pub struct SubmissionView {
     /// than 65,536 numbers in all (the consensus vector stays).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding: Option<Vec<f32>>,
+    /// The text of a generative task's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// The token ids of a generative task's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_ids: Option<Vec<u32>>,
     /// The model's confidence.
     pub confidence: f64,
     /// The model that answered.
     pub model: Option<String>,
+    /// SHA-256 of the model content that answered, when the worker said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_hash: Option<String>,
     /// Whether it matched the consensus (set at finalization).
     pub agreed: Option<bool>,
     /// When it was committed.
@@ -1078,17 +1277,17 @@ mod tests {
     #[test]
     fn a_submission_carries_a_label_or_a_vector() {
         assert_eq!(
-            Answer::new("pos", None).expect("label"),
+            Answer::new("pos", None, None).expect("label"),
             Answer::Label("pos")
         );
         assert_eq!(
-            Answer::new("", Some(&[0.5])).expect("vector"),
+            Answer::new("", Some(&[0.5]), None).expect("vector"),
             Answer::Embedding(&[0.5])
         );
-        assert!(Answer::new("", None).is_err());
-        assert!(Answer::new("pos", Some(&[0.5])).is_err());
-        assert!(Answer::new("", Some(&[])).is_err());
-        assert!(Answer::new("", Some(&vec![1.0; MAX_EMBEDDING_DIM + 1])).is_err());
+        assert!(Answer::new("", None, None).is_err());
+        assert!(Answer::new("pos", Some(&[0.5]), None).is_err());
+        assert!(Answer::new("", Some(&[]), None).is_err());
+        assert!(Answer::new("", Some(&vec![1.0; MAX_EMBEDDING_DIM + 1]), None).is_err());
     }
 
     #[test]

@@ -39,11 +39,13 @@ fn main() {
     let (mut pp, mut tg) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         let started = Instant::now();
-        model.generate(&prompt, 1).expect("one token");
+        model.generate(&prompt, 1, &[]).expect("one token");
         let first = started.elapsed().as_secs_f64();
         let started = Instant::now();
         // Generation may stop early on the stop token: count what it made.
-        let (ids, _, _) = model.generate(&prompt, new_tokens).expect("generation");
+        let (ids, _, _) = model
+            .generate(&prompt, new_tokens, &[])
+            .expect("generation");
         let all = started.elapsed().as_secs_f64();
         pp.push(prompt.len() as f64 / first);
         tg.push((ids.len() as f64 - 1.0) / (all - first).max(1e-9));

@@ -9,6 +9,7 @@ use crate::backoff::Backoff;
 use crate::model::{Input, Model, Prediction};
 use async_nats::{Client, HeaderMap, RequestErrorKind};
 use futures::{FutureExt, StreamExt};
+use protocol::generation::GeneratedAnswer;
 use protocol::messages::{
     encode, Heartbeat, HeartbeatReply, Lease, LeaseReply, LeaseRequest, ReleaseReply,
     ReleaseRequest, SubmitReply, SubmitRequest, Timings,
@@ -91,19 +92,6 @@ pub enum WorkerError {
         /// What it can do.
         can: String,
     },
-    /// The model answers with generated text, which the coordinator cannot take yet.
-    #[error(
-        "model {model} does {task_type} tasks, which workers cannot serve yet: run it with \
-         `aimarket infer --model {model_name} --type {task_type}`"
-    )]
-    Generative {
-        /// The model.
-        model: String,
-        /// Its name for `--model`.
-        model_name: String,
-        /// A generative type it does.
-        task_type: TaskType,
-    },
     /// The coordinator refused this worker for good (bad id or capabilities).
     #[error("the coordinator refused this worker: {0}")]
     Refused(#[source] ApiError),
@@ -139,6 +127,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<Report, WorkerError> {
     let capabilities = capabilities(&config, model.as_ref())?;
+    let model_hash = model.content_hash().map(str::to_owned);
     let (url, credentials) = protocol::auth::split_credentials(&config.nats_url);
     let mut options = async_nats::ConnectOptions::new();
     if let Some((user, password)) = credentials {
@@ -161,6 +150,7 @@ pub async fn run(
             worker_id: config.worker_id.clone(),
             capabilities,
             model: None,
+            model_hash,
             leases: Some(Vec::new()),
         },
         config,
@@ -172,13 +162,6 @@ pub async fn run(
 
 fn capabilities(config: &WorkerConfig, model: &dyn Model) -> Result<Vec<TaskType>, WorkerError> {
     let can = model.capabilities();
-    if let Some(t) = can.iter().find(|t| t.is_generative()) {
-        return Err(WorkerError::Generative {
-            model: model.id().to_owned(),
-            model_name: model.id().split('/').next().unwrap_or_default().to_owned(),
-            task_type: t.clone(),
-        });
-    }
     if config.capabilities.is_empty() {
         return Ok(can);
     }
@@ -357,6 +340,7 @@ impl Worker {
             max_tasks: self.config.batch,
             task_id: None,
             model: self.heartbeat.model.clone(),
+            model_hash: self.heartbeat.model_hash.clone(),
         };
         let reply: LeaseReply = self
             .call(&subject::lease(&self.config.prefix), &req)
@@ -372,16 +356,24 @@ impl Worker {
 
     /// Runs the model on a batch of leases and submits each result.
     async fn work(&mut self, leases: Vec<Lease>, shutdown: &CancellationToken) {
-        let inputs: Vec<Input> = leases
-            .iter()
-            .map(|l| Input {
-                task_type: l.task_type.clone(),
-                text: l.text.clone(),
-                labels: l.labels.clone(),
-                max_new_tokens: None,
-                languages: None,
-            })
-            .collect();
+        // A generative task pins the model content; the coordinator routes by it, and a lease
+        // for other content (a coordinator that does not) is given back rather than answered.
+        let (leases, foreign): (Vec<Lease>, Vec<Lease>) = leases.into_iter().partition(|l| {
+            l.generation
+                .as_ref()
+                .is_none_or(|g| self.heartbeat.model_hash.as_deref() == Some(g.model_hash.as_str()))
+        });
+        if !foreign.is_empty() {
+            for l in &foreign {
+                warn!(task_id = %l.task_id, "task pins other model content; releasing");
+            }
+            self.release(foreign.iter().map(|l| l.lease_id).collect(), false)
+                .await;
+        }
+        if leases.is_empty() {
+            return;
+        }
+        let inputs: Vec<Input> = leases.iter().map(Input::of_lease).collect();
         let model = self.model.clone();
         let predictions = match tokio::task::spawn_blocking(move || model.predict(&inputs)).await {
             Ok(p) => p,
@@ -445,8 +437,15 @@ impl Worker {
             worker_id: self.config.worker_id.clone(),
             label: p.label,
             embedding: p.embedding,
+            generation: p.generation.map(|g| GeneratedAnswer {
+                token_ids: g.token_ids,
+                text: g.text,
+                logprobs: g.logprobs,
+                truncated: g.truncated,
+            }),
             confidence: p.confidence,
             model: self.heartbeat.model.clone(),
+            model_hash: self.heartbeat.model_hash.clone(),
         };
         let subject = subject::submit(&self.config.prefix, &lease.task_id);
         let mut backoff = Backoff::default();

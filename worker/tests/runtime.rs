@@ -123,6 +123,7 @@ fn stored() -> SubmitReply {
         duplicate: false,
         finalized: false,
         final_label: None,
+        final_text: None,
     }
 }
 
@@ -134,6 +135,7 @@ fn lease(lease_id: LeaseId, text: &str) -> Lease {
         task_type: TaskType::sentiment(),
         text: text.into(),
         labels: None,
+        generation: None,
         expires_at: chrono::Utc::now(),
     }
 }

@@ -569,6 +569,7 @@ async fn drive(
         max_tasks: batch,
         task_id: None,
         model: Some("bench/instant".into()),
+        model_hash: None,
     });
     let pace = pacing.map(|(pace, _)| pace);
     let mut next = tokio::time::Instant::now() + pacing.map_or(Duration::ZERO, |(_, first)| first);
@@ -599,6 +600,8 @@ async fn drive(
                 embedding: None,
                 confidence: 0.9,
                 model: Some("bench/instant".into()),
+                generation: None,
+                model_hash: None,
             });
             let (nats, subject) = (nats.clone(), subject::submit(&prefix, &l.task_id));
             async move {
@@ -694,6 +697,7 @@ async fn depth(client: &Client, k: u64, run: &Run) -> anyhow::Result<DepthReport
         max_tasks: 1,
         task_id: None,
         model: None,
+        model_hash: None,
     });
     let mut h = Histogram::<u64>::new(3)?;
     for i in 0..DEPTH_PROBES {
@@ -714,6 +718,8 @@ async fn depth(client: &Client, k: u64, run: &Run) -> anyhow::Result<DepthReport
             embedding: None,
             confidence: 0.9,
             model: None,
+            generation: None,
+            model_hash: None,
         });
         let msg = nats
             .request(subject::submit(client.prefix(), &l.task_id), answer.into())

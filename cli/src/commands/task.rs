@@ -133,6 +133,12 @@ async fn add(ctx: &Ctx, client: &Client, args: AddArgs) -> anyhow::Result<()> {
         max_attempts: args.max_attempts,
         labels: args.labels.clone(),
         similarity: args.similarity,
+        model: None,
+        model_hash: None,
+        max_new_tokens: None,
+        stop_ids: None,
+        source_lang: None,
+        target_lang: None,
     };
     let tasks = match (&args.text, &args.file) {
         (Some(text), _) => vec![NewTask {

@@ -184,8 +184,12 @@ pub(super) async fn submit(
                 worker_id: b.worker_id,
                 label: b.label,
                 embedding: b.embedding,
+                // The original API's workers register no model content: they are never leased
+                // a generative task.
+                generation: None,
                 confidence: b.confidence,
                 model: b.model,
+                model_hash: None,
             },
         )
         .await?;

@@ -108,14 +108,16 @@ impl HttpError {
 fn status_of(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::MalformedRequest => StatusCode::BAD_REQUEST,
-        ErrorCode::InvalidArgument => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::InvalidArgument | ErrorCode::UnknownModel | ErrorCode::UnsupportedSpec => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         ErrorCode::TextTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::NotFound | ErrorCode::UnknownOperation => StatusCode::NOT_FOUND,
         ErrorCode::NoLease
         | ErrorCode::LeaseExpired
         | ErrorCode::DuplicateSubmission
         | ErrorCode::TaskClosed => StatusCode::CONFLICT,
-        ErrorCode::LeaseMismatch => StatusCode::FORBIDDEN,
+        ErrorCode::LeaseMismatch | ErrorCode::ModelMismatch => StatusCode::FORBIDDEN,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,

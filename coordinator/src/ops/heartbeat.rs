@@ -35,6 +35,7 @@ pub(crate) fn run(
         &hb.worker_id,
         &hb.capabilities,
         hb.model.as_deref(),
+        hb.model_hash.as_deref(),
     )?;
     let renewed = renew(conn, ctx, &hb.worker_id, hb.leases.as_deref())?;
     Ok(HeartbeatReply {
@@ -91,6 +92,7 @@ pub(crate) fn run_known(
         worker_id: worker.clone(),
         capabilities,
         model: None,
+        model_hash: None,
         leases: None,
     };
     run(conn, ctx, worker, hb)

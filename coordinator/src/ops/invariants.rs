@@ -75,11 +75,12 @@ fn check(conn: &Connection, finished: &HashMap<TaskId, usize>) {
         ("counter of live leases", "SELECT COUNT(*) FROM task t WHERE active_leases != (SELECT COUNT(*) FROM lease l WHERE l.task_id = t.id AND l.state = 'active')"),
         ("counter of submissions", "SELECT COUNT(*) FROM task t WHERE submissions != (SELECT COUNT(*) FROM submission s WHERE s.task_id = t.id)"),
         ("more slots taken than required", "SELECT COUNT(*) FROM task WHERE active_leases + submissions > required"),
-        ("finalized without all votes or a label", "SELECT COUNT(*) FROM task WHERE status = 'finalized' AND (submissions != required OR final_label IS NULL OR active_leases != 0)"),
-        ("all votes in but not finalized", "SELECT COUNT(*) FROM task WHERE submissions = required AND status != 'finalized'"),
+        ("finalized without all votes or an answer", "SELECT COUNT(*) FROM task WHERE status = 'finalized' AND (submissions != required OR COALESCE(final_label, final_embedding, final_token_ids) IS NULL OR active_leases != 0)"),
+        ("all votes in but not decided", "SELECT COUNT(*) FROM task WHERE submissions = required AND status != 'finalized' AND failure_reason IS NOT 'no_consensus'"),
+        ("no consensus declared before all votes", "SELECT COUNT(*) FROM task WHERE failure_reason = 'no_consensus' AND submissions != required"),
         ("queued with a live lease", "SELECT COUNT(*) FROM task WHERE status = 'queued' AND active_leases != 0"),
         ("assigned without a live lease", "SELECT COUNT(*) FROM task WHERE status = 'assigned' AND active_leases = 0"),
-        ("failed early or still leased", "SELECT COUNT(*) FROM task WHERE status = 'failed' AND (attempts < max_attempts OR active_leases != 0)"),
+        ("failed early or still leased", "SELECT COUNT(*) FROM task WHERE status = 'failed' AND ((failure_reason = 'max_attempts' AND attempts < max_attempts) OR failure_reason IS NULL OR active_leases != 0)"),
         ("a live lease on a closed task", "SELECT COUNT(*) FROM lease l JOIN task t ON t.id = l.task_id WHERE l.state = 'active' AND t.status IN ('finalized', 'failed')"),
         ("a worker leasing a task it answered", "SELECT COUNT(*) FROM lease l JOIN submission s ON s.task_id = l.task_id AND s.worker_id = l.worker_id WHERE l.state = 'active'"),
         ("agreement set before finalization", "SELECT COUNT(*) FROM submission s JOIN task t ON t.id = s.task_id WHERE (t.status = 'finalized') != (s.agreed IS NOT NULL)"),
@@ -87,6 +88,7 @@ fn check(conn: &Connection, finished: &HashMap<TaskId, usize>) {
         // A lease cursor may only pass open tasks its worker holds or has answered.
         ("a lease cursor past a task its worker could take", "SELECT COUNT(*) FROM temp.lease_cursor c JOIN task t ON t.type = c.type AND t.seq <= c.after
             WHERE t.status IN ('queued', 'assigned') AND t.required > t.active_leases + t.submissions
+              AND (t.model_hash IS NULL OR t.model_hash IS (SELECT model_hash FROM worker w WHERE w.id = c.worker_id))
               AND NOT EXISTS (SELECT 1 FROM lease l WHERE l.task_id = t.id AND l.worker_id = c.worker_id AND l.state = 'active')
               AND NOT EXISTS (SELECT 1 FROM submission s WHERE s.task_id = t.id AND s.worker_id = c.worker_id)"),
     ];
@@ -141,7 +143,7 @@ proptest! {
                     let i = pick % leases.len();
                     let (lease_id, task, worker, _) = leases[i].clone();
                     let label = if positive { "positive" } else { "negative" };
-                    let req = SubmitRequest { lease_id, worker_id: worker, label: label.into(), embedding: None, confidence: 0.7, model: None };
+                    let req = SubmitRequest { lease_id, worker_id: worker, label: label.into(), embedding: None, generation: None, confidence: 0.7, model: None, model_hash: None };
                     if apply(&mut conn, now, &mut finished, |c, x| submit::run(c, x, &task, req)).is_ok() {
                         leases[i].3 = true;
                     }
@@ -150,7 +152,7 @@ proptest! {
                     let (lease_id, task, holder, _) = leases[pick % leases.len()].clone();
                     let forger = wid(WORKERS[worker]);
                     if forger != holder {
-                        let req = SubmitRequest { lease_id, worker_id: forger, label: "positive".into(), embedding: None, confidence: 1.0, model: None };
+                        let req = SubmitRequest { lease_id, worker_id: forger, label: "positive".into(), embedding: None, generation: None, confidence: 1.0, model: None, model_hash: None };
                         let r = apply(&mut conn, now, &mut finished, |c, x| submit::run(c, x, &task, req));
                         prop_assert!(r.is_err(), "a forged submission was accepted");
                     }
@@ -161,7 +163,7 @@ proptest! {
                         let before = dump(&conn);
                         let label: String = conn.query_row(
                             "SELECT label FROM submission WHERE lease_id = ?1", [lease_id.to_string()], |r| r.get(0)).expect("sent");
-                        let req = SubmitRequest { lease_id, worker_id: worker, label, embedding: None, confidence: 0.7, model: None };
+                        let req = SubmitRequest { lease_id, worker_id: worker, label, embedding: None, generation: None, confidence: 0.7, model: None, model_hash: None };
                         let r = apply(&mut conn, now, &mut finished, |c, x| submit::run(c, x, &task, req)).expect("resend");
                         prop_assert!(r.duplicate);
                         prop_assert_eq!(dump(&conn), before);
@@ -171,7 +173,7 @@ proptest! {
                     let w = wid(WORKERS[worker]);
                     let mine = leases.iter().filter(|l| l.2 == w && !l.3).map(|l| l.0).collect();
                     let hb = Heartbeat { worker_id: w.clone(), capabilities: vec![protocol::TaskType::sentiment()],
-                        model: None, leases: named.then_some(mine) };
+                        model: None, model_hash: None, leases: named.then_some(mine) };
                     apply(&mut conn, now, &mut finished, |c, x| heartbeat::run(c, x, &w, hb)).expect("heartbeat");
                 }
                 Step::Release { pick } if !leases.is_empty() => {

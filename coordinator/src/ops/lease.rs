@@ -7,6 +7,7 @@
 use super::{touch_worker, Ctx, Json};
 use crate::error::CoreError;
 use crate::store::from_ms;
+use protocol::generation::GenerationSpec;
 use protocol::messages::{Lease, LeaseReply, LeaseRequest, Timings};
 use protocol::{LeaseId, TaskId, TaskType, WorkerId};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -18,6 +19,7 @@ struct Candidate {
     task_type: TaskType,
     text: String,
     labels: Option<Vec<String>>,
+    generation: Option<GenerationSpec>,
 }
 
 /// The "still needs workers and this one has not touched it" condition. Its first two terms
@@ -53,6 +55,7 @@ pub(crate) fn run(
         worker,
         &req.capabilities,
         req.model.as_deref(),
+        req.model_hash.as_deref(),
     )?;
     let held: u32 = conn
         .prepare_cached("SELECT COUNT(*) FROM lease WHERE worker_id = ?1 AND state = 'active'")?
@@ -63,13 +66,26 @@ pub(crate) fn run(
     let mut picks = Vec::new();
     if want > 0 {
         if let Some(hint) = &req.task_id {
-            picks.extend(hinted(conn, worker, hint, &req.capabilities)?);
+            picks.extend(hinted(
+                conn,
+                worker,
+                hint,
+                &req.capabilities,
+                req.model_hash.as_deref(),
+            )?);
         }
         let mut caps = req.capabilities.clone();
         caps.sort();
         caps.dedup();
+        // A generative task goes only to workers that serve the model content it pins: a worker
+        // that names no hash gets none.
+        caps.retain(|c| !c.is_generative() || req.model_hash.is_some());
         for cap in &caps {
-            picks.extend(oldest_open(conn, worker, cap, want)?);
+            let hash = cap
+                .is_generative()
+                .then_some(req.model_hash.as_deref())
+                .flatten();
+            picks.extend(oldest_open(conn, worker, cap, hash, want)?);
         }
         picks.sort_by_key(|c| c.seq);
         picks.dedup_by_key(|c| c.seq);
@@ -113,6 +129,7 @@ pub(crate) fn run(
             task_type: c.task_type,
             text: c.text,
             labels: c.labels,
+            generation: c.generation,
             expires_at: from_ms(expires_at),
         });
     }
@@ -137,16 +154,17 @@ pub(crate) fn next_for(
         max_tasks: 1,
         task_id: None,
         model: None,
+        model_hash: None,
     };
     Ok(run(conn, ctx, req)?.leases.pop())
 }
 
 /// The open tasks of type `?2` that worker `?1` may take, oldest first, after its lease cursor,
-/// at most `?3`.
+/// at most `?3`; of generative types, only those pinning model content `?4`.
 fn oldest_open_sql() -> String {
     format!(
-        "SELECT seq, id, text, labels FROM task INDEXED BY task_open
-         WHERE type = ?2 AND {OPEN_FOR_WORKER}
+        "SELECT seq, id, text, labels, generation FROM task INDEXED BY task_open
+         WHERE type = ?2 AND {OPEN_FOR_WORKER} AND (?4 IS NULL OR model_hash = ?4)
            AND seq > coalesce((SELECT after FROM temp.lease_cursor
                                WHERE worker_id = ?1 AND type = ?2), 0)
          ORDER BY seq LIMIT ?3"
@@ -157,12 +175,18 @@ fn oldest_open(
     conn: &Connection,
     worker: &WorkerId,
     task_type: &TaskType,
+    model_hash: Option<&str>,
     limit: usize,
 ) -> Result<Vec<Candidate>, CoreError> {
     let rows = conn
         .prepare_cached(&oldest_open_sql())?
         .query_map(
-            params![worker.as_str(), task_type.as_str(), limit as i64],
+            params![
+                worker.as_str(),
+                task_type.as_str(),
+                limit as i64,
+                model_hash
+            ],
             |r| {
                 Ok(Candidate {
                     seq: r.get(0)?,
@@ -170,6 +194,7 @@ fn oldest_open(
                     task_type: task_type.clone(),
                     text: r.get(2)?,
                     labels: r.get::<_, Option<Json<Vec<String>>>>(3)?.map(|j| j.0),
+                    generation: r.get::<_, Option<Json<GenerationSpec>>>(4)?.map(|j| j.0),
                 })
             },
         )?
@@ -182,9 +207,12 @@ fn hinted(
     worker: &WorkerId,
     task: &TaskId,
     capabilities: &[TaskType],
+    model_hash: Option<&str>,
 ) -> Result<Option<Candidate>, CoreError> {
-    let sql =
-        format!("SELECT seq, id, type, text, labels FROM task WHERE id = ?2 AND {OPEN_FOR_WORKER}");
+    let sql = format!(
+        "SELECT seq, id, type, text, labels, generation FROM task
+         WHERE id = ?2 AND {OPEN_FOR_WORKER}"
+    );
     let row = conn
         .prepare_cached(&sql)?
         .query_row(params![worker.as_str(), task.to_string()], |r| {
@@ -194,10 +222,16 @@ fn hinted(
                 task_type: super::parsed(r, 2)?,
                 text: r.get(3)?,
                 labels: r.get::<_, Option<Json<Vec<String>>>>(4)?.map(|j| j.0),
+                generation: r.get::<_, Option<Json<GenerationSpec>>>(5)?.map(|j| j.0),
             })
         })
         .optional()?;
-    Ok(row.filter(|c| capabilities.contains(&c.task_type)))
+    Ok(row.filter(|c| {
+        capabilities.contains(&c.task_type)
+            && c.generation
+                .as_ref()
+                .is_none_or(|g| Some(g.model_hash.as_str()) == model_hash)
+    }))
 }
 
 #[cfg(test)]
@@ -370,18 +404,20 @@ mod tests {
     fn the_lease_query_walks_the_open_index() {
         let conn = store();
         let sql = format!("EXPLAIN QUERY PLAN {}", oldest_open_sql());
-        let plan: Vec<String> = conn
-            .prepare(&sql)
-            .expect("plan")
-            .query_map(params!["w", "sentiment", 1], |r| r.get(3))
-            .expect("rows")
-            .collect::<Result<_, _>>()
-            .expect("plan rows");
-        let plan = plan.join("\n");
-        assert!(
-            plan.contains("USING INDEX task_open (type=? AND seq>?)"),
-            "{plan}"
-        );
-        assert!(!plan.contains("TEMP B-TREE"), "the query sorts: {plan}");
+        for (task_type, hash) in [("sentiment", None), ("generate", Some("ab".repeat(32)))] {
+            let plan: Vec<String> = conn
+                .prepare(&sql)
+                .expect("plan")
+                .query_map(params!["w", task_type, 1, hash], |r| r.get(3))
+                .expect("rows")
+                .collect::<Result<_, _>>()
+                .expect("plan rows");
+            let plan = plan.join("\n");
+            assert!(
+                plan.contains("USING INDEX task_open (type=? AND seq>?)"),
+                "{plan}"
+            );
+            assert!(!plan.contains("TEMP B-TREE"), "the query sorts: {plan}");
+        }
     }
 }

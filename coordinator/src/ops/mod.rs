@@ -21,7 +21,8 @@ pub(crate) mod workers;
 
 use crate::error::CoreError;
 use crate::store::{blob_to_vector, from_ms};
-use protocol::messages::{TaskAnnouncement, TaskEvent, TaskView};
+use protocol::generation::{blob_to_ids, GenerationSpec};
+use protocol::messages::{FailureReason, TaskAnnouncement, TaskEvent, TaskView};
 use protocol::{TaskId, TaskStatus, TaskType, WorkerId};
 use rusqlite::types::{FromSql, FromSqlError, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -132,6 +133,14 @@ pub(crate) struct TaskRow {
     pub similarity: Option<f64>,
     /// Consensus vector of a finalized `embedding` task.
     pub final_embedding: Option<Vec<f32>>,
+    /// What a generative task pins.
+    pub generation: Option<GenerationSpec>,
+    /// The token ids a generative task agreed on.
+    pub final_token_ids: Option<Vec<u32>>,
+    /// Their text.
+    pub final_text: Option<String>,
+    /// Why a failed task failed.
+    pub failure_reason: Option<FailureReason>,
     /// Only read with [`TASK_VIEW_COLUMNS`].
     pub reserved_by: Option<WorkerId>,
     pub lease_expires_at: Option<i64>,
@@ -140,12 +149,15 @@ pub(crate) struct TaskRow {
 /// The columns [`TaskRow::from_row`] reads, in order.
 pub(crate) const TASK_COLUMNS: &str = "id, type, text, status, required, max_attempts, attempts, \
      active_leases, submissions, final_label, final_confidence, error_message, created_at, finished_at, \
-     labels, similarity, final_embedding";
+     labels, similarity, final_embedding, generation, final_token_ids, final_text, failure_reason";
+
+/// Where [`TASK_VIEW_COLUMNS`] goes past [`TASK_COLUMNS`]: the live-lease summary.
+const VIEW_RESERVED_BY: usize = 21;
 
 /// [`TASK_COLUMNS`] plus the live-lease summary that views show (kept off the hot paths).
 pub(crate) const TASK_VIEW_COLUMNS: &str = "id, type, text, status, required, max_attempts, attempts, \
      active_leases, submissions, final_label, final_confidence, error_message, created_at, finished_at, \
-     labels, similarity, final_embedding, \
+     labels, similarity, final_embedding, generation, final_token_ids, final_text, failure_reason, \
      (SELECT worker_id FROM lease l WHERE l.task_id = task.id AND l.state = 'active' \
       ORDER BY l.created_at DESC LIMIT 1), \
      (SELECT MAX(expires_at) FROM lease l WHERE l.task_id = task.id AND l.state = 'active')";
@@ -170,13 +182,27 @@ impl TaskRow {
             labels: r.get::<_, Option<Json<Vec<String>>>>(14)?.map(|j| j.0),
             similarity: r.get(15)?,
             final_embedding: r.get::<_, Option<Vec<u8>>>(16)?.map(|b| blob_to_vector(&b)),
-            reserved_by: if r.as_ref().column_count() > 17 {
-                r.get::<_, Option<String>>(17)?
+            generation: r.get::<_, Option<Json<GenerationSpec>>>(17)?.map(|j| j.0),
+            final_token_ids: r.get::<_, Option<Vec<u8>>>(18)?.map(|b| blob_to_ids(&b)),
+            final_text: r.get(19)?,
+            failure_reason: r
+                .get::<_, Option<String>>(20)?
+                .map(|s| s.parse())
+                .transpose()
+                .map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        20,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })?,
+            reserved_by: if r.as_ref().column_count() > VIEW_RESERVED_BY {
+                r.get::<_, Option<String>>(VIEW_RESERVED_BY)?
                     .map(|w| w.parse())
                     .transpose()
                     .map_err(|e| {
                         rusqlite::Error::FromSqlConversionFailure(
-                            17,
+                            VIEW_RESERVED_BY,
                             rusqlite::types::Type::Text,
                             Box::new(e),
                         )
@@ -184,8 +210,8 @@ impl TaskRow {
             } else {
                 None
             },
-            lease_expires_at: if r.as_ref().column_count() > 18 {
-                r.get(18)?
+            lease_expires_at: if r.as_ref().column_count() > VIEW_RESERVED_BY + 1 {
+                r.get(VIEW_RESERVED_BY + 1)?
             } else {
                 None
             },
@@ -203,6 +229,9 @@ impl TaskRow {
             final_label: self.final_label,
             final_embedding: self.final_embedding,
             final_confidence: self.final_confidence,
+            generation: self.generation,
+            final_text: self.final_text,
+            final_token_ids: self.final_token_ids,
             required_submissions: self.required,
             submissions: self.submissions,
             active_leases: self.active_leases,
@@ -211,6 +240,7 @@ impl TaskRow {
             reserved_by: self.reserved_by,
             lease_expires_at: self.lease_expires_at.map(from_ms),
             error_message: self.error_message,
+            failure_reason: self.failure_reason,
             created_at: from_ms(self.created_at),
             finished_at: self.finished_at.map(from_ms),
         }
@@ -250,24 +280,36 @@ fn load_task_with(conn: &Connection, id: &TaskId, columns: &str) -> Result<TaskR
 }
 
 /// Records that `worker` is alive with these capabilities; registers it on first sight.
+///
+/// A worker that now serves another model content forgets its lease cursors: the tasks they
+/// passed over for the old hash may be ones it can do now.
 pub(crate) fn touch_worker(
     conn: &Connection,
     now: i64,
     worker: &WorkerId,
     capabilities: &[TaskType],
     model: Option<&str>,
+    model_hash: Option<&str>,
 ) -> Result<(), CoreError> {
+    if model_hash.is_some() {
+        conn.prepare_cached(
+            "DELETE FROM temp.lease_cursor WHERE worker_id = ?1
+               AND EXISTS (SELECT 1 FROM worker WHERE id = ?1 AND model_hash IS NOT ?2)",
+        )?
+        .execute(params![worker.as_str(), model_hash])?;
+    }
     let caps = serde_json::to_string(capabilities).expect("task types serialize");
     conn.prepare_cached(
-        "INSERT INTO worker (id, status, capabilities, model, last_seen, registered_at)
-         VALUES (?1, 'active', ?2, ?3, ?4, ?4)
+        "INSERT INTO worker (id, status, capabilities, model, model_hash, last_seen, registered_at)
+         VALUES (?1, 'active', ?2, ?3, ?4, ?5, ?5)
          ON CONFLICT (id) DO UPDATE SET
              status = 'active',
              capabilities = excluded.capabilities,
              model = COALESCE(excluded.model, worker.model),
+             model_hash = COALESCE(excluded.model_hash, worker.model_hash),
              last_seen = excluded.last_seen",
     )?
-    .execute(params![worker.as_str(), caps, model, now])?;
+    .execute(params![worker.as_str(), caps, model, model_hash, now])?;
     Ok(())
 }
 
@@ -335,7 +377,7 @@ pub(crate) fn end_lease_unanswered(
                 "expired"
             }
         );
-        fail_task(conn, ctx, &task, message)?;
+        fail_task(conn, ctx, &task, FailureReason::MaxAttempts, message)?;
         return Ok((true, true));
     }
     ctx.effects.push(Effect::Announce(task.announcement()));
@@ -347,6 +389,7 @@ pub(crate) fn fail_task(
     conn: &Connection,
     ctx: &mut Ctx,
     task: &TaskRow,
+    reason: FailureReason,
     message: String,
 ) -> Result<(), CoreError> {
     conn.prepare_cached(
@@ -354,17 +397,26 @@ pub(crate) fn fail_task(
     )?
     .execute(params![ctx.now, task.id.to_string()])?;
     conn.prepare_cached(
-        "UPDATE task SET status = 'failed', active_leases = 0, error_message = ?1, finished_at = ?2
-         WHERE id = ?3",
+        "UPDATE task SET status = 'failed', active_leases = 0, error_message = ?1, finished_at = ?2,
+             failure_reason = ?3
+         WHERE id = ?4",
     )?
-    .execute(params![message, ctx.now, task.id.to_string()])?;
+    .execute(params![
+        message,
+        ctx.now,
+        reason.as_str(),
+        task.id.to_string()
+    ])?;
     ctx.effects.push(Effect::Finished(TaskEvent {
         task_id: task.id,
         status: TaskStatus::Failed,
         final_label: None,
         final_embedding: None,
+        final_token_ids: None,
+        final_text: None,
         final_confidence: None,
         error_message: Some(message),
+        failure_reason: Some(reason),
         at: from_ms(ctx.now),
     }));
     Ok(())
@@ -423,6 +475,7 @@ pub(crate) mod testing {
             max_tasks: max,
             task_id: None,
             model: Some("test".into()),
+            model_hash: None,
         }
     }
 

@@ -169,7 +169,7 @@ mod tests {
     use protocol::messages::{NewTask, SubmitRequest};
 
     fn register(conn: &Connection, now: i64, worker: &str, caps: &[TaskType]) {
-        touch_worker(conn, now, &wid(worker), caps, Some("test")).expect("register");
+        touch_worker(conn, now, &wid(worker), caps, Some("test"), None).expect("register");
     }
 
     fn starved(conn: &Connection, now: i64, t: &protocol::TaskId) -> Option<Starvation> {
@@ -261,6 +261,8 @@ mod tests {
                 embedding: None,
                 confidence: 0.9,
                 model: None,
+                generation: None,
+                model_hash: None,
             },
         )
         .expect("submit");

@@ -6,13 +6,17 @@
 //! so a worker that lost an acknowledgement can retry safely; a *different* second submission from
 //! the same worker is refused.
 
-use super::{load_task, parsed, Ctx, Effect, TaskRow};
-use crate::consensus::{decide, decide_vectors, VectorVote, Vote};
+use super::{fail_task, load_task, parsed, Ctx, Effect, TaskRow};
+use crate::consensus::{
+    decide, decide_identical, decide_vectors, distinct_count, VectorVote, Vote,
+};
 use crate::error::CoreError;
 use crate::store::{blob_to_vector, from_ms, vector_to_blob};
+use protocol::generation::{blob_to_ids, ids_to_blob, GeneratedAnswer};
 use protocol::limits::DEFAULT_SIMILARITY;
 use protocol::messages::{
-    check_confidence, check_model, Answer, SubmitReply, SubmitRequest, TaskEvent,
+    check_confidence, check_model, check_model_hash, Answer, FailureReason, SubmitReply,
+    SubmitRequest, TaskEvent,
 };
 use protocol::ProtocolError;
 use protocol::{LeaseId, TaskId, TaskStatus, WorkerId};
@@ -30,10 +34,14 @@ pub struct Submission {
     pub label: String,
     /// The answer of an `embedding` task.
     pub embedding: Option<Vec<f32>>,
+    /// The answer of a generative task.
+    pub generation: Option<GeneratedAnswer>,
     /// Its confidence in `[0, 1]`.
     pub confidence: f64,
     /// The model that answered.
     pub model: Option<String>,
+    /// SHA-256 of the model content that answered.
+    pub model_hash: Option<String>,
 }
 
 impl From<SubmitRequest> for Submission {
@@ -43,8 +51,10 @@ impl From<SubmitRequest> for Submission {
             worker_id: r.worker_id,
             label: r.label,
             embedding: r.embedding,
+            generation: r.generation,
             confidence: r.confidence,
             model: r.model,
+            model_hash: r.model_hash,
         }
     }
 }
@@ -77,30 +87,41 @@ pub(crate) fn accept(
     task_id: &TaskId,
     sub: Submission,
 ) -> Result<SubmitReply, CoreError> {
-    let answer = Answer::new(&sub.label, sub.embedding.as_deref())?;
+    let answer = Answer::new(
+        &sub.label,
+        sub.embedding.as_deref(),
+        sub.generation.as_ref(),
+    )?;
     check_confidence(sub.confidence)?;
     check_model(sub.model.as_deref())?;
+    check_model_hash(sub.model_hash.as_deref())?;
     let task = load_task(conn, task_id)?;
-    check_fits(&task, answer)?;
+    check_fits(&task, answer, sub.model_hash.as_deref())?;
     let tid = task_id.to_string();
     let vector = sub.embedding.as_deref().map(vector_to_blob);
+    let ids = sub.generation.as_ref().map(|g| ids_to_blob(&g.token_ids));
 
-    let earlier: Option<(LeaseId, String, Option<Vec<u8>>)> = conn
+    let earlier: Option<(LeaseId, String, Option<Vec<u8>>, Option<Vec<u8>>)> = conn
         .prepare_cached(
-            "SELECT lease_id, label, embedding FROM submission
+            "SELECT lease_id, label, embedding, token_ids FROM submission
              WHERE task_id = ?1 AND worker_id = ?2",
         )?
         .query_row(params![tid, sub.worker_id.as_str()], |r| {
-            Ok((parsed(r, 0)?, r.get(1)?, r.get(2)?))
+            Ok((parsed(r, 0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })
         .optional()?;
-    if let Some((lease, label, embedding)) = earlier {
-        if sub.lease_id.is_none_or(|l| l == lease) && label == sub.label && embedding == vector {
+    if let Some((lease, label, embedding, token_ids)) = earlier {
+        if sub.lease_id.is_none_or(|l| l == lease)
+            && label == sub.label
+            && embedding == vector
+            && token_ids == ids
+        {
             return Ok(SubmitReply {
                 accepted: true,
                 duplicate: true,
                 finalized: task.status == TaskStatus::Finalized,
                 final_label: task.final_label,
+                final_text: task.final_text,
             });
         }
         return Err(CoreError::DuplicateSubmission {
@@ -108,6 +129,8 @@ pub(crate) fn accept(
             task: *task_id,
             label: if embedding.is_some() {
                 "a different embedding".to_owned()
+            } else if token_ids.is_some() {
+                "a different generation".to_owned()
             } else {
                 label
             },
@@ -158,8 +181,8 @@ pub(crate) fn accept(
 
     conn.prepare_cached(
         "INSERT INTO submission (task_id, worker_id, lease_id, label, confidence, model, created_at,
-                                 embedding)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                                 embedding, token_ids, text, logprobs, model_hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
     .execute(params![
         tid,
@@ -169,7 +192,11 @@ pub(crate) fn accept(
         sub.confidence,
         sub.model,
         ctx.now,
-        vector
+        vector,
+        ids,
+        sub.generation.as_ref().map(|g| g.text.as_str()),
+        sub.generation.as_ref().map(|g| vector_to_blob(&g.logprobs)),
+        sub.model_hash
     ])?;
     conn.prepare_cached("UPDATE lease SET state = 'completed', ended_at = ?1 WHERE id = ?2")?
         .execute(params![ctx.now, lease_id.to_string()])?;
@@ -189,28 +216,70 @@ pub(crate) fn accept(
             duplicate: false,
             finalized: false,
             final_label: None,
+            final_text: None,
         });
     }
     debug_assert_eq!(task.active_leases, 1, "slots never exceed required");
-    let final_label = if task.task_type.is_vector() {
+    let (mut final_label, mut final_text) = (None, None);
+    if task.generation.is_some() {
+        final_text = finalize_generated(conn, ctx, &task)?;
+    } else if task.task_type.is_vector() {
         let threshold = task.similarity.unwrap_or(DEFAULT_SIMILARITY);
         finalize_vectors(conn, ctx, task_id, threshold)?;
-        None
     } else {
-        Some(finalize(conn, ctx, task_id)?)
-    };
+        final_label = Some(finalize(conn, ctx, task_id)?);
+    }
     Ok(SubmitReply {
         accepted: true,
         duplicate: false,
-        finalized: true,
+        finalized: task.generation.is_none() || final_text.is_some(),
         final_label,
+        final_text,
     })
 }
 
 /// Refuses an answer of the wrong kind for the task: a label for an `embedding` task, a vector
-/// for a label task, a `zero-shot` label that is not one of the task's candidates.
-fn check_fits(task: &TaskRow, answer: Answer<'_>) -> Result<(), CoreError> {
+/// for a label task, a `zero-shot` label that is not one of the task's candidates, anything but
+/// a generation for a generative task, a generation that breaks the task's spec or comes from
+/// another model content than it pins.
+fn check_fits(
+    task: &TaskRow,
+    answer: Answer<'_>,
+    model_hash: Option<&str>,
+) -> Result<(), CoreError> {
     let wrong = |problem: String| -> CoreError { ProtocolError::invalid("label", problem).into() };
+    let kind = if task.generation.is_some() {
+        "a generation"
+    } else if task.task_type.is_vector() {
+        "an embedding"
+    } else {
+        "a label"
+    };
+    match (answer, &task.generation) {
+        (Answer::Generated(g), Some(spec)) => {
+            if model_hash != Some(spec.model_hash.as_str()) {
+                return Err(CoreError::ModelMismatch {
+                    task: task.id,
+                    pinned: spec.model_hash.clone(),
+                    ran: model_hash.unwrap_or("none").to_owned(),
+                });
+            }
+            return Ok(g.check_against(spec)?);
+        }
+        (Answer::Generated(_), None) => {
+            return Err(wrong(format!(
+                "{} tasks take {kind}, not a generation",
+                task.task_type
+            )))
+        }
+        (_, Some(_)) => {
+            return Err(wrong(format!(
+                "{} tasks take a generation (token ids), not a label or an embedding",
+                task.task_type
+            )))
+        }
+        (_, None) => {}
+    }
     match answer {
         Answer::Label(_) if task.task_type.is_vector() => Err(wrong(format!(
             "{} tasks take an embedding, not a label",
@@ -220,6 +289,7 @@ fn check_fits(task: &TaskRow, answer: Answer<'_>) -> Result<(), CoreError> {
             "{} tasks take a label, not an embedding",
             task.task_type
         ))),
+        Answer::Generated(_) => Ok(()),
         Answer::Label(label) => match &task.labels {
             Some(labels) if !labels.iter().any(|l| l == label) => Err(wrong(format!(
                 "{label:?} is not one of the task's labels ({})",
@@ -312,6 +382,62 @@ fn finalize_vectors(
     Ok(())
 }
 
+/// Decides a generative task by exact match: when a strict majority of its answers are the same
+/// token ids, they are final and their workers agree and earn a point each. Otherwise nothing is
+/// finalized on a guess: the task fails with `no_consensus`, its answers kept.
+///
+/// Returns the final text, or `None` when the task failed.
+fn finalize_generated(
+    conn: &Connection,
+    ctx: &mut Ctx,
+    task: &TaskRow,
+) -> Result<Option<String>, CoreError> {
+    let tid = task.id.to_string();
+    let rows: Vec<(i64, Vec<u8>, String, f64)> = conn
+        .prepare_cached(
+            "SELECT id, token_ids, text, confidence FROM submission WHERE task_id = ?1 ORDER BY id",
+        )?
+        .query_map([&tid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    let ballot: Vec<&[u8]> = rows.iter().map(|(_, ids, _, _)| ids.as_slice()).collect();
+    let Some(members) = decide_identical(&ballot) else {
+        let distinct = distinct_count(&ballot);
+        let message = format!(
+            "no consensus: no majority of the {} answers is identical ({distinct} distinct \
+             token sequences); the answers are kept",
+            rows.len()
+        );
+        fail_task(conn, ctx, task, FailureReason::NoConsensus, message)?;
+        return Ok(None);
+    };
+    let (_, ids, text, _) = &rows[members[0]];
+    let confidence = members.iter().map(|&i| rows[i].3).sum::<f64>() / members.len() as f64;
+    conn.prepare_cached(
+        "UPDATE task SET status = 'finalized', final_token_ids = ?1, final_text = ?2,
+             final_confidence = ?3, finished_at = ?4
+         WHERE id = ?5",
+    )?
+    .execute(params![ids, text, confidence, ctx.now, tid])?;
+    let mut mark = conn.prepare_cached("UPDATE submission SET agreed = ?1 WHERE id = ?2")?;
+    for (i, (id, _, _, _)) in rows.iter().enumerate() {
+        mark.execute(params![members.contains(&i), id])?;
+    }
+    award_points(conn, &tid)?;
+    ctx.effects.push(Effect::Finished(TaskEvent {
+        task_id: task.id,
+        status: TaskStatus::Finalized,
+        final_label: None,
+        final_embedding: None,
+        final_token_ids: Some(blob_to_ids(ids)),
+        final_text: Some(text.clone()),
+        final_confidence: Some(confidence),
+        error_message: None,
+        failure_reason: None,
+        at: from_ms(ctx.now),
+    }));
+    Ok(Some(text.clone()))
+}
+
 /// Announces a finalization, after the commit: the consensus label or vector and its confidence.
 fn finished(
     ctx: &mut Ctx,
@@ -324,8 +450,11 @@ fn finished(
         status: TaskStatus::Finalized,
         final_label,
         final_embedding,
+        final_token_ids: None,
+        final_text: None,
         final_confidence: Some(confidence),
         error_message: None,
+        failure_reason: None,
         at: from_ms(ctx.now),
     }));
 }
@@ -388,8 +517,10 @@ mod tests {
             worker_id: wid(worker),
             label: label.into(),
             embedding: None,
+            generation: None,
             confidence,
             model: None,
+            model_hash: None,
         }
     }
 
@@ -534,7 +665,7 @@ mod tests {
                     label: "both".into(),
                     ..vector(&le, "a", &[1.0])
                 },
-                "not both",
+                "give one answer",
             ),
         ];
         for (task, req, why) in cases {
@@ -698,6 +829,7 @@ mod tests {
             capabilities: vec![protocol::TaskType::sentiment()],
             model: None,
             leases: None,
+            model_hash: None,
         };
         let r = heartbeat::run(&tx, &mut ctx(s.lease_ms - 1), &wid("a"), hb).expect("heartbeat");
         assert_eq!(r.renewed, 1);
@@ -731,6 +863,7 @@ mod tests {
             capabilities: vec![protocol::TaskType::sentiment()],
             model: None,
             leases: Some(vec![known.lease_id]),
+            model_hash: None,
         };
         let r = heartbeat::run(&tx, &mut ctx(s.lease_ms - 1), &wid("a"), hb).expect("heartbeat");
         assert_eq!(r.renewed, 1);

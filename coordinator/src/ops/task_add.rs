@@ -19,12 +19,18 @@ pub(crate) fn run(
     req.validate(ctx.settings.max_text_bytes)?;
     let mut insert = conn.prepare_cached(
         "INSERT INTO task (id, type, text, status, required, max_attempts, created_at, labels,
-                           similarity)
-         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8)",
+                           similarity, generation, model_hash)
+         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
     let mut task_ids = Vec::with_capacity(req.tasks.len());
     for task in req.tasks {
         let id = TaskId::new();
+        // Validated above: resolving again cannot fail.
+        let spec = task.spec()?;
+        let model_hash = spec.as_ref().map(|s| s.model_hash.clone());
+        let generation = spec
+            .as_ref()
+            .map(|s| serde_json::to_string(s).expect("specs serialize"));
         let task_type = task.task_type.unwrap_or_else(TaskType::sentiment);
         let required = task
             .required_submissions
@@ -46,7 +52,9 @@ pub(crate) fn run(
             max_attempts,
             ctx.now,
             labels,
-            similarity
+            similarity,
+            generation,
+            model_hash
         ])?;
         ctx.effects.push(Effect::Announce(TaskAnnouncement {
             task_id: id,

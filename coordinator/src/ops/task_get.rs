@@ -5,6 +5,7 @@ use super::starved::{self, Live};
 use super::{load_task_view, parsed, TaskRow, TASK_VIEW_COLUMNS};
 use crate::error::CoreError;
 use crate::store::{blob_to_vector, from_ms};
+use protocol::generation::blob_to_ids;
 use protocol::messages::{LeaseView, SubmissionView, TaskDetail};
 use protocol::TaskId;
 use rusqlite::Connection;
@@ -45,7 +46,8 @@ fn detail(conn: &Connection, live: &Live, task: TaskRow) -> Result<TaskDetail, C
     let id = task_id.to_string();
     let mut submissions: Vec<SubmissionView> = conn
         .prepare_cached(
-            "SELECT worker_id, label, confidence, model, agreed, created_at, embedding
+            "SELECT worker_id, label, confidence, model, agreed, created_at, embedding, text,
+                    token_ids, model_hash
              FROM submission WHERE task_id = ?1 ORDER BY id",
         )?
         .query_map([&id], |r| {
@@ -53,6 +55,9 @@ fn detail(conn: &Connection, live: &Live, task: TaskRow) -> Result<TaskDetail, C
                 worker_id: parsed(r, 0)?,
                 label: Some(r.get::<_, String>(1)?).filter(|l| !l.is_empty()),
                 embedding: r.get::<_, Option<Vec<u8>>>(6)?.map(|b| blob_to_vector(&b)),
+                text: r.get(7)?,
+                token_ids: r.get::<_, Option<Vec<u8>>>(8)?.map(|b| blob_to_ids(&b)),
+                model_hash: r.get(9)?,
                 confidence: r.get(2)?,
                 model: r.get(3)?,
                 agreed: r.get(4)?,
@@ -127,6 +132,8 @@ mod tests {
                 embedding: Some(vec![1.0; MAX_EMBEDDING_DIM]),
                 confidence: 1.0,
                 model: None,
+                generation: None,
+                model_hash: None,
             };
             submit::run(&tx, &mut ctx(2), &t, sub).expect("submit");
         }

@@ -102,6 +102,24 @@ ALTER TABLE submission ADD COLUMN embedding BLOB;
 -- of a type, and the tasks that need more workers than are live, without scanning the queue.
 CREATE INDEX task_open_required ON task (type, required) WHERE status IN ('queued', 'assigned');
 "#,
+    r#"
+-- Generative tasks: the spec each pins (JSON) and its model hash (what leases are routed by),
+-- the agreed token ids (little-endian u32 blob) and their text. Submissions keep their ids,
+-- text, log-probabilities (f32 blob) and the model hash they ran; workers the hash they serve.
+-- A failed task says why: its attempts ran out, or its answers reached no consensus.
+ALTER TABLE task ADD COLUMN generation TEXT;
+ALTER TABLE task ADD COLUMN model_hash TEXT;
+ALTER TABLE task ADD COLUMN final_token_ids BLOB;
+ALTER TABLE task ADD COLUMN final_text TEXT;
+ALTER TABLE task ADD COLUMN failure_reason TEXT
+    CHECK (failure_reason IN ('max_attempts', 'no_consensus'));
+UPDATE task SET failure_reason = 'max_attempts' WHERE status = 'failed';
+ALTER TABLE submission ADD COLUMN token_ids BLOB;
+ALTER TABLE submission ADD COLUMN text TEXT;
+ALTER TABLE submission ADD COLUMN logprobs BLOB;
+ALTER TABLE submission ADD COLUMN model_hash TEXT;
+ALTER TABLE worker ADD COLUMN model_hash TEXT;
+"#,
 ];
 
 /// Tables of one connection (`temp`, in memory, gone when it closes), created when it opens.

@@ -22,6 +22,7 @@ use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use protocol::TaskType;
 use std::collections::HashMap;
+use std::io::Seek;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use tokenizers::models::bpe::{Vocab, BPE};
@@ -37,7 +38,7 @@ pub const NAME: &str = "smollm2";
 pub const GGUF_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// `max_new_tokens` when a task names none.
-pub const DEFAULT_MAX_NEW_TOKENS: u32 = 128;
+pub const DEFAULT_MAX_NEW_TOKENS: u32 = protocol::generation::DEFAULT_MAX_NEW_TOKENS;
 
 /// The most tokens a prompt may hold after its template: longer sources are cut to fit.
 pub const MAX_PROMPT_TOKENS: usize = 2048;
@@ -45,15 +46,9 @@ pub const MAX_PROMPT_TOKENS: usize = 2048;
 /// The instruction a `summarization` task's text is wrapped in (template `summarize/v1`).
 const SUMMARIZE_V1: &str = "Summarize the following text in a few sentences.\n\n";
 
-/// The languages `translation` takes (ISO 639-1 code, English name), in either direction.
-pub const LANGUAGES: &[(&str, &str)] = &[
-    ("en", "English"),
-    ("fr", "French"),
-    ("de", "German"),
-    ("es", "Spanish"),
-    ("it", "Italian"),
-    ("pt", "Portuguese"),
-];
+/// The languages `translation` takes (ISO 639-1 code, English name), in either direction: the
+/// catalog's, which the coordinator checks tasks against.
+pub const LANGUAGES: &[(&str, &str)] = protocol::generation::SMOLLM2.languages;
 
 /// The instruction a `translation` task's text is wrapped in (template `translate/v1`).
 fn translate_v1(from: &str, to: &str, text: &str) -> String {
@@ -119,6 +114,8 @@ pub enum ChatLoadError {
 /// A chat model from a GGUF file, run greedily.
 pub struct ChatModel {
     id: String,
+    /// SHA-256 of the GGUF file: its weights, tokenizer and template in one.
+    hash: String,
     tokenizer: Tokenizer,
     /// The chat template, compiled once at load.
     templates: minijinja::Environment<'static>,
@@ -153,6 +150,13 @@ impl ChatModel {
             source,
         };
         let mut file = std::fs::File::open(&path).map_err(io)?;
+        let hash = {
+            use sha2::Digest;
+            let mut hasher = sha2::Sha256::new();
+            std::io::copy(&mut file, &mut hasher).map_err(io)?;
+            file.rewind().map_err(io)?;
+            hex::encode(hasher.finalize())
+        };
         let content = gguf_file::Content::read(&mut file).map_err(|e| bad(e.into()))?;
         let meta = Meta(&content.metadata);
         let tokens = meta.strings("tokenizer.ggml.tokens").map_err(&bad)?;
@@ -181,6 +185,7 @@ impl ChatModel {
             ModelWeights::from_gguf(content, &mut file, &device).map_err(|e| bad(e.into()))?;
         Ok(Self {
             id: format!("{NAME}/q4_1"),
+            hash,
             tokenizer,
             templates,
             bos,
@@ -198,6 +203,19 @@ impl ChatModel {
     /// # Errors
     /// [`ModelError::Unsupported`] for a type it cannot do; the template's error.
     pub fn prompt(&self, input: &Input) -> Result<String, ModelError> {
+        let current = protocol::generation::template_of(&input.task_type);
+        if let Some(t) = &input.template {
+            if Some(t.as_str()) != current {
+                return Err(ModelError::Inference(
+                    format!(
+                        "template {t:?} is not one this worker renders for {} tasks ({})",
+                        input.task_type,
+                        current.unwrap_or("none")
+                    )
+                    .into(),
+                ));
+            }
+        }
         let message = if input.task_type == TaskType::generate() {
             input.text.clone()
         } else if input.task_type == TaskType::summarization() {
@@ -245,7 +263,8 @@ impl ChatModel {
             .to_vec())
     }
 
-    /// Generates greedily from `prompt_ids`, up to `max_new_tokens` or the stop token.
+    /// Generates greedily from `prompt_ids`, up to `max_new_tokens` or the first of `stops`
+    /// (the model's own stop token when empty).
     ///
     /// # Errors
     /// The forward pass's error.
@@ -253,7 +272,10 @@ impl ChatModel {
         &self,
         prompt_ids: &[u32],
         max_new_tokens: u32,
+        stops: &[u32],
     ) -> Result<(Vec<u32>, Vec<f32>, Stop), ModelError> {
+        let own = [self.stop];
+        let stops = if stops.is_empty() { &own[..] } else { stops };
         let fail = |e: candle_core::Error| ModelError::Inference(e.into());
         let mut weights = self.weights.lock().unwrap_or_else(|p| p.into_inner());
         weights.clear_kv_cache();
@@ -272,7 +294,7 @@ impl ChatModel {
             let (next, logprob) = greedy(&logits);
             ids.push(next);
             logprobs.push(logprob);
-            if next == self.stop {
+            if stops.contains(&next) {
                 return Ok((ids, logprobs, Stop::StopToken));
             }
             input = Tensor::new(&[next], &self.device)
@@ -298,7 +320,8 @@ impl ChatModel {
     fn answer(&self, input: &Input) -> Result<Prediction, ModelError> {
         let (prompt_ids, truncated) = self.prepare(input)?;
         let max = input.max_new_tokens.unwrap_or(DEFAULT_MAX_NEW_TOKENS);
-        let (token_ids, logprobs, stop) = self.generate(&prompt_ids, max)?;
+        let stops = input.stop_ids.as_deref().unwrap_or_default();
+        let (token_ids, logprobs, stop) = self.generate(&prompt_ids, max, stops)?;
         let text = self
             .tokenizer
             .decode(&token_ids, true)
@@ -352,6 +375,10 @@ impl ChatModel {
 impl Model for ChatModel {
     fn id(&self) -> &str {
         &self.id
+    }
+
+    fn content_hash(&self) -> Option<&str> {
+        Some(&self.hash)
     }
 
     fn capabilities(&self) -> Vec<TaskType> {

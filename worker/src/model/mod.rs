@@ -23,6 +23,11 @@ pub struct Input {
     pub max_new_tokens: Option<u32>,
     /// A `translation` task's languages (ISO 639-1 codes): from, to.
     pub languages: Option<(String, String)>,
+    /// The ids that end a generation (the model's own stop token when absent).
+    pub stop_ids: Option<Vec<u32>>,
+    /// The prompt template a task pins (the type's current one when absent); a model refuses a
+    /// template it does not render.
+    pub template: Option<String>,
 }
 
 impl Input {
@@ -34,6 +39,21 @@ impl Input {
             labels: None,
             max_new_tokens: None,
             languages: None,
+            stop_ids: None,
+            template: None,
+        }
+    }
+
+    /// The input of a leased task: its text and, for a generative task, what its spec pins.
+    pub fn of_lease(lease: &protocol::messages::Lease) -> Self {
+        let spec = lease.generation.as_ref();
+        Self {
+            labels: lease.labels.clone(),
+            max_new_tokens: spec.map(|s| s.max_new_tokens),
+            languages: spec.and_then(|s| s.source_lang.clone().zip(s.target_lang.clone())),
+            stop_ids: spec.map(|s| s.stop_ids.clone()),
+            template: spec.map(|s| s.template.clone()),
+            ..Self::new(lease.task_type.clone(), lease.text.clone())
         }
     }
 }
@@ -110,6 +130,12 @@ pub trait Model: Send + Sync + 'static {
     /// The task types it can answer.
     fn capabilities(&self) -> Vec<TaskType>;
 
+    /// SHA-256 (lowercase hex) of the content it loaded, for models whose answers are pinned to
+    /// it (generative models): the coordinator routes their tasks by it.
+    fn content_hash(&self) -> Option<&str> {
+        None
+    }
+
     /// Answers each input; one result per input, in order. May take a while: it runs on a
     /// blocking thread.
     fn predict(&self, inputs: &[Input]) -> Vec<Result<Prediction, ModelError>>;
@@ -137,6 +163,10 @@ impl Model for Delayed {
 
     fn capabilities(&self) -> Vec<TaskType> {
         self.inner.capabilities()
+    }
+
+    fn content_hash(&self) -> Option<&str> {
+        self.inner.content_hash()
     }
 
     fn predict(&self, inputs: &[Input]) -> Vec<Result<Prediction, ModelError>> {
