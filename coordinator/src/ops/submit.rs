@@ -873,4 +873,199 @@ mod tests {
         let task = load_task(&conn, &lost.task_id).expect("task");
         assert_eq!((task.active_leases, task.attempts), (0, 1));
     }
+
+    const HASH: &str = protocol::generation::SMOLLM2.hash;
+
+    fn generative(max_new_tokens: u32) -> NewTask {
+        NewTask {
+            max_new_tokens: Some(max_new_tokens),
+            ..NewTask::generated(TaskType::generate(), "Name a colour.")
+        }
+    }
+
+    fn take_generative(conn: &mut Connection, worker: &str, hash: Option<&str>) -> Vec<Lease> {
+        let req = LeaseRequest {
+            capabilities: vec![
+                TaskType::generate(),
+                TaskType::summarization(),
+                TaskType::translation(),
+            ],
+            model_hash: hash.map(str::to_owned),
+            ..lease_req(worker, 4)
+        };
+        lease(conn, 1, req).leases
+    }
+
+    fn generated(lease: &Lease, worker: &str, ids: &[u32], hash: Option<&str>) -> SubmitRequest {
+        SubmitRequest {
+            generation: Some(GeneratedAnswer {
+                token_ids: ids.to_vec(),
+                text: format!("{ids:?}"),
+                logprobs: vec![-0.25; ids.len()],
+                truncated: false,
+            }),
+            model_hash: hash.map(str::to_owned),
+            ..answer(lease, worker, "", 0.8)
+        }
+    }
+
+    #[test]
+    fn generative_leases_follow_the_model_hash() {
+        let mut conn = store();
+        let t = add(&mut conn, 0, generative(4));
+        assert!(take_generative(&mut conn, "nohash", None).is_empty());
+        let other = "0".repeat(64);
+        assert!(take_generative(&mut conn, "other", Some(&other)).is_empty());
+        let got = take_generative(&mut conn, "right", Some(HASH));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].task_id, t);
+        let spec = got[0]
+            .generation
+            .as_ref()
+            .expect("the lease carries the spec");
+        assert_eq!(
+            (
+                spec.model_hash.as_str(),
+                spec.max_new_tokens,
+                &spec.stop_ids[..]
+            ),
+            (HASH, 4, &[2][..])
+        );
+        assert_eq!(spec.template, protocol::generation::TEMPLATE_CHAT);
+        // The worker that was refused for its hash gets the task once it serves the right one.
+        assert_eq!(take_generative(&mut conn, "other", Some(HASH)).len(), 1);
+    }
+
+    #[test]
+    fn identical_token_ids_finalize_and_a_split_fails_without_a_guess() {
+        let mut conn = store();
+        let agreed = add(&mut conn, 0, generative(4));
+        let split = add(&mut conn, 0, generative(4));
+        let mut leases: Vec<Vec<Lease>> = ["a", "b", "c"]
+            .iter()
+            .map(|w| take_generative(&mut conn, w, Some(HASH)))
+            .collect();
+        assert!(leases.iter().all(|l| l.len() == 2));
+        let on = |leases: &mut Vec<Lease>, t: TaskId| {
+            let i = leases.iter().position(|l| l.task_id == t).expect("lease");
+            leases.remove(i)
+        };
+        let answers = [
+            ("a", vec![5, 6, 2], vec![5, 6, 7, 8]),
+            ("b", vec![5, 7, 2], vec![9, 2]),
+            ("c", vec![5, 6, 2], vec![10, 11, 12, 2]),
+        ];
+        let mut last = Vec::new();
+        for ((w, ids_agreed, ids_split), mine) in answers.iter().zip(&mut leases) {
+            let l = on(mine, agreed);
+            let (r, fx) = send(
+                &mut conn,
+                2,
+                &agreed,
+                generated(&l, w, ids_agreed, Some(HASH)),
+            );
+            r.expect("stored");
+            let l = on(mine, split);
+            let (r, fx2) = send(
+                &mut conn,
+                2,
+                &split,
+                generated(&l, w, ids_split, Some(HASH)),
+            );
+            let r = r.expect("stored");
+            assert!(!r.finalized);
+            last = [fx, fx2].concat();
+        }
+        let task = load_task(&conn, &agreed).expect("task");
+        assert_eq!(task.status, TaskStatus::Finalized);
+        assert_eq!(task.final_token_ids.as_deref(), Some(&[5, 6, 2][..]));
+        assert_eq!(task.final_text.as_deref(), Some("[5, 6, 2]"));
+        assert_eq!(
+            (points(&conn, "a"), points(&conn, "b"), points(&conn, "c")),
+            (1, 0, 1)
+        );
+
+        let task = load_task(&conn, &split).expect("task");
+        assert_eq!(task.status, TaskStatus::Failed);
+        assert_eq!(task.failure_reason, Some(FailureReason::NoConsensus));
+        assert_eq!(task.submissions, 3, "the answers are kept");
+        assert!(task.final_token_ids.is_none() && task.final_text.is_none());
+        let kept: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM submission WHERE task_id = ?1 AND token_ids IS NOT NULL
+                   AND agreed IS NULL",
+                [split.to_string()],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(kept, 3);
+        let event = last
+            .iter()
+            .find_map(|e| match e {
+                Effect::Finished(ev) if ev.task_id == split => Some(ev),
+                _ => None,
+            })
+            .expect("a failure event");
+        assert_eq!(event.failure_reason, Some(FailureReason::NoConsensus));
+    }
+
+    #[test]
+    fn a_generation_must_come_from_the_pinned_model_and_keep_to_the_spec() {
+        let mut conn = store();
+        let t = add(&mut conn, 0, generative(4));
+        let l = take_generative(&mut conn, "a", Some(HASH)).remove(0);
+        let before = dump(&conn);
+        let other = "0".repeat(64);
+        let cases = [
+            (
+                generated(&l, "a", &[5, 2], Some(&other)),
+                ErrorCode::ModelMismatch,
+            ),
+            (generated(&l, "a", &[5, 2], None), ErrorCode::ModelMismatch),
+            (
+                generated(&l, "a", &[5, 2, 6], Some(HASH)),
+                ErrorCode::InvalidArgument,
+            ),
+            (
+                generated(&l, "a", &[5, 6], Some(HASH)),
+                ErrorCode::InvalidArgument,
+            ),
+            (
+                generated(&l, "a", &[5, 6, 7, 8, 9], Some(HASH)),
+                ErrorCode::InvalidArgument,
+            ),
+            (
+                generated(&l, "a", &[49152, 2], Some(HASH)),
+                ErrorCode::InvalidArgument,
+            ),
+            (answer(&l, "a", "positive", 0.9), ErrorCode::InvalidArgument),
+            (vector(&l, "a", &[1.0]), ErrorCode::InvalidArgument),
+        ];
+        for (req, code) in cases {
+            let (r, fx) = send(&mut conn, 2, &t, req.clone());
+            let err = r.expect_err("accepted");
+            assert_eq!(err.code(), code, "{err}");
+            assert!(fx.is_empty());
+            assert_eq!(dump(&conn), before, "{req:?} changed the store");
+        }
+        let (r, _) = send(
+            &mut conn,
+            2,
+            &t,
+            generated(&l, "a", &[5, 6, 7, 8], Some(HASH)),
+        );
+        assert!(r.expect("a generation that ran to its bound").accepted);
+        let (r, _) = send(
+            &mut conn,
+            3,
+            &t,
+            generated(&l, "a", &[5, 6, 7, 8], Some(HASH)),
+        );
+        assert!(r.expect("a resend").duplicate);
+        let (r, _) = send(&mut conn, 3, &t, generated(&l, "a", &[5, 2], Some(HASH)));
+        assert_eq!(
+            r.expect_err("changed").code(),
+            ErrorCode::DuplicateSubmission
+        );
+    }
 }

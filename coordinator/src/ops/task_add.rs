@@ -127,4 +127,55 @@ mod tests {
             assert!(err.to_string().contains(says), "{err}");
         }
     }
+
+    #[test]
+    fn generative_tasks_store_their_spec_and_bad_specs_store_nothing() {
+        let mut conn = store();
+        let t = add(
+            &mut conn,
+            0,
+            NewTask::translation("Bonjour tout le monde.", "fr", "en"),
+        );
+        let task = load_task(&conn, &t).expect("task");
+        let spec = task.generation.expect("a spec");
+        assert_eq!(spec.model_hash, protocol::generation::SMOLLM2.hash);
+        assert_eq!(
+            (spec.source_lang.as_deref(), spec.target_lang.as_deref()),
+            (Some("fr"), Some("en"))
+        );
+        let before = dump(&conn);
+        let bad = [
+            NewTask {
+                model: Some("gpt-9".into()),
+                ..NewTask::generated(TaskType::generate(), "x")
+            },
+            NewTask::translation("x", "en", "ja"),
+            NewTask {
+                max_new_tokens: Some(600),
+                ..NewTask::generated(TaskType::summarization(), "x")
+            },
+            NewTask {
+                max_new_tokens: Some(5),
+                ..NewTask::text("a sentiment task")
+            },
+        ];
+        for task in bad {
+            let mut c = ctx(2_000);
+            let req = TaskAddRequest {
+                tasks: vec![NewTask::text("fine"), task.clone()],
+            };
+            let err = run(&conn, &mut c, req).expect_err("refused");
+            assert!(
+                matches!(
+                    err.code(),
+                    protocol::ErrorCode::UnknownModel
+                        | protocol::ErrorCode::UnsupportedSpec
+                        | protocol::ErrorCode::InvalidArgument
+                ),
+                "{task:?}: {err}"
+            );
+            assert!(c.effects.is_empty());
+            assert_eq!(dump(&conn), before, "{task:?} stored something");
+        }
+    }
 }
