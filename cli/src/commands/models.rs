@@ -63,6 +63,9 @@ pub(crate) struct InferArgs {
 struct Inferred {
     text: String,
     model: String,
+    /// SHA-256 of the model content, for models whose answers are pinned to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_hash: Option<String>,
     label: Option<String>,
     confidence: Option<f64>,
     /// A classifier's logits, the zero-shot probabilities, the lexicon's compound score.
@@ -132,6 +135,7 @@ pub(crate) async fn infer(ctx: &Ctx, args: InferArgs) -> anyhow::Result<()> {
             Ok(p) => Inferred {
                 text: i.text,
                 model: model.id().to_owned(),
+                model_hash: model.content_hash().map(str::to_owned),
                 label: Some(p.label).filter(|l| !l.is_empty()),
                 confidence: Some(p.confidence),
                 scores: p.scores,
@@ -142,6 +146,7 @@ pub(crate) async fn infer(ctx: &Ctx, args: InferArgs) -> anyhow::Result<()> {
             Err(e) => Inferred {
                 text: i.text,
                 model: model.id().to_owned(),
+                model_hash: model.content_hash().map(str::to_owned),
                 label: None,
                 confidence: None,
                 scores: Vec::new(),

