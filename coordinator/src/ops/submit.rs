@@ -59,6 +59,9 @@ impl From<SubmitRequest> for Submission {
     }
 }
 
+/// A worker's stored submission on a task: its lease, label, vector blob and token-id blob.
+type Earlier = (LeaseId, String, Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// Stores a submission that came with its lease id (the NATS API).
 ///
 /// # Errors
@@ -101,7 +104,7 @@ pub(crate) fn accept(
     let vector = sub.embedding.as_deref().map(vector_to_blob);
     let ids = sub.generation.as_ref().map(|g| ids_to_blob(&g.token_ids));
 
-    let earlier: Option<(LeaseId, String, Option<Vec<u8>>, Option<Vec<u8>>)> = conn
+    let earlier: Option<Earlier> = conn
         .prepare_cached(
             "SELECT lease_id, label, embedding, token_ids FROM submission
              WHERE task_id = ?1 AND worker_id = ?2",
