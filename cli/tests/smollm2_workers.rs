@@ -106,6 +106,34 @@ fn three_smollm2_workers_finalize_generated_tasks_by_exact_match() {
         }
     }
 
+    // Over HTTP too: the task view has the text and the ids, lists the text only.
+    let http = reqwest::blocking::Client::new();
+    let get = |path: &str| -> serde_json::Value {
+        http.get(format!("{}{path}", c.http))
+            .send()
+            .and_then(|r| r.json())
+            .expect("GET")
+    };
+    let summary = &tasks[1];
+    let d = get(&format!("/tasks/{}", summary.id));
+    assert_eq!(
+        d["task"]["final_text"],
+        serde_json::json!(summary.final_text)
+    );
+    assert_eq!(
+        d["task"]["final_token_ids"],
+        serde_json::json!(summary.final_token_ids)
+    );
+    assert_eq!(d["task"]["generation"]["template"], "summarize/v1");
+    let list = get("/tasks?status=finalized");
+    let listed = list
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|t| t["id"] == serde_json::json!(summary.id))
+        .expect("listed");
+    assert!(listed["final_text"].is_string() && listed.get("final_token_ids").is_none());
+
     // The coordinator's answer is the model's: `aimarket infer` on the same input gives the same
     // ids, so any worker's answer can be checked by hand.
     let translation = &tasks[2];

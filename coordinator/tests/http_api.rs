@@ -477,3 +477,75 @@ async fn zero_shot_and_embedding_tasks_over_http() {
     assert!(listed.get("final_embedding").is_none(), "{listed}");
     g.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generative_tasks_over_http_pin_their_spec_and_refuse_bad_ones() {
+    let g = Gateway::start().await;
+    let refused = [
+        (
+            json!({"text": "x", "type": "generate", "model": "gpt-9"}),
+            "unknown_model",
+        ),
+        (
+            json!({"text": "x", "type": "generate", "model_hash": "abc"}),
+            "unknown_model",
+        ),
+        (
+            json!({"text": "x", "type": "translation", "source_lang": "en", "target_lang": "ja"}),
+            "unsupported_spec",
+        ),
+        (
+            json!({"text": "x", "type": "translation"}),
+            "invalid_argument",
+        ),
+        (
+            json!({"text": "x", "type": "summarization", "max_new_tokens": 513}),
+            "invalid_argument",
+        ),
+        (
+            json!({"text": "x", "max_new_tokens": 16}),
+            "invalid_argument",
+        ),
+    ];
+    for (body, code) in refused {
+        let (s, err) = g.post("/tasks", body.clone()).await;
+        assert_eq!(
+            (s, &err["error"]["code"]),
+            (422, &json!(code)),
+            "{body}: {err}"
+        );
+    }
+    let (_, list) = g.get("/tasks").await;
+    assert_eq!(list, json!([]), "a refused task was stored");
+
+    let (s, t) = g
+        .post(
+            "/tasks",
+            json!({"text": "Bonjour", "type": "translation", "source_lang": "fr",
+                   "target_lang": "en", "max_new_tokens": 32}),
+        )
+        .await;
+    assert_eq!(s, 200, "{t}");
+    let id = t["task_id"].as_str().expect("id");
+    let (_, d) = g.get(&format!("/tasks/{id}")).await;
+    let spec = &d["task"]["generation"];
+    assert_eq!(spec["model"], "smollm2");
+    assert_eq!(spec["model_hash"], protocol::generation::SMOLLM2.hash);
+    assert_eq!(spec["template"], "translate/v1");
+    assert_eq!(
+        (&spec["max_new_tokens"], &spec["stop_ids"]),
+        (&json!(32), &json!([2]))
+    );
+
+    // A worker of the original API names no model content: it is never leased generative work.
+    let caps = json!(["generate", "translation"]).to_string();
+    let (s, _) = g
+        .post(
+            "/workers/register",
+            json!({"worker_id": "plain", "capabilities_json": caps}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (_, next) = g.post("/tasks/next", json!({"worker_id": "plain"})).await;
+    assert_eq!(next["task_id"], Value::Null, "{next}");
+}

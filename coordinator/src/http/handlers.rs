@@ -333,9 +333,10 @@ pub(super) async fn dashboard_data(State(core): State<Core>) -> Reply<DashboardD
         core.leaderboard(),
         core.recent(20)
     )?;
-    // The page shows a vote as "vector"; the numbers would only weigh down each poll.
+    // The page shows a vote as "vector" or its text; the numbers would only weigh down each poll.
     for s in recent.iter_mut().flat_map(|d| d.submissions.iter_mut()) {
         s.embedding = None;
+        s.token_ids = None;
     }
     Ok(Json(DashboardData {
         stats,

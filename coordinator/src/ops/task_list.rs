@@ -41,6 +41,7 @@ pub(crate) fn run(conn: &Connection, req: &TaskListRequest) -> Result<TaskListRe
             .into_iter()
             .map(|t| TaskView {
                 final_embedding: None,
+                final_token_ids: None,
                 ..t.view()
             })
             .collect(),
