@@ -463,12 +463,15 @@ impl Core {
         m.leases_active.set(gauge(stats.active_leases));
         // Types no longer starved drop out rather than linger at their last value.
         m.tasks_starved.clear();
+        // A generative type is summed over the model contents its starved tasks pin.
+        let mut by_type = std::collections::BTreeMap::new();
         for s in &stats.starved {
+            *by_type.entry(s.task_type.to_string()).or_insert(0) += s.tasks;
+        }
+        for (t, tasks) in by_type {
             m.tasks_starved
-                .get_or_create(&crate::metrics::TypeLabels {
-                    r#type: s.task_type.to_string(),
-                })
-                .set(gauge(s.tasks));
+                .get_or_create(&crate::metrics::TypeLabels { r#type: t })
+                .set(gauge(tasks));
         }
         Ok(m.encode())
     }

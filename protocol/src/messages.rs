@@ -1028,6 +1028,9 @@ pub struct StarvedType {
     /// The task type.
     #[serde(rename = "type")]
     pub task_type: TaskType,
+    /// The model content its starved tasks pin (generative types): only workers serving it count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_hash: Option<String>,
     /// Its open tasks that are starved.
     pub tasks: u64,
     /// Live workers that can do this type.
@@ -1041,13 +1044,17 @@ impl std::fmt::Display for StarvedType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} {} task{} starved: {} live worker{} can do {}, {} more needed",
+            "{} {} task{} starved: {} live worker{} can do {}{}, {} more needed",
             self.tasks,
             self.task_type,
             if self.tasks == 1 { " is" } else { "s are" },
             self.live_workers,
             if self.live_workers == 1 { "" } else { "s" },
             self.task_type,
+            match &self.model_hash {
+                Some(h) => format!(" with model content {}…", &h[..h.len().min(12)]),
+                None => String::new(),
+            },
             self.workers_short
         )
     }

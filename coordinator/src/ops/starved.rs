@@ -16,9 +16,13 @@ use protocol::{TaskType, WorkerId};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The live workers (heartbeating within the TTL) able to do each task type.
+/// What a task is routed by: its type and, for a generative type, the model content it pins.
+type Route = (TaskType, Option<String>);
+
+/// The live workers (heartbeating within the TTL) able to do each task type; for generative
+/// types, each model content they serve (a worker serving none can do no generative task).
 #[derive(Debug, Default)]
-pub(crate) struct Live(BTreeMap<TaskType, BTreeSet<WorkerId>>);
+pub(crate) struct Live(BTreeMap<Route, BTreeSet<WorkerId>>);
 
 impl Live {
     /// Reads the live workers at `now`.
@@ -29,29 +33,36 @@ impl Live {
     ) -> Result<Self, CoreError> {
         let mut live = Self::default();
         let mut stmt = conn.prepare_cached(
-            "SELECT id, capabilities FROM worker WHERE status = 'active' AND last_seen > ?1",
+            "SELECT id, capabilities, model_hash FROM worker
+             WHERE status = 'active' AND last_seen > ?1",
         )?;
         let rows = stmt.query_map([now - heartbeat_ttl_ms], |r| {
             Ok((
                 super::parsed::<WorkerId>(r, 0)?,
                 r.get::<_, Json<Vec<TaskType>>>(1)?.0,
+                r.get::<_, Option<String>>(2)?,
             ))
         })?;
         for row in rows {
-            let (worker, capabilities) = row?;
+            let (worker, capabilities, hash) = row?;
             for t in capabilities {
-                live.0.entry(t).or_default().insert(worker.clone());
+                let hash = match (t.is_generative(), &hash) {
+                    (false, _) => None,
+                    (true, Some(h)) => Some(h.clone()),
+                    (true, None) => continue,
+                };
+                live.0.entry((t, hash)).or_default().insert(worker.clone());
             }
         }
         Ok(live)
     }
 
-    fn capable(&self, t: &TaskType) -> Option<&BTreeSet<WorkerId>> {
-        self.0.get(t)
+    fn capable(&self, t: &TaskType, hash: Option<&str>) -> Option<&BTreeSet<WorkerId>> {
+        self.0.get(&(t.clone(), hash.map(str::to_owned)))
     }
 
-    fn count(&self, t: &TaskType) -> u32 {
-        self.capable(t).map_or(0, |w| w.len() as u32)
+    fn count(&self, t: &TaskType, hash: Option<&str>) -> u32 {
+        self.capable(t, hash).map_or(0, |w| w.len() as u32)
     }
 
     /// Whether a task of type `t` needing `required` answers, with `submissions` in, is
@@ -60,18 +71,18 @@ impl Live {
         &self,
         conn: &Connection,
         task: &str,
-        t: &TaskType,
+        (t, hash): (&TaskType, Option<&str>),
         required: u32,
         submissions: u32,
     ) -> Result<Option<Starvation>, CoreError> {
         let needs = required.saturating_sub(submissions);
-        let mut capable = self.count(t);
+        let mut capable = self.count(t, hash);
         // At most `submissions` of the live workers have answered: enough remain.
         if capable >= required {
             return Ok(None);
         }
         if submissions > 0 {
-            if let Some(live) = self.capable(t) {
+            if let Some(live) = self.capable(t, hash) {
                 let mut voters =
                     conn.prepare_cached("SELECT worker_id FROM submission WHERE task_id = ?1")?;
                 let rows = voters.query_map([task], |r| super::parsed::<WorkerId>(r, 0))?;
@@ -99,16 +110,21 @@ pub(crate) fn of_task(
     live.check(
         conn,
         &task.id.to_string(),
-        &task.task_type,
+        (
+            &task.task_type,
+            task.generation.as_ref().map(|g| g.model_hash.as_str()),
+        ),
         task.required,
         task.submissions,
     )
 }
 
-/// The starved tasks of type `?1` when `?2` live workers, the JSON array `?3`, can do it: those
-/// that need more workers than are live, less those whose voters are gone enough to make up for it.
+/// The starved tasks of type `?1` pinning model content `?4` (none for types that are not
+/// generated) when `?2` live workers, the JSON array `?3`, can do it: those that need more
+/// workers than are live, less those whose voters are gone enough to make up for it.
 const COUNT_STARVED: &str = "SELECT COUNT(*) FROM task t INDEXED BY task_open_required
      WHERE t.status IN ('queued', 'assigned') AND t.type = ?1 AND t.required > ?2
+       AND t.model_hash IS ?4
        AND (t.submissions = 0
             OR t.required - t.submissions > ?2 - (
                 SELECT COUNT(*) FROM submission s
@@ -127,7 +143,12 @@ pub(crate) fn summary(conn: &Connection, live: &Live) -> Result<Vec<StarvedType>
     )?;
     let mut most_required = conn.prepare_cached(
         "SELECT required FROM task INDEXED BY task_open_required
-         WHERE status IN ('queued', 'assigned') AND type = ?1 ORDER BY required DESC LIMIT 1",
+         WHERE status IN ('queued', 'assigned') AND type = ?1 AND model_hash IS ?2
+         ORDER BY required DESC LIMIT 1",
+    )?;
+    let mut hashes = conn.prepare_cached(
+        "SELECT DISTINCT model_hash FROM task INDEXED BY task_open_required
+         WHERE status IN ('queued', 'assigned') AND type = ?1",
     )?;
     let mut starved = conn.prepare_cached(COUNT_STARVED)?;
     let mut out = Vec::new();
@@ -137,25 +158,37 @@ pub(crate) fn summary(conn: &Connection, live: &Live) -> Result<Vec<StarvedType>
         .optional()?
     {
         after = t.as_str().to_owned();
-        let live_workers = live.count(&t);
-        let required: u32 = most_required.query_row([t.as_str()], |r| r.get(0))?;
-        if required <= live_workers {
-            continue;
-        }
-        let capable: Vec<&str> = live
-            .capable(&t)
-            .map(|w| w.iter().map(WorkerId::as_str).collect())
-            .unwrap_or_default();
-        let capable = serde_json::to_string(&capable).expect("worker ids serialize");
-        let tasks: u64 =
-            starved.query_row(params![t.as_str(), live_workers, capable], |r| r.get(0))?;
-        if tasks > 0 {
-            out.push(StarvedType {
-                task_type: t,
-                tasks,
-                live_workers,
-                workers_short: required - live_workers,
-            });
+        let routes: Vec<Option<String>> = if t.is_generative() {
+            hashes
+                .query_map([t.as_str()], |r| r.get(0))?
+                .collect::<Result<_, _>>()?
+        } else {
+            vec![None]
+        };
+        for hash in routes {
+            let live_workers = live.count(&t, hash.as_deref());
+            let required: u32 = most_required.query_row(params![t.as_str(), hash], |r| r.get(0))?;
+            if required <= live_workers {
+                continue;
+            }
+            let capable: Vec<&str> = live
+                .capable(&t, hash.as_deref())
+                .map(|w| w.iter().map(WorkerId::as_str).collect())
+                .unwrap_or_default();
+            let capable = serde_json::to_string(&capable).expect("worker ids serialize");
+            let tasks: u64 = starved
+                .query_row(params![t.as_str(), live_workers, capable, hash], |r| {
+                    r.get(0)
+                })?;
+            if tasks > 0 {
+                out.push(StarvedType {
+                    task_type: t.clone(),
+                    model_hash: hash,
+                    tasks,
+                    live_workers,
+                    workers_short: required - live_workers,
+                });
+            }
         }
     }
     Ok(out)
@@ -214,6 +247,7 @@ mod tests {
         assert_eq!(
             summary_at(&conn, 2),
             vec![StarvedType {
+                model_hash: None,
                 task_type: TaskType::zero_shot(),
                 tasks: 1,
                 live_workers: 1,
@@ -281,6 +315,7 @@ mod tests {
         assert_eq!(
             summary_at(&conn, later),
             vec![StarvedType {
+                model_hash: None,
                 task_type: TaskType::sentiment(),
                 tasks: 1,
                 live_workers: 2,
@@ -301,7 +336,9 @@ mod tests {
         let plan: String = conn
             .prepare(&format!("EXPLAIN QUERY PLAN {COUNT_STARVED}"))
             .expect("explain")
-            .query_map(params!["sentiment", 3, "[]"], |r| r.get::<_, String>(3))
+            .query_map(params!["sentiment", 3, "[]", None::<String>], |r| {
+                r.get::<_, String>(3)
+            })
             .expect("plan")
             .collect::<Result<Vec<_>, _>>()
             .expect("rows")
@@ -310,5 +347,44 @@ mod tests {
             plan.contains("task_open_required (type=? AND required>?)"),
             "{plan}"
         );
+    }
+
+    #[test]
+    fn a_generative_task_counts_only_workers_serving_its_model_content() {
+        let mut conn = store();
+        let hash = protocol::generation::SMOLLM2.hash;
+        let t = add(
+            &mut conn,
+            0,
+            NewTask {
+                required_submissions: Some(2),
+                ..NewTask::generated(TaskType::generate(), "Name a colour.")
+            },
+        );
+        let generative = [TaskType::generate()];
+        touch_worker(&conn, 1, &wid("right"), &generative, None, Some(hash)).expect("register");
+        let other = "0".repeat(64);
+        touch_worker(&conn, 1, &wid("other"), &generative, None, Some(&other)).expect("register");
+        touch_worker(&conn, 1, &wid("none"), &generative, None, None).expect("register");
+        assert_eq!(
+            starved(&conn, 2, &t),
+            Some(Starvation {
+                needs: 2,
+                capable: 1
+            })
+        );
+        assert_eq!(
+            summary_at(&conn, 2),
+            vec![StarvedType {
+                task_type: TaskType::generate(),
+                model_hash: Some(hash.to_owned()),
+                tasks: 1,
+                live_workers: 1,
+                workers_short: 1,
+            }]
+        );
+        touch_worker(&conn, 3, &wid("other"), &generative, None, Some(hash)).expect("switch");
+        assert_eq!(starved(&conn, 4, &t), None);
+        assert!(summary_at(&conn, 4).is_empty());
     }
 }
