@@ -418,6 +418,27 @@ async fn bad_input_on_every_subject_is_refused_and_changes_nothing() {
             ErrorCode::InvalidArgument,
         ),
         (
+            subject::api(P, ApiOp::TaskAdd),
+            add(serde_json::json!({"text": "x", "type": "generate", "model": "gpt-9"})),
+            ErrorCode::UnknownModel,
+        ),
+        (
+            subject::api(P, ApiOp::TaskAdd),
+            add(serde_json::json!({"text": "x", "type": "translation",
+                                   "source_lang": "en", "target_lang": "ja"})),
+            ErrorCode::UnsupportedSpec,
+        ),
+        (
+            subject::api(P, ApiOp::TaskAdd),
+            add(serde_json::json!({"text": "x", "type": "summarization", "max_new_tokens": 0})),
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            subject::api(P, ApiOp::TaskAdd),
+            add(serde_json::json!({"text": "x", "type": "sentiment", "source_lang": "en"})),
+            ErrorCode::InvalidArgument,
+        ),
+        (
             subject::api(P, ApiOp::TaskGet),
             serde_json::json!({"task_id": unknown}).to_string(),
             ErrorCode::NotFound,
