@@ -140,3 +140,70 @@ fn a_source_too_long_for_the_context_is_cut_the_same_way_every_time() {
     // The cut keeps the template's end: the generation prompt.
     assert_eq!(&ids[ids.len() - 4..], &[1, 520, 9531, 198]);
 }
+
+/// The forward pass with our Q4_1 product gives candle-transformers' `quantized_llama` logits bit
+/// for bit, over a prompt and greedy steps: being faster changed no answer.
+#[test]
+fn the_forward_pass_gives_candles_logits_bit_for_bit() {
+    use candle_core::quantized::gguf_file;
+    use candle_core::{Device, Tensor};
+    use candle_transformers::models::quantized_llama::ModelWeights;
+    use worker::model::llama::Llama;
+
+    let path = test_support::smollm2_dir().join(worker::model::chat::GGUF_FILE);
+    let open = || {
+        let mut f = std::fs::File::open(&path).expect("gguf");
+        let content = gguf_file::Content::read(&mut f).expect("gguf content");
+        (content, f)
+    };
+    let (content, mut f) = open();
+    let mut candle = ModelWeights::from_gguf(content, &mut f, &Device::Cpu).expect("candle's");
+    let (content, mut f) = open();
+    let mut ours = Llama::from_gguf(content, &mut f, &Device::Cpu).expect("ours");
+    let input = Input::new(
+        TaskType::summarization(),
+        "The river rose overnight and the old bridge closed; the town built a ferry within a week.",
+    );
+    let (prompt, _) = model().prepare(&input).expect("prompt");
+    let logits = |m: &mut dyn FnMut(&Tensor, usize) -> Vec<f32>, ids: &[u32], pos: usize| {
+        let x = Tensor::new(ids, &Device::Cpu)
+            .and_then(|t| t.unsqueeze(0))
+            .expect("ids");
+        m(&x, pos)
+    };
+    let mut run_candle = |x: &Tensor, pos: usize| -> Vec<f32> {
+        candle
+            .forward(x, pos)
+            .and_then(|l| l.squeeze(0))
+            .and_then(|l| l.to_vec1())
+            .expect("candle")
+    };
+    let mut run_ours = |x: &Tensor, pos: usize| -> Vec<f32> {
+        ours.forward(x, pos)
+            .and_then(|l| l.squeeze(0))
+            .and_then(|l| l.to_vec1())
+            .expect("ours")
+    };
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let (mut a, mut b) = (
+        logits(&mut run_candle, &prompt, 0),
+        logits(&mut run_ours, &prompt, 0),
+    );
+    for (step, pos) in (prompt.len()..prompt.len() + 8).enumerate() {
+        assert_eq!(bits(&a), bits(&b), "logits differ at step {step}");
+        let next = a
+            .iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |best, (i, &l)| {
+                if l > best.1 {
+                    (i, l)
+                } else {
+                    best
+                }
+            })
+            .0 as u32;
+        a = logits(&mut run_candle, &[next], pos);
+        b = logits(&mut run_ours, &[next], pos);
+    }
+    assert_eq!(bits(&a), bits(&b), "logits differ after 8 steps");
+}

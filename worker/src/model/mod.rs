@@ -5,6 +5,7 @@ pub mod chat;
 pub mod distilbert;
 pub mod hub;
 pub mod lexicon;
+pub mod llama;
 pub mod minilm;
 pub mod q4_1;
 pub mod transformer;

@@ -26,6 +26,8 @@ use rayon::prelude::*;
 const BLOCK: usize = 32;
 /// Bytes of one Q4_1 block in candle's layout: `d` and `m` (f16), then 16 bytes of nibbles.
 const Q4_1_BYTES: usize = 20;
+/// Below this many blocks per output row, one thread does the row: splitting costs more.
+const PARALLEL_BLOCKS: usize = 2048;
 
 /// A Q4_1 weight matrix of `n` rows (outputs) by `k` columns, unpacked for the product: the
 /// nibbles of each block together, and the block scales and minimums as the f32 values candle
@@ -80,20 +82,30 @@ impl Q41Matrix {
         self.n
     }
 
-    /// `x` (`m` rows of `k`) times the transpose of this matrix: `m` rows of `n`.
+    /// `x` (`m` rows of `k`) times the transpose of this matrix: `m` rows of `n`. Outputs are
+    /// split over rayon's threads (`RAYON_NUM_THREADS`) when there is enough work; called from
+    /// inside its pool (as [`super::chat`] does), the caller works too instead of waiting.
     pub fn matmul(&self, x: &[f32]) -> Vec<f32> {
         let m = x.len() / self.k;
         let mut out = vec![0f32; m * self.n];
         let simd = Kernel::detect();
-        for (row, dst) in x.chunks_exact(self.k).zip(out.chunks_mut(self.n)) {
-            let act = Q81::quantize(row);
-            // Threads only pay off on enough work; each output is computed alone either way.
-            let chunk = (4096 / self.blocks_per_row).max(8);
-            dst.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
-                for (i, o) in out.iter_mut().enumerate() {
-                    *o = self.dot(c * chunk + i, &act, simd);
-                }
-            });
+        let acts: Vec<Q81> = x.chunks_exact(self.k).map(Q81::quantize).collect();
+        let fill = |act: &Q81, first: usize, part: &mut [f32]| {
+            for (j, o) in part.iter_mut().enumerate() {
+                *o = self.dot(first + j, act, simd);
+            }
+        };
+        let threads = rayon::current_num_threads();
+        let serial = threads == 1 || self.n * self.blocks_per_row < PARALLEL_BLOCKS;
+        for (act, row) in acts.iter().zip(out.chunks_mut(self.n)) {
+            if serial {
+                fill(act, 0, row);
+                continue;
+            }
+            let chunk = self.n.div_ceil(threads * 4).max(16);
+            row.par_chunks_mut(chunk)
+                .enumerate()
+                .for_each(|(c, part)| fill(act, c * chunk, part));
         }
         out
     }
@@ -192,7 +204,7 @@ impl Kernel {
 
     fn dot(self, w: &Blocks<'_>, act: &Q81) -> f32 {
         match self {
-            Kernel::Portable => portable_dot(w, act, 0, 0.0),
+            Kernel::Portable => portable_dot(w, act),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2(simd) => simd.vectorize(
                 #[inline(always)]
@@ -202,9 +214,10 @@ impl Kernel {
     }
 }
 
-/// Blocks `from..` of one dot product, added to `sumf` in order, exactly as candle adds them.
-fn portable_dot(w: &Blocks<'_>, act: &Q81, from: usize, mut sumf: f32) -> f32 {
-    for b in from..w.nibbles.len() {
+/// One dot product, its blocks' terms added in order, exactly as candle adds them.
+fn portable_dot(w: &Blocks<'_>, act: &Q81) -> f32 {
+    let mut sumf = 0f32;
+    for b in 0..w.nibbles.len() {
         let sumi = block_sum(&w.nibbles[b], &act.values[b]);
         sumf += sumi as f32 * w.scale[b] * act.scale[b] + w.min[b] * act.sum[b];
     }
@@ -213,17 +226,22 @@ fn portable_dot(w: &Blocks<'_>, act: &Q81, from: usize, mut sumf: f32) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{portable_dot, Blocks, Q81};
+    use super::{Blocks, Q81};
     use core::arch::x86_64::{__m128i, __m256, __m256i};
     use pulp::bytemuck::cast;
     use pulp::x86::V3;
 
-    /// The block sums of eight blocks starting at `b`, as eight i32 lanes.
+    /// The block sums of the (up to) eight blocks starting at `b`, as eight i32 lanes; lanes
+    /// past the last block are zero.
     #[inline(always)]
     fn eight_sums(simd: V3, w: &Blocks<'_>, act: &Q81, b: usize) -> __m256i {
         let low = simd.sse2._mm_set1_epi8(0x0F);
         let ones = simd.avx._mm256_set1_epi16(1);
+        let n = w.nibbles.len();
         let sums: [__m256i; 8] = core::array::from_fn(|i| {
+            if b + i >= n {
+                return cast([0i32; 8]);
+            }
             let q: __m128i = cast(w.nibbles[b + i]);
             let lo = simd.sse2._mm_and_si128(q, low);
             let hi = simd
@@ -252,9 +270,20 @@ mod avx2 {
         let n = w.nibbles.len();
         let mut sumf = 0f32;
         let mut b = 0;
-        while b + 8 <= n {
+        while b < n {
+            let take = (n - b).min(8);
             let sumi = simd.avx._mm256_cvtepi32_ps(eight_sums(simd, w, act, b));
-            let f8 = |s: &[f32]| -> __m256 { cast(<[f32; 8]>::try_from(&s[b..b + 8]).expect("8")) };
+            // The scales of the blocks taken, zeros after them (their terms are not added).
+            let f8 = |s: &[f32]| -> __m256 {
+                if take == 8 {
+                    return cast(<[f32; 8]>::try_from(&s[b..b + 8]).expect("eight"));
+                }
+                let mut lanes = [0f32; 8];
+                for (lane, v) in lanes.iter_mut().zip(&s[b..b + take]) {
+                    *lane = *v;
+                }
+                cast(lanes)
+            };
             // sumi * d_w * d_x + m_w * s_x, in candle's order, unfused.
             let t = simd
                 .avx
@@ -263,12 +292,12 @@ mod avx2 {
                 .avx
                 ._mm256_add_ps(t, simd.avx._mm256_mul_ps(f8(w.min), f8(&act.sum)));
             let terms: [f32; 8] = cast(t);
-            for term in terms {
+            for term in &terms[..take] {
                 sumf += term;
             }
-            b += 8;
+            b += take;
         }
-        portable_dot(w, act, b, sumf)
+        sumf
     }
 }
 
