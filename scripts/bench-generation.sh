@@ -23,6 +23,13 @@ print(f"| aimarket smollm2 | {r['threads']} | {pp:.0f} ({r['prompt_tokens']} tok
 PY
     "$python" - "$dir/SmolLM2-135M-Instruct.Q4_1.gguf" "$t" "$n" <<'PY'
 import statistics, sys, time
+import llama_cpp, llama_cpp.llama
+# No extra buffer types (AMX / repacked weights): llama-cpp-python 0.3.36 crashes with them on
+# CPUs with AMX; its plain AVX-512/AVX2 kernels run instead.
+_defaults = llama_cpp.llama_model_default_params
+def _plain():
+    p = _defaults(); p.use_extra_bufts = False; return p
+llama_cpp.llama_model_default_params = llama_cpp.llama.llama_cpp.llama_model_default_params = _plain
 from llama_cpp import Llama
 path, threads, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 llm = Llama(model_path=path, n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False)

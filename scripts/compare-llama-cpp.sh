@@ -28,6 +28,13 @@ OMP_NUM_THREADS=2 RAYON_NUM_THREADS=2 "$bin" --json infer --model smollm2 --mode
 "$python" - "$dir/SmolLM2-135M-Instruct.Q4_1.gguf" "$ours" "$max" <<'PY'
 import json, sys
 import numpy as np
+import llama_cpp, llama_cpp.llama
+# No extra buffer types (AMX / repacked weights): llama-cpp-python 0.3.36 crashes with them on
+# CPUs with AMX; its plain AVX-512/AVX2 kernels run instead.
+_defaults = llama_cpp.llama_model_default_params
+def _plain():
+    p = _defaults(); p.use_extra_bufts = False; return p
+llama_cpp.llama_model_default_params = llama_cpp.llama.llama_cpp.llama_model_default_params = _plain
 from llama_cpp import Llama
 
 path, ours_file, max_new = sys.argv[1], sys.argv[2], int(sys.argv[3])
