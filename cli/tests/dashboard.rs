@@ -1,5 +1,6 @@
 //! The dashboard in a real browser: headless Chromium (driven through chromedriver's WebDriver
-//! API) loads `/dashboard`, a task is added, and the page shows it finalized without a reload.
+//! API) loads `/dashboard`, a task is added, and the page shows it finalized without a reload;
+//! then a starved task with the reason, and a generated one with its agreed text.
 //! The screenshot is kept in `target/tmp/dashboard.png`.
 
 mod common;
@@ -82,6 +83,16 @@ fn the_dashboard_shows_a_task_finalize_without_a_reload() {
     for w in ["alice", "bob", "carole"] {
         c.start_worker(w, &[]);
     }
+    let smollm2 = test_support::smollm2_dir();
+    c.start_worker(
+        "dave",
+        &[
+            "--model",
+            "smollm2",
+            "--model-dir",
+            smollm2.to_str().expect("utf8 path"),
+        ],
+    );
     let profile = tempfile::tempdir().expect("profile dir");
     let driver = Driver::start();
     let session = driver.call(
@@ -184,6 +195,22 @@ fn the_dashboard_shows_a_task_finalize_without_a_reload() {
     assert!(
         banner.contains("1 zero-shot task is starved") && banner.contains("3 more needed"),
         "{banner}"
+    );
+
+    // A generated task, answered by the smollm2 worker: the row shows the agreed text.
+    let generated_id = add(
+        json!({"text": "Name a colour.", "type": "generate", "max_new_tokens": 8,
+        "required_submissions": 1}),
+    );
+    let probe = format!(
+        "const row = document.querySelector('[data-task=\"{generated_id}\"]'); \
+         return row ? [row.dataset.status, row.textContent] : null;"
+    );
+    let row = until(&probe, "finalized", "showed the generated task finalized");
+    let text = row[1].as_str().expect("row text");
+    assert!(
+        text.contains("8 tokens; 1 answer)") && text.contains("dave: \u{201c}"),
+        "{text}"
     );
 
     let png = driver.call(reqwest::Method::GET, &s("/screenshot"), None);
