@@ -8,6 +8,7 @@ pub mod lexicon;
 pub mod llama;
 pub mod minilm;
 pub mod q4_1;
+pub mod t5;
 pub mod transformer;
 
 use protocol::TaskType;

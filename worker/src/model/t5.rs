@@ -1,0 +1,485 @@
+//! T5 (t5-small/base, flan-t5) as Hugging Face's `T5ForConditionalGeneration` computes it, in
+//! f32 with candle tensors. Own code rather than candle-transformers' `t5`, which differs from
+//! it in ways that change answers or their log-probabilities (tests show each against a float64
+//! reference forward written in `worker/tests/t5.rs`):
+//!
+//! - with tied embeddings (t5-small, t5-base) the decoder output is scaled by `d_model^-0.5`
+//!   before the LM head; candle-transformers multiplies by `sqrt(d_model)` (the arg-max survives,
+//!   the log-probabilities do not);
+//! - the decoder's self-attention buckets relative positions one way (keys never after the
+//!   query); candle-transformers uses the two-way buckets of the encoder, which differ from
+//!   distance 9 on with the usual 32 buckets;
+//! - padded batches: the encoder and the cross-attention ignore padding through an attention
+//!   mask; candle-transformers takes no mask, so a padded input's answer depends on its padding.
+//!
+//! The forward recomputes the decoder over the whole prefix at each step (no cache): simple and
+//! the same numbers at every position, at a cost that matters only for long outputs.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The fields of a Hugging Face T5 `config.json` the forward needs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct T5Config {
+    /// Vocabulary size (rows of `shared.weight`).
+    pub vocab_size: usize,
+    /// Hidden size.
+    pub d_model: usize,
+    /// Size of one attention head.
+    pub d_kv: usize,
+    /// Feed-forward size.
+    pub d_ff: usize,
+    /// Encoder blocks.
+    pub num_layers: usize,
+    /// Decoder blocks (`num_layers` when absent).
+    #[serde(default)]
+    pub num_decoder_layers: Option<usize>,
+    /// Attention heads.
+    pub num_heads: usize,
+    /// Relative-position buckets.
+    #[serde(default = "buckets")]
+    pub relative_attention_num_buckets: usize,
+    /// Distance at which buckets stop growing.
+    #[serde(default = "max_distance")]
+    pub relative_attention_max_distance: usize,
+    /// RMS norm epsilon.
+    #[serde(default = "epsilon")]
+    pub layer_norm_epsilon: f64,
+    /// `relu` (t5) or `gated-gelu` (flan-t5).
+    #[serde(default = "relu")]
+    pub feed_forward_proj: String,
+    /// The LM head is the shared embedding (t5-small/base), scaled by `d_model^-0.5` first.
+    #[serde(default = "yes")]
+    pub tie_word_embeddings: bool,
+    /// Padding id.
+    #[serde(default)]
+    pub pad_token_id: u32,
+    /// End of sequence.
+    #[serde(default = "one")]
+    pub eos_token_id: u32,
+    /// The decoder's first input.
+    #[serde(default)]
+    pub decoder_start_token_id: u32,
+}
+
+fn buckets() -> usize {
+    32
+}
+fn max_distance() -> usize {
+    128
+}
+fn epsilon() -> f64 {
+    1e-6
+}
+fn relu() -> String {
+    "relu".to_owned()
+}
+fn yes() -> bool {
+    true
+}
+fn one() -> u32 {
+    1
+}
+
+/// The bucket of a relative position `key - query`, as Hugging Face's
+/// `_relative_position_bucket` computes it (its logarithm in f32).
+pub fn relative_bucket(
+    relative: i64,
+    bidirectional: bool,
+    num_buckets: usize,
+    max_distance: usize,
+) -> usize {
+    let mut buckets = num_buckets as i64;
+    let mut bucket = 0i64;
+    let distance = if bidirectional {
+        buckets /= 2;
+        if relative > 0 {
+            bucket += buckets;
+        }
+        relative.abs()
+    } else {
+        (-relative).max(0)
+    };
+    let max_exact = buckets / 2;
+    if distance < max_exact {
+        return (bucket + distance) as usize;
+    }
+    let scaled = ((distance as f32 / max_exact as f32).ln()
+        / (max_distance as f64 / max_exact as f64).ln() as f32
+        * (buckets - max_exact) as f32) as i64;
+    (bucket + (max_exact + scaled).min(buckets - 1)) as usize
+}
+
+/// Why a T5 model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum T5LoadError {
+    /// `config.json` unreadable or not a T5 config.
+    #[error("{path}: {source}")]
+    Config {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The weights are missing or malformed.
+    #[error("weights: {0}")]
+    Weights(#[from] candle_core::Error),
+}
+
+struct Attention {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    /// `(num_buckets, heads)`, in the first block of each stack only.
+    relative_bias: Option<Tensor>,
+}
+
+struct Block {
+    self_norm: Tensor,
+    self_attention: Attention,
+    cross: Option<(Tensor, Attention)>,
+    ff_norm: Tensor,
+    /// `wi` (relu) or `wi_0`, `wi_1` (gated-gelu), then `wo`.
+    ff_in: Vec<Tensor>,
+    ff_out: Tensor,
+}
+
+/// A T5 encoder-decoder in f32.
+pub struct T5 {
+    config: T5Config,
+    shared: Tensor,
+    encoder: Vec<Block>,
+    encoder_norm: Tensor,
+    decoder: Vec<Block>,
+    decoder_norm: Tensor,
+    lm_head: Tensor,
+    device: Device,
+}
+
+/// Additive mask value for positions attention must not see.
+const MASKED: f32 = -1e9;
+
+impl T5 {
+    /// Loads `config.json` and `model.safetensors` from `dir`.
+    ///
+    /// # Errors
+    /// [`T5LoadError`] naming the file or tensor.
+    pub fn load(dir: &Path) -> std::result::Result<Self, T5LoadError> {
+        let path = dir.join("config.json");
+        let config: T5Config = std::fs::read(&path)
+            .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.into()))
+            .map_err(|source| T5LoadError::Config {
+                path: path.clone(),
+                source,
+            })?;
+        let device = Device::Cpu;
+        let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &device)?;
+        Ok(Self::from_tensors(config, tensors, device)?)
+    }
+
+    /// Builds the model from Hugging Face-named tensors.
+    ///
+    /// # Errors
+    /// A missing tensor.
+    pub fn from_tensors(
+        config: T5Config,
+        tensors: HashMap<String, Tensor>,
+        device: Device,
+    ) -> Result<Self> {
+        let mut w = Weights(tensors);
+        let gated = config.feed_forward_proj.starts_with("gated");
+        let encoder = w.stack("encoder", config.num_layers, false, gated)?;
+        let decoder = w.stack(
+            "decoder",
+            config.num_decoder_layers.unwrap_or(config.num_layers),
+            true,
+            gated,
+        )?;
+        let shared = w.take("shared.weight")?;
+        let lm_head = if config.tie_word_embeddings {
+            shared.clone()
+        } else {
+            w.take("lm_head.weight")?
+        };
+        Ok(Self {
+            encoder_norm: w.take("encoder.final_layer_norm.weight")?,
+            decoder_norm: w.take("decoder.final_layer_norm.weight")?,
+            config,
+            shared,
+            encoder,
+            decoder,
+            lm_head,
+            device,
+        })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &T5Config {
+        &self.config
+    }
+
+    /// Encodes a batch: `inputs` right-padded to the longest; `(batch, len, d_model)` and the
+    /// key mask `(batch, 1, 1, len)` (0 or [`MASKED`]).
+    ///
+    /// # Errors
+    /// candle's errors.
+    pub fn encode(&self, inputs: &[Vec<u32>]) -> Result<(Tensor, Tensor)> {
+        let len = inputs.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let mut ids = Vec::with_capacity(inputs.len() * len);
+        let mut mask = Vec::with_capacity(inputs.len() * len);
+        for input in inputs {
+            for i in 0..len {
+                ids.push(input.get(i).copied().unwrap_or(self.config.pad_token_id));
+                mask.push(if i < input.len() { 0f32 } else { MASKED });
+            }
+        }
+        let ids = Tensor::from_vec(ids, (inputs.len(), len), &self.device)?;
+        let mask = Tensor::from_vec(mask, (inputs.len(), 1, 1, len), &self.device)?;
+        let mut h = self.embed(&ids)?;
+        let bias = self.position_bias(&self.encoder[0], len, len, true)?;
+        for block in &self.encoder {
+            let x = self.norm(&h, &block.self_norm)?;
+            let a = self.attend(&block.self_attention, &x, &x, Some(&bias), &mask)?;
+            h = (h + a)?;
+            h = (&h + self.feed_forward(block, &self.norm(&h, &block.ff_norm)?)?)?;
+        }
+        Ok((self.norm(&h, &self.encoder_norm)?, mask))
+    }
+
+    /// The logits `(batch, len, vocab)` of every decoder position for decoder inputs `decoded`
+    /// (all of one length) over an encoded batch.
+    ///
+    /// # Errors
+    /// candle's errors.
+    pub fn decode(&self, decoded: &[Vec<u32>], encoded: &(Tensor, Tensor)) -> Result<Tensor> {
+        let (enc, enc_mask) = encoded;
+        let len = decoded[0].len();
+        let flat: Vec<u32> = decoded.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(flat, (decoded.len(), len), &self.device)?;
+        let causal: Vec<f32> = (0..len)
+            .flat_map(|q| (0..len).map(move |k| if k > q { MASKED } else { 0.0 }))
+            .collect();
+        let causal = Tensor::from_vec(causal, (1, 1, len, len), &self.device)?;
+        let bias = self.position_bias(&self.decoder[0], len, len, false)?;
+        let mut h = self.embed(&ids)?;
+        for block in &self.decoder {
+            let x = self.norm(&h, &block.self_norm)?;
+            let a = self.attend(&block.self_attention, &x, &x, Some(&bias), &causal)?;
+            h = (h + a)?;
+            if let Some((norm, cross)) = &block.cross {
+                let x = self.norm(&h, norm)?;
+                h = (&h + self.attend(cross, &x, enc, None, enc_mask)?)?;
+            }
+            h = (&h + self.feed_forward(block, &self.norm(&h, &block.ff_norm)?)?)?;
+        }
+        let mut h = self.norm(&h, &self.decoder_norm)?;
+        if self.config.tie_word_embeddings {
+            h = (h * (self.config.d_model as f64).powf(-0.5))?;
+        }
+        h.broadcast_matmul(&self.lm_head.t()?)
+    }
+
+    /// Greedy decoding of a batch, each input on its own: up to `max_new_tokens` ids or the
+    /// end-of-sequence id, with each id's log-probability.
+    ///
+    /// # Errors
+    /// candle's errors.
+    pub fn generate(
+        &self,
+        inputs: &[Vec<u32>],
+        max_new_tokens: usize,
+    ) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
+        let encoded = self.encode(inputs)?;
+        let start = self.config.decoder_start_token_id;
+        let mut decoded: Vec<Vec<u32>> = vec![vec![start]; inputs.len()];
+        let mut out: Vec<(Vec<u32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); inputs.len()];
+        let mut done = vec![false; inputs.len()];
+        for _ in 0..max_new_tokens {
+            let logits = self.decode(&decoded, &encoded)?;
+            let last = logits.narrow(1, decoded[0].len() - 1, 1)?.squeeze(1)?;
+            let logp = candle_nn::ops::log_softmax(&last, D::Minus1)?.to_vec2::<f32>()?;
+            for (i, row) in logp.iter().enumerate() {
+                if done[i] {
+                    decoded[i].push(self.config.pad_token_id);
+                    continue;
+                }
+                let (next, lp) =
+                    row.iter()
+                        .enumerate()
+                        .fold(
+                            (0, f32::NEG_INFINITY),
+                            |b, (j, &l)| {
+                                if l > b.1 {
+                                    (j, l)
+                                } else {
+                                    b
+                                }
+                            },
+                        );
+                out[i].0.push(next as u32);
+                out[i].1.push(lp);
+                decoded[i].push(next as u32);
+                done[i] = next as u32 == self.config.eos_token_id;
+            }
+            if done.iter().all(|d| *d) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        candle_nn::Embedding::new(self.shared.clone(), self.config.d_model).forward(ids)
+    }
+
+    /// T5's layer norm: no mean, no bias; the variance in f32.
+    fn norm(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        let variance = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let x = x.broadcast_div(&(variance + self.config.layer_norm_epsilon)?.sqrt()?)?;
+        x.broadcast_mul(weight)
+    }
+
+    fn feed_forward(&self, block: &Block, x: &Tensor) -> Result<Tensor> {
+        let h = match block.ff_in.as_slice() {
+            [wi] => x.broadcast_matmul(&wi.t()?)?.relu()?,
+            [wi_0, wi_1] => {
+                let g = x.broadcast_matmul(&wi_0.t()?)?.gelu()?;
+                (g * x.broadcast_matmul(&wi_1.t()?)?)?
+            }
+            _ => candle_core::bail!("a feed-forward has one or two input matrices"),
+        };
+        h.broadcast_matmul(&block.ff_out.t()?)
+    }
+
+    /// `(1, heads, q_len, k_len)` from the block's relative-attention table.
+    fn position_bias(
+        &self,
+        block: &Block,
+        q_len: usize,
+        k_len: usize,
+        two_way: bool,
+    ) -> Result<Tensor> {
+        let table = block
+            .self_attention
+            .relative_bias
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("no relative attention bias".into()))?;
+        let c = &self.config;
+        let buckets: Vec<u32> = (0..q_len)
+            .flat_map(|q| {
+                (0..k_len).map(move |k| {
+                    relative_bucket(
+                        k as i64 - q as i64,
+                        two_way,
+                        c.relative_attention_num_buckets,
+                        c.relative_attention_max_distance,
+                    ) as u32
+                })
+            })
+            .collect();
+        let idx = Tensor::from_vec(buckets, q_len * k_len, &self.device)?;
+        table
+            .index_select(&idx, 0)?
+            .reshape((q_len, k_len, self.config.num_heads))?
+            .permute((2, 0, 1))?
+            .unsqueeze(0)
+    }
+
+    /// Unscaled dot-product attention (T5 folds the scale into its weights).
+    fn attend(
+        &self,
+        a: &Attention,
+        x: &Tensor,
+        kv: &Tensor,
+        bias: Option<&Tensor>,
+        mask: &Tensor,
+    ) -> Result<Tensor> {
+        let (b, q_len, _) = x.dims3()?;
+        let k_len = kv.dim(1)?;
+        let (h, d) = (self.config.num_heads, self.config.d_kv);
+        let split = |t: Tensor, len: usize| -> Result<Tensor> {
+            t.reshape((b, len, h, d))?.transpose(1, 2)?.contiguous()
+        };
+        let q = split(x.broadcast_matmul(&a.q.t()?)?, q_len)?;
+        let k = split(kv.broadcast_matmul(&a.k.t()?)?, k_len)?;
+        let v = split(kv.broadcast_matmul(&a.v.t()?)?, k_len)?;
+        let mut scores = q.matmul(&k.t()?.contiguous()?)?;
+        if let Some(bias) = bias {
+            scores = scores.broadcast_add(bias)?;
+        }
+        let scores = scores.broadcast_add(mask)?;
+        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        let y = weights
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, q_len, h * d))?;
+        y.broadcast_matmul(&a.o.t()?)
+    }
+}
+
+/// Tensors by Hugging Face name, taken out one by one.
+struct Weights(HashMap<String, Tensor>);
+
+impl Weights {
+    fn take(&mut self, name: &str) -> Result<Tensor> {
+        self.0
+            .remove(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("no tensor {name}")))?
+            .to_dtype(DType::F32)
+    }
+
+    fn attention(&mut self, prefix: &str, bias: bool) -> Result<Attention> {
+        Ok(Attention {
+            q: self.take(&format!("{prefix}.q.weight"))?,
+            k: self.take(&format!("{prefix}.k.weight"))?,
+            v: self.take(&format!("{prefix}.v.weight"))?,
+            o: self.take(&format!("{prefix}.o.weight"))?,
+            relative_bias: if bias {
+                Some(self.take(&format!("{prefix}.relative_attention_bias.weight"))?)
+            } else {
+                None
+            },
+        })
+    }
+
+    fn stack(&mut self, prefix: &str, n: usize, decoder: bool, gated: bool) -> Result<Vec<Block>> {
+        (0..n)
+            .map(|i| {
+                let p = format!("{prefix}.block.{i}.layer");
+                let self_attention = self.attention(&format!("{p}.0.SelfAttention"), i == 0)?;
+                let self_norm = self.take(&format!("{p}.0.layer_norm.weight"))?;
+                let (cross, ff) = if decoder {
+                    let c = self.attention(&format!("{p}.1.EncDecAttention"), false)?;
+                    (
+                        Some((self.take(&format!("{p}.1.layer_norm.weight"))?, c)),
+                        2,
+                    )
+                } else {
+                    (None, 1)
+                };
+                let d = format!("{p}.{ff}.DenseReluDense");
+                let ff_in = if gated {
+                    vec![
+                        self.take(&format!("{d}.wi_0.weight"))?,
+                        self.take(&format!("{d}.wi_1.weight"))?,
+                    ]
+                } else {
+                    vec![self.take(&format!("{d}.wi.weight"))?]
+                };
+                Ok(Block {
+                    self_norm,
+                    self_attention,
+                    cross,
+                    ff_norm: self.take(&format!("{p}.{ff}.layer_norm.weight"))?,
+                    ff_in,
+                    ff_out: self.take(&format!("{d}.wo.weight"))?,
+                })
+            })
+            .collect()
+    }
+}
