@@ -224,7 +224,7 @@ impl T5 {
     }
 
     /// Encodes a batch: `inputs` right-padded to the longest; `(batch, len, d_model)` and the
-    /// key mask `(batch, 1, 1, len)` (0 or [`MASKED`]).
+    /// key mask `(batch, 1, 1, len)` (0, or -1e9 at padding).
     ///
     /// # Errors
     /// candle's errors.
