@@ -486,3 +486,190 @@ fn candle_transformers_t5_differs_from_the_reference() {
         );
     }
 }
+
+/// A T5-style Unigram `tokenizer.json` over `VOCAB` pieces: `<pad>` 0, `</s>` 1, `<unk>` 2, then
+/// words; Metaspace pre-tokenizer and decoder; `$A </s>` appended to every input.
+fn write_tokenizer(dir: &Path) {
+    use tokenizers::decoders::metaspace::Metaspace as MetaDecoder;
+    use tokenizers::models::unigram::Unigram;
+    use tokenizers::pre_tokenizers::metaspace::Metaspace;
+    use tokenizers::processors::template::TemplateProcessing;
+    use tokenizers::{AddedToken, Tokenizer};
+    let words = [
+        "summarize:",
+        "translate",
+        "English",
+        "to",
+        "French:",
+        "German:",
+        "the",
+        "cat",
+        "sleeps",
+        "on",
+        "sofa",
+        "river",
+        "rose",
+        "a",
+        "town",
+        "built",
+        "ferry",
+        "week",
+        "bridge",
+        "closed",
+        "old",
+        "new",
+        "and",
+        "is",
+        "it",
+        "was",
+        "in",
+        "of",
+        "le",
+        "chat",
+        "dort",
+        "sur",
+        "canap",
+        "la",
+        "une",
+        "die",
+        "Katze",
+        "schl",
+        "ft",
+        "auf",
+        "dem",
+        "Sofa",
+        "Hello",
+        "world",
+        ".",
+    ];
+    let mut vocab = vec![
+        ("<pad>".to_owned(), 0.0),
+        ("</s>".to_owned(), 0.0),
+        ("<unk>".to_owned(), 0.0),
+    ];
+    vocab.extend(words.iter().map(|w| (format!("\u{2581}{w}"), -1.0)));
+    vocab.truncate(VOCAB);
+    while vocab.len() < VOCAB {
+        let n = vocab.len();
+        vocab.push((format!("\u{2581}w{n}"), -5.0));
+    }
+    let model = Unigram::from(vocab, Some(2), false).expect("unigram");
+    let mut t = Tokenizer::new(model);
+    t.with_pre_tokenizer(Some(Metaspace::default()));
+    t.with_decoder(Some(MetaDecoder::default()));
+    t.with_post_processor(Some(
+        TemplateProcessing::builder()
+            .try_single("$A </s>")
+            .expect("template")
+            .special_tokens(vec![("</s>", 1)])
+            .build()
+            .expect("processor"),
+    ));
+    t.add_special_tokens(vec![
+        AddedToken::from("</s>", true),
+        AddedToken::from("<pad>", true),
+    ])
+    .expect("special tokens");
+    t.save(dir.join("tokenizer.json"), false)
+        .expect("save tokenizer");
+}
+
+/// `--model flan-t5` from a folder: the task prefixes, the same ids as the forward's greedy
+/// decoding alone or in a batch, refusals of what it cannot translate, a content hash of the
+/// three files.
+#[test]
+fn the_t5_worker_model_serves_generative_tasks_from_a_folder() {
+    use protocol::TaskType;
+    use worker::model::{Input, Stop};
+    let dir = tempfile::tempdir().expect("dir");
+    tiny(dir.path(), false, true, 5);
+    write_tokenizer(dir.path());
+    let model = worker::model::load("flan-t5", Some(dir.path())).expect("loads");
+    assert_eq!(model.id(), "flan-t5");
+    let hash = model.content_hash().expect("a hash").to_owned();
+    let inputs = [
+        Input {
+            max_new_tokens: Some(12),
+            ..Input::new(
+                TaskType::summarization(),
+                "the river rose and the old bridge closed",
+            )
+        },
+        Input {
+            max_new_tokens: Some(12),
+            languages: Some(("en".into(), "fr".into())),
+            ..Input::new(TaskType::translation(), "the cat sleeps on the sofa")
+        },
+        Input {
+            max_new_tokens: Some(12),
+            ..Input::new(TaskType::generate(), "Hello world")
+        },
+    ];
+    let batch = model.predict(&inputs);
+    let forward = T5::load(dir.path()).expect("forward");
+    for (input, got) in inputs.iter().zip(&batch) {
+        let g = got
+            .as_ref()
+            .expect("answered")
+            .generation
+            .clone()
+            .expect("generation");
+        assert_eq!(
+            *g.prompt_token_ids.last().expect("ids"),
+            1,
+            "ends with </s>"
+        );
+        let alone = forward
+            .generate(std::slice::from_ref(&g.prompt_token_ids), 12)
+            .expect("generate");
+        assert_eq!(g.token_ids, alone[0].0, "{input:?}");
+        assert_eq!(g.logprobs.len(), g.token_ids.len());
+        match g.stop {
+            Stop::StopToken => assert_eq!(g.token_ids.last(), Some(&1)),
+            Stop::Length => assert_eq!(g.token_ids.len(), 12),
+        }
+        let one = model.predict(std::slice::from_ref(input));
+        let one = one[0]
+            .as_ref()
+            .expect("alone")
+            .generation
+            .clone()
+            .expect("generation");
+        assert_eq!(one.token_ids, g.token_ids, "batch and alone differ");
+    }
+    let summary = batch[0]
+        .as_ref()
+        .expect("summary")
+        .generation
+        .clone()
+        .expect("g");
+    let tokenizer =
+        tokenizers::Tokenizer::from_file(dir.path().join("tokenizer.json")).expect("tok");
+    let prefix = tokenizer
+        .encode("summarize:", false)
+        .expect("encode")
+        .get_ids()
+        .to_vec();
+    assert!(
+        summary.prompt_token_ids.starts_with(&prefix),
+        "summaries start with T5's prefix"
+    );
+    for languages in [("fr", "en"), ("en", "ja")] {
+        let bad = Input {
+            languages: Some((languages.0.into(), languages.1.into())),
+            ..Input::new(TaskType::translation(), "x")
+        };
+        assert!(
+            model.predict(&[bad])[0].is_err(),
+            "{languages:?} was translated"
+        );
+    }
+    // The hash is of the content: the same files give it again, one changed byte another.
+    let again = worker::model::load("flan-t5", Some(dir.path())).expect("loads");
+    assert_eq!(again.content_hash(), Some(hash.as_str()));
+    let config = dir.path().join("config.json");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, format!("{text} ")).expect("rewrite");
+    let changed = worker::model::load("flan-t5", Some(dir.path())).expect("loads");
+    assert_ne!(changed.content_hash(), Some(hash.as_str()));
+}

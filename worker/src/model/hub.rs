@@ -13,6 +13,8 @@ pub fn repo_of(model: &str) -> Option<&'static str> {
     match model {
         "distilbert-sst2" => Some("distilbert/distilbert-base-uncased-finetuned-sst-2-english"),
         "minilm" => Some("sentence-transformers/all-MiniLM-L6-v2"),
+        "flan-t5" => Some("google/flan-t5-small"),
+        "t5" => Some("google-t5/t5-small"),
         _ => None,
     }
 }

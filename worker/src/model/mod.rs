@@ -179,7 +179,15 @@ impl Model for Delayed {
 }
 
 /// The models `--model` accepts.
-pub const KNOWN: &[&str] = &["auto", "lexicon", "distilbert-sst2", "minilm", "smollm2"];
+pub const KNOWN: &[&str] = &[
+    "auto",
+    "lexicon",
+    "distilbert-sst2",
+    "minilm",
+    "smollm2",
+    "flan-t5",
+    "t5",
+];
 
 /// The transformer `auto` prefers: the original's model.
 pub const AUTO_PREFERS: &str = "distilbert-sst2";
@@ -225,6 +233,13 @@ pub fn load(name: &str, dir: Option<&std::path::Path>) -> Result<Box<dyn Model>,
                 Box::new(distilbert::Sst2::load(&dir)?)
             })
         }
+        "flan-t5" | "t5" => {
+            let dir = match dir {
+                Some(dir) => dir.to_owned(),
+                None => hub::fetch(hub::repo_of(name).expect("a hub model"))?,
+            };
+            Ok(Box::new(t5::T5Model::load(name, &dir)?))
+        }
         chat::NAME => Ok(Box::new(chat::ChatModel::load(
             dir.ok_or(chat::ChatLoadError::NoDir)?,
         )?)),
@@ -247,4 +262,7 @@ pub enum LoadModelError {
     /// A GGUF chat model could not be loaded.
     #[error(transparent)]
     Chat(#[from] chat::ChatLoadError),
+    /// A T5 model folder could not be loaded.
+    #[error(transparent)]
+    T5(#[from] t5::T5LoadError),
 }

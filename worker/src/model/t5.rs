@@ -294,6 +294,19 @@ impl T5 {
         inputs: &[Vec<u32>],
         max_new_tokens: usize,
     ) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
+        self.generate_until(inputs, max_new_tokens, &[self.config.eos_token_id])
+    }
+
+    /// As [`T5::generate`], stopping each row at the first of `stops`.
+    ///
+    /// # Errors
+    /// candle's errors.
+    pub fn generate_until(
+        &self,
+        inputs: &[Vec<u32>],
+        max_new_tokens: usize,
+        stops: &[u32],
+    ) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
         let encoded = self.encode(inputs)?;
         let start = self.config.decoder_start_token_id;
         let mut decoded: Vec<Vec<u32>> = vec![vec![start]; inputs.len()];
@@ -324,7 +337,7 @@ impl T5 {
                 out[i].0.push(next as u32);
                 out[i].1.push(lp);
                 decoded[i].push(next as u32);
-                done[i] = next as u32 == self.config.eos_token_id;
+                done[i] = stops.contains(&(next as u32));
             }
             if done.iter().all(|d| *d) {
                 break;
@@ -480,6 +493,235 @@ impl Weights {
                     ff_out: self.take(&format!("{d}.wo.weight"))?,
                 })
             })
+            .collect()
+    }
+}
+
+/// The files a T5 model folder holds (Hugging Face layout), hashed in this order.
+pub const FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
+
+/// The most input tokens a T5 model reads (its training length); longer sources are cut.
+pub const MAX_INPUT_TOKENS: usize = 512;
+
+/// The languages T5's `translate/v1` template names: from English to these.
+pub const TRANSLATES_TO: &[(&str, &str)] =
+    &[("fr", "French"), ("de", "German"), ("ro", "Romanian")];
+
+/// When a generation stops: `max_new_tokens` and the stop ids.
+type StopRule = (u32, Vec<u32>);
+
+/// A T5 model with its tokenizer, serving the generative task types greedily.
+pub struct T5Model {
+    name: String,
+    hash: String,
+    model: T5,
+    tokenizer: tokenizers::Tokenizer,
+}
+
+impl T5Model {
+    /// Loads `dir` (`config.json`, `model.safetensors`, `tokenizer.json`) as model `name`.
+    ///
+    /// # Errors
+    /// A missing or malformed file.
+    pub fn load(name: &str, dir: &Path) -> std::result::Result<Self, T5LoadError> {
+        let bad = |path: std::path::PathBuf| {
+            move |e: Box<dyn std::error::Error + Send + Sync>| T5LoadError::Config {
+                path: path.clone(),
+                source: e,
+            }
+        };
+        let hash = {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            for file in FILES {
+                let path = dir.join(file);
+                let mut f = std::fs::File::open(&path).map_err(|e| bad(path.clone())(e.into()))?;
+                h.update(file.as_bytes());
+                std::io::copy(&mut f, &mut h).map_err(|e| bad(path.clone())(e.into()))?;
+            }
+            hex::encode(h.finalize())
+        };
+        let tokenizer_path = dir.join("tokenizer.json");
+        let tokenizer =
+            tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(bad(tokenizer_path))?;
+        Ok(Self {
+            name: name.to_owned(),
+            hash,
+            model: T5::load(dir)?,
+            tokenizer,
+        })
+    }
+
+    /// The text a task's input becomes: the prompt itself (`generate`), `summarize: ...`, or
+    /// `translate English to French: ...`, T5's own task prefixes.
+    ///
+    /// # Errors
+    /// [`super::ModelError`] for a type or a language pair it does not do.
+    pub fn prompt(&self, input: &super::Input) -> std::result::Result<String, super::ModelError> {
+        use protocol::TaskType;
+        let refuse = |why: String| super::ModelError::Inference(why.into());
+        if let Some(t) = &input.template {
+            if Some(t.as_str()) != protocol::generation::template_of(&input.task_type) {
+                return Err(refuse(format!(
+                    "template {t:?} is not one this worker renders"
+                )));
+            }
+        }
+        if input.task_type == TaskType::generate() {
+            Ok(input.text.clone())
+        } else if input.task_type == TaskType::summarization() {
+            Ok(format!("summarize: {}", input.text))
+        } else if input.task_type == TaskType::translation() {
+            match &input.languages {
+                Some((from, to)) if from == "en" => TRANSLATES_TO
+                    .iter()
+                    .find(|(c, _)| c == to)
+                    .map(|(_, name)| format!("translate English to {name}: {}", input.text))
+                    .ok_or_else(|| {
+                        refuse(format!(
+                            "{} translates English to fr, de or ro, not to {to:?}",
+                            self.name
+                        ))
+                    }),
+                Some((from, _)) => Err(refuse(format!(
+                    "{} translates from English only, not from {from:?}",
+                    self.name
+                ))),
+                None => Err(refuse(
+                    "a translation needs its source and target languages".into(),
+                )),
+            }
+        } else {
+            Err(super::ModelError::Unsupported {
+                model: self.name.clone(),
+                task_type: input.task_type.clone(),
+            })
+        }
+    }
+
+    /// The input ids of a prompt, with T5's end-of-sequence, cut to [`MAX_INPUT_TOKENS`]; and
+    /// whether it was cut.
+    fn encode(&self, prompt: &str) -> std::result::Result<(Vec<u32>, bool), super::ModelError> {
+        let mut ids = self
+            .tokenizer
+            .encode(prompt, true)
+            .map_err(super::ModelError::Inference)?
+            .get_ids()
+            .to_vec();
+        if ids.len() <= MAX_INPUT_TOKENS {
+            return Ok((ids, false));
+        }
+        ids.truncate(MAX_INPUT_TOKENS - 1);
+        ids.push(self.model.config().eos_token_id);
+        Ok((ids, true))
+    }
+}
+
+impl super::Model for T5Model {
+    fn id(&self) -> &str {
+        &self.name
+    }
+
+    fn capabilities(&self) -> Vec<protocol::TaskType> {
+        use protocol::TaskType;
+        vec![
+            TaskType::generate(),
+            TaskType::summarization(),
+            TaskType::translation(),
+        ]
+    }
+
+    fn content_hash(&self) -> Option<&str> {
+        Some(&self.hash)
+    }
+
+    fn predict(
+        &self,
+        inputs: &[super::Input],
+    ) -> Vec<std::result::Result<super::Prediction, super::ModelError>> {
+        use super::{Generation, ModelError, Prediction, Stop};
+        let mut prepared: Vec<Option<(Vec<u32>, bool)>> = Vec::with_capacity(inputs.len());
+        let mut out: Vec<Option<std::result::Result<Prediction, ModelError>>> =
+            Vec::with_capacity(inputs.len());
+        for input in inputs {
+            match self.prompt(input).and_then(|p| self.encode(&p)) {
+                Ok(p) => {
+                    prepared.push(Some(p));
+                    out.push(None);
+                }
+                Err(e) => {
+                    prepared.push(None);
+                    out.push(Some(Err(e)));
+                }
+            }
+        }
+        // One padded batch per (max_new_tokens, stop ids): what decides when a row stops.
+        let eos = self.model.config().eos_token_id;
+        let key = |i: &super::Input| {
+            (
+                i.max_new_tokens
+                    .unwrap_or(protocol::generation::DEFAULT_MAX_NEW_TOKENS),
+                i.stop_ids.clone().unwrap_or_else(|| vec![eos]),
+            )
+        };
+        let mut groups: Vec<(StopRule, Vec<usize>)> = Vec::new();
+        for (n, (input, p)) in inputs.iter().zip(&prepared).enumerate() {
+            if p.is_none() {
+                continue;
+            }
+            let k = key(input);
+            match groups.iter_mut().find(|(g, _)| *g == k) {
+                Some((_, members)) => members.push(n),
+                None => groups.push((k, vec![n])),
+            }
+        }
+        for ((max, stops), members) in groups {
+            let batch: Vec<Vec<u32>> = members
+                .iter()
+                .map(|&n| prepared[n].as_ref().expect("prepared").0.clone())
+                .collect();
+            match self.model.generate_until(&batch, max as usize, &stops) {
+                Ok(results) => {
+                    for (&n, (ids, logprobs)) in members.iter().zip(results) {
+                        let stop = if ids.last().is_some_and(|l| stops.contains(l)) {
+                            Stop::StopToken
+                        } else {
+                            Stop::Length
+                        };
+                        let text = self.tokenizer.decode(&ids, true).unwrap_or_default();
+                        let confidence = if logprobs.is_empty() {
+                            0.0
+                        } else {
+                            logprobs.iter().map(|l| f64::from(*l).exp()).sum::<f64>()
+                                / logprobs.len() as f64
+                        };
+                        let (prompt_token_ids, truncated) = prepared[n].take().expect("prepared");
+                        out[n] = Some(Ok(Prediction {
+                            label: String::new(),
+                            embedding: None,
+                            confidence,
+                            scores: Vec::new(),
+                            generation: Some(Generation {
+                                prompt_token_ids,
+                                token_ids: ids,
+                                text,
+                                logprobs,
+                                truncated,
+                                stop,
+                            }),
+                        }));
+                    }
+                }
+                Err(e) => {
+                    let e = std::sync::Arc::new(ModelError::Inference(e.into()));
+                    for n in members {
+                        out[n] = Some(Err(ModelError::Batch(e.clone())));
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|o| o.expect("every input answered"))
             .collect()
     }
 }
