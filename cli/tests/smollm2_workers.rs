@@ -7,7 +7,7 @@
 mod common;
 
 use common::{wait_until, Cluster};
-use protocol::generation::SMOLLM2;
+use protocol::generation::SMOLLM2_HASH;
 use protocol::messages::{LeaderboardEntry, TaskDetail, TaskView};
 use protocol::TaskStatus;
 use std::time::Duration;
@@ -102,7 +102,7 @@ fn three_smollm2_workers_finalize_generated_tasks_by_exact_match() {
         for s in &detail.submissions {
             assert_eq!(s.agreed, Some(true), "{s:?}");
             assert_eq!(s.token_ids.as_ref(), Some(ids), "{s:?}");
-            assert_eq!(s.model_hash.as_deref(), Some(SMOLLM2.hash));
+            assert_eq!(s.model_hash.as_deref(), Some(SMOLLM2_HASH));
         }
     }
 

@@ -530,7 +530,7 @@ async fn generative_tasks_over_http_pin_their_spec_and_refuse_bad_ones() {
     let (_, d) = g.get(&format!("/tasks/{id}")).await;
     let spec = &d["task"]["generation"];
     assert_eq!(spec["model"], "smollm2");
-    assert_eq!(spec["model_hash"], protocol::generation::SMOLLM2.hash);
+    assert_eq!(spec["model_hash"], protocol::generation::SMOLLM2_HASH);
     assert_eq!(spec["template"], "translate/v1");
     assert_eq!(
         (&spec["max_new_tokens"], &spec["stop_ids"]),

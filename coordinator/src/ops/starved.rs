@@ -352,7 +352,7 @@ mod tests {
     #[test]
     fn a_generative_task_counts_only_workers_serving_its_model_content() {
         let mut conn = store();
-        let hash = protocol::generation::SMOLLM2.hash;
+        let hash = protocol::generation::SMOLLM2_HASH;
         let t = add(
             &mut conn,
             0,

@@ -877,7 +877,7 @@ mod tests {
         assert_eq!((task.active_leases, task.attempts), (0, 1));
     }
 
-    const HASH: &str = protocol::generation::SMOLLM2.hash;
+    const HASH: &str = protocol::generation::SMOLLM2_HASH;
 
     fn generative(max_new_tokens: u32) -> NewTask {
         NewTask {

@@ -138,7 +138,7 @@ mod tests {
         );
         let task = load_task(&conn, &t).expect("task");
         let spec = task.generation.expect("a spec");
-        assert_eq!(spec.model_hash, protocol::generation::SMOLLM2.hash);
+        assert_eq!(spec.model_hash, protocol::generation::SMOLLM2_HASH);
         assert_eq!(
             (spec.source_lang.as_deref(), spec.target_lang.as_deref()),
             (Some("fr"), Some("en"))
