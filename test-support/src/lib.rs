@@ -5,6 +5,7 @@
 //! installs it (`/usr/sbin`, `~/.local/bin`).
 
 pub mod models;
+pub mod t5;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;

@@ -74,6 +74,10 @@ pub(crate) struct AddArgs {
     /// The generative model (generate, summarization, translation; default smollm2).
     #[arg(long)]
     model: Option<String>,
+    /// The model content a generative task pins (SHA-256); needed for Hub models (flan-t5, t5),
+    /// whose workers report it (`aimarket infer --model M --json` prints it).
+    #[arg(long)]
+    model_hash: Option<String>,
     /// The most tokens a generative task may produce, 1 to 512 (default 128).
     #[arg(long)]
     max_new_tokens: Option<u32>,
@@ -146,7 +150,7 @@ async fn add(ctx: &Ctx, client: &Client, args: AddArgs) -> anyhow::Result<()> {
         labels: args.labels.clone(),
         similarity: args.similarity,
         model: args.model.clone(),
-        model_hash: None,
+        model_hash: args.model_hash.clone(),
         max_new_tokens: args.max_new_tokens,
         stop_ids: None,
         source_lang: args.source_lang.clone(),
@@ -200,6 +204,7 @@ pub(crate) fn read_tasks(path: &PathBuf, defaults: &NewTask) -> anyhow::Result<V
         task.labels = task.labels.or_else(|| defaults.labels.clone());
         task.similarity = task.similarity.or(defaults.similarity);
         task.model = task.model.or_else(|| defaults.model.clone());
+        task.model_hash = task.model_hash.or_else(|| defaults.model_hash.clone());
         task.max_new_tokens = task.max_new_tokens.or(defaults.max_new_tokens);
         task.source_lang = task.source_lang.or_else(|| defaults.source_lang.clone());
         task.target_lang = task.target_lang.or_else(|| defaults.target_lang.clone());
