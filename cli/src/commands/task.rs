@@ -19,7 +19,7 @@ use std::time::Duration;
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum TaskCommand {
     /// Create a task from TEXT, or many from --file.
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// List tasks, oldest first.
     List {
         /// Only tasks in this state (queued, assigned, finalized, failed).
@@ -103,7 +103,7 @@ const BATCH_BYTES: usize = 512 * 1024;
 pub(crate) async fn run(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<()> {
     let client = ctx.client().await?;
     match cmd {
-        TaskCommand::Add(args) => add(ctx, &client, args).await,
+        TaskCommand::Add(args) => add(ctx, &client, *args).await,
         TaskCommand::List { status, limit } => {
             let r: TaskListReply = client
                 .call(
