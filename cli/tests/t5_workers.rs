@@ -33,6 +33,17 @@ fn three_flan_t5_workers_finalize_tasks_pinned_to_their_content_hash() {
         .as_str()
         .expect("infer names the hash")
         .to_owned();
+    // The registry shows what each worker serves.
+    common::wait_until(
+        "the workers to register",
+        std::time::Duration::from_secs(30),
+        || {
+            let w: Vec<protocol::messages::WorkerView> = c.json(&["workers"]);
+            w.len() == 3
+                && w.iter()
+                    .all(|w| w.model_hash.as_deref() == Some(hash.as_str()))
+        },
+    );
 
     // Without the hash, the coordinator cannot know which content to pin.
     let out = c.cli(&[

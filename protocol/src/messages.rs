@@ -1127,6 +1127,9 @@ pub struct WorkerView {
     pub capabilities: Vec<TaskType>,
     /// What it runs.
     pub model: Option<String>,
+    /// SHA-256 of the model content it loaded (generative models): what a task pins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_hash: Option<String>,
     /// Its last heartbeat or request.
     pub last_seen: DateTime<Utc>,
     /// First seen.

@@ -93,7 +93,14 @@ pub(crate) async fn workers(ctx: &Ctx) -> anyhow::Result<()> {
         t.add_row(vec![
             w.worker_id.to_string(),
             w.status.to_string(),
-            or_dash(w.model.as_deref()),
+            match &w.model_hash {
+                Some(h) => format!(
+                    "{} ({}…)",
+                    or_dash(w.model.as_deref()),
+                    &h[..h.len().min(12)]
+                ),
+                None => or_dash(w.model.as_deref()),
+            },
             caps.join(","),
             w.active_leases.to_string(),
             ago(w.last_seen),

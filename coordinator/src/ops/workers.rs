@@ -18,7 +18,8 @@ pub(crate) fn run(
     let workers = conn
         .prepare_cached(
             "SELECT w.id, w.status, w.capabilities, w.model, w.last_seen, w.registered_at,
-                    (SELECT COUNT(*) FROM lease l WHERE l.worker_id = w.id AND l.state = 'active')
+                    (SELECT COUNT(*) FROM lease l WHERE l.worker_id = w.id AND l.state = 'active'),
+                    w.model_hash
              FROM worker w ORDER BY w.id",
         )?
         .query_map([], |r| {
@@ -32,6 +33,7 @@ pub(crate) fn run(
                 status,
                 capabilities: r.get::<_, Json<_>>(2)?.0,
                 model: r.get(3)?,
+                model_hash: r.get(7)?,
                 last_seen: from_ms(last_seen),
                 registered_at: from_ms(r.get(5)?),
                 active_leases: r.get(6)?,
