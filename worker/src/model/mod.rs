@@ -6,6 +6,7 @@ pub mod distilbert;
 pub mod hub;
 pub mod lexicon;
 pub mod llama;
+pub mod marian;
 pub mod minilm;
 pub mod q4_1;
 pub mod t5;
