@@ -11,7 +11,10 @@
 //! generated (opus-mt's `bad_words_ids`). The decoder is recomputed over the whole prefix each
 //! step (no cache).
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use super::seq2seq::{
+    decoder_inputs, greedy, padded, read_folder, EncoderDecoder, FolderError, Greedy, Weights,
+};
+use candle_core::{Device, Module, Result, Tensor};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::Path;
@@ -50,23 +53,6 @@ pub struct MarianConfig {
 
 fn yes() -> bool {
     true
-}
-
-/// Why a Marian model could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum MarianLoadError {
-    /// `config.json` unreadable or not a Marian config.
-    #[error("{path}: {source}")]
-    Config {
-        /// The file.
-        path: std::path::PathBuf,
-        /// Why.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// The weights are missing or malformed.
-    #[error("weights: {0}")]
-    Weights(#[from] candle_core::Error),
 }
 
 /// A linear layer with bias.
@@ -120,26 +106,15 @@ pub struct Marian {
     device: Device,
 }
 
-/// Additive mask value for positions attention must not see.
-const MASKED: f32 = -1e9;
-
 impl Marian {
     /// Loads `config.json` and `model.safetensors` from `dir`.
     ///
     /// # Errors
-    /// [`MarianLoadError`] naming the file or tensor.
-    pub fn load(dir: &Path) -> std::result::Result<Self, MarianLoadError> {
-        let path = dir.join("config.json");
-        let config: MarianConfig = std::fs::read(&path)
-            .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.into()))
-            .map_err(|source| MarianLoadError::Config {
-                path: path.clone(),
-                source,
-            })?;
+    /// [`FolderError`] naming the file or tensor.
+    pub fn load(dir: &Path) -> std::result::Result<Self, FolderError> {
         let device = Device::Cpu;
-        let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &device)?;
-        Ok(Self::from_tensors(config, tensors, device)?)
+        let (config, weights) = read_folder(dir, &device)?;
+        Ok(Self::from_weights(config, weights, device)?)
     }
 
     /// Builds the model from Hugging Face-named tensors.
@@ -151,7 +126,10 @@ impl Marian {
         tensors: HashMap<String, Tensor>,
         device: Device,
     ) -> Result<Self> {
-        let mut w = Weights(tensors);
+        Self::from_weights(config, Weights(tensors), device)
+    }
+
+    fn from_weights(config: MarianConfig, mut w: Weights, device: Device) -> Result<Self> {
         let encoder = (0..config.encoder_layers)
             .map(|i| {
                 w.layer(
@@ -202,16 +180,7 @@ impl Marian {
     /// # Errors
     /// candle's errors.
     pub fn encode(&self, inputs: &[Vec<u32>]) -> Result<(Tensor, Tensor)> {
-        let len = inputs.iter().map(Vec::len).max().unwrap_or(0).max(1);
-        let (mut ids, mut mask) = (Vec::new(), Vec::new());
-        for input in inputs {
-            for i in 0..len {
-                ids.push(input.get(i).copied().unwrap_or(self.config.pad_token_id));
-                mask.push(if i < input.len() { 0f32 } else { MASKED });
-            }
-        }
-        let ids = Tensor::from_vec(ids, (inputs.len(), len), &self.device)?;
-        let mask = Tensor::from_vec(mask, (inputs.len(), 1, 1, len), &self.device)?;
+        let (ids, mask) = padded(inputs, self.config.pad_token_id, &self.device)?;
         let mut h = self.embed(&ids)?;
         for layer in &self.encoder {
             let a = attend(&layer.self_attention, &h, &h, &mask)?;
@@ -230,13 +199,7 @@ impl Marian {
     /// candle's errors.
     pub fn decode(&self, decoded: &[Vec<u32>], encoded: &(Tensor, Tensor)) -> Result<Tensor> {
         let (enc, enc_mask) = encoded;
-        let len = decoded[0].len();
-        let flat: Vec<u32> = decoded.iter().flatten().copied().collect();
-        let ids = Tensor::from_vec(flat, (decoded.len(), len), &self.device)?;
-        let causal: Vec<f32> = (0..len)
-            .flat_map(|q| (0..len).map(move |k| if k > q { MASKED } else { 0.0 }))
-            .collect();
-        let causal = Tensor::from_vec(causal, (1, 1, len, len), &self.device)?;
+        let (ids, causal) = decoder_inputs(decoded, &self.device)?;
         let mut h = self.embed(&ids)?;
         for layer in &self.decoder {
             let a = attend(&layer.self_attention, &h, &h, &causal)?;
@@ -264,34 +227,24 @@ impl Marian {
         max_new_tokens: usize,
         stops: &[u32],
     ) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
-        let encoded = self.encode(inputs)?;
-        let pad = self.config.pad_token_id as usize;
-        let mut decoded = vec![vec![self.config.decoder_start_token_id]; inputs.len()];
-        let mut out = vec![(Vec::new(), Vec::new()); inputs.len()];
-        let mut done = vec![false; inputs.len()];
-        for _ in 0..max_new_tokens {
-            let logits = self.decode(&decoded, &encoded)?;
-            let last = logits.narrow(1, decoded[0].len() - 1, 1)?.squeeze(1)?;
-            let logp = candle_nn::ops::log_softmax(&last, D::Minus1)?.to_vec2::<f32>()?;
-            for (i, row) in logp.iter().enumerate() {
-                if done[i] {
-                    decoded[i].push(self.config.pad_token_id);
-                    continue;
-                }
-                let (next, lp) = row.iter().enumerate().filter(|(j, _)| *j != pad).fold(
-                    (0, f32::NEG_INFINITY),
-                    |b, (j, &l)| if l > b.1 { (j, l) } else { b },
-                );
-                out[i].0.push(next as u32);
-                out[i].1.push(lp);
-                decoded[i].push(next as u32);
-                done[i] = stops.contains(&(next as u32));
-            }
-            if done.iter().all(|d| *d) {
-                break;
-            }
-        }
-        Ok(out)
+        let rule = Greedy {
+            start: self.config.decoder_start_token_id,
+            pad: self.config.pad_token_id,
+            max_new_tokens,
+            stops,
+            banned: Some(self.config.pad_token_id),
+        };
+        greedy(self, inputs, &rule)
+    }
+}
+
+impl EncoderDecoder for Marian {
+    fn encode(&self, inputs: &[Vec<u32>]) -> Result<(Tensor, Tensor)> {
+        Marian::encode(self, inputs)
+    }
+
+    fn decode(&self, decoded: &[Vec<u32>], encoded: &(Tensor, Tensor)) -> Result<Tensor> {
+        Marian::decode(self, decoded, encoded)
     }
 }
 
@@ -338,17 +291,15 @@ fn sinusoids(positions: usize, dim: usize, device: &Device) -> Result<Tensor> {
     Tensor::from_vec(out, (positions, dim), device)
 }
 
-/// Tensors by Hugging Face name, taken out one by one.
-struct Weights(HashMap<String, Tensor>);
+/// Marian's layers from its tensors.
+trait MarianWeights {
+    fn linear(&mut self, prefix: &str) -> Result<Linear>;
+    fn norm(&mut self, prefix: &str) -> Result<Norm>;
+    fn attention(&mut self, prefix: &str, heads: usize) -> Result<Attention>;
+    fn layer(&mut self, prefix: &str, heads: usize, decoder: bool) -> Result<Layer>;
+}
 
-impl Weights {
-    fn take(&mut self, name: &str) -> Result<Tensor> {
-        self.0
-            .remove(name)
-            .ok_or_else(|| candle_core::Error::Msg(format!("no tensor {name}")))?
-            .to_dtype(DType::F32)
-    }
-
+impl MarianWeights for Weights {
     fn linear(&mut self, prefix: &str) -> Result<Linear> {
         Ok(Linear {
             w: self.take(&format!("{prefix}.weight"))?,

@@ -9,6 +9,7 @@ pub mod llama;
 pub mod marian;
 pub mod minilm;
 pub mod q4_1;
+pub mod seq2seq;
 pub mod t5;
 pub mod transformer;
 
@@ -265,5 +266,5 @@ pub enum LoadModelError {
     Chat(#[from] chat::ChatLoadError),
     /// A T5 model folder could not be loaded.
     #[error(transparent)]
-    T5(#[from] t5::T5LoadError),
+    T5(#[from] seq2seq::FolderError),
 }

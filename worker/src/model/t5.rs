@@ -15,7 +15,10 @@
 //! The forward recomputes the decoder over the whole prefix at each step (no cache): simple and
 //! the same numbers at every position, at a cost that matters only for long outputs.
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use super::seq2seq::{
+    decoder_inputs, greedy, padded, read_folder, EncoderDecoder, FolderError, Greedy, Weights,
+};
+use candle_core::{Device, Module, Result, Tensor, D};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::Path;
@@ -112,23 +115,6 @@ pub fn relative_bucket(
     (bucket + (max_exact + scaled).min(buckets - 1)) as usize
 }
 
-/// Why a T5 model could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum T5LoadError {
-    /// `config.json` unreadable or not a T5 config.
-    #[error("{path}: {source}")]
-    Config {
-        /// The file.
-        path: std::path::PathBuf,
-        /// Why.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// The weights are missing or malformed.
-    #[error("weights: {0}")]
-    Weights(#[from] candle_core::Error),
-}
-
 struct Attention {
     q: Tensor,
     k: Tensor,
@@ -160,26 +146,15 @@ pub struct T5 {
     device: Device,
 }
 
-/// Additive mask value for positions attention must not see.
-const MASKED: f32 = -1e9;
-
 impl T5 {
     /// Loads `config.json` and `model.safetensors` from `dir`.
     ///
     /// # Errors
-    /// [`T5LoadError`] naming the file or tensor.
-    pub fn load(dir: &Path) -> std::result::Result<Self, T5LoadError> {
-        let path = dir.join("config.json");
-        let config: T5Config = std::fs::read(&path)
-            .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.into()))
-            .map_err(|source| T5LoadError::Config {
-                path: path.clone(),
-                source,
-            })?;
+    /// [`FolderError`] naming the file or tensor.
+    pub fn load(dir: &Path) -> std::result::Result<Self, FolderError> {
         let device = Device::Cpu;
-        let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &device)?;
-        Ok(Self::from_tensors(config, tensors, device)?)
+        let (config, weights) = read_folder(dir, &device)?;
+        Ok(Self::from_weights(config, weights, device)?)
     }
 
     /// Builds the model from Hugging Face-named tensors.
@@ -191,7 +166,10 @@ impl T5 {
         tensors: HashMap<String, Tensor>,
         device: Device,
     ) -> Result<Self> {
-        let mut w = Weights(tensors);
+        Self::from_weights(config, Weights(tensors), device)
+    }
+
+    fn from_weights(config: T5Config, mut w: Weights, device: Device) -> Result<Self> {
         let gated = config.feed_forward_proj.starts_with("gated");
         let encoder = w.stack("encoder", config.num_layers, false, gated)?;
         let decoder = w.stack(
@@ -229,17 +207,8 @@ impl T5 {
     /// # Errors
     /// candle's errors.
     pub fn encode(&self, inputs: &[Vec<u32>]) -> Result<(Tensor, Tensor)> {
-        let len = inputs.iter().map(Vec::len).max().unwrap_or(0).max(1);
-        let mut ids = Vec::with_capacity(inputs.len() * len);
-        let mut mask = Vec::with_capacity(inputs.len() * len);
-        for input in inputs {
-            for i in 0..len {
-                ids.push(input.get(i).copied().unwrap_or(self.config.pad_token_id));
-                mask.push(if i < input.len() { 0f32 } else { MASKED });
-            }
-        }
-        let ids = Tensor::from_vec(ids, (inputs.len(), len), &self.device)?;
-        let mask = Tensor::from_vec(mask, (inputs.len(), 1, 1, len), &self.device)?;
+        let (ids, mask) = padded(inputs, self.config.pad_token_id, &self.device)?;
+        let len = ids.dim(1)?;
         let mut h = self.embed(&ids)?;
         let bias = self.position_bias(&self.encoder[0], len, len, true)?;
         for block in &self.encoder {
@@ -258,13 +227,8 @@ impl T5 {
     /// candle's errors.
     pub fn decode(&self, decoded: &[Vec<u32>], encoded: &(Tensor, Tensor)) -> Result<Tensor> {
         let (enc, enc_mask) = encoded;
-        let len = decoded[0].len();
-        let flat: Vec<u32> = decoded.iter().flatten().copied().collect();
-        let ids = Tensor::from_vec(flat, (decoded.len(), len), &self.device)?;
-        let causal: Vec<f32> = (0..len)
-            .flat_map(|q| (0..len).map(move |k| if k > q { MASKED } else { 0.0 }))
-            .collect();
-        let causal = Tensor::from_vec(causal, (1, 1, len, len), &self.device)?;
+        let (ids, causal) = decoder_inputs(decoded, &self.device)?;
+        let len = ids.dim(1)?;
         let bias = self.position_bias(&self.decoder[0], len, len, false)?;
         let mut h = self.embed(&ids)?;
         for block in &self.decoder {
@@ -307,43 +271,14 @@ impl T5 {
         max_new_tokens: usize,
         stops: &[u32],
     ) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
-        let encoded = self.encode(inputs)?;
-        let start = self.config.decoder_start_token_id;
-        let mut decoded: Vec<Vec<u32>> = vec![vec![start]; inputs.len()];
-        let mut out: Vec<(Vec<u32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); inputs.len()];
-        let mut done = vec![false; inputs.len()];
-        for _ in 0..max_new_tokens {
-            let logits = self.decode(&decoded, &encoded)?;
-            let last = logits.narrow(1, decoded[0].len() - 1, 1)?.squeeze(1)?;
-            let logp = candle_nn::ops::log_softmax(&last, D::Minus1)?.to_vec2::<f32>()?;
-            for (i, row) in logp.iter().enumerate() {
-                if done[i] {
-                    decoded[i].push(self.config.pad_token_id);
-                    continue;
-                }
-                let (next, lp) =
-                    row.iter()
-                        .enumerate()
-                        .fold(
-                            (0, f32::NEG_INFINITY),
-                            |b, (j, &l)| {
-                                if l > b.1 {
-                                    (j, l)
-                                } else {
-                                    b
-                                }
-                            },
-                        );
-                out[i].0.push(next as u32);
-                out[i].1.push(lp);
-                decoded[i].push(next as u32);
-                done[i] = stops.contains(&(next as u32));
-            }
-            if done.iter().all(|d| *d) {
-                break;
-            }
-        }
-        Ok(out)
+        let rule = Greedy {
+            start: self.config.decoder_start_token_id,
+            pad: self.config.pad_token_id,
+            max_new_tokens,
+            stops,
+            banned: None,
+        };
+        greedy(self, inputs, &rule)
     }
 
     fn embed(&self, ids: &Tensor) -> Result<Tensor> {
@@ -435,17 +370,13 @@ impl T5 {
     }
 }
 
-/// Tensors by Hugging Face name, taken out one by one.
-struct Weights(HashMap<String, Tensor>);
+/// T5's layers from its tensors.
+trait T5Weights {
+    fn attention(&mut self, prefix: &str, bias: bool) -> Result<Attention>;
+    fn stack(&mut self, prefix: &str, n: usize, decoder: bool, gated: bool) -> Result<Vec<Block>>;
+}
 
-impl Weights {
-    fn take(&mut self, name: &str) -> Result<Tensor> {
-        self.0
-            .remove(name)
-            .ok_or_else(|| candle_core::Error::Msg(format!("no tensor {name}")))?
-            .to_dtype(DType::F32)
-    }
-
+impl T5Weights for Weights {
     fn attention(&mut self, prefix: &str, bias: bool) -> Result<Attention> {
         Ok(Attention {
             q: self.take(&format!("{prefix}.q.weight"))?,
@@ -507,6 +438,16 @@ pub const MAX_INPUT_TOKENS: usize = 512;
 pub const TRANSLATES_TO: &[(&str, &str)] =
     &[("fr", "French"), ("de", "German"), ("ro", "Romanian")];
 
+impl EncoderDecoder for T5 {
+    fn encode(&self, inputs: &[Vec<u32>]) -> Result<(Tensor, Tensor)> {
+        T5::encode(self, inputs)
+    }
+
+    fn decode(&self, decoded: &[Vec<u32>], encoded: &(Tensor, Tensor)) -> Result<Tensor> {
+        T5::decode(self, decoded, encoded)
+    }
+}
+
 /// When a generation stops: `max_new_tokens` and the stop ids.
 type StopRule = (u32, Vec<u32>);
 
@@ -523,9 +464,9 @@ impl T5Model {
     ///
     /// # Errors
     /// A missing or malformed file.
-    pub fn load(name: &str, dir: &Path) -> std::result::Result<Self, T5LoadError> {
+    pub fn load(name: &str, dir: &Path) -> std::result::Result<Self, FolderError> {
         let bad = |path: std::path::PathBuf| {
-            move |e: Box<dyn std::error::Error + Send + Sync>| T5LoadError::Config {
+            move |e: Box<dyn std::error::Error + Send + Sync>| FolderError::File {
                 path: path.clone(),
                 source: e,
             }

@@ -1,0 +1,163 @@
+//! What the encoder-decoder models ([`super::t5`], [`super::marian`]) share: reading a Hugging
+//! Face folder, padded batches and their masks, and greedy decoding over a recomputed prefix.
+
+use candle_core::{DType, Device, Result, Tensor, D};
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Additive mask value for positions attention must not see.
+pub(crate) const MASKED: f32 = -1e9;
+
+/// Why an encoder-decoder model folder could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum FolderError {
+    /// A file is unreadable or not what the model expects.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The weights are missing or malformed.
+    #[error("weights: {0}")]
+    Weights(#[from] candle_core::Error),
+}
+
+/// Reads `config.json` as `C` and the tensors of `model.safetensors` from `dir`.
+///
+/// # Errors
+/// [`FolderError`] naming the file.
+pub(crate) fn read_folder<C: DeserializeOwned>(
+    dir: &Path,
+    device: &Device,
+) -> std::result::Result<(C, Weights), FolderError> {
+    let path = dir.join("config.json");
+    let config: C = std::fs::read(&path)
+        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.into()))
+        .map_err(|source| FolderError::File { path, source })?;
+    let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), device)?;
+    Ok((config, Weights(tensors)))
+}
+
+/// Tensors by Hugging Face name, taken out one by one as f32.
+pub(crate) struct Weights(pub(crate) HashMap<String, Tensor>);
+
+impl Weights {
+    /// Takes the tensor `name`.
+    ///
+    /// # Errors
+    /// When there is none.
+    pub(crate) fn take(&mut self, name: &str) -> Result<Tensor> {
+        self.0
+            .remove(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("no tensor {name}")))?
+            .to_dtype(DType::F32)
+    }
+}
+
+/// A batch right-padded with `pad` to its longest input: the ids `(batch, len)` and the key mask
+/// `(batch, 1, 1, len)`, 0 on tokens and [`MASKED`] on padding.
+///
+/// # Errors
+/// candle's errors.
+pub(crate) fn padded(inputs: &[Vec<u32>], pad: u32, device: &Device) -> Result<(Tensor, Tensor)> {
+    let len = inputs.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let (mut ids, mut mask) = (Vec::new(), Vec::new());
+    for input in inputs {
+        for i in 0..len {
+            ids.push(input.get(i).copied().unwrap_or(pad));
+            mask.push(if i < input.len() { 0f32 } else { MASKED });
+        }
+    }
+    Ok((
+        Tensor::from_vec(ids, (inputs.len(), len), device)?,
+        Tensor::from_vec(mask, (inputs.len(), 1, 1, len), device)?,
+    ))
+}
+
+/// Decoder inputs (all of one length) as `(batch, len)` ids, and their causal mask
+/// `(1, 1, len, len)`.
+///
+/// # Errors
+/// candle's errors.
+pub(crate) fn decoder_inputs(decoded: &[Vec<u32>], device: &Device) -> Result<(Tensor, Tensor)> {
+    let len = decoded[0].len();
+    let flat: Vec<u32> = decoded.iter().flatten().copied().collect();
+    let causal: Vec<f32> = (0..len)
+        .flat_map(|q| (0..len).map(move |k| if k > q { MASKED } else { 0.0 }))
+        .collect();
+    Ok((
+        Tensor::from_vec(flat, (decoded.len(), len), device)?,
+        Tensor::from_vec(causal, (1, 1, len, len), device)?,
+    ))
+}
+
+/// An encoder-decoder: a padded batch encoded once, then decoded over a whole prefix.
+pub(crate) trait EncoderDecoder {
+    /// The encoder's output and key mask for a batch.
+    fn encode(&self, inputs: &[Vec<u32>]) -> Result<(Tensor, Tensor)>;
+    /// The logits `(batch, len, vocab)` of every position of `decoded`.
+    fn decode(&self, decoded: &[Vec<u32>], encoded: &(Tensor, Tensor)) -> Result<Tensor>;
+}
+
+/// How greedy decoding starts and stops.
+pub(crate) struct Greedy<'a> {
+    /// The decoder's first input.
+    pub(crate) start: u32,
+    /// What a finished row is fed while the others go on.
+    pub(crate) pad: u32,
+    /// The most ids a row generates.
+    pub(crate) max_new_tokens: usize,
+    /// A row stops after the first of these.
+    pub(crate) stops: &'a [u32],
+    /// An id never chosen (Marian's padding).
+    pub(crate) banned: Option<u32>,
+}
+
+/// Greedy decoding of a batch, each row on its own: the arg-max (ties to the lowest id) at each
+/// step, with its log-probability, until a stop id or `max_new_tokens`.
+///
+/// # Errors
+/// candle's errors.
+pub(crate) fn greedy(
+    model: &impl EncoderDecoder,
+    inputs: &[Vec<u32>],
+    rule: &Greedy<'_>,
+) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
+    let encoded = model.encode(inputs)?;
+    let mut decoded = vec![vec![rule.start]; inputs.len()];
+    let mut out = vec![(Vec::new(), Vec::new()); inputs.len()];
+    let mut done = vec![false; inputs.len()];
+    for _ in 0..rule.max_new_tokens {
+        let logits = model.decode(&decoded, &encoded)?;
+        let last = logits.narrow(1, decoded[0].len() - 1, 1)?.squeeze(1)?;
+        let logp = candle_nn::ops::log_softmax(&last, D::Minus1)?.to_vec2::<f32>()?;
+        for (i, row) in logp.iter().enumerate() {
+            if done[i] {
+                decoded[i].push(rule.pad);
+                continue;
+            }
+            let (next, lp) = row
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| Some(*j as u32) != rule.banned)
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (j, &l)| if l > b.1 { (j, l) } else { b },
+                );
+            let next = next as u32;
+            out[i].0.push(next);
+            out[i].1.push(lp);
+            decoded[i].push(next);
+            done[i] = rule.stops.contains(&next);
+        }
+        if done.iter().all(|d| *d) {
+            break;
+        }
+    }
+    Ok(out)
+}
