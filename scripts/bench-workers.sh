@@ -19,15 +19,9 @@ awk -F'\t' -v n="$n" 'NR <= n { print $3 }' "$(scripts/fetch-sentences.sh)/amazo
 
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$dir"' EXIT
-port=14222
-while (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; do port=$((port + 1)); done
-export NATS_URL="nats://127.0.0.1:$port" AIMARKET_PREFIX=benchw
-"$nats" -p "$port" >"$dir/nats.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
-"$bin" coordinator --db "$dir/c.db" --http off >"$dir/coordinator.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 200); do "$bin" stats >/dev/null 2>&1 && break; sleep 0.05; done
+# shellcheck source=scripts/bench-cluster.sh
+. scripts/bench-cluster.sh
+bench_cluster 14222 benchw
 
 finalized() { "$bin" --json stats | grep -o '"finalized": *[0-9]*' | grep -o '[0-9]*$'; }
 
