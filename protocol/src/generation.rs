@@ -36,8 +36,10 @@ pub struct ModelCard {
     /// it is the catalog's; `None` for models loaded from the Hugging Face Hub, whose tasks pin
     /// the hash their workers report (`aimarket infer --json` prints it).
     pub hash: Option<&'static str>,
-    /// Vocabulary size: every token id is below it.
-    pub vocab_size: u32,
+    /// Vocabulary size, when one build is the catalog's: every token id is below it.
+    pub vocab_size: Option<u32>,
+    /// The task types it does (`generate`, `summarization`, `translation`).
+    pub types: &'static [&'static str],
     /// The ids that end a generation.
     pub stop_ids: &'static [u32],
     /// The languages its `translate/v1` template takes (ISO 639-1 code, English name).
@@ -63,7 +65,8 @@ pub const SMOLLM2_HASH: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc7
 pub const SMOLLM2: ModelCard = ModelCard {
     name: "smollm2",
     hash: Some(SMOLLM2_HASH),
-    vocab_size: 49152,
+    vocab_size: Some(49152),
+    types: ALL_GENERATIVE,
     // `<|im_end|>`, the GGUF's `tokenizer.ggml.eos_token_id`.
     stop_ids: &[2],
     languages: &[
@@ -89,7 +92,8 @@ const T5_LANGUAGES: &[(&str, &str)] = &[
 pub const FLAN_T5: ModelCard = ModelCard {
     name: "flan-t5",
     hash: None,
-    vocab_size: 32128,
+    vocab_size: Some(32128),
+    types: ALL_GENERATIVE,
     stop_ids: &[1],
     languages: T5_LANGUAGES,
     sources: &["en"],
@@ -101,8 +105,44 @@ pub const T5: ModelCard = ModelCard {
     ..FLAN_T5
 };
 
+/// Every generative task type.
+const ALL_GENERATIVE: &[&str] = &["generate", "summarization", "translation"];
+
+/// An opus-mt translation model (`Helsinki-NLP/opus-mt-SRC-TGT`), from the Hub or a folder:
+/// translation from `from` to `to` only; its vocabulary varies by pair, so ids are not bounded
+/// here; `</s>` (id 0) ends a generation.
+const fn opus(
+    name: &'static str,
+    languages: &'static [(&'static str, &'static str)],
+    from: &'static [&'static str],
+) -> ModelCard {
+    ModelCard {
+        name,
+        hash: None,
+        vocab_size: None,
+        types: &["translation"],
+        stop_ids: &[0],
+        languages,
+        sources: from,
+    }
+}
+
+const EN_DE: &[(&str, &str)] = &[("en", "English"), ("de", "German")];
+const EN_FR: &[(&str, &str)] = &[("en", "English"), ("fr", "French")];
+const EN_ES: &[(&str, &str)] = &[("en", "English"), ("es", "Spanish")];
+
 /// The generative models the coordinator knows.
-pub const CATALOG: &[ModelCard] = &[SMOLLM2, FLAN_T5, T5];
+pub const CATALOG: &[ModelCard] = &[
+    SMOLLM2,
+    FLAN_T5,
+    T5,
+    opus("opus-mt-en-de", EN_DE, &["en"]),
+    opus("opus-mt-de-en", EN_DE, &["de"]),
+    opus("opus-mt-en-fr", EN_FR, &["en"]),
+    opus("opus-mt-fr-en", EN_FR, &["fr"]),
+    opus("opus-mt-en-es", EN_ES, &["en"]),
+    opus("opus-mt-es-en", EN_ES, &["es"]),
+];
 
 /// The model a generative task runs when it names none.
 pub const DEFAULT_MODEL: &str = SMOLLM2.name;
@@ -212,6 +252,15 @@ pub fn resolve(
                 .join(", ")
         ),
     })?;
+    if !card.types.contains(&task_type.as_str()) {
+        return Err(ProtocolError::Unsupported {
+            field: "type",
+            problem: format!(
+                "{name} does not do {task_type} tasks (it does {})",
+                card.types.join(", ")
+            ),
+        });
+    }
     let model_hash = match (req.model_hash, card.hash) {
         (Some(h), _) if is_sha256(h) => h.to_owned(),
         (Some(h), _) => {
@@ -246,11 +295,13 @@ pub fn resolve(
                     format!("at most {MAX_STOP_IDS}"),
                 ));
             }
-            if let Some(id) = ids.iter().find(|id| **id >= card.vocab_size) {
-                return Err(ProtocolError::invalid(
-                    "stop_ids",
-                    format!("{id} is not in {name}'s vocabulary of {}", card.vocab_size),
-                ));
+            if let Some(vocab) = card.vocab_size {
+                if let Some(id) = ids.iter().find(|id| **id >= vocab) {
+                    return Err(ProtocolError::invalid(
+                        "stop_ids",
+                        format!("{id} is not in {name}'s vocabulary of {vocab}"),
+                    ));
+                }
             }
             let mut ids = ids.to_vec();
             ids.sort_unstable();
@@ -391,11 +442,13 @@ impl GeneratedAnswer {
             ));
         }
         if let Some(card) = card(&spec.model) {
-            if let Some(id) = self.token_ids.iter().find(|id| **id >= card.vocab_size) {
-                return Err(ProtocolError::invalid(
-                    "token_ids",
-                    format!("{id} is not in {}'s vocabulary", spec.model),
-                ));
+            if let Some(vocab) = card.vocab_size {
+                if let Some(id) = self.token_ids.iter().find(|id| **id >= vocab) {
+                    return Err(ProtocolError::invalid(
+                        "token_ids",
+                        format!("{id} is not in {}'s vocabulary", spec.model),
+                    ));
+                }
             }
         }
         let stops = |id: &u32| spec.stop_ids.contains(id);
@@ -563,6 +616,34 @@ mod tests {
         };
         let e = resolve(&TaskType::translation(), &from_fr).expect_err("from French");
         assert_eq!(e.code(), UnsupportedSpec);
+        // opus-mt models translate one pair and do nothing else.
+        let opus = |from: &'static str, to: &'static str| SpecRequest {
+            model: Some("opus-mt-en-de"),
+            model_hash: Some(SMOLLM2_HASH),
+            source_lang: Some(from),
+            target_lang: Some(to),
+            ..req()
+        };
+        let spec = resolve(&TaskType::translation(), &opus("en", "de")).expect("en to de");
+        assert_eq!(spec.stop_ids, vec![0]);
+        for (t, r) in [
+            (TaskType::translation(), opus("de", "en")),
+            (TaskType::translation(), opus("en", "fr")),
+            (
+                TaskType::summarization(),
+                SpecRequest {
+                    source_lang: None,
+                    target_lang: None,
+                    ..opus("en", "de")
+                },
+            ),
+        ] {
+            assert_eq!(
+                resolve(&t, &r).expect_err("refused").code(),
+                UnsupportedSpec,
+                "{t} {r:?}"
+            );
+        }
         let ok = SpecRequest {
             source_lang: Some("en"),
             target_lang: Some("fr"),
