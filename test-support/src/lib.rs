@@ -4,6 +4,7 @@
 //! The binary is found in `$NATS_SERVER_BIN`, then on `PATH`, then where `scripts/setup.sh`
 //! installs it (`/usr/sbin`, `~/.local/bin`).
 
+pub mod marian;
 pub mod models;
 pub mod t5;
 

@@ -119,3 +119,52 @@ pub fn fetch(repo: &str) -> Result<PathBuf, HubError> {
     }
     Ok(dir.parent().map(PathBuf::from).unwrap_or(dir))
 }
+
+/// An opus-mt model's folder (`Helsinki-NLP/<name>`): its config, SentencePiece files, vocabulary
+/// and weights (`model.safetensors`, else `pytorch_model.bin`), from the cache or downloaded.
+///
+/// # Errors
+/// [`HubError`] naming the file and the way out.
+pub fn fetch_opus(name: &str) -> Result<PathBuf, HubError> {
+    let repo = format!("Helsinki-NLP/{name}");
+    let cache = cache();
+    let cache_dir = cache.path().display().to_string();
+    let cached = cache.repo(Repo::model(repo.clone()));
+    let have = |f: &str| cached.get(f);
+    if let (Some(config), true) = (
+        have("config.json"),
+        super::opus::FILES.iter().all(|f| have(f).is_some())
+            && super::opus::WEIGHTS.iter().any(|w| have(w).is_some()),
+    ) {
+        return Ok(config.parent().map(PathBuf::from).unwrap_or(config));
+    }
+    if offline() {
+        return Err(HubError::Offline {
+            repo,
+            cache: cache_dir,
+        });
+    }
+    let fail = |file: &'static str, source: hf_hub::api::sync::ApiError| HubError::Download {
+        repo: repo.clone(),
+        file,
+        source,
+        cache: cache_dir.clone(),
+    };
+    let api = ApiBuilder::from_env()
+        .with_cache_dir(cache.path().clone())
+        .with_progress(true)
+        .build()
+        .map_err(|e| fail("anything", e))?;
+    let files = api.repo(Repo::model(repo.clone()));
+    tracing::info!(repo, cache = %cache_dir, "downloading model weights");
+    let mut dir = None;
+    for f in super::opus::FILES {
+        let path = files.get(f).map_err(|e| fail(f, e))?;
+        dir = path.parent().map(PathBuf::from);
+    }
+    let [safetensors, bin] = super::opus::WEIGHTS;
+    if let Err(e) = files.get(safetensors) {
+        files.get(bin).map_err(|_| fail(safetensors, e))?;
+    }
+    Ok(dir.expect("a file was fetched"))
+}

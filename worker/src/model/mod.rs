@@ -8,6 +8,7 @@ pub mod lexicon;
 pub mod llama;
 pub mod marian;
 pub mod minilm;
+pub mod opus;
 pub mod q4_1;
 pub mod seq2seq;
 pub mod t5;
@@ -189,6 +190,7 @@ pub const KNOWN: &[&str] = &[
     "smollm2",
     "flan-t5",
     "t5",
+    "opus-mt-SRC-TGT",
 ];
 
 /// The transformer `auto` prefers: the original's model.
@@ -234,6 +236,13 @@ pub fn load(name: &str, dir: Option<&std::path::Path>) -> Result<Box<dyn Model>,
             } else {
                 Box::new(distilbert::Sst2::load(&dir)?)
             })
+        }
+        name if opus::languages(name).is_some() => {
+            let dir = match dir {
+                Some(dir) => dir.to_owned(),
+                None => hub::fetch_opus(name)?,
+            };
+            Ok(Box::new(opus::OpusModel::load(name, &dir)?))
         }
         "flan-t5" | "t5" => {
             let dir = match dir {
