@@ -239,3 +239,56 @@ fn eval_takes_model_dir_like_infer() {
         assert!(err.contains(want), "{args:?}: {err} lacks {want:?}");
     }
 }
+
+/// An opus-mt model found in the Hugging Face cache by name, offline: the repository is
+/// `Helsinki-NLP/<name>`.
+#[test]
+fn an_opus_mt_model_loads_from_the_cache_by_name() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let folder = tempfile::tempdir().expect("temp dir");
+    test_support::marian::write_model(folder.path(), 2);
+    test_support::marian::write_opus_tokenizer(folder.path());
+    cache_model(home.path(), "Helsinki-NLP/opus-mt-en-de", folder.path());
+    let out = offline(
+        home.path(),
+        &[
+            "--json",
+            "infer",
+            "--model",
+            "opus-mt-en-de",
+            "--type",
+            "translation",
+            "--source-lang",
+            "en",
+            "--target-lang",
+            "de",
+            "--max-new-tokens",
+            "6",
+            "the cat",
+        ],
+    );
+    let rows = rows(&out);
+    assert_eq!(rows[0]["model"], "opus-mt-en-de");
+    assert!(
+        rows[0]["token_ids"]
+            .as_array()
+            .is_some_and(|ids| !ids.is_empty()),
+        "{}",
+        rows[0]
+    );
+    assert!(rows[0]["model_hash"].is_string());
+    // A pair not in the cache says how to get it.
+    let out = offline(
+        home.path(),
+        &[
+            "infer",
+            "--model",
+            "opus-mt-en-fr",
+            "--type",
+            "translation",
+            "x",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Helsinki-NLP/opus-mt-en-fr"));
+}

@@ -1,7 +1,10 @@
 //! A tiny Marian (opus-mt shaped) made on the spot: random weights under Hugging Face's tensor
-//! names as `model.safetensors` and its `config.json`, with no download.
+//! names as `model.safetensors` and its `config.json`, and an opus-mt tokenizer (`source.spm`,
+//! `target.spm`, `vocab.json`), with no download.
 
 use candle_core::{Device, Tensor};
+use prost::Message;
+use sentencepiece_model::{ModelProto, SentencePiece, TrainerSpec};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -82,4 +85,62 @@ pub fn write_model(dir: &Path, seed: u64) -> Weights {
     });
     std::fs::write(dir.join("config.json"), config.to_string()).expect("config");
     w
+}
+
+/// The words of the tiny opus tokenizer.
+pub const WORDS: [&str; 12] = [
+    "the", "cat", "sleeps", "on", "sofa", "die", "Katze", "schläft", "auf", "dem", "Sofa", ".",
+];
+
+/// Writes `source.spm` and `target.spm` (pieces `<unk>`, `<s>`, `</s>`, then `▁word`s), and a
+/// `vocab.json` putting `</s>` at 0, `<unk>` at 1, the words from 2, `<pad>` at [`PAD`].
+pub fn write_opus_tokenizer(dir: &Path) -> HashMap<String, u32> {
+    let piece = |p: &str, score: f32, kind: i32| SentencePiece {
+        piece: Some(p.to_owned()),
+        score: Some(score),
+        r#type: Some(kind),
+    };
+    let mut pieces = vec![
+        piece("<unk>", 0.0, 2),
+        piece("<s>", 0.0, 3),
+        piece("</s>", 0.0, 3),
+    ];
+    pieces.extend(
+        WORDS
+            .iter()
+            .map(|w| piece(&format!("\u{2581}{w}"), -2.0, 1)),
+    );
+    // Single characters, so any text splits.
+    for c in "abcdefghijklmnopqrstuvwxyzäöüKS.".chars() {
+        pieces.push(piece(&c.to_string(), -10.0, 1));
+    }
+    pieces.push(piece("\u{2581}", -5.0, 1));
+    let model = ModelProto {
+        pieces,
+        trainer_spec: Some(TrainerSpec {
+            unk_id: Some(0),
+            ..TrainerSpec::default()
+        }),
+        ..ModelProto::default()
+    };
+    let bytes = model.encode_to_vec();
+    std::fs::write(dir.join("source.spm"), &bytes).expect("source.spm");
+    std::fs::write(dir.join("target.spm"), &bytes).expect("target.spm");
+    let mut vocab: HashMap<String, u32> = HashMap::new();
+    vocab.insert("</s>".into(), EOS);
+    vocab.insert("<unk>".into(), 1);
+    vocab.insert("<pad>".into(), PAD);
+    for (i, w) in WORDS.iter().enumerate() {
+        vocab.insert(format!("\u{2581}{w}"), 2 + i as u32);
+    }
+    for i in vocab.len() as u32 - 1..PAD {
+        vocab.entry(format!("\u{2581}w{i}")).or_insert(i);
+    }
+    assert_eq!(vocab.len(), VOCAB);
+    std::fs::write(
+        dir.join("vocab.json"),
+        serde_json::to_string(&vocab).expect("json"),
+    )
+    .expect("vocab.json");
+    vocab
 }

@@ -2,71 +2,11 @@
 //! (`test-support`), a `source.spm`/`target.spm` SentencePiece model written here with prost, and
 //! a `vocab.json` whose ids are not the spm's order, as in the real folders.
 
-use prost::Message;
 use protocol::TaskType;
-use sentencepiece_model::{ModelProto, SentencePiece, TrainerSpec};
 use std::collections::HashMap;
-use std::path::Path;
-use test_support::marian::{write_model, EOS, PAD, VOCAB};
+use test_support::marian::{write_model, write_opus_tokenizer as write_tokenizer, EOS, PAD};
 use worker::model::marian::Marian;
 use worker::model::{Input, Stop};
-
-const WORDS: [&str; 12] = [
-    "the", "cat", "sleeps", "on", "sofa", "die", "Katze", "schläft", "auf", "dem", "Sofa", ".",
-];
-
-/// `source.spm` and `target.spm` (pieces `<unk>`, `<s>`, `</s>`, then `▁word`s), and a
-/// `vocab.json` putting `</s>` at 0, `<unk>` at 1, the words from 2, `<pad>` at [`PAD`].
-fn write_tokenizer(dir: &Path) -> HashMap<String, u32> {
-    let piece = |p: &str, score: f32, kind: i32| SentencePiece {
-        piece: Some(p.to_owned()),
-        score: Some(score),
-        r#type: Some(kind),
-    };
-    let mut pieces = vec![
-        piece("<unk>", 0.0, 2),
-        piece("<s>", 0.0, 3),
-        piece("</s>", 0.0, 3),
-    ];
-    pieces.extend(
-        WORDS
-            .iter()
-            .map(|w| piece(&format!("\u{2581}{w}"), -2.0, 1)),
-    );
-    // Single characters, so any text splits.
-    for c in "abcdefghijklmnopqrstuvwxyzäöüKS.".chars() {
-        pieces.push(piece(&c.to_string(), -10.0, 1));
-    }
-    pieces.push(piece("\u{2581}", -5.0, 1));
-    let model = ModelProto {
-        pieces,
-        trainer_spec: Some(TrainerSpec {
-            unk_id: Some(0),
-            ..TrainerSpec::default()
-        }),
-        ..ModelProto::default()
-    };
-    let bytes = model.encode_to_vec();
-    std::fs::write(dir.join("source.spm"), &bytes).expect("source.spm");
-    std::fs::write(dir.join("target.spm"), &bytes).expect("target.spm");
-    let mut vocab: HashMap<String, u32> = HashMap::new();
-    vocab.insert("</s>".into(), EOS);
-    vocab.insert("<unk>".into(), 1);
-    vocab.insert("<pad>".into(), PAD);
-    for (i, w) in WORDS.iter().enumerate() {
-        vocab.insert(format!("\u{2581}{w}"), 2 + i as u32);
-    }
-    for i in vocab.len() as u32 - 1..PAD {
-        vocab.entry(format!("\u{2581}w{i}")).or_insert(i);
-    }
-    assert_eq!(vocab.len(), VOCAB);
-    std::fs::write(
-        dir.join("vocab.json"),
-        serde_json::to_string(&vocab).expect("json"),
-    )
-    .expect("vocab.json");
-    vocab
-}
 
 #[test]
 fn an_opus_mt_folder_translates_its_pair_through_its_spm_and_vocab() {

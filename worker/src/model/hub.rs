@@ -71,22 +71,57 @@ pub enum HubError {
     },
 }
 
-/// The cached snapshot folder of `repo`, when it holds every file a model folder needs.
-pub fn cached(repo: &str) -> Option<PathBuf> {
-    let files = cache().model(repo.to_owned());
-    let [config, weights, tokenizer, vocab] = FOLDER_FILES;
-    let config = files.get(config)?;
-    files.get(weights)?;
-    files.get(tokenizer).or_else(|| files.get(vocab))?;
-    config.parent().map(PathBuf::from)
+/// The files a model folder needs: all of `all`, and from each group of `one_of` the first the
+/// repository has.
+#[derive(Debug, Clone, Copy)]
+pub struct Needs {
+    /// Files it must have.
+    pub all: &'static [&'static str],
+    /// Groups of alternatives (older uploads, other weight formats).
+    pub one_of: &'static [&'static [&'static str]],
 }
 
-/// The snapshot folder of `repo`: from the cache, else downloaded into it (unless offline).
+/// A transformer folder: config and weights, and `tokenizer.json` or (older BERT-family uploads)
+/// `vocab.txt`.
+pub const TRANSFORMER: Needs = Needs {
+    all: &[FOLDER_FILES[0], FOLDER_FILES[1]],
+    one_of: &[&[FOLDER_FILES[2], FOLDER_FILES[3]]],
+};
+
+/// The cached snapshot folder of `repo`, when it holds every file a transformer folder needs.
+pub fn cached(repo: &str) -> Option<PathBuf> {
+    cached_with(repo, &TRANSFORMER)
+}
+
+/// The cached snapshot folder of `repo`, when it holds what `needs` names.
+pub fn cached_with(repo: &str, needs: &Needs) -> Option<PathBuf> {
+    let files = cache().model(repo.to_owned());
+    let mut dir = None;
+    for f in needs.all {
+        dir = Some(files.get(f)?);
+    }
+    for group in needs.one_of {
+        group.iter().find_map(|f| files.get(f))?;
+    }
+    dir?.parent().map(PathBuf::from)
+}
+
+/// The snapshot folder of transformer `repo`: from the cache, else downloaded into it (unless
+/// offline).
 ///
 /// # Errors
 /// [`HubError`] naming the way out.
 pub fn fetch(repo: &str) -> Result<PathBuf, HubError> {
-    if let Some(dir) = cached(repo) {
+    fetch_with(repo, &TRANSFORMER)
+}
+
+/// The snapshot folder of `repo` holding what `needs` names: from the cache, else downloaded
+/// into it (unless offline), with a progress bar.
+///
+/// # Errors
+/// [`HubError`] naming the way out.
+pub fn fetch_with(repo: &str, needs: &Needs) -> Result<PathBuf, HubError> {
+    if let Some(dir) = cached_with(repo, needs) {
         return Ok(dir);
     }
     let cache = cache();
@@ -110,61 +145,39 @@ pub fn fetch(repo: &str) -> Result<PathBuf, HubError> {
         .map_err(|e| fail("anything", e))?;
     let files = api.repo(Repo::model(repo.to_owned()));
     tracing::info!(repo, cache = %cache_dir, "downloading model weights");
-    let [config, weights, tokenizer, vocab] = FOLDER_FILES;
-    let dir = files.get(config).map_err(|e| fail(config, e))?;
-    files.get(weights).map_err(|e| fail(weights, e))?;
-    if let Err(e) = files.get(tokenizer) {
-        // Older BERT-family uploads have only vocab.txt; without either, the tokenizer's error.
-        files.get(vocab).map_err(|_| fail(tokenizer, e))?;
-    }
-    Ok(dir.parent().map(PathBuf::from).unwrap_or(dir))
-}
-
-/// An opus-mt model's folder (`Helsinki-NLP/<name>`): its config, SentencePiece files, vocabulary
-/// and weights (`model.safetensors`, else `pytorch_model.bin`), from the cache or downloaded.
-///
-/// # Errors
-/// [`HubError`] naming the file and the way out.
-pub fn fetch_opus(name: &str) -> Result<PathBuf, HubError> {
-    let repo = format!("Helsinki-NLP/{name}");
-    let cache = cache();
-    let cache_dir = cache.path().display().to_string();
-    let cached = cache.repo(Repo::model(repo.clone()));
-    let have = |f: &str| cached.get(f);
-    if let (Some(config), true) = (
-        have("config.json"),
-        super::opus::FILES.iter().all(|f| have(f).is_some())
-            && super::opus::WEIGHTS.iter().any(|w| have(w).is_some()),
-    ) {
-        return Ok(config.parent().map(PathBuf::from).unwrap_or(config));
-    }
-    if offline() {
-        return Err(HubError::Offline {
-            repo,
-            cache: cache_dir,
-        });
-    }
-    let fail = |file: &'static str, source: hf_hub::api::sync::ApiError| HubError::Download {
-        repo: repo.clone(),
-        file,
-        source,
-        cache: cache_dir.clone(),
-    };
-    let api = ApiBuilder::from_env()
-        .with_cache_dir(cache.path().clone())
-        .with_progress(true)
-        .build()
-        .map_err(|e| fail("anything", e))?;
-    let files = api.repo(Repo::model(repo.clone()));
-    tracing::info!(repo, cache = %cache_dir, "downloading model weights");
     let mut dir = None;
-    for f in super::opus::FILES {
+    for f in needs.all {
         let path = files.get(f).map_err(|e| fail(f, e))?;
         dir = path.parent().map(PathBuf::from);
     }
-    let [safetensors, bin] = super::opus::WEIGHTS;
-    if let Err(e) = files.get(safetensors) {
-        files.get(bin).map_err(|_| fail(safetensors, e))?;
+    for group in needs.one_of {
+        // Without any of the group, the first one's error.
+        let mut first = None;
+        if !group.iter().any(|f| match files.get(f) {
+            Ok(_) => true,
+            Err(e) => {
+                first.get_or_insert((*f, e));
+                false
+            }
+        }) {
+            let (f, e) = first.expect("a group names a file");
+            return Err(fail(f, e));
+        }
     }
-    Ok(dir.expect("a file was fetched"))
+    Ok(dir.expect("a folder names at least one file it needs"))
+}
+
+/// An opus-mt folder: its config, SentencePiece files and vocabulary, and its weights as
+/// `model.safetensors` or `pytorch_model.bin`.
+pub const OPUS: Needs = Needs {
+    all: &super::opus::FILES,
+    one_of: &[&super::opus::WEIGHTS],
+};
+
+/// The folder of opus-mt model `name` (`Helsinki-NLP/<name>`), cached or downloaded.
+///
+/// # Errors
+/// [`HubError`] naming the way out.
+pub fn fetch_opus(name: &str) -> Result<PathBuf, HubError> {
+    fetch_with(&format!("Helsinki-NLP/{name}"), &OPUS)
 }
