@@ -329,7 +329,7 @@ fn finalize(conn: &Connection, ctx: &mut Ctx, task_id: &TaskId) -> Result<String
     conn.prepare_cached("UPDATE submission SET agreed = (label = ?1) WHERE task_id = ?2")?
         .execute(params![decision.label, tid])?;
     award_points(conn, &tid)?;
-    let answer = (Some(decision.label.clone()), None);
+    let answer = Final::Label(decision.label.clone());
     finished(ctx, task_id, answer, decision.confidence);
     Ok(decision.label)
 }
@@ -379,7 +379,7 @@ fn finalize_vectors(
     finished(
         ctx,
         task_id,
-        (None, Some(decision.vector)),
+        Final::Vector(decision.vector),
         decision.confidence,
     );
     Ok(())
@@ -426,35 +426,35 @@ fn finalize_generated(
         mark.execute(params![members.contains(&i), id])?;
     }
     award_points(conn, &tid)?;
-    ctx.effects.push(Effect::Finished(TaskEvent {
-        task_id: task.id,
-        status: TaskStatus::Finalized,
-        final_label: None,
-        final_embedding: None,
-        final_token_ids: Some(blob_to_ids(ids)),
-        final_text: Some(text.clone()),
-        final_confidence: Some(confidence),
-        error_message: None,
-        failure_reason: None,
-        at: from_ms(ctx.now),
-    }));
+    let answer = Final::Generated(blob_to_ids(ids), text.clone());
+    finished(ctx, &task.id, answer, confidence);
     Ok(Some(text.clone()))
 }
 
-/// Announces a finalization, after the commit: the consensus label or vector and its confidence.
-fn finished(
-    ctx: &mut Ctx,
-    task_id: &TaskId,
-    (final_label, final_embedding): (Option<String>, Option<Vec<f32>>),
-    confidence: f64,
-) {
+/// What a task was finalized on.
+enum Final {
+    Label(String),
+    Vector(Vec<f32>),
+    /// Token ids and their text.
+    Generated(Vec<u32>, String),
+}
+
+/// Announces a finalization, after the commit: the consensus answer and its confidence.
+fn finished(ctx: &mut Ctx, task_id: &TaskId, answer: Final, confidence: f64) {
+    let (mut final_label, mut final_embedding, mut final_token_ids, mut final_text) =
+        (None, None, None, None);
+    match answer {
+        Final::Label(l) => final_label = Some(l),
+        Final::Vector(v) => final_embedding = Some(v),
+        Final::Generated(ids, text) => (final_token_ids, final_text) = (Some(ids), Some(text)),
+    }
     ctx.effects.push(Effect::Finished(TaskEvent {
         task_id: *task_id,
         status: TaskStatus::Finalized,
         final_label,
         final_embedding,
-        final_token_ids: None,
-        final_text: None,
+        final_token_ids,
+        final_text,
         final_confidence: Some(confidence),
         error_message: None,
         failure_reason: None,

@@ -23,7 +23,6 @@ use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use protocol::TaskType;
 use std::collections::HashMap;
-use std::io::Seek;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use tokenizers::models::bpe::{Vocab, BPE};
@@ -150,14 +149,8 @@ impl ChatModel {
             path: path.clone(),
             source,
         };
+        let hash = super::hash_files(std::slice::from_ref(&path), false).map_err(|(_, e)| io(e))?;
         let mut file = std::fs::File::open(&path).map_err(io)?;
-        let hash = {
-            use sha2::Digest;
-            let mut hasher = sha2::Sha256::new();
-            std::io::copy(&mut file, &mut hasher).map_err(io)?;
-            file.rewind().map_err(io)?;
-            hex::encode(hasher.finalize())
-        };
         let content = gguf_file::Content::read(&mut file).map_err(|e| bad(e.into()))?;
         let meta = Meta(&content.metadata);
         let tokens = meta.strings("tokenizer.ggml.tokens").map_err(&bad)?;
@@ -203,19 +196,7 @@ impl ChatModel {
     /// # Errors
     /// [`ModelError::Unsupported`] for a type it cannot do; the template's error.
     pub fn prompt(&self, input: &Input) -> Result<String, ModelError> {
-        let current = protocol::generation::template_of(&input.task_type);
-        if let Some(t) = &input.template {
-            if Some(t.as_str()) != current {
-                return Err(ModelError::Inference(
-                    format!(
-                        "template {t:?} is not one this worker renders for {} tasks ({})",
-                        input.task_type,
-                        current.unwrap_or("none")
-                    )
-                    .into(),
-                ));
-            }
-        }
+        input.check_template()?;
         let message = if input.task_type == TaskType::generate() {
             input.text.clone()
         } else if input.task_type == TaskType::summarization() {

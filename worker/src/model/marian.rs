@@ -15,8 +15,8 @@ use super::seq2seq::{
     decoder_inputs, greedy, padded, read_folder, EncoderDecoder, FolderError, Greedy, Weights,
 };
 use candle_core::{Device, Module, Result, Tensor};
+use candle_nn::LayerNorm;
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::path::Path;
 
 /// The fields of a Hugging Face Marian `config.json` the forward needs.
@@ -67,17 +67,6 @@ impl Linear {
     }
 }
 
-struct Norm {
-    w: Tensor,
-    b: Tensor,
-}
-
-impl Norm {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::LayerNorm::new(self.w.clone(), self.b.clone(), 1e-5).forward(x)
-    }
-}
-
 struct Attention {
     q: Linear,
     k: Linear,
@@ -88,11 +77,11 @@ struct Attention {
 
 struct Layer {
     self_attention: Attention,
-    self_norm: Norm,
-    cross: Option<(Attention, Norm)>,
+    self_norm: LayerNorm,
+    cross: Option<(Attention, LayerNorm)>,
     fc1: Linear,
     fc2: Linear,
-    final_norm: Norm,
+    final_norm: LayerNorm,
 }
 
 /// A Marian encoder-decoder in f32.
@@ -121,15 +110,11 @@ impl Marian {
     ///
     /// # Errors
     /// A missing tensor.
-    pub fn from_tensors(
+    pub(crate) fn from_weights(
         config: MarianConfig,
-        tensors: HashMap<String, Tensor>,
+        mut w: Weights,
         device: Device,
     ) -> Result<Self> {
-        Self::from_weights(config, Weights(tensors), device)
-    }
-
-    fn from_weights(config: MarianConfig, mut w: Weights, device: Device) -> Result<Self> {
         let encoder = (0..config.encoder_layers)
             .map(|i| {
                 w.layer(
@@ -294,7 +279,7 @@ fn sinusoids(positions: usize, dim: usize, device: &Device) -> Result<Tensor> {
 /// Marian's layers from its tensors.
 trait MarianWeights {
     fn linear(&mut self, prefix: &str) -> Result<Linear>;
-    fn norm(&mut self, prefix: &str) -> Result<Norm>;
+    fn norm(&mut self, prefix: &str) -> Result<LayerNorm>;
     fn attention(&mut self, prefix: &str, heads: usize) -> Result<Attention>;
     fn layer(&mut self, prefix: &str, heads: usize, decoder: bool) -> Result<Layer>;
 }
@@ -307,11 +292,13 @@ impl MarianWeights for Weights {
         })
     }
 
-    fn norm(&mut self, prefix: &str) -> Result<Norm> {
-        Ok(Norm {
-            w: self.take(&format!("{prefix}.weight"))?,
-            b: self.take(&format!("{prefix}.bias"))?,
-        })
+    /// Marian's layer norm: weight and bias, epsilon 1e-5.
+    fn norm(&mut self, prefix: &str) -> Result<LayerNorm> {
+        Ok(LayerNorm::new(
+            self.take(&format!("{prefix}.weight"))?,
+            self.take(&format!("{prefix}.bias"))?,
+            1e-5,
+        ))
     }
 
     fn attention(&mut self, prefix: &str, heads: usize) -> Result<Attention> {

@@ -50,6 +50,26 @@ impl Input {
         }
     }
 
+    /// Refuses a template version the worker does not render for this task type (the lease's
+    /// spec names one; without it, the type's current one is meant).
+    ///
+    /// # Errors
+    /// [`ModelError::Inference`] naming the template.
+    pub fn check_template(&self) -> Result<(), ModelError> {
+        let current = protocol::generation::template_of(&self.task_type);
+        match &self.template {
+            Some(t) if Some(t.as_str()) != current => Err(ModelError::Inference(
+                format!(
+                    "template {t:?} is not one this worker renders for {} tasks ({})",
+                    self.task_type,
+                    current.unwrap_or("none")
+                )
+                .into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The input of a leased task: its text and, for a generative task, what its spec pins.
     pub fn of_lease(lease: &protocol::messages::Lease) -> Self {
         let spec = lease.generation.as_ref();
@@ -179,6 +199,31 @@ impl Model for Delayed {
         std::thread::sleep(self.pause);
         self.inner.predict(inputs)
     }
+}
+
+/// SHA-256 (lowercase hex) of a model's files read in order, each preceded by its file name
+/// when `named`: the content hash a generative model reports.
+///
+/// # Errors
+/// The file that could not be read, and why.
+pub(crate) fn hash_files(
+    paths: &[std::path::PathBuf],
+    named: bool,
+) -> Result<String, (std::path::PathBuf, std::io::Error)> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for path in paths {
+        let mut f = std::fs::File::open(path).map_err(|e| (path.clone(), e))?;
+        if named {
+            h.update(
+                path.file_name()
+                    .map(|n| n.as_encoded_bytes())
+                    .unwrap_or_default(),
+            );
+        }
+        std::io::copy(&mut f, &mut h).map_err(|e| (path.clone(), e))?;
+    }
+    Ok(hex::encode(h.finalize()))
 }
 
 /// The models `--model` accepts.

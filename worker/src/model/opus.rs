@@ -9,7 +9,7 @@
 //! are `model.safetensors` or, failing that, `pytorch_model.bin`.
 
 use super::marian::{Marian, MarianConfig};
-use super::seq2seq::FolderError;
+use super::seq2seq::{read_config, read_weights, FolderError};
 use super::{Generation, Input, Model, ModelError, Prediction, Stop};
 use candle_core::Device;
 use protocol::TaskType;
@@ -154,39 +154,21 @@ impl OpusModel {
             .map(|w| dir.join(w))
             .find(|p| p.is_file())
             .ok_or_else(|| bad(dir)("neither model.safetensors nor pytorch_model.bin".into()))?;
-        let hash = {
-            use sha2::Digest;
-            let mut h = sha2::Sha256::new();
-            for path in FILES.iter().map(|f| dir.join(f)).chain([weights.clone()]) {
-                let mut f = std::fs::File::open(&path).map_err(|e| bad(&path)(e.into()))?;
-                h.update(
-                    path.file_name()
-                        .map(|n| n.as_encoded_bytes())
-                        .unwrap_or_default(),
-                );
-                std::io::copy(&mut f, &mut h).map_err(|e| bad(&path)(e.into()))?;
-            }
-            hex::encode(h.finalize())
-        };
-        let config_path = dir.join("config.json");
-        let config: MarianConfig = std::fs::read(&config_path)
-            .map_err(|e| bad(&config_path)(e.into()))
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| bad(&config_path)(e.into())))?;
+        let files: Vec<_> = FILES
+            .iter()
+            .map(|f| dir.join(f))
+            .chain([weights.clone()])
+            .collect();
+        let hash = super::hash_files(&files, true).map_err(|(path, e)| bad(&path)(e.into()))?;
         let device = Device::Cpu;
-        let tensors: HashMap<String, candle_core::Tensor> =
-            if weights.extension().is_some_and(|e| e == "safetensors") {
-                candle_core::safetensors::load(&weights, &device)?
-            } else {
-                candle_core::pickle::read_all(&weights)?
-                    .into_iter()
-                    .collect()
-            };
+        let config: MarianConfig = read_config(dir)?;
+        let weights = read_weights(&weights, &device)?;
         Ok(Self {
             name: name.to_owned(),
             from: from.to_owned(),
             to: to.to_owned(),
             hash,
-            model: Marian::from_tensors(config, tensors, device)?,
+            model: Marian::from_weights(config, weights, device)?,
             tokenizer: OpusTokenizer::load(dir)?,
         })
     }
@@ -199,13 +181,7 @@ impl OpusModel {
                 task_type: input.task_type.clone(),
             });
         }
-        if let Some(t) = &input.template {
-            if t != protocol::generation::TEMPLATE_TRANSLATE {
-                return Err(refuse(format!(
-                    "template {t:?} is not one this worker renders"
-                )));
-            }
-        }
+        input.check_template()?;
         match &input.languages {
             Some((from, to)) if *from == self.from && *to == self.to => {}
             Some((from, to)) => {

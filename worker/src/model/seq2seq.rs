@@ -34,13 +34,39 @@ pub(crate) fn read_folder<C: DeserializeOwned>(
     dir: &Path,
     device: &Device,
 ) -> std::result::Result<(C, Weights), FolderError> {
+    Ok((
+        read_config(dir)?,
+        read_weights(&dir.join("model.safetensors"), device)?,
+    ))
+}
+
+/// Reads `dir/config.json` as `C`.
+///
+/// # Errors
+/// [`FolderError::File`] naming it.
+pub(crate) fn read_config<C: DeserializeOwned>(dir: &Path) -> std::result::Result<C, FolderError> {
     let path = dir.join("config.json");
-    let config: C = std::fs::read(&path)
+    std::fs::read(&path)
         .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.into()))
-        .map_err(|source| FolderError::File { path, source })?;
-    let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), device)?;
-    Ok((config, Weights(tensors)))
+        .map_err(|source| FolderError::File { path, source })
+}
+
+/// The tensors of a weights file: safetensors, or else a PyTorch pickle (`pytorch_model.bin`).
+///
+/// # Errors
+/// candle's error reading it.
+pub(crate) fn read_weights(
+    path: &Path,
+    device: &Device,
+) -> std::result::Result<Weights, FolderError> {
+    Ok(Weights(
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            candle_core::safetensors::load(path, device)?
+        } else {
+            candle_core::pickle::read_all(path)?.into_iter().collect()
+        },
+    ))
 }
 
 /// Tensors by Hugging Face name, taken out one by one as f32.

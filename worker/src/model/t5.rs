@@ -20,7 +20,6 @@ use super::seq2seq::{
 };
 use candle_core::{Device, Module, Result, Tensor, D};
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::path::Path;
 
 /// The fields of a Hugging Face T5 `config.json` the forward needs.
@@ -155,18 +154,6 @@ impl T5 {
         let device = Device::Cpu;
         let (config, weights) = read_folder(dir, &device)?;
         Ok(Self::from_weights(config, weights, device)?)
-    }
-
-    /// Builds the model from Hugging Face-named tensors.
-    ///
-    /// # Errors
-    /// A missing tensor.
-    pub fn from_tensors(
-        config: T5Config,
-        tensors: HashMap<String, Tensor>,
-        device: Device,
-    ) -> Result<Self> {
-        Self::from_weights(config, Weights(tensors), device)
     }
 
     fn from_weights(config: T5Config, mut w: Weights, device: Device) -> Result<Self> {
@@ -471,17 +458,8 @@ impl T5Model {
                 source: e,
             }
         };
-        let hash = {
-            use sha2::Digest;
-            let mut h = sha2::Sha256::new();
-            for file in FILES {
-                let path = dir.join(file);
-                let mut f = std::fs::File::open(&path).map_err(|e| bad(path.clone())(e.into()))?;
-                h.update(file.as_bytes());
-                std::io::copy(&mut f, &mut h).map_err(|e| bad(path.clone())(e.into()))?;
-            }
-            hex::encode(h.finalize())
-        };
+        let files: Vec<_> = FILES.iter().map(|f| dir.join(f)).collect();
+        let hash = super::hash_files(&files, true).map_err(|(path, e)| bad(path)(e.into()))?;
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer =
             tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(bad(tokenizer_path))?;
@@ -501,13 +479,7 @@ impl T5Model {
     pub fn prompt(&self, input: &super::Input) -> std::result::Result<String, super::ModelError> {
         use protocol::TaskType;
         let refuse = |why: String| super::ModelError::Inference(why.into());
-        if let Some(t) = &input.template {
-            if Some(t.as_str()) != protocol::generation::template_of(&input.task_type) {
-                return Err(refuse(format!(
-                    "template {t:?} is not one this worker renders"
-                )));
-            }
-        }
+        input.check_template()?;
         if input.task_type == TaskType::generate() {
             Ok(input.text.clone())
         } else if input.task_type == TaskType::summarization() {
