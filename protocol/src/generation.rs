@@ -28,7 +28,7 @@ pub const MAX_STOP_IDS: usize = 8;
 pub const MAX_GENERATED_TEXT_BYTES: usize = 64 * 1024;
 
 /// A generative model the coordinator can pin tasks to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ModelCard {
     /// Its name, as in `aimarket worker --model`.
     pub name: &'static str,
@@ -46,6 +46,9 @@ pub struct ModelCard {
     pub languages: &'static [(&'static str, &'static str)],
     /// The languages a translation may start from (all of `languages` when empty).
     pub sources: &'static [&'static str],
+    /// The gap tolerance of verification, in logits: above the honest differences between the
+    /// kernel paths a fleet runs for this model, far below a wrong token's gap.
+    pub eps: f32,
 }
 
 impl ModelCard {
@@ -78,7 +81,11 @@ pub const SMOLLM2: ModelCard = ModelCard {
         ("pt", "Portuguese"),
     ],
     sources: &[],
+    eps: SMOLLM2_EPS,
 };
+
+/// The gap tolerance of `smollm2` (Q4_1): see BENCHMARKS.md for the honest gaps it covers.
+pub const SMOLLM2_EPS: f32 = 1.5;
 
 /// T5's languages: it translates English to French, German and Romanian.
 const T5_LANGUAGES: &[(&str, &str)] = &[
@@ -97,6 +104,7 @@ pub const FLAN_T5: ModelCard = ModelCard {
     stop_ids: &[1],
     languages: T5_LANGUAGES,
     sources: &["en"],
+    eps: DEFAULT_EPS,
 };
 
 /// t5-small (`google-t5/t5-small`), from the Hugging Face Hub or a folder.
@@ -124,6 +132,7 @@ const fn opus(
         stop_ids: &[0],
         languages,
         sources: from,
+        eps: DEFAULT_EPS,
     }
 }
 
@@ -163,16 +172,65 @@ pub fn template_of(task_type: &TaskType) -> Option<&'static str> {
 }
 
 /// How the next token is chosen.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Decoding {
     /// The arg-max logit, ties to the lowest id.
     #[default]
     Greedy,
+    /// Gumbel-max sampling at `temperature`, its noise keyed by the coordinator's `seed`, the
+    /// step and the token id (see [`crate::verify`]): reproducible, so verified like greedy.
+    Sample {
+        /// The temperature, in `(0, MAX_TEMPERATURE]`.
+        temperature: f32,
+        /// Chosen by the coordinator when the task is added.
+        seed: u64,
+    },
+}
+
+/// The highest sampling temperature a task may ask for.
+pub const MAX_TEMPERATURE: f32 = 4.0;
+
+/// How a generative task's answer is verified.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifyMode {
+    /// Every required worker generates; identical ids by a strict majority finalize, and a split
+    /// goes to cross-scoring by the other workers.
+    #[default]
+    Exact,
+    /// One worker generates and the other `required - 1` score its answer (teacher-forced),
+    /// which costs far less than generating it again.
+    GenerateOnce,
+}
+
+impl VerifyMode {
+    /// Its name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exact => "exact",
+            Self::GenerateOnce => "generate_once",
+        }
+    }
+}
+
+impl std::str::FromStr for VerifyMode {
+    type Err = ProtocolError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "exact" => Ok(Self::Exact),
+            "generate_once" | "generate-once" => Ok(Self::GenerateOnce),
+            other => Err(ProtocolError::invalid(
+                "verify",
+                format!("{other:?} is not exact or generate_once"),
+            )),
+        }
+    }
 }
 
 /// What a generative task pins: everything that decides its answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GenerationSpec {
     /// The model's name.
@@ -195,10 +253,24 @@ pub struct GenerationSpec {
     /// A translation's target language.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_lang: Option<String>,
+    /// How the answer is verified.
+    #[serde(default)]
+    pub verify: VerifyMode,
 }
 
+impl GenerationSpec {
+    /// The gap tolerance verifiers of this task's model apply ([`ModelCard::eps`];
+    /// [`DEFAULT_EPS`] for a model the catalog does not know).
+    pub fn eps(&self) -> f32 {
+        card(&self.model).map_or(DEFAULT_EPS, |c| c.eps)
+    }
+}
+
+/// The gap tolerance of float32 models: numerical noise between code paths stays far below it.
+pub const DEFAULT_EPS: f32 = 1e-3;
+
 /// What a client may say about a generative task; the rest comes from the model's card.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SpecRequest<'a> {
     /// The model's name ([`DEFAULT_MODEL`] when absent).
     pub model: Option<&'a str>,
@@ -212,6 +284,10 @@ pub struct SpecRequest<'a> {
     pub source_lang: Option<&'a str>,
     /// A translation's languages.
     pub target_lang: Option<&'a str>,
+    /// Sampling temperature (greedy when absent).
+    pub temperature: Option<f32>,
+    /// How the answer is verified ([`VerifyMode::Exact`] when absent).
+    pub verify: Option<VerifyMode>,
 }
 
 impl SpecRequest<'_> {
@@ -353,15 +429,29 @@ pub fn resolve(
         }
         (None, None)
     };
+    let decoding = match req.temperature {
+        None => Decoding::Greedy,
+        Some(t) if t > 0.0 && t <= MAX_TEMPERATURE => Decoding::Sample {
+            temperature: t,
+            seed: 0,
+        },
+        Some(t) => {
+            return Err(ProtocolError::invalid(
+                "temperature",
+                format!("{t} is not in (0, {MAX_TEMPERATURE}]"),
+            ))
+        }
+    };
     Ok(GenerationSpec {
         model: name.to_owned(),
         model_hash,
         template: template.to_owned(),
-        decoding: Decoding::Greedy,
+        decoding,
         max_new_tokens,
         stop_ids,
         source_lang,
         target_lang,
+        verify: req.verify.unwrap_or_default(),
     })
 }
 

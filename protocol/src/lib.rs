@@ -22,6 +22,7 @@ pub mod messages;
 pub mod reply;
 pub mod status;
 pub mod subject;
+pub mod verify;
 
 pub use error::{ApiError, ErrorCode, ProtocolError};
 pub use ids::{LeaseId, TaskId, TaskType, WorkerId};

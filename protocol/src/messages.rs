@@ -2,7 +2,8 @@
 //! the [`crate::reply`] envelope.
 
 use crate::error::{ApiError, ErrorCode, ProtocolError};
-use crate::generation::{is_sha256, GeneratedAnswer, GenerationSpec, SpecRequest};
+use crate::generation::{is_sha256, GeneratedAnswer, GenerationSpec, SpecRequest, VerifyMode};
+use crate::verify::{Verification, VerifyJob};
 use crate::ids::{LeaseId, TaskId, TaskType, WorkerId};
 use crate::limits::*;
 use crate::status::{TaskStatus, WorkerStatus};
@@ -151,6 +152,10 @@ pub struct Lease {
     /// What a generative task pins: the worker follows it exactly or refuses the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<GenerationSpec>,
+    /// A candidate answer to score instead of generating one: the worker runs one
+    /// teacher-forced pass over it and submits a [`Verification`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyJob>,
     /// When the lease runs out unless a heartbeat renews it.
     pub expires_at: DateTime<Utc>,
 }
@@ -272,6 +277,9 @@ pub struct SubmitRequest {
     /// The answer to a generative task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<GeneratedAnswer>,
+    /// The score of a candidate, for a verify lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
     /// How sure the model is, in `[0, 1]`.
     pub confidence: f64,
     /// The model that answered.
@@ -294,6 +302,7 @@ impl SubmitRequest {
             &self.label,
             self.embedding.as_deref(),
             self.generation.as_ref(),
+            self.verification.as_ref(),
         )?;
         check_confidence(self.confidence)?;
         check_model(self.model.as_deref())?;
@@ -310,6 +319,8 @@ pub enum Answer<'a> {
     Embedding(&'a [f32]),
     /// A generative task's answer.
     Generated(&'a GeneratedAnswer),
+    /// A verify lease's score of a candidate.
+    Verified(&'a Verification),
 }
 
 impl<'a> Answer<'a> {
@@ -321,7 +332,17 @@ impl<'a> Answer<'a> {
         label: &'a str,
         embedding: Option<&'a [f32]>,
         generation: Option<&'a GeneratedAnswer>,
+        verification: Option<&'a Verification>,
     ) -> Result<Self, ProtocolError> {
+        if let Some(v) = verification {
+            if label.is_empty() && embedding.is_none() && generation.is_none() {
+                return Ok(Answer::Verified(v));
+            }
+            return Err(ProtocolError::invalid(
+                "verification",
+                "a verification comes alone, without a label, an embedding or a generation",
+            ));
+        }
         match (label.is_empty(), embedding, generation) {
             (true, None, None) => Err(ProtocolError::invalid(
                 "label",
@@ -600,6 +621,14 @@ pub struct NewTask {
     /// A `translation`'s target language (ISO 639-1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_lang: Option<String>,
+    /// Sample at this temperature (0 < T <= 4) with a seed the coordinator picks, instead of
+    /// greedy decoding; generative tasks only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// How the answer is verified: `exact` (every worker generates) or `generate_once` (one
+    /// generates, the others score it); the coordinator's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyMode>,
 }
 
 impl NewTask {
@@ -618,6 +647,8 @@ impl NewTask {
             stop_ids: None,
             source_lang: None,
             target_lang: None,
+            temperature: None,
+            verify: None,
         }
     }
 
@@ -648,6 +679,8 @@ impl NewTask {
             stop_ids: self.stop_ids.as_deref(),
             source_lang: self.source_lang.as_deref(),
             target_lang: self.target_lang.as_deref(),
+            temperature: self.temperature,
+            verify: self.verify,
         }
     }
 
@@ -1072,8 +1105,15 @@ pub struct TaskListReply {
 pub struct LeaderboardEntry {
     /// The worker.
     pub worker_id: WorkerId,
-    /// One per submission that matched a finalized consensus.
-    pub points: u64,
+    /// One per submission that matched a finalized consensus or verification, less one per
+    /// trap passed and per verification outside the verifiers' agreeing group.
+    pub points: i64,
+    /// Trap candidates it refused, as a verifier should.
+    #[serde(default)]
+    pub traps_caught: u64,
+    /// Trap candidates it passed.
+    #[serde(default)]
+    pub traps_missed: u64,
     /// Submissions it made.
     pub submissions: u64,
     /// The model it last registered with.
@@ -1136,6 +1176,12 @@ pub struct WorkerView {
     pub registered_at: DateTime<Utc>,
     /// Leases it holds now.
     pub active_leases: u32,
+    /// Trap candidates it refused, as a verifier should.
+    #[serde(default)]
+    pub traps_caught: u64,
+    /// Trap candidates it passed.
+    #[serde(default)]
+    pub traps_missed: u64,
 }
 
 /// Reply to `api.workers`.
@@ -1287,17 +1333,17 @@ mod tests {
     #[test]
     fn a_submission_carries_a_label_or_a_vector() {
         assert_eq!(
-            Answer::new("pos", None, None).expect("label"),
+            Answer::new("pos", None, None, None).expect("label"),
             Answer::Label("pos")
         );
         assert_eq!(
-            Answer::new("", Some(&[0.5]), None).expect("vector"),
+            Answer::new("", Some(&[0.5]), None, None).expect("vector"),
             Answer::Embedding(&[0.5])
         );
-        assert!(Answer::new("", None, None).is_err());
-        assert!(Answer::new("pos", Some(&[0.5]), None).is_err());
-        assert!(Answer::new("", Some(&[]), None).is_err());
-        assert!(Answer::new("", Some(&vec![1.0; MAX_EMBEDDING_DIM + 1]), None).is_err());
+        assert!(Answer::new("", None, None, None).is_err());
+        assert!(Answer::new("pos", Some(&[0.5]), None, None).is_err());
+        assert!(Answer::new("", Some(&[]), None, None).is_err());
+        assert!(Answer::new("", Some(&vec![1.0; MAX_EMBEDDING_DIM + 1]), None, None).is_err());
     }
 
     #[test]

@@ -45,12 +45,15 @@ macro_rules! string_enum {
 }
 
 string_enum!(
-    /// Where a task is in its lifecycle: `queued` -> `assigned` -> `finalized` | `failed`.
+    /// Where a task is in its lifecycle: `queued` -> `assigned` [-> `verifying`] -> `finalized` |
+    /// `failed`.
     TaskStatus, "status" {
         /// Waiting for workers; no live lease.
         Queued => "queued",
         /// At least one worker holds a live lease on it.
         Assigned => "assigned",
+        /// A generative task whose candidate answers are being scored by other workers.
+        Verifying => "verifying",
         /// Consensus reached; the final label is set. Terminal.
         Finalized => "finalized",
         /// Ran out of attempts. Terminal.

@@ -7,6 +7,7 @@
 //! - [`backoff`]: retry pacing.
 
 pub mod backoff;
+pub mod misbehave;
 pub mod model;
 pub mod runtime;
 

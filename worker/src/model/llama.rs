@@ -155,6 +155,26 @@ impl Llama {
     /// # Errors
     /// candle's errors (shapes, a sequence past [`MAX_SEQ_LEN`]).
     pub fn forward(&mut self, x: &Tensor, index_pos: usize) -> Result<Tensor> {
+        let h = self.hidden(x, index_pos)?;
+        let seq_len = h.dim(1)?;
+        self.output.forward(&h.i((.., seq_len - 1, ..))?)
+    }
+
+    /// The logits of every position of `x` (`(batch, seq)` token ids) placed at `index_pos`:
+    /// `(batch, seq, vocab)`, what a teacher-forced pass scores a candidate with.
+    ///
+    /// # Errors
+    /// candle's errors (shapes, a sequence past [`MAX_SEQ_LEN`]).
+    pub fn forward_all(&mut self, x: &Tensor, index_pos: usize) -> Result<Tensor> {
+        let h = self.hidden(x, index_pos)?;
+        let (b, seq_len, dim) = h.dims3()?;
+        self.output
+            .forward(&h.reshape((b * seq_len, dim))?)?
+            .reshape((b, seq_len, ()))
+    }
+
+    /// The final hidden states `(batch, seq, dim)`, normalized, extending the KV cache.
+    fn hidden(&mut self, x: &Tensor, index_pos: usize) -> Result<Tensor> {
         let (_b, seq_len) = x.dims2()?;
         let mask = if seq_len == 1 {
             None
@@ -195,9 +215,7 @@ impl Llama {
             )?;
             h = (y + residual)?;
         }
-        let x = self.norm.forward(&h)?;
-        let x = x.i((.., seq_len - 1, ..))?;
-        self.output.forward(&x)
+        self.norm.forward(&h)
     }
 }
 

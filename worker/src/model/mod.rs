@@ -14,6 +14,7 @@ pub mod seq2seq;
 pub mod t5;
 pub mod transformer;
 
+use protocol::generation::Decoding;
 use protocol::TaskType;
 
 /// One input to a model.
@@ -34,6 +35,8 @@ pub struct Input {
     /// The prompt template a task pins (the type's current one when absent); a model refuses a
     /// template it does not render.
     pub template: Option<String>,
+    /// How a generative model picks each token (greedy unless the task samples).
+    pub decoding: Decoding,
 }
 
 impl Input {
@@ -47,6 +50,7 @@ impl Input {
             languages: None,
             stop_ids: None,
             template: None,
+            decoding: Decoding::Greedy,
         }
     }
 
@@ -79,6 +83,7 @@ impl Input {
             languages: spec.and_then(|s| s.source_lang.clone().zip(s.target_lang.clone())),
             stop_ids: spec.map(|s| s.stop_ids.clone()),
             template: spec.map(|s| s.template.clone()),
+            decoding: spec.map(|s| s.decoding).unwrap_or_default(),
             ..Self::new(lease.task_type.clone(), lease.text.clone())
         }
     }
@@ -118,6 +123,30 @@ pub struct Generation {
     pub truncated: bool,
     /// Why generation ended.
     pub stop: Stop,
+}
+
+/// A candidate scored by one teacher-forced pass: per position, the candidate token's
+/// log-probability and its gap (in logits) to the token the decoding rule picks there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    /// Log-probability of each candidate token.
+    pub logprobs: Vec<f32>,
+    /// Its gap to the best token, 0 where the candidate is the token the rule picks.
+    pub gaps: Vec<f32>,
+}
+
+impl Scored {
+    /// Scores `candidate` against the logits of each of its positions (`rows[t]` predicts
+    /// `candidate[t]`).
+    pub fn of_rows(rows: &[Vec<f32>], candidate: &[u32], decoding: &Decoding) -> Self {
+        let (logprobs, gaps) = rows
+            .iter()
+            .zip(candidate)
+            .enumerate()
+            .map(|(t, (row, &id))| protocol::verify::score(row, t, decoding, id))
+            .unzip();
+        Self { logprobs, gaps }
+    }
 }
 
 /// Why a generation ended.
@@ -165,6 +194,19 @@ pub trait Model: Send + Sync + 'static {
     /// Answers each input; one result per input, in order. May take a while: it runs on a
     /// blocking thread.
     fn predict(&self, inputs: &[Input]) -> Vec<Result<Prediction, ModelError>>;
+
+    /// Scores a candidate answer for each input with one teacher-forced pass (generative
+    /// models); one result per job, in order. Others refuse.
+    fn score(&self, jobs: &[(Input, Vec<u32>)]) -> Vec<Result<Scored, ModelError>> {
+        jobs.iter()
+            .map(|(input, _)| {
+                Err(ModelError::Unsupported {
+                    model: self.id().to_owned(),
+                    task_type: input.task_type.clone(),
+                })
+            })
+            .collect()
+    }
 }
 
 /// A model made slower by a fixed pause per batch: `aimarket worker --extra-latency-ms` uses it to
@@ -198,6 +240,11 @@ impl Model for Delayed {
     fn predict(&self, inputs: &[Input]) -> Vec<Result<Prediction, ModelError>> {
         std::thread::sleep(self.pause);
         self.inner.predict(inputs)
+    }
+
+    fn score(&self, jobs: &[(Input, Vec<u32>)]) -> Vec<Result<Scored, ModelError>> {
+        std::thread::sleep(self.pause);
+        self.inner.score(jobs)
     }
 }
 

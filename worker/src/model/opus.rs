@@ -209,6 +209,17 @@ impl Model for OpusModel {
         Some(&self.hash)
     }
 
+    fn score(&self, jobs: &[(Input, Vec<u32>)]) -> Vec<Result<super::Scored, ModelError>> {
+        jobs.iter()
+            .map(|(input, candidate)| {
+                let (ids, _) = self.prepare(input)?;
+                self.model
+                    .score(&ids, candidate, &input.decoding)
+                    .map_err(|e| ModelError::Inference(e.into()))
+            })
+            .collect()
+    }
+
     fn predict(&self, inputs: &[Input]) -> Vec<Result<Prediction, ModelError>> {
         // One input at a time: translations are short and each keeps its own stop rule.
         inputs
@@ -224,7 +235,12 @@ impl Model for OpusModel {
                     .unwrap_or_else(|| vec![self.model.config().eos_token_id]);
                 let (token_ids, logprobs) = self
                     .model
-                    .generate(std::slice::from_ref(&prompt), max as usize, &stops)
+                    .generate_with(
+                        std::slice::from_ref(&prompt),
+                        max as usize,
+                        &stops,
+                        &input.decoding,
+                    )
                     .map_err(|e| ModelError::Inference(e.into()))?
                     .remove(0);
                 let stop = if token_ids.last().is_some_and(|l| stops.contains(l)) {

@@ -1,7 +1,10 @@
 //! What the encoder-decoder models ([`super::t5`], [`super::marian`]) share: reading a Hugging
-//! Face folder, padded batches and their masks, and greedy decoding over a recomputed prefix.
+//! Face folder, padded batches and their masks, decoding over a recomputed prefix, and the
+//! teacher-forced scoring of a candidate.
 
+use super::Scored;
 use candle_core::{DType, Device, Result, Tensor, D};
+use protocol::generation::Decoding;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::path::Path;
@@ -142,10 +145,13 @@ pub(crate) struct Greedy<'a> {
     pub(crate) stops: &'a [u32],
     /// An id never chosen (Marian's padding).
     pub(crate) banned: Option<u32>,
+    /// How a token is picked.
+    pub(crate) decoding: Decoding,
 }
 
-/// Greedy decoding of a batch, each row on its own: the arg-max (ties to the lowest id) at each
-/// step, with its log-probability, until a stop id or `max_new_tokens`.
+/// Decoding of a batch, each row on its own: the token the rule picks at each step (greedy: the
+/// arg-max, ties to the lowest id), with its log-probability, until a stop id or
+/// `max_new_tokens`.
 ///
 /// # Errors
 /// candle's errors.
@@ -167,15 +173,9 @@ pub(crate) fn greedy(
                 decoded[i].push(rule.pad);
                 continue;
             }
-            let (next, lp) = row
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| Some(*j as u32) != rule.banned)
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |b, (j, &l)| if l > b.1 { (j, l) } else { b },
-                );
-            let next = next as u32;
+            let step = out[i].0.len();
+            let (next, lp) =
+                protocol::verify::choose(&without(row, rule.banned), step, &rule.decoding);
             out[i].0.push(next);
             out[i].1.push(lp);
             decoded[i].push(next);
@@ -186,4 +186,44 @@ pub(crate) fn greedy(
         }
     }
     Ok(out)
+}
+
+/// A row of log-probabilities with `banned` made impossible.
+fn without(row: &[f32], banned: Option<u32>) -> std::borrow::Cow<'_, [f32]> {
+    match banned {
+        Some(b) if (b as usize) < row.len() => {
+            let mut row = row.to_vec();
+            row[b as usize] = f32::NEG_INFINITY;
+            row.into()
+        }
+        _ => row.into(),
+    }
+}
+
+/// Scores `candidate` as the answer to `input` with one teacher-forced pass: the decoder reads
+/// `[start, y_1 .. y_T-1]` and each position's log-probabilities (`banned` made impossible) score
+/// the candidate's token there.
+///
+/// # Errors
+/// candle's errors; an empty candidate.
+pub(crate) fn score(
+    model: &impl EncoderDecoder,
+    input: &[u32],
+    candidate: &[u32],
+    start: u32,
+    banned: Option<u32>,
+    decoding: &Decoding,
+) -> Result<Scored> {
+    let Some((_, fed)) = candidate.split_last() else {
+        return Err(candle_core::Error::Msg("an empty candidate".into()));
+    };
+    let encoded = model.encode(&[input.to_vec()])?;
+    let decoded: Vec<u32> = std::iter::once(start).chain(fed.iter().copied()).collect();
+    let logits = model.decode(&[decoded], &encoded)?.squeeze(0)?;
+    let rows = candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
+    let rows: Vec<Vec<f32>> = rows
+        .iter()
+        .map(|r| without(r, banned).into_owned())
+        .collect();
+    Ok(Scored::of_rows(&rows, candidate, decoding))
 }

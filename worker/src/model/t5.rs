@@ -19,6 +19,7 @@ use super::seq2seq::{
     decoder_inputs, greedy, padded, read_folder, EncoderDecoder, FolderError, Greedy, Weights,
 };
 use candle_core::{Device, Module, Result, Tensor, D};
+use protocol::generation::Decoding;
 use serde::Deserialize;
 use std::path::Path;
 
@@ -258,14 +259,43 @@ impl T5 {
         max_new_tokens: usize,
         stops: &[u32],
     ) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
+        self.generate_with(inputs, max_new_tokens, stops, &Decoding::Greedy)
+    }
+
+    /// As [`T5::generate_until`], picking each token by `decoding`.
+    ///
+    /// # Errors
+    /// candle's errors.
+    pub fn generate_with(
+        &self,
+        inputs: &[Vec<u32>],
+        max_new_tokens: usize,
+        stops: &[u32],
+        decoding: &Decoding,
+    ) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
         let rule = Greedy {
             start: self.config.decoder_start_token_id,
             pad: self.config.pad_token_id,
             max_new_tokens,
             stops,
             banned: None,
+            decoding: *decoding,
         };
         greedy(self, inputs, &rule)
+    }
+
+    /// Scores `candidate` as the answer to `input` with one teacher-forced pass.
+    ///
+    /// # Errors
+    /// candle's errors; an empty candidate.
+    pub fn score(
+        &self,
+        input: &[u32],
+        candidate: &[u32],
+        decoding: &Decoding,
+    ) -> Result<super::Scored> {
+        let start = self.config.decoder_start_token_id;
+        super::seq2seq::score(self, input, candidate, start, None, decoding)
     }
 
     fn embed(&self, ids: &Tensor) -> Result<Tensor> {
@@ -436,7 +466,7 @@ impl EncoderDecoder for T5 {
 }
 
 /// When a generation stops: `max_new_tokens` and the stop ids.
-type StopRule = (u32, Vec<u32>);
+type StopRule = (u32, Vec<u32>, Decoding);
 
 /// A T5 model with its tokenizer, serving the generative task types greedily.
 pub struct T5Model {
@@ -548,6 +578,20 @@ impl super::Model for T5Model {
         Some(&self.hash)
     }
 
+    fn score(
+        &self,
+        jobs: &[(super::Input, Vec<u32>)],
+    ) -> Vec<std::result::Result<super::Scored, super::ModelError>> {
+        jobs.iter()
+            .map(|(input, candidate)| {
+                let (ids, _) = self.prompt(input).and_then(|p| self.encode(&p))?;
+                self.model
+                    .score(&ids, candidate, &input.decoding)
+                    .map_err(|e| super::ModelError::Inference(e.into()))
+            })
+            .collect()
+    }
+
     fn predict(
         &self,
         inputs: &[super::Input],
@@ -575,6 +619,7 @@ impl super::Model for T5Model {
                 i.max_new_tokens
                     .unwrap_or(protocol::generation::DEFAULT_MAX_NEW_TOKENS),
                 i.stop_ids.clone().unwrap_or_else(|| vec![eos]),
+                i.decoding,
             )
         };
         let mut groups: Vec<(StopRule, Vec<usize>)> = Vec::new();
@@ -588,12 +633,15 @@ impl super::Model for T5Model {
                 None => groups.push((k, vec![n])),
             }
         }
-        for ((max, stops), members) in groups {
+        for ((max, stops, decoding), members) in groups {
             let batch: Vec<Vec<u32>> = members
                 .iter()
                 .map(|&n| prepared[n].as_ref().expect("prepared").0.clone())
                 .collect();
-            match self.model.generate_until(&batch, max as usize, &stops) {
+            match self
+                .model
+                .generate_with(&batch, max as usize, &stops, &decoding)
+            {
                 Ok(results) => {
                     for (&n, (ids, logprobs)) in members.iter().zip(results) {
                         let stop = if ids.last().is_some_and(|l| stops.contains(l)) {
