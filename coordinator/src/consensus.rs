@@ -167,6 +167,92 @@ pub fn distinct_count<T: PartialEq>(answers: &[T]) -> usize {
         .count()
 }
 
+/// One verifier's score of a candidate (generative tasks, cross-scoring).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scoring<'a> {
+    /// Its verdict.
+    pub passed: bool,
+    /// The candidate tokens' log-probabilities it reported.
+    pub logprobs: &'a [f32],
+    /// Their gaps to the best tokens.
+    pub gaps: &'a [f32],
+}
+
+/// What a candidate's verifiers concluded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CandidateVerdict {
+    /// A strict majority of its verifiers passed it.
+    pub valid: bool,
+    /// The verifiers (indices into the scorings) whose reports agree with one another, when
+    /// they are a strict majority of its verifiers; empty otherwise.
+    pub agreeing: Vec<usize>,
+    /// Its verified log-probability: the mean, over the agreeing verifiers (all of them when
+    /// none agree), of the sum of the log-probabilities each reported.
+    pub logprob: f64,
+}
+
+/// Whether two verifiers' reports agree: every log-probability and gap within `tol`.
+fn close(a: &Scoring<'_>, b: &Scoring<'_>, tol: f32) -> bool {
+    let near = |x: &[f32], y: &[f32]| {
+        x.len() == y.len() && x.iter().zip(y).all(|(p, q)| (p - q).abs() <= tol)
+    };
+    near(a.logprobs, b.logprobs) && near(a.gaps, b.gaps)
+}
+
+/// Judges one candidate from its verifiers' scorings. Reports are voted as vectors, as answers
+/// to an `embedding` task are: each gathers the reports within `tol` of it, the largest group
+/// (ties: the earlier report) agrees when it is a strict majority.
+pub fn judge_candidate(scorings: &[Scoring<'_>], tol: f32) -> CandidateVerdict {
+    let n = scorings.len();
+    let group = scorings
+        .iter()
+        .map(|c| {
+            (0..n)
+                .filter(|&j| close(c, &scorings[j], tol))
+                .collect::<Vec<_>>()
+        })
+        .rev()
+        .max_by_key(Vec::len)
+        .unwrap_or_default();
+    let agreeing = if group.len() * 2 > n {
+        group
+    } else {
+        Vec::new()
+    };
+    let counted: Vec<usize> = if agreeing.is_empty() {
+        (0..n).collect()
+    } else {
+        agreeing.clone()
+    };
+    let total = |s: &Scoring<'_>| s.logprobs.iter().map(|&l| f64::from(l)).sum::<f64>();
+    let logprob = if counted.is_empty() {
+        f64::NEG_INFINITY
+    } else {
+        counted.iter().map(|&i| total(&scorings[i])).sum::<f64>() / counted.len() as f64
+    };
+    CandidateVerdict {
+        valid: scorings.iter().filter(|s| s.passed).count() * 2 > n,
+        agreeing,
+        logprob,
+    }
+}
+
+/// The winning candidate: the valid one with the highest verified log-probability, ties to the
+/// smaller id sequence; `None` when none is valid.
+pub fn pick_winner(candidates: &[(&[u32], &CandidateVerdict)]) -> Option<usize> {
+    candidates
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, v))| v.valid)
+        .max_by(|(_, (a_ids, a)), (_, (b_ids, b))| {
+            a.logprob
+                .partial_cmp(&b.logprob)
+                .unwrap_or(Ordering::Equal)
+                .then_with(|| b_ids.cmp(a_ids))
+        })
+        .map(|(i, _)| i)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,5 +388,99 @@ mod tests {
         let d = decide(&[v("pos", 1.0), v("pos", 0.5), v("pos", 0.0)]).expect("decision");
         assert_eq!((d.label.as_str(), d.votes), ("pos", 3));
         assert!((d.confidence - 0.5).abs() < 1e-12);
+    }
+
+    fn scoring<'a>(passed: bool, logprobs: &'a [f32], gaps: &'a [f32]) -> Scoring<'a> {
+        Scoring {
+            passed,
+            logprobs,
+            gaps,
+        }
+    }
+
+    #[test]
+    fn a_candidate_is_valid_on_a_strict_majority_of_passes() {
+        let (lp, g0, g9) = ([-0.1f32, -0.2], [0.0f32, 0.0], [0.0f32, 9.0]);
+        let honest = scoring(true, &lp, &g0);
+        let refuse = scoring(false, &lp, &g9);
+        assert!(judge_candidate(&[honest, honest, refuse], 1e-3).valid);
+        assert!(!judge_candidate(&[honest, refuse], 1e-3).valid, "1 of 2");
+        assert!(!judge_candidate(&[], 1e-3).valid);
+        let v = judge_candidate(&[honest, refuse, honest], 1e-3);
+        assert_eq!(v.agreeing, vec![0, 2]);
+        assert!((v.logprob + 0.3).abs() < 1e-6);
+        let split = judge_candidate(&[honest, refuse], 1e-3);
+        assert!(split.agreeing.is_empty(), "no majority group");
+    }
+
+    #[test]
+    fn the_winner_is_the_most_likely_valid_candidate_ties_to_the_smaller_ids() {
+        let verdict = |valid, logprob| CandidateVerdict {
+            valid,
+            agreeing: Vec::new(),
+            logprob,
+        };
+        let (a, b, c) = (
+            verdict(true, -3.0),
+            verdict(true, -2.0),
+            verdict(false, -1.0),
+        );
+        let (x, y, z): (&[u32], &[u32], &[u32]) = (&[5, 2], &[4, 2], &[1, 2]);
+        assert_eq!(pick_winner(&[(x, &a), (y, &b), (z, &c)]), Some(1));
+        let tie = verdict(true, -3.0);
+        assert_eq!(
+            pick_winner(&[(x, &a), (y, &tie)]),
+            Some(1),
+            "[4, 2] < [5, 2]"
+        );
+        assert_eq!(pick_winner(&[(z, &c)]), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever the candidates and however many verifiers lie (a minority of each
+        /// candidate's), the honest answer wins, every wrong one is invalid, and no liar is in
+        /// an agreeing group.
+        #[test]
+        fn an_honest_majority_of_verifiers_makes_the_honest_answer_win(
+            wrong in 0usize..4,
+            verifiers in 1usize..6,
+            liars_seed in proptest::collection::vec(0usize..6, 5),
+            len in 1usize..6,
+        ) {
+            let truth: Vec<u32> = (0..len as u32).collect();
+            let candidates: Vec<Vec<u32>> = std::iter::once(truth.clone())
+                .chain((0..wrong).map(|k| {
+                    let mut c = truth.clone();
+                    c[k % len] += 100;
+                    c
+                }))
+                .collect();
+            let honest_lp = vec![-0.5f32; len];
+            let liar_lp = vec![0.0f32; len];
+            let zero = vec![0.0f32; len];
+            let mut verdicts = Vec::new();
+            for (ci, c) in candidates.iter().enumerate() {
+                let liars = liars_seed[ci % liars_seed.len()] % verifiers.div_ceil(2).max(1);
+                let liars = if liars * 2 >= verifiers { 0 } else { liars };
+                let gaps: Vec<f32> = c.iter().zip(&truth).map(|(a, b)| if a == b { 0.0 } else { 5.0 }).collect();
+                let honest_pass = gaps.iter().all(|g| *g <= 1e-3);
+                let mut scorings: Vec<Scoring<'_>> = Vec::new();
+                for v in 0..verifiers {
+                    scorings.push(if v < liars {
+                        Scoring { passed: true, logprobs: &liar_lp, gaps: &zero }
+                    } else {
+                        Scoring { passed: honest_pass, logprobs: &honest_lp, gaps: &gaps }
+                    });
+                }
+                let verdict = judge_candidate(&scorings, 1e-3);
+                proptest::prop_assert_eq!(verdict.valid, ci == 0);
+                proptest::prop_assert!(verdict.agreeing.iter().all(|&i| i >= liars));
+                proptest::prop_assert_eq!(verdict.agreeing.len(), verifiers - liars);
+                verdicts.push(verdict);
+            }
+            let ballot: Vec<(&[u32], &CandidateVerdict)> =
+                candidates.iter().map(|c| c.as_slice()).zip(&verdicts).collect();
+            proptest::prop_assert_eq!(pick_winner(&ballot), Some(0));
+        }
     }
 }

@@ -200,6 +200,7 @@ async fn keys_guard_changes_and_tokens_guard_workers() {
         confidence: 0.9,
         model: None,
         generation: None,
+        verification: None,
         model_hash: None,
     };
     // Bob cannot submit in alice's name, even with his own valid token.

@@ -106,6 +106,7 @@ impl Harness {
                 confidence: 0.9,
                 model: None,
                 generation: None,
+                verification: None,
                 model_hash: None,
             },
         )

@@ -3,10 +3,10 @@
 
 use crate::error::{ApiError, ErrorCode, ProtocolError};
 use crate::generation::{is_sha256, GeneratedAnswer, GenerationSpec, SpecRequest, VerifyMode};
-use crate::verify::{Verification, VerifyJob};
 use crate::ids::{LeaseId, TaskId, TaskType, WorkerId};
 use crate::limits::*;
 use crate::status::{TaskStatus, WorkerStatus};
+use crate::verify::{Verification, VerifyJob};
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

@@ -149,7 +149,10 @@ pub fn score(logits: &[f32], step: usize, decoding: &Decoding, id: u32) -> (f32,
     let (scores, t) = perturbed(logits, step, decoding);
     let best = scores.iter().fold(f64::NEG_INFINITY, |m, &s| m.max(s));
     let gap = ((best - scores[id]) * t) as f32;
-    (logprob(logits, id, t).max(-f32::MAX), gap.clamp(0.0, f32::MAX))
+    (
+        logprob(logits, id, t).max(-f32::MAX),
+        gap.clamp(0.0, f32::MAX),
+    )
 }
 
 #[cfg(test)]
@@ -198,7 +201,11 @@ mod tests {
             temperature: 0.8,
             seed,
         };
-        let picks = |seed| (0..40).map(|s| choose(&logits, s, &d(seed)).0).collect::<Vec<_>>();
+        let picks = |seed| {
+            (0..40)
+                .map(|s| choose(&logits, s, &d(seed)).0)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(picks(7), picks(7));
         assert_ne!(picks(7), picks(8), "another seed samples otherwise");
         let distinct: std::collections::BTreeSet<_> = picks(7).into_iter().collect();
@@ -224,6 +231,9 @@ mod tests {
             passed: true,
         };
         assert!(v.validate(2).is_err(), "a positive log-probability");
-        assert!(v.validate(3).is_err(), "a length that is not the candidate's");
+        assert!(
+            v.validate(3).is_err(),
+            "a length that is not the candidate's"
+        );
     }
 }

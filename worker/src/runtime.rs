@@ -11,11 +11,11 @@ use crate::model::{Input, Model, ModelError, Prediction, Scored};
 use async_nats::{Client, HeaderMap, RequestErrorKind};
 use futures::{FutureExt, StreamExt};
 use protocol::generation::GeneratedAnswer;
-use protocol::verify::Verification;
 use protocol::messages::{
     encode, Heartbeat, HeartbeatReply, Lease, LeaseReply, LeaseRequest, ReleaseReply,
     ReleaseRequest, SubmitReply, SubmitRequest, Timings,
 };
+use protocol::verify::Verification;
 use protocol::{reply, subject, ApiError, ErrorCode, LeaseId, TaskType, WorkerId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;

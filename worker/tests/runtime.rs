@@ -136,6 +136,7 @@ fn lease(lease_id: LeaseId, text: &str) -> Lease {
         text: text.into(),
         labels: None,
         generation: None,
+        verify: None,
         expires_at: chrono::Utc::now(),
     }
 }

@@ -601,6 +601,7 @@ async fn drive(
                 confidence: 0.9,
                 model: Some("bench/instant".into()),
                 generation: None,
+                verification: None,
                 model_hash: None,
             });
             let (nats, subject) = (nats.clone(), subject::submit(&prefix, &l.task_id));
@@ -719,6 +720,7 @@ async fn depth(client: &Client, k: u64, run: &Run) -> anyhow::Result<DepthReport
             confidence: 0.9,
             model: None,
             generation: None,
+            verification: None,
             model_hash: None,
         });
         let msg = nats

@@ -3,6 +3,7 @@
 use super::Ctx;
 use anyhow::Context;
 use coordinator::{Config, Settings};
+use protocol::generation::VerifyMode;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -34,6 +35,14 @@ pub(crate) struct Args {
     /// Most leases one worker may hold at once.
     #[arg(long, env = "AIMARKET_MAX_LEASES_PER_WORKER", default_value_t = 64)]
     max_leases_per_worker: u32,
+    /// Probability, 0 to 1, that a verifier is handed a trap (a corrupted copy of a candidate
+    /// answer, which it must refuse) instead of a real candidate.
+    #[arg(long, env = "AIMARKET_TRAP_RATE", default_value_t = 0.1, value_parser = parse_rate)]
+    trap_rate: f64,
+    /// How generative tasks that do not say are verified: `exact` (every worker generates;
+    /// a split is cross-scored) or `generate-once` (one generates, the others score it).
+    #[arg(long, env = "AIMARKET_VERIFY", default_value = "exact", value_parser = parse_verify)]
+    verify: VerifyMode,
 }
 
 /// Runs until SIGINT/SIGTERM.
@@ -60,6 +69,8 @@ pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         max_attempts_default: args.max_attempts_default,
         max_text_bytes: args.max_text_bytes,
         max_leases_per_worker: args.max_leases_per_worker,
+        trap_rate: args.trap_rate,
+        verify_default: args.verify,
     };
     config.sweep_interval = Duration::from_secs(args.requeue_sweep_seconds);
     config.http = args.http.0;
@@ -90,4 +101,16 @@ fn parse_http(s: &str) -> Result<HttpAddr, String> {
 
 fn secs_to_ms(s: u64) -> i64 {
     i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a probability between 0 and 1")),
+    }
+}
+
+fn parse_verify(s: &str) -> Result<VerifyMode, String> {
+    s.parse()
+        .map_err(|e: protocol::ProtocolError| e.to_string())
 }

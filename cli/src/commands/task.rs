@@ -6,6 +6,7 @@ use crate::output::{self, clip, or_dash};
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
+use protocol::generation::VerifyMode;
 use protocol::messages::{
     decode, ApiOp, NewTask, Starvation, TaskAddReply, TaskAddRequest, TaskDetail, TaskEvent,
     TaskGetRequest, TaskListReply, TaskListRequest, TaskView,
@@ -53,7 +54,7 @@ pub(crate) struct AddArgs {
     text: Option<String>,
     /// Add one task per line of FILE: plain text, or JSON objects with the `task.add` fields
     /// (text, type, required_submissions, max_attempts, labels, similarity, model,
-    /// max_new_tokens, source_lang, target_lang). `-` reads standard input.
+    /// max_new_tokens, source_lang, target_lang, temperature, verify). `-` reads standard input.
     #[arg(long)]
     file: Option<PathBuf>,
     /// Task type (default sentiment).
@@ -87,6 +88,14 @@ pub(crate) struct AddArgs {
     /// A translation's target language.
     #[arg(long)]
     target_lang: Option<String>,
+    /// Sample at this temperature (0 < T <= 4) with a seed the coordinator picks, instead of
+    /// greedy decoding; verified like greedy.
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// How a generative answer is verified: `exact` or `generate-once` (the coordinator's
+    /// default when absent).
+    #[arg(long, value_parser = parse_verify)]
+    verify: Option<VerifyMode>,
     /// Wait for the result(s).
     #[arg(long)]
     wait: bool,
@@ -155,6 +164,8 @@ async fn add(ctx: &Ctx, client: &Client, args: AddArgs) -> anyhow::Result<()> {
         stop_ids: None,
         source_lang: args.source_lang.clone(),
         target_lang: args.target_lang.clone(),
+        temperature: args.temperature,
+        verify: args.verify,
     };
     let tasks = match (&args.text, &args.file) {
         (Some(text), _) => vec![NewTask {
@@ -208,6 +219,8 @@ pub(crate) fn read_tasks(path: &PathBuf, defaults: &NewTask) -> anyhow::Result<V
         task.max_new_tokens = task.max_new_tokens.or(defaults.max_new_tokens);
         task.source_lang = task.source_lang.or_else(|| defaults.source_lang.clone());
         task.target_lang = task.target_lang.or_else(|| defaults.target_lang.clone());
+        task.temperature = task.temperature.or(defaults.temperature);
+        task.verify = task.verify.or(defaults.verify);
         tasks.push(task);
     }
     anyhow::ensure!(!tasks.is_empty(), "{} holds no tasks", path.display());
@@ -540,4 +553,9 @@ fn print_detail(d: &TaskDetail) {
         }
         println!("\n{l}");
     }
+}
+
+fn parse_verify(s: &str) -> Result<VerifyMode, String> {
+    s.parse()
+        .map_err(|e: protocol::ProtocolError| e.to_string())
 }

@@ -22,6 +22,7 @@ pub(crate) async fn leaderboard(ctx: &Ctx) -> anyhow::Result<()> {
         "points",
         "submissions",
         "agreement",
+        "traps caught/missed",
         "model",
     ]);
     for (i, e) in r.entries.iter().enumerate() {
@@ -31,6 +32,7 @@ pub(crate) async fn leaderboard(ctx: &Ctx) -> anyhow::Result<()> {
             e.points.to_string(),
             e.submissions.to_string(),
             percent(e.agreement_rate),
+            format!("{}/{}", e.traps_caught, e.traps_missed),
             or_dash(e.model.as_deref()),
         ]);
     }
@@ -86,6 +88,7 @@ pub(crate) async fn workers(ctx: &Ctx) -> anyhow::Result<()> {
         "model",
         "capabilities",
         "leases",
+        "traps caught/missed",
         "last seen",
     ]);
     for w in &r.workers {
@@ -103,6 +106,7 @@ pub(crate) async fn workers(ctx: &Ctx) -> anyhow::Result<()> {
             },
             caps.join(","),
             w.active_leases.to_string(),
+            format!("{}/{}", w.traps_caught, w.traps_missed),
             ago(w.last_seen),
         ]);
     }

@@ -76,6 +76,21 @@ pub(crate) struct Args {
     /// to watch the heartbeats keep its leases alive.
     #[arg(long, default_value_t = 0)]
     extra_latency_ms: u64,
+    /// A drill, never for real work: answer wrongly on purpose so verification can be watched
+    /// catching a bad worker. `truncate`, `random`, `other-seed`, `echo` spoil generations,
+    /// `pass-everything` passes every candidate it scores, `flip` answers label tasks wrongly.
+    #[arg(long, value_parser = parse_misbehave)]
+    misbehave: Option<worker::misbehave::Misbehave>,
+}
+
+fn parse_misbehave(s: &str) -> Result<worker::misbehave::Misbehave, String> {
+    worker::misbehave::Misbehave::parse(s).ok_or_else(|| {
+        let kinds: Vec<&str> = worker::misbehave::Misbehave::ALL
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        format!("{s:?} is not one of {}", kinds.join(", "))
+    })
 }
 
 /// Runs a worker until SIGINT/SIGTERM, or a token command.
@@ -143,6 +158,10 @@ async fn serve(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     config.batch = args.batch;
     config.poll_interval = Duration::from_millis(args.poll_ms.max(10));
     config.heartbeat_interval = Duration::from_secs(args.heartbeat_seconds.max(1));
+    config.misbehave = args.misbehave;
+    if let Some(m) = args.misbehave {
+        tracing::warn!(misbehave = ?m, "drill: this worker answers wrongly on purpose");
+    }
     let shutdown = crate::shutdown::on_signal(config.shutdown_grace + Duration::from_secs(5));
     worker::run(config, Arc::from(model), shutdown)
         .await

@@ -187,6 +187,7 @@ pub(super) async fn submit(
                 // The original API's workers register no model content: they are never leased
                 // a generative task.
                 generation: None,
+                verification: None,
                 confidence: b.confidence,
                 model: b.model,
                 model_hash: None,

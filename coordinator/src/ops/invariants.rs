@@ -143,7 +143,7 @@ proptest! {
                     let i = pick % leases.len();
                     let (lease_id, task, worker, _) = leases[i].clone();
                     let label = if positive { "positive" } else { "negative" };
-                    let req = SubmitRequest { lease_id, worker_id: worker, label: label.into(), embedding: None, generation: None, confidence: 0.7, model: None, model_hash: None };
+                    let req = SubmitRequest { lease_id, worker_id: worker, label: label.into(), embedding: None, generation: None, verification: None, confidence: 0.7, model: None, model_hash: None };
                     if apply(&mut conn, now, &mut finished, |c, x| submit::run(c, x, &task, req)).is_ok() {
                         leases[i].3 = true;
                     }
@@ -152,7 +152,7 @@ proptest! {
                     let (lease_id, task, holder, _) = leases[pick % leases.len()].clone();
                     let forger = wid(WORKERS[worker]);
                     if forger != holder {
-                        let req = SubmitRequest { lease_id, worker_id: forger, label: "positive".into(), embedding: None, generation: None, confidence: 1.0, model: None, model_hash: None };
+                        let req = SubmitRequest { lease_id, worker_id: forger, label: "positive".into(), embedding: None, generation: None, verification: None, confidence: 1.0, model: None, model_hash: None };
                         let r = apply(&mut conn, now, &mut finished, |c, x| submit::run(c, x, &task, req));
                         prop_assert!(r.is_err(), "a forged submission was accepted");
                     }
@@ -163,7 +163,7 @@ proptest! {
                         let before = dump(&conn);
                         let label: String = conn.query_row(
                             "SELECT label FROM submission WHERE lease_id = ?1", [lease_id.to_string()], |r| r.get(0)).expect("sent");
-                        let req = SubmitRequest { lease_id, worker_id: worker, label, embedding: None, generation: None, confidence: 0.7, model: None, model_hash: None };
+                        let req = SubmitRequest { lease_id, worker_id: worker, label, embedding: None, generation: None, verification: None, confidence: 0.7, model: None, model_hash: None };
                         let r = apply(&mut conn, now, &mut finished, |c, x| submit::run(c, x, &task, req)).expect("resend");
                         prop_assert!(r.duplicate);
                         prop_assert_eq!(dump(&conn), before);

@@ -1,5 +1,7 @@
 //! `leaderboard`: every known worker with its points (one per submission that matched a
-//! finalized consensus), submission count, model and agreement rate, highest points first; and
+//! finalized consensus or verification, less one per trap passed or report outside the
+//! verifiers' agreeing majority), submission count, model, agreement rate and traps caught and
+//! missed, highest points first; and
 //! agreement per model and task type (`leaderboard.models`).
 
 use super::parsed;
@@ -16,7 +18,8 @@ pub(crate) fn run(conn: &Connection) -> Result<LeaderboardReply, CoreError> {
                     (SELECT COUNT(*) FROM submission s WHERE s.worker_id = w.id),
                     w.model,
                     (SELECT COUNT(*) FROM submission s WHERE s.worker_id = w.id AND s.agreed IS NOT NULL),
-                    (SELECT COUNT(*) FROM submission s WHERE s.worker_id = w.id AND s.agreed)
+                    (SELECT COUNT(*) FROM submission s WHERE s.worker_id = w.id AND s.agreed),
+                    COALESCE(ws.traps_caught, 0), COALESCE(ws.traps_missed, 0)
              FROM worker w LEFT JOIN worker_score ws ON ws.worker_id = w.id
              ORDER BY points DESC, w.id",
         )?
@@ -27,6 +30,8 @@ pub(crate) fn run(conn: &Connection) -> Result<LeaderboardReply, CoreError> {
                 submissions: r.get(2)?,
                 model: r.get(3)?,
                 agreement_rate: rate(r.get(5)?, r.get(4)?),
+                traps_caught: r.get(6)?,
+                traps_missed: r.get(7)?,
             })
         })?
         .collect::<Result<_, _>>()?;

@@ -17,19 +17,23 @@ pub(crate) mod task_add;
 pub(crate) mod task_get;
 pub(crate) mod task_list;
 pub(crate) mod token;
+pub(crate) mod verify;
 pub(crate) mod workers;
 
 use crate::error::CoreError;
 use crate::store::{blob_to_vector, from_ms};
-use protocol::generation::{blob_to_ids, GenerationSpec};
+use protocol::generation::{blob_to_ids, GenerationSpec, VerifyMode};
 use protocol::messages::{FailureReason, TaskAnnouncement, TaskEvent, TaskView};
 use protocol::{TaskId, TaskStatus, TaskType, WorkerId};
 use rusqlite::types::{FromSql, FromSqlError, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::str::FromStr;
 
+/// The default [`Settings::trap_rate`].
+pub(crate) const DEFAULT_TRAP_RATE: f64 = 0.1;
+
 /// The tunables the operations need.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Settings {
     /// How long a lease lasts after its grant or its holder's last heartbeat, in ms.
     pub lease_ms: i64,
@@ -41,6 +45,10 @@ pub struct Settings {
     pub max_text_bytes: usize,
     /// Most leases one worker may hold at once.
     pub max_leases_per_worker: u32,
+    /// Probability that a verifier is handed a trap candidate instead of a real one.
+    pub trap_rate: f64,
+    /// How generative tasks that do not say are verified.
+    pub verify_default: VerifyMode,
 }
 
 impl Default for Settings {
@@ -51,6 +59,8 @@ impl Default for Settings {
             max_attempts_default: 5,
             max_text_bytes: protocol::limits::DEFAULT_MAX_TEXT_BYTES,
             max_leases_per_worker: 64,
+            trap_rate: DEFAULT_TRAP_RATE,
+            verify_default: VerifyMode::Exact,
         }
     }
 }
@@ -141,6 +151,10 @@ pub(crate) struct TaskRow {
     pub final_text: Option<String>,
     /// Why a failed task failed.
     pub failure_reason: Option<FailureReason>,
+    /// A generative task whose candidates are being scored.
+    pub verifying: bool,
+    /// Scorings each distinct candidate gets.
+    pub verifiers: u32,
     /// Only read with [`TASK_VIEW_COLUMNS`].
     pub reserved_by: Option<WorkerId>,
     pub lease_expires_at: Option<i64>,
@@ -149,15 +163,17 @@ pub(crate) struct TaskRow {
 /// The columns [`TaskRow::from_row`] reads, in order.
 pub(crate) const TASK_COLUMNS: &str = "id, type, text, status, required, max_attempts, attempts, \
      active_leases, submissions, final_label, final_confidence, error_message, created_at, finished_at, \
-     labels, similarity, final_embedding, generation, final_token_ids, final_text, failure_reason";
+     labels, similarity, final_embedding, generation, final_token_ids, final_text, failure_reason, \
+     verifying, verifiers";
 
 /// Where [`TASK_VIEW_COLUMNS`] goes past [`TASK_COLUMNS`]: the live-lease summary.
-const VIEW_RESERVED_BY: usize = 21;
+const VIEW_RESERVED_BY: usize = 23;
 
 /// [`TASK_COLUMNS`] plus the live-lease summary that views show (kept off the hot paths).
 pub(crate) const TASK_VIEW_COLUMNS: &str = "id, type, text, status, required, max_attempts, attempts, \
      active_leases, submissions, final_label, final_confidence, error_message, created_at, finished_at, \
      labels, similarity, final_embedding, generation, final_token_ids, final_text, failure_reason, \
+     verifying, verifiers, \
      (SELECT worker_id FROM lease l WHERE l.task_id = task.id AND l.state = 'active' \
       ORDER BY l.created_at DESC LIMIT 1), \
      (SELECT MAX(expires_at) FROM lease l WHERE l.task_id = task.id AND l.state = 'active')";
@@ -196,6 +212,8 @@ impl TaskRow {
                         Box::new(e),
                     )
                 })?,
+            verifying: r.get(21)?,
+            verifiers: r.get(22)?,
             reserved_by: if r.as_ref().column_count() > VIEW_RESERVED_BY {
                 r.get::<_, Option<String>>(VIEW_RESERVED_BY)?
                     .map(|w| w.parse())
@@ -225,7 +243,11 @@ impl TaskRow {
             text: self.text,
             labels: self.labels,
             similarity: self.similarity,
-            status: self.status,
+            status: if self.verifying && !self.status.is_terminal() {
+                TaskStatus::Verifying
+            } else {
+                self.status
+            },
             final_label: self.final_label,
             final_embedding: self.final_embedding,
             final_confidence: self.final_confidence,
@@ -348,14 +370,27 @@ pub(crate) fn end_lease_unanswered(
     if ended == 0 {
         return Ok((false, false));
     }
-    conn.prepare_cached(
-        "UPDATE task SET
-             active_leases = active_leases - 1,
-             attempts = attempts + 1,
-             status = CASE WHEN active_leases = 1 THEN 'queued' ELSE 'assigned' END
-         WHERE id = ?1 AND status IN ('queued', 'assigned')",
-    )?
-    .execute([task_id.to_string()])?;
+    let scoring: Option<i64> = conn
+        .prepare_cached("SELECT verification FROM lease WHERE id = ?1")?
+        .query_row([lease_id], |r| r.get(0))?;
+    if scoring.is_some() {
+        // A verify lease holds no generation slot: its scoring slot opens again.
+        verify::reopen(conn, lease_id)?;
+        conn.prepare_cached(
+            "UPDATE task SET attempts = attempts + 1
+             WHERE id = ?1 AND status IN ('queued', 'assigned')",
+        )?
+        .execute([task_id.to_string()])?;
+    } else {
+        conn.prepare_cached(
+            "UPDATE task SET
+                 active_leases = active_leases - 1,
+                 attempts = attempts + 1,
+                 status = CASE WHEN active_leases = 1 THEN 'queued' ELSE 'assigned' END
+             WHERE id = ?1 AND status IN ('queued', 'assigned')",
+        )?
+        .execute([task_id.to_string()])?;
+    }
     // The task may be open to workers whose lease cursors are past it (see `lease_cursor`).
     conn.prepare_cached(
         "UPDATE temp.lease_cursor SET after = t.seq - 1
@@ -440,6 +475,8 @@ pub(crate) mod testing {
             lease_ms: 10_000,
             heartbeat_ttl_ms: 6_000,
             max_attempts_default: 3,
+            // Traps are random: tests that want them ask for them.
+            trap_rate: 0.0,
             ..Settings::default()
         }
     }

@@ -296,6 +296,7 @@ mod tests {
                 confidence: 0.9,
                 model: None,
                 generation: None,
+                verification: None,
                 model_hash: None,
             },
         )

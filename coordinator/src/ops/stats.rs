@@ -15,7 +15,10 @@ pub(crate) fn run(
 ) -> Result<StatsReply, CoreError> {
     let mut tasks_by_status: std::collections::BTreeMap<TaskStatus, u64> =
         TaskStatus::ALL.iter().map(|s| (*s, 0)).collect();
-    let mut stmt = conn.prepare_cached("SELECT status, COUNT(*) FROM task GROUP BY status")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT CASE WHEN verifying AND status IN ('queued', 'assigned')
+                 THEN 'verifying' ELSE status END, COUNT(*) FROM task GROUP BY 1",
+    )?;
     let rows = stmt.query_map([], |r| {
         Ok((super::parsed::<TaskStatus>(r, 0)?, r.get::<_, u64>(1)?))
     })?;

@@ -6,18 +6,19 @@
 //! so a worker that lost an acknowledgement can retry safely; a *different* second submission from
 //! the same worker is refused.
 
-use super::{fail_task, load_task, parsed, Ctx, Effect, TaskRow};
+use super::{fail_task, load_task, parsed, verify, Ctx, Effect, TaskRow};
 use crate::consensus::{
     decide, decide_identical, decide_vectors, distinct_count, VectorVote, Vote,
 };
 use crate::error::CoreError;
 use crate::store::{blob_to_vector, from_ms, vector_to_blob};
-use protocol::generation::{blob_to_ids, ids_to_blob, GeneratedAnswer};
+use protocol::generation::{blob_to_ids, ids_to_blob, GeneratedAnswer, VerifyMode};
 use protocol::limits::DEFAULT_SIMILARITY;
 use protocol::messages::{
     check_confidence, check_model, check_model_hash, Answer, FailureReason, SubmitReply,
     SubmitRequest, TaskEvent,
 };
+use protocol::verify::Verification;
 use protocol::ProtocolError;
 use protocol::{LeaseId, TaskId, TaskStatus, WorkerId};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -36,6 +37,8 @@ pub struct Submission {
     pub embedding: Option<Vec<f32>>,
     /// The answer of a generative task.
     pub generation: Option<GeneratedAnswer>,
+    /// A verify lease's score of its candidate.
+    pub verification: Option<Verification>,
     /// Its confidence in `[0, 1]`.
     pub confidence: f64,
     /// The model that answered.
@@ -52,6 +55,7 @@ impl From<SubmitRequest> for Submission {
             label: r.label,
             embedding: r.embedding,
             generation: r.generation,
+            verification: r.verification,
             confidence: r.confidence,
             model: r.model,
             model_hash: r.model_hash,
@@ -94,11 +98,15 @@ pub(crate) fn accept(
         &sub.label,
         sub.embedding.as_deref(),
         sub.generation.as_ref(),
+        sub.verification.as_ref(),
     )?;
     check_confidence(sub.confidence)?;
     check_model(sub.model.as_deref())?;
     check_model_hash(sub.model_hash.as_deref())?;
     let task = load_task(conn, task_id)?;
+    if let Answer::Verified(report) = answer {
+        return accept_verification(conn, ctx, &task, &sub, report);
+    }
     check_fits(&task, answer, sub.model_hash.as_deref())?;
     let tid = task_id.to_string();
     let vector = sub.embedding.as_deref().map(vector_to_blob);
@@ -153,21 +161,13 @@ pub(crate) fn accept(
             task: *task_id,
         })?,
     };
-    let lease: Option<(TaskId, WorkerId, String)> = conn
-        .prepare_cached("SELECT task_id, worker_id, state FROM lease WHERE id = ?1")?
-        .query_row([lease_id.to_string()], |r| {
-            Ok((parsed(r, 0)?, parsed(r, 1)?, r.get(2)?))
-        })
-        .optional()?;
-    let Some((lease_task, holder, state)) = lease else {
-        return Err(CoreError::NoLease(lease_id));
-    };
-    if lease_task != *task_id || holder != sub.worker_id {
-        return Err(CoreError::LeaseMismatch {
-            lease: lease_id,
-            holder,
-            task: lease_task,
-        });
+    let (state, verify_row) = held_lease(conn, &lease_id, task_id, &sub.worker_id)?;
+    if verify_row.is_some() {
+        return Err(ProtocolError::invalid(
+            "verification",
+            "this lease is for scoring a candidate: submit a verification",
+        )
+        .into());
     }
     if task.status.is_terminal() {
         return Err(CoreError::TaskClosed {
@@ -241,6 +241,70 @@ pub(crate) fn accept(
     })
 }
 
+/// The state of lease `lease_id` and, for a verify lease, the scoring row it names.
+///
+/// # Errors
+/// [`CoreError::NoLease`] for an unknown lease; [`CoreError::LeaseMismatch`] when it is not
+/// `worker`'s lease on `task`.
+fn held_lease(
+    conn: &Connection,
+    lease_id: &LeaseId,
+    task: &TaskId,
+    worker: &WorkerId,
+) -> Result<(String, Option<verify::LeasedRow>), CoreError> {
+    let lease: Option<(TaskId, WorkerId, String)> = conn
+        .prepare_cached("SELECT task_id, worker_id, state FROM lease WHERE id = ?1")?
+        .query_row([lease_id.to_string()], |r| {
+            Ok((parsed(r, 0)?, parsed(r, 1)?, r.get(2)?))
+        })
+        .optional()?;
+    let Some((lease_task, holder, state)) = lease else {
+        return Err(CoreError::NoLease(*lease_id));
+    };
+    if lease_task != *task || holder != *worker {
+        return Err(CoreError::LeaseMismatch {
+            lease: *lease_id,
+            holder,
+            task: lease_task,
+        });
+    }
+    Ok((state, verify::row_of_lease(conn, lease_id)?))
+}
+
+/// Stores a verify lease's score (see [`verify::accept`]); the lease must be the worker's
+/// verify lease on the task.
+fn accept_verification(
+    conn: &Connection,
+    ctx: &mut Ctx,
+    task: &TaskRow,
+    sub: &Submission,
+    report: &Verification,
+) -> Result<SubmitReply, CoreError> {
+    let lease_id = sub.lease_id.ok_or_else(|| CoreError::NotLeased {
+        worker: sub.worker_id.clone(),
+        task: task.id,
+    })?;
+    let (state, row) = held_lease(conn, &lease_id, &task.id, &sub.worker_id)?;
+    let Some(row) = row else {
+        return Err(ProtocolError::invalid(
+            "verification",
+            "this lease is not for scoring a candidate",
+        )
+        .into());
+    };
+    verify::accept(
+        conn,
+        ctx,
+        task,
+        &lease_id,
+        &state,
+        row,
+        &sub.worker_id,
+        report,
+        sub.model_hash.as_deref(),
+    )
+}
+
 /// Refuses an answer of the wrong kind for the task: a label for an `embedding` task, a vector
 /// for a label task, a `zero-shot` label that is not one of the task's candidates, anything but
 /// a generation for a generative task, a generation that breaks the task's spec or comes from
@@ -293,6 +357,9 @@ fn check_fits(
             task.task_type
         ))),
         Answer::Generated(_) => Ok(()),
+        Answer::Verified(_) => Err(wrong(
+            "a verification answers a verify lease, not a task".to_owned(),
+        )),
         Answer::Label(label) => match &task.labels {
             Some(labels) if !labels.iter().any(|l| l == label) => Err(wrong(format!(
                 "{label:?} is not one of the task's labels ({})",
@@ -386,8 +453,10 @@ fn finalize_vectors(
 }
 
 /// Decides a generative task by exact match: when a strict majority of its answers are the same
-/// token ids, they are final and their workers agree and earn a point each. Otherwise nothing is
-/// finalized on a guess: the task fails with `no_consensus`, its answers kept.
+/// token ids, they are final and their workers agree and earn a point each. Otherwise (and
+/// always in `generate_once` mode) the answers go to cross-scoring ([`verify::start`]); nothing
+/// is finalized on a guess: with nobody to score them the task fails with `no_consensus`, its
+/// answers kept.
 ///
 /// Returns the final text, or `None` when the task failed.
 fn finalize_generated(
@@ -403,7 +472,20 @@ fn finalize_generated(
         .query_map([&tid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<Result<_, _>>()?;
     let ballot: Vec<&[u8]> = rows.iter().map(|(_, ids, _, _)| ids.as_slice()).collect();
-    let Some(members) = decide_identical(&ballot) else {
+    let always_verify = task
+        .generation
+        .as_ref()
+        .is_some_and(|g| g.verify == VerifyMode::GenerateOnce && task.verifiers > 0);
+    let members = if always_verify {
+        None
+    } else {
+        decide_identical(&ballot)
+    };
+    let Some(members) = members else {
+        // Different answers (or one to check) go to cross-scoring by the other workers.
+        if verify::start(conn, ctx, task)? {
+            return Ok(None);
+        }
         let distinct = distinct_count(&ballot);
         let message = format!(
             "no consensus: no majority of the {} answers is identical ({distinct} distinct \
@@ -432,7 +514,7 @@ fn finalize_generated(
 }
 
 /// What a task was finalized on.
-enum Final {
+pub(crate) enum Final {
     Label(String),
     Vector(Vec<f32>),
     /// Token ids and their text.
@@ -440,7 +522,7 @@ enum Final {
 }
 
 /// Announces a finalization, after the commit: the consensus answer and its confidence.
-fn finished(ctx: &mut Ctx, task_id: &TaskId, answer: Final, confidence: f64) {
+pub(crate) fn finished(ctx: &mut Ctx, task_id: &TaskId, answer: Final, confidence: f64) {
     let (mut final_label, mut final_embedding, mut final_token_ids, mut final_text) =
         (None, None, None, None);
     match answer {
@@ -463,7 +545,7 @@ fn finished(ctx: &mut Ctx, task_id: &TaskId, answer: Final, confidence: f64) {
 }
 
 /// One point to each worker whose submission on the task agreed with the consensus.
-fn award_points(conn: &Connection, tid: &str) -> Result<(), CoreError> {
+pub(crate) fn award_points(conn: &Connection, tid: &str) -> Result<(), CoreError> {
     conn.prepare_cached(
         "INSERT INTO worker_score (worker_id, points)
          SELECT worker_id, 1 FROM submission WHERE task_id = ?1 AND agreed
@@ -492,6 +574,7 @@ mod tests {
     use super::*;
     use crate::ops::testing::*;
     use crate::ops::{load_task, sweep};
+    use protocol::generation::VerifyMode;
     use protocol::messages::{Lease, LeaseRequest, NewTask};
     use protocol::{ErrorCode, TaskType};
 
@@ -521,6 +604,7 @@ mod tests {
             label: label.into(),
             embedding: None,
             generation: None,
+            verification: None,
             confidence,
             model: None,
             model_hash: None,
@@ -940,7 +1024,7 @@ mod tests {
     }
 
     #[test]
-    fn identical_token_ids_finalize_and_a_split_fails_without_a_guess() {
+    fn identical_token_ids_finalize_and_a_split_goes_to_cross_scoring() {
         let mut conn = store();
         let agreed = add(&mut conn, 0, generative(4));
         let split = add(&mut conn, 0, generative(4));
@@ -988,28 +1072,273 @@ mod tests {
             (1, 0, 1)
         );
 
+        // The split is not failed on a guess: the other workers score each candidate. The
+        // model's true greedy answer is b's.
         let task = load_task(&conn, &split).expect("task");
-        assert_eq!(task.status, TaskStatus::Failed);
-        assert_eq!(task.failure_reason, Some(FailureReason::NoConsensus));
-        assert_eq!(task.submissions, 3, "the answers are kept");
-        assert!(task.final_token_ids.is_none() && task.final_text.is_none());
-        let kept: i64 = conn
-            .query_row(
-                "SELECT COUNT(*) FROM submission WHERE task_id = ?1 AND token_ids IS NOT NULL
-                   AND agreed IS NULL",
-                [split.to_string()],
-                |r| r.get(0),
-            )
-            .expect("count");
-        assert_eq!(kept, 3);
-        let event = last
+        assert_eq!(task.view().status, TaskStatus::Verifying);
+        assert!(last
             .iter()
-            .find_map(|e| match e {
-                Effect::Finished(ev) if ev.task_id == split => Some(ev),
-                _ => None,
-            })
-            .expect("a failure event");
-        assert_eq!(event.failure_reason, Some(FailureReason::NoConsensus));
+            .all(|e| !matches!(e, Effect::Finished(ev) if ev.task_id == split)));
+        let truth = [9, 2];
+        let mut scored = 0;
+        for _ in 0..3 {
+            for w in ["a", "b", "c"] {
+                scored += score_all(&mut conn, w, &truth, Honesty::Honest);
+            }
+        }
+        assert_eq!(scored, 6, "three candidates, two scorings each");
+        let task = load_task(&conn, &split).expect("task");
+        assert_eq!(task.status, TaskStatus::Finalized);
+        assert_eq!(task.final_token_ids.as_deref(), Some(&truth[..]));
+        // Each worker earned a point for each agreeing scoring (2), b one more as the author.
+        // Each earned a point for each of its two agreeing scorings; b one more as the author
+        // of the winner (a and c kept theirs from the first task).
+        assert_eq!(
+            (points(&conn, "a"), points(&conn, "b"), points(&conn, "c")),
+            (1 + 2, 2 + 1, 1 + 2)
+        );
+    }
+
+    /// How a test verifier scores.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Honesty {
+        Honest,
+        PassEverything,
+    }
+
+    /// Leases every verify lease `worker` can get and scores each against `truth`, the model's
+    /// greedy answer (a gap of 5 wherever the candidate differs from it). Returns how many.
+    fn score_all(conn: &mut Connection, worker: &str, truth: &[u32], how: Honesty) -> usize {
+        score_all_at(conn, &mut ctx(5), worker, truth, how)
+    }
+
+    fn score_all_at(
+        conn: &mut Connection,
+        c: &mut Ctx,
+        worker: &str,
+        truth: &[u32],
+        how: Honesty,
+    ) -> usize {
+        let req = LeaseRequest {
+            capabilities: vec![TaskType::generate()],
+            model_hash: Some(HASH.to_owned()),
+            ..lease_req(worker, 4)
+        };
+        let tx = conn.transaction().expect("tx");
+        let leases = crate::ops::lease::run(&tx, c, req).expect("lease").leases;
+        tx.commit().expect("commit");
+        let mut n = 0;
+        for l in leases.iter().filter(|l| l.verify.is_some()) {
+            let (r, _) = send(conn, 5, &l.task_id, scored(l, worker, truth, how));
+            r.expect("scoring stored");
+            n += 1;
+        }
+        n
+    }
+
+    fn scored(l: &Lease, worker: &str, truth: &[u32], how: Honesty) -> SubmitRequest {
+        let ids = &l.verify.as_ref().expect("a verify lease").token_ids;
+        let spec = l.generation.as_ref().expect("spec");
+        let gaps: Vec<f32> = match how {
+            Honesty::Honest => ids
+                .iter()
+                .enumerate()
+                .map(|(t, id)| if truth.get(t) == Some(id) { 0.0 } else { 5.0 })
+                .collect(),
+            Honesty::PassEverything => vec![0.0; ids.len()],
+        };
+        let passed = protocol::verify::verdict(ids, &gaps, spec, spec.eps());
+        SubmitRequest {
+            verification: Some(Verification {
+                logprobs: vec![-0.1; ids.len()],
+                gaps,
+                passed,
+            }),
+            model_hash: Some(HASH.to_owned()),
+            ..answer(l, worker, "", 1.0)
+        }
+    }
+
+    fn generate_once(max_new_tokens: u32) -> NewTask {
+        NewTask {
+            verify: Some(VerifyMode::GenerateOnce),
+            ..generative(max_new_tokens)
+        }
+    }
+
+    #[test]
+    fn generate_once_scores_one_answer_and_generates_again_when_it_fails() {
+        let mut conn = store();
+        let t = add(&mut conn, 0, generate_once(4));
+        let truth = [5, 6, 2];
+        // One generation slot: a takes it and answers wrongly (an early stop).
+        let l = take_generative(&mut conn, "a", Some(HASH)).remove(0);
+        assert!(take_generative(&mut conn, "b", Some(HASH)).is_empty());
+        send(&mut conn, 2, &t, generated(&l, "a", &[5, 2], Some(HASH)))
+            .0
+            .expect("stored");
+        assert_eq!(
+            load_task(&conn, &t).expect("task").view().status,
+            TaskStatus::Verifying
+        );
+        // Its author never scores it; b and c refuse it.
+        assert_eq!(score_all(&mut conn, "a", &truth, Honesty::Honest), 0);
+        assert_eq!(score_all(&mut conn, "b", &truth, Honesty::Honest), 1);
+        assert_eq!(score_all(&mut conn, "c", &truth, Honesty::Honest), 1);
+        let task = load_task(&conn, &t).expect("task");
+        assert_eq!((task.status, task.required), (TaskStatus::Queued, 2));
+        // Another worker generates; a (who never generates twice) and c score it.
+        assert!(take_generative(&mut conn, "a", Some(HASH)).is_empty());
+        let l = take_generative(&mut conn, "b", Some(HASH)).remove(0);
+        assert!(l.verify.is_none());
+        send(&mut conn, 3, &t, generated(&l, "b", &truth, Some(HASH)))
+            .0
+            .expect("stored");
+        assert_eq!(score_all(&mut conn, "b", &truth, Honesty::Honest), 0);
+        assert_eq!(score_all(&mut conn, "a", &truth, Honesty::Honest), 1);
+        assert_eq!(score_all(&mut conn, "c", &truth, Honesty::Honest), 1);
+        let task = load_task(&conn, &t).expect("task");
+        assert_eq!(task.status, TaskStatus::Finalized);
+        assert_eq!(task.final_token_ids.as_deref(), Some(&truth[..]));
+        // b: its answer; a: one agreeing scoring; c: two; a's own answer earned nothing.
+        assert_eq!(
+            (points(&conn, "a"), points(&conn, "b"), points(&conn, "c")),
+            (1, 1 + 1, 2)
+        );
+    }
+
+    #[test]
+    fn a_pass_everything_verifier_misses_traps_and_loses_points() {
+        let mut conn = store();
+        let t = add(&mut conn, 0, generate_once(4));
+        let truth = [5, 6, 2];
+        let l = take_generative(&mut conn, "a", Some(HASH)).remove(0);
+        send(&mut conn, 2, &t, generated(&l, "a", &truth, Some(HASH)))
+            .0
+            .expect("stored");
+        let mut traps = ctx(5);
+        traps.settings.trap_rate = 1.0;
+        // Every scoring lease is a trap now: a corrupted copy that must fail.
+        let b = score_all_at(&mut conn, &mut traps, "b", &truth, Honesty::PassEverything);
+        let c = score_all_at(&mut conn, &mut traps, "c", &truth, Honesty::Honest);
+        assert_eq!((b, c), (1, 1));
+        let count = |w: &str| -> (i64, i64) {
+            conn.query_row(
+                "SELECT traps_caught, traps_missed FROM worker_score WHERE worker_id = ?1",
+                [w],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("score")
+        };
+        assert_eq!((count("b"), count("c")), ((0, 1), (1, 0)));
+        assert_eq!((points(&conn, "b"), points(&conn, "c")), (-1, 0));
+        // The real slots are still open: the task is not decided by traps.
+        assert_eq!(
+            load_task(&conn, &t).expect("task").view().status,
+            TaskStatus::Verifying
+        );
+        assert_eq!(
+            score_all(&mut conn, "b", &truth, Honesty::PassEverything),
+            1
+        );
+        assert_eq!(score_all(&mut conn, "c", &truth, Honesty::Honest), 1);
+        assert_eq!(
+            load_task(&conn, &t).expect("task").status,
+            TaskStatus::Finalized
+        );
+    }
+
+    #[test]
+    fn a_verification_must_follow_from_its_gaps_and_refusals_change_nothing() {
+        let mut conn = store();
+        let t = add(&mut conn, 0, generate_once(4));
+        let l = take_generative(&mut conn, "a", Some(HASH)).remove(0);
+        send(&mut conn, 2, &t, generated(&l, "a", &[5, 6, 2], Some(HASH)))
+            .0
+            .expect("stored");
+        let req = LeaseRequest {
+            capabilities: vec![TaskType::generate()],
+            model_hash: Some(HASH.to_owned()),
+            ..lease_req("b", 4)
+        };
+        let v = lease(&mut conn, 3, req).leases.remove(0);
+        let good = scored(&v, "b", &[5, 6, 2], Honesty::Honest);
+        let before = dump(&conn);
+        let with = |f: &dyn Fn(&mut Verification)| {
+            let mut r = good.clone();
+            f(r.verification.as_mut().expect("verification"));
+            r
+        };
+        let other = "0".repeat(64);
+        let cases = [
+            (with(&|v| v.gaps[1] = 5.0), ErrorCode::InvalidArgument),
+            (with(&|v| v.passed = false), ErrorCode::InvalidArgument),
+            (with(&|v| v.gaps.push(0.0)), ErrorCode::InvalidArgument),
+            (with(&|v| v.logprobs[0] = 0.5), ErrorCode::InvalidArgument),
+            (with(&|v| v.gaps[0] = f32::NAN), ErrorCode::InvalidArgument),
+            (
+                SubmitRequest {
+                    model_hash: Some(other),
+                    ..good.clone()
+                },
+                ErrorCode::ModelMismatch,
+            ),
+            (
+                generated(&v, "b", &[5, 6, 2], Some(HASH)),
+                ErrorCode::InvalidArgument,
+            ),
+            (
+                SubmitRequest {
+                    worker_id: wid("c"),
+                    ..good.clone()
+                },
+                ErrorCode::LeaseMismatch,
+            ),
+        ];
+        for (req, code) in cases {
+            let (r, fx) = send(&mut conn, 4, &t, req.clone());
+            let err = r.expect_err("accepted");
+            assert_eq!(err.code(), code, "{err}");
+            assert!(fx.is_empty());
+            assert_eq!(dump(&conn), before, "{req:?} changed the store");
+        }
+        // A verification cannot answer a generation lease either.
+        let on_generation = SubmitRequest {
+            lease_id: l.lease_id,
+            worker_id: wid("a"),
+            ..good.clone()
+        };
+        let (r, _) = send(&mut conn, 4, &t, on_generation);
+        assert!(r.is_err());
+        let ok = send(&mut conn, 4, &t, good.clone()).0.expect("stored");
+        assert!(!ok.duplicate);
+        let again = send(&mut conn, 4, &t, good).0.expect("resend");
+        assert!(again.duplicate, "a resend is acknowledged as a duplicate");
+    }
+
+    #[test]
+    fn an_expired_verify_lease_opens_its_slot_again() {
+        let mut conn = store();
+        let t = add(&mut conn, 0, generate_once(4));
+        let l = take_generative(&mut conn, "a", Some(HASH)).remove(0);
+        send(&mut conn, 2, &t, generated(&l, "a", &[5, 6, 2], Some(HASH)))
+            .0
+            .expect("stored");
+        let req = LeaseRequest {
+            capabilities: vec![TaskType::generate()],
+            model_hash: Some(HASH.to_owned()),
+            ..lease_req("b", 4)
+        };
+        assert_eq!(lease(&mut conn, 3, req.clone()).leases.len(), 1);
+        assert!(lease(&mut conn, 3, req.clone()).leases.is_empty());
+        let tx = conn.transaction().expect("tx");
+        let swept = sweep::run(&tx, &mut ctx(60_000)).expect("sweep");
+        tx.commit().expect("commit");
+        assert_eq!(swept.requeued, 1);
+        let task = load_task(&conn, &t).expect("task");
+        assert_eq!((task.attempts, task.active_leases), (1, 0));
+        assert_eq!(task.view().status, TaskStatus::Verifying);
+        assert_eq!(lease(&mut conn, 60_001, req).leases.len(), 1, "open again");
     }
 
     #[test]

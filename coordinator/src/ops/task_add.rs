@@ -2,6 +2,7 @@
 
 use super::{Ctx, Effect};
 use crate::error::CoreError;
+use protocol::generation::{Decoding, VerifyMode};
 use protocol::limits::{DEFAULT_REQUIRED_SUBMISSIONS, DEFAULT_SIMILARITY};
 use protocol::messages::{TaskAddReply, TaskAddRequest, TaskAnnouncement};
 use protocol::{TaskId, TaskType};
@@ -19,22 +20,38 @@ pub(crate) fn run(
     req.validate(ctx.settings.max_text_bytes)?;
     let mut insert = conn.prepare_cached(
         "INSERT INTO task (id, type, text, status, required, max_attempts, created_at, labels,
-                           similarity, generation, model_hash)
-         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                           similarity, generation, model_hash, verifiers)
+         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?;
     let mut task_ids = Vec::with_capacity(req.tasks.len());
     for task in req.tasks {
         let id = TaskId::new();
         // Validated above: resolving again cannot fail.
-        let spec = task.spec()?;
+        let mut spec = task.spec()?;
+        if let Some(spec) = spec.as_mut() {
+            if task.verify.is_none() {
+                spec.verify = ctx.settings.verify_default;
+            }
+            // The coordinator picks the seed, so no worker can choose its own luck.
+            if let Decoding::Sample { seed, .. } = &mut spec.decoding {
+                *seed = fastrand::u64(..);
+            }
+        }
         let model_hash = spec.as_ref().map(|s| s.model_hash.clone());
         let generation = spec
             .as_ref()
             .map(|s| serde_json::to_string(s).expect("specs serialize"));
         let task_type = task.task_type.unwrap_or_else(TaskType::sentiment);
-        let required = task
+        let asked = task
             .required_submissions
             .unwrap_or(DEFAULT_REQUIRED_SUBMISSIONS);
+        // A generative task's answer is scored by the others: `asked - 1` scorings per
+        // candidate; in `generate_once` mode only one worker generates at first.
+        let (required, verifiers) = match &spec {
+            Some(s) if s.verify == VerifyMode::GenerateOnce => (1, asked - 1),
+            Some(_) => (asked, asked - 1),
+            None => (asked, 0),
+        };
         let max_attempts = task
             .max_attempts
             .unwrap_or(ctx.settings.max_attempts_default);
@@ -54,7 +71,8 @@ pub(crate) fn run(
             labels,
             similarity,
             generation,
-            model_hash
+            model_hash,
+            verifiers
         ])?;
         ctx.effects.push(Effect::Announce(TaskAnnouncement {
             task_id: id,

@@ -133,6 +133,7 @@ mod tests {
                 confidence: 1.0,
                 model: None,
                 generation: None,
+                verification: None,
                 model_hash: None,
             };
             submit::run(&tx, &mut ctx(2), &t, sub).expect("submit");

@@ -25,7 +25,10 @@ pub(crate) fn run(conn: &Connection, req: &TaskListRequest) -> Result<TaskListRe
     let tasks = match req.status {
         Some(status) => conn
             .prepare_cached(&format!(
-                "SELECT {TASK_VIEW_COLUMNS} FROM task WHERE status = ?1 ORDER BY seq LIMIT ?2"
+                "SELECT {TASK_VIEW_COLUMNS} FROM task
+                 WHERE CASE WHEN verifying AND status IN ('queued', 'assigned')
+                            THEN 'verifying' ELSE status END = ?1
+                 ORDER BY seq LIMIT ?2"
             ))?
             .query_map(params![status.as_str(), limit], TaskRow::from_row)?
             .collect::<Result<Vec<_>, _>>()?,

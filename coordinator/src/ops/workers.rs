@@ -19,8 +19,9 @@ pub(crate) fn run(
         .prepare_cached(
             "SELECT w.id, w.status, w.capabilities, w.model, w.last_seen, w.registered_at,
                     (SELECT COUNT(*) FROM lease l WHERE l.worker_id = w.id AND l.state = 'active'),
-                    w.model_hash
-             FROM worker w ORDER BY w.id",
+                    w.model_hash,
+                    COALESCE(ws.traps_caught, 0), COALESCE(ws.traps_missed, 0)
+             FROM worker w LEFT JOIN worker_score ws ON ws.worker_id = w.id ORDER BY w.id",
         )?
         .query_map([], |r| {
             let last_seen: i64 = r.get(4)?;
@@ -37,6 +38,8 @@ pub(crate) fn run(
                 last_seen: from_ms(last_seen),
                 registered_at: from_ms(r.get(5)?),
                 active_leases: r.get(6)?,
+                traps_caught: r.get(8)?,
+                traps_missed: r.get(9)?,
             })
         })?
         .collect::<Result<_, _>>()?;

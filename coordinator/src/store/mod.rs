@@ -183,6 +183,7 @@ pub fn dump(conn: &Connection) -> rusqlite::Result<String> {
         "worker",
         "worker_score",
         "worker_token",
+        "verification",
     ] {
         let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY 1"))?;
         let n = stmt.column_count();

@@ -120,6 +120,37 @@ ALTER TABLE submission ADD COLUMN logprobs BLOB;
 ALTER TABLE submission ADD COLUMN model_hash TEXT;
 ALTER TABLE worker ADD COLUMN model_hash TEXT;
 "#,
+    r#"
+-- Cross-scoring of generative answers. A task in verification (`verifying`) has, per distinct
+-- candidate answer, `verifiers` rows to be leased to distinct other workers (the candidate's
+-- authors never score it); a trap row is a corrupted copy of a candidate handed to one verifier
+-- in place of the real one, judged against the known answer (it must fail) and never voted.
+-- A verify lease names its row; it does not count in the task's generation slots.
+ALTER TABLE task ADD COLUMN verifying INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE task ADD COLUMN verifiers INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE lease ADD COLUMN verification INTEGER;
+ALTER TABLE worker_score ADD COLUMN traps_caught INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE worker_score ADD COLUMN traps_missed INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE verification (
+    id          INTEGER PRIMARY KEY,
+    task_id     TEXT    NOT NULL REFERENCES task (id) ON DELETE CASCADE,
+    candidate   INTEGER NOT NULL REFERENCES submission (id),
+    token_ids   BLOB    NOT NULL,
+    trap        TEXT    CHECK (trap IN ('swap', 'other_answer')),
+    state       TEXT    NOT NULL CHECK (state IN ('open', 'leased', 'done', 'lapsed')),
+    worker_id   TEXT,
+    lease_id    TEXT,
+    passed      INTEGER,
+    logprobs    BLOB,
+    gaps        BLOB,
+    agreed      INTEGER,
+    created_at  INTEGER NOT NULL,
+    finished_at INTEGER
+);
+CREATE INDEX verification_open ON verification (task_id, id) WHERE state = 'open';
+CREATE INDEX verification_by_task ON verification (task_id, candidate);
+CREATE UNIQUE INDEX verification_by_lease ON verification (lease_id);
+"#,
 ];
 
 /// Tables of one connection (`temp`, in memory, gone when it closes), created when it opens.

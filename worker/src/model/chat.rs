@@ -21,9 +21,9 @@
 
 use super::llama::Llama;
 use super::{Generation, Input, Model, ModelError, Prediction, Scored, Stop};
-use protocol::generation::Decoding;
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
+use protocol::generation::Decoding;
 use protocol::TaskType;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -278,16 +278,7 @@ impl ChatModel {
         let (weights, device) = (&mut *weights, &self.device);
         // Inside rayon's pool, the Q4_1 products split their outputs over its threads with
         // this one working too (from outside, each product would hand off and wait).
-        rayon::scope(|_| {
-            decode(
-                weights,
-                device,
-                prompt_ids,
-                max_new_tokens,
-                stops,
-                decoding,
-            )
-        })
+        rayon::scope(|_| decode(weights, device, prompt_ids, max_new_tokens, stops, decoding))
     }
 
     /// The logits predicting each of `candidate`'s tokens after `prompt_ids`, from one
