@@ -207,3 +207,50 @@ fn the_forward_pass_gives_candles_logits_bit_for_bit() {
     }
     assert_eq!(bits(&a), bits(&b), "logits differ after 8 steps");
 }
+
+#[test]
+fn honest_answers_pass_their_teacher_forced_scoring_and_swapped_ones_do_not() {
+    use protocol::generation::{resolve, SpecRequest, SMOLLM2_EPS};
+    use protocol::verify::verdict;
+    let spec = resolve(
+        &TaskType::generate(),
+        &SpecRequest {
+            max_new_tokens: Some(24),
+            ..SpecRequest::default()
+        },
+    )
+    .expect("spec");
+    let (mut worst, mut swaps, mut refused) = (0f32, 0, 0);
+    for prompt in [
+        "What is the capital of France?",
+        "Write one sentence about the sea.",
+        "List two fruits.",
+    ] {
+        let input = Input {
+            max_new_tokens: Some(24),
+            ..Input::new(TaskType::generate(), prompt)
+        };
+        let answer = model().predict(std::slice::from_ref(&input)).remove(0);
+        let ids = answer.expect("answer").generation.expect("generation").token_ids;
+        let honest = model()
+            .score(&[(input.clone(), ids.clone())])
+            .remove(0)
+            .expect("score");
+        let gap = honest.gaps.iter().fold(0f32, |a, &g| a.max(g));
+        assert!(verdict(&ids, &honest.gaps, &spec, SMOLLM2_EPS), "gap {gap}");
+        worst = worst.max(gap);
+        for at in (0..ids.len() - 1).step_by(4) {
+            let mut swapped = ids.clone();
+            swapped[at] = (ids[at] + 7919) % 49152;
+            let s = model()
+                .score(&[(input.clone(), swapped.clone())])
+                .remove(0)
+                .expect("score");
+            swaps += 1;
+            refused += usize::from(!verdict(&swapped, &s.gaps, &spec, SMOLLM2_EPS));
+        }
+    }
+    eprintln!("largest honest gap {worst:e}; {refused}/{swaps} swapped answers refused");
+    assert!(worst < SMOLLM2_EPS / 10.0, "honest gap {worst}");
+    assert_eq!(refused, swaps);
+}

@@ -4,9 +4,9 @@
 //!
 //! - Each distinct candidate gets `verifiers` slots, leased to distinct workers serving the
 //!   task's model content, never to an author of that candidate, never twice to one worker.
-//! - With probability `trap_rate`, a verifier is handed a corrupted copy of the candidate (a
-//!   token swapped, or another task's final answer) in place of the real one; the real slot stays
-//!   open. A trap must fail: caught, it is counted; passed, the verifier loses a point.
+//! - With probability `trap_rate` (at most once per verifier and candidate), a verifier is
+//!   handed a corrupted copy of the candidate (a token swapped, or another task's final answer)
+//!   in place of the real one; the real slot stays open. A trap must fail: caught, it is counted; passed, the verifier loses a point.
 //! - When every real slot is scored: a candidate is valid when a strict majority of its verifiers
 //!   pass it; the verifiers' reports are voted as vectors, and those in the agreeing majority
 //!   earn a point, the others lose one. The winner is the valid candidate with the highest
@@ -136,7 +136,14 @@ pub(crate) fn lease_slots(
         }
         taken.push(slot.task_id.clone());
         let lease_id = LeaseId::new();
-        let trap = (fastrand::f64() < ctx.settings.trap_rate)
+        // At most one trap per verifier and candidate, so the real slot is reached.
+        let trapped: bool = conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM verification WHERE candidate = ?1
+                                AND worker_id = ?2 AND trap IS NOT NULL)",
+            )?
+            .query_row(params![slot.candidate, worker.as_str()], |r| r.get(0))?;
+        let trap = (!trapped && fastrand::f64() < ctx.settings.trap_rate)
             .then(|| trap_for(conn, &slot))
             .transpose()?
             .flatten();
