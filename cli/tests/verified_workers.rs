@@ -102,7 +102,7 @@ fn honest(c: &Cluster, prompt: &str) -> Vec<u32> {
 
 #[test]
 fn a_truncating_generator_is_caught_and_the_honest_answer_finalized() {
-    let mut c = Cluster::start(&[("TRAP_RATE", "0")]);
+    let mut c = Cluster::start(&[("AIMARKET_TRAP_RATE", "0")]);
     // The truncating worker generates first; the honest ones come to score.
     start_smollm2(&mut c, "cutter", &["--misbehave", "truncate"]);
     let ids = add_tasks(&c);
@@ -146,7 +146,7 @@ fn a_truncating_generator_is_caught_and_the_honest_answer_finalized() {
 #[test]
 fn a_pass_everything_verifier_misses_traps_and_earns_nothing() {
     // Every verifier's first scoring of a candidate is a trap.
-    let mut c = Cluster::start(&[("TRAP_RATE", "1")]);
+    let mut c = Cluster::start(&[("AIMARKET_TRAP_RATE", "1")]);
     // An honest worker generates every answer; the lying verifier and an honest one score them.
     start_smollm2(&mut c, "h1", &[]);
     let ids = add_tasks(&c);

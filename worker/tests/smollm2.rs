@@ -231,7 +231,11 @@ fn honest_answers_pass_their_teacher_forced_scoring_and_swapped_ones_do_not() {
             ..Input::new(TaskType::generate(), prompt)
         };
         let answer = model().predict(std::slice::from_ref(&input)).remove(0);
-        let ids = answer.expect("answer").generation.expect("generation").token_ids;
+        let ids = answer
+            .expect("answer")
+            .generation
+            .expect("generation")
+            .token_ids;
         let honest = model()
             .score(&[(input.clone(), ids.clone())])
             .remove(0)

@@ -440,12 +440,27 @@ fn add_points(conn: &Connection, worker: &str, points: i64) -> Result<(), CoreEr
     Ok(())
 }
 
+/// One verifier's report: row id, verifier, passed, logprobs, gaps.
+type Report = (i64, String, bool, Vec<f32>, Vec<f32>);
+
+/// A stored scoring row: id, candidate, token ids, verifier, passed, logprobs, gaps, agreed.
+type ScoredRow = (
+    i64,
+    i64,
+    Vec<u8>,
+    String,
+    bool,
+    Vec<u8>,
+    Vec<u8>,
+    Option<bool>,
+);
+
 /// A candidate as its scores left it.
 struct Candidate {
     submission: i64,
     ids: Vec<u32>,
-    /// (row id, verifier, passed, logprobs, gaps), undecided rows only.
-    rows: Vec<(i64, String, bool, Vec<f32>, Vec<f32>)>,
+    /// Its undecided reports.
+    rows: Vec<Report>,
 }
 
 /// Decides a task whose every real slot is scored. Returns the final text, or `None` when it
@@ -457,16 +472,7 @@ fn decide(
     spec: &GenerationSpec,
 ) -> Result<Option<String>, CoreError> {
     let tid = task.id.to_string();
-    let rows: Vec<(
-        i64,
-        i64,
-        Vec<u8>,
-        String,
-        bool,
-        Vec<u8>,
-        Vec<u8>,
-        Option<bool>,
-    )> = conn
+    let rows: Vec<ScoredRow> = conn
         .prepare_cached(
             "SELECT v.id, v.candidate, v.token_ids, v.worker_id, v.passed, v.logprobs, v.gaps,
                     v.agreed
