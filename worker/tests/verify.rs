@@ -6,6 +6,7 @@ use protocol::generation::{resolve, Decoding, GenerationSpec, SpecRequest, DEFAU
 use protocol::verify::verdict;
 use protocol::TaskType;
 use test_support::t5::{write_model, write_tokenizer, VOCAB};
+use worker::model::seq2seq::EncoderDecoder;
 use worker::model::t5::T5;
 
 const MAX_NEW: usize = 12;

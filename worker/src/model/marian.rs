@@ -12,7 +12,7 @@
 //! step (no cache).
 
 use super::seq2seq::{
-    decoder_inputs, greedy, padded, read_folder, EncoderDecoder, FolderError, Greedy, Weights,
+    decoder_inputs, padded, read_folder, DecoderIds, EncoderDecoder, FolderError, Weights,
 };
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::LayerNorm;
@@ -215,43 +215,6 @@ impl Marian {
     ) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
         self.generate_with(inputs, max_new_tokens, stops, &Decoding::Greedy)
     }
-
-    /// As [`Marian::generate`], picking each token by `decoding`.
-    ///
-    /// # Errors
-    /// candle's errors.
-    pub fn generate_with(
-        &self,
-        inputs: &[Vec<u32>],
-        max_new_tokens: usize,
-        stops: &[u32],
-        decoding: &Decoding,
-    ) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
-        let rule = Greedy {
-            start: self.config.decoder_start_token_id,
-            pad: self.config.pad_token_id,
-            max_new_tokens,
-            stops,
-            banned: Some(self.config.pad_token_id),
-            decoding: *decoding,
-        };
-        greedy(self, inputs, &rule)
-    }
-
-    /// Scores `candidate` as the answer to `input` with one teacher-forced pass, the padding id
-    /// impossible as in generation.
-    ///
-    /// # Errors
-    /// candle's errors; an empty candidate.
-    pub fn score(
-        &self,
-        input: &[u32],
-        candidate: &[u32],
-        decoding: &Decoding,
-    ) -> Result<super::Scored> {
-        let (start, pad) = (self.config.decoder_start_token_id, self.config.pad_token_id);
-        super::seq2seq::score(self, input, candidate, start, Some(pad), decoding)
-    }
 }
 
 impl EncoderDecoder for Marian {
@@ -261,6 +224,14 @@ impl EncoderDecoder for Marian {
 
     fn decode(&self, decoded: &[Vec<u32>], encoded: &(Tensor, Tensor)) -> Result<Tensor> {
         Marian::decode(self, decoded, encoded)
+    }
+
+    fn decoder_ids(&self) -> DecoderIds {
+        DecoderIds {
+            start: self.config.decoder_start_token_id,
+            pad: self.config.pad_token_id,
+            banned: Some(self.config.pad_token_id),
+        }
     }
 }
 

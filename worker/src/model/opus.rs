@@ -9,7 +9,7 @@
 //! are `model.safetensors` or, failing that, `pytorch_model.bin`.
 
 use super::marian::{Marian, MarianConfig};
-use super::seq2seq::{read_config, read_weights, FolderError};
+use super::seq2seq::{read_config, read_weights, EncoderDecoder, FolderError};
 use super::{Generation, Input, Model, ModelError, Prediction, Stop};
 use candle_core::Device;
 use protocol::TaskType;

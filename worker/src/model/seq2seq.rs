@@ -125,67 +125,98 @@ pub(crate) fn decoder_inputs(decoded: &[Vec<u32>], device: &Device) -> Result<(T
     ))
 }
 
-/// An encoder-decoder: a padded batch encoded once, then decoded over a whole prefix.
-pub(crate) trait EncoderDecoder {
-    /// The encoder's output and key mask for a batch.
-    fn encode(&self, inputs: &[Vec<u32>]) -> Result<(Tensor, Tensor)>;
-    /// The logits `(batch, len, vocab)` of every position of `decoded`.
-    fn decode(&self, decoded: &[Vec<u32>], encoded: &(Tensor, Tensor)) -> Result<Tensor>;
-}
-
-/// How greedy decoding starts and stops.
-pub(crate) struct Greedy<'a> {
+/// The decoder's own ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecoderIds {
     /// The decoder's first input.
-    pub(crate) start: u32,
+    pub start: u32,
     /// What a finished row is fed while the others go on.
-    pub(crate) pad: u32,
-    /// The most ids a row generates.
-    pub(crate) max_new_tokens: usize,
-    /// A row stops after the first of these.
-    pub(crate) stops: &'a [u32],
+    pub pad: u32,
     /// An id never chosen (Marian's padding).
-    pub(crate) banned: Option<u32>,
-    /// How a token is picked.
-    pub(crate) decoding: Decoding,
+    pub banned: Option<u32>,
 }
 
-/// Decoding of a batch, each row on its own: the token the rule picks at each step (greedy: the
-/// arg-max, ties to the lowest id), with its log-probability, until a stop id or
-/// `max_new_tokens`.
-///
-/// # Errors
-/// candle's errors.
-pub(crate) fn greedy(
-    model: &impl EncoderDecoder,
-    inputs: &[Vec<u32>],
-    rule: &Greedy<'_>,
-) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
-    let encoded = model.encode(inputs)?;
-    let mut decoded = vec![vec![rule.start]; inputs.len()];
-    let mut out = vec![(Vec::new(), Vec::new()); inputs.len()];
-    let mut done = vec![false; inputs.len()];
-    for _ in 0..rule.max_new_tokens {
-        let logits = model.decode(&decoded, &encoded)?;
-        let last = logits.narrow(1, decoded[0].len() - 1, 1)?.squeeze(1)?;
-        let logp = candle_nn::ops::log_softmax(&last, D::Minus1)?.to_vec2::<f32>()?;
-        for (i, row) in logp.iter().enumerate() {
-            if done[i] {
-                decoded[i].push(rule.pad);
-                continue;
+/// An encoder-decoder: a padded batch encoded once, then decoded over a whole prefix. Generation
+/// and the teacher-forced scoring of a candidate are the same for every such model.
+pub trait EncoderDecoder {
+    /// The encoder's output and key mask for a batch.
+    ///
+    /// # Errors
+    /// candle's errors.
+    fn encode(&self, inputs: &[Vec<u32>]) -> Result<(Tensor, Tensor)>;
+
+    /// The logits `(batch, len, vocab)` of every position of `decoded`.
+    ///
+    /// # Errors
+    /// candle's errors.
+    fn decode(&self, decoded: &[Vec<u32>], encoded: &(Tensor, Tensor)) -> Result<Tensor>;
+
+    /// The decoder's start and padding ids, and the id it never picks.
+    fn decoder_ids(&self) -> DecoderIds;
+
+    /// Decoding of a batch, each row on its own: the token `decoding` picks at each step
+    /// (greedy: the arg-max, ties to the lowest id), with its log-probability, until the first
+    /// of `stops` or `max_new_tokens`.
+    ///
+    /// # Errors
+    /// candle's errors.
+    fn generate_with(
+        &self,
+        inputs: &[Vec<u32>],
+        max_new_tokens: usize,
+        stops: &[u32],
+        decoding: &Decoding,
+    ) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
+        let ids = self.decoder_ids();
+        let encoded = self.encode(inputs)?;
+        let mut decoded = vec![vec![ids.start]; inputs.len()];
+        let mut out = vec![(Vec::new(), Vec::new()); inputs.len()];
+        let mut done = vec![false; inputs.len()];
+        for _ in 0..max_new_tokens {
+            let logits = self.decode(&decoded, &encoded)?;
+            let last = logits.narrow(1, decoded[0].len() - 1, 1)?.squeeze(1)?;
+            let logp = candle_nn::ops::log_softmax(&last, D::Minus1)?.to_vec2::<f32>()?;
+            for (i, row) in logp.iter().enumerate() {
+                if done[i] {
+                    decoded[i].push(ids.pad);
+                    continue;
+                }
+                let step = out[i].0.len();
+                let (next, lp) =
+                    protocol::verify::choose(&without(row, ids.banned), step, decoding);
+                out[i].0.push(next);
+                out[i].1.push(lp);
+                decoded[i].push(next);
+                done[i] = stops.contains(&next);
             }
-            let step = out[i].0.len();
-            let (next, lp) =
-                protocol::verify::choose(&without(row, rule.banned), step, &rule.decoding);
-            out[i].0.push(next);
-            out[i].1.push(lp);
-            decoded[i].push(next);
-            done[i] = rule.stops.contains(&next);
+            if done.iter().all(|d| *d) {
+                break;
+            }
         }
-        if done.iter().all(|d| *d) {
-            break;
-        }
+        Ok(out)
     }
-    Ok(out)
+
+    /// Scores `candidate` as the answer to `input` with one teacher-forced pass: the decoder
+    /// reads `[start, y_1 .. y_T-1]` and each position's log-probabilities (the banned id made
+    /// impossible, as in generation) score the candidate's token there.
+    ///
+    /// # Errors
+    /// candle's errors; an empty candidate.
+    fn score(&self, input: &[u32], candidate: &[u32], decoding: &Decoding) -> Result<Scored> {
+        let Some((_, fed)) = candidate.split_last() else {
+            return Err(candle_core::Error::Msg("an empty candidate".into()));
+        };
+        let ids = self.decoder_ids();
+        let encoded = self.encode(&[input.to_vec()])?;
+        let decoded: Vec<u32> = std::iter::once(ids.start).chain(fed.iter().copied()).collect();
+        let logits = self.decode(&[decoded], &encoded)?.squeeze(0)?;
+        let rows = candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
+        let rows: Vec<Vec<f32>> = rows
+            .iter()
+            .map(|r| without(r, ids.banned).into_owned())
+            .collect();
+        Ok(Scored::of_rows(&rows, candidate, decoding))
+    }
 }
 
 /// A row of log-probabilities with `banned` made impossible.
@@ -198,32 +229,4 @@ fn without(row: &[f32], banned: Option<u32>) -> std::borrow::Cow<'_, [f32]> {
         }
         _ => row.into(),
     }
-}
-
-/// Scores `candidate` as the answer to `input` with one teacher-forced pass: the decoder reads
-/// `[start, y_1 .. y_T-1]` and each position's log-probabilities (`banned` made impossible) score
-/// the candidate's token there.
-///
-/// # Errors
-/// candle's errors; an empty candidate.
-pub(crate) fn score(
-    model: &impl EncoderDecoder,
-    input: &[u32],
-    candidate: &[u32],
-    start: u32,
-    banned: Option<u32>,
-    decoding: &Decoding,
-) -> Result<Scored> {
-    let Some((_, fed)) = candidate.split_last() else {
-        return Err(candle_core::Error::Msg("an empty candidate".into()));
-    };
-    let encoded = model.encode(&[input.to_vec()])?;
-    let decoded: Vec<u32> = std::iter::once(start).chain(fed.iter().copied()).collect();
-    let logits = model.decode(&[decoded], &encoded)?.squeeze(0)?;
-    let rows = candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
-    let rows: Vec<Vec<f32>> = rows
-        .iter()
-        .map(|r| without(r, banned).into_owned())
-        .collect();
-    Ok(Scored::of_rows(&rows, candidate, decoding))
 }

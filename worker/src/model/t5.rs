@@ -16,7 +16,7 @@
 //! the same numbers at every position, at a cost that matters only for long outputs.
 
 use super::seq2seq::{
-    decoder_inputs, greedy, padded, read_folder, EncoderDecoder, FolderError, Greedy, Weights,
+    decoder_inputs, padded, read_folder, DecoderIds, EncoderDecoder, FolderError, Weights,
 };
 use candle_core::{Device, Module, Result, Tensor, D};
 use protocol::generation::Decoding;
@@ -262,42 +262,6 @@ impl T5 {
         self.generate_with(inputs, max_new_tokens, stops, &Decoding::Greedy)
     }
 
-    /// As [`T5::generate_until`], picking each token by `decoding`.
-    ///
-    /// # Errors
-    /// candle's errors.
-    pub fn generate_with(
-        &self,
-        inputs: &[Vec<u32>],
-        max_new_tokens: usize,
-        stops: &[u32],
-        decoding: &Decoding,
-    ) -> Result<Vec<(Vec<u32>, Vec<f32>)>> {
-        let rule = Greedy {
-            start: self.config.decoder_start_token_id,
-            pad: self.config.pad_token_id,
-            max_new_tokens,
-            stops,
-            banned: None,
-            decoding: *decoding,
-        };
-        greedy(self, inputs, &rule)
-    }
-
-    /// Scores `candidate` as the answer to `input` with one teacher-forced pass.
-    ///
-    /// # Errors
-    /// candle's errors; an empty candidate.
-    pub fn score(
-        &self,
-        input: &[u32],
-        candidate: &[u32],
-        decoding: &Decoding,
-    ) -> Result<super::Scored> {
-        let start = self.config.decoder_start_token_id;
-        super::seq2seq::score(self, input, candidate, start, None, decoding)
-    }
-
     fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         candle_nn::Embedding::new(self.shared.clone(), self.config.d_model).forward(ids)
     }
@@ -462,6 +426,14 @@ impl EncoderDecoder for T5 {
 
     fn decode(&self, decoded: &[Vec<u32>], encoded: &(Tensor, Tensor)) -> Result<Tensor> {
         T5::decode(self, decoded, encoded)
+    }
+
+    fn decoder_ids(&self) -> DecoderIds {
+        DecoderIds {
+            start: self.config.decoder_start_token_id,
+            pad: self.config.pad_token_id,
+            banned: None,
+        }
     }
 }
 
