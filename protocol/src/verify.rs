@@ -65,11 +65,6 @@ impl Verification {
         }
         Ok(())
     }
-
-    /// The sum of the log-probabilities: the candidate's verified log-probability.
-    pub fn total_logprob(&self) -> f64 {
-        self.logprobs.iter().map(|&l| f64::from(l)).sum()
-    }
 }
 
 /// Whether `ids` end the way the spec says a generation ends: on their first stop id, or at

@@ -57,7 +57,12 @@ pub(crate) fn run(
         req.model.as_deref(),
         req.model_hash.as_deref(),
     )?;
-    let want = want_after(ctx, conn, worker, req.max_tasks)?;
+    let held: u32 = conn
+        .prepare_cached("SELECT COUNT(*) FROM lease WHERE worker_id = ?1 AND state = 'active'")?
+        .query_row([worker.as_str()], |r| r.get(0))?;
+    let want = req
+        .max_tasks
+        .min(ctx.settings.max_leases_per_worker.saturating_sub(held)) as usize;
     let mut picks = Vec::new();
     if want > 0 {
         if let Some(hint) = &req.task_id {
@@ -131,7 +136,7 @@ pub(crate) fn run(
     }
     // Then candidates to score, on tasks of the model content the worker serves.
     if let Some(hash) = req.model_hash.as_deref() {
-        let room = want_after(ctx, conn, worker, req.max_tasks)?;
+        let room = want - leases.len();
         if room > 0 {
             let held: Vec<TaskId> = leases.iter().map(|l| l.task_id).collect();
             leases.extend(super::verify::lease_slots(
@@ -149,19 +154,6 @@ pub(crate) fn run(
         leases,
         timings: timings(ctx),
     })
-}
-
-/// How many more leases `worker` may be granted now, of the `max_tasks` it asked for.
-fn want_after(
-    ctx: &Ctx,
-    conn: &Connection,
-    worker: &WorkerId,
-    max_tasks: u32,
-) -> Result<usize, CoreError> {
-    let held: u32 = conn
-        .prepare_cached("SELECT COUNT(*) FROM lease WHERE worker_id = ?1 AND state = 'active'")?
-        .query_row([worker.as_str()], |r| r.get(0))?;
-    Ok(max_tasks.min(ctx.settings.max_leases_per_worker.saturating_sub(held)) as usize)
 }
 
 /// One lease for a worker of the original HTTP API, on a task of a type it registered with.

@@ -108,6 +108,18 @@ where
     })
 }
 
+/// As [`parsed`], for a nullable column.
+pub(crate) fn parsed_opt<T>(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<T>>
+where
+    T: FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    match row.get_ref(idx)? {
+        ValueRef::Null => Ok(None),
+        _ => parsed(row, idx).map(Some),
+    }
+}
+
 /// Newtype so JSON-in-TEXT columns (capabilities) load with `row.get`.
 pub(crate) struct Json<T>(pub T);
 
@@ -201,30 +213,11 @@ impl TaskRow {
             generation: r.get::<_, Option<Json<GenerationSpec>>>(17)?.map(|j| j.0),
             final_token_ids: r.get::<_, Option<Vec<u8>>>(18)?.map(|b| blob_to_ids(&b)),
             final_text: r.get(19)?,
-            failure_reason: r
-                .get::<_, Option<String>>(20)?
-                .map(|s| s.parse())
-                .transpose()
-                .map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        20,
-                        rusqlite::types::Type::Text,
-                        Box::new(e),
-                    )
-                })?,
+            failure_reason: parsed_opt(r, 20)?,
             verifying: r.get(21)?,
             verifiers: r.get(22)?,
             reserved_by: if r.as_ref().column_count() > VIEW_RESERVED_BY {
-                r.get::<_, Option<String>>(VIEW_RESERVED_BY)?
-                    .map(|w| w.parse())
-                    .transpose()
-                    .map_err(|e| {
-                        rusqlite::Error::FromSqlConversionFailure(
-                            VIEW_RESERVED_BY,
-                            rusqlite::types::Type::Text,
-                            Box::new(e),
-                        )
-                    })?
+                parsed_opt(r, VIEW_RESERVED_BY)?
             } else {
                 None
             },

@@ -970,8 +970,9 @@ mod tests {
         }
     }
 
-    fn take_generative(conn: &mut Connection, worker: &str, hash: Option<&str>) -> Vec<Lease> {
-        let req = LeaseRequest {
+    /// A lease request of a worker doing the generative types on model content `hash`.
+    fn generative_req(worker: &str, hash: Option<&str>) -> LeaseRequest {
+        LeaseRequest {
             capabilities: vec![
                 TaskType::generate(),
                 TaskType::summarization(),
@@ -979,8 +980,11 @@ mod tests {
             ],
             model_hash: hash.map(str::to_owned),
             ..lease_req(worker, 4)
-        };
-        lease(conn, 1, req).leases
+        }
+    }
+
+    fn take_generative(conn: &mut Connection, worker: &str, hash: Option<&str>) -> Vec<Lease> {
+        lease(conn, 1, generative_req(worker, hash)).leases
     }
 
     fn generated(lease: &Lease, worker: &str, ids: &[u32], hash: Option<&str>) -> SubmitRequest {
@@ -1119,11 +1123,7 @@ mod tests {
         truth: &[u32],
         how: Honesty,
     ) -> usize {
-        let req = LeaseRequest {
-            capabilities: vec![TaskType::generate()],
-            model_hash: Some(HASH.to_owned()),
-            ..lease_req(worker, 4)
-        };
+        let req = generative_req(worker, Some(HASH));
         let tx = conn.transaction().expect("tx");
         let leases = crate::ops::lease::run(&tx, c, req).expect("lease").leases;
         tx.commit().expect("commit");
@@ -1256,11 +1256,7 @@ mod tests {
         send(&mut conn, 2, &t, generated(&l, "a", &[5, 6, 2], Some(HASH)))
             .0
             .expect("stored");
-        let req = LeaseRequest {
-            capabilities: vec![TaskType::generate()],
-            model_hash: Some(HASH.to_owned()),
-            ..lease_req("b", 4)
-        };
+        let req = generative_req("b", Some(HASH));
         let v = lease(&mut conn, 3, req).leases.remove(0);
         let good = scored(&v, "b", &[5, 6, 2], Honesty::Honest);
         let before = dump(&conn);
@@ -1324,11 +1320,7 @@ mod tests {
         send(&mut conn, 2, &t, generated(&l, "a", &[5, 6, 2], Some(HASH)))
             .0
             .expect("stored");
-        let req = LeaseRequest {
-            capabilities: vec![TaskType::generate()],
-            model_hash: Some(HASH.to_owned()),
-            ..lease_req("b", 4)
-        };
+        let req = generative_req("b", Some(HASH));
         assert_eq!(lease(&mut conn, 3, req.clone()).leases.len(), 1);
         assert!(lease(&mut conn, 3, req.clone()).leases.is_empty());
         let tx = conn.transaction().expect("tx");

@@ -16,7 +16,7 @@
 //!   `no_consensus`.
 
 use super::submit::{award_points, finished, Final};
-use super::{fail_task, parsed, Ctx, Effect, TaskRow};
+use super::{fail_task, parsed, parsed_opt, Ctx, Effect, TaskRow};
 use crate::consensus::{judge_candidate, pick_winner, Scoring};
 use crate::error::CoreError;
 use crate::store::{blob_to_vector, from_ms, vector_to_blob};
@@ -286,17 +286,7 @@ pub(crate) fn row_of_lease(
                 token_ids: r.get(1)?,
                 trap: r.get(2)?,
                 state: r.get(3)?,
-                worker: r
-                    .get::<_, Option<String>>(4)?
-                    .map(|w| w.parse())
-                    .transpose()
-                    .map_err(|e| {
-                        rusqlite::Error::FromSqlConversionFailure(
-                            4,
-                            rusqlite::types::Type::Text,
-                            Box::new(e),
-                        )
-                    })?,
+                worker: parsed_opt(r, 4)?,
                 passed: r.get(5)?,
                 logprobs: r.get(6)?,
                 gaps: r.get(7)?,

@@ -208,7 +208,9 @@ pub trait EncoderDecoder {
         };
         let ids = self.decoder_ids();
         let encoded = self.encode(&[input.to_vec()])?;
-        let decoded: Vec<u32> = std::iter::once(ids.start).chain(fed.iter().copied()).collect();
+        let decoded: Vec<u32> = std::iter::once(ids.start)
+            .chain(fed.iter().copied())
+            .collect();
         let logits = self.decode(&[decoded], &encoded)?.squeeze(0)?;
         let rows = candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
         let rows: Vec<Vec<f32>> = rows
