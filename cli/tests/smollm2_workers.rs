@@ -137,12 +137,7 @@ fn three_smollm2_workers_finalize_generated_tasks_by_exact_match() {
     // The coordinator's answer is the model's: `aimarket infer` on the same input gives the same
     // ids, so any worker's answer can be checked by hand.
     let translation = &tasks[2];
-    let out = c.cli(&[
-        "infer",
-        "--model",
-        "smollm2",
-        "--model-dir",
-        test_support::smollm2_dir().to_str().expect("utf8"),
+    let by_hand = c.smollm2_ids(&[
         "--type",
         "translation",
         "--source-lang",
@@ -151,16 +146,8 @@ fn three_smollm2_workers_finalize_generated_tasks_by_exact_match() {
         "fr",
         "--max-new-tokens",
         "24",
-        "--json",
         "The cat is sleeping on the sofa.",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let infer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let by_hand: Vec<u32> = serde_json::from_value(infer[0]["token_ids"].clone()).expect("ids");
     assert_eq!(translation.final_token_ids.as_ref(), Some(&by_hand));
 
     // Three generations per task, each longer than a 2 s lease: heartbeats kept every lease.

@@ -76,28 +76,13 @@ fn wait_all(c: &Cluster, ids: &[String]) -> Vec<TaskView> {
     c.json(&args)
 }
 
-/// What `aimarket infer` generates for `prompt`: the honest answer.
-fn honest(c: &Cluster, prompt: &str) -> Vec<u32> {
-    let out = c.cli(&[
-        "infer",
-        "--model",
-        "smollm2",
-        "--model-dir",
-        test_support::smollm2_dir().to_str().expect("utf8"),
-        "--type",
-        "generate",
-        "--max-new-tokens",
-        "12",
-        "--json",
-        prompt,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    serde_json::from_value(v[0]["token_ids"].clone()).expect("ids")
+/// Asserts every task finalized on the honest answer: what `aimarket infer` generates.
+fn assert_honest(c: &Cluster, tasks: &[TaskView]) {
+    for (t, prompt) in tasks.iter().zip(PROMPTS) {
+        assert_eq!(t.status, TaskStatus::Finalized, "{t:?}");
+        let honest = c.smollm2_ids(&["--type", "generate", "--max-new-tokens", "12", prompt]);
+        assert_eq!(t.final_token_ids.as_ref(), Some(&honest), "{prompt}");
+    }
 }
 
 #[test]
@@ -111,13 +96,8 @@ fn a_truncating_generator_is_caught_and_the_honest_answer_finalized() {
         start_smollm2(&mut c, w, &[]);
     }
     let tasks = wait_all(&c, &ids);
-    for (t, prompt) in tasks.iter().zip(PROMPTS) {
-        assert_eq!(t.status, TaskStatus::Finalized, "{t:?}");
-        assert_eq!(
-            t.final_token_ids.as_ref(),
-            Some(&honest(&c, prompt)),
-            "{prompt}"
-        );
+    assert_honest(&c, &tasks);
+    for t in &tasks {
         let d: TaskDetail = c.json(&["task", "get", &t.id.to_string()]);
         for s in &d.submissions {
             let is_cutter = s.worker_id.as_str() == "cutter";
@@ -154,14 +134,7 @@ fn a_pass_everything_verifier_misses_traps_and_earns_nothing() {
     start_smollm2(&mut c, "yes-man", &["--misbehave", "pass-everything"]);
     start_smollm2(&mut c, "h2", &[]);
     let tasks = wait_all(&c, &ids);
-    for (t, prompt) in tasks.iter().zip(PROMPTS) {
-        assert_eq!(t.status, TaskStatus::Finalized, "{t:?}");
-        assert_eq!(
-            t.final_token_ids.as_ref(),
-            Some(&honest(&c, prompt)),
-            "{prompt}"
-        );
-    }
+    assert_honest(&c, &tasks);
     let board: Vec<LeaderboardEntry> = c.json(&["leaderboard"]);
     let entry = |w: &str| board.iter().find(|e| e.worker_id.as_str() == w).cloned();
     let yes = entry("yes-man").expect("on the board");

@@ -185,6 +185,22 @@ impl Cluster {
         })
     }
 
+    /// The token ids `aimarket infer --model smollm2 ARGS` generates (the fetched model), as a
+    /// worker's answer can be checked by hand.
+    pub(crate) fn smollm2_ids(&self, args: &[&str]) -> Vec<u32> {
+        let dir = test_support::smollm2_dir();
+        let mut all = vec![
+            "infer",
+            "--model",
+            "smollm2",
+            "--model-dir",
+            dir.to_str().expect("utf8 path"),
+        ];
+        all.extend_from_slice(args);
+        let rows: serde_json::Value = self.json(&all);
+        serde_json::from_value(rows[0]["token_ids"].clone()).expect("token ids")
+    }
+
     /// A read-only view of the store, as a second process would have.
     pub(crate) fn db(&self) -> rusqlite::Connection {
         let conn = rusqlite::Connection::open_with_flags(
