@@ -138,14 +138,12 @@ pub(crate) fn run(
     if let Some(hash) = req.model_hash.as_deref() {
         let room = want - leases.len();
         if room > 0 {
-            let held: Vec<TaskId> = leases.iter().map(|l| l.task_id).collect();
             leases.extend(super::verify::lease_slots(
                 conn,
                 ctx,
                 worker,
                 hash,
                 &req.capabilities,
-                &held,
                 room,
             )?);
         }

@@ -105,7 +105,7 @@ pub(crate) fn accept(
     check_model_hash(sub.model_hash.as_deref())?;
     let task = load_task(conn, task_id)?;
     if let Answer::Verified(report) = answer {
-        return accept_verification(conn, ctx, &task, &sub, report);
+        return verify::accept(conn, ctx, &task, &sub, report);
     }
     check_fits(&task, answer, sub.model_hash.as_deref())?;
     let tid = task_id.to_string();
@@ -246,7 +246,7 @@ pub(crate) fn accept(
 /// # Errors
 /// [`CoreError::NoLease`] for an unknown lease; [`CoreError::LeaseMismatch`] when it is not
 /// `worker`'s lease on `task`.
-fn held_lease(
+pub(crate) fn held_lease(
     conn: &Connection,
     lease_id: &LeaseId,
     task: &TaskId,
@@ -269,40 +269,6 @@ fn held_lease(
         });
     }
     Ok((state, verify::row_of_lease(conn, lease_id)?))
-}
-
-/// Stores a verify lease's score (see [`verify::accept`]); the lease must be the worker's
-/// verify lease on the task.
-fn accept_verification(
-    conn: &Connection,
-    ctx: &mut Ctx,
-    task: &TaskRow,
-    sub: &Submission,
-    report: &Verification,
-) -> Result<SubmitReply, CoreError> {
-    let lease_id = sub.lease_id.ok_or_else(|| CoreError::NotLeased {
-        worker: sub.worker_id.clone(),
-        task: task.id,
-    })?;
-    let (state, row) = held_lease(conn, &lease_id, &task.id, &sub.worker_id)?;
-    let Some(row) = row else {
-        return Err(ProtocolError::invalid(
-            "verification",
-            "this lease is not for scoring a candidate",
-        )
-        .into());
-    };
-    verify::accept(
-        conn,
-        ctx,
-        task,
-        &lease_id,
-        &state,
-        row,
-        &sub.worker_id,
-        report,
-        sub.model_hash.as_deref(),
-    )
 }
 
 /// Refuses an answer of the wrong kind for the task: a label for an `embedding` task, a vector

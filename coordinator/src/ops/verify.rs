@@ -15,7 +15,7 @@
 //!   generates while generations remain (`verifiers + 1` in all), else the task fails with
 //!   `no_consensus`.
 
-use super::submit::{award_points, finished, Final};
+use super::submit::{award_points, finished, held_lease, Final, Submission};
 use super::{fail_task, parsed, parsed_opt, Ctx, Effect, TaskRow};
 use crate::consensus::{judge_candidate, pick_winner, Scoring};
 use crate::error::CoreError;
@@ -23,7 +23,7 @@ use crate::store::{blob_to_vector, from_ms, vector_to_blob};
 use protocol::generation::{blob_to_ids, card, ids_to_blob, GenerationSpec, VerifyMode};
 use protocol::messages::{FailureReason, Lease, SubmitReply};
 use protocol::verify::{verdict, Verification, VerifyJob};
-use protocol::{LeaseId, ProtocolError, TaskId, TaskStatus, TaskType, WorkerId};
+use protocol::{LeaseId, ProtocolError, TaskStatus, TaskType, WorkerId};
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// Called when a generative task has all its generations and exact match did not settle it (or
@@ -80,7 +80,8 @@ struct Slot {
 }
 
 /// Leases up to `want` scoring slots to `worker`, which serves `model_hash` and does
-/// `capabilities`; one per task, and never on a task it already holds a lease on.
+/// `capabilities`; one per task, and never on a task it already holds a lease on (the leases
+/// granted earlier in the same request included: they are rows already).
 ///
 /// # Errors
 /// Store errors.
@@ -90,7 +91,6 @@ pub(crate) fn lease_slots(
     worker: &WorkerId,
     model_hash: &str,
     capabilities: &[TaskType],
-    held_tasks: &[TaskId],
     want: usize,
 ) -> Result<Vec<Lease>, CoreError> {
     let slots: Vec<Slot> = conn
@@ -105,8 +105,8 @@ pub(crate) fn lease_slots(
                                WHERE s.task_id = v.task_id AND s.worker_id = ?1
                                  AND s.token_ids = v.token_ids)
                AND NOT EXISTS (SELECT 1 FROM verification w
-                               WHERE w.candidate = v.candidate AND w.worker_id = ?1
-                                 AND w.trap IS NULL)
+                               WHERE w.task_id = v.task_id AND w.candidate = v.candidate
+                                 AND w.worker_id = ?1 AND w.trap IS NULL)
              ORDER BY v.id LIMIT ?3",
         )?
         .query_map(
@@ -124,7 +124,7 @@ pub(crate) fn lease_slots(
             },
         )?
         .collect::<Result<_, _>>()?;
-    let mut taken: Vec<String> = held_tasks.iter().map(ToString::to_string).collect();
+    let mut taken: Vec<String> = Vec::new();
     let expires_at = ctx.now + ctx.settings.lease_ms;
     let mut leases = Vec::new();
     for slot in slots {
@@ -139,10 +139,13 @@ pub(crate) fn lease_slots(
         // At most one trap per verifier and candidate, so the real slot is reached.
         let trapped: bool = conn
             .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM verification WHERE candidate = ?1
-                                AND worker_id = ?2 AND trap IS NOT NULL)",
+                "SELECT EXISTS (SELECT 1 FROM verification WHERE task_id = ?1 AND candidate = ?2
+                                AND worker_id = ?3 AND trap IS NOT NULL)",
             )?
-            .query_row(params![slot.candidate, worker.as_str()], |r| r.get(0))?;
+            .query_row(
+                params![slot.task_id, slot.candidate, worker.as_str()],
+                |r| r.get(0),
+            )?;
         let trap = (!trapped && fastrand::f64() < ctx.settings.trap_rate)
             .then(|| trap_for(conn, &slot))
             .transpose()?
@@ -296,26 +299,38 @@ pub(crate) fn row_of_lease(
 }
 
 /// Stores a verifier's score on the scoring row its lease names; decides the task when that
-/// was its last real slot.
+/// was its last real slot. The lease must be the submitter's verify lease on the task.
 ///
 /// # Errors
-/// - [`CoreError::Invalid`]: a report of the wrong length or out of bounds, or a verdict that
-///   does not follow from its gaps (the task's `eps` and stop rule).
+/// - [`CoreError::Invalid`]: a report of the wrong length or out of bounds, a verdict that does
+///   not follow from its gaps (the task's `eps` and stop rule), or a lease that is not for
+///   scoring.
+/// - [`CoreError::NotLeased`], [`CoreError::NoLease`], [`CoreError::LeaseMismatch`]: no such
+///   lease of the submitter's on the task.
 /// - [`CoreError::ModelMismatch`]: scored by other model content than the task pins.
 /// - [`CoreError::DuplicateSubmission`]: a different second report for the row.
 /// - [`CoreError::LeaseExpired`]: the lease ended first.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn accept(
     conn: &Connection,
     ctx: &mut Ctx,
     task: &TaskRow,
-    lease_id: &LeaseId,
-    lease_state: &str,
-    row: LeasedRow,
-    worker: &WorkerId,
+    sub: &Submission,
     report: &Verification,
-    model_hash: Option<&str>,
 ) -> Result<SubmitReply, CoreError> {
+    let worker = &sub.worker_id;
+    let lease_id = sub.lease_id.ok_or_else(|| CoreError::NotLeased {
+        worker: worker.clone(),
+        task: task.id,
+    })?;
+    let (lease_state, row) = held_lease(conn, &lease_id, &task.id, worker)?;
+    let Some(row) = row else {
+        return Err(ProtocolError::invalid(
+            "verification",
+            "this lease is not for scoring a candidate",
+        )
+        .into());
+    };
+    let model_hash = sub.model_hash.as_deref();
     let spec = task.generation.as_ref().ok_or_else(|| {
         ProtocolError::invalid("verification", "the task is not a generative one")
     })?;
@@ -365,7 +380,7 @@ pub(crate) fn accept(
     }
     if lease_state != "active" {
         return Err(CoreError::LeaseExpired {
-            lease: *lease_id,
+            lease: lease_id,
             state: lease_state.to_owned(),
         });
     }
