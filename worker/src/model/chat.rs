@@ -303,10 +303,9 @@ impl ChatModel {
             let x = Tensor::new(ids.as_slice(), device)
                 .and_then(|t| t.unsqueeze(0))
                 .map_err(fail)?;
-            let logits = weights.forward_all(&x, 0).map_err(fail)?;
-            logits
-                .squeeze(0)
-                .and_then(|l| l.narrow(0, prompt_ids.len() - 1, candidate.len()))
+            weights
+                .forward_last(&x, 0, candidate.len())
+                .and_then(|l| l.squeeze(0))
                 .and_then(|l| l.to_vec2::<f32>())
                 .map_err(fail)
         })

@@ -160,17 +160,19 @@ impl Llama {
         self.output.forward(&h.i((.., seq_len - 1, ..))?)
     }
 
-    /// The logits of every position of `x` (`(batch, seq)` token ids) placed at `index_pos`:
-    /// `(batch, seq, vocab)`, what a teacher-forced pass scores a candidate with.
+    /// The logits of the last `n` positions of `x` (`(batch, seq)` token ids) placed at
+    /// `index_pos`: `(batch, n, vocab)`, what a teacher-forced pass scores a candidate with. Only
+    /// those rows go through the output layer, the largest product.
     ///
     /// # Errors
-    /// candle's errors (shapes, a sequence past [`MAX_SEQ_LEN`]).
-    pub fn forward_all(&mut self, x: &Tensor, index_pos: usize) -> Result<Tensor> {
+    /// candle's errors (shapes, `n` past the sequence, a sequence past [`MAX_SEQ_LEN`]).
+    pub fn forward_last(&mut self, x: &Tensor, index_pos: usize, n: usize) -> Result<Tensor> {
         let h = self.hidden(x, index_pos)?;
         let (b, seq_len, dim) = h.dims3()?;
+        let h = h.narrow(1, seq_len.saturating_sub(n), n)?;
         self.output
-            .forward(&h.reshape((b * seq_len, dim))?)?
-            .reshape((b, seq_len, ()))
+            .forward(&h.reshape((b * n, dim))?)?
+            .reshape((b, n, ()))
     }
 
     /// The final hidden states `(batch, seq, dim)`, normalized, extending the KV cache.
