@@ -66,7 +66,8 @@ bench: setup
 	AIMARKET_SENTENCES_DIR="$$(scripts/fetch-sentences.sh)" $(CARGO) run --release -p worker --example model_throughput -- "$$(scripts/fetch-minilm.sh)" 1 8 32
 	AIMARKET_BIN="$(RELEASE_BIN)" scripts/bench-workers.sh 480 1 8 32
 	scripts/bench-generation.sh 64
-	AIMARKET_BIN="$(RELEASE_BIN)" scripts/bench-verified.sh 12 48
+	AIMARKET_BIN="$(RELEASE_BIN)" scripts/bench-verified.sh 12 48 exact
+	AIMARKET_BIN="$(RELEASE_BIN)" scripts/bench-verified.sh 12 48 generate-once
 
 ## Accuracy on the human-rated sentences of the VADER study (fetched from PyPI by
 ## scripts/fetch-sentences.sh) of the lexicon, MiniLM zero-shot and their vote; add a model with

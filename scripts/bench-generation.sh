@@ -2,7 +2,9 @@
 # Tokens/s of smollm2 (aimarket, release build) and of llama.cpp (llama-cpp-python 0.3.36, built
 # into a venv under .cache by scripts/llama-cpp-venv.sh on first use) on the same
 # SmolLM2-135M-Instruct Q4_1 GGUF file and the same prompt, at 1 and 2 threads, prompt
-# processing and generation separately; medians of three runs each. make bench runs it.
+# processing and generation separately; medians of three runs each. Then what verifying costs: a
+# teacher-forced pass over the prompt and the NEW_TOKENS generated, against generating them.
+# make bench runs it.
 #   scripts/bench-generation.sh [NEW_TOKENS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,8 +15,10 @@ python="$(scripts/llama-cpp-venv.sh)"
 example="$(scripts/target-dir.sh)/release/examples/generation_throughput"
 echo "| engine | threads | prompt tokens/s | generation tokens/s |"
 echo "|---|---|---|---|"
+costs=()
 for t in 1 2; do
     ours="$(RAYON_NUM_THREADS=$t "$example" "$dir" "$n")"
+    costs+=("$ours")
     python3 - "$ours" <<'PY'
 import json, sys
 r = json.loads(sys.argv[1])
@@ -49,5 +53,16 @@ for _ in range(3):
         llm.eval([prompt[-1]])
     tg.append((n - 1) / (time.perf_counter() - t))
 print(f"| llama.cpp | {threads} | {statistics.median(pp):.0f} ({len(prompt)} tokens) | {statistics.median(tg):.1f} |")
+PY
+done
+echo
+echo "| threads | generate $n tokens (ms) | verify them (ms) | verify / generate |"
+echo "|---|---|---|---|"
+for c in "${costs[@]}"; do
+    python3 - "$c" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1])
+g, v = r["generate_ms"], r["verify_ms"]
+print(f"| {r['threads']} | {g:.0f} | {v:.0f} | {v / g:.2f} |")
 PY
 done

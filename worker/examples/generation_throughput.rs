@@ -1,11 +1,13 @@
 //! Tokens per second of `smollm2` on this CPU: prompt processing and generation separately,
-//! greedy, over a fixed chat prompt. Thread counts are fixed per process: run it with
-//! `RAYON_NUM_THREADS=1` and `=2` (`scripts/bench-generation.sh` does, beside llama.cpp on the
-//! same GGUF file).
+//! greedy, over a fixed chat prompt; and what verifying that generation costs: one
+//! teacher-forced pass over the prompt and the generated tokens, against the whole generation.
+//! Thread counts are fixed per process: run it with `RAYON_NUM_THREADS=1` and `=2`
+//! (`scripts/bench-generation.sh` does, beside llama.cpp on the same GGUF file).
 //!
 //! `cargo run --release -p worker --example generation_throughput -- SMOLLM2_DIR [NEW_TOKENS]`
 //! prints one JSON line: `{"threads", "prompt_tokens", "prompt_tokens_per_sec",
-//! "new_tokens", "generation_tokens_per_sec"}`, medians of three runs.
+//! "new_tokens", "generation_tokens_per_sec", "generate_ms", "verify_ms"}`, medians of three
+//! runs.
 
 use protocol::TaskType;
 use std::path::PathBuf;
@@ -36,7 +38,7 @@ fn main() {
     let model = ChatModel::load(&dir).expect("smollm2 loads");
     let input = Input::new(TaskType::generate(), PROMPT);
     let (prompt, _) = model.prepare(&input).expect("prompt");
-    let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    let (mut pp, mut tg, mut whole, mut verify) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..3 {
         let started = Instant::now();
         model.generate(&prompt, 1, &[]).expect("one token");
@@ -49,13 +51,22 @@ fn main() {
         let all = started.elapsed().as_secs_f64();
         pp.push(prompt.len() as f64 / first);
         tg.push((ids.len() as f64 - 1.0) / (all - first).max(1e-9));
+        whole.push(all * 1e3);
+        let started = Instant::now();
+        model
+            .candidate_logits(&prompt, &ids)
+            .expect("teacher-forced pass");
+        verify.push(started.elapsed().as_secs_f64() * 1e3);
     }
     println!(
         "{{\"threads\": {}, \"prompt_tokens\": {}, \"prompt_tokens_per_sec\": {:.1}, \
-         \"new_tokens\": {new_tokens}, \"generation_tokens_per_sec\": {:.1}}}",
+         \"new_tokens\": {new_tokens}, \"generation_tokens_per_sec\": {:.1}, \
+         \"generate_ms\": {:.1}, \"verify_ms\": {:.1}}}",
         candle_core::utils::get_num_threads(),
         prompt.len(),
         median(pp),
-        median(tg)
+        median(tg),
+        median(whole),
+        median(verify)
     );
 }
