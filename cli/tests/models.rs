@@ -292,3 +292,46 @@ fn an_opus_mt_model_loads_from_the_cache_by_name() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("Helsinki-NLP/opus-mt-en-fr"));
 }
+
+#[test]
+fn infer_scores_an_answer_as_a_verifier_does() {
+    let home = tempfile::tempdir().expect("home");
+    let dir = test_support::smollm2_dir();
+    let base = [
+        "--json",
+        "infer",
+        "--model",
+        "smollm2",
+        "--model-dir",
+        dir.to_str().expect("utf8 path"),
+        "--type",
+        "generate",
+        "--max-new-tokens",
+        "12",
+    ];
+    let prompt = "What is the capital of France?";
+    let run = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        args.push(prompt);
+        rows(&offline(home.path(), &args)).remove(0)
+    };
+    let ids: Vec<u32> = serde_json::from_value(run(&[])["token_ids"].clone()).expect("ids");
+    let list = |ids: &[u32]| ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    // The model's own answer passes, every gap far below eps.
+    let own = run(&["--score-ids", &list(&ids)]);
+    assert_eq!(own["passed"], true, "{own}");
+    let eps = own["eps"].as_f64().expect("eps");
+    let gaps: Vec<f64> = serde_json::from_value(own["gaps"].clone()).expect("gaps");
+    assert_eq!(gaps.len(), ids.len());
+    assert!(gaps.iter().all(|g| *g < eps / 10.0), "{gaps:?}");
+    // Stopped early, it is refused.
+    let mut early = ids[..ids.len() / 2].to_vec();
+    early.push(protocol::generation::SMOLLM2.stop_ids[0]);
+    let cut = run(&["--score-ids", &list(&early)]);
+    assert_eq!(cut["passed"], false, "{cut}");
+    // Not a generative model: a clear error.
+    let out = offline(home.path(), &["infer", "--score-ids", "1", "x"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("generative"));
+}

@@ -54,9 +54,89 @@ pub(crate) struct InferArgs {
     /// A translation's target language.
     #[arg(long, requires = "source_lang")]
     target_lang: Option<String>,
+    /// Score these token ids (comma-separated) as the answer to each text, with one
+    /// teacher-forced pass, instead of generating: what a verifier does. Prints each token's
+    /// log-probability and gap to the best token, and the verdict at the model's `eps`.
+    #[arg(long, value_delimiter = ',')]
+    score_ids: Option<Vec<u32>>,
     /// Texts to run the model on.
     #[arg(required = true)]
     texts: Vec<String>,
+}
+
+/// What `infer --score-ids` shows of one scoring.
+#[derive(Debug, Serialize)]
+struct ScoredRow {
+    text: String,
+    model: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_hash: Option<String>,
+    token_ids: Vec<u32>,
+    logprobs: Vec<f32>,
+    gaps: Vec<f32>,
+    eps: f32,
+    passed: bool,
+}
+
+/// Scores `ids` as the answer to each input, as a verifier would.
+async fn score_candidate(
+    ctx: &Ctx,
+    model: Box<dyn Model>,
+    name: &str,
+    inputs: Vec<Input>,
+    ids: Vec<u32>,
+) -> anyhow::Result<()> {
+    let first = inputs.first().context("no text")?;
+    let spec = protocol::generation::resolve(
+        &first.task_type,
+        &protocol::generation::SpecRequest {
+            model: Some(name),
+            model_hash: model.content_hash(),
+            max_new_tokens: first.max_new_tokens,
+            source_lang: first.languages.as_ref().map(|(f, _)| f.as_str()),
+            target_lang: first.languages.as_ref().map(|(_, t)| t.as_str()),
+            ..Default::default()
+        },
+    )
+    .context("--score-ids is for the generative models and types")?;
+    let jobs: Vec<(Input, Vec<u32>)> = inputs.into_iter().map(|i| (i, ids.clone())).collect();
+    let (model, jobs, results) = tokio::task::spawn_blocking(move || {
+        let r = model.score(&jobs);
+        (model, jobs, r)
+    })
+    .await?;
+    let mut rows = Vec::new();
+    for ((input, ids), r) in jobs.into_iter().zip(results) {
+        let s = r.with_context(|| format!("scoring {:?}", input.text))?;
+        rows.push(ScoredRow {
+            passed: protocol::verify::verdict(&ids, &s.gaps, &spec, spec.eps()),
+            text: input.text,
+            model: model.id().to_owned(),
+            model_hash: model.content_hash().map(str::to_owned),
+            token_ids: ids,
+            logprobs: s.logprobs,
+            gaps: s.gaps,
+            eps: spec.eps(),
+        });
+    }
+    if ctx.json {
+        return output::json(&rows);
+    }
+    for r in &rows {
+        let (at, gap) = r
+            .gaps
+            .iter()
+            .enumerate()
+            .fold((0, 0f32), |b, (i, &g)| if g > b.1 { (i, g) } else { b });
+        println!(
+            "{}\n  -> {} at eps {}: largest gap {gap:.4} at position {at}, log-probability {:.3}",
+            output::clip(&r.text, 200),
+            if r.passed { "passes" } else { "refused" },
+            r.eps,
+            r.logprobs.iter().sum::<f32>()
+        );
+    }
+    Ok(())
 }
 
 #[derive(Debug, Serialize)]
@@ -123,6 +203,9 @@ pub(crate) async fn infer(ctx: &Ctx, args: InferArgs) -> anyhow::Result<()> {
             ..Input::new(task_type.clone(), t.clone())
         })
         .collect();
+    if let Some(ids) = args.score_ids {
+        return score_candidate(ctx, model, &args.model.model, inputs, ids).await;
+    }
     let (model, inputs, results) = tokio::task::spawn_blocking(move || {
         let r = model.predict(&inputs);
         (model, inputs, r)
