@@ -209,7 +209,7 @@ fn the_forward_pass_gives_candles_logits_bit_for_bit() {
 }
 
 #[test]
-fn honest_answers_pass_their_teacher_forced_scoring_and_swapped_ones_do_not() {
+fn honest_answers_pass_their_teacher_forced_scoring_and_wrong_ones_do_not() {
     use protocol::generation::{resolve, SpecRequest, SMOLLM2_EPS};
     use protocol::verify::verdict;
     let spec = resolve(
@@ -221,6 +221,7 @@ fn honest_answers_pass_their_teacher_forced_scoring_and_swapped_ones_do_not() {
     )
     .expect("spec");
     let (mut worst, mut swaps, mut refused) = (0f32, 0, 0);
+    let mut answered = Vec::new();
     for prompt in [
         "What is the capital of France?",
         "Write one sentence about the sea.",
@@ -253,8 +254,28 @@ fn honest_answers_pass_their_teacher_forced_scoring_and_swapped_ones_do_not() {
             swaps += 1;
             refused += usize::from(!verdict(&swapped, &s.gaps, &spec, SMOLLM2_EPS));
         }
+        answered.push((input, ids));
     }
-    eprintln!("largest honest gap {worst:e}; {refused}/{swaps} swapped answers refused");
+    // An early stop, and another prompt's answer, for each prompt.
+    let (mut others, mut others_refused) = (0, 0);
+    for (i, (input, ids)) in answered.iter().enumerate() {
+        let mut early = ids[..ids.len() / 3].to_vec();
+        early.push(spec.stop_ids[0]);
+        let other = answered[(i + 1) % answered.len()].1.clone();
+        for wrong in [early, other] {
+            let s = model()
+                .score(&[(input.clone(), wrong.clone())])
+                .remove(0)
+                .expect("score");
+            others += 1;
+            others_refused += usize::from(!verdict(&wrong, &s.gaps, &spec, SMOLLM2_EPS));
+        }
+    }
+    eprintln!(
+        "largest honest gap {worst:e}; {refused}/{swaps} swapped answers refused, \
+         {others_refused}/{others} early stops and other prompts' answers refused"
+    );
     assert!(worst < SMOLLM2_EPS / 10.0, "honest gap {worst}");
     assert_eq!(refused, swaps);
+    assert_eq!(others_refused, others);
 }
