@@ -206,3 +206,55 @@ fn seeded_sampling_is_verified_exactly_like_greedy() {
     assert!(differ > 0, "other seeds sampled the same answers");
     assert_eq!(refused_other, differ, "another seed's sample passed");
 }
+
+/// A copy of the model in `from` with every weight moved by up to `delta` (uniform noise).
+fn perturbed(from: &std::path::Path, delta: f32, seed: u64) -> (tempfile::TempDir, T5) {
+    let dir = tempfile::tempdir().expect("dir");
+    let device = candle_core::Device::Cpu;
+    let weights =
+        candle_core::safetensors::load(from.join("model.safetensors"), &device).expect("load");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let moved: std::collections::HashMap<String, candle_core::Tensor> = weights
+        .into_iter()
+        .map(|(name, t)| {
+            let noise: Vec<f32> = (0..t.elem_count())
+                .map(|_| (rng.f32() * 2.0 - 1.0) * delta)
+                .collect();
+            let noise = candle_core::Tensor::from_vec(noise, t.shape(), &device).expect("noise");
+            (name, (t + noise).expect("sum"))
+        })
+        .collect();
+    candle_core::safetensors::save(&moved, dir.path().join("model.safetensors")).expect("save");
+    std::fs::copy(from.join("config.json"), dir.path().join("config.json")).expect("config");
+    let m = T5::load(dir.path()).expect("load");
+    (dir, m)
+}
+
+#[test]
+fn slightly_perturbed_weights_pass_exactly_when_their_ids_are_the_true_ones() {
+    let (dir, truth) = model(21);
+    let batch = inputs(21, 30);
+    let expected = truth
+        .generate_until(&batch, MAX_NEW, &[EOS])
+        .expect("truth");
+    let (mut same, mut differ) = (0, 0);
+    for (k, delta) in [1e-4f32, 1e-3, 1e-2, 3e-2].into_iter().enumerate() {
+        let (_copy, near) = perturbed(dir.path(), delta, 100 + k as u64);
+        let answers = near.generate_until(&batch, MAX_NEW, &[EOS]).expect("near");
+        for ((input, (ids, _)), (true_ids, _)) in batch.iter().zip(&answers).zip(&expected) {
+            let (gap, passed) = judge(&truth, input, ids, &Decoding::Greedy);
+            assert_eq!(
+                passed,
+                ids == true_ids,
+                "delta {delta}: ids {ids:?}, true {true_ids:?}, largest gap {gap}"
+            );
+            if ids == true_ids {
+                same += 1;
+            } else {
+                differ += 1;
+            }
+        }
+    }
+    eprintln!("{same} perturbed answers equal to the true ones passed, {differ} others refused");
+    assert!(same > 0 && differ > 0, "{same} same, {differ} differ");
+}
