@@ -1174,6 +1174,74 @@ mod tests {
     }
 
     #[test]
+    fn a_pass_everything_verifier_is_caught_after_about_one_over_p_scorings() {
+        // At the default trap rate, over many lying verifiers: how many verify leases each
+        // takes until it has passed a trap.
+        let p = crate::ops::DEFAULT_TRAP_RATE;
+        let truth = [5, 6, 2];
+        let mut until = Vec::new();
+        for _ in 0..100 {
+            let mut conn = store();
+            for _ in 0..40 {
+                add(&mut conn, 0, generate_once(4));
+            }
+            loop {
+                let taken = take_generative(&mut conn, "a", Some(HASH));
+                if taken.is_empty() {
+                    break;
+                }
+                for l in taken {
+                    send(
+                        &mut conn,
+                        2,
+                        &l.task_id,
+                        generated(&l, "a", &truth, Some(HASH)),
+                    )
+                    .0
+                    .expect("stored");
+                }
+            }
+            let mut c = ctx(5);
+            c.settings.trap_rate = p;
+            let mut leases = 0;
+            while leases < 80 {
+                let req = LeaseRequest {
+                    max_tasks: 1,
+                    ..generative_req("liar", Some(HASH))
+                };
+                let tx = conn.transaction().expect("tx");
+                let l = crate::ops::lease::run(&tx, &mut c, req)
+                    .expect("lease")
+                    .leases;
+                tx.commit().expect("commit");
+                let Some(l) = l.first() else { break };
+                leases += 1;
+                let req = scored(l, "liar", &truth, Honesty::PassEverything);
+                send(&mut conn, 5, &l.task_id, req).0.expect("stored");
+                let missed: i64 = conn
+                    .query_row(
+                        "SELECT COALESCE((SELECT traps_missed FROM worker_score
+                                          WHERE worker_id = 'liar'), 0)",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .expect("missed");
+                if missed > 0 {
+                    break;
+                }
+            }
+            until.push(leases as f64);
+        }
+        let mean = until.iter().sum::<f64>() / until.len() as f64;
+        eprintln!(
+            "caught after {mean:.1} verify leases on average (1/p = {})",
+            1.0 / p
+        );
+        // A geometric wait of mean 1/p; 100 samples put the mean within a factor of two.
+        assert!(mean > 0.5 / p && mean < 2.0 / p, "{mean}");
+    }
+
+    #[test]
     fn a_pass_everything_verifier_misses_traps_and_loses_points() {
         let mut conn = store();
         let t = add(&mut conn, 0, generate_once(4));
