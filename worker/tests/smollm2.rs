@@ -220,6 +220,14 @@ fn honest_answers_pass_their_teacher_forced_scoring_and_wrong_ones_do_not() {
         },
     )
     .expect("spec");
+    let gaps = |input: &Input, ids: &[u32]| {
+        model()
+            .score(&[(input.clone(), ids.to_vec())])
+            .remove(0)
+            .expect("score")
+            .gaps
+    };
+    let passes = |input: &Input, ids: &[u32]| verdict(ids, &gaps(input, ids), &spec, SMOLLM2_EPS);
     let (mut worst, mut swaps, mut refused) = (0f32, 0, 0);
     let mut answered = Vec::new();
     for prompt in [
@@ -237,22 +245,15 @@ fn honest_answers_pass_their_teacher_forced_scoring_and_wrong_ones_do_not() {
             .generation
             .expect("generation")
             .token_ids;
-        let honest = model()
-            .score(&[(input.clone(), ids.clone())])
-            .remove(0)
-            .expect("score");
-        let gap = honest.gaps.iter().fold(0f32, |a, &g| a.max(g));
-        assert!(verdict(&ids, &honest.gaps, &spec, SMOLLM2_EPS), "gap {gap}");
+        let honest = gaps(&input, &ids);
+        let gap = honest.iter().fold(0f32, |a, &g| a.max(g));
+        assert!(verdict(&ids, &honest, &spec, SMOLLM2_EPS), "gap {gap}");
         worst = worst.max(gap);
         for at in (0..ids.len() - 1).step_by(4) {
             let mut swapped = ids.clone();
             swapped[at] = (ids[at] + 7919) % 49152;
-            let s = model()
-                .score(&[(input.clone(), swapped.clone())])
-                .remove(0)
-                .expect("score");
             swaps += 1;
-            refused += usize::from(!verdict(&swapped, &s.gaps, &spec, SMOLLM2_EPS));
+            refused += usize::from(!passes(&input, &swapped));
         }
         answered.push((input, ids));
     }
@@ -263,12 +264,8 @@ fn honest_answers_pass_their_teacher_forced_scoring_and_wrong_ones_do_not() {
         early.push(spec.stop_ids[0]);
         let other = answered[(i + 1) % answered.len()].1.clone();
         for wrong in [early, other] {
-            let s = model()
-                .score(&[(input.clone(), wrong.clone())])
-                .remove(0)
-                .expect("score");
             others += 1;
-            others_refused += usize::from(!verdict(&wrong, &s.gaps, &spec, SMOLLM2_EPS));
+            others_refused += usize::from(!passes(input, &wrong));
         }
     }
     eprintln!(
