@@ -45,8 +45,8 @@ macro_rules! string_enum {
 }
 
 string_enum!(
-    /// Where a task is in its lifecycle: `queued` -> `assigned` [-> `verifying`] -> `finalized` |
-    /// `failed`.
+    /// Where a task is in its lifecycle: `queued` -> `assigned` -> `finalized` | `failed`, a
+    /// generative task passing through `verifying` while other workers score its answers.
     TaskStatus, "status" {
         /// Waiting for workers; no live lease.
         Queued => "queued",
