@@ -46,10 +46,13 @@ enum Command {
     /// Create, list, inspect and wait for tasks.
     #[command(subcommand)]
     Task(commands::task::TaskCommand),
-    /// Workers by points (one per answer that matched the consensus), with their model and
-    /// agreement rate; `--by-model` shows agreement per model and task type.
+    /// Known-answer (gold) items, mixed into leases to measure each worker's accuracy.
+    #[command(subcommand)]
+    Gold(commands::gold::GoldCommand),
+    /// Workers by points (one per answer in a finalized quorum), with their model, agreement
+    /// rate and gold accuracy; `--by-model` shows them per model content and task type.
     Leaderboard {
-        /// Agreement with consensus per model and task type instead.
+        /// Agreement with consensus and gold accuracy per model content and task type instead.
         #[arg(long)]
         by_model: bool,
     },
@@ -106,6 +109,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Coordinator(args) => commands::coordinator::run(&ctx, args).await,
         Command::Worker(cmd) => commands::worker::run(&ctx, cmd).await,
         Command::Task(cmd) => commands::task::run(&ctx, cmd).await,
+        Command::Gold(cmd) => commands::gold::run(&ctx, cmd).await,
         Command::Leaderboard { by_model: false } => commands::views::leaderboard(&ctx).await,
         Command::Leaderboard { by_model: true } => commands::views::by_model(&ctx).await,
         Command::Workers => commands::views::workers(&ctx).await,

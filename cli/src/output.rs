@@ -5,7 +5,8 @@ use comfy_table::{presets, ContentArrangement, Table};
 use serde::Serialize;
 
 /// A table with the project's look.
-pub(crate) fn table<const N: usize>(header: [&str; N]) -> Table {
+pub(crate) fn table<'a>(header: impl IntoIterator<Item = &'a str>) -> Table {
+    let header: Vec<&str> = header.into_iter().collect();
     let mut t = Table::new();
     t.load_preset(presets::ASCII_MARKDOWN)
         .set_content_arrangement(ContentArrangement::Disabled)

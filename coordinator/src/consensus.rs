@@ -1,12 +1,15 @@
 //! Consensus, pure so every rule is unit-tested here.
 //!
 //! Labels: majority vote with a deterministic tiebreak: most votes, then higher mean confidence,
-//! then the smaller label.
+//! then the smaller label. Whether that decision stands is the task's vote rule's call
+//! ([`judge`]): under the quorum policy only an uncontested group of at least `min_quorum`
+//! agreeing answers decides; the tiebreak decides only under the majority policy.
 //!
 //! Vectors (`embedding` tasks): two answers agree when their cosine similarity reaches the task's
 //! threshold. Each answer gathers the answers that agree with it; the largest such group wins
 //! (ties: higher mean confidence, then the earlier answer). The result is the group's mean vector.
 
+use protocol::policy::{Policy, VoteRule};
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
@@ -28,6 +31,37 @@ pub struct Decision {
     pub confidence: f64,
     /// How many votes it got.
     pub votes: usize,
+    /// How many votes the strongest other label got.
+    pub runner_up: usize,
+}
+
+/// What a task's answers come to under its vote rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The winning group decides the task; its members (and only they) earn a point.
+    Decided,
+    /// No quorum yet: lease one more replica to a distinct worker.
+    MoreAnswers,
+    /// No quorum and `max_answers` are in: the task fails with `no_consensus`.
+    NoConsensus,
+}
+
+/// Judges the answers in: `agreeing` answers in the winning group, `runner_up` in the strongest
+/// group against it, `answers` in all.
+///
+/// Majority policy: the winner decides whatever the split (the original rule). Quorum policy:
+/// the winner decides when it has `min_quorum` answers and outnumbers every other group; short
+/// of that, more answers are collected until there are `max_answers`.
+pub fn judge(rule: &VoteRule, agreeing: usize, runner_up: usize, answers: usize) -> Outcome {
+    if rule.policy == Policy::Majority
+        || (agreeing >= rule.min_quorum as usize && agreeing > runner_up)
+    {
+        Outcome::Decided
+    } else if answers < rule.max_answers as usize {
+        Outcome::MoreAnswers
+    } else {
+        Outcome::NoConsensus
+    }
 }
 
 /// Decides the label of a task from its votes; `None` when there are none.
@@ -40,19 +74,26 @@ pub fn decide(votes: &[Vote<'_>]) -> Option<Decision> {
     }
     // BTreeMap iterates labels in ascending order; `max_by` keeps the last of equal elements, so
     // iterate in reverse to let the smallest label win a full tie.
-    tally
-        .into_iter()
+    let winner = tally
+        .iter()
         .rev()
-        .map(|(label, (count, sum))| (label, count, sum / count as f64))
+        .map(|(label, (count, sum))| (*label, *count, sum / *count as f64))
         .max_by(|a, b| {
             a.1.cmp(&b.1)
                 .then_with(|| a.2.partial_cmp(&b.2).unwrap_or(Ordering::Equal))
-        })
-        .map(|(label, votes, confidence)| Decision {
-            label: label.to_owned(),
-            confidence,
-            votes,
-        })
+        })?;
+    let runner_up = tally
+        .iter()
+        .filter(|(label, _)| **label != winner.0)
+        .map(|(_, (count, _))| *count)
+        .max()
+        .unwrap_or(0);
+    Some(Decision {
+        label: winner.0.to_owned(),
+        confidence: winner.2,
+        votes: winner.1,
+        runner_up,
+    })
 }
 
 /// One worker's vector answer.
@@ -73,6 +114,8 @@ pub struct VectorDecision {
     pub vector: Vec<f32>,
     /// Mean cosine similarity of the members to [`VectorDecision::vector`].
     pub confidence: f64,
+    /// Size of the largest group with other members.
+    pub runner_up: usize,
 }
 
 /// Cosine similarity of two vectors, in f64; vectors of different lengths (or without a
@@ -107,16 +150,13 @@ pub fn decide_vectors(votes: &[VectorVote<'_>], threshold: f64) -> Option<Vector
             members.iter().map(|&i| votes[i].confidence).sum::<f64>() / members.len() as f64;
         (members, confidence)
     });
+    let groups: Vec<(Vec<usize>, f64)> = groups.collect();
     // `max_by` keeps the last of equal elements: iterate in reverse so the earliest wins ties.
-    let (members, _) = groups
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .max_by(|a, b| {
-            a.0.len()
-                .cmp(&b.0.len())
-                .then_with(|| a.1.partial_cmp(&b.1).unwrap_or(Ordering::Equal))
-        })?;
+    let (members, _) = groups.iter().cloned().rev().max_by(|a, b| {
+        a.0.len()
+            .cmp(&b.0.len())
+            .then_with(|| a.1.partial_cmp(&b.1).unwrap_or(Ordering::Equal))
+    })?;
     let dim = votes[members[0]].vector.len();
     let mut sum = vec![0.0f64; dim];
     for &i in &members {
@@ -133,10 +173,17 @@ pub fn decide_vectors(votes: &[VectorVote<'_>], threshold: f64) -> Option<Vector
         .map(|&i| cosine(votes[i].vector, &vector))
         .sum::<f64>()
         / members.len() as f64;
+    let runner_up = groups
+        .iter()
+        .filter(|(g, _)| *g != members)
+        .map(|(g, _)| g.len())
+        .max()
+        .unwrap_or(0);
     Some(VectorDecision {
         members,
         vector,
         confidence,
+        runner_up,
     })
 }
 
@@ -436,7 +483,92 @@ mod tests {
         assert_eq!(pick_winner(&[(z, &c)]), None);
     }
 
+    fn quorum(min_quorum: u32, max_answers: u32) -> VoteRule {
+        VoteRule {
+            policy: Policy::Quorum,
+            min_quorum,
+            max_answers,
+        }
+    }
+
+    #[test]
+    fn a_quorum_decides_a_split_asks_for_more_then_gives_up() {
+        let rule = quorum(2, 4);
+        assert_eq!(judge(&rule, 2, 0, 2), Outcome::Decided);
+        assert_eq!(judge(&rule, 1, 1, 2), Outcome::MoreAnswers, "1-1");
+        assert_eq!(judge(&rule, 2, 1, 3), Outcome::Decided, "2-1");
+        assert_eq!(judge(&rule, 2, 2, 4), Outcome::NoConsensus, "2-2 at max");
+        assert_eq!(
+            judge(&rule, 1, 1, 4),
+            Outcome::NoConsensus,
+            "1-1-1-1 at max"
+        );
+        // A quorum that ties is no quorum.
+        assert_eq!(judge(&quorum(2, 6), 2, 2, 4), Outcome::MoreAnswers);
+        // The majority policy decides whatever the split.
+        let majority = VoteRule {
+            policy: Policy::Majority,
+            min_quorum: 1,
+            max_answers: 3,
+        };
+        assert_eq!(judge(&majority, 1, 1, 3), Outcome::Decided);
+        // The tally gives the winner's and runner-up's counts.
+        let d = decide(&[v("b", 0.9), v("a", 0.1), v("b", 0.2), v("c", 1.0)]).expect("d");
+        assert_eq!((d.label.as_str(), d.votes, d.runner_up), ("b", 2, 1));
+    }
+
     proptest::proptest! {
+        /// Answers arrive one by one, judged once `required` are in: a task is decided exactly
+        /// when some label has `min_quorum` answers and more than any other, never past
+        /// `max_answers`; it gives up only at `max_answers` without such a label.
+        #[test]
+        fn the_quorum_rule_decides_only_uncontested_quorums(
+            labels in proptest::collection::vec(0u8..3, 1..20),
+            required in 1u32..6,
+            quorum_of in 0u32..6,
+            extra in 0u32..6,
+        ) {
+            let min_quorum = 1 + quorum_of % required;
+            let rule = quorum(min_quorum, required + extra);
+            let names = ["a", "b", "c"];
+            let mut ended = false;
+            for n in 1..=labels.len() {
+                if n < required as usize {
+                    continue;
+                }
+                let ballot: Vec<Vote<'_>> = labels[..n]
+                    .iter()
+                    .map(|&l| v(names[l as usize], 0.5))
+                    .collect();
+                let d = decide(&ballot).expect("answers");
+                let mut counts = [0usize; 3];
+                for &l in &labels[..n] {
+                    counts[l as usize] += 1;
+                }
+                let top = *counts.iter().max().expect("3");
+                let uncontested = counts.iter().filter(|&&c| c == top).count() == 1;
+                match judge(&rule, d.votes, d.runner_up, n) {
+                    Outcome::Decided => {
+                        proptest::prop_assert!(top >= min_quorum as usize && uncontested);
+                        proptest::prop_assert_eq!(counts[names.iter().position(|x| *x == d.label).expect("name")], top);
+                        ended = true;
+                    }
+                    Outcome::MoreAnswers => {
+                        proptest::prop_assert!(!(top >= min_quorum as usize && uncontested));
+                        proptest::prop_assert!(n < rule.max_answers as usize);
+                    }
+                    Outcome::NoConsensus => {
+                        proptest::prop_assert!(!(top >= min_quorum as usize && uncontested));
+                        proptest::prop_assert_eq!(n, rule.max_answers as usize);
+                        ended = true;
+                    }
+                }
+                if ended {
+                    break;
+                }
+            }
+        }
+
         /// Whatever the candidates and however many verifiers lie (a minority of each
         /// candidate's), the honest answer wins, every wrong one is invalid, and no liar is in
         /// an agreeing group.

@@ -16,6 +16,7 @@ use protocol::messages::{
     SubmitReply, SubmitRequest, TaskAddReply, TaskAddRequest, TaskDetail, TaskListReply,
     TaskListRequest, WorkerTokenReply, WorkerTokenRevoked, WorkersReply,
 };
+use protocol::policy::{GoldAddReply, GoldAddRequest, TaskIdsReply, TaskIdsRequest};
 use protocol::{TaskId, TaskStatus, TaskType, WorkerId};
 use rusqlite::Connection;
 use std::sync::{Arc, Mutex};
@@ -168,20 +169,30 @@ impl Core {
             // rolled back.
             if let Effect::Finished(e) = &effect {
                 match e.status {
-                    TaskStatus::Finalized => self.metrics.tasks_finalized.inc(),
-                    _ => self.metrics.tasks_failed.inc(),
-                };
-                match e.status {
-                    TaskStatus::Finalized => info!(
-                        task_id = %e.task_id,
-                        label = e.final_label.as_deref().unwrap_or_default(),
-                        "task finalized"
-                    ),
-                    _ => warn!(
-                        task_id = %e.task_id,
-                        reason = e.error_message.as_deref().unwrap_or_default(),
-                        "task failed"
-                    ),
+                    TaskStatus::Finalized => {
+                        self.metrics.tasks_finalized.inc();
+                        info!(
+                            task_id = %e.task_id,
+                            label = e.final_label.as_deref().unwrap_or_default(),
+                            "task finalized"
+                        );
+                    }
+                    TaskStatus::Failed => {
+                        self.metrics.tasks_failed.inc();
+                        warn!(
+                            task_id = %e.task_id,
+                            reason = e.error_message.as_deref().unwrap_or_default(),
+                            "task failed"
+                        );
+                    }
+                    TaskStatus::Cancelled => {
+                        self.metrics.tasks_cancelled.inc();
+                        info!(task_id = %e.task_id, "task cancelled");
+                    }
+                    _ => {
+                        self.metrics.tasks_inconclusive.inc();
+                        info!(task_id = %e.task_id, answers = e.answers, "task inconclusive");
+                    }
                 }
             }
             // The receiver lives as long as the coordinator runs; after that nobody listens.
@@ -254,6 +265,32 @@ impl Core {
             .await?;
         self.metrics.tasks_created.inc_by(r.task_ids.len() as u64);
         Ok(r)
+    }
+
+    /// Cancels open tasks, all or none. See `ops::cancel`.
+    ///
+    /// # Errors
+    /// [`CoreError::TaskNotFound`], [`CoreError::TaskClosed`]: nothing is cancelled then.
+    pub async fn cancel_tasks(&self, req: TaskIdsRequest) -> Result<TaskIdsReply, CoreError> {
+        self.write(move |c, ctx| ops::cancel::cancel(c, ctx, req))
+            .await
+    }
+
+    /// Requeues failed tasks with fresh attempts, all or none. See `ops::cancel`.
+    ///
+    /// # Errors
+    /// [`CoreError::TaskNotFound`], [`CoreError::Invalid`]: nothing is requeued then.
+    pub async fn retry_tasks(&self, req: TaskIdsRequest) -> Result<TaskIdsReply, CoreError> {
+        self.write(move |c, ctx| ops::cancel::retry(c, ctx, req))
+            .await
+    }
+
+    /// Stores gold (known-answer) items, all or none. See `ops::gold`.
+    ///
+    /// # Errors
+    /// [`CoreError::Invalid`] naming the first bad item: nothing is stored then.
+    pub async fn add_gold(&self, req: GoldAddRequest) -> Result<GoldAddReply, CoreError> {
+        self.write(move |c, ctx| ops::gold::add(c, ctx, req)).await
     }
 
     /// One task with its submissions and live leases.

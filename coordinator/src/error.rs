@@ -20,6 +20,14 @@ pub enum StoreError {
     /// The store's background thread is gone.
     #[error("store connection closed")]
     Closed,
+    /// A migration would leave the data inconsistent; it was rolled back.
+    #[error("schema migration to version {version} refused: {problem}")]
+    Migration {
+        /// The version it would have reached.
+        version: i64,
+        /// What was wrong.
+        problem: String,
+    },
 }
 
 /// An operation failed; the variant says what the caller should do next.

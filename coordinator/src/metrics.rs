@@ -1,6 +1,7 @@
 //! Prometheus metrics. The original's names are kept (`api_request_latency_seconds`,
 //! `tasks_created_total`, `tasks_claimed_total`, `tasks_finalized_total`, `tasks_failed_total`,
-//! `worker_heartbeats_total`, `queue_depth`, `workers_active`), plus the NATS side
+//! `worker_heartbeats_total`, `queue_depth`, `workers_active`), plus the NATS side, tasks
+//! cancelled and inconclusive rounds (`tasks_cancelled_total`, `tasks_inconclusive_total`),
 //! (`nats_request_latency_seconds`), lease and submission counts, starved tasks by type
 //! (`tasks_starved`), and the group-commit writer
 //! (`store_queue_seconds` by lane, `store_batch_operations`, `store_commit_seconds`). Counters
@@ -91,6 +92,10 @@ pub struct Metrics {
     pub tasks_finalized: Counter,
     /// Tasks failed.
     pub tasks_failed: Counter,
+    /// Tasks cancelled.
+    pub tasks_cancelled: Counter,
+    /// Rounds of answers without a quorum (each leases one more replica).
+    pub tasks_inconclusive: Counter,
     /// Submissions stored (duplicates excluded).
     pub submissions: Counter,
     /// Leases freed by the sweeper or released.
@@ -126,6 +131,8 @@ impl Metrics {
             tasks_claimed: Counter::default(),
             tasks_finalized: Counter::default(),
             tasks_failed: Counter::default(),
+            tasks_cancelled: Counter::default(),
+            tasks_inconclusive: Counter::default(),
             submissions: Counter::default(),
             leases_requeued: Counter::default(),
             worker_heartbeats: Counter::default(),
@@ -159,8 +166,18 @@ impl Metrics {
         );
         r.register(
             "tasks_failed",
-            "Tasks that ran out of attempts",
+            "Tasks that ran out of attempts or reached no consensus",
             m.tasks_failed.clone(),
+        );
+        r.register(
+            "tasks_cancelled",
+            "Tasks cancelled by a client",
+            m.tasks_cancelled.clone(),
+        );
+        r.register(
+            "tasks_inconclusive",
+            "Rounds of answers without a quorum, each followed by one more replica",
+            m.tasks_inconclusive.clone(),
         );
         r.register("submissions", "Submissions stored", m.submissions.clone());
         r.register(

@@ -13,6 +13,7 @@ use protocol::messages::{
     decode, ApiOp, Empty, Heartbeat, LeaseRequest, ReleaseRequest, ResetRequest, SubmitRequest,
     TaskAddRequest, TaskGetRequest, TaskListRequest, WorkerTokenRequest,
 };
+use protocol::policy::{GoldAddRequest, TaskIdsRequest};
 use protocol::subject::{self, Route, COORDINATOR_QUEUE};
 use protocol::{reply, ApiError, TaskId, WorkerId};
 use serde::de::DeserializeOwned;
@@ -212,6 +213,9 @@ fn api_label(op: ApiOp) -> &'static str {
         ApiOp::OpsReset => "api.ops.reset",
         ApiOp::WorkerTokenCreate => "api.worker.token.create",
         ApiOp::WorkerTokenRevoke => "api.worker.token.revoke",
+        ApiOp::TaskCancel => "api.task.cancel",
+        ApiOp::TaskRetry => "api.task.retry",
+        ApiOp::GoldAdd => "api.gold.add",
     }
 }
 
@@ -314,6 +318,9 @@ async fn api(
             })
             .await
         }
+        ApiOp::TaskCancel => call(payload, |r: TaskIdsRequest| core.cancel_tasks(r)).await,
+        ApiOp::TaskRetry => call(payload, |r: TaskIdsRequest| core.retry_tasks(r)).await,
+        ApiOp::GoldAdd => call(payload, |r: GoldAddRequest| core.add_gold(r)).await,
     }
 }
 

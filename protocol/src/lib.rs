@@ -9,6 +9,7 @@
 //! - [`error`]: error codes and the decode/validation error.
 //! - [`limits`]: validation bounds.
 //! - [`generation`]: the generative models known, the spec a generative task pins, its answer.
+//! - [`policy`]: vote policies, gold (known-answer) items, cancel and retry.
 //! - [`auth`]: the headers that carry worker tokens and client API keys.
 //!
 //! This crate does no IO: it is serde types and pure functions only.
@@ -19,6 +20,7 @@ pub mod generation;
 pub mod ids;
 pub mod limits;
 pub mod messages;
+pub mod policy;
 pub mod reply;
 pub mod status;
 pub mod subject;

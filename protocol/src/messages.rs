@@ -5,6 +5,7 @@ use crate::error::{ApiError, ErrorCode, ProtocolError};
 use crate::generation::{is_sha256, GeneratedAnswer, GenerationSpec, SpecRequest, VerifyMode};
 use crate::ids::{LeaseId, TaskId, TaskType, WorkerId};
 use crate::limits::*;
+use crate::policy::{GoldScore, Policy, VoteRule};
 use crate::status::{TaskStatus, WorkerStatus};
 use crate::verify::{Verification, VerifyJob};
 use chrono::{DateTime, Utc};
@@ -255,6 +256,10 @@ pub struct HeartbeatReply {
     pub ts: DateTime<Utc>,
     /// How many leases were renewed.
     pub renewed: u32,
+    /// Leases it named that ended because their task closed (finalized, failed or cancelled):
+    /// drop their work.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub closed: Vec<LeaseId>,
     /// Timings the worker must keep to.
     #[serde(flatten)]
     pub timings: Timings,
@@ -450,8 +455,12 @@ pub struct TaskAnnouncement {
 pub struct TaskEvent {
     /// The task.
     pub task_id: TaskId,
-    /// `finalized` or `failed`.
+    /// `finalized`, `failed` or `cancelled`; `inconclusive` when its answers reached no quorum
+    /// and another replica is leased (not an end: a waiting client keeps waiting).
     pub status: TaskStatus,
+    /// Answers in so far (`inconclusive` events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answers: Option<u32>,
     /// The consensus label, when finalized.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_label: Option<String>,
@@ -475,6 +484,25 @@ pub struct TaskEvent {
     pub failure_reason: Option<FailureReason>,
     /// When.
     pub at: DateTime<Utc>,
+}
+
+impl TaskEvent {
+    /// An event saying only that `task` reached `status` at `at`.
+    pub fn new(task_id: TaskId, status: TaskStatus, at: DateTime<Utc>) -> Self {
+        Self {
+            task_id,
+            status,
+            answers: None,
+            final_label: None,
+            final_embedding: None,
+            final_token_ids: None,
+            final_text: None,
+            final_confidence: None,
+            error_message: None,
+            failure_reason: None,
+            at,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -506,6 +534,12 @@ pub enum ApiOp {
     WorkerTokenCreate,
     /// [`WorkerTokenRequest`] -> [`WorkerTokenRevoked`]: revoke a worker's token.
     WorkerTokenRevoke,
+    /// [`TaskIdsRequest`] -> [`TaskIdsReply`]: cancel open tasks.
+    TaskCancel,
+    /// [`TaskIdsRequest`] -> [`TaskIdsReply`]: requeue failed tasks with fresh attempts.
+    TaskRetry,
+    /// [`GoldAddRequest`] -> [`GoldAddReply`]: store known-answer items.
+    GoldAdd,
 }
 
 impl ApiOp {
@@ -522,6 +556,9 @@ impl ApiOp {
         ApiOp::OpsReset,
         ApiOp::WorkerTokenCreate,
         ApiOp::WorkerTokenRevoke,
+        ApiOp::TaskCancel,
+        ApiOp::TaskRetry,
+        ApiOp::GoldAdd,
     ];
 
     /// The subject token(s) of the operation.
@@ -538,6 +575,9 @@ impl ApiOp {
             ApiOp::OpsReset => "ops.reset",
             ApiOp::WorkerTokenCreate => "worker.token.create",
             ApiOp::WorkerTokenRevoke => "worker.token.revoke",
+            ApiOp::TaskCancel => "task.cancel",
+            ApiOp::TaskRetry => "task.retry",
+            ApiOp::GoldAdd => "gold.add",
         }
     }
 
@@ -551,6 +591,9 @@ impl ApiOp {
                 | ApiOp::OpsReset
                 | ApiOp::WorkerTokenCreate
                 | ApiOp::WorkerTokenRevoke
+                | ApiOp::TaskCancel
+                | ApiOp::TaskRetry
+                | ApiOp::GoldAdd
         )
     }
 }
@@ -629,6 +672,19 @@ pub struct NewTask {
     /// generates, the others score it); the coordinator's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifyMode>,
+    /// How the answers decide the task (default `quorum`); label and embedding tasks only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Policy>,
+    /// Agreeing answers needed (default a strict majority of `required_submissions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_quorum: Option<u32>,
+    /// Answers collected at most, inconclusive rounds included (default twice
+    /// `required_submissions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_answers: Option<u32>,
+    /// At most one counted answer per model content hash (default: the coordinator's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distinct_models: Option<bool>,
 }
 
 impl NewTask {
@@ -649,6 +705,10 @@ impl NewTask {
             target_lang: None,
             temperature: None,
             verify: None,
+            policy: None,
+            min_quorum: None,
+            max_answers: None,
+            distinct_models: None,
         }
     }
 
@@ -692,16 +752,22 @@ impl NewTask {
         let task_type = self.task_type.clone().unwrap_or_default();
         let req = self.spec_request();
         if !task_type.is_generative() {
-            if !req.is_empty() {
+            // A label or embedding task may pin the model content that answers it.
+            let generation_only = SpecRequest {
+                model_hash: None,
+                ..req
+            };
+            if !generation_only.is_empty() {
                 return Err(ProtocolError::invalid(
                     "type",
                     format!(
-                        "{task_type} tasks are not generated: model, model_hash, \
-                         max_new_tokens, stop_ids and languages are for generate, \
-                         summarization and translation tasks"
+                        "{task_type} tasks are not generated: model, max_new_tokens, stop_ids, \
+                         languages, temperature and verify are for generate, summarization and \
+                         translation tasks"
                     ),
                 ));
             }
+            check_model_hash(self.model_hash.as_deref())?;
             return Ok(None);
         }
         crate::generation::resolve(&task_type, &req).map(Some)
@@ -777,7 +843,46 @@ impl NewTask {
                 ));
             }
         }
+        self.vote_rule()?;
         self.spec().map(drop)
+    }
+
+    /// The vote rule of a label or embedding task (`None` for generative tasks, which are
+    /// verified by exact match and cross-scoring instead).
+    ///
+    /// # Errors
+    /// [`ProtocolError::Invalid`]: bounds of [`VoteRule::resolve`]; a policy or
+    /// `distinct_models` on a generative task; `distinct_models` with a pinned model hash.
+    pub fn vote_rule(&self) -> Result<Option<VoteRule>, ProtocolError> {
+        let task_type = self.task_type.clone().unwrap_or_default();
+        if task_type.is_generative() {
+            let named = [
+                ("policy", self.policy.is_some()),
+                ("min_quorum", self.min_quorum.is_some()),
+                ("max_answers", self.max_answers.is_some()),
+                ("distinct_models", self.distinct_models.is_some()),
+            ];
+            if let Some((field, _)) = named.into_iter().find(|(_, given)| *given) {
+                return Err(ProtocolError::invalid(
+                    field,
+                    format!(
+                        "{task_type} tasks pin one model and are verified by exact match and \
+                         cross-scoring: they take no {field}"
+                    ),
+                ));
+            }
+            return Ok(None);
+        }
+        if self.distinct_models == Some(true) && self.model_hash.is_some() {
+            return Err(ProtocolError::invalid(
+                "distinct_models",
+                "a task that pins one model_hash cannot ask for distinct models",
+            ));
+        }
+        let required = self
+            .required_submissions
+            .unwrap_or(crate::limits::DEFAULT_REQUIRED_SUBMISSIONS);
+        VoteRule::resolve(required, self.policy, self.min_quorum, self.max_answers).map(Some)
     }
 }
 
@@ -880,6 +985,16 @@ pub struct TaskView {
     /// The agreement threshold of an `embedding` task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub similarity: Option<f64>,
+    /// How its answers decide it (label and embedding tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vote: Option<VoteRule>,
+    /// At most one counted answer per model content hash.
+    #[serde(default)]
+    pub distinct_models: bool,
+    /// The model content a label or embedding task pins (generative tasks pin theirs in
+    /// `generation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_hash: Option<String>,
     /// Where it is in its lifecycle.
     pub status: TaskStatus,
     /// The consensus label, once finalized.
@@ -1114,6 +1229,12 @@ pub struct LeaderboardEntry {
     /// Trap candidates it passed.
     #[serde(default)]
     pub traps_missed: u64,
+    /// Its answers to gold (known-answer) tasks, and how many were right.
+    #[serde(default)]
+    pub gold: GoldScore,
+    /// Quarantined for poor gold accuracy: it gets only gold until it recovers.
+    #[serde(default)]
+    pub quarantined: bool,
     /// Submissions it made.
     pub submissions: u64,
     /// The model it last registered with.
@@ -1129,6 +1250,9 @@ pub struct LeaderboardEntry {
 pub struct ModelAgreement {
     /// The model id submissions carried (`-` when none).
     pub model: String,
+    /// The content hash they carried (the weights, config and tokenizer loaded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_hash: Option<String>,
     /// The task type.
     #[serde(rename = "type")]
     pub task_type: String,
@@ -1140,6 +1264,9 @@ pub struct ModelAgreement {
     pub agreed: u64,
     /// `agreed / decided`.
     pub agreement_rate: Option<f64>,
+    /// Its answers to gold tasks of this type, and how many were right.
+    #[serde(default)]
+    pub gold: GoldScore,
 }
 
 /// Reply to `api.leaderboard.models`.
@@ -1167,7 +1294,7 @@ pub struct WorkerView {
     pub capabilities: Vec<TaskType>,
     /// What it runs.
     pub model: Option<String>,
-    /// SHA-256 of the model content it loaded (generative models): what a task pins.
+    /// SHA-256 of the model content it loaded: what a task pins and `--by-model` groups by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_hash: Option<String>,
     /// Its last heartbeat or request.
@@ -1182,6 +1309,12 @@ pub struct WorkerView {
     /// Trap candidates it passed.
     #[serde(default)]
     pub traps_missed: u64,
+    /// Its answers to gold tasks, and how many were right.
+    #[serde(default)]
+    pub gold: GoldScore,
+    /// Why it is quarantined (it gets only gold until it recovers), when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<String>,
 }
 
 /// Reply to `api.workers`.

@@ -45,26 +45,34 @@ macro_rules! string_enum {
 }
 
 string_enum!(
-    /// Where a task is in its lifecycle: `queued` -> `assigned` -> `finalized` | `failed`, a
-    /// generative task passing through `verifying` while other workers score its answers.
+    /// Where a task is in its lifecycle: `queued` -> `assigned` -> `finalized` | `failed` |
+    /// `cancelled`; a task whose answers reached no quorum is `inconclusive` while more replicas
+    /// run, a generative task `verifying` while other workers score its answers.
     TaskStatus, "status" {
         /// Waiting for workers; no live lease.
         Queued => "queued",
         /// At least one worker holds a live lease on it.
         Assigned => "assigned",
+        /// Its required answers are in without a quorum: more replicas go to distinct workers.
+        Inconclusive => "inconclusive",
         /// A generative task whose candidate answers are being scored by other workers.
         Verifying => "verifying",
         /// Consensus reached; the final label is set. Terminal.
         Finalized => "finalized",
-        /// Ran out of attempts. Terminal.
+        /// Ran out of attempts, or reached no consensus. Terminal (`task retry` requeues it).
         Failed => "failed",
+        /// Cancelled by a client. Terminal.
+        Cancelled => "cancelled",
     }
 );
 
 impl TaskStatus {
     /// Whether the task can still change.
     pub fn is_terminal(self) -> bool {
-        matches!(self, TaskStatus::Finalized | TaskStatus::Failed)
+        matches!(
+            self,
+            TaskStatus::Finalized | TaskStatus::Failed | TaskStatus::Cancelled
+        )
     }
 }
 

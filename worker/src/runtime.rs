@@ -467,7 +467,20 @@ impl Worker {
         });
         // Every result goes out at once; each is retried on its own until acknowledged.
         let mut sends = Vec::new();
+        let mut dropped = 0;
         for (lease, prediction) in leases.iter().zip(predictions) {
+            // A lease the coordinator said closed (its task was cancelled or ended) while the
+            // model ran: the work is dropped.
+            if !self
+                .held
+                .lock()
+                .expect("held-lease lock")
+                .contains(&lease.lease_id)
+            {
+                info!(task_id = %lease.task_id, "task closed while it ran; dropping the answer");
+                dropped += 1;
+                continue;
+            }
             match prediction {
                 Ok(p) => sends.push(self.submit(lease, p, &hard_stop)),
                 Err(e) => {
@@ -476,7 +489,9 @@ impl Worker {
                 }
             }
         }
-        for (lease_id, outcome) in futures::future::join_all(sends).await {
+        let outcomes = futures::future::join_all(sends).await;
+        self.report.refused += dropped;
+        for (lease_id, outcome) in outcomes {
             match outcome {
                 Sent::Acknowledged { duplicate } => {
                     self.report.acknowledged += 1;
@@ -657,8 +672,22 @@ async fn heartbeats(
                 let leases = held.lock().expect("held-lease lock").iter().copied().collect();
                 heartbeat.leases = Some(leases);
                 let body = encode(&heartbeat).into();
-                if let Err(e) = client.publish_with_headers(subject.clone(), headers.clone(), body).await {
-                    warn!(error = %e, "heartbeat not sent");
+                // A request, so the reply can say which leases closed (a cancelled task); a
+                // reply that does not come in time is no matter: the next beat goes anyway.
+                let sent = client.request_with_headers(subject.clone(), headers.clone(), body);
+                match tokio::time::timeout(every, sent).await {
+                    Ok(Ok(msg)) => {
+                        if let Ok(Ok(reply)) = protocol::reply::decode::<HeartbeatReply>(&msg.payload) {
+                            let mut held = held.lock().expect("held-lease lock");
+                            for lease in &reply.closed {
+                                if held.remove(lease) {
+                                    info!(lease_id = %lease, "lease closed by the coordinator; dropping its work");
+                                }
+                            }
+                        }
+                    }
+                    Ok(Err(e)) => warn!(error = %e, "heartbeat not answered"),
+                    Err(_) => debug!("heartbeat reply late"),
                 }
             }
         }

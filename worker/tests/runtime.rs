@@ -97,6 +97,7 @@ impl Script {
         let answer = HeartbeatReply {
             ts: chrono::Utc::now(),
             renewed: 0,
+            closed: vec![],
             timings: timings(),
         };
         self.reply(hb, &answer).await;
@@ -346,4 +347,82 @@ async fn heartbeats_name_each_lease_from_its_grant_until_it_is_answered_or_relea
         .expect("worker ran");
     idle.abort();
     assert_eq!((report.acknowledged, report.released), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_the_heartbeat_reply_closes_is_dropped_not_submitted() {
+    let nats = NatsServer::start();
+    let mut script = Script::start(&nats).await;
+    let mut config = WorkerConfig::new(WorkerId::new("w3").expect("id"), nats.url());
+    config.batch = 2;
+    config.heartbeat_interval = Duration::from_millis(100);
+    config.poll_interval = Duration::from_millis(100);
+    let (gate, gated) = std::sync::mpsc::channel();
+    let model = Arc::new(Gated(std::sync::Mutex::new(gated)));
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(worker::run(config, model, shutdown.clone()));
+    script.register().await;
+    let (kept, cancelled) = (LeaseId::new(), LeaseId::new());
+    script
+        .grant(vec![lease(kept, "keep me"), lease(cancelled, "cancel me")])
+        .await;
+
+    // While the model works, a heartbeat naming both is answered: one lease closed (its task
+    // was cancelled).
+    let mut both = vec![kept, cancelled];
+    both.sort();
+    loop {
+        let hb = next(&mut script.heartbeats).await;
+        let body: Heartbeat = decode(&hb.payload).expect("heartbeat");
+        let mut named = body.leases.clone().unwrap_or_default();
+        named.sort();
+        let closed = if named == both {
+            vec![cancelled]
+        } else {
+            vec![]
+        };
+        let done = !closed.is_empty();
+        let answer = HeartbeatReply {
+            ts: chrono::Utc::now(),
+            renewed: named.len() as u32,
+            closed,
+            timings: timings(),
+        };
+        script.reply(hb, &answer).await;
+        if done {
+            break;
+        }
+    }
+    // The next heartbeats name only the kept lease.
+    let mut beats = 0;
+    while named(&mut script.heartbeats).await != vec![kept] {
+        beats += 1;
+        assert!(beats < 5, "a closed lease is still renewed");
+    }
+    // Only the kept lease's answer is submitted; nothing is released for the closed one.
+    gate.send(()).expect("open the gate");
+    let submit = next(&mut script.submits).await;
+    let sub: SubmitRequest = decode(&submit.payload).expect("submit");
+    assert_eq!(sub.lease_id, kept);
+    script.reply(submit, &stored()).await;
+
+    shutdown.cancel();
+    let bye = loop {
+        tokio::select! {
+            m = next(&mut script.releases) => break m,
+            m = next(&mut script.leases) => {
+                script.reply(m, &LeaseReply { leases: vec![], timings: timings() }).await;
+            }
+            m = next(&mut script.submits) => panic!("a closed lease was submitted: {m:?}"),
+        }
+    };
+    let release: ReleaseRequest = decode(&bye.payload).expect("release");
+    assert!(release.lease_ids.is_empty(), "{release:?}");
+    script.reply(bye, &ReleaseReply { released: 0 }).await;
+    let report = tokio::time::timeout(Duration::from_secs(10), worker)
+        .await
+        .expect("worker stops in time")
+        .expect("worker task")
+        .expect("worker ran");
+    assert_eq!((report.acknowledged, report.released), (1, 0));
 }

@@ -43,6 +43,21 @@ pub(crate) struct Args {
     /// a split is cross-scored) or `generate-once` (one generates, the others score it).
     #[arg(long, env = "AIMARKET_VERIFY", default_value = "exact", value_parser = parse_verify)]
     verify: VerifyMode,
+    /// Probability, 0 to 1, that a lease slot holds a gold task (a known-answer item added
+    /// with `aimarket gold add`, checked and never voted) instead of a real one.
+    #[arg(long, env = "AIMARKET_GOLD_RATE", default_value_t = 0.05, value_parser = parse_rate)]
+    gold_rate: f64,
+    /// Gold answers a worker gives before its gold accuracy can quarantine it.
+    #[arg(long, env = "AIMARKET_GOLD_MIN_ANSWERS", default_value_t = 20)]
+    gold_min_answers: u32,
+    /// Gold accuracy, over a worker's last 50 gold answers, below which it is quarantined:
+    /// it then gets only gold until it is back above.
+    #[arg(long, env = "AIMARKET_GOLD_MIN_ACCURACY", default_value_t = 0.5, value_parser = parse_rate)]
+    gold_min_accuracy: f64,
+    /// Label and embedding tasks that do not say count at most one answer per model content
+    /// hash.
+    #[arg(long, env = "AIMARKET_DISTINCT_MODELS")]
+    distinct_models: bool,
 }
 
 /// Runs until SIGINT/SIGTERM.
@@ -71,6 +86,10 @@ pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         max_leases_per_worker: args.max_leases_per_worker,
         trap_rate: args.trap_rate,
         verify_default: args.verify,
+        gold_rate: args.gold_rate,
+        gold_min_answers: args.gold_min_answers.max(1),
+        gold_min_accuracy: args.gold_min_accuracy,
+        distinct_models_default: args.distinct_models,
     };
     config.sweep_interval = Duration::from_secs(args.requeue_sweep_seconds);
     config.http = args.http.0;

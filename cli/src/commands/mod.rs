@@ -2,6 +2,7 @@
 
 pub(crate) mod bench;
 pub(crate) mod coordinator;
+pub(crate) mod gold;
 pub(crate) mod models;
 pub(crate) mod ops;
 pub(crate) mod task;

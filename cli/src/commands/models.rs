@@ -329,27 +329,6 @@ struct Score {
 /// A model's answers to a file's sentences: label and confidence each.
 type Answers = Vec<(String, f64)>;
 
-/// Reads `id<TAB>rating<TAB>text` lines: the text and whether humans rated it positive.
-fn read_gold(file: &Path) -> anyhow::Result<Vec<(String, bool)>> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let gold: Vec<(String, bool)> = text
-        .lines()
-        .filter_map(|l| {
-            let mut cols = l.splitn(3, '\t');
-            let (_, rating, text) = (cols.next()?, cols.next()?, cols.next()?);
-            let rating: f64 = rating.trim().parse().ok()?;
-            (rating != 0.0).then(|| (text.to_owned(), rating > 0.0))
-        })
-        .collect();
-    anyhow::ensure!(
-        !gold.is_empty(),
-        "{} holds no rated sentences",
-        file.display()
-    );
-    Ok(gold)
-}
-
 /// Runs `model` over the sentences in batches, with a progress bar; returns the answers and the
 /// texts per second.
 async fn answer_all(
@@ -474,7 +453,7 @@ pub(crate) async fn eval(ctx: &Ctx, args: EvalArgs) -> anyhow::Result<()> {
     }
     let mut scores = Vec::new();
     for file in &args.files {
-        let gold = read_gold(file)?;
+        let gold = super::gold::read_rated(file)?;
         let name = file
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

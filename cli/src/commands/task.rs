@@ -1,4 +1,4 @@
-//! `aimarket task add | list | get | wait`.
+//! `aimarket task add | list | get | wait | cancel | retry`.
 
 use super::Ctx;
 use crate::client::Client;
@@ -11,6 +11,7 @@ use protocol::messages::{
     decode, ApiOp, NewTask, Starvation, TaskAddReply, TaskAddRequest, TaskDetail, TaskEvent,
     TaskGetRequest, TaskListReply, TaskListRequest, TaskView,
 };
+use protocol::policy::{Policy, TaskIdsReply, TaskIdsRequest};
 use protocol::{subject, TaskId, TaskStatus, TaskType};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -23,7 +24,8 @@ pub(crate) enum TaskCommand {
     Add(Box<AddArgs>),
     /// List tasks, oldest first.
     List {
-        /// Only tasks in this state (queued, assigned, finalized, failed).
+        /// Only tasks in this state (queued, assigned, inconclusive, verifying, finalized,
+        /// failed, cancelled); `failed` and `cancelled` list the dead letters with their reason.
         #[arg(long)]
         status: Option<TaskStatus>,
         /// At most this many.
@@ -44,6 +46,18 @@ pub(crate) enum TaskCommand {
         #[arg(long, default_value_t = 600)]
         timeout: u64,
     },
+    /// Cancel open tasks (all or none): their workers drop the work, their answers are kept.
+    Cancel {
+        /// Task ids.
+        #[arg(required = true)]
+        ids: Vec<TaskId>,
+    },
+    /// Requeue failed tasks (all or none) with fresh attempts; their earlier answers stay.
+    Retry {
+        /// Task ids.
+        #[arg(required = true)]
+        ids: Vec<TaskId>,
+    },
 }
 
 /// `task add` arguments.
@@ -53,8 +67,9 @@ pub(crate) struct AddArgs {
     #[arg(required_unless_present = "file", conflicts_with = "file")]
     text: Option<String>,
     /// Add one task per line of FILE: plain text, or JSON objects with the `task.add` fields
-    /// (text, type, required_submissions, max_attempts, labels, similarity, model,
-    /// max_new_tokens, source_lang, target_lang, temperature, verify). `-` reads standard input.
+    /// (text, type, required_submissions, max_attempts, labels, similarity, model, model_hash,
+    /// max_new_tokens, source_lang, target_lang, temperature, verify, policy, min_quorum,
+    /// max_answers, distinct_models). `-` reads standard input.
     #[arg(long)]
     file: Option<PathBuf>,
     /// Task type (default sentiment).
@@ -63,6 +78,21 @@ pub(crate) struct AddArgs {
     /// Distinct workers that must answer (default 3).
     #[arg(long)]
     required: Option<u32>,
+    /// How the answers decide the task: `quorum` (default: an uncontested group of
+    /// --min-quorum agreeing answers, more replicas until then, up to --max-answers) or
+    /// `majority` (the original rule: most votes, ties to the higher mean confidence).
+    #[arg(long)]
+    policy: Option<Policy>,
+    /// Agreeing answers needed (default a strict majority of --required).
+    #[arg(long)]
+    min_quorum: Option<u32>,
+    /// Answers collected at most before the task fails with no_consensus (default twice
+    /// --required).
+    #[arg(long)]
+    max_answers: Option<u32>,
+    /// Count at most one answer per model content hash (default: the coordinator's).
+    #[arg(long)]
+    distinct_models: bool,
     /// Leases that may end without a result before the task fails.
     #[arg(long)]
     max_attempts: Option<u32>,
@@ -75,8 +105,9 @@ pub(crate) struct AddArgs {
     /// The generative model (generate, summarization, translation; default smollm2).
     #[arg(long)]
     model: Option<String>,
-    /// The model content a generative task pins (SHA-256); needed for Hub models (flan-t5, t5),
-    /// whose workers report it (`aimarket infer --model M --json` prints it).
+    /// The model content the task pins (SHA-256): only workers that loaded it answer. Needed
+    /// for generative Hub models (flan-t5, t5); `aimarket workers` and `aimarket infer --model M
+    /// --json` show a worker's.
     #[arg(long)]
     model_hash: Option<String>,
     /// The most tokens a generative task may produce, 1 to 512 (default 128).
@@ -143,6 +174,34 @@ pub(crate) async fn run(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<()> {
             let done = wait(&client, &ids, Duration::from_secs(timeout)).await?;
             report(ctx, &ids, &done)
         }
+        TaskCommand::Cancel { ids } => {
+            let r: TaskIdsReply = client
+                .call(ApiOp::TaskCancel, &TaskIdsRequest { task_ids: ids })
+                .await?;
+            if ctx.json {
+                return output::json(&r);
+            }
+            println!(
+                "cancelled {} task{}",
+                r.task_ids.len(),
+                plural(r.task_ids.len())
+            );
+            Ok(())
+        }
+        TaskCommand::Retry { ids } => {
+            let r: TaskIdsReply = client
+                .call(ApiOp::TaskRetry, &TaskIdsRequest { task_ids: ids })
+                .await?;
+            if ctx.json {
+                return output::json(&r);
+            }
+            println!(
+                "requeued {} task{}",
+                r.task_ids.len(),
+                plural(r.task_ids.len())
+            );
+            Ok(())
+        }
     }
 }
 
@@ -166,6 +225,10 @@ async fn add(ctx: &Ctx, client: &Client, args: AddArgs) -> anyhow::Result<()> {
         target_lang: args.target_lang.clone(),
         temperature: args.temperature,
         verify: args.verify,
+        policy: args.policy,
+        min_quorum: args.min_quorum,
+        max_answers: args.max_answers,
+        distinct_models: args.distinct_models.then_some(true),
     };
     let tasks = match (&args.text, &args.file) {
         (Some(text), _) => vec![NewTask {
@@ -221,6 +284,10 @@ pub(crate) fn read_tasks(path: &PathBuf, defaults: &NewTask) -> anyhow::Result<V
         task.target_lang = task.target_lang.or_else(|| defaults.target_lang.clone());
         task.temperature = task.temperature.or(defaults.temperature);
         task.verify = task.verify.or(defaults.verify);
+        task.policy = task.policy.or(defaults.policy);
+        task.min_quorum = task.min_quorum.or(defaults.min_quorum);
+        task.max_answers = task.max_answers.or(defaults.max_answers);
+        task.distinct_models = task.distinct_models.or(defaults.distinct_models);
         tasks.push(task);
     }
     anyhow::ensure!(!tasks.is_empty(), "{} holds no tasks", path.display());
@@ -313,7 +380,8 @@ pub(crate) async fn wait(
             msg = events.next() => {
                 let Some(msg) = msg else { bail!("event subscription closed") };
                 let Ok(event) = decode::<TaskEvent>(&msg.payload) else { continue };
-                if pending.remove(&event.task_id) {
+                // An inconclusive round is not an end: more answers are coming.
+                if event.status.is_terminal() && pending.remove(&event.task_id) {
                     let d: TaskDetail = client.call(ApiOp::TaskGet, &TaskGetRequest { task_id: event.task_id }).await?;
                     done.insert(event.task_id, d.task);
                     bar.inc(1);
@@ -446,20 +514,43 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// Tasks as a table; when any of them failed or was cancelled, with the reason.
 fn print_tasks(tasks: &[TaskView]) {
-    let mut t = output::table(["id", "type", "status", "label", "votes", "attempts", "text"]);
+    let why = tasks.iter().any(|t| t.error_message.is_some());
+    let mut header = vec!["id", "type", "status", "label", "votes", "attempts", "text"];
+    if why {
+        header.push("error");
+    }
+    let mut t = output::table(header);
     for task in tasks {
-        t.add_row(vec![
+        let mut row = vec![
             task.id.to_string(),
             task.task_type.to_string(),
             task.status.to_string(),
             clip(&result(task), 32),
-            format!("{}/{}", task.submissions, task.required_submissions),
+            votes(task),
             format!("{}/{}", task.attempts, task.max_attempts),
             clip(&task.text, 48),
-        ]);
+        ];
+        if why {
+            row.push(or_dash(task.error_message.as_deref()));
+        }
+        t.add_row(row);
     }
     println!("{t}");
+}
+
+/// Answers in over answers asked for (more than asked after inconclusive rounds).
+fn votes(t: &TaskView) -> String {
+    format!("{}/{}", t.submissions, t.required_submissions)
 }
 
 fn print_detail(d: &TaskDetail) {
@@ -473,6 +564,24 @@ fn print_detail(d: &TaskDetail) {
     }
     if let Some(s) = t.similarity {
         println!("similarity   {s}");
+    }
+    if let Some(v) = &t.vote {
+        match v.policy {
+            Policy::Quorum => println!(
+                "vote         quorum: {} agreeing answers, up to {} answers{}",
+                v.min_quorum,
+                v.max_answers,
+                if t.distinct_models {
+                    ", one per model content"
+                } else {
+                    ""
+                }
+            ),
+            Policy::Majority => println!("vote         majority (ties to the higher confidence)"),
+        }
+    }
+    if let Some(h) = &t.model_hash {
+        println!("model hash   {h}");
     }
     if let Some(g) = &t.generation {
         let langs = match (&g.source_lang, &g.target_lang) {
@@ -517,7 +626,7 @@ fn print_detail(d: &TaskDetail) {
     if let Some(s) = &d.starved {
         println!("starved      {s}");
     }
-    println!("votes        {}/{}", t.submissions, t.required_submissions);
+    println!("votes        {}", votes(t));
     println!("attempts     {}/{}", t.attempts, t.max_attempts);
     println!("created      {}", t.created_at.to_rfc3339());
     if let Some(f) = t.finished_at {

@@ -38,11 +38,36 @@ pub(crate) fn run(
         hb.model_hash.as_deref(),
     )?;
     let renewed = renew(conn, ctx, &hb.worker_id, hb.leases.as_deref())?;
+    let closed = closed(
+        conn,
+        &hb.worker_id,
+        hb.leases.as_deref().unwrap_or_default(),
+    )?;
     Ok(HeartbeatReply {
         ts: from_ms(ctx.now),
         renewed,
+        closed,
         timings: timings(ctx),
     })
+}
+
+/// Of the leases a worker names, those that ended because their task closed (cancelled,
+/// finalized or failed without them): their work is to be dropped.
+fn closed(
+    conn: &Connection,
+    worker: &WorkerId,
+    named: &[LeaseId],
+) -> Result<Vec<LeaseId>, CoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT 1 FROM lease WHERE id = ?1 AND worker_id = ?2 AND state = 'cancelled'",
+    )?;
+    let mut closed = Vec::new();
+    for lease in named {
+        if stmt.exists(params![lease.to_string(), worker.as_str()])? {
+            closed.push(*lease);
+        }
+    }
+    Ok(closed)
 }
 
 /// Pushes the expiry of `worker`'s live leases (those in `only`, when given) to a full lease from

@@ -1,6 +1,7 @@
-//! Property tests: random sequences of operations (adds, leases, submissions honest and forged,
-//! resends, heartbeats, releases, clock jumps, sweeps) on a real SQLite store, with the store's
-//! invariants checked after every step.
+//! Property tests: random sequences of operations (adds under either vote policy, leases with
+//! gold mixed in, submissions honest and forged, resends, heartbeats, releases, cancels,
+//! retries, clock jumps, sweeps) on a real SQLite store, with the store's invariants checked
+//! after every step.
 
 use super::testing::*;
 use super::*;
@@ -12,14 +13,42 @@ use std::collections::HashMap;
 
 #[derive(Debug, Clone)]
 enum Step {
-    Add { required: u32, max_attempts: u32 },
-    Lease { worker: usize, max: u32 },
-    Submit { pick: usize, positive: bool },
-    Forge { pick: usize, worker: usize },
-    Resend { pick: usize },
-    Heartbeat { worker: usize, named: bool },
-    Release { pick: usize },
-    Advance { ms: i64 },
+    Add {
+        required: u32,
+        max_attempts: u32,
+        majority: bool,
+    },
+    Cancel {
+        pick: usize,
+    },
+    Retry {
+        pick: usize,
+    },
+    Lease {
+        worker: usize,
+        max: u32,
+    },
+    Submit {
+        pick: usize,
+        positive: bool,
+    },
+    Forge {
+        pick: usize,
+        worker: usize,
+    },
+    Resend {
+        pick: usize,
+    },
+    Heartbeat {
+        worker: usize,
+        named: bool,
+    },
+    Release {
+        pick: usize,
+    },
+    Advance {
+        ms: i64,
+    },
     Sweep,
 }
 
@@ -27,7 +56,9 @@ const WORKERS: [&str; 4] = ["w0", "w1", "w2", "w3"];
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        1 => (1u32..=4, 1u32..=3).prop_map(|(required, max_attempts)| Step::Add { required, max_attempts }),
+        1 => (1u32..=4, 1u32..=3, any::<bool>()).prop_map(|(required, max_attempts, majority)| Step::Add { required, max_attempts, majority }),
+        1 => any::<usize>().prop_map(|pick| Step::Cancel { pick }),
+        1 => any::<usize>().prop_map(|pick| Step::Retry { pick }),
         1 => (0usize..4, 1u32..=3).prop_map(|(worker, max)| Step::Lease { worker, max }),
         3 => (any::<usize>(), any::<bool>()).prop_map(|(pick, positive)| Step::Submit { pick, positive }),
         1 => (any::<usize>(), 0usize..4).prop_map(|(pick, worker)| Step::Forge { pick, worker }),
@@ -47,13 +78,15 @@ fn apply<T>(
     op: impl FnOnce(&Connection, &mut Ctx) -> Result<T, CoreError>,
 ) -> Result<T, CoreError> {
     let tx = conn.transaction().expect("tx");
-    let mut c = ctx(now);
+    let mut c = Ctx::new(now, gold_settings());
     let r = op(&tx, &mut c);
     if r.is_ok() {
         tx.commit().expect("commit");
         for e in c.effects {
             if let Effect::Finished(ev) = e {
-                *finished.entry(ev.task_id).or_default() += 1;
+                if ev.status.is_terminal() {
+                    *finished.entry(ev.task_id).or_default() += 1;
+                }
             }
         }
     }
@@ -66,6 +99,17 @@ fn apply<T>(
     r
 }
 
+/// Gold in a quarter of the slots, and a quick quarantine (random answers are right half the
+/// time, so workers go in and out of it).
+fn gold_settings() -> Settings {
+    Settings {
+        gold_rate: 0.25,
+        gold_min_answers: 3,
+        gold_min_accuracy: 0.6,
+        ..settings()
+    }
+}
+
 fn count(conn: &Connection, sql: &str) -> i64 {
     conn.query_row(sql, [], |r| r.get(0)).expect(sql)
 }
@@ -76,14 +120,27 @@ fn check(conn: &Connection, finished: &HashMap<TaskId, usize>) {
         ("counter of submissions", "SELECT COUNT(*) FROM task t WHERE submissions != (SELECT COUNT(*) FROM submission s WHERE s.task_id = t.id)"),
         ("more slots taken than required", "SELECT COUNT(*) FROM task WHERE active_leases + submissions > required"),
         ("finalized without all votes or an answer", "SELECT COUNT(*) FROM task WHERE status = 'finalized' AND (submissions != required OR COALESCE(final_label, final_embedding, final_token_ids) IS NULL OR active_leases != 0)"),
-        ("all votes in but not decided", "SELECT COUNT(*) FROM task WHERE submissions = required AND status != 'finalized' AND failure_reason IS NOT 'no_consensus'"),
-        ("no consensus declared before all votes", "SELECT COUNT(*) FROM task WHERE failure_reason = 'no_consensus' AND submissions != required"),
+        ("all votes in but not decided", "SELECT COUNT(*) FROM task WHERE submissions = required AND status NOT IN ('finalized', 'cancelled') AND failure_reason IS NOT 'no_consensus'"),
+        ("no consensus declared before all votes", "SELECT COUNT(*) FROM task WHERE failure_reason = 'no_consensus' AND submissions != max_answers"),
+        ("more answers than max_answers", "SELECT COUNT(*) FROM task WHERE submissions > max_answers OR required > max_answers"),
+        ("decided without a quorum", "SELECT COUNT(*) FROM task t WHERE t.status = 'finalized' AND t.policy = 'quorum' AND t.gold IS NULL
+            AND (SELECT COUNT(*) FROM submission s WHERE s.task_id = t.id AND s.agreed) < t.min_quorum"),
+        ("decided on a tie", "SELECT COUNT(*) FROM task t WHERE t.status = 'finalized' AND t.policy = 'quorum' AND t.gold IS NULL
+            AND EXISTS (SELECT 1 FROM submission s WHERE s.task_id = t.id AND NOT s.agreed GROUP BY s.label
+                        HAVING COUNT(*) >= (SELECT COUNT(*) FROM submission a WHERE a.task_id = t.id AND a.agreed))"),
+        ("inconclusive with a quorum", "SELECT COUNT(*) FROM task t WHERE t.inconclusive AND t.status IN ('queued', 'assigned')
+            AND t.policy = 'quorum' AND (SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM submission s WHERE s.task_id = t.id GROUP BY s.label)) >= t.min_quorum
+            AND (SELECT COUNT(*) FROM (SELECT COUNT(*) AS n FROM submission s WHERE s.task_id = t.id GROUP BY s.label)
+                 WHERE n = (SELECT MAX(m) FROM (SELECT COUNT(*) AS m FROM submission s WHERE s.task_id = t.id GROUP BY s.label))) = 1"),
+        ("a gold answer voted", "SELECT COUNT(*) FROM submission s JOIN task t ON t.id = s.task_id WHERE t.gold IS NOT NULL AND s.agreed IS NOT NULL"),
+        ("gold answers not counted", "SELECT (SELECT COALESCE(SUM(gold_answered), 0) FROM worker_score) != (SELECT COUNT(*) FROM gold_answer)
+            OR (SELECT COUNT(*) FROM gold_answer) != (SELECT COUNT(*) FROM submission s JOIN task t ON t.id = s.task_id WHERE t.gold IS NOT NULL)"),
         ("queued with a live lease", "SELECT COUNT(*) FROM task WHERE status = 'queued' AND active_leases != 0"),
         ("assigned without a live lease", "SELECT COUNT(*) FROM task WHERE status = 'assigned' AND active_leases = 0"),
         ("failed early or still leased", "SELECT COUNT(*) FROM task WHERE status = 'failed' AND ((failure_reason = 'max_attempts' AND attempts < max_attempts) OR failure_reason IS NULL OR active_leases != 0)"),
-        ("a live lease on a closed task", "SELECT COUNT(*) FROM lease l JOIN task t ON t.id = l.task_id WHERE l.state = 'active' AND t.status IN ('finalized', 'failed')"),
+        ("a live lease on a closed task", "SELECT COUNT(*) FROM lease l JOIN task t ON t.id = l.task_id WHERE l.state = 'active' AND t.status IN ('finalized', 'failed', 'cancelled')"),
         ("a worker leasing a task it answered", "SELECT COUNT(*) FROM lease l JOIN submission s ON s.task_id = l.task_id AND s.worker_id = l.worker_id WHERE l.state = 'active'"),
-        ("agreement set before finalization", "SELECT COUNT(*) FROM submission s JOIN task t ON t.id = s.task_id WHERE (t.status = 'finalized') != (s.agreed IS NOT NULL)"),
+        ("agreement set before finalization", "SELECT COUNT(*) FROM submission s JOIN task t ON t.id = s.task_id WHERE t.gold IS NULL AND (t.status = 'finalized') != (s.agreed IS NOT NULL)"),
         ("points differ from agreeing votes", "SELECT (SELECT COALESCE(SUM(points), 0) FROM worker_score) != (SELECT COUNT(*) FROM submission WHERE agreed)"),
         // A lease cursor may only pass open tasks its worker holds or has answered.
         ("a lease cursor past a task its worker could take", "SELECT COUNT(*) FROM temp.lease_cursor c JOIN task t ON t.type = c.type AND t.seq <= c.after
@@ -102,7 +159,7 @@ fn check(conn: &Connection, finished: &HashMap<TaskId, usize>) {
     }
     let finalized_or_failed = count(
         conn,
-        "SELECT COUNT(*) FROM task WHERE status IN ('finalized', 'failed')",
+        "SELECT COUNT(*) FROM task WHERE status IN ('finalized', 'failed', 'cancelled') AND gold IS NULL",
     );
     assert!(
         finished.values().all(|n| *n == 1),
@@ -124,20 +181,54 @@ proptest! {
         let mut now = 0i64;
         let mut leases: Vec<(LeaseId, TaskId, WorkerId, bool)> = Vec::new();
         let mut finished = HashMap::new();
+        let mut tasks: Vec<TaskId> = Vec::new();
+        let gold = protocol::policy::GoldAddRequest {
+            items: (0..6).map(|i| protocol::policy::GoldItem::sentiment(format!("gold {i}"), true)).collect(),
+        };
+        apply(&mut conn, now, &mut finished, |c, x| gold::add(c, x, gold)).expect("gold");
         for s in steps {
             match s {
-                Step::Add { required, max_attempts } => {
+                Step::Add { required, max_attempts, majority } => {
                     let req = TaskAddRequest { tasks: vec![NewTask {
                         required_submissions: Some(required),
                         max_attempts: Some(max_attempts),
+                        policy: majority.then_some(protocol::policy::Policy::Majority),
                         ..NewTask::text("t")
                     }] };
-                    apply(&mut conn, now, &mut finished, |c, x| task_add::run(c, x, req)).expect("add");
+                    let r = apply(&mut conn, now, &mut finished, |c, x| task_add::run(c, x, req)).expect("add");
+                    tasks.extend(r.task_ids);
                 }
                 Step::Lease { worker, max } => {
+                    let quarantined = gold::quarantine(&conn, &wid(WORKERS[worker])).expect("read").is_some();
                     let req = lease_req(WORKERS[worker], max);
                     let r = apply(&mut conn, now, &mut finished, |c, x| lease::run(c, x, req)).expect("lease");
+                    for l in &r.leases {
+                        let t = load_task(&conn, &l.task_id).expect("leased task");
+                        prop_assert!(!quarantined || t.gold.is_some(), "a quarantined worker got a real task");
+                    }
                     leases.extend(r.leases.into_iter().map(|l| (l.lease_id, l.task_id, wid(WORKERS[worker]), false)));
+                }
+                Step::Cancel { pick } if !tasks.is_empty() => {
+                    let id = tasks[pick % tasks.len()];
+                    let open = !load_task(&conn, &id).expect("task").status.is_terminal();
+                    let before = dump(&conn);
+                    let req = protocol::policy::TaskIdsRequest { task_ids: vec![id] };
+                    let r = apply(&mut conn, now, &mut finished, |c, x| cancel::cancel(c, x, req));
+                    prop_assert_eq!(r.is_ok(), open);
+                    if !open {
+                        prop_assert_eq!(r.expect_err("closed").code(), ErrorCode::TaskClosed);
+                        prop_assert_eq!(dump(&conn), before);
+                    }
+                }
+                Step::Retry { pick } if !tasks.is_empty() => {
+                    let id = tasks[pick % tasks.len()];
+                    let failed = load_task(&conn, &id).expect("task").status == protocol::TaskStatus::Failed;
+                    let req = protocol::policy::TaskIdsRequest { task_ids: vec![id] };
+                    let r = apply(&mut conn, now, &mut finished, |c, x| cancel::retry(c, x, req));
+                    prop_assert_eq!(r.is_ok(), failed);
+                    if failed {
+                        finished.remove(&id);
+                    }
                 }
                 Step::Submit { pick, positive } if !leases.is_empty() => {
                     let i = pick % leases.len();

@@ -1,12 +1,13 @@
 //! `leaderboard`: every known worker with its points (one per submission that matched a
 //! finalized consensus or verification, less one per trap passed or report outside the
-//! verifiers' agreeing majority), submission count, model, agreement rate and traps caught and
-//! missed, highest points first; and
-//! agreement per model and task type (`leaderboard.models`).
+//! verifiers' agreeing majority), submission count, model, agreement rate, traps caught and
+//! missed, and accuracy on gold tasks, highest points first; and agreement and gold accuracy
+//! per model content and task type (`leaderboard.models`).
 
 use super::parsed;
 use crate::error::CoreError;
 use protocol::messages::{LeaderboardEntry, LeaderboardReply, ModelAgreement, ModelAgreementReply};
+use protocol::policy::GoldScore;
 use rusqlite::Connection;
 
 /// # Errors
@@ -19,7 +20,9 @@ pub(crate) fn run(conn: &Connection) -> Result<LeaderboardReply, CoreError> {
                     w.model,
                     (SELECT COUNT(*) FROM submission s WHERE s.worker_id = w.id AND s.agreed IS NOT NULL),
                     (SELECT COUNT(*) FROM submission s WHERE s.worker_id = w.id AND s.agreed),
-                    COALESCE(ws.traps_caught, 0), COALESCE(ws.traps_missed, 0)
+                    COALESCE(ws.traps_caught, 0), COALESCE(ws.traps_missed, 0),
+                    COALESCE(ws.gold_answered, 0), COALESCE(ws.gold_right, 0),
+                    w.quarantine IS NOT NULL
              FROM worker w LEFT JOIN worker_score ws ON ws.worker_id = w.id
              ORDER BY points DESC, w.id",
         )?
@@ -32,33 +35,48 @@ pub(crate) fn run(conn: &Connection) -> Result<LeaderboardReply, CoreError> {
                 agreement_rate: rate(r.get(5)?, r.get(4)?),
                 traps_caught: r.get(6)?,
                 traps_missed: r.get(7)?,
+                gold: GoldScore {
+                    answered: r.get(8)?,
+                    right: r.get(9)?,
+                },
+                quarantined: r.get(10)?,
             })
         })?
         .collect::<Result<_, _>>()?;
     Ok(LeaderboardReply { entries })
 }
 
-/// Agreement with consensus per model and task type, from the models submissions carried.
+/// Agreement with consensus and gold accuracy per model (id and content hash) and task type,
+/// from what submissions carried.
 ///
 /// # Errors
 /// Store errors only.
 pub(crate) fn by_model(conn: &Connection) -> Result<ModelAgreementReply, CoreError> {
     let models = conn
         .prepare_cached(
-            "SELECT COALESCE(s.model, '-'), t.type, COUNT(*),
-                    SUM(s.agreed IS NOT NULL), SUM(COALESCE(s.agreed, 0))
+            "SELECT COALESCE(s.model, '-'), s.model_hash, t.type, COUNT(*),
+                    SUM(s.agreed IS NOT NULL), SUM(COALESCE(s.agreed, 0)),
+                    SUM(t.gold IS NOT NULL),
+                    (SELECT COALESCE(SUM(g.correct), 0) FROM gold_answer g
+                     WHERE g.model IS s.model AND g.model_hash IS s.model_hash
+                       AND g.type = t.type)
              FROM submission s JOIN task t ON t.id = s.task_id
-             GROUP BY 1, 2 ORDER BY 1, 2",
+             GROUP BY s.model, s.model_hash, t.type ORDER BY 1, 2, 3",
         )?
         .query_map([], |r| {
-            let (decided, agreed): (u64, u64) = (r.get(3)?, r.get(4)?);
+            let (decided, agreed): (u64, u64) = (r.get(4)?, r.get(5)?);
             Ok(ModelAgreement {
                 model: r.get(0)?,
-                task_type: r.get(1)?,
-                submissions: r.get(2)?,
+                model_hash: r.get(1)?,
+                task_type: r.get(2)?,
+                submissions: r.get(3)?,
                 decided,
                 agreed,
                 agreement_rate: rate(agreed, decided),
+                gold: GoldScore {
+                    answered: r.get(6)?,
+                    right: r.get(7)?,
+                },
             })
         })?
         .collect::<Result<_, _>>()?;

@@ -22,15 +22,25 @@ struct Candidate {
     generation: Option<GenerationSpec>,
 }
 
-/// The "still needs workers and this one has not touched it" condition. Its first two terms
-/// repeat the `task_open` partial index's WHERE clause verbatim, which is what lets SQLite use it;
-/// the FIFO query names the index (`INDEXED BY`), so a plan change is an error, not a slow scan.
+/// The "still needs workers and this one (`?1`, serving model content `?4`) may take it"
+/// condition: it neither holds nor has answered the task, the task pins no other model content,
+/// and when it counts one answer per model, none is in or underway from `?4` (a worker that
+/// names no content gets none of those). Its first two terms repeat the `task_open` partial
+/// index's WHERE clause verbatim, which is what lets SQLite use it; the FIFO query names the
+/// index (`INDEXED BY`), so a plan change is an error, not a slow scan.
 const OPEN_FOR_WORKER: &str =
     "status IN ('queued', 'assigned') AND required > active_leases + submissions
     AND NOT EXISTS (SELECT 1 FROM lease l
                     WHERE l.task_id = task.id AND l.worker_id = ?1 AND l.state = 'active')
     AND NOT EXISTS (SELECT 1 FROM submission s
-                    WHERE s.task_id = task.id AND s.worker_id = ?1)";
+                    WHERE s.task_id = task.id AND s.worker_id = ?1)
+    AND (model_hash IS NULL OR model_hash = ?4)
+    AND (NOT distinct_models OR (?4 IS NOT NULL
+        AND NOT EXISTS (SELECT 1 FROM submission s
+                        WHERE s.task_id = task.id AND s.model_hash = ?4)
+        AND NOT EXISTS (SELECT 1 FROM lease l JOIN worker w ON w.id = l.worker_id
+                        WHERE l.task_id = task.id AND l.state = 'active'
+                          AND w.model_hash = ?4)))";
 
 /// The timings workers must keep to.
 pub(crate) fn timings(ctx: &Ctx) -> Timings {
@@ -63,8 +73,20 @@ pub(crate) fn run(
     let want = req
         .max_tasks
         .min(ctx.settings.max_leases_per_worker.saturating_sub(held)) as usize;
+    // A quarantined worker gets gold only, until its gold accuracy recovers.
+    let quarantined = super::gold::quarantine(conn, worker)?.is_some();
     let mut picks = Vec::new();
-    if want > 0 {
+    let mut gold = Vec::new();
+    if quarantined {
+        gold = super::gold::lease(
+            conn,
+            ctx,
+            worker,
+            &req.capabilities,
+            req.model_hash.as_deref(),
+            want,
+        )?;
+    } else if want > 0 {
         if let Some(hint) = &req.task_id {
             picks.extend(hinted(
                 conn,
@@ -81,15 +103,31 @@ pub(crate) fn run(
         // that names no hash gets none.
         caps.retain(|c| !c.is_generative() || req.model_hash.is_some());
         for cap in &caps {
-            let hash = cap
-                .is_generative()
-                .then_some(req.model_hash.as_deref())
-                .flatten();
-            picks.extend(oldest_open(conn, worker, cap, hash, want)?);
+            picks.extend(oldest_open(
+                conn,
+                worker,
+                cap,
+                req.model_hash.as_deref(),
+                want,
+            )?);
         }
         picks.sort_by_key(|c| c.seq);
         picks.dedup_by_key(|c| c.seq);
         picks.truncate(want);
+        // Gold rides along with real work, in place of the newest picks (so every open task
+        // before the last pick kept is still held or answered: the cursor below stays true).
+        let gold_slots = (0..picks.len())
+            .filter(|_| fastrand::f64() < ctx.settings.gold_rate)
+            .count();
+        gold = super::gold::lease(
+            conn,
+            ctx,
+            worker,
+            &req.capabilities,
+            req.model_hash.as_deref(),
+            gold_slots,
+        )?;
+        picks.truncate(picks.len() - gold.len());
         // Every open task of each type up to its last pick is now held or answered by this
         // worker (the walk returned the others first): the next walk starts after it.
         let mut advance = conn.prepare_cached(
@@ -134,8 +172,12 @@ pub(crate) fn run(
             expires_at: from_ms(expires_at),
         });
     }
+    // Gold among them, where real leases would be.
+    for g in gold {
+        leases.insert(fastrand::usize(..=leases.len()), g);
+    }
     // Then candidates to score, on tasks of the model content the worker serves.
-    if let Some(hash) = req.model_hash.as_deref() {
+    if let (Some(hash), false) = (req.model_hash.as_deref(), quarantined) {
         let room = want - leases.len();
         if room > 0 {
             leases.extend(super::verify::lease_slots(
@@ -174,12 +216,12 @@ pub(crate) fn next_for(
     Ok(run(conn, ctx, req)?.leases.pop())
 }
 
-/// The open tasks of type `?2` that worker `?1` may take, oldest first, after its lease cursor,
-/// at most `?3`; of generative types, only those pinning model content `?4`.
+/// The open tasks of type `?2` that worker `?1`, serving model content `?4`, may take, oldest
+/// first, after its lease cursor, at most `?3`.
 fn oldest_open_sql() -> String {
     format!(
         "SELECT seq, id, text, labels, generation FROM task INDEXED BY task_open
-         WHERE type = ?2 AND {OPEN_FOR_WORKER} AND (?4 IS NULL OR model_hash = ?4)
+         WHERE type = ?2 AND {OPEN_FOR_WORKER}
            AND seq > coalesce((SELECT after FROM temp.lease_cursor
                                WHERE worker_id = ?1 AND type = ?2), 0)
          ORDER BY seq LIMIT ?3"
@@ -230,16 +272,20 @@ fn hinted(
     );
     let row = conn
         .prepare_cached(&sql)?
-        .query_row(params![worker.as_str(), task.to_string()], |r| {
-            Ok(Candidate {
-                seq: r.get(0)?,
-                id: r.get(1)?,
-                task_type: super::parsed(r, 2)?,
-                text: r.get(3)?,
-                labels: r.get::<_, Option<Json<Vec<String>>>>(4)?.map(|j| j.0),
-                generation: r.get::<_, Option<Json<GenerationSpec>>>(5)?.map(|j| j.0),
-            })
-        })
+        .query_row(
+            // `?3` is unused: the condition names the worker's content `?4`.
+            params![worker.as_str(), task.to_string(), 0, model_hash],
+            |r| {
+                Ok(Candidate {
+                    seq: r.get(0)?,
+                    id: r.get(1)?,
+                    task_type: super::parsed(r, 2)?,
+                    text: r.get(3)?,
+                    labels: r.get::<_, Option<Json<Vec<String>>>>(4)?.map(|j| j.0),
+                    generation: r.get::<_, Option<Json<GenerationSpec>>>(5)?.map(|j| j.0),
+                })
+            },
+        )
         .optional()?;
     Ok(row.filter(|c| {
         capabilities.contains(&c.task_type)

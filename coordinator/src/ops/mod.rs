@@ -2,11 +2,15 @@
 //! transaction and a [`Ctx`] (the clock reading, the tunables, and the effects to publish after
 //! commit), so it runs the same under NATS, HTTP and unit tests.
 
+pub(crate) mod cancel;
+pub(crate) mod gold;
 pub(crate) mod heartbeat;
 #[cfg(test)]
 mod invariants;
 pub(crate) mod leaderboard;
 pub(crate) mod lease;
+#[cfg(test)]
+mod policy_tests;
 pub(crate) mod release;
 pub(crate) mod reset;
 pub(crate) mod starved;
@@ -24,6 +28,7 @@ use crate::error::CoreError;
 use crate::store::{blob_to_vector, from_ms};
 use protocol::generation::{blob_to_ids, GenerationSpec, VerifyMode};
 use protocol::messages::{FailureReason, TaskAnnouncement, TaskEvent, TaskView};
+use protocol::policy::VoteRule;
 use protocol::{TaskId, TaskStatus, TaskType, WorkerId};
 use rusqlite::types::{FromSql, FromSqlError, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -31,6 +36,12 @@ use std::str::FromStr;
 
 /// The default [`Settings::trap_rate`].
 pub(crate) const DEFAULT_TRAP_RATE: f64 = 0.1;
+/// The default [`Settings::gold_rate`].
+pub(crate) const DEFAULT_GOLD_RATE: f64 = 0.05;
+/// The default [`Settings::gold_min_answers`].
+pub(crate) const DEFAULT_GOLD_MIN_ANSWERS: u32 = 20;
+/// The default [`Settings::gold_min_accuracy`].
+pub(crate) const DEFAULT_GOLD_MIN_ACCURACY: f64 = 0.5;
 
 /// The tunables the operations need.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -49,6 +60,15 @@ pub struct Settings {
     pub trap_rate: f64,
     /// How generative tasks that do not say are verified.
     pub verify_default: VerifyMode,
+    /// Probability that a lease slot holds a gold (known-answer) task instead of a real one.
+    pub gold_rate: f64,
+    /// Gold answers a worker gives before its gold accuracy can quarantine it.
+    pub gold_min_answers: u32,
+    /// Gold accuracy (over the last `gold::WINDOW` gold answers) below which a worker is
+    /// quarantined.
+    pub gold_min_accuracy: f64,
+    /// Whether label and embedding tasks that do not say count one answer per model content.
+    pub distinct_models_default: bool,
 }
 
 impl Default for Settings {
@@ -61,6 +81,10 @@ impl Default for Settings {
             max_leases_per_worker: 64,
             trap_rate: DEFAULT_TRAP_RATE,
             verify_default: VerifyMode::Exact,
+            gold_rate: DEFAULT_GOLD_RATE,
+            gold_min_answers: DEFAULT_GOLD_MIN_ANSWERS,
+            gold_min_accuracy: DEFAULT_GOLD_MIN_ACCURACY,
+            distinct_models_default: false,
         }
     }
 }
@@ -167,6 +191,18 @@ pub(crate) struct TaskRow {
     pub verifying: bool,
     /// Scorings each distinct candidate gets.
     pub verifiers: u32,
+    /// The answers the client asked for (`required` grows past it in inconclusive rounds).
+    pub asked: u32,
+    /// How the answers decide it.
+    pub vote: VoteRule,
+    /// Its answers reached no quorum: more replicas run.
+    pub inconclusive: bool,
+    /// At most one counted answer per model content hash.
+    pub distinct_models: bool,
+    /// The model content it pins (generative tasks: the spec's).
+    pub model_hash: Option<String>,
+    /// The gold item this task is an instance of.
+    pub gold: Option<i64>,
     /// Only read with [`TASK_VIEW_COLUMNS`].
     pub reserved_by: Option<WorkerId>,
     pub lease_expires_at: Option<i64>,
@@ -176,16 +212,25 @@ pub(crate) struct TaskRow {
 pub(crate) const TASK_COLUMNS: &str = "id, type, text, status, required, max_attempts, attempts, \
      active_leases, submissions, final_label, final_confidence, error_message, created_at, finished_at, \
      labels, similarity, final_embedding, generation, final_token_ids, final_text, failure_reason, \
-     verifying, verifiers";
+     verifying, verifiers, asked, policy, min_quorum, max_answers, inconclusive, distinct_models, \
+     model_hash, gold";
 
 /// Where [`TASK_VIEW_COLUMNS`] goes past [`TASK_COLUMNS`]: the live-lease summary.
-const VIEW_RESERVED_BY: usize = 23;
+const VIEW_RESERVED_BY: usize = 31;
+
+/// A task's state as views show it: an open task in cross-scoring is `verifying`, one past a
+/// round without a quorum `inconclusive`.
+pub(crate) const VIEW_STATUS_SQL: &str =
+    "CASE WHEN status IN ('queued', 'assigned') AND verifying \
+     THEN 'verifying' WHEN status IN ('queued', 'assigned') AND inconclusive THEN 'inconclusive' \
+     ELSE status END";
 
 /// [`TASK_COLUMNS`] plus the live-lease summary that views show (kept off the hot paths).
 pub(crate) const TASK_VIEW_COLUMNS: &str = "id, type, text, status, required, max_attempts, attempts, \
      active_leases, submissions, final_label, final_confidence, error_message, created_at, finished_at, \
      labels, similarity, final_embedding, generation, final_token_ids, final_text, failure_reason, \
-     verifying, verifiers, \
+     verifying, verifiers, asked, policy, min_quorum, max_answers, inconclusive, distinct_models, \
+     model_hash, gold, \
      (SELECT worker_id FROM lease l WHERE l.task_id = task.id AND l.state = 'active' \
       ORDER BY l.created_at DESC LIMIT 1), \
      (SELECT MAX(expires_at) FROM lease l WHERE l.task_id = task.id AND l.state = 'active')";
@@ -216,6 +261,16 @@ impl TaskRow {
             failure_reason: parsed_opt(r, 20)?,
             verifying: r.get(21)?,
             verifiers: r.get(22)?,
+            asked: r.get(23)?,
+            vote: VoteRule {
+                policy: parsed(r, 24)?,
+                min_quorum: r.get(25)?,
+                max_answers: r.get(26)?,
+            },
+            inconclusive: r.get(27)?,
+            distinct_models: r.get(28)?,
+            model_hash: r.get(29)?,
+            gold: r.get(30)?,
             reserved_by: if r.as_ref().column_count() > VIEW_RESERVED_BY {
                 parsed_opt(r, VIEW_RESERVED_BY)?
             } else {
@@ -230,16 +285,20 @@ impl TaskRow {
     }
 
     pub(crate) fn view(self) -> TaskView {
+        let status = self.view_status();
         TaskView {
             id: self.id,
             task_type: self.task_type,
             text: self.text,
+            status,
             labels: self.labels,
             similarity: self.similarity,
-            status: if self.verifying && !self.status.is_terminal() {
-                TaskStatus::Verifying
+            vote: self.generation.is_none().then_some(self.vote),
+            distinct_models: self.distinct_models,
+            model_hash: if self.generation.is_none() {
+                self.model_hash
             } else {
-                self.status
+                None
             },
             final_label: self.final_label,
             final_embedding: self.final_embedding,
@@ -247,7 +306,7 @@ impl TaskRow {
             generation: self.generation,
             final_text: self.final_text,
             final_token_ids: self.final_token_ids,
-            required_submissions: self.required,
+            required_submissions: self.asked,
             submissions: self.submissions,
             active_leases: self.active_leases,
             attempts: self.attempts,
@@ -258,6 +317,16 @@ impl TaskRow {
             failure_reason: self.failure_reason,
             created_at: from_ms(self.created_at),
             finished_at: self.finished_at.map(from_ms),
+        }
+    }
+
+    /// The state views show (see [`VIEW_STATUS_SQL`]).
+    pub(crate) fn view_status(&self) -> TaskStatus {
+        match self.status {
+            s if s.is_terminal() => s,
+            _ if self.verifying => TaskStatus::Verifying,
+            _ if self.inconclusive => TaskStatus::Inconclusive,
+            s => s,
         }
     }
 
@@ -384,13 +453,7 @@ pub(crate) fn end_lease_unanswered(
         )?
         .execute([task_id.to_string()])?;
     }
-    // The task may be open to workers whose lease cursors are past it (see `lease_cursor`).
-    conn.prepare_cached(
-        "UPDATE temp.lease_cursor SET after = t.seq - 1
-         FROM (SELECT seq, type FROM task WHERE id = ?1) AS t
-         WHERE lease_cursor.type = t.type AND lease_cursor.after >= t.seq",
-    )?
-    .execute([task_id.to_string()])?;
+    rewind_cursors(conn, task_id)?;
     let task = load_task(conn, task_id)?;
     if task.status.is_terminal() {
         return Ok((true, false));
@@ -412,6 +475,18 @@ pub(crate) fn end_lease_unanswered(
     Ok((true, false))
 }
 
+/// A task may now be open to workers whose lease cursors are past it (see `lease_cursor`):
+/// their next walk starts before it.
+pub(crate) fn rewind_cursors(conn: &Connection, task_id: &TaskId) -> Result<(), CoreError> {
+    conn.prepare_cached(
+        "UPDATE temp.lease_cursor SET after = t.seq - 1
+         FROM (SELECT seq, type FROM task WHERE id = ?1) AS t
+         WHERE lease_cursor.type = t.type AND lease_cursor.after >= t.seq",
+    )?
+    .execute([task_id.to_string()])?;
+    Ok(())
+}
+
 /// Moves a task to `failed`, cancelling any lease still live on it.
 pub(crate) fn fail_task(
     conn: &Connection,
@@ -420,33 +495,49 @@ pub(crate) fn fail_task(
     reason: FailureReason,
     message: String,
 ) -> Result<(), CoreError> {
+    close_task(conn, ctx, task, TaskStatus::Failed, Some(reason), message)
+}
+
+/// Ends an open task as `failed` or `cancelled`: its live leases (generation and scoring alike)
+/// are cancelled, so their holders learn on their next heartbeat or submission; its open
+/// scoring rows lapse. A gold task ends without an event: nobody waits for it.
+pub(crate) fn close_task(
+    conn: &Connection,
+    ctx: &mut Ctx,
+    task: &TaskRow,
+    status: TaskStatus,
+    reason: Option<FailureReason>,
+    message: String,
+) -> Result<(), CoreError> {
+    let tid = task.id.to_string();
     conn.prepare_cached(
         "UPDATE lease SET state = 'cancelled', ended_at = ?1 WHERE task_id = ?2 AND state = 'active'",
     )?
-    .execute(params![ctx.now, task.id.to_string()])?;
+    .execute(params![ctx.now, tid])?;
     conn.prepare_cached(
-        "UPDATE task SET status = 'failed', active_leases = 0, error_message = ?1, finished_at = ?2,
-             failure_reason = ?3
-         WHERE id = ?4",
+        "UPDATE verification SET state = 'lapsed', finished_at = ?1
+         WHERE task_id = ?2 AND state IN ('open', 'leased')",
+    )?
+    .execute(params![ctx.now, tid])?;
+    conn.prepare_cached(
+        "UPDATE task SET status = ?1, active_leases = 0, error_message = ?2, finished_at = ?3,
+             failure_reason = ?4
+         WHERE id = ?5",
     )?
     .execute(params![
+        status.as_str(),
         message,
         ctx.now,
-        reason.as_str(),
-        task.id.to_string()
+        reason.map(FailureReason::as_str),
+        tid
     ])?;
-    ctx.effects.push(Effect::Finished(TaskEvent {
-        task_id: task.id,
-        status: TaskStatus::Failed,
-        final_label: None,
-        final_embedding: None,
-        final_token_ids: None,
-        final_text: None,
-        final_confidence: None,
-        error_message: Some(message),
-        failure_reason: Some(reason),
-        at: from_ms(ctx.now),
-    }));
+    if task.gold.is_none() {
+        ctx.effects.push(Effect::Finished(TaskEvent {
+            error_message: Some(message),
+            failure_reason: reason,
+            ..TaskEvent::new(task.id, status, from_ms(ctx.now))
+        }));
+    }
     Ok(())
 }
 
@@ -455,7 +546,9 @@ pub(crate) mod testing {
     //! A fresh in-memory store and helpers shared by the operation tests.
 
     use super::*;
-    use protocol::messages::{LeaseReply, LeaseRequest, NewTask, TaskAddRequest};
+    use protocol::messages::{
+        Lease, LeaseReply, LeaseRequest, NewTask, SubmitReply, SubmitRequest, TaskAddRequest,
+    };
 
     pub(crate) fn store() -> Connection {
         let mut conn = Connection::open_in_memory().expect("in-memory sqlite");
@@ -468,8 +561,9 @@ pub(crate) mod testing {
             lease_ms: 10_000,
             heartbeat_ttl_ms: 6_000,
             max_attempts_default: 3,
-            // Traps are random: tests that want them ask for them.
+            // Traps and gold are random: tests that want them ask for them.
             trap_rate: 0.0,
+            gold_rate: 0.0,
             ..Settings::default()
         }
     }
@@ -511,5 +605,55 @@ pub(crate) mod testing {
 
     pub(crate) fn dump(conn: &Connection) -> String {
         crate::store::dump(conn).expect("dump")
+    }
+
+    /// One lease for `worker` on a `sentiment` task, if any.
+    pub(crate) fn take(conn: &mut Connection, now: i64, worker: &str) -> Vec<Lease> {
+        lease(conn, now, lease_req(worker, 1)).leases
+    }
+
+    /// Runs a submission in autocommit mode: every statement commits as it runs, so a refusal
+    /// that wrote anything before refusing leaves it in the store for the tests to see (in the
+    /// coordinator its savepoint would hide it).
+    pub(crate) fn send(
+        conn: &mut Connection,
+        now: i64,
+        task: &TaskId,
+        req: SubmitRequest,
+    ) -> (Result<SubmitReply, CoreError>, Vec<Effect>) {
+        assert!(conn.is_autocommit(), "a transaction is open");
+        let mut c = ctx(now);
+        let r = submit::run(conn, &mut c, task, req);
+        (r, c.effects)
+    }
+
+    /// A label answer on `lease`.
+    pub(crate) fn answer(
+        lease: &Lease,
+        worker: &str,
+        label: &str,
+        confidence: f64,
+    ) -> SubmitRequest {
+        SubmitRequest {
+            lease_id: lease.lease_id,
+            worker_id: wid(worker),
+            label: label.into(),
+            embedding: None,
+            generation: None,
+            verification: None,
+            confidence,
+            model: None,
+            model_hash: None,
+        }
+    }
+
+    /// `worker`'s points.
+    pub(crate) fn points(conn: &Connection, worker: &str) -> i64 {
+        conn.query_row(
+            "SELECT COALESCE((SELECT points FROM worker_score WHERE worker_id = ?1), 0)",
+            [worker],
+            |r| r.get(0),
+        )
+        .expect("points")
     }
 }

@@ -1,4 +1,5 @@
-//! `ops.reset`: delete every task, lease, submission, worker and score.
+//! `ops.reset`: delete every task, lease, submission, worker and score (gold answers included;
+//! the gold items themselves stay).
 
 use crate::error::CoreError;
 use protocol::messages::ResetRequest;
@@ -13,7 +14,7 @@ pub(crate) fn run(conn: &Connection, req: &ResetRequest) -> Result<(), CoreError
     }
     conn.execute_batch(
         "DELETE FROM submission; DELETE FROM lease; DELETE FROM task;
-         DELETE FROM worker_score; DELETE FROM worker;",
+         DELETE FROM worker_score; DELETE FROM worker; DELETE FROM gold_answer;",
     )?;
     crate::store::schema::forget_connection_tables(conn)?;
     tracing::warn!("store reset: every task, worker and score deleted");

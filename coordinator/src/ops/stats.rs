@@ -15,10 +15,11 @@ pub(crate) fn run(
 ) -> Result<StatsReply, CoreError> {
     let mut tasks_by_status: std::collections::BTreeMap<TaskStatus, u64> =
         TaskStatus::ALL.iter().map(|s| (*s, 0)).collect();
-    let mut stmt = conn.prepare_cached(
-        "SELECT CASE WHEN verifying AND status IN ('queued', 'assigned')
-                 THEN 'verifying' ELSE status END, COUNT(*) FROM task GROUP BY 1",
-    )?;
+    // Gold tasks (one per lease of a known-answer item) are not counted.
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {}, COUNT(*) FROM task WHERE gold IS NULL GROUP BY 1",
+        super::VIEW_STATUS_SQL
+    ))?;
     let rows = stmt.query_map([], |r| {
         Ok((super::parsed::<TaskStatus>(r, 0)?, r.get::<_, u64>(1)?))
     })?;

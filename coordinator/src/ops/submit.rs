@@ -8,7 +8,7 @@
 
 use super::{fail_task, load_task, parsed, verify, Ctx, Effect, TaskRow};
 use crate::consensus::{
-    decide, decide_identical, decide_vectors, distinct_count, VectorVote, Vote,
+    decide, decide_identical, decide_vectors, distinct_count, judge, Outcome, VectorVote, Vote,
 };
 use crate::error::CoreError;
 use crate::store::{blob_to_vector, from_ms, vector_to_blob};
@@ -162,6 +162,24 @@ pub(crate) fn accept(
         })?,
     };
     let (state, verify_row) = held_lease(conn, &lease_id, task_id, &sub.worker_id)?;
+    if task.distinct_models {
+        let counted: bool = conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM submission WHERE task_id = ?1 AND model_hash = ?2)",
+            )?
+            .query_row(params![tid, sub.model_hash], |r| r.get(0))?;
+        if counted {
+            return Err(ProtocolError::invalid(
+                "model_hash",
+                format!(
+                    "task {task_id} counts one answer per model content and already has one \
+                     from {}",
+                    sub.model_hash.as_deref().unwrap_or("none")
+                ),
+            )
+            .into());
+        }
+    }
     if verify_row.is_some() {
         return Err(ProtocolError::invalid(
             "verification",
@@ -213,6 +231,17 @@ pub(crate) fn accept(
     .execute([&tid])?;
     tracing::debug!(task_id = %task_id, worker_id = %sub.worker_id, label = %sub.label, "submission stored");
 
+    if let Some(gold) = task.gold {
+        super::gold::check(conn, ctx, &task, gold, &sub)?;
+        // Said as to any answer that did not complete its task: nothing about the known one.
+        return Ok(SubmitReply {
+            accepted: true,
+            duplicate: false,
+            finalized: false,
+            final_label: None,
+            final_text: None,
+        });
+    }
     if task.submissions + 1 < task.required {
         return Ok(SubmitReply {
             accepted: true,
@@ -224,18 +253,24 @@ pub(crate) fn accept(
     }
     debug_assert_eq!(task.active_leases, 1, "slots never exceed required");
     let (mut final_label, mut final_text) = (None, None);
-    if task.generation.is_some() {
+    let finalized = if task.generation.is_some() {
         final_text = finalize_generated(conn, ctx, &task)?;
-    } else if task.task_type.is_vector() {
-        let threshold = task.similarity.unwrap_or(DEFAULT_SIMILARITY);
-        finalize_vectors(conn, ctx, task_id, threshold)?;
+        final_text.is_some()
     } else {
-        final_label = Some(finalize(conn, ctx, task_id)?);
-    }
+        let outcome = if task.task_type.is_vector() {
+            let threshold = task.similarity.unwrap_or(DEFAULT_SIMILARITY);
+            finalize_vectors(conn, ctx, &task, threshold)?
+        } else {
+            let (outcome, label) = finalize(conn, ctx, &task)?;
+            final_label = label;
+            outcome
+        };
+        outcome == Outcome::Decided
+    };
     Ok(SubmitReply {
         accepted: true,
         duplicate: false,
-        finalized: task.generation.is_none() || final_text.is_some(),
+        finalized,
         final_label,
         final_text,
     })
@@ -288,6 +323,24 @@ fn check_fits(
     } else {
         "a label"
     };
+    if task.generation.is_none() {
+        if let Some(pinned) = &task.model_hash {
+            if model_hash != Some(pinned.as_str()) {
+                return Err(CoreError::ModelMismatch {
+                    task: task.id,
+                    pinned: pinned.clone(),
+                    ran: model_hash.unwrap_or("none").to_owned(),
+                });
+            }
+        }
+        if task.distinct_models && model_hash.is_none() {
+            return Err(ProtocolError::invalid(
+                "model_hash",
+                "this task counts one answer per model content: say which (model_hash)",
+            )
+            .into());
+        }
+    }
     match (answer, &task.generation) {
         (Answer::Generated(g), Some(spec)) => {
             if model_hash != Some(spec.model_hash.as_str()) {
@@ -337,10 +390,19 @@ fn check_fits(
     }
 }
 
-/// Decides the task by vote, marks agreeing submissions and awards their workers a point each.
-/// Runs once per task: only the submission that completes the required count calls it.
-fn finalize(conn: &Connection, ctx: &mut Ctx, task_id: &TaskId) -> Result<String, CoreError> {
-    let tid = task_id.to_string();
+/// Decides a label task under its vote rule, once its `required` answers are in. Only the
+/// submission that completes the required count calls it, so a task is decided exactly once:
+/// - decided: the winning label is final, the answers in its group agree and earn a point each;
+/// - no quorum yet: the task is `inconclusive` and needs one more answer from a distinct worker;
+/// - no quorum at `max_answers`: the task fails with `no_consensus`, nobody earns a point.
+///
+/// Returns the outcome and, when decided, the final label.
+fn finalize(
+    conn: &Connection,
+    ctx: &mut Ctx,
+    task: &TaskRow,
+) -> Result<(Outcome, Option<String>), CoreError> {
+    let tid = task.id.to_string();
     let votes: Vec<(String, f64)> = conn
         .prepare_cached("SELECT label, confidence FROM submission WHERE task_id = ?1")?
         .query_map([&tid], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -353,9 +415,14 @@ fn finalize(conn: &Connection, ctx: &mut Ctx, task_id: &TaskId) -> Result<String
         })
         .collect();
     let decision = decide(&ballot).expect("a task is finalized only with submissions");
+    let outcome = judge(&task.vote, decision.votes, decision.runner_up, votes.len());
+    if outcome != Outcome::Decided {
+        undecided(conn, ctx, task, outcome, votes.len(), decision.votes)?;
+        return Ok((outcome, None));
+    }
     conn.prepare_cached(
         "UPDATE task SET status = 'finalized', final_label = ?1, final_confidence = ?2,
-             finished_at = ?3
+             finished_at = ?3, inconclusive = 0
          WHERE id = ?4",
     )?
     .execute(params![decision.label, decision.confidence, ctx.now, tid])?;
@@ -363,19 +430,51 @@ fn finalize(conn: &Connection, ctx: &mut Ctx, task_id: &TaskId) -> Result<String
         .execute(params![decision.label, tid])?;
     award_points(conn, &tid)?;
     let answer = Final::Label(decision.label.clone());
-    finished(ctx, task_id, answer, decision.confidence);
-    Ok(decision.label)
+    finished(ctx, &task.id, answer, decision.confidence);
+    Ok((Outcome::Decided, Some(decision.label)))
+}
+
+/// A round of answers without a quorum: one more replica (the task is `inconclusive`, open to
+/// workers that have not answered it), or, at `max_answers`, failure with `no_consensus`. The
+/// answers are kept and nobody earns a point.
+fn undecided(
+    conn: &Connection,
+    ctx: &mut Ctx,
+    task: &TaskRow,
+    outcome: Outcome,
+    answers: usize,
+    largest: usize,
+) -> Result<(), CoreError> {
+    if outcome == Outcome::NoConsensus {
+        let message = format!(
+            "no consensus: {answers} answers (the most), the largest agreeing group {largest} \
+             (quorum {} and more than any other); the answers are kept",
+            task.vote.min_quorum
+        );
+        return fail_task(conn, ctx, task, FailureReason::NoConsensus, message);
+    }
+    conn.prepare_cached("UPDATE task SET required = required + 1, inconclusive = 1 WHERE id = ?1")?
+        .execute([task.id.to_string()])?;
+    super::rewind_cursors(conn, &task.id)?;
+    tracing::debug!(task_id = %task.id, answers, largest, "inconclusive: one more replica");
+    ctx.effects.push(Effect::Announce(task.announcement()));
+    ctx.effects.push(Effect::Finished(TaskEvent {
+        answers: Some(answers as u32),
+        ..TaskEvent::new(task.id, TaskStatus::Inconclusive, from_ms(ctx.now))
+    }));
+    Ok(())
 }
 
 /// Decides an `embedding` task: the largest group of answers within `threshold` cosine of one
-/// another wins; its members agree and earn a point each.
+/// another wins, under the task's vote rule (see [`finalize`]); its members agree and earn a
+/// point each.
 fn finalize_vectors(
     conn: &Connection,
     ctx: &mut Ctx,
-    task_id: &TaskId,
+    task: &TaskRow,
     threshold: f64,
-) -> Result<(), CoreError> {
-    let tid = task_id.to_string();
+) -> Result<Outcome, CoreError> {
+    let tid = task.id.to_string();
     let rows: Vec<(i64, Vec<u8>, f64)> = conn
         .prepare_cached(
             "SELECT id, embedding, confidence FROM submission WHERE task_id = ?1 ORDER BY id",
@@ -393,9 +492,19 @@ fn finalize_vectors(
         .collect();
     let decision =
         decide_vectors(&ballot, threshold).expect("a task is finalized only with submissions");
+    let outcome = judge(
+        &task.vote,
+        decision.members.len(),
+        decision.runner_up,
+        rows.len(),
+    );
+    if outcome != Outcome::Decided {
+        undecided(conn, ctx, task, outcome, rows.len(), decision.members.len())?;
+        return Ok(outcome);
+    }
     conn.prepare_cached(
         "UPDATE task SET status = 'finalized', final_embedding = ?1, final_confidence = ?2,
-             finished_at = ?3
+             finished_at = ?3, inconclusive = 0
          WHERE id = ?4",
     )?
     .execute(params![
@@ -411,11 +520,11 @@ fn finalize_vectors(
     award_points(conn, &tid)?;
     finished(
         ctx,
-        task_id,
+        &task.id,
         Final::Vector(decision.vector),
         decision.confidence,
     );
-    Ok(())
+    Ok(Outcome::Decided)
 }
 
 /// Decides a generative task by exact match: when a strict majority of its answers are the same
@@ -497,16 +606,12 @@ pub(crate) fn finished(ctx: &mut Ctx, task_id: &TaskId, answer: Final, confidenc
         Final::Generated(ids, text) => (final_token_ids, final_text) = (Some(ids), Some(text)),
     }
     ctx.effects.push(Effect::Finished(TaskEvent {
-        task_id: *task_id,
-        status: TaskStatus::Finalized,
         final_label,
         final_embedding,
         final_token_ids,
         final_text,
         final_confidence: Some(confidence),
-        error_message: None,
-        failure_reason: None,
-        at: from_ms(ctx.now),
+        ..TaskEvent::new(*task_id, TaskStatus::Finalized, from_ms(ctx.now))
     }));
 }
 
@@ -543,48 +648,6 @@ mod tests {
     use protocol::generation::VerifyMode;
     use protocol::messages::{Lease, LeaseRequest, NewTask};
     use protocol::{ErrorCode, TaskType};
-
-    fn take(conn: &mut Connection, now: i64, worker: &str) -> Vec<Lease> {
-        lease(conn, now, lease_req(worker, 1)).leases
-    }
-
-    /// Runs a submission in autocommit mode: every statement commits as it runs, so a refusal
-    /// that wrote anything before refusing leaves it in the store for the tests to see (in the
-    /// coordinator its savepoint would hide it).
-    fn send(
-        conn: &mut Connection,
-        now: i64,
-        task: &TaskId,
-        req: SubmitRequest,
-    ) -> (Result<SubmitReply, CoreError>, Vec<Effect>) {
-        assert!(conn.is_autocommit(), "a transaction is open");
-        let mut c = ctx(now);
-        let r = run(conn, &mut c, task, req);
-        (r, c.effects)
-    }
-
-    fn answer(lease: &Lease, worker: &str, label: &str, confidence: f64) -> SubmitRequest {
-        SubmitRequest {
-            lease_id: lease.lease_id,
-            worker_id: wid(worker),
-            label: label.into(),
-            embedding: None,
-            generation: None,
-            verification: None,
-            confidence,
-            model: None,
-            model_hash: None,
-        }
-    }
-
-    fn points(conn: &Connection, worker: &str) -> i64 {
-        conn.query_row(
-            "SELECT COALESCE((SELECT points FROM worker_score WHERE worker_id = ?1), 0)",
-            [worker],
-            |r| r.get(0),
-        )
-        .expect("points")
-    }
 
     #[test]
     fn three_votes_finalize_once_and_score_the_majority() {

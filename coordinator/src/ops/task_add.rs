@@ -20,8 +20,10 @@ pub(crate) fn run(
     req.validate(ctx.settings.max_text_bytes)?;
     let mut insert = conn.prepare_cached(
         "INSERT INTO task (id, type, text, status, required, max_attempts, created_at, labels,
-                           similarity, generation, model_hash, verifiers)
-         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                           similarity, generation, model_hash, verifiers, asked, policy,
+                           min_quorum, max_answers, distinct_models)
+         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                 ?16)",
     )?;
     let mut task_ids = Vec::with_capacity(req.tasks.len());
     for task in req.tasks {
@@ -37,7 +39,18 @@ pub(crate) fn run(
                 *seed = fastrand::u64(..);
             }
         }
-        let model_hash = spec.as_ref().map(|s| s.model_hash.clone());
+        let model_hash = spec
+            .as_ref()
+            .map(|s| s.model_hash.clone())
+            .or_else(|| task.model_hash.clone());
+        // Validated above. Generative tasks keep the majority rule's shape (they are decided
+        // by exact match and cross-scoring, not by this rule).
+        let rule = task.vote_rule()?;
+        let distinct_models = rule.is_some()
+            && model_hash.is_none()
+            && task
+                .distinct_models
+                .unwrap_or(ctx.settings.distinct_models_default);
         let generation = spec
             .as_ref()
             .map(|s| serde_json::to_string(s).expect("specs serialize"));
@@ -72,7 +85,12 @@ pub(crate) fn run(
             similarity,
             generation,
             model_hash,
-            verifiers
+            verifiers,
+            asked,
+            rule.map_or("majority", |r| r.policy.as_str()),
+            rule.map_or(1, |r| r.min_quorum),
+            rule.map_or(asked.max(required), |r| r.max_answers),
+            distinct_models
         ])?;
         ctx.effects.push(Effect::Announce(TaskAnnouncement {
             task_id: id,

@@ -29,7 +29,9 @@ pub(crate) fn recent(
     live: &Live,
     limit: u32,
 ) -> Result<Vec<TaskDetail>, CoreError> {
-    let sql = format!("SELECT {TASK_VIEW_COLUMNS} FROM task ORDER BY seq DESC LIMIT ?1");
+    let sql = format!(
+        "SELECT {TASK_VIEW_COLUMNS} FROM task WHERE gold IS NULL ORDER BY seq DESC LIMIT ?1"
+    );
     let tasks = conn
         .prepare_cached(&sql)?
         .query_map([limit], TaskRow::from_row)?

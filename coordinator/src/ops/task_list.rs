@@ -1,7 +1,9 @@
 //! `task.list`: tasks oldest first, optionally of one state. Lists leave out the consensus
-//! vectors of `embedding` tasks (`task.get` has them), so a long list stays small.
+//! vectors of `embedding` tasks (`task.get` has them), so a long list stays small, and gold
+//! tasks (each lease of a known-answer item is one: `aimarket leaderboard` shows what came of
+//! them).
 
-use super::{TaskRow, TASK_VIEW_COLUMNS};
+use super::{TaskRow, TASK_VIEW_COLUMNS, VIEW_STATUS_SQL};
 use crate::error::CoreError;
 use protocol::limits::MAX_LIST_LIMIT;
 use protocol::messages::{TaskListReply, TaskListRequest, TaskView};
@@ -26,15 +28,14 @@ pub(crate) fn run(conn: &Connection, req: &TaskListRequest) -> Result<TaskListRe
         Some(status) => conn
             .prepare_cached(&format!(
                 "SELECT {TASK_VIEW_COLUMNS} FROM task
-                 WHERE CASE WHEN verifying AND status IN ('queued', 'assigned')
-                            THEN 'verifying' ELSE status END = ?1
+                 WHERE {VIEW_STATUS_SQL} = ?1 AND gold IS NULL
                  ORDER BY seq LIMIT ?2"
             ))?
             .query_map(params![status.as_str(), limit], TaskRow::from_row)?
             .collect::<Result<Vec<_>, _>>()?,
         None => conn
             .prepare_cached(&format!(
-                "SELECT {TASK_VIEW_COLUMNS} FROM task ORDER BY seq LIMIT ?1"
+                "SELECT {TASK_VIEW_COLUMNS} FROM task WHERE gold IS NULL ORDER BY seq LIMIT ?1"
             ))?
             .query_map([limit], TaskRow::from_row)?
             .collect::<Result<Vec<_>, _>>()?,

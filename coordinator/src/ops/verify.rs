@@ -562,6 +562,7 @@ fn decide(
                  WHERE id = ?1",
             )?
             .execute([&tid])?;
+            super::rewind_cursors(conn, &task.id)?;
             tracing::info!(task_id = %task.id, generations, "no valid candidate; generating again");
             ctx.effects.push(Effect::Announce(task.announcement()));
             return Ok(None);

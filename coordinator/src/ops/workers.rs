@@ -5,6 +5,7 @@ use super::{parsed, Json};
 use crate::error::CoreError;
 use crate::store::from_ms;
 use protocol::messages::{WorkerView, WorkersReply};
+use protocol::policy::GoldScore;
 use protocol::WorkerStatus;
 use rusqlite::Connection;
 
@@ -20,7 +21,8 @@ pub(crate) fn run(
             "SELECT w.id, w.status, w.capabilities, w.model, w.last_seen, w.registered_at,
                     (SELECT COUNT(*) FROM lease l WHERE l.worker_id = w.id AND l.state = 'active'),
                     w.model_hash,
-                    COALESCE(ws.traps_caught, 0), COALESCE(ws.traps_missed, 0)
+                    COALESCE(ws.traps_caught, 0), COALESCE(ws.traps_missed, 0),
+                    COALESCE(ws.gold_answered, 0), COALESCE(ws.gold_right, 0), w.quarantine
              FROM worker w LEFT JOIN worker_score ws ON ws.worker_id = w.id ORDER BY w.id",
         )?
         .query_map([], |r| {
@@ -40,6 +42,11 @@ pub(crate) fn run(
                 active_leases: r.get(6)?,
                 traps_caught: r.get(8)?,
                 traps_missed: r.get(9)?,
+                gold: GoldScore {
+                    answered: r.get(10)?,
+                    right: r.get(11)?,
+                },
+                quarantine: r.get(12)?,
             })
         })?
         .collect::<Result<_, _>>()?;

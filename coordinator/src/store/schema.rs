@@ -151,6 +151,102 @@ CREATE INDEX verification_open ON verification (task_id, id) WHERE state = 'open
 CREATE INDEX verification_by_task ON verification (task_id, candidate);
 CREATE UNIQUE INDEX verification_by_lease ON verification (lease_id);
 "#,
+    r#"
+-- Votes that mean something. The task table is rebuilt (SQLite cannot widen a CHECK) to take:
+-- status `cancelled`; the vote rule (`policy`, `min_quorum`, `max_answers`; tasks created before
+-- keep the majority rule they were added under); `asked`, the answers the client asked for
+-- (`required` grows by one per inconclusive round, a generate-once task's starts at one);
+-- `inconclusive`, set while more replicas run after a round without a quorum; `distinct_models`
+-- (at most one counted answer per model hash); and `gold`, the known-answer item a gold task
+-- is an instance of (one per lease, so a gold task id is as fresh as any other).
+CREATE TABLE gold (
+    id         INTEGER PRIMARY KEY,
+    type       TEXT    NOT NULL,
+    text       TEXT    NOT NULL,
+    labels     TEXT,
+    generation TEXT,
+    model_hash TEXT,
+    answer     TEXT    NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX gold_once ON gold (type, text, coalesce(labels, ''));
+CREATE INDEX gold_by_type ON gold (type, id);
+CREATE TABLE task_rebuilt (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    id               TEXT    NOT NULL UNIQUE,
+    type             TEXT    NOT NULL,
+    text             TEXT    NOT NULL,
+    status           TEXT    NOT NULL
+        CHECK (status IN ('queued', 'assigned', 'finalized', 'failed', 'cancelled')),
+    required         INTEGER NOT NULL CHECK (required >= 1),
+    max_attempts     INTEGER NOT NULL CHECK (max_attempts >= 1),
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    active_leases    INTEGER NOT NULL DEFAULT 0 CHECK (active_leases >= 0),
+    submissions      INTEGER NOT NULL DEFAULT 0 CHECK (submissions >= 0),
+    final_label      TEXT,
+    final_confidence REAL,
+    error_message    TEXT,
+    created_at       INTEGER NOT NULL,
+    finished_at      INTEGER,
+    labels           TEXT,
+    similarity       REAL,
+    final_embedding  BLOB,
+    generation       TEXT,
+    model_hash       TEXT,
+    final_token_ids  BLOB,
+    final_text       TEXT,
+    failure_reason   TEXT CHECK (failure_reason IN ('max_attempts', 'no_consensus')),
+    verifying        INTEGER NOT NULL DEFAULT 0,
+    verifiers        INTEGER NOT NULL DEFAULT 0,
+    asked            INTEGER NOT NULL,
+    policy           TEXT    NOT NULL DEFAULT 'quorum' CHECK (policy IN ('quorum', 'majority')),
+    min_quorum       INTEGER NOT NULL DEFAULT 1 CHECK (min_quorum >= 1),
+    max_answers      INTEGER NOT NULL,
+    inconclusive     INTEGER NOT NULL DEFAULT 0,
+    distinct_models  INTEGER NOT NULL DEFAULT 0,
+    gold             INTEGER REFERENCES gold (id),
+    CHECK (active_leases + submissions <= required),
+    CHECK (required <= max_answers)
+);
+INSERT INTO task_rebuilt (seq, id, type, text, status, required, max_attempts, attempts,
+    active_leases, submissions, final_label, final_confidence, error_message, created_at,
+    finished_at, labels, similarity, final_embedding, generation, model_hash, final_token_ids,
+    final_text, failure_reason, verifying, verifiers, asked, policy, min_quorum, max_answers)
+SELECT seq, id, type, text, status, required, max_attempts, attempts, active_leases,
+    submissions, final_label, final_confidence, error_message, created_at, finished_at, labels,
+    similarity, final_embedding, generation, model_hash, final_token_ids, final_text,
+    failure_reason, verifying, verifiers,
+    CASE WHEN generation IS NOT NULL THEN max(verifiers + 1, required) ELSE required END,
+    'majority', 1, max(required, verifiers + 1)
+FROM task;
+DROP TABLE task;
+ALTER TABLE task_rebuilt RENAME TO task;
+CREATE INDEX task_open ON task (type, seq)
+    WHERE status IN ('queued', 'assigned') AND required > active_leases + submissions;
+CREATE INDEX task_status ON task (status, gold, seq);
+CREATE INDEX task_open_required ON task (type, required) WHERE status IN ('queued', 'assigned');
+CREATE INDEX task_by_gold ON task (gold) WHERE gold IS NOT NULL;
+
+-- Every gold answer, checked against the known one: accuracy per worker and per model.
+CREATE TABLE gold_answer (
+    id         INTEGER PRIMARY KEY,
+    gold_id    INTEGER NOT NULL REFERENCES gold (id) ON DELETE CASCADE,
+    task_id    TEXT    NOT NULL,
+    worker_id  TEXT    NOT NULL,
+    type       TEXT    NOT NULL,
+    model      TEXT,
+    model_hash TEXT,
+    answer     TEXT    NOT NULL,
+    correct    INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX gold_answer_by_worker ON gold_answer (worker_id, id);
+CREATE INDEX gold_answer_by_gold ON gold_answer (gold_id, worker_id);
+ALTER TABLE worker_score ADD COLUMN gold_answered INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE worker_score ADD COLUMN gold_right INTEGER NOT NULL DEFAULT 0;
+-- Why a worker is quarantined (it gets only gold), while it is.
+ALTER TABLE worker ADD COLUMN quarantine TEXT;
+"#,
 ];
 
 /// Tables of one connection (`temp`, in memory, gone when it closes), created when it opens.
@@ -195,12 +291,32 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             known: VERSION,
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", i as i64 + 1)?;
-        tx.commit()?;
-        tracing::info!(version = i + 1, "schema migrated");
+    if current == VERSION {
+        return Ok(());
     }
-    Ok(())
+    // A migration may rebuild a table that others reference: with foreign keys enforced, its
+    // DROP would cascade to them. They are checked before each migration commits instead.
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    let result = (|| -> Result<(), StoreError> {
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            let broken: i64 =
+                tx.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
+                    r.get(0)
+                })?;
+            if broken > 0 {
+                return Err(StoreError::Migration {
+                    version: i as i64 + 1,
+                    problem: format!("{broken} rows would break a foreign key"),
+                });
+            }
+            tx.pragma_update(None, "user_version", i as i64 + 1)?;
+            tx.commit()?;
+            tracing::info!(version = i + 1, "schema migrated");
+        }
+        Ok(())
+    })();
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    result
 }

@@ -1,0 +1,100 @@
+//! `task.cancel` and `task.retry`: a client ends open tasks, or gives failed ones another go.
+//! Both act on all the tasks named or on none.
+
+use super::{close_task, load_task, rewind_cursors, Ctx, Effect};
+use crate::error::CoreError;
+use protocol::messages::FailureReason;
+use protocol::policy::{Policy, TaskIdsReply, TaskIdsRequest};
+use protocol::{ProtocolError, TaskStatus};
+use rusqlite::Connection;
+
+/// Cancels open tasks: each becomes `cancelled`, its live leases end (their holders learn it
+/// on their next heartbeat or submission, `task_closed`), its answers are kept.
+///
+/// # Errors
+/// [`CoreError::TaskNotFound`] for an unknown id, [`CoreError::TaskClosed`] for a task already
+/// finalized, failed or cancelled; nothing is changed then.
+pub(crate) fn cancel(
+    conn: &Connection,
+    ctx: &mut Ctx,
+    req: TaskIdsRequest,
+) -> Result<TaskIdsReply, CoreError> {
+    req.validate()?;
+    for id in &req.task_ids {
+        let task = load_task(conn, id)?;
+        if task.status.is_terminal() || task.gold.is_some() {
+            return Err(CoreError::TaskClosed {
+                task: *id,
+                status: task.status,
+            });
+        }
+        let message = format!("cancelled with {} of its answers in", task.submissions);
+        close_task(conn, ctx, &task, TaskStatus::Cancelled, None, message)?;
+        tracing::info!(task_id = %id, "task cancelled");
+    }
+    Ok(TaskIdsReply {
+        task_ids: req.task_ids,
+    })
+}
+
+/// Requeues failed tasks with fresh attempts, keeping their earlier answers (visible in
+/// `task get`, and counted). A task that reached no consensus under the quorum policy may
+/// collect up to `required_submissions` more answers.
+///
+/// # Errors
+/// [`CoreError::TaskNotFound`] for an unknown id; [`CoreError::Invalid`] for a task that is not
+/// `failed`, or a generative task whose candidates were all scored (its answers cannot change);
+/// nothing is changed then.
+pub(crate) fn retry(
+    conn: &Connection,
+    ctx: &mut Ctx,
+    req: TaskIdsRequest,
+) -> Result<TaskIdsReply, CoreError> {
+    req.validate()?;
+    for id in &req.task_ids {
+        let task = load_task(conn, id)?;
+        if task.status != TaskStatus::Failed || task.gold.is_some() {
+            return Err(ProtocolError::invalid(
+                "task_ids",
+                format!(
+                    "task {id} is {}: only failed tasks are retried",
+                    task.status
+                ),
+            )
+            .into());
+        }
+        let no_consensus = task.failure_reason == Some(FailureReason::NoConsensus);
+        if no_consensus && task.generation.is_some() {
+            return Err(ProtocolError::invalid(
+                "task_ids",
+                format!(
+                    "task {id} is generative and its answers were scored to no valid \
+                     candidate: retrying would score the same answers again; add it anew"
+                ),
+            )
+            .into());
+        }
+        // A split at `max_answers` gets room for another round of answers.
+        let (required, max_answers) = if no_consensus && task.vote.policy == Policy::Quorum {
+            let max = (task.vote.max_answers + task.asked)
+                .min(protocol::policy::MAX_ANSWERS_LIMIT)
+                .max(task.submissions + 1);
+            (task.submissions + 1, max)
+        } else {
+            (task.required, task.vote.max_answers)
+        };
+        conn.prepare_cached(
+            "UPDATE task SET status = 'queued', attempts = 0, error_message = NULL,
+                 failure_reason = NULL, finished_at = NULL, required = ?1, max_answers = ?2
+             WHERE id = ?3",
+        )?
+        .execute(rusqlite::params![required, max_answers, id.to_string()])?;
+        rewind_cursors(conn, id)?;
+        ctx.effects
+            .push(Effect::Announce(load_task(conn, id)?.announcement()));
+        tracing::info!(task_id = %id, "task requeued");
+    }
+    Ok(TaskIdsReply {
+        task_ids: req.task_ids,
+    })
+}

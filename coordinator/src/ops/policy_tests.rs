@@ -1,0 +1,517 @@
+//! The vote rules end to end over the operations: quorums and inconclusive rounds, the majority
+//! policy, distinct models, pinned model content, gold tasks and quarantine, cancel and retry.
+
+use super::testing::*;
+use super::*;
+use protocol::messages::{Heartbeat, LeaseRequest, NewTask};
+use protocol::policy::{GoldAddRequest, GoldItem, Policy, TaskIdsRequest};
+use protocol::{ErrorCode, TaskStatus};
+
+fn zero_shot(required: u32, max_answers: u32) -> NewTask {
+    NewTask {
+        required_submissions: Some(required),
+        max_answers: Some(max_answers),
+        ..NewTask::zero_shot("x", &["a", "b", "c"])
+    }
+}
+
+fn take_zs(conn: &mut Connection, now: i64, worker: &str) -> Vec<protocol::messages::Lease> {
+    let req = LeaseRequest {
+        capabilities: vec![TaskType::zero_shot()],
+        ..lease_req(worker, 1)
+    };
+    lease(conn, now, req).leases
+}
+
+fn view_status(conn: &Connection, t: &TaskId) -> TaskStatus {
+    load_task(conn, t).expect("task").view_status()
+}
+
+#[test]
+fn a_split_is_inconclusive_until_one_more_replica_makes_a_quorum() {
+    let mut conn = store();
+    let t = add(
+        &mut conn,
+        0,
+        NewTask {
+            required_submissions: Some(2),
+            ..NewTask::text("x")
+        },
+    );
+    let (la, lb) = (
+        take(&mut conn, 1, "a").remove(0),
+        take(&mut conn, 1, "b").remove(0),
+    );
+    send(&mut conn, 2, &t, answer(&la, "a", "positive", 0.6))
+        .0
+        .expect("a");
+    // A 1-1 split: the more confident answer does not decide it.
+    let (r, fx) = send(&mut conn, 3, &t, answer(&lb, "b", "negative", 0.99));
+    assert!(!r.expect("b").finalized);
+    assert_eq!(view_status(&conn, &t), TaskStatus::Inconclusive);
+    assert!(fx.iter().any(|e| matches!(e,
+        Effect::Finished(ev) if ev.status == TaskStatus::Inconclusive && ev.answers == Some(2))));
+    assert!(fx.iter().any(|e| matches!(e, Effect::Announce(_))));
+    assert_eq!((points(&conn, "a"), points(&conn, "b")), (0, 0));
+    // The workers that answered cannot take the replica; a third one can.
+    assert!(take(&mut conn, 4, "a").is_empty() && take(&mut conn, 4, "b").is_empty());
+    let lc = take(&mut conn, 4, "c").remove(0);
+    let r = send(&mut conn, 5, &t, answer(&lc, "c", "positive", 0.5))
+        .0
+        .expect("c");
+    assert_eq!(
+        (r.finalized, r.final_label.as_deref()),
+        (true, Some("positive"))
+    );
+    let task = load_task(&conn, &t).expect("task");
+    assert_eq!(
+        (task.status, task.submissions, task.asked),
+        (TaskStatus::Finalized, 3, 2)
+    );
+    assert_eq!(
+        (points(&conn, "a"), points(&conn, "b"), points(&conn, "c")),
+        (1, 0, 1),
+        "points only inside the quorum"
+    );
+}
+
+#[test]
+fn no_quorum_by_max_answers_fails_and_a_retry_collects_more() {
+    let mut conn = store();
+    let t = add(&mut conn, 0, zero_shot(2, 3));
+    for (w, label) in [("a", "a"), ("b", "b"), ("c", "c")] {
+        let l = take_zs(&mut conn, 1, w).remove(0);
+        send(&mut conn, 2, &t, answer(&l, w, label, 0.9))
+            .0
+            .expect(w);
+    }
+    let task = load_task(&conn, &t).expect("task");
+    assert_eq!(task.status, TaskStatus::Failed);
+    assert_eq!(task.failure_reason, Some(FailureReason::NoConsensus));
+    assert!(task.error_message.expect("why").contains("no consensus"));
+    assert!(["a", "b", "c"].iter().all(|w| points(&conn, w) == 0));
+    assert!(
+        take_zs(&mut conn, 3, "d").is_empty(),
+        "a failed task is leased"
+    );
+
+    // Retry: the three answers stay, room for more is made, a fourth answer decides.
+    let retry = |conn: &mut Connection, id: TaskId| {
+        let tx = conn.transaction().expect("tx");
+        let r = cancel::retry(&tx, &mut ctx(4), TaskIdsRequest { task_ids: vec![id] });
+        tx.commit().expect("commit");
+        r
+    };
+    retry(&mut conn, t).expect("retry");
+    let task = load_task(&conn, &t).expect("task");
+    assert_eq!(
+        (task.status, task.submissions, task.attempts),
+        (TaskStatus::Queued, 3, 0)
+    );
+    assert!(task.error_message.is_none() && task.vote.max_answers == 5);
+    let l = take_zs(&mut conn, 5, "d").remove(0);
+    let r = send(&mut conn, 6, &t, answer(&l, "d", "b", 0.9))
+        .0
+        .expect("d");
+    assert_eq!(r.final_label.as_deref(), Some("b"));
+    assert_eq!(
+        (points(&conn, "b"), points(&conn, "d"), points(&conn, "a")),
+        (1, 1, 0)
+    );
+
+    // Only failed tasks are retried; the refusal changes nothing.
+    let before = dump(&conn);
+    let e = retry(&mut conn, t).expect_err("finalized");
+    assert_eq!(e.code(), ErrorCode::InvalidArgument);
+    let e = retry(&mut conn, TaskId::new()).expect_err("unknown");
+    assert_eq!(e.code(), ErrorCode::NotFound);
+    assert_eq!(dump(&conn), before);
+}
+
+#[test]
+fn the_majority_policy_keeps_the_original_tiebreak() {
+    let mut conn = store();
+    let t = add(
+        &mut conn,
+        0,
+        NewTask {
+            required_submissions: Some(2),
+            policy: Some(Policy::Majority),
+            ..NewTask::text("x")
+        },
+    );
+    let (la, lb) = (
+        take(&mut conn, 1, "a").remove(0),
+        take(&mut conn, 1, "b").remove(0),
+    );
+    send(&mut conn, 2, &t, answer(&la, "a", "positive", 0.6))
+        .0
+        .expect("a");
+    let r = send(&mut conn, 3, &t, answer(&lb, "b", "negative", 0.99))
+        .0
+        .expect("b");
+    assert_eq!(
+        r.final_label.as_deref(),
+        Some("negative"),
+        "higher confidence"
+    );
+    assert_eq!((points(&conn, "a"), points(&conn, "b")), (0, 1));
+}
+
+const H1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+const H2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+fn take_as(
+    conn: &mut Connection,
+    worker: &str,
+    hash: Option<&str>,
+) -> Vec<protocol::messages::Lease> {
+    let req = LeaseRequest {
+        model_hash: hash.map(str::to_owned),
+        ..lease_req(worker, 1)
+    };
+    lease(conn, 1, req).leases
+}
+
+#[test]
+fn distinct_models_count_one_answer_per_model_content() {
+    let mut conn = store();
+    let t = add(
+        &mut conn,
+        0,
+        NewTask {
+            required_submissions: Some(2),
+            distinct_models: Some(true),
+            ..NewTask::text("x")
+        },
+    );
+    assert!(
+        take_as(&mut conn, "anon", None).is_empty(),
+        "no hash, no distinct-model task"
+    );
+    let l1 = take_as(&mut conn, "a", Some(H1)).remove(0);
+    assert!(
+        take_as(&mut conn, "a2", Some(H1)).is_empty(),
+        "same content, lease live"
+    );
+    let mut sub = answer(&l1, "a", "positive", 0.9);
+    sub.model_hash = Some(H1.into());
+    send(&mut conn, 2, &t, sub).0.expect("a");
+    assert!(
+        take_as(&mut conn, "a3", Some(H1)).is_empty(),
+        "same content, answered"
+    );
+    let l2 = take_as(&mut conn, "b", Some(H2)).remove(0);
+    // A worker that switched to content already counted is refused.
+    let mut sub = answer(&l2, "b", "positive", 0.9);
+    sub.model_hash = Some(H1.into());
+    let before = dump(&conn);
+    let e = send(&mut conn, 3, &t, sub.clone())
+        .0
+        .expect_err("same content");
+    assert_eq!(e.code(), ErrorCode::InvalidArgument);
+    assert_eq!(dump(&conn), before);
+    sub.model_hash = Some(H2.into());
+    assert!(send(&mut conn, 3, &t, sub).0.expect("b").finalized);
+}
+
+#[test]
+fn a_label_task_can_pin_model_content() {
+    let mut conn = store();
+    let t = add(
+        &mut conn,
+        0,
+        NewTask {
+            required_submissions: Some(1),
+            model_hash: Some(H1.into()),
+            ..NewTask::text("x")
+        },
+    );
+    assert!(take_as(&mut conn, "other", Some(H2)).is_empty());
+    assert!(take_as(&mut conn, "none", None).is_empty());
+    let l = take_as(&mut conn, "a", Some(H1)).remove(0);
+    let mut sub = answer(&l, "a", "positive", 0.9);
+    sub.model_hash = Some(H2.into());
+    let before = dump(&conn);
+    let e = send(&mut conn, 2, &t, sub.clone())
+        .0
+        .expect_err("other content");
+    assert_eq!(e.code(), ErrorCode::ModelMismatch);
+    assert_eq!(dump(&conn), before);
+    sub.model_hash = Some(H1.into());
+    assert!(send(&mut conn, 2, &t, sub).0.expect("pinned").finalized);
+}
+
+#[test]
+fn policies_out_of_bounds_are_refused_and_store_nothing() {
+    let conn = store();
+    let before = dump(&conn);
+    let bad = [
+        NewTask {
+            min_quorum: Some(4),
+            ..NewTask::text("x")
+        },
+        NewTask {
+            max_answers: Some(2),
+            ..NewTask::text("x")
+        },
+        NewTask {
+            policy: Some(Policy::Majority),
+            min_quorum: Some(2),
+            ..NewTask::text("x")
+        },
+        NewTask {
+            distinct_models: Some(true),
+            model_hash: Some(H1.into()),
+            ..NewTask::text("x")
+        },
+        NewTask {
+            policy: Some(Policy::Quorum),
+            ..NewTask::generated(TaskType::generate(), "x")
+        },
+        NewTask {
+            model_hash: Some("not-a-hash".into()),
+            ..NewTask::text("x")
+        },
+    ];
+    for task in bad {
+        let req = protocol::messages::TaskAddRequest {
+            tasks: vec![NewTask::text("fine"), task.clone()],
+        };
+        let e = task_add::run(&conn, &mut ctx(0), req).expect_err("refused");
+        assert!(
+            matches!(
+                e.code(),
+                ErrorCode::InvalidArgument | ErrorCode::UnknownModel
+            ),
+            "{task:?}: {e}"
+        );
+        assert_eq!(dump(&conn), before, "{task:?} stored something");
+    }
+}
+
+fn cancel_ids(conn: &mut Connection, ids: Vec<TaskId>) -> Result<Vec<Effect>, CoreError> {
+    let tx = conn.transaction().expect("tx");
+    let mut c = ctx(5);
+    cancel::cancel(&tx, &mut c, TaskIdsRequest { task_ids: ids })?;
+    tx.commit().expect("commit");
+    Ok(c.effects)
+}
+
+#[test]
+fn a_cancelled_task_closes_its_leases_and_refuses_late_answers() {
+    let mut conn = store();
+    let done = add(
+        &mut conn,
+        0,
+        NewTask {
+            required_submissions: Some(1),
+            ..NewTask::text("y")
+        },
+    );
+    let t = add(&mut conn, 0, NewTask::text("x"));
+    let ld = take(&mut conn, 1, "d").remove(0);
+    assert_eq!(ld.task_id, done);
+    let la = take(&mut conn, 1, "a").remove(0);
+    send(&mut conn, 2, &done, answer(&ld, "d", "positive", 0.9))
+        .0
+        .expect("d");
+
+    // All or none: an unknown or finished task in the list cancels nothing.
+    let before = dump(&conn);
+    let e = cancel_ids(&mut conn, vec![t, TaskId::new()]).expect_err("unknown");
+    assert_eq!(e.code(), ErrorCode::NotFound);
+    let e = cancel_ids(&mut conn, vec![t, done]).expect_err("finished");
+    assert_eq!(e.code(), ErrorCode::TaskClosed);
+    assert_eq!(dump(&conn), before);
+
+    let fx = cancel_ids(&mut conn, vec![t]).expect("cancel");
+    assert!(fx.iter().any(|e| matches!(e,
+        Effect::Finished(ev) if ev.status == TaskStatus::Cancelled)));
+    let task = load_task(&conn, &t).expect("task");
+    assert_eq!(
+        (task.status, task.active_leases),
+        (TaskStatus::Cancelled, 0)
+    );
+    // The holder learns it on its next heartbeat, and its answer is refused.
+    let hb = Heartbeat {
+        worker_id: wid("a"),
+        capabilities: vec![TaskType::sentiment()],
+        model: None,
+        model_hash: None,
+        leases: Some(vec![la.lease_id]),
+    };
+    let tx = conn.transaction().expect("tx");
+    let r = heartbeat::run(&tx, &mut ctx(6), &wid("a"), hb).expect("heartbeat");
+    tx.commit().expect("commit");
+    assert_eq!((r.renewed, r.closed), (0, vec![la.lease_id]));
+    let e = send(&mut conn, 7, &t, answer(&la, "a", "positive", 0.9))
+        .0
+        .expect_err("late");
+    assert_eq!(e.code(), ErrorCode::TaskClosed);
+    assert!(
+        take(&mut conn, 8, "b").is_empty(),
+        "a cancelled task is leased"
+    );
+    let e = cancel_ids(&mut conn, vec![t]).expect_err("twice");
+    assert_eq!(e.code(), ErrorCode::TaskClosed);
+}
+
+fn gold_settings(rate: f64) -> Settings {
+    Settings {
+        gold_rate: rate,
+        gold_min_answers: 4,
+        gold_min_accuracy: 0.5,
+        ..settings()
+    }
+}
+
+fn add_gold(
+    conn: &mut Connection,
+    items: Vec<GoldItem>,
+) -> Result<protocol::policy::GoldAddReply, CoreError> {
+    let tx = conn.transaction().expect("tx");
+    let r = gold::add(&tx, &mut ctx(0), GoldAddRequest { items })?;
+    tx.commit().expect("commit");
+    Ok(r)
+}
+
+fn lease_with(
+    conn: &mut Connection,
+    now: i64,
+    s: Settings,
+    worker: &str,
+    max: u32,
+) -> Vec<protocol::messages::Lease> {
+    let tx = conn.transaction().expect("tx");
+    let r = lease::run(&tx, &mut Ctx::new(now, s), lease_req(worker, max)).expect("lease");
+    tx.commit().expect("commit");
+    r.leases
+}
+
+fn submit_with(
+    conn: &mut Connection,
+    now: i64,
+    s: Settings,
+    l: &protocol::messages::Lease,
+    worker: &str,
+    label: &str,
+) {
+    let tx = conn.transaction().expect("tx");
+    submit::run(
+        &tx,
+        &mut Ctx::new(now, s),
+        &l.task_id,
+        answer(l, worker, label, 0.9),
+    )
+    .expect("submit");
+    tx.commit().expect("commit");
+}
+
+fn gold_score(conn: &Connection, worker: &str) -> (u32, u32) {
+    conn.query_row(
+        "SELECT gold_answered, gold_right FROM worker_score WHERE worker_id = ?1",
+        [worker],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .expect("score")
+}
+
+#[test]
+fn gold_files_are_checked_whole_and_stored_once() {
+    let mut conn = store();
+    let good = vec![
+        GoldItem::sentiment("great", true),
+        GoldItem::sentiment("awful", false),
+    ];
+    let r = add_gold(&mut conn, good.clone()).expect("add");
+    assert_eq!((r.added, r.already_known, r.total), (2, 0, 2));
+    let r = add_gold(&mut conn, good).expect("again");
+    assert_eq!((r.added, r.already_known, r.total), (0, 2, 2));
+    let before = dump(&conn);
+    let bad = GoldItem {
+        answer: "neutral".into(),
+        ..GoldItem::sentiment("meh", true)
+    };
+    let e = add_gold(&mut conn, vec![GoldItem::sentiment("fine", true), bad]).expect_err("label");
+    assert_eq!(e.code(), ErrorCode::InvalidArgument);
+    assert!(e.to_string().contains("item 1"), "{e}");
+    let emb = GoldItem {
+        task_type: Some(TaskType::embedding()),
+        ..GoldItem::sentiment("x", true)
+    };
+    assert!(add_gold(&mut conn, vec![emb]).is_err());
+    assert_eq!(dump(&conn), before);
+}
+
+#[test]
+fn gold_is_checked_never_voted_and_quarantines_a_wrong_worker_until_it_recovers() {
+    let mut conn = store();
+    let items: Vec<GoldItem> = (0..12)
+        .map(|i| GoldItem::sentiment(format!("gold {i}"), true))
+        .collect();
+    add_gold(&mut conn, items).expect("gold");
+    for i in 0..10 {
+        add(&mut conn, 0, NewTask::text(format!("real {i}")));
+    }
+    // Every slot gold: the lease looks like any other (a fresh task id, the item's text).
+    let all_gold = gold_settings(1.0);
+    let l = lease_with(&mut conn, 1, all_gold, "liar", 1).remove(0);
+    assert!(l.text.starts_with("gold") && l.verify.is_none());
+    let r = {
+        let tx = conn.transaction().expect("tx");
+        let r = submit::run(
+            &tx,
+            &mut Ctx::new(2, all_gold),
+            &l.task_id,
+            answer(&l, "liar", "negative", 0.9),
+        )
+        .expect("gold answer");
+        tx.commit().expect("commit");
+        r
+    };
+    assert!(
+        !r.finalized && r.final_label.is_none(),
+        "the known answer is not told"
+    );
+    assert_eq!(gold_score(&conn, "liar"), (1, 0));
+    assert_eq!(points(&conn, "liar"), 0, "gold earns no point");
+    assert!(
+        conn.query_row(
+            "SELECT agreed FROM submission WHERE task_id = ?1",
+            [l.task_id.to_string()],
+            |r| r.get::<_, Option<bool>>(0)
+        )
+        .expect("row")
+        .is_none(),
+        "gold is never voted"
+    );
+    for now in 3..6 {
+        let l = lease_with(&mut conn, now, all_gold, "liar", 1).remove(0);
+        submit_with(&mut conn, now, all_gold, &l, "liar", "negative");
+    }
+    // Four wrong gold answers: quarantined. Even with no gold mixed in it gets only gold.
+    let q = gold::quarantine(&conn, &wid("liar"))
+        .expect("read")
+        .expect("quarantined");
+    assert!(q.contains("0 of its last 4"), "{q}");
+    let no_gold = gold_settings(0.0);
+    for l in lease_with(&mut conn, 7, no_gold, "liar", 4) {
+        assert!(
+            l.text.starts_with("gold"),
+            "a quarantined worker got {:?}",
+            l.text
+        );
+        submit_with(&mut conn, 8, no_gold, &l, "liar", "positive");
+    }
+    // Four right answers bring it to 4 of 8: back above the bar, real work again.
+    assert_eq!(gold_score(&conn, "liar"), (8, 4));
+    assert!(gold::quarantine(&conn, &wid("liar"))
+        .expect("read")
+        .is_none());
+    let l = lease_with(&mut conn, 9, no_gold, "liar", 1).remove(0);
+    assert!(l.text.starts_with("real"));
+    // Gold tasks stay out of lists and counts.
+    let list = task_list::run(&conn, &Default::default()).expect("list");
+    assert!(list.tasks.iter().all(|t| t.text.starts_with("real")));
+}
