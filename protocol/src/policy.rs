@@ -337,7 +337,7 @@ mod tests {
         };
         assert!(bad
             .check_answer()
-            .unwrap_err()
+            .expect_err("unknown label")
             .to_string()
             .contains("neutral"));
         let zs = GoldItem {

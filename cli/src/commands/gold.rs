@@ -5,7 +5,6 @@ use crate::output;
 use anyhow::Context;
 use protocol::messages::{decode, ApiOp};
 use protocol::policy::{GoldAddReply, GoldAddRequest, GoldItem};
-use protocol::TaskType;
 use std::path::{Path, PathBuf};
 
 /// Gold commands.
@@ -117,21 +116,29 @@ fn vader_line(line: &str) -> Option<(&str, f64)> {
 }
 
 /// The rated sentences of a VADER ground-truth file: text and whether people rated it
-/// positive (rating 0 skipped). `aimarket eval` scores models on them.
+/// positive (rating 0 and lines in no known shape skipped). `aimarket eval` scores models on
+/// them.
 pub(crate) fn read_rated(file: &Path) -> anyhow::Result<Vec<(String, bool)>> {
-    Ok(read_items(file, 0.0)?
-        .into_iter()
-        .filter(|i| i.task_type() == TaskType::sentiment())
-        .map(|i| {
-            let positive = i.answer == "positive";
-            (i.text, positive)
-        })
-        .collect())
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let rated: Vec<(String, bool)> = text
+        .lines()
+        .filter_map(vader_line)
+        .filter(|(_, rating)| *rating != 0.0)
+        .map(|(text, rating)| (text.to_owned(), rating > 0.0))
+        .collect();
+    anyhow::ensure!(
+        !rated.is_empty(),
+        "{} holds no rated sentences",
+        file.display()
+    );
+    Ok(rated)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::TaskType;
 
     fn file(content: &str) -> tempfile::NamedTempFile {
         let f = tempfile::NamedTempFile::new().expect("temp file");

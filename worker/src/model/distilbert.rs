@@ -148,6 +148,7 @@ pub struct Sst2 {
     tokenizer: Tokenizer,
     labels: Vec<String>,
     device: Device,
+    hash: String,
 }
 
 impl Sst2 {
@@ -175,6 +176,7 @@ impl Sst2 {
             tokenizer,
             labels,
             device,
+            hash: folder.hash()?,
         })
     }
 
@@ -210,6 +212,10 @@ fn labels(cfg: &Config) -> Vec<String> {
 impl Model for Sst2 {
     fn id(&self) -> &str {
         "distilbert-sst2"
+    }
+
+    fn content_hash(&self) -> Option<&str> {
+        Some(&self.hash)
     }
 
     fn capabilities(&self) -> Vec<TaskType> {

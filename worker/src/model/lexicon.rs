@@ -11,6 +11,7 @@ use vader_sentiment::SentimentIntensityAnalyzer;
 /// The VADER lexicon model.
 pub struct Lexicon {
     analyzer: SentimentIntensityAnalyzer<'static>,
+    hash: String,
 }
 
 impl Lexicon {
@@ -18,6 +19,7 @@ impl Lexicon {
     pub fn new() -> Self {
         Self {
             analyzer: SentimentIntensityAnalyzer::new(),
+            hash: lexicon_hash(),
         }
     }
 
@@ -35,6 +37,31 @@ impl Default for Lexicon {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// SHA-256 of what the model loaded: the word and emoji lexicons (sorted entries) and the rules'
+/// crate version, so two workers with the same hash score every text alike.
+fn lexicon_hash() -> String {
+    use sha2::Digest;
+    let mut words: Vec<(String, f64)> = vader_sentiment::LEXICON
+        .iter()
+        .map(|(w, v)| (w.as_ref().to_owned(), *v))
+        .collect();
+    words.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut emoji: Vec<(&str, &str)> = vader_sentiment::EMOJI_LEXICON
+        .iter()
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    emoji.sort_unstable();
+    let mut h = sha2::Sha256::new();
+    h.update(b"vader_sentiment 0.1.1\n");
+    for (w, v) in words {
+        h.update(format!("{w}\t{v}\n"));
+    }
+    for (k, v) in emoji {
+        h.update(format!("{k}\t{v}\n"));
+    }
+    hex::encode(h.finalize())
 }
 
 /// Turns a compound score into a label and a confidence.
@@ -56,6 +83,10 @@ pub fn classify(compound: f64) -> Prediction {
 impl Model for Lexicon {
     fn id(&self) -> &str {
         "lexicon/vader"
+    }
+
+    fn content_hash(&self) -> Option<&str> {
+        Some(&self.hash)
     }
 
     fn capabilities(&self) -> Vec<TaskType> {
@@ -103,6 +134,14 @@ mod tests {
         assert!(bad.confidence > 0.8, "{bad:?}");
         let flat = label(&m, "The box is on the table.");
         assert!((flat.confidence - 0.5).abs() < 1e-9, "{flat:?}");
+    }
+
+    #[test]
+    fn the_content_hash_is_stable_and_of_the_lexicon() {
+        let (a, b) = (Lexicon::new(), Lexicon::new());
+        let h = a.content_hash().expect("a hash");
+        assert_eq!(Some(h), b.content_hash());
+        assert!(protocol::generation::is_sha256(h), "{h}");
     }
 
     #[test]

@@ -157,6 +157,7 @@ pub struct MiniLm {
     bert: Bert,
     tokenizer: Tokenizer,
     device: Device,
+    hash: String,
     sentiment: Vec<Vec<f32>>,
     /// Embeddings of the zero-shot candidate labels seen so far.
     labels: Mutex<HashMap<String, Vec<f32>>>,
@@ -187,6 +188,7 @@ impl MiniLm {
             bert,
             tokenizer,
             device,
+            hash: folder.hash()?,
             sentiment: Vec::new(),
             labels: Mutex::new(HashMap::new()),
         };
@@ -269,6 +271,10 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 impl Model for MiniLm {
     fn id(&self) -> &str {
         "minilm"
+    }
+
+    fn content_hash(&self) -> Option<&str> {
+        Some(&self.hash)
     }
 
     fn capabilities(&self) -> Vec<TaskType> {

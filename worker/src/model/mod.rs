@@ -185,8 +185,10 @@ pub trait Model: Send + Sync + 'static {
     /// The task types it can answer.
     fn capabilities(&self) -> Vec<TaskType>;
 
-    /// SHA-256 (lowercase hex) of the content it loaded, for models whose answers are pinned to
-    /// it (generative models): the coordinator routes their tasks by it.
+    /// SHA-256 (lowercase hex) of the content it loaded (weights, config and tokenizer; the
+    /// lexicon's entries), computed once at load: reported at registration and with every
+    /// submission. Tasks that pin a model are routed by it, `--by-model` groups by it, and
+    /// `distinct_models` counts one answer per hash.
     fn content_hash(&self) -> Option<&str> {
         None
     }

@@ -83,6 +83,17 @@ impl Folder {
         })
     }
 
+    /// SHA-256 of the config, weights and tokenizer, each preceded by its file name: the
+    /// content hash the model reports.
+    pub(crate) fn hash(&self) -> Result<String, LoadError> {
+        let files = [
+            self.config.clone(),
+            self.weights.clone(),
+            self.tokenizer.clone(),
+        ];
+        super::hash_files(&files, true).map_err(|(path, e)| LoadError::bad(&path, e))
+    }
+
     pub(crate) fn config<T: serde::de::DeserializeOwned>(&self) -> Result<T, LoadError> {
         let bytes = std::fs::read(&self.config).map_err(|e| LoadError::bad(&self.config, e))?;
         serde_json::from_slice(&bytes).map_err(|e| LoadError::bad(&self.config, e))
