@@ -1,6 +1,7 @@
 //! The dashboard in a real browser: headless Chromium (driven through chromedriver's WebDriver
 //! API) loads `/dashboard`, a task is added, and the page shows it finalized without a reload;
-//! then a starved task with the reason, and a generated one with its agreed text.
+//! then a starved task with the reason (then cancelled), and a generated one with its agreed
+//! text.
 //! The screenshot is kept in `target/tmp/dashboard.png`.
 
 mod common;
@@ -196,6 +197,20 @@ fn the_dashboard_shows_a_task_finalize_without_a_reload() {
         banner.contains("1 zero-shot task is starved") && banner.contains("3 more needed"),
         "{banner}"
     );
+
+    // Cancelled over HTTP: the row and the cards follow.
+    let r = http
+        .post(format!("{}/tasks/{starved_id}/cancel", c.http))
+        .send()
+        .expect("cancel");
+    assert!(r.status().is_success(), "{:?}", r.text());
+    let probe = format!(
+        "const row = document.querySelector('[data-task=\"{starved_id}\"]'); \
+         const n = document.querySelector('[data-key=\"cancelled\"] .n'); \
+         return row && n ? [row.dataset.status, n.textContent] : null;"
+    );
+    let cancelled = until(&probe, "cancelled", "showed the task cancelled");
+    assert_eq!(cancelled[1], "1", "{cancelled}");
 
     // A generated task, answered by the smollm2 worker: the row shows the agreed text.
     let generated_id = add(

@@ -246,6 +246,9 @@ async fn every_endpoint_answers_in_the_original_shape() {
         "/metrics",
         "/dashboard",
         "/openapi.json",
+        "/tasks/{id}/cancel",
+        "/tasks/{id}/retry",
+        "/gold",
     ] {
         assert!(
             spec["paths"].get(path).is_some(),
@@ -548,4 +551,60 @@ async fn generative_tasks_over_http_pin_their_spec_and_refuse_bad_ones() {
     assert_eq!(s, 200);
     let (_, next) = g.post("/tasks/next", json!({"worker_id": "plain"})).await;
     assert_eq!(next["task_id"], Value::Null, "{next}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_retry_and_gold_over_http() {
+    let g = Gateway::start().await;
+    let (s, created) = g.post("/tasks", json!({"text": "cancel me"})).await;
+    assert_eq!(s, 200);
+    let id = created["task_id"].as_str().expect("id").to_owned();
+
+    let (s, body) = g.post(&format!("/tasks/{id}/retry"), json!({})).await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (422, Some("invalid_argument")),
+        "{body}"
+    );
+    let (s, body) = g.post(&format!("/tasks/{id}/cancel"), json!({})).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["status"], "cancelled");
+    let (_, task) = g.get(&format!("/tasks/{id}")).await;
+    assert_eq!(task["task"]["status"], "cancelled");
+    let (s, body) = g.post(&format!("/tasks/{id}/cancel"), json!({})).await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (409, Some("task_closed")),
+        "{body}"
+    );
+    let (s, _) = g
+        .post(
+            "/tasks/0190f0f0-0000-7000-8000-000000000000/cancel",
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (_, list) = g.get("/tasks?status=cancelled").await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+
+    let items = json!({"items": [
+        {"text": "a wonderful day", "answer": "positive"},
+        {"text": "x", "type": "zero-shot", "labels": ["a", "b"], "answer": "b"},
+    ]});
+    let (s, body) = g.post("/gold", items).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        (body["added"].as_u64(), body["total"].as_u64()),
+        (Some(2), Some(2))
+    );
+    let bad = json!({"items": [{"text": "meh", "answer": "neutral"}]});
+    let (s, body) = g.post("/gold", bad).await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (422, Some("invalid_argument")),
+        "{body}"
+    );
+    let (s, body) = g.post_raw("/gold", "{not json".into()).await;
+    assert_eq!(s, 400, "{body}");
+    g.stop().await;
 }

@@ -11,6 +11,7 @@ use protocol::messages::{
     ApiOp, LeaderboardEntry, NewTask, RequeueReply, ResetRequest, StatsReply, TaskAddRequest,
     TaskDetail, TaskListRequest, TaskView, WorkerView,
 };
+use protocol::policy::{GoldAddReply, GoldAddRequest, TaskIdsRequest};
 use protocol::{ErrorCode, LeaseId, ProtocolError, TaskId, TaskStatus, TaskType, WorkerId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -84,19 +85,64 @@ pub(super) async fn list_tasks(
     Ok(Json(r.tasks))
 }
 
-/// `GET /tasks/{id}` -> `{"task", "submissions", "leases", "starved"?}`; 404 for an unknown id.
-pub(super) async fn get_task(
-    State(core): State<Core>,
-    Path(id): Path<String>,
-) -> Reply<TaskDetail> {
-    let id: TaskId = id.parse().map_err(|_| {
+/// A task id from the path; 404 when it cannot be one.
+fn task_id(id: &str) -> Result<TaskId, HttpError> {
+    id.parse().map_err(|_| {
         HttpError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::NotFound,
             format!("no task with id {id:?}"),
         )
-    })?;
-    Ok(Json(core.get_task(id).await?))
+    })
+}
+
+/// `GET /tasks/{id}` -> `{"task", "submissions", "leases", "starved"?}`; 404 for an unknown id.
+pub(super) async fn get_task(
+    State(core): State<Core>,
+    Path(id): Path<String>,
+) -> Reply<TaskDetail> {
+    Ok(Json(core.get_task(task_id(&id)?).await?))
+}
+
+/// `POST /tasks/{id}/cancel` -> `{"task_id", "status": "cancelled"}`; 404 for an unknown id,
+/// 409 (`task_closed`) for a task already finalized, failed or cancelled.
+pub(super) async fn cancel_task(
+    State(core): State<Core>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Reply<Value> {
+    core.authorize(ApiOp::TaskCancel, api_key(&headers))?;
+    let id = task_id(&id)?;
+    core.cancel_tasks(TaskIdsRequest { task_ids: vec![id] })
+        .await?;
+    Ok(Json(
+        json!({ "task_id": id, "status": TaskStatus::Cancelled }),
+    ))
+}
+
+/// `POST /tasks/{id}/retry` -> `{"task_id", "status": "queued"}`; 404 for an unknown id, 400
+/// for a task that is not `failed`.
+pub(super) async fn retry_task(
+    State(core): State<Core>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Reply<Value> {
+    core.authorize(ApiOp::TaskRetry, api_key(&headers))?;
+    let id = task_id(&id)?;
+    core.retry_tasks(TaskIdsRequest { task_ids: vec![id] })
+        .await?;
+    Ok(Json(json!({ "task_id": id, "status": TaskStatus::Queued })))
+}
+
+/// `POST /gold` `{"items": [{"text", "answer", "type"?, "labels"?}, ...]}` ->
+/// `{"added", "already_known", "total"}`.
+pub(super) async fn add_gold(
+    State(core): State<Core>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<GoldAddRequest>,
+) -> Reply<GoldAddReply> {
+    core.authorize(ApiOp::GoldAdd, api_key(&headers))?;
+    Ok(Json(core.add_gold(req).await?))
 }
 
 /// A body naming a worker.
