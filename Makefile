@@ -13,7 +13,7 @@ RELEASE_BIN := $(TARGET_DIR)/release/aimarket
 export NATS_URL
 export CARGO
 
-.PHONY: all build setup nats dev worker demo test test-faults bench eval lint fmt clean
+.PHONY: all build setup nats dev worker demo test test-faults bench eval accuracy lint fmt clean
 
 all: build
 
@@ -77,6 +77,13 @@ eval: setup
 	sentences="$$(scripts/fetch-sentences.sh)" && $(RELEASE_BIN) eval --model lexicon \
 		--model minilm="$$(scripts/fetch-minilm.sh)" $(EVAL_MODELS) \
 		"$$sentences/amazonReviewSnippets_GroundTruth.txt" "$$sentences/movieReviewSnippets_GroundTruth.txt"
+
+## Accuracy as the coordinator measures it: human-rated sentences of both sets as gold and as
+## tasks, one worker each of lexicon, MiniLM and SmolLM2 with --distinct-models; each model's
+## gold accuracy and that of the finalized consensus. ACCURACY_SENTENCES per set (default 200).
+accuracy: setup
+	$(CARGO) build --release --bin aimarket
+	AIMARKET_BIN="$(RELEASE_BIN)" scripts/accuracy.sh $(or $(ACCURACY_SENTENCES),200)
 
 ## The house rules, checked: formatting, clippy with warnings as errors, and the docs (broken
 ## intra-doc links fail).

@@ -49,8 +49,38 @@ fn summarization_wraps_the_text_in_a_versioned_instruction() {
         ),
         "{prompt}"
     );
-    let other = model().predict(&[Input::new(TaskType::sentiment(), "x")]);
-    assert!(other[0].is_err(), "sentiment is not a generative task");
+    let other = model().predict(&[Input::new(TaskType::embedding(), "x")]);
+    assert!(other[0].is_err(), "it makes no embeddings");
+}
+
+#[test]
+fn sentiment_is_read_from_the_first_answer_token_and_repeats() {
+    let texts = [
+        "I absolutely loved this film, a wonderful and moving story.",
+        "Terrible product. It broke after one day and support never answered.",
+    ];
+    let inputs: Vec<Input> = texts
+        .iter()
+        .map(|t| Input::new(TaskType::sentiment(), *t))
+        .collect();
+    let prompt = model().prompt(&inputs[0]).expect("prompt");
+    assert!(
+        prompt.contains("<|im_start|>user\nIs the sentiment of this review positive or negative?"),
+        "{prompt}"
+    );
+    let first = model().predict(&inputs);
+    let again = model().predict(&inputs);
+    let labels: Vec<String> = first
+        .iter()
+        .map(|p| p.as_ref().expect("a label").label.clone())
+        .collect();
+    assert_eq!(labels, ["positive", "negative"]);
+    for (a, b) in first.iter().zip(&again) {
+        let (a, b) = (a.as_ref().expect("a"), b.as_ref().expect("b"));
+        assert_eq!(a.scores, b.scores, "a label must repeat bit for bit");
+        assert!(a.confidence > 0.5 && a.confidence <= 1.0, "{a:?}");
+        assert!(a.generation.is_none());
+    }
 }
 
 #[test]

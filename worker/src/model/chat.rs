@@ -49,6 +49,23 @@ pub const MAX_PROMPT_TOKENS: usize = 2048;
 /// The instruction a `summarization` task's text is wrapped in (template `summarize/v1`).
 const SUMMARIZE_V1: &str = "Summarize the following text in a few sentences.\n\n";
 
+/// The instruction of a `sentiment` task, before the text (versioned like the others: changing
+/// it changes the model's answers).
+const SENTIMENT_V1: &str =
+    "Is the sentiment of this review positive or negative? Answer with one word.\n\n";
+
+/// How much more likely (in log-odds) `positive` must be than `negative` for that label: the
+/// model leans positive (0.91 positive against 0.46 negative recall at 0). Tuned on 400
+/// product-review sentences of the VADER study (accuracy 0.688 -> 0.740; on 400 movie-review
+/// sentences, not used to tune it, 0.708 -> 0.770): see BENCHMARKS.md.
+const SENTIMENT_BIAS: f32 = 0.37;
+
+/// The words a `sentiment` answer starts with, per label, as the model may write them.
+const SENTIMENT_WORDS: [(&str, [&str; 2]); 2] = [
+    ("negative", ["negative", "Negative"]),
+    ("positive", ["positive", "Positive"]),
+];
+
 /// The languages `translation` takes (ISO 639-1 code, English name), in either direction: the
 /// catalog's, which the coordinator checks tasks against.
 pub const LANGUAGES: &[(&str, &str)] = protocol::generation::SMOLLM2.languages;
@@ -202,6 +219,8 @@ impl ChatModel {
         input.check_template()?;
         let message = if input.task_type == TaskType::generate() {
             input.text.clone()
+        } else if input.task_type == TaskType::sentiment() {
+            format!("{SENTIMENT_V1}{}", input.text)
         } else if input.task_type == TaskType::summarization() {
             format!("{SUMMARIZE_V1}{}", input.text)
         } else if input.task_type == TaskType::translation() {
@@ -330,7 +349,52 @@ impl ChatModel {
         Ok((self.cut(input, prompt_ids.len())?, true))
     }
 
+    /// A `sentiment` label from one pass over the prompt: `positive` when the model would start
+    /// its answer with a word of it (either case) at least [`SENTIMENT_BIAS`] log-odds more
+    /// likely than with one of `negative`. Confidence: the sigmoid of the margin's distance to
+    /// the bias; scores: each label's log-sum-exp of its words' logits.
+    fn classify(&self, input: &Input) -> Result<Prediction, ModelError> {
+        let (prompt_ids, _) = self.prepare(input)?;
+        let mut words = Vec::new();
+        for (_, forms) in SENTIMENT_WORDS {
+            let mut ids = Vec::new();
+            for form in forms {
+                let first = *self.encode(form)?.first().ok_or_else(|| {
+                    ModelError::Inference(format!("{form:?} encodes to no token").into())
+                })?;
+                ids.push(first);
+            }
+            words.push(ids);
+        }
+        let rows = self.candidate_logits(&prompt_ids, &[words[0][0]])?;
+        let logits = &rows[0];
+        let score = |ids: &[u32]| -> f32 {
+            let m = ids
+                .iter()
+                .map(|&i| logits[i as usize])
+                .fold(f32::MIN, f32::max);
+            m + ids
+                .iter()
+                .map(|&i| (logits[i as usize] - m).exp())
+                .sum::<f32>()
+                .ln()
+        };
+        let scores: Vec<f32> = words.iter().map(|ids| score(ids)).collect();
+        let margin = scores[1] - scores[0] - SENTIMENT_BIAS;
+        let best = usize::from(margin >= 0.0);
+        Ok(Prediction {
+            label: SENTIMENT_WORDS[best].0.to_owned(),
+            embedding: None,
+            confidence: 1.0 / (1.0 + f64::from(-margin.abs()).exp()),
+            scores,
+            generation: None,
+        })
+    }
+
     fn answer(&self, input: &Input) -> Result<Prediction, ModelError> {
+        if input.task_type == TaskType::sentiment() {
+            return self.classify(input);
+        }
         let (prompt_ids, truncated) = self.prepare(input)?;
         let max = input.max_new_tokens.unwrap_or(DEFAULT_MAX_NEW_TOKENS);
         let stops = input.stop_ids.as_deref().unwrap_or_default();
@@ -433,6 +497,7 @@ impl Model for ChatModel {
 
     fn capabilities(&self) -> Vec<TaskType> {
         vec![
+            TaskType::sentiment(),
             TaskType::generate(),
             TaskType::summarization(),
             TaskType::translation(),
