@@ -438,6 +438,19 @@ pub struct SubmitReply {
     pub final_text: Option<String>,
 }
 
+impl SubmitReply {
+    /// The reply to a first submission that did not complete its task.
+    pub fn stored() -> Self {
+        Self {
+            accepted: true,
+            duplicate: false,
+            finalized: false,
+            final_label: None,
+            final_text: None,
+        }
+    }
+}
+
 /// `<p>.tasks.<type>`: a task has free slots. A wake-up hint for idle workers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskAnnouncement {

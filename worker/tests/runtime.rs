@@ -117,17 +117,6 @@ impl Script {
     }
 }
 
-/// An acknowledgement of a first submission.
-fn stored() -> SubmitReply {
-    SubmitReply {
-        accepted: true,
-        duplicate: false,
-        finalized: false,
-        final_label: None,
-        final_text: None,
-    }
-}
-
 /// A lease on a new sentiment task.
 fn lease(lease_id: LeaseId, text: &str) -> Lease {
     Lease {
@@ -171,7 +160,7 @@ async fn retries_a_lost_acknowledgement_and_says_goodbye() {
     assert_eq!(first.payload, second.payload, "the resend differs");
     let sub: SubmitRequest = decode(&second.payload).expect("submit");
     assert_eq!((sub.lease_id, sub.label.as_str()), (lease_id, "positive"));
-    script.reply(second, &stored()).await;
+    script.reply(second, &SubmitReply::stored()).await;
 
     // Idle polling goes on (empty leases) until shutdown; then the goodbye.
     script.grant(vec![]).await;
@@ -235,6 +224,36 @@ impl Model for Gated {
     }
 }
 
+/// A worker with batches of two on a [`Gated`] model, heartbeating every 100 ms, registered with
+/// a scripted coordinator.
+struct Gate {
+    script: Script,
+    gate: std::sync::mpsc::Sender<()>,
+    worker: tokio::task::JoinHandle<Result<worker::Report, worker::WorkerError>>,
+    shutdown: CancellationToken,
+}
+
+impl Gate {
+    async fn start(nats: &NatsServer, id: &str) -> Self {
+        let mut script = Script::start(nats).await;
+        let mut config = WorkerConfig::new(WorkerId::new(id).expect("id"), nats.url());
+        config.batch = 2;
+        config.heartbeat_interval = Duration::from_millis(100);
+        config.poll_interval = Duration::from_millis(100);
+        let (gate, gated) = std::sync::mpsc::channel();
+        let model = Arc::new(Gated(std::sync::Mutex::new(gated)));
+        let shutdown = CancellationToken::new();
+        let worker = tokio::spawn(worker::run(config, model, shutdown.clone()));
+        script.register().await;
+        Self {
+            script,
+            gate,
+            worker,
+            shutdown,
+        }
+    }
+}
+
 /// The leases the next heartbeat names, sorted.
 async fn named(s: &mut async_nats::Subscriber) -> Vec<LeaseId> {
     let hb = next(s).await;
@@ -247,16 +266,12 @@ async fn named(s: &mut async_nats::Subscriber) -> Vec<LeaseId> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_name_each_lease_from_its_grant_until_it_is_answered_or_released() {
     let nats = NatsServer::start();
-    let mut script = Script::start(&nats).await;
-    let mut config = WorkerConfig::new(WorkerId::new("w2").expect("id"), nats.url());
-    config.batch = 2;
-    config.heartbeat_interval = Duration::from_millis(100);
-    config.poll_interval = Duration::from_millis(100);
-    let (gate, gated) = std::sync::mpsc::channel();
-    let model = Arc::new(Gated(std::sync::Mutex::new(gated)));
-    let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(worker::run(config, model, shutdown.clone()));
-    script.register().await;
+    let Gate {
+        mut script,
+        gate,
+        worker,
+        shutdown,
+    } = Gate::start(&nats, "w2").await;
 
     // Two leases in one batch: one will be answered, the model fails the other (released).
     let (answered, failed) = (LeaseId::new(), LeaseId::new());
@@ -289,7 +304,7 @@ async fn heartbeats_name_each_lease_from_its_grant_until_it_is_answered_or_relea
     let submit = next(&mut script.submits).await;
     let sub: SubmitRequest = decode(&submit.payload).expect("submit");
     assert_eq!(sub.lease_id, answered);
-    script.reply(submit, &stored()).await;
+    script.reply(submit, &SubmitReply::stored()).await;
     let release = next(&mut script.releases).await;
     let body: ReleaseRequest = decode(&release.payload).expect("release");
     assert_eq!((body.lease_ids, body.offline), (vec![failed], false));
@@ -352,16 +367,12 @@ async fn heartbeats_name_each_lease_from_its_grant_until_it_is_answered_or_relea
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_the_heartbeat_reply_closes_is_dropped_not_submitted() {
     let nats = NatsServer::start();
-    let mut script = Script::start(&nats).await;
-    let mut config = WorkerConfig::new(WorkerId::new("w3").expect("id"), nats.url());
-    config.batch = 2;
-    config.heartbeat_interval = Duration::from_millis(100);
-    config.poll_interval = Duration::from_millis(100);
-    let (gate, gated) = std::sync::mpsc::channel();
-    let model = Arc::new(Gated(std::sync::Mutex::new(gated)));
-    let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(worker::run(config, model, shutdown.clone()));
-    script.register().await;
+    let Gate {
+        mut script,
+        gate,
+        worker,
+        shutdown,
+    } = Gate::start(&nats, "w3").await;
     let (kept, cancelled) = (LeaseId::new(), LeaseId::new());
     script
         .grant(vec![lease(kept, "keep me"), lease(cancelled, "cancel me")])
@@ -404,7 +415,7 @@ async fn a_lease_the_heartbeat_reply_closes_is_dropped_not_submitted() {
     let submit = next(&mut script.submits).await;
     let sub: SubmitRequest = decode(&submit.payload).expect("submit");
     assert_eq!(sub.lease_id, kept);
-    script.reply(submit, &stored()).await;
+    script.reply(submit, &SubmitReply::stored()).await;
 
     shutdown.cancel();
     let bye = loop {

@@ -75,17 +75,20 @@ pub(crate) fn run(
         .min(ctx.settings.max_leases_per_worker.saturating_sub(held)) as usize;
     // A quarantined worker gets gold only, until its gold accuracy recovers.
     let quarantined = super::gold::quarantine(conn, worker)?.is_some();
-    let mut picks = Vec::new();
-    let mut gold = Vec::new();
-    if quarantined {
-        gold = super::gold::lease(
+    let gold_for = |ctx: &mut Ctx, n: usize| {
+        super::gold::lease(
             conn,
             ctx,
             worker,
             &req.capabilities,
             req.model_hash.as_deref(),
-            want,
-        )?;
+            n,
+        )
+    };
+    let mut picks = Vec::new();
+    let mut gold = Vec::new();
+    if quarantined {
+        gold = gold_for(ctx, want)?;
     } else if want > 0 {
         if let Some(hint) = &req.task_id {
             picks.extend(hinted(
@@ -119,14 +122,7 @@ pub(crate) fn run(
         let gold_slots = (0..picks.len())
             .filter(|_| fastrand::f64() < ctx.settings.gold_rate)
             .count();
-        gold = super::gold::lease(
-            conn,
-            ctx,
-            worker,
-            &req.capabilities,
-            req.model_hash.as_deref(),
-            gold_slots,
-        )?;
+        gold = gold_for(ctx, gold_slots)?;
         picks.truncate(picks.len() - gold.len());
         // Every open task of each type up to its last pick is now held or answered by this
         // worker (the walk returned the others first): the next walk starts after it.

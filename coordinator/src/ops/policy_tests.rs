@@ -3,7 +3,7 @@
 
 use super::testing::*;
 use super::*;
-use protocol::messages::{Heartbeat, LeaseRequest, NewTask};
+use protocol::messages::{Heartbeat, LeaseRequest, NewTask, SubmitRequest};
 use protocol::policy::{GoldAddRequest, GoldItem, Policy, TaskIdsRequest};
 use protocol::{ErrorCode, TaskStatus};
 
@@ -173,6 +173,22 @@ fn take_as(
     lease(conn, 1, req).leases
 }
 
+/// `worker`'s positive answer on `l`, from model content `hash`.
+fn answer_as(l: &protocol::messages::Lease, worker: &str, hash: &str) -> SubmitRequest {
+    SubmitRequest {
+        model_hash: Some(hash.into()),
+        ..answer(l, worker, "positive", 0.9)
+    }
+}
+
+/// Sends `sub`, which must be refused with `code` and change nothing.
+fn refused(conn: &mut Connection, t: &TaskId, sub: SubmitRequest, code: ErrorCode) {
+    let before = dump(conn);
+    let e = send(conn, 3, t, sub).0.expect_err("refused");
+    assert_eq!(e.code(), code, "{e}");
+    assert_eq!(dump(conn), before);
+}
+
 #[test]
 fn distinct_models_count_one_answer_per_model_content() {
     let mut conn = store();
@@ -194,24 +210,22 @@ fn distinct_models_count_one_answer_per_model_content() {
         take_as(&mut conn, "a2", Some(H1)).is_empty(),
         "same content, lease live"
     );
-    let mut sub = answer(&l1, "a", "positive", 0.9);
-    sub.model_hash = Some(H1.into());
-    send(&mut conn, 2, &t, sub).0.expect("a");
+    send(&mut conn, 2, &t, answer_as(&l1, "a", H1))
+        .0
+        .expect("a");
     assert!(
         take_as(&mut conn, "a3", Some(H1)).is_empty(),
         "same content, answered"
     );
     let l2 = take_as(&mut conn, "b", Some(H2)).remove(0);
     // A worker that switched to content already counted is refused.
-    let mut sub = answer(&l2, "b", "positive", 0.9);
-    sub.model_hash = Some(H1.into());
-    let before = dump(&conn);
-    let e = send(&mut conn, 3, &t, sub.clone())
-        .0
-        .expect_err("same content");
-    assert_eq!(e.code(), ErrorCode::InvalidArgument);
-    assert_eq!(dump(&conn), before);
-    sub.model_hash = Some(H2.into());
+    refused(
+        &mut conn,
+        &t,
+        answer_as(&l2, "b", H1),
+        ErrorCode::InvalidArgument,
+    );
+    let sub = answer_as(&l2, "b", H2);
     assert!(send(&mut conn, 3, &t, sub).0.expect("b").finalized);
 }
 
@@ -230,15 +244,13 @@ fn a_label_task_can_pin_model_content() {
     assert!(take_as(&mut conn, "other", Some(H2)).is_empty());
     assert!(take_as(&mut conn, "none", None).is_empty());
     let l = take_as(&mut conn, "a", Some(H1)).remove(0);
-    let mut sub = answer(&l, "a", "positive", 0.9);
-    sub.model_hash = Some(H2.into());
-    let before = dump(&conn);
-    let e = send(&mut conn, 2, &t, sub.clone())
-        .0
-        .expect_err("other content");
-    assert_eq!(e.code(), ErrorCode::ModelMismatch);
-    assert_eq!(dump(&conn), before);
-    sub.model_hash = Some(H1.into());
+    refused(
+        &mut conn,
+        &t,
+        answer_as(&l, "a", H2),
+        ErrorCode::ModelMismatch,
+    );
+    let sub = answer_as(&l, "a", H1);
     assert!(send(&mut conn, 2, &t, sub).0.expect("pinned").finalized);
 }
 

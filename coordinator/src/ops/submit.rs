@@ -234,22 +234,10 @@ pub(crate) fn accept(
     if let Some(gold) = task.gold {
         super::gold::check(conn, ctx, &task, gold, &sub)?;
         // Said as to any answer that did not complete its task: nothing about the known one.
-        return Ok(SubmitReply {
-            accepted: true,
-            duplicate: false,
-            finalized: false,
-            final_label: None,
-            final_text: None,
-        });
+        return Ok(SubmitReply::stored());
     }
     if task.submissions + 1 < task.required {
-        return Ok(SubmitReply {
-            accepted: true,
-            duplicate: false,
-            finalized: false,
-            final_label: None,
-            final_text: None,
-        });
+        return Ok(SubmitReply::stored());
     }
     debug_assert_eq!(task.active_leases, 1, "slots never exceed required");
     let (mut final_label, mut final_text) = (None, None);
