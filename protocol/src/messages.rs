@@ -547,11 +547,13 @@ pub enum ApiOp {
     WorkerTokenCreate,
     /// [`WorkerTokenRequest`] -> [`WorkerTokenRevoked`]: revoke a worker's token.
     WorkerTokenRevoke,
-    /// [`TaskIdsRequest`] -> [`TaskIdsReply`]: cancel open tasks.
+    /// [`crate::policy::TaskIdsRequest`] -> [`crate::policy::TaskIdsReply`]: cancel open tasks.
     TaskCancel,
-    /// [`TaskIdsRequest`] -> [`TaskIdsReply`]: requeue failed tasks with fresh attempts.
+    /// [`crate::policy::TaskIdsRequest`] -> [`crate::policy::TaskIdsReply`]: requeue failed
+    /// tasks with fresh attempts.
     TaskRetry,
-    /// [`GoldAddRequest`] -> [`GoldAddReply`]: store known-answer items.
+    /// [`crate::policy::GoldAddRequest`] -> [`crate::policy::GoldAddReply`]: store known-answer
+    /// items.
     GoldAdd,
 }
 

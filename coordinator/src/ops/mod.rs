@@ -208,12 +208,19 @@ pub(crate) struct TaskRow {
     pub lease_expires_at: Option<i64>,
 }
 
+/// The columns [`TaskRow::from_row`] reads, in order, as a literal (for `concat!`).
+macro_rules! task_columns {
+    () => {
+        "id, type, text, status, required, max_attempts, attempts, active_leases, submissions, \
+         final_label, final_confidence, error_message, created_at, finished_at, labels, \
+         similarity, final_embedding, generation, final_token_ids, final_text, failure_reason, \
+         verifying, verifiers, asked, policy, min_quorum, max_answers, inconclusive, \
+         distinct_models, model_hash, gold"
+    };
+}
+
 /// The columns [`TaskRow::from_row`] reads, in order.
-pub(crate) const TASK_COLUMNS: &str = "id, type, text, status, required, max_attempts, attempts, \
-     active_leases, submissions, final_label, final_confidence, error_message, created_at, finished_at, \
-     labels, similarity, final_embedding, generation, final_token_ids, final_text, failure_reason, \
-     verifying, verifiers, asked, policy, min_quorum, max_answers, inconclusive, distinct_models, \
-     model_hash, gold";
+pub(crate) const TASK_COLUMNS: &str = task_columns!();
 
 /// Where [`TASK_VIEW_COLUMNS`] goes past [`TASK_COLUMNS`]: the live-lease summary.
 const VIEW_RESERVED_BY: usize = 31;
@@ -226,14 +233,12 @@ pub(crate) const VIEW_STATUS_SQL: &str =
      ELSE status END";
 
 /// [`TASK_COLUMNS`] plus the live-lease summary that views show (kept off the hot paths).
-pub(crate) const TASK_VIEW_COLUMNS: &str = "id, type, text, status, required, max_attempts, attempts, \
-     active_leases, submissions, final_label, final_confidence, error_message, created_at, finished_at, \
-     labels, similarity, final_embedding, generation, final_token_ids, final_text, failure_reason, \
-     verifying, verifiers, asked, policy, min_quorum, max_answers, inconclusive, distinct_models, \
-     model_hash, gold, \
-     (SELECT worker_id FROM lease l WHERE l.task_id = task.id AND l.state = 'active' \
+pub(crate) const TASK_VIEW_COLUMNS: &str = concat!(
+    task_columns!(),
+    ", (SELECT worker_id FROM lease l WHERE l.task_id = task.id AND l.state = 'active' \
       ORDER BY l.created_at DESC LIMIT 1), \
-     (SELECT MAX(expires_at) FROM lease l WHERE l.task_id = task.id AND l.state = 'active')";
+     (SELECT MAX(expires_at) FROM lease l WHERE l.task_id = task.id AND l.state = 'active')"
+);
 
 impl TaskRow {
     pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
