@@ -24,6 +24,7 @@ impl Client {
     /// Connects, or fails with one clear line.
     pub(crate) async fn connect(
         url: &str,
+        ping: Duration,
         prefix: &str,
         api_key: Option<&str>,
     ) -> anyhow::Result<Self> {
@@ -34,9 +35,10 @@ impl Client {
         }
         let nats = options
             .name("aimarket-cli")
+            .ping_interval(ping)
             .connection_timeout(Duration::from_secs(3))
             .request_timeout(Some(REQUEST_TIMEOUT))
-            .connect(bare.as_str())
+            .connect(protocol::auth::servers(&bare))
             .await
             .map_err(|e| {
                 anyhow!(

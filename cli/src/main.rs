@@ -15,7 +15,8 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(name = "aimarket", version, propagate_version = true)]
 pub struct Cli {
-    /// NATS server URL.
+    /// NATS server URL, or several comma-separated (the nodes of a cluster: the connection
+    /// fails over between them).
     #[arg(
         long,
         global = true,
@@ -23,6 +24,10 @@ pub struct Cli {
         default_value = "nats://127.0.0.1:4222"
     )]
     nats: String,
+    /// Seconds between pings to the NATS server: a frozen server is left after two unanswered
+    /// pings.
+    #[arg(long, global = true, env = "AIMARKET_NATS_PING_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    nats_ping_seconds: u64,
     /// Subject prefix shared by the coordinator, its workers and clients.
     #[arg(long, global = true, env = "AIMARKET_PREFIX", default_value = protocol::subject::DEFAULT_PREFIX)]
     prefix: String,
@@ -101,6 +106,7 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let ctx = commands::Ctx {
         nats: cli.nats,
+        nats_ping: std::time::Duration::from_secs(cli.nats_ping_seconds),
         prefix: cli.prefix,
         api_key: cli.api_key,
         json: cli.json,

@@ -9,8 +9,10 @@ use std::time::Duration;
 /// Everything `coordinator::run` needs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// NATS server URL.
+    /// NATS server URL, or several comma-separated (the nodes of a cluster).
     pub nats_url: String,
+    /// How often the NATS connection pings its server.
+    pub nats_ping: Duration,
     /// SQLite database file.
     pub db_path: PathBuf,
     /// Subject prefix.
@@ -32,6 +34,7 @@ impl Config {
     pub fn new(nats_url: impl Into<String>, db_path: impl Into<PathBuf>) -> Self {
         Self {
             nats_url: nats_url.into(),
+            nats_ping: protocol::auth::DEFAULT_NATS_PING,
             db_path: db_path.into(),
             prefix: protocol::subject::DEFAULT_PREFIX.to_owned(),
             settings: Settings::default(),

@@ -107,7 +107,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
 
     // For messages: never the password.
     let nats_shown = protocol::auth::split_credentials(&config.nats_url).0;
-    let client = connect(&config.nats_url)
+    let client = connect(&config.nats_url, config.nats_ping)
         .await
         .map_err(|source| RunError::Connect {
             url: nats_shown.clone(),
@@ -168,7 +168,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     served.map_err(RunError::from)
 }
 
-async fn connect(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+async fn connect(
+    url: &str,
+    ping: Duration,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
     let (url, credentials) = protocol::auth::split_credentials(url);
     let mut options = async_nats::ConnectOptions::new();
     if let Some((user, password)) = credentials {
@@ -176,6 +179,7 @@ async fn connect(url: &str) -> Result<async_nats::Client, async_nats::ConnectErr
     }
     options
         .name("aimarket-coordinator")
+        .ping_interval(ping)
         .retry_on_initial_connect()
         .event_callback(|event| async move {
             match event {
@@ -184,7 +188,7 @@ async fn connect(url: &str) -> Result<async_nats::Client, async_nats::ConnectErr
                 other => info!(event = %other, "nats event"),
             }
         })
-        .connect(url)
+        .connect(protocol::auth::servers(&url))
         .await
 }
 

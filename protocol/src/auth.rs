@@ -39,6 +39,21 @@ pub fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
     (urls.join(","), creds)
 }
 
+/// The servers of a credential-free URL list (`nats://a:4222,nats://b:4222`), one each: what
+/// a NATS client takes to fail over between the nodes of a cluster (a comma-joined string would
+/// be parsed as one URL).
+pub fn servers(urls: &str) -> Vec<String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// How often a NATS client pings its server when nothing says it: a frozen server (or a
+/// silent network) is noticed after two unanswered pings, in seconds rather than minutes.
+pub const DEFAULT_NATS_PING: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -75,5 +90,9 @@ mod tests {
             ("nats://127.0.0.1:4222".to_owned(), None)
         );
         assert_eq!(split_credentials("u:p@host:1,host2:2").0, "host:1,host2:2");
+        assert_eq!(
+            servers("nats://a:1, nats://b:2,,"),
+            ["nats://a:1".to_owned(), "nats://b:2".to_owned()]
+        );
     }
 }

@@ -118,6 +118,20 @@ impl NatsServer {
         self.port
     }
 
+    /// The server's process id.
+    ///
+    /// # Panics
+    /// When it is not running.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("nats-server running").id()
+    }
+
+    /// Kills the server (SIGKILL, as a crash would), leaving it down until
+    /// [`NatsServer::restart`].
+    pub fn crash(&mut self) {
+        self.kill();
+    }
+
     /// Kills the server (as a crash would) and starts it again on the same port.
     ///
     /// # Panics
@@ -146,6 +160,101 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Three `nats-server` nodes on loopback routed into one cluster (as `deploy/nats-cluster/`
+/// configures them for three hosts), each killed when dropped.
+pub struct NatsCluster {
+    /// The nodes, in order.
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts three nodes on free client and cluster ports and waits until a message published
+    /// on each node reaches a subscriber on every other.
+    ///
+    /// # Panics
+    /// As [`NatsServer::start`]; when the routes do not form within 20 s.
+    pub async fn start() -> Self {
+        let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes = cluster_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nodes = cluster_ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                NatsServer::start_with(&[
+                    "--name",
+                    &format!("n{}", i + 1),
+                    "--cluster_name",
+                    "aimarket",
+                    "--cluster",
+                    &format!("nats://127.0.0.1:{port}"),
+                    "--routes",
+                    &routes,
+                ])
+            })
+            .collect();
+        let cluster = Self { nodes };
+        cluster.wait_routed().await;
+        cluster
+    }
+
+    /// Waits until every node forwards to every other.
+    ///
+    /// # Panics
+    /// When it does not within 20 s.
+    pub async fn wait_routed(&self) {
+        use futures::StreamExt;
+        let clients: Vec<async_nats::Client> = {
+            let mut v = Vec::new();
+            for n in &self.nodes {
+                v.push(connect(&n.url()).await);
+            }
+            v
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for (i, from) in clients.iter().enumerate() {
+            for (j, to) in clients.iter().enumerate().filter(|(j, _)| *j != i) {
+                let subject = format!("cluster.probe.{i}.{j}");
+                let mut sub = to.subscribe(subject.clone()).await.expect("subscribe");
+                to.flush().await.expect("flush");
+                loop {
+                    from.publish(subject.clone(), "x".into())
+                        .await
+                        .expect("publish");
+                    from.flush().await.expect("flush");
+                    let got = tokio::time::timeout(Duration::from_millis(200), sub.next()).await;
+                    if matches!(got, Ok(Some(_))) {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "node {} does not route to node {} within 20 s",
+                        i + 1,
+                        j + 1
+                    );
+                }
+            }
+        }
+    }
+
+    /// Every node's client URL, comma-separated, starting with node `first` (0-based): what
+    /// `--nats` takes.
+    pub fn urls_from(&self, first: usize) -> String {
+        (0..self.nodes.len())
+            .map(|k| self.nodes[(first + k) % self.nodes.len()].url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The process id of node `i`, for signals.
+    pub fn pid(&self, i: usize) -> u32 {
+        self.nodes[i].pid()
     }
 }
 

@@ -31,8 +31,10 @@ use tracing::{debug, info, warn};
 pub struct WorkerConfig {
     /// Its id.
     pub worker_id: WorkerId,
-    /// NATS server URL.
+    /// NATS server URL, or several comma-separated (the nodes of a cluster).
     pub nats_url: String,
+    /// How often the NATS connection pings its server.
+    pub nats_ping: Duration,
     /// Subject prefix.
     pub prefix: String,
     /// Task types to take; empty means everything the model can do.
@@ -59,6 +61,7 @@ impl WorkerConfig {
         Self {
             worker_id,
             nats_url: nats_url.into(),
+            nats_ping: protocol::auth::DEFAULT_NATS_PING,
             prefix: subject::DEFAULT_PREFIX.to_owned(),
             capabilities: Vec::new(),
             token: None,
@@ -140,9 +143,10 @@ pub async fn run(
     }
     let client = options
         .name(format!("aimarket-worker-{}", config.worker_id))
+        .ping_interval(config.nats_ping)
         .retry_on_initial_connect()
         .request_timeout(Some(config.request_timeout))
-        .connect(url.as_str())
+        .connect(protocol::auth::servers(&url))
         .await
         .map_err(|source| WorkerError::Connect {
             url: url.clone(),

@@ -170,7 +170,13 @@ pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     let nats_url = stack
         .as_ref()
         .map_or_else(|| ctx.nats.clone(), |s| s.url.clone());
-    let client = Client::connect(&nats_url, &ctx.prefix, ctx.api_key.as_deref()).await?;
+    let client = Client::connect(
+        &nats_url,
+        ctx.nats_ping,
+        &ctx.prefix,
+        ctx.api_key.as_deref(),
+    )
+    .await?;
     wait_ready(&client).await?;
     let bulk = if args.bulk > 0 {
         eprintln!(
@@ -491,10 +497,15 @@ async fn load(client: &Client, nats_url: &str, args: &Args, run: &Run) -> anyhow
     // have: one shared connection would queue a lease reply behind other submission replies.
     let connect = || async {
         anyhow::Ok(
-            Client::connect(nats_url, client.prefix(), None)
-                .await?
-                .nats()
-                .clone(),
+            Client::connect(
+                nats_url,
+                protocol::auth::DEFAULT_NATS_PING,
+                client.prefix(),
+                None,
+            )
+            .await?
+            .nats()
+            .clone(),
         )
     };
     let load_over = CancellationToken::new();

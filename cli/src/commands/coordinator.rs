@@ -77,6 +77,7 @@ pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         protocol::limits::MAX_ATTEMPTS_LIMIT
     );
     let mut config = Config::new(ctx.nats.clone(), args.db);
+    config.nats_ping = ctx.nats_ping;
     config.prefix = ctx.prefix.clone();
     config.settings = Settings {
         lease_ms: secs_to_ms(args.lease_seconds),

@@ -14,8 +14,10 @@ use crate::client::Client;
 /// The global flags every command sees.
 #[derive(Clone)]
 pub(crate) struct Ctx {
-    /// NATS URL.
+    /// NATS URL (or several, comma-separated).
     pub nats: String,
+    /// How often NATS connections ping their server.
+    pub nats_ping: std::time::Duration,
     /// Subject prefix.
     pub prefix: String,
     /// The API key (see `--api-key`).
@@ -32,6 +34,6 @@ impl Ctx {
             .api_key
             .as_deref()
             .and_then(|k| k.split(',').map(str::trim).find(|k| !k.is_empty()));
-        Client::connect(&self.nats, &self.prefix, key).await
+        Client::connect(&self.nats, self.nats_ping, &self.prefix, key).await
     }
 }

@@ -152,6 +152,7 @@ async fn serve(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         model = Box::new(worker::model::Delayed::new(model, pause));
     }
     let mut config = WorkerConfig::new(id, ctx.nats.clone());
+    config.nats_ping = ctx.nats_ping;
     config.token = args.token;
     config.prefix = ctx.prefix.clone();
     config.capabilities = args.capabilities;

@@ -395,8 +395,17 @@ fn lease_with(
     worker: &str,
     max: u32,
 ) -> Vec<protocol::messages::Lease> {
+    lease_req_with(conn, now, s, lease_req(worker, max))
+}
+
+fn lease_req_with(
+    conn: &mut Connection,
+    now: i64,
+    s: Settings,
+    req: LeaseRequest,
+) -> Vec<protocol::messages::Lease> {
     let tx = conn.transaction().expect("tx");
-    let r = lease::run(&tx, &mut Ctx::new(now, s), lease_req(worker, max)).expect("lease");
+    let r = lease::run(&tx, &mut Ctx::new(now, s), req).expect("lease");
     tx.commit().expect("commit");
     r.leases
 }
@@ -526,4 +535,55 @@ fn gold_is_checked_never_voted_and_quarantines_a_wrong_worker_until_it_recovers(
     // Gold tasks stay out of lists and counts.
     let list = task_list::run(&conn, &Default::default()).expect("list");
     assert!(list.tasks.iter().all(|t| t.text.starts_with("real")));
+}
+
+#[test]
+fn generative_gold_is_checked_on_its_text() {
+    use protocol::generation::{GeneratedAnswer, SMOLLM2_HASH};
+    let mut conn = store();
+    let item = GoldItem {
+        task_type: Some(TaskType::generate()),
+        max_new_tokens: Some(3),
+        answer: "one two three".into(),
+        ..GoldItem::sentiment("Count to three in words.", true)
+    };
+    add_gold(&mut conn, vec![item]).expect("gold");
+    add(
+        &mut conn,
+        0,
+        NewTask {
+            max_new_tokens: Some(3),
+            ..NewTask::generated(TaskType::generate(), "a real task")
+        },
+    );
+    let s = gold_settings(1.0);
+    for (worker, ids, text, right) in [
+        ("g1", [10u32, 11, 12], " one two three ", 1),
+        ("g2", [10, 11, 13], "one two four", 0),
+    ] {
+        let req = LeaseRequest {
+            capabilities: vec![TaskType::generate()],
+            model_hash: Some(SMOLLM2_HASH.into()),
+            ..lease_req(worker, 1)
+        };
+        let l = lease_req_with(&mut conn, 1, s, req).remove(0);
+        assert!(
+            l.text.starts_with("Count") && l.generation.is_some(),
+            "{l:?}"
+        );
+        let sub = SubmitRequest {
+            generation: Some(GeneratedAnswer {
+                token_ids: ids.to_vec(),
+                text: text.into(),
+                logprobs: vec![-0.1; 3],
+                truncated: false,
+            }),
+            model_hash: Some(SMOLLM2_HASH.into()),
+            ..answer(&l, worker, "", 0.9)
+        };
+        let tx = conn.transaction().expect("tx");
+        submit::run(&tx, &mut Ctx::new(2, s), &l.task_id, sub).expect("gold answer");
+        tx.commit().expect("commit");
+        assert_eq!(gold_score(&conn, worker), (1, right), "{worker}");
+    }
 }
