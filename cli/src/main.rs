@@ -63,6 +63,8 @@ enum Command {
     },
     /// The worker registry: status, model, capabilities, leases, last heartbeat.
     Workers,
+    /// The running coordinators (NATS micro service `aimarket-coordinator`) with their counters.
+    Coordinators,
     /// Counts of tasks by status, submissions, workers and leases.
     Stats,
     /// Operations on the coordinator's state.
@@ -119,6 +121,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Leaderboard { by_model: false } => commands::views::leaderboard(&ctx).await,
         Command::Leaderboard { by_model: true } => commands::views::by_model(&ctx).await,
         Command::Workers => commands::views::workers(&ctx).await,
+        Command::Coordinators => commands::views::coordinators(&ctx).await,
         Command::Stats => commands::views::stats(&ctx).await,
         Command::Ops(cmd) => commands::ops::run(&ctx, cmd).await,
         Command::Bench(args) => commands::bench::run(&ctx, args).await,

@@ -9,6 +9,7 @@
 mod common;
 
 use common::{check_ledger, wait_until, Cluster};
+use protocol::messages::CoordinatorStatus;
 use std::time::{Duration, Instant};
 use test_support::NatsCluster;
 
@@ -103,5 +104,17 @@ fn work_goes_on_while_nats_nodes_die_and_freeze() {
         c.count("SELECT COUNT(*) FROM lease WHERE state = 'active'"),
         0,
         "a lease left live"
+    );
+    // The coordinator answers the micro-service discovery through any node, with its counters.
+    let found: Vec<CoordinatorStatus> = c.json(&["coordinators"]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let me = &found[0];
+    assert!(me.store.starts_with("sqlite "), "{me:?}");
+    assert_eq!(me.tasks_finalized, tasks as u64, "{me:?}");
+    assert_eq!(me.submissions, 3 * tasks as u64, "{me:?}");
+    let other_prefix = c.cli(&["--prefix", "elsewhere", "coordinators"]);
+    assert!(
+        !other_prefix.status.success(),
+        "a coordinator of another prefix was listed"
     );
 }

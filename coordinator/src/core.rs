@@ -36,6 +36,8 @@ pub struct Core {
     /// Why the last write failed for want of disk, permissions or I/O; cleared by the next
     /// write that succeeds.
     unhealthy: Arc<Mutex<Option<String>>>,
+    /// When this core started.
+    started: chrono::DateTime<chrono::Utc>,
 }
 
 impl Core {
@@ -56,6 +58,7 @@ impl Core {
                 metrics,
                 auth: Arc::new(Auth::default()),
                 unhealthy: Arc::default(),
+                started: chrono::Utc::now(),
             },
             rx,
         )
@@ -142,6 +145,11 @@ impl Core {
     /// The metrics this core keeps.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// When this core started.
+    pub fn started(&self) -> chrono::DateTime<chrono::Utc> {
+        self.started
     }
 
     /// The tunables in force.

@@ -33,7 +33,7 @@ pub use crate::ops::{Effect, Settings};
 
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Why the coordinator could not run.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +124,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         config.sweep_interval,
         shutdown.clone(),
     ));
+    let http_shown = http
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.to_string());
     if let Some(listener) = http {
         let addr = listener.local_addr().ok();
         info!(http = ?addr, "serving http gateway");
@@ -144,6 +148,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         heartbeat_ttl_seconds = config.settings.heartbeat_ttl_ms / 1000,
         "coordinator ready"
     );
+    let store_shown = format!("sqlite {}", config.db_path.display());
+    let service = match nats::register(
+        &client,
+        core.clone(),
+        &config.prefix,
+        store_shown,
+        http_shown,
+        shutdown.clone(),
+    )
+    .await
+    {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!(error = %e, "not registered as a nats micro service");
+            None
+        }
+    };
     let served = nats::serve(
         client.clone(),
         core,
@@ -152,6 +173,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         config.shutdown_grace,
     )
     .await;
+    if let Some(service) = service {
+        if let Err(e) = service.stop().await {
+            debug!(error = %e, "micro service stop");
+        }
+    }
     // The sweeper has seen the same token; once it and the adapter are done, the last `Core` is
     // gone and the publisher drains what is left.
     background.close();

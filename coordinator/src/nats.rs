@@ -9,6 +9,7 @@ use crate::ops::Effect;
 use async_nats::{Client, HeaderMap, Message};
 use futures::StreamExt;
 use protocol::auth::{API_KEY_HEADER, WORKER_TOKEN_HEADER};
+use protocol::messages::CoordinatorStatus;
 use protocol::messages::{
     decode, ApiOp, Empty, Heartbeat, LeaseRequest, ReleaseRequest, ResetRequest, SubmitRequest,
     TaskAddRequest, TaskGetRequest, TaskListRequest, WorkerTokenRequest,
@@ -345,4 +346,96 @@ pub(crate) async fn publish_effects(
             warn!(error = %e, "event not published");
         }
     }
+}
+
+/// What this coordinator says of itself: its identity and the counters of its [`Core`].
+fn status(
+    core: &Core,
+    id: &str,
+    prefix: &str,
+    store: &str,
+    http: Option<&str>,
+) -> CoordinatorStatus {
+    let m = core.metrics();
+    CoordinatorStatus {
+        id: id.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        prefix: prefix.to_owned(),
+        store: store.to_owned(),
+        http: http.map(str::to_owned),
+        started: core.started(),
+        tasks_created: m.tasks_created.get(),
+        leases_granted: m.tasks_claimed.get(),
+        submissions: m.submissions.get(),
+        tasks_finalized: m.tasks_finalized.get(),
+        tasks_failed: m.tasks_failed.get(),
+        heartbeats: m.worker_heartbeats.get(),
+    }
+}
+
+/// Registers the coordinator as the NATS micro service [`subject::SERVICE_NAME`]:
+/// `$SRV.PING/INFO/STATS` reach it (so `nats micro ls` and `aimarket coordinators` list every
+/// running coordinator), its stats carry its [`CoordinatorStatus`], and it answers on its own
+/// status subject until `shutdown`.
+///
+/// # Errors
+/// When the service or its endpoint cannot subscribe.
+pub(crate) async fn register(
+    client: &Client,
+    core: Core,
+    prefix: &str,
+    store: String,
+    http: Option<String>,
+    shutdown: CancellationToken,
+) -> Result<async_nats::service::Service, async_nats::Error> {
+    use async_nats::service::ServiceExt;
+    let metadata = std::collections::HashMap::from([
+        ("prefix".to_owned(), prefix.to_owned()),
+        ("store".to_owned(), store.clone()),
+        ("http".to_owned(), http.clone().unwrap_or_default()),
+    ]);
+    // The service id is known only once it starts: the stats handler reads it from here.
+    let id = Arc::new(std::sync::OnceLock::<String>::new());
+    let service = {
+        let (core, prefix, store, http, id) = (
+            core.clone(),
+            prefix.to_owned(),
+            store.clone(),
+            http.clone(),
+            id.clone(),
+        );
+        client
+            .service_builder()
+            .description("aimarket coordinator: leases, submissions, consensus")
+            .metadata(metadata)
+            .stats_handler(move |_, _| {
+                let id = id.get().map_or("", String::as_str);
+                serde_json::to_value(status(&core, id, &prefix, &store, http.as_deref()))
+                    .unwrap_or_default()
+            })
+            .start(subject::SERVICE_NAME, env!("CARGO_PKG_VERSION"))
+            .await?
+    };
+    let me = service.info().await.id;
+    let _ = id.set(me.clone());
+    let mut endpoint = service
+        .endpoint_builder()
+        .name("status")
+        .add(subject::coordinator_status(prefix, &me))
+        .await?;
+    let prefix = prefix.to_owned();
+    tokio::spawn(async move {
+        loop {
+            let request = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = endpoint.next() => match r { Some(r) => r, None => return },
+            };
+            let body =
+                protocol::messages::encode(&status(&core, &me, &prefix, &store, http.as_deref()));
+            if let Err(e) = request.respond(Ok(body.into())).await {
+                debug!(error = %e, "status reply not sent");
+            }
+        }
+    });
+    Ok(service)
 }

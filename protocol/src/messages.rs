@@ -1332,6 +1332,37 @@ pub struct WorkerView {
     pub quarantine: Option<String>,
 }
 
+/// One running coordinator as it reports itself: in its micro-service stats (`$SRV.STATS`, the
+/// `data` of its status endpoint) and on its status subject.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoordinatorStatus {
+    /// Its micro-service id (unique per process).
+    pub id: String,
+    /// The aimarket version it runs.
+    pub version: String,
+    /// The subject prefix it serves.
+    pub prefix: String,
+    /// Its store: `sqlite` and the file.
+    pub store: String,
+    /// Its HTTP gateway, when it serves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// When it started.
+    pub started: DateTime<Utc>,
+    /// Tasks it created.
+    pub tasks_created: u64,
+    /// Leases it granted.
+    pub leases_granted: u64,
+    /// Submissions it stored.
+    pub submissions: u64,
+    /// Tasks it finalized.
+    pub tasks_finalized: u64,
+    /// Tasks it failed.
+    pub tasks_failed: u64,
+    /// Heartbeats it took.
+    pub heartbeats: u64,
+}
+
 /// Reply to `api.workers`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkersReply {

@@ -18,6 +18,17 @@ pub const DEFAULT_PREFIX: &str = "aimarket";
 /// The queue group coordinators share, so a request is answered once even with several running.
 pub const COORDINATOR_QUEUE: &str = "aimarket-coordinator";
 
+/// The name every coordinator registers under as a NATS micro service: `$SRV.PING.<name>`,
+/// `$SRV.INFO.<name>` and `$SRV.STATS.<name>` reach each running coordinator (`nats micro ls`,
+/// `aimarket coordinators`).
+pub const SERVICE_NAME: &str = "aimarket-coordinator";
+
+/// The subject on which the coordinator with micro-service id `id` answers with its
+/// [`crate::messages::CoordinatorStatus`].
+pub fn coordinator_status(prefix: &str, id: &str) -> String {
+    format!("{prefix}.coordinators.{id}")
+}
+
 /// Where announcements of tasks of type `task_type` are published.
 pub fn tasks(prefix: &str, task_type: &TaskType) -> String {
     format!("{prefix}.tasks.{task_type}")

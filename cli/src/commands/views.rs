@@ -3,7 +3,8 @@
 use super::Ctx;
 use crate::output::{self, ago, or_dash};
 use protocol::messages::{
-    ApiOp, Empty, LeaderboardReply, ModelAgreementReply, StatsReply, WorkersReply,
+    ApiOp, CoordinatorStatus, Empty, LeaderboardReply, ModelAgreementReply, StatsReply,
+    WorkersReply,
 };
 use protocol::policy::GoldScore;
 
@@ -169,5 +170,77 @@ pub(crate) async fn stats(ctx: &Ctx) -> anyhow::Result<()> {
     for s in &r.starved {
         println!("  {s}");
     }
+    Ok(())
+}
+
+/// How long `aimarket coordinators` listens for answers.
+const DISCOVERY_WAIT: std::time::Duration = std::time::Duration::from_millis(750);
+
+/// Lists the running coordinators of this prefix: each answers `$SRV.STATS` for the
+/// `aimarket-coordinator` micro service with its status in its endpoint's data.
+pub(crate) async fn coordinators(ctx: &Ctx) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let client = ctx.client().await?;
+    let nats = client.nats();
+    let inbox = nats.new_inbox();
+    let mut replies = nats.subscribe(inbox.clone()).await?;
+    nats.publish_with_reply(
+        format!("$SRV.STATS.{}", protocol::subject::SERVICE_NAME),
+        inbox,
+        "".into(),
+    )
+    .await?;
+    nats.flush().await?;
+    let mut found: Vec<CoordinatorStatus> = Vec::new();
+    let deadline = tokio::time::Instant::now() + DISCOVERY_WAIT;
+    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, replies.next()).await {
+        let Ok(stats) = serde_json::from_slice::<async_nats::service::Stats>(&msg.payload) else {
+            continue;
+        };
+        let status = stats
+            .endpoints
+            .iter()
+            .filter_map(|e| e.data.clone())
+            .find_map(|d| serde_json::from_value::<CoordinatorStatus>(d).ok());
+        if let Some(s) = status.filter(|s| s.prefix == ctx.prefix) {
+            found.push(s);
+        }
+    }
+    found.sort_by(|a, b| a.started.cmp(&b.started).then_with(|| a.id.cmp(&b.id)));
+    if ctx.json {
+        return output::json(&found);
+    }
+    if found.is_empty() {
+        anyhow::bail!(
+            "no coordinator answered on prefix {:?} within {} ms",
+            ctx.prefix,
+            DISCOVERY_WAIT.as_millis()
+        );
+    }
+    let mut t = output::table([
+        "id",
+        "version",
+        "store",
+        "http",
+        "started",
+        "leases",
+        "submissions",
+        "finalized",
+        "failed",
+    ]);
+    for s in &found {
+        t.add_row(vec![
+            s.id.clone(),
+            s.version.clone(),
+            s.store.clone(),
+            or_dash(s.http.as_deref()),
+            ago(s.started),
+            s.leases_granted.to_string(),
+            s.submissions.to_string(),
+            s.tasks_finalized.to_string(),
+            s.tasks_failed.to_string(),
+        ]);
+    }
+    println!("{t}");
     Ok(())
 }
