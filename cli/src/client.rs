@@ -70,6 +70,39 @@ impl Client {
         op: ApiOp,
         req: &Req,
     ) -> anyhow::Result<Resp> {
+        self.attempt(op, req).await.map_err(|(e, _)| e)
+    }
+
+    /// Calls an idempotent operation, again after a pause when the call may not have
+    /// happened or may have failed for now (no reply in time, no coordinator answering, the
+    /// store unavailable): up to `tries` times.
+    pub(crate) async fn call_idempotent<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        op: ApiOp,
+        req: &Req,
+        tries: u32,
+    ) -> anyhow::Result<Resp> {
+        let mut pause = Duration::from_millis(500);
+        for left in (0..tries.max(1)).rev() {
+            match self.attempt(op, req).await {
+                Ok(r) => return Ok(r),
+                Err((e, true)) if left > 0 => {
+                    tracing::warn!(error = %e, "retrying {op}");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+        unreachable!("the last try returns")
+    }
+
+    /// One call; an error says whether trying again may help.
+    async fn attempt<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        op: ApiOp,
+        req: &Req,
+    ) -> Result<Resp, (anyhow::Error, bool)> {
         let mut headers = async_nats::HeaderMap::new();
         if let Some(key) = &self.api_key {
             headers.insert(protocol::auth::API_KEY_HEADER, key.as_str());
@@ -79,21 +112,31 @@ impl Client {
             .request_with_headers(subject::api(&self.prefix, op), headers, encode(req).into())
             .await
             .map_err(|e| match e.kind() {
-                RequestErrorKind::NoResponders => anyhow!(
-                    "no coordinator is answering on {} (prefix {:?}). Start one with \
-                     `aimarket coordinator` or `make dev`",
-                    self.url,
-                    self.prefix
+                RequestErrorKind::NoResponders => (
+                    anyhow!(
+                        "no coordinator is answering on {} (prefix {:?}). Start one with \
+                         `aimarket coordinator` or `make dev`",
+                        self.url,
+                        self.prefix
+                    ),
+                    true,
                 ),
-                RequestErrorKind::TimedOut => anyhow!(
-                    "the coordinator on {} did not answer {op} within {}s",
-                    self.url,
-                    REQUEST_TIMEOUT.as_secs()
+                RequestErrorKind::TimedOut => (
+                    anyhow!(
+                        "the coordinator on {} did not answer {op} within {}s",
+                        self.url,
+                        REQUEST_TIMEOUT.as_secs()
+                    ),
+                    true,
                 ),
-                _ => anyhow!("{op} request failed: {e}"),
+                _ => (anyhow!("{op} request failed: {e}"), true),
             })?;
         let result = reply::decode::<Resp>(&msg.payload)
-            .with_context(|| format!("unreadable reply to {op}"))?;
-        result.map_err(|e| anyhow!("{op} refused: {e}"))
+            .with_context(|| format!("unreadable reply to {op}"))
+            .map_err(|e| (e, false))?;
+        result.map_err(|e| {
+            let again = e.code == protocol::ErrorCode::Unavailable;
+            (anyhow!("{op} refused: {e}"), again)
+        })
     }
 }

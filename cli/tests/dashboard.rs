@@ -85,6 +85,7 @@ fn the_dashboard_shows_a_task_finalize_without_a_reload() {
         c.start_worker(w, &[]);
     }
     let smollm2 = test_support::smollm2_dir();
+    // Generative tasks only: the sentiment votes stay the lexicon workers'.
     c.start_worker(
         "dave",
         &[
@@ -92,6 +93,8 @@ fn the_dashboard_shows_a_task_finalize_without_a_reload() {
             "smollm2",
             "--model-dir",
             smollm2.to_str().expect("utf8 path"),
+            "--capabilities",
+            "generate",
         ],
     );
     let profile = tempfile::tempdir().expect("profile dir");

@@ -91,6 +91,7 @@ fn code<T: std::fmt::Debug>(r: Result<T, ApiError>) -> ErrorCode {
 async fn keys_guard_changes_and_tokens_guard_workers() {
     let s = Secured::start().await;
     let add = TaskAddRequest {
+        batch_id: None,
         tasks: vec![NewTask::text("I love it")],
     };
 

@@ -62,7 +62,10 @@ impl Harness {
         let r: TaskAddReply = self
             .call(
                 &subject::api(P, ApiOp::TaskAdd),
-                &TaskAddRequest { tasks: vec![task] },
+                &TaskAddRequest {
+                    batch_id: None,
+                    tasks: vec![task],
+                },
             )
             .await
             .expect("task add");

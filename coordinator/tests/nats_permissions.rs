@@ -72,6 +72,7 @@ async fn each_role_reaches_only_its_subjects() {
     .await;
     // The client adds a task.
     let add = TaskAddRequest {
+        batch_id: None,
         tasks: vec![NewTask::text("hello")],
     };
     let msg = client

@@ -931,6 +931,11 @@ fn check_candidates(labels: &[String]) -> Result<(), ProtocolError> {
 pub struct TaskAddRequest {
     /// The tasks, created in this order.
     pub tasks: Vec<NewTask>,
+    /// An idempotency key chosen by the client (1 to 64 bytes): a retry of a batch with the same
+    /// key and the same tasks gets the ids the first one created and creates nothing; the same
+    /// key with other tasks is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<String>,
 }
 
 impl TaskAddRequest {
@@ -944,6 +949,14 @@ impl TaskAddRequest {
                 "tasks",
                 format!("must hold between 1 and {MAX_TASKS_PER_ADD} tasks"),
             ));
+        }
+        if let Some(b) = &self.batch_id {
+            if b.is_empty() || b.len() > MAX_ID_BYTES || b.chars().any(char::is_control) {
+                return Err(ProtocolError::invalid(
+                    "batch_id",
+                    format!("must be 1 to {MAX_ID_BYTES} bytes without control characters"),
+                ));
+            }
         }
         for (i, task) in self.tasks.iter().enumerate() {
             task.validate(max_text_bytes).map_err(|e| match e {

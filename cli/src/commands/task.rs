@@ -135,6 +135,9 @@ pub(crate) struct AddArgs {
     timeout: u64,
 }
 
+/// Tries per `task.add` batch when no reply comes or the store is unavailable.
+const ADD_TRIES: u32 = 4;
+
 /// Tasks per `task.add` request, and bytes: well under NATS's default 1 MiB payload.
 const BATCH_TASKS: usize = 1000;
 const BATCH_BYTES: usize = 512 * 1024;
@@ -306,13 +309,13 @@ pub(crate) async fn add_all(client: &Client, tasks: Vec<NewTask>) -> anyhow::Res
         batch.push(task);
         if batch.len() == BATCH_TASKS || bytes >= BATCH_BYTES || i + 1 == total {
             let sent = batch.len();
+            // Each batch carries its own key, so a retry after a lost reply adds nothing twice.
+            let req = TaskAddRequest {
+                batch_id: Some(uuid::Uuid::now_v7().to_string()),
+                tasks: std::mem::take(&mut batch),
+            };
             let r: TaskAddReply = client
-                .call(
-                    ApiOp::TaskAdd,
-                    &TaskAddRequest {
-                        tasks: std::mem::take(&mut batch),
-                    },
-                )
+                .call_idempotent(ApiOp::TaskAdd, &req, ADD_TRIES)
                 .await
                 .with_context(|| format!("adding tasks {}..{}", i + 1 - sent, i + 1))?;
             ids.extend(r.task_ids);

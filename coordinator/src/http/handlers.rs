@@ -55,7 +55,12 @@ pub(super) async fn create_task(
     JsonBody(task): JsonBody<NewTask>,
 ) -> Reply<Value> {
     core.authorize(ApiOp::TaskAdd, api_key(&headers))?;
-    let r = core.add_tasks(TaskAddRequest { tasks: vec![task] }).await?;
+    let r = core
+        .add_tasks(TaskAddRequest {
+            batch_id: None,
+            tasks: vec![task],
+        })
+        .await?;
     Ok(Json(json!({ "task_id": r.task_ids[0] })))
 }
 

@@ -189,7 +189,7 @@ proptest! {
         for s in steps {
             match s {
                 Step::Add { required, max_attempts, majority } => {
-                    let req = TaskAddRequest { tasks: vec![NewTask {
+                    let req = TaskAddRequest { batch_id: None, tasks: vec![NewTask {
                         required_submissions: Some(required),
                         max_attempts: Some(max_attempts),
                         policy: majority.then_some(protocol::policy::Policy::Majority),

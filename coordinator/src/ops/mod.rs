@@ -583,8 +583,15 @@ pub(crate) mod testing {
 
     pub(crate) fn add(conn: &mut Connection, now: i64, task: NewTask) -> TaskId {
         let tx = conn.transaction().expect("tx");
-        let reply = task_add::run(&tx, &mut ctx(now), TaskAddRequest { tasks: vec![task] })
-            .expect("task add");
+        let reply = task_add::run(
+            &tx,
+            &mut ctx(now),
+            TaskAddRequest {
+                batch_id: None,
+                tasks: vec![task],
+            },
+        )
+        .expect("task add");
         tx.commit().expect("commit");
         reply.task_ids[0]
     }

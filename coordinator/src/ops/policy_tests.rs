@@ -288,6 +288,7 @@ fn policies_out_of_bounds_are_refused_and_store_nothing() {
     ];
     for task in bad {
         let req = protocol::messages::TaskAddRequest {
+            batch_id: None,
             tasks: vec![NewTask::text("fine"), task.clone()],
         };
         let e = task_add::run(&conn, &mut ctx(0), req).expect_err("refused");

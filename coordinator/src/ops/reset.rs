@@ -14,7 +14,8 @@ pub(crate) fn run(conn: &Connection, req: &ResetRequest) -> Result<(), CoreError
     }
     conn.execute_batch(
         "DELETE FROM submission; DELETE FROM lease; DELETE FROM task;
-         DELETE FROM worker_score; DELETE FROM worker; DELETE FROM gold_answer;",
+         DELETE FROM worker_score; DELETE FROM worker; DELETE FROM gold_answer;
+         DELETE FROM task_batch;",
     )?;
     crate::store::schema::forget_connection_tables(conn)?;
     tracing::warn!("store reset: every task, worker and score deleted");

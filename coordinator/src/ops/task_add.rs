@@ -1,4 +1,6 @@
-//! `task.add`: create tasks, all or none, each announced to workers of its type.
+//! `task.add`: create tasks, all or none, each announced to workers of its type. A batch that
+//! names a `batch_id` is created once: a retry with the same id and tasks gets the first one's
+//! ids back.
 
 use super::{Ctx, Effect};
 use crate::error::CoreError;
@@ -6,7 +8,7 @@ use protocol::generation::{Decoding, VerifyMode};
 use protocol::limits::{DEFAULT_REQUIRED_SUBMISSIONS, DEFAULT_SIMILARITY};
 use protocol::messages::{TaskAddReply, TaskAddRequest, TaskAnnouncement};
 use protocol::{TaskId, TaskType};
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 /// Validates every task first, then inserts them in order.
 ///
@@ -18,6 +20,21 @@ pub(crate) fn run(
     req: TaskAddRequest,
 ) -> Result<TaskAddReply, CoreError> {
     req.validate(ctx.settings.max_text_bytes)?;
+    let batch = match &req.batch_id {
+        Some(id) => {
+            let digest = {
+                use sha2::Digest;
+                let body = serde_json::to_vec(&req.tasks).expect("tasks serialize");
+                hex::encode(sha2::Sha256::digest(body))
+            };
+            if let Some(ids) = created_before(conn, id, &digest)? {
+                tracing::info!(batch_id = %id, tasks = ids.len(), "batch already added");
+                return Ok(TaskAddReply { task_ids: ids });
+            }
+            Some((id.clone(), digest))
+        }
+        None => None,
+    };
     let mut insert = conn.prepare_cached(
         "INSERT INTO task (id, type, text, status, required, max_attempts, created_at, labels,
                            similarity, generation, model_hash, verifiers, asked, policy,
@@ -99,7 +116,42 @@ pub(crate) fn run(
         }));
         task_ids.push(id);
     }
+    if let Some((id, digest)) = batch {
+        conn.prepare_cached(
+            "INSERT INTO task_batch (id, digest, task_ids, created_at) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![
+            id,
+            digest,
+            serde_json::to_string(&task_ids).expect("ids serialize"),
+            ctx.now
+        ])?;
+    }
     Ok(TaskAddReply { task_ids })
+}
+
+/// The ids batch `id` created, when it was added before with the same tasks (`digest`).
+///
+/// # Errors
+/// [`CoreError::Invalid`] when `id` was used for other tasks.
+fn created_before(
+    conn: &Connection,
+    id: &str,
+    digest: &str,
+) -> Result<Option<Vec<TaskId>>, CoreError> {
+    let row: Option<(String, super::Json<Vec<TaskId>>)> = conn
+        .prepare_cached("SELECT digest, task_ids FROM task_batch WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    match row {
+        None => Ok(None),
+        Some((d, ids)) if d == digest => Ok(Some(ids.0)),
+        Some(_) => Err(protocol::ProtocolError::invalid(
+            "batch_id",
+            format!("batch {id:?} was added before with other tasks: choose a new batch id"),
+        )
+        .into()),
+    }
 }
 
 #[cfg(test)]
@@ -119,6 +171,7 @@ mod tests {
             &tx,
             &mut c,
             TaskAddRequest {
+                batch_id: None,
                 tasks: vec![NewTask::text("good"), NewTask::text("bad")],
             },
         )
@@ -155,6 +208,7 @@ mod tests {
                 &conn,
                 &mut ctx(0),
                 TaskAddRequest {
+                    batch_id: None,
                     tasks: vec![NewTask::text("fine"), bad],
                 },
             )
@@ -198,6 +252,7 @@ mod tests {
         for task in bad {
             let mut c = ctx(2_000);
             let req = TaskAddRequest {
+                batch_id: None,
                 tasks: vec![NewTask::text("fine"), task.clone()],
             };
             let err = run(&conn, &mut c, req).expect_err("refused");
@@ -213,5 +268,36 @@ mod tests {
             assert!(c.effects.is_empty());
             assert_eq!(dump(&conn), before, "{task:?} stored something");
         }
+    }
+
+    #[test]
+    fn a_batch_id_makes_a_retried_add_create_nothing() {
+        let conn = store();
+        let batch = |texts: &[&str]| TaskAddRequest {
+            batch_id: Some("batch-1".into()),
+            tasks: texts.iter().map(|t| NewTask::text(*t)).collect(),
+        };
+        let mut c = ctx(0);
+        let first = run(&conn, &mut c, batch(&["a", "b"])).expect("first");
+        assert_eq!(c.effects.len(), 2);
+        let before = dump(&conn);
+        let mut c = ctx(1);
+        let again = run(&conn, &mut c, batch(&["a", "b"])).expect("retry");
+        assert_eq!(
+            again.task_ids, first.task_ids,
+            "the retry gets the first ids"
+        );
+        assert!(c.effects.is_empty(), "nothing announced twice");
+        assert_eq!(dump(&conn), before, "the retry stored something");
+        // The same key with other tasks is refused, and changes nothing.
+        let e = run(&conn, &mut ctx(2), batch(&["a", "c"])).expect_err("other tasks");
+        assert!(e.to_string().contains("batch"), "{e}");
+        assert_eq!(dump(&conn), before);
+        let bad = TaskAddRequest {
+            batch_id: Some(String::new()),
+            ..batch(&["a"])
+        };
+        assert!(run(&conn, &mut ctx(3), bad).is_err());
+        assert_eq!(dump(&conn), before);
     }
 }

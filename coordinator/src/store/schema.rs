@@ -247,6 +247,16 @@ ALTER TABLE worker_score ADD COLUMN gold_right INTEGER NOT NULL DEFAULT 0;
 -- Why a worker is quarantined (it gets only gold), while it is.
 ALTER TABLE worker ADD COLUMN quarantine TEXT;
 "#,
+    r#"
+-- Idempotent task.add: a batch id the client chose, the SHA-256 of the tasks it carried, and
+-- the ids created for them, so a retried batch gets the same ids and creates nothing.
+CREATE TABLE task_batch (
+    id         TEXT    PRIMARY KEY,
+    digest     TEXT    NOT NULL,
+    task_ids   TEXT    NOT NULL,
+    created_at INTEGER NOT NULL
+);
+"#,
 ];
 
 /// Tables of one connection (`temp`, in memory, gone when it closes), created when it opens.
