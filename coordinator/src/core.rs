@@ -3,10 +3,10 @@
 //! and its effects (announcements, task events) are released only after the commit. Both
 //! adapters (NATS, HTTP) call these same methods.
 
+use crate::api::Submission;
 use crate::auth::Auth;
 use crate::error::CoreError;
 use crate::metrics::Metrics;
-use crate::ops::submit::Submission;
 use crate::ops::{self, Ctx, Effect, Settings};
 use crate::store::group::{Lane, Writer};
 use crate::store::Store;
@@ -51,7 +51,7 @@ impl Core {
         let metrics = Arc::new(Metrics::new());
         (
             Self {
-                writer: Writer::start(&store, settings, now_ms, metrics.clone()),
+                writer: Writer::start(&store, metrics.clone()),
                 store,
                 settings,
                 effects: tx,
@@ -170,7 +170,15 @@ impl Core {
         T: Send + 'static,
         F: FnOnce(&Connection, &mut Ctx) -> Result<T, CoreError> + Send + 'static,
     {
-        let result = self.writer.write(lane, op).await;
+        // The operation's context is made where it runs (the clock read then), and its effects
+        // travel back with its result, released only after the commit.
+        let settings = self.settings;
+        let job = move |c: &Connection| {
+            let mut ctx = Ctx::new(now_ms(), settings);
+            let out = op(c, &mut ctx)?;
+            Ok((out, ctx.effects))
+        };
+        let result = self.writer.write(lane, job).await;
         let (out, effects) = self.note_health(result)?;
         for effect in effects {
             // Logged here, after the commit, so the log never shows a finalization that a crash

@@ -12,6 +12,7 @@
 //! - `metrics`: Prometheus metrics.
 //! - [`run`]: everything together until shutdown.
 
+pub mod api;
 mod auth;
 mod config;
 pub mod consensus;

@@ -1,8 +1,8 @@
 //! One handler per route. Shapes follow the original API; extra fields are additions only.
 
 use super::{HttpError, JsonBody};
+use crate::api::Submission;
 use crate::core::Core;
-use crate::ops::submit::Submission;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};

@@ -253,7 +253,7 @@ pub(crate) fn check(
     ctx: &mut Ctx,
     task: &TaskRow,
     gold: i64,
-    sub: &super::submit::Submission,
+    sub: &crate::api::Submission,
 ) -> Result<(), CoreError> {
     let known: String = conn
         .prepare_cached("SELECT answer FROM gold WHERE id = ?1")?

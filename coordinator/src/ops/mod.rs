@@ -100,7 +100,7 @@ pub enum Effect {
 
 /// What an operation runs with.
 #[derive(Debug)]
-pub struct Ctx {
+pub(crate) struct Ctx {
     /// The clock, in ms since the epoch, read once per operation.
     pub now: i64,
     /// The tunables.
@@ -111,7 +111,7 @@ pub struct Ctx {
 
 impl Ctx {
     /// A context at time `now`.
-    pub fn new(now: i64, settings: Settings) -> Self {
+    pub(crate) fn new(now: i64, settings: Settings) -> Self {
         Self {
             now,
             settings,

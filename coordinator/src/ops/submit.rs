@@ -7,61 +7,21 @@
 //! the same worker is refused.
 
 use super::{fail_task, load_task, parsed, verify, Ctx, Effect, TaskRow};
+use crate::api::Submission;
 use crate::consensus::{
     decide, decide_identical, decide_vectors, distinct_count, judge, Outcome, VectorVote, Vote,
 };
 use crate::error::CoreError;
 use crate::store::{blob_to_vector, from_ms, vector_to_blob};
-use protocol::generation::{blob_to_ids, ids_to_blob, GeneratedAnswer, VerifyMode};
+use protocol::generation::{blob_to_ids, ids_to_blob, VerifyMode};
 use protocol::limits::DEFAULT_SIMILARITY;
 use protocol::messages::{
     check_confidence, check_model, check_model_hash, Answer, FailureReason, SubmitReply,
     SubmitRequest, TaskEvent,
 };
-use protocol::verify::Verification;
 use protocol::ProtocolError;
 use protocol::{LeaseId, TaskId, TaskStatus, WorkerId};
 use rusqlite::{params, Connection, OptionalExtension};
-
-/// A result to store. `lease_id` is `None` for clients of the original HTTP API, which do not
-/// carry lease ids: the worker's live lease on the task is used then.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Submission {
-    /// The lease the result is for, if the client knows it.
-    pub lease_id: Option<LeaseId>,
-    /// Who submits.
-    pub worker_id: WorkerId,
-    /// The answer of a label task (empty for `embedding` tasks).
-    pub label: String,
-    /// The answer of an `embedding` task.
-    pub embedding: Option<Vec<f32>>,
-    /// The answer of a generative task.
-    pub generation: Option<GeneratedAnswer>,
-    /// A verify lease's score of its candidate.
-    pub verification: Option<Verification>,
-    /// Its confidence in `[0, 1]`.
-    pub confidence: f64,
-    /// The model that answered.
-    pub model: Option<String>,
-    /// SHA-256 of the model content that answered.
-    pub model_hash: Option<String>,
-}
-
-impl From<SubmitRequest> for Submission {
-    fn from(r: SubmitRequest) -> Self {
-        Self {
-            lease_id: Some(r.lease_id),
-            worker_id: r.worker_id,
-            label: r.label,
-            embedding: r.embedding,
-            generation: r.generation,
-            verification: r.verification,
-            confidence: r.confidence,
-            model: r.model,
-            model_hash: r.model_hash,
-        }
-    }
-}
 
 /// A worker's stored submission on a task: its lease, label, vector blob and token-id blob.
 type Earlier = (LeaseId, String, Option<Vec<u8>>, Option<Vec<u8>>);
@@ -633,7 +593,8 @@ mod tests {
     use super::*;
     use crate::ops::testing::*;
     use crate::ops::{load_task, sweep};
-    use protocol::generation::VerifyMode;
+    use protocol::generation::{GeneratedAnswer, VerifyMode};
+    use protocol::verify::Verification;
     use protocol::messages::{Lease, LeaseRequest, NewTask};
     use protocol::{ErrorCode, TaskType};
 

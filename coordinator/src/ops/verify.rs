@@ -15,8 +15,9 @@
 //!   generates while generations remain (`verifiers + 1` in all), else the task fails with
 //!   `no_consensus`.
 
-use super::submit::{award_points, finished, held_lease, Final, Submission};
+use super::submit::{award_points, finished, held_lease, Final};
 use super::{fail_task, parsed, parsed_opt, Ctx, Effect, TaskRow};
+use crate::api::Submission;
 use crate::consensus::{judge_candidate, pick_winner, Scoring};
 use crate::error::CoreError;
 use crate::store::{blob_to_vector, from_ms, vector_to_blob};

@@ -11,7 +11,6 @@
 
 use crate::error::CoreError;
 use crate::metrics::{LaneLabels, Metrics};
-use crate::ops::{Ctx, Effect, Settings};
 use crate::store::Store;
 use rusqlite::{Connection, TransactionBehavior};
 use std::any::Any;
@@ -25,8 +24,8 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_BATCH: usize = 512;
 
 type Output = Box<dyn Any + Send>;
-type Run = Box<dyn FnOnce(&Connection, &mut Ctx) -> Result<Output, CoreError> + Send>;
-type Outcome = Result<(Output, Vec<Effect>), CoreError>;
+type Run = Box<dyn FnOnce(&Connection) -> Result<Output, CoreError> + Send>;
+type Outcome = Result<Output, CoreError>;
 type Done = oneshot::Sender<Outcome>;
 
 /// Which queue an operation waits in.
@@ -66,16 +65,12 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writer on its own thread, with `store`'s write connection, recording its
-    /// queueing, batch sizes and commits in `metrics`.
+    /// queueing, batch sizes and commits in `metrics`. It runs opaque jobs: what they do, and
+    /// the context they do it in, is their callers' business.
     ///
     /// # Panics
     /// When `store` already has a writer, or no thread can be started.
-    pub fn start(
-        store: &Store,
-        settings: Settings,
-        now: fn() -> i64,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn start(store: &Store, metrics: Arc<Metrics>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let urgent = Arc::new(AtomicUsize::new(0));
         let pending = urgent.clone();
@@ -83,11 +78,7 @@ impl Writer {
             std::thread::Builder::new()
                 .name("store-writer".to_owned())
                 .spawn(move || {
-                    let env = Env {
-                        settings,
-                        now,
-                        metrics,
-                    };
+                    let env = Env { metrics };
                     write_loop(conn, &env, rx, &pending);
                 })
                 .expect("the store writer's thread starts")
@@ -95,18 +86,17 @@ impl Writer {
         Self { jobs: tx, urgent }
     }
 
-    /// Runs `op` in the next group transaction of its lane; its result and effects once
-    /// committed.
+    /// Runs `op` in the next group transaction of its lane; its result once committed.
     ///
     /// # Errors
     /// The operation's error, or the commit's.
-    pub async fn write<T, F>(&self, lane: Lane, op: F) -> Result<(T, Vec<Effect>), CoreError>
+    pub async fn write<T, F>(&self, lane: Lane, op: F) -> Result<T, CoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, &mut Ctx) -> Result<T, CoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, CoreError> + Send + 'static,
     {
         let (done, result) = oneshot::channel();
-        let run: Run = Box::new(move |c, ctx| op(c, ctx).map(|t| Box::new(t) as Output));
+        let run: Run = Box::new(move |c| op(c).map(|t| Box::new(t) as Output));
         if lane == Lane::Urgent {
             self.urgent.fetch_add(1, Ordering::SeqCst);
         }
@@ -122,11 +112,11 @@ impl Writer {
             }
             return Err(CoreError::StoreClosed);
         }
-        let (out, effects) = result.await.map_err(|_| CoreError::StoreClosed)??;
+        let out = result.await.map_err(|_| CoreError::StoreClosed)??;
         let out = out
             .downcast::<T>()
             .expect("a job's output has the type its caller asked for");
-        Ok((*out, effects))
+        Ok(*out)
     }
 }
 
@@ -202,10 +192,8 @@ impl Inbox<'_> {
     }
 }
 
-/// What every job runs with.
+/// What the writer records into.
 struct Env {
-    settings: Settings,
-    now: fn() -> i64,
     metrics: Arc<Metrics>,
 }
 
@@ -317,11 +305,10 @@ fn run_job(tx: &mut rusqlite::Transaction<'_>, job: Job, env: &Env) -> (Done, Ou
             lane: job.lane.as_str(),
         })
         .observe(job.sent.elapsed().as_secs_f64());
-    let mut ctx = Ctx::new((env.now)(), env.settings);
     let outcome = match tx.savepoint() {
-        Ok(mut sp) => match super::guarded(|| (job.run)(&sp, &mut ctx)) {
+        Ok(mut sp) => match super::guarded(|| (job.run)(&sp)) {
             Ok(out) => match sp.commit() {
-                Ok(()) => Ok((out, ctx.effects)),
+                Ok(()) => Ok(out),
                 Err(e) => Err(CoreError::Store(e)),
             },
             Err(e) => {
@@ -354,10 +341,6 @@ mod tests {
     use std::sync::Mutex;
     use std::time::Duration;
 
-    fn now() -> i64 {
-        0
-    }
-
     fn insert(c: &Connection, id: &str) -> Result<(), CoreError> {
         c.execute(
             "INSERT INTO worker (id, status, capabilities, model, last_seen, registered_at)
@@ -383,7 +366,7 @@ mod tests {
     async fn writer() -> (tempfile::TempDir, Store, Writer) {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(&dir.path().join("g.db")).await.expect("store");
-        let writer = Writer::start(&store, Settings::default(), now, Arc::default());
+        let writer = Writer::start(&store, Arc::default());
         (dir, store, writer)
     }
 
@@ -399,12 +382,12 @@ mod tests {
             name: &'static str,
         ) -> (
             Self,
-            impl FnOnce(&Connection, &mut Ctx) -> Result<(), CoreError> + Send + 'static,
+            impl FnOnce(&Connection) -> Result<(), CoreError> + Send + 'static,
         ) {
             let (started_tx, started) = std_mpsc::channel();
             let (go, go_rx) = std_mpsc::channel::<()>();
             let order = order.clone();
-            let job = move |_: &Connection, _: &mut Ctx| {
+            let job = move |_: &Connection| {
                 order.lock().expect("order").push(name);
                 started_tx.send(()).expect("test waits");
                 go_rx
@@ -437,23 +420,23 @@ mod tests {
     fn record(
         order: &Arc<Mutex<Vec<&'static str>>>,
         name: &'static str,
-    ) -> impl FnOnce(&Connection, &mut Ctx) -> Result<(), CoreError> + Send + 'static {
+    ) -> impl FnOnce(&Connection) -> Result<(), CoreError> + Send + 'static {
         let order = order.clone();
-        move |_, _| {
+        move |_| {
             order.lock().expect("order").push(name);
             Ok(())
         }
     }
 
     /// A write sent to the writer, its result to come.
-    type Sent<T> = futures::future::BoxFuture<'static, Result<(T, Vec<Effect>), CoreError>>;
+    type Sent<T> = futures::future::BoxFuture<'static, Result<T, CoreError>>;
 
     /// Sends a write to the writer now (a write is sent when first polled) and returns the
     /// future of its result.
     fn send<T: Send + 'static>(
         writer: &Writer,
         lane: Lane,
-        op: impl FnOnce(&Connection, &mut Ctx) -> Result<T, CoreError> + Send + 'static,
+        op: impl FnOnce(&Connection) -> Result<T, CoreError> + Send + 'static,
     ) -> Sent<T> {
         let writer = writer.clone();
         let mut fut = async move { writer.write(lane, op).await }.boxed();
@@ -470,12 +453,12 @@ mod tests {
         let order = Arc::default();
         // Hold the writer so the next three queue into one batch.
         let (gate, held) = Gate::hold(&writer, &order);
-        let a = send(&writer, Lane::Normal, |c, _| insert(c, "a"));
-        let b = send(&writer, Lane::Normal, |c, _| {
+        let a = send(&writer, Lane::Normal, |c| insert(c, "a"));
+        let b = send(&writer, Lane::Normal, |c| {
             insert(c, "b")?;
             Err::<(), _>(CoreError::TaskNotFound(protocol::TaskId::new()))
         });
-        let c = send(&writer, Lane::Normal, |c, _| insert(c, "c"));
+        let c = send(&writer, Lane::Normal, |c| insert(c, "c"));
         gate.open();
         let (held, a, b, c) = tokio::join!(held, a, b, c);
         assert!(held.is_ok() && a.is_ok() && c.is_ok());
@@ -508,7 +491,7 @@ mod tests {
         let n1 = send(&writer, Lane::Normal, n1);
         let n2 = {
             let order = order.clone();
-            send(&writer, Lane::Normal, move |c, _| {
+            send(&writer, Lane::Normal, move |c| {
                 insert(c, "n2")?;
                 order.lock().expect("order").push("n2");
                 Ok(())
@@ -535,11 +518,11 @@ mod tests {
     #[tokio::test]
     async fn a_write_by_another_connection_clears_the_lease_cursors() {
         let (dir, _store, writer) = writer().await;
-        let cursors = |c: &Connection, _: &mut Ctx| -> Result<i64, CoreError> {
+        let cursors = |c: &Connection| -> Result<i64, CoreError> {
             Ok(c.query_row("SELECT COUNT(*) FROM temp.lease_cursor", [], |r| r.get(0))?)
         };
         writer
-            .write(Lane::Normal, |c, _| {
+            .write(Lane::Normal, |c| {
                 c.execute(
                     "INSERT INTO temp.lease_cursor (worker_id, type, after) VALUES ('w', 't', 7)",
                     [],
@@ -548,11 +531,11 @@ mod tests {
             })
             .await
             .expect("cursor");
-        let (n, _) = writer.write(Lane::Normal, cursors).await.expect("count");
+        let n = writer.write(Lane::Normal, cursors).await.expect("count");
         assert_eq!(n, 1, "the writer's own commits keep its cursors");
         let other = Connection::open(dir.path().join("g.db")).expect("second connection");
         insert(&other, "elsewhere").expect("write elsewhere");
-        let (n, _) = writer.write(Lane::Normal, cursors).await.expect("count");
+        let n = writer.write(Lane::Normal, cursors).await.expect("count");
         assert_eq!(n, 0, "cursors kept after another connection wrote");
     }
 
@@ -560,11 +543,11 @@ mod tests {
     async fn a_panicking_job_fails_alone_and_the_writer_goes_on() {
         let (_dir, store, writer) = writer().await;
         let (busted, fine) = tokio::join!(
-            writer.write(Lane::Normal, |c, _| -> Result<(), CoreError> {
+            writer.write(Lane::Normal, |c| -> Result<(), CoreError> {
                 insert(c, "half-done")?;
                 panic!("a bug in an operation");
             }),
-            writer.write(Lane::Normal, |c, _| insert(c, "fine")),
+            writer.write(Lane::Normal, |c| insert(c, "fine")),
         );
         assert!(
             matches!(&busted, Err(CoreError::Bug(m)) if m.contains("a bug")),
@@ -572,7 +555,7 @@ mod tests {
         );
         assert!(fine.is_ok());
         writer
-            .write(Lane::Normal, |c, _| insert(c, "later"))
+            .write(Lane::Normal, |c| insert(c, "later"))
             .await
             .expect("the writer still writes");
         let ids = worker_ids(&store).await;
