@@ -1,7 +1,9 @@
 //! The coordinator's errors: [`StoreError`] for opening the store, [`CoreError`] for operations.
 //! Every [`CoreError`] maps to a wire [`ErrorCode`], so both adapters reply the same way.
 
-use protocol::{ApiError, ErrorCode, LeaseId, ProtocolError, TaskId, TaskStatus, WorkerId};
+use protocol::{
+    ApiError, ErrorCode, LeaseId, LeaseState, ProtocolError, TaskId, TaskStatus, WorkerId,
+};
 
 /// The store could not be opened or migrated.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +50,7 @@ pub enum CoreError {
         /// The lease.
         lease: LeaseId,
         /// How it ended.
-        state: String,
+        state: LeaseState,
     },
     /// The worker holds no live lease on the task (a submission without a lease id).
     #[error("worker {worker} holds no lease on task {task}")]

@@ -28,4 +28,4 @@ pub mod verify;
 
 pub use error::{ApiError, ErrorCode, ProtocolError};
 pub use ids::{LeaseId, TaskId, TaskType, WorkerId};
-pub use status::{TaskStatus, WorkerStatus};
+pub use status::{LeaseState, TaskStatus, WorkerStatus};

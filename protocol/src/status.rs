@@ -77,6 +77,22 @@ impl TaskStatus {
 }
 
 string_enum!(
+    /// Where a lease is: live, or how it ended.
+    LeaseState, "lease state" {
+        /// Live: its holder may submit.
+        Active => "active",
+        /// Its holder submitted.
+        Completed => "completed",
+        /// It ran out (or its holder went stale) without a result.
+        Expired => "expired",
+        /// Its holder gave it back without a result.
+        Released => "released",
+        /// Its task closed (finalized, failed or cancelled) while it was live.
+        Cancelled => "cancelled",
+    }
+);
+
+string_enum!(
     /// A worker's liveness as the coordinator sees it.
     WorkerStatus, "worker status" {
         /// Heartbeats arrive within the TTL.
@@ -102,7 +118,12 @@ mod tests {
         for s in WorkerStatus::ALL {
             assert_eq!(s.to_string().parse::<WorkerStatus>().expect("parse"), *s);
         }
+        for s in LeaseState::ALL {
+            assert_eq!(s.as_str().parse::<LeaseState>().expect("parse"), *s);
+        }
         assert!("done".parse::<TaskStatus>().is_err());
+        assert!("gone".parse::<LeaseState>().is_err());
         assert!(TaskStatus::Failed.is_terminal() && !TaskStatus::Assigned.is_terminal());
+        assert!(TaskStatus::Cancelled.is_terminal());
     }
 }

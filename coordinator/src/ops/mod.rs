@@ -29,7 +29,7 @@ use crate::store::{blob_to_vector, from_ms};
 use protocol::generation::{blob_to_ids, GenerationSpec, VerifyMode};
 use protocol::messages::{FailureReason, TaskAnnouncement, TaskEvent, TaskView};
 use protocol::policy::VoteRule;
-use protocol::{TaskId, TaskStatus, TaskType, WorkerId};
+use protocol::{LeaseId, LeaseState, TaskId, TaskStatus, TaskType, WorkerId};
 use rusqlite::types::{FromSql, FromSqlError, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::str::FromStr;
@@ -425,21 +425,23 @@ pub(crate) fn known_capabilities(
 pub(crate) fn end_lease_unanswered(
     conn: &Connection,
     ctx: &mut Ctx,
-    lease_id: &str,
+    lease_id: &LeaseId,
     task_id: &TaskId,
-    state: &'static str,
+    state: LeaseState,
 ) -> Result<(bool, bool), CoreError> {
+    debug_assert!(matches!(state, LeaseState::Expired | LeaseState::Released));
+    let lease = lease_id.to_string();
     let ended = conn
         .prepare_cached(
             "UPDATE lease SET state = ?1, ended_at = ?2 WHERE id = ?3 AND state = 'active'",
         )?
-        .execute(params![state, ctx.now, lease_id])?;
+        .execute(params![state.as_str(), ctx.now, lease])?;
     if ended == 0 {
         return Ok((false, false));
     }
     let scoring: Option<i64> = conn
         .prepare_cached("SELECT verification FROM lease WHERE id = ?1")?
-        .query_row([lease_id], |r| r.get(0))?;
+        .query_row([&lease], |r| r.get(0))?;
     if scoring.is_some() {
         // A verify lease holds no generation slot: its scoring slot opens again.
         verify::reopen(conn, lease_id)?;
@@ -467,7 +469,7 @@ pub(crate) fn end_lease_unanswered(
         let message = format!(
             "gave up after {} attempts: leases {} without a result",
             task.attempts,
-            if state == "released" {
+            if state == LeaseState::Released {
                 "were released"
             } else {
                 "expired"

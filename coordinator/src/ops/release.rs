@@ -4,7 +4,7 @@
 use super::{end_lease_unanswered, Ctx};
 use crate::error::CoreError;
 use protocol::messages::{ReleaseReply, ReleaseRequest};
-use protocol::TaskId;
+use protocol::{LeaseState, TaskId};
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// Leases that are not live or not the worker's are skipped, not errors: a release races expiry.
@@ -28,7 +28,7 @@ pub(crate) fn run(
             .optional()?;
         if let Some(task) = task {
             let (ended, _) =
-                end_lease_unanswered(conn, ctx, &lease_id.to_string(), &task, "released")?;
+                end_lease_unanswered(conn, ctx, lease_id, &task, LeaseState::Released)?;
             released += u32::from(ended);
         }
     }

@@ -20,7 +20,7 @@ use protocol::messages::{
     SubmitRequest, TaskEvent,
 };
 use protocol::ProtocolError;
-use protocol::{LeaseId, TaskId, TaskStatus, WorkerId};
+use protocol::{LeaseId, LeaseState, TaskId, TaskStatus, WorkerId};
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// A worker's stored submission on a task: its lease, label, vector blob and token-id blob.
@@ -153,7 +153,7 @@ pub(crate) fn accept(
             status: task.status,
         });
     }
-    if state != "active" {
+    if state != LeaseState::Active {
         return Err(CoreError::LeaseExpired {
             lease: lease_id,
             state,
@@ -234,11 +234,11 @@ pub(crate) fn held_lease(
     lease_id: &LeaseId,
     task: &TaskId,
     worker: &WorkerId,
-) -> Result<(String, Option<verify::LeasedRow>), CoreError> {
-    let lease: Option<(TaskId, WorkerId, String)> = conn
+) -> Result<(LeaseState, Option<verify::LeasedRow>), CoreError> {
+    let lease: Option<(TaskId, WorkerId, LeaseState)> = conn
         .prepare_cached("SELECT task_id, worker_id, state FROM lease WHERE id = ?1")?
         .query_row([lease_id.to_string()], |r| {
-            Ok((parsed(r, 0)?, parsed(r, 1)?, r.get(2)?))
+            Ok((parsed(r, 0)?, parsed(r, 1)?, parsed(r, 2)?))
         })
         .optional()?;
     let Some((lease_task, holder, state)) = lease else {
@@ -594,8 +594,8 @@ mod tests {
     use crate::ops::testing::*;
     use crate::ops::{load_task, sweep};
     use protocol::generation::{GeneratedAnswer, VerifyMode};
-    use protocol::verify::Verification;
     use protocol::messages::{Lease, LeaseRequest, NewTask};
+    use protocol::verify::Verification;
     use protocol::{ErrorCode, TaskType};
 
     #[test]

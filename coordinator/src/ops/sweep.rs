@@ -4,14 +4,14 @@
 use super::{end_lease_unanswered, parsed, Ctx};
 use crate::error::CoreError;
 use protocol::messages::RequeueReply;
-use protocol::TaskId;
+use protocol::{LeaseId, LeaseState, TaskId};
 use rusqlite::{params, Connection};
 
 /// # Errors
 /// Store errors only.
 pub(crate) fn run(conn: &Connection, ctx: &mut Ctx) -> Result<RequeueReply, CoreError> {
     let stale_before = ctx.now - ctx.settings.heartbeat_ttl_ms;
-    let dead: Vec<(String, TaskId)> = conn
+    let dead: Vec<(LeaseId, TaskId)> = conn
         .prepare_cached(
             "SELECT l.id, l.task_id FROM lease l LEFT JOIN worker w ON w.id = l.worker_id
              WHERE l.state = 'active'
@@ -19,12 +19,12 @@ pub(crate) fn run(conn: &Connection, ctx: &mut Ctx) -> Result<RequeueReply, Core
                     OR w.status = 'offline')",
         )?
         .query_map(params![ctx.now, stale_before], |r| {
-            Ok((r.get(0)?, parsed(r, 1)?))
+            Ok((parsed(r, 0)?, parsed(r, 1)?))
         })?
         .collect::<Result<_, _>>()?;
     let mut reply = RequeueReply::default();
     for (lease, task) in dead {
-        let (ended, failed) = end_lease_unanswered(conn, ctx, &lease, &task, "expired")?;
+        let (ended, failed) = end_lease_unanswered(conn, ctx, &lease, &task, LeaseState::Expired)?;
         reply.requeued += u32::from(ended);
         reply.failed += u32::from(failed);
     }

@@ -24,7 +24,7 @@ use crate::store::{blob_to_vector, from_ms, vector_to_blob};
 use protocol::generation::{blob_to_ids, card, ids_to_blob, GenerationSpec, VerifyMode};
 use protocol::messages::{FailureReason, Lease, SubmitReply};
 use protocol::verify::{verdict, Verification, VerifyJob};
-use protocol::{LeaseId, ProtocolError, TaskStatus, TaskType, WorkerId};
+use protocol::{LeaseId, LeaseState, ProtocolError, TaskStatus, TaskType, WorkerId};
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// Called when a generative task has all its generations and exact match did not settle it (or
@@ -379,10 +379,10 @@ pub(crate) fn accept(
             label: "a different verification".to_owned(),
         });
     }
-    if lease_state != "active" {
+    if lease_state != LeaseState::Active {
         return Err(CoreError::LeaseExpired {
             lease: lease_id,
-            state: lease_state.to_owned(),
+            state: lease_state,
         });
     }
     conn.prepare_cached(
@@ -620,7 +620,7 @@ fn decide(
 ///
 /// # Errors
 /// Store errors.
-pub(crate) fn reopen(conn: &Connection, lease_id: &str) -> Result<(), CoreError> {
+pub(crate) fn reopen(conn: &Connection, lease_id: &LeaseId) -> Result<(), CoreError> {
     conn.prepare_cached(
         "UPDATE verification SET
              state = CASE WHEN trap IS NULL THEN 'open' ELSE 'lapsed' END,
@@ -628,6 +628,6 @@ pub(crate) fn reopen(conn: &Connection, lease_id: &str) -> Result<(), CoreError>
              lease_id = CASE WHEN trap IS NULL THEN NULL ELSE lease_id END
          WHERE lease_id = ?1 AND state = 'leased'",
     )?
-    .execute([lease_id])?;
+    .execute([lease_id.to_string()])?;
     Ok(())
 }
