@@ -1,7 +1,7 @@
 //! One handler per route. Shapes follow the original API; extra fields are additions only.
 
 use super::{HttpError, JsonBody};
-use crate::api::Submission;
+use crate::api::{Answered, Submission};
 use crate::core::Core;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -233,12 +233,9 @@ pub(super) async fn submit(
             Submission {
                 lease_id: b.lease_id,
                 worker_id: b.worker_id,
-                label: b.label,
-                embedding: b.embedding,
                 // The original API's workers register no model content: they are never leased
                 // a generative task.
-                generation: None,
-                verification: None,
+                answer: Answered::from_parts(b.label, b.embedding, None, None)?,
                 confidence: b.confidence,
                 model: b.model,
                 model_hash: None,

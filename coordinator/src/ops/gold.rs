@@ -258,9 +258,9 @@ pub(crate) fn check(
     let known: String = conn
         .prepare_cached("SELECT answer FROM gold WHERE id = ?1")?
         .query_row([gold], |r| r.get(0))?;
-    let (given, correct) = match &sub.generation {
-        Some(g) => (g.text.clone(), g.text.trim() == known.trim()),
-        None => (sub.label.clone(), sub.label == known),
+    let (given, correct) = match &sub.answer {
+        crate::api::Answered::Generated(g) => (g.text.clone(), g.text.trim() == known.trim()),
+        other => (other.label().to_owned(), other.label() == known),
     };
     conn.prepare_cached(
         "INSERT INTO gold_answer (gold_id, task_id, worker_id, type, model, model_hash, answer,

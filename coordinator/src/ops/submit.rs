@@ -7,7 +7,7 @@
 //! the same worker is refused.
 
 use super::{fail_task, load_task, parsed, verify, Ctx, Effect, TaskRow};
-use crate::api::Submission;
+use crate::api::{Answered, Submission};
 use crate::consensus::{
     decide, decide_identical, decide_vectors, distinct_count, judge, Outcome, VectorVote, Vote,
 };
@@ -37,7 +37,7 @@ pub(crate) fn run(
     req: SubmitRequest,
 ) -> Result<SubmitReply, CoreError> {
     req.validate()?;
-    accept(conn, ctx, task_id, req.into())
+    accept(conn, ctx, task_id, req.try_into()?)
 }
 
 /// # Errors
@@ -54,12 +54,7 @@ pub(crate) fn accept(
     task_id: &TaskId,
     sub: Submission,
 ) -> Result<SubmitReply, CoreError> {
-    let answer = Answer::new(
-        &sub.label,
-        sub.embedding.as_deref(),
-        sub.generation.as_ref(),
-        sub.verification.as_ref(),
-    )?;
+    let answer = sub.answer.as_answer();
     check_confidence(sub.confidence)?;
     check_model(sub.model.as_deref())?;
     check_model_hash(sub.model_hash.as_deref())?;
@@ -69,8 +64,12 @@ pub(crate) fn accept(
     }
     check_fits(&task, answer, sub.model_hash.as_deref())?;
     let tid = task_id.to_string();
-    let vector = sub.embedding.as_deref().map(vector_to_blob);
-    let ids = sub.generation.as_ref().map(|g| ids_to_blob(&g.token_ids));
+    let (vector, generation) = match &sub.answer {
+        Answered::Embedding(v) => (Some(vector_to_blob(v)), None),
+        Answered::Generated(g) => (None, Some(g)),
+        _ => (None, None),
+    };
+    let ids = generation.map(|g| ids_to_blob(&g.token_ids));
 
     let earlier: Option<Earlier> = conn
         .prepare_cached(
@@ -83,7 +82,7 @@ pub(crate) fn accept(
         .optional()?;
     if let Some((lease, label, embedding, token_ids)) = earlier {
         if sub.lease_id.is_none_or(|l| l == lease)
-            && label == sub.label
+            && label == sub.answer.label()
             && embedding == vector
             && token_ids == ids
         {
@@ -169,14 +168,14 @@ pub(crate) fn accept(
         tid,
         sub.worker_id.as_str(),
         lease_id.to_string(),
-        sub.label,
+        sub.answer.label(),
         sub.confidence,
         sub.model,
         ctx.now,
         vector,
         ids,
-        sub.generation.as_ref().map(|g| g.text.as_str()),
-        sub.generation.as_ref().map(|g| vector_to_blob(&g.logprobs)),
+        generation.map(|g| g.text.as_str()),
+        generation.map(|g| vector_to_blob(&g.logprobs)),
         sub.model_hash
     ])?;
     conn.prepare_cached("UPDATE lease SET state = 'completed', ended_at = ?1 WHERE id = ?2")?
@@ -189,7 +188,7 @@ pub(crate) fn accept(
          WHERE id = ?1",
     )?
     .execute([&tid])?;
-    tracing::debug!(task_id = %task_id, worker_id = %sub.worker_id, label = %sub.label, "submission stored");
+    tracing::debug!(task_id = %task_id, worker_id = %sub.worker_id, label = %sub.answer.label(), "submission stored");
 
     if let Some(gold) = task.gold {
         super::gold::check(conn, ctx, &task, gold, &sub)?;
