@@ -14,6 +14,26 @@ pub(crate) fn table<'a>(header: impl IntoIterator<Item = &'a str>) -> Table {
     t
 }
 
+/// The non-blank lines of `path` (standard input for `-`), each with its 1-based number, a
+/// trailing `\r` dropped.
+///
+/// # Errors
+/// The file (or standard input) cannot be read.
+pub(crate) fn lines_of(path: &std::path::Path) -> anyhow::Result<Vec<(usize, String)>> {
+    use anyhow::Context;
+    let content = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    Ok(content
+        .lines()
+        .enumerate()
+        .map(|(n, l)| (n + 1, l.trim_end_matches('\r').to_owned()))
+        .filter(|(_, l)| !l.trim().is_empty())
+        .collect())
+}
+
 /// Prints a value as pretty JSON.
 pub(crate) fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);

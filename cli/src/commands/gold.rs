@@ -74,18 +74,10 @@ pub(crate) async fn run(ctx: &Ctx, cmd: GoldCommand) -> anyhow::Result<()> {
 
 /// Reads gold items, one per non-empty line, JSON or VADER; the error names the line.
 pub(crate) fn read_items(path: &Path, min_rating: f64) -> anyhow::Result<Vec<GoldItem>> {
-    let content = if path.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
-    } else {
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
-    };
     let mut items = Vec::new();
-    for (n, line) in content.lines().enumerate() {
-        let line = line.trim_end_matches('\r');
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = || format!("{}:{}", path.display(), n + 1);
+    for (n, line) in output::lines_of(path)? {
+        let line = line.as_str();
+        let at = || format!("{}:{n}", path.display());
         if line.trim_start().starts_with('{') {
             let item: GoldItem =
                 decode(line.as_bytes()).with_context(|| format!("{}: not a gold item", at()))?;

@@ -257,21 +257,15 @@ async fn add(ctx: &Ctx, client: &Client, args: AddArgs) -> anyhow::Result<()> {
 }
 
 /// Reads one task per non-empty line: JSON objects, or plain text.
-pub(crate) fn read_tasks(path: &PathBuf, defaults: &NewTask) -> anyhow::Result<Vec<NewTask>> {
-    let content = if path.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
-    } else {
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
-    };
+pub(crate) fn read_tasks(
+    path: &std::path::Path,
+    defaults: &NewTask,
+) -> anyhow::Result<Vec<NewTask>> {
     let mut tasks = Vec::new();
-    for (n, line) in content.lines().enumerate() {
-        let line = line.trim_end_matches('\r');
-        if line.trim().is_empty() {
-            continue;
-        }
+    for (n, line) in output::lines_of(path)? {
         let mut task = if line.trim_start().starts_with('{') {
             decode::<NewTask>(line.as_bytes())
-                .with_context(|| format!("{}:{}: not a task", path.display(), n + 1))?
+                .with_context(|| format!("{}:{n}: not a task", path.display()))?
         } else {
             NewTask::text(line)
         };
