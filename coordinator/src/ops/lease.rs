@@ -172,8 +172,10 @@ pub(crate) fn run(
     for g in gold {
         leases.insert(fastrand::usize(..=leases.len()), g);
     }
-    // Then candidates to score, on tasks of the model content the worker serves.
-    if let (Some(hash), false) = (req.model_hash.as_deref(), quarantined) {
+    // Then candidates to score, on generative tasks of the model content the worker serves
+    // (every model reports its content now: a label worker has nothing to score).
+    let scores = req.capabilities.iter().any(TaskType::is_generative) && !quarantined;
+    if let (Some(hash), true) = (req.model_hash.as_deref(), scores) {
         let room = want - leases.len();
         if room > 0 {
             leases.extend(super::verify::lease_slots(
