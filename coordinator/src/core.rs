@@ -9,6 +9,7 @@ use crate::error::CoreError;
 use crate::metrics::Metrics;
 use crate::ops::{self, Ctx, Effect, Settings};
 use crate::store::group::{Lane, Writer};
+use crate::store::sql::Sql;
 use crate::store::Store;
 use protocol::messages::{
     ApiOp, Heartbeat, HeartbeatReply, LeaderboardReply, Lease, LeaseReply, LeaseRequest,
@@ -18,7 +19,6 @@ use protocol::messages::{
 };
 use protocol::policy::{GoldAddReply, GoldAddRequest, TaskIdsReply, TaskIdsRequest};
 use protocol::{TaskId, TaskStatus, TaskType, WorkerId};
-use rusqlite::Connection;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -160,7 +160,7 @@ impl Core {
     async fn write<T, F>(&self, op: F) -> Result<T, CoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, &mut Ctx) -> Result<T, CoreError> + Send + 'static,
+        F: FnOnce(&dyn Sql, &mut Ctx) -> Result<T, CoreError> + Send + 'static,
     {
         self.write_in(Lane::Normal, op).await
     }
@@ -168,12 +168,12 @@ impl Core {
     async fn write_in<T, F>(&self, lane: Lane, op: F) -> Result<T, CoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, &mut Ctx) -> Result<T, CoreError> + Send + 'static,
+        F: FnOnce(&dyn Sql, &mut Ctx) -> Result<T, CoreError> + Send + 'static,
     {
         // The operation's context is made where it runs (the clock read then), and its effects
         // travel back with its result, released only after the commit.
         let settings = self.settings;
-        let job = move |c: &Connection| {
+        let job = move |c: &dyn Sql| {
             let mut ctx = Ctx::new(now_ms(), settings);
             let out = op(c, &mut ctx)?;
             Ok((out, ctx.effects))
@@ -258,7 +258,7 @@ impl Core {
     async fn read<T, F>(&self, op: F) -> Result<T, CoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, i64) -> Result<T, CoreError> + Send + 'static,
+        F: FnOnce(&dyn Sql, i64) -> Result<T, CoreError> + Send + 'static,
     {
         Ok(self
             .store
@@ -486,7 +486,7 @@ impl Core {
     /// # Errors
     /// The store's error.
     pub async fn ping(&self) -> Result<(), CoreError> {
-        self.read(|c, _| Ok(c.query_row("SELECT COUNT(*) FROM task LIMIT 1", [], |_| Ok(()))?))
+        self.read(|c, _| Ok(c.query_row("SELECT COUNT(*) FROM task LIMIT 1", (), |_| Ok(()))?))
             .await
     }
 

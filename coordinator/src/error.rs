@@ -11,6 +11,12 @@ pub enum StoreError {
     /// SQLite refused.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL refused, or could not be reached.
+    #[error("postgres: {0}")]
+    Postgres(#[from] postgres::Error),
+    /// The store's URL or settings are wrong.
+    #[error("store: {0}")]
+    Config(String),
     /// The database was written by a newer aimarket.
     #[error("database schema version {found} is newer than this build knows ({known}); upgrade aimarket")]
     TooNew {
@@ -101,9 +107,13 @@ pub enum CoreError {
     /// Missing or wrong credentials: the caller must present the right worker token or API key.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
-    /// SQLite failed (disk full, read-only, I/O): retry later.
+    /// The store failed (disk full, read-only, I/O, the database unreachable): retry later.
     #[error("store: {0}")]
-    Store(#[from] rusqlite::Error),
+    Store(#[from] crate::store::sql::Error),
+    /// The connection was lost while the transaction committed: it may or may not have
+    /// committed. Never answered `ok`; a retry must be safe (an idempotent request).
+    #[error("store: the commit's outcome is unknown ({0}); retry")]
+    CommitUnknown(String),
     /// The store's background thread is gone.
     #[error("store connection closed")]
     StoreClosed,
@@ -126,6 +136,7 @@ impl CoreError {
             CoreError::ModelMismatch { .. } => ErrorCode::ModelMismatch,
             CoreError::Unauthorized(_) => ErrorCode::Unauthorized,
             CoreError::Store(e) if is_unavailable(e) => ErrorCode::Unavailable,
+            CoreError::CommitUnknown(_) => ErrorCode::Unavailable,
             CoreError::Store(_) | CoreError::StoreClosed | CoreError::Bug(_) => ErrorCode::Internal,
         }
     }
@@ -136,27 +147,52 @@ impl CoreError {
     }
 }
 
-/// Errors that pass when the environment recovers (disk space, permissions, contention).
-fn is_unavailable(e: &rusqlite::Error) -> bool {
+impl From<rusqlite::Error> for CoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        CoreError::Store(e.into())
+    }
+}
+
+/// Errors that pass when the environment recovers (disk space, permissions, contention, the
+/// database server down or restarting).
+pub(crate) fn is_unavailable(e: &crate::store::sql::Error) -> bool {
+    use crate::store::sql::Error as E;
     use rusqlite::ErrorCode as C;
-    matches!(
-        e.sqlite_error_code(),
-        Some(
-            C::DiskFull
-                | C::ReadOnly
-                | C::SystemIoFailure
-                | C::DatabaseBusy
-                | C::DatabaseLocked
-                | C::CannotOpen
-        )
-    )
+    match e {
+        E::Sqlite(e) => matches!(
+            e.sqlite_error_code(),
+            Some(
+                C::DiskFull
+                    | C::ReadOnly
+                    | C::SystemIoFailure
+                    | C::DatabaseBusy
+                    | C::DatabaseLocked
+                    | C::CannotOpen
+            )
+        ),
+        E::Postgres(pg) => match pg.code() {
+            // No server reply at all: the connection is gone.
+            None => true,
+            Some(code) => is_transient_sqlstate(code.code()),
+        },
+        E::NoRows | E::Conversion(..) => false,
+    }
+}
+
+/// SQLSTATEs that pass on their own: lost connections (class 08), the server shutting down or
+/// starting (57P0x), resources (class 53), lock and serialization conflicts, timeouts.
+pub(crate) fn is_transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57P")
+        || matches!(code, "40001" | "40P01" | "55P03" | "57014" | "25P03")
 }
 
 impl From<tokio_rusqlite::Error<CoreError>> for CoreError {
     fn from(e: tokio_rusqlite::Error<CoreError>) -> Self {
         match e {
             tokio_rusqlite::Error::Error(e) => e,
-            tokio_rusqlite::Error::Close((_, e)) => CoreError::Store(e),
+            tokio_rusqlite::Error::Close((_, e)) => CoreError::Store(e.into()),
             _ => CoreError::StoreClosed,
         }
     }

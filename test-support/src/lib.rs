@@ -6,7 +6,10 @@
 
 pub mod marian;
 pub mod models;
+pub mod postgres;
 pub mod t5;
+
+pub use postgres::Postgres;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;

@@ -3,10 +3,10 @@
 
 use super::{close_task, load_task, rewind_cursors, Ctx, Effect};
 use crate::error::CoreError;
+use crate::store::sql::Sql;
 use protocol::messages::FailureReason;
 use protocol::policy::{Policy, TaskIdsReply, TaskIdsRequest};
 use protocol::{ProtocolError, TaskStatus};
-use rusqlite::Connection;
 
 /// Cancels open tasks: each becomes `cancelled`, its live leases end (their holders learn it
 /// on their next heartbeat or submission, `task_closed`), its answers are kept.
@@ -15,7 +15,7 @@ use rusqlite::Connection;
 /// [`CoreError::TaskNotFound`] for an unknown id, [`CoreError::TaskClosed`] for a task already
 /// finalized, failed or cancelled; nothing is changed then.
 pub(crate) fn cancel(
-    conn: &Connection,
+    conn: &dyn Sql,
     ctx: &mut Ctx,
     req: TaskIdsRequest,
 ) -> Result<TaskIdsReply, CoreError> {
@@ -46,7 +46,7 @@ pub(crate) fn cancel(
 /// `failed`, or a generative task whose candidates were all scored (its answers cannot change);
 /// nothing is changed then.
 pub(crate) fn retry(
-    conn: &Connection,
+    conn: &dyn Sql,
     ctx: &mut Ctx,
     req: TaskIdsRequest,
 ) -> Result<TaskIdsReply, CoreError> {
@@ -88,7 +88,7 @@ pub(crate) fn retry(
                  failure_reason = NULL, finished_at = NULL, required = ?1, max_answers = ?2
              WHERE id = ?3",
         )?
-        .execute(rusqlite::params![required, max_answers, id.to_string()])?;
+        .execute(crate::params![required, max_answers, id.to_string()])?;
         rewind_cursors(conn, id)?;
         ctx.effects
             .push(Effect::Announce(load_task(conn, id)?.announcement()));

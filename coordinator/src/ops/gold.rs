@@ -12,12 +12,12 @@
 use super::{Ctx, Effect, Json, TaskRow};
 use crate::error::CoreError;
 use crate::store::from_ms;
+use crate::store::sql::{params, OptionalExtension, Sql};
 use protocol::generation::GenerationSpec;
 use protocol::limits::{DEFAULT_REQUIRED_SUBMISSIONS, MAX_TASKS_PER_ADD};
 use protocol::messages::{Lease, NewTask, TaskAnnouncement};
 use protocol::policy::{GoldAddReply, GoldAddRequest};
 use protocol::{LeaseId, ProtocolError, TaskId, TaskType, WorkerId};
-use rusqlite::{params, Connection, OptionalExtension};
 
 /// Gold answers the quarantine rule looks back over.
 pub(crate) const WINDOW: u32 = 50;
@@ -28,7 +28,7 @@ pub(crate) const WINDOW: u32 = 50;
 /// [`CoreError::Invalid`] naming the first bad item: text, labels or spec out of bounds, an
 /// answer that is not a label of its type. Nothing is stored then.
 pub(crate) fn add(
-    conn: &Connection,
+    conn: &dyn Sql,
     ctx: &mut Ctx,
     req: GoldAddRequest,
 ) -> Result<GoldAddReply, CoreError> {
@@ -79,7 +79,7 @@ pub(crate) fn add(
             ctx.now
         ])? as u64;
     }
-    let total: u64 = conn.query_row("SELECT COUNT(*) FROM gold", [], |r| r.get(0))?;
+    let total: u64 = conn.query_row("SELECT COUNT(*) FROM gold", (), |r| r.get(0))?;
     tracing::info!(added, total, "gold items stored");
     Ok(GoldAddReply {
         added,
@@ -89,10 +89,7 @@ pub(crate) fn add(
 }
 
 /// Why `worker` is quarantined, when it is.
-pub(crate) fn quarantine(
-    conn: &Connection,
-    worker: &WorkerId,
-) -> Result<Option<String>, CoreError> {
+pub(crate) fn quarantine(conn: &dyn Sql, worker: &WorkerId) -> Result<Option<String>, CoreError> {
     Ok(conn
         .prepare_cached("SELECT quarantine FROM worker WHERE id = ?1")?
         .query_row([worker.as_str()], |r| r.get(0))
@@ -113,7 +110,7 @@ struct Item {
 /// serves), from a random point on: first those it has never answered nor holds, then, when it
 /// has seen them all, any.
 fn pick(
-    conn: &Connection,
+    conn: &dyn Sql,
     worker: &WorkerId,
     capabilities: &[TaskType],
     model_hash: Option<&str>,
@@ -121,7 +118,7 @@ fn pick(
 ) -> Result<Vec<Item>, CoreError> {
     let caps = serde_json::to_string(capabilities).expect("task types serialize");
     let (lo, hi): (Option<i64>, Option<i64>) =
-        conn.query_row("SELECT MIN(id), MAX(id) FROM gold", [], |r| {
+        conn.query_row("SELECT MIN(id), MAX(id) FROM gold", (), |r| {
             Ok((r.get(0)?, r.get(1)?))
         })?;
     let (Some(lo), Some(hi)) = (lo, hi) else {
@@ -180,7 +177,7 @@ fn pick(
 /// Leases up to `n` gold tasks to `worker`: one new task per item (one answer, one attempt),
 /// announced like any task.
 pub(crate) fn lease(
-    conn: &Connection,
+    conn: &dyn Sql,
     ctx: &mut Ctx,
     worker: &WorkerId,
     capabilities: &[TaskType],
@@ -249,7 +246,7 @@ pub(crate) fn lease(
 /// Checks a stored answer to gold task `task` (an instance of item `gold`) against the known
 /// one: records it, counts it in the worker's score, closes the task and judges the worker.
 pub(crate) fn check(
-    conn: &Connection,
+    conn: &dyn Sql,
     ctx: &mut Ctx,
     task: &TaskRow,
     gold: i64,
@@ -294,7 +291,7 @@ pub(crate) fn check(
 
 /// Quarantines `worker` when its accuracy over its last [`WINDOW`] gold answers is below the
 /// bar (once it has enough of them), and lets it out once it is back above.
-fn judge_worker(conn: &Connection, ctx: &Ctx, worker: &WorkerId) -> Result<(), CoreError> {
+fn judge_worker(conn: &dyn Sql, ctx: &Ctx, worker: &WorkerId) -> Result<(), CoreError> {
     let (answered, right): (u32, u32) = conn
         .prepare_cached(
             "SELECT COUNT(*), COALESCE(SUM(correct), 0) FROM

@@ -4,16 +4,16 @@
 use super::{lease::timings, touch_worker, Ctx};
 use crate::error::CoreError;
 use crate::store::from_ms;
+use crate::store::sql::{params, Sql};
 use protocol::messages::{Heartbeat, HeartbeatReply};
 use protocol::{LeaseId, ProtocolError, WorkerId};
-use rusqlite::{params, Connection};
 
 /// `subject_worker` is the worker id taken from the subject; the body must name the same one.
 ///
 /// # Errors
 /// [`CoreError::Invalid`] for a mismatched worker id or out-of-bounds capabilities.
 pub(crate) fn run(
-    conn: &Connection,
+    conn: &dyn Sql,
     ctx: &mut Ctx,
     subject_worker: &WorkerId,
     hb: Heartbeat,
@@ -53,11 +53,7 @@ pub(crate) fn run(
 
 /// Of the leases a worker names, those that ended because their task closed (cancelled,
 /// finalized or failed without them): their work is to be dropped.
-fn closed(
-    conn: &Connection,
-    worker: &WorkerId,
-    named: &[LeaseId],
-) -> Result<Vec<LeaseId>, CoreError> {
+fn closed(conn: &dyn Sql, worker: &WorkerId, named: &[LeaseId]) -> Result<Vec<LeaseId>, CoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT 1 FROM lease WHERE id = ?1 AND worker_id = ?2 AND state = 'cancelled'",
     )?;
@@ -73,7 +69,7 @@ fn closed(
 /// Pushes the expiry of `worker`'s live leases (those in `only`, when given) to a full lease from
 /// now. A lease the worker does not name is left to expire.
 pub(crate) fn renew(
-    conn: &Connection,
+    conn: &dyn Sql,
     ctx: &Ctx,
     worker: &WorkerId,
     only: Option<&[LeaseId]>,
@@ -104,7 +100,7 @@ pub(crate) fn renew(
 /// # Errors
 /// [`CoreError::Invalid`] for capabilities out of bounds.
 pub(crate) fn run_known(
-    conn: &Connection,
+    conn: &dyn Sql,
     ctx: &mut Ctx,
     worker: &WorkerId,
     capabilities: Option<Vec<protocol::TaskType>>,

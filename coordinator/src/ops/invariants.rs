@@ -72,10 +72,10 @@ fn step() -> impl Strategy<Value = Step> {
 
 /// Runs one operation in its own transaction, committing only on success, as `Core` does.
 fn apply<T>(
-    conn: &mut Connection,
+    conn: &mut rusqlite::Connection,
     now: i64,
     finished: &mut HashMap<TaskId, usize>,
-    op: impl FnOnce(&Connection, &mut Ctx) -> Result<T, CoreError>,
+    op: impl FnOnce(&dyn Sql, &mut Ctx) -> Result<T, CoreError>,
 ) -> Result<T, CoreError> {
     let tx = conn.transaction().expect("tx");
     let mut c = Ctx::new(now, gold_settings());
@@ -110,11 +110,11 @@ fn gold_settings() -> Settings {
     }
 }
 
-fn count(conn: &Connection, sql: &str) -> i64 {
-    conn.query_row(sql, [], |r| r.get(0)).expect(sql)
+fn count(conn: &dyn Sql, sql: &str) -> i64 {
+    conn.query_row(sql, (), |r| r.get(0)).expect(sql)
 }
 
-fn check(conn: &Connection, finished: &HashMap<TaskId, usize>) {
+fn check(conn: &dyn Sql, finished: &HashMap<TaskId, usize>) {
     let broken = [
         ("counter of live leases", "SELECT COUNT(*) FROM task t WHERE active_leases != (SELECT COUNT(*) FROM lease l WHERE l.task_id = t.id AND l.state = 'active')"),
         ("counter of submissions", "SELECT COUNT(*) FROM task t WHERE submissions != (SELECT COUNT(*) FROM submission s WHERE s.task_id = t.id)"),

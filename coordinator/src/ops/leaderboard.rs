@@ -6,13 +6,13 @@
 
 use super::parsed;
 use crate::error::CoreError;
+use crate::store::sql::Sql;
 use protocol::messages::{LeaderboardEntry, LeaderboardReply, ModelAgreement, ModelAgreementReply};
 use protocol::policy::GoldScore;
-use rusqlite::Connection;
 
 /// # Errors
 /// Store errors only.
-pub(crate) fn run(conn: &Connection) -> Result<LeaderboardReply, CoreError> {
+pub(crate) fn run(conn: &dyn Sql) -> Result<LeaderboardReply, CoreError> {
     let entries = conn
         .prepare_cached(
             "SELECT w.id, COALESCE(ws.points, 0) AS points,
@@ -26,7 +26,7 @@ pub(crate) fn run(conn: &Connection) -> Result<LeaderboardReply, CoreError> {
              FROM worker w LEFT JOIN worker_score ws ON ws.worker_id = w.id
              ORDER BY points DESC, w.id",
         )?
-        .query_map([], |r| {
+        .query_map((), |r| {
             Ok(LeaderboardEntry {
                 worker_id: parsed(r, 0)?,
                 points: r.get(1)?,
@@ -51,7 +51,7 @@ pub(crate) fn run(conn: &Connection) -> Result<LeaderboardReply, CoreError> {
 ///
 /// # Errors
 /// Store errors only.
-pub(crate) fn by_model(conn: &Connection) -> Result<ModelAgreementReply, CoreError> {
+pub(crate) fn by_model(conn: &dyn Sql) -> Result<ModelAgreementReply, CoreError> {
     let models = conn
         .prepare_cached(
             "SELECT COALESCE(s.model, '-'), s.model_hash, t.type, COUNT(*),
@@ -63,7 +63,7 @@ pub(crate) fn by_model(conn: &Connection) -> Result<ModelAgreementReply, CoreErr
              FROM submission s JOIN task t ON t.id = s.task_id
              GROUP BY s.model, s.model_hash, t.type ORDER BY 1, 2, 3",
         )?
-        .query_map([], |r| {
+        .query_map((), |r| {
             let (decided, agreed): (u64, u64) = (r.get(4)?, r.get(5)?);
             Ok(ModelAgreement {
                 model: r.get(0)?,

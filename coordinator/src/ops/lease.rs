@@ -7,10 +7,10 @@
 use super::{touch_worker, Ctx, Json};
 use crate::error::CoreError;
 use crate::store::from_ms;
+use crate::store::sql::{params, OptionalExtension, Sql};
 use protocol::generation::GenerationSpec;
 use protocol::messages::{Lease, LeaseReply, LeaseRequest, Timings};
 use protocol::{LeaseId, TaskId, TaskType, WorkerId};
-use rusqlite::{params, Connection, OptionalExtension};
 
 /// A task that can be leased: its FIFO position, id, type and text.
 struct Candidate {
@@ -53,7 +53,7 @@ pub(crate) fn timings(ctx: &Ctx) -> Timings {
 /// # Errors
 /// [`CoreError::Invalid`] for a request out of bounds; store errors otherwise.
 pub(crate) fn run(
-    conn: &Connection,
+    conn: &dyn Sql,
     ctx: &mut Ctx,
     req: LeaseRequest,
 ) -> Result<LeaseReply, CoreError> {
@@ -199,7 +199,7 @@ pub(crate) fn run(
 /// # Errors
 /// Store errors only.
 pub(crate) fn next_for(
-    conn: &Connection,
+    conn: &dyn Sql,
     ctx: &mut Ctx,
     worker: &WorkerId,
 ) -> Result<Option<Lease>, CoreError> {
@@ -227,7 +227,7 @@ fn oldest_open_sql() -> String {
 }
 
 fn oldest_open(
-    conn: &Connection,
+    conn: &dyn Sql,
     worker: &WorkerId,
     task_type: &TaskType,
     model_hash: Option<&str>,
@@ -258,7 +258,7 @@ fn oldest_open(
 }
 
 fn hinted(
-    conn: &Connection,
+    conn: &dyn Sql,
     worker: &WorkerId,
     task: &TaskId,
     capabilities: &[TaskType],
@@ -378,7 +378,7 @@ mod tests {
         r.leases.iter().map(|l| l.task_id).collect()
     }
 
-    fn release(conn: &mut Connection, now: i64, worker: &str, lease: &Lease) {
+    fn release(conn: &mut rusqlite::Connection, now: i64, worker: &str, lease: &Lease) {
         let tx = conn.transaction().expect("tx");
         let req = protocol::messages::ReleaseRequest {
             worker_id: wid(worker),
@@ -464,7 +464,7 @@ mod tests {
         let conn = store();
         let sql = format!("EXPLAIN QUERY PLAN {}", oldest_open_sql());
         for (task_type, hash) in [("sentiment", None), ("generate", Some("ab".repeat(32)))] {
-            let plan: Vec<String> = conn
+            let plan: Vec<String> = (&conn as &dyn Sql)
                 .prepare(&sql)
                 .expect("plan")
                 .query_map(params!["w", task_type, 1, hash], |r| r.get(3))

@@ -25,13 +25,12 @@ pub(crate) mod verify;
 pub(crate) mod workers;
 
 use crate::error::CoreError;
+use crate::store::sql::{params, FromValue, OptionalExtension, Row, Sql, ValueRef};
 use crate::store::{blob_to_vector, from_ms};
 use protocol::generation::{blob_to_ids, GenerationSpec, VerifyMode};
 use protocol::messages::{FailureReason, TaskAnnouncement, TaskEvent, TaskView};
 use protocol::policy::VoteRule;
 use protocol::{LeaseId, LeaseState, TaskId, TaskStatus, TaskType, WorkerId};
-use rusqlite::types::{FromSql, FromSqlError, ValueRef};
-use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::str::FromStr;
 
 /// The default [`Settings::trap_rate`].
@@ -121,38 +120,38 @@ impl Ctx {
 }
 
 /// Reads a TEXT column into any type with `FromStr` (ids, states).
-pub(crate) fn parsed<T>(row: &Row<'_>, idx: usize) -> rusqlite::Result<T>
+pub(crate) fn parsed<T>(row: &Row<'_>, idx: usize) -> crate::store::sql::Result<T>
 where
     T: FromStr,
     T::Err: std::error::Error + Send + Sync + 'static,
 {
     let s: String = row.get(idx)?;
-    s.parse().map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
-    })
+    s.parse()
+        .map_err(|e| crate::store::sql::Error::Conversion(idx, Box::new(e)))
 }
 
 /// As [`parsed`], for a nullable column.
-pub(crate) fn parsed_opt<T>(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<T>>
+pub(crate) fn parsed_opt<T>(row: &Row<'_>, idx: usize) -> crate::store::sql::Result<Option<T>>
 where
     T: FromStr,
     T::Err: std::error::Error + Send + Sync + 'static,
 {
-    match row.get_ref(idx)? {
-        ValueRef::Null => Ok(None),
-        _ => parsed(row, idx).map(Some),
+    if row.is_null(idx)? {
+        Ok(None)
+    } else {
+        parsed(row, idx).map(Some)
     }
 }
 
 /// Newtype so JSON-in-TEXT columns (capabilities) load with `row.get`.
 pub(crate) struct Json<T>(pub T);
 
-impl<T: serde::de::DeserializeOwned> FromSql for Json<T> {
-    fn column_result(value: ValueRef<'_>) -> Result<Self, FromSqlError> {
-        let s = value.as_str()?;
-        serde_json::from_str(s)
-            .map(Json)
-            .map_err(|e| FromSqlError::Other(Box::new(e)))
+impl<T: serde::de::DeserializeOwned> FromValue for Json<T> {
+    fn from_value(value: ValueRef<'_>) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        match value {
+            ValueRef::Text(s) => Ok(Json(serde_json::from_str(s)?)),
+            v => Err(format!("{v:?} is not JSON text").into()),
+        }
     }
 }
 
@@ -241,7 +240,7 @@ pub(crate) const TASK_VIEW_COLUMNS: &str = concat!(
 );
 
 impl TaskRow {
-    pub(crate) fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+    pub(crate) fn from_row(r: &Row<'_>) -> crate::store::sql::Result<Self> {
         Ok(Self {
             id: parsed(r, 0)?,
             task_type: parsed(r, 1)?,
@@ -276,12 +275,12 @@ impl TaskRow {
             distinct_models: r.get(28)?,
             model_hash: r.get(29)?,
             gold: r.get(30)?,
-            reserved_by: if r.as_ref().column_count() > VIEW_RESERVED_BY {
+            reserved_by: if r.column_count() > VIEW_RESERVED_BY {
                 parsed_opt(r, VIEW_RESERVED_BY)?
             } else {
                 None
             },
-            lease_expires_at: if r.as_ref().column_count() > VIEW_RESERVED_BY + 1 {
+            lease_expires_at: if r.column_count() > VIEW_RESERVED_BY + 1 {
                 r.get(VIEW_RESERVED_BY + 1)?
             } else {
                 None
@@ -348,7 +347,7 @@ impl TaskRow {
 ///
 /// # Errors
 /// [`CoreError::TaskNotFound`] when there is none with that id.
-pub(crate) fn load_task(conn: &Connection, id: &TaskId) -> Result<TaskRow, CoreError> {
+pub(crate) fn load_task(conn: &dyn Sql, id: &TaskId) -> Result<TaskRow, CoreError> {
     load_task_with(conn, id, TASK_COLUMNS)
 }
 
@@ -356,11 +355,11 @@ pub(crate) fn load_task(conn: &Connection, id: &TaskId) -> Result<TaskRow, CoreE
 ///
 /// # Errors
 /// [`CoreError::TaskNotFound`] when there is none with that id.
-pub(crate) fn load_task_view(conn: &Connection, id: &TaskId) -> Result<TaskRow, CoreError> {
+pub(crate) fn load_task_view(conn: &dyn Sql, id: &TaskId) -> Result<TaskRow, CoreError> {
     load_task_with(conn, id, TASK_VIEW_COLUMNS)
 }
 
-fn load_task_with(conn: &Connection, id: &TaskId, columns: &str) -> Result<TaskRow, CoreError> {
+fn load_task_with(conn: &dyn Sql, id: &TaskId, columns: &str) -> Result<TaskRow, CoreError> {
     let sql = format!("SELECT {columns} FROM task WHERE id = ?1");
     conn.prepare_cached(&sql)?
         .query_row([id.to_string()], TaskRow::from_row)
@@ -373,7 +372,7 @@ fn load_task_with(conn: &Connection, id: &TaskId, columns: &str) -> Result<TaskR
 /// A worker that now serves another model content forgets its lease cursors: the tasks they
 /// passed over for the old hash may be ones it can do now.
 pub(crate) fn touch_worker(
-    conn: &Connection,
+    conn: &dyn Sql,
     now: i64,
     worker: &WorkerId,
     capabilities: &[TaskType],
@@ -405,7 +404,7 @@ pub(crate) fn touch_worker(
 /// The capabilities `worker` registered with, or `sentiment` for a worker never seen (clients of
 /// the original HTTP API register without task types).
 pub(crate) fn known_capabilities(
-    conn: &Connection,
+    conn: &dyn Sql,
     worker: &WorkerId,
 ) -> Result<Vec<TaskType>, CoreError> {
     let caps: Option<Json<Vec<TaskType>>> = conn
@@ -423,7 +422,7 @@ pub(crate) fn known_capabilities(
 ///
 /// Returns whether the lease was live, and whether its task failed as a result.
 pub(crate) fn end_lease_unanswered(
-    conn: &Connection,
+    conn: &dyn Sql,
     ctx: &mut Ctx,
     lease_id: &LeaseId,
     task_id: &TaskId,
@@ -484,7 +483,7 @@ pub(crate) fn end_lease_unanswered(
 
 /// A task may now be open to workers whose lease cursors are past it (see `lease_cursor`):
 /// their next walk starts before it.
-pub(crate) fn rewind_cursors(conn: &Connection, task_id: &TaskId) -> Result<(), CoreError> {
+pub(crate) fn rewind_cursors(conn: &dyn Sql, task_id: &TaskId) -> Result<(), CoreError> {
     conn.prepare_cached(
         "UPDATE temp.lease_cursor SET after = t.seq - 1
          FROM (SELECT seq, type FROM task WHERE id = ?1) AS t
@@ -496,7 +495,7 @@ pub(crate) fn rewind_cursors(conn: &Connection, task_id: &TaskId) -> Result<(), 
 
 /// Moves a task to `failed`, cancelling any lease still live on it.
 pub(crate) fn fail_task(
-    conn: &Connection,
+    conn: &dyn Sql,
     ctx: &mut Ctx,
     task: &TaskRow,
     reason: FailureReason,
@@ -509,7 +508,7 @@ pub(crate) fn fail_task(
 /// are cancelled, so their holders learn on their next heartbeat or submission; its open
 /// scoring rows lapse. A gold task ends without an event: nobody waits for it.
 pub(crate) fn close_task(
-    conn: &Connection,
+    conn: &dyn Sql,
     ctx: &mut Ctx,
     task: &TaskRow,
     status: TaskStatus,
@@ -557,8 +556,8 @@ pub(crate) mod testing {
         Lease, LeaseReply, LeaseRequest, NewTask, SubmitReply, SubmitRequest, TaskAddRequest,
     };
 
-    pub(crate) fn store() -> Connection {
-        let mut conn = Connection::open_in_memory().expect("in-memory sqlite");
+    pub(crate) fn store() -> rusqlite::Connection {
+        let mut conn = rusqlite::Connection::open_in_memory().expect("in-memory sqlite");
         crate::store::prepare(&mut conn).expect("schema");
         conn
     }
@@ -583,7 +582,7 @@ pub(crate) mod testing {
         WorkerId::new(s).expect("worker id")
     }
 
-    pub(crate) fn add(conn: &mut Connection, now: i64, task: NewTask) -> TaskId {
+    pub(crate) fn add(conn: &mut rusqlite::Connection, now: i64, task: NewTask) -> TaskId {
         let tx = conn.transaction().expect("tx");
         let reply = task_add::run(
             &tx,
@@ -599,7 +598,11 @@ pub(crate) mod testing {
     }
 
     /// Runs a lease request in a transaction of its own and commits it.
-    pub(crate) fn lease(conn: &mut Connection, now: i64, req: LeaseRequest) -> LeaseReply {
+    pub(crate) fn lease(
+        conn: &mut rusqlite::Connection,
+        now: i64,
+        req: LeaseRequest,
+    ) -> LeaseReply {
         let tx = conn.transaction().expect("tx");
         let reply = lease::run(&tx, &mut ctx(now), req).expect("lease");
         tx.commit().expect("commit");
@@ -617,12 +620,12 @@ pub(crate) mod testing {
         }
     }
 
-    pub(crate) fn dump(conn: &Connection) -> String {
+    pub(crate) fn dump(conn: &dyn Sql) -> String {
         crate::store::dump(conn).expect("dump")
     }
 
     /// One lease for `worker` on a `sentiment` task, if any.
-    pub(crate) fn take(conn: &mut Connection, now: i64, worker: &str) -> Vec<Lease> {
+    pub(crate) fn take(conn: &mut rusqlite::Connection, now: i64, worker: &str) -> Vec<Lease> {
         lease(conn, now, lease_req(worker, 1)).leases
     }
 
@@ -630,7 +633,7 @@ pub(crate) mod testing {
     /// that wrote anything before refusing leaves it in the store for the tests to see (in the
     /// coordinator its savepoint would hide it).
     pub(crate) fn send(
-        conn: &mut Connection,
+        conn: &mut rusqlite::Connection,
         now: i64,
         task: &TaskId,
         req: SubmitRequest,
@@ -662,7 +665,7 @@ pub(crate) mod testing {
     }
 
     /// `worker`'s points.
-    pub(crate) fn points(conn: &Connection, worker: &str) -> i64 {
+    pub(crate) fn points(conn: &dyn Sql, worker: &str) -> i64 {
         conn.query_row(
             "SELECT COALESCE((SELECT points FROM worker_score WHERE worker_id = ?1), 0)",
             [worker],

@@ -15,7 +15,11 @@ fn zero_shot(required: u32, max_answers: u32) -> NewTask {
     }
 }
 
-fn take_zs(conn: &mut Connection, now: i64, worker: &str) -> Vec<protocol::messages::Lease> {
+fn take_zs(
+    conn: &mut rusqlite::Connection,
+    now: i64,
+    worker: &str,
+) -> Vec<protocol::messages::Lease> {
     let req = LeaseRequest {
         capabilities: vec![TaskType::zero_shot()],
         ..lease_req(worker, 1)
@@ -23,7 +27,7 @@ fn take_zs(conn: &mut Connection, now: i64, worker: &str) -> Vec<protocol::messa
     lease(conn, now, req).leases
 }
 
-fn view_status(conn: &Connection, t: &TaskId) -> TaskStatus {
+fn view_status(conn: &dyn Sql, t: &TaskId) -> TaskStatus {
     load_task(conn, t).expect("task").view_status()
 }
 
@@ -96,7 +100,7 @@ fn no_quorum_by_max_answers_fails_and_a_retry_collects_more() {
     );
 
     // Retry: the three answers stay, room for more is made, a fourth answer decides.
-    let retry = |conn: &mut Connection, id: TaskId| {
+    let retry = |conn: &mut rusqlite::Connection, id: TaskId| {
         let tx = conn.transaction().expect("tx");
         let r = cancel::retry(&tx, &mut ctx(4), TaskIdsRequest { task_ids: vec![id] });
         tx.commit().expect("commit");
@@ -162,7 +166,7 @@ const H1: &str = "11111111111111111111111111111111111111111111111111111111111111
 const H2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
 
 fn take_as(
-    conn: &mut Connection,
+    conn: &mut rusqlite::Connection,
     worker: &str,
     hash: Option<&str>,
 ) -> Vec<protocol::messages::Lease> {
@@ -182,7 +186,7 @@ fn answer_as(l: &protocol::messages::Lease, worker: &str, hash: &str) -> SubmitR
 }
 
 /// Sends `sub`, which must be refused with `code` and change nothing.
-fn refused(conn: &mut Connection, t: &TaskId, sub: SubmitRequest, code: ErrorCode) {
+fn refused(conn: &mut rusqlite::Connection, t: &TaskId, sub: SubmitRequest, code: ErrorCode) {
     let before = dump(conn);
     let e = send(conn, 3, t, sub).0.expect_err("refused");
     assert_eq!(e.code(), code, "{e}");
@@ -303,7 +307,7 @@ fn policies_out_of_bounds_are_refused_and_store_nothing() {
     }
 }
 
-fn cancel_ids(conn: &mut Connection, ids: Vec<TaskId>) -> Result<Vec<Effect>, CoreError> {
+fn cancel_ids(conn: &mut rusqlite::Connection, ids: Vec<TaskId>) -> Result<Vec<Effect>, CoreError> {
     let tx = conn.transaction().expect("tx");
     let mut c = ctx(5);
     cancel::cancel(&tx, &mut c, TaskIdsRequest { task_ids: ids })?;
@@ -380,7 +384,7 @@ fn gold_settings(rate: f64) -> Settings {
 }
 
 fn add_gold(
-    conn: &mut Connection,
+    conn: &mut rusqlite::Connection,
     items: Vec<GoldItem>,
 ) -> Result<protocol::policy::GoldAddReply, CoreError> {
     let tx = conn.transaction().expect("tx");
@@ -390,7 +394,7 @@ fn add_gold(
 }
 
 fn lease_with(
-    conn: &mut Connection,
+    conn: &mut rusqlite::Connection,
     now: i64,
     s: Settings,
     worker: &str,
@@ -400,7 +404,7 @@ fn lease_with(
 }
 
 fn lease_req_with(
-    conn: &mut Connection,
+    conn: &mut rusqlite::Connection,
     now: i64,
     s: Settings,
     req: LeaseRequest,
@@ -412,7 +416,7 @@ fn lease_req_with(
 }
 
 fn submit_with(
-    conn: &mut Connection,
+    conn: &mut rusqlite::Connection,
     now: i64,
     s: Settings,
     l: &protocol::messages::Lease,
@@ -430,7 +434,7 @@ fn submit_with(
     tx.commit().expect("commit");
 }
 
-fn gold_score(conn: &Connection, worker: &str) -> (u32, u32) {
+fn gold_score(conn: &dyn Sql, worker: &str) -> (u32, u32) {
     conn.query_row(
         "SELECT gold_answered, gold_right FROM worker_score WHERE worker_id = ?1",
         [worker],

@@ -3,16 +3,16 @@
 
 use super::{end_lease_unanswered, Ctx};
 use crate::error::CoreError;
+use crate::store::sql::{params, OptionalExtension, Sql};
 use protocol::messages::{ReleaseReply, ReleaseRequest};
 use protocol::{LeaseState, TaskId};
-use rusqlite::{params, Connection, OptionalExtension};
 
 /// Leases that are not live or not the worker's are skipped, not errors: a release races expiry.
 ///
 /// # Errors
 /// Store errors only.
 pub(crate) fn run(
-    conn: &Connection,
+    conn: &dyn Sql,
     ctx: &mut Ctx,
     req: ReleaseRequest,
 ) -> Result<ReleaseReply, CoreError> {

@@ -2,13 +2,13 @@
 //! the gold items themselves stay).
 
 use crate::error::CoreError;
+use crate::store::sql::Sql;
 use protocol::messages::ResetRequest;
 use protocol::ProtocolError;
-use rusqlite::Connection;
 
 /// # Errors
 /// [`CoreError::Invalid`] unless the request confirms.
-pub(crate) fn run(conn: &Connection, req: &ResetRequest) -> Result<(), CoreError> {
+pub(crate) fn run(conn: &dyn Sql, req: &ResetRequest) -> Result<(), CoreError> {
     if !req.confirm {
         return Err(ProtocolError::invalid("confirm", "must be true to delete everything").into());
     }

@@ -11,9 +11,9 @@
 
 use super::{Json, TaskRow};
 use crate::error::CoreError;
+use crate::store::sql::{params, OptionalExtension, Sql};
 use protocol::messages::{Starvation, StarvedType};
 use protocol::{TaskType, WorkerId};
-use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What a task is routed by: its type and, for a generative type, the model content it pins.
@@ -26,11 +26,7 @@ pub(crate) struct Live(BTreeMap<Route, BTreeSet<WorkerId>>);
 
 impl Live {
     /// Reads the live workers at `now`.
-    pub(crate) fn read(
-        conn: &Connection,
-        now: i64,
-        heartbeat_ttl_ms: i64,
-    ) -> Result<Self, CoreError> {
+    pub(crate) fn read(conn: &dyn Sql, now: i64, heartbeat_ttl_ms: i64) -> Result<Self, CoreError> {
         let mut live = Self::default();
         let mut stmt = conn.prepare_cached(
             "SELECT id, capabilities, model_hash FROM worker
@@ -69,7 +65,7 @@ impl Live {
     /// starved. Reads its voters only when it has some.
     fn check(
         &self,
-        conn: &Connection,
+        conn: &dyn Sql,
         task: &str,
         (t, hash): (&TaskType, Option<&str>),
         required: u32,
@@ -100,7 +96,7 @@ impl Live {
 /// # Errors
 /// Store errors only.
 pub(crate) fn of_task(
-    conn: &Connection,
+    conn: &dyn Sql,
     live: &Live,
     task: &TaskRow,
 ) -> Result<Option<Starvation>, CoreError> {
@@ -136,7 +132,7 @@ const COUNT_STARVED: &str = "SELECT COUNT(*) FROM task t INDEXED BY task_open_re
 ///
 /// # Errors
 /// Store errors only.
-pub(crate) fn summary(conn: &Connection, live: &Live) -> Result<Vec<StarvedType>, CoreError> {
+pub(crate) fn summary(conn: &dyn Sql, live: &Live) -> Result<Vec<StarvedType>, CoreError> {
     let mut next_type = conn.prepare_cached(
         "SELECT type FROM task INDEXED BY task_open_required
          WHERE status IN ('queued', 'assigned') AND type > ?1 ORDER BY type LIMIT 1",
@@ -201,16 +197,16 @@ mod tests {
     use crate::ops::{load_task, submit, touch_worker};
     use protocol::messages::{NewTask, SubmitRequest};
 
-    fn register(conn: &Connection, now: i64, worker: &str, caps: &[TaskType]) {
+    fn register(conn: &dyn Sql, now: i64, worker: &str, caps: &[TaskType]) {
         touch_worker(conn, now, &wid(worker), caps, Some("test"), None).expect("register");
     }
 
-    fn starved(conn: &Connection, now: i64, t: &protocol::TaskId) -> Option<Starvation> {
+    fn starved(conn: &dyn Sql, now: i64, t: &protocol::TaskId) -> Option<Starvation> {
         let live = Live::read(conn, now, settings().heartbeat_ttl_ms).expect("live");
         of_task(conn, &live, &load_task(conn, t).expect("task")).expect("check")
     }
 
-    fn summary_at(conn: &Connection, now: i64) -> Vec<StarvedType> {
+    fn summary_at(conn: &dyn Sql, now: i64) -> Vec<StarvedType> {
         let live = Live::read(conn, now, settings().heartbeat_ttl_ms).expect("live");
         summary(conn, &live).expect("summary")
     }
@@ -334,7 +330,7 @@ mod tests {
     #[test]
     fn the_summary_reads_only_tasks_needing_more_workers_than_are_live() {
         let conn = store();
-        let plan: String = conn
+        let plan: String = (&conn as &dyn Sql)
             .prepare(&format!("EXPLAIN QUERY PLAN {COUNT_STARVED}"))
             .expect("explain")
             .query_map(params!["sentiment", 3, "[]", None::<String>], |r| {

@@ -2,14 +2,14 @@
 //! tasks by type.
 
 use crate::error::CoreError;
+use crate::store::sql::Sql;
 use protocol::messages::StatsReply;
 use protocol::TaskStatus;
-use rusqlite::Connection;
 
 /// # Errors
 /// Store errors only.
 pub(crate) fn run(
-    conn: &Connection,
+    conn: &dyn Sql,
     now: i64,
     heartbeat_ttl_ms: i64,
 ) -> Result<StatsReply, CoreError> {
@@ -20,16 +20,17 @@ pub(crate) fn run(
         "SELECT {}, COUNT(*) FROM task WHERE gold IS NULL GROUP BY 1",
         super::VIEW_STATUS_SQL
     ))?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map((), |r| {
         Ok((super::parsed::<TaskStatus>(r, 0)?, r.get::<_, u64>(1)?))
     })?;
     for row in rows {
         let (status, n) = row?;
         tasks_by_status.insert(status, n);
     }
-    let count = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> Result<u64, rusqlite::Error> {
-        conn.prepare_cached(sql)?.query_row(p, |r| r.get(0))
-    };
+    let count =
+        |sql: &str, p: &[&dyn crate::store::sql::ToArg]| -> crate::store::sql::Result<u64> {
+            conn.prepare_cached(sql)?.query_row(p, |r| r.get(0))
+        };
     let stale_before = now - heartbeat_ttl_ms;
     let starved = super::starved::summary(
         conn,

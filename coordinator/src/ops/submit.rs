@@ -12,6 +12,7 @@ use crate::consensus::{
     decide, decide_identical, decide_vectors, distinct_count, judge, Outcome, VectorVote, Vote,
 };
 use crate::error::CoreError;
+use crate::store::sql::{params, OptionalExtension, Sql};
 use crate::store::{blob_to_vector, from_ms, vector_to_blob};
 use protocol::generation::{blob_to_ids, ids_to_blob, VerifyMode};
 use protocol::limits::DEFAULT_SIMILARITY;
@@ -21,7 +22,6 @@ use protocol::messages::{
 };
 use protocol::ProtocolError;
 use protocol::{LeaseId, LeaseState, TaskId, TaskStatus, WorkerId};
-use rusqlite::{params, Connection, OptionalExtension};
 
 /// A worker's stored submission on a task: its lease, label, vector blob and token-id blob.
 type Earlier = (LeaseId, String, Option<Vec<u8>>, Option<Vec<u8>>);
@@ -31,7 +31,7 @@ type Earlier = (LeaseId, String, Option<Vec<u8>>, Option<Vec<u8>>);
 /// # Errors
 /// See [`accept`].
 pub(crate) fn run(
-    conn: &Connection,
+    conn: &dyn Sql,
     ctx: &mut Ctx,
     task_id: &TaskId,
     req: SubmitRequest,
@@ -49,7 +49,7 @@ pub(crate) fn run(
 ///   [`CoreError::LeaseExpired`]: the worker holds no live lease entitling it to submit.
 /// - [`CoreError::TaskClosed`]: the task is already finalized or failed.
 pub(crate) fn accept(
-    conn: &Connection,
+    conn: &dyn Sql,
     ctx: &mut Ctx,
     task_id: &TaskId,
     sub: Submission,
@@ -229,7 +229,7 @@ pub(crate) fn accept(
 /// [`CoreError::NoLease`] for an unknown lease; [`CoreError::LeaseMismatch`] when it is not
 /// `worker`'s lease on `task`.
 pub(crate) fn held_lease(
-    conn: &Connection,
+    conn: &dyn Sql,
     lease_id: &LeaseId,
     task: &TaskId,
     worker: &WorkerId,
@@ -345,7 +345,7 @@ fn check_fits(
 ///
 /// Returns the outcome and, when decided, the final label.
 fn finalize(
-    conn: &Connection,
+    conn: &dyn Sql,
     ctx: &mut Ctx,
     task: &TaskRow,
 ) -> Result<(Outcome, Option<String>), CoreError> {
@@ -385,7 +385,7 @@ fn finalize(
 /// workers that have not answered it), or, at `max_answers`, failure with `no_consensus`. The
 /// answers are kept and nobody earns a point.
 fn undecided(
-    conn: &Connection,
+    conn: &dyn Sql,
     ctx: &mut Ctx,
     task: &TaskRow,
     outcome: Outcome,
@@ -416,7 +416,7 @@ fn undecided(
 /// another wins, under the task's vote rule (see [`finalize`]); its members agree and earn a
 /// point each.
 fn finalize_vectors(
-    conn: &Connection,
+    conn: &dyn Sql,
     ctx: &mut Ctx,
     task: &TaskRow,
     threshold: f64,
@@ -482,7 +482,7 @@ fn finalize_vectors(
 ///
 /// Returns the final text, or `None` when the task failed.
 fn finalize_generated(
-    conn: &Connection,
+    conn: &dyn Sql,
     ctx: &mut Ctx,
     task: &TaskRow,
 ) -> Result<Option<String>, CoreError> {
@@ -563,7 +563,7 @@ pub(crate) fn finished(ctx: &mut Ctx, task_id: &TaskId, answer: Final, confidenc
 }
 
 /// One point to each worker whose submission on the task agreed with the consensus.
-pub(crate) fn award_points(conn: &Connection, tid: &str) -> Result<(), CoreError> {
+pub(crate) fn award_points(conn: &dyn Sql, tid: &str) -> Result<(), CoreError> {
     conn.prepare_cached(
         "INSERT INTO worker_score (worker_id, points)
          SELECT worker_id, 1 FROM submission WHERE task_id = ?1 AND agreed
@@ -575,7 +575,7 @@ pub(crate) fn award_points(conn: &Connection, tid: &str) -> Result<(), CoreError
 
 /// The lease `worker` holds on `task`, if any.
 pub(crate) fn live_lease(
-    conn: &Connection,
+    conn: &dyn Sql,
     task: &TaskId,
     worker: &WorkerId,
 ) -> Result<Option<LeaseId>, CoreError> {
@@ -631,7 +631,7 @@ mod tests {
         assert_eq!(dump(&conn), before);
     }
 
-    fn take_typed(conn: &mut Connection, worker: &str, task_type: TaskType) -> Lease {
+    fn take_typed(conn: &mut rusqlite::Connection, worker: &str, task_type: TaskType) -> Lease {
         let req = LeaseRequest {
             capabilities: vec![task_type],
             ..lease_req(worker, 1)
@@ -903,7 +903,7 @@ mod tests {
         let live: Vec<String> = conn
             .prepare("SELECT worker_id FROM lease WHERE state = 'active'")
             .expect("q")
-            .query_map([], |r| r.get(0))
+            .query_map((), |r| r.get(0))
             .expect("rows")
             .collect::<Result<_, _>>()
             .expect("rows");
@@ -960,7 +960,11 @@ mod tests {
         }
     }
 
-    fn take_generative(conn: &mut Connection, worker: &str, hash: Option<&str>) -> Vec<Lease> {
+    fn take_generative(
+        conn: &mut rusqlite::Connection,
+        worker: &str,
+        hash: Option<&str>,
+    ) -> Vec<Lease> {
         lease(conn, 1, generative_req(worker, hash)).leases
     }
 
@@ -1089,12 +1093,17 @@ mod tests {
 
     /// Leases every verify lease `worker` can get and scores each against `truth`, the model's
     /// greedy answer (a gap of 5 wherever the candidate differs from it). Returns how many.
-    fn score_all(conn: &mut Connection, worker: &str, truth: &[u32], how: Honesty) -> usize {
+    fn score_all(
+        conn: &mut rusqlite::Connection,
+        worker: &str,
+        truth: &[u32],
+        how: Honesty,
+    ) -> usize {
         score_all_at(conn, &mut ctx(5), worker, truth, how)
     }
 
     fn score_all_at(
-        conn: &mut Connection,
+        conn: &mut rusqlite::Connection,
         c: &mut Ctx,
         worker: &str,
         truth: &[u32],
@@ -1233,7 +1242,7 @@ mod tests {
                     .query_row(
                         "SELECT COALESCE((SELECT traps_missed FROM worker_score
                                           WHERE worker_id = 'liar'), 0)",
-                        [],
+                        (),
                         |r| r.get(0),
                     )
                     .expect("missed");

@@ -3,13 +3,13 @@
 
 use super::{end_lease_unanswered, parsed, Ctx};
 use crate::error::CoreError;
+use crate::store::sql::{params, Sql};
 use protocol::messages::RequeueReply;
 use protocol::{LeaseId, LeaseState, TaskId};
-use rusqlite::{params, Connection};
 
 /// # Errors
 /// Store errors only.
-pub(crate) fn run(conn: &Connection, ctx: &mut Ctx) -> Result<RequeueReply, CoreError> {
+pub(crate) fn run(conn: &dyn Sql, ctx: &mut Ctx) -> Result<RequeueReply, CoreError> {
     let stale_before = ctx.now - ctx.settings.heartbeat_ttl_ms;
     let dead: Vec<(LeaseId, TaskId)> = conn
         .prepare_cached(

@@ -4,18 +4,18 @@
 
 use super::{Ctx, Effect};
 use crate::error::CoreError;
+use crate::store::sql::{params, OptionalExtension, Sql};
 use protocol::generation::{Decoding, VerifyMode};
 use protocol::limits::{DEFAULT_REQUIRED_SUBMISSIONS, DEFAULT_SIMILARITY};
 use protocol::messages::{TaskAddReply, TaskAddRequest, TaskAnnouncement};
 use protocol::{TaskId, TaskType};
-use rusqlite::{params, Connection, OptionalExtension};
 
 /// Validates every task first, then inserts them in order.
 ///
 /// # Errors
 /// [`CoreError::Invalid`] naming the first bad task; nothing is stored then.
 pub(crate) fn run(
-    conn: &Connection,
+    conn: &dyn Sql,
     ctx: &mut Ctx,
     req: TaskAddRequest,
 ) -> Result<TaskAddReply, CoreError> {
@@ -135,7 +135,7 @@ pub(crate) fn run(
 /// # Errors
 /// [`CoreError::Invalid`] when `id` was used for other tasks.
 fn created_before(
-    conn: &Connection,
+    conn: &dyn Sql,
     id: &str,
     digest: &str,
 ) -> Result<Option<Vec<TaskId>>, CoreError> {

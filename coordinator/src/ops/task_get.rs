@@ -4,19 +4,15 @@
 use super::starved::{self, Live};
 use super::{load_task_view, parsed, TaskRow, TASK_VIEW_COLUMNS};
 use crate::error::CoreError;
+use crate::store::sql::Sql;
 use crate::store::{blob_to_vector, from_ms};
 use protocol::generation::blob_to_ids;
 use protocol::messages::{LeaseView, SubmissionView, TaskDetail};
 use protocol::TaskId;
-use rusqlite::Connection;
 
 /// # Errors
 /// [`CoreError::TaskNotFound`] for an unknown id.
-pub(crate) fn run(
-    conn: &Connection,
-    live: &Live,
-    task_id: &TaskId,
-) -> Result<TaskDetail, CoreError> {
+pub(crate) fn run(conn: &dyn Sql, live: &Live, task_id: &TaskId) -> Result<TaskDetail, CoreError> {
     detail(conn, live, load_task_view(conn, task_id)?)
 }
 
@@ -25,7 +21,7 @@ pub(crate) fn run(
 /// # Errors
 /// Store errors only.
 pub(crate) fn recent(
-    conn: &Connection,
+    conn: &dyn Sql,
     live: &Live,
     limit: u32,
 ) -> Result<Vec<TaskDetail>, CoreError> {
@@ -43,7 +39,7 @@ pub(crate) fn recent(
 /// left out (the consensus vector stays), so a reply stays well under a NATS message's size.
 pub(crate) const MAX_VIEW_VECTOR_NUMBERS: usize = 65_536;
 
-fn detail(conn: &Connection, live: &Live, task: TaskRow) -> Result<TaskDetail, CoreError> {
+fn detail(conn: &dyn Sql, live: &Live, task: TaskRow) -> Result<TaskDetail, CoreError> {
     let task_id = &task.id;
     let id = task_id.to_string();
     let mut submissions: Vec<SubmissionView> = conn

@@ -5,17 +5,17 @@
 
 use super::{TaskRow, TASK_VIEW_COLUMNS, VIEW_STATUS_SQL};
 use crate::error::CoreError;
+use crate::store::sql::{params, Sql};
 use protocol::limits::MAX_LIST_LIMIT;
 use protocol::messages::{TaskListReply, TaskListRequest, TaskView};
 use protocol::ProtocolError;
-use rusqlite::{params, Connection};
 
 /// Rows returned when the request names no limit.
 pub(crate) const DEFAULT_LIMIT: u32 = 1000;
 
 /// # Errors
 /// [`CoreError::Invalid`] for a limit of 0 or over the maximum.
-pub(crate) fn run(conn: &Connection, req: &TaskListRequest) -> Result<TaskListReply, CoreError> {
+pub(crate) fn run(conn: &dyn Sql, req: &TaskListRequest) -> Result<TaskListReply, CoreError> {
     let limit = req.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIST_LIMIT {
         return Err(ProtocolError::invalid(

@@ -3,9 +3,9 @@
 
 use super::Ctx;
 use crate::error::CoreError;
+use crate::store::sql::{params, OptionalExtension, Sql};
 use protocol::auth::TOKEN_PREFIX;
 use protocol::WorkerId;
-use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -14,7 +14,7 @@ use subtle::ConstantTimeEq;
 /// # Errors
 /// Store errors, or [`CoreError::Unauthorized`] if the system has no randomness to draw from.
 pub(crate) fn create(
-    conn: &Connection,
+    conn: &dyn Sql,
     ctx: &mut Ctx,
     worker: &WorkerId,
 ) -> Result<String, CoreError> {
@@ -35,7 +35,7 @@ pub(crate) fn create(
 ///
 /// # Errors
 /// Store errors only.
-pub(crate) fn revoke(conn: &Connection, worker: &WorkerId) -> Result<bool, CoreError> {
+pub(crate) fn revoke(conn: &dyn Sql, worker: &WorkerId) -> Result<bool, CoreError> {
     let n = conn
         .prepare_cached("DELETE FROM worker_token WHERE worker_id = ?1")?
         .execute([worker.as_str()])?;
@@ -47,7 +47,7 @@ pub(crate) fn revoke(conn: &Connection, worker: &WorkerId) -> Result<bool, CoreE
 ///
 /// # Errors
 /// Store errors only.
-pub(crate) fn verify(conn: &Connection, worker: &WorkerId, token: &str) -> Result<bool, CoreError> {
+pub(crate) fn verify(conn: &dyn Sql, worker: &WorkerId, token: &str) -> Result<bool, CoreError> {
     let stored: Option<String> = conn
         .prepare_cached("SELECT hash FROM worker_token WHERE worker_id = ?1")?
         .query_row([worker.as_str()], |r| r.get(0))
@@ -79,7 +79,7 @@ mod tests {
         let stored: String = conn
             .query_row(
                 "SELECT hash FROM worker_token WHERE worker_id = 'alice'",
-                [],
+                (),
                 |r| r.get(0),
             )
             .expect("row");

@@ -20,12 +20,12 @@ use super::{fail_task, parsed, parsed_opt, Ctx, Effect, TaskRow};
 use crate::api::Submission;
 use crate::consensus::{judge_candidate, pick_winner, Scoring};
 use crate::error::CoreError;
+use crate::store::sql::{params, OptionalExtension, Sql};
 use crate::store::{blob_to_vector, from_ms, vector_to_blob};
 use protocol::generation::{blob_to_ids, card, ids_to_blob, GenerationSpec, VerifyMode};
 use protocol::messages::{FailureReason, Lease, SubmitReply};
 use protocol::verify::{verdict, Verification, VerifyJob};
 use protocol::{LeaseId, LeaseState, ProtocolError, TaskStatus, TaskType, WorkerId};
-use rusqlite::{params, Connection, OptionalExtension};
 
 /// Called when a generative task has all its generations and exact match did not settle it (or
 /// its mode always verifies): opens scoring slots for every candidate not scored yet and moves
@@ -34,7 +34,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 ///
 /// # Errors
 /// Store errors.
-pub(crate) fn start(conn: &Connection, ctx: &mut Ctx, task: &TaskRow) -> Result<bool, CoreError> {
+pub(crate) fn start(conn: &dyn Sql, ctx: &mut Ctx, task: &TaskRow) -> Result<bool, CoreError> {
     if task.verifiers == 0 {
         return Ok(false);
     }
@@ -87,7 +87,7 @@ struct Slot {
 /// # Errors
 /// Store errors.
 pub(crate) fn lease_slots(
-    conn: &Connection,
+    conn: &dyn Sql,
     ctx: &mut Ctx,
     worker: &WorkerId,
     model_hash: &str,
@@ -153,21 +153,25 @@ pub(crate) fn lease_slots(
             .flatten();
         let (row, ids) = match trap {
             Some((kind, ids)) => {
-                conn.prepare_cached(
-                    "INSERT INTO verification (task_id, candidate, token_ids, trap, state,
-                                               worker_id, lease_id, created_at)
-                     VALUES (?1, ?2, ?3, ?4, 'leased', ?5, ?6, ?7)",
-                )?
-                .execute(params![
-                    slot.task_id,
-                    slot.candidate,
-                    ids_to_blob(&ids),
-                    kind,
-                    worker.as_str(),
-                    lease_id.to_string(),
-                    ctx.now
-                ])?;
-                (conn.last_insert_rowid(), ids)
+                let row = conn
+                    .prepare_cached(
+                        "INSERT INTO verification (task_id, candidate, token_ids, trap, state,
+                                                   worker_id, lease_id, created_at)
+                         VALUES (?1, ?2, ?3, ?4, 'leased', ?5, ?6, ?7) RETURNING id",
+                    )?
+                    .query_row(
+                        params![
+                            slot.task_id,
+                            slot.candidate,
+                            ids_to_blob(&ids),
+                            kind,
+                            worker.as_str(),
+                            lease_id.to_string(),
+                            ctx.now
+                        ],
+                        |r| r.get(0),
+                    )?;
+                (row, ids)
             }
             None => {
                 conn.prepare_cached(
@@ -212,7 +216,7 @@ pub(crate) fn lease_slots(
 /// A corrupted copy of a slot's candidate, unlike every real candidate of its task: one token
 /// swapped for a random one (not a stop id), or else another finalized task's answer on the same
 /// model content. `None` when neither can be made.
-fn trap_for(conn: &Connection, slot: &Slot) -> Result<Option<(&'static str, Vec<u32>)>, CoreError> {
+fn trap_for(conn: &dyn Sql, slot: &Slot) -> Result<Option<(&'static str, Vec<u32>)>, CoreError> {
     let real: Vec<Vec<u8>> = conn
         .prepare_cached("SELECT DISTINCT token_ids FROM submission WHERE task_id = ?1")?
         .query_map([&slot.task_id], |r| r.get(0))?
@@ -276,7 +280,7 @@ pub(crate) struct LeasedRow {
 /// # Errors
 /// Store errors.
 pub(crate) fn row_of_lease(
-    conn: &Connection,
+    conn: &dyn Sql,
     lease_id: &LeaseId,
 ) -> Result<Option<LeasedRow>, CoreError> {
     Ok(conn
@@ -312,7 +316,7 @@ pub(crate) fn row_of_lease(
 /// - [`CoreError::DuplicateSubmission`]: a different second report for the row.
 /// - [`CoreError::LeaseExpired`]: the lease ended first.
 pub(crate) fn accept(
-    conn: &Connection,
+    conn: &dyn Sql,
     ctx: &mut Ctx,
     task: &TaskRow,
     sub: &Submission,
@@ -437,7 +441,7 @@ pub(crate) fn accept(
 }
 
 /// One point more (or less) for `worker`.
-fn add_points(conn: &Connection, worker: &str, points: i64) -> Result<(), CoreError> {
+fn add_points(conn: &dyn Sql, worker: &str, points: i64) -> Result<(), CoreError> {
     conn.prepare_cached(
         "INSERT INTO worker_score (worker_id, points) VALUES (?1, ?2)
          ON CONFLICT (worker_id) DO UPDATE SET points = points + excluded.points",
@@ -472,7 +476,7 @@ struct Candidate {
 /// Decides a task whose every real slot is scored. Returns the final text, or `None` when it
 /// failed or went back to generation.
 fn decide(
-    conn: &Connection,
+    conn: &dyn Sql,
     ctx: &mut Ctx,
     task: &TaskRow,
     spec: &GenerationSpec,
@@ -620,7 +624,7 @@ fn decide(
 ///
 /// # Errors
 /// Store errors.
-pub(crate) fn reopen(conn: &Connection, lease_id: &LeaseId) -> Result<(), CoreError> {
+pub(crate) fn reopen(conn: &dyn Sql, lease_id: &LeaseId) -> Result<(), CoreError> {
     conn.prepare_cached(
         "UPDATE verification SET
              state = CASE WHEN trap IS NULL THEN 'open' ELSE 'lapsed' END,

@@ -4,15 +4,15 @@
 use super::{parsed, Json};
 use crate::error::CoreError;
 use crate::store::from_ms;
+use crate::store::sql::Sql;
 use protocol::messages::{WorkerView, WorkersReply};
 use protocol::policy::GoldScore;
 use protocol::WorkerStatus;
-use rusqlite::Connection;
 
 /// # Errors
 /// Store errors only.
 pub(crate) fn run(
-    conn: &Connection,
+    conn: &dyn Sql,
     now: i64,
     heartbeat_ttl_ms: i64,
 ) -> Result<WorkersReply, CoreError> {
@@ -25,7 +25,7 @@ pub(crate) fn run(
                     COALESCE(ws.gold_answered, 0), COALESCE(ws.gold_right, 0), w.quarantine
              FROM worker w LEFT JOIN worker_score ws ON ws.worker_id = w.id ORDER BY w.id",
         )?
-        .query_map([], |r| {
+        .query_map((), |r| {
             let last_seen: i64 = r.get(4)?;
             let mut status: WorkerStatus = parsed(r, 1)?;
             if status == WorkerStatus::Active && last_seen <= now - heartbeat_ttl_ms {

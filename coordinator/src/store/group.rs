@@ -11,6 +11,7 @@
 
 use crate::error::CoreError;
 use crate::metrics::{LaneLabels, Metrics};
+use crate::store::sql::Sql;
 use crate::store::Store;
 use rusqlite::{Connection, TransactionBehavior};
 use std::any::Any;
@@ -24,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_BATCH: usize = 512;
 
 type Output = Box<dyn Any + Send>;
-type Run = Box<dyn FnOnce(&Connection) -> Result<Output, CoreError> + Send>;
+type Run = Box<dyn FnOnce(&dyn Sql) -> Result<Output, CoreError> + Send>;
 type Outcome = Result<Output, CoreError>;
 type Done = oneshot::Sender<Outcome>;
 
@@ -93,7 +94,7 @@ impl Writer {
     pub async fn write<T, F>(&self, lane: Lane, op: F) -> Result<T, CoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, CoreError> + Send + 'static,
+        F: FnOnce(&dyn Sql) -> Result<T, CoreError> + Send + 'static,
     {
         let (done, result) = oneshot::channel();
         let run: Run = Box::new(move |c| op(c).map(|t| Box::new(t) as Output));
@@ -290,7 +291,7 @@ fn note_other_writers(conn: &Connection, seen: &mut Option<i64>) -> rusqlite::Re
         if seen.is_some() {
             tracing::info!("another connection wrote to the store; lease cursors start over");
         }
-        crate::store::schema::forget_connection_tables(conn)?;
+        conn.execute_batch("DELETE FROM temp.lease_cursor;")?;
         *seen = Some(version);
     }
     Ok(())
@@ -309,14 +310,14 @@ fn run_job(tx: &mut rusqlite::Transaction<'_>, job: Job, env: &Env) -> (Done, Ou
         Ok(mut sp) => match super::guarded(|| (job.run)(&sp)) {
             Ok(out) => match sp.commit() {
                 Ok(()) => Ok(out),
-                Err(e) => Err(CoreError::Store(e)),
+                Err(e) => Err(CoreError::Store(e.into())),
             },
             Err(e) => {
                 let _ = sp.rollback();
                 Err(e)
             }
         },
-        Err(e) => Err(CoreError::Store(e)),
+        Err(e) => Err(CoreError::Store(e.into())),
     };
     (job.done, outcome)
 }
@@ -324,13 +325,16 @@ fn run_job(tx: &mut rusqlite::Transaction<'_>, job: Job, env: &Env) -> (Done, Ou
 /// A copy of a SQLite error for each caller of a failed batch.
 fn same_error(code: Option<rusqlite::ErrorCode>, msg: &str) -> CoreError {
     let code = code.unwrap_or(rusqlite::ErrorCode::Unknown);
-    CoreError::Store(rusqlite::Error::SqliteFailure(
-        rusqlite::ffi::Error {
-            code,
-            extended_code: 0,
-        },
-        Some(msg.to_owned()),
-    ))
+    CoreError::Store(
+        rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error {
+                code,
+                extended_code: 0,
+            },
+            Some(msg.to_owned()),
+        )
+        .into(),
+    )
 }
 
 #[cfg(test)]
@@ -341,7 +345,7 @@ mod tests {
     use std::sync::Mutex;
     use std::time::Duration;
 
-    fn insert(c: &Connection, id: &str) -> Result<(), CoreError> {
+    fn insert(c: &dyn Sql, id: &str) -> Result<(), CoreError> {
         c.execute(
             "INSERT INTO worker (id, status, capabilities, model, last_seen, registered_at)
              VALUES (?1, 'active', '[]', NULL, 0, 0)",
@@ -382,12 +386,12 @@ mod tests {
             name: &'static str,
         ) -> (
             Self,
-            impl FnOnce(&Connection) -> Result<(), CoreError> + Send + 'static,
+            impl FnOnce(&dyn Sql) -> Result<(), CoreError> + Send + 'static,
         ) {
             let (started_tx, started) = std_mpsc::channel();
             let (go, go_rx) = std_mpsc::channel::<()>();
             let order = order.clone();
-            let job = move |_: &Connection| {
+            let job = move |_: &dyn Sql| {
                 order.lock().expect("order").push(name);
                 started_tx.send(()).expect("test waits");
                 go_rx
@@ -420,7 +424,7 @@ mod tests {
     fn record(
         order: &Arc<Mutex<Vec<&'static str>>>,
         name: &'static str,
-    ) -> impl FnOnce(&Connection) -> Result<(), CoreError> + Send + 'static {
+    ) -> impl FnOnce(&dyn Sql) -> Result<(), CoreError> + Send + 'static {
         let order = order.clone();
         move |_| {
             order.lock().expect("order").push(name);
@@ -436,7 +440,7 @@ mod tests {
     fn send<T: Send + 'static>(
         writer: &Writer,
         lane: Lane,
-        op: impl FnOnce(&Connection) -> Result<T, CoreError> + Send + 'static,
+        op: impl FnOnce(&dyn Sql) -> Result<T, CoreError> + Send + 'static,
     ) -> Sent<T> {
         let writer = writer.clone();
         let mut fut = async move { writer.write(lane, op).await }.boxed();
@@ -518,14 +522,14 @@ mod tests {
     #[tokio::test]
     async fn a_write_by_another_connection_clears_the_lease_cursors() {
         let (dir, _store, writer) = writer().await;
-        let cursors = |c: &Connection| -> Result<i64, CoreError> {
-            Ok(c.query_row("SELECT COUNT(*) FROM temp.lease_cursor", [], |r| r.get(0))?)
+        let cursors = |c: &dyn Sql| -> Result<i64, CoreError> {
+            Ok(c.query_row("SELECT COUNT(*) FROM temp.lease_cursor", (), |r| r.get(0))?)
         };
         writer
             .write(Lane::Normal, |c| {
                 c.execute(
                     "INSERT INTO temp.lease_cursor (worker_id, type, after) VALUES ('w', 't', 7)",
-                    [],
+                    (),
                 )?;
                 Ok(())
             })

@@ -7,6 +7,7 @@
 
 pub mod group;
 pub mod schema;
+pub mod sql;
 
 use crate::error::{CoreError, StoreError};
 use chrono::{DateTime, TimeZone, Utc};
@@ -173,8 +174,8 @@ pub fn from_ms(ms: i64) -> DateTime<Utc> {
 /// For tests and for debugging a database by hand.
 ///
 /// # Errors
-/// SQLite errors.
-pub fn dump(conn: &Connection) -> rusqlite::Result<String> {
+/// The engine's.
+pub fn dump(conn: &dyn sql::Sql) -> sql::Result<String> {
     let mut out = String::new();
     for table in [
         "task",
@@ -185,15 +186,10 @@ pub fn dump(conn: &Connection) -> rusqlite::Result<String> {
         "worker_token",
         "verification",
     ] {
-        let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY 1"))?;
-        let n = stmt.column_count();
-        let rows = stmt.query_map([], |r| {
-            (0..n)
-                .map(|i| {
-                    r.get::<_, rusqlite::types::Value>(i)
-                        .map(|v| format!("{v:?}"))
-                })
-                .collect::<Result<Vec<_>, _>>()
+        let rows = conn.query_map(&format!("SELECT * FROM {table} ORDER BY 1"), (), |r| {
+            (0..r.column_count())
+                .map(|i| r.debug(i))
+                .collect::<sql::Result<Vec<_>>>()
         })?;
         for row in rows {
             out.push_str(table);

@@ -5,6 +5,7 @@
 //! order without touching other tables.
 
 use crate::error::StoreError;
+use crate::store::sql::{Dialect, Sql};
 use rusqlite::Connection;
 
 /// Each entry takes the schema from version `i` to `i + 1`.
@@ -282,8 +283,11 @@ CREATE TEMP TABLE IF NOT EXISTS lease_cursor (
 ///
 /// # Errors
 /// SQLite errors.
-pub fn forget_connection_tables(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch("DELETE FROM temp.lease_cursor;")
+pub fn forget_connection_tables(conn: &dyn Sql) -> crate::store::sql::Result<()> {
+    if conn.dialect() == Dialect::Sqlite {
+        conn.execute_batch("DELETE FROM temp.lease_cursor;")?;
+    }
+    Ok(())
 }
 
 /// The schema version this build writes.

@@ -1,0 +1,879 @@
+//! The seam between the operations and the databases: one small interface ([`Sql`]) that every
+//! operation runs over, implemented by SQLite's connection and by a PostgreSQL transaction.
+//!
+//! The operations keep their rules written once, in SQL both engines run: numbered parameters
+//! (`?1`, which the PostgreSQL side rewrites to `$1`), `TRUE`/`FALSE` for flags, and, where the
+//! engines differ (a row lock, `SKIP LOCKED`, SQLite's lease cursor), a branch on
+//! [`Sql::dialect`]. Values cross the seam as a handful of dynamic types ([`Arg`] in,
+//! [`ValueRef`] out), read into typed values with [`FromValue`]; ids and states are parsed at
+//! that boundary, never passed on as text.
+
+use postgres_types::{IsNull, ToSql, Type};
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Which engine a [`Sql`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// SQLite: one writer at a time, so reads inside a write transaction see the last word.
+    Sqlite,
+    /// PostgreSQL: several coordinators write at once; rows are locked before decisions.
+    Postgres,
+}
+
+/// A store error, whichever engine raised it; keeps its source.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A query that must return a row returned none.
+    #[error("query returned no rows")]
+    NoRows,
+    /// A column's value does not convert to the type asked for.
+    #[error("column {0}: {1}")]
+    Conversion(usize, #[source] BoxError),
+    /// SQLite's error.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL's error.
+    #[error(transparent)]
+    Postgres(#[from] postgres::Error),
+}
+
+impl Error {
+    /// PostgreSQL's SQLSTATE, when it is a PostgreSQL error from the server.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Error::Postgres(e) => e.code().map(postgres::error::SqlState::code),
+            _ => None,
+        }
+    }
+}
+
+/// A store result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Turns "no rows" into `None`, as `rusqlite::OptionalExtension` does.
+pub trait OptionalExtension<T> {
+    /// `Ok(None)` for [`Error::NoRows`].
+    ///
+    /// # Errors
+    /// Every other error.
+    fn optional(self) -> Result<Option<T>>;
+}
+
+impl<T> OptionalExtension<T> for Result<T> {
+    fn optional(self) -> Result<Option<T>> {
+        match self {
+            Ok(t) => Ok(Some(t)),
+            Err(Error::NoRows) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A parameter value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg<'a> {
+    /// SQL NULL.
+    Null,
+    /// An integer (flags too).
+    Int(i64),
+    /// A float.
+    Real(f64),
+    /// Text.
+    Text(Cow<'a, str>),
+    /// Bytes.
+    Blob(Cow<'a, [u8]>),
+}
+
+/// A type that binds as a parameter.
+pub trait ToArg {
+    /// The value to bind.
+    fn to_arg(&self) -> Arg<'_>;
+}
+
+impl<T: ToArg + ?Sized> ToArg for &T {
+    fn to_arg(&self) -> Arg<'_> {
+        (**self).to_arg()
+    }
+}
+
+impl<T: ToArg> ToArg for Option<T> {
+    fn to_arg(&self) -> Arg<'_> {
+        self.as_ref().map_or(Arg::Null, ToArg::to_arg)
+    }
+}
+
+macro_rules! int_arg {
+    ($($t:ty),*) => {$(
+        impl ToArg for $t {
+            fn to_arg(&self) -> Arg<'_> {
+                Arg::Int(i64::try_from(*self).unwrap_or(i64::MAX))
+            }
+        }
+    )*};
+}
+int_arg!(i64, i32, u32, u64, usize, u16, u8);
+
+impl ToArg for bool {
+    fn to_arg(&self) -> Arg<'_> {
+        Arg::Int(i64::from(*self))
+    }
+}
+
+impl ToArg for f64 {
+    fn to_arg(&self) -> Arg<'_> {
+        Arg::Real(*self)
+    }
+}
+
+impl ToArg for f32 {
+    fn to_arg(&self) -> Arg<'_> {
+        Arg::Real(f64::from(*self))
+    }
+}
+
+impl ToArg for str {
+    fn to_arg(&self) -> Arg<'_> {
+        Arg::Text(Cow::Borrowed(self))
+    }
+}
+
+impl ToArg for String {
+    fn to_arg(&self) -> Arg<'_> {
+        Arg::Text(Cow::Borrowed(self))
+    }
+}
+
+impl ToArg for [u8] {
+    fn to_arg(&self) -> Arg<'_> {
+        Arg::Blob(Cow::Borrowed(self))
+    }
+}
+
+impl ToArg for Vec<u8> {
+    fn to_arg(&self) -> Arg<'_> {
+        Arg::Blob(Cow::Borrowed(self))
+    }
+}
+
+impl ToArg for Arg<'_> {
+    fn to_arg(&self) -> Arg<'_> {
+        match self {
+            Arg::Null => Arg::Null,
+            Arg::Int(i) => Arg::Int(*i),
+            Arg::Real(f) => Arg::Real(*f),
+            Arg::Text(s) => Arg::Text(Cow::Borrowed(s)),
+            Arg::Blob(b) => Arg::Blob(Cow::Borrowed(b)),
+        }
+    }
+}
+
+/// A statement's parameters: `()`, an array of one type, or [`params!`](crate::params)'s slice.
+pub trait Params {
+    /// The values, in order.
+    fn args(&self) -> Vec<Arg<'_>>;
+}
+
+impl Params for () {
+    fn args(&self) -> Vec<Arg<'_>> {
+        Vec::new()
+    }
+}
+
+impl<T: ToArg, const N: usize> Params for [T; N] {
+    fn args(&self) -> Vec<Arg<'_>> {
+        self.iter().map(ToArg::to_arg).collect()
+    }
+}
+
+impl Params for &[&dyn ToArg] {
+    fn args(&self) -> Vec<Arg<'_>> {
+        self.iter().map(|a| a.to_arg()).collect()
+    }
+}
+
+impl Params for Vec<Arg<'_>> {
+    fn args(&self) -> Vec<Arg<'_>> {
+        self.iter().map(ToArg::to_arg).collect()
+    }
+}
+
+/// Parameters of mixed types, as `rusqlite::params!`.
+#[macro_export]
+macro_rules! params {
+    () => {
+        &[] as &[&dyn $crate::store::sql::ToArg]
+    };
+    ($($p:expr),+ $(,)?) => {
+        &[$(&$p as &dyn $crate::store::sql::ToArg),+] as &[&dyn $crate::store::sql::ToArg]
+    };
+}
+pub use crate::params;
+
+/// A column's value as read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ValueRef<'a> {
+    /// SQL NULL.
+    Null,
+    /// An integer (PostgreSQL's booleans read as 0 and 1).
+    Integer(i64),
+    /// A float.
+    Real(f64),
+    /// Text.
+    Text(&'a str),
+    /// Bytes.
+    Blob(&'a [u8]),
+}
+
+/// A type a column reads into.
+pub trait FromValue: Sized {
+    /// Converts the column's value.
+    ///
+    /// # Errors
+    /// When the value is of another kind or out of range.
+    fn from_value(v: ValueRef<'_>) -> Result<Self, BoxError>;
+}
+
+fn wrong(v: ValueRef<'_>, want: &str) -> BoxError {
+    format!("{v:?} is not {want}").into()
+}
+
+macro_rules! int_value {
+    ($($t:ty),*) => {$(
+        impl FromValue for $t {
+            fn from_value(v: ValueRef<'_>) -> Result<Self, BoxError> {
+                match v {
+                    ValueRef::Integer(i) => Ok(<$t>::try_from(i)?),
+                    _ => Err(wrong(v, "an integer")),
+                }
+            }
+        }
+    )*};
+}
+int_value!(i64, i32, u32, u64, usize, u16, u8);
+
+impl FromValue for bool {
+    fn from_value(v: ValueRef<'_>) -> Result<Self, BoxError> {
+        match v {
+            ValueRef::Integer(i) => Ok(i != 0),
+            _ => Err(wrong(v, "a flag")),
+        }
+    }
+}
+
+impl FromValue for f64 {
+    fn from_value(v: ValueRef<'_>) -> Result<Self, BoxError> {
+        match v {
+            ValueRef::Real(f) => Ok(f),
+            #[allow(clippy::cast_precision_loss)]
+            ValueRef::Integer(i) => Ok(i as f64),
+            _ => Err(wrong(v, "a number")),
+        }
+    }
+}
+
+impl FromValue for String {
+    fn from_value(v: ValueRef<'_>) -> Result<Self, BoxError> {
+        match v {
+            ValueRef::Text(s) => Ok(s.to_owned()),
+            _ => Err(wrong(v, "text")),
+        }
+    }
+}
+
+impl FromValue for Vec<u8> {
+    fn from_value(v: ValueRef<'_>) -> Result<Self, BoxError> {
+        match v {
+            ValueRef::Blob(b) => Ok(b.to_vec()),
+            ValueRef::Text(s) => Ok(s.as_bytes().to_vec()),
+            _ => Err(wrong(v, "bytes")),
+        }
+    }
+}
+
+impl<T: FromValue> FromValue for Option<T> {
+    fn from_value(v: ValueRef<'_>) -> Result<Self, BoxError> {
+        match v {
+            ValueRef::Null => Ok(None),
+            v => T::from_value(v).map(Some),
+        }
+    }
+}
+
+/// A column index (`usize`; a trait so `row.get::<_, T>(i)` reads as with rusqlite).
+pub trait RowIndex {
+    /// The index.
+    fn index(&self) -> usize;
+}
+
+impl RowIndex for usize {
+    fn index(&self) -> usize {
+        *self
+    }
+}
+
+/// One result row, borrowed from its engine.
+pub enum Row<'a> {
+    /// A SQLite row.
+    Sqlite(&'a rusqlite::Row<'a>),
+    /// A PostgreSQL row.
+    Postgres(&'a postgres::Row),
+}
+
+impl Row<'_> {
+    /// How many columns the row has.
+    pub fn column_count(&self) -> usize {
+        match self {
+            Row::Sqlite(r) => r.as_ref().column_count(),
+            Row::Postgres(r) => r.len(),
+        }
+    }
+
+    /// Column `idx` as a `T`.
+    ///
+    /// # Errors
+    /// [`Error::Conversion`] when it is not one; the engine's error for a bad index.
+    pub fn get<I: RowIndex, T: FromValue>(&self, idx: I) -> Result<T> {
+        let i = idx.index();
+        self.with_value(i, |v| T::from_value(v).map_err(|e| Error::Conversion(i, e)))
+    }
+
+    /// Column `idx` as its engine-neutral value, printed (for dumps).
+    ///
+    /// # Errors
+    /// The engine's error for a bad index.
+    pub fn debug(&self, idx: usize) -> Result<String> {
+        self.with_value(idx, |v| Ok(format!("{v:?}")))
+    }
+
+    /// Whether column `idx` is NULL.
+    ///
+    /// # Errors
+    /// The engine's error for a bad index.
+    pub fn is_null(&self, idx: usize) -> Result<bool> {
+        self.with_value(idx, |v| Ok(v == ValueRef::Null))
+    }
+
+    fn with_value<T>(&self, i: usize, f: impl FnOnce(ValueRef<'_>) -> Result<T>) -> Result<T> {
+        match self {
+            Row::Sqlite(r) => {
+                use rusqlite::types::ValueRef as V;
+                let v = match r.get_ref(i)? {
+                    V::Null => ValueRef::Null,
+                    V::Integer(i) => ValueRef::Integer(i),
+                    V::Real(f) => ValueRef::Real(f),
+                    V::Text(t) => ValueRef::Text(
+                        std::str::from_utf8(t).map_err(|e| Error::Conversion(i, e.into()))?,
+                    ),
+                    V::Blob(b) => ValueRef::Blob(b),
+                };
+                f(v)
+            }
+            Row::Postgres(r) => pg_value(r, i, f),
+        }
+    }
+}
+
+/// What the operations run over: a connection inside a write transaction, or a read.
+pub trait Sql {
+    /// The engine.
+    fn dialect(&self) -> Dialect;
+
+    /// Runs a statement that returns no rows; the rows it changed.
+    ///
+    /// # Errors
+    /// The engine's.
+    fn exec(&self, sql: &str, args: &[Arg<'_>]) -> Result<usize>;
+
+    /// Runs a query, handing each row to `each` until it returns `false`.
+    ///
+    /// # Errors
+    /// The engine's, or `each`'s.
+    fn rows(
+        &self,
+        sql: &str,
+        args: &[Arg<'_>],
+        each: &mut dyn FnMut(&Row<'_>) -> Result<bool>,
+    ) -> Result<()>;
+
+    /// Runs statements separated by `;`, without parameters.
+    ///
+    /// # Errors
+    /// The engine's.
+    fn exec_batch(&self, sql: &str) -> Result<()>;
+}
+
+/// A statement to run, as `rusqlite::Statement` (preparation and caching are the engine's).
+pub struct Stmt<'c> {
+    db: &'c dyn Sql,
+    sql: String,
+}
+
+impl Stmt<'_> {
+    /// See [`Sql::exec`].
+    ///
+    /// # Errors
+    /// The engine's.
+    pub fn execute<P: Params>(&mut self, p: P) -> Result<usize> {
+        self.db.exec(&self.sql, &p.args())
+    }
+
+    /// The first row, through `f`; [`Error::NoRows`] when there is none.
+    ///
+    /// # Errors
+    /// The engine's, or `f`'s.
+    pub fn query_row<P: Params, T>(
+        &mut self,
+        p: P,
+        f: impl FnOnce(&Row<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.db.query_row(&self.sql, p, f)
+    }
+
+    /// Every row, through `f`.
+    ///
+    /// # Errors
+    /// The engine's (`f`'s errors are in the items).
+    pub fn query_map<P: Params, T>(
+        &mut self,
+        p: P,
+        f: impl FnMut(&Row<'_>) -> Result<T>,
+    ) -> Result<std::vec::IntoIter<Result<T>>> {
+        self.db.query_map(&self.sql, p, f)
+    }
+
+    /// Whether the query returns a row.
+    ///
+    /// # Errors
+    /// The engine's.
+    pub fn exists<P: Params>(&mut self, p: P) -> Result<bool> {
+        let mut found = false;
+        self.db.rows(&self.sql, &p.args(), &mut |_| {
+            found = true;
+            Ok(false)
+        })?;
+        Ok(found)
+    }
+}
+
+impl<'c> dyn Sql + 'c {
+    /// A statement (the engine caches its preparation).
+    ///
+    /// # Errors
+    /// None today; kept for the shape of `rusqlite::Connection::prepare_cached`.
+    pub fn prepare_cached(&self, sql: &str) -> Result<Stmt<'_>> {
+        Ok(Stmt {
+            db: self,
+            sql: sql.to_owned(),
+        })
+    }
+
+    /// As [`prepare_cached`](Self::prepare_cached).
+    ///
+    /// # Errors
+    /// None today.
+    pub fn prepare(&self, sql: &str) -> Result<Stmt<'_>> {
+        self.prepare_cached(sql)
+    }
+
+    /// See [`Sql::exec`].
+    ///
+    /// # Errors
+    /// The engine's.
+    pub fn execute<P: Params>(&self, sql: &str, p: P) -> Result<usize> {
+        self.exec(sql, &p.args())
+    }
+
+    /// See [`Sql::exec_batch`].
+    ///
+    /// # Errors
+    /// The engine's.
+    pub fn execute_batch(&self, sql: &str) -> Result<()> {
+        self.exec_batch(sql)
+    }
+
+    /// The first row, through `f`; [`Error::NoRows`] when there is none.
+    ///
+    /// # Errors
+    /// The engine's, or `f`'s.
+    pub fn query_row<P: Params, T>(
+        &self,
+        sql: &str,
+        p: P,
+        f: impl FnOnce(&Row<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut f = Some(f);
+        let mut out = None;
+        self.rows(sql, &p.args(), &mut |r| {
+            if let Some(f) = f.take() {
+                out = Some(f(r));
+            }
+            Ok(false)
+        })?;
+        out.unwrap_or(Err(Error::NoRows))
+    }
+
+    /// Every row, through `f`.
+    ///
+    /// # Errors
+    /// The engine's (`f`'s errors are in the items).
+    pub fn query_map<P: Params, T>(
+        &self,
+        sql: &str,
+        p: P,
+        mut f: impl FnMut(&Row<'_>) -> Result<T>,
+    ) -> Result<std::vec::IntoIter<Result<T>>> {
+        let mut out = Vec::new();
+        self.rows(sql, &p.args(), &mut |r| {
+            out.push(f(r));
+            Ok(true)
+        })?;
+        Ok(out.into_iter())
+    }
+}
+
+// --- SQLite ---------------------------------------------------------------------------------
+
+impl rusqlite::ToSql for Arg<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef as V};
+        Ok(ToSqlOutput::Borrowed(match self {
+            Arg::Null => V::Null,
+            Arg::Int(i) => V::Integer(*i),
+            Arg::Real(f) => V::Real(*f),
+            Arg::Text(s) => V::Text(s.as_bytes()),
+            Arg::Blob(b) => V::Blob(b),
+        }))
+    }
+}
+
+fn lite_exec(c: &rusqlite::Connection, sql: &str, args: &[Arg<'_>]) -> Result<usize> {
+    let mut stmt = c.prepare_cached(sql)?;
+    Ok(stmt.execute(rusqlite::params_from_iter(args.iter()))?)
+}
+
+fn lite_rows(
+    c: &rusqlite::Connection,
+    sql: &str,
+    args: &[Arg<'_>],
+    each: &mut dyn FnMut(&Row<'_>) -> Result<bool>,
+) -> Result<()> {
+    let mut stmt = c.prepare_cached(sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
+    while let Some(r) = rows.next()? {
+        if !each(&Row::Sqlite(r))? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+macro_rules! sqlite_sql {
+    ($($t:ty),*) => {$(
+        impl Sql for $t {
+            fn dialect(&self) -> Dialect {
+                Dialect::Sqlite
+            }
+            fn exec(&self, sql: &str, args: &[Arg<'_>]) -> Result<usize> {
+                lite_exec(self, sql, args)
+            }
+            fn rows(
+                &self,
+                sql: &str,
+                args: &[Arg<'_>],
+                each: &mut dyn FnMut(&Row<'_>) -> Result<bool>,
+            ) -> Result<()> {
+                lite_rows(self, sql, args, each)
+            }
+            fn exec_batch(&self, sql: &str) -> Result<()> {
+                Ok(rusqlite::Connection::execute_batch(self, sql)?)
+            }
+        }
+    )*};
+}
+sqlite_sql!(
+    rusqlite::Connection,
+    rusqlite::Transaction<'_>,
+    rusqlite::Savepoint<'_>
+);
+
+// --- PostgreSQL -----------------------------------------------------------------------------
+
+/// A PostgreSQL transaction (or, for reads, a client) with its prepared statements, seen
+/// through [`Sql`].
+pub struct Pg<'a, C: postgres::GenericClient> {
+    client: RefCell<&'a mut C>,
+    cache: &'a RefCell<StmtCache>,
+}
+
+/// Prepared statements of one PostgreSQL connection, by their SQLite-dialect text.
+#[derive(Default)]
+pub struct StmtCache {
+    stmts: HashMap<String, postgres::Statement>,
+}
+
+impl StmtCache {
+    /// Forgets every statement (after the connection they were prepared on is gone).
+    pub fn clear(&mut self) {
+        self.stmts.clear();
+    }
+}
+
+impl<'a, C: postgres::GenericClient> Pg<'a, C> {
+    /// `client` seen through [`Sql`], preparing statements into `cache`.
+    pub fn new(client: &'a mut C, cache: &'a RefCell<StmtCache>) -> Self {
+        Self {
+            client: RefCell::new(client),
+            cache,
+        }
+    }
+
+    fn statement(&self, sql: &str) -> Result<postgres::Statement> {
+        if let Some(s) = self.cache.borrow().stmts.get(sql) {
+            return Ok(s.clone());
+        }
+        let stmt = self.client.borrow_mut().prepare(&to_postgres(sql))?;
+        self.cache
+            .borrow_mut()
+            .stmts
+            .insert(sql.to_owned(), stmt.clone());
+        Ok(stmt)
+    }
+}
+
+impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    fn exec(&self, sql: &str, args: &[Arg<'_>]) -> Result<usize> {
+        let stmt = self.statement(sql)?;
+        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
+        let n = self.client.borrow_mut().execute(&stmt, &params)?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    fn rows(
+        &self,
+        sql: &str,
+        args: &[Arg<'_>],
+        each: &mut dyn FnMut(&Row<'_>) -> Result<bool>,
+    ) -> Result<()> {
+        let stmt = self.statement(sql)?;
+        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
+        let rows = self.client.borrow_mut().query(&stmt, &params)?;
+        for r in &rows {
+            if !each(&Row::Postgres(r))? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn exec_batch(&self, sql: &str) -> Result<()> {
+        Ok(self.client.borrow_mut().batch_execute(sql)?)
+    }
+}
+
+/// SQLite-dialect SQL as PostgreSQL takes it: `?N` parameters become `$N` (outside quotes).
+pub fn to_postgres(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut quoted = false;
+    for c in sql.chars() {
+        if c == '\'' {
+            quoted = !quoted;
+        }
+        if c == '?' && !quoted {
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl ToSql for Arg<'_> {
+    fn to_sql(&self, ty: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, BoxError> {
+        let name = ty.name();
+        match self {
+            Arg::Null => Ok(IsNull::Yes),
+            Arg::Int(i) => match name {
+                "int8" => i.to_sql(ty, out),
+                "int4" => i32::try_from(*i)?.to_sql(ty, out),
+                "int2" => i16::try_from(*i)?.to_sql(ty, out),
+                "bool" => (*i != 0).to_sql(ty, out),
+                #[allow(clippy::cast_precision_loss)]
+                "float8" => (*i as f64).to_sql(ty, out),
+                #[allow(clippy::cast_precision_loss)]
+                "float4" => (*i as f32).to_sql(ty, out),
+                "text" | "varchar" | "bpchar" | "unknown" => i.to_string().as_str().to_sql(ty, out),
+                _ => Err(format!("an integer cannot bind to {name}").into()),
+            },
+            Arg::Real(f) => match name {
+                "float8" => f.to_sql(ty, out),
+                #[allow(clippy::cast_possible_truncation)]
+                "float4" => (*f as f32).to_sql(ty, out),
+                _ => Err(format!("a float cannot bind to {name}").into()),
+            },
+            Arg::Text(s) => match name {
+                "text" | "varchar" | "bpchar" | "name" | "unknown" | "json" | "jsonb" => {
+                    s.as_ref().to_sql(ty, out)
+                }
+                _ => Err(format!("text cannot bind to {name}").into()),
+            },
+            Arg::Blob(b) => match name {
+                "bytea" => b.as_ref().to_sql(ty, out),
+                _ => Err(format!("bytes cannot bind to {name}").into()),
+            },
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    postgres_types::to_sql_checked!();
+}
+
+/// A NUMERIC (what PostgreSQL's `SUM` of integers returns), read as an integer when it has no
+/// fraction and fits, else as a float.
+struct Numeric(ValueRef<'static>);
+
+impl<'r> postgres_types::FromSql<'r> for Numeric {
+    fn from_sql(_: &Type, raw: &'r [u8]) -> Result<Self, BoxError> {
+        let word = |i: usize| -> Result<u16, BoxError> {
+            raw.get(i..i + 2)
+                .map(|b| u16::from_be_bytes([b[0], b[1]]))
+                .ok_or_else(|| "short NUMERIC".into())
+        };
+        let ndigits = usize::from(word(0)?);
+        #[allow(clippy::cast_possible_wrap)]
+        let weight = word(2)? as i16;
+        let sign = word(4)?;
+        let dscale = word(6)?;
+        if sign == 0xC000 {
+            return Ok(Numeric(ValueRef::Real(f64::NAN)));
+        }
+        let mut exact: Option<i128> = Some(0);
+        let mut approx = 0f64;
+        for k in 0..ndigits {
+            let d = word(8 + 2 * k)?;
+            let power = i32::from(weight) - i32::try_from(k)?;
+            approx += f64::from(d) * 10000f64.powi(power);
+            exact = match (exact, u32::try_from(power)) {
+                (Some(e), Ok(p)) if p < 8 => Some(e + i128::from(d) * 10000i128.pow(p)),
+                (Some(e), Ok(_)) => Some(e).filter(|_| d == 0).and(None),
+                _ if d == 0 => exact,
+                _ => None,
+            };
+        }
+        let negative = sign == 0x4000;
+        if dscale == 0 {
+            if let Some(e) = exact.and_then(|e| i64::try_from(if negative { -e } else { e }).ok()) {
+                return Ok(Numeric(ValueRef::Integer(e)));
+            }
+        }
+        Ok(Numeric(ValueRef::Real(if negative {
+            -approx
+        } else {
+            approx
+        })))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::NUMERIC
+    }
+}
+
+fn pg_value<T>(
+    r: &postgres::Row,
+    i: usize,
+    f: impl FnOnce(ValueRef<'_>) -> Result<T>,
+) -> Result<T> {
+    let ty = r
+        .columns()
+        .get(i)
+        .ok_or_else(|| Error::Conversion(i, "no such column".into()))?
+        .type_()
+        .clone();
+    let v = match ty.name() {
+        "int8" => r
+            .try_get::<_, Option<i64>>(i)?
+            .map_or(ValueRef::Null, ValueRef::Integer),
+        "int4" => r
+            .try_get::<_, Option<i32>>(i)?
+            .map_or(ValueRef::Null, |v| ValueRef::Integer(v.into())),
+        "int2" => r
+            .try_get::<_, Option<i16>>(i)?
+            .map_or(ValueRef::Null, |v| ValueRef::Integer(v.into())),
+        "bool" => r
+            .try_get::<_, Option<bool>>(i)?
+            .map_or(ValueRef::Null, |v| ValueRef::Integer(v.into())),
+        "float8" => r
+            .try_get::<_, Option<f64>>(i)?
+            .map_or(ValueRef::Null, ValueRef::Real),
+        "float4" => r
+            .try_get::<_, Option<f32>>(i)?
+            .map_or(ValueRef::Null, |v| ValueRef::Real(v.into())),
+        "numeric" => r
+            .try_get::<_, Option<Numeric>>(i)?
+            .map_or(ValueRef::Null, |n| n.0),
+        "bytea" => {
+            return match r.try_get::<_, Option<&[u8]>>(i)? {
+                None => f(ValueRef::Null),
+                Some(b) => f(ValueRef::Blob(b)),
+            }
+        }
+        _ => {
+            return match r.try_get::<_, Option<&str>>(i)? {
+                None => f(ValueRef::Null),
+                Some(s) => f(ValueRef::Text(s)),
+            }
+        }
+    };
+    f(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_renumbered_outside_quotes_only() {
+        assert_eq!(
+            to_postgres("SELECT ?1, '?2' FROM t WHERE a = ?10"),
+            "SELECT $1, '?2' FROM t WHERE a = $10"
+        );
+    }
+
+    #[test]
+    fn sqlite_reads_and_writes_through_the_seam() {
+        let c = rusqlite::Connection::open_in_memory().expect("db");
+        let db: &dyn Sql = &c;
+        db.execute_batch("CREATE TABLE t (a INTEGER, b TEXT, c REAL, d BLOB)")
+            .expect("table");
+        let n = db
+            .execute(
+                "INSERT INTO t VALUES (?1, ?2, ?3, ?4)",
+                params![7u32, "x", 0.5, vec![1u8, 2]],
+            )
+            .expect("insert");
+        assert_eq!(n, 1);
+        let row: (u32, String, f64, Vec<u8>, Option<i64>) = db
+            .query_row("SELECT a, b, c, d, NULL FROM t", (), |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .expect("row");
+        assert_eq!(row, (7, "x".to_owned(), 0.5, vec![1, 2], None));
+        let none = db
+            .query_row("SELECT a FROM t WHERE a = ?1", [8], |r| r.get::<_, i64>(0))
+            .optional()
+            .expect("query");
+        assert_eq!(none, None);
+        let wrong = db.query_row("SELECT b FROM t", (), |r| r.get::<_, i64>(0));
+        assert!(matches!(wrong, Err(Error::Conversion(0, _))), "{wrong:?}");
+    }
+}
