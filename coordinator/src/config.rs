@@ -13,7 +13,7 @@ pub struct Config {
     pub nats_url: String,
     /// How often the NATS connection pings its server.
     pub nats_ping: Duration,
-    /// SQLite database file.
+    /// The store: a SQLite database file, or a PostgreSQL URL (`postgres://user@host/db`).
     pub db_path: PathBuf,
     /// Subject prefix.
     pub prefix: String,

@@ -8,9 +8,10 @@ use crate::auth::Auth;
 use crate::error::CoreError;
 use crate::metrics::Metrics;
 use crate::ops::{self, Ctx, Effect, Settings};
-use crate::store::group::{Lane, Writer};
+use crate::store::group::Lane;
 use crate::store::sql::Sql;
 use crate::store::Store;
+use crate::store::Writer;
 use protocol::messages::{
     ApiOp, Heartbeat, HeartbeatReply, LeaderboardReply, Lease, LeaseReply, LeaseRequest,
     ModelAgreementReply, ReleaseReply, ReleaseRequest, RequeueReply, ResetRequest, StatsReply,
@@ -122,7 +123,7 @@ impl Core {
         self.write(move |c, ctx| {
             let token = ops::token::create(c, ctx, &worker)?;
             Ok(WorkerTokenReply {
-                worker_id: worker,
+                worker_id: worker.clone(),
                 token,
             })
         })
@@ -160,21 +161,21 @@ impl Core {
     async fn write<T, F>(&self, op: F) -> Result<T, CoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&dyn Sql, &mut Ctx) -> Result<T, CoreError> + Send + 'static,
+        F: FnMut(&dyn Sql, &mut Ctx) -> Result<T, CoreError> + Send + 'static,
     {
         self.write_in(Lane::Normal, op).await
     }
 
-    async fn write_in<T, F>(&self, lane: Lane, op: F) -> Result<T, CoreError>
+    async fn write_in<T, F>(&self, lane: Lane, mut op: F) -> Result<T, CoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&dyn Sql, &mut Ctx) -> Result<T, CoreError> + Send + 'static,
+        F: FnMut(&dyn Sql, &mut Ctx) -> Result<T, CoreError> + Send + 'static,
     {
         // The operation's context is made where it runs (the clock read then), and its effects
         // travel back with its result, released only after the commit.
         let settings = self.settings;
         let job = move |c: &dyn Sql| {
-            let mut ctx = Ctx::new(now_ms(), settings);
+            let mut ctx = Ctx::new(c.now_ms()?, settings);
             let out = op(c, &mut ctx)?;
             Ok((out, ctx.effects))
         };
@@ -245,7 +246,8 @@ impl Core {
         if failing {
             self.write(|c, ctx| {
                 c.execute(
-                    "INSERT OR REPLACE INTO health_probe (id, at) VALUES (1, ?1)",
+                    "INSERT INTO health_probe (id, at) VALUES (1, ?1)
+                     ON CONFLICT (id) DO UPDATE SET at = excluded.at",
                     [ctx.now],
                 )?;
                 Ok(())
@@ -260,15 +262,7 @@ impl Core {
         T: Send + 'static,
         F: FnOnce(&dyn Sql, i64) -> Result<T, CoreError> + Send + 'static,
     {
-        Ok(self
-            .store
-            .conn()
-            .call(move |conn| {
-                // One read transaction, so multi-query reads see one snapshot.
-                let tx = conn.transaction()?;
-                crate::store::guarded(|| op(&tx, now_ms()))
-            })
-            .await?)
+        self.store.read(op).await
     }
 
     /// Creates tasks. See `ops::task_add`.
@@ -277,7 +271,7 @@ impl Core {
     /// [`CoreError::Invalid`] for any bad task; nothing is stored then.
     pub async fn add_tasks(&self, req: TaskAddRequest) -> Result<TaskAddReply, CoreError> {
         let r = self
-            .write(move |c, ctx| ops::task_add::run(c, ctx, req))
+            .write(move |c, ctx| ops::task_add::run(c, ctx, req.clone()))
             .await?;
         self.metrics.tasks_created.inc_by(r.task_ids.len() as u64);
         Ok(r)
@@ -288,7 +282,7 @@ impl Core {
     /// # Errors
     /// [`CoreError::TaskNotFound`], [`CoreError::TaskClosed`]: nothing is cancelled then.
     pub async fn cancel_tasks(&self, req: TaskIdsRequest) -> Result<TaskIdsReply, CoreError> {
-        self.write(move |c, ctx| ops::cancel::cancel(c, ctx, req))
+        self.write(move |c, ctx| ops::cancel::cancel(c, ctx, req.clone()))
             .await
     }
 
@@ -297,7 +291,7 @@ impl Core {
     /// # Errors
     /// [`CoreError::TaskNotFound`], [`CoreError::Invalid`]: nothing is requeued then.
     pub async fn retry_tasks(&self, req: TaskIdsRequest) -> Result<TaskIdsReply, CoreError> {
-        self.write(move |c, ctx| ops::cancel::retry(c, ctx, req))
+        self.write(move |c, ctx| ops::cancel::retry(c, ctx, req.clone()))
             .await
     }
 
@@ -306,7 +300,8 @@ impl Core {
     /// # Errors
     /// [`CoreError::Invalid`] naming the first bad item: nothing is stored then.
     pub async fn add_gold(&self, req: GoldAddRequest) -> Result<GoldAddReply, CoreError> {
-        self.write(move |c, ctx| ops::gold::add(c, ctx, req)).await
+        self.write(move |c, ctx| ops::gold::add(c, ctx, req.clone()))
+            .await
     }
 
     /// One task with its submissions and live leases.
@@ -333,7 +328,9 @@ impl Core {
     /// [`CoreError::Invalid`] for a request out of bounds.
     pub async fn lease(&self, req: LeaseRequest) -> Result<LeaseReply, CoreError> {
         let r = self
-            .write_in(Lane::Urgent, move |c, ctx| ops::lease::run(c, ctx, req))
+            .write_in(Lane::Urgent, move |c, ctx| {
+                ops::lease::run(c, ctx, req.clone())
+            })
             .await?;
         self.metrics.tasks_claimed.inc_by(r.leases.len() as u64);
         Ok(r)
@@ -360,7 +357,7 @@ impl Core {
     /// Store errors only.
     pub async fn release(&self, req: ReleaseRequest) -> Result<ReleaseReply, CoreError> {
         let r = self
-            .write(move |c, ctx| ops::release::run(c, ctx, req))
+            .write(move |c, ctx| ops::release::run(c, ctx, req.clone()))
             .await?;
         self.metrics.leases_requeued.inc_by(u64::from(r.released));
         Ok(r)
@@ -376,7 +373,7 @@ impl Core {
         hb: Heartbeat,
     ) -> Result<HeartbeatReply, CoreError> {
         let r = self
-            .write(move |c, ctx| ops::heartbeat::run(c, ctx, &subject_worker, hb))
+            .write(move |c, ctx| ops::heartbeat::run(c, ctx, &subject_worker, hb.clone()))
             .await?;
         self.metrics.worker_heartbeats.inc();
         Ok(r)
@@ -393,7 +390,7 @@ impl Core {
         capabilities: Option<Vec<TaskType>>,
     ) -> Result<HeartbeatReply, CoreError> {
         let r = self
-            .write(move |c, ctx| ops::heartbeat::run_known(c, ctx, &worker, capabilities))
+            .write(move |c, ctx| ops::heartbeat::run_known(c, ctx, &worker, capabilities.clone()))
             .await?;
         self.metrics.worker_heartbeats.inc();
         Ok(r)
@@ -405,7 +402,7 @@ impl Core {
     /// See `ops::submit::run`.
     pub async fn submit(&self, task: TaskId, req: SubmitRequest) -> Result<SubmitReply, CoreError> {
         let r = self
-            .write(move |c, ctx| ops::submit::run(c, ctx, &task, req))
+            .write(move |c, ctx| ops::submit::run(c, ctx, &task, req.clone()))
             .await?;
         self.metrics.submissions.inc_by(u64::from(!r.duplicate));
         Ok(r)
@@ -418,7 +415,7 @@ impl Core {
     /// See `ops::submit::accept`.
     pub async fn accept(&self, task: TaskId, sub: Submission) -> Result<SubmitReply, CoreError> {
         let r = self
-            .write(move |c, ctx| ops::submit::accept(c, ctx, &task, sub))
+            .write(move |c, ctx| ops::submit::accept(c, ctx, &task, sub.clone()))
             .await?;
         self.metrics.submissions.inc_by(u64::from(!r.duplicate));
         Ok(r)
@@ -536,8 +533,4 @@ impl Core {
     pub async fn reset(&self, req: ResetRequest) -> Result<(), CoreError> {
         self.write(move |c, _| ops::reset::run(c, &req)).await
     }
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }

@@ -12,7 +12,7 @@ pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// PostgreSQL refused, or could not be reached.
-    #[error("postgres: {0}")]
+    #[error("{}", crate::store::sql::pg_message(.0))]
     Postgres(#[from] postgres::Error),
     /// The store's URL or settings are wrong.
     #[error("store: {0}")]
@@ -114,6 +114,9 @@ pub enum CoreError {
     /// committed. Never answered `ok`; a retry must be safe (an idempotent request).
     #[error("store: the commit's outcome is unknown ({0}); retry")]
     CommitUnknown(String),
+    /// The database server cannot be reached (down, restarting, or the network): retry later.
+    #[error("store unreachable: {0}")]
+    Unreachable(String),
     /// The store's background thread is gone.
     #[error("store connection closed")]
     StoreClosed,
@@ -136,7 +139,7 @@ impl CoreError {
             CoreError::ModelMismatch { .. } => ErrorCode::ModelMismatch,
             CoreError::Unauthorized(_) => ErrorCode::Unauthorized,
             CoreError::Store(e) if is_unavailable(e) => ErrorCode::Unavailable,
-            CoreError::CommitUnknown(_) => ErrorCode::Unavailable,
+            CoreError::CommitUnknown(_) | CoreError::Unreachable(_) => ErrorCode::Unavailable,
             CoreError::Store(_) | CoreError::StoreClosed | CoreError::Bug(_) => ErrorCode::Internal,
         }
     }

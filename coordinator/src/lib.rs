@@ -87,13 +87,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     } else {
         info!("authentication off (loopback only)");
     }
-    let store = store::Store::open(&config.db_path)
+    let db = config.db_path.to_string_lossy().into_owned();
+    let store = store::Store::open_any(&db, "aimarket-coordinator")
         .await
         .map_err(|source| RunError::Store {
-            path: config.db_path.display().to_string(),
+            path: store::without_password(&db),
             source,
         })?;
-    info!(db = %config.db_path.display(), "store open");
+    info!(db = %store.describe(), "store open");
     let (core, effects) = Core::new(store.clone(), config.settings);
     let core = core.with_auth(config.auth.clone());
     // Bind before anything else runs, so a taken port fails fast and says so.
@@ -149,7 +150,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         heartbeat_ttl_seconds = config.settings.heartbeat_ttl_ms / 1000,
         "coordinator ready"
     );
-    let store_shown = format!("sqlite {}", config.db_path.display());
+    let store_shown = store.describe();
     let service = match nats::register(
         &client,
         core.clone(),

@@ -279,7 +279,8 @@ pub(crate) fn check(
         "INSERT INTO worker_score (worker_id, points, gold_answered, gold_right)
          VALUES (?1, 0, 1, ?2)
          ON CONFLICT (worker_id) DO UPDATE SET
-             gold_answered = gold_answered + 1, gold_right = gold_right + excluded.gold_right",
+             gold_answered = worker_score.gold_answered + 1,
+             gold_right = worker_score.gold_right + excluded.gold_right",
     )?
     .execute(params![sub.worker_id.as_str(), i64::from(correct)])?;
     conn.prepare_cached(

@@ -19,7 +19,7 @@ pub(crate) fn run(conn: &dyn Sql) -> Result<LeaderboardReply, CoreError> {
                     (SELECT COUNT(*) FROM submission s WHERE s.worker_id = w.id),
                     w.model,
                     (SELECT COUNT(*) FROM submission s WHERE s.worker_id = w.id AND s.agreed IS NOT NULL),
-                    (SELECT COUNT(*) FROM submission s WHERE s.worker_id = w.id AND s.agreed),
+                    (SELECT COUNT(*) FROM submission s WHERE s.worker_id = w.id AND s.agreed = 1),
                     COALESCE(ws.traps_caught, 0), COALESCE(ws.traps_missed, 0),
                     COALESCE(ws.gold_answered, 0), COALESCE(ws.gold_right, 0),
                     w.quarantine IS NOT NULL
@@ -55,7 +55,7 @@ pub(crate) fn by_model(conn: &dyn Sql) -> Result<ModelAgreementReply, CoreError>
     let models = conn
         .prepare_cached(
             "SELECT COALESCE(s.model, '-'), s.model_hash, t.type, COUNT(*),
-                    SUM(s.agreed IS NOT NULL), SUM(COALESCE(s.agreed, 0)),
+                    COUNT(s.agreed), SUM(COALESCE(s.agreed, 0)),
                     SUM(t.gold IS NOT NULL),
                     (SELECT COALESCE(SUM(g.correct), 0) FROM gold_answer g
                      WHERE g.model IS s.model AND g.model_hash IS s.model_hash

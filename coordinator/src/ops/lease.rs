@@ -7,7 +7,7 @@
 use super::{touch_worker, Ctx, Json};
 use crate::error::CoreError;
 use crate::store::from_ms;
-use crate::store::sql::{params, OptionalExtension, Sql};
+use crate::store::sql::{params, Dialect, OptionalExtension, Sql};
 use protocol::generation::GenerationSpec;
 use protocol::messages::{Lease, LeaseReply, LeaseRequest, Timings};
 use protocol::{LeaseId, TaskId, TaskType, WorkerId};
@@ -35,7 +35,7 @@ const OPEN_FOR_WORKER: &str =
     AND NOT EXISTS (SELECT 1 FROM submission s
                     WHERE s.task_id = task.id AND s.worker_id = ?1)
     AND (model_hash IS NULL OR model_hash = ?4)
-    AND (NOT distinct_models OR (?4 IS NOT NULL
+    AND (distinct_models = 0 OR (?4 IS NOT NULL
         AND NOT EXISTS (SELECT 1 FROM submission s
                         WHERE s.task_id = task.id AND s.model_hash = ?4)
         AND NOT EXISTS (SELECT 1 FROM lease l JOIN worker w ON w.id = l.worker_id
@@ -125,12 +125,14 @@ pub(crate) fn run(
         gold = gold_for(ctx, gold_slots)?;
         picks.truncate(picks.len() - gold.len());
         // Every open task of each type up to its last pick is now held or answered by this
-        // worker (the walk returned the others first): the next walk starts after it.
+        // worker (the walk returned the others first): the next walk starts after it. (SQLite
+        // only: with several writers a skipped row may still be one this worker needs.)
+        let cursor = conn.dialect() == Dialect::Sqlite;
         let mut advance = conn.prepare_cached(
             "INSERT INTO temp.lease_cursor (worker_id, type, after) VALUES (?1, ?2, ?3)
              ON CONFLICT (worker_id, type) DO UPDATE SET after = max(after, excluded.after)",
         )?;
-        for cap in &caps {
+        for cap in caps.iter().filter(|_| cursor) {
             if let Some(last) = picks.iter().rev().find(|c| &c.task_type == cap) {
                 advance.execute(params![worker.as_str(), cap.as_str(), last.seq])?;
             }
@@ -141,11 +143,18 @@ pub(crate) fn run(
         "INSERT INTO lease (id, task_id, worker_id, state, expires_at, created_at)
          VALUES (?1, ?2, ?3, 'active', ?4, ?5)",
     )?;
+    // Guarded: on PostgreSQL another coordinator may have taken the last slot since the walk
+    // (its rows are locked now, so the counters read here are the latest).
     let mut assign = conn.prepare_cached(
-        "UPDATE task SET active_leases = active_leases + 1, status = 'assigned' WHERE id = ?1",
+        "UPDATE task SET active_leases = active_leases + 1, status = 'assigned'
+         WHERE id = ?1 AND status IN ('queued', 'assigned')
+           AND required > active_leases + submissions",
     )?;
     let mut leases = Vec::with_capacity(picks.len());
     for c in picks {
+        if assign.execute([&c.id])? == 0 {
+            continue;
+        }
         let lease_id = LeaseId::new();
         insert.execute(params![
             lease_id.to_string(),
@@ -154,7 +163,6 @@ pub(crate) fn run(
             expires_at,
             ctx.now
         ])?;
-        assign.execute([&c.id])?;
         let task_id: TaskId = c.id.parse()?;
         tracing::debug!(%task_id, worker_id = %worker, %lease_id, "lease granted");
         leases.push(Lease {
@@ -215,8 +223,16 @@ pub(crate) fn next_for(
 }
 
 /// The open tasks of type `?2` that worker `?1`, serving model content `?4`, may take, oldest
-/// first, after its lease cursor, at most `?3`.
-fn oldest_open_sql() -> String {
+/// first, at most `?3`: on PostgreSQL from the head of the open-task index, skipping (and
+/// locking) rows other coordinators' transactions hold; on SQLite after the worker's lease cursor.
+fn oldest_open_sql(dialect: Dialect) -> String {
+    if dialect == Dialect::Postgres {
+        return format!(
+            "SELECT seq, id, text, labels, generation FROM task
+             WHERE type = ?2 AND {OPEN_FOR_WORKER}
+             ORDER BY seq LIMIT ?3 FOR UPDATE SKIP LOCKED"
+        );
+    }
     format!(
         "SELECT seq, id, text, labels, generation FROM task INDEXED BY task_open
          WHERE type = ?2 AND {OPEN_FOR_WORKER}
@@ -234,7 +250,7 @@ fn oldest_open(
     limit: usize,
 ) -> Result<Vec<Candidate>, CoreError> {
     let rows = conn
-        .prepare_cached(&oldest_open_sql())?
+        .prepare_cached(&oldest_open_sql(conn.dialect()))?
         .query_map(
             params![
                 worker.as_str(),
@@ -450,7 +466,9 @@ mod tests {
             let r = lease(&mut conn, 30, lease_req(w, 1 + i as u32));
             assert!(!r.leases.is_empty(), "{w} got no lease");
         }
-        let walk = conn.prepare_cached(&oldest_open_sql()).expect("cached");
+        let walk = conn
+            .prepare_cached(&oldest_open_sql(Dialect::Sqlite))
+            .expect("cached");
         assert_eq!(walk.get_status(rusqlite::StatementStatus::Run), 6);
         assert_eq!(
             walk.get_status(rusqlite::StatementStatus::RePrepare),
@@ -462,7 +480,7 @@ mod tests {
     #[test]
     fn the_lease_query_walks_the_open_index() {
         let conn = store();
-        let sql = format!("EXPLAIN QUERY PLAN {}", oldest_open_sql());
+        let sql = format!("EXPLAIN QUERY PLAN {}", oldest_open_sql(Dialect::Sqlite));
         for (task_type, hash) in [("sentiment", None), ("generate", Some("ab".repeat(32)))] {
             let plan: Vec<String> = (&conn as &dyn Sql)
                 .prepare(&sql)

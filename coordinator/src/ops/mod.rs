@@ -25,7 +25,7 @@ pub(crate) mod verify;
 pub(crate) mod workers;
 
 use crate::error::CoreError;
-use crate::store::sql::{params, FromValue, OptionalExtension, Row, Sql, ValueRef};
+use crate::store::sql::{params, Dialect, FromValue, OptionalExtension, Row, Sql, ValueRef};
 use crate::store::{blob_to_vector, from_ms};
 use protocol::generation::{blob_to_ids, GenerationSpec, VerifyMode};
 use protocol::messages::{FailureReason, TaskAnnouncement, TaskEvent, TaskView};
@@ -227,8 +227,8 @@ const VIEW_RESERVED_BY: usize = 31;
 /// A task's state as views show it: an open task in cross-scoring is `verifying`, one past a
 /// round without a quorum `inconclusive`.
 pub(crate) const VIEW_STATUS_SQL: &str =
-    "CASE WHEN status IN ('queued', 'assigned') AND verifying \
-     THEN 'verifying' WHEN status IN ('queued', 'assigned') AND inconclusive THEN 'inconclusive' \
+    "CASE WHEN status IN ('queued', 'assigned') AND verifying = 1 \
+     THEN 'verifying' WHEN status IN ('queued', 'assigned') AND inconclusive = 1 THEN 'inconclusive' \
      ELSE status END";
 
 /// [`TASK_COLUMNS`] plus the live-lease summary that views show (kept off the hot paths).
@@ -347,8 +347,11 @@ impl TaskRow {
 ///
 /// # Errors
 /// [`CoreError::TaskNotFound`] when there is none with that id.
+///
+/// On PostgreSQL the row stays locked until the transaction ends: what the operation decides
+/// from it (finalize, fail, reissue) cannot race another coordinator's decision on the task.
 pub(crate) fn load_task(conn: &dyn Sql, id: &TaskId) -> Result<TaskRow, CoreError> {
-    load_task_with(conn, id, TASK_COLUMNS)
+    load_task_with(conn, id, TASK_COLUMNS, conn.lock_suffix())
 }
 
 /// Loads a task with its live-lease summary, for views.
@@ -356,11 +359,16 @@ pub(crate) fn load_task(conn: &dyn Sql, id: &TaskId) -> Result<TaskRow, CoreErro
 /// # Errors
 /// [`CoreError::TaskNotFound`] when there is none with that id.
 pub(crate) fn load_task_view(conn: &dyn Sql, id: &TaskId) -> Result<TaskRow, CoreError> {
-    load_task_with(conn, id, TASK_VIEW_COLUMNS)
+    load_task_with(conn, id, TASK_VIEW_COLUMNS, "")
 }
 
-fn load_task_with(conn: &dyn Sql, id: &TaskId, columns: &str) -> Result<TaskRow, CoreError> {
-    let sql = format!("SELECT {columns} FROM task WHERE id = ?1");
+fn load_task_with(
+    conn: &dyn Sql,
+    id: &TaskId,
+    columns: &str,
+    lock: &str,
+) -> Result<TaskRow, CoreError> {
+    let sql = format!("SELECT {columns} FROM task WHERE id = ?1{lock}");
     conn.prepare_cached(&sql)?
         .query_row([id.to_string()], TaskRow::from_row)
         .optional()?
@@ -379,10 +387,10 @@ pub(crate) fn touch_worker(
     model: Option<&str>,
     model_hash: Option<&str>,
 ) -> Result<(), CoreError> {
-    if model_hash.is_some() {
+    if model_hash.is_some() && conn.dialect() == Dialect::Sqlite {
         conn.prepare_cached(
             "DELETE FROM temp.lease_cursor WHERE worker_id = ?1
-               AND EXISTS (SELECT 1 FROM worker WHERE id = ?1 AND model_hash IS NOT ?2)",
+               AND EXISTS (SELECT 1 FROM worker WHERE id = ?1 AND model_hash IS DISTINCT FROM ?2)",
         )?
         .execute(params![worker.as_str(), model_hash])?;
     }
@@ -484,6 +492,9 @@ pub(crate) fn end_lease_unanswered(
 /// A task may now be open to workers whose lease cursors are past it (see `lease_cursor`):
 /// their next walk starts before it.
 pub(crate) fn rewind_cursors(conn: &dyn Sql, task_id: &TaskId) -> Result<(), CoreError> {
+    if conn.dialect() != Dialect::Sqlite {
+        return Ok(());
+    }
     conn.prepare_cached(
         "UPDATE temp.lease_cursor SET after = t.seq - 1
          FROM (SELECT seq, type FROM task WHERE id = ?1) AS t

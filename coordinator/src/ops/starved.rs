@@ -120,7 +120,7 @@ pub(crate) fn of_task(
 /// workers than are live, less those whose voters are gone enough to make up for it.
 const COUNT_STARVED: &str = "SELECT COUNT(*) FROM task t INDEXED BY task_open_required
      WHERE t.status IN ('queued', 'assigned') AND t.type = ?1 AND t.required > ?2
-       AND t.model_hash IS ?4
+       AND t.model_hash IS NOT DISTINCT FROM ?4
        AND (t.submissions = 0
             OR t.required - t.submissions > ?2 - (
                 SELECT COUNT(*) FROM submission s
@@ -139,7 +139,7 @@ pub(crate) fn summary(conn: &dyn Sql, live: &Live) -> Result<Vec<StarvedType>, C
     )?;
     let mut most_required = conn.prepare_cached(
         "SELECT required FROM task INDEXED BY task_open_required
-         WHERE status IN ('queued', 'assigned') AND type = ?1 AND model_hash IS ?2
+         WHERE status IN ('queued', 'assigned') AND type = ?1 AND model_hash IS NOT DISTINCT FROM ?2
          ORDER BY required DESC LIMIT 1",
     )?;
     let mut hashes = conn.prepare_cached(

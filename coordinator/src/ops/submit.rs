@@ -373,8 +373,10 @@ fn finalize(
          WHERE id = ?4",
     )?
     .execute(params![decision.label, decision.confidence, ctx.now, tid])?;
-    conn.prepare_cached("UPDATE submission SET agreed = (label = ?1) WHERE task_id = ?2")?
-        .execute(params![decision.label, tid])?;
+    conn.prepare_cached(
+        "UPDATE submission SET agreed = CASE WHEN label = ?1 THEN 1 ELSE 0 END WHERE task_id = ?2",
+    )?
+    .execute(params![decision.label, tid])?;
     award_points(conn, &tid)?;
     let answer = Final::Label(decision.label.clone());
     finished(ctx, &task.id, answer, decision.confidence);
@@ -566,8 +568,8 @@ pub(crate) fn finished(ctx: &mut Ctx, task_id: &TaskId, answer: Final, confidenc
 pub(crate) fn award_points(conn: &dyn Sql, tid: &str) -> Result<(), CoreError> {
     conn.prepare_cached(
         "INSERT INTO worker_score (worker_id, points)
-         SELECT worker_id, 1 FROM submission WHERE task_id = ?1 AND agreed
-         ON CONFLICT (worker_id) DO UPDATE SET points = points + 1",
+         SELECT worker_id, 1 FROM submission WHERE task_id = ?1 AND agreed = 1 ORDER BY worker_id
+         ON CONFLICT (worker_id) DO UPDATE SET points = worker_score.points + 1",
     )?
     .execute([tid])?;
     Ok(())

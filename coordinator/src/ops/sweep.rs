@@ -3,13 +3,25 @@
 
 use super::{end_lease_unanswered, parsed, Ctx};
 use crate::error::CoreError;
-use crate::store::sql::{params, Sql};
+use crate::store::sql::{params, Dialect, Sql};
 use protocol::messages::RequeueReply;
 use protocol::{LeaseId, LeaseState, TaskId};
 
 /// # Errors
 /// Store errors only.
 pub(crate) fn run(conn: &dyn Sql, ctx: &mut Ctx) -> Result<RequeueReply, CoreError> {
+    // Every coordinator sweeps; on a shared database one sweep runs at a time, whoever takes
+    // the lock first (no leader to elect: another takes over on its next tick).
+    if conn.dialect() == Dialect::Postgres {
+        let mine: bool = conn.query_row(
+            "SELECT pg_try_advisory_xact_lock(?1)",
+            [crate::store::pg::SWEEP_LOCK],
+            |r| r.get(0),
+        )?;
+        if !mine {
+            return Ok(RequeueReply::default());
+        }
+    }
     let stale_before = ctx.now - ctx.settings.heartbeat_ttl_ms;
     let dead: Vec<(LeaseId, TaskId)> = conn
         .prepare_cached(

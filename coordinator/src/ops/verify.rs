@@ -404,9 +404,9 @@ pub(crate) fn accept(
         conn.prepare_cached(
             "INSERT INTO worker_score (worker_id, points, traps_caught, traps_missed)
              VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (worker_id) DO UPDATE SET points = points + excluded.points,
-                 traps_caught = traps_caught + excluded.traps_caught,
-                 traps_missed = traps_missed + excluded.traps_missed",
+             ON CONFLICT (worker_id) DO UPDATE SET points = worker_score.points + excluded.points,
+                 traps_caught = worker_score.traps_caught + excluded.traps_caught,
+                 traps_missed = worker_score.traps_missed + excluded.traps_missed",
         )?
         .execute(params![
             worker.as_str(),
@@ -444,7 +444,7 @@ pub(crate) fn accept(
 fn add_points(conn: &dyn Sql, worker: &str, points: i64) -> Result<(), CoreError> {
     conn.prepare_cached(
         "INSERT INTO worker_score (worker_id, points) VALUES (?1, ?2)
-         ON CONFLICT (worker_id) DO UPDATE SET points = points + excluded.points",
+         ON CONFLICT (worker_id) DO UPDATE SET points = worker_score.points + excluded.points",
     )?
     .execute(params![worker, points])?;
     Ok(())

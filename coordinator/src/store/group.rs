@@ -358,6 +358,7 @@ mod tests {
     async fn worker_ids(store: &Store) -> Vec<String> {
         store
             .conn()
+            .expect("a SQLite store")
             .call(|c| {
                 c.prepare("SELECT id FROM worker ORDER BY id")?
                     .query_map([], |r| r.get(0))?

@@ -1,4 +1,7 @@
-//! The SQLite store: WAL journal, full sync, two connections. Writes run on the group-commit
+//! The store: SQLite (the default, one file, one machine) or PostgreSQL ([`pg`], several
+//! coordinators over one database), behind one seam ([`sql::Sql`]) the operations run over.
+//!
+//! SQLite: WAL journal, full sync, two connections. Writes run on the group-commit
 //! writer's own thread and connection ([`group::Writer`]); reads run on a second connection's
 //! thread (tokio-rusqlite), which WAL lets read while the writer writes.
 //!
@@ -6,6 +9,7 @@
 //! transaction commits, so a coordinator killed at any instant loses nothing it acknowledged.
 
 pub mod group;
+pub mod pg;
 pub mod schema;
 pub mod sql;
 
@@ -18,11 +22,20 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// Handle to the store's connections. Cheap to clone.
+/// Handle to the store: SQLite's connections, or the PostgreSQL store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    conn: tokio_rusqlite::Connection,
-    writer: Arc<Mutex<WriteSide>>,
+    kind: Kind,
+}
+
+#[derive(Clone)]
+enum Kind {
+    Sqlite {
+        conn: tokio_rusqlite::Connection,
+        writer: Arc<Mutex<WriteSide>>,
+        path: std::path::PathBuf,
+    },
+    Postgres(Arc<pg::PgStore>),
 }
 
 /// The write connection until the group-commit writer starts on it, then the writer's thread
@@ -33,8 +46,49 @@ enum WriteSide {
     Closed,
 }
 
+/// Whether `db` names a PostgreSQL database (`postgres://` or `postgresql://`) rather than a
+/// SQLite file.
+pub fn is_postgres_url(db: &str) -> bool {
+    db.starts_with("postgres://") || db.starts_with("postgresql://")
+}
+
+/// `db` for logs and errors: a URL's password replaced by `***`.
+pub fn without_password(db: &str) -> String {
+    let Some((scheme, rest)) = db.split_once("://") else {
+        return db.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            let name = user.split(':').next().unwrap_or_default();
+            format!("{scheme}://{name}:***@{host}")
+        }
+        _ => db.to_owned(),
+    }
+}
+
 impl Store {
-    /// Opens (creating if needed) and migrates the database at `path`.
+    /// Opens the store `db` names: a PostgreSQL URL, else a SQLite file path. `app` names this
+    /// process to PostgreSQL (`application_name`).
+    ///
+    /// # Errors
+    /// As [`Store::open`] and [`pg::PgStore::open`].
+    pub async fn open_any(db: &str, app: &str) -> Result<Self, StoreError> {
+        if is_postgres_url(db) {
+            let (db, app) = (db.to_owned(), app.to_owned());
+            let pg = tokio::task::spawn_blocking(move || {
+                pg::PgStore::open(&db, &app, pg::Timeouts::default())
+            })
+            .await
+            .map_err(|_| StoreError::Closed)??;
+            Ok(Self {
+                kind: Kind::Postgres(Arc::new(pg)),
+            })
+        } else {
+            Self::open(Path::new(db)).await
+        }
+    }
+
+    /// Opens (creating if needed) and migrates the SQLite database at `path`.
     ///
     /// # Errors
     /// [`StoreError`] when the file cannot be opened, is not a database, or is from a newer build.
@@ -48,56 +102,141 @@ impl Store {
             tokio_rusqlite::Error::Error(e) => e,
             _ => StoreError::Closed,
         })?;
-        let path = path.to_owned();
+        let owned = path.to_owned();
         let writer = tokio::task::spawn_blocking(move || {
-            let mut writer = Connection::open_with_flags(path, flags)?;
+            let mut writer = Connection::open_with_flags(owned, flags)?;
             prepare(&mut writer)?;
             Ok::<_, StoreError>(writer)
         })
         .await
         .map_err(|_| StoreError::Closed)??;
         Ok(Self {
-            conn,
-            writer: Arc::new(Mutex::new(WriteSide::Connection(writer))),
+            kind: Kind::Sqlite {
+                conn,
+                writer: Arc::new(Mutex::new(WriteSide::Connection(writer))),
+                path: path.to_owned(),
+            },
         })
+    }
+
+    /// What the store is, for logs and status: `sqlite <path>` or `postgres <host:port/db>`.
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            Kind::Sqlite { path, .. } => format!("sqlite {}", path.display()),
+            Kind::Postgres(pg) => pg.shown().to_owned(),
+        }
     }
 
     /// Closes the store once nothing writes any more (every `Core` on it is gone): waits up to
     /// `grace` for the writer's thread to finish its queue and close its connection, then closes
     /// the read connection. The last connection to close copies the WAL into the database file
     /// and removes it, so a cleanly stopped coordinator leaves one self-contained file.
+    /// PostgreSQL's connections close as their threads end.
     ///
     /// # Errors
     /// [`StoreError::Closed`] when the writer is still running after `grace`; SQLite's error when
     /// the read connection does not close.
     pub async fn close(self, grace: Duration) -> Result<(), StoreError> {
-        let side = std::mem::replace(&mut *lock(&self.writer), WriteSide::Closed);
+        let Kind::Sqlite { conn, writer, .. } = self.kind else {
+            return Ok(());
+        };
+        let side = std::mem::replace(&mut *lock(&writer), WriteSide::Closed);
         if let WriteSide::Thread(thread) = side {
             let joined = tokio::task::spawn_blocking(move || thread.join());
             if tokio::time::timeout(grace, joined).await.is_err() {
                 return Err(StoreError::Closed);
             }
         }
-        self.conn.close().await.map_err(|e| match e {
+        conn.close().await.map_err(|e| match e {
             tokio_rusqlite::Error::Close((_, e)) => StoreError::Sqlite(e),
             _ => StoreError::Closed,
         })
     }
 
-    /// The read connection's thread.
-    pub fn conn(&self) -> &tokio_rusqlite::Connection {
-        &self.conn
+    /// SQLite's read connection's thread; `None` on PostgreSQL.
+    pub fn conn(&self) -> Option<&tokio_rusqlite::Connection> {
+        match &self.kind {
+            Kind::Sqlite { conn, .. } => Some(conn),
+            Kind::Postgres(_) => None,
+        }
+    }
+
+    /// Runs `op` in one read transaction (one snapshot), with the store's clock.
+    ///
+    /// # Errors
+    /// `op`'s, or the store's.
+    pub async fn read<T, F>(&self, op: F) -> Result<T, CoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn sql::Sql, i64) -> Result<T, CoreError> + Send + 'static,
+    {
+        match &self.kind {
+            Kind::Sqlite { conn, .. } => Ok(conn
+                .call(move |conn| {
+                    let tx = conn.transaction()?;
+                    let now = chrono::Utc::now().timestamp_millis();
+                    guarded(|| op(&tx, now))
+                })
+                .await?),
+            Kind::Postgres(pg) => {
+                let pg = pg.clone();
+                tokio::task::spawn_blocking(move || pg.read(op))
+                    .await
+                    .map_err(|_| CoreError::StoreClosed)?
+            }
+        }
     }
 
     /// Hands the write connection to `start`, which starts the writer's thread on it.
     ///
     /// # Panics
-    /// When the store already has a writer, or is closed.
+    /// When the store already has a writer, is closed, or is not SQLite.
     pub(crate) fn start_writer(&self, start: impl FnOnce(Connection) -> JoinHandle<()>) {
-        let mut side = lock(&self.writer);
+        let Kind::Sqlite { writer, .. } = &self.kind else {
+            panic!("group commit is SQLite's writer");
+        };
+        let mut side = lock(writer);
         match std::mem::replace(&mut *side, WriteSide::Closed) {
             WriteSide::Connection(conn) => *side = WriteSide::Thread(start(conn)),
             _ => panic!("a store has one writer"),
+        }
+    }
+}
+
+/// Where writes go: SQLite's group-commit writer, or PostgreSQL's writer sessions.
+#[derive(Clone)]
+pub enum Writer {
+    /// One thread, batches in one transaction each.
+    Sqlite(group::Writer),
+    /// Several sessions, one transaction per operation.
+    Postgres(pg::Writer),
+}
+
+impl Writer {
+    /// Starts the store's writer.
+    ///
+    /// # Panics
+    /// When a SQLite store already has a writer.
+    pub fn start(store: &Store, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        match &store.kind {
+            Kind::Sqlite { .. } => Writer::Sqlite(group::Writer::start(store, metrics)),
+            Kind::Postgres(pg) => Writer::Postgres(pg::Writer::start(pg)),
+        }
+    }
+
+    /// Runs `op` in a write transaction; its result once committed. On PostgreSQL `op` may run
+    /// more than once (after a conflict another transaction won), each time from the start.
+    ///
+    /// # Errors
+    /// `op`'s, or the store's.
+    pub async fn write<T, F>(&self, lane: group::Lane, op: F) -> Result<T, CoreError>
+    where
+        T: Send + 'static,
+        F: FnMut(&dyn sql::Sql) -> Result<T, CoreError> + Send + 'static,
+    {
+        match self {
+            Writer::Sqlite(w) => w.write(lane, op).await,
+            Writer::Postgres(w) => w.write(op).await,
         }
     }
 }

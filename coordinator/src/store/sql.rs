@@ -37,7 +37,7 @@ pub enum Error {
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
     /// PostgreSQL's error.
-    #[error(transparent)]
+    #[error("{}", pg_message(.0))]
     Postgres(#[from] postgres::Error),
 }
 
@@ -48,6 +48,18 @@ impl Error {
             Error::Postgres(e) => e.code().map(postgres::error::SqlState::code),
             _ => None,
         }
+    }
+}
+
+/// PostgreSQL's error with the server's message and SQLSTATE (its `Display` says only "db
+/// error").
+pub fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("postgres {}: {}", db.code().code(), db.message()),
+        None => match std::error::Error::source(e) {
+            Some(source) => format!("postgres: {e}: {source}"),
+            None => format!("postgres: {e}"),
+        },
     }
 }
 
@@ -404,6 +416,15 @@ pub trait Sql {
     /// # Errors
     /// The engine's.
     fn exec_batch(&self, sql: &str) -> Result<()>;
+
+    /// The store's clock, in ms since the epoch: this machine's for SQLite, the database
+    /// server's for PostgreSQL (one clock for every coordinator).
+    ///
+    /// # Errors
+    /// The engine's.
+    fn now_ms(&self) -> Result<i64> {
+        Ok(chrono::Utc::now().timestamp_millis())
+    }
 }
 
 /// A statement to run, as `rusqlite::Statement` (preparation and caching are the engine's).
@@ -460,6 +481,16 @@ impl Stmt<'_> {
 }
 
 impl<'c> dyn Sql + 'c {
+    /// What a `SELECT` of rows this transaction will decide on ends with: ` FOR UPDATE` on
+    /// PostgreSQL (another coordinator's transaction waits until this one ends), nothing on
+    /// SQLite (one writer at a time already).
+    pub fn lock_suffix(&self) -> &'static str {
+        match self.dialect() {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE",
+        }
+    }
+
     /// A statement (the engine caches its preparation).
     ///
     /// # Errors
@@ -676,10 +707,22 @@ impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
     fn exec_batch(&self, sql: &str) -> Result<()> {
         Ok(self.client.borrow_mut().batch_execute(sql)?)
     }
+
+    fn now_ms(&self) -> Result<i64> {
+        let row = self.client.borrow_mut().query_one(
+            "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+            &[],
+        )?;
+        Ok(row.get(0))
+    }
 }
 
-/// SQLite-dialect SQL as PostgreSQL takes it: `?N` parameters become `$N` (outside quotes).
+/// SQLite-dialect SQL as PostgreSQL takes it: `?N` parameters become `$N` (outside quotes),
+/// `json_each(?N)` becomes `json_array_elements_text(CAST($N AS json))` (both yield a `value`
+/// column), and SQLite's `INDEXED BY name` hints are dropped.
 pub fn to_postgres(sql: &str) -> String {
+    let sql = drop_index_hints(sql);
+    let sql = json_each(&sql);
     let mut out = String::with_capacity(sql.len() + 8);
     let mut quoted = false;
     for c in sql.chars() {
@@ -692,6 +735,37 @@ pub fn to_postgres(sql: &str) -> String {
             out.push(c);
         }
     }
+    out
+}
+
+fn drop_index_hints(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    while let Some(at) = rest.find(" INDEXED BY ") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + " INDEXED BY ".len()..];
+        let end = after
+            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn json_each(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    while let Some(at) = rest.find("json_each(") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "json_each(".len()..];
+        let end = after.find(')').unwrap_or(after.len());
+        out.push_str("json_array_elements_text(CAST(");
+        out.push_str(&after[..end]);
+        out.push_str(" AS json)");
+        rest = &after[end..];
+    }
+    out.push_str(rest);
     out
 }
 
@@ -846,6 +920,10 @@ mod tests {
         assert_eq!(
             to_postgres("SELECT ?1, '?2' FROM t WHERE a = ?10"),
             "SELECT $1, '?2' FROM t WHERE a = $10"
+        );
+        assert_eq!(
+            to_postgres("SELECT a FROM t INDEXED BY t_open WHERE b IN (SELECT value FROM json_each(?2))"),
+            "SELECT a FROM t WHERE b IN (SELECT value FROM json_array_elements_text(CAST($2 AS json)))"
         );
     }
 
