@@ -296,7 +296,7 @@ fn judge_worker(conn: &dyn Sql, ctx: &Ctx, worker: &WorkerId) -> Result<(), Core
     let (answered, right): (u32, u32) = conn
         .prepare_cached(
             "SELECT COUNT(*), COALESCE(SUM(correct), 0) FROM
-                 (SELECT correct FROM gold_answer WHERE worker_id = ?1 ORDER BY id DESC LIMIT ?2)",
+                 (SELECT correct FROM gold_answer WHERE worker_id = ?1 ORDER BY id DESC LIMIT ?2) AS recent",
         )?
         .query_row(params![worker.as_str(), WINDOW], |r| {
             Ok((r.get(0)?, r.get(1)?))

@@ -6,7 +6,9 @@
 use super::testing::*;
 use super::*;
 use crate::error::CoreError;
+use crate::store::sql::Dialect;
 use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
 use protocol::messages::{Heartbeat, NewTask, ReleaseRequest, SubmitRequest, TaskAddRequest};
 use protocol::{ErrorCode, LeaseId};
 use std::collections::HashMap;
@@ -72,16 +74,14 @@ fn step() -> impl Strategy<Value = Step> {
 
 /// Runs one operation in its own transaction, committing only on success, as `Core` does.
 fn apply<T>(
-    conn: &mut rusqlite::Connection,
+    db: &mut TestStore,
     now: i64,
     finished: &mut HashMap<TaskId, usize>,
     op: impl FnOnce(&dyn Sql, &mut Ctx) -> Result<T, CoreError>,
 ) -> Result<T, CoreError> {
-    let tx = conn.transaction().expect("tx");
     let mut c = Ctx::new(now, gold_settings());
-    let r = op(&tx, &mut c);
+    let r = db.write(|tx| op(tx, &mut c));
     if r.is_ok() {
-        tx.commit().expect("commit");
         for e in c.effects {
             if let Effect::Finished(ev) = e {
                 if ev.status.is_terminal() {
@@ -119,19 +119,19 @@ fn check(conn: &dyn Sql, finished: &HashMap<TaskId, usize>) {
         ("counter of live leases", "SELECT COUNT(*) FROM task t WHERE active_leases != (SELECT COUNT(*) FROM lease l WHERE l.task_id = t.id AND l.state = 'active')"),
         ("counter of submissions", "SELECT COUNT(*) FROM task t WHERE submissions != (SELECT COUNT(*) FROM submission s WHERE s.task_id = t.id)"),
         ("more slots taken than required", "SELECT COUNT(*) FROM task WHERE active_leases + submissions > required"),
-        ("finalized without all votes or an answer", "SELECT COUNT(*) FROM task WHERE status = 'finalized' AND (submissions != required OR COALESCE(final_label, final_embedding, final_token_ids) IS NULL OR active_leases != 0)"),
-        ("all votes in but not decided", "SELECT COUNT(*) FROM task WHERE submissions = required AND status NOT IN ('finalized', 'cancelled') AND failure_reason IS NOT 'no_consensus'"),
+        ("finalized without all votes or an answer", "SELECT COUNT(*) FROM task WHERE status = 'finalized' AND (submissions != required OR (final_label IS NULL AND final_embedding IS NULL AND final_token_ids IS NULL) OR active_leases != 0)"),
+        ("all votes in but not decided", "SELECT COUNT(*) FROM task WHERE submissions = required AND status NOT IN ('finalized', 'cancelled') AND failure_reason IS DISTINCT FROM 'no_consensus'"),
         ("no consensus declared before all votes", "SELECT COUNT(*) FROM task WHERE failure_reason = 'no_consensus' AND submissions != max_answers"),
         ("more answers than max_answers", "SELECT COUNT(*) FROM task WHERE submissions > max_answers OR required > max_answers"),
         ("decided without a quorum", "SELECT COUNT(*) FROM task t WHERE t.status = 'finalized' AND t.policy = 'quorum' AND t.gold IS NULL
-            AND (SELECT COUNT(*) FROM submission s WHERE s.task_id = t.id AND s.agreed) < t.min_quorum"),
+            AND (SELECT COUNT(*) FROM submission s WHERE s.task_id = t.id AND s.agreed = 1) < t.min_quorum"),
         ("decided on a tie", "SELECT COUNT(*) FROM task t WHERE t.status = 'finalized' AND t.policy = 'quorum' AND t.gold IS NULL
-            AND EXISTS (SELECT 1 FROM submission s WHERE s.task_id = t.id AND NOT s.agreed GROUP BY s.label
-                        HAVING COUNT(*) >= (SELECT COUNT(*) FROM submission a WHERE a.task_id = t.id AND a.agreed))"),
-        ("inconclusive with a quorum", "SELECT COUNT(*) FROM task t WHERE t.inconclusive AND t.status IN ('queued', 'assigned')
-            AND t.policy = 'quorum' AND (SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM submission s WHERE s.task_id = t.id GROUP BY s.label)) >= t.min_quorum
-            AND (SELECT COUNT(*) FROM (SELECT COUNT(*) AS n FROM submission s WHERE s.task_id = t.id GROUP BY s.label)
-                 WHERE n = (SELECT MAX(m) FROM (SELECT COUNT(*) AS m FROM submission s WHERE s.task_id = t.id GROUP BY s.label))) = 1"),
+            AND EXISTS (SELECT 1 FROM submission s WHERE s.task_id = t.id AND s.agreed = 0 GROUP BY s.label
+                        HAVING COUNT(*) >= (SELECT COUNT(*) FROM submission a WHERE a.task_id = t.id AND a.agreed = 1))"),
+        ("inconclusive with a quorum", "SELECT COUNT(*) FROM task t WHERE t.inconclusive = 1 AND t.status IN ('queued', 'assigned')
+            AND t.policy = 'quorum' AND (SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM submission s WHERE s.task_id = t.id GROUP BY s.label) AS g) >= t.min_quorum
+            AND (SELECT COUNT(*) FROM (SELECT COUNT(*) AS n FROM submission s WHERE s.task_id = t.id GROUP BY s.label) AS g1
+                 WHERE n = (SELECT MAX(m) FROM (SELECT COUNT(*) AS m FROM submission s WHERE s.task_id = t.id GROUP BY s.label) AS g2)) = 1"),
         ("a gold answer voted", "SELECT COUNT(*) FROM submission s JOIN task t ON t.id = s.task_id WHERE t.gold IS NOT NULL AND s.agreed IS NOT NULL"),
         ("gold answers not counted", "SELECT (SELECT COALESCE(SUM(gold_answered), 0) FROM worker_score) != (SELECT COUNT(*) FROM gold_answer)
             OR (SELECT COUNT(*) FROM gold_answer) != (SELECT COUNT(*) FROM submission s JOIN task t ON t.id = s.task_id WHERE t.gold IS NOT NULL)"),
@@ -141,7 +141,7 @@ fn check(conn: &dyn Sql, finished: &HashMap<TaskId, usize>) {
         ("a live lease on a closed task", "SELECT COUNT(*) FROM lease l JOIN task t ON t.id = l.task_id WHERE l.state = 'active' AND t.status IN ('finalized', 'failed', 'cancelled')"),
         ("a worker leasing a task it answered", "SELECT COUNT(*) FROM lease l JOIN submission s ON s.task_id = l.task_id AND s.worker_id = l.worker_id WHERE l.state = 'active'"),
         ("agreement set before finalization", "SELECT COUNT(*) FROM submission s JOIN task t ON t.id = s.task_id WHERE t.gold IS NULL AND (t.status = 'finalized') != (s.agreed IS NOT NULL)"),
-        ("points differ from agreeing votes", "SELECT (SELECT COALESCE(SUM(points), 0) FROM worker_score) != (SELECT COUNT(*) FROM submission WHERE agreed)"),
+        ("points differ from agreeing votes", "SELECT (SELECT COALESCE(SUM(points), 0) FROM worker_score) != (SELECT COUNT(*) FROM submission WHERE agreed = 1)"),
         // A lease cursor may only pass open tasks its worker holds or has answered.
         ("a lease cursor past a task its worker could take", "SELECT COUNT(*) FROM temp.lease_cursor c JOIN task t ON t.type = c.type AND t.seq <= c.after
             WHERE t.status IN ('queued', 'assigned') AND t.required > t.active_leases + t.submissions
@@ -150,6 +150,9 @@ fn check(conn: &dyn Sql, finished: &HashMap<TaskId, usize>) {
               AND NOT EXISTS (SELECT 1 FROM submission s WHERE s.task_id = t.id AND s.worker_id = c.worker_id)"),
     ];
     for (what, sql) in broken {
+        if sql.contains("temp.lease_cursor") && conn.dialect() != Dialect::Sqlite {
+            continue;
+        }
         assert_eq!(
             count(conn, sql),
             0,
@@ -177,54 +180,103 @@ proptest! {
 
     #[test]
     fn invariants_hold_under_any_sequence(steps in prop::collection::vec(step(), 1..80)) {
-        let mut conn = store();
+        run_steps(TestStore::sqlite(), steps)?;
+    }
+}
+
+/// The same property on PostgreSQL (fewer cases: every statement is a round trip), one server
+/// for all of them, emptied between cases.
+#[test]
+fn invariants_hold_under_any_sequence_on_postgres() {
+    let server = PgServer::start();
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 64,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&prop::collection::vec(step(), 1..60), |steps| {
+            run_steps(server.fresh(), steps)
+        })
+        .expect("the invariants hold on PostgreSQL");
+}
+
+fn run_steps(mut db: TestStore, steps: Vec<Step>) -> Result<(), TestCaseError> {
+    {
         let mut now = 0i64;
         let mut leases: Vec<(LeaseId, TaskId, WorkerId, bool)> = Vec::new();
         let mut finished = HashMap::new();
         let mut tasks: Vec<TaskId> = Vec::new();
         let gold = protocol::policy::GoldAddRequest {
-            items: (0..6).map(|i| protocol::policy::GoldItem::sentiment(format!("gold {i}"), true)).collect(),
+            items: (0..6)
+                .map(|i| protocol::policy::GoldItem::sentiment(format!("gold {i}"), true))
+                .collect(),
         };
-        apply(&mut conn, now, &mut finished, |c, x| gold::add(c, x, gold)).expect("gold");
+        apply(&mut db, now, &mut finished, |c, x| gold::add(c, x, gold)).expect("gold");
         for s in steps {
             match s {
-                Step::Add { required, max_attempts, majority } => {
-                    let req = TaskAddRequest { batch_id: None, tasks: vec![NewTask {
-                        required_submissions: Some(required),
-                        max_attempts: Some(max_attempts),
-                        policy: majority.then_some(protocol::policy::Policy::Majority),
-                        ..NewTask::text("t")
-                    }] };
-                    let r = apply(&mut conn, now, &mut finished, |c, x| task_add::run(c, x, req)).expect("add");
+                Step::Add {
+                    required,
+                    max_attempts,
+                    majority,
+                } => {
+                    let req = TaskAddRequest {
+                        batch_id: None,
+                        tasks: vec![NewTask {
+                            required_submissions: Some(required),
+                            max_attempts: Some(max_attempts),
+                            policy: majority.then_some(protocol::policy::Policy::Majority),
+                            ..NewTask::text("t")
+                        }],
+                    };
+                    let r = apply(&mut db, now, &mut finished, |c, x| task_add::run(c, x, req))
+                        .expect("add");
                     tasks.extend(r.task_ids);
                 }
                 Step::Lease { worker, max } => {
-                    let quarantined = gold::quarantine(&conn, &wid(WORKERS[worker])).expect("read").is_some();
+                    let quarantined = db
+                        .read(|c| gold::quarantine(c, &wid(WORKERS[worker])))
+                        .expect("read")
+                        .is_some();
                     let req = lease_req(WORKERS[worker], max);
-                    let r = apply(&mut conn, now, &mut finished, |c, x| lease::run(c, x, req)).expect("lease");
+                    let r = apply(&mut db, now, &mut finished, |c, x| lease::run(c, x, req))
+                        .expect("lease");
                     for l in &r.leases {
-                        let t = load_task(&conn, &l.task_id).expect("leased task");
-                        prop_assert!(!quarantined || t.gold.is_some(), "a quarantined worker got a real task");
+                        let t = db.read(|c| load_task(c, &l.task_id)).expect("leased task");
+                        prop_assert!(
+                            !quarantined || t.gold.is_some(),
+                            "a quarantined worker got a real task"
+                        );
                     }
-                    leases.extend(r.leases.into_iter().map(|l| (l.lease_id, l.task_id, wid(WORKERS[worker]), false)));
+                    leases.extend(
+                        r.leases
+                            .into_iter()
+                            .map(|l| (l.lease_id, l.task_id, wid(WORKERS[worker]), false)),
+                    );
                 }
                 Step::Cancel { pick } if !tasks.is_empty() => {
                     let id = tasks[pick % tasks.len()];
-                    let open = !load_task(&conn, &id).expect("task").status.is_terminal();
-                    let before = dump(&conn);
+                    let open = !db
+                        .read(|c| load_task(c, &id))
+                        .expect("task")
+                        .status
+                        .is_terminal();
+                    let before = db.read(dump);
                     let req = protocol::policy::TaskIdsRequest { task_ids: vec![id] };
-                    let r = apply(&mut conn, now, &mut finished, |c, x| cancel::cancel(c, x, req));
+                    let r = apply(&mut db, now, &mut finished, |c, x| {
+                        cancel::cancel(c, x, req)
+                    });
                     prop_assert_eq!(r.is_ok(), open);
                     if !open {
                         prop_assert_eq!(r.expect_err("closed").code(), ErrorCode::TaskClosed);
-                        prop_assert_eq!(dump(&conn), before);
+                        prop_assert_eq!(db.read(dump), before);
                     }
                 }
                 Step::Retry { pick } if !tasks.is_empty() => {
                     let id = tasks[pick % tasks.len()];
-                    let failed = load_task(&conn, &id).expect("task").status == protocol::TaskStatus::Failed;
+                    let failed = db.read(|c| load_task(c, &id)).expect("task").status
+                        == protocol::TaskStatus::Failed;
                     let req = protocol::policy::TaskIdsRequest { task_ids: vec![id] };
-                    let r = apply(&mut conn, now, &mut finished, |c, x| cancel::retry(c, x, req));
+                    let r = apply(&mut db, now, &mut finished, |c, x| cancel::retry(c, x, req));
                     prop_assert_eq!(r.is_ok(), failed);
                     if failed {
                         finished.remove(&id);
@@ -234,8 +286,22 @@ proptest! {
                     let i = pick % leases.len();
                     let (lease_id, task, worker, _) = leases[i].clone();
                     let label = if positive { "positive" } else { "negative" };
-                    let req = SubmitRequest { lease_id, worker_id: worker, label: label.into(), embedding: None, generation: None, verification: None, confidence: 0.7, model: None, model_hash: None };
-                    if apply(&mut conn, now, &mut finished, |c, x| submit::run(c, x, &task, req)).is_ok() {
+                    let req = SubmitRequest {
+                        lease_id,
+                        worker_id: worker,
+                        label: label.into(),
+                        embedding: None,
+                        generation: None,
+                        verification: None,
+                        confidence: 0.7,
+                        model: None,
+                        model_hash: None,
+                    };
+                    if apply(&mut db, now, &mut finished, |c, x| {
+                        submit::run(c, x, &task, req)
+                    })
+                    .is_ok()
+                    {
                         leases[i].3 = true;
                     }
                 }
@@ -243,42 +309,92 @@ proptest! {
                     let (lease_id, task, holder, _) = leases[pick % leases.len()].clone();
                     let forger = wid(WORKERS[worker]);
                     if forger != holder {
-                        let req = SubmitRequest { lease_id, worker_id: forger, label: "positive".into(), embedding: None, generation: None, verification: None, confidence: 1.0, model: None, model_hash: None };
-                        let r = apply(&mut conn, now, &mut finished, |c, x| submit::run(c, x, &task, req));
+                        let req = SubmitRequest {
+                            lease_id,
+                            worker_id: forger,
+                            label: "positive".into(),
+                            embedding: None,
+                            generation: None,
+                            verification: None,
+                            confidence: 1.0,
+                            model: None,
+                            model_hash: None,
+                        };
+                        let r = apply(&mut db, now, &mut finished, |c, x| {
+                            submit::run(c, x, &task, req)
+                        });
                         prop_assert!(r.is_err(), "a forged submission was accepted");
                     }
                 }
                 Step::Resend { pick } if !leases.is_empty() => {
                     let (lease_id, task, worker, sent) = leases[pick % leases.len()].clone();
                     if sent {
-                        let before = dump(&conn);
-                        let label: String = conn.query_row(
-                            "SELECT label FROM submission WHERE lease_id = ?1", [lease_id.to_string()], |r| r.get(0)).expect("sent");
-                        let req = SubmitRequest { lease_id, worker_id: worker, label, embedding: None, generation: None, verification: None, confidence: 0.7, model: None, model_hash: None };
-                        let r = apply(&mut conn, now, &mut finished, |c, x| submit::run(c, x, &task, req)).expect("resend");
+                        let before = db.read(dump);
+                        let label: String = db
+                            .read(|c| {
+                                c.query_row(
+                                    "SELECT label FROM submission WHERE lease_id = ?1",
+                                    [lease_id.to_string()],
+                                    |r| r.get(0),
+                                )
+                            })
+                            .expect("sent");
+                        let req = SubmitRequest {
+                            lease_id,
+                            worker_id: worker,
+                            label,
+                            embedding: None,
+                            generation: None,
+                            verification: None,
+                            confidence: 0.7,
+                            model: None,
+                            model_hash: None,
+                        };
+                        let r = apply(&mut db, now, &mut finished, |c, x| {
+                            submit::run(c, x, &task, req)
+                        })
+                        .expect("resend");
                         prop_assert!(r.duplicate);
-                        prop_assert_eq!(dump(&conn), before);
+                        prop_assert_eq!(db.read(dump), before);
                     }
                 }
                 Step::Heartbeat { worker, named } => {
                     let w = wid(WORKERS[worker]);
-                    let mine = leases.iter().filter(|l| l.2 == w && !l.3).map(|l| l.0).collect();
-                    let hb = Heartbeat { worker_id: w.clone(), capabilities: vec![protocol::TaskType::sentiment()],
-                        model: None, model_hash: None, leases: named.then_some(mine) };
-                    apply(&mut conn, now, &mut finished, |c, x| heartbeat::run(c, x, &w, hb)).expect("heartbeat");
+                    let mine = leases
+                        .iter()
+                        .filter(|l| l.2 == w && !l.3)
+                        .map(|l| l.0)
+                        .collect();
+                    let hb = Heartbeat {
+                        worker_id: w.clone(),
+                        capabilities: vec![protocol::TaskType::sentiment()],
+                        model: None,
+                        model_hash: None,
+                        leases: named.then_some(mine),
+                    };
+                    apply(&mut db, now, &mut finished, |c, x| {
+                        heartbeat::run(c, x, &w, hb)
+                    })
+                    .expect("heartbeat");
                 }
                 Step::Release { pick } if !leases.is_empty() => {
                     let (lease_id, _, worker, _) = leases[pick % leases.len()].clone();
-                    let req = ReleaseRequest { worker_id: worker, lease_ids: vec![lease_id], offline: false };
-                    apply(&mut conn, now, &mut finished, |c, x| release::run(c, x, req)).expect("release");
+                    let req = ReleaseRequest {
+                        worker_id: worker,
+                        lease_ids: vec![lease_id],
+                        offline: false,
+                    };
+                    apply(&mut db, now, &mut finished, |c, x| release::run(c, x, req))
+                        .expect("release");
                 }
                 Step::Advance { ms } => now += ms,
                 Step::Sweep => {
-                    apply(&mut conn, now, &mut finished, sweep::run).expect("sweep");
+                    apply(&mut db, now, &mut finished, sweep::run).expect("sweep");
                 }
                 _ => {}
             }
-            check(&conn, &finished);
+            db.read(|c| check(c, &finished));
         }
     }
+    Ok(())
 }

@@ -58,7 +58,7 @@ pub(crate) fn by_model(conn: &dyn Sql) -> Result<ModelAgreementReply, CoreError>
                     COUNT(s.agreed), SUM(COALESCE(s.agreed, 0)),
                     SUM(t.gold IS NOT NULL),
                     (SELECT COALESCE(SUM(g.correct), 0) FROM gold_answer g
-                     WHERE g.model IS s.model AND g.model_hash IS s.model_hash
+                     WHERE g.model IS NOT DISTINCT FROM s.model AND g.model_hash IS NOT DISTINCT FROM s.model_hash
                        AND g.type = t.type)
              FROM submission s JOIN task t ON t.id = s.task_id
              GROUP BY s.model, s.model_hash, t.type ORDER BY 1, 2, 3",

@@ -567,6 +567,95 @@ pub(crate) mod testing {
         Lease, LeaseReply, LeaseRequest, NewTask, SubmitReply, SubmitRequest, TaskAddRequest,
     };
 
+    /// A store for operation tests, on either engine.
+    pub(crate) enum TestStore {
+        Sqlite(rusqlite::Connection),
+        Postgres(Box<PgTest>),
+    }
+
+    /// A session on a test server's database, emptied when made.
+    pub(crate) struct PgTest {
+        client: postgres::Client,
+        cache: std::cell::RefCell<crate::store::sql::StmtCache>,
+    }
+
+    /// A PostgreSQL server for operation tests, schema migrated once.
+    pub(crate) struct PgServer {
+        _server: test_support::Postgres,
+        url: String,
+    }
+
+    impl PgServer {
+        pub(crate) fn start() -> Self {
+            let server = test_support::Postgres::start();
+            let url = server.url();
+            crate::store::pg::PgStore::open(&url, "ops-test", Default::default()).expect("migrate");
+            Self {
+                _server: server,
+                url,
+            }
+        }
+
+        /// A session on the database with every table emptied.
+        pub(crate) fn fresh(&self) -> TestStore {
+            let mut client =
+                postgres::Client::connect(&self.url, postgres::NoTls).expect("connect");
+            client
+                .batch_execute(
+                    "TRUNCATE task, lease, submission, worker, worker_score, worker_token,
+                     verification, gold, gold_answer, task_batch, health_probe
+                     RESTART IDENTITY CASCADE",
+                )
+                .expect("truncate");
+            TestStore::Postgres(Box::new(PgTest {
+                client,
+                cache: std::cell::RefCell::default(),
+            }))
+        }
+    }
+
+    impl TestStore {
+        pub(crate) fn sqlite() -> Self {
+            TestStore::Sqlite(store())
+        }
+
+        /// Runs `f` in a transaction, committed when it returns `Ok`.
+        pub(crate) fn write<T, E>(
+            &mut self,
+            f: impl FnOnce(&dyn Sql) -> Result<T, E>,
+        ) -> Result<T, E> {
+            match self {
+                TestStore::Sqlite(conn) => {
+                    let tx = conn.transaction().expect("tx");
+                    let r = f(&tx);
+                    if r.is_ok() {
+                        tx.commit().expect("commit");
+                    }
+                    r
+                }
+                TestStore::Postgres(pg) => {
+                    let mut tx = pg.client.transaction().expect("tx");
+                    let r = f(&crate::store::sql::Pg::new(&mut tx, &pg.cache));
+                    if r.is_ok() {
+                        tx.commit().expect("commit");
+                    }
+                    r
+                }
+            }
+        }
+
+        /// Runs `f` in a transaction that is rolled back.
+        pub(crate) fn read<T>(&mut self, f: impl FnOnce(&dyn Sql) -> T) -> T {
+            match self {
+                TestStore::Sqlite(conn) => f(conn),
+                TestStore::Postgres(pg) => {
+                    let mut tx = pg.client.transaction().expect("tx");
+                    f(&crate::store::sql::Pg::new(&mut tx, &pg.cache))
+                }
+            }
+        }
+    }
+
     pub(crate) fn store() -> rusqlite::Connection {
         let mut conn = rusqlite::Connection::open_in_memory().expect("in-memory sqlite");
         crate::store::prepare(&mut conn).expect("schema");
