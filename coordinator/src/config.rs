@@ -27,6 +27,8 @@ pub struct Config {
     pub http: Option<SocketAddr>,
     /// Who may do what; no API keys means open (allowed on loopback only).
     pub auth: Auth,
+    /// PostgreSQL's session timeouts (unused on SQLite).
+    pub pg_timeouts: crate::store::pg::Timeouts,
 }
 
 impl Config {
@@ -42,6 +44,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(10),
             http: None,
             auth: Auth::default(),
+            pg_timeouts: crate::store::pg::Timeouts::default(),
         }
     }
 }

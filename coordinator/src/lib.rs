@@ -88,7 +88,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         info!("authentication off (loopback only)");
     }
     let db = config.db_path.to_string_lossy().into_owned();
-    let store = store::Store::open_any(&db, "aimarket-coordinator")
+    let store = store::Store::open_any(&db, "aimarket-coordinator", config.pg_timeouts)
         .await
         .map_err(|source| RunError::Store {
             path: store::without_password(&db),

@@ -11,9 +11,14 @@ use std::time::Duration;
 /// Every tunable is a flag with an env var.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// SQLite database file (created if missing).
+    /// The store: a SQLite database file (created if missing), or a PostgreSQL URL
+    /// (`postgres://user@host/db`) that several coordinators share.
     #[arg(long, env = "AIMARKET_DB", default_value = "coordinator.db")]
     db: PathBuf,
+    /// PostgreSQL only: a transaction this coordinator leaves idle this long (a frozen
+    /// process) is ended by the server, its row locks freed for the other coordinators.
+    #[arg(long, env = "AIMARKET_PG_IDLE_SECONDS", default_value_t = 10)]
+    pg_idle_seconds: u64,
     /// A worker silent this long is stale and loses its leases.
     #[arg(long, env = "HEARTBEAT_TTL_SECONDS", default_value_t = 45)]
     heartbeat_ttl_seconds: u64,
@@ -76,7 +81,17 @@ pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         "--max-attempts-default must be between 1 and {}",
         protocol::limits::MAX_ATTEMPTS_LIMIT
     );
+    anyhow::ensure!(
+        args.pg_idle_seconds > 0,
+        "--pg-idle-seconds must be at least 1"
+    );
     let mut config = Config::new(ctx.nats.clone(), args.db);
+    config.pg_timeouts.idle_in_transaction = Duration::from_secs(args.pg_idle_seconds);
+    // A lock held longer than the idle timeout is a frozen holder's: give up waiting sooner.
+    config.pg_timeouts.lock = config
+        .pg_timeouts
+        .lock
+        .min(Duration::from_secs(args.pg_idle_seconds));
     config.nats_ping = ctx.nats_ping;
     config.prefix = ctx.prefix.clone();
     config.settings = Settings {

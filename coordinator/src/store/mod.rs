@@ -72,14 +72,12 @@ impl Store {
     ///
     /// # Errors
     /// As [`Store::open`] and [`pg::PgStore::open`].
-    pub async fn open_any(db: &str, app: &str) -> Result<Self, StoreError> {
+    pub async fn open_any(db: &str, app: &str, timeouts: pg::Timeouts) -> Result<Self, StoreError> {
         if is_postgres_url(db) {
             let (db, app) = (db.to_owned(), app.to_owned());
-            let pg = tokio::task::spawn_blocking(move || {
-                pg::PgStore::open(&db, &app, pg::Timeouts::default())
-            })
-            .await
-            .map_err(|_| StoreError::Closed)??;
+            let pg = tokio::task::spawn_blocking(move || pg::PgStore::open(&db, &app, timeouts))
+                .await
+                .map_err(|_| StoreError::Closed)??;
             Ok(Self {
                 kind: Kind::Postgres(Arc::new(pg)),
             })
