@@ -4,6 +4,10 @@
 #
 # `setup.sh --browser` instead makes sure Chromium and chromedriver are installed (Debian's
 # chromium and chromium-driver), for the dashboard's browser test.
+#
+# `setup.sh --postgres` instead makes sure PostgreSQL's server binaries are installed (Debian's
+# postgresql) and prints the directory holding initdb and postgres: the tests start their own
+# server in a temp dir, as the `postgres` user when they run as root.
 set -euo pipefail
 
 say() { echo "setup: $*" >&2; }
@@ -23,6 +27,41 @@ if [ "${1:-}" = "--browser" ]; then
         exit 1
     }
     exit 0
+fi
+
+find_pg() {
+    local d
+    if [ -n "${AIMARKET_PG_BIN:-}" ] && [ -x "$AIMARKET_PG_BIN/initdb" ]; then
+        echo "$AIMARKET_PG_BIN"
+        return 0
+    fi
+    for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+        if [ -x "$d/initdb" ] && [ -x "$d/postgres" ]; then
+            echo "$d"
+            return 0
+        fi
+    done
+    if command -v pg_config >/dev/null && [ -x "$(pg_config --bindir)/initdb" ]; then
+        pg_config --bindir
+        return 0
+    fi
+    return 1
+}
+
+if [ "${1:-}" = "--postgres" ]; then
+    if find_pg; then
+        exit 0
+    fi
+    say "installing postgresql from Debian's packages"
+    as_root apt-get update -qq >&2
+    # The package starts a cluster of its own on port 5432; aimarket's tests start theirs.
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2 || {
+        say "could not install postgresql: install it (apt-get install postgresql) or set AIMARKET_PG_BIN"
+        exit 1
+    }
+    find_pg && exit 0
+    say "postgresql installed but no initdb found"
+    exit 1
 fi
 
 find_nats() {
