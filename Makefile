@@ -13,7 +13,7 @@ RELEASE_BIN := $(TARGET_DIR)/release/aimarket
 export NATS_URL
 export CARGO
 
-.PHONY: all build setup nats dev worker demo test test-faults bench eval accuracy lint fmt clean
+.PHONY: all build setup nats dev worker demo demo-cluster test test-faults bench bench-postgres eval accuracy lint fmt clean
 
 all: build
 
@@ -40,6 +40,11 @@ worker: build
 ## everything stopped again.
 demo: setup build
 	@AIMARKET_BIN="$(BIN)" scripts/demo.sh
+
+## Scale-out: PostgreSQL, three NATS nodes, two coordinators, three workers; a coordinator and a
+## NATS node killed mid-run; the leaderboard out; everything stopped again.
+demo-cluster: setup build
+	@AIMARKET_BIN="$(BIN)" scripts/demo-cluster.sh
 
 ## The tests, against real nats-server processes, SQLite files and PostgreSQL servers in temp
 ## dirs (and headless Chromium for the dashboard).
@@ -70,6 +75,13 @@ bench: setup
 	scripts/bench-generation.sh 64
 	AIMARKET_BIN="$(RELEASE_BIN)" scripts/bench-verified.sh 12 48 exact
 	AIMARKET_BIN="$(RELEASE_BIN)" scripts/bench-verified.sh 12 48 generate-once
+	$(MAKE) bench-postgres
+
+## The store side by side: one coordinator on SQLite, then one and two on a PostgreSQL server
+## started in a temp dir, same load (see BENCHMARKS.md).
+bench-postgres: setup
+	$(CARGO) build --release --bin aimarket
+	AIMARKET_BIN="$(RELEASE_BIN)" scripts/bench-postgres.sh 20000
 
 ## Accuracy on the human-rated sentences of the VADER study (fetched from PyPI by
 ## scripts/fetch-sentences.sh) of the lexicon, MiniLM zero-shot and their vote; add a model with

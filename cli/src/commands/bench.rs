@@ -52,6 +52,13 @@ pub(crate) struct Args {
     /// Use the NATS server and coordinator at --nats instead of starting them.
     #[arg(long)]
     connect: bool,
+    /// The store of the coordinators started: a PostgreSQL URL (an empty database: open tasks
+    /// in it are refused), or a SQLite file (default: a new one in a temp dir).
+    #[arg(long)]
+    db: Option<String>,
+    /// Coordinators to start, all on `--db` (more than one needs PostgreSQL).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+    coordinators: u32,
 }
 
 /// What a run measured.
@@ -70,8 +77,15 @@ struct Report {
     echo_rtt_us: Percentiles,
     bulk_add: Option<Rate>,
     depth: Option<DepthReport>,
-    coordinator_cpu_cores: Option<f64>,
+    /// The store the coordinators ran on (`sqlite <path>` or `postgres host:port/db`).
+    store: String,
+    /// CPU of each coordinator over the load phase, in cores.
+    coordinator_cpu_cores: Vec<f64>,
     coordinator_peak_rss_mb: Option<f64>,
+    /// CPU of nats-server over the load phase, in cores.
+    nats_cpu_cores: Option<f64>,
+    /// CPU of every `postgres` process on this machine over the load phase, in cores.
+    postgres_cpu_cores: Option<f64>,
     ledger: Ledger,
 }
 
@@ -162,10 +176,23 @@ pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         args.workers,
         args.required
     );
+    let postgres = args
+        .db
+        .as_deref()
+        .is_some_and(coordinator::store::is_postgres_url);
+    anyhow::ensure!(
+        args.coordinators == 1 || postgres,
+        "--coordinators {} needs a shared store: --db postgres://...",
+        args.coordinators
+    );
     let stack = if args.connect {
         None
     } else {
-        Some(Stack::start(&ctx.prefix)?)
+        Some(Stack::start(
+            &ctx.prefix,
+            args.db.as_deref(),
+            args.coordinators,
+        )?)
     };
     let nats_url = stack
         .as_ref()
@@ -200,18 +227,47 @@ pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
             String::new()
         }
     );
-    let pid = stack.as_ref().map(|s| s.coordinator.id());
+    let pids: Vec<u32> = stack
+        .as_ref()
+        .map(|s| s.coordinators.iter().map(Child::id).collect())
+        .unwrap_or_default();
+    let pid = pids.first().copied();
+    let nats_pid = stack.as_ref().map(|s| s.nats.id());
     let stats_before = stats(&client).await?;
-    let cpu_before = pid.and_then(cpu_ticks);
+    let open = |s: &StatsReply| {
+        [TaskStatus::Queued, TaskStatus::Assigned]
+            .iter()
+            .map(|t| s.tasks_by_status.get(t).copied().unwrap_or(0))
+            .sum::<u64>()
+    };
+    anyhow::ensure!(
+        open(&stats_before) == 0 || args.connect,
+        "the store holds {} open tasks from before: bench needs an empty database",
+        open(&stats_before)
+    );
+    let cpu_before: Vec<Option<u64>> = pids.iter().map(|p| cpu_ticks(*p)).collect();
+    let nats_before = nats_pid.and_then(cpu_ticks);
+    let pg_before = postgres.then(postgres_ticks);
     let load_started = Instant::now();
     let run = Run::new()?;
     let load = load(&client, &nats_url, &args, &run).await?;
     // CPU over the load phase only: ticks are USER_HZ (100 a second on Linux).
-    let cpu = cpu_before
-        .zip(pid.and_then(cpu_ticks))
-        .map(|(before, after)| {
-            (after - before) as f64 / 100.0 / load_started.elapsed().as_secs_f64()
-        });
+    let cores = |before: Option<u64>, after: Option<u64>| {
+        before
+            .zip(after)
+            .map(|(b, a)| a.saturating_sub(b) as f64 / 100.0 / load_started.elapsed().as_secs_f64())
+    };
+    let cpu: Vec<f64> = pids
+        .iter()
+        .zip(&cpu_before)
+        .filter_map(|(p, before)| cores(*before, cpu_ticks(*p)))
+        .collect();
+    let nats_cpu = cores(nats_before, nats_pid.and_then(cpu_ticks));
+    let pg_cpu = cores(pg_before, postgres.then(postgres_ticks));
+    let store = stack.as_ref().map_or_else(
+        || "-".to_owned(),
+        |s| coordinator::store::without_password(&s.db),
+    );
     let ledger = Ledger::between(&stats_before, &stats(&client).await?, load.finalized);
     if !ledger.adds_up(args.tasks, args.required) {
         let msg = format!(
@@ -245,8 +301,11 @@ pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         echo_rtt_us: Percentiles::of(&load.echo_h),
         bulk_add: bulk,
         depth,
+        store,
         coordinator_cpu_cores: cpu,
         coordinator_peak_rss_mb: rss,
+        nats_cpu_cores: nats_cpu,
+        postgres_cpu_cores: pg_cpu,
         ledger,
     };
     drop(stack);
@@ -313,11 +372,31 @@ fn print(r: &Report) {
             format!("DOES NOT ADD UP: {l:?}")
         },
     ]);
+    t.add_row(vec!["store".into(), r.store.clone()]);
     t.add_row(vec![
         "coordinator CPU (load phase)".into(),
-        r.coordinator_cpu_cores
+        if r.coordinator_cpu_cores.is_empty() {
+            "-".into()
+        } else {
+            r.coordinator_cpu_cores
+                .iter()
+                .map(|c| format!("{c:.2}"))
+                .collect::<Vec<_>>()
+                .join(" + ")
+                + " cores"
+        },
+    ]);
+    t.add_row(vec![
+        "nats-server CPU (load phase)".into(),
+        r.nats_cpu_cores
             .map_or("-".into(), |c| format!("{c:.2} cores")),
     ]);
+    if let Some(c) = r.postgres_cpu_cores {
+        t.add_row(vec![
+            "postgres CPU (load phase, all its processes)".into(),
+            format!("{c:.2} cores"),
+        ]);
+    }
     t.add_row(vec![
         "coordinator peak RSS".into(),
         r.coordinator_peak_rss_mb
@@ -329,13 +408,15 @@ fn print(r: &Report) {
 /// nats-server and a coordinator started for the run, stopped on drop.
 struct Stack {
     nats: Child,
-    coordinator: Child,
+    coordinators: Vec<Child>,
     url: String,
+    /// The store the coordinators run on.
+    db: String,
     dir: tempfile::TempDir,
 }
 
 impl Stack {
-    fn start(prefix: &str) -> anyhow::Result<Self> {
+    fn start(prefix: &str, db: Option<&str>, n: u32) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("temp dir")?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -355,21 +436,32 @@ impl Stack {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        let coordinator = Command::new(std::env::current_exe()?)
-            .args(["coordinator", "--http", "off", "--db"])
-            .arg(dir.path().join("bench.db"))
-            .env("NATS_URL", &url)
-            .env("AIMARKET_PREFIX", prefix)
-            .env("RUST_LOG", "warn")
-            .env_remove("AIMARKET_API_KEY")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("coordinator.log"))?)
-            .spawn()
-            .context("starting the coordinator")?;
+        let db = db.map_or_else(
+            || dir.path().join("bench.db").display().to_string(),
+            str::to_owned,
+        );
+        let mut coordinators = Vec::new();
+        for i in 0..n {
+            coordinators.push(
+                Command::new(std::env::current_exe()?)
+                    .args(["coordinator", "--http", "off", "--db", &db])
+                    .env("NATS_URL", &url)
+                    .env("AIMARKET_PREFIX", prefix)
+                    .env("RUST_LOG", "warn")
+                    .env_remove("AIMARKET_API_KEY")
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(
+                        dir.path().join(format!("coordinator-{i}.log")),
+                    )?)
+                    .spawn()
+                    .context("starting a coordinator")?,
+            );
+        }
         Ok(Self {
             nats,
-            coordinator,
+            coordinators,
             url,
+            db,
             dir,
         })
     }
@@ -377,7 +469,7 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        for child in [&mut self.coordinator, &mut self.nats] {
+        for child in self.coordinators.iter_mut().chain([&mut self.nats]) {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -758,6 +850,22 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     let rest = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// utime + stime of every process named `postgres` (the server and its backends), in clock
+/// ticks.
+fn postgres_ticks() -> u64 {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .filter_map(cpu_ticks)
+        .sum()
 }
 
 /// Peak resident set (VmHWM), in MB.
