@@ -575,8 +575,77 @@ pub(crate) mod testing {
 
     /// A session on a test server's database, emptied when made.
     pub(crate) struct PgTest {
-        client: postgres::Client,
+        client: std::cell::RefCell<postgres::Client>,
         cache: std::cell::RefCell<crate::store::sql::StmtCache>,
+    }
+
+    /// What the operation tests' helpers run on: a store that runs a closure in a transaction
+    /// (committed on `Ok`), and is itself a [`Sql`] in autocommit mode (each statement commits
+    /// as it runs) for reads and for [`send`].
+    pub(crate) trait TestDb: Sql {
+        fn write<T, E>(&mut self, f: impl FnOnce(&dyn Sql) -> Result<T, E>) -> Result<T, E>;
+    }
+
+    impl TestDb for rusqlite::Connection {
+        fn write<T, E>(&mut self, f: impl FnOnce(&dyn Sql) -> Result<T, E>) -> Result<T, E> {
+            let tx = self.transaction().expect("tx");
+            let r = f(&tx);
+            if r.is_ok() {
+                tx.commit().expect("commit");
+            }
+            r
+        }
+    }
+
+    impl TestDb for TestStore {
+        fn write<T, E>(&mut self, f: impl FnOnce(&dyn Sql) -> Result<T, E>) -> Result<T, E> {
+            TestStore::write(self, f)
+        }
+    }
+
+    impl Sql for TestStore {
+        fn dialect(&self) -> Dialect {
+            match self {
+                TestStore::Sqlite(_) => Dialect::Sqlite,
+                TestStore::Postgres(_) => Dialect::Postgres,
+            }
+        }
+
+        fn exec(
+            &self,
+            sql: &str,
+            args: &[crate::store::sql::Arg<'_>],
+        ) -> crate::store::sql::Result<usize> {
+            match self {
+                TestStore::Sqlite(c) => c.exec(sql, args),
+                TestStore::Postgres(pg) => {
+                    let mut client = pg.client.borrow_mut();
+                    crate::store::sql::Pg::new(&mut *client, &pg.cache).exec(sql, args)
+                }
+            }
+        }
+
+        fn rows(
+            &self,
+            sql: &str,
+            args: &[crate::store::sql::Arg<'_>],
+            each: &mut dyn FnMut(&Row<'_>) -> crate::store::sql::Result<bool>,
+        ) -> crate::store::sql::Result<()> {
+            match self {
+                TestStore::Sqlite(c) => c.rows(sql, args, each),
+                TestStore::Postgres(pg) => {
+                    let mut client = pg.client.borrow_mut();
+                    crate::store::sql::Pg::new(&mut *client, &pg.cache).rows(sql, args, each)
+                }
+            }
+        }
+
+        fn exec_batch(&self, sql: &str) -> crate::store::sql::Result<()> {
+            match self {
+                TestStore::Sqlite(c) => c.exec_batch(sql),
+                TestStore::Postgres(pg) => Ok(pg.client.borrow_mut().batch_execute(sql)?),
+            }
+        }
     }
 
     /// A PostgreSQL server for operation tests, schema migrated once.
@@ -608,7 +677,7 @@ pub(crate) mod testing {
                 )
                 .expect("truncate");
             TestStore::Postgres(Box::new(PgTest {
-                client,
+                client: std::cell::RefCell::new(client),
                 cache: std::cell::RefCell::default(),
             }))
         }
@@ -634,7 +703,8 @@ pub(crate) mod testing {
                     r
                 }
                 TestStore::Postgres(pg) => {
-                    let mut tx = pg.client.transaction().expect("tx");
+                    let mut client = pg.client.borrow_mut();
+                    let mut tx = client.transaction().expect("tx");
                     let r = f(&crate::store::sql::Pg::new(&mut tx, &pg.cache));
                     if r.is_ok() {
                         tx.commit().expect("commit");
@@ -649,7 +719,8 @@ pub(crate) mod testing {
             match self {
                 TestStore::Sqlite(conn) => f(conn),
                 TestStore::Postgres(pg) => {
-                    let mut tx = pg.client.transaction().expect("tx");
+                    let mut client = pg.client.borrow_mut();
+                    let mut tx = client.transaction().expect("tx");
                     f(&crate::store::sql::Pg::new(&mut tx, &pg.cache))
                 }
             }
@@ -682,31 +753,26 @@ pub(crate) mod testing {
         WorkerId::new(s).expect("worker id")
     }
 
-    pub(crate) fn add(conn: &mut rusqlite::Connection, now: i64, task: NewTask) -> TaskId {
-        let tx = conn.transaction().expect("tx");
-        let reply = task_add::run(
-            &tx,
-            &mut ctx(now),
-            TaskAddRequest {
-                batch_id: None,
-                tasks: vec![task],
-            },
-        )
-        .expect("task add");
-        tx.commit().expect("commit");
+    pub(crate) fn add(conn: &mut impl TestDb, now: i64, task: NewTask) -> TaskId {
+        let reply = conn
+            .write(|tx| {
+                task_add::run(
+                    tx,
+                    &mut ctx(now),
+                    TaskAddRequest {
+                        batch_id: None,
+                        tasks: vec![task],
+                    },
+                )
+            })
+            .expect("task add");
         reply.task_ids[0]
     }
 
     /// Runs a lease request in a transaction of its own and commits it.
-    pub(crate) fn lease(
-        conn: &mut rusqlite::Connection,
-        now: i64,
-        req: LeaseRequest,
-    ) -> LeaseReply {
-        let tx = conn.transaction().expect("tx");
-        let reply = lease::run(&tx, &mut ctx(now), req).expect("lease");
-        tx.commit().expect("commit");
-        reply
+    pub(crate) fn lease(conn: &mut impl TestDb, now: i64, req: LeaseRequest) -> LeaseReply {
+        conn.write(|tx| lease::run(tx, &mut ctx(now), req))
+            .expect("lease")
     }
 
     pub(crate) fn lease_req(worker: &str, max: u32) -> LeaseRequest {
@@ -725,7 +791,7 @@ pub(crate) mod testing {
     }
 
     /// One lease for `worker` on a `sentiment` task, if any.
-    pub(crate) fn take(conn: &mut rusqlite::Connection, now: i64, worker: &str) -> Vec<Lease> {
+    pub(crate) fn take(conn: &mut impl TestDb, now: i64, worker: &str) -> Vec<Lease> {
         lease(conn, now, lease_req(worker, 1)).leases
     }
 
@@ -733,12 +799,11 @@ pub(crate) mod testing {
     /// that wrote anything before refusing leaves it in the store for the tests to see (in the
     /// coordinator its savepoint would hide it).
     pub(crate) fn send(
-        conn: &mut rusqlite::Connection,
+        conn: &mut impl TestDb,
         now: i64,
         task: &TaskId,
         req: SubmitRequest,
     ) -> (Result<SubmitReply, CoreError>, Vec<Effect>) {
-        assert!(conn.is_autocommit(), "a transaction is open");
         let mut c = ctx(now);
         let r = submit::run(conn, &mut c, task, req);
         (r, c.effects)

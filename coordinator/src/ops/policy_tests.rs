@@ -15,11 +15,7 @@ fn zero_shot(required: u32, max_answers: u32) -> NewTask {
     }
 }
 
-fn take_zs(
-    conn: &mut rusqlite::Connection,
-    now: i64,
-    worker: &str,
-) -> Vec<protocol::messages::Lease> {
+fn take_zs(conn: &mut TestStore, now: i64, worker: &str) -> Vec<protocol::messages::Lease> {
     let req = LeaseRequest {
         capabilities: vec![TaskType::zero_shot()],
         ..lease_req(worker, 1)
@@ -31,9 +27,7 @@ fn view_status(conn: &dyn Sql, t: &TaskId) -> TaskStatus {
     load_task(conn, t).expect("task").view_status()
 }
 
-#[test]
-fn a_split_is_inconclusive_until_one_more_replica_makes_a_quorum() {
-    let mut conn = store();
+fn a_split_is_inconclusive_until_one_more_replica_makes_a_quorum(mut conn: TestStore) {
     let t = add(
         &mut conn,
         0,
@@ -79,9 +73,7 @@ fn a_split_is_inconclusive_until_one_more_replica_makes_a_quorum() {
     );
 }
 
-#[test]
-fn no_quorum_by_max_answers_fails_and_a_retry_collects_more() {
-    let mut conn = store();
+fn no_quorum_by_max_answers_fails_and_a_retry_collects_more(mut conn: TestStore) {
     let t = add(&mut conn, 0, zero_shot(2, 3));
     for (w, label) in [("a", "a"), ("b", "b"), ("c", "c")] {
         let l = take_zs(&mut conn, 1, w).remove(0);
@@ -100,11 +92,8 @@ fn no_quorum_by_max_answers_fails_and_a_retry_collects_more() {
     );
 
     // Retry: the three answers stay, room for more is made, a fourth answer decides.
-    let retry = |conn: &mut rusqlite::Connection, id: TaskId| {
-        let tx = conn.transaction().expect("tx");
-        let r = cancel::retry(&tx, &mut ctx(4), TaskIdsRequest { task_ids: vec![id] });
-        tx.commit().expect("commit");
-        r
+    let retry = |conn: &mut TestStore, id: TaskId| {
+        conn.write(|tx| cancel::retry(tx, &mut ctx(4), TaskIdsRequest { task_ids: vec![id] }))
     };
     retry(&mut conn, t).expect("retry");
     let task = load_task(&conn, &t).expect("task");
@@ -132,9 +121,7 @@ fn no_quorum_by_max_answers_fails_and_a_retry_collects_more() {
     assert_eq!(dump(&conn), before);
 }
 
-#[test]
-fn the_majority_policy_keeps_the_original_tiebreak() {
-    let mut conn = store();
+fn the_majority_policy_keeps_the_original_tiebreak(mut conn: TestStore) {
     let t = add(
         &mut conn,
         0,
@@ -166,7 +153,7 @@ const H1: &str = "11111111111111111111111111111111111111111111111111111111111111
 const H2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
 
 fn take_as(
-    conn: &mut rusqlite::Connection,
+    conn: &mut TestStore,
     worker: &str,
     hash: Option<&str>,
 ) -> Vec<protocol::messages::Lease> {
@@ -186,16 +173,14 @@ fn answer_as(l: &protocol::messages::Lease, worker: &str, hash: &str) -> SubmitR
 }
 
 /// Sends `sub`, which must be refused with `code` and change nothing.
-fn refused(conn: &mut rusqlite::Connection, t: &TaskId, sub: SubmitRequest, code: ErrorCode) {
+fn refused(conn: &mut TestStore, t: &TaskId, sub: SubmitRequest, code: ErrorCode) {
     let before = dump(conn);
     let e = send(conn, 3, t, sub).0.expect_err("refused");
     assert_eq!(e.code(), code, "{e}");
     assert_eq!(dump(conn), before);
 }
 
-#[test]
-fn distinct_models_count_one_answer_per_model_content() {
-    let mut conn = store();
+fn distinct_models_count_one_answer_per_model_content(mut conn: TestStore) {
     let t = add(
         &mut conn,
         0,
@@ -233,9 +218,7 @@ fn distinct_models_count_one_answer_per_model_content() {
     assert!(send(&mut conn, 3, &t, sub).0.expect("b").finalized);
 }
 
-#[test]
-fn a_label_task_can_pin_model_content() {
-    let mut conn = store();
+fn a_label_task_can_pin_model_content(mut conn: TestStore) {
     let t = add(
         &mut conn,
         0,
@@ -258,9 +241,7 @@ fn a_label_task_can_pin_model_content() {
     assert!(send(&mut conn, 2, &t, sub).0.expect("pinned").finalized);
 }
 
-#[test]
-fn policies_out_of_bounds_are_refused_and_store_nothing() {
-    let conn = store();
+fn policies_out_of_bounds_are_refused_and_store_nothing(conn: TestStore) {
     let before = dump(&conn);
     let bad = [
         NewTask {
@@ -307,17 +288,13 @@ fn policies_out_of_bounds_are_refused_and_store_nothing() {
     }
 }
 
-fn cancel_ids(conn: &mut rusqlite::Connection, ids: Vec<TaskId>) -> Result<Vec<Effect>, CoreError> {
-    let tx = conn.transaction().expect("tx");
+fn cancel_ids(conn: &mut TestStore, ids: Vec<TaskId>) -> Result<Vec<Effect>, CoreError> {
     let mut c = ctx(5);
-    cancel::cancel(&tx, &mut c, TaskIdsRequest { task_ids: ids })?;
-    tx.commit().expect("commit");
+    conn.write(|tx| cancel::cancel(tx, &mut c, TaskIdsRequest { task_ids: ids }))?;
     Ok(c.effects)
 }
 
-#[test]
-fn a_cancelled_task_closes_its_leases_and_refuses_late_answers() {
-    let mut conn = store();
+fn a_cancelled_task_closes_its_leases_and_refuses_late_answers(mut conn: TestStore) {
     let done = add(
         &mut conn,
         0,
@@ -358,9 +335,9 @@ fn a_cancelled_task_closes_its_leases_and_refuses_late_answers() {
         model_hash: None,
         leases: Some(vec![la.lease_id]),
     };
-    let tx = conn.transaction().expect("tx");
-    let r = heartbeat::run(&tx, &mut ctx(6), &wid("a"), hb).expect("heartbeat");
-    tx.commit().expect("commit");
+    let r = conn
+        .write(|tx| heartbeat::run(tx, &mut ctx(6), &wid("a"), hb))
+        .expect("heartbeat");
     assert_eq!((r.renewed, r.closed), (0, vec![la.lease_id]));
     let e = send(&mut conn, 7, &t, answer(&la, "a", "positive", 0.9))
         .0
@@ -384,17 +361,14 @@ fn gold_settings(rate: f64) -> Settings {
 }
 
 fn add_gold(
-    conn: &mut rusqlite::Connection,
+    conn: &mut TestStore,
     items: Vec<GoldItem>,
 ) -> Result<protocol::policy::GoldAddReply, CoreError> {
-    let tx = conn.transaction().expect("tx");
-    let r = gold::add(&tx, &mut ctx(0), GoldAddRequest { items })?;
-    tx.commit().expect("commit");
-    Ok(r)
+    conn.write(|tx| gold::add(tx, &mut ctx(0), GoldAddRequest { items }))
 }
 
 fn lease_with(
-    conn: &mut rusqlite::Connection,
+    conn: &mut TestStore,
     now: i64,
     s: Settings,
     worker: &str,
@@ -404,34 +378,33 @@ fn lease_with(
 }
 
 fn lease_req_with(
-    conn: &mut rusqlite::Connection,
+    conn: &mut TestStore,
     now: i64,
     s: Settings,
     req: LeaseRequest,
 ) -> Vec<protocol::messages::Lease> {
-    let tx = conn.transaction().expect("tx");
-    let r = lease::run(&tx, &mut Ctx::new(now, s), req).expect("lease");
-    tx.commit().expect("commit");
-    r.leases
+    conn.write(|tx| lease::run(tx, &mut Ctx::new(now, s), req))
+        .expect("lease")
+        .leases
 }
 
 fn submit_with(
-    conn: &mut rusqlite::Connection,
+    conn: &mut TestStore,
     now: i64,
     s: Settings,
     l: &protocol::messages::Lease,
     worker: &str,
     label: &str,
 ) {
-    let tx = conn.transaction().expect("tx");
-    submit::run(
-        &tx,
-        &mut Ctx::new(now, s),
-        &l.task_id,
-        answer(l, worker, label, 0.9),
-    )
+    conn.write(|tx| {
+        submit::run(
+            tx,
+            &mut Ctx::new(now, s),
+            &l.task_id,
+            answer(l, worker, label, 0.9),
+        )
+    })
     .expect("submit");
-    tx.commit().expect("commit");
 }
 
 fn gold_score(conn: &dyn Sql, worker: &str) -> (u32, u32) {
@@ -443,9 +416,7 @@ fn gold_score(conn: &dyn Sql, worker: &str) -> (u32, u32) {
     .expect("score")
 }
 
-#[test]
-fn gold_files_are_checked_whole_and_stored_once() {
-    let mut conn = store();
+fn gold_files_are_checked_whole_and_stored_once(mut conn: TestStore) {
     let good = vec![
         GoldItem::sentiment("great", true),
         GoldItem::sentiment("awful", false),
@@ -470,9 +441,9 @@ fn gold_files_are_checked_whole_and_stored_once() {
     assert_eq!(dump(&conn), before);
 }
 
-#[test]
-fn gold_is_checked_never_voted_and_quarantines_a_wrong_worker_until_it_recovers() {
-    let mut conn = store();
+fn gold_is_checked_never_voted_and_quarantines_a_wrong_worker_until_it_recovers(
+    mut conn: TestStore,
+) {
     let items: Vec<GoldItem> = (0..12)
         .map(|i| GoldItem::sentiment(format!("gold {i}"), true))
         .collect();
@@ -484,18 +455,16 @@ fn gold_is_checked_never_voted_and_quarantines_a_wrong_worker_until_it_recovers(
     let all_gold = gold_settings(1.0);
     let l = lease_with(&mut conn, 1, all_gold, "liar", 1).remove(0);
     assert!(l.text.starts_with("gold") && l.verify.is_none());
-    let r = {
-        let tx = conn.transaction().expect("tx");
-        let r = submit::run(
-            &tx,
-            &mut Ctx::new(2, all_gold),
-            &l.task_id,
-            answer(&l, "liar", "negative", 0.9),
-        )
+    let r = conn
+        .write(|tx| {
+            submit::run(
+                tx,
+                &mut Ctx::new(2, all_gold),
+                &l.task_id,
+                answer(&l, "liar", "negative", 0.9),
+            )
+        })
         .expect("gold answer");
-        tx.commit().expect("commit");
-        r
-    };
     assert!(
         !r.finalized && r.final_label.is_none(),
         "the known answer is not told"
@@ -503,13 +472,14 @@ fn gold_is_checked_never_voted_and_quarantines_a_wrong_worker_until_it_recovers(
     assert_eq!(gold_score(&conn, "liar"), (1, 0));
     assert_eq!(points(&conn, "liar"), 0, "gold earns no point");
     assert!(
-        conn.query_row(
-            "SELECT agreed FROM submission WHERE task_id = ?1",
-            [l.task_id.to_string()],
-            |r| r.get::<_, Option<bool>>(0)
-        )
-        .expect("row")
-        .is_none(),
+        (&conn as &dyn Sql)
+            .query_row(
+                "SELECT agreed FROM submission WHERE task_id = ?1",
+                [l.task_id.to_string()],
+                |r| r.get::<_, Option<bool>>(0)
+            )
+            .expect("row")
+            .is_none(),
         "gold is never voted"
     );
     for now in 3..6 {
@@ -542,10 +512,8 @@ fn gold_is_checked_never_voted_and_quarantines_a_wrong_worker_until_it_recovers(
     assert!(list.tasks.iter().all(|t| t.text.starts_with("real")));
 }
 
-#[test]
-fn generative_gold_is_checked_on_its_text() {
+fn generative_gold_is_checked_on_its_text(mut conn: TestStore) {
     use protocol::generation::{GeneratedAnswer, SMOLLM2_HASH};
-    let mut conn = store();
     let item = GoldItem {
         task_type: Some(TaskType::generate()),
         max_new_tokens: Some(3),
@@ -586,9 +554,45 @@ fn generative_gold_is_checked_on_its_text() {
             model_hash: Some(SMOLLM2_HASH.into()),
             ..answer(&l, worker, "", 0.9)
         };
-        let tx = conn.transaction().expect("tx");
-        submit::run(&tx, &mut Ctx::new(2, s), &l.task_id, sub).expect("gold answer");
-        tx.commit().expect("commit");
+        conn.write(|tx| submit::run(tx, &mut Ctx::new(2, s), &l.task_id, sub))
+            .expect("gold answer");
         assert_eq!(gold_score(&conn, worker), (1, right), "{worker}");
     }
 }
+
+/// Each scenario above as a test of its own on SQLite, and all of them on one PostgreSQL server
+/// (a fresh set of tables each).
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(super::TestStore::sqlite());
+                }
+            )*
+        }
+
+        #[test]
+        fn every_scenario_on_postgres() {
+            let server = PgServer::start();
+            $(
+                eprintln!("postgres: {}", stringify!($name));
+                $name(server.fresh());
+            )*
+        }
+    };
+}
+
+on_both_engines!(
+    a_split_is_inconclusive_until_one_more_replica_makes_a_quorum,
+    no_quorum_by_max_answers_fails_and_a_retry_collects_more,
+    the_majority_policy_keeps_the_original_tiebreak,
+    distinct_models_count_one_answer_per_model_content,
+    a_label_task_can_pin_model_content,
+    policies_out_of_bounds_are_refused_and_store_nothing,
+    a_cancelled_task_closes_its_leases_and_refuses_late_answers,
+    gold_files_are_checked_whole_and_stored_once,
+    gold_is_checked_never_voted_and_quarantines_a_wrong_worker_until_it_recovers,
+    generative_gold_is_checked_on_its_text,
+);
