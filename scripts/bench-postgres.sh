@@ -9,6 +9,7 @@ runs="${2:-3}"
 bin="${AIMARKET_BIN:-$(scripts/target-dir.sh)/release/aimarket}"
 export NATS_SERVER_BIN="${NATS_SERVER_BIN:-$(scripts/setup.sh)}"
 dir="$(mktemp -d)"
+chmod 755 "$dir" # the server runs as the postgres user when this runs as root
 port=55432
 while (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; do port=$((port + 1)); done
 trap 'scripts/postgres.sh stop "$dir/pg"; rm -rf "$dir"' EXIT

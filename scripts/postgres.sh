@@ -24,7 +24,13 @@ as_pg() {
 case "$cmd" in
 start)
     mkdir -p "$dir"
-    [ "$(id -u)" = 0 ] && chown postgres "$dir" && chmod 755 "$dir"
+    if [ "$(id -u)" = 0 ]; then
+        chown postgres "$dir" && chmod 755 "$dir"
+        runuser -u postgres -- test -x "$dir" || {
+            say "the postgres user cannot reach $dir (a parent directory is private): use another"
+            exit 1
+        }
+    fi
     if [ ! -f "$dir/data/PG_VERSION" ]; then
         as_pg "$bin/initdb" --auth=trust --username=postgres --encoding=UTF8 --no-sync \
             --pgdata "$dir/data" >/dev/null

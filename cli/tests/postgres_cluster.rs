@@ -285,7 +285,10 @@ fn two_coordinators_share_one_postgres_through_every_fault() {
         "a worker voted twice on a task"
     );
     assert_eq!(
-        s.count("SELECT CAST(COALESCE(SUM(points), 0) AS BIGINT) FROM worker_score"),
+        s.count(
+            "SELECT CAST((SELECT COALESCE(SUM(points), 0) FROM worker_score)
+                       + (SELECT COALESCE(SUM(points), 0) FROM score_delta) AS BIGINT)"
+        ),
         s.count("SELECT COUNT(*) FROM submission WHERE agreed = 1"),
         "points differ from agreeing submissions"
     );

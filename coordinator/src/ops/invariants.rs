@@ -141,7 +141,7 @@ fn check(conn: &dyn Sql, finished: &HashMap<TaskId, usize>) {
         ("a live lease on a closed task", "SELECT COUNT(*) FROM lease l JOIN task t ON t.id = l.task_id WHERE l.state = 'active' AND t.status IN ('finalized', 'failed', 'cancelled')"),
         ("a worker leasing a task it answered", "SELECT COUNT(*) FROM lease l JOIN submission s ON s.task_id = l.task_id AND s.worker_id = l.worker_id WHERE l.state = 'active'"),
         ("agreement set before finalization", "SELECT COUNT(*) FROM submission s JOIN task t ON t.id = s.task_id WHERE t.gold IS NULL AND (t.status = 'finalized') != (s.agreed IS NOT NULL)"),
-        ("points differ from agreeing votes", "SELECT (SELECT COALESCE(SUM(points), 0) FROM worker_score) != (SELECT COUNT(*) FROM submission WHERE agreed = 1)"),
+        ("points differ from agreeing votes", "SELECT (SELECT COALESCE(SUM(points), 0) FROM worker_score) + (SELECT COALESCE(SUM(points), 0) FROM score_delta) != (SELECT COUNT(*) FROM submission WHERE agreed = 1)"),
         // A lease cursor may only pass open tasks its worker holds or has answered.
         ("a lease cursor past a task its worker could take", "SELECT COUNT(*) FROM temp.lease_cursor c JOIN task t ON t.type = c.type AND t.seq <= c.after
             WHERE t.status IN ('queued', 'assigned') AND t.required > t.active_leases + t.submissions

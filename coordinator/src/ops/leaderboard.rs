@@ -15,7 +15,8 @@ use protocol::policy::GoldScore;
 pub(crate) fn run(conn: &dyn Sql) -> Result<LeaderboardReply, CoreError> {
     let entries = conn
         .prepare_cached(
-            "SELECT w.id, COALESCE(ws.points, 0) AS points,
+            "SELECT w.id, COALESCE(ws.points, 0) + CAST(COALESCE((SELECT SUM(d.points)
+                        FROM score_delta d WHERE d.worker_id = w.id), 0) AS BIGINT) AS points,
                     (SELECT COUNT(*) FROM submission s WHERE s.worker_id = w.id),
                     w.model,
                     (SELECT COUNT(*) FROM submission s WHERE s.worker_id = w.id AND s.agreed IS NOT NULL),

@@ -672,7 +672,7 @@ pub(crate) mod testing {
             client
                 .batch_execute(
                     "TRUNCATE task, lease, submission, worker, worker_score, worker_token,
-                     verification, gold, gold_answer, task_batch, health_probe
+                     verification, gold, gold_answer, task_batch, health_probe, score_delta
                      RESTART IDENTITY CASCADE",
                 )
                 .expect("truncate");
@@ -832,7 +832,8 @@ pub(crate) mod testing {
     /// `worker`'s points.
     pub(crate) fn points(conn: &dyn Sql, worker: &str) -> i64 {
         conn.query_row(
-            "SELECT COALESCE((SELECT points FROM worker_score WHERE worker_id = ?1), 0)",
+            "SELECT COALESCE((SELECT points FROM worker_score WHERE worker_id = ?1), 0)
+                  + CAST(COALESCE((SELECT SUM(points) FROM score_delta WHERE worker_id = ?1), 0) AS BIGINT)",
             [worker],
             |r| r.get(0),
         )

@@ -15,7 +15,7 @@ pub(crate) fn run(conn: &dyn Sql, req: &ResetRequest) -> Result<(), CoreError> {
     conn.execute_batch(
         "DELETE FROM submission; DELETE FROM lease; DELETE FROM task;
          DELETE FROM worker_score; DELETE FROM worker; DELETE FROM gold_answer;
-         DELETE FROM task_batch;",
+         DELETE FROM task_batch; DELETE FROM score_delta;",
     )?;
     crate::store::schema::forget_connection_tables(conn)?;
     tracing::warn!("store reset: every task, worker and score deleted");

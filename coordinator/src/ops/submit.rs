@@ -566,6 +566,15 @@ pub(crate) fn finished(ctx: &mut Ctx, task_id: &TaskId, answer: Final, confidenc
 
 /// One point to each worker whose submission on the task agreed with the consensus.
 pub(crate) fn award_points(conn: &dyn Sql, tid: &str) -> Result<(), CoreError> {
+    if conn.dialect() == crate::store::sql::Dialect::Postgres {
+        // Appended, not updated in place: no lock on the workers' score rows (see score_delta).
+        conn.prepare_cached(
+            "INSERT INTO score_delta (worker_id, points)
+             SELECT worker_id, 1 FROM submission WHERE task_id = ?1 AND agreed = 1",
+        )?
+        .execute([tid])?;
+        return Ok(());
+    }
     conn.prepare_cached(
         "INSERT INTO worker_score (worker_id, points)
          SELECT worker_id, 1 FROM submission WHERE task_id = ?1 AND agreed = 1 ORDER BY worker_id

@@ -21,6 +21,7 @@ pub(crate) fn run(conn: &dyn Sql, ctx: &mut Ctx) -> Result<RequeueReply, CoreErr
         if !mine {
             return Ok(RequeueReply::default());
         }
+        fold_points(conn)?;
     }
     let stale_before = ctx.now - ctx.settings.heartbeat_ttl_ms;
     let dead: Vec<(LeaseId, TaskId)> = conn
@@ -54,4 +55,17 @@ pub(crate) fn run(conn: &dyn Sql, ctx: &mut Ctx) -> Result<RequeueReply, CoreErr
         );
     }
     Ok(reply)
+}
+
+/// Folds the points appended to `score_delta` into `worker_score` (PostgreSQL; under the sweep's
+/// advisory lock, score rows in worker order).
+fn fold_points(conn: &dyn Sql) -> Result<(), CoreError> {
+    conn.prepare_cached(
+        "WITH d AS (DELETE FROM score_delta RETURNING worker_id, points)
+         INSERT INTO worker_score (worker_id, points)
+         SELECT worker_id, CAST(SUM(points) AS BIGINT) FROM d GROUP BY worker_id ORDER BY worker_id
+         ON CONFLICT (worker_id) DO UPDATE SET points = worker_score.points + excluded.points",
+    )?
+    .execute(())?;
+    Ok(())
 }

@@ -1,7 +1,9 @@
 //! The PostgreSQL store: several coordinators over one database.
 //!
 //! Writes run on a few writer threads per coordinator, each with its own session, one
-//! transaction per operation under READ COMMITTED: the operations lock the task row they decide
+//! transaction per operation under READ COMMITTED (batching several in one transaction, each in
+//! a savepoint, measured slower here: a batch holds its task-row locks until its commit, and
+//! batches of different sessions deadlock on them): the operations lock the task row they decide
 //! on first (`FOR UPDATE`, see [`Sql::lock_suffix`]), lease with `SKIP LOCKED` and guarded
 //! counter updates, so two coordinators never both finalize a task or lease past its free
 //! slots. Deadlock (40P01), serialization (40001) and lock-timeout (55P03) failures are rolled
@@ -34,7 +36,18 @@ const MIGRATION_LOCK: i64 = 0x6169_6d61_726b_0001;
 pub(crate) const SWEEP_LOCK: i64 = 0x6169_6d61_726b_0002;
 
 /// Each entry takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("pg_schema.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("pg_schema.sql"),
+    // Points awarded at finalization, appended (every finalization of the same workers would
+    // otherwise update, and lock until commit, the same few worker_score rows: one finalization
+    // at a time across all coordinators); the sweeper folds them into worker_score.
+    "CREATE TABLE score_delta (
+         id        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+         worker_id TEXT   NOT NULL,
+         points    BIGINT NOT NULL
+     );
+     CREATE INDEX score_delta_by_worker ON score_delta (worker_id);",
+];
 
 /// The session settings of every connection.
 #[derive(Debug, Clone, Copy)]

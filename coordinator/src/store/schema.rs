@@ -258,6 +258,17 @@ CREATE TABLE task_batch (
     created_at INTEGER NOT NULL
 );
 "#,
+    r#"
+-- Points awarded but not yet folded into worker_score (PostgreSQL appends here instead of
+-- updating every finalization's hot score rows; the sweeper folds them in). Empty on SQLite,
+-- which updates worker_score directly; readers add both.
+CREATE TABLE score_delta (
+    id        INTEGER PRIMARY KEY,
+    worker_id TEXT    NOT NULL,
+    points    INTEGER NOT NULL
+);
+CREATE INDEX score_delta_by_worker ON score_delta (worker_id);
+"#,
 ];
 
 /// Tables of one connection (`temp`, in memory, gone when it closes), created when it opens.
