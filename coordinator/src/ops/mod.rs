@@ -567,6 +567,31 @@ pub(crate) mod testing {
         Lease, LeaseReply, LeaseRequest, NewTask, SubmitReply, SubmitRequest, TaskAddRequest,
     };
 
+    /// Each scenario named, a function of a [`TestStore`], as a test of its own on SQLite, and
+    /// all of them on one PostgreSQL server (a fresh set of tables each).
+    macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(crate::ops::testing::TestStore::sqlite());
+                }
+            )*
+        }
+
+        #[test]
+        fn every_scenario_on_postgres() {
+            let server = crate::ops::testing::PgServer::start();
+            $(
+                eprintln!("postgres: {}", stringify!($name));
+                $name(server.fresh());
+            )*
+        }
+    };
+}
+    pub(crate) use on_both_engines;
+
     /// A store for operation tests, on either engine.
     pub(crate) enum TestStore {
         Sqlite(rusqlite::Connection),
@@ -686,6 +711,16 @@ pub(crate) mod testing {
     impl TestStore {
         pub(crate) fn sqlite() -> Self {
             TestStore::Sqlite(store())
+        }
+
+        /// See `Sql::query_row`, in autocommit mode.
+        pub(crate) fn query_row<P: crate::store::sql::Params, T>(
+            &self,
+            sql: &str,
+            p: P,
+            f: impl FnOnce(&Row<'_>) -> crate::store::sql::Result<T>,
+        ) -> crate::store::sql::Result<T> {
+            (self as &dyn Sql).query_row(sql, p, f)
         }
 
         /// Runs `f` in a transaction, committed when it returns `Ok`.

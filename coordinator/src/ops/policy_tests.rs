@@ -560,31 +560,7 @@ fn generative_gold_is_checked_on_its_text(mut conn: TestStore) {
     }
 }
 
-/// Each scenario above as a test of its own on SQLite, and all of them on one PostgreSQL server
-/// (a fresh set of tables each).
-macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod on_sqlite {
-            $(
-                #[test]
-                fn $name() {
-                    super::$name(super::TestStore::sqlite());
-                }
-            )*
-        }
-
-        #[test]
-        fn every_scenario_on_postgres() {
-            let server = PgServer::start();
-            $(
-                eprintln!("postgres: {}", stringify!($name));
-                $name(server.fresh());
-            )*
-        }
-    };
-}
-
-on_both_engines!(
+crate::ops::testing::on_both_engines!(
     a_split_is_inconclusive_until_one_more_replica_makes_a_quorum,
     no_quorum_by_max_answers_fails_and_a_retry_collects_more,
     the_majority_policy_keeps_the_original_tiebreak,

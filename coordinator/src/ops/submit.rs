@@ -608,9 +608,7 @@ mod tests {
     use protocol::verify::Verification;
     use protocol::{ErrorCode, TaskType};
 
-    #[test]
-    fn three_votes_finalize_once_and_score_the_majority() {
-        let mut conn = store();
+    fn three_votes_finalize_once_and_score_the_majority(mut conn: TestStore) {
         let t = add(&mut conn, 0, NewTask::text("x"));
         let leases: Vec<_> = ["a", "b", "c"]
             .iter()
@@ -642,7 +640,7 @@ mod tests {
         assert_eq!(dump(&conn), before);
     }
 
-    fn take_typed(conn: &mut rusqlite::Connection, worker: &str, task_type: TaskType) -> Lease {
+    fn take_typed(conn: &mut impl TestDb, worker: &str, task_type: TaskType) -> Lease {
         let req = LeaseRequest {
             capabilities: vec![task_type],
             ..lease_req(worker, 1)
@@ -661,9 +659,7 @@ mod tests {
         }
     }
 
-    #[test]
-    fn embedding_tasks_finalize_on_the_largest_agreeing_group() {
-        let mut conn = store();
+    fn embedding_tasks_finalize_on_the_largest_agreeing_group(mut conn: TestStore) {
         let t = add(&mut conn, 0, NewTask::embedding("x"));
         let leases: Vec<_> = ["a", "b", "c"]
             .iter()
@@ -705,9 +701,7 @@ mod tests {
         );
     }
 
-    #[test]
-    fn answers_must_fit_the_task_type() {
-        let mut conn = store();
+    fn answers_must_fit_the_task_type(mut conn: TestStore) {
         let e = add(&mut conn, 0, NewTask::embedding("x"));
         let z = add(
             &mut conn,
@@ -755,9 +749,7 @@ mod tests {
         assert!(r.expect("a candidate label").accepted);
     }
 
-    #[test]
-    fn refusals_change_nothing() {
-        let mut conn = store();
+    fn refusals_change_nothing(mut conn: TestStore) {
         let t = add(&mut conn, 0, NewTask::text("x"));
         let other = add(&mut conn, 0, NewTask::text("y"));
         let la = take(&mut conn, 1, "a").remove(0);
@@ -811,15 +803,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_freed_lease_cannot_add_a_vote() {
-        let mut conn = store();
+    fn a_freed_lease_cannot_add_a_vote(mut conn: TestStore) {
         let t = add(&mut conn, 0, NewTask::text("x"));
         let slow = take(&mut conn, 0, "slow").remove(0);
         // The slow worker goes silent; its lease expires and the sweeper frees it.
-        let tx = conn.transaction().expect("tx");
-        let swept = sweep::run(&tx, &mut ctx(settings().lease_ms + 1)).expect("sweep");
-        tx.commit().expect("commit");
+        let swept = conn
+            .write(|tx| sweep::run(tx, &mut ctx(settings().lease_ms + 1)))
+            .expect("sweep");
         assert_eq!(swept.requeued, 1);
         let task = load_task(&conn, &t).expect("task");
         assert_eq!(
@@ -858,9 +848,7 @@ mod tests {
         assert_eq!((task.status, task.attempts), (TaskStatus::Finalized, 0));
     }
 
-    #[test]
-    fn a_task_whose_workers_keep_dying_fails() {
-        let mut conn = store();
+    fn a_task_whose_workers_keep_dying_fails(mut conn: TestStore) {
         let t = add(
             &mut conn,
             0,
@@ -873,10 +861,8 @@ mod tests {
         for (i, w) in ["a", "b"].iter().enumerate() {
             assert_eq!(take(&mut conn, now, w).len(), 1);
             now += settings().lease_ms + 1;
-            let tx = conn.transaction().expect("tx");
             let mut c = ctx(now);
-            let swept = sweep::run(&tx, &mut c).expect("sweep");
-            tx.commit().expect("commit");
+            let swept = conn.write(|tx| sweep::run(tx, &mut c)).expect("sweep");
             assert_eq!(swept.failed, i as u32, "failed after attempt {}", i + 1);
         }
         let task = load_task(&conn, &t).expect("task");
@@ -971,11 +957,7 @@ mod tests {
         }
     }
 
-    fn take_generative(
-        conn: &mut rusqlite::Connection,
-        worker: &str,
-        hash: Option<&str>,
-    ) -> Vec<Lease> {
+    fn take_generative(conn: &mut impl TestDb, worker: &str, hash: Option<&str>) -> Vec<Lease> {
         lease(conn, 1, generative_req(worker, hash)).leases
     }
 
@@ -992,9 +974,7 @@ mod tests {
         }
     }
 
-    #[test]
-    fn generative_leases_follow_the_model_hash() {
-        let mut conn = store();
+    fn generative_leases_follow_the_model_hash(mut conn: TestStore) {
         let t = add(&mut conn, 0, generative(4));
         assert!(take_generative(&mut conn, "nohash", None).is_empty());
         let other = "0".repeat(64);
@@ -1019,9 +999,7 @@ mod tests {
         assert_eq!(take_generative(&mut conn, "other", Some(HASH)).len(), 1);
     }
 
-    #[test]
-    fn identical_token_ids_finalize_and_a_split_goes_to_cross_scoring() {
-        let mut conn = store();
+    fn identical_token_ids_finalize_and_a_split_goes_to_cross_scoring(mut conn: TestStore) {
         let agreed = add(&mut conn, 0, generative(4));
         let split = add(&mut conn, 0, generative(4));
         let mut leases: Vec<Vec<Lease>> = ["a", "b", "c"]
@@ -1104,26 +1082,22 @@ mod tests {
 
     /// Leases every verify lease `worker` can get and scores each against `truth`, the model's
     /// greedy answer (a gap of 5 wherever the candidate differs from it). Returns how many.
-    fn score_all(
-        conn: &mut rusqlite::Connection,
-        worker: &str,
-        truth: &[u32],
-        how: Honesty,
-    ) -> usize {
+    fn score_all(conn: &mut impl TestDb, worker: &str, truth: &[u32], how: Honesty) -> usize {
         score_all_at(conn, &mut ctx(5), worker, truth, how)
     }
 
     fn score_all_at(
-        conn: &mut rusqlite::Connection,
+        conn: &mut impl TestDb,
         c: &mut Ctx,
         worker: &str,
         truth: &[u32],
         how: Honesty,
     ) -> usize {
         let req = generative_req(worker, Some(HASH));
-        let tx = conn.transaction().expect("tx");
-        let leases = crate::ops::lease::run(&tx, c, req).expect("lease").leases;
-        tx.commit().expect("commit");
+        let leases = conn
+            .write(|tx| crate::ops::lease::run(tx, c, req))
+            .expect("lease")
+            .leases;
         let mut n = 0;
         for l in leases.iter().filter(|l| l.verify.is_some()) {
             let (r, _) = send(conn, 5, &l.task_id, scored(l, worker, truth, how));
@@ -1163,9 +1137,7 @@ mod tests {
         }
     }
 
-    #[test]
-    fn generate_once_scores_one_answer_and_generates_again_when_it_fails() {
-        let mut conn = store();
+    fn generate_once_scores_one_answer_and_generates_again_when_it_fails(mut conn: TestStore) {
         let t = add(&mut conn, 0, generate_once(4));
         let truth = [5, 6, 2];
         // One generation slot: a takes it and answers wrongly (an early stop).
@@ -1272,9 +1244,7 @@ mod tests {
         assert!(mean > 0.5 / p && mean < 2.0 / p, "{mean}");
     }
 
-    #[test]
-    fn a_pass_everything_verifier_misses_traps_and_loses_points() {
-        let mut conn = store();
+    fn a_pass_everything_verifier_misses_traps_and_loses_points(mut conn: TestStore) {
         let t = add(&mut conn, 0, generate_once(4));
         let truth = [5, 6, 2];
         let l = take_generative(&mut conn, "a", Some(HASH)).remove(0);
@@ -1313,9 +1283,7 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_verification_must_follow_from_its_gaps_and_refusals_change_nothing() {
-        let mut conn = store();
+    fn a_verification_must_follow_from_its_gaps_and_refusals_change_nothing(mut conn: TestStore) {
         let t = add(&mut conn, 0, generate_once(4));
         let l = take_generative(&mut conn, "a", Some(HASH)).remove(0);
         send(&mut conn, 2, &t, generated(&l, "a", &[5, 6, 2], Some(HASH)))
@@ -1377,9 +1345,7 @@ mod tests {
         assert!(again.duplicate, "a resend is acknowledged as a duplicate");
     }
 
-    #[test]
-    fn an_expired_verify_lease_opens_its_slot_again() {
-        let mut conn = store();
+    fn an_expired_verify_lease_opens_its_slot_again(mut conn: TestStore) {
         let t = add(&mut conn, 0, generate_once(4));
         let l = take_generative(&mut conn, "a", Some(HASH)).remove(0);
         send(&mut conn, 2, &t, generated(&l, "a", &[5, 6, 2], Some(HASH)))
@@ -1388,9 +1354,9 @@ mod tests {
         let req = generative_req("b", Some(HASH));
         assert_eq!(lease(&mut conn, 3, req.clone()).leases.len(), 1);
         assert!(lease(&mut conn, 3, req.clone()).leases.is_empty());
-        let tx = conn.transaction().expect("tx");
-        let swept = sweep::run(&tx, &mut ctx(60_000)).expect("sweep");
-        tx.commit().expect("commit");
+        let swept = conn
+            .write(|tx| sweep::run(tx, &mut ctx(60_000)))
+            .expect("sweep");
         assert_eq!(swept.requeued, 1);
         let task = load_task(&conn, &t).expect("task");
         assert_eq!((task.attempts, task.active_leases), (1, 0));
@@ -1398,9 +1364,7 @@ mod tests {
         assert_eq!(lease(&mut conn, 60_001, req).leases.len(), 1, "open again");
     }
 
-    #[test]
-    fn a_generation_must_come_from_the_pinned_model_and_keep_to_the_spec() {
-        let mut conn = store();
+    fn a_generation_must_come_from_the_pinned_model_and_keep_to_the_spec(mut conn: TestStore) {
         let t = add(&mut conn, 0, generative(4));
         let l = take_generative(&mut conn, "a", Some(HASH)).remove(0);
         let before = dump(&conn);
@@ -1457,4 +1421,20 @@ mod tests {
             ErrorCode::DuplicateSubmission
         );
     }
+
+    crate::ops::testing::on_both_engines!(
+        three_votes_finalize_once_and_score_the_majority,
+        embedding_tasks_finalize_on_the_largest_agreeing_group,
+        answers_must_fit_the_task_type,
+        refusals_change_nothing,
+        a_freed_lease_cannot_add_a_vote,
+        a_task_whose_workers_keep_dying_fails,
+        generative_leases_follow_the_model_hash,
+        identical_token_ids_finalize_and_a_split_goes_to_cross_scoring,
+        generate_once_scores_one_answer_and_generates_again_when_it_fails,
+        a_pass_everything_verifier_misses_traps_and_loses_points,
+        a_verification_must_follow_from_its_gaps_and_refusals_change_nothing,
+        an_expired_verify_lease_opens_its_slot_again,
+        a_generation_must_come_from_the_pinned_model_and_keep_to_the_spec,
+    );
 }
