@@ -8,19 +8,10 @@
 
 mod common;
 
-use common::{check_ledger, wait_until, Cluster};
+use common::{check_ledger, signal, wait_until, Cluster};
 use protocol::messages::CoordinatorStatus;
 use std::time::{Duration, Instant};
 use test_support::NatsCluster;
-
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status()
-        .expect("kill(1)")
-        .success();
-    assert!(ok, "kill -{sig} {pid}");
-}
 
 #[test]
 fn work_goes_on_while_nats_nodes_die_and_freeze() {

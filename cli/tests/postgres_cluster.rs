@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{acknowledged, wait_until, BIN};
+use common::{acknowledged, signal, wait_until, write_reviews, BIN};
 use protocol::messages::CoordinatorStatus;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -97,17 +97,8 @@ impl Scale {
     }
 
     fn add_reviews(&self, n: usize, round: usize) {
-        use std::io::Write;
         let path = self.dir.path().join(format!("tasks-{round}.txt"));
-        let mut f = std::fs::File::create(&path).expect("tasks file");
-        for i in 0..n {
-            let mood = if i % 2 == 0 {
-                "wonderful, I love it"
-            } else {
-                "awful, I hate it"
-            };
-            writeln!(f, "review {round}-{i}: {mood}").expect("write");
-        }
+        write_reviews(&path, n, &format!("{round}-"));
         let out = self.cli(&["task", "add", "--file", path.to_str().expect("utf8")]);
         assert!(
             out.status.success(),
@@ -163,15 +154,6 @@ impl Drop for Scale {
             let _ = child.wait();
         }
     }
-}
-
-fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status()
-        .expect("kill(1)")
-        .success();
-    assert!(ok, "kill -{sig} {pid}");
 }
 
 #[test]

@@ -256,20 +256,35 @@ pub(crate) fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() 
     }
 }
 
-/// Adds `n` sentiment tasks through `task add --file`: alternating clearly positive and clearly
-/// negative reviews, so honest workers agree.
-pub(crate) fn add_reviews(c: &Cluster, n: usize) {
+/// Writes `n` reviews, one a line, to `path`: alternating clearly positive and clearly negative,
+/// so honest workers agree; `tag` keeps the texts of several files apart.
+pub(crate) fn write_reviews(path: &std::path::Path, n: usize, tag: &str) {
     use std::io::Write;
-    let path = c.dir.path().join(format!("tasks-{n}.txt"));
-    let mut f = std::fs::File::create(&path).expect("tasks file");
+    let mut f = std::fs::File::create(path).expect("tasks file");
     for i in 0..n {
         let mood = if i % 2 == 0 {
             "wonderful, I love it"
         } else {
             "awful, I hate it"
         };
-        writeln!(f, "review {i}: {mood}").expect("write");
+        writeln!(f, "review {tag}{i}: {mood}").expect("write");
     }
+}
+
+/// Sends `sig` (`KILL`, `STOP`, `CONT`...) to process `pid`.
+pub(crate) fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .expect("kill(1)")
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+/// Adds `n` sentiment tasks through `task add --file` (see [`write_reviews`]).
+pub(crate) fn add_reviews(c: &Cluster, n: usize) {
+    let path = c.dir.path().join(format!("tasks-{n}.txt"));
+    write_reviews(&path, n, "");
     let out = c.cli(&["task", "add", "--file", path.to_str().expect("utf8 path")]);
     assert!(
         out.status.success(),

@@ -110,6 +110,26 @@ fn gold_settings() -> Settings {
     }
 }
 
+/// A label answer on `lease_id`.
+fn vote(
+    lease_id: LeaseId,
+    worker_id: WorkerId,
+    label: impl Into<String>,
+    confidence: f64,
+) -> SubmitRequest {
+    SubmitRequest {
+        lease_id,
+        worker_id,
+        label: label.into(),
+        embedding: None,
+        generation: None,
+        verification: None,
+        confidence,
+        model: None,
+        model_hash: None,
+    }
+}
+
 fn count(conn: &dyn Sql, sql: &str) -> i64 {
     conn.query_row(sql, (), |r| r.get(0)).expect(sql)
 }
@@ -286,17 +306,7 @@ fn run_steps(mut db: TestStore, steps: Vec<Step>) -> Result<(), TestCaseError> {
                     let i = pick % leases.len();
                     let (lease_id, task, worker, _) = leases[i].clone();
                     let label = if positive { "positive" } else { "negative" };
-                    let req = SubmitRequest {
-                        lease_id,
-                        worker_id: worker,
-                        label: label.into(),
-                        embedding: None,
-                        generation: None,
-                        verification: None,
-                        confidence: 0.7,
-                        model: None,
-                        model_hash: None,
-                    };
+                    let req = vote(lease_id, worker, label, 0.7);
                     if apply(&mut db, now, &mut finished, |c, x| {
                         submit::run(c, x, &task, req)
                     })
@@ -309,17 +319,7 @@ fn run_steps(mut db: TestStore, steps: Vec<Step>) -> Result<(), TestCaseError> {
                     let (lease_id, task, holder, _) = leases[pick % leases.len()].clone();
                     let forger = wid(WORKERS[worker]);
                     if forger != holder {
-                        let req = SubmitRequest {
-                            lease_id,
-                            worker_id: forger,
-                            label: "positive".into(),
-                            embedding: None,
-                            generation: None,
-                            verification: None,
-                            confidence: 1.0,
-                            model: None,
-                            model_hash: None,
-                        };
+                        let req = vote(lease_id, forger, "positive", 1.0);
                         let r = apply(&mut db, now, &mut finished, |c, x| {
                             submit::run(c, x, &task, req)
                         });
@@ -339,17 +339,7 @@ fn run_steps(mut db: TestStore, steps: Vec<Step>) -> Result<(), TestCaseError> {
                                 )
                             })
                             .expect("sent");
-                        let req = SubmitRequest {
-                            lease_id,
-                            worker_id: worker,
-                            label,
-                            embedding: None,
-                            generation: None,
-                            verification: None,
-                            confidence: 0.7,
-                            model: None,
-                            model_hash: None,
-                        };
+                        let req = vote(lease_id, worker, label, 0.7);
                         let r = apply(&mut db, now, &mut finished, |c, x| {
                             submit::run(c, x, &task, req)
                         })

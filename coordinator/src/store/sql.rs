@@ -738,35 +738,39 @@ pub fn to_postgres(sql: &str) -> String {
     out
 }
 
-fn drop_index_hints(sql: &str) -> String {
+/// `sql` with every `needle` and what follows it replaced: `f` gets the text after the needle
+/// and returns the replacement and how many bytes of that text it replaces.
+fn rewrite_each(sql: &str, needle: &str, f: impl Fn(&str) -> (String, usize)) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut rest = sql;
-    while let Some(at) = rest.find(" INDEXED BY ") {
+    while let Some(at) = rest.find(needle) {
         out.push_str(&rest[..at]);
-        let after = &rest[at + " INDEXED BY ".len()..];
-        let end = after
-            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
-            .unwrap_or(after.len());
-        rest = &after[end..];
+        let after = &rest[at + needle.len()..];
+        let (with, used) = f(after);
+        out.push_str(&with);
+        rest = &after[used..];
     }
     out.push_str(rest);
     out
 }
 
+fn drop_index_hints(sql: &str) -> String {
+    rewrite_each(sql, " INDEXED BY ", |after| {
+        let name = after
+            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        (String::new(), name)
+    })
+}
+
 fn json_each(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len());
-    let mut rest = sql;
-    while let Some(at) = rest.find("json_each(") {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + "json_each(".len()..];
-        let end = after.find(')').unwrap_or(after.len());
-        out.push_str("json_array_elements_text(CAST(");
-        out.push_str(&after[..end]);
-        out.push_str(" AS json)");
-        rest = &after[end..];
-    }
-    out.push_str(rest);
-    out
+    rewrite_each(sql, "json_each(", |after| {
+        let arg = after.find(')').unwrap_or(after.len());
+        (
+            format!("json_array_elements_text(CAST({} AS json)", &after[..arg]),
+            arg,
+        )
+    })
 }
 
 impl ToSql for Arg<'_> {
