@@ -59,10 +59,11 @@ test: setup
 		AIMARKET_SENTENCES_DIR="$$(scripts/fetch-sentences.sh)" \
 		AIMARKET_SMOLLM2_DIR="$$(scripts/fetch-smollm2.sh)" $(CARGO) test --workspace
 
-## The fault suite alone, with its figures: crashes of workers, coordinator and nats-server
-## mid-run (also part of `make test`).
+## The fault suite alone, with its figures: crashes of workers, coordinators, nats-server and
+## PostgreSQL mid-run (also part of `make test`).
 test-faults: setup
-	NATS_SERVER_BIN="$$(scripts/setup.sh)" $(CARGO) test -p cli --test chaos --test faults -- --nocapture --test-threads 1
+	NATS_SERVER_BIN="$$(scripts/setup.sh)" AIMARKET_PG_BIN="$$(scripts/setup.sh --postgres)" \
+		$(CARGO) test -p cli --test chaos --test faults --test postgres_cluster -- --nocapture --test-threads 1
 
 ## The standard benchmarks (release build; see BENCHMARKS.md).
 bench: setup
