@@ -502,7 +502,7 @@ impl<'c> dyn Sql + 'c {
         })
     }
 
-    /// As [`prepare_cached`](Self::prepare_cached).
+    /// As `prepare_cached`.
     ///
     /// # Errors
     /// None today.
