@@ -690,6 +690,11 @@ pub(crate) mod testing {
             }
         }
 
+        /// The server's URL.
+        pub(crate) fn url(&self) -> &str {
+            &self.url
+        }
+
         /// A session on the database with every table emptied.
         pub(crate) fn fresh(&self) -> TestStore {
             let mut client =

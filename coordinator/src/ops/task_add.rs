@@ -4,7 +4,7 @@
 
 use super::{Ctx, Effect};
 use crate::error::CoreError;
-use crate::store::sql::{params, OptionalExtension, Sql};
+use crate::store::sql::{params, Dialect, OptionalExtension, Sql};
 use protocol::generation::{Decoding, VerifyMode};
 use protocol::limits::{DEFAULT_REQUIRED_SUBMISSIONS, DEFAULT_SIMILARITY};
 use protocol::messages::{TaskAddReply, TaskAddRequest, TaskAnnouncement};
@@ -27,6 +27,13 @@ pub(crate) fn run(
                 let body = serde_json::to_vec(&req.tasks).expect("tasks serialize");
                 hex::encode(sha2::Sha256::digest(body))
             };
+            // Two coordinators may get the same retried batch at once: on PostgreSQL the second
+            // waits here until the first commits, then finds its ids (SQLite has one writer).
+            if conn.dialect() == Dialect::Postgres {
+                conn.query_row("SELECT pg_advisory_xact_lock(hashtext(?1))", [id], |_| {
+                    Ok(())
+                })?;
+            }
             if let Some(ids) = created_before(conn, id, &digest)? {
                 tracing::info!(batch_id = %id, tasks = ids.len(), "batch already added");
                 return Ok(TaskAddReply { task_ids: ids });
@@ -299,5 +306,44 @@ mod tests {
         };
         assert!(run(&conn, &mut ctx(3), bad).is_err());
         assert_eq!(dump(&conn), before);
+    }
+
+    #[test]
+    fn concurrent_retries_of_a_batch_on_postgres_create_it_once() {
+        use crate::store::sql::{Pg, StmtCache};
+        let server = PgServer::start();
+        let batch = || TaskAddRequest {
+            batch_id: Some("twice".into()),
+            tasks: vec![NewTask::text("a"), NewTask::text("b")],
+        };
+        let connect = || postgres::Client::connect(server.url(), postgres::NoTls).expect("connect");
+        let (mut a, mut b) = (connect(), connect());
+        let cache = std::cell::RefCell::new(StmtCache::default());
+        let mut tx = a.transaction().expect("tx");
+        let first = run(&Pg::new(&mut tx, &cache), &mut ctx(0), batch()).expect("first");
+        // The retry reaches another coordinator while the first add is not yet committed.
+        let retry = std::thread::spawn(move || {
+            let cache = std::cell::RefCell::new(StmtCache::default());
+            let mut tx = b.transaction().expect("tx");
+            let r = run(&Pg::new(&mut tx, &cache), &mut ctx(1), batch());
+            tx.commit().expect("commit");
+            r
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        tx.commit().expect("commit");
+        let again = retry
+            .join()
+            .expect("retry thread")
+            .expect("the retry is answered");
+        assert_eq!(
+            again.task_ids, first.task_ids,
+            "the retry gets the first ids"
+        );
+        let mut c = connect();
+        let tasks: i64 = c
+            .query_one("SELECT COUNT(*) FROM task", &[])
+            .expect("count")
+            .get(0);
+        assert_eq!(tasks, 2, "the batch was created twice");
     }
 }
