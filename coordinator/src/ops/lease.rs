@@ -230,7 +230,7 @@ fn oldest_open_sql(dialect: Dialect) -> String {
         return format!(
             "SELECT seq, id, text, labels, generation FROM task
              WHERE type = ?2 AND {OPEN_FOR_WORKER}
-             ORDER BY seq LIMIT ?3 FOR UPDATE SKIP LOCKED"
+             ORDER BY seq LIMIT ?3 FOR NO KEY UPDATE SKIP LOCKED"
         );
     }
     format!(

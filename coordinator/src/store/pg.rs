@@ -4,7 +4,7 @@
 //! transaction per operation under READ COMMITTED (batching several in one transaction, each in
 //! a savepoint, measured slower here: a batch holds its task-row locks until its commit, and
 //! batches of different sessions deadlock on them): the operations lock the task row they decide
-//! on first (`FOR UPDATE`, see `lock_suffix` on `dyn Sql`), lease with `SKIP LOCKED` and guarded
+//! on first (`FOR NO KEY UPDATE`, see `lock_suffix` on `dyn Sql`), lease with `SKIP LOCKED` and guarded
 //! counter updates, so two coordinators never both finalize a task or lease past its free
 //! slots. Deadlock (40P01), serialization (40001) and lock-timeout (55P03) failures are rolled
 //! back and run again. A commit whose outcome is unknown (the connection lost during `COMMIT`)

@@ -481,13 +481,14 @@ impl Stmt<'_> {
 }
 
 impl<'c> dyn Sql + 'c {
-    /// What a `SELECT` of rows this transaction will decide on ends with: ` FOR UPDATE` on
-    /// PostgreSQL (another coordinator's transaction waits until this one ends), nothing on
-    /// SQLite (one writer at a time already).
+    /// What a `SELECT` of rows this transaction will decide on ends with: ` FOR NO KEY UPDATE`
+    /// on PostgreSQL (another coordinator's transaction that would change the row waits until
+    /// this one ends; inserting a lease or submission that references it, which takes only a
+    /// key-share lock, does not), nothing on SQLite (one writer at a time already).
     pub fn lock_suffix(&self) -> &'static str {
         match self.dialect() {
             Dialect::Sqlite => "",
-            Dialect::Postgres => " FOR UPDATE",
+            Dialect::Postgres => " FOR NO KEY UPDATE",
         }
     }
 
