@@ -120,7 +120,7 @@ pub(crate) fn accept(
             task: *task_id,
         })?,
     };
-    let (state, verify_row) = held_lease(conn, &lease_id, task_id, &sub.worker_id)?;
+    let (state, verify_row) = held_lease(conn, &lease_id, &task, &sub.worker_id)?;
     if task.distinct_models {
         let counted: bool = conn
             .prepare_cached(
@@ -223,7 +223,8 @@ pub(crate) fn accept(
     })
 }
 
-/// The state of lease `lease_id` and, for a verify lease, the scoring row it names.
+/// The state of lease `lease_id` and, for a verify lease (only generative tasks have them), the
+/// scoring row it names.
 ///
 /// # Errors
 /// [`CoreError::NoLease`] for an unknown lease; [`CoreError::LeaseMismatch`] when it is not
@@ -231,9 +232,10 @@ pub(crate) fn accept(
 pub(crate) fn held_lease(
     conn: &dyn Sql,
     lease_id: &LeaseId,
-    task: &TaskId,
+    task_row: &TaskRow,
     worker: &WorkerId,
 ) -> Result<(LeaseState, Option<verify::LeasedRow>), CoreError> {
+    let task = &task_row.id;
     let lease: Option<(TaskId, WorkerId, LeaseState)> = conn
         .prepare_cached("SELECT task_id, worker_id, state FROM lease WHERE id = ?1")?
         .query_row([lease_id.to_string()], |r| {
@@ -250,7 +252,11 @@ pub(crate) fn held_lease(
             task: lease_task,
         });
     }
-    Ok((state, verify::row_of_lease(conn, lease_id)?))
+    let row = match task_row.generation {
+        Some(_) => verify::row_of_lease(conn, lease_id)?,
+        None => None,
+    };
+    Ok((state, row))
 }
 
 /// Refuses an answer of the wrong kind for the task: a label for an `embedding` task, a vector

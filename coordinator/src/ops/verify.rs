@@ -327,7 +327,7 @@ pub(crate) fn accept(
         worker: worker.clone(),
         task: task.id,
     })?;
-    let (lease_state, row) = held_lease(conn, &lease_id, &task.id, worker)?;
+    let (lease_state, row) = held_lease(conn, &lease_id, task, worker)?;
     let Some(row) = row else {
         return Err(ProtocolError::invalid(
             "verification",
