@@ -182,13 +182,18 @@ pub(crate) fn is_unavailable(e: &crate::store::sql::Error) -> bool {
     }
 }
 
+/// SQLSTATEs of a transaction that lost to another: serialization failure, deadlock, lock
+/// timeout. Running it again may succeed.
+pub(crate) const CONFLICT_SQLSTATES: [&str; 3] = ["40001", "40P01", "55P03"];
+
 /// SQLSTATEs that pass on their own: lost connections (class 08), the server shutting down or
-/// starting (57P0x), resources (class 53), lock and serialization conflicts, timeouts.
+/// starting (57P0x), resources (class 53), conflicts ([`CONFLICT_SQLSTATES`]), timeouts.
 pub(crate) fn is_transient_sqlstate(code: &str) -> bool {
     code.starts_with("08")
         || code.starts_with("53")
         || code.starts_with("57P")
-        || matches!(code, "40001" | "40P01" | "55P03" | "57014" | "25P03")
+        || CONFLICT_SQLSTATES.contains(&code)
+        || matches!(code, "57014" | "25P03")
 }
 
 impl From<tokio_rusqlite::Error<CoreError>> for CoreError {

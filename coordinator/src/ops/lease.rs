@@ -127,14 +127,15 @@ pub(crate) fn run(
         // Every open task of each type up to its last pick is now held or answered by this
         // worker (the walk returned the others first): the next walk starts after it. (SQLite
         // only: with several writers a skipped row may still be one this worker needs.)
-        let cursor = conn.dialect() == Dialect::Sqlite;
-        let mut advance = conn.prepare_cached(
-            "INSERT INTO temp.lease_cursor (worker_id, type, after) VALUES (?1, ?2, ?3)
-             ON CONFLICT (worker_id, type) DO UPDATE SET after = max(after, excluded.after)",
-        )?;
-        for cap in caps.iter().filter(|_| cursor) {
-            if let Some(last) = picks.iter().rev().find(|c| &c.task_type == cap) {
-                advance.execute(params![worker.as_str(), cap.as_str(), last.seq])?;
+        if conn.dialect() == Dialect::Sqlite {
+            let mut advance = conn.prepare_cached(
+                "INSERT INTO temp.lease_cursor (worker_id, type, after) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (worker_id, type) DO UPDATE SET after = max(after, excluded.after)",
+            )?;
+            for cap in &caps {
+                if let Some(last) = picks.iter().rev().find(|c| &c.task_type == cap) {
+                    advance.execute(params![worker.as_str(), cap.as_str(), last.seq])?;
+                }
             }
         }
     }

@@ -16,7 +16,7 @@
 //! clock, read once per transaction. Reads run on a pool of read-only connections, each read in
 //! one snapshot (REPEATABLE READ).
 
-use crate::error::{CoreError, StoreError};
+use crate::error::{CoreError, StoreError, CONFLICT_SQLSTATES};
 use crate::store::sql::{Pg, Sql, StmtCache};
 use postgres::{Client, IsolationLevel, NoTls};
 use std::any::Any;
@@ -85,8 +85,10 @@ impl PgStore {
     /// # Errors
     /// [`StoreError`] for a bad URL, an unreachable server, or a schema from a newer build.
     pub fn open(url: &str, app: &str, timeouts: Timeouts) -> Result<Self, StoreError> {
-        let mut config = postgres::Config::from_str(url)
-            .map_err(|e| StoreError::Config(format!("{url:?} is not a PostgreSQL URL: {e}")))?;
+        let mut config = postgres::Config::from_str(url).map_err(|e| {
+            let shown = crate::store::without_password(url);
+            StoreError::Config(format!("{shown:?} is not a PostgreSQL URL: {e}"))
+        })?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
@@ -260,7 +262,7 @@ fn write_loop(config: &postgres::Config, rx: &Mutex<std::sync::mpsc::Receiver<Jo
 
 /// Whether a failed run may simply run again: a conflict with another transaction.
 fn conflict(e: &CoreError) -> bool {
-    matches!(e, CoreError::Store(e) if matches!(e.sqlstate(), Some("40001" | "40P01" | "55P03")))
+    matches!(e, CoreError::Store(e) if e.sqlstate().is_some_and(|c| CONFLICT_SQLSTATES.contains(&c)))
 }
 
 fn run_job(

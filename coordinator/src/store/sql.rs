@@ -2,14 +2,13 @@
 //! operation runs over, implemented by SQLite's connection and by a PostgreSQL transaction.
 //!
 //! The operations keep their rules written once, in SQL both engines run: numbered parameters
-//! (`?1`, which the PostgreSQL side rewrites to `$1`), `TRUE`/`FALSE` for flags, and, where the
-//! engines differ (a row lock, `SKIP LOCKED`, SQLite's lease cursor), a branch on
-//! [`Sql::dialect`]. Values cross the seam as a handful of dynamic types ([`Arg`] in,
+//! (`?1`, which the PostgreSQL side rewrites to `$1`), flags as 0/1 integers compared
+//! explicitly, and, where the engines differ (a row lock, `SKIP LOCKED`, SQLite's lease
+//! cursor), a branch on [`Sql::dialect`]. Values cross the seam as a handful of dynamic types ([`Arg`] in,
 //! [`ValueRef`] out), read into typed values with [`FromValue`]; ids and states are parsed at
 //! that boundary, never passed on as text.
 
 use postgres_types::{IsNull, ToSql, Type};
-use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -85,8 +84,8 @@ impl<T> OptionalExtension<T> for Result<T> {
     }
 }
 
-/// A parameter value.
-#[derive(Debug, Clone, PartialEq)]
+/// A parameter value, borrowed from what it binds.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Arg<'a> {
     /// SQL NULL.
     Null,
@@ -95,9 +94,9 @@ pub enum Arg<'a> {
     /// A float.
     Real(f64),
     /// Text.
-    Text(Cow<'a, str>),
+    Text(&'a str),
     /// Bytes.
-    Blob(Cow<'a, [u8]>),
+    Blob(&'a [u8]),
 }
 
 /// A type that binds as a parameter.
@@ -149,37 +148,31 @@ impl ToArg for f32 {
 
 impl ToArg for str {
     fn to_arg(&self) -> Arg<'_> {
-        Arg::Text(Cow::Borrowed(self))
+        Arg::Text(self)
     }
 }
 
 impl ToArg for String {
     fn to_arg(&self) -> Arg<'_> {
-        Arg::Text(Cow::Borrowed(self))
+        Arg::Text(self)
     }
 }
 
 impl ToArg for [u8] {
     fn to_arg(&self) -> Arg<'_> {
-        Arg::Blob(Cow::Borrowed(self))
+        Arg::Blob(self)
     }
 }
 
 impl ToArg for Vec<u8> {
     fn to_arg(&self) -> Arg<'_> {
-        Arg::Blob(Cow::Borrowed(self))
+        Arg::Blob(self)
     }
 }
 
 impl ToArg for Arg<'_> {
     fn to_arg(&self) -> Arg<'_> {
-        match self {
-            Arg::Null => Arg::Null,
-            Arg::Int(i) => Arg::Int(*i),
-            Arg::Real(f) => Arg::Real(*f),
-            Arg::Text(s) => Arg::Text(Cow::Borrowed(s)),
-            Arg::Blob(b) => Arg::Blob(Cow::Borrowed(b)),
-        }
+        *self
     }
 }
 
@@ -204,12 +197,6 @@ impl<T: ToArg, const N: usize> Params for [T; N] {
 impl Params for &[&dyn ToArg] {
     fn args(&self) -> Vec<Arg<'_>> {
         self.iter().map(|a| a.to_arg()).collect()
-    }
-}
-
-impl Params for Vec<Arg<'_>> {
-    fn args(&self) -> Vec<Arg<'_>> {
-        self.iter().map(ToArg::to_arg).collect()
     }
 }
 
@@ -471,12 +458,7 @@ impl Stmt<'_> {
     /// # Errors
     /// The engine's.
     pub fn exists<P: Params>(&mut self, p: P) -> Result<bool> {
-        let mut found = false;
-        self.db.rows(&self.sql, &p.args(), &mut |_| {
-            found = true;
-            Ok(false)
-        })?;
-        Ok(found)
+        Ok(self.query_row(p, |_| Ok(())).optional()?.is_some())
     }
 }
 
@@ -799,12 +781,12 @@ impl ToSql for Arg<'_> {
             },
             Arg::Text(s) => match name {
                 "text" | "varchar" | "bpchar" | "name" | "unknown" | "json" | "jsonb" => {
-                    s.as_ref().to_sql(ty, out)
+                    s.to_sql(ty, out)
                 }
                 _ => Err(format!("text cannot bind to {name}").into()),
             },
             Arg::Blob(b) => match name {
-                "bytea" => b.as_ref().to_sql(ty, out),
+                "bytea" => b.to_sql(ty, out),
                 _ => Err(format!("bytes cannot bind to {name}").into()),
             },
         }
