@@ -9,7 +9,7 @@ use crate::error::CoreError;
 use crate::store::sql::Dialect;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use protocol::messages::{Heartbeat, NewTask, ReleaseRequest, SubmitRequest, TaskAddRequest};
+use protocol::messages::{Heartbeat, NewTask, ReleaseRequest, TaskAddRequest};
 use protocol::{ErrorCode, LeaseId};
 use std::collections::HashMap;
 
@@ -107,26 +107,6 @@ fn gold_settings() -> Settings {
         gold_min_answers: 3,
         gold_min_accuracy: 0.6,
         ..settings()
-    }
-}
-
-/// A label answer on `lease_id`.
-fn vote(
-    lease_id: LeaseId,
-    worker_id: WorkerId,
-    label: impl Into<String>,
-    confidence: f64,
-) -> SubmitRequest {
-    SubmitRequest {
-        lease_id,
-        worker_id,
-        label: label.into(),
-        embedding: None,
-        generation: None,
-        verification: None,
-        confidence,
-        model: None,
-        model_hash: None,
     }
 }
 
@@ -253,15 +233,14 @@ fn run_steps(mut db: TestStore, steps: Vec<Step>) -> Result<(), TestCaseError> {
                     tasks.extend(r.task_ids);
                 }
                 Step::Lease { worker, max } => {
-                    let quarantined = db
-                        .read(|c| gold::quarantine(c, &wid(WORKERS[worker])))
+                    let quarantined = gold::quarantine(&db, &wid(WORKERS[worker]))
                         .expect("read")
                         .is_some();
                     let req = lease_req(WORKERS[worker], max);
                     let r = apply(&mut db, now, &mut finished, |c, x| lease::run(c, x, req))
                         .expect("lease");
                     for l in &r.leases {
-                        let t = db.read(|c| load_task(c, &l.task_id)).expect("leased task");
+                        let t = load_task(&db, &l.task_id).expect("leased task");
                         prop_assert!(
                             !quarantined || t.gold.is_some(),
                             "a quarantined worker got a real task"
@@ -275,12 +254,8 @@ fn run_steps(mut db: TestStore, steps: Vec<Step>) -> Result<(), TestCaseError> {
                 }
                 Step::Cancel { pick } if !tasks.is_empty() => {
                     let id = tasks[pick % tasks.len()];
-                    let open = !db
-                        .read(|c| load_task(c, &id))
-                        .expect("task")
-                        .status
-                        .is_terminal();
-                    let before = db.read(dump);
+                    let open = !load_task(&db, &id).expect("task").status.is_terminal();
+                    let before = dump(&db);
                     let req = protocol::policy::TaskIdsRequest { task_ids: vec![id] };
                     let r = apply(&mut db, now, &mut finished, |c, x| {
                         cancel::cancel(c, x, req)
@@ -288,13 +263,13 @@ fn run_steps(mut db: TestStore, steps: Vec<Step>) -> Result<(), TestCaseError> {
                     prop_assert_eq!(r.is_ok(), open);
                     if !open {
                         prop_assert_eq!(r.expect_err("closed").code(), ErrorCode::TaskClosed);
-                        prop_assert_eq!(db.read(dump), before);
+                        prop_assert_eq!(dump(&db), before);
                     }
                 }
                 Step::Retry { pick } if !tasks.is_empty() => {
                     let id = tasks[pick % tasks.len()];
-                    let failed = db.read(|c| load_task(c, &id)).expect("task").status
-                        == protocol::TaskStatus::Failed;
+                    let failed =
+                        load_task(&db, &id).expect("task").status == protocol::TaskStatus::Failed;
                     let req = protocol::policy::TaskIdsRequest { task_ids: vec![id] };
                     let r = apply(&mut db, now, &mut finished, |c, x| cancel::retry(c, x, req));
                     prop_assert_eq!(r.is_ok(), failed);
@@ -329,15 +304,13 @@ fn run_steps(mut db: TestStore, steps: Vec<Step>) -> Result<(), TestCaseError> {
                 Step::Resend { pick } if !leases.is_empty() => {
                     let (lease_id, task, worker, sent) = leases[pick % leases.len()].clone();
                     if sent {
-                        let before = db.read(dump);
+                        let before = dump(&db);
                         let label: String = db
-                            .read(|c| {
-                                c.query_row(
-                                    "SELECT label FROM submission WHERE lease_id = ?1",
-                                    [lease_id.to_string()],
-                                    |r| r.get(0),
-                                )
-                            })
+                            .query_row(
+                                "SELECT label FROM submission WHERE lease_id = ?1",
+                                [lease_id.to_string()],
+                                |r| r.get(0),
+                            )
                             .expect("sent");
                         let req = vote(lease_id, worker, label, 0.7);
                         let r = apply(&mut db, now, &mut finished, |c, x| {
@@ -345,7 +318,7 @@ fn run_steps(mut db: TestStore, steps: Vec<Step>) -> Result<(), TestCaseError> {
                         })
                         .expect("resend");
                         prop_assert!(r.duplicate);
-                        prop_assert_eq!(db.read(dump), before);
+                        prop_assert_eq!(dump(&db), before);
                     }
                 }
                 Step::Heartbeat { worker, named } => {
@@ -383,7 +356,7 @@ fn run_steps(mut db: TestStore, steps: Vec<Step>) -> Result<(), TestCaseError> {
                 }
                 _ => {}
             }
-            db.read(|c| check(c, &finished));
+            check(&db, &finished);
         }
     }
     Ok(())

@@ -624,7 +624,26 @@ pub(crate) mod testing {
 
     impl TestDb for TestStore {
         fn write<T, E>(&mut self, f: impl FnOnce(&dyn Sql) -> Result<T, E>) -> Result<T, E> {
-            TestStore::write(self, f)
+            match self {
+                TestStore::Sqlite(conn) => conn.write(f),
+                TestStore::Postgres(pg) => {
+                    let mut client = pg.client.borrow_mut();
+                    let mut tx = client.transaction().expect("tx");
+                    let r = f(&crate::store::sql::Pg::new(&mut tx, &pg.cache));
+                    if r.is_ok() {
+                        tx.commit().expect("commit");
+                    }
+                    r
+                }
+            }
+        }
+    }
+
+    impl PgTest {
+        /// This session in autocommit mode.
+        fn autocommit<T>(&self, f: impl FnOnce(&dyn Sql) -> T) -> T {
+            let mut client = self.client.borrow_mut();
+            f(&crate::store::sql::Pg::new(&mut *client, &self.cache))
         }
     }
 
@@ -643,10 +662,7 @@ pub(crate) mod testing {
         ) -> crate::store::sql::Result<usize> {
             match self {
                 TestStore::Sqlite(c) => c.exec(sql, args),
-                TestStore::Postgres(pg) => {
-                    let mut client = pg.client.borrow_mut();
-                    crate::store::sql::Pg::new(&mut *client, &pg.cache).exec(sql, args)
-                }
+                TestStore::Postgres(pg) => pg.autocommit(|c| c.exec(sql, args)),
             }
         }
 
@@ -658,17 +674,14 @@ pub(crate) mod testing {
         ) -> crate::store::sql::Result<()> {
             match self {
                 TestStore::Sqlite(c) => c.rows(sql, args, each),
-                TestStore::Postgres(pg) => {
-                    let mut client = pg.client.borrow_mut();
-                    crate::store::sql::Pg::new(&mut *client, &pg.cache).rows(sql, args, each)
-                }
+                TestStore::Postgres(pg) => pg.autocommit(|c| c.rows(sql, args, each)),
             }
         }
 
         fn exec_batch(&self, sql: &str) -> crate::store::sql::Result<()> {
             match self {
                 TestStore::Sqlite(c) => c.exec_batch(sql),
-                TestStore::Postgres(pg) => Ok(pg.client.borrow_mut().batch_execute(sql)?),
+                TestStore::Postgres(pg) => pg.autocommit(|c| c.exec_batch(sql)),
             }
         }
     }
@@ -726,44 +739,6 @@ pub(crate) mod testing {
             f: impl FnOnce(&Row<'_>) -> crate::store::sql::Result<T>,
         ) -> crate::store::sql::Result<T> {
             (self as &dyn Sql).query_row(sql, p, f)
-        }
-
-        /// Runs `f` in a transaction, committed when it returns `Ok`.
-        pub(crate) fn write<T, E>(
-            &mut self,
-            f: impl FnOnce(&dyn Sql) -> Result<T, E>,
-        ) -> Result<T, E> {
-            match self {
-                TestStore::Sqlite(conn) => {
-                    let tx = conn.transaction().expect("tx");
-                    let r = f(&tx);
-                    if r.is_ok() {
-                        tx.commit().expect("commit");
-                    }
-                    r
-                }
-                TestStore::Postgres(pg) => {
-                    let mut client = pg.client.borrow_mut();
-                    let mut tx = client.transaction().expect("tx");
-                    let r = f(&crate::store::sql::Pg::new(&mut tx, &pg.cache));
-                    if r.is_ok() {
-                        tx.commit().expect("commit");
-                    }
-                    r
-                }
-            }
-        }
-
-        /// Runs `f` in a transaction that is rolled back.
-        pub(crate) fn read<T>(&mut self, f: impl FnOnce(&dyn Sql) -> T) -> T {
-            match self {
-                TestStore::Sqlite(conn) => f(conn),
-                TestStore::Postgres(pg) => {
-                    let mut client = pg.client.borrow_mut();
-                    let mut tx = client.transaction().expect("tx");
-                    f(&crate::store::sql::Pg::new(&mut tx, &pg.cache))
-                }
-            }
         }
     }
 
@@ -856,9 +831,19 @@ pub(crate) mod testing {
         label: &str,
         confidence: f64,
     ) -> SubmitRequest {
+        vote(lease.lease_id, wid(worker), label, confidence)
+    }
+
+    /// A label answer on lease `lease_id`.
+    pub(crate) fn vote(
+        lease_id: LeaseId,
+        worker_id: WorkerId,
+        label: impl Into<String>,
+        confidence: f64,
+    ) -> SubmitRequest {
         SubmitRequest {
-            lease_id: lease.lease_id,
-            worker_id: wid(worker),
+            lease_id,
+            worker_id,
             label: label.into(),
             embedding: None,
             generation: None,
