@@ -15,11 +15,11 @@
 
 mod common;
 
-use common::{acknowledged, signal, wait_until, write_reviews, BIN};
+use common::{acknowledged, logged, signal, wait_until, write_reviews, BIN};
 use protocol::messages::CoordinatorStatus;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 use test_support::{NatsCluster, Postgres};
 
@@ -38,19 +38,8 @@ struct Scale {
 
 impl Scale {
     fn command(&self, log: &str, nats: String) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.env("NATS_URL", nats)
-            .env("RUST_LOG", "info,worker=debug,async_nats=warn")
-            .env("AIMARKET_NATS_PING_SECONDS", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(self.dir.path().join(log))
-                    .expect("log file"),
-            );
+        let mut cmd = logged(self.dir.path(), log, &nats);
+        cmd.env("AIMARKET_NATS_PING_SECONDS", "1");
         cmd
     }
 

@@ -86,40 +86,6 @@ impl Postgres {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
-    /// The URL of database `db` on this server.
-    pub fn url_of(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
-    }
-
-    /// The port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// Creates database `db`.
-    ///
-    /// # Panics
-    /// When `createdb` fails.
-    pub fn create_db(&self, db: &str) {
-        let out = Command::new(self.bin.join("createdb"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                db,
-            ])
-            .output()
-            .expect("createdb runs");
-        assert!(
-            out.status.success(),
-            "createdb {db}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
     /// Crashes the server the way a power cut does to its processes: `pg_ctl stop -m immediate`
     /// (every backend quits at once, no checkpoint); the next start replays the WAL.
     pub fn crash(&mut self) {
@@ -205,7 +171,7 @@ impl Postgres {
     }
 
     /// The server's log so far.
-    pub fn log(&self) -> String {
+    fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
     }
 }
@@ -253,7 +219,7 @@ fn chown(path: &Path, uid: u32, gid: u32) {
 ///
 /// # Panics
 /// When none is found, with the command that installs it.
-pub fn pg_bin_dir() -> PathBuf {
+fn pg_bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("AIMARKET_PG_BIN") {
         return PathBuf::from(dir);
     }

@@ -50,20 +50,8 @@ impl Cluster {
     }
 
     fn command(&self, log: &str) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.env("NATS_URL", self.nats.url())
-            .env("RUST_LOG", "info,worker=debug,async_nats=warn")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            // Appended: a restarted process keeps its predecessor's log.
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(self.dir.path().join(log))
-                    .expect("log file"),
-            );
+        let mut cmd = logged(self.dir.path(), log, &self.nats.url());
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         cmd
     }
 
@@ -216,6 +204,24 @@ impl Cluster {
     pub(crate) fn count(&self, sql: &str) -> i64 {
         self.db().query_row(sql, [], |r| r.get(0)).expect(sql)
     }
+}
+
+/// An `aimarket` command on NATS `nats`, logging (worker details included) to `log` in `dir`,
+/// appended: a restarted process keeps its predecessor's log.
+pub(crate) fn logged(dir: &std::path::Path, log: &str, nats: &str) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env("NATS_URL", nats)
+        .env("RUST_LOG", "info,worker=debug,async_nats=warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(log))
+                .expect("log file"),
+        );
+    cmd
 }
 
 impl Drop for Cluster {
