@@ -658,7 +658,7 @@ pub(crate) mod testing {
         fn exec(
             &self,
             sql: &str,
-            args: &[crate::store::sql::Arg<'_>],
+            args: &[crate::store::sql::ValueRef<'_>],
         ) -> crate::store::sql::Result<usize> {
             match self {
                 TestStore::Sqlite(c) => c.exec(sql, args),
@@ -669,7 +669,7 @@ pub(crate) mod testing {
         fn rows(
             &self,
             sql: &str,
-            args: &[crate::store::sql::Arg<'_>],
+            args: &[crate::store::sql::ValueRef<'_>],
             each: &mut dyn FnMut(&Row<'_>) -> crate::store::sql::Result<bool>,
         ) -> crate::store::sql::Result<()> {
             match self {

@@ -4,9 +4,9 @@
 //! The operations keep their rules written once, in SQL both engines run: numbered parameters
 //! (`?1`, which the PostgreSQL side rewrites to `$1`), flags as 0/1 integers compared
 //! explicitly, and, where the engines differ (a row lock, `SKIP LOCKED`, SQLite's lease
-//! cursor), a branch on [`Sql::dialect`]. Values cross the seam as a handful of dynamic types ([`Arg`] in,
-//! [`ValueRef`] out), read into typed values with [`FromValue`]; ids and states are parsed at
-//! that boundary, never passed on as text.
+//! cursor), a branch on [`Sql::dialect`]. Values cross the seam as one small dynamic type
+//! ([`ValueRef`]), bound from typed values with [`ToArg`] and read into them with
+//! [`FromValue`]; ids and states are parsed at that boundary, never passed on as text.
 
 use postgres_types::{IsNull, ToSql, Type};
 use std::cell::RefCell;
@@ -84,44 +84,29 @@ impl<T> OptionalExtension<T> for Result<T> {
     }
 }
 
-/// A parameter value, borrowed from what it binds.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Arg<'a> {
-    /// SQL NULL.
-    Null,
-    /// An integer (flags too).
-    Int(i64),
-    /// A float.
-    Real(f64),
-    /// Text.
-    Text(&'a str),
-    /// Bytes.
-    Blob(&'a [u8]),
-}
-
 /// A type that binds as a parameter.
 pub trait ToArg {
     /// The value to bind.
-    fn to_arg(&self) -> Arg<'_>;
+    fn to_arg(&self) -> ValueRef<'_>;
 }
 
 impl<T: ToArg + ?Sized> ToArg for &T {
-    fn to_arg(&self) -> Arg<'_> {
+    fn to_arg(&self) -> ValueRef<'_> {
         (**self).to_arg()
     }
 }
 
 impl<T: ToArg> ToArg for Option<T> {
-    fn to_arg(&self) -> Arg<'_> {
-        self.as_ref().map_or(Arg::Null, ToArg::to_arg)
+    fn to_arg(&self) -> ValueRef<'_> {
+        self.as_ref().map_or(ValueRef::Null, ToArg::to_arg)
     }
 }
 
 macro_rules! int_arg {
     ($($t:ty),*) => {$(
         impl ToArg for $t {
-            fn to_arg(&self) -> Arg<'_> {
-                Arg::Int(i64::try_from(*self).unwrap_or(i64::MAX))
+            fn to_arg(&self) -> ValueRef<'_> {
+                ValueRef::Integer(i64::try_from(*self).unwrap_or(i64::MAX))
             }
         }
     )*};
@@ -129,49 +114,49 @@ macro_rules! int_arg {
 int_arg!(i64, i32, u32, u64, usize, u16, u8);
 
 impl ToArg for bool {
-    fn to_arg(&self) -> Arg<'_> {
-        Arg::Int(i64::from(*self))
+    fn to_arg(&self) -> ValueRef<'_> {
+        ValueRef::Integer(i64::from(*self))
     }
 }
 
 impl ToArg for f64 {
-    fn to_arg(&self) -> Arg<'_> {
-        Arg::Real(*self)
+    fn to_arg(&self) -> ValueRef<'_> {
+        ValueRef::Real(*self)
     }
 }
 
 impl ToArg for f32 {
-    fn to_arg(&self) -> Arg<'_> {
-        Arg::Real(f64::from(*self))
+    fn to_arg(&self) -> ValueRef<'_> {
+        ValueRef::Real(f64::from(*self))
     }
 }
 
 impl ToArg for str {
-    fn to_arg(&self) -> Arg<'_> {
-        Arg::Text(self)
+    fn to_arg(&self) -> ValueRef<'_> {
+        ValueRef::Text(self)
     }
 }
 
 impl ToArg for String {
-    fn to_arg(&self) -> Arg<'_> {
-        Arg::Text(self)
+    fn to_arg(&self) -> ValueRef<'_> {
+        ValueRef::Text(self)
     }
 }
 
 impl ToArg for [u8] {
-    fn to_arg(&self) -> Arg<'_> {
-        Arg::Blob(self)
+    fn to_arg(&self) -> ValueRef<'_> {
+        ValueRef::Blob(self)
     }
 }
 
 impl ToArg for Vec<u8> {
-    fn to_arg(&self) -> Arg<'_> {
-        Arg::Blob(self)
+    fn to_arg(&self) -> ValueRef<'_> {
+        ValueRef::Blob(self)
     }
 }
 
-impl ToArg for Arg<'_> {
-    fn to_arg(&self) -> Arg<'_> {
+impl ToArg for ValueRef<'_> {
+    fn to_arg(&self) -> ValueRef<'_> {
         *self
     }
 }
@@ -179,23 +164,23 @@ impl ToArg for Arg<'_> {
 /// A statement's parameters: `()`, an array of one type, or [`params!`](crate::params)'s slice.
 pub trait Params {
     /// The values, in order.
-    fn args(&self) -> Vec<Arg<'_>>;
+    fn args(&self) -> Vec<ValueRef<'_>>;
 }
 
 impl Params for () {
-    fn args(&self) -> Vec<Arg<'_>> {
+    fn args(&self) -> Vec<ValueRef<'_>> {
         Vec::new()
     }
 }
 
 impl<T: ToArg, const N: usize> Params for [T; N] {
-    fn args(&self) -> Vec<Arg<'_>> {
+    fn args(&self) -> Vec<ValueRef<'_>> {
         self.iter().map(ToArg::to_arg).collect()
     }
 }
 
 impl Params for &[&dyn ToArg] {
-    fn args(&self) -> Vec<Arg<'_>> {
+    fn args(&self) -> Vec<ValueRef<'_>> {
         self.iter().map(|a| a.to_arg()).collect()
     }
 }
@@ -212,7 +197,7 @@ macro_rules! params {
 }
 pub use crate::params;
 
-/// A column's value as read.
+/// A value crossing the seam, borrowed: a parameter as bound, or a column as read.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ValueRef<'a> {
     /// SQL NULL.
@@ -385,7 +370,7 @@ pub trait Sql {
     ///
     /// # Errors
     /// The engine's.
-    fn exec(&self, sql: &str, args: &[Arg<'_>]) -> Result<usize>;
+    fn exec(&self, sql: &str, args: &[ValueRef<'_>]) -> Result<usize>;
 
     /// Runs a query, handing each row to `each` until it returns `false`.
     ///
@@ -394,7 +379,7 @@ pub trait Sql {
     fn rows(
         &self,
         sql: &str,
-        args: &[Arg<'_>],
+        args: &[ValueRef<'_>],
         each: &mut dyn FnMut(&Row<'_>) -> Result<bool>,
     ) -> Result<()>;
 
@@ -551,20 +536,20 @@ impl<'c> dyn Sql + 'c {
 
 // --- SQLite ---------------------------------------------------------------------------------
 
-impl rusqlite::ToSql for Arg<'_> {
+impl rusqlite::ToSql for ValueRef<'_> {
     fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
         use rusqlite::types::{ToSqlOutput, ValueRef as V};
         Ok(ToSqlOutput::Borrowed(match self {
-            Arg::Null => V::Null,
-            Arg::Int(i) => V::Integer(*i),
-            Arg::Real(f) => V::Real(*f),
-            Arg::Text(s) => V::Text(s.as_bytes()),
-            Arg::Blob(b) => V::Blob(b),
+            ValueRef::Null => V::Null,
+            ValueRef::Integer(i) => V::Integer(*i),
+            ValueRef::Real(f) => V::Real(*f),
+            ValueRef::Text(s) => V::Text(s.as_bytes()),
+            ValueRef::Blob(b) => V::Blob(b),
         }))
     }
 }
 
-fn lite_exec(c: &rusqlite::Connection, sql: &str, args: &[Arg<'_>]) -> Result<usize> {
+fn lite_exec(c: &rusqlite::Connection, sql: &str, args: &[ValueRef<'_>]) -> Result<usize> {
     let mut stmt = c.prepare_cached(sql)?;
     Ok(stmt.execute(rusqlite::params_from_iter(args.iter()))?)
 }
@@ -572,7 +557,7 @@ fn lite_exec(c: &rusqlite::Connection, sql: &str, args: &[Arg<'_>]) -> Result<us
 fn lite_rows(
     c: &rusqlite::Connection,
     sql: &str,
-    args: &[Arg<'_>],
+    args: &[ValueRef<'_>],
     each: &mut dyn FnMut(&Row<'_>) -> Result<bool>,
 ) -> Result<()> {
     let mut stmt = c.prepare_cached(sql)?;
@@ -591,13 +576,13 @@ macro_rules! sqlite_sql {
             fn dialect(&self) -> Dialect {
                 Dialect::Sqlite
             }
-            fn exec(&self, sql: &str, args: &[Arg<'_>]) -> Result<usize> {
+            fn exec(&self, sql: &str, args: &[ValueRef<'_>]) -> Result<usize> {
                 lite_exec(self, sql, args)
             }
             fn rows(
                 &self,
                 sql: &str,
-                args: &[Arg<'_>],
+                args: &[ValueRef<'_>],
                 each: &mut dyn FnMut(&Row<'_>) -> Result<bool>,
             ) -> Result<()> {
                 lite_rows(self, sql, args, each)
@@ -663,7 +648,7 @@ impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
         Dialect::Postgres
     }
 
-    fn exec(&self, sql: &str, args: &[Arg<'_>]) -> Result<usize> {
+    fn exec(&self, sql: &str, args: &[ValueRef<'_>]) -> Result<usize> {
         let stmt = self.statement(sql)?;
         let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
         let n = self.client.borrow_mut().execute(&stmt, &params)?;
@@ -673,7 +658,7 @@ impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
     fn rows(
         &self,
         sql: &str,
-        args: &[Arg<'_>],
+        args: &[ValueRef<'_>],
         each: &mut dyn FnMut(&Row<'_>) -> Result<bool>,
     ) -> Result<()> {
         let stmt = self.statement(sql)?;
@@ -756,12 +741,12 @@ fn json_each(sql: &str) -> String {
     })
 }
 
-impl ToSql for Arg<'_> {
+impl ToSql for ValueRef<'_> {
     fn to_sql(&self, ty: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, BoxError> {
         let name = ty.name();
         match self {
-            Arg::Null => Ok(IsNull::Yes),
-            Arg::Int(i) => match name {
+            ValueRef::Null => Ok(IsNull::Yes),
+            ValueRef::Integer(i) => match name {
                 "int8" => i.to_sql(ty, out),
                 "int4" => i32::try_from(*i)?.to_sql(ty, out),
                 "int2" => i16::try_from(*i)?.to_sql(ty, out),
@@ -773,19 +758,19 @@ impl ToSql for Arg<'_> {
                 "text" | "varchar" | "bpchar" | "unknown" => i.to_string().as_str().to_sql(ty, out),
                 _ => Err(format!("an integer cannot bind to {name}").into()),
             },
-            Arg::Real(f) => match name {
+            ValueRef::Real(f) => match name {
                 "float8" => f.to_sql(ty, out),
                 #[allow(clippy::cast_possible_truncation)]
                 "float4" => (*f as f32).to_sql(ty, out),
                 _ => Err(format!("a float cannot bind to {name}").into()),
             },
-            Arg::Text(s) => match name {
+            ValueRef::Text(s) => match name {
                 "text" | "varchar" | "bpchar" | "name" | "unknown" | "json" | "jsonb" => {
                     s.to_sql(ty, out)
                 }
                 _ => Err(format!("text cannot bind to {name}").into()),
             },
-            Arg::Blob(b) => match name {
+            ValueRef::Blob(b) => match name {
                 "bytea" => b.to_sql(ty, out),
                 _ => Err(format!("bytes cannot bind to {name}").into()),
             },
