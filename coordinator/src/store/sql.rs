@@ -839,46 +839,28 @@ fn pg_value<T>(
     i: usize,
     f: impl FnOnce(ValueRef<'_>) -> Result<T>,
 ) -> Result<T> {
-    let ty = r
+    /// Column `i` as a `C`, NULL as such.
+    fn read<'r, C: postgres_types::FromSql<'r>>(
+        r: &'r postgres::Row,
+        i: usize,
+        to: impl FnOnce(C) -> ValueRef<'r>,
+    ) -> Result<ValueRef<'r>> {
+        Ok(r.try_get::<_, Option<C>>(i)?.map_or(ValueRef::Null, to))
+    }
+    let column = r
         .columns()
         .get(i)
-        .ok_or_else(|| Error::Conversion(i, "no such column".into()))?
-        .type_()
-        .clone();
-    let v = match ty.name() {
-        "int8" => r
-            .try_get::<_, Option<i64>>(i)?
-            .map_or(ValueRef::Null, ValueRef::Integer),
-        "int4" => r
-            .try_get::<_, Option<i32>>(i)?
-            .map_or(ValueRef::Null, |v| ValueRef::Integer(v.into())),
-        "int2" => r
-            .try_get::<_, Option<i16>>(i)?
-            .map_or(ValueRef::Null, |v| ValueRef::Integer(v.into())),
-        "bool" => r
-            .try_get::<_, Option<bool>>(i)?
-            .map_or(ValueRef::Null, |v| ValueRef::Integer(v.into())),
-        "float8" => r
-            .try_get::<_, Option<f64>>(i)?
-            .map_or(ValueRef::Null, ValueRef::Real),
-        "float4" => r
-            .try_get::<_, Option<f32>>(i)?
-            .map_or(ValueRef::Null, |v| ValueRef::Real(v.into())),
-        "numeric" => r
-            .try_get::<_, Option<Numeric>>(i)?
-            .map_or(ValueRef::Null, |n| n.0),
-        "bytea" => {
-            return match r.try_get::<_, Option<&[u8]>>(i)? {
-                None => f(ValueRef::Null),
-                Some(b) => f(ValueRef::Blob(b)),
-            }
-        }
-        _ => {
-            return match r.try_get::<_, Option<&str>>(i)? {
-                None => f(ValueRef::Null),
-                Some(s) => f(ValueRef::Text(s)),
-            }
-        }
+        .ok_or_else(|| Error::Conversion(i, "no such column".into()))?;
+    let v = match column.type_().name() {
+        "int8" => read(r, i, ValueRef::Integer)?,
+        "int4" => read(r, i, |v: i32| ValueRef::Integer(v.into()))?,
+        "int2" => read(r, i, |v: i16| ValueRef::Integer(v.into()))?,
+        "bool" => read(r, i, |v: bool| ValueRef::Integer(v.into()))?,
+        "float8" => read(r, i, ValueRef::Real)?,
+        "float4" => read(r, i, |v: f32| ValueRef::Real(v.into()))?,
+        "numeric" => read(r, i, |n: Numeric| n.0)?,
+        "bytea" => read(r, i, ValueRef::Blob)?,
+        _ => read(r, i, ValueRef::Text)?,
     };
     f(v)
 }
