@@ -77,7 +77,8 @@ struct Report {
     echo_rtt_us: Percentiles,
     bulk_add: Option<Rate>,
     depth: Option<DepthReport>,
-    /// The store the coordinators ran on (`sqlite <path>` or `postgres host:port/db`).
+    /// The store the coordinators ran on (`sqlite <path>`, or the PostgreSQL URL without its
+    /// password).
     store: String,
     /// CPU of each coordinator over the load phase, in cores.
     coordinator_cpu_cores: Vec<f64>,
@@ -267,7 +268,13 @@ pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     let pg_cpu = cores(pg_before, postgres.then(postgres_ticks));
     let store = stack.as_ref().map_or_else(
         || "-".to_owned(),
-        |s| coordinator::store::without_password(&s.db),
+        |s| {
+            if postgres {
+                coordinator::store::without_password(&s.db)
+            } else {
+                format!("sqlite {}", s.db)
+            }
+        },
     );
     let ledger = Ledger::between(&stats_before, &stats(&client).await?, load.finalized);
     if !ledger.adds_up(args.tasks, args.required) {

@@ -172,7 +172,7 @@ impl Store {
             Kind::Sqlite { conn, .. } => Ok(conn
                 .call(move |conn| {
                     let tx = conn.transaction()?;
-                    let now = chrono::Utc::now().timestamp_millis();
+                    let now = sql::Sql::now_ms(&tx)?;
                     guarded(|| op(&tx, now))
                 })
                 .await?),
