@@ -47,6 +47,12 @@ const MIGRATIONS: &[&str] = &[
          points    BIGINT NOT NULL
      );
      CREATE INDEX score_delta_by_worker ON score_delta (worker_id);",
+    // A statement's generic plan is often made while its tables are still empty, and it stays
+    // until they are analyzed: by a worker-only index, the lookup of one worker's submission on
+    // a task became a walk over all of that worker's submissions. Either index now finds it
+    // exactly.
+    "DROP INDEX submission_by_worker;
+     CREATE INDEX submission_by_worker ON submission (worker_id, task_id);",
 ];
 
 /// The session settings of every connection.
@@ -326,5 +332,39 @@ fn once(c: &mut Client, cache: &RefCell<StmtCache>, run: &mut Run) -> Outcome {
             let _ = tx.rollback();
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ops::testing::PgServer;
+
+    /// A generic plan made while the tables are empty (a new database, a coordinator's first
+    /// statements) stays until they are analyzed. The lookup every submission starts with must
+    /// then still find its row by both columns, not walk one worker's submissions.
+    #[test]
+    fn a_plan_made_on_empty_tables_finds_a_submission_by_task_and_worker() {
+        let server = PgServer::start();
+        let mut c = postgres::Client::connect(server.url(), postgres::NoTls).expect("connect");
+        c.batch_execute(
+            "SET plan_cache_mode = force_generic_plan;
+             PREPARE earlier (text, text) AS
+                 SELECT lease_id FROM submission WHERE task_id = $1 AND worker_id = $2",
+        )
+        .expect("prepare");
+        let plan: Vec<String> = c
+            .query("EXPLAIN EXECUTE earlier('t', 'w')", &[])
+            .expect("explain")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let cond = plan
+            .iter()
+            .find(|l| l.contains("Index Cond"))
+            .unwrap_or_else(|| panic!("no index lookup: {plan:#?}"));
+        assert!(
+            cond.contains("task_id") && cond.contains("worker_id"),
+            "the lookup scans by one column: {plan:#?}"
+        );
     }
 }
