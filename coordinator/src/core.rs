@@ -163,10 +163,17 @@ impl Core {
         T: Send + 'static,
         F: FnMut(&dyn Sql, &mut Ctx) -> Result<T, CoreError> + Send + 'static,
     {
-        self.write_in(Lane::Normal, op).await
+        self.write_in(Lane::Normal, None, op).await
     }
 
-    async fn write_in<T, F>(&self, lane: Lane, mut op: F) -> Result<T, CoreError>
+    /// Runs `op` in a write transaction of `lane`, keyed by what it locks first (see
+    /// `store::Writer::write`).
+    async fn write_in<T, F>(
+        &self,
+        lane: Lane,
+        key: Option<String>,
+        mut op: F,
+    ) -> Result<T, CoreError>
     where
         T: Send + 'static,
         F: FnMut(&dyn Sql, &mut Ctx) -> Result<T, CoreError> + Send + 'static,
@@ -179,7 +186,7 @@ impl Core {
             let out = op(c, &mut ctx)?;
             Ok((out, ctx.effects))
         };
-        let result = self.writer.write(lane, job).await;
+        let result = self.writer.write(lane, key, job).await;
         let (out, effects) = self.note_health(result)?;
         for effect in effects {
             // Logged here, after the commit, so the log never shows a finalization that a crash
@@ -328,9 +335,11 @@ impl Core {
     /// [`CoreError::Invalid`] for a request out of bounds.
     pub async fn lease(&self, req: LeaseRequest) -> Result<LeaseReply, CoreError> {
         let r = self
-            .write_in(Lane::Urgent, move |c, ctx| {
-                ops::lease::run(c, ctx, req.clone())
-            })
+            .write_in(
+                Lane::Urgent,
+                Some(req.worker_id.to_string()),
+                move |c, ctx| ops::lease::run(c, ctx, req.clone()),
+            )
             .await?;
         self.metrics.tasks_claimed.inc_by(r.leases.len() as u64);
         Ok(r)
@@ -343,7 +352,7 @@ impl Core {
     /// Store errors only.
     pub async fn next_for(&self, worker: WorkerId) -> Result<Option<Lease>, CoreError> {
         let r = self
-            .write_in(Lane::Urgent, move |c, ctx| {
+            .write_in(Lane::Urgent, Some(worker.to_string()), move |c, ctx| {
                 ops::lease::next_for(c, ctx, &worker)
             })
             .await?;
@@ -402,7 +411,9 @@ impl Core {
     /// See `ops::submit::run`.
     pub async fn submit(&self, task: TaskId, req: SubmitRequest) -> Result<SubmitReply, CoreError> {
         let r = self
-            .write(move |c, ctx| ops::submit::run(c, ctx, &task, req.clone()))
+            .write_in(Lane::Normal, Some(task.to_string()), move |c, ctx| {
+                ops::submit::run(c, ctx, &task, req.clone())
+            })
             .await?;
         self.metrics.submissions.inc_by(u64::from(!r.duplicate));
         Ok(r)
@@ -415,7 +426,9 @@ impl Core {
     /// See `ops::submit::accept`.
     pub async fn accept(&self, task: TaskId, sub: Submission) -> Result<SubmitReply, CoreError> {
         let r = self
-            .write(move |c, ctx| ops::submit::accept(c, ctx, &task, sub.clone()))
+            .write_in(Lane::Normal, Some(task.to_string()), move |c, ctx| {
+                ops::submit::accept(c, ctx, &task, sub.clone())
+            })
             .await?;
         self.metrics.submissions.inc_by(u64::from(!r.duplicate));
         Ok(r)

@@ -283,7 +283,8 @@ fn hinted(
 ) -> Result<Option<Candidate>, CoreError> {
     let sql = format!(
         "SELECT seq, id, type, text, labels, generation FROM task
-         WHERE id = ?2 AND {OPEN_FOR_WORKER}"
+         WHERE id = ?2 AND {OPEN_FOR_WORKER}{}",
+        conn.claim_suffix()
     );
     let row = conn
         .prepare_cached(&sql)?

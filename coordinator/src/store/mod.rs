@@ -206,7 +206,7 @@ impl Store {
 pub enum Writer {
     /// One thread, batches in one transaction each.
     Sqlite(group::Writer),
-    /// Several sessions, one transaction per operation.
+    /// Several sessions, batches of keyed operations in one transaction each.
     Postgres(pg::Writer),
 }
 
@@ -225,16 +225,26 @@ impl Writer {
     /// Runs `op` in a write transaction; its result once committed. On PostgreSQL `op` may run
     /// more than once (after a conflict another transaction won), each time from the start.
     ///
+    /// `key` says what `op` locks first (the task it submits to, the worker it leases for).
+    /// SQLite batches every operation of a lane (one writer, nothing to wait on); PostgreSQL
+    /// batches only keyed ones, sorted by key, so that batches of different sessions take
+    /// their rows' locks in one order, and runs an operation without a key alone.
+    ///
     /// # Errors
     /// `op`'s, or the store's.
-    pub async fn write<T, F>(&self, lane: group::Lane, op: F) -> Result<T, CoreError>
+    pub async fn write<T, F>(
+        &self,
+        lane: group::Lane,
+        key: Option<String>,
+        op: F,
+    ) -> Result<T, CoreError>
     where
         T: Send + 'static,
         F: FnMut(&dyn sql::Sql) -> Result<T, CoreError> + Send + 'static,
     {
         match self {
             Writer::Sqlite(w) => w.write(lane, op).await,
-            Writer::Postgres(w) => w.write(op).await,
+            Writer::Postgres(w) => w.write(lane, key, op).await,
         }
     }
 }

@@ -1,14 +1,19 @@
 //! The PostgreSQL store: several coordinators over one database.
 //!
-//! Writes run on a few writer threads per coordinator, each with its own session, one
-//! transaction per operation under READ COMMITTED (batching several in one transaction, each in
-//! a savepoint, measured slower here: a batch holds its task-row locks until its commit, and
-//! batches of different sessions deadlock on them): the operations lock the task row they decide
-//! on first (`FOR NO KEY UPDATE`, see `lock_suffix` on `dyn Sql`), lease with `SKIP LOCKED` and guarded
-//! counter updates, so two coordinators never both finalize a task or lease past its free
-//! slots. Deadlock (40P01), serialization (40001) and lock-timeout (55P03) failures are rolled
-//! back and run again. A commit whose outcome is unknown (the connection lost during `COMMIT`)
-//! is answered [`CoreError::CommitUnknown`] (`unavailable`), never `ok`.
+//! Writes run on a few writer threads per coordinator, each with its own session, under READ
+//! COMMITTED. Operations that say what they lock first (a submission its task, a lease its
+//! worker) queue by lane and run in batches of up to 32 in one transaction, sorted by that key,
+//! so batches of different sessions take their rows' locks in one order; any other operation
+//! runs alone. An operation that fails before changing anything leaves its batch be; one that
+//! fails after is answered with its error and the batch runs again without it; a statement the
+//! server refuses sends the batch back one operation per transaction. No savepoints: they cost a
+//! round trip each and a subtransaction. The operations lock the task row they decide on first
+//! (`FOR NO KEY UPDATE`, see `lock_suffix` on `dyn Sql`), lease with `SKIP LOCKED` (a lease
+//! never waits on a task row) and guarded counter updates, so two coordinators never both
+//! finalize a task or lease past its free slots. Deadlock (40P01), serialization (40001) and
+//! lock-timeout (55P03) failures are rolled back and run again. A commit whose outcome is
+//! unknown (the connection lost during `COMMIT`) is answered [`CoreError::CommitUnknown`]
+//! (`unavailable`), never `ok`, for every operation of the batch.
 //!
 //! Sessions carry `idle_in_transaction_session_timeout`, `lock_timeout` and
 //! `statement_timeout`, so a frozen coordinator cannot hold locks for long, and an
@@ -17,12 +22,14 @@
 //! one snapshot (REPEATABLE READ).
 
 use crate::error::{CoreError, StoreError, CONFLICT_SQLSTATES};
+use crate::store::group::Lane;
 use crate::store::sql::{Pg, Sql, StmtCache};
 use postgres::{Client, IsolationLevel, NoTls};
 use std::any::Any;
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -30,6 +37,9 @@ use tokio::sync::oneshot;
 const WRITERS: usize = 4;
 /// Runs of one operation before a conflict is reported.
 const ATTEMPTS: u32 = 8;
+/// Most operations in one transaction. A batch holds the row locks its operations take until it
+/// commits: other sessions' operations on those rows wait that long.
+const MAX_BATCH: usize = 32;
 /// The key of the advisory lock migrations run under.
 const MIGRATION_LOCK: i64 = 0x6169_6d61_726b_0001;
 /// The key of the advisory lock one sweep at a time takes.
@@ -200,12 +210,43 @@ type Outcome = Result<Output, CoreError>;
 struct Job {
     run: Run,
     done: oneshot::Sender<Outcome>,
+    key: Option<String>,
+}
+
+impl Job {
+    fn finish(self, outcome: Outcome) {
+        // The caller may have given up waiting; the outcome stands either way.
+        let _ = self.done.send(outcome);
+    }
+}
+
+#[derive(Default)]
+struct Queues {
+    urgent: VecDeque<Job>,
+    normal: VecDeque<Job>,
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    queues: Mutex<Queues>,
+    ready: Condvar,
+}
+
+/// Closes the queues when the last [`Writer`] goes: the threads finish what is queued and stop.
+struct Handle(Arc<Shared>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        lock(&self.0.queues).closed = true;
+        self.0.ready.notify_all();
+    }
 }
 
 /// Handle to the writer threads. Cheap to clone; they stop when the last is gone.
 #[derive(Clone)]
 pub struct Writer {
-    jobs: std::sync::mpsc::Sender<Job>,
+    handle: Arc<Handle>,
 }
 
 impl Writer {
@@ -214,34 +255,56 @@ impl Writer {
     /// # Panics
     /// When no thread can be started.
     pub fn start(store: &Arc<PgStore>) -> Self {
-        let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
+        let shared = Arc::new(Shared::default());
         for i in 0..WRITERS {
-            let rx = rx.clone();
-            let config = store.config.clone();
+            let shared = shared.clone();
+            let mut session = Session {
+                config: store.config.clone(),
+                client: None,
+                cache: RefCell::new(StmtCache::default()),
+            };
             std::thread::Builder::new()
                 .name(format!("pg-writer-{i}"))
-                .spawn(move || write_loop(&config, &rx))
+                .spawn(move || {
+                    while let Some(batch) = next_batch(&shared) {
+                        session.run(batch);
+                    }
+                })
                 .expect("a writer thread starts");
         }
-        Self { jobs: tx }
+        Self {
+            handle: Arc::new(Handle(shared)),
+        }
     }
 
-    /// Runs `op` in a transaction of its own (again, from the start, after a conflict); its
-    /// result once committed.
+    /// Runs `op` in a write transaction, with other operations of its lane that carry a `key`
+    /// (in the order of their keys), or alone without one; again, from the start, after a
+    /// conflict. Its result once committed.
     ///
     /// # Errors
     /// `op`'s, or the store's.
-    pub async fn write<T, F>(&self, mut op: F) -> Result<T, CoreError>
+    pub async fn write<T, F>(
+        &self,
+        lane: Lane,
+        key: Option<String>,
+        mut op: F,
+    ) -> Result<T, CoreError>
     where
         T: Send + 'static,
         F: FnMut(&dyn Sql) -> Result<T, CoreError> + Send + 'static,
     {
         let (done, result) = oneshot::channel();
         let run: Run = Box::new(move |c| op(c).map(|t| Box::new(t) as Output));
-        self.jobs
-            .send(Job { run, done })
-            .map_err(|_| CoreError::StoreClosed)?;
+        let job = Job { run, done, key };
+        {
+            let shared = &self.handle.0;
+            let mut queues = lock(&shared.queues);
+            match lane {
+                Lane::Urgent => queues.urgent.push_back(job),
+                Lane::Normal => queues.normal.push_back(job),
+            }
+            shared.ready.notify_one();
+        }
         let out = result.await.map_err(|_| CoreError::StoreClosed)??;
         Ok(*out
             .downcast::<T>()
@@ -249,21 +312,49 @@ impl Writer {
     }
 }
 
-fn write_loop(config: &postgres::Config, rx: &Mutex<std::sync::mpsc::Receiver<Job>>) {
-    let mut client: Option<Client> = None;
-    let cache = RefCell::new(StmtCache::default());
+/// The next batch a writer runs, urgent work first: the job at the head of its queue and, when
+/// it has a key, the keyed jobs right behind it (up to [`MAX_BATCH`]), sorted by key. `None`
+/// once the queues are closed and empty.
+fn next_batch(shared: &Shared) -> Option<Vec<Job>> {
+    let mut queues = lock(&shared.queues);
     loop {
-        let job = {
-            let rx = rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            match rx.recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            }
+        let queues_ = &mut *queues;
+        let queue = if !queues_.urgent.is_empty() {
+            &mut queues_.urgent
+        } else if !queues_.normal.is_empty() {
+            &mut queues_.normal
+        } else if queues_.closed {
+            return None;
+        } else {
+            queues = shared
+                .ready
+                .wait(queues)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            continue;
         };
-        let Job { mut run, done } = job;
-        let outcome = run_job(config, &mut client, &cache, &mut run);
-        let _ = done.send(outcome);
+        let mut batch = vec![queue.pop_front().expect("a queue with work")];
+        if batch[0].key.is_some() {
+            while batch.len() < MAX_BATCH && queue.front().is_some_and(|j| j.key.is_some()) {
+                batch.extend(queue.pop_front());
+            }
+        }
+        if !queues_.urgent.is_empty() || !queues_.normal.is_empty() {
+            shared.ready.notify_one();
+        }
+        batch.sort_by(|a, b| a.key.cmp(&b.key));
+        return Some(batch);
     }
+}
+
+/// Why a batch did not commit.
+enum Failure {
+    /// Operation `i` failed after changing rows: its error is its answer, the others run again
+    /// without it.
+    Refused(usize, CoreError),
+    /// The transaction failed (a statement refused, a conflict, the connection lost).
+    Batch(CoreError),
+    /// The connection was lost during `COMMIT`: the server may or may not have committed.
+    CommitUnknown(String),
 }
 
 /// Whether a failed run may simply run again: a conflict with another transaction.
@@ -271,73 +362,269 @@ fn conflict(e: &CoreError) -> bool {
     matches!(e, CoreError::Store(e) if e.sqlstate().is_some_and(|c| CONFLICT_SQLSTATES.contains(&c)))
 }
 
-fn run_job(
-    config: &postgres::Config,
-    client: &mut Option<Client>,
-    cache: &RefCell<StmtCache>,
-    run: &mut Run,
-) -> Outcome {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        if client.as_ref().is_none_or(Client::is_closed) {
-            cache.borrow_mut().clear();
-            *client = None;
-            match config.connect(NoTls) {
-                Ok(c) => *client = Some(c),
-                Err(e) => return Err(CoreError::Unreachable(e.to_string())),
+/// One writer thread's session.
+struct Session {
+    config: postgres::Config,
+    client: Option<Client>,
+    cache: RefCell<StmtCache>,
+}
+
+impl Session {
+    /// Runs `jobs` in one transaction and answers each: again after a conflict or a lost
+    /// connection, without an operation that failed after changing rows, one per transaction
+    /// after any other failure (so one operation's error is not every operation's).
+    fn run(&mut self, mut jobs: Vec<Job>) {
+        let mut attempt = 0;
+        while !jobs.is_empty() {
+            attempt += 1;
+            if self.client.as_ref().is_none_or(Client::is_closed) {
+                self.cache.borrow_mut().clear();
+                self.client = None;
+                match self.config.connect(NoTls) {
+                    Ok(c) => self.client = Some(c),
+                    Err(e) => {
+                        for job in jobs {
+                            job.finish(Err(CoreError::Unreachable(e.to_string())));
+                        }
+                        return;
+                    }
+                }
             }
-        }
-        let c = client.as_mut().expect("connected above");
-        let failure = match once(c, cache, run) {
-            Ok(out) => return Ok(out),
-            Err(e) => e,
-        };
-        if c.is_closed() {
-            *client = None;
-        }
-        if let CoreError::Unreachable(_) = failure {
-            if attempt < 2 {
+            let client = self.client.as_mut().expect("connected above");
+            let failure = match once(client, &self.cache, &mut jobs) {
+                Ok(outcomes) => {
+                    for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                        job.finish(outcome);
+                    }
+                    return;
+                }
+                Err(failure) => failure,
+            };
+            if client.is_closed() {
+                self.client = None;
+            }
+            let e = match failure {
+                Failure::Refused(i, e) => {
+                    jobs.remove(i).finish(Err(e));
+                    continue;
+                }
+                Failure::CommitUnknown(message) => {
+                    for job in jobs {
+                        job.finish(Err(CoreError::CommitUnknown(message.clone())));
+                    }
+                    return;
+                }
+                Failure::Batch(e) => e,
+            };
+            if matches!(e, CoreError::Unreachable(_)) && attempt < 2 {
                 continue;
             }
+            if conflict(&e) && attempt < ATTEMPTS {
+                tracing::debug!(attempt, error = %e, "transaction conflict; running it again");
+                std::thread::sleep(Duration::from_millis(
+                    u64::from(attempt) * fastrand::u64(1..=5),
+                ));
+                continue;
+            }
+            if let CoreError::Unreachable(message) = &e {
+                for job in jobs.drain(1..) {
+                    job.finish(Err(CoreError::Unreachable(message.clone())));
+                }
+            } else if jobs.len() > 1 {
+                for job in jobs {
+                    self.run(vec![job]);
+                }
+                return;
+            }
+            jobs.remove(0).finish(Err(e));
+            return;
         }
-        if conflict(&failure) && attempt < ATTEMPTS {
-            tracing::debug!(attempt, error = %failure, "transaction conflict; running it again");
-            std::thread::sleep(Duration::from_millis(
-                u64::from(attempt) * fastrand::u64(1..=5),
-            ));
-            continue;
-        }
-        return Err(failure);
     }
 }
 
-/// One run of `run` in a transaction of its own.
-fn once(c: &mut Client, cache: &RefCell<StmtCache>, run: &mut Run) -> Outcome {
+/// One run of `jobs` in one transaction, with the database's clock read once. An operation's
+/// error leaves the others be when it changed nothing and the server refused nothing.
+fn once(
+    c: &mut Client,
+    cache: &RefCell<StmtCache>,
+    jobs: &mut [Job],
+) -> Result<Vec<Outcome>, Failure> {
     let mut tx = c
         .transaction()
-        .map_err(|e| CoreError::Unreachable(e.to_string()))?;
-    let result = {
+        .map_err(|e| Failure::Batch(CoreError::Unreachable(e.to_string())))?;
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    {
         let db = Pg::new(&mut tx, cache);
-        crate::store::guarded(|| run(&db))
-    };
-    match result {
-        Ok(out) => match tx.commit() {
-            Ok(()) => Ok(out),
-            // The server may or may not have committed: say so, never "ok".
-            Err(e) if e.code().is_none() => Err(CoreError::CommitUnknown(e.to_string())),
-            Err(e) => Err(CoreError::Store(e.into())),
-        },
-        Err(e) => {
-            let _ = tx.rollback();
-            Err(e)
+        for (i, job) in jobs.iter_mut().enumerate() {
+            db.begin_op();
+            // Dropping the transaction on an early return rolls it back.
+            match crate::store::guarded(|| (job.run)(&db)) {
+                Err(e) if db.aborted() => return Err(Failure::Batch(e)),
+                Err(e) if db.op_wrote() => return Err(Failure::Refused(i, e)),
+                outcome => outcomes.push(outcome),
+            }
         }
     }
+    match tx.commit() {
+        Ok(()) => Ok(outcomes),
+        // The server may or may not have committed: say so, never "ok".
+        Err(e) if e.code().is_none() => Err(Failure::CommitUnknown(e.to_string())),
+        Err(e) => Err(Failure::Batch(CoreError::Store(e.into()))),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::ops::testing::PgServer;
+    use crate::store::sql::OptionalExtension;
+    use futures::executor::block_on;
+    use futures::FutureExt;
+    use std::sync::mpsc as std_mpsc;
+
+    /// A write sent to the writer now, its result to come.
+    type Sent<T> = futures::future::BoxFuture<'static, Result<T, CoreError>>;
+
+    fn send<T: Send + 'static>(
+        writer: &Writer,
+        key: Option<&str>,
+        op: impl FnMut(&dyn Sql) -> Result<T, CoreError> + Send + 'static,
+    ) -> Sent<T> {
+        let writer = writer.clone();
+        let key = key.map(str::to_owned);
+        let mut fut = async move { writer.write(Lane::Normal, key, op).await }.boxed();
+        assert!(
+            (&mut fut).now_or_never().is_none(),
+            "a write waits for its commit"
+        );
+        fut
+    }
+
+    /// Occupies every writer thread until the returned senders are dropped, so what is sent
+    /// meanwhile queues into one batch.
+    fn hold_all(writer: &Writer) -> (Vec<std_mpsc::Sender<()>>, Vec<Sent<()>>) {
+        let (started_tx, started) = std_mpsc::channel();
+        let mut gates = Vec::new();
+        let mut held = Vec::new();
+        for _ in 0..WRITERS {
+            let (go, wait) = std_mpsc::channel::<()>();
+            let started_tx = started_tx.clone();
+            let wait = Mutex::new(wait);
+            held.push(send(writer, None, move |_| {
+                started_tx.send(()).expect("test waits");
+                let _ = lock(&wait).recv_timeout(Duration::from_secs(30));
+                Ok(())
+            }));
+            gates.push(go);
+        }
+        for _ in 0..WRITERS {
+            started.recv_timeout(Duration::from_secs(30)).expect("held");
+        }
+        (gates, held)
+    }
+
+    fn insert(key: &'static str) -> impl FnMut(&dyn Sql) -> Result<i64, CoreError> + Send {
+        move |c| {
+            c.execute("INSERT INTO batch_probe (k) VALUES (?1)", [key])?;
+            Ok(c.query_row("SELECT CAST(txid_current() AS BIGINT)", (), |r| r.get(0))?)
+        }
+    }
+
+    fn writer_on(server: &PgServer) -> (Arc<PgStore>, Writer) {
+        let store = Arc::new(
+            PgStore::open(server.url(), "writer-test", Timeouts::default()).expect("open"),
+        );
+        let mut c = postgres::Client::connect(server.url(), NoTls).expect("connect");
+        c.batch_execute(
+            "DROP TABLE IF EXISTS batch_probe; CREATE TABLE batch_probe (k TEXT PRIMARY KEY)",
+        )
+        .expect("probe table");
+        let writer = Writer::start(&store);
+        (store, writer)
+    }
+
+    fn stored(store: &PgStore) -> Vec<String> {
+        store
+            .read(|c, _| {
+                Ok(
+                    c.query_map("SELECT k FROM batch_probe ORDER BY k", (), |r| r.get(0))?
+                        .collect::<Result<Vec<String>, _>>()?,
+                )
+            })
+            .expect("read")
+    }
+
+    /// Keyed writes queued together share one transaction; one that fails after writing is
+    /// answered with its error and rolled back alone, one that fails before writing leaves the
+    /// batch be, and a statement the server refuses costs the others nothing.
+    /// (The store's calls block: this test runs its futures on a plain executor, not tokio's.)
+    #[test]
+    fn keyed_writes_share_a_transaction_and_fail_alone() {
+        let server = PgServer::start();
+        let (store, writer) = writer_on(&server);
+        let (gates, held) = hold_all(&writer);
+        let b = send(&writer, Some("b"), insert("b"));
+        let e = send(&writer, Some("e"), insert("e"));
+        let a = send(
+            &writer,
+            Some("a"),
+            |c: &dyn Sql| -> Result<i64, CoreError> {
+                insert("a")(c)?;
+                Err(CoreError::Invalid(protocol::ProtocolError::invalid(
+                    "a",
+                    "refused after writing",
+                )))
+            },
+        );
+        let c = send(
+            &writer,
+            Some("c"),
+            |_: &dyn Sql| -> Result<i64, CoreError> {
+                Err(CoreError::Invalid(protocol::ProtocolError::invalid(
+                    "c", "refused",
+                )))
+            },
+        );
+        drop(gates);
+        for h in held {
+            block_on(h).expect("held");
+        }
+        let (tb, te) = (block_on(b).expect("b"), block_on(e).expect("e"));
+        assert_eq!(tb, te, "b and e committed in one transaction");
+        assert!(block_on(a).is_err() && block_on(c).is_err());
+        assert_eq!(stored(&store), ["b", "e"]);
+
+        // The server refuses one statement: the others are run again, one per transaction.
+        let (gates, held) = hold_all(&writer);
+        let f = send(&writer, Some("f"), insert("f"));
+        let dup = send(&writer, Some("g"), insert("b"));
+        let h = send(&writer, Some("h"), insert("h"));
+        drop(gates);
+        for x in held {
+            block_on(x).expect("held");
+        }
+        let (tf, th) = (block_on(f).expect("f"), block_on(h).expect("h"));
+        assert_ne!(tf, th, "after a refused statement each runs alone");
+        let refused = block_on(dup).expect_err("a duplicate key");
+        assert!(
+            matches!(&refused, CoreError::Store(e) if e.sqlstate() == Some("23505")),
+            "{refused}"
+        );
+        assert_eq!(stored(&store), ["b", "e", "f", "h"]);
+        let none: Option<i64> = store
+            .read(|c, _| {
+                Ok(
+                    c.query_row("SELECT 1 FROM batch_probe WHERE k = 'a'", (), |r| r.get(0))
+                        .optional()?,
+                )
+            })
+            .expect("read");
+        assert!(none.is_none());
+    }
 
     /// A generic plan made while the tables are empty (a new database, a coordinator's first
     /// statements) stays until they are analyzed. The lookup every submission starts with must

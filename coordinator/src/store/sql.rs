@@ -9,7 +9,7 @@
 //! [`FromValue`]; ids and states are parsed at that boundary, never passed on as text.
 
 use postgres_types::{IsNull, ToSql, Type};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -459,6 +459,16 @@ impl<'c> dyn Sql + 'c {
         }
     }
 
+    /// What a claim on rows appends to its `SELECT`: on PostgreSQL a lock on each row returned,
+    /// passing over rows another transaction holds (a lease never waits for another session's
+    /// batch to commit, so it never closes a cycle of waits); nothing on SQLite.
+    pub fn claim_suffix(&self) -> &'static str {
+        match self.dialect() {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR NO KEY UPDATE SKIP LOCKED",
+        }
+    }
+
     /// A statement (the engine caches its preparation).
     ///
     /// # Errors
@@ -602,10 +612,15 @@ sqlite_sql!(
 // --- PostgreSQL -----------------------------------------------------------------------------
 
 /// A PostgreSQL transaction (or, for reads, a client) with its prepared statements, seen
-/// through [`Sql`].
+/// through [`Sql`]. It notes what the statements run through it did, for a writer that runs
+/// several operations in one transaction: whether one changed anything since [`Pg::begin_op`],
+/// and whether the server refused one (the transaction is then aborted). Its clock is read once.
 pub struct Pg<'a, C: postgres::GenericClient> {
     client: RefCell<&'a mut C>,
     cache: &'a RefCell<StmtCache>,
+    wrote: Cell<bool>,
+    aborted: Cell<bool>,
+    now: Cell<Option<i64>>,
 }
 
 /// Prepared statements of one PostgreSQL connection, by their SQLite-dialect text.
@@ -627,14 +642,41 @@ impl<'a, C: postgres::GenericClient> Pg<'a, C> {
         Self {
             client: RefCell::new(client),
             cache,
+            wrote: Cell::new(false),
+            aborted: Cell::new(false),
+            now: Cell::new(None),
         }
+    }
+
+    /// Starts counting anew what [`Pg::op_wrote`] reports.
+    pub fn begin_op(&self) {
+        self.wrote.set(false);
+    }
+
+    /// Whether a statement that may change rows ran since [`Pg::begin_op`].
+    pub fn op_wrote(&self) -> bool {
+        self.wrote.get()
+    }
+
+    /// Whether the server refused a statement (or the connection failed): the transaction can
+    /// then only be rolled back.
+    pub fn aborted(&self) -> bool {
+        self.aborted.get()
+    }
+
+    /// `r`, noting a failure of the server or the connection.
+    fn noted<T>(&self, r: std::result::Result<T, postgres::Error>) -> Result<T> {
+        if r.is_err() {
+            self.aborted.set(true);
+        }
+        Ok(r?)
     }
 
     fn statement(&self, sql: &str) -> Result<postgres::Statement> {
         if let Some(s) = self.cache.borrow().stmts.get(sql) {
             return Ok(s.clone());
         }
-        let stmt = self.client.borrow_mut().prepare(&to_postgres(sql))?;
+        let stmt = self.noted(self.client.borrow_mut().prepare(&to_postgres(sql)))?;
         self.cache
             .borrow_mut()
             .stmts
@@ -651,7 +693,8 @@ impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
     fn exec(&self, sql: &str, args: &[ValueRef<'_>]) -> Result<usize> {
         let stmt = self.statement(sql)?;
         let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
-        let n = self.client.borrow_mut().execute(&stmt, &params)?;
+        self.wrote.set(true);
+        let n = self.noted(self.client.borrow_mut().execute(&stmt, &params))?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
@@ -663,7 +706,13 @@ impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
     ) -> Result<()> {
         let stmt = self.statement(sql)?;
         let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
-        let rows = self.client.borrow_mut().query(&stmt, &params)?;
+        // `INSERT ... RETURNING` and the like change rows too; a `SELECT` changes none (its row
+        // locks are the transaction's, harmless to the operations after it).
+        let select = sql.trim_start().get(..6);
+        if !select.is_some_and(|w| w.eq_ignore_ascii_case("SELECT")) {
+            self.wrote.set(true);
+        }
+        let rows = self.noted(self.client.borrow_mut().query(&stmt, &params))?;
         for r in &rows {
             if !each(&Row::Postgres(r))? {
                 break;
@@ -673,15 +722,21 @@ impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
     }
 
     fn exec_batch(&self, sql: &str) -> Result<()> {
-        Ok(self.client.borrow_mut().batch_execute(sql)?)
+        self.wrote.set(true);
+        self.noted(self.client.borrow_mut().batch_execute(sql))
     }
 
     fn now_ms(&self) -> Result<i64> {
-        let row = self.client.borrow_mut().query_one(
+        if let Some(now) = self.now.get() {
+            return Ok(now);
+        }
+        let row = self.noted(self.client.borrow_mut().query_one(
             "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
             &[],
-        )?;
-        Ok(row.get(0))
+        ))?;
+        let now = row.get(0);
+        self.now.set(Some(now));
+        Ok(now)
     }
 }
 
