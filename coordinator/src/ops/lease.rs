@@ -7,10 +7,11 @@
 use super::{touch_worker, Ctx, Json};
 use crate::error::CoreError;
 use crate::store::from_ms;
-use crate::store::sql::{params, Dialect, OptionalExtension, Sql};
+use crate::store::sql::{params, Dialect, OptionalExtension, Sql, ToArg};
 use protocol::generation::GenerationSpec;
 use protocol::messages::{Lease, LeaseReply, LeaseRequest, Timings};
 use protocol::{LeaseId, TaskId, TaskType, WorkerId};
+use std::collections::HashSet;
 
 /// A task that can be leased: its FIFO position, id, type and text.
 struct Candidate {
@@ -140,30 +141,12 @@ pub(crate) fn run(
         }
     }
     let expires_at = ctx.now + ctx.settings.lease_ms;
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO lease (id, task_id, worker_id, state, expires_at, created_at)
-         VALUES (?1, ?2, ?3, 'active', ?4, ?5)",
-    )?;
-    // Guarded: on PostgreSQL another coordinator may have taken the last slot since the walk
-    // (its rows are locked now, so the counters read here are the latest).
-    let mut assign = conn.prepare_cached(
-        "UPDATE task SET active_leases = active_leases + 1, status = 'assigned'
-         WHERE id = ?1 AND status IN ('queued', 'assigned')
-           AND required > active_leases + submissions",
-    )?;
+    let granted = assign(conn, &picks)?;
+    picks.retain(|c| granted.contains(&c.id));
+    let ids: Vec<LeaseId> = picks.iter().map(|_| LeaseId::new()).collect();
+    insert_leases(conn, worker, &picks, &ids, expires_at, ctx.now)?;
     let mut leases = Vec::with_capacity(picks.len());
-    for c in picks {
-        if assign.execute([&c.id])? == 0 {
-            continue;
-        }
-        let lease_id = LeaseId::new();
-        insert.execute(params![
-            lease_id.to_string(),
-            c.id,
-            worker.as_str(),
-            expires_at,
-            ctx.now
-        ])?;
+    for (c, lease_id) in picks.into_iter().zip(ids) {
         let task_id: TaskId = c.id.parse()?;
         tracing::debug!(%task_id, worker_id = %worker, %lease_id, "lease granted");
         leases.push(Lease {
@@ -201,6 +184,70 @@ pub(crate) fn run(
         leases,
         timings: timings(ctx),
     })
+}
+
+/// Takes a slot on each of `picks` that still has one, in one statement; the ids of those it
+/// took. Guarded: on PostgreSQL another coordinator may have taken the last slot since the walk
+/// (the rows are locked now, so the counters read here are the latest).
+fn assign(conn: &dyn Sql, picks: &[Candidate]) -> Result<HashSet<String>, CoreError> {
+    if picks.is_empty() {
+        return Ok(HashSet::new());
+    }
+    // The ids as a list of parameters, one statement text per count (each prepared once), and
+    // the guard as a CASE: so the only index that fits is the one on `id`. A list from a
+    // function or a plain `status IN (...)` term lets a plan made while few tasks are open (a
+    // new database) walk every open task instead, and keep doing so.
+    let ids: Vec<&dyn ToArg> = picks.iter().map(|c| &c.id as &dyn ToArg).collect();
+    let granted = conn
+        .prepare_cached(&assign_sql(picks.len()))?
+        .query_map(ids.as_slice(), |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(granted)
+}
+
+/// The statement that takes a slot on each of `n` tasks, by id (`?1`..`?n`).
+pub(crate) fn assign_sql(n: usize) -> String {
+    let list: Vec<String> = (1..=n).map(|i| format!("?{i}")).collect();
+    format!(
+        "UPDATE task SET active_leases = active_leases + 1, status = 'assigned'
+         WHERE id IN ({})
+           AND CASE WHEN status IN ('queued', 'assigned')
+                    THEN required > active_leases + submissions ELSE 0 = 1 END
+         RETURNING id",
+        list.join(", ")
+    )
+}
+
+/// Inserts `worker`'s leases `ids` on `picks`, in one statement.
+fn insert_leases(
+    conn: &dyn Sql,
+    worker: &WorkerId,
+    picks: &[Candidate],
+    ids: &[LeaseId],
+    expires_at: i64,
+    now: i64,
+) -> Result<(), CoreError> {
+    if picks.is_empty() {
+        return Ok(());
+    }
+    // One statement text per count of rows (up to the most leases a worker may hold), each
+    // prepared once: `?1`-`?3` are shared, each row adds its lease and task ids.
+    let rows: Vec<String> = (0..picks.len())
+        .map(|i| format!("(?{}, ?{}, ?1, 'active', ?2, ?3)", 4 + 2 * i, 5 + 2 * i))
+        .collect();
+    let sql = format!(
+        "INSERT INTO lease (id, task_id, worker_id, state, expires_at, created_at) VALUES {}",
+        rows.join(", ")
+    );
+    let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    let worker = worker.as_str();
+    let mut args: Vec<&dyn ToArg> = vec![&worker, &expires_at, &now];
+    for (c, id) in picks.iter().zip(&ids) {
+        args.push(id);
+        args.push(&c.id);
+    }
+    conn.prepare_cached(&sql)?.execute(args.as_slice())?;
+    Ok(())
 }
 
 /// One lease for a worker of the original HTTP API, on a task of a type it registered with.

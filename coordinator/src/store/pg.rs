@@ -626,32 +626,48 @@ mod tests {
         assert!(none.is_none());
     }
 
-    /// A generic plan made while the tables are empty (a new database, a coordinator's first
-    /// statements) stays until they are analyzed. The lookup every submission starts with must
-    /// then still find its row by both columns, not walk one worker's submissions.
-    #[test]
-    fn a_plan_made_on_empty_tables_finds_a_submission_by_task_and_worker() {
-        let server = PgServer::start();
-        let mut c = postgres::Client::connect(server.url(), postgres::NoTls).expect("connect");
-        c.batch_execute(
-            "SET plan_cache_mode = force_generic_plan;
-             PREPARE earlier (text, text) AS
-                 SELECT lease_id FROM submission WHERE task_id = $1 AND worker_id = $2",
-        )
+    /// The index lookup of `sql`'s generic plan, made on empty tables, with `args` (PostgreSQL
+    /// literals) for its parameters.
+    fn generic_plan(c: &mut Client, sql: &str, args: &str) -> String {
+        c.batch_execute(&format!(
+            "SET plan_cache_mode = force_generic_plan; DEALLOCATE ALL; PREPARE probe AS {}",
+            crate::store::sql::to_postgres(sql)
+        ))
         .expect("prepare");
         let plan: Vec<String> = c
-            .query("EXPLAIN EXECUTE earlier('t', 'w')", &[])
+            .query(&format!("EXPLAIN EXECUTE probe({args})"), &[])
             .expect("explain")
             .iter()
             .map(|r| r.get(0))
             .collect();
+        plan.join("\n")
+    }
+
+    /// A generic plan made while the tables are empty (a new database, a coordinator's first
+    /// statements) stays until they are analyzed. The statements every submission and every
+    /// lease run must then still find their rows by key, not walk one worker's submissions or
+    /// every open task.
+    #[test]
+    fn plans_made_on_empty_tables_find_rows_by_key() {
+        let server = PgServer::start();
+        let mut c = postgres::Client::connect(server.url(), postgres::NoTls).expect("connect");
+        let plan = generic_plan(
+            &mut c,
+            "SELECT lease_id FROM submission WHERE task_id = ?1 AND worker_id = ?2",
+            "'t', 'w'",
+        );
         let cond = plan
-            .iter()
+            .lines()
             .find(|l| l.contains("Index Cond"))
-            .unwrap_or_else(|| panic!("no index lookup: {plan:#?}"));
+            .unwrap_or_default();
         assert!(
             cond.contains("task_id") && cond.contains("worker_id"),
-            "the lookup scans by one column: {plan:#?}"
+            "the submission lookup scans by one column:\n{plan}"
+        );
+        let plan = generic_plan(&mut c, &crate::ops::lease::assign_sql(3), "'a', 'b', 'c'");
+        assert!(
+            plan.contains("Index Cond: (id = ANY"),
+            "taking slots walks the table:\n{plan}"
         );
     }
 }
