@@ -109,6 +109,7 @@ pub(crate) fn run(
         for cap in &caps {
             picks.extend(oldest_open(
                 conn,
+                ctx.now,
                 worker,
                 cap,
                 req.model_hash.as_deref(),
@@ -126,17 +127,11 @@ pub(crate) fn run(
         gold = gold_for(ctx, gold_slots)?;
         picks.truncate(picks.len() - gold.len());
         // Every open task of each type up to its last pick is now held or answered by this
-        // worker (the walk returned the others first): the next walk starts after it. (SQLite
-        // only: with several writers a skipped row may still be one this worker needs.)
-        if conn.dialect() == Dialect::Sqlite {
-            let mut advance = conn.prepare_cached(
-                "INSERT INTO temp.lease_cursor (worker_id, type, after) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (worker_id, type) DO UPDATE SET after = max(after, excluded.after)",
-            )?;
-            for cap in &caps {
-                if let Some(last) = picks.iter().rev().find(|c| &c.task_type == cap) {
-                    advance.execute(params![worker.as_str(), cap.as_str(), last.seq])?;
-                }
+        // worker (the walk returned the others first): the next walk starts after it. (Exact on
+        // SQLite; with several writers a hint, see `CURSOR_REFRESH_MS`.)
+        for cap in &caps {
+            if let Some(last) = picks.iter().rev().find(|c| &c.task_type == cap) {
+                advance_cursor(conn, ctx.now, worker, cap, last.seq)?;
             }
         }
     }
@@ -271,53 +266,129 @@ pub(crate) fn next_for(
 }
 
 /// The open tasks of type `?2` that worker `?1`, serving model content `?4`, may take, oldest
-/// first, at most `?3`: on PostgreSQL from the head of the open-task index, skipping (and
-/// locking) rows other coordinators' transactions hold; on SQLite after the worker's lease cursor.
-fn oldest_open_sql(dialect: Dialect) -> String {
+/// first, after FIFO position `?5`, at most `?3`: on PostgreSQL skipping (and locking) rows other
+/// coordinators' transactions hold; on SQLite through the open-task index, by name.
+pub(crate) fn oldest_open_sql(dialect: Dialect) -> String {
     if dialect == Dialect::Postgres {
         return format!(
             "SELECT seq, id, text, labels, generation FROM task
-             WHERE type = ?2 AND {OPEN_FOR_WORKER}
+             WHERE type = ?2 AND {OPEN_FOR_WORKER} AND seq > ?5
              ORDER BY seq LIMIT ?3 FOR NO KEY UPDATE SKIP LOCKED"
         );
     }
     format!(
         "SELECT seq, id, text, labels, generation FROM task INDEXED BY task_open
-         WHERE type = ?2 AND {OPEN_FOR_WORKER}
-           AND seq > coalesce((SELECT after FROM temp.lease_cursor
-                               WHERE worker_id = ?1 AND type = ?2), 0)
+         WHERE type = ?2 AND {OPEN_FOR_WORKER} AND seq > ?5
          ORDER BY seq LIMIT ?3"
     )
 }
 
+/// How long a PostgreSQL lease cursor is followed before a walk starts from the head again. With
+/// several writers a cursor is a hint: a walk passes over rows other transactions hold and over
+/// tasks whose rows committed out of FIFO order, and a cursor moved back by one coordinator's
+/// session may be moved forward again by another's. Starting over now and then gives those
+/// tasks to the worker within this long even while it always has newer work.
+const CURSOR_REFRESH_MS: i64 = 2_000;
+
+/// Where `worker`'s walk over `task_type` starts (see `lease_cursor`): after its cursor, unless
+/// it has none or (PostgreSQL) it started from the head longer than [`CURSOR_REFRESH_MS`] ago.
+fn cursor(
+    conn: &dyn Sql,
+    now: i64,
+    worker: &WorkerId,
+    task_type: &TaskType,
+) -> Result<Option<i64>, CoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT after FROM temp.lease_cursor WHERE worker_id = ?1 AND type = ?2 AND since > ?3",
+        )?
+        .query_row(
+            params![worker.as_str(), task_type.as_str(), stale_before(conn, now)],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Cursors that started from the head before this are not followed (never, on SQLite: its
+/// cursors are exact).
+fn stale_before(conn: &dyn Sql, now: i64) -> i64 {
+    match conn.dialect() {
+        Dialect::Sqlite => i64::MIN,
+        Dialect::Postgres => now - CURSOR_REFRESH_MS,
+    }
+}
+
+/// Moves `worker`'s cursor over `task_type` to `last`, the last task its walk gave it: forward
+/// only, unless the walk started from the head (the cursor was stale or missing), which starts
+/// it anew.
+fn advance_cursor(
+    conn: &dyn Sql,
+    now: i64,
+    worker: &WorkerId,
+    task_type: &TaskType,
+    last: i64,
+) -> Result<(), CoreError> {
+    conn.prepare_cached(
+        "INSERT INTO temp.lease_cursor (worker_id, type, after, since) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (worker_id, type) DO UPDATE SET
+             after = CASE WHEN lease_cursor.since > ?5 AND lease_cursor.after > excluded.after
+                          THEN lease_cursor.after ELSE excluded.after END,
+             since = CASE WHEN lease_cursor.since > ?5
+                          THEN lease_cursor.since ELSE excluded.since END",
+    )?
+    .execute(params![
+        worker.as_str(),
+        task_type.as_str(),
+        last,
+        now,
+        stale_before(conn, now)
+    ])?;
+    Ok(())
+}
+
 fn oldest_open(
     conn: &dyn Sql,
+    now: i64,
     worker: &WorkerId,
     task_type: &TaskType,
     model_hash: Option<&str>,
     limit: usize,
 ) -> Result<Vec<Candidate>, CoreError> {
-    let rows = conn
-        .prepare_cached(&oldest_open_sql(conn.dialect()))?
-        .query_map(
-            params![
-                worker.as_str(),
-                task_type.as_str(),
-                limit as i64,
-                model_hash
-            ],
-            |r| {
-                Ok(Candidate {
-                    seq: r.get(0)?,
-                    id: r.get(1)?,
-                    task_type: task_type.clone(),
-                    text: r.get(2)?,
-                    labels: r.get::<_, Option<Json<Vec<String>>>>(3)?.map(|j| j.0),
-                    generation: r.get::<_, Option<Json<GenerationSpec>>>(4)?.map(|j| j.0),
-                })
-            },
-        )?
-        .collect::<Result<Vec<_>, _>>()?;
+    let walk = |after: i64| -> Result<Vec<Candidate>, CoreError> {
+        Ok(conn
+            .prepare_cached(&oldest_open_sql(conn.dialect()))?
+            .query_map(
+                params![
+                    worker.as_str(),
+                    task_type.as_str(),
+                    limit as i64,
+                    model_hash,
+                    after
+                ],
+                |r| {
+                    Ok(Candidate {
+                        seq: r.get(0)?,
+                        id: r.get(1)?,
+                        task_type: task_type.clone(),
+                        text: r.get(2)?,
+                        labels: r.get::<_, Option<Json<Vec<String>>>>(3)?.map(|j| j.0),
+                        generation: r.get::<_, Option<Json<GenerationSpec>>>(4)?.map(|j| j.0),
+                    })
+                },
+            )?
+            .collect::<Result<Vec<_>, _>>()?)
+    };
+    let after = cursor(conn, now, worker, task_type)?;
+    let mut rows = walk(after.unwrap_or(0))?;
+    // A PostgreSQL cursor may have passed tasks this worker still needs: when it leads to too
+    // few, the head has the rest (the rows this walk locked come again: they are this
+    // transaction's).
+    if after.is_some() && rows.len() < limit && conn.dialect() == Dialect::Postgres {
+        rows.extend(walk(0)?);
+        rows.sort_by_key(|c| c.seq);
+        rows.dedup_by_key(|c| c.seq);
+        rows.truncate(limit);
+    }
     Ok(rows)
 }
 
@@ -526,6 +597,55 @@ mod tests {
         );
     }
 
+    /// On PostgreSQL a walk passes over task rows other sessions hold (a submission being stored,
+    /// say) and the cursor moves past them: the worker still gets them, from the head, once the
+    /// cursor leads to too few tasks or has been followed for [`CURSOR_REFRESH_MS`].
+    #[test]
+    fn a_task_passed_over_while_locked_is_leased_later_on_postgres() {
+        let server = PgServer::start();
+        let mut conn = server.fresh();
+        let t: Vec<TaskId> = (0..4)
+            .map(|i| add(&mut conn, 0, NewTask::text(format!("t{i}"))))
+            .collect();
+        let mut other = postgres::Client::connect(server.url(), postgres::NoTls).expect("connect");
+        let mut held = other.transaction().expect("tx");
+        held.execute(
+            "SELECT 1 FROM task WHERE id = $1 FOR NO KEY UPDATE",
+            &[&t[0].to_string()],
+        )
+        .expect("lock t0");
+        let got = |conn: &mut TestStore, now| -> Vec<TaskId> {
+            lease(conn, now, lease_req("w", 1))
+                .leases
+                .iter()
+                .map(|l| l.task_id)
+                .collect()
+        };
+        assert_eq!(got(&mut conn, 10), [t[1]], "t0 is held: passed over");
+        held.rollback().expect("unlock");
+        assert_eq!(got(&mut conn, 20), [t[2]], "the cursor leads on");
+        assert_eq!(
+            got(&mut conn, 30 + CURSOR_REFRESH_MS),
+            [t[0]],
+            "a cursor followed that long starts over from the head"
+        );
+        assert_eq!(got(&mut conn, 40 + CURSOR_REFRESH_MS), [t[3]]);
+        assert!(got(&mut conn, 50 + CURSOR_REFRESH_MS).is_empty());
+
+        // Passed over again, and the cursor leads to nothing more: the head has it at once.
+        let u = add(&mut conn, 60, NewTask::text("u0"));
+        let v = add(&mut conn, 60, NewTask::text("v0"));
+        let mut held = other.transaction().expect("tx");
+        held.execute(
+            "SELECT 1 FROM task WHERE id = $1 FOR NO KEY UPDATE",
+            &[&u.to_string()],
+        )
+        .expect("lock u");
+        assert_eq!(got(&mut conn, 70 + CURSOR_REFRESH_MS), [v]);
+        held.rollback().expect("unlock");
+        assert_eq!(got(&mut conn, 80 + CURSOR_REFRESH_MS), [u]);
+    }
+
     #[test]
     fn the_lease_query_walks_the_open_index() {
         let conn = store();
@@ -534,7 +654,7 @@ mod tests {
             let plan: Vec<String> = (&conn as &dyn Sql)
                 .prepare(&sql)
                 .expect("plan")
-                .query_map(params!["w", task_type, 1, hash], |r| r.get(3))
+                .query_map(params!["w", task_type, 1, hash, 0], |r| r.get(3))
                 .expect("rows")
                 .collect::<Result<_, _>>()
                 .expect("plan rows");

@@ -25,7 +25,7 @@ pub(crate) mod verify;
 pub(crate) mod workers;
 
 use crate::error::CoreError;
-use crate::store::sql::{params, Dialect, FromValue, OptionalExtension, Row, Sql, ValueRef};
+use crate::store::sql::{params, FromValue, OptionalExtension, Row, Sql, ValueRef};
 use crate::store::{blob_to_vector, from_ms};
 use protocol::generation::{blob_to_ids, GenerationSpec, VerifyMode};
 use protocol::messages::{FailureReason, TaskAnnouncement, TaskEvent, TaskView};
@@ -387,7 +387,7 @@ pub(crate) fn touch_worker(
     model: Option<&str>,
     model_hash: Option<&str>,
 ) -> Result<(), CoreError> {
-    if model_hash.is_some() && conn.dialect() == Dialect::Sqlite {
+    if model_hash.is_some() {
         conn.prepare_cached(
             "DELETE FROM temp.lease_cursor WHERE worker_id = ?1
                AND EXISTS (SELECT 1 FROM worker WHERE id = ?1 AND model_hash IS DISTINCT FROM ?2)",
@@ -492,9 +492,6 @@ pub(crate) fn end_lease_unanswered(
 /// A task may now be open to workers whose lease cursors are past it (see `lease_cursor`):
 /// their next walk starts before it.
 pub(crate) fn rewind_cursors(conn: &dyn Sql, task_id: &TaskId) -> Result<(), CoreError> {
-    if conn.dialect() != Dialect::Sqlite {
-        return Ok(());
-    }
     conn.prepare_cached(
         "UPDATE temp.lease_cursor SET after = t.seq - 1
          FROM (SELECT seq, type FROM task WHERE id = ?1) AS t
@@ -563,6 +560,7 @@ pub(crate) mod testing {
     //! A fresh in-memory store and helpers shared by the operation tests.
 
     use super::*;
+    use crate::store::sql::Dialect;
     use protocol::messages::{
         Lease, LeaseReply, LeaseRequest, NewTask, SubmitReply, SubmitRequest, TaskAddRequest,
     };
@@ -715,7 +713,7 @@ pub(crate) mod testing {
             client
                 .batch_execute(
                     "TRUNCATE task, lease, submission, worker, worker_score, worker_token,
-                     verification, gold, gold_answer, task_batch, health_probe, score_delta
+                     verification, gold, gold_answer, task_batch, health_probe, score_delta, lease_cursor
                      RESTART IDENTITY CASCADE",
                 )
                 .expect("truncate");

@@ -529,7 +529,7 @@ mod tests {
         writer
             .write(Lane::Normal, |c| {
                 c.execute(
-                    "INSERT INTO temp.lease_cursor (worker_id, type, after) VALUES ('w', 't', 7)",
+                    "INSERT INTO temp.lease_cursor (worker_id, type, after, since) VALUES ('w', 't', 7, 0)",
                     (),
                 )?;
                 Ok(())

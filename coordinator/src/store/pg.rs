@@ -63,6 +63,17 @@ const MIGRATIONS: &[&str] = &[
     // exactly.
     "DROP INDEX submission_by_worker;
      CREATE INDEX submission_by_worker ON submission (worker_id, task_id);",
+    // The lease cursors (see `lease_cursor` in the SQLite schema), one table for every session
+    // of every coordinator, so a worker's cursor is where its last lease left it whichever
+    // session served it. Unlogged: a crash empties it, and a missing cursor only means a walk
+    // from the head.
+    "CREATE UNLOGGED TABLE lease_cursor (
+         worker_id TEXT   NOT NULL,
+         type      TEXT   NOT NULL,
+         after     BIGINT NOT NULL,
+         since     BIGINT NOT NULL,
+         PRIMARY KEY (worker_id, type)
+     );",
 ];
 
 /// The session settings of every connection.
@@ -668,6 +679,13 @@ mod tests {
         assert!(
             plan.contains("Index Cond: (id = ANY"),
             "taking slots walks the table:\n{plan}"
+        );
+        let walk = crate::ops::lease::oldest_open_sql(crate::store::sql::Dialect::Postgres);
+        let plan = generic_plan(&mut c, &walk, "'w', 'sentiment', 32, NULL, 7");
+        assert!(
+            plan.contains("Index Scan using task_open on task")
+                && plan.contains("Index Cond: ((type = $2) AND (seq > $5))"),
+            "the lease walk does not start at the cursor:\n{plan}"
         );
     }
 }

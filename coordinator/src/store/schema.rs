@@ -279,12 +279,14 @@ CREATE INDEX score_delta_by_worker ON score_delta (worker_id);
 /// three workers and three votes per task, the fastest worker would otherwise skip everything the
 /// slowest has not done, on every request). Any lease that ends without a result moves the
 /// cursors of its task's type back before that task. Being a table, it commits and rolls back
-/// with the operations that move it.
+/// with the operations that move it. `since` is when the cursor last started from the head
+/// (PostgreSQL's cursors start over every `CURSOR_REFRESH_MS`, see `ops::lease`).
 pub const CONNECTION_TABLES: &str = "
 CREATE TEMP TABLE IF NOT EXISTS lease_cursor (
     worker_id TEXT    NOT NULL,
     type      TEXT    NOT NULL,
     after     INTEGER NOT NULL,
+    since     INTEGER NOT NULL,
     PRIMARY KEY (worker_id, type)
 ) WITHOUT ROWID;
 ";

@@ -742,9 +742,10 @@ impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
 
 /// SQLite-dialect SQL as PostgreSQL takes it: `?N` parameters become `$N` (outside quotes),
 /// `json_each(?N)` becomes `json_array_elements_text(CAST($N AS json))` (both yield a `value`
-/// column), and SQLite's `INDEXED BY name` hints are dropped.
+/// column), SQLite's `INDEXED BY name` hints and `temp.` qualifiers are dropped.
 pub fn to_postgres(sql: &str) -> String {
     let sql = drop_index_hints(sql);
+    let sql = drop_temp_schema(&sql);
     let sql = json_each(&sql);
     let mut out = String::with_capacity(sql.len() + 8);
     let mut quoted = false;
@@ -775,6 +776,12 @@ fn rewrite_each(sql: &str, needle: &str, f: impl Fn(&str) -> (String, usize)) ->
     }
     out.push_str(rest);
     out
+}
+
+/// `temp.name` becomes `name`: what a SQLite connection keeps to itself, PostgreSQL keeps in a
+/// table every session shares (see `lease_cursor`).
+fn drop_temp_schema(sql: &str) -> String {
+    rewrite_each(sql, " temp.", |_| (" ".to_owned(), 0))
 }
 
 fn drop_index_hints(sql: &str) -> String {
