@@ -241,7 +241,7 @@ fn insert_leases(
         args.push(id);
         args.push(&c.id);
     }
-    conn.prepare_cached(&sql)?.execute(args.as_slice())?;
+    conn.prepare_cached(&sql)?.defer(args.as_slice())?;
     Ok(())
 }
 
@@ -336,7 +336,7 @@ fn advance_cursor(
              since = CASE WHEN lease_cursor.since > ?5
                           THEN lease_cursor.since ELSE excluded.since END",
     )?
-    .execute(params![
+    .defer(params![
         worker.as_str(),
         task_type.as_str(),
         last,

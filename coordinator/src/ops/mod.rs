@@ -405,7 +405,7 @@ pub(crate) fn touch_worker(
              model_hash = COALESCE(excluded.model_hash, worker.model_hash),
              last_seen = excluded.last_seen",
     )?
-    .execute(params![worker.as_str(), caps, model, model_hash, now])?;
+    .defer(params![worker.as_str(), caps, model, model_hash, now])?;
     Ok(())
 }
 

@@ -164,7 +164,7 @@ pub(crate) fn accept(
                                  embedding, token_ids, text, logprobs, model_hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
-    .execute(params![
+    .defer(params![
         tid,
         sub.worker_id.as_str(),
         lease_id.to_string(),
@@ -179,7 +179,7 @@ pub(crate) fn accept(
         sub.model_hash
     ])?;
     conn.prepare_cached("UPDATE lease SET state = 'completed', ended_at = ?1 WHERE id = ?2")?
-        .execute(params![ctx.now, lease_id.to_string()])?;
+        .defer(params![ctx.now, lease_id.to_string()])?;
     conn.prepare_cached(
         "UPDATE task SET
              submissions = submissions + 1,
@@ -187,7 +187,7 @@ pub(crate) fn accept(
              status = CASE WHEN active_leases = 1 THEN 'queued' ELSE 'assigned' END
          WHERE id = ?1",
     )?
-    .execute([&tid])?;
+    .defer([&tid])?;
     tracing::debug!(task_id = %task_id, worker_id = %sub.worker_id, label = %sub.answer.label(), "submission stored");
 
     if let Some(gold) = task.gold {
@@ -378,11 +378,11 @@ fn finalize(
              finished_at = ?3, inconclusive = 0
          WHERE id = ?4",
     )?
-    .execute(params![decision.label, decision.confidence, ctx.now, tid])?;
+    .defer(params![decision.label, decision.confidence, ctx.now, tid])?;
     conn.prepare_cached(
         "UPDATE submission SET agreed = CASE WHEN label = ?1 THEN 1 ELSE 0 END WHERE task_id = ?2",
     )?
-    .execute(params![decision.label, tid])?;
+    .defer(params![decision.label, tid])?;
     award_points(conn, &tid)?;
     let answer = Final::Label(decision.label.clone());
     finished(ctx, &task.id, answer, decision.confidence);
@@ -578,7 +578,7 @@ pub(crate) fn award_points(conn: &dyn Sql, tid: &str) -> Result<(), CoreError> {
             "INSERT INTO score_delta (worker_id, points)
              SELECT worker_id, 1 FROM submission WHERE task_id = ?1 AND agreed = 1",
         )?
-        .execute([tid])?;
+        .defer([tid])?;
         return Ok(());
     }
     conn.prepare_cached(

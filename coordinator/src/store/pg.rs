@@ -23,7 +23,7 @@
 
 use crate::error::{CoreError, StoreError, CONFLICT_SQLSTATES};
 use crate::store::group::Lane;
-use crate::store::sql::{Pg, Sql, StmtCache};
+use crate::store::sql::{Pg, PgPipe, Sql, StmtCache};
 use postgres::{Client, IsolationLevel, NoTls};
 use std::any::Any;
 use std::cell::RefCell;
@@ -99,7 +99,7 @@ impl Default for Timeouts {
 
 /// The PostgreSQL store's connections.
 pub struct PgStore {
-    config: postgres::Config,
+    config: tokio_postgres::Config,
     reads: r2d2::Pool<r2d2_postgres::PostgresConnectionManager<NoTls>>,
     /// What the URL names, without its password (for logs and status).
     shown: String,
@@ -112,7 +112,7 @@ impl PgStore {
     /// # Errors
     /// [`StoreError`] for a bad URL, an unreachable server, or a schema from a newer build.
     pub fn open(url: &str, app: &str, timeouts: Timeouts) -> Result<Self, StoreError> {
-        let mut config = postgres::Config::from_str(url).map_err(|e| {
+        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
             let shown = crate::store::without_password(url);
             StoreError::Config(format!("{shown:?} is not a PostgreSQL URL: {e}"))
         })?;
@@ -128,9 +128,10 @@ impl PgStore {
         ));
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(10));
-        let mut client = config.connect(NoTls)?;
+        let blocking = postgres::Config::from(config.clone());
+        let mut client = blocking.connect(NoTls)?;
         migrate(&mut client)?;
-        let manager = r2d2_postgres::PostgresConnectionManager::new(config.clone(), NoTls);
+        let manager = r2d2_postgres::PostgresConnectionManager::new(blocking, NoTls);
         let reads = r2d2::Pool::builder()
             .max_size(4)
             .min_idle(Some(0))
@@ -142,8 +143,8 @@ impl PgStore {
                 .get_hosts()
                 .first()
                 .map_or_else(String::new, |h| match h {
-                    postgres::config::Host::Tcp(h) => h.clone(),
-                    postgres::config::Host::Unix(p) => p.display().to_string(),
+                    tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
                 }),
             config.get_ports().first().copied().unwrap_or(5432),
             config.get_dbname().unwrap_or("postgres")
@@ -271,6 +272,10 @@ impl Writer {
             let shared = shared.clone();
             let mut session = Session {
                 config: store.config.clone(),
+                rt: tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a writer's runtime starts"),
                 client: None,
                 cache: RefCell::new(StmtCache::default()),
             };
@@ -373,14 +378,35 @@ fn conflict(e: &CoreError) -> bool {
     matches!(e, CoreError::Store(e) if e.sqlstate().is_some_and(|c| CONFLICT_SQLSTATES.contains(&c)))
 }
 
-/// One writer thread's session.
+/// One writer thread's session: a connection driven by the thread's own runtime (it makes
+/// progress while the thread waits for an answer, which is all the thread does meanwhile).
 struct Session {
-    config: postgres::Config,
-    client: Option<Client>,
+    config: tokio_postgres::Config,
+    rt: tokio::runtime::Runtime,
+    client: Option<tokio_postgres::Client>,
     cache: RefCell<StmtCache>,
 }
 
 impl Session {
+    /// The session's connection, made anew when there is none or it was lost.
+    fn connect(&mut self) -> Result<(), CoreError> {
+        if self.client.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
+            self.cache.borrow_mut().clear();
+            self.client = None;
+            let (client, connection) = self
+                .rt
+                .block_on(self.config.connect(NoTls))
+                .map_err(|e| CoreError::Unreachable(e.to_string()))?;
+            self.rt.spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "postgres writer connection ended");
+                }
+            });
+            self.client = Some(client);
+        }
+        Ok(())
+    }
+
     /// Runs `jobs` in one transaction and answers each: again after a conflict or a lost
     /// connection, without an operation that failed after changing rows, one per transaction
     /// after any other failure (so one operation's error is not every operation's).
@@ -388,21 +414,15 @@ impl Session {
         let mut attempt = 0;
         while !jobs.is_empty() {
             attempt += 1;
-            if self.client.as_ref().is_none_or(Client::is_closed) {
-                self.cache.borrow_mut().clear();
-                self.client = None;
-                match self.config.connect(NoTls) {
-                    Ok(c) => self.client = Some(c),
-                    Err(e) => {
-                        for job in jobs {
-                            job.finish(Err(CoreError::Unreachable(e.to_string())));
-                        }
-                        return;
-                    }
+            if let Err(e) = self.connect() {
+                for job in jobs.drain(1..) {
+                    job.finish(Err(CoreError::Unreachable(e.to_string())));
                 }
+                jobs.remove(0).finish(Err(e));
+                return;
             }
-            let client = self.client.as_mut().expect("connected above");
-            let failure = match once(client, &self.cache, &mut jobs) {
+            let client = self.client.as_ref().expect("connected above");
+            let failure = match once(&self.rt, client, &self.cache, &mut jobs) {
                 Ok(outcomes) => {
                     for (job, outcome) in jobs.into_iter().zip(outcomes) {
                         job.finish(outcome);
@@ -411,9 +431,7 @@ impl Session {
                 }
                 Err(failure) => failure,
             };
-            if client.is_closed() {
-                self.client = None;
-            }
+            let lost = client.is_closed();
             let e = match failure {
                 Failure::Refused(i, e) => {
                     jobs.remove(i).finish(Err(e));
@@ -425,11 +443,13 @@ impl Session {
                     }
                     return;
                 }
+                // Lost before the commit: nothing was committed; once more on a new connection.
+                Failure::Batch(e) if lost && attempt < 2 => {
+                    tracing::debug!(error = %e, "postgres connection lost; running the batch again");
+                    continue;
+                }
                 Failure::Batch(e) => e,
             };
-            if matches!(e, CoreError::Unreachable(_)) && attempt < 2 {
-                continue;
-            }
             if conflict(&e) && attempt < ATTEMPTS {
                 tracing::debug!(attempt, error = %e, "transaction conflict; running it again");
                 std::thread::sleep(Duration::from_millis(
@@ -456,31 +476,34 @@ impl Session {
 /// One run of `jobs` in one transaction, with the database's clock read once. An operation's
 /// error leaves the others be when it changed nothing and the server refused nothing.
 fn once(
-    c: &mut Client,
+    rt: &tokio::runtime::Runtime,
+    client: &tokio_postgres::Client,
     cache: &RefCell<StmtCache>,
     jobs: &mut [Job],
 ) -> Result<Vec<Outcome>, Failure> {
-    let mut tx = c
-        .transaction()
-        .map_err(|e| Failure::Batch(CoreError::Unreachable(e.to_string())))?;
+    let db = PgPipe::begin(rt, client, cache);
     let mut outcomes = Vec::with_capacity(jobs.len());
-    {
-        let db = Pg::new(&mut tx, cache);
-        for (i, job) in jobs.iter_mut().enumerate() {
-            db.begin_op();
-            // Dropping the transaction on an early return rolls it back.
-            match crate::store::guarded(|| (job.run)(&db)) {
-                Err(e) if db.aborted() => return Err(Failure::Batch(e)),
-                Err(e) if db.op_wrote() => return Err(Failure::Refused(i, e)),
-                outcome => outcomes.push(outcome),
+    for (i, job) in jobs.iter_mut().enumerate() {
+        db.begin_op();
+        let outcome = crate::store::guarded(|| (job.run)(&db));
+        let failure = match outcome {
+            Err(e) if db.aborted() => Failure::Batch(e),
+            Err(e) if db.op_wrote() => Failure::Refused(i, e),
+            outcome => {
+                outcomes.push(outcome);
+                continue;
             }
-        }
+        };
+        db.rollback();
+        return Err(failure);
     }
-    match tx.commit() {
+    match db.commit() {
         Ok(()) => Ok(outcomes),
         // The server may or may not have committed: say so, never "ok".
-        Err(e) if e.code().is_none() => Err(Failure::CommitUnknown(e.to_string())),
-        Err(e) => Err(Failure::Batch(CoreError::Store(e.into()))),
+        Err(e) if e.sqlstate().is_none() && client.is_closed() => {
+            Err(Failure::CommitUnknown(e.to_string()))
+        }
+        Err(e) => Err(Failure::Batch(CoreError::Store(e))),
     }
 }
 

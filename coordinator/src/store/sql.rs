@@ -11,6 +11,8 @@
 use postgres_types::{IsNull, ToSql, Type};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -389,6 +391,17 @@ pub trait Sql {
     /// The engine's.
     fn exec_batch(&self, sql: &str) -> Result<()>;
 
+    /// Runs a statement that returns no rows, when its caller needs neither how many rows it
+    /// changed nor to know now that it worked. PostgreSQL's writer sessions send it at once and
+    /// read its outcome with the next statement's (a statement that fails then fails that one,
+    /// and the transaction); others run it as [`Sql::exec`].
+    ///
+    /// # Errors
+    /// The engine's, now or from the next statement on.
+    fn defer(&self, sql: &str, args: &[ValueRef<'_>]) -> Result<()> {
+        self.exec(sql, args).map(|_| ())
+    }
+
     /// The store's clock, in ms since the epoch: this machine's for SQLite, the database
     /// server's for PostgreSQL (one clock for every coordinator).
     ///
@@ -412,6 +425,14 @@ impl Stmt<'_> {
     /// The engine's.
     pub fn execute<P: Params>(&mut self, p: P) -> Result<usize> {
         self.db.exec(&self.sql, &p.args())
+    }
+
+    /// See [`Sql::defer`].
+    ///
+    /// # Errors
+    /// The engine's.
+    pub fn defer<P: Params>(&mut self, p: P) -> Result<()> {
+        self.db.defer(&self.sql, &p.args())
     }
 
     /// The first row, through `f`; [`Error::NoRows`] when there is none.
@@ -706,10 +727,7 @@ impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
     ) -> Result<()> {
         let stmt = self.statement(sql)?;
         let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
-        // `INSERT ... RETURNING` and the like change rows too; a `SELECT` changes none (its row
-        // locks are the transaction's, harmless to the operations after it).
-        let select = sql.trim_start().get(..6);
-        if !select.is_some_and(|w| w.eq_ignore_ascii_case("SELECT")) {
+        if changes_rows(sql) {
             self.wrote.set(true);
         }
         let rows = self.noted(self.client.borrow_mut().query(&stmt, &params))?;
@@ -730,10 +748,7 @@ impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
         if let Some(now) = self.now.get() {
             return Ok(now);
         }
-        let row = self.noted(self.client.borrow_mut().query_one(
-            "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
-            &[],
-        ))?;
+        let row = self.noted(self.client.borrow_mut().query_one(CLOCK, &[]))?;
         let now = row.get(0);
         self.now.set(Some(now));
         Ok(now)
@@ -844,6 +859,226 @@ impl ToSql for ValueRef<'_> {
     }
 
     postgres_types::to_sql_checked!();
+}
+
+/// A value crossing the seam, owned: a parameter of a statement whose outcome is read later.
+#[derive(Debug, Clone, PartialEq)]
+enum Value {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl From<&ValueRef<'_>> for Value {
+    fn from(v: &ValueRef<'_>) -> Self {
+        match *v {
+            ValueRef::Null => Value::Null,
+            ValueRef::Integer(i) => Value::Integer(i),
+            ValueRef::Real(f) => Value::Real(f),
+            ValueRef::Text(t) => Value::Text(t.to_owned()),
+            ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+        }
+    }
+}
+
+impl ToSql for Value {
+    fn to_sql(&self, ty: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, BoxError> {
+        let v = match self {
+            Value::Null => ValueRef::Null,
+            Value::Integer(i) => ValueRef::Integer(*i),
+            Value::Real(f) => ValueRef::Real(*f),
+            Value::Text(t) => ValueRef::Text(t),
+            Value::Blob(b) => ValueRef::Blob(b),
+        };
+        v.to_sql(ty, out)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    postgres_types::to_sql_checked!();
+}
+
+/// A statement sent and not yet answered.
+type Pending<'a> = Pin<Box<dyn Future<Output = std::result::Result<(), postgres::Error>> + 'a>>;
+
+/// A PostgreSQL writer session's transaction, pipelined: what runs through [`Sql::defer`] (and
+/// the `BEGIN`) is sent with the next statement whose answer is needed, or with the `COMMIT`, in
+/// one write, and their answers are read together, so the changes an operation makes cost no
+/// round trip of their own. Statements stay in order; after a failure the server refuses the
+/// rest of the transaction, which is then only rolled back. Like [`Pg`], it notes what ran.
+pub struct PgPipe<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    client: &'a tokio_postgres::Client,
+    cache: &'a RefCell<StmtCache>,
+    pending: RefCell<Vec<Pending<'a>>>,
+    wrote: Cell<bool>,
+    aborted: Cell<bool>,
+    now: Cell<Option<i64>>,
+}
+
+impl<'a> PgPipe<'a> {
+    /// Begins a transaction on `client` (sent with its first statement), driven by `rt`,
+    /// preparing statements into `cache`.
+    pub fn begin(
+        rt: &'a tokio::runtime::Runtime,
+        client: &'a tokio_postgres::Client,
+        cache: &'a RefCell<StmtCache>,
+    ) -> Self {
+        let pipe = Self {
+            rt,
+            client,
+            cache,
+            pending: RefCell::new(Vec::new()),
+            wrote: Cell::new(false),
+            aborted: Cell::new(false),
+            now: Cell::new(None),
+        };
+        pipe.pending
+            .borrow_mut()
+            .push(Box::pin(client.batch_execute("BEGIN")));
+        pipe
+    }
+
+    /// Commits: the statements not yet answered go with the `COMMIT`. An error without a
+    /// SQLSTATE means the connection was lost, and with it what the server did.
+    ///
+    /// # Errors
+    /// The first statement's that failed, or the commit's.
+    pub fn commit(self) -> Result<()> {
+        self.answered(self.client.batch_execute("COMMIT"))
+    }
+
+    /// Rolls back, dropping what was not sent yet.
+    pub fn rollback(self) {
+        self.pending.borrow_mut().clear();
+        let _ = self.rt.block_on(self.client.batch_execute("ROLLBACK"));
+    }
+
+    /// See [`Pg::begin_op`].
+    pub fn begin_op(&self) {
+        self.wrote.set(false);
+    }
+
+    /// See [`Pg::op_wrote`].
+    pub fn op_wrote(&self) -> bool {
+        self.wrote.get()
+    }
+
+    /// See [`Pg::aborted`].
+    pub fn aborted(&self) -> bool {
+        self.aborted.get()
+    }
+
+    /// Sends what is pending and then `last`, and waits for all their answers: `last`'s, or
+    /// the first failure among them.
+    fn answered<T>(
+        &self,
+        last: impl Future<Output = std::result::Result<T, postgres::Error>>,
+    ) -> Result<T> {
+        let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        // Both join in order: each request is sent when first polled.
+        let (earlier, out) = self
+            .rt
+            .block_on(async { futures::join!(futures::future::join_all(pending), last) });
+        let out = earlier.into_iter().collect::<std::result::Result<Vec<()>, _>>().and(out);
+        if out.is_err() {
+            self.aborted.set(true);
+        }
+        Ok(out?)
+    }
+
+    fn statement(&self, sql: &str) -> Result<postgres::Statement> {
+        if let Some(s) = self.cache.borrow().stmts.get(sql) {
+            return Ok(s.clone());
+        }
+        let stmt = self.rt.block_on(self.client.prepare(&to_postgres(sql)));
+        if stmt.is_err() {
+            self.aborted.set(true);
+        }
+        let stmt = stmt?;
+        self.cache
+            .borrow_mut()
+            .stmts
+            .insert(sql.to_owned(), stmt.clone());
+        Ok(stmt)
+    }
+}
+
+impl Sql for PgPipe<'_> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    fn exec(&self, sql: &str, args: &[ValueRef<'_>]) -> Result<usize> {
+        let stmt = self.statement(sql)?;
+        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
+        self.wrote.set(true);
+        let n = self.answered(self.client.execute(&stmt, &params))?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    fn defer(&self, sql: &str, args: &[ValueRef<'_>]) -> Result<()> {
+        let stmt = self.statement(sql)?;
+        let owned: Vec<Value> = args.iter().map(Value::from).collect();
+        let client = self.client;
+        self.wrote.set(true);
+        self.pending.borrow_mut().push(Box::pin(async move {
+            let params = owned.iter().map(|v| v as &(dyn ToSql + Sync));
+            client.execute_raw(&stmt, params).await.map(|_| ())
+        }));
+        Ok(())
+    }
+
+    fn rows(
+        &self,
+        sql: &str,
+        args: &[ValueRef<'_>],
+        each: &mut dyn FnMut(&Row<'_>) -> Result<bool>,
+    ) -> Result<()> {
+        let stmt = self.statement(sql)?;
+        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
+        if changes_rows(sql) {
+            self.wrote.set(true);
+        }
+        let rows = self.answered(self.client.query(&stmt, &params))?;
+        for r in &rows {
+            if !each(&Row::Postgres(r))? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn exec_batch(&self, sql: &str) -> Result<()> {
+        self.wrote.set(true);
+        self.answered(self.client.batch_execute(sql))
+    }
+
+    fn now_ms(&self) -> Result<i64> {
+        if let Some(now) = self.now.get() {
+            return Ok(now);
+        }
+        let row = self.answered(self.client.query_one(CLOCK, &[]))?;
+        let now = row.get(0);
+        self.now.set(Some(now));
+        Ok(now)
+    }
+}
+
+/// The database server's clock, in ms since the epoch.
+const CLOCK: &str = "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
+
+/// Whether a statement that returns rows may change some: `INSERT ... RETURNING` and the like
+/// do, a `SELECT` does not (its row locks are the transaction's, harmless to the operations
+/// after it).
+fn changes_rows(sql: &str) -> bool {
+    !sql.trim_start()
+        .get(..6)
+        .is_some_and(|w| w.eq_ignore_ascii_case("SELECT"))
 }
 
 /// A NUMERIC (what PostgreSQL's `SUM` of integers returns), read as an integer when it has no
