@@ -437,9 +437,7 @@ mod tests {
     use protocol::messages::NewTask;
     use protocol::TaskStatus;
 
-    #[test]
-    fn parallel_leases_to_distinct_workers_up_to_required() {
-        let mut conn = store();
+    fn parallel_leases_to_distinct_workers_up_to_required(mut conn: TestStore) {
         let t = add(&mut conn, 0, NewTask::text("x"));
         for w in ["a", "b", "c"] {
             let r = lease(&mut conn, 1, lease_req(w, 1));
@@ -451,17 +449,13 @@ mod tests {
         assert_eq!((task.status, task.active_leases), (TaskStatus::Assigned, 3));
     }
 
-    #[test]
-    fn a_worker_never_gets_a_second_lease_on_a_task() {
-        let mut conn = store();
+    fn a_worker_never_gets_a_second_lease_on_a_task(mut conn: TestStore) {
         add(&mut conn, 0, NewTask::text("x"));
         assert_eq!(lease(&mut conn, 1, lease_req("a", 5)).leases.len(), 1);
         assert!(lease(&mut conn, 2, lease_req("a", 5)).leases.is_empty());
     }
 
-    #[test]
-    fn fifo_and_capability_routing() {
-        let mut conn = store();
+    fn fifo_and_capability_routing(mut conn: TestStore) {
         let other = add(
             &mut conn,
             0,
@@ -488,42 +482,35 @@ mod tests {
         assert_eq!(ids, vec![other, first, second]);
     }
 
-    #[test]
-    fn per_worker_cap_on_held_leases() {
-        let mut conn = store();
+    fn per_worker_cap_on_held_leases(mut conn: TestStore) {
         for i in 0..5 {
             add(&mut conn, i, NewTask::text(format!("t{i}")));
         }
-        let tx = conn.transaction().expect("tx");
         let mut c = ctx(10);
         c.settings.max_leases_per_worker = 2;
-        assert_eq!(
-            run(&tx, &mut c, lease_req("a", 5))
-                .expect("lease")
-                .leases
-                .len(),
-            2
-        );
-        assert!(run(&tx, &mut c, lease_req("a", 5))
-            .expect("lease")
-            .leases
-            .is_empty());
+        let (first, second) = conn
+            .write(|tx| -> Result<_, CoreError> {
+                let first = run(tx, &mut c, lease_req("a", 5))?.leases.len();
+                Ok((first, run(tx, &mut c, lease_req("a", 5))?.leases.len()))
+            })
+            .expect("lease");
+        assert_eq!((first, second), (2, 0));
     }
 
     fn ids(r: &LeaseReply) -> Vec<TaskId> {
         r.leases.iter().map(|l| l.task_id).collect()
     }
 
-    fn release(conn: &mut rusqlite::Connection, now: i64, worker: &str, lease: &Lease) {
-        let tx = conn.transaction().expect("tx");
+    fn release(conn: &mut TestStore, now: i64, worker: &str, lease: &Lease) {
         let req = protocol::messages::ReleaseRequest {
             worker_id: wid(worker),
             lease_ids: vec![lease.lease_id],
             offline: false,
         };
-        let r = crate::ops::release::run(&tx, &mut ctx(now), req).expect("release");
+        let r = conn
+            .write(|tx| crate::ops::release::run(tx, &mut ctx(now), req))
+            .expect("release");
         assert_eq!(r.released, 1);
-        tx.commit().expect("commit");
     }
 
     fn two_votes(text: &str) -> NewTask {
@@ -533,9 +520,7 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_slot_freed_behind_a_workers_cursor_is_offered_to_it_again() {
-        let mut conn = store();
+    fn a_slot_freed_behind_a_workers_cursor_is_offered_to_it_again(mut conn: TestStore) {
         let t1 = add(&mut conn, 0, two_votes("one"));
         let t2 = add(&mut conn, 0, two_votes("two"));
         assert_eq!(ids(&lease(&mut conn, 1, lease_req("a", 2))), [t1, t2]);
@@ -549,32 +534,37 @@ mod tests {
         assert_eq!(ids(&lease(&mut conn, 3, lease_req("c", 2))), [t1]);
     }
 
-    #[test]
-    fn a_worker_whose_lease_expired_may_lease_the_task_again() {
-        let mut conn = store();
+    fn a_worker_whose_lease_expired_may_lease_the_task_again(mut conn: TestStore) {
         let t1 = add(&mut conn, 0, NewTask::text("one"));
         let t2 = add(&mut conn, 0, NewTask::text("two"));
         assert_eq!(ids(&lease(&mut conn, 1, lease_req("a", 1))), [t1]);
         assert_eq!(ids(&lease(&mut conn, 1, lease_req("a", 1))), [t2]);
-        let tx = conn.transaction().expect("tx");
-        let swept = crate::ops::sweep::run(&tx, &mut ctx(60_000)).expect("sweep");
-        tx.commit().expect("commit");
+        let swept = conn
+            .write(|tx| crate::ops::sweep::run(tx, &mut ctx(60_000)))
+            .expect("sweep");
         assert_eq!(swept.requeued, 2, "{swept:?}");
         assert_eq!(ids(&lease(&mut conn, 60_001, lease_req("a", 5))), [t1, t2]);
     }
 
-    #[test]
-    fn a_rolled_back_lease_leaves_the_cursor_where_it_was() {
-        let mut conn = store();
+    fn a_rolled_back_lease_leaves_the_cursor_where_it_was(mut conn: TestStore) {
         let t1 = add(&mut conn, 0, NewTask::text("one"));
-        {
-            let tx = conn.transaction().expect("tx");
-            let r = run(&tx, &mut ctx(1), lease_req("a", 1)).expect("lease");
-            assert_eq!(ids(&r), [t1]);
-            // Dropped without commit: rolled back, cursor included.
-        }
+        let rolled_back = conn.write(|tx| -> Result<(), Vec<TaskId>> {
+            // Refused after leasing: rolled back, cursor included.
+            Err(ids(&run(tx, &mut ctx(1), lease_req("a", 1)).expect("lease")))
+        });
+        assert_eq!(rolled_back, Err(vec![t1]));
         assert_eq!(ids(&lease(&mut conn, 2, lease_req("a", 1))), [t1]);
     }
+
+    on_both_engines!(
+        parallel_leases_to_distinct_workers_up_to_required,
+        a_worker_never_gets_a_second_lease_on_a_task,
+        fifo_and_capability_routing,
+        per_worker_cap_on_held_leases,
+        a_slot_freed_behind_a_workers_cursor_is_offered_to_it_again,
+        a_worker_whose_lease_expired_may_lease_the_task_again,
+        a_rolled_back_lease_leaves_the_cursor_where_it_was,
+    );
 
     #[test]
     fn the_lease_query_is_compiled_once() {

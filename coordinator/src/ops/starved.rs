@@ -211,9 +211,7 @@ mod tests {
         summary(conn, &live).expect("summary")
     }
 
-    #[test]
-    fn a_task_needing_more_workers_than_can_do_it_is_starved_until_they_come() {
-        let mut conn = store();
+    fn a_task_needing_more_workers_than_can_do_it_is_starved_until_they_come(mut conn: TestStore) {
         let zs = add(
             &mut conn,
             0,
@@ -272,9 +270,7 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_live_worker_that_already_answered_does_not_count_a_gone_one_does() {
-        let mut conn = store();
+    fn a_live_worker_that_already_answered_does_not_count_a_gone_one_does(mut conn: TestStore) {
         let t = add(&mut conn, 0, NewTask::text("x"));
         for w in ["a", "b", "c"] {
             register(&conn, 0, w, &[TaskType::sentiment()]);
@@ -346,9 +342,7 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_generative_task_counts_only_workers_serving_its_model_content() {
-        let mut conn = store();
+    fn a_generative_task_counts_only_workers_serving_its_model_content(mut conn: TestStore) {
         let hash = protocol::generation::SMOLLM2_HASH;
         let t = add(
             &mut conn,
@@ -384,4 +378,10 @@ mod tests {
         assert_eq!(starved(&conn, 4, &t), None);
         assert!(summary_at(&conn, 4).is_empty());
     }
+
+    on_both_engines!(
+        a_task_needing_more_workers_than_can_do_it_is_starved_until_they_come,
+        a_live_worker_that_already_answered_does_not_count_a_gone_one_does,
+        a_generative_task_counts_only_workers_serving_its_model_content,
+    );
 }

@@ -831,10 +831,8 @@ mod tests {
         assert_eq!(r.expect_err("late vote").code(), ErrorCode::LeaseExpired);
     }
 
-    #[test]
-    fn attempts_count_only_leases_without_result() {
+    fn attempts_count_only_leases_without_result(mut conn: TestStore) {
         // required 3 > max_attempts 2: healthy workers still finalize it.
-        let mut conn = store();
         let t = add(
             &mut conn,
             0,
@@ -880,17 +878,14 @@ mod tests {
         );
     }
 
-    #[test]
-    fn heartbeats_renew_leases_and_stale_workers_lose_them() {
+    fn heartbeats_renew_leases_and_stale_workers_lose_them(mut conn: TestStore) {
         use crate::ops::heartbeat;
         use protocol::messages::Heartbeat;
-        let mut conn = store();
         add(&mut conn, 0, NewTask::text("x"));
         take(&mut conn, 0, "a");
         take(&mut conn, 0, "b");
         // `a` heartbeats just before its lease would expire; `b` stays silent.
         let s = settings();
-        let tx = conn.transaction().expect("tx");
         let hb = Heartbeat {
             worker_id: wid("a"),
             capabilities: vec![protocol::TaskType::sentiment()],
@@ -898,12 +893,15 @@ mod tests {
             leases: None,
             model_hash: None,
         };
-        let r = heartbeat::run(&tx, &mut ctx(s.lease_ms - 1), &wid("a"), hb).expect("heartbeat");
-        assert_eq!(r.renewed, 1);
-        let swept = sweep::run(&tx, &mut ctx(s.lease_ms + 1)).expect("sweep");
-        tx.commit().expect("commit");
+        let (renewed, swept) = conn
+            .write(|tx| -> Result<_, CoreError> {
+                let r = heartbeat::run(tx, &mut ctx(s.lease_ms - 1), &wid("a"), hb)?;
+                Ok((r.renewed, sweep::run(tx, &mut ctx(s.lease_ms + 1))?))
+            })
+            .expect("heartbeat and sweep");
+        assert_eq!(renewed, 1);
         assert_eq!(swept.requeued, 1, "only b's lease expires");
-        let live: Vec<String> = conn
+        let live: Vec<String> = (&conn as &dyn Sql)
             .prepare("SELECT worker_id FROM lease WHERE state = 'active'")
             .expect("q")
             .query_map((), |r| r.get(0))
@@ -913,18 +911,15 @@ mod tests {
         assert_eq!(live, vec!["a".to_owned()]);
     }
 
-    #[test]
-    fn heartbeats_renew_only_the_leases_the_worker_names() {
+    fn heartbeats_renew_only_the_leases_the_worker_names(mut conn: TestStore) {
         use crate::ops::heartbeat;
         use protocol::messages::Heartbeat;
         // `a` was granted two leases but only heard of one (the other reply was lost).
-        let mut conn = store();
         add(&mut conn, 0, NewTask::text("x"));
         add(&mut conn, 0, NewTask::text("y"));
         let known = take(&mut conn, 0, "a").remove(0);
         let lost = take(&mut conn, 0, "a").remove(0);
         let s = settings();
-        let tx = conn.transaction().expect("tx");
         let hb = Heartbeat {
             worker_id: wid("a"),
             capabilities: vec![protocol::TaskType::sentiment()],
@@ -932,10 +927,13 @@ mod tests {
             leases: Some(vec![known.lease_id]),
             model_hash: None,
         };
-        let r = heartbeat::run(&tx, &mut ctx(s.lease_ms - 1), &wid("a"), hb).expect("heartbeat");
-        assert_eq!(r.renewed, 1);
-        let swept = sweep::run(&tx, &mut ctx(s.lease_ms + 1)).expect("sweep");
-        tx.commit().expect("commit");
+        let (renewed, swept) = conn
+            .write(|tx| -> Result<_, CoreError> {
+                let r = heartbeat::run(tx, &mut ctx(s.lease_ms - 1), &wid("a"), hb)?;
+                Ok((r.renewed, sweep::run(tx, &mut ctx(s.lease_ms + 1))?))
+            })
+            .expect("heartbeat and sweep");
+        assert_eq!(renewed, 1);
         assert_eq!(swept.requeued, 1, "the lost lease expires");
         let task = load_task(&conn, &lost.task_id).expect("task");
         assert_eq!((task.active_leases, task.attempts), (0, 1));
@@ -1442,5 +1440,8 @@ mod tests {
         a_verification_must_follow_from_its_gaps_and_refusals_change_nothing,
         an_expired_verify_lease_opens_its_slot_again,
         a_generation_must_come_from_the_pinned_model_and_keep_to_the_spec,
+        attempts_count_only_leases_without_result,
+        heartbeats_renew_leases_and_stale_workers_lose_them,
+        heartbeats_renew_only_the_leases_the_worker_names,
     );
 }

@@ -169,21 +169,20 @@ mod tests {
     use protocol::messages::NewTask;
     use protocol::TaskStatus;
 
-    #[test]
-    fn adds_with_defaults_and_announces() {
-        let mut conn = store();
-        let tx = conn.transaction().expect("tx");
+    fn adds_with_defaults_and_announces(mut conn: TestStore) {
         let mut c = ctx(1_000);
-        let reply = run(
-            &tx,
-            &mut c,
-            TaskAddRequest {
-                batch_id: None,
-                tasks: vec![NewTask::text("good"), NewTask::text("bad")],
-            },
-        )
-        .expect("add");
-        tx.commit().expect("commit");
+        let reply = conn
+            .write(|tx| {
+                run(
+                    tx,
+                    &mut c,
+                    TaskAddRequest {
+                        batch_id: None,
+                        tasks: vec![NewTask::text("good"), NewTask::text("bad")],
+                    },
+                )
+            })
+            .expect("add");
         assert_eq!(reply.task_ids.len(), 2);
         assert_eq!(c.effects.len(), 2);
         let t = load_task(&conn, &reply.task_ids[0]).expect("load");
@@ -193,13 +192,11 @@ mod tests {
         assert_eq!(t.task_type, TaskType::sentiment());
     }
 
-    #[test]
-    fn one_bad_task_stores_nothing() {
-        let conn = store();
+    fn one_bad_task_stores_nothing(conn: TestStore) {
         let before = dump(&conn);
-        // Autocommit: a task inserted before the refusal would stay. The oversize text is a
-        // bound only the validation knows (the schema has no CHECK for it).
-        assert!(conn.is_autocommit());
+        // Autocommit (every statement of a test store commits as it runs): a task inserted
+        // before the refusal would stay. The oversize text is a bound only the validation knows
+        // (the schema has no CHECK for it).
         let oversize = "x".repeat(settings().max_text_bytes + 1);
         for (bad, says) in [
             (
@@ -225,9 +222,7 @@ mod tests {
         }
     }
 
-    #[test]
-    fn generative_tasks_store_their_spec_and_bad_specs_store_nothing() {
-        let mut conn = store();
+    fn generative_tasks_store_their_spec_and_bad_specs_store_nothing(mut conn: TestStore) {
         let t = add(
             &mut conn,
             0,
@@ -277,9 +272,7 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_batch_id_makes_a_retried_add_create_nothing() {
-        let conn = store();
+    fn a_batch_id_makes_a_retried_add_create_nothing(conn: TestStore) {
         let batch = |texts: &[&str]| TaskAddRequest {
             batch_id: Some("batch-1".into()),
             tasks: texts.iter().map(|t| NewTask::text(*t)).collect(),
@@ -307,6 +300,13 @@ mod tests {
         assert!(run(&conn, &mut ctx(3), bad).is_err());
         assert_eq!(dump(&conn), before);
     }
+
+    on_both_engines!(
+        adds_with_defaults_and_announces,
+        one_bad_task_stores_nothing,
+        generative_tasks_store_their_spec_and_bad_specs_store_nothing,
+        a_batch_id_makes_a_retried_add_create_nothing,
+    );
 
     #[test]
     fn concurrent_retries_of_a_batch_on_postgres_create_it_once() {

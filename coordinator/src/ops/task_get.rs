@@ -103,9 +103,7 @@ mod tests {
     use protocol::messages::{LeaseRequest, NewTask, SubmitRequest};
     use protocol::TaskType;
 
-    #[test]
-    fn a_view_leaves_out_submitted_vectors_past_its_budget() {
-        let mut conn = store();
+    fn a_view_leaves_out_submitted_vectors_past_its_budget(mut conn: TestStore) {
         let workers = MAX_VIEW_VECTOR_NUMBERS / MAX_EMBEDDING_DIM + 1;
         let t = add(
             &mut conn,
@@ -115,28 +113,30 @@ mod tests {
                 ..NewTask::embedding("x")
             },
         );
-        let tx = conn.transaction().expect("tx");
-        for w in 0..workers {
-            let worker = format!("w{w}");
-            let req = LeaseRequest {
-                capabilities: vec![TaskType::embedding()],
-                ..lease_req(&worker, 1)
-            };
-            let l = lease::run(&tx, &mut ctx(1), req).expect("lease").leases[0].clone();
-            let sub = SubmitRequest {
-                lease_id: l.lease_id,
-                worker_id: wid(&worker),
-                label: String::new(),
-                embedding: Some(vec![1.0; MAX_EMBEDDING_DIM]),
-                confidence: 1.0,
-                model: None,
-                generation: None,
-                verification: None,
-                model_hash: None,
-            };
-            submit::run(&tx, &mut ctx(2), &t, sub).expect("submit");
-        }
-        tx.commit().expect("commit");
+        conn.write(|tx| -> Result<(), CoreError> {
+            for w in 0..workers {
+                let worker = format!("w{w}");
+                let req = LeaseRequest {
+                    capabilities: vec![TaskType::embedding()],
+                    ..lease_req(&worker, 1)
+                };
+                let l = lease::run(tx, &mut ctx(1), req)?.leases[0].clone();
+                let sub = SubmitRequest {
+                    lease_id: l.lease_id,
+                    worker_id: wid(&worker),
+                    label: String::new(),
+                    embedding: Some(vec![1.0; MAX_EMBEDDING_DIM]),
+                    confidence: 1.0,
+                    model: None,
+                    generation: None,
+                    verification: None,
+                    model_hash: None,
+                };
+                submit::run(tx, &mut ctx(2), &t, sub)?;
+            }
+            Ok(())
+        })
+        .expect("lease and submit");
         let d = run(&conn, &Live::default(), &t).expect("get");
         assert_eq!(d.submissions.len(), workers);
         assert!(d.submissions.iter().all(|s| s.embedding.is_none()));
@@ -146,4 +146,6 @@ mod tests {
             "the consensus vector stays"
         );
     }
+
+    on_both_engines!(a_view_leaves_out_submitted_vectors_past_its_budget);
 }

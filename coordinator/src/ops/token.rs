@@ -64,9 +64,7 @@ mod tests {
     use super::*;
     use crate::ops::testing::*;
 
-    #[test]
-    fn tokens_verify_only_for_their_worker_and_only_until_revoked() {
-        let conn = store();
+    fn tokens_verify_only_for_their_worker_and_only_until_revoked(conn: TestStore) {
         let alice = create(&conn, &mut ctx(0), &wid("alice")).expect("create");
         let bob = create(&conn, &mut ctx(0), &wid("bob")).expect("create");
         assert!(alice.starts_with(TOKEN_PREFIX) && alice != bob);
@@ -76,7 +74,7 @@ mod tests {
             "bob's token works for alice"
         );
         assert!(!verify(&conn, &wid("carole"), &alice).expect("verify"));
-        let stored: String = conn
+        let stored: String = (&conn as &dyn Sql)
             .query_row(
                 "SELECT hash FROM worker_token WHERE worker_id = 'alice'",
                 (),
@@ -97,4 +95,6 @@ mod tests {
         assert!(!verify(&conn, &wid("alice"), &again).expect("verify"));
         assert!(!revoke(&conn, &wid("alice")).expect("revoke twice"));
     }
+
+    on_both_engines!(tokens_verify_only_for_their_worker_and_only_until_revoked);
 }

@@ -390,7 +390,11 @@ struct Session {
 impl Session {
     /// The session's connection, made anew when there is none or it was lost.
     fn connect(&mut self) -> Result<(), CoreError> {
-        if self.client.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
+        if self
+            .client
+            .as_ref()
+            .is_none_or(tokio_postgres::Client::is_closed)
+        {
             self.cache.borrow_mut().clear();
             self.client = None;
             let (client, connection) = self

@@ -984,7 +984,10 @@ impl<'a> PgPipe<'a> {
         let (earlier, out) = self
             .rt
             .block_on(async { futures::join!(futures::future::join_all(pending), last) });
-        let out = earlier.into_iter().collect::<std::result::Result<Vec<()>, _>>().and(out);
+        let out = earlier
+            .into_iter()
+            .collect::<std::result::Result<Vec<()>, _>>()
+            .and(out);
         if out.is_err() {
             self.aborted.set(true);
         }
