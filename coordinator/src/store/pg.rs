@@ -120,7 +120,7 @@ impl PgStore {
             config.connect_timeout(Duration::from_secs(5));
         }
         config.application_name(app);
-        config.options(&format!(
+        config.options(format!(
             "-c idle_in_transaction_session_timeout={} -c lock_timeout={} -c statement_timeout={}",
             timeouts.idle_in_transaction.as_millis(),
             timeouts.lock.as_millis(),
