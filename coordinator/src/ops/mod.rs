@@ -210,15 +210,18 @@ pub(crate) struct TaskRow {
 /// The columns [`TaskRow::from_row`] reads, in order, as a literal (for `concat!`).
 macro_rules! task_columns {
     () => {
-        "id, type, text, status, required, max_attempts, attempts, active_leases, submissions, \
-         final_label, final_confidence, error_message, created_at, finished_at, labels, \
-         similarity, final_embedding, generation, final_token_ids, final_text, failure_reason, \
-         verifying, verifiers, asked, policy, min_quorum, max_answers, inconclusive, \
-         distinct_models, model_hash, gold"
+        "task.id, task.type, task.text, task.status, task.required, task.max_attempts, \
+         task.attempts, task.active_leases, task.submissions, task.final_label, \
+         task.final_confidence, task.error_message, task.created_at, task.finished_at, \
+         task.labels, task.similarity, task.final_embedding, task.generation, \
+         task.final_token_ids, task.final_text, task.failure_reason, task.verifying, \
+         task.verifiers, task.asked, task.policy, task.min_quorum, task.max_answers, \
+         task.inconclusive, task.distinct_models, task.model_hash, task.gold"
     };
 }
 
-/// The columns [`TaskRow::from_row`] reads, in order.
+/// The columns [`TaskRow::from_row`] reads, in order (qualified, so a query may join other
+/// tables to `task`).
 pub(crate) const TASK_COLUMNS: &str = task_columns!();
 
 /// Where [`TASK_VIEW_COLUMNS`] goes past [`TASK_COLUMNS`]: the live-lease summary.
@@ -240,6 +243,7 @@ pub(crate) const TASK_VIEW_COLUMNS: &str = concat!(
 );
 
 impl TaskRow {
+    /// A task from [`TASK_COLUMNS`] (the row's first 31 columns; a query may add its own after).
     pub(crate) fn from_row(r: &Row<'_>) -> crate::store::sql::Result<Self> {
         Ok(Self {
             id: parsed(r, 0)?,
@@ -275,16 +279,17 @@ impl TaskRow {
             distinct_models: r.get(28)?,
             model_hash: r.get(29)?,
             gold: r.get(30)?,
-            reserved_by: if r.column_count() > VIEW_RESERVED_BY {
-                parsed_opt(r, VIEW_RESERVED_BY)?
-            } else {
-                None
-            },
-            lease_expires_at: if r.column_count() > VIEW_RESERVED_BY + 1 {
-                r.get(VIEW_RESERVED_BY + 1)?
-            } else {
-                None
-            },
+            reserved_by: None,
+            lease_expires_at: None,
+        })
+    }
+
+    /// A task from [`TASK_VIEW_COLUMNS`], with its live-lease summary.
+    pub(crate) fn from_view_row(r: &Row<'_>) -> crate::store::sql::Result<Self> {
+        Ok(Self {
+            reserved_by: parsed_opt(r, VIEW_RESERVED_BY)?,
+            lease_expires_at: r.get(VIEW_RESERVED_BY + 1)?,
+            ..Self::from_row(r)?
         })
     }
 
@@ -351,7 +356,13 @@ impl TaskRow {
 /// On PostgreSQL the row stays locked until the transaction ends: what the operation decides
 /// from it (finalize, fail, reissue) cannot race another coordinator's decision on the task.
 pub(crate) fn load_task(conn: &dyn Sql, id: &TaskId) -> Result<TaskRow, CoreError> {
-    load_task_with(conn, id, TASK_COLUMNS, conn.lock_suffix())
+    load_task_with(
+        conn,
+        id,
+        TASK_COLUMNS,
+        conn.lock_suffix(),
+        TaskRow::from_row,
+    )
 }
 
 /// Loads a task with its live-lease summary, for views.
@@ -359,7 +370,7 @@ pub(crate) fn load_task(conn: &dyn Sql, id: &TaskId) -> Result<TaskRow, CoreErro
 /// # Errors
 /// [`CoreError::TaskNotFound`] when there is none with that id.
 pub(crate) fn load_task_view(conn: &dyn Sql, id: &TaskId) -> Result<TaskRow, CoreError> {
-    load_task_with(conn, id, TASK_VIEW_COLUMNS, "")
+    load_task_with(conn, id, TASK_VIEW_COLUMNS, "", TaskRow::from_view_row)
 }
 
 fn load_task_with(
@@ -367,10 +378,11 @@ fn load_task_with(
     id: &TaskId,
     columns: &str,
     lock: &str,
+    read: fn(&Row<'_>) -> crate::store::sql::Result<TaskRow>,
 ) -> Result<TaskRow, CoreError> {
     let sql = format!("SELECT {columns} FROM task WHERE id = ?1{lock}");
     conn.prepare_cached(&sql)?
-        .query_row([id.to_string()], TaskRow::from_row)
+        .query_row([id.to_string()], read)
         .optional()?
         .ok_or(CoreError::TaskNotFound(*id))
 }

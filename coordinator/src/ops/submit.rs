@@ -6,7 +6,7 @@
 //! so a worker that lost an acknowledgement can retry safely; a *different* second submission from
 //! the same worker is refused.
 
-use super::{fail_task, load_task, parsed, verify, Ctx, Effect, TaskRow};
+use super::{fail_task, parsed, verify, Ctx, Effect, TaskRow, TASK_COLUMNS};
 use crate::api::{Answered, Submission};
 use crate::consensus::{
     decide, decide_identical, decide_vectors, distinct_count, judge, Outcome, VectorVote, Vote,
@@ -58,7 +58,7 @@ pub(crate) fn accept(
     check_confidence(sub.confidence)?;
     check_model(sub.model.as_deref())?;
     check_model_hash(sub.model_hash.as_deref())?;
-    let task = load_task(conn, task_id)?;
+    let (task, earlier, named) = load_for_answer(conn, task_id, &sub.worker_id, sub.lease_id)?;
     if let Answer::Verified(report) = answer {
         return verify::accept(conn, ctx, &task, &sub, report);
     }
@@ -71,15 +71,6 @@ pub(crate) fn accept(
     };
     let ids = generation.map(|g| ids_to_blob(&g.token_ids));
 
-    let earlier: Option<Earlier> = conn
-        .prepare_cached(
-            "SELECT lease_id, label, embedding, token_ids FROM submission
-             WHERE task_id = ?1 AND worker_id = ?2",
-        )?
-        .query_row(params![tid, sub.worker_id.as_str()], |r| {
-            Ok((parsed(r, 0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })
-        .optional()?;
     if let Some((lease, label, embedding, token_ids)) = earlier {
         if sub.lease_id.is_none_or(|l| l == lease)
             && label == sub.answer.label()
@@ -107,20 +98,24 @@ pub(crate) fn accept(
         });
     }
 
-    let lease_id = match sub.lease_id {
-        Some(id) => id,
+    let (lease_id, named) = match sub.lease_id {
+        Some(id) => (id, named),
         None if task.status.is_terminal() => {
             return Err(CoreError::TaskClosed {
                 task: *task_id,
                 status: task.status,
             })
         }
-        None => live_lease(conn, task_id, &sub.worker_id)?.ok_or_else(|| CoreError::NotLeased {
-            worker: sub.worker_id.clone(),
-            task: *task_id,
-        })?,
+        None => {
+            let id =
+                live_lease(conn, task_id, &sub.worker_id)?.ok_or_else(|| CoreError::NotLeased {
+                    worker: sub.worker_id.clone(),
+                    task: *task_id,
+                })?;
+            (id, named_lease(conn, &id)?)
+        }
     };
-    let (state, verify_row) = held_lease(conn, &lease_id, &task, &sub.worker_id)?;
+    let (state, verify_row) = check_lease(conn, &lease_id, named, &task, &sub.worker_id)?;
     if task.distinct_models {
         let counted: bool = conn
             .prepare_cached(
@@ -223,6 +218,74 @@ pub(crate) fn accept(
     })
 }
 
+/// A lease as a submission names it: its task, holder and state.
+type Named = (TaskId, WorkerId, LeaseState);
+
+/// What a submission is decided from, in one statement: the task (its row locked on PostgreSQL),
+/// `worker`'s earlier submission on it, and the lease the submission names, if it names one.
+///
+/// # Errors
+/// [`CoreError::TaskNotFound`] for an unknown task.
+fn load_for_answer(
+    conn: &dyn Sql,
+    task_id: &TaskId,
+    worker: &WorkerId,
+    lease: Option<LeaseId>,
+) -> Result<(TaskRow, Option<Earlier>, Option<Named>), CoreError> {
+    /// Where the columns after the task's start.
+    const AT: usize = 31;
+    conn.prepare_cached(&answer_sql(conn.lock_suffix()))?
+        .query_row(
+            params![
+                task_id.to_string(),
+                worker.as_str(),
+                lease.map(|l| l.to_string())
+            ],
+            |r| {
+                let earlier = if r.is_null(AT)? {
+                    None
+                } else {
+                    Some((
+                        parsed(r, AT)?,
+                        r.get(AT + 1)?,
+                        r.get(AT + 2)?,
+                        r.get(AT + 3)?,
+                    ))
+                };
+                let named = if r.is_null(AT + 4)? {
+                    None
+                } else {
+                    Some((parsed(r, AT + 4)?, parsed(r, AT + 5)?, parsed(r, AT + 6)?))
+                };
+                Ok((TaskRow::from_row(r)?, earlier, named))
+            },
+        )
+        .optional()?
+        .ok_or(CoreError::TaskNotFound(*task_id))
+}
+
+/// [`load_for_answer`]'s statement, ending with `lock`: task `?1`, worker `?2`, lease `?3`.
+pub(crate) fn answer_sql(lock: &str) -> String {
+    format!(
+        "SELECT {TASK_COLUMNS}, s.lease_id, s.label, s.embedding, s.token_ids,
+                l.task_id, l.worker_id, l.state
+         FROM task
+         LEFT JOIN submission s ON s.task_id = task.id AND s.worker_id = ?2
+         LEFT JOIN lease l ON l.id = ?3
+         WHERE task.id = ?1{lock}"
+    )
+}
+
+/// Lease `lease_id`'s task, holder and state, if there is such a lease.
+fn named_lease(conn: &dyn Sql, lease_id: &LeaseId) -> Result<Option<Named>, CoreError> {
+    Ok(conn
+        .prepare_cached("SELECT task_id, worker_id, state FROM lease WHERE id = ?1")?
+        .query_row([lease_id.to_string()], |r| {
+            Ok((parsed(r, 0)?, parsed(r, 1)?, parsed(r, 2)?))
+        })
+        .optional()?)
+}
+
 /// The state of lease `lease_id` and, for a verify lease (only generative tasks have them), the
 /// scoring row it names.
 ///
@@ -235,14 +298,20 @@ pub(crate) fn held_lease(
     task_row: &TaskRow,
     worker: &WorkerId,
 ) -> Result<(LeaseState, Option<verify::LeasedRow>), CoreError> {
+    let named = named_lease(conn, lease_id)?;
+    check_lease(conn, lease_id, named, task_row, worker)
+}
+
+/// [`held_lease`] of a lease already read (`named`).
+fn check_lease(
+    conn: &dyn Sql,
+    lease_id: &LeaseId,
+    named: Option<Named>,
+    task_row: &TaskRow,
+    worker: &WorkerId,
+) -> Result<(LeaseState, Option<verify::LeasedRow>), CoreError> {
     let task = &task_row.id;
-    let lease: Option<(TaskId, WorkerId, LeaseState)> = conn
-        .prepare_cached("SELECT task_id, worker_id, state FROM lease WHERE id = ?1")?
-        .query_row([lease_id.to_string()], |r| {
-            Ok((parsed(r, 0)?, parsed(r, 1)?, parsed(r, 2)?))
-        })
-        .optional()?;
-    let Some((lease_task, holder, state)) = lease else {
+    let Some((lease_task, holder, state)) = named else {
         return Err(CoreError::NoLease(*lease_id));
     };
     if lease_task != *task || holder != *worker {

@@ -30,7 +30,7 @@ pub(crate) fn recent(
     );
     let tasks = conn
         .prepare_cached(&sql)?
-        .query_map([limit], TaskRow::from_row)?
+        .query_map([limit], TaskRow::from_view_row)?
         .collect::<Result<Vec<_>, _>>()?;
     tasks.into_iter().map(|t| detail(conn, live, t)).collect()
 }

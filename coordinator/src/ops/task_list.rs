@@ -31,13 +31,13 @@ pub(crate) fn run(conn: &dyn Sql, req: &TaskListRequest) -> Result<TaskListReply
                  WHERE {VIEW_STATUS_SQL} = ?1 AND gold IS NULL
                  ORDER BY seq LIMIT ?2"
             ))?
-            .query_map(params![status.as_str(), limit], TaskRow::from_row)?
+            .query_map(params![status.as_str(), limit], TaskRow::from_view_row)?
             .collect::<Result<Vec<_>, _>>()?,
         None => conn
             .prepare_cached(&format!(
                 "SELECT {TASK_VIEW_COLUMNS} FROM task WHERE gold IS NULL ORDER BY seq LIMIT ?1"
             ))?
-            .query_map([limit], TaskRow::from_row)?
+            .query_map([limit], TaskRow::from_view_row)?
             .collect::<Result<Vec<_>, _>>()?,
     };
     Ok(TaskListReply {

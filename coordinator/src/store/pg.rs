@@ -707,6 +707,12 @@ mod tests {
             plan.contains("Index Cond: (id = ANY"),
             "taking slots walks the table:\n{plan}"
         );
+        let read = crate::ops::submit::answer_sql(" FOR NO KEY UPDATE OF task");
+        let plan = generic_plan(&mut c, &read, "'t', 'w', 'l'");
+        assert!(
+            !plan.contains("Seq Scan") && plan.matches("Index Cond").count() == 3,
+            "a submission's read scans:\n{plan}"
+        );
         let walk = crate::ops::lease::oldest_open_sql(crate::store::sql::Dialect::Postgres);
         let plan = generic_plan(&mut c, &walk, "'w', 'sentiment', 32, NULL, 7");
         assert!(

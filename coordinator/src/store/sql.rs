@@ -469,14 +469,15 @@ impl Stmt<'_> {
 }
 
 impl<'c> dyn Sql + 'c {
-    /// What a `SELECT` of rows this transaction will decide on ends with: ` FOR NO KEY UPDATE`
-    /// on PostgreSQL (another coordinator's transaction that would change the row waits until
-    /// this one ends; inserting a lease or submission that references it, which takes only a
-    /// key-share lock, does not), nothing on SQLite (one writer at a time already).
+    /// What a `SELECT` of the task rows this transaction will decide on ends with: ` FOR NO KEY
+    /// UPDATE OF task` on PostgreSQL (another coordinator's transaction that would change the
+    /// row waits until this one ends; inserting a lease or submission that references it, which
+    /// takes only a key-share lock, does not; rows of tables joined to it are not locked),
+    /// nothing on SQLite (one writer at a time already).
     pub fn lock_suffix(&self) -> &'static str {
         match self.dialect() {
             Dialect::Sqlite => "",
-            Dialect::Postgres => " FOR NO KEY UPDATE",
+            Dialect::Postgres => " FOR NO KEY UPDATE OF task",
         }
     }
 
