@@ -947,27 +947,34 @@ mod tests {
         );
     }
 
+    /// Worker `a` heartbeats (naming `leases`, or all it holds) just before its leases would
+    /// expire, and the sweep runs just after: how many leases the heartbeat renewed, and the
+    /// sweep's counts.
+    fn heartbeat_then_sweep(
+        conn: &mut TestStore,
+        leases: Option<Vec<LeaseId>>,
+    ) -> (u32, protocol::messages::RequeueReply) {
+        let hb = protocol::messages::Heartbeat {
+            worker_id: wid("a"),
+            capabilities: vec![protocol::TaskType::sentiment()],
+            model: None,
+            leases,
+            model_hash: None,
+        };
+        let lease_ms = settings().lease_ms;
+        conn.write(|tx| -> Result<_, CoreError> {
+            let r = crate::ops::heartbeat::run(tx, &mut ctx(lease_ms - 1), &wid("a"), hb)?;
+            Ok((r.renewed, sweep::run(tx, &mut ctx(lease_ms + 1))?))
+        })
+        .expect("heartbeat and sweep")
+    }
+
     fn heartbeats_renew_leases_and_stale_workers_lose_them(mut conn: TestStore) {
-        use crate::ops::heartbeat;
-        use protocol::messages::Heartbeat;
         add(&mut conn, 0, NewTask::text("x"));
         take(&mut conn, 0, "a");
         take(&mut conn, 0, "b");
         // `a` heartbeats just before its lease would expire; `b` stays silent.
-        let s = settings();
-        let hb = Heartbeat {
-            worker_id: wid("a"),
-            capabilities: vec![protocol::TaskType::sentiment()],
-            model: None,
-            leases: None,
-            model_hash: None,
-        };
-        let (renewed, swept) = conn
-            .write(|tx| -> Result<_, CoreError> {
-                let r = heartbeat::run(tx, &mut ctx(s.lease_ms - 1), &wid("a"), hb)?;
-                Ok((r.renewed, sweep::run(tx, &mut ctx(s.lease_ms + 1))?))
-            })
-            .expect("heartbeat and sweep");
+        let (renewed, swept) = heartbeat_then_sweep(&mut conn, None);
         assert_eq!(renewed, 1);
         assert_eq!(swept.requeued, 1, "only b's lease expires");
         let live: Vec<String> = (&conn as &dyn Sql)
@@ -981,27 +988,12 @@ mod tests {
     }
 
     fn heartbeats_renew_only_the_leases_the_worker_names(mut conn: TestStore) {
-        use crate::ops::heartbeat;
-        use protocol::messages::Heartbeat;
         // `a` was granted two leases but only heard of one (the other reply was lost).
         add(&mut conn, 0, NewTask::text("x"));
         add(&mut conn, 0, NewTask::text("y"));
         let known = take(&mut conn, 0, "a").remove(0);
         let lost = take(&mut conn, 0, "a").remove(0);
-        let s = settings();
-        let hb = Heartbeat {
-            worker_id: wid("a"),
-            capabilities: vec![protocol::TaskType::sentiment()],
-            model: None,
-            leases: Some(vec![known.lease_id]),
-            model_hash: None,
-        };
-        let (renewed, swept) = conn
-            .write(|tx| -> Result<_, CoreError> {
-                let r = heartbeat::run(tx, &mut ctx(s.lease_ms - 1), &wid("a"), hb)?;
-                Ok((r.renewed, sweep::run(tx, &mut ctx(s.lease_ms + 1))?))
-            })
-            .expect("heartbeat and sweep");
+        let (renewed, swept) = heartbeat_then_sweep(&mut conn, Some(vec![known.lease_id]));
         assert_eq!(renewed, 1);
         assert_eq!(swept.requeued, 1, "the lost lease expires");
         let task = load_task(&conn, &lost.task_id).expect("task");

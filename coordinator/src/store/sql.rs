@@ -633,16 +633,11 @@ sqlite_sql!(
 
 // --- PostgreSQL -----------------------------------------------------------------------------
 
-/// A PostgreSQL transaction (or, for reads, a client) with its prepared statements, seen
-/// through [`Sql`]. It notes what the statements run through it did, for a writer that runs
-/// several operations in one transaction: whether one changed anything since [`Pg::begin_op`],
-/// and whether the server refused one (the transaction is then aborted). Its clock is read once.
+/// A PostgreSQL transaction (or, for reads and tests, a client) with its prepared statements,
+/// seen through [`Sql`], on the blocking client.
 pub struct Pg<'a, C: postgres::GenericClient> {
     client: RefCell<&'a mut C>,
     cache: &'a RefCell<StmtCache>,
-    wrote: Cell<bool>,
-    aborted: Cell<bool>,
-    now: Cell<Option<i64>>,
 }
 
 /// Prepared statements of one PostgreSQL connection, by their SQLite-dialect text.
@@ -658,52 +653,37 @@ impl StmtCache {
     }
 }
 
+/// `sql`'s statement from `cache`, prepared (as [`to_postgres`] has it) by `prepare` the first
+/// time.
+fn cached(
+    cache: &RefCell<StmtCache>,
+    sql: &str,
+    prepare: impl FnOnce(&str) -> std::result::Result<postgres::Statement, postgres::Error>,
+) -> std::result::Result<postgres::Statement, postgres::Error> {
+    if let Some(s) = cache.borrow().stmts.get(sql) {
+        return Ok(s.clone());
+    }
+    let stmt = prepare(&to_postgres(sql))?;
+    cache
+        .borrow_mut()
+        .stmts
+        .insert(sql.to_owned(), stmt.clone());
+    Ok(stmt)
+}
+
 impl<'a, C: postgres::GenericClient> Pg<'a, C> {
     /// `client` seen through [`Sql`], preparing statements into `cache`.
     pub fn new(client: &'a mut C, cache: &'a RefCell<StmtCache>) -> Self {
         Self {
             client: RefCell::new(client),
             cache,
-            wrote: Cell::new(false),
-            aborted: Cell::new(false),
-            now: Cell::new(None),
         }
-    }
-
-    /// Starts counting anew what [`Pg::op_wrote`] reports.
-    pub fn begin_op(&self) {
-        self.wrote.set(false);
-    }
-
-    /// Whether a statement that may change rows ran since [`Pg::begin_op`].
-    pub fn op_wrote(&self) -> bool {
-        self.wrote.get()
-    }
-
-    /// Whether the server refused a statement (or the connection failed): the transaction can
-    /// then only be rolled back.
-    pub fn aborted(&self) -> bool {
-        self.aborted.get()
-    }
-
-    /// `r`, noting a failure of the server or the connection.
-    fn noted<T>(&self, r: std::result::Result<T, postgres::Error>) -> Result<T> {
-        if r.is_err() {
-            self.aborted.set(true);
-        }
-        Ok(r?)
     }
 
     fn statement(&self, sql: &str) -> Result<postgres::Statement> {
-        if let Some(s) = self.cache.borrow().stmts.get(sql) {
-            return Ok(s.clone());
-        }
-        let stmt = self.noted(self.client.borrow_mut().prepare(&to_postgres(sql)))?;
-        self.cache
-            .borrow_mut()
-            .stmts
-            .insert(sql.to_owned(), stmt.clone());
-        Ok(stmt)
+        Ok(cached(self.cache, sql, |q| {
+            self.client.borrow_mut().prepare(q)
+        })?)
     }
 }
 
@@ -715,8 +695,7 @@ impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
     fn exec(&self, sql: &str, args: &[ValueRef<'_>]) -> Result<usize> {
         let stmt = self.statement(sql)?;
         let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
-        self.wrote.set(true);
-        let n = self.noted(self.client.borrow_mut().execute(&stmt, &params))?;
+        let n = self.client.borrow_mut().execute(&stmt, &params)?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
@@ -728,32 +707,26 @@ impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
     ) -> Result<()> {
         let stmt = self.statement(sql)?;
         let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
-        if changes_rows(sql) {
-            self.wrote.set(true);
-        }
-        let rows = self.noted(self.client.borrow_mut().query(&stmt, &params))?;
-        for r in &rows {
-            if !each(&Row::Postgres(r))? {
-                break;
-            }
-        }
-        Ok(())
+        each_row(&self.client.borrow_mut().query(&stmt, &params)?, each)
     }
 
     fn exec_batch(&self, sql: &str) -> Result<()> {
-        self.wrote.set(true);
-        self.noted(self.client.borrow_mut().batch_execute(sql))
+        Ok(self.client.borrow_mut().batch_execute(sql)?)
     }
 
     fn now_ms(&self) -> Result<i64> {
-        if let Some(now) = self.now.get() {
-            return Ok(now);
-        }
-        let row = self.noted(self.client.borrow_mut().query_one(CLOCK, &[]))?;
-        let now = row.get(0);
-        self.now.set(Some(now));
-        Ok(now)
+        Ok(self.client.borrow_mut().query_one(CLOCK, &[])?.get(0))
     }
+}
+
+/// Hands each of `rows` to `each` until it returns `false`.
+fn each_row(rows: &[postgres::Row], each: &mut dyn FnMut(&Row<'_>) -> Result<bool>) -> Result<()> {
+    for r in rows {
+        if !each(&Row::Postgres(r))? {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// SQLite-dialect SQL as PostgreSQL takes it: `?N` parameters become `$N` (outside quotes),
@@ -959,17 +932,18 @@ impl<'a> PgPipe<'a> {
         let _ = self.rt.block_on(self.client.batch_execute("ROLLBACK"));
     }
 
-    /// See [`Pg::begin_op`].
+    /// Starts counting anew what [`PgPipe::op_wrote`] reports.
     pub fn begin_op(&self) {
         self.wrote.set(false);
     }
 
-    /// See [`Pg::op_wrote`].
+    /// Whether a statement that may change rows ran since [`PgPipe::begin_op`].
     pub fn op_wrote(&self) -> bool {
         self.wrote.get()
     }
 
-    /// See [`Pg::aborted`].
+    /// Whether the server refused a statement (or the connection failed): the transaction can
+    /// then only be rolled back.
     pub fn aborted(&self) -> bool {
         self.aborted.get()
     }
@@ -996,19 +970,13 @@ impl<'a> PgPipe<'a> {
     }
 
     fn statement(&self, sql: &str) -> Result<postgres::Statement> {
-        if let Some(s) = self.cache.borrow().stmts.get(sql) {
-            return Ok(s.clone());
-        }
-        let stmt = self.rt.block_on(self.client.prepare(&to_postgres(sql)));
+        let stmt = cached(self.cache, sql, |q| {
+            self.rt.block_on(self.client.prepare(q))
+        });
         if stmt.is_err() {
             self.aborted.set(true);
         }
-        let stmt = stmt?;
-        self.cache
-            .borrow_mut()
-            .stmts
-            .insert(sql.to_owned(), stmt.clone());
-        Ok(stmt)
+        Ok(stmt?)
     }
 }
 
@@ -1048,13 +1016,7 @@ impl Sql for PgPipe<'_> {
         if changes_rows(sql) {
             self.wrote.set(true);
         }
-        let rows = self.answered(self.client.query(&stmt, &params))?;
-        for r in &rows {
-            if !each(&Row::Postgres(r))? {
-                break;
-            }
-        }
-        Ok(())
+        each_row(&self.answered(self.client.query(&stmt, &params))?, each)
     }
 
     fn exec_batch(&self, sql: &str) -> Result<()> {
