@@ -91,23 +91,27 @@ pub(crate) fn run(
     if quarantined {
         gold = gold_for(ctx, want)?;
     } else if want > 0 {
-        if let Some(hint) = &req.task_id {
-            picks.extend(hinted(
+        // The task the worker asked for, when it may still take it, goes first; the rest
+        // oldest first.
+        let hint = match &req.task_id {
+            Some(hint) => hinted(
                 conn,
                 worker,
                 hint,
                 &req.capabilities,
                 req.model_hash.as_deref(),
-            )?);
-        }
+            )?,
+            None => None,
+        };
         let mut caps = req.capabilities.clone();
         caps.sort();
         caps.dedup();
         // A generative task goes only to workers that serve the model content it pins: a worker
         // that names no hash gets none.
         caps.retain(|c| !c.is_generative() || req.model_hash.is_some());
+        let mut walked = Vec::new();
         for cap in &caps {
-            picks.extend(oldest_open(
+            walked.extend(oldest_open(
                 conn,
                 ctx.now,
                 worker,
@@ -116,24 +120,29 @@ pub(crate) fn run(
                 want,
             )?);
         }
-        picks.sort_by_key(|c| c.seq);
-        picks.dedup_by_key(|c| c.seq);
-        picks.truncate(want);
-        // Gold rides along with real work, in place of the newest picks (so every open task
-        // before the last pick kept is still held or answered: the cursor below stays true).
-        let gold_slots = (0..picks.len())
+        walked.sort_by_key(|c| c.seq);
+        walked.dedup_by_key(|c| c.seq);
+        walked.retain(|c| hint.as_ref().is_none_or(|h| h.seq != c.seq));
+        walked.truncate(want - usize::from(hint.is_some()));
+        // Gold rides along with real work, in place of the newest walked picks (so every open
+        // task before the last walked pick kept is still held or answered: the cursor below
+        // stays true).
+        let gold_slots = (0..walked.len())
             .filter(|_| fastrand::f64() < ctx.settings.gold_rate)
             .count();
         gold = gold_for(ctx, gold_slots)?;
-        picks.truncate(picks.len() - gold.len());
-        // Every open task of each type up to its last pick is now held or answered by this
-        // worker (the walk returned the others first): the next walk starts after it. (Exact on
-        // SQLite; with several writers a hint, see `CURSOR_REFRESH_MS`.)
+        walked.truncate(walked.len() - gold.len());
+        // Every open task of each type up to its last walked pick is now held or answered by
+        // this worker (the walk returned the others first; the hinted task may lie beyond them):
+        // the next walk starts after it. (Exact on SQLite; with several writers a hint, see
+        // `CURSOR_REFRESH_MS`.)
         for cap in &caps {
-            if let Some(last) = picks.iter().rev().find(|c| &c.task_type == cap) {
+            if let Some(last) = walked.iter().rev().find(|c| &c.task_type == cap) {
                 advance_cursor(conn, ctx.now, worker, cap, last.seq)?;
             }
         }
+        picks.extend(hint);
+        picks.extend(walked);
     }
     let expires_at = ctx.now + ctx.settings.lease_ms;
     let granted = assign(conn, &picks)?;
@@ -399,15 +408,16 @@ fn hinted(
     capabilities: &[TaskType],
     model_hash: Option<&str>,
 ) -> Result<Option<Candidate>, CoreError> {
+    // `?3` is a FIFO position the task must lie after (0: anywhere), so that every parameter
+    // up to the worker's content `?4` appears (PostgreSQL must infer each one's type).
     let sql = format!(
         "SELECT seq, id, type, text, labels, generation FROM task
-         WHERE id = ?2 AND {OPEN_FOR_WORKER}{}",
+         WHERE id = ?2 AND seq > ?3 AND {OPEN_FOR_WORKER}{}",
         conn.claim_suffix()
     );
     let row = conn
         .prepare_cached(&sql)?
         .query_row(
-            // `?3` is unused: the condition names the worker's content `?4`.
             params![worker.as_str(), task.to_string(), 0, model_hash],
             |r| {
                 Ok(Candidate {
@@ -434,7 +444,7 @@ mod tests {
     use super::*;
     use crate::ops::load_task;
     use crate::ops::testing::*;
-    use protocol::messages::NewTask;
+    use protocol::messages::{LeaseRequest, NewTask};
     use protocol::TaskStatus;
 
     fn parallel_leases_to_distinct_workers_up_to_required(mut conn: TestStore) {
@@ -556,7 +566,28 @@ mod tests {
         assert_eq!(ids(&lease(&mut conn, 2, lease_req("a", 1))), [t1]);
     }
 
+    fn a_hinted_task_comes_first_and_the_cursor_stays_true(mut conn: TestStore) {
+        let t: Vec<TaskId> = (0..3)
+            .map(|i| add(&mut conn, 0, NewTask::text(format!("t{i}"))))
+            .collect();
+        let hinted = |conn: &mut TestStore, max, hint| {
+            let req = LeaseRequest {
+                task_id: Some(hint),
+                ..lease_req("a", max)
+            };
+            ids(&lease(conn, 1, req))
+        };
+        assert_eq!(hinted(&mut conn, 1, t[2]), [t[2]], "the hint first");
+        assert_eq!(
+            hinted(&mut conn, 2, t[2]),
+            [t[0], t[1]],
+            "a hint taken: the oldest"
+        );
+        assert!(lease(&mut conn, 1, lease_req("a", 5)).leases.is_empty());
+    }
+
     on_both_engines!(
+        a_hinted_task_comes_first_and_the_cursor_stays_true,
         parallel_leases_to_distinct_workers_up_to_required,
         a_worker_never_gets_a_second_lease_on_a_task,
         fifo_and_capability_routing,
