@@ -1,7 +1,9 @@
-//! [`Core`]: the coordinator's operations as async methods. Each write runs in its own savepoint
-//! inside a group-committed transaction on the writer's thread ([`crate::store::group`]); its reply
-//! and its effects (announcements, task events) are released only after the commit. Both
-//! adapters (NATS, HTTP) call these same methods.
+//! [`Core`]: the coordinator's operations as async methods. Each write runs through the store's
+//! writer: on SQLite in its own savepoint inside a group-committed transaction on the writer's
+//! thread ([`crate::store::group`]), on PostgreSQL in a writer session's transaction, alone or in
+//! a batch of operations keyed by what they lock first ([`crate::store::pg`]); its reply and its
+//! effects (announcements, task events) are released only after the commit. Both adapters (NATS,
+//! HTTP) call these same methods.
 
 use crate::api::Submission;
 use crate::auth::Auth;

@@ -822,7 +822,7 @@ pub(crate) mod testing {
 
     /// Runs a submission in autocommit mode: every statement commits as it runs, so a refusal
     /// that wrote anything before refusing leaves it in the store for the tests to see (in the
-    /// coordinator its savepoint would hide it).
+    /// coordinator it would be rolled back).
     pub(crate) fn send(
         conn: &mut impl TestDb,
         now: i64,
