@@ -197,10 +197,6 @@ fn assign(conn: &dyn Sql, picks: &[Candidate]) -> Result<HashSet<String>, CoreEr
     if picks.is_empty() {
         return Ok(HashSet::new());
     }
-    // The ids as a list of parameters, one statement text per count (each prepared once), and
-    // the guard as a CASE: so the only index that fits is the one on `id`. A list from a
-    // function or a plain `status IN (...)` term lets a plan made while few tasks are open (a
-    // new database) walk every open task instead, and keep doing so.
     let ids: Vec<&dyn ToArg> = picks.iter().map(|c| &c.id as &dyn ToArg).collect();
     let granted = conn
         .prepare_cached(&assign_sql(picks.len()))?
@@ -209,7 +205,11 @@ fn assign(conn: &dyn Sql, picks: &[Candidate]) -> Result<HashSet<String>, CoreEr
     Ok(granted)
 }
 
-/// The statement that takes a slot on each of `n` tasks, by id (`?1`..`?n`).
+/// The statement that takes a slot on each of `n` tasks, by id (`?1`..`?n`). The ids are a list
+/// of parameters, one statement text per count (each prepared once), and the guard is a CASE:
+/// so the only index that fits is the one on `id`. A list from a function or a plain
+/// `status IN (...)` term lets a plan made while few tasks are open (a new database) walk every
+/// open task instead, and keep doing so.
 pub(crate) fn assign_sql(n: usize) -> String {
     let list: Vec<String> = (1..=n).map(|i| format!("?{i}")).collect();
     format!(

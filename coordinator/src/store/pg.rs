@@ -232,6 +232,13 @@ impl Job {
     }
 }
 
+/// Answers every job of `jobs` with the error `error` makes.
+fn fail_all(jobs: Vec<Job>, error: impl Fn() -> CoreError) {
+    for job in jobs {
+        job.finish(Err(error()));
+    }
+}
+
 #[derive(Default)]
 struct Queues {
     urgent: VecDeque<Job>,
@@ -388,8 +395,9 @@ struct Session {
 }
 
 impl Session {
-    /// The session's connection, made anew when there is none or it was lost.
-    fn connect(&mut self) -> Result<(), CoreError> {
+    /// The session's connection, made anew when there is none or it was lost; why not, when
+    /// the server cannot be reached.
+    fn connect(&mut self) -> Result<(), String> {
         if self
             .client
             .as_ref()
@@ -400,7 +408,7 @@ impl Session {
             let (client, connection) = self
                 .rt
                 .block_on(self.config.connect(NoTls))
-                .map_err(|e| CoreError::Unreachable(e.to_string()))?;
+                .map_err(|e| e.to_string())?;
             self.rt.spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::debug!(error = %e, "postgres writer connection ended");
@@ -418,11 +426,8 @@ impl Session {
         let mut attempt = 0;
         while !jobs.is_empty() {
             attempt += 1;
-            if let Err(e) = self.connect() {
-                for job in jobs.drain(1..) {
-                    job.finish(Err(CoreError::Unreachable(e.to_string())));
-                }
-                jobs.remove(0).finish(Err(e));
+            if let Err(message) = self.connect() {
+                fail_all(jobs, || CoreError::Unreachable(message.clone()));
                 return;
             }
             let client = self.client.as_ref().expect("connected above");
@@ -442,9 +447,7 @@ impl Session {
                     continue;
                 }
                 Failure::CommitUnknown(message) => {
-                    for job in jobs {
-                        job.finish(Err(CoreError::CommitUnknown(message.clone())));
-                    }
+                    fail_all(jobs, || CoreError::CommitUnknown(message.clone()));
                     return;
                 }
                 // Lost before the commit: nothing was committed; once more on a new connection.
@@ -461,17 +464,17 @@ impl Session {
                 ));
                 continue;
             }
-            if let CoreError::Unreachable(message) = &e {
-                for job in jobs.drain(1..) {
-                    job.finish(Err(CoreError::Unreachable(message.clone())));
+            match e {
+                CoreError::Unreachable(message) => {
+                    fail_all(jobs, || CoreError::Unreachable(message.clone()));
                 }
-            } else if jobs.len() > 1 {
-                for job in jobs {
-                    self.run(vec![job]);
+                e if jobs.len() == 1 => jobs.remove(0).finish(Err(e)),
+                _ => {
+                    for job in jobs {
+                        self.run(vec![job]);
+                    }
                 }
-                return;
             }
-            jobs.remove(0).finish(Err(e));
             return;
         }
     }
@@ -664,8 +667,8 @@ mod tests {
         assert!(none.is_none());
     }
 
-    /// The index lookup of `sql`'s generic plan, made on empty tables, with `args` (PostgreSQL
-    /// literals) for its parameters.
+    /// `sql`'s generic plan, made on empty tables, with `args` (PostgreSQL literals) for its
+    /// parameters.
     fn generic_plan(c: &mut Client, sql: &str, args: &str) -> String {
         c.batch_execute(&format!(
             "SET plan_cache_mode = force_generic_plan; DEALLOCATE ALL; PREPARE probe AS {}",

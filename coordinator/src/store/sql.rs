@@ -694,7 +694,7 @@ impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
 
     fn exec(&self, sql: &str, args: &[ValueRef<'_>]) -> Result<usize> {
         let stmt = self.statement(sql)?;
-        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
+        let params = bound(args);
         let n = self.client.borrow_mut().execute(&stmt, &params)?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
@@ -706,7 +706,7 @@ impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
         each: &mut dyn FnMut(&Row<'_>) -> Result<bool>,
     ) -> Result<()> {
         let stmt = self.statement(sql)?;
-        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
+        let params = bound(args);
         each_row(&self.client.borrow_mut().query(&stmt, &params)?, each)
     }
 
@@ -717,6 +717,11 @@ impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
     fn now_ms(&self) -> Result<i64> {
         Ok(self.client.borrow_mut().query_one(CLOCK, &[])?.get(0))
     }
+}
+
+/// `args` as the PostgreSQL client binds them.
+fn bound<'a>(args: &'a [ValueRef<'_>]) -> Vec<&'a (dyn ToSql + Sync)> {
+    args.iter().map(|a| a as _).collect()
 }
 
 /// Hands each of `rows` to `each` until it returns `false`.
@@ -883,7 +888,9 @@ type Pending<'a> = Pin<Box<dyn Future<Output = std::result::Result<(), postgres:
 /// the `BEGIN`) is sent with the next statement whose answer is needed, or with the `COMMIT`, in
 /// one write, and their answers are read together, so the changes an operation makes cost no
 /// round trip of their own. Statements stay in order; after a failure the server refuses the
-/// rest of the transaction, which is then only rolled back. Like [`Pg`], it notes what ran.
+/// rest of the transaction, which is then only rolled back. For a writer that runs several
+/// operations in one transaction it notes what ran: whether an operation changed anything since
+/// [`PgPipe::begin_op`], and whether the server refused a statement. Its clock is read once.
 pub struct PgPipe<'a> {
     rt: &'a tokio::runtime::Runtime,
     client: &'a tokio_postgres::Client,
@@ -987,7 +994,7 @@ impl Sql for PgPipe<'_> {
 
     fn exec(&self, sql: &str, args: &[ValueRef<'_>]) -> Result<usize> {
         let stmt = self.statement(sql)?;
-        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
+        let params = bound(args);
         self.wrote.set(true);
         let n = self.answered(self.client.execute(&stmt, &params))?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
@@ -1012,7 +1019,7 @@ impl Sql for PgPipe<'_> {
         each: &mut dyn FnMut(&Row<'_>) -> Result<bool>,
     ) -> Result<()> {
         let stmt = self.statement(sql)?;
-        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as _).collect();
+        let params = bound(args);
         if changes_rows(sql) {
             self.wrote.set(true);
         }
