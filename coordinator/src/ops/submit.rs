@@ -154,35 +154,42 @@ pub(crate) fn accept(
         });
     }
 
-    conn.prepare_cached(
-        "INSERT INTO submission (task_id, worker_id, lease_id, label, confidence, model, created_at,
-                                 embedding, token_ids, text, logprobs, model_hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-    )?
-    .defer(params![
-        tid,
-        sub.worker_id.as_str(),
-        lease_id.to_string(),
-        sub.answer.label(),
-        sub.confidence,
-        sub.model,
-        ctx.now,
-        vector,
-        ids,
-        generation.map(|g| g.text.as_str()),
-        generation.map(|g| vector_to_blob(&g.logprobs)),
-        sub.model_hash
+    let lease = lease_id.to_string();
+    let logprobs = generation.map(|g| vector_to_blob(&g.logprobs));
+    // Three rows of three tables: one statement on PostgreSQL.
+    conn.defer_all(&[
+        (
+            "INSERT INTO submission (task_id, worker_id, lease_id, label, confidence, model,
+                                     created_at, embedding, token_ids, text, logprobs, model_hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                tid,
+                sub.worker_id.as_str(),
+                lease,
+                sub.answer.label(),
+                sub.confidence,
+                sub.model,
+                ctx.now,
+                vector,
+                ids,
+                generation.map(|g| g.text.as_str()),
+                logprobs,
+                sub.model_hash
+            ],
+        ),
+        (
+            "UPDATE lease SET state = 'completed', ended_at = ?1 WHERE id = ?2",
+            params![ctx.now, lease],
+        ),
+        (
+            "UPDATE task SET
+                 submissions = submissions + 1,
+                 active_leases = active_leases - 1,
+                 status = CASE WHEN active_leases = 1 THEN 'queued' ELSE 'assigned' END
+             WHERE id = ?1",
+            params![tid],
+        ),
     ])?;
-    conn.prepare_cached("UPDATE lease SET state = 'completed', ended_at = ?1 WHERE id = ?2")?
-        .defer(params![ctx.now, lease_id.to_string()])?;
-    conn.prepare_cached(
-        "UPDATE task SET
-             submissions = submissions + 1,
-             active_leases = active_leases - 1,
-             status = CASE WHEN active_leases = 1 THEN 'queued' ELSE 'assigned' END
-         WHERE id = ?1",
-    )?
-    .defer([&tid])?;
     tracing::debug!(task_id = %task_id, worker_id = %sub.worker_id, label = %sub.answer.label(), "submission stored");
 
     if let Some(gold) = task.gold {
@@ -442,16 +449,19 @@ fn finalize(
         undecided(conn, ctx, task, outcome, votes.len(), decision.votes)?;
         return Ok((outcome, None));
     }
-    conn.prepare_cached(
-        "UPDATE task SET status = 'finalized', final_label = ?1, final_confidence = ?2,
-             finished_at = ?3, inconclusive = 0
-         WHERE id = ?4",
-    )?
-    .defer(params![decision.label, decision.confidence, ctx.now, tid])?;
-    conn.prepare_cached(
-        "UPDATE submission SET agreed = CASE WHEN label = ?1 THEN 1 ELSE 0 END WHERE task_id = ?2",
-    )?
-    .defer(params![decision.label, tid])?;
+    conn.defer_all(&[
+        (
+            "UPDATE task SET status = 'finalized', final_label = ?1, final_confidence = ?2,
+                 finished_at = ?3, inconclusive = 0
+             WHERE id = ?4",
+            params![decision.label, decision.confidence, ctx.now, tid],
+        ),
+        (
+            "UPDATE submission SET agreed = CASE WHEN label = ?1 THEN 1 ELSE 0 END
+             WHERE task_id = ?2",
+            params![decision.label, tid],
+        ),
+    ])?;
     award_points(conn, &tid)?;
     let answer = Final::Label(decision.label.clone());
     finished(ctx, &task.id, answer, decision.confidence);

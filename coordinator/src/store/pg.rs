@@ -522,7 +522,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
     use crate::ops::testing::PgServer;
-    use crate::store::sql::OptionalExtension;
+    use crate::store::sql::{params, OptionalExtension};
     use futures::executor::block_on;
     use futures::FutureExt;
     use std::sync::mpsc as std_mpsc;
@@ -665,6 +665,36 @@ mod tests {
             })
             .expect("read");
         assert!(none.is_none());
+    }
+
+    /// Statements deferred together run as one on a writer session: every part takes effect,
+    /// each with its own parameters, and a part the server refuses fails the operation and
+    /// leaves none of them.
+    #[test]
+    fn statements_deferred_together_run_as_one() {
+        let server = PgServer::start();
+        let (store, writer) = writer_on(&server);
+        let group = |c: &dyn Sql, keys: [&'static str; 3]| -> Result<(), CoreError> {
+            c.defer_all(&[
+                ("INSERT INTO batch_probe (k) VALUES (?1)", params![keys[0]]),
+                (
+                    "INSERT INTO batch_probe (k) SELECT ?1 || ?2",
+                    params![keys[1], "!"],
+                ),
+                ("INSERT INTO batch_probe (k) VALUES (?1)", params![keys[2]]),
+            ])?;
+            Ok(())
+        };
+        let ok = send(&writer, None, move |c| group(c, ["a", "b", "c"]));
+        block_on(ok).expect("grouped");
+        assert_eq!(stored(&store), ["a", "b!", "c"]);
+        let dup = send(&writer, None, move |c| group(c, ["d", "e", "a"]));
+        let refused = block_on(dup).expect_err("a duplicate key in the last part");
+        assert!(
+            matches!(&refused, CoreError::Store(e) if e.sqlstate() == Some("23505")),
+            "{refused}"
+        );
+        assert_eq!(stored(&store), ["a", "b!", "c"]);
     }
 
     /// `sql`'s generic plan, made on empty tables, with `args` (PostgreSQL literals) for its

@@ -402,6 +402,25 @@ pub trait Sql {
         self.exec(sql, args).map(|_| ())
     }
 
+    /// Runs `stmts` as [`Sql::defer`] runs each, in order, when the caller vouches that none
+    /// of them reads or changes a row another of them changes. PostgreSQL gets them as one
+    /// statement (all but the last as data-modifying `WITH` terms, see [`with_terms`]): one
+    /// execution instead of several, whose parts share one snapshot.
+    ///
+    /// # Errors
+    /// The engine's, now or from the next statement on.
+    fn defer_all(&self, stmts: &[(&str, &[&dyn ToArg])]) -> Result<()> {
+        if self.dialect() == Dialect::Sqlite || stmts.len() < 2 {
+            for (sql, args) in stmts {
+                self.defer(sql, &args.args())?;
+            }
+            return Ok(());
+        }
+        let texts: Vec<(&str, usize)> = stmts.iter().map(|(s, a)| (*s, a.len())).collect();
+        let args: Vec<ValueRef<'_>> = stmts.iter().flat_map(|(_, a)| a.args()).collect();
+        self.defer(&with_terms(&texts), &args)
+    }
+
     /// The store's clock, in ms since the epoch: this machine's for SQLite, the database
     /// server's for PostgreSQL (one clock for every coordinator).
     ///
@@ -751,6 +770,56 @@ pub fn to_postgres(sql: &str) -> String {
             out.push('$');
         } else {
             out.push(c);
+        }
+    }
+    out
+}
+
+/// Statements, each with its count of parameters (`?1`..`?n`, every one used), as one: all
+/// but the last become `WITH` terms, and each one's parameters are numbered after those of the
+/// statements before it. PostgreSQL runs every data-modifying `WITH` term once, whether or not
+/// the rest of the statement reads it.
+pub fn with_terms(stmts: &[(&str, usize)]) -> String {
+    let mut out = String::new();
+    let mut offset = 0;
+    let last = stmts.len().saturating_sub(1);
+    for (i, (sql, params)) in stmts.iter().enumerate() {
+        let sql = renumber(sql, offset);
+        if i == last {
+            out.push_str(&sql);
+        } else {
+            out.push_str(if i == 0 { "WITH " } else { ", " });
+            out.push_str(&format!("w{i} AS ({sql})"));
+            if i + 1 == last {
+                out.push(' ');
+            }
+        }
+        offset += params;
+    }
+    out
+}
+
+/// `sql` with each `?N` outside quotes made `?{N + by}`.
+fn renumber(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut quoted = false;
+    let mut chars = sql.char_indices().peekable();
+    while let Some((_, c)) = chars.next() {
+        out.push(c);
+        if c == '\'' {
+            quoted = !quoted;
+        }
+        if c != '?' || quoted {
+            continue;
+        }
+        let mut n = String::new();
+        while let Some(&(_, d)) = chars.peek().filter(|(_, d)| d.is_ascii_digit()) {
+            n.push(d);
+            chars.next();
+        }
+        match n.parse::<usize>() {
+            Ok(n) => out.push_str(&(n + by).to_string()),
+            Err(_) => out.push_str(&n),
         }
     }
     out
@@ -1138,6 +1207,24 @@ fn pg_value<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statements_become_with_terms_with_their_parameters_numbered_on() {
+        assert_eq!(
+            with_terms(&[
+                ("INSERT INTO a (x, y) VALUES (?1, ?2)", 2),
+                ("UPDATE b SET s = '?1' WHERE id = ?1", 1),
+                ("UPDATE c SET n = n + 1 WHERE id = ?1 AND k = ?2", 2),
+            ]),
+            "WITH w0 AS (INSERT INTO a (x, y) VALUES (?1, ?2)), \
+             w1 AS (UPDATE b SET s = '?1' WHERE id = ?3) \
+             UPDATE c SET n = n + 1 WHERE id = ?4 AND k = ?5"
+        );
+        assert_eq!(
+            with_terms(&[("DELETE FROM a WHERE id = ?1", 1)]),
+            "DELETE FROM a WHERE id = ?1"
+        );
+    }
 
     #[test]
     fn parameters_are_renumbered_outside_quotes_only() {
