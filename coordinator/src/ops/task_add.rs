@@ -4,7 +4,7 @@
 
 use super::{Ctx, Effect};
 use crate::error::CoreError;
-use crate::store::sql::{params, Dialect, OptionalExtension, Sql};
+use crate::store::sql::{params, Dialect, OptionalExtension, Sql, ToArg};
 use protocol::generation::{Decoding, VerifyMode};
 use protocol::limits::{DEFAULT_REQUIRED_SUBMISSIONS, DEFAULT_SIMILARITY};
 use protocol::messages::{TaskAddReply, TaskAddRequest, TaskAnnouncement};
@@ -42,14 +42,8 @@ pub(crate) fn run(
         }
         None => None,
     };
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO task (id, type, text, status, required, max_attempts, created_at, labels,
-                           similarity, generation, model_hash, verifiers, asked, policy,
-                           min_quorum, max_answers, distinct_models)
-         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                 ?16)",
-    )?;
     let mut task_ids = Vec::with_capacity(req.tasks.len());
+    let mut rows = Vec::with_capacity(req.tasks.len());
     for task in req.tasks {
         let id = TaskId::new();
         // Validated above: resolving again cannot fail.
@@ -98,24 +92,23 @@ pub(crate) fn run(
         let similarity = task
             .similarity
             .or_else(|| task_type.is_vector().then_some(DEFAULT_SIMILARITY));
-        insert.execute(params![
-            id.to_string(),
-            task_type.as_str(),
-            task.text,
+        rows.push(NewTask {
+            id: id.to_string(),
+            task_type: task_type.as_str().to_owned(),
+            text: task.text,
             required,
             max_attempts,
-            ctx.now,
             labels,
             similarity,
             generation,
             model_hash,
             verifiers,
             asked,
-            rule.map_or("majority", |r| r.policy.as_str()),
-            rule.map_or(1, |r| r.min_quorum),
-            rule.map_or(asked.max(required), |r| r.max_answers),
-            distinct_models
-        ])?;
+            policy: rule.map_or("majority", |r| r.policy.as_str()),
+            min_quorum: rule.map_or(1, |r| r.min_quorum),
+            max_answers: rule.map_or(asked.max(required), |r| r.max_answers),
+            distinct_models,
+        });
         ctx.effects.push(Effect::Announce(TaskAnnouncement {
             task_id: id,
             task_type,
@@ -123,6 +116,7 @@ pub(crate) fn run(
         }));
         task_ids.push(id);
     }
+    insert(conn, ctx.now, &rows)?;
     if let Some((id, digest)) = batch {
         conn.prepare_cached(
             "INSERT INTO task_batch (id, digest, task_ids, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -135,6 +129,79 @@ pub(crate) fn run(
         ])?;
     }
     Ok(TaskAddReply { task_ids })
+}
+
+/// A task row to insert.
+struct NewTask {
+    id: String,
+    task_type: String,
+    text: String,
+    required: u32,
+    max_attempts: u32,
+    labels: Option<String>,
+    similarity: Option<f64>,
+    generation: Option<String>,
+    model_hash: Option<String>,
+    verifiers: u32,
+    asked: u32,
+    policy: &'static str,
+    min_quorum: u32,
+    max_answers: u32,
+    distinct_models: bool,
+}
+
+/// The most task rows one statement inserts.
+const ROWS_PER_INSERT: usize = 32;
+
+/// Inserts `rows`, created at `now`, up to [`ROWS_PER_INSERT`] to a statement (one statement
+/// text per count of rows, each prepared once), in order.
+fn insert(conn: &dyn Sql, now: i64, rows: &[NewTask]) -> Result<(), CoreError> {
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        // `?1` is the creation time; each row adds its 15 values.
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let p: Vec<String> = (0..15).map(|k| format!("?{}", 2 + 15 * i + k)).collect();
+                format!(
+                    "({}, {}, {}, 'queued', {}, {}, ?1, {})",
+                    p[0],
+                    p[1],
+                    p[2],
+                    p[3],
+                    p[4],
+                    p[5..].join(", ")
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO task (id, type, text, status, required, max_attempts, created_at, labels,
+                               similarity, generation, model_hash, verifiers, asked, policy,
+                               min_quorum, max_answers, distinct_models)
+             VALUES {}",
+            values.join(", ")
+        );
+        let mut args: Vec<&dyn ToArg> = vec![&now];
+        for t in chunk {
+            args.extend([
+                &t.id as &dyn ToArg,
+                &t.task_type,
+                &t.text,
+                &t.required,
+                &t.max_attempts,
+                &t.labels,
+                &t.similarity,
+                &t.generation,
+                &t.model_hash,
+                &t.verifiers,
+                &t.asked,
+                &t.policy,
+                &t.min_quorum,
+                &t.max_answers,
+                &t.distinct_models,
+            ]);
+        }
+        conn.prepare_cached(&sql)?.defer(args.as_slice())?;
+    }
+    Ok(())
 }
 
 /// The ids batch `id` created, when it was added before with the same tasks (`digest`).
