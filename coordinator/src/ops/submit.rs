@@ -12,7 +12,7 @@ use crate::consensus::{
     decide, decide_identical, decide_vectors, distinct_count, judge, Outcome, VectorVote, Vote,
 };
 use crate::error::CoreError;
-use crate::store::sql::{params, OptionalExtension, Sql};
+use crate::store::sql::{params, Dialect, OptionalExtension, Sql};
 use crate::store::{blob_to_vector, from_ms, vector_to_blob};
 use protocol::generation::{blob_to_ids, ids_to_blob, VerifyMode};
 use protocol::limits::DEFAULT_SIMILARITY;
@@ -461,8 +461,12 @@ fn finalize(
              WHERE task_id = ?2",
             params![decision.label, tid],
         ),
+        // By label, not by the flag set beside it (which it would not see on PostgreSQL).
+        (
+            &award_sql(conn.dialect(), "label = ?2"),
+            params![tid, decision.label],
+        ),
     ])?;
-    award_points(conn, &tid)?;
     let answer = Final::Label(decision.label.clone());
     finished(ctx, &task.id, answer, decision.confidence);
     Ok((Outcome::Decided, Some(decision.label)))
@@ -651,22 +655,27 @@ pub(crate) fn finished(ctx: &mut Ctx, task_id: &TaskId, answer: Final, confidenc
 
 /// One point to each worker whose submission on the task agreed with the consensus.
 pub(crate) fn award_points(conn: &dyn Sql, tid: &str) -> Result<(), CoreError> {
-    if conn.dialect() == crate::store::sql::Dialect::Postgres {
-        // Appended, not updated in place: no lock on the workers' score rows (see score_delta).
-        conn.prepare_cached(
-            "INSERT INTO score_delta (worker_id, points)
-             SELECT worker_id, 1 FROM submission WHERE task_id = ?1 AND agreed = 1",
-        )?
+    conn.prepare_cached(&award_sql(conn.dialect(), "agreed = 1"))?
         .defer([tid])?;
-        return Ok(());
-    }
-    conn.prepare_cached(
-        "INSERT INTO worker_score (worker_id, points)
-         SELECT worker_id, 1 FROM submission WHERE task_id = ?1 AND agreed = 1 ORDER BY worker_id
-         ON CONFLICT (worker_id) DO UPDATE SET points = worker_score.points + 1",
-    )?
-    .execute([tid])?;
     Ok(())
+}
+
+/// The statement that gives one point to each worker whose submission on task `?1` meets
+/// `agreeing` (a condition on the submission). PostgreSQL appends the points to `score_delta`
+/// rather than update the workers' score rows in place: no lock on them (see score_delta).
+fn award_sql(dialect: Dialect, agreeing: &str) -> String {
+    match dialect {
+        Dialect::Postgres => format!(
+            "INSERT INTO score_delta (worker_id, points)
+             SELECT worker_id, 1 FROM submission WHERE task_id = ?1 AND {agreeing}"
+        ),
+        Dialect::Sqlite => format!(
+            "INSERT INTO worker_score (worker_id, points)
+             SELECT worker_id, 1 FROM submission WHERE task_id = ?1 AND {agreeing}
+             ORDER BY worker_id
+             ON CONFLICT (worker_id) DO UPDATE SET points = worker_score.points + 1"
+        ),
+    }
 }
 
 /// The lease `worker` holds on `task`, if any.

@@ -403,9 +403,10 @@ pub trait Sql {
     }
 
     /// Runs `stmts` as [`Sql::defer`] runs each, in order, when the caller vouches that none
-    /// of them reads or changes a row another of them changes. PostgreSQL gets them as one
-    /// statement (all but the last as data-modifying `WITH` terms, see [`with_terms`]): one
-    /// execution instead of several, whose parts share one snapshot.
+    /// of them depends on what another changes: no two change the same row, and none reads a
+    /// value another sets. PostgreSQL gets them as one statement (all but the last as
+    /// data-modifying `WITH` terms, see [`with_terms`]): one execution instead of several,
+    /// whose parts all see the rows as they were before any of them.
     ///
     /// # Errors
     /// The engine's, now or from the next statement on.
