@@ -192,7 +192,7 @@ pub(crate) fn lease(
         "INSERT INTO task (id, type, text, status, required, max_attempts, active_leases,
                            created_at, labels, generation, model_hash, asked, policy,
                            max_answers, gold)
-         VALUES (?1, ?2, ?3, 'assigned', 1, 1, 1, ?4, ?5, ?6, ?7, 1, 'majority', 1, ?8)",
+         VALUES (?1, ?2, ?3, 'queued', 1, 1, 1, ?4, ?5, ?6, ?7, 1, 'majority', 1, ?8)",
     )?;
     let mut lease = conn.prepare_cached(
         "INSERT INTO lease (id, task_id, worker_id, state, expires_at, created_at)

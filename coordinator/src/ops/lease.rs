@@ -213,7 +213,7 @@ fn assign(conn: &dyn Sql, picks: &[Candidate]) -> Result<HashSet<String>, CoreEr
 pub(crate) fn assign_sql(n: usize) -> String {
     let list: Vec<String> = (1..=n).map(|i| format!("?{i}")).collect();
     format!(
-        "UPDATE task SET active_leases = active_leases + 1, status = 'assigned'
+        "UPDATE task SET active_leases = active_leases + 1
          WHERE id IN ({})
            AND CASE WHEN status IN ('queued', 'assigned')
                     THEN required > active_leases + submissions ELSE 0 = 1 END
@@ -459,6 +459,67 @@ mod tests {
         assert_eq!((task.status, task.active_leases), (TaskStatus::Assigned, 3));
     }
 
+    /// Leases and votes change a task's counters only: its stored status stays `queued` while
+    /// it is open (what is read is `assigned` while it has live leases), and on PostgreSQL no
+    /// index of `task` names a column they change, so each is an update in place (HOT).
+    fn leases_and_votes_leave_the_stored_status_be(mut conn: TestStore) {
+        let t = add(&mut conn, 0, NewTask::text("x"));
+        let stored = |conn: &TestStore| -> String {
+            conn.query_row(
+                "SELECT status FROM task WHERE id = ?1",
+                [t.to_string()],
+                |r| r.get(0),
+            )
+            .expect("task")
+        };
+        let a = take(&mut conn, 1, "a");
+        let b = take(&mut conn, 1, "b");
+        assert_eq!(
+            load_task(&conn, &t).expect("task").status,
+            TaskStatus::Assigned
+        );
+        assert_eq!(stored(&conn), "queued");
+        send(&mut conn, 2, &t, answer(&a[0], "a", "positive", 0.9))
+            .0
+            .expect("a votes");
+        assert_eq!(
+            load_task(&conn, &t).expect("task").status,
+            TaskStatus::Assigned
+        );
+        assert_eq!(stored(&conn), "queued");
+        super::super::release::run(
+            &conn,
+            &mut ctx(3),
+            protocol::messages::ReleaseRequest {
+                worker_id: wid("b"),
+                lease_ids: vec![b[0].lease_id],
+                offline: false,
+            },
+        )
+        .expect("b releases");
+        let task = load_task(&conn, &t).expect("task");
+        assert_eq!((task.status, task.active_leases), (TaskStatus::Queued, 0));
+        assert_eq!(stored(&conn), "queued");
+        if conn.dialect() == Dialect::Postgres {
+            let c: &dyn Sql = &conn;
+            let indexed: Vec<String> = c
+                .query_map(
+                    "SELECT pg_get_indexdef(indexrelid) FROM pg_index
+                     WHERE indrelid = 'task'::regclass",
+                    (),
+                    |r| r.get(0),
+                )
+                .expect("indexes")
+                .collect::<Result<_, _>>()
+                .expect("indexes");
+            for def in &indexed {
+                for column in ["active_leases", "submissions", "attempts", "verifying"] {
+                    assert!(!def.contains(column), "{def} names {column}");
+                }
+            }
+        }
+    }
+
     fn a_worker_never_gets_a_second_lease_on_a_task(mut conn: TestStore) {
         add(&mut conn, 0, NewTask::text("x"));
         assert_eq!(lease(&mut conn, 1, lease_req("a", 5)).leases.len(), 1);
@@ -589,6 +650,7 @@ mod tests {
     on_both_engines!(
         a_hinted_task_comes_first_and_the_cursor_stays_true,
         parallel_leases_to_distinct_workers_up_to_required,
+        leases_and_votes_leave_the_stored_status_be,
         a_worker_never_gets_a_second_lease_on_a_task,
         fifo_and_capability_routing,
         per_worker_cap_on_held_leases,

@@ -210,7 +210,9 @@ pub(crate) struct TaskRow {
 /// The columns [`TaskRow::from_row`] reads, in order, as a literal (for `concat!`).
 macro_rules! task_columns {
     () => {
-        "task.id, task.type, task.text, task.status, task.required, task.max_attempts, \
+        "task.id, task.type, task.text, \
+         CASE WHEN task.status = 'queued' AND task.active_leases > 0 THEN 'assigned' \
+         ELSE task.status END, task.required, task.max_attempts, \
          task.attempts, task.active_leases, task.submissions, task.final_label, \
          task.final_confidence, task.error_message, task.created_at, task.finished_at, \
          task.labels, task.similarity, task.final_embedding, task.generation, \
@@ -228,10 +230,12 @@ pub(crate) const TASK_COLUMNS: &str = task_columns!();
 const VIEW_RESERVED_BY: usize = 31;
 
 /// A task's state as views show it: an open task in cross-scoring is `verifying`, one past a
-/// round without a quorum `inconclusive`.
+/// round without a quorum `inconclusive`, one with live leases `assigned` (an open task is
+/// stored `queued` either way).
 pub(crate) const VIEW_STATUS_SQL: &str =
     "CASE WHEN status IN ('queued', 'assigned') AND verifying = 1 \
      THEN 'verifying' WHEN status IN ('queued', 'assigned') AND inconclusive = 1 THEN 'inconclusive' \
+     WHEN status = 'queued' AND active_leases > 0 THEN 'assigned' \
      ELSE status END";
 
 /// [`TASK_COLUMNS`] plus the live-lease summary that views show (kept off the hot paths).
@@ -473,8 +477,7 @@ pub(crate) fn end_lease_unanswered(
         conn.prepare_cached(
             "UPDATE task SET
                  active_leases = active_leases - 1,
-                 attempts = attempts + 1,
-                 status = CASE WHEN active_leases = 1 THEN 'queued' ELSE 'assigned' END
+                 attempts = attempts + 1
              WHERE id = ?1 AND status IN ('queued', 'assigned')",
         )?
         .execute([task_id.to_string()])?;

@@ -184,8 +184,7 @@ pub(crate) fn accept(
         (
             "UPDATE task SET
                  submissions = submissions + 1,
-                 active_leases = active_leases - 1,
-                 status = CASE WHEN active_leases = 1 THEN 'queued' ELSE 'assigned' END
+                 active_leases = active_leases - 1
              WHERE id = ?1",
             params![tid],
         ),

@@ -62,7 +62,7 @@ pub(crate) fn start(conn: &dyn Sql, ctx: &mut Ctx, task: &TaskRow) -> Result<boo
     if fresh.is_empty() {
         return Ok(false);
     }
-    conn.prepare_cached("UPDATE task SET verifying = 1, status = 'assigned' WHERE id = ?1")?
+    conn.prepare_cached("UPDATE task SET verifying = 1 WHERE id = ?1")?
         .execute([&tid])?;
     tracing::debug!(task_id = %task.id, candidates = fresh.len(), "verification started");
     ctx.effects.push(Effect::Announce(task.announcement()));

@@ -74,6 +74,14 @@ const MIGRATIONS: &[&str] = &[
          since     BIGINT NOT NULL,
          PRIMARY KEY (worker_id, type)
      );",
+    // An open task is stored `queued`, leased or not (`assigned` is derived from its live
+    // leases), and the open-task index names no counter: a lease or a vote then changes no
+    // indexed column, so PostgreSQL updates the row in place (HOT) instead of adding an entry
+    // to each of the task's indexes at every change. The lease walk checks the counters on
+    // the row.
+    "UPDATE task SET status = 'queued' WHERE status = 'assigned';
+     DROP INDEX task_open;
+     CREATE INDEX task_open ON task (type, seq) WHERE status IN ('queued', 'assigned');",
 ];
 
 /// The session settings of every connection.

@@ -269,6 +269,12 @@ CREATE TABLE score_delta (
 );
 CREATE INDEX score_delta_by_worker ON score_delta (worker_id);
 "#,
+    r#"
+-- An open task is stored `queued` whether or not it is leased: `assigned` is read off its live
+-- leases (`active_leases > 0`), so a lease or a vote no longer rewrites the status column (on
+-- PostgreSQL, that lets them update the row in place, see its schema).
+UPDATE task SET status = 'queued' WHERE status = 'assigned';
+"#,
 ];
 
 /// Tables of one connection (`temp`, in memory, gone when it closes), created when it opens.
