@@ -299,21 +299,29 @@ pub(crate) fn oldest_open_sql(dialect: Dialect) -> String {
 /// tasks to the worker within this long even while it always has newer work.
 const CURSOR_REFRESH_MS: i64 = 2_000;
 
+/// On PostgreSQL, a walk whose cursor leads to too few tasks takes the rest from the head, at
+/// most once this often per worker and type: a walk from the head passes over every open task
+/// the worker holds or has answered, thousands when the other workers lag behind it, and a
+/// worker at the front of the queue is short at every request.
+const HEAD_WALK_MS: i64 = 500;
+
 /// Where `worker`'s walk over `task_type` starts (see `lease_cursor`): after its cursor, unless
-/// it has none or (PostgreSQL) it started from the head longer than [`CURSOR_REFRESH_MS`] ago.
+/// it has none or (PostgreSQL) it started from the head longer than [`CURSOR_REFRESH_MS`] ago;
+/// with when a walk last started from the head.
 fn cursor(
     conn: &dyn Sql,
     now: i64,
     worker: &WorkerId,
     task_type: &TaskType,
-) -> Result<Option<i64>, CoreError> {
+) -> Result<Option<(i64, i64)>, CoreError> {
     Ok(conn
         .prepare_cached(
-            "SELECT after FROM temp.lease_cursor WHERE worker_id = ?1 AND type = ?2 AND since > ?3",
+            "SELECT after, since FROM temp.lease_cursor
+             WHERE worker_id = ?1 AND type = ?2 AND since > ?3",
         )?
         .query_row(
             params![worker.as_str(), task_type.as_str(), stale_before(conn, now)],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?)
 }
@@ -387,12 +395,18 @@ fn oldest_open(
             )?
             .collect::<Result<Vec<_>, _>>()?)
     };
-    let after = cursor(conn, now, worker, task_type)?;
-    let mut rows = walk(after.unwrap_or(0))?;
+    let cursor = cursor(conn, now, worker, task_type)?;
+    let mut rows = walk(cursor.map_or(0, |(after, _)| after))?;
     // A PostgreSQL cursor may have passed tasks this worker still needs: when it leads to too
     // few, the head has the rest (the rows this walk locked come again: they are this
-    // transaction's).
-    if after.is_some() && rows.len() < limit && conn.dialect() == Dialect::Postgres {
+    // transaction's), unless a walk started there less than `HEAD_WALK_MS` ago. This walk
+    // counts as one (the cursor's refresh starts over from it), whatever it finds.
+    let head_walked = cursor.is_some_and(|(_, since)| since <= now - HEAD_WALK_MS);
+    if head_walked && rows.len() < limit && conn.dialect() == Dialect::Postgres {
+        conn.prepare_cached(
+            "UPDATE temp.lease_cursor SET since = ?3 WHERE worker_id = ?1 AND type = ?2",
+        )?
+        .defer(params![worker.as_str(), task_type.as_str(), now])?;
         rows.extend(walk(0)?);
         rows.sort_by_key(|c| c.seq);
         rows.dedup_by_key(|c| c.seq);
@@ -682,7 +696,8 @@ mod tests {
 
     /// On PostgreSQL a walk passes over task rows other sessions hold (a submission being stored,
     /// say) and the cursor moves past them: the worker still gets them, from the head, once the
-    /// cursor leads to too few tasks or has been followed for [`CURSOR_REFRESH_MS`].
+    /// cursor leads to too few tasks (and the last walk from the head is [`HEAD_WALK_MS`] old)
+    /// or has been followed for [`CURSOR_REFRESH_MS`].
     #[test]
     fn a_task_passed_over_while_locked_is_leased_later_on_postgres() {
         let server = PgServer::start();
@@ -715,7 +730,8 @@ mod tests {
         assert_eq!(got(&mut conn, 40 + CURSOR_REFRESH_MS), [t[3]]);
         assert!(got(&mut conn, 50 + CURSOR_REFRESH_MS).is_empty());
 
-        // Passed over again, and the cursor leads to nothing more: the head has it at once.
+        // Passed over again, and the cursor leads to nothing more: the head has it once the last
+        // walk from there (at 30 + CURSOR_REFRESH_MS) is HEAD_WALK_MS old.
         let u = add(&mut conn, 60, NewTask::text("u0"));
         let v = add(&mut conn, 60, NewTask::text("v0"));
         let mut held = other.transaction().expect("tx");
@@ -726,7 +742,24 @@ mod tests {
         .expect("lock u");
         assert_eq!(got(&mut conn, 70 + CURSOR_REFRESH_MS), [v]);
         held.rollback().expect("unlock");
-        assert_eq!(got(&mut conn, 80 + CURSOR_REFRESH_MS), [u]);
+        assert!(got(&mut conn, 80 + CURSOR_REFRESH_MS).is_empty(), "not yet");
+        assert_eq!(got(&mut conn, 30 + CURSOR_REFRESH_MS + HEAD_WALK_MS), [u]);
+        // That walk was one from the head: the next waits as long again.
+        let x = add(&mut conn, 90, NewTask::text("x0"));
+        let y = add(&mut conn, 90, NewTask::text("y0"));
+        let mut held = other.transaction().expect("tx");
+        held.execute(
+            "SELECT 1 FROM task WHERE id = $1 FOR NO KEY UPDATE",
+            &[&x.to_string()],
+        )
+        .expect("lock x");
+        assert_eq!(got(&mut conn, 40 + CURSOR_REFRESH_MS + HEAD_WALK_MS), [y]);
+        held.rollback().expect("unlock");
+        assert!(got(&mut conn, 50 + CURSOR_REFRESH_MS + HEAD_WALK_MS).is_empty());
+        assert_eq!(
+            got(&mut conn, 30 + CURSOR_REFRESH_MS + 2 * HEAD_WALK_MS),
+            [x]
+        );
     }
 
     #[test]
