@@ -735,7 +735,8 @@ impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
     }
 
     fn now_ms(&self) -> Result<i64> {
-        Ok(self.client.borrow_mut().query_one(CLOCK, &[])?.get(0))
+        let stmt = self.statement(CLOCK)?;
+        Ok(self.client.borrow_mut().query_one(&stmt, &[])?.get(0))
     }
 }
 
@@ -1105,7 +1106,10 @@ impl Sql for PgPipe<'_> {
         if let Some(now) = self.now.get() {
             return Ok(now);
         }
-        let row = self.answered(self.client.query_one(CLOCK, &[]))?;
+        // Prepared once per session, like every statement: a text would be parsed and planned
+        // anew, in a round trip of its own.
+        let stmt = self.statement(CLOCK)?;
+        let row = self.answered(self.client.query_one(&stmt, &[]))?;
         let now = row.get(0);
         self.now.set(Some(now));
         Ok(now)
