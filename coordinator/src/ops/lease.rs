@@ -694,6 +694,17 @@ mod tests {
         );
     }
 
+    /// A transaction on `c` holding task `id`'s row, as a session storing a vote does.
+    fn hold<'c>(c: &'c mut postgres::Client, id: &TaskId) -> postgres::Transaction<'c> {
+        let mut held = c.transaction().expect("tx");
+        held.execute(
+            "SELECT 1 FROM task WHERE id = $1 FOR NO KEY UPDATE",
+            &[&id.to_string()],
+        )
+        .expect("lock");
+        held
+    }
+
     /// On PostgreSQL a walk passes over task rows other sessions hold (a submission being stored,
     /// say) and the cursor moves past them: the worker still gets them, from the head, once the
     /// cursor leads to too few tasks (and the last walk from the head is [`HEAD_WALK_MS`] old)
@@ -706,12 +717,7 @@ mod tests {
             .map(|i| add(&mut conn, 0, NewTask::text(format!("t{i}"))))
             .collect();
         let mut other = postgres::Client::connect(server.url(), postgres::NoTls).expect("connect");
-        let mut held = other.transaction().expect("tx");
-        held.execute(
-            "SELECT 1 FROM task WHERE id = $1 FOR NO KEY UPDATE",
-            &[&t[0].to_string()],
-        )
-        .expect("lock t0");
+        let held = hold(&mut other, &t[0]);
         let got = |conn: &mut TestStore, now| -> Vec<TaskId> {
             lease(conn, now, lease_req("w", 1))
                 .leases
@@ -734,12 +740,7 @@ mod tests {
         // walk from there (at 30 + CURSOR_REFRESH_MS) is HEAD_WALK_MS old.
         let u = add(&mut conn, 60, NewTask::text("u0"));
         let v = add(&mut conn, 60, NewTask::text("v0"));
-        let mut held = other.transaction().expect("tx");
-        held.execute(
-            "SELECT 1 FROM task WHERE id = $1 FOR NO KEY UPDATE",
-            &[&u.to_string()],
-        )
-        .expect("lock u");
+        let held = hold(&mut other, &u);
         assert_eq!(got(&mut conn, 70 + CURSOR_REFRESH_MS), [v]);
         held.rollback().expect("unlock");
         assert!(got(&mut conn, 80 + CURSOR_REFRESH_MS).is_empty(), "not yet");
@@ -747,12 +748,7 @@ mod tests {
         // That walk was one from the head: the next waits as long again.
         let x = add(&mut conn, 90, NewTask::text("x0"));
         let y = add(&mut conn, 90, NewTask::text("y0"));
-        let mut held = other.transaction().expect("tx");
-        held.execute(
-            "SELECT 1 FROM task WHERE id = $1 FOR NO KEY UPDATE",
-            &[&x.to_string()],
-        )
-        .expect("lock x");
+        let held = hold(&mut other, &x);
         assert_eq!(got(&mut conn, 40 + CURSOR_REFRESH_MS + HEAD_WALK_MS), [y]);
         held.rollback().expect("unlock");
         assert!(got(&mut conn, 50 + CURSOR_REFRESH_MS + HEAD_WALK_MS).is_empty());
