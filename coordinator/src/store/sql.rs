@@ -762,19 +762,7 @@ pub fn to_postgres(sql: &str) -> String {
     let sql = drop_index_hints(sql);
     let sql = drop_temp_schema(&sql);
     let sql = json_each(&sql);
-    let mut out = String::with_capacity(sql.len() + 8);
-    let mut quoted = false;
-    for c in sql.chars() {
-        if c == '\'' {
-            quoted = !quoted;
-        }
-        if c == '?' && !quoted {
-            out.push('$');
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    each_param(&sql, |n| format!("${n}"))
 }
 
 /// Statements, each with its count of parameters (`?1`..`?n`, every one used), as one: all
@@ -782,47 +770,51 @@ pub fn to_postgres(sql: &str) -> String {
 /// statements before it. PostgreSQL runs every data-modifying `WITH` term once, whether or not
 /// the rest of the statement reads it.
 pub fn with_terms(stmts: &[(&str, usize)]) -> String {
-    let mut out = String::new();
     let mut offset = 0;
-    let last = stmts.len().saturating_sub(1);
-    for (i, (sql, params)) in stmts.iter().enumerate() {
-        let sql = renumber(sql, offset);
-        if i == last {
-            out.push_str(&sql);
-        } else {
-            out.push_str(if i == 0 { "WITH " } else { ", " });
-            out.push_str(&format!("w{i} AS ({sql})"));
-            if i + 1 == last {
-                out.push(' ');
-            }
-        }
-        offset += params;
+    let mut parts: Vec<String> = stmts
+        .iter()
+        .map(|(sql, params)| {
+            let by = offset;
+            offset += params;
+            each_param(sql, |n| match n.parse::<usize>() {
+                Ok(n) => format!("?{}", n + by),
+                Err(_) => format!("?{n}"),
+            })
+        })
+        .collect();
+    let Some(last) = parts.pop() else {
+        return String::new();
+    };
+    if parts.is_empty() {
+        return last;
     }
-    out
+    let terms: Vec<String> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, sql)| format!("w{i} AS ({sql})"))
+        .collect();
+    format!("WITH {} {last}", terms.join(", "))
 }
 
-/// `sql` with each `?N` outside quotes made `?{N + by}`.
-fn renumber(sql: &str, by: usize) -> String {
+/// `sql` with each parameter outside quotes (`?` and the digits after it) replaced by what `f`
+/// makes of its digits.
+fn each_param(sql: &str, f: impl Fn(&str) -> String) -> String {
     let mut out = String::with_capacity(sql.len() + 8);
     let mut quoted = false;
-    let mut chars = sql.char_indices().peekable();
-    while let Some((_, c)) = chars.next() {
-        out.push(c);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
         if c == '\'' {
             quoted = !quoted;
         }
         if c != '?' || quoted {
+            out.push(c);
             continue;
         }
         let mut n = String::new();
-        while let Some(&(_, d)) = chars.peek().filter(|(_, d)| d.is_ascii_digit()) {
+        while let Some(d) = chars.next_if(char::is_ascii_digit) {
             n.push(d);
-            chars.next();
         }
-        match n.parse::<usize>() {
-            Ok(n) => out.push_str(&(n + by).to_string()),
-            Err(_) => out.push_str(&n),
-        }
+        out.push_str(&f(&n));
     }
     out
 }
