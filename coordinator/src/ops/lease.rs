@@ -401,8 +401,8 @@ fn oldest_open(
     // few, the head has the rest (the rows this walk locked come again: they are this
     // transaction's), unless a walk started there less than `HEAD_WALK_MS` ago. This walk
     // counts as one (the cursor's refresh starts over from it), whatever it finds.
-    let head_walked = cursor.is_some_and(|(_, since)| since <= now - HEAD_WALK_MS);
-    if head_walked && rows.len() < limit && conn.dialect() == Dialect::Postgres {
+    let head_due = cursor.is_some_and(|(_, since)| since <= now - HEAD_WALK_MS);
+    if head_due && rows.len() < limit && conn.dialect() == Dialect::Postgres {
         conn.prepare_cached(
             "UPDATE temp.lease_cursor SET since = ?3 WHERE worker_id = ?1 AND type = ?2",
         )?

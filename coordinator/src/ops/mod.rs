@@ -207,18 +207,29 @@ pub(crate) struct TaskRow {
     pub lease_expires_at: Option<i64>,
 }
 
+/// A task's status as read: an open task is stored `queued` and read `assigned` while it has
+/// live leases. A literal (for `concat!`).
+macro_rules! read_status {
+    () => {
+        "CASE WHEN task.status = 'queued' AND task.active_leases > 0 THEN 'assigned' \
+         ELSE task.status END"
+    };
+}
+
 /// The columns [`TaskRow::from_row`] reads, in order, as a literal (for `concat!`).
 macro_rules! task_columns {
     () => {
-        "task.id, task.type, task.text, \
-         CASE WHEN task.status = 'queued' AND task.active_leases > 0 THEN 'assigned' \
-         ELSE task.status END, task.required, task.max_attempts, \
+        concat!(
+            "task.id, task.type, task.text, ",
+            read_status!(),
+            ", task.required, task.max_attempts, \
          task.attempts, task.active_leases, task.submissions, task.final_label, \
          task.final_confidence, task.error_message, task.created_at, task.finished_at, \
          task.labels, task.similarity, task.final_embedding, task.generation, \
          task.final_token_ids, task.final_text, task.failure_reason, task.verifying, \
          task.verifiers, task.asked, task.policy, task.min_quorum, task.max_answers, \
          task.inconclusive, task.distinct_models, task.model_hash, task.gold"
+        )
     };
 }
 
@@ -226,17 +237,20 @@ macro_rules! task_columns {
 /// tables to `task`).
 pub(crate) const TASK_COLUMNS: &str = task_columns!();
 
-/// Where [`TASK_VIEW_COLUMNS`] goes past [`TASK_COLUMNS`]: the live-lease summary.
-const VIEW_RESERVED_BY: usize = 31;
+/// How many columns [`TASK_COLUMNS`] has: where a query's own columns after them start (the
+/// live-lease summary of [`TASK_VIEW_COLUMNS`], say).
+pub(crate) const TASK_COLUMN_COUNT: usize = 31;
 
 /// A task's state as views show it: an open task in cross-scoring is `verifying`, one past a
 /// round without a quorum `inconclusive`, one with live leases `assigned` (an open task is
 /// stored `queued` either way).
-pub(crate) const VIEW_STATUS_SQL: &str =
-    "CASE WHEN status IN ('queued', 'assigned') AND verifying = 1 \
-     THEN 'verifying' WHEN status IN ('queued', 'assigned') AND inconclusive = 1 THEN 'inconclusive' \
-     WHEN status = 'queued' AND active_leases > 0 THEN 'assigned' \
-     ELSE status END";
+pub(crate) const VIEW_STATUS_SQL: &str = concat!(
+    "CASE WHEN task.status IN ('queued', 'assigned') AND task.verifying = 1 THEN 'verifying' \
+     WHEN task.status IN ('queued', 'assigned') AND task.inconclusive = 1 THEN 'inconclusive' \
+     ELSE ",
+    read_status!(),
+    " END"
+);
 
 /// [`TASK_COLUMNS`] plus the live-lease summary that views show (kept off the hot paths).
 pub(crate) const TASK_VIEW_COLUMNS: &str = concat!(
@@ -247,7 +261,8 @@ pub(crate) const TASK_VIEW_COLUMNS: &str = concat!(
 );
 
 impl TaskRow {
-    /// A task from [`TASK_COLUMNS`] (the row's first 31 columns; a query may add its own after).
+    /// A task from [`TASK_COLUMNS`] (the row's first [`TASK_COLUMN_COUNT`]; a query may add its
+    /// own after).
     pub(crate) fn from_row(r: &Row<'_>) -> crate::store::sql::Result<Self> {
         Ok(Self {
             id: parsed(r, 0)?,
@@ -291,8 +306,8 @@ impl TaskRow {
     /// A task from [`TASK_VIEW_COLUMNS`], with its live-lease summary.
     pub(crate) fn from_view_row(r: &Row<'_>) -> crate::store::sql::Result<Self> {
         Ok(Self {
-            reserved_by: parsed_opt(r, VIEW_RESERVED_BY)?,
-            lease_expires_at: r.get(VIEW_RESERVED_BY + 1)?,
+            reserved_by: parsed_opt(r, TASK_COLUMN_COUNT)?,
+            lease_expires_at: r.get(TASK_COLUMN_COUNT + 1)?,
             ..Self::from_row(r)?
         })
     }
@@ -568,6 +583,16 @@ pub(crate) fn close_task(
         }));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_task_columns_are_counted() {
+        assert_eq!(TASK_COLUMNS.matches(',').count() + 1, TASK_COLUMN_COUNT);
+    }
 }
 
 #[cfg(test)]

@@ -238,8 +238,7 @@ fn load_for_answer(
     worker: &WorkerId,
     lease: Option<LeaseId>,
 ) -> Result<(TaskRow, Option<Earlier>, Option<Named>), CoreError> {
-    /// Where the columns after the task's start.
-    const AT: usize = 31;
+    const AT: usize = super::TASK_COLUMN_COUNT;
     conn.prepare_cached(&answer_sql(conn.lock_suffix()))?
         .query_row(
             params![
