@@ -161,19 +161,11 @@ fn insert(conn: &dyn Sql, now: i64, rows: &[NewTask]) -> Result<(), CoreError> {
         let values: Vec<String> = (0..chunk.len())
             .map(|i| {
                 let p: Vec<String> = (0..15).map(|k| format!("?{}", 2 + 15 * i + k)).collect();
-                format!(
-                    "({}, {}, {}, 'queued', {}, {}, ?1, {})",
-                    p[0],
-                    p[1],
-                    p[2],
-                    p[3],
-                    p[4],
-                    p[5..].join(", ")
-                )
+                format!("('queued', ?1, {})", p.join(", "))
             })
             .collect();
         let sql = format!(
-            "INSERT INTO task (id, type, text, status, required, max_attempts, created_at, labels,
+            "INSERT INTO task (status, created_at, id, type, text, required, max_attempts, labels,
                                similarity, generation, model_hash, verifiers, asked, policy,
                                min_quorum, max_answers, distinct_models)
              VALUES {}",
