@@ -12,8 +12,7 @@ use crate::metrics::Metrics;
 use crate::ops::{self, Ctx, Effect, Settings};
 use crate::store::group::Lane;
 use crate::store::sql::Sql;
-use crate::store::Store;
-use crate::store::Writer;
+use crate::store::{Probe, Store, Writer};
 use protocol::messages::{
     ApiOp, Heartbeat, HeartbeatReply, LeaderboardReply, Lease, LeaseReply, LeaseRequest,
     ModelAgreementReply, ReleaseReply, ReleaseRequest, RequeueReply, ResetRequest, StatsReply,
@@ -165,7 +164,7 @@ impl Core {
         T: Send + 'static,
         F: FnMut(&dyn Sql, &mut Ctx) -> Result<T, CoreError> + Send + 'static,
     {
-        self.write_in(Lane::Normal, None, op).await
+        self.write_in(Lane::Normal, None, None, op).await
     }
 
     /// Runs `op` in a write transaction of `lane`, keyed by what it locks first (see
@@ -174,6 +173,7 @@ impl Core {
         &self,
         lane: Lane,
         key: Option<String>,
+        probe: Option<Probe>,
         mut op: F,
     ) -> Result<T, CoreError>
     where
@@ -188,7 +188,7 @@ impl Core {
             let out = op(c, &mut ctx)?;
             Ok((out, ctx.effects))
         };
-        let result = self.writer.write(lane, key, job).await;
+        let result = self.writer.write(lane, key, probe, job).await;
         let (out, effects) = self.note_health(result)?;
         for effect in effects {
             // Logged here, after the commit, so the log never shows a finalization that a crash
@@ -340,6 +340,7 @@ impl Core {
             .write_in(
                 Lane::Urgent,
                 Some(req.worker_id.to_string()),
+                None,
                 move |c, ctx| ops::lease::run(c, ctx, req.clone()),
             )
             .await?;
@@ -354,9 +355,12 @@ impl Core {
     /// Store errors only.
     pub async fn next_for(&self, worker: WorkerId) -> Result<Option<Lease>, CoreError> {
         let r = self
-            .write_in(Lane::Urgent, Some(worker.to_string()), move |c, ctx| {
-                ops::lease::next_for(c, ctx, &worker)
-            })
+            .write_in(
+                Lane::Urgent,
+                Some(worker.to_string()),
+                None,
+                move |c, ctx| ops::lease::next_for(c, ctx, &worker),
+            )
             .await?;
         self.metrics.tasks_claimed.inc_by(u64::from(r.is_some()));
         Ok(r)
@@ -412,10 +416,14 @@ impl Core {
     /// # Errors
     /// See `ops::submit::run`.
     pub async fn submit(&self, task: TaskId, req: SubmitRequest) -> Result<SubmitReply, CoreError> {
+        let probe = ops::submit::probe(&task, &req.worker_id, Some(req.lease_id));
         let r = self
-            .write_in(Lane::Normal, Some(task.to_string()), move |c, ctx| {
-                ops::submit::run(c, ctx, &task, req.clone())
-            })
+            .write_in(
+                Lane::Normal,
+                Some(task.to_string()),
+                probe,
+                move |c, ctx| ops::submit::run(c, ctx, &task, req.clone()),
+            )
             .await?;
         self.metrics.submissions.inc_by(u64::from(!r.duplicate));
         Ok(r)
@@ -427,10 +435,14 @@ impl Core {
     /// # Errors
     /// See `ops::submit::accept`.
     pub async fn accept(&self, task: TaskId, sub: Submission) -> Result<SubmitReply, CoreError> {
+        let probe = ops::submit::probe(&task, &sub.worker_id, sub.lease_id);
         let r = self
-            .write_in(Lane::Normal, Some(task.to_string()), move |c, ctx| {
-                ops::submit::accept(c, ctx, &task, sub.clone())
-            })
+            .write_in(
+                Lane::Normal,
+                Some(task.to_string()),
+                probe,
+                move |c, ctx| ops::submit::accept(c, ctx, &task, sub.clone()),
+            )
             .await?;
         self.metrics.submissions.inc_by(u64::from(!r.duplicate));
         Ok(r)

@@ -13,7 +13,7 @@ use crate::consensus::{
 };
 use crate::error::CoreError;
 use crate::store::sql::{params, Dialect, OptionalExtension, Sql};
-use crate::store::{blob_to_vector, from_ms, vector_to_blob};
+use crate::store::{blob_to_vector, from_ms, vector_to_blob, Probe};
 use protocol::generation::{blob_to_ids, ids_to_blob, VerifyMode};
 use protocol::limits::DEFAULT_SIMILARITY;
 use protocol::messages::{
@@ -22,6 +22,7 @@ use protocol::messages::{
 };
 use protocol::ProtocolError;
 use protocol::{LeaseId, LeaseState, TaskId, TaskStatus, WorkerId};
+use std::sync::LazyLock;
 
 /// A worker's stored submission on a task: its lease, label, vector blob and token-id blob.
 type Earlier = (LeaseId, String, Option<Vec<u8>>, Option<Vec<u8>>);
@@ -58,7 +59,12 @@ pub(crate) fn accept(
     check_confidence(sub.confidence)?;
     check_model(sub.model.as_deref())?;
     check_model_hash(sub.model_hash.as_deref())?;
-    let (task, earlier, named) = load_for_answer(conn, task_id, &sub.worker_id, sub.lease_id)?;
+    let Loaded {
+        task,
+        earlier,
+        named,
+        votes,
+    } = load_for_answer(conn, task_id, &sub.worker_id, sub.lease_id)?;
     if let Answer::Verified(report) = answer {
         return verify::accept(conn, ctx, &task, &sub, report);
     }
@@ -209,7 +215,11 @@ pub(crate) fn accept(
             let threshold = task.similarity.unwrap_or(DEFAULT_SIMILARITY);
             finalize_vectors(conn, ctx, &task, threshold)?
         } else {
-            let (outcome, label) = finalize(conn, ctx, &task)?;
+            let answers = match votes {
+                Some(json) => Some(with_vote(&json, &sub)?),
+                None => None,
+            };
+            let (outcome, label) = finalize(conn, ctx, &task, answers)?;
             final_label = label;
             outcome
         };
@@ -227,8 +237,20 @@ pub(crate) fn accept(
 /// A lease as a submission names it: its task, holder and state.
 type Named = (TaskId, WorkerId, LeaseState);
 
-/// What a submission is decided from, in one statement: the task (its row locked on PostgreSQL),
-/// `worker`'s earlier submission on it, and the lease the submission names, if it names one.
+/// What a submission is decided from, read in one statement.
+struct Loaded {
+    /// The task, its row locked on PostgreSQL.
+    task: TaskRow,
+    /// The worker's earlier submission on it.
+    earlier: Option<Earlier>,
+    /// The lease the submission names, if it names one.
+    named: Option<Named>,
+    /// On PostgreSQL, when this answer completes the required count: the task's answers so
+    /// far, in the order they came, as JSON `[[label, confidence as text], ...]`.
+    votes: Option<String>,
+}
+
+/// Reads what a submission is decided from (see [`Loaded`]).
 ///
 /// # Errors
 /// [`CoreError::TaskNotFound`] for an unknown task.
@@ -237,9 +259,24 @@ fn load_for_answer(
     task_id: &TaskId,
     worker: &WorkerId,
     lease: Option<LeaseId>,
-) -> Result<(TaskRow, Option<Earlier>, Option<Named>), CoreError> {
-    const AT: usize = super::TASK_COLUMN_COUNT;
-    conn.prepare_cached(&answer_sql(conn.lock_suffix()))?
+) -> Result<Loaded, CoreError> {
+    let loaded = read_for_answer(conn, task_id, worker, lease)?;
+    if loaded.1 {
+        return Ok(loaded.0);
+    }
+    // The row is locked now: read once more, in a snapshot that has what was committed.
+    Ok(read_for_answer(conn, task_id, worker, lease)?.0)
+}
+
+/// One read of [`load_for_answer`], and whether it is fresh (see [`answer_text`]).
+fn read_for_answer(
+    conn: &dyn Sql,
+    task_id: &TaskId,
+    worker: &WorkerId,
+    lease: Option<LeaseId>,
+) -> Result<(Loaded, bool), CoreError> {
+    const AT: usize = super::TASK_COLUMN_COUNT + 1;
+    conn.prepare_cached(answer_sql(conn.dialect()))?
         .query_row(
             params![
                 task_id.to_string(),
@@ -247,37 +284,114 @@ fn load_for_answer(
                 lease.map(|l| l.to_string())
             ],
             |r| {
-                let earlier = if r.is_null(AT)? {
+                let earlier = if r.is_null(AT + 1)? {
                     None
                 } else {
                     Some((
-                        parsed(r, AT)?,
-                        r.get(AT + 1)?,
+                        parsed(r, AT + 1)?,
                         r.get(AT + 2)?,
                         r.get(AT + 3)?,
+                        r.get(AT + 4)?,
                     ))
                 };
-                let named = if r.is_null(AT + 4)? {
+                let named = if r.is_null(AT + 5)? {
                     None
                 } else {
-                    Some((parsed(r, AT + 4)?, parsed(r, AT + 5)?, parsed(r, AT + 6)?))
+                    Some((parsed(r, AT + 5)?, parsed(r, AT + 6)?, parsed(r, AT + 7)?))
                 };
-                Ok((TaskRow::from_row(r)?, earlier, named))
+                let loaded = Loaded {
+                    task: TaskRow::from_row(r)?,
+                    votes: r.get(AT - 1)?,
+                    earlier,
+                    named,
+                };
+                Ok((loaded, r.get(AT)?))
             },
         )
         .optional()?
         .ok_or(CoreError::TaskNotFound(*task_id))
 }
 
-/// [`load_for_answer`]'s statement, ending with `lock`: task `?1`, worker `?2`, lease `?3`.
-pub(crate) fn answer_sql(lock: &str) -> String {
+/// [`load_for_answer`]'s statement on `dialect`'s engine: task `?1`, worker `?2`, lease `?3`.
+pub(crate) fn answer_sql(dialect: Dialect) -> &'static str {
+    static SQLITE: LazyLock<String> = LazyLock::new(|| answer_text(Dialect::Sqlite, false));
+    static POSTGRES: LazyLock<String> = LazyLock::new(|| answer_text(Dialect::Postgres, false));
+    match dialect {
+        Dialect::Sqlite => &SQLITE,
+        Dialect::Postgres => &POSTGRES,
+    }
+}
+
+/// [`answer_sql`] on PostgreSQL for a batch of submissions (see [`Probe`]): `?1`, `?2` and `?3`
+/// are arrays of tasks, workers and leases.
+pub(crate) fn answer_many_sql() -> &'static str {
+    static MANY: LazyLock<String> = LazyLock::new(|| answer_text(Dialect::Postgres, true));
+    &MANY
+}
+
+/// The joined read a submission starts with, for PostgreSQL's writer sessions to make for a
+/// whole batch of submissions at once.
+pub(crate) fn probe(task: &TaskId, worker: &WorkerId, lease: Option<LeaseId>) -> Option<Probe> {
+    Some(Probe {
+        one: answer_sql(Dialect::Postgres),
+        many: answer_many_sql(),
+        args: vec![
+            Some(task.to_string()),
+            Some(worker.as_str().to_owned()),
+            lease.map(|l| l.to_string()),
+        ],
+    })
+}
+
+/// The text of [`answer_sql`] (`many`: of [`answer_many_sql`]).
+fn answer_text(dialect: Dialect, many: bool) -> String {
+    // The answers so far, for the one that completes the count: on PostgreSQL a statement
+    // fewer for it; SQLite reads them when it decides, with nothing to save.
+    let votes = match dialect {
+        Dialect::Postgres => {
+            "CASE WHEN task.submissions + 1 >= task.required THEN
+                 (SELECT CAST(json_agg(json_build_array(v.label, CAST(v.confidence AS TEXT))
+                                       ORDER BY v.id) AS TEXT)
+                  FROM submission v WHERE v.task_id = task.id)
+             END"
+        }
+        Dialect::Sqlite => "NULL",
+    };
+    // Whether the task row locked is the one this statement's snapshot has: a row another
+    // transaction changed and committed while this one waited for its lock is read again as
+    // it now is, but the rows joined to it (and the answers) are still as the snapshot had them.
+    let fresh = match dialect {
+        Dialect::Postgres => "task.xmin = (SELECT t.xmin FROM task t WHERE t.id = task.id)",
+        Dialect::Sqlite => "1",
+    };
+    let lock = dialect.lock_suffix();
+    if !many {
+        return format!(
+            "SELECT {TASK_COLUMNS}, {votes}, {fresh}, s.lease_id, s.label, s.embedding, s.token_ids,
+                    l.task_id, l.worker_id, l.state
+             FROM task
+             LEFT JOIN submission s ON s.task_id = task.id AND s.worker_id = ?2
+             LEFT JOIN lease l ON l.id = ?3
+             WHERE task.id = ?1{lock}"
+        );
+    }
+    // Each request in turn, in the order the writer sorts its batches by (their keys, as
+    // bytes), so the task rows are locked in that order; each row found by its key (lateral
+    // subqueries: a plan made while the tables are empty would otherwise join by hashing
+    // whole tables, and keep doing so).
     format!(
-        "SELECT {TASK_COLUMNS}, s.lease_id, s.label, s.embedding, s.token_ids,
-                l.task_id, l.worker_id, l.state
-         FROM task
-         LEFT JOIN submission s ON s.task_id = task.id AND s.worker_id = ?2
-         LEFT JOIN lease l ON l.id = ?3
-         WHERE task.id = ?1{lock}"
+        "SELECT task.*, s.lease_id, s.label, s.embedding, s.token_ids,
+                l.task_id, l.worker_id, l.state, r.i
+         FROM (SELECT * FROM unnest(CAST(?1 AS TEXT[]), CAST(?2 AS TEXT[]), CAST(?3 AS TEXT[]))
+                   WITH ORDINALITY AS u (task_id, worker_id, lease_id, i)
+               ORDER BY task_id COLLATE \"C\", i) r
+         JOIN LATERAL (SELECT {TASK_COLUMNS}, {votes}, {fresh} FROM task
+                       WHERE task.id = r.task_id{lock}) task ON TRUE
+         LEFT JOIN LATERAL (SELECT lease_id, label, embedding, token_ids FROM submission
+                            WHERE task_id = r.task_id AND worker_id = r.worker_id
+                            OFFSET 0) s ON TRUE
+         LEFT JOIN LATERAL (SELECT task_id, worker_id, state FROM lease
+                            WHERE id = r.lease_id OFFSET 0) l ON TRUE"
     )
 }
 
@@ -428,12 +542,18 @@ fn finalize(
     conn: &dyn Sql,
     ctx: &mut Ctx,
     task: &TaskRow,
+    answers: Option<Vec<(String, f64)>>,
 ) -> Result<(Outcome, Option<String>), CoreError> {
     let tid = task.id.to_string();
-    let votes: Vec<(String, f64)> = conn
-        .prepare_cached("SELECT label, confidence FROM submission WHERE task_id = ?1")?
-        .query_map([&tid], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
+    let votes: Vec<(String, f64)> = match answers {
+        Some(votes) => votes,
+        None => conn
+            .prepare_cached(
+                "SELECT label, confidence FROM submission WHERE task_id = ?1 ORDER BY id",
+            )?
+            .query_map([&tid], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?,
+    };
     let ballot: Vec<Vote<'_>> = votes
         .iter()
         .map(|(label, confidence)| Vote {
@@ -468,6 +588,22 @@ fn finalize(
     let answer = Final::Label(decision.label.clone());
     finished(ctx, &task.id, answer, decision.confidence);
     Ok((Outcome::Decided, Some(decision.label)))
+}
+
+/// A task's answers, as the `votes` column of [`answer_sql`] has those before `sub`, and then
+/// `sub`'s: each label with its confidence, in the order they came.
+fn with_vote(json: &str, sub: &Submission) -> Result<Vec<(String, f64)>, CoreError> {
+    let bad = |e: String| CoreError::Bug(format!("the answers read with a submission: {e}"));
+    let earlier: Vec<(String, String)> =
+        serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+    let mut votes = earlier
+        .into_iter()
+        .map(|(label, confidence)| {
+            Ok((label, confidence.parse().map_err(|e| bad(format!("{e}")))?))
+        })
+        .collect::<Result<Vec<(String, f64)>, CoreError>>()?;
+    votes.push((sub.answer.label().to_owned(), sub.confidence));
+    Ok(votes)
 }
 
 /// A round of answers without a quorum: one more replica (the task is `inconclusive`, open to
@@ -1522,4 +1658,64 @@ mod tests {
         heartbeats_renew_leases_and_stale_workers_lose_them,
         heartbeats_renew_only_the_leases_the_worker_names,
     );
+
+    /// Waits until a session of `server` waits for a lock.
+    fn until_one_waits(server: &PgServer) {
+        let mut watch = postgres::Client::connect(server.url(), postgres::NoTls).expect("connect");
+        for _ in 0..1_500 {
+            let waiting: i64 = watch
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+                    &[],
+                )
+                .expect("activity")
+                .get(0);
+            if waiting > 0 {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("no session waited for a lock within 30 s");
+    }
+
+    /// A vote whose read waits for its task's row while another transaction expires its lease
+    /// (as the sweeper does) decides on what that transaction committed: the lease is expired,
+    /// the vote refused, nothing counted twice. The read's snapshot predates that commit, so
+    /// the lease it joins still looks live; the row it locks does not.
+    #[test]
+    fn a_vote_that_waited_for_its_task_row_sees_what_the_holder_committed() {
+        let server = PgServer::start();
+        let mut conn = server.fresh();
+        let t = add(&mut conn, 0, NewTask::text("x"));
+        let l = take(&mut conn, 1, "a").remove(0);
+        let mut other = postgres::Client::connect(server.url(), postgres::NoTls).expect("connect");
+        let mut sweep = other.transaction().expect("tx");
+        sweep
+            .execute(
+                "UPDATE lease SET state = 'expired', ended_at = 2 WHERE id = $1",
+                &[&l.lease_id.to_string()],
+            )
+            .expect("expire");
+        sweep
+            .execute(
+                "UPDATE task SET active_leases = active_leases - 1, attempts = attempts + 1
+                 WHERE id = $1",
+                &[&t.to_string()],
+            )
+            .expect("count");
+        let voter = std::thread::spawn(move || {
+            let mut c = ctx(3);
+            let r = conn.write(|db| run(db, &mut c, &t, answer(&l, "a", "positive", 0.9)));
+            (r, conn)
+        });
+        until_one_waits(&server);
+        sweep.commit().expect("commit");
+        let (r, conn) = voter.join().expect("voter");
+        assert!(
+            matches!(r, Err(CoreError::LeaseExpired { .. })),
+            "a vote on an expired lease: {r:?}"
+        );
+        let task = load_task(&conn, &t).expect("task");
+        assert_eq!((task.active_leases, task.submissions), (0, 0));
+    }
 }

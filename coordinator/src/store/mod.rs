@@ -230,12 +230,15 @@ impl Writer {
     /// batches only keyed ones, sorted by key, so that batches of different sessions take
     /// their rows' locks in one order, and runs an operation without a key alone.
     ///
+    /// `probe`, when given, is the read `op` makes first (see [`Probe`]).
+    ///
     /// # Errors
     /// `op`'s, or the store's.
     pub async fn write<T, F>(
         &self,
         lane: group::Lane,
         key: Option<String>,
+        probe: Option<Probe>,
         op: F,
     ) -> Result<T, CoreError>
     where
@@ -244,9 +247,27 @@ impl Writer {
     {
         match self {
             Writer::Sqlite(w) => w.write(lane, op).await,
-            Writer::Postgres(w) => w.write(lane, key, op).await,
+            Writer::Postgres(w) => w.write(lane, key, probe, op).await,
         }
     }
+}
+
+/// A read an operation makes before anything else, described so that PostgreSQL's writer
+/// sessions make it for a whole batch of keyed operations in one statement instead of one
+/// round trip each, taking the batch's row locks in one go in key order. SQLite, with no round
+/// trip to save, ignores it. Only the first operation of a key is answered from it (the rows
+/// of a later one may have changed by its turn); the operations of a batch change no rows
+/// another key's read returns.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// The read as the operation makes it (in the SQL [`sql::Sql`] takes).
+    pub one: &'static str,
+    /// The same read for many operations: parameter `?i` is the text array of every
+    /// operation's argument `i`, each row ends with the 1-based ordinal of the operation it
+    /// answers, and the rows are locked in key order.
+    pub many: &'static str,
+    /// The read's arguments, text or NULL.
+    pub args: Vec<Option<String>>,
 }
 
 /// Runs `op`, turning a panic into [`CoreError::Bug`]: a bug in one operation fails that request,

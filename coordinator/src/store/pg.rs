@@ -24,6 +24,7 @@
 use crate::error::{CoreError, StoreError, CONFLICT_SQLSTATES};
 use crate::store::group::Lane;
 use crate::store::sql::{Pg, PgPipe, Sql, StmtCache};
+use crate::store::Probe;
 use postgres::{Client, IsolationLevel, NoTls};
 use std::any::Any;
 use std::cell::RefCell;
@@ -231,6 +232,7 @@ struct Job {
     run: Run,
     done: oneshot::Sender<Outcome>,
     key: Option<String>,
+    probe: Option<Probe>,
 }
 
 impl Job {
@@ -310,7 +312,8 @@ impl Writer {
 
     /// Runs `op` in a write transaction, with other operations of its lane that carry a `key`
     /// (in the order of their keys), or alone without one; again, from the start, after a
-    /// conflict. Its result once committed.
+    /// conflict. Its result once committed. `probe` is the read `op` makes first, made for the
+    /// whole batch in one statement.
     ///
     /// # Errors
     /// `op`'s, or the store's.
@@ -318,6 +321,7 @@ impl Writer {
         &self,
         lane: Lane,
         key: Option<String>,
+        probe: Option<Probe>,
         mut op: F,
     ) -> Result<T, CoreError>
     where
@@ -326,7 +330,12 @@ impl Writer {
     {
         let (done, result) = oneshot::channel();
         let run: Run = Box::new(move |c| op(c).map(|t| Box::new(t) as Output));
-        let job = Job { run, done, key };
+        let job = Job {
+            run,
+            done,
+            key,
+            probe,
+        };
         {
             let shared = &self.handle.0;
             let mut queues = lock(&shared.queues);
@@ -497,9 +506,13 @@ fn once(
     jobs: &mut [Job],
 ) -> Result<Vec<Outcome>, Failure> {
     let db = PgPipe::begin(rt, client, cache);
+    if let Err(e) = probe(&db, jobs) {
+        db.rollback();
+        return Err(Failure::Batch(CoreError::Store(e)));
+    }
     let mut outcomes = Vec::with_capacity(jobs.len());
     for (i, job) in jobs.iter_mut().enumerate() {
-        db.begin_op();
+        db.begin_op(i);
         let outcome = crate::store::guarded(|| (job.run)(&db));
         let failure = match outcome {
             Err(e) if db.aborted() => Failure::Batch(e),
@@ -520,6 +533,36 @@ fn once(
         }
         Err(e) => Err(Failure::Batch(CoreError::Store(e))),
     }
+}
+
+/// Makes the reads the jobs of a batch announced ([`Probe`]), one statement per kind of read.
+/// A job is answered from it when it is the first of its key (the batch is sorted by key).
+fn probe(db: &PgPipe<'_>, jobs: &[Job]) -> Result<(), crate::store::sql::Error> {
+    let mut kinds: Vec<(&'static str, &'static str)> = Vec::new();
+    for p in jobs.iter().filter_map(|j| j.probe.as_ref()) {
+        if !kinds.contains(&(p.one, p.many)) {
+            kinds.push((p.one, p.many));
+        }
+    }
+    for (one, many) in kinds {
+        let each: Vec<(&[Option<String>], Option<usize>)> = jobs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, j)| {
+                let p = j
+                    .probe
+                    .as_ref()
+                    .filter(|p| (p.one, p.many) == (one, many))?;
+                let first = i == 0 || jobs[i - 1].key != j.key;
+                Some((p.args.as_slice(), first.then_some(i)))
+            })
+            .collect();
+        // One alone reads as it would anyway.
+        if each.len() > 1 {
+            db.probe(one, many, &each)?;
+        }
+    }
+    Ok(())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -545,7 +588,7 @@ mod tests {
     ) -> Sent<T> {
         let writer = writer.clone();
         let key = key.map(str::to_owned);
-        let mut fut = async move { writer.write(Lane::Normal, key, op).await }.boxed();
+        let mut fut = async move { writer.write(Lane::Normal, key, None, op).await }.boxed();
         assert!(
             (&mut fut).now_or_never().is_none(),
             "a write waits for its commit"
@@ -605,6 +648,77 @@ mod tests {
                 )
             })
             .expect("read")
+    }
+
+    /// Reads announced ahead ([`Probe`]) are made for the whole batch in one statement and
+    /// each answers its job's first read of that text with those arguments; a later job of the
+    /// same key reads for itself (the job before it may have changed its rows). The batch form
+    /// here marks what it returns (+100) to tell the two apart.
+    #[test]
+    fn reads_announced_ahead_are_made_once_for_the_batch() {
+        const ONE: &str = "SELECT v FROM probe_row WHERE k = ?1";
+        const MANY: &str = "SELECT v + 100, r.i
+             FROM unnest(CAST(?1 AS TEXT[])) WITH ORDINALITY AS r (k, i)
+             JOIN probe_row ON probe_row.k = r.k ORDER BY r.k COLLATE \"C\", r.i";
+        let server = PgServer::start();
+        let (_store, writer) = writer_on(&server);
+        let mut c = postgres::Client::connect(server.url(), NoTls).expect("connect");
+        c.batch_execute(
+            "CREATE TABLE probe_row (k TEXT PRIMARY KEY, v INT NOT NULL);
+             INSERT INTO probe_row VALUES ('a', 1), ('b', 1), ('c', 1);",
+        )
+        .expect("rows");
+        // Reads row `key` (announced ahead when `probed`), then adds one to it.
+        let job = |key: &'static str, probed: bool| {
+            let writer = writer.clone();
+            let probe = probed.then(|| Probe {
+                one: ONE,
+                many: MANY,
+                args: vec![Some(key.to_owned())],
+            });
+            let mut fut = async move {
+                writer
+                    .write(Lane::Normal, Some(key.to_owned()), probe, move |c| {
+                        let v: Vec<i64> = c
+                            .query_map(ONE, [key], |r| r.get(0))?
+                            .collect::<Result<_, _>>()?;
+                        c.execute("UPDATE probe_row SET v = v + 1 WHERE k = ?1", [key])?;
+                        Ok(v)
+                    })
+                    .await
+            }
+            .boxed();
+            assert!((&mut fut).now_or_never().is_none());
+            fut
+        };
+        let (gates, held) = hold_all(&writer);
+        let sent = [
+            job("b", true),
+            job("a", true),
+            job("z", true),
+            job("b", true),
+            job("c", false),
+        ];
+        drop(gates);
+        for h in held {
+            block_on(h).expect("held");
+        }
+        let got: Vec<Vec<i64>> = sent
+            .into_iter()
+            .map(|f| block_on(f).expect("job"))
+            .collect();
+        // b (made ahead), a (made ahead), z (none), b again (read after the first b's change),
+        // c (not announced).
+        assert_eq!(got, [vec![101], vec![101], vec![], vec![2], vec![1]]);
+
+        // One job alone reads for itself.
+        let (gates, held) = hold_all(&writer);
+        let alone = job("a", true);
+        drop(gates);
+        for h in held {
+            block_on(h).expect("held");
+        }
+        assert_eq!(block_on(alone).expect("alone"), [2]);
     }
 
     /// Keyed writes queued together share one transaction; one that fails after writing is
@@ -748,11 +862,19 @@ mod tests {
             plan.contains("Index Cond: (id = ANY"),
             "taking slots walks the table:\n{plan}"
         );
-        let read = crate::ops::submit::answer_sql(" FOR NO KEY UPDATE OF task");
-        let plan = generic_plan(&mut c, &read, "'t', 'w', 'l'");
+        let read = crate::ops::submit::answer_sql(crate::store::sql::Dialect::Postgres);
+        let plan = generic_plan(&mut c, read, "'t', 'w', 'l'");
+        // The task, the worker's submission on it, the lease; the answers so far, the task row
+        // in the statement's snapshot.
         assert!(
-            !plan.contains("Seq Scan") && plan.matches("Index Cond").count() == 3,
+            !plan.contains("Seq Scan") && plan.matches("Index Cond").count() == 5,
             "a submission's read scans:\n{plan}"
+        );
+        let many = crate::ops::submit::answer_many_sql();
+        let plan = generic_plan(&mut c, many, "'{t,u}', '{w,w}', '{l,NULL}'");
+        assert!(
+            !plan.contains("Seq Scan") && plan.matches("Index Cond").count() == 5,
+            "a batch's submission read scans:\n{plan}"
         );
         let walk = crate::ops::lease::oldest_open_sql(crate::store::sql::Dialect::Postgres);
         let plan = generic_plan(&mut c, &walk, "'w', 'sentiment', 32, NULL, 7");

@@ -488,17 +488,24 @@ impl Stmt<'_> {
     }
 }
 
-impl<'c> dyn Sql + 'c {
+impl Dialect {
     /// What a `SELECT` of the task rows this transaction will decide on ends with: ` FOR NO KEY
     /// UPDATE OF task` on PostgreSQL (another coordinator's transaction that would change the
     /// row waits until this one ends; inserting a lease or submission that references it, which
     /// takes only a key-share lock, does not; rows of tables joined to it are not locked),
     /// nothing on SQLite (one writer at a time already).
-    pub fn lock_suffix(&self) -> &'static str {
-        match self.dialect() {
+    pub fn lock_suffix(self) -> &'static str {
+        match self {
             Dialect::Sqlite => "",
             Dialect::Postgres => " FOR NO KEY UPDATE OF task",
         }
+    }
+}
+
+impl<'c> dyn Sql + 'c {
+    /// [`Dialect::lock_suffix`] of this connection's engine.
+    pub fn lock_suffix(&self) -> &'static str {
+        self.dialect().lock_suffix()
     }
 
     /// What a claim on rows appends to its `SELECT`: on PostgreSQL a lock on each row returned,
@@ -962,6 +969,18 @@ pub struct PgPipe<'a> {
     wrote: Cell<bool>,
     aborted: Cell<bool>,
     now: Cell<Option<i64>>,
+    /// Reads made ahead for the batch's operations ([`PgPipe::probe`]), each served once.
+    probed: RefCell<Vec<Probed>>,
+    /// The operation running.
+    op: Cell<Option<usize>>,
+}
+
+/// A read made ahead for an operation of the batch: its text, its arguments and its rows.
+struct Probed {
+    op: Option<usize>,
+    sql: &'static str,
+    args: Vec<Option<String>>,
+    rows: Vec<postgres::Row>,
 }
 
 impl<'a> PgPipe<'a> {
@@ -980,6 +999,8 @@ impl<'a> PgPipe<'a> {
             wrote: Cell::new(false),
             aborted: Cell::new(false),
             now: Cell::new(None),
+            probed: RefCell::new(Vec::new()),
+            op: Cell::new(None),
         };
         pipe.pending
             .borrow_mut()
@@ -1002,9 +1023,11 @@ impl<'a> PgPipe<'a> {
         let _ = self.rt.block_on(self.client.batch_execute("ROLLBACK"));
     }
 
-    /// Starts counting anew what [`PgPipe::op_wrote`] reports.
-    pub fn begin_op(&self) {
+    /// Starts operation `op` (its index in the batch): counts anew what [`PgPipe::op_wrote`]
+    /// reports, and answers its reads made ahead ([`PgPipe::probe`]) from then on.
+    pub fn begin_op(&self, op: usize) {
         self.wrote.set(false);
+        self.op.set(Some(op));
     }
 
     /// Whether a statement that may change rows ran since [`PgPipe::begin_op`].
@@ -1016,6 +1039,71 @@ impl<'a> PgPipe<'a> {
     /// then only be rolled back.
     pub fn aborted(&self) -> bool {
         self.aborted.get()
+    }
+
+    /// Makes the read `many` (in the writer's batch form, see [`crate::store::Probe`]) for
+    /// every argument list of `each`, in one statement, and keeps the rows of each list whose
+    /// operation (its index in the batch) is given, for that operation's first read of `one`
+    /// with those arguments, which is then answered without a statement. A list without one
+    /// (its rows may have changed by its operation's turn) is read again then; its rows' locks
+    /// are taken all the same, in the order `many` sorts them.
+    ///
+    /// # Errors
+    /// The statement's.
+    pub fn probe(
+        &self,
+        one: &'static str,
+        many: &'static str,
+        each: &[(&[Option<String>], Option<usize>)],
+    ) -> Result<()> {
+        let width = each.first().map_or(0, |(args, _)| args.len());
+        let columns: Vec<Vec<Option<&str>>> = (0..width)
+            .map(|c| each.iter().map(|(args, _)| args[c].as_deref()).collect())
+            .collect();
+        let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c as _).collect();
+        let stmt = self.statement(many)?;
+        let rows = self.answered(self.client.query(&stmt, &params))?;
+        let mut kept: Vec<Probed> = each
+            .iter()
+            .map(|(args, _)| Probed {
+                op: None,
+                sql: one,
+                args: args.to_vec(),
+                rows: Vec::new(),
+            })
+            .collect();
+        for row in rows {
+            // Each row ends with the 1-based ordinal of the argument list it answers.
+            let at: i64 = row.get(row.len() - 1);
+            let at = usize::try_from(at - 1).ok().filter(|&i| i < kept.len());
+            kept[at.expect("a probe's ordinal names one of its argument lists")]
+                .rows
+                .push(row);
+        }
+        self.probed.borrow_mut().extend(
+            kept.into_iter()
+                .zip(each)
+                .filter_map(|(p, (_, op))| op.map(|op| Probed { op: Some(op), ..p })),
+        );
+        Ok(())
+    }
+
+    /// The rows made ahead for the read `sql` with `args`, taken (served once).
+    fn probed(&self, sql: &str, args: &[ValueRef<'_>]) -> Option<Vec<postgres::Row>> {
+        let op = self.op.get();
+        let same = |p: &Probed| {
+            p.op == op
+                && p.sql == sql
+                && p.args.len() == args.len()
+                && p.args.iter().zip(args).all(|(a, b)| match (a, b) {
+                    (None, ValueRef::Null) => true,
+                    (Some(a), ValueRef::Text(b)) => a == b,
+                    _ => false,
+                })
+        };
+        let mut probed = self.probed.borrow_mut();
+        let at = probed.iter().position(same)?;
+        Some(probed.swap_remove(at).rows)
     }
 
     /// Sends what is pending and then `last`, and waits for all their answers: `last`'s, or
@@ -1081,6 +1169,9 @@ impl Sql for PgPipe<'_> {
         args: &[ValueRef<'_>],
         each: &mut dyn FnMut(&Row<'_>) -> Result<bool>,
     ) -> Result<()> {
+        if let Some(rows) = self.probed(sql, args) {
+            return each_row(&rows, each);
+        }
         let stmt = self.statement(sql)?;
         let params = bound(args);
         if changes_rows(sql) {
