@@ -12,7 +12,7 @@ use crate::consensus::{
     decide, decide_identical, decide_vectors, distinct_count, judge, Outcome, VectorVote, Vote,
 };
 use crate::error::CoreError;
-use crate::store::sql::{params, Dialect, OptionalExtension, Sql};
+use crate::store::sql::{params, with_terms, Dialect, Merged, OptionalExtension, Sql, ToArg};
 use crate::store::{blob_to_vector, from_ms, vector_to_blob, Probe};
 use protocol::generation::{blob_to_ids, ids_to_blob, VerifyMode};
 use protocol::limits::DEFAULT_SIMILARITY;
@@ -162,39 +162,23 @@ pub(crate) fn accept(
 
     let lease = lease_id.to_string();
     let logprobs = generation.map(|g| vector_to_blob(&g.logprobs));
-    // Three rows of three tables: one statement on PostgreSQL.
-    conn.defer_all(&[
-        (
-            "INSERT INTO submission (task_id, worker_id, lease_id, label, confidence, model,
-                                     created_at, embedding, token_ids, text, logprobs, model_hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            params![
-                tid,
-                sub.worker_id.as_str(),
-                lease,
-                sub.answer.label(),
-                sub.confidence,
-                sub.model,
-                ctx.now,
-                vector,
-                ids,
-                generation.map(|g| g.text.as_str()),
-                logprobs,
-                sub.model_hash
-            ],
-        ),
-        (
-            "UPDATE lease SET state = 'completed', ended_at = ?1 WHERE id = ?2",
-            params![ctx.now, lease],
-        ),
-        (
-            "UPDATE task SET
-                 submissions = submissions + 1,
-                 active_leases = active_leases - 1
-             WHERE id = ?1",
-            params![tid],
-        ),
-    ])?;
+    conn.defer_merged(
+        &VOTE,
+        params![
+            tid,
+            sub.worker_id.as_str(),
+            lease,
+            sub.answer.label(),
+            sub.confidence,
+            sub.model,
+            ctx.now,
+            vector,
+            ids,
+            generation.map(|g| g.text.as_str()),
+            logprobs,
+            sub.model_hash
+        ],
+    )?;
     tracing::debug!(task_id = %task_id, worker_id = %sub.worker_id, label = %sub.answer.label(), "submission stored");
 
     if let Some(gold) = task.gold {
@@ -567,28 +551,142 @@ fn finalize(
         undecided(conn, ctx, task, outcome, votes.len(), decision.votes)?;
         return Ok((outcome, None));
     }
-    conn.defer_all(&[
-        (
-            "UPDATE task SET status = 'finalized', final_label = ?1, final_confidence = ?2,
-                 finished_at = ?3, inconclusive = 0
-             WHERE id = ?4",
-            params![decision.label, decision.confidence, ctx.now, tid],
-        ),
-        (
-            "UPDATE submission SET agreed = CASE WHEN label = ?1 THEN 1 ELSE 0 END
-             WHERE task_id = ?2",
-            params![decision.label, tid],
-        ),
-        // By label, not by the flag set beside it (which it would not see on PostgreSQL).
-        (
-            &award_sql(conn.dialect(), "label = ?2"),
-            params![tid, decision.label],
-        ),
-    ])?;
+    conn.defer_merged(
+        &DECIDED,
+        params![tid, decision.label, decision.confidence, ctx.now],
+    )?;
     let answer = Final::Label(decision.label.clone());
     finished(ctx, &task.id, answer, decision.confidence);
     Ok((Outcome::Decided, Some(decision.label)))
 }
+
+/// A vote's changes: its submission row, its lease completed, the task's counters. Arguments:
+/// the submission's columns, in [`VOTE_COLUMNS`]' order. Votes of a batch on PostgreSQL are one
+/// statement (each on its own task: see [`crate::store::Probe`] for why a second vote on a task
+/// in the same batch is stored after the first).
+pub(crate) static VOTE: Merged = Merged {
+    one: |conn, a| {
+        static INSERT: LazyLock<String> = LazyLock::new(|| {
+            let marks: Vec<String> = (1..=VOTE_COLUMNS.len()).map(|i| format!("?{i}")).collect();
+            format!(
+                "INSERT INTO submission ({}) VALUES ({})",
+                VOTE_COLUMNS.join(", "),
+                marks.join(", ")
+            )
+        });
+        let all: Vec<&dyn ToArg> = a.iter().map(|v| v as &dyn ToArg).collect();
+        // Three rows of three tables: one statement on PostgreSQL.
+        conn.defer_all(&[
+            (&INSERT, &all),
+            (
+                "UPDATE lease SET state = 'completed', ended_at = ?1 WHERE id = ?2",
+                &[&a[6], &a[2]],
+            ),
+            (
+                "UPDATE task SET
+                     submissions = submissions + 1,
+                     active_leases = active_leases - 1
+                 WHERE id = ?1",
+                &[&a[0]],
+            ),
+        ])
+    },
+    // One multi-row insert, then each vote's lease and task as terms of the same statement,
+    // each found by its key (see `sql::with_terms`; PostgreSQL runs every term).
+    many: |n| {
+        let w = VOTE_COLUMNS.len();
+        let rows: Vec<String> = (0..n)
+            .map(|k| {
+                let marks: Vec<String> = (1..=w).map(|i| format!("?{}", k * w + i)).collect();
+                format!("({})", marks.join(", "))
+            })
+            .collect();
+        let insert = format!(
+            "INSERT INTO submission ({}) VALUES {}",
+            VOTE_COLUMNS.join(", "),
+            rows.join(", ")
+        );
+        let mut terms = vec![(insert.as_str(), 0)];
+        for _ in 0..n {
+            terms.push((
+                "UPDATE lease SET state = 'completed', ended_at = ?7 WHERE id = ?3",
+                0,
+            ));
+            terms.push((
+                "UPDATE task SET
+                     submissions = submissions + 1,
+                     active_leases = active_leases - 1
+                 WHERE id = ?1",
+                w,
+            ));
+        }
+        with_terms(&terms)
+    },
+    distinct: 0,
+    phase: 0,
+};
+
+/// The submission columns a vote stores ([`VOTE`]'s arguments).
+const VOTE_COLUMNS: [&str; 12] = [
+    "task_id",
+    "worker_id",
+    "lease_id",
+    "label",
+    "confidence",
+    "model",
+    "created_at",
+    "embedding",
+    "token_ids",
+    "text",
+    "logprobs",
+    "model_hash",
+];
+
+/// A label task decided: its final label and confidence, the agreement flags, a point to each
+/// worker in the winning group. Arguments: task, label, confidence, time. Decisions of a batch
+/// on PostgreSQL are one statement, made after the batch's votes ([`VOTE`], a lower phase), so
+/// they see the deciding answers.
+pub(crate) static DECIDED: Merged = Merged {
+    one: |conn, a| {
+        conn.defer_all(&[
+            (
+                "UPDATE task SET status = 'finalized', final_label = ?1, final_confidence = ?2,
+                     finished_at = ?3, inconclusive = 0
+                 WHERE id = ?4",
+                &[&a[1], &a[2], &a[3], &a[0]],
+            ),
+            (
+                "UPDATE submission SET agreed = CASE WHEN label = ?1 THEN 1 ELSE 0 END
+                 WHERE task_id = ?2",
+                &[&a[1], &a[0]],
+            ),
+            // By label, not by the flag set beside it (which it would not see on PostgreSQL).
+            (&award_sql(conn.dialect(), "label = ?2"), &[&a[0], &a[1]]),
+        ])
+    },
+    // Each decision's three statements as terms of one statement (see VOTE).
+    many: |n| {
+        let award = award_sql(Dialect::Postgres, "label = ?2");
+        let mut terms = Vec::with_capacity(3 * n);
+        for _ in 0..n {
+            terms.push((
+                "UPDATE task SET status = 'finalized', final_label = ?2, final_confidence = ?3,
+                     finished_at = ?4, inconclusive = 0
+                 WHERE id = ?1",
+                0,
+            ));
+            terms.push((
+                "UPDATE submission SET agreed = CASE WHEN label = ?2 THEN 1 ELSE 0 END
+                 WHERE task_id = ?1",
+                0,
+            ));
+            terms.push((award.as_str(), 4));
+        }
+        with_terms(&terms)
+    },
+    distinct: 0,
+    phase: 1,
+};
 
 /// A task's answers, as the `votes` column of [`answer_sql`] has those before `sub`, and then
 /// `sub`'s: each label with its confidence, in the order they came.

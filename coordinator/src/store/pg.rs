@@ -721,6 +721,205 @@ mod tests {
         assert_eq!(block_on(alone).expect("alone"), [2]);
     }
 
+    /// Changes to merge ([`Merged`]) wait and go as one statement for several operations: never
+    /// two with the same `distinct` argument in one, never more than [`MERGED_MAX`], lower
+    /// phases first. Each statement here logs how many operations it took and their keys.
+    #[test]
+    fn merged_changes_go_as_one_statement_by_phase() {
+        use crate::store::sql::{Merged, ValueRef, MERGED_MAX};
+        fn many(n: usize, phase: u8) -> String {
+            let rows: Vec<String> = (1..=n).map(|i| format!("({n}, {phase}, ?{i})")).collect();
+            format!(
+                "INSERT INTO merge_log (n, phase, k) VALUES {}",
+                rows.join(", ")
+            )
+        }
+        static FIRST: Merged = Merged {
+            one: |c, a: &[ValueRef<'_>]| {
+                c.defer("INSERT INTO merge_log (n, phase, k) VALUES (0, 0, ?1)", a)
+            },
+            many: |n| many(n, 0),
+            phase: 0,
+            distinct: 0,
+        };
+        static SECOND: Merged = Merged {
+            one: |c, a: &[ValueRef<'_>]| {
+                c.defer("INSERT INTO merge_log (n, phase, k) VALUES (0, 1, ?1)", a)
+            },
+            many: |n| many(n, 1),
+            phase: 1,
+            distinct: 0,
+        };
+        let server = PgServer::start();
+        let (store, writer) = writer_on(&server);
+        let mut c = postgres::Client::connect(server.url(), NoTls).expect("connect");
+        c.batch_execute("CREATE TABLE merge_log (id SERIAL PRIMARY KEY, n INT, phase INT, k TEXT)")
+            .expect("log");
+        let (gates, held) = hold_all(&writer);
+        // Keys order the batch; each job defers its changes with arguments of its own.
+        let jobs: Vec<(&str, &'static Merged, &str)> = vec![
+            ("1", &SECOND, "x"),
+            ("2", &FIRST, "a"),
+            ("3", &FIRST, "b"),
+            ("4", &FIRST, "a"),
+            ("5", &SECOND, "y"),
+        ];
+        let sent: Vec<Sent<()>> = jobs
+            .into_iter()
+            .map(|(key, change, arg)| {
+                send(&writer, Some(key), move |c: &dyn Sql| {
+                    c.defer_merged(change, &[&arg])?;
+                    Ok(())
+                })
+            })
+            .collect();
+        drop(gates);
+        for h in held {
+            block_on(h).expect("held");
+        }
+        for s in sent {
+            block_on(s).expect("job");
+        }
+        let log: Vec<(i32, i32, String)> = store
+            .read(|c, _| {
+                Ok(
+                    c.query_map("SELECT n, phase, k FROM merge_log ORDER BY id", (), |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?,
+                )
+            })
+            .expect("log");
+        let want = [
+            (2, 0, "a"),
+            (2, 0, "b"),
+            (1, 0, "a"),
+            (2, 1, "x"),
+            (2, 1, "y"),
+        ];
+        let want: Vec<(i32, i32, String)> =
+            want.iter().map(|&(n, p, k)| (n, p, k.to_owned())).collect();
+        assert_eq!(log, want, "a, b | a (again) | x, y after the lower phase");
+
+        // More than MERGED_MAX waiting: statements of at most that many.
+        c.batch_execute("TRUNCATE merge_log").expect("empty");
+        block_on(send(&writer, Some("1"), |c: &dyn Sql| {
+            for i in 0..=MERGED_MAX {
+                c.defer_merged(&FIRST, &[&format!("{i:03}")])?;
+            }
+            Ok(())
+        }))
+        .expect("job");
+        let sizes: Vec<(i32, i64)> = c
+            .query(
+                "SELECT n, COUNT(*) FROM merge_log GROUP BY n ORDER BY n",
+                &[],
+            )
+            .expect("sizes")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let most = i32::try_from(MERGED_MAX).expect("small");
+        assert_eq!(sizes, [(1, 1), (most, i64::from(most))]);
+    }
+
+    /// Votes in one batch of a writer session: the first vote on each task answered from the
+    /// batch's read, the votes and the decisions merged, a second vote on a task in the same
+    /// batch stored after the first. They end as votes one at a time would: every vote stored
+    /// and its lease completed, each task decided once, points to the agreeing workers.
+    #[test]
+    fn a_batch_of_votes_ends_as_votes_one_at_a_time() {
+        use crate::ops::testing::{add, answer, ctx, points, send as alone, take};
+        use crate::ops::{load_task, submit};
+        use protocol::messages::{NewTask, SubmitReply};
+        use protocol::{TaskId, TaskStatus};
+        let server = PgServer::start();
+        let mut conn = server.fresh();
+        let (_store, writer) = writer_on(&server);
+        let tasks: Vec<TaskId> = (0..4)
+            .map(|i| add(&mut conn, 0, NewTask::text(format!("t{i}"))))
+            .collect();
+        let mut leases = std::collections::HashMap::new();
+        for w in ["a", "b", "c"] {
+            for _ in &tasks {
+                let l = take(&mut conn, 1, w).remove(0);
+                leases.insert((w, l.task_id), l);
+            }
+        }
+        for t in &tasks {
+            let (r, _) = alone(
+                &mut conn,
+                2,
+                t,
+                answer(&leases[&("a", *t)], "a", "positive", 0.9),
+            );
+            r.expect("a's vote");
+        }
+        // b and c in one batch; c disagrees on the first two tasks.
+        let (gates, held) = hold_all(&writer);
+        let mut sent: Vec<Sent<SubmitReply>> = Vec::new();
+        for (i, t) in tasks.iter().enumerate() {
+            for w in ["b", "c"] {
+                let label = if w == "c" && i < 2 {
+                    "negative"
+                } else {
+                    "positive"
+                };
+                let req = answer(&leases[&(w, *t)], w, label, 0.8);
+                let (t, writer) = (*t, writer.clone());
+                let probe = submit::probe(&t, &req.worker_id, Some(req.lease_id));
+                let mut fut = async move {
+                    writer
+                        .write(Lane::Normal, Some(t.to_string()), probe, move |c| {
+                            submit::run(c, &mut ctx(3), &t, req.clone())
+                        })
+                        .await
+                }
+                .boxed();
+                assert!((&mut fut).now_or_never().is_none());
+                sent.push(fut);
+            }
+        }
+        drop(gates);
+        for h in held {
+            block_on(h).expect("held");
+        }
+        let replies: Vec<SubmitReply> = sent
+            .into_iter()
+            .map(|f| block_on(f).expect("vote"))
+            .collect();
+        for (i, r) in replies.iter().enumerate() {
+            let last = i % 2 == 1;
+            assert!(
+                r.accepted && !r.duplicate && r.finalized == last,
+                "{i}: {r:?}"
+            );
+            if last {
+                assert_eq!(r.final_label.as_deref(), Some("positive"));
+            }
+        }
+        for t in &tasks {
+            let task = load_task(&conn, t).expect("task");
+            assert_eq!(task.status, TaskStatus::Finalized);
+            assert_eq!(task.final_label.as_deref(), Some("positive"));
+            assert_eq!((task.submissions, task.active_leases), (3, 0));
+        }
+        assert_eq!(
+            (points(&conn, "a"), points(&conn, "b"), points(&conn, "c")),
+            (4, 4, 2)
+        );
+        let tally: (i64, i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM lease WHERE state = 'completed'),
+                        (SELECT COUNT(*) FROM submission WHERE agreed = 1),
+                        (SELECT COUNT(*) FROM submission WHERE agreed = 0)",
+                (),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .expect("tally");
+        assert_eq!(tally, (12, 10, 2));
+    }
+
     /// Keyed writes queued together share one transaction; one that fails after writing is
     /// answered with its error and rolled back alone, one that fails before writing leaves the
     /// batch be, and a statement the server refuses costs the others nothing.
@@ -875,6 +1074,20 @@ mod tests {
         assert!(
             !plan.contains("Seq Scan") && plan.matches("Index Cond").count() == 5,
             "a batch's submission read scans:\n{plan}"
+        );
+        // A batch's votes and decisions, each in one statement.
+        let votes = (crate::ops::submit::VOTE.many)(2);
+        let args = "'t', 'w', 'l', 'x', 1, NULL, 1, NULL, NULL, NULL, NULL, NULL";
+        let plan = generic_plan(&mut c, &votes, &format!("{args}, {args}"));
+        assert!(
+            !plan.contains("Seq Scan on"),
+            "a batch's votes scan:\n{plan}"
+        );
+        let decided = (crate::ops::submit::DECIDED.many)(2);
+        let plan = generic_plan(&mut c, &decided, "'t', 'x', 1, 1, 'u', 'y', 1, 1");
+        assert!(
+            !plan.contains("Seq Scan on"),
+            "a batch's decisions scan:\n{plan}"
         );
         let walk = crate::ops::lease::oldest_open_sql(crate::store::sql::Dialect::Postgres);
         let plan = generic_plan(&mut c, &walk, "'w', 'sentiment', 32, NULL, 7");

@@ -430,7 +430,42 @@ pub trait Sql {
     fn now_ms(&self) -> Result<i64> {
         Ok(chrono::Utc::now().timestamp_millis())
     }
+
+    /// Takes `args` for `change`'s statement for many, to be made with other operations' (see
+    /// [`Merged`]); `false` when this connection does not merge, and `change` is to be made
+    /// alone.
+    ///
+    /// # Errors
+    /// The engine's.
+    fn merge(&self, change: &'static Merged, args: &[ValueRef<'_>]) -> Result<bool> {
+        let _ = (change, args);
+        Ok(false)
+    }
 }
+
+/// A change (one or more statements, deferred) that PostgreSQL's writer sessions make for the
+/// operations of a batch at once: their arguments wait, and go as one statement for all of
+/// them (in chunks of at most [`MERGED_MAX`]) with the next statement that is not such a
+/// change, or with the commit. Elsewhere each operation makes its own.
+///
+/// Changes waiting together run in order of `phase`, then in the order they came: a change
+/// may run after a change of a lower phase deferred after it. The operations that use one
+/// make sure that is the same (they touch other rows), and that nothing they read in between
+/// depends on it (a read sends what waits first).
+pub struct Merged {
+    /// Makes the change for one operation's arguments (as separate deferred statements).
+    pub one: fn(&dyn Sql, &[ValueRef<'_>]) -> Result<()>,
+    /// The statement for `n` operations' arguments, one operation's after another.
+    pub many: fn(usize) -> String,
+    /// Lower phases run first.
+    pub phase: u8,
+    /// The argument that differs between the operations of one statement (their task, say):
+    /// a second operation with the same value goes into the next statement.
+    pub distinct: usize,
+}
+
+/// Most operations a [`Merged`] statement takes at once.
+pub const MERGED_MAX: usize = 32;
 
 /// A statement to run, as `rusqlite::Statement` (preparation and caching are the engine's).
 pub struct Stmt<'c> {
@@ -516,6 +551,19 @@ impl<'c> dyn Sql + 'c {
             Dialect::Sqlite => "",
             Dialect::Postgres => " FOR NO KEY UPDATE SKIP LOCKED",
         }
+    }
+
+    /// Makes `change` with `args`: with other operations' on a connection that merges them
+    /// (see [`Merged`]), alone elsewhere.
+    ///
+    /// # Errors
+    /// The engine's, now or from the next statement on.
+    pub fn defer_merged(&self, change: &'static Merged, args: &[&dyn ToArg]) -> Result<()> {
+        let args = args.args();
+        if !self.merge(change, &args)? {
+            (change.one)(self, &args)?;
+        }
+        Ok(())
     }
 
     /// A statement (the engine caches its preparation).
@@ -973,6 +1021,8 @@ pub struct PgPipe<'a> {
     probed: RefCell<Vec<Probed>>,
     /// The operation running.
     op: Cell<Option<usize>>,
+    /// Changes waiting to be merged ([`Merged`]), with their arguments, in the order they came.
+    merged: RefCell<Vec<(&'static Merged, Vec<Value>)>>,
 }
 
 /// A read made ahead for an operation of the batch: its text, its arguments and its rows.
@@ -1001,6 +1051,7 @@ impl<'a> PgPipe<'a> {
             now: Cell::new(None),
             probed: RefCell::new(Vec::new()),
             op: Cell::new(None),
+            merged: RefCell::new(Vec::new()),
         };
         pipe.pending
             .borrow_mut()
@@ -1019,6 +1070,7 @@ impl<'a> PgPipe<'a> {
 
     /// Rolls back, dropping what was not sent yet.
     pub fn rollback(self) {
+        self.merged.borrow_mut().clear();
         self.pending.borrow_mut().clear();
         let _ = self.rt.block_on(self.client.batch_execute("ROLLBACK"));
     }
@@ -1112,6 +1164,7 @@ impl<'a> PgPipe<'a> {
         &self,
         last: impl Future<Output = std::result::Result<T, postgres::Error>>,
     ) -> Result<T> {
+        self.send_merged()?;
         let pending = std::mem::take(&mut *self.pending.borrow_mut());
         // Both join in order: each request is sent when first polled.
         let (earlier, out) = self
@@ -1125,6 +1178,40 @@ impl<'a> PgPipe<'a> {
             self.aborted.set(true);
         }
         Ok(out?)
+    }
+
+    /// Queues the changes waiting to be merged, by phase, each kind as statements of up to
+    /// [`MERGED_MAX`] operations.
+    fn send_merged(&self) -> Result<()> {
+        let mut waiting = std::mem::take(&mut *self.merged.borrow_mut());
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        waiting.sort_by_key(|(change, _)| change.phase);
+        let mut rest = waiting.as_slice();
+        while let Some((change, _)) = rest.first() {
+            let mut seen: Vec<&Value> = Vec::new();
+            let same = rest
+                .iter()
+                .take(MERGED_MAX)
+                .take_while(|(c, args)| {
+                    let key = &args[change.distinct];
+                    let fits = std::ptr::eq(*c, *change) && !seen.contains(&key);
+                    seen.push(key);
+                    fits
+                })
+                .count();
+            let (chunk, after) = rest.split_at(same);
+            rest = after;
+            let stmt = self.statement(&(change.many)(chunk.len()))?;
+            let owned: Vec<Value> = chunk.iter().flat_map(|(_, a)| a.iter().cloned()).collect();
+            let client = self.client;
+            self.pending.borrow_mut().push(Box::pin(async move {
+                let params = owned.iter().map(|v| v as &(dyn ToSql + Sync));
+                client.execute_raw(&stmt, params).await.map(|_| ())
+            }));
+        }
+        Ok(())
     }
 
     fn statement(&self, sql: &str) -> Result<postgres::Statement> {
@@ -1152,6 +1239,7 @@ impl Sql for PgPipe<'_> {
     }
 
     fn defer(&self, sql: &str, args: &[ValueRef<'_>]) -> Result<()> {
+        self.send_merged()?;
         let stmt = self.statement(sql)?;
         let owned: Vec<Value> = args.iter().map(Value::from).collect();
         let client = self.client;
@@ -1196,6 +1284,13 @@ impl Sql for PgPipe<'_> {
         let now = row.get(0);
         self.now.set(Some(now));
         Ok(now)
+    }
+
+    fn merge(&self, change: &'static Merged, args: &[ValueRef<'_>]) -> Result<bool> {
+        self.wrote.set(true);
+        let owned = args.iter().map(Value::from).collect();
+        self.merged.borrow_mut().push((change, owned));
+        Ok(true)
     }
 }
 
