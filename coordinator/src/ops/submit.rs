@@ -12,7 +12,9 @@ use crate::consensus::{
     decide, decide_identical, decide_vectors, distinct_count, judge, Outcome, VectorVote, Vote,
 };
 use crate::error::CoreError;
-use crate::store::sql::{params, with_terms, Dialect, Merged, OptionalExtension, Sql, ToArg};
+use crate::store::sql::{
+    params, with_terms, Dialect, Merged, OptionalExtension, Sql, ToArg, MERGED_MAX,
+};
 use crate::store::{blob_to_vector, from_ms, vector_to_blob, Probe};
 use protocol::generation::{blob_to_ids, ids_to_blob, VerifyMode};
 use protocol::limits::DEFAULT_SIMILARITY;
@@ -562,8 +564,7 @@ fn finalize(
 
 /// A vote's changes: its submission row, its lease completed, the task's counters. Arguments:
 /// the submission's columns, in [`VOTE_COLUMNS`]' order. Votes of a batch on PostgreSQL are one
-/// statement (each on its own task: see [`crate::store::Probe`] for why a second vote on a task
-/// in the same batch is stored after the first).
+/// statement.
 pub(crate) static VOTE: Merged = Merged {
     one: |conn, a| {
         static INSERT: LazyLock<String> = LazyLock::new(|| {
@@ -591,40 +592,61 @@ pub(crate) static VOTE: Merged = Merged {
             ),
         ])
     },
-    // One multi-row insert, then each vote's lease and task as terms of the same statement,
-    // each found by its key (see `sql::with_terms`; PostgreSQL runs every term).
+    // One statement for the batch's votes, joined by key (writer sessions plan without
+    // sequential scans: see `WRITER_SETTINGS` in store::pg).
     many: |n| {
-        let w = VOTE_COLUMNS.len();
-        let rows: Vec<String> = (0..n)
-            .map(|k| {
-                let marks: Vec<String> = (1..=w).map(|i| format!("?{}", k * w + i)).collect();
-                format!("({})", marks.join(", "))
-            })
-            .collect();
-        let insert = format!(
-            "INSERT INTO submission ({}) VALUES {}",
-            VOTE_COLUMNS.join(", "),
-            rows.join(", ")
-        );
-        let mut terms = vec![(insert.as_str(), 0)];
-        for _ in 0..n {
-            terms.push((
-                "UPDATE lease SET state = 'completed', ended_at = ?7 WHERE id = ?3",
-                0,
-            ));
-            terms.push((
-                "UPDATE task SET
-                     submissions = submissions + 1,
-                     active_leases = active_leases - 1
-                 WHERE id = ?1",
-                w,
-            ));
-        }
-        with_terms(&terms)
+        let columns = VOTE_COLUMNS.join(", ");
+        let rows = typed_rows(n, &VOTE_TYPES);
+        format!(
+            "WITH v ({columns}) AS (VALUES {rows}),
+             s AS (INSERT INTO submission ({columns}) SELECT {columns} FROM v),
+             l AS (UPDATE lease SET state = 'completed', ended_at = v.created_at
+                   FROM v WHERE lease.id = v.lease_id)
+             UPDATE task SET submissions = submissions + 1, active_leases = active_leases - 1
+             FROM v WHERE task.id = v.task_id"
+        )
     },
+    // Each task once in a statement: the update joined to it counts one vote.
     distinct: 0,
+    most: MERGED_MAX,
     phase: 0,
 };
+
+/// `n` rows of parameters, numbered on from 1, the first row's cast to `types`.
+fn typed_rows(n: usize, types: &[&str]) -> String {
+    let w = types.len();
+    (0..n)
+        .map(|k| {
+            let row: Vec<String> = (1..=w)
+                .map(|i| {
+                    let p = k * w + i;
+                    if k == 0 {
+                        format!("CAST(?{p} AS {})", types[i - 1])
+                    } else {
+                        format!("?{p}")
+                    }
+                })
+                .collect();
+            format!("({})", row.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+const VOTE_TYPES: [&str; 12] = [
+    "TEXT",
+    "TEXT",
+    "TEXT",
+    "TEXT",
+    "DOUBLE PRECISION",
+    "TEXT",
+    "BIGINT",
+    "BYTEA",
+    "BYTEA",
+    "TEXT",
+    "BYTEA",
+    "TEXT",
+];
 
 /// The submission columns a vote stores ([`VOTE`]'s arguments).
 const VOTE_COLUMNS: [&str; 12] = [
@@ -644,8 +666,8 @@ const VOTE_COLUMNS: [&str; 12] = [
 
 /// A label task decided: its final label and confidence, the agreement flags, a point to each
 /// worker in the winning group. Arguments: task, label, confidence, time. Decisions of a batch
-/// on PostgreSQL are one statement, made after the batch's votes ([`VOTE`], a lower phase), so
-/// they see the deciding answers.
+/// on PostgreSQL are made after the batch's votes ([`VOTE`], a lower phase), so they see the
+/// deciding answers, and the votes go in one statement.
 pub(crate) static DECIDED: Merged = Merged {
     one: |conn, a| {
         conn.defer_all(&[
@@ -664,7 +686,9 @@ pub(crate) static DECIDED: Merged = Merged {
             (&award_sql(conn.dialect(), "label = ?2"), &[&a[0], &a[1]]),
         ])
     },
-    // Each decision's three statements as terms of one statement (see VOTE).
+    // One decision a statement (as terms of it): a statement for many, planned anew for its
+    // size each time, cost more than it saved. What merging buys here is the order: after
+    // the votes, which then go together.
     many: |n| {
         let award = award_sql(Dialect::Postgres, "label = ?2");
         let mut terms = Vec::with_capacity(3 * n);
@@ -685,6 +709,7 @@ pub(crate) static DECIDED: Merged = Merged {
         with_terms(&terms)
     },
     distinct: 0,
+    most: 1,
     phase: 1,
 };
 
