@@ -751,24 +751,21 @@ mod tests {
                 rows.join(", ")
             )
         }
-        static FIRST: Merged = Merged {
-            one: |c, a: &[ValueRef<'_>]| {
-                c.defer("INSERT INTO merge_log (n, phase, k) VALUES (0, 0, ?1)", a)
-            },
-            many: |n| many(n, 0),
-            phase: 0,
-            distinct: 0,
-            most: MERGED_MAX,
-        };
-        static SECOND: Merged = Merged {
-            one: |c, a: &[ValueRef<'_>]| {
-                c.defer("INSERT INTO merge_log (n, phase, k) VALUES (0, 1, ?1)", a)
-            },
-            many: |n| many(n, 1),
-            phase: 1,
-            distinct: 0,
-            most: MERGED_MAX,
-        };
+        // Made alone only where nothing merges (not in a writer session).
+        fn alone(c: &dyn Sql, a: &[ValueRef<'_>]) -> crate::store::sql::Result<()> {
+            c.defer("INSERT INTO merge_log (n, phase, k) VALUES (0, -1, ?1)", a)
+        }
+        const fn merged(many: fn(usize) -> String, phase: u8) -> Merged {
+            Merged {
+                one: alone,
+                many,
+                phase,
+                distinct: 0,
+                most: MERGED_MAX,
+            }
+        }
+        static FIRST: Merged = merged(|n| many(n, 0), 0);
+        static SECOND: Merged = merged(|n| many(n, 1), 1);
         let server = PgServer::start();
         let (store, writer) = writer_on(&server);
         let mut c = postgres::Client::connect(server.url(), NoTls).expect("connect");
