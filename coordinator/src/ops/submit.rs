@@ -12,9 +12,7 @@ use crate::consensus::{
     decide, decide_identical, decide_vectors, distinct_count, judge, Outcome, VectorVote, Vote,
 };
 use crate::error::CoreError;
-use crate::store::sql::{
-    params, with_terms, Dialect, Merged, OptionalExtension, Sql, ToArg, MERGED_MAX,
-};
+use crate::store::sql::{params, Dialect, Merged, OptionalExtension, Sql, ToArg, MERGED_MAX};
 use crate::store::{blob_to_vector, from_ms, vector_to_blob, Probe};
 use protocol::generation::{blob_to_ids, ids_to_blob, VerifyMode};
 use protocol::limits::DEFAULT_SIMILARITY;
@@ -666,8 +664,8 @@ const VOTE_COLUMNS: [&str; 12] = [
 
 /// A label task decided: its final label and confidence, the agreement flags, a point to each
 /// worker in the winning group. Arguments: task, label, confidence, time. Decisions of a batch
-/// on PostgreSQL are made after the batch's votes ([`VOTE`], a lower phase), so they see the
-/// deciding answers, and the votes go in one statement.
+/// on PostgreSQL are one statement, made after the batch's votes ([`VOTE`], a lower phase), so
+/// they see the deciding answers.
 pub(crate) static DECIDED: Merged = Merged {
     one: |conn, a| {
         conn.defer_all(&[
@@ -686,30 +684,25 @@ pub(crate) static DECIDED: Merged = Merged {
             (&award_sql(conn.dialect(), "label = ?2"), &[&a[0], &a[1]]),
         ])
     },
-    // One decision a statement (as terms of it): a statement for many, planned anew for its
-    // size each time, cost more than it saved. What merging buys here is the order: after
-    // the votes, which then go together.
+    // One statement for the batch's decisions, joined by key (see VOTE).
     many: |n| {
-        let award = award_sql(Dialect::Postgres, "label = ?2");
-        let mut terms = Vec::with_capacity(3 * n);
-        for _ in 0..n {
-            terms.push((
-                "UPDATE task SET status = 'finalized', final_label = ?2, final_confidence = ?3,
-                     finished_at = ?4, inconclusive = 0
-                 WHERE id = ?1",
-                0,
-            ));
-            terms.push((
-                "UPDATE submission SET agreed = CASE WHEN label = ?2 THEN 1 ELSE 0 END
-                 WHERE task_id = ?1",
-                0,
-            ));
-            terms.push((award.as_str(), 4));
-        }
-        with_terms(&terms)
+        let rows = typed_rows(n, &["TEXT", "TEXT", "DOUBLE PRECISION", "BIGINT"]);
+        format!(
+            "WITH d (task_id, label, confidence, at) AS (VALUES {rows}),
+             a AS (UPDATE submission SET agreed = CASE WHEN submission.label = d.label
+                                                       THEN 1 ELSE 0 END
+                   FROM d WHERE submission.task_id = d.task_id),
+             p AS (INSERT INTO score_delta (worker_id, points)
+                   SELECT s.worker_id, 1 FROM submission s
+                   JOIN d ON s.task_id = d.task_id AND s.label = d.label)
+             UPDATE task SET status = 'finalized', final_label = d.label,
+                 final_confidence = d.confidence, finished_at = d.at, inconclusive = 0
+             FROM d WHERE task.id = d.task_id"
+        )
     },
+    // Each task once in a statement: the update joined to it decides it once.
     distinct: 0,
-    most: 1,
+    most: MERGED_MAX,
     phase: 1,
 };
 

@@ -1124,8 +1124,12 @@ mod tests {
             !plan.contains("Seq Scan on"),
             "a batch's votes scan:\n{plan}"
         );
-        let decided = (crate::ops::submit::DECIDED.many)(1);
-        let plan = generic_plan(&mut c, &decided, "'t', 'x', 1, 1");
-        assert!(!plan.contains("Seq Scan on"), "a decision scans:\n{plan}");
+        let decided = (crate::ops::submit::DECIDED.many)(MERGED_MAX);
+        let args = vec!["'t', 'x', 1, 1"; MERGED_MAX];
+        let plan = generic_plan(&mut c, &decided, &args.join(", "));
+        assert!(
+            !plan.contains("Seq Scan on"),
+            "a batch's decisions scan:\n{plan}"
+        );
     }
 }
