@@ -34,8 +34,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// Writer sessions per coordinator.
-const WRITERS: usize = 4;
+/// Writer sessions per coordinator. Two: with the batch's votes and decisions one statement
+/// each, fewer and larger batches (fewer commits, fewer reads ahead) did better than four.
+const WRITERS: usize = 2;
 /// Runs of one operation before a conflict is reported.
 const ATTEMPTS: u32 = 8;
 /// Most operations in one transaction. A batch holds the row locks its operations take until it
@@ -285,7 +286,7 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer threads (four), each with its own session.
+    /// Starts the writer threads ([`WRITERS`]), each with its own session.
     ///
     /// # Panics
     /// When no thread can be started.
