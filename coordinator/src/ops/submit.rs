@@ -569,7 +569,7 @@ pub(crate) static VOTE: Merged = Merged {
             let marks: Vec<String> = (1..=VOTE_COLUMNS.len()).map(|i| format!("?{i}")).collect();
             format!(
                 "INSERT INTO submission ({}) VALUES ({})",
-                VOTE_COLUMNS.join(", "),
+                vote_columns(),
                 marks.join(", ")
             )
         });
@@ -593,8 +593,8 @@ pub(crate) static VOTE: Merged = Merged {
     // One statement for the batch's votes, joined by key (writer sessions plan without
     // sequential scans: see `WRITER_SETTINGS` in store::pg).
     many: |n| {
-        let columns = VOTE_COLUMNS.join(", ");
-        let rows = typed_rows(n, &VOTE_TYPES);
+        let columns = vote_columns();
+        let rows = typed_rows(n, &VOTE_COLUMNS.map(|(_, ty)| ty));
         format!(
             "WITH v ({columns}) AS (VALUES {rows}),
              s AS (INSERT INTO submission ({columns}) SELECT {columns} FROM v),
@@ -631,36 +631,27 @@ fn typed_rows(n: usize, types: &[&str]) -> String {
         .join(", ")
 }
 
-const VOTE_TYPES: [&str; 12] = [
-    "TEXT",
-    "TEXT",
-    "TEXT",
-    "TEXT",
-    "DOUBLE PRECISION",
-    "TEXT",
-    "BIGINT",
-    "BYTEA",
-    "BYTEA",
-    "TEXT",
-    "BYTEA",
-    "TEXT",
+/// The submission columns a vote stores ([`VOTE`]'s arguments, in this order), with their
+/// PostgreSQL types.
+const VOTE_COLUMNS: [(&str, &str); 12] = [
+    ("task_id", "TEXT"),
+    ("worker_id", "TEXT"),
+    ("lease_id", "TEXT"),
+    ("label", "TEXT"),
+    ("confidence", "DOUBLE PRECISION"),
+    ("model", "TEXT"),
+    ("created_at", "BIGINT"),
+    ("embedding", "BYTEA"),
+    ("token_ids", "BYTEA"),
+    ("text", "TEXT"),
+    ("logprobs", "BYTEA"),
+    ("model_hash", "TEXT"),
 ];
 
-/// The submission columns a vote stores ([`VOTE`]'s arguments).
-const VOTE_COLUMNS: [&str; 12] = [
-    "task_id",
-    "worker_id",
-    "lease_id",
-    "label",
-    "confidence",
-    "model",
-    "created_at",
-    "embedding",
-    "token_ids",
-    "text",
-    "logprobs",
-    "model_hash",
-];
+/// [`VOTE_COLUMNS`]' names, as a column list.
+fn vote_columns() -> String {
+    VOTE_COLUMNS.map(|(name, _)| name).join(", ")
+}
 
 /// A label task decided: its final label and confidence, the agreement flags, a point to each
 /// worker in the winning group. Arguments: task, label, confidence, time. Decisions of a batch
