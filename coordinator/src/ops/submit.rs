@@ -259,7 +259,11 @@ fn read_for_answer(
     worker: &WorkerId,
     lease: Option<LeaseId>,
 ) -> Result<(Loaded, bool), CoreError> {
-    const AT: usize = super::TASK_COLUMN_COUNT + 1;
+    // The columns after the task's (see answer_text).
+    const VOTES: usize = super::TASK_COLUMN_COUNT;
+    const FRESH: usize = VOTES + 1;
+    const EARLIER: usize = FRESH + 1;
+    const NAMED: usize = EARLIER + 4;
     conn.prepare_cached(answer_sql(conn.dialect()))?
         .query_row(
             params![
@@ -268,28 +272,32 @@ fn read_for_answer(
                 lease.map(|l| l.to_string())
             ],
             |r| {
-                let earlier = if r.is_null(AT + 1)? {
+                let earlier = if r.is_null(EARLIER)? {
                     None
                 } else {
                     Some((
-                        parsed(r, AT + 1)?,
-                        r.get(AT + 2)?,
-                        r.get(AT + 3)?,
-                        r.get(AT + 4)?,
+                        parsed(r, EARLIER)?,
+                        r.get(EARLIER + 1)?,
+                        r.get(EARLIER + 2)?,
+                        r.get(EARLIER + 3)?,
                     ))
                 };
-                let named = if r.is_null(AT + 5)? {
+                let named = if r.is_null(NAMED)? {
                     None
                 } else {
-                    Some((parsed(r, AT + 5)?, parsed(r, AT + 6)?, parsed(r, AT + 7)?))
+                    Some((
+                        parsed(r, NAMED)?,
+                        parsed(r, NAMED + 1)?,
+                        parsed(r, NAMED + 2)?,
+                    ))
                 };
                 let loaded = Loaded {
                     task: TaskRow::from_row(r)?,
-                    votes: r.get(AT - 1)?,
+                    votes: r.get(VOTES)?,
                     earlier,
                     named,
                 };
-                Ok((loaded, r.get(AT)?))
+                Ok((loaded, r.get(FRESH)?))
             },
         )
         .optional()?
