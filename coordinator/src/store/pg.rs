@@ -1113,24 +1113,22 @@ mod tests {
                 && plan.contains("Index Cond: ((type = $2) AND (seq > $5))"),
             "the lease walk does not start at the cursor:\n{plan}"
         );
-        // A batch's votes (one statement) and a decision, as writer sessions plan them.
+        // A batch's votes and its decisions (one statement each), as writer sessions plan them.
         for (name, value) in WRITER_SETTINGS {
             c.batch_execute(&format!("SET {name} = {value}"))
                 .expect("writer settings");
         }
-        let votes = (crate::ops::submit::VOTE.many)(MERGED_MAX);
-        let args = vec!["'t', 'w', 'l', 'x', 1, NULL, 1, NULL, NULL, NULL, NULL, NULL"; MERGED_MAX];
-        let plan = generic_plan(&mut c, &votes, &args.join(", "));
-        assert!(
-            !plan.contains("Seq Scan on"),
-            "a batch's votes scan:\n{plan}"
-        );
-        let decided = (crate::ops::submit::DECIDED.many)(MERGED_MAX);
-        let args = vec!["'t', 'x', 1, 1"; MERGED_MAX];
-        let plan = generic_plan(&mut c, &decided, &args.join(", "));
-        assert!(
-            !plan.contains("Seq Scan on"),
-            "a batch's decisions scan:\n{plan}"
-        );
+        let vote = "'t', 'w', 'l', 'x', 1, NULL, 1, NULL, NULL, NULL, NULL, NULL";
+        for (what, change, row) in [
+            ("votes", &crate::ops::submit::VOTE, vote),
+            ("decisions", &crate::ops::submit::DECIDED, "'t', 'x', 1, 1"),
+        ] {
+            let args = vec![row; MERGED_MAX].join(", ");
+            let plan = generic_plan(&mut c, &(change.many)(MERGED_MAX), &args);
+            assert!(
+                !plan.contains("Seq Scan on"),
+                "a batch's {what} scan:\n{plan}"
+            );
+        }
     }
 }
