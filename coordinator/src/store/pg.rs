@@ -286,7 +286,7 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer threads ([`WRITERS`]), each with its own session.
+    /// Starts the writer threads (`WRITERS`, two), each with its own session.
     ///
     /// # Panics
     /// When no thread can be started.
