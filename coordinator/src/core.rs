@@ -416,7 +416,11 @@ impl Core {
     /// # Errors
     /// See `ops::submit::run`.
     pub async fn submit(&self, task: TaskId, req: SubmitRequest) -> Result<SubmitReply, CoreError> {
-        let probe = ops::submit::probe(&task, &req.worker_id, Some(req.lease_id));
+        let probe = Some(ops::submit::probe(
+            &task,
+            &req.worker_id,
+            Some(req.lease_id),
+        ));
         let r = self
             .write_in(
                 Lane::Normal,
@@ -435,7 +439,7 @@ impl Core {
     /// # Errors
     /// See `ops::submit::accept`.
     pub async fn accept(&self, task: TaskId, sub: Submission) -> Result<SubmitReply, CoreError> {
-        let probe = ops::submit::probe(&task, &sub.worker_id, sub.lease_id);
+        let probe = Some(ops::submit::probe(&task, &sub.worker_id, sub.lease_id));
         let r = self
             .write_in(
                 Lane::Normal,

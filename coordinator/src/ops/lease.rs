@@ -7,7 +7,7 @@
 use super::{touch_worker, Ctx, Json};
 use crate::error::CoreError;
 use crate::store::from_ms;
-use crate::store::sql::{params, Dialect, OptionalExtension, Sql, ToArg};
+use crate::store::sql::{numbered, params, Dialect, OptionalExtension, Sql, ToArg};
 use protocol::generation::GenerationSpec;
 use protocol::messages::{Lease, LeaseReply, LeaseRequest, Timings};
 use protocol::{LeaseId, TaskId, TaskType, WorkerId};
@@ -211,14 +211,13 @@ fn assign(conn: &dyn Sql, picks: &[Candidate]) -> Result<HashSet<String>, CoreEr
 /// `status IN (...)` term lets a plan made while few tasks are open (a new database) walk every
 /// open task instead, and keep doing so.
 pub(crate) fn assign_sql(n: usize) -> String {
-    let list: Vec<String> = (1..=n).map(|i| format!("?{i}")).collect();
     format!(
         "UPDATE task SET active_leases = active_leases + 1
          WHERE id IN ({})
            AND CASE WHEN status IN ('queued', 'assigned')
                     THEN required > active_leases + submissions ELSE 0 = 1 END
          RETURNING id",
-        list.join(", ")
+        numbered(1, n)
     )
 }
 
@@ -237,7 +236,7 @@ fn insert_leases(
     // One statement text per count of rows (up to the most leases a worker may hold), each
     // prepared once: `?1`-`?3` are shared, each row adds its lease and task ids.
     let rows: Vec<String> = (0..picks.len())
-        .map(|i| format!("(?{}, ?{}, ?1, 'active', ?2, ?3)", 4 + 2 * i, 5 + 2 * i))
+        .map(|i| format!("({}, ?1, 'active', ?2, ?3)", numbered(4 + 2 * i, 2)))
         .collect();
     let sql = format!(
         "INSERT INTO lease (id, task_id, worker_id, state, expires_at, created_at) VALUES {}",

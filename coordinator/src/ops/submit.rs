@@ -12,7 +12,7 @@ use crate::consensus::{
     decide, decide_identical, decide_vectors, distinct_count, judge, Outcome, VectorVote, Vote,
 };
 use crate::error::CoreError;
-use crate::store::sql::{params, Dialect, Merged, OptionalExtension, Sql, ToArg, MERGED_MAX};
+use crate::store::sql::{numbered, params, Dialect, Merged, OptionalExtension, Sql, ToArg};
 use crate::store::{blob_to_vector, from_ms, vector_to_blob, Probe};
 use protocol::generation::{blob_to_ids, ids_to_blob, VerifyMode};
 use protocol::limits::DEFAULT_SIMILARITY;
@@ -323,8 +323,8 @@ pub(crate) fn answer_many_sql() -> &'static str {
 
 /// The joined read a submission starts with, for PostgreSQL's writer sessions to make for a
 /// whole batch of submissions at once.
-pub(crate) fn probe(task: &TaskId, worker: &WorkerId, lease: Option<LeaseId>) -> Option<Probe> {
-    Some(Probe {
+pub(crate) fn probe(task: &TaskId, worker: &WorkerId, lease: Option<LeaseId>) -> Probe {
+    Probe {
         one: answer_sql(Dialect::Postgres),
         many: answer_many_sql(),
         args: vec![
@@ -332,7 +332,7 @@ pub(crate) fn probe(task: &TaskId, worker: &WorkerId, lease: Option<LeaseId>) ->
             Some(worker.as_str().to_owned()),
             lease.map(|l| l.to_string()),
         ],
-    })
+    }
 }
 
 /// The text of [`answer_sql`] (`many`: of [`answer_many_sql`]).
@@ -574,11 +574,10 @@ fn finalize(
 pub(crate) static VOTE: Merged = Merged {
     one: |conn, a| {
         static INSERT: LazyLock<String> = LazyLock::new(|| {
-            let marks: Vec<String> = (1..=VOTE_COLUMNS.len()).map(|i| format!("?{i}")).collect();
             format!(
                 "INSERT INTO submission ({}) VALUES ({})",
                 vote_columns(),
-                marks.join(", ")
+                numbered(1, VOTE_COLUMNS.len())
             )
         });
         let all: Vec<&dyn ToArg> = a.iter().map(|v| v as &dyn ToArg).collect();
@@ -614,29 +613,20 @@ pub(crate) static VOTE: Merged = Merged {
     },
     // Each task once in a statement: the update joined to it counts one vote.
     distinct: 0,
-    most: MERGED_MAX,
     phase: 0,
 };
 
 /// `n` rows of parameters, numbered on from 1, the first row's cast to `types`.
 fn typed_rows(n: usize, types: &[&str]) -> String {
     let w = types.len();
-    (0..n)
-        .map(|k| {
-            let row: Vec<String> = (1..=w)
-                .map(|i| {
-                    let p = k * w + i;
-                    if k == 0 {
-                        format!("CAST(?{p} AS {})", types[i - 1])
-                    } else {
-                        format!("?{p}")
-                    }
-                })
-                .collect();
-            format!("({})", row.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+    let first: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(i, ty)| format!("CAST(?{} AS {ty})", i + 1))
+        .collect();
+    let mut rows = vec![format!("({})", first.join(", "))];
+    rows.extend((1..n).map(|k| format!("({})", numbered(k * w + 1, w))));
+    rows.join(", ")
 }
 
 /// The submission columns a vote stores ([`VOTE`]'s arguments, in this order), with their
@@ -701,7 +691,6 @@ pub(crate) static DECIDED: Merged = Merged {
     },
     // Each task once in a statement: the update joined to it decides it once.
     distinct: 0,
-    most: MERGED_MAX,
     phase: 1,
 };
 

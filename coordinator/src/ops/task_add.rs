@@ -4,7 +4,7 @@
 
 use super::{Ctx, Effect};
 use crate::error::CoreError;
-use crate::store::sql::{params, Dialect, OptionalExtension, Sql, ToArg};
+use crate::store::sql::{numbered, params, Dialect, OptionalExtension, Sql, ToArg};
 use protocol::generation::{Decoding, VerifyMode};
 use protocol::limits::{DEFAULT_REQUIRED_SUBMISSIONS, DEFAULT_SIMILARITY};
 use protocol::messages::{TaskAddReply, TaskAddRequest, TaskAnnouncement};
@@ -159,10 +159,7 @@ fn insert(conn: &dyn Sql, now: i64, rows: &[NewTask]) -> Result<(), CoreError> {
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         // `?1` is the creation time; each row adds its 15 values.
         let values: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let p: Vec<String> = (0..15).map(|k| format!("?{}", 2 + 15 * i + k)).collect();
-                format!("('queued', ?1, {})", p.join(", "))
-            })
+            .map(|i| format!("('queued', ?1, {})", numbered(2 + 15 * i, 15)))
             .collect();
         let sql = format!(
             "INSERT INTO task (status, created_at, id, type, text, required, max_attempts, labels,

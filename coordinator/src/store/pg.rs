@@ -604,9 +604,19 @@ mod tests {
         key: Option<&str>,
         op: impl FnMut(&dyn Sql) -> Result<T, CoreError> + Send + 'static,
     ) -> Sent<T> {
+        send_probed(writer, key, None, op)
+    }
+
+    /// [`send`], with the read `op` makes first announced.
+    fn send_probed<T: Send + 'static>(
+        writer: &Writer,
+        key: Option<&str>,
+        probe: Option<Probe>,
+        op: impl FnMut(&dyn Sql) -> Result<T, CoreError> + Send + 'static,
+    ) -> Sent<T> {
         let writer = writer.clone();
         let key = key.map(str::to_owned);
-        let mut fut = async move { writer.write(Lane::Normal, key, None, op).await }.boxed();
+        let mut fut = async move { writer.write(Lane::Normal, key, probe, op).await }.boxed();
         assert!(
             (&mut fut).now_or_never().is_none(),
             "a write waits for its commit"
@@ -688,26 +698,18 @@ mod tests {
         .expect("rows");
         // Reads row `key` (announced ahead when `probed`), then adds one to it.
         let job = |key: &'static str, probed: bool| {
-            let writer = writer.clone();
             let probe = probed.then(|| Probe {
                 one: ONE,
                 many: MANY,
                 args: vec![Some(key.to_owned())],
             });
-            let mut fut = async move {
-                writer
-                    .write(Lane::Normal, Some(key.to_owned()), probe, move |c| {
-                        let v: Vec<i64> = c
-                            .query_map(ONE, [key], |r| r.get(0))?
-                            .collect::<Result<_, _>>()?;
-                        c.execute("UPDATE probe_row SET v = v + 1 WHERE k = ?1", [key])?;
-                        Ok(v)
-                    })
-                    .await
-            }
-            .boxed();
-            assert!((&mut fut).now_or_never().is_none());
-            fut
+            send_probed(&writer, Some(key), probe, move |c: &dyn Sql| {
+                let v: Vec<i64> = c
+                    .query_map(ONE, [key], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                c.execute("UPDATE probe_row SET v = v + 1 WHERE k = ?1", [key])?;
+                Ok(v)
+            })
         };
         let (gates, held) = hold_all(&writer);
         let sent = [
@@ -762,7 +764,6 @@ mod tests {
                 many,
                 phase,
                 distinct: 0,
-                most: MERGED_MAX,
             }
         }
         static FIRST: Merged = merged(|n| many(n, 0), 0);
@@ -883,18 +884,14 @@ mod tests {
                     "positive"
                 };
                 let req = answer(&leases[&(w, *t)], w, label, 0.8);
-                let (t, writer) = (*t, writer.clone());
+                let t = *t;
                 let probe = submit::probe(&t, &req.worker_id, Some(req.lease_id));
-                let mut fut = async move {
-                    writer
-                        .write(Lane::Normal, Some(t.to_string()), probe, move |c| {
-                            submit::run(c, &mut ctx(3), &t, req.clone())
-                        })
-                        .await
-                }
-                .boxed();
-                assert!((&mut fut).now_or_never().is_none());
-                sent.push(fut);
+                sent.push(send_probed(
+                    &writer,
+                    Some(&t.to_string()),
+                    Some(probe),
+                    move |c: &dyn Sql| submit::run(c, &mut ctx(3), &t, req.clone()),
+                ));
             }
         }
         drop(gates);

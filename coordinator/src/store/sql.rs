@@ -445,7 +445,7 @@ pub trait Sql {
 
 /// A change (one or more statements, deferred) that PostgreSQL's writer sessions make for the
 /// operations of a batch at once: their arguments wait, and go as one statement for all of
-/// them (in chunks of at most `most`) with the next statement that is not such a change, or
+/// them (in chunks of at most [`MERGED_MAX`]) with the next statement that is not such a change, or
 /// with the commit. Elsewhere each operation makes its own.
 ///
 /// Changes waiting together run in order of `phase`, then in the order they came: a change
@@ -462,8 +462,6 @@ pub struct Merged {
     /// The argument that differs between the operations of one statement (their task, say):
     /// a second operation with the same value goes into the next statement.
     pub distinct: usize,
-    /// Most operations in one statement (at most [`MERGED_MAX`]).
-    pub most: usize,
 }
 
 /// Most operations a [`Merged`] statement takes at once.
@@ -820,6 +818,14 @@ pub fn to_postgres(sql: &str) -> String {
     let sql = drop_temp_schema(&sql);
     let sql = json_each(&sql);
     each_param(&sql, |n| format!("${n}"))
+}
+
+/// `n` parameters numbered on from `first`: `?first, ?first+1, ...`.
+pub fn numbered(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Statements, each with its count of parameters (`?1`..`?n`, every one used), as one: all
@@ -1195,7 +1201,7 @@ impl<'a> PgPipe<'a> {
             let mut seen: Vec<&Value> = Vec::new();
             let same = rest
                 .iter()
-                .take(change.most.clamp(1, MERGED_MAX))
+                .take(MERGED_MAX)
                 .take_while(|(c, args)| {
                     let key = &args[change.distinct];
                     let fits = std::ptr::eq(*c, *change) && !seen.contains(&key);
