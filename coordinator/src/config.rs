@@ -1,7 +1,7 @@
 //! The coordinator's configuration, filled in by the CLI from flags and env vars.
 
+use crate::api::Settings;
 use crate::auth::Auth;
-use crate::ops::Settings;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

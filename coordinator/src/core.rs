@@ -5,11 +5,11 @@
 //! effects (announcements, task events) are released only after the commit. Both adapters (NATS,
 //! HTTP) call these same methods.
 
-use crate::api::Submission;
+use crate::api::{Effect, Settings, Submission};
 use crate::auth::Auth;
 use crate::error::CoreError;
 use crate::metrics::Metrics;
-use crate::ops::{self, Ctx, Effect, Settings};
+use crate::ops::{self, Ctx};
 use crate::store::group::Lane;
 use crate::store::sql::Sql;
 use crate::store::{Probe, Store, Writer};
@@ -414,23 +414,9 @@ impl Core {
     /// Stores a result; finalizes the task when it completes the vote. See `ops::submit`.
     ///
     /// # Errors
-    /// See `ops::submit::run`.
+    /// [`CoreError::Invalid`] for a request out of bounds; otherwise see [`Core::accept`].
     pub async fn submit(&self, task: TaskId, req: SubmitRequest) -> Result<SubmitReply, CoreError> {
-        let probe = Some(ops::submit::probe(
-            &task,
-            &req.worker_id,
-            Some(req.lease_id),
-        ));
-        let r = self
-            .write_in(
-                Lane::Normal,
-                Some(task.to_string()),
-                probe,
-                move |c, ctx| ops::submit::run(c, ctx, &task, req.clone()),
-            )
-            .await?;
-        self.metrics.submissions.inc_by(u64::from(!r.duplicate));
-        Ok(r)
+        self.accept(task, Submission::try_from(req)?).await
     }
 
     /// Stores a result, with or without its lease id (the HTTP API has none). See
@@ -439,7 +425,7 @@ impl Core {
     /// # Errors
     /// See `ops::submit::accept`.
     pub async fn accept(&self, task: TaskId, sub: Submission) -> Result<SubmitReply, CoreError> {
-        let probe = Some(ops::submit::probe(&task, &sub.worker_id, sub.lease_id));
+        let probe = Some(ops::submit::probe(&task, sub.worker_id(), sub.lease_id()));
         let r = self
             .write_in(
                 Lane::Normal,

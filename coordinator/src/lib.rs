@@ -24,13 +24,13 @@ mod nats;
 mod ops;
 pub mod store;
 
+pub use crate::api::{Effect, Settings};
 pub use crate::auth::{Auth, Unprotected};
 pub use crate::config::Config;
 pub use crate::core::Core;
 pub use crate::error::{CoreError, StoreError};
 pub use crate::metrics::Outcome;
 pub use crate::nats::{dispatch, Answer};
-pub use crate::ops::{Effect, Settings};
 
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;

@@ -2,10 +2,10 @@
 //! heartbeat, submit and API subjects, decodes each message, calls the [`Core`], and replies with
 //! the envelope. It also publishes the core's effects. No logic of its own.
 
+use crate::api::Effect;
 use crate::core::Core;
 use crate::error::CoreError;
 use crate::metrics::Outcome;
-use crate::ops::Effect;
 use async_nats::{Client, HeaderMap, Message};
 use futures::StreamExt;
 use protocol::auth::{API_KEY_HEADER, WORKER_TOKEN_HEADER};

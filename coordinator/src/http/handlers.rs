@@ -230,16 +230,16 @@ pub(super) async fn submit(
     let r = core
         .accept(
             b.task_id,
-            Submission {
-                lease_id: b.lease_id,
-                worker_id: b.worker_id,
-                // The original API's workers register no model content: they are never leased
-                // a generative task.
-                answer: Answered::from_parts(b.label, b.embedding, None, None)?,
-                confidence: b.confidence,
-                model: b.model,
-                model_hash: None,
-            },
+            // The original API's workers register no model content: they are never leased a
+            // generative task.
+            Submission::new(
+                b.lease_id,
+                b.worker_id,
+                Answered::from_parts(b.label, b.embedding, None, None)?,
+                b.confidence,
+                b.model,
+                None,
+            )?,
         )
         .await?;
     let mut body = json!({ "ok": true, "finalized": r.finalized });

@@ -9,7 +9,8 @@
 //! `Settings::gold_min_accuracy`, once it has `Settings::gold_min_answers` of them, is
 //! quarantined: it gets only gold until its accuracy is back above the bar.
 
-use super::{Ctx, Effect, Json, TaskRow};
+use super::{Ctx, Json, TaskRow};
+use crate::api::Effect;
 use crate::error::CoreError;
 use crate::store::from_ms;
 use crate::store::sql::{params, OptionalExtension, Sql};
@@ -255,7 +256,7 @@ pub(crate) fn check(
     let known: String = conn
         .prepare_cached("SELECT answer FROM gold WHERE id = ?1")?
         .query_row([gold], |r| r.get(0))?;
-    let (given, correct) = match &sub.answer {
+    let (given, correct) = match &sub.answer() {
         crate::api::Answered::Generated(g) => (g.text.clone(), g.text.trim() == known.trim()),
         other => (other.label().to_owned(), other.label() == known),
     };
@@ -267,10 +268,10 @@ pub(crate) fn check(
     .execute(params![
         gold,
         task.id.to_string(),
-        sub.worker_id.as_str(),
+        sub.worker_id().as_str(),
         task.task_type.as_str(),
-        sub.model,
-        sub.model_hash,
+        sub.model(),
+        sub.model_hash(),
         given,
         correct,
         ctx.now
@@ -282,12 +283,12 @@ pub(crate) fn check(
              gold_answered = worker_score.gold_answered + 1,
              gold_right = worker_score.gold_right + excluded.gold_right",
     )?
-    .execute(params![sub.worker_id.as_str(), i64::from(correct)])?;
+    .execute(params![sub.worker_id().as_str(), i64::from(correct)])?;
     conn.prepare_cached(
         "UPDATE task SET status = 'finalized', final_label = ?1, finished_at = ?2 WHERE id = ?3",
     )?
     .execute(params![known, ctx.now, task.id.to_string()])?;
-    judge_worker(conn, ctx, &sub.worker_id)
+    judge_worker(conn, ctx, sub.worker_id())
 }
 
 /// Quarantines `worker` when its accuracy over its last [`WINDOW`] gold answers is below the

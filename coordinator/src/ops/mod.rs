@@ -24,78 +24,15 @@ pub(crate) mod token;
 pub(crate) mod verify;
 pub(crate) mod workers;
 
+use crate::api::{Effect, Settings};
 use crate::error::CoreError;
 use crate::store::sql::{params, FromValue, OptionalExtension, Row, Sql, ValueRef};
 use crate::store::{blob_to_vector, from_ms};
-use protocol::generation::{blob_to_ids, GenerationSpec, VerifyMode};
+use protocol::generation::{blob_to_ids, GenerationSpec};
 use protocol::messages::{FailureReason, TaskAnnouncement, TaskEvent, TaskView};
 use protocol::policy::VoteRule;
 use protocol::{LeaseId, LeaseState, TaskId, TaskStatus, TaskType, WorkerId};
 use std::str::FromStr;
-
-/// The default [`Settings::trap_rate`].
-pub(crate) const DEFAULT_TRAP_RATE: f64 = 0.1;
-/// The default [`Settings::gold_rate`].
-pub(crate) const DEFAULT_GOLD_RATE: f64 = 0.05;
-/// The default [`Settings::gold_min_answers`].
-pub(crate) const DEFAULT_GOLD_MIN_ANSWERS: u32 = 20;
-/// The default [`Settings::gold_min_accuracy`].
-pub(crate) const DEFAULT_GOLD_MIN_ACCURACY: f64 = 0.5;
-
-/// The tunables the operations need.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Settings {
-    /// How long a lease lasts after its grant or its holder's last heartbeat, in ms.
-    pub lease_ms: i64,
-    /// How long a worker may stay silent before it is stale, in ms.
-    pub heartbeat_ttl_ms: i64,
-    /// `max_attempts` of a task created without one.
-    pub max_attempts_default: u32,
-    /// Largest task text, in bytes.
-    pub max_text_bytes: usize,
-    /// Most leases one worker may hold at once.
-    pub max_leases_per_worker: u32,
-    /// Probability that a verifier is handed a trap candidate instead of a real one.
-    pub trap_rate: f64,
-    /// How generative tasks that do not say are verified.
-    pub verify_default: VerifyMode,
-    /// Probability that a lease slot holds a gold (known-answer) task instead of a real one.
-    pub gold_rate: f64,
-    /// Gold answers a worker gives before its gold accuracy can quarantine it.
-    pub gold_min_answers: u32,
-    /// Gold accuracy (over the last `gold::WINDOW` gold answers) below which a worker is
-    /// quarantined.
-    pub gold_min_accuracy: f64,
-    /// Whether label and embedding tasks that do not say count one answer per model content.
-    pub distinct_models_default: bool,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            lease_ms: 75_000,
-            heartbeat_ttl_ms: 45_000,
-            max_attempts_default: 5,
-            max_text_bytes: protocol::limits::DEFAULT_MAX_TEXT_BYTES,
-            max_leases_per_worker: 64,
-            trap_rate: DEFAULT_TRAP_RATE,
-            verify_default: VerifyMode::Exact,
-            gold_rate: DEFAULT_GOLD_RATE,
-            gold_min_answers: DEFAULT_GOLD_MIN_ANSWERS,
-            gold_min_accuracy: DEFAULT_GOLD_MIN_ACCURACY,
-            distinct_models_default: false,
-        }
-    }
-}
-
-/// Something to publish once the transaction that caused it has committed.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Effect {
-    /// A task has free slots: wake idle workers of its type.
-    Announce(TaskAnnouncement),
-    /// A task reached a terminal state.
-    Finished(TaskEvent),
-}
 
 /// What an operation runs with.
 #[derive(Debug)]

@@ -6,7 +6,8 @@
 //! so a worker that lost an acknowledgement can retry safely; a *different* second submission from
 //! the same worker is refused.
 
-use super::{fail_task, parsed, verify, Ctx, Effect, TaskRow, TASK_COLUMNS};
+use super::{fail_task, parsed, verify, Ctx, TaskRow, TASK_COLUMNS};
+use crate::api::Effect;
 use crate::api::{Answered, Submission};
 use crate::consensus::{
     decide, decide_identical, decide_vectors, distinct_count, judge, Outcome, VectorVote, Vote,
@@ -16,10 +17,7 @@ use crate::store::sql::{numbered, params, Dialect, Merged, OptionalExtension, Sq
 use crate::store::{blob_to_vector, from_ms, vector_to_blob, Probe};
 use protocol::generation::{blob_to_ids, ids_to_blob, VerifyMode};
 use protocol::limits::DEFAULT_SIMILARITY;
-use protocol::messages::{
-    check_confidence, check_model, check_model_hash, Answer, FailureReason, SubmitReply,
-    SubmitRequest, TaskEvent,
-};
+use protocol::messages::{Answer, FailureReason, SubmitReply, TaskEvent};
 use protocol::ProtocolError;
 use protocol::{LeaseId, LeaseState, TaskId, TaskStatus, WorkerId};
 use std::sync::LazyLock;
@@ -27,23 +25,24 @@ use std::sync::LazyLock;
 /// A worker's stored submission on a task: its lease, label, vector blob and token-id blob.
 type Earlier = (LeaseId, String, Option<Vec<u8>>, Option<Vec<u8>>);
 
-/// Stores a submission that came with its lease id (the NATS API).
+/// Stores a submission as the NATS API receives it (tests use it; `Core::submit` makes the
+/// [`Submission`] itself).
 ///
 /// # Errors
-/// See [`accept`].
+/// [`CoreError::Invalid`] for a request out of bounds; otherwise see [`accept`].
+#[cfg(test)]
 pub(crate) fn run(
     conn: &dyn Sql,
     ctx: &mut Ctx,
     task_id: &TaskId,
-    req: SubmitRequest,
+    req: protocol::messages::SubmitRequest,
 ) -> Result<SubmitReply, CoreError> {
-    req.validate()?;
     accept(conn, ctx, task_id, req.try_into()?)
 }
 
 /// # Errors
-/// - [`CoreError::Invalid`]: label, vector, confidence or model out of bounds; a label for an
-///   `embedding` task or a vector for a label task; a `zero-shot` label not among the task's.
+/// - [`CoreError::Invalid`]: a label for an `embedding` task or a vector for a label task; a
+///   `zero-shot` label not among the task's (the bounds were checked when `sub` was made).
 /// - [`CoreError::TaskNotFound`]: unknown task.
 /// - [`CoreError::DuplicateSubmission`]: the worker already submitted something else.
 /// - [`CoreError::NoLease`], [`CoreError::NotLeased`], [`CoreError::LeaseMismatch`],
@@ -55,22 +54,19 @@ pub(crate) fn accept(
     task_id: &TaskId,
     sub: Submission,
 ) -> Result<SubmitReply, CoreError> {
-    let answer = sub.answer.as_answer();
-    check_confidence(sub.confidence)?;
-    check_model(sub.model.as_deref())?;
-    check_model_hash(sub.model_hash.as_deref())?;
+    let answer = sub.answer().as_answer();
     let Loaded {
         task,
         earlier,
         named,
         votes,
-    } = load_for_answer(conn, task_id, &sub.worker_id, sub.lease_id)?;
+    } = load_for_answer(conn, task_id, sub.worker_id(), sub.lease_id())?;
     if let Answer::Verified(report) = answer {
         return verify::accept(conn, ctx, &task, &sub, report);
     }
-    check_fits(&task, answer, sub.model_hash.as_deref())?;
+    check_fits(&task, answer, sub.model_hash())?;
     let tid = task_id.to_string();
-    let (vector, generation) = match &sub.answer {
+    let (vector, generation) = match &sub.answer() {
         Answered::Embedding(v) => (Some(vector_to_blob(v)), None),
         Answered::Generated(g) => (None, Some(g)),
         _ => (None, None),
@@ -78,8 +74,8 @@ pub(crate) fn accept(
     let ids = generation.map(|g| ids_to_blob(&g.token_ids));
 
     if let Some((lease, label, embedding, token_ids)) = earlier {
-        if sub.lease_id.is_none_or(|l| l == lease)
-            && label == sub.answer.label()
+        if sub.lease_id().is_none_or(|l| l == lease)
+            && label == sub.answer().label()
             && embedding == vector
             && token_ids == ids
         {
@@ -92,7 +88,7 @@ pub(crate) fn accept(
             });
         }
         return Err(CoreError::DuplicateSubmission {
-            worker: sub.worker_id,
+            worker: sub.worker_id().clone(),
             task: *task_id,
             label: if embedding.is_some() {
                 "a different embedding".to_owned()
@@ -104,7 +100,7 @@ pub(crate) fn accept(
         });
     }
 
-    let (lease_id, named) = match sub.lease_id {
+    let (lease_id, named) = match sub.lease_id() {
         Some(id) => (id, named),
         None if task.status.is_terminal() => {
             return Err(CoreError::TaskClosed {
@@ -113,28 +109,29 @@ pub(crate) fn accept(
             })
         }
         None => {
-            let id =
-                live_lease(conn, task_id, &sub.worker_id)?.ok_or_else(|| CoreError::NotLeased {
-                    worker: sub.worker_id.clone(),
+            let id = live_lease(conn, task_id, sub.worker_id())?.ok_or_else(|| {
+                CoreError::NotLeased {
+                    worker: sub.worker_id().clone(),
                     task: *task_id,
-                })?;
+                }
+            })?;
             (id, named_lease(conn, &id)?)
         }
     };
-    let (state, verify_row) = check_lease(conn, &lease_id, named, &task, &sub.worker_id)?;
+    let (state, verify_row) = check_lease(conn, &lease_id, named, &task, sub.worker_id())?;
     if task.distinct_models {
         let counted: bool = conn
             .prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM submission WHERE task_id = ?1 AND model_hash = ?2)",
             )?
-            .query_row(params![tid, sub.model_hash], |r| r.get(0))?;
+            .query_row(params![tid, sub.model_hash()], |r| r.get(0))?;
         if counted {
             return Err(ProtocolError::invalid(
                 "model_hash",
                 format!(
                     "task {task_id} counts one answer per model content and already has one \
                      from {}",
-                    sub.model_hash.as_deref().unwrap_or("none")
+                    sub.model_hash().unwrap_or("none")
                 ),
             )
             .into());
@@ -166,20 +163,20 @@ pub(crate) fn accept(
         &VOTE,
         params![
             tid,
-            sub.worker_id.as_str(),
+            sub.worker_id().as_str(),
             lease,
-            sub.answer.label(),
-            sub.confidence,
-            sub.model,
+            sub.answer().label(),
+            sub.confidence(),
+            sub.model(),
             ctx.now,
             vector,
             ids,
             generation.map(|g| g.text.as_str()),
             logprobs,
-            sub.model_hash
+            sub.model_hash()
         ],
     )?;
-    tracing::debug!(task_id = %task_id, worker_id = %sub.worker_id, label = %sub.answer.label(), "submission stored");
+    tracing::debug!(task_id = %task_id, worker_id = %sub.worker_id(), label = %sub.answer().label(), "submission stored");
 
     if let Some(gold) = task.gold {
         super::gold::check(conn, ctx, &task, gold, &sub)?;
@@ -706,7 +703,7 @@ fn with_vote(json: &str, sub: &Submission) -> Result<Vec<(String, f64)>, CoreErr
             Ok((label, confidence.parse().map_err(|e| bad(format!("{e}")))?))
         })
         .collect::<Result<Vec<(String, f64)>, CoreError>>()?;
-    votes.push((sub.answer.label().to_owned(), sub.confidence));
+    votes.push((sub.answer().label().to_owned(), sub.confidence()));
     Ok(votes)
 }
 
@@ -933,6 +930,7 @@ pub(crate) fn live_lease(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::messages::SubmitRequest;
     use crate::ops::testing::*;
     use crate::ops::{load_task, sweep};
     use protocol::generation::{GeneratedAnswer, VerifyMode};
@@ -1502,7 +1500,7 @@ mod tests {
     fn a_pass_everything_verifier_is_caught_after_about_one_over_p_scorings() {
         // At the default trap rate, over many lying verifiers: how many verify leases each
         // takes until it has passed a trap.
-        let p = crate::ops::DEFAULT_TRAP_RATE;
+        let p = crate::api::DEFAULT_TRAP_RATE;
         let truth = [5, 6, 2];
         let mut until = Vec::new();
         for _ in 0..100 {

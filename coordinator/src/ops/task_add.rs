@@ -2,7 +2,8 @@
 //! names a `batch_id` is created once: a retry with the same id and tasks gets the first one's
 //! ids back.
 
-use super::{Ctx, Effect};
+use super::Ctx;
+use crate::api::Effect;
 use crate::error::CoreError;
 use crate::store::sql::{numbered, params, Dialect, OptionalExtension, Sql, ToArg};
 use protocol::generation::{Decoding, VerifyMode};

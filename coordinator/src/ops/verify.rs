@@ -16,7 +16,8 @@
 //!   `no_consensus`.
 
 use super::submit::{award_points, finished, held_lease, Final};
-use super::{fail_task, parsed, parsed_opt, Ctx, Effect, TaskRow};
+use super::{fail_task, parsed, parsed_opt, Ctx, TaskRow};
+use crate::api::Effect;
 use crate::api::Submission;
 use crate::consensus::{judge_candidate, pick_winner, Scoring};
 use crate::error::CoreError;
@@ -322,8 +323,8 @@ pub(crate) fn accept(
     sub: &Submission,
     report: &Verification,
 ) -> Result<SubmitReply, CoreError> {
-    let worker = &sub.worker_id;
-    let lease_id = sub.lease_id.ok_or_else(|| CoreError::NotLeased {
+    let worker = sub.worker_id();
+    let lease_id = sub.lease_id().ok_or_else(|| CoreError::NotLeased {
         worker: worker.clone(),
         task: task.id,
     })?;
@@ -335,7 +336,7 @@ pub(crate) fn accept(
         )
         .into());
     };
-    let model_hash = sub.model_hash.as_deref();
+    let model_hash = sub.model_hash();
     let spec = task.generation.as_ref().ok_or_else(|| {
         ProtocolError::invalid("verification", "the task is not a generative one")
     })?;
