@@ -1,7 +1,8 @@
 //! `task.cancel` and `task.retry`: a client ends open tasks, or gives failed ones another go.
 //! Both act on all the tasks named or on none.
 
-use super::{close_task, load_task, rewind_cursors, Ctx};
+use super::task::{close_task, load_task, rewind_cursors};
+use super::Ctx;
 use crate::api::Effect;
 use crate::error::CoreError;
 use crate::store::sql::Sql;

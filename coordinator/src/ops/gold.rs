@@ -9,10 +9,11 @@
 //! `Settings::gold_min_accuracy`, once it has `Settings::gold_min_answers` of them, is
 //! quarantined: it gets only gold until its accuracy is back above the bar.
 
-use super::{Ctx, Json, TaskRow};
+use super::Ctx;
 use crate::api::Effect;
 use crate::error::CoreError;
 use crate::store::from_ms;
+use crate::store::rows::{Json, TaskRow};
 use crate::store::sql::{params, OptionalExtension, Sql};
 use protocol::generation::GenerationSpec;
 use protocol::limits::{DEFAULT_REQUIRED_SUBMISSIONS, MAX_TASKS_PER_ADD};
@@ -157,7 +158,7 @@ fn pick(
                 |r| {
                     Ok(Item {
                         id: r.get(0)?,
-                        task_type: super::parsed(r, 1)?,
+                        task_type: crate::store::rows::parsed(r, 1)?,
                         text: r.get(2)?,
                         labels: r.get::<_, Option<Json<Vec<String>>>>(3)?.map(|j| j.0),
                         generation: r.get::<_, Option<Json<GenerationSpec>>>(4)?.map(|j| j.0),

@@ -1,7 +1,8 @@
 //! `heartbeat.<worker_id>`: the worker is alive; the leases it names (or, when it names none, all
 //! of its leases) are renewed.
 
-use super::{lease::timings, touch_worker, Ctx};
+use super::worker::touch_worker;
+use super::{lease::timings, Ctx};
 use crate::error::CoreError;
 use crate::store::from_ms;
 use crate::store::sql::{params, Sql};
@@ -107,7 +108,7 @@ pub(crate) fn run_known(
 ) -> Result<HeartbeatReply, CoreError> {
     let capabilities = match capabilities {
         Some(c) => c,
-        None => super::known_capabilities(conn, worker)?,
+        None => super::worker::known_capabilities(conn, worker)?,
     };
     let hb = Heartbeat {
         worker_id: worker.clone(),

@@ -7,10 +7,11 @@ use super::testing::*;
 use super::*;
 use crate::error::CoreError;
 use crate::store::sql::Dialect;
+use crate::store::sql::Sql;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use protocol::messages::{Heartbeat, NewTask, ReleaseRequest, TaskAddRequest};
-use protocol::{ErrorCode, LeaseId};
+use protocol::{ErrorCode, LeaseId, TaskId, WorkerId};
 use std::collections::HashMap;
 
 #[derive(Debug, Clone)]

@@ -4,8 +4,8 @@
 //! missed, and accuracy on gold tasks, highest points first; and agreement and gold accuracy
 //! per model content and task type (`leaderboard.models`).
 
-use super::parsed;
 use crate::error::CoreError;
+use crate::store::rows::parsed;
 use crate::store::sql::Sql;
 use protocol::messages::{LeaderboardEntry, LeaderboardReply, ModelAgreement, ModelAgreementReply};
 use protocol::policy::GoldScore;

@@ -4,9 +4,11 @@
 //! Several workers may hold leases on one task at once, up to the submissions it still needs, so
 //! a task needing three votes is worked on by three workers in parallel.
 
-use super::{touch_worker, Ctx, Json};
+use super::worker::touch_worker;
+use super::Ctx;
 use crate::error::CoreError;
 use crate::store::from_ms;
+use crate::store::rows::Json;
 use crate::store::sql::{numbered, params, Dialect, OptionalExtension, Sql, ToArg};
 use protocol::generation::GenerationSpec;
 use protocol::messages::{Lease, LeaseReply, LeaseRequest, Timings};
@@ -264,7 +266,7 @@ pub(crate) fn next_for(
 ) -> Result<Option<Lease>, CoreError> {
     let req = LeaseRequest {
         worker_id: worker.clone(),
-        capabilities: super::known_capabilities(conn, worker)?,
+        capabilities: super::worker::known_capabilities(conn, worker)?,
         max_tasks: 1,
         task_id: None,
         model: None,
@@ -436,7 +438,7 @@ fn hinted(
                 Ok(Candidate {
                     seq: r.get(0)?,
                     id: r.get(1)?,
-                    task_type: super::parsed(r, 2)?,
+                    task_type: crate::store::rows::parsed(r, 2)?,
                     text: r.get(3)?,
                     labels: r.get::<_, Option<Json<Vec<String>>>>(4)?.map(|j| j.0),
                     generation: r.get::<_, Option<Json<GenerationSpec>>>(5)?.map(|j| j.0),
@@ -455,7 +457,7 @@ fn hinted(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::load_task;
+    use crate::ops::task::load_task;
     use crate::ops::testing::*;
     use protocol::messages::{LeaseRequest, NewTask};
     use protocol::TaskStatus;

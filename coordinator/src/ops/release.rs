@@ -1,7 +1,8 @@
 //! `lease.release`: a worker gives leases back (graceful shutdown). Their slots are free at once;
 //! each counts as an attempt, as an expiry would.
 
-use super::{end_lease_unanswered, Ctx};
+use super::task::end_lease_unanswered;
+use super::Ctx;
 use crate::error::CoreError;
 use crate::store::sql::{params, OptionalExtension, Sql};
 use protocol::messages::{ReleaseReply, ReleaseRequest};
@@ -23,7 +24,7 @@ pub(crate) fn run(
                 "SELECT task_id FROM lease WHERE id = ?1 AND worker_id = ?2 AND state = 'active'",
             )?
             .query_row(params![lease_id.to_string(), req.worker_id.as_str()], |r| {
-                super::parsed(r, 0)
+                crate::store::rows::parsed(r, 0)
             })
             .optional()?;
         if let Some(task) = task {

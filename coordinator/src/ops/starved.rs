@@ -9,8 +9,8 @@
 //! workers than are live (index `task_open_required`), and nothing at all for a type whose
 //! largest `required` its live workers cover.
 
-use super::{Json, TaskRow};
 use crate::error::CoreError;
+use crate::store::rows::{Json, TaskRow};
 use crate::store::sql::{params, OptionalExtension, Sql};
 use protocol::messages::{Starvation, StarvedType};
 use protocol::{TaskType, WorkerId};
@@ -34,7 +34,7 @@ impl Live {
         )?;
         let rows = stmt.query_map([now - heartbeat_ttl_ms], |r| {
             Ok((
-                super::parsed::<WorkerId>(r, 0)?,
+                crate::store::rows::parsed::<WorkerId>(r, 0)?,
                 r.get::<_, Json<Vec<TaskType>>>(1)?.0,
                 r.get::<_, Option<String>>(2)?,
             ))
@@ -81,7 +81,8 @@ impl Live {
             if let Some(live) = self.capable(t, hash) {
                 let mut voters =
                     conn.prepare_cached("SELECT worker_id FROM submission WHERE task_id = ?1")?;
-                let rows = voters.query_map([task], |r| super::parsed::<WorkerId>(r, 0))?;
+                let rows =
+                    voters.query_map([task], |r| crate::store::rows::parsed::<WorkerId>(r, 0))?;
                 for voter in rows {
                     capable -= u32::from(live.contains(&voter?));
                 }
@@ -150,7 +151,7 @@ pub(crate) fn summary(conn: &dyn Sql, live: &Live) -> Result<Vec<StarvedType>, C
     let mut out = Vec::new();
     let mut after = String::new();
     while let Some(t) = next_type
-        .query_row([&after], |r| super::parsed::<TaskType>(r, 0))
+        .query_row([&after], |r| crate::store::rows::parsed::<TaskType>(r, 0))
         .optional()?
     {
         after = t.as_str().to_owned();
@@ -193,8 +194,10 @@ pub(crate) fn summary(conn: &dyn Sql, live: &Live) -> Result<Vec<StarvedType>, C
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::submit;
+    use crate::ops::task::load_task;
     use crate::ops::testing::*;
-    use crate::ops::{load_task, submit, touch_worker};
+    use crate::ops::worker::touch_worker;
     use protocol::messages::{NewTask, SubmitRequest};
 
     fn register(conn: &dyn Sql, now: i64, worker: &str, caps: &[TaskType]) {

@@ -18,10 +18,13 @@ pub(crate) fn run(
     // Gold tasks (one per lease of a known-answer item) are not counted.
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {}, COUNT(*) FROM task WHERE gold IS NULL GROUP BY 1",
-        super::VIEW_STATUS_SQL
+        crate::store::rows::VIEW_STATUS_SQL
     ))?;
     let rows = stmt.query_map((), |r| {
-        Ok((super::parsed::<TaskStatus>(r, 0)?, r.get::<_, u64>(1)?))
+        Ok((
+            crate::store::rows::parsed::<TaskStatus>(r, 0)?,
+            r.get::<_, u64>(1)?,
+        ))
     })?;
     for row in rows {
         let (status, n) = row?;

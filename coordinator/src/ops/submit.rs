@@ -6,18 +6,20 @@
 //! so a worker that lost an acknowledgement can retry safely; a *different* second submission from
 //! the same worker is refused.
 
-use super::{fail_task, parsed, verify, Ctx, TaskRow, TASK_COLUMNS};
-use crate::api::Effect;
+use super::decide::{self, Generated};
+use super::task::{check_lease, fail_task, live_lease, named_lease, Named};
+use super::{verify, Ctx};
 use crate::api::{Answered, Submission};
-use crate::consensus::{
-    decide, decide_identical, decide_vectors, distinct_count, judge, Outcome, VectorVote, Vote,
-};
+use crate::consensus::Outcome;
 use crate::error::CoreError;
-use crate::store::sql::{numbered, params, Dialect, Merged, OptionalExtension, Sql, ToArg};
-use crate::store::{blob_to_vector, from_ms, vector_to_blob, Probe};
-use protocol::generation::{blob_to_ids, ids_to_blob, VerifyMode};
+use crate::store::rows::{parsed, TaskRow, TASK_COLUMNS, TASK_COLUMN_COUNT};
+use crate::store::sql::{
+    numbered, params, typed_rows, Dialect, Merged, OptionalExtension, Sql, ToArg,
+};
+use crate::store::{vector_to_blob, Probe};
+use protocol::generation::ids_to_blob;
 use protocol::limits::DEFAULT_SIMILARITY;
-use protocol::messages::{Answer, FailureReason, SubmitReply, TaskEvent};
+use protocol::messages::{Answer, FailureReason, SubmitReply};
 use protocol::ProtocolError;
 use protocol::{LeaseId, LeaseState, TaskId, TaskStatus, WorkerId};
 use std::sync::LazyLock;
@@ -40,6 +42,8 @@ pub(crate) fn run(
     accept(conn, ctx, task_id, req.try_into()?)
 }
 
+/// Check, prior answer, lease, record; then, when this answer completes the count, decide.
+///
 /// # Errors
 /// - [`CoreError::Invalid`]: a label for an `embedding` task or a vector for a label task; a
 ///   `zero-shot` label not among the task's (the bounds were checked when `sub` was made).
@@ -54,130 +58,22 @@ pub(crate) fn accept(
     task_id: &TaskId,
     sub: Submission,
 ) -> Result<SubmitReply, CoreError> {
-    let answer = sub.answer().as_answer();
     let Loaded {
         task,
         earlier,
         named,
         votes,
     } = load_for_answer(conn, task_id, sub.worker_id(), sub.lease_id())?;
-    if let Answer::Verified(report) = answer {
+    if let Answered::Verified(report) = sub.answer() {
         return verify::accept(conn, ctx, &task, &sub, report);
     }
-    check_fits(&task, answer, sub.model_hash())?;
-    let tid = task_id.to_string();
-    let (vector, generation) = match &sub.answer() {
-        Answered::Embedding(v) => (Some(vector_to_blob(v)), None),
-        Answered::Generated(g) => (None, Some(g)),
-        _ => (None, None),
-    };
-    let ids = generation.map(|g| ids_to_blob(&g.token_ids));
-
-    if let Some((lease, label, embedding, token_ids)) = earlier {
-        if sub.lease_id().is_none_or(|l| l == lease)
-            && label == sub.answer().label()
-            && embedding == vector
-            && token_ids == ids
-        {
-            return Ok(SubmitReply {
-                accepted: true,
-                duplicate: true,
-                finalized: task.status == TaskStatus::Finalized,
-                final_label: task.final_label,
-                final_text: task.final_text,
-            });
-        }
-        return Err(CoreError::DuplicateSubmission {
-            worker: sub.worker_id().clone(),
-            task: *task_id,
-            label: if embedding.is_some() {
-                "a different embedding".to_owned()
-            } else if token_ids.is_some() {
-                "a different generation".to_owned()
-            } else {
-                label
-            },
-        });
+    check_fits(&task, sub.answer().as_answer(), sub.model_hash())?;
+    let blobs = Blobs::of(&sub);
+    if let Some(earlier) = earlier {
+        return resent(&task, &sub, &blobs, earlier);
     }
-
-    let (lease_id, named) = match sub.lease_id() {
-        Some(id) => (id, named),
-        None if task.status.is_terminal() => {
-            return Err(CoreError::TaskClosed {
-                task: *task_id,
-                status: task.status,
-            })
-        }
-        None => {
-            let id = live_lease(conn, task_id, sub.worker_id())?.ok_or_else(|| {
-                CoreError::NotLeased {
-                    worker: sub.worker_id().clone(),
-                    task: *task_id,
-                }
-            })?;
-            (id, named_lease(conn, &id)?)
-        }
-    };
-    let (state, verify_row) = check_lease(conn, &lease_id, named, &task, sub.worker_id())?;
-    if task.distinct_models {
-        let counted: bool = conn
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM submission WHERE task_id = ?1 AND model_hash = ?2)",
-            )?
-            .query_row(params![tid, sub.model_hash()], |r| r.get(0))?;
-        if counted {
-            return Err(ProtocolError::invalid(
-                "model_hash",
-                format!(
-                    "task {task_id} counts one answer per model content and already has one \
-                     from {}",
-                    sub.model_hash().unwrap_or("none")
-                ),
-            )
-            .into());
-        }
-    }
-    if verify_row.is_some() {
-        return Err(ProtocolError::invalid(
-            "verification",
-            "this lease is for scoring a candidate: submit a verification",
-        )
-        .into());
-    }
-    if task.status.is_terminal() {
-        return Err(CoreError::TaskClosed {
-            task: *task_id,
-            status: task.status,
-        });
-    }
-    if state != LeaseState::Active {
-        return Err(CoreError::LeaseExpired {
-            lease: lease_id,
-            state,
-        });
-    }
-
-    let lease = lease_id.to_string();
-    let logprobs = generation.map(|g| vector_to_blob(&g.logprobs));
-    conn.defer_merged(
-        &VOTE,
-        params![
-            tid,
-            sub.worker_id().as_str(),
-            lease,
-            sub.answer().label(),
-            sub.confidence(),
-            sub.model(),
-            ctx.now,
-            vector,
-            ids,
-            generation.map(|g| g.text.as_str()),
-            logprobs,
-            sub.model_hash()
-        ],
-    )?;
-    tracing::debug!(task_id = %task_id, worker_id = %sub.worker_id(), label = %sub.answer().label(), "submission stored");
-
+    let lease_id = entitling_lease(conn, &task, &sub, named)?;
+    record(conn, ctx, &task, &sub, &lease_id, &blobs)?;
     if let Some(gold) = task.gold {
         super::gold::check(conn, ctx, &task, gold, &sub)?;
         // Said as to any answer that did not complete its task: nothing about the known one.
@@ -187,23 +83,206 @@ pub(crate) fn accept(
         return Ok(SubmitReply::stored());
     }
     debug_assert_eq!(task.active_leases, 1, "slots never exceed required");
+    complete(conn, ctx, &task, &sub, votes)
+}
+
+/// An answer as the store keeps it: its vector, token ids and log-probabilities as blobs.
+struct Blobs {
+    vector: Option<Vec<u8>>,
+    ids: Option<Vec<u8>>,
+    logprobs: Option<Vec<u8>>,
+}
+
+impl Blobs {
+    fn of(sub: &Submission) -> Self {
+        let generation = match sub.answer() {
+            Answered::Generated(g) => Some(g),
+            _ => None,
+        };
+        Self {
+            vector: match sub.answer() {
+                Answered::Embedding(v) => Some(vector_to_blob(v)),
+                _ => None,
+            },
+            ids: generation.map(|g| ids_to_blob(&g.token_ids)),
+            logprobs: generation.map(|g| vector_to_blob(&g.logprobs)),
+        }
+    }
+}
+
+/// The worker answered this task before: the same answer on the same lease is a resend,
+/// acknowledged again; anything else is refused.
+///
+/// # Errors
+/// [`CoreError::DuplicateSubmission`] for a different second answer.
+fn resent(
+    task: &TaskRow,
+    sub: &Submission,
+    blobs: &Blobs,
+    (lease, label, embedding, token_ids): Earlier,
+) -> Result<SubmitReply, CoreError> {
+    if sub.lease_id().is_none_or(|l| l == lease)
+        && label == sub.answer().label()
+        && embedding == blobs.vector
+        && token_ids == blobs.ids
+    {
+        return Ok(SubmitReply {
+            accepted: true,
+            duplicate: true,
+            finalized: task.status == TaskStatus::Finalized,
+            final_label: task.final_label.clone(),
+            final_text: task.final_text.clone(),
+        });
+    }
+    Err(CoreError::DuplicateSubmission {
+        worker: sub.worker_id().clone(),
+        task: task.id,
+        label: if embedding.is_some() {
+            "a different embedding".to_owned()
+        } else if token_ids.is_some() {
+            "a different generation".to_owned()
+        } else {
+            label
+        },
+    })
+}
+
+/// The live lease that entitles `sub` to answer: the one it names, or (for clients of the
+/// original HTTP API, which name none) the worker's live lease on the task.
+///
+/// # Errors
+/// [`CoreError::NotLeased`], [`CoreError::NoLease`], [`CoreError::LeaseMismatch`],
+/// [`CoreError::LeaseExpired`]; [`CoreError::TaskClosed`]; [`CoreError::Invalid`] for a second
+/// answer of one model content where the task counts one, or an answer on a verify lease.
+fn entitling_lease(
+    conn: &dyn Sql,
+    task: &TaskRow,
+    sub: &Submission,
+    named: Option<Named>,
+) -> Result<LeaseId, CoreError> {
+    let closed = || CoreError::TaskClosed {
+        task: task.id,
+        status: task.status,
+    };
+    let (lease_id, named) = match sub.lease_id() {
+        Some(id) => (id, named),
+        None if task.status.is_terminal() => return Err(closed()),
+        None => {
+            let id = live_lease(conn, &task.id, sub.worker_id())?.ok_or_else(|| {
+                CoreError::NotLeased {
+                    worker: sub.worker_id().clone(),
+                    task: task.id,
+                }
+            })?;
+            (id, named_lease(conn, &id)?)
+        }
+    };
+    let state = check_lease(&lease_id, named, &task.id, sub.worker_id())?;
+    if task.distinct_models {
+        let counted: bool = conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM submission WHERE task_id = ?1 AND model_hash = ?2)",
+            )?
+            .query_row(params![task.id.to_string(), sub.model_hash()], |r| r.get(0))?;
+        if counted {
+            return Err(ProtocolError::invalid(
+                "model_hash",
+                format!(
+                    "task {} counts one answer per model content and already has one from {}",
+                    task.id,
+                    sub.model_hash().unwrap_or("none")
+                ),
+            )
+            .into());
+        }
+    }
+    if task.generation.is_some() && verify::row_of_lease(conn, &lease_id)?.is_some() {
+        return Err(ProtocolError::invalid(
+            "verification",
+            "this lease is for scoring a candidate: submit a verification",
+        )
+        .into());
+    }
+    if task.status.is_terminal() {
+        return Err(closed());
+    }
+    if state != LeaseState::Active {
+        return Err(CoreError::LeaseExpired {
+            lease: lease_id,
+            state,
+        });
+    }
+    Ok(lease_id)
+}
+
+/// Stores the vote: its submission row, its lease completed, the task's counters.
+fn record(
+    conn: &dyn Sql,
+    ctx: &Ctx,
+    task: &TaskRow,
+    sub: &Submission,
+    lease_id: &LeaseId,
+    blobs: &Blobs,
+) -> Result<(), CoreError> {
+    let text = match sub.answer() {
+        Answered::Generated(g) => Some(g.text.as_str()),
+        _ => None,
+    };
+    conn.defer_merged(
+        &VOTE,
+        params![
+            task.id.to_string(),
+            sub.worker_id().as_str(),
+            lease_id.to_string(),
+            sub.answer().label(),
+            sub.confidence(),
+            sub.model(),
+            ctx.now,
+            blobs.vector,
+            blobs.ids,
+            text,
+            blobs.logprobs,
+            sub.model_hash()
+        ],
+    )?;
+    tracing::debug!(task_id = %task.id, worker_id = %sub.worker_id(), label = %sub.answer().label(), "submission stored");
+    Ok(())
+}
+
+/// The answer that completes the count decides the task (see [`decide`]): a generative task
+/// whose answers disagree goes to cross-scoring, or fails when nobody can score them.
+fn complete(
+    conn: &dyn Sql,
+    ctx: &mut Ctx,
+    task: &TaskRow,
+    sub: &Submission,
+    votes: Option<String>,
+) -> Result<SubmitReply, CoreError> {
     let (mut final_label, mut final_text) = (None, None);
     let finalized = if task.generation.is_some() {
-        final_text = finalize_generated(conn, ctx, &task)?;
+        match decide::generated(conn, ctx, task)? {
+            Generated::Final(text) => final_text = Some(text),
+            Generated::Disputed { answers, distinct } => {
+                if !verify::start(conn, ctx, task)? {
+                    let message = format!(
+                        "no consensus: no majority of the {answers} answers is identical \
+                         ({distinct} distinct token sequences); the answers are kept"
+                    );
+                    fail_task(conn, ctx, task, FailureReason::NoConsensus, message)?;
+                }
+            }
+        }
         final_text.is_some()
+    } else if task.task_type.is_vector() {
+        let threshold = task.similarity.unwrap_or(DEFAULT_SIMILARITY);
+        decide::vectors(conn, ctx, task, threshold)? == Outcome::Decided
     } else {
-        let outcome = if task.task_type.is_vector() {
-            let threshold = task.similarity.unwrap_or(DEFAULT_SIMILARITY);
-            finalize_vectors(conn, ctx, &task, threshold)?
-        } else {
-            let answers = match votes {
-                Some(json) => Some(with_vote(&json, &sub)?),
-                None => None,
-            };
-            let (outcome, label) = finalize(conn, ctx, &task, answers)?;
-            final_label = label;
-            outcome
+        let answers = match votes {
+            Some(json) => Some(decide::with_vote(&json, sub)?),
+            None => None,
         };
+        let (outcome, label) = decide::label(conn, ctx, task, answers)?;
+        final_label = label;
         outcome == Outcome::Decided
     };
     Ok(SubmitReply {
@@ -214,9 +293,6 @@ pub(crate) fn accept(
         final_text,
     })
 }
-
-/// A lease as a submission names it: its task, holder and state.
-type Named = (TaskId, WorkerId, LeaseState);
 
 /// What a submission is decided from, read in one statement.
 struct Loaded {
@@ -257,7 +333,7 @@ fn read_for_answer(
     lease: Option<LeaseId>,
 ) -> Result<(Loaded, bool), CoreError> {
     // The columns after the task's (see answer_text).
-    const VOTES: usize = super::TASK_COLUMN_COUNT;
+    const VOTES: usize = TASK_COLUMN_COUNT;
     const FRESH: usize = VOTES + 1;
     const EARLIER: usize = FRESH + 1;
     const NAMED: usize = EARLIER + 4;
@@ -384,58 +460,6 @@ fn answer_text(dialect: Dialect, many: bool) -> String {
     )
 }
 
-/// Lease `lease_id`'s task, holder and state, if there is such a lease.
-fn named_lease(conn: &dyn Sql, lease_id: &LeaseId) -> Result<Option<Named>, CoreError> {
-    Ok(conn
-        .prepare_cached("SELECT task_id, worker_id, state FROM lease WHERE id = ?1")?
-        .query_row([lease_id.to_string()], |r| {
-            Ok((parsed(r, 0)?, parsed(r, 1)?, parsed(r, 2)?))
-        })
-        .optional()?)
-}
-
-/// The state of lease `lease_id` and, for a verify lease (only generative tasks have them), the
-/// scoring row it names.
-///
-/// # Errors
-/// [`CoreError::NoLease`] for an unknown lease; [`CoreError::LeaseMismatch`] when it is not
-/// `worker`'s lease on `task`.
-pub(crate) fn held_lease(
-    conn: &dyn Sql,
-    lease_id: &LeaseId,
-    task_row: &TaskRow,
-    worker: &WorkerId,
-) -> Result<(LeaseState, Option<verify::LeasedRow>), CoreError> {
-    let named = named_lease(conn, lease_id)?;
-    check_lease(conn, lease_id, named, task_row, worker)
-}
-
-/// [`held_lease`] of a lease already read (`named`).
-fn check_lease(
-    conn: &dyn Sql,
-    lease_id: &LeaseId,
-    named: Option<Named>,
-    task_row: &TaskRow,
-    worker: &WorkerId,
-) -> Result<(LeaseState, Option<verify::LeasedRow>), CoreError> {
-    let task = &task_row.id;
-    let Some((lease_task, holder, state)) = named else {
-        return Err(CoreError::NoLease(*lease_id));
-    };
-    if lease_task != *task || holder != *worker {
-        return Err(CoreError::LeaseMismatch {
-            lease: *lease_id,
-            holder,
-            task: lease_task,
-        });
-    }
-    let row = match task_row.generation {
-        Some(_) => verify::row_of_lease(conn, lease_id)?,
-        None => None,
-    };
-    Ok((state, row))
-}
-
 /// Refuses an answer of the wrong kind for the task: a label for an `embedding` task, a vector
 /// for a label task, a `zero-shot` label that is not one of the task's candidates, anything but
 /// a generation for a generative task, a generation that breaks the task's spec or comes from
@@ -520,51 +544,6 @@ fn check_fits(
     }
 }
 
-/// Decides a label task under its vote rule, once its `required` answers are in. Only the
-/// submission that completes the required count calls it, so a task is decided exactly once:
-/// - decided: the winning label is final, the answers in its group agree and earn a point each;
-/// - no quorum yet: the task is `inconclusive` and needs one more answer from a distinct worker;
-/// - no quorum at `max_answers`: the task fails with `no_consensus`, nobody earns a point.
-///
-/// Returns the outcome and, when decided, the final label.
-fn finalize(
-    conn: &dyn Sql,
-    ctx: &mut Ctx,
-    task: &TaskRow,
-    answers: Option<Vec<(String, f64)>>,
-) -> Result<(Outcome, Option<String>), CoreError> {
-    let tid = task.id.to_string();
-    let votes: Vec<(String, f64)> = match answers {
-        Some(votes) => votes,
-        None => conn
-            .prepare_cached(
-                "SELECT label, confidence FROM submission WHERE task_id = ?1 ORDER BY id",
-            )?
-            .query_map([&tid], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?,
-    };
-    let ballot: Vec<Vote<'_>> = votes
-        .iter()
-        .map(|(label, confidence)| Vote {
-            label,
-            confidence: *confidence,
-        })
-        .collect();
-    let decision = decide(&ballot).expect("a task is finalized only with submissions");
-    let outcome = judge(&task.vote, decision.votes, decision.runner_up, votes.len());
-    if outcome != Outcome::Decided {
-        undecided(conn, ctx, task, outcome, votes.len(), decision.votes)?;
-        return Ok((outcome, None));
-    }
-    conn.defer_merged(
-        &DECIDED,
-        params![tid, decision.label, decision.confidence, ctx.now],
-    )?;
-    let answer = Final::Label(decision.label.clone());
-    finished(ctx, &task.id, answer, decision.confidence);
-    Ok((Outcome::Decided, Some(decision.label)))
-}
-
 /// A vote's changes: its submission row, its lease completed, the task's counters. Arguments:
 /// the submission's columns, in [`VOTE_COLUMNS`]' order. Votes of a batch on PostgreSQL are one
 /// statement.
@@ -613,19 +592,6 @@ pub(crate) static VOTE: Merged = Merged {
     phase: 0,
 };
 
-/// `n` rows of parameters, numbered on from 1, the first row's cast to `types`.
-fn typed_rows(n: usize, types: &[&str]) -> String {
-    let w = types.len();
-    let first: Vec<String> = types
-        .iter()
-        .enumerate()
-        .map(|(i, ty)| format!("CAST(?{} AS {ty})", i + 1))
-        .collect();
-    let mut rows = vec![format!("({})", first.join(", "))];
-    rows.extend((1..n).map(|k| format!("({})", numbered(k * w + 1, w))));
-    rows.join(", ")
-}
-
 /// The submission columns a vote stores ([`VOTE`]'s arguments, in this order), with their
 /// PostgreSQL types.
 const VOTE_COLUMNS: [(&str, &str); 12] = [
@@ -648,292 +614,14 @@ fn vote_columns() -> String {
     VOTE_COLUMNS.map(|(name, _)| name).join(", ")
 }
 
-/// A label task decided: its final label and confidence, the agreement flags, a point to each
-/// worker in the winning group. Arguments: task, label, confidence, time. Decisions of a batch
-/// on PostgreSQL are one statement, made after the batch's votes ([`VOTE`], a lower phase), so
-/// they see the deciding answers.
-pub(crate) static DECIDED: Merged = Merged {
-    one: |conn, a| {
-        conn.defer_all(&[
-            (
-                "UPDATE task SET status = 'finalized', final_label = ?1, final_confidence = ?2,
-                     finished_at = ?3, inconclusive = 0
-                 WHERE id = ?4",
-                &[&a[1], &a[2], &a[3], &a[0]],
-            ),
-            (
-                "UPDATE submission SET agreed = CASE WHEN label = ?1 THEN 1 ELSE 0 END
-                 WHERE task_id = ?2",
-                &[&a[1], &a[0]],
-            ),
-            // By label, not by the flag set beside it (which it would not see on PostgreSQL).
-            (&award_sql(conn.dialect(), "label = ?2"), &[&a[0], &a[1]]),
-        ])
-    },
-    // One statement for the batch's decisions, joined by key (see VOTE).
-    many: |n| {
-        let rows = typed_rows(n, &["TEXT", "TEXT", "DOUBLE PRECISION", "BIGINT"]);
-        format!(
-            "WITH d (task_id, label, confidence, at) AS (VALUES {rows}),
-             a AS (UPDATE submission SET agreed = CASE WHEN submission.label = d.label
-                                                       THEN 1 ELSE 0 END
-                   FROM d WHERE submission.task_id = d.task_id),
-             p AS (INSERT INTO score_delta (worker_id, points)
-                   SELECT s.worker_id, 1 FROM submission s
-                   JOIN d ON s.task_id = d.task_id AND s.label = d.label)
-             UPDATE task SET status = 'finalized', final_label = d.label,
-                 final_confidence = d.confidence, finished_at = d.at, inconclusive = 0
-             FROM d WHERE task.id = d.task_id"
-        )
-    },
-    // Each task once in a statement: the update joined to it decides it once.
-    distinct: 0,
-    phase: 1,
-};
-
-/// A task's answers, as the `votes` column of [`answer_sql`] has those before `sub`, and then
-/// `sub`'s: each label with its confidence, in the order they came.
-fn with_vote(json: &str, sub: &Submission) -> Result<Vec<(String, f64)>, CoreError> {
-    let bad = |e: String| CoreError::Bug(format!("the answers read with a submission: {e}"));
-    let earlier: Vec<(String, String)> =
-        serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
-    let mut votes = earlier
-        .into_iter()
-        .map(|(label, confidence)| {
-            Ok((label, confidence.parse().map_err(|e| bad(format!("{e}")))?))
-        })
-        .collect::<Result<Vec<(String, f64)>, CoreError>>()?;
-    votes.push((sub.answer().label().to_owned(), sub.confidence()));
-    Ok(votes)
-}
-
-/// A round of answers without a quorum: one more replica (the task is `inconclusive`, open to
-/// workers that have not answered it), or, at `max_answers`, failure with `no_consensus`. The
-/// answers are kept and nobody earns a point.
-fn undecided(
-    conn: &dyn Sql,
-    ctx: &mut Ctx,
-    task: &TaskRow,
-    outcome: Outcome,
-    answers: usize,
-    largest: usize,
-) -> Result<(), CoreError> {
-    if outcome == Outcome::NoConsensus {
-        let message = format!(
-            "no consensus: {answers} answers (the most), the largest agreeing group {largest} \
-             (quorum {} and more than any other); the answers are kept",
-            task.vote.min_quorum
-        );
-        return fail_task(conn, ctx, task, FailureReason::NoConsensus, message);
-    }
-    conn.prepare_cached("UPDATE task SET required = required + 1, inconclusive = 1 WHERE id = ?1")?
-        .execute([task.id.to_string()])?;
-    super::rewind_cursors(conn, &task.id)?;
-    tracing::debug!(task_id = %task.id, answers, largest, "inconclusive: one more replica");
-    ctx.effects.push(Effect::Announce(task.announcement()));
-    ctx.effects.push(Effect::Finished(TaskEvent {
-        answers: Some(answers as u32),
-        ..TaskEvent::new(task.id, TaskStatus::Inconclusive, from_ms(ctx.now))
-    }));
-    Ok(())
-}
-
-/// Decides an `embedding` task: the largest group of answers within `threshold` cosine of one
-/// another wins, under the task's vote rule (see [`finalize`]); its members agree and earn a
-/// point each.
-fn finalize_vectors(
-    conn: &dyn Sql,
-    ctx: &mut Ctx,
-    task: &TaskRow,
-    threshold: f64,
-) -> Result<Outcome, CoreError> {
-    let tid = task.id.to_string();
-    let rows: Vec<(i64, Vec<u8>, f64)> = conn
-        .prepare_cached(
-            "SELECT id, embedding, confidence FROM submission WHERE task_id = ?1 ORDER BY id",
-        )?
-        .query_map([&tid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<Result<_, _>>()?;
-    let vectors: Vec<Vec<f32>> = rows.iter().map(|(_, b, _)| blob_to_vector(b)).collect();
-    let ballot: Vec<VectorVote<'_>> = vectors
-        .iter()
-        .zip(&rows)
-        .map(|(v, (_, _, confidence))| VectorVote {
-            vector: v,
-            confidence: *confidence,
-        })
-        .collect();
-    let decision =
-        decide_vectors(&ballot, threshold).expect("a task is finalized only with submissions");
-    let outcome = judge(
-        &task.vote,
-        decision.members.len(),
-        decision.runner_up,
-        rows.len(),
-    );
-    if outcome != Outcome::Decided {
-        undecided(conn, ctx, task, outcome, rows.len(), decision.members.len())?;
-        return Ok(outcome);
-    }
-    conn.prepare_cached(
-        "UPDATE task SET status = 'finalized', final_embedding = ?1, final_confidence = ?2,
-             finished_at = ?3, inconclusive = 0
-         WHERE id = ?4",
-    )?
-    .execute(params![
-        vector_to_blob(&decision.vector),
-        decision.confidence,
-        ctx.now,
-        tid
-    ])?;
-    let mut mark = conn.prepare_cached("UPDATE submission SET agreed = ?1 WHERE id = ?2")?;
-    for (i, (id, _, _)) in rows.iter().enumerate() {
-        mark.execute(params![decision.members.contains(&i), id])?;
-    }
-    award_points(conn, &tid)?;
-    finished(
-        ctx,
-        &task.id,
-        Final::Vector(decision.vector),
-        decision.confidence,
-    );
-    Ok(Outcome::Decided)
-}
-
-/// Decides a generative task by exact match: when a strict majority of its answers are the same
-/// token ids, they are final and their workers agree and earn a point each. Otherwise (and
-/// always in `generate_once` mode) the answers go to cross-scoring ([`verify::start`]); nothing
-/// is finalized on a guess: with nobody to score them the task fails with `no_consensus`, its
-/// answers kept.
-///
-/// Returns the final text, or `None` when the task failed.
-fn finalize_generated(
-    conn: &dyn Sql,
-    ctx: &mut Ctx,
-    task: &TaskRow,
-) -> Result<Option<String>, CoreError> {
-    let tid = task.id.to_string();
-    let rows: Vec<(i64, Vec<u8>, String, f64)> = conn
-        .prepare_cached(
-            "SELECT id, token_ids, text, confidence FROM submission WHERE task_id = ?1 ORDER BY id",
-        )?
-        .query_map([&tid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<Result<_, _>>()?;
-    let ballot: Vec<&[u8]> = rows.iter().map(|(_, ids, _, _)| ids.as_slice()).collect();
-    let always_verify = task
-        .generation
-        .as_ref()
-        .is_some_and(|g| g.verify == VerifyMode::GenerateOnce && task.verifiers > 0);
-    let members = if always_verify {
-        None
-    } else {
-        decide_identical(&ballot)
-    };
-    let Some(members) = members else {
-        // Different answers (or one to check) go to cross-scoring by the other workers.
-        if verify::start(conn, ctx, task)? {
-            return Ok(None);
-        }
-        let distinct = distinct_count(&ballot);
-        let message = format!(
-            "no consensus: no majority of the {} answers is identical ({distinct} distinct \
-             token sequences); the answers are kept",
-            rows.len()
-        );
-        fail_task(conn, ctx, task, FailureReason::NoConsensus, message)?;
-        return Ok(None);
-    };
-    let (_, ids, text, _) = &rows[members[0]];
-    let confidence = members.iter().map(|&i| rows[i].3).sum::<f64>() / members.len() as f64;
-    conn.prepare_cached(
-        "UPDATE task SET status = 'finalized', final_token_ids = ?1, final_text = ?2,
-             final_confidence = ?3, finished_at = ?4
-         WHERE id = ?5",
-    )?
-    .execute(params![ids, text, confidence, ctx.now, tid])?;
-    let mut mark = conn.prepare_cached("UPDATE submission SET agreed = ?1 WHERE id = ?2")?;
-    for (i, (id, _, _, _)) in rows.iter().enumerate() {
-        mark.execute(params![members.contains(&i), id])?;
-    }
-    award_points(conn, &tid)?;
-    let answer = Final::Generated(blob_to_ids(ids), text.clone());
-    finished(ctx, &task.id, answer, confidence);
-    Ok(Some(text.clone()))
-}
-
-/// What a task was finalized on.
-pub(crate) enum Final {
-    Label(String),
-    Vector(Vec<f32>),
-    /// Token ids and their text.
-    Generated(Vec<u32>, String),
-}
-
-/// Announces a finalization, after the commit: the consensus answer and its confidence.
-pub(crate) fn finished(ctx: &mut Ctx, task_id: &TaskId, answer: Final, confidence: f64) {
-    let (mut final_label, mut final_embedding, mut final_token_ids, mut final_text) =
-        (None, None, None, None);
-    match answer {
-        Final::Label(l) => final_label = Some(l),
-        Final::Vector(v) => final_embedding = Some(v),
-        Final::Generated(ids, text) => (final_token_ids, final_text) = (Some(ids), Some(text)),
-    }
-    ctx.effects.push(Effect::Finished(TaskEvent {
-        final_label,
-        final_embedding,
-        final_token_ids,
-        final_text,
-        final_confidence: Some(confidence),
-        ..TaskEvent::new(*task_id, TaskStatus::Finalized, from_ms(ctx.now))
-    }));
-}
-
-/// One point to each worker whose submission on the task agreed with the consensus.
-pub(crate) fn award_points(conn: &dyn Sql, tid: &str) -> Result<(), CoreError> {
-    conn.prepare_cached(&award_sql(conn.dialect(), "agreed = 1"))?
-        .defer([tid])?;
-    Ok(())
-}
-
-/// The statement that gives one point to each worker whose submission on task `?1` meets
-/// `agreeing` (a condition on the submission). PostgreSQL appends the points to `score_delta`
-/// rather than update the workers' score rows in place: no lock on them (see score_delta).
-fn award_sql(dialect: Dialect, agreeing: &str) -> String {
-    match dialect {
-        Dialect::Postgres => format!(
-            "INSERT INTO score_delta (worker_id, points)
-             SELECT worker_id, 1 FROM submission WHERE task_id = ?1 AND {agreeing}"
-        ),
-        Dialect::Sqlite => format!(
-            "INSERT INTO worker_score (worker_id, points)
-             SELECT worker_id, 1 FROM submission WHERE task_id = ?1 AND {agreeing}
-             ORDER BY worker_id
-             ON CONFLICT (worker_id) DO UPDATE SET points = worker_score.points + 1"
-        ),
-    }
-}
-
-/// The lease `worker` holds on `task`, if any.
-pub(crate) fn live_lease(
-    conn: &dyn Sql,
-    task: &TaskId,
-    worker: &WorkerId,
-) -> Result<Option<LeaseId>, CoreError> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT id FROM lease WHERE task_id = ?1 AND worker_id = ?2 AND state = 'active'",
-        )?
-        .query_row(params![task.to_string(), worker.as_str()], |r| parsed(r, 0))
-        .optional()?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::messages::SubmitRequest;
+    use crate::ops::sweep;
+    use crate::ops::task::load_task;
     use crate::ops::testing::*;
-    use crate::ops::{load_task, sweep};
     use protocol::generation::{GeneratedAnswer, VerifyMode};
+    use protocol::messages::SubmitRequest;
     use protocol::messages::{Lease, LeaseRequest, NewTask};
     use protocol::verify::Verification;
     use protocol::{ErrorCode, TaskType};

@@ -1,8 +1,10 @@
 //! The sweeper: frees leases that expired and leases of workers gone stale, and marks those
 //! workers `stale`. Runs every `REQUEUE_SWEEP_SECONDS` and on `ops requeue-stale`.
 
-use super::{end_lease_unanswered, parsed, Ctx};
+use super::task::end_lease_unanswered;
+use super::Ctx;
 use crate::error::CoreError;
+use crate::store::rows::parsed;
 use crate::store::sql::{params, Dialect, Sql};
 use protocol::messages::RequeueReply;
 use protocol::{LeaseId, LeaseState, TaskId};

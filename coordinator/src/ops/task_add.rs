@@ -203,7 +203,7 @@ fn created_before(
     id: &str,
     digest: &str,
 ) -> Result<Option<Vec<TaskId>>, CoreError> {
-    let row: Option<(String, super::Json<Vec<TaskId>>)> = conn
+    let row: Option<(String, crate::store::rows::Json<Vec<TaskId>>)> = conn
         .prepare_cached("SELECT digest, task_ids FROM task_batch WHERE id = ?1")?
         .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
@@ -221,7 +221,7 @@ fn created_before(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::load_task;
+    use crate::ops::task::load_task;
     use crate::ops::testing::*;
     use protocol::messages::NewTask;
     use protocol::TaskStatus;

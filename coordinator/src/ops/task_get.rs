@@ -2,8 +2,9 @@
 //! it to finish it, why it is starved.
 
 use super::starved::{self, Live};
-use super::{load_task_view, parsed, TaskRow, TASK_VIEW_COLUMNS};
+use super::task::load_task_view;
 use crate::error::CoreError;
+use crate::store::rows::{parsed, TaskRow, TASK_VIEW_COLUMNS};
 use crate::store::sql::Sql;
 use crate::store::{blob_to_vector, from_ms};
 use protocol::generation::blob_to_ids;

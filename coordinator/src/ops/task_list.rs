@@ -3,8 +3,8 @@
 //! tasks (each lease of a known-answer item is one: `aimarket leaderboard` shows what came of
 //! them).
 
-use super::{TaskRow, TASK_VIEW_COLUMNS, VIEW_STATUS_SQL};
 use crate::error::CoreError;
+use crate::store::rows::{TaskRow, TASK_VIEW_COLUMNS, VIEW_STATUS_SQL};
 use crate::store::sql::{params, Sql};
 use protocol::limits::MAX_LIST_LIMIT;
 use protocol::messages::{TaskListReply, TaskListRequest, TaskView};

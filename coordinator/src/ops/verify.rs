@@ -15,12 +15,14 @@
 //!   generates while generations remain (`verifiers + 1` in all), else the task fails with
 //!   `no_consensus`.
 
-use super::submit::{award_points, finished, held_lease, Final};
-use super::{fail_task, parsed, parsed_opt, Ctx, TaskRow};
+use super::decide::{award_points, finished, Final};
+use super::task::{fail_task, held_lease};
+use super::Ctx;
 use crate::api::Effect;
 use crate::api::Submission;
 use crate::consensus::{judge_candidate, pick_winner, Scoring};
 use crate::error::CoreError;
+use crate::store::rows::{parsed, parsed_opt, TaskRow};
 use crate::store::sql::{params, OptionalExtension, Sql};
 use crate::store::{blob_to_vector, from_ms, vector_to_blob};
 use protocol::generation::{blob_to_ids, card, ids_to_blob, GenerationSpec, VerifyMode};
@@ -121,7 +123,7 @@ pub(crate) fn lease_slots(
                     token_ids: r.get(3)?,
                     task_type: parsed(r, 4)?,
                     text: r.get(5)?,
-                    generation: r.get::<_, super::Json<GenerationSpec>>(6)?.0,
+                    generation: r.get::<_, crate::store::rows::Json<GenerationSpec>>(6)?.0,
                 })
             },
         )?
@@ -328,8 +330,8 @@ pub(crate) fn accept(
         worker: worker.clone(),
         task: task.id,
     })?;
-    let (lease_state, row) = held_lease(conn, &lease_id, task, worker)?;
-    let Some(row) = row else {
+    let lease_state = held_lease(conn, &lease_id, &task.id, worker)?;
+    let Some(row) = row_of_lease(conn, &lease_id)? else {
         return Err(ProtocolError::invalid(
             "verification",
             "this lease is not for scoring a candidate",
@@ -568,7 +570,7 @@ fn decide(
                  WHERE id = ?1",
             )?
             .execute([&tid])?;
-            super::rewind_cursors(conn, &task.id)?;
+            super::task::rewind_cursors(conn, &task.id)?;
             tracing::info!(task_id = %task.id, generations, "no valid candidate; generating again");
             ctx.effects.push(Effect::Announce(task.announcement()));
             return Ok(None);
@@ -618,21 +620,4 @@ fn decide(
     let answer = Final::Generated(winner.ids.clone(), text.clone());
     finished(ctx, &task.id, answer, confidence);
     Ok(Some(text))
-}
-
-/// Ends a verify lease that produced no result: a real slot opens again for another verifier
-/// (or the same one), a trap lapses.
-///
-/// # Errors
-/// Store errors.
-pub(crate) fn reopen(conn: &dyn Sql, lease_id: &LeaseId) -> Result<(), CoreError> {
-    conn.prepare_cached(
-        "UPDATE verification SET
-             state = CASE WHEN trap IS NULL THEN 'open' ELSE 'lapsed' END,
-             worker_id = CASE WHEN trap IS NULL THEN NULL ELSE worker_id END,
-             lease_id = CASE WHEN trap IS NULL THEN NULL ELSE lease_id END
-         WHERE lease_id = ?1 AND state = 'leased'",
-    )?
-    .execute([lease_id.to_string()])?;
-    Ok(())
 }

@@ -1,9 +1,9 @@
 //! `workers`: the registry. A worker whose last heartbeat is older than the TTL shows as `stale`
 //! even before the next sweep writes it.
 
-use super::{parsed, Json};
 use crate::error::CoreError;
 use crate::store::from_ms;
+use crate::store::rows::{parsed, Json};
 use crate::store::sql::Sql;
 use protocol::messages::{WorkerView, WorkersReply};
 use protocol::policy::GoldScore;

@@ -10,6 +10,7 @@
 
 pub mod group;
 pub mod pg;
+pub(crate) mod rows;
 pub mod schema;
 pub mod sql;
 

@@ -847,8 +847,9 @@ mod tests {
     /// and its lease completed, each task decided once, points to the agreeing workers.
     #[test]
     fn a_batch_of_votes_ends_as_votes_one_at_a_time() {
+        use crate::ops::submit;
+        use crate::ops::task::load_task;
         use crate::ops::testing::{add, answer, ctx, points, send as alone, take};
-        use crate::ops::{load_task, submit};
         use protocol::messages::{NewTask, SubmitReply};
         use protocol::{TaskId, TaskStatus};
         let server = PgServer::start();
@@ -1118,7 +1119,7 @@ mod tests {
         let vote = "'t', 'w', 'l', 'x', 1, NULL, 1, NULL, NULL, NULL, NULL, NULL";
         for (what, change, row) in [
             ("votes", &crate::ops::submit::VOTE, vote),
-            ("decisions", &crate::ops::submit::DECIDED, "'t', 'x', 1, 1"),
+            ("decisions", &crate::ops::decide::DECIDED, "'t', 'x', 1, 1"),
         ] {
             let args = vec![row; MERGED_MAX].join(", ");
             let plan = generic_plan(&mut c, &(change.many)(MERGED_MAX), &args);

@@ -1395,6 +1395,19 @@ fn pg_value<T>(
     f(v)
 }
 
+/// `n` rows of parameters, numbered on from 1, the first row's cast to `types`.
+pub fn typed_rows(n: usize, types: &[&str]) -> String {
+    let w = types.len();
+    let first: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(i, ty)| format!("CAST(?{} AS {ty})", i + 1))
+        .collect();
+    let mut rows = vec![format!("({})", first.join(", "))];
+    rows.extend((1..n).map(|k| format!("({})", numbered(k * w + 1, w))));
+    rows.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
