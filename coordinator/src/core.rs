@@ -11,7 +11,7 @@ use crate::error::CoreError;
 use crate::metrics::Metrics;
 use crate::ops::{self, Ctx};
 use crate::store::group::Lane;
-use crate::store::sql::Sql;
+use crate::store::tx::Tx;
 use crate::store::{Probe, Store, Writer};
 use protocol::messages::{
     ApiOp, Heartbeat, HeartbeatReply, LeaderboardReply, Lease, LeaseReply, LeaseRequest,
@@ -162,7 +162,7 @@ impl Core {
     async fn write<T, F>(&self, op: F) -> Result<T, CoreError>
     where
         T: Send + 'static,
-        F: FnMut(&dyn Sql, &mut Ctx) -> Result<T, CoreError> + Send + 'static,
+        F: FnMut(&dyn Tx, &mut Ctx) -> Result<T, CoreError> + Send + 'static,
     {
         self.write_in(Lane::Normal, None, None, op).await
     }
@@ -178,12 +178,12 @@ impl Core {
     ) -> Result<T, CoreError>
     where
         T: Send + 'static,
-        F: FnMut(&dyn Sql, &mut Ctx) -> Result<T, CoreError> + Send + 'static,
+        F: FnMut(&dyn Tx, &mut Ctx) -> Result<T, CoreError> + Send + 'static,
     {
         // The operation's context is made where it runs (the clock read then), and its effects
         // travel back with its result, released only after the commit.
         let settings = self.settings;
-        let job = move |c: &dyn Sql| {
+        let job = move |c: &dyn Tx| {
             let mut ctx = Ctx::new(c.now_ms()?, settings);
             let out = op(c, &mut ctx)?;
             Ok((out, ctx.effects))
@@ -254,11 +254,7 @@ impl Core {
         let failing = self.unhealthy.lock().expect("health lock").is_some();
         if failing {
             self.write(|c, ctx| {
-                c.execute(
-                    "INSERT INTO health_probe (id, at) VALUES (1, ?1)
-                     ON CONFLICT (id) DO UPDATE SET at = excluded.at",
-                    [ctx.now],
-                )?;
+                c.probe_write(ctx.now)?;
                 Ok(())
             })
             .await?;
@@ -269,7 +265,7 @@ impl Core {
     async fn read<T, F>(&self, op: F) -> Result<T, CoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&dyn Sql, i64) -> Result<T, CoreError> + Send + 'static,
+        F: FnOnce(&dyn Tx, i64) -> Result<T, CoreError> + Send + 'static,
     {
         self.store.read(op).await
     }
@@ -500,8 +496,7 @@ impl Core {
     /// # Errors
     /// The store's error.
     pub async fn ping(&self) -> Result<(), CoreError> {
-        self.read(|c, _| Ok(c.query_row("SELECT COUNT(*) FROM task LIMIT 1", (), |_| Ok(()))?))
-            .await
+        self.read(|c, _| Ok(c.ping()?)).await
     }
 
     /// Reads the gauges from the store and renders every metric.

@@ -5,7 +5,7 @@ use super::task::{close_task, load_task, rewind_cursors};
 use super::Ctx;
 use crate::api::Effect;
 use crate::error::CoreError;
-use crate::store::sql::Sql;
+use crate::store::tx::Tx;
 use protocol::messages::FailureReason;
 use protocol::policy::{Policy, TaskIdsReply, TaskIdsRequest};
 use protocol::{ProtocolError, TaskStatus};
@@ -17,13 +17,13 @@ use protocol::{ProtocolError, TaskStatus};
 /// [`CoreError::TaskNotFound`] for an unknown id, [`CoreError::TaskClosed`] for a task already
 /// finalized, failed or cancelled; nothing is changed then.
 pub(crate) fn cancel(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     ctx: &mut Ctx,
     req: TaskIdsRequest,
 ) -> Result<TaskIdsReply, CoreError> {
     req.validate()?;
     for id in &req.task_ids {
-        let task = load_task(conn, id)?;
+        let task = load_task(tx, id)?;
         if task.status.is_terminal() || task.gold.is_some() {
             return Err(CoreError::TaskClosed {
                 task: *id,
@@ -31,7 +31,7 @@ pub(crate) fn cancel(
             });
         }
         let message = format!("cancelled with {} of its answers in", task.submissions);
-        close_task(conn, ctx, &task, TaskStatus::Cancelled, None, message)?;
+        close_task(tx, ctx, &task, TaskStatus::Cancelled, None, message)?;
         tracing::info!(task_id = %id, "task cancelled");
     }
     Ok(TaskIdsReply {
@@ -48,13 +48,13 @@ pub(crate) fn cancel(
 /// `failed`, or a generative task whose candidates were all scored (its answers cannot change);
 /// nothing is changed then.
 pub(crate) fn retry(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     ctx: &mut Ctx,
     req: TaskIdsRequest,
 ) -> Result<TaskIdsReply, CoreError> {
     req.validate()?;
     for id in &req.task_ids {
-        let task = load_task(conn, id)?;
+        let task = load_task(tx, id)?;
         if task.status != TaskStatus::Failed || task.gold.is_some() {
             return Err(ProtocolError::invalid(
                 "task_ids",
@@ -85,15 +85,16 @@ pub(crate) fn retry(
         } else {
             (task.required, task.vote.max_answers)
         };
-        conn.prepare_cached(
-            "UPDATE task SET status = 'queued', attempts = 0, error_message = NULL,
+        tx.sql()
+            .prepare_cached(
+                "UPDATE task SET status = 'queued', attempts = 0, error_message = NULL,
                  failure_reason = NULL, finished_at = NULL, required = ?1, max_answers = ?2
              WHERE id = ?3",
-        )?
-        .execute(crate::params![required, max_answers, id.to_string()])?;
-        rewind_cursors(conn, id)?;
+            )?
+            .execute(crate::params![required, max_answers, id.to_string()])?;
+        rewind_cursors(tx, id)?;
         ctx.effects
-            .push(Effect::Announce(load_task(conn, id)?.announcement()));
+            .push(Effect::Announce(load_task(tx, id)?.announcement()));
         tracing::info!(task_id = %id, "task requeued");
     }
     Ok(TaskIdsReply {

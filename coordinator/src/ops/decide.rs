@@ -11,7 +11,8 @@ use crate::consensus::{
 };
 use crate::error::CoreError;
 use crate::store::rows::TaskRow;
-use crate::store::sql::{params, typed_rows, Dialect, Merged, Sql};
+use crate::store::sql::{params, typed_rows, Dialect, Merged};
+use crate::store::tx::Tx;
 use crate::store::{blob_to_vector, from_ms, vector_to_blob};
 use protocol::generation::{blob_to_ids, VerifyMode};
 use protocol::messages::{FailureReason, TaskEvent};
@@ -25,7 +26,7 @@ use protocol::{TaskId, TaskStatus};
 ///
 /// Returns the outcome and, when decided, the final label.
 pub(crate) fn label(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     ctx: &mut Ctx,
     task: &TaskRow,
     answers: Option<Vec<(String, f64)>>,
@@ -33,7 +34,8 @@ pub(crate) fn label(
     let tid = task.id.to_string();
     let votes: Vec<(String, f64)> = match answers {
         Some(votes) => votes,
-        None => conn
+        None => tx
+            .sql()
             .prepare_cached(
                 "SELECT label, confidence FROM submission WHERE task_id = ?1 ORDER BY id",
             )?
@@ -50,10 +52,10 @@ pub(crate) fn label(
     let decision = decide(&ballot).expect("a task is finalized only with submissions");
     let outcome = judge(&task.vote, decision.votes, decision.runner_up, votes.len());
     if outcome != Outcome::Decided {
-        undecided(conn, ctx, task, outcome, votes.len(), decision.votes)?;
+        undecided(tx, ctx, task, outcome, votes.len(), decision.votes)?;
         return Ok((outcome, None));
     }
-    conn.defer_merged(
+    tx.sql().defer_merged(
         &DECIDED,
         params![tid, decision.label, decision.confidence, ctx.now],
     )?;
@@ -125,7 +127,7 @@ pub(crate) fn with_vote(json: &str, sub: &Submission) -> Result<Vec<(String, f64
 /// workers that have not answered it), or, at `max_answers`, failure with `no_consensus`. The
 /// answers are kept and nobody earns a point.
 fn undecided(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     ctx: &mut Ctx,
     task: &TaskRow,
     outcome: Outcome,
@@ -138,11 +140,12 @@ fn undecided(
              (quorum {} and more than any other); the answers are kept",
             task.vote.min_quorum
         );
-        return fail_task(conn, ctx, task, FailureReason::NoConsensus, message);
+        return fail_task(tx, ctx, task, FailureReason::NoConsensus, message);
     }
-    conn.prepare_cached("UPDATE task SET required = required + 1, inconclusive = 1 WHERE id = ?1")?
+    tx.sql()
+        .prepare_cached("UPDATE task SET required = required + 1, inconclusive = 1 WHERE id = ?1")?
         .execute([task.id.to_string()])?;
-    super::task::rewind_cursors(conn, &task.id)?;
+    super::task::rewind_cursors(tx, &task.id)?;
     tracing::debug!(task_id = %task.id, answers, largest, "inconclusive: one more replica");
     ctx.effects.push(Effect::Announce(task.announcement()));
     ctx.effects.push(Effect::Finished(TaskEvent {
@@ -156,13 +159,14 @@ fn undecided(
 /// another wins, under the task's vote rule (see [`finalize`]); its members agree and earn a
 /// point each.
 pub(crate) fn vectors(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     ctx: &mut Ctx,
     task: &TaskRow,
     threshold: f64,
 ) -> Result<Outcome, CoreError> {
     let tid = task.id.to_string();
-    let rows: Vec<(i64, Vec<u8>, f64)> = conn
+    let rows: Vec<(i64, Vec<u8>, f64)> = tx
+        .sql()
         .prepare_cached(
             "SELECT id, embedding, confidence FROM submission WHERE task_id = ?1 ORDER BY id",
         )?
@@ -186,25 +190,28 @@ pub(crate) fn vectors(
         rows.len(),
     );
     if outcome != Outcome::Decided {
-        undecided(conn, ctx, task, outcome, rows.len(), decision.members.len())?;
+        undecided(tx, ctx, task, outcome, rows.len(), decision.members.len())?;
         return Ok(outcome);
     }
-    conn.prepare_cached(
-        "UPDATE task SET status = 'finalized', final_embedding = ?1, final_confidence = ?2,
+    tx.sql()
+        .prepare_cached(
+            "UPDATE task SET status = 'finalized', final_embedding = ?1, final_confidence = ?2,
              finished_at = ?3, inconclusive = 0
          WHERE id = ?4",
-    )?
-    .execute(params![
-        vector_to_blob(&decision.vector),
-        decision.confidence,
-        ctx.now,
-        tid
-    ])?;
-    let mut mark = conn.prepare_cached("UPDATE submission SET agreed = ?1 WHERE id = ?2")?;
+        )?
+        .execute(params![
+            vector_to_blob(&decision.vector),
+            decision.confidence,
+            ctx.now,
+            tid
+        ])?;
+    let mut mark = tx
+        .sql()
+        .prepare_cached("UPDATE submission SET agreed = ?1 WHERE id = ?2")?;
     for (i, (id, _, _)) in rows.iter().enumerate() {
         mark.execute(params![decision.members.contains(&i), id])?;
     }
-    award_points(conn, &tid)?;
+    award_points(tx, &tid)?;
     finished(
         ctx,
         &task.id,
@@ -232,12 +239,13 @@ pub(crate) enum Generated {
 /// token ids, they are final and their workers agree and earn a point each. Otherwise (and
 /// always in `generate_once` mode) they are [`Generated::Disputed`], for cross-scoring.
 pub(crate) fn generated(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     ctx: &mut Ctx,
     task: &TaskRow,
 ) -> Result<Generated, CoreError> {
     let tid = task.id.to_string();
-    let rows: Vec<(i64, Vec<u8>, String, f64)> = conn
+    let rows: Vec<(i64, Vec<u8>, String, f64)> = tx
+        .sql()
         .prepare_cached(
             "SELECT id, token_ids, text, confidence FROM submission WHERE task_id = ?1 ORDER BY id",
         )?
@@ -261,17 +269,20 @@ pub(crate) fn generated(
     };
     let (_, ids, text, _) = &rows[members[0]];
     let confidence = members.iter().map(|&i| rows[i].3).sum::<f64>() / members.len() as f64;
-    conn.prepare_cached(
-        "UPDATE task SET status = 'finalized', final_token_ids = ?1, final_text = ?2,
+    tx.sql()
+        .prepare_cached(
+            "UPDATE task SET status = 'finalized', final_token_ids = ?1, final_text = ?2,
              final_confidence = ?3, finished_at = ?4
          WHERE id = ?5",
-    )?
-    .execute(params![ids, text, confidence, ctx.now, tid])?;
-    let mut mark = conn.prepare_cached("UPDATE submission SET agreed = ?1 WHERE id = ?2")?;
+        )?
+        .execute(params![ids, text, confidence, ctx.now, tid])?;
+    let mut mark = tx
+        .sql()
+        .prepare_cached("UPDATE submission SET agreed = ?1 WHERE id = ?2")?;
     for (i, (id, _, _, _)) in rows.iter().enumerate() {
         mark.execute(params![members.contains(&i), id])?;
     }
-    award_points(conn, &tid)?;
+    award_points(tx, &tid)?;
     let answer = Final::Generated(blob_to_ids(ids), text.clone());
     finished(ctx, &task.id, answer, confidence);
     Ok(Generated::Final(text.clone()))
@@ -305,8 +316,9 @@ pub(crate) fn finished(ctx: &mut Ctx, task_id: &TaskId, answer: Final, confidenc
 }
 
 /// One point to each worker whose submission on the task agreed with the consensus.
-pub(crate) fn award_points(conn: &dyn Sql, tid: &str) -> Result<(), CoreError> {
-    conn.prepare_cached(&award_sql(conn.dialect(), "agreed = 1"))?
+pub(crate) fn award_points(tx: &dyn Tx, tid: &str) -> Result<(), CoreError> {
+    tx.sql()
+        .prepare_cached(&award_sql(tx.sql().dialect(), "agreed = 1"))?
         .defer([tid])?;
     Ok(())
 }

@@ -14,7 +14,8 @@ use crate::api::Effect;
 use crate::error::CoreError;
 use crate::store::from_ms;
 use crate::store::rows::{Json, TaskRow};
-use crate::store::sql::{params, OptionalExtension, Sql};
+use crate::store::sql::{params, OptionalExtension};
+use crate::store::tx::Tx;
 use protocol::generation::GenerationSpec;
 use protocol::limits::{DEFAULT_REQUIRED_SUBMISSIONS, MAX_TASKS_PER_ADD};
 use protocol::messages::{Lease, NewTask, TaskAnnouncement};
@@ -30,7 +31,7 @@ pub(crate) const WINDOW: u32 = 50;
 /// [`CoreError::Invalid`] naming the first bad item: text, labels or spec out of bounds, an
 /// answer that is not a label of its type. Nothing is stored then.
 pub(crate) fn add(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     ctx: &mut Ctx,
     req: GoldAddRequest,
 ) -> Result<GoldAddReply, CoreError> {
@@ -61,7 +62,7 @@ pub(crate) fn add(
         item.check_answer().map_err(numbered)?;
         resolved.push((task.spec().map_err(numbered)?, item));
     }
-    let mut insert = conn.prepare_cached(
+    let mut insert = tx.sql().prepare_cached(
         "INSERT INTO gold (type, text, labels, generation, model_hash, answer, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT DO NOTHING",
@@ -81,7 +82,9 @@ pub(crate) fn add(
             ctx.now
         ])? as u64;
     }
-    let total: u64 = conn.query_row("SELECT COUNT(*) FROM gold", (), |r| r.get(0))?;
+    let total: u64 = tx
+        .sql()
+        .query_row("SELECT COUNT(*) FROM gold", (), |r| r.get(0))?;
     tracing::info!(added, total, "gold items stored");
     Ok(GoldAddReply {
         added,
@@ -91,8 +94,9 @@ pub(crate) fn add(
 }
 
 /// Why `worker` is quarantined, when it is.
-pub(crate) fn quarantine(conn: &dyn Sql, worker: &WorkerId) -> Result<Option<String>, CoreError> {
-    Ok(conn
+pub(crate) fn quarantine(tx: &dyn Tx, worker: &WorkerId) -> Result<Option<String>, CoreError> {
+    Ok(tx
+        .sql()
         .prepare_cached("SELECT quarantine FROM worker WHERE id = ?1")?
         .query_row([worker.as_str()], |r| r.get(0))
         .optional()?
@@ -112,7 +116,7 @@ struct Item {
 /// serves), from a random point on: first those it has never answered nor holds, then, when it
 /// has seen them all, any.
 fn pick(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     worker: &WorkerId,
     capabilities: &[TaskType],
     model_hash: Option<&str>,
@@ -120,14 +124,15 @@ fn pick(
 ) -> Result<Vec<Item>, CoreError> {
     let caps = serde_json::to_string(capabilities).expect("task types serialize");
     let (lo, hi): (Option<i64>, Option<i64>) =
-        conn.query_row("SELECT MIN(id), MAX(id) FROM gold", (), |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
+        tx.sql()
+            .query_row("SELECT MIN(id), MAX(id) FROM gold", (), |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
     let (Some(lo), Some(hi)) = (lo, hi) else {
         return Ok(Vec::new());
     };
     let start = fastrand::i64(lo..=hi);
-    let mut stmt = conn.prepare_cached(
+    let mut stmt = tx.sql().prepare_cached(
         "SELECT id, type, text, labels, generation FROM gold
          WHERE type IN (SELECT value FROM json_each(?2))
            AND (model_hash IS NULL OR model_hash = ?3)
@@ -179,7 +184,7 @@ fn pick(
 /// Leases up to `n` gold tasks to `worker`: one new task per item (one answer, one attempt),
 /// announced like any task.
 pub(crate) fn lease(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     ctx: &mut Ctx,
     worker: &WorkerId,
     capabilities: &[TaskType],
@@ -189,14 +194,14 @@ pub(crate) fn lease(
     if n == 0 {
         return Ok(Vec::new());
     }
-    let items = pick(conn, worker, capabilities, model_hash, n)?;
-    let mut task = conn.prepare_cached(
+    let items = pick(tx, worker, capabilities, model_hash, n)?;
+    let mut task = tx.sql().prepare_cached(
         "INSERT INTO task (id, type, text, status, required, max_attempts, active_leases,
                            created_at, labels, generation, model_hash, asked, policy,
                            max_answers, gold)
          VALUES (?1, ?2, ?3, 'queued', 1, 1, 1, ?4, ?5, ?6, ?7, 1, 'majority', 1, ?8)",
     )?;
-    let mut lease = conn.prepare_cached(
+    let mut lease = tx.sql().prepare_cached(
         "INSERT INTO lease (id, task_id, worker_id, state, expires_at, created_at)
          VALUES (?1, ?2, ?3, 'active', ?4, ?5)",
     )?;
@@ -248,54 +253,57 @@ pub(crate) fn lease(
 /// Checks a stored answer to gold task `task` (an instance of item `gold`) against the known
 /// one: records it, counts it in the worker's score, closes the task and judges the worker.
 pub(crate) fn check(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     ctx: &mut Ctx,
     task: &TaskRow,
     gold: i64,
     sub: &crate::api::Submission,
 ) -> Result<(), CoreError> {
-    let known: String = conn
+    let known: String = tx
+        .sql()
         .prepare_cached("SELECT answer FROM gold WHERE id = ?1")?
         .query_row([gold], |r| r.get(0))?;
     let (given, correct) = match &sub.answer() {
         crate::api::Answered::Generated(g) => (g.text.clone(), g.text.trim() == known.trim()),
         other => (other.label().to_owned(), other.label() == known),
     };
-    conn.prepare_cached(
-        "INSERT INTO gold_answer (gold_id, task_id, worker_id, type, model, model_hash, answer,
+    tx.sql()
+        .prepare_cached(
+            "INSERT INTO gold_answer (gold_id, task_id, worker_id, type, model, model_hash, answer,
                                   correct, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        gold,
-        task.id.to_string(),
-        sub.worker_id().as_str(),
-        task.task_type.as_str(),
-        sub.model(),
-        sub.model_hash(),
-        given,
-        correct,
-        ctx.now
-    ])?;
-    conn.prepare_cached(
-        "INSERT INTO worker_score (worker_id, points, gold_answered, gold_right)
+        )?
+        .execute(params![
+            gold,
+            task.id.to_string(),
+            sub.worker_id().as_str(),
+            task.task_type.as_str(),
+            sub.model(),
+            sub.model_hash(),
+            given,
+            correct,
+            ctx.now
+        ])?;
+    tx.sql()
+        .prepare_cached(
+            "INSERT INTO worker_score (worker_id, points, gold_answered, gold_right)
          VALUES (?1, 0, 1, ?2)
          ON CONFLICT (worker_id) DO UPDATE SET
              gold_answered = worker_score.gold_answered + 1,
              gold_right = worker_score.gold_right + excluded.gold_right",
-    )?
-    .execute(params![sub.worker_id().as_str(), i64::from(correct)])?;
-    conn.prepare_cached(
+        )?
+        .execute(params![sub.worker_id().as_str(), i64::from(correct)])?;
+    tx.sql().prepare_cached(
         "UPDATE task SET status = 'finalized', final_label = ?1, finished_at = ?2 WHERE id = ?3",
     )?
     .execute(params![known, ctx.now, task.id.to_string()])?;
-    judge_worker(conn, ctx, sub.worker_id())
+    judge_worker(tx, ctx, sub.worker_id())
 }
 
 /// Quarantines `worker` when its accuracy over its last [`WINDOW`] gold answers is below the
 /// bar (once it has enough of them), and lets it out once it is back above.
-fn judge_worker(conn: &dyn Sql, ctx: &Ctx, worker: &WorkerId) -> Result<(), CoreError> {
-    let (answered, right): (u32, u32) = conn
+fn judge_worker(tx: &dyn Tx, ctx: &Ctx, worker: &WorkerId) -> Result<(), CoreError> {
+    let (answered, right): (u32, u32) = tx.sql()
         .prepare_cached(
             "SELECT COUNT(*), COALESCE(SUM(correct), 0) FROM
                  (SELECT correct FROM gold_answer WHERE worker_id = ?1 ORDER BY id DESC LIMIT ?2) AS recent",
@@ -312,14 +320,15 @@ fn judge_worker(conn: &dyn Sql, ctx: &Ctx, worker: &WorkerId) -> Result<(), Core
             s.gold_min_accuracy
         )
     });
-    let was = quarantine(conn, worker)?;
+    let was = quarantine(tx, worker)?;
     if was.is_some() != why.is_some() {
         match &why {
             Some(reason) => tracing::warn!(worker_id = %worker, reason, "worker quarantined"),
             None => tracing::info!(worker_id = %worker, accuracy, "worker out of quarantine"),
         }
     }
-    conn.prepare_cached("UPDATE worker SET quarantine = ?1 WHERE id = ?2")?
+    tx.sql()
+        .prepare_cached("UPDATE worker SET quarantine = ?1 WHERE id = ?2")?
         .execute(params![why, worker.as_str()])?;
     Ok(())
 }

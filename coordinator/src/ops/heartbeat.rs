@@ -5,7 +5,8 @@ use super::worker::touch_worker;
 use super::{lease::timings, Ctx};
 use crate::error::CoreError;
 use crate::store::from_ms;
-use crate::store::sql::{params, Sql};
+use crate::store::sql::params;
+use crate::store::tx::Tx;
 use protocol::messages::{Heartbeat, HeartbeatReply};
 use protocol::{LeaseId, ProtocolError, WorkerId};
 
@@ -14,7 +15,7 @@ use protocol::{LeaseId, ProtocolError, WorkerId};
 /// # Errors
 /// [`CoreError::Invalid`] for a mismatched worker id or out-of-bounds capabilities.
 pub(crate) fn run(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     ctx: &mut Ctx,
     subject_worker: &WorkerId,
     hb: Heartbeat,
@@ -31,19 +32,15 @@ pub(crate) fn run(
         .into());
     }
     touch_worker(
-        conn,
+        tx,
         ctx.now,
         &hb.worker_id,
         &hb.capabilities,
         hb.model.as_deref(),
         hb.model_hash.as_deref(),
     )?;
-    let renewed = renew(conn, ctx, &hb.worker_id, hb.leases.as_deref())?;
-    let closed = closed(
-        conn,
-        &hb.worker_id,
-        hb.leases.as_deref().unwrap_or_default(),
-    )?;
+    let renewed = renew(tx, ctx, &hb.worker_id, hb.leases.as_deref())?;
+    let closed = closed(tx, &hb.worker_id, hb.leases.as_deref().unwrap_or_default())?;
     Ok(HeartbeatReply {
         ts: from_ms(ctx.now),
         renewed,
@@ -54,8 +51,8 @@ pub(crate) fn run(
 
 /// Of the leases a worker names, those that ended because their task closed (cancelled,
 /// finalized or failed without them): their work is to be dropped.
-fn closed(conn: &dyn Sql, worker: &WorkerId, named: &[LeaseId]) -> Result<Vec<LeaseId>, CoreError> {
-    let mut stmt = conn.prepare_cached(
+fn closed(tx: &dyn Tx, worker: &WorkerId, named: &[LeaseId]) -> Result<Vec<LeaseId>, CoreError> {
+    let mut stmt = tx.sql().prepare_cached(
         "SELECT 1 FROM lease WHERE id = ?1 AND worker_id = ?2 AND state = 'cancelled'",
     )?;
     let mut closed = Vec::new();
@@ -70,21 +67,22 @@ fn closed(conn: &dyn Sql, worker: &WorkerId, named: &[LeaseId]) -> Result<Vec<Le
 /// Pushes the expiry of `worker`'s live leases (those in `only`, when given) to a full lease from
 /// now. A lease the worker does not name is left to expire.
 pub(crate) fn renew(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     ctx: &Ctx,
     worker: &WorkerId,
     only: Option<&[LeaseId]>,
 ) -> Result<u32, CoreError> {
     let expires = ctx.now + ctx.settings.lease_ms;
     let Some(leases) = only else {
-        let n = conn
+        let n = tx
+            .sql()
             .prepare_cached(
                 "UPDATE lease SET expires_at = ?1 WHERE worker_id = ?2 AND state = 'active'",
             )?
             .execute(params![expires, worker.as_str()])?;
         return Ok(n as u32);
     };
-    let mut stmt = conn.prepare_cached(
+    let mut stmt = tx.sql().prepare_cached(
         "UPDATE lease SET expires_at = ?1 WHERE id = ?2 AND worker_id = ?3 AND state = 'active'",
     )?;
     let mut n = 0;
@@ -101,14 +99,14 @@ pub(crate) fn renew(
 /// # Errors
 /// [`CoreError::Invalid`] for capabilities out of bounds.
 pub(crate) fn run_known(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     ctx: &mut Ctx,
     worker: &WorkerId,
     capabilities: Option<Vec<protocol::TaskType>>,
 ) -> Result<HeartbeatReply, CoreError> {
     let capabilities = match capabilities {
         Some(c) => c,
-        None => super::worker::known_capabilities(conn, worker)?,
+        None => super::worker::known_capabilities(tx, worker)?,
     };
     let hb = Heartbeat {
         worker_id: worker.clone(),
@@ -117,5 +115,5 @@ pub(crate) fn run_known(
         model_hash: None,
         leases: None,
     };
-    run(conn, ctx, worker, hb)
+    run(tx, ctx, worker, hb)
 }

@@ -78,7 +78,7 @@ fn apply<T>(
     db: &mut TestStore,
     now: i64,
     finished: &mut HashMap<TaskId, usize>,
-    op: impl FnOnce(&dyn Sql, &mut Ctx) -> Result<T, CoreError>,
+    op: impl FnOnce(&dyn Tx, &mut Ctx) -> Result<T, CoreError>,
 ) -> Result<T, CoreError> {
     let mut c = Ctx::new(now, gold_settings());
     let r = db.write(|tx| op(tx, &mut c));
@@ -234,14 +234,14 @@ fn run_steps(mut db: TestStore, steps: Vec<Step>) -> Result<(), TestCaseError> {
                     tasks.extend(r.task_ids);
                 }
                 Step::Lease { worker, max } => {
-                    let quarantined = gold::quarantine(&db, &wid(WORKERS[worker]))
+                    let quarantined = gold::quarantine(&*db.tx(), &wid(WORKERS[worker]))
                         .expect("read")
                         .is_some();
                     let req = lease_req(WORKERS[worker], max);
                     let r = apply(&mut db, now, &mut finished, |c, x| lease::run(c, x, req))
                         .expect("lease");
                     for l in &r.leases {
-                        let t = load_task(&db, &l.task_id).expect("leased task");
+                        let t = load_task(&*db.tx(), &l.task_id).expect("leased task");
                         prop_assert!(
                             !quarantined || t.gold.is_some(),
                             "a quarantined worker got a real task"
@@ -255,7 +255,10 @@ fn run_steps(mut db: TestStore, steps: Vec<Step>) -> Result<(), TestCaseError> {
                 }
                 Step::Cancel { pick } if !tasks.is_empty() => {
                     let id = tasks[pick % tasks.len()];
-                    let open = !load_task(&db, &id).expect("task").status.is_terminal();
+                    let open = !load_task(&*db.tx(), &id)
+                        .expect("task")
+                        .status
+                        .is_terminal();
                     let before = dump(&db);
                     let req = protocol::policy::TaskIdsRequest { task_ids: vec![id] };
                     let r = apply(&mut db, now, &mut finished, |c, x| {
@@ -269,8 +272,8 @@ fn run_steps(mut db: TestStore, steps: Vec<Step>) -> Result<(), TestCaseError> {
                 }
                 Step::Retry { pick } if !tasks.is_empty() => {
                     let id = tasks[pick % tasks.len()];
-                    let failed =
-                        load_task(&db, &id).expect("task").status == protocol::TaskStatus::Failed;
+                    let failed = load_task(&*db.tx(), &id).expect("task").status
+                        == protocol::TaskStatus::Failed;
                     let req = protocol::policy::TaskIdsRequest { task_ids: vec![id] };
                     let r = apply(&mut db, now, &mut finished, |c, x| cancel::retry(c, x, req));
                     prop_assert_eq!(r.is_ok(), failed);

@@ -6,14 +6,14 @@
 
 use crate::error::CoreError;
 use crate::store::rows::parsed;
-use crate::store::sql::Sql;
+use crate::store::tx::Tx;
 use protocol::messages::{LeaderboardEntry, LeaderboardReply, ModelAgreement, ModelAgreementReply};
 use protocol::policy::GoldScore;
 
 /// # Errors
 /// Store errors only.
-pub(crate) fn run(conn: &dyn Sql) -> Result<LeaderboardReply, CoreError> {
-    let entries = conn
+pub(crate) fn run(tx: &dyn Tx) -> Result<LeaderboardReply, CoreError> {
+    let entries = tx.sql()
         .prepare_cached(
             "SELECT w.id, COALESCE(ws.points, 0) + CAST(COALESCE((SELECT SUM(d.points)
                         FROM score_delta d WHERE d.worker_id = w.id), 0) AS BIGINT) AS points,
@@ -52,8 +52,8 @@ pub(crate) fn run(conn: &dyn Sql) -> Result<LeaderboardReply, CoreError> {
 ///
 /// # Errors
 /// Store errors only.
-pub(crate) fn by_model(conn: &dyn Sql) -> Result<ModelAgreementReply, CoreError> {
-    let models = conn
+pub(crate) fn by_model(tx: &dyn Tx) -> Result<ModelAgreementReply, CoreError> {
+    let models = tx.sql()
         .prepare_cached(
             "SELECT COALESCE(s.model, '-'), s.model_hash, t.type, COUNT(*),
                     COUNT(s.agreed), SUM(COALESCE(s.agreed, 0)),

@@ -9,7 +9,8 @@ use super::Ctx;
 use crate::error::CoreError;
 use crate::store::from_ms;
 use crate::store::rows::Json;
-use crate::store::sql::{numbered, params, Dialect, OptionalExtension, Sql, ToArg};
+use crate::store::sql::{numbered, params, Dialect, OptionalExtension, ToArg};
+use crate::store::tx::Tx;
 use protocol::generation::GenerationSpec;
 use protocol::messages::{Lease, LeaseReply, LeaseRequest, Timings};
 use protocol::{LeaseId, TaskId, TaskType, WorkerId};
@@ -55,32 +56,29 @@ pub(crate) fn timings(ctx: &Ctx) -> Timings {
 
 /// # Errors
 /// [`CoreError::Invalid`] for a request out of bounds; store errors otherwise.
-pub(crate) fn run(
-    conn: &dyn Sql,
-    ctx: &mut Ctx,
-    req: LeaseRequest,
-) -> Result<LeaseReply, CoreError> {
+pub(crate) fn run(tx: &dyn Tx, ctx: &mut Ctx, req: LeaseRequest) -> Result<LeaseReply, CoreError> {
     req.validate()?;
     let worker = &req.worker_id;
     touch_worker(
-        conn,
+        tx,
         ctx.now,
         worker,
         &req.capabilities,
         req.model.as_deref(),
         req.model_hash.as_deref(),
     )?;
-    let held: u32 = conn
+    let held: u32 = tx
+        .sql()
         .prepare_cached("SELECT COUNT(*) FROM lease WHERE worker_id = ?1 AND state = 'active'")?
         .query_row([worker.as_str()], |r| r.get(0))?;
     let want = req
         .max_tasks
         .min(ctx.settings.max_leases_per_worker.saturating_sub(held)) as usize;
     // A quarantined worker gets gold only, until its gold accuracy recovers.
-    let quarantined = super::gold::quarantine(conn, worker)?.is_some();
+    let quarantined = super::gold::quarantine(tx, worker)?.is_some();
     let gold_for = |ctx: &mut Ctx, n: usize| {
         super::gold::lease(
-            conn,
+            tx,
             ctx,
             worker,
             &req.capabilities,
@@ -97,7 +95,7 @@ pub(crate) fn run(
         // oldest first.
         let hint = match &req.task_id {
             Some(hint) => hinted(
-                conn,
+                tx,
                 worker,
                 hint,
                 &req.capabilities,
@@ -114,7 +112,7 @@ pub(crate) fn run(
         let mut walked = Vec::new();
         for cap in &caps {
             walked.extend(oldest_open(
-                conn,
+                tx,
                 ctx.now,
                 worker,
                 cap,
@@ -140,17 +138,17 @@ pub(crate) fn run(
         // `CURSOR_REFRESH_MS`.)
         for cap in &caps {
             if let Some(last) = walked.iter().rev().find(|c| &c.task_type == cap) {
-                advance_cursor(conn, ctx.now, worker, cap, last.seq)?;
+                advance_cursor(tx, ctx.now, worker, cap, last.seq)?;
             }
         }
         picks.extend(hint);
         picks.extend(walked);
     }
     let expires_at = ctx.now + ctx.settings.lease_ms;
-    let granted = assign(conn, &picks)?;
+    let granted = assign(tx, &picks)?;
     picks.retain(|c| granted.contains(&c.id));
     let ids: Vec<LeaseId> = picks.iter().map(|_| LeaseId::new()).collect();
-    insert_leases(conn, worker, &picks, &ids, expires_at, ctx.now)?;
+    insert_leases(tx, worker, &picks, &ids, expires_at, ctx.now)?;
     let mut leases = Vec::with_capacity(picks.len());
     for (c, lease_id) in picks.into_iter().zip(ids) {
         let task_id: TaskId = c.id.parse()?;
@@ -177,7 +175,7 @@ pub(crate) fn run(
         let room = want - leases.len();
         if room > 0 {
             leases.extend(super::verify::lease_slots(
-                conn,
+                tx,
                 ctx,
                 worker,
                 hash,
@@ -195,12 +193,13 @@ pub(crate) fn run(
 /// Takes a slot on each of `picks` that still has one, in one statement; the ids of those it
 /// took. Guarded: on PostgreSQL another coordinator may have taken the last slot since the walk
 /// (the rows are locked now, so the counters read here are the latest).
-fn assign(conn: &dyn Sql, picks: &[Candidate]) -> Result<HashSet<String>, CoreError> {
+fn assign(tx: &dyn Tx, picks: &[Candidate]) -> Result<HashSet<String>, CoreError> {
     if picks.is_empty() {
         return Ok(HashSet::new());
     }
     let ids: Vec<&dyn ToArg> = picks.iter().map(|c| &c.id as &dyn ToArg).collect();
-    let granted = conn
+    let granted = tx
+        .sql()
         .prepare_cached(&assign_sql(picks.len()))?
         .query_map(ids.as_slice(), |r| r.get(0))?
         .collect::<Result<_, _>>()?;
@@ -225,7 +224,7 @@ pub(crate) fn assign_sql(n: usize) -> String {
 
 /// Inserts `worker`'s leases `ids` on `picks`, in one statement.
 fn insert_leases(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     worker: &WorkerId,
     picks: &[Candidate],
     ids: &[LeaseId],
@@ -251,7 +250,7 @@ fn insert_leases(
         args.push(id);
         args.push(&c.id);
     }
-    conn.prepare_cached(&sql)?.defer(args.as_slice())?;
+    tx.sql().prepare_cached(&sql)?.defer(args.as_slice())?;
     Ok(())
 }
 
@@ -260,19 +259,19 @@ fn insert_leases(
 /// # Errors
 /// Store errors only.
 pub(crate) fn next_for(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     ctx: &mut Ctx,
     worker: &WorkerId,
 ) -> Result<Option<Lease>, CoreError> {
     let req = LeaseRequest {
         worker_id: worker.clone(),
-        capabilities: super::worker::known_capabilities(conn, worker)?,
+        capabilities: super::worker::known_capabilities(tx, worker)?,
         max_tasks: 1,
         task_id: None,
         model: None,
         model_hash: None,
     };
-    Ok(run(conn, ctx, req)?.leases.pop())
+    Ok(run(tx, ctx, req)?.leases.pop())
 }
 
 /// The open tasks of type `?2` that worker `?1`, serving model content `?4`, may take, oldest
@@ -310,18 +309,19 @@ const HEAD_WALK_MS: i64 = 500;
 /// it has none or (PostgreSQL) it started from the head longer than [`CURSOR_REFRESH_MS`] ago;
 /// with when a walk last started from the head.
 fn cursor(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     now: i64,
     worker: &WorkerId,
     task_type: &TaskType,
 ) -> Result<Option<(i64, i64)>, CoreError> {
-    Ok(conn
+    Ok(tx
+        .sql()
         .prepare_cached(
             "SELECT after, since FROM temp.lease_cursor
              WHERE worker_id = ?1 AND type = ?2 AND since > ?3",
         )?
         .query_row(
-            params![worker.as_str(), task_type.as_str(), stale_before(conn, now)],
+            params![worker.as_str(), task_type.as_str(), stale_before(tx, now)],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?)
@@ -329,8 +329,8 @@ fn cursor(
 
 /// Cursors that started from the head before this are not followed (never, on SQLite: its
 /// cursors are exact).
-fn stale_before(conn: &dyn Sql, now: i64) -> i64 {
-    match conn.dialect() {
+fn stale_before(tx: &dyn Tx, now: i64) -> i64 {
+    match tx.sql().dialect() {
         Dialect::Sqlite => i64::MIN,
         Dialect::Postgres => now - CURSOR_REFRESH_MS,
     }
@@ -340,32 +340,33 @@ fn stale_before(conn: &dyn Sql, now: i64) -> i64 {
 /// only, unless the walk started from the head (the cursor was stale or missing), which starts
 /// it anew.
 fn advance_cursor(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     now: i64,
     worker: &WorkerId,
     task_type: &TaskType,
     last: i64,
 ) -> Result<(), CoreError> {
-    conn.prepare_cached(
-        "INSERT INTO temp.lease_cursor (worker_id, type, after, since) VALUES (?1, ?2, ?3, ?4)
+    tx.sql()
+        .prepare_cached(
+            "INSERT INTO temp.lease_cursor (worker_id, type, after, since) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (worker_id, type) DO UPDATE SET
              after = CASE WHEN lease_cursor.since > ?5 AND lease_cursor.after > excluded.after
                           THEN lease_cursor.after ELSE excluded.after END,
              since = CASE WHEN lease_cursor.since > ?5
                           THEN lease_cursor.since ELSE excluded.since END",
-    )?
-    .defer(params![
-        worker.as_str(),
-        task_type.as_str(),
-        last,
-        now,
-        stale_before(conn, now)
-    ])?;
+        )?
+        .defer(params![
+            worker.as_str(),
+            task_type.as_str(),
+            last,
+            now,
+            stale_before(tx, now)
+        ])?;
     Ok(())
 }
 
 fn oldest_open(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     now: i64,
     worker: &WorkerId,
     task_type: &TaskType,
@@ -373,8 +374,9 @@ fn oldest_open(
     limit: usize,
 ) -> Result<Vec<Candidate>, CoreError> {
     let walk = |after: i64| -> Result<Vec<Candidate>, CoreError> {
-        Ok(conn
-            .prepare_cached(&oldest_open_sql(conn.dialect()))?
+        Ok(tx
+            .sql()
+            .prepare_cached(&oldest_open_sql(tx.sql().dialect()))?
             .query_map(
                 params![
                     worker.as_str(),
@@ -396,18 +398,19 @@ fn oldest_open(
             )?
             .collect::<Result<Vec<_>, _>>()?)
     };
-    let cursor = cursor(conn, now, worker, task_type)?;
+    let cursor = cursor(tx, now, worker, task_type)?;
     let mut rows = walk(cursor.map_or(0, |(after, _)| after))?;
     // A PostgreSQL cursor may have passed tasks this worker still needs: when it leads to too
     // few, the head has the rest (the rows this walk locked come again: they are this
     // transaction's), unless a walk started there less than `HEAD_WALK_MS` ago. This walk
     // counts as one (the cursor's refresh starts over from it), whatever it finds.
     let head_due = cursor.is_some_and(|(_, since)| since <= now - HEAD_WALK_MS);
-    if head_due && rows.len() < limit && conn.dialect() == Dialect::Postgres {
-        conn.prepare_cached(
-            "UPDATE temp.lease_cursor SET since = ?3 WHERE worker_id = ?1 AND type = ?2",
-        )?
-        .defer(params![worker.as_str(), task_type.as_str(), now])?;
+    if head_due && rows.len() < limit && tx.sql().dialect() == Dialect::Postgres {
+        tx.sql()
+            .prepare_cached(
+                "UPDATE temp.lease_cursor SET since = ?3 WHERE worker_id = ?1 AND type = ?2",
+            )?
+            .defer(params![worker.as_str(), task_type.as_str(), now])?;
         rows.extend(walk(0)?);
         rows.sort_by_key(|c| c.seq);
         rows.dedup_by_key(|c| c.seq);
@@ -417,7 +420,7 @@ fn oldest_open(
 }
 
 fn hinted(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     worker: &WorkerId,
     task: &TaskId,
     capabilities: &[TaskType],
@@ -428,9 +431,10 @@ fn hinted(
     let sql = format!(
         "SELECT seq, id, type, text, labels, generation FROM task
          WHERE id = ?2 AND seq > ?3 AND {OPEN_FOR_WORKER}{}",
-        conn.claim_suffix()
+        tx.sql().claim_suffix()
     );
-    let row = conn
+    let row = tx
+        .sql()
         .prepare_cached(&sql)?
         .query_row(
             params![worker.as_str(), task.to_string(), 0, model_hash],
@@ -470,7 +474,7 @@ mod tests {
             assert_eq!(r.leases[0].task_id, t);
         }
         assert!(lease(&mut conn, 1, lease_req("d", 1)).leases.is_empty());
-        let task = load_task(&conn, &t).expect("task");
+        let task = load_task(&*conn.tx(), &t).expect("task");
         assert_eq!((task.status, task.active_leases), (TaskStatus::Assigned, 3));
     }
 
@@ -490,7 +494,7 @@ mod tests {
         let a = take(&mut conn, 1, "a");
         let b = take(&mut conn, 1, "b");
         assert_eq!(
-            load_task(&conn, &t).expect("task").status,
+            load_task(&*conn.tx(), &t).expect("task").status,
             TaskStatus::Assigned
         );
         assert_eq!(stored(&conn), "queued");
@@ -498,12 +502,12 @@ mod tests {
             .0
             .expect("a votes");
         assert_eq!(
-            load_task(&conn, &t).expect("task").status,
+            load_task(&*conn.tx(), &t).expect("task").status,
             TaskStatus::Assigned
         );
         assert_eq!(stored(&conn), "queued");
         super::super::release::run(
-            &conn,
+            &*conn.tx(),
             &mut ctx(3),
             protocol::messages::ReleaseRequest {
                 worker_id: wid("b"),
@@ -512,7 +516,7 @@ mod tests {
             },
         )
         .expect("b releases");
-        let task = load_task(&conn, &t).expect("task");
+        let task = load_task(&*conn.tx(), &t).expect("task");
         assert_eq!((task.status, task.active_leases), (TaskStatus::Queued, 0));
         assert_eq!(stored(&conn), "queued");
         if conn.dialect() == Dialect::Postgres {

@@ -62,6 +62,7 @@ pub(crate) mod testing {
     pub(crate) use crate::error::CoreError;
     use crate::store::sql::Dialect;
     pub(crate) use crate::store::sql::{Row, Sql};
+    pub(crate) use crate::store::tx::Tx;
     pub(crate) use protocol::messages::FailureReason;
     use protocol::messages::{
         Lease, LeaseReply, LeaseRequest, NewTask, SubmitReply, SubmitRequest, TaskAddRequest,
@@ -109,13 +110,21 @@ pub(crate) mod testing {
     /// (committed on `Ok`), and is itself a [`Sql`] in autocommit mode (each statement commits
     /// as it runs) for reads and for [`send`].
     pub(crate) trait TestDb: Sql {
-        fn write<T, E>(&mut self, f: impl FnOnce(&dyn Sql) -> Result<T, E>) -> Result<T, E>;
+        fn write<T, E>(&mut self, f: impl FnOnce(&dyn Tx) -> Result<T, E>) -> Result<T, E>;
+
+        /// The store in autocommit mode as the rules see a transaction: each statement commits
+        /// as it runs.
+        fn tx(&self) -> Box<dyn Tx + '_>;
     }
 
     impl TestDb for rusqlite::Connection {
-        fn write<T, E>(&mut self, f: impl FnOnce(&dyn Sql) -> Result<T, E>) -> Result<T, E> {
+        fn tx(&self) -> Box<dyn Tx + '_> {
+            Box::new(crate::store::sqlite::Tx(self))
+        }
+
+        fn write<T, E>(&mut self, f: impl FnOnce(&dyn Tx) -> Result<T, E>) -> Result<T, E> {
             let tx = self.transaction().expect("tx");
-            let r = f(&tx);
+            let r = f(&crate::store::sqlite::Tx(&tx));
             if r.is_ok() {
                 tx.commit().expect("commit");
             }
@@ -124,13 +133,22 @@ pub(crate) mod testing {
     }
 
     impl TestDb for TestStore {
-        fn write<T, E>(&mut self, f: impl FnOnce(&dyn Sql) -> Result<T, E>) -> Result<T, E> {
+        fn tx(&self) -> Box<dyn Tx + '_> {
+            match self {
+                TestStore::Sqlite(_) => Box::new(crate::store::sqlite::Tx(self)),
+                TestStore::Postgres(_) => Box::new(crate::store::postgres::Tx(self)),
+            }
+        }
+
+        fn write<T, E>(&mut self, f: impl FnOnce(&dyn Tx) -> Result<T, E>) -> Result<T, E> {
             match self {
                 TestStore::Sqlite(conn) => conn.write(f),
                 TestStore::Postgres(pg) => {
                     let mut client = pg.client.borrow_mut();
                     let mut tx = client.transaction().expect("tx");
-                    let r = f(&crate::store::sql::Pg::new(&mut tx, &pg.cache));
+                    let r = f(&crate::store::postgres::Tx(&crate::store::sql::Pg::new(
+                        &mut tx, &pg.cache,
+                    )));
                     if r.is_ok() {
                         tx.commit().expect("commit");
                     }
@@ -321,7 +339,7 @@ pub(crate) mod testing {
         req: SubmitRequest,
     ) -> (Result<SubmitReply, CoreError>, Vec<Effect>) {
         let mut c = ctx(now);
-        let r = submit::run(conn, &mut c, task, req);
+        let r = submit::run(&*conn.tx(), &mut c, task, req);
         (r, c.effects)
     }
 

@@ -23,7 +23,7 @@ fn take_zs(conn: &mut TestStore, now: i64, worker: &str) -> Vec<protocol::messag
     lease(conn, now, req).leases
 }
 
-fn view_status(conn: &dyn Sql, t: &TaskId) -> TaskStatus {
+fn view_status(conn: &dyn Tx, t: &TaskId) -> TaskStatus {
     load_task(conn, t).expect("task").view_status()
 }
 
@@ -46,7 +46,7 @@ fn a_split_is_inconclusive_until_one_more_replica_makes_a_quorum(mut conn: TestS
     // A 1-1 split: the more confident answer does not decide it.
     let (r, fx) = send(&mut conn, 3, &t, answer(&lb, "b", "negative", 0.99));
     assert!(!r.expect("b").finalized);
-    assert_eq!(view_status(&conn, &t), TaskStatus::Inconclusive);
+    assert_eq!(view_status(&*conn.tx(), &t), TaskStatus::Inconclusive);
     assert!(fx.iter().any(|e| matches!(e,
         Effect::Finished(ev) if ev.status == TaskStatus::Inconclusive && ev.answers == Some(2))));
     assert!(fx.iter().any(|e| matches!(e, Effect::Announce(_))));
@@ -61,7 +61,7 @@ fn a_split_is_inconclusive_until_one_more_replica_makes_a_quorum(mut conn: TestS
         (r.finalized, r.final_label.as_deref()),
         (true, Some("positive"))
     );
-    let task = load_task(&conn, &t).expect("task");
+    let task = load_task(&*conn.tx(), &t).expect("task");
     assert_eq!(
         (task.status, task.submissions, task.asked),
         (TaskStatus::Finalized, 3, 2)
@@ -81,7 +81,7 @@ fn no_quorum_by_max_answers_fails_and_a_retry_collects_more(mut conn: TestStore)
             .0
             .expect(w);
     }
-    let task = load_task(&conn, &t).expect("task");
+    let task = load_task(&*conn.tx(), &t).expect("task");
     assert_eq!(task.status, TaskStatus::Failed);
     assert_eq!(task.failure_reason, Some(FailureReason::NoConsensus));
     assert!(task.error_message.expect("why").contains("no consensus"));
@@ -96,7 +96,7 @@ fn no_quorum_by_max_answers_fails_and_a_retry_collects_more(mut conn: TestStore)
         conn.write(|tx| cancel::retry(tx, &mut ctx(4), TaskIdsRequest { task_ids: vec![id] }))
     };
     retry(&mut conn, t).expect("retry");
-    let task = load_task(&conn, &t).expect("task");
+    let task = load_task(&*conn.tx(), &t).expect("task");
     assert_eq!(
         (task.status, task.submissions, task.attempts),
         (TaskStatus::Queued, 3, 0)
@@ -276,7 +276,7 @@ fn policies_out_of_bounds_are_refused_and_store_nothing(conn: TestStore) {
             batch_id: None,
             tasks: vec![NewTask::text("fine"), task.clone()],
         };
-        let e = task_add::run(&conn, &mut ctx(0), req).expect_err("refused");
+        let e = task_add::run(&*conn.tx(), &mut ctx(0), req).expect_err("refused");
         assert!(
             matches!(
                 e.code(),
@@ -322,7 +322,7 @@ fn a_cancelled_task_closes_its_leases_and_refuses_late_answers(mut conn: TestSto
     let fx = cancel_ids(&mut conn, vec![t]).expect("cancel");
     assert!(fx.iter().any(|e| matches!(e,
         Effect::Finished(ev) if ev.status == TaskStatus::Cancelled)));
-    let task = load_task(&conn, &t).expect("task");
+    let task = load_task(&*conn.tx(), &t).expect("task");
     assert_eq!(
         (task.status, task.active_leases),
         (TaskStatus::Cancelled, 0)
@@ -487,7 +487,7 @@ fn gold_is_checked_never_voted_and_quarantines_a_wrong_worker_until_it_recovers(
         submit_with(&mut conn, now, all_gold, &l, "liar", "negative");
     }
     // Four wrong gold answers: quarantined. Even with no gold mixed in it gets only gold.
-    let q = gold::quarantine(&conn, &wid("liar"))
+    let q = gold::quarantine(&*conn.tx(), &wid("liar"))
         .expect("read")
         .expect("quarantined");
     assert!(q.contains("0 of its last 4"), "{q}");
@@ -502,13 +502,13 @@ fn gold_is_checked_never_voted_and_quarantines_a_wrong_worker_until_it_recovers(
     }
     // Four right answers bring it to 4 of 8: back above the bar, real work again.
     assert_eq!(gold_score(&conn, "liar"), (8, 4));
-    assert!(gold::quarantine(&conn, &wid("liar"))
+    assert!(gold::quarantine(&*conn.tx(), &wid("liar"))
         .expect("read")
         .is_none());
     let l = lease_with(&mut conn, 9, no_gold, "liar", 1).remove(0);
     assert!(l.text.starts_with("real"));
     // Gold tasks stay out of lists and counts.
-    let list = task_list::run(&conn, &Default::default()).expect("list");
+    let list = task_list::run(&*conn.tx(), &Default::default()).expect("list");
     assert!(list.tasks.iter().all(|t| t.text.starts_with("real")));
 }
 

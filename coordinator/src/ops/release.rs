@@ -4,7 +4,8 @@
 use super::task::end_lease_unanswered;
 use super::Ctx;
 use crate::error::CoreError;
-use crate::store::sql::{params, OptionalExtension, Sql};
+use crate::store::sql::{params, OptionalExtension};
+use crate::store::tx::Tx;
 use protocol::messages::{ReleaseReply, ReleaseRequest};
 use protocol::{LeaseState, TaskId};
 
@@ -13,13 +14,14 @@ use protocol::{LeaseState, TaskId};
 /// # Errors
 /// Store errors only.
 pub(crate) fn run(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     ctx: &mut Ctx,
     req: ReleaseRequest,
 ) -> Result<ReleaseReply, CoreError> {
     let mut released = 0;
     for lease_id in &req.lease_ids {
-        let task: Option<TaskId> = conn
+        let task: Option<TaskId> = tx
+            .sql()
             .prepare_cached(
                 "SELECT task_id FROM lease WHERE id = ?1 AND worker_id = ?2 AND state = 'active'",
             )?
@@ -28,13 +30,13 @@ pub(crate) fn run(
             })
             .optional()?;
         if let Some(task) = task {
-            let (ended, _) =
-                end_lease_unanswered(conn, ctx, lease_id, &task, LeaseState::Released)?;
+            let (ended, _) = end_lease_unanswered(tx, ctx, lease_id, &task, LeaseState::Released)?;
             released += u32::from(ended);
         }
     }
     if req.offline {
-        conn.prepare_cached("UPDATE worker SET status = 'offline', last_seen = ?1 WHERE id = ?2")?
+        tx.sql()
+            .prepare_cached("UPDATE worker SET status = 'offline', last_seen = ?1 WHERE id = ?2")?
             .execute(params![ctx.now, req.worker_id.as_str()])?;
         tracing::info!(worker_id = %req.worker_id, released, "worker offline");
     }

@@ -2,22 +2,22 @@
 //! the gold items themselves stay).
 
 use crate::error::CoreError;
-use crate::store::sql::Sql;
+use crate::store::tx::Tx;
 use protocol::messages::ResetRequest;
 use protocol::ProtocolError;
 
 /// # Errors
 /// [`CoreError::Invalid`] unless the request confirms.
-pub(crate) fn run(conn: &dyn Sql, req: &ResetRequest) -> Result<(), CoreError> {
+pub(crate) fn run(tx: &dyn Tx, req: &ResetRequest) -> Result<(), CoreError> {
     if !req.confirm {
         return Err(ProtocolError::invalid("confirm", "must be true to delete everything").into());
     }
-    conn.execute_batch(
+    tx.sql().execute_batch(
         "DELETE FROM submission; DELETE FROM lease; DELETE FROM task;
          DELETE FROM worker_score; DELETE FROM worker; DELETE FROM gold_answer;
          DELETE FROM task_batch; DELETE FROM score_delta;",
     )?;
-    crate::store::schema::forget_connection_tables(conn)?;
+    crate::store::schema::forget_connection_tables(tx.sql())?;
     tracing::warn!("store reset: every task, worker and score deleted");
     Ok(())
 }

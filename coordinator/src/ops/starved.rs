@@ -11,7 +11,8 @@
 
 use crate::error::CoreError;
 use crate::store::rows::{Json, TaskRow};
-use crate::store::sql::{params, OptionalExtension, Sql};
+use crate::store::sql::{params, OptionalExtension};
+use crate::store::tx::Tx;
 use protocol::messages::{Starvation, StarvedType};
 use protocol::{TaskType, WorkerId};
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,9 +27,9 @@ pub(crate) struct Live(BTreeMap<Route, BTreeSet<WorkerId>>);
 
 impl Live {
     /// Reads the live workers at `now`.
-    pub(crate) fn read(conn: &dyn Sql, now: i64, heartbeat_ttl_ms: i64) -> Result<Self, CoreError> {
+    pub(crate) fn read(tx: &dyn Tx, now: i64, heartbeat_ttl_ms: i64) -> Result<Self, CoreError> {
         let mut live = Self::default();
-        let mut stmt = conn.prepare_cached(
+        let mut stmt = tx.sql().prepare_cached(
             "SELECT id, capabilities, model_hash FROM worker
              WHERE status = 'active' AND last_seen > ?1",
         )?;
@@ -65,7 +66,7 @@ impl Live {
     /// starved. Reads its voters only when it has some.
     fn check(
         &self,
-        conn: &dyn Sql,
+        tx: &dyn Tx,
         task: &str,
         (t, hash): (&TaskType, Option<&str>),
         required: u32,
@@ -79,8 +80,9 @@ impl Live {
         }
         if submissions > 0 {
             if let Some(live) = self.capable(t, hash) {
-                let mut voters =
-                    conn.prepare_cached("SELECT worker_id FROM submission WHERE task_id = ?1")?;
+                let mut voters = tx
+                    .sql()
+                    .prepare_cached("SELECT worker_id FROM submission WHERE task_id = ?1")?;
                 let rows =
                     voters.query_map([task], |r| crate::store::rows::parsed::<WorkerId>(r, 0))?;
                 for voter in rows {
@@ -97,7 +99,7 @@ impl Live {
 /// # Errors
 /// Store errors only.
 pub(crate) fn of_task(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     live: &Live,
     task: &TaskRow,
 ) -> Result<Option<Starvation>, CoreError> {
@@ -105,7 +107,7 @@ pub(crate) fn of_task(
         return Ok(None);
     }
     live.check(
-        conn,
+        tx,
         &task.id.to_string(),
         (
             &task.task_type,
@@ -133,21 +135,21 @@ const COUNT_STARVED: &str = "SELECT COUNT(*) FROM task t INDEXED BY task_open_re
 ///
 /// # Errors
 /// Store errors only.
-pub(crate) fn summary(conn: &dyn Sql, live: &Live) -> Result<Vec<StarvedType>, CoreError> {
-    let mut next_type = conn.prepare_cached(
+pub(crate) fn summary(tx: &dyn Tx, live: &Live) -> Result<Vec<StarvedType>, CoreError> {
+    let mut next_type = tx.sql().prepare_cached(
         "SELECT type FROM task INDEXED BY task_open_required
          WHERE status IN ('queued', 'assigned') AND type > ?1 ORDER BY type LIMIT 1",
     )?;
-    let mut most_required = conn.prepare_cached(
+    let mut most_required = tx.sql().prepare_cached(
         "SELECT required FROM task INDEXED BY task_open_required
          WHERE status IN ('queued', 'assigned') AND type = ?1 AND model_hash IS NOT DISTINCT FROM ?2
          ORDER BY required DESC LIMIT 1",
     )?;
-    let mut hashes = conn.prepare_cached(
+    let mut hashes = tx.sql().prepare_cached(
         "SELECT DISTINCT model_hash FROM task INDEXED BY task_open_required
          WHERE status IN ('queued', 'assigned') AND type = ?1",
     )?;
-    let mut starved = conn.prepare_cached(COUNT_STARVED)?;
+    let mut starved = tx.sql().prepare_cached(COUNT_STARVED)?;
     let mut out = Vec::new();
     let mut after = String::new();
     while let Some(t) = next_type
@@ -200,16 +202,16 @@ mod tests {
     use crate::ops::worker::touch_worker;
     use protocol::messages::{NewTask, SubmitRequest};
 
-    fn register(conn: &dyn Sql, now: i64, worker: &str, caps: &[TaskType]) {
+    fn register(conn: &dyn Tx, now: i64, worker: &str, caps: &[TaskType]) {
         touch_worker(conn, now, &wid(worker), caps, Some("test"), None).expect("register");
     }
 
-    fn starved(conn: &dyn Sql, now: i64, t: &protocol::TaskId) -> Option<Starvation> {
+    fn starved(conn: &dyn Tx, now: i64, t: &protocol::TaskId) -> Option<Starvation> {
         let live = Live::read(conn, now, settings().heartbeat_ttl_ms).expect("live");
         of_task(conn, &live, &load_task(conn, t).expect("task")).expect("check")
     }
 
-    fn summary_at(conn: &dyn Sql, now: i64) -> Vec<StarvedType> {
+    fn summary_at(conn: &dyn Tx, now: i64) -> Vec<StarvedType> {
         let live = Live::read(conn, now, settings().heartbeat_ttl_ms).expect("live");
         summary(conn, &live).expect("summary")
     }
@@ -223,26 +225,26 @@ mod tests {
         let s = add(&mut conn, 0, NewTask::text("fine"));
         // No worker at all: both starved.
         assert_eq!(
-            starved(&conn, 1, &zs),
+            starved(&*conn.tx(), 1, &zs),
             Some(Starvation {
                 needs: 3,
                 capable: 0
             })
         );
         register(
-            &conn,
+            &*conn.tx(),
             1,
             "a",
             &[TaskType::sentiment(), TaskType::zero_shot()],
         );
         for w in ["b", "c"] {
-            register(&conn, 1, w, &[TaskType::sentiment()]);
+            register(&*conn.tx(), 1, w, &[TaskType::sentiment()]);
         }
         // Sentiment has three live workers; zero-shot one.
-        assert_eq!(starved(&conn, 2, &s), None);
-        assert_eq!(starved(&conn, 2, &zs).expect("starved").short(), 2);
+        assert_eq!(starved(&*conn.tx(), 2, &s), None);
+        assert_eq!(starved(&*conn.tx(), 2, &zs).expect("starved").short(), 2);
         assert_eq!(
-            summary_at(&conn, 2),
+            summary_at(&*conn.tx(), 2),
             vec![StarvedType {
                 model_hash: None,
                 task_type: TaskType::zero_shot(),
@@ -253,34 +255,34 @@ mod tests {
         );
         // Two more zero-shot workers join: nothing is starved.
         for w in ["d", "e"] {
-            register(&conn, 3, w, &[TaskType::zero_shot()]);
+            register(&*conn.tx(), 3, w, &[TaskType::zero_shot()]);
         }
-        assert_eq!(starved(&conn, 3, &zs), None);
-        assert!(summary_at(&conn, 3).is_empty());
+        assert_eq!(starved(&*conn.tx(), 3, &zs), None);
+        assert!(summary_at(&*conn.tx(), 3).is_empty());
         // Past the TTL, the silent ones no longer count.
         let later = 3 + settings().heartbeat_ttl_ms;
         register(
-            &conn,
+            &*conn.tx(),
             later,
             "a",
             &[TaskType::sentiment(), TaskType::zero_shot()],
         );
         assert_eq!(
-            summary_at(&conn, later).len(),
+            summary_at(&*conn.tx(), later).len(),
             2,
             "{:?}",
-            summary_at(&conn, later)
+            summary_at(&*conn.tx(), later)
         );
     }
 
     fn a_live_worker_that_already_answered_does_not_count_a_gone_one_does(mut conn: TestStore) {
         let t = add(&mut conn, 0, NewTask::text("x"));
         for w in ["a", "b", "c"] {
-            register(&conn, 0, w, &[TaskType::sentiment()]);
+            register(&*conn.tx(), 0, w, &[TaskType::sentiment()]);
         }
         let la = lease(&mut conn, 1, lease_req("a", 1)).leases.remove(0);
         submit::run(
-            &conn,
+            &*conn.tx(),
             &mut ctx(2),
             &t,
             SubmitRequest {
@@ -296,20 +298,24 @@ mod tests {
             },
         )
         .expect("submit");
-        assert_eq!(starved(&conn, 2, &t), None, "b and c can still answer");
+        assert_eq!(
+            starved(&*conn.tx(), 2, &t),
+            None,
+            "b and c can still answer"
+        );
         // c goes silent: a has answered already, b alone is left for two answers.
         let later = 2 + settings().heartbeat_ttl_ms;
-        register(&conn, later, "a", &[TaskType::sentiment()]);
-        register(&conn, later, "b", &[TaskType::sentiment()]);
+        register(&*conn.tx(), later, "a", &[TaskType::sentiment()]);
+        register(&*conn.tx(), later, "b", &[TaskType::sentiment()]);
         assert_eq!(
-            starved(&conn, later, &t),
+            starved(&*conn.tx(), later, &t),
             Some(Starvation {
                 needs: 2,
                 capable: 1
             })
         );
         assert_eq!(
-            summary_at(&conn, later),
+            summary_at(&*conn.tx(), later),
             vec![StarvedType {
                 model_hash: None,
                 task_type: TaskType::sentiment(),
@@ -320,10 +326,10 @@ mod tests {
         );
         // a's answer counts even when a is gone: a fresh worker is enough.
         let much_later = later + settings().heartbeat_ttl_ms;
-        register(&conn, much_later, "b", &[TaskType::sentiment()]);
-        register(&conn, much_later, "d", &[TaskType::sentiment()]);
-        assert_eq!(starved(&conn, much_later, &t), None);
-        assert!(summary_at(&conn, much_later).is_empty());
+        register(&*conn.tx(), much_later, "b", &[TaskType::sentiment()]);
+        register(&*conn.tx(), much_later, "d", &[TaskType::sentiment()]);
+        assert_eq!(starved(&*conn.tx(), much_later, &t), None);
+        assert!(summary_at(&*conn.tx(), much_later).is_empty());
     }
 
     #[test]
@@ -356,19 +362,28 @@ mod tests {
             },
         );
         let generative = [TaskType::generate()];
-        touch_worker(&conn, 1, &wid("right"), &generative, None, Some(hash)).expect("register");
+        touch_worker(&*conn.tx(), 1, &wid("right"), &generative, None, Some(hash))
+            .expect("register");
         let other = "0".repeat(64);
-        touch_worker(&conn, 1, &wid("other"), &generative, None, Some(&other)).expect("register");
-        touch_worker(&conn, 1, &wid("none"), &generative, None, None).expect("register");
+        touch_worker(
+            &*conn.tx(),
+            1,
+            &wid("other"),
+            &generative,
+            None,
+            Some(&other),
+        )
+        .expect("register");
+        touch_worker(&*conn.tx(), 1, &wid("none"), &generative, None, None).expect("register");
         assert_eq!(
-            starved(&conn, 2, &t),
+            starved(&*conn.tx(), 2, &t),
             Some(Starvation {
                 needs: 2,
                 capable: 1
             })
         );
         assert_eq!(
-            summary_at(&conn, 2),
+            summary_at(&*conn.tx(), 2),
             vec![StarvedType {
                 task_type: TaskType::generate(),
                 model_hash: Some(hash.to_owned()),
@@ -377,9 +392,9 @@ mod tests {
                 workers_short: 1,
             }]
         );
-        touch_worker(&conn, 3, &wid("other"), &generative, None, Some(hash)).expect("switch");
-        assert_eq!(starved(&conn, 4, &t), None);
-        assert!(summary_at(&conn, 4).is_empty());
+        touch_worker(&*conn.tx(), 3, &wid("other"), &generative, None, Some(hash)).expect("switch");
+        assert_eq!(starved(&*conn.tx(), 4, &t), None);
+        assert!(summary_at(&*conn.tx(), 4).is_empty());
     }
 
     on_both_engines!(

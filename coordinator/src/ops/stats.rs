@@ -2,21 +2,17 @@
 //! tasks by type.
 
 use crate::error::CoreError;
-use crate::store::sql::Sql;
+use crate::store::tx::Tx;
 use protocol::messages::StatsReply;
 use protocol::TaskStatus;
 
 /// # Errors
 /// Store errors only.
-pub(crate) fn run(
-    conn: &dyn Sql,
-    now: i64,
-    heartbeat_ttl_ms: i64,
-) -> Result<StatsReply, CoreError> {
+pub(crate) fn run(tx: &dyn Tx, now: i64, heartbeat_ttl_ms: i64) -> Result<StatsReply, CoreError> {
     let mut tasks_by_status: std::collections::BTreeMap<TaskStatus, u64> =
         TaskStatus::ALL.iter().map(|s| (*s, 0)).collect();
     // Gold tasks (one per lease of a known-answer item) are not counted.
-    let mut stmt = conn.prepare_cached(&format!(
+    let mut stmt = tx.sql().prepare_cached(&format!(
         "SELECT {}, COUNT(*) FROM task WHERE gold IS NULL GROUP BY 1",
         crate::store::rows::VIEW_STATUS_SQL
     ))?;
@@ -32,13 +28,11 @@ pub(crate) fn run(
     }
     let count =
         |sql: &str, p: &[&dyn crate::store::sql::ToArg]| -> crate::store::sql::Result<u64> {
-            conn.prepare_cached(sql)?.query_row(p, |r| r.get(0))
+            tx.sql().prepare_cached(sql)?.query_row(p, |r| r.get(0))
         };
     let stale_before = now - heartbeat_ttl_ms;
-    let starved = super::starved::summary(
-        conn,
-        &super::starved::Live::read(conn, now, heartbeat_ttl_ms)?,
-    )?;
+    let starved =
+        super::starved::summary(tx, &super::starved::Live::read(tx, now, heartbeat_ttl_ms)?)?;
     Ok(StatsReply {
         tasks_total: tasks_by_status.values().sum(),
         tasks_by_status,

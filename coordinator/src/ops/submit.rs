@@ -13,9 +13,8 @@ use crate::api::{Answered, Submission};
 use crate::consensus::Outcome;
 use crate::error::CoreError;
 use crate::store::rows::{parsed, TaskRow, TASK_COLUMNS, TASK_COLUMN_COUNT};
-use crate::store::sql::{
-    numbered, params, typed_rows, Dialect, Merged, OptionalExtension, Sql, ToArg,
-};
+use crate::store::sql::{numbered, params, typed_rows, Dialect, Merged, OptionalExtension, ToArg};
+use crate::store::tx::Tx;
 use crate::store::{vector_to_blob, Probe};
 use protocol::generation::ids_to_blob;
 use protocol::limits::DEFAULT_SIMILARITY;
@@ -34,12 +33,12 @@ type Earlier = (LeaseId, String, Option<Vec<u8>>, Option<Vec<u8>>);
 /// [`CoreError::Invalid`] for a request out of bounds; otherwise see [`accept`].
 #[cfg(test)]
 pub(crate) fn run(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     ctx: &mut Ctx,
     task_id: &TaskId,
     req: protocol::messages::SubmitRequest,
 ) -> Result<SubmitReply, CoreError> {
-    accept(conn, ctx, task_id, req.try_into()?)
+    accept(tx, ctx, task_id, req.try_into()?)
 }
 
 /// Check, prior answer, lease, record; then, when this answer completes the count, decide.
@@ -53,7 +52,7 @@ pub(crate) fn run(
 ///   [`CoreError::LeaseExpired`]: the worker holds no live lease entitling it to submit.
 /// - [`CoreError::TaskClosed`]: the task is already finalized or failed.
 pub(crate) fn accept(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     ctx: &mut Ctx,
     task_id: &TaskId,
     sub: Submission,
@@ -63,19 +62,19 @@ pub(crate) fn accept(
         earlier,
         named,
         votes,
-    } = load_for_answer(conn, task_id, sub.worker_id(), sub.lease_id())?;
+    } = load_for_answer(tx, task_id, sub.worker_id(), sub.lease_id())?;
     if let Answered::Verified(report) = sub.answer() {
-        return verify::accept(conn, ctx, &task, &sub, report);
+        return verify::accept(tx, ctx, &task, &sub, report);
     }
     check_fits(&task, sub.answer().as_answer(), sub.model_hash())?;
     let blobs = Blobs::of(&sub);
     if let Some(earlier) = earlier {
         return resent(&task, &sub, &blobs, earlier);
     }
-    let lease_id = entitling_lease(conn, &task, &sub, named)?;
-    record(conn, ctx, &task, &sub, &lease_id, &blobs)?;
+    let lease_id = entitling_lease(tx, &task, &sub, named)?;
+    record(tx, ctx, &task, &sub, &lease_id, &blobs)?;
     if let Some(gold) = task.gold {
-        super::gold::check(conn, ctx, &task, gold, &sub)?;
+        super::gold::check(tx, ctx, &task, gold, &sub)?;
         // Said as to any answer that did not complete its task: nothing about the known one.
         return Ok(SubmitReply::stored());
     }
@@ -83,7 +82,7 @@ pub(crate) fn accept(
         return Ok(SubmitReply::stored());
     }
     debug_assert_eq!(task.active_leases, 1, "slots never exceed required");
-    complete(conn, ctx, &task, &sub, votes)
+    complete(tx, ctx, &task, &sub, votes)
 }
 
 /// An answer as the store keeps it: its vector, token ids and log-probabilities as blobs.
@@ -155,7 +154,7 @@ fn resent(
 /// [`CoreError::LeaseExpired`]; [`CoreError::TaskClosed`]; [`CoreError::Invalid`] for a second
 /// answer of one model content where the task counts one, or an answer on a verify lease.
 fn entitling_lease(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     task: &TaskRow,
     sub: &Submission,
     named: Option<Named>,
@@ -168,18 +167,18 @@ fn entitling_lease(
         Some(id) => (id, named),
         None if task.status.is_terminal() => return Err(closed()),
         None => {
-            let id = live_lease(conn, &task.id, sub.worker_id())?.ok_or_else(|| {
-                CoreError::NotLeased {
+            let id =
+                live_lease(tx, &task.id, sub.worker_id())?.ok_or_else(|| CoreError::NotLeased {
                     worker: sub.worker_id().clone(),
                     task: task.id,
-                }
-            })?;
-            (id, named_lease(conn, &id)?)
+                })?;
+            (id, named_lease(tx, &id)?)
         }
     };
     let state = check_lease(&lease_id, named, &task.id, sub.worker_id())?;
     if task.distinct_models {
-        let counted: bool = conn
+        let counted: bool = tx
+            .sql()
             .prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM submission WHERE task_id = ?1 AND model_hash = ?2)",
             )?
@@ -196,7 +195,7 @@ fn entitling_lease(
             .into());
         }
     }
-    if task.generation.is_some() && verify::row_of_lease(conn, &lease_id)?.is_some() {
+    if task.generation.is_some() && verify::row_of_lease(tx, &lease_id)?.is_some() {
         return Err(ProtocolError::invalid(
             "verification",
             "this lease is for scoring a candidate: submit a verification",
@@ -217,7 +216,7 @@ fn entitling_lease(
 
 /// Stores the vote: its submission row, its lease completed, the task's counters.
 fn record(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     ctx: &Ctx,
     task: &TaskRow,
     sub: &Submission,
@@ -228,7 +227,7 @@ fn record(
         Answered::Generated(g) => Some(g.text.as_str()),
         _ => None,
     };
-    conn.defer_merged(
+    tx.sql().defer_merged(
         &VOTE,
         params![
             task.id.to_string(),
@@ -252,7 +251,7 @@ fn record(
 /// The answer that completes the count decides the task (see [`decide`]): a generative task
 /// whose answers disagree goes to cross-scoring, or fails when nobody can score them.
 fn complete(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     ctx: &mut Ctx,
     task: &TaskRow,
     sub: &Submission,
@@ -260,28 +259,28 @@ fn complete(
 ) -> Result<SubmitReply, CoreError> {
     let (mut final_label, mut final_text) = (None, None);
     let finalized = if task.generation.is_some() {
-        match decide::generated(conn, ctx, task)? {
+        match decide::generated(tx, ctx, task)? {
             Generated::Final(text) => final_text = Some(text),
             Generated::Disputed { answers, distinct } => {
-                if !verify::start(conn, ctx, task)? {
+                if !verify::start(tx, ctx, task)? {
                     let message = format!(
                         "no consensus: no majority of the {answers} answers is identical \
                          ({distinct} distinct token sequences); the answers are kept"
                     );
-                    fail_task(conn, ctx, task, FailureReason::NoConsensus, message)?;
+                    fail_task(tx, ctx, task, FailureReason::NoConsensus, message)?;
                 }
             }
         }
         final_text.is_some()
     } else if task.task_type.is_vector() {
         let threshold = task.similarity.unwrap_or(DEFAULT_SIMILARITY);
-        decide::vectors(conn, ctx, task, threshold)? == Outcome::Decided
+        decide::vectors(tx, ctx, task, threshold)? == Outcome::Decided
     } else {
         let answers = match votes {
             Some(json) => Some(decide::with_vote(&json, sub)?),
             None => None,
         };
-        let (outcome, label) = decide::label(conn, ctx, task, answers)?;
+        let (outcome, label) = decide::label(tx, ctx, task, answers)?;
         final_label = label;
         outcome == Outcome::Decided
     };
@@ -312,22 +311,22 @@ struct Loaded {
 /// # Errors
 /// [`CoreError::TaskNotFound`] for an unknown task.
 fn load_for_answer(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     task_id: &TaskId,
     worker: &WorkerId,
     lease: Option<LeaseId>,
 ) -> Result<Loaded, CoreError> {
-    let loaded = read_for_answer(conn, task_id, worker, lease)?;
+    let loaded = read_for_answer(tx, task_id, worker, lease)?;
     if loaded.1 {
         return Ok(loaded.0);
     }
     // The row is locked now: read once more, in a snapshot that has what was committed.
-    Ok(read_for_answer(conn, task_id, worker, lease)?.0)
+    Ok(read_for_answer(tx, task_id, worker, lease)?.0)
 }
 
 /// One read of [`load_for_answer`], and whether it is fresh (see [`answer_text`]).
 fn read_for_answer(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     task_id: &TaskId,
     worker: &WorkerId,
     lease: Option<LeaseId>,
@@ -337,7 +336,8 @@ fn read_for_answer(
     const FRESH: usize = VOTES + 1;
     const EARLIER: usize = FRESH + 1;
     const NAMED: usize = EARLIER + 4;
-    conn.prepare_cached(answer_sql(conn.dialect()))?
+    tx.sql()
+        .prepare_cached(answer_sql(tx.sql().dialect()))?
         .query_row(
             params![
                 task_id.to_string(),
@@ -641,7 +641,7 @@ mod tests {
         assert!(r.finalized);
         assert_eq!(r.final_label.as_deref(), Some("positive"));
         assert_eq!(fx.len(), 1, "one finalized event");
-        let task = load_task(&conn, &t).expect("task");
+        let task = load_task(&*conn.tx(), &t).expect("task");
         assert_eq!(task.status, TaskStatus::Finalized);
         assert_eq!(task.active_leases, 0);
         assert!((task.final_confidence.expect("confidence") - 0.75).abs() < 1e-9);
@@ -702,7 +702,7 @@ mod tests {
         };
         let v = event.final_embedding.as_ref().expect("vector in the event");
         assert!((v[0] - 1.0).abs() < 1e-6 && (v[1] - 0.0005).abs() < 1e-6);
-        let task = load_task(&conn, &t).expect("task");
+        let task = load_task(&*conn.tx(), &t).expect("task");
         assert_eq!(task.final_embedding.as_ref(), Some(v));
         assert_eq!(task.similarity, Some(DEFAULT_SIMILARITY));
         assert_eq!(
@@ -829,7 +829,7 @@ mod tests {
             .write(|tx| sweep::run(tx, &mut ctx(settings().lease_ms + 1)))
             .expect("sweep");
         assert_eq!(swept.requeued, 1);
-        let task = load_task(&conn, &t).expect("task");
+        let task = load_task(&*conn.tx(), &t).expect("task");
         assert_eq!(
             (task.status, task.attempts, task.active_leases),
             (TaskStatus::Queued, 1, 0)
@@ -860,7 +860,7 @@ mod tests {
                 .0
                 .expect("submit");
         }
-        let task = load_task(&conn, &t).expect("task");
+        let task = load_task(&*conn.tx(), &t).expect("task");
         assert_eq!((task.status, task.attempts), (TaskStatus::Finalized, 0));
     }
 
@@ -881,7 +881,7 @@ mod tests {
             let swept = conn.write(|tx| sweep::run(tx, &mut c)).expect("sweep");
             assert_eq!(swept.failed, i as u32, "failed after attempt {}", i + 1);
         }
-        let task = load_task(&conn, &t).expect("task");
+        let task = load_task(&*conn.tx(), &t).expect("task");
         assert_eq!(task.status, TaskStatus::Failed);
         assert!(task.error_message.expect("message").contains("2 attempts"));
         assert!(
@@ -939,7 +939,7 @@ mod tests {
         let (renewed, swept) = heartbeat_then_sweep(&mut conn, Some(vec![known.lease_id]));
         assert_eq!(renewed, 1);
         assert_eq!(swept.requeued, 1, "the lost lease expires");
-        let task = load_task(&conn, &lost.task_id).expect("task");
+        let task = load_task(&*conn.tx(), &lost.task_id).expect("task");
         assert_eq!((task.active_leases, task.attempts), (0, 1));
     }
 
@@ -1045,7 +1045,7 @@ mod tests {
             assert!(!r.finalized);
             last = [fx, fx2].concat();
         }
-        let task = load_task(&conn, &agreed).expect("task");
+        let task = load_task(&*conn.tx(), &agreed).expect("task");
         assert_eq!(task.status, TaskStatus::Finalized);
         assert_eq!(task.final_token_ids.as_deref(), Some(&[5, 6, 2][..]));
         assert_eq!(task.final_text.as_deref(), Some("[5, 6, 2]"));
@@ -1056,7 +1056,7 @@ mod tests {
 
         // The split is not failed on a guess: the other workers score each candidate. The
         // model's true greedy answer is b's.
-        let task = load_task(&conn, &split).expect("task");
+        let task = load_task(&*conn.tx(), &split).expect("task");
         assert_eq!(task.view().status, TaskStatus::Verifying);
         assert!(last
             .iter()
@@ -1069,7 +1069,7 @@ mod tests {
             }
         }
         assert_eq!(scored, 6, "three candidates, two scorings each");
-        let task = load_task(&conn, &split).expect("task");
+        let task = load_task(&*conn.tx(), &split).expect("task");
         assert_eq!(task.status, TaskStatus::Finalized);
         assert_eq!(task.final_token_ids.as_deref(), Some(&truth[..]));
         // Each worker earned a point for each agreeing scoring (2), b one more as the author.
@@ -1155,14 +1155,14 @@ mod tests {
             .0
             .expect("stored");
         assert_eq!(
-            load_task(&conn, &t).expect("task").view().status,
+            load_task(&*conn.tx(), &t).expect("task").view().status,
             TaskStatus::Verifying
         );
         // Its author never scores it; b and c refuse it.
         assert_eq!(score_all(&mut conn, "a", &truth, Honesty::Honest), 0);
         assert_eq!(score_all(&mut conn, "b", &truth, Honesty::Honest), 1);
         assert_eq!(score_all(&mut conn, "c", &truth, Honesty::Honest), 1);
-        let task = load_task(&conn, &t).expect("task");
+        let task = load_task(&*conn.tx(), &t).expect("task");
         assert_eq!((task.status, task.required), (TaskStatus::Queued, 2));
         // Another worker generates; a (who never generates twice) and c score it.
         assert!(take_generative(&mut conn, "a", Some(HASH)).is_empty());
@@ -1174,7 +1174,7 @@ mod tests {
         assert_eq!(score_all(&mut conn, "b", &truth, Honesty::Honest), 0);
         assert_eq!(score_all(&mut conn, "a", &truth, Honesty::Honest), 1);
         assert_eq!(score_all(&mut conn, "c", &truth, Honesty::Honest), 1);
-        let task = load_task(&conn, &t).expect("task");
+        let task = load_task(&*conn.tx(), &t).expect("task");
         assert_eq!(task.status, TaskStatus::Finalized);
         assert_eq!(task.final_token_ids.as_deref(), Some(&truth[..]));
         // b: its answer; a: one agreeing scoring; c: two; a's own answer earned nothing.
@@ -1221,7 +1221,7 @@ mod tests {
                     ..generative_req("liar", Some(HASH))
                 };
                 let tx = conn.transaction().expect("tx");
-                let l = crate::ops::lease::run(&tx, &mut c, req)
+                let l = crate::ops::lease::run(&crate::store::sqlite::Tx(&tx), &mut c, req)
                     .expect("lease")
                     .leases;
                 tx.commit().expect("commit");
@@ -1277,7 +1277,7 @@ mod tests {
         assert_eq!((points(&conn, "b"), points(&conn, "c")), (-1, 0));
         // The real slots are still open: the task is not decided by traps.
         assert_eq!(
-            load_task(&conn, &t).expect("task").view().status,
+            load_task(&*conn.tx(), &t).expect("task").view().status,
             TaskStatus::Verifying
         );
         assert_eq!(
@@ -1286,7 +1286,7 @@ mod tests {
         );
         assert_eq!(score_all(&mut conn, "c", &truth, Honesty::Honest), 1);
         assert_eq!(
-            load_task(&conn, &t).expect("task").status,
+            load_task(&*conn.tx(), &t).expect("task").status,
             TaskStatus::Finalized
         );
     }
@@ -1366,7 +1366,7 @@ mod tests {
             .write(|tx| sweep::run(tx, &mut ctx(60_000)))
             .expect("sweep");
         assert_eq!(swept.requeued, 1);
-        let task = load_task(&conn, &t).expect("task");
+        let task = load_task(&*conn.tx(), &t).expect("task");
         assert_eq!((task.attempts, task.active_leases), (1, 0));
         assert_eq!(task.view().status, TaskStatus::Verifying);
         assert_eq!(lease(&mut conn, 60_001, req).leases.len(), 1, "open again");
@@ -1505,7 +1505,7 @@ mod tests {
             matches!(r, Err(CoreError::LeaseExpired { .. })),
             "a vote on an expired lease: {r:?}"
         );
-        let task = load_task(&conn, &t).expect("task");
+        let task = load_task(&*conn.tx(), &t).expect("task");
         assert_eq!((task.active_leases, task.submissions), (0, 0));
     }
 }

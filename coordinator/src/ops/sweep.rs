@@ -5,17 +5,18 @@ use super::task::end_lease_unanswered;
 use super::Ctx;
 use crate::error::CoreError;
 use crate::store::rows::parsed;
-use crate::store::sql::{params, Dialect, Sql};
+use crate::store::sql::{params, Dialect};
+use crate::store::tx::Tx;
 use protocol::messages::RequeueReply;
 use protocol::{LeaseId, LeaseState, TaskId};
 
 /// # Errors
 /// Store errors only.
-pub(crate) fn run(conn: &dyn Sql, ctx: &mut Ctx) -> Result<RequeueReply, CoreError> {
+pub(crate) fn run(tx: &dyn Tx, ctx: &mut Ctx) -> Result<RequeueReply, CoreError> {
     // Every coordinator sweeps; on a shared database one sweep runs at a time, whoever takes
     // the lock first (no leader to elect: another takes over on its next tick).
-    if conn.dialect() == Dialect::Postgres {
-        let mine: bool = conn.query_row(
+    if tx.sql().dialect() == Dialect::Postgres {
+        let mine: bool = tx.sql().query_row(
             "SELECT pg_try_advisory_xact_lock(?1)",
             [crate::store::pg::SWEEP_LOCK],
             |r| r.get(0),
@@ -23,10 +24,11 @@ pub(crate) fn run(conn: &dyn Sql, ctx: &mut Ctx) -> Result<RequeueReply, CoreErr
         if !mine {
             return Ok(RequeueReply::default());
         }
-        fold_points(conn)?;
+        fold_points(tx)?;
     }
     let stale_before = ctx.now - ctx.settings.heartbeat_ttl_ms;
-    let dead: Vec<(LeaseId, TaskId)> = conn
+    let dead: Vec<(LeaseId, TaskId)> = tx
+        .sql()
         .prepare_cached(
             "SELECT l.id, l.task_id FROM lease l LEFT JOIN worker w ON w.id = l.worker_id
              WHERE l.state = 'active'
@@ -39,11 +41,12 @@ pub(crate) fn run(conn: &dyn Sql, ctx: &mut Ctx) -> Result<RequeueReply, CoreErr
         .collect::<Result<_, _>>()?;
     let mut reply = RequeueReply::default();
     for (lease, task) in dead {
-        let (ended, failed) = end_lease_unanswered(conn, ctx, &lease, &task, LeaseState::Expired)?;
+        let (ended, failed) = end_lease_unanswered(tx, ctx, &lease, &task, LeaseState::Expired)?;
         reply.requeued += u32::from(ended);
         reply.failed += u32::from(failed);
     }
-    reply.stale_workers = conn
+    reply.stale_workers = tx
+        .sql()
         .prepare_cached(
             "UPDATE worker SET status = 'stale' WHERE status = 'active' AND last_seen <= ?1",
         )?
@@ -61,13 +64,14 @@ pub(crate) fn run(conn: &dyn Sql, ctx: &mut Ctx) -> Result<RequeueReply, CoreErr
 
 /// Folds the points appended to `score_delta` into `worker_score` (PostgreSQL; under the sweep's
 /// advisory lock, score rows in worker order).
-fn fold_points(conn: &dyn Sql) -> Result<(), CoreError> {
-    conn.prepare_cached(
-        "WITH d AS (DELETE FROM score_delta RETURNING worker_id, points)
+fn fold_points(tx: &dyn Tx) -> Result<(), CoreError> {
+    tx.sql()
+        .prepare_cached(
+            "WITH d AS (DELETE FROM score_delta RETURNING worker_id, points)
          INSERT INTO worker_score (worker_id, points)
          SELECT worker_id, CAST(SUM(points) AS BIGINT) FROM d GROUP BY worker_id ORDER BY worker_id
          ON CONFLICT (worker_id) DO UPDATE SET points = worker_score.points + excluded.points",
-    )?
-    .execute(())?;
+        )?
+        .execute(())?;
     Ok(())
 }

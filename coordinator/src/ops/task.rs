@@ -6,7 +6,8 @@ use crate::api::Effect;
 use crate::error::CoreError;
 use crate::store::from_ms;
 use crate::store::rows::{parsed, TaskRow, TASK_COLUMNS, TASK_VIEW_COLUMNS};
-use crate::store::sql::{params, OptionalExtension, Row, Sql};
+use crate::store::sql::{params, OptionalExtension, Row};
+use crate::store::tx::Tx;
 use protocol::messages::{FailureReason, TaskEvent};
 use protocol::{LeaseId, LeaseState, TaskId, TaskStatus, WorkerId};
 
@@ -17,12 +18,12 @@ use protocol::{LeaseId, LeaseState, TaskId, TaskStatus, WorkerId};
 ///
 /// On PostgreSQL the row stays locked until the transaction ends: what the operation decides
 /// from it (finalize, fail, reissue) cannot race another coordinator's decision on the task.
-pub(crate) fn load_task(conn: &dyn Sql, id: &TaskId) -> Result<TaskRow, CoreError> {
+pub(crate) fn load_task(tx: &dyn Tx, id: &TaskId) -> Result<TaskRow, CoreError> {
     load_task_with(
-        conn,
+        tx,
         id,
         TASK_COLUMNS,
-        conn.lock_suffix(),
+        tx.sql().lock_suffix(),
         TaskRow::from_row,
     )
 }
@@ -31,19 +32,20 @@ pub(crate) fn load_task(conn: &dyn Sql, id: &TaskId) -> Result<TaskRow, CoreErro
 ///
 /// # Errors
 /// [`CoreError::TaskNotFound`] when there is none with that id.
-pub(crate) fn load_task_view(conn: &dyn Sql, id: &TaskId) -> Result<TaskRow, CoreError> {
-    load_task_with(conn, id, TASK_VIEW_COLUMNS, "", TaskRow::from_view_row)
+pub(crate) fn load_task_view(tx: &dyn Tx, id: &TaskId) -> Result<TaskRow, CoreError> {
+    load_task_with(tx, id, TASK_VIEW_COLUMNS, "", TaskRow::from_view_row)
 }
 
 fn load_task_with(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     id: &TaskId,
     columns: &str,
     lock: &str,
     read: fn(&Row<'_>) -> crate::store::sql::Result<TaskRow>,
 ) -> Result<TaskRow, CoreError> {
     let sql = format!("SELECT {columns} FROM task WHERE id = ?1{lock}");
-    conn.prepare_cached(&sql)?
+    tx.sql()
+        .prepare_cached(&sql)?
         .query_row([id.to_string()], read)
         .optional()?
         .ok_or(CoreError::TaskNotFound(*id))
@@ -54,7 +56,7 @@ fn load_task_with(
 ///
 /// Returns whether the lease was live, and whether its task failed as a result.
 pub(crate) fn end_lease_unanswered(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     ctx: &mut Ctx,
     lease_id: &LeaseId,
     task_id: &TaskId,
@@ -62,7 +64,8 @@ pub(crate) fn end_lease_unanswered(
 ) -> Result<(bool, bool), CoreError> {
     debug_assert!(matches!(state, LeaseState::Expired | LeaseState::Released));
     let lease = lease_id.to_string();
-    let ended = conn
+    let ended = tx
+        .sql()
         .prepare_cached(
             "UPDATE lease SET state = ?1, ended_at = ?2 WHERE id = ?3 AND state = 'active'",
         )?
@@ -70,28 +73,31 @@ pub(crate) fn end_lease_unanswered(
     if ended == 0 {
         return Ok((false, false));
     }
-    let scoring: Option<i64> = conn
+    let scoring: Option<i64> = tx
+        .sql()
         .prepare_cached("SELECT verification FROM lease WHERE id = ?1")?
         .query_row([&lease], |r| r.get(0))?;
     if scoring.is_some() {
         // A verify lease holds no generation slot: its scoring slot opens again.
-        reopen(conn, lease_id)?;
-        conn.prepare_cached(
-            "UPDATE task SET attempts = attempts + 1
+        reopen(tx, lease_id)?;
+        tx.sql()
+            .prepare_cached(
+                "UPDATE task SET attempts = attempts + 1
              WHERE id = ?1 AND status IN ('queued', 'assigned')",
-        )?
-        .execute([task_id.to_string()])?;
+            )?
+            .execute([task_id.to_string()])?;
     } else {
-        conn.prepare_cached(
-            "UPDATE task SET
+        tx.sql()
+            .prepare_cached(
+                "UPDATE task SET
                  active_leases = active_leases - 1,
                  attempts = attempts + 1
              WHERE id = ?1 AND status IN ('queued', 'assigned')",
-        )?
-        .execute([task_id.to_string()])?;
+            )?
+            .execute([task_id.to_string()])?;
     }
-    rewind_cursors(conn, task_id)?;
-    let task = load_task(conn, task_id)?;
+    rewind_cursors(tx, task_id)?;
+    let task = load_task(tx, task_id)?;
     if task.status.is_terminal() {
         return Ok((true, false));
     }
@@ -105,7 +111,7 @@ pub(crate) fn end_lease_unanswered(
                 "expired"
             }
         );
-        fail_task(conn, ctx, &task, FailureReason::MaxAttempts, message)?;
+        fail_task(tx, ctx, &task, FailureReason::MaxAttempts, message)?;
         return Ok((true, true));
     }
     ctx.effects.push(Effect::Announce(task.announcement()));
@@ -114,32 +120,33 @@ pub(crate) fn end_lease_unanswered(
 
 /// A task may now be open to workers whose lease cursors are past it (see `lease_cursor`):
 /// their next walk starts before it.
-pub(crate) fn rewind_cursors(conn: &dyn Sql, task_id: &TaskId) -> Result<(), CoreError> {
-    conn.prepare_cached(
-        "UPDATE temp.lease_cursor SET after = t.seq - 1
+pub(crate) fn rewind_cursors(tx: &dyn Tx, task_id: &TaskId) -> Result<(), CoreError> {
+    tx.sql()
+        .prepare_cached(
+            "UPDATE temp.lease_cursor SET after = t.seq - 1
          FROM (SELECT seq, type FROM task WHERE id = ?1) AS t
          WHERE lease_cursor.type = t.type AND lease_cursor.after >= t.seq",
-    )?
-    .execute([task_id.to_string()])?;
+        )?
+        .execute([task_id.to_string()])?;
     Ok(())
 }
 
 /// Moves a task to `failed`, cancelling any lease still live on it.
 pub(crate) fn fail_task(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     ctx: &mut Ctx,
     task: &TaskRow,
     reason: FailureReason,
     message: String,
 ) -> Result<(), CoreError> {
-    close_task(conn, ctx, task, TaskStatus::Failed, Some(reason), message)
+    close_task(tx, ctx, task, TaskStatus::Failed, Some(reason), message)
 }
 
 /// Ends an open task as `failed` or `cancelled`: its live leases (generation and scoring alike)
 /// are cancelled, so their holders learn on their next heartbeat or submission; its open
 /// scoring rows lapse. A gold task ends without an event: nobody waits for it.
 pub(crate) fn close_task(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     ctx: &mut Ctx,
     task: &TaskRow,
     status: TaskStatus,
@@ -147,27 +154,29 @@ pub(crate) fn close_task(
     message: String,
 ) -> Result<(), CoreError> {
     let tid = task.id.to_string();
-    conn.prepare_cached(
+    tx.sql().prepare_cached(
         "UPDATE lease SET state = 'cancelled', ended_at = ?1 WHERE task_id = ?2 AND state = 'active'",
     )?
     .execute(params![ctx.now, tid])?;
-    conn.prepare_cached(
-        "UPDATE verification SET state = 'lapsed', finished_at = ?1
+    tx.sql()
+        .prepare_cached(
+            "UPDATE verification SET state = 'lapsed', finished_at = ?1
          WHERE task_id = ?2 AND state IN ('open', 'leased')",
-    )?
-    .execute(params![ctx.now, tid])?;
-    conn.prepare_cached(
-        "UPDATE task SET status = ?1, active_leases = 0, error_message = ?2, finished_at = ?3,
+        )?
+        .execute(params![ctx.now, tid])?;
+    tx.sql()
+        .prepare_cached(
+            "UPDATE task SET status = ?1, active_leases = 0, error_message = ?2, finished_at = ?3,
              failure_reason = ?4
          WHERE id = ?5",
-    )?
-    .execute(params![
-        status.as_str(),
-        message,
-        ctx.now,
-        reason.map(FailureReason::as_str),
-        tid
-    ])?;
+        )?
+        .execute(params![
+            status.as_str(),
+            message,
+            ctx.now,
+            reason.map(FailureReason::as_str),
+            tid
+        ])?;
     if task.gold.is_none() {
         ctx.effects.push(Effect::Finished(TaskEvent {
             error_message: Some(message),
@@ -182,8 +191,9 @@ pub(crate) fn close_task(
 pub(crate) type Named = (TaskId, WorkerId, LeaseState);
 
 /// Lease `lease_id`'s task, holder and state, if there is such a lease.
-pub(crate) fn named_lease(conn: &dyn Sql, lease_id: &LeaseId) -> Result<Option<Named>, CoreError> {
-    Ok(conn
+pub(crate) fn named_lease(tx: &dyn Tx, lease_id: &LeaseId) -> Result<Option<Named>, CoreError> {
+    Ok(tx
+        .sql()
         .prepare_cached("SELECT task_id, worker_id, state FROM lease WHERE id = ?1")?
         .query_row([lease_id.to_string()], |r| {
             Ok((parsed(r, 0)?, parsed(r, 1)?, parsed(r, 2)?))
@@ -197,12 +207,12 @@ pub(crate) fn named_lease(conn: &dyn Sql, lease_id: &LeaseId) -> Result<Option<N
 /// [`CoreError::NoLease`] for an unknown lease; [`CoreError::LeaseMismatch`] when it is not
 /// `worker`'s lease on `task`.
 pub(crate) fn held_lease(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     lease_id: &LeaseId,
     task: &TaskId,
     worker: &WorkerId,
 ) -> Result<LeaseState, CoreError> {
-    let named = named_lease(conn, lease_id)?;
+    let named = named_lease(tx, lease_id)?;
     check_lease(lease_id, named, task, worker)
 }
 
@@ -228,11 +238,12 @@ pub(crate) fn check_lease(
 
 /// The lease `worker` holds on `task`, if any.
 pub(crate) fn live_lease(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     task: &TaskId,
     worker: &WorkerId,
 ) -> Result<Option<LeaseId>, CoreError> {
-    Ok(conn
+    Ok(tx
+        .sql()
         .prepare_cached(
             "SELECT id FROM lease WHERE task_id = ?1 AND worker_id = ?2 AND state = 'active'",
         )?
@@ -245,14 +256,15 @@ pub(crate) fn live_lease(
 ///
 /// # Errors
 /// Store errors.
-pub(crate) fn reopen(conn: &dyn Sql, lease_id: &LeaseId) -> Result<(), CoreError> {
-    conn.prepare_cached(
-        "UPDATE verification SET
+pub(crate) fn reopen(tx: &dyn Tx, lease_id: &LeaseId) -> Result<(), CoreError> {
+    tx.sql()
+        .prepare_cached(
+            "UPDATE verification SET
              state = CASE WHEN trap IS NULL THEN 'open' ELSE 'lapsed' END,
              worker_id = CASE WHEN trap IS NULL THEN NULL ELSE worker_id END,
              lease_id = CASE WHEN trap IS NULL THEN NULL ELSE lease_id END
          WHERE lease_id = ?1 AND state = 'leased'",
-    )?
-    .execute([lease_id.to_string()])?;
+        )?
+        .execute([lease_id.to_string()])?;
     Ok(())
 }

@@ -5,7 +5,8 @@
 use super::Ctx;
 use crate::api::Effect;
 use crate::error::CoreError;
-use crate::store::sql::{numbered, params, Dialect, OptionalExtension, Sql, ToArg};
+use crate::store::sql::{numbered, params, Dialect, OptionalExtension, ToArg};
+use crate::store::tx::Tx;
 use protocol::generation::{Decoding, VerifyMode};
 use protocol::limits::{DEFAULT_REQUIRED_SUBMISSIONS, DEFAULT_SIMILARITY};
 use protocol::messages::{TaskAddReply, TaskAddRequest, TaskAnnouncement};
@@ -16,7 +17,7 @@ use protocol::{TaskId, TaskType};
 /// # Errors
 /// [`CoreError::Invalid`] naming the first bad task; nothing is stored then.
 pub(crate) fn run(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     ctx: &mut Ctx,
     req: TaskAddRequest,
 ) -> Result<TaskAddReply, CoreError> {
@@ -30,12 +31,13 @@ pub(crate) fn run(
             };
             // Two coordinators may get the same retried batch at once: on PostgreSQL the second
             // waits here until the first commits, then finds its ids (SQLite has one writer).
-            if conn.dialect() == Dialect::Postgres {
-                conn.query_row("SELECT pg_advisory_xact_lock(hashtext(?1))", [id], |_| {
-                    Ok(())
-                })?;
+            if tx.sql().dialect() == Dialect::Postgres {
+                tx.sql()
+                    .query_row("SELECT pg_advisory_xact_lock(hashtext(?1))", [id], |_| {
+                        Ok(())
+                    })?;
             }
-            if let Some(ids) = created_before(conn, id, &digest)? {
+            if let Some(ids) = created_before(tx, id, &digest)? {
                 tracing::info!(batch_id = %id, tasks = ids.len(), "batch already added");
                 return Ok(TaskAddReply { task_ids: ids });
             }
@@ -117,17 +119,18 @@ pub(crate) fn run(
         }));
         task_ids.push(id);
     }
-    insert(conn, ctx.now, &rows)?;
+    insert(tx, ctx.now, &rows)?;
     if let Some((id, digest)) = batch {
-        conn.prepare_cached(
-            "INSERT INTO task_batch (id, digest, task_ids, created_at) VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(params![
-            id,
-            digest,
-            serde_json::to_string(&task_ids).expect("ids serialize"),
-            ctx.now
-        ])?;
+        tx.sql()
+            .prepare_cached(
+                "INSERT INTO task_batch (id, digest, task_ids, created_at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![
+                id,
+                digest,
+                serde_json::to_string(&task_ids).expect("ids serialize"),
+                ctx.now
+            ])?;
     }
     Ok(TaskAddReply { task_ids })
 }
@@ -156,7 +159,7 @@ const ROWS_PER_INSERT: usize = 32;
 
 /// Inserts `rows`, created at `now`, up to [`ROWS_PER_INSERT`] to a statement (one statement
 /// text per count of rows, each prepared once), in order.
-fn insert(conn: &dyn Sql, now: i64, rows: &[NewTask]) -> Result<(), CoreError> {
+fn insert(tx: &dyn Tx, now: i64, rows: &[NewTask]) -> Result<(), CoreError> {
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         // `?1` is the creation time; each row adds its 15 values.
         let values: Vec<String> = (0..chunk.len())
@@ -189,7 +192,7 @@ fn insert(conn: &dyn Sql, now: i64, rows: &[NewTask]) -> Result<(), CoreError> {
                 &t.distinct_models,
             ]);
         }
-        conn.prepare_cached(&sql)?.defer(args.as_slice())?;
+        tx.sql().prepare_cached(&sql)?.defer(args.as_slice())?;
     }
     Ok(())
 }
@@ -198,12 +201,9 @@ fn insert(conn: &dyn Sql, now: i64, rows: &[NewTask]) -> Result<(), CoreError> {
 ///
 /// # Errors
 /// [`CoreError::Invalid`] when `id` was used for other tasks.
-fn created_before(
-    conn: &dyn Sql,
-    id: &str,
-    digest: &str,
-) -> Result<Option<Vec<TaskId>>, CoreError> {
-    let row: Option<(String, crate::store::rows::Json<Vec<TaskId>>)> = conn
+fn created_before(tx: &dyn Tx, id: &str, digest: &str) -> Result<Option<Vec<TaskId>>, CoreError> {
+    let row: Option<(String, crate::store::rows::Json<Vec<TaskId>>)> = tx
+        .sql()
         .prepare_cached("SELECT digest, task_ids FROM task_batch WHERE id = ?1")?
         .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
@@ -242,7 +242,7 @@ mod tests {
             .expect("add");
         assert_eq!(reply.task_ids.len(), 2);
         assert_eq!(c.effects.len(), 2);
-        let t = load_task(&conn, &reply.task_ids[0]).expect("load");
+        let t = load_task(&*conn.tx(), &reply.task_ids[0]).expect("load");
         assert_eq!(t.status, TaskStatus::Queued);
         assert_eq!(t.required, 3);
         assert_eq!(t.max_attempts, settings().max_attempts_default);
@@ -266,7 +266,7 @@ mod tests {
             (NewTask::text(oversize), "over the limit"),
         ] {
             let err = run(
-                &conn,
+                &*conn.tx(),
                 &mut ctx(0),
                 TaskAddRequest {
                     batch_id: None,
@@ -285,7 +285,7 @@ mod tests {
             0,
             NewTask::translation("Bonjour tout le monde.", "fr", "en"),
         );
-        let task = load_task(&conn, &t).expect("task");
+        let task = load_task(&*conn.tx(), &t).expect("task");
         let spec = task.generation.expect("a spec");
         assert_eq!(spec.model_hash, protocol::generation::SMOLLM2_HASH);
         assert_eq!(
@@ -314,7 +314,7 @@ mod tests {
                 batch_id: None,
                 tasks: vec![NewTask::text("fine"), task.clone()],
             };
-            let err = run(&conn, &mut c, req).expect_err("refused");
+            let err = run(&*conn.tx(), &mut c, req).expect_err("refused");
             assert!(
                 matches!(
                     err.code(),
@@ -335,11 +335,11 @@ mod tests {
             tasks: texts.iter().map(|t| NewTask::text(*t)).collect(),
         };
         let mut c = ctx(0);
-        let first = run(&conn, &mut c, batch(&["a", "b"])).expect("first");
+        let first = run(&*conn.tx(), &mut c, batch(&["a", "b"])).expect("first");
         assert_eq!(c.effects.len(), 2);
         let before = dump(&conn);
         let mut c = ctx(1);
-        let again = run(&conn, &mut c, batch(&["a", "b"])).expect("retry");
+        let again = run(&*conn.tx(), &mut c, batch(&["a", "b"])).expect("retry");
         assert_eq!(
             again.task_ids, first.task_ids,
             "the retry gets the first ids"
@@ -347,14 +347,14 @@ mod tests {
         assert!(c.effects.is_empty(), "nothing announced twice");
         assert_eq!(dump(&conn), before, "the retry stored something");
         // The same key with other tasks is refused, and changes nothing.
-        let e = run(&conn, &mut ctx(2), batch(&["a", "c"])).expect_err("other tasks");
+        let e = run(&*conn.tx(), &mut ctx(2), batch(&["a", "c"])).expect_err("other tasks");
         assert!(e.to_string().contains("batch"), "{e}");
         assert_eq!(dump(&conn), before);
         let bad = TaskAddRequest {
             batch_id: Some(String::new()),
             ..batch(&["a"])
         };
-        assert!(run(&conn, &mut ctx(3), bad).is_err());
+        assert!(run(&*conn.tx(), &mut ctx(3), bad).is_err());
         assert_eq!(dump(&conn), before);
     }
 
@@ -367,6 +367,7 @@ mod tests {
 
     #[test]
     fn concurrent_retries_of_a_batch_on_postgres_create_it_once() {
+        use crate::store::postgres::Tx;
         use crate::store::sql::{Pg, StmtCache};
         let server = PgServer::start();
         let batch = || TaskAddRequest {
@@ -377,12 +378,12 @@ mod tests {
         let (mut a, mut b) = (connect(), connect());
         let cache = std::cell::RefCell::new(StmtCache::default());
         let mut tx = a.transaction().expect("tx");
-        let first = run(&Pg::new(&mut tx, &cache), &mut ctx(0), batch()).expect("first");
+        let first = run(&Tx(&Pg::new(&mut tx, &cache)), &mut ctx(0), batch()).expect("first");
         // The retry reaches another coordinator while the first add is not yet committed.
         let retry = std::thread::spawn(move || {
             let cache = std::cell::RefCell::new(StmtCache::default());
             let mut tx = b.transaction().expect("tx");
-            let r = run(&Pg::new(&mut tx, &cache), &mut ctx(1), batch());
+            let r = run(&Tx(&Pg::new(&mut tx, &cache)), &mut ctx(1), batch());
             tx.commit().expect("commit");
             r
         });

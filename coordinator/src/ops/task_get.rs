@@ -5,7 +5,7 @@ use super::starved::{self, Live};
 use super::task::load_task_view;
 use crate::error::CoreError;
 use crate::store::rows::{parsed, TaskRow, TASK_VIEW_COLUMNS};
-use crate::store::sql::Sql;
+use crate::store::tx::Tx;
 use crate::store::{blob_to_vector, from_ms};
 use protocol::generation::blob_to_ids;
 use protocol::messages::{LeaseView, SubmissionView, TaskDetail};
@@ -13,37 +13,35 @@ use protocol::TaskId;
 
 /// # Errors
 /// [`CoreError::TaskNotFound`] for an unknown id.
-pub(crate) fn run(conn: &dyn Sql, live: &Live, task_id: &TaskId) -> Result<TaskDetail, CoreError> {
-    detail(conn, live, load_task_view(conn, task_id)?)
+pub(crate) fn run(tx: &dyn Tx, live: &Live, task_id: &TaskId) -> Result<TaskDetail, CoreError> {
+    detail(tx, live, load_task_view(tx, task_id)?)
 }
 
 /// The `limit` newest tasks with their votes, newest first (the dashboard's feed).
 ///
 /// # Errors
 /// Store errors only.
-pub(crate) fn recent(
-    conn: &dyn Sql,
-    live: &Live,
-    limit: u32,
-) -> Result<Vec<TaskDetail>, CoreError> {
+pub(crate) fn recent(tx: &dyn Tx, live: &Live, limit: u32) -> Result<Vec<TaskDetail>, CoreError> {
     let sql = format!(
         "SELECT {TASK_VIEW_COLUMNS} FROM task WHERE gold IS NULL ORDER BY seq DESC LIMIT ?1"
     );
-    let tasks = conn
+    let tasks = tx
+        .sql()
         .prepare_cached(&sql)?
         .query_map([limit], TaskRow::from_view_row)?
         .collect::<Result<Vec<_>, _>>()?;
-    tasks.into_iter().map(|t| detail(conn, live, t)).collect()
+    tasks.into_iter().map(|t| detail(tx, live, t)).collect()
 }
 
 /// Most numbers of submitted vectors a task view carries; past it the submissions' vectors are
 /// left out (the consensus vector stays), so a reply stays well under a NATS message's size.
 pub(crate) const MAX_VIEW_VECTOR_NUMBERS: usize = 65_536;
 
-fn detail(conn: &dyn Sql, live: &Live, task: TaskRow) -> Result<TaskDetail, CoreError> {
+fn detail(tx: &dyn Tx, live: &Live, task: TaskRow) -> Result<TaskDetail, CoreError> {
     let task_id = &task.id;
     let id = task_id.to_string();
-    let mut submissions: Vec<SubmissionView> = conn
+    let mut submissions: Vec<SubmissionView> = tx
+        .sql()
         .prepare_cached(
             "SELECT worker_id, label, confidence, model, agreed, created_at, embedding, text,
                     token_ids, model_hash
@@ -73,7 +71,8 @@ fn detail(conn: &dyn Sql, live: &Live, task: TaskRow) -> Result<TaskDetail, Core
             s.embedding = None;
         }
     }
-    let leases = conn
+    let leases = tx
+        .sql()
         .prepare_cached(
             "SELECT id, worker_id, expires_at FROM lease
              WHERE task_id = ?1 AND state = 'active' ORDER BY created_at",
@@ -86,7 +85,7 @@ fn detail(conn: &dyn Sql, live: &Live, task: TaskRow) -> Result<TaskDetail, Core
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    let starved = starved::of_task(conn, live, &task)?;
+    let starved = starved::of_task(tx, live, &task)?;
     Ok(TaskDetail {
         task: task.view(),
         submissions,
@@ -138,7 +137,7 @@ mod tests {
             Ok(())
         })
         .expect("lease and submit");
-        let d = run(&conn, &Live::default(), &t).expect("get");
+        let d = run(&*conn.tx(), &Live::default(), &t).expect("get");
         assert_eq!(d.submissions.len(), workers);
         assert!(d.submissions.iter().all(|s| s.embedding.is_none()));
         assert_eq!(

@@ -5,7 +5,8 @@
 
 use crate::error::CoreError;
 use crate::store::rows::{TaskRow, TASK_VIEW_COLUMNS, VIEW_STATUS_SQL};
-use crate::store::sql::{params, Sql};
+use crate::store::sql::params;
+use crate::store::tx::Tx;
 use protocol::limits::MAX_LIST_LIMIT;
 use protocol::messages::{TaskListReply, TaskListRequest, TaskView};
 use protocol::ProtocolError;
@@ -15,7 +16,7 @@ pub(crate) const DEFAULT_LIMIT: u32 = 1000;
 
 /// # Errors
 /// [`CoreError::Invalid`] for a limit of 0 or over the maximum.
-pub(crate) fn run(conn: &dyn Sql, req: &TaskListRequest) -> Result<TaskListReply, CoreError> {
+pub(crate) fn run(tx: &dyn Tx, req: &TaskListRequest) -> Result<TaskListReply, CoreError> {
     let limit = req.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIST_LIMIT {
         return Err(ProtocolError::invalid(
@@ -25,7 +26,8 @@ pub(crate) fn run(conn: &dyn Sql, req: &TaskListRequest) -> Result<TaskListReply
         .into());
     }
     let tasks = match req.status {
-        Some(status) => conn
+        Some(status) => tx
+            .sql()
             .prepare_cached(&format!(
                 "SELECT {TASK_VIEW_COLUMNS} FROM task
                  WHERE {VIEW_STATUS_SQL} = ?1 AND gold IS NULL
@@ -33,7 +35,8 @@ pub(crate) fn run(conn: &dyn Sql, req: &TaskListRequest) -> Result<TaskListReply
             ))?
             .query_map(params![status.as_str(), limit], TaskRow::from_view_row)?
             .collect::<Result<Vec<_>, _>>()?,
-        None => conn
+        None => tx
+            .sql()
             .prepare_cached(&format!(
                 "SELECT {TASK_VIEW_COLUMNS} FROM task WHERE gold IS NULL ORDER BY seq LIMIT ?1"
             ))?

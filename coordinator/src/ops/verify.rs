@@ -23,7 +23,8 @@ use crate::api::Submission;
 use crate::consensus::{judge_candidate, pick_winner, Scoring};
 use crate::error::CoreError;
 use crate::store::rows::{parsed, parsed_opt, TaskRow};
-use crate::store::sql::{params, OptionalExtension, Sql};
+use crate::store::sql::{params, OptionalExtension};
+use crate::store::tx::Tx;
 use crate::store::{blob_to_vector, from_ms, vector_to_blob};
 use protocol::generation::{blob_to_ids, card, ids_to_blob, GenerationSpec, VerifyMode};
 use protocol::messages::{FailureReason, Lease, SubmitReply};
@@ -37,13 +38,14 @@ use protocol::{LeaseId, LeaseState, ProtocolError, TaskStatus, TaskType, WorkerI
 ///
 /// # Errors
 /// Store errors.
-pub(crate) fn start(conn: &dyn Sql, ctx: &mut Ctx, task: &TaskRow) -> Result<bool, CoreError> {
+pub(crate) fn start(tx: &dyn Tx, ctx: &mut Ctx, task: &TaskRow) -> Result<bool, CoreError> {
     if task.verifiers == 0 {
         return Ok(false);
     }
     let tid = task.id.to_string();
     // The first submission of each distinct answer not scored yet stands for it.
-    let fresh: Vec<(i64, Vec<u8>)> = conn
+    let fresh: Vec<(i64, Vec<u8>)> = tx
+        .sql()
         .prepare_cached(
             "SELECT min(s.id), s.token_ids FROM submission s
              WHERE s.task_id = ?1
@@ -53,7 +55,7 @@ pub(crate) fn start(conn: &dyn Sql, ctx: &mut Ctx, task: &TaskRow) -> Result<boo
         )?
         .query_map([&tid], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
-    let mut open = conn.prepare_cached(
+    let mut open = tx.sql().prepare_cached(
         "INSERT INTO verification (task_id, candidate, token_ids, state, created_at)
          VALUES (?1, ?2, ?3, 'open', ?4)",
     )?;
@@ -65,7 +67,8 @@ pub(crate) fn start(conn: &dyn Sql, ctx: &mut Ctx, task: &TaskRow) -> Result<boo
     if fresh.is_empty() {
         return Ok(false);
     }
-    conn.prepare_cached("UPDATE task SET verifying = 1 WHERE id = ?1")?
+    tx.sql()
+        .prepare_cached("UPDATE task SET verifying = 1 WHERE id = ?1")?
         .execute([&tid])?;
     tracing::debug!(task_id = %task.id, candidates = fresh.len(), "verification started");
     ctx.effects.push(Effect::Announce(task.announcement()));
@@ -90,14 +93,15 @@ struct Slot {
 /// # Errors
 /// Store errors.
 pub(crate) fn lease_slots(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     ctx: &mut Ctx,
     worker: &WorkerId,
     model_hash: &str,
     capabilities: &[TaskType],
     want: usize,
 ) -> Result<Vec<Lease>, CoreError> {
-    let slots: Vec<Slot> = conn
+    let slots: Vec<Slot> = tx
+        .sql()
         .prepare_cached(
             "SELECT v.id, v.task_id, v.candidate, v.token_ids, t.type, t.text, t.generation
              FROM verification v JOIN task t ON t.id = v.task_id
@@ -141,7 +145,8 @@ pub(crate) fn lease_slots(
         taken.push(slot.task_id.clone());
         let lease_id = LeaseId::new();
         // At most one trap per verifier and candidate, so the real slot is reached.
-        let trapped: bool = conn
+        let trapped: bool = tx
+            .sql()
             .prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM verification WHERE task_id = ?1 AND candidate = ?2
                                 AND worker_id = ?3 AND trap IS NOT NULL)",
@@ -151,12 +156,13 @@ pub(crate) fn lease_slots(
                 |r| r.get(0),
             )?;
         let trap = (!trapped && fastrand::f64() < ctx.settings.trap_rate)
-            .then(|| trap_for(conn, &slot))
+            .then(|| trap_for(tx, &slot))
             .transpose()?
             .flatten();
         let (row, ids) = match trap {
             Some((kind, ids)) => {
-                let row = conn
+                let row = tx
+                    .sql()
                     .prepare_cached(
                         "INSERT INTO verification (task_id, candidate, token_ids, trap, state,
                                                    worker_id, lease_id, created_at)
@@ -177,19 +183,16 @@ pub(crate) fn lease_slots(
                 (row, ids)
             }
             None => {
-                conn.prepare_cached(
-                    "UPDATE verification SET state = 'leased', worker_id = ?1, lease_id = ?2
+                tx.sql()
+                    .prepare_cached(
+                        "UPDATE verification SET state = 'leased', worker_id = ?1, lease_id = ?2
                      WHERE id = ?3",
-                )?
-                .execute(params![
-                    worker.as_str(),
-                    lease_id.to_string(),
-                    slot.id
-                ])?;
+                    )?
+                    .execute(params![worker.as_str(), lease_id.to_string(), slot.id])?;
                 (slot.id, blob_to_ids(&slot.token_ids))
             }
         };
-        conn.prepare_cached(
+        tx.sql().prepare_cached(
             "INSERT INTO lease (id, task_id, worker_id, state, expires_at, created_at, verification)
              VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6)",
         )?
@@ -219,8 +222,9 @@ pub(crate) fn lease_slots(
 /// A corrupted copy of a slot's candidate, unlike every real candidate of its task: one token
 /// swapped for a random one (not a stop id), or else another finalized task's answer on the same
 /// model content. `None` when neither can be made.
-fn trap_for(conn: &dyn Sql, slot: &Slot) -> Result<Option<(&'static str, Vec<u32>)>, CoreError> {
-    let real: Vec<Vec<u8>> = conn
+fn trap_for(tx: &dyn Tx, slot: &Slot) -> Result<Option<(&'static str, Vec<u32>)>, CoreError> {
+    let real: Vec<Vec<u8>> = tx
+        .sql()
         .prepare_cached("SELECT DISTINCT token_ids FROM submission WHERE task_id = ?1")?
         .query_map([&slot.task_id], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
@@ -228,7 +232,8 @@ fn trap_for(conn: &dyn Sql, slot: &Slot) -> Result<Option<(&'static str, Vec<u32
     let spec = &slot.generation;
     let ids = blob_to_ids(&slot.token_ids);
     if fastrand::bool() {
-        let other: Option<Vec<u8>> = conn
+        let other: Option<Vec<u8>> = tx
+            .sql()
             .prepare_cached(
                 "SELECT final_token_ids FROM task
                  WHERE model_hash = ?1 AND status = 'finalized' AND id <> ?2
@@ -283,10 +288,11 @@ pub(crate) struct LeasedRow {
 /// # Errors
 /// Store errors.
 pub(crate) fn row_of_lease(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     lease_id: &LeaseId,
 ) -> Result<Option<LeasedRow>, CoreError> {
-    Ok(conn
+    Ok(tx
+        .sql()
         .prepare_cached(
             "SELECT id, token_ids, trap, state, worker_id, passed, logprobs, gaps
              FROM verification WHERE lease_id = ?1",
@@ -319,7 +325,7 @@ pub(crate) fn row_of_lease(
 /// - [`CoreError::DuplicateSubmission`]: a different second report for the row.
 /// - [`CoreError::LeaseExpired`]: the lease ended first.
 pub(crate) fn accept(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     ctx: &mut Ctx,
     task: &TaskRow,
     sub: &Submission,
@@ -330,8 +336,8 @@ pub(crate) fn accept(
         worker: worker.clone(),
         task: task.id,
     })?;
-    let lease_state = held_lease(conn, &lease_id, &task.id, worker)?;
-    let Some(row) = row_of_lease(conn, &lease_id)? else {
+    let lease_state = held_lease(tx, &lease_id, &task.id, worker)?;
+    let Some(row) = row_of_lease(tx, &lease_id)? else {
         return Err(ProtocolError::invalid(
             "verification",
             "this lease is not for scoring a candidate",
@@ -392,39 +398,44 @@ pub(crate) fn accept(
             state: lease_state,
         });
     }
-    conn.prepare_cached(
-        "UPDATE verification SET state = 'done', passed = ?1, logprobs = ?2, gaps = ?3,
+    tx.sql()
+        .prepare_cached(
+            "UPDATE verification SET state = 'done', passed = ?1, logprobs = ?2, gaps = ?3,
              finished_at = ?4
          WHERE id = ?5",
-    )?
-    .execute(params![report.passed, logprobs, gaps, ctx.now, row.id])?;
-    conn.prepare_cached("UPDATE lease SET state = 'completed', ended_at = ?1 WHERE id = ?2")?
+        )?
+        .execute(params![report.passed, logprobs, gaps, ctx.now, row.id])?;
+    tx.sql()
+        .prepare_cached("UPDATE lease SET state = 'completed', ended_at = ?1 WHERE id = ?2")?
         .execute(params![ctx.now, lease_id.to_string()])?;
     if let Some(kind) = &row.trap {
         // A trap must fail: passing one costs a point.
         let caught = !report.passed;
         tracing::info!(task_id = %task.id, worker_id = %worker, trap = %kind, caught, "trap scored");
-        conn.prepare_cached(
-            "INSERT INTO worker_score (worker_id, points, traps_caught, traps_missed)
+        tx.sql()
+            .prepare_cached(
+                "INSERT INTO worker_score (worker_id, points, traps_caught, traps_missed)
              VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (worker_id) DO UPDATE SET points = worker_score.points + excluded.points,
                  traps_caught = worker_score.traps_caught + excluded.traps_caught,
                  traps_missed = worker_score.traps_missed + excluded.traps_missed",
-        )?
-        .execute(params![
-            worker.as_str(),
-            if caught { 0 } else { -1 },
-            i64::from(caught),
-            i64::from(!caught)
-        ])?;
-        conn.prepare_cached("UPDATE verification SET agreed = ?1 WHERE id = ?2")?
+            )?
+            .execute(params![
+                worker.as_str(),
+                if caught { 0 } else { -1 },
+                i64::from(caught),
+                i64::from(!caught)
+            ])?;
+        tx.sql()
+            .prepare_cached("UPDATE verification SET agreed = ?1 WHERE id = ?2")?
             .execute(params![caught, row.id])?;
         return Ok(reply(false));
     }
     if task.status.is_terminal() || !task.verifying {
         return Ok(reply(false));
     }
-    let pending: i64 = conn
+    let pending: i64 = tx
+        .sql()
         .prepare_cached(
             "SELECT count(*) FROM verification
              WHERE task_id = ?1 AND trap IS NULL AND state IN ('open', 'leased')",
@@ -433,7 +444,7 @@ pub(crate) fn accept(
     if pending > 0 {
         return Ok(reply(false));
     }
-    let final_text = decide(conn, ctx, task, spec)?;
+    let final_text = decide(tx, ctx, task, spec)?;
     Ok(SubmitReply {
         accepted: true,
         duplicate: false,
@@ -444,12 +455,13 @@ pub(crate) fn accept(
 }
 
 /// One point more (or less) for `worker`.
-fn add_points(conn: &dyn Sql, worker: &str, points: i64) -> Result<(), CoreError> {
-    conn.prepare_cached(
-        "INSERT INTO worker_score (worker_id, points) VALUES (?1, ?2)
+fn add_points(tx: &dyn Tx, worker: &str, points: i64) -> Result<(), CoreError> {
+    tx.sql()
+        .prepare_cached(
+            "INSERT INTO worker_score (worker_id, points) VALUES (?1, ?2)
          ON CONFLICT (worker_id) DO UPDATE SET points = worker_score.points + excluded.points",
-    )?
-    .execute(params![worker, points])?;
+        )?
+        .execute(params![worker, points])?;
     Ok(())
 }
 
@@ -479,13 +491,14 @@ struct Candidate {
 /// Decides a task whose every real slot is scored. Returns the final text, or `None` when it
 /// failed or went back to generation.
 fn decide(
-    conn: &dyn Sql,
+    tx: &dyn Tx,
     ctx: &mut Ctx,
     task: &TaskRow,
     spec: &GenerationSpec,
 ) -> Result<Option<String>, CoreError> {
     let tid = task.id.to_string();
-    let rows: Vec<ScoredRow> = conn
+    let rows: Vec<ScoredRow> = tx
+        .sql()
         .prepare_cached(
             "SELECT v.id, v.candidate, v.token_ids, v.worker_id, v.passed, v.logprobs, v.gaps,
                     v.agreed
@@ -546,13 +559,15 @@ fn decide(
         })
         .collect();
     // Verifiers: a point inside the agreeing majority, one less outside it.
-    let mut mark = conn.prepare_cached("UPDATE verification SET agreed = ?1 WHERE id = ?2")?;
+    let mut mark = tx
+        .sql()
+        .prepare_cached("UPDATE verification SET agreed = ?1 WHERE id = ?2")?;
     for (c, v) in candidates.iter().zip(&verdicts) {
         for (i, (row, worker, ..)) in c.rows.iter().enumerate() {
             let agreed = v.agreeing.contains(&i);
             mark.execute(params![agreed, row])?;
             if !v.agreeing.is_empty() {
-                add_points(conn, worker, if agreed { 1 } else { -1 })?;
+                add_points(tx, worker, if agreed { 1 } else { -1 })?;
             }
         }
     }
@@ -565,12 +580,13 @@ fn decide(
         let generations = task.submissions;
         if spec.verify == VerifyMode::GenerateOnce && generations < task.verifiers + 1 {
             // One more worker generates; its answer is verified in turn.
-            conn.prepare_cached(
-                "UPDATE task SET verifying = 0, required = required + 1, status = 'queued'
+            tx.sql()
+                .prepare_cached(
+                    "UPDATE task SET verifying = 0, required = required + 1, status = 'queued'
                  WHERE id = ?1",
-            )?
-            .execute([&tid])?;
-            super::task::rewind_cursors(conn, &task.id)?;
+                )?
+                .execute([&tid])?;
+            super::task::rewind_cursors(tx, &task.id)?;
             tracing::info!(task_id = %task.id, generations, "no valid candidate; generating again");
             ctx.effects.push(Effect::Announce(task.announcement()));
             return Ok(None);
@@ -580,7 +596,7 @@ fn decide(
              the answers are kept",
             candidates.len()
         );
-        fail_task(conn, ctx, task, FailureReason::NoConsensus, message)?;
+        fail_task(tx, ctx, task, FailureReason::NoConsensus, message)?;
         return Ok(None);
     };
     // Authors of valid candidates agree (the winner, and honest near-tie branches).
@@ -590,33 +606,38 @@ fn decide(
         .filter(|(_, v)| v.valid)
         .map(|(c, _)| ids_to_blob(&c.ids))
         .collect();
-    let subs: Vec<(i64, Vec<u8>)> = conn
+    let subs: Vec<(i64, Vec<u8>)> = tx
+        .sql()
         .prepare_cached("SELECT id, token_ids FROM submission WHERE task_id = ?1")?
         .query_map([&tid], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
-    let mut agree = conn.prepare_cached("UPDATE submission SET agreed = ?1 WHERE id = ?2")?;
+    let mut agree = tx
+        .sql()
+        .prepare_cached("UPDATE submission SET agreed = ?1 WHERE id = ?2")?;
     for (id, ids) in &subs {
         agree.execute(params![valid.contains(ids), id])?;
     }
-    award_points(conn, &tid)?;
+    award_points(tx, &tid)?;
     let winner = &candidates[w];
-    let text: String = conn
+    let text: String = tx
+        .sql()
         .prepare_cached("SELECT text FROM submission WHERE id = ?1")?
         .query_row([winner.submission], |r| r.get(0))?;
     let n = winner.ids.len().max(1) as f64;
     let confidence = (verdicts[w].logprob / n).exp();
-    conn.prepare_cached(
-        "UPDATE task SET status = 'finalized', verifying = 0, final_token_ids = ?1,
+    tx.sql()
+        .prepare_cached(
+            "UPDATE task SET status = 'finalized', verifying = 0, final_token_ids = ?1,
              final_text = ?2, final_confidence = ?3, finished_at = ?4
          WHERE id = ?5",
-    )?
-    .execute(params![
-        ids_to_blob(&winner.ids),
-        text,
-        confidence,
-        ctx.now,
-        tid
-    ])?;
+        )?
+        .execute(params![
+            ids_to_blob(&winner.ids),
+            text,
+            confidence,
+            ctx.now,
+            tid
+        ])?;
     let answer = Final::Generated(winner.ids.clone(), text.clone());
     finished(ctx, &task.id, answer, confidence);
     Ok(Some(text))

@@ -4,19 +4,16 @@
 use crate::error::CoreError;
 use crate::store::from_ms;
 use crate::store::rows::{parsed, Json};
-use crate::store::sql::Sql;
+use crate::store::tx::Tx;
 use protocol::messages::{WorkerView, WorkersReply};
 use protocol::policy::GoldScore;
 use protocol::WorkerStatus;
 
 /// # Errors
 /// Store errors only.
-pub(crate) fn run(
-    conn: &dyn Sql,
-    now: i64,
-    heartbeat_ttl_ms: i64,
-) -> Result<WorkersReply, CoreError> {
-    let workers = conn
+pub(crate) fn run(tx: &dyn Tx, now: i64, heartbeat_ttl_ms: i64) -> Result<WorkersReply, CoreError> {
+    let workers = tx
+        .sql()
         .prepare_cached(
             "SELECT w.id, w.status, w.capabilities, w.model, w.last_seen, w.registered_at,
                     (SELECT COUNT(*) FROM lease l WHERE l.worker_id = w.id AND l.state = 'active'),

@@ -10,9 +10,12 @@
 
 pub mod group;
 pub mod pg;
+pub(crate) mod postgres;
 pub(crate) mod rows;
 pub mod schema;
 pub mod sql;
+pub(crate) mod sqlite;
+pub(crate) mod tx;
 
 use crate::error::{CoreError, StoreError};
 use chrono::{DateTime, TimeZone, Utc};
@@ -164,21 +167,22 @@ impl Store {
     ///
     /// # Errors
     /// `op`'s, or the store's.
-    pub async fn read<T, F>(&self, op: F) -> Result<T, CoreError>
+    pub(crate) async fn read<T, F>(&self, op: F) -> Result<T, CoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&dyn sql::Sql, i64) -> Result<T, CoreError> + Send + 'static,
+        F: FnOnce(&dyn tx::Tx, i64) -> Result<T, CoreError> + Send + 'static,
     {
         match &self.kind {
             Kind::Sqlite { conn, .. } => Ok(conn
                 .call(move |conn| {
                     let tx = conn.transaction()?;
                     let now = sql::Sql::now_ms(&tx)?;
-                    guarded(|| op(&tx, now))
+                    guarded(|| op(&sqlite::Tx(&tx), now))
                 })
                 .await?),
             Kind::Postgres(pg) => {
                 let pg = pg.clone();
+                let op = move |c: &dyn sql::Sql, now| op(&postgres::Tx(c), now);
                 tokio::task::spawn_blocking(move || pg.read(op))
                     .await
                     .map_err(|_| CoreError::StoreClosed)?
@@ -235,20 +239,23 @@ impl Writer {
     ///
     /// # Errors
     /// `op`'s, or the store's.
-    pub async fn write<T, F>(
+    pub(crate) async fn write<T, F>(
         &self,
         lane: group::Lane,
         key: Option<String>,
         probe: Option<Probe>,
-        op: F,
+        mut op: F,
     ) -> Result<T, CoreError>
     where
         T: Send + 'static,
-        F: FnMut(&dyn sql::Sql) -> Result<T, CoreError> + Send + 'static,
+        F: FnMut(&dyn tx::Tx) -> Result<T, CoreError> + Send + 'static,
     {
         match self {
-            Writer::Sqlite(w) => w.write(lane, op).await,
-            Writer::Postgres(w) => w.write(lane, key, probe, op).await,
+            Writer::Sqlite(w) => w.write(lane, move |c| op(&sqlite::Tx(c))).await,
+            Writer::Postgres(w) => {
+                let op = move |c: &dyn sql::Sql| op(&postgres::Tx(c));
+                w.write(lane, key, probe, op).await
+            }
         }
     }
 }

@@ -891,7 +891,9 @@ mod tests {
                     &writer,
                     Some(&t.to_string()),
                     Some(probe),
-                    move |c: &dyn Sql| submit::run(c, &mut ctx(3), &t, req.clone()),
+                    move |c: &dyn Sql| {
+                        submit::run(&crate::store::postgres::Tx(c), &mut ctx(3), &t, req.clone())
+                    },
                 ));
             }
         }
@@ -914,7 +916,7 @@ mod tests {
             }
         }
         for t in &tasks {
-            let task = load_task(&conn, t).expect("task");
+            let task = load_task(&*crate::ops::testing::TestDb::tx(&conn), t).expect("task");
             assert_eq!(task.status, TaskStatus::Finalized);
             assert_eq!(task.final_label.as_deref(), Some("positive"));
             assert_eq!((task.submissions, task.active_leases), (3, 0));
