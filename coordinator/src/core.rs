@@ -421,7 +421,7 @@ impl Core {
     /// # Errors
     /// See `ops::submit::accept`.
     pub async fn accept(&self, task: TaskId, sub: Submission) -> Result<SubmitReply, CoreError> {
-        let probe = Some(ops::submit::probe(&task, sub.worker_id(), sub.lease_id()));
+        let probe = Some(Probe::answer(&task, sub.worker_id(), sub.lease_id()));
         let r = self
             .write_in(
                 Lane::Normal,

@@ -1,7 +1,7 @@
 //! `task.cancel` and `task.retry`: a client ends open tasks, or gives failed ones another go.
 //! Both act on all the tasks named or on none.
 
-use super::task::{close_task, load_task, rewind_cursors};
+use super::task::{close_task, load_task};
 use super::Ctx;
 use crate::api::Effect;
 use crate::error::CoreError;
@@ -92,7 +92,7 @@ pub(crate) fn retry(
              WHERE id = ?3",
             )?
             .execute(crate::params![required, max_answers, id.to_string()])?;
-        rewind_cursors(tx, id)?;
+        tx.rewind_cursors(id)?;
         ctx.effects
             .push(Effect::Announce(load_task(tx, id)?.announcement()));
         tracing::info!(task_id = %id, "task requeued");

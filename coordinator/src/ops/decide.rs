@@ -11,9 +11,8 @@ use crate::consensus::{
 };
 use crate::error::CoreError;
 use crate::store::rows::TaskRow;
-use crate::store::sql::{params, typed_rows, Dialect, Merged};
 use crate::store::tx::Tx;
-use crate::store::{blob_to_vector, from_ms, vector_to_blob};
+use crate::store::{from_ms, vector_to_blob};
 use protocol::generation::{blob_to_ids, VerifyMode};
 use protocol::messages::{FailureReason, TaskEvent};
 use protocol::{TaskId, TaskStatus};
@@ -31,16 +30,9 @@ pub(crate) fn label(
     task: &TaskRow,
     answers: Option<Vec<(String, f64)>>,
 ) -> Result<(Outcome, Option<String>), CoreError> {
-    let tid = task.id.to_string();
-    let votes: Vec<(String, f64)> = match answers {
+    let votes = match answers {
         Some(votes) => votes,
-        None => tx
-            .sql()
-            .prepare_cached(
-                "SELECT label, confidence FROM submission WHERE task_id = ?1 ORDER BY id",
-            )?
-            .query_map([&tid], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?,
+        None => tx.label_answers(&task.id)?,
     };
     let ballot: Vec<Vote<'_>> = votes
         .iter()
@@ -55,72 +47,17 @@ pub(crate) fn label(
         undecided(tx, ctx, task, outcome, votes.len(), decision.votes)?;
         return Ok((outcome, None));
     }
-    tx.sql().defer_merged(
-        &DECIDED,
-        params![tid, decision.label, decision.confidence, ctx.now],
-    )?;
+    tx.decide_label(&task.id, &decision.label, decision.confidence, ctx.now)?;
     let answer = Final::Label(decision.label.clone());
     finished(ctx, &task.id, answer, decision.confidence);
     Ok((Outcome::Decided, Some(decision.label)))
 }
 
-/// A label task decided: its final label and confidence, the agreement flags, a point to each
-/// worker in the winning group. Arguments: task, label, confidence, time. Decisions of a batch
-/// on PostgreSQL are one statement, made after the batch's votes ([`VOTE`], a lower phase), so
-/// they see the deciding answers.
-pub(crate) static DECIDED: Merged = Merged {
-    one: |conn, a| {
-        conn.defer_all(&[
-            (
-                "UPDATE task SET status = 'finalized', final_label = ?1, final_confidence = ?2,
-                     finished_at = ?3, inconclusive = 0
-                 WHERE id = ?4",
-                &[&a[1], &a[2], &a[3], &a[0]],
-            ),
-            (
-                "UPDATE submission SET agreed = CASE WHEN label = ?1 THEN 1 ELSE 0 END
-                 WHERE task_id = ?2",
-                &[&a[1], &a[0]],
-            ),
-            // By label, not by the flag set beside it (which it would not see on PostgreSQL).
-            (&award_sql(conn.dialect(), "label = ?2"), &[&a[0], &a[1]]),
-        ])
-    },
-    // One statement for the batch's decisions, joined by key (see VOTE).
-    many: |n| {
-        let rows = typed_rows(n, &["TEXT", "TEXT", "DOUBLE PRECISION", "BIGINT"]);
-        format!(
-            "WITH d (task_id, label, confidence, at) AS (VALUES {rows}),
-             a AS (UPDATE submission SET agreed = CASE WHEN submission.label = d.label
-                                                       THEN 1 ELSE 0 END
-                   FROM d WHERE submission.task_id = d.task_id),
-             p AS (INSERT INTO score_delta (worker_id, points)
-                   SELECT s.worker_id, 1 FROM submission s
-                   JOIN d ON s.task_id = d.task_id AND s.label = d.label)
-             UPDATE task SET status = 'finalized', final_label = d.label,
-                 final_confidence = d.confidence, finished_at = d.at, inconclusive = 0
-             FROM d WHERE task.id = d.task_id"
-        )
-    },
-    // Each task once in a statement: the update joined to it decides it once.
-    distinct: 0,
-    phase: 1,
-};
-
-/// A task's answers, as the `votes` column of [`answer_sql`] has those before `sub`, and then
-/// `sub`'s: each label with its confidence, in the order they came.
-pub(crate) fn with_vote(json: &str, sub: &Submission) -> Result<Vec<(String, f64)>, CoreError> {
-    let bad = |e: String| CoreError::Bug(format!("the answers read with a submission: {e}"));
-    let earlier: Vec<(String, String)> =
-        serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
-    let mut votes = earlier
-        .into_iter()
-        .map(|(label, confidence)| {
-            Ok((label, confidence.parse().map_err(|e| bad(format!("{e}")))?))
-        })
-        .collect::<Result<Vec<(String, f64)>, CoreError>>()?;
+/// A task's answers as read with `sub` (those before it), and then `sub`'s: each label with
+/// its confidence, in the order they came.
+pub(crate) fn with_vote(mut votes: Vec<(String, f64)>, sub: &Submission) -> Vec<(String, f64)> {
     votes.push((sub.answer().label().to_owned(), sub.confidence()));
-    Ok(votes)
+    votes
 }
 
 /// A round of answers without a quorum: one more replica (the task is `inconclusive`, open to
@@ -142,10 +79,8 @@ fn undecided(
         );
         return fail_task(tx, ctx, task, FailureReason::NoConsensus, message);
     }
-    tx.sql()
-        .prepare_cached("UPDATE task SET required = required + 1, inconclusive = 1 WHERE id = ?1")?
-        .execute([task.id.to_string()])?;
-    super::task::rewind_cursors(tx, &task.id)?;
+    tx.mark_inconclusive(&task.id)?;
+    tx.rewind_cursors(&task.id)?;
     tracing::debug!(task_id = %task.id, answers, largest, "inconclusive: one more replica");
     ctx.effects.push(Effect::Announce(task.announcement()));
     ctx.effects.push(Effect::Finished(TaskEvent {
@@ -156,7 +91,7 @@ fn undecided(
 }
 
 /// Decides an `embedding` task: the largest group of answers within `threshold` cosine of one
-/// another wins, under the task's vote rule (see [`finalize`]); its members agree and earn a
+/// another wins, under the task's vote rule (see [`label`]); its members agree and earn a
 /// point each.
 pub(crate) fn vectors(
     tx: &dyn Tx,
@@ -164,21 +99,12 @@ pub(crate) fn vectors(
     task: &TaskRow,
     threshold: f64,
 ) -> Result<Outcome, CoreError> {
-    let tid = task.id.to_string();
-    let rows: Vec<(i64, Vec<u8>, f64)> = tx
-        .sql()
-        .prepare_cached(
-            "SELECT id, embedding, confidence FROM submission WHERE task_id = ?1 ORDER BY id",
-        )?
-        .query_map([&tid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<Result<_, _>>()?;
-    let vectors: Vec<Vec<f32>> = rows.iter().map(|(_, b, _)| blob_to_vector(b)).collect();
-    let ballot: Vec<VectorVote<'_>> = vectors
+    let rows = tx.vector_answers(&task.id)?;
+    let ballot: Vec<VectorVote<'_>> = rows
         .iter()
-        .zip(&rows)
-        .map(|(v, (_, _, confidence))| VectorVote {
-            vector: v,
-            confidence: *confidence,
+        .map(|a| VectorVote {
+            vector: &a.vector,
+            confidence: a.confidence,
         })
         .collect();
     let decision =
@@ -193,25 +119,15 @@ pub(crate) fn vectors(
         undecided(tx, ctx, task, outcome, rows.len(), decision.members.len())?;
         return Ok(outcome);
     }
-    tx.sql()
-        .prepare_cached(
-            "UPDATE task SET status = 'finalized', final_embedding = ?1, final_confidence = ?2,
-             finished_at = ?3, inconclusive = 0
-         WHERE id = ?4",
-        )?
-        .execute(params![
-            vector_to_blob(&decision.vector),
-            decision.confidence,
-            ctx.now,
-            tid
-        ])?;
-    let mut mark = tx
-        .sql()
-        .prepare_cached("UPDATE submission SET agreed = ?1 WHERE id = ?2")?;
-    for (i, (id, _, _)) in rows.iter().enumerate() {
-        mark.execute(params![decision.members.contains(&i), id])?;
-    }
-    award_points(tx, &tid)?;
+    let blob = vector_to_blob(&decision.vector);
+    tx.finalize_vector(&task.id, &blob, decision.confidence, ctx.now)?;
+    let flags: Vec<(i64, bool)> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.id, decision.members.contains(&i)))
+        .collect();
+    tx.mark_agreed(&flags)?;
+    tx.award_agreeing(&task.id)?;
     finished(
         ctx,
         &task.id,
@@ -243,15 +159,8 @@ pub(crate) fn generated(
     ctx: &mut Ctx,
     task: &TaskRow,
 ) -> Result<Generated, CoreError> {
-    let tid = task.id.to_string();
-    let rows: Vec<(i64, Vec<u8>, String, f64)> = tx
-        .sql()
-        .prepare_cached(
-            "SELECT id, token_ids, text, confidence FROM submission WHERE task_id = ?1 ORDER BY id",
-        )?
-        .query_map([&tid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<Result<_, _>>()?;
-    let ballot: Vec<&[u8]> = rows.iter().map(|(_, ids, _, _)| ids.as_slice()).collect();
+    let rows = tx.token_answers(&task.id)?;
+    let ballot: Vec<&[u8]> = rows.iter().map(|a| a.token_ids.as_slice()).collect();
     let always_verify = task
         .generation
         .as_ref()
@@ -267,25 +176,20 @@ pub(crate) fn generated(
             distinct: distinct_count(&ballot),
         });
     };
-    let (_, ids, text, _) = &rows[members[0]];
-    let confidence = members.iter().map(|&i| rows[i].3).sum::<f64>() / members.len() as f64;
-    tx.sql()
-        .prepare_cached(
-            "UPDATE task SET status = 'finalized', final_token_ids = ?1, final_text = ?2,
-             final_confidence = ?3, finished_at = ?4
-         WHERE id = ?5",
-        )?
-        .execute(params![ids, text, confidence, ctx.now, tid])?;
-    let mut mark = tx
-        .sql()
-        .prepare_cached("UPDATE submission SET agreed = ?1 WHERE id = ?2")?;
-    for (i, (id, _, _, _)) in rows.iter().enumerate() {
-        mark.execute(params![members.contains(&i), id])?;
-    }
-    award_points(tx, &tid)?;
-    let answer = Final::Generated(blob_to_ids(ids), text.clone());
+    let won = &rows[members[0]];
+    let confidence =
+        members.iter().map(|&i| rows[i].confidence).sum::<f64>() / members.len() as f64;
+    tx.finalize_tokens(&task.id, &won.token_ids, &won.text, confidence, ctx.now)?;
+    let flags: Vec<(i64, bool)> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.id, members.contains(&i)))
+        .collect();
+    tx.mark_agreed(&flags)?;
+    tx.award_agreeing(&task.id)?;
+    let answer = Final::Generated(blob_to_ids(&won.token_ids), won.text.clone());
     finished(ctx, &task.id, answer, confidence);
-    Ok(Generated::Final(text.clone()))
+    Ok(Generated::Final(won.text.clone()))
 }
 
 /// What a task was finalized on.
@@ -313,30 +217,4 @@ pub(crate) fn finished(ctx: &mut Ctx, task_id: &TaskId, answer: Final, confidenc
         final_confidence: Some(confidence),
         ..TaskEvent::new(*task_id, TaskStatus::Finalized, from_ms(ctx.now))
     }));
-}
-
-/// One point to each worker whose submission on the task agreed with the consensus.
-pub(crate) fn award_points(tx: &dyn Tx, tid: &str) -> Result<(), CoreError> {
-    tx.sql()
-        .prepare_cached(&award_sql(tx.sql().dialect(), "agreed = 1"))?
-        .defer([tid])?;
-    Ok(())
-}
-
-/// The statement that gives one point to each worker whose submission on task `?1` meets
-/// `agreeing` (a condition on the submission). PostgreSQL appends the points to `score_delta`
-/// rather than update the workers' score rows in place: no lock on them (see score_delta).
-fn award_sql(dialect: Dialect, agreeing: &str) -> String {
-    match dialect {
-        Dialect::Postgres => format!(
-            "INSERT INTO score_delta (worker_id, points)
-             SELECT worker_id, 1 FROM submission WHERE task_id = ?1 AND {agreeing}"
-        ),
-        Dialect::Sqlite => format!(
-            "INSERT INTO worker_score (worker_id, points)
-             SELECT worker_id, 1 FROM submission WHERE task_id = ?1 AND {agreeing}
-             ORDER BY worker_id
-             ON CONFLICT (worker_id) DO UPDATE SET points = worker_score.points + 1"
-        ),
-    }
 }

@@ -15,7 +15,7 @@ use crate::error::CoreError;
 use crate::store::from_ms;
 use crate::store::rows::{Json, TaskRow};
 use crate::store::sql::{params, OptionalExtension};
-use crate::store::tx::Tx;
+use crate::store::tx::{Credit, Tx};
 use protocol::generation::GenerationSpec;
 use protocol::limits::{DEFAULT_REQUIRED_SUBMISSIONS, MAX_TASKS_PER_ADD};
 use protocol::messages::{Lease, NewTask, TaskAnnouncement};
@@ -284,15 +284,12 @@ pub(crate) fn check(
             correct,
             ctx.now
         ])?;
-    tx.sql()
-        .prepare_cached(
-            "INSERT INTO worker_score (worker_id, points, gold_answered, gold_right)
-         VALUES (?1, 0, 1, ?2)
-         ON CONFLICT (worker_id) DO UPDATE SET
-             gold_answered = worker_score.gold_answered + 1,
-             gold_right = worker_score.gold_right + excluded.gold_right",
-        )?
-        .execute(params![sub.worker_id().as_str(), i64::from(correct)])?;
+    let credit = Credit {
+        gold_answered: 1,
+        gold_right: i64::from(correct),
+        ..Credit::default()
+    };
+    tx.credit(&mut [(sub.worker_id().clone(), credit)])?;
     tx.sql().prepare_cached(
         "UPDATE task SET status = 'finalized', final_label = ?1, finished_at = ?2 WHERE id = ?3",
     )?

@@ -134,7 +134,7 @@ fn check(conn: &dyn Sql, finished: &HashMap<TaskId, usize>) {
             AND (SELECT COUNT(*) FROM (SELECT COUNT(*) AS n FROM submission s WHERE s.task_id = t.id GROUP BY s.label) AS g1
                  WHERE n = (SELECT MAX(m) FROM (SELECT COUNT(*) AS m FROM submission s WHERE s.task_id = t.id GROUP BY s.label) AS g2)) = 1"),
         ("a gold answer voted", "SELECT COUNT(*) FROM submission s JOIN task t ON t.id = s.task_id WHERE t.gold IS NOT NULL AND s.agreed IS NOT NULL"),
-        ("gold answers not counted", "SELECT (SELECT COALESCE(SUM(gold_answered), 0) FROM worker_score) != (SELECT COUNT(*) FROM gold_answer)
+        ("gold answers not counted", "SELECT (SELECT COALESCE(SUM(gold_answered), 0) FROM worker_score) + (SELECT COALESCE(SUM(gold_answered), 0) FROM score_delta) != (SELECT COUNT(*) FROM gold_answer)
             OR (SELECT COUNT(*) FROM gold_answer) != (SELECT COUNT(*) FROM submission s JOIN task t ON t.id = s.task_id WHERE t.gold IS NOT NULL)"),
         // `assigned` is derived from the live leases, never stored.
         ("assigned stored", "SELECT COUNT(*) FROM task WHERE status = 'assigned'"),

@@ -407,13 +407,9 @@ fn submit_with(
     .expect("submit");
 }
 
-fn gold_score(conn: &dyn Sql, worker: &str) -> (u32, u32) {
-    conn.query_row(
-        "SELECT gold_answered, gold_right FROM worker_score WHERE worker_id = ?1",
-        [worker],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
-    .expect("score")
+fn gold_score(conn: &dyn Tx, worker: &str) -> (u32, u32) {
+    let s = conn.score(&wid(worker)).expect("score");
+    (s.gold_answered as u32, s.gold_right as u32)
 }
 
 fn gold_files_are_checked_whole_and_stored_once(mut conn: TestStore) {
@@ -469,7 +465,7 @@ fn gold_is_checked_never_voted_and_quarantines_a_wrong_worker_until_it_recovers(
         !r.finalized && r.final_label.is_none(),
         "the known answer is not told"
     );
-    assert_eq!(gold_score(&conn, "liar"), (1, 0));
+    assert_eq!(gold_score(&*conn.tx(), "liar"), (1, 0));
     assert_eq!(points(&conn, "liar"), 0, "gold earns no point");
     assert!(
         (&conn as &dyn Sql)
@@ -501,7 +497,7 @@ fn gold_is_checked_never_voted_and_quarantines_a_wrong_worker_until_it_recovers(
         submit_with(&mut conn, 8, no_gold, &l, "liar", "positive");
     }
     // Four right answers bring it to 4 of 8: back above the bar, real work again.
-    assert_eq!(gold_score(&conn, "liar"), (8, 4));
+    assert_eq!(gold_score(&*conn.tx(), "liar"), (8, 4));
     assert!(gold::quarantine(&*conn.tx(), &wid("liar"))
         .expect("read")
         .is_none());
@@ -556,7 +552,7 @@ fn generative_gold_is_checked_on_its_text(mut conn: TestStore) {
         };
         conn.write(|tx| submit::run(tx, &mut Ctx::new(2, s), &l.task_id, sub))
             .expect("gold answer");
-        assert_eq!(gold_score(&conn, worker), (1, right), "{worker}");
+        assert_eq!(gold_score(&*conn.tx(), worker), (1, right), "{worker}");
     }
 }
 

@@ -10,11 +10,10 @@
 //! largest `required` its live workers cover.
 
 use crate::error::CoreError;
-use crate::store::rows::{Json, TaskRow};
-use crate::store::sql::{params, OptionalExtension};
+use crate::store::rows::TaskRow;
 use crate::store::tx::Tx;
 use protocol::messages::{Starvation, StarvedType};
-use protocol::{TaskType, WorkerId};
+use protocol::{TaskId, TaskType, WorkerId};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What a task is routed by: its type and, for a generative type, the model content it pins.
@@ -29,26 +28,14 @@ impl Live {
     /// Reads the live workers at `now`.
     pub(crate) fn read(tx: &dyn Tx, now: i64, heartbeat_ttl_ms: i64) -> Result<Self, CoreError> {
         let mut live = Self::default();
-        let mut stmt = tx.sql().prepare_cached(
-            "SELECT id, capabilities, model_hash FROM worker
-             WHERE status = 'active' AND last_seen > ?1",
-        )?;
-        let rows = stmt.query_map([now - heartbeat_ttl_ms], |r| {
-            Ok((
-                crate::store::rows::parsed::<WorkerId>(r, 0)?,
-                r.get::<_, Json<Vec<TaskType>>>(1)?.0,
-                r.get::<_, Option<String>>(2)?,
-            ))
-        })?;
-        for row in rows {
-            let (worker, capabilities, hash) = row?;
-            for t in capabilities {
-                let hash = match (t.is_generative(), &hash) {
+        for w in tx.live_workers(now - heartbeat_ttl_ms)? {
+            for t in w.capabilities {
+                let hash = match (t.is_generative(), &w.model_hash) {
                     (false, _) => None,
                     (true, Some(h)) => Some(h.clone()),
                     (true, None) => continue,
                 };
-                live.0.entry((t, hash)).or_default().insert(worker.clone());
+                live.0.entry((t, hash)).or_default().insert(w.id.clone());
             }
         }
         Ok(live)
@@ -67,7 +54,7 @@ impl Live {
     fn check(
         &self,
         tx: &dyn Tx,
-        task: &str,
+        task: &TaskId,
         (t, hash): (&TaskType, Option<&str>),
         required: u32,
         submissions: u32,
@@ -80,13 +67,8 @@ impl Live {
         }
         if submissions > 0 {
             if let Some(live) = self.capable(t, hash) {
-                let mut voters = tx
-                    .sql()
-                    .prepare_cached("SELECT worker_id FROM submission WHERE task_id = ?1")?;
-                let rows =
-                    voters.query_map([task], |r| crate::store::rows::parsed::<WorkerId>(r, 0))?;
-                for voter in rows {
-                    capable -= u32::from(live.contains(&voter?));
+                for voter in tx.voters(task)? {
+                    capable -= u32::from(live.contains(&voter));
                 }
             }
         }
@@ -108,7 +90,7 @@ pub(crate) fn of_task(
     }
     live.check(
         tx,
-        &task.id.to_string(),
+        &task.id,
         (
             &task.task_type,
             task.generation.as_ref().map(|g| g.model_hash.as_str()),
@@ -118,17 +100,6 @@ pub(crate) fn of_task(
     )
 }
 
-/// The starved tasks of type `?1` pinning model content `?4` (none for types that are not
-/// generated) when `?2` live workers, the JSON array `?3`, can do it: those that need more
-/// workers than are live, less those whose voters are gone enough to make up for it.
-const COUNT_STARVED: &str = "SELECT COUNT(*) FROM task t INDEXED BY task_open_required
-     WHERE t.status IN ('queued', 'assigned') AND t.type = ?1 AND t.required > ?2
-       AND t.model_hash IS NOT DISTINCT FROM ?4
-       AND (t.submissions = 0
-            OR t.required - t.submissions > ?2 - (
-                SELECT COUNT(*) FROM submission s
-                WHERE s.task_id = t.id AND s.worker_id IN (SELECT value FROM json_each(?3))))";
-
 /// The starved tasks, by type. Types whose largest `required` the live workers cover cost one
 /// index seek; for the others one SQL count runs over the tasks that need more workers than are
 /// live, reading a task's voters only when it has some.
@@ -136,37 +107,18 @@ const COUNT_STARVED: &str = "SELECT COUNT(*) FROM task t INDEXED BY task_open_re
 /// # Errors
 /// Store errors only.
 pub(crate) fn summary(tx: &dyn Tx, live: &Live) -> Result<Vec<StarvedType>, CoreError> {
-    let mut next_type = tx.sql().prepare_cached(
-        "SELECT type FROM task INDEXED BY task_open_required
-         WHERE status IN ('queued', 'assigned') AND type > ?1 ORDER BY type LIMIT 1",
-    )?;
-    let mut most_required = tx.sql().prepare_cached(
-        "SELECT required FROM task INDEXED BY task_open_required
-         WHERE status IN ('queued', 'assigned') AND type = ?1 AND model_hash IS NOT DISTINCT FROM ?2
-         ORDER BY required DESC LIMIT 1",
-    )?;
-    let mut hashes = tx.sql().prepare_cached(
-        "SELECT DISTINCT model_hash FROM task INDEXED BY task_open_required
-         WHERE status IN ('queued', 'assigned') AND type = ?1",
-    )?;
-    let mut starved = tx.sql().prepare_cached(COUNT_STARVED)?;
     let mut out = Vec::new();
     let mut after = String::new();
-    while let Some(t) = next_type
-        .query_row([&after], |r| crate::store::rows::parsed::<TaskType>(r, 0))
-        .optional()?
-    {
+    while let Some(t) = tx.next_open_type(&after)? {
         after = t.as_str().to_owned();
         let routes: Vec<Option<String>> = if t.is_generative() {
-            hashes
-                .query_map([t.as_str()], |r| r.get(0))?
-                .collect::<Result<_, _>>()?
+            tx.open_hashes(&t)?
         } else {
             vec![None]
         };
         for hash in routes {
             let live_workers = live.count(&t, hash.as_deref());
-            let required: u32 = most_required.query_row(params![t.as_str(), hash], |r| r.get(0))?;
+            let required = tx.most_required(&t, hash.as_deref())?;
             if required <= live_workers {
                 continue;
             }
@@ -174,11 +126,7 @@ pub(crate) fn summary(tx: &dyn Tx, live: &Live) -> Result<Vec<StarvedType>, Core
                 .capable(&t, hash.as_deref())
                 .map(|w| w.iter().map(WorkerId::as_str).collect())
                 .unwrap_or_default();
-            let capable = serde_json::to_string(&capable).expect("worker ids serialize");
-            let tasks: u64 = starved
-                .query_row(params![t.as_str(), live_workers, capable, hash], |r| {
-                    r.get(0)
-                })?;
+            let tasks = tx.count_starved(&t, hash.as_deref(), &capable)?;
             if tasks > 0 {
                 out.push(StarvedType {
                     task_type: t.clone(),
@@ -330,25 +278,6 @@ mod tests {
         register(&*conn.tx(), much_later, "d", &[TaskType::sentiment()]);
         assert_eq!(starved(&*conn.tx(), much_later, &t), None);
         assert!(summary_at(&*conn.tx(), much_later).is_empty());
-    }
-
-    #[test]
-    fn the_summary_reads_only_tasks_needing_more_workers_than_are_live() {
-        let conn = store();
-        let plan: String = (&conn as &dyn Sql)
-            .prepare(&format!("EXPLAIN QUERY PLAN {COUNT_STARVED}"))
-            .expect("explain")
-            .query_map(params!["sentiment", 3, "[]", None::<String>], |r| {
-                r.get::<_, String>(3)
-            })
-            .expect("plan")
-            .collect::<Result<Vec<_>, _>>()
-            .expect("rows")
-            .join("; ");
-        assert!(
-            plan.contains("task_open_required (type=? AND required>?)"),
-            "{plan}"
-        );
     }
 
     fn a_generative_task_counts_only_workers_serving_its_model_content(mut conn: TestStore) {

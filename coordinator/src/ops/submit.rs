@@ -7,24 +7,19 @@
 //! the same worker is refused.
 
 use super::decide::{self, Generated};
-use super::task::{check_lease, fail_task, live_lease, named_lease, Named};
+use super::task::{check_lease, fail_task};
 use super::{verify, Ctx};
 use crate::api::{Answered, Submission};
 use crate::consensus::Outcome;
 use crate::error::CoreError;
-use crate::store::rows::{parsed, TaskRow, TASK_COLUMNS, TASK_COLUMN_COUNT};
-use crate::store::sql::{numbered, params, typed_rows, Dialect, Merged, OptionalExtension, ToArg};
-use crate::store::tx::Tx;
-use crate::store::{vector_to_blob, Probe};
+use crate::store::rows::TaskRow;
+use crate::store::tx::{AnswerContext, Earlier, NamedLease, NewVote, Tx};
+use crate::store::vector_to_blob;
 use protocol::generation::ids_to_blob;
 use protocol::limits::DEFAULT_SIMILARITY;
 use protocol::messages::{Answer, FailureReason, SubmitReply};
 use protocol::ProtocolError;
-use protocol::{LeaseId, LeaseState, TaskId, TaskStatus, WorkerId};
-use std::sync::LazyLock;
-
-/// A worker's stored submission on a task: its lease, label, vector blob and token-id blob.
-type Earlier = (LeaseId, String, Option<Vec<u8>>, Option<Vec<u8>>);
+use protocol::{LeaseId, LeaseState, TaskId, TaskStatus};
 
 /// Stores a submission as the NATS API receives it (tests use it; `Core::submit` makes the
 /// [`Submission`] itself).
@@ -57,12 +52,14 @@ pub(crate) fn accept(
     task_id: &TaskId,
     sub: Submission,
 ) -> Result<SubmitReply, CoreError> {
-    let Loaded {
+    let AnswerContext {
         task,
         earlier,
         named,
         votes,
-    } = load_for_answer(tx, task_id, sub.worker_id(), sub.lease_id())?;
+    } = tx
+        .answer_context(task_id, sub.worker_id(), sub.lease_id())?
+        .ok_or(CoreError::TaskNotFound(*task_id))?;
     if let Answered::Verified(report) = sub.answer() {
         return verify::accept(tx, ctx, &task, &sub, report);
     }
@@ -118,8 +115,14 @@ fn resent(
     task: &TaskRow,
     sub: &Submission,
     blobs: &Blobs,
-    (lease, label, embedding, token_ids): Earlier,
+    earlier: Earlier,
 ) -> Result<SubmitReply, CoreError> {
+    let Earlier {
+        lease,
+        label,
+        embedding,
+        token_ids,
+    } = earlier;
     if sub.lease_id().is_none_or(|l| l == lease)
         && label == sub.answer().label()
         && embedding == blobs.vector
@@ -157,7 +160,7 @@ fn entitling_lease(
     tx: &dyn Tx,
     task: &TaskRow,
     sub: &Submission,
-    named: Option<Named>,
+    named: Option<NamedLease>,
 ) -> Result<LeaseId, CoreError> {
     let closed = || CoreError::TaskClosed {
         task: task.id,
@@ -168,32 +171,25 @@ fn entitling_lease(
         None if task.status.is_terminal() => return Err(closed()),
         None => {
             let id =
-                live_lease(tx, &task.id, sub.worker_id())?.ok_or_else(|| CoreError::NotLeased {
-                    worker: sub.worker_id().clone(),
-                    task: task.id,
-                })?;
-            (id, named_lease(tx, &id)?)
+                tx.live_lease(&task.id, sub.worker_id())?
+                    .ok_or_else(|| CoreError::NotLeased {
+                        worker: sub.worker_id().clone(),
+                        task: task.id,
+                    })?;
+            (id, tx.named_lease(&id)?)
         }
     };
     let state = check_lease(&lease_id, named, &task.id, sub.worker_id())?;
-    if task.distinct_models {
-        let counted: bool = tx
-            .sql()
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM submission WHERE task_id = ?1 AND model_hash = ?2)",
-            )?
-            .query_row(params![task.id.to_string(), sub.model_hash()], |r| r.get(0))?;
-        if counted {
-            return Err(ProtocolError::invalid(
-                "model_hash",
-                format!(
-                    "task {} counts one answer per model content and already has one from {}",
-                    task.id,
-                    sub.model_hash().unwrap_or("none")
-                ),
-            )
-            .into());
-        }
+    if task.distinct_models && tx.model_counted(&task.id, sub.model_hash())? {
+        return Err(ProtocolError::invalid(
+            "model_hash",
+            format!(
+                "task {} counts one answer per model content and already has one from {}",
+                task.id,
+                sub.model_hash().unwrap_or("none")
+            ),
+        )
+        .into());
     }
     if task.generation.is_some() && verify::row_of_lease(tx, &lease_id)?.is_some() {
         return Err(ProtocolError::invalid(
@@ -227,23 +223,20 @@ fn record(
         Answered::Generated(g) => Some(g.text.as_str()),
         _ => None,
     };
-    tx.sql().defer_merged(
-        &VOTE,
-        params![
-            task.id.to_string(),
-            sub.worker_id().as_str(),
-            lease_id.to_string(),
-            sub.answer().label(),
-            sub.confidence(),
-            sub.model(),
-            ctx.now,
-            blobs.vector,
-            blobs.ids,
-            text,
-            blobs.logprobs,
-            sub.model_hash()
-        ],
-    )?;
+    tx.record_vote(&NewVote {
+        task: &task.id,
+        worker: sub.worker_id(),
+        lease: lease_id,
+        label: sub.answer().label(),
+        confidence: sub.confidence(),
+        model: sub.model(),
+        at: ctx.now,
+        embedding: blobs.vector.as_deref(),
+        token_ids: blobs.ids.as_deref(),
+        text,
+        logprobs: blobs.logprobs.as_deref(),
+        model_hash: sub.model_hash(),
+    })?;
     tracing::debug!(task_id = %task.id, worker_id = %sub.worker_id(), label = %sub.answer().label(), "submission stored");
     Ok(())
 }
@@ -255,7 +248,7 @@ fn complete(
     ctx: &mut Ctx,
     task: &TaskRow,
     sub: &Submission,
-    votes: Option<String>,
+    votes: Option<Vec<(String, f64)>>,
 ) -> Result<SubmitReply, CoreError> {
     let (mut final_label, mut final_text) = (None, None);
     let finalized = if task.generation.is_some() {
@@ -276,10 +269,7 @@ fn complete(
         let threshold = task.similarity.unwrap_or(DEFAULT_SIMILARITY);
         decide::vectors(tx, ctx, task, threshold)? == Outcome::Decided
     } else {
-        let answers = match votes {
-            Some(json) => Some(decide::with_vote(&json, sub)?),
-            None => None,
-        };
+        let answers = votes.map(|votes| decide::with_vote(votes, sub));
         let (outcome, label) = decide::label(tx, ctx, task, answers)?;
         final_label = label;
         outcome == Outcome::Decided
@@ -291,173 +281,6 @@ fn complete(
         final_label,
         final_text,
     })
-}
-
-/// What a submission is decided from, read in one statement.
-struct Loaded {
-    /// The task, its row locked on PostgreSQL.
-    task: TaskRow,
-    /// The worker's earlier submission on it.
-    earlier: Option<Earlier>,
-    /// The lease the submission names, if it names one.
-    named: Option<Named>,
-    /// On PostgreSQL, when this answer completes the required count: the task's answers so
-    /// far, in the order they came, as JSON `[[label, confidence as text], ...]`.
-    votes: Option<String>,
-}
-
-/// Reads what a submission is decided from (see [`Loaded`]).
-///
-/// # Errors
-/// [`CoreError::TaskNotFound`] for an unknown task.
-fn load_for_answer(
-    tx: &dyn Tx,
-    task_id: &TaskId,
-    worker: &WorkerId,
-    lease: Option<LeaseId>,
-) -> Result<Loaded, CoreError> {
-    let loaded = read_for_answer(tx, task_id, worker, lease)?;
-    if loaded.1 {
-        return Ok(loaded.0);
-    }
-    // The row is locked now: read once more, in a snapshot that has what was committed.
-    Ok(read_for_answer(tx, task_id, worker, lease)?.0)
-}
-
-/// One read of [`load_for_answer`], and whether it is fresh (see [`answer_text`]).
-fn read_for_answer(
-    tx: &dyn Tx,
-    task_id: &TaskId,
-    worker: &WorkerId,
-    lease: Option<LeaseId>,
-) -> Result<(Loaded, bool), CoreError> {
-    // The columns after the task's (see answer_text).
-    const VOTES: usize = TASK_COLUMN_COUNT;
-    const FRESH: usize = VOTES + 1;
-    const EARLIER: usize = FRESH + 1;
-    const NAMED: usize = EARLIER + 4;
-    tx.sql()
-        .prepare_cached(answer_sql(tx.sql().dialect()))?
-        .query_row(
-            params![
-                task_id.to_string(),
-                worker.as_str(),
-                lease.map(|l| l.to_string())
-            ],
-            |r| {
-                let earlier = if r.is_null(EARLIER)? {
-                    None
-                } else {
-                    Some((
-                        parsed(r, EARLIER)?,
-                        r.get(EARLIER + 1)?,
-                        r.get(EARLIER + 2)?,
-                        r.get(EARLIER + 3)?,
-                    ))
-                };
-                let named = if r.is_null(NAMED)? {
-                    None
-                } else {
-                    Some((
-                        parsed(r, NAMED)?,
-                        parsed(r, NAMED + 1)?,
-                        parsed(r, NAMED + 2)?,
-                    ))
-                };
-                let loaded = Loaded {
-                    task: TaskRow::from_row(r)?,
-                    votes: r.get(VOTES)?,
-                    earlier,
-                    named,
-                };
-                Ok((loaded, r.get(FRESH)?))
-            },
-        )
-        .optional()?
-        .ok_or(CoreError::TaskNotFound(*task_id))
-}
-
-/// [`load_for_answer`]'s statement on `dialect`'s engine: task `?1`, worker `?2`, lease `?3`.
-pub(crate) fn answer_sql(dialect: Dialect) -> &'static str {
-    static SQLITE: LazyLock<String> = LazyLock::new(|| answer_text(Dialect::Sqlite, false));
-    static POSTGRES: LazyLock<String> = LazyLock::new(|| answer_text(Dialect::Postgres, false));
-    match dialect {
-        Dialect::Sqlite => &SQLITE,
-        Dialect::Postgres => &POSTGRES,
-    }
-}
-
-/// [`answer_sql`] on PostgreSQL for a batch of submissions (see [`Probe`]): `?1`, `?2` and `?3`
-/// are arrays of tasks, workers and leases.
-pub(crate) fn answer_many_sql() -> &'static str {
-    static MANY: LazyLock<String> = LazyLock::new(|| answer_text(Dialect::Postgres, true));
-    &MANY
-}
-
-/// The joined read a submission starts with, for PostgreSQL's writer sessions to make for a
-/// whole batch of submissions at once.
-pub(crate) fn probe(task: &TaskId, worker: &WorkerId, lease: Option<LeaseId>) -> Probe {
-    Probe {
-        one: answer_sql(Dialect::Postgres),
-        many: answer_many_sql(),
-        args: vec![
-            Some(task.to_string()),
-            Some(worker.as_str().to_owned()),
-            lease.map(|l| l.to_string()),
-        ],
-    }
-}
-
-/// The text of [`answer_sql`] (`many`: of [`answer_many_sql`]).
-fn answer_text(dialect: Dialect, many: bool) -> String {
-    // The answers so far, for the one that completes the count: on PostgreSQL a statement
-    // fewer for it; SQLite reads them when it decides, with nothing to save.
-    let votes = match dialect {
-        Dialect::Postgres => {
-            "CASE WHEN task.submissions + 1 >= task.required THEN
-                 (SELECT CAST(json_agg(json_build_array(v.label, CAST(v.confidence AS TEXT))
-                                       ORDER BY v.id) AS TEXT)
-                  FROM submission v WHERE v.task_id = task.id)
-             END"
-        }
-        Dialect::Sqlite => "NULL",
-    };
-    // Whether the task row locked is the one this statement's snapshot has: a row another
-    // transaction changed and committed while this one waited for its lock is read again as
-    // it now is, but the rows joined to it (and the answers) are still as the snapshot had them.
-    let fresh = match dialect {
-        Dialect::Postgres => "task.xmin = (SELECT t.xmin FROM task t WHERE t.id = task.id)",
-        Dialect::Sqlite => "1",
-    };
-    let lock = dialect.lock_suffix();
-    if !many {
-        return format!(
-            "SELECT {TASK_COLUMNS}, {votes}, {fresh}, s.lease_id, s.label, s.embedding, s.token_ids,
-                    l.task_id, l.worker_id, l.state
-             FROM task
-             LEFT JOIN submission s ON s.task_id = task.id AND s.worker_id = ?2
-             LEFT JOIN lease l ON l.id = ?3
-             WHERE task.id = ?1{lock}"
-        );
-    }
-    // Each request in turn, in the order the writer sorts its batches by (their keys, as
-    // bytes), so the task rows are locked in that order; each row found by its key (lateral
-    // subqueries: a plan made while the tables are empty would otherwise join by hashing
-    // whole tables, and keep doing so).
-    format!(
-        "SELECT task.*, s.lease_id, s.label, s.embedding, s.token_ids,
-                l.task_id, l.worker_id, l.state, r.i
-         FROM (SELECT * FROM unnest(CAST(?1 AS TEXT[]), CAST(?2 AS TEXT[]), CAST(?3 AS TEXT[]))
-                   WITH ORDINALITY AS u (task_id, worker_id, lease_id, i)
-               ORDER BY task_id COLLATE \"C\", i) r
-         JOIN LATERAL (SELECT {TASK_COLUMNS}, {votes}, {fresh} FROM task
-                       WHERE task.id = r.task_id{lock}) task ON TRUE
-         LEFT JOIN LATERAL (SELECT lease_id, label, embedding, token_ids FROM submission
-                            WHERE task_id = r.task_id AND worker_id = r.worker_id
-                            OFFSET 0) s ON TRUE
-         LEFT JOIN LATERAL (SELECT task_id, worker_id, state FROM lease
-                            WHERE id = r.lease_id OFFSET 0) l ON TRUE"
-    )
 }
 
 /// Refuses an answer of the wrong kind for the task: a label for an `embedding` task, a vector
@@ -542,76 +365,6 @@ fn check_fits(
         },
         Answer::Embedding(_) => Ok(()),
     }
-}
-
-/// A vote's changes: its submission row, its lease completed, the task's counters. Arguments:
-/// the submission's columns, in [`VOTE_COLUMNS`]' order. Votes of a batch on PostgreSQL are one
-/// statement.
-pub(crate) static VOTE: Merged = Merged {
-    one: |conn, a| {
-        static INSERT: LazyLock<String> = LazyLock::new(|| {
-            format!(
-                "INSERT INTO submission ({}) VALUES ({})",
-                vote_columns(),
-                numbered(1, VOTE_COLUMNS.len())
-            )
-        });
-        let all: Vec<&dyn ToArg> = a.iter().map(|v| v as &dyn ToArg).collect();
-        // Three rows of three tables: one statement on PostgreSQL.
-        conn.defer_all(&[
-            (&INSERT, &all),
-            (
-                "UPDATE lease SET state = 'completed', ended_at = ?1 WHERE id = ?2",
-                &[&a[6], &a[2]],
-            ),
-            (
-                "UPDATE task SET
-                     submissions = submissions + 1,
-                     active_leases = active_leases - 1
-                 WHERE id = ?1",
-                &[&a[0]],
-            ),
-        ])
-    },
-    // One statement for the batch's votes, joined by key (writer sessions plan without
-    // sequential scans: see `WRITER_SETTINGS` in store::pg).
-    many: |n| {
-        let columns = vote_columns();
-        let rows = typed_rows(n, &VOTE_COLUMNS.map(|(_, ty)| ty));
-        format!(
-            "WITH v ({columns}) AS (VALUES {rows}),
-             s AS (INSERT INTO submission ({columns}) SELECT {columns} FROM v),
-             l AS (UPDATE lease SET state = 'completed', ended_at = v.created_at
-                   FROM v WHERE lease.id = v.lease_id)
-             UPDATE task SET submissions = submissions + 1, active_leases = active_leases - 1
-             FROM v WHERE task.id = v.task_id"
-        )
-    },
-    // Each task once in a statement: the update joined to it counts one vote.
-    distinct: 0,
-    phase: 0,
-};
-
-/// The submission columns a vote stores ([`VOTE`]'s arguments, in this order), with their
-/// PostgreSQL types.
-const VOTE_COLUMNS: [(&str, &str); 12] = [
-    ("task_id", "TEXT"),
-    ("worker_id", "TEXT"),
-    ("lease_id", "TEXT"),
-    ("label", "TEXT"),
-    ("confidence", "DOUBLE PRECISION"),
-    ("model", "TEXT"),
-    ("created_at", "BIGINT"),
-    ("embedding", "BYTEA"),
-    ("token_ids", "BYTEA"),
-    ("text", "TEXT"),
-    ("logprobs", "BYTEA"),
-    ("model_hash", "TEXT"),
-];
-
-/// [`VOTE_COLUMNS`]' names, as a column list.
-fn vote_columns() -> String {
-    VOTE_COLUMNS.map(|(name, _)| name).join(", ")
 }
 
 #[cfg(test)]
@@ -1266,12 +1019,8 @@ mod tests {
         let c = score_all_at(&mut conn, &mut traps, "c", &truth, Honesty::Honest);
         assert_eq!((b, c), (1, 1));
         let count = |w: &str| -> (i64, i64) {
-            conn.query_row(
-                "SELECT traps_caught, traps_missed FROM worker_score WHERE worker_id = ?1",
-                [w],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .expect("score")
+            let s = conn.tx().score(&wid(w)).expect("score");
+            (s.traps_caught, s.traps_missed)
         };
         assert_eq!((count("b"), count("c")), ((0, 1), (1, 0)));
         assert_eq!((points(&conn, "b"), points(&conn, "c")), (-1, 0));

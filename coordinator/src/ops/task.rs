@@ -5,27 +5,17 @@ use super::Ctx;
 use crate::api::Effect;
 use crate::error::CoreError;
 use crate::store::from_ms;
-use crate::store::rows::{parsed, TaskRow, TASK_COLUMNS, TASK_VIEW_COLUMNS};
-use crate::store::sql::{params, OptionalExtension, Row};
-use crate::store::tx::Tx;
+use crate::store::rows::TaskRow;
+use crate::store::tx::{NamedLease, Tx};
 use protocol::messages::{FailureReason, TaskEvent};
 use protocol::{LeaseId, LeaseState, TaskId, TaskStatus, WorkerId};
 
-/// Loads a task.
+/// Loads a task, locked where the engine locks (see [`crate::store::tx::Tasks::task`]).
 ///
 /// # Errors
 /// [`CoreError::TaskNotFound`] when there is none with that id.
-///
-/// On PostgreSQL the row stays locked until the transaction ends: what the operation decides
-/// from it (finalize, fail, reissue) cannot race another coordinator's decision on the task.
 pub(crate) fn load_task(tx: &dyn Tx, id: &TaskId) -> Result<TaskRow, CoreError> {
-    load_task_with(
-        tx,
-        id,
-        TASK_COLUMNS,
-        tx.sql().lock_suffix(),
-        TaskRow::from_row,
-    )
+    tx.task(id)?.ok_or(CoreError::TaskNotFound(*id))
 }
 
 /// Loads a task with its live-lease summary, for views.
@@ -33,22 +23,7 @@ pub(crate) fn load_task(tx: &dyn Tx, id: &TaskId) -> Result<TaskRow, CoreError> 
 /// # Errors
 /// [`CoreError::TaskNotFound`] when there is none with that id.
 pub(crate) fn load_task_view(tx: &dyn Tx, id: &TaskId) -> Result<TaskRow, CoreError> {
-    load_task_with(tx, id, TASK_VIEW_COLUMNS, "", TaskRow::from_view_row)
-}
-
-fn load_task_with(
-    tx: &dyn Tx,
-    id: &TaskId,
-    columns: &str,
-    lock: &str,
-    read: fn(&Row<'_>) -> crate::store::sql::Result<TaskRow>,
-) -> Result<TaskRow, CoreError> {
-    let sql = format!("SELECT {columns} FROM task WHERE id = ?1{lock}");
-    tx.sql()
-        .prepare_cached(&sql)?
-        .query_row([id.to_string()], read)
-        .optional()?
-        .ok_or(CoreError::TaskNotFound(*id))
+    tx.task_view(id)?.ok_or(CoreError::TaskNotFound(*id))
 }
 
 /// Ends a live lease that produced no result (`expired` or `released`): one more attempt on its
@@ -63,40 +38,16 @@ pub(crate) fn end_lease_unanswered(
     state: LeaseState,
 ) -> Result<(bool, bool), CoreError> {
     debug_assert!(matches!(state, LeaseState::Expired | LeaseState::Released));
-    let lease = lease_id.to_string();
-    let ended = tx
-        .sql()
-        .prepare_cached(
-            "UPDATE lease SET state = ?1, ended_at = ?2 WHERE id = ?3 AND state = 'active'",
-        )?
-        .execute(params![state.as_str(), ctx.now, lease])?;
-    if ended == 0 {
+    if !tx.end_lease(lease_id, state, ctx.now)? {
         return Ok((false, false));
     }
-    let scoring: Option<i64> = tx
-        .sql()
-        .prepare_cached("SELECT verification FROM lease WHERE id = ?1")?
-        .query_row([&lease], |r| r.get(0))?;
-    if scoring.is_some() {
+    let scoring = tx.is_scoring_lease(lease_id)?;
+    if scoring {
         // A verify lease holds no generation slot: its scoring slot opens again.
-        reopen(tx, lease_id)?;
-        tx.sql()
-            .prepare_cached(
-                "UPDATE task SET attempts = attempts + 1
-             WHERE id = ?1 AND status IN ('queued', 'assigned')",
-            )?
-            .execute([task_id.to_string()])?;
-    } else {
-        tx.sql()
-            .prepare_cached(
-                "UPDATE task SET
-                 active_leases = active_leases - 1,
-                 attempts = attempts + 1
-             WHERE id = ?1 AND status IN ('queued', 'assigned')",
-            )?
-            .execute([task_id.to_string()])?;
+        tx.reopen_scoring(lease_id)?;
     }
-    rewind_cursors(tx, task_id)?;
+    tx.attempt_used(task_id, !scoring)?;
+    tx.rewind_cursors(task_id)?;
     let task = load_task(tx, task_id)?;
     if task.status.is_terminal() {
         return Ok((true, false));
@@ -116,19 +67,6 @@ pub(crate) fn end_lease_unanswered(
     }
     ctx.effects.push(Effect::Announce(task.announcement()));
     Ok((true, false))
-}
-
-/// A task may now be open to workers whose lease cursors are past it (see `lease_cursor`):
-/// their next walk starts before it.
-pub(crate) fn rewind_cursors(tx: &dyn Tx, task_id: &TaskId) -> Result<(), CoreError> {
-    tx.sql()
-        .prepare_cached(
-            "UPDATE temp.lease_cursor SET after = t.seq - 1
-         FROM (SELECT seq, type FROM task WHERE id = ?1) AS t
-         WHERE lease_cursor.type = t.type AND lease_cursor.after >= t.seq",
-        )?
-        .execute([task_id.to_string()])?;
-    Ok(())
 }
 
 /// Moves a task to `failed`, cancelling any lease still live on it.
@@ -153,30 +91,7 @@ pub(crate) fn close_task(
     reason: Option<FailureReason>,
     message: String,
 ) -> Result<(), CoreError> {
-    let tid = task.id.to_string();
-    tx.sql().prepare_cached(
-        "UPDATE lease SET state = 'cancelled', ended_at = ?1 WHERE task_id = ?2 AND state = 'active'",
-    )?
-    .execute(params![ctx.now, tid])?;
-    tx.sql()
-        .prepare_cached(
-            "UPDATE verification SET state = 'lapsed', finished_at = ?1
-         WHERE task_id = ?2 AND state IN ('open', 'leased')",
-        )?
-        .execute(params![ctx.now, tid])?;
-    tx.sql()
-        .prepare_cached(
-            "UPDATE task SET status = ?1, active_leases = 0, error_message = ?2, finished_at = ?3,
-             failure_reason = ?4
-         WHERE id = ?5",
-        )?
-        .execute(params![
-            status.as_str(),
-            message,
-            ctx.now,
-            reason.map(FailureReason::as_str),
-            tid
-        ])?;
+    tx.close_task(&task.id, status, reason, &message, ctx.now)?;
     if task.gold.is_none() {
         ctx.effects.push(Effect::Finished(TaskEvent {
             error_message: Some(message),
@@ -185,20 +100,6 @@ pub(crate) fn close_task(
         }));
     }
     Ok(())
-}
-
-/// A lease as a submission names it: its task, holder and state.
-pub(crate) type Named = (TaskId, WorkerId, LeaseState);
-
-/// Lease `lease_id`'s task, holder and state, if there is such a lease.
-pub(crate) fn named_lease(tx: &dyn Tx, lease_id: &LeaseId) -> Result<Option<Named>, CoreError> {
-    Ok(tx
-        .sql()
-        .prepare_cached("SELECT task_id, worker_id, state FROM lease WHERE id = ?1")?
-        .query_row([lease_id.to_string()], |r| {
-            Ok((parsed(r, 0)?, parsed(r, 1)?, parsed(r, 2)?))
-        })
-        .optional()?)
 }
 
 /// The state of lease `lease_id`, which must be `worker`'s on `task`.
@@ -212,18 +113,22 @@ pub(crate) fn held_lease(
     task: &TaskId,
     worker: &WorkerId,
 ) -> Result<LeaseState, CoreError> {
-    let named = named_lease(tx, lease_id)?;
-    check_lease(lease_id, named, task, worker)
+    check_lease(lease_id, tx.named_lease(lease_id)?, task, worker)
 }
 
 /// [`held_lease`] of a lease already read (`named`).
 pub(crate) fn check_lease(
     lease_id: &LeaseId,
-    named: Option<Named>,
+    named: Option<NamedLease>,
     task: &TaskId,
     worker: &WorkerId,
 ) -> Result<LeaseState, CoreError> {
-    let Some((lease_task, holder, state)) = named else {
+    let Some(NamedLease {
+        task: lease_task,
+        worker: holder,
+        state,
+    }) = named
+    else {
         return Err(CoreError::NoLease(*lease_id));
     };
     if lease_task != *task || holder != *worker {
@@ -234,37 +139,4 @@ pub(crate) fn check_lease(
         });
     }
     Ok(state)
-}
-
-/// The lease `worker` holds on `task`, if any.
-pub(crate) fn live_lease(
-    tx: &dyn Tx,
-    task: &TaskId,
-    worker: &WorkerId,
-) -> Result<Option<LeaseId>, CoreError> {
-    Ok(tx
-        .sql()
-        .prepare_cached(
-            "SELECT id FROM lease WHERE task_id = ?1 AND worker_id = ?2 AND state = 'active'",
-        )?
-        .query_row(params![task.to_string(), worker.as_str()], |r| parsed(r, 0))
-        .optional()?)
-}
-
-/// Ends a verify lease that produced no result: a real slot opens again for another verifier
-/// (or the same one), a trap lapses.
-///
-/// # Errors
-/// Store errors.
-pub(crate) fn reopen(tx: &dyn Tx, lease_id: &LeaseId) -> Result<(), CoreError> {
-    tx.sql()
-        .prepare_cached(
-            "UPDATE verification SET
-             state = CASE WHEN trap IS NULL THEN 'open' ELSE 'lapsed' END,
-             worker_id = CASE WHEN trap IS NULL THEN NULL ELSE worker_id END,
-             lease_id = CASE WHEN trap IS NULL THEN NULL ELSE lease_id END
-         WHERE lease_id = ?1 AND state = 'leased'",
-        )?
-        .execute([lease_id.to_string()])?;
-    Ok(())
 }

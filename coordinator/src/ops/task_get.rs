@@ -4,11 +4,9 @@
 use super::starved::{self, Live};
 use super::task::load_task_view;
 use crate::error::CoreError;
-use crate::store::rows::{parsed, TaskRow, TASK_VIEW_COLUMNS};
+use crate::store::rows::TaskRow;
 use crate::store::tx::Tx;
-use crate::store::{blob_to_vector, from_ms};
-use protocol::generation::blob_to_ids;
-use protocol::messages::{LeaseView, SubmissionView, TaskDetail};
+use protocol::messages::TaskDetail;
 use protocol::TaskId;
 
 /// # Errors
@@ -22,14 +20,7 @@ pub(crate) fn run(tx: &dyn Tx, live: &Live, task_id: &TaskId) -> Result<TaskDeta
 /// # Errors
 /// Store errors only.
 pub(crate) fn recent(tx: &dyn Tx, live: &Live, limit: u32) -> Result<Vec<TaskDetail>, CoreError> {
-    let sql = format!(
-        "SELECT {TASK_VIEW_COLUMNS} FROM task WHERE gold IS NULL ORDER BY seq DESC LIMIT ?1"
-    );
-    let tasks = tx
-        .sql()
-        .prepare_cached(&sql)?
-        .query_map([limit], TaskRow::from_view_row)?
-        .collect::<Result<Vec<_>, _>>()?;
+    let tasks = tx.recent_tasks(limit)?;
     tasks.into_iter().map(|t| detail(tx, live, t)).collect()
 }
 
@@ -38,30 +29,7 @@ pub(crate) fn recent(tx: &dyn Tx, live: &Live, limit: u32) -> Result<Vec<TaskDet
 pub(crate) const MAX_VIEW_VECTOR_NUMBERS: usize = 65_536;
 
 fn detail(tx: &dyn Tx, live: &Live, task: TaskRow) -> Result<TaskDetail, CoreError> {
-    let task_id = &task.id;
-    let id = task_id.to_string();
-    let mut submissions: Vec<SubmissionView> = tx
-        .sql()
-        .prepare_cached(
-            "SELECT worker_id, label, confidence, model, agreed, created_at, embedding, text,
-                    token_ids, model_hash
-             FROM submission WHERE task_id = ?1 ORDER BY id",
-        )?
-        .query_map([&id], |r| {
-            Ok(SubmissionView {
-                worker_id: parsed(r, 0)?,
-                label: Some(r.get::<_, String>(1)?).filter(|l| !l.is_empty()),
-                embedding: r.get::<_, Option<Vec<u8>>>(6)?.map(|b| blob_to_vector(&b)),
-                text: r.get(7)?,
-                token_ids: r.get::<_, Option<Vec<u8>>>(8)?.map(|b| blob_to_ids(&b)),
-                model_hash: r.get(9)?,
-                confidence: r.get(2)?,
-                model: r.get(3)?,
-                agreed: r.get(4)?,
-                created_at: from_ms(r.get(5)?),
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut submissions = tx.submissions_of(&task.id)?;
     let numbers: usize = submissions
         .iter()
         .filter_map(|s| s.embedding.as_ref().map(Vec::len))
@@ -71,20 +39,7 @@ fn detail(tx: &dyn Tx, live: &Live, task: TaskRow) -> Result<TaskDetail, CoreErr
             s.embedding = None;
         }
     }
-    let leases = tx
-        .sql()
-        .prepare_cached(
-            "SELECT id, worker_id, expires_at FROM lease
-             WHERE task_id = ?1 AND state = 'active' ORDER BY created_at",
-        )?
-        .query_map([&id], |r| {
-            Ok(LeaseView {
-                lease_id: parsed(r, 0)?,
-                worker_id: parsed(r, 1)?,
-                expires_at: from_ms(r.get(2)?),
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+    let leases = tx.live_leases_of(&task.id)?;
     let starved = starved::of_task(tx, live, &task)?;
     Ok(TaskDetail {
         task: task.view(),

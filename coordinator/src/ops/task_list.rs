@@ -4,8 +4,6 @@
 //! them).
 
 use crate::error::CoreError;
-use crate::store::rows::{TaskRow, TASK_VIEW_COLUMNS, VIEW_STATUS_SQL};
-use crate::store::sql::params;
 use crate::store::tx::Tx;
 use protocol::limits::MAX_LIST_LIMIT;
 use protocol::messages::{TaskListReply, TaskListRequest, TaskView};
@@ -25,24 +23,7 @@ pub(crate) fn run(tx: &dyn Tx, req: &TaskListRequest) -> Result<TaskListReply, C
         )
         .into());
     }
-    let tasks = match req.status {
-        Some(status) => tx
-            .sql()
-            .prepare_cached(&format!(
-                "SELECT {TASK_VIEW_COLUMNS} FROM task
-                 WHERE {VIEW_STATUS_SQL} = ?1 AND gold IS NULL
-                 ORDER BY seq LIMIT ?2"
-            ))?
-            .query_map(params![status.as_str(), limit], TaskRow::from_view_row)?
-            .collect::<Result<Vec<_>, _>>()?,
-        None => tx
-            .sql()
-            .prepare_cached(&format!(
-                "SELECT {TASK_VIEW_COLUMNS} FROM task WHERE gold IS NULL ORDER BY seq LIMIT ?1"
-            ))?
-            .query_map([limit], TaskRow::from_view_row)?
-            .collect::<Result<Vec<_>, _>>()?,
-    };
+    let tasks = tx.tasks(req.status, limit)?;
     Ok(TaskListReply {
         tasks: tasks
             .into_iter()

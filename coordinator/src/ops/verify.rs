@@ -15,21 +15,20 @@
 //!   generates while generations remain (`verifiers + 1` in all), else the task fails with
 //!   `no_consensus`.
 
-use super::decide::{award_points, finished, Final};
+use super::decide::{finished, Final};
 use super::task::{fail_task, held_lease};
 use super::Ctx;
 use crate::api::Effect;
 use crate::api::Submission;
 use crate::consensus::{judge_candidate, pick_winner, Scoring};
 use crate::error::CoreError;
-use crate::store::rows::{parsed, parsed_opt, TaskRow};
-use crate::store::sql::{params, OptionalExtension};
-use crate::store::tx::Tx;
+use crate::store::rows::TaskRow;
+use crate::store::tx::{Credit, ScoringRow, ScoringSlot, Tx};
 use crate::store::{blob_to_vector, from_ms, vector_to_blob};
 use protocol::generation::{blob_to_ids, card, ids_to_blob, GenerationSpec, VerifyMode};
 use protocol::messages::{FailureReason, Lease, SubmitReply};
 use protocol::verify::{verdict, Verification, VerifyJob};
-use protocol::{LeaseId, LeaseState, ProtocolError, TaskStatus, TaskType, WorkerId};
+use protocol::{LeaseId, LeaseState, ProtocolError, TaskId, TaskStatus, TaskType, WorkerId};
 
 /// Called when a generative task has all its generations and exact match did not settle it (or
 /// its mode always verifies): opens scoring slots for every candidate not scored yet and moves
@@ -42,48 +41,18 @@ pub(crate) fn start(tx: &dyn Tx, ctx: &mut Ctx, task: &TaskRow) -> Result<bool, 
     if task.verifiers == 0 {
         return Ok(false);
     }
-    let tid = task.id.to_string();
     // The first submission of each distinct answer not scored yet stands for it.
-    let fresh: Vec<(i64, Vec<u8>)> = tx
-        .sql()
-        .prepare_cached(
-            "SELECT min(s.id), s.token_ids FROM submission s
-             WHERE s.task_id = ?1
-               AND NOT EXISTS (SELECT 1 FROM verification v
-                               WHERE v.task_id = s.task_id AND v.token_ids = s.token_ids)
-             GROUP BY s.token_ids ORDER BY min(s.id)",
-        )?
-        .query_map([&tid], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    let mut open = tx.sql().prepare_cached(
-        "INSERT INTO verification (task_id, candidate, token_ids, state, created_at)
-         VALUES (?1, ?2, ?3, 'open', ?4)",
-    )?;
+    let fresh = tx.unscored_candidates(&task.id)?;
     for (candidate, ids) in &fresh {
-        for _ in 0..task.verifiers {
-            open.execute(params![tid, candidate, ids, ctx.now])?;
-        }
+        tx.open_scoring(&task.id, *candidate, ids, task.verifiers, ctx.now)?;
     }
     if fresh.is_empty() {
         return Ok(false);
     }
-    tx.sql()
-        .prepare_cached("UPDATE task SET verifying = 1 WHERE id = ?1")?
-        .execute([&tid])?;
+    tx.mark_verifying(&task.id)?;
     tracing::debug!(task_id = %task.id, candidates = fresh.len(), "verification started");
     ctx.effects.push(Effect::Announce(task.announcement()));
     Ok(true)
-}
-
-/// A scoring slot a worker may take.
-struct Slot {
-    id: i64,
-    task_id: String,
-    candidate: i64,
-    token_ids: Vec<u8>,
-    task_type: TaskType,
-    text: String,
-    generation: GenerationSpec,
 }
 
 /// Leases up to `want` scoring slots to `worker`, which serves `model_hash` and does
@@ -100,114 +69,49 @@ pub(crate) fn lease_slots(
     capabilities: &[TaskType],
     want: usize,
 ) -> Result<Vec<Lease>, CoreError> {
-    let slots: Vec<Slot> = tx
-        .sql()
-        .prepare_cached(
-            "SELECT v.id, v.task_id, v.candidate, v.token_ids, t.type, t.text, t.generation
-             FROM verification v JOIN task t ON t.id = v.task_id
-             WHERE v.state = 'open' AND t.verifying = 1 AND t.model_hash = ?2
-               AND t.status IN ('queued', 'assigned')
-               AND NOT EXISTS (SELECT 1 FROM lease l WHERE l.task_id = v.task_id
-                               AND l.worker_id = ?1 AND l.state = 'active')
-               AND NOT EXISTS (SELECT 1 FROM submission s
-                               WHERE s.task_id = v.task_id AND s.worker_id = ?1
-                                 AND s.token_ids = v.token_ids)
-               AND NOT EXISTS (SELECT 1 FROM verification w
-                               WHERE w.task_id = v.task_id AND w.candidate = v.candidate
-                                 AND w.worker_id = ?1 AND w.trap IS NULL)
-             ORDER BY v.id LIMIT ?3",
-        )?
-        .query_map(
-            params![worker.as_str(), model_hash, (want * 4) as i64],
-            |r| {
-                Ok(Slot {
-                    id: r.get(0)?,
-                    task_id: r.get(1)?,
-                    candidate: r.get(2)?,
-                    token_ids: r.get(3)?,
-                    task_type: parsed(r, 4)?,
-                    text: r.get(5)?,
-                    generation: r.get::<_, crate::store::rows::Json<GenerationSpec>>(6)?.0,
-                })
-            },
-        )?
-        .collect::<Result<_, _>>()?;
-    let mut taken: Vec<String> = Vec::new();
+    let slots = tx.open_slots(worker, model_hash, want * 4)?;
+    let mut taken: Vec<TaskId> = Vec::new();
     let expires_at = ctx.now + ctx.settings.lease_ms;
     let mut leases = Vec::new();
     for slot in slots {
         if leases.len() >= want
-            || taken.contains(&slot.task_id)
+            || taken.contains(&slot.task)
             || !capabilities.contains(&slot.task_type)
         {
             continue;
         }
-        taken.push(slot.task_id.clone());
+        taken.push(slot.task);
         let lease_id = LeaseId::new();
         // At most one trap per verifier and candidate, so the real slot is reached.
-        let trapped: bool = tx
-            .sql()
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM verification WHERE task_id = ?1 AND candidate = ?2
-                                AND worker_id = ?3 AND trap IS NOT NULL)",
-            )?
-            .query_row(
-                params![slot.task_id, slot.candidate, worker.as_str()],
-                |r| r.get(0),
-            )?;
+        let trapped = tx.trapped(&slot.task, slot.candidate, worker)?;
         let trap = (!trapped && fastrand::f64() < ctx.settings.trap_rate)
             .then(|| trap_for(tx, &slot))
             .transpose()?
             .flatten();
         let (row, ids) = match trap {
             Some((kind, ids)) => {
-                let row = tx
-                    .sql()
-                    .prepare_cached(
-                        "INSERT INTO verification (task_id, candidate, token_ids, trap, state,
-                                                   worker_id, lease_id, created_at)
-                         VALUES (?1, ?2, ?3, ?4, 'leased', ?5, ?6, ?7) RETURNING id",
-                    )?
-                    .query_row(
-                        params![
-                            slot.task_id,
-                            slot.candidate,
-                            ids_to_blob(&ids),
-                            kind,
-                            worker.as_str(),
-                            lease_id.to_string(),
-                            ctx.now
-                        ],
-                        |r| r.get(0),
-                    )?;
+                let blob = ids_to_blob(&ids);
+                let row = tx.insert_trap(
+                    &slot.task,
+                    slot.candidate,
+                    &blob,
+                    kind,
+                    worker,
+                    &lease_id,
+                    ctx.now,
+                )?;
                 (row, ids)
             }
             None => {
-                tx.sql()
-                    .prepare_cached(
-                        "UPDATE verification SET state = 'leased', worker_id = ?1, lease_id = ?2
-                     WHERE id = ?3",
-                    )?
-                    .execute(params![worker.as_str(), lease_id.to_string(), slot.id])?;
+                tx.take_slot(slot.id, worker, &lease_id)?;
                 (slot.id, blob_to_ids(&slot.token_ids))
             }
         };
-        tx.sql().prepare_cached(
-            "INSERT INTO lease (id, task_id, worker_id, state, expires_at, created_at, verification)
-             VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6)",
-        )?
-        .execute(params![
-            lease_id.to_string(),
-            slot.task_id,
-            worker.as_str(),
-            expires_at,
-            ctx.now,
-            row
-        ])?;
-        tracing::debug!(task_id = %slot.task_id, worker_id = %worker, %lease_id, "verify lease granted");
+        tx.insert_scoring_lease(&lease_id, &slot.task, worker, expires_at, ctx.now, row)?;
+        tracing::debug!(task_id = %slot.task, worker_id = %worker, %lease_id, "verify lease granted");
         leases.push(Lease {
             lease_id,
-            task_id: slot.task_id.parse()?,
+            task_id: slot.task,
             task_type: slot.task_type,
             text: slot.text,
             labels: None,
@@ -222,26 +126,16 @@ pub(crate) fn lease_slots(
 /// A corrupted copy of a slot's candidate, unlike every real candidate of its task: one token
 /// swapped for a random one (not a stop id), or else another finalized task's answer on the same
 /// model content. `None` when neither can be made.
-fn trap_for(tx: &dyn Tx, slot: &Slot) -> Result<Option<(&'static str, Vec<u32>)>, CoreError> {
-    let real: Vec<Vec<u8>> = tx
-        .sql()
-        .prepare_cached("SELECT DISTINCT token_ids FROM submission WHERE task_id = ?1")?
-        .query_map([&slot.task_id], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+fn trap_for(
+    tx: &dyn Tx,
+    slot: &ScoringSlot,
+) -> Result<Option<(&'static str, Vec<u32>)>, CoreError> {
+    let real = tx.distinct_answers(&slot.task)?;
     let fresh = |ids: &[u32]| !real.contains(&ids_to_blob(ids));
     let spec = &slot.generation;
     let ids = blob_to_ids(&slot.token_ids);
     if fastrand::bool() {
-        let other: Option<Vec<u8>> = tx
-            .sql()
-            .prepare_cached(
-                "SELECT final_token_ids FROM task
-                 WHERE model_hash = ?1 AND status = 'finalized' AND id <> ?2
-                 ORDER BY finished_at DESC LIMIT 1",
-            )?
-            .query_row(params![spec.model_hash, slot.task_id], |r| r.get(0))
-            .optional()?
-            .flatten();
+        let other = tx.other_final_answer(&spec.model_hash, &slot.task)?;
         if let Some(other) = other.map(|b| blob_to_ids(&b)) {
             if fresh(&other) && other.len() <= spec.max_new_tokens as usize {
                 return Ok(Some(("other_answer", other)));
@@ -271,18 +165,6 @@ fn trap_for(tx: &dyn Tx, slot: &Slot) -> Result<Option<(&'static str, Vec<u32>)>
     Ok(None)
 }
 
-/// A verify lease's row, as the submit path needs it.
-pub(crate) struct LeasedRow {
-    id: i64,
-    token_ids: Vec<u8>,
-    trap: Option<String>,
-    state: String,
-    worker: Option<WorkerId>,
-    passed: Option<bool>,
-    logprobs: Option<Vec<u8>>,
-    gaps: Option<Vec<u8>>,
-}
-
 /// The scoring row verify lease `lease_id` names, if it is one.
 ///
 /// # Errors
@@ -290,26 +172,8 @@ pub(crate) struct LeasedRow {
 pub(crate) fn row_of_lease(
     tx: &dyn Tx,
     lease_id: &LeaseId,
-) -> Result<Option<LeasedRow>, CoreError> {
-    Ok(tx
-        .sql()
-        .prepare_cached(
-            "SELECT id, token_ids, trap, state, worker_id, passed, logprobs, gaps
-             FROM verification WHERE lease_id = ?1",
-        )?
-        .query_row([lease_id.to_string()], |r| {
-            Ok(LeasedRow {
-                id: r.get(0)?,
-                token_ids: r.get(1)?,
-                trap: r.get(2)?,
-                state: r.get(3)?,
-                worker: parsed_opt(r, 4)?,
-                passed: r.get(5)?,
-                logprobs: r.get(6)?,
-                gaps: r.get(7)?,
-            })
-        })
-        .optional()?)
+) -> Result<Option<ScoringRow>, CoreError> {
+    Ok(tx.scoring_row_of_lease(lease_id)?)
 }
 
 /// Stores a verifier's score on the scoring row its lease names; decides the task when that
@@ -398,50 +262,25 @@ pub(crate) fn accept(
             state: lease_state,
         });
     }
-    tx.sql()
-        .prepare_cached(
-            "UPDATE verification SET state = 'done', passed = ?1, logprobs = ?2, gaps = ?3,
-             finished_at = ?4
-         WHERE id = ?5",
-        )?
-        .execute(params![report.passed, logprobs, gaps, ctx.now, row.id])?;
-    tx.sql()
-        .prepare_cached("UPDATE lease SET state = 'completed', ended_at = ?1 WHERE id = ?2")?
-        .execute(params![ctx.now, lease_id.to_string()])?;
+    tx.record_score(row.id, &lease_id, report.passed, &logprobs, &gaps, ctx.now)?;
     if let Some(kind) = &row.trap {
         // A trap must fail: passing one costs a point.
         let caught = !report.passed;
         tracing::info!(task_id = %task.id, worker_id = %worker, trap = %kind, caught, "trap scored");
-        tx.sql()
-            .prepare_cached(
-                "INSERT INTO worker_score (worker_id, points, traps_caught, traps_missed)
-             VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (worker_id) DO UPDATE SET points = worker_score.points + excluded.points,
-                 traps_caught = worker_score.traps_caught + excluded.traps_caught,
-                 traps_missed = worker_score.traps_missed + excluded.traps_missed",
-            )?
-            .execute(params![
-                worker.as_str(),
-                if caught { 0 } else { -1 },
-                i64::from(caught),
-                i64::from(!caught)
-            ])?;
-        tx.sql()
-            .prepare_cached("UPDATE verification SET agreed = ?1 WHERE id = ?2")?
-            .execute(params![caught, row.id])?;
+        let credit = Credit {
+            points: if caught { 0 } else { -1 },
+            traps_caught: i64::from(caught),
+            traps_missed: i64::from(!caught),
+            ..Credit::default()
+        };
+        tx.credit(&mut [(worker.clone(), credit)])?;
+        tx.mark_scoring_agreed(&[(row.id, caught)])?;
         return Ok(reply(false));
     }
     if task.status.is_terminal() || !task.verifying {
         return Ok(reply(false));
     }
-    let pending: i64 = tx
-        .sql()
-        .prepare_cached(
-            "SELECT count(*) FROM verification
-             WHERE task_id = ?1 AND trap IS NULL AND state IN ('open', 'leased')",
-        )?
-        .query_row([task.id.to_string()], |r| r.get(0))?;
-    if pending > 0 {
+    if tx.pending_scorings(&task.id)? > 0 {
         return Ok(reply(false));
     }
     let final_text = decide(tx, ctx, task, spec)?;
@@ -454,31 +293,8 @@ pub(crate) fn accept(
     })
 }
 
-/// One point more (or less) for `worker`.
-fn add_points(tx: &dyn Tx, worker: &str, points: i64) -> Result<(), CoreError> {
-    tx.sql()
-        .prepare_cached(
-            "INSERT INTO worker_score (worker_id, points) VALUES (?1, ?2)
-         ON CONFLICT (worker_id) DO UPDATE SET points = worker_score.points + excluded.points",
-        )?
-        .execute(params![worker, points])?;
-    Ok(())
-}
-
 /// One verifier's report: row id, verifier, passed, logprobs, gaps.
-type Report = (i64, String, bool, Vec<f32>, Vec<f32>);
-
-/// A stored scoring row: id, candidate, token ids, verifier, passed, logprobs, gaps, agreed.
-type ScoredRow = (
-    i64,
-    i64,
-    Vec<u8>,
-    String,
-    bool,
-    Vec<u8>,
-    Vec<u8>,
-    Option<bool>,
-);
+type Report = (i64, WorkerId, bool, Vec<f32>, Vec<f32>);
 
 /// A candidate as its scores left it.
 struct Candidate {
@@ -496,48 +312,25 @@ fn decide(
     task: &TaskRow,
     spec: &GenerationSpec,
 ) -> Result<Option<String>, CoreError> {
-    let tid = task.id.to_string();
-    let rows: Vec<ScoredRow> = tx
-        .sql()
-        .prepare_cached(
-            "SELECT v.id, v.candidate, v.token_ids, v.worker_id, v.passed, v.logprobs, v.gaps,
-                    v.agreed
-             FROM verification v
-             WHERE v.task_id = ?1 AND v.trap IS NULL AND v.state = 'done'
-             ORDER BY v.candidate, v.id",
-        )?
-        .query_map([&tid], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-            ))
-        })?
-        .collect::<Result<_, _>>()?;
     let mut candidates: Vec<Candidate> = Vec::new();
     // Candidates judged in an earlier round (generate_once, before a new generation) are
     // already decided: every one of them was invalid.
-    for (id, candidate, ids, worker, passed, lp, gaps, agreed) in rows {
-        if agreed.is_some() {
+    for r in tx.scored_rows(&task.id)? {
+        if r.agreed.is_some() {
             continue;
         }
         let row = (
-            id,
-            worker,
-            passed,
-            blob_to_vector(&lp),
-            blob_to_vector(&gaps),
+            r.id,
+            r.worker,
+            r.passed,
+            blob_to_vector(&r.logprobs),
+            blob_to_vector(&r.gaps),
         );
-        match candidates.iter_mut().find(|c| c.submission == candidate) {
+        match candidates.iter_mut().find(|c| c.submission == r.candidate) {
             Some(c) => c.rows.push(row),
             None => candidates.push(Candidate {
-                submission: candidate,
-                ids: blob_to_ids(&ids),
+                submission: r.candidate,
+                ids: blob_to_ids(&r.token_ids),
                 rows: vec![row],
             }),
         }
@@ -559,18 +352,18 @@ fn decide(
         })
         .collect();
     // Verifiers: a point inside the agreeing majority, one less outside it.
-    let mut mark = tx
-        .sql()
-        .prepare_cached("UPDATE verification SET agreed = ?1 WHERE id = ?2")?;
+    let (mut flags, mut credits) = (Vec::new(), Vec::new());
     for (c, v) in candidates.iter().zip(&verdicts) {
         for (i, (row, worker, ..)) in c.rows.iter().enumerate() {
             let agreed = v.agreeing.contains(&i);
-            mark.execute(params![agreed, row])?;
+            flags.push((*row, agreed));
             if !v.agreeing.is_empty() {
-                add_points(tx, worker, if agreed { 1 } else { -1 })?;
+                credits.push((worker.clone(), Credit::points(if agreed { 1 } else { -1 })));
             }
         }
     }
+    tx.mark_scoring_agreed(&flags)?;
+    tx.credit(&mut credits)?;
     let ballot: Vec<(&[u32], &_)> = candidates
         .iter()
         .zip(&verdicts)
@@ -580,13 +373,8 @@ fn decide(
         let generations = task.submissions;
         if spec.verify == VerifyMode::GenerateOnce && generations < task.verifiers + 1 {
             // One more worker generates; its answer is verified in turn.
-            tx.sql()
-                .prepare_cached(
-                    "UPDATE task SET verifying = 0, required = required + 1, status = 'queued'
-                 WHERE id = ?1",
-                )?
-                .execute([&tid])?;
-            super::task::rewind_cursors(tx, &task.id)?;
+            tx.generate_again(&task.id)?;
+            tx.rewind_cursors(&task.id)?;
             tracing::info!(task_id = %task.id, generations, "no valid candidate; generating again");
             ctx.effects.push(Effect::Announce(task.announcement()));
             return Ok(None);
@@ -606,38 +394,24 @@ fn decide(
         .filter(|(_, v)| v.valid)
         .map(|(c, _)| ids_to_blob(&c.ids))
         .collect();
-    let subs: Vec<(i64, Vec<u8>)> = tx
-        .sql()
-        .prepare_cached("SELECT id, token_ids FROM submission WHERE task_id = ?1")?
-        .query_map([&tid], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    let mut agree = tx
-        .sql()
-        .prepare_cached("UPDATE submission SET agreed = ?1 WHERE id = ?2")?;
-    for (id, ids) in &subs {
-        agree.execute(params![valid.contains(ids), id])?;
-    }
-    award_points(tx, &tid)?;
+    let flags: Vec<(i64, bool)> = tx
+        .submitted_ids(&task.id)?
+        .into_iter()
+        .map(|(id, ids)| (id, valid.contains(&ids)))
+        .collect();
+    tx.mark_agreed(&flags)?;
+    tx.award_agreeing(&task.id)?;
     let winner = &candidates[w];
-    let text: String = tx
-        .sql()
-        .prepare_cached("SELECT text FROM submission WHERE id = ?1")?
-        .query_row([winner.submission], |r| r.get(0))?;
+    let text = tx.submitted_text(winner.submission)?;
     let n = winner.ids.len().max(1) as f64;
     let confidence = (verdicts[w].logprob / n).exp();
-    tx.sql()
-        .prepare_cached(
-            "UPDATE task SET status = 'finalized', verifying = 0, final_token_ids = ?1,
-             final_text = ?2, final_confidence = ?3, finished_at = ?4
-         WHERE id = ?5",
-        )?
-        .execute(params![
-            ids_to_blob(&winner.ids),
-            text,
-            confidence,
-            ctx.now,
-            tid
-        ])?;
+    tx.finalize_scored(
+        &task.id,
+        &ids_to_blob(&winner.ids),
+        &text,
+        confidence,
+        ctx.now,
+    )?;
     let answer = Final::Generated(winner.ids.clone(), text.clone());
     finished(ctx, &task.id, answer, confidence);
     Ok(Some(text))

@@ -278,6 +278,26 @@ pub struct Probe {
     pub args: Vec<Option<String>>,
 }
 
+impl Probe {
+    /// The joined read a submission starts with ([`tx::Votes::answer_context`]), for
+    /// PostgreSQL's writer sessions to make for a whole batch of submissions at once.
+    pub(crate) fn answer(
+        task: &protocol::TaskId,
+        worker: &protocol::WorkerId,
+        lease: Option<protocol::LeaseId>,
+    ) -> Self {
+        Probe {
+            one: tx::votes::answer_sql(sql::Dialect::Postgres),
+            many: tx::votes::answer_many_sql(),
+            args: vec![
+                Some(task.to_string()),
+                Some(worker.as_str().to_owned()),
+                lease.map(|l| l.to_string()),
+            ],
+        }
+    }
+}
+
 /// Runs `op`, turning a panic into [`CoreError::Bug`]: a bug in one operation fails that request,
 /// not the store's thread and every request after it.
 pub(crate) fn guarded<T>(op: impl FnOnce() -> Result<T, CoreError>) -> Result<T, CoreError> {

@@ -90,6 +90,12 @@ const MIGRATIONS: &[&str] = &[
     "UPDATE task SET status = 'queued' WHERE status = 'assigned';
      DROP INDEX task_open;
      CREATE INDEX task_open ON task (type, seq) WHERE status IN ('queued', 'assigned');",
+    // Every per-worker counter is appended like the points (store::tx::Scores): trap and gold
+    // counts too, so no rule updates a score row in place.
+    "ALTER TABLE score_delta ADD COLUMN traps_caught BIGINT NOT NULL DEFAULT 0,
+                             ADD COLUMN traps_missed BIGINT NOT NULL DEFAULT 0,
+                             ADD COLUMN gold_answered BIGINT NOT NULL DEFAULT 0,
+                             ADD COLUMN gold_right BIGINT NOT NULL DEFAULT 0;",
 ];
 
 /// The session settings of every connection.
@@ -886,7 +892,7 @@ mod tests {
                 };
                 let req = answer(&leases[&(w, *t)], w, label, 0.8);
                 let t = *t;
-                let probe = submit::probe(&t, &req.worker_id, Some(req.lease_id));
+                let probe = crate::store::Probe::answer(&t, &req.worker_id, Some(req.lease_id));
                 sent.push(send_probed(
                     &writer,
                     Some(&t.to_string()),
@@ -1092,7 +1098,7 @@ mod tests {
             plan.contains("Index Cond: (id = ANY"),
             "taking slots walks the table:\n{plan}"
         );
-        let read = crate::ops::submit::answer_sql(crate::store::sql::Dialect::Postgres);
+        let read = crate::store::tx::votes::answer_sql(crate::store::sql::Dialect::Postgres);
         let plan = generic_plan(&mut c, read, "'t', 'w', 'l'");
         // The task, the worker's submission on it, the lease; the answers so far, the task row
         // in the statement's snapshot.
@@ -1100,7 +1106,7 @@ mod tests {
             !plan.contains("Seq Scan") && plan.matches("Index Cond").count() == 5,
             "a submission's read scans:\n{plan}"
         );
-        let many = crate::ops::submit::answer_many_sql();
+        let many = crate::store::tx::votes::answer_many_sql();
         let plan = generic_plan(&mut c, many, "'{t,u}', '{w,w}', '{l,NULL}'");
         assert!(
             !plan.contains("Seq Scan") && plan.matches("Index Cond").count() == 5,
@@ -1120,8 +1126,12 @@ mod tests {
         }
         let vote = "'t', 'w', 'l', 'x', 1, NULL, 1, NULL, NULL, NULL, NULL, NULL";
         for (what, change, row) in [
-            ("votes", &crate::ops::submit::VOTE, vote),
-            ("decisions", &crate::ops::decide::DECIDED, "'t', 'x', 1, 1"),
+            ("votes", &crate::store::tx::votes::VOTE, vote),
+            (
+                "decisions",
+                &crate::store::tx::votes::DECIDED,
+                "'t', 'x', 1, 1",
+            ),
         ] {
             let args = vec![row; MERGED_MAX].join(", ");
             let plan = generic_plan(&mut c, &(change.many)(MERGED_MAX), &args);

@@ -275,6 +275,14 @@ CREATE INDEX score_delta_by_worker ON score_delta (worker_id);
 -- PostgreSQL, that lets them update the row in place, see its schema).
 UPDATE task SET status = 'queued' WHERE status = 'assigned';
 "#,
+    r#"
+-- Every per-worker counter has its column here, as on PostgreSQL, where all of them are
+-- appended (store::tx::Scores); still empty on SQLite.
+ALTER TABLE score_delta ADD COLUMN traps_caught INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE score_delta ADD COLUMN traps_missed INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE score_delta ADD COLUMN gold_answered INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE score_delta ADD COLUMN gold_right INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Tables of one connection (`temp`, in memory, gone when it closes), created when it opens.

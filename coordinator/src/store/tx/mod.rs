@@ -1,0 +1,58 @@
+//! The domain store interface the rules call: one transaction's reads and changes, named for
+//! what they mean (a task, the answers so far, a vote, a decision, points), never SQL.
+//!
+//! One implementation per engine ([`super::sqlite::Tx`], [`super::postgres::Tx`]), each owning
+//! its SQL where the engines differ. Statements both engines run alike are default methods over
+//! a thin executor ([`Exec::sql`]), so that only real differences are written twice. The
+//! interface comes in parts by area, and [`Tx`] is all of them:
+//! - [`Tasks`]: a task, its transitions (close, fail, an attempt used), lease cursors, workers;
+//! - [`Votes`]: what a submission is decided from, the vote, the decisions;
+//! - [`Scores`]: points and the other per-worker counters, in one engine-aware path;
+//! - [`Scoring`]: cross-scoring of generated answers;
+//! - [`Views`]: the read side.
+
+pub(crate) mod scores;
+pub(crate) mod scoring;
+pub(crate) mod tasks;
+pub(crate) mod views;
+pub(crate) mod votes;
+
+pub(crate) use scores::{Credit, Scores};
+pub(crate) use scoring::{Scoring, ScoringRow, ScoringSlot};
+pub(crate) use tasks::{NamedLease, Tasks};
+pub(crate) use views::Views;
+pub(crate) use votes::{AnswerContext, Earlier, NewVote, Votes};
+
+use super::sql::{Result, Sql};
+
+/// The executor every part of the interface runs over.
+pub(crate) trait Exec {
+    /// The connection or session, inside the open transaction.
+    fn sql(&self) -> &dyn Sql;
+
+    /// The database's clock, in ms since the epoch: one clock for every coordinator.
+    fn now_ms(&self) -> Result<i64> {
+        self.sql().now_ms()
+    }
+
+    /// Whether the store reads: one cheap query.
+    fn ping(&self) -> Result<()> {
+        self.sql()
+            .query_row("SELECT COUNT(*) FROM task LIMIT 1", (), |_| Ok(()))
+    }
+
+    /// Whether the store writes: one row written (the health probe's).
+    fn probe_write(&self, now: i64) -> Result<()> {
+        self.sql().execute(
+            "INSERT INTO health_probe (id, at) VALUES (1, ?1)
+             ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+            [now],
+        )?;
+        Ok(())
+    }
+}
+
+/// One open transaction, as the rules see it: every part of the interface.
+pub(crate) trait Tx: Exec + Tasks + Votes + Scores + Scoring + Views {}
+
+impl<T: Exec + Tasks + Votes + Scores + Scoring + Views> Tx for T {}
