@@ -120,6 +120,9 @@ pub enum CoreError {
     /// The store's background thread is gone.
     #[error("store connection closed")]
     StoreClosed,
+    /// The system had no randomness to draw a secret from: nothing was stored; retry later.
+    #[error("no randomness to draw a secret from: {0}")]
+    NoRandomness(#[source] getrandom::Error),
     /// The operation panicked: a bug. It was rolled back; the coordinator goes on.
     #[error("internal error: {0}")]
     Bug(String),
@@ -140,7 +143,10 @@ impl CoreError {
             CoreError::Unauthorized(_) => ErrorCode::Unauthorized,
             CoreError::Store(e) if is_unavailable(e) => ErrorCode::Unavailable,
             CoreError::CommitUnknown(_) | CoreError::Unreachable(_) => ErrorCode::Unavailable,
-            CoreError::Store(_) | CoreError::StoreClosed | CoreError::Bug(_) => ErrorCode::Internal,
+            CoreError::Store(_)
+            | CoreError::StoreClosed
+            | CoreError::NoRandomness(_)
+            | CoreError::Bug(_) => ErrorCode::Internal,
         }
     }
 

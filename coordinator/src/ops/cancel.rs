@@ -85,13 +85,7 @@ pub(crate) fn retry(
         } else {
             (task.required, task.vote.max_answers)
         };
-        tx.sql()
-            .prepare_cached(
-                "UPDATE task SET status = 'queued', attempts = 0, error_message = NULL,
-                 failure_reason = NULL, finished_at = NULL, required = ?1, max_answers = ?2
-             WHERE id = ?3",
-            )?
-            .execute(crate::params![required, max_answers, id.to_string()])?;
+        tx.reopen_task(id, required, max_answers)?;
         tx.rewind_cursors(id)?;
         ctx.effects
             .push(Effect::Announce(load_task(tx, id)?.announcement()));

@@ -5,7 +5,6 @@ use super::worker::touch_worker;
 use super::{lease::timings, Ctx};
 use crate::error::CoreError;
 use crate::store::from_ms;
-use crate::store::sql::params;
 use crate::store::tx::Tx;
 use protocol::messages::{Heartbeat, HeartbeatReply};
 use protocol::{LeaseId, ProtocolError, WorkerId};
@@ -52,16 +51,7 @@ pub(crate) fn run(
 /// Of the leases a worker names, those that ended because their task closed (cancelled,
 /// finalized or failed without them): their work is to be dropped.
 fn closed(tx: &dyn Tx, worker: &WorkerId, named: &[LeaseId]) -> Result<Vec<LeaseId>, CoreError> {
-    let mut stmt = tx.sql().prepare_cached(
-        "SELECT 1 FROM lease WHERE id = ?1 AND worker_id = ?2 AND state = 'cancelled'",
-    )?;
-    let mut closed = Vec::new();
-    for lease in named {
-        if stmt.exists(params![lease.to_string(), worker.as_str()])? {
-            closed.push(*lease);
-        }
-    }
-    Ok(closed)
+    Ok(tx.cancelled_leases(worker, named)?)
 }
 
 /// Pushes the expiry of `worker`'s live leases (those in `only`, when given) to a full lease from
@@ -72,24 +62,7 @@ pub(crate) fn renew(
     worker: &WorkerId,
     only: Option<&[LeaseId]>,
 ) -> Result<u32, CoreError> {
-    let expires = ctx.now + ctx.settings.lease_ms;
-    let Some(leases) = only else {
-        let n = tx
-            .sql()
-            .prepare_cached(
-                "UPDATE lease SET expires_at = ?1 WHERE worker_id = ?2 AND state = 'active'",
-            )?
-            .execute(params![expires, worker.as_str()])?;
-        return Ok(n as u32);
-    };
-    let mut stmt = tx.sql().prepare_cached(
-        "UPDATE lease SET expires_at = ?1 WHERE id = ?2 AND worker_id = ?3 AND state = 'active'",
-    )?;
-    let mut n = 0;
-    for lease in leases {
-        n += stmt.execute(params![expires, lease.to_string(), worker.as_str()])?;
-    }
-    Ok(n as u32)
+    Ok(tx.renew_leases(worker, only, ctx.now + ctx.settings.lease_ms)?)
 }
 
 /// A heartbeat from a client that names neither its capabilities nor its leases (the original

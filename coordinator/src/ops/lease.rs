@@ -8,43 +8,9 @@ use super::worker::touch_worker;
 use super::Ctx;
 use crate::error::CoreError;
 use crate::store::from_ms;
-use crate::store::rows::Json;
-use crate::store::sql::{numbered, params, Dialect, OptionalExtension, ToArg};
-use crate::store::tx::Tx;
-use protocol::generation::GenerationSpec;
+use crate::store::tx::{OpenTask, Tx};
 use protocol::messages::{Lease, LeaseReply, LeaseRequest, Timings};
 use protocol::{LeaseId, TaskId, TaskType, WorkerId};
-use std::collections::HashSet;
-
-/// A task that can be leased: its FIFO position, id, type and text.
-struct Candidate {
-    seq: i64,
-    id: String,
-    task_type: TaskType,
-    text: String,
-    labels: Option<Vec<String>>,
-    generation: Option<GenerationSpec>,
-}
-
-/// The "still needs workers and this one (`?1`, serving model content `?4`) may take it"
-/// condition: it neither holds nor has answered the task, the task pins no other model content,
-/// and when it counts one answer per model, none is in or underway from `?4` (a worker that
-/// names no content gets none of those). Its first two terms repeat the `task_open` partial
-/// index's WHERE clause verbatim, which is what lets SQLite use it; the FIFO query names the
-/// index (`INDEXED BY`), so a plan change is an error, not a slow scan.
-const OPEN_FOR_WORKER: &str =
-    "status IN ('queued', 'assigned') AND required > active_leases + submissions
-    AND NOT EXISTS (SELECT 1 FROM lease l
-                    WHERE l.task_id = task.id AND l.worker_id = ?1 AND l.state = 'active')
-    AND NOT EXISTS (SELECT 1 FROM submission s
-                    WHERE s.task_id = task.id AND s.worker_id = ?1)
-    AND (model_hash IS NULL OR model_hash = ?4)
-    AND (distinct_models = 0 OR (?4 IS NOT NULL
-        AND NOT EXISTS (SELECT 1 FROM submission s
-                        WHERE s.task_id = task.id AND s.model_hash = ?4)
-        AND NOT EXISTS (SELECT 1 FROM lease l JOIN worker w ON w.id = l.worker_id
-                        WHERE l.task_id = task.id AND l.state = 'active'
-                          AND w.model_hash = ?4)))";
 
 /// The timings workers must keep to.
 pub(crate) fn timings(ctx: &Ctx) -> Timings {
@@ -67,10 +33,7 @@ pub(crate) fn run(tx: &dyn Tx, ctx: &mut Ctx, req: LeaseRequest) -> Result<Lease
         req.model.as_deref(),
         req.model_hash.as_deref(),
     )?;
-    let held: u32 = tx
-        .sql()
-        .prepare_cached("SELECT COUNT(*) FROM lease WHERE worker_id = ?1 AND state = 'active'")?
-        .query_row([worker.as_str()], |r| r.get(0))?;
+    let held = tx.held_count(worker)?;
     let want = req
         .max_tasks
         .min(ctx.settings.max_leases_per_worker.saturating_sub(held)) as usize;
@@ -111,14 +74,7 @@ pub(crate) fn run(tx: &dyn Tx, ctx: &mut Ctx, req: LeaseRequest) -> Result<Lease
         caps.retain(|c| !c.is_generative() || req.model_hash.is_some());
         let mut walked = Vec::new();
         for cap in &caps {
-            walked.extend(oldest_open(
-                tx,
-                ctx.now,
-                worker,
-                cap,
-                req.model_hash.as_deref(),
-                want,
-            )?);
+            walked.extend(tx.open_tasks(ctx.now, worker, cap, req.model_hash.as_deref(), want)?);
         }
         walked.sort_by_key(|c| c.seq);
         walked.dedup_by_key(|c| c.seq);
@@ -134,24 +90,23 @@ pub(crate) fn run(tx: &dyn Tx, ctx: &mut Ctx, req: LeaseRequest) -> Result<Lease
         walked.truncate(walked.len() - gold.len());
         // Every open task of each type up to its last walked pick is now held or answered by
         // this worker (the walk returned the others first; the hinted task may lie beyond them):
-        // the next walk starts after it. (Exact on SQLite; with several writers a hint, see
-        // `CURSOR_REFRESH_MS`.)
+        // the next walk starts after it. (Exact on SQLite; with several writers a hint.)
         for cap in &caps {
             if let Some(last) = walked.iter().rev().find(|c| &c.task_type == cap) {
-                advance_cursor(tx, ctx.now, worker, cap, last.seq)?;
+                tx.advance_cursor(ctx.now, worker, cap, last.seq)?;
             }
         }
         picks.extend(hint);
         picks.extend(walked);
     }
     let expires_at = ctx.now + ctx.settings.lease_ms;
-    let granted = assign(tx, &picks)?;
+    let ids: Vec<TaskId> = picks.iter().map(|c| c.id).collect();
+    let granted = tx.assign(&ids)?;
     picks.retain(|c| granted.contains(&c.id));
-    let ids: Vec<LeaseId> = picks.iter().map(|_| LeaseId::new()).collect();
-    insert_leases(tx, worker, &picks, &ids, expires_at, ctx.now)?;
+    let ids: Vec<(LeaseId, TaskId)> = picks.iter().map(|c| (LeaseId::new(), c.id)).collect();
+    tx.insert_leases(worker, &ids, expires_at, ctx.now)?;
     let mut leases = Vec::with_capacity(picks.len());
-    for (c, lease_id) in picks.into_iter().zip(ids) {
-        let task_id: TaskId = c.id.parse()?;
+    for (c, (lease_id, task_id)) in picks.into_iter().zip(ids) {
         tracing::debug!(%task_id, worker_id = %worker, %lease_id, "lease granted");
         leases.push(Lease {
             lease_id,
@@ -190,70 +145,6 @@ pub(crate) fn run(tx: &dyn Tx, ctx: &mut Ctx, req: LeaseRequest) -> Result<Lease
     })
 }
 
-/// Takes a slot on each of `picks` that still has one, in one statement; the ids of those it
-/// took. Guarded: on PostgreSQL another coordinator may have taken the last slot since the walk
-/// (the rows are locked now, so the counters read here are the latest).
-fn assign(tx: &dyn Tx, picks: &[Candidate]) -> Result<HashSet<String>, CoreError> {
-    if picks.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let ids: Vec<&dyn ToArg> = picks.iter().map(|c| &c.id as &dyn ToArg).collect();
-    let granted = tx
-        .sql()
-        .prepare_cached(&assign_sql(picks.len()))?
-        .query_map(ids.as_slice(), |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    Ok(granted)
-}
-
-/// The statement that takes a slot on each of `n` tasks, by id (`?1`..`?n`). The ids are a list
-/// of parameters, one statement text per count (each prepared once), and the guard is a CASE:
-/// so the only index that fits is the one on `id`. A list from a function or a plain
-/// `status IN (...)` term lets a plan made while few tasks are open (a new database) walk every
-/// open task instead, and keep doing so.
-pub(crate) fn assign_sql(n: usize) -> String {
-    format!(
-        "UPDATE task SET active_leases = active_leases + 1
-         WHERE id IN ({})
-           AND CASE WHEN status IN ('queued', 'assigned')
-                    THEN required > active_leases + submissions ELSE 0 = 1 END
-         RETURNING id",
-        numbered(1, n)
-    )
-}
-
-/// Inserts `worker`'s leases `ids` on `picks`, in one statement.
-fn insert_leases(
-    tx: &dyn Tx,
-    worker: &WorkerId,
-    picks: &[Candidate],
-    ids: &[LeaseId],
-    expires_at: i64,
-    now: i64,
-) -> Result<(), CoreError> {
-    if picks.is_empty() {
-        return Ok(());
-    }
-    // One statement text per count of rows (up to the most leases a worker may hold), each
-    // prepared once: `?1`-`?3` are shared, each row adds its lease and task ids.
-    let rows: Vec<String> = (0..picks.len())
-        .map(|i| format!("({}, ?1, 'active', ?2, ?3)", numbered(4 + 2 * i, 2)))
-        .collect();
-    let sql = format!(
-        "INSERT INTO lease (id, task_id, worker_id, state, expires_at, created_at) VALUES {}",
-        rows.join(", ")
-    );
-    let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
-    let worker = worker.as_str();
-    let mut args: Vec<&dyn ToArg> = vec![&worker, &expires_at, &now];
-    for (c, id) in picks.iter().zip(&ids) {
-        args.push(id);
-        args.push(&c.id);
-    }
-    tx.sql().prepare_cached(&sql)?.defer(args.as_slice())?;
-    Ok(())
-}
-
 /// One lease for a worker of the original HTTP API, on a task of a type it registered with.
 ///
 /// # Errors
@@ -274,183 +165,16 @@ pub(crate) fn next_for(
     Ok(run(tx, ctx, req)?.leases.pop())
 }
 
-/// The open tasks of type `?2` that worker `?1`, serving model content `?4`, may take, oldest
-/// first, after FIFO position `?5`, at most `?3`: on PostgreSQL skipping (and locking) rows other
-/// coordinators' transactions hold; on SQLite through the open-task index, by name.
-pub(crate) fn oldest_open_sql(dialect: Dialect) -> String {
-    if dialect == Dialect::Postgres {
-        return format!(
-            "SELECT seq, id, text, labels, generation FROM task
-             WHERE type = ?2 AND {OPEN_FOR_WORKER} AND seq > ?5
-             ORDER BY seq LIMIT ?3 FOR NO KEY UPDATE SKIP LOCKED"
-        );
-    }
-    format!(
-        "SELECT seq, id, text, labels, generation FROM task INDEXED BY task_open
-         WHERE type = ?2 AND {OPEN_FOR_WORKER} AND seq > ?5
-         ORDER BY seq LIMIT ?3"
-    )
-}
-
-/// How long a PostgreSQL lease cursor is followed before a walk starts from the head again. With
-/// several writers a cursor is a hint: a walk passes over rows other transactions hold and over
-/// tasks whose rows committed out of FIFO order, and a cursor moved back by one coordinator's
-/// session may be moved forward again by another's. Starting over now and then gives those
-/// tasks to the worker within this long even while it always has newer work.
-const CURSOR_REFRESH_MS: i64 = 2_000;
-
-/// On PostgreSQL, a walk whose cursor leads to too few tasks takes the rest from the head, at
-/// most once this often per worker and type: a walk from the head passes over every open task
-/// the worker holds or has answered, thousands when the other workers lag behind it, and a
-/// worker at the front of the queue is short at every request.
-const HEAD_WALK_MS: i64 = 500;
-
-/// Where `worker`'s walk over `task_type` starts (see `lease_cursor`): after its cursor, unless
-/// it has none or (PostgreSQL) it started from the head longer than [`CURSOR_REFRESH_MS`] ago;
-/// with when a walk last started from the head.
-fn cursor(
-    tx: &dyn Tx,
-    now: i64,
-    worker: &WorkerId,
-    task_type: &TaskType,
-) -> Result<Option<(i64, i64)>, CoreError> {
-    Ok(tx
-        .sql()
-        .prepare_cached(
-            "SELECT after, since FROM temp.lease_cursor
-             WHERE worker_id = ?1 AND type = ?2 AND since > ?3",
-        )?
-        .query_row(
-            params![worker.as_str(), task_type.as_str(), stale_before(tx, now)],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?)
-}
-
-/// Cursors that started from the head before this are not followed (never, on SQLite: its
-/// cursors are exact).
-fn stale_before(tx: &dyn Tx, now: i64) -> i64 {
-    match tx.sql().dialect() {
-        Dialect::Sqlite => i64::MIN,
-        Dialect::Postgres => now - CURSOR_REFRESH_MS,
-    }
-}
-
-/// Moves `worker`'s cursor over `task_type` to `last`, the last task its walk gave it: forward
-/// only, unless the walk started from the head (the cursor was stale or missing), which starts
-/// it anew.
-fn advance_cursor(
-    tx: &dyn Tx,
-    now: i64,
-    worker: &WorkerId,
-    task_type: &TaskType,
-    last: i64,
-) -> Result<(), CoreError> {
-    tx.sql()
-        .prepare_cached(
-            "INSERT INTO temp.lease_cursor (worker_id, type, after, since) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (worker_id, type) DO UPDATE SET
-             after = CASE WHEN lease_cursor.since > ?5 AND lease_cursor.after > excluded.after
-                          THEN lease_cursor.after ELSE excluded.after END,
-             since = CASE WHEN lease_cursor.since > ?5
-                          THEN lease_cursor.since ELSE excluded.since END",
-        )?
-        .defer(params![
-            worker.as_str(),
-            task_type.as_str(),
-            last,
-            now,
-            stale_before(tx, now)
-        ])?;
-    Ok(())
-}
-
-fn oldest_open(
-    tx: &dyn Tx,
-    now: i64,
-    worker: &WorkerId,
-    task_type: &TaskType,
-    model_hash: Option<&str>,
-    limit: usize,
-) -> Result<Vec<Candidate>, CoreError> {
-    let walk = |after: i64| -> Result<Vec<Candidate>, CoreError> {
-        Ok(tx
-            .sql()
-            .prepare_cached(&oldest_open_sql(tx.sql().dialect()))?
-            .query_map(
-                params![
-                    worker.as_str(),
-                    task_type.as_str(),
-                    limit as i64,
-                    model_hash,
-                    after
-                ],
-                |r| {
-                    Ok(Candidate {
-                        seq: r.get(0)?,
-                        id: r.get(1)?,
-                        task_type: task_type.clone(),
-                        text: r.get(2)?,
-                        labels: r.get::<_, Option<Json<Vec<String>>>>(3)?.map(|j| j.0),
-                        generation: r.get::<_, Option<Json<GenerationSpec>>>(4)?.map(|j| j.0),
-                    })
-                },
-            )?
-            .collect::<Result<Vec<_>, _>>()?)
-    };
-    let cursor = cursor(tx, now, worker, task_type)?;
-    let mut rows = walk(cursor.map_or(0, |(after, _)| after))?;
-    // A PostgreSQL cursor may have passed tasks this worker still needs: when it leads to too
-    // few, the head has the rest (the rows this walk locked come again: they are this
-    // transaction's), unless a walk started there less than `HEAD_WALK_MS` ago. This walk
-    // counts as one (the cursor's refresh starts over from it), whatever it finds.
-    let head_due = cursor.is_some_and(|(_, since)| since <= now - HEAD_WALK_MS);
-    if head_due && rows.len() < limit && tx.sql().dialect() == Dialect::Postgres {
-        tx.sql()
-            .prepare_cached(
-                "UPDATE temp.lease_cursor SET since = ?3 WHERE worker_id = ?1 AND type = ?2",
-            )?
-            .defer(params![worker.as_str(), task_type.as_str(), now])?;
-        rows.extend(walk(0)?);
-        rows.sort_by_key(|c| c.seq);
-        rows.dedup_by_key(|c| c.seq);
-        rows.truncate(limit);
-    }
-    Ok(rows)
-}
-
+/// Task `task` if `worker` may take it now: open to it, of a type it does, of the model
+/// content it serves.
 fn hinted(
     tx: &dyn Tx,
     worker: &WorkerId,
     task: &TaskId,
     capabilities: &[TaskType],
     model_hash: Option<&str>,
-) -> Result<Option<Candidate>, CoreError> {
-    // `?3` is a FIFO position the task must lie after (0: anywhere), so that every parameter
-    // up to the worker's content `?4` appears (PostgreSQL must infer each one's type).
-    let sql = format!(
-        "SELECT seq, id, type, text, labels, generation FROM task
-         WHERE id = ?2 AND seq > ?3 AND {OPEN_FOR_WORKER}{}",
-        tx.sql().claim_suffix()
-    );
-    let row = tx
-        .sql()
-        .prepare_cached(&sql)?
-        .query_row(
-            params![worker.as_str(), task.to_string(), 0, model_hash],
-            |r| {
-                Ok(Candidate {
-                    seq: r.get(0)?,
-                    id: r.get(1)?,
-                    task_type: crate::store::rows::parsed(r, 2)?,
-                    text: r.get(3)?,
-                    labels: r.get::<_, Option<Json<Vec<String>>>>(4)?.map(|j| j.0),
-                    generation: r.get::<_, Option<Json<GenerationSpec>>>(5)?.map(|j| j.0),
-                })
-            },
-        )
-        .optional()?;
-    Ok(row.filter(|c| {
+) -> Result<Option<OpenTask>, CoreError> {
+    Ok(tx.hinted(worker, task, model_hash)?.filter(|c| {
         capabilities.contains(&c.task_type)
             && c.generation
                 .as_ref()
@@ -463,6 +187,8 @@ mod tests {
     use super::*;
     use crate::ops::task::load_task;
     use crate::ops::testing::*;
+    use crate::store::postgres::{CURSOR_REFRESH_MS, HEAD_WALK_MS};
+    use crate::store::sql::{params, Dialect};
     use protocol::messages::{LeaseRequest, NewTask};
     use protocol::TaskStatus;
 
@@ -689,7 +415,7 @@ mod tests {
             assert!(!r.leases.is_empty(), "{w} got no lease");
         }
         let walk = conn
-            .prepare_cached(&oldest_open_sql(Dialect::Sqlite))
+            .prepare_cached(&crate::store::sqlite::walk_sql())
             .expect("cached");
         assert_eq!(walk.get_status(rusqlite::StatementStatus::Run), 6);
         assert_eq!(
@@ -766,7 +492,7 @@ mod tests {
     #[test]
     fn the_lease_query_walks_the_open_index() {
         let conn = store();
-        let sql = format!("EXPLAIN QUERY PLAN {}", oldest_open_sql(Dialect::Sqlite));
+        let sql = format!("EXPLAIN QUERY PLAN {}", crate::store::sqlite::walk_sql());
         for (task_type, hash) in [("sentiment", None), ("generate", Some("ab".repeat(32)))] {
             let plan: Vec<String> = (&conn as &dyn Sql)
                 .prepare(&sql)

@@ -4,7 +4,6 @@
 use super::task::end_lease_unanswered;
 use super::Ctx;
 use crate::error::CoreError;
-use crate::store::sql::{params, OptionalExtension};
 use crate::store::tx::Tx;
 use protocol::messages::{ReleaseReply, ReleaseRequest};
 use protocol::{LeaseState, TaskId};
@@ -20,24 +19,14 @@ pub(crate) fn run(
 ) -> Result<ReleaseReply, CoreError> {
     let mut released = 0;
     for lease_id in &req.lease_ids {
-        let task: Option<TaskId> = tx
-            .sql()
-            .prepare_cached(
-                "SELECT task_id FROM lease WHERE id = ?1 AND worker_id = ?2 AND state = 'active'",
-            )?
-            .query_row(params![lease_id.to_string(), req.worker_id.as_str()], |r| {
-                crate::store::rows::parsed(r, 0)
-            })
-            .optional()?;
+        let task: Option<TaskId> = tx.held_task(lease_id, &req.worker_id)?;
         if let Some(task) = task {
             let (ended, _) = end_lease_unanswered(tx, ctx, lease_id, &task, LeaseState::Released)?;
             released += u32::from(ended);
         }
     }
     if req.offline {
-        tx.sql()
-            .prepare_cached("UPDATE worker SET status = 'offline', last_seen = ?1 WHERE id = ?2")?
-            .execute(params![ctx.now, req.worker_id.as_str()])?;
+        tx.mark_offline(&req.worker_id, ctx.now)?;
         tracing::info!(worker_id = %req.worker_id, released, "worker offline");
     }
     Ok(ReleaseReply { released })

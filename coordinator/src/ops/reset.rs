@@ -12,12 +12,7 @@ pub(crate) fn run(tx: &dyn Tx, req: &ResetRequest) -> Result<(), CoreError> {
     if !req.confirm {
         return Err(ProtocolError::invalid("confirm", "must be true to delete everything").into());
     }
-    tx.sql().execute_batch(
-        "DELETE FROM submission; DELETE FROM lease; DELETE FROM task;
-         DELETE FROM worker_score; DELETE FROM worker; DELETE FROM gold_answer;
-         DELETE FROM task_batch; DELETE FROM score_delta;",
-    )?;
-    crate::store::schema::forget_connection_tables(tx.sql())?;
+    tx.reset()?;
     tracing::warn!("store reset: every task, worker and score deleted");
     Ok(())
 }

@@ -3,7 +3,6 @@
 
 use super::Ctx;
 use crate::error::CoreError;
-use crate::store::sql::{params, OptionalExtension};
 use crate::store::tx::Tx;
 use protocol::auth::TOKEN_PREFIX;
 use protocol::WorkerId;
@@ -13,17 +12,12 @@ use subtle::ConstantTimeEq;
 /// Issues a new token for `worker`, replacing any earlier one. Returns the secret.
 ///
 /// # Errors
-/// Store errors, or [`CoreError::Unauthorized`] if the system has no randomness to draw from.
+/// Store errors, or [`CoreError::NoRandomness`] if the system has no randomness to draw from.
 pub(crate) fn create(tx: &dyn Tx, ctx: &mut Ctx, worker: &WorkerId) -> Result<String, CoreError> {
     let mut secret = [0u8; 32];
-    getrandom::fill(&mut secret)
-        .map_err(|e| CoreError::Unauthorized(format!("no randomness for a token: {e}")))?;
+    getrandom::fill(&mut secret).map_err(CoreError::NoRandomness)?;
     let token = format!("{TOKEN_PREFIX}{}", hex::encode(secret));
-    tx.sql().prepare_cached(
-        "INSERT INTO worker_token (worker_id, hash, created_at) VALUES (?1, ?2, ?3)
-         ON CONFLICT (worker_id) DO UPDATE SET hash = excluded.hash, created_at = excluded.created_at",
-    )?
-    .execute(params![worker.as_str(), hash(&token), ctx.now])?;
+    tx.store_token(worker, &hash(&token), ctx.now)?;
     tracing::info!(worker_id = %worker, "worker token issued");
     Ok(token)
 }
@@ -33,12 +27,9 @@ pub(crate) fn create(tx: &dyn Tx, ctx: &mut Ctx, worker: &WorkerId) -> Result<St
 /// # Errors
 /// Store errors only.
 pub(crate) fn revoke(tx: &dyn Tx, worker: &WorkerId) -> Result<bool, CoreError> {
-    let n = tx
-        .sql()
-        .prepare_cached("DELETE FROM worker_token WHERE worker_id = ?1")?
-        .execute([worker.as_str()])?;
-    tracing::info!(worker_id = %worker, revoked = n > 0, "worker token revoked");
-    Ok(n > 0)
+    let revoked = tx.delete_token(worker)?;
+    tracing::info!(worker_id = %worker, revoked, "worker token revoked");
+    Ok(revoked)
 }
 
 /// Whether `token` is `worker`'s current token.
@@ -46,11 +37,7 @@ pub(crate) fn revoke(tx: &dyn Tx, worker: &WorkerId) -> Result<bool, CoreError> 
 /// # Errors
 /// Store errors only.
 pub(crate) fn verify(tx: &dyn Tx, worker: &WorkerId, token: &str) -> Result<bool, CoreError> {
-    let stored: Option<String> = tx
-        .sql()
-        .prepare_cached("SELECT hash FROM worker_token WHERE worker_id = ?1")?
-        .query_row([worker.as_str()], |r| r.get(0))
-        .optional()?;
+    let stored = tx.token_hash(worker)?;
     Ok(stored.is_some_and(|h| bool::from(h.as_bytes().ct_eq(hash(token).as_bytes()))))
 }
 

@@ -1093,7 +1093,11 @@ mod tests {
             cond.contains("task_id") && cond.contains("worker_id"),
             "the submission lookup scans by one column:\n{plan}"
         );
-        let plan = generic_plan(&mut c, &crate::ops::lease::assign_sql(3), "'a', 'b', 'c'");
+        let plan = generic_plan(
+            &mut c,
+            &crate::store::tx::leases::assign_sql(3),
+            "'a', 'b', 'c'",
+        );
         assert!(
             plan.contains("Index Cond: (id = ANY"),
             "taking slots walks the table:\n{plan}"
@@ -1112,7 +1116,7 @@ mod tests {
             !plan.contains("Seq Scan") && plan.matches("Index Cond").count() == 5,
             "a batch's submission read scans:\n{plan}"
         );
-        let walk = crate::ops::lease::oldest_open_sql(crate::store::sql::Dialect::Postgres);
+        let walk = crate::store::postgres::walk_sql();
         let plan = generic_plan(&mut c, &walk, "'w', 'sentiment', 32, NULL, 7");
         assert!(
             plan.contains("Index Scan using task_open on task")

@@ -5,7 +5,6 @@
 //! order without touching other tables.
 
 use crate::error::StoreError;
-use crate::store::sql::{Dialect, Sql};
 use rusqlite::Connection;
 
 /// Each entry takes the schema from version `i` to `i + 1`.
@@ -304,18 +303,6 @@ CREATE TEMP TABLE IF NOT EXISTS lease_cursor (
     PRIMARY KEY (worker_id, type)
 ) WITHOUT ROWID;
 ";
-
-/// Empties the [`CONNECTION_TABLES`]: what they remember is only valid while their connection is
-/// the store's only writer.
-///
-/// # Errors
-/// SQLite errors.
-pub fn forget_connection_tables(conn: &dyn Sql) -> crate::store::sql::Result<()> {
-    if conn.dialect() == Dialect::Sqlite {
-        conn.execute_batch("DELETE FROM temp.lease_cursor;")?;
-    }
-    Ok(())
-}
 
 /// The schema version this build writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

@@ -3,9 +3,10 @@
 use super::rows::TaskRow;
 use super::sql::{Dialect, Result, Sql};
 use super::tx::{
-    scores, tasks, votes, AnswerContext, Credit, Exec, Scores, Scoring, Tasks, Views, Votes,
+    admin, leases, scores, tasks, votes, Admin, AnswerContext, Credit, Exec, Leases, OpenTask,
+    Scores, Scoring, Tasks, Views, Votes,
 };
-use protocol::{LeaseId, TaskId, WorkerId};
+use protocol::{LeaseId, TaskId, TaskType, WorkerId};
 
 /// A PostgreSQL transaction, as the rules see it (see [`super::tx::Tx`]).
 pub(crate) struct Tx<'a>(pub(crate) &'a dyn Sql);
@@ -56,6 +57,91 @@ impl Tasks for Tx<'_> {
     }
 }
 
+impl Leases for Tx<'_> {
+    /// Skipping a row another transaction holds (a lease never waits for another session's
+    /// batch to commit, so it never closes a cycle of waits).
+    fn hinted(
+        &self,
+        worker: &WorkerId,
+        task: &TaskId,
+        model_hash: Option<&str>,
+    ) -> Result<Option<OpenTask>> {
+        leases::hinted_with(self, CLAIM, worker, task, model_hash)
+    }
+
+    /// With several writers a cursor is a hint: a walk passes over rows other transactions hold
+    /// and over tasks whose rows committed out of FIFO order, and a cursor moved back by one
+    /// coordinator's session may be moved forward again by another's. So a cursor is followed
+    /// for [`CURSOR_REFRESH_MS`] after its walk last started from the head; and a walk whose
+    /// cursor leads to too few tasks takes the rest from the head (the rows it locked come
+    /// again: they are this transaction's), at most every [`HEAD_WALK_MS`] per worker and type
+    /// (a walk from the head passes over every open task the worker holds or has answered,
+    /// thousands when the other workers lag behind it). Such a walk counts as one from the
+    /// head, whatever it finds.
+    fn open_tasks(
+        &self,
+        now: i64,
+        worker: &WorkerId,
+        task_type: &TaskType,
+        model_hash: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OpenTask>> {
+        let sql = walk_sql();
+        let cursor = leases::cursor(self, worker, task_type, now - CURSOR_REFRESH_MS)?;
+        let after = cursor.map_or(0, |c| c.0);
+        let mut rows = leases::walk(self, &sql, worker, task_type, model_hash, limit, after)?;
+        let head_due = cursor.is_some_and(|(_, since)| since <= now - HEAD_WALK_MS);
+        if head_due && rows.len() < limit {
+            self.0
+                .prepare_cached(
+                    "UPDATE temp.lease_cursor SET since = ?3 WHERE worker_id = ?1 AND type = ?2",
+                )?
+                .defer(crate::params![worker.as_str(), task_type.as_str(), now])?;
+            rows.extend(leases::walk(
+                self, &sql, worker, task_type, model_hash, limit, 0,
+            )?);
+            rows.sort_by_key(|c| c.seq);
+            rows.dedup_by_key(|c| c.seq);
+            rows.truncate(limit);
+        }
+        Ok(rows)
+    }
+
+    fn advance_cursor(
+        &self,
+        now: i64,
+        worker: &WorkerId,
+        task_type: &TaskType,
+        last: i64,
+    ) -> Result<()> {
+        leases::advance(self, now, worker, task_type, last, now - CURSOR_REFRESH_MS)
+    }
+}
+
+/// How long a lease cursor is followed before a walk starts from the head again (see
+/// [`Leases::open_tasks`]): tasks a cursor passed reach the worker within this long even while
+/// it always has newer work.
+pub(crate) const CURSOR_REFRESH_MS: i64 = 2_000;
+
+/// A walk whose cursor leads to too few tasks takes the rest from the head at most this often
+/// per worker and type.
+pub(crate) const HEAD_WALK_MS: i64 = 500;
+
+/// What a claim on rows appends to its `SELECT`: a lock on each row returned, passing over rows
+/// another transaction holds.
+const CLAIM: &str = " FOR NO KEY UPDATE SKIP LOCKED";
+
+/// The walk's statement (see [`leases::walk`]): skipping (and locking) rows other coordinators'
+/// transactions hold.
+pub(crate) fn walk_sql() -> String {
+    format!(
+        "SELECT seq, id, text, labels, generation FROM task
+         WHERE type = ?2 AND {} AND seq > ?5
+         ORDER BY seq LIMIT ?3{CLAIM}",
+        leases::OPEN_FOR_WORKER
+    )
+}
+
 impl Votes for Tx<'_> {
     fn answer_context(
         &self,
@@ -70,6 +156,12 @@ impl Votes for Tx<'_> {
 impl Scoring for Tx<'_> {}
 
 impl Views for Tx<'_> {}
+
+impl Admin for Tx<'_> {
+    fn reset(&self) -> Result<()> {
+        self.0.execute_batch(admin::RESET)
+    }
+}
 
 impl Scores for Tx<'_> {
     fn award_agreeing(&self, task: &TaskId) -> Result<()> {

@@ -3,9 +3,10 @@
 use super::rows::TaskRow;
 use super::sql::{Dialect, Result, Sql};
 use super::tx::{
-    scores, tasks, votes, AnswerContext, Credit, Exec, Scores, Scoring, Tasks, Views, Votes,
+    admin, leases, scores, tasks, votes, Admin, AnswerContext, Credit, Exec, Leases, OpenTask,
+    Scores, Scoring, Tasks, Views, Votes,
 };
-use protocol::{LeaseId, TaskId, WorkerId};
+use protocol::{LeaseId, TaskId, TaskType, WorkerId};
 
 /// A SQLite transaction, as the rules see it (see [`super::tx::Tx`]).
 pub(crate) struct Tx<'a>(pub(crate) &'a dyn Sql);
@@ -28,6 +29,59 @@ impl Tasks for Tx<'_> {
     }
 }
 
+impl Leases for Tx<'_> {
+    fn hinted(
+        &self,
+        worker: &WorkerId,
+        task: &TaskId,
+        model_hash: Option<&str>,
+    ) -> Result<Option<OpenTask>> {
+        leases::hinted_with(self, "", worker, task, model_hash)
+    }
+
+    /// Through the open-task index, by name, from an exact cursor.
+    fn open_tasks(
+        &self,
+        _now: i64,
+        worker: &WorkerId,
+        task_type: &TaskType,
+        model_hash: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<OpenTask>> {
+        let after = leases::cursor(self, worker, task_type, i64::MIN)?.map_or(0, |c| c.0);
+        leases::walk(
+            self,
+            &walk_sql(),
+            worker,
+            task_type,
+            model_hash,
+            limit,
+            after,
+        )
+    }
+
+    fn advance_cursor(
+        &self,
+        now: i64,
+        worker: &WorkerId,
+        task_type: &TaskType,
+        last: i64,
+    ) -> Result<()> {
+        leases::advance(self, now, worker, task_type, last, i64::MIN)
+    }
+}
+
+/// The walk's statement (see [`leases::walk`]): through the open-task index, by name, so a
+/// plan change is an error, not a slow scan.
+pub(crate) fn walk_sql() -> String {
+    format!(
+        "SELECT seq, id, text, labels, generation FROM task INDEXED BY task_open
+         WHERE type = ?2 AND {} AND seq > ?5
+         ORDER BY seq LIMIT ?3",
+        leases::OPEN_FOR_WORKER
+    )
+}
+
 impl Votes for Tx<'_> {
     fn answer_context(
         &self,
@@ -42,6 +96,15 @@ impl Votes for Tx<'_> {
 impl Scoring for Tx<'_> {}
 
 impl Views for Tx<'_> {}
+
+impl Admin for Tx<'_> {
+    /// The connection's own lease cursors go too: what they remember is only valid while its
+    /// connection is the store's only writer.
+    fn reset(&self) -> Result<()> {
+        self.0.execute_batch(admin::RESET)?;
+        self.0.execute_batch("DELETE FROM temp.lease_cursor;")
+    }
+}
 
 impl Scores for Tx<'_> {
     fn award_agreeing(&self, task: &TaskId) -> Result<()> {

@@ -6,17 +6,23 @@
 //! a thin executor ([`Exec::sql`]), so that only real differences are written twice. The
 //! interface comes in parts by area, and [`Tx`] is all of them:
 //! - [`Tasks`]: a task, its transitions (close, fail, an attempt used), lease cursors, workers;
+//! - [`Leases`]: the open tasks a worker may take, slots, leases;
 //! - [`Votes`]: what a submission is decided from, the vote, the decisions;
 //! - [`Scores`]: points and the other per-worker counters, in one engine-aware path;
 //! - [`Scoring`]: cross-scoring of generated answers;
-//! - [`Views`]: the read side.
+//! - [`Views`]: the read side;
+//! - [`Admin`]: worker tokens, the operator's reset.
 
+pub(crate) mod admin;
+pub(crate) mod leases;
 pub(crate) mod scores;
 pub(crate) mod scoring;
 pub(crate) mod tasks;
 pub(crate) mod views;
 pub(crate) mod votes;
 
+pub(crate) use admin::Admin;
+pub(crate) use leases::{Leases, OpenTask};
 pub(crate) use scores::{Credit, Scores};
 pub(crate) use scoring::{Scoring, ScoringRow, ScoringSlot};
 pub(crate) use tasks::{NamedLease, Tasks};
@@ -53,6 +59,9 @@ pub(crate) trait Exec {
 }
 
 /// One open transaction, as the rules see it: every part of the interface.
-pub(crate) trait Tx: Exec + Tasks + Votes + Scores + Scoring + Views {}
+pub(crate) trait Tx:
+    Exec + Tasks + Leases + Votes + Scores + Scoring + Views + Admin
+{
+}
 
-impl<T: Exec + Tasks + Votes + Scores + Scoring + Views> Tx for T {}
+impl<T: Exec + Tasks + Leases + Votes + Scores + Scoring + Views + Admin> Tx for T {}

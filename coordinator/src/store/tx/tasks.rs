@@ -227,6 +227,82 @@ pub(crate) trait Tasks: Exec {
         Ok(n as u32)
     }
 
+    /// Of the leases `worker` names, those that ended because their task closed (cancelled,
+    /// finalized or failed without them).
+    fn cancelled_leases(&self, worker: &WorkerId, named: &[LeaseId]) -> Result<Vec<LeaseId>> {
+        let mut stmt = self.sql().prepare_cached(
+            "SELECT 1 FROM lease WHERE id = ?1 AND worker_id = ?2 AND state = 'cancelled'",
+        )?;
+        let mut closed = Vec::new();
+        for lease in named {
+            if stmt.exists(params![lease.to_string(), worker.as_str()])? {
+                closed.push(*lease);
+            }
+        }
+        Ok(closed)
+    }
+
+    /// Moves the expiry of `worker`'s live leases (those in `only`, when given) to
+    /// `expires_at`; how many.
+    fn renew_leases(
+        &self,
+        worker: &WorkerId,
+        only: Option<&[LeaseId]>,
+        expires_at: i64,
+    ) -> Result<u32> {
+        let Some(leases) = only else {
+            let n = self
+                .sql()
+                .prepare_cached(
+                    "UPDATE lease SET expires_at = ?1 WHERE worker_id = ?2 AND state = 'active'",
+                )?
+                .execute(params![expires_at, worker.as_str()])?;
+            return Ok(n as u32);
+        };
+        let mut stmt = self.sql().prepare_cached(
+            "UPDATE lease SET expires_at = ?1
+             WHERE id = ?2 AND worker_id = ?3 AND state = 'active'",
+        )?;
+        let mut n = 0;
+        for lease in leases {
+            n += stmt.execute(params![expires_at, lease.to_string(), worker.as_str()])?;
+        }
+        Ok(n as u32)
+    }
+
+    /// The task of `worker`'s live lease `lease`, if it is one.
+    fn held_task(&self, lease: &LeaseId, worker: &WorkerId) -> Result<Option<TaskId>> {
+        self.sql()
+            .prepare_cached(
+                "SELECT task_id FROM lease WHERE id = ?1 AND worker_id = ?2 AND state = 'active'",
+            )?
+            .query_row(params![lease.to_string(), worker.as_str()], |r| {
+                parsed(r, 0)
+            })
+            .optional()
+    }
+
+    /// `worker` shut down gracefully.
+    fn mark_offline(&self, worker: &WorkerId, now: i64) -> Result<()> {
+        self.sql()
+            .prepare_cached("UPDATE worker SET status = 'offline', last_seen = ?1 WHERE id = ?2")?
+            .execute(params![now, worker.as_str()])?;
+        Ok(())
+    }
+
+    /// A failed task open again with fresh attempts, needing `required` answers of at most
+    /// `max_answers`.
+    fn reopen_task(&self, task: &TaskId, required: u32, max_answers: u32) -> Result<()> {
+        self.sql()
+            .prepare_cached(
+                "UPDATE task SET status = 'queued', attempts = 0, error_message = NULL,
+                     failure_reason = NULL, finished_at = NULL, required = ?1, max_answers = ?2
+                 WHERE id = ?3",
+            )?
+            .execute(params![required, max_answers, task.to_string()])?;
+        Ok(())
+    }
+
     /// The capabilities `worker` registered with, if it is known.
     fn capabilities(&self, worker: &WorkerId) -> Result<Option<Vec<TaskType>>> {
         let caps: Option<Json<Vec<TaskType>>> = self
