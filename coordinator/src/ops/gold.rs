@@ -13,10 +13,8 @@ use super::Ctx;
 use crate::api::Effect;
 use crate::error::CoreError;
 use crate::store::from_ms;
-use crate::store::rows::{Json, TaskRow};
-use crate::store::sql::{params, OptionalExtension};
-use crate::store::tx::{Credit, Tx};
-use protocol::generation::GenerationSpec;
+use crate::store::rows::TaskRow;
+use crate::store::tx::{Credit, GoldAnswer, GoldInsert, GoldItem, TaskInsert, Tx};
 use protocol::limits::{DEFAULT_REQUIRED_SUBMISSIONS, MAX_TASKS_PER_ADD};
 use protocol::messages::{Lease, NewTask, TaskAnnouncement};
 use protocol::policy::{GoldAddReply, GoldAddRequest};
@@ -62,29 +60,20 @@ pub(crate) fn add(
         item.check_answer().map_err(numbered)?;
         resolved.push((task.spec().map_err(numbered)?, item));
     }
-    let mut insert = tx.sql().prepare_cached(
-        "INSERT INTO gold (type, text, labels, generation, model_hash, answer, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT DO NOTHING",
-    )?;
-    let mut added = 0;
-    for (spec, item) in &resolved {
-        added += insert.execute(params![
-            item.task_type().as_str(),
-            item.text,
-            item.labels
-                .as_ref()
-                .map(|l| serde_json::to_string(l).expect("labels serialize")),
-            spec.as_ref()
-                .map(|s| serde_json::to_string(s).expect("specs serialize")),
-            spec.as_ref().map(|s| s.model_hash.as_str()),
-            item.answer,
-            ctx.now
-        ])? as u64;
-    }
-    let total: u64 = tx
-        .sql()
-        .query_row("SELECT COUNT(*) FROM gold", (), |r| r.get(0))?;
+    let types: Vec<TaskType> = resolved.iter().map(|(_, item)| item.task_type()).collect();
+    let rows: Vec<GoldInsert<'_>> = resolved
+        .iter()
+        .zip(&types)
+        .map(|((spec, item), task_type)| GoldInsert {
+            task_type,
+            text: &item.text,
+            labels: item.labels.as_deref(),
+            generation: spec.as_ref(),
+            answer: &item.answer,
+        })
+        .collect();
+    let added = tx.insert_gold(&rows, ctx.now)?;
+    let total = tx.gold_count()?;
     tracing::info!(added, total, "gold items stored");
     Ok(GoldAddReply {
         added,
@@ -95,21 +84,7 @@ pub(crate) fn add(
 
 /// Why `worker` is quarantined, when it is.
 pub(crate) fn quarantine(tx: &dyn Tx, worker: &WorkerId) -> Result<Option<String>, CoreError> {
-    Ok(tx
-        .sql()
-        .prepare_cached("SELECT quarantine FROM worker WHERE id = ?1")?
-        .query_row([worker.as_str()], |r| r.get(0))
-        .optional()?
-        .flatten())
-}
-
-/// A gold item picked for a lease.
-struct Item {
-    id: i64,
-    task_type: TaskType,
-    text: String,
-    labels: Option<Vec<String>>,
-    generation: Option<GenerationSpec>,
+    Ok(tx.quarantine(worker)?)
 }
 
 /// Up to `n` gold items of `capabilities` for `worker` (generative ones only of the content it
@@ -121,57 +96,28 @@ fn pick(
     capabilities: &[TaskType],
     model_hash: Option<&str>,
     n: usize,
-) -> Result<Vec<Item>, CoreError> {
-    let caps = serde_json::to_string(capabilities).expect("task types serialize");
-    let (lo, hi): (Option<i64>, Option<i64>) =
-        tx.sql()
-            .query_row("SELECT MIN(id), MAX(id) FROM gold", (), |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
-    let (Some(lo), Some(hi)) = (lo, hi) else {
+) -> Result<Vec<GoldItem>, CoreError> {
+    let Some((lo, hi)) = tx.gold_ids()? else {
         return Ok(Vec::new());
     };
     let start = fastrand::i64(lo..=hi);
-    let mut stmt = tx.sql().prepare_cached(
-        "SELECT id, type, text, labels, generation FROM gold
-         WHERE type IN (SELECT value FROM json_each(?2))
-           AND (model_hash IS NULL OR model_hash = ?3)
-           AND (?5 OR NOT EXISTS (SELECT 1 FROM gold_answer a
-                                  WHERE a.gold_id = gold.id AND a.worker_id = ?1))
-           AND NOT EXISTS (SELECT 1 FROM task t JOIN lease l ON l.task_id = t.id
-                           WHERE t.gold = gold.id AND l.worker_id = ?1 AND l.state = 'active')
-           AND (id >= ?4) = ?6
-         ORDER BY id LIMIT ?7",
-    )?;
-    let mut items: Vec<Item> = Vec::new();
+    let mut items: Vec<GoldItem> = Vec::new();
     for any in [false, true] {
         for from_start in [true, false] {
             let room = n - items.len();
             if room == 0 {
                 return Ok(items);
             }
-            let rows = stmt.query_map(
-                params![
-                    worker.as_str(),
-                    caps,
-                    model_hash,
-                    start,
-                    any,
-                    from_start,
-                    room as i64
-                ],
-                |r| {
-                    Ok(Item {
-                        id: r.get(0)?,
-                        task_type: crate::store::rows::parsed(r, 1)?,
-                        text: r.get(2)?,
-                        labels: r.get::<_, Option<Json<Vec<String>>>>(3)?.map(|j| j.0),
-                        generation: r.get::<_, Option<Json<GenerationSpec>>>(4)?.map(|j| j.0),
-                    })
-                },
+            let rows = tx.gold_items(
+                worker,
+                capabilities,
+                model_hash,
+                start,
+                any,
+                from_start,
+                room,
             )?;
             for item in rows {
-                let item = item?;
                 if items.iter().all(|i| i.id != item.id) {
                     items.push(item);
                 }
@@ -195,41 +141,34 @@ pub(crate) fn lease(
         return Ok(Vec::new());
     }
     let items = pick(tx, worker, capabilities, model_hash, n)?;
-    let mut task = tx.sql().prepare_cached(
-        "INSERT INTO task (id, type, text, status, required, max_attempts, active_leases,
-                           created_at, labels, generation, model_hash, asked, policy,
-                           max_answers, gold)
-         VALUES (?1, ?2, ?3, 'queued', 1, 1, 1, ?4, ?5, ?6, ?7, 1, 'majority', 1, ?8)",
-    )?;
-    let mut lease = tx.sql().prepare_cached(
-        "INSERT INTO lease (id, task_id, worker_id, state, expires_at, created_at)
-         VALUES (?1, ?2, ?3, 'active', ?4, ?5)",
-    )?;
     let expires_at = ctx.now + ctx.settings.lease_ms;
     let mut leases = Vec::with_capacity(items.len());
     for item in items {
         let (task_id, lease_id) = (TaskId::new(), LeaseId::new());
-        task.execute(params![
-            task_id.to_string(),
-            item.task_type.as_str(),
-            item.text,
+        tx.insert_tasks(
             ctx.now,
-            item.labels
-                .as_ref()
-                .map(|l| serde_json::to_string(l).expect("labels serialize")),
-            item.generation
-                .as_ref()
-                .map(|s| serde_json::to_string(s).expect("specs serialize")),
-            item.generation.as_ref().map(|s| s.model_hash.as_str()),
-            item.id
-        ])?;
-        lease.execute(params![
-            lease_id.to_string(),
-            task_id.to_string(),
-            worker.as_str(),
-            expires_at,
-            ctx.now
-        ])?;
+            &[TaskInsert {
+                id: task_id,
+                task_type: item.task_type.clone(),
+                text: item.text.clone(),
+                required: 1,
+                max_attempts: 1,
+                labels: item.labels.clone(),
+                similarity: None,
+                model_hash: item.generation.as_ref().map(|s| s.model_hash.clone()),
+                generation: item.generation.clone(),
+                verifiers: 0,
+                asked: 1,
+                policy: "majority",
+                min_quorum: 1,
+                max_answers: 1,
+                distinct_models: false,
+                gold: Some(item.id),
+            }],
+        )?;
+        // Its one slot is this lease's.
+        tx.assign(&[task_id])?;
+        tx.insert_leases(worker, &[(lease_id, task_id)], expires_at, ctx.now)?;
         tracing::debug!(%task_id, worker_id = %worker, gold = item.id, "gold lease granted");
         ctx.effects.push(Effect::Announce(TaskAnnouncement {
             task_id,
@@ -259,55 +198,36 @@ pub(crate) fn check(
     gold: i64,
     sub: &crate::api::Submission,
 ) -> Result<(), CoreError> {
-    let known: String = tx
-        .sql()
-        .prepare_cached("SELECT answer FROM gold WHERE id = ?1")?
-        .query_row([gold], |r| r.get(0))?;
+    let known = tx.known_answer(gold)?;
     let (given, correct) = match &sub.answer() {
         crate::api::Answered::Generated(g) => (g.text.clone(), g.text.trim() == known.trim()),
         other => (other.label().to_owned(), other.label() == known),
     };
-    tx.sql()
-        .prepare_cached(
-            "INSERT INTO gold_answer (gold_id, task_id, worker_id, type, model, model_hash, answer,
-                                  correct, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )?
-        .execute(params![
-            gold,
-            task.id.to_string(),
-            sub.worker_id().as_str(),
-            task.task_type.as_str(),
-            sub.model(),
-            sub.model_hash(),
-            given,
-            correct,
-            ctx.now
-        ])?;
+    let answer = GoldAnswer {
+        gold,
+        task: &task.id,
+        worker: sub.worker_id(),
+        task_type: &task.task_type,
+        model: sub.model(),
+        model_hash: sub.model_hash(),
+        answer: &given,
+        correct,
+    };
+    tx.record_gold_answer(&answer, ctx.now)?;
     let credit = Credit {
         gold_answered: 1,
         gold_right: i64::from(correct),
         ..Credit::default()
     };
     tx.credit(&mut [(sub.worker_id().clone(), credit)])?;
-    tx.sql().prepare_cached(
-        "UPDATE task SET status = 'finalized', final_label = ?1, finished_at = ?2 WHERE id = ?3",
-    )?
-    .execute(params![known, ctx.now, task.id.to_string()])?;
+    tx.finalize_gold(&task.id, &known, ctx.now)?;
     judge_worker(tx, ctx, sub.worker_id())
 }
 
 /// Quarantines `worker` when its accuracy over its last [`WINDOW`] gold answers is below the
 /// bar (once it has enough of them), and lets it out once it is back above.
 fn judge_worker(tx: &dyn Tx, ctx: &Ctx, worker: &WorkerId) -> Result<(), CoreError> {
-    let (answered, right): (u32, u32) = tx.sql()
-        .prepare_cached(
-            "SELECT COUNT(*), COALESCE(SUM(correct), 0) FROM
-                 (SELECT correct FROM gold_answer WHERE worker_id = ?1 ORDER BY id DESC LIMIT ?2) AS recent",
-        )?
-        .query_row(params![worker.as_str(), WINDOW], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
+    let (answered, right) = tx.recent_gold(worker, WINDOW)?;
     let s = &ctx.settings;
     let accuracy = f64::from(right) / f64::from(answered.max(1));
     let why = (answered >= s.gold_min_answers && accuracy < s.gold_min_accuracy).then(|| {
@@ -324,8 +244,6 @@ fn judge_worker(tx: &dyn Tx, ctx: &Ctx, worker: &WorkerId) -> Result<(), CoreErr
             None => tracing::info!(worker_id = %worker, accuracy, "worker out of quarantine"),
         }
     }
-    tx.sql()
-        .prepare_cached("UPDATE worker SET quarantine = ?1 WHERE id = ?2")?
-        .execute(params![why, worker.as_str()])?;
+    tx.set_quarantine(worker, why.as_deref())?;
     Ok(())
 }

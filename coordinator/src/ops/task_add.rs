@@ -5,8 +5,7 @@
 use super::Ctx;
 use crate::api::Effect;
 use crate::error::CoreError;
-use crate::store::sql::{numbered, params, Dialect, OptionalExtension, ToArg};
-use crate::store::tx::Tx;
+use crate::store::tx::{TaskInsert, Tx};
 use protocol::generation::{Decoding, VerifyMode};
 use protocol::limits::{DEFAULT_REQUIRED_SUBMISSIONS, DEFAULT_SIMILARITY};
 use protocol::messages::{TaskAddReply, TaskAddRequest, TaskAnnouncement};
@@ -29,14 +28,9 @@ pub(crate) fn run(
                 let body = serde_json::to_vec(&req.tasks).expect("tasks serialize");
                 hex::encode(sha2::Sha256::digest(body))
             };
-            // Two coordinators may get the same retried batch at once: on PostgreSQL the second
-            // waits here until the first commits, then finds its ids (SQLite has one writer).
-            if tx.sql().dialect() == Dialect::Postgres {
-                tx.sql()
-                    .query_row("SELECT pg_advisory_xact_lock(hashtext(?1))", [id], |_| {
-                        Ok(())
-                    })?;
-            }
+            // Two coordinators may get the same retried batch at once: the second waits here
+            // until the first commits, then finds its ids.
+            tx.lock_batch(id)?;
             if let Some(ids) = created_before(tx, id, &digest)? {
                 tracing::info!(batch_id = %id, tasks = ids.len(), "batch already added");
                 return Ok(TaskAddReply { task_ids: ids });
@@ -72,9 +66,6 @@ pub(crate) fn run(
             && task
                 .distinct_models
                 .unwrap_or(ctx.settings.distinct_models_default);
-        let generation = spec
-            .as_ref()
-            .map(|s| serde_json::to_string(s).expect("specs serialize"));
         let task_type = task.task_type.unwrap_or_else(TaskType::sentiment);
         let asked = task
             .required_submissions
@@ -89,21 +80,18 @@ pub(crate) fn run(
         let max_attempts = task
             .max_attempts
             .unwrap_or(ctx.settings.max_attempts_default);
-        let labels = task
-            .labels
-            .map(|l| serde_json::to_string(&l).expect("labels serialize"));
         let similarity = task
             .similarity
             .or_else(|| task_type.is_vector().then_some(DEFAULT_SIMILARITY));
-        rows.push(NewTask {
-            id: id.to_string(),
-            task_type: task_type.as_str().to_owned(),
+        rows.push(TaskInsert {
+            id,
+            task_type: task_type.clone(),
             text: task.text,
             required,
             max_attempts,
-            labels,
+            labels: task.labels,
             similarity,
-            generation,
+            generation: spec,
             model_hash,
             verifiers,
             asked,
@@ -111,6 +99,7 @@ pub(crate) fn run(
             min_quorum: rule.map_or(1, |r| r.min_quorum),
             max_answers: rule.map_or(asked.max(required), |r| r.max_answers),
             distinct_models,
+            gold: None,
         });
         ctx.effects.push(Effect::Announce(TaskAnnouncement {
             task_id: id,
@@ -119,82 +108,11 @@ pub(crate) fn run(
         }));
         task_ids.push(id);
     }
-    insert(tx, ctx.now, &rows)?;
+    tx.insert_tasks(ctx.now, &rows)?;
     if let Some((id, digest)) = batch {
-        tx.sql()
-            .prepare_cached(
-                "INSERT INTO task_batch (id, digest, task_ids, created_at) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![
-                id,
-                digest,
-                serde_json::to_string(&task_ids).expect("ids serialize"),
-                ctx.now
-            ])?;
+        tx.record_batch(&id, &digest, &task_ids, ctx.now)?;
     }
     Ok(TaskAddReply { task_ids })
-}
-
-/// A task row to insert.
-struct NewTask {
-    id: String,
-    task_type: String,
-    text: String,
-    required: u32,
-    max_attempts: u32,
-    labels: Option<String>,
-    similarity: Option<f64>,
-    generation: Option<String>,
-    model_hash: Option<String>,
-    verifiers: u32,
-    asked: u32,
-    policy: &'static str,
-    min_quorum: u32,
-    max_answers: u32,
-    distinct_models: bool,
-}
-
-/// The most task rows one statement inserts.
-const ROWS_PER_INSERT: usize = 32;
-
-/// Inserts `rows`, created at `now`, up to [`ROWS_PER_INSERT`] to a statement (one statement
-/// text per count of rows, each prepared once), in order.
-fn insert(tx: &dyn Tx, now: i64, rows: &[NewTask]) -> Result<(), CoreError> {
-    for chunk in rows.chunks(ROWS_PER_INSERT) {
-        // `?1` is the creation time; each row adds its 15 values.
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| format!("('queued', ?1, {})", numbered(2 + 15 * i, 15)))
-            .collect();
-        let sql = format!(
-            "INSERT INTO task (status, created_at, id, type, text, required, max_attempts, labels,
-                               similarity, generation, model_hash, verifiers, asked, policy,
-                               min_quorum, max_answers, distinct_models)
-             VALUES {}",
-            values.join(", ")
-        );
-        let mut args: Vec<&dyn ToArg> = vec![&now];
-        for t in chunk {
-            args.extend([
-                &t.id as &dyn ToArg,
-                &t.task_type,
-                &t.text,
-                &t.required,
-                &t.max_attempts,
-                &t.labels,
-                &t.similarity,
-                &t.generation,
-                &t.model_hash,
-                &t.verifiers,
-                &t.asked,
-                &t.policy,
-                &t.min_quorum,
-                &t.max_answers,
-                &t.distinct_models,
-            ]);
-        }
-        tx.sql().prepare_cached(&sql)?.defer(args.as_slice())?;
-    }
-    Ok(())
 }
 
 /// The ids batch `id` created, when it was added before with the same tasks (`digest`).
@@ -202,14 +120,9 @@ fn insert(tx: &dyn Tx, now: i64, rows: &[NewTask]) -> Result<(), CoreError> {
 /// # Errors
 /// [`CoreError::Invalid`] when `id` was used for other tasks.
 fn created_before(tx: &dyn Tx, id: &str, digest: &str) -> Result<Option<Vec<TaskId>>, CoreError> {
-    let row: Option<(String, crate::store::rows::Json<Vec<TaskId>>)> = tx
-        .sql()
-        .prepare_cached("SELECT digest, task_ids FROM task_batch WHERE id = ?1")?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    match row {
+    match tx.batch(id)? {
         None => Ok(None),
-        Some((d, ids)) if d == digest => Ok(Some(ids.0)),
+        Some((d, ids)) if d == digest => Ok(Some(ids)),
         Some(_) => Err(protocol::ProtocolError::invalid(
             "batch_id",
             format!("batch {id:?} was added before with other tasks: choose a new batch id"),

@@ -3,8 +3,8 @@
 use super::rows::TaskRow;
 use super::sql::{Dialect, Result, Sql};
 use super::tx::{
-    admin, leases, scores, tasks, votes, Admin, AnswerContext, Credit, Exec, Leases, OpenTask,
-    Scores, Scoring, Tasks, Views, Votes,
+    admin, leases, scores, tasks, votes, Adds, Admin, AnswerContext, Credit, Exec, Leases,
+    OpenTask, Scores, Scoring, Tasks, Views, Votes,
 };
 use protocol::{LeaseId, TaskId, TaskType, WorkerId};
 
@@ -54,6 +54,16 @@ impl Tasks for Tx<'_> {
             )?;
         }
         Ok(mine)
+    }
+}
+
+impl Adds for Tx<'_> {
+    /// A transaction-scoped advisory lock on the batch id's hash.
+    fn lock_batch(&self, id: &str) -> Result<()> {
+        self.0
+            .query_row("SELECT pg_advisory_xact_lock(hashtext(?1))", [id], |_| {
+                Ok(())
+            })
     }
 }
 

@@ -3,8 +3,8 @@
 use super::rows::TaskRow;
 use super::sql::{Dialect, Result, Sql};
 use super::tx::{
-    admin, leases, scores, tasks, votes, Admin, AnswerContext, Credit, Exec, Leases, OpenTask,
-    Scores, Scoring, Tasks, Views, Votes,
+    admin, leases, scores, tasks, votes, Adds, Admin, AnswerContext, Credit, Exec, Leases,
+    OpenTask, Scores, Scoring, Tasks, Views, Votes,
 };
 use protocol::{LeaseId, TaskId, TaskType, WorkerId};
 
@@ -26,6 +26,13 @@ impl Tasks for Tx<'_> {
     /// One coordinator per file: it always sweeps, and counters are never appended.
     fn lead_sweep(&self) -> Result<bool> {
         Ok(true)
+    }
+}
+
+impl Adds for Tx<'_> {
+    /// One writer: nothing to hold.
+    fn lock_batch(&self, _id: &str) -> Result<()> {
+        Ok(())
     }
 }
 

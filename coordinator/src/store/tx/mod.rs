@@ -6,6 +6,7 @@
 //! a thin executor ([`Exec::sql`]), so that only real differences are written twice. The
 //! interface comes in parts by area, and [`Tx`] is all of them:
 //! - [`Tasks`]: a task, its transitions (close, fail, an attempt used), lease cursors, workers;
+//! - [`Adds`]: tasks and gold items added, the gold rules' reads and writes;
 //! - [`Leases`]: the open tasks a worker may take, slots, leases;
 //! - [`Votes`]: what a submission is decided from, the vote, the decisions;
 //! - [`Scores`]: points and the other per-worker counters, in one engine-aware path;
@@ -13,6 +14,7 @@
 //! - [`Views`]: the read side;
 //! - [`Admin`]: worker tokens, the operator's reset.
 
+pub(crate) mod adds;
 pub(crate) mod admin;
 pub(crate) mod leases;
 pub(crate) mod scores;
@@ -21,6 +23,7 @@ pub(crate) mod tasks;
 pub(crate) mod views;
 pub(crate) mod votes;
 
+pub(crate) use adds::{Adds, GoldAnswer, GoldInsert, GoldItem, TaskInsert};
 pub(crate) use admin::Admin;
 pub(crate) use leases::{Leases, OpenTask};
 pub(crate) use scores::{Credit, Scores};
@@ -60,8 +63,8 @@ pub(crate) trait Exec {
 
 /// One open transaction, as the rules see it: every part of the interface.
 pub(crate) trait Tx:
-    Exec + Tasks + Leases + Votes + Scores + Scoring + Views + Admin
+    Exec + Tasks + Adds + Leases + Votes + Scores + Scoring + Views + Admin
 {
 }
 
-impl<T: Exec + Tasks + Leases + Votes + Scores + Scoring + Views + Admin> Tx for T {}
+impl<T> Tx for T where T: Exec + Tasks + Adds + Leases + Votes + Scores + Scoring + Views + Admin {}
