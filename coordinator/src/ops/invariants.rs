@@ -311,7 +311,7 @@ fn run_steps(mut db: TestStore, steps: Vec<Step>) -> Result<(), TestCaseError> {
                         let before = dump(&db);
                         let label: String = db
                             .query_row(
-                                "SELECT label FROM submission WHERE lease_id = ?1",
+                                "SELECT label FROM submission WHERE lease_id = $1",
                                 [lease_id.to_string()],
                                 |r| r.get(0),
                             )

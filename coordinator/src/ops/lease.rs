@@ -211,7 +211,7 @@ mod tests {
         let t = add(&mut conn, 0, NewTask::text("x"));
         let stored = |conn: &TestStore| -> String {
             conn.query_row(
-                "SELECT status FROM task WHERE id = ?1",
+                "SELECT status FROM task WHERE id = $1",
                 [t.to_string()],
                 |r| r.get(0),
             )

@@ -376,8 +376,8 @@ pub(crate) mod testing {
     /// `worker`'s points.
     pub(crate) fn points(conn: &dyn Sql, worker: &str) -> i64 {
         conn.query_row(
-            "SELECT COALESCE((SELECT points FROM worker_score WHERE worker_id = ?1), 0)
-                  + CAST(COALESCE((SELECT SUM(points) FROM score_delta WHERE worker_id = ?1), 0) AS BIGINT)",
+            "SELECT COALESCE((SELECT points FROM worker_score WHERE worker_id = $1), 0)
+                  + CAST(COALESCE((SELECT SUM(points) FROM score_delta WHERE worker_id = $1), 0) AS BIGINT)",
             [worker],
             |r| r.get(0),
         )

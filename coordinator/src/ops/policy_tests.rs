@@ -470,7 +470,7 @@ fn gold_is_checked_never_voted_and_quarantines_a_wrong_worker_until_it_recovers(
     assert!(
         (&conn as &dyn Sql)
             .query_row(
-                "SELECT agreed FROM submission WHERE task_id = ?1",
+                "SELECT agreed FROM submission WHERE task_id = $1",
                 [l.task_id.to_string()],
                 |r| r.get::<_, Option<bool>>(0)
             )

@@ -348,7 +348,7 @@ mod tests {
     fn insert(c: &dyn Sql, id: &str) -> Result<(), CoreError> {
         c.execute(
             "INSERT INTO worker (id, status, capabilities, model, last_seen, registered_at)
-             VALUES (?1, 'active', '[]', NULL, 0, 0)",
+             VALUES ($1, 'active', '[]', NULL, 0, 0)",
             [id],
         )?;
         Ok(())

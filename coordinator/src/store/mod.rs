@@ -287,8 +287,8 @@ impl Probe {
         lease: Option<protocol::LeaseId>,
     ) -> Self {
         Probe {
-            one: tx::votes::answer_sql(sql::Dialect::Postgres),
-            many: tx::votes::answer_many_sql(),
+            one: postgres::vote::answer_sql(),
+            many: postgres::vote::answer_many_sql(),
             args: vec![
                 Some(task.to_string()),
                 Some(worker.as_str().to_owned()),

@@ -655,7 +655,7 @@ mod tests {
 
     fn insert(key: &'static str) -> impl FnMut(&dyn Sql) -> Result<i64, CoreError> + Send {
         move |c| {
-            c.execute("INSERT INTO batch_probe (k) VALUES (?1)", [key])?;
+            c.execute("INSERT INTO batch_probe (k) VALUES ($1)", [key])?;
             Ok(c.query_row("SELECT CAST(txid_current() AS BIGINT)", (), |r| r.get(0))?)
         }
     }
@@ -690,9 +690,9 @@ mod tests {
     /// here marks what it returns (+100) to tell the two apart.
     #[test]
     fn reads_announced_ahead_are_made_once_for_the_batch() {
-        const ONE: &str = "SELECT v FROM probe_row WHERE k = ?1";
+        const ONE: &str = "SELECT v FROM probe_row WHERE k = $1";
         const MANY: &str = "SELECT v + 100, r.i
-             FROM unnest(CAST(?1 AS TEXT[])) WITH ORDINALITY AS r (k, i)
+             FROM unnest(CAST($1 AS TEXT[])) WITH ORDINALITY AS r (k, i)
              JOIN probe_row ON probe_row.k = r.k ORDER BY r.k COLLATE \"C\", r.i";
         let server = PgServer::start();
         let (_store, writer) = writer_on(&server);
@@ -713,7 +713,7 @@ mod tests {
                 let v: Vec<i64> = c
                     .query_map(ONE, [key], |r| r.get(0))?
                     .collect::<Result<_, _>>()?;
-                c.execute("UPDATE probe_row SET v = v + 1 WHERE k = ?1", [key])?;
+                c.execute("UPDATE probe_row SET v = v + 1 WHERE k = $1", [key])?;
                 Ok(v)
             })
         };
@@ -754,7 +754,7 @@ mod tests {
     fn merged_changes_go_as_one_statement_by_phase() {
         use crate::store::sql::{Merged, ValueRef, MERGED_MAX};
         fn many(n: usize, phase: u8) -> String {
-            let rows: Vec<String> = (1..=n).map(|i| format!("({n}, {phase}, ?{i})")).collect();
+            let rows: Vec<String> = (1..=n).map(|i| format!("({n}, {phase}, ${i})")).collect();
             format!(
                 "INSERT INTO merge_log (n, phase, k) VALUES {}",
                 rows.join(", ")
@@ -762,7 +762,7 @@ mod tests {
         }
         // Made alone only where nothing merges (not in a writer session).
         fn alone(c: &dyn Sql, a: &[ValueRef<'_>]) -> crate::store::sql::Result<()> {
-            c.defer("INSERT INTO merge_log (n, phase, k) VALUES (0, -1, ?1)", a)
+            c.defer("INSERT INTO merge_log (n, phase, k) VALUES (0, -1, $1)", a)
         }
         const fn merged(many: fn(usize) -> String, phase: u8) -> Merged {
             Merged {
@@ -1033,14 +1033,17 @@ mod tests {
         let server = PgServer::start();
         let (store, writer) = writer_on(&server);
         let group = |c: &dyn Sql, keys: [&'static str; 3]| -> Result<(), CoreError> {
-            c.defer_all(&[
-                ("INSERT INTO batch_probe (k) VALUES (?1)", params![keys[0]]),
-                (
-                    "INSERT INTO batch_probe (k) SELECT ?1 || ?2",
-                    params![keys[1], "!"],
-                ),
-                ("INSERT INTO batch_probe (k) VALUES (?1)", params![keys[2]]),
-            ])?;
+            crate::store::postgres::vote::defer_all(
+                c,
+                &[
+                    ("INSERT INTO batch_probe (k) VALUES ($1)", params![keys[0]]),
+                    (
+                        "INSERT INTO batch_probe (k) SELECT $1 || $2",
+                        params![keys[1], "!"],
+                    ),
+                    ("INSERT INTO batch_probe (k) VALUES ($1)", params![keys[2]]),
+                ],
+            )?;
             Ok(())
         };
         let ok = send(&writer, None, move |c| group(c, ["a", "b", "c"]));
@@ -1059,8 +1062,7 @@ mod tests {
     /// parameters.
     fn generic_plan(c: &mut Client, sql: &str, args: &str) -> String {
         c.batch_execute(&format!(
-            "SET plan_cache_mode = force_generic_plan; DEALLOCATE ALL; PREPARE probe AS {}",
-            crate::store::sql::to_postgres(sql)
+            "SET plan_cache_mode = force_generic_plan; DEALLOCATE ALL; PREPARE probe AS {sql}"
         ))
         .expect("prepare");
         let plan: Vec<String> = c
@@ -1082,7 +1084,7 @@ mod tests {
         let mut c = postgres::Client::connect(server.url(), postgres::NoTls).expect("connect");
         let plan = generic_plan(
             &mut c,
-            "SELECT lease_id FROM submission WHERE task_id = ?1 AND worker_id = ?2",
+            "SELECT lease_id FROM submission WHERE task_id = $1 AND worker_id = $2",
             "'t', 'w'",
         );
         let cond = plan
@@ -1102,7 +1104,7 @@ mod tests {
             plan.contains("Index Cond: (id = ANY"),
             "taking slots walks the table:\n{plan}"
         );
-        let read = crate::store::tx::votes::answer_sql(crate::store::sql::Dialect::Postgres);
+        let read = crate::store::postgres::vote::answer_sql();
         let plan = generic_plan(&mut c, read, "'t', 'w', 'l'");
         // The task, the worker's submission on it, the lease; the answers so far, the task row
         // in the statement's snapshot.
@@ -1110,7 +1112,7 @@ mod tests {
             !plan.contains("Seq Scan") && plan.matches("Index Cond").count() == 5,
             "a submission's read scans:\n{plan}"
         );
-        let many = crate::store::tx::votes::answer_many_sql();
+        let many = crate::store::postgres::vote::answer_many_sql();
         let plan = generic_plan(&mut c, many, "'{t,u}', '{w,w}', '{l,NULL}'");
         assert!(
             !plan.contains("Seq Scan") && plan.matches("Index Cond").count() == 5,
@@ -1130,10 +1132,10 @@ mod tests {
         }
         let vote = "'t', 'w', 'l', 'x', 1, NULL, 1, NULL, NULL, NULL, NULL, NULL";
         for (what, change, row) in [
-            ("votes", &crate::store::tx::votes::VOTE, vote),
+            ("votes", &crate::store::postgres::vote::VOTE, vote),
             (
                 "decisions",
-                &crate::store::tx::votes::DECIDED,
+                &crate::store::postgres::vote::DECIDED,
                 "'t', 'x', 1, 1",
             ),
         ] {

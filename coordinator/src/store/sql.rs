@@ -1,10 +1,10 @@
 //! The seam between the operations and the databases: one small interface ([`Sql`]) that every
 //! operation runs over, implemented by SQLite's connection and by a PostgreSQL transaction.
 //!
-//! The operations keep their rules written once, in SQL both engines run: numbered parameters
-//! (`?1`, which the PostgreSQL side rewrites to `$1`), flags as 0/1 integers compared
-//! explicitly, and, where the engines differ (a row lock, `SKIP LOCKED`, SQLite's lease
-//! cursor), a branch on [`Sql::dialect`]. Values cross the seam as one small dynamic type
+//! It runs the store's statements as written: each engine's own (`store::sqlite`,
+//! `store::postgres`), and those both run alike (`store::tx`), which keep to what both accept:
+//! numbered parameters (`$1`; SQLite binds each by its number), flags as 0/1 integers compared
+//! explicitly. Nothing rewrites a statement. Values cross the seam as one small dynamic type
 //! ([`ValueRef`]), bound from typed values with [`ToArg`] and read into them with
 //! [`FromValue`]; ids and states are parsed at that boundary, never passed on as text.
 
@@ -402,26 +402,6 @@ pub trait Sql {
         self.exec(sql, args).map(|_| ())
     }
 
-    /// Runs `stmts` as [`Sql::defer`] runs each, in order, when the caller vouches that none
-    /// of them depends on what another changes: no two change the same row, and none reads a
-    /// value another sets. PostgreSQL gets them as one statement (all but the last as
-    /// data-modifying `WITH` terms, see [`with_terms`]): one execution instead of several,
-    /// whose parts all see the rows as they were before any of them.
-    ///
-    /// # Errors
-    /// The engine's, now or from the next statement on.
-    fn defer_all(&self, stmts: &[(&str, &[&dyn ToArg])]) -> Result<()> {
-        if self.dialect() == Dialect::Sqlite || stmts.len() < 2 {
-            for (sql, args) in stmts {
-                self.defer(sql, &args.args())?;
-            }
-            return Ok(());
-        }
-        let texts: Vec<(&str, usize)> = stmts.iter().map(|(s, a)| (*s, a.len())).collect();
-        let args: Vec<ValueRef<'_>> = stmts.iter().flat_map(|(_, a)| a.args()).collect();
-        self.defer(&with_terms(&texts), &args)
-    }
-
     /// The store's clock, in ms since the epoch: this machine's for SQLite, the database
     /// server's for PostgreSQL (one clock for every coordinator).
     ///
@@ -523,36 +503,7 @@ impl Stmt<'_> {
     }
 }
 
-impl Dialect {
-    /// What a `SELECT` of the task rows this transaction will decide on ends with: ` FOR NO KEY
-    /// UPDATE OF task` on PostgreSQL (another coordinator's transaction that would change the
-    /// row waits until this one ends; inserting a lease or submission that references it, which
-    /// takes only a key-share lock, does not; rows of tables joined to it are not locked),
-    /// nothing on SQLite (one writer at a time already).
-    pub fn lock_suffix(self) -> &'static str {
-        match self {
-            Dialect::Sqlite => "",
-            Dialect::Postgres => " FOR NO KEY UPDATE OF task",
-        }
-    }
-}
-
 impl<'c> dyn Sql + 'c {
-    /// [`Dialect::lock_suffix`] of this connection's engine.
-    pub fn lock_suffix(&self) -> &'static str {
-        self.dialect().lock_suffix()
-    }
-
-    /// What a claim on rows appends to its `SELECT`: on PostgreSQL a lock on each row returned,
-    /// passing over rows another transaction holds (a lease never waits for another session's
-    /// batch to commit, so it never closes a cycle of waits); nothing on SQLite.
-    pub fn claim_suffix(&self) -> &'static str {
-        match self.dialect() {
-            Dialect::Sqlite => "",
-            Dialect::Postgres => " FOR NO KEY UPDATE SKIP LOCKED",
-        }
-    }
-
     /// Makes `change` with `args`: with other operations' on a connection that merges them
     /// (see [`Merged`]), alone elsewhere.
     ///
@@ -656,9 +607,27 @@ impl rusqlite::ToSql for ValueRef<'_> {
     }
 }
 
+/// Binds `args` to `stmt`'s numbered parameters by their numbers: `$n` takes `args[n - 1]`,
+/// wherever it first appears (SQLite numbers named parameters in the order they appear).
+fn lite_bind(stmt: &mut rusqlite::Statement<'_>, args: &[ValueRef<'_>]) -> Result<()> {
+    for i in 1..=stmt.parameter_count() {
+        let n = stmt
+            .parameter_name(i)
+            .and_then(|name| name.strip_prefix('$'))
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(i);
+        let arg = args
+            .get(n - 1)
+            .ok_or(rusqlite::Error::InvalidParameterCount(n, args.len()))?;
+        stmt.raw_bind_parameter(i, arg)?;
+    }
+    Ok(())
+}
+
 fn lite_exec(c: &rusqlite::Connection, sql: &str, args: &[ValueRef<'_>]) -> Result<usize> {
     let mut stmt = c.prepare_cached(sql)?;
-    Ok(stmt.execute(rusqlite::params_from_iter(args.iter()))?)
+    lite_bind(&mut stmt, args)?;
+    Ok(stmt.raw_execute()?)
 }
 
 fn lite_rows(
@@ -668,7 +637,8 @@ fn lite_rows(
     each: &mut dyn FnMut(&Row<'_>) -> Result<bool>,
 ) -> Result<()> {
     let mut stmt = c.prepare_cached(sql)?;
-    let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
+    lite_bind(&mut stmt, args)?;
+    let mut rows = stmt.raw_query();
     while let Some(r) = rows.next()? {
         if !each(&Row::Sqlite(r))? {
             break;
@@ -715,7 +685,7 @@ pub struct Pg<'a, C: postgres::GenericClient> {
     cache: &'a RefCell<StmtCache>,
 }
 
-/// Prepared statements of one PostgreSQL connection, by their SQLite-dialect text.
+/// Prepared statements of one PostgreSQL connection, by their text.
 #[derive(Default)]
 pub struct StmtCache {
     stmts: HashMap<String, postgres::Statement>,
@@ -728,7 +698,7 @@ impl StmtCache {
     }
 }
 
-/// `sql`'s statement from `cache`, prepared (as [`to_postgres`] has it) by `prepare` the first
+/// `sql`'s statement from `cache`, prepared by `prepare` the first
 /// time.
 fn cached(
     cache: &RefCell<StmtCache>,
@@ -738,7 +708,7 @@ fn cached(
     if let Some(s) = cache.borrow().stmts.get(sql) {
         return Ok(s.clone());
     }
-    let stmt = prepare(&to_postgres(sql))?;
+    let stmt = prepare(sql)?;
     cache
         .borrow_mut()
         .stmts
@@ -810,25 +780,15 @@ fn each_row(rows: &[postgres::Row], each: &mut dyn FnMut(&Row<'_>) -> Result<boo
     Ok(())
 }
 
-/// SQLite-dialect SQL as PostgreSQL takes it: `?N` parameters become `$N` (outside quotes),
-/// `json_each(?N)` becomes `json_array_elements_text(CAST($N AS json))` (both yield a `value`
-/// column), SQLite's `INDEXED BY name` hints and `temp.` qualifiers are dropped.
-pub fn to_postgres(sql: &str) -> String {
-    let sql = drop_index_hints(sql);
-    let sql = drop_temp_schema(&sql);
-    let sql = json_each(&sql);
-    each_param(&sql, |n| format!("${n}"))
-}
-
 /// `n` parameters numbered on from `first`: `?first, ?first+1, ...`.
 pub fn numbered(first: usize, n: usize) -> String {
     (first..first + n)
-        .map(|i| format!("?{i}"))
+        .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-/// Statements, each with its count of parameters (`?1`..`?n`, every one used), as one: all
+/// Statements, each with its count of parameters (`$1`..`?n`, every one used), as one: all
 /// but the last become `WITH` terms, and each one's parameters are numbered after those of the
 /// statements before it. PostgreSQL runs every data-modifying `WITH` term once, whether or not
 /// the rest of the statement reads it.
@@ -840,8 +800,8 @@ pub fn with_terms(stmts: &[(&str, usize)]) -> String {
             let by = offset;
             offset += params;
             each_param(sql, |n| match n.parse::<usize>() {
-                Ok(n) => format!("?{}", n + by),
-                Err(_) => format!("?{n}"),
+                Ok(n) => format!("${}", n + by),
+                Err(_) => format!("${n}"),
             })
         })
         .collect();
@@ -859,7 +819,7 @@ pub fn with_terms(stmts: &[(&str, usize)]) -> String {
     format!("WITH {} {last}", terms.join(", "))
 }
 
-/// `sql` with each parameter outside quotes (`?` and the digits after it) replaced by what `f`
+/// `sql` with each parameter outside quotes (`$` and the digits after it) replaced by what `f`
 /// makes of its digits.
 fn each_param(sql: &str, f: impl Fn(&str) -> String) -> String {
     let mut out = String::with_capacity(sql.len() + 8);
@@ -869,7 +829,7 @@ fn each_param(sql: &str, f: impl Fn(&str) -> String) -> String {
         if c == '\'' {
             quoted = !quoted;
         }
-        if c != '?' || quoted {
+        if c != '$' || quoted || !chars.peek().is_some_and(char::is_ascii_digit) {
             out.push(c);
             continue;
         }
@@ -880,47 +840,6 @@ fn each_param(sql: &str, f: impl Fn(&str) -> String) -> String {
         out.push_str(&f(&n));
     }
     out
-}
-
-/// `sql` with every `needle` and what follows it replaced: `f` gets the text after the needle
-/// and returns the replacement and how many bytes of that text it replaces.
-fn rewrite_each(sql: &str, needle: &str, f: impl Fn(&str) -> (String, usize)) -> String {
-    let mut out = String::with_capacity(sql.len());
-    let mut rest = sql;
-    while let Some(at) = rest.find(needle) {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + needle.len()..];
-        let (with, used) = f(after);
-        out.push_str(&with);
-        rest = &after[used..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// `temp.name` becomes `name`: what a SQLite connection keeps to itself, PostgreSQL keeps in a
-/// table every session shares (see `lease_cursor`).
-fn drop_temp_schema(sql: &str) -> String {
-    rewrite_each(sql, " temp.", |_| (" ".to_owned(), 0))
-}
-
-fn drop_index_hints(sql: &str) -> String {
-    rewrite_each(sql, " INDEXED BY ", |after| {
-        let name = after
-            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
-            .unwrap_or(after.len());
-        (String::new(), name)
-    })
-}
-
-fn json_each(sql: &str) -> String {
-    rewrite_each(sql, "json_each(", |after| {
-        let arg = after.find(')').unwrap_or(after.len());
-        (
-            format!("json_array_elements_text(CAST({} AS json)", &after[..arg]),
-            arg,
-        )
-    })
 }
 
 impl ToSql for ValueRef<'_> {
@@ -1401,7 +1320,7 @@ pub fn typed_rows(n: usize, types: &[&str]) -> String {
     let first: Vec<String> = types
         .iter()
         .enumerate()
-        .map(|(i, ty)| format!("CAST(?{} AS {ty})", i + 1))
+        .map(|(i, ty)| format!("CAST(${} AS {ty})", i + 1))
         .collect();
     let mut rows = vec![format!("({})", first.join(", "))];
     rows.extend((1..n).map(|k| format!("({})", numbered(k * w + 1, w))));
@@ -1416,30 +1335,33 @@ mod tests {
     fn statements_become_with_terms_with_their_parameters_numbered_on() {
         assert_eq!(
             with_terms(&[
-                ("INSERT INTO a (x, y) VALUES (?1, ?2)", 2),
-                ("UPDATE b SET s = '?1' WHERE id = ?1", 1),
-                ("UPDATE c SET n = n + 1 WHERE id = ?1 AND k = ?2", 2),
+                ("INSERT INTO a (x, y) VALUES ($1, $2)", 2),
+                ("UPDATE b SET s = '$1' WHERE id = $1", 1),
+                ("UPDATE c SET n = n + 1 WHERE id = $1 AND k = $2", 2),
             ]),
-            "WITH w0 AS (INSERT INTO a (x, y) VALUES (?1, ?2)), \
-             w1 AS (UPDATE b SET s = '?1' WHERE id = ?3) \
-             UPDATE c SET n = n + 1 WHERE id = ?4 AND k = ?5"
+            "WITH w0 AS (INSERT INTO a (x, y) VALUES ($1, $2)), \
+             w1 AS (UPDATE b SET s = '$1' WHERE id = $3) \
+             UPDATE c SET n = n + 1 WHERE id = $4 AND k = $5"
         );
         assert_eq!(
-            with_terms(&[("DELETE FROM a WHERE id = ?1", 1)]),
-            "DELETE FROM a WHERE id = ?1"
+            with_terms(&[("DELETE FROM a WHERE id = $1", 1)]),
+            "DELETE FROM a WHERE id = $1"
         );
     }
 
     #[test]
-    fn parameters_are_renumbered_outside_quotes_only() {
-        assert_eq!(
-            to_postgres("SELECT ?1, '?2' FROM t WHERE a = ?10"),
-            "SELECT $1, '?2' FROM t WHERE a = $10"
-        );
-        assert_eq!(
-            to_postgres("SELECT a FROM t INDEXED BY t_open WHERE b IN (SELECT value FROM json_each(?2))"),
-            "SELECT a FROM t WHERE b IN (SELECT value FROM json_array_elements_text(CAST($2 AS json)))"
-        );
+    fn sqlite_binds_numbered_parameters_by_their_numbers() {
+        // SQLite numbers `$n` in the order they first appear: `$2` here is its first.
+        let c = rusqlite::Connection::open_in_memory().expect("db");
+        let db: &dyn Sql = &c;
+        let row: (String, String, String) = db
+            .query_row("SELECT $2, $1, $2 || '$1'", params!["a", "b"], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .expect("row");
+        assert_eq!(row, ("b".into(), "a".into(), "b$1".into()));
+        let short = db.query_row("SELECT $3", params!["a"], |r| r.get::<_, String>(0));
+        assert!(short.is_err(), "{short:?}");
     }
 
     #[test]
@@ -1450,7 +1372,7 @@ mod tests {
             .expect("table");
         let n = db
             .execute(
-                "INSERT INTO t VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO t VALUES ($1, $2, $3, $4)",
                 params![7u32, "x", 0.5, vec![1u8, 2]],
             )
             .expect("insert");
@@ -1462,7 +1384,7 @@ mod tests {
             .expect("row");
         assert_eq!(row, (7, "x".to_owned(), 0.5, vec![1, 2], None));
         let none = db
-            .query_row("SELECT a FROM t WHERE a = ?1", [8], |r| r.get::<_, i64>(0))
+            .query_row("SELECT a FROM t WHERE a = $1", [8], |r| r.get::<_, i64>(0))
             .optional()
             .expect("query");
         assert_eq!(none, None);

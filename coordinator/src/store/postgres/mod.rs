@@ -1,12 +1,16 @@
 //! PostgreSQL's side of the store: its statements where they differ from SQLite's.
 
+pub(crate) mod vote;
+
 use super::rows::TaskRow;
-use super::sql::{Dialect, Result, Sql};
+use super::sql::{Result, Sql};
+use super::tx::views::StarvedSql;
 use super::tx::{
-    admin, leases, scores, tasks, votes, Adds, Admin, AnswerContext, Credit, Exec, Leases,
-    OpenTask, Scores, Scoring, Tasks, Views, Votes,
+    adds, admin, leases, scores, tasks, votes, Adds, Admin, AnswerContext, Credit, Exec, Leases,
+    NewVote, OpenTask, Scores, Scoring, Tasks, Views, Votes,
 };
 use protocol::{LeaseId, TaskId, TaskType, WorkerId};
+use std::sync::LazyLock;
 
 /// A PostgreSQL transaction, as the rules see it (see [`super::tx::Tx`]).
 pub(crate) struct Tx<'a>(pub(crate) &'a dyn Sql);
@@ -22,14 +26,14 @@ impl Tasks for Tx<'_> {
     /// the row waits; inserting a lease or submission that references it (a key-share lock)
     /// does not.
     fn task(&self, id: &TaskId) -> Result<Option<TaskRow>> {
-        tasks::task_locked(self, id, Dialect::Postgres.lock_suffix())
+        tasks::task_locked(self, id, LOCK)
     }
 
     /// The sweep's advisory lock, held to the end of the transaction; its holder folds the
     /// counters appended to `score_delta` into `worker_score`, score rows in worker order.
     fn lead_sweep(&self) -> Result<bool> {
         let mine: bool = self.0.query_row(
-            "SELECT pg_try_advisory_xact_lock(?1)",
+            "SELECT pg_try_advisory_xact_lock($1)",
             [super::pg::SWEEP_LOCK],
             |r| r.get(0),
         )?;
@@ -58,10 +62,17 @@ impl Tasks for Tx<'_> {
 }
 
 impl Adds for Tx<'_> {
+    fn gold_items_sql(&self) -> &'static str {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            adds::gold_items_sql("SELECT json_array_elements_text(CAST($2 AS json))")
+        });
+        &SQL
+    }
+
     /// A transaction-scoped advisory lock on the batch id's hash.
     fn lock_batch(&self, id: &str) -> Result<()> {
         self.0
-            .query_row("SELECT pg_advisory_xact_lock(hashtext(?1))", [id], |_| {
+            .query_row("SELECT pg_advisory_xact_lock(hashtext($1))", [id], |_| {
                 Ok(())
             })
     }
@@ -104,7 +115,7 @@ impl Leases for Tx<'_> {
         if head_due && rows.len() < limit {
             self.0
                 .prepare_cached(
-                    "UPDATE temp.lease_cursor SET since = ?3 WHERE worker_id = ?1 AND type = ?2",
+                    "UPDATE lease_cursor SET since = $3 WHERE worker_id = $1 AND type = $2",
                 )?
                 .defer(crate::params![worker.as_str(), task_type.as_str(), now])?;
             rows.extend(leases::walk(
@@ -137,6 +148,22 @@ pub(crate) const CURSOR_REFRESH_MS: i64 = 2_000;
 /// per worker and type.
 pub(crate) const HEAD_WALK_MS: i64 = 500;
 
+/// The statement that appends one point for each worker whose submission on task `$1` meets
+/// `agreeing` (a condition on the submission): to `score_delta`, no lock on a score row (see
+/// [`Scores`]).
+pub(crate) fn award_sql(agreeing: &str) -> String {
+    format!(
+        "INSERT INTO score_delta (worker_id, points)
+         SELECT worker_id, 1 FROM submission WHERE task_id = $1 AND {agreeing}"
+    )
+}
+
+/// What a select of the task rows this transaction will decide on ends with: another
+/// coordinator's transaction that would change the row waits until this one ends; inserting a
+/// lease or submission that references it, which takes only a key-share lock, does not; rows of
+/// tables joined to it are not locked.
+pub(crate) const LOCK: &str = " FOR NO KEY UPDATE OF task";
+
 /// What a claim on rows appends to its `SELECT`: a lock on each row returned, passing over rows
 /// another transaction holds.
 const CLAIM: &str = " FOR NO KEY UPDATE SKIP LOCKED";
@@ -146,8 +173,8 @@ const CLAIM: &str = " FOR NO KEY UPDATE SKIP LOCKED";
 pub(crate) fn walk_sql() -> String {
     format!(
         "SELECT seq, id, text, labels, generation FROM task
-         WHERE type = ?2 AND {} AND seq > ?5
-         ORDER BY seq LIMIT ?3{CLAIM}",
+         WHERE type = $2 AND {} AND seq > $5
+         ORDER BY seq LIMIT $3{CLAIM}",
         leases::OPEN_FOR_WORKER
     )
 }
@@ -159,13 +186,33 @@ impl Votes for Tx<'_> {
         worker: &WorkerId,
         lease: Option<LeaseId>,
     ) -> Result<Option<AnswerContext>> {
-        votes::read_context(self, Dialect::Postgres, task, worker, lease)
+        votes::read_context(self, vote::answer_sql(), task, worker, lease)
+    }
+
+    /// Merged with the batch's other votes in a writer session.
+    fn record_vote(&self, v: &NewVote<'_>) -> Result<()> {
+        v.with_args(|args| self.0.defer_merged(&vote::VOTE, args))
+    }
+
+    /// Merged with the batch's other decisions in a writer session.
+    fn decide_label(&self, task: &TaskId, label: &str, confidence: f64, now: i64) -> Result<()> {
+        self.0.defer_merged(
+            &vote::DECIDED,
+            crate::params![task.to_string(), label, confidence, now],
+        )
     }
 }
 
 impl Scoring for Tx<'_> {}
 
-impl Views for Tx<'_> {}
+impl Views for Tx<'_> {
+    fn starved_sql(&self) -> &'static StarvedSql {
+        static SQL: LazyLock<StarvedSql> = LazyLock::new(|| {
+            StarvedSql::new("", "SELECT json_array_elements_text(CAST($3 AS json))")
+        });
+        &SQL
+    }
+}
 
 impl Admin for Tx<'_> {
     fn reset(&self) -> Result<()> {
@@ -176,7 +223,7 @@ impl Admin for Tx<'_> {
 impl Scores for Tx<'_> {
     fn award_agreeing(&self, task: &TaskId) -> Result<()> {
         self.0
-            .prepare_cached(&scores::award_sql(Dialect::Postgres, "agreed = 1"))?
+            .prepare_cached(&award_sql("agreed = 1"))?
             .defer([task.to_string()])
     }
 
@@ -186,7 +233,7 @@ impl Scores for Tx<'_> {
             self,
             "INSERT INTO score_delta (worker_id, points, traps_caught, traps_missed,
                                       gold_answered, gold_right)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+             VALUES ($1, $2, $3, $4, $5, $6)",
             credits,
         )
     }

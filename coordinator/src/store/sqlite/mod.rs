@@ -1,12 +1,14 @@
 //! SQLite's side of the store: its statements where they differ from PostgreSQL's.
 
 use super::rows::TaskRow;
-use super::sql::{Dialect, Result, Sql};
+use super::sql::{Result, Sql};
+use super::tx::views::StarvedSql;
 use super::tx::{
-    admin, leases, scores, tasks, votes, Adds, Admin, AnswerContext, Credit, Exec, Leases,
-    OpenTask, Scores, Scoring, Tasks, Views, Votes,
+    adds, admin, leases, scores, tasks, votes, Adds, Admin, AnswerContext, Credit, Exec, Leases,
+    NewVote, OpenTask, Scores, Scoring, Tasks, Views, Votes,
 };
 use protocol::{LeaseId, TaskId, TaskType, WorkerId};
+use std::sync::LazyLock;
 
 /// A SQLite transaction, as the rules see it (see [`super::tx::Tx`]).
 pub(crate) struct Tx<'a>(pub(crate) &'a dyn Sql);
@@ -30,6 +32,12 @@ impl Tasks for Tx<'_> {
 }
 
 impl Adds for Tx<'_> {
+    fn gold_items_sql(&self) -> &'static str {
+        static SQL: LazyLock<String> =
+            LazyLock::new(|| adds::gold_items_sql("SELECT value FROM json_each($2)"));
+        &SQL
+    }
+
     /// One writer: nothing to hold.
     fn lock_batch(&self, _id: &str) -> Result<()> {
         Ok(())
@@ -83,8 +91,8 @@ impl Leases for Tx<'_> {
 pub(crate) fn walk_sql() -> String {
     format!(
         "SELECT seq, id, text, labels, generation FROM task INDEXED BY task_open
-         WHERE type = ?2 AND {} AND seq > ?5
-         ORDER BY seq LIMIT ?3",
+         WHERE type = $2 AND {} AND seq > $5
+         ORDER BY seq LIMIT $3",
         leases::OPEN_FOR_WORKER
     )
 }
@@ -96,13 +104,61 @@ impl Votes for Tx<'_> {
         worker: &WorkerId,
         lease: Option<LeaseId>,
     ) -> Result<Option<AnswerContext>> {
-        votes::read_context(self, Dialect::Sqlite, task, worker, lease)
+        // The answers so far are read when the task is decided: nothing to save here.
+        static ANSWER: LazyLock<String> = LazyLock::new(|| votes::answer_select("NULL", "1", ""));
+        votes::read_context(self, &ANSWER, task, worker, lease)
+    }
+
+    fn record_vote(&self, v: &NewVote<'_>) -> Result<()> {
+        v.with_args(|a| {
+            self.0.prepare_cached(votes::insert_vote_sql())?.defer(a)?;
+            self.0
+                .prepare_cached(
+                    "UPDATE lease SET state = 'completed', ended_at = $1 WHERE id = $2",
+                )?
+                .defer([a[6], a[2]])?;
+            self.0
+                .prepare_cached(
+                    "UPDATE task SET submissions = submissions + 1,
+                         active_leases = active_leases - 1
+                     WHERE id = $1",
+                )?
+                .defer([a[0]])
+        })
+    }
+
+    fn decide_label(&self, task_id: &TaskId, label: &str, confidence: f64, now: i64) -> Result<()> {
+        let task = task_id.to_string();
+        self.0
+            .prepare_cached(
+                "UPDATE task SET status = 'finalized', final_label = $1, final_confidence = $2,
+                     finished_at = $3, inconclusive = 0
+                 WHERE id = $4",
+            )?
+            .defer(crate::params![label, confidence, now, task])?;
+        self.0
+            .prepare_cached(
+                "UPDATE submission SET agreed = CASE WHEN label = $1 THEN 1 ELSE 0 END
+                 WHERE task_id = $2",
+            )?
+            .defer(crate::params![label, task])?;
+        self.award_agreeing(task_id)
     }
 }
 
 impl Scoring for Tx<'_> {}
 
-impl Views for Tx<'_> {}
+impl Views for Tx<'_> {
+    fn starved_sql(&self) -> &'static StarvedSql {
+        static SQL: LazyLock<StarvedSql> = LazyLock::new(|| {
+            StarvedSql::new(
+                " INDEXED BY task_open_required",
+                "SELECT value FROM json_each($3)",
+            )
+        });
+        &SQL
+    }
+}
 
 impl Admin for Tx<'_> {
     /// The connection's own lease cursors go too: what they remember is only valid while its
@@ -116,7 +172,12 @@ impl Admin for Tx<'_> {
 impl Scores for Tx<'_> {
     fn award_agreeing(&self, task: &TaskId) -> Result<()> {
         self.0
-            .prepare_cached(&scores::award_sql(Dialect::Sqlite, "agreed = 1"))?
+            .prepare_cached(
+                "INSERT INTO worker_score (worker_id, points)
+                 SELECT worker_id, 1 FROM submission WHERE task_id = $1 AND agreed = 1
+                 ORDER BY worker_id
+                 ON CONFLICT (worker_id) DO UPDATE SET points = worker_score.points + 1",
+            )?
             .defer([task.to_string()])
     }
 
@@ -126,7 +187,7 @@ impl Scores for Tx<'_> {
             self,
             "INSERT INTO worker_score (worker_id, points, traps_caught, traps_missed,
                                        gold_answered, gold_right)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (worker_id) DO UPDATE SET
                  points = worker_score.points + excluded.points,
                  traps_caught = worker_score.traps_caught + excluded.traps_caught,

@@ -107,7 +107,7 @@ pub(crate) trait Adds: Exec {
     /// Batch `id`'s digest and the tasks it created, if it was added before.
     fn batch(&self, id: &str) -> Result<Option<(String, Vec<TaskId>)>> {
         self.sql()
-            .prepare_cached("SELECT digest, task_ids FROM task_batch WHERE id = ?1")?
+            .prepare_cached("SELECT digest, task_ids FROM task_batch WHERE id = $1")?
             .query_row([id], |r| {
                 Ok((r.get(0)?, r.get::<_, Json<Vec<TaskId>>>(1)?.0))
             })
@@ -119,7 +119,7 @@ pub(crate) trait Adds: Exec {
         self.sql()
             .prepare_cached(
                 "INSERT INTO task_batch (id, digest, task_ids, created_at)
-                 VALUES (?1, ?2, ?3, ?4)",
+                 VALUES ($1, $2, $3, $4)",
             )?
             .execute(params![
                 id,
@@ -134,9 +134,9 @@ pub(crate) trait Adds: Exec {
     /// statement text per count of rows, each prepared once), in order.
     fn insert_tasks(&self, now: i64, rows: &[TaskInsert]) -> Result<()> {
         for chunk in rows.chunks(ROWS_PER_INSERT) {
-            // `?1` is the creation time; each row adds its 16 values.
+            // `$1` is the creation time; each row adds its 16 values.
             let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("('queued', ?1, {})", numbered(2 + 16 * i, 16)))
+                .map(|i| format!("('queued', $1, {})", numbered(2 + 16 * i, 16)))
                 .collect();
             let sql = format!(
                 "INSERT INTO task (status, created_at, id, type, text, required, max_attempts,
@@ -190,7 +190,7 @@ pub(crate) trait Adds: Exec {
     fn insert_gold(&self, items: &[GoldInsert<'_>], now: i64) -> Result<u64> {
         let mut insert = self.sql().prepare_cached(
             "INSERT INTO gold (type, text, labels, generation, model_hash, answer, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT DO NOTHING",
         )?;
         let mut added = 0;
@@ -226,6 +226,9 @@ pub(crate) trait Adds: Exec {
         Ok(lo.zip(hi))
     }
 
+    /// [`Adds::gold_items`]'s statement as the engine spells it (see [`gold_items_sql`]).
+    fn gold_items_sql(&self) -> &'static str;
+
     /// Up to `limit` gold items of `capabilities` for `worker` (generative ones only of
     /// `model_hash`), none it holds a lease on, by id on one side of `start` (`from_start`: at
     /// or after it); `any`: also those it answered before.
@@ -242,18 +245,7 @@ pub(crate) trait Adds: Exec {
     ) -> Result<Vec<GoldItem>> {
         let caps = serde_json::to_string(capabilities).expect("task types serialize");
         self.sql()
-            .prepare_cached(
-                "SELECT id, type, text, labels, generation FROM gold
-                 WHERE type IN (SELECT value FROM json_each(?2))
-                   AND (model_hash IS NULL OR model_hash = ?3)
-                   AND (?5 OR NOT EXISTS (SELECT 1 FROM gold_answer a
-                                          WHERE a.gold_id = gold.id AND a.worker_id = ?1))
-                   AND NOT EXISTS (SELECT 1 FROM task t JOIN lease l ON l.task_id = t.id
-                                   WHERE t.gold = gold.id AND l.worker_id = ?1
-                                     AND l.state = 'active')
-                   AND (id >= ?4) = ?6
-                 ORDER BY id LIMIT ?7",
-            )?
+            .prepare_cached(self.gold_items_sql())?
             .query_map(
                 params![
                     worker.as_str(),
@@ -280,7 +272,7 @@ pub(crate) trait Adds: Exec {
     /// Gold item `gold`'s known answer.
     fn known_answer(&self, gold: i64) -> Result<String> {
         self.sql()
-            .prepare_cached("SELECT answer FROM gold WHERE id = ?1")?
+            .prepare_cached("SELECT answer FROM gold WHERE id = $1")?
             .query_row([gold], |r| r.get(0))
     }
 
@@ -290,7 +282,7 @@ pub(crate) trait Adds: Exec {
             .prepare_cached(
                 "INSERT INTO gold_answer (gold_id, task_id, worker_id, type, model, model_hash,
                                           answer, correct, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )?
             .execute(params![
                 a.gold,
@@ -310,8 +302,8 @@ pub(crate) trait Adds: Exec {
     fn finalize_gold(&self, task: &TaskId, known: &str, now: i64) -> Result<()> {
         self.sql()
             .prepare_cached(
-                "UPDATE task SET status = 'finalized', final_label = ?1, finished_at = ?2
-                 WHERE id = ?3",
+                "UPDATE task SET status = 'finalized', final_label = $1, finished_at = $2
+                 WHERE id = $3",
             )?
             .execute(params![known, now, task.to_string()])?;
         Ok(())
@@ -322,8 +314,8 @@ pub(crate) trait Adds: Exec {
         self.sql()
             .prepare_cached(
                 "SELECT COUNT(*), COALESCE(SUM(correct), 0) FROM
-                     (SELECT correct FROM gold_answer WHERE worker_id = ?1
-                      ORDER BY id DESC LIMIT ?2) AS recent",
+                     (SELECT correct FROM gold_answer WHERE worker_id = $1
+                      ORDER BY id DESC LIMIT $2) AS recent",
             )?
             .query_row(params![worker.as_str(), window], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -334,7 +326,7 @@ pub(crate) trait Adds: Exec {
     fn quarantine(&self, worker: &WorkerId) -> Result<Option<String>> {
         Ok(self
             .sql()
-            .prepare_cached("SELECT quarantine FROM worker WHERE id = ?1")?
+            .prepare_cached("SELECT quarantine FROM worker WHERE id = $1")?
             .query_row([worker.as_str()], |r| r.get(0))
             .optional()?
             .flatten())
@@ -343,8 +335,25 @@ pub(crate) trait Adds: Exec {
     /// Quarantines `worker` for `why`, or lets it out (`None`).
     fn set_quarantine(&self, worker: &WorkerId, why: Option<&str>) -> Result<()> {
         self.sql()
-            .prepare_cached("UPDATE worker SET quarantine = ?1 WHERE id = ?2")?
+            .prepare_cached("UPDATE worker SET quarantine = $1 WHERE id = $2")?
             .execute(params![why, worker.as_str()])?;
         Ok(())
     }
+}
+
+/// [`Adds::gold_items`]'s statement, with `types` the subquery that lists the values of the
+/// JSON array `$2` (each engine reads one its own way).
+pub(crate) fn gold_items_sql(types: &str) -> String {
+    format!(
+        "SELECT id, type, text, labels, generation FROM gold
+         WHERE type IN ({types})
+           AND (model_hash IS NULL OR model_hash = $3)
+           AND ($5 OR NOT EXISTS (SELECT 1 FROM gold_answer a
+                                  WHERE a.gold_id = gold.id AND a.worker_id = $1))
+           AND NOT EXISTS (SELECT 1 FROM task t JOIN lease l ON l.task_id = t.id
+                           WHERE t.gold = gold.id AND l.worker_id = $1
+                             AND l.state = 'active')
+           AND (id >= $4) = $6
+         ORDER BY id LIMIT $7"
+    )
 }

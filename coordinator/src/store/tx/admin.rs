@@ -10,7 +10,7 @@ pub(crate) trait Admin: Exec {
     fn store_token(&self, worker: &WorkerId, hash: &str, now: i64) -> Result<()> {
         self.sql()
             .prepare_cached(
-                "INSERT INTO worker_token (worker_id, hash, created_at) VALUES (?1, ?2, ?3)
+                "INSERT INTO worker_token (worker_id, hash, created_at) VALUES ($1, $2, $3)
                  ON CONFLICT (worker_id) DO UPDATE SET hash = excluded.hash,
                      created_at = excluded.created_at",
             )?
@@ -22,7 +22,7 @@ pub(crate) trait Admin: Exec {
     fn delete_token(&self, worker: &WorkerId) -> Result<bool> {
         let n = self
             .sql()
-            .prepare_cached("DELETE FROM worker_token WHERE worker_id = ?1")?
+            .prepare_cached("DELETE FROM worker_token WHERE worker_id = $1")?
             .execute([worker.as_str()])?;
         Ok(n > 0)
     }
@@ -30,7 +30,7 @@ pub(crate) trait Admin: Exec {
     /// The hash of `worker`'s token, if it has one.
     fn token_hash(&self, worker: &WorkerId) -> Result<Option<String>> {
         self.sql()
-            .prepare_cached("SELECT hash FROM worker_token WHERE worker_id = ?1")?
+            .prepare_cached("SELECT hash FROM worker_token WHERE worker_id = $1")?
             .query_row([worker.as_str()], |r| r.get(0))
             .optional()
     }

@@ -30,32 +30,32 @@ pub(crate) struct OpenTask {
     pub generation: Option<GenerationSpec>,
 }
 
-/// The "still needs workers and this one (`?1`, serving model content `?4`) may take it"
+/// The "still needs workers and this one (`$1`, serving model content `$4`) may take it"
 /// condition: it neither holds nor has answered the task, the task pins no other model content,
-/// and when it counts one answer per model, none is in or underway from `?4` (a worker that
+/// and when it counts one answer per model, none is in or underway from `$4` (a worker that
 /// names no content gets none of those). Its first two terms repeat the `task_open` partial
 /// index's WHERE clause verbatim, which is what lets SQLite use it; SQLite's walk names the
 /// index (`INDEXED BY`), so a plan change is an error, not a slow scan.
 pub(crate) const OPEN_FOR_WORKER: &str =
     "status IN ('queued', 'assigned') AND required > active_leases + submissions
     AND NOT EXISTS (SELECT 1 FROM lease l
-                    WHERE l.task_id = task.id AND l.worker_id = ?1 AND l.state = 'active')
+                    WHERE l.task_id = task.id AND l.worker_id = $1 AND l.state = 'active')
     AND NOT EXISTS (SELECT 1 FROM submission s
-                    WHERE s.task_id = task.id AND s.worker_id = ?1)
-    AND (model_hash IS NULL OR model_hash = ?4)
-    AND (distinct_models = 0 OR (?4 IS NOT NULL
+                    WHERE s.task_id = task.id AND s.worker_id = $1)
+    AND (model_hash IS NULL OR model_hash = $4)
+    AND (distinct_models = 0 OR ($4 IS NOT NULL
         AND NOT EXISTS (SELECT 1 FROM submission s
-                        WHERE s.task_id = task.id AND s.model_hash = ?4)
+                        WHERE s.task_id = task.id AND s.model_hash = $4)
         AND NOT EXISTS (SELECT 1 FROM lease l JOIN worker w ON w.id = l.worker_id
                         WHERE l.task_id = task.id AND l.state = 'active'
-                          AND w.model_hash = ?4)))";
+                          AND w.model_hash = $4)))";
 
 /// Leasing.
 pub(crate) trait Leases: Exec {
     /// How many live leases `worker` holds.
     fn held_count(&self, worker: &WorkerId) -> Result<u32> {
         self.sql()
-            .prepare_cached("SELECT COUNT(*) FROM lease WHERE worker_id = ?1 AND state = 'active'")?
+            .prepare_cached("SELECT COUNT(*) FROM lease WHERE worker_id = $1 AND state = 'active'")?
             .query_row([worker.as_str()], |r| r.get(0))
     }
 
@@ -116,9 +116,9 @@ pub(crate) trait Leases: Exec {
             return Ok(());
         }
         // One statement text per count of rows (up to the most leases a worker may hold),
-        // each prepared once: `?1`-`?3` are shared, each row adds its lease and task ids.
+        // each prepared once: `$1`-`$3` are shared, each row adds its lease and task ids.
         let rows: Vec<String> = (0..leases.len())
-            .map(|i| format!("({}, ?1, 'active', ?2, ?3)", numbered(4 + 2 * i, 2)))
+            .map(|i| format!("({}, $1, 'active', $2, $3)", numbered(4 + 2 * i, 2)))
             .collect();
         let sql = format!(
             "INSERT INTO lease (id, task_id, worker_id, state, expires_at, created_at) VALUES {}",
@@ -138,7 +138,7 @@ pub(crate) trait Leases: Exec {
     }
 }
 
-/// The statement that takes a slot on each of `n` tasks, by id (`?1`..`?n`). The ids are a list
+/// The statement that takes a slot on each of `n` tasks, by id (`$1`..`?n`). The ids are a list
 /// of parameters, one statement text per count (each prepared once), and the guard is a CASE:
 /// so the only index that fits is the one on `id`. A list from a function or a plain
 /// `status IN (...)` term lets a plan made while few tasks are open (a new database) walk every
@@ -180,11 +180,11 @@ pub(crate) fn hinted_with<S: Exec + ?Sized>(
     task: &TaskId,
     model_hash: Option<&str>,
 ) -> Result<Option<OpenTask>> {
-    // `?3` is a FIFO position the task must lie after (0: anywhere), so that every parameter
-    // up to the worker's content `?4` appears (PostgreSQL must infer each one's type).
+    // `$3` is a FIFO position the task must lie after (0: anywhere), so that every parameter
+    // up to the worker's content `$4` appears (PostgreSQL must infer each one's type).
     let sql = format!(
         "SELECT seq, id, type, text, labels, generation FROM task
-         WHERE id = ?2 AND seq > ?3 AND {OPEN_FOR_WORKER}{claim}"
+         WHERE id = $2 AND seq > $3 AND {OPEN_FOR_WORKER}{claim}"
     );
     s.sql()
         .prepare_cached(&sql)?
@@ -196,7 +196,7 @@ pub(crate) fn hinted_with<S: Exec + ?Sized>(
 }
 
 /// One walk over the open tasks of `task_type` after FIFO position `after`, with the engine's
-/// statement `sql` (see [`OPEN_FOR_WORKER`]; `?2` type, `?3` limit, `?5` after).
+/// statement `sql` (see [`OPEN_FOR_WORKER`]; `$2` type, `$3` limit, `$5` after).
 pub(crate) fn walk<S: Exec + ?Sized>(
     s: &S,
     sql: &str,
@@ -231,8 +231,8 @@ pub(crate) fn cursor<S: Exec + ?Sized>(
 ) -> Result<Option<(i64, i64)>> {
     s.sql()
         .prepare_cached(
-            "SELECT after, since FROM temp.lease_cursor
-             WHERE worker_id = ?1 AND type = ?2 AND since > ?3",
+            "SELECT after, since FROM lease_cursor
+             WHERE worker_id = $1 AND type = $2 AND since > $3",
         )?
         .query_row(
             params![worker.as_str(), task_type.as_str(), fresh_after],
@@ -254,12 +254,12 @@ pub(crate) fn advance<S: Exec + ?Sized>(
 ) -> Result<()> {
     s.sql()
         .prepare_cached(
-            "INSERT INTO temp.lease_cursor (worker_id, type, after, since)
-             VALUES (?1, ?2, ?3, ?4)
+            "INSERT INTO lease_cursor (worker_id, type, after, since)
+             VALUES ($1, $2, $3, $4)
              ON CONFLICT (worker_id, type) DO UPDATE SET
-                 after = CASE WHEN lease_cursor.since > ?5 AND lease_cursor.after > excluded.after
+                 after = CASE WHEN lease_cursor.since > $5 AND lease_cursor.after > excluded.after
                               THEN lease_cursor.after ELSE excluded.after END,
-                 since = CASE WHEN lease_cursor.since > ?5
+                 since = CASE WHEN lease_cursor.since > $5
                               THEN lease_cursor.since ELSE excluded.since END",
         )?
         .defer(params![

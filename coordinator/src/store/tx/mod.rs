@@ -53,7 +53,7 @@ pub(crate) trait Exec {
     /// Whether the store writes: one row written (the health probe's).
     fn probe_write(&self, now: i64) -> Result<()> {
         self.sql().execute(
-            "INSERT INTO health_probe (id, at) VALUES (1, ?1)
+            "INSERT INTO health_probe (id, at) VALUES (1, $1)
              ON CONFLICT (id) DO UPDATE SET at = excluded.at",
             [now],
         )?;

@@ -7,7 +7,7 @@
 //! in worker order: one lock order everywhere.
 
 use super::Exec;
-use crate::store::sql::{params, Dialect, Result};
+use crate::store::sql::{params, Result};
 use protocol::WorkerId;
 
 /// What one event adds to a worker's counters.
@@ -49,7 +49,7 @@ pub(crate) trait Scores: Exec {
     fn score(&self, worker: &WorkerId) -> Result<Credit> {
         let sql = format!(
             "SELECT points, traps_caught, traps_missed, gold_answered, gold_right
-             FROM {TOTALS} t WHERE worker_id = ?1"
+             FROM {TOTALS} t WHERE worker_id = $1"
         );
         use crate::store::sql::OptionalExtension;
         Ok(self
@@ -83,23 +83,6 @@ pub(crate) const TOTALS: &str = "(SELECT worker_id,
           SELECT worker_id, points, traps_caught, traps_missed, gold_answered, gold_right
           FROM score_delta) AS u
     GROUP BY worker_id)";
-
-/// The statement that gives one point to each worker whose submission on task `?1` meets
-/// `agreeing` (a condition on the submission), on `dialect`'s engine (see the module's note).
-pub(crate) fn award_sql(dialect: Dialect, agreeing: &str) -> String {
-    match dialect {
-        Dialect::Postgres => format!(
-            "INSERT INTO score_delta (worker_id, points)
-             SELECT worker_id, 1 FROM submission WHERE task_id = ?1 AND {agreeing}"
-        ),
-        Dialect::Sqlite => format!(
-            "INSERT INTO worker_score (worker_id, points)
-             SELECT worker_id, 1 FROM submission WHERE task_id = ?1 AND {agreeing}
-             ORDER BY worker_id
-             ON CONFLICT (worker_id) DO UPDATE SET points = worker_score.points + 1"
-        ),
-    }
-}
 
 /// Adds `credits` with `sql` (parameters: worker, then [`Credit`]'s counters in order), in
 /// worker order.

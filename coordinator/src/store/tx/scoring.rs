@@ -76,7 +76,7 @@ pub(crate) trait Scoring: Exec {
         self.sql()
             .prepare_cached(
                 "SELECT min(s.id), s.token_ids FROM submission s
-                 WHERE s.task_id = ?1
+                 WHERE s.task_id = $1
                    AND NOT EXISTS (SELECT 1 FROM verification v
                                    WHERE v.task_id = s.task_id AND v.token_ids = s.token_ids)
                  GROUP BY s.token_ids ORDER BY min(s.id)",
@@ -96,7 +96,7 @@ pub(crate) trait Scoring: Exec {
     ) -> Result<()> {
         let mut open = self.sql().prepare_cached(
             "INSERT INTO verification (task_id, candidate, token_ids, state, created_at)
-             VALUES (?1, ?2, ?3, 'open', ?4)",
+             VALUES ($1, $2, $3, 'open', $4)",
         )?;
         let tid = task.to_string();
         for _ in 0..slots {
@@ -108,7 +108,7 @@ pub(crate) trait Scoring: Exec {
     /// `task` is being scored.
     fn mark_verifying(&self, task: &TaskId) -> Result<()> {
         self.sql()
-            .prepare_cached("UPDATE task SET verifying = 1 WHERE id = ?1")?
+            .prepare_cached("UPDATE task SET verifying = 1 WHERE id = $1")?
             .execute([task.to_string()])?;
         Ok(())
     }
@@ -126,17 +126,17 @@ pub(crate) trait Scoring: Exec {
             .prepare_cached(
                 "SELECT v.id, v.task_id, v.candidate, v.token_ids, t.type, t.text, t.generation
                  FROM verification v JOIN task t ON t.id = v.task_id
-                 WHERE v.state = 'open' AND t.verifying = 1 AND t.model_hash = ?2
+                 WHERE v.state = 'open' AND t.verifying = 1 AND t.model_hash = $2
                    AND t.status IN ('queued', 'assigned')
                    AND NOT EXISTS (SELECT 1 FROM lease l WHERE l.task_id = v.task_id
-                                   AND l.worker_id = ?1 AND l.state = 'active')
+                                   AND l.worker_id = $1 AND l.state = 'active')
                    AND NOT EXISTS (SELECT 1 FROM submission s
-                                   WHERE s.task_id = v.task_id AND s.worker_id = ?1
+                                   WHERE s.task_id = v.task_id AND s.worker_id = $1
                                      AND s.token_ids = v.token_ids)
                    AND NOT EXISTS (SELECT 1 FROM verification w
                                    WHERE w.task_id = v.task_id AND w.candidate = v.candidate
-                                     AND w.worker_id = ?1 AND w.trap IS NULL)
-                 ORDER BY v.id LIMIT ?3",
+                                     AND w.worker_id = $1 AND w.trap IS NULL)
+                 ORDER BY v.id LIMIT $3",
             )?
             .query_map(params![worker.as_str(), model_hash, limit as i64], |r| {
                 Ok(ScoringSlot {
@@ -156,8 +156,8 @@ pub(crate) trait Scoring: Exec {
     fn trapped(&self, task: &TaskId, candidate: i64, worker: &WorkerId) -> Result<bool> {
         self.sql()
             .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM verification WHERE task_id = ?1 AND candidate = ?2
-                                AND worker_id = ?3 AND trap IS NOT NULL)",
+                "SELECT EXISTS (SELECT 1 FROM verification WHERE task_id = $1 AND candidate = $2
+                                AND worker_id = $3 AND trap IS NOT NULL)",
             )?
             .query_row(params![task.to_string(), candidate, worker.as_str()], |r| {
                 r.get(0)
@@ -167,7 +167,7 @@ pub(crate) trait Scoring: Exec {
     /// The distinct answers (token ids as stored) `task` has.
     fn distinct_answers(&self, task: &TaskId) -> Result<Vec<Vec<u8>>> {
         self.sql()
-            .prepare_cached("SELECT DISTINCT token_ids FROM submission WHERE task_id = ?1")?
+            .prepare_cached("SELECT DISTINCT token_ids FROM submission WHERE task_id = $1")?
             .query_map([task.to_string()], |r| r.get(0))?
             .collect()
     }
@@ -178,7 +178,7 @@ pub(crate) trait Scoring: Exec {
             .sql()
             .prepare_cached(
                 "SELECT final_token_ids FROM task
-                 WHERE model_hash = ?1 AND status = 'finalized' AND id <> ?2
+                 WHERE model_hash = $1 AND status = 'finalized' AND id <> $2
                  ORDER BY finished_at DESC LIMIT 1",
             )?
             .query_row(params![model_hash, not.to_string()], |r| r.get(0))
@@ -203,7 +203,7 @@ pub(crate) trait Scoring: Exec {
             .prepare_cached(
                 "INSERT INTO verification (task_id, candidate, token_ids, trap, state,
                                            worker_id, lease_id, created_at)
-                 VALUES (?1, ?2, ?3, ?4, 'leased', ?5, ?6, ?7) RETURNING id",
+                 VALUES ($1, $2, $3, $4, 'leased', $5, $6, $7) RETURNING id",
             )?
             .query_row(
                 params![
@@ -223,8 +223,8 @@ pub(crate) trait Scoring: Exec {
     fn take_slot(&self, slot: i64, worker: &WorkerId, lease: &LeaseId) -> Result<()> {
         self.sql()
             .prepare_cached(
-                "UPDATE verification SET state = 'leased', worker_id = ?1, lease_id = ?2
-                 WHERE id = ?3",
+                "UPDATE verification SET state = 'leased', worker_id = $1, lease_id = $2
+                 WHERE id = $3",
             )?
             .execute(params![worker.as_str(), lease.to_string(), slot])?;
         Ok(())
@@ -244,7 +244,7 @@ pub(crate) trait Scoring: Exec {
             .prepare_cached(
                 "INSERT INTO lease (id, task_id, worker_id, state, expires_at, created_at,
                                     verification)
-                 VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6)",
+                 VALUES ($1, $2, $3, 'active', $4, $5, $6)",
             )?
             .execute(params![
                 lease.to_string(),
@@ -262,7 +262,7 @@ pub(crate) trait Scoring: Exec {
         self.sql()
             .prepare_cached(
                 "SELECT id, token_ids, trap, state, worker_id, passed, logprobs, gaps
-                 FROM verification WHERE lease_id = ?1",
+                 FROM verification WHERE lease_id = $1",
             )?
             .query_row([lease.to_string()], |r| {
                 Ok(ScoringRow {
@@ -292,13 +292,13 @@ pub(crate) trait Scoring: Exec {
     ) -> Result<()> {
         self.sql()
             .prepare_cached(
-                "UPDATE verification SET state = 'done', passed = ?1, logprobs = ?2, gaps = ?3,
-                     finished_at = ?4
-                 WHERE id = ?5",
+                "UPDATE verification SET state = 'done', passed = $1, logprobs = $2, gaps = $3,
+                     finished_at = $4
+                 WHERE id = $5",
             )?
             .execute(params![passed, logprobs, gaps, now, row])?;
         self.sql()
-            .prepare_cached("UPDATE lease SET state = 'completed', ended_at = ?1 WHERE id = ?2")?
+            .prepare_cached("UPDATE lease SET state = 'completed', ended_at = $1 WHERE id = $2")?
             .execute(params![now, lease.to_string()])?;
         Ok(())
     }
@@ -307,7 +307,7 @@ pub(crate) trait Scoring: Exec {
     fn mark_scoring_agreed(&self, flags: &[(i64, bool)]) -> Result<()> {
         let mut mark = self
             .sql()
-            .prepare_cached("UPDATE verification SET agreed = ?1 WHERE id = ?2")?;
+            .prepare_cached("UPDATE verification SET agreed = $1 WHERE id = $2")?;
         for (row, agreed) in flags {
             mark.execute(params![agreed, row])?;
         }
@@ -319,7 +319,7 @@ pub(crate) trait Scoring: Exec {
         self.sql()
             .prepare_cached(
                 "SELECT count(*) FROM verification
-                 WHERE task_id = ?1 AND trap IS NULL AND state IN ('open', 'leased')",
+                 WHERE task_id = $1 AND trap IS NULL AND state IN ('open', 'leased')",
             )?
             .query_row([task.to_string()], |r| r.get(0))
     }
@@ -331,7 +331,7 @@ pub(crate) trait Scoring: Exec {
                 "SELECT v.id, v.candidate, v.token_ids, v.worker_id, v.passed, v.logprobs,
                         v.gaps, v.agreed
                  FROM verification v
-                 WHERE v.task_id = ?1 AND v.trap IS NULL AND v.state = 'done'
+                 WHERE v.task_id = $1 AND v.trap IS NULL AND v.state = 'done'
                  ORDER BY v.candidate, v.id",
             )?
             .query_map([task.to_string()], |r| {
@@ -354,7 +354,7 @@ pub(crate) trait Scoring: Exec {
         self.sql()
             .prepare_cached(
                 "UPDATE task SET verifying = 0, required = required + 1, status = 'queued'
-                 WHERE id = ?1",
+                 WHERE id = $1",
             )?
             .execute([task.to_string()])?;
         Ok(())
@@ -363,7 +363,7 @@ pub(crate) trait Scoring: Exec {
     /// `task`'s answers: `(submission id, token ids as stored)`.
     fn submitted_ids(&self, task: &TaskId) -> Result<Vec<(i64, Vec<u8>)>> {
         self.sql()
-            .prepare_cached("SELECT id, token_ids FROM submission WHERE task_id = ?1")?
+            .prepare_cached("SELECT id, token_ids FROM submission WHERE task_id = $1")?
             .query_map([task.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect()
     }
@@ -371,7 +371,7 @@ pub(crate) trait Scoring: Exec {
     /// The text of submission `id`.
     fn submitted_text(&self, id: i64) -> Result<String> {
         self.sql()
-            .prepare_cached("SELECT text FROM submission WHERE id = ?1")?
+            .prepare_cached("SELECT text FROM submission WHERE id = $1")?
             .query_row([id], |r| r.get(0))
     }
 
@@ -386,9 +386,9 @@ pub(crate) trait Scoring: Exec {
     ) -> Result<()> {
         self.sql()
             .prepare_cached(
-                "UPDATE task SET status = 'finalized', verifying = 0, final_token_ids = ?1,
-                     final_text = ?2, final_confidence = ?3, finished_at = ?4
-                 WHERE id = ?5",
+                "UPDATE task SET status = 'finalized', verifying = 0, final_token_ids = $1,
+                     final_text = $2, final_confidence = $3, finished_at = $4
+                 WHERE id = $5",
             )?
             .execute(params![ids, text, confidence, now, task.to_string()])?;
         Ok(())

@@ -35,7 +35,7 @@ pub(crate) trait Tasks: Exec {
         let ended = self
             .sql()
             .prepare_cached(
-                "UPDATE lease SET state = ?1, ended_at = ?2 WHERE id = ?3 AND state = 'active'",
+                "UPDATE lease SET state = $1, ended_at = $2 WHERE id = $3 AND state = 'active'",
             )?
             .execute(params![state.as_str(), now, lease.to_string()])?;
         Ok(ended > 0)
@@ -45,7 +45,7 @@ pub(crate) trait Tasks: Exec {
     fn is_scoring_lease(&self, lease: &LeaseId) -> Result<bool> {
         let scoring: Option<Option<i64>> = self
             .sql()
-            .prepare_cached("SELECT verification FROM lease WHERE id = ?1")?
+            .prepare_cached("SELECT verification FROM lease WHERE id = $1")?
             .query_row([lease.to_string()], |r| r.get(0))
             .optional()?;
         Ok(scoring.flatten().is_some())
@@ -56,10 +56,10 @@ pub(crate) trait Tasks: Exec {
     fn attempt_used(&self, task: &TaskId, slot: bool) -> Result<()> {
         let sql = if slot {
             "UPDATE task SET active_leases = active_leases - 1, attempts = attempts + 1
-             WHERE id = ?1 AND status IN ('queued', 'assigned')"
+             WHERE id = $1 AND status IN ('queued', 'assigned')"
         } else {
             "UPDATE task SET attempts = attempts + 1
-             WHERE id = ?1 AND status IN ('queued', 'assigned')"
+             WHERE id = $1 AND status IN ('queued', 'assigned')"
         };
         self.sql()
             .prepare_cached(sql)?
@@ -76,7 +76,7 @@ pub(crate) trait Tasks: Exec {
                      state = CASE WHEN trap IS NULL THEN 'open' ELSE 'lapsed' END,
                      worker_id = CASE WHEN trap IS NULL THEN NULL ELSE worker_id END,
                      lease_id = CASE WHEN trap IS NULL THEN NULL ELSE lease_id END
-                 WHERE lease_id = ?1 AND state = 'leased'",
+                 WHERE lease_id = $1 AND state = 'leased'",
             )?
             .execute([lease.to_string()])?;
         Ok(())
@@ -87,8 +87,8 @@ pub(crate) trait Tasks: Exec {
     fn rewind_cursors(&self, task: &TaskId) -> Result<()> {
         self.sql()
             .prepare_cached(
-                "UPDATE temp.lease_cursor SET after = t.seq - 1
-                 FROM (SELECT seq, type FROM task WHERE id = ?1) AS t
+                "UPDATE lease_cursor SET after = t.seq - 1
+                 FROM (SELECT seq, type FROM task WHERE id = $1) AS t
                  WHERE lease_cursor.type = t.type AND lease_cursor.after >= t.seq",
             )?
             .execute([task.to_string()])?;
@@ -108,21 +108,21 @@ pub(crate) trait Tasks: Exec {
         let tid = task.to_string();
         self.sql()
             .prepare_cached(
-                "UPDATE lease SET state = 'cancelled', ended_at = ?1
-                 WHERE task_id = ?2 AND state = 'active'",
+                "UPDATE lease SET state = 'cancelled', ended_at = $1
+                 WHERE task_id = $2 AND state = 'active'",
             )?
             .execute(params![now, tid])?;
         self.sql()
             .prepare_cached(
-                "UPDATE verification SET state = 'lapsed', finished_at = ?1
-                 WHERE task_id = ?2 AND state IN ('open', 'leased')",
+                "UPDATE verification SET state = 'lapsed', finished_at = $1
+                 WHERE task_id = $2 AND state IN ('open', 'leased')",
             )?
             .execute(params![now, tid])?;
         self.sql()
             .prepare_cached(
-                "UPDATE task SET status = ?1, active_leases = 0, error_message = ?2,
-                     finished_at = ?3, failure_reason = ?4
-                 WHERE id = ?5",
+                "UPDATE task SET status = $1, active_leases = 0, error_message = $2,
+                     finished_at = $3, failure_reason = $4
+                 WHERE id = $5",
             )?
             .execute(params![
                 status.as_str(),
@@ -137,7 +137,7 @@ pub(crate) trait Tasks: Exec {
     /// Lease `lease`'s task, holder and state, if there is such a lease.
     fn named_lease(&self, lease: &LeaseId) -> Result<Option<NamedLease>> {
         self.sql()
-            .prepare_cached("SELECT task_id, worker_id, state FROM lease WHERE id = ?1")?
+            .prepare_cached("SELECT task_id, worker_id, state FROM lease WHERE id = $1")?
             .query_row([lease.to_string()], |r| {
                 Ok(NamedLease {
                     task: parsed(r, 0)?,
@@ -152,7 +152,7 @@ pub(crate) trait Tasks: Exec {
     fn live_lease(&self, task: &TaskId, worker: &WorkerId) -> Result<Option<LeaseId>> {
         self.sql()
             .prepare_cached(
-                "SELECT id FROM lease WHERE task_id = ?1 AND worker_id = ?2 AND state = 'active'",
+                "SELECT id FROM lease WHERE task_id = $1 AND worker_id = $2 AND state = 'active'",
             )?
             .query_row(params![task.to_string(), worker.as_str()], |r| parsed(r, 0))
             .optional()
@@ -172,9 +172,9 @@ pub(crate) trait Tasks: Exec {
         if model_hash.is_some() {
             self.sql()
                 .prepare_cached(
-                    "DELETE FROM temp.lease_cursor WHERE worker_id = ?1
+                    "DELETE FROM lease_cursor WHERE worker_id = $1
                        AND EXISTS (SELECT 1 FROM worker
-                                   WHERE id = ?1 AND model_hash IS DISTINCT FROM ?2)",
+                                   WHERE id = $1 AND model_hash IS DISTINCT FROM $2)",
                 )?
                 .execute(params![worker.as_str(), model_hash])?;
         }
@@ -183,7 +183,7 @@ pub(crate) trait Tasks: Exec {
             .prepare_cached(
                 "INSERT INTO worker (id, status, capabilities, model, model_hash, last_seen,
                                      registered_at)
-                 VALUES (?1, 'active', ?2, ?3, ?4, ?5, ?5)
+                 VALUES ($1, 'active', $2, $3, $4, $5, $5)
                  ON CONFLICT (id) DO UPDATE SET
                      status = 'active',
                      capabilities = excluded.capabilities,
@@ -207,7 +207,7 @@ pub(crate) trait Tasks: Exec {
             .prepare_cached(
                 "SELECT l.id, l.task_id FROM lease l LEFT JOIN worker w ON w.id = l.worker_id
                  WHERE l.state = 'active'
-                   AND (l.expires_at <= ?1 OR w.last_seen IS NULL OR w.last_seen <= ?2
+                   AND (l.expires_at <= $1 OR w.last_seen IS NULL OR w.last_seen <= $2
                         OR w.status = 'offline')",
             )?
             .query_map(params![now, stale_before], |r| {
@@ -221,7 +221,7 @@ pub(crate) trait Tasks: Exec {
         let n = self
             .sql()
             .prepare_cached(
-                "UPDATE worker SET status = 'stale' WHERE status = 'active' AND last_seen <= ?1",
+                "UPDATE worker SET status = 'stale' WHERE status = 'active' AND last_seen <= $1",
             )?
             .execute([stale_before])?;
         Ok(n as u32)
@@ -231,7 +231,7 @@ pub(crate) trait Tasks: Exec {
     /// finalized or failed without them).
     fn cancelled_leases(&self, worker: &WorkerId, named: &[LeaseId]) -> Result<Vec<LeaseId>> {
         let mut stmt = self.sql().prepare_cached(
-            "SELECT 1 FROM lease WHERE id = ?1 AND worker_id = ?2 AND state = 'cancelled'",
+            "SELECT 1 FROM lease WHERE id = $1 AND worker_id = $2 AND state = 'cancelled'",
         )?;
         let mut closed = Vec::new();
         for lease in named {
@@ -254,14 +254,14 @@ pub(crate) trait Tasks: Exec {
             let n = self
                 .sql()
                 .prepare_cached(
-                    "UPDATE lease SET expires_at = ?1 WHERE worker_id = ?2 AND state = 'active'",
+                    "UPDATE lease SET expires_at = $1 WHERE worker_id = $2 AND state = 'active'",
                 )?
                 .execute(params![expires_at, worker.as_str()])?;
             return Ok(n as u32);
         };
         let mut stmt = self.sql().prepare_cached(
-            "UPDATE lease SET expires_at = ?1
-             WHERE id = ?2 AND worker_id = ?3 AND state = 'active'",
+            "UPDATE lease SET expires_at = $1
+             WHERE id = $2 AND worker_id = $3 AND state = 'active'",
         )?;
         let mut n = 0;
         for lease in leases {
@@ -274,7 +274,7 @@ pub(crate) trait Tasks: Exec {
     fn held_task(&self, lease: &LeaseId, worker: &WorkerId) -> Result<Option<TaskId>> {
         self.sql()
             .prepare_cached(
-                "SELECT task_id FROM lease WHERE id = ?1 AND worker_id = ?2 AND state = 'active'",
+                "SELECT task_id FROM lease WHERE id = $1 AND worker_id = $2 AND state = 'active'",
             )?
             .query_row(params![lease.to_string(), worker.as_str()], |r| {
                 parsed(r, 0)
@@ -285,7 +285,7 @@ pub(crate) trait Tasks: Exec {
     /// `worker` shut down gracefully.
     fn mark_offline(&self, worker: &WorkerId, now: i64) -> Result<()> {
         self.sql()
-            .prepare_cached("UPDATE worker SET status = 'offline', last_seen = ?1 WHERE id = ?2")?
+            .prepare_cached("UPDATE worker SET status = 'offline', last_seen = $1 WHERE id = $2")?
             .execute(params![now, worker.as_str()])?;
         Ok(())
     }
@@ -296,8 +296,8 @@ pub(crate) trait Tasks: Exec {
         self.sql()
             .prepare_cached(
                 "UPDATE task SET status = 'queued', attempts = 0, error_message = NULL,
-                     failure_reason = NULL, finished_at = NULL, required = ?1, max_answers = ?2
-                 WHERE id = ?3",
+                     failure_reason = NULL, finished_at = NULL, required = $1, max_answers = $2
+                 WHERE id = $3",
             )?
             .execute(params![required, max_answers, task.to_string()])?;
         Ok(())
@@ -307,7 +307,7 @@ pub(crate) trait Tasks: Exec {
     fn capabilities(&self, worker: &WorkerId) -> Result<Option<Vec<TaskType>>> {
         let caps: Option<Json<Vec<TaskType>>> = self
             .sql()
-            .prepare_cached("SELECT capabilities FROM worker WHERE id = ?1")?
+            .prepare_cached("SELECT capabilities FROM worker WHERE id = $1")?
             .query_row([worker.as_str()], |r| r.get(0))
             .optional()?;
         Ok(caps.map(|Json(c)| c))
@@ -322,7 +322,7 @@ pub(crate) fn select_task<S: Exec + ?Sized>(
     lock: &str,
     read: fn(&Row<'_>) -> Result<TaskRow>,
 ) -> Result<Option<TaskRow>> {
-    let sql = format!("SELECT {columns} FROM task WHERE id = ?1{lock}");
+    let sql = format!("SELECT {columns} FROM task WHERE id = $1{lock}");
     s.sql()
         .prepare_cached(&sql)?
         .query_row([id.to_string()], read)

@@ -37,8 +37,61 @@ pub(crate) struct LiveWorker {
     pub model_hash: Option<String>,
 }
 
+/// The starved-task report's statements, as an engine spells them: SQLite holds its planner to
+/// the open-task index by name (`INDEXED BY`), so a plan change is an error, not a slow scan;
+/// each engine reads a JSON array of worker ids its own way.
+#[derive(Debug)]
+pub(crate) struct StarvedSql {
+    next_type: String,
+    hashes: String,
+    most_required: String,
+    count: String,
+}
+
+impl StarvedSql {
+    /// The statements with `index` after each `FROM task` (the engine's index hint, or
+    /// nothing) and `ids` the subquery that lists the values of the JSON array `$3`.
+    pub(crate) fn new(index: &str, ids: &str) -> Self {
+        Self {
+            next_type: format!(
+                "SELECT type FROM task{index}
+                 WHERE status IN ('queued', 'assigned') AND type > $1 ORDER BY type LIMIT 1"
+            ),
+            hashes: format!(
+                "SELECT DISTINCT model_hash FROM task{index}
+                 WHERE status IN ('queued', 'assigned') AND type = $1"
+            ),
+            most_required: format!(
+                "SELECT required FROM task{index}
+                 WHERE status IN ('queued', 'assigned') AND type = $1
+                   AND model_hash IS NOT DISTINCT FROM $2
+                 ORDER BY required DESC LIMIT 1"
+            ),
+            // Type `$1`, `$2` live workers (the JSON array `$3`), model content `$4`.
+            count: format!(
+                "SELECT COUNT(*) FROM task t{index}
+                 WHERE t.status IN ('queued', 'assigned') AND t.type = $1 AND t.required > $2
+                   AND t.model_hash IS NOT DISTINCT FROM $4
+                   AND (t.submissions = 0
+                        OR t.required - t.submissions > $2 - (
+                            SELECT COUNT(*) FROM submission s
+                            WHERE s.task_id = t.id AND s.worker_id IN ({ids})))"
+            ),
+        }
+    }
+
+    /// The count of starved tasks of a type (for plan tests).
+    #[cfg(test)]
+    pub(crate) fn count(&self) -> &str {
+        &self.count
+    }
+}
+
 /// Reads for views.
 pub(crate) trait Views: Exec {
+    /// The engine's spelling of the starved-task report's statements.
+    fn starved_sql(&self) -> &'static StarvedSql;
+
     /// Every known worker with its points and counters, highest points first.
     fn leaderboard(&self) -> Result<Vec<LeaderboardEntry>> {
         let sql = format!(
@@ -157,15 +210,15 @@ pub(crate) trait Views: Exec {
                 .sql()
                 .prepare_cached(&format!(
                     "SELECT {TASK_VIEW_COLUMNS} FROM task
-                     WHERE {VIEW_STATUS_SQL} = ?1 AND gold IS NULL
-                     ORDER BY seq LIMIT ?2"
+                     WHERE {VIEW_STATUS_SQL} = $1 AND gold IS NULL
+                     ORDER BY seq LIMIT $2"
                 ))?
                 .query_map(params![status.as_str(), limit], TaskRow::from_view_row)?
                 .collect(),
             None => self
                 .sql()
                 .prepare_cached(&format!(
-                    "SELECT {TASK_VIEW_COLUMNS} FROM task WHERE gold IS NULL ORDER BY seq LIMIT ?1"
+                    "SELECT {TASK_VIEW_COLUMNS} FROM task WHERE gold IS NULL ORDER BY seq LIMIT $1"
                 ))?
                 .query_map([limit], TaskRow::from_view_row)?
                 .collect(),
@@ -176,7 +229,7 @@ pub(crate) trait Views: Exec {
     fn recent_tasks(&self, limit: u32) -> Result<Vec<TaskRow>> {
         self.sql()
             .prepare_cached(&format!(
-                "SELECT {TASK_VIEW_COLUMNS} FROM task WHERE gold IS NULL ORDER BY seq DESC LIMIT ?1"
+                "SELECT {TASK_VIEW_COLUMNS} FROM task WHERE gold IS NULL ORDER BY seq DESC LIMIT $1"
             ))?
             .query_map([limit], TaskRow::from_view_row)?
             .collect()
@@ -188,7 +241,7 @@ pub(crate) trait Views: Exec {
             .prepare_cached(
                 "SELECT worker_id, label, confidence, model, agreed, created_at, embedding, text,
                         token_ids, model_hash
-                 FROM submission WHERE task_id = ?1 ORDER BY id",
+                 FROM submission WHERE task_id = $1 ORDER BY id",
             )?
             .query_map([task.to_string()], |r| {
                 Ok(SubmissionView {
@@ -212,7 +265,7 @@ pub(crate) trait Views: Exec {
         self.sql()
             .prepare_cached(
                 "SELECT id, worker_id, expires_at FROM lease
-                 WHERE task_id = ?1 AND state = 'active' ORDER BY created_at",
+                 WHERE task_id = $1 AND state = 'active' ORDER BY created_at",
             )?
             .query_map([task.to_string()], |r| {
                 Ok(LeaseView {
@@ -243,12 +296,12 @@ pub(crate) trait Views: Exec {
             submissions: count("SELECT COUNT(*) FROM submission", &[])?,
             workers: count("SELECT COUNT(*) FROM worker", &[])?,
             workers_active: count(
-                "SELECT COUNT(*) FROM worker WHERE status = 'active' AND last_seen > ?1",
+                "SELECT COUNT(*) FROM worker WHERE status = 'active' AND last_seen > $1",
                 &[&stale_before],
             )?,
             workers_stale: count(
                 "SELECT COUNT(*) FROM worker WHERE status = 'stale'
-                     OR (status = 'active' AND last_seen <= ?1)",
+                     OR (status = 'active' AND last_seen <= $1)",
                 &[&stale_before],
             )?,
             active_leases: count("SELECT COUNT(*) FROM lease WHERE state = 'active'", &[])?,
@@ -260,7 +313,7 @@ pub(crate) trait Views: Exec {
         self.sql()
             .prepare_cached(
                 "SELECT id, capabilities, model_hash FROM worker
-                 WHERE status = 'active' AND last_seen > ?1",
+                 WHERE status = 'active' AND last_seen > $1",
             )?
             .query_map([since], |r| {
                 Ok(LiveWorker {
@@ -275,7 +328,7 @@ pub(crate) trait Views: Exec {
     /// Who answered `task`.
     fn voters(&self, task: &protocol::TaskId) -> Result<Vec<WorkerId>> {
         self.sql()
-            .prepare_cached("SELECT worker_id FROM submission WHERE task_id = ?1")?
+            .prepare_cached("SELECT worker_id FROM submission WHERE task_id = $1")?
             .query_map([task.to_string()], |r| parsed(r, 0))?
             .collect()
     }
@@ -283,10 +336,7 @@ pub(crate) trait Views: Exec {
     /// The first type after `after` (in byte order) that has open tasks.
     fn next_open_type(&self, after: &str) -> Result<Option<TaskType>> {
         self.sql()
-            .prepare_cached(
-                "SELECT type FROM task INDEXED BY task_open_required
-                 WHERE status IN ('queued', 'assigned') AND type > ?1 ORDER BY type LIMIT 1",
-            )?
+            .prepare_cached(&self.starved_sql().next_type)?
             .query_row([after], |r| parsed(r, 0))
             .optional()
     }
@@ -294,10 +344,7 @@ pub(crate) trait Views: Exec {
     /// The model contents open tasks of type `t` pin.
     fn open_hashes(&self, t: &TaskType) -> Result<Vec<Option<String>>> {
         self.sql()
-            .prepare_cached(
-                "SELECT DISTINCT model_hash FROM task INDEXED BY task_open_required
-                 WHERE status IN ('queued', 'assigned') AND type = ?1",
-            )?
+            .prepare_cached(&self.starved_sql().hashes)?
             .query_map([t.as_str()], |r| r.get(0))?
             .collect()
     }
@@ -305,12 +352,7 @@ pub(crate) trait Views: Exec {
     /// The most answers an open task of type `t` pinning `hash` needs.
     fn most_required(&self, t: &TaskType, hash: Option<&str>) -> Result<u32> {
         self.sql()
-            .prepare_cached(
-                "SELECT required FROM task INDEXED BY task_open_required
-                 WHERE status IN ('queued', 'assigned') AND type = ?1
-                   AND model_hash IS NOT DISTINCT FROM ?2
-                 ORDER BY required DESC LIMIT 1",
-            )?
+            .prepare_cached(&self.starved_sql().most_required)?
             .query_row(params![t.as_str(), hash], |r| r.get(0))
     }
 
@@ -321,20 +363,10 @@ pub(crate) trait Views: Exec {
         let live = capable.len() as u32;
         let capable = serde_json::to_string(capable).expect("worker ids serialize");
         self.sql()
-            .prepare_cached(COUNT_STARVED)?
+            .prepare_cached(&self.starved_sql().count)?
             .query_row(params![t.as_str(), live, capable, hash], |r| r.get(0))
     }
 }
-
-/// [`Views::count_starved`]'s statement: type `?1`, `?2` live workers (the JSON array `?3`),
-/// model content `?4`.
-const COUNT_STARVED: &str = "SELECT COUNT(*) FROM task t INDEXED BY task_open_required
-     WHERE t.status IN ('queued', 'assigned') AND t.type = ?1 AND t.required > ?2
-       AND t.model_hash IS NOT DISTINCT FROM ?4
-       AND (t.submissions = 0
-            OR t.required - t.submissions > ?2 - (
-                SELECT COUNT(*) FROM submission s
-                WHERE s.task_id = t.id AND s.worker_id IN (SELECT value FROM json_each(?3))))";
 
 fn rate(agreed: u64, decided: u64) -> Option<f64> {
     (decided > 0).then(|| agreed as f64 / decided as f64)
@@ -349,7 +381,10 @@ mod tests {
     fn the_summary_reads_only_tasks_needing_more_workers_than_are_live() {
         let conn = store();
         let plan: String = (&conn as &dyn Sql)
-            .prepare(&format!("EXPLAIN QUERY PLAN {COUNT_STARVED}"))
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN {}",
+                crate::store::sqlite::Tx(&conn).starved_sql().count()
+            ))
             .expect("explain")
             .query_map(params!["sentiment", 3, "[]", None::<String>], |r| {
                 r.get::<_, String>(3)

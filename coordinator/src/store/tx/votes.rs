@@ -1,15 +1,12 @@
 //! The vote: what a submission is decided from (read in one statement), the vote itself, and
-//! the decisions on a task's answers. A vote and a label decision are merged changes
-//! ([`Merged`]): SQLite makes each alone, PostgreSQL's writer sessions a batch's as one
-//! statement.
+//! the decisions on a task's answers. A vote and a label decision are each engine's own:
+//! SQLite runs their statements, PostgreSQL merges a batch's into one statement.
 
 use super::tasks::NamedLease;
 use super::Exec;
 use crate::store::blob_to_vector;
 use crate::store::rows::{parsed, TaskRow, TASK_COLUMNS, TASK_COLUMN_COUNT};
-use crate::store::sql::{
-    numbered, params, typed_rows, Dialect, Merged, OptionalExtension, Result, ToArg,
-};
+use crate::store::sql::{numbered, params, OptionalExtension, Result, ToArg};
 use protocol::{LeaseId, TaskId, WorkerId};
 use std::sync::LazyLock;
 
@@ -108,37 +105,19 @@ pub(crate) trait Votes: Exec {
     fn model_counted(&self, task: &TaskId, model_hash: Option<&str>) -> Result<bool> {
         self.sql()
             .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM submission WHERE task_id = ?1 AND model_hash = ?2)",
+                "SELECT EXISTS (SELECT 1 FROM submission WHERE task_id = $1 AND model_hash = $2)",
             )?
             .query_row(params![task.to_string(), model_hash], |r| r.get(0))
     }
 
     /// Stores a vote: its submission row, its lease completed, the task's counters.
-    fn record_vote(&self, v: &NewVote<'_>) -> Result<()> {
-        self.sql().defer_merged(
-            &VOTE,
-            params![
-                v.task.to_string(),
-                v.worker.as_str(),
-                v.lease.to_string(),
-                v.label,
-                v.confidence,
-                v.model,
-                v.at,
-                v.embedding,
-                v.token_ids,
-                v.text,
-                v.logprobs,
-                v.model_hash
-            ],
-        )
-    }
+    fn record_vote(&self, v: &NewVote<'_>) -> Result<()>;
 
     /// A label task's answers, label and confidence, in the order they came.
     fn label_answers(&self, task: &TaskId) -> Result<Vec<(String, f64)>> {
         self.sql()
             .prepare_cached(
-                "SELECT label, confidence FROM submission WHERE task_id = ?1 ORDER BY id",
+                "SELECT label, confidence FROM submission WHERE task_id = $1 ORDER BY id",
             )?
             .query_map([task.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect()
@@ -146,16 +125,13 @@ pub(crate) trait Votes: Exec {
 
     /// A label task decided: its final label and confidence, the agreement flags, a point to
     /// each worker whose answer is `label`.
-    fn decide_label(&self, task: &TaskId, label: &str, confidence: f64, now: i64) -> Result<()> {
-        self.sql()
-            .defer_merged(&DECIDED, params![task.to_string(), label, confidence, now])
-    }
+    fn decide_label(&self, task: &TaskId, label: &str, confidence: f64, now: i64) -> Result<()>;
 
     /// A round without a quorum: the task needs one more answer, from a distinct worker.
     fn mark_inconclusive(&self, task: &TaskId) -> Result<()> {
         self.sql()
             .prepare_cached(
-                "UPDATE task SET required = required + 1, inconclusive = 1 WHERE id = ?1",
+                "UPDATE task SET required = required + 1, inconclusive = 1 WHERE id = $1",
             )?
             .execute([task.to_string()])?;
         Ok(())
@@ -165,7 +141,7 @@ pub(crate) trait Votes: Exec {
     fn vector_answers(&self, task: &TaskId) -> Result<Vec<VectorAnswer>> {
         self.sql()
             .prepare_cached(
-                "SELECT id, embedding, confidence FROM submission WHERE task_id = ?1 ORDER BY id",
+                "SELECT id, embedding, confidence FROM submission WHERE task_id = $1 ORDER BY id",
             )?
             .query_map([task.to_string()], |r| {
                 Ok(VectorAnswer {
@@ -181,9 +157,9 @@ pub(crate) trait Votes: Exec {
     fn finalize_vector(&self, task: &TaskId, blob: &[u8], confidence: f64, now: i64) -> Result<()> {
         self.sql()
             .prepare_cached(
-                "UPDATE task SET status = 'finalized', final_embedding = ?1,
-                     final_confidence = ?2, finished_at = ?3, inconclusive = 0
-                 WHERE id = ?4",
+                "UPDATE task SET status = 'finalized', final_embedding = $1,
+                     final_confidence = $2, finished_at = $3, inconclusive = 0
+                 WHERE id = $4",
             )?
             .execute(params![blob, confidence, now, task.to_string()])?;
         Ok(())
@@ -194,7 +170,7 @@ pub(crate) trait Votes: Exec {
         self.sql()
             .prepare_cached(
                 "SELECT id, token_ids, text, confidence FROM submission
-                 WHERE task_id = ?1 ORDER BY id",
+                 WHERE task_id = $1 ORDER BY id",
             )?
             .query_map([task.to_string()], |r| {
                 Ok(TokenAnswer {
@@ -218,9 +194,9 @@ pub(crate) trait Votes: Exec {
     ) -> Result<()> {
         self.sql()
             .prepare_cached(
-                "UPDATE task SET status = 'finalized', final_token_ids = ?1, final_text = ?2,
-                     final_confidence = ?3, finished_at = ?4
-                 WHERE id = ?5",
+                "UPDATE task SET status = 'finalized', final_token_ids = $1, final_text = $2,
+                     final_confidence = $3, finished_at = $4
+                 WHERE id = $5",
             )?
             .execute(params![ids, text, confidence, now, task.to_string()])?;
         Ok(())
@@ -230,7 +206,7 @@ pub(crate) trait Votes: Exec {
     fn mark_agreed(&self, flags: &[(i64, bool)]) -> Result<()> {
         let mut mark = self
             .sql()
-            .prepare_cached("UPDATE submission SET agreed = ?1 WHERE id = ?2")?;
+            .prepare_cached("UPDATE submission SET agreed = $1 WHERE id = $2")?;
         for (id, agreed) in flags {
             mark.execute(params![agreed, id])?;
         }
@@ -238,38 +214,38 @@ pub(crate) trait Votes: Exec {
     }
 }
 
-/// [`Votes::answer_context`] with the engine's statement (see [`answer_sql`]); the read is
+/// [`Votes::answer_context`] with the engine's statement (see [`answer_select`]); the read is
 /// made again once the task row is locked when the first read's snapshot was older than it.
 pub(crate) fn read_context<S: Exec + ?Sized>(
     s: &S,
-    dialect: Dialect,
+    sql: &str,
     task: &TaskId,
     worker: &WorkerId,
     lease: Option<LeaseId>,
 ) -> Result<Option<AnswerContext>> {
-    match read_context_once(s, dialect, task, worker, lease)? {
+    match read_context_once(s, sql, task, worker, lease)? {
         Some((context, true)) => Ok(Some(context)),
         // The row is locked now: read once more, in a snapshot that has what was committed.
-        Some((_, false)) => Ok(read_context_once(s, dialect, task, worker, lease)?.map(|c| c.0)),
+        Some((_, false)) => Ok(read_context_once(s, sql, task, worker, lease)?.map(|c| c.0)),
         None => Ok(None),
     }
 }
 
-/// One read of [`read_context`], and whether it is fresh (see [`answer_text`]).
+/// One read of [`read_context`], and whether it is fresh (its `fresh` column).
 fn read_context_once<S: Exec + ?Sized>(
     s: &S,
-    dialect: Dialect,
+    sql: &str,
     task: &TaskId,
     worker: &WorkerId,
     lease: Option<LeaseId>,
 ) -> Result<Option<(AnswerContext, bool)>> {
-    // The columns after the task's (see answer_text).
+    // The columns after the task's (see answer_select).
     const VOTES: usize = TASK_COLUMN_COUNT;
     const FRESH: usize = VOTES + 1;
     const EARLIER: usize = FRESH + 1;
     const NAMED: usize = EARLIER + 4;
     s.sql()
-        .prepare_cached(answer_sql(dialect))?
+        .prepare_cached(sql)?
         .query_row(
             params![
                 task.to_string(),
@@ -309,7 +285,7 @@ fn read_context_once<S: Exec + ?Sized>(
         .optional()
 }
 
-/// The answers as the `votes` column of [`answer_sql`] has them: JSON
+/// The answers as the `votes` column of [`answer_select`] has them: JSON
 /// `[[label, confidence as text], ...]`.
 fn parse_votes(json: &str) -> Result<Vec<(String, f64)>> {
     let bad = |e: Box<dyn std::error::Error + Send + Sync>| {
@@ -323,126 +299,23 @@ fn parse_votes(json: &str) -> Result<Vec<(String, f64)>> {
         .collect()
 }
 
-/// [`Votes::answer_context`]'s statement on `dialect`'s engine: task `?1`, worker `?2`, lease `?3`.
-pub(crate) fn answer_sql(dialect: Dialect) -> &'static str {
-    static SQLITE: LazyLock<String> = LazyLock::new(|| answer_text(Dialect::Sqlite, false));
-    static POSTGRES: LazyLock<String> = LazyLock::new(|| answer_text(Dialect::Postgres, false));
-    match dialect {
-        Dialect::Sqlite => &SQLITE,
-        Dialect::Postgres => &POSTGRES,
-    }
-}
-
-/// [`answer_sql`] on PostgreSQL for a batch of submissions (see [`crate::store::Probe`]): `?1`, `?2` and `?3`
-/// are arrays of tasks, workers and leases.
-pub(crate) fn answer_many_sql() -> &'static str {
-    static MANY: LazyLock<String> = LazyLock::new(|| answer_text(Dialect::Postgres, true));
-    &MANY
-}
-
-/// The text of [`answer_sql`] (`many`: of [`answer_many_sql`]).
-fn answer_text(dialect: Dialect, many: bool) -> String {
-    // The answers so far, for the one that completes the count: on PostgreSQL a statement
-    // fewer for it; SQLite reads them when it decides, with nothing to save.
-    let votes = match dialect {
-        Dialect::Postgres => {
-            "CASE WHEN task.submissions + 1 >= task.required THEN
-                 (SELECT CAST(json_agg(json_build_array(v.label, CAST(v.confidence AS TEXT))
-                                       ORDER BY v.id) AS TEXT)
-                  FROM submission v WHERE v.task_id = task.id)
-             END"
-        }
-        Dialect::Sqlite => "NULL",
-    };
-    // Whether the task row locked is the one this statement's snapshot has: a row another
-    // transaction changed and committed while this one waited for its lock is read again as
-    // it now is, but the rows joined to it (and the answers) are still as the snapshot had them.
-    let fresh = match dialect {
-        Dialect::Postgres => "task.xmin = (SELECT t.xmin FROM task t WHERE t.id = task.id)",
-        Dialect::Sqlite => "1",
-    };
-    let lock = dialect.lock_suffix();
-    if !many {
-        return format!(
-            "SELECT {TASK_COLUMNS}, {votes}, {fresh}, s.lease_id, s.label, s.embedding, s.token_ids,
-                    l.task_id, l.worker_id, l.state
-             FROM task
-             LEFT JOIN submission s ON s.task_id = task.id AND s.worker_id = ?2
-             LEFT JOIN lease l ON l.id = ?3
-             WHERE task.id = ?1{lock}"
-        );
-    }
-    // Each request in turn, in the order the writer sorts its batches by (their keys, as
-    // bytes), so the task rows are locked in that order; each row found by its key (lateral
-    // subqueries: a plan made while the tables are empty would otherwise join by hashing
-    // whole tables, and keep doing so).
+/// [`Votes::answer_context`]'s statement: task `$1`, worker `$2`, lease `$3`; after the task's
+/// columns, `votes` (the answers so far, JSON, or NULL), `fresh` (whether the locked row is
+/// the snapshot's), the worker's earlier answer and the named lease. The task row ends with
+/// `lock`.
+pub(crate) fn answer_select(votes: &str, fresh: &str, lock: &str) -> String {
     format!(
-        "SELECT task.*, s.lease_id, s.label, s.embedding, s.token_ids,
-                l.task_id, l.worker_id, l.state, r.i
-         FROM (SELECT * FROM unnest(CAST(?1 AS TEXT[]), CAST(?2 AS TEXT[]), CAST(?3 AS TEXT[]))
-                   WITH ORDINALITY AS u (task_id, worker_id, lease_id, i)
-               ORDER BY task_id COLLATE \"C\", i) r
-         JOIN LATERAL (SELECT {TASK_COLUMNS}, {votes}, {fresh} FROM task
-                       WHERE task.id = r.task_id{lock}) task ON TRUE
-         LEFT JOIN LATERAL (SELECT lease_id, label, embedding, token_ids FROM submission
-                            WHERE task_id = r.task_id AND worker_id = r.worker_id
-                            OFFSET 0) s ON TRUE
-         LEFT JOIN LATERAL (SELECT task_id, worker_id, state FROM lease
-                            WHERE id = r.lease_id OFFSET 0) l ON TRUE"
+        "SELECT {TASK_COLUMNS}, {votes}, {fresh}, s.lease_id, s.label, s.embedding, s.token_ids,
+                l.task_id, l.worker_id, l.state
+         FROM task
+         LEFT JOIN submission s ON s.task_id = task.id AND s.worker_id = $2
+         LEFT JOIN lease l ON l.id = $3
+         WHERE task.id = $1{lock}"
     )
 }
 
-/// A vote's changes: its submission row, its lease completed, the task's counters. Arguments:
-/// the submission's columns, in [`VOTE_COLUMNS`]' order. Votes of a batch on PostgreSQL are one
-/// statement.
-pub(crate) static VOTE: Merged = Merged {
-    one: |conn, a| {
-        static INSERT: LazyLock<String> = LazyLock::new(|| {
-            format!(
-                "INSERT INTO submission ({}) VALUES ({})",
-                vote_columns(),
-                numbered(1, VOTE_COLUMNS.len())
-            )
-        });
-        let all: Vec<&dyn ToArg> = a.iter().map(|v| v as &dyn ToArg).collect();
-        // Three rows of three tables: one statement on PostgreSQL.
-        conn.defer_all(&[
-            (&INSERT, &all),
-            (
-                "UPDATE lease SET state = 'completed', ended_at = ?1 WHERE id = ?2",
-                &[&a[6], &a[2]],
-            ),
-            (
-                "UPDATE task SET
-                     submissions = submissions + 1,
-                     active_leases = active_leases - 1
-                 WHERE id = ?1",
-                &[&a[0]],
-            ),
-        ])
-    },
-    // One statement for the batch's votes, joined by key (writer sessions plan without
-    // sequential scans: see `WRITER_SETTINGS` in store::pg).
-    many: |n| {
-        let columns = vote_columns();
-        let rows = typed_rows(n, &VOTE_COLUMNS.map(|(_, ty)| ty));
-        format!(
-            "WITH v ({columns}) AS (VALUES {rows}),
-             s AS (INSERT INTO submission ({columns}) SELECT {columns} FROM v),
-             l AS (UPDATE lease SET state = 'completed', ended_at = v.created_at
-                   FROM v WHERE lease.id = v.lease_id)
-             UPDATE task SET submissions = submissions + 1, active_leases = active_leases - 1
-             FROM v WHERE task.id = v.task_id"
-        )
-    },
-    // Each task once in a statement: the update joined to it counts one vote.
-    distinct: 0,
-    phase: 0,
-};
-
-/// The submission columns a vote stores ([`VOTE`]'s arguments, in this order), with their
-/// PostgreSQL types.
-const VOTE_COLUMNS: [(&str, &str); 12] = [
+/// The submission columns a vote stores, in [`NewVote`]'s order, with their PostgreSQL types.
+pub(crate) const VOTE_COLUMNS: [(&str, &str); 12] = [
     ("task_id", "TEXT"),
     ("worker_id", "TEXT"),
     ("lease_id", "TEXT"),
@@ -458,52 +331,39 @@ const VOTE_COLUMNS: [(&str, &str); 12] = [
 ];
 
 /// [`VOTE_COLUMNS`]' names, as a column list.
-fn vote_columns() -> String {
+pub(crate) fn vote_columns() -> String {
     VOTE_COLUMNS.map(|(name, _)| name).join(", ")
 }
 
-/// A label task decided: its final label and confidence, the agreement flags, a point to each
-/// worker in the winning group. Arguments: task, label, confidence, time. Decisions of a batch
-/// on PostgreSQL are one statement, made after the batch's votes ([`VOTE`], a lower phase), so
-/// they see the deciding answers.
-pub(crate) static DECIDED: Merged = Merged {
-    one: |conn, a| {
-        conn.defer_all(&[
-            (
-                "UPDATE task SET status = 'finalized', final_label = ?1, final_confidence = ?2,
-                     finished_at = ?3, inconclusive = 0
-                 WHERE id = ?4",
-                &[&a[1], &a[2], &a[3], &a[0]],
-            ),
-            (
-                "UPDATE submission SET agreed = CASE WHEN label = ?1 THEN 1 ELSE 0 END
-                 WHERE task_id = ?2",
-                &[&a[1], &a[0]],
-            ),
-            // By label, not by the flag set beside it (which it would not see on PostgreSQL).
-            (
-                &super::scores::award_sql(conn.dialect(), "label = ?2"),
-                &[&a[0], &a[1]],
-            ),
-        ])
-    },
-    // One statement for the batch's decisions, joined by key (see VOTE).
-    many: |n| {
-        let rows = typed_rows(n, &["TEXT", "TEXT", "DOUBLE PRECISION", "BIGINT"]);
+/// The submission row's insert, its arguments in [`VOTE_COLUMNS`]' order.
+pub(crate) fn insert_vote_sql() -> &'static str {
+    static INSERT: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "WITH d (task_id, label, confidence, at) AS (VALUES {rows}),
-             a AS (UPDATE submission SET agreed = CASE WHEN submission.label = d.label
-                                                       THEN 1 ELSE 0 END
-                   FROM d WHERE submission.task_id = d.task_id),
-             p AS (INSERT INTO score_delta (worker_id, points)
-                   SELECT s.worker_id, 1 FROM submission s
-                   JOIN d ON s.task_id = d.task_id AND s.label = d.label)
-             UPDATE task SET status = 'finalized', final_label = d.label,
-                 final_confidence = d.confidence, finished_at = d.at, inconclusive = 0
-             FROM d WHERE task.id = d.task_id"
+            "INSERT INTO submission ({}) VALUES ({})",
+            vote_columns(),
+            numbered(1, VOTE_COLUMNS.len())
         )
-    },
-    // Each task once in a statement: the update joined to it decides it once.
-    distinct: 0,
-    phase: 1,
-};
+    });
+    &INSERT
+}
+
+impl NewVote<'_> {
+    /// Runs `f` with the vote's values, in [`VOTE_COLUMNS`]' order.
+    pub(crate) fn with_args<T>(&self, f: impl FnOnce(&[&dyn ToArg]) -> T) -> T {
+        let (task, lease) = (self.task.to_string(), self.lease.to_string());
+        f(&[
+            &task,
+            &self.worker.as_str(),
+            &lease,
+            &self.label,
+            &self.confidence,
+            &self.model,
+            &self.at,
+            &self.embedding,
+            &self.token_ids,
+            &self.text,
+            &self.logprobs,
+            &self.model_hash,
+        ])
+    }
+}
