@@ -28,7 +28,7 @@ pub struct Config {
     /// Who may do what; no API keys means open (allowed on loopback only).
     pub auth: Auth,
     /// PostgreSQL's session timeouts (unused on SQLite).
-    pub pg_timeouts: crate::store::pg::Timeouts,
+    pub pg_timeouts: crate::store::postgres::Timeouts,
 }
 
 impl Config {
@@ -44,7 +44,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(10),
             http: None,
             auth: Auth::default(),
-            pg_timeouts: crate::store::pg::Timeouts::default(),
+            pg_timeouts: crate::store::postgres::Timeouts::default(),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! [`Core`]: the coordinator's operations as async methods. Each write runs through the store's
 //! writer: on SQLite in its own savepoint inside a group-committed transaction on the writer's
-//! thread ([`crate::store::group`]), on PostgreSQL in a writer session's transaction, alone or in
-//! a batch of operations keyed by what they lock first ([`crate::store::pg`]); its reply and its
+//! thread ([`crate::store::sqlite::group`]), on PostgreSQL in a writer session's transaction,
+//! alone or in a batch of operations keyed by what they lock first
+//! ([`crate::store::postgres::store`]); its reply and its
 //! effects (announcements, task events) are released only after the commit. Both adapters (NATS,
 //! HTTP) call these same methods.
 
@@ -10,8 +11,8 @@ use crate::auth::Auth;
 use crate::error::CoreError;
 use crate::metrics::Metrics;
 use crate::ops::{self, Ctx};
-use crate::store::group::Lane;
 use crate::store::tx::Tx;
+use crate::store::Lane;
 use crate::store::{Probe, Store, Writer};
 use protocol::messages::{
     ApiOp, Heartbeat, HeartbeatReply, LeaderboardReply, Lease, LeaseReply, LeaseRequest,

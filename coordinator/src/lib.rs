@@ -3,10 +3,15 @@
 //!
 //! Where things live (inside the crate; the public surface is what the binary and the tests
 //! use, re-exported below):
-//! - `ops`: the operations (one file each) over a SQLite transaction: the task state machine,
-//!   leases, consensus and scoring. No transport, no async.
+//! - [`api`]: the core's vocabulary ([`Settings`], [`Effect`], a checked `Submission`).
+//! - `ops`: the rules (one file per operation, plus the task's and the decision's shared
+//!   steps) over the store's domain interface (`store::tx::Tx`): the task state machine,
+//!   leases, votes, cross-scoring, gold. No SQL, no engine, no transport, no async.
 //! - [`consensus`]: the vote (public: `aimarket eval` scores the vote of several models).
-//! - `core`: [`Core`], the operations as async methods over the [`store`].
+//! - `store`: [`Store`] (SQLite or PostgreSQL), the writer, the domain interface and each
+//!   engine's implementation of it (`store::sqlite`, `store::postgres`), with its SQL, schema
+//!   and migrations.
+//! - `core`: [`Core`], each operation one store job running one rule.
 //! - `nats`: the NATS adapter ([`dispatch`] is public for the fuzz tests); `http`: the HTTP
 //!   gateway (the original API, metrics, dashboard). Both call the same [`Core`] methods.
 //! - `metrics`: Prometheus metrics.
@@ -22,7 +27,7 @@ mod http;
 mod metrics;
 mod nats;
 mod ops;
-pub mod store;
+mod store;
 
 pub use crate::api::{Effect, Settings};
 pub use crate::auth::{Auth, Unprotected};
@@ -31,6 +36,8 @@ pub use crate::core::Core;
 pub use crate::error::{CoreError, StoreError};
 pub use crate::metrics::Outcome;
 pub use crate::nats::{dispatch, Answer};
+pub use crate::store::postgres::store::Timeouts as PgTimeouts;
+pub use crate::store::{dump, is_postgres_url, without_password, Store};
 
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;

@@ -2,7 +2,7 @@
 //! root, as `make test` has): writes fail with a clear `unavailable` error, `/health` turns 503,
 //! reads go on, nothing is corrupted, and everything recovers when space or write access returns.
 
-use coordinator::store::Store;
+use coordinator::Store;
 use coordinator::{Config, Settings};
 use serde_json::{json, Value};
 use std::io::Write;

@@ -2,7 +2,7 @@
 //! subject it serves never panic and always get a reply envelope; anything that is not JSON gets
 //! `malformed_request`.
 
-use coordinator::{dispatch, store::Store, Core, Settings};
+use coordinator::{dispatch, Core, Settings, Store};
 use proptest::prelude::*;
 use protocol::{reply, ErrorCode, TaskId};
 use serde_json::Value;

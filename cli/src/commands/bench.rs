@@ -177,10 +177,7 @@ pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         args.workers,
         args.required
     );
-    let postgres = args
-        .db
-        .as_deref()
-        .is_some_and(coordinator::store::is_postgres_url);
+    let postgres = args.db.as_deref().is_some_and(coordinator::is_postgres_url);
     anyhow::ensure!(
         args.coordinators == 1 || postgres,
         "--coordinators {} needs a shared store: --db postgres://...",
@@ -270,7 +267,7 @@ pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         || "-".to_owned(),
         |s| {
             if postgres {
-                coordinator::store::without_password(&s.db)
+                coordinator::without_password(&s.db)
             } else {
                 format!("sqlite {}", s.db)
             }

@@ -103,7 +103,7 @@ pub(crate) mod testing {
     /// A session on a test server's database, emptied when made.
     pub(crate) struct PgTest {
         client: std::cell::RefCell<postgres::Client>,
-        cache: std::cell::RefCell<crate::store::sql::StmtCache>,
+        cache: std::cell::RefCell<crate::store::postgres::StmtCache>,
     }
 
     /// What the operation tests' helpers run on: a store that runs a closure in a transaction
@@ -146,9 +146,9 @@ pub(crate) mod testing {
                 TestStore::Postgres(pg) => {
                     let mut client = pg.client.borrow_mut();
                     let mut tx = client.transaction().expect("tx");
-                    let r = f(&crate::store::postgres::Tx(&crate::store::sql::Pg::new(
-                        &mut tx, &pg.cache,
-                    )));
+                    let r = f(&crate::store::postgres::Tx(
+                        &crate::store::postgres::Pg::new(&mut tx, &pg.cache),
+                    ));
                     if r.is_ok() {
                         tx.commit().expect("commit");
                     }
@@ -162,7 +162,7 @@ pub(crate) mod testing {
         /// This session in autocommit mode.
         fn autocommit<T>(&self, f: impl FnOnce(&dyn Sql) -> T) -> T {
             let mut client = self.client.borrow_mut();
-            f(&crate::store::sql::Pg::new(&mut *client, &self.cache))
+            f(&crate::store::postgres::Pg::new(&mut *client, &self.cache))
         }
     }
 
@@ -215,7 +215,8 @@ pub(crate) mod testing {
         pub(crate) fn start() -> Self {
             let server = test_support::Postgres::start();
             let url = server.url();
-            crate::store::pg::PgStore::open(&url, "ops-test", Default::default()).expect("migrate");
+            crate::store::postgres::PgStore::open(&url, "ops-test", Default::default())
+                .expect("migrate");
             Self {
                 _server: server,
                 url,

@@ -281,7 +281,7 @@ mod tests {
     #[test]
     fn concurrent_retries_of_a_batch_on_postgres_create_it_once() {
         use crate::store::postgres::Tx;
-        use crate::store::sql::{Pg, StmtCache};
+        use crate::store::postgres::{Pg, StmtCache};
         let server = PgServer::start();
         let batch = || TaskAddRequest {
             batch_id: Some("twice".into()),

@@ -1,19 +1,24 @@
-//! The store: SQLite (the default, one file, one machine) or PostgreSQL ([`pg`], several
-//! coordinators over one database), behind one seam ([`sql::Sql`]) the operations run over.
+//! The store: SQLite (the default, one file, one machine) or PostgreSQL ([`postgres`], several
+//! coordinators over one database). The rules call its domain interface ([`tx::Tx`]: a task,
+//! the answers so far, a vote, a decision, points...), which each engine implements
+//! ([`sqlite::Tx`], [`postgres::Tx`]) over a thin executor ([`sql::Sql`]), each with its own SQL,
+//! schema and migrations; the statements both run alike are shared.
 //!
-//! SQLite: WAL journal, full sync, two connections. Writes run on the group-commit
-//! writer's own thread and connection ([`group::Writer`]); reads run on a second connection's
-//! thread (tokio-rusqlite), which WAL lets read while the writer writes.
+//! - `tx/`: the interface, in parts by area, with the shared statements; `rows`: typed rows.
+//! - `sqlite/`: its statements, executor, schema and migrations, and the group-commit writer.
+//! - `postgres/`: its statements (the batch read, merged votes and decisions), executors (a
+//!   blocking client for reads and tests, pipelined writer sessions), schema and migrations.
+//!
+//! SQLite: WAL journal, full sync, two connections. Writes run on the group-commit writer's own
+//! thread and connection ([`sqlite::group::Writer`]); reads run on a second connection's thread
+//! (tokio-rusqlite), which WAL lets read while the writer writes.
 //!
 //! Every write runs inside an `IMMEDIATE` transaction, and a reply is sent only after that
 //! transaction commits, so a coordinator killed at any instant loses nothing it acknowledged.
 
-pub mod group;
-pub mod pg;
 pub(crate) mod postgres;
 pub(crate) mod rows;
-pub mod schema;
-pub mod sql;
+pub(crate) mod sql;
 pub(crate) mod sqlite;
 pub(crate) mod tx;
 
@@ -25,6 +30,26 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+/// Which queue a write waits in: leases go ahead of other work on both engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// In arrival order, in batches of up to 512.
+    Normal,
+    /// Ahead of all queued normal work; a normal batch running when one arrives runs it next
+    /// and commits.
+    Urgent,
+}
+
+impl Lane {
+    /// The metric label.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Lane::Normal => "normal",
+            Lane::Urgent => "urgent",
+        }
+    }
+}
 
 /// Handle to the store: SQLite's connections, or the PostgreSQL store. Cheap to clone.
 #[derive(Clone)]
@@ -39,7 +64,7 @@ enum Kind {
         writer: Arc<Mutex<WriteSide>>,
         path: std::path::PathBuf,
     },
-    Postgres(Arc<pg::PgStore>),
+    Postgres(Arc<postgres::PgStore>),
 }
 
 /// The write connection until the group-commit writer starts on it, then the writer's thread
@@ -75,13 +100,18 @@ impl Store {
     /// process to PostgreSQL (`application_name`).
     ///
     /// # Errors
-    /// As [`Store::open`] and [`pg::PgStore::open`].
-    pub async fn open_any(db: &str, app: &str, timeouts: pg::Timeouts) -> Result<Self, StoreError> {
+    /// As [`Store::open`], or PostgreSQL's store for a `postgres://` URL.
+    pub async fn open_any(
+        db: &str,
+        app: &str,
+        timeouts: postgres::Timeouts,
+    ) -> Result<Self, StoreError> {
         if is_postgres_url(db) {
             let (db, app) = (db.to_owned(), app.to_owned());
-            let pg = tokio::task::spawn_blocking(move || pg::PgStore::open(&db, &app, timeouts))
-                .await
-                .map_err(|_| StoreError::Closed)??;
+            let pg =
+                tokio::task::spawn_blocking(move || postgres::PgStore::open(&db, &app, timeouts))
+                    .await
+                    .map_err(|_| StoreError::Closed)??;
             Ok(Self {
                 kind: Kind::Postgres(Arc::new(pg)),
             })
@@ -208,11 +238,11 @@ impl Store {
 
 /// Where writes go: SQLite's group-commit writer, or PostgreSQL's writer sessions.
 #[derive(Clone)]
-pub enum Writer {
+pub(crate) enum Writer {
     /// One thread, batches in one transaction each.
-    Sqlite(group::Writer),
+    Sqlite(sqlite::group::Writer),
     /// Several sessions, batches of keyed operations in one transaction each.
-    Postgres(pg::Writer),
+    Postgres(postgres::Writer),
 }
 
 impl Writer {
@@ -220,10 +250,10 @@ impl Writer {
     ///
     /// # Panics
     /// When a SQLite store already has a writer.
-    pub fn start(store: &Store, metrics: Arc<crate::metrics::Metrics>) -> Self {
+    pub(crate) fn start(store: &Store, metrics: Arc<crate::metrics::Metrics>) -> Self {
         match &store.kind {
-            Kind::Sqlite { .. } => Writer::Sqlite(group::Writer::start(store, metrics)),
-            Kind::Postgres(pg) => Writer::Postgres(pg::Writer::start(pg)),
+            Kind::Sqlite { .. } => Writer::Sqlite(sqlite::group::Writer::start(store, metrics)),
+            Kind::Postgres(pg) => Writer::Postgres(postgres::Writer::start(pg)),
         }
     }
 
@@ -241,7 +271,7 @@ impl Writer {
     /// `op`'s, or the store's.
     pub(crate) async fn write<T, F>(
         &self,
-        lane: group::Lane,
+        lane: Lane,
         key: Option<String>,
         probe: Option<Probe>,
         mut op: F,
@@ -267,7 +297,7 @@ impl Writer {
 /// of a later one may have changed by its turn); the operations of a batch change no rows
 /// another key's read returns.
 #[derive(Debug, Clone)]
-pub struct Probe {
+pub(crate) struct Probe {
     /// The read as the operation makes it (in the SQL [`sql::Sql`] takes).
     pub one: &'static str,
     /// The same read for many operations: parameter `?i` is the text array of every
@@ -321,7 +351,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 ///
 /// # Errors
 /// [`StoreError`] when SQLite refuses a pragma or a migration.
-pub fn prepare(conn: &mut Connection) -> Result<(), StoreError> {
+pub(crate) fn prepare(conn: &mut Connection) -> Result<(), StoreError> {
     // WAL: readers never block the writer. FULL: a commit survives power loss, not just a crash.
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if mode != "wal" && mode != "memory" {
@@ -337,30 +367,25 @@ pub fn prepare(conn: &mut Connection) -> Result<(), StoreError> {
     // statement each time a parameter it planned with is bound, and it plans with a bound
     // `LIMIT`: the lease query was compiled anew on every lease (~35 µs of the writer's time).
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
-    schema::migrate(conn)?;
-    conn.execute_batch(schema::CONNECTION_TABLES)?;
+    sqlite::schema::migrate(conn)?;
+    conn.execute_batch(sqlite::schema::CONNECTION_TABLES)?;
     Ok(())
 }
 
 /// A vector as stored: little-endian f32s.
-pub fn vector_to_blob(v: &[f32]) -> Vec<u8> {
+pub(crate) fn vector_to_blob(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 /// Reads a vector written by [`vector_to_blob`].
-pub fn blob_to_vector(blob: &[u8]) -> Vec<f32> {
+pub(crate) fn blob_to_vector(blob: &[u8]) -> Vec<f32> {
     blob.chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
 }
 
-/// Milliseconds since the epoch, as stored.
-pub fn to_ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
 /// A stored timestamp as a date.
-pub fn from_ms(ms: i64) -> DateTime<Utc> {
+pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms)
         .single()
         .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)

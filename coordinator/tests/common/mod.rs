@@ -80,7 +80,7 @@ impl Running {
     /// Every row of the store, as text.
     pub(crate) fn dump(&self) -> String {
         let conn = rusqlite::Connection::open(self.db()).expect("open db");
-        coordinator::store::dump(&conn).expect("dump")
+        coordinator::dump(&conn).expect("dump")
     }
 
     /// Stops the coordinator cleanly; the server and the database stay.

@@ -1,6 +1,13 @@
 //! PostgreSQL's side of the store: its statements where they differ from SQLite's.
 
+mod exec;
+mod pipe;
+pub(crate) mod store;
 pub(crate) mod vote;
+
+pub(crate) use exec::{pg_value, Pg, StmtCache};
+pub(crate) use pipe::PgPipe;
+pub(crate) use store::{PgStore, Timeouts, Writer, SWEEP_LOCK};
 
 use super::rows::TaskRow;
 use super::sql::{Result, Sql};
@@ -32,11 +39,11 @@ impl Tasks for Tx<'_> {
     /// The sweep's advisory lock, held to the end of the transaction; its holder folds the
     /// counters appended to `score_delta` into `worker_score`, score rows in worker order.
     fn lead_sweep(&self) -> Result<bool> {
-        let mine: bool = self.0.query_row(
-            "SELECT pg_try_advisory_xact_lock($1)",
-            [super::pg::SWEEP_LOCK],
-            |r| r.get(0),
-        )?;
+        let mine: bool =
+            self.0
+                .query_row("SELECT pg_try_advisory_xact_lock($1)", [SWEEP_LOCK], |r| {
+                    r.get(0)
+                })?;
         if mine {
             self.0.execute(
                 "WITH d AS (DELETE FROM score_delta

@@ -4,7 +4,7 @@
 //! merges.
 
 use crate::store::rows::TASK_COLUMNS;
-use crate::store::sql::{typed_rows, with_terms, Merged, Params, Result, Sql, ToArg, ValueRef};
+use crate::store::sql::{numbered, Merged, Params, Result, Sql, ToArg, ValueRef};
 use crate::store::tx::votes::{answer_select, insert_vote_sql, vote_columns, VOTE_COLUMNS};
 use std::sync::LazyLock;
 
@@ -91,7 +91,7 @@ pub(crate) static VOTE: Merged = Merged {
         )
     },
     // One statement for the batch's votes, joined by key (writer sessions plan without
-    // sequential scans: see `WRITER_SETTINGS` in store::pg).
+    // sequential scans: see `WRITER_SETTINGS` in store::postgres).
     many: |n| {
         let columns = vote_columns();
         let rows = typed_rows(n, &VOTE_COLUMNS.map(|(_, ty)| ty));
@@ -156,3 +156,93 @@ pub(crate) static DECIDED: Merged =
         distinct: 0,
         phase: 1,
     };
+
+/// Statements, each with its count of parameters (`$1`..`?n`, every one used), as one: all
+/// but the last become `WITH` terms, and each one's parameters are numbered after those of the
+/// statements before it. PostgreSQL runs every data-modifying `WITH` term once, whether or not
+/// the rest of the statement reads it.
+pub(crate) fn with_terms(stmts: &[(&str, usize)]) -> String {
+    let mut offset = 0;
+    let mut parts: Vec<String> = stmts
+        .iter()
+        .map(|(sql, params)| {
+            let by = offset;
+            offset += params;
+            each_param(sql, |n| match n.parse::<usize>() {
+                Ok(n) => format!("${}", n + by),
+                Err(_) => format!("${n}"),
+            })
+        })
+        .collect();
+    let Some(last) = parts.pop() else {
+        return String::new();
+    };
+    if parts.is_empty() {
+        return last;
+    }
+    let terms: Vec<String> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, sql)| format!("w{i} AS ({sql})"))
+        .collect();
+    format!("WITH {} {last}", terms.join(", "))
+}
+
+/// `sql` with each parameter outside quotes (`$` and the digits after it) replaced by what `f`
+/// makes of its digits.
+fn each_param(sql: &str, f: impl Fn(&str) -> String) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut quoted = false;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\'' {
+            quoted = !quoted;
+        }
+        if c != '$' || quoted || !chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push(c);
+            continue;
+        }
+        let mut n = String::new();
+        while let Some(d) = chars.next_if(char::is_ascii_digit) {
+            n.push(d);
+        }
+        out.push_str(&f(&n));
+    }
+    out
+}
+
+/// `n` rows of parameters, numbered on from 1, the first row's cast to `types`.
+pub(crate) fn typed_rows(n: usize, types: &[&str]) -> String {
+    let w = types.len();
+    let first: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(i, ty)| format!("CAST(${} AS {ty})", i + 1))
+        .collect();
+    let mut rows = vec![format!("({})", first.join(", "))];
+    rows.extend((1..n).map(|k| format!("({})", numbered(k * w + 1, w))));
+    rows.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_become_with_terms_with_their_parameters_numbered_on() {
+        assert_eq!(
+            with_terms(&[
+                ("INSERT INTO a (x, y) VALUES ($1, $2)", 2),
+                ("UPDATE b SET s = '$1' WHERE id = $1", 1),
+                ("UPDATE c SET n = n + 1 WHERE id = $1 AND k = $2", 2),
+            ]),
+            "WITH w0 AS (INSERT INTO a (x, y) VALUES ($1, $2)), \
+             w1 AS (UPDATE b SET s = '$1' WHERE id = $3) \
+             UPDATE c SET n = n + 1 WHERE id = $4 AND k = $5"
+        );
+        assert_eq!(
+            with_terms(&[("DELETE FROM a WHERE id = $1", 1)]),
+            "DELETE FROM a WHERE id = $1"
+        );
+    }
+}

@@ -1,5 +1,9 @@
 //! SQLite's side of the store: its statements where they differ from PostgreSQL's.
 
+mod exec;
+pub(crate) mod group;
+pub(crate) mod schema;
+
 use super::rows::TaskRow;
 use super::sql::{Result, Sql};
 use super::tx::views::StarvedSql;

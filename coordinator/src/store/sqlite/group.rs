@@ -12,6 +12,7 @@
 use crate::error::CoreError;
 use crate::metrics::{LaneLabels, Metrics};
 use crate::store::sql::Sql;
+use crate::store::Lane;
 use crate::store::Store;
 use rusqlite::{Connection, TransactionBehavior};
 use std::any::Any;
@@ -29,26 +30,6 @@ type Run = Box<dyn FnOnce(&dyn Sql) -> Result<Output, CoreError> + Send>;
 type Outcome = Result<Output, CoreError>;
 type Done = oneshot::Sender<Outcome>;
 
-/// Which queue an operation waits in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lane {
-    /// In arrival order, in batches of up to 512.
-    Normal,
-    /// Ahead of all queued normal work; a normal batch running when one arrives runs it next
-    /// and commits.
-    Urgent,
-}
-
-impl Lane {
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Lane::Normal => "normal",
-            Lane::Urgent => "urgent",
-        }
-    }
-}
-
 struct Job {
     run: Run,
     done: Done,
@@ -58,7 +39,7 @@ struct Job {
 
 /// Handle to the group-commit writer. Cheap to clone; the writer stops when the last is gone.
 #[derive(Clone)]
-pub struct Writer {
+pub(crate) struct Writer {
     jobs: mpsc::UnboundedSender<Job>,
     /// Urgent jobs sent and not yet taken into a batch; a running normal batch polls it.
     urgent: Arc<AtomicUsize>,
@@ -71,7 +52,7 @@ impl Writer {
     ///
     /// # Panics
     /// When `store` already has a writer, or no thread can be started.
-    pub fn start(store: &Store, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn start(store: &Store, metrics: Arc<Metrics>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let urgent = Arc::new(AtomicUsize::new(0));
         let pending = urgent.clone();
@@ -91,7 +72,7 @@ impl Writer {
     ///
     /// # Errors
     /// The operation's error, or the commit's.
-    pub async fn write<T, F>(&self, lane: Lane, op: F) -> Result<T, CoreError>
+    pub(crate) async fn write<T, F>(&self, lane: Lane, op: F) -> Result<T, CoreError>
     where
         T: Send + 'static,
         F: FnOnce(&dyn Sql) -> Result<T, CoreError> + Send + 'static,
@@ -307,7 +288,7 @@ fn run_job(tx: &mut rusqlite::Transaction<'_>, job: Job, env: &Env) -> (Done, Ou
         })
         .observe(job.sent.elapsed().as_secs_f64());
     let outcome = match tx.savepoint() {
-        Ok(mut sp) => match super::guarded(|| (job.run)(&sp)) {
+        Ok(mut sp) => match crate::store::guarded(|| (job.run)(&sp)) {
             Ok(out) => match sp.commit() {
                 Ok(()) => Ok(out),
                 Err(e) => Err(CoreError::Store(e.into())),

@@ -22,8 +22,9 @@
 //! one snapshot (REPEATABLE READ).
 
 use crate::error::{CoreError, StoreError, CONFLICT_SQLSTATES};
-use crate::store::group::Lane;
-use crate::store::sql::{Pg, PgPipe, Sql, StmtCache};
+use crate::store::postgres::{Pg, PgPipe, StmtCache};
+use crate::store::sql::Sql;
+use crate::store::Lane;
 use crate::store::Probe;
 use postgres::{Client, IsolationLevel, NoTls};
 use std::any::Any;
@@ -55,7 +56,7 @@ pub(crate) const SWEEP_LOCK: i64 = 0x6169_6d61_726b_0002;
 
 /// Each entry takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
-    include_str!("pg_schema.sql"),
+    include_str!("schema.sql"),
     // Points awarded at finalization, appended (every finalization of the same workers would
     // otherwise update, and lock until commit, the same few worker_score rows: one finalization
     // at a time across all coordinators); the sweeper folds them into worker_score.
@@ -120,7 +121,7 @@ impl Default for Timeouts {
 }
 
 /// The PostgreSQL store's connections.
-pub struct PgStore {
+pub(crate) struct PgStore {
     config: tokio_postgres::Config,
     reads: r2d2::Pool<r2d2_postgres::PostgresConnectionManager<NoTls>>,
     /// What the URL names, without its password (for logs and status).
@@ -133,7 +134,7 @@ impl PgStore {
     ///
     /// # Errors
     /// [`StoreError`] for a bad URL, an unreachable server, or a schema from a newer build.
-    pub fn open(url: &str, app: &str, timeouts: Timeouts) -> Result<Self, StoreError> {
+    pub(crate) fn open(url: &str, app: &str, timeouts: Timeouts) -> Result<Self, StoreError> {
         let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
             let shown = crate::store::without_password(url);
             StoreError::Config(format!("{shown:?} is not a PostgreSQL URL: {e}"))
@@ -179,7 +180,7 @@ impl PgStore {
     }
 
     /// The database, for logs and status (no password).
-    pub fn shown(&self) -> &str {
+    pub(crate) fn shown(&self) -> &str {
         &self.shown
     }
 
@@ -187,7 +188,7 @@ impl PgStore {
     ///
     /// # Errors
     /// `op`'s, or the store's (`unavailable` while the server is unreachable).
-    pub fn read<T>(
+    pub(crate) fn read<T>(
         &self,
         op: impl FnOnce(&dyn Sql, i64) -> Result<T, CoreError>,
     ) -> Result<T, CoreError> {
@@ -287,7 +288,7 @@ impl Drop for Handle {
 
 /// Handle to the writer threads. Cheap to clone; they stop when the last is gone.
 #[derive(Clone)]
-pub struct Writer {
+pub(crate) struct Writer {
     handle: Arc<Handle>,
 }
 
@@ -296,7 +297,7 @@ impl Writer {
     ///
     /// # Panics
     /// When no thread can be started.
-    pub fn start(store: &Arc<PgStore>) -> Self {
+    pub(crate) fn start(store: &Arc<PgStore>) -> Self {
         let shared = Arc::new(Shared::default());
         let mut config = store.config.clone();
         let settings: Vec<String> = WRITER_SETTINGS
@@ -341,7 +342,7 @@ impl Writer {
     ///
     /// # Errors
     /// `op`'s, or the store's.
-    pub async fn write<T, F>(
+    pub(crate) async fn write<T, F>(
         &self,
         lane: Lane,
         key: Option<String>,

@@ -294,7 +294,7 @@ ALTER TABLE score_delta ADD COLUMN gold_right INTEGER NOT NULL DEFAULT 0;
 /// cursors of its task's type back before that task. Being a table, it commits and rolls back
 /// with the operations that move it. `since` is when the cursor last started from the head
 /// (PostgreSQL's cursors start over every `CURSOR_REFRESH_MS`, see `ops::lease`).
-pub const CONNECTION_TABLES: &str = "
+pub(crate) const CONNECTION_TABLES: &str = "
 CREATE TEMP TABLE IF NOT EXISTS lease_cursor (
     worker_id TEXT    NOT NULL,
     type      TEXT    NOT NULL,
@@ -305,13 +305,13 @@ CREATE TEMP TABLE IF NOT EXISTS lease_cursor (
 ";
 
 /// The schema version this build writes.
-pub const VERSION: i64 = MIGRATIONS.len() as i64;
+pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Brings the schema up to [`VERSION`], one transaction per migration.
 ///
 /// # Errors
 /// [`StoreError::TooNew`] for a database from a newer build; SQLite errors otherwise.
-pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if current > VERSION {
         return Err(StoreError::TooNew {
