@@ -133,20 +133,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         config.sweep_interval,
         shutdown.clone(),
     ));
-    let http_shown = http
-        .as_ref()
-        .and_then(|l| l.local_addr().ok())
-        .map(|a| a.to_string());
-    if let Some(listener) = http {
-        let addr = listener.local_addr().ok();
-        info!(http = ?addr, "serving http gateway");
-        let (core, shutdown) = (core.clone(), shutdown.clone());
-        background.spawn(async move {
-            if let Err(e) = http::serve(listener, core, shutdown).await {
-                tracing::error!(error = %e, "http gateway stopped");
-            }
-        });
-    }
+    let http_shown = serve_http(&background, http, &core, &shutdown);
     // Requeue what expired while the coordinator was down, before serving.
     if let Err(e) = core.sweep().await {
         warn!(error = %e, "startup sweep failed");
@@ -157,23 +144,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         heartbeat_ttl_seconds = config.settings.heartbeat_ttl_ms / 1000,
         "coordinator ready"
     );
-    let store_shown = store.describe();
-    let service = match nats::register(
+    let service = nats::register(
         &client,
         core.clone(),
         &config.prefix,
-        store_shown,
+        store.describe(),
         http_shown,
         shutdown.clone(),
     )
     .await
-    {
-        Ok(s) => Some(s),
-        Err(e) => {
-            warn!(error = %e, "not registered as a nats micro service");
-            None
-        }
-    };
+    .inspect_err(|e| warn!(error = %e, "not registered as a nats micro service"))
+    .ok();
     let served = nats::serve(
         client.clone(),
         core,
@@ -182,13 +163,45 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         config.shutdown_grace,
     )
     .await;
+    wind_down(background, service, &client, store).await;
+    info!("coordinator stopped");
+    served.map_err(RunError::from)
+}
+
+/// Serves the HTTP gateway on `listener`, if there is one, until `shutdown`; the address it
+/// serves on, for the micro service's metadata.
+fn serve_http(
+    background: &tokio_util::task::TaskTracker,
+    listener: Option<tokio::net::TcpListener>,
+    core: &Core,
+    shutdown: &CancellationToken,
+) -> Option<String> {
+    let listener = listener?;
+    let addr = listener.local_addr().ok();
+    info!(http = ?addr, "serving http gateway");
+    let (core, shutdown) = (core.clone(), shutdown.clone());
+    background.spawn(async move {
+        if let Err(e) = http::serve(listener, core, shutdown).await {
+            tracing::error!(error = %e, "http gateway stopped");
+        }
+    });
+    addr.map(|a| a.to_string())
+}
+
+/// After the adapters stopped: the micro service stops, the background tasks finish (the sweeper has seen the same
+/// token; once it and the adapter are done, the last `Core` is gone and the publisher drains
+/// what is left), NATS is flushed and the store closed.
+async fn wind_down(
+    background: tokio_util::task::TaskTracker,
+    service: Option<async_nats::service::Service>,
+    client: &async_nats::Client,
+    store: store::Store,
+) {
     if let Some(service) = service {
         if let Err(e) = service.stop().await {
             debug!(error = %e, "micro service stop");
         }
     }
-    // The sweeper has seen the same token; once it and the adapter are done, the last `Core` is
-    // gone and the publisher drains what is left.
     background.close();
     background.wait().await;
     match tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
@@ -199,8 +212,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     if let Err(e) = store.close(Duration::from_secs(5)).await {
         warn!(error = %e, "the store did not close cleanly; it recovers on the next start");
     }
-    info!("coordinator stopped");
-    served.map_err(RunError::from)
 }
 
 async fn connect(

@@ -146,87 +146,102 @@ impl Metrics {
             store_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             store_commit: latency_histogram(),
         };
-        let r = &mut m.registry;
+        m.register_all();
+        m
+    }
+
+    /// Registers every metric in the registry, once.
+    fn register_all(&mut self) {
+        let counters = [
+            ("tasks_created", "Tasks created", &self.tasks_created),
+            ("tasks_claimed", "Leases granted", &self.tasks_claimed),
+            (
+                "tasks_finalized",
+                "Tasks finalized by consensus",
+                &self.tasks_finalized,
+            ),
+            (
+                "tasks_failed",
+                "Tasks that ran out of attempts or reached no consensus",
+                &self.tasks_failed,
+            ),
+            (
+                "tasks_cancelled",
+                "Tasks cancelled by a client",
+                &self.tasks_cancelled,
+            ),
+            (
+                "tasks_inconclusive",
+                "Rounds of answers without a quorum, each followed by one more replica",
+                &self.tasks_inconclusive,
+            ),
+            ("submissions", "Submissions stored", &self.submissions),
+            (
+                "leases_requeued",
+                "Leases that ended without a result (expired, stale worker, released)",
+                &self.leases_requeued,
+            ),
+            (
+                "worker_heartbeats",
+                "Heartbeats received",
+                &self.worker_heartbeats,
+            ),
+        ];
+        let gauges = [
+            (
+                "queue_depth",
+                "Tasks queued with no live lease",
+                &self.queue_depth,
+            ),
+            (
+                "tasks_assigned",
+                "Tasks with live leases",
+                &self.tasks_assigned,
+            ),
+            (
+                "workers_active",
+                "Workers heartbeating within the TTL",
+                &self.workers_active,
+            ),
+            ("leases_active", "Live leases", &self.leases_active),
+        ];
+        let r = &mut self.registry;
         r.register(
             "api_request_latency_seconds",
             "HTTP API request latency",
-            m.http_latency.clone(),
+            self.http_latency.clone(),
         );
         r.register(
             "nats_request_latency_seconds",
             "NATS API request latency",
-            m.nats_latency.clone(),
+            self.nats_latency.clone(),
         );
-        r.register("tasks_created", "Tasks created", m.tasks_created.clone());
-        r.register("tasks_claimed", "Leases granted", m.tasks_claimed.clone());
-        r.register(
-            "tasks_finalized",
-            "Tasks finalized by consensus",
-            m.tasks_finalized.clone(),
-        );
-        r.register(
-            "tasks_failed",
-            "Tasks that ran out of attempts or reached no consensus",
-            m.tasks_failed.clone(),
-        );
-        r.register(
-            "tasks_cancelled",
-            "Tasks cancelled by a client",
-            m.tasks_cancelled.clone(),
-        );
-        r.register(
-            "tasks_inconclusive",
-            "Rounds of answers without a quorum, each followed by one more replica",
-            m.tasks_inconclusive.clone(),
-        );
-        r.register("submissions", "Submissions stored", m.submissions.clone());
-        r.register(
-            "leases_requeued",
-            "Leases that ended without a result (expired, stale worker, released)",
-            m.leases_requeued.clone(),
-        );
-        r.register(
-            "worker_heartbeats",
-            "Heartbeats received",
-            m.worker_heartbeats.clone(),
-        );
-        r.register(
-            "queue_depth",
-            "Tasks queued with no live lease",
-            m.queue_depth.clone(),
-        );
-        r.register(
-            "tasks_assigned",
-            "Tasks with live leases",
-            m.tasks_assigned.clone(),
-        );
-        r.register(
-            "workers_active",
-            "Workers heartbeating within the TTL",
-            m.workers_active.clone(),
-        );
-        r.register("leases_active", "Live leases", m.leases_active.clone());
+        for (name, help, counter) in counters {
+            r.register(name, help, counter.clone());
+        }
+        for (name, help, gauge) in gauges {
+            r.register(name, help, gauge.clone());
+        }
         r.register(
             "tasks_starved",
             "Open tasks that too few live workers can do to finish them, by type",
-            m.tasks_starved.clone(),
+            self.tasks_starved.clone(),
         );
         r.register(
             "store_queue_seconds",
             "Time a write waited for the group-commit writer, by lane",
-            m.store_queue.clone(),
+            self.store_queue.clone(),
         );
         r.register(
             "store_batch_operations",
             "Operations per group-commit transaction",
-            m.store_batch.clone(),
+            self.store_batch.clone(),
         );
         r.register(
             "store_commit_seconds",
             "Time to commit a group-commit transaction (WAL write and fsync)",
-            m.store_commit.clone(),
+            self.store_commit.clone(),
         );
-        m
     }
 
     /// Records one HTTP request.

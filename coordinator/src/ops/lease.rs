@@ -39,86 +39,14 @@ pub(crate) fn run(tx: &dyn Tx, ctx: &mut Ctx, req: LeaseRequest) -> Result<Lease
         .min(ctx.settings.max_leases_per_worker.saturating_sub(held)) as usize;
     // A quarantined worker gets gold only, until its gold accuracy recovers.
     let quarantined = super::gold::quarantine(tx, worker)?.is_some();
-    let gold_for = |ctx: &mut Ctx, n: usize| {
-        super::gold::lease(
-            tx,
-            ctx,
-            worker,
-            &req.capabilities,
-            req.model_hash.as_deref(),
-            n,
-        )
-    };
-    let mut picks = Vec::new();
-    let mut gold = Vec::new();
-    if quarantined {
-        gold = gold_for(ctx, want)?;
+    let (picks, gold) = if quarantined {
+        (Vec::new(), gold_for(tx, ctx, &req, want)?)
     } else if want > 0 {
-        // The task the worker asked for, when it may still take it, goes first; the rest
-        // oldest first.
-        let hint = match &req.task_id {
-            Some(hint) => hinted(
-                tx,
-                worker,
-                hint,
-                &req.capabilities,
-                req.model_hash.as_deref(),
-            )?,
-            None => None,
-        };
-        let mut caps = req.capabilities.clone();
-        caps.sort();
-        caps.dedup();
-        // A generative task goes only to workers that serve the model content it pins: a worker
-        // that names no hash gets none.
-        caps.retain(|c| !c.is_generative() || req.model_hash.is_some());
-        let mut walked = Vec::new();
-        for cap in &caps {
-            walked.extend(tx.open_tasks(ctx.now, worker, cap, req.model_hash.as_deref(), want)?);
-        }
-        walked.sort_by_key(|c| c.seq);
-        walked.dedup_by_key(|c| c.seq);
-        walked.retain(|c| hint.as_ref().is_none_or(|h| h.seq != c.seq));
-        walked.truncate(want - usize::from(hint.is_some()));
-        // Gold rides along with real work, in place of the newest walked picks (so every open
-        // task before the last walked pick kept is still held or answered: the cursor below
-        // stays true).
-        let gold_slots = (0..walked.len())
-            .filter(|_| fastrand::f64() < ctx.settings.gold_rate)
-            .count();
-        gold = gold_for(ctx, gold_slots)?;
-        walked.truncate(walked.len() - gold.len());
-        // Every open task of each type up to its last walked pick is now held or answered by
-        // this worker (the walk returned the others first; the hinted task may lie beyond them):
-        // the next walk starts after it. (Exact on SQLite; with several writers a hint.)
-        for cap in &caps {
-            if let Some(last) = walked.iter().rev().find(|c| &c.task_type == cap) {
-                tx.advance_cursor(ctx.now, worker, cap, last.seq)?;
-            }
-        }
-        picks.extend(hint);
-        picks.extend(walked);
-    }
-    let expires_at = ctx.now + ctx.settings.lease_ms;
-    let ids: Vec<TaskId> = picks.iter().map(|c| c.id).collect();
-    let granted = tx.assign(&ids)?;
-    picks.retain(|c| granted.contains(&c.id));
-    let ids: Vec<(LeaseId, TaskId)> = picks.iter().map(|c| (LeaseId::new(), c.id)).collect();
-    tx.insert_leases(worker, &ids, expires_at, ctx.now)?;
-    let mut leases = Vec::with_capacity(picks.len());
-    for (c, (lease_id, task_id)) in picks.into_iter().zip(ids) {
-        tracing::debug!(%task_id, worker_id = %worker, %lease_id, "lease granted");
-        leases.push(Lease {
-            lease_id,
-            task_id,
-            task_type: c.task_type,
-            text: c.text,
-            labels: c.labels,
-            generation: c.generation,
-            verify: None,
-            expires_at: from_ms(expires_at),
-        });
-    }
+        pick(tx, ctx, &req, want)?
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let mut leases = grant(tx, ctx, worker, picks)?;
     // Gold among them, where real leases would be.
     for g in gold {
         leases.insert(fastrand::usize(..=leases.len()), g);
@@ -143,6 +71,102 @@ pub(crate) fn run(tx: &dyn Tx, ctx: &mut Ctx, req: LeaseRequest) -> Result<Lease
         leases,
         timings: timings(ctx),
     })
+}
+
+/// Up to `n` gold leases for the worker of `req`.
+fn gold_for(
+    tx: &dyn Tx,
+    ctx: &mut Ctx,
+    req: &LeaseRequest,
+    n: usize,
+) -> Result<Vec<Lease>, CoreError> {
+    super::gold::lease(
+        tx,
+        ctx,
+        &req.worker_id,
+        &req.capabilities,
+        req.model_hash.as_deref(),
+        n,
+    )
+}
+
+/// Up to `want` open tasks for the worker of `req` (the task it asked for first, when it may
+/// still take it; the rest oldest first), some of them given up for gold leases riding along;
+/// its lease cursors moved past what it took.
+fn pick(
+    tx: &dyn Tx,
+    ctx: &mut Ctx,
+    req: &LeaseRequest,
+    want: usize,
+) -> Result<(Vec<OpenTask>, Vec<Lease>), CoreError> {
+    let worker = &req.worker_id;
+    let hash = req.model_hash.as_deref();
+    let hint = match &req.task_id {
+        Some(hint) => hinted(tx, worker, hint, &req.capabilities, hash)?,
+        None => None,
+    };
+    let mut caps = req.capabilities.clone();
+    caps.sort();
+    caps.dedup();
+    // A generative task goes only to workers that serve the model content it pins: a worker
+    // that names no hash gets none.
+    caps.retain(|c| !c.is_generative() || hash.is_some());
+    let mut walked = Vec::new();
+    for cap in &caps {
+        walked.extend(tx.open_tasks(ctx.now, worker, cap, hash, want)?);
+    }
+    walked.sort_by_key(|c| c.seq);
+    walked.dedup_by_key(|c| c.seq);
+    walked.retain(|c| hint.as_ref().is_none_or(|h| h.seq != c.seq));
+    walked.truncate(want - usize::from(hint.is_some()));
+    // Gold rides along with real work, in place of the newest walked picks (so every open task
+    // before the last walked pick kept is still held or answered: the cursor below stays true).
+    let gold_slots = (0..walked.len())
+        .filter(|_| fastrand::f64() < ctx.settings.gold_rate)
+        .count();
+    let gold = gold_for(tx, ctx, req, gold_slots)?;
+    walked.truncate(walked.len() - gold.len());
+    // Every open task of each type up to its last walked pick is now held or answered by this
+    // worker (the walk returned the others first; the hinted task may lie beyond them): the next
+    // walk starts after it. (Exact on SQLite; with several writers a hint.)
+    for cap in &caps {
+        if let Some(last) = walked.iter().rev().find(|c| &c.task_type == cap) {
+            tx.advance_cursor(ctx.now, worker, cap, last.seq)?;
+        }
+    }
+    let mut picks: Vec<OpenTask> = hint.into_iter().collect();
+    picks.extend(walked);
+    Ok((picks, gold))
+}
+
+/// Leases `worker` a slot on each of `picks` that still has one.
+fn grant(
+    tx: &dyn Tx,
+    ctx: &Ctx,
+    worker: &WorkerId,
+    mut picks: Vec<OpenTask>,
+) -> Result<Vec<Lease>, CoreError> {
+    let expires_at = ctx.now + ctx.settings.lease_ms;
+    let ids: Vec<TaskId> = picks.iter().map(|c| c.id).collect();
+    let granted = tx.assign(&ids)?;
+    picks.retain(|c| granted.contains(&c.id));
+    let ids: Vec<(LeaseId, TaskId)> = picks.iter().map(|c| (LeaseId::new(), c.id)).collect();
+    tx.insert_leases(worker, &ids, expires_at, ctx.now)?;
+    let mut leases = Vec::with_capacity(picks.len());
+    for (c, (lease_id, task_id)) in picks.into_iter().zip(ids) {
+        tracing::debug!(%task_id, worker_id = %worker, %lease_id, "lease granted");
+        leases.push(Lease {
+            lease_id,
+            task_id,
+            task_type: c.task_type,
+            text: c.text,
+            labels: c.labels,
+            generation: c.generation,
+            verify: None,
+            expires_at: from_ms(expires_at),
+        });
+    }
+    Ok(leases)
 }
 
 /// One lease for a worker of the original HTTP API, on a task of a type it registered with.

@@ -8,7 +8,7 @@ use crate::error::CoreError;
 use crate::store::tx::{TaskInsert, Tx};
 use protocol::generation::{Decoding, VerifyMode};
 use protocol::limits::{DEFAULT_REQUIRED_SUBMISSIONS, DEFAULT_SIMILARITY};
-use protocol::messages::{TaskAddReply, TaskAddRequest, TaskAnnouncement};
+use protocol::messages::{NewTask, TaskAddReply, TaskAddRequest, TaskAnnouncement};
 use protocol::{TaskId, TaskType};
 
 /// Validates every task first, then inserts them in order.
@@ -42,77 +42,87 @@ pub(crate) fn run(
     let mut task_ids = Vec::with_capacity(req.tasks.len());
     let mut rows = Vec::with_capacity(req.tasks.len());
     for task in req.tasks {
-        let id = TaskId::new();
-        // Validated above: resolving again cannot fail.
-        let mut spec = task.spec()?;
-        if let Some(spec) = spec.as_mut() {
-            if task.verify.is_none() {
-                spec.verify = ctx.settings.verify_default;
-            }
-            // The coordinator picks the seed, so no worker can choose its own luck.
-            if let Decoding::Sample { seed, .. } = &mut spec.decoding {
-                *seed = fastrand::u64(..);
-            }
-        }
-        let model_hash = spec
-            .as_ref()
-            .map(|s| s.model_hash.clone())
-            .or_else(|| task.model_hash.clone());
-        // Validated above. Generative tasks keep the majority rule's shape (they are decided
-        // by exact match and cross-scoring, not by this rule).
-        let rule = task.vote_rule()?;
-        let distinct_models = rule.is_some()
-            && model_hash.is_none()
-            && task
-                .distinct_models
-                .unwrap_or(ctx.settings.distinct_models_default);
-        let task_type = task.task_type.unwrap_or_else(TaskType::sentiment);
-        let asked = task
-            .required_submissions
-            .unwrap_or(DEFAULT_REQUIRED_SUBMISSIONS);
-        // A generative task's answer is scored by the others: `asked - 1` scorings per
-        // candidate; in `generate_once` mode only one worker generates at first.
-        let (required, verifiers) = match &spec {
-            Some(s) if s.verify == VerifyMode::GenerateOnce => (1, asked - 1),
-            Some(_) => (asked, asked - 1),
-            None => (asked, 0),
-        };
-        let max_attempts = task
-            .max_attempts
-            .unwrap_or(ctx.settings.max_attempts_default);
-        let similarity = task
-            .similarity
-            .or_else(|| task_type.is_vector().then_some(DEFAULT_SIMILARITY));
-        rows.push(TaskInsert {
-            id,
-            task_type: task_type.clone(),
-            text: task.text,
-            required,
-            max_attempts,
-            labels: task.labels,
-            similarity,
-            generation: spec,
-            model_hash,
-            verifiers,
-            asked,
-            policy: rule.map_or("majority", |r| r.policy.as_str()),
-            min_quorum: rule.map_or(1, |r| r.min_quorum),
-            max_answers: rule.map_or(asked.max(required), |r| r.max_answers),
-            distinct_models,
-            gold: None,
-        });
+        let row = row(ctx, task)?;
         ctx.effects.push(Effect::Announce(TaskAnnouncement {
-            task_id: id,
-            task_type,
-            required,
+            task_id: row.id,
+            task_type: row.task_type.clone(),
+            required: row.required,
         }));
-        task_ids.push(id);
+        task_ids.push(row.id);
+        rows.push(row);
     }
     tx.insert_tasks(ctx.now, &rows)?;
     if let Some((id, digest)) = batch {
         tx.record_batch(&id, &digest, &task_ids, ctx.now)?;
     }
     Ok(TaskAddReply { task_ids })
+}
+
+/// The row a validated task is stored as: its spec resolved (the coordinator's default
+/// verification, a seed the coordinator picks), its vote rule and counts.
+///
+/// # Errors
+/// None in practice: `task` was validated, so resolving it again cannot fail.
+fn row(ctx: &Ctx, task: NewTask) -> Result<TaskInsert, CoreError> {
+    let id = TaskId::new();
+    // Validated above: resolving again cannot fail.
+    let mut spec = task.spec()?;
+    if let Some(spec) = spec.as_mut() {
+        if task.verify.is_none() {
+            spec.verify = ctx.settings.verify_default;
+        }
+        // The coordinator picks the seed, so no worker can choose its own luck.
+        if let Decoding::Sample { seed, .. } = &mut spec.decoding {
+            *seed = fastrand::u64(..);
+        }
+    }
+    let model_hash = spec
+        .as_ref()
+        .map(|s| s.model_hash.clone())
+        .or_else(|| task.model_hash.clone());
+    // Validated above. Generative tasks keep the majority rule's shape (they are decided
+    // by exact match and cross-scoring, not by this rule).
+    let rule = task.vote_rule()?;
+    let distinct_models = rule.is_some()
+        && model_hash.is_none()
+        && task
+            .distinct_models
+            .unwrap_or(ctx.settings.distinct_models_default);
+    let task_type = task.task_type.unwrap_or_else(TaskType::sentiment);
+    let asked = task
+        .required_submissions
+        .unwrap_or(DEFAULT_REQUIRED_SUBMISSIONS);
+    // A generative task's answer is scored by the others: `asked - 1` scorings per
+    // candidate; in `generate_once` mode only one worker generates at first.
+    let (required, verifiers) = match &spec {
+        Some(s) if s.verify == VerifyMode::GenerateOnce => (1, asked - 1),
+        Some(_) => (asked, asked - 1),
+        None => (asked, 0),
+    };
+    let max_attempts = task
+        .max_attempts
+        .unwrap_or(ctx.settings.max_attempts_default);
+    let similarity = task
+        .similarity
+        .or_else(|| task_type.is_vector().then_some(DEFAULT_SIMILARITY));
+    Ok(TaskInsert {
+        id,
+        task_type,
+        text: task.text,
+        required,
+        max_attempts,
+        labels: task.labels,
+        similarity,
+        generation: spec,
+        model_hash,
+        verifiers,
+        asked,
+        policy: rule.map_or("majority", |r| r.policy.as_str()),
+        min_quorum: rule.map_or(1, |r| r.min_quorum),
+        max_answers: rule.map_or(asked.max(required), |r| r.max_answers),
+        distinct_models,
+        gold: None,
+    })
 }
 
 /// The ids batch `id` created, when it was added before with the same tasks (`digest`).

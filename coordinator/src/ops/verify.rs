@@ -208,29 +208,7 @@ pub(crate) fn accept(
         )
         .into());
     };
-    let model_hash = sub.model_hash();
-    let spec = task.generation.as_ref().ok_or_else(|| {
-        ProtocolError::invalid("verification", "the task is not a generative one")
-    })?;
-    if model_hash != Some(spec.model_hash.as_str()) {
-        return Err(CoreError::ModelMismatch {
-            task: task.id,
-            pinned: spec.model_hash.clone(),
-            ran: model_hash.unwrap_or("none").to_owned(),
-        });
-    }
-    let ids = blob_to_ids(&row.token_ids);
-    report.validate(ids.len())?;
-    if report.passed != verdict(&ids, &report.gaps, spec, spec.eps()) {
-        return Err(ProtocolError::invalid(
-            "verification",
-            format!(
-                "the verdict does not follow from the gaps (eps {} and the stop rule)",
-                spec.eps()
-            ),
-        )
-        .into());
-    }
+    let spec = check_report(task, &row, sub.model_hash(), report)?;
     let (logprobs, gaps) = (
         vector_to_blob(&report.logprobs),
         vector_to_blob(&report.gaps),
@@ -277,10 +255,7 @@ pub(crate) fn accept(
         tx.mark_scoring_agreed(&[(row.id, caught)])?;
         return Ok(reply(false));
     }
-    if task.status.is_terminal() || !task.verifying {
-        return Ok(reply(false));
-    }
-    if tx.pending_scorings(&task.id)? > 0 {
+    if task.status.is_terminal() || !task.verifying || tx.pending_scorings(&task.id)? > 0 {
         return Ok(reply(false));
     }
     let final_text = decide(tx, ctx, task, spec)?;
@@ -291,6 +266,93 @@ pub(crate) fn accept(
         final_label: None,
         final_text,
     })
+}
+
+/// The task's spec, once the report is checked against it: scored by the content the task
+/// pins, of the candidate's length, its verdict following from its gaps.
+///
+/// # Errors
+/// [`CoreError::Invalid`] or [`CoreError::ModelMismatch`], as [`accept`] says.
+fn check_report<'t>(
+    task: &'t TaskRow,
+    row: &ScoringRow,
+    model_hash: Option<&str>,
+    report: &Verification,
+) -> Result<&'t GenerationSpec, CoreError> {
+    let spec = task.generation.as_ref().ok_or_else(|| {
+        ProtocolError::invalid("verification", "the task is not a generative one")
+    })?;
+    if model_hash != Some(spec.model_hash.as_str()) {
+        return Err(CoreError::ModelMismatch {
+            task: task.id,
+            pinned: spec.model_hash.clone(),
+            ran: model_hash.unwrap_or("none").to_owned(),
+        });
+    }
+    let ids = blob_to_ids(&row.token_ids);
+    report.validate(ids.len())?;
+    if report.passed != verdict(&ids, &report.gaps, spec, spec.eps()) {
+        return Err(ProtocolError::invalid(
+            "verification",
+            format!(
+                "the verdict does not follow from the gaps (eps {} and the stop rule)",
+                spec.eps()
+            ),
+        )
+        .into());
+    }
+    Ok(spec)
+}
+
+/// The task's candidates not judged yet, with their reports. Those judged in an earlier round
+/// (generate_once, before a new generation) are already decided: every one of them was invalid.
+fn candidates(tx: &dyn Tx, task: &TaskRow) -> Result<Vec<Candidate>, CoreError> {
+    let mut candidates: Vec<Candidate> = Vec::new();
+    for r in tx.scored_rows(&task.id)? {
+        if r.agreed.is_some() {
+            continue;
+        }
+        let row = (
+            r.id,
+            r.worker,
+            r.passed,
+            blob_to_vector(&r.logprobs),
+            blob_to_vector(&r.gaps),
+        );
+        match candidates.iter_mut().find(|c| c.submission == r.candidate) {
+            Some(c) => c.rows.push(row),
+            None => candidates.push(Candidate {
+                submission: r.candidate,
+                ids: blob_to_ids(&r.token_ids),
+                rows: vec![row],
+            }),
+        }
+    }
+    Ok(candidates)
+}
+
+/// No candidate passed a majority of its verifiers: in `generate_once` mode, while generations
+/// remain, one more worker generates (its answer is verified in turn); else the task fails.
+fn no_valid_candidate(
+    tx: &dyn Tx,
+    ctx: &mut Ctx,
+    task: &TaskRow,
+    spec: &GenerationSpec,
+    candidates: usize,
+) -> Result<(), CoreError> {
+    let generations = task.submissions;
+    if spec.verify == VerifyMode::GenerateOnce && generations < task.verifiers + 1 {
+        tx.generate_again(&task.id)?;
+        tx.rewind_cursors(&task.id)?;
+        tracing::info!(task_id = %task.id, generations, "no valid candidate; generating again");
+        ctx.effects.push(Effect::Announce(task.announcement()));
+        return Ok(());
+    }
+    let message = format!(
+        "no consensus: none of the {candidates} candidate answers passed a majority of its \
+         verifiers; the answers are kept"
+    );
+    fail_task(tx, ctx, task, FailureReason::NoConsensus, message)
 }
 
 /// One verifier's report: row id, verifier, passed, logprobs, gaps.
@@ -312,29 +374,7 @@ fn decide(
     task: &TaskRow,
     spec: &GenerationSpec,
 ) -> Result<Option<String>, CoreError> {
-    let mut candidates: Vec<Candidate> = Vec::new();
-    // Candidates judged in an earlier round (generate_once, before a new generation) are
-    // already decided: every one of them was invalid.
-    for r in tx.scored_rows(&task.id)? {
-        if r.agreed.is_some() {
-            continue;
-        }
-        let row = (
-            r.id,
-            r.worker,
-            r.passed,
-            blob_to_vector(&r.logprobs),
-            blob_to_vector(&r.gaps),
-        );
-        match candidates.iter_mut().find(|c| c.submission == r.candidate) {
-            Some(c) => c.rows.push(row),
-            None => candidates.push(Candidate {
-                submission: r.candidate,
-                ids: blob_to_ids(&r.token_ids),
-                rows: vec![row],
-            }),
-        }
-    }
+    let candidates = candidates(tx, task)?;
     let tol = spec.eps();
     let verdicts: Vec<_> = candidates
         .iter()
@@ -370,21 +410,7 @@ fn decide(
         .map(|(c, v)| (c.ids.as_slice(), v))
         .collect();
     let Some(w) = pick_winner(&ballot) else {
-        let generations = task.submissions;
-        if spec.verify == VerifyMode::GenerateOnce && generations < task.verifiers + 1 {
-            // One more worker generates; its answer is verified in turn.
-            tx.generate_again(&task.id)?;
-            tx.rewind_cursors(&task.id)?;
-            tracing::info!(task_id = %task.id, generations, "no valid candidate; generating again");
-            ctx.effects.push(Effect::Announce(task.announcement()));
-            return Ok(None);
-        }
-        let message = format!(
-            "no consensus: none of the {} candidate answers passed a majority of its verifiers; \
-             the answers are kept",
-            candidates.len()
-        );
-        fail_task(tx, ctx, task, FailureReason::NoConsensus, message)?;
+        no_valid_candidate(tx, ctx, task, spec, candidates.len())?;
         return Ok(None);
     };
     // Authors of valid candidates agree (the winner, and honest near-tie branches).
