@@ -188,7 +188,7 @@ pub async fn dispatch(
             let op = op.parse::<ApiOp>();
             let key = header(API_KEY_HEADER);
             (
-                op.as_ref().map_or("api.unknown", |op| api_label(*op)),
+                op.as_ref().map_or("api.unknown", |op| op.label()),
                 api(core, op, key.as_deref(), payload).await,
             )
         }
@@ -198,26 +198,6 @@ pub async fn dispatch(
         body,
         outcome,
     })
-}
-
-/// The metric label of an API operation.
-fn api_label(op: ApiOp) -> &'static str {
-    match op {
-        ApiOp::TaskAdd => "api.task.add",
-        ApiOp::TaskGet => "api.task.get",
-        ApiOp::TaskList => "api.task.list",
-        ApiOp::Leaderboard => "api.leaderboard",
-        ApiOp::LeaderboardModels => "api.leaderboard.models",
-        ApiOp::Workers => "api.workers",
-        ApiOp::Stats => "api.stats",
-        ApiOp::OpsRequeue => "api.ops.requeue",
-        ApiOp::OpsReset => "api.ops.reset",
-        ApiOp::WorkerTokenCreate => "api.worker.token.create",
-        ApiOp::WorkerTokenRevoke => "api.worker.token.revoke",
-        ApiOp::TaskCancel => "api.task.cancel",
-        ApiOp::TaskRetry => "api.task.retry",
-        ApiOp::GoldAdd => "api.gold.add",
-    }
 }
 
 /// A reply the server would refuse for its size becomes an error reply saying so, so the caller

@@ -127,3 +127,44 @@ mod tests {
         assert!(TaskStatus::Cancelled.is_terminal());
     }
 }
+
+/// Why a task failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    /// Its leases ended without results `max_attempts` times.
+    MaxAttempts,
+    /// All its answers are in and no majority of them is identical: nothing is finalized on a
+    /// guess, the answers are kept.
+    NoConsensus,
+}
+
+impl FailureReason {
+    /// The reason as stored and sent.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::MaxAttempts => "max_attempts",
+            FailureReason::NoConsensus => "no_consensus",
+        }
+    }
+}
+
+impl FromStr for FailureReason {
+    type Err = ProtocolError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "max_attempts" => Ok(FailureReason::MaxAttempts),
+            "no_consensus" => Ok(FailureReason::NoConsensus),
+            other => Err(ProtocolError::invalid(
+                "failure_reason",
+                format!("unknown reason {other:?}"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
