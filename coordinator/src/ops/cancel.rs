@@ -1,5 +1,5 @@
 //! `task.cancel` and `task.retry`: a client ends open tasks, or gives failed ones another go.
-//! Both act on all the tasks named or on none.
+//! Both act on all the tasks named or on none: every task is checked before any is changed.
 
 use super::task::{close_task, load_task};
 use super::Ctx;
@@ -22,6 +22,7 @@ pub(crate) fn cancel(
     req: TaskIdsRequest,
 ) -> Result<TaskIdsReply, CoreError> {
     req.validate()?;
+    let mut tasks = Vec::with_capacity(req.task_ids.len());
     for id in &req.task_ids {
         let task = load_task(tx, id)?;
         if task.status.is_terminal() || task.gold.is_some() {
@@ -30,6 +31,10 @@ pub(crate) fn cancel(
                 status: task.status,
             });
         }
+        tasks.push(task);
+    }
+    for task in tasks {
+        let id = task.id;
         let message = format!("cancelled with {} of its answers in", task.submissions);
         close_task(tx, ctx, &task, TaskStatus::Cancelled, None, message)?;
         tracing::info!(task_id = %id, "task cancelled");
@@ -53,6 +58,7 @@ pub(crate) fn retry(
     req: TaskIdsRequest,
 ) -> Result<TaskIdsReply, CoreError> {
     req.validate()?;
+    let mut reopened = Vec::with_capacity(req.task_ids.len());
     for id in &req.task_ids {
         let task = load_task(tx, id)?;
         if task.status != TaskStatus::Failed || task.gold.is_some() {
@@ -85,10 +91,14 @@ pub(crate) fn retry(
         } else {
             (task.required, task.vote.max_answers)
         };
-        tx.reopen_task(id, required, max_answers)?;
-        tx.rewind_cursors(id)?;
+        reopened.push((*id, required, max_answers));
+    }
+    for (id, required, max_answers) in &reopened {
+        let id = *id;
+        tx.reopen_task(&id, *required, *max_answers)?;
+        tx.rewind_cursors(&id)?;
         ctx.effects
-            .push(Effect::Announce(load_task(tx, id)?.announcement()));
+            .push(Effect::Announce(load_task(tx, &id)?.announcement()));
         tracing::info!(task_id = %id, "task requeued");
     }
     Ok(TaskIdsReply {

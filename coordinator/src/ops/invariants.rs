@@ -80,8 +80,30 @@ fn apply<T>(
     finished: &mut HashMap<TaskId, usize>,
     op: impl FnOnce(&dyn Tx, &mut Ctx) -> Result<T, CoreError>,
 ) -> Result<T, CoreError> {
+    apply_in(db, now, finished, Mode::Transaction, op)
+}
+
+/// How a step runs: in a transaction (committed when it succeeds, as the coordinator runs
+/// it), or in autocommit mode, each statement committing as it runs, so a step claimed to
+/// change nothing shows whatever it wrote before refusing.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Transaction,
+    Autocommit,
+}
+
+fn apply_in<T>(
+    db: &mut TestStore,
+    now: i64,
+    finished: &mut HashMap<TaskId, usize>,
+    mode: Mode,
+    op: impl FnOnce(&dyn Tx, &mut Ctx) -> Result<T, CoreError>,
+) -> Result<T, CoreError> {
     let mut c = Ctx::new(now, gold_settings());
-    let r = db.write(|tx| op(tx, &mut c));
+    let r = match mode {
+        Mode::Transaction => db.write(|tx| op(tx, &mut c)),
+        Mode::Autocommit => op(&*db.tx(), &mut c),
+    };
     if r.is_ok() {
         for e in c.effects {
             if let Effect::Finished(ev) = e {
@@ -261,7 +283,7 @@ fn run_steps(mut db: TestStore, steps: Vec<Step>) -> Result<(), TestCaseError> {
                         .is_terminal();
                     let before = dump(&db);
                     let req = protocol::policy::TaskIdsRequest { task_ids: vec![id] };
-                    let r = apply(&mut db, now, &mut finished, |c, x| {
+                    let r = apply_in(&mut db, now, &mut finished, Mode::Autocommit, |c, x| {
                         cancel::cancel(c, x, req)
                     });
                     prop_assert_eq!(r.is_ok(), open);
@@ -317,7 +339,7 @@ fn run_steps(mut db: TestStore, steps: Vec<Step>) -> Result<(), TestCaseError> {
                             )
                             .expect("sent");
                         let req = vote(lease_id, worker, label, 0.7);
-                        let r = apply(&mut db, now, &mut finished, |c, x| {
+                        let r = apply_in(&mut db, now, &mut finished, Mode::Autocommit, |c, x| {
                             submit::run(c, x, &task, req)
                         })
                         .expect("resend");

@@ -91,11 +91,12 @@ fn no_quorum_by_max_answers_fails_and_a_retry_collects_more(mut conn: TestStore)
         "a failed task is leased"
     );
 
-    // Retry: the three answers stay, room for more is made, a fourth answer decides.
-    let retry = |conn: &mut TestStore, id: TaskId| {
-        conn.write(|tx| cancel::retry(tx, &mut ctx(4), TaskIdsRequest { task_ids: vec![id] }))
+    // Retry: the three answers stay, room for more is made, a fourth answer decides. In
+    // autocommit mode, so a refusal that wrote anything before refusing would show.
+    let retry = |conn: &mut TestStore, ids: Vec<TaskId>| {
+        cancel::retry(&*conn.tx(), &mut ctx(4), TaskIdsRequest { task_ids: ids })
     };
-    retry(&mut conn, t).expect("retry");
+    retry(&mut conn, vec![t]).expect("retry");
     let task = load_task(&*conn.tx(), &t).expect("task");
     assert_eq!(
         (task.status, task.submissions, task.attempts),
@@ -112,11 +113,24 @@ fn no_quorum_by_max_answers_fails_and_a_retry_collects_more(mut conn: TestStore)
         (1, 1, 0)
     );
 
-    // Only failed tasks are retried; the refusal changes nothing.
+    // Only failed tasks are retried, all or none; the refusal changes nothing.
+    let failed = add(
+        &mut conn,
+        7,
+        NewTask {
+            max_attempts: Some(1),
+            ..NewTask::text("fails")
+        },
+    );
+    let lease = take(&mut conn, 8, "e").remove(0);
+    assert_eq!(lease.task_id, failed);
+    conn.write(|tx| super::sweep::run(tx, &mut ctx(9 + settings().lease_ms)))
+        .expect("sweep");
+    assert_eq!(view_status(&*conn.tx(), &failed), TaskStatus::Failed);
     let before = dump(&conn);
-    let e = retry(&mut conn, t).expect_err("finalized");
+    let e = retry(&mut conn, vec![failed, t]).expect_err("finalized");
     assert_eq!(e.code(), ErrorCode::InvalidArgument);
-    let e = retry(&mut conn, TaskId::new()).expect_err("unknown");
+    let e = retry(&mut conn, vec![failed, TaskId::new()]).expect_err("unknown");
     assert_eq!(e.code(), ErrorCode::NotFound);
     assert_eq!(dump(&conn), before);
 }
@@ -288,9 +302,10 @@ fn policies_out_of_bounds_are_refused_and_store_nothing(conn: TestStore) {
     }
 }
 
+/// Cancels `ids` in autocommit mode, so a refusal that wrote anything before refusing shows.
 fn cancel_ids(conn: &mut TestStore, ids: Vec<TaskId>) -> Result<Vec<Effect>, CoreError> {
     let mut c = ctx(5);
-    conn.write(|tx| cancel::cancel(tx, &mut c, TaskIdsRequest { task_ids: ids }))?;
+    cancel::cancel(&*conn.tx(), &mut c, TaskIdsRequest { task_ids: ids })?;
     Ok(c.effects)
 }
 
@@ -364,7 +379,8 @@ fn add_gold(
     conn: &mut TestStore,
     items: Vec<GoldItem>,
 ) -> Result<protocol::policy::GoldAddReply, CoreError> {
-    conn.write(|tx| gold::add(tx, &mut ctx(0), GoldAddRequest { items }))
+    // In autocommit mode, so a refusal that wrote anything before refusing would show.
+    gold::add(&*conn.tx(), &mut ctx(0), GoldAddRequest { items })
 }
 
 fn lease_with(
