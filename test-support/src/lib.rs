@@ -49,7 +49,16 @@ impl NatsServer {
     /// # Panics
     /// As [`NatsServer::start`].
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir for nats-server");
+        Self::try_start_with_env(extra, env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`NatsServer::start_with_env`], saying what went wrong instead of panicking (for
+    /// tools, such as `aimarket bench`, that start their own server).
+    ///
+    /// # Errors
+    /// No `nats-server` binary, no temp dir, no free port, or a server that does not come up.
+    pub fn try_start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("temp dir for nats-server: {e}"))?;
         let mut server = Self {
             child: None,
             port: free_port(),
@@ -63,18 +72,23 @@ impl NatsServer {
         // A free port can be taken by someone else before the server binds it: then the server
         // exits, and we try another.
         for _ in 0..5 {
-            if server.spawn() {
-                return server;
+            if server.try_spawn()? {
+                return Ok(server);
             }
             server.port = free_port();
         }
-        panic!("nats-server could not bind a free port in five tries");
+        Err("nats-server could not bind a free port in five tries".to_owned())
     }
 
     /// Starts the server and waits until it greets a client; false if it exited instead (its
     /// port was taken).
     fn spawn(&mut self) -> bool {
-        let bin = nats_server_bin();
+        self.try_spawn().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`NatsServer::spawn`], saying what went wrong instead of panicking.
+    fn try_spawn(&mut self) -> Result<bool, String> {
+        let bin = find_nats_server()?;
         let child = Command::new(&bin)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .arg("--store_dir")
@@ -84,7 +98,7 @@ impl NatsServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
         self.child = Some(child);
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -92,16 +106,16 @@ impl NatsServer {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(_)) = child.try_wait() {
                     self.child = None;
-                    return false;
+                    return Ok(false);
                 }
             }
             if greets(&addr) {
-                return true;
+                return Ok(true);
             }
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not greet on {addr} within 10 s"
-            );
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(format!("nats-server did not greet on {addr} within 10 s"));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -362,8 +376,16 @@ pub fn free_port() -> u16 {
 /// # Panics
 /// When there is none.
 pub fn nats_server_bin() -> PathBuf {
+    find_nats_server().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`nats_server_bin`], saying what went wrong instead of panicking.
+///
+/// # Errors
+/// When there is none.
+pub fn find_nats_server() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
-        return PathBuf::from(p);
+        return Ok(PathBuf::from(p));
     }
     let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
@@ -377,8 +399,9 @@ pub fn nats_server_bin() -> PathBuf {
         .into_iter()
         .map(|d| d.join("nats-server"))
         .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("nats-server not found: run `scripts/setup.sh` (or `make test`), or set NATS_SERVER_BIN")
+        .ok_or_else(|| {
+            "nats-server not found: run `scripts/setup.sh` (or `make test`), or set NATS_SERVER_BIN"
+                .to_owned()
         })
 }
 
