@@ -6,7 +6,6 @@
 use super::testing::*;
 use super::*;
 use crate::error::CoreError;
-use crate::store::sql::Dialect;
 use crate::store::sql::Sql;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -133,60 +132,11 @@ fn gold_settings() -> Settings {
     }
 }
 
-fn count(conn: &dyn Sql, sql: &str) -> i64 {
-    conn.query_row(sql, (), |r| r.get(0)).expect(sql)
-}
-
 fn check(conn: &dyn Sql, finished: &HashMap<TaskId, usize>) {
-    let broken = [
-        ("counter of live leases", "SELECT COUNT(*) FROM task t WHERE active_leases != (SELECT COUNT(*) FROM lease l WHERE l.task_id = t.id AND l.state = 'active')"),
-        ("counter of submissions", "SELECT COUNT(*) FROM task t WHERE submissions != (SELECT COUNT(*) FROM submission s WHERE s.task_id = t.id)"),
-        ("more slots taken than required", "SELECT COUNT(*) FROM task WHERE active_leases + submissions > required"),
-        ("finalized without all votes or an answer", "SELECT COUNT(*) FROM task WHERE status = 'finalized' AND (submissions != required OR (final_label IS NULL AND final_embedding IS NULL AND final_token_ids IS NULL) OR active_leases != 0)"),
-        ("all votes in but not decided", "SELECT COUNT(*) FROM task WHERE submissions = required AND status NOT IN ('finalized', 'cancelled') AND failure_reason IS DISTINCT FROM 'no_consensus'"),
-        ("no consensus declared before all votes", "SELECT COUNT(*) FROM task WHERE failure_reason = 'no_consensus' AND submissions != max_answers"),
-        ("more answers than max_answers", "SELECT COUNT(*) FROM task WHERE submissions > max_answers OR required > max_answers"),
-        ("decided without a quorum", "SELECT COUNT(*) FROM task t WHERE t.status = 'finalized' AND t.policy = 'quorum' AND t.gold IS NULL
-            AND (SELECT COUNT(*) FROM submission s WHERE s.task_id = t.id AND s.agreed = 1) < t.min_quorum"),
-        ("decided on a tie", "SELECT COUNT(*) FROM task t WHERE t.status = 'finalized' AND t.policy = 'quorum' AND t.gold IS NULL
-            AND EXISTS (SELECT 1 FROM submission s WHERE s.task_id = t.id AND s.agreed = 0 GROUP BY s.label
-                        HAVING COUNT(*) >= (SELECT COUNT(*) FROM submission a WHERE a.task_id = t.id AND a.agreed = 1))"),
-        ("inconclusive with a quorum", "SELECT COUNT(*) FROM task t WHERE t.inconclusive = 1 AND t.status IN ('queued', 'assigned')
-            AND t.policy = 'quorum' AND (SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM submission s WHERE s.task_id = t.id GROUP BY s.label) AS g) >= t.min_quorum
-            AND (SELECT COUNT(*) FROM (SELECT COUNT(*) AS n FROM submission s WHERE s.task_id = t.id GROUP BY s.label) AS g1
-                 WHERE n = (SELECT MAX(m) FROM (SELECT COUNT(*) AS m FROM submission s WHERE s.task_id = t.id GROUP BY s.label) AS g2)) = 1"),
-        ("a gold answer voted", "SELECT COUNT(*) FROM submission s JOIN task t ON t.id = s.task_id WHERE t.gold IS NOT NULL AND s.agreed IS NOT NULL"),
-        ("gold answers not counted", "SELECT (SELECT COALESCE(SUM(gold_answered), 0) FROM worker_score) + (SELECT COALESCE(SUM(gold_answered), 0) FROM score_delta) != (SELECT COUNT(*) FROM gold_answer)
-            OR (SELECT COUNT(*) FROM gold_answer) != (SELECT COUNT(*) FROM submission s JOIN task t ON t.id = s.task_id WHERE t.gold IS NOT NULL)"),
-        // `assigned` is derived from the live leases, never stored.
-        ("assigned stored", "SELECT COUNT(*) FROM task WHERE status = 'assigned'"),
-        ("failed early or still leased", "SELECT COUNT(*) FROM task WHERE status = 'failed' AND ((failure_reason = 'max_attempts' AND attempts < max_attempts) OR failure_reason IS NULL OR active_leases != 0)"),
-        ("a live lease on a closed task", "SELECT COUNT(*) FROM lease l JOIN task t ON t.id = l.task_id WHERE l.state = 'active' AND t.status IN ('finalized', 'failed', 'cancelled')"),
-        ("a worker leasing a task it answered", "SELECT COUNT(*) FROM lease l JOIN submission s ON s.task_id = l.task_id AND s.worker_id = l.worker_id WHERE l.state = 'active'"),
-        ("agreement set before finalization", "SELECT COUNT(*) FROM submission s JOIN task t ON t.id = s.task_id WHERE t.gold IS NULL AND (t.status = 'finalized') != (s.agreed IS NOT NULL)"),
-        ("points differ from agreeing votes", "SELECT (SELECT COALESCE(SUM(points), 0) FROM worker_score) + (SELECT COALESCE(SUM(points), 0) FROM score_delta) != (SELECT COUNT(*) FROM submission WHERE agreed = 1)"),
-        // A lease cursor may only pass open tasks its worker holds or has answered.
-        ("a lease cursor past a task its worker could take", "SELECT COUNT(*) FROM temp.lease_cursor c JOIN task t ON t.type = c.type AND t.seq <= c.after
-            WHERE t.status IN ('queued', 'assigned') AND t.required > t.active_leases + t.submissions
-              AND (t.model_hash IS NULL OR t.model_hash IS (SELECT model_hash FROM worker w WHERE w.id = c.worker_id))
-              AND NOT EXISTS (SELECT 1 FROM lease l WHERE l.task_id = t.id AND l.worker_id = c.worker_id AND l.state = 'active')
-              AND NOT EXISTS (SELECT 1 FROM submission s WHERE s.task_id = t.id AND s.worker_id = c.worker_id)"),
-    ];
-    for (what, sql) in broken {
-        if sql.contains("temp.lease_cursor") && conn.dialect() != Dialect::Sqlite {
-            continue;
-        }
-        assert_eq!(
-            count(conn, sql),
-            0,
-            "invariant broken: {what}\n{}",
-            dump(conn)
-        );
+    for (what, broken) in invariants(conn) {
+        assert_eq!(broken, 0, "invariant broken: {what}\n{}", dump(conn));
     }
-    let finalized_or_failed = count(
-        conn,
-        "SELECT COUNT(*) FROM task WHERE status IN ('finalized', 'failed', 'cancelled') AND gold IS NULL",
-    );
+    let finalized_or_failed = finished_tasks(conn);
     assert!(
         finished.values().all(|n| *n == 1),
         "a task finished twice: {finished:?}"
@@ -331,13 +281,7 @@ fn run_steps(mut db: TestStore, steps: Vec<Step>) -> Result<(), TestCaseError> {
                     let (lease_id, task, worker, sent) = leases[pick % leases.len()].clone();
                     if sent {
                         let before = dump(&db);
-                        let label: String = db
-                            .query_row(
-                                "SELECT label FROM submission WHERE lease_id = $1",
-                                [lease_id.to_string()],
-                                |r| r.get(0),
-                            )
-                            .expect("sent");
+                        let label = answered_label(&db, &lease_id);
                         let req = vote(lease_id, worker, label, 0.7);
                         let r = apply_in(&mut db, now, &mut finished, Mode::Autocommit, |c, x| {
                             submit::run(c, x, &task, req)

@@ -233,14 +233,7 @@ mod tests {
     /// index of `task` names a column they change, so each is an update in place (HOT).
     fn leases_and_votes_leave_the_stored_status_be(mut conn: TestStore) {
         let t = add(&mut conn, 0, NewTask::text("x"));
-        let stored = |conn: &TestStore| -> String {
-            conn.query_row(
-                "SELECT status FROM task WHERE id = $1",
-                [t.to_string()],
-                |r| r.get(0),
-            )
-            .expect("task")
-        };
+        let stored = |conn: &TestStore| stored_status(conn, &t);
         let a = take(&mut conn, 1, "a");
         let b = take(&mut conn, 1, "b");
         assert_eq!(
@@ -270,18 +263,7 @@ mod tests {
         assert_eq!((task.status, task.active_leases), (TaskStatus::Queued, 0));
         assert_eq!(stored(&conn), "queued");
         if conn.dialect() == Dialect::Postgres {
-            let c: &dyn Sql = &conn;
-            let indexed: Vec<String> = c
-                .query_map(
-                    "SELECT pg_get_indexdef(indexrelid) FROM pg_index
-                     WHERE indrelid = 'task'::regclass",
-                    (),
-                    |r| r.get(0),
-                )
-                .expect("indexes")
-                .collect::<Result<_, _>>()
-                .expect("indexes");
-            for def in &indexed {
+            for def in &task_index_defs(&conn) {
                 for column in ["active_leases", "submissions", "attempts", "verifying"] {
                     assert!(!def.contains(column), "{def} names {column}");
                 }
@@ -449,17 +431,6 @@ mod tests {
         );
     }
 
-    /// A transaction on `c` holding task `id`'s row, as a session storing a vote does.
-    fn hold<'c>(c: &'c mut postgres::Client, id: &TaskId) -> postgres::Transaction<'c> {
-        let mut held = c.transaction().expect("tx");
-        held.execute(
-            "SELECT 1 FROM task WHERE id = $1 FOR NO KEY UPDATE",
-            &[&id.to_string()],
-        )
-        .expect("lock");
-        held
-    }
-
     /// On PostgreSQL a walk passes over task rows other sessions hold (a submission being stored,
     /// say) and the cursor moves past them: the worker still gets them, from the head, once the
     /// cursor leads to too few tasks (and the last walk from the head is [`HEAD_WALK_MS`] old)
@@ -472,7 +443,7 @@ mod tests {
             .map(|i| add(&mut conn, 0, NewTask::text(format!("t{i}"))))
             .collect();
         let mut other = postgres::Client::connect(server.url(), postgres::NoTls).expect("connect");
-        let held = hold(&mut other, &t[0]);
+        let held = hold_task(&mut other, &t[0]);
         let got = |conn: &mut TestStore, now| -> Vec<TaskId> {
             lease(conn, now, lease_req("w", 1))
                 .leases
@@ -495,7 +466,7 @@ mod tests {
         // walk from there (at 30 + CURSOR_REFRESH_MS) is HEAD_WALK_MS old.
         let u = add(&mut conn, 60, NewTask::text("u0"));
         let v = add(&mut conn, 60, NewTask::text("v0"));
-        let held = hold(&mut other, &u);
+        let held = hold_task(&mut other, &u);
         assert_eq!(got(&mut conn, 70 + CURSOR_REFRESH_MS), [v]);
         held.rollback().expect("unlock");
         assert!(got(&mut conn, 80 + CURSOR_REFRESH_MS).is_empty(), "not yet");
@@ -503,7 +474,7 @@ mod tests {
         // That walk was one from the head: the next waits as long again.
         let x = add(&mut conn, 90, NewTask::text("x0"));
         let y = add(&mut conn, 90, NewTask::text("y0"));
-        let held = hold(&mut other, &x);
+        let held = hold_task(&mut other, &x);
         assert_eq!(got(&mut conn, 40 + CURSOR_REFRESH_MS + HEAD_WALK_MS), [y]);
         held.rollback().expect("unlock");
         assert!(got(&mut conn, 50 + CURSOR_REFRESH_MS + HEAD_WALK_MS).is_empty());

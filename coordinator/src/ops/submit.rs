@@ -673,13 +673,7 @@ mod tests {
         let (renewed, swept) = heartbeat_then_sweep(&mut conn, None);
         assert_eq!(renewed, 1);
         assert_eq!(swept.requeued, 1, "only b's lease expires");
-        let live: Vec<String> = (&conn as &dyn Sql)
-            .prepare("SELECT worker_id FROM lease WHERE state = 'active'")
-            .expect("q")
-            .query_map((), |r| r.get(0))
-            .expect("rows")
-            .collect::<Result<_, _>>()
-            .expect("rows");
+        let live = live_lease_holders(&conn);
         assert_eq!(live, vec!["a".to_owned()]);
     }
 
@@ -982,14 +976,7 @@ mod tests {
                 leases += 1;
                 let req = scored(l, "liar", &truth, Honesty::PassEverything);
                 send(&mut conn, 5, &l.task_id, req).0.expect("stored");
-                let missed: i64 = conn
-                    .query_row(
-                        "SELECT COALESCE((SELECT traps_missed FROM worker_score
-                                          WHERE worker_id = 'liar'), 0)",
-                        (),
-                        |r| r.get(0),
-                    )
-                    .expect("missed");
+                let missed = conn.tx().score(&wid("liar")).expect("score").traps_missed;
                 if missed > 0 {
                     break;
                 }
@@ -1198,25 +1185,6 @@ mod tests {
         heartbeats_renew_only_the_leases_the_worker_names,
     );
 
-    /// Waits until a session of `server` waits for a lock.
-    fn until_one_waits(server: &PgServer) {
-        let mut watch = postgres::Client::connect(server.url(), postgres::NoTls).expect("connect");
-        for _ in 0..1_500 {
-            let waiting: i64 = watch
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
-                    &[],
-                )
-                .expect("activity")
-                .get(0);
-            if waiting > 0 {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        panic!("no session waited for a lock within 30 s");
-    }
-
     /// A vote whose read waits for its task's row while another transaction expires its lease
     /// (as the sweeper does) decides on what that transaction committed: the lease is expired,
     /// the vote refused, nothing counted twice. The read's snapshot predates that commit, so
@@ -1229,25 +1197,13 @@ mod tests {
         let l = take(&mut conn, 1, "a").remove(0);
         let mut other = postgres::Client::connect(server.url(), postgres::NoTls).expect("connect");
         let mut sweep = other.transaction().expect("tx");
-        sweep
-            .execute(
-                "UPDATE lease SET state = 'expired', ended_at = 2 WHERE id = $1",
-                &[&l.lease_id.to_string()],
-            )
-            .expect("expire");
-        sweep
-            .execute(
-                "UPDATE task SET active_leases = active_leases - 1, attempts = attempts + 1
-                 WHERE id = $1",
-                &[&t.to_string()],
-            )
-            .expect("count");
+        expire_elsewhere(&mut sweep, &l.lease_id, &t);
         let voter = std::thread::spawn(move || {
             let mut c = ctx(3);
             let r = conn.write(|db| run(db, &mut c, &t, answer(&l, "a", "positive", 0.9)));
             (r, conn)
         });
-        until_one_waits(&server);
+        until_one_waits(server.url());
         sweep.commit().expect("commit");
         let (r, conn) = voter.join().expect("voter");
         assert!(

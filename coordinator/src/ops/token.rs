@@ -60,13 +60,11 @@ mod tests {
             "bob's token works for alice"
         );
         assert!(!verify(&*conn.tx(), &wid("carole"), &alice).expect("verify"));
-        let stored: String = (&conn as &dyn Sql)
-            .query_row(
-                "SELECT hash FROM worker_token WHERE worker_id = 'alice'",
-                (),
-                |r| r.get(0),
-            )
-            .expect("row");
+        let stored = conn
+            .tx()
+            .token_hash(&wid("alice"))
+            .expect("read")
+            .expect("stored");
         assert!(
             !stored.contains(&alice[TOKEN_PREFIX.len()..]),
             "the secret is stored"

@@ -20,6 +20,8 @@ pub(crate) mod postgres;
 pub(crate) mod rows;
 pub(crate) mod sql;
 pub(crate) mod sqlite;
+#[cfg(test)]
+pub(crate) mod testing;
 pub(crate) mod tx;
 
 use crate::error::{CoreError, StoreError};
