@@ -421,7 +421,7 @@ mod tests {
             assert!(!r.leases.is_empty(), "{w} got no lease");
         }
         let walk = conn
-            .prepare_cached(&crate::store::sqlite::walk_sql())
+            .prepare_cached(crate::store::sqlite::walk_sql())
             .expect("cached");
         assert_eq!(walk.get_status(rusqlite::StatementStatus::Run), 6);
         assert_eq!(

@@ -117,7 +117,7 @@ impl Leases for Tx<'_> {
         let sql = walk_sql();
         let cursor = leases::cursor(self, worker, task_type, now - CURSOR_REFRESH_MS)?;
         let after = cursor.map_or(0, |c| c.0);
-        let mut rows = leases::walk(self, &sql, worker, task_type, model_hash, limit, after)?;
+        let mut rows = leases::walk(self, sql, worker, task_type, model_hash, limit, after)?;
         let head_due = cursor.is_some_and(|(_, since)| since <= now - HEAD_WALK_MS);
         if head_due && rows.len() < limit {
             self.0
@@ -177,13 +177,16 @@ const CLAIM: &str = " FOR NO KEY UPDATE SKIP LOCKED";
 
 /// The walk's statement (see [`leases::walk`]): skipping (and locking) rows other coordinators'
 /// transactions hold.
-pub(crate) fn walk_sql() -> String {
-    format!(
-        "SELECT seq, id, text, labels, generation FROM task
-         WHERE type = $2 AND {} AND seq > $5
-         ORDER BY seq LIMIT $3{CLAIM}",
-        leases::OPEN_FOR_WORKER
-    )
+pub(crate) fn walk_sql() -> &'static str {
+    static WALK: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT seq, id, text, labels, generation FROM task
+             WHERE type = $2 AND {} AND seq > $5
+             ORDER BY seq LIMIT $3{CLAIM}",
+            leases::OPEN_FOR_WORKER
+        )
+    });
+    &WALK
 }
 
 impl Votes for Tx<'_> {

@@ -70,7 +70,7 @@ impl Leases for Tx<'_> {
         let after = leases::cursor(self, worker, task_type, i64::MIN)?.map_or(0, |c| c.0);
         leases::walk(
             self,
-            &walk_sql(),
+            walk_sql(),
             worker,
             task_type,
             model_hash,
@@ -92,13 +92,16 @@ impl Leases for Tx<'_> {
 
 /// The walk's statement (see [`leases::walk`]): through the open-task index, by name, so a
 /// plan change is an error, not a slow scan.
-pub(crate) fn walk_sql() -> String {
-    format!(
-        "SELECT seq, id, text, labels, generation FROM task INDEXED BY task_open
-         WHERE type = $2 AND {} AND seq > $5
-         ORDER BY seq LIMIT $3",
-        leases::OPEN_FOR_WORKER
-    )
+pub(crate) fn walk_sql() -> &'static str {
+    static WALK: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT seq, id, text, labels, generation FROM task INDEXED BY task_open
+             WHERE type = $2 AND {} AND seq > $5
+             ORDER BY seq LIMIT $3",
+            leases::OPEN_FOR_WORKER
+        )
+    });
+    &WALK
 }
 
 impl Votes for Tx<'_> {
