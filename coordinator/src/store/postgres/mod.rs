@@ -126,7 +126,7 @@ impl Leases for Tx<'_> {
                 )?
                 .defer(crate::params![worker.as_str(), task_type.as_str(), now])?;
             rows.extend(leases::walk(
-                self, &sql, worker, task_type, model_hash, limit, 0,
+                self, sql, worker, task_type, model_hash, limit, 0,
             )?);
             rows.sort_by_key(|c| c.seq);
             rows.dedup_by_key(|c| c.seq);

@@ -1120,7 +1120,7 @@ mod tests {
             "a batch's submission read scans:\n{plan}"
         );
         let walk = crate::store::postgres::walk_sql();
-        let plan = generic_plan(&mut c, &walk, "'w', 'sentiment', 32, NULL, 7");
+        let plan = generic_plan(&mut c, walk, "'w', 'sentiment', 32, NULL, 7");
         assert!(
             plan.contains("Index Scan using task_open on task")
                 && plan.contains("Index Cond: ((type = $2) AND (seq > $5))"),
