@@ -6,7 +6,6 @@
 use super::testing::*;
 use super::*;
 use crate::error::CoreError;
-use crate::store::sql::Sql;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use protocol::messages::{Heartbeat, NewTask, ReleaseRequest, TaskAddRequest};
@@ -132,7 +131,7 @@ fn gold_settings() -> Settings {
     }
 }
 
-fn check(conn: &dyn Sql, finished: &HashMap<TaskId, usize>) {
+fn check(conn: &TestStore, finished: &HashMap<TaskId, usize>) {
     for (what, broken) in invariants(conn) {
         assert_eq!(broken, 0, "invariant broken: {what}\n{}", dump(conn));
     }

@@ -212,7 +212,7 @@ mod tests {
     use crate::ops::task::load_task;
     use crate::ops::testing::*;
     use crate::store::postgres::{CURSOR_REFRESH_MS, HEAD_WALK_MS};
-    use crate::store::sql::{params, Dialect};
+    use crate::store::sql::params;
     use protocol::messages::{LeaseRequest, NewTask};
     use protocol::TaskStatus;
 
@@ -262,7 +262,7 @@ mod tests {
         let task = load_task(&*conn.tx(), &t).expect("task");
         assert_eq!((task.status, task.active_leases), (TaskStatus::Queued, 0));
         assert_eq!(stored(&conn), "queued");
-        if conn.dialect() == Dialect::Postgres {
+        if conn.is_postgres() {
             for def in &task_index_defs(&conn) {
                 for column in ["active_leases", "submissions", "attempts", "verifying"] {
                     assert!(!def.contains(column), "{def} names {column}");

@@ -1,7 +1,7 @@
 //! PostgreSQL's executors: the store's [`Sql`] seam over a blocking client or transaction
 //! ([`Pg`]), the binding of values to PostgreSQL's types and the reading of its rows.
 
-use crate::store::sql::{Dialect, Error, Result, Row, Sql, ValueRef};
+use crate::store::sql::{Error, Result, Row, Sql, ValueRef};
 use postgres_types::{IsNull, ToSql, Type};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -63,10 +63,6 @@ impl<'a, C: postgres::GenericClient> Pg<'a, C> {
 }
 
 impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
-    fn dialect(&self) -> Dialect {
-        Dialect::Postgres
-    }
-
     fn exec(&self, sql: &str, args: &[ValueRef<'_>]) -> Result<usize> {
         let stmt = self.statement(sql)?;
         let params = bound(args);

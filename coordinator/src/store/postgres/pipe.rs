@@ -1,7 +1,7 @@
 //! PostgreSQL's pipelined writer session ([`PgPipe`]).
 
 use super::exec::{bound, cached, changes_rows, each_row, StmtCache, Value, CLOCK};
-use crate::store::sql::{Dialect, Merged, Result, Row, Sql, ValueRef, MERGED_MAX};
+use crate::store::sql::{Merged, Result, Row, Sql, ValueRef, MERGED_MAX};
 use postgres_types::ToSql;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -234,10 +234,6 @@ impl<'a> PgPipe<'a> {
 }
 
 impl Sql for PgPipe<'_> {
-    fn dialect(&self) -> Dialect {
-        Dialect::Postgres
-    }
-
     fn exec(&self, sql: &str, args: &[ValueRef<'_>]) -> Result<usize> {
         let stmt = self.statement(sql)?;
         let params = bound(args);

@@ -10,15 +10,6 @@
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Which engine a [`Sql`] talks to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    /// SQLite: one writer at a time, so reads inside a write transaction see the last word.
-    Sqlite,
-    /// PostgreSQL: several coordinators write at once; rows are locked before decisions.
-    Postgres,
-}
-
 /// A store error, whichever engine raised it; keeps its source.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -82,9 +73,6 @@ impl<T> OptionalExtension<T> for Result<T> {
 
 /// What the operations run over: a connection inside a write transaction, or a read.
 pub trait Sql {
-    /// The engine.
-    fn dialect(&self) -> Dialect;
-
     /// Runs a statement that returns no rows; the rows it changed.
     ///
     /// # Errors

@@ -1,7 +1,7 @@
 //! SQLite's executor: the store's [`Sql`] seam over a rusqlite connection, transaction or
 //! savepoint; numbered parameters bound by their numbers.
 
-use crate::store::sql::{Dialect, Result, Row, Sql, ValueRef};
+use crate::store::sql::{Result, Row, Sql, ValueRef};
 
 impl rusqlite::ToSql for ValueRef<'_> {
     fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
@@ -59,9 +59,6 @@ fn lite_rows(
 macro_rules! sqlite_sql {
     ($($t:ty),*) => {$(
         impl Sql for $t {
-            fn dialect(&self) -> Dialect {
-                Dialect::Sqlite
-            }
             fn exec(&self, sql: &str, args: &[ValueRef<'_>]) -> Result<usize> {
                 lite_exec(self, sql, args)
             }
