@@ -4,12 +4,15 @@
 pub mod chat;
 pub mod distilbert;
 pub mod hub;
+pub mod kernel;
 pub mod lexicon;
 pub mod llama;
 pub mod marian;
 pub mod minilm;
 pub mod opus;
 pub mod q4_1;
+pub mod q8;
+pub mod q8_0;
 pub mod seq2seq;
 pub mod t5;
 pub mod transformer;
@@ -303,10 +306,23 @@ pub const AUTO_PREFERS: &str = "distilbert-sst2";
 /// # Errors
 /// [`LoadModelError`] naming the way out.
 pub fn load(name: &str, dir: Option<&std::path::Path>) -> Result<Box<dyn Model>, LoadModelError> {
+    load_with(name, dir, &kernel::EngineConfig::default())
+}
+
+/// As [`load`], the generative engine's threads and kernel path taken from `engine`
+/// (`--threads`, `--kernel`); models without that engine ignore it.
+///
+/// # Errors
+/// [`LoadModelError`] naming the way out.
+pub fn load_with(
+    name: &str,
+    dir: Option<&std::path::Path>,
+    engine: &kernel::EngineConfig,
+) -> Result<Box<dyn Model>, LoadModelError> {
     match name {
         "lexicon" => Ok(Box::new(lexicon::Lexicon::new())),
         // A folder given by hand must load: only the Hub's absence falls back.
-        "auto" if dir.is_some() => load(AUTO_PREFERS, dir),
+        "auto" if dir.is_some() => load_with(AUTO_PREFERS, dir, engine),
         "auto" => Ok(match load(AUTO_PREFERS, None) {
             Ok(model) => {
                 tracing::info!(
@@ -345,8 +361,9 @@ pub fn load(name: &str, dir: Option<&std::path::Path>) -> Result<Box<dyn Model>,
             };
             Ok(Box::new(t5::T5Model::load(name, &dir)?))
         }
-        chat::NAME => Ok(Box::new(chat::ChatModel::load(
+        chat::NAME => Ok(Box::new(chat::ChatModel::load_with(
             dir.ok_or(chat::ChatLoadError::NoDir)?,
+            engine,
         )?)),
         other => Err(LoadModelError::Unknown(other.to_owned())),
     }
