@@ -60,6 +60,8 @@ pub(crate) struct Args {
     /// (HF_HOME), downloading into it unless HF_HUB_OFFLINE is set.
     #[arg(long, env = "AIMARKET_MODEL_DIR")]
     model_dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    engine: super::models::EngineArgs,
     /// Task types to take (comma-separated); default: all the model can do.
     #[arg(long, value_delimiter = ',')]
     capabilities: Vec<TaskType>,
@@ -145,8 +147,11 @@ async fn token(ctx: &Ctx, action: TokenAction) -> anyhow::Result<()> {
 async fn serve(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     let id = args.id.context("--id is required")?;
     let (name, dir) = (args.model.clone(), args.model_dir.clone());
-    let mut model =
-        tokio::task::spawn_blocking(move || worker::model::load(&name, dir.as_deref())).await??;
+    let engine = args.engine.config();
+    let mut model = tokio::task::spawn_blocking(move || {
+        worker::model::load_with(&name, dir.as_deref(), &engine)
+    })
+    .await??;
     if args.extra_latency_ms > 0 {
         let pause = Duration::from_millis(args.extra_latency_ms);
         model = Box::new(worker::model::Delayed::new(model, pause));
