@@ -140,6 +140,29 @@ impl Kernel {
     }
 }
 
+/// Declares `$name { simd, tiles, x, out }`, a call of `$f(simd, tiles, x, out)` for pulp's
+/// `vectorize`, inlined into it so that the kernel compiles with the CPU features on.
+macro_rules! simd_call {
+    ($name:ident, $simd:ty, $tile:ty, $f:path) => {
+        struct $name<'a> {
+            simd: $simd,
+            tiles: &'a [$tile],
+            x: &'a $crate::model::q8::Q8Rows,
+            out: &'a mut [f32],
+        }
+
+        impl pulp::NullaryFnOnce for $name<'_> {
+            type Output = ();
+
+            #[inline(always)]
+            fn call(self) {
+                $f(self.simd, self.tiles, self.x, self.out)
+            }
+        }
+    };
+}
+pub(crate) use simd_call;
+
 /// The engine's threads: one pool, entered once per forward pass, whose workers split each
 /// product's output rows. With one thread there is no pool and no hand-off at all.
 #[derive(Debug)]

@@ -159,15 +159,19 @@ impl Q41Matrix {
             match kernel {
                 Kernel::Portable => portable_group(tiles, x, out),
                 #[cfg(target_arch = "x86_64")]
-                Kernel::Avx2(simd) => simd.vectorize(
-                    #[inline(always)]
-                    || avx2::group(simd, tiles, x, out),
-                ),
+                Kernel::Avx2(simd) => simd.vectorize(Avx2Call {
+                    simd,
+                    tiles,
+                    x,
+                    out,
+                }),
                 #[cfg(target_arch = "x86_64")]
-                Kernel::Avx512(simd) => simd.vectorize(
-                    #[inline(always)]
-                    || avx512::group(simd, tiles, x, out),
-                ),
+                Kernel::Avx512(simd) => simd.vectorize(Avx512Call {
+                    simd,
+                    tiles,
+                    x,
+                    out,
+                }),
             }
         })
     }
@@ -421,6 +425,14 @@ mod avx512 {
         }
     }
 }
+
+// pulp's `vectorize` runs a call with the CPU features enabled only when the call is inlined
+// into it; a closure this large is not (its `FnOnce` shim is only an inline hint), and the
+// intrinsics then become function calls. These plain calls are `#[inline(always)]`.
+#[cfg(target_arch = "x86_64")]
+crate::model::kernel::simd_call!(Avx2Call, pulp::x86::V3, Tile, avx2::group);
+#[cfg(target_arch = "x86_64")]
+crate::model::kernel::simd_call!(Avx512Call, pulp::x86::V4, Tile, avx512::group);
 
 #[cfg(test)]
 mod tests {

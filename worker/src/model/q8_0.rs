@@ -125,15 +125,19 @@ impl Q80Matrix {
             match kernel {
                 Kernel::Portable => portable_group(tiles, x, out),
                 #[cfg(target_arch = "x86_64")]
-                Kernel::Avx2(simd) => simd.vectorize(
-                    #[inline(always)]
-                    || avx2::group(simd, tiles, x, out),
-                ),
+                Kernel::Avx2(simd) => simd.vectorize(Avx2Call {
+                    simd,
+                    tiles,
+                    x,
+                    out,
+                }),
                 #[cfg(target_arch = "x86_64")]
-                Kernel::Avx512(simd) => simd.vectorize(
-                    #[inline(always)]
-                    || avx2::group(*simd, tiles, x, out),
-                ),
+                Kernel::Avx512(simd) => simd.vectorize(Avx512Call {
+                    simd,
+                    tiles,
+                    x,
+                    out,
+                }),
             }
         })
     }
@@ -238,6 +242,21 @@ mod avx2 {
             out[(r0 + r) * GROUP..][..GROUP].copy_from_slice(&lanes);
         }
     }
+}
+
+// pulp's `vectorize` runs a call with the CPU features enabled only when the call is inlined
+// into it; a closure this large is not (its `FnOnce` shim is only an inline hint), and the
+// intrinsics then become function calls. These plain calls are `#[inline(always)]`.
+#[cfg(target_arch = "x86_64")]
+crate::model::kernel::simd_call!(Avx2Call, pulp::x86::V3, Tile, avx2::group);
+#[cfg(target_arch = "x86_64")]
+crate::model::kernel::simd_call!(Avx512Call, pulp::x86::V4, Tile, avx2_on_v4);
+
+/// The AVX2 group on an AVX-512 CPU (its 32 vector registers spill less).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn avx2_on_v4(simd: pulp::x86::V4, tiles: &[Tile], x: &Q8Rows, out: &mut [f32]) {
+    avx2::group(*simd, tiles, x, out)
 }
 
 #[cfg(test)]
