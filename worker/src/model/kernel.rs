@@ -163,6 +163,43 @@ macro_rules! simd_call {
 }
 pub(crate) use simd_call;
 
+/// Plain Rust code (no intrinsics) that the engine compiles once per path, so that the
+/// compiler vectorizes it for that instruction set. Its bits cannot change with the path: Rust
+/// neither reorders nor fuses float operations, so wider vectors only compute the same
+/// operations more at a time.
+pub(crate) trait Autovectorized {
+    /// What the code returns.
+    type Output;
+    /// The code; implementations are `#[inline(always)]`, so that it compiles inside the
+    /// path's feature context.
+    fn run(self) -> Self::Output;
+}
+
+/// An [`Autovectorized`] call for pulp's `vectorize`.
+struct InSimd<T>(T);
+
+impl<T: Autovectorized> pulp::NullaryFnOnce for InSimd<T> {
+    type Output = T::Output;
+
+    #[inline(always)]
+    fn call(self) -> T::Output {
+        self.0.run()
+    }
+}
+
+impl Kernel {
+    /// Runs `op` compiled for this path.
+    pub(crate) fn run<T: Autovectorized>(self, op: T) -> T::Output {
+        match self {
+            Kernel::Portable => op.run(),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2(simd) => simd.vectorize(InSimd(op)),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512(simd) => simd.vectorize(InSimd(op)),
+        }
+    }
+}
+
 /// The engine's threads: one pool, entered once per forward pass, whose workers split each
 /// product's output rows. With one thread there is no pool and no hand-off at all.
 #[derive(Debug)]

@@ -22,7 +22,7 @@
 //! no `output.weight`); its logits agree with candle's within float noise
 //! (`worker/tests/smollm2.rs`).
 
-use super::kernel::{Kernel, Threads};
+use super::kernel::{Autovectorized, Kernel, Threads};
 use super::q4_1::Q41Matrix;
 use super::q8::Q8Rows;
 use super::q8_0::Q80Matrix;
@@ -385,7 +385,16 @@ impl Weights {
             .iter()
             .zip(cache.k.iter_mut().zip(cache.v.iter_mut()))
         {
-            xq.quantize(&rms_norm(&h, &layer.attention_norm, s.eps), s.dim);
+            let x = kernel.run(Norm {
+                x: &h,
+                w: &layer.attention_norm,
+                eps: s.eps,
+            });
+            kernel.run(Quantize {
+                rows: &mut xq,
+                x: &x,
+                k: s.dim,
+            });
             let qkv = layer.qkv.matmul(&xq, kernel, threads);
             let width = q_dim + 2 * kv_dim;
             let mut q = Vec::with_capacity(l * q_dim);
@@ -401,25 +410,49 @@ impl Weights {
                 self.rope(&mut kc[at..], p);
                 vc.extend_from_slice(&row[q_dim + kv_dim..]);
             }
-            let att = attention(s, &q, kc, vc, pos);
-            xq.quantize(&att, s.dim);
+            let att = attention(s, &q, kc, vc, pos, kernel, threads);
+            kernel.run(Quantize {
+                rows: &mut xq,
+                x: &att,
+                k: s.dim,
+            });
             let o = layer.wo.matmul(&xq, kernel, threads);
             add_in_place(&mut h, &o);
 
-            xq.quantize(&rms_norm(&h, &layer.ffn_norm, s.eps), s.dim);
+            let y = kernel.run(Norm {
+                x: &h,
+                w: &layer.ffn_norm,
+                eps: s.eps,
+            });
+            kernel.run(Quantize {
+                rows: &mut xq,
+                x: &y,
+                k: s.dim,
+            });
             let gate_up = layer.gate_up.matmul(&xq, kernel, threads);
-            let mut act = Vec::with_capacity(l * s.hidden);
-            for row in gate_up.chunks_exact(2 * s.hidden) {
-                let (gate, up) = row.split_at(s.hidden);
-                act.extend(gate.iter().zip(up).map(|(&g, &u)| silu(g) * u));
-            }
-            xq.quantize(&act, s.hidden);
+            let act = kernel.run(Gate {
+                gate_up: &gate_up,
+                hidden: s.hidden,
+            });
+            kernel.run(Quantize {
+                rows: &mut xq,
+                x: &act,
+                k: s.hidden,
+            });
             let down = layer.down.matmul(&xq, kernel, threads);
             add_in_place(&mut h, &down);
         }
         cache.len = pos + l;
-        let last = &h[(l - n) * s.dim..];
-        xq.quantize(&rms_norm(last, &self.norm, s.eps), s.dim);
+        let last = kernel.run(Norm {
+            x: &h[(l - n) * s.dim..],
+            w: &self.norm,
+            eps: s.eps,
+        });
+        kernel.run(Quantize {
+            rows: &mut xq,
+            x: &last,
+            k: s.dim,
+        });
         self.output.matmul(&xq, kernel, threads)
     }
 
@@ -456,13 +489,13 @@ fn add_in_place(a: &mut [f32], b: &[f32]) {
 }
 
 /// `x * sigmoid(x)`, with `libm`'s `exp`.
-#[inline]
+#[inline(always)]
 fn silu(x: f32) -> f32 {
     x / (1.0 + libm::expf(-x))
 }
 
 /// The sum of `a[i] * b[i]` in eight partial sums (lane `i % 8`), added in a fixed tree.
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ac, ar) = a.split_at(a.len() / 8 * 8);
@@ -479,53 +512,157 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// RMS norm of each row of `x` (rows of `w.len()`): `x / sqrt(mean(x^2) + eps) * w`.
-fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
-    let mut out = Vec::with_capacity(x.len());
-    for row in x.chunks_exact(w.len()) {
-        let m = (dot(row, row) / w.len() as f32 + eps).sqrt();
-        out.extend(row.iter().zip(w).map(|(&v, &w)| v / m * w));
+struct Norm<'a> {
+    x: &'a [f32],
+    w: &'a [f32],
+    eps: f32,
+}
+
+impl Autovectorized for Norm<'_> {
+    type Output = Vec<f32>;
+
+    #[inline(always)]
+    fn run(self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.x.len());
+        for row in self.x.chunks_exact(self.w.len()) {
+            let m = (dot(row, row) / self.w.len() as f32 + self.eps).sqrt();
+            out.extend(row.iter().zip(self.w).map(|(&v, &w)| v / m * w));
+        }
+        out
     }
-    out
+}
+
+/// Rows of `x` quantized into `rows`.
+struct Quantize<'a> {
+    rows: &'a mut Q8Rows,
+    x: &'a [f32],
+    k: usize,
+}
+
+impl Autovectorized for Quantize<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        self.rows.quantize(self.x, self.k);
+    }
+}
+
+/// `silu(gate) * up` of each row of the fused gate/up product.
+struct Gate<'a> {
+    gate_up: &'a [f32],
+    hidden: usize,
+}
+
+impl Autovectorized for Gate<'_> {
+    type Output = Vec<f32>;
+
+    #[inline(always)]
+    fn run(self) -> Vec<f32> {
+        let mut act = Vec::with_capacity(self.gate_up.len() / 2);
+        for row in self.gate_up.chunks_exact(2 * self.hidden) {
+            let (gate, up) = row.split_at(self.hidden);
+            act.extend(gate.iter().zip(up).map(|(&g, &u)| silu(g) * u));
+        }
+        act
+    }
 }
 
 /// Causal grouped-query attention of the `q` rows (positions `pos..`) over the cache, which
 /// already holds their own keys and values: per query and head, scores in position order,
 /// softmax with `libm`'s `exp` summed in position order, values weighted and added in position
-/// order.
-fn attention(s: Shape, q: &[f32], k: &[f32], v: &[f32], pos: usize) -> Vec<f32> {
-    let (hd, kv_dim) = (s.head_dim, s.kv_dim());
-    let group = s.n_head / s.n_kv_head;
-    let scale = 1.0 / (hd as f32).sqrt();
+/// order. Heads are split over the threads.
+fn attention(
+    s: Shape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    pos: usize,
+    kernel: Kernel,
+    threads: &Threads,
+) -> Vec<f32> {
+    let hd = s.head_dim;
+    let l = q.len() / s.dim;
+    let mut by_head = vec![0f32; q.len()];
+    let work = |first: usize, part: &mut [f32]| {
+        kernel.run(Attend {
+            s,
+            q,
+            k,
+            v,
+            pos,
+            first,
+            out: part,
+        })
+    };
+    if l < 4 {
+        work(0, &mut by_head);
+    } else {
+        threads.split(&mut by_head, l * hd, s.n_head, work);
+    }
     let mut out = vec![0f32; q.len()];
-    let mut scores = Vec::new();
-    for (i, (qi, oi)) in q
-        .chunks_exact(s.dim)
-        .zip(out.chunks_exact_mut(s.dim))
-        .enumerate()
-    {
-        let seen = pos + i + 1;
-        for (h, (qh, oh)) in qi.chunks_exact(hd).zip(oi.chunks_exact_mut(hd)).enumerate() {
+    for (h, rows) in by_head.chunks_exact(l * hd).enumerate() {
+        for (i, row) in rows.chunks_exact(hd).enumerate() {
+            out[i * s.dim + h * hd..][..hd].copy_from_slice(row);
+        }
+    }
+    out
+}
+
+/// Heads `first..` of [`attention`], into `out` (`[head][query][head_dim]`).
+struct Attend<'a> {
+    s: Shape,
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    pos: usize,
+    first: usize,
+    out: &'a mut [f32],
+}
+
+impl Autovectorized for Attend<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let Attend {
+            s,
+            q,
+            k,
+            v,
+            pos,
+            first,
+            out,
+        } = self;
+        let (hd, kv_dim) = (s.head_dim, s.kv_dim());
+        let group = s.n_head / s.n_kv_head;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let l = q.len() / s.dim;
+        let mut scores = Vec::with_capacity(pos + l);
+        for (h, out) in (first..).zip(out.chunks_exact_mut(l * hd)) {
             let at = (h / group) * hd;
-            scores.clear();
-            scores.extend(
-                (0..seen).map(|j| dot(qh, &k[j * kv_dim + at..j * kv_dim + at + hd]) * scale),
-            );
-            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let mut sum = 0f32;
-            for sc in scores.iter_mut() {
-                *sc = libm::expf(*sc - max);
-                sum += *sc;
-            }
-            for (j, &e) in scores.iter().enumerate() {
-                let p = e / sum;
-                let vj = &v[j * kv_dim + at..j * kv_dim + at + hd];
-                for (o, &x) in oh.iter_mut().zip(vj) {
-                    *o += p * x;
+            for (i, oh) in out.chunks_exact_mut(hd).enumerate() {
+                let qh = &q[i * s.dim + h * hd..][..hd];
+                let seen = pos + i + 1;
+                scores.clear();
+                scores.extend((0..seen).map(|j| dot(qh, &k[j * kv_dim + at..][..hd]) * scale));
+                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let mut sum = 0f32;
+                for sc in scores.iter_mut() {
+                    *sc = libm::expf(*sc - max);
+                    sum += *sc;
+                }
+                oh.fill(0.0);
+                for (j, &e) in scores.iter().enumerate() {
+                    let p = e / sum;
+                    let vj = &v[j * kv_dim + at..][..hd];
+                    for (o, &x) in oh.iter_mut().zip(vj) {
+                        *o += p * x;
+                    }
                 }
             }
         }
     }
-    out
 }
 
 /// cos and sin of every position up to [`MAX_SEQ_LEN`] and every frequency

@@ -259,6 +259,29 @@ macro_rules! by_fours {
     }};
 }
 
+/// Calls `tile::<R>(r0)` over `m` activation rows in tiles of eight, then the remainder.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_eights {
+    ($m:expr, $tile:ident, $($arg:expr),*) => {{
+        let m = $m;
+        let mut r = 0;
+        while r + 8 <= m {
+            $tile::<8>($($arg,)* r);
+            r += 8;
+        }
+        match m - r {
+            7 => $tile::<7>($($arg,)* r),
+            6 => $tile::<6>($($arg,)* r),
+            5 => $tile::<5>($($arg,)* r),
+            4 => $tile::<4>($($arg,)* r),
+            3 => $tile::<3>($($arg,)* r),
+            2 => $tile::<2>($($arg,)* r),
+            1 => $tile::<1>($($arg,)* r),
+            _ => {}
+        }
+    }};
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{Q8Rows, Tile, ROWS};
@@ -350,41 +373,17 @@ mod avx512 {
     use pulp::bytemuck::cast;
     use pulp::x86::V4;
 
-    /// Sixteen f16 values (raw bits) to f32, exactly: as [`crate::model::q8`]'s AVX2 form.
+    /// Sixteen f16 values (raw bits) to f32, exactly (`vcvtph2ps`).
     #[inline(always)]
     fn f16x16(simd: V4, h: [u16; 16]) -> __m512 {
-        let h: __m256i = cast(h);
-        let h = simd.avx512f._mm512_cvtepu16_epi32(h);
-        let sign = simd.avx512f._mm512_slli_epi32::<16>(
-            simd.avx512f
-                ._mm512_and_si512(h, simd.avx512f._mm512_set1_epi32(0x8000)),
-        );
-        let em = simd
-            .avx512f
-            ._mm512_and_si512(h, simd.avx512f._mm512_set1_epi32(0x7fff));
-        let shifted: __m512 = cast(simd.avx512f._mm512_slli_epi32::<13>(em));
-        let scaled: __m512i = cast(simd.avx512f._mm512_mul_ps(
-            shifted,
-            simd.avx512f._mm512_set1_ps(f32::from_bits(0x7780_0000)),
-        ));
-        let special = simd
-            .avx512f
-            ._mm512_cmpgt_epi32_mask(em, simd.avx512f._mm512_set1_epi32(0x7bff));
-        let exp = simd.avx512f._mm512_mask_mov_epi32(
-            simd.avx512f._mm512_setzero_si512(),
-            special,
-            simd.avx512f._mm512_set1_epi32(0x7f80_0000),
-        );
-        cast(
-            simd.avx512f
-                ._mm512_or_si512(simd.avx512f._mm512_or_si512(scaled, exp), sign),
-        )
+        simd.avx512f._mm512_cvtph_ps(cast::<_, __m256i>(h))
     }
 
-    /// Every row of `x` against the tile row, sixteen outputs a vector.
+    /// Every row of `x` against the tile row, sixteen outputs a vector, eight rows a tile (32
+    /// vector registers hold their sums and the unpacked weights).
     #[inline(always)]
     pub(super) fn group(simd: V4, tiles: &[Tile], x: &Q8Rows, out: &mut [f32]) {
-        by_fours!(x.rows(), tile, simd, tiles, x, out);
+        by_eights!(x.rows(), tile, simd, tiles, x, out);
     }
 
     #[inline(always)]

@@ -36,6 +36,7 @@ pub struct Q8Rows {
 
 impl Q8Rows {
     /// Quantizes `x`, rows of `k` values (`k` a multiple of 32), reusing this buffer.
+    #[inline(always)]
     pub fn quantize(&mut self, x: &[f32], k: usize) {
         debug_assert!(
             k.is_multiple_of(BLOCK) && x.len().is_multiple_of(k),
