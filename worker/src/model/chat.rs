@@ -507,6 +507,10 @@ impl Model for ChatModel {
         inputs.iter().map(|i| self.answer(i)).collect()
     }
 
+    fn scores_exactly(&self) -> bool {
+        true
+    }
+
     fn score(&self, jobs: &[(Input, Vec<u32>)]) -> Vec<Result<Scored, ModelError>> {
         jobs.iter().map(|(i, c)| self.score_one(i, c)).collect()
     }

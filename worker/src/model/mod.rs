@@ -200,6 +200,13 @@ pub trait Model: Send + Sync + 'static {
     /// blocking thread.
     fn predict(&self, inputs: &[Input]) -> Vec<Result<Prediction, ModelError>>;
 
+    /// Whether [`Model::score`] is exact: the model computes the same logits bit for bit on
+    /// every CPU, thread count and batch, and a teacher-forced pass gives its own generation's
+    /// logits, so its own answers score gaps of exactly 0 on any worker running it.
+    fn scores_exactly(&self) -> bool {
+        false
+    }
+
     /// Scores a candidate answer for each input with one teacher-forced pass (generative
     /// models); one result per job, in order. Others refuse.
     fn score(&self, jobs: &[(Input, Vec<u32>)]) -> Vec<Result<Scored, ModelError>> {
@@ -245,6 +252,10 @@ impl Model for Delayed {
     fn predict(&self, inputs: &[Input]) -> Vec<Result<Prediction, ModelError>> {
         std::thread::sleep(self.pause);
         self.inner.predict(inputs)
+    }
+
+    fn scores_exactly(&self) -> bool {
+        self.inner.scores_exactly()
     }
 
     fn score(&self, jobs: &[(Input, Vec<u32>)]) -> Vec<Result<Scored, ModelError>> {
