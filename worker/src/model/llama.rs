@@ -526,7 +526,9 @@ impl Autovectorized for Norm<'_> {
         let mut out = Vec::with_capacity(self.x.len());
         for row in self.x.chunks_exact(self.w.len()) {
             let m = (dot(row, row) / self.w.len() as f32 + self.eps).sqrt();
-            out.extend(row.iter().zip(self.w).map(|(&v, &w)| v / m * w));
+            for (&v, &w) in row.iter().zip(self.w) {
+                out.push(v / m * w);
+            }
         }
         out
     }
@@ -562,7 +564,9 @@ impl Autovectorized for Gate<'_> {
         let mut act = Vec::with_capacity(self.gate_up.len() / 2);
         for row in self.gate_up.chunks_exact(2 * self.hidden) {
             let (gate, up) = row.split_at(self.hidden);
-            act.extend(gate.iter().zip(up).map(|(&g, &u)| silu(g) * u));
+            for (&g, &u) in gate.iter().zip(up) {
+                act.push(silu(g) * u);
+            }
         }
         act
     }
@@ -644,9 +648,15 @@ impl Autovectorized for Attend<'_> {
             for (i, oh) in out.chunks_exact_mut(hd).enumerate() {
                 let qh = &q[i * s.dim + h * hd..][..hd];
                 let seen = pos + i + 1;
+                // Plain loops: closures in iterator adapters may stay out of line, outside
+                // the path's feature context.
                 scores.clear();
-                scores.extend((0..seen).map(|j| dot(qh, &k[j * kv_dim + at..][..hd]) * scale));
-                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let mut max = f32::NEG_INFINITY;
+                for j in 0..seen {
+                    let sc = dot(qh, &k[j * kv_dim + at..][..hd]) * scale;
+                    max = max.max(sc);
+                    scores.push(sc);
+                }
                 let mut sum = 0f32;
                 for sc in scores.iter_mut() {
                     *sc = libm::expf(*sc - max);
