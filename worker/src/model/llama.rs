@@ -51,10 +51,11 @@ impl Linear {
         match dtype {
             Some(GgmlDType::Q4_1) => Ok(Linear::Q41(Q41Matrix::stacked(parts)?)),
             Some(GgmlDType::Q8_0) => Ok(Linear::Q80(Q80Matrix::stacked(parts)?)),
-            other => candle_core::bail!(
+            Some(other) => candle_core::bail!(
                 "{name}: quantization type {other:?} has no kernel; supported: {}",
                 supported_names()
             ),
+            None => candle_core::bail!("{name}: no tensors"),
         }
     }
 

@@ -299,7 +299,11 @@ pub const KNOWN: &[&str] = &[
     "flan-t5",
     "t5",
     "opus-mt-SRC-TGT",
+    "gguf:PATH",
 ];
+
+/// `--model gguf:PATH`: any llama-architecture chat model from its GGUF file.
+pub const GGUF_PREFIX: &str = "gguf:";
 
 /// The transformer `auto` prefers: the original's model.
 pub const AUTO_PREFERS: &str = "distilbert-sst2";
@@ -310,7 +314,7 @@ pub const AUTO_PREFERS: &str = "distilbert-sst2";
 ///
 /// `auto` is [`AUTO_PREFERS`] when its weights are in `dir`, cached or downloadable, else the
 /// lexicon; it logs which one it chose and why. `smollm2` needs `dir`: the folder holding its
-/// GGUF file (or the file).
+/// GGUF file (or the file). `gguf:PATH` loads any llama-architecture chat GGUF file.
 ///
 /// Blocking: it may download. Call it off the async runtime.
 ///
@@ -372,6 +376,10 @@ pub fn load_with(
             };
             Ok(Box::new(t5::T5Model::load(name, &dir)?))
         }
+        name if name.starts_with(GGUF_PREFIX) => Ok(Box::new(chat::ChatModel::load_gguf(
+            std::path::Path::new(&name[GGUF_PREFIX.len()..]),
+            engine,
+        )?)),
         chat::NAME => Ok(Box::new(chat::ChatModel::load_with(
             dir.ok_or(chat::ChatLoadError::NoDir)?,
             engine,
