@@ -35,29 +35,36 @@ pub(crate) struct EngineArgs {
     /// The kernel path of a generative model's products: auto (the fastest this CPU runs),
     /// portable, avx2 or avx512. Every path gives the same bits; forcing one checks that.
     #[arg(long, env = worker::model::kernel::KERNEL_ENV, default_value = "auto", value_parser = parse_kernel)]
-    kernel: Option<worker::model::kernel::Isa>,
+    kernel: KernelArg,
 }
+
+/// `--kernel`: a path, or `auto` (none forced).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KernelArg(Option<worker::model::kernel::Isa>);
 
 impl EngineArgs {
     /// Every core, the fastest path (`eval`'s models).
     const AUTO: Self = Self {
         threads: 0,
-        kernel: None,
+        kernel: KernelArg(None),
     };
 
     /// The worker library's form.
     pub(crate) fn config(self) -> worker::model::kernel::EngineConfig {
         worker::model::kernel::EngineConfig {
             threads: self.threads,
-            kernel: self.kernel,
+            kernel: self.kernel.0,
         }
     }
 }
 
-fn parse_kernel(s: &str) -> Result<Option<worker::model::kernel::Isa>, String> {
+fn parse_kernel(s: &str) -> Result<KernelArg, String> {
     match s {
-        "auto" => Ok(None),
-        other => other.parse().map(Some).map_err(|e| format!("{e}")),
+        "auto" => Ok(KernelArg(None)),
+        other => other
+            .parse()
+            .map(|isa| KernelArg(Some(isa)))
+            .map_err(|e| format!("{e}")),
     }
 }
 
