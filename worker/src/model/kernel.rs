@@ -200,6 +200,50 @@ impl Kernel {
     }
 }
 
+/// Calls `tile::<R>(r0)` over `m` activation rows in tiles of four, then the remainder.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_fours {
+    ($m:expr, $tile:ident, $($arg:expr),*) => {{
+        let m = $m;
+        let mut r = 0;
+        while r + 4 <= m {
+            $tile::<4>($($arg,)* r);
+            r += 4;
+        }
+        match m - r {
+            3 => $tile::<3>($($arg,)* r),
+            2 => $tile::<2>($($arg,)* r),
+            1 => $tile::<1>($($arg,)* r),
+            _ => {}
+        }
+    }};
+}
+
+/// Calls `tile::<R>(r0)` over `m` activation rows in tiles of eight, then the remainder.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_eights {
+    ($m:expr, $tile:ident, $($arg:expr),*) => {{
+        let m = $m;
+        let mut r = 0;
+        while r + 8 <= m {
+            $tile::<8>($($arg,)* r);
+            r += 8;
+        }
+        match m - r {
+            7 => $tile::<7>($($arg,)* r),
+            6 => $tile::<6>($($arg,)* r),
+            5 => $tile::<5>($($arg,)* r),
+            4 => $tile::<4>($($arg,)* r),
+            3 => $tile::<3>($($arg,)* r),
+            2 => $tile::<2>($($arg,)* r),
+            1 => $tile::<1>($($arg,)* r),
+            _ => {}
+        }
+    }};
+}
+#[cfg(target_arch = "x86_64")]
+pub(crate) use {by_eights, by_fours};
+
 /// The engine's threads: one pool, entered once per forward pass, whose workers split each
 /// product's output rows. With one thread there is no pool and no hand-off at all.
 #[derive(Debug)]

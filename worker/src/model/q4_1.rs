@@ -241,50 +241,10 @@ fn portable_group(tiles: &[Tile], x: &Q8Rows, out: &mut [f32]) {
     }
 }
 
-/// Calls `tile::<R>(r0)` over `m` activation rows in tiles of four, then the remainder.
-macro_rules! by_fours {
-    ($m:expr, $tile:ident, $($arg:expr),*) => {{
-        let m = $m;
-        let mut r = 0;
-        while r + 4 <= m {
-            $tile::<4>($($arg,)* r);
-            r += 4;
-        }
-        match m - r {
-            3 => $tile::<3>($($arg,)* r),
-            2 => $tile::<2>($($arg,)* r),
-            1 => $tile::<1>($($arg,)* r),
-            _ => {}
-        }
-    }};
-}
-
-/// Calls `tile::<R>(r0)` over `m` activation rows in tiles of eight, then the remainder.
-#[cfg(target_arch = "x86_64")]
-macro_rules! by_eights {
-    ($m:expr, $tile:ident, $($arg:expr),*) => {{
-        let m = $m;
-        let mut r = 0;
-        while r + 8 <= m {
-            $tile::<8>($($arg,)* r);
-            r += 8;
-        }
-        match m - r {
-            7 => $tile::<7>($($arg,)* r),
-            6 => $tile::<6>($($arg,)* r),
-            5 => $tile::<5>($($arg,)* r),
-            4 => $tile::<4>($($arg,)* r),
-            3 => $tile::<3>($($arg,)* r),
-            2 => $tile::<2>($($arg,)* r),
-            1 => $tile::<1>($($arg,)* r),
-            _ => {}
-        }
-    }};
-}
-
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{Q8Rows, Tile, ROWS};
+    use crate::model::kernel::by_fours;
     use crate::model::q8::f16x8_avx2;
     use core::arch::x86_64::{__m256, __m256i};
     use pulp::bytemuck::cast;
@@ -369,6 +329,7 @@ mod avx2 {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{Q8Rows, Tile, ROWS};
+    use crate::model::kernel::by_eights;
     use core::arch::x86_64::{__m256i, __m512, __m512i};
     use pulp::bytemuck::cast;
     use pulp::x86::V4;

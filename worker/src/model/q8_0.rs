@@ -4,9 +4,11 @@
 //! candle itself would pick an AVX/FMA kernel or this scalar one by build and CPU, and they
 //! differ in the last bits; this module runs the scalar order on every path.
 //!
-//! Weights are repacked like Q4_1's ([`super::q4_1`]): eight rows interleaved per block, f16
-//! scales kept. The integer dot products widen both sides to i16 and multiply-add pairs into
-//! i32 (`madd`), exact for every i8 value, -128 included.
+//! Weights are repacked like Q4_1's ([`super::q4_1`]) into tiles of sixteen rows by one block,
+//! f16 scales kept, the values interleaved two at a time: bytes `2i..2i + 2` of chunk `c` are row
+//! `i`'s values `2c, 2c + 1`. Widened to i16, a chunk `madd`s against one pair of activation
+//! values broadcast to every lane, giving each row's two products summed in i32: exact for every
+//! i8 value, -128 included, and no horizontal reduction.
 
 use super::kernel::{Kernel, Threads};
 use super::q4_1::product;
@@ -17,14 +19,14 @@ use half::f16;
 /// Bytes of one Q8_0 block in the file: `d` (f16), then 32 values.
 const Q8_0_BYTES: usize = 34;
 
-/// Weight rows interleaved in one repacked block: the outputs a product computes at once.
-const GROUP: usize = 8;
+/// Weight rows in one repacked tile: the outputs a product computes at once.
+const ROWS: usize = 16;
 
-/// One block of a group of eight weight rows.
+/// One block of sixteen weight rows: scales (f16 bits), then sixteen chunks of two values a row.
 #[derive(Debug, Clone, Copy)]
 struct Tile {
-    d: [u16; GROUP],
-    q: [[i8; BLOCK]; GROUP],
+    d: [u16; ROWS],
+    q: [[i8; 2 * ROWS]; BLOCK / 2],
 }
 
 /// A Q8_0 weight matrix of `n` rows (outputs) by `k` columns, repacked for the product.
@@ -65,22 +67,23 @@ impl Q80Matrix {
             .flat_map(|d| d.chunks_exact(row_bytes))
             .collect();
         let (n, blocks) = (rows.len(), k / BLOCK);
-        let groups = n.div_ceil(GROUP);
-        let mut tiles = Vec::with_capacity(groups * blocks);
-        for g in 0..groups {
+        let tile_rows = n.div_ceil(ROWS);
+        let mut tiles = Vec::with_capacity(tile_rows * blocks);
+        for g in 0..tile_rows {
             for b in 0..blocks {
                 let mut tile = Tile {
-                    d: [0; GROUP],
-                    q: [[0; BLOCK]; GROUP],
+                    d: [0; ROWS],
+                    q: [[0; 2 * ROWS]; BLOCK / 2],
                 };
-                for lane in 0..GROUP {
-                    let Some(row) = rows.get(g * GROUP + lane) else {
+                for lane in 0..ROWS {
+                    let Some(row) = rows.get(g * ROWS + lane) else {
                         continue;
                     };
                     let block = &row[b * Q8_0_BYTES..(b + 1) * Q8_0_BYTES];
                     tile.d[lane] = u16::from_le_bytes([block[0], block[1]]);
-                    for (q, &byte) in tile.q[lane].iter_mut().zip(&block[2..]) {
-                        *q = byte as i8;
+                    for (c, chunk) in tile.q.iter_mut().enumerate() {
+                        chunk[2 * lane] = block[2 + 2 * c] as i8;
+                        chunk[2 * lane + 1] = block[3 + 2 * c] as i8;
                     }
                 }
                 tiles.push(tile);
@@ -106,21 +109,23 @@ impl Q80Matrix {
 
     /// Row `r` dequantized as candle does (`q * d`): a token's embedding.
     pub fn row(&self, r: usize) -> Vec<f32> {
-        let (g, lane) = (r / GROUP, r % GROUP);
+        let (g, lane) = (r / ROWS, r % ROWS);
         let tiles = &self.tiles[g * self.blocks..(g + 1) * self.blocks];
-        tiles
-            .iter()
-            .flat_map(|t| {
-                let d = f16::from_bits(t.d[lane]).to_f32();
-                t.q[lane].iter().map(move |&q| f32::from(q) * d)
-            })
-            .collect()
+        let mut out = Vec::with_capacity(self.k);
+        for t in tiles {
+            let d = f16::from_bits(t.d[lane]).to_f32();
+            for chunk in &t.q {
+                out.push(f32::from(chunk[2 * lane]) * d);
+                out.push(f32::from(chunk[2 * lane + 1]) * d);
+            }
+        }
+        out
     }
 
     /// `x` (quantized rows of [`Q80Matrix::cols`]) times the transpose of this matrix.
     pub fn matmul(&self, x: &Q8Rows, kernel: Kernel, threads: &Threads) -> Vec<f32> {
         debug_assert_eq!(x.blocks(), self.blocks);
-        product(self.n, GROUP, x.rows(), threads, |g, out| {
+        product(self.n, ROWS, x.rows(), threads, |g, out| {
             let tiles = &self.tiles[g * self.blocks..(g + 1) * self.blocks];
             match kernel {
                 Kernel::Portable => portable_group(tiles, x, out),
@@ -143,18 +148,18 @@ impl Q80Matrix {
     }
 }
 
-/// The group in plain Rust, each chain in block order.
+/// The tile row in plain Rust, each chain in block order.
 fn portable_group(tiles: &[Tile], x: &Q8Rows, out: &mut [f32]) {
-    for (r, out) in out.chunks_exact_mut(GROUP).enumerate() {
-        let mut acc = [0f32; GROUP];
+    for (r, out) in out.chunks_exact_mut(ROWS).enumerate() {
+        let mut acc = [0f32; ROWS];
         for (b, t) in tiles.iter().enumerate() {
             let (values, dx) = (x.values(r, b), x.scale(r, b));
             for (lane, acc) in acc.iter_mut().enumerate() {
-                let sumi: i32 = t.q[lane]
-                    .iter()
-                    .zip(values)
-                    .map(|(&w, &v)| i32::from(w) * i32::from(v))
-                    .sum();
+                let mut sumi = 0i32;
+                for (c, chunk) in t.q.iter().enumerate() {
+                    sumi += i32::from(chunk[2 * lane]) * i32::from(values[2 * c])
+                        + i32::from(chunk[2 * lane + 1]) * i32::from(values[2 * c + 1]);
+                }
                 let dw = f16::from_bits(t.d[lane]).to_f32();
                 *acc += sumi as f32 * dw * dx;
             }
@@ -165,99 +170,120 @@ fn portable_group(tiles: &[Tile], x: &Q8Rows, out: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Q8Rows, Tile, GROUP};
+    use super::{Q8Rows, Tile, ROWS};
+    use crate::model::kernel::by_fours;
     use crate::model::q8::f16x8_avx2;
     use core::arch::x86_64::{__m128i, __m256, __m256i};
     use pulp::bytemuck::cast;
     use pulp::x86::V3;
 
-    /// Eight vectors of eight i32 partial sums to the eight sums, lane `i` from vector `i`.
-    #[inline(always)]
-    fn reduce8(simd: V3, s: [__m256i; 8]) -> __m256i {
-        let a = simd.avx2._mm256_hadd_epi32(s[0], s[1]);
-        let c = simd.avx2._mm256_hadd_epi32(s[2], s[3]);
-        let e = simd.avx2._mm256_hadd_epi32(s[4], s[5]);
-        let g = simd.avx2._mm256_hadd_epi32(s[6], s[7]);
-        let ac = simd.avx2._mm256_hadd_epi32(a, c);
-        let eg = simd.avx2._mm256_hadd_epi32(e, g);
-        let lo = simd.avx2._mm256_permute2x128_si256::<0x20>(ac, eg);
-        let hi = simd.avx2._mm256_permute2x128_si256::<0x31>(ac, eg);
-        simd.avx2._mm256_add_epi32(lo, hi)
-    }
-
-    /// Both halves of 32 i8 values widened to i16.
-    #[inline(always)]
-    fn widen(simd: V3, v: [i8; 32]) -> (__m256i, __m256i) {
-        let [lo, hi]: [__m128i; 2] = cast(v);
-        (
-            simd.avx2._mm256_cvtepi8_epi16(lo),
-            simd.avx2._mm256_cvtepi8_epi16(hi),
-        )
-    }
-
+    /// Every row of `x` against the tile row, as two halves of eight outputs.
     #[inline(always)]
     pub(super) fn group(simd: V3, tiles: &[Tile], x: &Q8Rows, out: &mut [f32]) {
-        let m = x.rows();
-        let mut r = 0;
-        while r + 4 <= m {
-            tile::<4>(simd, tiles, x, r, out);
-            r += 4;
-        }
-        match m - r {
-            3 => tile::<3>(simd, tiles, x, r, out),
-            2 => tile::<2>(simd, tiles, x, r, out),
-            1 => tile::<1>(simd, tiles, x, r, out),
-            _ => {}
+        for half in 0..2 {
+            by_fours!(x.rows(), tile, simd, tiles, x, out, half);
         }
     }
 
+    /// Rows `r0..r0 + R` against outputs `8 * half..8 * half + 8`: each chunk widened once per
+    /// block for all of them.
     #[inline(always)]
-    fn tile<const R: usize>(simd: V3, tiles: &[Tile], x: &Q8Rows, r0: usize, out: &mut [f32]) {
+    fn tile<const R: usize>(
+        simd: V3,
+        tiles: &[Tile],
+        x: &Q8Rows,
+        out: &mut [f32],
+        half: usize,
+        r0: usize,
+    ) {
+        let lanes = 8 * half..8 * half + 8;
         let mut acc: [__m256; R] = [simd.avx._mm256_setzero_ps(); R];
         for (b, t) in tiles.iter().enumerate() {
-            let ys: [(__m256i, __m256i); R] =
-                core::array::from_fn(|r| widen(simd, *x.values(r0 + r, b)));
-            let mut s = [[simd.avx._mm256_setzero_si256(); GROUP]; R];
-            for (i, q) in t.q.iter().enumerate() {
-                let (wl, wh) = widen(simd, *q);
-                for (s, y) in s.iter_mut().zip(&ys) {
-                    s[i] = simd.avx2._mm256_add_epi32(
-                        simd.avx2._mm256_madd_epi16(wl, y.0),
-                        simd.avx2._mm256_madd_epi16(wh, y.1),
-                    );
-                }
-            }
-            let dw = f16x8_avx2(simd, t.d);
+            let w: [__m256i; 16] = core::array::from_fn(|c| {
+                let bytes: [i8; 16] = t.q[c][16 * half..16 * half + 16].try_into().expect("16");
+                simd.avx2._mm256_cvtepi8_epi16(cast::<_, __m128i>(bytes))
+            });
+            let dw = f16x8_avx2(simd, t.d[lanes.clone()].try_into().expect("8"));
             for (r, acc) in acc.iter_mut().enumerate() {
-                let sumi = simd.avx._mm256_cvtepi32_ps(reduce8(simd, s[r]));
+                let row = r0 + r;
+                // The activation values widened to i16: lane `c` holds the pair `2c, 2c + 1`.
+                let [lo, hi]: [__m128i; 2] = cast(*x.values(row, b));
+                let pairs: [i32; 16] = cast([
+                    simd.avx2._mm256_cvtepi8_epi16(lo),
+                    simd.avx2._mm256_cvtepi8_epi16(hi),
+                ]);
+                let mut sum = simd.avx._mm256_setzero_si256();
+                for (c, w) in w.iter().enumerate() {
+                    let y = simd.avx._mm256_set1_epi32(pairs[c]);
+                    sum = simd
+                        .avx2
+                        ._mm256_add_epi32(sum, simd.avx2._mm256_madd_epi16(*w, y));
+                }
+                let sumi = simd.avx._mm256_cvtepi32_ps(sum);
                 let term = simd.avx._mm256_mul_ps(
                     simd.avx._mm256_mul_ps(sumi, dw),
-                    simd.avx._mm256_set1_ps(x.scale(r0 + r, b)),
+                    simd.avx._mm256_set1_ps(x.scale(row, b)),
                 );
                 *acc = simd.avx._mm256_add_ps(*acc, term);
             }
         }
         for (r, acc) in acc.iter().enumerate() {
-            let lanes: [f32; GROUP] = cast(*acc);
-            out[(r0 + r) * GROUP..][..GROUP].copy_from_slice(&lanes);
+            let v: [f32; 8] = cast(*acc);
+            out[(r0 + r) * ROWS + 8 * half..][..8].copy_from_slice(&v);
         }
     }
 }
 
-// pulp's `vectorize` runs a call with the CPU features enabled only when the call is inlined
-// into it; a closure this large is not (its `FnOnce` shim is only an inline hint), and the
-// intrinsics then become function calls. These plain calls are `#[inline(always)]`.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Q8Rows, Tile, ROWS};
+    use crate::model::kernel::by_eights;
+    use core::arch::x86_64::{__m256i, __m512, __m512i};
+    use pulp::bytemuck::cast;
+    use pulp::x86::V4;
+
+    /// Every row of `x` against the tile row, sixteen outputs a vector, eight rows a tile.
+    #[inline(always)]
+    pub(super) fn group(simd: V4, tiles: &[Tile], x: &Q8Rows, out: &mut [f32]) {
+        by_eights!(x.rows(), tile, simd, tiles, x, out);
+    }
+
+    #[inline(always)]
+    fn tile<const R: usize>(simd: V4, tiles: &[Tile], x: &Q8Rows, out: &mut [f32], r0: usize) {
+        let f = simd.avx512f;
+        let bw = simd.avx512bw;
+        let mut acc: [__m512; R] = [f._mm512_setzero_ps(); R];
+        for (b, t) in tiles.iter().enumerate() {
+            let w: [__m512i; 16] =
+                core::array::from_fn(|c| bw._mm512_cvtepi8_epi16(cast::<_, __m256i>(t.q[c])));
+            let dw = f._mm512_cvtph_ps(cast::<_, __m256i>(t.d));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let row = r0 + r;
+                let pairs: [i32; 16] =
+                    cast(bw._mm512_cvtepi8_epi16(cast::<_, __m256i>(*x.values(row, b))));
+                let mut sum = f._mm512_setzero_si512();
+                for (c, w) in w.iter().enumerate() {
+                    let y = f._mm512_set1_epi32(pairs[c]);
+                    sum = f._mm512_add_epi32(sum, bw._mm512_madd_epi16(*w, y));
+                }
+                let sumi = f._mm512_cvtepi32_ps(sum);
+                let term =
+                    f._mm512_mul_ps(f._mm512_mul_ps(sumi, dw), f._mm512_set1_ps(x.scale(row, b)));
+                *acc = f._mm512_add_ps(*acc, term);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let v: [f32; ROWS] = cast(*acc);
+            out[(r0 + r) * ROWS..][..ROWS].copy_from_slice(&v);
+        }
+    }
+}
+
+// As in `q4_1`: plain calls for pulp's `vectorize`, inlined into it.
 #[cfg(target_arch = "x86_64")]
 crate::model::kernel::simd_call!(Avx2Call, pulp::x86::V3, Tile, avx2::group);
 #[cfg(target_arch = "x86_64")]
-crate::model::kernel::simd_call!(Avx512Call, pulp::x86::V4, Tile, avx2_on_v4);
-
-/// The AVX2 group on an AVX-512 CPU (its 32 vector registers spill less).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn avx2_on_v4(simd: pulp::x86::V4, tiles: &[Tile], x: &Q8Rows, out: &mut [f32]) {
-    avx2::group(*simd, tiles, x, out)
-}
+crate::model::kernel::simd_call!(Avx512Call, pulp::x86::V4, Tile, avx512::group);
 
 #[cfg(test)]
 mod tests {
@@ -330,7 +356,7 @@ mod tests {
     fn extreme_values_are_exact() {
         let k = 64;
         let mut raw = Vec::new();
-        for r in 0..GROUP {
+        for r in 0..ROWS {
             for _ in 0..k / BLOCK {
                 raw.extend(f16::from_f32(0.5).to_le_bytes());
                 raw.extend([if r % 2 == 0 { 0x80u8 } else { 0x7F }; BLOCK]);
@@ -339,7 +365,7 @@ mod tests {
         let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
             GgmlDType::Q8_0,
             &raw,
-            vec![GROUP, k],
+            vec![ROWS, k],
             &Device::Cpu,
         )
         .expect("raw Q8_0");
