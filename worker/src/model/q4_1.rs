@@ -19,10 +19,10 @@
 //! with `sumi_b` the block's integer dot product, exact in any order: a `maddubs` lane is two
 //! products of at most 15 * 128, and eight such lanes add up to at most 30,720 < 2^15 before
 //! they are widened to i32. Every float operation is rounded on its own (Rust never fuses a
-//! multiply and an add). The outputs of a tile, times up to four activation rows, advance
-//! together in vector lanes, each lane running the same chain, so the vector paths give the
-//! portable code's bits, and the unpacked weights serve four rows per load. Decode (one row) runs
-//! the same code with a tile of one row.
+//! multiply and an add). The outputs of a tile, times up to four (AVX2) or eight (AVX-512)
+//! activation rows, advance together in vector lanes, each lane running the same chain, so the
+//! vector paths give the portable code's bits, and the unpacked weights serve those rows per
+//! load. Decode (one row) runs the same code with a tile of one row.
 
 use super::kernel::{Kernel, Threads};
 use super::q8::{Q8Rows, BLOCK};
