@@ -9,8 +9,9 @@
 //!   and gate/up are one product each, each input quantized once;
 //! - everything else is plain Rust over `f32` slices, whose operations are IEEE-exact (Rust
 //!   never fuses or reorders float operations) in fixed summation orders (eight partial sums
-//!   added in a fixed tree, or one chain), with `exp`, `sin`, `cos` and `pow` from the pure-Rust
-//!   `libm` crate instead of the system's (which picks FMA variants on some CPUs);
+//!   added in a fixed tree, or one chain), with `sin`, `cos` and `pow` from the pure-Rust `libm`
+//!   crate instead of the system's (which picks FMA variants on some CPUs), and `exp` as
+//!   `libm::expf` computes it, bit for bit, in a vectorizable form (`expf.rs`);
 //! - attention is causal grouped-query attention computed query by query against a KV cache
 //!   that grows in place (no copy per step, no repeated keys): a query's scores, softmax and
 //!   weighted sum read only its own row and the cache up to its position, so they are the same
@@ -22,6 +23,7 @@
 //! no `output.weight`); its logits agree with candle's within float noise
 //! (`worker/tests/smollm2.rs`).
 
+use super::expf::expf;
 use super::kernel::{Autovectorized, Kernel, Threads};
 use super::q4_1::Q41Matrix;
 use super::q8::Q8Rows;
@@ -489,10 +491,10 @@ fn add_in_place(a: &mut [f32], b: &[f32]) {
     }
 }
 
-/// `x * sigmoid(x)`, with `libm`'s `exp`.
+/// `x * sigmoid(x)`, with `libm`'s `expf` (its vectorizable form).
 #[inline(always)]
 fn silu(x: f32) -> f32 {
-    x / (1.0 + libm::expf(-x))
+    x / (1.0 + expf(-x))
 }
 
 /// The sum of `a[i] * b[i]` in eight partial sums (lane `i % 8`), added in a fixed tree.
@@ -562,11 +564,15 @@ impl Autovectorized for Gate<'_> {
 
     #[inline(always)]
     fn run(self) -> Vec<f32> {
-        let mut act = Vec::with_capacity(self.gate_up.len() / 2);
-        for row in self.gate_up.chunks_exact(2 * self.hidden) {
+        let mut act = vec![0f32; self.gate_up.len() / 2];
+        for (row, out) in self
+            .gate_up
+            .chunks_exact(2 * self.hidden)
+            .zip(act.chunks_exact_mut(self.hidden))
+        {
             let (gate, up) = row.split_at(self.hidden);
-            for (&g, &u) in gate.iter().zip(up) {
-                act.push(silu(g) * u);
+            for ((a, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                *a = silu(g) * u;
             }
         }
         act
@@ -575,7 +581,7 @@ impl Autovectorized for Gate<'_> {
 
 /// Causal grouped-query attention of the `q` rows (positions `pos..`) over the cache, which
 /// already holds their own keys and values: per query and head, scores in position order,
-/// softmax with `libm`'s `exp` summed in position order, values weighted and added in position
+/// softmax with `libm`'s `expf` summed in position order, values weighted and added in position
 /// order. Heads are split over the threads.
 fn attention(
     s: Shape,
@@ -658,10 +664,12 @@ impl Autovectorized for Attend<'_> {
                     max = max.max(sc);
                     scores.push(sc);
                 }
-                let mut sum = 0f32;
                 for sc in scores.iter_mut() {
-                    *sc = libm::expf(*sc - max);
-                    sum += *sc;
+                    *sc = expf(*sc - max);
+                }
+                let mut sum = 0f32;
+                for &e in scores.iter() {
+                    sum += e;
                 }
                 oh.fill(0.0);
                 for (j, &e) in scores.iter().enumerate() {

@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod distilbert;
+mod expf;
 pub mod hub;
 pub mod kernel;
 pub mod lexicon;
