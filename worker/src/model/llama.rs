@@ -388,11 +388,7 @@ impl Weights {
             .iter()
             .zip(cache.k.iter_mut().zip(cache.v.iter_mut()))
         {
-            let x = kernel.run(Norm {
-                x: &h,
-                w: &layer.attention_norm,
-                eps: s.eps,
-            });
+            let x = rms_norm(&h, &layer.attention_norm, s.eps, kernel, threads);
             kernel.run(Quantize {
                 rows: &mut xq,
                 x: &x,
@@ -422,21 +418,14 @@ impl Weights {
             let o = layer.wo.matmul(&xq, kernel, threads);
             add_in_place(&mut h, &o);
 
-            let y = kernel.run(Norm {
-                x: &h,
-                w: &layer.ffn_norm,
-                eps: s.eps,
-            });
+            let y = rms_norm(&h, &layer.ffn_norm, s.eps, kernel, threads);
             kernel.run(Quantize {
                 rows: &mut xq,
                 x: &y,
                 k: s.dim,
             });
             let gate_up = layer.gate_up.matmul(&xq, kernel, threads);
-            let act = kernel.run(Gate {
-                gate_up: &gate_up,
-                hidden: s.hidden,
-            });
+            let act = gate(&gate_up, s.hidden, kernel, threads);
             kernel.run(Quantize {
                 rows: &mut xq,
                 x: &act,
@@ -446,11 +435,7 @@ impl Weights {
             add_in_place(&mut h, &down);
         }
         cache.len = pos + l;
-        let last = kernel.run(Norm {
-            x: &h[(l - n) * s.dim..],
-            w: &self.norm,
-            eps: s.eps,
-        });
+        let last = rms_norm(&h[(l - n) * s.dim..], &self.norm, s.eps, kernel, threads);
         kernel.run(Quantize {
             rows: &mut xq,
             x: &last,
@@ -519,22 +504,37 @@ struct Norm<'a> {
     x: &'a [f32],
     w: &'a [f32],
     eps: f32,
+    out: &'a mut [f32],
 }
 
 impl Autovectorized for Norm<'_> {
-    type Output = Vec<f32>;
+    type Output = ();
 
     #[inline(always)]
-    fn run(self) -> Vec<f32> {
-        let mut out = Vec::with_capacity(self.x.len());
-        for row in self.x.chunks_exact(self.w.len()) {
-            let m = (dot(row, row) / self.w.len() as f32 + self.eps).sqrt();
-            for (&v, &w) in row.iter().zip(self.w) {
-                out.push(v / m * w);
+    fn run(self) {
+        let dim = self.w.len();
+        for (row, out) in self.x.chunks_exact(dim).zip(self.out.chunks_exact_mut(dim)) {
+            let m = (dot(row, row) / dim as f32 + self.eps).sqrt();
+            for ((o, &v), &w) in out.iter_mut().zip(row).zip(self.w) {
+                *o = v / m * w;
             }
         }
-        out
     }
+}
+
+/// RMS norm of each row of `x` (rows of `w.len()`), the rows split over the threads.
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, kernel: Kernel, threads: &Threads) -> Vec<f32> {
+    let dim = w.len();
+    let mut out = vec![0f32; x.len()];
+    threads.split(&mut out, dim, x.len() / dim, |first, part| {
+        kernel.run(Norm {
+            x: &x[first * dim..first * dim + part.len()],
+            w,
+            eps,
+            out: part,
+        })
+    });
+    out
 }
 
 /// Rows of `x` quantized into `rows`.
@@ -557,26 +557,43 @@ impl Autovectorized for Quantize<'_> {
 struct Gate<'a> {
     gate_up: &'a [f32],
     hidden: usize,
+    out: &'a mut [f32],
 }
 
 impl Autovectorized for Gate<'_> {
-    type Output = Vec<f32>;
+    type Output = ();
 
     #[inline(always)]
-    fn run(self) -> Vec<f32> {
-        let mut act = vec![0f32; self.gate_up.len() / 2];
+    fn run(self) {
         for (row, out) in self
             .gate_up
             .chunks_exact(2 * self.hidden)
-            .zip(act.chunks_exact_mut(self.hidden))
+            .zip(self.out.chunks_exact_mut(self.hidden))
         {
             let (gate, up) = row.split_at(self.hidden);
             for ((a, &g), &u) in out.iter_mut().zip(gate).zip(up) {
                 *a = silu(g) * u;
             }
         }
-        act
     }
+}
+
+/// [`Gate`] over every row, the rows split over the threads.
+fn gate(gate_up: &[f32], hidden: usize, kernel: Kernel, threads: &Threads) -> Vec<f32> {
+    let mut out = vec![0f32; gate_up.len() / 2];
+    threads.split(
+        &mut out,
+        hidden,
+        gate_up.len() / (2 * hidden),
+        |first, part| {
+            kernel.run(Gate {
+                gate_up: &gate_up[2 * first * hidden..2 * first * hidden + 2 * part.len()],
+                hidden,
+                out: part,
+            })
+        },
+    );
+    out
 }
 
 /// Causal grouped-query attention of the `q` rows (positions `pos..`) over the cache, which

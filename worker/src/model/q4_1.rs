@@ -199,13 +199,16 @@ pub(crate) fn product(
         by_group.truncate(n);
         return by_group;
     }
+    // Laid out as rows of `n`, the rows split over the threads too.
     let mut out = vec![0f32; m * n];
-    for (g, lanes_by_row) in by_group.chunks_exact(unit).enumerate() {
-        let width = rows.min(n - g * rows);
-        for (r, lanes) in lanes_by_row.chunks_exact(rows).enumerate() {
-            out[r * n + g * rows..][..width].copy_from_slice(&lanes[..width]);
+    threads.split(&mut out, n, m, |first, part| {
+        for (i, row) in part.chunks_exact_mut(n).enumerate() {
+            let r = first + i;
+            for (g, dst) in row.chunks_mut(rows).enumerate() {
+                dst.copy_from_slice(&by_group[(g * m + r) * rows..][..dst.len()]);
+            }
         }
-    }
+    });
     out
 }
 
