@@ -29,7 +29,7 @@ bench_cluster 15222 benchv
 
 workers=()
 for w in v1 v2 v3; do
-    RAYON_NUM_THREADS=1 "$bin" worker --id "$w" --model smollm2 --model-dir "$smollm2" >"$dir/$w.log" 2>&1 &
+    "$bin" worker --id "$w" --model smollm2 --model-dir "$smollm2" --threads 1 >"$dir/$w.log" 2>&1 &
     pids+=($!)
     workers+=($!)
 done

@@ -27,7 +27,7 @@ prompts=(
 ours="$(mktemp)"
 theirs="$(mktemp)"
 trap 'rm -f "$ours" "$theirs"' EXIT
-OMP_NUM_THREADS=2 RAYON_NUM_THREADS=2 "$bin" --json infer --model smollm2 --model-dir "$dir" \
+"$bin" --json infer --threads 2 --model smollm2 --model-dir "$dir" \
     --type generate --max-new-tokens "$max" "${prompts[@]}" >"$ours"
 "$python" - "$dir/SmolLM2-135M-Instruct.Q4_1.gguf" "$ours" "$max" "$theirs" <<'PY'
 import json, sys
@@ -94,7 +94,7 @@ echo "|---|---|---|---|"
 for i in "${!prompts[@]}"; do
     ids="$(python3 -c 'import json, sys; print(",".join(map(str, json.load(open(sys.argv[1]))["answers"][int(sys.argv[2])])))' "$theirs" "$i")"
     back="$(python3 -c 'import json, sys; print("%.3f" % json.load(open(sys.argv[1]))["llama_cpp_gaps"][int(sys.argv[2])])' "$theirs" "$i")"
-    RAYON_NUM_THREADS=2 "$bin" --json infer --model smollm2 --model-dir "$dir" --type generate \
+    "$bin" --json infer --threads 2 --model smollm2 --model-dir "$dir" --type generate \
         --max-new-tokens "$max" --score-ids "$ids" "${prompts[$i]}" |
         python3 -c 'import json, sys
 r = json.load(sys.stdin)[0]

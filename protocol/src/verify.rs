@@ -34,6 +34,12 @@ pub struct Verification {
     pub gaps: Vec<f32>,
     /// Whether the candidate passes: every gap within the model's `eps` and the stop rule held.
     pub passed: bool,
+    /// Whether the scoring was exact: the scorer's engine computes the same logits bit for bit on
+    /// every CPU, thread count and batch, and every gap is exactly 0, so the candidate is the
+    /// very answer that engine generates (not only one within `eps`, the tolerance kept for
+    /// answers from other engines). Absent (false) from scorers that cannot tell.
+    #[serde(default)]
+    pub exact: bool,
 }
 
 impl Verification {
@@ -224,6 +230,7 @@ mod tests {
             logprobs: vec![-0.1, 0.2],
             gaps: vec![0.0, 0.0],
             passed: true,
+            exact: true,
         };
         assert!(v.validate(2).is_err(), "a positive log-probability");
         assert!(

@@ -1,18 +1,21 @@
 //! Tokens per second of `smollm2` on this CPU: prompt processing and generation separately,
 //! greedy, over a fixed chat prompt; and what verifying that generation costs: one
 //! teacher-forced pass over the prompt and the generated tokens, against the whole generation.
-//! Thread counts are fixed per process: run it with `RAYON_NUM_THREADS=1` and `=2`
-//! (`scripts/bench-generation.sh` does, beside llama.cpp on the same GGUF file).
+//! `scripts/bench-generation.sh` runs it at 1 and 2 threads, beside llama.cpp on the same GGUF
+//! file.
 //!
-//! `cargo run --release -p worker --example generation_throughput -- SMOLLM2_DIR [NEW_TOKENS]`
-//! prints one JSON line: `{"threads", "prompt_tokens", "prompt_tokens_per_sec",
-//! "new_tokens", "generation_tokens_per_sec", "generate_ms", "verify_ms"}`, medians of three
-//! runs.
+//! `cargo run --release -p worker --example generation_throughput -- SMOLLM2_DIR [NEW_TOKENS]
+//! [THREADS]` prints one JSON line: `{"threads", "kernel", "prompt_tokens",
+//! "prompt_tokens_per_sec", "new_tokens", "generated_tokens", "generation_tokens_per_sec",
+//! "generate_ms", "verify_ms"}`, medians of three runs. The generation ignores the stop
+//! token, so that it makes NEW_TOKENS whatever the model would say; `generated_tokens` counts
+//! what it made, and the generation and verify figures are over those tokens. The kernel path is `AIMARKET_KERNEL`'s, or the fastest.
 
 use protocol::TaskType;
 use std::path::PathBuf;
 use std::time::Instant;
 use worker::model::chat::ChatModel;
+use worker::model::kernel::EngineConfig;
 use worker::model::Input;
 
 /// The prompt: long enough that prompt processing is measured over ~100 tokens.
@@ -35,20 +38,30 @@ fn main() {
     let new_tokens: u32 = args
         .next()
         .map_or(64, |n| n.parse().expect("a token count"));
-    let model = ChatModel::load(&dir).expect("smollm2 loads");
+    let threads: usize = args
+        .next()
+        .map_or(1, |n| n.parse().expect("a thread count"));
+    let engine = EngineConfig {
+        threads,
+        kernel: None,
+    };
+    let model = ChatModel::load_with(&dir, &engine).expect("smollm2 loads");
+    let kernel = engine.kernel().expect("kernel").isa();
     let input = Input::new(TaskType::generate(), PROMPT);
     let (prompt, _) = model.prepare(&input).expect("prompt");
     let (mut pp, mut tg, mut whole, mut verify) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut generated = 0;
     for _ in 0..3 {
         let started = Instant::now();
         model.generate(&prompt, 1, &[]).expect("one token");
         let first = started.elapsed().as_secs_f64();
         let started = Instant::now();
-        // Generation may stop early on the stop token: count what it made.
+        // No id stops it (none is u32::MAX): it makes NEW_TOKENS, the figures count what it made.
         let (ids, _, _) = model
-            .generate(&prompt, new_tokens, &[])
+            .generate(&prompt, new_tokens, &[u32::MAX])
             .expect("generation");
         let all = started.elapsed().as_secs_f64();
+        generated = ids.len();
         pp.push(prompt.len() as f64 / first);
         tg.push((ids.len() as f64 - 1.0) / (all - first).max(1e-9));
         whole.push(all * 1e3);
@@ -59,10 +72,10 @@ fn main() {
         verify.push(started.elapsed().as_secs_f64() * 1e3);
     }
     println!(
-        "{{\"threads\": {}, \"prompt_tokens\": {}, \"prompt_tokens_per_sec\": {:.1}, \
-         \"new_tokens\": {new_tokens}, \"generation_tokens_per_sec\": {:.1}, \
+        "{{\"threads\": {threads}, \"kernel\": \"{kernel}\", \"prompt_tokens\": {}, \
+         \"prompt_tokens_per_sec\": {:.1}, \"new_tokens\": {new_tokens}, \
+         \"generated_tokens\": {generated}, \"generation_tokens_per_sec\": {:.1}, \
          \"generate_ms\": {:.1}, \"verify_ms\": {:.1}}}",
-        candle_core::utils::get_num_threads(),
         prompt.len(),
         median(pp),
         median(tg),

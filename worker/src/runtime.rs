@@ -247,10 +247,12 @@ fn answer_all(
                 let passed = leases[i].generation.as_ref().is_some_and(|spec| {
                     protocol::verify::verdict(candidate, &s.gaps, spec, spec.eps())
                 });
+                let exact = model.scores_exactly() && s.gaps.iter().all(|g| *g == 0.0);
                 Answered::Scored(Verification {
                     logprobs: s.logprobs,
                     gaps: s.gaps,
                     passed,
+                    exact,
                 })
             }));
         }
@@ -718,6 +720,83 @@ async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::generation::{resolve, SpecRequest};
+    use protocol::verify::VerifyJob;
+
+    /// Scores every candidate with the gaps it is given; exact or not as told.
+    struct Fixed {
+        exact: bool,
+        gaps: Vec<f32>,
+    }
+
+    impl Model for Fixed {
+        fn id(&self) -> &str {
+            "fixed"
+        }
+
+        fn capabilities(&self) -> Vec<TaskType> {
+            vec![TaskType::generate()]
+        }
+
+        fn predict(&self, inputs: &[Input]) -> Vec<Result<Prediction, ModelError>> {
+            inputs
+                .iter()
+                .map(|_| Err(ModelError::Inference("scores only".into())))
+                .collect()
+        }
+
+        fn scores_exactly(&self) -> bool {
+            self.exact
+        }
+
+        fn score(&self, jobs: &[(Input, Vec<u32>)]) -> Vec<Result<Scored, ModelError>> {
+            jobs.iter()
+                .map(|_| {
+                    Ok(Scored {
+                        logprobs: vec![-0.5; self.gaps.len()],
+                        gaps: self.gaps.clone(),
+                    })
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_scoring_is_exact_only_from_an_exact_engine_with_every_gap_zero() {
+        let spec = resolve(
+            &TaskType::generate(),
+            &SpecRequest {
+                max_new_tokens: Some(2),
+                ..SpecRequest::default()
+            },
+        )
+        .expect("spec");
+        let lease = Lease {
+            lease_id: protocol::LeaseId::new(),
+            task_id: protocol::TaskId::new(),
+            task_type: TaskType::generate(),
+            text: "Say hi.".into(),
+            labels: None,
+            generation: Some(spec.clone()),
+            verify: Some(VerifyJob {
+                token_ids: vec![7, spec.stop_ids[0]],
+            }),
+            expires_at: chrono::Utc::now(),
+        };
+        for (exact, gaps, want) in [
+            (true, vec![0.0, 0.0], true),
+            (true, vec![0.0, 0.25], false),
+            (false, vec![0.0, 0.0], false),
+        ] {
+            let model = Fixed { exact, gaps };
+            let got = answer_all(&model, std::slice::from_ref(&lease), None);
+            let Ok(Answered::Scored(v)) = &got[0] else {
+                panic!("a scoring: {got:?}");
+            };
+            assert_eq!(v.exact, want, "{:?} from an exact engine: {exact}", v.gaps);
+            assert!(v.passed, "within eps either way");
+        }
+    }
 
     #[test]
     fn heartbeats_fit_three_times_in_the_ttl() {

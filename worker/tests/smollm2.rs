@@ -171,13 +171,19 @@ fn a_source_too_long_for_the_context_is_cut_the_same_way_every_time() {
     assert_eq!(&ids[ids.len() - 4..], &[1, 520, 9531, 198]);
 }
 
-/// The forward pass with our Q4_1 product gives candle-transformers' `quantized_llama` logits bit
-/// for bit, over a prompt and greedy steps: being faster changed no answer.
+/// The engine's forward pass agrees with candle-transformers' `quantized_llama` on the same file
+/// over a prompt and eight greedy steps: the same greedy ids, and logits within the noise of
+/// summation order. The two sum attention, softmax and the output layer in different orders and
+/// take `exp` from different libraries, and each layer's 8-bit activation rounding turns a last-
+/// bit difference into a whole quantum now and then: candle's own prompt pass and its decode
+/// steps differ by up to 1.07 logits (mean 0.26) on the last prompt row of this file, and the
+/// engine's logits differ from candle's by about as much (up to 1.25, mean at most 0.44).
 #[test]
-fn the_forward_pass_gives_candles_logits_bit_for_bit() {
+fn the_forward_pass_agrees_with_candles_within_float_noise() {
     use candle_core::quantized::gguf_file;
     use candle_core::{Device, Tensor};
     use candle_transformers::models::quantized_llama::ModelWeights;
+    use worker::model::kernel::{Kernel, Threads};
     use worker::model::llama::Llama;
 
     let path = test_support::smollm2_dir().join(worker::model::chat::GGUF_FILE);
@@ -189,40 +195,25 @@ fn the_forward_pass_gives_candles_logits_bit_for_bit() {
     let (content, mut f) = open();
     let mut candle = ModelWeights::from_gguf(content, &mut f, &Device::Cpu).expect("candle's");
     let (content, mut f) = open();
-    let mut ours = Llama::from_gguf(content, &mut f, &Device::Cpu).expect("ours");
+    let threads = Threads::new(1).expect("one thread");
+    let mut ours = Llama::from_gguf(content, &mut f, Kernel::best(), threads).expect("ours");
     let input = Input::new(
         TaskType::summarization(),
         "The river rose overnight and the old bridge closed; the town built a ferry within a week.",
     );
     let (prompt, _) = model().prepare(&input).expect("prompt");
-    let logits = |m: &mut dyn FnMut(&Tensor, usize) -> Vec<f32>, ids: &[u32], pos: usize| {
+    let mut run_candle = |ids: &[u32], pos: usize| -> Vec<f32> {
         let x = Tensor::new(ids, &Device::Cpu)
             .and_then(|t| t.unsqueeze(0))
             .expect("ids");
-        m(&x, pos)
-    };
-    let mut run_candle = |x: &Tensor, pos: usize| -> Vec<f32> {
         candle
-            .forward(x, pos)
+            .forward(&x, pos)
             .and_then(|l| l.squeeze(0))
             .and_then(|l| l.to_vec1())
             .expect("candle")
     };
-    let mut run_ours = |x: &Tensor, pos: usize| -> Vec<f32> {
-        ours.forward(x, pos)
-            .and_then(|l| l.squeeze(0))
-            .and_then(|l| l.to_vec1())
-            .expect("ours")
-    };
-    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    let (mut a, mut b) = (
-        logits(&mut run_candle, &prompt, 0),
-        logits(&mut run_ours, &prompt, 0),
-    );
-    for (step, pos) in (prompt.len()..prompt.len() + 8).enumerate() {
-        assert_eq!(bits(&a), bits(&b), "logits differ at step {step}");
-        let next = a
-            .iter()
+    let argmax = |v: &[f32]| {
+        v.iter()
             .enumerate()
             .fold((0, f32::NEG_INFINITY), |best, (i, &l)| {
                 if l > best.1 {
@@ -231,11 +222,31 @@ fn the_forward_pass_gives_candles_logits_bit_for_bit() {
                     best
                 }
             })
-            .0 as u32;
-        a = logits(&mut run_candle, &[next], pos);
-        b = logits(&mut run_ours, &[next], pos);
+            .0 as u32
+    };
+    let (mut a, mut b) = (
+        run_candle(&prompt, 0),
+        ours.forward(&prompt, 0).expect("ours"),
+    );
+    let (mut worst, mut worst_mean) = (0f32, 0f32);
+    for pos in prompt.len()..prompt.len() + 8 {
+        let diff = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        worst = worst.max(diff);
+        let mean = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
+        worst_mean = worst_mean.max(mean);
+        assert_eq!(argmax(&a), argmax(&b), "greedy ids part at position {pos}");
+        let next = argmax(&a);
+        a = run_candle(&[next], pos);
+        b = ours.forward(&[next], pos).expect("ours");
     }
-    assert_eq!(bits(&a), bits(&b), "logits differ after 8 steps");
+    eprintln!("logits against candle's: largest difference {worst}, largest mean {worst_mean}");
+    assert!(
+        worst < 3.0 && worst_mean < 1.0,
+        "logits differ from candle's by {worst} (mean {worst_mean})"
+    );
 }
 
 #[test]
@@ -302,7 +313,10 @@ fn honest_answers_pass_their_teacher_forced_scoring_and_wrong_ones_do_not() {
         "largest honest gap {worst:e}; {refused}/{swaps} swapped answers refused, \
          {others_refused}/{others} early stops and other prompts' answers refused"
     );
-    assert!(worst < SMOLLM2_EPS / 10.0, "honest gap {worst}");
+    // The engine's logits do not depend on the batch: a teacher-forced pass gives the
+    // generation's own logits, so an honest answer scores gap exactly 0.
+    assert_eq!(worst, 0.0, "honest gap {worst}");
+    assert!(model().scores_exactly());
     assert_eq!(refused, swaps);
     assert_eq!(others_refused, others);
 }

@@ -14,22 +14,68 @@ use worker::model::{Input, Model};
 /// Which model, from where.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ModelArgs {
-    /// The model: auto, lexicon, distilbert-sst2, minilm or smollm2.
+    /// The model: auto, lexicon, distilbert-sst2, minilm, smollm2, or gguf:PATH (any
+    /// llama-architecture chat GGUF file with Q4_1 or Q8_0 weights).
     #[arg(long, default_value = "lexicon")]
     model: String,
     /// Folder with the model's weights in Hugging Face layout (default: the Hugging Face cache,
     /// downloading into it unless HF_HUB_OFFLINE is set).
     #[arg(long)]
     model_dir: Option<PathBuf>,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// How a generative model (smollm2) runs: its threads and kernel path.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub(crate) struct EngineArgs {
+    /// Threads for a generative model's forward pass (as llama.cpp's -t); 0: every core.
+    #[arg(long, env = "AIMARKET_THREADS", default_value_t = 0)]
+    threads: usize,
+    /// The kernel path of a generative model's products: auto (the fastest this CPU runs),
+    /// portable, avx2 or avx512. Every path gives the same bits; forcing one checks that.
+    #[arg(long, env = worker::model::kernel::KERNEL_ENV, default_value = "auto", value_parser = parse_kernel)]
+    kernel: KernelArg,
+}
+
+/// `--kernel`: a path, or `auto` (none forced).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KernelArg(Option<worker::model::kernel::Isa>);
+
+impl EngineArgs {
+    /// Every core, the fastest path (`eval`'s models).
+    const AUTO: Self = Self {
+        threads: 0,
+        kernel: KernelArg(None),
+    };
+
+    /// The worker library's form.
+    pub(crate) fn config(self) -> worker::model::kernel::EngineConfig {
+        worker::model::kernel::EngineConfig {
+            threads: self.threads,
+            kernel: self.kernel.0,
+        }
+    }
+}
+
+fn parse_kernel(s: &str) -> Result<KernelArg, String> {
+    match s {
+        "auto" => Ok(KernelArg(None)),
+        other => other
+            .parse()
+            .map(|isa| KernelArg(Some(isa)))
+            .map_err(|e| format!("{e}")),
+    }
 }
 
 impl ModelArgs {
     async fn load(&self) -> anyhow::Result<Box<dyn Model>> {
         let (name, dir) = (self.model.clone(), self.model_dir.clone());
-        Ok(
-            tokio::task::spawn_blocking(move || worker::model::load(&name, dir.as_deref()))
-                .await??,
-        )
+        let engine = self.engine.config();
+        Ok(tokio::task::spawn_blocking(move || {
+            worker::model::load_with(&name, dir.as_deref(), &engine)
+        })
+        .await??)
     }
 }
 
@@ -412,10 +458,12 @@ fn model_specs(specs: &[String], model_dir: Option<&Path>) -> anyhow::Result<Vec
             Some((name, dir)) => ModelArgs {
                 model: name.to_owned(),
                 model_dir: Some(PathBuf::from(dir)),
+                engine: EngineArgs::AUTO,
             },
             None => ModelArgs {
                 model: spec.clone(),
                 model_dir: None,
+                engine: EngineArgs::AUTO,
             },
         })
         .collect();

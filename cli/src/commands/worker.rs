@@ -52,7 +52,8 @@ pub(crate) struct Args {
     #[arg(long, env = "AIMARKET_WORKER_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// The model to run: auto (distilbert-sst2 when its weights are cached or downloadable, else
-    /// lexicon), lexicon, distilbert-sst2 or minilm.
+    /// lexicon), lexicon, distilbert-sst2, minilm, smollm2, or gguf:PATH (any
+    /// llama-architecture chat GGUF file with Q4_1 or Q8_0 weights).
     #[arg(long, env = "AIMARKET_MODEL", default_value = "lexicon")]
     model: String,
     /// Folder with the model's weights in Hugging Face layout (config.json, model.safetensors,
@@ -60,6 +61,8 @@ pub(crate) struct Args {
     /// (HF_HOME), downloading into it unless HF_HUB_OFFLINE is set.
     #[arg(long, env = "AIMARKET_MODEL_DIR")]
     model_dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    engine: super::models::EngineArgs,
     /// Task types to take (comma-separated); default: all the model can do.
     #[arg(long, value_delimiter = ',')]
     capabilities: Vec<TaskType>,
@@ -145,8 +148,11 @@ async fn token(ctx: &Ctx, action: TokenAction) -> anyhow::Result<()> {
 async fn serve(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     let id = args.id.context("--id is required")?;
     let (name, dir) = (args.model.clone(), args.model_dir.clone());
-    let mut model =
-        tokio::task::spawn_blocking(move || worker::model::load(&name, dir.as_deref())).await??;
+    let engine = args.engine.config();
+    let mut model = tokio::task::spawn_blocking(move || {
+        worker::model::load_with(&name, dir.as_deref(), &engine)
+    })
+    .await??;
     if args.extra_latency_ms > 0 {
         let pause = Duration::from_millis(args.extra_latency_ms);
         model = Box::new(worker::model::Delayed::new(model, pause));

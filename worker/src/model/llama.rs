@@ -1,84 +1,175 @@
-//! The Llama forward pass over GGUF weights, as candle-transformers' `quantized_llama` computes
-//! it, with one change: Q4_1 weight products go through [`super::q4_1`] (candle's own numbers,
-//! faster) instead of candle's scalar Q4_1 kernel. Everything else is candle's code path: the
-//! token embedding, RMS norm, interleaved RoPE (the `llama` architecture), grouped-query
-//! attention with a KV cache, SiLU-gated MLP, and the output product (Q8_0 in `smollm2`, through
-//! candle's `QMatMul`). A test in `worker/tests/smollm2.rs` runs both models on the same prompt
-//! and compares the logits bit for bit.
+//! The Llama forward pass over GGUF weights, written so that its bits depend on nothing but the
+//! tokens: not the instruction set, not the thread count, not how many rows a pass takes. So an
+//! honest worker on any CPU computes the same logits, and a prompt row computed in one batched
+//! pass equals the same position computed as a decode step.
+//!
+//! How each part keeps that:
+//! - weight products ([`super::q4_1`], [`super::q8_0`]): each output is candle's
+//!   `vec_dot_unopt` chain, in block order, on every path; threads split output rows only; q/k/v
+//!   and gate/up are one product each, each input quantized once;
+//! - everything else is plain Rust over `f32` slices, whose operations are IEEE-exact (Rust
+//!   never fuses or reorders float operations) in fixed summation orders (eight partial sums
+//!   added in a fixed tree, or one chain), with `sin`, `cos` and `pow` from the pure-Rust `libm`
+//!   crate instead of the system's (which picks FMA variants on some CPUs), and `exp` as
+//!   `libm::expf` computes it, bit for bit, in a vectorizable form (`expf.rs`);
+//! - attention is causal grouped-query attention computed query by query against a KV cache
+//!   that grows in place (no copy per step, no repeated keys): a query's scores, softmax and
+//!   weighted sum read only its own row and the cache up to its position, so they are the same
+//!   whether the query came alone or with others;
+//! - the token embedding stays quantized; a row is dequantized when its token comes.
+//!
+//! The architecture is candle-transformers' `quantized_llama` for `llama` GGUF files
+//! (interleaved RoPE, RMS norm, SiLU-gated MLP, output tied to the embedding when the file has
+//! no `output.weight`); its logits agree with candle's within float noise
+//! (`worker/tests/smollm2.rs`).
 
-use super::q4_1::{Q41MatMul, Q41Matrix};
-use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
-use candle_nn::Embedding;
-use candle_transformers::quantized_nn::RmsNorm;
-use candle_transformers::utils::{build_causal_mask, repeat_kv};
-use std::collections::HashMap;
+use super::expf::expf;
+use super::kernel::{Autovectorized, Kernel, Threads};
+use super::q4_1::Q41Matrix;
+use super::q8::Q8Rows;
+use super::q8_0::Q80Matrix;
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{Device, Result};
 
-/// The longest sequence the RoPE tables cover (candle's `MAX_SEQ_LEN`).
+/// The longest sequence the engine runs (candle's `MAX_SEQ_LEN`).
 pub const MAX_SEQ_LEN: usize = 4096;
 
-/// A weight matrix: Q4_1 through our product, anything else through candle's.
+/// The weight types the engine has products for.
+pub const SUPPORTED_TYPES: &[GgmlDType] = &[GgmlDType::Q4_1, GgmlDType::Q8_0];
+
+/// One product's weights: consecutive tensors of one type stacked as one matrix.
 enum Linear {
     Q41(Q41Matrix),
-    Candle(QMatMul),
+    Q80(Q80Matrix),
 }
 
 impl Linear {
-    fn new(t: QTensor) -> Result<Self> {
-        Ok(if t.dtype() == GgmlDType::Q4_1 {
-            Linear::Q41(Q41Matrix::from_qtensor(&t)?)
-        } else {
-            Linear::Candle(QMatMul::from_qtensor(t)?)
-        })
+    /// `parts` stacked by rows; they must share one supported type.
+    fn stacked(name: &str, parts: &[&QTensor]) -> Result<Self> {
+        let dtype = parts.first().map(|t| t.dtype());
+        if parts.iter().any(|t| Some(t.dtype()) != dtype) {
+            candle_core::bail!("{name}: its parts have different quantization types");
+        }
+        match dtype {
+            Some(GgmlDType::Q4_1) => Ok(Linear::Q41(Q41Matrix::stacked(parts)?)),
+            Some(GgmlDType::Q8_0) => Ok(Linear::Q80(Q80Matrix::stacked(parts)?)),
+            Some(other) => candle_core::bail!(
+                "{name}: quantization type {other:?} has no kernel; supported: {}",
+                supported_names()
+            ),
+            None => candle_core::bail!("{name}: no tensors"),
+        }
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn rows(&self) -> usize {
         match self {
-            Linear::Q41(w) => x.contiguous()?.apply_op1_no_bwd(&Q41MatMul(w)),
-            Linear::Candle(w) => w.forward(x),
+            Linear::Q41(m) => m.rows(),
+            Linear::Q80(m) => m.rows(),
+        }
+    }
+
+    fn cols(&self) -> usize {
+        match self {
+            Linear::Q41(m) => m.cols(),
+            Linear::Q80(m) => m.cols(),
+        }
+    }
+
+    fn matmul(&self, x: &Q8Rows, kernel: Kernel, threads: &Threads) -> Vec<f32> {
+        match self {
+            Linear::Q41(m) => m.matmul(x, kernel, threads),
+            Linear::Q80(m) => m.matmul(x, kernel, threads),
+        }
+    }
+
+    fn row(&self, r: usize) -> Vec<f32> {
+        match self {
+            Linear::Q41(m) => m.row(r),
+            Linear::Q80(m) => m.row(r),
         }
     }
 }
 
-struct Layer {
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
-    wo: Linear,
-    attention_norm: RmsNorm,
-    w1: Linear,
-    w2: Linear,
-    w3: Linear,
-    ffn_norm: RmsNorm,
-    kv_cache: Option<(Tensor, Tensor)>,
+/// The supported types, for messages.
+fn supported_names() -> String {
+    SUPPORTED_TYPES
+        .iter()
+        .map(|t| format!("{t:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-/// A Llama-architecture model from a GGUF file, with its KV cache.
-pub struct Llama {
-    embeddings: Embedding,
-    layers: Vec<Layer>,
-    norm: RmsNorm,
-    output: Linear,
+struct Layer {
+    attention_norm: Vec<f32>,
+    /// q, k and v stacked: one product, outputs `q | k | v`.
+    qkv: Linear,
+    wo: Linear,
+    ffn_norm: Vec<f32>,
+    /// gate (w1) and up (w3) stacked: one product, outputs `gate | up`.
+    gate_up: Linear,
+    down: Linear,
+}
+
+/// The shapes of the model.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    dim: usize,
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
-    cos: Tensor,
-    sin: Tensor,
-    neg_inf: Tensor,
-    masks: HashMap<(usize, usize), Tensor>,
+    hidden: usize,
+    eps: f32,
+}
+
+impl Shape {
+    fn kv_dim(self) -> usize {
+        self.n_kv_head * self.head_dim
+    }
+}
+
+/// The immutable part: weights and tables.
+struct Weights {
+    shape: Shape,
+    /// The token embedding, when not tied to the output layer.
+    embedding: Option<Linear>,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    output: Linear,
+    /// cos and sin of every position and frequency: `[pos * head_dim / 2 + i]`.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+/// Each layer's keys and values, position by position (`[pos * kv_dim ..]`).
+#[derive(Default)]
+struct Cache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+}
+
+/// A Llama-architecture model from a GGUF file, with its KV cache, kernel path and threads.
+pub struct Llama {
+    weights: Weights,
+    cache: Cache,
+    kernel: Kernel,
+    threads: Threads,
 }
 
 impl Llama {
-    /// Loads the weights named as llama.cpp names them.
+    /// Loads the weights named as llama.cpp names them, for `kernel` and `threads`.
     ///
     /// # Errors
     /// A missing tensor or metadata key; an architecture it does not run (mixtures of experts,
-    /// non-interleaved RoPE).
+    /// a RoPE over part of each head); a weight type without a kernel (the message names the
+    /// supported ones).
     pub fn from_gguf<R: std::io::Seek + std::io::Read>(
         ct: gguf_file::Content,
         reader: &mut R,
-        device: &Device,
+        kernel: Kernel,
+        threads: Threads,
     ) -> Result<Self> {
+        let device = &Device::Cpu;
         let md = |s: &str| match ct.metadata.get(s) {
             None => candle_core::bail!("cannot find {s} in metadata"),
             Some(v) => Ok(v),
@@ -97,210 +188,552 @@ impl Llama {
         let n_head = md("llama.attention.head_count")?.to_u32()? as usize;
         let n_kv_head = md("llama.attention.head_count_kv")?.to_u32()? as usize;
         let blocks = md("llama.block_count")?.to_u32()? as usize;
-        let embedding_length = md("llama.embedding_length")?.to_u32()? as usize;
+        let dim = md("llama.embedding_length")?.to_u32()? as usize;
         let rope_dim = md("llama.rope.dimension_count")?.to_u32()? as usize;
-        let eps = md("llama.attention.layer_norm_rms_epsilon")?.to_f32()? as f64;
+        let eps = md("llama.attention.layer_norm_rms_epsilon")?.to_f32()?;
         let freq_base = md("llama.rope.freq_base")
             .and_then(|m| m.to_f32())
             .unwrap_or(10000f32);
-        let (cos, sin) = rope_tables(rope_dim, freq_base, device)?;
+        if n_head == 0
+            || n_kv_head == 0
+            || !n_head.is_multiple_of(n_kv_head)
+            || !dim.is_multiple_of(n_head)
+        {
+            candle_core::bail!("{n_head} heads over {n_kv_head} key/value heads of {dim}");
+        }
+        let head_dim = dim / n_head;
+        if rope_dim != head_dim || !head_dim.is_multiple_of(2) {
+            candle_core::bail!("RoPE over {rope_dim} of {head_dim} head dimensions");
+        }
+        let (cos, sin) = rope_tables(head_dim, freq_base);
 
-        let embeddings_q = ct.tensor(reader, "token_embd.weight", device)?;
-        let embeddings = embeddings_q.dequantize(device)?;
-        let norm = RmsNorm::from_qtensor(ct.tensor(reader, "output_norm.weight", device)?, eps)?;
-        let output = match ct.tensor(reader, "output.weight", device) {
-            Ok(t) => t,
-            Err(_) => embeddings_q,
+        let mut tensor = |name: &str| ct.tensor(reader, name, device);
+        let dense = |t: QTensor| -> Result<Vec<f32>> {
+            t.dequantize(device)?.flatten_all()?.to_vec1::<f32>()
         };
+        let token_embd = tensor("token_embd.weight")?;
+        let norm = dense(tensor("output_norm.weight")?)?;
+        let (embedding, output) = match tensor("output.weight") {
+            Ok(out) => (
+                Some(Linear::stacked("token_embd", &[&token_embd])?),
+                Linear::stacked("output", &[&out])?,
+            ),
+            Err(_) => (
+                None,
+                Linear::stacked("output (token_embd)", &[&token_embd])?,
+            ),
+        };
+        drop(token_embd);
         let mut layers = Vec::with_capacity(blocks);
+        let mut hidden = 0;
         for i in 0..blocks {
-            let mut t = |name: &str| ct.tensor(reader, &format!("blk.{i}.{name}.weight"), device);
+            let mut t = |name: &str| tensor(&format!("blk.{i}.{name}.weight"));
+            let (q, k, v) = (t("attn_q")?, t("attn_k")?, t("attn_v")?);
+            let (gate, up) = (t("ffn_gate")?, t("ffn_up")?);
+            hidden = gate.shape().dims2()?.0;
             layers.push(Layer {
-                wq: Linear::new(t("attn_q")?)?,
-                wk: Linear::new(t("attn_k")?)?,
-                wv: Linear::new(t("attn_v")?)?,
-                wo: Linear::new(t("attn_output")?)?,
-                w1: Linear::new(t("ffn_gate")?)?,
-                w2: Linear::new(t("ffn_down")?)?,
-                w3: Linear::new(t("ffn_up")?)?,
-                attention_norm: RmsNorm::from_qtensor(t("attn_norm")?, eps)?,
-                ffn_norm: RmsNorm::from_qtensor(t("ffn_norm")?, eps)?,
-                kv_cache: None,
+                qkv: Linear::stacked(&format!("blk.{i}.attn_qkv"), &[&q, &k, &v])?,
+                wo: Linear::stacked(&format!("blk.{i}.attn_output"), &[&t("attn_output")?])?,
+                gate_up: Linear::stacked(&format!("blk.{i}.ffn_gate_up"), &[&gate, &up])?,
+                down: Linear::stacked(&format!("blk.{i}.ffn_down"), &[&t("ffn_down")?])?,
+                attention_norm: dense(t("attn_norm")?)?,
+                ffn_norm: dense(t("ffn_norm")?)?,
             });
         }
-        Ok(Self {
-            embeddings: Embedding::new(embeddings, embedding_length),
-            layers,
-            norm,
-            output: Linear::new(output)?,
+        let shape = Shape {
+            dim,
             n_head,
             n_kv_head,
-            head_dim: embedding_length / n_head,
-            cos,
-            sin,
-            neg_inf: Tensor::new(f32::NEG_INFINITY, device)?,
-            masks: HashMap::new(),
+            head_dim,
+            hidden,
+            eps,
+        };
+        for (i, l) in layers.iter().enumerate() {
+            let want = [
+                (&l.qkv, dim + 2 * shape.kv_dim(), dim),
+                (&l.wo, dim, dim),
+                (&l.gate_up, 2 * hidden, dim),
+                (&l.down, dim, hidden),
+            ];
+            for (m, rows, cols) in want {
+                if (m.rows(), m.cols()) != (rows, cols) {
+                    candle_core::bail!(
+                        "blk.{i}: a {}x{} weight, not {rows}x{cols}",
+                        m.rows(),
+                        m.cols()
+                    );
+                }
+            }
+        }
+        if output.cols() != dim || norm.len() != dim {
+            candle_core::bail!("output layer of width {}, not {dim}", output.cols());
+        }
+        let cache = Cache {
+            k: vec![Vec::new(); blocks],
+            v: vec![Vec::new(); blocks],
+            len: 0,
+        };
+        Ok(Self {
+            weights: Weights {
+                shape,
+                embedding,
+                layers,
+                norm,
+                output,
+                cos,
+                sin,
+            },
+            cache,
+            kernel,
+            threads,
         })
     }
 
-    /// Empties the KV cache, for the next independent sequence.
-    pub fn clear_kv_cache(&mut self) {
-        for layer in &mut self.layers {
-            layer.kv_cache = None;
-        }
+    /// The kernel path the products run.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
     }
 
-    /// The logits of the last position of `x` (`(batch, seq)` token ids) placed at `index_pos`.
+    /// How many threads share the products.
+    pub fn threads(&self) -> usize {
+        self.threads.count()
+    }
+
+    /// The vocabulary size: the length of a logits row.
+    pub fn vocab(&self) -> usize {
+        self.weights.output.rows()
+    }
+
+    /// Empties the KV cache, for the next independent sequence (its memory is kept).
+    pub fn clear_kv_cache(&mut self) {
+        for c in self.cache.k.iter_mut().chain(&mut self.cache.v) {
+            c.clear();
+        }
+        self.cache.len = 0;
+    }
+
+    /// How many positions the KV cache holds.
+    pub fn cached(&self) -> usize {
+        self.cache.len
+    }
+
+    /// The logits of the last position of `tokens`, placed at `index_pos` after the cached
+    /// positions.
     ///
     /// # Errors
-    /// candle's errors (shapes, a sequence past [`MAX_SEQ_LEN`]).
-    pub fn forward(&mut self, x: &Tensor, index_pos: usize) -> Result<Tensor> {
-        let h = self.hidden(x, index_pos)?;
-        let seq_len = h.dim(1)?;
-        self.output.forward(&h.i((.., seq_len - 1, ..))?)
+    /// A position that does not follow the cache, or a sequence past [`MAX_SEQ_LEN`].
+    pub fn forward(&mut self, tokens: &[u32], index_pos: usize) -> Result<Vec<f32>> {
+        Ok(self.forward_last(tokens, index_pos, 1)?.remove(0))
     }
 
-    /// The logits of the last `n` positions of `x` (`(batch, seq)` token ids) placed at
-    /// `index_pos`: `(batch, n, vocab)`, what a teacher-forced pass scores a candidate with. Only
+    /// The logits of the last `n` positions of `tokens` (one row each), placed at `index_pos`
+    /// after the cached positions: what a teacher-forced pass scores a candidate with. Only
     /// those rows go through the output layer, the largest product.
     ///
     /// # Errors
-    /// candle's errors (shapes, `n` past the sequence, a sequence past [`MAX_SEQ_LEN`]).
-    pub fn forward_last(&mut self, x: &Tensor, index_pos: usize, n: usize) -> Result<Tensor> {
-        let h = self.hidden(x, index_pos)?;
-        let (b, seq_len, dim) = h.dims3()?;
-        let h = h.narrow(1, seq_len.saturating_sub(n), n)?;
-        self.output
-            .forward(&h.reshape((b * n, dim))?)?
-            .reshape((b, n, ()))
-    }
-
-    /// The final hidden states `(batch, seq, dim)`, normalized, extending the KV cache.
-    fn hidden(&mut self, x: &Tensor, index_pos: usize) -> Result<Tensor> {
-        let (_b, seq_len) = x.dims2()?;
-        let mask = if seq_len == 1 {
-            None
-        } else {
-            let kv_len = index_pos + seq_len;
-            let mask = match self.masks.get(&(seq_len, kv_len)) {
-                Some(m) => m.clone(),
-                None => {
-                    let m = build_causal_mask(seq_len, index_pos, x.device())?;
-                    self.masks.insert((seq_len, kv_len), m.clone());
-                    m
-                }
-            };
-            Some(mask)
-        };
-        let mut h = self.embeddings.forward(x)?;
-        let (n_head, n_kv_head, head_dim) = (self.n_head, self.n_kv_head, self.head_dim);
-        let rope = Rope {
-            cos: &self.cos,
-            sin: &self.sin,
-        };
-        for layer in &mut self.layers {
-            let residual = &h;
-            let x = layer.attention_norm.forward(&h)?;
-            let attn = layer.attention(
-                &x,
-                mask.as_ref(),
-                index_pos,
-                (n_head, n_kv_head, head_dim),
-                &rope,
-                &self.neg_inf,
-            )?;
-            let x = (attn + residual)?;
-            let residual = &x;
-            let y = layer.ffn_norm.forward(&x)?;
-            let y = layer.w2.forward(
-                &(candle_nn::ops::silu(&layer.w1.forward(&y)?)? * layer.w3.forward(&y)?)?,
-            )?;
-            h = (y + residual)?;
-        }
-        self.norm.forward(&h)
-    }
-}
-
-/// The RoPE tables.
-struct Rope<'a> {
-    cos: &'a Tensor,
-    sin: &'a Tensor,
-}
-
-impl Rope<'_> {
-    /// Interleaved rotary embedding (pairs `2i, 2i + 1`), as llama.cpp's `llama` architecture.
-    fn apply(&self, x: &Tensor, index_pos: usize) -> Result<Tensor> {
-        let (_b, _h, seq_len, _d) = x.dims4()?;
-        let cos = self.cos.narrow(0, index_pos, seq_len)?;
-        let sin = self.sin.narrow(0, index_pos, seq_len)?;
-        candle_nn::rotary_emb::rope_i(&x.contiguous()?, &cos, &sin)
-    }
-}
-
-impl Layer {
-    fn attention(
+    /// As [`Llama::forward`]; `n` of zero or past the tokens; an id past the vocabulary.
+    pub fn forward_last(
         &mut self,
-        x: &Tensor,
-        mask: Option<&Tensor>,
+        tokens: &[u32],
         index_pos: usize,
-        (n_head, n_kv_head, head_dim): (usize, usize, usize),
-        rope: &Rope<'_>,
-        neg_inf: &Tensor,
-    ) -> Result<Tensor> {
-        let (b, seq_len, n_embd) = x.dims3()?;
-        let q = self
-            .wq
-            .forward(x)?
-            .reshape((b, seq_len, n_head, head_dim))?
-            .transpose(1, 2)?;
-        let k = self
-            .wk
-            .forward(x)?
-            .reshape((b, seq_len, n_kv_head, head_dim))?
-            .transpose(1, 2)?;
-        let v = self
-            .wv
-            .forward(x)?
-            .reshape((b, seq_len, n_kv_head, head_dim))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let q = rope.apply(&q, index_pos)?;
-        let k = rope.apply(&k, index_pos)?;
-        let (k, v) = match &self.kv_cache {
-            Some((k_cache, v_cache)) if index_pos != 0 => (
-                Tensor::cat(&[k_cache, &k], 2)?,
-                Tensor::cat(&[v_cache, &v], 2)?,
-            ),
-            _ => (k, v),
-        };
-        self.kv_cache = Some((k.clone(), v.clone()));
-        let k = repeat_kv(k, n_head / n_kv_head)?;
-        let v = repeat_kv(v, n_head / n_kv_head)?;
-        let att = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
-        let att = match mask {
-            None => att,
-            Some(mask) => {
-                let mask = mask.broadcast_as(att.shape())?;
-                mask.where_cond(&neg_inf.broadcast_as(mask.shape().dims())?, &att)?
-            }
-        };
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let y = att.matmul(&v.contiguous()?)?;
-        let y = y.transpose(1, 2)?.reshape(&[b, seq_len, n_embd])?;
-        self.wo.forward(&y)
+        n: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        if index_pos != self.cache.len {
+            candle_core::bail!("position {index_pos} after {} cached", self.cache.len);
+        }
+        if n == 0 || n > tokens.len() {
+            candle_core::bail!("{n} rows of {} tokens", tokens.len());
+        }
+        if index_pos + tokens.len() > MAX_SEQ_LEN {
+            candle_core::bail!("{} positions past {MAX_SEQ_LEN}", index_pos + tokens.len());
+        }
+        let vocab = self.vocab();
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            candle_core::bail!("token {bad} past the vocabulary of {vocab}");
+        }
+        let Llama {
+            weights,
+            cache,
+            kernel,
+            threads,
+        } = self;
+        let kernel = *kernel;
+        let logits = threads.install(|| weights.forward(cache, tokens, n, kernel, threads));
+        Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
     }
 }
 
-/// cos and sin of every position up to [`MAX_SEQ_LEN`] (candle's `precomput_freqs_cis`).
-fn rope_tables(head_dim: usize, freq_base: f32, device: &Device) -> Result<(Tensor, Tensor)> {
-    let theta: Vec<_> = (0..head_dim)
+impl Weights {
+    /// Runs `tokens` after the cache, extending it; the logits of the last `n` rows.
+    fn forward(
+        &self,
+        cache: &mut Cache,
+        tokens: &[u32],
+        n: usize,
+        kernel: Kernel,
+        threads: &Threads,
+    ) -> Vec<f32> {
+        let s = self.shape;
+        let l = tokens.len();
+        let pos = cache.len;
+        let embedding = self.embedding.as_ref().unwrap_or(&self.output);
+        let mut h: Vec<f32> = tokens
+            .iter()
+            .flat_map(|&t| embedding.row(t as usize))
+            .collect();
+        let mut xq = Q8Rows::default();
+        let (q_dim, kv_dim) = (s.dim, s.kv_dim());
+        for (layer, (kc, vc)) in self
+            .layers
+            .iter()
+            .zip(cache.k.iter_mut().zip(cache.v.iter_mut()))
+        {
+            let x = rms_norm(&h, &layer.attention_norm, s.eps, kernel, threads);
+            kernel.run(Quantize {
+                rows: &mut xq,
+                x: &x,
+                k: s.dim,
+            });
+            let qkv = layer.qkv.matmul(&xq, kernel, threads);
+            let width = q_dim + 2 * kv_dim;
+            let mut q = Vec::with_capacity(l * q_dim);
+            reserve(kc, (pos + l) * kv_dim);
+            reserve(vc, (pos + l) * kv_dim);
+            for (i, row) in qkv.chunks_exact(width).enumerate() {
+                let p = pos + i;
+                let at = q.len();
+                q.extend_from_slice(&row[..q_dim]);
+                self.rope(&mut q[at..], p);
+                let at = kc.len();
+                kc.extend_from_slice(&row[q_dim..q_dim + kv_dim]);
+                self.rope(&mut kc[at..], p);
+                vc.extend_from_slice(&row[q_dim + kv_dim..]);
+            }
+            let att = attention(s, &q, kc, vc, pos, kernel, threads);
+            kernel.run(Quantize {
+                rows: &mut xq,
+                x: &att,
+                k: s.dim,
+            });
+            let o = layer.wo.matmul(&xq, kernel, threads);
+            add_in_place(&mut h, &o);
+
+            let y = rms_norm(&h, &layer.ffn_norm, s.eps, kernel, threads);
+            kernel.run(Quantize {
+                rows: &mut xq,
+                x: &y,
+                k: s.dim,
+            });
+            let gate_up = layer.gate_up.matmul(&xq, kernel, threads);
+            let act = gate(&gate_up, s.hidden, kernel, threads);
+            kernel.run(Quantize {
+                rows: &mut xq,
+                x: &act,
+                k: s.hidden,
+            });
+            let down = layer.down.matmul(&xq, kernel, threads);
+            add_in_place(&mut h, &down);
+        }
+        cache.len = pos + l;
+        let last = rms_norm(&h[(l - n) * s.dim..], &self.norm, s.eps, kernel, threads);
+        kernel.run(Quantize {
+            rows: &mut xq,
+            x: &last,
+            k: s.dim,
+        });
+        self.output.matmul(&xq, kernel, threads)
+    }
+
+    /// Interleaved rotary embedding (pairs `2i, 2i + 1`) of every head in `x` at position `p`.
+    fn rope(&self, x: &mut [f32], p: usize) {
+        let half = self.shape.head_dim / 2;
+        let (cos, sin) = (
+            &self.cos[p * half..(p + 1) * half],
+            &self.sin[p * half..(p + 1) * half],
+        );
+        for head in x.chunks_exact_mut(self.shape.head_dim) {
+            for (i, pair) in head.chunks_exact_mut(2).enumerate() {
+                let (x0, x1) = (pair[0], pair[1]);
+                pair[0] = x0 * cos[i] - x1 * sin[i];
+                pair[1] = x0 * sin[i] + x1 * cos[i];
+            }
+        }
+    }
+}
+
+/// Grows `v`'s capacity to hold `len` values, doubling: the cache is never copied per step.
+fn reserve(v: &mut Vec<f32>, len: usize) {
+    if v.capacity() < len {
+        let want = len.max(2 * v.capacity());
+        v.reserve_exact(want - v.len());
+    }
+}
+
+/// `a += b`, element by element.
+fn add_in_place(a: &mut [f32], b: &[f32]) {
+    for (a, b) in a.iter_mut().zip(b) {
+        *a += b;
+    }
+}
+
+/// `x * sigmoid(x)`, with `libm`'s `expf` (its vectorizable form).
+#[inline(always)]
+fn silu(x: f32) -> f32 {
+    x / (1.0 + expf(-x))
+}
+
+/// The sum of `a[i] * b[i]` in eight partial sums (lane `i % 8`), added in a fixed tree.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, ar) = a.split_at(a.len() / 8 * 8);
+    let (bc, br) = b.split_at(ac.len());
+    for (x, y) in ac.chunks_exact(8).zip(bc.chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    for (l, (x, y)) in ar.iter().zip(br).enumerate() {
+        acc[l] += x * y;
+    }
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+}
+
+/// RMS norm of each row of `x` (rows of `w.len()`): `x / sqrt(mean(x^2) + eps) * w`.
+struct Norm<'a> {
+    x: &'a [f32],
+    w: &'a [f32],
+    eps: f32,
+    out: &'a mut [f32],
+}
+
+impl Autovectorized for Norm<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let dim = self.w.len();
+        for (row, out) in self.x.chunks_exact(dim).zip(self.out.chunks_exact_mut(dim)) {
+            let m = (dot(row, row) / dim as f32 + self.eps).sqrt();
+            for ((o, &v), &w) in out.iter_mut().zip(row).zip(self.w) {
+                *o = v / m * w;
+            }
+        }
+    }
+}
+
+/// RMS norm of each row of `x` (rows of `w.len()`), the rows split over the threads.
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, kernel: Kernel, threads: &Threads) -> Vec<f32> {
+    let dim = w.len();
+    let mut out = vec![0f32; x.len()];
+    threads.split(&mut out, dim, x.len() / dim, |first, part| {
+        kernel.run(Norm {
+            x: &x[first * dim..first * dim + part.len()],
+            w,
+            eps,
+            out: part,
+        })
+    });
+    out
+}
+
+/// Rows of `x` quantized into `rows`.
+struct Quantize<'a> {
+    rows: &'a mut Q8Rows,
+    x: &'a [f32],
+    k: usize,
+}
+
+impl Autovectorized for Quantize<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        self.rows.quantize(self.x, self.k);
+    }
+}
+
+/// `silu(gate) * up` of each row of the fused gate/up product.
+struct Gate<'a> {
+    gate_up: &'a [f32],
+    hidden: usize,
+    out: &'a mut [f32],
+}
+
+impl Autovectorized for Gate<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        for (row, out) in self
+            .gate_up
+            .chunks_exact(2 * self.hidden)
+            .zip(self.out.chunks_exact_mut(self.hidden))
+        {
+            let (gate, up) = row.split_at(self.hidden);
+            for ((a, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                *a = silu(g) * u;
+            }
+        }
+    }
+}
+
+/// [`Gate`] over every row, the rows split over the threads.
+fn gate(gate_up: &[f32], hidden: usize, kernel: Kernel, threads: &Threads) -> Vec<f32> {
+    let mut out = vec![0f32; gate_up.len() / 2];
+    threads.split(
+        &mut out,
+        hidden,
+        gate_up.len() / (2 * hidden),
+        |first, part| {
+            kernel.run(Gate {
+                gate_up: &gate_up[2 * first * hidden..2 * first * hidden + 2 * part.len()],
+                hidden,
+                out: part,
+            })
+        },
+    );
+    out
+}
+
+/// Causal grouped-query attention of the `q` rows (positions `pos..`) over the cache, which
+/// already holds their own keys and values: per query and head, scores in position order,
+/// softmax with `libm`'s `expf` summed in position order, values weighted and added in position
+/// order. Heads are split over the threads.
+fn attention(
+    s: Shape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    pos: usize,
+    kernel: Kernel,
+    threads: &Threads,
+) -> Vec<f32> {
+    let hd = s.head_dim;
+    let l = q.len() / s.dim;
+    let mut by_head = vec![0f32; q.len()];
+    let work = |first: usize, part: &mut [f32]| {
+        kernel.run(Attend {
+            s,
+            q,
+            k,
+            v,
+            pos,
+            first,
+            out: part,
+        })
+    };
+    if l < 4 {
+        work(0, &mut by_head);
+    } else {
+        threads.split(&mut by_head, l * hd, s.n_head, work);
+    }
+    let mut out = vec![0f32; q.len()];
+    for (h, rows) in by_head.chunks_exact(l * hd).enumerate() {
+        for (i, row) in rows.chunks_exact(hd).enumerate() {
+            out[i * s.dim + h * hd..][..hd].copy_from_slice(row);
+        }
+    }
+    out
+}
+
+/// Heads `first..` of [`attention`], into `out` (`[head][query][head_dim]`).
+struct Attend<'a> {
+    s: Shape,
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    pos: usize,
+    first: usize,
+    out: &'a mut [f32],
+}
+
+impl Autovectorized for Attend<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let Attend {
+            s,
+            q,
+            k,
+            v,
+            pos,
+            first,
+            out,
+        } = self;
+        let (hd, kv_dim) = (s.head_dim, s.kv_dim());
+        let group = s.n_head / s.n_kv_head;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let l = q.len() / s.dim;
+        let mut scores = Vec::with_capacity(pos + l);
+        for (h, out) in (first..).zip(out.chunks_exact_mut(l * hd)) {
+            let at = (h / group) * hd;
+            for (i, oh) in out.chunks_exact_mut(hd).enumerate() {
+                let qh = &q[i * s.dim + h * hd..][..hd];
+                let seen = pos + i + 1;
+                // Plain loops: closures in iterator adapters may stay out of line, outside
+                // the path's feature context.
+                scores.clear();
+                let mut max = f32::NEG_INFINITY;
+                for j in 0..seen {
+                    let sc = dot(qh, &k[j * kv_dim + at..][..hd]) * scale;
+                    max = max.max(sc);
+                    scores.push(sc);
+                }
+                for sc in scores.iter_mut() {
+                    *sc = expf(*sc - max);
+                }
+                let mut sum = 0f32;
+                for &e in scores.iter() {
+                    sum += e;
+                }
+                oh.fill(0.0);
+                for (j, &e) in scores.iter().enumerate() {
+                    let p = e / sum;
+                    let vj = &v[j * kv_dim + at..][..hd];
+                    for (o, &x) in oh.iter_mut().zip(vj) {
+                        *o += p * x;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// cos and sin of every position up to [`MAX_SEQ_LEN`] and every frequency
+/// `1 / base^(2i / head_dim)`, with `libm`.
+fn rope_tables(head_dim: usize, freq_base: f32) -> (Vec<f32>, Vec<f32>) {
+    let theta: Vec<f32> = (0..head_dim)
         .step_by(2)
-        .map(|i| 1f32 / freq_base.powf(i as f32 / head_dim as f32))
+        .map(|i| 1f32 / libm::powf(freq_base, i as f32 / head_dim as f32))
         .collect();
-    let theta = Tensor::new(theta.as_slice(), device)?;
-    let idx_theta = Tensor::arange(0, MAX_SEQ_LEN as u32, device)?
-        .to_dtype(DType::F32)?
-        .reshape((MAX_SEQ_LEN, 1))?
-        .matmul(&theta.reshape((1, theta.elem_count()))?)?;
-    Ok((idx_theta.cos()?, idx_theta.sin()?))
+    let mut cos = Vec::with_capacity(MAX_SEQ_LEN * theta.len());
+    let mut sin = Vec::with_capacity(MAX_SEQ_LEN * theta.len());
+    for p in 0..MAX_SEQ_LEN {
+        for &t in &theta {
+            let angle = p as f32 * t;
+            cos.push(libm::cosf(angle));
+            sin.push(libm::sinf(angle));
+        }
+    }
+    (cos, sin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_is_the_fixed_tree_of_eight_lanes() {
+        let a: Vec<f32> = (0..19).map(|i| 1.0 + i as f32 * 1e-3).collect();
+        let b: Vec<f32> = (0..19).map(|i| 3.0 - i as f32 * 0.37).collect();
+        let mut lanes = [0f32; 8];
+        for i in 0..19 {
+            lanes[i % 8] += a[i] * b[i];
+        }
+        let want = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+            + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+        assert_eq!(dot(&a, &b).to_bits(), want.to_bits());
+    }
 }

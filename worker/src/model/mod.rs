@@ -3,13 +3,17 @@
 
 pub mod chat;
 pub mod distilbert;
+mod expf;
 pub mod hub;
+pub mod kernel;
 pub mod lexicon;
 pub mod llama;
 pub mod marian;
 pub mod minilm;
 pub mod opus;
 pub mod q4_1;
+pub mod q8;
+pub mod q8_0;
 pub mod seq2seq;
 pub mod t5;
 pub mod transformer;
@@ -197,6 +201,13 @@ pub trait Model: Send + Sync + 'static {
     /// blocking thread.
     fn predict(&self, inputs: &[Input]) -> Vec<Result<Prediction, ModelError>>;
 
+    /// Whether [`Model::score`] is exact: the model computes the same logits bit for bit on
+    /// every CPU, thread count and batch, and a teacher-forced pass gives its own generation's
+    /// logits, so its own answers score gaps of exactly 0 on any worker running it.
+    fn scores_exactly(&self) -> bool {
+        false
+    }
+
     /// Scores a candidate answer for each input with one teacher-forced pass (generative
     /// models); one result per job, in order. Others refuse.
     fn score(&self, jobs: &[(Input, Vec<u32>)]) -> Vec<Result<Scored, ModelError>> {
@@ -244,6 +255,10 @@ impl Model for Delayed {
         self.inner.predict(inputs)
     }
 
+    fn scores_exactly(&self) -> bool {
+        self.inner.scores_exactly()
+    }
+
     fn score(&self, jobs: &[(Input, Vec<u32>)]) -> Vec<Result<Scored, ModelError>> {
         std::thread::sleep(self.pause);
         self.inner.score(jobs)
@@ -285,7 +300,11 @@ pub const KNOWN: &[&str] = &[
     "flan-t5",
     "t5",
     "opus-mt-SRC-TGT",
+    "gguf:PATH",
 ];
+
+/// `--model gguf:PATH`: any llama-architecture chat model from its GGUF file.
+pub const GGUF_PREFIX: &str = "gguf:";
 
 /// The transformer `auto` prefers: the original's model.
 pub const AUTO_PREFERS: &str = "distilbert-sst2";
@@ -296,17 +315,30 @@ pub const AUTO_PREFERS: &str = "distilbert-sst2";
 ///
 /// `auto` is [`AUTO_PREFERS`] when its weights are in `dir`, cached or downloadable, else the
 /// lexicon; it logs which one it chose and why. `smollm2` needs `dir`: the folder holding its
-/// GGUF file (or the file).
+/// GGUF file (or the file). `gguf:PATH` loads any llama-architecture chat GGUF file.
 ///
 /// Blocking: it may download. Call it off the async runtime.
 ///
 /// # Errors
 /// [`LoadModelError`] naming the way out.
 pub fn load(name: &str, dir: Option<&std::path::Path>) -> Result<Box<dyn Model>, LoadModelError> {
+    load_with(name, dir, &kernel::EngineConfig::default())
+}
+
+/// As [`load`], the generative engine's threads and kernel path taken from `engine`
+/// (`--threads`, `--kernel`); models without that engine ignore it.
+///
+/// # Errors
+/// [`LoadModelError`] naming the way out.
+pub fn load_with(
+    name: &str,
+    dir: Option<&std::path::Path>,
+    engine: &kernel::EngineConfig,
+) -> Result<Box<dyn Model>, LoadModelError> {
     match name {
         "lexicon" => Ok(Box::new(lexicon::Lexicon::new())),
         // A folder given by hand must load: only the Hub's absence falls back.
-        "auto" if dir.is_some() => load(AUTO_PREFERS, dir),
+        "auto" if dir.is_some() => load_with(AUTO_PREFERS, dir, engine),
         "auto" => Ok(match load(AUTO_PREFERS, None) {
             Ok(model) => {
                 tracing::info!(
@@ -345,8 +377,13 @@ pub fn load(name: &str, dir: Option<&std::path::Path>) -> Result<Box<dyn Model>,
             };
             Ok(Box::new(t5::T5Model::load(name, &dir)?))
         }
-        chat::NAME => Ok(Box::new(chat::ChatModel::load(
+        name if name.starts_with(GGUF_PREFIX) => Ok(Box::new(chat::ChatModel::load_gguf(
+            std::path::Path::new(&name[GGUF_PREFIX.len()..]),
+            engine,
+        )?)),
+        chat::NAME => Ok(Box::new(chat::ChatModel::load_with(
             dir.ok_or(chat::ChatLoadError::NoDir)?,
+            engine,
         )?)),
         other => Err(LoadModelError::Unknown(other.to_owned())),
     }

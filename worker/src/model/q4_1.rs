@@ -1,80 +1,127 @@
-//! A Q4_1 matrix product that gives candle's answer, fast.
+//! The Q4_1 weight product: several activation rows against each weight block, every output
+//! with the bits of candle's `vec_dot_unopt` (ggml's generic `vec_dot_q4_1_q8_1`), whatever the
+//! batch size, the thread count or the instruction set.
 //!
-//! candle-core 0.11 multiplies Q4_1 weights with its generic scalar `vec_dot` (no SIMD for this
-//! format on the CPU): that one function was 85% of a `smollm2` generation. This module computes
-//! the same thing the same way, bit for bit, and only does the exact part faster:
+//! At load the weights are repacked once into tiles of sixteen weight rows by one block
+//! ([`ROWS`]), each row keeping its f16 scale and minimum as the file has them (20 bytes a block
+//! a row). Inside a tile the nibbles are interleaved four values at a time: bytes `4i..4i + 4` of
+//! each 64-byte chunk `j` are row `i`'s bytes `4j..4j + 4`, whose low nibbles are the block's
+//! values `4j..4j + 4` and high nibbles values `16 + 4j..`. So one `maddubs` of a chunk against
+//! four activation values broadcast to every lane advances all sixteen rows' integer sums at
+//! once, and the sums never need a horizontal reduction. The activations are quantized once per
+//! input ([`Q8Rows`], candle's Q8_1). Every output, one weight row against one activation row, is
+//! then the chain candle computes:
 //!
-//! - the activations are quantized to Q8_1 exactly as candle's `quantize_row_q8_1` does (the same
-//!   f32 scale, rounding and saturating casts, the block sum scaled in f16);
-//! - per 32-value block, the integer dot product `sum(q4 * q8)` is exact whatever the order, so
-//!   it runs on AVX2 (`maddubs`/`madd`, eight blocks at a time) where the CPU has it, through
-//!   `pulp`'s checked dispatch;
-//! - each block's float term, `sumi * d_w * d_x + m_w * s_x`, is the same sequence of f32
-//!   operations as candle's (multiplications and one addition, never fused), computed for eight
-//!   blocks in one vector, and the terms are added to the row's sum in block order, one by one,
-//!   as candle adds them.
+//! ```text
+//! acc = 0; for each block b, in order: acc = acc + ((sumi_b * d_w) * d_x + m_w * s_x)
+//! ```
 //!
-//! Every output element is one such dot product, so splitting the outputs over threads changes
-//! nothing either. `tests` check the results against candle's own product bit for bit.
+//! with `sumi_b` the block's integer dot product, exact in any order: a `maddubs` lane is two
+//! products of at most 15 * 128, and eight such lanes add up to at most 30,720 < 2^15 before
+//! they are widened to i32. Every float operation is rounded on its own (Rust never fuses a
+//! multiply and an add). The outputs of a tile, times up to four (AVX2) or eight (AVX-512)
+//! activation rows, advance together in vector lanes, each lane running the same chain, so the
+//! vector paths give the portable code's bits, and the unpacked weights serve those rows per
+//! load. Decode (one row) runs the same code with a tile of one row.
 
+use super::kernel::{Kernel, Threads};
+use super::q8::{Q8Rows, BLOCK};
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use half::f16;
-use rayon::prelude::*;
 
-/// Values per block.
-const BLOCK: usize = 32;
-/// Bytes of one Q4_1 block in candle's layout: `d` and `m` (f16), then 16 bytes of nibbles.
+/// Bytes of one Q4_1 block in the file: `d` and `m` (f16), then 16 bytes of nibbles.
 const Q4_1_BYTES: usize = 20;
-/// Below this many blocks per output row, one thread does the row: splitting costs more.
-const PARALLEL_BLOCKS: usize = 2048;
 
-/// A Q4_1 weight matrix of `n` rows (outputs) by `k` columns, unpacked for the product: the
-/// nibbles of each block together, and the block scales and minimums as the f32 values candle
-/// converts them to.
+/// Weight rows in one repacked tile: the outputs a product computes at once.
+pub const ROWS: usize = 16;
+
+/// One block of sixteen weight rows: their scales and minimums (f16 bits) and their nibbles,
+/// four values of each row after another in each of four chunks.
+#[derive(Debug, Clone, Copy)]
+struct Tile {
+    d: [u16; ROWS],
+    m: [u16; ROWS],
+    q: [[u8; 4 * ROWS]; 4],
+}
+
+/// A Q4_1 weight matrix of `n` rows (outputs) by `k` columns, repacked for the product.
 #[derive(Debug)]
 pub struct Q41Matrix {
     n: usize,
     k: usize,
-    blocks_per_row: usize,
-    nibbles: Vec<[u8; 16]>,
-    scale: Vec<f32>,
-    min: Vec<f32>,
+    blocks: usize,
+    /// Tile row `g`'s blocks at `g * blocks..(g + 1) * blocks`; rows past `n` are zero.
+    tiles: Vec<Tile>,
 }
 
 impl Q41Matrix {
-    /// Unpacks a Q4_1 tensor of shape `(n, k)`.
+    /// Repacks a Q4_1 tensor of shape `(n, k)`.
     ///
     /// # Errors
     /// When the tensor is not Q4_1 or not two-dimensional with `k` a multiple of 32.
     pub fn from_qtensor(t: &QTensor) -> candle_core::Result<Self> {
-        if t.dtype() != GgmlDType::Q4_1 {
-            candle_core::bail!("not a Q4_1 tensor: {:?}", t.dtype());
+        Self::stacked(&[t])
+    }
+
+    /// Repacks Q4_1 tensors of one width stacked by rows, as one matrix: the fused q/k/v or
+    /// gate/up product, whose outputs are the parts' outputs side by side.
+    ///
+    /// # Errors
+    /// A part that is not Q4_1, or parts of different widths.
+    pub fn stacked(parts: &[&QTensor]) -> candle_core::Result<Self> {
+        let mut datas = Vec::with_capacity(parts.len());
+        let mut k = None;
+        for t in parts {
+            if t.dtype() != GgmlDType::Q4_1 {
+                candle_core::bail!("not a Q4_1 tensor: {:?}", t.dtype());
+            }
+            let (n, cols) = t.shape().dims2()?;
+            if cols % BLOCK != 0 || *k.get_or_insert(cols) != cols {
+                candle_core::bail!("Q4_1 rows of {cols} values cannot be stacked here");
+            }
+            let data = t.data()?;
+            if data.len() != n * cols / BLOCK * Q4_1_BYTES {
+                candle_core::bail!("{} bytes for {n} Q4_1 rows of {cols}", data.len());
+            }
+            datas.push(data);
         }
-        let (n, k) = t.shape().dims2()?;
-        if k % BLOCK != 0 {
-            candle_core::bail!("Q4_1 rows of {k} values are not whole blocks");
+        let k = k.unwrap_or(0);
+        let row_bytes = (k / BLOCK * Q4_1_BYTES).max(1);
+        let rows: Vec<&[u8]> = datas
+            .iter()
+            .flat_map(|d| d.chunks_exact(row_bytes))
+            .collect();
+        let (n, blocks) = (rows.len(), k / BLOCK);
+        let tile_rows = n.div_ceil(ROWS);
+        let mut tiles = Vec::with_capacity(tile_rows * blocks);
+        for g in 0..tile_rows {
+            for b in 0..blocks {
+                let mut tile = Tile {
+                    d: [0; ROWS],
+                    m: [0; ROWS],
+                    q: [[0; 4 * ROWS]; 4],
+                };
+                for lane in 0..ROWS {
+                    let Some(row) = rows.get(g * ROWS + lane) else {
+                        continue;
+                    };
+                    let block = &row[b * Q4_1_BYTES..(b + 1) * Q4_1_BYTES];
+                    tile.d[lane] = u16::from_le_bytes([block[0], block[1]]);
+                    tile.m[lane] = u16::from_le_bytes([block[2], block[3]]);
+                    for (j, chunk) in tile.q.iter_mut().enumerate() {
+                        chunk[4 * lane..4 * lane + 4]
+                            .copy_from_slice(&block[4 + 4 * j..4 + 4 * j + 4]);
+                    }
+                }
+                tiles.push(tile);
+            }
         }
-        let data = t.data()?;
-        let blocks = n * k / BLOCK;
-        if data.len() != blocks * Q4_1_BYTES {
-            candle_core::bail!("{} bytes for {blocks} Q4_1 blocks", data.len());
-        }
-        let mut m = Self {
+        Ok(Self {
             n,
             k,
-            blocks_per_row: k / BLOCK,
-            nibbles: Vec::with_capacity(blocks),
-            scale: Vec::with_capacity(blocks),
-            min: Vec::with_capacity(blocks),
-        };
-        for b in data.chunks_exact(Q4_1_BYTES) {
-            m.scale.push(f16::from_le_bytes([b[0], b[1]]).to_f32());
-            m.min.push(f16::from_le_bytes([b[2], b[3]]).to_f32());
-            m.nibbles
-                .push(b[4..20].try_into().expect("16 bytes of nibbles"));
-        }
-        Ok(m)
+            blocks,
+            tiles,
+        })
     }
 
     /// Output features.
@@ -82,320 +129,445 @@ impl Q41Matrix {
         self.n
     }
 
-    /// `x` (`m` rows of `k`) times the transpose of this matrix: `m` rows of `n`. Outputs are
-    /// split over rayon's threads (`RAYON_NUM_THREADS`) when there is enough work; called from
-    /// inside its pool (as [`super::chat`] does), the caller works too instead of waiting.
-    pub fn matmul(&self, x: &[f32]) -> Vec<f32> {
-        let m = x.len() / self.k;
-        let mut out = vec![0f32; m * self.n];
-        let simd = Kernel::detect();
-        let acts: Vec<Q81> = x.chunks_exact(self.k).map(Q81::quantize).collect();
-        let fill = |act: &Q81, first: usize, part: &mut [f32]| {
-            for (j, o) in part.iter_mut().enumerate() {
-                *o = self.dot(first + j, act, simd);
-            }
-        };
-        let threads = rayon::current_num_threads();
-        let serial = threads == 1 || self.n * self.blocks_per_row < PARALLEL_BLOCKS;
-        for (act, row) in acts.iter().zip(out.chunks_mut(self.n)) {
-            if serial {
-                fill(act, 0, row);
-                continue;
-            }
-            let chunk = self.n.div_ceil(threads * 4).max(16);
-            row.par_chunks_mut(chunk)
-                .enumerate()
-                .for_each(|(c, part)| fill(act, c * chunk, part));
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+
+    /// Row `r` dequantized as candle does (`q * d + m`): a token's embedding.
+    pub fn row(&self, r: usize) -> Vec<f32> {
+        let (g, lane) = (r / ROWS, r % ROWS);
+        let tiles = &self.tiles[g * self.blocks..(g + 1) * self.blocks];
+        let mut out = Vec::with_capacity(self.k);
+        for t in tiles {
+            let d = f16::from_bits(t.d[lane]).to_f32();
+            let m = f16::from_bits(t.m[lane]).to_f32();
+            let bytes = |j: usize| t.q[j][4 * lane..4 * lane + 4].iter().copied();
+            let all: Vec<u8> = (0..4).flat_map(bytes).collect();
+            out.extend(all.iter().map(|&b| f32::from(b & 0x0F) * d + m));
+            out.extend(all.iter().map(|&b| f32::from(b >> 4) * d + m));
         }
         out
     }
 
-    /// One output: weight row `r` against the quantized activations.
-    fn dot(&self, r: usize, act: &Q81, simd: Kernel) -> f32 {
-        let at = r * self.blocks_per_row..(r + 1) * self.blocks_per_row;
-        let w = Blocks {
-            nibbles: &self.nibbles[at.clone()],
-            scale: &self.scale[at.clone()],
-            min: &self.min[at],
-        };
-        simd.dot(&w, act)
+    /// `x` (quantized rows of [`Q41Matrix::cols`]) times the transpose of this matrix: rows of
+    /// [`Q41Matrix::rows`]. The tiles of sixteen outputs are split over `threads` in equal runs.
+    pub fn matmul(&self, x: &Q8Rows, kernel: Kernel, threads: &Threads) -> Vec<f32> {
+        debug_assert_eq!(x.blocks(), self.blocks);
+        product(self.n, ROWS, x.rows(), threads, |g, out| {
+            let tiles = &self.tiles[g * self.blocks..(g + 1) * self.blocks];
+            match kernel {
+                Kernel::Portable => portable_group(tiles, x, out),
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2(simd) => simd.vectorize(Avx2Call {
+                    simd,
+                    tiles,
+                    x,
+                    out,
+                }),
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512(simd) => simd.vectorize(Avx512Call {
+                    simd,
+                    tiles,
+                    x,
+                    out,
+                }),
+            }
+        })
     }
 }
 
-/// One row's Q4_1 blocks.
-struct Blocks<'a> {
-    nibbles: &'a [[u8; 16]],
-    scale: &'a [f32],
-    min: &'a [f32],
-}
-
-/// One row of activations in Q8_1, as candle quantizes it (its `BlockQ8_1::from_float`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Q81 {
-    values: Vec<[i8; 32]>,
-    scale: Vec<f32>,
-    sum: Vec<f32>,
-}
-
-impl Q81 {
-    /// Quantizes `x` (a multiple of 32 values) block by block.
-    pub fn quantize(x: &[f32]) -> Self {
-        let blocks = x.len() / BLOCK;
-        let mut q = Self {
-            values: Vec::with_capacity(blocks),
-            scale: Vec::with_capacity(blocks),
-            sum: Vec::with_capacity(blocks),
-        };
-        for xs in x.chunks_exact(BLOCK) {
-            let mut amax = 0f32;
-            for &v in xs {
-                amax = amax.max(v.abs());
-            }
-            let d = amax / ((1 << 7) - 1) as f32;
-            let id = if d != 0f32 { 1. / d } else { 0. };
-            let d16 = f16::from_f32(d);
-            let mut values = [0i8; 32];
-            let mut sum = 0i32;
-            for j in 0..BLOCK / 2 {
-                let v0 = xs[j] * id;
-                let v1 = xs[j + BLOCK / 2] * id;
-                values[j] = f32::round(v0) as i8;
-                values[j + BLOCK / 2] = f32::round(v1) as i8;
-                sum += values[j] as i32 + values[j + BLOCK / 2] as i32;
-            }
-            q.values.push(values);
-            q.scale.push(d16.to_f32());
-            q.sum.push((f16::from_f32(sum as f32) * d16).to_f32());
+/// Runs `group(g, out)` for every group of `rows` of the `n` outputs against `m` activation
+/// rows (`out[r * rows + lane]`), split over `threads`, and lays the results out as `m` rows of
+/// `n`.
+pub(crate) fn product(
+    n: usize,
+    rows: usize,
+    m: usize,
+    threads: &Threads,
+    group: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let groups = n.div_ceil(rows);
+    let unit = m * rows;
+    let mut by_group = vec![0f32; groups * unit];
+    threads.split(&mut by_group, unit, groups, |first, part| {
+        for (i, out) in part.chunks_exact_mut(unit).enumerate() {
+            group(first + i, out);
         }
-        q
+    });
+    if m == 1 {
+        by_group.truncate(n);
+        return by_group;
     }
+    // Laid out as rows of `n`, the rows split over the threads too.
+    let mut out = vec![0f32; m * n];
+    threads.split(&mut out, n, m, |first, part| {
+        for (i, row) in part.chunks_exact_mut(n).enumerate() {
+            let r = first + i;
+            for (g, dst) in row.chunks_mut(rows).enumerate() {
+                dst.copy_from_slice(&by_group[(g * m + r) * rows..][..dst.len()]);
+            }
+        }
+    });
+    out
 }
 
-/// The integer part of one block: `sum(q4 * q8)`, exact.
-fn block_sum(nibbles: &[u8; 16], values: &[i8; 32]) -> i32 {
+/// The integer part of lane `lane`'s block against `values`: `sum(q4 * q8)`, exact.
+#[inline(always)]
+fn block_sum(t: &Tile, lane: usize, values: &[i8; BLOCK]) -> i32 {
     let mut sum = 0i32;
-    for j in 0..16 {
-        let lo = i32::from(nibbles[j] & 0x0F);
-        let hi = i32::from(nibbles[j] >> 4);
-        sum += lo * i32::from(values[j]) + hi * i32::from(values[j + 16]);
+    for (j, chunk) in t.q.iter().enumerate() {
+        for i in 0..4 {
+            let byte = chunk[4 * lane + i];
+            let lo = i32::from(byte & 0x0F);
+            let hi = i32::from(byte >> 4);
+            sum += lo * i32::from(values[4 * j + i]) + hi * i32::from(values[16 + 4 * j + i]);
+        }
     }
     sum
 }
 
-/// Which dot product runs: AVX2 where the CPU has it, else portable code.
-#[derive(Debug, Clone, Copy)]
-pub enum Kernel {
-    /// Plain Rust, one block at a time.
-    Portable,
-    /// AVX2, eight blocks at a time.
-    #[cfg(target_arch = "x86_64")]
-    Avx2(pulp::x86::V3),
-}
-
-impl Kernel {
-    /// The fastest kernel this CPU runs.
-    pub fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(simd) = pulp::x86::V3::try_new() {
-            return Kernel::Avx2(simd);
+/// The tile row in plain Rust, output by output, each chain in block order.
+fn portable_group(tiles: &[Tile], x: &Q8Rows, out: &mut [f32]) {
+    for (r, out) in out.chunks_exact_mut(ROWS).enumerate() {
+        let mut acc = [0f32; ROWS];
+        for (b, t) in tiles.iter().enumerate() {
+            let (values, dx, sx) = (x.values(r, b), x.scale(r, b), x.sum(r, b));
+            for (lane, acc) in acc.iter_mut().enumerate() {
+                let sumi = block_sum(t, lane, values);
+                let dw = f16::from_bits(t.d[lane]).to_f32();
+                let mw = f16::from_bits(t.m[lane]).to_f32();
+                *acc += sumi as f32 * dw * dx + mw * sx;
+            }
         }
-        Kernel::Portable
+        out.copy_from_slice(&acc);
     }
-
-    fn dot(self, w: &Blocks<'_>, act: &Q81) -> f32 {
-        match self {
-            Kernel::Portable => portable_dot(w, act),
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2(simd) => simd.vectorize(
-                #[inline(always)]
-                || avx2::dot(simd, w, act),
-            ),
-        }
-    }
-}
-
-/// One dot product, its blocks' terms added in order, exactly as candle adds them.
-fn portable_dot(w: &Blocks<'_>, act: &Q81) -> f32 {
-    let mut sumf = 0f32;
-    for b in 0..w.nibbles.len() {
-        let sumi = block_sum(&w.nibbles[b], &act.values[b]);
-        sumf += sumi as f32 * w.scale[b] * act.scale[b] + w.min[b] * act.sum[b];
-    }
-    sumf
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Blocks, Q81};
-    use core::arch::x86_64::{__m128i, __m256, __m256i};
+    use super::{Q8Rows, Tile, ROWS};
+    use crate::model::kernel::by_fours;
+    use crate::model::q8::f16x8_avx2;
+    use core::arch::x86_64::{__m256, __m256i};
     use pulp::bytemuck::cast;
     use pulp::x86::V3;
 
-    /// The block sums of the (up to) eight blocks starting at `b`, as eight i32 lanes; lanes
-    /// past the last block are zero.
+    /// Every row of `x` against the tile row, as two halves of eight outputs.
     #[inline(always)]
-    fn eight_sums(simd: V3, w: &Blocks<'_>, act: &Q81, b: usize) -> __m256i {
-        let low = simd.sse2._mm_set1_epi8(0x0F);
+    pub(super) fn group(simd: V3, tiles: &[Tile], x: &Q8Rows, out: &mut [f32]) {
+        for half in 0..2 {
+            by_fours!(x.rows(), tile, simd, tiles, x, out, half);
+        }
+    }
+
+    /// Rows `r0..r0 + R` against outputs `8 * half..8 * half + 8` of the tile row: the nibbles
+    /// unpacked once per block for all of them.
+    #[inline(always)]
+    fn tile<const R: usize>(
+        simd: V3,
+        tiles: &[Tile],
+        x: &Q8Rows,
+        out: &mut [f32],
+        half: usize,
+        r0: usize,
+    ) {
+        let low = simd.avx._mm256_set1_epi8(0x0F);
         let ones = simd.avx._mm256_set1_epi16(1);
-        let n = w.nibbles.len();
-        let sums: [__m256i; 8] = core::array::from_fn(|i| {
-            if b + i >= n {
-                return cast([0i32; 8]);
+        let lanes = 8 * half..8 * half + 8;
+        let mut acc: [__m256; R] = [simd.avx._mm256_setzero_ps(); R];
+        for (b, t) in tiles.iter().enumerate() {
+            let chunks: [__m256i; 4] = core::array::from_fn(|j| {
+                cast(<[u8; 32]>::try_from(&t.q[j][32 * half..32 * half + 32]).expect("32"))
+            });
+            // Low nibbles: values 4j..4j + 4 of each row; high nibbles: values 16 + 4j...
+            let lo: [__m256i; 4] =
+                core::array::from_fn(|j| simd.avx2._mm256_and_si256(chunks[j], low));
+            let hi: [__m256i; 4] = core::array::from_fn(|j| {
+                simd.avx2
+                    ._mm256_and_si256(simd.avx2._mm256_srli_epi16::<4>(chunks[j]), low)
+            });
+            let dw = f16x8_avx2(simd, t.d[lanes.clone()].try_into().expect("8"));
+            let mw = f16x8_avx2(simd, t.m[lanes.clone()].try_into().expect("8"));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let row = r0 + r;
+                let xs: [i32; 8] = cast(*x.values(row, b));
+                // Each i16 lane: two products of at most 15 * 128; eight chunks' lanes add up
+                // to at most 30,720, so the i16 sums are exact.
+                let mut s16 = simd.avx._mm256_setzero_si256();
+                for j in 0..4 {
+                    let a = simd
+                        .avx2
+                        ._mm256_maddubs_epi16(lo[j], simd.avx._mm256_set1_epi32(xs[j]));
+                    let c = simd
+                        .avx2
+                        ._mm256_maddubs_epi16(hi[j], simd.avx._mm256_set1_epi32(xs[4 + j]));
+                    s16 = simd
+                        .avx2
+                        ._mm256_add_epi16(s16, simd.avx2._mm256_add_epi16(a, c));
+                }
+                let sumi = simd
+                    .avx
+                    ._mm256_cvtepi32_ps(simd.avx2._mm256_madd_epi16(s16, ones));
+                // ((sumi * d_w) * d_x + m_w * s_x), unfused, then added to the chain.
+                let term = simd.avx._mm256_mul_ps(
+                    simd.avx._mm256_mul_ps(sumi, dw),
+                    simd.avx._mm256_set1_ps(x.scale(row, b)),
+                );
+                let term = simd.avx._mm256_add_ps(
+                    term,
+                    simd.avx
+                        ._mm256_mul_ps(mw, simd.avx._mm256_set1_ps(x.sum(row, b))),
+                );
+                *acc = simd.avx._mm256_add_ps(*acc, term);
             }
-            let q: __m128i = cast(w.nibbles[b + i]);
-            let lo = simd.sse2._mm_and_si128(q, low);
-            let hi = simd
-                .sse2
-                ._mm_and_si128(simd.sse2._mm_srli_epi16::<4>(q), low);
-            // Nibbles 0..16 meet values 0..16, high nibbles values 16..32.
-            let x = simd.avx._mm256_set_m128i(hi, lo);
-            let y: __m256i = cast(act.values[b + i]);
-            // u8 x i8 pairs into i16 (at most 2 * 15 * 128: no saturation), then into i32.
-            let pairs = simd.avx2._mm256_maddubs_epi16(x, y);
-            simd.avx2._mm256_madd_epi16(pairs, ones)
-        });
-        let a = simd.avx2._mm256_hadd_epi32(sums[0], sums[1]);
-        let c = simd.avx2._mm256_hadd_epi32(sums[2], sums[3]);
-        let e = simd.avx2._mm256_hadd_epi32(sums[4], sums[5]);
-        let g = simd.avx2._mm256_hadd_epi32(sums[6], sums[7]);
-        let ac = simd.avx2._mm256_hadd_epi32(a, c);
-        let eg = simd.avx2._mm256_hadd_epi32(e, g);
-        let lo = simd.avx2._mm256_permute2x128_si256::<0x20>(ac, eg);
-        let hi = simd.avx2._mm256_permute2x128_si256::<0x31>(ac, eg);
-        simd.avx2._mm256_add_epi32(lo, hi)
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let v: [f32; 8] = cast(*acc);
+            out[(r0 + r) * ROWS + 8 * half..][..8].copy_from_slice(&v);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Q8Rows, Tile, ROWS};
+    use crate::model::kernel::by_eights;
+    use core::arch::x86_64::{__m256i, __m512, __m512i};
+    use pulp::bytemuck::cast;
+    use pulp::x86::V4;
+
+    /// Sixteen f16 values (raw bits) to f32, exactly (`vcvtph2ps`).
+    #[inline(always)]
+    fn f16x16(simd: V4, h: [u16; 16]) -> __m512 {
+        simd.avx512f._mm512_cvtph_ps(cast::<_, __m256i>(h))
+    }
+
+    /// Every row of `x` against the tile row, sixteen outputs a vector, eight rows a tile (32
+    /// vector registers hold their sums and the unpacked weights).
+    #[inline(always)]
+    pub(super) fn group(simd: V4, tiles: &[Tile], x: &Q8Rows, out: &mut [f32]) {
+        by_eights!(x.rows(), tile, simd, tiles, x, out);
     }
 
     #[inline(always)]
-    pub(super) fn dot(simd: V3, w: &Blocks<'_>, act: &Q81) -> f32 {
-        let n = w.nibbles.len();
-        let mut sumf = 0f32;
-        let mut b = 0;
-        while b < n {
-            let take = (n - b).min(8);
-            let sumi = simd.avx._mm256_cvtepi32_ps(eight_sums(simd, w, act, b));
-            // The scales of the blocks taken, zeros after them (their terms are not added).
-            let f8 = |s: &[f32]| -> __m256 {
-                if take == 8 {
-                    return cast(<[f32; 8]>::try_from(&s[b..b + 8]).expect("eight"));
+    fn tile<const R: usize>(simd: V4, tiles: &[Tile], x: &Q8Rows, out: &mut [f32], r0: usize) {
+        let f = simd.avx512f;
+        let bw = simd.avx512bw;
+        let low = f._mm512_set1_epi32(0x0F0F_0F0F);
+        let ones = f._mm512_set1_epi16(1);
+        let mut acc: [__m512; R] = [f._mm512_setzero_ps(); R];
+        for (b, t) in tiles.iter().enumerate() {
+            let chunks: [__m512i; 4] = core::array::from_fn(|j| cast(t.q[j]));
+            let lo: [__m512i; 4] = core::array::from_fn(|j| f._mm512_and_si512(chunks[j], low));
+            let hi: [__m512i; 4] = core::array::from_fn(|j| {
+                f._mm512_and_si512(bw._mm512_srli_epi16::<4>(chunks[j]), low)
+            });
+            let dw = f16x16(simd, t.d);
+            let mw = f16x16(simd, t.m);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let row = r0 + r;
+                let xs: [i32; 8] = cast(*x.values(row, b));
+                let mut s16 = f._mm512_setzero_si512();
+                for j in 0..4 {
+                    let a = bw._mm512_maddubs_epi16(lo[j], f._mm512_set1_epi32(xs[j]));
+                    let c = bw._mm512_maddubs_epi16(hi[j], f._mm512_set1_epi32(xs[4 + j]));
+                    s16 = bw._mm512_add_epi16(s16, bw._mm512_add_epi16(a, c));
                 }
-                let mut lanes = [0f32; 8];
-                for (lane, v) in lanes.iter_mut().zip(&s[b..b + take]) {
-                    *lane = *v;
-                }
-                cast(lanes)
-            };
-            // sumi * d_w * d_x + m_w * s_x, in candle's order, unfused.
-            let t = simd
-                .avx
-                ._mm256_mul_ps(simd.avx._mm256_mul_ps(sumi, f8(w.scale)), f8(&act.scale));
-            let t = simd
-                .avx
-                ._mm256_add_ps(t, simd.avx._mm256_mul_ps(f8(w.min), f8(&act.sum)));
-            let terms: [f32; 8] = cast(t);
-            for term in &terms[..take] {
-                sumf += term;
+                let sumi = f._mm512_cvtepi32_ps(bw._mm512_madd_epi16(s16, ones));
+                let term =
+                    f._mm512_mul_ps(f._mm512_mul_ps(sumi, dw), f._mm512_set1_ps(x.scale(row, b)));
+                let term =
+                    f._mm512_add_ps(term, f._mm512_mul_ps(mw, f._mm512_set1_ps(x.sum(row, b))));
+                *acc = f._mm512_add_ps(*acc, term);
             }
-            b += take;
         }
-        sumf
+        for (r, acc) in acc.iter().enumerate() {
+            let v: [f32; ROWS] = cast(*acc);
+            out[(r0 + r) * ROWS..][..ROWS].copy_from_slice(&v);
+        }
     }
 }
 
-/// The product as a candle operation on the activations: `x (.., k)` times `W^T`.
-#[derive(Debug)]
-pub struct Q41MatMul<'a>(pub &'a Q41Matrix);
-
-impl CustomOp1 for Q41MatMul<'_> {
-    fn name(&self) -> &'static str {
-        "q4_1-matmul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(x) = storage else {
-            candle_core::bail!("q4_1 matmul takes f32 activations");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("q4_1 matmul takes contiguous activations");
-        };
-        let dims = layout.shape().dims();
-        if dims.last() != Some(&self.0.k) {
-            candle_core::bail!("activations {dims:?} do not end in {}", self.0.k);
-        }
-        let out = self.0.matmul(&x[start..end]);
-        let mut shape = dims.to_vec();
-        *shape.last_mut().expect("a last dimension") = self.0.n;
-        Ok((CpuStorage::F32(out), Shape::from(shape)))
-    }
-}
+// pulp's `vectorize` runs a call with the CPU features enabled only when the call is inlined
+// into it; a closure this large is not (its `FnOnce` shim is only an inline hint), and the
+// intrinsics then become function calls. These plain calls are `#[inline(always)]`.
+#[cfg(target_arch = "x86_64")]
+crate::model::kernel::simd_call!(Avx2Call, pulp::x86::V3, Tile, avx2::group);
+#[cfg(target_arch = "x86_64")]
+crate::model::kernel::simd_call!(Avx512Call, pulp::x86::V4, Tile, avx512::group);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::quantized::QMatMul;
-    use candle_core::{Device, Module, Tensor};
+    use crate::model::kernel::Isa;
+    use candle_core::quantized::k_quants::{BlockQ4_1, BlockQ8_1, GgmlType};
+    use candle_core::{Device, Tensor};
 
     fn random(len: usize, seed: u64) -> Vec<f32> {
         let mut rng = fastrand::Rng::with_seed(seed);
         (0..len).map(|_| rng.f32() * 2.0 - 1.0).collect()
     }
 
-    /// The product equals candle's own Q4_1 product bit for bit, on both kernels, for one row
-    /// (generation) and several (a prompt), with block counts that do and do not fill the
-    /// eight-block vector.
+    /// candle's answer for every (activation row, weight row): `vec_dot_unopt` over its own
+    /// Q4_1 weight blocks and Q8_1 activation blocks.
+    fn candles(w: &[f32], x: &[f32], k: usize) -> Vec<f32> {
+        let blocks = k / BLOCK;
+        let mut wq = vec![BlockQ4_1::zeros(); w.len() / BLOCK];
+        BlockQ4_1::from_float(w, &mut wq);
+        let mut xq = vec![BlockQ8_1::zeros(); x.len() / BLOCK];
+        BlockQ8_1::from_float(x, &mut xq);
+        let n = w.len() / k;
+        let mut out = Vec::new();
+        for xr in xq.chunks_exact(blocks) {
+            for r in 0..n {
+                out.push(BlockQ4_1::vec_dot_unopt(
+                    k,
+                    &wq[r * blocks..(r + 1) * blocks],
+                    xr,
+                ));
+            }
+        }
+        out
+    }
+
+    fn ours(w: &[f32], x: &[f32], k: usize, kernel: Kernel, threads: &Threads) -> Vec<f32> {
+        let n = w.len() / k;
+        let t = Tensor::from_vec(w.to_vec(), (n, k), &Device::Cpu).expect("w");
+        let q = QTensor::quantize(&t, GgmlDType::Q4_1).expect("quantize");
+        let m = Q41Matrix::from_qtensor(&q).expect("repack");
+        threads.install(|| m.matmul(&Q8Rows::of(x, k), kernel, threads))
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|f| f.to_bits()).collect()
+    }
+
+    /// Every path, 1 to 9 activation rows (tiles of 4 and every remainder), odd output counts
+    /// (partial groups), 1, 2 and 3 threads: candle's `vec_dot_unopt` bits.
     #[test]
-    fn the_product_is_candles_bit_for_bit() {
-        let dev = Device::Cpu;
-        for (m, k, n) in [
-            (1, 576, 192),
-            (5, 576, 64),
-            (1, 1536, 40),
-            (3, 64, 33),
-            (2, 320, 17),
-        ] {
-            let w = Tensor::from_vec(random(n * k, 7), (n, k), &dev).expect("w");
-            let q = QTensor::quantize(&w, GgmlDType::Q4_1).expect("quantize");
-            let ours = Q41Matrix::from_qtensor(&q).expect("unpack");
-            let x = Tensor::from_vec(random(m * k, 11), (m, k), &dev).expect("x");
-            let want: Vec<f32> = QMatMul::from_qtensor(q)
-                .expect("qmatmul")
-                .forward(&x)
-                .and_then(|t| t.flatten_all())
-                .and_then(|t| t.to_vec1())
-                .expect("candle's product");
-            let got: Vec<f32> = x
-                .apply_op1_no_bwd(&Q41MatMul(&ours))
-                .and_then(|t| t.flatten_all())
-                .and_then(|t| t.to_vec1())
-                .expect("ours");
-            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&got), bits(&want), "({m}, {k}, {n})");
-            // The portable kernel too, output by output.
-            let xs = x.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("x");
-            for (i, row) in xs.chunks_exact(k).enumerate() {
-                let act = Q81::quantize(row);
-                for r in 0..n {
-                    let p = ours.dot(r, &act, Kernel::Portable);
-                    assert_eq!(
-                        p.to_bits(),
-                        want[i * n + r].to_bits(),
-                        "portable ({m}, {k}, {n})"
-                    );
+    fn the_product_is_candles_vec_dot_unopt_bit_for_bit() {
+        let pools: Vec<Threads> = (1..=3).map(|t| Threads::new(t).expect("pool")).collect();
+        for (k, n) in [(576, 37), (64, 8), (1536, 19), (64, 3), (320, 17)] {
+            let w = random(n * k, 7 + n as u64);
+            for m in 1..=9 {
+                let x = random(m * k, 11 + m as u64);
+                let want = candles(&w, &x, k);
+                for isa in Kernel::available() {
+                    for threads in &pools {
+                        let got = ours(&w, &x, k, Kernel::new(isa).expect("path"), threads);
+                        assert_eq!(
+                            bits(&got),
+                            bits(&want),
+                            "{isa}, {} threads, m {m}, k {k}, n {n}",
+                            threads.count()
+                        );
+                    }
                 }
             }
         }
     }
 
+    /// Nibbles 0 and 15 (blocks of only a minimum and a maximum, and constant blocks) against
+    /// activations of ±127 (blocks of ±amax): candle's bits; and activations of -128, which
+    /// candle's quantizer never makes, against an exact integer reference of the same chain.
     #[test]
-    fn the_block_sums_cover_the_integer_range_exactly() {
-        // Extreme nibbles and values: 15 * 127 and 15 * -128 in every lane.
-        let nibbles = [0xFF; 16];
-        for v in [127i8, -128] {
-            let values = [v; 32];
-            assert_eq!(block_sum(&nibbles, &values), 32 * 15 * i32::from(v));
+    fn extreme_nibbles_and_values_keep_the_bits() {
+        let k = 128;
+        let n = 11;
+        let mut w = Vec::new();
+        for r in 0..n {
+            for j in 0..k {
+                w.push(match r % 3 {
+                    0 => [-3.0f32, 5.0][j % 2],
+                    1 => 0.75,
+                    _ => [1e-3f32, 40.0][(j / 7) % 2],
+                });
+            }
+        }
+        let mut x = Vec::new();
+        for r in 0..3 {
+            for j in 0..k {
+                x.push(match (r, j % 3) {
+                    (0, _) => 2.5,
+                    (1, 0) => -2.5,
+                    (1, _) => 2.5,
+                    _ => [-1e5f32, 1e5][j % 2],
+                });
+            }
+        }
+        let want = candles(&w, &x, k);
+        let tensor = Tensor::from_vec(w.clone(), (n, k), &Device::Cpu).expect("w");
+        let q = QTensor::quantize(&tensor, GgmlDType::Q4_1).expect("quantize");
+        let m = Q41Matrix::from_qtensor(&q).expect("repack");
+        let acts = Q8Rows::of(&x, k);
+        let nibbles: Vec<u8> = m
+            .tiles
+            .iter()
+            .flat_map(|t| t.q.iter().flatten().copied())
+            .collect();
+        assert!(
+            nibbles.iter().any(|&b| b == 0xF0 || b == 0x0F),
+            "0 and 15 present"
+        );
+        assert!(acts.values(0, 0).iter().all(|&v| v == 127));
+        assert!(acts.values(1, 0).contains(&-127));
+        let threads = Threads::new(1).expect("one");
+        for isa in Kernel::available() {
+            let got = m.matmul(&acts, Kernel::new(isa).expect("path"), &threads);
+            assert_eq!(bits(&got), bits(&want), "{isa}");
+        }
+
+        // -128 everywhere, with nibbles 15 everywhere: 32 * 15 * -128 per block, exactly.
+        let blocks = k / BLOCK;
+        let acts = Q8Rows::from_parts(blocks, vec![[-128; BLOCK]; blocks], vec![0.5; blocks]);
+        let full = vec![0xFFu8; 16];
+        let mut raw = Vec::new();
+        for _ in 0..ROWS * blocks {
+            raw.extend(f16::from_f32(0.25).to_le_bytes());
+            raw.extend(f16::from_f32(-2.0).to_le_bytes());
+            raw.extend(&full);
+        }
+        let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+            GgmlDType::Q4_1,
+            &raw,
+            vec![ROWS, k],
+            &Device::Cpu,
+        )
+        .expect("raw Q4_1");
+        let m = Q41Matrix::from_qtensor(&q).expect("repack");
+        let mut chain = 0f32;
+        for b in 0..blocks {
+            let sumi = 32 * 15 * -128i32;
+            chain += sumi as f32 * 0.25 * 0.5 + -2.0 * acts.sum(0, b);
+        }
+        for isa in Kernel::available() {
+            let got = m.matmul(&acts, Kernel::new(isa).expect("path"), &threads);
+            assert!(
+                got.iter().all(|v| v.to_bits() == chain.to_bits()),
+                "{isa}: {got:?} against {chain}"
+            );
+        }
+        assert!(Kernel::available().contains(&Isa::Portable));
+    }
+
+    #[test]
+    fn a_row_alone_and_in_a_batch_give_the_same_bits() {
+        let (k, n) = (576, 64);
+        let w = random(n * k, 1);
+        let x = random(7 * k, 2);
+        let threads = Threads::new(2).expect("two");
+        for isa in Kernel::available() {
+            let kernel = Kernel::new(isa).expect("path");
+            let batch = ours(&w, &x, k, kernel, &threads);
+            for (r, row) in x.chunks_exact(k).enumerate() {
+                let alone = ours(&w, row, k, kernel, &threads);
+                assert_eq!(
+                    bits(&alone),
+                    bits(&batch[r * n..(r + 1) * n]),
+                    "{isa} row {r}"
+                );
+            }
         }
     }
 }
