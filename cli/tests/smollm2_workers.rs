@@ -20,16 +20,20 @@ const SHORT_LEASES: &[(&str, &str)] = &[
 ];
 
 fn start_smollm2(c: &mut Cluster, id: &str) {
+    start_smollm2_on(c, id, &[]);
+}
+
+/// A smollm2 worker with extra arguments (its kernel, its threads).
+fn start_smollm2_on(c: &mut Cluster, id: &str, extra: &[&str]) {
     let dir = test_support::smollm2_dir();
-    c.start_worker(
-        id,
-        &[
-            "--model",
-            "smollm2",
-            "--model-dir",
-            dir.to_str().expect("utf8 path"),
-        ],
-    );
+    let mut args = vec![
+        "--model",
+        "smollm2",
+        "--model-dir",
+        dir.to_str().expect("utf8 path"),
+    ];
+    args.extend_from_slice(extra);
+    c.start_worker(id, &args);
 }
 
 /// `aimarket task add ARGS --wait`, as JSON: the one task's view.
@@ -44,8 +48,12 @@ fn add_and_wait(c: &Cluster, args: &[&str]) -> TaskView {
 #[test]
 fn three_smollm2_workers_finalize_generated_tasks_by_exact_match() {
     let mut c = Cluster::start(SHORT_LEASES);
-    for w in ["g1", "g2", "g3"] {
-        start_smollm2(&mut c, w);
+    // A mixed fleet: g1 on the fastest kernel this CPU has, g2 and g3 on the portable one at one
+    // thread each (a slow machine, whose generations outlast a 2 s lease). The engine computes
+    // the same bits on every kernel, so their answers match exactly.
+    start_smollm2(&mut c, "g1");
+    for w in ["g2", "g3"] {
+        start_smollm2_on(&mut c, w, &["--kernel", "portable", "--threads", "1"]);
     }
     let article = "The city council voted on Tuesday to turn the old railway depot into a public \
                    library. The building has stood empty for twenty years. Work starts in spring \
@@ -150,7 +158,8 @@ fn three_smollm2_workers_finalize_generated_tasks_by_exact_match() {
     ]);
     assert_eq!(translation.final_token_ids.as_ref(), Some(&by_hand));
 
-    // Three generations per task, each longer than a 2 s lease: heartbeats kept every lease.
+    // Three generations per task, the portable ones longer than a 2 s lease: heartbeats kept
+    // every lease.
     assert_eq!(c.count("SELECT SUM(attempts) FROM task"), 0);
     assert_eq!(
         c.count("SELECT COUNT(*) FROM lease WHERE state != 'completed'"),
