@@ -20,9 +20,9 @@
 //! sampling); a verify lease's candidate is scored by one teacher-forced pass over the prompt and
 //! the candidate ([`ChatModel::candidate_logits`]).
 
+use super::interface::{Generation, Input, Model, ModelError, Prediction, Scored, Stop};
 use super::kernel::{EngineConfig, KernelError, Threads};
 use super::llama::Llama;
-use super::{Generation, Input, Model, ModelError, Prediction, Scored, Stop};
 use candle_core::quantized::gguf_file;
 use protocol::generation::Decoding;
 use protocol::TaskType;
@@ -212,7 +212,8 @@ impl ChatModel {
             path: path.clone(),
             source,
         };
-        let hash = super::hash_files(std::slice::from_ref(&path), false).map_err(|(_, e)| io(e))?;
+        let hash = super::interface::hash_files(std::slice::from_ref(&path), false)
+            .map_err(|(_, e)| io(e))?;
         let mut file = std::fs::File::open(&path).map_err(io)?;
         let content = gguf_file::Content::read(&mut file).map_err(|e| bad(e.into()))?;
         let meta = Meta(&content.metadata);

@@ -8,10 +8,10 @@
 //! (`attention_mask` 1 = a real token, as in Hugging Face), and the classification head
 //! `pre_classifier -> ReLU -> classifier` on the first token. Tensor names are Hugging Face's.
 
+use super::interface::{Input, Model, ModelError, Prediction};
 use super::transformer::{
     argmax, attend, by_length, encode, predict_batch, softmax, Folder, LoadError, MAX_TOKENS,
 };
-use super::{Input, Model, ModelError, Prediction};
 use candle_core::{Device, Module, Tensor};
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
 use protocol::TaskType;

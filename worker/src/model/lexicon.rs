@@ -4,7 +4,7 @@
 //! The label is the sign of VADER's compound score (`positive` at 0 and above, as VADER's own
 //! "not negative" side); the confidence maps its magnitude onto `[0.5, 1]`.
 
-use super::{Input, Model, ModelError, Prediction};
+use super::interface::{Input, Model, ModelError, Prediction};
 use protocol::TaskType;
 use vader_sentiment::SentimentIntensityAnalyzer;
 

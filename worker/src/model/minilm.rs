@@ -5,10 +5,10 @@
 //! tasks (the vector), `zero-shot` tasks (over the task's candidate labels, each embedded as it
 //! is written and cached) and `sentiment` tasks (zero-shot over `positive` / `negative`).
 
+use super::interface::{Input, Model, ModelError, Prediction};
 use super::transformer::{
     argmax, attend, by_length, encode, predict_batch, softmax, Folder, LoadError, MAX_TOKENS,
 };
-use super::{Input, Model, ModelError, Prediction};
 use candle_core::{Device, Module, Tensor, D};
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
 use protocol::TaskType;

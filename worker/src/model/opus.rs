@@ -8,9 +8,9 @@
 //! ids go back to pieces through `vocab.json` and are joined, `▁` read as a space. The weights
 //! are `model.safetensors` or, failing that, `pytorch_model.bin`.
 
+use super::interface::{Generation, Input, Model, ModelError, Prediction, Stop};
 use super::marian::{Marian, MarianConfig};
 use super::seq2seq::{read_config, read_weights, EncoderDecoder, FolderError};
-use super::{Generation, Input, Model, ModelError, Prediction, Stop};
 use candle_core::Device;
 use protocol::TaskType;
 use std::collections::HashMap;
@@ -159,7 +159,8 @@ impl OpusModel {
             .map(|f| dir.join(f))
             .chain([weights.clone()])
             .collect();
-        let hash = super::hash_files(&files, true).map_err(|(path, e)| bad(&path)(e.into()))?;
+        let hash =
+            super::interface::hash_files(&files, true).map_err(|(path, e)| bad(&path)(e.into()))?;
         let device = Device::Cpu;
         let config: MarianConfig = read_config(dir)?;
         let weights = read_weights(&weights, &device)?;
@@ -209,7 +210,10 @@ impl Model for OpusModel {
         Some(&self.hash)
     }
 
-    fn score(&self, jobs: &[(Input, Vec<u32>)]) -> Vec<Result<super::Scored, ModelError>> {
+    fn score(
+        &self,
+        jobs: &[(Input, Vec<u32>)],
+    ) -> Vec<Result<super::interface::Scored, ModelError>> {
         jobs.iter()
             .map(|(input, candidate)| {
                 let (ids, _) = self.prepare(input)?;

@@ -2,7 +2,7 @@
 //! Face folder, padded batches and their masks, decoding over a recomputed prefix, and the
 //! teacher-forced scoring of a candidate.
 
-use super::Scored;
+use super::interface::Scored;
 use candle_core::{DType, Device, Result, Tensor, D};
 use protocol::generation::Decoding;
 use serde::de::DeserializeOwned;

@@ -461,7 +461,8 @@ impl T5Model {
             }
         };
         let files: Vec<_> = FILES.iter().map(|f| dir.join(f)).collect();
-        let hash = super::hash_files(&files, true).map_err(|(path, e)| bad(path)(e.into()))?;
+        let hash =
+            super::interface::hash_files(&files, true).map_err(|(path, e)| bad(path)(e.into()))?;
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer =
             tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(bad(tokenizer_path))?;
@@ -477,10 +478,13 @@ impl T5Model {
     /// `translate English to French: ...`, T5's own task prefixes.
     ///
     /// # Errors
-    /// [`super::ModelError`] for a type or a language pair it does not do.
-    pub fn prompt(&self, input: &super::Input) -> std::result::Result<String, super::ModelError> {
+    /// [`super::interface::ModelError`] for a type or a language pair it does not do.
+    pub fn prompt(
+        &self,
+        input: &super::interface::Input,
+    ) -> std::result::Result<String, super::interface::ModelError> {
         use protocol::TaskType;
-        let refuse = |why: String| super::ModelError::Inference(why.into());
+        let refuse = |why: String| super::interface::ModelError::Inference(why.into());
         input.check_template()?;
         if input.task_type == TaskType::generate() {
             Ok(input.text.clone())
@@ -507,7 +511,7 @@ impl T5Model {
                 )),
             }
         } else {
-            Err(super::ModelError::Unsupported {
+            Err(super::interface::ModelError::Unsupported {
                 model: self.name.clone(),
                 task_type: input.task_type.clone(),
             })
@@ -516,11 +520,14 @@ impl T5Model {
 
     /// The input ids of a prompt, with T5's end-of-sequence, cut to [`MAX_INPUT_TOKENS`]; and
     /// whether it was cut.
-    fn encode(&self, prompt: &str) -> std::result::Result<(Vec<u32>, bool), super::ModelError> {
+    fn encode(
+        &self,
+        prompt: &str,
+    ) -> std::result::Result<(Vec<u32>, bool), super::interface::ModelError> {
         let mut ids = self
             .tokenizer
             .encode(prompt, true)
-            .map_err(super::ModelError::Inference)?
+            .map_err(super::interface::ModelError::Inference)?
             .get_ids()
             .to_vec();
         if ids.len() <= MAX_INPUT_TOKENS {
@@ -532,7 +539,7 @@ impl T5Model {
     }
 }
 
-impl super::Model for T5Model {
+impl super::interface::Model for T5Model {
     fn id(&self) -> &str {
         &self.name
     }
@@ -552,22 +559,22 @@ impl super::Model for T5Model {
 
     fn score(
         &self,
-        jobs: &[(super::Input, Vec<u32>)],
-    ) -> Vec<std::result::Result<super::Scored, super::ModelError>> {
+        jobs: &[(super::interface::Input, Vec<u32>)],
+    ) -> Vec<std::result::Result<super::interface::Scored, super::interface::ModelError>> {
         jobs.iter()
             .map(|(input, candidate)| {
                 let (ids, _) = self.prompt(input).and_then(|p| self.encode(&p))?;
                 self.model
                     .score(&ids, candidate, &input.decoding)
-                    .map_err(|e| super::ModelError::Inference(e.into()))
+                    .map_err(|e| super::interface::ModelError::Inference(e.into()))
             })
             .collect()
     }
 
     fn predict(
         &self,
-        inputs: &[super::Input],
-    ) -> Vec<std::result::Result<super::Prediction, super::ModelError>> {
+        inputs: &[super::interface::Input],
+    ) -> Vec<std::result::Result<super::interface::Prediction, super::interface::ModelError>> {
         use super::{Generation, ModelError, Prediction, Stop};
         let mut prepared: Vec<Option<(Vec<u32>, bool)>> = Vec::with_capacity(inputs.len());
         let mut out: Vec<Option<std::result::Result<Prediction, ModelError>>> =
@@ -586,7 +593,7 @@ impl super::Model for T5Model {
         }
         // One padded batch per (max_new_tokens, stop ids): what decides when a row stops.
         let eos = self.model.config().eos_token_id;
-        let key = |i: &super::Input| {
+        let key = |i: &super::interface::Input| {
             (
                 i.max_new_tokens
                     .unwrap_or(protocol::generation::DEFAULT_MAX_NEW_TOKENS),

@@ -1,7 +1,7 @@
 //! Pieces shared by the transformer backends: padded tokenization of a batch, the padding mask,
 //! multi-head self-attention, and reading a Hugging Face model folder.
 
-use super::ModelError;
+use super::interface::ModelError;
 use candle_core::{Device, Tensor};
 use std::path::{Path, PathBuf};
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
@@ -91,7 +91,7 @@ impl Folder {
             self.weights.clone(),
             self.tokenizer.clone(),
         ];
-        super::hash_files(&files, true).map_err(|(path, e)| LoadError::bad(&path, e))
+        super::interface::hash_files(&files, true).map_err(|(path, e)| LoadError::bad(&path, e))
     }
 
     pub(crate) fn config<T: serde::de::DeserializeOwned>(&self) -> Result<T, LoadError> {
