@@ -570,7 +570,7 @@ impl GeneratedAnswer {
         }
         self.logprobs
             .iter()
-            .map(|l| f64::from(*l).exp())
+            .map(|l| libm::exp(f64::from(*l)))
             .sum::<f64>()
             / self.logprobs.len() as f64
     }

@@ -95,7 +95,8 @@ pub fn gumbel(seed: u64, step: usize, vocab: usize) -> Vec<f64> {
         .map(|_| {
             // 53 random bits, centred in their interval: u in (0, 1), never 0 or 1.
             let u = ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-            -(-u.ln()).ln()
+            // libm's log, not the system's: the same bits on every CPU.
+            -libm::log(-libm::log(u))
         })
         .collect()
 }
@@ -120,11 +121,15 @@ fn perturbed(logits: &[f32], step: usize, decoding: &Decoding) -> (Vec<f64>, f64
     }
 }
 
-/// The log-probability of `id` under `logits / T`.
+/// The log-probability of `id` under `logits / T`, with libm's `exp` and `log` rather than the
+/// system's (which may pick other instructions on other CPUs): the same bits on every worker.
 fn logprob(logits: &[f32], id: usize, t: f64) -> f32 {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l)) as f64 / t;
-    let sum: f64 = logits.iter().map(|&l| (f64::from(l) / t - max).exp()).sum();
-    (f64::from(logits[id]) / t - max - sum.ln()) as f32
+    let sum: f64 = logits
+        .iter()
+        .map(|&l| libm::exp(f64::from(l) / t - max))
+        .sum();
+    (f64::from(logits[id]) / t - max - libm::log(sum)) as f32
 }
 
 /// The token the decoding rule picks at `step` (ties to the lowest id) and its log-probability.
@@ -158,6 +163,39 @@ pub fn score(logits: &[f32], step: usize, decoding: &Decoding, id: u32) -> (f32,
 
 #[cfg(test)]
 mod tests {
+    /// The log-probabilities and Gumbel noise every worker computes, pinned to their bits: they
+    /// come from libm's pure-Rust `exp` and `log`, the same on every CPU, not from the system's.
+    #[test]
+    fn logprobs_and_noise_have_the_same_bits_everywhere() {
+        let logits = [1.5f32, -0.25, 3.0, 0.125, -7.0];
+        let bits: Vec<u32> = (0..logits.len())
+            .map(|i| super::logprob(&logits, i, 0.7).to_bits())
+            .collect();
+        assert_eq!(
+            bits,
+            [
+                3_222_386_738,
+                3_231_243_289,
+                3_188_275_714,
+                3_230_119_815,
+                3_244_734_257
+            ]
+        );
+        let noise: Vec<u64> = super::gumbel(42, 3, 4)
+            .iter()
+            .map(|g| g.to_bits())
+            .collect();
+        assert_eq!(
+            noise,
+            [
+                13_803_877_751_692_266_523,
+                4_604_004_068_864_551_155,
+                4_607_887_403_205_062_563,
+                4_600_267_249_091_220_255
+            ]
+        );
+    }
+
     use super::*;
     use crate::generation::{resolve, SpecRequest};
     use crate::TaskType;
