@@ -191,7 +191,7 @@ fn entitling_lease(
         )
         .into());
     }
-    if task.generation.is_some() && verify::row_of_lease(tx, &lease_id)?.is_some() {
+    if task.generation.is_some() && tx.scoring_row_of_lease(&lease_id)?.is_some() {
         return Err(ProtocolError::invalid(
             "verification",
             "this lease is for scoring a candidate: submit a verification",

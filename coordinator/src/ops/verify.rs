@@ -165,17 +165,6 @@ fn trap_for(
     Ok(None)
 }
 
-/// The scoring row verify lease `lease_id` names, if it is one.
-///
-/// # Errors
-/// Store errors.
-pub(crate) fn row_of_lease(
-    tx: &dyn Tx,
-    lease_id: &LeaseId,
-) -> Result<Option<ScoringRow>, CoreError> {
-    Ok(tx.scoring_row_of_lease(lease_id)?)
-}
-
 /// Stores a verifier's score on the scoring row its lease names; decides the task when that
 /// was its last real slot. The lease must be the submitter's verify lease on the task.
 ///
@@ -201,7 +190,7 @@ pub(crate) fn accept(
         task: task.id,
     })?;
     let lease_state = held_lease(tx, &lease_id, &task.id, worker)?;
-    let Some(row) = row_of_lease(tx, &lease_id)? else {
+    let Some(row) = tx.scoring_row_of_lease(&lease_id)? else {
         return Err(ProtocolError::invalid(
             "verification",
             "this lease is not for scoring a candidate",
