@@ -19,23 +19,6 @@ const SHORT_LEASES: &[(&str, &str)] = &[
     ("REQUEUE_SWEEP_SECONDS", "1"),
 ];
 
-fn start_smollm2(c: &mut Cluster, id: &str) {
-    start_smollm2_on(c, id, &[]);
-}
-
-/// A smollm2 worker with extra arguments (its kernel, its threads).
-fn start_smollm2_on(c: &mut Cluster, id: &str, extra: &[&str]) {
-    let dir = test_support::smollm2_dir();
-    let mut args = vec![
-        "--model",
-        "smollm2",
-        "--model-dir",
-        dir.to_str().expect("utf8 path"),
-    ];
-    args.extend_from_slice(extra);
-    c.start_worker(id, &args);
-}
-
 /// `aimarket task add ARGS --wait`, as JSON: the one task's view.
 fn add_and_wait(c: &Cluster, args: &[&str]) -> TaskView {
     let mut all = vec!["task", "add"];
@@ -51,9 +34,9 @@ fn three_smollm2_workers_finalize_generated_tasks_by_exact_match() {
     // A mixed fleet: g1 on the fastest kernel this CPU has, g2 and g3 on the portable one at one
     // thread each (a slow machine, whose generations outlast a 2 s lease). The engine computes
     // the same bits on every kernel, so their answers match exactly.
-    start_smollm2(&mut c, "g1");
+    c.start_smollm2("g1", &[]);
     for w in ["g2", "g3"] {
-        start_smollm2_on(&mut c, w, &["--kernel", "portable", "--threads", "1"]);
+        c.start_smollm2(w, &["--kernel", "portable", "--threads", "1"]);
     }
     let article = "The city council voted on Tuesday to turn the old railway depot into a public \
                    library. The building has stood empty for twenty years. Work starts in spring \
@@ -180,7 +163,7 @@ fn three_smollm2_workers_finalize_generated_tasks_by_exact_match() {
 #[test]
 fn a_worker_killed_mid_generation_loses_nothing() {
     let mut c = Cluster::start(SHORT_LEASES);
-    start_smollm2(&mut c, "doomed");
+    c.start_smollm2("doomed", &[]);
     let out = c.cli(&[
         "task",
         "add",
@@ -210,7 +193,7 @@ fn a_worker_killed_mid_generation_loses_nothing() {
     std::thread::sleep(Duration::from_millis(500));
     c.kill_worker("doomed");
     for w in ["heir1", "heir2"] {
-        start_smollm2(&mut c, w);
+        c.start_smollm2(w, &[]);
     }
     let done: Vec<TaskView> = c.json(&["task", "wait", &id, "--timeout", "300"]);
     assert_eq!(done[0].status, TaskStatus::Finalized, "{:?}", done[0]);

@@ -10,18 +10,6 @@ use protocol::messages::{LeaderboardEntry, TaskDetail, TaskView};
 use protocol::TaskStatus;
 use std::time::Duration;
 
-fn start_smollm2(c: &mut Cluster, id: &str, extra: &[&str]) {
-    let dir = test_support::smollm2_dir();
-    let mut args = vec![
-        "--model",
-        "smollm2",
-        "--model-dir",
-        dir.to_str().expect("utf8 path"),
-    ];
-    args.extend_from_slice(extra);
-    c.start_worker(id, &args);
-}
-
 const PROMPTS: &[&str] = &[
     "What is the capital of France?",
     "Name three colours of the rainbow.",
@@ -89,11 +77,11 @@ fn assert_honest(c: &Cluster, tasks: &[TaskView]) {
 fn a_truncating_generator_is_caught_and_the_honest_answer_finalized() {
     let mut c = Cluster::start(&[("AIMARKET_TRAP_RATE", "0")]);
     // The truncating worker generates first; the honest ones come to score.
-    start_smollm2(&mut c, "cutter", &["--misbehave", "truncate"]);
+    c.start_smollm2("cutter", &["--misbehave", "truncate"]);
     let ids = add_tasks(&c);
     wait_generated(&c, "cutter");
     for w in ["h1", "h2"] {
-        start_smollm2(&mut c, w, &[]);
+        c.start_smollm2(w, &[]);
     }
     let tasks = wait_all(&c, &ids);
     assert_honest(&c, &tasks);
@@ -128,11 +116,11 @@ fn a_pass_everything_verifier_misses_traps_and_earns_nothing() {
     // Every verifier's first scoring of a candidate is a trap.
     let mut c = Cluster::start(&[("AIMARKET_TRAP_RATE", "1")]);
     // An honest worker generates every answer; the lying verifier and an honest one score them.
-    start_smollm2(&mut c, "h1", &[]);
+    c.start_smollm2("h1", &[]);
     let ids = add_tasks(&c);
     wait_generated(&c, "h1");
-    start_smollm2(&mut c, "yes-man", &["--misbehave", "pass-everything"]);
-    start_smollm2(&mut c, "h2", &[]);
+    c.start_smollm2("yes-man", &["--misbehave", "pass-everything"]);
+    c.start_smollm2("h2", &[]);
     let tasks = wait_all(&c, &ids);
     assert_honest(&c, &tasks);
     let board: Vec<LeaderboardEntry> = c.json(&["leaderboard"]);

@@ -173,6 +173,20 @@ impl Cluster {
         })
     }
 
+    /// Starts a smollm2 worker (the fetched model) with extra arguments (its kernel, its
+    /// threads, its verification settings).
+    pub(crate) fn start_smollm2(&mut self, id: &str, extra: &[&str]) {
+        let dir = test_support::smollm2_dir();
+        let mut args = vec![
+            "--model",
+            "smollm2",
+            "--model-dir",
+            dir.to_str().expect("utf8 path"),
+        ];
+        args.extend_from_slice(extra);
+        self.start_worker(id, &args);
+    }
+
     /// The token ids `aimarket infer --model smollm2 ARGS` generates (the fetched model), as a
     /// worker's answer can be checked by hand.
     pub(crate) fn smollm2_ids(&self, args: &[&str]) -> Vec<u32> {
