@@ -61,6 +61,15 @@ pub(crate) trait Exec {
     }
 }
 
+/// Runs `sql` (flag `$1`, row id `$2`) for each `(row id, flag)` of `flags`.
+fn set_flags<S: Exec + ?Sized>(s: &S, sql: &str, flags: &[(i64, bool)]) -> Result<()> {
+    let mut set = s.sql().prepare_cached(sql)?;
+    for (id, flag) in flags {
+        set.execute(super::sql::params![flag, id])?;
+    }
+    Ok(())
+}
+
 /// One open transaction, as the rules see it: every part of the interface.
 pub(crate) trait Tx:
     Exec + Tasks + Adds + Leases + Votes + Scores + Scoring + Views + Admin

@@ -305,13 +305,11 @@ pub(crate) trait Scoring: Exec {
 
     /// Sets each scoring row's agreement: `(row id, agreed)`.
     fn mark_scoring_agreed(&self, flags: &[(i64, bool)]) -> Result<()> {
-        let mut mark = self
-            .sql()
-            .prepare_cached("UPDATE verification SET agreed = $1 WHERE id = $2")?;
-        for (row, agreed) in flags {
-            mark.execute(params![agreed, row])?;
-        }
-        Ok(())
+        super::set_flags(
+            self,
+            "UPDATE verification SET agreed = $1 WHERE id = $2",
+            flags,
+        )
     }
 
     /// How many real scoring slots of `task` are not reported yet.

@@ -204,13 +204,11 @@ pub(crate) trait Votes: Exec {
 
     /// Sets each submission's agreement with the consensus: `(row id, agreed)`.
     fn mark_agreed(&self, flags: &[(i64, bool)]) -> Result<()> {
-        let mut mark = self
-            .sql()
-            .prepare_cached("UPDATE submission SET agreed = $1 WHERE id = $2")?;
-        for (id, agreed) in flags {
-            mark.execute(params![agreed, id])?;
-        }
-        Ok(())
+        super::set_flags(
+            self,
+            "UPDATE submission SET agreed = $1 WHERE id = $2",
+            flags,
+        )
     }
 }
 
