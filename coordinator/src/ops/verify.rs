@@ -420,7 +420,7 @@ fn decide(
     let text = tx.submitted_text(winner.submission)?;
     let n = winner.ids.len().max(1) as f64;
     let confidence = (verdicts[w].logprob / n).exp();
-    tx.finalize_scored(
+    tx.finalize_tokens(
         &task.id,
         &ids_to_blob(&winner.ids),
         &text,

@@ -372,23 +372,4 @@ pub(crate) trait Scoring: Exec {
             .prepare_cached("SELECT text FROM submission WHERE id = $1")?
             .query_row([id], |r| r.get(0))
     }
-
-    /// A scored task decided on token ids `ids` (as stored) and their text.
-    fn finalize_scored(
-        &self,
-        task: &TaskId,
-        ids: &[u8],
-        text: &str,
-        confidence: f64,
-        now: i64,
-    ) -> Result<()> {
-        self.sql()
-            .prepare_cached(
-                "UPDATE task SET status = 'finalized', verifying = 0, final_token_ids = $1,
-                     final_text = $2, final_confidence = $3, finished_at = $4
-                 WHERE id = $5",
-            )?
-            .execute(params![ids, text, confidence, now, task.to_string()])?;
-        Ok(())
-    }
 }

@@ -183,7 +183,8 @@ pub(crate) trait Votes: Exec {
             .collect()
     }
 
-    /// A generative task decided on token ids `ids` (as stored) and their text.
+    /// A generative task decided on token ids `ids` (as stored) and their text, by exact match
+    /// or by cross-scoring (which it ends).
     fn finalize_tokens(
         &self,
         task: &TaskId,
@@ -194,8 +195,8 @@ pub(crate) trait Votes: Exec {
     ) -> Result<()> {
         self.sql()
             .prepare_cached(
-                "UPDATE task SET status = 'finalized', final_token_ids = $1, final_text = $2,
-                     final_confidence = $3, finished_at = $4
+                "UPDATE task SET status = 'finalized', verifying = 0, final_token_ids = $1,
+                     final_text = $2, final_confidence = $3, finished_at = $4
                  WHERE id = $5",
             )?
             .execute(params![ids, text, confidence, now, task.to_string()])?;
