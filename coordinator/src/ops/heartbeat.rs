@@ -1,7 +1,6 @@
 //! `heartbeat.<worker_id>`: the worker is alive; the leases it names (or, when it names none, all
 //! of its leases) are renewed.
 
-use super::worker::touch_worker;
 use super::{lease::timings, Ctx};
 use crate::error::CoreError;
 use crate::store::from_ms;
@@ -30,8 +29,7 @@ pub(crate) fn run(
         )
         .into());
     }
-    touch_worker(
-        tx,
+    tx.touch_worker(
         ctx.now,
         &hb.worker_id,
         &hb.capabilities,

@@ -4,7 +4,6 @@
 //! Several workers may hold leases on one task at once, up to the submissions it still needs, so
 //! a task needing three votes is worked on by three workers in parallel.
 
-use super::worker::touch_worker;
 use super::Ctx;
 use crate::error::CoreError;
 use crate::store::from_ms;
@@ -25,8 +24,7 @@ pub(crate) fn timings(ctx: &Ctx) -> Timings {
 pub(crate) fn run(tx: &dyn Tx, ctx: &mut Ctx, req: LeaseRequest) -> Result<LeaseReply, CoreError> {
     req.validate()?;
     let worker = &req.worker_id;
-    touch_worker(
-        tx,
+    tx.touch_worker(
         ctx.now,
         worker,
         &req.capabilities,

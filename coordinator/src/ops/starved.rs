@@ -147,11 +147,11 @@ mod tests {
     use crate::ops::submit;
     use crate::ops::task::load_task;
     use crate::ops::testing::*;
-    use crate::ops::worker::touch_worker;
     use protocol::messages::{NewTask, SubmitRequest};
 
     fn register(conn: &dyn Tx, now: i64, worker: &str, caps: &[TaskType]) {
-        touch_worker(conn, now, &wid(worker), caps, Some("test"), None).expect("register");
+        conn.touch_worker(now, &wid(worker), caps, Some("test"), None)
+            .expect("register");
     }
 
     fn starved(conn: &dyn Tx, now: i64, t: &protocol::TaskId) -> Option<Starvation> {
@@ -291,19 +291,16 @@ mod tests {
             },
         );
         let generative = [TaskType::generate()];
-        touch_worker(&*conn.tx(), 1, &wid("right"), &generative, None, Some(hash))
+        conn.tx()
+            .touch_worker(1, &wid("right"), &generative, None, Some(hash))
             .expect("register");
         let other = "0".repeat(64);
-        touch_worker(
-            &*conn.tx(),
-            1,
-            &wid("other"),
-            &generative,
-            None,
-            Some(&other),
-        )
-        .expect("register");
-        touch_worker(&*conn.tx(), 1, &wid("none"), &generative, None, None).expect("register");
+        conn.tx()
+            .touch_worker(1, &wid("other"), &generative, None, Some(&other))
+            .expect("register");
+        conn.tx()
+            .touch_worker(1, &wid("none"), &generative, None, None)
+            .expect("register");
         assert_eq!(
             starved(&*conn.tx(), 2, &t),
             Some(Starvation {
@@ -321,7 +318,9 @@ mod tests {
                 workers_short: 1,
             }]
         );
-        touch_worker(&*conn.tx(), 3, &wid("other"), &generative, None, Some(hash)).expect("switch");
+        conn.tx()
+            .touch_worker(3, &wid("other"), &generative, None, Some(hash))
+            .expect("switch");
         assert_eq!(starved(&*conn.tx(), 4, &t), None);
         assert!(summary_at(&*conn.tx(), 4).is_empty());
     }

@@ -1,21 +1,9 @@
-//! Worker transitions the operations share: a worker seen alive, and what it can do.
+//! What a worker can do, as the operations need it (a worker seen alive is the store's
+//! `Tasks::touch_worker`).
 
 use crate::error::CoreError;
 use crate::store::tx::Tx;
 use protocol::{TaskType, WorkerId};
-
-/// Records that `worker` is alive with these capabilities; registers it on first sight (see
-/// [`crate::store::tx::Tasks::touch_worker`]).
-pub(crate) fn touch_worker(
-    tx: &dyn Tx,
-    now: i64,
-    worker: &WorkerId,
-    capabilities: &[TaskType],
-    model: Option<&str>,
-    model_hash: Option<&str>,
-) -> Result<(), CoreError> {
-    Ok(tx.touch_worker(now, worker, capabilities, model, model_hash)?)
-}
 
 /// The capabilities `worker` registered with, or `sentiment` for a worker never seen (clients of
 /// the original HTTP API register without task types).
