@@ -142,33 +142,39 @@ pub(crate) fn lease(
     }
     let items = pick(tx, worker, capabilities, model_hash, n)?;
     let expires_at = ctx.now + ctx.settings.lease_ms;
+    // One new task per item, its one slot this worker's lease: inserted leased, one statement
+    // for the tasks and one for the leases.
+    let ids: Vec<(LeaseId, TaskId)> = items
+        .iter()
+        .map(|_| (LeaseId::new(), TaskId::new()))
+        .collect();
+    let rows: Vec<TaskInsert> = items
+        .iter()
+        .zip(&ids)
+        .map(|(item, (_, task_id))| TaskInsert {
+            id: *task_id,
+            task_type: item.task_type.clone(),
+            text: item.text.clone(),
+            required: 1,
+            active_leases: 1,
+            max_attempts: 1,
+            labels: item.labels.clone(),
+            similarity: None,
+            model_hash: item.generation.as_ref().map(|s| s.model_hash.clone()),
+            generation: item.generation.clone(),
+            verifiers: 0,
+            asked: 1,
+            policy: "majority",
+            min_quorum: 1,
+            max_answers: 1,
+            distinct_models: false,
+            gold: Some(item.id),
+        })
+        .collect();
+    tx.insert_tasks(ctx.now, &rows)?;
+    tx.insert_leases(worker, &ids, expires_at, ctx.now)?;
     let mut leases = Vec::with_capacity(items.len());
-    for item in items {
-        let (task_id, lease_id) = (TaskId::new(), LeaseId::new());
-        tx.insert_tasks(
-            ctx.now,
-            &[TaskInsert {
-                id: task_id,
-                task_type: item.task_type.clone(),
-                text: item.text.clone(),
-                required: 1,
-                max_attempts: 1,
-                labels: item.labels.clone(),
-                similarity: None,
-                model_hash: item.generation.as_ref().map(|s| s.model_hash.clone()),
-                generation: item.generation.clone(),
-                verifiers: 0,
-                asked: 1,
-                policy: "majority",
-                min_quorum: 1,
-                max_answers: 1,
-                distinct_models: false,
-                gold: Some(item.id),
-            }],
-        )?;
-        // Its one slot is this lease's.
-        tx.assign(&[task_id])?;
-        tx.insert_leases(worker, &[(lease_id, task_id)], expires_at, ctx.now)?;
+    for (item, (lease_id, task_id)) in items.into_iter().zip(ids) {
         tracing::debug!(%task_id, worker_id = %worker, gold = item.id, "gold lease granted");
         ctx.effects.push(Effect::Announce(TaskAnnouncement {
             task_id,

@@ -110,6 +110,7 @@ fn row(ctx: &Ctx, task: NewTask) -> Result<TaskInsert, CoreError> {
         task_type,
         text: task.text,
         required,
+        active_leases: 0,
         max_attempts,
         labels: task.labels,
         similarity,

@@ -7,7 +7,7 @@ use crate::store::sql::{numbered, params, OptionalExtension, Result, ToArg};
 use protocol::generation::GenerationSpec;
 use protocol::{TaskId, TaskType, WorkerId};
 
-/// A task row to insert (queued, no answers yet).
+/// A task row to insert (queued, no answers yet; leased already when `active_leases` says so).
 #[derive(Debug, Clone)]
 pub(crate) struct TaskInsert {
     /// Its id.
@@ -18,6 +18,8 @@ pub(crate) struct TaskInsert {
     pub text: String,
     /// Answers it needs now.
     pub required: u32,
+    /// Leases inserted with it (a gold task's one lease), in the same transaction.
+    pub active_leases: u32,
     /// Leases that may end without a result before it fails.
     pub max_attempts: u32,
     /// A `zero-shot` task's candidates.
@@ -134,14 +136,15 @@ pub(crate) trait Adds: Exec {
     /// statement text per count of rows, each prepared once), in order.
     fn insert_tasks(&self, now: i64, rows: &[TaskInsert]) -> Result<()> {
         for chunk in rows.chunks(ROWS_PER_INSERT) {
-            // `$1` is the creation time; each row adds its 16 values.
+            // `$1` is the creation time; each row adds its 17 values.
             let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("('queued', $1, {})", numbered(2 + 16 * i, 16)))
+                .map(|i| format!("('queued', $1, {})", numbered(2 + 17 * i, 17)))
                 .collect();
             let sql = format!(
-                "INSERT INTO task (status, created_at, id, type, text, required, max_attempts,
-                                   labels, similarity, generation, model_hash, verifiers, asked,
-                                   policy, min_quorum, max_answers, distinct_models, gold)
+                "INSERT INTO task (status, created_at, id, type, text, required, active_leases,
+                                   max_attempts, labels, similarity, generation, model_hash,
+                                   verifiers, asked, policy, min_quorum, max_answers,
+                                   distinct_models, gold)
                  VALUES {}",
                 values.join(", ")
             );
@@ -167,6 +170,7 @@ pub(crate) trait Adds: Exec {
                     task_type,
                     &t.text,
                     &t.required,
+                    &t.active_leases,
                     &t.max_attempts,
                     labels,
                     &t.similarity,
