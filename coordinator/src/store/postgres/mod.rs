@@ -155,6 +155,9 @@ pub(crate) const CURSOR_REFRESH_MS: i64 = 2_000;
 /// per worker and type.
 pub(crate) const HEAD_WALK_MS: i64 = 500;
 
+/// [`award_sql`] for the submissions flagged as agreeing, made once.
+static AWARD_AGREEING: LazyLock<String> = LazyLock::new(|| award_sql("agreed = 1"));
+
 /// The statement that appends one point for each worker whose submission on task `$1` meets
 /// `agreeing` (a condition on the submission): to `score_delta`, no lock on a score row (see
 /// [`Scores`]).
@@ -233,7 +236,7 @@ impl Admin for Tx<'_> {
 impl Scores for Tx<'_> {
     fn award_agreeing(&self, task: &TaskId) -> Result<()> {
         self.0
-            .prepare_cached(&award_sql("agreed = 1"))?
+            .prepare_cached(&AWARD_AGREEING)?
             .defer([task.to_string()])
     }
 

@@ -109,38 +109,39 @@ pub(crate) static VOTE: Merged = Merged {
     phase: 0,
 };
 
+/// [`super::award_sql`] for the submissions whose label is `$2`, made once.
+static AWARD_BY_LABEL: LazyLock<String> = LazyLock::new(|| super::award_sql("label = $2"));
+
 /// A label task decided: its final label and confidence, the agreement flags, a point to each
 /// worker in the winning group. Arguments: task, label, confidence, time. A writer session
 /// merges a batch's decisions into one statement, made after the batch's votes ([`VOTE`], a
 /// lower phase), so they see the deciding answers.
-pub(crate) static DECIDED: Merged =
-    Merged {
-        one: |conn, a| {
-            defer_all(conn, &[
-            (
-                "UPDATE task SET status = 'finalized', final_label = $1, final_confidence = $2,
+pub(crate) static DECIDED: Merged = Merged {
+    one: |conn, a| {
+        defer_all(
+            conn,
+            &[
+                (
+                    "UPDATE task SET status = 'finalized', final_label = $1, final_confidence = $2,
                      finished_at = $3, inconclusive = 0
                  WHERE id = $4",
-                &[&a[1], &a[2], &a[3], &a[0]],
-            ),
-            (
-                "UPDATE submission SET agreed = CASE WHEN label = $1 THEN 1 ELSE 0 END
+                    &[&a[1], &a[2], &a[3], &a[0]],
+                ),
+                (
+                    "UPDATE submission SET agreed = CASE WHEN label = $1 THEN 1 ELSE 0 END
                  WHERE task_id = $2",
-                &[&a[1], &a[0]],
-            ),
-            // By label, not by the flag set beside it (which it would not see on PostgreSQL).
-            (
+                    &[&a[1], &a[0]],
+                ),
                 // By label, not by the flag set beside it (which this statement would not see).
-                &super::award_sql("label = $2"),
-                &[&a[0], &a[1]],
-            ),
-        ])
-        },
-        // One statement for the batch's decisions, joined by key (see VOTE).
-        many: |n| {
-            let rows = typed_rows(n, &["TEXT", "TEXT", "DOUBLE PRECISION", "BIGINT"]);
-            format!(
-                "WITH d (task_id, label, confidence, at) AS (VALUES {rows}),
+                (&AWARD_BY_LABEL, &[&a[0], &a[1]]),
+            ],
+        )
+    },
+    // One statement for the batch's decisions, joined by key (see VOTE).
+    many: |n| {
+        let rows = typed_rows(n, &["TEXT", "TEXT", "DOUBLE PRECISION", "BIGINT"]);
+        format!(
+            "WITH d (task_id, label, confidence, at) AS (VALUES {rows}),
              a AS (UPDATE submission SET agreed = CASE WHEN submission.label = d.label
                                                        THEN 1 ELSE 0 END
                    FROM d WHERE submission.task_id = d.task_id),
@@ -150,12 +151,12 @@ pub(crate) static DECIDED: Merged =
              UPDATE task SET status = 'finalized', final_label = d.label,
                  final_confidence = d.confidence, finished_at = d.at, inconclusive = 0
              FROM d WHERE task.id = d.task_id"
-            )
-        },
-        // Each task once in a statement: the update joined to it decides it once.
-        distinct: 0,
-        phase: 1,
-    };
+        )
+    },
+    // Each task once in a statement: the update joined to it decides it once.
+    distinct: 0,
+    phase: 1,
+};
 
 /// Statements, each with its count of parameters (`$1`..`?n`, every one used), as one: all
 /// but the last become `WITH` terms, and each one's parameters are numbered after those of the
