@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 /// The template of `generate` tasks: the prompt as one user message of the model's chat template.
 pub const TEMPLATE_CHAT: &str = "chat/v1";
+/// The template of `generate` tasks whose text is a whole chat ([`crate::chat::encode`]):
+/// every turn rendered by the model's chat template, the generation prompt added.
+pub const TEMPLATE_MESSAGES: &str = "chat-messages/v1";
 /// The template of `summarization` tasks: an instruction, then the text.
 pub const TEMPLATE_SUMMARIZE: &str = "summarize/v1";
 /// The template of `translation` tasks: an instruction naming both languages, then the text.
@@ -257,6 +260,10 @@ pub struct GenerationSpec {
     /// How the answer is verified.
     #[serde(default)]
     pub verify: VerifyMode,
+    /// Stop strings ([`crate::chat::find_stop`]): generation also ends at the first token after
+    /// which the text holds one, and the answer's text ends before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
 }
 
 impl GenerationSpec {
@@ -289,6 +296,12 @@ pub struct SpecRequest<'a> {
     pub temperature: Option<f32>,
     /// How the answer is verified ([`VerifyMode::Exact`] when absent).
     pub verify: Option<VerifyMode>,
+    /// Stop strings (none when absent).
+    pub stop: Option<&'a [String]>,
+    /// The sampling seed (the coordinator picks one when absent).
+    pub seed: Option<u64>,
+    /// Whether the text is a whole chat ([`TEMPLATE_MESSAGES`]); `generate` tasks only.
+    pub messages: bool,
 }
 
 impl SpecRequest<'_> {
@@ -311,12 +324,23 @@ pub fn resolve(
     task_type: &TaskType,
     req: &SpecRequest<'_>,
 ) -> Result<GenerationSpec, ProtocolError> {
-    let template = template_of(task_type).ok_or_else(|| {
+    let mut template = template_of(task_type).ok_or_else(|| {
         ProtocolError::invalid(
             "type",
             format!("{task_type} tasks are not generated: they take no generation spec"),
         )
     })?;
+    if req.messages {
+        if template != TEMPLATE_CHAT {
+            return Err(ProtocolError::invalid(
+                "messages",
+                format!("only generate tasks take a chat, not {task_type} tasks"),
+            ));
+        }
+        template = TEMPLATE_MESSAGES;
+    }
+    let stop = req.stop.map(<[String]>::to_vec).unwrap_or_default();
+    crate::chat::validate_stop(&stop)?;
     let name = req.model.unwrap_or(DEFAULT_MODEL);
     let card = card(name).ok_or_else(|| ProtocolError::UnknownModel {
         model: name.to_owned(),
@@ -434,7 +458,7 @@ pub fn resolve(
         None => Decoding::Greedy,
         Some(t) if t > 0.0 && t <= MAX_TEMPERATURE => Decoding::Sample {
             temperature: t,
-            seed: 0,
+            seed: req.seed.unwrap_or(0),
         },
         Some(t) => {
             return Err(ProtocolError::invalid(
@@ -453,6 +477,7 @@ pub fn resolve(
         source_lang,
         target_lang,
         verify: req.verify.unwrap_or_default(),
+        stop,
     })
 }
 

@@ -8,6 +8,7 @@
 //! - [`reply`]: the `{"ok":true,...}` / `{"ok":false,"error":{...}}` envelope.
 //! - [`error`]: error codes and the decode/validation error.
 //! - [`limits`]: validation bounds.
+//! - [`chat`]: chats as task input, stop strings, a generating worker's progress.
 //! - [`generation`]: the generative models known, the spec a generative task pins, its answer.
 //! - [`policy`]: vote policies, gold (known-answer) items, cancel and retry.
 //! - [`auth`]: the headers that carry worker tokens and client API keys.
@@ -15,6 +16,7 @@
 //! This crate does no IO: it is serde types and pure functions only.
 
 pub mod auth;
+pub mod chat;
 pub mod error;
 pub mod generation;
 pub mod ids;

@@ -79,6 +79,12 @@ pub fn task_event(prefix: &str, task: &TaskId) -> String {
     format!("{prefix}.events.task.{task}")
 }
 
+/// Progress of the generations of one task ([`crate::chat::Progress`]): workers publish, an
+/// optimistic stream listens. Not verified.
+pub fn progress(prefix: &str, task: &TaskId) -> String {
+    format!("{prefix}.progress.{task}")
+}
+
 /// Lifecycle events of every task.
 pub fn task_events_all(prefix: &str) -> String {
     format!("{prefix}.events.task.*")

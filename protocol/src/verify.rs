@@ -74,11 +74,15 @@ impl Verification {
 }
 
 /// Whether `ids` end the way the spec says a generation ends: on their first stop id, or at
-/// exactly `max_new_tokens` without one.
+/// exactly `max_new_tokens` without one. With stop strings, ids without a stop id may also end
+/// earlier (on a stop string, which only the tokenizer sees: the workers check that cut, and
+/// exact match between them verifies it).
 pub fn stop_rule_holds(ids: &[u32], spec: &GenerationSpec) -> bool {
+    let max = spec.max_new_tokens as usize;
     match ids.iter().position(|id| spec.stop_ids.contains(id)) {
         Some(i) => i + 1 == ids.len(),
-        None => !ids.is_empty() && ids.len() == spec.max_new_tokens as usize,
+        None if !spec.stop.is_empty() => !ids.is_empty() && ids.len() <= max,
+        None => !ids.is_empty() && ids.len() == max,
     }
 }
 
@@ -219,6 +223,20 @@ mod tests {
         assert!(!stop_rule_holds(&[5, 6], &s), "early end without a stop id");
         assert!(!stop_rule_holds(&[2, 6], &s), "goes on past the stop id");
         assert!(!stop_rule_holds(&[], &s));
+        let with_strings = GenerationSpec {
+            stop: vec!["\n".to_owned()],
+            ..s.clone()
+        };
+        assert!(
+            stop_rule_holds(&[5, 6], &with_strings),
+            "cut on a stop string"
+        );
+        assert!(!stop_rule_holds(&[2, 6], &with_strings), "past the stop id");
+        assert!(
+            !stop_rule_holds(&[5, 6, 7, 8], &with_strings),
+            "past the bound"
+        );
+        assert!(!stop_rule_holds(&[], &with_strings));
     }
 
     #[test]

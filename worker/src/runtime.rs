@@ -7,7 +7,7 @@
 
 use crate::backoff::Backoff;
 use crate::misbehave::Misbehave;
-use crate::model::{Input, Model, ModelError, Prediction, Scored};
+use crate::model::{Input, Model, ModelError, Prediction, ProgressSink, Scored};
 use async_nats::{Client, HeaderMap, RequestErrorKind};
 use futures::{FutureExt, StreamExt};
 use protocol::generation::GeneratedAnswer;
@@ -212,16 +212,26 @@ fn answer_all(
     model: &dyn Model,
     leases: &[Lease],
     misbehave: Option<Misbehave>,
+    progress: &[Option<ProgressSink>],
 ) -> Vec<Result<Answered, ModelError>> {
-    let input = |l: &Lease| match misbehave {
-        Some(m) => m.input(Input::of_lease(l)),
-        None => Input::of_lease(l),
+    let input = |l: &Lease| {
+        let i = Input::of_lease(l);
+        match misbehave {
+            Some(m) => m.input(i),
+            None => i,
+        }
     };
     let (verify, predict): (Vec<usize>, Vec<usize>) =
         (0..leases.len()).partition(|&i| leases[i].verify.is_some());
     let mut out: Vec<Option<Result<Answered, ModelError>>> = leases.iter().map(|_| None).collect();
     if !predict.is_empty() {
-        let inputs: Vec<Input> = predict.iter().map(|&i| input(&leases[i])).collect();
+        let inputs: Vec<Input> = predict
+            .iter()
+            .map(|&i| Input {
+                progress: progress.get(i).cloned().flatten(),
+                ..input(&leases[i])
+            })
+            .collect();
         for (&i, p) in predict.iter().zip(model.predict(&inputs)) {
             let p = match misbehave {
                 Some(m) => p.map(|p| m.prediction(&leases[i], p)),
@@ -427,6 +437,46 @@ impl Worker {
         Ok(reply.leases)
     }
 
+    /// A progress sink for each `generate` lease of the batch (none for the others): each
+    /// report is published on the task's progress subject, for optimistic streams.
+    fn progress_sinks(&self, leases: &[Lease]) -> Vec<Option<ProgressSink>> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            while let Some((subject, body)) = rx.recv().await {
+                if let Err(e) = client.publish(subject, body.into()).await {
+                    debug!(error = %e, "progress not published");
+                }
+            }
+        });
+        leases
+            .iter()
+            .map(|l| {
+                if l.task_type != TaskType::generate() || l.verify.is_some() {
+                    return None;
+                }
+                let subject = subject::progress(&self.config.prefix, &l.task_id);
+                let (tx, lease) = (tx.clone(), l.clone());
+                let worker_id = self.config.worker_id.clone();
+                Some(ProgressSink(std::sync::Arc::new(
+                    move |tokens, text: &str, done| {
+                        let p = protocol::chat::Progress {
+                            task_id: lease.task_id,
+                            worker_id: worker_id.clone(),
+                            lease_id: lease.lease_id,
+                            tokens,
+                            text: text.to_owned(),
+                            done,
+                        };
+                        if let Ok(body) = serde_json::to_vec(&p) {
+                            let _ = tx.send((subject.clone(), body));
+                        }
+                    },
+                )))
+            })
+            .collect()
+    }
+
     /// Runs the model on a batch of leases and submits each result.
     async fn work(&mut self, leases: Vec<Lease>, shutdown: &CancellationToken) {
         // A generative task pins the model content; the coordinator routes by it, and a lease
@@ -448,8 +498,9 @@ impl Worker {
         }
         let model = self.model.clone();
         let (batch, misbehave) = (leases.clone(), self.config.misbehave);
+        let progress = self.progress_sinks(&leases);
         let predictions = match tokio::task::spawn_blocking(move || {
-            answer_all(model.as_ref(), &batch, misbehave)
+            answer_all(model.as_ref(), &batch, misbehave, &progress)
         })
         .await
         {
@@ -789,7 +840,7 @@ mod tests {
             (false, vec![0.0, 0.0], false),
         ] {
             let model = Fixed { exact, gaps };
-            let got = answer_all(&model, std::slice::from_ref(&lease), None);
+            let got = answer_all(&model, std::slice::from_ref(&lease), None, &[]);
             let Ok(Answered::Scored(v)) = &got[0] else {
                 panic!("a scoring: {got:?}");
             };

@@ -42,6 +42,7 @@ fn an_opus_mt_folder_translates_its_pair_through_its_spm_and_vocab() {
     match g.stop {
         Stop::StopToken => assert_eq!(g.token_ids.last(), Some(&EOS)),
         Stop::Length => assert_eq!(g.token_ids.len(), 10),
+        Stop::StopString => panic!("no stop strings were given"),
     }
     // Its text is its pieces, `▁` read as spaces, special pieces left out.
     let by_id: HashMap<u32, &String> = vocab.iter().map(|(p, i)| (*i, p)).collect();

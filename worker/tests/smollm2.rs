@@ -135,6 +135,7 @@ fn greedy_generation_repeats_bit_for_bit() {
     match g.stop {
         Stop::Length => assert_eq!(g.token_ids.len(), 6),
         Stop::StopToken => assert_eq!(g.token_ids.last(), Some(&2)),
+        Stop::StopString => panic!("no stop strings were given"),
     }
     assert!(!g.text.is_empty());
     // Inside a batch, the same answer.

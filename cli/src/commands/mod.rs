@@ -1,6 +1,7 @@
 //! One module per command group.
 
 pub(crate) mod bench;
+pub(crate) mod chat_file;
 pub(crate) mod coordinator;
 pub(crate) mod gold;
 pub(crate) mod models;

@@ -105,8 +105,22 @@ pub(crate) struct InferArgs {
     /// log-probability and gap to the best token, and the verdict at the model's `eps`.
     #[arg(long, value_delimiter = ',')]
     score_ids: Option<Vec<u32>>,
+    /// A chat to answer instead of texts (implies --type generate): a JSON list of
+    /// `{"role","content"}` turns or JSON lines of them (`-` for stdin), rendered with every
+    /// turn by the model's chat template, as `task add --messages` and the OpenAI-compatible API.
+    #[arg(long, conflicts_with = "texts")]
+    messages: Option<std::path::PathBuf>,
+    /// A stop string (repeat for up to 4): the generation ends at the first, its text cut before it.
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Sample at this temperature (0 < T <= 4) with --seed instead of greedy decoding.
+    #[arg(long, requires = "seed")]
+    temperature: Option<f32>,
+    /// The sampling seed, with --temperature.
+    #[arg(long, requires = "temperature")]
+    seed: Option<u64>,
     /// Texts to run the model on.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "messages")]
     texts: Vec<String>,
 }
 
@@ -212,7 +226,7 @@ struct Generated {
     generated_text: String,
     logprobs: Vec<f32>,
     truncated: bool,
-    /// `stop_token` or `length`.
+    /// `stop_token`, `stop_string` or `length`.
     stop: &'static str,
 }
 
@@ -227,6 +241,7 @@ impl From<worker::model::Generation> for Generated {
             stop: match g.stop {
                 worker::model::Stop::StopToken => "stop_token",
                 worker::model::Stop::Length => "length",
+                worker::model::Stop::StopString => "stop_string",
             },
         }
     }
@@ -234,18 +249,32 @@ impl From<worker::model::Generation> for Generated {
 
 /// Runs a model on texts and prints label, confidence and raw scores.
 pub(crate) async fn infer(ctx: &Ctx, args: InferArgs) -> anyhow::Result<()> {
-    let model = args.model.load().await?;
-    let task_type = match &args.labels {
-        Some(_) => TaskType::zero_shot(),
-        None => args.task_type.clone(),
+    protocol::chat::validate_stop(&args.stop)?;
+    let (task_type, texts, template) = match (&args.messages, &args.labels) {
+        (Some(path), _) => (
+            TaskType::generate(),
+            vec![protocol::chat::encode(&super::chat_file::read(path)?)],
+            Some(protocol::generation::TEMPLATE_MESSAGES.to_owned()),
+        ),
+        (None, Some(_)) => (TaskType::zero_shot(), args.texts.clone(), None),
+        (None, None) => (args.task_type.clone(), args.texts.clone(), None),
     };
-    let inputs: Vec<Input> = args
-        .texts
+    let decoding = match (args.temperature, args.seed) {
+        (Some(temperature), Some(seed)) => {
+            protocol::generation::Decoding::Sample { temperature, seed }
+        }
+        _ => protocol::generation::Decoding::Greedy,
+    };
+    let model = args.model.load().await?;
+    let inputs: Vec<Input> = texts
         .iter()
         .map(|t| Input {
             labels: args.labels.clone(),
             max_new_tokens: args.max_new_tokens,
             languages: args.source_lang.clone().zip(args.target_lang.clone()),
+            template: template.clone(),
+            stop: args.stop.clone(),
+            decoding,
             ..Input::new(task_type.clone(), t.clone())
         })
         .collect();

@@ -64,12 +64,23 @@ pub(crate) enum TaskCommand {
 #[derive(Debug, clap::Args)]
 pub(crate) struct AddArgs {
     /// The text to classify.
-    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    #[arg(required_unless_present_any = ["file", "messages"], conflicts_with_all = ["file", "messages"])]
     text: Option<String>,
+    /// A chat for one `generate` task (implies --type generate): a JSON list of
+    /// `{"role","content"}` turns or JSON lines of them (`-` for stdin), every turn rendered by
+    /// the model's chat template (as `infer --messages` and the OpenAI-compatible API).
+    #[arg(long, conflicts_with = "file")]
+    messages: Option<PathBuf>,
+    /// A stop string for a generative task (repeat for up to 4): the answer is cut at the first.
+    #[arg(long)]
+    stop: Vec<String>,
+    /// The sampling seed with --temperature (the coordinator picks one when absent).
+    #[arg(long, requires = "temperature")]
+    seed: Option<u64>,
     /// Add one task per line of FILE: plain text, or JSON objects with the `task.add` fields
-    /// (text, type, required_submissions, max_attempts, labels, similarity, model, model_hash,
-    /// max_new_tokens, source_lang, target_lang, temperature, verify, policy, min_quorum,
-    /// max_answers, distinct_models). `-` reads standard input.
+    /// (text or messages, type, required_submissions, max_attempts, labels, similarity, model,
+    /// model_hash, max_new_tokens, stop, source_lang, target_lang, temperature, seed, verify,
+    /// policy, min_quorum, max_answers, distinct_models). `-` reads standard input.
     #[arg(long)]
     file: Option<PathBuf>,
     /// Task type (default sentiment).
@@ -209,12 +220,16 @@ pub(crate) async fn run(ctx: &Ctx, cmd: TaskCommand) -> anyhow::Result<()> {
 }
 
 async fn add(ctx: &Ctx, client: &Client, args: AddArgs) -> anyhow::Result<()> {
-    let task_type = match (&args.task_type, &args.labels) {
-        (None, Some(_)) => Some(TaskType::zero_shot()),
-        (t, _) => t.clone(),
+    let task_type = match (&args.task_type, &args.labels, &args.messages) {
+        (None, _, Some(_)) => Some(TaskType::generate()),
+        (None, Some(_), None) => Some(TaskType::zero_shot()),
+        (t, _, _) => t.clone(),
     };
     let defaults = NewTask {
         text: String::new(),
+        messages: None,
+        stop: Some(args.stop.clone()).filter(|s| !s.is_empty()),
+        seed: args.seed,
         task_type,
         required_submissions: args.required,
         max_attempts: args.max_attempts,
@@ -233,13 +248,17 @@ async fn add(ctx: &Ctx, client: &Client, args: AddArgs) -> anyhow::Result<()> {
         max_answers: args.max_answers,
         distinct_models: args.distinct_models.then_some(true),
     };
-    let tasks = match (&args.text, &args.file) {
-        (Some(text), _) => vec![NewTask {
+    let tasks = match (&args.text, &args.file, &args.messages) {
+        (Some(text), _, _) => vec![NewTask {
             text: text.clone(),
             ..defaults
         }],
-        (None, Some(path)) => read_tasks(path, &defaults)?,
-        (None, None) => bail!("give a TEXT or --file"),
+        (None, _, Some(path)) => vec![NewTask {
+            messages: Some(super::chat_file::read(path)?),
+            ..defaults
+        }],
+        (None, Some(path), None) => read_tasks(path, &defaults)?,
+        (None, None, None) => bail!("give a TEXT, --messages or --file"),
     };
     let ids = add_all(client, tasks).await?;
     if args.wait {
@@ -277,6 +296,8 @@ pub(crate) fn read_tasks(
         task.model = task.model.or_else(|| defaults.model.clone());
         task.model_hash = task.model_hash.or_else(|| defaults.model_hash.clone());
         task.max_new_tokens = task.max_new_tokens.or(defaults.max_new_tokens);
+        task.stop = task.stop.or_else(|| defaults.stop.clone());
+        task.seed = task.seed.or(defaults.seed);
         task.source_lang = task.source_lang.or_else(|| defaults.source_lang.clone());
         task.target_lang = task.target_lang.or_else(|| defaults.target_lang.clone());
         task.temperature = task.temperature.or(defaults.temperature);

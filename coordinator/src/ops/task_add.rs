@@ -71,8 +71,9 @@ fn row(ctx: &Ctx, task: NewTask) -> Result<TaskInsert, CoreError> {
         if task.verify.is_none() {
             spec.verify = ctx.settings.verify_default;
         }
-        // The coordinator picks the seed, so no worker can choose its own luck.
-        if let Decoding::Sample { seed, .. } = &mut spec.decoding {
+        // The coordinator picks the seed (unless the client named one), so no worker can
+        // choose its own luck.
+        if let (Decoding::Sample { seed, .. }, None) = (&mut spec.decoding, task.seed) {
             *seed = fastrand::u64(..);
         }
     }
@@ -88,6 +89,7 @@ fn row(ctx: &Ctx, task: NewTask) -> Result<TaskInsert, CoreError> {
         && task
             .distinct_models
             .unwrap_or(ctx.settings.distinct_models_default);
+    let text = task.stored_text();
     let task_type = task.task_type.unwrap_or_else(TaskType::sentiment);
     let asked = task
         .required_submissions
@@ -108,7 +110,7 @@ fn row(ctx: &Ctx, task: NewTask) -> Result<TaskInsert, CoreError> {
     Ok(TaskInsert {
         id,
         task_type,
-        text: task.text,
+        text,
         required,
         active_leases: 0,
         max_attempts,

@@ -2,6 +2,7 @@
 
 use super::validate::*;
 use super::views::TaskView;
+use crate::chat::ChatMessage;
 use crate::error::ProtocolError;
 use crate::generation::{GenerationSpec, SpecRequest, VerifyMode};
 use crate::ids::{TaskId, TaskType};
@@ -14,8 +15,19 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewTask {
-    /// The input text.
+    /// The input text (empty when `messages` holds a chat).
+    #[serde(default)]
     pub text: String,
+    /// A whole chat instead of `text` (`generate` tasks only): stored as its JSON and rendered
+    /// by the model's chat template, every turn ([`crate::generation::TEMPLATE_MESSAGES`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<ChatMessage>>,
+    /// Stop strings, up to 4: the generation is cut at the first (generative tasks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Vec<String>>,
+    /// The sampling seed, with `temperature` (the coordinator picks one when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
     /// Its type (default `sentiment`).
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub task_type: Option<TaskType>,
@@ -77,6 +89,9 @@ impl NewTask {
     pub fn text(text: impl Into<String>) -> Self {
         Self {
             text: text.into(),
+            messages: None,
+            stop: None,
+            seed: None,
             task_type: None,
             required_submissions: None,
             max_attempts: None,
@@ -105,6 +120,23 @@ impl NewTask {
         }
     }
 
+    /// A `generate` task on a whole chat, on the default model.
+    pub fn chat(messages: Vec<ChatMessage>) -> Self {
+        Self {
+            task_type: Some(TaskType::generate()),
+            messages: Some(messages),
+            ..Self::text("")
+        }
+    }
+
+    /// The text the task is stored with: its own, or its chat's JSON.
+    pub fn stored_text(&self) -> String {
+        match &self.messages {
+            Some(m) => crate::chat::encode(m),
+            None => self.text.clone(),
+        }
+    }
+
     /// A `translation` task from `source` to `target` on the default model.
     pub fn translation(text: impl Into<String>, source: &str, target: &str) -> Self {
         Self {
@@ -126,6 +158,9 @@ impl NewTask {
             target_lang: self.target_lang.as_deref(),
             temperature: self.temperature,
             verify: self.verify,
+            stop: self.stop.as_deref(),
+            seed: self.seed,
+            messages: self.messages.is_some(),
         }
     }
 
@@ -147,7 +182,8 @@ impl NewTask {
                     "type",
                     format!(
                         "{task_type} tasks are not generated: model, max_new_tokens, stop_ids, \
-                         languages, temperature and verify are for generate, summarization and \
+                         languages, temperature, seed, stop, messages and verify are for generate, \
+                         summarization and \
                          translation tasks"
                     ),
                 ));
@@ -180,7 +216,19 @@ impl NewTask {
     /// # Errors
     /// [`ProtocolError`] naming the field out of bounds.
     pub fn validate(&self, max_text_bytes: usize) -> Result<(), ProtocolError> {
-        check_text(&self.text, max_text_bytes)?;
+        if let Some(t) = &self.task_type {
+            check_known_type(t)?;
+        }
+        if let Some(messages) = &self.messages {
+            if !self.text.is_empty() {
+                return Err(ProtocolError::invalid(
+                    "messages",
+                    "give a text or a chat (messages), not both",
+                ));
+            }
+            crate::chat::validate(messages)?;
+        }
+        check_text(&self.stored_text(), max_text_bytes)?;
         if let Some(r) = self.required_submissions {
             if r == 0 || r > MAX_REQUIRED_SUBMISSIONS {
                 return Err(ProtocolError::invalid(
@@ -269,6 +317,33 @@ impl NewTask {
             .unwrap_or(crate::limits::DEFAULT_REQUIRED_SUBMISSIONS);
         VoteRule::resolve(required, self.policy, self.min_quorum, self.max_answers).map(Some)
     }
+}
+
+/// The task types some model does.
+pub const KNOWN_TYPES: &[&str] = &[
+    "sentiment",
+    "zero-shot",
+    "embedding",
+    "generate",
+    "summarization",
+    "translation",
+];
+
+/// Refuses a task type no model does (a misspelt one would wait forever), naming the known ones.
+///
+/// # Errors
+/// [`ProtocolError::Invalid`] on `type`.
+fn check_known_type(t: &TaskType) -> Result<(), ProtocolError> {
+    if KNOWN_TYPES.contains(&t.as_str()) {
+        return Ok(());
+    }
+    Err(ProtocolError::invalid(
+        "type",
+        format!(
+            "no model does {t:?} tasks (known types: {})",
+            KNOWN_TYPES.join(", ")
+        ),
+    ))
 }
 
 /// `api.task.add`: create tasks, all or none.

@@ -265,6 +265,15 @@ impl ChatModel {
     /// [`ModelError::Unsupported`] for a type it cannot do; the template's error.
     pub fn prompt(&self, input: &Input) -> Result<String, ModelError> {
         input.check_template()?;
+        if input.is_chat() {
+            let chat =
+                protocol::chat::decode(&input.text).map_err(|e| ModelError::Inference(e.into()))?;
+            let turns = chat
+                .iter()
+                .map(|m| minijinja::context! { role => m.role.as_str(), content => &m.content })
+                .collect();
+            return self.render(turns);
+        }
         let message = if input.task_type == TaskType::generate() {
             input.text.clone()
         } else if input.task_type == TaskType::sentiment() {
@@ -289,8 +298,15 @@ impl ChatModel {
                 task_type: input.task_type.clone(),
             });
         };
+        self.render(vec![
+            minijinja::context! { role => "user", content => message },
+        ])
+    }
+
+    /// `messages` rendered by the model's chat template, the generation prompt added.
+    fn render(&self, messages: Vec<minijinja::Value>) -> Result<String, ModelError> {
         let ctx = minijinja::context! {
-            messages => vec![minijinja::context! { role => "user", content => message }],
+            messages => messages,
             add_generation_prompt => true,
             bos_token => self.bos.as_str(),
             eos_token => self.eos.as_str(),
@@ -339,10 +355,45 @@ impl ChatModel {
         stops: &[u32],
         decoding: &Decoding,
     ) -> Result<(Vec<u32>, Vec<f32>, Stop), ModelError> {
+        self.generate_until(prompt_ids, max_new_tokens, stops, decoding, &mut |_| {
+            Ok(false)
+        })
+    }
+
+    /// As [`ChatModel::generate_with`], calling `after` with the ids so far after each token
+    /// that is not a stop id: it ends the generation by answering `true` (a stop string).
+    ///
+    /// # Errors
+    /// The forward pass's error, or `after`'s.
+    pub fn generate_until(
+        &self,
+        prompt_ids: &[u32],
+        max_new_tokens: u32,
+        stops: &[u32],
+        decoding: &Decoding,
+        after: &mut dyn FnMut(&[u32]) -> Result<bool, ModelError>,
+    ) -> Result<(Vec<u32>, Vec<f32>, Stop), ModelError> {
         let own = [self.stop];
         let stops = if stops.is_empty() { &own[..] } else { stops };
         let mut weights = self.weights.lock().unwrap_or_else(|p| p.into_inner());
-        decode(&mut weights, prompt_ids, max_new_tokens, stops, decoding)
+        decode(
+            &mut weights,
+            prompt_ids,
+            max_new_tokens,
+            stops,
+            decoding,
+            after,
+        )
+    }
+
+    /// The text of `ids`, special tokens left out.
+    ///
+    /// # Errors
+    /// The tokenizer's error.
+    pub fn decode_text(&self, ids: &[u32]) -> Result<String, ModelError> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(ModelError::Inference)
     }
 
     /// The logits predicting each of `candidate`'s tokens after `prompt_ids`, from one
@@ -368,7 +419,27 @@ impl ChatModel {
     fn score_one(&self, input: &Input, candidate: &[u32]) -> Result<Scored, ModelError> {
         let (prompt_ids, _) = self.prepare(input)?;
         let rows = self.candidate_logits(&prompt_ids, candidate)?;
-        Ok(Scored::of_rows(&rows, candidate, &input.decoding))
+        let mut scored = Scored::of_rows(&rows, candidate, &input.decoding);
+        if !input.stop.is_empty() && !self.cut_where_it_stops(candidate, &input.stop)? {
+            // A cut elsewhere than at the first stop string is a wrong answer: its last gap says
+            // so, as a wrong token's would.
+            if let Some(last) = scored.gaps.last_mut() {
+                *last = WRONG_CUT_GAP;
+            }
+        }
+        Ok(scored)
+    }
+
+    /// Whether `candidate` is cut where its stop strings say: the first prefix whose text holds
+    /// one is the whole candidate (or none does, and the protocol's stop rule decides).
+    fn cut_where_it_stops(&self, candidate: &[u32], stop: &[String]) -> Result<bool, ModelError> {
+        for end in 1..=candidate.len() {
+            let text = self.decode_text(&candidate[..end])?;
+            if protocol::chat::find_stop(&text, stop).is_some() {
+                return Ok(end == candidate.len());
+            }
+        }
+        Ok(true)
     }
 
     /// The prompt ids for `input`, its source cut to fit [`MAX_PROMPT_TOKENS`] when needed, and
@@ -433,12 +504,23 @@ impl ChatModel {
         let (prompt_ids, truncated) = self.prepare(input)?;
         let max = input.max_new_tokens.unwrap_or(DEFAULT_MAX_NEW_TOKENS);
         let stops = input.stop_ids.as_deref().unwrap_or_default();
+        let watch = !input.stop.is_empty() || input.progress.is_some();
+        let mut after = |ids: &[u32]| -> Result<bool, ModelError> {
+            if !watch {
+                return Ok(false);
+            }
+            let (text, cut) = cut_text(self.decode_text(ids)?, &input.stop);
+            if let Some(p) = &input.progress {
+                p.report(ids.len() as u32, text.trim_end_matches('\u{FFFD}'), false);
+            }
+            Ok(cut)
+        };
         let (token_ids, logprobs, stop) =
-            self.generate_with(&prompt_ids, max, stops, &input.decoding)?;
-        let text = self
-            .tokenizer
-            .decode(&token_ids, true)
-            .map_err(ModelError::Inference)?;
+            self.generate_until(&prompt_ids, max, stops, &input.decoding, &mut after)?;
+        let (text, _) = cut_text(self.decode_text(&token_ids)?, &input.stop);
+        if let Some(p) = &input.progress {
+            p.report(token_ids.len() as u32, &text, true);
+        }
         Ok(Prediction {
             label: String::new(),
             embedding: None,
@@ -492,6 +574,7 @@ fn decode(
     max_new_tokens: u32,
     stops: &[u32],
     decoding: &Decoding,
+    after: &mut dyn FnMut(&[u32]) -> Result<bool, ModelError>,
 ) -> Result<(Vec<u32>, Vec<f32>, Stop), ModelError> {
     let fail = |e: candle_core::Error| ModelError::Inference(e.into());
     weights.clear_kv_cache();
@@ -506,6 +589,9 @@ fn decode(
         logprobs.push(logprob);
         if stops.contains(&next) {
             return Ok((ids, logprobs, Stop::StopToken));
+        }
+        if after(&ids)? {
+            return Ok((ids, logprobs, Stop::StopString));
         }
         input = vec![next];
     }
@@ -540,6 +626,21 @@ impl Model for ChatModel {
 
     fn score(&self, jobs: &[(Input, Vec<u32>)]) -> Vec<Result<Scored, ModelError>> {
         jobs.iter().map(|(i, c)| self.score_one(i, c)).collect()
+    }
+}
+
+/// The gap a scorer reports at the last token of a candidate cut elsewhere than at its first
+/// stop string: far above any model's `eps`, so the verdict refuses it.
+const WRONG_CUT_GAP: f32 = 1.0e6;
+
+/// `text` cut before its first stop string, and whether it was cut.
+fn cut_text(mut text: String, stop: &[String]) -> (String, bool) {
+    match protocol::chat::find_stop(&text, stop) {
+        Some(i) => {
+            text.truncate(i);
+            (text, true)
+        }
+        None => (text, false),
     }
 }
 

@@ -24,6 +24,35 @@ pub struct Input {
     pub template: Option<String>,
     /// How a generative model picks each token (greedy unless the task samples).
     pub decoding: Decoding,
+    /// Stop strings: a generation also ends at the first token after which its text holds one,
+    /// its text cut before it ([`protocol::chat::find_stop`]).
+    pub stop: Vec<String>,
+    /// Told each generated token's text so far (for optimistic streaming), when set.
+    pub progress: Option<ProgressSink>,
+}
+
+/// Where a generating model reports its text so far: called after each token with the count of
+/// tokens, the text (no half characters, cut before a stop string) and whether it has ended.
+#[derive(Clone)]
+pub struct ProgressSink(pub std::sync::Arc<dyn Fn(u32, &str, bool) + Send + Sync>);
+
+impl ProgressSink {
+    /// Reports `tokens` tokens whose text is `text`.
+    pub fn report(&self, tokens: u32, text: &str, done: bool) {
+        (self.0)(tokens, text, done);
+    }
+}
+
+impl std::fmt::Debug for ProgressSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressSink")
+    }
+}
+
+impl PartialEq for ProgressSink {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl Input {
@@ -38,7 +67,14 @@ impl Input {
             stop_ids: None,
             template: None,
             decoding: Decoding::Greedy,
+            stop: Vec::new(),
+            progress: None,
         }
+    }
+
+    /// Whether the text is a whole chat ([`protocol::generation::TEMPLATE_MESSAGES`]).
+    pub fn is_chat(&self) -> bool {
+        self.template.as_deref() == Some(protocol::generation::TEMPLATE_MESSAGES)
     }
 
     /// Refuses a template version the worker does not render for this task type (the lease's
@@ -48,7 +84,9 @@ impl Input {
     /// [`ModelError::Inference`] naming the template.
     pub fn check_template(&self) -> Result<(), ModelError> {
         let current = protocol::generation::template_of(&self.task_type);
+        let chat = current == Some(protocol::generation::TEMPLATE_CHAT);
         match &self.template {
+            Some(t) if chat && t == protocol::generation::TEMPLATE_MESSAGES => Ok(()),
             Some(t) if Some(t.as_str()) != current => Err(ModelError::Inference(
                 format!(
                     "template {t:?} is not one this worker renders for {} tasks ({})",
@@ -71,6 +109,7 @@ impl Input {
             stop_ids: spec.map(|s| s.stop_ids.clone()),
             template: spec.map(|s| s.template.clone()),
             decoding: spec.map(|s| s.decoding).unwrap_or_default(),
+            stop: spec.map(|s| s.stop.clone()).unwrap_or_default(),
             ..Self::new(lease.task_type.clone(), lease.text.clone())
         }
     }
@@ -141,6 +180,8 @@ impl Scored {
 pub enum Stop {
     /// The model produced a stop token.
     StopToken,
+    /// Its text reached a stop string.
+    StopString,
     /// It reached `max_new_tokens`.
     Length,
 }
