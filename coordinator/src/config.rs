@@ -29,6 +29,9 @@ pub struct Config {
     pub auth: Auth,
     /// PostgreSQL's session timeouts (unused on SQLite).
     pub pg_timeouts: crate::store::postgres::Timeouts,
+    /// How long an OpenAI-compatible request waits for its task to be final by default (a
+    /// request may say otherwise); past it, a 504 naming the task.
+    pub api_wait: Duration,
 }
 
 impl Config {
@@ -45,6 +48,7 @@ impl Config {
             http: None,
             auth: Auth::default(),
             pg_timeouts: crate::store::postgres::Timeouts::default(),
+            api_wait: Duration::from_secs(120),
         }
     }
 }

@@ -14,6 +14,8 @@
 //! - `core`: [`Core`], each operation one store job running one rule.
 //! - `nats`: the NATS adapter ([`dispatch`] is public for the fuzz tests); `http`: the HTTP
 //!   gateway (the original API, metrics, dashboard). Both call the same [`Core`] methods.
+//! - `openai`: the OpenAI-compatible API under `/v1` on the HTTP listener (models, chat
+//!   completions with their evidence, embeddings, server-sent events).
 //! - `metrics`: Prometheus metrics.
 //! - [`run`]: everything together until shutdown.
 
@@ -26,6 +28,7 @@ mod error;
 mod http;
 mod metrics;
 mod nats;
+mod openai;
 mod ops;
 mod store;
 
@@ -133,7 +136,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         config.sweep_interval,
         shutdown.clone(),
     ));
-    let http_shown = serve_http(&background, http, &core, &shutdown);
+    let gateway = http::Gateway {
+        nats: client.clone(),
+        prefix: config.prefix.clone(),
+        api_wait: config.api_wait,
+    };
+    let http_shown = serve_http(&background, http, &core, gateway, &shutdown);
     // Requeue what expired while the coordinator was down, before serving.
     if let Err(e) = core.sweep().await {
         warn!(error = %e, "startup sweep failed");
@@ -174,6 +182,7 @@ fn serve_http(
     background: &tokio_util::task::TaskTracker,
     listener: Option<tokio::net::TcpListener>,
     core: &Core,
+    gateway: http::Gateway,
     shutdown: &CancellationToken,
 ) -> Option<String> {
     let listener = listener?;
@@ -181,7 +190,7 @@ fn serve_http(
     info!(http = ?addr, "serving http gateway");
     let (core, shutdown) = (core.clone(), shutdown.clone());
     background.spawn(async move {
-        if let Err(e) = http::serve(listener, core, shutdown).await {
+        if let Err(e) = http::serve(listener, core, gateway, shutdown).await {
             tracing::error!(error = %e, "http gateway stopped");
         }
     });

@@ -148,6 +148,8 @@ pub struct Progress {
     pub worker_id: WorkerId,
     /// Its lease.
     pub lease_id: LeaseId,
+    /// The prompt's length in tokens, after the chat template (the same on every honest worker).
+    pub prompt_tokens: u32,
     /// Tokens generated so far.
     pub tokens: u32,
     /// Their text so far (cut before a stop string once one appears).

@@ -7,7 +7,7 @@
 
 use crate::backoff::Backoff;
 use crate::misbehave::Misbehave;
-use crate::model::{Input, Model, ModelError, Prediction, ProgressSink, Scored};
+use crate::model::{Input, Model, ModelError, Prediction, ProgressSink, Progressed, Scored};
 use async_nats::{Client, HeaderMap, RequestErrorKind};
 use futures::{FutureExt, StreamExt};
 use protocol::generation::GeneratedAnswer;
@@ -459,14 +459,15 @@ impl Worker {
                 let (tx, lease) = (tx.clone(), l.clone());
                 let worker_id = self.config.worker_id.clone();
                 Some(ProgressSink(std::sync::Arc::new(
-                    move |tokens, text: &str, done| {
+                    move |r: Progressed<'_>| {
                         let p = protocol::chat::Progress {
                             task_id: lease.task_id,
                             worker_id: worker_id.clone(),
                             lease_id: lease.lease_id,
-                            tokens,
-                            text: text.to_owned(),
-                            done,
+                            prompt_tokens: r.prompt_tokens,
+                            tokens: r.tokens,
+                            text: r.text.to_owned(),
+                            done: r.done,
                         };
                         if let Ok(body) = serde_json::to_vec(&p) {
                             let _ = tx.send((subject.clone(), body));

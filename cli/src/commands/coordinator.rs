@@ -37,6 +37,10 @@ pub(crate) struct Args {
     /// Address of the HTTP gateway (the original API, /metrics, /dashboard); `off` disables it.
     #[arg(long, env = "AIMARKET_HTTP", default_value = "127.0.0.1:8000", value_parser = parse_http)]
     http: HttpAddr,
+    /// Seconds an OpenAI-compatible request (/v1/chat/completions, /v1/embeddings) waits for
+    /// its task to be final, unless it says otherwise; past it, a 504 naming the task.
+    #[arg(long, env = "AIMARKET_API_WAIT_SECONDS", default_value_t = 120)]
+    api_wait_seconds: u64,
     /// Most leases one worker may hold at once.
     #[arg(long, env = "AIMARKET_MAX_LEASES_PER_WORKER", default_value_t = 64)]
     max_leases_per_worker: u32,
@@ -109,6 +113,7 @@ pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     };
     config.sweep_interval = Duration::from_secs(args.requeue_sweep_seconds);
     config.http = args.http.0;
+    config.api_wait = Duration::from_secs(args.api_wait_seconds.max(1));
     config.auth = coordinator::Auth::new(
         ctx.api_key
             .iter()

@@ -3,6 +3,7 @@
 use super::{HttpError, JsonBody};
 use crate::api::{Answered, Submission};
 use crate::core::Core;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -74,8 +75,16 @@ pub(super) struct ListQuery {
 /// `GET /tasks[?status=&limit=]` -> `[task, ...]`, oldest first.
 pub(super) async fn list_tasks(
     State(core): State<Core>,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Reply<Vec<TaskView>> {
+    // A malformed query string is refused in JSON like every other refusal.
+    let Query(q) = q.map_err(|e| {
+        HttpError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::MalformedRequest,
+            format!("malformed query string: {}", e.body_text()),
+        )
+    })?;
     let status = q
         .status
         .as_deref()

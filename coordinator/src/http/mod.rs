@@ -1,6 +1,7 @@
 //! The HTTP gateway: the original Python coordinator's endpoints, with its request and response
 //! shapes, over the same [`Core`] operations as the NATS API, so HTTP and NATS workers share
-//! leases, votes and points. Also `/metrics`, `/dashboard` and `/openapi.json`.
+//! leases, votes and points. Also `/metrics`, `/dashboard`, `/openapi.json`, and the
+//! OpenAI-compatible API under `/v1` (`crate::openai`).
 //!
 //! Thin by design: each handler decodes, calls one `Core` method, and shapes the reply. Errors
 //! are JSON (`{"ok":false,"error":{code,message},"detail":message}`) with a fitting status.
@@ -22,8 +23,10 @@ use serde::de::DeserializeOwned;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// The gateway's routes over `core`.
-pub(crate) fn router(core: Core) -> Router {
+pub(crate) use crate::openai::Gateway;
+
+/// The gateway's routes over `core`, the OpenAI-compatible `/v1` routes with them.
+pub(crate) fn router(core: Core, gateway: Gateway) -> Router {
     // Room for a text at the limit even with every character JSON-escaped, and for the longest
     // vector a submission may carry (at most 16 characters a number).
     let text = core.settings().max_text_bytes * 6;
@@ -52,9 +55,10 @@ pub(crate) fn router(core: Core) -> Router {
         .route("/dashboard/data", get(handlers::dashboard_data))
         .route("/openapi.json", get(handlers::openapi))
         .fallback(handlers::not_found)
-        .layer(axum::middleware::from_fn_with_state(core.clone(), track))
+        .with_state(core.clone())
+        .merge(crate::openai::router(core.clone(), gateway))
+        .layer(axum::middleware::from_fn_with_state(core, track))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
-        .with_state(core)
 }
 
 /// Serves `router` on `listener` until `shutdown`, then finishes in-flight requests.
@@ -64,9 +68,10 @@ pub(crate) fn router(core: Core) -> Router {
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     core: Core,
+    gateway: Gateway,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(core))
+    axum::serve(listener, router(core, gateway))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }

@@ -40,11 +40,17 @@ fn detail(tx: &dyn Tx, live: &Live, task: TaskRow) -> Result<TaskDetail, CoreErr
         }
     }
     let leases = tx.live_leases_of(&task.id)?;
+    let verifications = if task.generation.is_some() {
+        tx.verifications_of(&task.id)?
+    } else {
+        Vec::new()
+    };
     let starved = starved::of_task(tx, live, &task)?;
     Ok(TaskDetail {
         task: task.view(),
         submissions,
         leases,
+        verifications,
         starved,
     })
 }

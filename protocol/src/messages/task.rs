@@ -340,7 +340,7 @@ fn check_known_type(t: &TaskType) -> Result<(), ProtocolError> {
     Err(ProtocolError::invalid(
         "type",
         format!(
-            "no model does {t:?} tasks (known types: {})",
+            "no model does \"{t}\" tasks (known types: {})",
             KNOWN_TYPES.join(", ")
         ),
     ))

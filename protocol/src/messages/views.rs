@@ -106,8 +106,26 @@ pub struct SubmissionView {
     pub model_hash: Option<String>,
     /// Whether it matched the consensus (set at finalization).
     pub agreed: Option<bool>,
+    /// A generation's per-token log-probabilities, as its worker computed them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<f32>>,
     /// When it was committed.
     pub created_at: DateTime<Utc>,
+}
+
+/// One verifier's verdict on a candidate of a generative task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerificationView {
+    /// The verifier.
+    pub worker_id: WorkerId,
+    /// The token ids it scored.
+    pub token_ids: Vec<u32>,
+    /// Whether the candidate passed: every gap within the model's `eps` and the stop rule held.
+    pub passed: bool,
+    /// The largest gap, in logits, between a candidate token and the one decoding picks there.
+    pub max_gap: f32,
+    /// Whether its report agreed with the other verifiers' (None until decided).
+    pub agreed: Option<bool>,
 }
 
 /// A live lease.
@@ -130,6 +148,10 @@ pub struct TaskDetail {
     pub submissions: Vec<SubmissionView>,
     /// Its live leases.
     pub leases: Vec<LeaseView>,
+    /// How each verifier scored the task's candidates (generative tasks that went to
+    /// cross-scoring; traps left out).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verifications: Vec<VerificationView>,
     /// Set while the task is open and too few live workers can do it to finish it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub starved: Option<Starvation>,

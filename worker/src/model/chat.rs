@@ -20,7 +20,9 @@
 //! sampling); a verify lease's candidate is scored by one teacher-forced pass over the prompt and
 //! the candidate ([`ChatModel::candidate_logits`]).
 
-use super::interface::{Generation, Input, Model, ModelError, Prediction, Scored, Stop};
+use super::interface::{
+    Generation, Input, Model, ModelError, Prediction, Progressed, Scored, Stop,
+};
 use super::kernel::{EngineConfig, KernelError, Threads};
 use super::llama::Llama;
 use candle_core::quantized::gguf_file;
@@ -511,7 +513,12 @@ impl ChatModel {
             }
             let (text, cut) = cut_text(self.decode_text(ids)?, &input.stop);
             if let Some(p) = &input.progress {
-                p.report(ids.len() as u32, text.trim_end_matches('\u{FFFD}'), false);
+                p.report(Progressed {
+                    prompt_tokens: prompt_ids.len() as u32,
+                    tokens: ids.len() as u32,
+                    text: settled(text.trim_end_matches('\u{FFFD}'), &input.stop),
+                    done: false,
+                });
             }
             Ok(cut)
         };
@@ -519,7 +526,12 @@ impl ChatModel {
             self.generate_until(&prompt_ids, max, stops, &input.decoding, &mut after)?;
         let (text, _) = cut_text(self.decode_text(&token_ids)?, &input.stop);
         if let Some(p) = &input.progress {
-            p.report(token_ids.len() as u32, &text, true);
+            p.report(Progressed {
+                prompt_tokens: prompt_ids.len() as u32,
+                tokens: token_ids.len() as u32,
+                text: &text,
+                done: true,
+            });
         }
         Ok(Prediction {
             label: String::new(),
@@ -632,6 +644,23 @@ impl Model for ChatModel {
 /// The gap a scorer reports at the last token of a candidate cut elsewhere than at its first
 /// stop string: far above any model's `eps`, so the verdict refuses it.
 const WRONG_CUT_GAP: f32 = 1.0e6;
+
+/// `text` without an end that may still grow into a stop string (the longest suffix that is a
+/// prefix of one): text already reported never has to be taken back.
+fn settled<'a>(text: &'a str, stop: &[String]) -> &'a str {
+    let held = stop
+        .iter()
+        .flat_map(|s| {
+            (1..s.len())
+                .filter(|n| s.is_char_boundary(*n))
+                .map(|n| &s[..n])
+        })
+        .filter(|prefix| text.ends_with(prefix))
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    &text[..text.len() - held]
+}
 
 /// `text` cut before its first stop string, and whether it was cut.
 fn cut_text(mut text: String, stop: &[String]) -> (String, bool) {
@@ -762,5 +791,22 @@ fn minijinja_contrib_free_methods(
             minijinja::ErrorKind::UnknownMethod,
             format!("{method} is not supported in chat templates"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_holds_back_what_may_become_a_stop_string() {
+        let stop = vec!["\n\n".to_owned(), "END".to_owned()];
+        assert_eq!(settled("Hello\n", &stop), "Hello");
+        assert_eq!(settled("Hello E", &stop), "Hello ");
+        assert_eq!(settled("Hello EN", &stop), "Hello ");
+        assert_eq!(settled("Hello", &stop), "Hello");
+        assert_eq!(settled("Hello", &[]), "Hello");
+        assert_eq!(cut_text("a\n\nb".into(), &stop), ("a".into(), true));
+        assert_eq!(cut_text("ab".into(), &stop), ("ab".into(), false));
     }
 }

@@ -31,15 +31,29 @@ pub struct Input {
     pub progress: Option<ProgressSink>,
 }
 
-/// Where a generating model reports its text so far: called after each token with the count of
-/// tokens, the text (no half characters, cut before a stop string) and whether it has ended.
+/// Where a generating model reports its text so far: called after each token with the prompt's
+/// length in tokens, the count of tokens generated, their text (no half characters, cut before
+/// a stop string) and whether it has ended.
 #[derive(Clone)]
-pub struct ProgressSink(pub std::sync::Arc<dyn Fn(u32, &str, bool) + Send + Sync>);
+pub struct ProgressSink(pub std::sync::Arc<dyn Fn(Progressed<'_>) + Send + Sync>);
+
+/// One report to a [`ProgressSink`].
+#[derive(Debug, Clone, Copy)]
+pub struct Progressed<'a> {
+    /// Prompt tokens, after the template.
+    pub prompt_tokens: u32,
+    /// Tokens generated so far.
+    pub tokens: u32,
+    /// Their text.
+    pub text: &'a str,
+    /// Whether generation has ended.
+    pub done: bool,
+}
 
 impl ProgressSink {
-    /// Reports `tokens` tokens whose text is `text`.
-    pub fn report(&self, tokens: u32, text: &str, done: bool) {
-        (self.0)(tokens, text, done);
+    /// Reports progress.
+    pub fn report(&self, p: Progressed<'_>) {
+        (self.0)(p);
     }
 }
 

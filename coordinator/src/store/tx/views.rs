@@ -7,7 +7,9 @@ use crate::store::rows::{parsed, Json, TaskRow, TASK_VIEW_COLUMNS, VIEW_STATUS_S
 use crate::store::sql::{params, OptionalExtension, Result, ToArg};
 use crate::store::{blob_to_vector, from_ms};
 use protocol::generation::blob_to_ids;
-use protocol::messages::{LeaderboardEntry, LeaseView, ModelAgreement, SubmissionView, WorkerView};
+use protocol::messages::{
+    LeaderboardEntry, LeaseView, ModelAgreement, SubmissionView, VerificationView, WorkerView,
+};
 use protocol::policy::GoldScore;
 use protocol::{TaskStatus, TaskType, WorkerId, WorkerStatus};
 
@@ -240,7 +242,7 @@ pub(crate) trait Views: Exec {
         self.sql()
             .prepare_cached(
                 "SELECT worker_id, label, confidence, model, agreed, created_at, embedding, text,
-                        token_ids, model_hash
+                        token_ids, model_hash, logprobs
                  FROM submission WHERE task_id = $1 ORDER BY id",
             )?
             .query_map([task.to_string()], |r| {
@@ -251,10 +253,35 @@ pub(crate) trait Views: Exec {
                     text: r.get(7)?,
                     token_ids: r.get::<_, Option<Vec<u8>>>(8)?.map(|b| blob_to_ids(&b)),
                     model_hash: r.get(9)?,
+                    logprobs: r.get::<_, Option<Vec<u8>>>(10)?.map(|b| blob_to_vector(&b)),
                     confidence: r.get(2)?,
                     model: r.get(3)?,
                     agreed: r.get(4)?,
                     created_at: from_ms(r.get(5)?),
+                })
+            })?
+            .collect()
+    }
+
+    /// The verdicts of a task's verifiers on its candidates (real rows scored, traps left
+    /// out), in the order they came.
+    fn verifications_of(&self, task: &protocol::TaskId) -> Result<Vec<VerificationView>> {
+        self.sql()
+            .prepare_cached(
+                "SELECT worker_id, token_ids, passed, gaps, agreed FROM verification
+                 WHERE task_id = $1 AND trap IS NULL AND state = 'done' ORDER BY id",
+            )?
+            .query_map([task.to_string()], |r| {
+                let gaps = r
+                    .get::<_, Option<Vec<u8>>>(3)?
+                    .map(|b| blob_to_vector(&b))
+                    .unwrap_or_default();
+                Ok(VerificationView {
+                    worker_id: parsed(r, 0)?,
+                    token_ids: blob_to_ids(&r.get::<_, Vec<u8>>(1)?),
+                    passed: r.get::<_, Option<bool>>(2)?.unwrap_or(false),
+                    max_gap: gaps.iter().copied().fold(0.0, f32::max),
+                    agreed: r.get(4)?,
                 })
             })?
             .collect()
