@@ -47,14 +47,17 @@ demo-cluster: setup build
 	@AIMARKET_BIN="$(BIN)" scripts/demo-cluster.sh
 
 ## The tests, against real nats-server processes, SQLite files and PostgreSQL servers in temp
-## dirs (and headless Chromium for the dashboard).
+## dirs (and headless Chromium for the dashboard; the official openai Python client, from PyPI
+## into a venv, for the OpenAI-compatible API).
 test: setup
 	@scripts/setup.sh --browser
 	@scripts/setup.sh --postgres >/dev/null
 	@scripts/fetch-minilm.sh >/dev/null
 	@scripts/fetch-sentences.sh >/dev/null
 	@scripts/fetch-smollm2.sh >/dev/null
+	@scripts/openai-venv.sh >/dev/null
 	NATS_SERVER_BIN="$$(scripts/setup.sh)" AIMARKET_PG_BIN="$$(scripts/setup.sh --postgres)" \
+		AIMARKET_OPENAI_PYTHON="$$(scripts/openai-venv.sh)" \
 		AIMARKET_MINILM_DIR="$$(scripts/fetch-minilm.sh)" \
 		AIMARKET_SENTENCES_DIR="$$(scripts/fetch-sentences.sh)" \
 		AIMARKET_SMOLLM2_DIR="$$(scripts/fetch-smollm2.sh)" $(CARGO) test --workspace

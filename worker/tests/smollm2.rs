@@ -39,6 +39,107 @@ fn the_prompt_is_the_files_chat_template_with_its_system_prompt() {
 }
 
 #[test]
+fn a_multi_turn_chat_renders_every_turn_with_its_own_system_prompt() {
+    use protocol::chat::{ChatMessage, Role};
+    let chat = [
+        ChatMessage::new(Role::System, "You are terse."),
+        ChatMessage::new(Role::User, "Hi"),
+        ChatMessage::new(Role::Assistant, "Hello!"),
+        ChatMessage::new(Role::User, "What is 2+2?"),
+    ];
+    let input = Input {
+        template: Some(protocol::generation::TEMPLATE_MESSAGES.to_owned()),
+        ..Input::new(TaskType::generate(), protocol::chat::encode(&chat))
+    };
+    // What transformers' apply_chat_template and llama.cpp render from the file's template:
+    // the chat's own system prompt replaces the default one, every turn in order, then the
+    // generation prompt.
+    assert_eq!(
+        model().prompt(&input).expect("prompt"),
+        "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n\
+         <|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n\
+         <|im_start|>assistant\n"
+    );
+    // Without a system turn, the template's default one comes first, as for a single prompt.
+    let user_only = Input {
+        text: protocol::chat::encode(&[ChatMessage::new(
+            Role::User,
+            "What is the capital of France?",
+        )]),
+        ..input.clone()
+    };
+    assert_eq!(
+        model().prompt(&user_only).expect("prompt"),
+        model()
+            .prompt(&Input::new(
+                TaskType::generate(),
+                "What is the capital of France?"
+            ))
+            .expect("prompt")
+    );
+    let bad = Input {
+        text: "not a chat".to_owned(),
+        ..input
+    };
+    assert!(model().prompt(&bad).is_err());
+}
+
+#[test]
+fn a_stop_string_cuts_the_generation_and_its_text() {
+    let free = Input {
+        max_new_tokens: Some(24),
+        ..Input::new(
+            TaskType::generate(),
+            "List three colors, separated by commas.",
+        )
+    };
+    let whole = model()
+        .predict(std::slice::from_ref(&free))
+        .remove(0)
+        .expect("answer");
+    let whole = whole.generation.expect("a generation");
+    let stop = ",".to_owned();
+    let Some(cut_at) = whole.text.find(&stop) else {
+        panic!("the free answer has no comma to stop at: {:?}", whole.text)
+    };
+    let input = Input {
+        stop: vec![stop],
+        ..free
+    };
+    let cut = model()
+        .predict(std::slice::from_ref(&input))
+        .remove(0)
+        .expect("answer");
+    let g = cut.generation.expect("a generation");
+    assert_eq!(g.stop, Stop::StopString);
+    assert_eq!(g.text, whole.text[..cut_at]);
+    assert!(g.token_ids.len() < whole.token_ids.len());
+    assert_eq!(
+        g.token_ids[..],
+        whole.token_ids[..g.token_ids.len()],
+        "the same ids, cut"
+    );
+    // A scorer passes the honest cut and refuses the same ids cut one token later.
+    let spec_eps = protocol::generation::SMOLLM2_EPS;
+    let honest = model()
+        .score(&[(input.clone(), g.token_ids.clone())])
+        .remove(0)
+        .expect("scored");
+    assert!(
+        honest.gaps.iter().all(|g| *g <= spec_eps),
+        "{:?}",
+        honest.gaps
+    );
+    let longer = whole.token_ids[..g.token_ids.len() + 1].to_vec();
+    let late = model().score(&[(input, longer)]).remove(0).expect("scored");
+    assert!(
+        late.gaps.last().is_some_and(|g| *g > spec_eps),
+        "{:?}",
+        late.gaps
+    );
+}
+
+#[test]
 fn summarization_wraps_the_text_in_a_versioned_instruction() {
     let input = Input::new(TaskType::summarization(), "The meeting moved to Tuesday.");
     let prompt = model().prompt(&input).expect("prompt");

@@ -430,6 +430,7 @@ fn the_t5_worker_model_serves_generative_tasks_from_a_folder() {
         match g.stop {
             Stop::StopToken => assert_eq!(g.token_ids.last(), Some(&1)),
             Stop::Length => assert_eq!(g.token_ids.len(), 12),
+            Stop::StopString => panic!("no stop strings were given"),
         }
         let one = model.predict(std::slice::from_ref(input));
         let one = one[0]

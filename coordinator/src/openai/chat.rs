@@ -100,9 +100,7 @@ async fn new_task(api: &OpenAi, req: &ChatRequest) -> Result<NewTask, OaiError> 
         return Err(OaiError::model_not_found(&req.model, &known));
     };
     let required = req.ext.required.unwrap_or(DEFAULT_REQUIRED_SUBMISSIONS);
-    let serving = serving(&live, &generate, hash).len();
-    check_enough(card.name, hash, &generate, required, serving)?;
-    Ok(NewTask {
+    let task = NewTask {
         model: Some(card.name.to_owned()),
         max_new_tokens: req.max_tokens,
         temperature: req.temperature,
@@ -111,7 +109,12 @@ async fn new_task(api: &OpenAi, req: &ChatRequest) -> Result<NewTask, OaiError> 
         verify: req.ext.verify,
         required_submissions: Some(required),
         ..NewTask::chat(req.messages.clone())
-    })
+    };
+    // The task's own bounds (size: 413) come before whether workers could answer it.
+    task.validate(api.core.settings().max_text_bytes)?;
+    let serving = serving(&live, &generate, hash).len();
+    check_enough(card.name, hash, &generate, required, serving)?;
+    Ok(task)
 }
 
 /// `GET /v1/chat/completions/{id}`: a completion asked earlier (its id, or its task's), in the

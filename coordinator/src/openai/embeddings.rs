@@ -91,9 +91,7 @@ async fn new_tasks(api: &OpenAi, req: &EmbeddingsRequest) -> Result<Vec<NewTask>
         return Err(OaiError::model_not_found(&req.model, &known));
     };
     let required = req.ext.required.unwrap_or(DEFAULT_REQUIRED_SUBMISSIONS);
-    let n = serving(&live, &embedding, &hash).len();
-    check_enough(&req.model, &hash, &embedding, required, n)?;
-    Ok(req
+    let tasks: Vec<NewTask> = req
         .inputs
         .iter()
         .map(|text| NewTask {
@@ -101,7 +99,15 @@ async fn new_tasks(api: &OpenAi, req: &EmbeddingsRequest) -> Result<Vec<NewTask>
             required_submissions: Some(required),
             ..NewTask::embedding(text.clone())
         })
-        .collect())
+        .collect();
+    let request = TaskAddRequest {
+        batch_id: None,
+        tasks,
+    };
+    request.validate(api.core.settings().max_text_bytes)?;
+    let n = serving(&live, &embedding, &hash).len();
+    check_enough(&req.model, &hash, &embedding, required, n)?;
+    Ok(request.tasks)
 }
 
 /// The content hash most live embedding workers named `model` serve.
