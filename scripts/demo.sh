@@ -2,7 +2,7 @@
 # The demo: its own nats-server on a free port, a coordinator on a fresh database, three workers
 # (alice, bob, carole) on three models and three generative ones (dave, erin, frank: SmolLM2),
 # the README's sample tasks and one summary verified by exact token match in, the leaderboard
-# out; then everything stops.
+# out, one chat completion through the OpenAI-compatible API; then everything stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -102,5 +102,25 @@ echo '$ aimarket leaderboard'
 echo
 echo '$ aimarket workers'
 "$bin" workers
+if [ "$want" = 6 ]; then
+    # Last, one chat completion through the OpenAI-compatible API, as any OpenAI client asks
+    # it: the answer, verified by the three smollm2 workers, with its evidence.
+    echo
+    echo "\$ curl http://$AIMARKET_HTTP/v1/chat/completions -d '{\"model\": \"smollm2\", \"messages\": [...]}'"
+    curl -sS "http://$AIMARKET_HTTP/v1/chat/completions" -H 'Content-Type: application/json' -d '{
+        "model": "smollm2", "max_tokens": 48,
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant. Answer in one sentence."},
+            {"role": "user", "content": "Why is the sky blue?"}
+        ]}' | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+if "error" in r:
+    sys.exit("error: " + r["error"]["message"])
+e = r["aimarket"]
+print("assistant:", r["choices"][0]["message"]["content"].strip())
+print("finish_reason:", r["choices"][0]["finish_reason"], " usage:", json.dumps(r["usage"]))
+print("verified:", e["verification"], "by", ", ".join(e["agreeing_workers"]), "(task", e["task_id"] + ")")'
+fi
 echo
 echo "==> stopping"
