@@ -80,7 +80,7 @@ fn bulk_add_list_requeue_and_reset() {
     let file = c.dir.path().join("tasks.jsonl");
     std::fs::write(
         &file,
-        "plain text line\n\n{\"text\": \"json line\", \"required_submissions\": 1}\n{\"text\": \"typed\", \"type\": \"translate\"}\n",
+        "plain text line\n\n{\"text\": \"json line\", \"required_submissions\": 1}\n{\"text\": \"typed\", \"type\": \"embedding\"}\n",
     )
     .expect("write");
     let added: serde_json::Value = c.json(&[
@@ -108,7 +108,7 @@ fn bulk_add_list_requeue_and_reset() {
         vec![
             ("plain text line", "sentiment", 2),
             ("json line", "sentiment", 1),
-            ("typed", "translate", 2)
+            ("typed", "embedding", 2)
         ]
     );
     let requeued: serde_json::Value = c.json(&["ops", "requeue-stale"]);

@@ -19,7 +19,7 @@ fn three_workers_two_tasks_two_points_each() {
         c.json::<Vec<WorkerView>>(&["workers"]).len() == 3
     });
     // A type nobody advertises stays queued.
-    let odd: serde_json::Value = c.json(&["task", "add", "--type", "translate", "hola"]);
+    let odd: serde_json::Value = c.json(&["task", "add", "--type", "embedding", "hola"]);
     let odd = odd["task_ids"][0].as_str().expect("id").to_owned();
 
     let good: Vec<TaskView> = c.json(&[

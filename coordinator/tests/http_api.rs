@@ -279,6 +279,7 @@ async fn bad_requests_get_json_errors_with_fitting_statuses() {
         ("/workers/submit", json!({"worker_id": "w", "task_id": "01a21e3b-a1bf-760b-b3f1-68ba93059300", "label": "x", "confidence": 0.5}).to_string(), 404, "not_found"),
         ("/workers/submit", json!({"worker_id": "w"}).to_string(), 422, "malformed_request"),
         ("/workers/register", json!({"worker_id": "w", "capabilities_json": "[5]"}).to_string(), 422, "invalid_argument"),
+        ("/tasks", json!({"text": "x", "type": "sentimnet"}).to_string(), 422, "invalid_argument"),
     ];
     for (path, body, status, code) in cases {
         let (s, err) = g.post_raw(path, body.clone()).await;
@@ -299,6 +300,87 @@ async fn bad_requests_get_json_errors_with_fitting_statuses() {
             "{path}"
         );
     }
+    // A misspelt type names the known ones; a malformed query string is refused in JSON too.
+    let (_, err) = g
+        .post("/tasks", json!({"text": "x", "type": "sentimnet"}))
+        .await;
+    let message = err["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("sentiment, zero-shot, embedding"), "{err}");
+    for query in ["limit=-5", "limit=ten", "status=nope"] {
+        let (s, err) = g.get(&format!("/tasks?{query}")).await;
+        assert_eq!(
+            s,
+            400 + 22 * u16::from(query.starts_with("status")),
+            "{query}: {err}"
+        );
+        assert_eq!(err["ok"], false, "{query}: {err}");
+        assert!(err["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    assert_eq!(
+        g.get("/db/stats").await.1["tasks_total"],
+        0,
+        "a refused request stored a task"
+    );
+    g.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_routes_refuse_in_openai_s_shape_and_store_nothing() {
+    let g = Gateway::start().await;
+    let (s, models) = g.get("/v1/models").await;
+    assert_eq!((s, &models), (200, &json!({"object": "list", "data": []})));
+    let user = json!([{"role": "user", "content": "Hi"}]);
+    let cases = vec![
+        (
+            json!({"model": "smollm2", "messages": user, "n": 3}),
+            400,
+            "n",
+        ),
+        (json!({"model": "smollm2", "messages": []}), 400, "messages"),
+        (
+            json!({"model": "smollm2", "messages": user, "max_tokens": 0}),
+            400,
+            "max_tokens",
+        ),
+        (
+            json!({"model": "smollm2", "messages": user, "temperature": "hot"}),
+            400,
+            "temperature",
+        ),
+        (json!({"model": "gpt-4o", "messages": user}), 404, "model"),
+        // No live worker serves it: the starved reason, not a silent wait.
+        (json!({"model": "smollm2", "messages": user}), 503, ""),
+        (
+            json!({"model": "smollm2", "messages": [{"role": "user", "content": "x".repeat(70_000)}]}),
+            413,
+            "",
+        ),
+    ];
+    for (body, status, param) in cases {
+        let (s, err) = g.post("/v1/chat/completions", body.clone()).await;
+        assert_eq!(s, status, "{body:.80}: {err}");
+        let e = &err["error"];
+        assert!(
+            e["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{err}"
+        );
+        assert!(e["type"].is_string(), "{err}");
+        if !param.is_empty() {
+            assert_eq!(e["param"], param, "{err}");
+        }
+    }
+    let (s, err) = g
+        .post_raw("/v1/chat/completions", "{\"model\":".into())
+        .await;
+    assert_eq!((s, err["error"]["param"].as_str()), (400, Some("body")));
+    let (s, err) = g
+        .post("/v1/embeddings", json!({"model": "minilm", "input": "x"}))
+        .await;
+    assert_eq!(s, 503, "{err}");
+    let (s, err) = g.get("/v1/chat/completions/chatcmpl-nope").await;
+    assert_eq!((s, err["error"]["code"].as_str()), (404, Some("not_found")));
     assert_eq!(
         g.get("/db/stats").await.1["tasks_total"],
         0,

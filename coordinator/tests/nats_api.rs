@@ -218,7 +218,7 @@ async fn capability_routing() {
     let h = Harness::start(Settings::default(), Duration::from_secs(600)).await;
     let odd = h
         .add(NewTask {
-            task_type: Some(TaskType::new("translate").expect("type")),
+            task_type: Some(TaskType::embedding()),
             ..NewTask::text("hola")
         })
         .await;
@@ -229,7 +229,7 @@ async fn capability_routing() {
         vec![plain]
     );
     assert_eq!(h.task(odd).await.task.status, TaskStatus::Queued);
-    let got = h.lease("polyglot", &["translate"], 10).await;
+    let got = h.lease("polyglot", &["embedding"], 10).await;
     assert_eq!(got.iter().map(|l| l.task_id).collect::<Vec<_>>(), vec![odd]);
     h.stop().await;
 }

@@ -280,7 +280,7 @@ mod tests {
             &mut conn,
             0,
             NewTask {
-                task_type: Some(TaskType::new("translate").expect("type")),
+                task_type: Some(TaskType::embedding()),
                 ..NewTask::text("hola")
             },
         );
@@ -290,10 +290,7 @@ mod tests {
         let ids: Vec<_> = r.leases.iter().map(|l| l.task_id).collect();
         assert_eq!(ids, vec![first, second], "sentiment worker got {ids:?}");
         let mut req = lease_req("b", 10);
-        req.capabilities = vec![
-            TaskType::new("translate").expect("type"),
-            TaskType::sentiment(),
-        ];
+        req.capabilities = vec![TaskType::embedding(), TaskType::sentiment()];
         let ids: Vec<_> = lease(&mut conn, 4, req)
             .leases
             .iter()
