@@ -211,7 +211,7 @@ fn verification(d: &TaskDetail, agreeing: usize, verifiers: usize) -> &'static s
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use protocol::generation::{resolve, SpecRequest};
     use protocol::messages::{SubmissionView, TaskView, VerificationView};
@@ -230,7 +230,8 @@ mod tests {
         s
     }
 
-    fn task(ids: &[u32], verify: VerifyMode) -> TaskDetail {
+    /// A finalized generate task whose answer is `ids` ("Blue."), two of three agreeing.
+    pub(crate) fn task(ids: &[u32], verify: VerifyMode) -> TaskDetail {
         let now = chrono::Utc::now();
         let sub = |w: &str, agreed| SubmissionView {
             worker_id: w.parse().expect("id"),

@@ -14,7 +14,7 @@
 use super::error::OaiError;
 use super::evidence::{self, Answer};
 use super::request::ChatRequest;
-use super::wait::{NotFinal, Watch};
+use super::wait::{NotFinal, Seen, Watch};
 use super::OpenAi;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -153,7 +153,7 @@ async fn run(
     };
     let result = watch.until_final(&api, deadline, &mut on_progress).await;
     let out = match result {
-        Ok(d) => finished(&chunks, &d, &watch, optimistic, &state),
+        Ok(d) => finished_chunks(&chunks, &d, &watch.seen, optimistic.then_some(&state)),
         Err(NotFinal::TimedOut) => Err(super::chat::timed_out(&watch.task(), deadline - started)),
         Err(NotFinal::Failed(e)) => Err(e),
     };
@@ -164,17 +164,16 @@ async fn run(
     let _ = tx.unbounded_send(Ok(Event::default().data("[DONE]")));
 }
 
-/// The chunks once the task is final.
-fn finished(
+/// The chunks once the task is final; `optimistic`: what an optimistic stream has sent.
+fn finished_chunks(
     chunks: &Chunks,
     d: &TaskDetail,
-    watch: &Watch,
-    optimistic: bool,
-    state: &Optimistic,
+    seen: &Seen,
+    optimistic: Option<&Optimistic>,
 ) -> Result<Vec<Value>, OaiError> {
     let a = Answer::of(d)?;
-    let usage = evidence::usage(d, &a, &watch.seen);
-    if !optimistic {
+    let usage = evidence::usage(d, &a, seen);
+    let Some(state) = optimistic else {
         let role = chunks.chunk(
             json!({"role": "assistant", "content": ""}),
             None,
@@ -183,7 +182,7 @@ fn finished(
         let mut out = vec![role];
         out.extend(chunks.ending(d, &a, usage, 0));
         return Ok(out);
-    }
+    };
     if !a.text.starts_with(&state.sent) {
         return Err(OaiError::replaced(
             &d.task.id,
@@ -223,6 +222,76 @@ mod tests {
         assert_eq!(s.delta(&progress("alice", "The sky")), None, "nothing new");
         assert_eq!(s.delta(&progress("alice", "The")), None, "late message");
         assert_eq!(s.sent, "The sky");
+    }
+
+    fn chunks(include_usage: bool) -> Chunks {
+        Chunks {
+            id: "chatcmpl-x".into(),
+            created: 7,
+            model: "smollm2".into(),
+            include_usage,
+            logprobs: false,
+        }
+    }
+
+    fn joined(values: &[Value]) -> String {
+        values
+            .iter()
+            .filter_map(|v| v["choices"][0]["delta"]["content"].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_verified_stream_sends_the_answer_its_verdict_and_usage() {
+        let d = crate::openai::evidence::tests::task(
+            &[5, 6, 2],
+            protocol::generation::VerifyMode::Exact,
+        );
+        let mut seen = crate::openai::wait::Seen::default();
+        seen.prompt_tokens.insert("alice".into(), 12);
+        let watch_free = finished_chunks(&chunks(true), &d, &seen, None).expect("final");
+        assert_eq!(watch_free[0]["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(joined(&watch_free), "Blue.");
+        let last = &watch_free[watch_free.len() - 2];
+        assert_eq!(last["choices"][0]["finish_reason"], "stop");
+        assert_eq!(last["aimarket"]["verification"], "exact");
+        let usage = &watch_free[watch_free.len() - 1];
+        assert_eq!(usage["choices"], json!([]));
+        assert_eq!(usage["usage"]["completion_tokens"], 3);
+        assert_eq!(usage["usage"]["prompt_tokens"], 12);
+        let no_usage = finished_chunks(&chunks(false), &d, &seen, None).expect("final");
+        assert!(no_usage.iter().all(|v| v.get("usage").is_none()));
+    }
+
+    #[test]
+    fn an_optimistic_stream_ends_with_the_rest_or_an_error_when_replaced() {
+        let d = crate::openai::evidence::tests::task(
+            &[5, 6, 2],
+            protocol::generation::VerifyMode::Exact,
+        );
+        let seen = crate::openai::wait::Seen::default();
+        let mut state = Optimistic::default();
+        state.delta(&progress("alice", "Bl"));
+        let rest = finished_chunks(&chunks(false), &d, &seen, Some(&state)).expect("kept");
+        assert_eq!(
+            format!("Bl{}", joined(&rest)),
+            "Blue.",
+            "the rest, then the verdict"
+        );
+        assert_eq!(
+            rest.last().expect("last")["choices"][0]["finish_reason"],
+            "stop"
+        );
+        let mut other = Optimistic::default();
+        other.delta(&progress("mallory", "Red"));
+        let e = finished_chunks(&chunks(false), &d, &seen, Some(&other)).expect_err("replaced");
+        assert_eq!(e.code, Some("answer_replaced"));
+        assert!(
+            e.message.contains("mallory") && e.message.contains("Blue."),
+            "{}",
+            e.message
+        );
+        assert!(e.body()["error"]["message"].is_string());
     }
 
     #[test]
