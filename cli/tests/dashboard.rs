@@ -1,7 +1,7 @@
 //! The dashboard in a real browser: headless Chromium (driven through chromedriver's WebDriver
 //! API) loads `/dashboard`, a task is added, and the page shows it finalized without a reload;
-//! then a starved task with the reason (then cancelled), and a generated one with its agreed
-//! text.
+//! then a starved task with the reason (then cancelled), a generated one with its agreed
+//! text, and a chat asked through the OpenAI-compatible API, turn by turn, with its answer.
 //! The screenshot is kept in `target/tmp/dashboard.png`.
 
 mod common;
@@ -230,6 +230,39 @@ fn the_dashboard_shows_a_task_finalize_without_a_reload() {
         text.contains("8 tokens; 1 answer)") && text.contains("dave: \u{201c}"),
         "{text}"
     );
+
+    // A chat through the OpenAI-compatible API: the row shows it turn by turn, and the answer.
+    let reply: Value = http
+        .post(format!("{}/v1/chat/completions", c.http))
+        .json(
+            &json!({"model": "smollm2", "max_tokens": 8, "aimarket": {"required": 1},
+            "messages": [{"role": "system", "content": "Be brief."},
+                         {"role": "user", "content": "Name a fruit."}]}),
+        )
+        .send()
+        .expect("chat completion")
+        .json()
+        .expect("json");
+    let chat_id = reply["aimarket"]["task_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no task id: {reply}"))
+        .to_owned();
+    let probe = format!(
+        "const row = document.querySelector('[data-task=\"{chat_id}\"]'); \
+         const chat = row && row.querySelector('[data-chat]'); \
+         return row && chat ? [row.dataset.status, row.textContent, chat.dataset.chat] : null;"
+    );
+    let row = until(&probe, "finalized", "showed the chat finalized");
+    let text = row[1].as_str().expect("row text");
+    let content = reply["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("content");
+    assert_eq!(row[2], "2", "two turns: {text}");
+    assert!(
+        text.contains("system: Be brief.") && text.contains("user: Name a fruit."),
+        "{text}"
+    );
+    assert!(text.contains(content.trim()), "{text} lacks {content:?}");
 
     let png = driver.call(reqwest::Method::GET, &s("/screenshot"), None);
     let bytes = base64::engine::general_purpose::STANDARD
