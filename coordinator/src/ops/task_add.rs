@@ -284,11 +284,79 @@ mod tests {
         assert_eq!(dump(&conn), before);
     }
 
+    fn a_chat_is_stored_as_its_json_with_its_stop_strings_and_seed(mut conn: TestStore) {
+        use protocol::chat::{ChatMessage, Role};
+        use protocol::generation::{Decoding, TEMPLATE_MESSAGES};
+        let chat = vec![
+            ChatMessage::new(Role::System, "Be brief."),
+            ChatMessage::new(Role::User, "Hi"),
+        ];
+        let sampled = |seed| NewTask {
+            temperature: Some(0.7),
+            seed,
+            stop: Some(vec!["\n".into()]),
+            ..NewTask::chat(chat.clone())
+        };
+        let t = add(&mut conn, 0, sampled(Some(42)));
+        let task = load_task(&*conn.tx(), &t).expect("task");
+        assert_eq!(task.text, protocol::chat::encode(&chat));
+        let spec = task.generation.expect("a spec");
+        assert_eq!(spec.template, TEMPLATE_MESSAGES);
+        assert_eq!(spec.stop, vec!["\n".to_owned()]);
+        assert_eq!(
+            spec.decoding,
+            Decoding::Sample {
+                temperature: 0.7,
+                seed: 42
+            },
+            "the client's seed is kept"
+        );
+        let picked = add(&mut conn, 1, sampled(None));
+        let picked = load_task(&*conn.tx(), &picked).expect("task");
+        assert!(
+            matches!(picked.generation.expect("spec").decoding, Decoding::Sample { seed, .. } if seed != 0),
+            "the coordinator picks a seed"
+        );
+        let before = dump(&conn);
+        let bad = [
+            NewTask {
+                text: "and a text".into(),
+                ..NewTask::chat(chat.clone())
+            },
+            NewTask {
+                task_type: Some(TaskType::summarization()),
+                ..NewTask::chat(chat.clone())
+            },
+            NewTask::chat(vec![ChatMessage::new(Role::Assistant, "x")]),
+            NewTask {
+                stop: Some(vec!["a".into(); 5]),
+                ..NewTask::chat(chat.clone())
+            },
+            NewTask {
+                task_type: Some(TaskType::new("sentimnet").expect("type")),
+                ..NewTask::text("x")
+            },
+        ];
+        for task in bad {
+            let err = run(
+                &*conn.tx(),
+                &mut ctx(2),
+                TaskAddRequest {
+                    batch_id: None,
+                    tasks: vec![task.clone()],
+                },
+            );
+            assert!(err.is_err(), "{task:?} was accepted");
+        }
+        assert_eq!(dump(&conn), before, "a refused chat stored something");
+    }
+
     on_both_engines!(
         adds_with_defaults_and_announces,
         one_bad_task_stores_nothing,
         generative_tasks_store_their_spec_and_bad_specs_store_nothing,
         a_batch_id_makes_a_retried_add_create_nothing,
+        a_chat_is_stored_as_its_json_with_its_stop_strings_and_seed,
     );
 
     #[test]
