@@ -264,6 +264,28 @@ fn the_dashboard_shows_a_task_finalize_without_a_reload() {
     );
     assert!(text.contains(content.trim()), "{text} lacks {content:?}");
 
+    // The charts: the three finalized tasks in the hour, and the HTTP requests answered (the
+    // page's own polls not counted).
+    let probe = "const t = document.querySelector('[data-chart=\"tasks\"]'); \
+                 const r = document.querySelector('[data-chart=\"requests\"]'); \
+                 return t && r && t.dataset.total === '3' ? [t.dataset.total, r.dataset.total, \
+                 t.textContent] : [t && t.dataset.total];";
+    let charts = until(probe, "3", "charted the finalized tasks");
+    let requests: u64 = charts[1]
+        .as_str()
+        .and_then(|n| n.parse().ok())
+        .expect("a count");
+    assert!(
+        requests >= 6,
+        "adds, cancel and chat were HTTP requests: {charts}"
+    );
+    assert!(
+        charts[2]
+            .as_str()
+            .is_some_and(|t| t.contains("finalized / failed: 3")),
+        "{charts}"
+    );
+
     let png = driver.call(reqwest::Method::GET, &s("/screenshot"), None);
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(png.as_str().expect("base64"))

@@ -480,6 +480,15 @@ impl Core {
         self.read(move |c, now| ops::stats::run(c, now, ttl)).await
     }
 
+    /// Tasks finalized and failed per minute over the last hour, with their mean latency (the
+    /// dashboard's chart).
+    ///
+    /// # Errors
+    /// The store's error.
+    pub(crate) async fn task_minutes(&self) -> Result<Vec<ops::series::TaskMinute>, CoreError> {
+        self.read(ops::series::tasks).await
+    }
+
     /// The newest tasks with their votes, newest first.
     ///
     /// # Errors

@@ -27,6 +27,7 @@ mod core;
 mod error;
 mod http;
 mod metrics;
+mod minutes;
 mod nats;
 mod openai;
 mod ops;

@@ -118,6 +118,8 @@ pub struct Metrics {
     pub store_batch: Histogram,
     /// Time to commit a group-commit transaction (WAL write and fsync).
     pub store_commit: Histogram,
+    /// HTTP requests per minute over the last hour, for the dashboard's charts.
+    pub api_minutes: crate::minutes::PerMinute,
 }
 
 impl Metrics {
@@ -145,6 +147,7 @@ impl Metrics {
             // 1 .. 512 operations.
             store_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             store_commit: latency_histogram(),
+            api_minutes: crate::minutes::PerMinute::default(),
         };
         m.register_all();
         m
@@ -246,6 +249,10 @@ impl Metrics {
 
     /// Records one HTTP request.
     pub fn observe_http(&self, labels: HttpLabels, took: Duration) {
+        if crate::minutes::counted(&labels.route) {
+            let now = chrono::Utc::now().timestamp_millis();
+            self.api_minutes.record(now, &labels.route, took);
+        }
         self.http_latency
             .get_or_create(&labels)
             .observe(took.as_secs_f64());

@@ -395,6 +395,7 @@ pub(super) async fn dashboard_data(State(core): State<Core>) -> Reply<DashboardD
     for s in recent.iter_mut().flat_map(|d| d.submissions.iter_mut()) {
         s.embedding = None;
         s.token_ids = None;
+        s.logprobs = None;
     }
     Ok(Json(DashboardData {
         stats,
@@ -403,6 +404,20 @@ pub(super) async fn dashboard_data(State(core): State<Core>) -> Reply<DashboardD
         recent,
         now: chrono::Utc::now(),
     }))
+}
+
+/// `GET /dashboard/series`: the charts' data, the last hour by minute: tasks finalized and
+/// failed with their mean latency (from the store), HTTP requests answered with their mean and
+/// largest latency (counted in memory since the coordinator started).
+pub(super) async fn dashboard_series(State(core): State<Core>) -> Reply<Value> {
+    let tasks = core.task_minutes().await?;
+    let now = chrono::Utc::now();
+    Ok(Json(json!({
+        "now": now,
+        "minutes": crate::ops::series::MINUTES,
+        "tasks": tasks,
+        "requests": core.metrics().api_minutes.snapshot(now.timestamp_millis()),
+    })))
 }
 
 /// `GET /openapi.json`.

@@ -53,6 +53,7 @@ pub(crate) fn router(core: Core, gateway: Gateway) -> Router {
         .route("/metrics", get(handlers::metrics))
         .route("/dashboard", get(handlers::dashboard))
         .route("/dashboard/data", get(handlers::dashboard_data))
+        .route("/dashboard/series", get(handlers::dashboard_series))
         .route("/openapi.json", get(handlers::openapi))
         .fallback(handlers::not_found)
         .with_state(core.clone())

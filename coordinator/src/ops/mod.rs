@@ -14,6 +14,7 @@ pub(crate) mod lease;
 mod policy_tests;
 pub(crate) mod release;
 pub(crate) mod reset;
+pub(crate) mod series;
 pub(crate) mod starved;
 pub(crate) mod stats;
 pub(crate) mod submit;

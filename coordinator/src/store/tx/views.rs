@@ -287,6 +287,26 @@ pub(crate) trait Views: Exec {
             .collect()
     }
 
+    /// Tasks finished since `since` (ms), by minute: `(minute start in ms, finalized, failed,
+    /// mean ms from creation to finish)`; gold tasks left out. A scan of the tasks finished in
+    /// the window: the dashboard asks for its last hour every few seconds.
+    fn finished_by_minute(&self, since: i64) -> Result<Vec<(i64, u64, u64, f64)>> {
+        self.sql()
+            .prepare_cached(
+                "SELECT (finished_at / 60000) * 60000 AS minute,
+                        COUNT(*) FILTER (WHERE status = 'finalized'),
+                        COUNT(*) FILTER (WHERE status = 'failed'),
+                        CAST(AVG(finished_at - created_at) AS DOUBLE PRECISION)
+                 FROM task
+                 WHERE finished_at >= $1 AND gold IS NULL AND status IN ('finalized', 'failed')
+                 GROUP BY (finished_at / 60000) * 60000 ORDER BY 1",
+            )?
+            .query_map([since], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect()
+    }
+
     /// A task's live leases, oldest first.
     fn live_leases_of(&self, task: &protocol::TaskId) -> Result<Vec<LeaseView>> {
         self.sql()
