@@ -79,6 +79,7 @@ bench: setup
 	scripts/bench-generation.sh 64
 	AIMARKET_BIN="$(RELEASE_BIN)" scripts/bench-verified.sh 12 48 exact
 	AIMARKET_BIN="$(RELEASE_BIN)" scripts/bench-verified.sh 12 48 generate-once
+	AIMARKET_BIN="$(RELEASE_BIN)" scripts/bench-openai.sh 24 4 16
 	$(MAKE) bench-postgres
 
 ## The store side by side: one coordinator on SQLite, then one and two on a PostgreSQL server
