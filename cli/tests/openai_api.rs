@@ -174,6 +174,41 @@ fn chat_equals_infer(c: &Cluster, py: &PathBuf, base: &str) {
         got["fetched_content"], want_text,
         "fetched later, same answer"
     );
+    // A stop string (a space): the same cut as `infer --stop`, verified by the workers' exact match.
+    let cut: Value = c.json(&[
+        "infer",
+        "--model",
+        "smollm2",
+        "--model-dir",
+        dir.to_str().expect("utf8"),
+        "--messages",
+        chat_path,
+        "--max-new-tokens",
+        "24",
+        "--stop",
+        " ",
+    ]);
+    let stopped = &got["stopped"];
+    assert_eq!(stopped["content"], cut[0]["generated_text"], "{stopped}");
+    assert_eq!(
+        stopped["completion_tokens"],
+        cut[0]["token_ids"].as_array().map(Vec::len).expect("ids")
+    );
+    let short = stopped["content"].as_str().expect("text");
+    assert!(
+        !short.contains(' ') && want_text.starts_with(short) && short.len() < want_text.len(),
+        "cut at the first space of {want_text:?}: {short:?}"
+    );
+    assert_eq!(stopped["finish_reason"], "stop");
+    // Sampling: the same seed gives the same verified answer; without one the coordinator
+    // picks it and says which.
+    let sampled = got["sampled"].as_array().expect("sampled");
+    assert_eq!(sampled[0]["content"], sampled[1]["content"], "{sampled:?}");
+    assert_eq!(
+        (sampled[0]["seed"].as_u64(), sampled[0]["decoding"].as_str()),
+        (Some(7), Some("sample"))
+    );
+    assert!(sampled[2]["seed"].as_u64().is_some(), "{sampled:?}");
     for mode in ["verified", "optimistic"] {
         let s = &got[mode];
         assert_eq!(s["content"], want_text, "{mode} stream: {s}");

@@ -48,7 +48,21 @@ def phase_chat(c, chat_file):
         "aimarket": r.model_extra["aimarket"],
     }
     fetched = c.get(f"/chat/completions/{r.id}", cast_to=object)
+    stopped = c.chat.completions.create(
+        model="smollm2", messages=messages, max_tokens=24, stop=[" "], extra_body=EXTRA,
+    )
+    sampled = [
+        c.chat.completions.create(model="smollm2", messages=messages, max_tokens=12,
+                                  temperature=0.8, seed=seed, extra_body=EXTRA)
+        for seed in (7, 7, None)
+    ]
     return {"plain": plain, "fetched_content": fetched["choices"][0]["message"]["content"],
+            "stopped": {"content": stopped.choices[0].message.content,
+                        "finish_reason": stopped.choices[0].finish_reason,
+                        "completion_tokens": stopped.usage.completion_tokens},
+            "sampled": [{"content": x.choices[0].message.content,
+                         "seed": x.model_extra["aimarket"]["seed"],
+                         "decoding": x.model_extra["aimarket"]["decoding"]} for x in sampled],
             "verified": stream(c, messages, "verified"),
             "optimistic": stream(c, messages, "optimistic")}
 

@@ -575,7 +575,9 @@ impl GeneratedAnswer {
                     format!("the generation goes on past the stop id at position {i}"),
                 ));
             }
-        } else if n != spec.max_new_tokens as usize {
+        } else if n != spec.max_new_tokens as usize && (spec.stop.is_empty() || n == 0) {
+            // With stop strings a generation may also end earlier, on one: only the tokenizer
+            // sees it, so the workers check that cut and exact match between them verifies it.
             return Err(ProtocolError::invalid(
                 "token_ids",
                 format!(
@@ -790,6 +792,16 @@ mod tests {
             .expect("at the bound");
         for bad in [&[5, 6][..], &[5, 2, 6], &[5, 6, 7, 8, 2], &[49152, 2]] {
             assert!(answer(bad).check_against(&spec).is_err(), "{bad:?} passed");
+        }
+        // With stop strings, an answer may end before the bound without a stop id (cut on one),
+        // but still not past a stop id or the bound.
+        let cut = GenerationSpec {
+            stop: vec![",".into()],
+            ..spec.clone()
+        };
+        answer(&[5, 6]).check_against(&cut).expect("cut on a stop string");
+        for bad in [&[5, 2, 6][..], &[5, 6, 7, 8, 9]] {
+            assert!(answer(bad).check_against(&cut).is_err(), "{bad:?} passed");
         }
         let mut a = answer(&[5, 2]);
         a.logprobs.pop();
