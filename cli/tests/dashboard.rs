@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: headless Chromium (driven through chromedriver's WebDriver
 //! API) loads `/dashboard`, a task is added, and the page shows it finalized without a reload;
 //! then a starved task with the reason (then cancelled), a generated one with its agreed
-//! text, and a chat asked through the OpenAI-compatible API, turn by turn, with its answer.
+//! text, and a chat asked through the OpenAI-compatible API, turn by turn, with its answer; the
+//! charts count them, and the event log shows a task's life and a worker's, across a restart.
 //! The screenshot is kept in `target/tmp/dashboard.png`.
 
 mod common;
@@ -284,6 +285,70 @@ fn the_dashboard_shows_a_task_finalize_without_a_reload() {
             .as_str()
             .is_some_and(|t| t.contains("finalized / failed: 3")),
         "{charts}"
+    );
+
+    // The event log, filtered by the chat's task: its life, newest first, on the page.
+    script(&format!(
+        "const i = document.getElementById('log-task'); i.value = '{chat_id}'; \
+         i.dispatchEvent(new Event('change')); return true;"
+    ));
+    let probe = format!(
+        "const box = document.querySelector('#log [data-filter]'); \
+         if (!box || box.dataset.filter !== '{chat_id}|') return [null]; \
+         return ['shown', [...box.querySelectorAll('[data-event]')].map(r => r.dataset.event)];"
+    );
+    let log = until(&probe, "shown", "showed the chat's events");
+    assert_eq!(
+        log[1],
+        json!(["task finalized", "answered", "leased", "task created"]),
+        "{log}"
+    );
+    // By worker: dave's answers and its joining.
+    let by_dave: Value = http
+        .get(format!("{}/dashboard/events?worker=dave", c.http))
+        .send()
+        .expect("events")
+        .json()
+        .expect("json");
+    let kinds: Vec<&str> = by_dave
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"answered") && kinds.last() == Some(&"worker joined"),
+        "{kinds:?}"
+    );
+    // Durable: a restarted coordinator tells the same story.
+    c.kill_coordinator();
+    c.start_coordinator();
+    let again: Value = http
+        .get(format!("{}/dashboard/events?task={chat_id}", c.http))
+        .send()
+        .expect("events")
+        .json()
+        .expect("json");
+    let kinds: Vec<&str> = again
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["task finalized", "answered", "leased", "task created"]
+    );
+    let (status, bad) = {
+        let r = http
+            .get(format!("{}/dashboard/events?limit=-1", c.http))
+            .send()
+            .expect("events");
+        (r.status().as_u16(), r.json::<Value>().expect("json"))
+    };
+    assert_eq!(
+        (status, &bad["error"]["code"]),
+        (400, &json!("malformed_request"))
     );
 
     let png = driver.call(reqwest::Method::GET, &s("/screenshot"), None);

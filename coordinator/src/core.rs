@@ -489,6 +489,21 @@ impl Core {
         self.read(ops::series::tasks).await
     }
 
+    /// The event log, newest first, of one task or worker if given (see `ops::events`).
+    ///
+    /// # Errors
+    /// The store's error.
+    pub(crate) async fn events(
+        &self,
+        task: Option<TaskId>,
+        worker: Option<WorkerId>,
+        limit: u32,
+    ) -> Result<Vec<protocol::messages::LogEvent>, CoreError> {
+        let ttl = self.settings.heartbeat_ttl_ms;
+        self.read(move |tx, now| ops::events::run(tx, now, ttl, task, worker.as_ref(), limit))
+            .await
+    }
+
     /// The newest tasks with their votes, newest first.
     ///
     /// # Errors

@@ -66,7 +66,12 @@ impl PerMinute {
 pub(crate) fn counted(route: &str) -> bool {
     !matches!(
         route,
-        "/dashboard" | "/dashboard/data" | "/dashboard/series" | "/metrics" | "/health"
+        "/dashboard"
+            | "/dashboard/data"
+            | "/dashboard/series"
+            | "/dashboard/events"
+            | "/metrics"
+            | "/health"
     )
 }
 

@@ -799,7 +799,9 @@ mod tests {
             stop: vec![",".into()],
             ..spec.clone()
         };
-        answer(&[5, 6]).check_against(&cut).expect("cut on a stop string");
+        answer(&[5, 6])
+            .check_against(&cut)
+            .expect("cut on a stop string");
         for bad in [&[5, 2, 6][..], &[5, 6, 7, 8, 9]] {
             assert!(answer(bad).check_against(&cut).is_err(), "{bad:?} passed");
         }

@@ -420,6 +420,37 @@ pub(super) async fn dashboard_series(State(core): State<Core>) -> Reply<Value> {
     })))
 }
 
+/// Query of `GET /dashboard/events`.
+#[derive(Debug, Deserialize)]
+pub(super) struct EventsQuery {
+    task: Option<String>,
+    worker: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /dashboard/events[?task=&worker=&limit=]`: the event log, newest first (100 entries by
+/// default, at most 500), of one task or one worker if given.
+pub(super) async fn dashboard_events(
+    State(core): State<Core>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Reply<Vec<protocol::messages::LogEvent>> {
+    let Query(q) = q.map_err(|e| {
+        HttpError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::MalformedRequest,
+            format!("malformed query string: {}", e.body_text()),
+        )
+    })?;
+    let blank = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
+    let task = blank(q.task).map(|t| task_id(t.trim())).transpose()?;
+    let worker = blank(q.worker)
+        .map(|w| w.trim().parse::<WorkerId>())
+        .transpose()?;
+    Ok(Json(
+        core.events(task, worker, q.limit.unwrap_or(100)).await?,
+    ))
+}
+
 /// `GET /openapi.json`.
 pub(super) async fn openapi() -> Response {
     (

@@ -54,6 +54,7 @@ pub(crate) fn router(core: Core, gateway: Gateway) -> Router {
         .route("/dashboard", get(handlers::dashboard))
         .route("/dashboard/data", get(handlers::dashboard_data))
         .route("/dashboard/series", get(handlers::dashboard_series))
+        .route("/dashboard/events", get(handlers::dashboard_events))
         .route("/openapi.json", get(handlers::openapi))
         .fallback(handlers::not_found)
         .with_state(core.clone())

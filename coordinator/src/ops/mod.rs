@@ -4,6 +4,7 @@
 
 pub(crate) mod cancel;
 pub(crate) mod decide;
+pub(crate) mod events;
 pub(crate) mod gold;
 pub(crate) mod heartbeat;
 #[cfg(test)]

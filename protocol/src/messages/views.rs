@@ -128,6 +128,26 @@ pub struct VerificationView {
     pub agreed: Option<bool>,
 }
 
+/// One entry of the event log: something that happened to a task or a worker, as the store
+/// records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEvent {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// What: `task created`, `leased`, `answered`, `verified`, `task finalized`, `task failed`,
+    /// `task cancelled`, `lease expired`, `lease released`, `lease cancelled`, `worker joined`,
+    /// `worker stale`, `worker offline`, `worker quarantined`.
+    pub kind: String,
+    /// The task, when it is a task's event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<TaskId>,
+    /// The worker, when one took part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<WorkerId>,
+    /// The label answered, the verdict, why a task failed, a worker's model...
+    pub detail: String,
+}
+
 /// A live lease.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeaseView {

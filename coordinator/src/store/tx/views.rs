@@ -307,6 +307,26 @@ pub(crate) trait Views: Exec {
             .collect()
     }
 
+    /// The event log, newest first: what the rows that record each event say, so it is as
+    /// durable as they are and costs the write path nothing. Each kind is read from its newest
+    /// rows by key (an index walk), then all are merged by time; `task` and `worker` filter.
+    /// Rows: `(at ms, kind, task id, worker id, detail)`.
+    fn events(
+        &self,
+        task: Option<&str>,
+        worker: Option<&str>,
+        limit: u32,
+        now: i64,
+        ttl: i64,
+    ) -> Result<Vec<EventRow>> {
+        self.sql()
+            .prepare_cached(EVENTS_SQL)?
+            .query_map(params![task, worker, limit, now - ttl, ttl], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect()
+    }
+
     /// A task's live leases, oldest first.
     fn live_leases_of(&self, task: &protocol::TaskId) -> Result<Vec<LeaseView>> {
         self.sql()
@@ -414,6 +434,71 @@ pub(crate) trait Views: Exec {
             .query_row(params![t.as_str(), live, capable, hash], |r| r.get(0))
     }
 }
+
+/// One row of the event log: `(at ms, kind, task id, worker id, detail)`.
+pub(crate) type EventRow = (i64, String, Option<String>, Option<String>, String);
+
+/// The event log's statement ([`Views::events`]): `$1` a task id or NULL, `$2` a worker id or
+/// NULL, `$3` the most rows, `$4` the time (ms) before which a silent worker is stale, `$5` the
+/// heartbeat TTL (ms: a worker goes stale that long after it was last seen).
+const EVENTS_SQL: &str = "
+SELECT at, kind, task_id, worker_id, detail FROM (
+  SELECT * FROM (SELECT created_at AS at, 'task created' AS kind, id AS task_id,
+                        CAST(NULL AS TEXT) AS worker_id, type AS detail, 1 AS stage
+                 FROM task WHERE gold IS NULL AND (CAST($1 AS TEXT) IS NULL OR id = $1)
+                   AND CAST($2 AS TEXT) IS NULL
+                 ORDER BY seq DESC LIMIT $3) AS created
+  UNION ALL
+  SELECT * FROM (SELECT finished_at, 'task ' || status, id, CAST(NULL AS TEXT),
+                        COALESCE(failure_reason, error_message, final_label, ''), 6
+                 FROM task WHERE gold IS NULL AND finished_at IS NOT NULL
+                   AND (CAST($1 AS TEXT) IS NULL OR id = $1) AND CAST($2 AS TEXT) IS NULL
+                 ORDER BY seq DESC LIMIT $3) AS ended
+  UNION ALL
+  SELECT * FROM (SELECT created_at, 'leased', task_id, worker_id,
+                        CASE WHEN verification IS NULL THEN '' ELSE 'to verify' END, 2
+                 FROM lease WHERE (CAST($1 AS TEXT) IS NULL OR task_id = $1)
+                   AND (CAST($2 AS TEXT) IS NULL OR worker_id = $2)
+                 ORDER BY id DESC LIMIT $3) AS leased
+  UNION ALL
+  SELECT * FROM (SELECT ended_at, 'lease ' || state, task_id, worker_id, '', 3
+                 FROM lease WHERE state IN ('expired', 'released', 'cancelled')
+                   AND (CAST($1 AS TEXT) IS NULL OR task_id = $1)
+                   AND (CAST($2 AS TEXT) IS NULL OR worker_id = $2)
+                 ORDER BY id DESC LIMIT $3) AS lapsed
+  UNION ALL
+  SELECT * FROM (SELECT created_at, 'answered', task_id, worker_id,
+                        CASE WHEN label <> '' THEN label
+                             WHEN token_ids IS NOT NULL THEN 'a generation'
+                             ELSE 'a vector' END, 4
+                 FROM submission WHERE (CAST($1 AS TEXT) IS NULL OR task_id = $1)
+                   AND (CAST($2 AS TEXT) IS NULL OR worker_id = $2)
+                 ORDER BY id DESC LIMIT $3) AS answered
+  UNION ALL
+  SELECT * FROM (SELECT finished_at, 'verified', task_id, worker_id,
+                        CASE WHEN passed = 1 THEN 'passed' ELSE 'refused' END
+                        || CASE WHEN trap IS NULL THEN '' ELSE ' (a trap)' END, 5
+                 FROM verification WHERE state = 'done' AND finished_at IS NOT NULL
+                   AND (CAST($1 AS TEXT) IS NULL OR task_id = $1)
+                   AND (CAST($2 AS TEXT) IS NULL OR worker_id = $2)
+                 ORDER BY id DESC LIMIT $3) AS verified
+  UNION ALL
+  SELECT registered_at, 'worker joined', CAST(NULL AS TEXT), id, COALESCE(model, ''), 0
+  FROM worker WHERE CAST($1 AS TEXT) IS NULL AND (CAST($2 AS TEXT) IS NULL OR id = $2)
+  UNION ALL
+  SELECT CASE WHEN status = 'offline' THEN last_seen ELSE last_seen + $5 END,
+         CASE WHEN status = 'offline' THEN 'worker offline' ELSE 'worker stale' END,
+         CAST(NULL AS TEXT), id, 'last seen', 7
+  FROM worker WHERE (status = 'offline' OR last_seen < $4)
+    AND CAST($1 AS TEXT) IS NULL AND (CAST($2 AS TEXT) IS NULL OR id = $2)
+  UNION ALL
+  SELECT COALESCE((SELECT MAX(g.created_at) FROM gold_answer g WHERE g.worker_id = worker.id),
+                  last_seen),
+         'worker quarantined', CAST(NULL AS TEXT), id, quarantine, 8
+  FROM worker WHERE quarantine IS NOT NULL
+    AND CAST($1 AS TEXT) IS NULL AND (CAST($2 AS TEXT) IS NULL OR id = $2)
+) AS events
+ORDER BY at DESC, stage DESC LIMIT $3";
 
 fn rate(agreed: u64, decided: u64) -> Option<f64> {
     (decided > 0).then(|| agreed as f64 / decided as f64)
