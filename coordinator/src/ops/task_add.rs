@@ -8,7 +8,7 @@ use crate::error::CoreError;
 use crate::store::tx::{TaskInsert, Tx};
 use protocol::generation::{Decoding, VerifyMode};
 use protocol::limits::{DEFAULT_REQUIRED_SUBMISSIONS, DEFAULT_SIMILARITY};
-use protocol::messages::{NewTask, TaskAddReply, TaskAddRequest, TaskAnnouncement};
+use protocol::messages::{NewTask, TaskAddReply, TaskAddRequest, TaskAnnouncement, KNOWN_TYPES};
 use protocol::{TaskId, TaskType};
 
 /// Validates every task first, then inserts them in order.
@@ -21,6 +21,7 @@ pub(crate) fn run(
     req: TaskAddRequest,
 ) -> Result<TaskAddReply, CoreError> {
     req.validate(ctx.settings.max_text_bytes)?;
+    check_types(tx, &req)?;
     let batch = match &req.batch_id {
         Some(id) => {
             let digest = {
@@ -56,6 +57,25 @@ pub(crate) fn run(
         tx.record_batch(&id, &digest, &task_ids, ctx.now)?;
     }
     Ok(TaskAddReply { task_ids })
+}
+
+/// Refuses a type that neither aimarket's models nor any registered worker do: a misspelt type
+/// would wait forever.
+///
+/// # Errors
+/// [`CoreError::Invalid`] naming the type and the known ones.
+fn check_types(tx: &dyn Tx, req: &TaskAddRequest) -> Result<(), CoreError> {
+    let mut checked: Vec<&TaskType> = Vec::new();
+    for t in req.tasks.iter().filter_map(|t| t.task_type.as_ref()) {
+        if KNOWN_TYPES.contains(&t.as_str()) || checked.contains(&t) {
+            continue;
+        }
+        if !tx.type_advertised(t)? {
+            return Err(protocol::messages::unknown_type(t).into());
+        }
+        checked.push(t);
+    }
+    Ok(())
 }
 
 /// The row a validated task is stored as: its spec resolved (the coordinator's default
@@ -349,6 +369,22 @@ mod tests {
             assert!(err.is_err(), "{task:?} was accepted");
         }
         assert_eq!(dump(&conn), before, "a refused chat stored something");
+        // A type of another model is taken once a registered worker advertises it.
+        let custom = TaskType::new("custom-model").expect("type");
+        let bad = TaskAddRequest {
+            batch_id: None,
+            tasks: vec![NewTask {
+                task_type: Some(custom.clone()),
+                ..NewTask::text("x")
+            }],
+        };
+        let err = run(&*conn.tx(), &mut ctx(3), bad.clone()).expect_err("nobody does it yet");
+        assert!(err.to_string().contains("known types: sentiment"), "{err}");
+        let mut req = lease_req("other", 1);
+        req.capabilities = vec![custom];
+        assert!(lease(&mut conn, 4, req).leases.is_empty());
+        conn.write(|tx| run(tx, &mut ctx(5), bad))
+            .expect("advertised now");
     }
 
     on_both_engines!(

@@ -216,9 +216,6 @@ impl NewTask {
     /// # Errors
     /// [`ProtocolError`] naming the field out of bounds.
     pub fn validate(&self, max_text_bytes: usize) -> Result<(), ProtocolError> {
-        if let Some(t) = &self.task_type {
-            check_known_type(t)?;
-        }
         if let Some(messages) = &self.messages {
             if !self.text.is_empty() {
                 return Err(ProtocolError::invalid(
@@ -319,7 +316,8 @@ impl NewTask {
     }
 }
 
-/// The task types some model does.
+/// The task types aimarket's own models do. Others are taken when a registered worker advertises
+/// them (a worker of another model, `aimarket bench`'s); a type nobody does would wait forever.
 pub const KNOWN_TYPES: &[&str] = &[
     "sentiment",
     "zero-shot",
@@ -329,21 +327,17 @@ pub const KNOWN_TYPES: &[&str] = &[
     "translation",
 ];
 
-/// Refuses a task type no model does (a misspelt one would wait forever), naming the known ones.
-///
-/// # Errors
-/// [`ProtocolError::Invalid`] on `type`.
-fn check_known_type(t: &TaskType) -> Result<(), ProtocolError> {
-    if KNOWN_TYPES.contains(&t.as_str()) {
-        return Ok(());
-    }
-    Err(ProtocolError::invalid(
+/// The refusal of a type neither aimarket's models nor any registered worker do (a misspelt
+/// one), naming the known ones.
+pub fn unknown_type(t: &TaskType) -> ProtocolError {
+    ProtocolError::invalid(
         "type",
         format!(
-            "no model does \"{t}\" tasks (known types: {})",
+            "no model does \"{t}\" tasks and no registered worker advertises it (known types: \
+             {})",
             KNOWN_TYPES.join(", ")
         ),
-    ))
+    )
 }
 
 /// `api.task.add`: create tasks, all or none.

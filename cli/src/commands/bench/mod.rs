@@ -120,12 +120,22 @@ pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
             "the store holds {open} open tasks from before: bench needs an empty database"
         );
     }
+    let run = Run::new()?;
+    run.register(&client).await?;
     let bulk = if args.bulk > 0 {
         eprintln!(
             "bench: bulk add of {} texts through `task add --file`",
             args.bulk
         );
-        Some(bulk_add(&client, args.bulk, stack.as_ref().map(|s| s.dir.path())).await?)
+        Some(
+            bulk_add(
+                &client,
+                args.bulk,
+                stack.as_ref().map(|s| s.dir.path()),
+                &run,
+            )
+            .await?,
+        )
     } else {
         None
     };
@@ -153,7 +163,6 @@ pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     let nats_before = nats_pid.and_then(cpu_ticks);
     let pg_before = postgres.then(postgres_ticks);
     let load_started = Instant::now();
-    let run = Run::new()?;
     let load = load(&client, &nats_url, &args, &run).await?;
     // CPU over the load phase only: ticks are USER_HZ (100 a second on Linux).
     let cores = |before: Option<u64>, after: Option<u64>| {

@@ -17,13 +17,15 @@ pub(super) async fn bulk_add(
     client: &Client,
     n: u64,
     dir: Option<&std::path::Path>,
+    run: &Run,
 ) -> anyhow::Result<Rate> {
     let tmp = tempfile::tempdir()?;
     let path = dir.unwrap_or(tmp.path()).join("bulk.jsonl");
     let mut text = String::with_capacity(n as usize * 60);
     for i in 0..n {
         text.push_str(&format!(
-            "{{\"text\": \"bulk review {i}: decent value\", \"type\": \"bench-bulk\"}}\n"
+            "{{\"text\": \"bulk review {i}: decent value\", \"type\": \"{}\"}}\n",
+            run.bulk
         ));
     }
     std::fs::write(&path, text)?;
@@ -63,6 +65,7 @@ pub(super) struct Load {
 /// serve neither lends its tasks to them nor counts their work as its own.
 pub(super) struct Run {
     pub(super) tag: String,
+    pub(super) bulk: TaskType,
     pub(super) load: TaskType,
     pub(super) depth: TaskType,
 }
@@ -71,6 +74,7 @@ impl Run {
     pub(super) fn new() -> anyhow::Result<Self> {
         let tag = format!("{:08x}", fastrand::u32(..));
         Ok(Self {
+            bulk: TaskType::new(format!("bench-bulk-{tag}"))?,
             load: TaskType::new(format!("bench-{tag}"))?,
             depth: TaskType::new(format!("bench-depth-{tag}"))?,
             tag,
@@ -79,6 +83,31 @@ impl Run {
 
     pub(super) fn worker(&self, name: impl std::fmt::Display) -> anyhow::Result<WorkerId> {
         Ok(WorkerId::new(format!("bench-{}-{name}", self.tag))?)
+    }
+
+    /// Makes the run's task types known before its tasks are added: the coordinator takes a
+    /// type only when a model does it or a registered worker advertises it. A lease request of
+    /// a worker of the run that advertises all three registers it (nothing to lease yet).
+    pub(super) async fn register(&self, client: &Client) -> anyhow::Result<()> {
+        let req = encode(&LeaseRequest {
+            worker_id: self.worker("types")?,
+            capabilities: vec![self.bulk.clone(), self.load.clone(), self.depth.clone()],
+            max_tasks: 1,
+            task_id: None,
+            model: Some("bench/instant".into()),
+            model_hash: None,
+        });
+        let msg = client
+            .nats()
+            .request(subject::lease(client.prefix()), req.into())
+            .await?;
+        let leases: LeaseReply =
+            reply::decode(&msg.payload)?.map_err(|e| anyhow::anyhow!("registering: {e}"))?;
+        anyhow::ensure!(
+            leases.leases.is_empty(),
+            "the run's types had tasks already"
+        );
+        Ok(())
     }
 }
 

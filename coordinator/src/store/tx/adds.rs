@@ -102,6 +102,23 @@ const ROWS_PER_INSERT: usize = 32;
 
 /// Tasks and gold.
 pub(crate) trait Adds: Exec {
+    /// Whether a registered worker (of any status) advertises task type `t`.
+    fn type_advertised(&self, t: &TaskType) -> Result<bool> {
+        // Capabilities are stored as a JSON list of strings: look for the quoted name, LIKE's
+        // wildcards escaped.
+        let name = t
+            .as_str()
+            .replace('!', "!!")
+            .replace('%', "!%")
+            .replace('_', "!_");
+        Ok(self
+            .sql()
+            .prepare_cached("SELECT 1 FROM worker WHERE capabilities LIKE $1 ESCAPE '!' LIMIT 1")?
+            .query_row([format!("%\"{name}\"%")], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
     /// Holds batch `id` until the transaction ends: two coordinators given the same retried
     /// batch at once take turns (SQLite has one writer: nothing to hold).
     fn lock_batch(&self, id: &str) -> Result<()>;
