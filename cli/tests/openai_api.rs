@@ -174,6 +174,19 @@ fn chat_equals_infer(c: &Cluster, py: &PathBuf, base: &str) {
         got["fetched_content"], want_text,
         "fetched later, same answer"
     );
+    // Past its wait: 504 naming the task; the answer fetched later is the same.
+    let late = &got["late"];
+    assert_eq!(
+        (
+            late["raised"].as_str(),
+            late["status"].as_u64(),
+            late["code"].as_str()
+        ),
+        (Some("InternalServerError"), Some(504), Some("task_pending")),
+        "{late}"
+    );
+    assert_eq!(late["content"], want_text, "{late}");
+    assert_eq!(late["evidence_task"], late["task"]);
     // A stop string (a space): the same cut as `infer --stop`, verified by the workers' exact match.
     let cut: Value = c.json(&[
         "infer",
