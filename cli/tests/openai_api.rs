@@ -1,7 +1,8 @@
 //! The OpenAI-compatible API end to end, driven by the official `openai` Python package (from
 //! PyPI, in the venv `scripts/openai-venv.sh` makes; `make test` makes it first) against real
 //! processes: nats-server, a coordinator, two smollm2 workers and a minilm worker. A chat
-//! completion equals `aimarket infer --messages` on the same chat (content, token counts),
+//! completion equals `aimarket infer --messages` on the same chat (content, token counts), a
+//! legacy completion `infer --raw` on the same prompt,
 //! streamed too (verified and optimistic); embeddings equal `infer`'s; each error class the
 //! client raises is met, and the store is unchanged after each refusal.
 //!
@@ -121,6 +122,7 @@ fn the_official_openai_client_gets_verified_answers_with_evidence() {
         .any(|m| m["id"] == "minilm"));
 
     chat_equals_infer(&c, &py, &base);
+    completion_equals_infer(&c, &py, &base);
     embeddings_equal_infer(&c, &py, &base, &minilm);
     refusals_change_nothing(&c, &py, &base);
 }
@@ -240,6 +242,35 @@ fn chat_equals_infer(c: &Cluster, py: &PathBuf, base: &str) {
         "optimistic streaming sends the tokens as they come: {}",
         got["optimistic"]
     );
+}
+
+fn completion_equals_infer(c: &Cluster, py: &PathBuf, base: &str) {
+    let prompt = "The capital of France is";
+    let dir = test_support::smollm2_dir();
+    let inferred: Value = c.json(&[
+        "infer",
+        "--model",
+        "smollm2",
+        "--model-dir",
+        dir.to_str().expect("utf8"),
+        "--raw",
+        "--max-new-tokens",
+        "8",
+        prompt,
+    ]);
+    let want = &inferred[0];
+    let got = phase(py, "completion", base, "none", Some(prompt));
+    assert_eq!(got["text"], want["generated_text"], "{got}");
+    let ids = want["token_ids"].as_array().expect("ids").len();
+    assert_eq!(got["completion_tokens"], ids);
+    assert_eq!(
+        got["prompt_tokens"],
+        want["prompt_token_ids"].as_array().expect("ids").len(),
+        "the prompt as it is, no chat template"
+    );
+    assert_eq!(got["token_logprobs"].as_array().map(Vec::len), Some(ids));
+    assert_eq!(got["aimarket"]["verification"], "exact");
+    assert!(got["id"].as_str().is_some_and(|i| i.starts_with("cmpl-")));
 }
 
 fn embeddings_equal_infer(c: &Cluster, py: &PathBuf, base: &str, minilm: &std::path::Path) {

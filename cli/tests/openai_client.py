@@ -175,7 +175,17 @@ def phase_auth(c, _):
     return out
 
 
+def phase_completion(c, prompt):
+    r = c.completions.create(model="smollm2", prompt=prompt, max_tokens=8, logprobs=0,
+                             extra_body=EXTRA)
+    ch = r.choices[0]
+    return {"id": r.id, "text": ch.text, "finish_reason": ch.finish_reason,
+            "completion_tokens": r.usage.completion_tokens, "prompt_tokens": r.usage.prompt_tokens,
+            "token_logprobs": ch.logprobs.token_logprobs, "aimarket": r.model_extra["aimarket"]}
+
+
 PHASES = {"models": phase_models, "chat": phase_chat, "embeddings": phase_embeddings,
+          "completion": phase_completion,
           "errors": phase_errors, "auth": phase_auth}
 
 if __name__ == "__main__":

@@ -16,6 +16,9 @@ pub const TEMPLATE_CHAT: &str = "chat/v1";
 /// The template of `generate` tasks whose text is a whole chat ([`crate::chat::encode`]):
 /// every turn rendered by the model's chat template, the generation prompt added.
 pub const TEMPLATE_MESSAGES: &str = "chat-messages/v1";
+/// The template of `generate` tasks whose text is the prompt itself, fed to the model as it is:
+/// no chat template (OpenAI's legacy `/v1/completions`).
+pub const TEMPLATE_RAW: &str = "raw/v1";
 /// The template of `summarization` tasks: an instruction, then the text.
 pub const TEMPLATE_SUMMARIZE: &str = "summarize/v1";
 /// The template of `translation` tasks: an instruction naming both languages, then the text.
@@ -302,6 +305,8 @@ pub struct SpecRequest<'a> {
     pub seed: Option<u64>,
     /// Whether the text is a whole chat ([`TEMPLATE_MESSAGES`]); `generate` tasks only.
     pub messages: bool,
+    /// Whether the text is fed as it is ([`TEMPLATE_RAW`]); `generate` tasks only.
+    pub raw: bool,
 }
 
 impl SpecRequest<'_> {
@@ -330,14 +335,26 @@ pub fn resolve(
             format!("{task_type} tasks are not generated: they take no generation spec"),
         )
     })?;
-    if req.messages {
+    for (asked, field, other) in [
+        (req.messages, "messages", TEMPLATE_MESSAGES),
+        (req.raw, "raw", TEMPLATE_RAW),
+    ] {
+        if !asked {
+            continue;
+        }
         if template != TEMPLATE_CHAT {
             return Err(ProtocolError::invalid(
-                "messages",
-                format!("only generate tasks take a chat, not {task_type} tasks"),
+                field,
+                format!("only generate tasks take {field}, not {task_type} tasks"),
             ));
         }
-        template = TEMPLATE_MESSAGES;
+        template = other;
+    }
+    if req.messages && req.raw {
+        return Err(ProtocolError::invalid(
+            "raw",
+            "a chat is rendered by the model's template: it cannot also be raw",
+        ));
     }
     let stop = req.stop.map(<[String]>::to_vec).unwrap_or_default();
     crate::chat::validate_stop(&stop)?;
@@ -632,6 +649,23 @@ mod tests {
         assert_eq!(spec.max_new_tokens, DEFAULT_MAX_NEW_TOKENS);
         assert_eq!(spec.stop_ids, vec![2]);
         assert_eq!(spec.source_lang, None);
+    }
+
+    #[test]
+    fn a_chat_or_a_raw_prompt_picks_its_template_on_generate_tasks_only() {
+        let with = |messages, raw| SpecRequest {
+            messages,
+            raw,
+            ..req()
+        };
+        let g = TaskType::generate();
+        let template = |r: &SpecRequest<'_>| resolve(&g, r).expect("spec").template;
+        assert_eq!(template(&with(false, false)), TEMPLATE_CHAT);
+        assert_eq!(template(&with(true, false)), TEMPLATE_MESSAGES);
+        assert_eq!(template(&with(false, true)), TEMPLATE_RAW);
+        assert!(resolve(&g, &with(true, true)).is_err());
+        assert!(resolve(&TaskType::summarization(), &with(false, true)).is_err());
+        assert!(resolve(&TaskType::summarization(), &with(true, false)).is_err());
     }
 
     #[test]

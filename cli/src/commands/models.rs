@@ -110,6 +110,10 @@ pub(crate) struct InferArgs {
     /// turn by the model's chat template, as `task add --messages` and the OpenAI-compatible API.
     #[arg(long, conflicts_with = "texts")]
     messages: Option<std::path::PathBuf>,
+    /// Feed each text to a generative model as it is, without its chat template (implies
+    /// --type generate), as `/v1/completions` does.
+    #[arg(long, conflicts_with = "messages")]
+    raw: bool,
     /// A stop string (repeat for up to 4): the generation ends at the first, its text cut before it.
     #[arg(long)]
     stop: Vec<String>,
@@ -255,6 +259,11 @@ pub(crate) async fn infer(ctx: &Ctx, args: InferArgs) -> anyhow::Result<()> {
             TaskType::generate(),
             vec![protocol::chat::encode(&super::chat_file::read(path)?)],
             Some(protocol::generation::TEMPLATE_MESSAGES.to_owned()),
+        ),
+        (None, _) if args.raw => (
+            TaskType::generate(),
+            args.texts.clone(),
+            Some(protocol::generation::TEMPLATE_RAW.to_owned()),
         ),
         (None, Some(_)) => (TaskType::zero_shot(), args.texts.clone(), None),
         (None, None) => (args.task_type.clone(), args.texts.clone(), None),

@@ -230,6 +230,7 @@ async fn add(ctx: &Ctx, client: &Client, args: AddArgs) -> anyhow::Result<()> {
         messages: None,
         stop: Some(args.stop.clone()).filter(|s| !s.is_empty()),
         seed: args.seed,
+        raw: None,
         task_type,
         required_submissions: args.required,
         max_attempts: args.max_attempts,

@@ -87,28 +87,45 @@ pub(super) fn timed_out(task: &TaskId, wait: Duration) -> OaiError {
 /// The task a request asks for, once the model is known and enough live workers serve it.
 ///
 /// # Errors
-/// 404 for a model this coordinator does not know for chats; 503 when too few live workers
-/// serve it.
+/// As [`prepare`].
 async fn new_task(api: &OpenAi, req: &ChatRequest) -> Result<NewTask, OaiError> {
-    let live = api.live_workers().await?;
-    let generate = TaskType::generate();
-    let card = protocol::generation::card(&req.model)
-        .filter(|c| c.types.contains(&"generate"))
-        .and_then(|c| c.hash.map(|h| (c, h)));
-    let Some((card, hash)) = card else {
-        let known = super::models::generative_names(&live);
-        return Err(OaiError::model_not_found(&req.model, &known));
-    };
-    let required = req.ext.required.unwrap_or(DEFAULT_REQUIRED_SUBMISSIONS);
     let task = NewTask {
-        model: Some(card.name.to_owned()),
         max_new_tokens: req.max_tokens,
         temperature: req.temperature,
         seed: req.temperature.and(req.seed),
         stop: Some(req.stop.clone()).filter(|s| !s.is_empty()),
         verify: req.ext.verify,
-        required_submissions: Some(required),
         ..NewTask::chat(req.messages.clone())
+    };
+    prepare(api, &req.model, req.ext.required, task).await
+}
+
+/// `task` (a `generate` task) pinned to `model` and its `required` answers (3 when absent),
+/// validated, once enough live workers serve the model: nothing is stored.
+///
+/// # Errors
+/// 404 for a model this coordinator does not know for generation; 400/413 for a task out of
+/// bounds; 503 when too few live workers serve the model.
+pub(super) async fn prepare(
+    api: &OpenAi,
+    model: &str,
+    required: Option<u32>,
+    task: NewTask,
+) -> Result<NewTask, OaiError> {
+    let live = api.live_workers().await?;
+    let generate = TaskType::generate();
+    let card = protocol::generation::card(model)
+        .filter(|c| c.types.contains(&"generate"))
+        .and_then(|c| c.hash.map(|h| (c, h)));
+    let Some((card, hash)) = card else {
+        let known = super::models::generative_names(&live);
+        return Err(OaiError::model_not_found(model, &known));
+    };
+    let required = required.unwrap_or(DEFAULT_REQUIRED_SUBMISSIONS);
+    let task = NewTask {
+        model: Some(card.name.to_owned()),
+        required_submissions: Some(required),
+        ..task
     };
     // The task's own bounds (size: 413) come before whether workers could answer it.
     task.validate(api.core.settings().max_text_bytes)?;

@@ -8,12 +8,14 @@
 //!   events, verified (sent once final) or optimistic (the first generator's tokens as they come,
 //!   the verdict last) ([`sse`]). `GET /v1/chat/completions/{id}` fetches one later.
 //! - `POST /v1/embeddings`: one `embedding` task per input, the consensus vectors ([`embeddings`]).
+//! - `POST /v1/completions`: a raw prompt, no chat template, one `generate` task ([`completions`]).
 //!
 //! Thin like the rest of the gateway: requests become `task.add` calls on the same [`Core`] as
 //! the NATS API; waiting listens to the task's events (and its progress, for the prompt's token
 //! count and optimistic streams) on NATS. A refused request adds nothing.
 
 mod chat;
+mod completions;
 mod embeddings;
 mod error;
 mod evidence;
@@ -59,6 +61,7 @@ pub(crate) fn router(core: Core, gateway: Gateway) -> Router {
         .route("/v1/models", get(models::list))
         .route("/v1/chat/completions", post(chat::create))
         .route("/v1/chat/completions/{id}", get(chat::fetch))
+        .route("/v1/completions", post(completions::create))
         .route("/v1/embeddings", post(embeddings::create))
         .with_state(OpenAi {
             core,

@@ -47,6 +47,21 @@ pub(crate) struct ChatRequest {
     pub(crate) ext: Extension,
 }
 
+/// A legacy completion request (`/v1/completions`), checked: one prompt, fed to the model as it
+/// is.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CompletionRequest {
+    pub(crate) model: String,
+    pub(crate) prompt: String,
+    pub(crate) max_tokens: Option<u32>,
+    pub(crate) temperature: Option<f32>,
+    pub(crate) seed: Option<u64>,
+    pub(crate) stop: Vec<String>,
+    pub(crate) logprobs: bool,
+    pub(crate) user: Option<String>,
+    pub(crate) ext: Extension,
+}
+
 /// An embeddings request, checked.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct EmbeddingsRequest {
@@ -113,6 +128,62 @@ pub(crate) fn chat(m: &Map<String, Value>) -> Result<ChatRequest, OaiError> {
         include_usage,
         logprobs,
         top_logprobs,
+        user: string(m, "user")?,
+        ext: extension(m)?,
+    })
+}
+
+/// Reads the fields of a legacy completion request. OpenAI's default `max_tokens` there is 16.
+///
+/// # Errors
+/// 400 naming the first field of the wrong type or out of range, or one not taken (`stream`,
+/// `echo`, `suffix`, `best_of`, several prompts).
+pub(crate) fn completion(m: &Map<String, Value>) -> Result<CompletionRequest, OaiError> {
+    let model = string(m, "model")?.ok_or_else(|| OaiError::bad("model", "model is required"))?;
+    let prompt = match m.get("prompt") {
+        Some(Value::String(p)) if !p.is_empty() => p.clone(),
+        Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => {
+            items[0].as_str().unwrap_or_default().to_owned()
+        }
+        _ => {
+            return Err(OaiError::bad(
+                "prompt",
+                "prompt must be one non-empty string (one prompt a request)",
+            ))
+        }
+    };
+    for (field, why) in [
+        ("stream", "stream /v1/chat/completions instead"),
+        ("echo", "echo is not taken"),
+        ("suffix", "suffix is not taken"),
+    ] {
+        if m.get(field)
+            .is_some_and(|v| !v.is_null() && *v != Value::Bool(false))
+        {
+            return Err(OaiError::bad(field, why));
+        }
+    }
+    if uint(m, "n")?.is_some_and(|n| n != 1) || uint(m, "best_of")?.is_some_and(|n| n != 1) {
+        return Err(OaiError::bad("n", "n and best_of must be 1"));
+    }
+    let max_tokens = match uint(m, "max_tokens")? {
+        None => 16,
+        Some(n) if (1..=u64::from(MAX_NEW_TOKENS)).contains(&n) => n as u32,
+        Some(n) => {
+            return Err(OaiError::bad(
+                "max_tokens",
+                format!("max_tokens is {n}: it must be between 1 and {MAX_NEW_TOKENS}"),
+            ))
+        }
+    };
+    Ok(CompletionRequest {
+        model,
+        prompt,
+        max_tokens: Some(max_tokens),
+        temperature: temperature(m)?,
+        seed: uint(m, "seed")?,
+        stop: stop(m)?,
+        logprobs: uint(m, "logprobs")?.is_some(),
         user: string(m, "user")?,
         ext: extension(m)?,
     })
@@ -527,6 +598,42 @@ mod tests {
             refused(with("aimarket", json!({"timeout_seconds": 0}))),
             "aimarket.timeout_seconds"
         );
+    }
+
+    #[test]
+    fn a_legacy_completion_takes_one_prompt_and_defaults_to_16_tokens() {
+        let c = |v: Value| completion(v.as_object().expect("object"));
+        let one = c(json!({"model": "smollm2", "prompt": "Once", "stop": "\n", "logprobs": 0}))
+            .expect("valid");
+        assert_eq!((one.prompt.as_str(), one.max_tokens), ("Once", Some(16)));
+        assert_eq!(one.stop, vec!["\n".to_owned()]);
+        assert!(one.logprobs);
+        let listed =
+            c(json!({"model": "smollm2", "prompt": ["Once"], "max_tokens": 4})).expect("valid");
+        assert_eq!(
+            (listed.prompt.as_str(), listed.max_tokens),
+            ("Once", Some(4))
+        );
+        for (bad, param) in [
+            (json!({"model": "smollm2"}), "prompt"),
+            (json!({"model": "smollm2", "prompt": ["a", "b"]}), "prompt"),
+            (
+                json!({"model": "smollm2", "prompt": "a", "stream": true}),
+                "stream",
+            ),
+            (
+                json!({"model": "smollm2", "prompt": "a", "echo": true}),
+                "echo",
+            ),
+            (json!({"model": "smollm2", "prompt": "a", "n": 2}), "n"),
+            (
+                json!({"model": "smollm2", "prompt": "a", "max_tokens": 0}),
+                "max_tokens",
+            ),
+        ] {
+            let e = c(bad.clone()).expect_err("refused");
+            assert_eq!(e.param.as_deref(), Some(param), "{bad}");
+        }
     }
 
     #[test]

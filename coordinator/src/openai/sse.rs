@@ -16,7 +16,7 @@ use super::evidence::{self, Answer};
 use super::request::ChatRequest;
 use super::wait::{NotFinal, Seen, Watch};
 use super::OpenAi;
-use axum::response::sse::{Event, Sse};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::channel::mpsc::{unbounded, UnboundedSender};
 use protocol::chat::Progress;
@@ -116,7 +116,11 @@ pub(crate) fn respond(api: OpenAi, req: ChatRequest, watch: Watch, deadline: Ins
         logprobs: req.logprobs,
     };
     tokio::spawn(run(api, chunks, req.ext.optimistic, watch, deadline, tx));
-    Sse::new(rx).into_response()
+    // Comment lines while nothing else is sent (a verified stream waits for its quorum), so
+    // proxies keep the connection; clients skip them.
+    Sse::new(rx)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(10)))
+        .into_response()
 }
 
 fn send(tx: &UnboundedSender<Result<Event, Infallible>>, v: &Value) {

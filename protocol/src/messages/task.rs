@@ -28,6 +28,9 @@ pub struct NewTask {
     /// The sampling seed, with `temperature` (the coordinator picks one when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Feed the text to the model as it is, without its chat template (`generate` tasks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<bool>,
     /// Its type (default `sentiment`).
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub task_type: Option<TaskType>,
@@ -92,6 +95,7 @@ impl NewTask {
             messages: None,
             stop: None,
             seed: None,
+            raw: None,
             task_type: None,
             required_submissions: None,
             max_attempts: None,
@@ -161,6 +165,7 @@ impl NewTask {
             stop: self.stop.as_deref(),
             seed: self.seed,
             messages: self.messages.is_some(),
+            raw: self.raw == Some(true),
         }
     }
 
@@ -182,7 +187,7 @@ impl NewTask {
                     "type",
                     format!(
                         "{task_type} tasks are not generated: model, max_new_tokens, stop_ids, \
-                         languages, temperature, seed, stop, messages and verify are for generate, \
+                         languages, temperature, seed, stop, messages, raw and verify are for generate, \
                          summarization and \
                          translation tasks"
                     ),

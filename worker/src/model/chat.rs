@@ -267,6 +267,9 @@ impl ChatModel {
     /// [`ModelError::Unsupported`] for a type it cannot do; the template's error.
     pub fn prompt(&self, input: &Input) -> Result<String, ModelError> {
         input.check_template()?;
+        if input.template.as_deref() == Some(protocol::generation::TEMPLATE_RAW) {
+            return Ok(input.text.clone());
+        }
         if input.is_chat() {
             let chat =
                 protocol::chat::decode(&input.text).map_err(|e| ModelError::Inference(e.into()))?;

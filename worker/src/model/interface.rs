@@ -100,7 +100,13 @@ impl Input {
         let current = protocol::generation::template_of(&self.task_type);
         let chat = current == Some(protocol::generation::TEMPLATE_CHAT);
         match &self.template {
-            Some(t) if chat && t == protocol::generation::TEMPLATE_MESSAGES => Ok(()),
+            Some(t)
+                if chat
+                    && (t == protocol::generation::TEMPLATE_MESSAGES
+                        || t == protocol::generation::TEMPLATE_RAW) =>
+            {
+                Ok(())
+            }
             Some(t) if Some(t.as_str()) != current => Err(ModelError::Inference(
                 format!(
                     "template {t:?} is not one this worker renders for {} tasks ({})",
