@@ -1196,9 +1196,9 @@ mod tests {
         let mut conn = server.fresh();
         let t = add(&mut conn, 0, NewTask::text("x"));
         let l = take(&mut conn, 1, "a").remove(0);
-        let mut other = postgres::Client::connect(server.url(), postgres::NoTls).expect("connect");
-        let mut sweep = other.transaction().expect("tx");
-        expire_elsewhere(&mut sweep, &l.lease_id, &t);
+        let mut other = test_support::PgClient::connect(server.url());
+        let sweep = other.transaction().expect("tx");
+        expire_elsewhere(&sweep, &l.lease_id, &t);
         let voter = std::thread::spawn(move || {
             let mut c = ctx(3);
             let r = conn.write(|db| run(db, &mut c, &t, answer(&l, "a", "positive", 0.9)));

@@ -1,11 +1,12 @@
 //! PostgreSQL's side of the store: its statements where they differ from SQLite's.
 
+mod conn;
 mod exec;
 mod pipe;
 pub(crate) mod store;
 pub(crate) mod vote;
 
-pub(crate) use exec::{pg_value, Pg, StmtCache};
+pub(crate) use exec::{pg_value, StmtCache};
 pub(crate) use pipe::PgPipe;
 pub(crate) use store::{PgStore, Timeouts, Writer, SWEEP_LOCK};
 
