@@ -28,6 +28,7 @@ mod metrics;
 mod nats;
 mod ops;
 mod store;
+pub mod truth;
 
 pub use crate::api::{Effect, Settings};
 pub use crate::auth::{Auth, Unprotected};

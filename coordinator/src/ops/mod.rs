@@ -12,6 +12,7 @@ pub(crate) mod leaderboard;
 pub(crate) mod lease;
 #[cfg(test)]
 mod policy_tests;
+pub(crate) mod posterior;
 pub(crate) mod release;
 pub(crate) mod reset;
 pub(crate) mod starved;

@@ -268,6 +268,10 @@ fn complete(
     } else if task.task_type.is_vector() {
         let threshold = task.similarity.unwrap_or(DEFAULT_SIMILARITY);
         decide::vectors(tx, ctx, task, threshold)? == Outcome::Decided
+    } else if task.vote.policy == protocol::policy::Policy::Posterior {
+        let (outcome, label) = super::posterior::decide(tx, ctx, task)?;
+        final_label = label;
+        outcome == Outcome::Decided
     } else {
         let answers = votes.map(|votes| decide::with_vote(votes, sub));
         let (outcome, label) = decide::label(tx, ctx, task, answers)?;

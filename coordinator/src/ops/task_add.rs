@@ -82,7 +82,10 @@ fn row(ctx: &Ctx, task: NewTask) -> Result<TaskInsert, CoreError> {
         .or_else(|| task.model_hash.clone());
     // Validated above. Generative tasks keep the majority rule's shape (they are decided
     // by exact match and cross-scoring, not by this rule).
-    let rule = task.vote_rule()?;
+    let rule = task.vote_rule_with(
+        Some(ctx.settings.label_policy),
+        Some(ctx.settings.posterior_threshold),
+    )?;
     let distinct_models = rule.is_some()
         && model_hash.is_none()
         && task
@@ -123,6 +126,7 @@ fn row(ctx: &Ctx, task: NewTask) -> Result<TaskInsert, CoreError> {
         max_answers: rule.map_or(asked.max(required), |r| r.max_answers),
         distinct_models,
         gold: None,
+        threshold: rule.and_then(|r| r.threshold),
     })
 }
 

@@ -168,7 +168,8 @@ impl PgServer {
         session
             .batch_execute(
                 "TRUNCATE task, lease, submission, worker, worker_score, worker_token,
-                 verification, gold, gold_answer, task_batch, health_probe, score_delta, lease_cursor
+                 verification, gold, gold_answer, task_batch, health_probe, score_delta, lease_cursor,
+                 calibration
                  RESTART IDENTITY CASCADE",
             )
             .expect("truncate");

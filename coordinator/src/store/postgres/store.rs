@@ -96,6 +96,25 @@ const MIGRATIONS: &[&str] = &[
                              ADD COLUMN traps_missed BIGINT NOT NULL DEFAULT 0,
                              ADD COLUMN gold_answered BIGINT NOT NULL DEFAULT 0,
                              ADD COLUMN gold_right BIGINT NOT NULL DEFAULT 0;",
+    // The posterior policy (see the SQLite migration of the same name): thresholds, posteriors,
+    // weights, lone finalizations, the trust reset, and the calibration counts.
+    "ALTER TABLE task ADD COLUMN threshold DOUBLE PRECISION,
+                     ADD COLUMN posterior DOUBLE PRECISION,
+                     ADD COLUMN lone_worker TEXT;
+     CREATE INDEX task_lone_worker ON task (lone_worker) WHERE lone_worker IS NOT NULL;
+     ALTER TABLE submission ADD COLUMN weight DOUBLE PRECISION;
+     ALTER TABLE worker ADD COLUMN caught_at BIGINT;
+     CREATE TABLE calibration (
+         model_hash TEXT             NOT NULL,
+         type       TEXT             NOT NULL,
+         label      TEXT             NOT NULL,
+         bin        BIGINT           NOT NULL,
+         answered   BIGINT           NOT NULL,
+         correct    BIGINT           NOT NULL,
+         conf_sum   DOUBLE PRECISION NOT NULL,
+         sq_err     DOUBLE PRECISION NOT NULL,
+         PRIMARY KEY (model_hash, type, label, bin)
+     );",
 ];
 
 /// The session settings of every connection.

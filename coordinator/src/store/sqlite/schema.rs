@@ -282,6 +282,30 @@ ALTER TABLE score_delta ADD COLUMN traps_missed INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE score_delta ADD COLUMN gold_answered INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE score_delta ADD COLUMN gold_right INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+-- The posterior policy (store::tx::truth): the posterior a task needs and the one its answers
+-- last reached; each answer's weight (the log-odds that it is right, as calibrated); the worker
+-- whose lone answer finalized a task unchecked (re-replicated if that worker is caught wrong);
+-- when a worker was last caught wrong while trusted (its record starts over then). And each
+-- model content's gold record by task type, label and confidence bin: the calibration.
+ALTER TABLE task ADD COLUMN threshold REAL;
+ALTER TABLE task ADD COLUMN posterior REAL;
+ALTER TABLE task ADD COLUMN lone_worker TEXT;
+CREATE INDEX task_lone_worker ON task (lone_worker) WHERE lone_worker IS NOT NULL;
+ALTER TABLE submission ADD COLUMN weight REAL;
+ALTER TABLE worker ADD COLUMN caught_at INTEGER;
+CREATE TABLE calibration (
+    model_hash TEXT    NOT NULL,
+    type       TEXT    NOT NULL,
+    label      TEXT    NOT NULL,
+    bin        INTEGER NOT NULL,
+    answered   INTEGER NOT NULL,
+    correct    INTEGER NOT NULL,
+    conf_sum   REAL    NOT NULL,
+    sq_err     REAL    NOT NULL,
+    PRIMARY KEY (model_hash, type, label, bin)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// Tables of one connection (`temp`, in memory, gone when it closes), created when it opens.
