@@ -215,7 +215,7 @@ pub(crate) fn dump(conn: &dyn Sql) -> String {
 /// property test checks them after every step. (A lease cursor is checked on SQLite alone, where
 /// cursors are exact.)
 pub(crate) fn invariants(conn: &TestStore) -> Vec<(&'static str, i64)> {
-    let broken: [(&str, &str); 19] = [
+    let broken: [(&str, &str); 21] = [
         ("counter of live leases", "SELECT COUNT(*) FROM task t WHERE active_leases != (SELECT COUNT(*) FROM lease l WHERE l.task_id = t.id AND l.state = 'active')"),
         ("counter of submissions", "SELECT COUNT(*) FROM task t WHERE submissions != (SELECT COUNT(*) FROM submission s WHERE s.task_id = t.id)"),
         ("more slots taken than required", "SELECT COUNT(*) FROM task WHERE active_leases + submissions > required"),
@@ -235,6 +235,9 @@ pub(crate) fn invariants(conn: &TestStore) -> Vec<(&'static str, i64)> {
         ("a gold answer voted", "SELECT COUNT(*) FROM submission s JOIN task t ON t.id = s.task_id WHERE t.gold IS NOT NULL AND s.agreed IS NOT NULL"),
         ("gold answers not counted", "SELECT (SELECT COALESCE(SUM(gold_answered), 0) FROM worker_score) + (SELECT COALESCE(SUM(gold_answered), 0) FROM score_delta) != (SELECT COUNT(*) FROM gold_answer)
             OR (SELECT COUNT(*) FROM gold_answer) != (SELECT COUNT(*) FROM submission s JOIN task t ON t.id = s.task_id WHERE t.gold IS NOT NULL)"),
+        ("finalized below its threshold", "SELECT COUNT(*) FROM task WHERE status = 'finalized' AND policy = 'posterior' AND gold IS NULL
+            AND (posterior IS NULL OR posterior < threshold OR final_confidence IS DISTINCT FROM posterior)"),
+        ("a lone decision not lone", "SELECT COUNT(*) FROM task WHERE lone_worker IS NOT NULL AND (status != 'finalized' OR submissions != 1)"),
         // `assigned` is derived from the live leases, never stored.
         ("assigned stored", "SELECT COUNT(*) FROM task WHERE status = 'assigned'"),
         ("failed early or still leased", "SELECT COUNT(*) FROM task WHERE status = 'failed' AND ((failure_reason = 'max_attempts' AND attempts < max_attempts) OR failure_reason IS NULL OR active_leases != 0)"),

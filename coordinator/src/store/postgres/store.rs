@@ -100,7 +100,10 @@ const MIGRATIONS: &[&str] = &[
     // weights, lone finalizations, the trust reset, and the calibration counts.
     "ALTER TABLE task ADD COLUMN threshold DOUBLE PRECISION,
                      ADD COLUMN posterior DOUBLE PRECISION,
-                     ADD COLUMN lone_worker TEXT;
+                     ADD COLUMN lone_worker TEXT,
+                     DROP CONSTRAINT task_policy_check,
+                     ADD CONSTRAINT task_policy_check
+                         CHECK (policy IN ('quorum', 'majority', 'posterior'));
      CREATE INDEX task_lone_worker ON task (lone_worker) WHERE lone_worker IS NOT NULL;
      ALTER TABLE submission ADD COLUMN weight DOUBLE PRECISION;
      ALTER TABLE worker ADD COLUMN caught_at BIGINT;
