@@ -212,10 +212,11 @@ pub(crate) fn check(
     };
     let labelled = !task.task_type.is_generative() && !task.task_type.is_vector();
     let model = sub.model_hash().or(sub.model()).unwrap_or_default();
-    // A trusted worker caught wrong by gold loses its trust (judged before this answer counts).
+    // A trusted worker that this wrong answer costs its trust is caught (judged before the
+    // answer is recorded).
     let caught = labelled && !correct && {
         let classes = task.labels.as_ref().map_or(2, |l| l.len().max(2));
-        super::posterior::is_trusted(tx, sub.worker_id(), model, &task.task_type, classes)?
+        super::posterior::caught_if_wrong(tx, sub.worker_id(), model, &task.task_type, classes)?
     };
     if labelled {
         tx.record_calibration(model, &task.task_type, &given, sub.confidence(), correct)?;

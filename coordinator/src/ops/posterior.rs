@@ -2,8 +2,9 @@
 //! content's calibration on gold (and its worker's own record when worse), the labels' posterior
 //! pooled, the task decided once the best label's reaches its threshold, or one more replica
 //! leased, up to `max_answers`. A lone answer decides only when its worker has earned trust and
-//! no spot check falls on it; a trusted worker caught wrong (by gold or by a replicated task)
-//! loses its record and the tasks its lone answers decided open again for one more answer.
+//! no spot check falls on it. A trusted worker whose wrong answer (by gold, or against the
+//! decision of a replicated task) costs it that trust is caught: its record starts over and
+//! the tasks its lone answers decided open again for one more answer.
 
 use super::decide::{counted, finished, undecided, Final};
 use super::Ctx;
@@ -18,10 +19,12 @@ use protocol::messages::TaskEvent;
 use protocol::policy::SENTIMENT_LABELS;
 use protocol::{TaskId, TaskStatus, TaskType, WorkerId};
 
-/// One answer as believed: the probability that it is right, and whether its worker is trusted.
+/// One answer as believed: the probability that it is right, whether its worker is trusted,
+/// and whether one more wrong answer would cost it that trust (it is then caught).
 struct Belief {
     p: f64,
     trusted: bool,
+    caught_if_wrong: bool,
 }
 
 /// Decides label task `task` under the posterior policy, once its `required` answers are in:
@@ -84,7 +87,7 @@ pub(crate) fn decide(
     tx.set_posterior(&task.id, posterior, lone.map(|(a, _)| &a.worker))?;
     tx.decide_label(&task.id, &best, posterior, ctx.now)?;
     for (a, b) in answers.iter().zip(&beliefs) {
-        if a.label != best && b.trusted {
+        if a.label != best && b.caught_if_wrong {
             caught(tx, ctx, &a.worker)?;
         }
     }
@@ -125,17 +128,20 @@ fn belief(
         record,
         classes,
     );
+    let trusted = truth::trusted(record, model, classes);
     Ok(Belief {
         p,
-        trusted: truth::trusted(record, model, classes),
+        trusted,
+        caught_if_wrong: trusted && !truth::trusted(record.with_wrong(), model, classes),
     })
 }
 
-/// Whether `worker`, answering on model content `model` of `task_type`, is trusted now.
+/// Whether `worker`, answering on model content `model` of `task_type`, is trusted now and
+/// one more wrong answer would cost it that trust: a wrong answer then catches it.
 ///
 /// # Errors
 /// The store's.
-pub(crate) fn is_trusted(
+pub(crate) fn caught_if_wrong(
     tx: &dyn Tx,
     worker: &WorkerId,
     model: &str,
@@ -147,7 +153,9 @@ pub(crate) fn is_trusted(
         || Calibration::default().accuracy(classes),
         |c| c.accuracy(classes),
     );
-    Ok(truth::trusted(tx.gold_record(worker)?, model, classes))
+    let record = tx.gold_record(worker)?;
+    Ok(truth::trusted(record, model, classes)
+        && !truth::trusted(record.with_wrong(), model, classes))
 }
 
 /// A trusted worker caught wrong: its record starts over, and each task its lone answer decided

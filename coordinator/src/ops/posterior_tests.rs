@@ -213,10 +213,10 @@ fn a_split_short_of_the_threshold_at_max_answers_fails(mut conn: TestStore) {
 fn a_trusted_lone_answer_decides_and_a_caught_worker_is_replicated(mut conn: TestStore) {
     let good = hash('a');
     calibrate(&mut conn, &good, 0.97, 97, 3);
-    // Two lone tasks: "t" has earned trust (ten gold answers right), so each is decided by its
-    // one answer; "u" has not, so its task asks for another.
+    // Two lone tasks: "t" has earned trust (five gold answers right: just enough), so each is
+    // decided by its one answer; "u" has not, so its task asks for another.
     take(&mut conn, 1, "t");
-    gold_record(&mut conn, "t", 10, 1);
+    gold_record(&mut conn, "t", 5, 1);
     let lone: Vec<TaskId> = (0..2)
         .map(|_| add(&mut conn, 2, posterior(1, 0.9)))
         .collect();
@@ -253,8 +253,9 @@ fn a_trusted_lone_answer_decides_and_a_caught_worker_is_replicated(mut conn: Tes
         "an untrusted worker's lone answer does not decide"
     );
 
-    // A replicated task where "t" is outvoted: caught. Its record starts over, its lone
-    // decisions open again for one more answer, their points taken back.
+    // A replicated task where "t" is outvoted: one wrong answer takes it below the bound, so
+    // it is caught. Its record starts over, its lone decisions open again for one more answer,
+    // their points taken back.
     let checked = add(&mut conn, 20, posterior(3, 0.8));
     let mut leases = Vec::new();
     for w in ["t", "v", "w"] {
@@ -325,6 +326,102 @@ fn a_trusted_lone_answer_decides_and_a_caught_worker_is_replicated(mut conn: Tes
     assert!(r.finalized);
 }
 
+fn a_wrong_gold_answer_catches_a_trusted_worker(mut conn: TestStore) {
+    let good = hash('a');
+    calibrate(&mut conn, &good, 0.97, 97, 3);
+    take(&mut conn, 1, "t");
+    gold_record(&mut conn, "t", 5, 1);
+    let lone = add(&mut conn, 2, posterior(1, 0.9));
+    let l = take(&mut conn, 3, "t").remove(0);
+    assert!(
+        send(
+            &mut conn,
+            4,
+            &lone,
+            from_model(&l, "t", "positive", 0.97, &good)
+        )
+        .0
+        .expect("t")
+        .finalized
+    );
+    let item = protocol::policy::GoldItem::sentiment("a known positive", true);
+    conn.write(|tx| {
+        gold::add(
+            tx,
+            &mut ctx(5),
+            protocol::policy::GoldAddRequest { items: vec![item] },
+        )
+    })
+    .expect("gold");
+    // Gold rides along in place of a real task the walk finds.
+    add(&mut conn, 5, NewTask::text("open"));
+    let all_gold = Settings {
+        gold_rate: 1.0,
+        ..settings()
+    };
+    let g = conn
+        .write(|tx| lease::run(tx, &mut Ctx::new(6, all_gold), lease_req("t", 1)))
+        .expect("lease")
+        .leases
+        .remove(0);
+    let (r, fx) = send(
+        &mut conn,
+        7,
+        &g.task_id,
+        from_model(&g, "t", "negative", 0.97, &good),
+    );
+    r.expect("a gold answer");
+    let task = load_task(&*conn.tx(), &lone).expect("task");
+    assert_eq!(
+        task.view_status(),
+        TaskStatus::Inconclusive,
+        "caught by gold: its lone decision is replicated"
+    );
+    assert!(fx.iter().any(|e| matches!(e, Effect::Announce(_))));
+    assert_eq!(points(&conn, "t"), 0);
+}
+
+fn a_worker_well_above_the_bound_is_not_caught_by_one_error(mut conn: TestStore) {
+    let good = hash('a');
+    calibrate(&mut conn, &good, 0.97, 97, 3);
+    take(&mut conn, 1, "t");
+    gold_record(&mut conn, "t", 20, 1);
+    let lone = add(&mut conn, 2, posterior(1, 0.9));
+    let l = take(&mut conn, 3, "t").remove(0);
+    assert!(
+        send(
+            &mut conn,
+            4,
+            &lone,
+            from_model(&l, "t", "positive", 0.97, &good)
+        )
+        .0
+        .expect("t")
+        .finalized
+    );
+    let checked = add(&mut conn, 5, posterior(3, 0.8));
+    for (w, label) in [("t", "negative"), ("v", "positive"), ("w", "positive")] {
+        let l = lease(&mut conn, 6, lease_req(w, 4)).leases;
+        let l = l
+            .iter()
+            .find(|l| l.task_id == checked)
+            .expect("checked task");
+        send(&mut conn, 7, &checked, from_model(l, w, label, 0.97, &good))
+            .0
+            .expect(w);
+    }
+    let task = load_task(&*conn.tx(), &lone).expect("task");
+    assert_eq!(
+        task.status,
+        TaskStatus::Finalized,
+        "one error of a long clean record"
+    );
+    assert_eq!(
+        conn.tx().gold_record(&wid("t")).expect("record").answered,
+        20
+    );
+}
+
 fn a_spot_check_sends_a_trusted_lone_answer_to_another_replica(mut conn: TestStore) {
     let good = hash('a');
     calibrate(&mut conn, &good, 0.97, 97, 3);
@@ -392,6 +489,8 @@ crate::ops::testing::on_both_engines!(
     an_untrusted_lone_answer_asks_for_another,
     a_split_short_of_the_threshold_at_max_answers_fails,
     a_trusted_lone_answer_decides_and_a_caught_worker_is_replicated,
+    a_wrong_gold_answer_catches_a_trusted_worker,
+    a_worker_well_above_the_bound_is_not_caught_by_one_error,
     a_spot_check_sends_a_trusted_lone_answer_to_another_replica,
     posterior_is_for_label_tasks_and_bounds_are_refused,
 );
