@@ -250,13 +250,27 @@ pub fn weight(p: f64, classes: usize) -> f64 {
     (p * (k - 1.0) / (1.0 - p)).ln()
 }
 
-/// One counted answer: its label and the probability that it is right.
+/// One counted answer: its label, the probability that it is right, and its share of its
+/// model content's say.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Believed<'a> {
     /// What it answered.
     pub label: &'a str,
     /// How likely that is right.
     pub p: f64,
+    /// `1 / n` when `n` answers of the task came from the same model content: a deterministic
+    /// model gives every worker that runs it the same answer, so its copies are one piece of
+    /// evidence, not `n` (and a worker that departs from its model's answer is outweighed by
+    /// the others there).
+    pub share: f64,
+}
+
+/// Each answer's share of its group's say: `1 / n` for a group of `n` (see [`Believed`]).
+pub fn shares<K: PartialEq>(groups: &[K]) -> Vec<f64> {
+    groups
+        .iter()
+        .map(|g| 1.0 / groups.iter().filter(|h| *h == g).count() as f64)
+        .collect()
 }
 
 /// The posterior of each label among `labels` (the answers' labels added when missing) given
@@ -278,11 +292,12 @@ pub fn posterior(answers: &[Believed<'_>], labels: &[&str], classes: usize) -> V
             answers
                 .iter()
                 .map(|a| {
-                    if a.label == *label {
-                        a.p.ln()
-                    } else {
-                        ((1.0 - a.p) / (k - 1.0)).ln()
-                    }
+                    a.share
+                        * if a.label == *label {
+                            a.p.ln()
+                        } else {
+                            ((1.0 - a.p) / (k - 1.0)).ln()
+                        }
                 })
                 .sum()
         })
@@ -293,7 +308,7 @@ pub fn posterior(answers: &[Believed<'_>], labels: &[&str], classes: usize) -> V
     let unseen = (k as usize).saturating_sub(all.len()) as f64;
     let unseen_each = answers
         .iter()
-        .map(|a| ((1.0 - a.p) / (k - 1.0)).ln())
+        .map(|a| a.share * ((1.0 - a.p) / (k - 1.0)).ln())
         .sum::<f64>();
     let z = exp.iter().sum::<f64>() + unseen * (unseen_each - top).exp();
     let mut out: Vec<(String, f64)> = all
@@ -396,14 +411,17 @@ mod tests {
             Believed {
                 label: "positive",
                 p: 0.6,
+                share: 1.0,
             },
             Believed {
                 label: "positive",
                 p: 0.6,
+                share: 1.0,
             },
             Believed {
                 label: "negative",
                 p: 0.95,
+                share: 1.0,
             },
         ];
         let post = posterior(&answers, &["negative", "positive"], 2);
@@ -413,8 +431,29 @@ mod tests {
     }
 
     #[test]
+    fn copies_of_one_model_count_once() {
+        let copy = Believed {
+            label: "positive",
+            p: 0.8,
+            share: 1.0 / 3.0,
+        };
+        let three = posterior(&[copy; 3], &["negative", "positive"], 2);
+        let one = posterior(
+            &[Believed { share: 1.0, ..copy }],
+            &["negative", "positive"],
+            2,
+        );
+        assert!((three[0].1 - one[0].1).abs() < 1e-12, "{three:?} {one:?}");
+        assert_eq!(shares(&["a", "b", "a"]), [0.5, 1.0, 0.5]);
+    }
+
+    #[test]
     fn unseen_labels_keep_their_share() {
-        let answers = [Believed { label: "a", p: 0.5 }];
+        let answers = [Believed {
+            label: "a",
+            p: 0.5,
+            share: 1.0,
+        }];
         let post = posterior(&answers, &["a"], 3);
         // p = 0.5 for "a", 0.25 for each of the two others nobody named.
         assert!((post[0].1 - 0.5).abs() < 1e-9, "{post:?}");
@@ -455,7 +494,7 @@ mod tests {
         #[test]
         fn posteriors_are_distributions(ps in proptest::collection::vec((0usize..3, 0.34f64..0.99), 1..7)) {
             let labels = ["a", "b", "c"];
-            let answers: Vec<Believed<'_>> = ps.iter().map(|(l, p)| Believed { label: labels[*l], p: *p }).collect();
+            let answers: Vec<Believed<'_>> = ps.iter().map(|(l, p)| Believed { label: labels[*l], p: *p, share: 1.0 }).collect();
             let post = posterior(&answers, &labels, 3);
             let sum: f64 = post.iter().map(|(_, p)| p).sum();
             prop_assert!((sum - 1.0).abs() < 1e-9);
@@ -468,7 +507,7 @@ mod tests {
         fn an_always_wrong_worker_weighs_nothing(p in 0.5f64..0.99, n in 5u64..200) {
             let own = for_worker(p, 0.8, Record { answered: n, right: 0 }, 2);
             prop_assert!(weight(own, 2).abs() < 1e-9);
-            let post = posterior(&[Believed { label: "positive", p: own }], &["negative", "positive"], 2);
+            let post = posterior(&[Believed { label: "positive", p: own, share: 1.0 }], &["negative", "positive"], 2);
             prop_assert!(post[0].1 <= 0.5 + 1e-9);
         }
 
@@ -476,8 +515,8 @@ mod tests {
         #[test]
         fn an_honest_calibrated_majority_wins(p in 0.55f64..0.99, yes in 0usize..6, no in 0usize..6) {
             prop_assume!(yes != no);
-            let mut answers = vec![Believed { label: "positive", p }; yes];
-            answers.extend(vec![Believed { label: "negative", p }; no]);
+            let mut answers = vec![Believed { label: "positive", p, share: 1.0 }; yes];
+            answers.extend(vec![Believed { label: "negative", p, share: 1.0 }; no]);
             let post = posterior(&answers, &["negative", "positive"], 2);
             let want = if yes > no { "positive" } else { "negative" };
             prop_assert_eq!(post[0].0.as_str(), want);

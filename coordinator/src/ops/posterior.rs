@@ -1,6 +1,6 @@
 //! The posterior policy's decision (see [`crate::truth`]): each answer weighed by its model
-//! content's calibration on gold (and its worker's own record when worse), the labels' posterior
-//! pooled, the task decided once the best label's reaches its threshold, or one more replica
+//! content's calibration on gold (and its worker's own record when worse), copies of one model
+//! content counted as one, the labels' posterior pooled, the task decided once the best label's reaches its threshold, or one more replica
 //! leased, up to `max_answers`. A lone answer decides only when its worker has earned trust and
 //! no spot check falls on it. A trusted worker whose wrong answer (by gold, or against the
 //! decision of a replicated task) costs it that trust is caught: its record starts over and
@@ -44,12 +44,27 @@ pub(crate) fn decide(
         .iter()
         .map(|a| belief(tx, a, calibrations.get(&a.model), classes))
         .collect::<Result<Vec<_>, CoreError>>()?;
+    // Copies of one model content are one piece of evidence (an answer without a model name
+    // is its worker's alone).
+    let groups: Vec<String> = answers
+        .iter()
+        .map(|a| {
+            if a.model.is_empty() {
+                format!("worker {}", a.worker)
+            } else {
+                a.model.clone()
+            }
+        })
+        .collect();
+    let shares = truth::shares(&groups);
     let believed: Vec<Believed<'_>> = answers
         .iter()
         .zip(&beliefs)
-        .map(|(a, b)| Believed {
+        .zip(&shares)
+        .map(|((a, b), share)| Believed {
             label: &a.label,
             p: b.p,
+            share: *share,
         })
         .collect();
     let label_refs: Vec<&str> = labels.iter().map(String::as_str).collect();
@@ -58,7 +73,8 @@ pub(crate) fn decide(
     let weights: Vec<(i64, f64)> = answers
         .iter()
         .zip(&beliefs)
-        .map(|(a, b)| (a.id, truth::weight(b.p, classes)))
+        .zip(&shares)
+        .map(|((a, b), share)| (a.id, share * truth::weight(b.p, classes)))
         .collect();
     tx.set_weights(&weights)?;
     let threshold = task
