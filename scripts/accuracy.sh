@@ -16,6 +16,7 @@
 # counting the tasks it did not finalize as wrong, and the mean answers per task.
 #
 # Usage: scripts/accuracy.sh [N] [G] [THRESHOLD]   (defaults 200, 200, 0.8)
+#        ACCURACY_OUT=DIR keeps the tasks' details (JSON) and the sentences there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-200}
@@ -31,6 +32,10 @@ pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    # ACCURACY_OUT=DIR keeps every task's detail and the sentences, for a look afterwards.
+    if [ -n "${ACCURACY_OUT:-}" ]; then
+        mkdir -p "$ACCURACY_OUT" && cp "$tmp"/*.json "$tmp"/*.tsv "$tmp"/*.md "$ACCURACY_OUT"/ 2>/dev/null || true
+    fi
     rm -rf "$tmp"
 }
 trap cleanup EXIT
