@@ -81,7 +81,8 @@ impl Drop for Driver {
 
 #[test]
 fn the_dashboard_shows_a_task_finalize_without_a_reload() {
-    let mut c = Cluster::start(&[]);
+    // Gold rides along in half the slots once there is any (the calibration check at the end).
+    let mut c = Cluster::start(&[("AIMARKET_GOLD_RATE", "0.5")]);
     for w in ["alice", "bob", "carole"] {
         c.start_worker(w, &[]);
     }
@@ -136,9 +137,10 @@ fn the_dashboard_shows_a_task_finalize_without_a_reload() {
 
     let http = reqwest::blocking::Client::new();
     // POST /tasks; the new task's id.
+    let base = c.http.clone();
     let add = |task: Value| -> String {
         let r: Value = http
-            .post(format!("{}/tasks", c.http))
+            .post(format!("{base}/tasks"))
             .json(&task)
             .send()
             .expect("add task")
@@ -349,6 +351,58 @@ fn the_dashboard_shows_a_task_finalize_without_a_reload() {
     assert_eq!(
         (status, &bad["error"]["code"]),
         (400, &json!("malformed_request"))
+    );
+    // Gold, and posterior tasks it rides along with: the lexicon's calibration on gold is
+    // drawn (a reliability diagram), and a posterior task shows its posterior and weights.
+    let gold = c.dir.path().join("gold.tsv");
+    let items: Vec<String> = (0..20)
+        .map(|i| {
+            format!(
+                "g{i}\t{}\tgold sentence {i} is {}",
+                if i % 2 == 0 { 2.5 } else { -2.5 },
+                if i % 2 == 0 {
+                    "wonderful and great"
+                } else {
+                    "awful and terrible"
+                }
+            )
+        })
+        .collect();
+    std::fs::write(&gold, items.join("\n")).expect("gold file");
+    let out = c.cli(&["gold", "add", "--file", gold.to_str().expect("utf8")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut posterior_id = String::new();
+    for i in 0..10 {
+        posterior_id = add(json!({"text": format!("A great, happy day number {i}"),
+            "policy": "posterior", "threshold": 0.75}));
+    }
+    let probe = "const svg = document.querySelector('#models tr[data-model=\"lexicon/vader\"] svg.reliability'); \
+         return svg ? [String(svg.querySelectorAll('circle').length), svg.outerHTML] : null;";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let found = script(probe);
+        if found.as_array().is_some_and(|f| f[0] != "0") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no reliability diagram for the lexicon: {found}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let probe = format!(
+        "const row = document.querySelector('[data-task=\"{posterior_id}\"]'); \
+         return row ? [row.dataset.status, row.textContent] : null;"
+    );
+    let row = until(&probe, "finalized", "showed the posterior task finalized");
+    let text = row[1].as_str().expect("row text");
+    assert!(
+        text.contains("(posterior ") && text.contains("weight "),
+        "{text}"
     );
 
     let png = driver.call(reqwest::Method::GET, &s("/screenshot"), None);

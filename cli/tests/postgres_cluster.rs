@@ -99,8 +99,8 @@ impl Scale {
         );
     }
 
-    fn db(&self) -> postgres::Client {
-        postgres::Client::connect(&self.pg.url(), postgres::NoTls).expect("connect")
+    fn db(&self) -> test_support::PgClient {
+        test_support::PgClient::connect(&self.pg.url())
     }
 
     fn count(&self, sql: &str) -> i64 {
@@ -109,7 +109,7 @@ impl Scale {
 
     /// `None` while PostgreSQL is down.
     fn try_count(&self, sql: &str) -> Option<i64> {
-        let mut db = postgres::Client::connect(&self.pg.url(), postgres::NoTls).ok()?;
+        let db = test_support::PgClient::try_connect(&self.pg.url()).ok()?;
         db.query_one(sql, &[]).ok().map(|r| r.get(0))
     }
 
@@ -309,7 +309,7 @@ impl Run {
             s.count("SELECT COUNT(*) FROM lease WHERE state = 'active'"),
             0
         );
-        let mut db = s.db();
+        let db = s.db();
         let mut acked = 0;
         for w in WORKERS {
             for (task, lease) in acknowledged(&s.log(&format!("worker-{w}.log"))) {

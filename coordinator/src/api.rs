@@ -45,6 +45,13 @@ pub struct Settings {
     pub gold_min_accuracy: f64,
     /// Whether label and embedding tasks that do not say count one answer per model content.
     pub distinct_models_default: bool,
+    /// The vote policy of label tasks that do not say (embedding tasks keep `quorum`).
+    pub label_policy: protocol::policy::Policy,
+    /// The posterior the best label needs under the posterior policy, when a task does not say.
+    pub posterior_threshold: f64,
+    /// Probability that a trusted worker's lone answer, confident enough to decide its task
+    /// alone, is checked by another replica anyway (a spot check).
+    pub spot_check_rate: f64,
 }
 
 impl Default for Settings {
@@ -61,6 +68,9 @@ impl Default for Settings {
             gold_min_answers: DEFAULT_GOLD_MIN_ANSWERS,
             gold_min_accuracy: DEFAULT_GOLD_MIN_ACCURACY,
             distinct_models_default: false,
+            label_policy: protocol::policy::Policy::Quorum,
+            posterior_threshold: protocol::policy::DEFAULT_POSTERIOR_THRESHOLD,
+            spot_check_rate: crate::truth::DEFAULT_SPOT_CHECK_RATE,
         }
     }
 }

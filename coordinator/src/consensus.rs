@@ -488,6 +488,7 @@ mod tests {
             policy: Policy::Quorum,
             min_quorum,
             max_answers,
+            threshold: None,
         }
     }
 
@@ -510,6 +511,7 @@ mod tests {
             policy: Policy::Majority,
             min_quorum: 1,
             max_answers: 3,
+            threshold: None,
         };
         assert_eq!(judge(&majority, 1, 1, 3), Outcome::Decided);
         // The tally gives the winner's and runner-up's counts.

@@ -198,6 +198,12 @@ impl Core {
                 match e.status {
                     TaskStatus::Finalized => {
                         self.metrics.tasks_finalized.inc();
+                        if let Some(n) = e.answers {
+                            self.metrics.answers_per_finalized.observe(f64::from(n));
+                        }
+                        if let Some(p) = e.posterior {
+                            self.metrics.posterior_at_finalization.observe(p);
+                        }
                         info!(
                             task_id = %e.task_id,
                             label = e.final_label.as_deref().unwrap_or_default(),

@@ -13,7 +13,7 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     /// PostgreSQL refused, or could not be reached.
     #[error("{}", crate::store::sql::pg_message(.0))]
-    Postgres(#[from] postgres::Error),
+    Postgres(#[from] tokio_postgres::Error),
     /// The store's URL or settings are wrong.
     #[error("store: {0}")]
     Config(String),
@@ -36,6 +36,20 @@ pub enum StoreError {
         /// What was wrong.
         problem: String,
     },
+}
+
+impl From<crate::store::sql::Error> for StoreError {
+    fn from(e: crate::store::sql::Error) -> Self {
+        use crate::store::sql::Error;
+        match e {
+            Error::Sqlite(e) => StoreError::Sqlite(e),
+            Error::Postgres(e) => StoreError::Postgres(e),
+            e @ (Error::NoRows | Error::Conversion(..)) => StoreError::Migration {
+                version: 0,
+                problem: e.to_string(),
+            },
+        }
+    }
 }
 
 /// An operation failed; the variant says what the caller should do next.

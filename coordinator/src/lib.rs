@@ -32,6 +32,7 @@ mod nats;
 mod openai;
 mod ops;
 mod store;
+pub mod truth;
 
 pub use crate::api::{Effect, Settings};
 pub use crate::auth::{Auth, Unprotected};

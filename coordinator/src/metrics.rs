@@ -13,7 +13,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::{exponential_buckets, linear_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::time::Duration;
 
@@ -120,6 +120,10 @@ pub struct Metrics {
     pub store_commit: Histogram,
     /// HTTP requests per minute over the last hour, for the dashboard's charts.
     pub api_minutes: crate::minutes::PerMinute,
+    /// Answers a label task had when it was finalized.
+    pub answers_per_finalized: Histogram,
+    /// The winning label's posterior at finalization (the posterior policy).
+    pub posterior_at_finalization: Histogram,
 }
 
 impl Metrics {
@@ -148,6 +152,10 @@ impl Metrics {
             store_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             store_commit: latency_histogram(),
             api_minutes: crate::minutes::PerMinute::default(),
+            // 1 .. 12 answers.
+            answers_per_finalized: Histogram::new(linear_buckets(1.0, 1.0, 12)),
+            // 0.5 .. 1.0 by 0.05.
+            posterior_at_finalization: Histogram::new(linear_buckets(0.5, 0.05, 11)),
         };
         m.register_all();
         m
@@ -230,6 +238,12 @@ impl Metrics {
             "Open tasks that too few live workers can do to finish them, by type",
             self.tasks_starved.clone(),
         );
+        self.register_histograms();
+    }
+
+    /// Registers the store's and the decisions' histograms.
+    fn register_histograms(&mut self) {
+        let r = &mut self.registry;
         r.register(
             "store_queue_seconds",
             "Time a write waited for the group-commit writer, by lane",
@@ -244,6 +258,16 @@ impl Metrics {
             "store_commit_seconds",
             "Time to commit a group-commit transaction (WAL write and fsync)",
             self.store_commit.clone(),
+        );
+        r.register(
+            "answers_per_finalized_task",
+            "Answers a label task had when it was finalized",
+            self.answers_per_finalized.clone(),
+        );
+        r.register(
+            "posterior_at_finalization",
+            "The winning label's posterior when a task was finalized under the posterior policy",
+            self.posterior_at_finalization.clone(),
         );
     }
 

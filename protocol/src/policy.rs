@@ -6,7 +6,10 @@
 //! answers are in without a quorum the task is `inconclusive` and one more replica goes to a
 //! distinct worker, up to `max_answers`, after which it fails with `no_consensus`. The original
 //! system's rule (most votes, ties to the higher mean confidence) stays available per task as
-//! [`Policy::Majority`].
+//! [`Policy::Majority`]. [`Policy::Posterior`] weighs each answer by how often its model content
+//! is right at the confidence it reported (calibrated on gold) and decides once the best label's
+//! posterior reaches a threshold; a task asking for one answer then takes more only while the
+//! posterior falls short (adaptive replication).
 
 use crate::error::ProtocolError;
 use crate::ids::{TaskId, TaskType};
@@ -28,6 +31,11 @@ pub enum Policy {
     /// The original rule: the most votes win once `required` answers are in; ties go to the
     /// higher mean confidence, then the smaller label.
     Majority,
+    /// Calibrated pooling: each answer counts by the log-odds that it is right (its model
+    /// content's gold record at its confidence, its worker's own record when worse); the task is
+    /// decided when the best label's posterior reaches `threshold`, else it takes one more
+    /// answer, up to `max_answers`. Label tasks only.
+    Posterior,
 }
 
 impl Policy {
@@ -36,6 +44,7 @@ impl Policy {
         match self {
             Policy::Quorum => "quorum",
             Policy::Majority => "majority",
+            Policy::Posterior => "posterior",
         }
     }
 }
@@ -52,23 +61,32 @@ impl FromStr for Policy {
         match s {
             "quorum" => Ok(Policy::Quorum),
             "majority" => Ok(Policy::Majority),
+            "posterior" => Ok(Policy::Posterior),
             other => Err(ProtocolError::invalid(
                 "policy",
-                format!("unknown policy {other:?} (expected quorum or majority)"),
+                format!("unknown policy {other:?} (expected quorum, majority or posterior)"),
             )),
         }
     }
 }
 
+/// The posterior the best label needs under [`Policy::Posterior`] when neither the task nor the
+/// coordinator says otherwise.
+pub const DEFAULT_POSTERIOR_THRESHOLD: f64 = 0.8;
+
 /// A task's vote rule, resolved: what the coordinator stores and counts by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct VoteRule {
     /// The policy.
     pub policy: Policy,
     /// Agreeing answers needed ([`Policy::Quorum`]).
     pub min_quorum: u32,
-    /// Answers collected at most, inconclusive rounds included ([`Policy::Quorum`]).
+    /// Answers collected at most, inconclusive rounds included ([`Policy::Quorum`],
+    /// [`Policy::Posterior`]).
     pub max_answers: u32,
+    /// The posterior the best label needs ([`Policy::Posterior`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
 }
 
 impl VoteRule {
@@ -85,7 +103,32 @@ impl VoteRule {
         min_quorum: Option<u32>,
         max_answers: Option<u32>,
     ) -> Result<Self, ProtocolError> {
+        Self::resolve_with(required, policy, min_quorum, max_answers, None)
+    }
+
+    /// As [`VoteRule::resolve`], with the posterior `threshold` a [`Policy::Posterior`] task
+    /// needs: in `(0.5, 1)`, [`DEFAULT_POSTERIOR_THRESHOLD`] when not given; its `max_answers`
+    /// defaults to `2 x required`, at least 3. Other policies take no threshold.
+    ///
+    /// # Errors
+    /// [`ProtocolError::Invalid`] naming the bound broken.
+    pub fn resolve_with(
+        required: u32,
+        policy: Option<Policy>,
+        min_quorum: Option<u32>,
+        max_answers: Option<u32>,
+        threshold: Option<f64>,
+    ) -> Result<Self, ProtocolError> {
         let policy = policy.unwrap_or_default();
+        if policy == Policy::Posterior {
+            return Self::posterior(required, min_quorum, max_answers, threshold);
+        }
+        if threshold.is_some() {
+            return Err(ProtocolError::invalid(
+                "threshold",
+                format!("the {policy} policy takes no threshold (only posterior does)"),
+            ));
+        }
         if policy == Policy::Majority {
             if let Some((field, _)) = [("min_quorum", min_quorum), ("max_answers", max_answers)]
                 .into_iter()
@@ -101,6 +144,7 @@ impl VoteRule {
                 policy,
                 min_quorum: 1,
                 max_answers: required,
+                threshold: None,
             });
         }
         let min_quorum = min_quorum.unwrap_or(required / 2 + 1);
@@ -124,6 +168,45 @@ impl VoteRule {
             policy,
             min_quorum,
             max_answers,
+            threshold: None,
+        })
+    }
+
+    fn posterior(
+        required: u32,
+        min_quorum: Option<u32>,
+        max_answers: Option<u32>,
+        threshold: Option<f64>,
+    ) -> Result<Self, ProtocolError> {
+        if min_quorum.is_some() {
+            return Err(ProtocolError::invalid(
+                "min_quorum",
+                "the posterior policy decides by the answers' calibrated weight, not a count: \
+                 it takes a threshold, not a min_quorum",
+            ));
+        }
+        let threshold = threshold.unwrap_or(DEFAULT_POSTERIOR_THRESHOLD);
+        if !(threshold > 0.5 && threshold < 1.0) {
+            return Err(ProtocolError::invalid(
+                "threshold",
+                format!("{threshold} is not in (0.5, 1)"),
+            ));
+        }
+        let max_answers = max_answers.unwrap_or((2 * required).max(3));
+        if max_answers < required || max_answers > MAX_ANSWERS_LIMIT {
+            return Err(ProtocolError::invalid(
+                "max_answers",
+                format!(
+                    "{max_answers} is not between required_submissions ({required}) and \
+                     {MAX_ANSWERS_LIMIT}"
+                ),
+            ));
+        }
+        Ok(Self {
+            policy: Policy::Posterior,
+            min_quorum: 1,
+            max_answers,
+            threshold: Some(threshold),
         })
     }
 }
@@ -326,6 +409,36 @@ mod tests {
         assert!(e.to_string().contains("min_quorum"), "{e}");
         let r = VoteRule::resolve(3, Some(Policy::Majority), None, None).expect("majority");
         assert_eq!(r.max_answers, 3);
+    }
+
+    #[test]
+    fn posterior_takes_a_threshold_and_no_quorum() {
+        let r =
+            VoteRule::resolve_with(1, Some(Policy::Posterior), None, None, None).expect("defaults");
+        assert_eq!(
+            (r.policy, r.max_answers, r.threshold),
+            (Policy::Posterior, 3, Some(DEFAULT_POSTERIOR_THRESHOLD))
+        );
+        let r = VoteRule::resolve_with(3, Some(Policy::Posterior), None, Some(4), Some(0.95))
+            .expect("given");
+        assert_eq!((r.max_answers, r.threshold), (4, Some(0.95)));
+        for (q, m, t, field) in [
+            (Some(2), None, None, "min_quorum"),
+            (None, None, Some(0.5), "threshold"),
+            (None, None, Some(1.0), "threshold"),
+            (None, None, Some(f64::NAN), "threshold"),
+            (None, Some(2), None, "max_answers"),
+        ] {
+            let e = VoteRule::resolve_with(3, Some(Policy::Posterior), q, m, t)
+                .expect_err("out of bounds");
+            assert!(e.to_string().contains(field), "{e}");
+        }
+        let e = VoteRule::resolve_with(3, None, None, None, Some(0.9)).expect_err("quorum");
+        assert!(e.to_string().contains("threshold"), "{e}");
+        assert_eq!(
+            "posterior".parse::<Policy>().expect("parses"),
+            Policy::Posterior
+        );
     }
 
     #[test]

@@ -1,14 +1,17 @@
 //! Test helpers shared by the crates' integration tests: a real `nats-server` on a free loopback
-//! port with its own temp dir, killed on drop; model folders made on the spot ([`models`]).
+//! port with its own temp dir, killed on drop; a real PostgreSQL server likewise ([`Postgres`])
+//! and a blocking session on it ([`PgClient`]); model folders made on the spot ([`models`]).
 //!
 //! The binary is found in `$NATS_SERVER_BIN`, then on `PATH`, then where `scripts/setup.sh`
 //! installs it (`/usr/sbin`, `~/.local/bin`).
 
 pub mod marian;
 pub mod models;
+pub mod pg_client;
 pub mod postgres;
 pub mod t5;
 
+pub use pg_client::PgClient;
 pub use postgres::Postgres;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

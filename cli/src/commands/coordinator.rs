@@ -67,6 +67,19 @@ pub(crate) struct Args {
     /// hash.
     #[arg(long, env = "AIMARKET_DISTINCT_MODELS")]
     distinct_models: bool,
+    /// How label tasks that do not say are decided: quorum, majority, or posterior (answers
+    /// weighed by their model content's calibration on gold; see --posterior-threshold).
+    /// Embedding tasks keep quorum.
+    #[arg(long, env = "AIMARKET_LABEL_POLICY", default_value = "quorum")]
+    label_policy: protocol::policy::Policy,
+    /// The posterior the best label needs under the posterior policy, when a task does not
+    /// say, in (0.5, 1).
+    #[arg(long, env = "AIMARKET_POSTERIOR_THRESHOLD", default_value_t = protocol::policy::DEFAULT_POSTERIOR_THRESHOLD)]
+    posterior_threshold: f64,
+    /// Probability that a trusted worker's lone answer, confident enough to decide its task
+    /// alone, goes to one more replica anyway (a spot check).
+    #[arg(long, env = "AIMARKET_SPOT_CHECK_RATE", default_value_t = coordinator::truth::DEFAULT_SPOT_CHECK_RATE, value_parser = parse_rate)]
+    spot_check_rate: f64,
 }
 
 /// Runs until SIGINT/SIGTERM.
@@ -89,6 +102,10 @@ pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         args.pg_idle_seconds > 0,
         "--pg-idle-seconds must be at least 1"
     );
+    anyhow::ensure!(
+        args.posterior_threshold > 0.5 && args.posterior_threshold < 1.0,
+        "--posterior-threshold must be in (0.5, 1)"
+    );
     let mut config = Config::new(ctx.nats.clone(), args.db);
     config.pg_timeouts.idle_in_transaction = Duration::from_secs(args.pg_idle_seconds);
     // A lock held longer than the idle timeout is a frozen holder's: give up waiting sooner.
@@ -110,6 +127,9 @@ pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         gold_min_answers: args.gold_min_answers.max(1),
         gold_min_accuracy: args.gold_min_accuracy,
         distinct_models_default: args.distinct_models,
+        label_policy: args.label_policy,
+        posterior_threshold: args.posterior_threshold,
+        spot_check_rate: args.spot_check_rate,
     };
     config.sweep_interval = Duration::from_secs(args.requeue_sweep_seconds);
     config.http = args.http.0;

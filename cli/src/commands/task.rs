@@ -80,7 +80,7 @@ pub(crate) struct AddArgs {
     /// Add one task per line of FILE: plain text, or JSON objects with the `task.add` fields
     /// (text or messages, type, required_submissions, max_attempts, labels, similarity, model,
     /// model_hash, max_new_tokens, stop, source_lang, target_lang, temperature, seed, verify,
-    /// policy, min_quorum, max_answers, distinct_models). `-` reads standard input.
+    /// policy, threshold, min_quorum, max_answers, distinct_models). `-` reads standard input.
     #[arg(long)]
     file: Option<PathBuf>,
     /// Task type (default sentiment).
@@ -89,11 +89,18 @@ pub(crate) struct AddArgs {
     /// Distinct workers that must answer (default 3).
     #[arg(long)]
     required: Option<u32>,
-    /// How the answers decide the task: `quorum` (default: an uncontested group of
-    /// --min-quorum agreeing answers, more replicas until then, up to --max-answers) or
-    /// `majority` (the original rule: most votes, ties to the higher mean confidence).
+    /// How the answers decide the task: `quorum` (an uncontested group of --min-quorum
+    /// agreeing answers, more replicas until then, up to --max-answers), `majority` (the
+    /// original rule: most votes, ties to the higher mean confidence) or `posterior` (label
+    /// tasks: answers weighed by their model's calibration on gold until the best label's
+    /// posterior reaches --threshold; with --required 1, replicas only while it falls short).
+    /// Default: the coordinator's.
     #[arg(long)]
     policy: Option<Policy>,
+    /// The posterior the best label needs under `--policy posterior`, in (0.5, 1) (default:
+    /// the coordinator's).
+    #[arg(long)]
+    threshold: Option<f64>,
     /// Agreeing answers needed (default a strict majority of --required).
     #[arg(long)]
     min_quorum: Option<u32>,
@@ -245,6 +252,7 @@ async fn add(ctx: &Ctx, client: &Client, args: AddArgs) -> anyhow::Result<()> {
         temperature: args.temperature,
         verify: args.verify,
         policy: args.policy,
+        threshold: args.threshold,
         min_quorum: args.min_quorum,
         max_answers: args.max_answers,
         distinct_models: args.distinct_models.then_some(true),
@@ -304,6 +312,7 @@ pub(crate) fn read_tasks(
         task.temperature = task.temperature.or(defaults.temperature);
         task.verify = task.verify.or(defaults.verify);
         task.policy = task.policy.or(defaults.policy);
+        task.threshold = task.threshold.or(defaults.threshold);
         task.min_quorum = task.min_quorum.or(defaults.min_quorum);
         task.max_answers = task.max_answers.or(defaults.max_answers);
         task.distinct_models = task.distinct_models.or(defaults.distinct_models);
@@ -597,6 +606,17 @@ fn print_detail(d: &TaskDetail) {
                 }
             ),
             Policy::Majority => println!("vote         majority (ties to the higher confidence)"),
+            Policy::Posterior => println!(
+                "vote         posterior: the best label at {} or more, up to {} answers{}",
+                v.threshold
+                    .unwrap_or(protocol::policy::DEFAULT_POSTERIOR_THRESHOLD),
+                v.max_answers,
+                if t.distinct_models {
+                    ", one per model content"
+                } else {
+                    ""
+                }
+            ),
         }
     }
     if let Some(h) = &t.model_hash {
@@ -636,6 +656,9 @@ fn print_detail(d: &TaskDetail) {
             t.final_confidence.unwrap_or_default()
         );
     }
+    if let Some(p) = t.posterior {
+        println!("posterior    {p:.3} (the best label's, after the last round of answers)");
+    }
     if let Some(e) = &t.error_message {
         println!("error        {e}");
     }
@@ -652,7 +675,15 @@ fn print_detail(d: &TaskDetail) {
         println!("finished     {}", f.to_rfc3339());
     }
     if !d.submissions.is_empty() {
-        let mut s = output::table(["worker", "label", "confidence", "agreed", "model", "at"]);
+        let mut s = output::table([
+            "worker",
+            "label",
+            "confidence",
+            "weight",
+            "agreed",
+            "model",
+            "at",
+        ]);
         for sub in &d.submissions {
             s.add_row(vec![
                 sub.worker_id.to_string(),
@@ -663,6 +694,8 @@ fn print_detail(d: &TaskDetail) {
                     }
                 },
                 format!("{:.3}", sub.confidence),
+                sub.weight
+                    .map_or_else(|| "-".to_owned(), |w| format!("{w:.2}")),
                 or_dash(sub.agreed.map(|a| if a { "yes" } else { "no" })),
                 or_dash(sub.model.as_deref()),
                 sub.created_at.to_rfc3339(),

@@ -80,6 +80,8 @@ pub(crate) async fn by_model(ctx: &Ctx) -> anyhow::Result<()> {
         "agreed",
         "agreement",
         "gold accuracy",
+        "Brier",
+        "reliability (confidence→accuracy by bin)",
     ]);
     for m in &r.models {
         t.add_row(vec![
@@ -91,6 +93,19 @@ pub(crate) async fn by_model(ctx: &Ctx) -> anyhow::Result<()> {
             m.agreed.to_string(),
             percent(m.agreement_rate),
             gold(&m.gold),
+            m.calibration
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |c| format!("{:.3}", c.brier)),
+            m.calibration.as_ref().map_or_else(
+                || "-".to_owned(),
+                |c| {
+                    c.bins
+                        .iter()
+                        .map(|b| format!("{:.2}→{:.2} ({})", b.confidence, b.accuracy, b.answered))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            ),
         ]);
     }
     println!("{t}");

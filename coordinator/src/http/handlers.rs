@@ -334,6 +334,14 @@ pub(super) async fn leaderboard(State(core): State<Core>) -> Reply<Vec<Leaderboa
     Ok(Json(core.leaderboard().await?.entries))
 }
 
+/// `GET /leaderboard/models`: agreement, gold accuracy and calibration per model content and
+/// task type.
+pub(super) async fn leaderboard_models(
+    State(core): State<Core>,
+) -> Reply<Vec<protocol::messages::ModelAgreement>> {
+    Ok(Json(core.agreement_by_model().await?.models))
+}
+
 /// `GET /db/stats`.
 pub(super) async fn db_stats(State(core): State<Core>) -> Reply<StatsReply> {
     Ok(Json(core.stats().await?))
@@ -379,16 +387,18 @@ pub(super) struct DashboardData {
     stats: StatsReply,
     workers: Vec<WorkerView>,
     leaderboard: Vec<LeaderboardEntry>,
+    models: Vec<protocol::messages::ModelAgreement>,
     recent: Vec<TaskDetail>,
     now: chrono::DateTime<chrono::Utc>,
 }
 
 /// `GET /dashboard/data`.
 pub(super) async fn dashboard_data(State(core): State<Core>) -> Reply<DashboardData> {
-    let (stats, workers, leaderboard, mut recent) = tokio::try_join!(
+    let (stats, workers, leaderboard, models, mut recent) = tokio::try_join!(
         core.stats(),
         core.workers(),
         core.leaderboard(),
+        core.agreement_by_model(),
         core.recent(20)
     )?;
     // The page shows a vote as "vector" or its text; the numbers would only weigh down each poll.
@@ -401,6 +411,7 @@ pub(super) async fn dashboard_data(State(core): State<Core>) -> Reply<DashboardD
         stats,
         workers: workers.workers,
         leaderboard: leaderboard.entries,
+        models: models.models,
         recent,
         now: chrono::Utc::now(),
     }))

@@ -47,6 +47,7 @@ pub(crate) fn router(core: Core, gateway: Gateway) -> Router {
         .route("/workers/heartbeat", post(handlers::heartbeat))
         .route("/workers/submit", post(handlers::submit))
         .route("/leaderboard", get(handlers::leaderboard))
+        .route("/leaderboard/models", get(handlers::leaderboard_models))
         .route("/db/stats", get(handlers::db_stats))
         .route("/ops/requeue-stale", post(handlers::requeue_stale))
         .route("/ops/reset", post(handlers::reset))

@@ -244,6 +244,7 @@ pub(crate) mod tests {
             model_hash: None,
             agreed,
             logprobs: Some(vec![-0.5; ids.len()]),
+            weight: None,
             created_at: now,
         };
         let view: TaskView = serde_json::from_value(json!({

@@ -83,7 +83,8 @@ pub(crate) fn retry(
             .into());
         }
         // A split at `max_answers` gets room for another round of answers.
-        let (required, max_answers) = if no_consensus && task.vote.policy == Policy::Quorum {
+        let more = matches!(task.vote.policy, Policy::Quorum | Policy::Posterior);
+        let (required, max_answers) = if no_consensus && more {
             let max = (task.vote.max_answers + task.asked)
                 .min(protocol::policy::MAX_ANSWERS_LIMIT)
                 .max(task.submissions + 1);

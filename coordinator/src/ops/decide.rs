@@ -50,6 +50,7 @@ pub(crate) fn label(
     tx.decide_label(&task.id, &decision.label, decision.confidence, ctx.now)?;
     let answer = Final::Label(decision.label.clone());
     finished(ctx, &task.id, answer, decision.confidence);
+    counted(ctx, votes.len(), None);
     Ok((Outcome::Decided, Some(decision.label)))
 }
 
@@ -63,7 +64,7 @@ pub(crate) fn with_vote(mut votes: Vec<(String, f64)>, sub: &Submission) -> Vec<
 /// A round of answers without a quorum: one more replica (the task is `inconclusive`, open to
 /// workers that have not answered it), or, at `max_answers`, failure with `no_consensus`. The
 /// answers are kept and nobody earns a point.
-fn undecided(
+pub(crate) fn undecided(
     tx: &dyn Tx,
     ctx: &mut Ctx,
     task: &TaskRow,
@@ -198,6 +199,15 @@ pub(crate) enum Final {
     Vector(Vec<f32>),
     /// Token ids and their text.
     Generated(Vec<u32>, String),
+}
+
+/// Notes on the finalization just announced ([`finished`]) how many answers decided it and,
+/// under the posterior policy, their posterior.
+pub(crate) fn counted(ctx: &mut Ctx, answers: usize, posterior: Option<f64>) {
+    if let Some(Effect::Finished(e)) = ctx.effects.last_mut() {
+        e.answers = Some(u32::try_from(answers).unwrap_or(u32::MAX));
+        e.posterior = posterior;
+    }
 }
 
 /// Announces a finalization, after the commit: the consensus answer and its confidence.

@@ -169,6 +169,7 @@ pub(crate) fn lease(
             max_answers: 1,
             distinct_models: false,
             gold: Some(item.id),
+            threshold: None,
         })
         .collect();
     tx.insert_tasks(ctx.now, &rows)?;
@@ -209,6 +210,17 @@ pub(crate) fn check(
         crate::api::Answered::Generated(g) => (g.text.clone(), g.text.trim() == known.trim()),
         other => (other.label().to_owned(), other.label() == known),
     };
+    let labelled = !task.task_type.is_generative() && !task.task_type.is_vector();
+    let model = sub.model_hash().or(sub.model()).unwrap_or_default();
+    // A trusted worker that this wrong answer costs its trust is caught (judged before the
+    // answer is recorded).
+    let caught = labelled && !correct && {
+        let classes = task.labels.as_ref().map_or(2, |l| l.len().max(2));
+        super::posterior::caught_if_wrong(tx, sub.worker_id(), model, &task.task_type, classes)?
+    };
+    if labelled {
+        tx.record_calibration(model, &task.task_type, &given, sub.confidence(), correct)?;
+    }
     let answer = GoldAnswer {
         gold,
         task: &task.id,
@@ -227,6 +239,9 @@ pub(crate) fn check(
     };
     tx.credit(&mut [(sub.worker_id().clone(), credit)])?;
     tx.finalize_gold(&task.id, &known, ctx.now)?;
+    if caught {
+        super::posterior::caught(tx, ctx, sub.worker_id())?;
+    }
     judge_worker(tx, ctx, sub.worker_id())
 }
 

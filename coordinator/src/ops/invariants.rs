@@ -9,7 +9,7 @@ use crate::error::CoreError;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use protocol::messages::{Heartbeat, NewTask, ReleaseRequest, TaskAddRequest};
-use protocol::{ErrorCode, LeaseId, TaskId, WorkerId};
+use protocol::{ErrorCode, LeaseId, TaskId, TaskStatus, WorkerId};
 use std::collections::HashMap;
 
 #[derive(Debug, Clone)]
@@ -17,7 +17,7 @@ enum Step {
     Add {
         required: u32,
         max_attempts: u32,
-        majority: bool,
+        policy: u8,
     },
     Cancel {
         pick: usize,
@@ -57,7 +57,7 @@ const WORKERS: [&str; 4] = ["w0", "w1", "w2", "w3"];
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        1 => (1u32..=4, 1u32..=3, any::<bool>()).prop_map(|(required, max_attempts, majority)| Step::Add { required, max_attempts, majority }),
+        1 => (1u32..=4, 1u32..=3, 0u8..3).prop_map(|(required, max_attempts, policy)| Step::Add { required, max_attempts, policy }),
         1 => any::<usize>().prop_map(|pick| Step::Cancel { pick }),
         1 => any::<usize>().prop_map(|pick| Step::Retry { pick }),
         1 => (0usize..4, 1u32..=3).prop_map(|(worker, max)| Step::Lease { worker, max }),
@@ -107,6 +107,9 @@ fn apply_in<T>(
             if let Effect::Finished(ev) = e {
                 if ev.status.is_terminal() {
                     *finished.entry(ev.task_id).or_default() += 1;
+                } else if ev.status == TaskStatus::Inconclusive {
+                    // A lone decision of a worker since caught wrong: open again.
+                    finished.remove(&ev.task_id);
                 }
             }
         }
@@ -189,14 +192,18 @@ fn run_steps(mut db: TestStore, steps: Vec<Step>) -> Result<(), TestCaseError> {
                 Step::Add {
                     required,
                     max_attempts,
-                    majority,
+                    policy,
                 } => {
                     let req = TaskAddRequest {
                         batch_id: None,
                         tasks: vec![NewTask {
                             required_submissions: Some(required),
                             max_attempts: Some(max_attempts),
-                            policy: majority.then_some(protocol::policy::Policy::Majority),
+                            policy: [
+                                None,
+                                Some(protocol::policy::Policy::Majority),
+                                Some(protocol::policy::Policy::Posterior),
+                            ][usize::from(policy)],
                             ..NewTask::text("t")
                         }],
                     };

@@ -2,11 +2,11 @@
 //! finalized consensus or verification, less one per trap passed or report outside the
 //! verifiers' agreeing majority), submission count, model, agreement rate, traps caught and
 //! missed, and accuracy on gold tasks, highest points first; and agreement and gold accuracy
-//! per model content and task type (`leaderboard.models`).
+//! per model content and task type, with its calibration on gold (`leaderboard.models`).
 
 use crate::error::CoreError;
 use crate::store::tx::Tx;
-use protocol::messages::{LeaderboardReply, ModelAgreementReply};
+use protocol::messages::{CalibrationView, LeaderboardReply, ModelAgreementReply, ReliabilityBin};
 
 /// # Errors
 /// Store errors only.
@@ -22,7 +22,28 @@ pub(crate) fn run(tx: &dyn Tx) -> Result<LeaderboardReply, CoreError> {
 /// # Errors
 /// Store errors only.
 pub(crate) fn by_model(tx: &dyn Tx) -> Result<ModelAgreementReply, CoreError> {
-    Ok(ModelAgreementReply {
-        models: tx.agreement_by_model()?,
-    })
+    let calibrations = tx.all_calibrations()?;
+    let mut models = tx.agreement_by_model()?;
+    for m in &mut models {
+        let key = (
+            m.task_type.clone(),
+            m.model_hash.clone().unwrap_or_else(|| m.model.clone()),
+        );
+        m.calibration = calibrations.get(&key).and_then(|c| {
+            Some(CalibrationView {
+                brier: c.brier()?,
+                bins: c
+                    .reliability()
+                    .into_iter()
+                    .map(|b| ReliabilityBin {
+                        low: b.low,
+                        answered: b.answered,
+                        confidence: b.confidence,
+                        accuracy: b.accuracy,
+                    })
+                    .collect(),
+            })
+        });
+    }
+    Ok(ModelAgreementReply { models })
 }

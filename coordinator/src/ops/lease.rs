@@ -437,7 +437,7 @@ mod tests {
         let t: Vec<TaskId> = (0..4)
             .map(|i| add(&mut conn, 0, NewTask::text(format!("t{i}"))))
             .collect();
-        let mut other = postgres::Client::connect(server.url(), postgres::NoTls).expect("connect");
+        let mut other = test_support::PgClient::connect(server.url());
         let held = hold_task(&mut other, &t[0]);
         let got = |conn: &mut TestStore, now| -> Vec<TaskId> {
             lease(conn, now, lease_req("w", 1))

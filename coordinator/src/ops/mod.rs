@@ -13,6 +13,9 @@ pub(crate) mod leaderboard;
 pub(crate) mod lease;
 #[cfg(test)]
 mod policy_tests;
+pub(crate) mod posterior;
+#[cfg(test)]
+mod posterior_tests;
 pub(crate) mod release;
 pub(crate) mod reset;
 pub(crate) mod series;
@@ -105,6 +108,8 @@ pub(crate) mod testing {
             // Traps and gold are random: tests that want them ask for them.
             trap_rate: 0.0,
             gold_rate: 0.0,
+            // Spot checks are random too.
+            spot_check_rate: 0.0,
             ..Settings::default()
         }
     }

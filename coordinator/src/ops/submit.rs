@@ -268,6 +268,10 @@ fn complete(
     } else if task.task_type.is_vector() {
         let threshold = task.similarity.unwrap_or(DEFAULT_SIMILARITY);
         decide::vectors(tx, ctx, task, threshold)? == Outcome::Decided
+    } else if task.vote.policy == protocol::policy::Policy::Posterior {
+        let (outcome, label) = super::posterior::decide(tx, ctx, task)?;
+        final_label = label;
+        outcome == Outcome::Decided
     } else {
         let answers = votes.map(|votes| decide::with_vote(votes, sub));
         let (outcome, label) = decide::label(tx, ctx, task, answers)?;
@@ -1196,9 +1200,9 @@ mod tests {
         let mut conn = server.fresh();
         let t = add(&mut conn, 0, NewTask::text("x"));
         let l = take(&mut conn, 1, "a").remove(0);
-        let mut other = postgres::Client::connect(server.url(), postgres::NoTls).expect("connect");
-        let mut sweep = other.transaction().expect("tx");
-        expire_elsewhere(&mut sweep, &l.lease_id, &t);
+        let mut other = test_support::PgClient::connect(server.url());
+        let sweep = other.transaction().expect("tx");
+        expire_elsewhere(&sweep, &l.lease_id, &t);
         let voter = std::thread::spawn(move || {
             let mut c = ctx(3);
             let r = conn.write(|db| run(db, &mut c, &t, answer(&l, "a", "positive", 0.9)));

@@ -103,7 +103,10 @@ fn row(ctx: &Ctx, task: NewTask) -> Result<TaskInsert, CoreError> {
         .or_else(|| task.model_hash.clone());
     // Validated above. Generative tasks keep the majority rule's shape (they are decided
     // by exact match and cross-scoring, not by this rule).
-    let rule = task.vote_rule()?;
+    let rule = task.vote_rule_with(
+        Some(ctx.settings.label_policy),
+        Some(ctx.settings.posterior_threshold),
+    )?;
     let distinct_models = rule.is_some()
         && model_hash.is_none()
         && task
@@ -145,6 +148,7 @@ fn row(ctx: &Ctx, task: NewTask) -> Result<TaskInsert, CoreError> {
         max_answers: rule.map_or(asked.max(required), |r| r.max_answers),
         distinct_models,
         gold: None,
+        threshold: rule.and_then(|r| r.threshold),
     })
 }
 
@@ -397,23 +401,22 @@ mod tests {
 
     #[test]
     fn concurrent_retries_of_a_batch_on_postgres_create_it_once() {
-        use crate::store::postgres::Tx;
-        use crate::store::postgres::{Pg, StmtCache};
+        use crate::store::postgres::{PgPipe, StmtCache, Tx};
         let server = PgServer::start();
         let batch = || TaskAddRequest {
             batch_id: Some("twice".into()),
             tasks: vec![NewTask::text("a"), NewTask::text("b")],
         };
-        let connect = || postgres::Client::connect(server.url(), postgres::NoTls).expect("connect");
-        let (mut a, mut b) = (connect(), connect());
+        let connect = || test_support::PgClient::connect(server.url());
+        let (a, b) = (connect(), connect());
         let cache = std::cell::RefCell::new(StmtCache::default());
-        let mut tx = a.transaction().expect("tx");
-        let first = run(&Tx(&Pg::new(&mut tx, &cache)), &mut ctx(0), batch()).expect("first");
+        let tx = PgPipe::begin(a.runtime(), a.client(), &cache);
+        let first = run(&Tx(&tx), &mut ctx(0), batch()).expect("first");
         // The retry reaches another coordinator while the first add is not yet committed.
         let retry = std::thread::spawn(move || {
             let cache = std::cell::RefCell::new(StmtCache::default());
-            let mut tx = b.transaction().expect("tx");
-            let r = run(&Tx(&Pg::new(&mut tx, &cache)), &mut ctx(1), batch());
+            let tx = PgPipe::begin(b.runtime(), b.client(), &cache);
+            let r = run(&Tx(&tx), &mut ctx(1), batch());
             tx.commit().expect("commit");
             r
         });
@@ -427,7 +430,6 @@ mod tests {
             again.task_ids, first.task_ids,
             "the retry gets the first ids"
         );
-        let mut c = connect();
-        assert_eq!(count_tasks(&mut c), 2, "the batch was created twice");
+        assert_eq!(count_tasks(&connect()), 2, "the batch was created twice");
     }
 }

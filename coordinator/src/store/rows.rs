@@ -91,6 +91,8 @@ pub(crate) struct TaskRow {
     pub model_hash: Option<String>,
     /// The gold item this task is an instance of.
     pub gold: Option<i64>,
+    /// The posterior its answers last reached (the posterior policy).
+    pub posterior: Option<f64>,
     /// Only read with [`TASK_VIEW_COLUMNS`].
     pub reserved_by: Option<WorkerId>,
     pub lease_expires_at: Option<i64>,
@@ -117,7 +119,8 @@ macro_rules! task_columns {
          task.labels, task.similarity, task.final_embedding, task.generation, \
          task.final_token_ids, task.final_text, task.failure_reason, task.verifying, \
          task.verifiers, task.asked, task.policy, task.min_quorum, task.max_answers, \
-         task.inconclusive, task.distinct_models, task.model_hash, task.gold"
+         task.inconclusive, task.distinct_models, task.model_hash, task.gold, task.threshold, \
+         task.posterior"
         )
     };
 }
@@ -128,7 +131,7 @@ pub(crate) const TASK_COLUMNS: &str = task_columns!();
 
 /// How many columns [`TASK_COLUMNS`] has: where a query's own columns after them start (the
 /// live-lease summary of [`TASK_VIEW_COLUMNS`], say).
-pub(crate) const TASK_COLUMN_COUNT: usize = 31;
+pub(crate) const TASK_COLUMN_COUNT: usize = 33;
 
 /// A task's state as views show it: an open task in cross-scoring is `verifying`, one past a
 /// round without a quorum `inconclusive`, one with live leases `assigned` (an open task is
@@ -182,11 +185,13 @@ impl TaskRow {
                 policy: parsed(r, 24)?,
                 min_quorum: r.get(25)?,
                 max_answers: r.get(26)?,
+                threshold: r.get(31)?,
             },
             inconclusive: r.get(27)?,
             distinct_models: r.get(28)?,
             model_hash: r.get(29)?,
             gold: r.get(30)?,
+            posterior: r.get(32)?,
             reserved_by: None,
             lease_expires_at: None,
         })
@@ -220,6 +225,7 @@ impl TaskRow {
             final_label: self.final_label,
             final_embedding: self.final_embedding,
             final_confidence: self.final_confidence,
+            posterior: self.posterior,
             generation: self.generation,
             final_text: self.final_text,
             final_token_ids: self.final_token_ids,

@@ -2,8 +2,10 @@
 //! with a fresh set of tables per test, transactions committed on success, and autocommit mode
 //! (each statement commits as it runs) for reads and for refusals that must change nothing.
 
+use crate::store::postgres::{PgPipe, StmtCache};
 use crate::store::sql::{Row, Sql};
 use crate::store::tx::Tx;
+use test_support::PgClient;
 
 /// A store for operation tests, on either engine.
 pub(crate) enum TestStore {
@@ -13,7 +15,7 @@ pub(crate) enum TestStore {
 
 /// A session on a test server's database, emptied when made.
 pub(crate) struct PgTest {
-    client: std::cell::RefCell<postgres::Client>,
+    session: test_support::PgClient,
     cache: std::cell::RefCell<crate::store::postgres::StmtCache>,
 }
 
@@ -54,27 +56,55 @@ impl TestDb for TestStore {
     fn write<T, E>(&mut self, f: impl FnOnce(&dyn Tx) -> Result<T, E>) -> Result<T, E> {
         match self {
             TestStore::Sqlite(conn) => conn.write(f),
-            TestStore::Postgres(pg) => {
-                let mut client = pg.client.borrow_mut();
-                let mut tx = client.transaction().expect("tx");
-                let r = f(&crate::store::postgres::Tx(
-                    &crate::store::postgres::Pg::new(&mut tx, &pg.cache),
-                ));
-                if r.is_ok() {
-                    tx.commit().expect("commit");
-                }
-                r
-            }
+            TestStore::Postgres(pg) => pg.transaction(f),
         }
     }
 }
 
 impl PgTest {
     /// This session in autocommit mode.
-    fn autocommit<T>(&self, f: impl FnOnce(&dyn Sql) -> T) -> T {
-        let mut client = self.client.borrow_mut();
-        f(&crate::store::postgres::Pg::new(&mut *client, &self.cache))
+    fn autocommit<T>(
+        &self,
+        f: impl FnOnce(&dyn Sql) -> crate::store::sql::Result<T>,
+    ) -> crate::store::sql::Result<T> {
+        let pipe = self.pipe(PgPipe::within);
+        let out = f(&pipe);
+        pipe.commit()?;
+        out
     }
+
+    /// Runs `f` in a transaction, committed when it returns `Ok`.
+    fn transaction<T, E>(&self, f: impl FnOnce(&dyn Tx) -> Result<T, E>) -> Result<T, E> {
+        run_in_transaction(&self.session, &self.cache, f)
+    }
+
+    fn pipe<'c>(
+        &'c self,
+        start: fn(
+            &'c tokio::runtime::Runtime,
+            &'c tokio_postgres::Client,
+            &'c std::cell::RefCell<StmtCache>,
+        ) -> PgPipe<'c>,
+    ) -> PgPipe<'c> {
+        start(self.session.runtime(), self.session.client(), &self.cache)
+    }
+}
+
+/// Runs `f` as the rules would, in a transaction of `session` (committed when `f` returns
+/// `Ok`), preparing statements into `cache`.
+pub(crate) fn run_in_transaction<T, E>(
+    session: &test_support::PgClient,
+    cache: &std::cell::RefCell<StmtCache>,
+    f: impl FnOnce(&dyn Tx) -> Result<T, E>,
+) -> Result<T, E> {
+    let pipe = PgPipe::begin(session.runtime(), session.client(), cache);
+    let r = f(&crate::store::postgres::Tx(&pipe));
+    if r.is_ok() {
+        pipe.commit().expect("commit");
+    } else {
+        pipe.rollback();
+    }
+    r
 }
 
 impl Sql for TestStore {
@@ -134,16 +164,17 @@ impl PgServer {
 
     /// A session on the database with every table emptied.
     pub(crate) fn fresh(&self) -> TestStore {
-        let mut client = postgres::Client::connect(&self.url, postgres::NoTls).expect("connect");
-        client
+        let session = PgClient::connect(&self.url);
+        session
             .batch_execute(
                 "TRUNCATE task, lease, submission, worker, worker_score, worker_token,
-                 verification, gold, gold_answer, task_batch, health_probe, score_delta, lease_cursor
+                 verification, gold, gold_answer, task_batch, health_probe, score_delta, lease_cursor,
+                 calibration
                  RESTART IDENTITY CASCADE",
             )
             .expect("truncate");
         TestStore::Postgres(Box::new(PgTest {
-            client: std::cell::RefCell::new(client),
+            session,
             cache: std::cell::RefCell::default(),
         }))
     }
@@ -184,7 +215,7 @@ pub(crate) fn dump(conn: &dyn Sql) -> String {
 /// property test checks them after every step. (A lease cursor is checked on SQLite alone, where
 /// cursors are exact.)
 pub(crate) fn invariants(conn: &TestStore) -> Vec<(&'static str, i64)> {
-    let broken: [(&str, &str); 19] = [
+    let broken: [(&str, &str); 21] = [
         ("counter of live leases", "SELECT COUNT(*) FROM task t WHERE active_leases != (SELECT COUNT(*) FROM lease l WHERE l.task_id = t.id AND l.state = 'active')"),
         ("counter of submissions", "SELECT COUNT(*) FROM task t WHERE submissions != (SELECT COUNT(*) FROM submission s WHERE s.task_id = t.id)"),
         ("more slots taken than required", "SELECT COUNT(*) FROM task WHERE active_leases + submissions > required"),
@@ -204,6 +235,9 @@ pub(crate) fn invariants(conn: &TestStore) -> Vec<(&'static str, i64)> {
         ("a gold answer voted", "SELECT COUNT(*) FROM submission s JOIN task t ON t.id = s.task_id WHERE t.gold IS NOT NULL AND s.agreed IS NOT NULL"),
         ("gold answers not counted", "SELECT (SELECT COALESCE(SUM(gold_answered), 0) FROM worker_score) + (SELECT COALESCE(SUM(gold_answered), 0) FROM score_delta) != (SELECT COUNT(*) FROM gold_answer)
             OR (SELECT COUNT(*) FROM gold_answer) != (SELECT COUNT(*) FROM submission s JOIN task t ON t.id = s.task_id WHERE t.gold IS NOT NULL)"),
+        ("finalized below its threshold", "SELECT COUNT(*) FROM task WHERE status = 'finalized' AND policy = 'posterior' AND gold IS NULL
+            AND (posterior IS NULL OR posterior < threshold OR final_confidence IS DISTINCT FROM posterior)"),
+        ("a lone decision not lone", "SELECT COUNT(*) FROM task WHERE lone_worker IS NOT NULL AND (status != 'finalized' OR submissions != 1)"),
         // `assigned` is derived from the live leases, never stored.
         ("assigned stored", "SELECT COUNT(*) FROM task WHERE status = 'assigned'"),
         ("failed early or still leased", "SELECT COUNT(*) FROM task WHERE status = 'failed' AND ((failure_reason = 'max_attempts' AND attempts < max_attempts) OR failure_reason IS NULL OR active_leases != 0)"),
@@ -274,10 +308,10 @@ pub(crate) fn live_lease_holders(conn: &dyn Sql) -> Vec<String> {
 /// A transaction of another session holding task `id`'s row lock (PostgreSQL), as another
 /// coordinator deciding on it would.
 pub(crate) fn hold_task<'c>(
-    c: &'c mut postgres::Client,
+    c: &'c mut PgClient,
     id: &protocol::TaskId,
-) -> postgres::Transaction<'c> {
-    let mut held = c.transaction().expect("tx");
+) -> test_support::pg_client::Transaction<'c> {
+    let held = c.transaction().expect("tx");
     held.execute(
         "SELECT 1 FROM task WHERE id = $1 FOR NO KEY UPDATE",
         &[&id.to_string()],
@@ -289,7 +323,7 @@ pub(crate) fn hold_task<'c>(
 /// Expires lease `lease` on task `task` in `tx` (another session's transaction), as the
 /// sweeper does, without committing.
 pub(crate) fn expire_elsewhere(
-    tx: &mut postgres::Transaction<'_>,
+    tx: &test_support::pg_client::Transaction<'_>,
     lease: &protocol::LeaseId,
     task: &protocol::TaskId,
 ) {
@@ -310,7 +344,7 @@ pub(crate) fn expire_elsewhere(
 /// # Panics
 /// When none does within 30 s.
 pub(crate) fn until_one_waits(url: &str) {
-    let mut watch = postgres::Client::connect(url, postgres::NoTls).expect("connect");
+    let watch = PgClient::connect(url);
     for _ in 0..1_500 {
         let waiting: i64 = watch
             .query_one(
@@ -328,7 +362,7 @@ pub(crate) fn until_one_waits(url: &str) {
 }
 
 /// How many tasks the database at `c` holds.
-pub(crate) fn count_tasks(c: &mut postgres::Client) -> i64 {
+pub(crate) fn count_tasks(c: &PgClient) -> i64 {
     c.query_one("SELECT COUNT(*) FROM task", &[])
         .expect("count")
         .get(0)

@@ -40,9 +40,12 @@ pub struct TaskEvent {
     /// Their text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_text: Option<String>,
-    /// Mean confidence of the winning label.
+    /// Mean confidence of the winning label (under the posterior policy, its posterior).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_confidence: Option<f64>,
+    /// The posterior of the winning label (the posterior policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub posterior: Option<f64>,
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_message: Option<String>,
@@ -65,6 +68,7 @@ impl TaskEvent {
             final_token_ids: None,
             final_text: None,
             final_confidence: None,
+            posterior: None,
             error_message: None,
             failure_reason: None,
             at,

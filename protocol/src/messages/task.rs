@@ -72,9 +72,14 @@ pub struct NewTask {
     /// generates, the others score it); the coordinator's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifyMode>,
-    /// How the answers decide the task (default `quorum`); label and embedding tasks only.
+    /// How the answers decide the task (default: the coordinator's, `quorum` unless it says
+    /// otherwise); label and embedding tasks only, `posterior` label tasks only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<Policy>,
+    /// The posterior the best label needs under the `posterior` policy, in (0.5, 1) (default:
+    /// the coordinator's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
     /// Agreeing answers needed (default a strict majority of `required_submissions`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_quorum: Option<u32>,
@@ -110,6 +115,7 @@ impl NewTask {
             temperature: None,
             verify: None,
             policy: None,
+            threshold: None,
             min_quorum: None,
             max_answers: None,
             distinct_models: None,
@@ -289,10 +295,24 @@ impl NewTask {
     /// [`ProtocolError::Invalid`]: bounds of [`VoteRule::resolve`]; a policy or
     /// `distinct_models` on a generative task; `distinct_models` with a pinned model hash.
     pub fn vote_rule(&self) -> Result<Option<VoteRule>, ProtocolError> {
+        self.vote_rule_with(None, None)
+    }
+
+    /// As [`NewTask::vote_rule`], with the coordinator's defaults: `policy` for a label task
+    /// that names none (an embedding task keeps `quorum`), and the posterior `threshold`.
+    ///
+    /// # Errors
+    /// As [`NewTask::vote_rule`]; also `posterior` asked of an embedding task.
+    pub fn vote_rule_with(
+        &self,
+        policy: Option<Policy>,
+        threshold: Option<f64>,
+    ) -> Result<Option<VoteRule>, ProtocolError> {
         let task_type = self.task_type.clone().unwrap_or_default();
         if task_type.is_generative() {
             let named = [
                 ("policy", self.policy.is_some()),
+                ("threshold", self.threshold.is_some()),
                 ("min_quorum", self.min_quorum.is_some()),
                 ("max_answers", self.max_answers.is_some()),
                 ("distinct_models", self.distinct_models.is_some()),
@@ -317,7 +337,30 @@ impl NewTask {
         let required = self
             .required_submissions
             .unwrap_or(crate::limits::DEFAULT_REQUIRED_SUBMISSIONS);
-        VoteRule::resolve(required, self.policy, self.min_quorum, self.max_answers).map(Some)
+        if task_type.is_vector() && self.policy == Some(Policy::Posterior) {
+            return Err(ProtocolError::invalid(
+                "policy",
+                "the posterior policy weighs labels; embedding tasks are decided by the \
+                 largest group of close vectors (quorum or majority)",
+            ));
+        }
+        let policy = match (self.policy, policy) {
+            (Some(asked), _) => Some(asked),
+            (None, Some(Policy::Posterior)) if task_type.is_vector() => None,
+            (None, default) => default,
+        };
+        let threshold = match (policy, self.threshold) {
+            (Some(Policy::Posterior), None) => threshold,
+            (_, given) => given,
+        };
+        VoteRule::resolve_with(
+            required,
+            policy,
+            self.min_quorum,
+            self.max_answers,
+            threshold,
+        )
+        .map(Some)
     }
 }
 

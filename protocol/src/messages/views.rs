@@ -44,8 +44,13 @@ pub struct TaskView {
     pub final_embedding: Option<Vec<f32>>,
     /// Mean confidence of the winning label; for an `embedding` task, the mean cosine of the
     /// winning group's vectors to the consensus vector; for a generative task, the mean
-    /// probability of the agreed tokens.
+    /// probability of the agreed tokens; under the posterior policy, the winning label's
+    /// posterior.
     pub final_confidence: Option<f64>,
+    /// Under the posterior policy, the best label's posterior after the last round of answers
+    /// (the one that decided it, or fell short and asked for another answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub posterior: Option<f64>,
     /// What a generative task pins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<GenerationSpec>,
@@ -109,6 +114,11 @@ pub struct SubmissionView {
     /// A generation's per-token log-probabilities, as its worker computed them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<Vec<f32>>,
+    /// Under the posterior policy, how strongly it counted: the log-odds, from its model
+    /// content's calibration on gold (and its worker's record when worse), that it is right
+    /// against any one other label (0: no better than a guess).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
     /// When it was committed.
     pub created_at: DateTime<Utc>,
 }
@@ -300,6 +310,33 @@ pub struct ModelAgreement {
     /// Its answers to gold tasks of this type, and how many were right.
     #[serde(default)]
     pub gold: GoldScore,
+    /// How its reported confidence compares with how often it is right on gold (label
+    /// types), which the posterior policy weighs its answers by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationView>,
+}
+
+/// A model content's calibration on gold: its reliability diagram and Brier score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationView {
+    /// Mean squared error of its reported confidences against right (1) or wrong (0); 0 is
+    /// perfect, 0.25 a coin that always says 0.5.
+    pub brier: f64,
+    /// Gold answers by reported confidence, in tenths; bins without gold left out.
+    pub bins: Vec<ReliabilityBin>,
+}
+
+/// One bin of a reliability diagram.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ReliabilityBin {
+    /// The bin's lower edge (it spans a tenth).
+    pub low: f64,
+    /// Gold answers in it.
+    pub answered: u64,
+    /// Their mean reported confidence.
+    pub confidence: f64,
+    /// How often they were right.
+    pub accuracy: f64,
 }
 
 /// Reply to `api.leaderboard.models`.

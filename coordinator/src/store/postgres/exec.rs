@@ -1,24 +1,17 @@
-//! PostgreSQL's executors: the store's [`Sql`] seam over a blocking client or transaction
-//! ([`Pg`]), the binding of values to PostgreSQL's types and the reading of its rows.
+//! What PostgreSQL's executor ([`super::PgPipe`]) is made of: prepared statements by their text,
+//! the binding of values to PostgreSQL's types and the reading of its rows.
 
-use crate::store::sql::{Error, Result, Row, Sql, ValueRef};
+use crate::store::sql::{Error, Result, Row, ValueRef};
 use postgres_types::{IsNull, ToSql, Type};
 use std::cell::RefCell;
 use std::collections::HashMap;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A PostgreSQL transaction (or, for reads and tests, a client) with its prepared statements,
-/// seen through [`Sql`], on the blocking client.
-pub(crate) struct Pg<'a, C: postgres::GenericClient> {
-    client: RefCell<&'a mut C>,
-    cache: &'a RefCell<StmtCache>,
-}
-
 /// Prepared statements of one PostgreSQL connection, by their text.
 #[derive(Default)]
 pub(crate) struct StmtCache {
-    stmts: HashMap<String, postgres::Statement>,
+    stmts: HashMap<String, tokio_postgres::Statement>,
 }
 
 impl StmtCache {
@@ -33,8 +26,8 @@ impl StmtCache {
 pub(super) fn cached(
     cache: &RefCell<StmtCache>,
     sql: &str,
-    prepare: impl FnOnce(&str) -> std::result::Result<postgres::Statement, postgres::Error>,
-) -> std::result::Result<postgres::Statement, postgres::Error> {
+    prepare: impl FnOnce(&str) -> std::result::Result<tokio_postgres::Statement, tokio_postgres::Error>,
+) -> std::result::Result<tokio_postgres::Statement, tokio_postgres::Error> {
     if let Some(s) = cache.borrow().stmts.get(sql) {
         return Ok(s.clone());
     }
@@ -46,51 +39,6 @@ pub(super) fn cached(
     Ok(stmt)
 }
 
-impl<'a, C: postgres::GenericClient> Pg<'a, C> {
-    /// `client` seen through [`Sql`], preparing statements into `cache`.
-    pub(crate) fn new(client: &'a mut C, cache: &'a RefCell<StmtCache>) -> Self {
-        Self {
-            client: RefCell::new(client),
-            cache,
-        }
-    }
-
-    fn statement(&self, sql: &str) -> Result<postgres::Statement> {
-        Ok(cached(self.cache, sql, |q| {
-            self.client.borrow_mut().prepare(q)
-        })?)
-    }
-}
-
-impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
-    fn exec(&self, sql: &str, args: &[ValueRef<'_>]) -> Result<usize> {
-        let stmt = self.statement(sql)?;
-        let params = bound(args);
-        let n = self.client.borrow_mut().execute(&stmt, &params)?;
-        Ok(usize::try_from(n).unwrap_or(usize::MAX))
-    }
-
-    fn rows(
-        &self,
-        sql: &str,
-        args: &[ValueRef<'_>],
-        each: &mut dyn FnMut(&Row<'_>) -> Result<bool>,
-    ) -> Result<()> {
-        let stmt = self.statement(sql)?;
-        let params = bound(args);
-        each_row(&self.client.borrow_mut().query(&stmt, &params)?, each)
-    }
-
-    fn exec_batch(&self, sql: &str) -> Result<()> {
-        Ok(self.client.borrow_mut().batch_execute(sql)?)
-    }
-
-    fn now_ms(&self) -> Result<i64> {
-        let stmt = self.statement(CLOCK)?;
-        Ok(self.client.borrow_mut().query_one(&stmt, &[])?.get(0))
-    }
-}
-
 /// `args` as the PostgreSQL client binds them.
 pub(super) fn bound<'a>(args: &'a [ValueRef<'_>]) -> Vec<&'a (dyn ToSql + Sync)> {
     args.iter().map(|a| a as _).collect()
@@ -98,7 +46,7 @@ pub(super) fn bound<'a>(args: &'a [ValueRef<'_>]) -> Vec<&'a (dyn ToSql + Sync)>
 
 /// Hands each of `rows` to `each` until it returns `false`.
 pub(super) fn each_row(
-    rows: &[postgres::Row],
+    rows: &[tokio_postgres::Row],
     each: &mut dyn FnMut(&Row<'_>) -> Result<bool>,
 ) -> Result<()> {
     for r in rows {
@@ -257,13 +205,13 @@ impl<'r> postgres_types::FromSql<'r> for Numeric {
 }
 
 pub(crate) fn pg_value<T>(
-    r: &postgres::Row,
+    r: &tokio_postgres::Row,
     i: usize,
     f: impl FnOnce(ValueRef<'_>) -> Result<T>,
 ) -> Result<T> {
     /// Column `i` as a `C`, NULL as such.
     fn read<'r, C: postgres_types::FromSql<'r>>(
-        r: &'r postgres::Row,
+        r: &'r tokio_postgres::Row,
         i: usize,
         to: impl FnOnce(C) -> ValueRef<'r>,
     ) -> Result<ValueRef<'r>> {

@@ -1,11 +1,12 @@
 //! PostgreSQL's side of the store: its statements where they differ from SQLite's.
 
+mod conn;
 mod exec;
 mod pipe;
 pub(crate) mod store;
 pub(crate) mod vote;
 
-pub(crate) use exec::{pg_value, Pg, StmtCache};
+pub(crate) use exec::{pg_value, StmtCache};
 pub(crate) use pipe::PgPipe;
 pub(crate) use store::{PgStore, Timeouts, Writer, SWEEP_LOCK};
 
@@ -14,7 +15,7 @@ use super::sql::{Result, Sql};
 use super::tx::views::StarvedSql;
 use super::tx::{
     adds, admin, leases, scores, tasks, votes, Adds, Admin, AnswerContext, Credit, Exec, Leases,
-    NewVote, OpenTask, Scores, Scoring, Tasks, Views, Votes,
+    NewVote, OpenTask, Scores, Scoring, Tasks, Truth, Views, Votes,
 };
 use protocol::{LeaseId, TaskId, TaskType, WorkerId};
 use std::sync::LazyLock;
@@ -217,6 +218,8 @@ impl Votes for Tx<'_> {
 }
 
 impl Scoring for Tx<'_> {}
+
+impl Truth for Tx<'_> {}
 
 impl Views for Tx<'_> {
     fn starved_sql(&self) -> &'static StarvedSql {

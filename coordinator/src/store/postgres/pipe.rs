@@ -1,4 +1,5 @@
-//! PostgreSQL's pipelined writer session ([`PgPipe`]).
+//! PostgreSQL's pipelined sessions ([`PgPipe`]): the writers' transactions, the reads' snapshots,
+//! and tests' sessions, all on `tokio-postgres` driven by a runtime the caller blocks on.
 
 use super::exec::{bound, cached, changes_rows, each_row, StmtCache, Value, CLOCK};
 use crate::store::sql::{Merged, Result, Row, Sql, ValueRef, MERGED_MAX};
@@ -8,7 +9,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 /// A statement sent and not yet answered.
-type Pending<'a> = Pin<Box<dyn Future<Output = std::result::Result<(), postgres::Error>> + 'a>>;
+type Pending<'a> =
+    Pin<Box<dyn Future<Output = std::result::Result<(), tokio_postgres::Error>> + 'a>>;
 
 /// A PostgreSQL writer session's transaction, pipelined: what runs through [`Sql::defer`] (and
 /// the `BEGIN`) is sent with the next statement whose answer is needed, or with the `COMMIT`, in
@@ -31,6 +33,8 @@ pub(crate) struct PgPipe<'a> {
     op: Cell<Option<usize>>,
     /// Changes waiting to be merged ([`Merged`]), with their arguments, in the order they came.
     merged: RefCell<Vec<(&'static Merged, Vec<Value>)>>,
+    /// Whether it sent a `BEGIN` of its own (and so ends with a `COMMIT` or a `ROLLBACK`).
+    begun: bool,
 }
 
 /// A read made ahead for an operation of the batch: its text, its arguments and its rows.
@@ -38,7 +42,7 @@ struct Probed {
     op: Option<usize>,
     sql: &'static str,
     args: Vec<Option<String>>,
-    rows: Vec<postgres::Row>,
+    rows: Vec<tokio_postgres::Row>,
 }
 
 impl<'a> PgPipe<'a> {
@@ -48,6 +52,42 @@ impl<'a> PgPipe<'a> {
         rt: &'a tokio::runtime::Runtime,
         client: &'a tokio_postgres::Client,
         cache: &'a RefCell<StmtCache>,
+    ) -> Self {
+        Self::starting(rt, client, cache, Some("BEGIN"))
+    }
+
+    /// Begins a read-only transaction in one snapshot (REPEATABLE READ), sent with its first
+    /// statement: what a read of several statements sees is one state of the database.
+    pub(crate) fn read(
+        rt: &'a tokio::runtime::Runtime,
+        client: &'a tokio_postgres::Client,
+        cache: &'a RefCell<StmtCache>,
+    ) -> Self {
+        Self::starting(
+            rt,
+            client,
+            cache,
+            Some("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+        )
+    }
+
+    /// The session as it is, without a `BEGIN`: in autocommit mode each statement commits as
+    /// it runs; inside a transaction begun elsewhere, statements join it. [`PgPipe::commit`]
+    /// then only sends what is pending.
+    #[cfg(test)]
+    pub(crate) fn within(
+        rt: &'a tokio::runtime::Runtime,
+        client: &'a tokio_postgres::Client,
+        cache: &'a RefCell<StmtCache>,
+    ) -> Self {
+        Self::starting(rt, client, cache, None)
+    }
+
+    fn starting(
+        rt: &'a tokio::runtime::Runtime,
+        client: &'a tokio_postgres::Client,
+        cache: &'a RefCell<StmtCache>,
+        begin: Option<&'static str>,
     ) -> Self {
         let pipe = Self {
             rt,
@@ -60,27 +100,37 @@ impl<'a> PgPipe<'a> {
             probed: RefCell::new(Vec::new()),
             op: Cell::new(None),
             merged: RefCell::new(Vec::new()),
+            begun: begin.is_some(),
         };
-        pipe.pending
-            .borrow_mut()
-            .push(Box::pin(client.batch_execute("BEGIN")));
+        if let Some(begin) = begin {
+            pipe.pending
+                .borrow_mut()
+                .push(Box::pin(client.batch_execute(begin)));
+        }
         pipe
     }
 
-    /// Commits: the statements not yet answered go with the `COMMIT`. An error without a
-    /// SQLSTATE means the connection was lost, and with it what the server did.
+    /// Commits: the statements not yet answered go with the `COMMIT` (or, without a `BEGIN`
+    /// of its own, alone). An error without a SQLSTATE means the connection was lost, and with
+    /// it what the server did.
     ///
     /// # Errors
     /// The first statement's that failed, or the commit's.
     pub(crate) fn commit(self) -> Result<()> {
-        self.answered(self.client.batch_execute("COMMIT"))
+        if self.begun {
+            self.answered(self.client.batch_execute("COMMIT"))
+        } else {
+            self.answered(std::future::ready(Ok(())))
+        }
     }
 
     /// Rolls back, dropping what was not sent yet.
     pub(crate) fn rollback(self) {
         self.merged.borrow_mut().clear();
         self.pending.borrow_mut().clear();
-        let _ = self.rt.block_on(self.client.batch_execute("ROLLBACK"));
+        if self.begun {
+            let _ = self.rt.block_on(self.client.batch_execute("ROLLBACK"));
+        }
     }
 
     /// Starts operation `op` (its index in the batch): counts anew what [`PgPipe::op_wrote`]
@@ -149,7 +199,7 @@ impl<'a> PgPipe<'a> {
     }
 
     /// The rows made ahead for the read `sql` with `args`, taken (served once).
-    fn probed(&self, sql: &str, args: &[ValueRef<'_>]) -> Option<Vec<postgres::Row>> {
+    fn probed(&self, sql: &str, args: &[ValueRef<'_>]) -> Option<Vec<tokio_postgres::Row>> {
         let op = self.op.get();
         let same = |p: &Probed| {
             p.op == op
@@ -170,7 +220,7 @@ impl<'a> PgPipe<'a> {
     /// the first failure among them.
     fn answered<T>(
         &self,
-        last: impl Future<Output = std::result::Result<T, postgres::Error>>,
+        last: impl Future<Output = std::result::Result<T, tokio_postgres::Error>>,
     ) -> Result<T> {
         self.send_merged()?;
         let pending = std::mem::take(&mut *self.pending.borrow_mut());
@@ -222,7 +272,7 @@ impl<'a> PgPipe<'a> {
         Ok(())
     }
 
-    fn statement(&self, sql: &str) -> Result<postgres::Statement> {
+    fn statement(&self, sql: &str) -> Result<tokio_postgres::Statement> {
         let stmt = cached(self.cache, sql, |q| {
             self.rt.block_on(self.client.prepare(q))
         });

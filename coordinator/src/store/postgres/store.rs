@@ -22,13 +22,12 @@
 //! one snapshot (REPEATABLE READ).
 
 use crate::error::{CoreError, StoreError, CONFLICT_SQLSTATES};
-use crate::store::postgres::{Pg, PgPipe, StmtCache};
+use crate::store::postgres::conn::{lock, Conn, Reads};
+use crate::store::postgres::PgPipe;
 use crate::store::sql::Sql;
 use crate::store::Lane;
 use crate::store::Probe;
-use postgres::{Client, IsolationLevel, NoTls};
 use std::any::Any;
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::str::FromStr;
 use std::sync::{Arc, Condvar, Mutex};
@@ -97,6 +96,28 @@ const MIGRATIONS: &[&str] = &[
                              ADD COLUMN traps_missed BIGINT NOT NULL DEFAULT 0,
                              ADD COLUMN gold_answered BIGINT NOT NULL DEFAULT 0,
                              ADD COLUMN gold_right BIGINT NOT NULL DEFAULT 0;",
+    // The posterior policy (see the SQLite migration of the same name): thresholds, posteriors,
+    // weights, lone finalizations, the trust reset, and the calibration counts.
+    "ALTER TABLE task ADD COLUMN threshold DOUBLE PRECISION,
+                     ADD COLUMN posterior DOUBLE PRECISION,
+                     ADD COLUMN lone_worker TEXT,
+                     DROP CONSTRAINT task_policy_check,
+                     ADD CONSTRAINT task_policy_check
+                         CHECK (policy IN ('quorum', 'majority', 'posterior'));
+     CREATE INDEX task_lone_worker ON task (lone_worker) WHERE lone_worker IS NOT NULL;
+     ALTER TABLE submission ADD COLUMN weight DOUBLE PRECISION;
+     ALTER TABLE worker ADD COLUMN caught_at BIGINT;
+     CREATE TABLE calibration (
+         model_hash TEXT             NOT NULL,
+         type       TEXT             NOT NULL,
+         label      TEXT             NOT NULL,
+         bin        BIGINT           NOT NULL,
+         answered   BIGINT           NOT NULL,
+         correct    BIGINT           NOT NULL,
+         conf_sum   DOUBLE PRECISION NOT NULL,
+         sq_err     DOUBLE PRECISION NOT NULL,
+         PRIMARY KEY (model_hash, type, label, bin)
+     );",
 ];
 
 /// The session settings of every connection.
@@ -123,7 +144,7 @@ impl Default for Timeouts {
 /// The PostgreSQL store's connections.
 pub(crate) struct PgStore {
     config: tokio_postgres::Config,
-    reads: r2d2::Pool<r2d2_postgres::PostgresConnectionManager<NoTls>>,
+    reads: Reads,
     /// What the URL names, without its password (for logs and status).
     shown: String,
 }
@@ -151,15 +172,11 @@ impl PgStore {
         ));
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(10));
-        let blocking = postgres::Config::from(config.clone());
-        let mut client = blocking.connect(NoTls)?;
-        migrate(&mut client)?;
-        let manager = r2d2_postgres::PostgresConnectionManager::new(blocking, NoTls);
-        let reads = r2d2::Pool::builder()
-            .max_size(4)
-            .min_idle(Some(0))
-            .connection_timeout(Duration::from_secs(5))
-            .build_unchecked(manager);
+        let mut first = Conn::new(config.clone());
+        first.connect()?;
+        migrate(&first)?;
+        let reads = Reads::new(config.clone());
+        reads.keep(first);
         let shown = format!(
             "postgres {}:{}/{}",
             config
@@ -192,50 +209,50 @@ impl PgStore {
         &self,
         op: impl FnOnce(&dyn Sql, i64) -> Result<T, CoreError>,
     ) -> Result<T, CoreError> {
-        let mut client = self
-            .reads
-            .get()
-            .map_err(|e| CoreError::Unreachable(e.to_string()))?;
-        let mut tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .map_err(|e| CoreError::Store(e.into()))?;
-        let cache = RefCell::new(StmtCache::default());
-        let db = Pg::new(&mut tx, &cache);
-        let now = db.now_ms()?;
-        crate::store::guarded(|| op(&db, now))
+        self.reads.read(op)
     }
 }
 
 /// Brings the schema up to date inside one transaction holding [`MIGRATION_LOCK`].
-fn migrate(client: &mut Client) -> Result<(), StoreError> {
-    let mut tx = client.transaction()?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS aimarket_schema (version BIGINT NOT NULL, migrated_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-    )?;
-    let current: i64 = tx
-        .query_one("SELECT COALESCE(MAX(version), 0) FROM aimarket_schema", &[])?
-        .get(0);
-    let known = MIGRATIONS.len() as i64;
-    if current > known {
-        return Err(StoreError::TooNew {
-            found: current,
-            known,
-        });
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        tx.batch_execute(sql)?;
-        tx.execute(
-            "INSERT INTO aimarket_schema (version) VALUES ($1)",
-            &[&(i as i64 + 1)],
+fn migrate(conn: &Conn) -> Result<(), StoreError> {
+    let pipe = conn.pipe(PgPipe::begin);
+    let tx: &dyn Sql = &pipe;
+    let out = (|| {
+        tx.query_row("SELECT pg_advisory_xact_lock($1)", [MIGRATION_LOCK], |_| {
+            Ok(())
+        })?;
+        tx.exec_batch(
+            "CREATE TABLE IF NOT EXISTS aimarket_schema (version BIGINT NOT NULL, migrated_at TIMESTAMPTZ NOT NULL DEFAULT now())",
         )?;
-        tracing::info!(version = i + 1, "postgres schema migrated");
+        let current: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM aimarket_schema",
+            (),
+            |r| r.get(0),
+        )?;
+        let known = MIGRATIONS.len() as i64;
+        if current > known {
+            return Err(StoreError::TooNew {
+                found: current,
+                known,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            tx.exec_batch(sql)?;
+            tx.execute(
+                "INSERT INTO aimarket_schema (version) VALUES ($1)",
+                [i as i64 + 1],
+            )?;
+            tracing::info!(version = i + 1, "postgres schema migrated");
+        }
+        Ok(())
+    })();
+    match out {
+        Ok(()) => Ok(pipe.commit()?),
+        Err(e) => {
+            pipe.rollback();
+            Err(e)
+        }
     }
-    tx.commit()?;
-    Ok(())
 }
 
 type Output = Box<dyn Any + Send>;
@@ -312,15 +329,7 @@ impl Writer {
         config.options(options.trim());
         for i in 0..WRITERS {
             let shared = shared.clone();
-            let mut session = Session {
-                config: config.clone(),
-                rt: tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a writer's runtime starts"),
-                client: None,
-                cache: RefCell::new(StmtCache::default()),
-            };
+            let mut session = Session(Conn::new(config.clone()));
             std::thread::Builder::new()
                 .name(format!("pg-writer-{i}"))
                 .spawn(move || {
@@ -427,40 +436,10 @@ fn conflict(e: &CoreError) -> bool {
     matches!(e, CoreError::Store(e) if e.sqlstate().is_some_and(|c| CONFLICT_SQLSTATES.contains(&c)))
 }
 
-/// One writer thread's session: a connection driven by the thread's own runtime (it makes
-/// progress while the thread waits for an answer, which is all the thread does meanwhile).
-struct Session {
-    config: tokio_postgres::Config,
-    rt: tokio::runtime::Runtime,
-    client: Option<tokio_postgres::Client>,
-    cache: RefCell<StmtCache>,
-}
+/// One writer thread's session (see [`Conn`]).
+struct Session(Conn);
 
 impl Session {
-    /// The session's connection, made anew when there is none or it was lost; why not, when
-    /// the server cannot be reached.
-    fn connect(&mut self) -> Result<(), String> {
-        if self
-            .client
-            .as_ref()
-            .is_none_or(tokio_postgres::Client::is_closed)
-        {
-            self.cache.borrow_mut().clear();
-            self.client = None;
-            let (client, connection) = self
-                .rt
-                .block_on(self.config.connect(NoTls))
-                .map_err(|e| e.to_string())?;
-            self.rt.spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "postgres writer connection ended");
-                }
-            });
-            self.client = Some(client);
-        }
-        Ok(())
-    }
-
     /// Runs `jobs` in one transaction and answers each: again after a conflict or a lost
     /// connection, without an operation that failed after changing rows, one per transaction
     /// after any other failure (so one operation's error is not every operation's).
@@ -468,12 +447,12 @@ impl Session {
         let mut attempt = 0;
         while !jobs.is_empty() {
             attempt += 1;
-            if let Err(message) = self.connect() {
+            if let Err(e) = self.0.connect() {
+                let message = e.to_string();
                 fail_all(jobs, || CoreError::Unreachable(message.clone()));
                 return;
             }
-            let client = self.client.as_ref().expect("connected above");
-            let failure = match once(&self.rt, client, &self.cache, &mut jobs) {
+            let failure = match once(&self.0, &mut jobs) {
                 Ok(outcomes) => {
                     for (job, outcome) in jobs.into_iter().zip(outcomes) {
                         job.finish(outcome);
@@ -482,7 +461,7 @@ impl Session {
                 }
                 Err(failure) => failure,
             };
-            let lost = client.is_closed();
+            let lost = self.0.is_closed();
             let e = match failure {
                 Failure::Refused(i, e) => {
                     jobs.remove(i).finish(Err(e));
@@ -524,13 +503,8 @@ impl Session {
 
 /// One run of `jobs` in one transaction, with the database's clock read once. An operation's
 /// error leaves the others be when it changed nothing and the server refused nothing.
-fn once(
-    rt: &tokio::runtime::Runtime,
-    client: &tokio_postgres::Client,
-    cache: &RefCell<StmtCache>,
-    jobs: &mut [Job],
-) -> Result<Vec<Outcome>, Failure> {
-    let db = PgPipe::begin(rt, client, cache);
+fn once(conn: &Conn, jobs: &mut [Job]) -> Result<Vec<Outcome>, Failure> {
+    let db = conn.pipe(PgPipe::begin);
     if let Err(e) = probe(&db, jobs) {
         db.rollback();
         return Err(Failure::Batch(CoreError::Store(e)));
@@ -553,7 +527,7 @@ fn once(
     match db.commit() {
         Ok(()) => Ok(outcomes),
         // The server may or may not have committed: say so, never "ok".
-        Err(e) if e.sqlstate().is_none() && client.is_closed() => {
+        Err(e) if e.sqlstate().is_none() && conn.is_closed() => {
             Err(Failure::CommitUnknown(e.to_string()))
         }
         Err(e) => Err(Failure::Batch(CoreError::Store(e))),
@@ -588,10 +562,6 @@ fn probe(db: &PgPipe<'_>, jobs: &[Job]) -> Result<(), crate::store::sql::Error> 
         }
     }
     Ok(())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -665,7 +635,7 @@ mod tests {
         let store = Arc::new(
             PgStore::open(server.url(), "writer-test", Timeouts::default()).expect("open"),
         );
-        let mut c = postgres::Client::connect(server.url(), NoTls).expect("connect");
+        let c = test_support::PgClient::connect(server.url());
         c.batch_execute(
             "DROP TABLE IF EXISTS batch_probe; CREATE TABLE batch_probe (k TEXT PRIMARY KEY)",
         )
@@ -697,7 +667,7 @@ mod tests {
              JOIN probe_row ON probe_row.k = r.k ORDER BY r.k COLLATE \"C\", r.i";
         let server = PgServer::start();
         let (_store, writer) = writer_on(&server);
-        let mut c = postgres::Client::connect(server.url(), NoTls).expect("connect");
+        let c = test_support::PgClient::connect(server.url());
         c.batch_execute(
             "CREATE TABLE probe_row (k TEXT PRIMARY KEY, v INT NOT NULL);
              INSERT INTO probe_row VALUES ('a', 1), ('b', 1), ('c', 1);",
@@ -777,7 +747,7 @@ mod tests {
         static SECOND: Merged = merged(|n| many(n, 1), 1);
         let server = PgServer::start();
         let (store, writer) = writer_on(&server);
-        let mut c = postgres::Client::connect(server.url(), NoTls).expect("connect");
+        let c = test_support::PgClient::connect(server.url());
         c.batch_execute("CREATE TABLE merge_log (id SERIAL PRIMARY KEY, n INT, phase INT, k TEXT)")
             .expect("log");
         let (gates, held) = hold_all(&writer);
@@ -944,6 +914,19 @@ mod tests {
         assert_eq!(tally, (12, 10, 2));
     }
 
+    /// A read session kept idle across a server restart is found lost at the read's first
+    /// statement and replaced: the read is answered, not refused `unavailable`.
+    #[test]
+    fn a_read_after_the_server_restarted_is_answered() {
+        let mut server = test_support::Postgres::start();
+        let store =
+            PgStore::open(&server.url(), "restart-test", Timeouts::default()).expect("open");
+        let read = || store.read(|c, _| Ok(c.query_row("SELECT 7", (), |r| r.get::<_, i64>(0))?));
+        assert_eq!(read().expect("a read before"), 7);
+        server.restart();
+        assert_eq!(read().expect("a read after the restart"), 7);
+    }
+
     /// Writer sessions carry [`WRITER_SETTINGS`], the other sessions not.
     #[test]
     fn writer_sessions_plan_with_their_settings() {
@@ -1061,7 +1044,7 @@ mod tests {
 
     /// `sql`'s generic plan, made on empty tables, with `args` (PostgreSQL literals) for its
     /// parameters.
-    fn generic_plan(c: &mut Client, sql: &str, args: &str) -> String {
+    fn generic_plan(c: &test_support::PgClient, sql: &str, args: &str) -> String {
         c.batch_execute(&format!(
             "SET plan_cache_mode = force_generic_plan; DEALLOCATE ALL; PREPARE probe AS {sql}"
         ))
@@ -1082,9 +1065,9 @@ mod tests {
     #[test]
     fn plans_made_on_empty_tables_find_rows_by_key() {
         let server = PgServer::start();
-        let mut c = postgres::Client::connect(server.url(), postgres::NoTls).expect("connect");
+        let c = test_support::PgClient::connect(server.url());
         let plan = generic_plan(
-            &mut c,
+            &c,
             "SELECT lease_id FROM submission WHERE task_id = $1 AND worker_id = $2",
             "'t', 'w'",
         );
@@ -1097,7 +1080,7 @@ mod tests {
             "the submission lookup scans by one column:\n{plan}"
         );
         let plan = generic_plan(
-            &mut c,
+            &c,
             &crate::store::tx::leases::assign_sql(3),
             "'a', 'b', 'c'",
         );
@@ -1106,7 +1089,7 @@ mod tests {
             "taking slots walks the table:\n{plan}"
         );
         let read = crate::store::postgres::vote::answer_sql();
-        let plan = generic_plan(&mut c, read, "'t', 'w', 'l'");
+        let plan = generic_plan(&c, read, "'t', 'w', 'l'");
         // The task, the worker's submission on it, the lease; the answers so far, the task row
         // in the statement's snapshot.
         assert!(
@@ -1114,13 +1097,13 @@ mod tests {
             "a submission's read scans:\n{plan}"
         );
         let many = crate::store::postgres::vote::answer_many_sql();
-        let plan = generic_plan(&mut c, many, "'{t,u}', '{w,w}', '{l,NULL}'");
+        let plan = generic_plan(&c, many, "'{t,u}', '{w,w}', '{l,NULL}'");
         assert!(
             !plan.contains("Seq Scan") && plan.matches("Index Cond").count() == 5,
             "a batch's submission read scans:\n{plan}"
         );
         let walk = crate::store::postgres::walk_sql();
-        let plan = generic_plan(&mut c, walk, "'w', 'sentiment', 32, NULL, 7");
+        let plan = generic_plan(&c, walk, "'w', 'sentiment', 32, NULL, 7");
         assert!(
             plan.contains("Index Scan using task_open on task")
                 && plan.contains("Index Cond: ((type = $2) AND (seq > $5))"),
@@ -1141,7 +1124,7 @@ mod tests {
             ),
         ] {
             let args = vec![row; MERGED_MAX].join(", ");
-            let plan = generic_plan(&mut c, &(change.many)(MERGED_MAX), &args);
+            let plan = generic_plan(&c, &(change.many)(MERGED_MAX), &args);
             assert!(
                 !plan.contains("Seq Scan on"),
                 "a batch's {what} scan:\n{plan}"

@@ -24,14 +24,14 @@ pub enum Error {
     Sqlite(#[from] rusqlite::Error),
     /// PostgreSQL's error.
     #[error("{}", pg_message(.0))]
-    Postgres(#[from] postgres::Error),
+    Postgres(#[from] tokio_postgres::Error),
 }
 
 impl Error {
     /// PostgreSQL's SQLSTATE, when it is a PostgreSQL error from the server.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
-            Error::Postgres(e) => e.code().map(postgres::error::SqlState::code),
+            Error::Postgres(e) => e.code().map(tokio_postgres::error::SqlState::code),
             _ => None,
         }
     }
@@ -39,7 +39,7 @@ impl Error {
 
 /// PostgreSQL's error with the server's message and SQLSTATE (its `Display` says only "db
 /// error").
-pub(crate) fn pg_message(e: &postgres::Error) -> String {
+pub(crate) fn pg_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("postgres {}: {}", db.code().code(), db.message()),
         None => match std::error::Error::source(e) {

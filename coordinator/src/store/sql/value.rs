@@ -225,7 +225,7 @@ pub enum Row<'a> {
     /// A SQLite row.
     Sqlite(&'a rusqlite::Row<'a>),
     /// A PostgreSQL row.
-    Postgres(&'a postgres::Row),
+    Postgres(&'a tokio_postgres::Row),
 }
 
 impl Row<'_> {

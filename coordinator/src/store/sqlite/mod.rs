@@ -9,7 +9,7 @@ use super::sql::{Result, Sql};
 use super::tx::views::StarvedSql;
 use super::tx::{
     adds, admin, leases, scores, tasks, votes, Adds, Admin, AnswerContext, Credit, Exec, Leases,
-    NewVote, OpenTask, Scores, Scoring, Tasks, Views, Votes,
+    NewVote, OpenTask, Scores, Scoring, Tasks, Truth, Views, Votes,
 };
 use protocol::{LeaseId, TaskId, TaskType, WorkerId};
 use std::sync::LazyLock;
@@ -154,6 +154,8 @@ impl Votes for Tx<'_> {
 }
 
 impl Scoring for Tx<'_> {}
+
+impl Truth for Tx<'_> {}
 
 impl Views for Tx<'_> {
     fn starved_sql(&self) -> &'static StarvedSql {

@@ -282,6 +282,87 @@ ALTER TABLE score_delta ADD COLUMN traps_missed INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE score_delta ADD COLUMN gold_answered INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE score_delta ADD COLUMN gold_right INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+-- The posterior policy (store::tx::truth). The task table is rebuilt (SQLite cannot widen a
+-- CHECK) to take policy `posterior`, the posterior a task needs (`threshold`) and the one its
+-- answers last reached (`posterior`), and the worker whose lone answer finalized it unchecked
+-- (`lone_worker`, re-replicated if that worker is caught wrong). Each answer's weight (the
+-- log-odds that it is right, as calibrated); when a worker was last caught wrong while trusted
+-- (its record starts over then); and each model content's gold record by task type, label and
+-- confidence bin: the calibration.
+CREATE TABLE task_rebuilt (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    id               TEXT    NOT NULL UNIQUE,
+    type             TEXT    NOT NULL,
+    text             TEXT    NOT NULL,
+    status           TEXT    NOT NULL
+        CHECK (status IN ('queued', 'assigned', 'finalized', 'failed', 'cancelled')),
+    required         INTEGER NOT NULL CHECK (required >= 1),
+    max_attempts     INTEGER NOT NULL CHECK (max_attempts >= 1),
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    active_leases    INTEGER NOT NULL DEFAULT 0 CHECK (active_leases >= 0),
+    submissions      INTEGER NOT NULL DEFAULT 0 CHECK (submissions >= 0),
+    final_label      TEXT,
+    final_confidence REAL,
+    error_message    TEXT,
+    created_at       INTEGER NOT NULL,
+    finished_at      INTEGER,
+    labels           TEXT,
+    similarity       REAL,
+    final_embedding  BLOB,
+    generation       TEXT,
+    model_hash       TEXT,
+    final_token_ids  BLOB,
+    final_text       TEXT,
+    failure_reason   TEXT CHECK (failure_reason IN ('max_attempts', 'no_consensus')),
+    verifying        INTEGER NOT NULL DEFAULT 0,
+    verifiers        INTEGER NOT NULL DEFAULT 0,
+    asked            INTEGER NOT NULL,
+    policy           TEXT    NOT NULL DEFAULT 'quorum'
+        CHECK (policy IN ('quorum', 'majority', 'posterior')),
+    min_quorum       INTEGER NOT NULL DEFAULT 1 CHECK (min_quorum >= 1),
+    max_answers      INTEGER NOT NULL,
+    inconclusive     INTEGER NOT NULL DEFAULT 0,
+    distinct_models  INTEGER NOT NULL DEFAULT 0,
+    gold             INTEGER REFERENCES gold (id),
+    threshold        REAL,
+    posterior        REAL,
+    lone_worker      TEXT,
+    CHECK (active_leases + submissions <= required),
+    CHECK (required <= max_answers)
+);
+INSERT INTO task_rebuilt (seq, id, type, text, status, required, max_attempts, attempts,
+    active_leases, submissions, final_label, final_confidence, error_message, created_at,
+    finished_at, labels, similarity, final_embedding, generation, model_hash, final_token_ids,
+    final_text, failure_reason, verifying, verifiers, asked, policy, min_quorum, max_answers,
+    inconclusive, distinct_models, gold)
+SELECT seq, id, type, text, status, required, max_attempts, attempts,
+    active_leases, submissions, final_label, final_confidence, error_message, created_at,
+    finished_at, labels, similarity, final_embedding, generation, model_hash, final_token_ids,
+    final_text, failure_reason, verifying, verifiers, asked, policy, min_quorum, max_answers,
+    inconclusive, distinct_models, gold FROM task;
+DROP TABLE task;
+ALTER TABLE task_rebuilt RENAME TO task;
+CREATE INDEX task_open ON task (type, seq)
+    WHERE status IN ('queued', 'assigned') AND required > active_leases + submissions;
+CREATE INDEX task_status ON task (status, gold, seq);
+CREATE INDEX task_open_required ON task (type, required) WHERE status IN ('queued', 'assigned');
+CREATE INDEX task_by_gold ON task (gold) WHERE gold IS NOT NULL;
+CREATE INDEX task_lone_worker ON task (lone_worker) WHERE lone_worker IS NOT NULL;
+ALTER TABLE submission ADD COLUMN weight REAL;
+ALTER TABLE worker ADD COLUMN caught_at INTEGER;
+CREATE TABLE calibration (
+    model_hash TEXT    NOT NULL,
+    type       TEXT    NOT NULL,
+    label      TEXT    NOT NULL,
+    bin        INTEGER NOT NULL,
+    answered   INTEGER NOT NULL,
+    correct    INTEGER NOT NULL,
+    conf_sum   REAL    NOT NULL,
+    sq_err     REAL    NOT NULL,
+    PRIMARY KEY (model_hash, type, label, bin)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// Tables of one connection (`temp`, in memory, gone when it closes), created when it opens.

@@ -40,6 +40,8 @@ pub(crate) struct TaskInsert {
     pub min_quorum: u32,
     /// The most answers it may take.
     pub max_answers: u32,
+    /// The posterior the best label needs (the posterior policy).
+    pub threshold: Option<f64>,
     /// At most one counted answer per model content.
     pub distinct_models: bool,
     /// The gold item it is an instance of.
@@ -153,15 +155,15 @@ pub(crate) trait Adds: Exec {
     /// statement text per count of rows, each prepared once), in order.
     fn insert_tasks(&self, now: i64, rows: &[TaskInsert]) -> Result<()> {
         for chunk in rows.chunks(ROWS_PER_INSERT) {
-            // `$1` is the creation time; each row adds its 17 values.
+            // `$1` is the creation time; each row adds its 18 values.
             let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("('queued', $1, {})", numbered(2 + 17 * i, 17)))
+                .map(|i| format!("('queued', $1, {})", numbered(2 + 18 * i, 18)))
                 .collect();
             let sql = format!(
                 "INSERT INTO task (status, created_at, id, type, text, required, active_leases,
                                    max_attempts, labels, similarity, generation, model_hash,
                                    verifiers, asked, policy, min_quorum, max_answers,
-                                   distinct_models, gold)
+                                   distinct_models, gold, threshold)
                  VALUES {}",
                 values.join(", ")
             );
@@ -200,6 +202,7 @@ pub(crate) trait Adds: Exec {
                     &t.max_answers,
                     &t.distinct_models,
                     &t.gold,
+                    &t.threshold,
                 ]);
             }
             self.sql().prepare_cached(&sql)?.defer(args.as_slice())?;

@@ -11,6 +11,7 @@
 //! - [`Votes`]: what a submission is decided from, the vote, the decisions;
 //! - [`Scores`]: points and the other per-worker counters, in one engine-aware path;
 //! - [`Scoring`]: cross-scoring of generated answers;
+//! - [`Truth`]: the posterior policy's calibrations, records, weights and lone finalizations;
 //! - [`Views`]: the read side;
 //! - [`Admin`]: worker tokens, the operator's reset.
 
@@ -20,6 +21,7 @@ pub(crate) mod leases;
 pub(crate) mod scores;
 pub(crate) mod scoring;
 pub(crate) mod tasks;
+pub(crate) mod truth;
 pub(crate) mod views;
 pub(crate) mod votes;
 
@@ -29,6 +31,7 @@ pub(crate) use leases::{Leases, OpenTask};
 pub(crate) use scores::{Credit, Scores};
 pub(crate) use scoring::{Scoring, ScoringRow, ScoringSlot};
 pub(crate) use tasks::{NamedLease, Tasks};
+pub(crate) use truth::{Truth, WeighedAnswer};
 pub(crate) use views::Views;
 pub(crate) use votes::{AnswerContext, Earlier, NewVote, Votes};
 
@@ -72,8 +75,11 @@ fn set_flags<S: Exec + ?Sized>(s: &S, sql: &str, flags: &[(i64, bool)]) -> Resul
 
 /// One open transaction, as the rules see it: every part of the interface.
 pub(crate) trait Tx:
-    Exec + Tasks + Adds + Leases + Votes + Scores + Scoring + Views + Admin
+    Exec + Tasks + Adds + Leases + Votes + Scores + Scoring + Truth + Views + Admin
 {
 }
 
-impl<T> Tx for T where T: Exec + Tasks + Adds + Leases + Votes + Scores + Scoring + Views + Admin {}
+impl<T> Tx for T where
+    T: Exec + Tasks + Adds + Leases + Votes + Scores + Scoring + Truth + Views + Admin
+{
+}

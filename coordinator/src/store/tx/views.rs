@@ -160,6 +160,7 @@ pub(crate) trait Views: Exec {
                         answered: r.get(6)?,
                         right: r.get(7)?,
                     },
+                    calibration: None,
                 })
             })?
             .collect()
@@ -242,7 +243,7 @@ pub(crate) trait Views: Exec {
         self.sql()
             .prepare_cached(
                 "SELECT worker_id, label, confidence, model, agreed, created_at, embedding, text,
-                        token_ids, model_hash, logprobs
+                        token_ids, model_hash, logprobs, weight
                  FROM submission WHERE task_id = $1 ORDER BY id",
             )?
             .query_map([task.to_string()], |r| {
@@ -257,6 +258,7 @@ pub(crate) trait Views: Exec {
                     confidence: r.get(2)?,
                     model: r.get(3)?,
                     agreed: r.get(4)?,
+                    weight: r.get(11)?,
                     created_at: from_ms(r.get(5)?),
                 })
             })?

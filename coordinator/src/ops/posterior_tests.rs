@@ -1,0 +1,496 @@
+//! The posterior policy over the operations, on both engines: calibrated answers decide, an
+//! answer short of the threshold asks for another, a trusted worker's lone answer decides (and a
+//! spot check does not let it), a trusted worker caught wrong loses its record and its lone
+//! decisions are replicated again.
+
+use super::testing::*;
+use super::*;
+use crate::store::tx::{GoldAnswer, GoldInsert};
+use protocol::messages::{NewTask, SubmitRequest};
+use protocol::policy::Policy;
+use protocol::TaskStatus;
+
+/// A model content's hash, made of one repeated hex digit.
+fn hash(digit: char) -> String {
+    std::iter::repeat_n(digit, 64).collect()
+}
+
+/// A `sentiment` task under the posterior policy.
+fn posterior(required: u32, threshold: f64) -> NewTask {
+    NewTask {
+        required_submissions: Some(required),
+        policy: Some(Policy::Posterior),
+        threshold: Some(threshold),
+        ..NewTask::text("x")
+    }
+}
+
+/// A label answer on `lease` from model content `model`.
+fn from_model(
+    lease: &protocol::messages::Lease,
+    worker: &str,
+    label: &str,
+    confidence: f64,
+    model: &str,
+) -> SubmitRequest {
+    SubmitRequest {
+        model_hash: Some(model.to_owned()),
+        ..answer(lease, worker, label, confidence)
+    }
+}
+
+/// Model content `model` answered `right` of `right + wrong` gold items right, at `confidence`.
+fn calibrate(conn: &mut TestStore, model: &str, confidence: f64, right: u32, wrong: u32) {
+    conn.write(|tx| {
+        for i in 0..right + wrong {
+            let label = if i < right { "positive" } else { "negative" };
+            tx.record_calibration(model, &TaskType::sentiment(), label, confidence, i < right)?;
+        }
+        Ok::<_, crate::store::sql::Error>(())
+    })
+    .expect("calibration");
+}
+
+/// `worker` answered `right` gold items right in a row, at time `at`.
+fn gold_record(conn: &mut TestStore, worker: &str, right: u32, at: i64) {
+    conn.write(|tx| {
+        let text = format!("gold for {worker} at {at}");
+        tx.insert_gold(
+            &[GoldInsert {
+                task_type: &TaskType::sentiment(),
+                text: &text,
+                labels: None,
+                generation: None,
+                answer: "positive",
+            }],
+            at,
+        )?;
+        let (_, gold) = tx.gold_ids()?.expect("an item");
+        let w = wid(worker);
+        for _ in 0..right {
+            let task = TaskId::new();
+            tx.record_gold_answer(
+                &GoldAnswer {
+                    gold,
+                    task: &task,
+                    worker: &w,
+                    task_type: &TaskType::sentiment(),
+                    model: None,
+                    model_hash: None,
+                    answer: "positive",
+                    correct: true,
+                },
+                at,
+            )?;
+        }
+        Ok::<_, crate::store::sql::Error>(())
+    })
+    .expect("gold record");
+}
+
+fn weights(conn: &TestStore, task: &TaskId) -> Vec<Option<f64>> {
+    conn.tx()
+        .submissions_of(task)
+        .expect("submissions")
+        .iter()
+        .map(|s| s.weight)
+        .collect()
+}
+
+fn calibrated_answers_outweigh_a_worse_majority(mut conn: TestStore) {
+    let (good, poor) = (hash('a'), hash('b'));
+    calibrate(&mut conn, &good, 0.95, 95, 5);
+    calibrate(&mut conn, &poor, 0.95, 55, 45);
+    let t = add(&mut conn, 0, posterior(3, 0.8));
+    let leases: Vec<_> = ["g", "p1", "p2"]
+        .iter()
+        .map(|w| take(&mut conn, 1, w).remove(0))
+        .collect();
+    send(
+        &mut conn,
+        2,
+        &t,
+        from_model(&leases[1], "p1", "negative", 0.95, &poor),
+    )
+    .0
+    .expect("p1");
+    send(
+        &mut conn,
+        2,
+        &t,
+        from_model(&leases[2], "p2", "negative", 0.95, &poor),
+    )
+    .0
+    .expect("p2");
+    let (r, fx) = send(
+        &mut conn,
+        3,
+        &t,
+        from_model(&leases[0], "g", "positive", 0.95, &good),
+    );
+    let r = r.expect("g");
+    assert_eq!(
+        (r.finalized, r.final_label.as_deref()),
+        (true, Some("positive")),
+        "two answers of a model right 55% of the time lose to one right 95%"
+    );
+    let task = load_task(&*conn.tx(), &t).expect("task");
+    let post = task.posterior.expect("a posterior");
+    assert!(post >= 0.8 && task.final_confidence == Some(post), "{post}");
+    let w = weights(&conn, &t);
+    assert!(w.iter().all(Option::is_some), "{w:?}");
+    assert!(w[2].expect("g") > w[0].expect("p1") * 2.0, "{w:?}");
+    assert_eq!((points(&conn, "g"), points(&conn, "p1")), (1, 0));
+    assert!(fx.iter().any(|e| matches!(e,
+        Effect::Finished(ev) if ev.status == TaskStatus::Finalized
+            && ev.answers == Some(3) && ev.posterior == Some(post))));
+}
+
+fn an_untrusted_lone_answer_asks_for_another(mut conn: TestStore) {
+    let good = hash('a');
+    calibrate(&mut conn, &good, 0.9, 85, 15);
+    let t = add(&mut conn, 0, posterior(1, 0.9));
+    // One answer from a worker with no record: not trusted, so it cannot decide alone.
+    let la = take(&mut conn, 1, "a").remove(0);
+    let (r, fx) = send(
+        &mut conn,
+        2,
+        &t,
+        from_model(&la, "a", "positive", 0.9, &good),
+    );
+    assert!(!r.expect("a").finalized);
+    let task = load_task(&*conn.tx(), &t).expect("task");
+    assert_eq!(
+        (task.view_status(), task.required),
+        (TaskStatus::Inconclusive, 2)
+    );
+    assert!(
+        task.posterior.is_some(),
+        "the posterior it reached is shown"
+    );
+    assert!(fx.iter().any(|e| matches!(e, Effect::Announce(_))));
+    let lb = take(&mut conn, 3, "b").remove(0);
+    let r = send(
+        &mut conn,
+        4,
+        &t,
+        from_model(&lb, "b", "positive", 0.9, &good),
+    )
+    .0
+    .expect("b");
+    assert_eq!(
+        (r.finalized, r.final_label.as_deref()),
+        (true, Some("positive"))
+    );
+    assert_eq!((points(&conn, "a"), points(&conn, "b")), (1, 1));
+}
+
+fn a_split_short_of_the_threshold_at_max_answers_fails(mut conn: TestStore) {
+    let t = add(
+        &mut conn,
+        0,
+        NewTask {
+            max_answers: Some(2),
+            ..posterior(2, 0.95)
+        },
+    );
+    let la = take(&mut conn, 1, "a").remove(0);
+    let lb = take(&mut conn, 1, "b").remove(0);
+    send(&mut conn, 2, &t, answer(&la, "a", "positive", 0.9))
+        .0
+        .expect("a");
+    send(&mut conn, 3, &t, answer(&lb, "b", "negative", 0.9))
+        .0
+        .expect("b");
+    let task = load_task(&*conn.tx(), &t).expect("task");
+    assert_eq!(
+        (task.status, task.failure_reason),
+        (TaskStatus::Failed, Some(FailureReason::NoConsensus))
+    );
+    assert!(task.posterior.is_some_and(|p| p < 0.95));
+}
+
+fn a_trusted_lone_answer_decides_and_a_caught_worker_is_replicated(mut conn: TestStore) {
+    let good = hash('a');
+    calibrate(&mut conn, &good, 0.97, 97, 3);
+    // Two lone tasks: "t" has earned trust (five gold answers right: just enough), so each is
+    // decided by its one answer; "u" has not, so its task asks for another.
+    take(&mut conn, 1, "t");
+    gold_record(&mut conn, "t", 5, 1);
+    let lone: Vec<TaskId> = (0..2)
+        .map(|_| add(&mut conn, 2, posterior(1, 0.9)))
+        .collect();
+    for (i, id) in lone.iter().enumerate() {
+        let l = take(&mut conn, 3, "t").remove(0);
+        assert_eq!(&l.task_id, id);
+        let r = send(
+            &mut conn,
+            4 + i as i64,
+            id,
+            from_model(&l, "t", "positive", 0.97, &good),
+        )
+        .0
+        .expect("t");
+        assert!(
+            r.finalized,
+            "a trusted worker's confident lone answer decides"
+        );
+    }
+    assert_eq!(points(&conn, "t"), 2);
+    let other = add(&mut conn, 10, posterior(1, 0.9));
+    let l = take(&mut conn, 11, "u").remove(0);
+    assert_eq!(l.task_id, other);
+    let r = send(
+        &mut conn,
+        12,
+        &other,
+        from_model(&l, "u", "positive", 0.97, &good),
+    )
+    .0
+    .expect("u");
+    assert!(
+        !r.finalized,
+        "an untrusted worker's lone answer does not decide"
+    );
+
+    // A replicated task where "t" is outvoted: one wrong answer takes it below the bound, so
+    // it is caught. Its record starts over, its lone decisions open again for one more answer,
+    // their points taken back.
+    let checked = add(&mut conn, 20, posterior(3, 0.8));
+    let mut leases = Vec::new();
+    for w in ["t", "v", "w"] {
+        let l = lease(&mut conn, 21, lease_req(w, 4)).leases;
+        leases.push(
+            l.into_iter()
+                .find(|l| l.task_id == checked)
+                .expect("the checked task"),
+        );
+    }
+    send(
+        &mut conn,
+        22,
+        &checked,
+        from_model(&leases[0], "t", "negative", 0.97, &good),
+    )
+    .0
+    .expect("t");
+    send(
+        &mut conn,
+        23,
+        &checked,
+        from_model(&leases[1], "v", "positive", 0.97, &good),
+    )
+    .0
+    .expect("v");
+    let (r, fx) = send(
+        &mut conn,
+        24,
+        &checked,
+        from_model(&leases[2], "w", "positive", 0.97, &good),
+    );
+    assert_eq!(r.expect("w").final_label.as_deref(), Some("positive"));
+    for id in &lone {
+        let task = load_task(&*conn.tx(), id).expect("task");
+        assert_eq!(
+            (task.view_status(), task.required, task.final_label),
+            (TaskStatus::Inconclusive, 2, None),
+            "a lone decision of a caught worker is replicated"
+        );
+        assert!(fx.iter().any(|e| matches!(e,
+            Effect::Finished(ev) if ev.task_id == *id && ev.status == TaskStatus::Inconclusive)));
+    }
+    assert_eq!(
+        points(&conn, "t"),
+        0,
+        "the points of its lone decisions are taken back"
+    );
+    assert_eq!(
+        conn.tx().gold_record(&wid("t")).expect("record").answered,
+        0,
+        "its record starts over"
+    );
+    // Another worker's answer decides a reopened task again.
+    let l = lease(&mut conn, 30, lease_req("v", 4)).leases;
+    let l = l
+        .iter()
+        .find(|l| l.task_id == lone[0])
+        .expect("reopened task leased");
+    let r = send(
+        &mut conn,
+        31,
+        &lone[0],
+        from_model(l, "v", "positive", 0.97, &good),
+    )
+    .0
+    .expect("v");
+    assert!(r.finalized);
+}
+
+fn a_wrong_gold_answer_catches_a_trusted_worker(mut conn: TestStore) {
+    let good = hash('a');
+    calibrate(&mut conn, &good, 0.97, 97, 3);
+    take(&mut conn, 1, "t");
+    gold_record(&mut conn, "t", 5, 1);
+    let lone = add(&mut conn, 2, posterior(1, 0.9));
+    let l = take(&mut conn, 3, "t").remove(0);
+    assert!(
+        send(
+            &mut conn,
+            4,
+            &lone,
+            from_model(&l, "t", "positive", 0.97, &good)
+        )
+        .0
+        .expect("t")
+        .finalized
+    );
+    let item = protocol::policy::GoldItem::sentiment("a known positive", true);
+    conn.write(|tx| {
+        gold::add(
+            tx,
+            &mut ctx(5),
+            protocol::policy::GoldAddRequest { items: vec![item] },
+        )
+    })
+    .expect("gold");
+    // Gold rides along in place of a real task the walk finds.
+    add(&mut conn, 5, NewTask::text("open"));
+    let all_gold = Settings {
+        gold_rate: 1.0,
+        ..settings()
+    };
+    let g = conn
+        .write(|tx| lease::run(tx, &mut Ctx::new(6, all_gold), lease_req("t", 1)))
+        .expect("lease")
+        .leases
+        .remove(0);
+    let (r, fx) = send(
+        &mut conn,
+        7,
+        &g.task_id,
+        from_model(&g, "t", "negative", 0.97, &good),
+    );
+    r.expect("a gold answer");
+    let task = load_task(&*conn.tx(), &lone).expect("task");
+    assert_eq!(
+        task.view_status(),
+        TaskStatus::Inconclusive,
+        "caught by gold: its lone decision is replicated"
+    );
+    assert!(fx.iter().any(|e| matches!(e, Effect::Announce(_))));
+    assert_eq!(points(&conn, "t"), 0);
+}
+
+fn a_worker_well_above_the_bound_is_not_caught_by_one_error(mut conn: TestStore) {
+    let good = hash('a');
+    calibrate(&mut conn, &good, 0.97, 97, 3);
+    take(&mut conn, 1, "t");
+    gold_record(&mut conn, "t", 20, 1);
+    let lone = add(&mut conn, 2, posterior(1, 0.9));
+    let l = take(&mut conn, 3, "t").remove(0);
+    assert!(
+        send(
+            &mut conn,
+            4,
+            &lone,
+            from_model(&l, "t", "positive", 0.97, &good)
+        )
+        .0
+        .expect("t")
+        .finalized
+    );
+    let checked = add(&mut conn, 5, posterior(3, 0.8));
+    for (w, label) in [("t", "negative"), ("v", "positive"), ("w", "positive")] {
+        let l = lease(&mut conn, 6, lease_req(w, 4)).leases;
+        let l = l
+            .iter()
+            .find(|l| l.task_id == checked)
+            .expect("checked task");
+        send(&mut conn, 7, &checked, from_model(l, w, label, 0.97, &good))
+            .0
+            .expect(w);
+    }
+    let task = load_task(&*conn.tx(), &lone).expect("task");
+    assert_eq!(
+        task.status,
+        TaskStatus::Finalized,
+        "one error of a long clean record"
+    );
+    assert_eq!(
+        conn.tx().gold_record(&wid("t")).expect("record").answered,
+        20
+    );
+}
+
+fn a_spot_check_sends_a_trusted_lone_answer_to_another_replica(mut conn: TestStore) {
+    let good = hash('a');
+    calibrate(&mut conn, &good, 0.97, 97, 3);
+    take(&mut conn, 1, "t");
+    gold_record(&mut conn, "t", 10, 1);
+    let t = add(&mut conn, 2, posterior(1, 0.9));
+    let l = take(&mut conn, 3, "t").remove(0);
+    let mut c = Ctx::new(
+        4,
+        Settings {
+            spot_check_rate: 1.0,
+            ..settings()
+        },
+    );
+    let r = submit::run(
+        &*conn.tx(),
+        &mut c,
+        &t,
+        from_model(&l, "t", "positive", 0.97, &good),
+    )
+    .expect("t");
+    assert!(!r.finalized, "every lone answer is checked at rate 1");
+    assert_eq!(
+        load_task(&*conn.tx(), &t).expect("task").view_status(),
+        TaskStatus::Inconclusive
+    );
+}
+
+fn posterior_is_for_label_tasks_and_bounds_are_refused(mut conn: TestStore) {
+    let before = dump(&conn);
+    for bad in [
+        NewTask {
+            policy: Some(Policy::Posterior),
+            ..NewTask::embedding("x")
+        },
+        posterior(3, 1.0),
+        NewTask {
+            min_quorum: Some(2),
+            ..posterior(3, 0.9)
+        },
+        NewTask {
+            threshold: Some(0.9),
+            ..NewTask::text("quorum takes none")
+        },
+    ] {
+        let e = conn
+            .write(|tx| {
+                task_add::run(
+                    tx,
+                    &mut ctx(0),
+                    protocol::messages::TaskAddRequest {
+                        tasks: vec![bad.clone()],
+                        batch_id: None,
+                    },
+                )
+            })
+            .expect_err("refused");
+        assert_eq!(e.code(), protocol::ErrorCode::InvalidArgument, "{bad:?}");
+    }
+    assert_eq!(dump(&conn), before);
+}
+
+crate::ops::testing::on_both_engines!(
+    calibrated_answers_outweigh_a_worse_majority,
+    an_untrusted_lone_answer_asks_for_another,
+    a_split_short_of_the_threshold_at_max_answers_fails,
+    a_trusted_lone_answer_decides_and_a_caught_worker_is_replicated,
+    a_wrong_gold_answer_catches_a_trusted_worker,
+    a_worker_well_above_the_bound_is_not_caught_by_one_error,
+    a_spot_check_sends_a_trusted_lone_answer_to_another_replica,
+    posterior_is_for_label_tasks_and_bounds_are_refused,
+);
