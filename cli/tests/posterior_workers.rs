@@ -12,22 +12,6 @@ use common::Cluster;
 use protocol::messages::{ModelAgreement, TaskDetail};
 use protocol::TaskStatus;
 
-/// Movie-review sentences from the VADER study with a non-zero rating, every `step`-th.
-fn movie_sentences(n: usize, step: usize) -> Vec<String> {
-    let path = test_support::sentences_dir().join("movieReviewSnippets_GroundTruth.txt");
-    std::fs::read_to_string(&path)
-        .expect("ground truth readable")
-        .lines()
-        .filter_map(|l| {
-            let mut cols = l.splitn(3, '\t');
-            let (_, rating, text) = (cols.next()?, cols.next()?, cols.next()?);
-            (rating.trim().parse::<f64>().ok()? != 0.0).then(|| text.to_owned())
-        })
-        .step_by(step)
-        .take(n)
-        .collect()
-}
-
 #[test]
 fn calibrated_answers_decide_and_a_flipping_worker_comes_to_weigh_nothing() {
     let mut c = Cluster::start(&[
@@ -52,7 +36,7 @@ fn calibrated_answers_decide_and_a_flipping_worker_comes_to_weigh_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let texts = movie_sentences(40, 50);
+    let texts = common::movie_sentences(40, 50);
     let file = c.dir.path().join("tasks.txt");
     std::fs::write(&file, texts.join("\n")).expect("write tasks");
     let added: serde_json::Value = c.json(&[

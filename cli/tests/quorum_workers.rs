@@ -11,21 +11,6 @@ use common::Cluster;
 use protocol::messages::{LeaderboardEntry, TaskView, WorkerView};
 use protocol::TaskStatus;
 
-/// Movie-review sentences from the VADER study, the first `n` with a non-zero rating.
-fn movie_sentences(n: usize) -> Vec<String> {
-    let path = test_support::sentences_dir().join("movieReviewSnippets_GroundTruth.txt");
-    std::fs::read_to_string(&path)
-        .expect("ground truth readable")
-        .lines()
-        .filter_map(|l| {
-            let mut cols = l.splitn(3, '\t');
-            let (_, rating, text) = (cols.next()?, cols.next()?, cols.next()?);
-            (rating.trim().parse::<f64>().ok()? != 0.0).then(|| text.to_owned())
-        })
-        .take(n)
-        .collect()
-}
-
 fn ok(out: &std::process::Output) -> String {
     assert!(
         out.status.success(),
@@ -54,7 +39,7 @@ fn splits_are_reissued_the_honest_label_wins_and_a_flipping_worker_is_quarantine
     ]));
     assert!(out.contains("added"), "{out}");
 
-    let texts = movie_sentences(60);
+    let texts = common::movie_sentences(60, 1);
     let file = c.dir.path().join("tasks.txt");
     std::fs::write(&file, texts.join("\n")).expect("write tasks");
     let out = ok(&c.cli(&[

@@ -155,15 +155,7 @@ impl VoteRule {
             ));
         }
         let max_answers = max_answers.unwrap_or(2 * required);
-        if max_answers < required || max_answers > MAX_ANSWERS_LIMIT {
-            return Err(ProtocolError::invalid(
-                "max_answers",
-                format!(
-                    "{max_answers} is not between required_submissions ({required}) and \
-                     {MAX_ANSWERS_LIMIT}"
-                ),
-            ));
-        }
+        check_max_answers(required, max_answers)?;
         Ok(Self {
             policy,
             min_quorum,
@@ -193,15 +185,7 @@ impl VoteRule {
             ));
         }
         let max_answers = max_answers.unwrap_or((2 * required).max(3));
-        if max_answers < required || max_answers > MAX_ANSWERS_LIMIT {
-            return Err(ProtocolError::invalid(
-                "max_answers",
-                format!(
-                    "{max_answers} is not between required_submissions ({required}) and \
-                     {MAX_ANSWERS_LIMIT}"
-                ),
-            ));
-        }
+        check_max_answers(required, max_answers)?;
         Ok(Self {
             policy: Policy::Posterior,
             min_quorum: 1,
@@ -209,6 +193,20 @@ impl VoteRule {
             threshold: Some(threshold),
         })
     }
+}
+
+/// `max_answers` lies in `required..=`[`MAX_ANSWERS_LIMIT`].
+fn check_max_answers(required: u32, max_answers: u32) -> Result<(), ProtocolError> {
+    if max_answers < required || max_answers > MAX_ANSWERS_LIMIT {
+        return Err(ProtocolError::invalid(
+            "max_answers",
+            format!(
+                "{max_answers} is not between required_submissions ({required}) and \
+                 {MAX_ANSWERS_LIMIT}"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A count of gold answers and how many were right.

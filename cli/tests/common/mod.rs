@@ -389,3 +389,20 @@ fn field(line: &str, name: &str) -> String {
         .expect("value")
         .to_owned()
 }
+
+/// Movie-review sentences from the VADER study with a non-zero rating, every `step`-th, the
+/// first `n` of them.
+pub(crate) fn movie_sentences(n: usize, step: usize) -> Vec<String> {
+    let path = test_support::sentences_dir().join("movieReviewSnippets_GroundTruth.txt");
+    std::fs::read_to_string(&path)
+        .expect("ground truth readable")
+        .lines()
+        .filter_map(|l| {
+            let mut cols = l.splitn(3, '\t');
+            let (_, rating, text) = (cols.next()?, cols.next()?, cols.next()?);
+            (rating.trim().parse::<f64>().ok()? != 0.0).then(|| text.to_owned())
+        })
+        .step_by(step)
+        .take(n)
+        .collect()
+}

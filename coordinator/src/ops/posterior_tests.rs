@@ -326,24 +326,25 @@ fn a_trusted_lone_answer_decides_and_a_caught_worker_is_replicated(mut conn: Tes
     assert!(r.finalized);
 }
 
-fn a_wrong_gold_answer_catches_a_trusted_worker(mut conn: TestStore) {
+/// Model content `a` calibrated right 97% of the time; worker "t" with `record` gold answers
+/// right decides one lone task (at time 4). The model's hash and the task.
+fn trusted_lone_decision(conn: &mut TestStore, record: u32) -> (String, TaskId) {
     let good = hash('a');
-    calibrate(&mut conn, &good, 0.97, 97, 3);
-    take(&mut conn, 1, "t");
-    gold_record(&mut conn, "t", 5, 1);
-    let lone = add(&mut conn, 2, posterior(1, 0.9));
-    let l = take(&mut conn, 3, "t").remove(0);
+    calibrate(conn, &good, 0.97, 97, 3);
+    take(conn, 1, "t");
+    gold_record(conn, "t", record, 1);
+    let lone = add(conn, 2, posterior(1, 0.9));
+    let l = take(conn, 3, "t").remove(0);
+    let r = send(conn, 4, &lone, from_model(&l, "t", "positive", 0.97, &good)).0;
     assert!(
-        send(
-            &mut conn,
-            4,
-            &lone,
-            from_model(&l, "t", "positive", 0.97, &good)
-        )
-        .0
-        .expect("t")
-        .finalized
+        r.expect("t").finalized,
+        "a trusted worker's lone answer decides"
     );
+    (good, lone)
+}
+
+fn a_wrong_gold_answer_catches_a_trusted_worker(mut conn: TestStore) {
+    let (good, lone) = trusted_lone_decision(&mut conn, 5);
     let item = protocol::policy::GoldItem::sentiment("a known positive", true);
     conn.write(|tx| {
         gold::add(
@@ -382,23 +383,7 @@ fn a_wrong_gold_answer_catches_a_trusted_worker(mut conn: TestStore) {
 }
 
 fn a_worker_well_above_the_bound_is_not_caught_by_one_error(mut conn: TestStore) {
-    let good = hash('a');
-    calibrate(&mut conn, &good, 0.97, 97, 3);
-    take(&mut conn, 1, "t");
-    gold_record(&mut conn, "t", 20, 1);
-    let lone = add(&mut conn, 2, posterior(1, 0.9));
-    let l = take(&mut conn, 3, "t").remove(0);
-    assert!(
-        send(
-            &mut conn,
-            4,
-            &lone,
-            from_model(&l, "t", "positive", 0.97, &good)
-        )
-        .0
-        .expect("t")
-        .finalized
-    );
+    let (good, lone) = trusted_lone_decision(&mut conn, 20);
     let checked = add(&mut conn, 5, posterior(3, 0.8));
     for (w, label) in [("t", "negative"), ("v", "positive"), ("w", "positive")] {
         let l = lease(&mut conn, 6, lease_req(w, 4)).leases;

@@ -24,6 +24,44 @@ pub(crate) struct WeighedAnswer {
     pub confidence: f64,
 }
 
+/// The calibration table's rows, to be narrowed by a `WHERE`.
+const CALIBRATION_ROWS: &str =
+    "SELECT type, model_hash, label, bin, answered, correct, conf_sum, sq_err FROM calibration";
+
+/// The calibrations `sql` (over [`CALIBRATION_ROWS`]) reads with `args`, by task type and model
+/// content.
+fn calibration_rows<S: Exec + ?Sized>(
+    s: &S,
+    sql: &str,
+    args: &[&dyn crate::store::sql::ToArg],
+) -> Result<BTreeMap<(String, String), Calibration>> {
+    let rows = s
+        .sql()
+        .prepare_cached(sql)?
+        .query_map(args, |r| {
+            let cell = Cell {
+                answered: r.get::<_, i64>(4)?.try_into().unwrap_or(0),
+                correct: r.get::<_, i64>(5)?.try_into().unwrap_or(0),
+                conf_sum: r.get(6)?,
+                sq_err: r.get(7)?,
+            };
+            Ok((
+                (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                cell,
+            ))
+        })?
+        .collect::<Result<Vec<_>>>()?;
+    let mut out: BTreeMap<(String, String), Calibration> = BTreeMap::new();
+    for (key, label, bin, cell) in rows {
+        out.entry(key)
+            .or_default()
+            .add(&label, usize::try_from(bin).unwrap_or(0), &cell);
+    }
+    Ok(out)
+}
+
 /// Gold answers a worker's record looks back over.
 pub(crate) const RECORD_WINDOW: u32 = 50;
 
@@ -50,66 +88,16 @@ pub(crate) trait Truth: Exec {
 
     /// Every model content's calibration for `task_type`, by model content.
     fn calibrations(&self, task_type: &TaskType) -> Result<BTreeMap<String, Calibration>> {
-        let mut out: BTreeMap<String, Calibration> = BTreeMap::new();
-        let rows = self
-            .sql()
-            .prepare_cached(
-                "SELECT model_hash, label, bin, answered, correct, conf_sum, sq_err
-                 FROM calibration WHERE type = $1",
-            )?
-            .query_map([task_type.as_str()], |r| {
-                let cell = Cell {
-                    answered: r.get::<_, i64>(3)?.try_into().unwrap_or(0),
-                    correct: r.get::<_, i64>(4)?.try_into().unwrap_or(0),
-                    conf_sum: r.get(5)?,
-                    sq_err: r.get(6)?,
-                };
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    cell,
-                ))
-            })?
-            .collect::<Result<Vec<_>>>()?;
-        for (model, label, bin, cell) in rows {
-            out.entry(model)
-                .or_default()
-                .add(&label, usize::try_from(bin).unwrap_or(0), &cell);
-        }
-        Ok(out)
+        let sql = format!("{CALIBRATION_ROWS} WHERE type = $1");
+        Ok(calibration_rows(self, &sql, &[&task_type.as_str()])?
+            .into_iter()
+            .map(|((_, model), c)| (model, c))
+            .collect())
     }
 
     /// Every calibration, by task type and model content (for the views).
     fn all_calibrations(&self) -> Result<BTreeMap<(String, String), Calibration>> {
-        let mut out: BTreeMap<(String, String), Calibration> = BTreeMap::new();
-        let rows = self
-            .sql()
-            .prepare_cached(
-                "SELECT type, model_hash, label, bin, answered, correct, conf_sum, sq_err
-                 FROM calibration",
-            )?
-            .query_map((), |r| {
-                let cell = Cell {
-                    answered: r.get::<_, i64>(4)?.try_into().unwrap_or(0),
-                    correct: r.get::<_, i64>(5)?.try_into().unwrap_or(0),
-                    conf_sum: r.get(6)?,
-                    sq_err: r.get(7)?,
-                };
-                Ok((
-                    (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?,
-                    cell,
-                ))
-            })?
-            .collect::<Result<Vec<_>>>()?;
-        for (key, label, bin, cell) in rows {
-            out.entry(key)
-                .or_default()
-                .add(&label, usize::try_from(bin).unwrap_or(0), &cell);
-        }
-        Ok(out)
+        calibration_rows(self, CALIBRATION_ROWS, &[])
     }
 
     /// Adds one gold answer to model content `model`'s calibration for `task_type`.
