@@ -167,11 +167,13 @@ fn a_worker_killed_mid_generation_loses_nothing() {
     let out = c.cli(&[
         "task",
         "add",
-        "Write a short poem about the sea.",
+        // A long answer (256 tokens, no early end of text) so that even a fast CPU is still
+        // generating when the worker is killed.
+        "List the numbers from 1 to 1000, separated by commas.",
         "--type",
         "generate",
         "--max-new-tokens",
-        "24",
+        "256",
         "--required",
         "2",
     ]);
@@ -190,7 +192,7 @@ fn a_worker_killed_mid_generation_loses_nothing() {
         },
     );
     // Loading took place before the lease; the generation is under way.
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(200));
     c.kill_worker("doomed");
     for w in ["heir1", "heir2"] {
         c.start_smollm2(w, &[]);
