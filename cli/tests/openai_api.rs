@@ -13,45 +13,53 @@ mod common;
 
 use base64::Engine as _;
 use common::{wait_until, Cluster};
+use protocol::messages::TaskView;
+use protocol::TaskStatus;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-/// The venv's python: `$AIMARKET_OPENAI_PYTHON`, else what `scripts/openai-venv.sh` prints.
-fn python() -> Option<PathBuf> {
+/// The venv's python: `$AIMARKET_OPENAI_PYTHON`, else what `scripts/openai-venv.sh` prints
+/// (it installs the `openai` package from PyPI into a venv once; `make test` runs it first).
+fn python() -> PathBuf {
     if let Ok(p) = std::env::var("AIMARKET_OPENAI_PYTHON") {
-        return Some(PathBuf::from(p));
+        return PathBuf::from(p);
     }
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/openai-venv.sh");
-    match Command::new(&script).output() {
-        Ok(out) if out.status.success() => Some(PathBuf::from(
-            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-        )),
-        Ok(out) => {
-            eprintln!(
-                "SKIPPED: the openai package could not be installed from PyPI ({}): {}",
-                script.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            None
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: cannot run {}: {e}", script.display());
-            None
-        }
-    }
+    let out = Command::new(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "the openai package could not be installed from PyPI ({}): {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// One phase of the driver, its JSON.
-fn phase(py: &PathBuf, name: &str, base: &str, key: &str, arg: Option<&str>) -> Value {
+/// The driver's command for one phase.
+fn phase_command(py: &PathBuf, name: &str, base: &str, key: &str, arg: Option<&str>) -> Command {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
     let mut cmd = Command::new(py);
     cmd.arg(&script).args([name, base, key]);
     if let Some(a) = arg {
         cmd.arg(a);
     }
-    let out = cmd.output().expect("run the openai client");
+    cmd
+}
+
+/// One phase of the driver, its JSON.
+fn phase(py: &PathBuf, name: &str, base: &str, key: &str, arg: Option<&str>) -> Value {
+    let out = phase_command(py, name, base, key, arg)
+        .output()
+        .expect("run the openai client");
+    phase_output(name, &out)
+}
+
+/// A phase's JSON from its finished process.
+fn phase_output(name: &str, out: &std::process::Output) -> Value {
     assert!(
         out.status.success(),
         "phase {name} failed: {}",
@@ -85,7 +93,7 @@ const CHAT: &str = r#"[
 
 #[test]
 fn the_official_openai_client_gets_verified_answers_with_evidence() {
-    let Some(py) = python() else { return };
+    let py = python();
     let mut c = Cluster::start(&[]);
     c.start_smollm2("g1", &[]);
     c.start_smollm2("g2", &[]);
@@ -127,6 +135,65 @@ fn the_official_openai_client_gets_verified_answers_with_evidence() {
     refusals_change_nothing(&c, &py, &base);
 }
 
+/// Optimistic streaming sends the first generator's tokens before anything is verified; when
+/// consensus keeps another answer the stream ends in an error chunk (`answer_replaced`) that
+/// names the worker streamed from and carries the verified answer. A worker that samples with a
+/// seed of its own generates first, alone (the two honest workers are paused, still live); they
+/// go on once it has answered.
+#[test]
+fn an_optimistic_stream_ends_in_an_error_when_consensus_keeps_another_answer() {
+    let py = python();
+    let mut c = Cluster::start(&[]);
+    c.start_smollm2("liar", &["--misbehave", "other-seed"]);
+    c.start_smollm2("h1", &[]);
+    c.start_smollm2("h2", &[]);
+    wait_until("three workers live", Duration::from_secs(60), || {
+        let w: Value = c.json(&["workers"]);
+        w.as_array().map_or(0, Vec::len) == 3
+    });
+    c.signal_worker("h1", "STOP");
+    c.signal_worker("h2", "STOP");
+    let base = format!("{}/v1", c.http);
+    let prompt = "Write a short poem about the sea.";
+    let client = phase_command(&py, "replaced", &base, "none", Some(prompt))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the openai client");
+    wait_until("the liar's answer", Duration::from_secs(120), || {
+        c.count("SELECT COUNT(*) FROM submission WHERE worker_id = 'liar'") == 1
+    });
+    c.signal_worker("h1", "CONT");
+    c.signal_worker("h2", "CONT");
+    let got = phase_output("replaced", &client.wait_with_output().expect("the client"));
+
+    let tasks: Vec<TaskView> = c.json(&["task", "list"]);
+    let task = tasks.first().expect("the chat's task");
+    assert_eq!(task.status, TaskStatus::Finalized, "{task:?}");
+    let detail: Value = c.json(&["task", "get", &task.id.to_string()]);
+    let liar = detail["submissions"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["worker_id"] == "liar"))
+        .expect("the liar's answer");
+    assert_eq!(liar["agreed"], false, "{detail}");
+    let streamed = got["streamed"].as_str().expect("streamed text");
+    let told = liar["text"].as_str().expect("the liar's text");
+    assert!(
+        !streamed.is_empty() && told.starts_with(streamed),
+        "the stream carried the liar's tokens: {streamed:?} of {told:?}"
+    );
+    let verified = task.final_text.as_deref().expect("a verified text");
+    assert_ne!(verified, told);
+    assert_eq!(got["raised"], "APIError", "{got}");
+    let error = &got["body"];
+    assert_eq!(error["code"], "answer_replaced", "{got}");
+    let message = error["message"].as_str().expect("a message");
+    assert!(
+        message.contains("from worker liar") && message.ends_with(verified),
+        "{message}"
+    );
+}
+
 fn chat_equals_infer(c: &Cluster, py: &PathBuf, base: &str) {
     let chat_file = c.dir.path().join("chat.json");
     std::fs::write(&chat_file, CHAT).expect("write the chat");
@@ -154,6 +221,22 @@ fn chat_equals_infer(c: &Cluster, py: &PathBuf, base: &str) {
     assert_eq!(plain["completion_tokens"], want_ids);
     assert_eq!(plain["prompt_tokens"], want_prompt);
     assert_eq!(plain["logprobs"].as_array().map(Vec::len), Some(want_ids));
+    // Each token reads as the worker's tokenizer cut the text: the tokens' bytes join to the
+    // content, and each token's text is its bytes.
+    let bytes: Vec<u8> = plain["bytes"]
+        .as_array()
+        .expect("bytes")
+        .iter()
+        .flat_map(|b| serde_json::from_value::<Vec<u8>>(b.clone()).expect("a token's bytes"))
+        .collect();
+    assert_eq!(String::from_utf8(bytes).expect("utf8"), want_text);
+    let joined: String = plain["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(joined, want_text, "tokens: {}", plain["tokens"]);
     let finish = if want["stop"] == "length" {
         "length"
     } else {
@@ -175,6 +258,10 @@ fn chat_equals_infer(c: &Cluster, py: &PathBuf, base: &str) {
     assert_eq!(
         got["fetched_content"], want_text,
         "fetched later, same answer"
+    );
+    assert_eq!(
+        got["fetched_usage"]["prompt_tokens"], want_prompt,
+        "fetched later, the prompt's count is the answer's own"
     );
     // Past its wait: 504 naming the task; the answer fetched later is the same.
     let late = &got["late"];
@@ -287,6 +374,18 @@ fn embeddings_equal_infer(c: &Cluster, py: &PathBuf, base: &str, minilm: &std::p
     ];
     args.extend(texts.iter().map(String::as_str));
     let inferred: Value = c.json(&args);
+    let read: u64 = inferred
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|row| row["input_tokens"].as_u64())
+        .sum();
+    assert!(read > 0, "{inferred}");
+    assert_eq!(
+        got["prompt_tokens"].as_u64(),
+        Some(read),
+        "the tokens MiniLM read"
+    );
     for (i, row) in inferred.as_array().expect("rows").iter().enumerate() {
         let want = floats(&row["embedding"]);
         let api = floats(&got["floats"][i]);
@@ -338,7 +437,7 @@ fn refusals_change_nothing(c: &Cluster, py: &PathBuf, base: &str) {
 
 #[test]
 fn protected_mode_refuses_a_missing_or_wrong_key() {
-    let Some(py) = python() else { return };
+    let py = python();
     let c = Cluster::start(&[("AIMARKET_API_KEY", "sekrit")]);
     let before = c.count("SELECT COUNT(*) FROM task");
     let got = phase(&py, "auth", &format!("{}/v1", c.http), "sekrit", None);

@@ -45,6 +45,8 @@ def phase_chat(c, chat_file):
         "completion_tokens": r.usage.completion_tokens, "prompt_tokens": r.usage.prompt_tokens,
         "system_fingerprint": r.system_fingerprint,
         "logprobs": [t.logprob for t in choice.logprobs.content],
+        "tokens": [t.token for t in choice.logprobs.content],
+        "bytes": [t.bytes for t in choice.logprobs.content],
         "aimarket": r.model_extra["aimarket"],
     }
     fetched = c.get(f"/chat/completions/{r.id}", cast_to=object)
@@ -71,6 +73,7 @@ def phase_chat(c, chat_file):
                 "task": task, "content": later["choices"][0]["message"]["content"],
                 "evidence_task": later["aimarket"]["task_id"]}
     return {"plain": plain, "fetched_content": fetched["choices"][0]["message"]["content"],
+            "fetched_usage": fetched["usage"],
             "late": late,
             "stopped": {"content": stopped.choices[0].message.content,
                         "finish_reason": stopped.choices[0].finish_reason,
@@ -112,6 +115,7 @@ def phase_embeddings(c, _):
     b64 = c.embeddings.create(model="minilm", input=texts[0], encoding_format="base64",
                               extra_body={"aimarket": {"required": 1}})
     return {"texts": texts, "floats": [d.embedding for d in floats.data],
+            "prompt_tokens": floats.usage.prompt_tokens,
             "base64": b64.data[0].embedding,
             "aimarket": [d.model_extra["aimarket"] for d in floats.data]}
 
@@ -184,7 +188,26 @@ def phase_completion(c, prompt):
             "token_logprobs": ch.logprobs.token_logprobs, "aimarket": r.model_extra["aimarket"]}
 
 
-PHASES = {"models": phase_models, "chat": phase_chat, "embeddings": phase_embeddings,
+def phase_replaced(c, prompt):
+    """An optimistic stream of whatever worker generates first, to its end or its error."""
+    deltas = []
+    try:
+        s = c.chat.completions.create(
+            model="smollm2", messages=[{"role": "user", "content": prompt}], max_tokens=24,
+            stream=True,
+            extra_body={"aimarket": {"required": 2, "stream_mode": "optimistic",
+                                     "timeout_seconds": 240}},
+        )
+        for chunk in s:
+            for ch in chunk.choices:
+                if ch.delta.content:
+                    deltas.append(ch.delta.content)
+        return {"streamed": "".join(deltas), "raised": None}
+    except openai.APIError as e:
+        return {"streamed": "".join(deltas), "raised": type(e).__name__, "body": e.body}
+
+
+PHASES = {"models": phase_models, "replaced": phase_replaced, "chat": phase_chat, "embeddings": phase_embeddings,
           "completion": phase_completion,
           "errors": phase_errors, "auth": phase_auth}
 

@@ -4,8 +4,8 @@
 
 use protocol::generation::{GeneratedAnswer, VerifyMode};
 use protocol::messages::{
-    check_confidence, check_model, check_model_hash, Answer, SubmitRequest, TaskAnnouncement,
-    TaskEvent,
+    check_confidence, check_input_tokens, check_model, check_model_hash, Answer, SubmitRequest,
+    TaskAnnouncement, TaskEvent,
 };
 use protocol::verify::Verification;
 use protocol::{LeaseId, ProtocolError, WorkerId};
@@ -152,6 +152,7 @@ pub struct Submission {
     confidence: f64,
     model: Option<String>,
     model_hash: Option<String>,
+    input_tokens: Option<u32>,
 }
 
 impl Submission {
@@ -178,7 +179,23 @@ impl Submission {
             confidence,
             model,
             model_hash,
+            input_tokens: None,
         })
+    }
+
+    /// The submission, saying how many tokens its model read.
+    ///
+    /// # Errors
+    /// [`ProtocolError::Invalid`] past the bound.
+    pub fn with_input_tokens(mut self, n: Option<u32>) -> Result<Self, ProtocolError> {
+        check_input_tokens(n)?;
+        self.input_tokens = n;
+        Ok(self)
+    }
+
+    /// How many tokens its model read, if it says.
+    pub fn input_tokens(&self) -> Option<u32> {
+        self.input_tokens
     }
 
     /// The lease the result is for, if the client named it.
@@ -223,6 +240,7 @@ impl TryFrom<SubmitRequest> for Submission {
             r.confidence,
             r.model,
             r.model_hash,
-        )
+        )?
+        .with_input_tokens(r.input_tokens)
     }
 }

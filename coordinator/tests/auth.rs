@@ -194,6 +194,7 @@ async fn keys_guard_changes_and_tokens_guard_workers() {
         .leases
         .remove(0);
     let submit = SubmitRequest {
+        input_tokens: None,
         lease_id: lease.lease_id,
         worker_id: WorkerId::new("alice").expect("id"),
         label: "positive".into(),

@@ -102,6 +102,7 @@ impl Harness {
         self.call(
             &subject::submit(P, &lease.task_id),
             &SubmitRequest {
+                input_tokens: None,
                 lease_id: lease.lease_id,
                 worker_id: WorkerId::new(worker).expect("id"),
                 label: label.into(),

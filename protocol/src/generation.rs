@@ -518,6 +518,36 @@ pub struct GeneratedAnswer {
     /// The source was cut to fit the model's context.
     #[serde(default)]
     pub truncated: bool,
+    /// Where each token's text ends in `text`, in bytes (non-decreasing; a token that adds no
+    /// text, such as a stop id, ends where the one before it does): how each token reads, for
+    /// log-probabilities shown to people. Empty when the worker does not say.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_ends: Vec<u32>,
+}
+
+impl GeneratedAnswer {
+    /// Each token's text (the bytes of `text` between its end and the previous one's), where
+    /// the answer says where its tokens end.
+    pub fn token_texts(&self) -> Option<Vec<&[u8]>> {
+        if self.token_ends.len() != self.token_ids.len() {
+            return None;
+        }
+        token_texts(self.text.as_bytes(), &self.token_ends)
+    }
+}
+
+/// The slices of `text` that `ends` (non-decreasing byte offsets) cut it into; `None` when the
+/// offsets go backwards or past the text.
+pub fn token_texts<'a>(text: &'a [u8], ends: &[u32]) -> Option<Vec<&'a [u8]>> {
+    let mut start = 0usize;
+    ends.iter()
+        .map(|&end| {
+            let end = end as usize;
+            let piece = text.get(start..end)?;
+            start = end;
+            Some(piece)
+        })
+        .collect()
 }
 
 impl GeneratedAnswer {
@@ -552,6 +582,12 @@ impl GeneratedAnswer {
             return Err(ProtocolError::invalid(
                 "text",
                 format!("at most {MAX_GENERATED_TEXT_BYTES} bytes"),
+            ));
+        }
+        if !self.token_ends.is_empty() && self.token_texts().is_none() {
+            return Err(ProtocolError::invalid(
+                "token_ends",
+                "one non-decreasing byte offset into text for each token",
             ));
         }
         Ok(())
@@ -811,7 +847,28 @@ mod tests {
             text: "x".into(),
             logprobs: vec![-0.5; ids.len()],
             truncated: false,
+            token_ends: Vec::new(),
         }
+    }
+
+    #[test]
+    fn token_ends_cut_the_text_into_each_tokens_piece() {
+        let mut a = GeneratedAnswer {
+            text: "Paris.".into(),
+            token_ends: vec![5, 6, 6],
+            ..answer(&[5, 6, 2])
+        };
+        a.validate().expect("valid");
+        let pieces = a.token_texts().expect("pieces");
+        assert_eq!(pieces, [&b"Paris"[..], b".", b""]);
+        for bad in [vec![5, 4, 6], vec![5, 6, 7], vec![5, 6]] {
+            a.token_ends = bad.clone();
+            assert!(a.validate().is_err(), "{bad:?} passed");
+        }
+        // Unsaid is fine: older workers do not say.
+        a.token_ends.clear();
+        a.validate().expect("valid");
+        assert!(a.token_texts().is_none());
     }
 
     #[test]

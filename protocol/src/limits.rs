@@ -30,3 +30,5 @@ pub const MAX_EMBEDDING_DIM: usize = 8192;
 pub const DEFAULT_SIMILARITY: f64 = 0.999;
 /// Most lease ids one heartbeat may name.
 pub const MAX_HEARTBEAT_LEASES: usize = 4096;
+/// Most input tokens a submission may say its model read (a context window's order of size).
+pub const MAX_INPUT_TOKENS: u32 = 1 << 20;

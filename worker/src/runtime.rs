@@ -586,16 +586,22 @@ impl Worker {
             confidence: 0.0,
             model: self.heartbeat.model.clone(),
             model_hash: self.heartbeat.model_hash.clone(),
+            input_tokens: None,
         };
         match answer {
             Answered::Predicted(p) => {
                 req.label = p.label;
                 req.embedding = p.embedding;
+                req.input_tokens = p.input_tokens.or_else(|| {
+                    let g = p.generation.as_ref()?;
+                    u32::try_from(g.prompt_token_ids.len()).ok()
+                });
                 req.generation = p.generation.map(|g| GeneratedAnswer {
                     token_ids: g.token_ids,
                     text: g.text,
                     logprobs: g.logprobs,
                     truncated: g.truncated,
+                    token_ends: g.token_ends,
                 });
                 req.confidence = p.confidence;
             }

@@ -26,6 +26,7 @@ impl Model for FirstWord {
             .iter()
             .map(|i| {
                 Ok(Prediction {
+                    input_tokens: None,
                     label: i
                         .text
                         .split_whitespace()
@@ -213,6 +214,7 @@ impl Model for Gated {
                     return Err(ModelError::Inference("told to fail".into()));
                 }
                 Ok(Prediction {
+                    input_tokens: None,
                     label: "ok".into(),
                     embedding: None,
                     confidence: 1.0,

@@ -216,6 +216,9 @@ struct Inferred {
     scores: Vec<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     embedding: Option<Vec<f32>>,
+    /// How many tokens an encoder read (a generation's prompt is `prompt_token_ids`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_tokens: Option<u32>,
     /// A generative model's answer.
     #[serde(skip_serializing_if = "Option::is_none", flatten)]
     generation: Option<Generated>,
@@ -232,6 +235,8 @@ struct Generated {
     truncated: bool,
     /// `stop_token`, `stop_string` or `length`.
     stop: &'static str,
+    /// Where each token's text ends in `generated_text`, in bytes.
+    token_ends: Vec<u32>,
 }
 
 impl From<worker::model::Generation> for Generated {
@@ -247,6 +252,7 @@ impl From<worker::model::Generation> for Generated {
                 worker::model::Stop::Length => "length",
                 worker::model::Stop::StopString => "stop_string",
             },
+            token_ends: g.token_ends,
         }
     }
 }
@@ -307,6 +313,7 @@ pub(crate) async fn infer(ctx: &Ctx, args: InferArgs) -> anyhow::Result<()> {
                 confidence: Some(p.confidence),
                 scores: p.scores,
                 embedding: p.embedding,
+                input_tokens: p.input_tokens,
                 generation: p.generation.map(Generated::from),
                 error: None,
             },
@@ -318,6 +325,7 @@ pub(crate) async fn infer(ctx: &Ctx, args: InferArgs) -> anyhow::Result<()> {
                 confidence: None,
                 scores: Vec::new(),
                 embedding: None,
+                input_tokens: None,
                 generation: None,
                 error: Some(e.to_string()),
             },

@@ -406,6 +406,7 @@ pub(super) async fn dashboard_data(State(core): State<Core>) -> Reply<DashboardD
         s.embedding = None;
         s.token_ids = None;
         s.logprobs = None;
+        s.token_ends = None;
     }
     Ok(Json(DashboardData {
         stats,

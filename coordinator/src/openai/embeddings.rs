@@ -129,6 +129,9 @@ fn main_hash(live: &[WorkerView], model: &str) -> Option<String> {
 /// OpenAI's `list` of embeddings, each with its task's evidence.
 fn reply(req: &EmbeddingsRequest, details: &[TaskDetail]) -> Result<Value, OaiError> {
     let mut data = Vec::with_capacity(details.len());
+    // Each input's tokens as an agreeing worker read them; unknown (null) if any input's
+    // workers did not say.
+    let mut read = Some(0u64);
     for (i, d) in details.iter().enumerate() {
         let t = &d.task;
         let (TaskStatus::Finalized, Some(v)) = (t.status, &t.final_embedding) else {
@@ -144,6 +147,12 @@ fn reply(req: &EmbeddingsRequest, details: &[TaskDetail]) -> Result<Value, OaiEr
             .filter(|s| s.agreed == Some(true))
             .map(|s| s.worker_id.as_str())
             .collect();
+        let tokens = d
+            .submissions
+            .iter()
+            .filter(|s| s.agreed == Some(true))
+            .find_map(|s| s.input_tokens);
+        read = read.zip(tokens).map(|(sum, n)| sum + u64::from(n));
         data.push(json!({
             "object": "embedding",
             "index": i,
@@ -160,7 +169,7 @@ fn reply(req: &EmbeddingsRequest, details: &[TaskDetail]) -> Result<Value, OaiEr
         "object": "list",
         "data": data,
         "model": req.model,
-        "usage": {"prompt_tokens": null, "total_tokens": null},
+        "usage": {"prompt_tokens": read, "total_tokens": read},
     }))
 }
 

@@ -106,7 +106,7 @@ impl OaiError {
             StatusCode::CONFLICT,
             "verification_error",
             format!(
-                "task {task}: consensus picked another answer than the one streamed (from worker                  {}); the verified answer is: {verified}",
+                "task {task}: consensus picked another answer than the one streamed (from worker {}); the verified answer is: {verified}",
                 streamed_from.unwrap_or("unknown")
             ),
         )

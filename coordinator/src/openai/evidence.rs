@@ -5,7 +5,7 @@
 use super::error::OaiError;
 use super::request::ChatRequest;
 use super::wait::Seen;
-use protocol::generation::{Decoding, GenerationSpec, VerifyMode};
+use protocol::generation::{token_texts, Decoding, GenerationSpec, VerifyMode};
 use protocol::messages::TaskDetail;
 use protocol::TaskStatus;
 use serde_json::{json, Value};
@@ -44,6 +44,10 @@ pub(crate) struct Answer {
     pub(crate) finish_reason: &'static str,
     /// The agreeing answer's per-token log-probabilities.
     pub(crate) logprobs: Option<Vec<f32>>,
+    /// Where each token's text ends in `text`, as the agreeing worker said.
+    pub(crate) token_ends: Option<Vec<u32>>,
+    /// How many prompt tokens the agreeing worker read.
+    pub(crate) prompt_tokens: Option<u32>,
 }
 
 impl Answer {
@@ -63,16 +67,17 @@ impl Answer {
                 .unwrap_or_else(|| t.status.to_string());
             return Err(OaiError::task_ended(&t.id, &why));
         };
-        let logprobs = d
+        let agreeing = d
             .submissions
             .iter()
-            .find(|s| s.agreed == Some(true) && s.token_ids.as_ref() == Some(ids))
-            .and_then(|s| s.logprobs.clone());
+            .find(|s| s.agreed == Some(true) && s.token_ids.as_ref() == Some(ids));
         Ok(Self {
             text: t.final_text.clone().unwrap_or_default(),
             token_ids: ids.clone(),
             finish_reason: finish_reason(ids, spec),
-            logprobs,
+            logprobs: agreeing.and_then(|s| s.logprobs.clone()),
+            token_ends: agreeing.and_then(|s| s.token_ends.clone()),
+            prompt_tokens: agreeing.and_then(|s| s.input_tokens),
         })
     }
 }
@@ -126,15 +131,15 @@ pub(crate) fn completion(d: &TaskDetail, seen: &Seen, shape: &Shape) -> Result<V
     }))
 }
 
-/// `usage`: the prompt's tokens as the agreeing workers reported them (null when no progress
-/// message of theirs was seen: a completion fetched later), and the verified ids' count.
+/// `usage`: the prompt's tokens as the agreeing answer says (or, from workers that do not say,
+/// as their progress messages did: null when none was seen), and the verified ids' count.
 pub(crate) fn usage(d: &TaskDetail, a: &Answer, seen: &Seen) -> Value {
     let agreeing = d
         .submissions
         .iter()
         .filter(|s| s.agreed == Some(true))
         .map(|s| s.worker_id.as_str());
-    let prompt = seen.prompt_tokens_of(agreeing);
+    let prompt = a.prompt_tokens.or_else(|| seen.prompt_tokens_of(agreeing));
     let completion = a.token_ids.len() as u32;
     json!({
         "prompt_tokens": prompt,
@@ -143,18 +148,33 @@ pub(crate) fn usage(d: &TaskDetail, a: &Answer, seen: &Seen) -> Value {
     })
 }
 
-/// OpenAI's `logprobs.content`: one entry per verified token. The coordinator has no
-/// tokenizer: `token` names the id (`id:N`), and no alternatives are carried (`top_logprobs`
-/// empty): answers hold the chosen tokens' log-probabilities only.
+/// OpenAI's `logprobs.content`: one entry per verified token, its text and bytes cut from the
+/// answer's text where the agreeing worker said its tokens end (a token that ends inside a
+/// character carries no bytes, the one that completes it all of them; a stop id none). From a
+/// worker that does not say, `token` names the id (`id:N`) and `bytes` is null. `token_id` is
+/// aimarket's own field. No alternatives are carried (`top_logprobs` empty): answers hold the
+/// chosen tokens' log-probabilities only.
 pub(crate) fn logprobs(a: &Answer) -> Value {
     let Some(lp) = &a.logprobs else {
         return Value::Null;
     };
+    let pieces = a
+        .token_ends
+        .as_ref()
+        .filter(|ends| ends.len() == a.token_ids.len())
+        .and_then(|ends| token_texts(a.text.as_bytes(), ends));
     let content: Vec<Value> = a
         .token_ids
         .iter()
         .zip(lp)
-        .map(|(id, l)| json!({"token": format!("id:{id}"), "token_id": id, "logprob": l, "bytes": null, "top_logprobs": []}))
+        .enumerate()
+        .map(|(i, (id, l))| {
+            let (token, bytes) = match &pieces {
+                Some(p) => (String::from_utf8_lossy(p[i]).into_owned(), json!(p[i])),
+                None => (format!("id:{id}"), Value::Null),
+            };
+            json!({"token": token, "token_id": id, "logprob": l, "bytes": bytes, "top_logprobs": []})
+        })
         .collect();
     json!({ "content": content, "refusal": null })
 }
@@ -245,6 +265,8 @@ pub(crate) mod tests {
             agreed,
             logprobs: Some(vec![-0.5; ids.len()]),
             weight: None,
+            token_ends: None,
+            input_tokens: None,
             created_at: now,
         };
         let view: TaskView = serde_json::from_value(json!({
@@ -325,6 +347,35 @@ pub(crate) mod tests {
         assert!(
             plain["usage"]["prompt_tokens"].is_null(),
             "unknown, not made up"
+        );
+    }
+
+    #[test]
+    fn tokens_read_as_the_agreeing_worker_cut_them_and_usage_is_its_count() {
+        let mut d = task(&[5, 6, 2], VerifyMode::Exact);
+        d.submissions[0].token_ends = Some(vec![4, 5, 5]);
+        d.submissions[0].input_tokens = Some(41);
+        let shape = Shape::fetched("smollm2");
+        // Fetched later: no progress seen, the answer's own count.
+        let c = completion(&d, &Seen::default(), &shape).expect("final");
+        assert_eq!(
+            c["usage"],
+            json!({"prompt_tokens": 41, "completion_tokens": 3, "total_tokens": 44})
+        );
+        let content = &c["choices"][0]["logprobs"]["content"];
+        let tokens: Vec<&str> = (0..3)
+            .filter_map(|i| content[i]["token"].as_str())
+            .collect();
+        assert_eq!(tokens, ["Blue", ".", ""]);
+        assert_eq!(content[0]["bytes"], json!([66, 108, 117, 101]));
+        assert_eq!(content[2]["bytes"], json!([]));
+        // Offsets that do not fit the text are not trusted: ids are named instead.
+        d.submissions[0].token_ends = Some(vec![4, 9, 9]);
+        let c = completion(&d, &Seen::default(), &shape).expect("final");
+        let content = &c["choices"][0]["logprobs"]["content"];
+        assert_eq!(
+            (content[1]["token"].as_str(), &content[1]["bytes"]),
+            (Some("id:6"), &Value::Null)
         );
     }
 

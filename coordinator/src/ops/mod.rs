@@ -192,6 +192,7 @@ pub(crate) mod testing {
         confidence: f64,
     ) -> SubmitRequest {
         SubmitRequest {
+            input_tokens: None,
             lease_id,
             worker_id,
             label: label.into(),

@@ -552,6 +552,7 @@ fn generative_gold_is_checked_on_its_text(mut conn: TestStore) {
         );
         let sub = SubmitRequest {
             generation: Some(GeneratedAnswer {
+                token_ends: Vec::new(),
                 token_ids: ids.to_vec(),
                 text: text.into(),
                 logprobs: vec![-0.1; 3],

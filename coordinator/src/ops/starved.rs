@@ -234,6 +234,7 @@ mod tests {
             &mut ctx(2),
             &t,
             SubmitRequest {
+                input_tokens: None,
                 lease_id: la.lease_id,
                 worker_id: wid("a"),
                 label: "positive".into(),

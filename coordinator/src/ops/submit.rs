@@ -87,6 +87,7 @@ struct Blobs {
     vector: Option<Vec<u8>>,
     ids: Option<Vec<u8>>,
     logprobs: Option<Vec<u8>>,
+    token_ends: Option<Vec<u8>>,
 }
 
 impl Blobs {
@@ -102,6 +103,9 @@ impl Blobs {
             },
             ids: generation.map(|g| ids_to_blob(&g.token_ids)),
             logprobs: generation.map(|g| vector_to_blob(&g.logprobs)),
+            token_ends: generation
+                .filter(|g| !g.token_ends.is_empty())
+                .map(|g| ids_to_blob(&g.token_ends)),
         }
     }
 }
@@ -236,6 +240,8 @@ fn record(
         text,
         logprobs: blobs.logprobs.as_deref(),
         model_hash: sub.model_hash(),
+        token_ends: blobs.token_ends.as_deref(),
+        input_tokens: sub.input_tokens(),
     })?;
     tracing::debug!(task_id = %task.id, worker_id = %sub.worker_id(), label = %sub.answer().label(), "submission stored");
     Ok(())
@@ -723,6 +729,7 @@ mod tests {
     fn generated(lease: &Lease, worker: &str, ids: &[u32], hash: Option<&str>) -> SubmitRequest {
         SubmitRequest {
             generation: Some(GeneratedAnswer {
+                token_ends: Vec::new(),
                 token_ids: ids.to_vec(),
                 text: format!("{ids:?}"),
                 logprobs: vec![-0.25; ids.len()],

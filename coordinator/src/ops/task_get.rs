@@ -83,6 +83,7 @@ mod tests {
                 };
                 let l = lease::run(tx, &mut ctx(1), req)?.leases[0].clone();
                 let sub = SubmitRequest {
+                    input_tokens: None,
                     lease_id: l.lease_id,
                     worker_id: wid(&worker),
                     label: String::new(),

@@ -19,7 +19,10 @@ pub use admin::*;
 pub use api::*;
 pub use events::*;
 pub use task::*;
-pub use validate::{check_confidence, check_embedding, check_label, check_model, check_model_hash};
+pub use validate::{
+    check_confidence, check_embedding, check_input_tokens, check_label, check_model,
+    check_model_hash,
+};
 pub use views::*;
 pub use worker::*;
 

@@ -62,6 +62,20 @@ pub fn check_model_hash(hash: Option<&str>) -> Result<(), ProtocolError> {
     }
 }
 
+/// Checks how many input tokens a submission says its model read.
+///
+/// # Errors
+/// [`ProtocolError::Invalid`] past [`MAX_INPUT_TOKENS`].
+pub fn check_input_tokens(n: Option<u32>) -> Result<(), ProtocolError> {
+    match n {
+        Some(n) if n > MAX_INPUT_TOKENS => Err(ProtocolError::invalid(
+            "input_tokens",
+            format!("at most {MAX_INPUT_TOKENS}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Checks a submitted vector.
 ///
 /// # Errors

@@ -119,6 +119,13 @@ pub struct SubmissionView {
     /// against any one other label (0: no better than a guess).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<f64>,
+    /// Where each generated token's text ends in `text`, in bytes, when the worker said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_ends: Option<Vec<u32>>,
+    /// How many tokens the model read (the prompt after its template, an embedding's input),
+    /// when the worker said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<u32>,
     /// When it was committed.
     pub created_at: DateTime<Utc>,
 }

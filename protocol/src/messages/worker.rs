@@ -214,6 +214,10 @@ pub struct SubmitRequest {
     /// one it pins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_hash: Option<String>,
+    /// How many tokens the model read: a generation's prompt after its template, an
+    /// embedding's input (reported as `usage` by the OpenAI-compatible API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<u32>,
 }
 
 impl SubmitRequest {
@@ -231,7 +235,8 @@ impl SubmitRequest {
         )?;
         check_confidence(self.confidence)?;
         check_model(self.model.as_deref())?;
-        check_model_hash(self.model_hash.as_deref())
+        check_model_hash(self.model_hash.as_deref())?;
+        check_input_tokens(self.input_tokens)
     }
 }
 

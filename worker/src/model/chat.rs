@@ -21,7 +21,7 @@
 //! the candidate ([`ChatModel::candidate_logits`]).
 
 use super::interface::{
-    Generation, Input, Model, ModelError, Prediction, Progressed, Scored, Stop,
+    token_ends, Generation, Input, Model, ModelError, Prediction, Progressed, Scored, Stop,
 };
 use super::kernel::{EngineConfig, KernelError, Threads};
 use super::llama::Llama;
@@ -494,6 +494,7 @@ impl ChatModel {
         let margin = scores[1] - scores[0] - SENTIMENT_BIAS;
         let best = usize::from(margin >= 0.0);
         Ok(Prediction {
+            input_tokens: None,
             label: SENTIMENT_WORDS[best].0.to_owned(),
             embedding: None,
             confidence: 1.0 / (1.0 + libm::exp(f64::from(-margin.abs()))),
@@ -528,6 +529,7 @@ impl ChatModel {
         let (token_ids, logprobs, stop) =
             self.generate_until(&prompt_ids, max, stops, &input.decoding, &mut after)?;
         let (text, _) = cut_text(self.decode_text(&token_ids)?, &input.stop);
+        let token_ends = token_ends(&token_ids, &text, |ids| self.decode_text(ids))?;
         if let Some(p) = &input.progress {
             p.report(Progressed {
                 prompt_tokens: prompt_ids.len() as u32,
@@ -548,7 +550,9 @@ impl ChatModel {
                 logprobs,
                 truncated,
                 stop,
+                token_ends,
             }),
+            input_tokens: None,
         })
     }
 

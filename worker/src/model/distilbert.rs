@@ -235,6 +235,7 @@ impl Model for Sst2 {
                 }
                 let (best, p) = argmax(&softmax(&logits));
                 Ok(Prediction {
+                    input_tokens: None,
                     label: self
                         .labels
                         .get(best)

@@ -150,6 +150,8 @@ pub struct Prediction {
     pub scores: Vec<f32>,
     /// The generated answer of a generative task.
     pub generation: Option<Generation>,
+    /// How many tokens an encoder read (a generation says it with its prompt).
+    pub input_tokens: Option<u32>,
 }
 
 /// A generated answer. The token ids are the answer (honest workers on the same model, template
@@ -169,6 +171,39 @@ pub struct Generation {
     pub truncated: bool,
     /// Why generation ended.
     pub stop: Stop,
+    /// Where each token's text ends in `text`, in bytes (see [`token_ends`]).
+    pub token_ends: Vec<u32>,
+}
+
+/// Where the text of each of `ids` ends in `text`, their decoding (cut at a stop string, if
+/// any): the longest prefix, at a character boundary, that `text` shares with the decoding of
+/// the first `i + 1` ids. A token that ends inside a character (byte-level vocabularies split
+/// them) ends where the character starts, and the token that completes it carries it; a stop
+/// id, or a token past a stop string's cut, adds nothing. Decodes each prefix once: quadratic,
+/// as the progress reports already are, and a few milliseconds for hundreds of tokens.
+///
+/// # Errors
+/// `decode`'s.
+pub fn token_ends<E>(
+    ids: &[u32],
+    text: &str,
+    decode: impl Fn(&[u32]) -> Result<String, E>,
+) -> Result<Vec<u32>, E> {
+    let mut ends = Vec::with_capacity(ids.len());
+    let mut last = 0usize;
+    for i in 0..ids.len() {
+        let prefix = decode(&ids[..=i])?;
+        let shared = text
+            .char_indices()
+            .zip(prefix.chars())
+            .find(|((_, a), b)| a != b)
+            .map_or_else(|| text.len().min(prefix.len()), |((at, _), _)| at);
+        // A prefix shorter than the text stops at its own end: still a character boundary of
+        // the text, since everything before it agreed.
+        last = last.max(shared);
+        ends.push(last as u32);
+    }
+    Ok(ends)
 }
 
 /// A candidate scored by one teacher-forced pass: per position, the candidate token's
@@ -332,4 +367,34 @@ pub(crate) fn hash_files(
         std::io::copy(&mut f, &mut h).map_err(|e| (path.clone(), e))?;
     }
     Ok(hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_ends;
+
+    /// A byte-level vocabulary: each id is one byte, decoded lossily as tokenizers do.
+    fn bytes(ids: &[u32]) -> Result<String, ()> {
+        let raw: Vec<u8> = ids.iter().map(|&i| i as u8).collect();
+        Ok(String::from_utf8_lossy(&raw).into_owned())
+    }
+
+    #[test]
+    fn a_split_character_goes_to_the_token_that_completes_it() {
+        let text = "aé!";
+        let ids: Vec<u32> = text.bytes().map(u32::from).collect();
+        let ends = token_ends(&ids, text, bytes).expect("ends");
+        // 'é' is two bytes: its first token adds nothing, its second carries both.
+        assert_eq!(ends, [1, 1, 3, 4]);
+        let pieces = protocol::generation::token_texts(text.as_bytes(), &ends).expect("pieces");
+        assert_eq!(pieces, [&b"a"[..], b"", "é".as_bytes(), b"!"]);
+    }
+
+    #[test]
+    fn tokens_past_a_stop_cut_add_nothing() {
+        // The answer's text was cut before "##".
+        let ids: Vec<u32> = "ok##no".bytes().map(u32::from).collect();
+        let ends = token_ends(&ids, "ok", bytes).expect("ends");
+        assert_eq!(ends, [1, 2, 2, 2, 2, 2]);
+    }
 }

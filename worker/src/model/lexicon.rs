@@ -72,6 +72,7 @@ pub fn classify(compound: f64) -> Prediction {
         "negative"
     };
     Prediction {
+        input_tokens: None,
         label: label.to_owned(),
         embedding: None,
         confidence: (0.5 + compound.abs() / 2.0).clamp(0.5, 1.0),

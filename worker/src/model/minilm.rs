@@ -311,12 +311,18 @@ impl MiniLm {
     fn answer(&self, input: &Input, e: Vec<f32>) -> Result<Prediction, ModelError> {
         let t = &input.task_type;
         if t.is_vector() {
+            // Counted again for the answer's usage: the batch's encodings were padded.
+            let read = self
+                .tokenizer
+                .encode(input.text.as_str(), true)
+                .map_err(ModelError::Inference)?;
             return Ok(Prediction {
                 label: String::new(),
                 embedding: Some(e),
                 confidence: 1.0,
                 scores: Vec::new(),
                 generation: None,
+                input_tokens: u32::try_from(read.len()).ok(),
             });
         }
         let (labels, candidates): (Vec<&str>, Cow<'_, [Vec<f32>]>) = if *t == TaskType::zero_shot()
@@ -340,6 +346,7 @@ impl MiniLm {
         };
         let (best, probs) = Self::classify(&e, &candidates);
         Ok(Prediction {
+            input_tokens: None,
             label: labels[best].to_owned(),
             embedding: None,
             confidence: probs[best],

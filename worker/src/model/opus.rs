@@ -8,7 +8,7 @@
 //! ids go back to pieces through `vocab.json` and are joined, `▁` read as a space. The weights
 //! are `model.safetensors` or, failing that, `pytorch_model.bin`.
 
-use super::interface::{Generation, Input, Model, ModelError, Prediction, Stop};
+use super::interface::{token_ends, Generation, Input, Model, ModelError, Prediction, Stop};
 use super::marian::{Marian, MarianConfig};
 use super::seq2seq::{read_config, read_weights, EncoderDecoder, FolderError};
 use candle_core::Device;
@@ -254,6 +254,7 @@ impl Model for OpusModel {
                 };
                 let confidence = logprobs.iter().map(|l| f64::from(*l).exp()).sum::<f64>()
                     / logprobs.len().max(1) as f64;
+                let text = self.tokenizer.decode(&token_ids);
                 Ok(Prediction {
                     label: String::new(),
                     embedding: None,
@@ -261,12 +262,16 @@ impl Model for OpusModel {
                     scores: Vec::new(),
                     generation: Some(Generation {
                         prompt_token_ids: prompt,
-                        text: self.tokenizer.decode(&token_ids),
+                        token_ends: token_ends(&token_ids, &text, |ids| {
+                            Ok::<_, ModelError>(self.tokenizer.decode(ids))
+                        })?,
+                        text,
                         token_ids,
                         logprobs,
                         truncated,
                         stop,
                     }),
+                    input_tokens: None,
                 })
             })
             .collect()

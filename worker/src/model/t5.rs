@@ -629,6 +629,10 @@ impl super::interface::Model for T5Model {
                             Stop::Length
                         };
                         let text = self.tokenizer.decode(&ids, true).unwrap_or_default();
+                        let token_ends = super::interface::token_ends(&ids, &text, |prefix| {
+                            self.tokenizer.decode(prefix, true)
+                        })
+                        .unwrap_or_default();
                         let confidence = if logprobs.is_empty() {
                             0.0
                         } else {
@@ -648,7 +652,9 @@ impl super::interface::Model for T5Model {
                                 logprobs,
                                 truncated,
                                 stop,
+                                token_ends,
                             }),
+                            input_tokens: None,
                         }));
                     }
                 }

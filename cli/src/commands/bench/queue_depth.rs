@@ -55,6 +55,7 @@ pub(super) async fn depth(client: &Client, k: u64, run: &Run) -> anyhow::Result<
             bail!("no task at depth {k}")
         };
         let answer = encode(&SubmitRequest {
+            input_tokens: None,
             lease_id: l.lease_id,
             worker_id: worker.clone(),
             label: instant_label(&l.text).into(),

@@ -238,6 +238,7 @@ pub(super) async fn drive(
         }
         let submits = leases.leases.iter().map(|l| {
             let body = encode(&SubmitRequest {
+                input_tokens: None,
                 lease_id: l.lease_id,
                 worker_id: worker.clone(),
                 label: instant_label(&l.text).into(),

@@ -118,6 +118,9 @@ const MIGRATIONS: &[&str] = &[
          sq_err     DOUBLE PRECISION NOT NULL,
          PRIMARY KEY (model_hash, type, label, bin)
      );",
+    // What the OpenAI-compatible API shows of an answer (see the SQLite migration).
+    "ALTER TABLE submission ADD COLUMN token_ends BYTEA,
+                           ADD COLUMN input_tokens BIGINT;",
 ];
 
 /// The session settings of every connection.
@@ -1114,7 +1117,7 @@ mod tests {
             c.batch_execute(&format!("SET {name} = {value}"))
                 .expect("writer settings");
         }
-        let vote = "'t', 'w', 'l', 'x', 1, NULL, 1, NULL, NULL, NULL, NULL, NULL";
+        let vote = "'t', 'w', 'l', 'x', 1, NULL, 1, NULL, NULL, NULL, NULL, NULL, NULL, NULL";
         for (what, change, row) in [
             ("votes", &crate::store::postgres::vote::VOTE, vote),
             (

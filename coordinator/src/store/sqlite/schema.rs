@@ -363,6 +363,10 @@ CREATE TABLE calibration (
     PRIMARY KEY (model_hash, type, label, bin)
 ) WITHOUT ROWID;
 "#,
+    // What the OpenAI-compatible API shows of an answer: where each generated token's text
+    // ends (u32 little-endian, as `token_ids`), and how many tokens the model read.
+    "ALTER TABLE submission ADD COLUMN token_ends BLOB;
+     ALTER TABLE submission ADD COLUMN input_tokens INTEGER;",
 ];
 
 /// Tables of one connection (`temp`, in memory, gone when it closes), created when it opens.

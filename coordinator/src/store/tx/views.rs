@@ -243,7 +243,7 @@ pub(crate) trait Views: Exec {
         self.sql()
             .prepare_cached(
                 "SELECT worker_id, label, confidence, model, agreed, created_at, embedding, text,
-                        token_ids, model_hash, logprobs, weight
+                        token_ids, model_hash, logprobs, weight, token_ends, input_tokens
                  FROM submission WHERE task_id = $1 ORDER BY id",
             )?
             .query_map([task.to_string()], |r| {
@@ -259,6 +259,10 @@ pub(crate) trait Views: Exec {
                     model: r.get(3)?,
                     agreed: r.get(4)?,
                     weight: r.get(11)?,
+                    token_ends: r.get::<_, Option<Vec<u8>>>(12)?.map(|b| blob_to_ids(&b)),
+                    input_tokens: r
+                        .get::<_, Option<i64>>(13)?
+                        .and_then(|n| u32::try_from(n).ok()),
                     created_at: from_ms(r.get(5)?),
                 })
             })?

@@ -88,6 +88,10 @@ pub(crate) struct NewVote<'a> {
     pub logprobs: Option<&'a [u8]>,
     /// The model content that answered.
     pub model_hash: Option<&'a str>,
+    /// Where each generated token's text ends, as stored.
+    pub token_ends: Option<&'a [u8]>,
+    /// How many tokens the model read, if the worker says.
+    pub input_tokens: Option<u32>,
 }
 
 /// The vote and the decisions.
@@ -314,7 +318,7 @@ pub(crate) fn answer_select(votes: &str, fresh: &str, lock: &str) -> String {
 }
 
 /// The submission columns a vote stores, in [`NewVote`]'s order, with their PostgreSQL types.
-pub(crate) const VOTE_COLUMNS: [(&str, &str); 12] = [
+pub(crate) const VOTE_COLUMNS: [(&str, &str); 14] = [
     ("task_id", "TEXT"),
     ("worker_id", "TEXT"),
     ("lease_id", "TEXT"),
@@ -327,6 +331,8 @@ pub(crate) const VOTE_COLUMNS: [(&str, &str); 12] = [
     ("text", "TEXT"),
     ("logprobs", "BYTEA"),
     ("model_hash", "TEXT"),
+    ("token_ends", "BYTEA"),
+    ("input_tokens", "BIGINT"),
 ];
 
 /// [`VOTE_COLUMNS`]' names, as a column list.
@@ -363,6 +369,8 @@ impl NewVote<'_> {
             &self.text,
             &self.logprobs,
             &self.model_hash,
+            &self.token_ends,
+            &self.input_tokens,
         ])
     }
 }
