@@ -91,6 +91,12 @@ fn a_truncating_generator_is_caught_and_the_honest_answer_finalized() {
             let is_cutter = s.worker_id.as_str() == "cutter";
             assert_eq!(s.agreed, Some(!is_cutter), "{s:?}");
         }
+        // Honest scorers on the same engine: every pass is exact (gaps exactly 0), and no
+        // refusal is.
+        assert!(!d.verifications.is_empty(), "{d:?}");
+        for v in &d.verifications {
+            assert_eq!(v.exact, v.passed, "{v:?}");
+        }
     }
     // Its truncated answers were scored and refused; none earned it a point.
     assert_eq!(

@@ -69,6 +69,12 @@ impl Verification {
                 "must be finite and at least 0",
             ));
         }
+        if self.exact && (!self.passed || self.gaps.iter().any(|g| *g != 0.0)) {
+            return Err(ProtocolError::invalid(
+                "exact",
+                "an exact scoring passes with every gap exactly 0",
+            ));
+        }
         Ok(())
     }
 }

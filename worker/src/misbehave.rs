@@ -94,6 +94,8 @@ impl Misbehave {
             if let Some(ids) = ids {
                 g.logprobs = vec![-1.0; ids.len()];
                 g.token_ids = ids;
+                // The text stays the honest one: where its tokens end is left unsaid.
+                g.token_ends.clear();
             }
         } else if self == Misbehave::Flip && p.embedding.is_none() {
             p.label = match lease.labels.as_deref() {

@@ -194,7 +194,7 @@ pub(crate) fn evidence(d: &TaskDetail) -> Value {
         .verifications
         .iter()
         .filter(|v| final_ids.is_none_or(|ids| *ids == v.token_ids))
-        .map(|v| json!({"worker": v.worker_id, "passed": v.passed, "max_gap": v.max_gap, "agreed": v.agreed}))
+        .map(|v| json!({"worker": v.worker_id, "passed": v.passed, "exact": v.exact, "max_gap": v.max_gap, "agreed": v.agreed}))
         .collect();
     let (decoding, temperature, seed) = match spec.map(|s| s.decoding) {
         Some(Decoding::Sample { temperature, seed }) => ("sample", Some(temperature), Some(seed)),
@@ -388,13 +388,14 @@ pub(crate) mod tests {
             passed,
             max_gap: if passed { 0.0 } else { 3.5 },
             agreed: Some(true),
+            exact: passed,
         };
         d.verifications = vec![v("dave", &[5, 6, 7, 8], true), v("erin", &[9], false)];
         let e = evidence(&d);
         assert_eq!(e["verification"], "generate-once");
         assert_eq!(
             e["verifiers"],
-            json!([{"worker": "dave", "passed": true, "max_gap": 0.0, "agreed": true}])
+            json!([{"worker": "dave", "passed": true, "exact": true, "max_gap": 0.0, "agreed": true}])
         );
         d.task.generation = Some(spec(4, VerifyMode::Exact));
         assert_eq!(evidence(&d)["verification"], "cross-scored");

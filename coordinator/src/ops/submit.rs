@@ -885,12 +885,15 @@ mod tests {
             Honesty::PassEverything => vec![0.0; ids.len()],
         };
         let passed = protocol::verify::verdict(ids, &gaps, spec, spec.eps());
+        // An honest scorer on a bit-invariant engine: a candidate it would generate scores
+        // every gap exactly 0, and it says so.
+        let exact = how == Honesty::Honest && passed && gaps.iter().all(|g| *g == 0.0);
         SubmitRequest {
             verification: Some(Verification {
                 logprobs: vec![-0.1; ids.len()],
                 gaps,
                 passed,
-                exact: false,
+                exact,
             }),
             model_hash: Some(HASH.to_owned()),
             ..answer(l, worker, "", 1.0)
@@ -936,6 +939,18 @@ mod tests {
         let task = load_task(&*conn.tx(), &t).expect("task");
         assert_eq!(task.status, TaskStatus::Finalized);
         assert_eq!(task.final_token_ids.as_deref(), Some(&truth[..]));
+        // The verdicts as shown: the refusals within no eps, the passes exact.
+        let shown: Vec<(bool, bool)> = conn
+            .tx()
+            .verifications_of(&t)
+            .expect("verifications")
+            .iter()
+            .map(|v| (v.passed, v.exact))
+            .collect();
+        assert_eq!(
+            shown,
+            [(false, false), (false, false), (true, true), (true, true)]
+        );
         // b: its answer; a: one agreeing scoring; c: two; a's own answer earned nothing.
         assert_eq!(
             (points(&conn, "a"), points(&conn, "b"), points(&conn, "c")),
@@ -1061,6 +1076,11 @@ mod tests {
             (with(&|v| v.gaps.push(0.0)), ErrorCode::InvalidArgument),
             (with(&|v| v.logprobs[0] = 0.5), ErrorCode::InvalidArgument),
             (with(&|v| v.gaps[0] = f32::NAN), ErrorCode::InvalidArgument),
+            // Exact, yet a gap within eps but not 0.
+            (
+                with(&|v| v.gaps[1] = v.gaps[1].max(1e-6)),
+                ErrorCode::InvalidArgument,
+            ),
             (
                 SubmitRequest {
                     model_hash: Some(other),
@@ -1097,8 +1117,13 @@ mod tests {
         assert!(r.is_err());
         let ok = send(&mut conn, 4, &t, good.clone()).0.expect("stored");
         assert!(!ok.duplicate);
-        let again = send(&mut conn, 4, &t, good).0.expect("resend");
+        let again = send(&mut conn, 4, &t, good.clone()).0.expect("resend");
         assert!(again.duplicate, "a resend is acknowledged as a duplicate");
+        let inexact = with(&|v| v.exact = false);
+        let err = send(&mut conn, 4, &t, inexact)
+            .0
+            .expect_err("another report");
+        assert_eq!(err.code(), ErrorCode::DuplicateSubmission);
     }
 
     fn an_expired_verify_lease_opens_its_slot_again(mut conn: TestStore) {

@@ -212,6 +212,7 @@ pub(crate) fn accept(
     if row.state == "done" {
         if row.worker.as_ref() == Some(worker)
             && row.passed == Some(report.passed)
+            && row.exact.unwrap_or(false) == report.exact
             && row.logprobs.as_ref() == Some(&logprobs)
             && row.gaps.as_ref() == Some(&gaps)
         {
@@ -229,7 +230,14 @@ pub(crate) fn accept(
             state: lease_state,
         });
     }
-    tx.record_score(row.id, &lease_id, report.passed, &logprobs, &gaps, ctx.now)?;
+    tx.record_score(
+        row.id,
+        &lease_id,
+        (report.passed, report.exact),
+        &logprobs,
+        &gaps,
+        ctx.now,
+    )?;
     if let Some(kind) = &row.trap {
         // A trap must fail: passing one costs a point.
         let caught = !report.passed;

@@ -143,6 +143,11 @@ pub struct VerificationView {
     pub max_gap: f32,
     /// Whether its report agreed with the other verifiers' (None until decided).
     pub agreed: Option<bool>,
+    /// Whether the scoring was exact: a bit-invariant engine found every gap exactly 0, so the
+    /// candidate is the very answer that engine generates (false: within `eps`, or a scorer
+    /// that cannot tell).
+    #[serde(default)]
+    pub exact: bool,
 }
 
 /// One entry of the event log: something that happened to a task or a worker, as the store

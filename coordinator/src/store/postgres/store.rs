@@ -121,6 +121,8 @@ const MIGRATIONS: &[&str] = &[
     // What the OpenAI-compatible API shows of an answer (see the SQLite migration).
     "ALTER TABLE submission ADD COLUMN token_ends BYTEA,
                            ADD COLUMN input_tokens BIGINT;",
+    // Whether a verifier's scoring was exact (see the SQLite migration).
+    "ALTER TABLE verification ADD COLUMN exact BIGINT;",
 ];
 
 /// The session settings of every connection.

@@ -367,6 +367,8 @@ CREATE TABLE calibration (
     // ends (u32 little-endian, as `token_ids`), and how many tokens the model read.
     "ALTER TABLE submission ADD COLUMN token_ends BLOB;
      ALTER TABLE submission ADD COLUMN input_tokens INTEGER;",
+    // Whether a verifier's scoring was exact (every gap exactly 0 on a bit-invariant engine).
+    "ALTER TABLE verification ADD COLUMN exact INTEGER;",
 ];
 
 /// Tables of one connection (`temp`, in memory, gone when it closes), created when it opens.

@@ -41,6 +41,8 @@ pub(crate) struct ScoringRow {
     pub worker: Option<WorkerId>,
     /// Its verdict, once reported.
     pub passed: Option<bool>,
+    /// Whether the verdict was exact, once reported (NULL before the column existed).
+    pub exact: Option<bool>,
     /// Its per-token log-probabilities, as stored.
     pub logprobs: Option<Vec<u8>>,
     /// Its per-token gaps, as stored.
@@ -261,7 +263,7 @@ pub(crate) trait Scoring: Exec {
     fn scoring_row_of_lease(&self, lease: &LeaseId) -> Result<Option<ScoringRow>> {
         self.sql()
             .prepare_cached(
-                "SELECT id, token_ids, trap, state, worker_id, passed, logprobs, gaps
+                "SELECT id, token_ids, trap, state, worker_id, passed, logprobs, gaps, exact
                  FROM verification WHERE lease_id = $1",
             )?
             .query_row([lease.to_string()], |r| {
@@ -274,18 +276,19 @@ pub(crate) trait Scoring: Exec {
                     passed: r.get(5)?,
                     logprobs: r.get(6)?,
                     gaps: r.get(7)?,
+                    exact: r.get(8)?,
                 })
             })
             .optional()
     }
 
-    /// A verifier's report on row `row` (log-probabilities and gaps as stored), and its lease
-    /// `lease` completed.
+    /// A verifier's report on row `row` (its verdict: passed, and whether exactly; the
+    /// log-probabilities and gaps as stored), and its lease `lease` completed.
     fn record_score(
         &self,
         row: i64,
         lease: &LeaseId,
-        passed: bool,
+        (passed, exact): (bool, bool),
         logprobs: &[u8],
         gaps: &[u8],
         now: i64,
@@ -293,10 +296,10 @@ pub(crate) trait Scoring: Exec {
         self.sql()
             .prepare_cached(
                 "UPDATE verification SET state = 'done', passed = $1, logprobs = $2, gaps = $3,
-                     finished_at = $4
+                     finished_at = $4, exact = $6
                  WHERE id = $5",
             )?
-            .execute(params![passed, logprobs, gaps, now, row])?;
+            .execute(params![passed, logprobs, gaps, now, row, exact])?;
         self.sql()
             .prepare_cached("UPDATE lease SET state = 'completed', ended_at = $1 WHERE id = $2")?
             .execute(params![now, lease.to_string()])?;

@@ -274,7 +274,7 @@ pub(crate) trait Views: Exec {
     fn verifications_of(&self, task: &protocol::TaskId) -> Result<Vec<VerificationView>> {
         self.sql()
             .prepare_cached(
-                "SELECT worker_id, token_ids, passed, gaps, agreed FROM verification
+                "SELECT worker_id, token_ids, passed, gaps, agreed, exact FROM verification
                  WHERE task_id = $1 AND trap IS NULL AND state = 'done' ORDER BY id",
             )?
             .query_map([task.to_string()], |r| {
@@ -288,6 +288,7 @@ pub(crate) trait Views: Exec {
                     passed: r.get::<_, Option<bool>>(2)?.unwrap_or(false),
                     max_gap: gaps.iter().copied().fold(0.0, f32::max),
                     agreed: r.get(4)?,
+                    exact: r.get::<_, Option<bool>>(5)?.unwrap_or(false),
                 })
             })?
             .collect()
