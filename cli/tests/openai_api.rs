@@ -438,7 +438,10 @@ fn refusals_change_nothing(c: &Cluster, py: &PathBuf, base: &str) {
 #[test]
 fn protected_mode_refuses_a_missing_or_wrong_key() {
     let py = python();
-    let c = Cluster::start(&[("AIMARKET_API_KEY", "sekrit")]);
+    let c = Cluster::start(&[
+        ("AIMARKET_API_KEY", "sekrit,other"),
+        ("AIMARKET_API_REQUESTS_PER_MINUTE", "2"),
+    ]);
     let before = c.count("SELECT COUNT(*) FROM task");
     let got = phase(&py, "auth", &format!("{}/v1", c.http), "sekrit", None);
     let cases = got.as_array().expect("cases");
@@ -451,6 +454,37 @@ fn protected_mode_refuses_a_missing_or_wrong_key() {
         cases[4]["ids"],
         serde_json::json!([]),
         "no workers: an empty list"
+    );
+    // Each key's quota: two requests a minute. With no worker live each is a 503 until the
+    // third, a 429 (the client's RateLimitError) with Retry-After; the other key has its own.
+    let got = phase(
+        &py,
+        "quota",
+        &format!("{}/v1", c.http),
+        "sekrit",
+        Some("other"),
+    );
+    let statuses: Vec<Option<u64>> = got["mine"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .map(|a| a["status"].as_u64())
+        .collect();
+    assert_eq!(statuses, [Some(503), Some(503), Some(429)], "{got}");
+    let limited = &got["mine"][2];
+    assert_eq!(
+        (limited["raised"].as_str(), limited["code"].as_str()),
+        (Some("RateLimitError"), Some("rate_limit_exceeded")),
+        "{got}"
+    );
+    let retry: u64 = limited["retry_after"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("Retry-After seconds");
+    assert!((1..=60).contains(&retry), "{got}");
+    assert_eq!(
+        got["other"]["status"], 503,
+        "another key, its own quota: {got}"
     );
     assert_eq!(c.count("SELECT COUNT(*) FROM task"), before);
 }

@@ -179,6 +179,22 @@ def phase_auth(c, _):
     return out
 
 
+def phase_quota(c, other_key):
+    """Three chats on this client's key, then one on another key: what each got."""
+    def attempt(cl):
+        try:
+            cl.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Hi"}],
+                                       max_tokens=4)
+            return {"status": 200}
+        except openai.APIStatusError as e:
+            return {"raised": type(e).__name__, "status": e.status_code,
+                    "code": (e.body or {}).get("code"),
+                    "retry_after": e.response.headers.get("retry-after")}
+    mine = [attempt(c) for _ in range(3)]
+    other = openai.OpenAI(base_url=str(c.base_url), api_key=other_key, max_retries=0)
+    return {"mine": mine, "other": attempt(other)}
+
+
 def phase_completion(c, prompt):
     r = c.completions.create(model="smollm2", prompt=prompt, max_tokens=8, logprobs=0,
                              extra_body=EXTRA)
@@ -207,7 +223,7 @@ def phase_replaced(c, prompt):
         return {"streamed": "".join(deltas), "raised": type(e).__name__, "body": e.body}
 
 
-PHASES = {"models": phase_models, "replaced": phase_replaced, "chat": phase_chat, "embeddings": phase_embeddings,
+PHASES = {"models": phase_models, "replaced": phase_replaced, "quota": phase_quota, "chat": phase_chat, "embeddings": phase_embeddings,
           "completion": phase_completion,
           "errors": phase_errors, "auth": phase_auth}
 

@@ -32,6 +32,9 @@ pub struct Config {
     /// How long an OpenAI-compatible request waits for its task to be final by default (a
     /// request may say otherwise); past it, a 504 naming the task.
     pub api_wait: Duration,
+    /// Each client's quota of OpenAI-compatible requests that make tasks, per minute; `None`:
+    /// no quota.
+    pub api_quota: Option<std::num::NonZeroU32>,
 }
 
 impl Config {
@@ -49,6 +52,7 @@ impl Config {
             auth: Auth::default(),
             pg_timeouts: crate::store::postgres::Timeouts::default(),
             api_wait: Duration::from_secs(120),
+            api_quota: None,
         }
     }
 }

@@ -73,6 +73,11 @@ impl Core {
         self
     }
 
+    /// Whether client keys are asked for (protected mode).
+    pub fn protected(&self) -> bool {
+        self.auth.enabled()
+    }
+
     /// Checks a client's credentials for an API operation: state-changing operations need a key
     /// when keys are configured; reads are open.
     ///

@@ -142,6 +142,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         nats: client.clone(),
         prefix: config.prefix.clone(),
         api_wait: config.api_wait,
+        quota: config.api_quota,
     };
     let http_shown = serve_http(&background, http, &core, gateway, &shutdown);
     // Requeue what expired while the coordinator was down, before serving.

@@ -41,6 +41,11 @@ pub(crate) struct Args {
     /// its task to be final, unless it says otherwise; past it, a 504 naming the task.
     #[arg(long, env = "AIMARKET_API_WAIT_SECONDS", default_value_t = 120)]
     api_wait_seconds: u64,
+    /// Each client key's quota of OpenAI-compatible requests that make tasks (chat
+    /// completions, completions, embeddings) per minute, refilled evenly; past it, 429 with
+    /// Retry-After. Without client keys every request shares one quota. 0: no quota.
+    #[arg(long, env = "AIMARKET_API_REQUESTS_PER_MINUTE", default_value_t = 0)]
+    api_requests_per_minute: u32,
     /// Most leases one worker may hold at once.
     #[arg(long, env = "AIMARKET_MAX_LEASES_PER_WORKER", default_value_t = 64)]
     max_leases_per_worker: u32,
@@ -134,6 +139,7 @@ pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     config.sweep_interval = Duration::from_secs(args.requeue_sweep_seconds);
     config.http = args.http.0;
     config.api_wait = Duration::from_secs(args.api_wait_seconds.max(1));
+    config.api_quota = std::num::NonZeroU32::new(args.api_requests_per_minute);
     config.auth = coordinator::Auth::new(
         ctx.api_key
             .iter()

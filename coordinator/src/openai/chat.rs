@@ -37,7 +37,7 @@ async fn create_inner(
     headers: HeaderMap,
     body: Result<Body, OaiError>,
 ) -> Result<Response, OaiError> {
-    api.authorize(&headers)?;
+    api.admit(&headers)?;
     let req = request::chat(&body?.0)?;
     let wait = api.wait_for(req.ext.timeout, &headers)?;
     let task = new_task(&api, &req).await?;

@@ -35,7 +35,7 @@ async fn create_inner(
     headers: HeaderMap,
     body: Result<Body, OaiError>,
 ) -> Result<Value, OaiError> {
-    api.authorize(&headers)?;
+    api.admit(&headers)?;
     let req = request::completion(&body?.0)?;
     let wait = api.wait_for(req.ext.timeout, &headers)?;
     let task = NewTask {

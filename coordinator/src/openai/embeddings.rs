@@ -38,7 +38,7 @@ async fn create_inner(
     headers: HeaderMap,
     body: Result<Body, OaiError>,
 ) -> Result<Value, OaiError> {
-    api.authorize(&headers)?;
+    api.admit(&headers)?;
     let req = request::embeddings(&body?.0)?;
     let wait = api.wait_for(req.ext.timeout, &headers)?;
     let tasks = new_tasks(&api, &req).await?;

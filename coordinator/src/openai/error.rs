@@ -17,6 +17,8 @@ pub(crate) struct OaiError {
     pub(crate) kind: &'static str,
     pub(crate) param: Option<String>,
     pub(crate) code: Option<&'static str>,
+    /// Seconds to wait before trying again (`Retry-After`), for a 429.
+    pub(crate) retry_after: Option<u64>,
 }
 
 impl OaiError {
@@ -27,6 +29,25 @@ impl OaiError {
             kind,
             param: None,
             code: None,
+            retry_after: None,
+        }
+    }
+
+    /// 429 `rate_limit_exceeded`: the client's quota of `per_minute` requests is spent until
+    /// `wait` has passed.
+    pub(crate) fn rate_limited(per_minute: u32, wait: std::time::Duration) -> Self {
+        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+        Self {
+            retry_after: Some(seconds),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "requests",
+                format!(
+                    "Rate limit reached: {per_minute} requests per minute for this client \
+                     (--api-requests-per-minute). Try again in {seconds} s."
+                ),
+            )
+            .with_code("rate_limit_exceeded")
         }
     }
 
@@ -182,13 +203,35 @@ impl From<ProtocolError> for OaiError {
 
 impl IntoResponse for OaiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut r = (self.status, Json(self.body())).into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        r
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spent_quota_is_a_429_that_says_when_to_try_again() {
+        let e = OaiError::rate_limited(2, std::time::Duration::from_millis(29_200));
+        assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+        let body = e.body();
+        assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+        assert_eq!(body["error"]["type"], "requests");
+        assert!(body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("2 requests per minute") && m.contains("30 s")));
+        let r = e.into_response();
+        assert_eq!(r.headers()[axum::http::header::RETRY_AFTER], "30");
+        // Never "0": a client told to wait 0 s would ask again at once.
+        let soon = OaiError::rate_limited(600, std::time::Duration::from_millis(40));
+        assert_eq!(soon.retry_after, Some(1));
+    }
 
     #[test]
     fn errors_have_openai_s_shape_and_status() {

@@ -31,10 +31,22 @@ use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
 use error::OaiError;
+use governor::clock::Clock;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use protocol::messages::{ApiOp, WorkerView};
 use protocol::{TaskType, WorkerStatus};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The key of an `Authorization: Bearer KEY` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
 
 /// What the API needs beyond the core: NATS (to wait on task events and progress) and the
 /// default wait.
@@ -46,6 +58,9 @@ pub(crate) struct Gateway {
     pub(crate) prefix: String,
     /// How long a request waits for its task to be final, unless it says otherwise.
     pub(crate) api_wait: Duration,
+    /// Each client's quota of task-making requests (chat, completion, embeddings) per minute;
+    /// `None`: no quota.
+    pub(crate) quota: Option<NonZeroU32>,
 }
 
 /// The state of the `/v1` routes.
@@ -53,7 +68,12 @@ pub(crate) struct Gateway {
 pub(crate) struct OpenAi {
     core: Core,
     gateway: Arc<Gateway>,
+    /// Each client's quota (see [`OpenAi::admit`]).
+    quotas: Option<Arc<DefaultKeyedRateLimiter<String>>>,
 }
+
+/// Whose quota a request counts against when no key is asked for (open mode): everyone's.
+const ANONYMOUS: &str = "anonymous";
 
 /// The `/v1` routes over `core`.
 pub(crate) fn router(core: Core, gateway: Gateway) -> Router {
@@ -65,6 +85,9 @@ pub(crate) fn router(core: Core, gateway: Gateway) -> Router {
         .route("/v1/embeddings", post(embeddings::create))
         .with_state(OpenAi {
             core,
+            quotas: gateway
+                .quota
+                .map(|n| Arc::new(RateLimiter::keyed(Quota::per_minute(n)))),
             gateway: Arc::new(gateway),
         })
 }
@@ -73,14 +96,28 @@ impl OpenAi {
     /// Checks the client's key (`Authorization: Bearer KEY`) when keys are configured: every
     /// `/v1` route needs one then, as OpenAI's do.
     fn authorize(&self, headers: &HeaderMap) -> Result<(), OaiError> {
-        let key = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
         self.core
-            .authorize(ApiOp::TaskAdd, key)
+            .authorize(ApiOp::TaskAdd, bearer(headers))
             .map_err(OaiError::from)
+    }
+
+    /// [`OpenAi::authorize`], then the client's quota of task-making requests: a request past
+    /// it is refused with 429 (and `Retry-After`) before it changes anything. The quota is the
+    /// client key's in protected mode (each key its own bucket, refilled evenly over the
+    /// minute, a minute's worth at most); in open mode every request shares one.
+    fn admit(&self, headers: &HeaderMap) -> Result<(), OaiError> {
+        self.authorize(headers)?;
+        let (Some(quotas), Some(per_minute)) = (&self.quotas, self.gateway.quota) else {
+            return Ok(());
+        };
+        let who = match bearer(headers) {
+            Some(key) if self.core.protected() => key,
+            _ => ANONYMOUS,
+        };
+        quotas.check_key(&who.to_owned()).map_err(|not_until| {
+            let wait = not_until.wait_time_from(quotas.clock().now());
+            OaiError::rate_limited(per_minute.get(), wait)
+        })
     }
 
     /// How long to wait: the request's own bound (extension field, else the
