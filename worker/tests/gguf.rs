@@ -1,7 +1,8 @@
-//! `--model gguf:PATH` on tiny llama-architecture GGUF files written here: loaded with the
-//! tokenizer, chat template and stop token from their metadata, run (the same answer on every
+//! `--model gguf:PATH` on tiny llama- and qwen2-architecture GGUF files written here: loaded with
+//! the tokenizer, chat template and stop token from their metadata, run (the same answer on every
 //! kernel path and thread count), hashed, and refused for a weight type without a kernel or an
-//! architecture the engine does not run.
+//! architecture the engine does not run. A qwen2 file runs as candle-transformers'
+//! `quantized_qwen2` runs it.
 
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -53,8 +54,13 @@ fn write_model(path: &Path, arch: &str, weights: GgmlDType) {
             format!("{arch}.attention.layer_norm_rms_epsilon"),
             Value::F32(1e-5),
         ),
+        (format!("{arch}.context_length"), Value::U32(256)),
+        (format!("{arch}.rope.freq_base"), Value::F32(1_000_000.0)),
         ("tokenizer.ggml.model".into(), string("gpt2")),
-        ("tokenizer.ggml.pre".into(), string("gpt2")),
+        (
+            "tokenizer.ggml.pre".into(),
+            string(if arch == "qwen2" { "qwen2" } else { "gpt2" }),
+        ),
         (
             "tokenizer.ggml.tokens".into(),
             array(tokens.iter().map(|t| string(t)).collect()),
@@ -91,6 +97,13 @@ fn write_model(path: &Path, arch: &str, weights: GgmlDType) {
         ("output_norm.weight".into(), norm(&mut rng)),
     ];
     for i in 0..LAYERS {
+        if arch == "qwen2" {
+            for (part, rows) in [("attn_q", DIM), ("attn_k", 32), ("attn_v", 32)] {
+                let b = Tensor::from_vec(random(rows, &mut rng), rows, &Device::Cpu).expect("b");
+                let b = QTensor::quantize(&b, GgmlDType::F32).expect("f32");
+                tensors.push((format!("blk.{i}.{part}.bias"), b));
+            }
+        }
         let mut add = |name: &str, t: QTensor| tensors.push((format!("blk.{i}.{name}.weight"), t));
         add("attn_norm", norm(&mut rng));
         add("ffn_norm", norm(&mut rng));
@@ -114,11 +127,15 @@ fn load(path: &Path, engine: EngineConfig) -> Result<Box<dyn Model>, String> {
 }
 
 #[test]
-fn a_llama_gguf_loads_runs_and_is_pinned_by_its_hash() {
+fn llama_and_qwen2_ggufs_load_run_and_are_pinned_by_their_hash() {
     let dir = tempfile::tempdir().expect("tmp");
-    for weights in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+    for (arch, weights) in [
+        ("llama", GgmlDType::Q4_1),
+        ("llama", GgmlDType::Q8_0),
+        ("qwen2", GgmlDType::Q4_1),
+    ] {
         let path = dir.path().join(format!("tiny-{weights:?}.gguf"));
-        write_model(&path, "llama", weights);
+        write_model(&path, arch, weights);
         let input = Input {
             max_new_tokens: Some(6),
             ..Input::new(TaskType::generate(), "Hello there.")
@@ -169,12 +186,115 @@ fn other_weight_types_and_architectures_are_refused_by_name() {
         err.contains("F16") && err.contains("supported: Q4_1, Q8_0"),
         "{err}"
     );
-    let path = dir.path().join("qwen2.gguf");
-    write_model(&path, "qwen2", GgmlDType::Q4_1);
+    let path = dir.path().join("gemma.gguf");
+    write_model(&path, "gemma", GgmlDType::Q4_1);
     let err = load(&path, engine).err().expect("refused");
-    assert!(err.contains("qwen2") && err.contains("only llama"), "{err}");
+    assert!(
+        err.contains("\"gemma\"") && err.contains("supported: llama, qwen2"),
+        "{err}"
+    );
     let err = load(&dir.path().join("absent.gguf"), engine)
         .err()
         .expect("refused");
     assert!(err.contains("no GGUF file"), "{err}");
+}
+
+/// A qwen2 file runs as candle-transformers' `quantized_qwen2` runs it: the same logits within
+/// float noise over a prompt and four decode steps. Both differ from reading the file as llama
+/// would (no biases, interleaved RoPE) by far more.
+#[test]
+fn a_qwen2_gguf_runs_as_candles_quantized_qwen2() {
+    use candle_transformers::models::quantized_qwen2::ModelWeights;
+    use worker::model::kernel::Threads;
+    use worker::model::llama::Llama;
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("qwen2.gguf");
+    write_model(&path, "qwen2", GgmlDType::Q8_0);
+    let open = || {
+        let mut f = std::fs::File::open(&path).expect("gguf");
+        let content = gguf_file::Content::read(&mut f).expect("content");
+        (content, f)
+    };
+    let (content, mut f) = open();
+    let mut candle = ModelWeights::from_gguf(content, &mut f, &Device::Cpu).expect("candle's");
+    let (content, mut f) = open();
+    let threads = Threads::new(1).expect("one thread");
+    let mut ours = Llama::from_gguf(content, &mut f, Kernel::best(), threads).expect("ours");
+    let mut run_candle = |ids: &[u32], pos: usize| -> Vec<f32> {
+        let x = Tensor::new(ids, &Device::Cpu)
+            .and_then(|t| t.unsqueeze(0))
+            .expect("ids");
+        candle
+            .forward(&x, pos)
+            .and_then(|l| l.squeeze(0))
+            .and_then(|l| l.to_vec1())
+            .expect("candle")
+    };
+    let prompt: Vec<u32> = "The sea was calm that night."
+        .bytes()
+        .map(u32::from)
+        .collect();
+    let (mut a, mut b) = (
+        run_candle(&prompt, 0),
+        ours.forward(&prompt, 0).expect("ours"),
+    );
+    let spread = {
+        let mean = a.iter().sum::<f32>() / a.len() as f32;
+        (a.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / a.len() as f32).sqrt()
+    };
+    let mut worst = 0f32;
+    for step in 0..4u32 {
+        let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
+        worst = worst.max(diff);
+        let next = 65 + step;
+        let pos = prompt.len() + step as usize;
+        a = run_candle(&[next], pos);
+        b = ours.forward(&[next], pos).expect("ours");
+    }
+    assert!(
+        worst < 0.05 * spread,
+        "mean difference {worst} against a spread of {spread}"
+    );
+
+    // Read as llama (no biases, pairs interleaved): far from candle's qwen2.
+    let llama_path = dir.path().join("as-llama.gguf");
+    let bytes = std::fs::read(&path).expect("read");
+    let (content, _) = open();
+    let mut metadata = content.metadata.clone();
+    metadata.insert("general.architecture".into(), Value::String("llama".into()));
+    for (k, v) in content
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.starts_with("qwen2."))
+    {
+        metadata.insert(k.replacen("qwen2.", "llama.", 1), v.clone());
+    }
+    let mut reader = std::io::Cursor::new(bytes);
+    let tensors: Vec<(String, QTensor)> = content
+        .tensor_infos
+        .keys()
+        .filter(|name| !name.ends_with(".bias"))
+        .map(|name| {
+            let t = content
+                .tensor(&mut reader, name, &Device::Cpu)
+                .expect("tensor");
+            (name.clone(), t)
+        })
+        .collect();
+    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut out = std::fs::File::create(&llama_path).expect("create");
+    gguf_file::write(&mut out, &md, &ts).expect("write");
+    let mut f = std::fs::File::open(&llama_path).expect("gguf");
+    let content = gguf_file::Content::read(&mut f).expect("content");
+    let one = Threads::new(1).expect("one thread");
+    let mut as_llama = Llama::from_gguf(content, &mut f, Kernel::best(), one).expect("llama");
+    let c = run_candle(&prompt, 0);
+    let l = as_llama.forward(&prompt, 0).expect("as llama");
+    let off = c.iter().zip(&l).map(|(x, y)| (x - y).abs()).sum::<f32>() / c.len() as f32;
+    assert!(
+        off > 10.0 * worst.max(1e-6),
+        "as llama: mean difference {off}, as qwen2: {worst}"
+    );
 }

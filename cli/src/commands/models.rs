@@ -15,7 +15,7 @@ use worker::model::{Input, Model};
 #[derive(Debug, clap::Args)]
 pub(crate) struct ModelArgs {
     /// The model: auto, lexicon, distilbert-sst2, minilm, smollm2, or gguf:PATH (any
-    /// llama-architecture chat GGUF file with Q4_1 or Q8_0 weights).
+    /// llama- or qwen2-architecture chat GGUF file with Q4_1 or Q8_0 weights).
     #[arg(long, default_value = "lexicon")]
     model: String,
     /// Folder with the model's weights in Hugging Face layout (default: the Hugging Face cache,

@@ -53,7 +53,7 @@ pub(crate) struct Args {
     token: Option<String>,
     /// The model to run: auto (distilbert-sst2 when its weights are cached or downloadable, else
     /// lexicon), lexicon, distilbert-sst2, minilm, smollm2, or gguf:PATH (any
-    /// llama-architecture chat GGUF file with Q4_1 or Q8_0 weights).
+    /// llama- or qwen2-architecture chat GGUF file with Q4_1 or Q8_0 weights).
     #[arg(long, env = "AIMARKET_MODEL", default_value = "lexicon")]
     model: String,
     /// Folder with the model's weights in Hugging Face layout (config.json, model.safetensors,

@@ -35,6 +35,8 @@ use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::SplitDelimiterBehavior;
 use tokenizers::{AddedToken, Tokenizer};
 
 /// The model's name for `--model`.
@@ -184,7 +186,7 @@ impl ChatModel {
         Self::from_file(&path, format!("{NAME}/q4_1"), engine)
     }
 
-    /// Loads any llama-architecture chat model from its GGUF file (`--model gguf:PATH`): weights
+    /// Loads any llama- or qwen2-architecture chat model from its GGUF file (`--model gguf:PATH`): weights
     /// in the types the engine has kernels for ([`super::llama::SUPPORTED_TYPES`]), the
     /// byte-level BPE tokenizer, chat template and stop token from the file's metadata. Its id is
     /// `gguf/FILE_NAME`; its content hash, the file's SHA-256, pins it.
@@ -729,20 +731,19 @@ impl Meta<'_> {
     }
 }
 
-/// The GGUF's byte-level BPE tokenizer, as llama.cpp builds it for the `smollm` (and `gpt2`)
-/// pre-tokenizer.
+/// The pre-tokenizer regex of Qwen2's tokenizer (llama.cpp's `qwen2`, Hugging Face's `Split`):
+/// GPT-2's, but one digit at a time and letters that may follow one non-letter.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The GGUF's byte-level BPE tokenizer, as llama.cpp builds it for the `smollm`, `gpt2` and
+/// `qwen2` pre-tokenizers.
 fn tokenizer(content: &gguf_file::Content, tokens: &[String]) -> Result<Tokenizer, BoxError> {
     let meta = Meta(&content.metadata);
     let model = meta.string("tokenizer.ggml.model")?;
     if model != "gpt2" {
         return Err(format!("tokenizer model {model:?} is not byte-level BPE (gpt2)").into());
     }
-    let pre = meta.string("tokenizer.ggml.pre").unwrap_or("gpt2");
-    let digits_one_by_one = match pre {
-        "smollm" => true,
-        "gpt2" | "default" => false,
-        other => return Err(format!("pre-tokenizer {other:?} is not supported").into()),
-    };
+    let pre = pre_tokenizer(meta.string("tokenizer.ggml.pre").unwrap_or("gpt2"))?;
     let vocab: Vocab = tokens
         .iter()
         .enumerate()
@@ -759,15 +760,7 @@ fn tokenizer(content: &gguf_file::Content, tokens: &[String]) -> Result<Tokenize
         .collect::<Result<Vec<_>, _>>()?;
     let bpe = BPE::builder().vocab_and_merges(vocab, merges).build()?;
     let mut tok = Tokenizer::new(bpe);
-    let byte_level = ByteLevel::new(false, true, true);
-    if digits_one_by_one {
-        tok.with_pre_tokenizer(Some(Sequence::new(vec![
-            Digits::new(true).into(),
-            byte_level.into(),
-        ])));
-    } else {
-        tok.with_pre_tokenizer(Some(byte_level));
-    }
+    tok.with_pre_tokenizer(Some(pre));
     tok.with_decoder(Some(ByteLevel::default()));
     // Control (3) and user-defined (4) tokens are matched whole in the prompt, as llama.cpp
     // does when it parses special tokens.
@@ -780,6 +773,31 @@ fn tokenizer(content: &gguf_file::Content, tokens: &[String]) -> Result<Tokenize
         .collect();
     tok.add_special_tokens(special)?;
     Ok(tok)
+}
+
+/// The pre-tokenizer llama.cpp names `pre`: GPT-2's byte-level split (`gpt2`), with digits one
+/// by one first (`smollm`), or Qwen2's regex then bytes (`qwen2`).
+fn pre_tokenizer(pre: &str) -> Result<Sequence, BoxError> {
+    let byte_level = ByteLevel::new(false, true, true);
+    Ok(match pre {
+        "gpt2" | "default" => Sequence::new(vec![byte_level.into()]),
+        "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]),
+        "qwen2" => Sequence::new(vec![
+            Split::new(
+                SplitPattern::Regex(QWEN2_SPLIT.to_owned()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )?
+            .into(),
+            ByteLevel::new(false, false, false).into(),
+        ]),
+        other => {
+            return Err(format!(
+                "pre-tokenizer {other:?} is not supported; supported: smollm, gpt2, qwen2"
+            )
+            .into())
+        }
+    })
 }
 
 /// Python string methods that Hugging Face chat templates call (`.strip()`...), which
@@ -804,6 +822,41 @@ fn minijinja_contrib_free_methods(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pieces `pre` cuts `text` into, bytes shown as GPT-2's byte-level characters.
+    fn pieces(pre: &str, text: &str) -> Vec<String> {
+        use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+        let mut s = PreTokenizedString::from(text);
+        pre_tokenizer(pre)
+            .expect("known")
+            .pre_tokenize(&mut s)
+            .expect("split");
+        s.get_splits(OffsetReferential::Original, OffsetType::Byte)
+            .into_iter()
+            .map(|(piece, _, _)| piece.to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn each_pre_tokenizer_splits_as_its_family_does() {
+        let text = "It's 2024!  Hello";
+        // GPT-2: digits run together; Qwen2 and SmolLM2: one digit at a time.
+        assert_eq!(
+            pieces("gpt2", text),
+            ["It", "'s", "Ġ2024", "!", "Ġ", "ĠHello"]
+        );
+        assert_eq!(
+            pieces("qwen2", text),
+            ["It", "'s", "Ġ", "2", "0", "2", "4", "!", "Ġ", "ĠHello"]
+        );
+        assert_eq!(
+            pieces("smollm", text),
+            ["It", "'s", "Ġ", "2", "0", "2", "4", "!", "Ġ", "ĠHello"]
+        );
+        // Qwen2 keeps a non-letter before letters with them, and its contractions ignore case.
+        assert_eq!(pieces("qwen2", "x_yz IT'S"), ["x", "_yz", "ĠIT", "'S"]);
+        assert!(pre_tokenizer("bloom").is_err());
+    }
 
     #[test]
     fn progress_holds_back_what_may_become_a_stop_string() {

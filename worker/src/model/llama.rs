@@ -21,7 +21,9 @@
 //! The architecture is candle-transformers' `quantized_llama` for `llama` GGUF files
 //! (interleaved RoPE, RMS norm, SiLU-gated MLP, output tied to the embedding when the file has
 //! no `output.weight`); its logits agree with candle's within float noise
-//! (`worker/tests/smollm2.rs`).
+//! (`worker/tests/smollm2.rs`). `qwen2` files are the same network with biases on q, k and v
+//! and RoPE over the two halves of each head (llama.cpp's NEOX style), as candle-transformers'
+//! `quantized_qwen2` runs them (`worker/tests/gguf.rs`).
 
 use super::expf::expf;
 use super::kernel::{Autovectorized, Kernel, Threads};
@@ -33,6 +35,34 @@ use candle_core::{Device, Result};
 
 /// The longest sequence the engine runs (candle's `MAX_SEQ_LEN`).
 pub const MAX_SEQ_LEN: usize = 4096;
+
+/// The GGUF architectures the engine runs (`general.architecture`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// Llama: interleaved RoPE, no biases.
+    Llama,
+    /// Qwen2: llama with q/k/v biases and RoPE over head halves.
+    Qwen2,
+}
+
+impl Arch {
+    /// Every architecture, by its GGUF name.
+    pub const ALL: &'static [(&'static str, Arch)] =
+        &[("llama", Arch::Llama), ("qwen2", Arch::Qwen2)];
+
+    /// The architecture named `name` in a GGUF file.
+    pub fn named(name: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, a)| *a)
+    }
+
+    /// Its GGUF name, the prefix of its metadata keys.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, a)| *a == self)
+            .map_or("llama", |(n, _)| n)
+    }
+}
 
 /// The weight types the engine has products for.
 pub const SUPPORTED_TYPES: &[GgmlDType] = &[GgmlDType::Q4_1, GgmlDType::Q8_0];
@@ -103,6 +133,8 @@ struct Layer {
     attention_norm: Vec<f32>,
     /// q, k and v stacked: one product, outputs `q | k | v`.
     qkv: Linear,
+    /// Their biases, `q | k | v`, added to each output row (qwen2).
+    qkv_bias: Option<Vec<f32>>,
     wo: Linear,
     ffn_norm: Vec<f32>,
     /// gate (w1) and up (w3) stacked: one product, outputs `gate | up`.
@@ -129,6 +161,7 @@ impl Shape {
 
 /// The immutable part: weights and tables.
 struct Weights {
+    arch: Arch,
     shape: Shape,
     /// The token embedding, when not tied to the output layer.
     embedding: Option<Linear>,
@@ -174,24 +207,24 @@ impl Llama {
             None => candle_core::bail!("cannot find {s} in metadata"),
             Some(v) => Ok(v),
         };
-        let arch = md("general.architecture")?.to_string()?.clone();
-        if arch != "llama" {
-            candle_core::bail!("architecture {arch:?}: only llama is supported");
-        }
-        if md("llama.expert_count")
-            .and_then(|v| v.to_u32())
-            .unwrap_or(0)
-            > 1
-        {
+        let name = md("general.architecture")?.to_string()?.clone();
+        let Some(arch) = Arch::named(&name) else {
+            let known: Vec<&str> = Arch::ALL.iter().map(|(n, _)| *n).collect();
+            candle_core::bail!(
+                "architecture {name:?} is not supported; supported: {}",
+                known.join(", ")
+            );
+        };
+        let key = |k: &str| md(&format!("{name}.{k}"));
+        if key("expert_count").and_then(|v| v.to_u32()).unwrap_or(0) > 1 {
             candle_core::bail!("mixtures of experts are not supported");
         }
-        let n_head = md("llama.attention.head_count")?.to_u32()? as usize;
-        let n_kv_head = md("llama.attention.head_count_kv")?.to_u32()? as usize;
-        let blocks = md("llama.block_count")?.to_u32()? as usize;
-        let dim = md("llama.embedding_length")?.to_u32()? as usize;
-        let rope_dim = md("llama.rope.dimension_count")?.to_u32()? as usize;
-        let eps = md("llama.attention.layer_norm_rms_epsilon")?.to_f32()?;
-        let freq_base = md("llama.rope.freq_base")
+        let n_head = key("attention.head_count")?.to_u32()? as usize;
+        let n_kv_head = key("attention.head_count_kv")?.to_u32()? as usize;
+        let blocks = key("block_count")?.to_u32()? as usize;
+        let dim = key("embedding_length")?.to_u32()? as usize;
+        let eps = key("attention.layer_norm_rms_epsilon")?.to_f32()?;
+        let freq_base = key("rope.freq_base")
             .and_then(|m| m.to_f32())
             .unwrap_or(10000f32);
         if n_head == 0
@@ -202,6 +235,12 @@ impl Llama {
             candle_core::bail!("{n_head} heads over {n_kv_head} key/value heads of {dim}");
         }
         let head_dim = dim / n_head;
+        // Qwen2 files may leave the RoPE width out: the whole head.
+        let rope_dim = match key("rope.dimension_count") {
+            Ok(v) => v.to_u32()? as usize,
+            Err(_) if arch == Arch::Qwen2 => head_dim,
+            Err(e) => return Err(e),
+        };
         if rope_dim != head_dim || !head_dim.is_multiple_of(2) {
             candle_core::bail!("RoPE over {rope_dim} of {head_dim} head dimensions");
         }
@@ -227,12 +266,23 @@ impl Llama {
         let mut layers = Vec::with_capacity(blocks);
         let mut hidden = 0;
         for i in 0..blocks {
+            let qkv_bias = match arch {
+                Arch::Llama => None,
+                Arch::Qwen2 => {
+                    let mut b = Vec::new();
+                    for part in ["attn_q", "attn_k", "attn_v"] {
+                        b.extend(dense(tensor(&format!("blk.{i}.{part}.bias"))?)?);
+                    }
+                    Some(b)
+                }
+            };
             let mut t = |name: &str| tensor(&format!("blk.{i}.{name}.weight"));
             let (q, k, v) = (t("attn_q")?, t("attn_k")?, t("attn_v")?);
             let (gate, up) = (t("ffn_gate")?, t("ffn_up")?);
             hidden = gate.shape().dims2()?.0;
             layers.push(Layer {
                 qkv: Linear::stacked(&format!("blk.{i}.attn_qkv"), &[&q, &k, &v])?,
+                qkv_bias,
                 wo: Linear::stacked(&format!("blk.{i}.attn_output"), &[&t("attn_output")?])?,
                 gate_up: Linear::stacked(&format!("blk.{i}.ffn_gate_up"), &[&gate, &up])?,
                 down: Linear::stacked(&format!("blk.{i}.ffn_down"), &[&t("ffn_down")?])?,
@@ -264,6 +314,11 @@ impl Llama {
                     );
                 }
             }
+            if let Some(b) = &l.qkv_bias {
+                if b.len() != dim + 2 * shape.kv_dim() {
+                    candle_core::bail!("blk.{i}: q/k/v biases of {} values", b.len());
+                }
+            }
         }
         if output.cols() != dim || norm.len() != dim {
             candle_core::bail!("output layer of width {}, not {dim}", output.cols());
@@ -275,6 +330,7 @@ impl Llama {
         };
         Ok(Self {
             weights: Weights {
+                arch,
                 shape,
                 embedding,
                 layers,
@@ -394,8 +450,13 @@ impl Weights {
                 x: &x,
                 k: s.dim,
             });
-            let qkv = layer.qkv.matmul(&xq, kernel, threads);
+            let mut qkv = layer.qkv.matmul(&xq, kernel, threads);
             let width = q_dim + 2 * kv_dim;
+            if let Some(bias) = &layer.qkv_bias {
+                for row in qkv.chunks_exact_mut(width) {
+                    add_in_place(row, bias);
+                }
+            }
             let mut q = Vec::with_capacity(l * q_dim);
             reserve(kc, (pos + l) * kv_dim);
             reserve(vc, (pos + l) * kv_dim);
@@ -444,18 +505,29 @@ impl Weights {
         self.output.matmul(&xq, kernel, threads)
     }
 
-    /// Interleaved rotary embedding (pairs `2i, 2i + 1`) of every head in `x` at position `p`.
+    /// The rotary embedding of every head in `x` at position `p`: over interleaved pairs
+    /// `2i, 2i + 1` (llama), or over `i, i + head_dim / 2` (qwen2, llama.cpp's NEOX style).
     fn rope(&self, x: &mut [f32], p: usize) {
         let half = self.shape.head_dim / 2;
         let (cos, sin) = (
             &self.cos[p * half..(p + 1) * half],
             &self.sin[p * half..(p + 1) * half],
         );
+        let turn =
+            |x0: f32, x1: f32, i: usize| (x0 * cos[i] - x1 * sin[i], x0 * sin[i] + x1 * cos[i]);
         for head in x.chunks_exact_mut(self.shape.head_dim) {
-            for (i, pair) in head.chunks_exact_mut(2).enumerate() {
-                let (x0, x1) = (pair[0], pair[1]);
-                pair[0] = x0 * cos[i] - x1 * sin[i];
-                pair[1] = x0 * sin[i] + x1 * cos[i];
+            match self.arch {
+                Arch::Llama => {
+                    for (i, pair) in head.chunks_exact_mut(2).enumerate() {
+                        (pair[0], pair[1]) = turn(pair[0], pair[1], i);
+                    }
+                }
+                Arch::Qwen2 => {
+                    let (a, b) = head.split_at_mut(half);
+                    for (i, (x0, x1)) in a.iter_mut().zip(b).enumerate() {
+                        (*x0, *x1) = turn(*x0, *x1, i);
+                    }
+                }
             }
         }
     }

@@ -18,7 +18,7 @@ pub const KNOWN: &[&str] = &[
     "gguf:PATH",
 ];
 
-/// `--model gguf:PATH`: any llama-architecture chat model from its GGUF file.
+/// `--model gguf:PATH`: any llama- or qwen2-architecture chat model from its GGUF file.
 pub const GGUF_PREFIX: &str = "gguf:";
 
 /// The transformer `auto` prefers: the original's model.
@@ -30,7 +30,7 @@ pub const AUTO_PREFERS: &str = "distilbert-sst2";
 ///
 /// `auto` is [`AUTO_PREFERS`] when its weights are in `dir`, cached or downloadable, else the
 /// lexicon; it logs which one it chose and why. `smollm2` needs `dir`: the folder holding its
-/// GGUF file (or the file). `gguf:PATH` loads any llama-architecture chat GGUF file.
+/// GGUF file (or the file). `gguf:PATH` loads any llama- or qwen2-architecture chat GGUF file.
 ///
 /// Blocking: it may download. Call it off the async runtime.
 ///
