@@ -5,7 +5,8 @@
 //! file.
 //!
 //! `cargo run --release -p worker --example generation_throughput -- SMOLLM2_DIR [NEW_TOKENS]
-//! [THREADS]` prints one JSON line: `{"threads", "kernel", "prompt_tokens",
+//! [THREADS] [SOURCE_FILE]` (with a source file: a `summarization` task of its text instead of
+//! the chat prompt) prints one JSON line: `{"threads", "kernel", "prompt_tokens",
 //! "prompt_tokens_per_sec", "new_tokens", "generated_tokens", "generation_tokens_per_sec",
 //! "generate_ms", "verify_ms"}`, medians of three runs. The generation ignores the stop
 //! token, so that it makes NEW_TOKENS whatever the model would say; `generated_tokens` counts
@@ -47,7 +48,13 @@ fn main() {
     };
     let model = ChatModel::load_with(&dir, &engine).expect("smollm2 loads");
     let kernel = engine.kernel().expect("kernel").isa();
-    let input = Input::new(TaskType::generate(), PROMPT);
+    let input = match args.next() {
+        Some(source) => Input::new(
+            TaskType::summarization(),
+            std::fs::read_to_string(&source).expect("the source file"),
+        ),
+        None => Input::new(TaskType::generate(), PROMPT),
+    };
     let (prompt, _) = model.prepare(&input).expect("prompt");
     let (mut pp, mut tg, mut whole, mut verify) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut generated = 0;
