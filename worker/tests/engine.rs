@@ -116,3 +116,52 @@ fn prompt_rows_decode_steps_and_longer_passes_agree_bit_for_bit() {
     let last = model.forward_last(PROMPT, 0, 5).expect("last five");
     assert_eq!(bits(&last), bits(&rows[rows.len() - 5..]));
 }
+
+/// A sequence that repeats the cached one's start reuses those positions' keys and values and
+/// computes only the rest, and gets the same bits as a pass over the whole of it: so another
+/// candidate of the same prompt, the next turn of a chat or the same prompt again skip their
+/// shared start. At least the rows asked for are always computed.
+#[test]
+fn a_shared_prefix_is_reused_and_changes_no_bit() {
+    let mut model = load(Kernel::best(), 2);
+    let (rows, _) = prompt_then_decode(&mut model, 0);
+    let fresh = |model: &mut Llama, seq: &[u32], n: usize| {
+        model.clear_kv_cache();
+        model.forward_last(seq, 0, n).expect("whole pass")
+    };
+    // Another continuation of the prompt's first 30 tokens.
+    let other: Vec<u32> = PROMPT[..30]
+        .iter()
+        .copied()
+        .chain([28, 260, 3575])
+        .collect();
+    let want = fresh(&mut model, &other, 3);
+    // The cache holds the whole prompt: 30 of `other`'s positions are kept.
+    model.clear_kv_cache();
+    model.forward_last(PROMPT, 0, 1).expect("prompt");
+    let kept = model.reuse_prefix(&other, 3);
+    assert_eq!(kept, 30);
+    assert_eq!(model.cached_tokens(), &PROMPT[..30]);
+    let got = model
+        .forward_last(&other[kept..], kept, 3)
+        .expect("the rest");
+    assert_eq!(
+        bits(&got),
+        bits(&want),
+        "reused prefix against a whole pass"
+    );
+    assert_eq!(model.cached_tokens(), &other[..]);
+    // The same sequence again: all but the rows asked for are kept.
+    let kept = model.reuse_prefix(&other, 3);
+    assert_eq!(kept, other.len() - 3);
+    let again = model.forward_last(&other[kept..], kept, 3).expect("again");
+    assert_eq!(bits(&again), bits(&want));
+    // Nothing shared: nothing kept, and the prompt's rows come out as before.
+    let kept = model.reuse_prefix(&[PROMPT[1]], 1);
+    assert_eq!(kept, 0);
+    model.clear_kv_cache();
+    let kept = model.reuse_prefix(PROMPT, PROMPT.len());
+    assert_eq!(kept, 0);
+    let whole = model.forward_last(PROMPT, 0, PROMPT.len()).expect("prompt");
+    assert_eq!(bits(&whole), bits(&rows));
+}

@@ -422,3 +422,65 @@ fn honest_answers_pass_their_teacher_forced_scoring_and_wrong_ones_do_not() {
     assert_eq!(refused, swaps);
     assert_eq!(others_refused, others);
 }
+
+/// A worker keeps the last sequence's keys and values and reuses the start a new one shares:
+/// the same prompt again, the next turn of a chat, another candidate of a prompt it answered.
+/// Whatever it reuses, its answers and scores are the bits a fresh model gives.
+#[test]
+fn reused_prefixes_give_the_bits_a_fresh_model_gives() {
+    use protocol::chat::{ChatMessage, Role};
+    let dir = test_support::smollm2_dir();
+    let warm = ChatModel::load(&dir).expect("loads");
+    let generate = |m: &ChatModel, input: &Input| {
+        let g = m.predict(std::slice::from_ref(input)).remove(0);
+        let g = g.expect("an answer").generation.expect("a generation");
+        let bits: Vec<u32> = g.logprobs.iter().map(|l| l.to_bits()).collect();
+        (g.token_ids, bits, g.text)
+    };
+    let turn = |history: &[(Role, &str)]| Input {
+        max_new_tokens: Some(10),
+        template: Some(protocol::generation::TEMPLATE_MESSAGES.to_owned()),
+        ..Input::new(
+            TaskType::generate(),
+            protocol::chat::encode(
+                &history
+                    .iter()
+                    .map(|(role, content)| ChatMessage::new(*role, *content))
+                    .collect::<Vec<_>>(),
+            ),
+        )
+    };
+    let first = turn(&[(Role::User, "Name a fruit.")]);
+    let answer = generate(&warm, &first);
+    let (prompt, _) = warm.prepare(&first).expect("prompt");
+    let cached = warm.cached_tokens();
+    assert!(
+        cached.starts_with(&prompt) && cached.len() == prompt.len() + answer.0.len() - 1,
+        "the prompt and the answer but its last token stay cached"
+    );
+    assert_eq!(generate(&warm, &first), answer, "the same prompt again");
+    // The next turn starts with the first turn's prompt and answer.
+    let next = turn(&[
+        (Role::User, "Name a fruit."),
+        (Role::Assistant, answer.2.as_str()),
+        (Role::User, "And a vegetable?"),
+    ]);
+    let warm_next = generate(&warm, &next);
+    // Scoring: the answer, then another candidate of the same prompt.
+    let mut other = answer.0.clone();
+    other[1] = other[1].wrapping_add(1);
+    let jobs = [(first.clone(), answer.0.clone()), (first.clone(), other)];
+    let warm_scores = warm.score(&jobs);
+    // A fresh model for each, nothing to reuse.
+    let fresh = || ChatModel::load(&dir).expect("loads");
+    assert_eq!(generate(&fresh(), &next), warm_next, "the next turn");
+    for (job, warm) in jobs.iter().zip(warm_scores) {
+        let cold = fresh().score(std::slice::from_ref(job)).remove(0);
+        let (warm, cold) = (warm.expect("scored"), cold.expect("scored"));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            (bits(&warm.logprobs), bits(&warm.gaps)),
+            (bits(&cold.logprobs), bits(&cold.gaps))
+        );
+    }
+}

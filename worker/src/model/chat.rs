@@ -393,6 +393,19 @@ impl ChatModel {
         )
     }
 
+    /// The tokens whose keys and values the engine holds from the last request: the start a
+    /// next request may share and skip ([`Llama::reuse_prefix`]).
+    pub fn cached_tokens(&self) -> Vec<u32> {
+        let weights = self.weights.lock().unwrap_or_else(|p| p.into_inner());
+        weights.cached_tokens().to_vec()
+    }
+
+    /// Forgets the cached keys and values: the next request computes its whole sequence.
+    pub fn clear_cache(&self) {
+        let mut weights = self.weights.lock().unwrap_or_else(|p| p.into_inner());
+        weights.clear_kv_cache();
+    }
+
     /// The text of `ids`, special tokens left out.
     ///
     /// # Errors
@@ -419,8 +432,10 @@ impl ChatModel {
         };
         let ids: Vec<u32> = prompt_ids.iter().chain(fed).copied().collect();
         let mut weights = self.weights.lock().unwrap_or_else(|p| p.into_inner());
-        weights.clear_kv_cache();
-        weights.forward_last(&ids, 0, candidate.len()).map_err(fail)
+        let kept = weights.reuse_prefix(&ids, candidate.len());
+        weights
+            .forward_last(&ids[kept..], kept, candidate.len())
+            .map_err(fail)
     }
 
     fn score_one(&self, input: &Input, candidate: &[u32]) -> Result<Scored, ModelError> {
@@ -598,10 +613,9 @@ fn decode(
     after: &mut dyn FnMut(&[u32]) -> Result<bool, ModelError>,
 ) -> Result<(Vec<u32>, Vec<f32>, Stop), ModelError> {
     let fail = |e: candle_core::Error| ModelError::Inference(e.into());
-    weights.clear_kv_cache();
+    let mut pos = weights.reuse_prefix(prompt_ids, 1);
     let (mut ids, mut logprobs) = (Vec::new(), Vec::new());
-    let mut input = prompt_ids.to_vec();
-    let mut pos = 0;
+    let mut input = prompt_ids[pos..].to_vec();
     while ids.len() < max_new_tokens as usize {
         let logits = weights.forward(&input, pos).map_err(fail)?;
         pos += input.len();

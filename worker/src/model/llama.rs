@@ -173,12 +173,25 @@ struct Weights {
     sin: Vec<f32>,
 }
 
-/// Each layer's keys and values, position by position (`[pos * kv_dim ..]`).
+/// Each layer's keys and values, position by position (`[pos * kv_dim ..]`), and the tokens
+/// they are of.
 #[derive(Default)]
 struct Cache {
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
     len: usize,
+    tokens: Vec<u32>,
+}
+
+impl Cache {
+    /// Keeps the first `len` positions.
+    fn truncate(&mut self, len: usize, kv_dim: usize) {
+        for c in self.k.iter_mut().chain(&mut self.v) {
+            c.truncate(len * kv_dim);
+        }
+        self.tokens.truncate(len);
+        self.len = len.min(self.len);
+    }
 }
 
 /// A Llama-architecture model from a GGUF file, with its KV cache, kernel path and threads.
@@ -327,6 +340,7 @@ impl Llama {
             k: vec![Vec::new(); blocks],
             v: vec![Vec::new(); blocks],
             len: 0,
+            tokens: Vec::new(),
         };
         Ok(Self {
             weights: Weights {
@@ -362,10 +376,31 @@ impl Llama {
 
     /// Empties the KV cache, for the next independent sequence (its memory is kept).
     pub fn clear_kv_cache(&mut self) {
-        for c in self.cache.k.iter_mut().chain(&mut self.cache.v) {
-            c.clear();
-        }
-        self.cache.len = 0;
+        self.cache.truncate(0, self.weights.shape.kv_dim());
+    }
+
+    /// Makes the cache hold the longest prefix of `seq` it already holds, leaving at least
+    /// `rows` of `seq`'s positions to compute (the rows whose logits are wanted), and drops
+    /// the rest; returns how many positions it kept, where `seq`'s remainder goes. A sequence
+    /// that repeats the last one's start (another candidate of the same prompt, the next turn
+    /// of a chat) skips that part of its pass. The logits are the same bits either way: the
+    /// engine computes a pass split in two as it computes it whole.
+    pub fn reuse_prefix(&mut self, seq: &[u32], rows: usize) -> usize {
+        let shared = self
+            .cache
+            .tokens
+            .iter()
+            .zip(seq)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let kept = shared.min(seq.len().saturating_sub(rows));
+        self.cache.truncate(kept, self.weights.shape.kv_dim());
+        kept
+    }
+
+    /// The tokens whose keys and values the cache holds.
+    pub fn cached_tokens(&self) -> &[u32] {
+        &self.cache.tokens
     }
 
     /// How many positions the KV cache holds.
@@ -415,6 +450,7 @@ impl Llama {
         } = self;
         let kernel = *kernel;
         let logits = threads.install(|| weights.forward(cache, tokens, n, kernel, threads));
+        cache.tokens.extend_from_slice(tokens);
         Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
     }
 }
