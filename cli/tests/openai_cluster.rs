@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{logged, wait_until, BIN};
+use common::{logged, show_log_tails, wait_until, BIN};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Child, Command};
@@ -27,17 +27,7 @@ impl Drop for Fleet {
             let _ = c.wait();
         }
         if std::thread::panicking() {
-            for entry in std::fs::read_dir(self.dir.path()).into_iter().flatten() {
-                let path = entry.expect("entry").path();
-                if path.extension().is_some_and(|e| e == "log") {
-                    let text = std::fs::read_to_string(&path).unwrap_or_default();
-                    let tail: Vec<&str> = text.lines().rev().take(15).collect();
-                    eprintln!("==> {} (last lines)", path.display());
-                    for line in tail.iter().rev() {
-                        eprintln!("{line}");
-                    }
-                }
-            }
+            show_log_tails(self.dir.path(), 15);
         }
     }
 }

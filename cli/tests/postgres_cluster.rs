@@ -15,10 +15,9 @@
 
 mod common;
 
-use common::{acknowledged, logged, signal, wait_until, write_reviews, BIN};
+use common::{acknowledged, logged, show_log_tails, signal, wait_until, write_reviews, BIN};
 use protocol::messages::CoordinatorStatus;
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 use test_support::{NatsCluster, Postgres};
@@ -121,21 +120,7 @@ impl Scale {
 impl Drop for Scale {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            for entry in std::fs::read_dir(self.dir.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let path: PathBuf = entry.path();
-                if path.extension().is_some_and(|e| e == "log") {
-                    let text = std::fs::read_to_string(&path).unwrap_or_default();
-                    let tail: Vec<&str> = text.lines().rev().take(12).collect();
-                    eprintln!("==> {} (last lines)", path.display());
-                    for line in tail.iter().rev() {
-                        eprintln!("{line}");
-                    }
-                }
-            }
+            show_log_tails(self.dir.path(), 12);
         }
         for child in self
             .workers

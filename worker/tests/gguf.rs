@@ -4,6 +4,8 @@
 //! architecture the engine does not run. A qwen2 file runs as candle-transformers'
 //! `quantized_qwen2` runs it.
 
+mod common;
+
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
@@ -211,26 +213,11 @@ fn a_qwen2_gguf_runs_as_candles_quantized_qwen2() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("qwen2.gguf");
     write_model(&path, "qwen2", GgmlDType::Q8_0);
-    let open = || {
-        let mut f = std::fs::File::open(&path).expect("gguf");
-        let content = gguf_file::Content::read(&mut f).expect("content");
-        (content, f)
-    };
-    let (content, mut f) = open();
-    let mut candle = ModelWeights::from_gguf(content, &mut f, &Device::Cpu).expect("candle's");
-    let (content, mut f) = open();
-    let threads = Threads::new(1).expect("one thread");
-    let mut ours = Llama::from_gguf(content, &mut f, Kernel::best(), threads).expect("ours");
-    let mut run_candle = |ids: &[u32], pos: usize| -> Vec<f32> {
-        let x = Tensor::new(ids, &Device::Cpu)
-            .and_then(|t| t.unsqueeze(0))
-            .expect("ids");
-        candle
-            .forward(&x, pos)
-            .and_then(|l| l.squeeze(0))
-            .and_then(|l| l.to_vec1())
-            .expect("candle")
-    };
+    let (mut candle, mut ours) = common::candle_and_ours(&path, |content, f| {
+        ModelWeights::from_gguf(content, f, &Device::Cpu)
+    });
+    let mut run_candle =
+        |ids: &[u32], pos: usize| common::candle_logits(|x, p| candle.forward(x, p), ids, pos);
     let prompt: Vec<u32> = "The sea was calm that night."
         .bytes()
         .map(u32::from)
@@ -260,7 +247,7 @@ fn a_qwen2_gguf_runs_as_candles_quantized_qwen2() {
     // Read as llama (no biases, pairs interleaved): far from candle's qwen2.
     let llama_path = dir.path().join("as-llama.gguf");
     let bytes = std::fs::read(&path).expect("read");
-    let (content, _) = open();
+    let content = gguf_file::Content::read(&mut std::io::Cursor::new(&bytes)).expect("content");
     let mut metadata = content.metadata.clone();
     metadata.insert("general.architecture".into(), Value::String("llama".into()));
     for (k, v) in content

@@ -3,6 +3,8 @@
 //! control tokens whole, no BOS), greedy generation that repeats bit for bit, and a source cut
 //! to fit the context the same way every time.
 
+mod common;
+
 use protocol::TaskType;
 use std::sync::OnceLock;
 use worker::model::chat::{ChatModel, MAX_PROMPT_TOKENS};
@@ -282,38 +284,20 @@ fn a_source_too_long_for_the_context_is_cut_the_same_way_every_time() {
 /// engine's logits differ from candle's by about as much (up to 1.25, mean at most 0.44).
 #[test]
 fn the_forward_pass_agrees_with_candles_within_float_noise() {
-    use candle_core::quantized::gguf_file;
-    use candle_core::{Device, Tensor};
+    use candle_core::Device;
     use candle_transformers::models::quantized_llama::ModelWeights;
-    use worker::model::kernel::{Kernel, Threads};
-    use worker::model::llama::Llama;
 
     let path = test_support::smollm2_dir().join(worker::model::chat::GGUF_FILE);
-    let open = || {
-        let mut f = std::fs::File::open(&path).expect("gguf");
-        let content = gguf_file::Content::read(&mut f).expect("gguf content");
-        (content, f)
-    };
-    let (content, mut f) = open();
-    let mut candle = ModelWeights::from_gguf(content, &mut f, &Device::Cpu).expect("candle's");
-    let (content, mut f) = open();
-    let threads = Threads::new(1).expect("one thread");
-    let mut ours = Llama::from_gguf(content, &mut f, Kernel::best(), threads).expect("ours");
+    let (mut candle, mut ours) = common::candle_and_ours(&path, |content, f| {
+        ModelWeights::from_gguf(content, f, &Device::Cpu)
+    });
     let input = Input::new(
         TaskType::summarization(),
         "The river rose overnight and the old bridge closed; the town built a ferry within a week.",
     );
     let (prompt, _) = model().prepare(&input).expect("prompt");
-    let mut run_candle = |ids: &[u32], pos: usize| -> Vec<f32> {
-        let x = Tensor::new(ids, &Device::Cpu)
-            .and_then(|t| t.unsqueeze(0))
-            .expect("ids");
-        candle
-            .forward(&x, pos)
-            .and_then(|l| l.squeeze(0))
-            .and_then(|l| l.to_vec1())
-            .expect("candle")
-    };
+    let mut run_candle =
+        |ids: &[u32], pos: usize| common::candle_logits(|x, p| candle.forward(x, p), ids, pos);
     let argmax = |v: &[f32]| {
         v.iter()
             .enumerate()

@@ -241,20 +241,7 @@ pub(crate) fn logged(dir: &std::path::Path, log: &str, nats: &str) -> Command {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            // Leave the evidence: the tail of every log, and the temp dir.
-            if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
-                for entry in entries.flatten() {
-                    let path = entry.path();
-                    if path.extension().is_some_and(|e| e == "log") {
-                        let text = read(path.clone());
-                        let tail: Vec<&str> = text.lines().rev().take(15).collect();
-                        eprintln!("==> {} (last lines)", path.display());
-                        for line in tail.iter().rev() {
-                            eprintln!("{line}");
-                        }
-                    }
-                }
-            }
+            show_log_tails(self.dir.path(), 15);
         }
         for child in self.workers.values_mut().chain(self.coordinator.as_mut()) {
             let _ = child.kill();
@@ -265,6 +252,22 @@ impl Drop for Cluster {
 
 fn read(path: PathBuf) -> String {
     std::fs::read_to_string(&path).unwrap_or_default()
+}
+
+/// Leaves the evidence of a failed test: the last `lines` lines of every log in `dir` (which
+/// stays), on stderr.
+pub(crate) fn show_log_tails(dir: &std::path::Path, lines: usize) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let text = read(path.clone());
+            let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+            eprintln!("==> {} (last lines)", path.display());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
 }
 
 /// Polls `check` until true; panics naming `what` after `timeout`.
