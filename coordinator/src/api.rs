@@ -52,6 +52,9 @@ pub struct Settings {
     /// Probability that a trusted worker's lone answer, confident enough to decide its task
     /// alone, is checked by another replica anyway (a spot check).
     pub spot_check_rate: f64,
+    /// How long (ms) the first answer of a posterior task waits for a worker of the strongest
+    /// live model (by gold calibration) before a weaker one may take it; 0: whoever asks first.
+    pub strong_first_ms: i64,
 }
 
 impl Default for Settings {
@@ -71,6 +74,7 @@ impl Default for Settings {
             label_policy: protocol::policy::Policy::Quorum,
             posterior_threshold: protocol::policy::DEFAULT_POSTERIOR_THRESHOLD,
             spot_check_rate: crate::truth::DEFAULT_SPOT_CHECK_RATE,
+            strong_first_ms: 0,
         }
     }
 }

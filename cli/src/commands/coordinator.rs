@@ -85,6 +85,11 @@ pub(crate) struct Args {
     /// alone, goes to one more replica anyway (a spot check).
     #[arg(long, env = "AIMARKET_SPOT_CHECK_RATE", default_value_t = coordinator::truth::DEFAULT_SPOT_CHECK_RATE, value_parser = parse_rate)]
     spot_check_rate: f64,
+    /// Milliseconds the first answer of a posterior task is kept for workers of the strongest
+    /// live model (by gold calibration, two points of accuracy ahead at least) before a
+    /// weaker model's worker may take it; 0: whoever asks first.
+    #[arg(long, env = "AIMARKET_STRONG_FIRST_MS", default_value_t = 0)]
+    strong_first_ms: u64,
 }
 
 /// Runs until SIGINT/SIGTERM.
@@ -135,6 +140,7 @@ pub(crate) async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         label_policy: args.label_policy,
         posterior_threshold: args.posterior_threshold,
         spot_check_rate: args.spot_check_rate,
+        strong_first_ms: i64::try_from(args.strong_first_ms).unwrap_or(i64::MAX),
     };
     config.sweep_interval = Duration::from_secs(args.requeue_sweep_seconds);
     config.http = args.http.0;

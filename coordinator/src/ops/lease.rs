@@ -10,6 +10,7 @@ use crate::store::from_ms;
 use crate::store::tx::{OpenTask, Tx};
 use protocol::messages::{Lease, LeaseReply, LeaseRequest, Timings};
 use protocol::{LeaseId, TaskId, TaskType, WorkerId};
+use std::collections::HashSet;
 
 /// The timings workers must keep to.
 pub(crate) fn timings(ctx: &Ctx) -> Timings {
@@ -116,6 +117,7 @@ fn pick(
     walked.sort_by_key(|c| c.seq);
     walked.dedup_by_key(|c| c.seq);
     walked.retain(|c| hint.as_ref().is_none_or(|h| h.seq != c.seq));
+    let hint = leave_to_stronger(tx, ctx, hash, &caps, &mut walked, hint)?;
     walked.truncate(want - usize::from(hint.is_some()));
     // Gold rides along with real work, in place of the newest walked picks (so every open task
     // before the last walked pick kept is still held or answered: the cursor below stays true).
@@ -135,6 +137,65 @@ fn pick(
     let mut picks: Vec<OpenTask> = hint.into_iter().collect();
     picks.extend(walked);
     Ok((picks, gold))
+}
+
+/// A worker of a model weaker than another live one lets the first answer of a fresh posterior
+/// task wait for that one, up to `strong_first_ms` (delay scheduling): the walk is cut before
+/// the first such task, so its cursor stays before it and it comes again once the wait is
+/// over; a hint to such a task is dropped. The first answer of an adaptive task then comes from
+/// its best model when one is free, and the weak models' agreement (their errors go together)
+/// does not decide it alone. Returns the hint left.
+fn leave_to_stronger(
+    tx: &dyn Tx,
+    ctx: &Ctx,
+    hash: Option<&str>,
+    caps: &[TaskType],
+    walked: &mut Vec<OpenTask>,
+    hint: Option<OpenTask>,
+) -> Result<Option<OpenTask>, CoreError> {
+    let wait = ctx.settings.strong_first_ms;
+    let waits = |c: &OpenTask| c.untouched_since.is_some_and(|t| ctx.now - t < wait);
+    if wait <= 0 || !walked.iter().chain(&hint).any(waits) {
+        return Ok(hint);
+    }
+    let outranked = outranked(tx, ctx, hash, caps)?;
+    let defers = |c: &OpenTask| waits(c) && outranked.contains(&c.task_type);
+    if let Some(first) = walked.iter().position(defers) {
+        walked.truncate(first);
+    }
+    Ok(hint.filter(|h| !defers(h)))
+}
+
+/// How far ahead (in gold accuracy) another live model must be for a worker to leave it the
+/// first answer: near-equals do not wait on each other.
+const OUTRANKED_BY: f64 = 0.02;
+
+/// The types of `caps` for which a live worker serves a model content calibrated on gold at
+/// least [`OUTRANKED_BY`] more accurate than `hash` (an uncalibrated model counts as the prior).
+fn outranked(
+    tx: &dyn Tx,
+    ctx: &Ctx,
+    hash: Option<&str>,
+    caps: &[TaskType],
+) -> Result<HashSet<TaskType>, CoreError> {
+    let live = tx.live_workers(ctx.now - ctx.settings.heartbeat_ttl_ms)?;
+    let mut out = HashSet::new();
+    for cap in caps.iter().filter(|c| !c.is_generative() && !c.is_vector()) {
+        let calibrations = tx.calibrations(cap)?;
+        let accuracy = |h: &str| calibrations.get(h).map(|c| c.accuracy(2));
+        let mine = hash
+            .and_then(accuracy)
+            .unwrap_or_else(|| crate::truth::Calibration::default().accuracy(2));
+        let best = live
+            .iter()
+            .filter(|w| w.capabilities.contains(cap) && w.model_hash.as_deref() != hash)
+            .filter_map(|w| w.model_hash.as_deref().and_then(accuracy))
+            .fold(f64::NEG_INFINITY, f64::max);
+        if best >= mine + OUTRANKED_BY {
+            out.insert(cap.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// Leases `worker` a slot on each of `picks` that still has one.

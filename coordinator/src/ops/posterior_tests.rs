@@ -469,7 +469,49 @@ fn posterior_is_for_label_tasks_and_bounds_are_refused(mut conn: TestStore) {
     assert_eq!(dump(&conn), before);
 }
 
+/// With `strong_first_ms`, the first answer of a fresh posterior task waits for a worker of the
+/// strongest live model: a weaker model's worker gets nothing until the wait is over, unless the
+/// strong worker is gone; quorum tasks, and tasks someone has started, do not wait.
+fn the_first_answer_waits_for_the_strongest_live_model(mut conn: TestStore) {
+    let (strong, weak) = (hash('a'), hash('b'));
+    calibrate(&mut conn, &strong, 0.9, 90, 10);
+    calibrate(&mut conn, &weak, 0.9, 60, 40);
+    let waiting = Settings {
+        strong_first_ms: 5_000,
+        ..settings()
+    };
+    let mut ask = |conn: &mut TestStore, now: i64, worker: &str, model: &str| -> Vec<TaskId> {
+        let req = protocol::messages::LeaseRequest {
+            model_hash: Some(model.to_owned()),
+            ..lease_req(worker, 4)
+        };
+        conn.write(|tx| lease::run(tx, &mut Ctx::new(now, waiting.clone()), req))
+            .expect("lease")
+            .leases
+            .iter()
+            .map(|l| l.task_id)
+            .collect()
+    };
+    assert!(ask(&mut conn, 0, "s", &strong).is_empty(), "the strong worker is live");
+    let first = add(&mut conn, 1, posterior(1, 0.8));
+    assert!(ask(&mut conn, 2, "w", &weak).is_empty(), "fresh: left to the strong");
+    assert_eq!(ask(&mut conn, 3, "s", &strong), [first]);
+    // Nobody strong takes the next one: once the wait is over, the weak worker does.
+    let second = add(&mut conn, 10, posterior(1, 0.8));
+    assert!(ask(&mut conn, 4_000, "w", &weak).is_empty());
+    assert_eq!(ask(&mut conn, 5_010, "w", &weak), [second]);
+    // A quorum task does not wait; nor does a posterior task someone has started.
+    let quorum = add(&mut conn, 5_020, NewTask::text("q"));
+    let started = add(&mut conn, 5_020, posterior(3, 0.8));
+    assert_eq!(ask(&mut conn, 5_030, "s", &strong), [quorum, started]);
+    assert_eq!(ask(&mut conn, 5_040, "w", &weak), [quorum, started]);
+    // The strong worker gone (silent past the heartbeat TTL): no waiting.
+    let alone = add(&mut conn, 20_000, posterior(1, 0.8));
+    assert_eq!(ask(&mut conn, 20_001, "w", &weak), [alone]);
+}
+
 crate::ops::testing::on_both_engines!(
+    the_first_answer_waits_for_the_strongest_live_model,
     calibrated_answers_outweigh_a_worse_majority,
     an_untrusted_lone_answer_asks_for_another,
     a_split_short_of_the_threshold_at_max_answers_fails,

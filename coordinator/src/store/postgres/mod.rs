@@ -184,9 +184,10 @@ const CLAIM: &str = " FOR NO KEY UPDATE SKIP LOCKED";
 pub(crate) fn walk_sql() -> &'static str {
     static WALK: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "SELECT seq, id, text, labels, generation FROM task
+            "SELECT seq, id, {} FROM task
              WHERE type = $2 AND {} AND seq > $5
              ORDER BY seq LIMIT $3{CLAIM}",
+            leases::OPEN_TASK_COLUMNS,
             leases::OPEN_FOR_WORKER
         )
     });

@@ -95,9 +95,10 @@ impl Leases for Tx<'_> {
 pub(crate) fn walk_sql() -> &'static str {
     static WALK: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "SELECT seq, id, text, labels, generation FROM task INDEXED BY task_open
+            "SELECT seq, id, {} FROM task INDEXED BY task_open
              WHERE type = $2 AND {} AND seq > $5
              ORDER BY seq LIMIT $3",
+            leases::OPEN_TASK_COLUMNS,
             leases::OPEN_FOR_WORKER
         )
     });

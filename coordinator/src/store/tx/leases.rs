@@ -28,7 +28,15 @@ pub(crate) struct OpenTask {
     pub labels: Option<Vec<String>>,
     /// What a generative task pins.
     pub generation: Option<GenerationSpec>,
+    /// When it was added, if it is a posterior task nobody has started (no answer, no live
+    /// lease): the first answer that may go to its strongest model first.
+    pub untouched_since: Option<i64>,
 }
+
+/// The columns an [`OpenTask`] is read from, after `seq, id` (and `type`, when the caller does
+/// not know it): the task's input, then [`OpenTask::untouched_since`].
+pub(crate) const OPEN_TASK_COLUMNS: &str = "text, labels, generation,
+    CASE WHEN policy = 'posterior' AND submissions + active_leases = 0 THEN created_at END";
 
 /// The "still needs workers and this one (`$1`, serving model content `$4`) may take it"
 /// condition: it neither holds nor has answered the task, the task pins no other model content,
@@ -155,7 +163,7 @@ pub(crate) fn assign_sql(n: usize) -> String {
 }
 
 fn open_task(r: &crate::store::sql::Row<'_>, task_type: Option<&TaskType>) -> Result<OpenTask> {
-    // Columns: seq, id, [type,] text, labels, generation.
+    // Columns: seq, id, [type,] then OPEN_TASK_COLUMNS.
     let at = usize::from(task_type.is_none());
     Ok(OpenTask {
         seq: r.get(0)?,
@@ -169,6 +177,7 @@ fn open_task(r: &crate::store::sql::Row<'_>, task_type: Option<&TaskType>) -> Re
         generation: r
             .get::<_, Option<Json<GenerationSpec>>>(4 + at)?
             .map(|j| j.0),
+        untouched_since: r.get(5 + at)?,
     })
 }
 
@@ -183,7 +192,7 @@ pub(crate) fn hinted_with<S: Exec + ?Sized>(
     // `$3` is a FIFO position the task must lie after (0: anywhere), so that every parameter
     // up to the worker's content `$4` appears (PostgreSQL must infer each one's type).
     let sql = format!(
-        "SELECT seq, id, type, text, labels, generation FROM task
+        "SELECT seq, id, type, {OPEN_TASK_COLUMNS} FROM task
          WHERE id = $2 AND seq > $3 AND {OPEN_FOR_WORKER}{claim}"
     );
     s.sql()
