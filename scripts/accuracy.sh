@@ -17,6 +17,8 @@
 #
 # Usage: scripts/accuracy.sh [N] [G] [THRESHOLD]   (defaults 200, 200, 0.8)
 #        ACCURACY_OUT=DIR keeps the tasks' details (JSON) and the sentences there.
+#        STRONG_FIRST_MS=W runs the tasks' coordinator with --strong-first-ms W (default 0):
+#        a posterior task's first answer waits up to W ms for the best calibrated model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-200}
@@ -48,9 +50,10 @@ for _ in $(seq 50); do
     sleep 0.1
 done
 
-coordinator() { # SET GOLD_RATE
+coordinator() { # SET GOLD_RATE [STRONG_FIRST_MS]
     "$bin" --prefix "acc$1" coordinator --db "$tmp/$1.db" --http off --gold-rate "$2" \
-        --gold-min-answers 1000000 --distinct-models >>"$tmp/coordinator-$1.log" 2>&1 &
+        --gold-min-answers 1000000 --distinct-models --strong-first-ms "${3:-0}" \
+        >>"$tmp/coordinator-$1.log" 2>&1 &
     coord=$!
     pids+=("$coord")
     until "$bin" --prefix "acc$1" stats >/dev/null 2>&1; do sleep 0.2; done
@@ -113,7 +116,7 @@ print(sum(x["gold"]["answered"] for x in json.load(open(sys.argv[1])) if x["mode
     done
     wait "${worker_pid[@]}" 2>/dev/null || true
     kill "$coord"; wait "$coord" 2>/dev/null || true
-    coordinator "$name" 0.1
+    coordinator "$name" 0.1 "${STRONG_FIRST_MS:-0}"
     workers "$name"
     for policy in quorum:3 posterior:3 posterior:1; do
         # Three models, one answer each at most: no task may wait for a fourth.

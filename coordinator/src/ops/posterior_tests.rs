@@ -492,9 +492,15 @@ fn the_first_answer_waits_for_the_strongest_live_model(mut conn: TestStore) {
             .map(|l| l.task_id)
             .collect()
     };
-    assert!(ask(&mut conn, 0, "s", &strong).is_empty(), "the strong worker is live");
+    assert!(
+        ask(&mut conn, 0, "s", &strong).is_empty(),
+        "the strong worker is live"
+    );
     let first = add(&mut conn, 1, posterior(1, 0.8));
-    assert!(ask(&mut conn, 2, "w", &weak).is_empty(), "fresh: left to the strong");
+    assert!(
+        ask(&mut conn, 2, "w", &weak).is_empty(),
+        "fresh: left to the strong"
+    );
     assert_eq!(ask(&mut conn, 3, "s", &strong), [first]);
     // Nobody strong takes the next one: once the wait is over, the weak worker does.
     let second = add(&mut conn, 10, posterior(1, 0.8));
