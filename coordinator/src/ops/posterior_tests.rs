@@ -480,12 +480,12 @@ fn the_first_answer_waits_for_the_strongest_live_model(mut conn: TestStore) {
         strong_first_ms: 5_000,
         ..settings()
     };
-    let mut ask = |conn: &mut TestStore, now: i64, worker: &str, model: &str| -> Vec<TaskId> {
+    let ask = |conn: &mut TestStore, now: i64, worker: &str, model: &str| -> Vec<TaskId> {
         let req = protocol::messages::LeaseRequest {
             model_hash: Some(model.to_owned()),
             ..lease_req(worker, 4)
         };
-        conn.write(|tx| lease::run(tx, &mut Ctx::new(now, waiting.clone()), req))
+        conn.write(|tx| lease::run(tx, &mut Ctx::new(now, waiting), req))
             .expect("lease")
             .leases
             .iter()
