@@ -94,6 +94,8 @@ fn zero_shot_picks_the_obvious_candidate_and_embedding_tasks_get_the_vector() {
     }
     let e = got[4].as_ref().expect("embedding");
     assert!(e.label.is_empty());
+    // It read [CLS] i love this movie [SEP], in a batch padded to longer texts.
+    assert_eq!(e.input_tokens, Some(6));
     let alone = m.embed(&["I love this movie"]).expect("embed");
     assert!(cosine(e.embedding.as_ref().expect("vector"), &alone[0]) > 0.99999);
 }

@@ -204,13 +204,24 @@ impl MiniLm {
     /// # Errors
     /// Tokenizer or tensor errors.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModelError> {
+        Ok(self
+            .embed_counted(texts)?
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect())
+    }
+
+    /// [`MiniLm::embed`], each embedding with how many tokens its text read (its real tokens,
+    /// special ones included: what an embedding answer reports as its input).
+    fn embed_counted(&self, texts: &[&str]) -> Result<Vec<(Vec<f32>, u32)>, ModelError> {
         by_length(texts, |group| self.embed_group(group))
     }
 
-    fn embed_group(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModelError> {
+    fn embed_group(&self, texts: &[&str]) -> Result<Vec<(Vec<f32>, u32)>, ModelError> {
         let fail = |e: candle_core::Error| ModelError::Inference(e.into());
         let (ids, mask) = encode(&self.tokenizer, texts, &self.device)?;
-        let run = || -> candle_core::Result<Vec<Vec<f32>>> {
+        let run = || -> candle_core::Result<Vec<(Vec<f32>, u32)>> {
+            let read = mask.sum(1)?.to_vec1::<u32>()?;
             let states = self.bert.forward(&ids, &mask)?;
             let m = mask.to_dtype(candle_core::DType::F32)?.unsqueeze(2)?;
             let summed = states.broadcast_mul(&m)?.sum(1)?;
@@ -221,7 +232,8 @@ impl MiniLm {
                 .sum_keepdim(D::Minus1)?
                 .sqrt()?
                 .clamp(1e-12, f64::MAX)?;
-            mean.broadcast_div(&norm)?.to_vec2::<f32>()
+            let embeddings = mean.broadcast_div(&norm)?.to_vec2::<f32>()?;
+            Ok(embeddings.into_iter().zip(read).collect())
         };
         run().map_err(fail)
     }
@@ -300,29 +312,24 @@ impl Model for MiniLm {
         }
         predict_batch(
             inputs,
-            |texts| self.embed(texts),
-            |input, e| self.answer(input, e),
+            |texts| self.embed_counted(texts),
+            |input, (e, read)| self.answer(input, e, read),
         )
     }
 }
 
 impl MiniLm {
-    /// Turns a text's embedding into the answer its task type asks for.
-    fn answer(&self, input: &Input, e: Vec<f32>) -> Result<Prediction, ModelError> {
+    /// Turns a text's embedding (of `read` tokens) into the answer its task type asks for.
+    fn answer(&self, input: &Input, e: Vec<f32>, read: u32) -> Result<Prediction, ModelError> {
         let t = &input.task_type;
         if t.is_vector() {
-            // Counted again for the answer's usage: the batch's encodings were padded.
-            let read = self
-                .tokenizer
-                .encode(input.text.as_str(), true)
-                .map_err(ModelError::Inference)?;
             return Ok(Prediction {
                 label: String::new(),
                 embedding: Some(e),
                 confidence: 1.0,
                 scores: Vec::new(),
                 generation: None,
-                input_tokens: u32::try_from(read.len()).ok(),
+                input_tokens: Some(read),
             });
         }
         let (labels, candidates): (Vec<&str>, Cow<'_, [Vec<f32>]>) = if *t == TaskType::zero_shot()
