@@ -69,7 +69,7 @@ pub(crate) struct OpenAi {
     core: Core,
     gateway: Arc<Gateway>,
     /// Each client's quota (see [`OpenAi::admit`]).
-    quotas: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+    quotas: Option<(Arc<DefaultKeyedRateLimiter<String>>, NonZeroU32)>,
 }
 
 /// Whose quota a request counts against when no key is asked for (open mode): everyone's.
@@ -87,7 +87,7 @@ pub(crate) fn router(core: Core, gateway: Gateway) -> Router {
             core,
             quotas: gateway
                 .quota
-                .map(|n| Arc::new(RateLimiter::keyed(Quota::per_minute(n)))),
+                .map(|n| (Arc::new(RateLimiter::keyed(Quota::per_minute(n))), n)),
             gateway: Arc::new(gateway),
         })
 }
@@ -107,7 +107,7 @@ impl OpenAi {
     /// minute, a minute's worth at most); in open mode every request shares one.
     fn admit(&self, headers: &HeaderMap) -> Result<(), OaiError> {
         self.authorize(headers)?;
-        let (Some(quotas), Some(per_minute)) = (&self.quotas, self.gateway.quota) else {
+        let Some((quotas, per_minute)) = &self.quotas else {
             return Ok(());
         };
         let who = match bearer(headers) {

@@ -186,10 +186,11 @@ impl ChatModel {
         Self::from_file(&path, format!("{NAME}/q4_1"), engine)
     }
 
-    /// Loads any llama- or qwen2-architecture chat model from its GGUF file (`--model gguf:PATH`): weights
-    /// in the types the engine has kernels for ([`super::llama::SUPPORTED_TYPES`]), the
-    /// byte-level BPE tokenizer, chat template and stop token from the file's metadata. Its id is
-    /// `gguf/FILE_NAME`; its content hash, the file's SHA-256, pins it.
+    /// Loads any llama- or qwen2-architecture chat model from its GGUF file (`--model
+    /// gguf:PATH`): weights in the types the engine has kernels for
+    /// ([`super::llama::SUPPORTED_TYPES`]), the byte-level BPE tokenizer, chat template and stop
+    /// token from the file's metadata. Its id is `gguf/FILE_NAME`; its content hash, the file's
+    /// SHA-256, pins it.
     ///
     /// # Errors
     /// [`ChatLoadError`] naming the file and what it lacks (another architecture or tokenizer, a

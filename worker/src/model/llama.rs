@@ -54,14 +54,6 @@ impl Arch {
     pub fn named(name: &str) -> Option<Self> {
         Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, a)| *a)
     }
-
-    /// Its GGUF name, the prefix of its metadata keys.
-    pub fn name(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(_, a)| *a == self)
-            .map_or("llama", |(n, _)| n)
-    }
 }
 
 /// The weight types the engine has products for.
