@@ -158,6 +158,26 @@ fn calibrated_answers_decide_and_a_flipping_worker_comes_to_weigh_nothing() {
         .expect("smollm2's calibration");
     assert!(smollm2_cal.brier > 0.0 && smollm2_cal.brier < 0.5);
     assert!(!smollm2_cal.bins.is_empty());
+    // Each model's wrong gold answers are in its confusion rows, the flipper's among them.
+    for cal in models.iter().filter_map(|m| m.calibration.as_ref()) {
+        let wrong: f64 = cal
+            .bins
+            .iter()
+            .map(|b| b.answered as f64 * (1.0 - b.accuracy))
+            .sum();
+        let confused: u64 = cal.confusion.iter().map(|x| x.answers).sum();
+        assert_eq!(confused, wrong.round() as u64, "{cal:?}");
+    }
+    assert!(
+        models
+            .iter()
+            .filter(|m| m.model.starts_with("lexicon"))
+            .any(|m| m
+                .calibration
+                .as_ref()
+                .is_some_and(|c| !c.confusion.is_empty())),
+        "the flipper's wrong gold answers are in the lexicon's confusion rows"
+    );
     let table = c.cli(&["leaderboard", "--by-model"]);
     assert!(String::from_utf8_lossy(&table.stdout).contains("Brier"));
 

@@ -12,7 +12,12 @@
 //!   worker that is always wrong weighs nothing and decides nothing.
 //! - **Pooling** ([`posterior`]): the labels' posterior is the normalized product of the answers'
 //!   likelihoods (log-odds pooling): an answer right with probability `p` supports its label by
-//!   `p` and each other label by `(1 - p) / (classes - 1)`. Answers are taken as independent;
+//!   `p` and each other label by its share of `1 - p`. That share is the model content's
+//!   confusion row on gold (Dawid-Skene's, anchored on gold): of the gold items the model
+//!   answered with this label wrongly, how many were each other label, smoothed towards an even
+//!   spread ([`CONFUSION_PRIOR`] pseudo-answers a label), so a model that says `neutral` when
+//!   the truth is `positive` supports `positive` when it says `neutral`. With two labels the row
+//!   is moot; without gold it is the even spread `(1 - p) / (classes - 1)`. Answers are taken as independent;
 //!   models that err together are counted as if they did not, which the calibration on gold
 //!   cannot see.
 //! - **Trust** ([`trusted`]): a sequential probability ratio test on a worker's gold answers
@@ -36,6 +41,9 @@ const MODEL_PRIOR: f64 = 10.0;
 const LABEL_PRIOR: f64 = 10.0;
 /// Pseudo-answers of the label's accuracy in one of its confidence bins'.
 const BIN_PRIOR: f64 = 5.0;
+/// Pseudo-answers, for each other label, of the even spread in a confusion row: a row moves
+/// away from even only once a few wrong gold answers say where the model's errors go.
+pub const CONFUSION_PRIOR: f64 = 2.0;
 /// The most an answer is believed: one answer never makes a label certain.
 pub const MAX_PROBABILITY: f64 = 0.99;
 /// Gold answers a worker gives before its own record can lower its weight.
@@ -100,11 +108,16 @@ fn guess(classes: usize) -> f64 {
     1.0 / classes.max(2) as f64
 }
 
-/// One model content's gold record for one task type, by answered label and confidence bin.
+/// One model content's gold record for one task type, by answered label and confidence bin,
+/// and its confusion: its wrong gold answers by answered label and true label.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Calibration {
     cells: BTreeMap<(String, usize), Cell>,
+    confused: BTreeMap<String, BTreeMap<String, u64>>,
 }
+
+/// A confusion row without gold: the even spread.
+static NO_CONFUSION: BTreeMap<String, u64> = BTreeMap::new();
 
 /// One bin of a reliability diagram: gold answers whose reported confidence fell in
 /// `[low, high)`, their mean confidence and how often they were right.
@@ -127,6 +140,32 @@ impl Calibration {
             .entry((label.to_owned(), bin.min(BINS - 1)))
             .or_default()
             .add(cell);
+    }
+
+    /// Adds `count` gold items whose truth was `truth` and that the model answered `answered`
+    /// (a wrong answer: `answered` differs from `truth`; a right one is ignored here).
+    pub fn add_confusion(&mut self, answered: &str, truth: &str, count: u64) {
+        if answered == truth {
+            return;
+        }
+        *self
+            .confused
+            .entry(answered.to_owned())
+            .or_default()
+            .entry(truth.to_owned())
+            .or_default() += count;
+    }
+
+    /// The model's wrong gold answers `answered`, by their true label (empty without any).
+    pub fn confusion(&self, answered: &str) -> &BTreeMap<String, u64> {
+        self.confused.get(answered).unwrap_or(&NO_CONFUSION)
+    }
+
+    /// Every confusion count: `(answered, truth, count)`.
+    pub fn confusions(&self) -> impl Iterator<Item = (&str, &str, u64)> {
+        self.confused
+            .iter()
+            .flat_map(|(a, row)| row.iter().map(move |(t, n)| (a.as_str(), t.as_str(), *n)))
     }
 
     /// All gold answers of the model.
@@ -250,14 +289,17 @@ pub fn weight(p: f64, classes: usize) -> f64 {
     (p * (k - 1.0) / (1.0 - p)).ln()
 }
 
-/// One counted answer: its label, the probability that it is right, and its share of its
-/// model content's say.
+/// One counted answer: its label, the probability that it is right, where it goes when
+/// wrong, and its share of its model content's say.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Believed<'a> {
     /// What it answered.
     pub label: &'a str,
     /// How likely that is right.
     pub p: f64,
+    /// Its model content's wrong gold answers of this label, by true label
+    /// ([`Calibration::confusion`]).
+    pub confused: &'a BTreeMap<String, u64>,
     /// `1 / n` when `n` answers of the task came from the same model content: a deterministic
     /// model gives every worker that runs it the same answer, so its copies are one piece of
     /// evidence, not `n` (and a worker that departs from its model's answer is outweighed by
@@ -271,6 +313,43 @@ pub fn shares<K: PartialEq>(groups: &[K]) -> Vec<f64> {
         .iter()
         .map(|g| 1.0 / groups.iter().filter(|h| *h == g).count() as f64)
         .collect()
+}
+
+impl Believed<'_> {
+    /// An answer whose model content has no confusion row on gold (its wrong mass spreads
+    /// evenly).
+    pub fn even(label: &str, p: f64, share: f64) -> Believed<'_> {
+        Believed {
+            label,
+            p,
+            confused: &NO_CONFUSION,
+            share,
+        }
+    }
+
+    /// The log-likelihood of truth `truth` given this answer (before its share): `ln p` for its
+    /// own label, else `ln((1 - p) * s)` with `s` the label's share of the answer's wrong mass
+    /// from its confusion row, counted over the task's labels `all` (of `k`), smoothed by
+    /// [`CONFUSION_PRIOR`] a label. Without gold `s = 1 / (k - 1)`. `None`: a label the task
+    /// could have that nobody lists (no count names it).
+    fn log_likelihood(&self, truth: Option<&str>, all: &[&str], k: f64) -> f64 {
+        if truth == Some(self.label) {
+            return self.p.ln();
+        }
+        let others = k - 1.0;
+        let wrong: u64 = self
+            .confused
+            .iter()
+            .filter(|(t, _)| t.as_str() != self.label && all.contains(&t.as_str()))
+            .map(|(_, n)| n)
+            .sum();
+        let here = truth
+            .and_then(|t| self.confused.get(t))
+            .copied()
+            .unwrap_or(0) as f64;
+        let share = (here + CONFUSION_PRIOR) / (wrong as f64 + CONFUSION_PRIOR * others);
+        ((1.0 - self.p) * share).ln()
+    }
 }
 
 /// The posterior of each label among `labels` (the answers' labels added when missing) given
@@ -291,24 +370,18 @@ pub fn posterior(answers: &[Believed<'_>], labels: &[&str], classes: usize) -> V
         .map(|label| {
             answers
                 .iter()
-                .map(|a| {
-                    a.share
-                        * if a.label == *label {
-                            a.p.ln()
-                        } else {
-                            ((1.0 - a.p) / (k - 1.0)).ln()
-                        }
-                })
+                .map(|a| a.share * a.log_likelihood(Some(label), &all, k))
                 .sum()
         })
         .collect();
     let top = log.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let exp: Vec<f64> = log.iter().map(|l| (l - top).exp()).collect();
-    // Labels that could be but nobody answered share what the others leave.
+    // Labels that could be but are not listed share what the others leave (no confusion count
+    // names them).
     let unseen = (k as usize).saturating_sub(all.len()) as f64;
     let unseen_each = answers
         .iter()
-        .map(|a| a.share * ((1.0 - a.p) / (k - 1.0)).ln())
+        .map(|a| a.share * a.log_likelihood(None, &all, k))
         .sum::<f64>();
     let z = exp.iter().sum::<f64>() + unseen * (unseen_each - top).exp();
     let mut out: Vec<(String, f64)> = all
@@ -408,21 +481,9 @@ mod tests {
     #[test]
     fn pooling_weighs_the_better_calibrated_answer() {
         let answers = [
-            Believed {
-                label: "positive",
-                p: 0.6,
-                share: 1.0,
-            },
-            Believed {
-                label: "positive",
-                p: 0.6,
-                share: 1.0,
-            },
-            Believed {
-                label: "negative",
-                p: 0.95,
-                share: 1.0,
-            },
+            Believed::even("positive", 0.6, 1.0),
+            Believed::even("positive", 0.6, 1.0),
+            Believed::even("negative", 0.95, 1.0),
         ];
         let post = posterior(&answers, &["negative", "positive"], 2);
         assert_eq!(post[0].0, "negative", "{post:?}");
@@ -432,11 +493,7 @@ mod tests {
 
     #[test]
     fn copies_of_one_model_count_once() {
-        let copy = Believed {
-            label: "positive",
-            p: 0.8,
-            share: 1.0 / 3.0,
-        };
+        let copy = Believed::even("positive", 0.8, 1.0 / 3.0);
         let three = posterior(&[copy; 3], &["negative", "positive"], 2);
         let one = posterior(
             &[Believed { share: 1.0, ..copy }],
@@ -449,14 +506,56 @@ mod tests {
 
     #[test]
     fn unseen_labels_keep_their_share() {
-        let answers = [Believed {
-            label: "a",
-            p: 0.5,
-            share: 1.0,
-        }];
+        let answers = [Believed::even("a", 0.5, 1.0)];
         let post = posterior(&answers, &["a"], 3);
         // p = 0.5 for "a", 0.25 for each of the two others nobody named.
         assert!((post[0].1 - 0.5).abs() < 1e-9, "{post:?}");
+    }
+
+    #[test]
+    fn a_confusion_row_sends_the_wrong_mass_where_the_model_errs() {
+        let labels = ["negative", "neutral", "positive"];
+        // Model A's wrong `neutral` answers on gold were all `positive` items.
+        let mut cal = Calibration::default();
+        cal.add_confusion("neutral", "positive", 20);
+        cal.add_confusion("neutral", "neutral", 50);
+        assert_eq!(
+            cal.confusions().collect::<Vec<_>>(),
+            [("neutral", "positive", 20)]
+        );
+        let answers = |confused| {
+            [
+                Believed {
+                    label: "neutral",
+                    p: 0.4,
+                    confused,
+                    share: 1.0,
+                },
+                Believed::even("positive", 0.6, 1.0),
+                Believed::even("negative", 0.6, 1.0),
+            ]
+        };
+        let even = posterior(&answers(&NO_CONFUSION), &labels, 3);
+        let pos = |post: &[(String, f64)], l: &str| {
+            post.iter()
+                .find(|(x, _)| x == l)
+                .map(|(_, p)| *p)
+                .expect("label")
+        };
+        assert!(
+            (pos(&even, "positive") - pos(&even, "negative")).abs() < 1e-12,
+            "{even:?}"
+        );
+        let row = posterior(&answers(cal.confusion("neutral")), &labels, 3);
+        assert_eq!(row[0].0, "positive", "{row:?}");
+        // 20 wrong answers and 2 pseudo-answers a label: 22/24 of the wrong mass to `positive`.
+        let ratio = pos(&row, "positive") / pos(&row, "negative");
+        assert!((ratio - 22.0 / 2.0).abs() < 1e-9, "{ratio}");
+        // A count for a label this task does not list moves nothing.
+        let mut other = Calibration::default();
+        other.add_confusion("neutral", "sports", 30);
+        let moot = posterior(&answers(other.confusion("neutral")), &labels, 3);
+        assert_eq!(moot, even);
     }
 
     #[test]
@@ -494,11 +593,49 @@ mod tests {
         #[test]
         fn posteriors_are_distributions(ps in proptest::collection::vec((0usize..3, 0.34f64..0.99), 1..7)) {
             let labels = ["a", "b", "c"];
-            let answers: Vec<Believed<'_>> = ps.iter().map(|(l, p)| Believed { label: labels[*l], p: *p, share: 1.0 }).collect();
+            let answers: Vec<Believed<'_>> = ps.iter().map(|(l, p)| Believed::even(labels[*l], *p, 1.0)).collect();
             let post = posterior(&answers, &labels, 3);
             let sum: f64 = post.iter().map(|(_, p)| p).sum();
             prop_assert!((sum - 1.0).abs() < 1e-9);
             prop_assert!(post.windows(2).all(|w| w[0].1 >= w[1].1));
+        }
+
+        /// With confusion rows too, a posterior is a distribution, labels nobody lists
+        /// included; with two labels a row changes nothing (the wrong mass has one place to go).
+        #[test]
+        fn confused_posteriors_are_distributions(
+            ps in proptest::collection::vec((0usize..3, 0.34f64..0.99), 1..7),
+            counts in proptest::collection::vec((0usize..3, 0usize..3, 0u64..40), 0..9),
+        ) {
+            let labels = ["a", "b", "c"];
+            let mut cal = Calibration::default();
+            for (a, t, n) in &counts {
+                cal.add_confusion(labels[*a], labels[*t], *n);
+            }
+            let answers: Vec<Believed<'_>> = ps
+                .iter()
+                .map(|(l, p)| Believed { label: labels[*l], p: *p, confused: cal.confusion(labels[*l]), share: 1.0 })
+                .collect();
+            let post = posterior(&answers, &labels, 4);
+            prop_assert_eq!(post.len(), 3);
+            let listed: f64 = post.iter().map(|(_, p)| p).sum();
+            prop_assert!(listed > 0.0 && listed <= 1.0 + 1e-9);
+            prop_assert!(post.windows(2).all(|w| w[0].1 >= w[1].1));
+            let two = ["a", "b"];
+            let binary: Vec<Believed<'_>> = ps
+                .iter()
+                .map(|(l, p)| {
+                    let label = two[*l % 2];
+                    Believed { label, p: *p, confused: cal.confusion(label), share: 1.0 }
+                })
+                .collect();
+            let even: Vec<Believed<'_>> = binary.iter().map(|b| Believed::even(b.label, b.p, 1.0)).collect();
+            let (x, y) = (posterior(&binary, &two, 2), posterior(&even, &two, 2));
+            prop_assert_eq!(x.len(), y.len());
+            for ((lx, px), (ly, py)) in x.iter().zip(&y) {
+                prop_assert_eq!(lx, ly);
+                prop_assert!((px - py).abs() < 1e-12);
+            }
         }
 
         /// An always-wrong worker's answer weighs nothing, however confident: alone it leaves
@@ -507,7 +644,7 @@ mod tests {
         fn an_always_wrong_worker_weighs_nothing(p in 0.5f64..0.99, n in 5u64..200) {
             let own = for_worker(p, 0.8, Record { answered: n, right: 0 }, 2);
             prop_assert!(weight(own, 2).abs() < 1e-9);
-            let post = posterior(&[Believed { label: "positive", p: own, share: 1.0 }], &["negative", "positive"], 2);
+            let post = posterior(&[Believed::even("positive", own, 1.0)], &["negative", "positive"], 2);
             prop_assert!(post[0].1 <= 0.5 + 1e-9);
         }
 
@@ -515,8 +652,8 @@ mod tests {
         #[test]
         fn an_honest_calibrated_majority_wins(p in 0.55f64..0.99, yes in 0usize..6, no in 0usize..6) {
             prop_assume!(yes != no);
-            let mut answers = vec![Believed { label: "positive", p, share: 1.0 }; yes];
-            answers.extend(vec![Believed { label: "negative", p, share: 1.0 }; no]);
+            let mut answers = vec![Believed::even("positive", p, 1.0); yes];
+            answers.extend(vec![Believed::even("negative", p, 1.0); no]);
             let post = posterior(&answers, &["negative", "positive"], 2);
             let want = if yes > no { "positive" } else { "negative" };
             prop_assert_eq!(post[0].0.as_str(), want);

@@ -82,6 +82,7 @@ pub(crate) async fn by_model(ctx: &Ctx) -> anyhow::Result<()> {
         "gold accuracy",
         "Brier",
         "reliability (confidence→accuracy by bin)",
+        "wrong on gold (answered→truth)",
     ]);
     for m in &r.models {
         t.add_row(vec![
@@ -106,6 +107,19 @@ pub(crate) async fn by_model(ctx: &Ctx) -> anyhow::Result<()> {
                         .join(", ")
                 },
             ),
+            m.calibration
+                .as_ref()
+                .filter(|c| !c.confusion.is_empty())
+                .map_or_else(
+                    || "-".to_owned(),
+                    |c| {
+                        c.confusion
+                            .iter()
+                            .map(|x| format!("{}→{} ({})", x.answered, x.truth, x.answers))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    },
+                ),
         ]);
     }
     println!("{t}");

@@ -219,7 +219,7 @@ pub(crate) fn check(
         super::posterior::caught_if_wrong(tx, sub.worker_id(), model, &task.task_type, classes)?
     };
     if labelled {
-        tx.record_calibration(model, &task.task_type, &given, sub.confidence(), correct)?;
+        tx.record_calibration(model, &task.task_type, &given, &known, sub.confidence())?;
     }
     let answer = GoldAnswer {
         gold,

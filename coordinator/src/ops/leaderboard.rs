@@ -2,11 +2,14 @@
 //! finalized consensus or verification, less one per trap passed or report outside the
 //! verifiers' agreeing majority), submission count, model, agreement rate, traps caught and
 //! missed, and accuracy on gold tasks, highest points first; and agreement and gold accuracy
-//! per model content and task type, with its calibration on gold (`leaderboard.models`).
+//! per model content and task type, with its calibration and confusion rows on gold
+//! (`leaderboard.models`).
 
 use crate::error::CoreError;
 use crate::store::tx::Tx;
-use protocol::messages::{CalibrationView, LeaderboardReply, ModelAgreementReply, ReliabilityBin};
+use protocol::messages::{
+    CalibrationView, Confused, LeaderboardReply, ModelAgreementReply, ReliabilityBin,
+};
 
 /// # Errors
 /// Store errors only.
@@ -40,6 +43,14 @@ pub(crate) fn by_model(tx: &dyn Tx) -> Result<ModelAgreementReply, CoreError> {
                         answered: b.answered,
                         confidence: b.confidence,
                         accuracy: b.accuracy,
+                    })
+                    .collect(),
+                confusion: c
+                    .confusions()
+                    .map(|(answered, truth, answers)| Confused {
+                        answered: answered.to_owned(),
+                        truth: truth.to_owned(),
+                        answers,
                     })
                     .collect(),
             })

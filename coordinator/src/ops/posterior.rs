@@ -1,7 +1,8 @@
 //! The posterior policy's decision (see [`crate::truth`]): each answer weighed by its model
-//! content's calibration on gold (and its worker's own record when worse), copies of one model
-//! content counted as one, the labels' posterior pooled, the task decided once the best label's reaches its threshold, or one more replica
-//! leased, up to `max_answers`. A lone answer decides only when its worker has earned trust and
+//! content's calibration on gold (and its worker's own record when worse), its wrong mass
+//! spread by the model content's confusion row, copies of one model content counted as one,
+//! the labels' posterior pooled, the task decided once the best label's reaches its threshold,
+//! or one more replica leased, up to `max_answers`. A lone answer decides only when its worker has earned trust and
 //! no spot check falls on it. A trusted worker whose wrong answer (by gold, or against the
 //! decision of a replicated task) costs it that trust is caught: its record starts over and
 //! the tasks its lone answers decided open again for one more answer.
@@ -57,6 +58,7 @@ pub(crate) fn decide(
         })
         .collect();
     let shares = truth::shares(&groups);
+    let none = Calibration::default();
     let believed: Vec<Believed<'_>> = answers
         .iter()
         .zip(&beliefs)
@@ -64,6 +66,10 @@ pub(crate) fn decide(
         .map(|((a, b), share)| Believed {
             label: &a.label,
             p: b.p,
+            confused: calibrations
+                .get(&a.model)
+                .unwrap_or(&none)
+                .confusion(&a.label),
             share: *share,
         })
         .collect();

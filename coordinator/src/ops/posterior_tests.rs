@@ -44,7 +44,7 @@ fn calibrate(conn: &mut TestStore, model: &str, confidence: f64, right: u32, wro
     conn.write(|tx| {
         for i in 0..right + wrong {
             let label = if i < right { "positive" } else { "negative" };
-            tx.record_calibration(model, &TaskType::sentiment(), label, confidence, i < right)?;
+            tx.record_calibration(model, &TaskType::sentiment(), label, "positive", confidence)?;
         }
         Ok::<_, crate::store::sql::Error>(())
     })
@@ -372,6 +372,15 @@ fn a_wrong_gold_answer_catches_a_trusted_worker(mut conn: TestStore) {
         from_model(&g, "t", "negative", 0.97, &good),
     );
     r.expect("a gold answer");
+    let rows = conn
+        .tx()
+        .calibrations(&TaskType::sentiment())
+        .expect("calibrations");
+    assert_eq!(
+        rows[&good].confusions().collect::<Vec<_>>(),
+        [("negative", "positive", 4)],
+        "the wrong gold answer joins the calibration's three in the model's confusion row"
+    );
     let task = load_task(&*conn.tx(), &lone).expect("task");
     assert_eq!(
         task.view_status(),
@@ -380,6 +389,84 @@ fn a_wrong_gold_answer_catches_a_trusted_worker(mut conn: TestStore) {
     );
     assert!(fx.iter().any(|e| matches!(e, Effect::Announce(_))));
     assert_eq!(points(&conn, "t"), 0);
+}
+
+/// Model content `model` answered `answered` on zero-shot gold whose truths were `truths`
+/// (label, how many), at confidence 0.9.
+fn calibrate_zero_shot(conn: &mut TestStore, model: &str, answered: &str, truths: &[(&str, u32)]) {
+    conn.write(|tx| {
+        for (truth, n) in truths {
+            for _ in 0..*n {
+                tx.record_calibration(model, &TaskType::zero_shot(), answered, truth, 0.9)?;
+            }
+        }
+        Ok::<_, crate::store::sql::Error>(())
+    })
+    .expect("calibration");
+}
+
+fn a_models_confusion_row_sends_its_wrong_answers_where_its_errors_go(mut conn: TestStore) {
+    // Model m says `c` right 30 times in 50 on gold; its 20 errors were all `b` items. Models
+    // p and q are as often right with `a` and `b`, their errors spread evenly.
+    let (m, p, q) = (hash('c'), hash('d'), hash('e'));
+    calibrate_zero_shot(&mut conn, &m, "c", &[("c", 30), ("b", 20)]);
+    calibrate_zero_shot(&mut conn, &p, "a", &[("a", 30), ("b", 10), ("c", 10)]);
+    calibrate_zero_shot(&mut conn, &q, "b", &[("b", 30), ("a", 10), ("c", 10)]);
+    let rows = conn
+        .tx()
+        .calibrations(&TaskType::zero_shot())
+        .expect("calibrations");
+    assert_eq!(
+        rows[&m].confusions().collect::<Vec<_>>(),
+        [("c", "b", 20)],
+        "the store keeps the confusion row"
+    );
+    let t = add(
+        &mut conn,
+        0,
+        NewTask {
+            required_submissions: Some(3),
+            policy: Some(Policy::Posterior),
+            threshold: Some(0.6),
+            ..NewTask::zero_shot("x", &["a", "b", "c"])
+        },
+    );
+    let take_zs = |conn: &mut TestStore, worker: &str| {
+        let req = protocol::messages::LeaseRequest {
+            capabilities: vec![TaskType::zero_shot()],
+            ..lease_req(worker, 1)
+        };
+        lease(conn, 1, req).leases.remove(0)
+    };
+    let leases: Vec<_> = ["wm", "wp", "wq"]
+        .iter()
+        .map(|w| take_zs(&mut conn, w))
+        .collect();
+    for (i, (worker, label, model)) in [("wm", "c", &m), ("wp", "a", &p)].iter().enumerate() {
+        send(
+            &mut conn,
+            2,
+            &t,
+            from_model(&leases[i], worker, label, 0.9, model),
+        )
+        .0
+        .expect("an answer");
+    }
+    // Evenly spread, `a`, `b` and `c` would tie at a third each and nothing would be decided;
+    // m's `c` says `b` when it is wrong, so `b` wins.
+    let r = send(&mut conn, 3, &t, from_model(&leases[2], "wq", "b", 0.9, &q))
+        .0
+        .expect("wq");
+    assert_eq!(
+        (r.finalized, r.final_label.as_deref()),
+        (true, Some("b")),
+        "m's confusion row moves its wrong mass to b"
+    );
+    let post = load_task(&*conn.tx(), &t)
+        .expect("task")
+        .posterior
+        .expect("a posterior");
+    assert!((0.6..0.8).contains(&post), "{post}");
 }
 
 fn a_worker_well_above_the_bound_is_not_caught_by_one_error(mut conn: TestStore) {
@@ -526,4 +613,5 @@ crate::ops::testing::on_both_engines!(
     a_worker_well_above_the_bound_is_not_caught_by_one_error,
     a_spot_check_sends_a_trusted_lone_answer_to_another_replica,
     posterior_is_for_label_tasks_and_bounds_are_refused,
+    a_models_confusion_row_sends_its_wrong_answers_where_its_errors_go,
 );

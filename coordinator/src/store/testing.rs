@@ -169,7 +169,7 @@ impl PgServer {
             .batch_execute(
                 "TRUNCATE task, lease, submission, worker, worker_score, worker_token,
                  verification, gold, gold_answer, task_batch, health_probe, score_delta, lease_cursor,
-                 calibration
+                 calibration, confusion
                  RESTART IDENTITY CASCADE",
             )
             .expect("truncate");

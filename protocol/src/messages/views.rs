@@ -336,6 +336,21 @@ pub struct CalibrationView {
     pub brier: f64,
     /// Gold answers by reported confidence, in tenths; bins without gold left out.
     pub bins: Vec<ReliabilityBin>,
+    /// Its wrong gold answers by answered label and true label (its confusion row of each
+    /// label: where the posterior policy sends an answer's weight when it is wrong).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub confusion: Vec<Confused>,
+}
+
+/// Wrong gold answers of one model content that gave one label where the truth was another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confused {
+    /// The label it answered.
+    pub answered: String,
+    /// The gold label.
+    pub truth: String,
+    /// How many times.
+    pub answers: u64,
 }
 
 /// One bin of a reliability diagram.

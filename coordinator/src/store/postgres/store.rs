@@ -123,6 +123,20 @@ const MIGRATIONS: &[&str] = &[
                            ADD COLUMN input_tokens BIGINT;",
     // Whether a verifier's scoring was exact (see the SQLite migration).
     "ALTER TABLE verification ADD COLUMN exact BIGINT;",
+    // The posterior policy's confusion rows (see the SQLite migration).
+    "CREATE TABLE confusion (
+         model_hash TEXT   NOT NULL,
+         type       TEXT   NOT NULL,
+         answered   TEXT   NOT NULL,
+         truth      TEXT   NOT NULL,
+         answers    BIGINT NOT NULL,
+         PRIMARY KEY (model_hash, type, answered, truth)
+     );
+     INSERT INTO confusion (model_hash, type, answered, truth, answers)
+         SELECT COALESCE(a.model_hash, a.model, ''), a.type, a.answer, g.answer, COUNT(*)
+         FROM gold_answer a JOIN gold g ON g.id = a.gold_id
+         WHERE a.correct = 0 AND a.type IN (SELECT DISTINCT type FROM calibration)
+         GROUP BY 1, 2, 3, 4;",
 ];
 
 /// The session settings of every connection.

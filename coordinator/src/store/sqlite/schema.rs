@@ -369,6 +369,22 @@ CREATE TABLE calibration (
      ALTER TABLE submission ADD COLUMN input_tokens INTEGER;",
     // Whether a verifier's scoring was exact (every gap exactly 0 on a bit-invariant engine).
     "ALTER TABLE verification ADD COLUMN exact INTEGER;",
+    // The posterior policy's confusion rows: per model content and label task type, its wrong
+    // gold answers by answered label and true label; filled from the gold answers already
+    // recorded (of the types the calibration counts).
+    "CREATE TABLE confusion (
+         model_hash TEXT    NOT NULL,
+         type       TEXT    NOT NULL,
+         answered   TEXT    NOT NULL,
+         truth      TEXT    NOT NULL,
+         answers    INTEGER NOT NULL,
+         PRIMARY KEY (model_hash, type, answered, truth)
+     ) WITHOUT ROWID;
+     INSERT INTO confusion (model_hash, type, answered, truth, answers)
+         SELECT COALESCE(a.model_hash, a.model, ''), a.type, a.answer, g.answer, COUNT(*)
+         FROM gold_answer a JOIN gold g ON g.id = a.gold_id
+         WHERE a.correct = 0 AND a.type IN (SELECT DISTINCT type FROM calibration)
+         GROUP BY 1, 2, 3, 4;",
 ];
 
 /// Tables of one connection (`temp`, in memory, gone when it closes), created when it opens.
@@ -434,4 +450,57 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     })();
     conn.pragma_update(None, "foreign_keys", "ON")?;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The confusion rows start from the wrong gold answers already recorded, of the label
+    /// types the calibration counts, by model content (its hash, else its name).
+    #[test]
+    fn the_confusion_migration_counts_the_wrong_gold_answers_on_record() {
+        let mut conn = Connection::open_in_memory().expect("sqlite");
+        for sql in &MIGRATIONS[..MIGRATIONS.len() - 1] {
+            conn.execute_batch(sql).expect("an older migration");
+        }
+        conn.pragma_update(None, "user_version", VERSION - 1)
+            .expect("version");
+        conn.execute_batch(
+            "INSERT INTO gold (id, type, text, labels, answer, created_at) VALUES
+                 (1, 'zero-shot', 'x', '[\"a\",\"b\",\"c\"]', 'a', 0),
+                 (2, 'zero-shot', 'y', '[\"a\",\"b\",\"c\"]', 'b', 0),
+                 (3, 'summarization', 'z', NULL, 'a summary', 0);
+             INSERT INTO gold_answer (gold_id, task_id, worker_id, type, model, model_hash,
+                                      answer, correct, created_at) VALUES
+                 (1, 't1', 'w1', 'zero-shot', 'm', 'h', 'c', 0, 0),
+                 (1, 't2', 'w2', 'zero-shot', 'm', 'h', 'c', 0, 0),
+                 (2, 't3', 'w1', 'zero-shot', 'm', 'h', 'c', 0, 0),
+                 (2, 't4', 'w1', 'zero-shot', 'm', 'h', 'b', 1, 0),
+                 (1, 't5', 'w3', 'zero-shot', 'named', NULL, 'b', 0, 0),
+                 (3, 't6', 'w1', 'summarization', 'g', 'k', 'another', 0, 0);
+             INSERT INTO calibration VALUES ('h', 'zero-shot', 'c', 9, 3, 0, 2.7, 2.43);",
+        )
+        .expect("gold on record");
+        migrate(&mut conn).expect("migrate");
+        let rows: Vec<(String, String, String, String, i64)> = conn
+            .prepare("SELECT * FROM confusion ORDER BY 1, 3, 4")
+            .expect("prepare")
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        let row =
+            |m: &str, a: &str, t: &str, n| (m.into(), "zero-shot".into(), a.into(), t.into(), n);
+        assert_eq!(
+            rows,
+            [
+                row("h", "c", "a", 2),
+                row("h", "c", "b", 1),
+                row("named", "b", "a", 1)
+            ]
+        );
+    }
 }

@@ -62,6 +62,37 @@ fn calibration_rows<S: Exec + ?Sized>(
     Ok(out)
 }
 
+/// The confusion table's rows, to be narrowed by a `WHERE`.
+const CONFUSION_ROWS: &str = "SELECT type, model_hash, answered, truth, answers FROM confusion";
+
+/// Adds the confusion counts `sql` (over [`CONFUSION_ROWS`]) reads with `args` to `out`'s
+/// calibrations (a model content with wrong gold answers has calibration cells too).
+fn add_confusion_rows<S: Exec + ?Sized>(
+    s: &S,
+    sql: &str,
+    args: &[&dyn crate::store::sql::ToArg],
+    out: &mut BTreeMap<(String, String), Calibration>,
+) -> Result<()> {
+    let rows = s
+        .sql()
+        .prepare_cached(sql)?
+        .query_map(args, |r| {
+            Ok((
+                (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>>>()?;
+    for (key, answered, truth, count) in rows {
+        out.entry(key)
+            .or_default()
+            .add_confusion(&answered, &truth, count.try_into().unwrap_or(0));
+    }
+    Ok(())
+}
+
 /// Gold answers a worker's record looks back over.
 pub(crate) const RECORD_WINDOW: u32 = 50;
 
@@ -86,29 +117,46 @@ pub(crate) trait Truth: Exec {
             .collect()
     }
 
-    /// Every model content's calibration for `task_type`, by model content.
+    /// Every model content's calibration (with its confusion rows) for `task_type`, by model
+    /// content.
     fn calibrations(&self, task_type: &TaskType) -> Result<BTreeMap<String, Calibration>> {
         let sql = format!("{CALIBRATION_ROWS} WHERE type = $1");
-        Ok(calibration_rows(self, &sql, &[&task_type.as_str()])?
-            .into_iter()
-            .map(|((_, model), c)| (model, c))
-            .collect())
+        let mut all = calibration_rows(self, &sql, &[&task_type.as_str()])?;
+        let sql = format!("{CONFUSION_ROWS} WHERE type = $1");
+        add_confusion_rows(self, &sql, &[&task_type.as_str()], &mut all)?;
+        Ok(all.into_iter().map(|((_, model), c)| (model, c)).collect())
     }
 
-    /// Every calibration, by task type and model content (for the views).
+    /// Every calibration with its confusion rows, by task type and model content (for the
+    /// views).
     fn all_calibrations(&self) -> Result<BTreeMap<(String, String), Calibration>> {
-        calibration_rows(self, CALIBRATION_ROWS, &[])
+        let mut all = calibration_rows(self, CALIBRATION_ROWS, &[])?;
+        add_confusion_rows(self, CONFUSION_ROWS, &[], &mut all)?;
+        Ok(all)
     }
 
-    /// Adds one gold answer to model content `model`'s calibration for `task_type`.
+    /// Adds one gold answer to model content `model`'s calibration for `task_type`: `label`
+    /// answered with `confidence` where the truth was `truth` (a wrong answer also counts in
+    /// the model's confusion row of `label`).
     fn record_calibration(
         &self,
         model: &str,
         task_type: &TaskType,
         label: &str,
+        truth: &str,
         confidence: f64,
-        correct: bool,
     ) -> Result<()> {
+        let correct = label == truth;
+        if !correct {
+            self.sql()
+                .prepare_cached(
+                    "INSERT INTO confusion (model_hash, type, answered, truth, answers)
+                     VALUES ($1, $2, $3, $4, 1)
+                     ON CONFLICT (model_hash, type, answered, truth) DO UPDATE SET
+                         answers = confusion.answers + 1",
+                )?
+                .defer(params![model, task_type.as_str(), label, truth])?;
+        }
         let cell = Cell::one(confidence, correct);
         let bin = i64::try_from(crate::truth::bin(confidence)).unwrap_or(0);
         self.sql()
