@@ -172,6 +172,7 @@ const OUTRANKED_BY: f64 = 0.02;
 
 /// The types of `caps` for which a live worker serves a model content calibrated on gold at
 /// least [`OUTRANKED_BY`] more accurate than `hash` (an uncalibrated model counts as the prior).
+/// A quarantined worker gets only gold: nobody waits for it.
 fn outranked(
     tx: &dyn Tx,
     ctx: &Ctx,
@@ -188,7 +189,9 @@ fn outranked(
             .unwrap_or_else(|| crate::truth::Calibration::default().accuracy(2));
         let best = live
             .iter()
-            .filter(|w| w.capabilities.contains(cap) && w.model_hash.as_deref() != hash)
+            .filter(|w| {
+                !w.quarantined && w.capabilities.contains(cap) && w.model_hash.as_deref() != hash
+            })
             .filter_map(|w| w.model_hash.as_deref().and_then(accuracy))
             .fold(f64::NEG_INFINITY, f64::max);
         if best >= mine + OUTRANKED_BY {

@@ -598,6 +598,21 @@ fn the_first_answer_waits_for_the_strongest_live_model(mut conn: TestStore) {
     let started = add(&mut conn, 5_020, posterior(3, 0.8));
     assert_eq!(ask(&mut conn, 5_030, "s", &strong), [quorum, started]);
     assert_eq!(ask(&mut conn, 5_040, "w", &weak), [quorum, started]);
+    // The strong worker quarantined (it gets only gold): nobody waits for it.
+    let quarantine = |conn: &mut TestStore, why: Option<&str>| {
+        conn.write(|tx| tx.set_quarantine(&wid("s"), why))
+            .expect("quarantine");
+    };
+    quarantine(&mut conn, Some("gold accuracy too low"));
+    let meanwhile = add(&mut conn, 5_050, posterior(1, 0.8));
+    assert_eq!(ask(&mut conn, 5_060, "w", &weak), [meanwhile]);
+    quarantine(&mut conn, None);
+    let again = add(&mut conn, 5_070, posterior(1, 0.8));
+    assert!(
+        ask(&mut conn, 5_080, "w", &weak).is_empty(),
+        "out of quarantine, it is waited for again"
+    );
+    assert_eq!(ask(&mut conn, 5_090, "s", &strong), [again]);
     // The strong worker gone (silent past the heartbeat TTL): no waiting.
     let alone = add(&mut conn, 20_000, posterior(1, 0.8));
     assert_eq!(ask(&mut conn, 20_001, "w", &weak), [alone]);

@@ -37,6 +37,8 @@ pub(crate) struct LiveWorker {
     pub capabilities: Vec<TaskType>,
     /// The model content it serves.
     pub model_hash: Option<String>,
+    /// Whether it is quarantined (it gets only gold).
+    pub quarantined: bool,
 }
 
 /// The starved-task report's statements, as an engine spells them: SQLite holds its planner to
@@ -388,7 +390,7 @@ pub(crate) trait Views: Exec {
     fn live_workers(&self, since: i64) -> Result<Vec<LiveWorker>> {
         self.sql()
             .prepare_cached(
-                "SELECT id, capabilities, model_hash FROM worker
+                "SELECT id, capabilities, model_hash, quarantine IS NOT NULL FROM worker
                  WHERE status = 'active' AND last_seen > $1",
             )?
             .query_map([since], |r| {
@@ -396,6 +398,7 @@ pub(crate) trait Views: Exec {
                     id: parsed(r, 0)?,
                     capabilities: r.get::<_, Json<Vec<TaskType>>>(1)?.0,
                     model_hash: r.get(2)?,
+                    quarantined: r.get(3)?,
                 })
             })?
             .collect()
