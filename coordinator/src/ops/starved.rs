@@ -19,8 +19,9 @@ use std::collections::{BTreeMap, BTreeSet};
 /// What a task is routed by: its type and, for a generative type, the model content it pins.
 type Route = (TaskType, Option<String>);
 
-/// The live workers (heartbeating within the TTL) able to do each task type; for generative
-/// types, each model content they serve (a worker serving none can do no generative task).
+/// The live workers (heartbeating within the TTL, not quarantined: a quarantined worker gets
+/// only gold) able to do each task type; for generative types, each model content they serve (a
+/// worker serving none can do no generative task).
 #[derive(Debug, Default)]
 pub(crate) struct Live(BTreeMap<Route, BTreeSet<WorkerId>>);
 
@@ -29,6 +30,9 @@ impl Live {
     pub(crate) fn read(tx: &dyn Tx, now: i64, heartbeat_ttl_ms: i64) -> Result<Self, CoreError> {
         let mut live = Self::default();
         for w in tx.live_workers(now - heartbeat_ttl_ms)? {
+            if w.quarantined {
+                continue;
+            }
             for t in w.capabilities {
                 let hash = match (t.is_generative(), &w.model_hash) {
                     (false, _) => None,
@@ -207,6 +211,13 @@ mod tests {
         }
         assert_eq!(starved(&*conn.tx(), 3, &zs), None);
         assert!(summary_at(&*conn.tx(), 3).is_empty());
+        // A quarantined worker gets only gold: it cannot answer the task.
+        conn.tx()
+            .set_quarantine(&wid("e"), Some("gold accuracy too low"))
+            .expect("quarantine");
+        assert_eq!(starved(&*conn.tx(), 3, &zs).expect("starved").short(), 1);
+        conn.tx().set_quarantine(&wid("e"), None).expect("lifted");
+        assert_eq!(starved(&*conn.tx(), 3, &zs), None);
         // Past the TTL, the silent ones no longer count.
         let later = 3 + settings().heartbeat_ttl_ms;
         register(
