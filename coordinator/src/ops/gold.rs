@@ -218,7 +218,9 @@ pub(crate) fn check(
         let classes = task.labels.as_ref().map_or(2, |l| l.len().max(2));
         super::posterior::caught_if_wrong(tx, sub.worker_id(), model, &task.task_type, classes)?
     };
-    if labelled {
+    // A quarantined worker is known to answer worse than its model: what it answers now does
+    // not teach the model content's calibration (its own record still counts).
+    if labelled && tx.quarantine(sub.worker_id())?.is_none() {
         tx.record_calibration(model, &task.task_type, &given, &known, sub.confidence())?;
     }
     let answer = GoldAnswer {

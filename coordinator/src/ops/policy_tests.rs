@@ -508,6 +508,19 @@ fn gold_is_checked_never_voted_and_quarantines_a_wrong_worker_until_it_recovers(
     }
     // Four right answers bring it to 4 of 8: back above the bar, real work again.
     assert_eq!(gold_score(&*conn.tx(), "liar"), (8, 4));
+    // What it answered while quarantined did not teach its model's calibration (answers that
+    // name no model count under the empty name).
+    let cal = conn
+        .tx()
+        .calibrations(&TaskType::sentiment())
+        .expect("calibrations")
+        .remove("")
+        .expect("the model's calibration");
+    assert_eq!((cal.total().answered, cal.total().correct), (4, 0));
+    assert_eq!(
+        cal.confusions().collect::<Vec<_>>(),
+        [("negative", "positive", 4)]
+    );
     assert!(gold::quarantine(&*conn.tx(), &wid("liar"))
         .expect("read")
         .is_none());
