@@ -473,11 +473,7 @@ impl Weights {
             .zip(cache.k.iter_mut().zip(cache.v.iter_mut()))
         {
             let x = rms_norm(&h, &layer.attention_norm, s.eps, kernel, threads);
-            kernel.run(Quantize {
-                rows: &mut xq,
-                x: &x,
-                k: s.dim,
-            });
+            xq.quantize_on(&x, s.dim, kernel);
             let mut qkv = layer.qkv.matmul(&xq, kernel, threads);
             let width = q_dim + 2 * kv_dim;
             if let Some(bias) = &layer.qkv_bias {
@@ -499,37 +495,21 @@ impl Weights {
                 vc.extend_from_slice(&row[q_dim + kv_dim..]);
             }
             let att = attention(s, &q, kc, vc, pos, kernel, threads);
-            kernel.run(Quantize {
-                rows: &mut xq,
-                x: &att,
-                k: s.dim,
-            });
+            xq.quantize_on(&att, s.dim, kernel);
             let o = layer.wo.matmul(&xq, kernel, threads);
             add_in_place(&mut h, &o);
 
             let y = rms_norm(&h, &layer.ffn_norm, s.eps, kernel, threads);
-            kernel.run(Quantize {
-                rows: &mut xq,
-                x: &y,
-                k: s.dim,
-            });
+            xq.quantize_on(&y, s.dim, kernel);
             let gate_up = layer.gate_up.matmul(&xq, kernel, threads);
             let act = gate(&gate_up, s.hidden, kernel, threads);
-            kernel.run(Quantize {
-                rows: &mut xq,
-                x: &act,
-                k: s.hidden,
-            });
+            xq.quantize_on(&act, s.hidden, kernel);
             let down = layer.down.matmul(&xq, kernel, threads);
             add_in_place(&mut h, &down);
         }
         cache.len = pos + l;
         let last = rms_norm(&h[(l - n) * s.dim..], &self.norm, s.eps, kernel, threads);
-        kernel.run(Quantize {
-            rows: &mut xq,
-            x: &last,
-            k: s.dim,
-        });
+        xq.quantize_on(&last, s.dim, kernel);
         self.output.matmul(&xq, kernel, threads)
     }
 
@@ -635,22 +615,6 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, kernel: Kernel, threads: &Threads) -
         })
     });
     out
-}
-
-/// Rows of `x` quantized into `rows`.
-struct Quantize<'a> {
-    rows: &'a mut Q8Rows,
-    x: &'a [f32],
-    k: usize,
-}
-
-impl Autovectorized for Quantize<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn run(self) {
-        self.rows.quantize(self.x, self.k);
-    }
 }
 
 /// `silu(gate) * up` of each row of the fused gate/up product.

@@ -9,6 +9,7 @@
 //! fraction `v - trunc(v)` is exact in f32, so the rule equals `f32::round` for every input
 //! (`tests` check it, halves and the largest float below one half included).
 
+use super::kernel::{Autovectorized, Kernel};
 use half::f16;
 
 /// Values per block.
@@ -17,11 +18,13 @@ pub const BLOCK: usize = 32;
 /// `f32::round(v) as i8`, exactly, without a library call.
 #[inline(always)]
 pub fn round_to_i8(v: f32) -> i8 {
-    // Saturating truncation toward zero; NaN gives 0, as `f32::round(NaN) as i8` does.
-    let t = (v as i32).clamp(-256, 256);
-    let frac = v - t as f32;
-    let r = t + i32::from(frac >= 0.5) - i32::from(frac <= -0.5);
-    r.clamp(i32::from(i8::MIN), i32::from(i8::MAX)) as i8
+    // Within a vector context `trunc` is one instruction (`vroundps`); the fraction is exact.
+    let t = v.trunc();
+    let frac = v - t;
+    let r = t + f32::from(u8::from(frac >= 0.5)) - f32::from(u8::from(frac <= -0.5));
+    // Saturating; NaN gives 0, as `f32::round(NaN) as i8` does. Through i32: a vector
+    // float-to-i8 conversion is split into scalar ones.
+    (r.clamp(f32::from(i8::MIN), f32::from(i8::MAX)) as i32) as i8
 }
 
 /// Rows of activations in blocks of 32: per block the values, the scale `d` and the scaled sum
@@ -38,6 +41,17 @@ impl Q8Rows {
     /// Quantizes `x`, rows of `k` values (`k` a multiple of 32), reusing this buffer.
     #[inline(always)]
     pub fn quantize(&mut self, x: &[f32], k: usize) {
+        self.quantize_with(x, k, quantize_block);
+    }
+
+    /// Quantizes `x` (rows of `k`) block by block with `block`.
+    #[inline(always)]
+    fn quantize_with(
+        &mut self,
+        x: &[f32],
+        k: usize,
+        mut block: impl FnMut(&[f32; BLOCK]) -> ([i8; BLOCK], f32, f32),
+    ) {
         debug_assert!(
             k.is_multiple_of(BLOCK) && x.len().is_multiple_of(k),
             "{} by {k}",
@@ -50,10 +64,26 @@ impl Q8Rows {
         self.sum.resize(n, 0.0);
         for (i, xs) in x.chunks_exact(BLOCK).enumerate() {
             let xs: &[f32; BLOCK] = xs.try_into().expect("a block");
-            let (values, d, s) = quantize_block(xs);
+            let (values, d, s) = block(xs);
             self.values[i] = values;
             self.scale[i] = d;
             self.sum[i] = s;
+        }
+    }
+
+    /// [`Q8Rows::quantize`] on kernel path `kernel`: the same bits on every path (AVX-512 runs
+    /// its own vector form of the block rule; the others compile the plain one for their
+    /// instruction set).
+    pub fn quantize_on(&mut self, x: &[f32], k: usize, kernel: Kernel) {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512(simd) => simd.vectorize(Avx512Quantize {
+                simd,
+                rows: self,
+                x,
+                k,
+            }),
+            other => other.run(Quantize { rows: self, x, k }),
         }
     }
 
@@ -115,10 +145,15 @@ impl Q8Rows {
 /// One block as candle's `BlockQ8_1::from_float` makes it: values, `d` and `s` (both through f16).
 #[inline(always)]
 fn quantize_block(xs: &[f32; BLOCK]) -> ([i8; BLOCK], f32, f32) {
-    let mut amax = 0f32;
-    for &v in xs {
-        amax = amax.max(v.abs());
+    // The largest magnitude (NaN ignored, as `f32::max` does), over sixteen lanes: a maximum
+    // does not depend on the order it is taken in.
+    let mut lanes = [0f32; 16];
+    for half in xs.chunks_exact(16) {
+        for (m, &v) in lanes.iter_mut().zip(half) {
+            *m = m.max(v.abs());
+        }
     }
+    let amax = lanes.iter().fold(0f32, |a, &m| a.max(m));
     let d = amax / ((1 << 7) - 1) as f32;
     let id = if d != 0f32 { 1. / d } else { 0. };
     let d16 = f16::from_f32(d);
@@ -129,6 +164,102 @@ fn quantize_block(xs: &[f32; BLOCK]) -> ([i8; BLOCK], f32, f32) {
     let sum: i32 = values.iter().map(|&q| i32::from(q)).sum();
     let s = f16::from_f32(sum as f32) * d16;
     (values, d16.to_f32(), s.to_f32())
+}
+
+/// Rows quantized by the plain rule, compiled for a kernel path.
+struct Quantize<'a> {
+    rows: &'a mut Q8Rows,
+    x: &'a [f32],
+    k: usize,
+}
+
+impl Autovectorized for Quantize<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        self.rows.quantize(self.x, self.k);
+    }
+}
+
+/// Rows quantized by [`avx512::quantize_block`], for pulp's `vectorize` (a plain call, inlined
+/// into it: see `simd_call!`).
+#[cfg(target_arch = "x86_64")]
+struct Avx512Quantize<'a> {
+    simd: pulp::x86::V4,
+    rows: &'a mut Q8Rows,
+    x: &'a [f32],
+    k: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl pulp::NullaryFnOnce for Avx512Quantize<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        let simd = self.simd;
+        self.rows
+            .quantize_with(self.x, self.k, |xs| avx512::quantize_block(simd, xs));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::BLOCK;
+    use core::arch::x86_64::{__m128i, __m512, __m512i, _CMP_GE_OQ, _CMP_LE_OQ, _CMP_ORD_Q};
+    use half::f16;
+    use pulp::bytemuck::cast;
+    use pulp::x86::V4;
+
+    /// Sixteen values times `id`, rounded half away from zero, saturated to i8 (NaN to 0), as
+    /// i32 lanes: [`super::round_to_i8`]'s rule, lane by lane.
+    #[inline(always)]
+    fn round16(simd: V4, x: __m512, id: __m512) -> __m512i {
+        let f = simd.avx512f;
+        let one = f._mm512_set1_ps(1.0);
+        let v = f._mm512_mul_ps(x, id);
+        // Truncation toward zero, exceptions suppressed.
+        let t = f._mm512_roundscale_ps::<0x0B>(v);
+        let frac = f._mm512_sub_ps(v, t);
+        let up = f._mm512_cmp_ps_mask::<_CMP_GE_OQ>(frac, f._mm512_set1_ps(0.5));
+        let down = f._mm512_cmp_ps_mask::<_CMP_LE_OQ>(frac, f._mm512_set1_ps(-0.5));
+        let r = f._mm512_mask_add_ps(t, up, t, one);
+        let r = f._mm512_mask_sub_ps(r, down, r, one);
+        let ordered = f._mm512_cmp_ps_mask::<_CMP_ORD_Q>(r, r);
+        let r = f._mm512_min_ps(
+            f._mm512_max_ps(r, f._mm512_set1_ps(f32::from(i8::MIN))),
+            f._mm512_set1_ps(f32::from(i8::MAX)),
+        );
+        f._mm512_cvttps_epi32(f._mm512_maskz_mov_ps(ordered, r))
+    }
+
+    /// [`super::quantize_block`] on AVX-512, with the same bits: the largest magnitude is a
+    /// maximum (any order gives it; NaN counts as 0, as `f32::max` ignores it), the scale
+    /// and its inverse are the same scalar steps, the values the same rule lane by lane, their
+    /// sum an exact integer.
+    #[inline(always)]
+    pub(super) fn quantize_block(simd: V4, xs: &[f32; BLOCK]) -> ([i8; BLOCK], f32, f32) {
+        let f = simd.avx512f;
+        let halves: [[f32; 16]; 2] = cast(*xs);
+        let (lo, hi): (__m512, __m512) = (cast(halves[0]), cast(halves[1]));
+        let zero = f._mm512_setzero_ps();
+        // `max_ps` gives its second operand when either is NaN.
+        let a = f._mm512_max_ps(
+            f._mm512_max_ps(f._mm512_abs_ps(lo), zero),
+            f._mm512_max_ps(f._mm512_abs_ps(hi), zero),
+        );
+        let amax = f._mm512_reduce_max_ps(a);
+        let d = amax / ((1 << 7) - 1) as f32;
+        let id = if d != 0f32 { 1. / d } else { 0. };
+        let d16 = f16::from_f32(d);
+        let vid = f._mm512_set1_ps(id);
+        let (ql, qh) = (round16(simd, lo, vid), round16(simd, hi, vid));
+        let sum = f._mm512_reduce_add_epi32(f._mm512_add_epi32(ql, qh));
+        let bytes: [__m128i; 2] = [f._mm512_cvtepi32_epi8(ql), f._mm512_cvtepi32_epi8(qh)];
+        let s = f16::from_f32(sum as f32) * d16;
+        (cast(bytes), d16.to_f32(), s.to_f32())
+    }
 }
 
 /// Eight f16 values (raw bits) to f32, exactly, on AVX2: the magnitude's bits moved into an f32
@@ -224,6 +355,32 @@ mod tests {
                     assert_eq!(q.to_bits(), v.to_bits(), "scale {scale}, block {i}, {j}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn every_path_quantizes_to_the_same_bits() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut x: Vec<f32> = Vec::new();
+        for scale in [0.0f32, 1e-38, 1e-6, 1.0, 70.0, 3e38] {
+            x.extend((0..BLOCK * 8).map(|_| (rng.f32() - 0.5) * scale));
+        }
+        // Blocks of halves, of NaN, of infinities, a block all zero but one tiny value.
+        x.extend((0..BLOCK).map(|i| i as f32 - 15.5));
+        x.extend((0..BLOCK).map(|i| if i % 3 == 0 { f32::NAN } else { i as f32 }));
+        x.extend((0..BLOCK).map(|i| if i == 7 { f32::NEG_INFINITY } else { 1.0 }));
+        x.extend((0..BLOCK).map(|i| if i == 5 { 1e-45 } else { 0.0 }));
+        x.extend([f32::NAN; BLOCK]);
+        let k = BLOCK * 2;
+        x.truncate(x.len() / k * k);
+        let want = Q8Rows::of(&x, k);
+        for isa in crate::model::kernel::Kernel::available() {
+            let mut got = Q8Rows::default();
+            got.quantize_on(&x, k, Kernel::new(isa).expect("available"));
+            assert_eq!(got.values, want.values, "{isa}");
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got.scale), bits(&want.scale), "{isa}");
+            assert_eq!(bits(&got.sum), bits(&want.sum), "{isa}");
         }
     }
 
