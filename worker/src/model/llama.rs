@@ -731,19 +731,31 @@ impl Autovectorized for Attend<'_> {
         let scale = 1.0 / (hd as f32).sqrt();
         let l = q.len() / s.dim;
         let mut scores = Vec::with_capacity(pos + l);
+        // Many queries (a prompt, a teacher-forced pass): each kv head's keys transposed once,
+        // then scored sixteen at a time (see `keys_by_sixteen`); one query (decode): key by key.
+        let mut keys = (l >= TRANSPOSE_FROM).then(|| Transposed::new(hd, pos + l));
         for (h, out) in (first..).zip(out.chunks_exact_mut(l * hd)) {
             let at = (h / group) * hd;
+            if let Some(t) = keys.as_mut() {
+                t.fill(k, kv_dim, at);
+            }
             for (i, oh) in out.chunks_exact_mut(hd).enumerate() {
                 let qh = &q[i * s.dim + h * hd..][..hd];
                 let seen = pos + i + 1;
                 // Plain loops: closures in iterator adapters may stay out of line, outside
                 // the path's feature context.
                 scores.clear();
+                match &keys {
+                    Some(t) => keys_by_sixteen(qh, t, seen, scale, &mut scores),
+                    None => {
+                        for j in 0..seen {
+                            scores.push(dot(qh, &k[j * kv_dim + at..][..hd]) * scale);
+                        }
+                    }
+                }
                 let mut max = f32::NEG_INFINITY;
-                for j in 0..seen {
-                    let sc = dot(qh, &k[j * kv_dim + at..][..hd]) * scale;
+                for &sc in scores.iter() {
                     max = max.max(sc);
-                    scores.push(sc);
                 }
                 for sc in scores.iter_mut() {
                     *sc = expf(*sc - max);
@@ -752,17 +764,132 @@ impl Autovectorized for Attend<'_> {
                 for &e in scores.iter() {
                     sum += e;
                 }
-                oh.fill(0.0);
-                for (j, &e) in scores.iter().enumerate() {
-                    let p = e / sum;
-                    let vj = &v[j * kv_dim + at..][..hd];
-                    for (o, &x) in oh.iter_mut().zip(vj) {
-                        *o += p * x;
-                    }
+                match <&mut [f32; 64]>::try_from(&mut *oh) {
+                    Ok(oh) => weigh_values(oh, &scores, sum, v, kv_dim, at),
+                    Err(_) => weigh_values_any(oh, &scores, sum, v, kv_dim, at),
                 }
             }
         }
     }
+}
+
+/// `oh = sum_j (e_j / sum) * v_j`, in position order, each product unfused: a head of `D`
+/// dimensions kept in registers.
+#[inline(always)]
+fn weigh_values<const D: usize>(
+    oh: &mut [f32; D],
+    e: &[f32],
+    sum: f32,
+    v: &[f32],
+    kv_dim: usize,
+    at: usize,
+) {
+    let mut acc = [0f32; D];
+    for (j, &e) in e.iter().enumerate() {
+        let p = e / sum;
+        let vj: [f32; D] = v[j * kv_dim + at..][..D].try_into().expect("a head");
+        for d in 0..D {
+            acc[d] += p * vj[d];
+        }
+    }
+    *oh = acc;
+}
+
+/// [`weigh_values`] for a head of any size.
+#[inline(always)]
+fn weigh_values_any(oh: &mut [f32], e: &[f32], sum: f32, v: &[f32], kv_dim: usize, at: usize) {
+    oh.fill(0.0);
+    for (j, &e) in e.iter().enumerate() {
+        let p = e / sum;
+        let vj = &v[j * kv_dim + at..][..oh.len()];
+        for (o, &x) in oh.iter_mut().zip(vj) {
+            *o += p * x;
+        }
+    }
+}
+
+/// Queries from which a pass transposes each kv head's keys for its scores.
+const TRANSPOSE_FROM: usize = 8;
+
+/// One kv head's keys transposed: `dim` rows of `width` positions (a multiple of sixteen, the
+/// positions past the cache zero).
+struct Transposed {
+    dim: usize,
+    width: usize,
+    at: Option<usize>,
+    values: Vec<f32>,
+}
+
+impl Transposed {
+    fn new(dim: usize, positions: usize) -> Self {
+        let width = positions.next_multiple_of(16);
+        Self {
+            dim,
+            width,
+            at: None,
+            values: vec![0.0; dim * width],
+        }
+    }
+
+    /// Sixteen positions from `j0` of dimension `d`.
+    #[inline(always)]
+    fn row(&self, d: usize, j0: usize) -> &[f32; 16] {
+        self.values[d * self.width + j0..][..16]
+            .try_into()
+            .expect("sixteen")
+    }
+
+    /// Holds the keys at offset `at` of each cache row (`k`, rows of `kv_dim`).
+    #[inline(always)]
+    fn fill(&mut self, k: &[f32], kv_dim: usize, at: usize) {
+        if self.at == Some(at) {
+            return;
+        }
+        self.at = Some(at);
+        for (j, row) in k.chunks_exact(kv_dim).enumerate() {
+            for (d, &x) in row[at..at + self.dim].iter().enumerate() {
+                self.values[d * self.width + j] = x;
+            }
+        }
+    }
+}
+
+/// The scores of query `qh` against the first `seen` keys of `t`, each [`dot`]`(qh, key) *
+/// scale` bit for bit: sixteen keys a step, one lane each, every lane the same eight partial
+/// sums over the same dimensions in the same order and the same tree, so no horizontal sum.
+#[inline(always)]
+fn keys_by_sixteen(qh: &[f32], t: &Transposed, seen: usize, scale: f32, scores: &mut Vec<f32>) {
+    let (dim, chunks) = (t.dim, t.dim / 8 * 8);
+    for j0 in (0..seen).step_by(16) {
+        let mut acc = [[0f32; 16]; 8];
+        for c in (0..chunks).step_by(8) {
+            for (l, acc) in acc.iter_mut().enumerate() {
+                add_scaled(acc, qh[c + l], t.row(c + l, j0));
+            }
+        }
+        for (l, acc) in acc.iter_mut().enumerate().take(dim - chunks) {
+            add_scaled(acc, qh[chunks + l], t.row(chunks + l, j0));
+        }
+        let [a0, a1, a2, a3, a4, a5, a6, a7] = acc;
+        let mut sums = [0f32; 16];
+        for (lane, sum) in sums.iter_mut().enumerate() {
+            *sum = (((a0[lane] + a1[lane]) + (a2[lane] + a3[lane]))
+                + ((a4[lane] + a5[lane]) + (a6[lane] + a7[lane])))
+                * scale;
+        }
+        scores.extend_from_slice(&sums[..16.min(seen - j0)]);
+    }
+}
+
+/// `acc[lane] += q * x[lane]`, unfused.
+#[inline(always)]
+fn add_scaled(acc: &mut [f32; 16], q: f32, x: &[f32; 16]) {
+    let x = *x;
+    let mut a = *acc;
+    for lane in 0..16 {
+        a[lane] += q * x[lane];
+    }
+    *acc = a;
 }
 
 /// cos and sin of every position up to [`MAX_SEQ_LEN`] and every frequency
@@ -799,5 +926,45 @@ mod tests {
         let want = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
             + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
         assert_eq!(dot(&a, &b).to_bits(), want.to_bits());
+    }
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        (0..n).map(|_| (rng.f32() - 0.5) * 7.0).collect()
+    }
+
+    /// The many-query forms of attention (keys scored sixteen at a time from their transpose,
+    /// values weighed in registers) give the one-query forms' bits, for heads whose size is
+    /// and is not a multiple of eight and key counts that are not a multiple of sixteen.
+    #[test]
+    fn the_many_query_attention_forms_keep_the_one_query_bits() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for (hd, positions) in [(64, 37), (12, 16), (5, 3), (64, 1), (24, 50)] {
+            let kv_dim = 3 * hd;
+            let (k, v) = (random(positions * kv_dim, 1), random(positions * kv_dim, 2));
+            let qh = random(hd, 3);
+            let scale = 1.0 / (hd as f32).sqrt();
+            for at in [0, hd, 2 * hd] {
+                let mut t = Transposed::new(hd, positions);
+                t.fill(&k, kv_dim, at);
+                for seen in [1, positions / 2 + 1, positions] {
+                    let mut fast = Vec::new();
+                    keys_by_sixteen(&qh, &t, seen, scale, &mut fast);
+                    let slow: Vec<f32> = (0..seen)
+                        .map(|j| dot(&qh, &k[j * kv_dim + at..][..hd]) * scale)
+                        .collect();
+                    assert_eq!(bits(&fast), bits(&slow), "hd {hd}, seen {seen}, at {at}");
+                    let e: Vec<f32> = slow.iter().map(|x| expf(*x)).collect();
+                    let sum = e.iter().sum::<f32>();
+                    let mut any = vec![1.0; hd];
+                    weigh_values_any(&mut any, &e, sum, &v, kv_dim, at);
+                    if hd == 64 {
+                        let mut fixed = [1.0; 64];
+                        weigh_values(&mut fixed, &e, sum, &v, kv_dim, at);
+                        assert_eq!(bits(&fixed), bits(&any), "seen {seen}, at {at}");
+                    }
+                }
+            }
+        }
     }
 }
