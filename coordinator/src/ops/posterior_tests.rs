@@ -88,6 +88,21 @@ fn gold_record(conn: &mut TestStore, worker: &str, right: u32, at: i64) {
     .expect("gold record");
 }
 
+/// Model content `model`'s confusion counts for `task_type` as the store keeps them:
+/// `(answered, truth, answers)`.
+fn confusions(conn: &TestStore, task_type: &TaskType, model: &str) -> Vec<(String, String, u64)> {
+    conn.tx()
+        .calibrations(task_type)
+        .expect("calibrations")
+        .get(model)
+        .map(|c| {
+            c.confusions()
+                .map(|(a, t, n)| (a.to_owned(), t.to_owned(), n))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn weights(conn: &TestStore, task: &TaskId) -> Vec<Option<f64>> {
     conn.tx()
         .submissions_of(task)
@@ -372,13 +387,9 @@ fn a_wrong_gold_answer_catches_a_trusted_worker(mut conn: TestStore) {
         from_model(&g, "t", "negative", 0.97, &good),
     );
     r.expect("a gold answer");
-    let rows = conn
-        .tx()
-        .calibrations(&TaskType::sentiment())
-        .expect("calibrations");
     assert_eq!(
-        rows[&good].confusions().collect::<Vec<_>>(),
-        [("negative", "positive", 4)],
+        confusions(&conn, &TaskType::sentiment(), &good),
+        [("negative".into(), "positive".into(), 4)],
         "the wrong gold answer joins the calibration's three in the model's confusion row"
     );
     let task = load_task(&*conn.tx(), &lone).expect("task");
@@ -412,13 +423,9 @@ fn a_models_confusion_row_sends_its_wrong_answers_where_its_errors_go(mut conn: 
     calibrate_zero_shot(&mut conn, &m, "c", &[("c", 30), ("b", 20)]);
     calibrate_zero_shot(&mut conn, &p, "a", &[("a", 30), ("b", 10), ("c", 10)]);
     calibrate_zero_shot(&mut conn, &q, "b", &[("b", 30), ("a", 10), ("c", 10)]);
-    let rows = conn
-        .tx()
-        .calibrations(&TaskType::zero_shot())
-        .expect("calibrations");
     assert_eq!(
-        rows[&m].confusions().collect::<Vec<_>>(),
-        [("c", "b", 20)],
+        confusions(&conn, &TaskType::zero_shot(), &m),
+        [("c".into(), "b".into(), 20)],
         "the store keeps the confusion row"
     );
     let t = add(
