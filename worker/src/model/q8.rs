@@ -4,10 +4,12 @@
 //! f16. Q8_0 and Q8_1 share the scale and values, so one quantization of an input serves every
 //! product that reads it, whatever its weights' type.
 //!
-//! The rounding is done without `f32::round` (a library call on x86-64's baseline) by an exact
-//! rule: truncate, then step away from zero when the dropped fraction is at least one half. The
-//! fraction `v - trunc(v)` is exact in f32, so the rule equals `f32::round` for every input
-//! (`tests` check it, halves and the largest float below one half included).
+//! The rounding is done without `f32::round` (which does not vectorize) by an exact rule:
+//! truncate (one instruction on the vector paths), then step away from zero when the dropped
+//! fraction is at least one half. The fraction `v - trunc(v)` is exact in f32, so the rule
+//! equals `f32::round` for every input (`tests` check it, halves and the largest float below one
+//! half included). The AVX-512 path runs the same rule on intrinsics, sixteen lanes at a time
+//! (`avx512`), and every path's bits are checked against the plain one.
 
 use super::kernel::{Autovectorized, Kernel};
 use half::f16;
