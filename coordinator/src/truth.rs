@@ -17,9 +17,9 @@
 //!   answered with this label wrongly, how many were each other label, smoothed towards an even
 //!   spread ([`CONFUSION_PRIOR`] pseudo-answers a label), so a model that says `neutral` when
 //!   the truth is `positive` supports `positive` when it says `neutral`. With two labels the row
-//!   is moot; without gold it is the even spread `(1 - p) / (classes - 1)`. Answers are taken as independent;
-//!   models that err together are counted as if they did not, which the calibration on gold
-//!   cannot see.
+//!   is moot; without gold it is the even spread `(1 - p) / (classes - 1)`. Answers are taken
+//!   as independent; models that err together are counted as if they did not, which the
+//!   calibration on gold cannot see.
 //! - **Trust** ([`trusted`]): a sequential probability ratio test on a worker's gold answers
 //!   since it was last caught wrong: accuracy as good as its model's against no better than a
 //!   guess. Only a trusted worker's lone answer may decide a task, and even then a spot check

@@ -220,7 +220,8 @@ pub(crate) fn check(
     };
     // A quarantined worker is known to answer worse than its model: what it answers now does
     // not teach the model content's calibration (its own record still counts).
-    if labelled && tx.quarantine(sub.worker_id())?.is_none() {
+    let quarantined = quarantine(tx, sub.worker_id())?;
+    if labelled && quarantined.is_none() {
         tx.record_calibration(model, &task.task_type, &given, &known, sub.confidence())?;
     }
     let answer = GoldAnswer {
@@ -244,12 +245,18 @@ pub(crate) fn check(
     if caught {
         super::posterior::caught(tx, ctx, sub.worker_id())?;
     }
-    judge_worker(tx, ctx, sub.worker_id())
+    judge_worker(tx, ctx, sub.worker_id(), quarantined)
 }
 
-/// Quarantines `worker` when its accuracy over its last [`WINDOW`] gold answers is below the
-/// bar (once it has enough of them), and lets it out once it is back above.
-fn judge_worker(tx: &dyn Tx, ctx: &Ctx, worker: &WorkerId) -> Result<(), CoreError> {
+/// Quarantines `worker` (quarantined for reason `was` until now) when its accuracy over its
+/// last [`WINDOW`] gold answers is below the bar (once it has enough of them), and lets it out
+/// once it is back above.
+fn judge_worker(
+    tx: &dyn Tx,
+    ctx: &Ctx,
+    worker: &WorkerId,
+    was: Option<String>,
+) -> Result<(), CoreError> {
     let (answered, right) = tx.recent_gold(worker, WINDOW)?;
     let s = &ctx.settings;
     let accuracy = f64::from(right) / f64::from(answered.max(1));
@@ -260,7 +267,6 @@ fn judge_worker(tx: &dyn Tx, ctx: &Ctx, worker: &WorkerId) -> Result<(), CoreErr
             s.gold_min_accuracy
         )
     });
-    let was = quarantine(tx, worker)?;
     if was.is_some() != why.is_some() {
         match &why {
             Some(reason) => tracing::warn!(worker_id = %worker, reason, "worker quarantined"),

@@ -2,10 +2,10 @@
 //! content's calibration on gold (and its worker's own record when worse), its wrong mass
 //! spread by the model content's confusion row, copies of one model content counted as one,
 //! the labels' posterior pooled, the task decided once the best label's reaches its threshold,
-//! or one more replica leased, up to `max_answers`. A lone answer decides only when its worker has earned trust and
-//! no spot check falls on it. A trusted worker whose wrong answer (by gold, or against the
-//! decision of a replicated task) costs it that trust is caught: its record starts over and
-//! the tasks its lone answers decided open again for one more answer.
+//! or one more replica leased, up to `max_answers`. A lone answer decides only when its worker
+//! has earned trust and no spot check falls on it. A trusted worker whose wrong answer (by
+//! gold, or against the decision of a replicated task) costs it that trust is caught: its
+//! record starts over and the tasks its lone answers decided open again for one more answer.
 
 use super::decide::{counted, finished, undecided, Final};
 use super::Ctx;
