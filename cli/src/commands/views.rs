@@ -97,33 +97,24 @@ pub(crate) async fn by_model(ctx: &Ctx) -> anyhow::Result<()> {
             m.calibration
                 .as_ref()
                 .map_or_else(|| "-".to_owned(), |c| format!("{:.3}", c.brier)),
-            m.calibration.as_ref().map_or_else(
-                || "-".to_owned(),
-                |c| {
-                    c.bins
-                        .iter()
-                        .map(|b| format!("{:.2}→{:.2} ({})", b.confidence, b.accuracy, b.answered))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                },
-            ),
-            m.calibration
-                .as_ref()
-                .filter(|c| !c.confusion.is_empty())
-                .map_or_else(
-                    || "-".to_owned(),
-                    |c| {
-                        c.confusion
-                            .iter()
-                            .map(|x| format!("{}→{} ({})", x.answered, x.truth, x.answers))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    },
-                ),
+            listed(m.calibration.as_ref().map(|c| &c.bins), |b| {
+                format!("{:.2}→{:.2} ({})", b.confidence, b.accuracy, b.answered)
+            }),
+            listed(m.calibration.as_ref().map(|c| &c.confusion), |x| {
+                format!("{}→{} ({})", x.answered, x.truth, x.answers)
+            }),
         ]);
     }
     println!("{t}");
     Ok(())
+}
+
+/// `items` shown one by one and joined with commas; `-` when there are none.
+fn listed<T>(items: Option<&Vec<T>>, show: impl Fn(&T) -> String) -> String {
+    match items {
+        Some(items) if !items.is_empty() => items.iter().map(show).collect::<Vec<_>>().join(", "),
+        _ => "-".to_owned(),
+    }
 }
 
 fn percent(rate: Option<f64>) -> String {
