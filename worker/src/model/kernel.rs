@@ -14,8 +14,8 @@ use rayon::prelude::*;
 use std::fmt;
 use std::str::FromStr;
 
-/// The environment variable that forces a kernel path (`portable`, `avx2`, `avx512`); unset or
-/// `auto`, the fastest the CPU runs.
+/// The environment variable that forces a kernel path (`portable`, `avx2`, `avx512`, `amx`);
+/// unset or `auto`, the fastest the CPU runs.
 pub const KERNEL_ENV: &str = "AIMARKET_KERNEL";
 
 /// A kernel path, as named on the command line.
@@ -27,11 +27,13 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 (F, BW, DQ, VL: x86-64-v4).
     Avx512,
+    /// AVX-512 with Intel AMX-INT8 tiles for the Q4_1 products' integer sums.
+    Amx,
 }
 
 impl Isa {
     /// Every path, in the order `auto` prefers them (last first).
-    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512];
+    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Amx];
 }
 
 impl fmt::Display for Isa {
@@ -40,6 +42,7 @@ impl fmt::Display for Isa {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Amx => "amx",
         })
     }
 }
@@ -59,7 +62,7 @@ impl FromStr for Isa {
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     /// The name is not a path.
-    #[error("unknown kernel {0:?}: one of auto, portable, avx2, avx512")]
+    #[error("unknown kernel {0:?}: one of auto, portable, avx2, avx512, amx")]
     Unknown(String),
     /// This CPU (or this build's target) lacks the instructions.
     #[error("this CPU cannot run the {0} kernel; it runs: {avail}", avail = Kernel::available().iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
@@ -77,6 +80,9 @@ pub enum Kernel {
     /// AVX-512 (F/BW/DQ/VL), through `pulp`'s checked dispatch.
     #[cfg(target_arch = "x86_64")]
     Avx512(pulp::x86::V4),
+    /// AVX-512 and AMX-INT8 (the tiles granted to this process by the operating system).
+    #[cfg(target_arch = "x86_64")]
+    Amx(pulp::x86::V4, super::amx::Amx),
 }
 
 impl Kernel {
@@ -95,8 +101,13 @@ impl Kernel {
             Isa::Avx512 => pulp::x86::V4::try_new()
                 .map(Kernel::Avx512)
                 .ok_or(KernelError::Unavailable(isa)),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx => pulp::x86::V4::try_new()
+                .zip(super::amx::Amx::try_new())
+                .map(|(simd, amx)| Kernel::Amx(simd, amx))
+                .ok_or(KernelError::Unavailable(isa)),
             #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2 | Isa::Avx512 => Err(KernelError::Unavailable(isa)),
+            Isa::Avx2 | Isa::Avx512 | Isa::Amx => Err(KernelError::Unavailable(isa)),
         }
     }
 
@@ -136,6 +147,8 @@ impl Kernel {
             Kernel::Avx2(_) => Isa::Avx2,
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512(_) => Isa::Avx512,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Amx(..) => Isa::Amx,
         }
     }
 }
@@ -195,7 +208,7 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2(simd) => simd.vectorize(InSimd(op)),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512(simd) => simd.vectorize(InSimd(op)),
+            Kernel::Avx512(simd) | Kernel::Amx(simd, _) => simd.vectorize(InSimd(op)),
         }
     }
 }
@@ -219,12 +232,16 @@ macro_rules! by_fours {
     }};
 }
 
-/// Calls `tile::<R>(r0)` over `m` activation rows in tiles of eight, then the remainder.
+/// Calls `tile::<R>(r0)` over `m` activation rows (from row `from`, else 0) in tiles of
+/// eight, then the remainder.
 #[cfg(target_arch = "x86_64")]
 macro_rules! by_eights {
-    ($m:expr, $tile:ident, $($arg:expr),*) => {{
+    ($m:expr, $tile:ident, $($arg:expr),*) => {
+        $crate::model::kernel::by_eights!(from 0, $m, $tile, $($arg),*)
+    };
+    (from $from:expr, $m:expr, $tile:ident, $($arg:expr),*) => {{
         let m = $m;
-        let mut r = 0;
+        let mut r = $from;
         while r + 8 <= m {
             $tile::<8>($($arg,)* r);
             r += 8;

@@ -1,6 +1,8 @@
 //! Models behind one trait. A model says which task types it can do and answers a batch of
 //! inputs at once; the runtime calls it on a blocking thread, never on the async runtime.
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 pub mod chat;
 pub mod distilbert;
 mod expf;
@@ -18,6 +20,8 @@ pub mod q8;
 pub mod q8_0;
 pub mod seq2seq;
 pub mod t5;
+#[cfg(target_arch = "x86_64")]
+mod tile_product;
 pub mod transformer;
 
 pub use interface::*;

@@ -26,8 +26,11 @@
 
 use super::kernel::{Kernel, Threads};
 use super::q8::{Q8Rows, BLOCK};
+#[cfg(target_arch = "x86_64")]
+use super::tile_product::AmxCall;
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
+use rayon::prelude::*;
 
 /// Bytes of one Q4_1 block in the file: `d` and `m` (f16), then 16 bytes of nibbles.
 const Q4_1_BYTES: usize = 20;
@@ -172,15 +175,24 @@ impl Q41Matrix {
                     x,
                     out,
                 }),
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Amx(simd, amx) => simd.vectorize(AmxCall::<Q41> {
+                    simd,
+                    amx,
+                    tiles,
+                    x,
+                    out,
+                }),
             }
         })
     }
 }
 
 /// Runs `group(g, out)` for every group of `rows` of the `n` outputs against `m` activation
-/// rows (`out[r * rows + lane]`), split over `threads`, and lays the results out as `m` rows of
-/// `n`.
-pub(crate) fn product(
+/// rows (`out[r * rows + lane]`), split over `threads` in equal runs of groups, and lays the
+/// results out as `m` rows of `n`: each thread copies its groups' outputs, through a scratch
+/// buffer that stays in cache, straight into its columns of every row.
+pub fn product(
     n: usize,
     rows: usize,
     m: usize,
@@ -188,27 +200,49 @@ pub(crate) fn product(
     group: impl Fn(usize, &mut [f32]) + Sync,
 ) -> Vec<f32> {
     let groups = n.div_ceil(rows);
-    let unit = m * rows;
-    let mut by_group = vec![0f32; groups * unit];
-    threads.split(&mut by_group, unit, groups, |first, part| {
-        for (i, out) in part.chunks_exact_mut(unit).enumerate() {
-            group(first + i, out);
-        }
-    });
     if m == 1 {
-        by_group.truncate(n);
-        return by_group;
+        // One row: the groups' outputs are the row itself.
+        let mut out = vec![0f32; groups * rows];
+        threads.split(&mut out, rows, groups, |first, part| {
+            for (i, out) in part.chunks_exact_mut(rows).enumerate() {
+                group(first + i, out);
+            }
+        });
+        out.truncate(n);
+        return out;
     }
-    // Laid out as rows of `n`, the rows split over the threads too.
+    let per = groups.div_ceil(threads.count().clamp(1, groups));
     let mut out = vec![0f32; m * n];
-    threads.split(&mut out, n, m, |first, part| {
-        for (i, row) in part.chunks_exact_mut(n).enumerate() {
-            let r = first + i;
-            for (g, dst) in row.chunks_mut(rows).enumerate() {
-                dst.copy_from_slice(&by_group[(g * m + r) * rows..][..dst.len()]);
+    // Each run of groups' columns, in every row.
+    let mut runs: Vec<Vec<&mut [f32]>> = (0..groups.div_ceil(per))
+        .map(|_| Vec::with_capacity(m))
+        .collect();
+    for row in out.chunks_exact_mut(n) {
+        let mut rest = row;
+        for run in &mut runs {
+            let (mine, after) = rest.split_at_mut((per * rows).min(rest.len()));
+            run.push(mine);
+            rest = after;
+        }
+    }
+    let fill = |i: usize, mut columns: Vec<&mut [f32]>| {
+        let mut scratch = vec![0f32; m * rows];
+        for (j, g) in (i * per..((i + 1) * per).min(groups)).enumerate() {
+            group(g, &mut scratch);
+            for (dst, src) in columns.iter_mut().zip(scratch.chunks_exact(rows)) {
+                let dst = &mut dst[j * rows..];
+                let width = dst.len().min(rows);
+                dst[..width].copy_from_slice(&src[..width]);
             }
         }
-    });
+    };
+    if runs.len() == 1 {
+        fill(0, runs.pop().expect("one run"));
+    } else {
+        runs.into_par_iter()
+            .enumerate()
+            .for_each(|(i, columns)| fill(i, columns));
+    }
     out
 }
 
@@ -347,7 +381,13 @@ mod avx512 {
     /// vector registers hold their sums and the unpacked weights).
     #[inline(always)]
     pub(super) fn group(simd: V4, tiles: &[Tile], x: &Q8Rows, out: &mut [f32]) {
-        by_eights!(x.rows(), tile, simd, tiles, x, out);
+        rows_from(simd, tiles, x, out, 0);
+    }
+
+    /// [`group`] for the rows from `from` on.
+    #[inline(always)]
+    pub(super) fn rows_from(simd: V4, tiles: &[Tile], x: &Q8Rows, out: &mut [f32], from: usize) {
+        by_eights!(from from, x.rows(), tile, simd, tiles, x, out);
     }
 
     #[inline(always)]
@@ -363,8 +403,7 @@ mod avx512 {
             let hi: [__m512i; 4] = core::array::from_fn(|j| {
                 f._mm512_and_si512(bw._mm512_srli_epi16::<4>(chunks[j]), low)
             });
-            let dw = f16x16(simd, t.d);
-            let mw = f16x16(simd, t.m);
+            let (dw, mw) = scales(simd, t);
             for (r, acc) in acc.iter_mut().enumerate() {
                 let row = r0 + r;
                 let xs: [i32; 8] = cast(*x.values(row, b));
@@ -374,18 +413,93 @@ mod avx512 {
                     let c = bw._mm512_maddubs_epi16(hi[j], f._mm512_set1_epi32(xs[4 + j]));
                     s16 = bw._mm512_add_epi16(s16, bw._mm512_add_epi16(a, c));
                 }
-                let sumi = f._mm512_cvtepi32_ps(bw._mm512_madd_epi16(s16, ones));
-                let term =
-                    f._mm512_mul_ps(f._mm512_mul_ps(sumi, dw), f._mm512_set1_ps(x.scale(row, b)));
-                let term =
-                    f._mm512_add_ps(term, f._mm512_mul_ps(mw, f._mm512_set1_ps(x.sum(row, b))));
-                *acc = f._mm512_add_ps(*acc, term);
+                let sumi = bw._mm512_madd_epi16(s16, ones);
+                chain(simd, acc, sumi, (dw, mw), x, row, b);
             }
         }
+        store(acc, r0, out);
+    }
+
+    /// The weights' scales and minimums of one tile block, as f32.
+    #[inline(always)]
+    pub(super) fn scales(simd: V4, t: &Tile) -> (__m512, __m512) {
+        (f16x16(simd, t.d), f16x16(simd, t.m))
+    }
+
+    /// One block's step of sixteen outputs' chains, for activation row `row`:
+    /// `acc + ((sumi * d_w) * d_x + m_w * s_x)`, each operation rounded on its own.
+    #[inline(always)]
+    pub(super) fn chain(
+        simd: V4,
+        acc: &mut __m512,
+        sumi: __m512i,
+        (dw, mw): (__m512, __m512),
+        x: &Q8Rows,
+        row: usize,
+        b: usize,
+    ) {
+        let f = simd.avx512f;
+        let sumi = f._mm512_cvtepi32_ps(sumi);
+        let term = f._mm512_mul_ps(f._mm512_mul_ps(sumi, dw), f._mm512_set1_ps(x.scale(row, b)));
+        let term = f._mm512_add_ps(term, f._mm512_mul_ps(mw, f._mm512_set1_ps(x.sum(row, b))));
+        *acc = f._mm512_add_ps(*acc, term);
+    }
+
+    /// Writes the sums of activation rows `r0..r0 + R`.
+    #[inline(always)]
+    pub(super) fn store<const R: usize>(acc: [__m512; R], r0: usize, out: &mut [f32]) {
         for (r, acc) in acc.iter().enumerate() {
             let v: [f32; ROWS] = cast(*acc);
             out[(r0 + r) * ROWS..][..ROWS].copy_from_slice(&v);
         }
+    }
+}
+
+/// The AMX path's part for Q4_1: the nibbles unpacked for the tiles (read unsigned) and the
+/// AVX-512 path's chain.
+#[cfg(target_arch = "x86_64")]
+struct Q41;
+
+#[cfg(target_arch = "x86_64")]
+impl crate::model::tile_product::Format for Q41 {
+    type Tile = Tile;
+    type Scales = (core::arch::x86_64::__m512, core::arch::x86_64::__m512);
+    const BYTES: crate::model::amx::WeightBytes = crate::model::amx::WeightBytes::Unsigned;
+
+    /// Chunk `j`'s low nibbles are values `4j..4j + 4` of each row in that order, its high
+    /// nibbles values `16 + 4j..`: the tiles' rows `j` and `4 + j`.
+    #[inline(always)]
+    fn unpack(t: &Tile, w: &mut [u8; 512]) {
+        let (low, high) = w.split_at_mut(256);
+        for (j, chunk) in t.q.iter().enumerate() {
+            for i in 0..4 * ROWS {
+                low[4 * ROWS * j + i] = chunk[i] & 0x0F;
+                high[4 * ROWS * j + i] = chunk[i] >> 4;
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn scales(simd: pulp::x86::V4, t: &Tile) -> Self::Scales {
+        avx512::scales(simd, t)
+    }
+
+    #[inline(always)]
+    fn chain(
+        simd: pulp::x86::V4,
+        acc: &mut core::arch::x86_64::__m512,
+        sumi: core::arch::x86_64::__m512i,
+        s: Self::Scales,
+        x: &Q8Rows,
+        row: usize,
+        b: usize,
+    ) {
+        avx512::chain(simd, acc, sumi, s, x, row, b);
+    }
+
+    #[inline(always)]
+    fn rest(simd: pulp::x86::V4, tiles: &[Tile], x: &Q8Rows, out: &mut [f32], from: usize) {
+        avx512::rows_from(simd, tiles, x, out, from);
     }
 }
 
@@ -443,14 +557,15 @@ mod tests {
         v.iter().map(|f| f.to_bits()).collect()
     }
 
-    /// Every path, 1 to 9 activation rows (tiles of 4 and every remainder), odd output counts
-    /// (partial groups), 1, 2 and 3 threads: candle's `vec_dot_unopt` bits.
+    /// Every path, 1 to 9 activation rows (tiles of 4 and 8 and every remainder), 16, 17, 25
+    /// and 33 (AMX's tiles of sixteen and their remainders), odd output counts (partial
+    /// groups), 1, 2 and 3 threads: candle's `vec_dot_unopt` bits.
     #[test]
     fn the_product_is_candles_vec_dot_unopt_bit_for_bit() {
         let pools: Vec<Threads> = (1..=3).map(|t| Threads::new(t).expect("pool")).collect();
         for (k, n) in [(576, 37), (64, 8), (1536, 19), (64, 3), (320, 17)] {
             let w = random(n * k, 7 + n as u64);
-            for m in 1..=9 {
+            for m in (1..=9).chain([16, 17, 25, 33]) {
                 let x = random(m * k, 11 + m as u64);
                 let want = candles(&w, &x, k);
                 for isa in Kernel::available() {
@@ -518,9 +633,14 @@ mod tests {
             assert_eq!(bits(&got), bits(&want), "{isa}");
         }
 
-        // -128 everywhere, with nibbles 15 everywhere: 32 * 15 * -128 per block, exactly.
+        // -128 everywhere, with nibbles 15 everywhere: 32 * 15 * -128 per block, exactly (17
+        // rows: a tile of sixteen on AMX and one more).
         let blocks = k / BLOCK;
-        let acts = Q8Rows::from_parts(blocks, vec![[-128; BLOCK]; blocks], vec![0.5; blocks]);
+        let acts = Q8Rows::from_parts(
+            blocks,
+            vec![[-128; BLOCK]; 17 * blocks],
+            vec![0.5; 17 * blocks],
+        );
         let full = vec![0xFFu8; 16];
         let mut raw = Vec::new();
         for _ in 0..ROWS * blocks {
@@ -555,7 +675,7 @@ mod tests {
     fn a_row_alone_and_in_a_batch_give_the_same_bits() {
         let (k, n) = (576, 64);
         let w = random(n * k, 1);
-        let x = random(7 * k, 2);
+        let x = random(19 * k, 2);
         let threads = Threads::new(2).expect("two");
         for isa in Kernel::available() {
             let kernel = Kernel::new(isa).expect("path");

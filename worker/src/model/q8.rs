@@ -79,7 +79,7 @@ impl Q8Rows {
     pub fn quantize_on(&mut self, x: &[f32], k: usize, kernel: Kernel) {
         match kernel {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512(simd) => simd.vectorize(Avx512Quantize {
+            Kernel::Avx512(simd) | Kernel::Amx(simd, _) => simd.vectorize(Avx512Quantize {
                 simd,
                 rows: self,
                 x,
@@ -110,6 +110,13 @@ impl Q8Rows {
     #[inline(always)]
     pub fn values(&self, r: usize, b: usize) -> &[i8; BLOCK] {
         &self.values[r * self.blocks + b]
+    }
+
+    /// Block `b` of row `r` and everything after it: row `r + i`'s block `b` is at
+    /// `i * blocks()`.
+    #[inline(always)]
+    pub fn values_from(&self, r: usize, b: usize) -> &[[i8; BLOCK]] {
+        &self.values[r * self.blocks + b..]
     }
 
     /// The scale `d` of block `b` of row `r`.

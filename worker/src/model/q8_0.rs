@@ -13,6 +13,8 @@
 use super::kernel::{Kernel, Threads};
 use super::q4_1::product;
 use super::q8::{Q8Rows, BLOCK};
+#[cfg(target_arch = "x86_64")]
+use super::tile_product::AmxCall;
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 
@@ -143,6 +145,14 @@ impl Q80Matrix {
                     x,
                     out,
                 }),
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Amx(simd, amx) => simd.vectorize(AmxCall::<Q80> {
+                    simd,
+                    amx,
+                    tiles,
+                    x,
+                    out,
+                }),
             }
         })
     }
@@ -245,7 +255,37 @@ mod avx512 {
     /// Every row of `x` against the tile row, sixteen outputs a vector, eight rows a tile.
     #[inline(always)]
     pub(super) fn group(simd: V4, tiles: &[Tile], x: &Q8Rows, out: &mut [f32]) {
-        by_eights!(x.rows(), tile, simd, tiles, x, out);
+        rows_from(simd, tiles, x, out, 0);
+    }
+
+    /// [`group`] for the rows from `from` on.
+    #[inline(always)]
+    pub(super) fn rows_from(simd: V4, tiles: &[Tile], x: &Q8Rows, out: &mut [f32], from: usize) {
+        by_eights!(from from, x.rows(), tile, simd, tiles, x, out);
+    }
+
+    /// The weights' scales of one tile block, as f32.
+    #[inline(always)]
+    pub(super) fn scales(simd: V4, t: &Tile) -> __m512 {
+        simd.avx512f._mm512_cvtph_ps(cast::<_, __m256i>(t.d))
+    }
+
+    /// One block's step of sixteen outputs' chains, for activation row `row`:
+    /// `acc + (sumi * d_w) * d_x`, each operation rounded on its own.
+    #[inline(always)]
+    pub(super) fn chain(
+        simd: V4,
+        acc: &mut __m512,
+        sumi: __m512i,
+        dw: __m512,
+        x: &Q8Rows,
+        row: usize,
+        b: usize,
+    ) {
+        let f = simd.avx512f;
+        let sumi = f._mm512_cvtepi32_ps(sumi);
+        let term = f._mm512_mul_ps(f._mm512_mul_ps(sumi, dw), f._mm512_set1_ps(x.scale(row, b)));
+        *acc = f._mm512_add_ps(*acc, term);
     }
 
     #[inline(always)]
@@ -256,7 +296,7 @@ mod avx512 {
         for (b, t) in tiles.iter().enumerate() {
             let w: [__m512i; 16] =
                 core::array::from_fn(|c| bw._mm512_cvtepi8_epi16(cast::<_, __m256i>(t.q[c])));
-            let dw = f._mm512_cvtph_ps(cast::<_, __m256i>(t.d));
+            let dw = scales(simd, t);
             for (r, acc) in acc.iter_mut().enumerate() {
                 let row = r0 + r;
                 let pairs: [i32; 16] =
@@ -266,16 +306,60 @@ mod avx512 {
                     let y = f._mm512_set1_epi32(pairs[c]);
                     sum = f._mm512_add_epi32(sum, bw._mm512_madd_epi16(*w, y));
                 }
-                let sumi = f._mm512_cvtepi32_ps(sum);
-                let term =
-                    f._mm512_mul_ps(f._mm512_mul_ps(sumi, dw), f._mm512_set1_ps(x.scale(row, b)));
-                *acc = f._mm512_add_ps(*acc, term);
+                chain(simd, acc, sum, dw, x, row, b);
             }
         }
         for (r, acc) in acc.iter().enumerate() {
             let v: [f32; ROWS] = cast(*acc);
             out[(r0 + r) * ROWS..][..ROWS].copy_from_slice(&v);
         }
+    }
+}
+
+/// The AMX path's part for Q8_0: the values laid out for the tiles (read signed) and the
+/// AVX-512 path's chain.
+#[cfg(target_arch = "x86_64")]
+struct Q80;
+
+#[cfg(target_arch = "x86_64")]
+impl crate::model::tile_product::Format for Q80 {
+    type Tile = Tile;
+    type Scales = core::arch::x86_64::__m512;
+    const BYTES: crate::model::amx::WeightBytes = crate::model::amx::WeightBytes::Signed;
+
+    /// Value `v` of row `n` is byte `2n + v % 2` of chunk `v / 2`.
+    #[inline(always)]
+    fn unpack(t: &Tile, w: &mut [u8; 512]) {
+        for (kk, row) in w.chunks_exact_mut(4 * ROWS).enumerate() {
+            for (n, values) in row.chunks_exact_mut(4).enumerate() {
+                for (i, v) in values.iter_mut().enumerate() {
+                    *v = t.q[2 * kk + i / 2][2 * n + i % 2] as u8;
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn scales(simd: pulp::x86::V4, t: &Tile) -> Self::Scales {
+        avx512::scales(simd, t)
+    }
+
+    #[inline(always)]
+    fn chain(
+        simd: pulp::x86::V4,
+        acc: &mut core::arch::x86_64::__m512,
+        sumi: core::arch::x86_64::__m512i,
+        dw: Self::Scales,
+        x: &Q8Rows,
+        row: usize,
+        b: usize,
+    ) {
+        avx512::chain(simd, acc, sumi, dw, x, row, b);
+    }
+
+    #[inline(always)]
+    fn rest(simd: pulp::x86::V4, tiles: &[Tile], x: &Q8Rows, out: &mut [f32], from: usize) {
+        avx512::rows_from(simd, tiles, x, out, from);
     }
 }
 
@@ -325,7 +409,7 @@ mod tests {
                 );
             }
             let blocks = k / BLOCK;
-            for m in 1..=9 {
+            for m in (1..=9).chain([16, 17, 33]) {
                 let x = random(m * k, 17 + m as u64);
                 let mut xq = vec![BlockQ8_0::zeros(); m * blocks];
                 BlockQ8_0::from_float(&x, &mut xq);
@@ -370,12 +454,15 @@ mod tests {
         )
         .expect("raw Q8_0");
         let matrix = Q80Matrix::stacked(&[&q]).expect("repack");
-        let acts = Q8Rows::from_parts(2, vec![[-128; BLOCK], [-128; BLOCK]], vec![0.25, 0.25]);
+        // Seventeen activation rows (AMX's tile of sixteen and one more) of -128.
+        let acts = Q8Rows::from_parts(2, vec![[-128; BLOCK]; 2 * 17], vec![0.25; 2 * 17]);
         let threads = Threads::new(1).expect("one");
         for isa in Kernel::available() {
             let got = matrix.matmul(&acts, Kernel::new(isa).expect("path"), &threads);
-            for (r, v) in got.iter().enumerate() {
-                let w = if r % 2 == 0 { -128i32 } else { 127 };
+            assert_eq!(got.len(), 17 * ROWS);
+            for (i, v) in got.iter().enumerate() {
+                let r = i % ROWS;
+                let w = if r.is_multiple_of(2) { -128i32 } else { 127 };
                 let sumi = (32 * w * -128) as f32;
                 let want = (0f32 + sumi * 0.5 * 0.25) + sumi * 0.5 * 0.25;
                 assert_eq!(v.to_bits(), want.to_bits(), "{isa} row {r}");
