@@ -753,10 +753,7 @@ impl Autovectorized for Attend<'_> {
                         }
                     }
                 }
-                let mut max = f32::NEG_INFINITY;
-                for &sc in scores.iter() {
-                    max = max.max(sc);
-                }
+                let max = max_of(&scores);
                 for sc in scores.iter_mut() {
                     *sc = expf(*sc - max);
                 }
@@ -764,29 +761,44 @@ impl Autovectorized for Attend<'_> {
                 for &e in scores.iter() {
                     sum += e;
                 }
+                // The weights `e / sum`, each division rounded on its own (a vector divides
+                // sixteen at once, each lane exactly as the scalar division).
+                for e in scores.iter_mut() {
+                    *e /= sum;
+                }
                 match <&mut [f32; 64]>::try_from(&mut *oh) {
-                    Ok(oh) => weigh_values(oh, &scores, sum, v, kv_dim, at),
-                    Err(_) => weigh_values_any(oh, &scores, sum, v, kv_dim, at),
+                    Ok(oh) => weigh_values(oh, &scores, v, kv_dim, at),
+                    Err(_) => weigh_values_any(oh, &scores, v, kv_dim, at),
                 }
             }
         }
     }
 }
 
-/// `oh = sum_j (e_j / sum) * v_j`, in position order, each product unfused: a head of `D`
-/// dimensions kept in registers.
+/// The largest of `x` (`f32::max`: NaNs ignored), sixteen lanes at a time. The maximum of
+/// a set is the same whatever the order it is taken in (its only ambiguity, `-0` against `+0`,
+/// changes no `x - max` that follows).
 #[inline(always)]
-fn weigh_values<const D: usize>(
-    oh: &mut [f32; D],
-    e: &[f32],
-    sum: f32,
-    v: &[f32],
-    kv_dim: usize,
-    at: usize,
-) {
+fn max_of(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let (whole, rest) = x.split_at(x.len() / 16 * 16);
+    for chunk in whole.chunks_exact(16) {
+        for (m, &v) in lanes.iter_mut().zip(chunk) {
+            *m = m.max(v);
+        }
+    }
+    for (m, &v) in lanes.iter_mut().zip(rest) {
+        *m = m.max(v);
+    }
+    lanes.into_iter().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// `oh = sum_j p_j * v_j` (`p` the softmax weights), in position order, each product
+/// unfused: a head of `D` dimensions kept in registers.
+#[inline(always)]
+fn weigh_values<const D: usize>(oh: &mut [f32; D], p: &[f32], v: &[f32], kv_dim: usize, at: usize) {
     let mut acc = [0f32; D];
-    for (j, &e) in e.iter().enumerate() {
-        let p = e / sum;
+    for (j, &p) in p.iter().enumerate() {
         let vj: [f32; D] = v[j * kv_dim + at..][..D].try_into().expect("a head");
         for d in 0..D {
             acc[d] += p * vj[d];
@@ -797,10 +809,9 @@ fn weigh_values<const D: usize>(
 
 /// [`weigh_values`] for a head of any size.
 #[inline(always)]
-fn weigh_values_any(oh: &mut [f32], e: &[f32], sum: f32, v: &[f32], kv_dim: usize, at: usize) {
+fn weigh_values_any(oh: &mut [f32], p: &[f32], v: &[f32], kv_dim: usize, at: usize) {
     oh.fill(0.0);
-    for (j, &e) in e.iter().enumerate() {
-        let p = e / sum;
+    for (j, &p) in p.iter().enumerate() {
         let vj = &v[j * kv_dim + at..][..oh.len()];
         for (o, &x) in oh.iter_mut().zip(vj) {
             *o += p * x;
@@ -855,30 +866,62 @@ impl Transposed {
 }
 
 /// The scores of query `qh` against the first `seen` keys of `t`, each [`dot`]`(qh, key) *
-/// scale` bit for bit: sixteen keys a step, one lane each, every lane the same eight partial
+/// scale` bit for bit: sixteen keys a vector, one lane each, every lane the same eight partial
 /// sums over the same dimensions in the same order and the same tree, so no horizontal sum.
+/// Two such vectors a step while there are more than sixteen keys left, so that each of the
+/// query's values is broadcast once for both.
 #[inline(always)]
 fn keys_by_sixteen(qh: &[f32], t: &Transposed, seen: usize, scale: f32, scores: &mut Vec<f32>) {
+    let start = scores.len();
+    scores.resize(start + seen, 0.0);
+    let scores = &mut scores[start..];
+    let mut j0 = 0;
+    // `t.width` is `seen` or more rounded up to sixteen: a second vector from `j0 + 16 < seen`
+    // is inside it (its positions past `seen` are zero and not written out).
+    while j0 + 16 < seen {
+        let sums: [[f32; 16]; 2] = score_vectors(qh, t, j0, scale);
+        let n = (seen - j0).min(32);
+        scores[j0..j0 + n].copy_from_slice(&sums.as_flattened()[..n]);
+        j0 += 32;
+    }
+    if j0 < seen {
+        let [sums]: [[f32; 16]; 1] = score_vectors(qh, t, j0, scale);
+        scores[j0..seen].copy_from_slice(&sums[..seen - j0]);
+    }
+}
+
+/// The scores of keys `j0..j0 + 16 * G` of `t` (see [`keys_by_sixteen`]).
+#[inline(always)]
+fn score_vectors<const G: usize>(
+    qh: &[f32],
+    t: &Transposed,
+    j0: usize,
+    scale: f32,
+) -> [[f32; 16]; G] {
     let (dim, chunks) = (t.dim, t.dim / 8 * 8);
-    for j0 in (0..seen).step_by(16) {
-        let mut acc = [[0f32; 16]; 8];
-        for c in (0..chunks).step_by(8) {
-            for (l, acc) in acc.iter_mut().enumerate() {
-                add_scaled(acc, qh[c + l], t.row(c + l, j0));
+    let mut acc = [[[0f32; 16]; 8]; G];
+    for c in (0..chunks).step_by(8) {
+        for l in 0..8 {
+            for (g, acc) in acc.iter_mut().enumerate() {
+                add_scaled(&mut acc[l], qh[c + l], t.row(c + l, j0 + 16 * g));
             }
         }
-        for (l, acc) in acc.iter_mut().enumerate().take(dim - chunks) {
-            add_scaled(acc, qh[chunks + l], t.row(chunks + l, j0));
+    }
+    for l in 0..dim - chunks {
+        for (g, acc) in acc.iter_mut().enumerate() {
+            add_scaled(&mut acc[l], qh[chunks + l], t.row(chunks + l, j0 + 16 * g));
         }
+    }
+    let mut sums = [[0f32; 16]; G];
+    for (sums, acc) in sums.iter_mut().zip(&acc) {
         let [a0, a1, a2, a3, a4, a5, a6, a7] = acc;
-        let mut sums = [0f32; 16];
         for (lane, sum) in sums.iter_mut().enumerate() {
             *sum = (((a0[lane] + a1[lane]) + (a2[lane] + a3[lane]))
                 + ((a4[lane] + a5[lane]) + (a6[lane] + a7[lane])))
                 * scale;
         }
-        scores.extend_from_slice(&sums[..16.min(seen - j0)]);
     }
+    sums
 }
 
 /// `acc[lane] += q * x[lane]`, unfused.
@@ -956,11 +999,12 @@ mod tests {
                     assert_eq!(bits(&fast), bits(&slow), "hd {hd}, seen {seen}, at {at}");
                     let e: Vec<f32> = slow.iter().map(|x| expf(*x)).collect();
                     let sum = e.iter().sum::<f32>();
+                    let p: Vec<f32> = e.iter().map(|e| e / sum).collect();
                     let mut any = vec![1.0; hd];
-                    weigh_values_any(&mut any, &e, sum, &v, kv_dim, at);
+                    weigh_values_any(&mut any, &p, &v, kv_dim, at);
                     if hd == 64 {
                         let mut fixed = [1.0; 64];
-                        weigh_values(&mut fixed, &e, sum, &v, kv_dim, at);
+                        weigh_values(&mut fixed, &p, &v, kv_dim, at);
                         assert_eq!(bits(&fixed), bits(&any), "seen {seen}, at {at}");
                     }
                 }

@@ -231,8 +231,14 @@ pub fn product(
             group(g, &mut scratch);
             for (dst, src) in columns.iter_mut().zip(scratch.chunks_exact(rows)) {
                 let dst = &mut dst[j * rows..];
-                let width = dst.len().min(rows);
-                dst[..width].copy_from_slice(&src[..width]);
+                if dst.len() >= ROWS && rows == ROWS {
+                    // A whole group: a fixed-size copy the compiler keeps inline.
+                    let src: &[f32; ROWS] = src.try_into().expect("a group");
+                    *<&mut [f32; ROWS]>::try_from(&mut dst[..ROWS]).expect("a group") = *src;
+                } else {
+                    let width = dst.len().min(rows);
+                    dst[..width].copy_from_slice(&src[..width]);
+                }
             }
         }
     };
