@@ -317,16 +317,21 @@ mod avx2 {
         let lanes = 8 * half..8 * half + 8;
         let mut acc: [__m256; R] = [simd.avx._mm256_setzero_ps(); R];
         for (b, t) in tiles.iter().enumerate() {
-            let chunks: [__m256i; 4] = core::array::from_fn(|j| {
-                cast(<[u8; 32]>::try_from(&t.q[j][32 * half..32 * half + 32]).expect("32"))
-            });
             // Low nibbles: values 4j..4j + 4 of each row; high nibbles: values 16 + 4j...
-            let lo: [__m256i; 4] =
-                core::array::from_fn(|j| simd.avx2._mm256_and_si256(chunks[j], low));
-            let hi: [__m256i; 4] = core::array::from_fn(|j| {
-                simd.avx2
-                    ._mm256_and_si256(simd.avx2._mm256_srli_epi16::<4>(chunks[j]), low)
-            });
+            // (Plain loops: a closure, as `array::from_fn` takes, may stay out of line, outside
+            // the path's feature context, and its intrinsics become calls.)
+            let (mut lo, mut hi) = (
+                [simd.avx._mm256_setzero_si256(); 4],
+                [simd.avx._mm256_setzero_si256(); 4],
+            );
+            for j in 0..4 {
+                let chunk: __m256i =
+                    cast(<[u8; 32]>::try_from(&t.q[j][32 * half..32 * half + 32]).expect("32"));
+                lo[j] = simd.avx2._mm256_and_si256(chunk, low);
+                hi[j] = simd
+                    .avx2
+                    ._mm256_and_si256(simd.avx2._mm256_srli_epi16::<4>(chunk), low);
+            }
             let dw = f16x8_avx2(simd, t.d[lanes.clone()].try_into().expect("8"));
             let mw = f16x8_avx2(simd, t.m[lanes.clone()].try_into().expect("8"));
             for (r, acc) in acc.iter_mut().enumerate() {
@@ -404,11 +409,13 @@ mod avx512 {
         let ones = f._mm512_set1_epi16(1);
         let mut acc: [__m512; R] = [f._mm512_setzero_ps(); R];
         for (b, t) in tiles.iter().enumerate() {
-            let chunks: [__m512i; 4] = core::array::from_fn(|j| cast(t.q[j]));
-            let lo: [__m512i; 4] = core::array::from_fn(|j| f._mm512_and_si512(chunks[j], low));
-            let hi: [__m512i; 4] = core::array::from_fn(|j| {
-                f._mm512_and_si512(bw._mm512_srli_epi16::<4>(chunks[j]), low)
-            });
+            // Plain loops, as on AVX2.
+            let (mut lo, mut hi) = ([f._mm512_setzero_si512(); 4], [f._mm512_setzero_si512(); 4]);
+            for j in 0..4 {
+                let chunk: __m512i = cast(t.q[j]);
+                lo[j] = f._mm512_and_si512(chunk, low);
+                hi[j] = f._mm512_and_si512(bw._mm512_srli_epi16::<4>(chunk), low);
+            }
             let (dw, mw) = scales(simd, t);
             for (r, acc) in acc.iter_mut().enumerate() {
                 let row = r0 + r;

@@ -183,7 +183,7 @@ mod avx2 {
     use super::{Q8Rows, Tile, ROWS};
     use crate::model::kernel::by_fours;
     use crate::model::q8::f16x8_avx2;
-    use core::arch::x86_64::{__m128i, __m256, __m256i};
+    use core::arch::x86_64::{__m128i, __m256};
     use pulp::bytemuck::cast;
     use pulp::x86::V3;
 
@@ -209,10 +209,12 @@ mod avx2 {
         let lanes = 8 * half..8 * half + 8;
         let mut acc: [__m256; R] = [simd.avx._mm256_setzero_ps(); R];
         for (b, t) in tiles.iter().enumerate() {
-            let w: [__m256i; 16] = core::array::from_fn(|c| {
+            // A plain loop, as in `q4_1`: `array::from_fn`'s closure may stay out of line.
+            let mut w = [simd.avx._mm256_setzero_si256(); 16];
+            for (c, w) in w.iter_mut().enumerate() {
                 let bytes: [i8; 16] = t.q[c][16 * half..16 * half + 16].try_into().expect("16");
-                simd.avx2._mm256_cvtepi8_epi16(cast::<_, __m128i>(bytes))
-            });
+                *w = simd.avx2._mm256_cvtepi8_epi16(cast::<_, __m128i>(bytes));
+            }
             let dw = f16x8_avx2(simd, t.d[lanes.clone()].try_into().expect("8"));
             for (r, acc) in acc.iter_mut().enumerate() {
                 let row = r0 + r;
@@ -294,8 +296,10 @@ mod avx512 {
         let bw = simd.avx512bw;
         let mut acc: [__m512; R] = [f._mm512_setzero_ps(); R];
         for (b, t) in tiles.iter().enumerate() {
-            let w: [__m512i; 16] =
-                core::array::from_fn(|c| bw._mm512_cvtepi8_epi16(cast::<_, __m256i>(t.q[c])));
+            let mut w = [f._mm512_setzero_si512(); 16];
+            for (c, w) in w.iter_mut().enumerate() {
+                *w = bw._mm512_cvtepi8_epi16(cast::<_, __m256i>(t.q[c]));
+            }
             let dw = scales(simd, t);
             for (r, acc) in acc.iter_mut().enumerate() {
                 let row = r0 + r;

@@ -123,8 +123,12 @@ fn sixteen<F: Format>(
         } else {
             0
         };
-        let s: [F::Scales; 4] =
-            core::array::from_fn(|i| F::scales(simd, &tiles[(b + i).min(blocks - 1)]));
+        // A plain loop: `array::from_fn`'s closure may stay out of line, outside the path's
+        // feature context.
+        let mut s = [F::scales(simd, &tiles[b]); 4];
+        for (i, s) in s.iter_mut().enumerate().take(n).skip(1) {
+            *s = F::scales(simd, &tiles[b + i]);
+        }
         for (r, acc) in acc.iter_mut().enumerate() {
             let mut a = *acc;
             for (i, sums) in these[..n].iter().enumerate() {
