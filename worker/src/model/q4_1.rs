@@ -22,7 +22,9 @@
 //! multiply and an add). The outputs of a tile, times up to four (AVX2) or eight (AVX-512)
 //! activation rows, advance together in vector lanes, each lane running the same chain, so the
 //! vector paths give the portable code's bits, and the unpacked weights serve those rows per
-//! load. Decode (one row) runs the same code with a tile of one row.
+//! load. Decode (one row) runs the same code with a tile of one row. On the AMX path
+//! (`tile_product.rs`) the tile unit computes the `sumi_b` of sixteen activation rows at once
+//! and the AVX-512 code's chain follows.
 
 use super::kernel::{Kernel, Threads};
 use super::q8::{Q8Rows, BLOCK};
@@ -192,7 +194,7 @@ impl Q41Matrix {
 /// rows (`out[r * rows + lane]`), split over `threads` in equal runs of groups, and lays the
 /// results out as `m` rows of `n`: each thread copies its groups' outputs, through a scratch
 /// buffer that stays in cache, straight into its columns of every row.
-pub fn product(
+pub(crate) fn product(
     n: usize,
     rows: usize,
     m: usize,
@@ -211,7 +213,7 @@ pub fn product(
         out.truncate(n);
         return out;
     }
-    let per = groups.div_ceil(threads.count().clamp(1, groups));
+    let per = groups.div_ceil(threads.count().min(groups).max(1)).max(1);
     let mut out = vec![0f32; m * n];
     // Each run of groups' columns, in every row.
     let mut runs: Vec<Vec<&mut [f32]>> = (0..groups.div_ceil(per))
@@ -460,7 +462,7 @@ mod avx512 {
 
     /// Writes the sums of activation rows `r0..r0 + R`.
     #[inline(always)]
-    pub(super) fn store<const R: usize>(acc: [__m512; R], r0: usize, out: &mut [f32]) {
+    fn store<const R: usize>(acc: [__m512; R], r0: usize, out: &mut [f32]) {
         for (r, acc) in acc.iter().enumerate() {
             let v: [f32; ROWS] = cast(*acc);
             out[(r0 + r) * ROWS..][..ROWS].copy_from_slice(&v);

@@ -8,7 +8,9 @@
 //! f16 scales kept, the values interleaved two at a time: bytes `2i..2i + 2` of chunk `c` are row
 //! `i`'s values `2c, 2c + 1`. Widened to i16, a chunk `madd`s against one pair of activation
 //! values broadcast to every lane, giving each row's two products summed in i32: exact for every
-//! i8 value, -128 included, and no horizontal reduction.
+//! i8 value, -128 included, and no horizontal reduction. On the AMX path (`tile_product.rs`) the tile
+//! unit computes the integer sums of sixteen activation rows at once (`tdpbssd`, exact) and the
+//! AVX-512 code's chain follows.
 
 use super::kernel::{Kernel, Threads};
 use super::q4_1::product;
