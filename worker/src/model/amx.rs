@@ -130,6 +130,52 @@ pub enum WeightBytes {
     Signed,
 }
 
+/// One block's tile product (`$dot`: `tdpbsud` or `tdpbssd`): tile 4 from `$x` (rows `$xs`
+/// bytes apart), tile 6 from `$w`, their sums through tile 0 into `$s`. Used inside `unsafe`.
+macro_rules! one_block {
+    ($dot:literal, $x:expr, $xs:expr, $w:expr, $s:expr) => {
+        core::arch::asm!(
+            "tilezero tmm0",
+            "tileloadd tmm4, [{x} + {xs} * 1]",
+            "tileloadd tmm6, [{w} + {ws} * 1]",
+            concat!($dot, " tmm0, tmm4, tmm6"),
+            "tilestored [{s} + {ws} * 1], tmm0",
+            x = in(reg) $x, xs = in(reg) $xs, w = in(reg) $w, s = in(reg) $s,
+            ws = in(reg) 64usize, options(nostack)
+        )
+    };
+}
+
+/// Four blocks' tile products, block `i`'s activations at `$x + 32 i`, its weights at
+/// `$w + 512 i`, its sums through tile `i` into `$s + 1024 i`; the activation and weight tiles
+/// alternate (4 and 6, 5 and 7) so that a load overlaps the previous product. Used inside
+/// `unsafe`.
+macro_rules! four_blocks {
+    ($dot:literal, $x:expr, $xs:expr, $w:expr, $s:expr) => {
+        core::arch::asm!(
+            "tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3",
+            "tileloadd tmm4, [{x} + {xs} * 1]",
+            "tileloadd tmm6, [{w} + {ws} * 1]",
+            concat!($dot, " tmm0, tmm4, tmm6"),
+            "tileloadd tmm5, [{x} + {xs} * 1 + 32]",
+            "tileloadd tmm7, [{w} + {ws} * 1 + 512]",
+            concat!($dot, " tmm1, tmm5, tmm7"),
+            "tileloadd tmm4, [{x} + {xs} * 1 + 64]",
+            "tileloadd tmm6, [{w} + {ws} * 1 + 1024]",
+            concat!($dot, " tmm2, tmm4, tmm6"),
+            "tileloadd tmm5, [{x} + {xs} * 1 + 96]",
+            "tileloadd tmm7, [{w} + {ws} * 1 + 1536]",
+            concat!($dot, " tmm3, tmm5, tmm7"),
+            "tilestored [{s} + {ws} * 1], tmm0",
+            "tilestored [{s} + {ws} * 1 + 1024], tmm1",
+            "tilestored [{s} + {ws} * 1 + 2048], tmm2",
+            "tilestored [{s} + {ws} * 1 + 3072], tmm3",
+            x = in(reg) $x, xs = in(reg) $xs, w = in(reg) $w, s = in(reg) $s,
+            ws = in(reg) 64usize, options(nostack)
+        )
+    };
+}
+
 impl Tiles {
     /// `sums[r][n] = sum over k of x[r * stride][k] * w(n, k)`: sixteen activation rows (`x`,
     /// one block each, row `r` at `x[r * stride]`) against sixteen weight rows of one block.
@@ -157,24 +203,8 @@ impl Tiles {
         // into `sums` (its 1,024 bytes). No other memory is touched.
         unsafe {
             match bytes {
-                WeightBytes::Unsigned => core::arch::asm!(
-                    "tilezero tmm0",
-                    "tileloadd tmm4, [{x} + {xs} * 1]",
-                    "tileloadd tmm6, [{w} + {ws} * 1]",
-                    "tdpbsud tmm0, tmm4, tmm6",
-                    "tilestored [{s} + {ws} * 1], tmm0",
-                    x = in(reg) x, xs = in(reg) xs, w = in(reg) w, s = in(reg) s,
-                    ws = in(reg) 64usize, options(nostack)
-                ),
-                WeightBytes::Signed => core::arch::asm!(
-                    "tilezero tmm0",
-                    "tileloadd tmm4, [{x} + {xs} * 1]",
-                    "tileloadd tmm6, [{w} + {ws} * 1]",
-                    "tdpbssd tmm0, tmm4, tmm6",
-                    "tilestored [{s} + {ws} * 1], tmm0",
-                    x = in(reg) x, xs = in(reg) xs, w = in(reg) w, s = in(reg) s,
-                    ws = in(reg) 64usize, options(nostack)
-                ),
+                WeightBytes::Unsigned => one_block!("tdpbsud", x, xs, w, s),
+                WeightBytes::Signed => one_block!("tdpbssd", x, xs, w, s),
             }
         }
     }
@@ -205,48 +235,8 @@ impl Tiles {
         // other memory is touched.
         unsafe {
             match bytes {
-                WeightBytes::Unsigned => core::arch::asm!(
-                    "tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3",
-                    "tileloadd tmm4, [{x} + {xs} * 1]",
-                    "tileloadd tmm6, [{w} + {ws} * 1]",
-                    "tdpbsud tmm0, tmm4, tmm6",
-                    "tileloadd tmm5, [{x} + {xs} * 1 + 32]",
-                    "tileloadd tmm7, [{w} + {ws} * 1 + 512]",
-                    "tdpbsud tmm1, tmm5, tmm7",
-                    "tileloadd tmm4, [{x} + {xs} * 1 + 64]",
-                    "tileloadd tmm6, [{w} + {ws} * 1 + 1024]",
-                    "tdpbsud tmm2, tmm4, tmm6",
-                    "tileloadd tmm5, [{x} + {xs} * 1 + 96]",
-                    "tileloadd tmm7, [{w} + {ws} * 1 + 1536]",
-                    "tdpbsud tmm3, tmm5, tmm7",
-                    "tilestored [{s} + {ws} * 1], tmm0",
-                    "tilestored [{s} + {ws} * 1 + 1024], tmm1",
-                    "tilestored [{s} + {ws} * 1 + 2048], tmm2",
-                    "tilestored [{s} + {ws} * 1 + 3072], tmm3",
-                    x = in(reg) x, xs = in(reg) xs, w = in(reg) w, s = in(reg) s,
-                    ws = in(reg) 64usize, options(nostack)
-                ),
-                WeightBytes::Signed => core::arch::asm!(
-                    "tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3",
-                    "tileloadd tmm4, [{x} + {xs} * 1]",
-                    "tileloadd tmm6, [{w} + {ws} * 1]",
-                    "tdpbssd tmm0, tmm4, tmm6",
-                    "tileloadd tmm5, [{x} + {xs} * 1 + 32]",
-                    "tileloadd tmm7, [{w} + {ws} * 1 + 512]",
-                    "tdpbssd tmm1, tmm5, tmm7",
-                    "tileloadd tmm4, [{x} + {xs} * 1 + 64]",
-                    "tileloadd tmm6, [{w} + {ws} * 1 + 1024]",
-                    "tdpbssd tmm2, tmm4, tmm6",
-                    "tileloadd tmm5, [{x} + {xs} * 1 + 96]",
-                    "tileloadd tmm7, [{w} + {ws} * 1 + 1536]",
-                    "tdpbssd tmm3, tmm5, tmm7",
-                    "tilestored [{s} + {ws} * 1], tmm0",
-                    "tilestored [{s} + {ws} * 1 + 1024], tmm1",
-                    "tilestored [{s} + {ws} * 1 + 2048], tmm2",
-                    "tilestored [{s} + {ws} * 1 + 3072], tmm3",
-                    x = in(reg) x, xs = in(reg) xs, w = in(reg) w, s = in(reg) s,
-                    ws = in(reg) 64usize, options(nostack)
-                ),
+                WeightBytes::Unsigned => four_blocks!("tdpbsud", x, xs, w, s),
+                WeightBytes::Signed => four_blocks!("tdpbssd", x, xs, w, s),
             }
         }
     }

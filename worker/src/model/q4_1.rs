@@ -178,7 +178,7 @@ impl Q41Matrix {
                     out,
                 }),
                 #[cfg(target_arch = "x86_64")]
-                Kernel::Amx(simd, amx) => simd.vectorize(AmxCall::<Q41> {
+                Kernel::Amx(simd, amx) => simd.vectorize(AmxCall::<avx512::Q41> {
                     simd,
                     amx,
                     tiles,
@@ -379,7 +379,9 @@ mod avx2 {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{Q8Rows, Tile, ROWS};
+    use crate::model::amx::WeightBytes;
     use crate::model::kernel::by_eights;
+    use crate::model::tile_product::Format;
     use core::arch::x86_64::{__m256i, __m512, __m512i};
     use pulp::bytemuck::cast;
     use pulp::x86::V4;
@@ -394,13 +396,7 @@ mod avx512 {
     /// vector registers hold their sums and the unpacked weights).
     #[inline(always)]
     pub(super) fn group(simd: V4, tiles: &[Tile], x: &Q8Rows, out: &mut [f32]) {
-        rows_from(simd, tiles, x, out, 0);
-    }
-
-    /// [`group`] for the rows from `from` on.
-    #[inline(always)]
-    pub(super) fn rows_from(simd: V4, tiles: &[Tile], x: &Q8Rows, out: &mut [f32], from: usize) {
-        by_eights!(from from, x.rows(), tile, simd, tiles, x, out);
+        Q41::rest(simd, tiles, x, out, 0);
     }
 
     #[inline(always)]
@@ -418,7 +414,7 @@ mod avx512 {
                 lo[j] = f._mm512_and_si512(chunk, low);
                 hi[j] = f._mm512_and_si512(bw._mm512_srli_epi16::<4>(chunk), low);
             }
-            let (dw, mw) = scales(simd, t);
+            let scales = Q41::scales(simd, t);
             for (r, acc) in acc.iter_mut().enumerate() {
                 let row = r0 + r;
                 let xs: [i32; 8] = cast(*x.values(row, b));
@@ -429,92 +425,66 @@ mod avx512 {
                     s16 = bw._mm512_add_epi16(s16, bw._mm512_add_epi16(a, c));
                 }
                 let sumi = bw._mm512_madd_epi16(s16, ones);
-                chain(simd, acc, sumi, (dw, mw), x, row, b);
+                Q41::chain(simd, acc, sumi, scales, x, row, b);
             }
         }
-        store(acc, r0, out);
-    }
-
-    /// The weights' scales and minimums of one tile block, as f32.
-    #[inline(always)]
-    pub(super) fn scales(simd: V4, t: &Tile) -> (__m512, __m512) {
-        (f16x16(simd, t.d), f16x16(simd, t.m))
-    }
-
-    /// One block's step of sixteen outputs' chains, for activation row `row`:
-    /// `acc + ((sumi * d_w) * d_x + m_w * s_x)`, each operation rounded on its own.
-    #[inline(always)]
-    pub(super) fn chain(
-        simd: V4,
-        acc: &mut __m512,
-        sumi: __m512i,
-        (dw, mw): (__m512, __m512),
-        x: &Q8Rows,
-        row: usize,
-        b: usize,
-    ) {
-        let f = simd.avx512f;
-        let sumi = f._mm512_cvtepi32_ps(sumi);
-        let term = f._mm512_mul_ps(f._mm512_mul_ps(sumi, dw), f._mm512_set1_ps(x.scale(row, b)));
-        let term = f._mm512_add_ps(term, f._mm512_mul_ps(mw, f._mm512_set1_ps(x.sum(row, b))));
-        *acc = f._mm512_add_ps(*acc, term);
-    }
-
-    /// Writes the sums of activation rows `r0..r0 + R`.
-    #[inline(always)]
-    fn store<const R: usize>(acc: [__m512; R], r0: usize, out: &mut [f32]) {
         for (r, acc) in acc.iter().enumerate() {
             let v: [f32; ROWS] = cast(*acc);
             out[(r0 + r) * ROWS..][..ROWS].copy_from_slice(&v);
         }
     }
-}
 
-/// The AMX path's part for Q4_1: the nibbles unpacked for the tiles (read unsigned) and the
-/// AVX-512 path's chain.
-#[cfg(target_arch = "x86_64")]
-struct Q41;
+    /// Q4_1 on AVX-512, and its part in the AMX path: the nibbles unpacked for the tiles (read
+    /// unsigned), the scales and the chain.
+    pub(super) struct Q41;
 
-#[cfg(target_arch = "x86_64")]
-impl crate::model::tile_product::Format for Q41 {
-    type Tile = Tile;
-    type Scales = (core::arch::x86_64::__m512, core::arch::x86_64::__m512);
-    const BYTES: crate::model::amx::WeightBytes = crate::model::amx::WeightBytes::Unsigned;
+    impl Format for Q41 {
+        type Tile = Tile;
+        /// The scales and minimums of a tile block.
+        type Scales = (__m512, __m512);
+        const BYTES: WeightBytes = WeightBytes::Unsigned;
 
-    /// Chunk `j`'s low nibbles are values `4j..4j + 4` of each row in that order, its high
-    /// nibbles values `16 + 4j..`: the tiles' rows `j` and `4 + j`.
-    #[inline(always)]
-    fn unpack(t: &Tile, w: &mut [u8; 512]) {
-        let (low, high) = w.split_at_mut(256);
-        for (j, chunk) in t.q.iter().enumerate() {
-            for i in 0..4 * ROWS {
-                low[4 * ROWS * j + i] = chunk[i] & 0x0F;
-                high[4 * ROWS * j + i] = chunk[i] >> 4;
+        /// Chunk `j`'s low nibbles are values `4j..4j + 4` of each row in that order, its high
+        /// nibbles values `16 + 4j..`: the tiles' rows `j` and `4 + j`.
+        #[inline(always)]
+        fn unpack(t: &Tile, w: &mut [u8; 512]) {
+            let (low, high) = w.split_at_mut(256);
+            for (j, chunk) in t.q.iter().enumerate() {
+                for i in 0..4 * ROWS {
+                    low[4 * ROWS * j + i] = chunk[i] & 0x0F;
+                    high[4 * ROWS * j + i] = chunk[i] >> 4;
+                }
             }
         }
-    }
 
-    #[inline(always)]
-    fn scales(simd: pulp::x86::V4, t: &Tile) -> Self::Scales {
-        avx512::scales(simd, t)
-    }
+        #[inline(always)]
+        fn scales(simd: V4, t: &Tile) -> (__m512, __m512) {
+            (f16x16(simd, t.d), f16x16(simd, t.m))
+        }
 
-    #[inline(always)]
-    fn chain(
-        simd: pulp::x86::V4,
-        acc: &mut core::arch::x86_64::__m512,
-        sumi: core::arch::x86_64::__m512i,
-        s: Self::Scales,
-        x: &Q8Rows,
-        row: usize,
-        b: usize,
-    ) {
-        avx512::chain(simd, acc, sumi, s, x, row, b);
-    }
+        /// `acc + ((sumi * d_w) * d_x + m_w * s_x)`, each operation rounded on its own.
+        #[inline(always)]
+        fn chain(
+            simd: V4,
+            acc: &mut __m512,
+            sumi: __m512i,
+            (dw, mw): (__m512, __m512),
+            x: &Q8Rows,
+            row: usize,
+            b: usize,
+        ) {
+            let f = simd.avx512f;
+            let sumi = f._mm512_cvtepi32_ps(sumi);
+            let term =
+                f._mm512_mul_ps(f._mm512_mul_ps(sumi, dw), f._mm512_set1_ps(x.scale(row, b)));
+            let term = f._mm512_add_ps(term, f._mm512_mul_ps(mw, f._mm512_set1_ps(x.sum(row, b))));
+            *acc = f._mm512_add_ps(*acc, term);
+        }
 
-    #[inline(always)]
-    fn rest(simd: pulp::x86::V4, tiles: &[Tile], x: &Q8Rows, out: &mut [f32], from: usize) {
-        avx512::rows_from(simd, tiles, x, out, from);
+        #[inline(always)]
+        fn rest(simd: V4, tiles: &[Tile], x: &Q8Rows, out: &mut [f32], from: usize) {
+            by_eights!(from from, x.rows(), tile, simd, tiles, x, out);
+        }
     }
 }
 

@@ -148,7 +148,7 @@ impl Q80Matrix {
                     out,
                 }),
                 #[cfg(target_arch = "x86_64")]
-                Kernel::Amx(simd, amx) => simd.vectorize(AmxCall::<Q80> {
+                Kernel::Amx(simd, amx) => simd.vectorize(AmxCall::<avx512::Q80> {
                     simd,
                     amx,
                     tiles,
@@ -251,7 +251,9 @@ mod avx2 {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{Q8Rows, Tile, ROWS};
+    use crate::model::amx::WeightBytes;
     use crate::model::kernel::by_eights;
+    use crate::model::tile_product::Format;
     use core::arch::x86_64::{__m256i, __m512, __m512i};
     use pulp::bytemuck::cast;
     use pulp::x86::V4;
@@ -259,37 +261,7 @@ mod avx512 {
     /// Every row of `x` against the tile row, sixteen outputs a vector, eight rows a tile.
     #[inline(always)]
     pub(super) fn group(simd: V4, tiles: &[Tile], x: &Q8Rows, out: &mut [f32]) {
-        rows_from(simd, tiles, x, out, 0);
-    }
-
-    /// [`group`] for the rows from `from` on.
-    #[inline(always)]
-    pub(super) fn rows_from(simd: V4, tiles: &[Tile], x: &Q8Rows, out: &mut [f32], from: usize) {
-        by_eights!(from from, x.rows(), tile, simd, tiles, x, out);
-    }
-
-    /// The weights' scales of one tile block, as f32.
-    #[inline(always)]
-    pub(super) fn scales(simd: V4, t: &Tile) -> __m512 {
-        simd.avx512f._mm512_cvtph_ps(cast::<_, __m256i>(t.d))
-    }
-
-    /// One block's step of sixteen outputs' chains, for activation row `row`:
-    /// `acc + (sumi * d_w) * d_x`, each operation rounded on its own.
-    #[inline(always)]
-    pub(super) fn chain(
-        simd: V4,
-        acc: &mut __m512,
-        sumi: __m512i,
-        dw: __m512,
-        x: &Q8Rows,
-        row: usize,
-        b: usize,
-    ) {
-        let f = simd.avx512f;
-        let sumi = f._mm512_cvtepi32_ps(sumi);
-        let term = f._mm512_mul_ps(f._mm512_mul_ps(sumi, dw), f._mm512_set1_ps(x.scale(row, b)));
-        *acc = f._mm512_add_ps(*acc, term);
+        Q80::rest(simd, tiles, x, out, 0);
     }
 
     #[inline(always)]
@@ -302,7 +274,7 @@ mod avx512 {
             for (c, w) in w.iter_mut().enumerate() {
                 *w = bw._mm512_cvtepi8_epi16(cast::<_, __m256i>(t.q[c]));
             }
-            let dw = scales(simd, t);
+            let dw = Q80::scales(simd, t);
             for (r, acc) in acc.iter_mut().enumerate() {
                 let row = r0 + r;
                 let pairs: [i32; 16] =
@@ -312,7 +284,7 @@ mod avx512 {
                     let y = f._mm512_set1_epi32(pairs[c]);
                     sum = f._mm512_add_epi32(sum, bw._mm512_madd_epi16(*w, y));
                 }
-                chain(simd, acc, sum, dw, x, row, b);
+                Q80::chain(simd, acc, sum, dw, x, row, b);
             }
         }
         for (r, acc) in acc.iter().enumerate() {
@@ -320,52 +292,56 @@ mod avx512 {
             out[(r0 + r) * ROWS..][..ROWS].copy_from_slice(&v);
         }
     }
-}
 
-/// The AMX path's part for Q8_0: the values laid out for the tiles (read signed) and the
-/// AVX-512 path's chain.
-#[cfg(target_arch = "x86_64")]
-struct Q80;
+    /// Q8_0 on AVX-512, and its part in the AMX path: the values laid out for the tiles (read
+    /// signed), the scales and the chain.
+    pub(super) struct Q80;
 
-#[cfg(target_arch = "x86_64")]
-impl crate::model::tile_product::Format for Q80 {
-    type Tile = Tile;
-    type Scales = core::arch::x86_64::__m512;
-    const BYTES: crate::model::amx::WeightBytes = crate::model::amx::WeightBytes::Signed;
+    impl Format for Q80 {
+        type Tile = Tile;
+        /// The scales of a tile block.
+        type Scales = __m512;
+        const BYTES: WeightBytes = WeightBytes::Signed;
 
-    /// Value `v` of row `n` is byte `2n + v % 2` of chunk `v / 2`.
-    #[inline(always)]
-    fn unpack(t: &Tile, w: &mut [u8; 512]) {
-        for (kk, row) in w.chunks_exact_mut(4 * ROWS).enumerate() {
-            for (n, values) in row.chunks_exact_mut(4).enumerate() {
-                for (i, v) in values.iter_mut().enumerate() {
-                    *v = t.q[2 * kk + i / 2][2 * n + i % 2] as u8;
+        /// Value `v` of row `n` is byte `2n + v % 2` of chunk `v / 2`.
+        #[inline(always)]
+        fn unpack(t: &Tile, w: &mut [u8; 512]) {
+            for (kk, row) in w.chunks_exact_mut(4 * ROWS).enumerate() {
+                for (n, values) in row.chunks_exact_mut(4).enumerate() {
+                    for (i, v) in values.iter_mut().enumerate() {
+                        *v = t.q[2 * kk + i / 2][2 * n + i % 2] as u8;
+                    }
                 }
             }
         }
-    }
 
-    #[inline(always)]
-    fn scales(simd: pulp::x86::V4, t: &Tile) -> Self::Scales {
-        avx512::scales(simd, t)
-    }
+        #[inline(always)]
+        fn scales(simd: V4, t: &Tile) -> __m512 {
+            simd.avx512f._mm512_cvtph_ps(cast::<_, __m256i>(t.d))
+        }
 
-    #[inline(always)]
-    fn chain(
-        simd: pulp::x86::V4,
-        acc: &mut core::arch::x86_64::__m512,
-        sumi: core::arch::x86_64::__m512i,
-        dw: Self::Scales,
-        x: &Q8Rows,
-        row: usize,
-        b: usize,
-    ) {
-        avx512::chain(simd, acc, sumi, dw, x, row, b);
-    }
+        /// `acc + (sumi * d_w) * d_x`, each operation rounded on its own.
+        #[inline(always)]
+        fn chain(
+            simd: V4,
+            acc: &mut __m512,
+            sumi: __m512i,
+            dw: __m512,
+            x: &Q8Rows,
+            row: usize,
+            b: usize,
+        ) {
+            let f = simd.avx512f;
+            let sumi = f._mm512_cvtepi32_ps(sumi);
+            let term =
+                f._mm512_mul_ps(f._mm512_mul_ps(sumi, dw), f._mm512_set1_ps(x.scale(row, b)));
+            *acc = f._mm512_add_ps(*acc, term);
+        }
 
-    #[inline(always)]
-    fn rest(simd: pulp::x86::V4, tiles: &[Tile], x: &Q8Rows, out: &mut [f32], from: usize) {
-        avx512::rows_from(simd, tiles, x, out, from);
+        #[inline(always)]
+        fn rest(simd: V4, tiles: &[Tile], x: &Q8Rows, out: &mut [f32], from: usize) {
+            by_eights!(from from, x.rows(), tile, simd, tiles, x, out);
+        }
     }
 }
 
