@@ -3,9 +3,10 @@
 //! so they are written as inline assembly, and the operating system must first be asked for the
 //! tile state with a system call).
 //!
-//! What it offers is one operation, [`Tiles::dot_block`]: sixteen rows of one 32-value block of
-//! quantized activations (signed bytes) against sixteen weight rows of one block (unsigned
-//! bytes), giving the 256 integer block sums `sum(x * w)` at once (`tdpbsud`). Those sums are
+//! What it offers is one operation, [`Tiles::dot_block`] (and [`Tiles::dot_four_blocks`], four
+//! at a time): sixteen rows of one 32-value block of quantized activations (signed bytes)
+//! against sixteen weight rows of one block (unsigned bytes for Q4_1, `tdpbsud`; signed for
+//! Q8_0, `tdpbssd`), giving the 256 integer block sums `sum(x * w)` at once. Those sums are
 //! exact in any order (at most 32 * 128 * 255 in magnitude), so a product built on them keeps
 //! every output's bits: the float chain that follows is the other paths' code.
 //!
@@ -102,9 +103,9 @@ struct TileConfig([u8; 64]);
 
 impl TileConfig {
     fn new() -> Self {
+        // Byte 0: the palette (1); bytes 16-47: each tile's bytes per row; 48-63: its rows.
         let mut c = [0u8; 64];
-        c[0] = 1; // palette 1
-                  // (bytes per row, rows) of tiles 0-7.
+        c[0] = 1;
         let sums = (64u16, 16u8);
         let activations = (BLOCK as u16, 16);
         let weights = (64, 8);

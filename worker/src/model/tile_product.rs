@@ -12,7 +12,7 @@ use pulp::bytemuck::cast;
 use pulp::x86::V4;
 
 /// Activation rows one tile product takes.
-pub(crate) const TILE_ROWS: usize = 16;
+const TILE_ROWS: usize = 16;
 
 /// Outputs (weight rows) one tile product gives per activation row.
 const OUTPUTS: usize = 16;
@@ -51,7 +51,7 @@ pub(crate) trait Format {
 /// Every whole sixteen of `x`'s rows against the tile row `tiles` (`out[r * 16 + lane]`);
 /// returns how many rows that was, for the caller's own path to finish the rest.
 #[inline(always)]
-pub(crate) fn sixteens<F: Format>(
+fn sixteens<F: Format>(
     simd: V4,
     amx: Amx,
     tiles: &[F::Tile],
