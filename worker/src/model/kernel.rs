@@ -27,7 +27,8 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 (F, BW, DQ, VL: x86-64-v4).
     Avx512,
-    /// AVX-512 with Intel AMX-INT8 tiles for the Q4_1 products' integer sums.
+    /// AVX-512 with Intel AMX-INT8 tiles for the integer sums of the Q4_1 and Q8_0 products
+    /// of sixteen activation rows or more.
     Amx,
 }
 
@@ -232,13 +233,10 @@ macro_rules! by_fours {
     }};
 }
 
-/// Calls `tile::<R>(r0)` over `m` activation rows (from row `from`, else 0) in tiles of
-/// eight, then the remainder.
+/// Calls `tile::<R>(r0)` over activation rows `from..m` in tiles of eight, then the
+/// remainder.
 #[cfg(target_arch = "x86_64")]
 macro_rules! by_eights {
-    ($m:expr, $tile:ident, $($arg:expr),*) => {
-        $crate::model::kernel::by_eights!(from 0, $m, $tile, $($arg),*)
-    };
     (from $from:expr, $m:expr, $tile:ident, $($arg:expr),*) => {{
         let m = $m;
         let mut r = $from;
