@@ -730,48 +730,137 @@ impl Autovectorized for Attend<'_> {
         let group = s.n_head / s.n_kv_head;
         let scale = 1.0 / (hd as f32).sqrt();
         let l = q.len() / s.dim;
+        if l >= TRANSPOSE_FROM {
+            // Many queries (a prompt, a teacher-forced pass): each kv head's keys transposed
+            // once, the query heads that share it scored and weighed together.
+            let mut t = Transposed::new(hd, pos + l);
+            let mut heads: Vec<&mut [f32]> = out.chunks_exact_mut(l * hd).collect();
+            let mut h0 = 0;
+            while h0 < heads.len() {
+                let kv = (first + h0) / group;
+                let end = heads
+                    .len()
+                    .min((kv + 1) * group - first)
+                    .min(h0 + SHARED_HEADS);
+                t.fill(k, kv_dim, kv * hd);
+                let shared = Shared {
+                    s,
+                    q,
+                    v,
+                    pos,
+                    head: first + h0,
+                    keys: &t,
+                };
+                let outs = &mut heads[h0..end];
+                match outs.len() {
+                    1 => shared.run::<1>(outs),
+                    2 => shared.run::<2>(outs),
+                    _ => shared.run::<SHARED_HEADS>(outs),
+                }
+                h0 = end;
+            }
+            return;
+        }
+        // One query (decode) or a few: key by key.
         let mut scores = Vec::with_capacity(pos + l);
-        // Many queries (a prompt, a teacher-forced pass): each kv head's keys transposed once,
-        // then scored sixteen at a time (see `keys_by_sixteen`); one query (decode): key by key.
-        let mut keys = (l >= TRANSPOSE_FROM).then(|| Transposed::new(hd, pos + l));
         for (h, out) in (first..).zip(out.chunks_exact_mut(l * hd)) {
             let at = (h / group) * hd;
-            if let Some(t) = keys.as_mut() {
-                t.fill(k, kv_dim, at);
-            }
             for (i, oh) in out.chunks_exact_mut(hd).enumerate() {
                 let qh = &q[i * s.dim + h * hd..][..hd];
                 let seen = pos + i + 1;
                 // Plain loops: closures in iterator adapters may stay out of line, outside
                 // the path's feature context.
                 scores.clear();
-                match &keys {
-                    Some(t) => keys_by_sixteen(qh, t, seen, scale, &mut scores),
-                    None => {
-                        for j in 0..seen {
-                            scores.push(dot(qh, &k[j * kv_dim + at..][..hd]) * scale);
-                        }
-                    }
+                for j in 0..seen {
+                    scores.push(dot(qh, &k[j * kv_dim + at..][..hd]) * scale);
                 }
-                let max = max_of(&scores);
-                for sc in scores.iter_mut() {
-                    *sc = expf(*sc - max);
-                }
-                let mut sum = 0f32;
-                for &e in scores.iter() {
-                    sum += e;
-                }
-                // The weights `e / sum`, each division rounded on its own (a vector divides
-                // sixteen at once, each lane exactly as the scalar division).
-                for e in scores.iter_mut() {
-                    *e /= sum;
-                }
+                softmax(&mut scores);
                 match <&mut [f32; 64]>::try_from(&mut *oh) {
                     Ok(oh) => weigh_values(oh, &scores, v, kv_dim, at),
                     Err(_) => weigh_values_any(oh, &scores, v, kv_dim, at),
                 }
             }
         }
+    }
+}
+
+/// Query heads that share one kv head (at most this many together: their scores' partial sums
+/// stay in registers).
+const SHARED_HEADS: usize = 3;
+
+/// Query heads `head..` sharing one kv head, over a pass of many queries: for each query, every
+/// head's scores against the transposed keys at once (each key row read once for all of them),
+/// each head's softmax, and every head's weighted values at once (each value row read once).
+/// Every number is the one the one-head form computes.
+struct Shared<'a> {
+    s: Shape,
+    q: &'a [f32],
+    v: &'a [f32],
+    pos: usize,
+    head: usize,
+    keys: &'a Transposed,
+}
+
+impl Shared<'_> {
+    /// `H` heads, `outs[x]` head `head + x`'s output (`[query][head_dim]`).
+    #[inline(always)]
+    fn run<const H: usize>(&self, outs: &mut [&mut [f32]]) {
+        let Shared {
+            s,
+            q,
+            v,
+            pos,
+            head,
+            keys,
+        } = *self;
+        let (hd, kv_dim) = (s.head_dim, s.kv_dim());
+        let at = (head / (s.n_head / s.n_kv_head)) * hd;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let l = q.len() / s.dim;
+        let mut scores: [Vec<f32>; H] = [const { Vec::new() }; H];
+        for i in 0..l {
+            let seen = pos + i + 1;
+            let mut qs: [&[f32]; H] = [&[]; H];
+            for (x, qh) in qs.iter_mut().enumerate() {
+                *qh = &q[i * s.dim + (head + x) * hd..][..hd];
+            }
+            for sc in scores.iter_mut() {
+                sc.clear();
+            }
+            keys_by_sixteen(&qs, keys, seen, scale, &mut scores);
+            for sc in scores.iter_mut() {
+                softmax(sc);
+            }
+            if hd == 64 {
+                let acc: [[f32; 64]; H] = weigh_values_of_heads(&scores, v, kv_dim, at);
+                for (out, acc) in outs.iter_mut().zip(&acc) {
+                    out[i * hd..][..hd].copy_from_slice(acc);
+                }
+            } else {
+                for (out, p) in outs.iter_mut().zip(&scores) {
+                    weigh_values_any(&mut out[i * hd..][..hd], p, v, kv_dim, at);
+                }
+            }
+        }
+    }
+}
+
+/// Scores to softmax weights, in place: `exp(x - max)` with `libm`'s `expf`, summed in position
+/// order, each divided by the sum.
+#[inline(always)]
+fn softmax(scores: &mut [f32]) {
+    let max = max_of(scores);
+    for sc in scores.iter_mut() {
+        *sc = expf(*sc - max);
+    }
+    let mut sum = 0f32;
+    for &e in scores.iter() {
+        sum += e;
+    }
+    // The weights `e / sum`, each division rounded on its own (a vector divides sixteen at
+    // once, each lane exactly as the scalar division).
+    for e in scores.iter_mut() {
+        *e /= sum;
     }
 }
 
@@ -805,6 +894,29 @@ fn weigh_values<const D: usize>(oh: &mut [f32; D], p: &[f32], v: &[f32], kv_dim:
         }
     }
     *oh = acc;
+}
+
+/// [`weigh_values`] for `H` heads of 64 that share the values (`p[x]` head `x`'s weights, all
+/// of one length): each value row read once for all of them; per head the same sums in the same
+/// order.
+#[inline(always)]
+fn weigh_values_of_heads<const H: usize>(
+    p: &[Vec<f32>; H],
+    v: &[f32],
+    kv_dim: usize,
+    at: usize,
+) -> [[f32; 64]; H] {
+    let mut acc = [[0f32; 64]; H];
+    for j in 0..p[0].len() {
+        let vj: [f32; 64] = v[j * kv_dim + at..][..64].try_into().expect("a head");
+        for (acc, p) in acc.iter_mut().zip(p) {
+            let pj = p[j];
+            for d in 0..64 {
+                acc[d] += pj * vj[d];
+            }
+        }
+    }
+    acc
 }
 
 /// [`weigh_values`] for a head of any size.
@@ -865,54 +977,59 @@ impl Transposed {
     }
 }
 
-/// The scores of query `qh` against the first `seen` keys of `t`, each [`dot`]`(qh, key) *
-/// scale` bit for bit: sixteen keys a vector, one lane each, every lane the same eight partial
-/// sums over the same dimensions in the same order and the same tree, so no horizontal sum.
-/// Two such vectors a step while there are more than sixteen keys left, so that each of the
-/// query's values is broadcast once for both.
+/// The scores of the `H` queries `qs` (query heads that share the keys) against the first
+/// `seen` keys of `t`, each [`dot`]`(qh, key) * scale` bit for bit, into `scores[x]`: sixteen
+/// keys a vector, one lane each, every lane the same eight partial sums over the same
+/// dimensions in the same order and the same tree, so no horizontal sum. Each row of keys is
+/// read once for all `H` queries.
 #[inline(always)]
-fn keys_by_sixteen(qh: &[f32], t: &Transposed, seen: usize, scale: f32, scores: &mut Vec<f32>) {
-    let start = scores.len();
-    scores.resize(start + seen, 0.0);
-    let scores = &mut scores[start..];
-    let mut j0 = 0;
-    // `t.width` is `seen` or more rounded up to sixteen: a second vector from `j0 + 16 < seen`
-    // is inside it (its positions past `seen` are zero and not written out).
-    while j0 + 16 < seen {
-        let sums: [[f32; 16]; 2] = score_vectors(qh, t, j0, scale);
-        let n = (seen - j0).min(32);
-        scores[j0..j0 + n].copy_from_slice(&sums.as_flattened()[..n]);
-        j0 += 32;
+fn keys_by_sixteen<const H: usize>(
+    qs: &[&[f32]; H],
+    t: &Transposed,
+    seen: usize,
+    scale: f32,
+    scores: &mut [Vec<f32>; H],
+) {
+    for sc in scores.iter_mut() {
+        sc.resize(seen, 0.0);
     }
-    if j0 < seen {
-        let [sums]: [[f32; 16]; 1] = score_vectors(qh, t, j0, scale);
-        scores[j0..seen].copy_from_slice(&sums[..seen - j0]);
+    // `t.width` is `seen` or more rounded up to sixteen: the last vector's positions past
+    // `seen` are zero and not written out.
+    for j0 in (0..seen).step_by(16) {
+        let sums: [[f32; 16]; H] = score_vectors(qs, t, j0, scale);
+        let n = (seen - j0).min(16);
+        for (sc, sums) in scores.iter_mut().zip(&sums) {
+            sc[j0..j0 + n].copy_from_slice(&sums[..n]);
+        }
     }
 }
 
-/// The scores of keys `j0..j0 + 16 * G` of `t` (see [`keys_by_sixteen`]).
+/// The scores of keys `j0..j0 + 16` of `t` for each of the queries `qs` (see
+/// [`keys_by_sixteen`]).
 #[inline(always)]
-fn score_vectors<const G: usize>(
-    qh: &[f32],
+fn score_vectors<const H: usize>(
+    qs: &[&[f32]; H],
     t: &Transposed,
     j0: usize,
     scale: f32,
-) -> [[f32; 16]; G] {
+) -> [[f32; 16]; H] {
     let (dim, chunks) = (t.dim, t.dim / 8 * 8);
-    let mut acc = [[[0f32; 16]; 8]; G];
+    let mut acc = [[[0f32; 16]; 8]; H];
     for c in (0..chunks).step_by(8) {
         for l in 0..8 {
-            for (g, acc) in acc.iter_mut().enumerate() {
-                add_scaled(&mut acc[l], qh[c + l], t.row(c + l, j0 + 16 * g));
+            let row = t.row(c + l, j0);
+            for (acc, qh) in acc.iter_mut().zip(qs) {
+                add_scaled(&mut acc[l], qh[c + l], row);
             }
         }
     }
     for l in 0..dim - chunks {
-        for (g, acc) in acc.iter_mut().enumerate() {
-            add_scaled(&mut acc[l], qh[chunks + l], t.row(chunks + l, j0 + 16 * g));
+        let row = t.row(chunks + l, j0);
+        for (acc, qh) in acc.iter_mut().zip(qs) {
+            add_scaled(&mut acc[l], qh[chunks + l], row);
         }
     }
-    let mut sums = [[0f32; 16]; G];
+    let mut sums = [[0f32; 16]; H];
     for (sums, acc) in sums.iter_mut().zip(&acc) {
         let [a0, a1, a2, a3, a4, a5, a6, a7] = acc;
         for (lane, sum) in sums.iter_mut().enumerate() {
@@ -977,35 +1094,72 @@ mod tests {
     }
 
     /// The many-query forms of attention (keys scored sixteen at a time from their transpose,
-    /// values weighed in registers) give the one-query forms' bits, for heads whose size is
-    /// and is not a multiple of eight and key counts that are not a multiple of sixteen.
+    /// one, two or three query heads at once; values weighed in registers, three heads at once)
+    /// give the one-query forms' bits, for heads whose size is and is not a multiple of eight
+    /// and key counts that are not a multiple of sixteen.
     #[test]
     fn the_many_query_attention_forms_keep_the_one_query_bits() {
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         for (hd, positions) in [(64, 37), (12, 16), (5, 3), (64, 1), (24, 50)] {
             let kv_dim = 3 * hd;
             let (k, v) = (random(positions * kv_dim, 1), random(positions * kv_dim, 2));
-            let qh = random(hd, 3);
+            let heads = [random(hd, 3), random(hd, 4), random(hd, 5)];
             let scale = 1.0 / (hd as f32).sqrt();
             for at in [0, hd, 2 * hd] {
                 let mut t = Transposed::new(hd, positions);
                 t.fill(&k, kv_dim, at);
                 for seen in [1, positions / 2 + 1, positions] {
-                    let mut fast = Vec::new();
-                    keys_by_sixteen(&qh, &t, seen, scale, &mut fast);
-                    let slow: Vec<f32> = (0..seen)
-                        .map(|j| dot(&qh, &k[j * kv_dim + at..][..hd]) * scale)
+                    let slow: Vec<Vec<f32>> = heads
+                        .iter()
+                        .map(|qh| {
+                            (0..seen)
+                                .map(|j| dot(qh, &k[j * kv_dim + at..][..hd]) * scale)
+                                .collect()
+                        })
                         .collect();
-                    assert_eq!(bits(&fast), bits(&slow), "hd {hd}, seen {seen}, at {at}");
-                    let e: Vec<f32> = slow.iter().map(|x| expf(*x)).collect();
-                    let sum = e.iter().sum::<f32>();
-                    let p: Vec<f32> = e.iter().map(|e| e / sum).collect();
-                    let mut any = vec![1.0; hd];
-                    weigh_values_any(&mut any, &p, &v, kv_dim, at);
+                    let mut three: [Vec<f32>; 3] = Default::default();
+                    keys_by_sixteen(
+                        &[&heads[0], &heads[1], &heads[2]],
+                        &t,
+                        seen,
+                        scale,
+                        &mut three,
+                    );
+                    let mut two: [Vec<f32>; 2] = Default::default();
+                    keys_by_sixteen(&[&heads[1], &heads[2]], &t, seen, scale, &mut two);
+                    let mut one: [Vec<f32>; 1] = Default::default();
+                    keys_by_sixteen(&[&heads[0]], &t, seen, scale, &mut one);
+                    for x in 0..3 {
+                        assert_eq!(
+                            bits(&three[x]),
+                            bits(&slow[x]),
+                            "hd {hd}, seen {seen}, at {at}"
+                        );
+                    }
+                    assert_eq!(bits(&two[0]), bits(&slow[1]));
+                    assert_eq!(bits(&two[1]), bits(&slow[2]));
+                    assert_eq!(bits(&one[0]), bits(&slow[0]));
+                    let mut p = slow.clone();
+                    for p in &mut p {
+                        softmax(p);
+                    }
+                    let any: Vec<Vec<f32>> = p
+                        .iter()
+                        .map(|p| {
+                            let mut o = vec![1.0; hd];
+                            weigh_values_any(&mut o, p, &v, kv_dim, at);
+                            o
+                        })
+                        .collect();
                     if hd == 64 {
                         let mut fixed = [1.0; 64];
-                        weigh_values(&mut fixed, &p, &v, kv_dim, at);
-                        assert_eq!(bits(&fixed), bits(&any), "seen {seen}, at {at}");
+                        weigh_values(&mut fixed, &p[0], &v, kv_dim, at);
+                        assert_eq!(bits(&fixed), bits(&any[0]), "seen {seen}, at {at}");
+                        let p3: [Vec<f32>; 3] = [p[0].clone(), p[1].clone(), p[2].clone()];
+                        let shared: [[f32; 64]; 3] = weigh_values_of_heads(&p3, &v, kv_dim, at);
+                        for x in 0..3 {
+                            assert_eq!(bits(&shared[x]), bits(&any[x]), "head {x}, seen {seen}");
+                        }
                     }
                 }
             }
