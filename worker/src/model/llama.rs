@@ -755,7 +755,8 @@ impl Autovectorized for Attend<'_> {
                 match outs.len() {
                     1 => shared.run::<1>(outs),
                     2 => shared.run::<2>(outs),
-                    _ => shared.run::<SHARED_HEADS>(outs),
+                    3 => shared.run::<3>(outs),
+                    n => unreachable!("{n} heads share a pass, at most {SHARED_HEADS}"),
                 }
                 h0 = end;
             }
@@ -805,6 +806,7 @@ impl Shared<'_> {
     /// `H` heads, `outs[x]` head `head + x`'s output (`[query][head_dim]`).
     #[inline(always)]
     fn run<const H: usize>(&self, outs: &mut [&mut [f32]]) {
+        assert_eq!(outs.len(), H, "one output per head");
         let Shared {
             s,
             q,
