@@ -576,7 +576,14 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     for (l, (x, y)) in ar.iter().zip(br).enumerate() {
         acc[l] += x * y;
     }
-    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+    tree(acc)
+}
+
+/// [`dot`]'s eight partial sums added in its fixed tree (the scores scored sixteen keys at a
+/// time add each lane's the same way).
+#[inline(always)]
+fn tree(a: [f32; 8]) -> f32 {
+    ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
 }
 
 /// RMS norm of each row of `x` (rows of `w.len()`): `x / sqrt(mean(x^2) + eps) * w`.
@@ -777,7 +784,7 @@ impl Autovectorized for Attend<'_> {
                 }
                 softmax(&mut scores);
                 match <&mut [f32; 64]>::try_from(&mut *oh) {
-                    Ok(oh) => weigh_values(oh, &scores, v, kv_dim, at),
+                    Ok(oh) => [*oh] = weigh_values(&[&scores], v, kv_dim, at),
                     Err(_) => weigh_values_any(oh, &scores, v, kv_dim, at),
                 }
             }
@@ -834,7 +841,11 @@ impl Shared<'_> {
                 softmax(sc);
             }
             if hd == 64 {
-                let acc: [[f32; 64]; H] = weigh_values_of_heads(&scores, v, kv_dim, at);
+                let mut ps: [&[f32]; H] = [&[]; H];
+                for (p, sc) in ps.iter_mut().zip(&scores) {
+                    *p = sc;
+                }
+                let acc: [[f32; 64]; H] = weigh_values(&ps, v, kv_dim, at);
                 for (out, acc) in outs.iter_mut().zip(&acc) {
                     out[i * hd..][..hd].copy_from_slice(acc);
                 }
@@ -884,26 +895,12 @@ fn max_of(x: &[f32]) -> f32 {
     lanes.into_iter().fold(f32::NEG_INFINITY, f32::max)
 }
 
-/// `oh = sum_j p_j * v_j` (`p` the softmax weights), in position order, each product
-/// unfused: a head of `D` dimensions kept in registers.
+/// `sum_j p[x][j] * v_j` for each of `H` heads of 64 that share the values (`p[x]` head `x`'s
+/// softmax weights, all of one length), in position order, each product unfused: the heads'
+/// sums kept in registers, each value row read once for all of them.
 #[inline(always)]
-fn weigh_values<const D: usize>(oh: &mut [f32; D], p: &[f32], v: &[f32], kv_dim: usize, at: usize) {
-    let mut acc = [0f32; D];
-    for (j, &p) in p.iter().enumerate() {
-        let vj: [f32; D] = v[j * kv_dim + at..][..D].try_into().expect("a head");
-        for d in 0..D {
-            acc[d] += p * vj[d];
-        }
-    }
-    *oh = acc;
-}
-
-/// [`weigh_values`] for `H` heads of 64 that share the values (`p[x]` head `x`'s weights, all
-/// of one length): each value row read once for all of them; per head the same sums in the same
-/// order.
-#[inline(always)]
-fn weigh_values_of_heads<const H: usize>(
-    p: &[Vec<f32>; H],
+fn weigh_values<const H: usize>(
+    p: &[&[f32]; H],
     v: &[f32],
     kv_dim: usize,
     at: usize,
@@ -1033,11 +1030,11 @@ fn score_vectors<const H: usize>(
     }
     let mut sums = [[0f32; 16]; H];
     for (sums, acc) in sums.iter_mut().zip(&acc) {
-        let [a0, a1, a2, a3, a4, a5, a6, a7] = acc;
         for (lane, sum) in sums.iter_mut().enumerate() {
-            *sum = (((a0[lane] + a1[lane]) + (a2[lane] + a3[lane]))
-                + ((a4[lane] + a5[lane]) + (a6[lane] + a7[lane])))
-                * scale;
+            let [a0, a1, a2, a3, a4, a5, a6, a7] = acc;
+            *sum = tree([
+                a0[lane], a1[lane], a2[lane], a3[lane], a4[lane], a5[lane], a6[lane], a7[lane],
+            ]) * scale;
         }
     }
     sums
@@ -1154,11 +1151,9 @@ mod tests {
                         })
                         .collect();
                     if hd == 64 {
-                        let mut fixed = [1.0; 64];
-                        weigh_values(&mut fixed, &p[0], &v, kv_dim, at);
-                        assert_eq!(bits(&fixed), bits(&any[0]), "seen {seen}, at {at}");
-                        let p3: [Vec<f32>; 3] = [p[0].clone(), p[1].clone(), p[2].clone()];
-                        let shared: [[f32; 64]; 3] = weigh_values_of_heads(&p3, &v, kv_dim, at);
+                        let [one] = weigh_values(&[&p[0]], &v, kv_dim, at);
+                        assert_eq!(bits(&one), bits(&any[0]), "seen {seen}, at {at}");
+                        let shared = weigh_values(&[&p[0], &p[1], &p[2]], &v, kv_dim, at);
                         for x in 0..3 {
                             assert_eq!(bits(&shared[x]), bits(&any[x]), "head {x}, seen {seen}");
                         }
