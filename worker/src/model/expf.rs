@@ -23,6 +23,17 @@ fn pow2(k: i32) -> f32 {
     f32::from_bits(((k + 127) as u32) << 23)
 }
 
+/// `v as i32` for `v` within `-256.0..=256.0`, where `expf` uses it (`|v| < 151` there);
+/// beyond, `v` clamped to that range, NaN taken as -256. The integer part from `trunc`, read
+/// off the bits of `t + 1.5 * 2^23` (exact for integers below `2^22` in magnitude): Rust's
+/// saturating `as` compiles to one scalar conversion per lane, this to vector code.
+#[inline(always)]
+fn trunc_to_i32(v: f32) -> i32 {
+    const MAGIC: f32 = 12_582_912.0;
+    let t = v.max(-256.0).min(256.0).trunc();
+    (t + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
+}
+
 /// `e^x`, with the bits of `libm::expf(x)` for every `x`.
 #[inline(always)]
 pub(crate) fn expf(x: f32) -> f32 {
@@ -31,7 +42,7 @@ pub(crate) fn expf(x: f32) -> f32 {
     let hx = bits & 0x7fff_ffff;
     // Argument reduction: k = round(x / ln2) beyond 1.5 ln2, +-1 down to 0.5 ln2, else 0.
     let half = if neg { -0.5 } else { 0.5 };
-    let k_far = (INV_LN2 * x + half) as i32;
+    let k_far = trunc_to_i32(INV_LN2 * x + half);
     let k_near = if neg { -1 } else { 1 };
     let reduced = hx > 0x3eb1_7218;
     let k = if hx > 0x3f85_1592 {
