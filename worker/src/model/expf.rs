@@ -24,13 +24,14 @@ fn pow2(k: i32) -> f32 {
 }
 
 /// `v as i32` for `v` within `-256.0..=256.0`, where `expf` uses it (`|v| < 151` there);
-/// beyond, `v` clamped to that range, NaN taken as -256. The integer part from `trunc`, read
-/// off the bits of `t + 1.5 * 2^23` (exact for integers below `2^22` in magnitude): Rust's
-/// saturating `as` compiles to one scalar conversion per lane, this to vector code.
+/// beyond, `v` clamped to that range (NaN gives a value `expf` does not use, small enough that
+/// no arithmetic on it overflows). The integer part from `trunc`, read off the bits of
+/// `t + 1.5 * 2^23` (exact for integers below `2^22` in magnitude): Rust's saturating `as`
+/// compiles to one scalar conversion per lane, this to vector code.
 #[inline(always)]
 fn trunc_to_i32(v: f32) -> i32 {
     const MAGIC: f32 = 12_582_912.0;
-    let t = v.max(-256.0).min(256.0).trunc();
+    let t = v.clamp(-256.0, 256.0).trunc();
     (t + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
 }
 

@@ -27,7 +27,7 @@
 
 use super::expf::expf;
 use super::kernel::{Autovectorized, Kernel, Threads};
-use super::q4_1::Q41Matrix;
+use super::q4_1::{resize, Q41Matrix};
 use super::q8::Q8Rows;
 use super::q8_0::Q80Matrix;
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
@@ -97,10 +97,11 @@ impl Linear {
         }
     }
 
-    fn matmul(&self, x: &Q8Rows, kernel: Kernel, threads: &Threads) -> Vec<f32> {
+    /// `x` times the transpose of this matrix, into `out` (resized, its values overwritten).
+    fn matmul(&self, x: &Q8Rows, kernel: Kernel, threads: &Threads, out: &mut Vec<f32>) {
         match self {
-            Linear::Q41(m) => m.matmul(x, kernel, threads),
-            Linear::Q80(m) => m.matmul(x, kernel, threads),
+            Linear::Q41(m) => m.matmul(x, kernel, threads, out),
+            Linear::Q80(m) => m.matmul(x, kernel, threads, out),
         }
     }
 
@@ -466,22 +467,34 @@ impl Weights {
             .flat_map(|&t| embedding.row(t as usize))
             .collect();
         let mut xq = Q8Rows::default();
+        // Every layer's rows of one shape go through the same buffer: allocated and zeroed
+        // once a pass, not once a layer.
+        let Rows {
+            normed,
+            qkv,
+            q,
+            by_head,
+            att,
+            added,
+            gate_up,
+            act,
+        } = &mut Rows::default();
         let (q_dim, kv_dim) = (s.dim, s.kv_dim());
         for (layer, (kc, vc)) in self
             .layers
             .iter()
             .zip(cache.k.iter_mut().zip(cache.v.iter_mut()))
         {
-            let x = rms_norm(&h, &layer.attention_norm, s.eps, kernel, threads);
-            xq.quantize_on(&x, s.dim, kernel);
-            let mut qkv = layer.qkv.matmul(&xq, kernel, threads);
+            rms_norm(&h, &layer.attention_norm, s.eps, kernel, threads, normed);
+            xq.quantize_on(normed, s.dim, kernel);
+            layer.qkv.matmul(&xq, kernel, threads, qkv);
             let width = q_dim + 2 * kv_dim;
             if let Some(bias) = &layer.qkv_bias {
                 for row in qkv.chunks_exact_mut(width) {
                     add_in_place(row, bias);
                 }
             }
-            let mut q = Vec::with_capacity(l * q_dim);
+            q.clear();
             reserve(kc, (pos + l) * kv_dim);
             reserve(vc, (pos + l) * kv_dim);
             for (i, row) in qkv.chunks_exact(width).enumerate() {
@@ -494,23 +507,32 @@ impl Weights {
                 self.rope(&mut kc[at..], p);
                 vc.extend_from_slice(&row[q_dim + kv_dim..]);
             }
-            let att = attention(s, &q, kc, vc, pos, kernel, threads);
-            xq.quantize_on(&att, s.dim, kernel);
-            let o = layer.wo.matmul(&xq, kernel, threads);
-            add_in_place(&mut h, &o);
+            attention(s, q, (kc, vc, pos), kernel, threads, (by_head, att));
+            xq.quantize_on(att, s.dim, kernel);
+            layer.wo.matmul(&xq, kernel, threads, added);
+            add_in_place(&mut h, added);
 
-            let y = rms_norm(&h, &layer.ffn_norm, s.eps, kernel, threads);
-            xq.quantize_on(&y, s.dim, kernel);
-            let gate_up = layer.gate_up.matmul(&xq, kernel, threads);
-            let act = gate(&gate_up, s.hidden, kernel, threads);
-            xq.quantize_on(&act, s.hidden, kernel);
-            let down = layer.down.matmul(&xq, kernel, threads);
-            add_in_place(&mut h, &down);
+            rms_norm(&h, &layer.ffn_norm, s.eps, kernel, threads, normed);
+            xq.quantize_on(normed, s.dim, kernel);
+            layer.gate_up.matmul(&xq, kernel, threads, gate_up);
+            gate(gate_up, s.hidden, kernel, threads, act);
+            xq.quantize_on(act, s.hidden, kernel);
+            layer.down.matmul(&xq, kernel, threads, added);
+            add_in_place(&mut h, added);
         }
         cache.len = pos + l;
-        let last = rms_norm(&h[(l - n) * s.dim..], &self.norm, s.eps, kernel, threads);
-        xq.quantize_on(&last, s.dim, kernel);
-        self.output.matmul(&xq, kernel, threads)
+        rms_norm(
+            &h[(l - n) * s.dim..],
+            &self.norm,
+            s.eps,
+            kernel,
+            threads,
+            normed,
+        );
+        xq.quantize_on(normed, s.dim, kernel);
+        let mut logits = Vec::new();
+        self.output.matmul(&xq, kernel, threads, &mut logits);
+        logits
     }
 
     /// The rotary embedding of every head in `x` at position `p`: over interleaved pairs
@@ -539,6 +561,23 @@ impl Weights {
             }
         }
     }
+}
+
+/// The rows a forward pass computes in each layer, one buffer per shape, reused by every layer.
+#[derive(Default)]
+struct Rows {
+    /// A norm's output (attention's, then the feed-forward's).
+    normed: Vec<f32>,
+    qkv: Vec<f32>,
+    /// The queries after RoPE.
+    q: Vec<f32>,
+    /// Attention's output by head, then by row.
+    by_head: Vec<f32>,
+    att: Vec<f32>,
+    /// What a product adds to the residual (attention's output product, then the down one).
+    added: Vec<f32>,
+    gate_up: Vec<f32>,
+    act: Vec<f32>,
 }
 
 /// Grows `v`'s capacity to hold `len` values, doubling: the cache is never copied per step.
@@ -609,11 +648,11 @@ impl Autovectorized for Norm<'_> {
     }
 }
 
-/// RMS norm of each row of `x` (rows of `w.len()`), the rows split over the threads.
-fn rms_norm(x: &[f32], w: &[f32], eps: f32, kernel: Kernel, threads: &Threads) -> Vec<f32> {
+/// RMS norm of each row of `x` (rows of `w.len()`) into `out`, the rows split over the threads.
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, kernel: Kernel, threads: &Threads, out: &mut Vec<f32>) {
     let dim = w.len();
-    let mut out = vec![0f32; x.len()];
-    threads.split(&mut out, dim, x.len() / dim, |first, part| {
+    resize(out, x.len());
+    threads.split(out, dim, x.len() / dim, |first, part| {
         kernel.run(Norm {
             x: &x[first * dim..first * dim + part.len()],
             w,
@@ -621,7 +660,6 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, kernel: Kernel, threads: &Threads) -
             out: part,
         })
     });
-    out
 }
 
 /// `silu(gate) * up` of each row of the fused gate/up product.
@@ -649,40 +687,34 @@ impl Autovectorized for Gate<'_> {
     }
 }
 
-/// [`Gate`] over every row, the rows split over the threads.
-fn gate(gate_up: &[f32], hidden: usize, kernel: Kernel, threads: &Threads) -> Vec<f32> {
-    let mut out = vec![0f32; gate_up.len() / 2];
-    threads.split(
-        &mut out,
-        hidden,
-        gate_up.len() / (2 * hidden),
-        |first, part| {
-            kernel.run(Gate {
-                gate_up: &gate_up[2 * first * hidden..2 * first * hidden + 2 * part.len()],
-                hidden,
-                out: part,
-            })
-        },
-    );
-    out
+/// [`Gate`] over every row into `out`, the rows split over the threads.
+fn gate(gate_up: &[f32], hidden: usize, kernel: Kernel, threads: &Threads, out: &mut Vec<f32>) {
+    resize(out, gate_up.len() / 2);
+    threads.split(out, hidden, gate_up.len() / (2 * hidden), |first, part| {
+        kernel.run(Gate {
+            gate_up: &gate_up[2 * first * hidden..2 * first * hidden + 2 * part.len()],
+            hidden,
+            out: part,
+        })
+    });
 }
 
 /// Causal grouped-query attention of the `q` rows (positions `pos..`) over the cache, which
 /// already holds their own keys and values: per query and head, scores in position order,
 /// softmax with `libm`'s `expf` summed in position order, values weighted and added in position
-/// order. Heads are split over the threads.
+/// order. Heads are split over the threads, each writing its rows into `by_head`; `out` gets
+/// them by row.
 fn attention(
     s: Shape,
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    pos: usize,
+    (k, v, pos): (&[f32], &[f32], usize),
     kernel: Kernel,
     threads: &Threads,
-) -> Vec<f32> {
+    (by_head, out): (&mut Vec<f32>, &mut Vec<f32>),
+) {
     let hd = s.head_dim;
     let l = q.len() / s.dim;
-    let mut by_head = vec![0f32; q.len()];
+    resize(by_head, q.len());
     let work = |first: usize, part: &mut [f32]| {
         kernel.run(Attend {
             s,
@@ -695,17 +727,16 @@ fn attention(
         })
     };
     if l < 4 {
-        work(0, &mut by_head);
+        work(0, by_head);
     } else {
-        threads.split(&mut by_head, l * hd, s.n_head, work);
+        threads.split(by_head, l * hd, s.n_head, work);
     }
-    let mut out = vec![0f32; q.len()];
+    resize(out, q.len());
     for (h, rows) in by_head.chunks_exact(l * hd).enumerate() {
         for (i, row) in rows.chunks_exact(hd).enumerate() {
             out[i * s.dim + h * hd..][..hd].copy_from_slice(row);
         }
     }
-    out
 }
 
 /// Heads `first..` of [`attention`], into `out` (`[head][query][head_dim]`).

@@ -156,10 +156,11 @@ impl Q41Matrix {
     }
 
     /// `x` (quantized rows of [`Q41Matrix::cols`]) times the transpose of this matrix: rows of
-    /// [`Q41Matrix::rows`]. The tiles of sixteen outputs are split over `threads` in equal runs.
-    pub fn matmul(&self, x: &Q8Rows, kernel: Kernel, threads: &Threads) -> Vec<f32> {
+    /// [`Q41Matrix::rows`], into `out` (see [`product`]). The tiles of sixteen outputs are split
+    /// over `threads` in equal runs.
+    pub fn matmul(&self, x: &Q8Rows, kernel: Kernel, threads: &Threads, out: &mut Vec<f32>) {
         debug_assert_eq!(x.blocks(), self.blocks);
-        product(self.n, ROWS, x.rows(), threads, |g, out| {
+        product(self.n, ROWS, x.rows(), threads, out, |g, out| {
             let tiles = &self.tiles[g * self.blocks..(g + 1) * self.blocks];
             match kernel {
                 Kernel::Portable => portable_group(tiles, x, out),
@@ -192,29 +193,32 @@ impl Q41Matrix {
 
 /// Runs `group(g, out)` for every group of `rows` of the `n` outputs against `m` activation
 /// rows (`out[r * rows + lane]`), split over `threads` in equal runs of groups, and lays the
-/// results out as `m` rows of `n`: each thread copies its groups' outputs, through a scratch
-/// buffer that stays in cache, straight into its columns of every row.
+/// results out in `out` as `m` rows of `n`: each thread copies its groups' outputs, through a
+/// scratch buffer that stays in cache, straight into its columns of every row. `out` is
+/// resized, and what it held overwritten: a buffer passed again for a product of the same
+/// shape (the next layer's) is neither allocated nor cleared again.
 pub(crate) fn product(
     n: usize,
     rows: usize,
     m: usize,
     threads: &Threads,
+    out: &mut Vec<f32>,
     group: impl Fn(usize, &mut [f32]) + Sync,
-) -> Vec<f32> {
+) {
     let groups = n.div_ceil(rows);
     if m == 1 {
         // One row: the groups' outputs are the row itself.
-        let mut out = vec![0f32; groups * rows];
-        threads.split(&mut out, rows, groups, |first, part| {
+        resize(out, groups * rows);
+        threads.split(out, rows, groups, |first, part| {
             for (i, out) in part.chunks_exact_mut(rows).enumerate() {
                 group(first + i, out);
             }
         });
         out.truncate(n);
-        return out;
+        return;
     }
     let per = groups.div_ceil(threads.count().min(groups).max(1)).max(1);
-    let mut out = vec![0f32; m * n];
+    resize(out, m * n);
     // Each run of groups' columns, in every row.
     let mut runs: Vec<Vec<&mut [f32]>> = (0..groups.div_ceil(per))
         .map(|_| Vec::with_capacity(m))
@@ -251,6 +255,20 @@ pub(crate) fn product(
             .enumerate()
             .for_each(|(i, columns)| fill(i, columns));
     }
+}
+
+/// `v` at length `len`, keeping what it holds: only values past its old length are zeroed.
+pub(crate) fn resize(v: &mut Vec<f32>, len: usize) {
+    v.truncate(len);
+    v.resize(len, 0.0);
+}
+
+/// What `product` writes into a buffer that held NaNs, longer than any output of the tests:
+/// a value it did not write shows.
+#[cfg(test)]
+pub(crate) fn dirty(product: impl FnOnce(&mut Vec<f32>)) -> Vec<f32> {
+    let mut out = vec![f32::NAN; 1 << 16];
+    product(&mut out);
     out
 }
 
@@ -535,7 +553,7 @@ mod tests {
         let t = Tensor::from_vec(w.to_vec(), (n, k), &Device::Cpu).expect("w");
         let q = QTensor::quantize(&t, GgmlDType::Q4_1).expect("quantize");
         let m = Q41Matrix::from_qtensor(&q).expect("repack");
-        threads.install(|| m.matmul(&Q8Rows::of(x, k), kernel, threads))
+        threads.install(|| dirty(|out| m.matmul(&Q8Rows::of(x, k), kernel, threads, out)))
     }
 
     fn bits(v: &[f32]) -> Vec<u32> {
@@ -614,7 +632,7 @@ mod tests {
         assert!(acts.values(1, 0).contains(&-127));
         let threads = Threads::new(1).expect("one");
         for isa in Kernel::available() {
-            let got = m.matmul(&acts, Kernel::new(isa).expect("path"), &threads);
+            let got = dirty(|out| m.matmul(&acts, Kernel::new(isa).expect("path"), &threads, out));
             assert_eq!(bits(&got), bits(&want), "{isa}");
         }
 
@@ -647,7 +665,7 @@ mod tests {
             chain += sumi as f32 * 0.25 * 0.5 + -2.0 * acts.sum(0, b);
         }
         for isa in Kernel::available() {
-            let got = m.matmul(&acts, Kernel::new(isa).expect("path"), &threads);
+            let got = dirty(|out| m.matmul(&acts, Kernel::new(isa).expect("path"), &threads, out));
             assert!(
                 got.iter().all(|v| v.to_bits() == chain.to_bits()),
                 "{isa}: {got:?} against {chain}"

@@ -126,10 +126,11 @@ impl Q80Matrix {
         out
     }
 
-    /// `x` (quantized rows of [`Q80Matrix::cols`]) times the transpose of this matrix.
-    pub fn matmul(&self, x: &Q8Rows, kernel: Kernel, threads: &Threads) -> Vec<f32> {
+    /// `x` (quantized rows of [`Q80Matrix::cols`]) times the transpose of this matrix, into
+    /// `out` (see [`product`]).
+    pub fn matmul(&self, x: &Q8Rows, kernel: Kernel, threads: &Threads, out: &mut Vec<f32>) {
         debug_assert_eq!(x.blocks(), self.blocks);
-        product(self.n, ROWS, x.rows(), threads, |g, out| {
+        product(self.n, ROWS, x.rows(), threads, out, |g, out| {
             let tiles = &self.tiles[g * self.blocks..(g + 1) * self.blocks];
             match kernel {
                 Kernel::Portable => portable_group(tiles, x, out),
@@ -354,6 +355,7 @@ crate::model::kernel::simd_call!(Avx512Call, pulp::x86::V4, Tile, avx512::group)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::q4_1::dirty;
     use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
     use candle_core::{Device, Tensor};
 
@@ -409,7 +411,8 @@ mod tests {
                 for isa in Kernel::available() {
                     for threads in &pools {
                         let kernel = Kernel::new(isa).expect("path");
-                        let got = threads.install(|| matrix.matmul(&acts, kernel, threads));
+                        let got = threads
+                            .install(|| dirty(|out| matrix.matmul(&acts, kernel, threads, out)));
                         assert_eq!(bits(&got), bits(&want), "{isa}, m {m}, k {k}, n {n}");
                     }
                 }
@@ -440,7 +443,8 @@ mod tests {
         let acts = Q8Rows::from_parts(2, vec![[-128; BLOCK]; 2 * 17], vec![0.25; 2 * 17]);
         let threads = Threads::new(1).expect("one");
         for isa in Kernel::available() {
-            let got = matrix.matmul(&acts, Kernel::new(isa).expect("path"), &threads);
+            let got =
+                dirty(|out| matrix.matmul(&acts, Kernel::new(isa).expect("path"), &threads, out));
             assert_eq!(got.len(), 17 * ROWS);
             for (i, v) in got.iter().enumerate() {
                 let r = i % ROWS;
