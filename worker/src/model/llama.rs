@@ -868,9 +868,7 @@ impl Shared<'_> {
                 sc.clear();
             }
             keys_by_sixteen(&qs, keys, seen, scale, &mut scores);
-            for sc in scores.iter_mut() {
-                softmax(sc);
-            }
+            softmax_each(scores.each_mut().map(Vec::as_mut_slice));
             if hd == 64 {
                 let mut ps: [&[f32]; H] = [&[]; H];
                 for (p, sc) in ps.iter_mut().zip(&scores) {
@@ -893,18 +891,34 @@ impl Shared<'_> {
 /// order, each divided by the sum.
 #[inline(always)]
 fn softmax(scores: &mut [f32]) {
-    let max = max_of(scores);
-    for sc in scores.iter_mut() {
-        *sc = expf(*sc - max);
+    softmax_each([scores]);
+}
+
+/// [`softmax`] of each of `H` score rows of one length, with their bits: the rows' sums are
+/// independent chains of additions, taken a position at a time for all rows (one row's sum
+/// waits on each addition before the next; `H` rows keep `H` in flight).
+#[inline(always)]
+fn softmax_each<const H: usize>(mut rows: [&mut [f32]; H]) {
+    let n = rows[0].len();
+    assert!(rows.iter().all(|r| r.len() == n), "rows of one length");
+    for row in rows.iter_mut() {
+        let max = max_of(row);
+        for sc in row.iter_mut() {
+            *sc = expf(*sc - max);
+        }
     }
-    let mut sum = 0f32;
-    for &e in scores.iter() {
-        sum += e;
+    let mut sums = [0f32; H];
+    for j in 0..n {
+        for (sum, row) in sums.iter_mut().zip(&rows) {
+            *sum += row[j];
+        }
     }
     // The weights `e / sum`, each division rounded on its own (a vector divides sixteen at
     // once, each lane exactly as the scalar division).
-    for e in scores.iter_mut() {
-        *e /= sum;
+    for (row, sum) in rows.iter_mut().zip(sums) {
+        for e in row.iter_mut() {
+            *e /= sum;
+        }
     }
 }
 
@@ -1124,8 +1138,8 @@ mod tests {
     }
 
     /// The many-query forms of attention (keys scored sixteen at a time from their transpose,
-    /// one, two or three query heads at once; values weighed in registers, three heads at once)
-    /// give the one-query forms' bits, for heads whose size is and is not a multiple of eight
+    /// one, two or three query heads at once; softmax of two or three heads at once; values
+    /// weighed in registers, three heads at once) give the one-query forms' bits, for heads whose size is and is not a multiple of eight
     /// and key counts that are not a multiple of sixteen.
     #[test]
     fn the_many_query_attention_forms_keep_the_one_query_bits() {
@@ -1173,6 +1187,16 @@ mod tests {
                     for p in &mut p {
                         softmax(p);
                     }
+                    let (mut each, mut pair) = (slow.clone(), slow[1..].to_vec());
+                    if let ([a, b, c], [d, e]) = (&mut each[..], &mut pair[..]) {
+                        softmax_each([&mut a[..], &mut b[..], &mut c[..]]);
+                        softmax_each([&mut d[..], &mut e[..]]);
+                    }
+                    for x in 0..3 {
+                        assert_eq!(bits(&each[x]), bits(&p[x]), "softmax {x}, seen {seen}");
+                    }
+                    assert_eq!(bits(&pair[0]), bits(&p[1]));
+                    assert_eq!(bits(&pair[1]), bits(&p[2]));
                     let any: Vec<Vec<f32>> = p
                         .iter()
                         .map(|p| {
