@@ -9,7 +9,9 @@
 //! fraction is at least one half. The fraction `v - trunc(v)` is exact in f32, so the rule
 //! equals `f32::round` for every input (`tests` check it, halves and the largest float below one
 //! half included). The AVX-512 path runs the same rule on intrinsics, sixteen lanes at a time
-//! (`avx512`), and every path's bits are checked against the plain one.
+//! (`avx512`), and sixteen blocks at a time where it can: each block's largest magnitude and
+//! integer sum gathered into a lane of one vector, its scale, inverse and f16 roundings
+//! computed for all sixteen at once. Every path's bits are checked against the plain one.
 
 use super::kernel::{Autovectorized, Kernel};
 use half::f16;
@@ -43,17 +45,13 @@ impl Q8Rows {
     /// Quantizes `x`, rows of `k` values (`k` a multiple of 32), reusing this buffer.
     #[inline(always)]
     pub fn quantize(&mut self, x: &[f32], k: usize) {
-        self.quantize_with(x, k, quantize_block);
+        self.size_for(x, k);
+        self.blocks_from(x, 0, quantize_block);
     }
 
-    /// Quantizes `x` (rows of `k`) block by block with `block`.
+    /// Sizes the rows for `x` (rows of `k`).
     #[inline(always)]
-    fn quantize_with(
-        &mut self,
-        x: &[f32],
-        k: usize,
-        mut block: impl FnMut(&[f32; BLOCK]) -> ([i8; BLOCK], f32, f32),
-    ) {
+    fn size_for(&mut self, x: &[f32], k: usize) {
         debug_assert!(
             k.is_multiple_of(BLOCK) && x.len().is_multiple_of(k),
             "{} by {k}",
@@ -64,7 +62,18 @@ impl Q8Rows {
         self.values.resize(n, [0; BLOCK]);
         self.scale.resize(n, 0.0);
         self.sum.resize(n, 0.0);
-        for (i, xs) in x.chunks_exact(BLOCK).enumerate() {
+    }
+
+    /// Quantizes the blocks of `x` from block `from` on with `block`, one by one, into rows
+    /// sized for `x`.
+    #[inline(always)]
+    fn blocks_from(
+        &mut self,
+        x: &[f32],
+        from: usize,
+        mut block: impl FnMut(&[f32; BLOCK]) -> ([i8; BLOCK], f32, f32),
+    ) {
+        for (i, xs) in x.chunks_exact(BLOCK).enumerate().skip(from) {
             let xs: &[f32; BLOCK] = xs.try_into().expect("a block");
             let (values, d, s) = block(xs);
             self.values[i] = values;
@@ -207,18 +216,38 @@ impl pulp::NullaryFnOnce for Avx512Quantize<'_> {
 
     #[inline(always)]
     fn call(self) {
-        let simd = self.simd;
-        self.rows
-            .quantize_with(self.x, self.k, |xs| avx512::quantize_block(simd, xs));
+        let (simd, x, rows) = (self.simd, self.x, self.rows);
+        rows.size_for(x, self.k);
+        // Sixteen blocks at a time (a plain loop: a closure may stay out of line, outside the
+        // path's feature context), then the rest one by one.
+        let groups = x.chunks_exact(16 * BLOCK);
+        let done = 16 * groups.len();
+        for (g, xs) in groups.enumerate() {
+            let xs: &[f32; 16 * BLOCK] = xs.try_into().expect("sixteen blocks");
+            let at = 16 * g..16 * g + 16;
+            avx512::quantize_sixteen(
+                simd,
+                xs,
+                (
+                    &mut rows.values[at.clone()],
+                    &mut rows.scale[at.clone()],
+                    &mut rows.sum[at],
+                ),
+            );
+        }
+        rows.blocks_from(x, done, |xs| avx512::quantize_block(simd, xs));
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::BLOCK;
-    use core::arch::x86_64::{__m128i, __m512, __m512i, _CMP_GE_OQ, _CMP_LE_OQ, _CMP_ORD_Q};
+    use core::arch::x86_64::{
+        __m128i, __m512, __m512i, _CMP_GE_OQ, _CMP_LE_OQ, _CMP_NEQ_UQ, _CMP_ORD_Q,
+        _MM_FROUND_TO_NEAREST_INT,
+    };
     use half::f16;
-    use pulp::bytemuck::cast;
+    use pulp::bytemuck::{cast, cast_ref};
     use pulp::x86::V4;
 
     /// Sixteen values times `id`, rounded half away from zero, saturated to i8 (NaN to 0), as
@@ -241,6 +270,132 @@ mod avx512 {
             f._mm512_set1_ps(f32::from(i8::MAX)),
         );
         f._mm512_cvttps_epi32(f._mm512_maskz_mov_ps(ordered, r))
+    }
+
+    /// An operation whose result does not depend on the order it is applied in.
+    trait Combine {
+        fn op(simd: V4, a: __m512, b: __m512) -> __m512;
+    }
+
+    /// The maximum (of values that hold no NaN).
+    struct Max;
+
+    impl Combine for Max {
+        #[inline(always)]
+        fn op(simd: V4, a: __m512, b: __m512) -> __m512 {
+            simd.avx512f._mm512_max_ps(a, b)
+        }
+    }
+
+    /// The sum of i32 lanes (exact for the block sums: at most 32 * 128 in magnitude).
+    struct AddI32;
+
+    impl Combine for AddI32 {
+        #[inline(always)]
+        fn op(simd: V4, a: __m512, b: __m512) -> __m512 {
+            cast(simd.avx512f._mm512_add_epi32(cast(a), cast(b)))
+        }
+    }
+
+    /// Each quarter's even lanes of `a` and `b` against their odd ones: per quarter, two
+    /// partials of `a`'s then two of `b`'s.
+    #[inline(always)]
+    fn pairs<C: Combine>(simd: V4, a: __m512, b: __m512) -> __m512 {
+        let f = simd.avx512f;
+        C::op(
+            simd,
+            f._mm512_shuffle_ps::<0b10_00_10_00>(a, b),
+            f._mm512_shuffle_ps::<0b11_01_11_01>(a, b),
+        )
+    }
+
+    /// `C` over the lanes of each of sixteen vectors: lane `i` of the result combines the
+    /// lanes of `v[i]`, in four steps of pairwise shuffles, each step halving the partials per
+    /// vector.
+    #[inline(always)]
+    fn across<C: Combine>(simd: V4, v: [__m512; 16]) -> __m512 {
+        let f = simd.avx512f;
+        // Two vectors' quarters 0/1 against 2/3: each result holds 8 partials of each.
+        let mut w = [f._mm512_setzero_ps(); 8];
+        for (j, w) in w.iter_mut().enumerate() {
+            let (a, b) = (v[2 * j], v[2 * j + 1]);
+            *w = C::op(
+                simd,
+                f._mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
+                f._mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
+            );
+        }
+        // Quarters 0 against 1 of each half: a quarter (4 partials) per vector of `v`.
+        let mut x = [f._mm512_setzero_ps(); 4];
+        for (j, x) in x.iter_mut().enumerate() {
+            let (a, b) = (w[2 * j], w[2 * j + 1]);
+            *x = C::op(
+                simd,
+                f._mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
+                f._mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
+            );
+        }
+        // Within each quarter, even lanes against odd ones, twice.
+        let y = [pairs::<C>(simd, x[0], x[1]), pairs::<C>(simd, x[2], x[3])];
+        // Lane `4k + m` now holds vector `4m + k`'s result: transposed back.
+        let z = pairs::<C>(simd, y[0], y[1]);
+        let order: __m512i = cast([0i32, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15]);
+        f._mm512_permutexvar_ps(order, z)
+    }
+
+    /// Sixteen consecutive blocks as [`quantize_block`] quantizes each, into `values`, `scale`
+    /// and `sum` (sixteen each): the same steps, with each block's scalars in a lane of one
+    /// vector (the largest magnitudes and the integer sums gathered by [`across`]; `d`, its
+    /// inverse, and the f16 roundings of `d` and `s` by the same IEEE operations; F16C's
+    /// round-to-nearest-even conversion is the one `half` uses).
+    #[inline(always)]
+    pub(super) fn quantize_sixteen(
+        simd: V4,
+        xs: &[f32; 16 * BLOCK],
+        (values, scale, sum): (&mut [[i8; BLOCK]], &mut [f32], &mut [f32]),
+    ) {
+        let f = simd.avx512f;
+        let halves: &[[f32; 16]; 32] = cast_ref(xs);
+        let zero = f._mm512_setzero_ps();
+        let mut magnitudes = [zero; 16];
+        for (m, pair) in magnitudes.iter_mut().zip(halves.chunks_exact(2)) {
+            let (lo, hi): (__m512, __m512) = (cast(pair[0]), cast(pair[1]));
+            // `max_ps` gives its second operand when either is NaN.
+            *m = f._mm512_max_ps(
+                f._mm512_max_ps(f._mm512_abs_ps(lo), zero),
+                f._mm512_max_ps(f._mm512_abs_ps(hi), zero),
+            );
+        }
+        let amax = across::<Max>(simd, magnitudes);
+        let d = f._mm512_div_ps(amax, f._mm512_set1_ps(((1 << 7) - 1) as f32));
+        let nonzero = f._mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(d, zero);
+        let id: [f32; 16] = cast(f._mm512_maskz_div_ps(nonzero, f._mm512_set1_ps(1.0), d));
+        let d16 = to_f16(simd, d);
+        let mut sums = [zero; 16];
+        for (i, pair) in halves.chunks_exact(2).enumerate() {
+            let vid = f._mm512_set1_ps(id[i]);
+            let (ql, qh) = (
+                round16(simd, cast(pair[0]), vid),
+                round16(simd, cast(pair[1]), vid),
+            );
+            sums[i] = cast(f._mm512_add_epi32(ql, qh));
+            let bytes: [__m128i; 2] = [f._mm512_cvtepi32_epi8(ql), f._mm512_cvtepi32_epi8(qh)];
+            values[i] = cast(bytes);
+        }
+        let total: __m512i = cast(across::<AddI32>(simd, sums));
+        let s = to_f16(
+            simd,
+            f._mm512_mul_ps(to_f16(simd, f._mm512_cvtepi32_ps(total)), d16),
+        );
+        scale.copy_from_slice(&cast::<__m512, [f32; 16]>(d16));
+        sum.copy_from_slice(&cast::<__m512, [f32; 16]>(s));
+    }
+
+    /// Each lane rounded to f16 (to nearest, ties to even) and back.
+    #[inline(always)]
+    fn to_f16(simd: V4, v: __m512) -> __m512 {
+        let f = simd.avx512f;
+        f._mm512_cvtph_ps(f._mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v))
     }
 
     /// [`super::quantize_block`] on AVX-512, with the same bits: the largest magnitude is a
@@ -380,16 +535,22 @@ mod tests {
         x.extend((0..BLOCK).map(|i| if i == 7 { f32::NEG_INFINITY } else { 1.0 }));
         x.extend((0..BLOCK).map(|i| if i == 5 { 1e-45 } else { 0.0 }));
         x.extend([f32::NAN; BLOCK]);
+        x.extend((0..BLOCK).map(|i| if i == 9 { f32::INFINITY } else { 0.0 }));
         let k = BLOCK * 2;
         x.truncate(x.len() / k * k);
-        let want = Q8Rows::of(&x, k);
-        for isa in crate::model::kernel::Kernel::available() {
-            let mut got = Q8Rows::default();
-            got.quantize_on(&x, k, Kernel::new(isa).expect("available"));
-            assert_eq!(got.values, want.values, "{isa}");
-            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&got.scale), bits(&want.scale), "{isa}");
-            assert_eq!(bits(&got.sum), bits(&want.sum), "{isa}");
+        // As made (AVX-512 takes sixteen blocks at a time: the odd blocks come last, in the
+        // blocks it takes one by one), and in reverse block order (they come first).
+        let reversed: Vec<f32> = x.chunks_exact(BLOCK).rev().flatten().copied().collect();
+        for x in [x, reversed] {
+            let want = Q8Rows::of(&x, k);
+            for isa in crate::model::kernel::Kernel::available() {
+                let mut got = Q8Rows::default();
+                got.quantize_on(&x, k, Kernel::new(isa).expect("available"));
+                assert_eq!(got.values, want.values, "{isa}");
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got.scale), bits(&want.scale), "{isa}");
+                assert_eq!(bits(&got.sum), bits(&want.sum), "{isa}");
+            }
         }
     }
 
