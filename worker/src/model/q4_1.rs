@@ -156,8 +156,9 @@ impl Q41Matrix {
     }
 
     /// `x` (quantized rows of [`Q41Matrix::cols`]) times the transpose of this matrix: rows of
-    /// [`Q41Matrix::rows`], into `out` (see [`product`]). The tiles of sixteen outputs are split
-    /// over `threads` in equal runs.
+    /// [`Q41Matrix::rows`], into `out` (resized; what it held is overwritten, so a buffer passed
+    /// again for a product of the same shape is neither allocated nor cleared again). The tiles
+    /// of sixteen outputs are split over `threads` in equal runs.
     pub fn matmul(&self, x: &Q8Rows, kernel: Kernel, threads: &Threads, out: &mut Vec<f32>) {
         debug_assert_eq!(x.blocks(), self.blocks);
         product(self.n, ROWS, x.rows(), threads, out, |g, out| {

@@ -127,7 +127,7 @@ impl Q80Matrix {
     }
 
     /// `x` (quantized rows of [`Q80Matrix::cols`]) times the transpose of this matrix, into
-    /// `out` (see [`product`]).
+    /// `out` (resized; what it held is overwritten).
     pub fn matmul(&self, x: &Q8Rows, kernel: Kernel, threads: &Threads, out: &mut Vec<f32>) {
         debug_assert_eq!(x.blocks(), self.blocks);
         product(self.n, ROWS, x.rows(), threads, out, |g, out| {
