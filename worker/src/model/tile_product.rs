@@ -8,6 +8,7 @@
 use super::amx::{Amx, Tiles, WeightBytes};
 use super::q8::{Q8Rows, BLOCK};
 use core::arch::x86_64::{__m512, __m512i};
+use core::cell::Cell;
 use pulp::bytemuck::cast;
 use pulp::x86::V4;
 
@@ -62,7 +63,11 @@ fn sixteens<F: Format>(
     if full == 0 {
         return 0;
     }
-    let mut weights = vec![[0u8; 512]; tiles.len()];
+    // The unpacked weights go through this thread's buffer, taken out and put back (the work
+    // stays outside the closures, inside the path's feature context): a product of many
+    // groups allocates and clears it once, not once a group.
+    let mut weights = UNPACKED.with(Cell::take);
+    weights.resize(tiles.len(), [0u8; 512]);
     for (w, t) in weights.iter_mut().zip(tiles) {
         F::unpack(t, w);
     }
@@ -71,7 +76,13 @@ fn sixteens<F: Format>(
     for r0 in (0..full).step_by(TILE_ROWS) {
         sixteen::<F>(simd, &t, (tiles, &weights), x, out, r0, &mut sums);
     }
+    UNPACKED.with(|u| u.set(weights));
     full
+}
+
+thread_local! {
+    /// A thread's buffer for one group's weights unpacked to bytes ([`Format::unpack`]).
+    static UNPACKED: Cell<Vec<[u8; 512]>> = const { Cell::new(Vec::new()) };
 }
 
 /// The tiles' sums of blocks `b..b + n` of activation rows `values[i * blocks]` (four at a
