@@ -329,6 +329,17 @@ mod avx512 {
         )
     }
 
+    /// The quarters of `a` and `b` that shuffle `P` picks against those `Q` picks.
+    #[inline(always)]
+    fn quarters<C: Combine, const P: i32, const Q: i32>(simd: V4, a: __m512, b: __m512) -> __m512 {
+        let f = simd.avx512f;
+        C::op(
+            simd,
+            f._mm512_shuffle_f32x4::<P>(a, b),
+            f._mm512_shuffle_f32x4::<Q>(a, b),
+        )
+    }
+
     /// `C` over the lanes of each of sixteen vectors: lane `i` of the result combines the
     /// lanes of `v[i]`, in four steps of pairwise shuffles, each step halving the partials per
     /// vector.
@@ -338,22 +349,12 @@ mod avx512 {
         // Two vectors' quarters 0/1 against 2/3: each result holds 8 partials of each.
         let mut w = [f._mm512_setzero_ps(); 8];
         for (j, w) in w.iter_mut().enumerate() {
-            let (a, b) = (v[2 * j], v[2 * j + 1]);
-            *w = C::op(
-                simd,
-                f._mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
-                f._mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
-            );
+            *w = quarters::<C, 0b01_00_01_00, 0b11_10_11_10>(simd, v[2 * j], v[2 * j + 1]);
         }
         // Quarters 0 against 1 of each half: a quarter (4 partials) per vector of `v`.
         let mut x = [f._mm512_setzero_ps(); 4];
         for (j, x) in x.iter_mut().enumerate() {
-            let (a, b) = (w[2 * j], w[2 * j + 1]);
-            *x = C::op(
-                simd,
-                f._mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
-                f._mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
-            );
+            *x = quarters::<C, 0b10_00_10_00, 0b11_01_11_01>(simd, w[2 * j], w[2 * j + 1]);
         }
         // Within each quarter, even lanes against odd ones, twice.
         let y = [pairs::<C>(simd, x[0], x[1]), pairs::<C>(simd, x[2], x[3])];
