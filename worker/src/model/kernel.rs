@@ -321,6 +321,13 @@ impl Threads {
     }
 }
 
+/// `v` at length `len`, keeping what it holds: only values past its old length are zeroed. The
+/// engine's buffers are resized so, each then overwritten whole.
+pub(crate) fn resize(v: &mut Vec<f32>, len: usize) {
+    v.truncate(len);
+    v.resize(len, 0.0);
+}
+
 /// How a generative model runs: its threads and, when forced, its kernel path
 /// (`aimarket worker --threads N --kernel PATH`). The default: every core, the path from
 /// [`KERNEL_ENV`] or the fastest.

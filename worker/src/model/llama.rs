@@ -26,8 +26,8 @@
 //! `quantized_qwen2` runs them (`worker/tests/gguf.rs`).
 
 use super::expf::expf;
-use super::kernel::{Autovectorized, Kernel, Threads};
-use super::q4_1::{resize, Q41Matrix};
+use super::kernel::{resize, Autovectorized, Kernel, Threads};
+use super::q4_1::Q41Matrix;
 use super::q8::Q8Rows;
 use super::q8_0::Q80Matrix;
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};

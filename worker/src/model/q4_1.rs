@@ -26,7 +26,7 @@
 //! (`tile_product.rs`) the tile unit computes the `sumi_b` of sixteen activation rows at once
 //! and the AVX-512 code's chain follows.
 
-use super::kernel::{Kernel, Threads};
+use super::kernel::{resize, Kernel, Threads};
 use super::q8::{Q8Rows, BLOCK};
 #[cfg(target_arch = "x86_64")]
 use super::tile_product::AmxCall;
@@ -256,12 +256,6 @@ pub(crate) fn product(
             .enumerate()
             .for_each(|(i, columns)| fill(i, columns));
     }
-}
-
-/// `v` at length `len`, keeping what it holds: only values past its old length are zeroed.
-pub(crate) fn resize(v: &mut Vec<f32>, len: usize) {
-    v.truncate(len);
-    v.resize(len, 0.0);
 }
 
 /// What `product` writes into a buffer that held NaNs, longer than any output of the tests:

@@ -30,7 +30,7 @@ pub(crate) trait Format {
     /// How the tiles read the unpacked weights.
     const BYTES: WeightBytes;
     /// Writes `t`'s values as the tiles read them: byte `64 * (k / 4) + 4 * n + k % 4` is
-    /// weight row `n`'s value `k`.
+    /// weight row `n`'s value `k` (every byte of `w`: the buffer is reused between groups).
     fn unpack(t: &Self::Tile, w: &mut [u8; 512]);
     /// The block's weight scales as vectors.
     fn scales(simd: V4, t: &Self::Tile) -> Self::Scales;
