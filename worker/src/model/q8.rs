@@ -220,8 +220,9 @@ impl Autovectorized for Quantize<'_> {
     }
 }
 
-/// Rows quantized by [`avx512::quantize_block`], for pulp's `vectorize` (a plain call, inlined
-/// into it: see `simd_call!`).
+/// Rows quantized on AVX-512 ([`avx512::quantize_sixteen`], then [`avx512::OneBlock`] for the
+/// blocks past the last sixteen), for pulp's `vectorize` (a plain call, inlined into it: see
+/// `simd_call!`).
 #[cfg(target_arch = "x86_64")]
 struct Avx512Quantize<'a> {
     simd: pulp::x86::V4,
