@@ -300,6 +300,28 @@ impl Threads {
         }
     }
 
+    /// Calls `f(first, part)` for the consecutive parts of `out` that end at items `ends`
+    /// (`unit` values per item; the last end is the item count): one parallel region, a part
+    /// per task, for work whose items cost unequally.
+    pub fn split_at(
+        &self,
+        out: &mut [f32],
+        unit: usize,
+        ends: &[usize],
+        f: impl Fn(usize, &mut [f32]) + Sync,
+    ) {
+        let mut parts = Vec::with_capacity(ends.len());
+        let (mut rest, mut first) = (out, 0);
+        for &end in ends {
+            let (part, after) = rest.split_at_mut((end - first) * unit);
+            parts.push((first, part));
+            (rest, first) = (after, end);
+        }
+        parts
+            .into_par_iter()
+            .for_each(|(first, part)| f(first, part));
+    }
+
     /// Calls `f(first, part)` for consecutive parts of `out`, each `unit` values per item
     /// (`items` of them), spread over the threads in equal runs of items: one parallel region.
     /// Called inside [`Threads::install`]; outside it, the parts run on rayon's global pool.

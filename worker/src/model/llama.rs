@@ -32,6 +32,7 @@ use super::q8::Q8Rows;
 use super::q8_0::Q80Matrix;
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Result};
+use std::ops::Range;
 
 /// The longest sequence the engine runs (candle's `MAX_SEQ_LEN`).
 pub const MAX_SEQ_LEN: usize = 4096;
@@ -473,7 +474,6 @@ impl Weights {
             normed,
             qkv,
             q,
-            by_head,
             att,
             added,
             gate_up,
@@ -507,7 +507,7 @@ impl Weights {
                 self.rope(&mut kc[at..], p);
                 vc.extend_from_slice(&row[q_dim + kv_dim..]);
             }
-            attention(s, q, (kc, vc, pos), kernel, threads, (by_head, att));
+            attention(s, q, (kc, vc, pos), kernel, threads, att);
             xq.quantize_on(att, s.dim, kernel);
             layer.wo.matmul(&xq, kernel, threads, added);
             add_in_place(&mut h, added);
@@ -571,8 +571,6 @@ struct Rows {
     qkv: Vec<f32>,
     /// The queries after RoPE.
     q: Vec<f32>,
-    /// Attention's output by head, then by row.
-    by_head: Vec<f32>,
     att: Vec<f32>,
     /// What a product adds to the residual (attention's output product, then the down one).
     added: Vec<f32>,
@@ -700,21 +698,20 @@ fn gate(gate_up: &[f32], hidden: usize, kernel: Kernel, threads: &Threads, out: 
 }
 
 /// Causal grouped-query attention of the `q` rows (positions `pos..`) over the cache, which
-/// already holds their own keys and values: per query and head, scores in position order,
-/// softmax with `libm`'s `expf` summed in position order, values weighted and added in position
-/// order. Heads are split over the threads, each writing its rows into `by_head`; `out` gets
-/// them by row.
+/// already holds their own keys and values, into `out` (a row per query): per query and head,
+/// scores in position order, softmax with `libm`'s `expf` summed in position order, values
+/// weighted and added in position order. The queries are split over the threads in ranges of
+/// about equal work (query `i` attends to `pos + i + 1` keys).
 fn attention(
     s: Shape,
     q: &[f32],
     (k, v, pos): (&[f32], &[f32], usize),
     kernel: Kernel,
     threads: &Threads,
-    (by_head, out): (&mut Vec<f32>, &mut Vec<f32>),
+    out: &mut Vec<f32>,
 ) {
-    let hd = s.head_dim;
     let l = q.len() / s.dim;
-    resize(by_head, q.len());
+    resize(out, q.len());
     let work = |first: usize, part: &mut [f32]| {
         kernel.run(Attend {
             s,
@@ -726,20 +723,36 @@ fn attention(
             out: part,
         })
     };
-    if l < 4 {
-        work(0, by_head);
+    if l < 4 || threads.count() == 1 {
+        work(0, out);
     } else {
-        threads.split(by_head, l * hd, s.n_head, work);
-    }
-    resize(out, q.len());
-    for (h, rows) in by_head.chunks_exact(l * hd).enumerate() {
-        for (i, row) in rows.chunks_exact(hd).enumerate() {
-            out[i * s.dim + h * hd..][..hd].copy_from_slice(row);
-        }
+        threads.split_at(out, s.dim, &even_work(l, pos, threads.count()), work);
     }
 }
 
-/// Heads `first..` of [`attention`], into `out` (`[head][query][head_dim]`).
+/// Where `parts` ranges of `l` queries after `pos` cached positions end so that each attends to
+/// about as many keys (query `i` to `pos + i + 1`); no range is empty.
+fn even_work(l: usize, pos: usize, parts: usize) -> Vec<usize> {
+    let parts = parts.min(l).max(1);
+    let total: usize = (0..l).map(|i| pos + i + 1).sum();
+    let mut ends = Vec::with_capacity(parts);
+    let mut done = 0;
+    for i in 0..l {
+        done += pos + i + 1;
+        let left = parts - ends.len();
+        // Cut once this range has its share, or when only a query a range is left, leaving a
+        // query for every range still to come.
+        let after = l - (i + 1);
+        let share = done * parts >= total * (ends.len() + 1);
+        if left > 1 && after >= left - 1 && (share || after == left - 1) {
+            ends.push(i + 1);
+        }
+    }
+    ends.push(l);
+    ends
+}
+
+/// Queries `first..` of [`attention`] (`out`'s rows), every head.
 struct Attend<'a> {
     s: Shape,
     q: &'a [f32],
@@ -767,45 +780,40 @@ impl Autovectorized for Attend<'_> {
         let (hd, kv_dim) = (s.head_dim, s.kv_dim());
         let group = s.n_head / s.n_kv_head;
         let scale = 1.0 / (hd as f32).sqrt();
-        let l = q.len() / s.dim;
-        if l >= TRANSPOSE_FROM {
+        let queries = first..first + out.len() / s.dim;
+        if queries.len() >= TRANSPOSE_FROM {
             // Many queries (a prompt, a teacher-forced pass): each kv head's keys transposed
             // once, the query heads that share it scored and weighed together.
-            let mut t = Transposed::new(hd, pos + l);
-            let mut heads: Vec<&mut [f32]> = out.chunks_exact_mut(l * hd).collect();
-            let mut h0 = 0;
-            while h0 < heads.len() {
-                let kv = (first + h0) / group;
-                let end = heads
-                    .len()
-                    .min((kv + 1) * group - first)
-                    .min(h0 + SHARED_HEADS);
+            let mut t = Transposed::new(hd, k.len() / kv_dim);
+            for kv in 0..s.n_kv_head {
                 t.fill(k, kv_dim, kv * hd);
-                let shared = Shared {
-                    s,
-                    q,
-                    v,
-                    pos,
-                    head: first + h0,
-                    keys: &t,
-                };
-                let outs = &mut heads[h0..end];
-                match outs.len() {
-                    1 => shared.run::<1>(outs),
-                    2 => shared.run::<2>(outs),
-                    3 => shared.run::<3>(outs),
-                    n => unreachable!("{n} heads share a pass, at most {SHARED_HEADS}"),
+                for h0 in (kv * group..(kv + 1) * group).step_by(SHARED_HEADS) {
+                    let shared = Shared {
+                        s,
+                        q,
+                        v,
+                        pos,
+                        head: h0,
+                        keys: &t,
+                    };
+                    let rows = (queries.clone(), &mut *out);
+                    match ((kv + 1) * group - h0).min(SHARED_HEADS) {
+                        1 => shared.run::<1>(rows),
+                        2 => shared.run::<2>(rows),
+                        3 => shared.run::<3>(rows),
+                        n => unreachable!("{n} heads share a pass, at most {SHARED_HEADS}"),
+                    }
                 }
-                h0 = end;
             }
             return;
         }
         // One query (decode) or a few: key by key.
-        let mut scores = Vec::with_capacity(pos + l);
-        for (h, out) in (first..).zip(out.chunks_exact_mut(l * hd)) {
+        let mut scores = Vec::with_capacity(pos + queries.end);
+        for h in 0..s.n_head {
             let at = (h / group) * hd;
-            for (i, oh) in out.chunks_exact_mut(hd).enumerate() {
+            for (i, row) in queries.clone().zip(out.chunks_exact_mut(s.dim)) {
                 let qh = &q[i * s.dim + h * hd..][..hd];
+                let oh = &mut row[h * hd..][..hd];
                 let seen = pos + i + 1;
                 // Plain loops: closures in iterator adapters may stay out of line, outside
                 // the path's feature context.
@@ -841,10 +849,9 @@ struct Shared<'a> {
 }
 
 impl Shared<'_> {
-    /// `H` heads, `outs[x]` head `head + x`'s output (`[query][head_dim]`).
+    /// `H` heads `head..` for `queries`, into `out` (a row per query, every head's columns).
     #[inline(always)]
-    fn run<const H: usize>(&self, outs: &mut [&mut [f32]]) {
-        assert_eq!(outs.len(), H, "one output per head");
+    fn run<const H: usize>(&self, (queries, out): (Range<usize>, &mut [f32])) {
         let Shared {
             s,
             q,
@@ -856,10 +863,10 @@ impl Shared<'_> {
         let (hd, kv_dim) = (s.head_dim, s.kv_dim());
         let at = (head / (s.n_head / s.n_kv_head)) * hd;
         let scale = 1.0 / (hd as f32).sqrt();
-        let l = q.len() / s.dim;
         let mut scores: [Vec<f32>; H] = [const { Vec::new() }; H];
-        for i in 0..l {
+        for (i, row) in queries.zip(out.chunks_exact_mut(s.dim)) {
             let seen = pos + i + 1;
+            let heads = &mut row[head * hd..][..H * hd];
             let mut qs: [&[f32]; H] = [&[]; H];
             for (x, qh) in qs.iter_mut().enumerate() {
                 *qh = &q[i * s.dim + (head + x) * hd..][..hd];
@@ -875,12 +882,12 @@ impl Shared<'_> {
                     *p = sc;
                 }
                 let acc: [[f32; 64]; H] = weigh_values(&ps, v, kv_dim, at);
-                for (out, acc) in outs.iter_mut().zip(&acc) {
-                    out[i * hd..][..hd].copy_from_slice(acc);
+                for (oh, acc) in heads.chunks_exact_mut(hd).zip(&acc) {
+                    oh.copy_from_slice(acc);
                 }
             } else {
-                for (out, p) in outs.iter_mut().zip(&scores) {
-                    weigh_values_any(&mut out[i * hd..][..hd], p, v, kv_dim, at);
+                for (oh, p) in heads.chunks_exact_mut(hd).zip(&scores) {
+                    weigh_values_any(oh, p, v, kv_dim, at);
                 }
             }
         }
@@ -1135,6 +1142,40 @@ mod tests {
     fn random(n: usize, seed: u64) -> Vec<f32> {
         let mut rng = fastrand::Rng::with_seed(seed);
         (0..n).map(|_| (rng.f32() - 0.5) * 7.0).collect()
+    }
+
+    /// Attention's query ranges cover every query once, in order, none empty, at most one per
+    /// thread, each with about its share of the keys attended to.
+    #[test]
+    fn query_ranges_split_the_work_evenly() {
+        for (l, pos, parts) in [
+            (163, 0, 2),
+            (163, 0, 3),
+            (5, 0, 3),
+            (4, 1000, 2),
+            (300, 40, 2),
+        ] {
+            let ends = even_work(l, pos, parts);
+            assert_eq!(ends.last(), Some(&l));
+            assert!(ends.len() <= parts && !ends.is_empty());
+            assert!(
+                ends.windows(2).all(|w| w[0] < w[1]) && ends[0] > 0,
+                "{ends:?}"
+            );
+            let work = |a: usize, b: usize| (a..b).map(|i| pos + i + 1).sum::<usize>();
+            let total = work(0, l);
+            let mut first = 0;
+            for &end in &ends {
+                // Within one query's work of an even share.
+                let share = total / ends.len();
+                assert!(
+                    work(first, end).abs_diff(share) <= pos + l,
+                    "{l} {pos}: {ends:?}"
+                );
+                first = end;
+            }
+        }
+        assert_eq!(even_work(3, 0, 4), vec![1, 2, 3]);
     }
 
     /// The many-query forms of attention (keys scored sixteen at a time from their transpose,
