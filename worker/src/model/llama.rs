@@ -486,7 +486,7 @@ impl Weights {
             .zip(cache.k.iter_mut().zip(cache.v.iter_mut()))
         {
             rms_norm(&h, &layer.attention_norm, s.eps, kernel, threads, normed);
-            xq.quantize_on(normed, s.dim, kernel);
+            xq.quantize_on(normed, s.dim, kernel, threads);
             layer.qkv.matmul(&xq, kernel, threads, qkv);
             let width = q_dim + 2 * kv_dim;
             if let Some(bias) = &layer.qkv_bias {
@@ -508,15 +508,15 @@ impl Weights {
                 vc.extend_from_slice(&row[q_dim + kv_dim..]);
             }
             attention(s, q, (kc, vc, pos), kernel, threads, att);
-            xq.quantize_on(att, s.dim, kernel);
+            xq.quantize_on(att, s.dim, kernel, threads);
             layer.wo.matmul(&xq, kernel, threads, added);
             add_in_place(&mut h, added);
 
             rms_norm(&h, &layer.ffn_norm, s.eps, kernel, threads, normed);
-            xq.quantize_on(normed, s.dim, kernel);
+            xq.quantize_on(normed, s.dim, kernel, threads);
             layer.gate_up.matmul(&xq, kernel, threads, gate_up);
             gate(gate_up, s.hidden, kernel, threads, act);
-            xq.quantize_on(act, s.hidden, kernel);
+            xq.quantize_on(act, s.hidden, kernel, threads);
             layer.down.matmul(&xq, kernel, threads, added);
             add_in_place(&mut h, added);
         }
@@ -529,7 +529,7 @@ impl Weights {
             threads,
             normed,
         );
-        xq.quantize_on(normed, s.dim, kernel);
+        xq.quantize_on(normed, s.dim, kernel, threads);
         let mut logits = Vec::new();
         self.output.matmul(&xq, kernel, threads, &mut logits);
         logits

@@ -13,8 +13,9 @@
 //! integer sum gathered into a lane of one vector, its scale, inverse and f16 roundings
 //! computed for all sixteen at once. Every path's bits are checked against the plain one.
 
-use super::kernel::{Autovectorized, Kernel};
+use super::kernel::{Autovectorized, Kernel, Threads};
 use half::f16;
+use rayon::prelude::*;
 
 /// Values per block.
 pub const BLOCK: usize = 32;
@@ -53,7 +54,16 @@ impl Q8Rows {
     #[inline(always)]
     pub fn quantize(&mut self, x: &[f32], k: usize) {
         self.size_for(x, k);
-        self.blocks_from(x, 0, Plain);
+        self.all().from(x, 0, Plain);
+    }
+
+    /// Every block, to be written.
+    fn all(&mut self) -> Blocks<'_> {
+        Blocks {
+            values: &mut self.values,
+            scale: &mut self.scale,
+            sum: &mut self.sum,
+        }
     }
 
     /// Sizes the rows for `x` (rows of `k`).
@@ -71,33 +81,27 @@ impl Q8Rows {
         self.sum.resize(n, 0.0);
     }
 
-    /// Quantizes the blocks of `x` from block `from` on by `rule`, one by one, into rows sized
-    /// for `x`.
-    #[inline(always)]
-    fn blocks_from(&mut self, x: &[f32], from: usize, rule: impl BlockRule) {
-        for (i, xs) in x.chunks_exact(BLOCK).enumerate().skip(from) {
-            let xs: &[f32; BLOCK] = xs.try_into().expect("a block");
-            let (values, d, s) = rule.block(xs);
-            self.values[i] = values;
-            self.scale[i] = d;
-            self.sum[i] = s;
+    /// [`Q8Rows::quantize`] on kernel path `kernel`, the rows split over `threads` in equal
+    /// runs: the same bits on every path and any split (each block is quantized on its own;
+    /// AVX-512 runs its own vector form of the block rule, the others compile the plain one for
+    /// their instruction set).
+    pub fn quantize_on(&mut self, x: &[f32], k: usize, kernel: Kernel, threads: &Threads) {
+        self.size_for(x, k);
+        let rows = x.len() / k;
+        if threads.count() == 1 || rows < 2 {
+            quantize_part(self.all(), x, kernel);
+            return;
         }
-    }
-
-    /// [`Q8Rows::quantize`] on kernel path `kernel`: the same bits on every path (AVX-512 runs
-    /// its own vector form of the block rule; the others compile the plain one for their
-    /// instruction set).
-    pub fn quantize_on(&mut self, x: &[f32], k: usize, kernel: Kernel) {
-        match kernel {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512(simd) | Kernel::Amx(simd, _) => simd.vectorize(Avx512Quantize {
-                simd,
-                rows: self,
-                x,
-                k,
-            }),
-            other => other.run(Quantize { rows: self, x, k }),
-        }
+        let per = rows.div_ceil(threads.count());
+        let blocks = per * self.blocks;
+        self.values
+            .par_chunks_mut(blocks)
+            .zip(self.scale.par_chunks_mut(blocks))
+            .zip(self.sum.par_chunks_mut(blocks))
+            .zip(x.par_chunks(per * k))
+            .for_each(|(((values, scale), sum), x)| {
+                quantize_part(Blocks { values, scale, sum }, x, kernel);
+            });
     }
 
     /// `x` quantized: rows of `k` values.
@@ -162,6 +166,39 @@ impl Q8Rows {
     }
 }
 
+/// Consecutive blocks of a [`Q8Rows`], to be written.
+struct Blocks<'a> {
+    values: &'a mut [[i8; BLOCK]],
+    scale: &'a mut [f32],
+    sum: &'a mut [f32],
+}
+
+impl Blocks<'_> {
+    /// Quantizes the blocks of `x` (one for each of these) from block `from` on by `rule`, one
+    /// by one.
+    #[inline(always)]
+    fn from(&mut self, x: &[f32], from: usize, rule: impl BlockRule) {
+        for (i, xs) in x.chunks_exact(BLOCK).enumerate().skip(from) {
+            let xs: &[f32; BLOCK] = xs.try_into().expect("a block");
+            let (values, d, s) = rule.block(xs);
+            self.values[i] = values;
+            self.scale[i] = d;
+            self.sum[i] = s;
+        }
+    }
+}
+
+/// `x`'s blocks into `blocks` on kernel path `kernel`.
+fn quantize_part(blocks: Blocks<'_>, x: &[f32], kernel: Kernel) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512(simd) | Kernel::Amx(simd, _) => {
+            simd.vectorize(Avx512Quantize { simd, blocks, x });
+        }
+        other => other.run(Quantize { blocks, x }),
+    }
+}
+
 /// How one block is quantized: a trait with an `#[inline(always)]` method, not a closure (a
 /// closure's call may stay out of line, outside the kernel path's feature context, and run
 /// scalar: the plain rule did, at ~4 ns a value on the AVX2 path).
@@ -204,31 +241,29 @@ fn quantize_block(xs: &[f32; BLOCK]) -> ([i8; BLOCK], f32, f32) {
     (values, d16.to_f32(), s.to_f32())
 }
 
-/// Rows quantized by the plain rule, compiled for a kernel path.
+/// Blocks quantized by the plain rule, compiled for a kernel path.
 struct Quantize<'a> {
-    rows: &'a mut Q8Rows,
+    blocks: Blocks<'a>,
     x: &'a [f32],
-    k: usize,
 }
 
 impl Autovectorized for Quantize<'_> {
     type Output = ();
 
     #[inline(always)]
-    fn run(self) {
-        self.rows.quantize(self.x, self.k);
+    fn run(mut self) {
+        self.blocks.from(self.x, 0, Plain);
     }
 }
 
-/// Rows quantized on AVX-512 ([`avx512::quantize_sixteen`], then [`avx512::OneBlock`] for the
+/// Blocks quantized on AVX-512 ([`avx512::quantize_sixteen`], then [`avx512::OneBlock`] for the
 /// blocks past the last sixteen), for pulp's `vectorize` (a plain call, inlined into it: see
 /// `simd_call!`).
 #[cfg(target_arch = "x86_64")]
 struct Avx512Quantize<'a> {
     simd: pulp::x86::V4,
-    rows: &'a mut Q8Rows,
+    blocks: Blocks<'a>,
     x: &'a [f32],
-    k: usize,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -237,8 +272,7 @@ impl pulp::NullaryFnOnce for Avx512Quantize<'_> {
 
     #[inline(always)]
     fn call(self) {
-        let (simd, x, rows) = (self.simd, self.x, self.rows);
-        rows.size_for(x, self.k);
+        let (simd, x, mut rows) = (self.simd, self.x, self.blocks);
         // Sixteen blocks at a time (a plain loop: a closure may stay out of line, outside the
         // path's feature context), then the rest one by one.
         let groups = x.chunks_exact(16 * BLOCK);
@@ -256,7 +290,7 @@ impl pulp::NullaryFnOnce for Avx512Quantize<'_> {
                 ),
             );
         }
-        rows.blocks_from(x, done, avx512::OneBlock(simd));
+        rows.from(x, done, avx512::OneBlock(simd));
     }
 }
 
@@ -573,15 +607,25 @@ mod tests {
         // As made (AVX-512 takes sixteen blocks at a time: the odd blocks come last, in the
         // blocks it takes one by one), and in reverse block order (they come first).
         let reversed: Vec<f32> = x.chunks_exact(BLOCK).rev().flatten().copied().collect();
+        // One buffer for every run (what it held is overwritten), the rows split over one to
+        // three threads.
+        let mut got = Q8Rows::default();
         for x in [x, reversed] {
             let want = Q8Rows::of(&x, k);
             for isa in crate::model::kernel::Kernel::available() {
-                let mut got = Q8Rows::default();
-                got.quantize_on(&x, k, Kernel::new(isa).expect("available"));
-                assert_eq!(got.values, want.values, "{isa}");
-                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&got.scale), bits(&want.scale), "{isa}");
-                assert_eq!(bits(&got.sum), bits(&want.sum), "{isa}");
+                for count in 1..=3 {
+                    let threads = Threads::new(count).expect("threads");
+                    let kernel = Kernel::new(isa).expect("available");
+                    threads.install(|| got.quantize_on(&x, k, kernel, &threads));
+                    assert_eq!(got.values, want.values, "{isa}, {count} threads");
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&got.scale),
+                        bits(&want.scale),
+                        "{isa}, {count} threads"
+                    );
+                    assert_eq!(bits(&got.sum), bits(&want.sum), "{isa}, {count} threads");
+                }
             }
         }
     }
