@@ -871,9 +871,6 @@ impl Shared<'_> {
             for (x, qh) in qs.iter_mut().enumerate() {
                 *qh = &q[i * s.dim + (head + x) * hd..][..hd];
             }
-            for sc in scores.iter_mut() {
-                sc.clear();
-            }
             keys_by_sixteen(&qs, keys, seen, scale, &mut scores);
             softmax_each(scores.each_mut().map(Vec::as_mut_slice));
             if hd == 64 {
@@ -1029,7 +1026,7 @@ impl Transposed {
 }
 
 /// The scores of the `H` queries `qs` (query heads that share the keys) against the first
-/// `seen` keys of `t`, each [`dot`]`(qh, key) * scale` bit for bit, into `scores[x]`: sixteen
+/// `seen` keys of `t`, each [`dot`]`(qh, key) * scale` bit for bit, into `scores[x]` (resized to `seen`): sixteen
 /// keys a vector, one lane each, every lane the same eight partial sums over the same
 /// dimensions in the same order and the same tree, so no horizontal sum. Each row of keys is
 /// read once for all `H` queries.
@@ -1041,8 +1038,10 @@ fn keys_by_sixteen<const H: usize>(
     scale: f32,
     scores: &mut [Vec<f32>; H],
 ) {
+    // Every score is written below: a row keeps what it held (the previous query's, one
+    // shorter) and only its new position is zeroed first.
     for sc in scores.iter_mut() {
-        sc.resize(seen, 0.0);
+        resize(sc, seen);
     }
     // `t.width` is `seen` or more rounded up to sixteen: the last vector's positions past
     // `seen` are zero and not written out.
