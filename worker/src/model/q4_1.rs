@@ -394,7 +394,7 @@ mod avx512 {
     use super::{Q8Rows, Tile, ROWS};
     use crate::model::amx::WeightBytes;
     use crate::model::kernel::by_eights;
-    use crate::model::tile_product::Format;
+    use crate::model::tile_product::{block_term, Format};
     use core::arch::x86_64::{__m256i, __m512, __m512i};
     use pulp::bytemuck::cast;
     use pulp::x86::V4;
@@ -487,9 +487,7 @@ mod avx512 {
             b: usize,
         ) {
             let f = simd.avx512f;
-            let sumi = f._mm512_cvtepi32_ps(sumi);
-            let term =
-                f._mm512_mul_ps(f._mm512_mul_ps(sumi, dw), f._mm512_set1_ps(x.scale(row, b)));
+            let term = block_term(simd, sumi, dw, x.scale(row, b));
             let term = f._mm512_add_ps(term, f._mm512_mul_ps(mw, f._mm512_set1_ps(x.sum(row, b))));
             *acc = f._mm512_add_ps(*acc, term);
         }

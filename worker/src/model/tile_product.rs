@@ -49,6 +49,17 @@ pub(crate) trait Format {
     fn rest(simd: V4, tiles: &[Self::Tile], x: &Q8Rows, out: &mut [f32], from: usize);
 }
 
+/// `(sumi * d_w) * d_x` for sixteen outputs of one block, each operation rounded on its own:
+/// the term every format's chain starts with (candle's `vec_dot_unopt` order).
+#[inline(always)]
+pub(crate) fn block_term(simd: V4, sumi: __m512i, dw: __m512, dx: f32) -> __m512 {
+    let f = simd.avx512f;
+    f._mm512_mul_ps(
+        f._mm512_mul_ps(f._mm512_cvtepi32_ps(sumi), dw),
+        f._mm512_set1_ps(dx),
+    )
+}
+
 /// Every whole sixteen of `x`'s rows against the tile row `tiles` (`out[r * 16 + lane]`);
 /// returns how many rows that was, for the caller's own path to finish the rest.
 #[inline(always)]
