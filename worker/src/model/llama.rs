@@ -413,7 +413,8 @@ impl Llama {
 
     /// The logits of the last `n` positions of `tokens` (one row each), placed at `index_pos`
     /// after the cached positions: what a teacher-forced pass scores a candidate with. Only
-    /// those rows go through the output layer, the largest product.
+    /// those rows go through the output layer, the largest product, and through the last
+    /// layer past its keys and values (the other rows' outputs there reach nothing).
     ///
     /// # Errors
     /// As [`Llama::forward`]; `n` of zero or past the tokens; an id past the vocabulary.
@@ -480,10 +481,12 @@ impl Weights {
             act,
         } = &mut Rows::default();
         let (q_dim, kv_dim) = (s.dim, s.kv_dim());
-        for (layer, (kc, vc)) in self
+        let last = self.layers.len().saturating_sub(1);
+        for (index, (layer, (kc, vc))) in self
             .layers
             .iter()
             .zip(cache.k.iter_mut().zip(cache.v.iter_mut()))
+            .enumerate()
         {
             rms_norm(&h, &layer.attention_norm, s.eps, kernel, threads, normed);
             xq.quantize_on(normed, s.dim, kernel, threads);
@@ -507,7 +510,14 @@ impl Weights {
                 self.rope(&mut kc[at..], p);
                 vc.extend_from_slice(&row[q_dim + kv_dim..]);
             }
-            attention(s, q, (kc, vc, pos), kernel, threads, att);
+            // The last layer's keys and values are every row's, but past them only the `n`
+            // rows whose logits are asked for go on: the others' outputs reach nothing.
+            let dropped = if index == last { l - n } else { 0 };
+            if dropped > 0 {
+                h.drain(..dropped * s.dim);
+                q.drain(..dropped * q_dim);
+            }
+            attention(s, q, (kc, vc, pos + dropped), kernel, threads, att);
             xq.quantize_on(att, s.dim, kernel, threads);
             layer.wo.matmul(&xq, kernel, threads, added);
             add_in_place(&mut h, added);
@@ -522,7 +532,7 @@ impl Weights {
         }
         cache.len = pos + l;
         rms_norm(
-            &h[(l - n) * s.dim..],
+            &h[h.len() - n * s.dim..],
             &self.norm,
             s.eps,
             kernel,
