@@ -33,7 +33,7 @@ pub(crate) struct EngineArgs {
     #[arg(long, env = "AIMARKET_THREADS", default_value_t = 0)]
     threads: usize,
     /// The kernel path of a generative model's products: auto (the fastest this CPU runs),
-    /// portable, avx2, avx512 or amx. Every path gives the same bits; forcing one checks that.
+    /// portable, neon, avx2, avx512 or amx. Every path gives the same bits; forcing one checks that.
     #[arg(long, env = worker::model::kernel::KERNEL_ENV, default_value = "auto", value_parser = parse_kernel)]
     kernel: KernelArg,
 }

@@ -14,7 +14,8 @@ use rayon::prelude::*;
 use std::fmt;
 use std::str::FromStr;
 
-/// The environment variable that forces a kernel path (`portable`, `avx2`, `avx512`, `amx`);
+/// The environment variable that forces a kernel path (`portable`, `neon`, `avx2`, `avx512`,
+/// `amx`);
 /// unset or `auto`, the fastest the CPU runs.
 pub const KERNEL_ENV: &str = "AIMARKET_KERNEL";
 
@@ -23,6 +24,8 @@ pub const KERNEL_ENV: &str = "AIMARKET_KERNEL";
 pub enum Isa {
     /// Plain Rust: any CPU.
     Portable,
+    /// AArch64 NEON (Advanced SIMD, part of every AArch64 CPU).
+    Neon,
     /// x86-64 AVX2 (x86-64-v3).
     Avx2,
     /// x86-64 AVX-512 (F, BW, DQ, VL: x86-64-v4).
@@ -34,13 +37,14 @@ pub enum Isa {
 
 impl Isa {
     /// Every path, in the order `auto` prefers them (last first).
-    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Amx];
+    pub const ALL: [Isa; 5] = [Isa::Portable, Isa::Neon, Isa::Avx2, Isa::Avx512, Isa::Amx];
 }
 
 impl fmt::Display for Isa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Isa::Portable => "portable",
+            Isa::Neon => "neon",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
             Isa::Amx => "amx",
@@ -63,7 +67,7 @@ impl FromStr for Isa {
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     /// The name is not a path.
-    #[error("unknown kernel {0:?}: one of auto, portable, avx2, avx512, amx")]
+    #[error("unknown kernel {0:?}: one of auto, portable, neon, avx2, avx512, amx")]
     Unknown(String),
     /// This CPU (or this build's target) lacks the instructions.
     #[error("this CPU cannot run the {0} kernel; it runs: {avail}", avail = Kernel::available().iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
@@ -75,6 +79,9 @@ pub enum KernelError {
 pub enum Kernel {
     /// Plain Rust.
     Portable,
+    /// NEON, through `pulp`'s checked dispatch.
+    #[cfg(target_arch = "aarch64")]
+    Neon(pulp::aarch64::Neon),
     /// AVX2, through `pulp`'s checked dispatch.
     #[cfg(target_arch = "x86_64")]
     Avx2(pulp::x86::V3),
@@ -94,6 +101,12 @@ impl Kernel {
     pub fn new(isa: Isa) -> Result<Self, KernelError> {
         match isa {
             Isa::Portable => Ok(Kernel::Portable),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => pulp::aarch64::Neon::try_new()
+                .map(Kernel::Neon)
+                .ok_or(KernelError::Unavailable(isa)),
+            #[cfg(not(target_arch = "aarch64"))]
+            Isa::Neon => Err(KernelError::Unavailable(isa)),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => pulp::x86::V3::try_new()
                 .map(Kernel::Avx2)
@@ -144,6 +157,8 @@ impl Kernel {
     pub fn isa(self) -> Isa {
         match self {
             Kernel::Portable => Isa::Portable,
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon(_) => Isa::Neon,
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2(_) => Isa::Avx2,
             #[cfg(target_arch = "x86_64")]
@@ -206,6 +221,8 @@ impl Kernel {
     pub(crate) fn run<T: Autovectorized>(self, op: T) -> T::Output {
         match self {
             Kernel::Portable => op.run(),
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon(simd) => simd.vectorize(InSimd(op)),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2(simd) => simd.vectorize(InSimd(op)),
             #[cfg(target_arch = "x86_64")]
@@ -215,7 +232,7 @@ impl Kernel {
 }
 
 /// Calls `tile::<R>(r0)` over `m` activation rows in tiles of four, then the remainder.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 macro_rules! by_fours {
     ($m:expr, $tile:ident, $($arg:expr),*) => {{
         let m = $m;
@@ -257,7 +274,9 @@ macro_rules! by_eights {
     }};
 }
 #[cfg(target_arch = "x86_64")]
-pub(crate) use {by_eights, by_fours};
+pub(crate) use by_eights;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) use by_fours;
 
 /// The engine's threads: one pool, entered once per forward pass, whose workers split each
 /// product's output rows. With one thread there is no pool and no hand-off at all.
@@ -406,6 +425,14 @@ mod tests {
             Isa::Portable
         );
         assert!(Kernel::available().contains(&Kernel::best().isa()));
+        // NEON is every AArch64 CPU's, and no other's.
+        #[cfg(target_arch = "aarch64")]
+        assert!(Kernel::available().contains(&Isa::Neon));
+        #[cfg(not(target_arch = "aarch64"))]
+        assert!(matches!(
+            Kernel::new(Isa::Neon),
+            Err(KernelError::Unavailable(Isa::Neon))
+        ));
     }
 
     #[test]

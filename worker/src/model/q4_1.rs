@@ -165,6 +165,13 @@ impl Q41Matrix {
             let tiles = &self.tiles[g * self.blocks..(g + 1) * self.blocks];
             match kernel {
                 Kernel::Portable => portable_group(tiles, x, out),
+                #[cfg(target_arch = "aarch64")]
+                Kernel::Neon(simd) => simd.vectorize(NeonCall {
+                    simd,
+                    tiles,
+                    x,
+                    out,
+                }),
                 #[cfg(target_arch = "x86_64")]
                 Kernel::Avx2(simd) => simd.vectorize(Avx2Call {
                     simd,
@@ -499,9 +506,86 @@ mod avx512 {
     }
 }
 
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::{Q8Rows, Tile, ROWS};
+    use crate::model::kernel::by_fours;
+    use bytemuck::cast;
+    use core::arch::aarch64::{float32x4_t, int8x16_t, uint8x16_t};
+    use half::f16;
+    use pulp::aarch64::Neon;
+
+    /// Every row of `x` against the tile row, four rows a tile.
+    #[inline(always)]
+    pub(super) fn group(simd: Neon, tiles: &[Tile], x: &Q8Rows, out: &mut [f32]) {
+        by_fours!(x.rows(), tile, simd, tiles, x, out);
+    }
+
+    /// Rows `r0..r0 + R` against the tile row: per block, the nibbles split once for all of
+    /// them; per row, the sixteen outputs' exact integer sums (widening multiplies, at most
+    /// 15,360 in an i16 lane), then candle's chain four outputs a vector, unfused.
+    #[inline(always)]
+    fn tile<const R: usize>(simd: Neon, tiles: &[Tile], x: &Q8Rows, out: &mut [f32], r0: usize) {
+        let n = simd.neon;
+        let low = n.vdupq_n_u8(0x0F);
+        let mut acc: [[float32x4_t; 4]; R] = [[n.vdupq_n_f32(0.0); 4]; R];
+        for (b, t) in tiles.iter().enumerate() {
+            // Chunk `j`, lanes `4g..4g + 4`: byte `4 * lane + i` holds values `4j + i` (low
+            // nibble) and `16 + 4j + i` (high) of weight row `lane`, each at most 15 (so signed).
+            let (mut lo, mut hi) = ([[n.vdupq_n_s8(0); 4]; 4], [[n.vdupq_n_s8(0); 4]; 4]);
+            for j in 0..4 {
+                for g in 0..4 {
+                    let bytes: [u8; 16] = t.q[j][16 * g..16 * g + 16].try_into().expect("16");
+                    let w: uint8x16_t = cast(bytes);
+                    lo[j][g] = n.vreinterpretq_s8_u8(n.vandq_u8(w, low));
+                    hi[j][g] = n.vreinterpretq_s8_u8(n.vshrq_n_u8::<4>(w));
+                }
+            }
+            let (mut dw, mut mw) = ([0f32; ROWS], [0f32; ROWS]);
+            for lane in 0..ROWS {
+                dw[lane] = f16::from_bits(t.d[lane]).to_f32();
+                mw[lane] = f16::from_bits(t.m[lane]).to_f32();
+            }
+            let dw: [float32x4_t; 4] = cast(dw);
+            let mw: [float32x4_t; 4] = cast(mw);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let row = r0 + r;
+                let xs: [u32; 8] = cast(*x.values(row, b));
+                // Per four lanes: the products of their first two lanes' bytes and of their
+                // last two, each an i16 lane per byte, summed over the chunks.
+                let (mut first, mut last) = ([n.vdupq_n_s16(0); 4], [n.vdupq_n_s16(0); 4]);
+                for j in 0..4 {
+                    let xl: int8x16_t = n.vreinterpretq_s8_u32(n.vdupq_n_u32(xs[j]));
+                    let xh: int8x16_t = n.vreinterpretq_s8_u32(n.vdupq_n_u32(xs[4 + j]));
+                    for g in 0..4 {
+                        first[g] = n.vmlal_s8(first[g], n.vget_low_s8(lo[j][g]), n.vget_low_s8(xl));
+                        first[g] = n.vmlal_s8(first[g], n.vget_low_s8(hi[j][g]), n.vget_low_s8(xh));
+                        last[g] = n.vmlal_high_s8(last[g], lo[j][g], xl);
+                        last[g] = n.vmlal_high_s8(last[g], hi[j][g], xh);
+                    }
+                }
+                let (dx, sx) = (n.vdupq_n_f32(x.scale(row, b)), n.vdupq_n_f32(x.sum(row, b)));
+                for g in 0..4 {
+                    let sumi = n.vpaddq_s32(n.vpaddlq_s16(first[g]), n.vpaddlq_s16(last[g]));
+                    // ((sumi * d_w) * d_x + m_w * s_x), unfused, then added to the chain.
+                    let term = n.vmulq_f32(n.vmulq_f32(n.vcvtq_f32_s32(sumi), dw[g]), dx);
+                    let term = n.vaddq_f32(term, n.vmulq_f32(mw[g], sx));
+                    acc[g] = n.vaddq_f32(acc[g], term);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let v: [f32; ROWS] = cast(*acc);
+            out[(r0 + r) * ROWS..][..ROWS].copy_from_slice(&v);
+        }
+    }
+}
+
 // pulp's `vectorize` runs a call with the CPU features enabled only when the call is inlined
 // into it; a closure this large is not (its `FnOnce` shim is only an inline hint), and the
 // intrinsics then become function calls. These plain calls are `#[inline(always)]`.
+#[cfg(target_arch = "aarch64")]
+crate::model::kernel::simd_call!(NeonCall, pulp::aarch64::Neon, Tile, neon::group);
 #[cfg(target_arch = "x86_64")]
 crate::model::kernel::simd_call!(Avx2Call, pulp::x86::V3, Tile, avx2::group);
 #[cfg(target_arch = "x86_64")]

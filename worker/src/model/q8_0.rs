@@ -134,6 +134,13 @@ impl Q80Matrix {
             let tiles = &self.tiles[g * self.blocks..(g + 1) * self.blocks];
             match kernel {
                 Kernel::Portable => portable_group(tiles, x, out),
+                #[cfg(target_arch = "aarch64")]
+                Kernel::Neon(simd) => simd.vectorize(NeonCall {
+                    simd,
+                    tiles,
+                    x,
+                    out,
+                }),
                 #[cfg(target_arch = "x86_64")]
                 Kernel::Avx2(simd) => simd.vectorize(Avx2Call {
                     simd,
@@ -344,7 +351,73 @@ mod avx512 {
     }
 }
 
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::{Q8Rows, Tile, ROWS};
+    use crate::model::kernel::by_fours;
+    use bytemuck::cast;
+    use core::arch::aarch64::{float32x4_t, int32x4_t, int8x16_t};
+    use half::f16;
+    use pulp::aarch64::Neon;
+
+    /// Every row of `x` against the tile row, four rows a tile.
+    #[inline(always)]
+    pub(super) fn group(simd: Neon, tiles: &[Tile], x: &Q8Rows, out: &mut [f32]) {
+        by_fours!(x.rows(), tile, simd, tiles, x, out);
+    }
+
+    /// Rows `r0..r0 + R` against the tile row: per row and block, the sixteen outputs' exact
+    /// integer sums (each product widened to i16, at most 16,384, and added pairwise into i32
+    /// lanes), then candle's chain four outputs a vector, unfused.
+    #[inline(always)]
+    fn tile<const R: usize>(simd: Neon, tiles: &[Tile], x: &Q8Rows, out: &mut [f32], r0: usize) {
+        let n = simd.neon;
+        let mut acc: [[float32x4_t; 4]; R] = [[n.vdupq_n_f32(0.0); 4]; R];
+        for (b, t) in tiles.iter().enumerate() {
+            // Chunk `c` holds, for each weight row `lane`, its values `2c, 2c + 1` at bytes
+            // `2 * lane, 2 * lane + 1`: lanes 0-7 in its first sixteen bytes, 8-15 in the rest.
+            let mut w = [[n.vdupq_n_s8(0); 2]; BLOCK_PAIRS];
+            for (c, w) in w.iter_mut().enumerate() {
+                *w = cast(t.q[c]);
+            }
+            let mut dw = [0f32; ROWS];
+            for (lane, d) in dw.iter_mut().enumerate() {
+                *d = f16::from_bits(t.d[lane]).to_f32();
+            }
+            let dw: [float32x4_t; 4] = cast(dw);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let row = r0 + r;
+                let pairs: [u16; BLOCK_PAIRS] = cast(*x.values(row, b));
+                let mut sums: [int32x4_t; 4] = [n.vdupq_n_s32(0); 4];
+                for (c, w) in w.iter().enumerate() {
+                    let y: int8x16_t = n.vreinterpretq_s8_u16(n.vdupq_n_u16(pairs[c]));
+                    for (half, w) in w.iter().enumerate() {
+                        let (a, b) = (&mut sums[2 * half..2 * half + 2], *w);
+                        a[0] = n.vpadalq_s16(a[0], n.vmull_s8(n.vget_low_s8(b), n.vget_low_s8(y)));
+                        a[1] = n.vpadalq_s16(a[1], n.vmull_high_s8(b, y));
+                    }
+                }
+                let dx = n.vdupq_n_f32(x.scale(row, b));
+                for (acc, (sumi, dw)) in acc.iter_mut().zip(sums.iter().zip(dw)) {
+                    // (sumi * d_w) * d_x, unfused, then added to the chain.
+                    let term = n.vmulq_f32(n.vmulq_f32(n.vcvtq_f32_s32(*sumi), dw), dx);
+                    *acc = n.vaddq_f32(*acc, term);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let v: [f32; ROWS] = cast(*acc);
+            out[(r0 + r) * ROWS..][..ROWS].copy_from_slice(&v);
+        }
+    }
+
+    /// Chunks of a block: one per pair of values.
+    const BLOCK_PAIRS: usize = crate::model::q8::BLOCK / 2;
+}
+
 // As in `q4_1`: plain calls for pulp's `vectorize`, inlined into it.
+#[cfg(target_arch = "aarch64")]
+crate::model::kernel::simd_call!(NeonCall, pulp::aarch64::Neon, Tile, neon::group);
 #[cfg(target_arch = "x86_64")]
 crate::model::kernel::simd_call!(Avx2Call, pulp::x86::V3, Tile, avx2::group);
 #[cfg(target_arch = "x86_64")]
