@@ -48,16 +48,19 @@ demo-cluster: setup build
 
 ## The tests, against real nats-server processes, SQLite files and PostgreSQL servers in temp
 ## dirs (and headless Chromium for the dashboard; the official openai Python client, from PyPI
-## into a venv, for the OpenAI-compatible API).
+## into a venv, for the OpenAI-compatible API; QEMU's x86-64 emulator, to run the engine on a
+## CPU without AVX).
 test: setup
 	@scripts/setup.sh --browser
 	@scripts/setup.sh --postgres >/dev/null
+	@scripts/setup.sh --qemu >/dev/null
 	@scripts/fetch-minilm.sh >/dev/null
 	@scripts/fetch-sentences.sh >/dev/null
 	@scripts/fetch-smollm2.sh >/dev/null
 	@scripts/openai-venv.sh >/dev/null
 	NATS_SERVER_BIN="$$(scripts/setup.sh)" AIMARKET_PG_BIN="$$(scripts/setup.sh --postgres)" \
 		AIMARKET_OPENAI_PYTHON="$$(scripts/openai-venv.sh)" \
+		AIMARKET_QEMU_X86_64="$$(scripts/setup.sh --qemu)" \
 		AIMARKET_MINILM_DIR="$$(scripts/fetch-minilm.sh)" \
 		AIMARKET_SENTENCES_DIR="$$(scripts/fetch-sentences.sh)" \
 		AIMARKET_SMOLLM2_DIR="$$(scripts/fetch-smollm2.sh)" $(CARGO) test --workspace

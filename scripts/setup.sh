@@ -29,6 +29,21 @@ if [ "${1:-}" = "--browser" ]; then
     exit 0
 fi
 
+if [ "${1:-}" = "--qemu" ]; then
+    # QEMU's user-mode x86-64 emulator: the determinism test runs the engine on an emulated
+    # CPU without AVX with it. Prints its path.
+    if ! command -v qemu-x86_64 >/dev/null; then
+        say "installing qemu-user from Debian's packages"
+        as_root apt-get update -qq >&2
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user >&2 || {
+            say "could not install qemu-user: the determinism test needs qemu-x86_64 (or set AIMARKET_QEMU_X86_64)"
+            exit 1
+        }
+    fi
+    command -v qemu-x86_64
+    exit 0
+fi
+
 find_pg() {
     local d
     if [ -n "${AIMARKET_PG_BIN:-}" ] && [ -x "$AIMARKET_PG_BIN/initdb" ]; then

@@ -1,8 +1,10 @@
 //! The answer of a generative task must not depend on how many threads a worker runs: the
 //! token ids of `smollm2` (and their log-probabilities) are bit-identical on 1 and 2 threads,
 //! and so is a matrix product large enough to reach gemm's blocking (128 x 512 x 2048; the tiny
-//! models' products never do). Thread counts are fixed per process (`RAYON_NUM_THREADS`), so
-//! each case runs this test binary again as a child, once per thread count, and compares digests.
+//! models' products never do). Nor on the CPU: a child run by QEMU as an x86-64 CPU without AVX
+//! computes `smollm2`'s bits on the portable path. Thread counts are fixed per process
+//! (`RAYON_NUM_THREADS`), so each case runs this test binary again as a child, once per thread
+//! count or CPU, and compares digests.
 
 use candle_core::{Device, Tensor};
 use protocol::TaskType;
@@ -10,28 +12,53 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::process::Command;
 use worker::model::chat::ChatModel;
+use worker::model::kernel::EngineConfig;
 use worker::model::{Input, Model};
 
 const CHILD: &str = "AIMARKET_DETERMINISM_CHILD";
 
 /// Runs test `name` of this binary in a child with `threads` threads; the digest it printed.
 fn digest_in_child(name: &str, threads: usize) -> String {
-    let out = Command::new(std::env::current_exe().expect("test binary"))
+    digest_of(&child_stdout(name, threads, &[]))
+}
+
+/// What test `name` of this binary printed, run in a child with `threads` threads, through
+/// `wrapper` (a program and its arguments that run the binary, or nothing).
+fn child_stdout(name: &str, threads: usize, wrapper: &[&str]) -> String {
+    let exe = std::env::current_exe().expect("test binary");
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let out = command
         .args([name, "--exact", "--nocapture", "--test-threads", "1"])
         .env(CHILD, name)
         .env("RAYON_NUM_THREADS", threads.to_string())
         .output()
         .expect("run the child");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "child {name} failed: {stdout}");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "child {name} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         stdout.contains(&format!("THREADS {threads} ")),
         "child {name} did not run on {threads} threads: {stdout}"
     );
     stdout
+}
+
+/// The digests a child printed.
+fn digest_of(stdout: &str) -> String {
+    stdout
         .lines()
         .find_map(|l| l.split_once("DIGEST ").map(|(_, d)| d))
-        .unwrap_or_else(|| panic!("child {name} printed no digest: {stdout}"))
+        .unwrap_or_else(|| panic!("the child printed no digest: {stdout}"))
         .to_owned()
 }
 
@@ -100,6 +127,8 @@ fn smollm2_child() {
         return;
     }
     let model = ChatModel::load(&test_support::smollm2_dir()).expect("smollm2");
+    let kernel = EngineConfig::default().kernel().expect("a kernel path");
+    println!("KERNEL {}", kernel.isa());
     let input = Input {
         max_new_tokens: Some(12),
         ..Input::new(TaskType::generate(), "Write one sentence about the sea.")
@@ -122,4 +151,40 @@ fn smollm2_answers_are_bitwise_equal_on_1_and_2_threads() {
         digest_in_child("smollm2_child", 1),
         digest_in_child("smollm2_child", 2)
     );
+}
+
+/// QEMU's user-mode x86-64 emulator: `$AIMARKET_QEMU_X86_64` (`make test` installs it with
+/// `scripts/setup.sh --qemu`), else `qemu-x86_64` on `PATH`.
+#[cfg(target_arch = "x86_64")]
+fn qemu_x86_64() -> String {
+    std::env::var("AIMARKET_QEMU_X86_64")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|path| {
+                std::env::split_paths(&path)
+                    .map(|d| d.join("qemu-x86_64"))
+                    .find(|p| p.is_file())
+                    .map(|p| p.display().to_string())
+            })
+        })
+        .expect(
+            "qemu-x86_64 not found: run `scripts/setup.sh --qemu` (or `make test`), or set \
+             AIMARKET_QEMU_X86_64",
+        )
+}
+
+/// A worker on an x86-64 CPU without AVX (QEMU's Nehalem: SSE4.2 at most, so the engine takes
+/// its portable path) computes the ids and log-probabilities this CPU's fastest path does.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn smollm2_answers_are_bitwise_equal_on_a_cpu_without_avx() {
+    let native = child_stdout("smollm2_child", 1, &[]);
+    let qemu = qemu_x86_64();
+    let emulated = child_stdout("smollm2_child", 1, &[&qemu, "-cpu", "Nehalem"]);
+    assert!(
+        emulated.contains("KERNEL portable"),
+        "the emulated CPU did not run the portable path: {emulated}"
+    );
+    assert_eq!(digest_of(&native), digest_of(&emulated));
 }
