@@ -3,8 +3,9 @@
 # `aimarket infer --model smollm2` greedy generations of three prompts (24 tokens each, with
 # their ids and log-probabilities) and the scores of one candidate, on every kernel path this
 # CPU runs at 1 and 2 threads, then on emulated CPUs: x86-64 without AVX (QEMU's Nehalem,
-# SSE4.2 only) and, with --arm, AArch64 (NEON and portable, cross-built). Prints one line per
-# run with the digest of its output and exits non-zero if any two differ.
+# SSE4.2 only) and, with --arm, AArch64 (NEON and portable, cross-built); the emulated runs on
+# an x86-64 host only. Prints one line per run with the digest of its output and exits non-zero
+# if any two differ.
 # Installs QEMU (and, for --arm, the AArch64 cross tools) from Debian's packages if missing.
 #   scripts/check-bits.sh [--arm]
 set -euo pipefail
@@ -35,7 +36,7 @@ fi
 "$cargo" build --quiet --release -p cli
 native="$target_dir/release/aimarket"
 runs=()
-for kernel in amx avx512 avx2 portable; do
+for kernel in amx avx512 avx2 neon portable; do
     # A path this CPU lacks is refused before any work: skipped.
     "$native" infer --model smollm2 --model-dir "$model" --kernel "$kernel" --type generate \
         --max-new-tokens 1 --json -- x >/dev/null 2>&1 || continue
@@ -43,8 +44,10 @@ for kernel in amx avx512 avx2 portable; do
         runs+=("native $kernel ${threads}t|$native|--kernel $kernel --threads $threads")
     done
 done
-runs+=("qemu nehalem auto 1t|qemu-x86_64 -cpu Nehalem $native|--threads 1")
-if $arm; then
+if [ "$(uname -m)" = x86_64 ]; then
+    runs+=("qemu nehalem auto 1t|qemu-x86_64 -cpu Nehalem $native|--threads 1")
+fi
+if $arm && [ "$(uname -m)" = x86_64 ]; then
     rustup target list --installed | grep -qx aarch64-unknown-linux-gnu ||
         rustup target add aarch64-unknown-linux-gnu >&2
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
