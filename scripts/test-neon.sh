@@ -5,7 +5,7 @@
 # decode steps, all identical), cross-built for AArch64 and run under QEMU user emulation, then
 # clippy over the AArch64 build. Installs what is missing: Debian's gcc-aarch64-linux-gnu and
 # qemu-user, and rustup's AArch64 standard library. Not part of `make test` (it needs rustup's
-# download and takes ~15 minutes under emulation); run it after touching a kernel.
+# download; about 4 minutes once built, the first cross build ~10); run it after touching a kernel.
 #   scripts/test-neon.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
