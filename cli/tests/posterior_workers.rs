@@ -111,7 +111,8 @@ fn calibrated_answers_decide_and_a_flipping_worker_comes_to_weigh_nothing() {
     );
 
     // Gold catches the flipper: quarantined, and its last answers weigh (about) nothing, while
-    // SmolLM2's, calibrated on its gold, weigh the most.
+    // SmolLM2's, calibrated on its gold, weigh more on the whole (not each: an answer in a cell
+    // where its gold answers were right half the time or less weighs nothing too).
     common::wait_until(
         "the flipping worker to be quarantined",
         std::time::Duration::from_secs(120),
@@ -130,11 +131,21 @@ fn calibrated_answers_decide_and_a_flipping_worker_comes_to_weigh_nothing() {
             )
             .ok()
     };
+    let mean_weight = |worker: &str| -> f64 {
+        c.db()
+            .query_row(
+                "SELECT AVG(weight) FROM submission WHERE worker_id = ?1 AND weight IS NOT NULL",
+                [worker],
+                |r| r.get(0),
+            )
+            .expect("a mean weight")
+    };
     let flipper = last_weight("flipper").expect("the flipper answered a real task");
-    let smollm2 = last_weight("smollm2").expect("smollm2 answered a real task");
+    last_weight("smollm2").expect("smollm2 answered a real task");
+    let (flipper_mean, smollm2_mean) = (mean_weight("flipper"), mean_weight("smollm2"));
     assert!(
-        flipper < 0.5 && smollm2 > flipper,
-        "flipper {flipper}, smollm2 {smollm2}"
+        flipper < 0.5 && smollm2_mean > flipper_mean,
+        "flipper's last {flipper}, means: flipper {flipper_mean}, smollm2 {smollm2_mean}"
     );
     let flipped_agreed = c.count(
         "SELECT COUNT(*) FROM submission s JOIN task t ON t.id = s.task_id
@@ -196,8 +207,8 @@ fn calibrated_answers_decide_and_a_flipping_worker_comes_to_weigh_nothing() {
         );
     }
     println!(
-        "{finalized} of {} finalized; flipper's last weight {flipper:.2}, smollm2's \
-         {smollm2:.2}; smollm2 Brier {:.3}",
+        "{finalized} of {} finalized; flipper's last weight {flipper:.2}; mean weights: \
+         flipper {flipper_mean:.2}, smollm2 {smollm2_mean:.2}; smollm2 Brier {:.3}",
         ids.len(),
         smollm2_cal.brier
     );
