@@ -15,8 +15,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// The environment variable that forces a kernel path (`portable`, `neon`, `avx2`, `avx512`,
-/// `amx`);
-/// unset or `auto`, the fastest the CPU runs.
+/// `amx`); unset or `auto`, the fastest the CPU runs.
 pub const KERNEL_ENV: &str = "AIMARKET_KERNEL";
 
 /// A kernel path, as named on the command line.
