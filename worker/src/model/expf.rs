@@ -25,13 +25,18 @@ fn pow2(k: i32) -> f32 {
 
 /// `v as i32` for `v` within `-256.0..=256.0`, where `expf` uses it (`|v| < 151` there);
 /// beyond, `v` clamped to that range (NaN gives a value `expf` does not use, small enough that
-/// no arithmetic on it overflows). The integer part from `trunc`, read off the bits of
-/// `t + 1.5 * 2^23` (exact for integers below `2^22` in magnitude): Rust's saturating `as`
-/// compiles to one scalar conversion per lane, this to vector code.
+/// no arithmetic on it overflows). The integer part from `trunc`, through [`exact_int`].
 #[inline(always)]
 fn trunc_to_i32(v: f32) -> i32 {
+    exact_int(v.clamp(-256.0, 256.0).trunc())
+}
+
+/// The integer `t` holds (below `2^22` in magnitude), read off the bits of `t + 1.5 * 2^23`,
+/// exactly: Rust's saturating `as` compiles to one scalar conversion per lane even in vector
+/// code, this to vector code.
+#[inline(always)]
+pub(crate) fn exact_int(t: f32) -> i32 {
     const MAGIC: f32 = 12_582_912.0;
-    let t = v.clamp(-256.0, 256.0).trunc();
     (t + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
 }
 

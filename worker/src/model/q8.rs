@@ -13,6 +13,7 @@
 //! integer sum gathered into a lane of one vector, its scale, inverse and f16 roundings
 //! computed for all sixteen at once. Every path's bits are checked against the plain one.
 
+use super::expf::exact_int;
 use super::kernel::{Autovectorized, Kernel, Threads};
 use half::f16;
 use rayon::prelude::*;
@@ -27,16 +28,14 @@ pub fn round_to_i8(v: f32) -> i8 {
     let t = v.trunc();
     let frac = v - t;
     let r = t + f32::from(u8::from(frac >= 0.5)) - f32::from(u8::from(frac <= -0.5));
-    // Saturating; NaN gives 0, as `f32::round(NaN) as i8` does. Not through Rust's `as`: a
-    // saturating float-to-int cast is one scalar conversion per lane even in vector code; the
-    // integer is read off the bits of `r + 1.5 * 2^23` instead (exact for integers this small).
-    const MAGIC: f32 = 12_582_912.0;
+    // Saturating; NaN gives 0, as `f32::round(NaN) as i8` does. Not through Rust's `as` (one
+    // scalar conversion per lane even in vector code): through `exact_int`.
     let r = if r.is_nan() {
         0.0
     } else {
         r.clamp(f32::from(i8::MIN), f32::from(i8::MAX))
     };
-    ((r + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32) as i8
+    exact_int(r) as i8
 }
 
 /// Rows of activations in blocks of 32: per block the values, the scale `d` and the scaled sum
