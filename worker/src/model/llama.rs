@@ -1036,10 +1036,10 @@ impl Transposed {
 }
 
 /// The scores of the `H` queries `qs` (query heads that share the keys) against the first
-/// `seen` keys of `t`, each [`dot`]`(qh, key) * scale` bit for bit, into `scores[x]` (resized to `seen`): sixteen
-/// keys a vector, one lane each, every lane the same eight partial sums over the same
-/// dimensions in the same order and the same tree, so no horizontal sum. Each row of keys is
-/// read once for all `H` queries.
+/// `seen` keys of `t`, each [`dot`]`(qh, key) * scale` bit for bit, into `scores[x]` (resized
+/// to `seen`): sixteen keys a vector, one lane each, every lane the same eight partial sums
+/// over the same dimensions in the same order and the same tree, so no horizontal sum. Each
+/// row of keys is read once for all `H` queries.
 #[inline(always)]
 fn keys_by_sixteen<const H: usize>(
     qs: &[&[f32]; H],

@@ -401,16 +401,11 @@ mod avx512 {
     use super::{Q8Rows, Tile, ROWS};
     use crate::model::amx::WeightBytes;
     use crate::model::kernel::by_eights;
+    use crate::model::q8::f16x16_avx512;
     use crate::model::tile_product::{block_term, Format};
-    use core::arch::x86_64::{__m256i, __m512, __m512i};
+    use core::arch::x86_64::{__m512, __m512i};
     use pulp::bytemuck::cast;
     use pulp::x86::V4;
-
-    /// Sixteen f16 values (raw bits) to f32, exactly (`vcvtph2ps`).
-    #[inline(always)]
-    fn f16x16(simd: V4, h: [u16; 16]) -> __m512 {
-        simd.avx512f._mm512_cvtph_ps(cast::<_, __m256i>(h))
-    }
 
     /// Every row of `x` against the tile row, sixteen outputs a vector, eight rows a tile (32
     /// vector registers hold their sums and the unpacked weights).
@@ -479,7 +474,7 @@ mod avx512 {
 
         #[inline(always)]
         fn scales(simd: V4, t: &Tile) -> (__m512, __m512) {
-            (f16x16(simd, t.d), f16x16(simd, t.m))
+            (f16x16_avx512(simd, t.d), f16x16_avx512(simd, t.m))
         }
 
         /// `acc + ((sumi * d_w) * d_x + m_w * s_x)`, each operation rounded on its own.
@@ -510,9 +505,9 @@ mod avx512 {
 mod neon {
     use super::{Q8Rows, Tile, ROWS};
     use crate::model::kernel::by_fours;
+    use crate::model::q8::f16x16_neon;
     use bytemuck::cast;
     use core::arch::aarch64::{float32x4_t, int8x16_t, uint8x16_t};
-    use half::f16;
     use pulp::aarch64::Neon;
 
     /// Every row of `x` against the tile row, four rows a tile.
@@ -541,13 +536,7 @@ mod neon {
                     hi[j][g] = n.vreinterpretq_s8_u8(n.vshrq_n_u8::<4>(w));
                 }
             }
-            let (mut dw, mut mw) = ([0f32; ROWS], [0f32; ROWS]);
-            for lane in 0..ROWS {
-                dw[lane] = f16::from_bits(t.d[lane]).to_f32();
-                mw[lane] = f16::from_bits(t.m[lane]).to_f32();
-            }
-            let dw: [float32x4_t; 4] = cast(dw);
-            let mw: [float32x4_t; 4] = cast(mw);
+            let (dw, mw) = (f16x16_neon(t.d), f16x16_neon(t.m));
             for (r, acc) in acc.iter_mut().enumerate() {
                 let row = r0 + r;
                 let xs: [u32; 8] = cast(*x.values(row, b));

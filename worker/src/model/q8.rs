@@ -491,6 +491,26 @@ mod avx512 {
     }
 }
 
+/// Sixteen f16 values (raw bits) to f32, exactly, on AVX-512 (`vcvtph2ps`).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn f16x16_avx512(simd: pulp::x86::V4, h: [u16; 16]) -> core::arch::x86_64::__m512 {
+    use core::arch::x86_64::__m256i;
+    simd.avx512f
+        ._mm512_cvtph_ps(pulp::bytemuck::cast::<_, __m256i>(h))
+}
+
+/// Sixteen f16 values (raw bits) to f32, exactly, four to a NEON vector.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+pub(crate) fn f16x16_neon(h: [u16; 16]) -> [core::arch::aarch64::float32x4_t; 4] {
+    let mut f = [0f32; 16];
+    for (f, h) in f.iter_mut().zip(h) {
+        *f = f16::from_bits(h).to_f32();
+    }
+    bytemuck::cast(f)
+}
+
 /// Eight f16 values (raw bits) to f32, exactly, on AVX2: the magnitude's bits moved into an f32
 /// and scaled by 2^112 (exact for normal and subnormal values alike), infinities and NaNs given
 /// the f32 exponent, the sign put back.

@@ -261,6 +261,7 @@ mod avx512 {
     use super::{Q8Rows, Tile, ROWS};
     use crate::model::amx::WeightBytes;
     use crate::model::kernel::by_eights;
+    use crate::model::q8::f16x16_avx512;
     use crate::model::tile_product::{block_term, Format};
     use core::arch::x86_64::{__m256i, __m512, __m512i};
     use pulp::bytemuck::cast;
@@ -325,7 +326,7 @@ mod avx512 {
 
         #[inline(always)]
         fn scales(simd: V4, t: &Tile) -> __m512 {
-            simd.avx512f._mm512_cvtph_ps(cast::<_, __m256i>(t.d))
+            f16x16_avx512(simd, t.d)
         }
 
         /// `acc + (sumi * d_w) * d_x`, each operation rounded on its own.
@@ -355,9 +356,9 @@ mod avx512 {
 mod neon {
     use super::{Q8Rows, Tile, ROWS};
     use crate::model::kernel::by_fours;
+    use crate::model::q8::f16x16_neon;
     use bytemuck::cast;
     use core::arch::aarch64::{float32x4_t, int32x4_t, int8x16_t};
-    use half::f16;
     use pulp::aarch64::Neon;
 
     /// Every row of `x` against the tile row, four rows a tile.
@@ -380,11 +381,7 @@ mod neon {
             for (c, w) in w.iter_mut().enumerate() {
                 *w = cast(t.q[c]);
             }
-            let mut dw = [0f32; ROWS];
-            for (lane, d) in dw.iter_mut().enumerate() {
-                *d = f16::from_bits(t.d[lane]).to_f32();
-            }
-            let dw: [float32x4_t; 4] = cast(dw);
+            let dw = f16x16_neon(t.d);
             for (r, acc) in acc.iter_mut().enumerate() {
                 let row = r0 + r;
                 let pairs: [u16; BLOCK_PAIRS] = cast(*x.values(row, b));
