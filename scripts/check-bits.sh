@@ -6,14 +6,12 @@
 # SSE4.2 only) and, with --arm, AArch64 (NEON and portable, cross-built); the emulated runs on
 # an x86-64 host only. Prints one line per run with the digest of its output and exits non-zero
 # if any two differ.
-# Installs QEMU (and, for --arm, the AArch64 cross tools) from Debian's packages if missing.
+# Installs QEMU (and, for --arm, the AArch64 cross tools) if missing: scripts/setup.sh --qemu,
+# --cross-arm.
 #   scripts/check-bits.sh [--arm]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { echo "check-bits: $*" >&2; }
-as_root() {
-    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi
-}
 arm=false
 [ "${1:-}" = "--arm" ] && arm=true
 cargo="${CARGO:-cargo}"
@@ -22,16 +20,7 @@ target_dir="$(scripts/target-dir.sh)"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 
-need=()
-command -v qemu-x86_64 >/dev/null || need+=(qemu-user)
-if $arm; then
-    command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
-fi
-if [ ${#need[@]} -gt 0 ]; then
-    say "installing ${need[*]} from Debian's packages"
-    as_root apt-get update -qq >&2
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
-fi
+scripts/setup.sh --qemu >/dev/null
 
 "$cargo" build --quiet --release -p cli
 native="$target_dir/release/aimarket"
@@ -48,8 +37,7 @@ if [ "$(uname -m)" = x86_64 ]; then
     runs+=("qemu nehalem auto 1t|qemu-x86_64 -cpu Nehalem $native|--threads 1")
 fi
 if $arm && [ "$(uname -m)" = x86_64 ]; then
-    rustup target list --installed | grep -qx aarch64-unknown-linux-gnu ||
-        rustup target add aarch64-unknown-linux-gnu >&2
+    scripts/setup.sh --cross-arm
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
         CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc \
         "$cargo" build --quiet --release -p cli --target aarch64-unknown-linux-gnu

@@ -29,18 +29,37 @@ if [ "${1:-}" = "--browser" ]; then
     exit 0
 fi
 
+# QEMU's user-mode emulators (the determinism test runs the engine on an emulated x86-64 CPU
+# without AVX; the NEON checks run AArch64 builds).
+need_qemu() {
+    command -v qemu-x86_64 >/dev/null && return 0
+    say "installing qemu-user from Debian's packages"
+    as_root apt-get update -qq >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user >&2 || {
+        say "could not install qemu-user: the determinism test needs qemu-x86_64 (or set AIMARKET_QEMU_X86_64)"
+        exit 1
+    }
+}
+
 if [ "${1:-}" = "--qemu" ]; then
-    # QEMU's user-mode x86-64 emulator: the determinism test runs the engine on an emulated
-    # CPU without AVX with it. Prints its path.
-    if ! command -v qemu-x86_64 >/dev/null; then
-        say "installing qemu-user from Debian's packages"
-        as_root apt-get update -qq >&2
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user >&2 || {
-            say "could not install qemu-user: the determinism test needs qemu-x86_64 (or set AIMARKET_QEMU_X86_64)"
-            exit 1
-        }
-    fi
+    # Prints qemu-x86_64's path.
+    need_qemu
     command -v qemu-x86_64
+    exit 0
+fi
+
+if [ "${1:-}" = "--cross-arm" ]; then
+    # What cross-building for AArch64 and running the result takes: QEMU, Debian's cross gcc
+    # and C library, rustup's AArch64 standard library.
+    need_qemu
+    if ! command -v aarch64-linux-gnu-gcc >/dev/null; then
+        say "installing gcc-aarch64-linux-gnu from Debian's packages"
+        as_root apt-get update -qq >&2
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            gcc-aarch64-linux-gnu libc6-dev-arm64-cross >&2
+    fi
+    rustup target list --installed | grep -qx aarch64-unknown-linux-gnu ||
+        rustup target add aarch64-unknown-linux-gnu >&2
     exit 0
 fi
 

@@ -3,28 +3,16 @@
 # worker's kernel unit tests (every path against candle's vec_dot_unopt, bit for bit) and the
 # engine test over the real SmolLM2 file (portable and NEON at 1-3 threads, prompt rows against
 # decode steps, all identical), cross-built for AArch64 and run under QEMU user emulation, then
-# clippy over the AArch64 build. Installs what is missing: Debian's gcc-aarch64-linux-gnu and
-# qemu-user, and rustup's AArch64 standard library. Not part of `make test` (it needs rustup's
-# download; about 4 minutes once built, the first cross build ~10); run it after touching a kernel.
+# clippy over the AArch64 build. Installs what is missing (`scripts/setup.sh --cross-arm`):
+# Debian's gcc-aarch64-linux-gnu and qemu-user, and rustup's AArch64 standard library. Not part
+# of `make test` (it needs rustup's download; about 4 minutes once built, the first cross build
+# ~10); run it after touching a kernel.
 #   scripts/test-neon.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-say() { echo "test-neon: $*" >&2; }
-as_root() {
-    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi
-}
 target=()
 if [ "$(uname -m)" != aarch64 ]; then
-    need=()
-    command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
-    command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
-    if [ ${#need[@]} -gt 0 ]; then
-        say "installing ${need[*]} from Debian's packages"
-        as_root apt-get update -qq >&2
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
-    fi
-    rustup target list --installed | grep -qx aarch64-unknown-linux-gnu ||
-        rustup target add aarch64-unknown-linux-gnu >&2
+    scripts/setup.sh --cross-arm
     export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
     export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
     export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
